@@ -1,0 +1,51 @@
+//! Generates the pgfleet.v1 code with a vendored protoc, so no protoc is needed on PATH.
+
+use std::path::PathBuf;
+
+/// Query-API messages that the CLI prints as JSON, keyed by their proto field names.
+const JSON_MESSAGES: &[&str] = &["Server", "Session", "GetActivityResponse"];
+
+/// Their google.protobuf.Timestamp and Duration fields, with the serde helper for each.
+const JSON_FIELDS: &[(&str, &str)] = &[
+    ("Server.last_seen", "timestamp"),
+    ("Server.sample_interval", "duration"),
+    ("GetActivityResponse.sampled_at", "timestamp"),
+    ("Session.backend_start", "timestamp"),
+    ("Session.xact_start", "timestamp"),
+    ("Session.query_start", "timestamp"),
+    ("Session.state_change", "timestamp"),
+    ("Session.duration", "duration"),
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["pgfleet/v1/ingest.proto", "pgfleet/v1/query.proto"];
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+
+    let mut builder = tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("pgfleet_descriptor.bin"));
+    for message in JSON_MESSAGES {
+        builder = builder.message_attribute(
+            format!(".pgfleet.v1.{message}"),
+            "#[derive(serde::Serialize)]",
+        );
+    }
+    for (field, helper) in JSON_FIELDS {
+        builder = builder.field_attribute(
+            format!(".pgfleet.v1.{field}"),
+            format!("#[serde(serialize_with = \"crate::json::{helper}\")]"),
+        );
+    }
+    let vendored_include = protoc_bin_vendored::include_path()?;
+    builder.compile_with_config(
+        config,
+        &protos.map(PathBuf::from),
+        &[PathBuf::from("."), vendored_include],
+    )?;
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! The only place where domain types and wire types meet.
+
+use std::fmt;
+
+use crate::model::{Session, SessionState, Snapshot, TargetStatus};
+use crate::time::{self, Micros};
+use crate::v1;
+
+/// Why a wire message could not become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A snapshot without a status.
+    MissingStatus {
+        /// The snapshot's target.
+        server_id: String,
+    },
+    /// A snapshot of a target that is up, without activity.
+    MissingActivity {
+        /// The snapshot's target.
+        server_id: String,
+    },
+    /// A delta arrived, and the receiver holds no base for it.
+    DeltaWithoutBase {
+        /// The snapshot's target.
+        server_id: String,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingStatus { server_id } => {
+                write!(f, "snapshot of {server_id:?} has no status")
+            }
+            Self::MissingActivity { server_id } => {
+                write!(f, "snapshot of {server_id:?} is up but carries no activity")
+            }
+            Self::DeltaWithoutBase { server_id } => write!(
+                f,
+                "snapshot of {server_id:?} is a delta and the collector holds no base for it; send a keyframe"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// 0 on the wire means "none".
+fn opt_micros(us: i64) -> Option<Micros> {
+    (us != 0).then_some(us)
+}
+
+impl From<SessionState> for v1::SessionState {
+    fn from(state: SessionState) -> Self {
+        match state {
+            SessionState::Unknown => Self::Unspecified,
+            SessionState::Active => Self::Active,
+            SessionState::Idle => Self::Idle,
+            SessionState::IdleInTransaction => Self::IdleInTransaction,
+            SessionState::IdleInTransactionAborted => Self::IdleInTransactionAborted,
+            SessionState::Fastpath => Self::Fastpath,
+            SessionState::Disabled => Self::Disabled,
+        }
+    }
+}
+
+impl From<v1::SessionState> for SessionState {
+    fn from(state: v1::SessionState) -> Self {
+        match state {
+            v1::SessionState::Unspecified => Self::Unknown,
+            v1::SessionState::Active => Self::Active,
+            v1::SessionState::Idle => Self::Idle,
+            v1::SessionState::IdleInTransaction => Self::IdleInTransaction,
+            v1::SessionState::IdleInTransactionAborted => Self::IdleInTransactionAborted,
+            v1::SessionState::Fastpath => Self::Fastpath,
+            v1::SessionState::Disabled => Self::Disabled,
+        }
+    }
+}
+
+impl From<&Session> for v1::SessionSample {
+    fn from(s: &Session) -> Self {
+        v1::SessionSample {
+            pid: s.pid,
+            backend_start_us: s.backend_start_us,
+            database: s.database.clone(),
+            user: s.user.clone(),
+            application_name: s.application_name.clone(),
+            client: s.client.clone(),
+            state: v1::SessionState::from(s.state).into(),
+            xact_start_us: s.xact_start_us.unwrap_or(0),
+            query_start_us: s.query_start_us.unwrap_or(0),
+            state_change_us: s.state_change_us.unwrap_or(0),
+            wait_event_type: s.wait_event_type.clone(),
+            wait_event: s.wait_event.clone(),
+            query: s.query.clone(),
+            blocked_by: s.blocked_by.clone(),
+            backend_type: s.backend_type.clone(),
+        }
+    }
+}
+
+impl From<v1::SessionSample> for Session {
+    fn from(s: v1::SessionSample) -> Self {
+        // An unknown enum value (from a newer agent) reads as Unknown, not an error.
+        let state = v1::SessionState::try_from(s.state).unwrap_or_default();
+        Session {
+            pid: s.pid,
+            backend_start_us: s.backend_start_us,
+            database: s.database,
+            user: s.user,
+            application_name: s.application_name,
+            client: s.client,
+            state: state.into(),
+            xact_start_us: opt_micros(s.xact_start_us),
+            query_start_us: opt_micros(s.query_start_us),
+            state_change_us: opt_micros(s.state_change_us),
+            wait_event_type: s.wait_event_type,
+            wait_event: s.wait_event,
+            query: s.query,
+            blocked_by: s.blocked_by,
+            backend_type: s.backend_type,
+        }
+    }
+}
+
+impl From<&Snapshot> for v1::Snapshot {
+    /// Encodes a snapshot as a keyframe.
+    fn from(s: &Snapshot) -> Self {
+        let (up, reason) = match &s.status {
+            TargetStatus::Up => (true, String::new()),
+            TargetStatus::Down(reason) => (false, reason.clone()),
+        };
+        v1::Snapshot {
+            server_id: s.server_id.clone(),
+            sampled_at_us: s.sampled_at_us,
+            status: Some(v1::TargetStatus { up, reason }),
+            activity: up.then(|| {
+                v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe {
+                    sessions: s.sessions.iter().map(Into::into).collect(),
+                })
+            }),
+        }
+    }
+}
+
+impl TryFrom<v1::Snapshot> for Snapshot {
+    type Error = DecodeError;
+
+    fn try_from(s: v1::Snapshot) -> Result<Self, DecodeError> {
+        let server_id = s.server_id;
+        let Some(status) = s.status else {
+            return Err(DecodeError::MissingStatus { server_id });
+        };
+        if !status.up {
+            return Ok(Snapshot {
+                server_id,
+                sampled_at_us: s.sampled_at_us,
+                status: TargetStatus::Down(status.reason),
+                sessions: Vec::new(),
+            });
+        }
+        let sessions = match s.activity {
+            Some(v1::snapshot::Activity::Keyframe(k)) => {
+                k.sessions.into_iter().map(Into::into).collect()
+            }
+            Some(v1::snapshot::Activity::Delta(_)) => {
+                return Err(DecodeError::DeltaWithoutBase { server_id });
+            }
+            None => return Err(DecodeError::MissingActivity { server_id }),
+        };
+        Ok(Snapshot {
+            server_id,
+            sampled_at_us: s.sampled_at_us,
+            status: TargetStatus::Up,
+            sessions,
+        })
+    }
+}
+
+/// A session as the query API shows it, with its duration at `sampled_at_us`.
+pub fn query_session(s: &Session, sampled_at_us: Micros) -> v1::Session {
+    v1::Session {
+        pid: s.pid,
+        backend_start: Some(time::timestamp(s.backend_start_us)),
+        database: s.database.clone(),
+        user: s.user.clone(),
+        application_name: s.application_name.clone(),
+        client: s.client.clone(),
+        state: s.state.as_pg().to_owned(),
+        xact_start: s.xact_start_us.map(time::timestamp),
+        query_start: s.query_start_us.map(time::timestamp),
+        state_change: s.state_change_us.map(time::timestamp),
+        wait_event_type: s.wait_event_type.clone(),
+        wait_event: s.wait_event.clone(),
+        query: s.query.clone(),
+        blocked_by: s.blocked_by.clone(),
+        backend_type: s.backend_type.clone(),
+        duration: s.duration_us(sampled_at_us).map(time::duration),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session {
+            pid: 4242,
+            backend_start_us: 1_700_000_000_000_001,
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: "checkout".into(),
+            client: "10.1.2.3:5555".into(),
+            state: SessionState::IdleInTransaction,
+            xact_start_us: Some(1_700_000_001_000_000),
+            query_start_us: Some(1_700_000_002_000_000),
+            state_change_us: None,
+            wait_event_type: "Client".into(),
+            wait_event: "ClientRead".into(),
+            query: "update t set x = $1".into(),
+            blocked_by: vec![7, 8],
+            backend_type: "client backend".into(),
+        }
+    }
+
+    #[test]
+    fn keyframe_snapshots_round_trip() {
+        let snap = Snapshot {
+            server_id: "db-1".into(),
+            sampled_at_us: 1_700_000_003_000_000,
+            status: TargetStatus::Up,
+            sessions: vec![session(), Session::default()],
+        };
+        let wire = v1::Snapshot::from(&snap);
+        assert_eq!(Snapshot::try_from(wire), Ok(snap));
+    }
+
+    #[test]
+    fn a_down_snapshot_keeps_its_reason_and_no_sessions() {
+        let snap = Snapshot {
+            server_id: "db-1".into(),
+            sampled_at_us: 1,
+            status: TargetStatus::Down("connection refused".into()),
+            sessions: vec![],
+        };
+        let wire = v1::Snapshot::from(&snap);
+        assert!(wire.activity.is_none());
+        assert_eq!(Snapshot::try_from(wire), Ok(snap));
+    }
+
+    #[test]
+    fn malformed_snapshots_are_refused_with_a_reason() {
+        let mut wire = v1::Snapshot {
+            server_id: "db-1".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Snapshot::try_from(wire.clone()),
+            Err(DecodeError::MissingStatus { .. })
+        ));
+        wire.status = Some(v1::TargetStatus {
+            up: true,
+            reason: String::new(),
+        });
+        assert!(matches!(
+            Snapshot::try_from(wire.clone()),
+            Err(DecodeError::MissingActivity { .. })
+        ));
+        wire.activity = Some(v1::snapshot::Activity::Delta(Default::default()));
+        let err = Snapshot::try_from(wire).unwrap_err();
+        assert!(err.to_string().contains("send a keyframe"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_state_from_a_newer_agent_reads_as_unknown() {
+        let mut wire = v1::SessionSample::from(&session());
+        wire.state = 99;
+        assert_eq!(Session::from(wire).state, SessionState::Unknown);
+    }
+
+    #[test]
+    fn query_sessions_carry_postgres_words_and_duration() {
+        let q = query_session(&session(), 1_700_000_004_000_000);
+        assert_eq!(q.state, "idle in transaction");
+        assert_eq!(q.duration, Some(time::duration(3_000_000)));
+        assert_eq!(q.state_change, None);
+    }
+}

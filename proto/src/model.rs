@@ -1,0 +1,203 @@
+//! The domain types: what an agent samples and what the collector holds.
+//!
+//! They carry no wire concerns (no dictionary ids, no deltas); `convert` maps them to
+//! and from the `v1` messages.
+
+use crate::time::Micros;
+
+/// A session's state, as pg_stat_activity's `state` column says it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// `state` was NULL: a background process, or a session the role may not see.
+    #[default]
+    Unknown,
+    /// Running a query.
+    Active,
+    /// Waiting for a new command.
+    Idle,
+    /// In a transaction, but not running a query.
+    IdleInTransaction,
+    /// In a failed transaction, not running a query.
+    IdleInTransactionAborted,
+    /// Running a fast-path function call.
+    Fastpath,
+    /// `track_activities` is off for this session.
+    Disabled,
+}
+
+impl SessionState {
+    /// Every state with a name, for messages that list them.
+    pub const NAMED: [SessionState; 6] = [
+        SessionState::Active,
+        SessionState::Idle,
+        SessionState::IdleInTransaction,
+        SessionState::IdleInTransactionAborted,
+        SessionState::Fastpath,
+        SessionState::Disabled,
+    ];
+
+    /// Parses PostgreSQL's word for a state; NULL and unknown words are `Unknown`.
+    pub fn from_pg(state: Option<&str>) -> Self {
+        match state {
+            Some("active") => Self::Active,
+            Some("idle") => Self::Idle,
+            Some("idle in transaction") => Self::IdleInTransaction,
+            Some("idle in transaction (aborted)") => Self::IdleInTransactionAborted,
+            Some("fastpath function call") => Self::Fastpath,
+            Some("disabled") => Self::Disabled,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// PostgreSQL's word for this state; empty for `Unknown`.
+    pub fn as_pg(self) -> &'static str {
+        match self {
+            Self::Unknown => "",
+            Self::Active => "active",
+            Self::Idle => "idle",
+            Self::IdleInTransaction => "idle in transaction",
+            Self::IdleInTransactionAborted => "idle in transaction (aborted)",
+            Self::Fastpath => "fastpath function call",
+            Self::Disabled => "disabled",
+        }
+    }
+
+    /// Parses a state filter as a user types it: PostgreSQL's word, with `-` or `_`
+    /// accepted for spaces ("idle-in-transaction").
+    pub fn parse_filter(text: &str) -> Result<Self, String> {
+        let words = text.trim().to_ascii_lowercase().replace(['-', '_'], " ");
+        match Self::from_pg(Some(&words)) {
+            Self::Unknown => Err(format!(
+                "unknown session state {text:?}; expected one of: {}",
+                Self::NAMED.map(Self::as_pg).join(", ")
+            )),
+            state => Ok(state),
+        }
+    }
+}
+
+/// One row of pg_stat_activity, keyed by `(pid, backend_start_us)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Session {
+    /// The backend's process id.
+    pub pid: i32,
+    /// When the backend started; with `pid`, unique over the server's life.
+    pub backend_start_us: Micros,
+    /// The database it is connected to; empty for background processes.
+    pub database: String,
+    /// The role it is logged in as.
+    pub user: String,
+    /// The client's `application_name`.
+    pub application_name: String,
+    /// The client's address and port ("10.0.0.5:51234"); empty for a Unix socket.
+    pub client: String,
+    /// What the session is doing.
+    pub state: SessionState,
+    /// When its transaction began, if it is in one.
+    pub xact_start_us: Option<Micros>,
+    /// When its current (or last) query began.
+    pub query_start_us: Option<Micros>,
+    /// When `state` last changed.
+    pub state_change_us: Option<Micros>,
+    /// The wait event type ("Lock", "IO", …); empty when not waiting.
+    pub wait_event_type: String,
+    /// The wait event ("transactionid", "DataFileRead", …); empty when not waiting.
+    pub wait_event: String,
+    /// The current (or last) query's text.
+    pub query: String,
+    /// The pids that block this session, for sessions waiting on a Lock.
+    pub blocked_by: Vec<i32>,
+    /// "client backend", "autovacuum worker", …
+    pub backend_type: String,
+}
+
+impl Session {
+    /// How long the session has been in its present condition at `at`: the query's
+    /// age when active, the transaction's age when idle in a transaction, the idle
+    /// time when idle. None for background processes and unknown states.
+    pub fn duration_us(&self, at: Micros) -> Option<i64> {
+        let since = match self.state {
+            SessionState::Active | SessionState::Fastpath => self.query_start_us,
+            SessionState::IdleInTransaction | SessionState::IdleInTransactionAborted => {
+                self.xact_start_us
+            }
+            SessionState::Idle => self.state_change_us,
+            SessionState::Unknown | SessionState::Disabled => None,
+        }?;
+        Some((at - since).max(0))
+    }
+
+    /// True for PostgreSQL's own processes (checkpointer, autovacuum, …) rather than
+    /// client sessions, parallel workers or WAL senders.
+    pub fn is_background(&self) -> bool {
+        !matches!(
+            self.backend_type.as_str(),
+            "client backend" | "parallel worker" | "walsender" | ""
+        )
+    }
+}
+
+/// Whether the agent could sample a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetStatus {
+    /// The sample succeeded.
+    Up,
+    /// The sample failed, for this reason.
+    Down(String),
+}
+
+/// Everything one sample of one target saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The target's `server_id`.
+    pub server_id: String,
+    /// When the sample was taken.
+    pub sampled_at_us: Micros,
+    /// Whether the sample succeeded; when down, `sessions` is empty.
+    pub status: TargetStatus,
+    /// Every session the sample saw, the agent's own excluded.
+    pub sessions: Vec<Session>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_filters_accept_what_users_type() {
+        assert_eq!(
+            SessionState::parse_filter("idle-in-transaction"),
+            Ok(SessionState::IdleInTransaction)
+        );
+        assert_eq!(
+            SessionState::parse_filter(" Active "),
+            Ok(SessionState::Active)
+        );
+        let err = SessionState::parse_filter("sleeping").unwrap_err();
+        assert!(err.contains("idle in transaction"), "{err}");
+    }
+
+    #[test]
+    fn every_named_state_round_trips_through_postgres_words() {
+        for state in SessionState::NAMED {
+            assert_eq!(SessionState::from_pg(Some(state.as_pg())), state);
+        }
+        assert_eq!(SessionState::from_pg(None), SessionState::Unknown);
+    }
+
+    #[test]
+    fn duration_depends_on_state() {
+        let mut s = Session {
+            state: SessionState::Active,
+            xact_start_us: Some(1_000),
+            query_start_us: Some(5_000),
+            state_change_us: Some(5_000),
+            ..Default::default()
+        };
+        assert_eq!(s.duration_us(9_000), Some(4_000));
+        s.state = SessionState::IdleInTransaction;
+        assert_eq!(s.duration_us(9_000), Some(8_000));
+        s.state = SessionState::Unknown;
+        assert_eq!(s.duration_us(9_000), None);
+    }
+}
