@@ -1,0 +1,190 @@
+//! Helpers that every pgfleet binary uses to read its settings, in the order of
+//! precedence flag, environment (`PGFLEET_…`), TOML file, default. Flags and the
+//! environment are clap's job; this module reads the file and checks values.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+/// A setting that cannot be used, with a message that names it.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("invalid config file {}: {}", path.display(), message.trim_end())]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the TOML parser said, with the line and column.
+        message: String,
+    },
+    /// One setting has a value that cannot be used.
+    #[error("invalid `{key}`: {message}")]
+    Invalid {
+        /// The setting's name, as a config key.
+        key: &'static str,
+        /// What is wrong with the value, and what would be right.
+        message: String,
+    },
+    /// A required setting is missing.
+    #[error("missing `{key}`: {hint}")]
+    Missing {
+        /// The setting's name, as a config key.
+        key: &'static str,
+        /// How to give it.
+        hint: &'static str,
+    },
+}
+
+/// Reads a TOML config file into `T`, or `T::default()` when no file is named.
+pub fn read_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, SettingsError> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_toml(path, &text)
+}
+
+/// Parses config text that came from `path`.
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, SettingsError> {
+    toml::from_str(text).map_err(|e| SettingsError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().replace('\n', " "),
+    })
+}
+
+/// Parses a duration like "1s", "500ms" or "2m" and checks it lies in `range`.
+pub fn parse_duration(
+    key: &'static str,
+    text: &str,
+    range: std::ops::RangeInclusive<Duration>,
+) -> Result<Duration, SettingsError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| SettingsError::Invalid {
+        key,
+        message: format!("{text:?} is not a duration ({e}); write it like \"1s\" or \"500ms\""),
+    })?;
+    if !range.contains(&d) {
+        return Err(SettingsError::Invalid {
+            key,
+            message: format!(
+                "{text:?} is out of range; it must lie between {} and {}",
+                humantime::format_duration(*range.start()),
+                humantime::format_duration(*range.end())
+            ),
+        });
+    }
+    Ok(d)
+}
+
+/// Parses `key=value` labels, checking their names and sizes.
+pub fn parse_labels<'a>(
+    items: impl IntoIterator<Item = &'a str>,
+) -> Result<std::collections::BTreeMap<String, String>, SettingsError> {
+    let mut labels = std::collections::BTreeMap::new();
+    for item in items {
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(SettingsError::Invalid {
+                key: "label",
+                message: format!("{item:?} is not of the form name=value, as in dc=eu1"),
+            });
+        };
+        check_label(name.trim(), value.trim())?;
+        labels.insert(name.trim().to_owned(), value.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+/// The longest label name or value, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+/// Checks one label: a Prometheus-style name and a value of bounded size.
+pub fn check_label(name: &str, value: &str) -> Result<(), SettingsError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= MAX_LABEL_BYTES
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_name {
+        return Err(SettingsError::Invalid {
+            key: "label",
+            message: format!(
+                "label name {name:?} must be letters, digits and '_', not start with a digit, and be at most {MAX_LABEL_BYTES} bytes"
+            ),
+        });
+    }
+    if value.len() > MAX_LABEL_BYTES {
+        return Err(SettingsError::Invalid {
+            key: "label",
+            message: format!("the value of label {name:?} is longer than {MAX_LABEL_BYTES} bytes"),
+        });
+    }
+    Ok(())
+}
+
+/// A URL for a gRPC endpoint; "host:port" is taken as "http://host:port".
+pub fn endpoint_url(key: &'static str, text: &str) -> Result<String, SettingsError> {
+    let text = text.trim();
+    let url = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("http://{text}")
+    };
+    match url.parse::<tonic::transport::Uri>() {
+        Ok(uri) if uri.host().is_some() && matches!(uri.scheme_str(), Some("http" | "https")) => {
+            Ok(url)
+        }
+        _ => Err(SettingsError::Invalid {
+            key,
+            message: format!("{text:?} is not an address like http://127.0.0.1:7600"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_parsed_and_bounded() {
+        let range = Duration::from_millis(100)..=Duration::from_secs(60);
+        assert_eq!(
+            parse_duration("interval", "500ms", range.clone()).unwrap(),
+            Duration::from_millis(500)
+        );
+        let err = parse_duration("interval", "5 parsecs", range.clone()).unwrap_err();
+        assert!(err.to_string().starts_with("invalid `interval`"), "{err}");
+        let err = parse_duration("interval", "2h", range).unwrap_err();
+        assert!(err.to_string().contains("between 100ms and 1m"), "{err}");
+    }
+
+    #[test]
+    fn labels_need_a_name_and_an_equals_sign() {
+        let labels = parse_labels(["dc=eu1", " cluster = orders "]).unwrap();
+        assert_eq!(labels["cluster"], "orders");
+        assert!(parse_labels(["dc"]).is_err());
+        assert!(parse_labels(["1dc=x"]).is_err());
+        assert!(parse_labels(["d-c=x"]).is_err());
+        assert!(parse_labels([format!("dc={}", "x".repeat(129)).as_str()]).is_err());
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme_and_bad_ones_are_named() {
+        assert_eq!(
+            endpoint_url("collector", "127.0.0.1:7600").unwrap(),
+            "http://127.0.0.1:7600"
+        );
+        assert!(endpoint_url("collector", "https://c.example:443").is_ok());
+        let err = endpoint_url("collector", "ftp://x").unwrap_err();
+        assert!(err.to_string().contains("`collector`"), "{err}");
+    }
+}

@@ -1,0 +1,358 @@
+//! The stream client: connect, say Hello, send batches, drop them on Ack, and
+//! reconnect with capped backoff when the collector goes away.
+
+use std::time::Duration;
+
+use pgfleet_proto::model::Snapshot;
+use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::error::chain;
+use crate::spool::Spool;
+
+/// The largest gRPC message either side of the stream accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// How many snapshots one batch holds at most.
+const MAX_SNAPSHOTS_PER_BATCH: usize = 256;
+
+/// How long to wait for the collector's Welcome.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a graceful stop waits for the last acks.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One stream to the collector, or the time of the next attempt. There is one
+/// value per agent, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Connection {
+    Connected {
+        tx: mpsc::Sender<v1::AgentMessage>,
+        inbound: tonic::Streaming<v1::CollectorMessage>,
+    },
+    Disconnected {
+        retry_at: Instant,
+    },
+}
+
+/// What happened on a live stream.
+enum Event {
+    Continue,
+    Lost(String),
+}
+
+/// Owns the spool and the stream; fed snapshots by the samplers.
+pub struct Shipper {
+    collector: String,
+    hello: v1::Hello,
+    spool: Spool,
+    snapshots: mpsc::Receiver<Snapshot>,
+    backoff: Backoff,
+    /// When and why the collector became unreachable, for logging once.
+    outage: Option<(Instant, String)>,
+    /// The samplers are gone; nothing more will be queued.
+    inputs_closed: bool,
+}
+
+impl Shipper {
+    /// A shipper that streams to `collector`, introducing itself with `hello`.
+    pub fn new(
+        collector: String,
+        hello: v1::Hello,
+        spool: Spool,
+        snapshots: mpsc::Receiver<Snapshot>,
+    ) -> Self {
+        Shipper {
+            collector,
+            hello,
+            spool,
+            snapshots,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+            outage: None,
+            inputs_closed: false,
+        }
+    }
+
+    /// Runs until `stop` changes, then tries for a moment to deliver what is left.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut conn = Connection::Disconnected {
+            retry_at: Instant::now(),
+        };
+        loop {
+            if self.inputs_closed && self.spool.is_empty() {
+                return;
+            }
+            let next = match conn {
+                Connection::Disconnected { retry_at } => {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        snapshot = self.snapshots.recv() => match snapshot {
+                            Some(s) => { self.enqueue(s); Some(Connection::Disconnected { retry_at }) }
+                            None => None,
+                        },
+                        _ = tokio::time::sleep_until(retry_at) => {
+                            tokio::select! {
+                                _ = stop.changed() => break,
+                                c = self.connect() => Some(c),
+                            }
+                        }
+                    }
+                }
+                Connection::Connected { tx, mut inbound } => {
+                    let event = tokio::select! {
+                        _ = stop.changed() => None,
+                        event = self.step(&tx, &mut inbound) => Some(event),
+                    };
+                    match event {
+                        None => {
+                            self.drain(&tx, &mut inbound).await;
+                            return;
+                        }
+                        Some(Event::Continue) => Some(Connection::Connected { tx, inbound }),
+                        Some(Event::Lost(reason)) => Some(self.lost(reason)),
+                    }
+                }
+            };
+            match next {
+                Some(c) => conn = c,
+                None => break,
+            }
+        }
+        if !self.spool.is_empty() {
+            warn!(
+                batches = self.spool.len(),
+                "Stopped with batches the collector has not acknowledged; they are lost."
+            );
+        }
+    }
+
+    /// Waits for one event on a live stream and handles it.
+    async fn step(
+        &mut self,
+        tx: &mpsc::Sender<v1::AgentMessage>,
+        inbound: &mut tonic::Streaming<v1::CollectorMessage>,
+    ) -> Event {
+        let has_unsent = self.spool.next_unsent().is_some();
+        tokio::select! {
+            biased;
+            msg = inbound.message() => match msg {
+                Ok(Some(msg)) => {
+                    self.handle(msg);
+                    Event::Continue
+                }
+                Ok(None) => Event::Lost("the collector closed the stream".to_owned()),
+                Err(status) => Event::Lost(status_line(&status)),
+            },
+            permit = tx.reserve(), if has_unsent => match permit {
+                Ok(permit) => {
+                    if let Some(batch) = self.spool.next_unsent() {
+                        permit.send(v1::AgentMessage {
+                            msg: Some(agent_message::Msg::Batch(batch.clone())),
+                        });
+                        self.spool.mark_sent();
+                    }
+                    Event::Continue
+                }
+                Err(_) => Event::Lost("the stream closed".to_owned()),
+            },
+            snapshot = self.snapshots.recv(), if !self.inputs_closed => {
+                match snapshot {
+                    Some(s) => self.enqueue(s),
+                    None => self.inputs_closed = true,
+                }
+                Event::Continue
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: v1::CollectorMessage) {
+        match msg.msg {
+            Some(collector_message::Msg::Ack(ack)) => {
+                self.spool.ack(ack.seq);
+            }
+            Some(collector_message::Msg::KeyframeRequest(req)) => {
+                // Every snapshot is a keyframe until delta encoding is on.
+                debug!(servers = ?req.server_ids, "Collector asked for keyframes.");
+            }
+            Some(collector_message::Msg::Welcome(_)) | None => {
+                debug!("Ignored an unexpected message from the collector.");
+            }
+        }
+    }
+
+    /// Takes the snapshot and whatever else is waiting, as one batch.
+    fn enqueue(&mut self, first: Snapshot) {
+        let mut snapshots = vec![v1::Snapshot::from(&first)];
+        while snapshots.len() < MAX_SNAPSHOTS_PER_BATCH {
+            match self.snapshots.try_recv() {
+                Ok(s) => snapshots.push(v1::Snapshot::from(&s)),
+                Err(_) => break,
+            }
+        }
+        let dropped = self.spool.push(snapshots);
+        if dropped > 0 {
+            warn!(
+                dropped,
+                dropped_total = self.spool.dropped_batches(),
+                spool_bytes = self.spool.bytes(),
+                "Spool is full; dropped the oldest batches."
+            );
+        }
+    }
+
+    /// Opens a stream and completes the handshake, or schedules the next attempt.
+    async fn connect(&mut self) -> Connection {
+        match self.handshake().await {
+            Ok((tx, inbound, welcome)) => {
+                self.spool.restart(welcome.resume_after_seq);
+                self.backoff.reset();
+                match self.outage.take() {
+                    Some((since, _)) => info!(
+                        collector = %self.collector,
+                        outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                        resending = self.spool.len(),
+                        "Connected to the collector again."
+                    ),
+                    None => info!(collector = %self.collector, "Connected to the collector."),
+                }
+                Connection::Connected { tx, inbound }
+            }
+            Err((reason, refused)) => {
+                let delay = self.backoff.next_delay();
+                let repeated = self.outage.as_ref().is_some_and(|(_, r)| *r == reason);
+                if !repeated {
+                    if refused {
+                        error!(collector = %self.collector, reason = %reason, retry_in = ?delay, "The collector refused this agent; retrying with backoff.");
+                    } else {
+                        warn!(collector = %self.collector, reason = %reason, retry_in = ?delay, "Cannot reach the collector; retrying with backoff.");
+                    }
+                }
+                let since = self.outage.take().map_or_else(Instant::now, |(t, _)| t);
+                self.outage = Some((since, reason));
+                Connection::Disconnected {
+                    retry_at: Instant::now() + delay,
+                }
+            }
+        }
+    }
+
+    /// Connects, sends Hello and waits for Welcome. An error says why, and whether
+    /// the collector refused (rather than could not be reached).
+    async fn handshake(
+        &self,
+    ) -> Result<
+        (
+            mpsc::Sender<v1::AgentMessage>,
+            tonic::Streaming<v1::CollectorMessage>,
+            v1::Welcome,
+        ),
+        (String, bool),
+    > {
+        let unreachable = |reason: String| (reason, false);
+        let endpoint = Endpoint::from_shared(self.collector.clone())
+            .map_err(|e| unreachable(chain(&e)))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| unreachable(chain(&e)))?;
+        let mut client = IngestClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, rx) = mpsc::channel(32);
+        let hello = v1::AgentMessage {
+            msg: Some(agent_message::Msg::Hello(self.hello.clone())),
+        };
+        tx.send(hello)
+            .await
+            .map_err(|_| unreachable("the stream closed".to_owned()))?;
+        let call = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            let mut inbound = client
+                .stream(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| (status_line(&s), refused(&s)))?
+                .into_inner();
+            match inbound.message().await {
+                Ok(Some(v1::CollectorMessage {
+                    msg: Some(collector_message::Msg::Welcome(welcome)),
+                })) => Ok((inbound, welcome)),
+                Ok(_) => Err(unreachable(
+                    "the collector did not answer Hello with Welcome".to_owned(),
+                )),
+                Err(s) => Err((status_line(&s), refused(&s))),
+            }
+        });
+        match call.await {
+            Ok(Ok((inbound, welcome))) => Ok((tx, inbound, welcome)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unreachable(format!(
+                "no Welcome within {}",
+                humantime::format_duration(HANDSHAKE_TIMEOUT)
+            ))),
+        }
+    }
+
+    fn lost(&mut self, reason: String) -> Connection {
+        warn!(collector = %self.collector, reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
+        self.outage = Some((Instant::now(), reason));
+        let delay = self.backoff.next_delay();
+        Connection::Disconnected {
+            retry_at: Instant::now() + delay,
+        }
+    }
+
+    /// On a graceful stop: send what is queued and wait briefly for the acks.
+    async fn drain(
+        &mut self,
+        tx: &mpsc::Sender<v1::AgentMessage>,
+        inbound: &mut tonic::Streaming<v1::CollectorMessage>,
+    ) {
+        while let Ok(s) = self.snapshots.try_recv() {
+            self.enqueue(s);
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !self.spool.is_empty() {
+            match tokio::time::timeout_at(deadline, self.step(tx, inbound)).await {
+                Ok(Event::Continue) => {}
+                Ok(Event::Lost(_)) | Err(_) => break,
+            }
+        }
+        if !self.spool.is_empty() {
+            warn!(
+                batches = self.spool.len(),
+                "Stopped with batches the collector has not acknowledged; they are lost."
+            );
+        }
+    }
+}
+
+/// A gRPC status as one line: "the message (code)".
+fn status_line(status: &tonic::Status) -> String {
+    let message = status.message();
+    let detail = std::error::Error::source(status)
+        .map(chain)
+        .filter(|d| !message.contains(d.as_str()));
+    match detail {
+        Some(d) => format!("{message}: {d} ({:?})", status.code()),
+        None => format!("{message} ({:?})", status.code()),
+    }
+}
+
+/// True for statuses that mean the collector refused this agent, as opposed to
+/// being away.
+fn refused(status: &tonic::Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        status.code(),
+        InvalidArgument | AlreadyExists | PermissionDenied | Unauthenticated | FailedPrecondition
+    )
+}

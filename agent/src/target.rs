@@ -1,0 +1,206 @@
+//! A monitored PostgreSQL server: how to reach it, and the settings that keep the
+//! agent harmless to it.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use tokio_postgres::config::Host;
+
+use crate::settings::SettingsError;
+
+/// The `application_name` of every agent connection; samples exclude these sessions.
+pub const APPLICATION_NAME: &str = "pgfleet-agent";
+
+/// The most connections the agent opens to one target.
+pub const MAX_CONNECTIONS: usize = 1;
+
+/// How long to wait for a connection to be established.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Builds the connection settings from a libpq URL or key/value string, filling what
+/// it leaves out from the libpq variables (`PGHOST`, `PGPORT`, `PGUSER`,
+/// `PGPASSWORD`, `PGDATABASE`) that `env` returns, then from libpq's defaults.
+pub fn connection_config(
+    target: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<tokio_postgres::Config, SettingsError> {
+    let text = target.unwrap_or("").trim();
+    let mut config = if text.is_empty() {
+        tokio_postgres::Config::new()
+    } else {
+        tokio_postgres::Config::from_str(text).map_err(|e| SettingsError::Invalid {
+            key: "target",
+            message: format!(
+                "cannot parse it as a PostgreSQL URL or key/value string ({e}); write it like postgres://user@host:5432/db or \"host=db1 user=pgfleet\""
+            ),
+        })?
+    };
+    if config.get_hosts().is_empty() {
+        match env("PGHOST").filter(|h| !h.is_empty()) {
+            Some(hosts) => {
+                for host in hosts.split(',') {
+                    config.host(host.trim());
+                }
+            }
+            None => {
+                config.host("localhost");
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        let port = match env("PGPORT").filter(|p| !p.is_empty()) {
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| SettingsError::Invalid {
+                    key: "target",
+                    message: format!("PGPORT={p:?} is not a port number"),
+                })?,
+            None => 5432,
+        };
+        config.port(port);
+    }
+    if config.get_user().is_none() {
+        let user = env("PGUSER")
+            .or_else(|| env("USER"))
+            .unwrap_or_else(|| "postgres".to_owned());
+        config.user(user);
+    }
+    if config.get_password().is_none()
+        && let Some(password) = env("PGPASSWORD")
+    {
+        config.password(password);
+    }
+    if config.get_dbname().is_none()
+        && let Some(db) = env("PGDATABASE")
+    {
+        config.dbname(db);
+    }
+    Ok(config)
+}
+
+/// The default `server_id` of a target: its first host and port ("db1:5432").
+pub fn default_server_id(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
+/// "user@host:port/db", for logs; never shows the password.
+pub fn display(config: &tokio_postgres::Config) -> String {
+    format!(
+        "{}@{}/{}",
+        config.get_user().unwrap_or(""),
+        default_server_id(config),
+        config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("postgres")
+    )
+}
+
+/// A small pool with the settings that keep the agent harmless: its own
+/// `application_name`, a `statement_timeout` and `lock_timeout` on every
+/// statement, read-only transactions, and at most [`MAX_CONNECTIONS`] connections.
+pub fn pool(
+    mut config: tokio_postgres::Config,
+    statement_timeout: Duration,
+) -> Result<Pool, SettingsError> {
+    let ms = statement_timeout.as_millis().max(1);
+    let safety = format!(
+        "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={} -c default_transaction_read_only=on",
+        ms * 5
+    );
+    let options = match config.get_options() {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing} {safety}"),
+        _ => safety,
+    };
+    config
+        .application_name(APPLICATION_NAME)
+        .options(&options)
+        .connect_timeout(CONNECT_TIMEOUT);
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(MAX_CONNECTIONS)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(CONNECT_TIMEOUT + Duration::from_secs(1)))
+        .wait_timeout(Some(statement_timeout))
+        .recycle_timeout(Some(statement_timeout))
+        .build()
+        .map_err(|e| SettingsError::Invalid {
+            key: "target",
+            message: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn a_url_wins_over_the_libpq_variables() {
+        let c = connection_config(
+            Some("postgres://alice:pw@db1:6432/orders"),
+            env(&[("PGHOST", "other"), ("PGUSER", "bob"), ("PGPORT", "1")]),
+        )
+        .unwrap();
+        assert_eq!(default_server_id(&c), "db1:6432");
+        assert_eq!(c.get_user(), Some("alice"));
+        assert_eq!(c.get_dbname(), Some("orders"));
+    }
+
+    #[test]
+    fn the_libpq_variables_fill_what_the_target_leaves_out() {
+        let c = connection_config(
+            Some("dbname=orders"),
+            env(&[
+                ("PGHOST", "db2"),
+                ("PGPORT", "5433"),
+                ("PGUSER", "mon"),
+                ("PGPASSWORD", "s3cret"),
+                ("PGDATABASE", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(default_server_id(&c), "db2:5433");
+        assert_eq!(c.get_user(), Some("mon"));
+        assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
+        assert_eq!(c.get_dbname(), Some("orders"));
+        assert_eq!(display(&c), "mon@db2:5433/orders");
+    }
+
+    #[test]
+    fn no_target_at_all_means_libpq_defaults() {
+        let c = connection_config(None, env(&[("USER", "carol")])).unwrap();
+        assert_eq!(default_server_id(&c), "localhost:5432");
+        assert_eq!(c.get_user(), Some("carol"));
+    }
+
+    #[test]
+    fn bad_targets_and_ports_are_named() {
+        let err = connection_config(Some("postgres://db:notaport/x"), env(&[])).unwrap_err();
+        assert!(err.to_string().starts_with("invalid `target`"), "{err}");
+        let err = connection_config(None, env(&[("PGPORT", "abc")])).unwrap_err();
+        assert!(err.to_string().contains("PGPORT"), "{err}");
+    }
+}
