@@ -1,0 +1,501 @@
+//! The aggregator: one task that owns the live fleet state. Ingest talks to it over
+//! a bounded channel; readers get immutable views that it publishes after each
+//! round of changes, so a slow reader never holds the writer.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfleet_proto::model::{Session, Snapshot, TargetStatus};
+use pgfleet_proto::time::{Micros, now_micros};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+use tracing::{debug, info};
+
+/// How many commands may wait for the aggregator.
+const COMMAND_QUEUE: usize = 1024;
+
+/// How many commands the aggregator applies before it publishes a view.
+const MAX_COMMANDS_PER_PUBLISH: usize = 256;
+
+/// A server is stale after this many sampling intervals without a snapshot.
+pub const STALE_AFTER_INTERVALS: u32 = 3;
+
+/// One server as the last published view holds it.
+#[derive(Debug, Clone)]
+pub struct ServerView {
+    /// The server's identity.
+    pub server_id: String,
+    /// The agent that streams it.
+    pub agent_id: String,
+    /// Whether that agent has a live stream now.
+    pub agent_connected: bool,
+    /// The agent's labels merged with the target's.
+    pub labels: BTreeMap<String, String>,
+    /// The agent's sampling interval.
+    pub interval: Duration,
+    /// When the collector last received a snapshot (None: never).
+    pub last_seen_us: Option<Micros>,
+    /// When the last snapshot was sampled.
+    pub sampled_at_us: Micros,
+    /// Up or down, as the agent last reported.
+    pub status: TargetStatus,
+    /// The sessions of the last snapshot.
+    pub sessions: Arc<Vec<Session>>,
+}
+
+/// A server's health as readers see it at a given instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Sampled within the last three intervals.
+    Up,
+    /// The agent reports the server down.
+    Down(String),
+    /// Nothing heard for three intervals.
+    Stale(String),
+}
+
+impl ServerView {
+    /// The server's health at `now`.
+    pub fn health(&self, now: Micros) -> Health {
+        let limit = self.interval.as_micros() as i64 * i64::from(STALE_AFTER_INTERVALS);
+        let silent = match self.last_seen_us {
+            None => Some("no snapshot has arrived yet".to_owned()),
+            Some(seen) if now - seen > limit => Some(format!(
+                "no snapshot for {}",
+                humantime::format_duration(Duration::from_secs(((now - seen) / 1_000_000) as u64))
+            )),
+            Some(_) => None,
+        };
+        match (silent, &self.status) {
+            (Some(why), _) if !self.agent_connected => {
+                Stale(format!("{why}; agent {} is disconnected", self.agent_id))
+            }
+            (Some(why), _) => Stale(format!("{why} from agent {}", self.agent_id)),
+            (None, TargetStatus::Down(reason)) => Down(reason.clone()),
+            (None, TargetStatus::Up) => Up,
+        }
+    }
+}
+use Health::{Down, Stale, Up};
+
+/// An immutable view of the whole fleet.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    /// Every known server, by server_id.
+    pub servers: BTreeMap<String, Arc<ServerView>>,
+}
+
+/// A target as an agent's Hello names it.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    /// Its server_id.
+    pub server_id: String,
+    /// The agent's labels merged with the target's own.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What ingest asks of the aggregator.
+#[derive(Debug)]
+pub enum Command {
+    /// A stream said Hello; answers with the last sequence applied for the agent.
+    Register {
+        /// The agent's identity.
+        agent_id: String,
+        /// This stream's id, unique in the collector's life.
+        conn_id: u64,
+        /// The agent's targets.
+        targets: Vec<TargetInfo>,
+        /// The agent's sampling interval.
+        interval: Duration,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<u64, Status>>,
+    },
+    /// A batch arrived on a registered stream.
+    Apply {
+        /// The agent's identity.
+        agent_id: String,
+        /// The stream it came on.
+        conn_id: u64,
+        /// The batch's sequence number.
+        seq: u64,
+        /// Its decoded snapshots.
+        snapshots: Vec<Snapshot>,
+        /// Ok once applied (or recognised as a replay).
+        reply: oneshot::Sender<Result<(), Status>>,
+    },
+    /// A stream ended.
+    Disconnect {
+        /// The agent's identity.
+        agent_id: String,
+        /// The stream that ended.
+        conn_id: u64,
+    },
+}
+
+/// The handle ingest and query handlers hold.
+#[derive(Clone)]
+pub struct AggregatorHandle {
+    commands: mpsc::Sender<Command>,
+    view: watch::Receiver<Arc<FleetView>>,
+}
+
+impl AggregatorHandle {
+    /// Sends a command, waiting for room in the queue.
+    pub async fn send(&self, command: Command) -> Result<(), Status> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Status::unavailable("the collector is shutting down"))
+    }
+
+    /// The latest published view.
+    pub fn view(&self) -> Arc<FleetView> {
+        self.view.borrow().clone()
+    }
+
+    /// A receiver that sees every newly published view.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.view.clone()
+    }
+}
+
+struct AgentState {
+    /// The live stream, if any.
+    conn_id: Option<u64>,
+    /// The last sequence applied.
+    last_seq: u64,
+    /// The server_ids of its last Hello.
+    servers: Vec<String>,
+}
+
+/// The single owner of fleet state.
+pub struct Aggregator {
+    commands: mpsc::Receiver<Command>,
+    publish: watch::Sender<Arc<FleetView>>,
+    agents: HashMap<String, AgentState>,
+    servers: BTreeMap<String, Arc<ServerView>>,
+}
+
+impl Aggregator {
+    /// A new aggregator and the handle to reach it.
+    pub fn new() -> (Aggregator, AggregatorHandle) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (publish, view) = watch::channel(Arc::new(FleetView::default()));
+        (
+            Aggregator {
+                commands: rx,
+                publish,
+                agents: HashMap::new(),
+                servers: BTreeMap::new(),
+            },
+            AggregatorHandle { commands: tx, view },
+        )
+    }
+
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        let mut replies = Vec::new();
+        while let Some(first) = self.commands.recv().await {
+            self.handle(first, &mut replies);
+            while replies.len() < MAX_COMMANDS_PER_PUBLISH {
+                match self.commands.try_recv() {
+                    Ok(command) => self.handle(command, &mut replies),
+                    Err(_) => break,
+                }
+            }
+            self.publish.send_replace(Arc::new(FleetView {
+                servers: self.servers.clone(),
+            }));
+            // Answer only once the change is visible to readers.
+            for reply in replies.drain(..) {
+                reply.send();
+            }
+        }
+        debug!("Aggregator stopped.");
+    }
+
+    fn handle(&mut self, command: Command, replies: &mut Vec<Reply>) {
+        match command {
+            Command::Register {
+                agent_id,
+                conn_id,
+                targets,
+                interval,
+                reply,
+            } => replies.push(Reply::Register(
+                reply,
+                self.register(agent_id, conn_id, targets, interval),
+            )),
+            Command::Apply {
+                agent_id,
+                conn_id,
+                seq,
+                snapshots,
+                reply,
+            } => replies.push(Reply::Apply(
+                reply,
+                self.apply(&agent_id, conn_id, seq, snapshots),
+            )),
+            Command::Disconnect { agent_id, conn_id } => self.disconnect(&agent_id, conn_id),
+        }
+    }
+
+    fn register(
+        &mut self,
+        agent_id: String,
+        conn_id: u64,
+        targets: Vec<TargetInfo>,
+        interval: Duration,
+    ) -> Result<u64, Status> {
+        for t in &targets {
+            if let Some(existing) = self.servers.get(&t.server_id)
+                && existing.agent_id != agent_id
+                && existing.agent_connected
+            {
+                return Err(Status::already_exists(format!(
+                    "server_id {:?} is already streamed by agent {:?}; give this target another server_id, or stop the other agent",
+                    t.server_id, existing.agent_id
+                )));
+            }
+        }
+        let agent = self.agents.entry(agent_id.clone()).or_insert(AgentState {
+            conn_id: None,
+            last_seq: 0,
+            servers: Vec::new(),
+        });
+        if agent.conn_id.is_some() {
+            info!(agent.id = %agent_id, "Agent reconnected; its new stream replaces the old one.");
+        }
+        agent.conn_id = Some(conn_id);
+        agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
+        let resume_after = agent.last_seq;
+        for t in targets {
+            let previous = self.servers.get(&t.server_id);
+            let view = ServerView {
+                server_id: t.server_id.clone(),
+                agent_id: agent_id.clone(),
+                agent_connected: true,
+                labels: t.labels,
+                interval,
+                last_seen_us: previous.and_then(|p| p.last_seen_us),
+                sampled_at_us: previous.map_or(0, |p| p.sampled_at_us),
+                status: previous.map_or(TargetStatus::Up, |p| p.status.clone()),
+                sessions: previous.map_or_else(Default::default, |p| p.sessions.clone()),
+            };
+            self.servers.insert(t.server_id, Arc::new(view));
+        }
+        Ok(resume_after)
+    }
+
+    fn apply(
+        &mut self,
+        agent_id: &str,
+        conn_id: u64,
+        seq: u64,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<(), Status> {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return Err(Status::failed_precondition("the stream is not registered"));
+        };
+        if agent.conn_id != Some(conn_id) {
+            return Err(Status::failed_precondition(
+                "a newer stream of this agent replaced this one",
+            ));
+        }
+        if seq <= agent.last_seq {
+            debug!(agent.id = %agent_id, seq, "Replayed batch acknowledged, not applied.");
+            return Ok(());
+        }
+        if let Some(s) = snapshots
+            .iter()
+            .find(|s| !agent.servers.contains(&s.server_id))
+        {
+            return Err(Status::invalid_argument(format!(
+                "batch {seq} has a snapshot of {:?}, which this agent's Hello did not name",
+                s.server_id
+            )));
+        }
+        agent.last_seq = seq;
+        let now = now_micros();
+        for snapshot in snapshots {
+            let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
+                continue;
+            };
+            // Snapshots from a replay after a reconnect may be older than what is
+            // held; the live view keeps the newest.
+            if snapshot.sampled_at_us < current.sampled_at_us {
+                continue;
+            }
+            let view = Arc::make_mut(current);
+            view.last_seen_us = Some(now);
+            view.sampled_at_us = snapshot.sampled_at_us;
+            view.status = snapshot.status;
+            view.sessions = Arc::new(snapshot.sessions);
+        }
+        Ok(())
+    }
+
+    fn disconnect(&mut self, agent_id: &str, conn_id: u64) {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        if agent.conn_id != Some(conn_id) {
+            return;
+        }
+        agent.conn_id = None;
+        for server_id in &agent.servers {
+            if let Some(view) = self.servers.get_mut(server_id) {
+                Arc::make_mut(view).agent_connected = false;
+            }
+        }
+    }
+}
+
+/// An answer held back until the view that contains its change is published.
+enum Reply {
+    Register(oneshot::Sender<Result<u64, Status>>, Result<u64, Status>),
+    Apply(oneshot::Sender<Result<(), Status>>, Result<(), Status>),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Reply::Register(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Apply(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfleet_proto::model::SessionState;
+
+    fn target(id: &str) -> TargetInfo {
+        TargetInfo {
+            server_id: id.to_owned(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn snapshot(id: &str, at: Micros, pids: &[i32]) -> Snapshot {
+        Snapshot {
+            server_id: id.to_owned(),
+            sampled_at_us: at,
+            status: TargetStatus::Up,
+            sessions: pids
+                .iter()
+                .map(|&pid| Session {
+                    pid,
+                    state: SessionState::Active,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn aggregator() -> Aggregator {
+        Aggregator::new().0
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn replays_are_acknowledged_but_not_applied() {
+        let mut a = aggregator();
+        assert_eq!(
+            a.register("a1".into(), 1, vec![target("db")], SECOND)
+                .unwrap(),
+            0
+        );
+        a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+        a.apply("a1", 1, 2, vec![snapshot("db", 20, &[1, 2])])
+            .unwrap();
+        // Batch 1 again, with other content: acknowledged, ignored.
+        a.apply("a1", 1, 1, vec![snapshot("db", 30, &[9])]).unwrap();
+        assert_eq!(a.servers["db"].sessions.len(), 2);
+        // A new stream of the same agent resumes after 2.
+        assert_eq!(
+            a.register("a1".into(), 2, vec![target("db")], SECOND)
+                .unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_newer_stream_of_the_same_agent_replaces_the_old_one() {
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        a.register("a1".into(), 2, vec![target("db")], SECOND)
+            .unwrap();
+        let old = a
+            .apply("a1", 1, 1, vec![snapshot("db", 10, &[1])])
+            .unwrap_err();
+        assert_eq!(old.code(), tonic::Code::FailedPrecondition);
+        a.apply("a1", 2, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+        // The old stream's end does not mark the agent disconnected.
+        a.disconnect("a1", 1);
+        assert!(a.servers["db"].agent_connected);
+        a.disconnect("a1", 2);
+        assert!(!a.servers["db"].agent_connected);
+    }
+
+    #[test]
+    fn a_second_live_agent_cannot_claim_a_server() {
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        let refused = a
+            .register("a2".into(), 2, vec![target("db")], SECOND)
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+        assert!(refused.message().contains("a1"), "{}", refused.message());
+        // Once the first agent is gone, another may take the server over.
+        a.disconnect("a1", 1);
+        assert!(
+            a.register("a2".into(), 2, vec![target("db")], SECOND)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn snapshots_of_servers_the_agent_did_not_name_are_refused() {
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        let err = a
+            .apply("a1", 1, 1, vec![snapshot("other", 10, &[])])
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn health_is_up_down_or_stale_with_a_reason() {
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        let now = now_micros();
+        assert!(
+            matches!(a.servers["db"].health(now), Stale(r) if r.contains("no snapshot has arrived"))
+        );
+        a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+        assert_eq!(a.servers["db"].health(now_micros()), Up);
+        let later = now_micros() + 4_000_000;
+        assert!(matches!(a.servers["db"].health(later), Stale(r) if r.contains("no snapshot for")));
+        let mut down = snapshot("db", 20, &[]);
+        down.status = TargetStatus::Down("connection refused".into());
+        a.apply("a1", 1, 2, vec![down]).unwrap();
+        assert_eq!(
+            a.servers["db"].health(now_micros()),
+            Down("connection refused".into())
+        );
+        a.disconnect("a1", 1);
+        assert!(matches!(a.servers["db"].health(later), Stale(r) if r.contains("disconnected")));
+    }
+}

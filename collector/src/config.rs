@@ -1,0 +1,131 @@
+//! The collector's settings: flags, then `PGFLEET_*` variables, then the TOML file,
+//! then defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pgfleet_agent::settings::{self, SettingsError};
+use serde::Deserialize;
+
+const EXAMPLES: &str = "\
+Examples:
+  pgfleet-collector --listen 127.0.0.1:7600 --data-dir /var/lib/pgfleet
+  pgfleet-collector --config /etc/pgfleet/collector.toml
+
+Every flag can also be set as PGFLEET_<FLAG> (PGFLEET_LISTEN=0.0.0.0:7600) or as a key
+in the config file (listen = \"0.0.0.0:7600\"); a flag wins over the variable, the
+variable over the file.";
+
+/// Command-line flags of `pgfleet-collector`.
+#[derive(Debug, Default, clap::Parser)]
+#[command(
+    name = "pgfleet-collector",
+    version,
+    about = "Receives pgfleet agents' streams and answers queries about the fleet.",
+    after_help = EXAMPLES
+)]
+pub struct CollectorArgs {
+    /// The gRPC address to listen on (Ingest, Query, health, reflection) [default: 127.0.0.1:7600]
+    #[arg(long, env = "PGFLEET_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where the collector keeps its state [default: ./pgfleet-data]
+    #[arg(long, env = "PGFLEET_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML file with any of the settings above
+    #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The collector's config file; every key matches a flag's name.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorFile {
+    /// See `--listen`.
+    pub listen: Option<String>,
+    /// See `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The collector's settings, checked and complete.
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    /// The gRPC address to listen on.
+    pub listen: SocketAddr,
+    /// Where the collector keeps its state.
+    pub data_dir: PathBuf,
+}
+
+impl CollectorConfig {
+    /// Settings with a data directory and everything else at its default.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        CollectorConfig { listen, data_dir }
+    }
+
+    /// Resolves flags (and the variables clap read into them), the file and defaults.
+    pub fn resolve(args: CollectorArgs) -> Result<Self, SettingsError> {
+        let file: CollectorFile = settings::read_toml(args.config.as_deref())?;
+        let listen_text = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7600".to_owned());
+        let listen = listen_text
+            .trim()
+            .parse()
+            .map_err(|_| SettingsError::Invalid {
+                key: "listen",
+                message: format!("{listen_text:?} is not an address like 127.0.0.1:7600"),
+            })?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("pgfleet-data"));
+        Ok(CollectorConfig { listen, data_dir })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_flag_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("pgfleet-col-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("collector.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/pgfleet\"\n",
+        )
+        .unwrap();
+        let args = CollectorArgs::parse_from([
+            "pgfleet-collector",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:7700",
+        ]);
+        let c = CollectorConfig::resolve(args).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:7700".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/srv/pgfleet"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/collector.toml");
+        let args = CollectorArgs {
+            config: Some(path.into()),
+            ..Default::default()
+        };
+        let c = CollectorConfig::resolve(args).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/pgfleet"));
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_named() {
+        let args = CollectorArgs::parse_from(["pgfleet-collector", "--listen", "nowhere"]);
+        let err = CollectorConfig::resolve(args).unwrap_err().to_string();
+        assert!(err.starts_with("invalid `listen`"), "{err}");
+    }
+}

@@ -1,0 +1,332 @@
+//! The Ingest service: one stream per agent. It checks the Hello, decodes batches
+//! off the aggregator's task, and acknowledges each batch once it is applied.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pgfleet_agent::settings::{MAX_LABEL_BYTES, check_label};
+use pgfleet_proto::DecodeError;
+use pgfleet_proto::model::Snapshot;
+use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::aggregator::{AggregatorHandle, Command, TargetInfo};
+
+/// How long a new stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most targets one agent may name.
+pub const MAX_TARGETS: usize = 1024;
+
+/// The most labels one server may carry.
+pub const MAX_LABELS: usize = 32;
+
+/// The largest message the collector accepts on any stream.
+pub const MAX_MESSAGE_BYTES: usize = pgfleet_agent::ship::MAX_MESSAGE_BYTES;
+
+/// The Ingest service.
+pub struct IngestService {
+    aggregator: AggregatorHandle,
+    next_conn: Arc<AtomicU64>,
+    shutdown: watch::Receiver<()>,
+}
+
+impl IngestService {
+    /// A service that feeds `aggregator` and ends every stream, telling its agent
+    /// to reconnect, when `shutdown` fires or its sender is dropped.
+    pub fn new(aggregator: AggregatorHandle, shutdown: watch::Receiver<()>) -> Self {
+        IngestService {
+            aggregator,
+            next_conn: Arc::new(AtomicU64::new(1)),
+            shutdown,
+        }
+    }
+}
+
+type Outbound = mpsc::Sender<Result<v1::CollectorMessage, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Result<v1::CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a stream must be Hello",
+                ));
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("the stream ended before Hello")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Hello within {}s",
+                    HELLO_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let (targets, interval) = check_hello(&hello)?;
+        let agent_id = hello.agent_id;
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        self.aggregator
+            .send(Command::Register {
+                agent_id: agent_id.clone(),
+                conn_id,
+                targets,
+                interval,
+                reply,
+            })
+            .await?;
+        let resume_after_seq = answer
+            .await
+            .map_err(|_| Status::unavailable("the collector is shutting down"))??;
+        info!(
+            agent.id = %agent_id,
+            agent.version = %hello.agent_version,
+            peer = %peer,
+            servers = hello.targets.len(),
+            resume_after_seq,
+            "Agent connected."
+        );
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = v1::CollectorMessage {
+            msg: Some(collector_message::Msg::Welcome(v1::Welcome {
+                resume_after_seq,
+                config: Some(v1::StreamConfig {
+                    max_message_bytes: MAX_MESSAGE_BYTES as u32,
+                }),
+            })),
+        };
+        // The channel is new and empty, so this cannot wait.
+        let _ = tx.try_send(Ok(welcome));
+        let aggregator = self.aggregator.clone();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let reason = tokio::select! {
+                reason = receive(&aggregator, &agent_id, conn_id, &mut inbound, &tx) => reason,
+                _ = shutdown.changed() => {
+                    let status = Status::unavailable("the collector is shutting down; reconnect");
+                    let _ = tx.send(Err(status)).await;
+                    "the collector is shutting down".to_owned()
+                }
+            };
+            info!(agent.id = %agent_id, peer = %peer, reason = %reason, "Agent stream ended.");
+            let _ = aggregator
+                .send(Command::Disconnect { agent_id, conn_id })
+                .await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Applies batches until the stream ends; returns why it ended.
+async fn receive(
+    aggregator: &AggregatorHandle,
+    agent_id: &str,
+    conn_id: u64,
+    inbound: &mut Streaming<v1::AgentMessage>,
+    tx: &Outbound,
+) -> String {
+    loop {
+        let batch = match inbound.message().await {
+            Ok(Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Batch(batch)),
+            })) => batch,
+            Ok(Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Hello(_)),
+            })) => {
+                let status = Status::invalid_argument("Hello may be sent only once per stream");
+                let _ = tx.send(Err(status)).await;
+                return "a second Hello".to_owned();
+            }
+            Ok(Some(v1::AgentMessage { msg: None })) => {
+                let status = Status::unimplemented(
+                    "unknown message type; this collector is older than the agent",
+                );
+                let _ = tx.send(Err(status)).await;
+                return "an unknown message type".to_owned();
+            }
+            Ok(None) => return "the agent closed the stream".to_owned(),
+            Err(status) => return format!("{} ({:?})", status.message(), status.code()),
+        };
+        let seq = batch.seq;
+        let (snapshots, keyframes_needed) = decode(agent_id, batch);
+        if !keyframes_needed.is_empty() {
+            let request = v1::CollectorMessage {
+                msg: Some(collector_message::Msg::KeyframeRequest(
+                    v1::KeyframeRequest {
+                        server_ids: keyframes_needed,
+                    },
+                )),
+            };
+            if tx.send(Ok(request)).await.is_err() {
+                return "the agent went away".to_owned();
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let applied = match aggregator
+            .send(Command::Apply {
+                agent_id: agent_id.to_owned(),
+                conn_id,
+                seq,
+                snapshots,
+                reply,
+            })
+            .await
+        {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(Status::unavailable("the collector is shutting down"))),
+            Err(status) => Err(status),
+        };
+        let message = match applied {
+            Ok(()) => Ok(v1::CollectorMessage {
+                msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+            }),
+            Err(status) => {
+                let reason = status.message().to_owned();
+                let _ = tx.send(Err(status)).await;
+                return reason;
+            }
+        };
+        if tx.send(message).await.is_err() {
+            return "the agent went away".to_owned();
+        }
+    }
+}
+
+/// Decodes a batch's snapshots. Malformed snapshots are logged and skipped, so one
+/// bad snapshot cannot wedge the stream; deltas without a base ask for keyframes.
+fn decode(agent_id: &str, batch: v1::Batch) -> (Vec<Snapshot>, Vec<String>) {
+    let mut snapshots = Vec::with_capacity(batch.snapshots.len());
+    let mut keyframes = Vec::new();
+    for wire in batch.snapshots {
+        match Snapshot::try_from(wire) {
+            Ok(s) => snapshots.push(s),
+            Err(DecodeError::DeltaWithoutBase { server_id }) => keyframes.push(server_id),
+            Err(e) => {
+                warn!(agent.id = %agent_id, seq = batch.seq, error = %e, "Skipped a malformed snapshot.")
+            }
+        }
+    }
+    (snapshots, keyframes)
+}
+
+/// Checks a Hello and turns it into the aggregator's terms.
+fn check_hello(hello: &v1::Hello) -> Result<(Vec<TargetInfo>, Duration), Status> {
+    let bad = |m: String| Status::invalid_argument(m);
+    if hello.agent_id.trim().is_empty() || hello.agent_id.len() > MAX_LABEL_BYTES {
+        return Err(bad(format!(
+            "agent_id must be between 1 and {MAX_LABEL_BYTES} bytes long"
+        )));
+    }
+    if hello.targets.is_empty() || hello.targets.len() > MAX_TARGETS {
+        return Err(bad(format!(
+            "Hello must name between 1 and {MAX_TARGETS} targets"
+        )));
+    }
+    if hello.sample_interval_ms < 10 {
+        return Err(bad("sample_interval_ms must be at least 10".to_owned()));
+    }
+    let mut seen = HashSet::new();
+    let mut targets = Vec::with_capacity(hello.targets.len());
+    for t in &hello.targets {
+        if t.server_id.trim().is_empty() || t.server_id.len() > MAX_LABEL_BYTES {
+            return Err(bad(format!(
+                "server_id must be between 1 and {MAX_LABEL_BYTES} bytes long"
+            )));
+        }
+        if !seen.insert(t.server_id.as_str()) {
+            return Err(bad(format!("server_id {:?} is named twice", t.server_id)));
+        }
+        let mut labels: BTreeMap<String, String> = hello
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend(t.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if labels.len() > MAX_LABELS {
+            return Err(bad(format!(
+                "server {:?} has {} labels; at most {MAX_LABELS} are allowed",
+                t.server_id,
+                labels.len()
+            )));
+        }
+        for (name, value) in &labels {
+            check_label(name, value).map_err(|e| bad(e.to_string()))?;
+        }
+        targets.push(TargetInfo {
+            server_id: t.server_id.clone(),
+            labels,
+        });
+    }
+    Ok((
+        targets,
+        Duration::from_millis(u64::from(hello.sample_interval_ms)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> v1::Hello {
+        v1::Hello {
+            agent_id: "a1".into(),
+            agent_version: "test".into(),
+            labels: [("dc".to_owned(), "eu1".to_owned())].into(),
+            targets: vec![v1::Target {
+                server_id: "db-1".into(),
+                labels: [("dc".to_owned(), "eu2".to_owned())].into(),
+            }],
+            sample_interval_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn target_labels_override_agent_labels() {
+        let (targets, interval) = check_hello(&hello()).unwrap();
+        assert_eq!(targets[0].labels["dc"], "eu2");
+        assert_eq!(interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_hellos_are_refused_with_a_reason() {
+        let mut h = hello();
+        h.agent_id.clear();
+        assert!(check_hello(&h).unwrap_err().message().contains("agent_id"));
+        let mut h = hello();
+        h.targets.push(h.targets[0].clone());
+        assert!(
+            check_hello(&h)
+                .unwrap_err()
+                .message()
+                .contains("named twice")
+        );
+        let mut h = hello();
+        h.targets[0].labels.insert("bad-name".into(), "x".into());
+        let status = check_hello(&h).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("bad-name"),
+            "{}",
+            status.message()
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The Query service: answers from the aggregator's last published view.
+
+use pgfleet_proto::model::SessionState;
+use pgfleet_proto::time::{self, Micros, now_micros};
+use pgfleet_proto::{query_session, v1};
+use tonic::{Request, Response, Status};
+
+use crate::aggregator::{AggregatorHandle, Health, ServerView};
+
+/// The Query service.
+pub struct QueryService {
+    aggregator: AggregatorHandle,
+}
+
+impl QueryService {
+    /// A service that reads `aggregator`'s views.
+    pub fn new(aggregator: AggregatorHandle) -> Self {
+        QueryService { aggregator }
+    }
+}
+
+/// A server as the query API shows it at `now`.
+pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
+    let (status, reason) = match view.health(now) {
+        Health::Up => ("up", String::new()),
+        Health::Down(reason) => ("down", reason),
+        Health::Stale(reason) => ("stale", reason),
+    };
+    v1::Server {
+        server_id: view.server_id.clone(),
+        agent_id: view.agent_id.clone(),
+        labels: view.labels.clone().into_iter().collect(),
+        last_seen: view.last_seen_us.map(time::timestamp),
+        up: status == "up",
+        status: status.to_owned(),
+        reason,
+        sessions: u32::try_from(view.sessions.iter().filter(|s| !s.is_background()).count())
+            .unwrap_or(u32::MAX),
+        sample_interval: Some(time::duration(view.interval.as_micros() as i64)),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::query_server::Query for QueryService {
+    async fn list_servers(
+        &self,
+        request: Request<v1::ListServersRequest>,
+    ) -> Result<Response<v1::ListServersResponse>, Status> {
+        let wanted = request.into_inner().labels;
+        let view = self.aggregator.view();
+        let now = now_micros();
+        let servers = view
+            .servers
+            .values()
+            .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| server_message(s, now))
+            .collect();
+        Ok(Response::new(v1::ListServersResponse { servers }))
+    }
+
+    async fn get_activity(
+        &self,
+        request: Request<v1::GetActivityRequest>,
+    ) -> Result<Response<v1::GetActivityResponse>, Status> {
+        let req = request.into_inner();
+        if req.server_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "server_id is required; `pgfleet servers` lists the known servers",
+            ));
+        }
+        let state = match req.state.trim() {
+            "" => None,
+            text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
+        };
+        let min_duration_us = match &req.min_duration {
+            Some(d) if time::duration_micros(d) < 0 => {
+                return Err(Status::invalid_argument(
+                    "min_duration must not be negative",
+                ));
+            }
+            Some(d) => time::duration_micros(d),
+            None => 0,
+        };
+        let view = self.aggregator.view();
+        let Some(server) = view.servers.get(&req.server_id) else {
+            return Err(Status::not_found(format!(
+                "no server {:?} is known to this collector; `pgfleet servers` lists the known servers",
+                req.server_id
+            )));
+        };
+        let at = server.sampled_at_us;
+        let mut sessions: Vec<_> = server
+            .sessions
+            .iter()
+            .filter(|s| req.include_background || !s.is_background())
+            .filter(|s| state.is_none_or(|st| s.state == st))
+            .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
+            .collect();
+        // Longest-running first, as a DBA reads them.
+        sessions.sort_by_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
+        Ok(Response::new(v1::GetActivityResponse {
+            server: Some(server_message(server, now_micros())),
+            sampled_at: (at != 0).then(|| time::timestamp(at)),
+            sessions: sessions.into_iter().map(|s| query_session(s, at)).collect(),
+        }))
+    }
+}

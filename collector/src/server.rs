@@ -1,0 +1,158 @@
+//! Assembling and running the collector's gRPC server.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use pgfleet_proto::v1::{ingest_server::IngestServer, query_server::QueryServer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{error, info};
+
+use crate::aggregator::{Aggregator, AggregatorHandle};
+use crate::config::CollectorConfig;
+use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
+use crate::query::QueryService;
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address of `--listen`.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The data directory cannot be created or locked.
+    #[error("cannot use data directory {}: {message}", dir.display())]
+    DataDir {
+        /// The directory of `--data-dir`.
+        dir: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// gRPC reflection could not be built from the descriptors.
+    #[error("cannot build gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+/// A running collector; dropping it stops the gRPC server.
+pub struct Collector {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The aggregator, for in-process readers.
+    pub aggregator: AggregatorHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    /// Fired (or dropped) to end every open stream.
+    streams: watch::Sender<()>,
+    server: JoinHandle<()>,
+    _lock: File,
+}
+
+/// Binds, locks the data directory and starts serving.
+pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
+    let lock = lock_data_dir(&config.data_dir)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let (aggregator, handle) = Aggregator::new();
+    tokio::spawn(aggregator.run());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health.set_serving::<QueryServer<QueryService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pgfleet_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let (streams, streams_rx) = watch::channel(());
+    let ingest = IngestServer::new(IngestService::new(handle.clone(), streams_rx))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let query = QueryServer::new(QueryService::new(handle.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(query);
+    let server = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_rx.await;
+            })
+            .await
+        {
+            error!(error = %pgfleet_agent::error::chain(&e), "gRPC server stopped.");
+        }
+    });
+    info!(listen = %addr, data_dir = %config.data_dir.display(), "Collector started.");
+    Ok(Collector {
+        addr,
+        aggregator: handle,
+        shutdown: Some(shutdown),
+        streams,
+        server,
+        _lock: lock,
+    })
+}
+
+impl Collector {
+    /// Stops accepting, ends every stream (its agent reconnects, here or
+    /// elsewhere), and waits for the server to finish.
+    pub async fn stop(mut self) {
+        self.streams.send_replace(());
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // A stream that still stays open would hold a graceful shutdown forever.
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Creates the data directory and holds an exclusive lock on it, so that two
+/// collectors never share one.
+fn lock_data_dir(dir: &std::path::Path) -> Result<File, StartError> {
+    let fail = |message: String| StartError::DataDir {
+        dir: dir.to_owned(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    let file = File::create(dir.join("collector.lock")).map_err(|e| fail(e.to_string()))?;
+    file.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => {
+            fail("another collector is using it; give each collector its own --data-dir".to_owned())
+        }
+        std::fs::TryLockError::Error(e) => fail(e.to_string()),
+    })?;
+    Ok(file)
+}
