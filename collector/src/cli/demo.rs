@@ -1,0 +1,157 @@
+//! `pgfleet demo`: a throwaway PostgreSQL with varied activity, a collector and an
+//! agent, all started here, and what the collector reports about them.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use pgfleet_agent::settings;
+use pgfleet_proto::time::now_micros;
+use pgfleet_proto::v1;
+
+use super::output::Output;
+use super::{CliError, fleet};
+use crate::sandbox::{DemoWorkload, Fleet, SandboxError};
+
+/// The demo server's name in the fleet.
+const SERVER_ID: &str = "demo-db-1";
+
+/// How often the demo refreshes what it shows.
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// Everything the demo started, torn down in reverse order.
+#[derive(Default)]
+struct Parts {
+    fleet: Option<Fleet>,
+    workload: Option<DemoWorkload>,
+}
+
+/// Runs the demo; Ctrl-C at any point stops everything and cleans up.
+pub async fn run(keep_running: bool, duration: &str, output: Output) -> Result<(), CliError> {
+    let duration = settings::parse_duration(
+        "duration",
+        duration,
+        Duration::from_secs(1)..=Duration::from_secs(86_400),
+    )?;
+    let mut parts = Parts::default();
+    let result = tokio::select! {
+        r = show(&mut parts, keep_running, duration, output) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\nInterrupted.");
+            Ok(())
+        }
+    };
+    drop(parts.workload.take());
+    if let Some(fleet) = parts.fleet.take() {
+        let dir = fleet.cluster.dir().display().to_string();
+        fleet.stop().await;
+        eprintln!("Stopped the demo and removed {dir}.");
+    }
+    result
+}
+
+async fn show(
+    parts: &mut Parts,
+    keep_running: bool,
+    duration: Duration,
+    output: Output,
+) -> Result<(), CliError> {
+    let failed = |e: SandboxError| CliError::Failed(format!("demo: {e}"));
+    eprintln!("Starting a throwaway PostgreSQL cluster, a collector and an agent…");
+    let labels = [("dc", "demo-dc1"), ("cluster", "demo")];
+    let fleet = parts
+        .fleet
+        .insert(Fleet::start(SERVER_ID, &labels).await.map_err(failed)?);
+    let (url, port) = (fleet.url.clone(), fleet.cluster.port());
+    eprintln!(
+        "PostgreSQL on 127.0.0.1:{port} ({}); collector on {url}; the agent samples {SERVER_ID} every second.",
+        fleet.cluster.dir().display()
+    );
+    parts.workload = Some(DemoWorkload::start(&fleet.cluster).await.map_err(failed)?);
+
+    let mut client = fleet::connect(&url).await?;
+    wait_for_lock_waiter(&mut client).await;
+
+    let tty = std::io::stdout().is_terminal();
+    let until = tokio::time::Instant::now() + duration;
+    loop {
+        frame(&mut client, output, tty).await?;
+        if keep_running || tokio::time::Instant::now() + REFRESH > until {
+            break;
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+    if keep_running {
+        println!(
+            "\nThe demo keeps running until Ctrl-C. In another terminal:\n  \
+             pgfleet --collector {url} servers\n  \
+             pgfleet --collector {url} activity {SERVER_ID}\n  \
+             pgfleet --collector {url} activity {SERVER_ID} --state idle-in-transaction --output json\n  \
+             psql -h 127.0.0.1 -p {port} -U postgres"
+        );
+        std::future::pending::<()>().await;
+    } else {
+        println!(
+            "\nThat was pgfleet. `pgfleet demo --keep-running` leaves the demo up to query it yourself."
+        );
+    }
+    Ok(())
+}
+
+/// Waits (up to 15 s) until the collector shows the session waiting on a lock, so
+/// the first screen already has everything.
+async fn wait_for_lock_waiter(
+    client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
+) {
+    for _ in 0..60 {
+        let request = v1::GetActivityRequest {
+            server_id: SERVER_ID.to_owned(),
+            ..Default::default()
+        };
+        if let Ok(r) = client.get_activity(request).await
+            && r.get_ref()
+                .sessions
+                .iter()
+                .any(|s| !s.blocked_by.is_empty())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One screen: the servers, then the demo server's activity.
+async fn frame(
+    client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
+    output: Output,
+    tty: bool,
+) -> Result<(), CliError> {
+    let servers = client
+        .list_servers(v1::ListServersRequest::default())
+        .await
+        .map_err(|s| CliError::Failed(s.message().to_owned()))?
+        .into_inner();
+    let activity = client
+        .get_activity(v1::GetActivityRequest {
+            server_id: SERVER_ID.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| CliError::Failed(s.message().to_owned()))?
+        .into_inner();
+    let now = now_micros();
+    let mut screen = String::new();
+    if tty {
+        screen.push_str("\x1b[H\x1b[2J");
+    }
+    screen.push_str(&format!(
+        "── pgfleet demo · {} ─────────────────────────────\n$ pgfleet servers\n",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    ));
+    screen.push_str(&fleet::render_servers(&servers.servers, output, now));
+    screen.push_str(&format!("\n$ pgfleet activity {SERVER_ID}\n"));
+    screen.push_str(&fleet::render_activity(&activity, output, now));
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(screen.as_bytes());
+    let _ = stdout.flush();
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `pgfleet servers` and `pgfleet activity`: ask the Query API and print.
+
+use std::time::Duration;
+
+use pgfleet_agent::error::chain;
+use pgfleet_agent::settings;
+use pgfleet_proto::model::SessionState;
+use pgfleet_proto::time::{self, Micros, now_micros};
+use pgfleet_proto::v1::{self, query_client::QueryClient};
+use tonic::transport::{Channel, Endpoint};
+
+use super::CliError;
+use super::output::{Output, Table, human_duration, json, one_line};
+
+/// The widest query shown in a table; `--output json` has the full text.
+const QUERY_WIDTH: usize = 80;
+
+/// A Query client for the collector at `url`, or one line saying why not.
+pub async fn connect(url: &str) -> Result<QueryClient<Channel>, CliError> {
+    let unreachable =
+        |why: String| CliError::Failed(format!("cannot reach the collector at {url}: {why}"));
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| unreachable(chain(&e)))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(15));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(chain(&e)))?;
+    Ok(QueryClient::new(channel))
+}
+
+/// One line for a failed call.
+fn failed(url: &str, status: tonic::Status) -> CliError {
+    match status.code() {
+        tonic::Code::Unavailable => CliError::Failed(format!(
+            "cannot reach the collector at {url}: {}",
+            status.message()
+        )),
+        tonic::Code::InvalidArgument => CliError::Usage(status.message().to_owned()),
+        _ => CliError::Failed(status.message().to_owned()),
+    }
+}
+
+/// `pgfleet servers`.
+pub async fn servers(url: &str, output: Output, labels: &[String]) -> Result<(), CliError> {
+    let labels = settings::parse_labels(labels.iter().map(String::as_str))?;
+    let mut client = connect(url).await?;
+    let response = client
+        .list_servers(v1::ListServersRequest {
+            labels: labels.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| failed(url, s))?
+        .into_inner();
+    print!(
+        "{}",
+        render_servers(&response.servers, output, now_micros())
+    );
+    Ok(())
+}
+
+/// `pgfleet activity SERVER`.
+pub async fn activity(
+    url: &str,
+    output: Output,
+    server: &str,
+    state: Option<String>,
+    min_duration: Option<&str>,
+    all: bool,
+) -> Result<(), CliError> {
+    // Check locally first, so a typo is named before any network wait.
+    if let Some(s) = &state {
+        SessionState::parse_filter(s).map_err(CliError::Usage)?;
+    }
+    let min_duration = min_duration
+        .map(|text| {
+            settings::parse_duration(
+                "min-duration",
+                text,
+                Duration::ZERO..=Duration::from_secs(86_400 * 365),
+            )
+        })
+        .transpose()?;
+    let mut client = connect(url).await?;
+    let response = client
+        .get_activity(v1::GetActivityRequest {
+            server_id: server.to_owned(),
+            state: state.unwrap_or_default(),
+            min_duration: min_duration.map(|d| time::duration(d.as_micros() as i64)),
+            include_background: all,
+        })
+        .await
+        .map_err(|s| failed(url, s))?
+        .into_inner();
+    print!("{}", render_activity(&response, output, now_micros()));
+    Ok(())
+}
+
+fn ago(ts: Option<&prost_types::Timestamp>, now: Micros) -> String {
+    match ts {
+        Some(ts) => format!("{} ago", human_duration(now - time::timestamp_micros(ts))),
+        None => "never".to_owned(),
+    }
+}
+
+/// The servers as a table, or as a JSON array of `Server` objects.
+pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> String {
+    if output == Output::Json {
+        return json(&servers);
+    }
+    let mut table = Table::new(&[
+        "SERVER",
+        "STATUS",
+        "SESSIONS",
+        "LAST SEEN",
+        "AGENT",
+        "LABELS",
+        "REASON",
+    ]);
+    for s in servers {
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        table.row(vec![
+            s.server_id.clone(),
+            s.status.clone(),
+            s.sessions.to_string(),
+            ago(s.last_seen.as_ref(), now),
+            s.agent_id.clone(),
+            labels.join(","),
+            s.reason.clone(),
+        ]);
+    }
+    if servers.is_empty() {
+        return "No servers yet: start an agent with --collector pointing here.\n".to_owned();
+    }
+    table.render()
+}
+
+/// One server's sessions as a table under a status line, or as a JSON array of
+/// `Session` objects.
+pub fn render_activity(response: &v1::GetActivityResponse, output: Output, now: Micros) -> String {
+    if output == Output::Json {
+        return json(&response.sessions);
+    }
+    let mut out = String::new();
+    if let Some(server) = &response.server {
+        out.push_str(&format!(
+            "{}  {}{}  sampled {}  {} sessions shown\n",
+            server.server_id,
+            server.status,
+            if server.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", server.reason)
+            },
+            ago(response.sampled_at.as_ref(), now),
+            response.sessions.len()
+        ));
+    }
+    let mut table = Table::new(&[
+        "PID",
+        "DATABASE",
+        "USER",
+        "APPLICATION",
+        "CLIENT",
+        "STATE",
+        "WAIT",
+        "BLOCKED BY",
+        "DURATION",
+        "QUERY",
+    ]);
+    for s in &response.sessions {
+        let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
+            ("", _) => String::new(),
+            (t, "") => t.to_owned(),
+            (t, e) => format!("{t}:{e}"),
+        };
+        let blocked_by: Vec<String> = s.blocked_by.iter().map(i32::to_string).collect();
+        table.row(vec![
+            s.pid.to_string(),
+            s.database.clone(),
+            s.user.clone(),
+            s.application_name.clone(),
+            if s.client.is_empty() {
+                "local".to_owned()
+            } else {
+                s.client.clone()
+            },
+            if s.state.is_empty() {
+                s.backend_type.clone()
+            } else {
+                s.state.clone()
+            },
+            wait,
+            blocked_by.join(","),
+            s.duration
+                .as_ref()
+                .map(|d| human_duration(time::duration_micros(d)))
+                .unwrap_or_default(),
+            one_line(&s.query, QUERY_WIDTH),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_tables_show_status_reason_and_age() {
+        let now = 1_700_000_010_000_000;
+        let server = v1::Server {
+            server_id: "db-1".into(),
+            agent_id: "a1".into(),
+            labels: [("dc".to_owned(), "eu1".to_owned())].into(),
+            last_seen: Some(time::timestamp(now - 2_000_000)),
+            up: false,
+            status: "down".into(),
+            reason: "connection refused".into(),
+            sessions: 0,
+            sample_interval: None,
+        };
+        let text = render_servers(std::slice::from_ref(&server), Output::Table, now);
+        let line = text.lines().nth(1).unwrap();
+        for part in [
+            "db-1",
+            "down",
+            "2.0s ago",
+            "a1",
+            "dc=eu1",
+            "connection refused",
+        ] {
+            assert!(line.contains(part), "{part} missing from {line:?}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_str(&render_servers(&[server], Output::Json, now)).unwrap();
+        assert_eq!(json[0]["server_id"], "db-1");
+        assert_eq!(json[0]["up"], false);
+    }
+
+    #[test]
+    fn activity_tables_show_waits_and_blockers() {
+        let response = v1::GetActivityResponse {
+            server: None,
+            sampled_at: None,
+            sessions: vec![v1::Session {
+                pid: 99,
+                state: "active".into(),
+                wait_event_type: "Lock".into(),
+                wait_event: "transactionid".into(),
+                blocked_by: vec![7],
+                query: "update accounts\n set x = 1".into(),
+                duration: Some(time::duration(65_000_000)),
+                ..Default::default()
+            }],
+        };
+        let text = render_activity(&response, Output::Table, 0);
+        let line = text.lines().nth(1).unwrap();
+        for part in [
+            "99",
+            "Lock:transactionid",
+            " 7 ",
+            "1m05s",
+            "update accounts set x = 1",
+            "local",
+        ] {
+            assert!(line.contains(part), "{part} missing from {line:?}");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The `pgfleet` command line: one module per group of commands.
+
+mod demo;
+mod fleet;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pgfleet_agent::runtime::{self, EXIT_USAGE};
+use pgfleet_agent::settings::{self, SettingsError};
+use serde::Deserialize;
+
+pub use fleet::{connect, render_activity, render_servers};
+pub use output::Output;
+
+const EXAMPLES: &str = "\
+Examples:
+  pgfleet demo                                  # a throwaway fleet, end to end
+  pgfleet servers
+  pgfleet servers --label dc=eu1 --output json
+  pgfleet activity orders-db-1 --state active --min-duration 5s
+  pgfleet --collector http://collector.internal:7600 activity orders-db-1
+
+Every flag can also be set as PGFLEET_<FLAG> (PGFLEET_COLLECTOR, PGFLEET_OUTPUT) or as
+a key in the file named by --config; a flag wins over the variable, the variable
+over the file.";
+
+/// `pgfleet`: ask the collector about the fleet.
+#[derive(Debug, clap::Parser)]
+#[command(name = "pgfleet", version, about = "Ask a pgfleet collector about your PostgreSQL fleet.", after_help = EXAMPLES)]
+pub struct Cli {
+    /// The collector's gRPC address [default: http://127.0.0.1:7600]
+    #[arg(long, global = true, env = "PGFLEET_COLLECTOR", value_name = "URL")]
+    pub collector: Option<String>,
+    /// How to print results [default: table]
+    #[arg(long, short = 'o', global = true, env = "PGFLEET_OUTPUT", value_enum)]
+    pub output: Option<Output>,
+    /// A TOML file with `collector` and `output`
+    #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// List the servers the collector knows, with their status
+    Servers {
+        /// Only servers with this label, repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Show the sessions of one server, longest-running first
+    Activity {
+        /// The server's server_id, as `pgfleet servers` lists it
+        server: String,
+        /// Only sessions in this state: active, idle, idle-in-transaction, …
+        #[arg(long)]
+        state: Option<String>,
+        /// Only sessions running (or idle in a transaction) at least this long, like 5s
+        #[arg(long, value_name = "DURATION")]
+        min_duration: Option<String>,
+        /// Include PostgreSQL's background processes
+        #[arg(long)]
+        all: bool,
+    },
+    /// Start a throwaway PostgreSQL, agent and collector, and show what pgfleet sees
+    Demo {
+        /// Leave everything running and print the commands to query it, until Ctrl-C
+        #[arg(long)]
+        keep_running: bool,
+        /// How long to show the live activity
+        #[arg(long, default_value = "10s", value_name = "DURATION")]
+        duration: String,
+    },
+}
+
+/// The CLI's config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliFile {
+    /// See `--collector`.
+    pub collector: Option<String>,
+    /// See `--output`.
+    pub output: Option<Output>,
+}
+
+/// Runs a parsed command line and returns the process's exit code: 0 on success,
+/// 1 when the collector cannot answer, 2 for usage errors.
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match resolve(&cli) {
+        Ok(s) => s,
+        Err(e) => return runtime::usage_error("pgfleet", &e),
+    };
+    let (collector, output) = settings;
+    let result = match cli.command {
+        Command::Servers { labels } => fleet::servers(&collector, output, &labels).await,
+        Command::Activity {
+            server,
+            state,
+            min_duration,
+            all,
+        } => {
+            fleet::activity(
+                &collector,
+                output,
+                &server,
+                state,
+                min_duration.as_deref(),
+                all,
+            )
+            .await
+        }
+        Command::Demo {
+            keep_running,
+            duration,
+        } => {
+            runtime::init_tracing("warn");
+            demo::run(keep_running, &duration, output).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgfleet: {e}");
+            match e {
+                CliError::Usage(_) => ExitCode::from(EXIT_USAGE),
+                CliError::Failed(_) => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+/// How a command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// The command line asked for something impossible.
+    Usage(String),
+    /// The command could not be done (collector unreachable, server unknown, …).
+    Failed(String),
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<SettingsError> for CliError {
+    fn from(e: SettingsError) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+fn resolve(cli: &Cli) -> Result<(String, Output), SettingsError> {
+    let file: CliFile = settings::read_toml(cli.config.as_deref())?;
+    let collector = settings::endpoint_url(
+        "collector",
+        cli.collector
+            .as_deref()
+            .or(file.collector.as_deref())
+            .unwrap_or("http://127.0.0.1:7600"),
+    )?;
+    Ok((collector, cli.output.or(file.output).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/pgfleet.toml");
+        let cli = <Cli as clap::Parser>::parse_from(["pgfleet", "--config", path, "servers"]);
+        let (collector, output) = resolve(&cli).unwrap();
+        assert_eq!(collector, "http://127.0.0.1:7600");
+        assert_eq!(output, Output::Table);
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/pgfleet.toml");
+        let cli = <Cli as clap::Parser>::parse_from([
+            "pgfleet",
+            "--config",
+            path,
+            "--output",
+            "json",
+            "--collector",
+            "c2:7600",
+            "servers",
+        ]);
+        assert_eq!(
+            resolve(&cli).unwrap(),
+            ("http://c2:7600".to_owned(), Output::Json)
+        );
+    }
+}

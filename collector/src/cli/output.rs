@@ -1,0 +1,124 @@
+//! How results are printed: aligned tables for people, JSON for tools.
+
+use serde::Deserialize;
+
+/// An output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Aligned columns for people
+    #[default]
+    Table,
+    /// An array of objects whose keys are the proto field names, for tools
+    Json,
+}
+
+/// A table built row by row and printed with aligned columns.
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column titles.
+    pub fn new(header: &[&'static str]) -> Self {
+        Table {
+            header: header.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; it must have one cell per column.
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.header.len());
+        self.rows.push(cells);
+    }
+
+    /// The table as text, each column as wide as its widest cell; the last column
+    /// is not padded.
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let last = row.len().saturating_sub(1);
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i == last {
+                    out.push_str(cell);
+                } else {
+                    out.push_str(cell);
+                    out.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
+                }
+            }
+            let trimmed = out.trim_end_matches(' ').len();
+            out.truncate(trimmed);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A span of microseconds as a person reads it: "0.4s", "12s", "3m04s", "2h03m",
+/// "4d06h".
+pub fn human_duration(us: i64) -> String {
+    let us = us.max(0);
+    let s = us / 1_000_000;
+    match s {
+        0..10 => format!("{}.{}s", s, (us % 1_000_000) / 100_000),
+        10..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// Text on one line (whitespace collapsed), cut to `max` characters with "…".
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() > max {
+        line = line.chars().take(max.saturating_sub(1)).collect::<String>() + "…";
+    }
+    line
+}
+
+/// Pretty JSON of any serialisable value.
+pub fn json<T: serde::Serialize>(value: &T) -> String {
+    // Serialising the generated messages cannot fail: every field is a plain value.
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")) + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_leave_no_trailing_spaces() {
+        let mut t = Table::new(&["PID", "STATE", "QUERY"]);
+        t.row(vec!["7".into(), "idle in transaction".into(), "".into()]);
+        t.row(vec!["12345".into(), "active".into(), "select 1".into()]);
+        assert_eq!(
+            t.render(),
+            "PID    STATE                QUERY\n7      idle in transaction\n12345  active               select 1\n"
+        );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(400_000), "0.4s");
+        assert_eq!(human_duration(12_000_000), "12s");
+        assert_eq!(human_duration(184_000_000), "3m04s");
+        assert_eq!(human_duration(7_380_000_000), "2h03m");
+        assert_eq!(human_duration(367_200_000_000), "4d06h");
+    }
+
+    #[test]
+    fn queries_fit_on_one_line() {
+        assert_eq!(one_line("select\n  1,\t2", 80), "select 1, 2");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+    }
+}

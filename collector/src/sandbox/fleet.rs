@@ -1,0 +1,103 @@
+//! A whole fleet of one: a throwaway cluster watched by an agent that streams to a
+//! collector, all in this process but talking over real sockets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgfleet_agent::{Agent, AgentConfig};
+use pgfleet_proto::v1::query_client::QueryClient;
+use tonic::transport::Channel;
+
+use super::{SandboxError, TempCluster};
+use crate::config::CollectorConfig;
+use crate::server::{self, Collector};
+
+/// A cluster, a collector on a free port and an agent watching the cluster.
+pub struct Fleet {
+    /// The watched PostgreSQL.
+    pub cluster: TempCluster,
+    /// The collector; `None` only while [`Fleet::restart_collector`] has it down.
+    pub collector: Option<Collector>,
+    /// The agent.
+    pub agent: Option<Agent>,
+    /// The collector's URL, stable across restarts.
+    pub url: String,
+    /// The server_id the agent gives the cluster.
+    pub server_id: String,
+}
+
+impl Fleet {
+    /// Starts a cluster, a collector, and an agent that names the cluster
+    /// `server_id` with `labels`.
+    pub async fn start(server_id: &str, labels: &[(&str, &str)]) -> Result<Fleet, SandboxError> {
+        let cluster = TempCluster::start().await?;
+        let collector = start_collector(&cluster, ([127, 0, 0, 1], 0).into()).await?;
+        let url = format!("http://{}", collector.addr);
+        let mut config = AgentConfig::new(&url, cluster.config("pgfleet"));
+        config.agent_id = format!("agent-{server_id}");
+        config.server_id = server_id.to_owned();
+        config.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        let agent = pgfleet_agent::start(config).map_err(|e| SandboxError::Fleet(e.to_string()))?;
+        Ok(Fleet {
+            cluster,
+            collector: Some(collector),
+            agent: Some(agent),
+            url,
+            server_id: server_id.to_owned(),
+        })
+    }
+
+    /// A Query client for the collector.
+    pub async fn client(&self) -> Result<QueryClient<Channel>, SandboxError> {
+        crate::cli::connect(&self.url)
+            .await
+            .map_err(|e| SandboxError::Fleet(e.to_string()))
+    }
+
+    /// Stops the collector, waits `downtime`, and starts a new one on the same
+    /// address and data directory. The agent is left alone.
+    pub async fn restart_collector(&mut self, downtime: Duration) -> Result<(), SandboxError> {
+        let addr = match self.collector.take() {
+            Some(c) => {
+                let addr = c.addr;
+                c.stop().await;
+                addr
+            }
+            None => self
+                .url
+                .trim_start_matches("http://")
+                .parse()
+                .map_err(|_| SandboxError::Fleet("bad collector url".into()))?,
+        };
+        tokio::time::sleep(downtime).await;
+        self.collector = Some(start_collector(&self.cluster, addr).await?);
+        Ok(())
+    }
+
+    /// Stops the agent, the collector and the cluster, and deletes its directory.
+    pub async fn stop(mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.stop().await;
+        }
+        if let Some(collector) = self.collector.take() {
+            collector.stop().await;
+        }
+        self.cluster.destroy().await;
+    }
+}
+
+async fn start_collector(
+    cluster: &TempCluster,
+    listen: SocketAddr,
+) -> Result<Collector, SandboxError> {
+    server::start(CollectorConfig::new(
+        listen,
+        cluster.dir().join("collector"),
+    ))
+    .await
+    .map_err(|e| SandboxError::Fleet(e.to_string()))
+}

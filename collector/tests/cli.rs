@@ -1,0 +1,241 @@
+//! The `pgfleet` and `pgfleet-collector` binaries as a user runs them.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use pgfleet_collector::sandbox::{Fleet, free_port};
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .env_remove("PGFLEET_COLLECTOR")
+        .env_remove("PGFLEET_CONFIG")
+        .env_remove("PGFLEET_OUTPUT")
+        .output()
+        .expect("the binary runs")
+}
+
+fn pgfleet(args: &[&str]) -> Output {
+    run(env!("CARGO_BIN_EXE_pgfleet"), args)
+}
+
+/// Asserts the process failed with `code` and said exactly one line containing
+/// every one of `words`.
+fn fails_with_one_line(out: &Output, code: i32, words: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "one line expected: {stderr:?}"
+    );
+    for w in words {
+        assert!(stderr.contains(w), "{w:?} missing from {stderr:?}");
+    }
+}
+
+#[test]
+fn an_unreachable_collector_is_one_line_and_a_failure() {
+    let url = format!("http://127.0.0.1:{}", free_port().unwrap());
+    for args in [vec!["servers"], vec!["activity", "db-1"]] {
+        let mut full = vec!["--collector", url.as_str()];
+        full.extend(args);
+        fails_with_one_line(
+            &pgfleet(&full),
+            1,
+            &["cannot reach the collector", &url, "refused"],
+        );
+    }
+}
+
+#[test]
+fn usage_errors_are_one_line_with_exit_code_2() {
+    fails_with_one_line(&pgfleet(&["servers", "--bogus"]), 2, &["--bogus"]);
+    fails_with_one_line(
+        &pgfleet(&["activity", "db-1", "--state", "sleeping"]),
+        2,
+        &["sleeping", "idle in transaction"],
+    );
+    fails_with_one_line(
+        &pgfleet(&["activity", "db-1", "--min-duration", "soon"]),
+        2,
+        &["min-duration", "soon"],
+    );
+    fails_with_one_line(
+        &pgfleet(&["--collector", "ftp://x", "servers"]),
+        2,
+        &["collector"],
+    );
+
+    let dir = std::env::temp_dir().join(format!("pgfleet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "collector = [unclosed\n").unwrap();
+    fails_with_one_line(
+        &pgfleet(&["--config", bad.to_str().unwrap(), "servers"]),
+        2,
+        &["bad.toml"],
+    );
+    let collector = env!("CARGO_BIN_EXE_pgfleet-collector");
+    fails_with_one_line(
+        &run(collector, &["--listen", "nowhere"]),
+        2,
+        &["listen", "nowhere"],
+    );
+    fails_with_one_line(
+        &run(collector, &["--config", bad.to_str().unwrap()]),
+        2,
+        &["bad.toml"],
+    );
+    fails_with_one_line(&run(collector, &["--frobnicate"]), 2, &["--frobnicate"]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn help_shows_examples() {
+    for bin in [
+        env!("CARGO_BIN_EXE_pgfleet"),
+        env!("CARGO_BIN_EXE_pgfleet-collector"),
+    ] {
+        let out = run(bin, &["--help"]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Examples:") && text.contains("PGFLEET_"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_collector_on_the_same_data_dir_is_refused() {
+    let fleet = Fleet::start("db-lock-dir", &[]).await.unwrap();
+    let data_dir = fleet.cluster.dir().join("collector");
+    let port = free_port().unwrap().to_string();
+    let out = run(
+        env!("CARGO_BIN_EXE_pgfleet-collector"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    fails_with_one_line(&out, 1, &["another collector is using it"]);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
+    let fleet = Fleet::start("db-cli", &[("dc", "eu1"), ("cluster", "orders")])
+        .await
+        .unwrap();
+    let sleeper = fleet.cluster.connect("cli-sleeper").await.unwrap();
+    let query = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(60)").await });
+    let url = fleet.url.clone();
+
+    // Wait until the collector has the session; the CLI is then asked once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let table = loop {
+        let out = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || pgfleet(&["--collector", &url, "activity", "db-cli"])
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("cli-sleeper") || tokio::time::Instant::now() > deadline {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(table.contains("PID") && table.contains("QUERY"), "{table}");
+    let line = table
+        .lines()
+        .find(|l| l.contains("cli-sleeper"))
+        .expect("the session is listed");
+    for part in [
+        "postgres",
+        "active",
+        "Timeout:PgSleep",
+        "SELECT pg_sleep(60)",
+    ] {
+        assert!(line.contains(part), "{part} missing from {line:?}");
+    }
+
+    let servers = pgfleet(&["--collector", &url, "servers"]);
+    let text = String::from_utf8_lossy(&servers.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("db-cli"))
+        .expect("db-cli is listed");
+    assert!(
+        row.contains(" up ") && row.contains("cluster=orders,dc=eu1"),
+        "{row}"
+    );
+
+    let json = pgfleet(&["--collector", &url, "--output", "json", "servers"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let server = &value.as_array().expect("an array")[0];
+    let mut keys: Vec<_> = server.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "agent_id",
+            "labels",
+            "last_seen",
+            "reason",
+            "sample_interval",
+            "server_id",
+            "sessions",
+            "status",
+            "up"
+        ]
+    );
+    assert_eq!(server["labels"]["dc"], "eu1");
+    assert_eq!(server["up"], true);
+
+    let json = pgfleet(&[
+        "--collector",
+        &url,
+        "-o",
+        "json",
+        "activity",
+        "db-cli",
+        "--state",
+        "active",
+    ]);
+    let sessions: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let s = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["application_name"] == "cli-sleeper")
+        .expect("the sleeper is active");
+    assert_eq!(s["query"], "SELECT pg_sleep(60)");
+    assert!(s["query_start"].as_str().unwrap().ends_with('Z'));
+    assert!(s["blocked_by"].as_array().unwrap().is_empty());
+
+    // A minimum duration longer than the query hides it; the env var works as the flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .args(["activity", "db-cli", "--min-duration", "1h"])
+        .env("PGFLEET_COLLECTOR", &url)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("cli-sleeper"));
+
+    fails_with_one_line(
+        &pgfleet(&["--collector", &url, "activity", "nope"]),
+        1,
+        &["no server \"nope\""],
+    );
+    query.abort();
+    fleet.stop().await;
+}
