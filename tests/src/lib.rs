@@ -1,0 +1,98 @@
+//! The harness of pgfleet's end-to-end suites.
+//!
+//! The throwaway cluster and the in-process fleet come from
+//! `pgfleet_collector::sandbox`, which `pgfleet demo` uses too; this crate adds
+//! what only tests need: waiting for a condition, and finding sessions.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use pgfleet_collector::sandbox::{Fleet, PASSWORD_GROUP, TempCluster, free_port};
+use pgfleet_proto::v1;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+/// A Query client.
+pub type Client = v1::query_client::QueryClient<Channel>;
+
+/// Logs of the code under test go to the test's output (shown when it fails).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGFLEET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a fleet of one server, or fails the test saying why.
+pub async fn fleet(server_id: &str, labels: &[(&str, &str)]) -> Fleet {
+    init_logs();
+    match Fleet::start(server_id, labels).await {
+        Ok(f) => f,
+        Err(e) => panic!("cannot start the test fleet: {e}"),
+    }
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or panics after `limit`
+/// naming `what` and the last thing the probe saw.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        let last = match probe().await {
+            Ok(found) => return found,
+            Err(last) => last,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}; last saw: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every session of `server_id` the collector holds, background processes too.
+pub async fn sessions(client: &mut Client, server_id: &str) -> Result<Vec<v1::Session>, String> {
+    client
+        .get_activity(v1::GetActivityRequest {
+            server_id: server_id.to_owned(),
+            include_background: true,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().sessions)
+        .map_err(|s| format!("GetActivity failed: {s}"))
+}
+
+/// The server as ListServers shows it.
+pub async fn server(client: &mut Client, server_id: &str) -> Result<v1::Server, String> {
+    let servers = client
+        .list_servers(v1::ListServersRequest::default())
+        .await
+        .map_err(|s| format!("ListServers failed: {s}"))?
+        .into_inner()
+        .servers;
+    servers
+        .into_iter()
+        .find(|s| s.server_id == server_id)
+        .ok_or_else(|| format!("{server_id} is not listed"))
+}
+
+/// The one session with this application_name, or a description of what there is.
+pub fn by_app<'a>(sessions: &'a [v1::Session], app: &str) -> Result<&'a v1::Session, String> {
+    sessions
+        .iter()
+        .find(|s| s.application_name == app)
+        .ok_or_else(|| {
+            let apps: Vec<_> = sessions
+                .iter()
+                .map(|s| s.application_name.as_str())
+                .collect();
+            format!("no session of {app:?} among {apps:?}")
+        })
+}
