@@ -144,7 +144,11 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
         .await
         .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains("cli-sleeper") || tokio::time::Instant::now() > deadline {
+        // The session shows idle between connecting and starting its query.
+        let running = text.lines().any(|l| {
+            l.contains("cli-sleeper") && l.contains("active") && l.contains("pg_sleep(60)")
+        });
+        if running || tokio::time::Instant::now() > deadline {
             assert!(
                 out.status.success(),
                 "{}",
@@ -238,4 +242,101 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
     );
     query.abort();
     fleet.stop().await;
+}
+
+/// The path the demo said it removed, from its last line on stderr.
+fn removed_dir(stderr: &str) -> std::path::PathBuf {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("Stopped the demo and removed "))
+        .unwrap_or_else(|| panic!("the demo did not say it cleaned up: {stderr}"));
+    line.trim_start_matches("Stopped the demo and removed ")
+        .trim_end_matches('.')
+        .into()
+}
+
+#[test]
+fn the_demo_shows_live_sessions_and_cleans_up() {
+    let out = pgfleet(&["demo", "--duration", "3s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    for seen in [
+        "$ pgfleet servers",
+        "demo-db-1",
+        "cluster=demo,dc=demo-dc1",
+        "$ pgfleet activity demo-db-1",
+        "demo-report",
+        "idle in transaction",
+        "Lock:transactionid",
+        "UPDATE accounts SET balance = balance - 10 WHERE id = 7",
+    ] {
+        assert!(stdout.contains(seen), "{seen:?} missing from:\n{stdout}");
+    }
+    // The waiter's BLOCKED BY names the pid of the session idle in transaction.
+    let holder = stdout
+        .lines()
+        .find(|l| l.contains("demo-batch"))
+        .expect("the holder");
+    let holder_pid = holder.split_whitespace().next().unwrap();
+    let waiter = stdout
+        .lines()
+        .find(|l| l.contains("demo-checkout"))
+        .expect("the waiter");
+    assert!(
+        waiter.contains(&format!("Lock:transactionid  {holder_pid} ")),
+        "{waiter}"
+    );
+    assert!(!removed_dir(&stderr).exists());
+}
+
+#[test]
+fn a_kept_demo_answers_the_commands_it_prints_and_cleans_up_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .args(["demo", "--keep-running"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        printed.push_str(&line);
+        if line.contains("psql -h") {
+            break;
+        }
+        line.clear();
+    }
+    let servers_cmd = printed
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("pgfleet --collector") && l.ends_with(" servers"))
+        .unwrap_or_else(|| panic!("no servers command in:\n{printed}"));
+    let args: Vec<&str> = servers_cmd.split_whitespace().skip(1).collect();
+    let listed = pgfleet(&args);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("demo-db-1"),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!removed_dir(&stderr).exists());
 }
