@@ -83,6 +83,29 @@ pub async fn server(client: &mut Client, server_id: &str) -> Result<v1::Server, 
         .ok_or_else(|| format!("{server_id} is not listed"))
 }
 
+/// Waits until ListServers shows `server_id` with `status` ("up", "down" or
+/// "stale") and returns it, or panics after `limit` with the status it had.
+pub async fn wait_for_status(
+    client: &Client,
+    server_id: &str,
+    status: &str,
+    limit: Duration,
+) -> v1::Server {
+    let what = format!("{server_id} to be {status}");
+    wait_for(&what, limit, || {
+        let mut c = client.clone();
+        async move {
+            let s = server(&mut c, server_id).await?;
+            if s.status == status {
+                Ok(s)
+            } else {
+                Err(format!("{} ({})", s.status, s.reason))
+            }
+        }
+    })
+    .await
+}
+
 /// The one session with this application_name, or a description of what there is.
 pub fn by_app<'a>(sessions: &'a [v1::Session], app: &str) -> Result<&'a v1::Session, String> {
     sessions

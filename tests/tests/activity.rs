@@ -12,15 +12,7 @@ async fn a_running_query_appears_within_three_seconds_with_its_details() {
     let fleet = fleet("db-sleep", &[("dc", "eu1")]).await;
     let mut client = fleet.client().await.unwrap();
     // Let the agent connect first, so the measured span is sampling, not start-up.
-    wait_for("the first snapshot", Duration::from_secs(20), || {
-        let mut c = client.clone();
-        async move {
-            pgfleet_tests::server(&mut c, "db-sleep")
-                .await
-                .and_then(|s| if s.up { Ok(()) } else { Err(format!("{s:?}")) })
-        }
-    })
-    .await;
+    pgfleet_tests::wait_for_status(&client, "db-sleep", "up", Duration::from_secs(20)).await;
 
     let sleeper = fleet.cluster.connect("t-sleeper").await.unwrap();
     let started = Instant::now();

@@ -3,38 +3,29 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::AgentConfig;
-use pgfleet_tests::{PASSWORD_GROUP, fleet, free_port, server, wait_for};
+use pgfleet_agent::{Agent, AgentConfig};
+use pgfleet_tests::{Fleet, PASSWORD_GROUP, fleet, free_port, wait_for_status};
 
-async fn reason_for(
-    fleet: &pgfleet_tests::Fleet,
-    server_id: &str,
-    target: tokio_postgres::Config,
-) -> String {
+/// A second agent on the fleet's collector, watching `target` as `server_id`.
+fn agent(fleet: &Fleet, server_id: &str, target: tokio_postgres::Config) -> Agent {
     let mut config = AgentConfig::new(&fleet.url, target);
     config.agent_id = format!("agent-{server_id}");
     config.server_id = server_id.to_owned();
-    let agent = pgfleet_agent::start(config).unwrap();
+    pgfleet_agent::start(config).unwrap()
+}
+
+/// The status an agent watching `target` gets at the collector, and its reason.
+async fn outcome(
+    fleet: &Fleet,
+    server_id: &str,
+    target: tokio_postgres::Config,
+    status: &str,
+) -> String {
+    let agent = agent(fleet, server_id, target);
     let client = fleet.client().await.unwrap();
-    let down = wait_for(
-        "the server to be reported down",
-        Duration::from_secs(15),
-        || {
-            let mut c = client.clone();
-            let id = server_id.to_owned();
-            async move {
-                let s = server(&mut c, &id).await?;
-                if s.status == "down" {
-                    Ok(s.reason)
-                } else {
-                    Err(format!("{} ({})", s.status, s.reason))
-                }
-            }
-        },
-    )
-    .await;
+    let server = wait_for_status(&client, server_id, status, Duration::from_secs(15)).await;
     agent.stop().await;
-    down
+    server.reason
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,40 +41,24 @@ async fn a_wrong_password_and_an_absent_server_are_named() {
 
     let mut wrong = fleet.cluster.config("x");
     wrong.user("mon").password("wrong");
-    let reason = reason_for(&fleet, "db-wrong-password", wrong).await;
+    let reason = outcome(&fleet, "db-wrong-password", wrong, "down").await;
     assert!(
         reason.contains("password authentication failed for user \"mon\""),
         "{reason}"
     );
 
+    // The same role with the right password works, so the test above is about it.
     let mut right = fleet.cluster.config("x");
     right.user("mon").password("right");
-    let mut config = AgentConfig::new(&fleet.url, right);
-    config.agent_id = "agent-right".into();
-    config.server_id = "db-right-password".into();
-    let agent = pgfleet_agent::start(config).unwrap();
-    let client = fleet.client().await.unwrap();
-    wait_for(
-        "the right password to work",
-        Duration::from_secs(15),
-        || {
-            let mut c = client.clone();
-            async move {
-                server(&mut c, "db-right-password")
-                    .await
-                    .and_then(|s| if s.up { Ok(()) } else { Err(s.reason) })
-            }
-        },
-    )
-    .await;
-    agent.stop().await;
+    let reason = outcome(&fleet, "db-right-password", right, "up").await;
+    assert!(reason.is_empty(), "{reason}");
 
     let mut absent = tokio_postgres::Config::new();
     absent
         .host("127.0.0.1")
         .port(free_port().unwrap())
         .user("postgres");
-    let reason = reason_for(&fleet, "db-absent", absent).await;
+    let reason = outcome(&fleet, "db-absent", absent, "down").await;
     assert!(reason.contains("Connection refused"), "{reason}");
     fleet.stop().await;
 }

@@ -3,42 +3,16 @@
 use std::time::Duration;
 
 use pgfleet_proto::time::timestamp_micros;
-use pgfleet_tests::{by_app, fleet, server, sessions, wait_for};
+use pgfleet_tests::{by_app, fleet, sessions, wait_for, wait_for_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_is_reported_down_with_a_reason_and_comes_back() {
     let fleet = fleet("db-outage", &[("dc", "eu1")]).await;
     let client = fleet.client().await.unwrap();
-    let up = || {
-        let mut c = client.clone();
-        async move {
-            let s = server(&mut c, "db-outage").await?;
-            if s.up {
-                Ok(s)
-            } else {
-                Err(format!("{} ({})", s.status, s.reason))
-            }
-        }
-    };
-    wait_for("the server to be up", Duration::from_secs(20), up).await;
+    wait_for_status(&client, "db-outage", "up", Duration::from_secs(20)).await;
 
     fleet.cluster.stop_server().await.unwrap();
-    let down = wait_for(
-        "the server to be reported down",
-        Duration::from_secs(15),
-        || {
-            let mut c = client.clone();
-            async move {
-                let s = server(&mut c, "db-outage").await?;
-                if s.status == "down" {
-                    Ok(s)
-                } else {
-                    Err(format!("{} ({})", s.status, s.reason))
-                }
-            }
-        },
-    )
-    .await;
+    let down = wait_for_status(&client, "db-outage", "down", Duration::from_secs(15)).await;
     assert!(!down.up);
     assert!(
         down.reason.contains("refused")
@@ -51,8 +25,8 @@ async fn a_stopped_database_is_reported_down_with_a_reason_and_comes_back() {
 
     fleet.cluster.start_server().await.unwrap();
     // The agent backs off while the server is down (30 s at the most), then resumes.
-    let back = wait_for("the server to come back", Duration::from_secs(45), up).await;
-    assert!(back.reason.is_empty());
+    let back = wait_for_status(&client, "db-outage", "up", Duration::from_secs(45)).await;
+    assert!(back.up && back.reason.is_empty(), "{back:?}");
     let probe = fleet.cluster.connect("t-after-restart").await.unwrap();
     probe.simple_query("SELECT 1").await.unwrap();
     wait_for(
@@ -75,40 +49,30 @@ async fn a_stopped_database_is_reported_down_with_a_reason_and_comes_back() {
 async fn the_agent_reconnects_by_itself_when_the_collector_restarts() {
     let mut fleet = fleet("db-collector-restart", &[]).await;
     let client = fleet.client().await.unwrap();
-    let seen = || {
-        let mut c = client.clone();
-        async move {
-            let s = server(&mut c, "db-collector-restart").await?;
-            match (&s.last_seen, s.up) {
-                (Some(t), true) => Ok(timestamp_micros(t)),
-                _ => Err(format!("{} ({})", s.status, s.reason)),
-            }
-        }
-    };
-    wait_for("the first snapshot", Duration::from_secs(20), seen).await;
+    wait_for_status(
+        &client,
+        "db-collector-restart",
+        "up",
+        Duration::from_secs(20),
+    )
+    .await;
 
     fleet
         .restart_collector(Duration::from_secs(3))
         .await
         .unwrap();
     let restarted_at = pgfleet_proto::time::now_micros();
-    // A new client: the old channel's connection died with the old collector.
+    // A new client: the old channel's connection died with the old collector,
+    // and the new collector starts with no memory of the server.
     let client = fleet.client().await.unwrap();
-    let last_seen = wait_for(
-        "the agent to stream to the new collector",
+    let back = wait_for_status(
+        &client,
+        "db-collector-restart",
+        "up",
         Duration::from_secs(30),
-        || {
-            let mut c = client.clone();
-            async move {
-                let s = server(&mut c, "db-collector-restart").await?;
-                match (&s.last_seen, s.up) {
-                    (Some(t), true) => Ok(timestamp_micros(t)),
-                    _ => Err(format!("{} ({})", s.status, s.reason)),
-                }
-            }
-        },
     )
     .await;
+    let last_seen = timestamp_micros(&back.last_seen.expect("last_seen is set when up"));
     assert!(
         last_seen >= restarted_at,
         "last_seen {last_seen} predates the restart {restarted_at}"
