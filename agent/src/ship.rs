@@ -123,12 +123,7 @@ impl Shipper {
                 None => break,
             }
         }
-        if !self.spool.is_empty() {
-            warn!(
-                batches = self.spool.len(),
-                "Stopped with batches the collector has not acknowledged; they are lost."
-            );
-        }
+        self.warn_unacknowledged();
     }
 
     /// Waits for one event on a live stream and handles it.
@@ -310,6 +305,16 @@ impl Shipper {
         }
     }
 
+    /// The in-memory spool dies with the process: say what is lost.
+    fn warn_unacknowledged(&self) {
+        if !self.spool.is_empty() {
+            warn!(
+                batches = self.spool.len(),
+                "Stopped with batches the collector has not acknowledged; they are lost."
+            );
+        }
+    }
+
     /// On a graceful stop: send what is queued and wait briefly for the acks.
     async fn drain(
         &mut self,
@@ -326,12 +331,7 @@ impl Shipper {
                 Ok(Event::Lost(_)) | Err(_) => break,
             }
         }
-        if !self.spool.is_empty() {
-            warn!(
-                batches = self.spool.len(),
-                "Stopped with batches the collector has not acknowledged; they are lost."
-            );
-        }
+        self.warn_unacknowledged();
     }
 }
 
