@@ -42,6 +42,9 @@ pub struct ServerView {
     pub status: TargetStatus,
     /// The sessions of the last snapshot.
     pub sessions: Arc<Vec<Session>>,
+    /// How many of them are client sessions (not background processes), counted
+    /// once when the snapshot is applied rather than at every read.
+    pub client_sessions: u32,
 }
 
 /// A server's health as readers see it at a given instant.
@@ -282,6 +285,7 @@ impl Aggregator {
                 sampled_at_us: previous.map_or(0, |p| p.sampled_at_us),
                 status: previous.map_or(TargetStatus::Up, |p| p.status.clone()),
                 sessions: previous.map_or_else(Default::default, |p| p.sessions.clone()),
+                client_sessions: previous.map_or(0, |p| p.client_sessions),
             };
             self.servers.insert(t.server_id, Arc::new(view));
         }
@@ -331,6 +335,7 @@ impl Aggregator {
             view.last_seen_us = Some(now);
             view.sampled_at_us = snapshot.sampled_at_us;
             view.status = snapshot.status;
+            view.client_sessions = client_sessions(&snapshot.sessions);
             view.sessions = Arc::new(snapshot.sessions);
         }
         Ok(())
@@ -350,6 +355,11 @@ impl Aggregator {
             }
         }
     }
+}
+
+fn client_sessions(sessions: &[Session]) -> u32 {
+    let n = sessions.iter().filter(|s| !s.is_background()).count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// An answer held back until the view that contains its change is published.
@@ -419,6 +429,7 @@ mod tests {
         // Batch 1 again, with other content: acknowledged, ignored.
         a.apply("a1", 1, 1, vec![snapshot("db", 30, &[9])]).unwrap();
         assert_eq!(a.servers["db"].sessions.len(), 2);
+        assert_eq!(a.servers["db"].client_sessions, 2);
         // A new stream of the same agent resumes after 2.
         assert_eq!(
             a.register("a1".into(), 2, vec![target("db")], SECOND)

@@ -34,8 +34,7 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         up: status == "up",
         status: status.to_owned(),
         reason,
-        sessions: u32::try_from(view.sessions.iter().filter(|s| !s.is_background()).count())
-            .unwrap_or(u32::MAX),
+        sessions: view.client_sessions,
         sample_interval: Some(time::duration(view.interval.as_micros() as i64)),
     }
 }
