@@ -208,24 +208,29 @@ impl TempCluster {
         })
     }
 
-    /// Runs one of the server's programs, as `postgres` when we are root.
-    async fn run(&self, what: &str, program: &str, args: &[&str]) -> Result<(), SandboxError> {
+    /// One of the server's programs, as `postgres` when we are root, in the
+    /// cluster's directory, with no input.
+    fn command(&self, program: &str) -> std::process::Command {
         let path = self.bindir.join(program);
         let mut command = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&path);
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
-            Command::new(&path)
+            std::process::Command::new(path)
         };
-        let output = command
+        command.current_dir(&self.dir).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs one of the server's programs and waits for it.
+    async fn run(&self, what: &str, program: &str, args: &[&str]) -> Result<(), SandboxError> {
+        let output = Command::from(self.command(program))
             .args(args)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
             .output()
             .await
             .map_err(|source| SandboxError::Io {
-                what: format!("cannot run {}", path.display()),
+                what: format!("cannot run {}", self.bindir.join(program).display()),
                 source,
             })?;
         if output.status.success() {
@@ -245,18 +250,10 @@ impl Drop for TempCluster {
         if self.destroyed {
             return;
         }
-        let pg_ctl = self.bindir.join("pg_ctl");
         let data = self.data_dir();
-        let mut command = if self.as_postgres {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            std::process::Command::new(&pg_ctl)
-        };
-        let _ = command
+        let _ = self
+            .command("pg_ctl")
             .args(["stop", "-D", &data, "-m", "immediate", "-w"])
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
