@@ -3,16 +3,7 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::{Agent, AgentConfig};
 use pgfleet_tests::{Fleet, PASSWORD_GROUP, fleet, free_port, wait_for_status};
-
-/// A second agent on the fleet's collector, watching `target` as `server_id`.
-fn agent(fleet: &Fleet, server_id: &str, target: tokio_postgres::Config) -> Agent {
-    let mut config = AgentConfig::new(&fleet.url, target);
-    config.agent_id = format!("agent-{server_id}");
-    config.server_id = server_id.to_owned();
-    pgfleet_agent::start(config).unwrap()
-}
 
 /// The status an agent watching `target` gets at the collector, and its reason.
 async fn outcome(
@@ -21,7 +12,7 @@ async fn outcome(
     target: tokio_postgres::Config,
     status: &str,
 ) -> String {
-    let agent = agent(fleet, server_id, target);
+    let agent = fleet.start_agent(server_id, &[], target).unwrap();
     let client = fleet.client().await.unwrap();
     let server = wait_for_status(&client, server_id, status, Duration::from_secs(15)).await;
     agent.stop().await;

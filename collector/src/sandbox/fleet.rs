@@ -33,22 +33,34 @@ impl Fleet {
     pub async fn start(server_id: &str, labels: &[(&str, &str)]) -> Result<Fleet, SandboxError> {
         let cluster = TempCluster::start().await?;
         let collector = start_collector(&cluster, ([127, 0, 0, 1], 0).into()).await?;
-        let url = format!("http://{}", collector.addr);
-        let mut config = AgentConfig::new(&url, cluster.config("pgfleet"));
+        let target = cluster.config("pgfleet");
+        let mut fleet = Fleet {
+            url: format!("http://{}", collector.addr),
+            cluster,
+            collector: Some(collector),
+            agent: None,
+            server_id: server_id.to_owned(),
+        };
+        fleet.agent = Some(fleet.start_agent(server_id, labels, target)?);
+        Ok(fleet)
+    }
+
+    /// Starts an agent (`agent-<server_id>`) that streams to this fleet's
+    /// collector and watches `target` as `server_id` with `labels`.
+    pub fn start_agent(
+        &self,
+        server_id: &str,
+        labels: &[(&str, &str)],
+        target: tokio_postgres::Config,
+    ) -> Result<Agent, SandboxError> {
+        let mut config = AgentConfig::new(&self.url, target);
         config.agent_id = format!("agent-{server_id}");
         config.server_id = server_id.to_owned();
         config.labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
-        let agent = pgfleet_agent::start(config).map_err(|e| SandboxError::Fleet(e.to_string()))?;
-        Ok(Fleet {
-            cluster,
-            collector: Some(collector),
-            agent: Some(agent),
-            url,
-            server_id: server_id.to_owned(),
-        })
+        pgfleet_agent::start(config).map_err(|e| SandboxError::Fleet(e.to_string()))
     }
 
     /// A Query client for the collector.
