@@ -74,7 +74,7 @@ async fn show(
     let tty = std::io::stdout().is_terminal();
     let until = tokio::time::Instant::now() + duration;
     loop {
-        frame(&mut client, output, tty).await?;
+        frame(&mut client, &url, output, tty).await?;
         if keep_running || tokio::time::Instant::now() + REFRESH > until {
             break;
         }
@@ -103,11 +103,7 @@ async fn wait_for_lock_waiter(
     client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
 ) {
     for _ in 0..60 {
-        let request = v1::GetActivityRequest {
-            server_id: SERVER_ID.to_owned(),
-            ..Default::default()
-        };
-        if let Ok(r) = client.get_activity(request).await
+        if let Ok(r) = client.get_activity(activity_request()).await
             && r.get_ref()
                 .sessions
                 .iter()
@@ -119,24 +115,30 @@ async fn wait_for_lock_waiter(
     }
 }
 
+/// What the demo shows of its server: the client sessions, as `pgfleet activity`.
+fn activity_request() -> v1::GetActivityRequest {
+    v1::GetActivityRequest {
+        server_id: SERVER_ID.to_owned(),
+        ..Default::default()
+    }
+}
+
 /// One screen: the servers, then the demo server's activity.
 async fn frame(
     client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
+    url: &str,
     output: Output,
     tty: bool,
 ) -> Result<(), CliError> {
     let servers = client
         .list_servers(v1::ListServersRequest::default())
         .await
-        .map_err(|s| CliError::Failed(s.message().to_owned()))?
+        .map_err(|s| fleet::call_failed(url, s))?
         .into_inner();
     let activity = client
-        .get_activity(v1::GetActivityRequest {
-            server_id: SERVER_ID.to_owned(),
-            ..Default::default()
-        })
+        .get_activity(activity_request())
         .await
-        .map_err(|s| CliError::Failed(s.message().to_owned()))?
+        .map_err(|s| fleet::call_failed(url, s))?
         .into_inner();
     let now = now_micros();
     let mut screen = String::new();

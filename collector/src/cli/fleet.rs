@@ -30,8 +30,8 @@ pub async fn connect(url: &str) -> Result<QueryClient<Channel>, CliError> {
     Ok(QueryClient::new(channel))
 }
 
-/// One line for a failed call.
-fn failed(url: &str, status: tonic::Status) -> CliError {
+/// One line for a failed call to the collector at `url`.
+pub(super) fn call_failed(url: &str, status: tonic::Status) -> CliError {
     match status.code() {
         tonic::Code::Unavailable => CliError::Failed(format!(
             "cannot reach the collector at {url}: {}",
@@ -51,7 +51,7 @@ pub async fn servers(url: &str, output: Output, labels: &[String]) -> Result<(),
             labels: labels.into_iter().collect(),
         })
         .await
-        .map_err(|s| failed(url, s))?
+        .map_err(|s| call_failed(url, s))?
         .into_inner();
     print!(
         "{}",
@@ -91,7 +91,7 @@ pub async fn activity(
             include_background: all,
         })
         .await
-        .map_err(|s| failed(url, s))?
+        .map_err(|s| call_failed(url, s))?
         .into_inner();
     print!("{}", render_activity(&response, output, now_micros()));
     Ok(())
