@@ -3,7 +3,23 @@
 use std::path::PathBuf;
 
 /// Query-API messages that the CLI prints as JSON, keyed by their proto field names.
-const JSON_MESSAGES: &[&str] = &["Server", "Session", "GetActivityResponse"];
+const JSON_MESSAGES: &[&str] = &[
+    "Server",
+    "ServerInfo",
+    "AgentCounters",
+    "Session",
+    "GetActivityResponse",
+    "GetPoolsResponse",
+    "ConnectionSlots",
+    "SlotCount",
+    "PgBouncerSample",
+    "PgBouncerPool",
+    "PgBouncerStats",
+    "ClientPool",
+    "GetDatabasesResponse",
+    "DatabaseTotals",
+    "DatabaseCounters",
+];
 
 /// Their google.protobuf.Timestamp and Duration fields, with the serde helper for each.
 const JSON_FIELDS: &[(&str, &str)] = &[
@@ -15,10 +31,21 @@ const JSON_FIELDS: &[(&str, &str)] = &[
     ("Session.query_start", "timestamp"),
     ("Session.state_change", "timestamp"),
     ("Session.duration", "duration"),
+    ("Session.xact_age", "duration"),
+    ("Session.query_age", "duration"),
+    ("Session.state_age", "duration"),
+    ("ServerInfo.start_time", "timestamp"),
+    ("GetPoolsResponse.sampled_at", "timestamp"),
+    ("DatabaseTotals.since", "timestamp"),
+    ("ClientPool.kind", "pool_kind"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["pgfleet/v1/ingest.proto", "pgfleet/v1/query.proto"];
+    let protos = [
+        "pgfleet/v1/ingest.proto",
+        "pgfleet/v1/query.proto",
+        "pgfleet/v1/reporter.proto",
+    ];
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
     let mut config = prost_build::Config::new();

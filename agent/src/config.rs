@@ -2,11 +2,13 @@
 //! by `--config`, then defaults.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::sampler::QueryText;
 use crate::settings::{self, SettingsError};
 use crate::target;
 
@@ -41,7 +43,13 @@ pub struct AgentArgs {
     /// The server's name in the fleet [default: host:port of the target]
     #[arg(long, env = "PGFLEET_SERVER_ID", value_name = "NAME")]
     pub server_id: Option<String>,
-    /// A label of the server, repeatable (PGFLEET_LABELS takes a comma-separated list)
+    /// Which databases' pg_stat_database counters to send: "*" for every database that allows connections, or a comma-separated list [default: *]
+    #[arg(long, env = "PGFLEET_DATABASES", value_name = "LIST")]
+    pub databases: Option<String>,
+    /// The admin console of the PgBouncer in front of the target, as a URL [default: none]
+    #[arg(long, env = "PGFLEET_PGBOUNCER", value_name = "DSN")]
+    pub pgbouncer: Option<String>,
+    /// A label of the agent, inherited by every target; repeatable (PGFLEET_LABELS takes a comma-separated list)
     #[arg(
         long = "label",
         env = "PGFLEET_LABELS",
@@ -55,27 +63,106 @@ pub struct AgentArgs {
     /// The timeout of every statement the agent runs on the target [default: 2s]
     #[arg(long, env = "PGFLEET_STATEMENT_TIMEOUT", value_name = "DURATION")]
     pub statement_timeout: Option<String>,
+    /// What to send of query texts: masked (literals replaced by ?), raw or none [default: masked]
+    #[arg(long, env = "PGFLEET_QUERY_TEXT", value_name = "MODE")]
+    pub query_text: Option<String>,
+    /// Where applications report their pools (the PoolReporter gRPC service), or "off" [default: 127.0.0.1:7602]
+    #[arg(long, env = "PGFLEET_POOL_REPORTER_LISTEN", value_name = "ADDR")]
+    pub pool_reporter_listen: Option<String>,
     /// This agent's stable identity [default: the host name]
     #[arg(long, env = "PGFLEET_AGENT_ID", value_name = "ID")]
     pub agent_id: Option<String>,
     /// The most memory that batches awaiting the collector's ack may hold [default: 64 MiB]
     #[arg(long, env = "PGFLEET_SPOOL_MAX_BYTES", value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
-    /// A TOML file with any of the settings above
+    /// A TOML file with any of the settings above, and [[targets]] to watch several servers
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Sample every target once, print the samples as JSON and exit (1 if a target is down); no collector is needed
+    #[arg(long)]
+    pub once: bool,
 }
 
-/// The agent's config file; every key matches a flag's name.
+/// Which databases' counters a target sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "DatabasesValue")]
+pub enum Databases {
+    /// Every database that allows connections, including ones created later.
+    #[default]
+    All,
+    /// Only these.
+    Only(Vec<String>),
+}
+
+/// `databases` as TOML writes it: "*" or a list of names.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DatabasesValue {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl TryFrom<DatabasesValue> for Databases {
+    type Error = String;
+
+    fn try_from(v: DatabasesValue) -> Result<Self, String> {
+        match v {
+            DatabasesValue::Text(t) => Databases::parse(&t),
+            DatabasesValue::List(names) => Databases::from_names(names),
+        }
+    }
+}
+
+impl Databases {
+    /// Parses "*" or a comma-separated list of names.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.trim() == "*" {
+            return Ok(Databases::All);
+        }
+        Databases::from_names(text.split(',').map(|n| n.trim().to_owned()).collect())
+    }
+
+    fn from_names(names: Vec<String>) -> Result<Self, String> {
+        if names.iter().any(|n| n.is_empty() || n == "*") || names.is_empty() {
+            return Err(
+                "give \"*\" for every database, or a list of database names".to_owned(),
+            );
+        }
+        Ok(Databases::Only(names))
+    }
+}
+
+/// One `[[targets]]` entry of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    /// The server, as a URL or libpq key/value string.
+    pub target: Option<String>,
+    /// Its name in the fleet.
+    pub server_id: Option<String>,
+    /// Its labels; they win over the agent's labels of the same name.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Which databases' counters to send.
+    pub databases: Option<Databases>,
+    /// The admin console of its PgBouncer.
+    pub pgbouncer: Option<String>,
+}
+
+/// The agent's config file; every top-level key matches a flag's name.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
     /// See `--collector`.
     pub collector: Option<String>,
-    /// See `--target`.
+    /// See `--target` (for a single target; use `[[targets]]` for several).
     pub target: Option<String>,
     /// See `--server-id`.
     pub server_id: Option<String>,
+    /// See `--databases`.
+    pub databases: Option<Databases>,
+    /// See `--pgbouncer`.
+    pub pgbouncer: Option<String>,
     /// See `--label`; a flag's label wins over the file's label of the same name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -83,10 +170,45 @@ pub struct AgentFile {
     pub interval: Option<String>,
     /// See `--statement-timeout`.
     pub statement_timeout: Option<String>,
+    /// See `--query-text`.
+    pub query_text: Option<String>,
+    /// See `--pool-reporter-listen`.
+    pub pool_reporter_listen: Option<String>,
     /// See `--agent-id`.
     pub agent_id: Option<String>,
     /// See `--spool-max-bytes`.
     pub spool_max_bytes: Option<u64>,
+    /// Several servers to watch, each with its own server_id and labels.
+    #[serde(default)]
+    pub targets: Vec<TargetFile>,
+}
+
+/// One server the agent watches.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// Its name in the fleet.
+    pub server_id: String,
+    /// How to connect to it.
+    pub connection: tokio_postgres::Config,
+    /// Its own labels (the agent's labels fill in the rest).
+    pub labels: BTreeMap<String, String>,
+    /// Which databases' counters to send.
+    pub databases: Databases,
+    /// The admin console of its PgBouncer, if any.
+    pub pgbouncer: Option<tokio_postgres::Config>,
+}
+
+impl TargetConfig {
+    /// A target named after its host and port, with no labels and every database.
+    pub fn new(connection: tokio_postgres::Config) -> Self {
+        TargetConfig {
+            server_id: target::default_server_id(&connection),
+            connection,
+            labels: BTreeMap::new(),
+            databases: Databases::All,
+            pgbouncer: None,
+        }
+    }
 }
 
 /// The agent's settings, checked and complete.
@@ -96,16 +218,18 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// The collector's gRPC URL.
     pub collector: String,
-    /// How to connect to the watched server.
-    pub target: tokio_postgres::Config,
-    /// The watched server's name in the fleet.
-    pub server_id: String,
-    /// The watched server's labels.
+    /// The servers to watch; never empty, server_ids unique.
+    pub targets: Vec<TargetConfig>,
+    /// The agent's labels, inherited by every target.
     pub labels: BTreeMap<String, String>,
     /// How often to sample.
     pub interval: Duration,
     /// The timeout of every statement the agent runs.
     pub statement_timeout: Duration,
+    /// What to send of query texts.
+    pub query_text: QueryText,
+    /// Where the PoolReporter service listens; None when off.
+    pub pool_reporter: Option<SocketAddr>,
     /// The most bytes of batches held while awaiting acks.
     pub spool_max_bytes: usize,
 }
@@ -114,17 +238,25 @@ pub struct AgentConfig {
 pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
 
+/// The most targets one agent watches.
+pub const MAX_TARGETS: usize = 64;
+
+/// Where the PoolReporter listens unless told otherwise.
+pub const DEFAULT_POOL_REPORTER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 7602);
+
 impl AgentConfig {
-    /// Settings for `target` with every other setting at its default.
+    /// Settings for one `target` with every other setting at its default.
     pub fn new(collector: &str, target: tokio_postgres::Config) -> Self {
         AgentConfig {
             agent_id: default_agent_id(),
             collector: collector.to_owned(),
-            server_id: target::default_server_id(&target),
-            target,
+            targets: vec![TargetConfig::new(target)],
             labels: BTreeMap::new(),
             interval: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(2),
+            query_text: QueryText::Masked,
+            pool_reporter: Some(DEFAULT_POOL_REPORTER),
             spool_max_bytes: 64 << 20,
         }
     }
@@ -143,11 +275,65 @@ impl AgentConfig {
                 .or(file.collector.as_deref())
                 .unwrap_or("http://127.0.0.1:7600"),
         )?;
-        let pg = target::connection_config(args.target.as_deref().or(file.target.as_deref()), env)?;
-        let mut config = AgentConfig::new(&collector, pg);
-        if let Some(id) = args.server_id.or(file.server_id) {
-            config.server_id = non_empty("server_id", id)?;
+        let databases = match args.databases.as_deref() {
+            Some(text) => Some(Databases::parse(text).map_err(|message| {
+                SettingsError::Invalid {
+                    key: "databases",
+                    message,
+                }
+            })?),
+            None => file.databases,
+        };
+        let single = TargetFile {
+            target: args.target.or(file.target),
+            server_id: args.server_id.or(file.server_id),
+            labels: BTreeMap::new(),
+            databases,
+            pgbouncer: args.pgbouncer.or(file.pgbouncer),
+        };
+        let target_files = if file.targets.is_empty() {
+            vec![single]
+        } else {
+            if single.target.is_some()
+                || single.server_id.is_some()
+                || single.databases.is_some()
+                || single.pgbouncer.is_some()
+            {
+                return Err(SettingsError::Invalid {
+                    key: "targets",
+                    message: "the config file lists [[targets]], so target, server_id, databases and pgbouncer belong inside each [[targets]] entry, not at the top or in flags".to_owned(),
+                });
+            }
+            file.targets
+        };
+        if target_files.len() > MAX_TARGETS {
+            return Err(SettingsError::Invalid {
+                key: "targets",
+                message: format!(
+                    "{} targets is more than one agent watches ({MAX_TARGETS}); run another agent",
+                    target_files.len()
+                ),
+            });
         }
+        let mut targets = Vec::with_capacity(target_files.len());
+        for t in target_files {
+            let t = resolve_target(t, &env)?;
+            if targets
+                .iter()
+                .any(|o: &TargetConfig| o.server_id == t.server_id)
+            {
+                return Err(SettingsError::Invalid {
+                    key: "server_id",
+                    message: format!(
+                        "{:?} names two targets; give each [[targets]] entry its own server_id",
+                        t.server_id
+                    ),
+                });
+            }
+            targets.push(t);
+        }
+        let mut config = AgentConfig::new(&collector, targets[0].connection.clone());
+        config.targets = targets;
         if let Some(id) = args.agent_id.or(file.agent_id) {
             config.agent_id = non_empty("agent_id", id)?;
         }
@@ -168,6 +354,23 @@ impl AgentConfig {
                 Duration::from_millis(10)..=Duration::from_secs(60),
             )?;
         }
+        if let Some(text) = args.query_text.or(file.query_text) {
+            config.query_text = text.parse().map_err(|message| SettingsError::Invalid {
+                key: "query_text",
+                message,
+            })?;
+        }
+        if let Some(text) = args.pool_reporter_listen.or(file.pool_reporter_listen) {
+            config.pool_reporter = match text.trim() {
+                "off" | "" => None,
+                addr => Some(addr.parse().map_err(|_| SettingsError::Invalid {
+                    key: "pool_reporter_listen",
+                    message: format!(
+                        "{addr:?} is not an address; write it like 127.0.0.1:7602, or \"off\""
+                    ),
+                })?),
+            };
+        }
         if let Some(bytes) = args.spool_max_bytes.or(file.spool_max_bytes) {
             if bytes < 1 << 20 {
                 return Err(SettingsError::Invalid {
@@ -179,6 +382,26 @@ impl AgentConfig {
         }
         Ok(config)
     }
+}
+
+fn resolve_target(
+    t: TargetFile,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<TargetConfig, SettingsError> {
+    let connection = target::connection_config(t.target.as_deref(), env)?;
+    let mut config = TargetConfig::new(connection);
+    if let Some(id) = t.server_id {
+        config.server_id = non_empty("server_id", id)?;
+    }
+    for (name, value) in &t.labels {
+        settings::check_label(name, value)?;
+    }
+    config.labels = t.labels;
+    config.databases = t.databases.unwrap_or_default();
+    if let Some(dsn) = t.pgbouncer {
+        config.pgbouncer = Some(target::pgbouncer_config(&dsn)?);
+    }
+    Ok(config)
 }
 
 fn non_empty(key: &'static str, value: String) -> Result<String, SettingsError> {
@@ -234,7 +457,11 @@ mod tests {
             "dc=us2",
         ]);
         let c = AgentConfig::resolve(args, no_env).unwrap();
-        assert_eq!(c.server_id, "from-flag");
+        assert_eq!(c.targets.len(), 1);
+        assert_eq!(c.targets[0].server_id, "from-flag");
+        assert_eq!(c.targets[0].databases, Databases::All);
+        assert_eq!(c.query_text, QueryText::Masked);
+        assert_eq!(c.pool_reporter, Some(DEFAULT_POOL_REPORTER));
         assert_eq!(c.collector, "http://c1:7600");
         assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.labels["dc"], "us2");
@@ -261,5 +488,105 @@ mod tests {
             err.contains("cannot read config file /nonexistent/agent.toml"),
             "{err}"
         );
+    }
+
+    fn write_config(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pgfleet-agent-cfg-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn several_targets_each_with_their_own_settings() {
+        let path = write_config(
+            "multi",
+            r#"
+query_text = "raw"
+pool_reporter_listen = "off"
+[labels]
+dc = "eu1"
+[[targets]]
+target = "postgres://mon@db1:5432/postgres"
+server_id = "orders-1"
+databases = ["orders", "billing"]
+pgbouncer = "postgres://pgbouncer@db1:6432/pgbouncer"
+[targets.labels]
+role = "primary"
+[[targets]]
+target = "host=db2 port=5433 user=mon"
+databases = "*"
+"#,
+        );
+        let args = AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args, no_env).unwrap();
+        assert_eq!(c.targets.len(), 2);
+        assert_eq!(c.targets[0].server_id, "orders-1");
+        assert_eq!(
+            c.targets[0].databases,
+            Databases::Only(vec!["orders".into(), "billing".into()])
+        );
+        assert_eq!(c.targets[0].labels["role"], "primary");
+        let bouncer = c.targets[0].pgbouncer.as_ref().unwrap();
+        assert_eq!(bouncer.get_dbname(), Some("pgbouncer"));
+        assert_eq!(c.targets[1].server_id, "db2:5433");
+        assert_eq!(c.targets[1].databases, Databases::All);
+        assert!(c.targets[1].pgbouncer.is_none());
+        assert_eq!(c.labels["dc"], "eu1");
+        assert_eq!(c.query_text, QueryText::Raw);
+        assert_eq!(c.pool_reporter, None);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn target_lists_refuse_duplicates_and_stray_keys() {
+        let dup = write_config(
+            "dup",
+            "[[targets]]\ntarget = \"host=a\"\nserver_id = \"x\"\n[[targets]]\ntarget = \"host=b\"\nserver_id = \"x\"\n",
+        );
+        let args = AgentArgs {
+            config: Some(dup.clone()),
+            ..Default::default()
+        };
+        let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+        assert!(err.contains("\"x\" names two targets"), "{err}");
+        let args = AgentArgs {
+            config: Some(dup.clone()),
+            target: Some("host=c".into()),
+            ..Default::default()
+        };
+        let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+        assert!(err.contains("inside each [[targets]]"), "{err}");
+        std::fs::remove_dir_all(dup.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn databases_query_text_and_reporter_values_are_checked() {
+        assert_eq!(Databases::parse(" * "), Ok(Databases::All));
+        assert_eq!(
+            Databases::parse("a, b"),
+            Ok(Databases::Only(vec!["a".into(), "b".into()]))
+        );
+        assert!(Databases::parse("a,,b").is_err());
+        for (flag, value, key) in [
+            ("--databases", "a,*", "databases"),
+            ("--query-text", "secret", "query_text"),
+            ("--pool-reporter-listen", "localhost", "pool_reporter_listen"),
+        ] {
+            let args = AgentArgs::parse_from(["pgfleet-agent", flag, value]);
+            let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("invalid `{key}`")), "{err}");
+        }
+        let err = settings::parse_toml::<AgentFile>(
+            std::path::Path::new("a.toml"),
+            "databases = 5",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("databases"), "{err}");
     }
 }

@@ -1,12 +1,15 @@
 //! The pgfleet agent: samples PostgreSQL and streams snapshots to a collector.
 //!
 //! `config` → `target` (connection and safety settings) → `sampler` (one task per
-//! target) → `ship` (the stream client, owning the bounded `spool`).
+//! target) → `ship` (the stream client, owning the bounded `spool`); `reporter`
+//! is the local PoolReporter service that applications push their pools to.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod config;
 pub mod error;
+pub mod once;
+pub mod reporter;
 pub mod runtime;
 pub mod sampler;
 pub mod settings;
@@ -14,6 +17,7 @@ pub mod ship;
 pub mod spool;
 pub mod target;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pgfleet_proto::v1;
@@ -21,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-pub use config::{AgentArgs, AgentConfig};
-pub use sampler::SamplerStats;
+pub use config::{AgentArgs, AgentConfig, TargetConfig};
+pub use sampler::{SamplerStats, TargetSampler};
 pub use settings::SettingsError;
 
 /// How many snapshots may wait between the samplers and the shipper.
@@ -32,32 +36,70 @@ const SNAPSHOT_QUEUE: usize = 64;
 pub struct Agent {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
-    /// Counters of the target's sampler.
-    pub stats: Arc<SamplerStats>,
+    /// Counters of each target's sampler, by server_id, in the config's order.
+    pub stats: Vec<(String, Arc<SamplerStats>)>,
+    /// Where the PoolReporter service listens, when it is on.
+    pub pool_reporter: Option<SocketAddr>,
+}
+
+/// The samplers of every target, sharing one registry of reported pools.
+pub fn samplers(
+    config: &AgentConfig,
+) -> Result<(Vec<TargetSampler>, Arc<reporter::AppPools>), SettingsError> {
+    let app_pools = reporter::AppPools::new(config.targets.iter().map(|t| t.server_id.as_str()));
+    let samplers = config
+        .targets
+        .iter()
+        .map(|t| {
+            TargetSampler::new(
+                t,
+                config.statement_timeout,
+                config.query_text,
+                app_pools.clone(),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((samplers, app_pools))
 }
 
 /// Starts sampling and streaming; must be called inside a tokio runtime. Fails only
 /// on settings that cannot work; an absent database or collector is retried.
 pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
-    let pool = target::pool(config.target.clone(), config.statement_timeout)?;
+    let (samplers, app_pools) = samplers(&config)?;
     let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let pool_reporter = match config.pool_reporter {
+        Some(addr) => {
+            let (bound, task) = reporter::serve(addr, app_pools, stop_rx.clone())?;
+            tasks.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
     let (snapshots_tx, snapshots_rx) = mpsc::channel(SNAPSHOT_QUEUE);
-    let (sampler, stats) = sampler::spawn(
-        config.server_id.clone(),
-        pool,
-        config.interval,
-        config.statement_timeout,
-        snapshots_tx,
-        stop_rx.clone(),
-    );
+    let mut stats = Vec::new();
+    for sampler in samplers {
+        stats.push((sampler.server_id.clone(), sampler.stats.clone()));
+        tasks.push(sampler::spawn(
+            sampler,
+            config.interval,
+            snapshots_tx.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    drop(snapshots_tx);
     let hello = v1::Hello {
         agent_id: config.agent_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        labels: Default::default(),
-        targets: vec![v1::Target {
-            server_id: config.server_id.clone(),
-            labels: config.labels.clone().into_iter().collect(),
-        }],
+        labels: config.labels.clone().into_iter().collect(),
+        targets: config
+            .targets
+            .iter()
+            .map(|t| v1::Target {
+                server_id: t.server_id.clone(),
+                labels: t.labels.clone().into_iter().collect(),
+            })
+            .collect(),
         sample_interval_ms: u32::try_from(config.interval.as_millis()).unwrap_or(u32::MAX),
     };
     let shipper = ship::Shipper::new(
@@ -66,24 +108,33 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         spool::Spool::new(config.spool_max_bytes),
         snapshots_rx,
     );
-    let shipper = tokio::spawn(shipper.run(stop_rx));
+    tasks.push(tokio::spawn(shipper.run(stop_rx)));
+    for t in &config.targets {
+        info!(
+            server.id = %t.server_id,
+            target = %target::display(&t.connection),
+            pgbouncer = t.pgbouncer.is_some(),
+            "Watching target."
+        );
+    }
     info!(
         agent.id = %config.agent_id,
-        server.id = %config.server_id,
-        target = %target::display(&config.target),
+        targets = config.targets.len(),
         collector = %config.collector,
         interval = %humantime::format_duration(config.interval),
+        pool_reporter = ?pool_reporter,
         "Agent started."
     );
     Ok(Agent {
         stop,
-        tasks: vec![sampler, shipper],
+        tasks,
         stats,
+        pool_reporter,
     })
 }
 
 impl Agent {
-    /// Stops sampling, lets the shipper deliver what it can, and waits for both.
+    /// Stops sampling, lets the shipper deliver what it can, and waits for all.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {

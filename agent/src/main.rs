@@ -7,7 +7,8 @@ use pgfleet_agent::{AgentArgs, AgentConfig, runtime};
 
 fn main() -> ExitCode {
     let args: AgentArgs = runtime::parse_args();
-    runtime::init_tracing("info");
+    let once = args.once;
+    runtime::init_tracing(if once { "warn" } else { "info" });
     let config = match AgentConfig::resolve(args, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => return runtime::usage_error("pgfleet-agent", &e),
@@ -22,6 +23,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if once {
+        return rt.block_on(async {
+            match pgfleet_agent::once::sample_all(&config).await {
+                Ok((json, all_up)) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&json).unwrap_or_default()
+                    );
+                    if all_up {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => runtime::usage_error("pgfleet-agent", &e),
+            }
+        });
+    }
     rt.block_on(async {
         let agent = match pgfleet_agent::start(config) {
             Ok(a) => a,

@@ -13,7 +13,8 @@ use crate::settings::SettingsError;
 /// The `application_name` of every agent connection; samples exclude these sessions.
 pub const APPLICATION_NAME: &str = "pgfleet-agent";
 
-/// The most connections the agent opens to one target.
+/// The most connections the agent opens to one target. Its samples run one after
+/// another on one connection; the issue allows two, and one is kinder.
 pub const MAX_CONNECTIONS: usize = 1;
 
 /// How long to wait for a connection to be established.
@@ -78,6 +79,35 @@ pub fn connection_config(
     {
         config.dbname(db);
     }
+    Ok(config)
+}
+
+/// The connection settings of a PgBouncer admin console, from a URL or key/value
+/// string such as `postgres://pgbouncer@127.0.0.1:6432/pgbouncer`. The console
+/// knows nothing of `options`, so none are sent.
+pub fn pgbouncer_config(dsn: &str) -> Result<tokio_postgres::Config, SettingsError> {
+    let mut config =
+        tokio_postgres::Config::from_str(dsn.trim()).map_err(|e| SettingsError::Invalid {
+            key: "pgbouncer",
+            message: format!(
+                "cannot parse it as a URL or key/value string ({e}); write it like postgres://pgbouncer@127.0.0.1:6432/pgbouncer"
+            ),
+        })?;
+    if config.get_hosts().is_empty() {
+        config.host("localhost");
+    }
+    if config.get_ports().is_empty() {
+        config.port(6432);
+    }
+    if config.get_dbname().is_none() {
+        config.dbname("pgbouncer");
+    }
+    if config.get_user().is_none() {
+        config.user("pgbouncer");
+    }
+    config
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(CONNECT_TIMEOUT);
     Ok(config)
 }
 

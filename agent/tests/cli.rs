@@ -106,7 +106,19 @@ fn the_example_config_parses() {
         ..Default::default()
     };
     let config = pgfleet_agent::AgentConfig::resolve(args, |_| None).unwrap();
-    assert_eq!(config.server_id, "orders-db-1");
+    assert_eq!(config.targets[0].server_id, "orders-db-1");
+    assert_eq!(config.labels["dc"], "eu1");
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent-multi.toml");
+    let args = pgfleet_agent::AgentArgs {
+        config: Some(path.into()),
+        ..Default::default()
+    };
+    let config = pgfleet_agent::AgentConfig::resolve(args, |_| None).unwrap();
+    let ids: Vec<_> = config.targets.iter().map(|t| t.server_id.as_str()).collect();
+    assert_eq!(ids, ["orders-db-1", "billing-db-1"]);
+    assert!(config.targets[0].pgbouncer.is_some());
+    assert_eq!(config.targets[1].labels["role"], "replica");
 }
 
 #[test]

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgfleet_proto::model::{Session, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Session, Snapshot, TargetStatus, add_counters};
 use pgfleet_proto::time::{Micros, now_micros};
+use pgfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info};
@@ -45,6 +46,35 @@ pub struct ServerView {
     /// How many of them are client sessions (not background processes), counted
     /// once when the snapshot is applied rather than at every read.
     pub client_sessions: u32,
+    /// The server's facts, from the last snapshot that carried them.
+    pub facts: Option<Arc<v1::ServerFacts>>,
+    /// The agent's counters for this server, from its last snapshot.
+    pub agent: Option<v1::AgentCounters>,
+    /// The pools of the last snapshot.
+    pub pools: Arc<Pools>,
+    /// pg_stat_database counters summed since the collector first saw each
+    /// database, by name.
+    pub databases: Arc<BTreeMap<String, DatabaseTotal>>,
+}
+
+/// Every pool of one server, as last sampled.
+#[derive(Debug, Clone, Default)]
+pub struct Pools {
+    /// The server's connection slots.
+    pub slots: Option<v1::ConnectionSlots>,
+    /// Its PgBouncer, when the agent reads one.
+    pub pgbouncer: Option<v1::PgBouncerSample>,
+    /// The agent's pool, then the pools applications reported.
+    pub client_pools: Vec<v1::ClientPool>,
+}
+
+/// One database's counters, summed.
+#[derive(Debug, Clone)]
+pub struct DatabaseTotal {
+    /// When the collector first saw the database.
+    pub since_us: Micros,
+    /// The sums of every increment received.
+    pub totals: v1::DatabaseCounters,
 }
 
 /// A server's health as readers see it at a given instant.
@@ -274,18 +304,31 @@ impl Aggregator {
         agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
         let resume_after = agent.last_seq;
         for t in targets {
-            let previous = self.servers.get(&t.server_id);
+            let base = match self.servers.get(&t.server_id) {
+                Some(previous) => (**previous).clone(),
+                None => ServerView {
+                    server_id: t.server_id.clone(),
+                    agent_id: String::new(),
+                    agent_connected: true,
+                    labels: BTreeMap::new(),
+                    interval,
+                    last_seen_us: None,
+                    sampled_at_us: 0,
+                    status: TargetStatus::Up,
+                    sessions: Arc::default(),
+                    client_sessions: 0,
+                    facts: None,
+                    agent: None,
+                    pools: Arc::default(),
+                    databases: Arc::default(),
+                },
+            };
             let view = ServerView {
-                server_id: t.server_id.clone(),
                 agent_id: agent_id.clone(),
                 agent_connected: true,
                 labels: t.labels,
                 interval,
-                last_seen_us: previous.and_then(|p| p.last_seen_us),
-                sampled_at_us: previous.map_or(0, |p| p.sampled_at_us),
-                status: previous.map_or(TargetStatus::Up, |p| p.status.clone()),
-                sessions: previous.map_or_else(Default::default, |p| p.sessions.clone()),
-                client_sessions: previous.map_or(0, |p| p.client_sessions),
+                ..base
             };
             self.servers.insert(t.server_id, Arc::new(view));
         }
@@ -326,6 +369,14 @@ impl Aggregator {
             let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
                 continue;
             };
+            // Increments add up in any order, so even an older snapshot counts.
+            if snapshot.status == TargetStatus::Up {
+                sum_databases(
+                    Arc::make_mut(&mut Arc::make_mut(current).databases),
+                    &snapshot.databases,
+                    now,
+                );
+            }
             // Snapshots from a replay after a reconnect may be older than what is
             // held; the live view keeps the newest.
             if snapshot.sampled_at_us < current.sampled_at_us {
@@ -337,6 +388,17 @@ impl Aggregator {
             view.status = snapshot.status;
             view.client_sessions = client_sessions(&snapshot.sessions);
             view.sessions = Arc::new(snapshot.sessions);
+            if let Some(facts) = snapshot.facts {
+                view.facts = Some(Arc::new(facts));
+            }
+            if snapshot.agent.is_some() {
+                view.agent = snapshot.agent;
+            }
+            view.pools = Arc::new(Pools {
+                slots: snapshot.slots,
+                pgbouncer: snapshot.pgbouncer,
+                client_pools: snapshot.client_pools,
+            });
         }
         Ok(())
     }
@@ -354,6 +416,28 @@ impl Aggregator {
                 Arc::make_mut(view).agent_connected = false;
             }
         }
+    }
+}
+
+/// Adds one up snapshot's increments to the totals. Every up snapshot lists every
+/// watched database, so one it leaves out was dropped (or is no longer watched).
+fn sum_databases(
+    totals: &mut BTreeMap<String, DatabaseTotal>,
+    increments: &[v1::DatabaseCounters],
+    now: Micros,
+) {
+    totals.retain(|name, _| increments.iter().any(|i| &i.database == name));
+    for inc in increments {
+        let total = totals
+            .entry(inc.database.clone())
+            .or_insert_with(|| DatabaseTotal {
+                since_us: now,
+                totals: v1::DatabaseCounters {
+                    database: inc.database.clone(),
+                    ..Default::default()
+                },
+            });
+        add_counters(&mut total.totals, inc);
     }
 }
 
@@ -395,8 +479,6 @@ mod tests {
 
     fn snapshot(id: &str, at: Micros, pids: &[i32]) -> Snapshot {
         Snapshot {
-            server_id: id.to_owned(),
-            sampled_at_us: at,
             status: TargetStatus::Up,
             sessions: pids
                 .iter()
@@ -406,6 +488,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            ..Snapshot::down(id.to_owned(), at, String::new())
         }
     }
 
@@ -508,5 +591,28 @@ mod tests {
         );
         a.disconnect("a1", 1);
         assert!(matches!(a.servers["db"].health(later), Stale(r) if r.contains("disconnected")));
+    }
+
+    #[test]
+    fn database_increments_are_summed_even_from_older_snapshots() {
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        let with = |at, commits| {
+            let mut s = snapshot("db", at, &[]);
+            s.databases = vec![v1::DatabaseCounters {
+                database: "orders".into(),
+                xact_commit: commits,
+                ..Default::default()
+            }];
+            s
+        };
+        a.apply("a1", 1, 1, vec![with(20, 5)]).unwrap();
+        a.apply("a1", 1, 2, vec![with(10, 3)]).unwrap();
+        a.apply("a1", 1, 3, vec![with(30, 2)]).unwrap();
+        assert_eq!(a.servers["db"].databases["orders"].totals.xact_commit, 10);
+        // A database an up snapshot no longer lists is dropped.
+        a.apply("a1", 1, 4, vec![snapshot("db", 40, &[])]).unwrap();
+        assert!(a.servers["db"].databases.is_empty());
     }
 }

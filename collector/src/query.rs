@@ -2,8 +2,10 @@
 
 use pgfleet_proto::model::SessionState;
 use pgfleet_proto::time::{self, Micros, now_micros};
-use pgfleet_proto::{query_session, v1};
+use pgfleet_proto::{query_session, server_info, v1};
 use tonic::{Request, Response, Status};
+
+use std::sync::Arc;
 
 use crate::aggregator::{AggregatorHandle, Health, ServerView};
 
@@ -36,6 +38,29 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         reason,
         sessions: view.client_sessions,
         sample_interval: Some(time::duration(view.interval.as_micros() as i64)),
+        info: view.facts.as_deref().map(server_info),
+        agent: view.agent,
+    }
+}
+
+impl QueryService {
+    /// The server a request names, or a status that says how to find one.
+    fn server(&self, server_id: &str) -> Result<Arc<ServerView>, Status> {
+        if server_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "server_id is required; `pgfleet servers` lists the known servers",
+            ));
+        }
+        self.aggregator
+            .view()
+            .servers
+            .get(server_id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no server {server_id:?} is known to this collector; `pgfleet servers` lists the known servers"
+                ))
+            })
     }
 }
 
@@ -62,11 +87,7 @@ impl v1::query_server::Query for QueryService {
         request: Request<v1::GetActivityRequest>,
     ) -> Result<Response<v1::GetActivityResponse>, Status> {
         let req = request.into_inner();
-        if req.server_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "server_id is required; `pgfleet servers` lists the known servers",
-            ));
-        }
+        let server = self.server(&req.server_id)?;
         let state = match req.state.trim() {
             "" => None,
             text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
@@ -80,13 +101,6 @@ impl v1::query_server::Query for QueryService {
             Some(d) => time::duration_micros(d),
             None => 0,
         };
-        let view = self.aggregator.view();
-        let Some(server) = view.servers.get(&req.server_id) else {
-            return Err(Status::not_found(format!(
-                "no server {:?} is known to this collector; `pgfleet servers` lists the known servers",
-                req.server_id
-            )));
-        };
         let at = server.sampled_at_us;
         let mut sessions: Vec<_> = server
             .sessions
@@ -98,9 +112,43 @@ impl v1::query_server::Query for QueryService {
         // Longest-running first, as a DBA reads them.
         sessions.sort_by_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
         Ok(Response::new(v1::GetActivityResponse {
-            server: Some(server_message(server, now_micros())),
+            server: Some(server_message(&server, now_micros())),
             sampled_at: (at != 0).then(|| time::timestamp(at)),
             sessions: sessions.into_iter().map(|s| query_session(s, at)).collect(),
+        }))
+    }
+
+    async fn get_pools(
+        &self,
+        request: Request<v1::GetPoolsRequest>,
+    ) -> Result<Response<v1::GetPoolsResponse>, Status> {
+        let server = self.server(&request.into_inner().server_id)?;
+        let at = server.sampled_at_us;
+        let pools = &server.pools;
+        Ok(Response::new(v1::GetPoolsResponse {
+            server: Some(server_message(&server, now_micros())),
+            sampled_at: (at != 0).then(|| time::timestamp(at)),
+            slots: pools.slots.clone(),
+            pgbouncer: pools.pgbouncer.clone(),
+            client_pools: pools.client_pools.clone(),
+        }))
+    }
+
+    async fn get_databases(
+        &self,
+        request: Request<v1::GetDatabasesRequest>,
+    ) -> Result<Response<v1::GetDatabasesResponse>, Status> {
+        let server = self.server(&request.into_inner().server_id)?;
+        Ok(Response::new(v1::GetDatabasesResponse {
+            server: Some(server_message(&server, now_micros())),
+            databases: server
+                .databases
+                .values()
+                .map(|d| v1::DatabaseTotals {
+                    totals: Some(d.totals.clone()),
+                    since: Some(time::timestamp(d.since_us)),
+                })
+                .collect(),
         }))
     }
 }

@@ -60,6 +60,7 @@ impl From<SessionState> for v1::SessionState {
             SessionState::IdleInTransactionAborted => Self::IdleInTransactionAborted,
             SessionState::Fastpath => Self::Fastpath,
             SessionState::Disabled => Self::Disabled,
+            SessionState::NotVisible => Self::NotVisible,
         }
     }
 }
@@ -74,6 +75,7 @@ impl From<v1::SessionState> for SessionState {
             v1::SessionState::IdleInTransactionAborted => Self::IdleInTransactionAborted,
             v1::SessionState::Fastpath => Self::Fastpath,
             v1::SessionState::Disabled => Self::Disabled,
+            v1::SessionState::NotVisible => Self::NotVisible,
         }
     }
 }
@@ -96,6 +98,9 @@ impl From<&Session> for v1::SessionSample {
             query: s.query.clone(),
             blocked_by: s.blocked_by.clone(),
             backend_type: s.backend_type.clone(),
+            leader_pid: s.leader_pid.unwrap_or(0),
+            query_id: s.query_id.unwrap_or(0),
+            query_fingerprint: s.fingerprint,
         }
     }
 }
@@ -120,6 +125,9 @@ impl From<v1::SessionSample> for Session {
             query: s.query,
             blocked_by: s.blocked_by,
             backend_type: s.backend_type,
+            leader_pid: (s.leader_pid != 0).then_some(s.leader_pid),
+            query_id: (s.query_id != 0).then_some(s.query_id),
+            fingerprint: s.query_fingerprint,
         }
     }
 }
@@ -140,6 +148,12 @@ impl From<&Snapshot> for v1::Snapshot {
                     sessions: s.sessions.iter().map(Into::into).collect(),
                 })
             }),
+            facts: s.facts.clone(),
+            databases: s.databases.clone(),
+            slots: s.slots.clone(),
+            pgbouncer: s.pgbouncer.clone(),
+            client_pools: s.client_pools.clone(),
+            agent: s.agent.clone(),
         }
     }
 }
@@ -154,10 +168,8 @@ impl TryFrom<v1::Snapshot> for Snapshot {
         };
         if !status.up {
             return Ok(Snapshot {
-                server_id,
-                sampled_at_us: s.sampled_at_us,
-                status: TargetStatus::Down(status.reason),
-                sessions: Vec::new(),
+                agent: s.agent,
+                ..Snapshot::down(server_id, s.sampled_at_us, status.reason)
             });
         }
         let sessions = match s.activity {
@@ -174,6 +186,12 @@ impl TryFrom<v1::Snapshot> for Snapshot {
             sampled_at_us: s.sampled_at_us,
             status: TargetStatus::Up,
             sessions,
+            facts: s.facts,
+            databases: s.databases,
+            slots: s.slots,
+            pgbouncer: s.pgbouncer,
+            client_pools: s.client_pools,
+            agent: s.agent,
         })
     }
 }
@@ -197,6 +215,33 @@ pub fn query_session(s: &Session, sampled_at_us: Micros) -> v1::Session {
         blocked_by: s.blocked_by.clone(),
         backend_type: s.backend_type.clone(),
         duration: s.duration_us(sampled_at_us).map(time::duration),
+        leader_pid: s.leader_pid.unwrap_or(0),
+        query_id: s.query_id.unwrap_or(0),
+        fingerprint: match s.fingerprint {
+            0 => String::new(),
+            fp => format!("{fp:016x}"),
+        },
+        xact_age: age(s.xact_start_us, sampled_at_us),
+        query_age: age(s.query_start_us, sampled_at_us),
+        state_age: age(s.state_change_us, sampled_at_us),
+    }
+}
+
+fn age(since: Option<Micros>, at: Micros) -> Option<prost_types::Duration> {
+    since.map(|t| time::duration((at - t).max(0)))
+}
+
+/// The query API's view of a server's facts.
+pub fn server_info(f: &v1::ServerFacts) -> v1::ServerInfo {
+    v1::ServerInfo {
+        version: f.version.clone(),
+        version_num: f.version_num,
+        system_identifier: f.system_identifier,
+        in_recovery: f.in_recovery,
+        start_time: (f.start_time_us != 0).then(|| time::timestamp(f.start_time_us)),
+        max_connections: f.max_connections,
+        superuser_reserved_connections: f.superuser_reserved_connections,
+        reserved_connections: f.reserved_connections,
     }
 }
 
@@ -221,16 +266,28 @@ mod tests {
             query: "update t set x = $1".into(),
             blocked_by: vec![7, 8],
             backend_type: "client backend".into(),
+            leader_pid: Some(4200),
+            query_id: Some(-77),
+            fingerprint: 0xdead_beef,
         }
     }
 
     #[test]
     fn keyframe_snapshots_round_trip() {
         let snap = Snapshot {
-            server_id: "db-1".into(),
-            sampled_at_us: 1_700_000_003_000_000,
             status: TargetStatus::Up,
             sessions: vec![session(), Session::default()],
+            facts: Some(v1::ServerFacts {
+                version_num: 150018,
+                system_identifier: u64::MAX,
+                ..Default::default()
+            }),
+            databases: vec![v1::DatabaseCounters {
+                database: "orders".into(),
+                xact_commit: 5,
+                ..Default::default()
+            }],
+            ..Snapshot::down("db-1".into(), 1_700_000_003_000_000, String::new())
         };
         let wire = v1::Snapshot::from(&snap);
         assert_eq!(Snapshot::try_from(wire), Ok(snap));
@@ -238,12 +295,7 @@ mod tests {
 
     #[test]
     fn a_down_snapshot_keeps_its_reason_and_no_sessions() {
-        let snap = Snapshot {
-            server_id: "db-1".into(),
-            sampled_at_us: 1,
-            status: TargetStatus::Down("connection refused".into()),
-            sessions: vec![],
-        };
+        let snap = Snapshot::down("db-1".into(), 1, "connection refused".into());
         let wire = v1::Snapshot::from(&snap);
         assert!(wire.activity.is_none());
         assert_eq!(Snapshot::try_from(wire), Ok(snap));
@@ -285,5 +337,9 @@ mod tests {
         assert_eq!(q.state, "idle in transaction");
         assert_eq!(q.duration, Some(time::duration(3_000_000)));
         assert_eq!(q.state_change, None);
+        assert_eq!(q.xact_age, Some(time::duration(3_000_000)));
+        assert_eq!(q.query_age, Some(time::duration(2_000_000)));
+        assert_eq!(q.fingerprint, "00000000deadbeef");
+        assert_eq!((q.leader_pid, q.query_id), (4200, -77));
     }
 }

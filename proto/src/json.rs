@@ -36,6 +36,15 @@ pub fn duration<S: Serializer>(d: &Option<prost_types::Duration>, s: S) -> Resul
     }
 }
 
+/// A `PoolKind` as its short name ("agent", "application"), not its number.
+pub fn pool_kind<S: Serializer>(kind: &i32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(match crate::v1::PoolKind::try_from(*kind) {
+        Ok(crate::v1::PoolKind::Agent) => "agent",
+        Ok(crate::v1::PoolKind::Application) => "application",
+        _ => "unknown",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::time;

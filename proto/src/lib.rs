@@ -10,7 +10,7 @@ pub mod json;
 pub mod model;
 pub mod time;
 
-pub use convert::{DecodeError, query_session};
+pub use convert::{DecodeError, query_session, server_info};
 
 /// Generated types and services of the `pgfleet.v1` package.
 #[allow(missing_docs, clippy::all)]

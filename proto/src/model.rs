@@ -1,9 +1,12 @@
 //! The domain types: what an agent samples and what the collector holds.
 //!
 //! They carry no wire concerns (no dictionary ids, no deltas); `convert` maps them to
-//! and from the `v1` messages.
+//! and from the `v1` messages. Facts, counters and pools are plain records whose
+//! generated `v1` types already are the domain shape, so the model holds those
+//! as they are rather than copying them field by field.
 
 use crate::time::Micros;
+use crate::v1;
 
 /// A session's state, as pg_stat_activity's `state` column says it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -23,17 +26,20 @@ pub enum SessionState {
     Fastpath,
     /// `track_activities` is off for this session.
     Disabled,
+    /// The agent's role may not see the session (`'<insufficient privilege>'`).
+    NotVisible,
 }
 
 impl SessionState {
     /// Every state with a name, for messages that list them.
-    pub const NAMED: [SessionState; 6] = [
+    pub const NAMED: [SessionState; 7] = [
         SessionState::Active,
         SessionState::Idle,
         SessionState::IdleInTransaction,
         SessionState::IdleInTransactionAborted,
         SessionState::Fastpath,
         SessionState::Disabled,
+        SessionState::NotVisible,
     ];
 
     /// Parses PostgreSQL's word for a state; NULL and unknown words are `Unknown`.
@@ -45,11 +51,13 @@ impl SessionState {
             Some("idle in transaction (aborted)") => Self::IdleInTransactionAborted,
             Some("fastpath function call") => Self::Fastpath,
             Some("disabled") => Self::Disabled,
+            Some("not visible") => Self::NotVisible,
             _ => Self::Unknown,
         }
     }
 
-    /// PostgreSQL's word for this state; empty for `Unknown`.
+    /// PostgreSQL's word for this state; empty for `Unknown`, and "not visible"
+    /// for sessions the agent's role may not see.
     pub fn as_pg(self) -> &'static str {
         match self {
             Self::Unknown => "",
@@ -59,6 +67,7 @@ impl SessionState {
             Self::IdleInTransactionAborted => "idle in transaction (aborted)",
             Self::Fastpath => "fastpath function call",
             Self::Disabled => "disabled",
+            Self::NotVisible => "not visible",
         }
     }
 
@@ -109,6 +118,12 @@ pub struct Session {
     pub blocked_by: Vec<i32>,
     /// "client backend", "autovacuum worker", …
     pub backend_type: String,
+    /// A parallel worker's leader (PostgreSQL 13 and later).
+    pub leader_pid: Option<i32>,
+    /// pg_stat_activity.query_id (PostgreSQL 14 and later, with compute_query_id).
+    pub query_id: Option<i64>,
+    /// The hash of the masked query text; 0 when there is no text.
+    pub fingerprint: u64,
 }
 
 impl Session {
@@ -122,7 +137,7 @@ impl Session {
                 self.xact_start_us
             }
             SessionState::Idle => self.state_change_us,
-            SessionState::Unknown | SessionState::Disabled => None,
+            SessionState::Unknown | SessionState::Disabled | SessionState::NotVisible => None,
         }?;
         Some((at - since).max(0))
     }
@@ -157,6 +172,53 @@ pub struct Snapshot {
     pub status: TargetStatus,
     /// Every session the sample saw, the agent's own excluded.
     pub sessions: Vec<Session>,
+    /// Facts about the server (on keyframes).
+    pub facts: Option<v1::ServerFacts>,
+    /// pg_stat_database increments since the previous snapshot, per database.
+    pub databases: Vec<v1::DatabaseCounters>,
+    /// Connection slots and what uses them.
+    pub slots: Option<v1::ConnectionSlots>,
+    /// PgBouncer's pools and stats, when the agent reads a PgBouncer.
+    pub pgbouncer: Option<v1::PgBouncerSample>,
+    /// The agent's own pool and the pools applications reported.
+    pub client_pools: Vec<v1::ClientPool>,
+    /// The agent's counters for this target.
+    pub agent: Option<v1::AgentCounters>,
+}
+
+impl Snapshot {
+    /// A snapshot of a target that could not be sampled.
+    pub fn down(server_id: String, sampled_at_us: Micros, reason: String) -> Self {
+        Snapshot {
+            server_id,
+            sampled_at_us,
+            status: TargetStatus::Down(reason),
+            sessions: Vec::new(),
+            facts: None,
+            databases: Vec::new(),
+            slots: None,
+            pgbouncer: None,
+            client_pools: Vec::new(),
+            agent: None,
+        }
+    }
+}
+
+/// Adds `inc` to `total`, field by field (the collector sums increments).
+pub fn add_counters(total: &mut v1::DatabaseCounters, inc: &v1::DatabaseCounters) {
+    total.xact_commit += inc.xact_commit;
+    total.xact_rollback += inc.xact_rollback;
+    total.blks_read += inc.blks_read;
+    total.blks_hit += inc.blks_hit;
+    total.tup_returned += inc.tup_returned;
+    total.tup_fetched += inc.tup_fetched;
+    total.tup_inserted += inc.tup_inserted;
+    total.tup_updated += inc.tup_updated;
+    total.tup_deleted += inc.tup_deleted;
+    total.temp_files += inc.temp_files;
+    total.temp_bytes += inc.temp_bytes;
+    total.deadlocks += inc.deadlocks;
+    total.conflicts += inc.conflicts;
 }
 
 #[cfg(test)]
@@ -199,5 +261,25 @@ mod tests {
         assert_eq!(s.duration_us(9_000), Some(8_000));
         s.state = SessionState::Unknown;
         assert_eq!(s.duration_us(9_000), None);
+    }
+
+    #[test]
+    fn counters_add_up_field_by_field() {
+        let mut total = v1::DatabaseCounters {
+            xact_commit: 1,
+            conflicts: 1,
+            ..Default::default()
+        };
+        let inc = v1::DatabaseCounters {
+            xact_commit: 2,
+            temp_bytes: 5,
+            conflicts: 2,
+            ..Default::default()
+        };
+        add_counters(&mut total, &inc);
+        assert_eq!(
+            (total.xact_commit, total.temp_bytes, total.conflicts),
+            (3, 5, 3)
+        );
     }
 }

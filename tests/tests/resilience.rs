@@ -81,7 +81,8 @@ async fn the_agent_reconnects_by_itself_when_the_collector_restarts() {
         .agent
         .as_ref()
         .expect("the same agent still runs")
-        .stats;
+        .stats[0]
+        .1;
     assert!(stats.samples.load(std::sync::atomic::Ordering::Relaxed) >= 4);
     fleet.stop().await;
 }

@@ -1,7 +1,10 @@
-//! Sampling one target: one module per source.
+//! Sampling one target: one module per source, and the loop that runs them.
 
-mod activity;
+pub mod activity;
+pub mod database;
+pub mod pgbouncer;
+pub mod query_text;
 mod run;
 
-pub use activity::sample_activity;
-pub use run::{SamplerStats, spawn};
+pub use query_text::QueryText;
+pub use run::{SamplerStats, TargetSampler, spawn};

@@ -7,15 +7,22 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use pgfleet_proto::model::{Snapshot, TargetStatus};
 use pgfleet_proto::time::now_micros;
+use pgfleet_proto::v1;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::activity::sample_activity;
+use super::activity::{MIN_VERSION_NUM, sample_activity};
+use super::database::{CounterTracker, sample_databases, sample_facts};
+use super::pgbouncer::PgBouncer;
+use super::query_text::QueryText;
 use crate::backoff::Backoff;
+use crate::config::{Databases, TargetConfig};
 use crate::error::chain;
-use crate::target::CONNECT_TIMEOUT;
+use crate::reporter::AppPools;
+use crate::settings::SettingsError;
+use crate::target::{self, CONNECT_TIMEOUT};
 
 /// Counters of one target's sampler.
 #[derive(Debug, Default)]
@@ -26,6 +33,193 @@ pub struct SamplerStats {
     pub skipped_ticks: AtomicU64,
     /// Snapshots dropped because the shipper could not take them.
     pub dropped_snapshots: AtomicU64,
+    /// Waits for the agent's own pool that timed out.
+    pub pool_timeouts: AtomicU64,
+}
+
+/// Everything needed to sample one target, and what it remembers between samples.
+pub struct TargetSampler {
+    /// The target's server_id.
+    pub server_id: String,
+    pool: Pool,
+    role: String,
+    statement_timeout: Duration,
+    query_text: QueryText,
+    databases: Databases,
+    pgbouncer: Option<PgBouncer>,
+    app_pools: Arc<AppPools>,
+    identity: Option<(i64, u64)>,
+    counters: CounterTracker,
+    warned_not_visible: bool,
+    last_duration_us: u32,
+    /// The sampler's counters.
+    pub stats: Arc<SamplerStats>,
+}
+
+impl TargetSampler {
+    /// A sampler of `target`; opens nothing until the first sample.
+    pub fn new(
+        target: &TargetConfig,
+        statement_timeout: Duration,
+        query_text: QueryText,
+        app_pools: Arc<AppPools>,
+    ) -> Result<Self, SettingsError> {
+        Ok(TargetSampler {
+            server_id: target.server_id.clone(),
+            pool: target::pool(target.connection.clone(), statement_timeout)?,
+            role: target.connection.get_user().unwrap_or("").to_owned(),
+            statement_timeout,
+            query_text,
+            databases: target.databases.clone(),
+            pgbouncer: target
+                .pgbouncer
+                .clone()
+                .map(|c| PgBouncer::new(c, statement_timeout)),
+            app_pools,
+            identity: None,
+            counters: CounterTracker::default(),
+            warned_not_visible: false,
+            last_duration_us: 0,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Takes one sample: an up snapshot, or why the target cannot be sampled.
+    pub async fn sample(&mut self, sampled_at_us: i64) -> Result<Snapshot, String> {
+        let started = Instant::now();
+        let deadline = self.statement_timeout + CONNECT_TIMEOUT;
+        let postgres = match tokio::time::timeout(deadline, self.sample_postgres()).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(format!(
+                    "the sample did not finish within {}",
+                    humantime::format_duration(deadline)
+                ));
+            }
+        };
+        let (facts, mut activity, increments) = postgres;
+        activity.slots.max_connections = facts.max_connections;
+        activity.slots.reserved =
+            facts.superuser_reserved_connections + facts.reserved_connections;
+        if activity.not_visible > 0 && !self.warned_not_visible {
+            self.warned_not_visible = true;
+            warn!(
+                server.id = %self.server_id,
+                role = %self.role,
+                not_visible = activity.not_visible,
+                fix = %format!("GRANT pg_monitor TO {};", quote_ident(&self.role)),
+                "The agent's role may not see every session; they are reported as not visible. Grant it pg_monitor."
+            );
+        }
+        let pgbouncer = match &mut self.pgbouncer {
+            Some(b) => Some(b.sample().await),
+            None => None,
+        };
+        let mut client_pools = vec![self.own_pool()];
+        client_pools.extend(self.app_pools.current(&self.server_id));
+        self.last_duration_us = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+        Ok(Snapshot {
+            server_id: self.server_id.clone(),
+            sampled_at_us,
+            status: TargetStatus::Up,
+            sessions: activity.sessions,
+            facts: Some(facts),
+            databases: increments,
+            slots: Some(activity.slots),
+            pgbouncer,
+            client_pools,
+            agent: Some(self.counters_message(activity.not_visible)),
+        })
+    }
+
+    /// A snapshot that says the target is down, and why.
+    pub fn down(&self, sampled_at_us: i64, reason: String) -> Snapshot {
+        Snapshot {
+            agent: Some(self.counters_message(0)),
+            ..Snapshot::down(self.server_id.clone(), sampled_at_us, reason)
+        }
+    }
+
+    /// The last readings of every database's counters, as totals.
+    pub fn database_totals(&self) -> Vec<v1::DatabaseCounters> {
+        self.counters.totals()
+    }
+
+    async fn sample_postgres(
+        &mut self,
+    ) -> Result<
+        (
+            v1::ServerFacts,
+            super::activity::Activity,
+            Vec<v1::DatabaseCounters>,
+        ),
+        String,
+    > {
+        let client = match self.pool.get().await {
+            Ok(c) => c,
+            Err(e) => {
+                if matches!(e, deadpool_postgres::PoolError::Timeout(_)) {
+                    self.stats.pool_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(chain(&e));
+            }
+        };
+        let facts = sample_facts(&client, &mut self.identity)
+            .await
+            .map_err(|e| chain(&e))?;
+        if facts.version_num < MIN_VERSION_NUM {
+            return Err(format!(
+                "PostgreSQL {} is older than 10, which pgfleet does not sample",
+                facts.version
+            ));
+        }
+        let activity = sample_activity(&client, facts.version_num, self.query_text)
+            .await
+            .map_err(|e| chain(&e))?;
+        let rows = sample_databases(&client, &self.databases)
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok((facts, activity, self.counters.update(&rows)))
+    }
+
+    /// The agent's own pool to the target, as a client pool.
+    fn own_pool(&self) -> v1::ClientPool {
+        let status = self.pool.status();
+        let idle = u32::try_from(status.available).unwrap_or(0);
+        v1::ClientPool {
+            pool_name: target::APPLICATION_NAME.to_owned(),
+            kind: v1::PoolKind::Agent.into(),
+            max: u32::try_from(status.max_size).unwrap_or(u32::MAX),
+            used: u32::try_from(status.size).unwrap_or(0).saturating_sub(idle),
+            idle,
+            pending_requests: u32::try_from(status.waiting).unwrap_or(u32::MAX),
+            timeouts: self.stats.pool_timeouts.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+
+    fn counters_message(&self, not_visible: u32) -> v1::AgentCounters {
+        v1::AgentCounters {
+            samples_total: self.stats.samples.load(Ordering::Relaxed),
+            skipped_ticks_total: self.stats.skipped_ticks.load(Ordering::Relaxed),
+            sample_duration_us: self.last_duration_us,
+            not_visible_sessions: not_visible,
+        }
+    }
+}
+
+/// A role name as SQL writes it, quoted when it must be.
+fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 /// What the loop knows about a target that is down.
@@ -40,22 +234,18 @@ struct Down {
 /// them up. A target that fails is reported down at every tick, and retried with
 /// capped exponential backoff.
 pub fn spawn(
-    server_id: String,
-    pool: Pool,
+    mut sampler: TargetSampler,
     interval: Duration,
-    statement_timeout: Duration,
     out: mpsc::Sender<Snapshot>,
     mut stop: watch::Receiver<bool>,
-) -> (JoinHandle<()>, Arc<SamplerStats>) {
-    let stats = Arc::new(SamplerStats::default());
-    let task_stats = stats.clone();
-    let task = tokio::spawn(async move {
-        let stats = task_stats;
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stats = sampler.stats.clone();
+        let server_id = sampler.server_id.clone();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut backoff = Backoff::new(interval, Duration::from_secs(30).max(interval));
         let mut down: Option<Down> = None;
-        let deadline = statement_timeout + CONNECT_TIMEOUT;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
@@ -65,16 +255,10 @@ pub fn spawn(
             let sampled_at_us = now_micros();
             let result = match &down {
                 Some(d) if started < d.retry_at => Err(d.reason.clone()),
-                _ => match tokio::time::timeout(deadline, sample(&pool)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!(
-                        "the sample did not finish within {}",
-                        humantime::format_duration(deadline)
-                    )),
-                },
+                _ => sampler.sample(sampled_at_us).await,
             };
             let snapshot = match result {
-                Ok(sessions) => {
+                Ok(snapshot) => {
                     if let Some(d) = down.take() {
                         info!(
                             server.id = %server_id,
@@ -83,12 +267,7 @@ pub fn spawn(
                         );
                     }
                     backoff.reset();
-                    Snapshot {
-                        server_id: server_id.clone(),
-                        sampled_at_us,
-                        status: TargetStatus::Up,
-                        sessions,
-                    }
+                    snapshot
                 }
                 Err(reason) => {
                     if down.as_ref().is_none_or(|d| started >= d.retry_at) {
@@ -109,12 +288,7 @@ pub fn spawn(
                             retry_at: started + delay,
                         });
                     }
-                    Snapshot {
-                        server_id: server_id.clone(),
-                        sampled_at_us,
-                        status: TargetStatus::Down(reason),
-                        sessions: Vec::new(),
-                    }
+                    sampler.down(sampled_at_us, reason)
                 }
             };
             stats.samples.fetch_add(1, Ordering::Relaxed);
@@ -135,8 +309,7 @@ pub fn spawn(
                 Err(mpsc::error::TrySendError::Closed(_)) => break,
             }
         }
-    });
-    (task, stats)
+    })
 }
 
 /// Whole seconds, for log lines people read.
@@ -144,7 +317,15 @@ fn secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs().max(1))
 }
 
-async fn sample(pool: &Pool) -> Result<Vec<pgfleet_proto::model::Session>, String> {
-    let client = pool.get().await.map_err(|e| chain(&e))?;
-    sample_activity(&client).await.map_err(|e| chain(&e))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_name_the_role_as_sql_needs_it() {
+        assert_eq!(quote_ident("pgfleet"), "pgfleet");
+        assert_eq!(quote_ident("Mon Itor"), "\"Mon Itor\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("1st"), "\"1st\"");
+    }
 }

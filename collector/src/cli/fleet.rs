@@ -221,7 +221,7 @@ mod tests {
             status: "down".into(),
             reason: "connection refused".into(),
             sessions: 0,
-            sample_interval: None,
+            ..Default::default()
         };
         let text = render_servers(std::slice::from_ref(&server), Output::Table, now);
         let line = text.lines().nth(1).unwrap();

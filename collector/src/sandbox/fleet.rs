@@ -55,11 +55,20 @@ impl Fleet {
     ) -> Result<Agent, SandboxError> {
         let mut config = AgentConfig::new(&self.url, target);
         config.agent_id = format!("agent-{server_id}");
-        config.server_id = server_id.to_owned();
-        config.labels = labels
+        config.targets[0].server_id = server_id.to_owned();
+        config.targets[0].labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
+        self.start_agent_with(config)
+    }
+
+    /// Starts an agent with `config`, its PoolReporter on a free port of its own
+    /// unless the config turns it off.
+    pub fn start_agent_with(&self, mut config: AgentConfig) -> Result<Agent, SandboxError> {
+        if config.pool_reporter.is_some() {
+            config.pool_reporter = Some(([127, 0, 0, 1], 0).into());
+        }
         pgfleet_agent::start(config).map_err(|e| SandboxError::Fleet(e.to_string()))
     }
 
