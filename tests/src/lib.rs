@@ -5,9 +5,12 @@
 //! what only tests need: waiting for a condition, and finding sessions.
 #![forbid(unsafe_code)]
 
+mod pgbouncer;
+
 use std::future::Future;
 use std::time::Duration;
 
+pub use pgbouncer::TempPgBouncer;
 pub use pgfleet_collector::sandbox::{Fleet, PASSWORD_GROUP, TempCluster, free_port};
 use pgfleet_proto::v1;
 use tokio::time::Instant;
@@ -54,6 +57,67 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Starts a fleet of one server on a cluster with extra settings.
+pub async fn fleet_with(server_id: &str, settings: &[(&str, &str)]) -> Fleet {
+    init_logs();
+    let cluster = match TempCluster::start_with(settings).await {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start the test cluster: {e}"),
+    };
+    match Fleet::start_on(cluster, server_id, &[]).await {
+        Ok(f) => f,
+        Err(e) => panic!("cannot start the test fleet: {e}"),
+    }
+}
+
+/// The pools of `server_id` as the collector holds them.
+pub async fn pools(client: &mut Client, server_id: &str) -> Result<v1::GetPoolsResponse, String> {
+    client
+        .get_pools(v1::GetPoolsRequest {
+            server_id: server_id.to_owned(),
+        })
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| format!("GetPools failed: {s}"))
+}
+
+/// The database totals of `server_id` as the collector holds them.
+pub async fn databases(
+    client: &mut Client,
+    server_id: &str,
+) -> Result<Vec<v1::DatabaseCounters>, String> {
+    client
+        .get_databases(v1::GetDatabasesRequest {
+            server_id: server_id.to_owned(),
+        })
+        .await
+        .map(|r| {
+            r.into_inner()
+                .databases
+                .into_iter()
+                .filter_map(|d| d.totals)
+                .collect()
+        })
+        .map_err(|s| format!("GetDatabases failed: {s}"))
+}
+
+/// The `pgfleet-agent` binary that `cargo test --workspace` built beside this
+/// test's executable.
+pub fn agent_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = dir.join("pgfleet-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing; run the tests with `cargo test --workspace`, which builds it",
+        bin.display()
+    );
+    bin
 }
 
 /// Every session of `server_id` the collector holds, background processes too.

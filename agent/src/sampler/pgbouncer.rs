@@ -103,7 +103,7 @@ impl PgBouncer {
             client
                 .simple_query(command)
                 .await
-                .map_err(|e| format!("{command} failed: {}", chain(&e)))
+                .map_err(|e| format!("PgBouncer's {command} failed: {}", chain(&e)))
         };
         let pools = rows(show("SHOW POOLS").await?, pool);
         let stats = rows(show("SHOW STATS").await?, stats);

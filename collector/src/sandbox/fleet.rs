@@ -31,7 +31,15 @@ impl Fleet {
     /// Starts a cluster, a collector, and an agent that names the cluster
     /// `server_id` with `labels`.
     pub async fn start(server_id: &str, labels: &[(&str, &str)]) -> Result<Fleet, SandboxError> {
-        let cluster = TempCluster::start().await?;
+        Self::start_on(TempCluster::start().await?, server_id, labels).await
+    }
+
+    /// As [`Fleet::start`], on a cluster the caller started (with its own settings).
+    pub async fn start_on(
+        cluster: TempCluster,
+        server_id: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Fleet, SandboxError> {
         let collector = start_collector(&cluster, ([127, 0, 0, 1], 0).into()).await?;
         let target = cluster.config("pgfleet");
         let mut fleet = Fleet {

@@ -1,0 +1,219 @@
+//! What the agent reads of each session: the columns of the server's version,
+//! parallel workers tied to their leader, fingerprints, ages, sessions the role
+//! may not see, and `--once`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pgfleet_agent::AgentConfig;
+use pgfleet_tests::{agent_binary, by_app, fleet_with, sessions, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
+    // compute_query_id fills pg_stat_activity.query_id without pg_stat_statements.
+    let fleet = fleet_with("db-columns", &[("compute_query_id", "on")]).await;
+    let client = fleet.client().await.unwrap();
+
+    let leader = fleet.cluster.connect("t-parallel").await.unwrap();
+    leader
+        .batch_execute("SET force_parallel_mode = on; SET parallel_setup_cost = 0")
+        .await
+        .unwrap();
+    let _parallel = tokio::spawn(async move { leader.simple_query("SELECT pg_sleep(30)").await });
+    let mut others = Vec::new();
+    for (app, seconds) in [("t-sleep-a", 29), ("t-sleep-b", 28)] {
+        let c = fleet.cluster.connect(app).await.unwrap();
+        others.push(tokio::spawn(async move {
+            c.simple_query(&format!("SELECT pg_sleep({seconds})")).await
+        }));
+    }
+
+    let all = wait_for("a parallel worker and its leader", Duration::from_secs(15), || {
+        let mut c = client.clone();
+        async move {
+            let all = sessions(&mut c, "db-columns").await?;
+            let leader = by_app(&all, "t-parallel")?;
+            if all
+                .iter()
+                .any(|s| s.backend_type == "parallel worker" && s.leader_pid == leader.pid)
+                && by_app(&all, "t-sleep-b").is_ok()
+            {
+                Ok(all)
+            } else {
+                Err(format!("{} sessions, no worker of {} yet", all.len(), leader.pid))
+            }
+        }
+    })
+    .await;
+    let leader = by_app(&all, "t-parallel").unwrap();
+    assert_eq!(leader.leader_pid, 0, "a leader has no leader");
+    assert_ne!(leader.query_id, 0, "query_id is sampled on PostgreSQL 14+");
+    assert_eq!(leader.query, "SELECT pg_sleep(?)");
+    let (a, b) = (by_app(&all, "t-sleep-a").unwrap(), by_app(&all, "t-sleep-b").unwrap());
+    assert_eq!(a.fingerprint.len(), 16, "{:?}", a.fingerprint);
+    assert_eq!(a.fingerprint, b.fingerprint, "same statement, other values");
+    assert_eq!(a.fingerprint, leader.fingerprint);
+    for s in [leader, a, b] {
+        assert!(s.xact_age.is_some() && s.query_age.is_some() && s.state_age.is_some(), "{s:?}");
+    }
+    let background: Vec<_> = all.iter().map(|s| s.backend_type.as_str()).collect();
+    assert!(background.contains(&"checkpointer"), "{background:?}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() {
+    let fleet = fleet_with("db-nopriv", &[]).await;
+    let admin = fleet.cluster.connect("t-admin").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE watcher LOGIN")
+        .await
+        .unwrap();
+    // An idle session of another role: a role without pg_monitor must not call
+    // it idle, for it cannot know.
+    let _idle = fleet.cluster.connect("t-idle-other").await.unwrap();
+
+    let mut target = fleet.cluster.config("unused");
+    target.user("watcher");
+    let mut config = AgentConfig::new(&fleet.url, target);
+    config.agent_id = "agent-watcher".into();
+    config.targets[0].server_id = "db-as-watcher".into();
+    let agent = fleet.start_agent_with(config).unwrap();
+
+    let client = fleet.client().await.unwrap();
+    let all = wait_for("sessions sampled as watcher", Duration::from_secs(15), || {
+        let mut c = client.clone();
+        async move {
+            let all = sessions(&mut c, "db-as-watcher").await?;
+            (all.len() > 1).then_some(all).ok_or("no sessions yet".to_owned())
+        }
+    })
+    .await;
+    let hidden: Vec<_> = all.iter().filter(|s| s.state == "not visible").collect();
+    assert!(!hidden.is_empty(), "{all:?}");
+    assert!(
+        all.iter().all(|s| s.state != "idle" || s.user == "watcher"),
+        "only the role's own sessions may be called idle: {all:?}"
+    );
+    assert!(hidden.iter().all(|s| s.query.is_empty()), "{hidden:?}");
+    let server = pgfleet_tests::server(&mut client.clone(), "db-as-watcher")
+        .await
+        .unwrap();
+    assert!(server.agent.unwrap().not_visible_sessions > 0);
+
+    // The fix the agent names works at once.
+    admin.batch_execute("GRANT pg_monitor TO watcher").await.unwrap();
+    wait_for("every session to be visible", Duration::from_secs(15), || {
+        let mut c = client.clone();
+        async move {
+            let all = sessions(&mut c, "db-as-watcher").await?;
+            let idle = by_app(&all, "t-idle-other")?;
+            match all.iter().filter(|s| s.state == "not visible").count() {
+                0 if idle.state == "idle" => Ok(()),
+                n => Err(format!("{n} not visible; t-idle-other is {:?}", idle.state)),
+            }
+        }
+    })
+    .await;
+    agent.stop().await;
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_prints_a_complete_sample_and_warns_about_the_missing_grant() {
+    let fleet = fleet_with("db-once", &[]).await;
+    let admin = fleet.cluster.connect("t-admin").await.unwrap();
+    admin.batch_execute("CREATE ROLE peeker LOGIN").await.unwrap();
+    let _busy = fleet.cluster.connect("t-busy").await.unwrap();
+    let port = fleet.cluster.port().to_string();
+
+    let run = |user: &str| {
+        Command::new(agent_binary())
+            .args([
+                "--once",
+                "--target",
+                &format!("postgres://{user}@127.0.0.1:{port}/postgres"),
+                "--server-id",
+                "db-once",
+                "--pool-reporter-listen",
+                "off",
+            ])
+            .env_remove("PGFLEET_CONFIG")
+            .env_remove("PGFLEET_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run("postgres");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sample = &json[0];
+    assert_eq!(sample["server_id"], "db-once");
+    assert_eq!(sample["status"], "up");
+    assert!(sample["info"]["version_num"].as_u64() >= Some(150000), "{sample}");
+    assert!(sample["info"]["system_identifier"].as_u64() > Some(0));
+    assert!(sample["slots"]["used"].as_u64() >= Some(2), "{}", sample["slots"]);
+    let apps: Vec<_> = sample["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["application_name"].as_str().unwrap_or(""))
+        .collect();
+    assert!(apps.contains(&"t-busy"), "{apps:?}");
+    assert!(!apps.contains(&"pgfleet-agent"), "own sessions are excluded: {apps:?}");
+    let dbs: Vec<_> = sample["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["database"].as_str().unwrap_or(""))
+        .collect();
+    assert!(dbs.contains(&"postgres") && !dbs.contains(&"template0"), "{dbs:?}");
+    let postgres = sample["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["database"] == "postgres")
+        .unwrap();
+    assert!(postgres["xact_commit"].as_u64() > Some(0), "totals, not increments");
+    assert_eq!(sample["client_pools"][0]["kind"], "agent");
+
+    let out = run("peeker");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("GRANT pg_monitor TO peeker;"), "{stderr}");
+    assert_eq!(
+        stderr.matches("GRANT pg_monitor").count(),
+        1,
+        "warned once: {stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<_> = json[0]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or(""))
+        .collect();
+    assert!(states.contains(&"not visible"), "{states:?}");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exits_1_and_says_why_when_a_target_is_down() {
+    let port = pgfleet_tests::free_port().unwrap();
+    let out = Command::new(agent_binary())
+        .args([
+            "--once",
+            "--target",
+            &format!("postgres://nobody@127.0.0.1:{port}/postgres"),
+            "--pool-reporter-listen",
+            "off",
+        ])
+        .env_remove("PGFLEET_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["status"], "down");
+    let reason = json[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("refused") || reason.contains("connect"), "{reason}");
+}
