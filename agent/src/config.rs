@@ -124,9 +124,7 @@ impl Databases {
 
     fn from_names(names: Vec<String>) -> Result<Self, String> {
         if names.iter().any(|n| n.is_empty() || n == "*") || names.is_empty() {
-            return Err(
-                "give \"*\" for every database, or a list of database names".to_owned(),
-            );
+            return Err("give \"*\" for every database, or a list of database names".to_owned());
         }
         Ok(Databases::Only(names))
     }
@@ -276,12 +274,14 @@ impl AgentConfig {
                 .unwrap_or("http://127.0.0.1:7600"),
         )?;
         let databases = match args.databases.as_deref() {
-            Some(text) => Some(Databases::parse(text).map_err(|message| {
-                SettingsError::Invalid {
-                    key: "databases",
-                    message,
-                }
-            })?),
+            Some(text) => {
+                Some(
+                    Databases::parse(text).map_err(|message| SettingsError::Invalid {
+                        key: "databases",
+                        message,
+                    })?,
+                )
+            }
             None => file.databases,
         };
         let single = TargetFile {
@@ -491,7 +491,8 @@ mod tests {
     }
 
     fn write_config(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pgfleet-agent-cfg-{}-{name}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("pgfleet-agent-cfg-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("agent.toml");
         std::fs::write(&path, text).unwrap();
@@ -575,18 +576,20 @@ databases = "*"
         for (flag, value, key) in [
             ("--databases", "a,*", "databases"),
             ("--query-text", "secret", "query_text"),
-            ("--pool-reporter-listen", "localhost", "pool_reporter_listen"),
+            (
+                "--pool-reporter-listen",
+                "localhost",
+                "pool_reporter_listen",
+            ),
         ] {
             let args = AgentArgs::parse_from(["pgfleet-agent", flag, value]);
             let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
             assert!(err.starts_with(&format!("invalid `{key}`")), "{err}");
         }
-        let err = settings::parse_toml::<AgentFile>(
-            std::path::Path::new("a.toml"),
-            "databases = 5",
-        )
-        .unwrap_err()
-        .to_string();
+        let err =
+            settings::parse_toml::<AgentFile>(std::path::Path::new("a.toml"), "databases = 5")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("databases"), "{err}");
     }
 }

@@ -28,11 +28,14 @@ const MAX_REPORT_BYTES: usize = 64 << 10;
 /// (reporter, pool_name)
 type PoolKey = (String, String);
 
+/// One target's reported pools, with when each was reported.
+type TargetPools = HashMap<PoolKey, (Instant, v1::ClientPool)>;
+
 /// The pools reported for each target. The lock is held only to copy a map in or
 /// out, never across an await.
 #[derive(Debug, Default)]
 pub struct AppPools {
-    targets: Mutex<HashMap<String, HashMap<PoolKey, (Instant, v1::ClientPool)>>>,
+    targets: Mutex<HashMap<String, TargetPools>>,
 }
 
 impl AppPools {
@@ -163,8 +166,8 @@ pub fn serve(
     listener.set_nonblocking(true).map_err(invalid)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(invalid)?;
     let bound = listener.local_addr().map_err(invalid)?;
-    let service = PoolReporterServer::new(Service { pools })
-        .max_decoding_message_size(MAX_REPORT_BYTES);
+    let service =
+        PoolReporterServer::new(Service { pools }).max_decoding_message_size(MAX_REPORT_BYTES);
     let task = tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .add_service(service)
@@ -191,7 +194,11 @@ mod tests {
         }
     }
 
-    fn report(server_id: &str, reporter: &str, pools: Vec<v1::ClientPool>) -> v1::ReportPoolsRequest {
+    fn report(
+        server_id: &str,
+        reporter: &str,
+        pools: Vec<v1::ClientPool>,
+    ) -> v1::ReportPoolsRequest {
         v1::ReportPoolsRequest {
             server_id: server_id.into(),
             reporter: reporter.into(),
@@ -202,32 +209,53 @@ mod tests {
     #[test]
     fn reports_replace_their_reporters_pools_only() {
         let reg = AppPools::new(["db1"]);
-        assert_eq!(reg.report(report("", "web@a:1", vec![pool("main", 3), pool("ro", 1)])).unwrap(), 2);
-        assert_eq!(reg.report(report("db1", "web@b:2", vec![pool("main", 5)])).unwrap(), 1);
-        reg.report(report("db1", "web@a:1", vec![pool("main", 4)])).unwrap();
+        assert_eq!(
+            reg.report(report("", "web@a:1", vec![pool("main", 3), pool("ro", 1)]))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            reg.report(report("db1", "web@b:2", vec![pool("main", 5)]))
+                .unwrap(),
+            1
+        );
+        reg.report(report("db1", "web@a:1", vec![pool("main", 4)]))
+            .unwrap();
         let now = reg.current("db1");
-        let seen: Vec<_> = now.iter().map(|p| (p.reporter.as_str(), p.pool_name.as_str(), p.used)).collect();
+        let seen: Vec<_> = now
+            .iter()
+            .map(|p| (p.reporter.as_str(), p.pool_name.as_str(), p.used))
+            .collect();
         assert_eq!(seen, [("web@a:1", "main", 4), ("web@b:2", "main", 5)]);
-        assert!(now.iter().all(|p| p.kind == v1::PoolKind::Application as i32));
+        assert!(
+            now.iter()
+                .all(|p| p.kind == v1::PoolKind::Application as i32)
+        );
     }
 
     #[test]
     fn bad_reports_get_a_status_that_says_what_to_fix() {
         let reg = AppPools::new(["db1", "db2"]);
-        let err = reg.report(report("", "web", vec![pool("main", 1)])).unwrap_err();
+        let err = reg
+            .report(report("", "web", vec![pool("main", 1)]))
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("db1, db2"), "{}", err.message());
         let err = reg.report(report("db9", "web", vec![])).unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
         let err = reg.report(report("db1", "", vec![])).unwrap_err();
         assert!(err.message().contains("reporter"), "{}", err.message());
-        let err = reg.report(report("db1", "web", vec![pool("", 1)])).unwrap_err();
+        let err = reg
+            .report(report("db1", "web", vec![pool("", 1)]))
+            .unwrap_err();
         assert!(err.message().contains("pool_name"), "{}", err.message());
         let err = reg
             .report(report("db1", "web", vec![pool("a", 1), pool("a", 2)]))
             .unwrap_err();
         assert!(err.message().contains("twice"), "{}", err.message());
-        let many = (0..=MAX_POOLS_PER_TARGET).map(|i| pool(&format!("p{i}"), 0)).collect();
+        let many = (0..=MAX_POOLS_PER_TARGET)
+            .map(|i| pool(&format!("p{i}"), 0))
+            .collect();
         let err = reg.report(report("db1", "web", many)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     }

@@ -115,7 +115,11 @@ fn the_example_config_parses() {
         ..Default::default()
     };
     let config = pgfleet_agent::AgentConfig::resolve(args, |_| None).unwrap();
-    let ids: Vec<_> = config.targets.iter().map(|t| t.server_id.as_str()).collect();
+    let ids: Vec<_> = config
+        .targets
+        .iter()
+        .map(|t| t.server_id.as_str())
+        .collect();
     assert_eq!(ids, ["orders-db-1", "billing-db-1"]);
     assert!(config.targets[0].pgbouncer.is_some());
     assert_eq!(config.targets[1].labels["role"], "replica");

@@ -206,7 +206,10 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
     );
     assert_eq!(server["labels"]["dc"], "eu1");
     assert_eq!(server["up"], true);
-    assert!(server["info"]["version_num"].as_u64() >= Some(100000), "{server}");
+    assert!(
+        server["info"]["version_num"].as_u64() >= Some(100000),
+        "{server}"
+    );
 
     let json = pgfleet(&[
         "--collector",
@@ -241,6 +244,34 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
 
     fails_with_one_line(
         &pgfleet(&["--collector", &url, "activity", "nope"]),
+        1,
+        &["no server \"nope\""],
+    );
+
+    // The pools and the database counters of the same server.
+    let out = pgfleet(&["--collector", &url, "pools", "db-cli"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("Connection slots:") && text.contains("cli-sleeper=1"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("pgfleet-agent") && l.contains("agent")),
+        "{text}"
+    );
+    let out = pgfleet(&["--collector", &url, "-o", "json", "databases", "db-cli"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["totals"]["database"].as_str().unwrap_or(""))
+        .collect();
+    assert!(names.contains(&"postgres"), "{value}");
+    fails_with_one_line(
+        &pgfleet(&["--collector", &url, "pools", "nope"]),
         1,
         &["no server \"nope\""],
     );

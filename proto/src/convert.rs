@@ -153,7 +153,7 @@ impl From<&Snapshot> for v1::Snapshot {
             slots: s.slots.clone(),
             pgbouncer: s.pgbouncer.clone(),
             client_pools: s.client_pools.clone(),
-            agent: s.agent.clone(),
+            agent: s.agent,
         }
     }
 }

@@ -21,7 +21,10 @@ impl TempPgBouncer {
         let binary = find_pgbouncer().ok_or(
             "PgBouncer is not installed (apt-get install pgbouncer; .ci/run does it)".to_owned(),
         )?;
-        let dir = cluster.dir().join(format!("pgbouncer-{}", free_port().map_err(|e| e.to_string())?));
+        let dir = cluster.dir().join(format!(
+            "pgbouncer-{}",
+            free_port().map_err(|e| e.to_string())?
+        ));
         std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let port = free_port().map_err(|e| e.to_string())?;
         let ini = format!(
@@ -30,7 +33,8 @@ impl TempPgBouncer {
             dir = dir.display(),
         );
         std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n").map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")
+            .map_err(|e| e.to_string())?;
         let mut command = if running_as_root() {
             let chown = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -54,13 +58,19 @@ impl TempPgBouncer {
             .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
         let bouncer = TempPgBouncer { child, dir, port };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(bouncer);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
-        Err(format!("PgBouncer did not listen within 5 s: {}", log.trim()))
+        Err(format!(
+            "PgBouncer did not listen within 5 s: {}",
+            log.trim()
+        ))
     }
 
     /// Its port on 127.0.0.1.

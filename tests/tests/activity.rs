@@ -35,7 +35,10 @@ async fn a_running_query_appears_within_three_seconds_with_its_details() {
         seen_after < Duration::from_secs(3),
         "seen after {seen_after:?}"
     );
-    assert_eq!(session.query, "SELECT pg_sleep(?)", "literals are masked by default");
+    assert_eq!(
+        session.query, "SELECT pg_sleep(?)",
+        "literals are masked by default"
+    );
     assert_eq!(session.database, "postgres");
     assert_eq!(session.user, "postgres");
     assert_eq!(session.backend_type, "client backend");

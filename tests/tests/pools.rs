@@ -13,7 +13,10 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
     let fleet = fleet_with("db-slots", &[("max_connections", "40")]).await;
     let admin = fleet.cluster.connect("t-admin").await.unwrap();
     admin.batch_execute("CREATE DATABASE shop").await.unwrap();
-    admin.batch_execute("CREATE ROLE clerk LOGIN").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE clerk LOGIN")
+        .await
+        .unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = fleet.cluster.config("slot-holder");
@@ -28,7 +31,9 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
         async move {
             let slots = pools(&mut c, "db-slots").await?.slots.ok_or("no slots")?;
             let holders = count(&slots.by_application, "slot-holder");
-            (holders == 3).then_some(slots).ok_or(format!("{holders} holders"))
+            (holders == 3)
+                .then_some(slots)
+                .ok_or(format!("{holders} holders"))
         }
     })
     .await;
@@ -43,7 +48,10 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
     assert_eq!(total, slots.used);
 
     // The agent's own pool: one connection at most, and it is in use or idle.
-    let own = pools(&mut client.clone(), "db-slots").await.unwrap().client_pools;
+    let own = pools(&mut client.clone(), "db-slots")
+        .await
+        .unwrap()
+        .client_pools;
     let own = own
         .iter()
         .find(|p| p.kind == v1::PoolKind::Agent as i32)
@@ -54,7 +62,10 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
 }
 
 fn count(counts: &[v1::SlotCount], name: &str) -> u32 {
-    counts.iter().find(|c| c.name == name).map_or(0, |c| c.count)
+    counts
+        .iter()
+        .find(|c| c.name == name)
+        .map_or(0, |c| c.count)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,9 +78,8 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
     let mut config = AgentConfig::new(&fleet.url, fleet.cluster.config("unused"));
     config.agent_id = "agent-bouncer".into();
     config.targets[0].server_id = "db-behind-bouncer".into();
-    config.targets[0].pgbouncer = Some(
-        pgfleet_agent::target::pgbouncer_config(&bouncer.admin_url()).unwrap(),
-    );
+    config.targets[0].pgbouncer =
+        Some(pgfleet_agent::target::pgbouncer_config(&bouncer.admin_url()).unwrap());
     let agent = fleet.start_agent_with(config).unwrap();
 
     // Three clients, one server connection: two of them queue.
@@ -83,25 +93,32 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         }));
     }
     let client = fleet.client().await.unwrap();
-    let sample = wait_for("clients waiting in PgBouncer", Duration::from_secs(15), || {
-        let mut c = client.clone();
-        async move {
-            let sample = pools(&mut c, "db-behind-bouncer")
-                .await?
-                .pgbouncer
-                .ok_or("no PgBouncer sample")?;
-            let waiting: u32 = sample
-                .pools
-                .iter()
-                .map(|p| p.client_waiting_connections)
-                .sum();
-            if sample.up && waiting >= 2 {
-                Ok(sample)
-            } else {
-                Err(format!("up={} reason={:?} waiting={waiting}", sample.up, sample.reason))
+    let sample = wait_for(
+        "clients waiting in PgBouncer",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            async move {
+                let sample = pools(&mut c, "db-behind-bouncer")
+                    .await?
+                    .pgbouncer
+                    .ok_or("no PgBouncer sample")?;
+                let waiting: u32 = sample
+                    .pools
+                    .iter()
+                    .map(|p| p.client_waiting_connections)
+                    .sum();
+                if sample.up && waiting >= 2 {
+                    Ok(sample)
+                } else {
+                    Err(format!(
+                        "up={} reason={:?} waiting={waiting}",
+                        sample.up, sample.reason
+                    ))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let pool = sample
         .pools
@@ -114,40 +131,64 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
     assert!(sample.stats.iter().any(|s| s.database == "postgres"));
 
     // Its maxwait grows while they wait.
-    wait_for("maxwait to pass one second", Duration::from_secs(10), || {
-        let mut c = client.clone();
-        async move {
-            let s = pools(&mut c, "db-behind-bouncer").await?.pgbouncer.ok_or("none")?;
-            let wait = s.pools.iter().map(|p| p.client_maxwait_seconds).fold(0.0, f64::max);
-            (wait >= 1.0).then_some(()).ok_or(format!("maxwait {wait}"))
-        }
-    })
+    wait_for(
+        "maxwait to pass one second",
+        Duration::from_secs(10),
+        || {
+            let mut c = client.clone();
+            async move {
+                let s = pools(&mut c, "db-behind-bouncer")
+                    .await?
+                    .pgbouncer
+                    .ok_or("none")?;
+                let wait = s
+                    .pools
+                    .iter()
+                    .map(|p| p.client_maxwait_seconds)
+                    .fold(0.0, f64::max);
+                (wait >= 1.0).then_some(()).ok_or(format!("maxwait {wait}"))
+            }
+        },
+    )
     .await;
     for q in queries {
         q.await.unwrap().unwrap();
     }
     // The queries have passed through: the totals count them.
-    wait_for("SHOW STATS to count the queries", Duration::from_secs(20), || {
-        let mut c = client.clone();
-        async move {
-            let s = pools(&mut c, "db-behind-bouncer").await?.pgbouncer.ok_or("none")?;
-            let n: u64 = s.stats.iter().map(|s| s.queries_pooled_total).sum();
-            (n >= 3).then_some(()).ok_or(format!("{n} queries"))
-        }
-    })
+    wait_for(
+        "SHOW STATS to count the queries",
+        Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let s = pools(&mut c, "db-behind-bouncer")
+                    .await?
+                    .pgbouncer
+                    .ok_or("none")?;
+                let n: u64 = s.stats.iter().map(|s| s.queries_pooled_total).sum();
+                (n >= 3).then_some(()).ok_or(format!("{n} queries"))
+            }
+        },
+    )
     .await;
 
     // PgBouncer going away is PgBouncer's problem, not the server's.
     drop(bouncer);
-    let sample = wait_for("PgBouncer to be reported down", Duration::from_secs(15), || {
-        let mut c = client.clone();
-        async move {
-            let p = pools(&mut c, "db-behind-bouncer").await?;
-            let s = p.pgbouncer.ok_or("none")?;
-            let server_up = p.server.is_some_and(|s| s.up);
-            (!s.up && server_up).then_some(s).ok_or("still up".to_owned())
-        }
-    })
+    let sample = wait_for(
+        "PgBouncer to be reported down",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            async move {
+                let p = pools(&mut c, "db-behind-bouncer").await?;
+                let s = p.pgbouncer.ok_or("none")?;
+                let server_up = p.server.is_some_and(|s| s.up);
+                (!s.up && server_up)
+                    .then_some(s)
+                    .ok_or("still up".to_owned())
+            }
+        },
+    )
     .await;
     assert!(sample.reason.contains("PgBouncer"), "{}", sample.reason);
     agent.stop().await;
@@ -206,7 +247,10 @@ async fn application_pools_reported_to_the_agent_reach_the_collector() {
     .await;
     assert_eq!(pool.kind, v1::PoolKind::Application as i32);
     assert_eq!(pool.reporter, "checkout@web-3:4711");
-    assert_eq!((pool.max, pool.used, pool.idle, pool.pending_requests), (20, 7, 3, 2));
+    assert_eq!(
+        (pool.max, pool.used, pool.idle, pool.pending_requests),
+        (20, 7, 3, 2)
+    );
     assert_eq!((pool.timeouts, pool.wait_time_count), (5, 40));
     fleet.stop().await;
 }
@@ -256,7 +300,10 @@ async fn the_sqlalchemy_example_reports_its_pool_through_a_real_agent() {
     let found = tokio::time::timeout(Duration::from_secs(40), async {
         loop {
             if let Ok(p) = pools(&mut client.clone(), "db-sqlalchemy").await
-                && let Some(pool) = p.client_pools.into_iter().find(|p| p.pool_name == "sqlalchemy-demo")
+                && let Some(pool) = p
+                    .client_pools
+                    .into_iter()
+                    .find(|p| p.pool_name == "sqlalchemy-demo")
             {
                 return Some(pool);
             }
@@ -282,7 +329,11 @@ async fn the_sqlalchemy_example_reports_its_pool_through_a_real_agent() {
     assert_eq!(pool.kind, v1::PoolKind::Application as i32);
     assert_eq!(pool.max, 7, "pool_size + max_overflow");
     assert_eq!(pool.used, 3, "three checked out");
-    assert!(pool.reporter.contains("pgfleet_pool_reporter@"), "{}", pool.reporter);
+    assert!(
+        pool.reporter.contains("pgfleet_pool_reporter@"),
+        "{}",
+        pool.reporter
+    );
     assert_eq!(pool.wait_time_count, 3, "three checkouts timed");
     // The example's connections are real sessions on the server, too.
     let sessions = pgfleet_tests::sessions(&mut client.clone(), "db-sqlalchemy")

@@ -28,33 +28,47 @@ async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
         }));
     }
 
-    let all = wait_for("a parallel worker and its leader", Duration::from_secs(15), || {
-        let mut c = client.clone();
-        async move {
-            let all = sessions(&mut c, "db-columns").await?;
-            let leader = by_app(&all, "t-parallel")?;
-            if all
-                .iter()
-                .any(|s| s.backend_type == "parallel worker" && s.leader_pid == leader.pid)
-                && by_app(&all, "t-sleep-b").is_ok()
-            {
-                Ok(all)
-            } else {
-                Err(format!("{} sessions, no worker of {} yet", all.len(), leader.pid))
+    let all = wait_for(
+        "a parallel worker and its leader",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            async move {
+                let all = sessions(&mut c, "db-columns").await?;
+                let leader = by_app(&all, "t-parallel")?;
+                if all
+                    .iter()
+                    .any(|s| s.backend_type == "parallel worker" && s.leader_pid == leader.pid)
+                    && by_app(&all, "t-sleep-b").is_ok()
+                {
+                    Ok(all)
+                } else {
+                    Err(format!(
+                        "{} sessions, no worker of {} yet",
+                        all.len(),
+                        leader.pid
+                    ))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let leader = by_app(&all, "t-parallel").unwrap();
     assert_eq!(leader.leader_pid, 0, "a leader has no leader");
     assert_ne!(leader.query_id, 0, "query_id is sampled on PostgreSQL 14+");
     assert_eq!(leader.query, "SELECT pg_sleep(?)");
-    let (a, b) = (by_app(&all, "t-sleep-a").unwrap(), by_app(&all, "t-sleep-b").unwrap());
+    let (a, b) = (
+        by_app(&all, "t-sleep-a").unwrap(),
+        by_app(&all, "t-sleep-b").unwrap(),
+    );
     assert_eq!(a.fingerprint.len(), 16, "{:?}", a.fingerprint);
     assert_eq!(a.fingerprint, b.fingerprint, "same statement, other values");
     assert_eq!(a.fingerprint, leader.fingerprint);
     for s in [leader, a, b] {
-        assert!(s.xact_age.is_some() && s.query_age.is_some() && s.state_age.is_some(), "{s:?}");
+        assert!(
+            s.xact_age.is_some() && s.query_age.is_some() && s.state_age.is_some(),
+            "{s:?}"
+        );
     }
     let background: Vec<_> = all.iter().map(|s| s.backend_type.as_str()).collect();
     assert!(background.contains(&"checkpointer"), "{background:?}");
@@ -81,13 +95,19 @@ async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() 
     let agent = fleet.start_agent_with(config).unwrap();
 
     let client = fleet.client().await.unwrap();
-    let all = wait_for("sessions sampled as watcher", Duration::from_secs(15), || {
-        let mut c = client.clone();
-        async move {
-            let all = sessions(&mut c, "db-as-watcher").await?;
-            (all.len() > 1).then_some(all).ok_or("no sessions yet".to_owned())
-        }
-    })
+    let all = wait_for(
+        "sessions sampled as watcher",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            async move {
+                let all = sessions(&mut c, "db-as-watcher").await?;
+                (all.len() > 1)
+                    .then_some(all)
+                    .ok_or("no sessions yet".to_owned())
+            }
+        },
+    )
     .await;
     let hidden: Vec<_> = all.iter().filter(|s| s.state == "not visible").collect();
     assert!(!hidden.is_empty(), "{all:?}");
@@ -102,18 +122,25 @@ async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() 
     assert!(server.agent.unwrap().not_visible_sessions > 0);
 
     // The fix the agent names works at once.
-    admin.batch_execute("GRANT pg_monitor TO watcher").await.unwrap();
-    wait_for("every session to be visible", Duration::from_secs(15), || {
-        let mut c = client.clone();
-        async move {
-            let all = sessions(&mut c, "db-as-watcher").await?;
-            let idle = by_app(&all, "t-idle-other")?;
-            match all.iter().filter(|s| s.state == "not visible").count() {
-                0 if idle.state == "idle" => Ok(()),
-                n => Err(format!("{n} not visible; t-idle-other is {:?}", idle.state)),
+    admin
+        .batch_execute("GRANT pg_monitor TO watcher")
+        .await
+        .unwrap();
+    wait_for(
+        "every session to be visible",
+        Duration::from_secs(15),
+        || {
+            let mut c = client.clone();
+            async move {
+                let all = sessions(&mut c, "db-as-watcher").await?;
+                let idle = by_app(&all, "t-idle-other")?;
+                match all.iter().filter(|s| s.state == "not visible").count() {
+                    0 if idle.state == "idle" => Ok(()),
+                    n => Err(format!("{n} not visible; t-idle-other is {:?}", idle.state)),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     agent.stop().await;
     fleet.stop().await;
@@ -123,13 +150,18 @@ async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() 
 async fn once_prints_a_complete_sample_and_warns_about_the_missing_grant() {
     let fleet = fleet_with("db-once", &[]).await;
     let admin = fleet.cluster.connect("t-admin").await.unwrap();
-    admin.batch_execute("CREATE ROLE peeker LOGIN").await.unwrap();
+    admin
+        .batch_execute("CREATE ROLE peeker LOGIN")
+        .await
+        .unwrap();
     let _busy = fleet.cluster.connect("t-busy").await.unwrap();
     let port = fleet.cluster.port().to_string();
 
-    let run = |user: &str| {
+    let run_with = |user: &str, mode: &str| {
         Command::new(agent_binary())
             .args([
+                "--query-text",
+                mode,
                 "--once",
                 "--target",
                 &format!("postgres://{user}@127.0.0.1:{port}/postgres"),
@@ -143,6 +175,7 @@ async fn once_prints_a_complete_sample_and_warns_about_the_missing_grant() {
             .output()
             .unwrap()
     };
+    let run = |user: &str| run_with(user, "masked");
     let out = run("postgres");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -150,9 +183,16 @@ async fn once_prints_a_complete_sample_and_warns_about_the_missing_grant() {
     let sample = &json[0];
     assert_eq!(sample["server_id"], "db-once");
     assert_eq!(sample["status"], "up");
-    assert!(sample["info"]["version_num"].as_u64() >= Some(150000), "{sample}");
+    assert!(
+        sample["info"]["version_num"].as_u64() >= Some(150000),
+        "{sample}"
+    );
     assert!(sample["info"]["system_identifier"].as_u64() > Some(0));
-    assert!(sample["slots"]["used"].as_u64() >= Some(2), "{}", sample["slots"]);
+    assert!(
+        sample["slots"]["used"].as_u64() >= Some(2),
+        "{}",
+        sample["slots"]
+    );
     let apps: Vec<_> = sample["sessions"]
         .as_array()
         .unwrap()
@@ -160,22 +200,61 @@ async fn once_prints_a_complete_sample_and_warns_about_the_missing_grant() {
         .map(|s| s["application_name"].as_str().unwrap_or(""))
         .collect();
     assert!(apps.contains(&"t-busy"), "{apps:?}");
-    assert!(!apps.contains(&"pgfleet-agent"), "own sessions are excluded: {apps:?}");
+    assert!(
+        !apps.contains(&"pgfleet-agent"),
+        "own sessions are excluded: {apps:?}"
+    );
     let dbs: Vec<_> = sample["databases"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d["database"].as_str().unwrap_or(""))
         .collect();
-    assert!(dbs.contains(&"postgres") && !dbs.contains(&"template0"), "{dbs:?}");
+    assert!(
+        dbs.contains(&"postgres") && !dbs.contains(&"template0"),
+        "{dbs:?}"
+    );
     let postgres = sample["databases"]
         .as_array()
         .unwrap()
         .iter()
         .find(|d| d["database"] == "postgres")
         .unwrap();
-    assert!(postgres["xact_commit"].as_u64() > Some(0), "totals, not increments");
+    assert!(
+        postgres["xact_commit"].as_u64() > Some(0),
+        "totals, not increments"
+    );
     assert_eq!(sample["client_pools"][0]["kind"], "agent");
+
+    // The other query_text modes: raw text, and no text but the fingerprint.
+    let busy = fleet.cluster.connect("t-literal").await.unwrap();
+    let _literal =
+        tokio::spawn(async move { busy.simple_query("SELECT 'secret', pg_sleep(20)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let literal = |out: &std::process::Output| {
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = json[0]["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["application_name"] == "t-literal")
+            .cloned()
+            .expect("the literal session");
+        (
+            s["query"].as_str().unwrap().to_owned(),
+            s["fingerprint"].as_str().unwrap().to_owned(),
+        )
+    };
+    let (masked, fp) = literal(&run("postgres"));
+    assert_eq!(masked, "SELECT ?, pg_sleep(?)");
+    let (raw, fp_raw) = literal(&run_with("postgres", "raw"));
+    assert_eq!(raw, "SELECT 'secret', pg_sleep(20)");
+    let (none, fp_none) = literal(&run_with("postgres", "none"));
+    assert_eq!(none, "");
+    assert!(
+        fp.len() == 16 && fp == fp_raw && fp == fp_none,
+        "{fp} {fp_raw} {fp_none}"
+    );
 
     let out = run("peeker");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -215,5 +294,8 @@ async fn once_exits_1_and_says_why_when_a_target_is_down() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["status"], "down");
     let reason = json[0]["reason"].as_str().unwrap();
-    assert!(reason.contains("refused") || reason.contains("connect"), "{reason}");
+    assert!(
+        reason.contains("refused") || reason.contains("connect"),
+        "{reason}"
+    );
 }

@@ -177,7 +177,10 @@ mod tests {
         assert_eq!((first[0].xact_commit, first[0].temp_bytes), (0, 0));
         let second = t.update(&[row("orders", 130, 5_000), row("new", 7, 0)]);
         assert_eq!(second[0].xact_commit, 30);
-        assert_eq!(second[1].xact_commit, 0, "a new database starts at its baseline");
+        assert_eq!(
+            second[1].xact_commit, 0,
+            "a new database starts at its baseline"
+        );
         // pg_stat_reset(): counters start again from zero.
         let third = t.update(&[row("orders", 4, 0), row("new", 9, 0)]);
         assert_eq!(third[0].xact_commit, 4);

@@ -90,11 +90,9 @@ impl PgBouncer {
 
     async fn read(&mut self) -> Result<(Vec<v1::PgBouncerPool>, Vec<v1::PgBouncerStats>), String> {
         if self.client.is_none() {
-            let (client, connection) = self
-                .config
-                .connect(NoTls)
-                .await
-                .map_err(|e| format!("cannot connect to PgBouncer's admin console: {}", chain(&e)))?;
+            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+                format!("cannot connect to PgBouncer's admin console: {}", chain(&e))
+            })?;
             tokio::spawn(connection);
             self.client = Some(client);
         }
@@ -159,8 +157,7 @@ fn pool(get: Get<'_, '_>) -> v1::PgBouncerPool {
         server_used_connections: small(get, "sv_used"),
         server_testing_connections: small(get, "sv_tested"),
         server_login_connections: small(get, "sv_login"),
-        client_maxwait_seconds: int(get, "maxwait") as f64
-            + micros_as_seconds(get, "maxwait_us"),
+        client_maxwait_seconds: int(get, "maxwait") as f64 + micros_as_seconds(get, "maxwait_us"),
         pool_mode: get("pool_mode").unwrap_or("").to_owned(),
     }
 }

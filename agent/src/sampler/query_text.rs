@@ -141,9 +141,7 @@ pub fn mask(sql: &str) -> String {
                     let end = skip_quoted(b, word_end + 1, b'\'', true);
                     replace(&mut out, &mut copied, i, end);
                     i = end;
-                } else if next == Some(b'\'')
-                    && matches!(word, "N" | "n" | "B" | "b" | "X" | "x")
-                {
+                } else if next == Some(b'\'') && matches!(word, "N" | "n" | "B" | "b" | "X" | "x") {
                     let end = skip_quoted(b, word_end + 1, b'\'', false);
                     replace(&mut out, &mut copied, i, end);
                     i = end;
@@ -160,8 +158,7 @@ pub fn mask(sql: &str) -> String {
                 {
                     // U&"identifier" stays.
                     i = skip_quoted(b, word_end + 2, b'"', false);
-                } else if word.eq_ignore_ascii_case("true") || word.eq_ignore_ascii_case("false")
-                {
+                } else if word.eq_ignore_ascii_case("true") || word.eq_ignore_ascii_case("false") {
                     replace(&mut out, &mut copied, i, word_end);
                     i = word_end;
                 } else {
@@ -192,7 +189,10 @@ fn skip_word(b: &[u8], mut i: usize) -> usize {
 }
 
 fn find_byte(b: &[u8], from: usize, needle: u8) -> Option<usize> {
-    b[from..].iter().position(|&c| c == needle).map(|p| from + p)
+    b[from..]
+        .iter()
+        .position(|&c| c == needle)
+        .map(|p| from + p)
 }
 
 /// From just after an opening quote, the index after the closing one (or the end
@@ -313,10 +313,16 @@ mod tests {
             "SELECT t1.col2, \"Weird \"\"5\"\" col\" FROM t1 WHERE id = $1 AND x = $12",
             "SELECT t1.col2, \"Weird \"\"5\"\" col\" FROM t1 WHERE id = $1 AND x = $12",
         );
-        masks("select '5'::int, x::numeric(10,2)", "select ?::int, x::numeric(?,?)");
+        masks(
+            "select '5'::int, x::numeric(10,2)",
+            "select ?::int, x::numeric(?,?)",
+        );
         masks("select e.id from e", "select e.id from e");
         masks("select u&x from b", "select u&x from b");
-        masks("select U&\"d\\0061t\" from t", "select U&\"d\\0061t\" from t");
+        masks(
+            "select U&\"d\\0061t\" from t",
+            "select U&\"d\\0061t\" from t",
+        );
     }
 
     #[test]
@@ -362,12 +368,18 @@ mod tests {
 
     #[test]
     fn text_cut_short_in_a_literal_masks_to_the_end() {
-        masks("select * from t where name = 'ali", "select * from t where name = ?");
+        masks(
+            "select * from t where name = 'ali",
+            "select * from t where name = ?",
+        );
         masks("select E'abc\\", "select ?");
         masks("select $q$ body never ends", "select ?");
         masks("select 1.5e", "select ?e");
         masks("select \"unterminated", "select \"unterminated");
-        masks("select 1 /* never closed 'x'", "select ? /* never closed 'x'");
+        masks(
+            "select 1 /* never closed 'x'",
+            "select ? /* never closed 'x'",
+        );
         masks("select x'", "select ?");
         masks("select U&'", "select ?");
     }

@@ -99,8 +99,7 @@ impl TargetSampler {
         };
         let (facts, mut activity, increments) = postgres;
         activity.slots.max_connections = facts.max_connections;
-        activity.slots.reserved =
-            facts.superuser_reserved_connections + facts.reserved_connections;
+        activity.slots.reserved = facts.superuser_reserved_connections + facts.reserved_connections;
         if activity.not_visible > 0 && !self.warned_not_visible {
             self.warned_not_visible = true;
             warn!(

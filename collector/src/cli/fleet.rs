@@ -97,7 +97,7 @@ pub async fn activity(
     Ok(())
 }
 
-fn ago(ts: Option<&prost_types::Timestamp>, now: Micros) -> String {
+pub(super) fn ago(ts: Option<&prost_types::Timestamp>, now: Micros) -> String {
     match ts {
         Some(ts) => format!("{} ago", human_duration(now - time::timestamp_micros(ts))),
         None => "never".to_owned(),
@@ -137,26 +137,37 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
     table.render()
 }
 
+/// "db-1  up  sampled 0.3s ago" (or "db-1  down (reason)"), and a line break.
+pub(super) fn status_line(
+    server: Option<&v1::Server>,
+    sampled_at: Option<&prost_types::Timestamp>,
+    now: Micros,
+) -> String {
+    let Some(server) = server else {
+        return String::new();
+    };
+    let reason = if server.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", server.reason)
+    };
+    let sampled = match sampled_at {
+        Some(at) => format!("  sampled {}", ago(Some(at), now)),
+        None => String::new(),
+    };
+    format!("{}  {}{reason}{sampled}\n", server.server_id, server.status)
+}
+
 /// One server's sessions as a table under a status line, or as a JSON array of
 /// `Session` objects.
 pub fn render_activity(response: &v1::GetActivityResponse, output: Output, now: Micros) -> String {
     if output == Output::Json {
         return json(&response.sessions);
     }
-    let mut out = String::new();
-    if let Some(server) = &response.server {
-        out.push_str(&format!(
-            "{}  {}{}  sampled {}  {} sessions shown\n",
-            server.server_id,
-            server.status,
-            if server.reason.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", server.reason)
-            },
-            ago(response.sampled_at.as_ref(), now),
-            response.sessions.len()
-        ));
+    let mut out = status_line(response.server.as_ref(), response.sampled_at.as_ref(), now);
+    if response.server.is_some() {
+        out.pop();
+        out.push_str(&format!("  {} sessions shown\n", response.sessions.len()));
     }
     let mut table = Table::new(&[
         "PID",

@@ -3,6 +3,7 @@
 mod demo;
 mod fleet;
 mod output;
+mod pools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ Examples:
   pgfleet servers
   pgfleet servers --label dc=eu1 --output json
   pgfleet activity orders-db-1 --state active --min-duration 5s
+  pgfleet pools orders-db-1                     # slots, PgBouncer, client pools
+  pgfleet databases orders-db-1
   pgfleet --collector http://collector.internal:7600 activity orders-db-1
 
 Every flag can also be set as PGFLEET_<FLAG> (PGFLEET_COLLECTOR, PGFLEET_OUTPUT) or as
@@ -66,6 +69,16 @@ pub enum Command {
         /// Include PostgreSQL's background processes
         #[arg(long)]
         all: bool,
+    },
+    /// Show one server's pools: its connection slots, its PgBouncer, the agent's pool and the pools applications report
+    Pools {
+        /// The server's server_id, as `pgfleet servers` lists it
+        server: String,
+    },
+    /// Show one server's pg_stat_database counters, summed since the collector first saw each database
+    Databases {
+        /// The server's server_id, as `pgfleet servers` lists it
+        server: String,
     },
     /// Start a throwaway PostgreSQL, agent and collector, and show what pgfleet sees
     Demo {
@@ -114,6 +127,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             )
             .await
         }
+        Command::Pools { server } => pools::pools(&collector, output, &server).await,
+        Command::Databases { server } => pools::databases(&collector, output, &server).await,
         Command::Demo {
             keep_running,
             duration,
