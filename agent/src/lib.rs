@@ -1,12 +1,14 @@
 //! The pgfleet agent: samples PostgreSQL and streams snapshots to a collector.
 //!
 //! `config` → `target` (connection and safety settings) → `sampler` (one task per
-//! target) → `ship` (the stream client, owning the bounded `spool`); `reporter`
+//! target) → `ship` (the stream client, owning the `encode`r and the bounded
+//! `spool`); `reporter`
 //! is the local PoolReporter service that applications push their pools to.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod config;
+pub mod encode;
 pub mod error;
 pub mod once;
 pub mod reporter;

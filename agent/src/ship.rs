@@ -12,6 +12,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::encode::Encoder;
 use crate::error::chain;
 use crate::spool::Spool;
 
@@ -51,6 +52,7 @@ pub struct Shipper {
     collector: String,
     hello: v1::Hello,
     spool: Spool,
+    encoder: Encoder,
     snapshots: mpsc::Receiver<Snapshot>,
     backoff: Backoff,
     /// When and why the collector became unreachable, for logging once.
@@ -71,6 +73,7 @@ impl Shipper {
             collector,
             hello,
             spool,
+            encoder: Encoder::default(),
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -171,8 +174,8 @@ impl Shipper {
                 self.spool.ack(ack.seq);
             }
             Some(collector_message::Msg::KeyframeRequest(req)) => {
-                // Every snapshot is a keyframe until delta encoding is on.
                 debug!(servers = ?req.server_ids, "Collector asked for keyframes.");
+                self.encoder.keyframe(&req.server_ids);
             }
             Some(collector_message::Msg::Welcome(_)) | None => {
                 debug!("Ignored an unexpected message from the collector.");
@@ -182,10 +185,10 @@ impl Shipper {
 
     /// Takes the snapshot and whatever else is waiting, as one batch.
     fn enqueue(&mut self, first: Snapshot) {
-        let mut snapshots = vec![v1::Snapshot::from(&first)];
+        let mut snapshots = vec![self.encoder.encode(first)];
         while snapshots.len() < MAX_SNAPSHOTS_PER_BATCH {
             match self.snapshots.try_recv() {
-                Ok(s) => snapshots.push(v1::Snapshot::from(&s)),
+                Ok(s) => snapshots.push(self.encoder.encode(s)),
                 Err(_) => break,
             }
         }
@@ -205,6 +208,8 @@ impl Shipper {
         match self.handshake().await {
             Ok((tx, inbound, welcome)) => {
                 self.spool.restart(welcome.resume_after_seq);
+                // What follows what is resent starts from whole activity.
+                self.encoder.keyframe_all();
                 self.backoff.reset();
                 match self.outage.take() {
                     Some((since, _)) => info!(

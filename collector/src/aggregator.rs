@@ -2,7 +2,7 @@
 //! a bounded channel; readers get immutable views that it publishes after each
 //! round of changes, so a slow reader never holds the writer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,8 +154,9 @@ pub enum Command {
         seq: u64,
         /// Its decoded snapshots.
         snapshots: Vec<Snapshot>,
-        /// Ok once applied (or recognised as a replay).
-        reply: oneshot::Sender<Result<(), Status>>,
+        /// Once applied (or recognised as a replay): the servers whose deltas
+        /// had no base here, and whose next snapshot must be a keyframe.
+        reply: oneshot::Sender<Result<Vec<String>, Status>>,
     },
     /// A stream ended.
     Disconnect {
@@ -341,7 +342,7 @@ impl Aggregator {
         conn_id: u64,
         seq: u64,
         snapshots: Vec<Snapshot>,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<String>, Status> {
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return Err(Status::failed_precondition("the stream is not registered"));
         };
@@ -352,7 +353,7 @@ impl Aggregator {
         }
         if seq <= agent.last_seq {
             debug!(agent.id = %agent_id, seq, "Replayed batch acknowledged, not applied.");
-            return Ok(());
+            return Ok(Vec::new());
         }
         if let Some(s) = snapshots
             .iter()
@@ -365,7 +366,8 @@ impl Aggregator {
         }
         agent.last_seq = seq;
         let now = now_micros();
-        for snapshot in snapshots {
+        let mut keyframes_needed = Vec::new();
+        for mut snapshot in snapshots {
             let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
                 continue;
             };
@@ -381,6 +383,19 @@ impl Aggregator {
             // held; the live view keeps the newest.
             if snapshot.sampled_at_us < current.sampled_at_us {
                 continue;
+            }
+            // A delta applies only to the snapshot it was made against; without
+            // it, nothing of the snapshot is taken, and the agent is asked for a
+            // keyframe instead.
+            if let Some(delta) = snapshot.delta.take() {
+                if current.sampled_at_us != delta.base_sampled_at_us
+                    || current.status != TargetStatus::Up
+                {
+                    debug!(server.id = %snapshot.server_id, "Delta without its base; asking for a keyframe.");
+                    keyframes_needed.push(snapshot.server_id);
+                    continue;
+                }
+                snapshot.sessions = merge(&current.sessions, snapshot.sessions, &delta.removed);
             }
             let view = Arc::make_mut(current);
             view.last_seen_us = Some(now);
@@ -400,7 +415,7 @@ impl Aggregator {
                 client_pools: snapshot.client_pools,
             });
         }
-        Ok(())
+        Ok(keyframes_needed)
     }
 
     fn disconnect(&mut self, agent_id: &str, conn_id: u64) {
@@ -417,6 +432,23 @@ impl Aggregator {
             }
         }
     }
+}
+
+/// The sessions of `base` with a delta applied: `removed` and the sessions that
+/// `upserted` replaces taken out, `upserted` added.
+fn merge(base: &[Session], upserted: Vec<Session>, removed: &[(i32, Micros)]) -> Vec<Session> {
+    let gone: HashSet<(i32, Micros)> = removed
+        .iter()
+        .copied()
+        .chain(upserted.iter().map(Session::key))
+        .collect();
+    let mut sessions: Vec<Session> = base
+        .iter()
+        .filter(|s| !gone.contains(&s.key()))
+        .cloned()
+        .collect();
+    sessions.extend(upserted);
+    sessions
 }
 
 /// Adds one up snapshot's increments to the totals. Every up snapshot lists every
@@ -449,7 +481,10 @@ fn client_sessions(sessions: &[Session]) -> u32 {
 /// An answer held back until the view that contains its change is published.
 enum Reply {
     Register(oneshot::Sender<Result<u64, Status>>, Result<u64, Status>),
-    Apply(oneshot::Sender<Result<(), Status>>, Result<(), Status>),
+    Apply(
+        oneshot::Sender<Result<Vec<String>, Status>>,
+        Result<Vec<String>, Status>,
+    ),
 }
 
 impl Reply {
@@ -614,5 +649,38 @@ mod tests {
         // A database an up snapshot no longer lists is dropped.
         a.apply("a1", 1, 4, vec![snapshot("db", 40, &[])]).unwrap();
         assert!(a.servers["db"].databases.is_empty());
+    }
+
+    #[test]
+    fn deltas_apply_to_their_base_and_otherwise_ask_for_a_keyframe() {
+        use pgfleet_proto::model::Delta;
+        let mut a = aggregator();
+        a.register("a1".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1, 2, 3])])
+            .unwrap();
+        let mut d = snapshot("db", 20, &[4]);
+        d.sessions[0].state = SessionState::Idle;
+        d.delta = Some(Delta {
+            base_sampled_at_us: 10,
+            removed: vec![(2, 0)],
+        });
+        assert!(a.apply("a1", 1, 2, vec![d]).unwrap().is_empty());
+        let mut pids: Vec<_> = a.servers["db"].sessions.iter().map(|s| s.pid).collect();
+        pids.sort();
+        assert_eq!(pids, [1, 3, 4]);
+
+        // A delta against a snapshot this collector never applied.
+        let mut lost = snapshot("db", 40, &[9]);
+        lost.delta = Some(Delta {
+            base_sampled_at_us: 30,
+            removed: vec![],
+        });
+        assert_eq!(a.apply("a1", 1, 3, vec![lost]).unwrap(), ["db"]);
+        assert_eq!(
+            a.servers["db"].sampled_at_us, 20,
+            "nothing of it was applied"
+        );
+        assert_eq!(a.servers["db"].sessions.len(), 3);
     }
 }

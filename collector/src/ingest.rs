@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgfleet_agent::settings::{MAX_LABEL_BYTES, check_label};
-use pgfleet_proto::DecodeError;
 use pgfleet_proto::model::Snapshot;
 use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -166,19 +165,7 @@ async fn receive(
             Err(status) => return format!("{} ({:?})", status.message(), status.code()),
         };
         let seq = batch.seq;
-        let (snapshots, keyframes_needed) = decode(agent_id, batch);
-        if !keyframes_needed.is_empty() {
-            let request = v1::CollectorMessage {
-                msg: Some(collector_message::Msg::KeyframeRequest(
-                    v1::KeyframeRequest {
-                        server_ids: keyframes_needed,
-                    },
-                )),
-            };
-            if tx.send(Ok(request)).await.is_err() {
-                return "the agent went away".to_owned();
-            }
-        }
+        let snapshots = decode(agent_id, batch);
         let (reply, answer) = oneshot::channel();
         let applied = match aggregator
             .send(Command::Apply {
@@ -196,9 +183,23 @@ async fn receive(
             Err(status) => Err(status),
         };
         let message = match applied {
-            Ok(()) => Ok(v1::CollectorMessage {
-                msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
-            }),
+            Ok(keyframes_needed) => {
+                if !keyframes_needed.is_empty() {
+                    let request = v1::CollectorMessage {
+                        msg: Some(collector_message::Msg::KeyframeRequest(
+                            v1::KeyframeRequest {
+                                server_ids: keyframes_needed,
+                            },
+                        )),
+                    };
+                    if tx.send(Ok(request)).await.is_err() {
+                        return "the agent went away".to_owned();
+                    }
+                }
+                Ok(v1::CollectorMessage {
+                    msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+                })
+            }
             Err(status) => {
                 let reason = status.message().to_owned();
                 let _ = tx.send(Err(status)).await;
@@ -212,20 +213,18 @@ async fn receive(
 }
 
 /// Decodes a batch's snapshots. Malformed snapshots are logged and skipped, so one
-/// bad snapshot cannot wedge the stream; deltas without a base ask for keyframes.
-fn decode(agent_id: &str, batch: v1::Batch) -> (Vec<Snapshot>, Vec<String>) {
+/// bad snapshot cannot wedge the stream.
+fn decode(agent_id: &str, batch: v1::Batch) -> Vec<Snapshot> {
     let mut snapshots = Vec::with_capacity(batch.snapshots.len());
-    let mut keyframes = Vec::new();
     for wire in batch.snapshots {
         match Snapshot::try_from(wire) {
             Ok(s) => snapshots.push(s),
-            Err(DecodeError::DeltaWithoutBase { server_id }) => keyframes.push(server_id),
             Err(e) => {
                 warn!(agent.id = %agent_id, seq = batch.seq, error = %e, "Skipped a malformed snapshot.")
             }
         }
     }
-    (snapshots, keyframes)
+    snapshots
 }
 
 /// Checks a Hello and turns it into the aggregator's terms.

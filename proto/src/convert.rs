@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::model::{Session, SessionState, Snapshot, TargetStatus};
+use crate::model::{Delta, Session, SessionState, Snapshot, TargetStatus};
 use crate::time::{self, Micros};
 use crate::v1;
 
@@ -19,11 +19,6 @@ pub enum DecodeError {
         /// The snapshot's target.
         server_id: String,
     },
-    /// A delta arrived, and the receiver holds no base for it.
-    DeltaWithoutBase {
-        /// The snapshot's target.
-        server_id: String,
-    },
 }
 
 impl fmt::Display for DecodeError {
@@ -35,10 +30,6 @@ impl fmt::Display for DecodeError {
             Self::MissingActivity { server_id } => {
                 write!(f, "snapshot of {server_id:?} is up but carries no activity")
             }
-            Self::DeltaWithoutBase { server_id } => write!(
-                f,
-                "snapshot of {server_id:?} is a delta and the collector holds no base for it; send a keyframe"
-            ),
         }
     }
 }
@@ -85,19 +76,19 @@ impl From<&Session> for v1::SessionSample {
         v1::SessionSample {
             pid: s.pid,
             backend_start_us: s.backend_start_us,
-            database: s.database.clone(),
-            user: s.user.clone(),
-            application_name: s.application_name.clone(),
-            client: s.client.clone(),
+            database: s.database.to_string(),
+            user: s.user.to_string(),
+            application_name: s.application_name.to_string(),
+            client: s.client.to_string(),
             state: v1::SessionState::from(s.state).into(),
             xact_start_us: s.xact_start_us.unwrap_or(0),
             query_start_us: s.query_start_us.unwrap_or(0),
             state_change_us: s.state_change_us.unwrap_or(0),
-            wait_event_type: s.wait_event_type.clone(),
-            wait_event: s.wait_event.clone(),
-            query: s.query.clone(),
+            wait_event_type: s.wait_event_type.to_string(),
+            wait_event: s.wait_event.to_string(),
+            query: s.query.to_string(),
             blocked_by: s.blocked_by.clone(),
-            backend_type: s.backend_type.clone(),
+            backend_type: s.backend_type.to_string(),
             leader_pid: s.leader_pid.unwrap_or(0),
             query_id: s.query_id.unwrap_or(0),
             query_fingerprint: s.fingerprint,
@@ -112,19 +103,19 @@ impl From<v1::SessionSample> for Session {
         Session {
             pid: s.pid,
             backend_start_us: s.backend_start_us,
-            database: s.database,
-            user: s.user,
-            application_name: s.application_name,
-            client: s.client,
+            database: s.database.into(),
+            user: s.user.into(),
+            application_name: s.application_name.into(),
+            client: s.client.into(),
             state: state.into(),
             xact_start_us: opt_micros(s.xact_start_us),
             query_start_us: opt_micros(s.query_start_us),
             state_change_us: opt_micros(s.state_change_us),
-            wait_event_type: s.wait_event_type,
-            wait_event: s.wait_event,
-            query: s.query,
+            wait_event_type: s.wait_event_type.into(),
+            wait_event: s.wait_event.into(),
+            query: s.query.into(),
             blocked_by: s.blocked_by,
-            backend_type: s.backend_type,
+            backend_type: s.backend_type.into(),
             leader_pid: (s.leader_pid != 0).then_some(s.leader_pid),
             query_id: (s.query_id != 0).then_some(s.query_id),
             fingerprint: s.query_fingerprint,
@@ -133,7 +124,7 @@ impl From<v1::SessionSample> for Session {
 }
 
 impl From<&Snapshot> for v1::Snapshot {
-    /// Encodes a snapshot as a keyframe.
+    /// Encodes a snapshot: a keyframe, or a delta when it is one.
     fn from(s: &Snapshot) -> Self {
         let (up, reason) = match &s.status {
             TargetStatus::Up => (true, String::new()),
@@ -144,9 +135,22 @@ impl From<&Snapshot> for v1::Snapshot {
             sampled_at_us: s.sampled_at_us,
             status: Some(v1::TargetStatus { up, reason }),
             activity: up.then(|| {
-                v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe {
-                    sessions: s.sessions.iter().map(Into::into).collect(),
-                })
+                let sessions = s.sessions.iter().map(Into::into).collect();
+                match &s.delta {
+                    None => v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe { sessions }),
+                    Some(d) => v1::snapshot::Activity::Delta(v1::ActivityDelta {
+                        base_sampled_at_us: d.base_sampled_at_us,
+                        upserted: sessions,
+                        removed: d
+                            .removed
+                            .iter()
+                            .map(|&(pid, backend_start_us)| v1::SessionKey {
+                                pid,
+                                backend_start_us,
+                            })
+                            .collect(),
+                    }),
+                }
             }),
             facts: s.facts.clone(),
             databases: s.databases.clone(),
@@ -172,13 +176,21 @@ impl TryFrom<v1::Snapshot> for Snapshot {
                 ..Snapshot::down(server_id, s.sampled_at_us, status.reason)
             });
         }
-        let sessions = match s.activity {
+        let (sessions, delta) = match s.activity {
             Some(v1::snapshot::Activity::Keyframe(k)) => {
-                k.sessions.into_iter().map(Into::into).collect()
+                (k.sessions.into_iter().map(Into::into).collect(), None)
             }
-            Some(v1::snapshot::Activity::Delta(_)) => {
-                return Err(DecodeError::DeltaWithoutBase { server_id });
-            }
+            Some(v1::snapshot::Activity::Delta(d)) => (
+                d.upserted.into_iter().map(Into::into).collect(),
+                Some(Delta {
+                    base_sampled_at_us: d.base_sampled_at_us,
+                    removed: d
+                        .removed
+                        .into_iter()
+                        .map(|k| (k.pid, k.backend_start_us))
+                        .collect(),
+                }),
+            ),
             None => return Err(DecodeError::MissingActivity { server_id }),
         };
         Ok(Snapshot {
@@ -186,6 +198,7 @@ impl TryFrom<v1::Snapshot> for Snapshot {
             sampled_at_us: s.sampled_at_us,
             status: TargetStatus::Up,
             sessions,
+            delta,
             facts: s.facts,
             databases: s.databases,
             slots: s.slots,
@@ -201,19 +214,19 @@ pub fn query_session(s: &Session, sampled_at_us: Micros) -> v1::Session {
     v1::Session {
         pid: s.pid,
         backend_start: Some(time::timestamp(s.backend_start_us)),
-        database: s.database.clone(),
-        user: s.user.clone(),
-        application_name: s.application_name.clone(),
-        client: s.client.clone(),
+        database: s.database.to_string(),
+        user: s.user.to_string(),
+        application_name: s.application_name.to_string(),
+        client: s.client.to_string(),
         state: s.state.as_pg().to_owned(),
         xact_start: s.xact_start_us.map(time::timestamp),
         query_start: s.query_start_us.map(time::timestamp),
         state_change: s.state_change_us.map(time::timestamp),
-        wait_event_type: s.wait_event_type.clone(),
-        wait_event: s.wait_event.clone(),
-        query: s.query.clone(),
+        wait_event_type: s.wait_event_type.to_string(),
+        wait_event: s.wait_event.to_string(),
+        query: s.query.to_string(),
         blocked_by: s.blocked_by.clone(),
-        backend_type: s.backend_type.clone(),
+        backend_type: s.backend_type.to_string(),
         duration: s.duration_us(sampled_at_us).map(time::duration),
         leader_pid: s.leader_pid.unwrap_or(0),
         query_id: s.query_id.unwrap_or(0),
@@ -319,9 +332,25 @@ mod tests {
             Snapshot::try_from(wire.clone()),
             Err(DecodeError::MissingActivity { .. })
         ));
-        wire.activity = Some(v1::snapshot::Activity::Delta(Default::default()));
-        let err = Snapshot::try_from(wire).unwrap_err();
-        assert!(err.to_string().contains("send a keyframe"), "{err}");
+    }
+
+    #[test]
+    fn delta_snapshots_round_trip() {
+        let snap = Snapshot {
+            status: TargetStatus::Up,
+            sessions: vec![session()],
+            delta: Some(Delta {
+                base_sampled_at_us: 41,
+                removed: vec![(7, 1_700_000_000_000_000)],
+            }),
+            ..Snapshot::down("db-1".into(), 42, String::new())
+        };
+        let wire = v1::Snapshot::from(&snap);
+        assert!(matches!(
+            wire.activity,
+            Some(v1::snapshot::Activity::Delta(_))
+        ));
+        assert_eq!(Snapshot::try_from(wire), Ok(snap));
     }
 
     #[test]

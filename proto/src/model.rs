@@ -5,6 +5,8 @@
 //! generated `v1` types already are the domain shape, so the model holds those
 //! as they are rather than copying them field by field.
 
+use std::sync::Arc;
+
 use crate::time::Micros;
 use crate::v1;
 
@@ -85,7 +87,9 @@ impl SessionState {
     }
 }
 
-/// One row of pg_stat_activity, keyed by `(pid, backend_start_us)`.
+/// One row of pg_stat_activity, keyed by `(pid, backend_start_us)`. Its strings
+/// are shared (`Arc<str>`): most sessions look the same from one sample to the
+/// next, and the agent then reuses what it read before instead of copying it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Session {
     /// The backend's process id.
@@ -93,13 +97,13 @@ pub struct Session {
     /// When the backend started; with `pid`, unique over the server's life.
     pub backend_start_us: Micros,
     /// The database it is connected to; empty for background processes.
-    pub database: String,
+    pub database: Arc<str>,
     /// The role it is logged in as.
-    pub user: String,
+    pub user: Arc<str>,
     /// The client's `application_name`.
-    pub application_name: String,
+    pub application_name: Arc<str>,
     /// The client's address and port ("10.0.0.5:51234"); empty for a Unix socket.
-    pub client: String,
+    pub client: Arc<str>,
     /// What the session is doing.
     pub state: SessionState,
     /// When its transaction began, if it is in one.
@@ -109,15 +113,15 @@ pub struct Session {
     /// When `state` last changed.
     pub state_change_us: Option<Micros>,
     /// The wait event type ("Lock", "IO", …); empty when not waiting.
-    pub wait_event_type: String,
+    pub wait_event_type: Arc<str>,
     /// The wait event ("transactionid", "DataFileRead", …); empty when not waiting.
-    pub wait_event: String,
+    pub wait_event: Arc<str>,
     /// The current (or last) query's text.
-    pub query: String,
+    pub query: Arc<str>,
     /// The pids that block this session, for sessions waiting on a Lock.
     pub blocked_by: Vec<i32>,
     /// "client backend", "autovacuum worker", …
-    pub backend_type: String,
+    pub backend_type: Arc<str>,
     /// A parallel worker's leader (PostgreSQL 13 and later).
     pub leader_pid: Option<i32>,
     /// pg_stat_activity.query_id (PostgreSQL 14 and later, with compute_query_id).
@@ -127,6 +131,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The session's key: unique over the server's life.
+    pub fn key(&self) -> (i32, Micros) {
+        (self.pid, self.backend_start_us)
+    }
+
     /// How long the session has been in its present condition at `at`: the query's
     /// age when active, the transaction's age when idle in a transaction, the idle
     /// time when idle. None for background processes and unknown states.
@@ -146,7 +155,7 @@ impl Session {
     /// client sessions, parallel workers or WAL senders.
     pub fn is_background(&self) -> bool {
         !matches!(
-            self.backend_type.as_str(),
+            &*self.backend_type,
             "client backend" | "parallel worker" | "walsender" | ""
         )
     }
@@ -170,8 +179,11 @@ pub struct Snapshot {
     pub sampled_at_us: Micros,
     /// Whether the sample succeeded; when down, `sessions` is empty.
     pub status: TargetStatus,
-    /// Every session the sample saw, the agent's own excluded.
+    /// Every session the sample saw, the agent's own excluded; in a delta, only
+    /// the sessions that are new or changed.
     pub sessions: Vec<Session>,
+    /// Set when this snapshot is a delta against an earlier one.
+    pub delta: Option<Delta>,
     /// Facts about the server (on keyframes).
     pub facts: Option<v1::ServerFacts>,
     /// pg_stat_database increments since the previous snapshot, per database.
@@ -186,6 +198,16 @@ pub struct Snapshot {
     pub agent: Option<v1::AgentCounters>,
 }
 
+/// What makes a snapshot a delta: the snapshot it applies to, and the sessions
+/// that ended since.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delta {
+    /// The `sampled_at_us` of the snapshot it applies to.
+    pub base_sampled_at_us: Micros,
+    /// The keys `(pid, backend_start_us)` of sessions that ended.
+    pub removed: Vec<(i32, Micros)>,
+}
+
 impl Snapshot {
     /// A snapshot of a target that could not be sampled.
     pub fn down(server_id: String, sampled_at_us: Micros, reason: String) -> Self {
@@ -194,6 +216,7 @@ impl Snapshot {
             sampled_at_us,
             status: TargetStatus::Down(reason),
             sessions: Vec::new(),
+            delta: None,
             facts: None,
             databases: Vec::new(),
             slots: None,

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::activity::{MIN_VERSION_NUM, sample_activity};
+use super::activity::{ActivityCache, MIN_VERSION_NUM, sample_activity};
 use super::database::{CounterTracker, sample_databases, sample_facts};
 use super::pgbouncer::PgBouncer;
 use super::query_text::QueryText;
@@ -49,6 +49,7 @@ pub struct TargetSampler {
     pgbouncer: Option<PgBouncer>,
     app_pools: Arc<AppPools>,
     identity: Option<(i64, u64)>,
+    activity: ActivityCache,
     counters: CounterTracker,
     warned_not_visible: bool,
     last_duration_us: u32,
@@ -77,6 +78,7 @@ impl TargetSampler {
                 .map(|c| PgBouncer::new(c, statement_timeout)),
             app_pools,
             identity: None,
+            activity: ActivityCache::default(),
             counters: CounterTracker::default(),
             warned_not_visible: false,
             last_duration_us: 0,
@@ -89,8 +91,13 @@ impl TargetSampler {
         let started = Instant::now();
         let deadline = self.statement_timeout + CONNECT_TIMEOUT;
         let postgres = match tokio::time::timeout(deadline, self.sample_postgres()).await {
-            Ok(result) => result?,
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                self.activity.clear();
+                return Err(e);
+            }
             Err(_) => {
+                self.activity.clear();
                 return Err(format!(
                     "the sample did not finish within {}",
                     humantime::format_duration(deadline)
@@ -122,6 +129,7 @@ impl TargetSampler {
             sampled_at_us,
             status: TargetStatus::Up,
             sessions: activity.sessions,
+            delta: None,
             facts: Some(facts),
             databases: increments,
             slots: Some(activity.slots),
@@ -163,7 +171,7 @@ impl TargetSampler {
                 return Err(chain(&e));
             }
         };
-        let facts = sample_facts(&client, &mut self.identity)
+        let (facts, server_now) = sample_facts(&client, &mut self.identity)
             .await
             .map_err(|e| chain(&e))?;
         if facts.version_num < MIN_VERSION_NUM {
@@ -172,9 +180,15 @@ impl TargetSampler {
                 facts.version
             ));
         }
-        let activity = sample_activity(&client, facts.version_num, self.query_text)
-            .await
-            .map_err(|e| chain(&e))?;
+        let activity = sample_activity(
+            &client,
+            facts.version_num,
+            self.query_text,
+            &mut self.activity,
+            server_now,
+        )
+        .await
+        .map_err(|e| chain(&e))?;
         let rows = sample_databases(&client, &self.databases)
             .await
             .map_err(|e| chain(&e))?;

@@ -1,0 +1,196 @@
+//! Snapshots as they travel: each target's activity as a keyframe (every
+//! session) or a delta against the previous snapshot sent (new and changed
+//! sessions, and the keys of those that ended).
+//!
+//! A keyframe goes first after every (re)connect, after a target was down, when
+//! the collector asks for one, and every [`KEYFRAME_EVERY`] snapshots, so a
+//! collector that lost its state recovers within a minute even if it never asks.
+//! Server facts go with every keyframe, and with any snapshot where they changed.
+
+use std::collections::HashMap;
+
+use pgfleet_proto::model::{Delta, Session, Snapshot, TargetStatus};
+use pgfleet_proto::time::Micros;
+use pgfleet_proto::v1;
+
+/// A target's activity is sent whole at least this often (in snapshots).
+pub const KEYFRAME_EVERY: u32 = 60;
+
+/// What the collector holds of one target, as far as the agent knows.
+#[derive(Default)]
+struct Sent {
+    /// The sessions of the last snapshot sent, by key.
+    sessions: HashMap<(i32, Micros), Session>,
+    /// That snapshot's time; None when the next one must be a keyframe.
+    base: Option<Micros>,
+    /// Snapshots since the last keyframe.
+    since_keyframe: u32,
+    /// The facts last sent.
+    facts: Option<v1::ServerFacts>,
+}
+
+/// The encoder of one agent's stream.
+#[derive(Default)]
+pub struct Encoder {
+    targets: HashMap<String, Sent>,
+}
+
+impl Encoder {
+    /// Encodes `snapshot`, a full sample of its target, as the collector needs it.
+    pub fn encode(&mut self, mut snapshot: Snapshot) -> v1::Snapshot {
+        let sent = self.targets.entry(snapshot.server_id.clone()).or_default();
+        if snapshot.status != TargetStatus::Up {
+            *sent = Sent::default();
+            return v1::Snapshot::from(&snapshot);
+        }
+        let current: HashMap<_, _> = snapshot
+            .sessions
+            .iter()
+            .map(|s| (s.key(), s.clone()))
+            .collect();
+        let keyframe = match sent.base {
+            Some(base) if sent.since_keyframe + 1 < KEYFRAME_EVERY => {
+                let removed = sent
+                    .sessions
+                    .keys()
+                    .filter(|k| !current.contains_key(k))
+                    .copied()
+                    .collect();
+                snapshot
+                    .sessions
+                    .retain(|s| sent.sessions.get(&s.key()) != Some(s));
+                snapshot.delta = Some(Delta {
+                    base_sampled_at_us: base,
+                    removed,
+                });
+                false
+            }
+            _ => true,
+        };
+        sent.since_keyframe = if keyframe { 0 } else { sent.since_keyframe + 1 };
+        sent.base = Some(snapshot.sampled_at_us);
+        sent.sessions = current;
+        if !keyframe && snapshot.facts == sent.facts {
+            snapshot.facts = None;
+        } else if snapshot.facts.is_some() {
+            sent.facts = snapshot.facts.clone();
+        }
+        v1::Snapshot::from(&snapshot)
+    }
+
+    /// The next snapshot of every target is a keyframe (a new stream).
+    pub fn keyframe_all(&mut self) {
+        self.targets.clear();
+    }
+
+    /// The next snapshot of each of these targets is a keyframe (the collector
+    /// asked for it).
+    pub fn keyframe(&mut self, server_ids: &[String]) {
+        for id in server_ids {
+            self.targets.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfleet_proto::model::SessionState;
+
+    fn session(pid: i32, state: SessionState) -> Session {
+        Session {
+            pid,
+            backend_start_us: 1000 + i64::from(pid),
+            state,
+            query: "select ?".into(),
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(at: Micros, sessions: Vec<Session>) -> Snapshot {
+        Snapshot {
+            status: TargetStatus::Up,
+            sessions,
+            facts: Some(v1::ServerFacts {
+                version_num: 150018,
+                ..Default::default()
+            }),
+            ..Snapshot::down("db".into(), at, String::new())
+        }
+    }
+
+    fn delta(wire: &v1::Snapshot) -> Option<&v1::ActivityDelta> {
+        match &wire.activity {
+            Some(v1::snapshot::Activity::Delta(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn unchanged_sessions_are_not_sent_again() {
+        let mut e = Encoder::default();
+        let a = session(1, SessionState::Active);
+        let b = session(2, SessionState::Idle);
+        let first = e.encode(snapshot(10, vec![a.clone(), b.clone()]));
+        assert!(delta(&first).is_none(), "the first snapshot is a keyframe");
+        assert!(first.facts.is_some());
+
+        let mut b2 = b.clone();
+        b2.state = SessionState::Active;
+        let c = session(3, SessionState::Active);
+        let second = e.encode(snapshot(20, vec![a.clone(), b2, c]));
+        let d = delta(&second).expect("then deltas");
+        assert_eq!(d.base_sampled_at_us, 10);
+        let pids: Vec<_> = d.upserted.iter().map(|s| s.pid).collect();
+        assert_eq!(pids, [2, 3], "the changed and the new session");
+        assert!(d.removed.is_empty());
+        assert!(
+            second.facts.is_none(),
+            "unchanged facts wait for a keyframe"
+        );
+
+        let third = e.encode(snapshot(30, vec![a]));
+        let d = delta(&third).unwrap();
+        assert_eq!(d.base_sampled_at_us, 20);
+        assert!(d.upserted.is_empty());
+        let mut removed: Vec<_> = d.removed.iter().map(|k| k.pid).collect();
+        removed.sort();
+        assert_eq!(removed, [2, 3]);
+    }
+
+    #[test]
+    fn keyframes_come_periodically_on_request_and_after_a_target_was_down() {
+        let mut e = Encoder::default();
+        let s = || vec![session(1, SessionState::Idle)];
+        let mut kinds = Vec::new();
+        for i in 0..(KEYFRAME_EVERY as i64 * 2) {
+            kinds.push(delta(&e.encode(snapshot(i, s()))).is_none());
+        }
+        let keyframes: Vec<_> = kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| **k)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(keyframes, [0, KEYFRAME_EVERY as usize]);
+
+        e.keyframe(&["db".to_owned()]);
+        assert!(delta(&e.encode(snapshot(500, s()))).is_none());
+        assert!(delta(&e.encode(snapshot(501, s()))).is_some());
+        e.encode(Snapshot::down("db".into(), 502, "gone".into()));
+        assert!(delta(&e.encode(snapshot(503, s()))).is_none());
+        e.keyframe_all();
+        assert!(delta(&e.encode(snapshot(504, s()))).is_none());
+    }
+
+    #[test]
+    fn changed_facts_are_sent_at_once() {
+        let mut e = Encoder::default();
+        e.encode(snapshot(1, vec![]));
+        let mut promoted = snapshot(2, vec![]);
+        promoted.facts.as_mut().unwrap().in_recovery = true;
+        let wire = e.encode(promoted);
+        assert!(delta(&wire).is_some());
+        assert!(wire.facts.unwrap().in_recovery);
+    }
+}
