@@ -313,6 +313,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=60, help="samples (seconds) per measurement window")
     p.add_argument("--sessions", type=int, default=1000)
+    p.add_argument("--sleep-ms", default="10000,60000",
+                   help="each sleeping session runs pg_sleep for a random time in this range, in ms")
+    p.add_argument("--only", choices=["agent"], help="measure only the agent (for quick iterations; writes nothing)")
     p.add_argument("--tps-runs", type=int, default=4)
     p.add_argument("--tps-seconds", type=int, default=20)
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
@@ -330,7 +333,8 @@ def main() -> None:
         subprocess.run([str(cluster.bindir / "pgbench"), "-h", "127.0.0.1", "-p", str(cluster.port), "-U",
                         "postgres", "-i", "-q", "-s", "10", "postgres"], check=True, stdout=subprocess.DEVNULL)
         script = cluster.dir / "sleep.sql"
-        script.write_text("\\set ms random(200, 3000)\nSELECT pg_sleep(:ms / 1000.0);\n")
+        lo, hi = (int(x) for x in args.sleep_ms.split(","))
+        script.write_text(f"\\set ms random({lo}, {hi})\nSELECT pg_sleep(:ms / 1000.0);\n")
         busy_script = cluster.dir / "busy.sql"
         busy_script.write_text("\\set aid random(1, 1000000)\n"
                                "SELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n")
@@ -349,6 +353,8 @@ def main() -> None:
         log(f"{n} client sessions; measuring pgfleet-agent over {args.samples} samples")
         agent = measure_agent(cluster, args.samples)
         log(f"agent: {agent}")
+        if args.only == "agent":
+            return
         log("measuring SQLAlchemy polling pg_stat_activity")
         sqlalchemy = measure_sqlalchemy(cluster, args.samples)
         log(f"sqlalchemy: {sqlalchemy}")

@@ -8,8 +8,9 @@
 //! Server facts go with every keyframe, and with any snapshot where they changed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use pgfleet_proto::model::{Delta, Session, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Delta, Session, SessionMap, Snapshot, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
@@ -20,7 +21,9 @@ pub const KEYFRAME_EVERY: u32 = 60;
 #[derive(Default)]
 struct Sent {
     /// The sessions of the last snapshot sent, by key.
-    sessions: HashMap<(i32, Micros), Session>,
+    sessions: SessionMap<Arc<Session>>,
+    /// The map before that, kept for its memory.
+    spare: SessionMap<Arc<Session>>,
     /// That snapshot's time; None when the next one must be a keyframe.
     base: Option<Micros>,
     /// Snapshots since the last keyframe.
@@ -37,45 +40,58 @@ pub struct Encoder {
 
 impl Encoder {
     /// Encodes `snapshot`, a full sample of its target, as the collector needs it.
+    /// Sessions are compared with what was sent and moved, never copied.
     pub fn encode(&mut self, mut snapshot: Snapshot) -> v1::Snapshot {
         let sent = self.targets.entry(snapshot.server_id.clone()).or_default();
         if snapshot.status != TargetStatus::Up {
             *sent = Sent::default();
             return v1::Snapshot::from(&snapshot);
         }
-        let current: HashMap<_, _> = snapshot
-            .sessions
-            .iter()
-            .map(|s| (s.key(), s.clone()))
-            .collect();
-        let keyframe = match sent.base {
-            Some(base) if sent.since_keyframe + 1 < KEYFRAME_EVERY => {
-                let removed = sent
-                    .sessions
-                    .keys()
-                    .filter(|k| !current.contains_key(k))
-                    .copied()
-                    .collect();
-                snapshot
-                    .sessions
-                    .retain(|s| sent.sessions.get(&s.key()) != Some(s));
-                snapshot.delta = Some(Delta {
-                    base_sampled_at_us: base,
-                    removed,
-                });
-                false
+        let keyframe = sent.base.is_none() || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
+        let sessions = std::mem::take(&mut snapshot.sessions);
+        let mut previous = std::mem::replace(&mut sent.sessions, std::mem::take(&mut sent.spare));
+        sent.sessions.reserve(sessions.len());
+        let mut changed = Vec::new();
+        for s in sessions {
+            let key = s.key();
+            let same = previous
+                .remove(&key)
+                .is_some_and(|p| Arc::ptr_eq(&p, &s) || *p == *s);
+            if keyframe || !same {
+                changed.push(v1::SessionSample::from(s.as_ref()));
             }
-            _ => true,
-        };
+            sent.sessions.insert(key, s);
+        }
+        if !keyframe {
+            snapshot.delta = Some(Delta {
+                base_sampled_at_us: sent.base.unwrap_or_default(),
+                removed: previous.keys().copied().collect(),
+            });
+        }
+        previous.clear();
+        sent.spare = previous;
         sent.since_keyframe = if keyframe { 0 } else { sent.since_keyframe + 1 };
         sent.base = Some(snapshot.sampled_at_us);
-        sent.sessions = current;
         if !keyframe && snapshot.facts == sent.facts {
             snapshot.facts = None;
         } else if snapshot.facts.is_some() {
             sent.facts = snapshot.facts.clone();
         }
-        v1::Snapshot::from(&snapshot)
+        tracing::debug!(
+            server.id = %snapshot.server_id,
+            keyframe,
+            sessions = sent.sessions.len(),
+            changed = changed.len(),
+            removed = snapshot.delta.as_ref().map_or(0, |d| d.removed.len()),
+            "Snapshot encoded."
+        );
+        let mut wire = v1::Snapshot::from(&snapshot);
+        match &mut wire.activity {
+            Some(v1::snapshot::Activity::Keyframe(k)) => k.sessions = changed,
+            Some(v1::snapshot::Activity::Delta(d)) => d.upserted = changed,
+            None => {}
+        }
+        wire
     }
 
     /// The next snapshot of every target is a keyframe (a new stream).
@@ -97,17 +113,17 @@ mod tests {
     use super::*;
     use pgfleet_proto::model::SessionState;
 
-    fn session(pid: i32, state: SessionState) -> Session {
-        Session {
+    fn session(pid: i32, state: SessionState) -> Arc<Session> {
+        Arc::new(Session {
             pid,
             backend_start_us: 1000 + i64::from(pid),
             state,
             query: "select ?".into(),
             ..Default::default()
-        }
+        })
     }
 
-    fn snapshot(at: Micros, sessions: Vec<Session>) -> Snapshot {
+    fn snapshot(at: Micros, sessions: Vec<Arc<Session>>) -> Snapshot {
         Snapshot {
             status: TargetStatus::Up,
             sessions,
@@ -136,7 +152,7 @@ mod tests {
         assert!(first.facts.is_some());
 
         let mut b2 = b.clone();
-        b2.state = SessionState::Active;
+        Arc::make_mut(&mut b2).state = SessionState::Active;
         let c = session(3, SessionState::Active);
         let second = e.encode(snapshot(20, vec![a.clone(), b2, c]));
         let d = delta(&second).expect("then deltas");

@@ -3,10 +3,11 @@
 //! round of changes, so a slow reader never holds the writer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgfleet_proto::model::{Session, Snapshot, TargetStatus, add_counters};
+use pgfleet_proto::model::{KeyHasher, Session, SessionKey, Snapshot, TargetStatus, add_counters};
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,7 +43,7 @@ pub struct ServerView {
     /// Up or down, as the agent last reported.
     pub status: TargetStatus,
     /// The sessions of the last snapshot.
-    pub sessions: Arc<Vec<Session>>,
+    pub sessions: Arc<Vec<Arc<Session>>>,
     /// How many of them are client sessions (not background processes), counted
     /// once when the snapshot is applied rather than at every read.
     pub client_sessions: u32,
@@ -436,13 +437,17 @@ impl Aggregator {
 
 /// The sessions of `base` with a delta applied: `removed` and the sessions that
 /// `upserted` replaces taken out, `upserted` added.
-fn merge(base: &[Session], upserted: Vec<Session>, removed: &[(i32, Micros)]) -> Vec<Session> {
-    let gone: HashSet<(i32, Micros)> = removed
+fn merge(
+    base: &[Arc<Session>],
+    upserted: Vec<Arc<Session>>,
+    removed: &[SessionKey],
+) -> Vec<Arc<Session>> {
+    let gone: HashSet<SessionKey, BuildHasherDefault<KeyHasher>> = removed
         .iter()
         .copied()
-        .chain(upserted.iter().map(Session::key))
+        .chain(upserted.iter().map(|s| s.key()))
         .collect();
-    let mut sessions: Vec<Session> = base
+    let mut sessions: Vec<Arc<Session>> = base
         .iter()
         .filter(|s| !gone.contains(&s.key()))
         .cloned()
@@ -473,7 +478,7 @@ fn sum_databases(
     }
 }
 
-fn client_sessions(sessions: &[Session]) -> u32 {
+fn client_sessions(sessions: &[Arc<Session>]) -> u32 {
     let n = sessions.iter().filter(|s| !s.is_background()).count();
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -517,10 +522,12 @@ mod tests {
             status: TargetStatus::Up,
             sessions: pids
                 .iter()
-                .map(|&pid| Session {
-                    pid,
-                    state: SessionState::Active,
-                    ..Default::default()
+                .map(|&pid| {
+                    Arc::new(Session {
+                        pid,
+                        state: SessionState::Active,
+                        ..Default::default()
+                    })
                 })
                 .collect(),
             ..Snapshot::down(id.to_owned(), at, String::new())
@@ -660,7 +667,7 @@ mod tests {
         a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1, 2, 3])])
             .unwrap();
         let mut d = snapshot("db", 20, &[4]);
-        d.sessions[0].state = SessionState::Idle;
+        Arc::make_mut(&mut d.sessions[0]).state = SessionState::Idle;
         d.delta = Some(Delta {
             base_sampled_at_us: 10,
             removed: vec![(2, 0)],

@@ -1,6 +1,7 @@
 //! The only place where domain types and wire types meet.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::model::{Delta, Session, SessionState, Snapshot, TargetStatus};
 use crate::time::{self, Micros};
@@ -135,7 +136,7 @@ impl From<&Snapshot> for v1::Snapshot {
             sampled_at_us: s.sampled_at_us,
             status: Some(v1::TargetStatus { up, reason }),
             activity: up.then(|| {
-                let sessions = s.sessions.iter().map(Into::into).collect();
+                let sessions = s.sessions.iter().map(|s| s.as_ref().into()).collect();
                 match &s.delta {
                     None => v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe { sessions }),
                     Some(d) => v1::snapshot::Activity::Delta(v1::ActivityDelta {
@@ -178,10 +179,10 @@ impl TryFrom<v1::Snapshot> for Snapshot {
         }
         let (sessions, delta) = match s.activity {
             Some(v1::snapshot::Activity::Keyframe(k)) => {
-                (k.sessions.into_iter().map(Into::into).collect(), None)
+                (k.sessions.into_iter().map(|s| Arc::new(s.into())).collect(), None)
             }
             Some(v1::snapshot::Activity::Delta(d)) => (
-                d.upserted.into_iter().map(Into::into).collect(),
+                d.upserted.into_iter().map(|s| Arc::new(s.into())).collect(),
                 Some(Delta {
                     base_sampled_at_us: d.base_sampled_at_us,
                     removed: d
@@ -289,7 +290,7 @@ mod tests {
     fn keyframe_snapshots_round_trip() {
         let snap = Snapshot {
             status: TargetStatus::Up,
-            sessions: vec![session(), Session::default()],
+            sessions: vec![Arc::new(session()), Arc::default()],
             facts: Some(v1::ServerFacts {
                 version_num: 150018,
                 system_identifier: u64::MAX,
@@ -338,7 +339,7 @@ mod tests {
     fn delta_snapshots_round_trip() {
         let snap = Snapshot {
             status: TargetStatus::Up,
-            sessions: vec![session()],
+            sessions: vec![Arc::new(session())],
             delta: Some(Delta {
                 base_sampled_at_us: 41,
                 removed: vec![(7, 1_700_000_000_000_000)],

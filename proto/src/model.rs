@@ -5,6 +5,8 @@
 //! generated `v1` types already are the domain shape, so the model holds those
 //! as they are rather than copying them field by field.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::time::Micros;
@@ -132,7 +134,7 @@ pub struct Session {
 
 impl Session {
     /// The session's key: unique over the server's life.
-    pub fn key(&self) -> (i32, Micros) {
+    pub fn key(&self) -> SessionKey {
         (self.pid, self.backend_start_us)
     }
 
@@ -161,6 +163,46 @@ impl Session {
     }
 }
 
+/// A session's key: `(pid, backend_start_us)`.
+pub type SessionKey = (i32, Micros);
+
+/// A map keyed by sessions, with a hash fit for small integer keys that come
+/// from PostgreSQL (SipHash's defence against chosen keys is not needed, and
+/// costs more than the rest of a lookup).
+pub type SessionMap<V> = HashMap<SessionKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// FxHash: one rotate, xor and multiply per word.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_i32(&mut self, n: i32) {
+        self.add(u64::from(n as u32));
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.add(n as u64);
+    }
+}
+
 /// Whether the agent could sample a target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetStatus {
@@ -180,8 +222,9 @@ pub struct Snapshot {
     /// Whether the sample succeeded; when down, `sessions` is empty.
     pub status: TargetStatus,
     /// Every session the sample saw, the agent's own excluded; in a delta, only
-    /// the sessions that are new or changed.
-    pub sessions: Vec<Session>,
+    /// the sessions that are new or changed. Shared: a session that did not
+    /// change is the same allocation from one snapshot to the next.
+    pub sessions: Vec<Arc<Session>>,
     /// Set when this snapshot is a delta against an earlier one.
     pub delta: Option<Delta>,
     /// Facts about the server (on keyframes).

@@ -39,7 +39,9 @@ async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
                 if all
                     .iter()
                     .any(|s| s.backend_type == "parallel worker" && s.leader_pid == leader.pid)
-                    && by_app(&all, "t-sleep-b").is_ok()
+                    && ["t-sleep-a", "t-sleep-b"]
+                    .iter()
+                    .all(|app| by_app(&all, app).is_ok_and(|s| s.state == "active"))
                 {
                     Ok(all)
                 } else {
@@ -62,7 +64,7 @@ async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
         by_app(&all, "t-sleep-b").unwrap(),
     );
     assert_eq!(a.fingerprint.len(), 16, "{:?}", a.fingerprint);
-    assert_eq!(a.fingerprint, b.fingerprint, "same statement, other values");
+    assert_eq!(a.fingerprint, b.fingerprint, "same statement, other values: {a:?} {b:?}");
     assert_eq!(a.fingerprint, leader.fingerprint);
     for s in [leader, a, b] {
         assert!(
@@ -298,4 +300,61 @@ async fn once_exits_1_and_says_why_when_a_target_is_down() {
         reason.contains("refused") || reason.contains("connect"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
+    let fleet = fleet_with("db-steady", &[]).await;
+    let client = fleet.client().await.unwrap();
+    let steady = fleet.cluster.connect("t-steady").await.unwrap();
+    steady.simple_query("SELECT 42").await.unwrap();
+    let in_xact = fleet.cluster.connect("t-in-xact").await.unwrap();
+    in_xact.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let long = fleet.cluster.connect("t-long").await.unwrap();
+    let _long = tokio::spawn(async move { long.simple_query("SELECT pg_sleep(30)").await });
+
+    // Several samples pass: after the first, unchanged sessions are neither read
+    // in full from PostgreSQL nor sent to the collector.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let all = sessions(&mut client.clone(), "db-steady").await.unwrap();
+    let s = by_app(&all, "t-steady").unwrap();
+    assert_eq!((s.state.as_str(), s.query.as_str()), ("idle", "SELECT ?"));
+    assert_eq!((s.database.as_str(), s.user.as_str()), ("postgres", "postgres"));
+    assert!(s.client.starts_with("127.0.0.1:"), "{s:?}");
+    assert_eq!(by_app(&all, "t-in-xact").unwrap().state, "idle in transaction");
+    let l = by_app(&all, "t-long").unwrap();
+    assert_eq!((l.state.as_str(), l.wait_event.as_str()), ("active", "PgSleep"));
+
+    // A change is seen at the next sample.
+    steady.simple_query("SELECT 'changed', 7").await.unwrap();
+    in_xact.batch_execute("COMMIT").await.unwrap();
+    wait_for("the changes", Duration::from_secs(3), || {
+        let mut c = client.clone();
+        async move {
+            let all = sessions(&mut c, "db-steady").await?;
+            let s = by_app(&all, "t-steady")?;
+            let x = by_app(&all, "t-in-xact")?;
+            if s.query == "SELECT ?, ?" && x.state == "idle" {
+                Ok(())
+            } else {
+                Err(format!("{:?} / {:?}", s.query, x.state))
+            }
+        }
+    })
+    .await;
+    // A session that ends is removed.
+    drop(steady);
+    wait_for("the closed session to go", Duration::from_secs(3), || {
+        let mut c = client.clone();
+        async move {
+            let all = sessions(&mut c, "db-steady").await?;
+            by_app(&all, "t-steady").map_or(Ok(()), |_| Err("still there".to_owned()))
+        }
+    })
+    .await;
+    let stats = &fleet.agent.as_ref().unwrap().stats[0].1;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(load(&stats.samples) >= 5);
+    assert_eq!(load(&stats.failed), 0, "every sample succeeded");
+    fleet.stop().await;
 }

@@ -1,11 +1,11 @@
 //! pg_stat_activity: every session but the agent's own, and the connection slots
 //! that every client backend (the agent's own included) holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgfleet_proto::model::{Session, SessionState};
+use pgfleet_proto::model::{Session, SessionMap, SessionState};
 use pgfleet_proto::time::system_time_to_micros;
 use pgfleet_proto::v1;
 use tokio_postgres::Row;
@@ -23,13 +23,19 @@ pub const MIN_VERSION_NUM: u32 = 100000;
 /// One cheap read of pg_stat_activity, written for the server's version:
 /// `leader_pid` exists from 13 and `query_id` from 14, and older servers get NULL
 /// in their place. It runs in autocommit, so each sample sees a fresh statistics
-/// snapshot. pg_blocking_pids runs only for sessions waiting on a Lock.
+/// snapshot (both parts of the statement read the same one).
 ///
-/// The query text, the longest column, is sent only for sessions whose query
-/// began since `$2` (the previous read, less a margin); the agent keeps the text
-/// it read before for the others. The last column marks the agent's own sessions
-/// (this one, and those with its application_name and role), which count for the
-/// slots but are not sessions the agent reports.
+/// Most sessions look the same from one second to the next, and every change but
+/// a wait moves one of their timestamps. So the statement returns:
+/// - a row of details for each session whose timestamps are newer than `$2`
+///   (the previous read, less a margin), or that waits on a Lock (then
+///   pg_blocking_pids names its blockers); the query text, the longest column,
+///   only when a new query began;
+/// - and one last row that lists every session compactly: keys, whether it is
+///   the agent's own, and its wait, for the agent to update what it holds.
+///
+/// `own` marks the agent's own sessions (this one, and those with its
+/// application_name and role), which count for the slots but are not reported.
 pub fn activity_sql(version_num: u32) -> String {
     let leader_pid = if version_num >= 130000 {
         "leader_pid"
@@ -42,29 +48,43 @@ pub fn activity_sql(version_num: u32) -> String {
         "NULL::bigint"
     };
     format!(
-        "SELECT pid, backend_start, datname, usename, application_name,
-       host(client_addr) AS client_host, client_port, state,
-       xact_start, query_start, state_change, wait_event_type, wait_event,
+        "WITH a AS MATERIALIZED (
+  SELECT pid, backend_start, datname, usename, application_name, client_addr, client_port,
+         state, xact_start, query_start, state_change, wait_event_type, wait_event, query,
+         backend_type, {leader_pid} AS leader_pid, {query_id} AS query_id,
+         coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
+                  OR query_start >= $2 OR state_change >= $2, false) AS changed,
+         coalesce(pid = pg_backend_pid()
+                  OR (application_name = $1 AND usename = current_user), false) AS own
+    FROM pg_stat_activity)
+SELECT pid, backend_start, own, wait_event_type, wait_event,
+       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END,
+       datname, usename, application_name, host(client_addr), client_port, state,
+       xact_start, query_start, state_change,
        CASE WHEN query_start IS NULL OR query_start >= $2 OR backend_start >= $2
-            THEN query END AS query,
-       backend_type,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
-       {leader_pid} AS leader_pid, {query_id} AS query_id,
-       (pid = pg_backend_pid() OR (application_name = $1 AND usename = current_user)) AS own
-  FROM pg_stat_activity"
+            THEN query END,
+       backend_type, leader_pid, query_id,
+       NULL::int[], NULL::timestamptz[], NULL::bool[], NULL::text
+  FROM a WHERE changed OR wait_event_type = 'Lock'
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL,
+       array_agg(pid), array_agg(backend_start), array_agg(own),
+       string_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, ''), chr(30))
+  FROM a"
     )
 }
 
-/// How far before the previous read a query must have begun for its text to be
-/// taken as known: covers a backend that took its start time just before the
-/// previous read and published its new query just after.
-const TEXT_MARGIN: Duration = Duration::from_secs(2);
+/// How far before the previous read a change must have happened to be taken as
+/// seen: covers a backend that took its timestamp just before the previous read
+/// and published its change just after.
+const CHANGE_MARGIN: Duration = Duration::from_secs(2);
 
 /// One read of pg_stat_activity.
 #[derive(Debug, Default)]
 pub struct Activity {
     /// Every session but the agent's own.
-    pub sessions: Vec<Session>,
+    pub sessions: Vec<Arc<Session>>,
     /// Client backends by state, application, user and database (without the
     /// server's limits, which the facts carry).
     pub slots: v1::ConnectionSlots,
@@ -72,21 +92,33 @@ pub struct Activity {
     pub not_visible: u32,
 }
 
-/// What the sampler remembers of the previous read: every session, with the
-/// raw text its query had, so that unchanged values are shared, not copied, and
-/// an unchanged query is not masked again.
+/// What the sampler remembers of the previous read: every session (with the
+/// raw text of its query, and whether it is the agent's own), so that unchanged
+/// sessions are neither read again nor copied, and an unchanged query is not
+/// masked again.
 #[derive(Debug, Default)]
 pub struct ActivityCache {
-    sessions: HashMap<(i32, i64), (Session, Arc<str>)>,
-    /// Query texts are asked for only when newer than this.
-    texts_since: Option<SystemTime>,
+    sessions: SessionMap<Known>,
+    /// Sessions unchanged since this instant come back without their details.
+    since: Option<SystemTime>,
+    /// Maps kept between reads so their memory is reused, not allocated anew.
+    spare: SessionMap<Known>,
+    fresh: SessionMap<Known>,
+}
+
+/// A session as the cache holds it.
+#[derive(Debug)]
+struct Known {
+    session: Arc<Session>,
+    raw_query: Arc<str>,
+    own: bool,
 }
 
 impl ActivityCache {
-    /// Forgets everything: the next read asks for every text again.
+    /// Forgets everything: the next read asks for every detail again.
     pub fn clear(&mut self) {
         self.sessions.clear();
-        self.texts_since = None;
+        self.since = None;
     }
 }
 
@@ -100,36 +132,77 @@ pub async fn sample_activity(
     server_now: SystemTime,
 ) -> Result<Activity, tokio_postgres::Error> {
     let statement = client.prepare_cached(&activity_sql(version_num)).await?;
-    let since = cache.texts_since.unwrap_or(SystemTime::UNIX_EPOCH);
+    let since = cache.since.unwrap_or(SystemTime::UNIX_EPOCH);
     let rows = client
         .query(&statement, &[&APPLICATION_NAME, &since])
         .await?;
-    let mut previous = std::mem::take(&mut cache.sessions);
+    let Some((summary, details)) = rows.split_last() else {
+        return Ok(Activity::default());
+    };
+    let mut previous = std::mem::replace(&mut cache.sessions, std::mem::take(&mut cache.spare));
+    let mut fresh = std::mem::take(&mut cache.fresh);
+    for row in details {
+        let key = (row.try_get(0)?, micros(row.try_get(1)?).unwrap_or(0));
+        let known = details_of(row, key, previous.remove(&key), mode)?;
+        fresh.insert(key, known);
+    }
+    let pids: Vec<i32> = summary.try_get::<_, Option<_>>(19)?.unwrap_or_default();
+    let starts: Vec<Option<SystemTime>> = summary.try_get::<_, Option<_>>(20)?.unwrap_or_default();
+    let owns: Vec<Option<bool>> = summary.try_get::<_, Option<_>>(21)?.unwrap_or_default();
+    let waits: &str = summary.try_get::<_, Option<_>>(22)?.unwrap_or_default();
+    let mut waits = waits.split('\u{1e}');
+    cache.sessions.reserve(pids.len());
     let mut activity = Activity {
-        sessions: Vec::with_capacity(rows.len()),
+        sessions: Vec::with_capacity(pids.len()),
         ..Default::default()
     };
     let mut slots = SlotCounter::default();
-    let mut missing_text = false;
-    for row in &rows {
-        let key = (row.try_get(0)?, micros(row.try_get(1)?).unwrap_or(0));
-        let before = previous.remove(&key);
-        let (session, raw, own) = session(row, key, before.as_ref(), mode, &mut missing_text)?;
-        if session.backend_type.as_ref() == "client backend" {
-            slots.add(&session);
+    let mut complete = true;
+    for (i, &pid) in pids.iter().enumerate() {
+        let key = (pid, micros(starts.get(i).copied().flatten()).unwrap_or(0));
+        let wait = waits.next().unwrap_or("");
+        let known = match fresh.remove(&key) {
+            Some(k) => k,
+            None => match previous.remove(&key) {
+                Some(mut k) => {
+                    let (kind, event) = wait.split_once('\u{1f}').unwrap_or(("", ""));
+                    let s = &k.session;
+                    if s.wait_event_type.as_ref() != kind
+                        || s.wait_event.as_ref() != event
+                        || !s.blocked_by.is_empty()
+                    {
+                        let s = Arc::make_mut(&mut k.session);
+                        s.wait_event_type = shared(Some(&s.wait_event_type), Some(kind));
+                        s.wait_event = shared(Some(&s.wait_event), Some(event));
+                        s.blocked_by.clear();
+                    }
+                    k.own = owns.get(i).copied().flatten().unwrap_or(k.own);
+                    k
+                }
+                None => {
+                    // Unchanged, yet not known: cannot happen unless the cache
+                    // was lost. Read every detail again next time.
+                    complete = false;
+                    continue;
+                }
+            },
+        };
+        if known.session.backend_type.as_ref() == "client backend" {
+            slots.add(&known.session);
         }
-        if own {
-            continue;
+        if !known.own {
+            if known.session.state == SessionState::NotVisible {
+                activity.not_visible += 1;
+            }
+            activity.sessions.push(known.session.clone());
         }
-        if session.state == SessionState::NotVisible {
-            activity.not_visible += 1;
-        }
-        cache.sessions.insert(key, (session.clone(), raw));
-        activity.sessions.push(session);
+        cache.sessions.insert(key, known);
     }
-    // A session whose text was not sent and is not known (it cannot happen
-    // unless the cache was lost) gets its text on the next read.
-    cache.texts_since = (!missing_text).then(|| server_now - TEXT_MARGIN);
+    cache.since = complete.then(|| server_now - CHANGE_MARGIN);
+    previous.clear();
+    cache.spare = previous;
+    fresh.clear();
+    cache.fresh = fresh;
     activity.slots = slots.finish();
     Ok(activity)
 }
@@ -147,54 +220,32 @@ fn shared(before: Option<&Arc<str>>, now: Option<&str>) -> Arc<str> {
     }
 }
 
-/// One row as a session, its raw query text, and whether it is the agent's own.
-fn session(
+/// One row of details as a session, taking what did not change from `before`.
+fn details_of(
     row: &Row,
     (pid, backend_start_us): (i32, i64),
-    before: Option<&(Session, Arc<str>)>,
+    before: Option<Known>,
     mode: QueryText,
-    missing_text: &mut bool,
-) -> Result<(Session, Arc<str>, bool), tokio_postgres::Error> {
-    let b = before.map(|(s, _)| s);
+) -> Result<Known, tokio_postgres::Error> {
+    let own = row.try_get::<_, Option<bool>>(2)?.unwrap_or(false);
+    let b = before.as_ref().map(|k| k.session.as_ref());
     let text = |i: usize, prev: Option<&Arc<str>>| -> Result<Arc<str>, tokio_postgres::Error> {
         Ok(shared(prev, row.try_get::<_, Option<&str>>(i)?))
     };
-    // A backend's database, role, client and type never change, so a session
-    // seen before keeps them. (Without a start time, as for sessions the role may
-    // not see, the pid alone could belong to a new backend.)
-    let (database, user, client, backend_type) = match b {
-        Some(b) if backend_start_us != 0 => (
-            b.database.clone(),
-            b.user.clone(),
-            b.client.clone(),
-            b.backend_type.clone(),
-        ),
-        _ => {
-            let client_host: Option<&str> = row.try_get(5)?;
-            let client_port: Option<i32> = row.try_get(6)?;
-            let client = match (client_host, client_port) {
-                (Some(host), Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
-                (Some(host), Some(port)) => format!("{host}:{port}"),
-                (Some(host), None) => host.to_owned(),
-                (None, _) => String::new(),
-            };
-            (
-                text(2, None)?,
-                text(3, None)?,
-                Arc::from(client),
-                text(14, None)?,
-            )
-        }
+    let client_host: Option<&str> = row.try_get(9)?;
+    let client_port: Option<i32> = row.try_get(10)?;
+    let client = match (client_host, client_port) {
+        (Some(host), Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => String::new(),
     };
-    let state: Option<&str> = row.try_get(7)?;
-    let (raw, query, fingerprint) = match (row.try_get::<_, Option<&str>>(13)?, before) {
-        (None, Some((s, raw))) => (raw.clone(), s.query.clone(), s.fingerprint),
-        (None, None) => {
-            *missing_text = true;
-            (Arc::from(""), Arc::from(""), 0)
-        }
-        (Some(now), Some((s, raw))) if raw.as_ref() == now => {
-            (raw.clone(), s.query.clone(), s.fingerprint)
+    let state: Option<&str> = row.try_get(11)?;
+    let (raw, query, fingerprint) = match (row.try_get::<_, Option<&str>>(15)?, &before) {
+        (None, Some(k)) => (k.raw_query.clone(), k.session.query.clone(), k.session.fingerprint),
+        (None, None) => (Arc::from(""), Arc::from(""), 0),
+        (Some(now), Some(k)) if k.raw_query.as_ref() == now => {
+            (k.raw_query.clone(), k.session.query.clone(), k.session.fingerprint)
         }
         (Some(now), _) => {
             let (text, fp) = query_text::prepare(now, mode);
@@ -209,25 +260,33 @@ fn session(
     let session = Session {
         pid,
         backend_start_us,
-        database,
-        user,
-        application_name: text(4, b.map(|s| &s.application_name))?,
-        client,
+        database: text(6, b.map(|s| &s.database))?,
+        user: text(7, b.map(|s| &s.user))?,
+        application_name: text(8, b.map(|s| &s.application_name))?,
+        client: shared(b.map(|s| &s.client), Some(&client)),
         state,
-        xact_start_us: micros(row.try_get(8)?),
-        query_start_us: micros(row.try_get(9)?),
-        state_change_us: micros(row.try_get(10)?),
-        wait_event_type: text(11, b.map(|s| &s.wait_event_type))?,
-        wait_event: text(12, b.map(|s| &s.wait_event))?,
+        xact_start_us: micros(row.try_get(12)?),
+        query_start_us: micros(row.try_get(13)?),
+        state_change_us: micros(row.try_get(14)?),
+        wait_event_type: text(3, b.map(|s| &s.wait_event_type))?,
+        wait_event: text(4, b.map(|s| &s.wait_event))?,
         query,
-        backend_type,
-        blocked_by: row.try_get::<_, Option<Vec<i32>>>(15)?.unwrap_or_default(),
-        leader_pid: row.try_get(16)?,
-        query_id: row.try_get::<_, Option<i64>>(17)?.filter(|&id| id != 0),
+        backend_type: text(16, b.map(|s| &s.backend_type))?,
+        blocked_by: row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default(),
+        leader_pid: row.try_get(17)?,
+        query_id: row.try_get::<_, Option<i64>>(18)?.filter(|&id| id != 0),
         fingerprint,
     };
-    let own = row.try_get::<_, Option<bool>>(18)?.unwrap_or(false);
-    Ok((session, raw, own))
+    // Unchanged after all (a timestamp moved within the margin): keep sharing.
+    let session = match before {
+        Some(k) if *k.session == session => k.session,
+        _ => Arc::new(session),
+    };
+    Ok(Known {
+        session,
+        raw_query: raw,
+        own,
+    })
 }
 
 /// Counts client backends four ways.

@@ -29,6 +29,8 @@ use crate::target::{self, CONNECT_TIMEOUT};
 pub struct SamplerStats {
     /// Samples taken (up or down).
     pub samples: AtomicU64,
+    /// Samples that found the target down (or could not read it).
+    pub failed: AtomicU64,
     /// Ticks skipped because a sample overran its interval.
     pub skipped_ticks: AtomicU64,
     /// Snapshots dropped because the shipper could not take them.
@@ -283,6 +285,7 @@ pub fn spawn(
                     snapshot
                 }
                 Err(reason) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
                     if down.as_ref().is_none_or(|d| started >= d.retry_at) {
                         let delay = backoff.next_delay();
                         let changed = down.as_ref().is_none_or(|d| d.reason != reason);

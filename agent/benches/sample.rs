@@ -1,0 +1,125 @@
+//! `cargo bench -p pgfleet-agent`: what one sample of 1,000 sessions costs the
+//! agent, phase by phase, in CPU time of this process.
+//!
+//! - Always: masking and fingerprinting query texts, and encoding a snapshot of
+//!   1,000 synthetic sessions as a keyframe and as a delta.
+//! - With `PGFLEET_BENCH_TARGET=postgres://…` (bench/agent_overhead.py sets it
+//!   against a server with 1,000 sessions): reading pg_stat_activity and
+//!   building the sessions, as the sampler does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfleet_agent::encode::Encoder;
+use pgfleet_agent::sampler::QueryText;
+use pgfleet_agent::sampler::query_text;
+use pgfleet_proto::model::{Session, SessionState, Snapshot, TargetStatus};
+use prost::Message;
+
+/// CPU time of this process (user + system), from /proc/self/schedstat.
+fn cpu() -> Duration {
+    let text = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
+    let ns = text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    Duration::from_nanos(ns)
+}
+
+fn report(name: &str, iterations: u32, f: &mut dyn FnMut()) {
+    f(); // warm up
+    let (wall, cpu0) = (Instant::now(), cpu());
+    for _ in 0..iterations {
+        f();
+    }
+    let per = (cpu() - cpu0) / iterations;
+    let wall_per = wall.elapsed() / iterations;
+    println!("{name:<58} {:>9.1} µs CPU  {:>9.1} µs wall", per.as_secs_f64() * 1e6, wall_per.as_secs_f64() * 1e6);
+}
+
+fn sessions(n: i32) -> Vec<Arc<Session>> {
+    (0..n)
+        .map(|i| {
+            Arc::new(Session {
+            pid: 10_000 + i,
+            backend_start_us: 1_700_000_000_000_000 + i64::from(i),
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: format!("web-{}", i % 20).into(),
+            client: format!("10.0.{}.{}:{}", i / 250, i % 250, 40_000 + i).into(),
+            state: if i % 10 == 0 { SessionState::Active } else { SessionState::Idle },
+            xact_start_us: None,
+            query_start_us: Some(1_700_000_100_000_000 + i64::from(i)),
+            state_change_us: Some(1_700_000_100_000_100 + i64::from(i)),
+            wait_event_type: "Client".into(),
+            wait_event: "ClientRead".into(),
+            query: "SELECT o.id, o.total FROM orders o WHERE o.customer_id = ? AND o.created_at > ? ORDER BY o.created_at DESC LIMIT ?".into(),
+            backend_type: "client backend".into(),
+            ..Default::default()
+            })
+        })
+        .collect()
+}
+
+fn snapshot(at: i64, sessions: Vec<Arc<Session>>) -> Snapshot {
+    Snapshot {
+        status: TargetStatus::Up,
+        sessions,
+        ..Snapshot::down("bench".into(), at, String::new())
+    }
+}
+
+fn main() {
+    println!("one sample of 1,000 sessions, per phase:");
+    let query = "SELECT o.id, o.total FROM orders o WHERE o.customer_id = 4711 AND o.created_at > '2026-11-01' ORDER BY o.created_at DESC LIMIT 50";
+    report("mask + fingerprint 1,000 query texts", 200, &mut || {
+        for _ in 0..1000 {
+            std::hint::black_box(query_text::prepare(std::hint::black_box(query), QueryText::Masked));
+        }
+    });
+    let base = sessions(1000);
+    report("encode a keyframe of 1,000 sessions (protobuf bytes)", 200, &mut || {
+        let mut e = Encoder::default();
+        let wire = e.encode(snapshot(1, base.clone()));
+        std::hint::black_box(wire.encode_to_vec());
+    });
+    let mut e = Encoder::default();
+    e.encode(snapshot(1, base.clone()));
+    let mut at = 2;
+    report("encode a delta of 1,000 sessions, 30 changed (protobuf bytes)", 200, &mut || {
+        let mut next = base.clone();
+        for s in next.iter_mut().step_by(33) {
+            Arc::make_mut(s).state_change_us = Some(at);
+        }
+        at += 1;
+        let wire = e.encode(snapshot(at, next));
+        std::hint::black_box(wire.encode_to_vec());
+    });
+
+    let Ok(target) = std::env::var("PGFLEET_BENCH_TARGET") else {
+        println!("(set PGFLEET_BENCH_TARGET=postgres://… to measure reading pg_stat_activity too)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let config: tokio_postgres::Config = target.parse().expect("PGFLEET_BENCH_TARGET is a URL");
+        let pool = pgfleet_agent::target::pool(config.clone(), Duration::from_secs(2)).unwrap();
+        let client = pool.get().await.unwrap();
+        let sql = pgfleet_agent::sampler::activity::activity_sql(150000);
+        let statement = client.prepare_cached(&sql).await.unwrap();
+        let since = std::time::SystemTime::now() - Duration::from_secs(2);
+        let rows = client
+            .query(&statement, &[&pgfleet_agent::target::APPLICATION_NAME, &since])
+            .await
+            .unwrap();
+        println!("pg_stat_activity has {} rows", rows.len());
+        let iterations = 50;
+        let cpu0 = cpu();
+        for _ in 0..iterations {
+            let rows = client
+                .query(&statement, &[&pgfleet_agent::target::APPLICATION_NAME, &since])
+                .await
+                .unwrap();
+            std::hint::black_box(rows);
+        }
+        let per = (cpu() - cpu0) / iterations;
+        println!("{:<58} {:>9.1} µs CPU", "read pg_stat_activity, unchanged sessions (rows only)", per.as_secs_f64() * 1e6);
+    });
+}
