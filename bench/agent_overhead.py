@@ -392,12 +392,15 @@ def write_report(args, command, agent, sqlalchemy, exporter, tps) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
     pg_version = subprocess.run([str(pg_bindir() / "postgres"), "--version"], capture_output=True,
                                 text=True).stdout.strip()
-    section = f"""## Agent overhead at {agent['sessions']} sessions
+    lo, hi = (int(x) / 1000 for x in args.sleep_ms.split(","))
+    title = f"## Agent overhead at {args.sessions} sessions, each sleeping {lo:g}–{hi:g} s at a time"
+    section = f"""{title}
 
 Command: `{command}` (from the repository root; it builds the release binaries).
 Run on {datetime.date.today()} on {machine}; {pg_version}.
-{args.sessions} pgbench clients sleep 0.2–3 s in turn (so sessions change state between samples)
-and 3 clients run indexed reads at 300 TPS, all on the one server. Each row is one
+{args.sessions} pgbench clients each run `SELECT pg_sleep(…)` for {lo:g}–{hi:g} s at a time (so that
+many sessions start a new query every second), and 3 clients run indexed reads at 300 TPS, all on
+the one server ({agent['sessions']} rows in pg_stat_activity). Each row is one
 {args.samples}-second window, sampling or scraping once a second; CPU counts every
 thread of the process, from /proc/<pid>/task/*/schedstat, and excludes start-up.
 
@@ -426,7 +429,7 @@ The agent's backend uses {agent['backend_ms_per_sample']:.3f} ms of server CPU p
 """
     path = Path(args.output)
     text = path.read_text() if path.exists() else "# pgfleet benchmarks\n\nEvery figure here was written by the command shown with it.\n"
-    marker = "## Agent overhead at "
+    marker = title + "\n"
     if marker in text:
         start = text.index(marker)
         nxt = text.find("\n## ", start + 1)

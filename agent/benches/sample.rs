@@ -19,7 +19,11 @@ use prost::Message;
 /// CPU time of this process (user + system), from /proc/self/schedstat.
 fn cpu() -> Duration {
     let text = std::fs::read_to_string("/proc/self/schedstat").unwrap_or_default();
-    let ns = text.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let ns = text
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     Duration::from_nanos(ns)
 }
 
@@ -31,7 +35,11 @@ fn report(name: &str, iterations: u32, f: &mut dyn FnMut()) {
     }
     let per = (cpu() - cpu0) / iterations;
     let wall_per = wall.elapsed() / iterations;
-    println!("{name:<58} {:>9.1} µs CPU  {:>9.1} µs wall", per.as_secs_f64() * 1e6, wall_per.as_secs_f64() * 1e6);
+    println!(
+        "{name:<58} {:>9.1} µs CPU  {:>9.1} µs wall",
+        per.as_secs_f64() * 1e6,
+        wall_per.as_secs_f64() * 1e6
+    );
 }
 
 fn sessions(n: i32) -> Vec<Arc<Session>> {
@@ -71,33 +79,47 @@ fn main() {
     let query = "SELECT o.id, o.total FROM orders o WHERE o.customer_id = 4711 AND o.created_at > '2026-11-01' ORDER BY o.created_at DESC LIMIT 50";
     report("mask + fingerprint 1,000 query texts", 200, &mut || {
         for _ in 0..1000 {
-            std::hint::black_box(query_text::prepare(std::hint::black_box(query), QueryText::Masked));
+            std::hint::black_box(query_text::prepare(
+                std::hint::black_box(query),
+                QueryText::Masked,
+            ));
         }
     });
     let base = sessions(1000);
-    report("encode a keyframe of 1,000 sessions (protobuf bytes)", 200, &mut || {
-        let mut e = Encoder::default();
-        let wire = e.encode(snapshot(1, base.clone()));
-        std::hint::black_box(wire.encode_to_vec());
-    });
+    report(
+        "encode a keyframe of 1,000 sessions (protobuf bytes)",
+        200,
+        &mut || {
+            let mut e = Encoder::default();
+            let wire = e.encode(snapshot(1, base.clone()));
+            std::hint::black_box(wire.encode_to_vec());
+        },
+    );
     let mut e = Encoder::default();
     e.encode(snapshot(1, base.clone()));
     let mut at = 2;
-    report("encode a delta of 1,000 sessions, 30 changed (protobuf bytes)", 200, &mut || {
-        let mut next = base.clone();
-        for s in next.iter_mut().step_by(33) {
-            Arc::make_mut(s).state_change_us = Some(at);
-        }
-        at += 1;
-        let wire = e.encode(snapshot(at, next));
-        std::hint::black_box(wire.encode_to_vec());
-    });
+    report(
+        "encode a delta of 1,000 sessions, 30 changed (protobuf bytes)",
+        200,
+        &mut || {
+            let mut next = base.clone();
+            for s in next.iter_mut().step_by(33) {
+                Arc::make_mut(s).state_change_us = Some(at);
+            }
+            at += 1;
+            let wire = e.encode(snapshot(at, next));
+            std::hint::black_box(wire.encode_to_vec());
+        },
+    );
 
     let Ok(target) = std::env::var("PGFLEET_BENCH_TARGET") else {
         println!("(set PGFLEET_BENCH_TARGET=postgres://… to measure reading pg_stat_activity too)");
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let config: tokio_postgres::Config = target.parse().expect("PGFLEET_BENCH_TARGET is a URL");
         let pool = pgfleet_agent::target::pool(config.clone(), Duration::from_secs(2)).unwrap();
@@ -106,7 +128,10 @@ fn main() {
         let statement = client.prepare_cached(&sql).await.unwrap();
         let since = std::time::SystemTime::now() - Duration::from_secs(2);
         let rows = client
-            .query(&statement, &[&pgfleet_agent::target::APPLICATION_NAME, &since])
+            .query(
+                &statement,
+                &[&pgfleet_agent::target::APPLICATION_NAME, &since],
+            )
             .await
             .unwrap();
         println!("pg_stat_activity has {} rows", rows.len());
@@ -114,12 +139,65 @@ fn main() {
         let cpu0 = cpu();
         for _ in 0..iterations {
             let rows = client
-                .query(&statement, &[&pgfleet_agent::target::APPLICATION_NAME, &since])
+                .query(
+                    &statement,
+                    &[&pgfleet_agent::target::APPLICATION_NAME, &since],
+                )
                 .await
                 .unwrap();
             std::hint::black_box(rows);
         }
         let per = (cpu() - cpu0) / iterations;
-        println!("{:<58} {:>9.1} µs CPU", "read pg_stat_activity, unchanged sessions (rows only)", per.as_secs_f64() * 1e6);
+        println!(
+            "{:<58} {:>9.1} µs CPU",
+            "read pg_stat_activity, unchanged sessions (rows only)",
+            per.as_secs_f64() * 1e6
+        );
+
+        // The whole sample as the agent takes it: facts, activity, counters,
+        // pools, then encoded as the shipper does.
+        let target = pgfleet_agent::TargetConfig::new(config);
+        let pools = pgfleet_agent::reporter::AppPools::new([target.server_id.as_str()]);
+        let mut sampler = pgfleet_agent::TargetSampler::new(
+            &target,
+            Duration::from_secs(2),
+            QueryText::Masked,
+            pools,
+        )
+        .unwrap();
+        let mut encoder = Encoder::default();
+        for _ in 0..3 {
+            let s = sampler
+                .sample(pgfleet_proto::time::now_micros())
+                .await
+                .unwrap();
+            encoder.encode(s);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (mut sample_cpu, mut encode_cpu) = (Duration::ZERO, Duration::ZERO);
+        let iterations = 20;
+        for _ in 0..iterations {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let c0 = cpu();
+            let s = sampler
+                .sample(pgfleet_proto::time::now_micros())
+                .await
+                .unwrap();
+            let c1 = cpu();
+            std::hint::black_box(encoder.encode(s).encode_to_vec());
+            encode_cpu += cpu() - c1;
+            sample_cpu += c1 - c0;
+        }
+        let us = |d: Duration| (d / iterations).as_secs_f64() * 1e6;
+        println!(
+            "{:<58} {:>9.1} µs CPU",
+            "TargetSampler::sample (three statements, pipelined)",
+            us(sample_cpu)
+        );
+        println!(
+            "{:<58} {:>9.1} µs CPU",
+            "Encoder::encode + protobuf bytes of that sample",
+            us(encode_cpu)
+        );
     });
 }

@@ -87,7 +87,6 @@ impl v1::query_server::Query for QueryService {
         request: Request<v1::GetActivityRequest>,
     ) -> Result<Response<v1::GetActivityResponse>, Status> {
         let req = request.into_inner();
-        let server = self.server(&req.server_id)?;
         let state = match req.state.trim() {
             "" => None,
             text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
@@ -101,6 +100,7 @@ impl v1::query_server::Query for QueryService {
             Some(d) => time::duration_micros(d),
             None => 0,
         };
+        let server = self.server(&req.server_id)?;
         let at = server.sampled_at_us;
         let mut sessions: Vec<_> = server
             .sessions

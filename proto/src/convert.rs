@@ -178,9 +178,10 @@ impl TryFrom<v1::Snapshot> for Snapshot {
             });
         }
         let (sessions, delta) = match s.activity {
-            Some(v1::snapshot::Activity::Keyframe(k)) => {
-                (k.sessions.into_iter().map(|s| Arc::new(s.into())).collect(), None)
-            }
+            Some(v1::snapshot::Activity::Keyframe(k)) => (
+                k.sessions.into_iter().map(|s| Arc::new(s.into())).collect(),
+                None,
+            ),
             Some(v1::snapshot::Activity::Delta(d)) => (
                 d.upserted.into_iter().map(|s| Arc::new(s.into())).collect(),
                 Some(Delta {

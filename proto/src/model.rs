@@ -201,6 +201,10 @@ impl Hasher for KeyHasher {
     fn write_i64(&mut self, n: i64) {
         self.add(n as u64);
     }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
 }
 
 /// Whether the agent could sample a target.

@@ -40,8 +40,8 @@ async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
                     .iter()
                     .any(|s| s.backend_type == "parallel worker" && s.leader_pid == leader.pid)
                     && ["t-sleep-a", "t-sleep-b"]
-                    .iter()
-                    .all(|app| by_app(&all, app).is_ok_and(|s| s.state == "active"))
+                        .iter()
+                        .all(|app| by_app(&all, app).is_ok_and(|s| s.state == "active"))
                 {
                     Ok(all)
                 } else {
@@ -64,7 +64,10 @@ async fn sessions_carry_leader_pid_query_id_fingerprint_and_ages() {
         by_app(&all, "t-sleep-b").unwrap(),
     );
     assert_eq!(a.fingerprint.len(), 16, "{:?}", a.fingerprint);
-    assert_eq!(a.fingerprint, b.fingerprint, "same statement, other values: {a:?} {b:?}");
+    assert_eq!(
+        a.fingerprint, b.fingerprint,
+        "same statement, other values: {a:?} {b:?}"
+    );
     assert_eq!(a.fingerprint, leader.fingerprint);
     for s in [leader, a, b] {
         assert!(
@@ -319,11 +322,20 @@ async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
     let all = sessions(&mut client.clone(), "db-steady").await.unwrap();
     let s = by_app(&all, "t-steady").unwrap();
     assert_eq!((s.state.as_str(), s.query.as_str()), ("idle", "SELECT ?"));
-    assert_eq!((s.database.as_str(), s.user.as_str()), ("postgres", "postgres"));
+    assert_eq!(
+        (s.database.as_str(), s.user.as_str()),
+        ("postgres", "postgres")
+    );
     assert!(s.client.starts_with("127.0.0.1:"), "{s:?}");
-    assert_eq!(by_app(&all, "t-in-xact").unwrap().state, "idle in transaction");
+    assert_eq!(
+        by_app(&all, "t-in-xact").unwrap().state,
+        "idle in transaction"
+    );
     let l = by_app(&all, "t-long").unwrap();
-    assert_eq!((l.state.as_str(), l.wait_event.as_str()), ("active", "PgSleep"));
+    assert_eq!(
+        (l.state.as_str(), l.wait_event.as_str()),
+        ("active", "PgSleep")
+    );
 
     // A change is seen at the next sample.
     steady.simple_query("SELECT 'changed', 7").await.unwrap();

@@ -1,14 +1,15 @@
 //! pg_stat_activity: every session but the agent's own, and the connection slots
 //! that every client backend (the agent's own included) holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgfleet_proto::model::{Session, SessionMap, SessionState};
-use pgfleet_proto::time::system_time_to_micros;
+use pgfleet_proto::model::{KeyHasher, Session, SessionMap, SessionState};
 use pgfleet_proto::v1;
 use tokio_postgres::Row;
+use tokio_postgres::types::{FromSql, Type};
 
 use super::query_text::{self, QueryText};
 use crate::target::APPLICATION_NAME;
@@ -90,6 +91,9 @@ pub struct Activity {
     pub slots: v1::ConnectionSlots,
     /// Sessions the agent's role may not see.
     pub not_visible: u32,
+    /// False when a session came back unchanged yet unknown (only if the cache
+    /// was lost); the next read then asks for every detail.
+    pub complete: bool,
 }
 
 /// What the sampler remembers of the previous read: every session (with the
@@ -104,6 +108,30 @@ pub struct ActivityCache {
     /// Maps kept between reads so their memory is reused, not allocated anew.
     spare: SessionMap<Known>,
     fresh: SessionMap<Known>,
+    /// One copy of each short string (names, types, waits) that sessions share,
+    /// so equal strings are the same allocation and compare by address.
+    strings: Interner,
+}
+
+/// The most strings the interner holds before it starts afresh.
+const MAX_INTERNED: usize = 10_000;
+
+/// Shared copies of short strings.
+#[derive(Debug, Default)]
+struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(s) = self.0.get(text) {
+            return s.clone();
+        }
+        if self.0.len() >= MAX_INTERNED {
+            self.0.clear();
+        }
+        let s: Arc<str> = Arc::from(text);
+        self.0.insert(s.clone());
+        s
+    }
 }
 
 /// A session as the cache holds it.
@@ -111,6 +139,9 @@ pub struct ActivityCache {
 struct Known {
     session: Arc<Session>,
     raw_query: Arc<str>,
+    /// The wait as the compact list had it ("type\u{1f}event"), to spot a
+    /// change with one comparison.
+    raw_wait: Box<str>,
     own: bool,
 }
 
@@ -120,16 +151,22 @@ impl ActivityCache {
         self.sessions.clear();
         self.since = None;
     }
+
+    /// Records a complete read at the server's time `server_now` (taken at or
+    /// before the read): the next read asks only for what changed since.
+    pub fn mark_read(&mut self, server_now: SystemTime) {
+        self.since = Some(server_now - CHANGE_MARGIN);
+    }
 }
 
-/// Reads every session of the server, with query texts as `mode` says.
-/// `server_now` is the server's clock at (or just before) this read.
+/// Reads every session of the server, with query texts as `mode` says. The
+/// caller marks the read in the cache ([`ActivityCache::mark_read`]) when it is
+/// complete.
 pub async fn sample_activity(
     client: &deadpool_postgres::Client,
     version_num: u32,
     mode: QueryText,
     cache: &mut ActivityCache,
-    server_now: SystemTime,
 ) -> Result<Activity, tokio_postgres::Error> {
     let statement = client.prepare_cached(&activity_sql(version_num)).await?;
     let since = cache.since.unwrap_or(SystemTime::UNIX_EPOCH);
@@ -137,17 +174,20 @@ pub async fn sample_activity(
         .query(&statement, &[&APPLICATION_NAME, &since])
         .await?;
     let Some((summary, details)) = rows.split_last() else {
-        return Ok(Activity::default());
+        return Ok(Activity {
+            complete: true,
+            ..Default::default()
+        });
     };
     let mut previous = std::mem::replace(&mut cache.sessions, std::mem::take(&mut cache.spare));
     let mut fresh = std::mem::take(&mut cache.fresh);
     for row in details {
-        let key = (row.try_get(0)?, micros(row.try_get(1)?).unwrap_or(0));
-        let known = details_of(row, key, previous.remove(&key), mode)?;
+        let key = (row.try_get(0)?, micros(row, 1)?.unwrap_or(0));
+        let known = details_of(row, key, previous.remove(&key), mode, &mut cache.strings)?;
         fresh.insert(key, known);
     }
     let pids: Vec<i32> = summary.try_get::<_, Option<_>>(19)?.unwrap_or_default();
-    let starts: Vec<Option<SystemTime>> = summary.try_get::<_, Option<_>>(20)?.unwrap_or_default();
+    let starts: Vec<Option<PgMicros>> = summary.try_get::<_, Option<_>>(20)?.unwrap_or_default();
     let owns: Vec<Option<bool>> = summary.try_get::<_, Option<_>>(21)?.unwrap_or_default();
     let waits: &str = summary.try_get::<_, Option<_>>(22)?.unwrap_or_default();
     let mut waits = waits.split('\u{1e}');
@@ -159,22 +199,25 @@ pub async fn sample_activity(
     let mut slots = SlotCounter::default();
     let mut complete = true;
     for (i, &pid) in pids.iter().enumerate() {
-        let key = (pid, micros(starts.get(i).copied().flatten()).unwrap_or(0));
+        let start = starts.get(i).and_then(|s| s.as_ref()).map_or(0, |m| m.0);
+        let key = (pid, start);
         let wait = waits.next().unwrap_or("");
         let known = match fresh.remove(&key) {
-            Some(k) => k,
+            Some(mut k) => {
+                if *k.raw_wait != *wait {
+                    k.raw_wait = wait.into();
+                }
+                k
+            }
             None => match previous.remove(&key) {
                 Some(mut k) => {
-                    let (kind, event) = wait.split_once('\u{1f}').unwrap_or(("", ""));
-                    let s = &k.session;
-                    if s.wait_event_type.as_ref() != kind
-                        || s.wait_event.as_ref() != event
-                        || !s.blocked_by.is_empty()
-                    {
+                    if *k.raw_wait != *wait || !k.session.blocked_by.is_empty() {
+                        let (kind, event) = wait.split_once('\u{1f}').unwrap_or(("", ""));
                         let s = Arc::make_mut(&mut k.session);
-                        s.wait_event_type = shared(Some(&s.wait_event_type), Some(kind));
-                        s.wait_event = shared(Some(&s.wait_event), Some(event));
+                        s.wait_event_type = cache.strings.get(kind);
+                        s.wait_event = cache.strings.get(event);
                         s.blocked_by.clear();
+                        k.raw_wait = wait.into();
                     }
                     k.own = owns.get(i).copied().flatten().unwrap_or(k.own);
                     k
@@ -198,7 +241,10 @@ pub async fn sample_activity(
         }
         cache.sessions.insert(key, known);
     }
-    cache.since = complete.then(|| server_now - CHANGE_MARGIN);
+    if !complete {
+        cache.since = None;
+    }
+    activity.complete = complete;
     previous.clear();
     cache.spare = previous;
     fresh.clear();
@@ -207,13 +253,32 @@ pub async fn sample_activity(
     Ok(activity)
 }
 
-fn micros(t: Option<SystemTime>) -> Option<i64> {
-    t.map(system_time_to_micros)
+/// A timestamptz as microseconds since the Unix epoch, read straight from
+/// PostgreSQL's binary form (microseconds since 2000-01-01), with no detour
+/// through `SystemTime`.
+struct PgMicros(i64);
+
+/// 2000-01-01 in microseconds since the Unix epoch.
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+impl<'a> FromSql<'a> for PgMicros {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let pg = i64::from_be_bytes(raw.try_into()?);
+        Ok(PgMicros(pg.saturating_add(PG_EPOCH_US)))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+/// Column `i`, a timestamptz, in microseconds since the Unix epoch.
+fn micros(row: &Row, i: usize) -> Result<Option<i64>, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Option<PgMicros>>(i)?.map(|m| m.0))
 }
 
 /// `now`, shared with `before` when it has the same text.
-fn shared(before: Option<&Arc<str>>, now: Option<&str>) -> Arc<str> {
-    let now = now.unwrap_or("");
+fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
     match before {
         Some(b) if b.as_ref() == now => b.clone(),
         _ => Arc::from(now),
@@ -226,11 +291,12 @@ fn details_of(
     (pid, backend_start_us): (i32, i64),
     before: Option<Known>,
     mode: QueryText,
+    strings: &mut Interner,
 ) -> Result<Known, tokio_postgres::Error> {
     let own = row.try_get::<_, Option<bool>>(2)?.unwrap_or(false);
     let b = before.as_ref().map(|k| k.session.as_ref());
-    let text = |i: usize, prev: Option<&Arc<str>>| -> Result<Arc<str>, tokio_postgres::Error> {
-        Ok(shared(prev, row.try_get::<_, Option<&str>>(i)?))
+    let mut text = |i: usize| -> Result<Arc<str>, tokio_postgres::Error> {
+        Ok(strings.get(row.try_get::<_, Option<&str>>(i)?.unwrap_or("")))
     };
     let client_host: Option<&str> = row.try_get(9)?;
     let client_port: Option<i32> = row.try_get(10)?;
@@ -242,11 +308,17 @@ fn details_of(
     };
     let state: Option<&str> = row.try_get(11)?;
     let (raw, query, fingerprint) = match (row.try_get::<_, Option<&str>>(15)?, &before) {
-        (None, Some(k)) => (k.raw_query.clone(), k.session.query.clone(), k.session.fingerprint),
+        (None, Some(k)) => (
+            k.raw_query.clone(),
+            k.session.query.clone(),
+            k.session.fingerprint,
+        ),
         (None, None) => (Arc::from(""), Arc::from(""), 0),
-        (Some(now), Some(k)) if k.raw_query.as_ref() == now => {
-            (k.raw_query.clone(), k.session.query.clone(), k.session.fingerprint)
-        }
+        (Some(now), Some(k)) if k.raw_query.as_ref() == now => (
+            k.raw_query.clone(),
+            k.session.query.clone(),
+            k.session.fingerprint,
+        ),
         (Some(now), _) => {
             let (text, fp) = query_text::prepare(now, mode);
             (Arc::from(now), Arc::from(text), fp)
@@ -260,18 +332,18 @@ fn details_of(
     let session = Session {
         pid,
         backend_start_us,
-        database: text(6, b.map(|s| &s.database))?,
-        user: text(7, b.map(|s| &s.user))?,
-        application_name: text(8, b.map(|s| &s.application_name))?,
-        client: shared(b.map(|s| &s.client), Some(&client)),
+        database: text(6)?,
+        user: text(7)?,
+        application_name: text(8)?,
+        client: shared(b.map(|s| &s.client), &client),
         state,
-        xact_start_us: micros(row.try_get(12)?),
-        query_start_us: micros(row.try_get(13)?),
-        state_change_us: micros(row.try_get(14)?),
-        wait_event_type: text(3, b.map(|s| &s.wait_event_type))?,
-        wait_event: text(4, b.map(|s| &s.wait_event))?,
+        xact_start_us: micros(row, 12)?,
+        query_start_us: micros(row, 13)?,
+        state_change_us: micros(row, 14)?,
+        wait_event_type: text(3)?,
+        wait_event: text(4)?,
         query,
-        backend_type: text(16, b.map(|s| &s.backend_type))?,
+        backend_type: text(16)?,
         blocked_by: row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default(),
         leader_pid: row.try_get(17)?,
         query_id: row.try_get::<_, Option<i64>>(18)?.filter(|&id| id != 0),
@@ -285,6 +357,8 @@ fn details_of(
     Ok(Known {
         session,
         raw_query: raw,
+        // Set from the compact list, which has every session's wait.
+        raw_wait: Box::from(""),
         own,
     })
 }
@@ -294,9 +368,35 @@ fn details_of(
 struct SlotCounter {
     used: u32,
     by_state: BTreeMap<&'static str, u32>,
-    by_application: BTreeMap<Arc<str>, u32>,
-    by_user: BTreeMap<Arc<str>, u32>,
-    by_database: BTreeMap<Arc<str>, u32>,
+    by_application: ByName,
+    by_user: ByName,
+    by_database: ByName,
+}
+
+/// Counts by name. Names are interned, so they are counted by address (cheap),
+/// and merged by text only at the end.
+#[derive(Default)]
+struct ByName(HashMap<usize, (Arc<str>, u32), BuildHasherDefault<KeyHasher>>);
+
+impl ByName {
+    fn add(&mut self, name: &Arc<str>) {
+        let address = Arc::as_ptr(name) as *const u8 as usize;
+        self.0.entry(address).or_insert_with(|| (name.clone(), 0)).1 += 1;
+    }
+
+    fn finish(self) -> Vec<v1::SlotCount> {
+        let mut merged: BTreeMap<Arc<str>, u32> = BTreeMap::new();
+        for (name, count) in self.0.into_values() {
+            *merged.entry(name).or_default() += count;
+        }
+        merged
+            .into_iter()
+            .map(|(name, count)| v1::SlotCount {
+                name: name.to_string(),
+                count,
+            })
+            .collect()
+    }
 }
 
 impl SlotCounter {
@@ -307,29 +407,25 @@ impl SlotCounter {
             word => word,
         };
         *self.by_state.entry(state).or_default() += 1;
-        *self
-            .by_application
-            .entry(s.application_name.clone())
-            .or_default() += 1;
-        *self.by_user.entry(s.user.clone()).or_default() += 1;
-        *self.by_database.entry(s.database.clone()).or_default() += 1;
+        self.by_application.add(&s.application_name);
+        self.by_user.add(&s.user);
+        self.by_database.add(&s.database);
     }
 
     fn finish(self) -> v1::ConnectionSlots {
-        fn counts<K: ToString>(m: BTreeMap<K, u32>) -> Vec<v1::SlotCount> {
-            m.into_iter()
-                .map(|(name, count)| v1::SlotCount {
-                    name: name.to_string(),
-                    count,
-                })
-                .collect()
-        }
         v1::ConnectionSlots {
             used: self.used,
-            by_state: counts(self.by_state),
-            by_application: counts(self.by_application),
-            by_user: counts(self.by_user),
-            by_database: counts(self.by_database),
+            by_state: self
+                .by_state
+                .into_iter()
+                .map(|(name, count)| v1::SlotCount {
+                    name: name.to_owned(),
+                    count,
+                })
+                .collect(),
+            by_application: self.by_application.finish(),
+            by_user: self.by_user.finish(),
+            by_database: self.by_database.finish(),
             ..Default::default()
         }
     }
@@ -350,6 +446,19 @@ mod tests {
         let v15 = activity_sql(150018);
         assert!(v15.contains("leader_pid AS leader_pid"), "{v15}");
         assert!(v15.contains("query_id AS query_id"), "{v15}");
+    }
+
+    #[test]
+    fn timestamps_read_as_unix_microseconds() {
+        let at = |pg: i64| {
+            PgMicros::from_sql(&Type::TIMESTAMPTZ, &pg.to_be_bytes())
+                .unwrap()
+                .0
+        };
+        assert_eq!(at(0), 946_684_800_000_000, "2000-01-01");
+        assert_eq!(at(1_000_001), 946_684_801_000_001);
+        assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
+        assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub struct TargetSampler {
     pgbouncer: Option<PgBouncer>,
     app_pools: Arc<AppPools>,
     identity: Option<(i64, u64)>,
+    version_num: Option<u32>,
     activity: ActivityCache,
     counters: CounterTracker,
     warned_not_visible: bool,
@@ -80,6 +81,7 @@ impl TargetSampler {
                 .map(|c| PgBouncer::new(c, statement_timeout)),
             app_pools,
             identity: None,
+            version_num: None,
             activity: ActivityCache::default(),
             counters: CounterTracker::default(),
             warned_not_visible: false,
@@ -96,10 +98,12 @@ impl TargetSampler {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => {
                 self.activity.clear();
+                self.version_num = None;
                 return Err(e);
             }
             Err(_) => {
                 self.activity.clear();
+                self.version_num = None;
                 return Err(format!(
                     "the sample did not finish within {}",
                     humantime::format_duration(deadline)
@@ -173,27 +177,35 @@ impl TargetSampler {
                 return Err(chain(&e));
             }
         };
-        let (facts, server_now) = sample_facts(&client, &mut self.identity)
-            .await
-            .map_err(|e| chain(&e))?;
-        if facts.version_num < MIN_VERSION_NUM {
+        // The first time, the facts say which version to write the activity
+        // query for; after that, the three statements go out together, in one
+        // round trip (tokio-postgres pipelines them on the one connection).
+        let version_num = match self.version_num {
+            Some(v) => v,
+            None => {
+                let (facts, _) = sample_facts(&client, &mut self.identity)
+                    .await
+                    .map_err(|e| chain(&e))?;
+                facts.version_num
+            }
+        };
+        if version_num < MIN_VERSION_NUM {
             return Err(format!(
-                "PostgreSQL {} is older than 10, which pgfleet does not sample",
-                facts.version
+                "PostgreSQL {version_num} is older than 10, which pgfleet does not sample"
             ));
         }
-        let activity = sample_activity(
-            &client,
-            facts.version_num,
-            self.query_text,
-            &mut self.activity,
-            server_now,
+        let ((facts, server_now), activity, rows) = tokio::try_join!(
+            sample_facts(&client, &mut self.identity),
+            sample_activity(&client, version_num, self.query_text, &mut self.activity),
+            sample_databases(&client, &self.databases),
         )
-        .await
         .map_err(|e| chain(&e))?;
-        let rows = sample_databases(&client, &self.databases)
-            .await
-            .map_err(|e| chain(&e))?;
+        // A server upgraded or restored under the same address: write the query
+        // for its version from the next sample on.
+        self.version_num = Some(facts.version_num);
+        if activity.complete {
+            self.activity.mark_read(server_now);
+        }
         Ok((facts, activity, self.counters.update(&rows)))
     }
 
