@@ -20,10 +20,11 @@ pub const KEYFRAME_EVERY: u32 = 60;
 /// What the collector holds of one target, as far as the agent knows.
 #[derive(Default)]
 struct Sent {
-    /// The sessions of the last snapshot sent, by key.
-    sessions: SessionMap<Arc<Session>>,
-    /// The map before that, kept for its memory.
-    spare: SessionMap<Arc<Session>>,
+    /// The sessions of the last snapshot sent, by key, with the snapshot that
+    /// last had them.
+    sessions: SessionMap<(Arc<Session>, u64)>,
+    /// Snapshots encoded for this target.
+    generation: u64,
     /// That snapshot's time; None when the next one must be a keyframe.
     base: Option<Micros>,
     /// Snapshots since the last keyframe.
@@ -49,27 +50,41 @@ impl Encoder {
         }
         let keyframe = sent.base.is_none() || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
         let sessions = std::mem::take(&mut snapshot.sessions);
-        let mut previous = std::mem::replace(&mut sent.sessions, std::mem::take(&mut sent.spare));
-        sent.sessions.reserve(sessions.len());
+        if keyframe {
+            sent.sessions.clear();
+        }
+        sent.generation += 1;
+        let generation = sent.generation;
         let mut changed = Vec::new();
         for s in sessions {
-            let key = s.key();
-            let same = previous
-                .remove(&key)
-                .is_some_and(|p| Arc::ptr_eq(&p, &s) || *p == *s);
-            if keyframe || !same {
-                changed.push(v1::SessionSample::from(s.as_ref()));
+            match sent.sessions.get_mut(&s.key()) {
+                Some((before, seen)) => {
+                    if !(Arc::ptr_eq(before, &s) || **before == *s) {
+                        changed.push(v1::SessionSample::from(s.as_ref()));
+                        *before = s;
+                    }
+                    *seen = generation;
+                }
+                None => {
+                    changed.push(v1::SessionSample::from(s.as_ref()));
+                    sent.sessions.insert(s.key(), (s, generation));
+                }
             }
-            sent.sessions.insert(key, s);
         }
+        let mut removed = Vec::new();
+        sent.sessions.retain(|key, (_, seen)| {
+            let live = *seen == generation;
+            if !live {
+                removed.push(*key);
+            }
+            live
+        });
         if !keyframe {
             snapshot.delta = Some(Delta {
                 base_sampled_at_us: sent.base.unwrap_or_default(),
-                removed: previous.keys().copied().collect(),
+                removed,
             });
         }
-        previous.clear();
-        sent.spare = previous;
         sent.since_keyframe = if keyframe { 0 } else { sent.since_keyframe + 1 };
         sent.base = Some(snapshot.sampled_at_us);
         if !keyframe && snapshot.facts == sent.facts {

@@ -75,9 +75,7 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         .await
         .unwrap_or_else(|e| panic!("cannot start PgBouncer: {e}"));
 
-    let mut config = AgentConfig::new(&fleet.url, fleet.cluster.config("unused"));
-    config.agent_id = "agent-bouncer".into();
-    config.targets[0].server_id = "db-behind-bouncer".into();
+    let mut config = fleet.agent_config("db-behind-bouncer", fleet.cluster.config("unused"));
     config.targets[0].pgbouncer =
         Some(pgfleet_agent::target::pgbouncer_config(&bouncer.admin_url()).unwrap());
     let agent = fleet.start_agent_with(config).unwrap();
@@ -198,11 +196,7 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_pools_reported_to_the_agent_reach_the_collector() {
     let fleet = fleet("db-app-pools", &[]).await;
-    let addr = fleet
-        .agent
-        .as_ref()
-        .and_then(|a| a.pool_reporter)
-        .expect("the reporter is on");
+    let addr = fleet.pool_reporter().expect("the reporter is on");
     let mut reporter = PoolReporterClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -258,11 +252,7 @@ async fn application_pools_reported_to_the_agent_reach_the_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlalchemy_example_reports_its_pool_through_a_real_agent() {
     let fleet = fleet("db-sqlalchemy", &[]).await;
-    let addr = fleet
-        .agent
-        .as_ref()
-        .and_then(|a| a.pool_reporter)
-        .expect("the reporter is on");
+    let addr = fleet.pool_reporter().expect("the reporter is on");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/examples/python/pgfleet_pool_reporter.py"

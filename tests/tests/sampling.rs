@@ -94,9 +94,7 @@ async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() 
 
     let mut target = fleet.cluster.config("unused");
     target.user("watcher");
-    let mut config = AgentConfig::new(&fleet.url, target);
-    config.agent_id = "agent-watcher".into();
-    config.targets[0].server_id = "db-as-watcher".into();
+    let mut config = fleet.agent_config("db-as-watcher", target);
     let agent = fleet.start_agent_with(config).unwrap();
 
     let client = fleet.client().await.unwrap();
@@ -310,11 +308,22 @@ async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
     let fleet = fleet_with("db-steady", &[]).await;
     let client = fleet.client().await.unwrap();
     let steady = fleet.cluster.connect("t-steady").await.unwrap();
+    steady
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
     steady.simple_query("SELECT 42").await.unwrap();
     let in_xact = fleet.cluster.connect("t-in-xact").await.unwrap();
     in_xact.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let long = fleet.cluster.connect("t-long").await.unwrap();
     let _long = tokio::spawn(async move { long.simple_query("SELECT pg_sleep(30)").await });
+    // A lock wait that lasts: its details are read every time, for its blockers.
+    in_xact
+        .batch_execute("UPDATE t SET id = 1")
+        .await
+        .unwrap();
+    let waiter = fleet.cluster.connect("t-waiter").await.unwrap();
+    let _waiter = tokio::spawn(async move { waiter.simple_query("UPDATE t SET id = 1 WHERE id = 1").await });
 
     // Several samples pass: after the first, unchanged sessions are neither read
     // in full from PostgreSQL nor sent to the collector.
@@ -335,6 +344,17 @@ async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
     assert_eq!(
         (l.state.as_str(), l.wait_event.as_str()),
         ("active", "PgSleep")
+    );
+    let w = by_app(&all, "t-waiter").unwrap();
+    let x = by_app(&all, "t-in-xact").unwrap();
+    assert_eq!(
+        (w.state.as_str(), w.wait_event_type.as_str()),
+        ("active", "Lock")
+    );
+    assert_eq!(w.blocked_by, [x.pid]);
+    assert_eq!(
+        (w.database.as_str(), w.query.as_str()),
+        ("postgres", "UPDATE t SET id = ? WHERE id = ?")
     );
 
     // A change is seen at the next sample.

@@ -129,9 +129,7 @@ async fn every_agent_connection_has_timeouts_its_name_and_no_write_access() {
 async fn a_sample_that_overruns_skips_ticks_and_counts_them() {
     let mut fleet = fleet("db-overrun-base", &[]).await;
     fleet.agent.take().unwrap().stop().await;
-    let mut config = AgentConfig::new(&fleet.url, fleet.cluster.config("unused"));
-    config.agent_id = "agent-overrun".into();
-    config.targets[0].server_id = "db-overrun".into();
+    let mut config = fleet.agent_config("db-overrun", fleet.cluster.config("unused"));
     config.interval = Duration::from_millis(100);
     let agent = fleet.start_agent_with(config).unwrap();
     let client = fleet.client().await.unwrap();
@@ -263,9 +261,7 @@ async fn facts_and_database_counters_reach_the_collector_and_new_databases_are_f
     assert!(!names.contains(&"closed".to_owned()), "{names:?}");
 
     // A list of databases sends only those.
-    let mut config = AgentConfig::new(&fleet.url, fleet.cluster.config("unused"));
-    config.agent_id = "agent-only-orders".into();
-    config.targets[0].server_id = "db-only-orders".into();
+    let mut config = fleet.agent_config("db-only-orders", fleet.cluster.config("unused"));
     config.targets[0].databases = Databases::Only(vec!["orders".into()]);
     let agent = fleet.start_agent_with(config).unwrap();
     wait_for_status(&client, "db-only-orders", "up", Duration::from_secs(20)).await;

@@ -49,24 +49,35 @@ pub fn activity_sql(version_num: u32) -> String {
         "NULL::bigint"
     };
     format!(
-        "WITH a AS MATERIALIZED (
-  SELECT pid, backend_start, datname, usename, application_name, client_addr, client_port,
-         state, xact_start, query_start, state_change, wait_event_type, wait_event, query,
-         backend_type, {leader_pid} AS leader_pid, {query_id} AS query_id,
-         coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
-                  OR query_start >= $2 OR state_change >= $2, false) AS changed,
+        "WITH s AS (
+  SELECT *, coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
+                     OR query_start >= $2 OR state_change >= $2
+                     OR wait_event_type = 'Lock', false) AS detailed
+    FROM pg_stat_activity),
+a AS MATERIALIZED (
+  SELECT pid, backend_start, detailed,
          coalesce(pid = pg_backend_pid()
-                  OR (application_name = $1 AND usename = current_user), false) AS own
-    FROM pg_stat_activity)
-SELECT pid, backend_start, own, wait_event_type, wait_event,
-       CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END,
-       datname, usename, application_name, host(client_addr), client_port, state,
-       xact_start, query_start, state_change,
-       CASE WHEN query_start IS NULL OR query_start >= $2 OR backend_start >= $2
-            THEN query END,
-       backend_type, leader_pid, query_id,
+                  OR (application_name = $1 AND usename = current_user), false) AS own,
+         wait_event_type, wait_event,
+         CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
+         CASE WHEN detailed THEN datname END AS datname,
+         CASE WHEN detailed THEN usename END AS usename,
+         CASE WHEN detailed THEN application_name END AS application_name,
+         CASE WHEN detailed THEN host(client_addr) END AS client_host,
+         CASE WHEN detailed THEN client_port END AS client_port,
+         CASE WHEN detailed THEN state END AS state,
+         xact_start, query_start, state_change,
+         CASE WHEN query_start IS NULL OR query_start >= $2 OR backend_start >= $2
+              THEN query END AS query,
+         CASE WHEN detailed THEN backend_type END AS backend_type,
+         CASE WHEN detailed THEN {leader_pid} END AS leader_pid,
+         CASE WHEN detailed THEN {query_id} END AS query_id
+    FROM s)
+SELECT pid, backend_start, own, wait_event_type, wait_event, blocked_by,
+       datname, usename, application_name, client_host, client_port, state,
+       xact_start, query_start, state_change, query, backend_type, leader_pid, query_id,
        NULL::int[], NULL::timestamptz[], NULL::bool[], NULL::text
-  FROM a WHERE changed OR wait_event_type = 'Lock'
+  FROM a WHERE detailed
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL, NULL, NULL, NULL,
@@ -105,8 +116,12 @@ pub struct ActivityCache {
     sessions: SessionMap<Known>,
     /// Sessions unchanged since this instant come back without their details.
     since: Option<SystemTime>,
-    /// Maps kept between reads so their memory is reused, not allocated anew.
-    spare: SessionMap<Known>,
+    /// Which read this is; a session not seen by the current read has ended.
+    generation: u64,
+    /// The connection slots held by the known sessions, kept up to date as
+    /// sessions change, start and end (so unchanged ones cost nothing).
+    slots: SlotCounter,
+    /// Details read this time, kept between reads for its memory.
     fresh: SessionMap<Known>,
     /// One copy of each short string (names, types, waits) that sessions share,
     /// so equal strings are the same allocation and compare by address.
@@ -143,12 +158,15 @@ struct Known {
     /// change with one comparison.
     raw_wait: Box<str>,
     own: bool,
+    /// The read that last saw it.
+    seen: u64,
 }
 
 impl ActivityCache {
     /// Forgets everything: the next read asks for every detail again.
     pub fn clear(&mut self) {
         self.sessions.clear();
+        self.slots = SlotCounter::default();
         self.since = None;
     }
 
@@ -179,11 +197,17 @@ pub async fn sample_activity(
             ..Default::default()
         });
     };
-    let mut previous = std::mem::replace(&mut cache.sessions, std::mem::take(&mut cache.spare));
+    cache.generation += 1;
+    let generation = cache.generation;
     let mut fresh = std::mem::take(&mut cache.fresh);
     for row in details {
         let key = (row.try_get(0)?, micros(row, 1)?.unwrap_or(0));
-        let known = details_of(row, key, previous.remove(&key), mode, &mut cache.strings)?;
+        let before = cache.sessions.remove(&key);
+        if let Some(b) = &before {
+            cache.slots.remove(&b.session);
+        }
+        let known = details_of(row, key, before, mode, &mut cache.strings)?;
+        cache.slots.add(&known.session);
         fresh.insert(key, known);
     }
     let pids: Vec<i32> = summary.try_get::<_, Option<_>>(19)?.unwrap_or_default();
@@ -191,26 +215,25 @@ pub async fn sample_activity(
     let owns: Vec<Option<bool>> = summary.try_get::<_, Option<_>>(21)?.unwrap_or_default();
     let waits: &str = summary.try_get::<_, Option<_>>(22)?.unwrap_or_default();
     let mut waits = waits.split('\u{1e}');
-    cache.sessions.reserve(pids.len());
     let mut activity = Activity {
         sessions: Vec::with_capacity(pids.len()),
         ..Default::default()
     };
-    let mut slots = SlotCounter::default();
     let mut complete = true;
     for (i, &pid) in pids.iter().enumerate() {
         let start = starts.get(i).and_then(|s| s.as_ref()).map_or(0, |m| m.0);
         let key = (pid, start);
         let wait = waits.next().unwrap_or("");
+        let own = owns.get(i).copied().flatten();
         let known = match fresh.remove(&key) {
             Some(mut k) => {
                 if *k.raw_wait != *wait {
                     k.raw_wait = wait.into();
                 }
-                k
+                cache.sessions.entry(key).insert_entry(k).into_mut()
             }
-            None => match previous.remove(&key) {
-                Some(mut k) => {
+            None => match cache.sessions.get_mut(&key) {
+                Some(k) => {
                     if *k.raw_wait != *wait || !k.session.blocked_by.is_empty() {
                         let (kind, event) = wait.split_once('\u{1f}').unwrap_or(("", ""));
                         let s = Arc::make_mut(&mut k.session);
@@ -219,7 +242,7 @@ pub async fn sample_activity(
                         s.blocked_by.clear();
                         k.raw_wait = wait.into();
                     }
-                    k.own = owns.get(i).copied().flatten().unwrap_or(k.own);
+                    k.own = own.unwrap_or(k.own);
                     k
                 }
                 None => {
@@ -230,26 +253,34 @@ pub async fn sample_activity(
                 }
             },
         };
-        if known.session.backend_type.as_ref() == "client backend" {
-            slots.add(&known.session);
-        }
+        known.seen = generation;
         if !known.own {
             if known.session.state == SessionState::NotVisible {
                 activity.not_visible += 1;
             }
             activity.sessions.push(known.session.clone());
         }
-        cache.sessions.insert(key, known);
     }
+    // Sessions this read did not see have ended.
+    let slots = &mut cache.slots;
+    cache.sessions.retain(|_, k| {
+        let live = k.seen == generation;
+        if !live {
+            slots.remove(&k.session);
+        }
+        live
+    });
+    // Details of sessions the list did not have (none, as both come from one
+    // read) are dropped, and so is their share of the slots.
+    for (_, k) in fresh.drain() {
+        cache.slots.remove(&k.session);
+    }
+    cache.fresh = fresh;
     if !complete {
         cache.since = None;
     }
     activity.complete = complete;
-    previous.clear();
-    cache.spare = previous;
-    fresh.clear();
-    cache.fresh = fresh;
-    activity.slots = slots.finish();
+    activity.slots = cache.slots.snapshot();
     Ok(activity)
 }
 
@@ -360,11 +391,13 @@ fn details_of(
         // Set from the compact list, which has every session's wait.
         raw_wait: Box::from(""),
         own,
+        seen: 0,
     })
 }
 
-/// Counts client backends four ways.
-#[derive(Default)]
+/// Counts client backends four ways; sessions are added and removed as they
+/// change, so the counts are always those of the sessions known.
+#[derive(Debug, Default)]
 struct SlotCounter {
     used: u32,
     by_state: BTreeMap<&'static str, u32>,
@@ -374,8 +407,8 @@ struct SlotCounter {
 }
 
 /// Counts by name. Names are interned, so they are counted by address (cheap),
-/// and merged by text only at the end.
-#[derive(Default)]
+/// and merged by text only when a snapshot of the counts is taken.
+#[derive(Debug, Default)]
 struct ByName(HashMap<usize, (Arc<str>, u32), BuildHasherDefault<KeyHasher>>);
 
 impl ByName {
@@ -384,15 +417,25 @@ impl ByName {
         self.0.entry(address).or_insert_with(|| (name.clone(), 0)).1 += 1;
     }
 
-    fn finish(self) -> Vec<v1::SlotCount> {
-        let mut merged: BTreeMap<Arc<str>, u32> = BTreeMap::new();
-        for (name, count) in self.0.into_values() {
+    fn remove(&mut self, name: &Arc<str>) {
+        let address = Arc::as_ptr(name) as *const u8 as usize;
+        if let Some(entry) = self.0.get_mut(&address) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.0.remove(&address);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<v1::SlotCount> {
+        let mut merged: BTreeMap<&str, u32> = BTreeMap::new();
+        for (name, count) in self.0.values() {
             *merged.entry(name).or_default() += count;
         }
         merged
             .into_iter()
             .map(|(name, count)| v1::SlotCount {
-                name: name.to_string(),
+                name: name.to_owned(),
                 count,
             })
             .collect()
@@ -400,32 +443,56 @@ impl ByName {
 }
 
 impl SlotCounter {
-    fn add(&mut self, s: &Session) {
-        self.used += 1;
-        let state = match s.state.as_pg() {
+    fn state(s: &Session) -> &'static str {
+        match s.state.as_pg() {
             "" => "unknown",
             word => word,
-        };
-        *self.by_state.entry(state).or_default() += 1;
+        }
+    }
+
+    /// Counts `s`, if it is a client backend (the only kind that takes a slot).
+    fn add(&mut self, s: &Session) {
+        if s.backend_type.as_ref() != "client backend" {
+            return;
+        }
+        self.used += 1;
+        *self.by_state.entry(Self::state(s)).or_default() += 1;
         self.by_application.add(&s.application_name);
         self.by_user.add(&s.user);
         self.by_database.add(&s.database);
     }
 
-    fn finish(self) -> v1::ConnectionSlots {
+    /// Takes back what [`SlotCounter::add`] counted for `s`.
+    fn remove(&mut self, s: &Session) {
+        if s.backend_type.as_ref() != "client backend" {
+            return;
+        }
+        self.used = self.used.saturating_sub(1);
+        if let Some(n) = self.by_state.get_mut(Self::state(s)) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_state.remove(Self::state(s));
+            }
+        }
+        self.by_application.remove(&s.application_name);
+        self.by_user.remove(&s.user);
+        self.by_database.remove(&s.database);
+    }
+
+    fn snapshot(&self) -> v1::ConnectionSlots {
         v1::ConnectionSlots {
             used: self.used,
             by_state: self
                 .by_state
-                .into_iter()
+                .iter()
                 .map(|(name, count)| v1::SlotCount {
-                    name: name.to_owned(),
-                    count,
+                    name: (*name).to_owned(),
+                    count: *count,
                 })
                 .collect(),
-            by_application: self.by_application.finish(),
-            by_user: self.by_user.finish(),
-            by_database: self.by_database.finish(),
+            by_application: self.by_application.snapshot(),
+            by_user: self.by_user.snapshot(),
+            by_database: self.by_database.snapshot(),
             ..Default::default()
         }
     }
@@ -438,14 +505,14 @@ mod tests {
     #[test]
     fn the_query_asks_only_for_columns_the_version_has() {
         let v12 = activity_sql(120017);
-        assert!(v12.contains("NULL::int AS leader_pid"), "{v12}");
-        assert!(v12.contains("NULL::bigint AS query_id"), "{v12}");
+        assert!(v12.contains("THEN NULL::int END AS leader_pid"), "{v12}");
+        assert!(v12.contains("THEN NULL::bigint END AS query_id"), "{v12}");
         let v13 = activity_sql(130013);
-        assert!(v13.contains("leader_pid AS leader_pid"), "{v13}");
-        assert!(v13.contains("NULL::bigint AS query_id"), "{v13}");
+        assert!(v13.contains("THEN leader_pid END AS leader_pid"), "{v13}");
+        assert!(v13.contains("THEN NULL::bigint END AS query_id"), "{v13}");
         let v15 = activity_sql(150018);
-        assert!(v15.contains("leader_pid AS leader_pid"), "{v15}");
-        assert!(v15.contains("query_id AS query_id"), "{v15}");
+        assert!(v15.contains("THEN leader_pid END AS leader_pid"), "{v15}");
+        assert!(v15.contains("THEN query_id END AS query_id"), "{v15}");
     }
 
     #[test]
@@ -462,23 +529,30 @@ mod tests {
     }
 
     #[test]
-    fn slots_count_by_state_application_user_and_database() {
+    fn slots_count_client_backends_and_follow_changes() {
+        let session = |state, app: &str| Session {
+            state,
+            application_name: app.into(),
+            user: "app".into(),
+            database: "orders".into(),
+            backend_type: "client backend".into(),
+            ..Default::default()
+        };
         let mut c = SlotCounter::default();
-        for (state, app) in [
-            (SessionState::Active, "web"),
-            (SessionState::Idle, "web"),
-            (SessionState::NotVisible, ""),
-        ] {
-            c.add(&Session {
-                state,
-                application_name: app.into(),
-                user: "app".into(),
-                database: "orders".into(),
-                ..Default::default()
-            });
+        let sessions = [
+            session(SessionState::Active, "web"),
+            session(SessionState::Idle, "web"),
+            session(SessionState::NotVisible, ""),
+        ];
+        for s in &sessions {
+            c.add(s);
         }
-        let slots = c.finish();
-        assert_eq!(slots.used, 3);
+        c.add(&Session {
+            backend_type: "checkpointer".into(),
+            ..Default::default()
+        });
+        let slots = c.snapshot();
+        assert_eq!(slots.used, 3, "background processes take no slot");
         let names: Vec<_> = slots
             .by_state
             .iter()
@@ -486,7 +560,21 @@ mod tests {
             .collect();
         assert_eq!(names, [("active", 1), ("idle", 1), ("not visible", 1)]);
         assert_eq!(slots.by_application[1].name, "web");
-        assert_eq!(slots.by_application[1].count, 2);
+        assert_eq!(slots.by_application[1].count, 2, "merged by text");
         assert_eq!(slots.by_database[0].count, 3);
+
+        // A session changes state, another ends.
+        c.remove(&sessions[1]);
+        c.add(&session(SessionState::Active, "web"));
+        c.remove(&sessions[2]);
+        let slots = c.snapshot();
+        assert_eq!(slots.used, 2);
+        let names: Vec<_> = slots
+            .by_state
+            .iter()
+            .map(|s| (s.name.as_str(), s.count))
+            .collect();
+        assert_eq!(names, [("active", 2)]);
+        assert_eq!(slots.by_application.len(), 1);
     }
 }

@@ -61,14 +61,27 @@ impl Fleet {
         labels: &[(&str, &str)],
         target: tokio_postgres::Config,
     ) -> Result<Agent, SandboxError> {
-        let mut config = AgentConfig::new(&self.url, target);
-        config.agent_id = format!("agent-{server_id}");
-        config.targets[0].server_id = server_id.to_owned();
+        let mut config = self.agent_config(server_id, target);
         config.targets[0].labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<_, _>>();
         self.start_agent_with(config)
+    }
+
+    /// The settings of an agent (`agent-<server_id>`) that streams to this
+    /// fleet's collector and watches `target` as `server_id`, for a test to adjust
+    /// and pass to [`Fleet::start_agent_with`].
+    pub fn agent_config(&self, server_id: &str, target: tokio_postgres::Config) -> AgentConfig {
+        let mut config = AgentConfig::new(&self.url, target);
+        config.agent_id = format!("agent-{server_id}");
+        config.targets[0].server_id = server_id.to_owned();
+        config
+    }
+
+    /// Where the fleet's own agent listens for pool reports.
+    pub fn pool_reporter(&self) -> Option<SocketAddr> {
+        self.agent.as_ref().and_then(|a| a.pool_reporter)
     }
 
     /// Starts an agent with `config`, its PoolReporter on a free port of its own
