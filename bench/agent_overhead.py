@@ -21,7 +21,7 @@ On one machine and in one run, this script:
 CPU is read from /proc/<pid>/task/*/schedstat (nanoseconds on CPU, every thread)
 at the start and end of the window, so start-up is not counted; RSS is VmHWM.
 
-Usage: python3 bench/agent_overhead.py [--samples 60] [--tps-runs 4] [--tps-seconds 20]
+Usage: python3 bench/agent_overhead.py [--samples 60] [--tps-runs 10] [--tps-seconds 12] [--sleep-ms 10000,60000]
 Needs: PostgreSQL 15 server binaries, pgbench, prometheus-postgres-exporter,
 python3 with sqlalchemy and psycopg2 (pip install -r bench/requirements.txt).
 """
@@ -308,6 +308,8 @@ def measure_tps(cluster: Cluster, runs: int, seconds: int) -> dict:
         # Pairs in ABBA order (without, with, with, without, …) so that a drift
         # of the machine over the run weighs on both sides alike.
         for i in range(runs):
+            # Dead rows pile up with autovacuum off; clear them before each pair.
+            cluster.psql("VACUUM pgbench_accounts, pgbench_tellers, pgbench_branches")
             order = ["without", "with"] if i % 2 == 0 else ["with", "without"]
             for side in order:
                 log(f"TPS pair {i + 1}/{runs}: {side} the agent")
@@ -329,8 +331,8 @@ def main() -> None:
     p.add_argument("--sleep-ms", default="10000,60000",
                    help="each sleeping session runs pg_sleep for a random time in this range, in ms")
     p.add_argument("--only", choices=["agent"], help="measure only the agent (for quick iterations; writes nothing)")
-    p.add_argument("--tps-runs", type=int, default=6, help="pairs of TPS runs, without and with the agent")
-    p.add_argument("--tps-seconds", type=int, default=20)
+    p.add_argument("--tps-runs", type=int, default=10, help="pairs of TPS runs, without and with the agent")
+    p.add_argument("--tps-seconds", type=int, default=12)
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     command = "python3 bench/agent_overhead.py " + " ".join(sys.argv[1:])
@@ -432,8 +434,8 @@ Peak RSS ≤ 20 MB: **{verdict(rss_ok)}** ({agent['peak_rss_mib']:.1f} MiB).
 
 pgbench TPC-B-like, 8 clients, {args.tps_seconds} s per run after a 30 s warm-up, in {args.tps_runs} pairs
 (without and with the agent sampling every second, in ABBA order), the {args.sessions} sleeping
-sessions present throughout; autovacuum off and checkpoints an hour apart, so that neither
-lands on one side only.
+sessions present throughout; autovacuum off (a VACUUM before each pair instead) and checkpoints
+an hour apart, so that neither lands on one side only.
 
 | | runs (TPS) | mean TPS |
 |---|---|---|

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::AgentConfig;
 use pgfleet_proto::v1::{self, pool_reporter_client::PoolReporterClient};
 use pgfleet_tests::{TempPgBouncer, fleet, fleet_with, pools, wait_for};
 

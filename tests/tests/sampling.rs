@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use pgfleet_agent::AgentConfig;
 use pgfleet_tests::{agent_binary, by_app, fleet_with, sessions, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +93,7 @@ async fn a_role_without_pg_monitor_reports_sessions_as_not_visible_never_idle() 
 
     let mut target = fleet.cluster.config("unused");
     target.user("watcher");
-    let mut config = fleet.agent_config("db-as-watcher", target);
+    let config = fleet.agent_config("db-as-watcher", target);
     let agent = fleet.start_agent_with(config).unwrap();
 
     let client = fleet.client().await.unwrap();
@@ -318,12 +317,13 @@ async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
     let long = fleet.cluster.connect("t-long").await.unwrap();
     let _long = tokio::spawn(async move { long.simple_query("SELECT pg_sleep(30)").await });
     // A lock wait that lasts: its details are read every time, for its blockers.
-    in_xact
-        .batch_execute("UPDATE t SET id = 1")
-        .await
-        .unwrap();
+    in_xact.batch_execute("UPDATE t SET id = 1").await.unwrap();
     let waiter = fleet.cluster.connect("t-waiter").await.unwrap();
-    let _waiter = tokio::spawn(async move { waiter.simple_query("UPDATE t SET id = 1 WHERE id = 1").await });
+    let _waiter = tokio::spawn(async move {
+        waiter
+            .simple_query("UPDATE t SET id = 1 WHERE id = 1")
+            .await
+    });
 
     // Several samples pass: after the first, unchanged sessions are neither read
     // in full from PostgreSQL nor sent to the collector.
