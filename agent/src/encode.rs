@@ -25,7 +25,8 @@ struct Sent {
     sessions: SessionMap<(Arc<Session>, u64)>,
     /// Snapshots encoded for this target.
     generation: u64,
-    /// That snapshot's time; None when the next one must be a keyframe.
+    /// The time of the last snapshot sent; None when the next one must be a
+    /// keyframe.
     base: Option<Micros>,
     /// Snapshots since the last keyframe.
     since_keyframe: u32,

@@ -60,6 +60,14 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
     fleet.stop().await;
 }
 
+/// The PgBouncer sample of db-behind-bouncer, as the collector holds it.
+async fn bouncer(client: &pgfleet_tests::Client) -> Result<v1::PgBouncerSample, String> {
+    pools(&mut client.clone(), "db-behind-bouncer")
+        .await?
+        .pgbouncer
+        .ok_or_else(|| "no PgBouncer sample".to_owned())
+}
+
 fn count(counts: &[v1::SlotCount], name: &str) -> u32 {
     counts
         .iter()
@@ -94,12 +102,9 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         "clients waiting in PgBouncer",
         Duration::from_secs(15),
         || {
-            let mut c = client.clone();
+            let c = client.clone();
             async move {
-                let sample = pools(&mut c, "db-behind-bouncer")
-                    .await?
-                    .pgbouncer
-                    .ok_or("no PgBouncer sample")?;
+                let sample = bouncer(&c).await?;
                 let waiting: u32 = sample
                     .pools
                     .iter()
@@ -132,12 +137,9 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         "maxwait to pass one second",
         Duration::from_secs(10),
         || {
-            let mut c = client.clone();
+            let c = client.clone();
             async move {
-                let s = pools(&mut c, "db-behind-bouncer")
-                    .await?
-                    .pgbouncer
-                    .ok_or("none")?;
+                let s = bouncer(&c).await?;
                 let wait = s
                     .pools
                     .iter()
@@ -156,12 +158,9 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         "SHOW STATS to count the queries",
         Duration::from_secs(20),
         || {
-            let mut c = client.clone();
+            let c = client.clone();
             async move {
-                let s = pools(&mut c, "db-behind-bouncer")
-                    .await?
-                    .pgbouncer
-                    .ok_or("none")?;
+                let s = bouncer(&c).await?;
                 let n: u64 = s.stats.iter().map(|s| s.queries_pooled_total).sum();
                 (n >= 3).then_some(()).ok_or(format!("{n} queries"))
             }
