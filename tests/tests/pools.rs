@@ -61,7 +61,7 @@ async fn connection_slots_are_counted_by_state_application_user_and_database() {
 }
 
 /// The PgBouncer sample of db-behind-bouncer, as the collector holds it.
-async fn bouncer(client: &pgfleet_tests::Client) -> Result<v1::PgBouncerSample, String> {
+async fn bouncer_sample(client: &pgfleet_tests::Client) -> Result<v1::PgBouncerSample, String> {
     pools(&mut client.clone(), "db-behind-bouncer")
         .await?
         .pgbouncer
@@ -104,7 +104,7 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         || {
             let c = client.clone();
             async move {
-                let sample = bouncer(&c).await?;
+                let sample = bouncer_sample(&c).await?;
                 let waiting: u32 = sample
                     .pools
                     .iter()
@@ -139,7 +139,7 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         || {
             let c = client.clone();
             async move {
-                let s = bouncer(&c).await?;
+                let s = bouncer_sample(&c).await?;
                 let wait = s
                     .pools
                     .iter()
@@ -160,7 +160,7 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         || {
             let c = client.clone();
             async move {
-                let s = bouncer(&c).await?;
+                let s = bouncer_sample(&c).await?;
                 let n: u64 = s.stats.iter().map(|s| s.queries_pooled_total).sum();
                 (n >= 3).then_some(()).ok_or(format!("{n} queries"))
             }
