@@ -305,6 +305,9 @@ fn the_demo_shows_live_sessions_and_cleans_up() {
         "idle in transaction",
         "Lock:transactionid",
         "UPDATE accounts SET balance = balance - ? WHERE id = ?",
+        "$ pgfleet pools demo-db-1",
+        "Connection slots:",
+        "demo-checkout=1",
     ] {
         assert!(stdout.contains(seen), "{seen:?} missing from:\n{stdout}");
     }

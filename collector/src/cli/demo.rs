@@ -86,6 +86,8 @@ async fn show(
              pgfleet --collector {url} servers\n  \
              pgfleet --collector {url} activity {SERVER_ID}\n  \
              pgfleet --collector {url} activity {SERVER_ID} --state idle-in-transaction --output json\n  \
+             pgfleet --collector {url} pools {SERVER_ID}\n  \
+             pgfleet --collector {url} databases {SERVER_ID}\n  \
              psql -h 127.0.0.1 -p {port} -U postgres"
         );
         std::future::pending::<()>().await;
@@ -140,6 +142,13 @@ async fn frame(
         .await
         .map_err(|s| fleet::call_failed(url, s))?
         .into_inner();
+    let pools = client
+        .get_pools(v1::GetPoolsRequest {
+            server_id: SERVER_ID.to_owned(),
+        })
+        .await
+        .map_err(|s| fleet::call_failed(url, s))?
+        .into_inner();
     let now = now_micros();
     let mut screen = String::new();
     if tty {
@@ -152,6 +161,8 @@ async fn frame(
     screen.push_str(&fleet::render_servers(&servers.servers, output, now));
     screen.push_str(&format!("\n$ pgfleet activity {SERVER_ID}\n"));
     screen.push_str(&fleet::render_activity(&activity, output, now));
+    screen.push_str(&format!("\n$ pgfleet pools {SERVER_ID}\n"));
+    screen.push_str(&super::pools::render_pools(&pools, output, now));
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(screen.as_bytes());
     let _ = stdout.flush();
