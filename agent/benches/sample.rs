@@ -127,25 +127,20 @@ fn main() {
         let sql = pgfleet_agent::sampler::activity::activity_sql(150000);
         let statement = client.prepare_cached(&sql).await.unwrap();
         let since = std::time::SystemTime::now() - Duration::from_secs(2);
-        let rows = client
-            .query(
-                &statement,
-                &[&pgfleet_agent::target::APPLICATION_NAME, &since],
-            )
-            .await
-            .unwrap();
-        println!("pg_stat_activity has {} rows", rows.len());
-        let iterations = 50;
-        let cpu0 = cpu();
-        for _ in 0..iterations {
-            let rows = client
+        let read = || async {
+            client
                 .query(
                     &statement,
                     &[&pgfleet_agent::target::APPLICATION_NAME, &since],
                 )
                 .await
-                .unwrap();
-            std::hint::black_box(rows);
+                .unwrap()
+        };
+        println!("pg_stat_activity has {} rows", read().await.len());
+        let iterations = 50;
+        let cpu0 = cpu();
+        for _ in 0..iterations {
+            std::hint::black_box(read().await);
         }
         let per = (cpu() - cpu0) / iterations;
         println!(

@@ -99,10 +99,10 @@ impl AppPools {
             });
         };
         let now = Instant::now();
-        let others = pools
-            .iter()
-            .filter(|((r, _), (at, _))| r != reporter && now.duration_since(*at) < REPORT_TTL)
-            .count();
+        // Pools that stay: other reporters' that have not expired.
+        let stays =
+            |(r, _): &PoolKey, at: &Instant| r != reporter && now.duration_since(*at) < REPORT_TTL;
+        let others = pools.iter().filter(|(key, (at, _))| stays(key, at)).count();
         if others + req.pools.len() > MAX_POOLS_PER_TARGET {
             return Err(Status::resource_exhausted(format!(
                 "the agent holds at most {MAX_POOLS_PER_TARGET} pools per server, and this report would make {}",
@@ -110,7 +110,7 @@ impl AppPools {
             )));
         }
         let pools = targets.get_mut(&server_id).expect("looked up above");
-        pools.retain(|(r, _), (at, _)| r != reporter && now.duration_since(*at) < REPORT_TTL);
+        pools.retain(|key, (at, _)| stays(key, at));
         let accepted = req.pools.len() as u32;
         for mut p in req.pools {
             p.kind = v1::PoolKind::Application.into();

@@ -123,6 +123,8 @@ pub struct ActivityCache {
     slots: SlotCounter,
     /// Details read this time, kept between reads for its memory.
     fresh: SessionMap<Known>,
+    /// The statement for the server's version, written once.
+    sql: Option<(u32, String)>,
     /// One copy of each short string (names, types, waits) that sessions share,
     /// so equal strings are the same allocation and compare by address.
     strings: Interner,
@@ -186,7 +188,11 @@ pub async fn sample_activity(
     mode: QueryText,
     cache: &mut ActivityCache,
 ) -> Result<Activity, tokio_postgres::Error> {
-    let statement = client.prepare_cached(&activity_sql(version_num)).await?;
+    let sql = match &cache.sql {
+        Some((v, sql)) if *v == version_num => sql,
+        _ => &cache.sql.insert((version_num, activity_sql(version_num))).1,
+    };
+    let statement = client.prepare_cached(sql).await?;
     let since = cache.since.unwrap_or(SystemTime::UNIX_EPOCH);
     let rows = client
         .query(&statement, &[&APPLICATION_NAME, &since])
