@@ -2,6 +2,11 @@
 //! session) or a delta against the previous snapshot sent (new and changed
 //! sessions, and the keys of those that ended).
 //!
+//! The sampler hands over either every session of its target or, mostly, only
+//! what changed since its previous snapshot (a [`Delta`]). The encoder keeps
+//! the target's whole activity as the agent knows it, so that it can send a
+//! keyframe whenever one is due without the sampler reading everything again.
+//!
 //! A keyframe goes first after every (re)connect, after a target was down, when
 //! the collector asks for one, and every [`KEYFRAME_EVERY`] snapshots, so a
 //! collector that lost its state recovers within a minute even if it never asks.
@@ -10,28 +15,90 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfleet_proto::model::{Delta, Session, SessionMap, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Delta, Session, SessionKey, SessionMap, Snapshot, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
 /// A target's activity is sent whole at least this often (in snapshots).
 pub const KEYFRAME_EVERY: u32 = 60;
 
-/// What the collector holds of one target, as far as the agent knows.
+/// One target's activity as the agent knows it, and what the collector holds.
 #[derive(Default)]
 struct Sent {
-    /// The sessions of the last snapshot sent, by key, with the snapshot that
-    /// last had them.
+    /// The target's sessions as of `at`, by key, with the snapshot that last
+    /// listed them (for snapshots that list every session).
     sessions: SessionMap<(Arc<Session>, u64)>,
     /// Snapshots encoded for this target.
     generation: u64,
-    /// The time of the last snapshot sent; None when the next one must be a
-    /// keyframe.
-    base: Option<Micros>,
+    /// The time of the last snapshot applied; None when there is none.
+    at: Option<Micros>,
+    /// Whether the collector holds the sessions as of `at`, so that the next
+    /// snapshot may be a delta.
+    collector_has: bool,
     /// Snapshots since the last keyframe.
     since_keyframe: u32,
     /// The facts last sent.
     facts: Option<v1::ServerFacts>,
+}
+
+impl Sent {
+    /// Takes `snapshot`'s sessions into the target's activity, and returns the
+    /// sessions that are new or changed and the keys of those that ended.
+    fn apply(&mut self, snapshot: &mut Snapshot) -> (Vec<Arc<Session>>, Vec<SessionKey>) {
+        let sessions = std::mem::take(&mut snapshot.sessions);
+        self.generation += 1;
+        let generation = self.generation;
+        match snapshot.delta.take() {
+            Some(delta) => {
+                if self.at != Some(delta.base_sampled_at_us) {
+                    // The sampler guarantees this cannot happen (it lists every
+                    // session after a snapshot of its was lost, and every
+                    // KEYFRAME_EVERY snapshots). Should it, the whole activity
+                    // is sent, and the sampler's next full list mends it.
+                    tracing::error!(
+                        server.id = %snapshot.server_id,
+                        base = delta.base_sampled_at_us,
+                        "A delta does not follow the previous snapshot; sending a keyframe."
+                    );
+                    self.collector_has = false;
+                }
+                for s in &sessions {
+                    self.sessions.insert(s.key(), (s.clone(), generation));
+                }
+                for key in &delta.removed {
+                    self.sessions.remove(key);
+                }
+                (sessions, delta.removed)
+            }
+            None => {
+                let mut changed = Vec::new();
+                for s in sessions {
+                    match self.sessions.get_mut(&s.key()) {
+                        Some((before, seen)) => {
+                            if !(Arc::ptr_eq(before, &s) || **before == *s) {
+                                changed.push(s.clone());
+                                *before = s;
+                            }
+                            *seen = generation;
+                        }
+                        None => {
+                            changed.push(s.clone());
+                            self.sessions.insert(s.key(), (s, generation));
+                        }
+                    }
+                }
+                let mut removed = Vec::new();
+                self.sessions.retain(|key, (_, seen)| {
+                    let live = *seen == generation;
+                    if !live {
+                        removed.push(*key);
+                    }
+                    live
+                });
+                (changed, removed)
+            }
+        }
+    }
 }
 
 /// The encoder of one agent's stream.
@@ -41,53 +108,33 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Encodes `snapshot`, a full sample of its target, as the collector needs it.
-    /// Sessions are compared with what was sent and moved, never copied.
+    /// Encodes `snapshot`, a sample of its target (every session, or a delta
+    /// against the target's previous snapshot), as the collector needs it.
+    /// Sessions are moved and shared, never copied.
     pub fn encode(&mut self, mut snapshot: Snapshot) -> v1::Snapshot {
         let sent = self.targets.entry(snapshot.server_id.clone()).or_default();
         if snapshot.status != TargetStatus::Up {
             *sent = Sent::default();
             return v1::Snapshot::from(&snapshot);
         }
-        let keyframe = sent.base.is_none() || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
-        let sessions = std::mem::take(&mut snapshot.sessions);
-        if keyframe {
-            sent.sessions.clear();
-        }
-        sent.generation += 1;
-        let generation = sent.generation;
-        let mut changed = Vec::new();
-        for s in sessions {
-            match sent.sessions.get_mut(&s.key()) {
-                Some((before, seen)) => {
-                    if !(Arc::ptr_eq(before, &s) || **before == *s) {
-                        changed.push(v1::SessionSample::from(s.as_ref()));
-                        *before = s;
-                    }
-                    *seen = generation;
-                }
-                None => {
-                    changed.push(v1::SessionSample::from(s.as_ref()));
-                    sent.sessions.insert(s.key(), (s, generation));
-                }
-            }
-        }
-        let mut removed = Vec::new();
-        sent.sessions.retain(|key, (_, seen)| {
-            let live = *seen == generation;
-            if !live {
-                removed.push(*key);
-            }
-            live
-        });
+        let base = sent.at.filter(|_| sent.collector_has);
+        let (changed, removed) = sent.apply(&mut snapshot);
+        let keyframe = base.is_none() || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
+        let sessions = if keyframe {
+            sent.sessions.values().map(|(s, _)| s.clone()).collect()
+        } else {
+            changed
+        };
+        let upserted = sessions.len();
         if !keyframe {
             snapshot.delta = Some(Delta {
-                base_sampled_at_us: sent.base.unwrap_or_default(),
+                base_sampled_at_us: base.unwrap_or_default(),
                 removed,
             });
         }
         sent.since_keyframe = if keyframe { 0 } else { sent.since_keyframe + 1 };
-        sent.base = Some(snapshot.sampled_at_us);
+        sent.at = Some(snapshot.sampled_at_us);
+        sent.collector_has = true;
         if !keyframe && snapshot.facts == sent.facts {
             snapshot.facts = None;
         } else if snapshot.facts.is_some() {
@@ -97,29 +144,28 @@ impl Encoder {
             server.id = %snapshot.server_id,
             keyframe,
             sessions = sent.sessions.len(),
-            changed = changed.len(),
+            upserted,
             removed = snapshot.delta.as_ref().map_or(0, |d| d.removed.len()),
             "Snapshot encoded."
         );
-        let mut wire = v1::Snapshot::from(&snapshot);
-        match &mut wire.activity {
-            Some(v1::snapshot::Activity::Keyframe(k)) => k.sessions = changed,
-            Some(v1::snapshot::Activity::Delta(d)) => d.upserted = changed,
-            None => {}
-        }
-        wire
+        snapshot.sessions = sessions;
+        v1::Snapshot::from(&snapshot)
     }
 
     /// The next snapshot of every target is a keyframe (a new stream).
     pub fn keyframe_all(&mut self) {
-        self.targets.clear();
+        for sent in self.targets.values_mut() {
+            sent.collector_has = false;
+        }
     }
 
     /// The next snapshot of each of these targets is a keyframe (the collector
     /// asked for it).
     pub fn keyframe(&mut self, server_ids: &[String]) {
         for id in server_ids {
-            self.targets.remove(id);
+            if let Some(sent) = self.targets.get_mut(id) {
+                sent.collector_has = false;
+            }
         }
     }
 }

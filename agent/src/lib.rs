@@ -11,6 +11,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod once;
+pub mod outgoing;
 pub mod reporter;
 pub mod runtime;
 pub mod sampler;

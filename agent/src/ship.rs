@@ -4,20 +4,25 @@
 use std::time::Duration;
 
 use pgfleet_proto::model::Snapshot;
-use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
+use pgfleet_proto::v1::{self, collector_message};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::encode::Encoder;
 use crate::error::chain;
+use crate::outgoing::Outgoing;
 use crate::spool::Spool;
 
 /// The largest gRPC message either side of the stream accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The Ingest service's Stream method.
+const INGEST_STREAM: &str = "/pgfleet.v1.Ingest/Stream";
 
 /// How many snapshots one batch holds at most.
 const MAX_SNAPSHOTS_PER_BATCH: usize = 256;
@@ -33,7 +38,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 #[allow(clippy::large_enum_variant)]
 enum Connection {
     Connected {
-        tx: mpsc::Sender<v1::AgentMessage>,
+        tx: mpsc::Sender<Outgoing>,
         inbound: tonic::Streaming<v1::CollectorMessage>,
     },
     Disconnected {
@@ -132,10 +137,10 @@ impl Shipper {
     /// Waits for one event on a live stream and handles it.
     async fn step(
         &mut self,
-        tx: &mpsc::Sender<v1::AgentMessage>,
+        tx: &mpsc::Sender<Outgoing>,
         inbound: &mut tonic::Streaming<v1::CollectorMessage>,
     ) -> Event {
-        let has_unsent = self.spool.next_unsent().is_some();
+        let has_unsent = self.spool.has_unsent();
         tokio::select! {
             biased;
             msg = inbound.message() => match msg {
@@ -149,9 +154,7 @@ impl Shipper {
             permit = tx.reserve(), if has_unsent => match permit {
                 Ok(permit) => {
                     if let Some(batch) = self.spool.next_unsent() {
-                        permit.send(v1::AgentMessage {
-                            msg: Some(agent_message::Msg::Batch(batch.clone())),
-                        });
+                        permit.send(batch);
                         self.spool.mark_sent();
                     }
                     Event::Continue
@@ -247,7 +250,7 @@ impl Shipper {
         &self,
     ) -> Result<
         (
-            mpsc::Sender<v1::AgentMessage>,
+            mpsc::Sender<Outgoing>,
             tonic::Streaming<v1::CollectorMessage>,
             v1::Welcome,
         ),
@@ -265,19 +268,24 @@ impl Shipper {
             .connect()
             .await
             .map_err(|e| unreachable(chain(&e)))?;
-        let mut client = IngestClient::new(channel)
+        // The generated client's call, with a codec that sends what the agent
+        // encoded already (see `outgoing`).
+        let mut client = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(32);
-        let hello = v1::AgentMessage {
-            msg: Some(agent_message::Msg::Hello(self.hello.clone())),
-        };
-        tx.send(hello)
+        tx.send(Outgoing::Hello(self.hello.clone()))
             .await
             .map_err(|_| unreachable("the stream closed".to_owned()))?;
         let call = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+            client
+                .ready()
+                .await
+                .map_err(|e| unreachable(format!("the channel is not ready: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<Outgoing, v1::CollectorMessage>::default();
+            let path = PathAndQuery::from_static(INGEST_STREAM);
             let mut inbound = client
-                .stream(ReceiverStream::new(rx))
+                .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
                 .await
                 .map_err(|s| (status_line(&s), refused(&s)))?
                 .into_inner();
@@ -323,7 +331,7 @@ impl Shipper {
     /// On a graceful stop: send what is queued and wait briefly for the acks.
     async fn drain(
         &mut self,
-        tx: &mpsc::Sender<v1::AgentMessage>,
+        tx: &mpsc::Sender<Outgoing>,
         inbound: &mut tonic::Streaming<v1::CollectorMessage>,
     ) {
         while let Ok(s) = self.snapshots.try_recv() {

@@ -3,10 +3,13 @@
 use std::collections::VecDeque;
 
 use pgfleet_proto::v1;
-use prost::Message;
+use prost::bytes::Bytes;
+
+use crate::outgoing::Outgoing;
 
 /// Batches awaiting the collector's ack, in sequence order, bounded in bytes. A
 /// batch leaves only when acknowledged, or when the bound forces out the oldest.
+/// Batches are held encoded: they are encoded once, and sent as they are.
 #[derive(Debug)]
 pub struct Spool {
     entries: VecDeque<Entry>,
@@ -21,8 +24,9 @@ pub struct Spool {
 
 #[derive(Debug)]
 struct Entry {
-    batch: v1::Batch,
-    bytes: usize,
+    seq: u64,
+    /// The batch without its sequence, encoded.
+    body: Bytes,
 }
 
 impl Spool {
@@ -42,19 +46,17 @@ impl Spool {
     /// Adds a batch of snapshots with the next sequence number. Returns how many of
     /// the oldest batches were dropped to stay within the bound.
     pub fn push(&mut self, snapshots: Vec<v1::Snapshot>) -> u64 {
-        let batch = v1::Batch {
+        let body = Outgoing::batch_body(snapshots);
+        self.bytes += body.len();
+        self.entries.push_back(Entry {
             seq: self.next_seq,
-            dictionary_additions: Vec::new(),
-            snapshots,
-        };
+            body,
+        });
         self.next_seq += 1;
-        let bytes = batch.encoded_len();
-        self.entries.push_back(Entry { batch, bytes });
-        self.bytes += bytes;
         let mut dropped = 0;
         while self.bytes > self.max_bytes && self.entries.len() > 1 {
             if let Some(old) = self.entries.pop_front() {
-                self.bytes -= old.bytes;
+                self.bytes -= old.body.len();
                 self.unsent = self.unsent.saturating_sub(1);
                 dropped += 1;
             }
@@ -63,9 +65,17 @@ impl Spool {
         dropped
     }
 
-    /// The oldest batch not yet sent on the current stream.
-    pub fn next_unsent(&self) -> Option<&v1::Batch> {
-        self.entries.get(self.unsent).map(|e| &e.batch)
+    /// The oldest batch not yet sent on the current stream, ready to send.
+    pub fn next_unsent(&self) -> Option<Outgoing> {
+        self.entries.get(self.unsent).map(|e| Outgoing::Batch {
+            seq: e.seq,
+            body: e.body.clone(),
+        })
+    }
+
+    /// Whether a batch awaits sending on the current stream.
+    pub fn has_unsent(&self) -> bool {
+        self.unsent < self.entries.len()
     }
 
     /// Records that [`Spool::next_unsent`] was sent.
@@ -76,9 +86,9 @@ impl Spool {
     /// Drops every batch up to and including `seq`; returns how many.
     pub fn ack(&mut self, seq: u64) -> usize {
         let mut acked = 0;
-        while self.entries.front().is_some_and(|e| e.batch.seq <= seq) {
+        while self.entries.front().is_some_and(|e| e.seq <= seq) {
             if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.bytes;
+                self.bytes -= e.body.len();
                 acked += 1;
             }
         }
@@ -96,11 +106,11 @@ impl Spool {
     pub fn restart(&mut self, resume_after_seq: u64) {
         if !self.welcomed {
             self.welcomed = true;
-            let first = self.entries.front().map_or(self.next_seq, |e| e.batch.seq);
+            let first = self.entries.front().map_or(self.next_seq, |e| e.seq);
             if resume_after_seq >= first {
                 let shift = resume_after_seq + 1 - first;
                 for e in &mut self.entries {
-                    e.batch.seq += shift;
+                    e.seq += shift;
                 }
                 self.next_seq += shift;
             }
@@ -145,7 +155,10 @@ mod tests {
     fn sent_seqs(spool: &mut Spool) -> Vec<u64> {
         let mut seqs = vec![];
         while let Some(b) = spool.next_unsent() {
-            seqs.push(b.seq);
+            let Outgoing::Batch { seq, .. } = b else {
+                panic!("the spool holds batches")
+            };
+            seqs.push(seq);
             spool.mark_sent();
         }
         seqs

@@ -6,7 +6,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionMap, SessionState};
+use pgfleet_proto::model::{KeyHasher, Session, SessionKey, SessionState};
 use pgfleet_proto::v1;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
@@ -28,12 +28,18 @@ pub const MIN_VERSION_NUM: u32 = 100000;
 ///
 /// Most sessions look the same from one second to the next, and every change but
 /// a wait moves one of their timestamps. So the statement returns:
-/// - a row of details for each session whose timestamps are newer than `$2`
-///   (the previous read, less a margin), or that waits on a Lock (then
+/// - a first row that lists the sessions that did not change compactly, by pid
+///   and wait, for the agent to update what it holds. A pid is enough: a
+///   session that took the pid of one that ended started after the previous
+///   read, so it comes with its details;
+/// - then a row of details for each session whose timestamps are newer than
+///   `$2` (the previous read, less a margin), or that waits on a Lock (then
 ///   pg_blocking_pids names its blockers); the query text, the longest column,
-///   only when a new query began;
-/// - and one last row that lists every session compactly: keys, whether it is
-///   the agent's own, and its wait, for the agent to update what it holds.
+///   only when a new query began.
+///
+/// The aggregate comes first so that the server reads everything before it
+/// writes anything: the result then arrives in one burst, and the agent wakes
+/// once for it rather than for each buffer the server fills on the way.
 ///
 /// `own` marks the agent's own sessions (this one, and those with its
 /// application_name and role), which count for the slots but are not reported.
@@ -73,17 +79,21 @@ a AS MATERIALIZED (
          CASE WHEN detailed THEN {leader_pid} END AS leader_pid,
          CASE WHEN detailed THEN {query_id} END AS query_id
     FROM s)
+SELECT NULL::int, NULL::timestamptz, NULL::bool, NULL::text, NULL::text, NULL::int[],
+       NULL::name, NULL::name, NULL::text, NULL::text, NULL::int, NULL::text,
+       NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::text, NULL::text,
+       NULL::int, NULL::bigint,
+       array_agg(pid ORDER BY pid),
+       array_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, '')
+                 ORDER BY pid),
+       now()
+  FROM a WHERE NOT detailed
+UNION ALL
 SELECT pid, backend_start, own, wait_event_type, wait_event, blocked_by,
        datname, usename, application_name, client_host, client_port, state,
        xact_start, query_start, state_change, query, backend_type, leader_pid, query_id,
-       NULL::int[], NULL::timestamptz[], NULL::bool[], NULL::text
-  FROM a WHERE detailed
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL,
-       array_agg(pid), array_agg(backend_start), array_agg(own),
-       string_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, ''), chr(30))
-  FROM a"
+       NULL, NULL, NULL
+  FROM a WHERE detailed"
     )
 }
 
@@ -92,37 +102,46 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, N
 /// and published its change just after.
 const CHANGE_MARGIN: Duration = Duration::from_secs(2);
 
+/// A read lists every session at least this often, even when its consumer has
+/// every earlier one, so that anything lost on the way mends itself.
+pub const WHOLE_EVERY: u32 = crate::encode::KEYFRAME_EVERY;
+
 /// One read of pg_stat_activity.
 #[derive(Debug, Default)]
 pub struct Activity {
-    /// Every session but the agent's own.
+    /// Every session but the agent's own when `removed` is None; otherwise the
+    /// sessions that are new or changed since the previous read.
     pub sessions: Vec<Arc<Session>>,
+    /// The keys of the sessions that ended since the previous read, when
+    /// `sessions` holds only what changed.
+    pub removed: Option<Vec<SessionKey>>,
     /// Client backends by state, application, user and database (without the
     /// server's limits, which the facts carry).
     pub slots: v1::ConnectionSlots,
     /// Sessions the agent's role may not see.
     pub not_visible: u32,
-    /// False when a session came back unchanged yet unknown (only if the cache
-    /// was lost); the next read then asks for every detail.
-    pub complete: bool,
 }
 
-/// What the sampler remembers of the previous read: every session (with the
-/// raw text of its query, and whether it is the agent's own), so that unchanged
-/// sessions are neither read again nor copied, and an unchanged query is not
-/// masked again.
+/// What the sampler remembers of the previous read: every session by pid (with
+/// the raw text of its query, and whether it is the agent's own), so that
+/// unchanged sessions are neither read again nor copied, and an unchanged query
+/// is not masked again.
 #[derive(Debug, Default)]
 pub struct ActivityCache {
-    sessions: SessionMap<Known>,
+    /// In pid order.
+    sessions: Vec<Known>,
+    /// The previous read's list, kept for its memory.
+    spare: Vec<Known>,
+    /// The previous read's compact list of waits, as read.
+    waits: Vec<u8>,
     /// Sessions unchanged since this instant come back without their details.
     since: Option<SystemTime>,
-    /// Which read this is; a session not seen by the current read has ended.
-    generation: u64,
+    /// Reads since the last that listed every session; None when the next read
+    /// must list every session (its consumer missed the previous one).
+    since_whole: Option<u32>,
     /// The connection slots held by the known sessions, kept up to date as
     /// sessions change, start and end (so unchanged ones cost nothing).
     slots: SlotCounter,
-    /// Details read this time, kept between reads for its memory.
-    fresh: SessionMap<Known>,
     /// The statement for the server's version, written once.
     sql: Option<(u32, String)>,
     /// One copy of each short string (names, types, waits) that sessions share,
@@ -135,7 +154,7 @@ const MAX_INTERNED: usize = 10_000;
 
 /// Shared copies of short strings.
 #[derive(Debug, Default)]
-struct Interner(std::collections::HashSet<Arc<str>>);
+struct Interner(std::collections::HashSet<Arc<str>, BuildHasherDefault<KeyHasher>>);
 
 impl Interner {
     fn get(&mut self, text: &str) -> Arc<str> {
@@ -151,17 +170,75 @@ impl Interner {
     }
 }
 
-/// A session as the cache holds it.
+/// A session as the cache holds it. What an unchanged session needs checked
+/// each second lives here, not behind the `Arc`: reading a thousand sessions
+/// then touches a thousand table entries and nothing else.
 #[derive(Debug)]
 struct Known {
+    pid: i32,
+    own: bool,
+    /// Where its wait is in the previous read's compact list (`waits`), when
+    /// it was in that list.
+    wait: Option<(u32, u32)>,
     session: Arc<Session>,
     raw_query: Arc<str>,
-    /// The wait as the compact list had it ("type\u{1f}event"), to spot a
-    /// change with one comparison.
-    raw_wait: Box<str>,
-    own: bool,
-    /// The read that last saw it.
-    seen: u64,
+}
+
+/// Whether `wait`, as the compact list spells it ("type\u{1f}event"), is the
+/// wait of `s`.
+fn wait_is(wait: &[u8], s: &Session) -> bool {
+    let (kind, event) = (s.wait_event_type.as_bytes(), s.wait_event.as_bytes());
+    wait.len() == kind.len() + 1 + event.len()
+        && wait.starts_with(kind)
+        && wait[kind.len()] == 0x1f
+        && wait.ends_with(event)
+}
+
+/// A one-dimensional array in PostgreSQL's binary form, read in place: its
+/// elements' bytes, in order (NULL as empty).
+struct PgArray<'a> {
+    count: usize,
+    elements: &'a [u8],
+}
+
+impl<'a> FromSql<'a> for PgArray<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let word = |at: usize| -> Result<i32, Box<dyn std::error::Error + Sync + Send>> {
+            let bytes = raw.get(at..at + 4).ok_or("the array is cut short")?;
+            Ok(i32::from_be_bytes(bytes.try_into()?))
+        };
+        match word(0)? {
+            0 => Ok(PgArray {
+                count: 0,
+                elements: &[],
+            }),
+            // ndim, has_null, element type, then the dimension's length and
+            // lower bound.
+            1 => Ok(PgArray {
+                count: usize::try_from(word(12)?)?,
+                elements: &raw[20.min(raw.len())..],
+            }),
+            n => Err(format!("expected a one-dimensional array, got {n} dimensions").into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::INT4_ARRAY || *ty == Type::TEXT_ARRAY
+    }
+}
+
+impl<'a> PgArray<'a> {
+    fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let mut rest = self.elements;
+        (0..self.count).map_while(move |_| {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let len = i32::from_be_bytes(*len);
+            let len = usize::try_from(len).unwrap_or(0).min(tail.len());
+            let (element, tail) = tail.split_at(len);
+            rest = tail;
+            Some(element)
+        })
+    }
 }
 
 impl ActivityCache {
@@ -170,18 +247,19 @@ impl ActivityCache {
         self.sessions.clear();
         self.slots = SlotCounter::default();
         self.since = None;
+        self.since_whole = None;
     }
 
-    /// Records a complete read at the server's time `server_now` (taken at or
-    /// before the read): the next read asks only for what changed since.
-    pub fn mark_read(&mut self, server_now: SystemTime) {
-        self.since = Some(server_now - CHANGE_MARGIN);
+    /// The consumer did not get the last read: the next lists every session.
+    pub fn resend_whole(&mut self) {
+        self.since_whole = None;
     }
 }
 
-/// Reads every session of the server, with query texts as `mode` says. The
-/// caller marks the read in the cache ([`ActivityCache::mark_read`]) when it is
-/// complete.
+/// Reads every session of the server, with query texts as `mode` says, and
+/// returns what changed since the previous read (or every session, when the
+/// previous read was not handed on, and every [`WHOLE_EVERY`] reads). A
+/// caller that cannot use the result must [`ActivityCache::clear`] the cache.
 pub async fn sample_activity(
     client: &deadpool_postgres::Client,
     version_num: u32,
@@ -197,97 +275,159 @@ pub async fn sample_activity(
     let rows = client
         .query(&statement, &[&APPLICATION_NAME, &since])
         .await?;
-    let Some((summary, details)) = rows.split_last() else {
-        return Ok(Activity {
-            complete: true,
-            ..Default::default()
-        });
+    // The first row is the compact list (an aggregate always returns a row).
+    let (summary, details) = match rows.split_first() {
+        Some((summary, details)) => (Some(summary), details),
+        None => (None, &[][..]),
     };
-    cache.generation += 1;
-    let generation = cache.generation;
-    let mut fresh = std::mem::take(&mut cache.fresh);
-    for row in details {
-        let key = (row.try_get(0)?, micros(row, 1)?.unwrap_or(0));
-        let before = cache.sessions.remove(&key);
-        if let Some(b) = &before {
-            cache.slots.remove(&b.session);
+    let whole = match cache.since_whole {
+        Some(n) if n + 1 < WHOLE_EVERY => {
+            cache.since_whole = Some(n + 1);
+            false
         }
-        let known = details_of(row, key, before, mode, &mut cache.strings)?;
-        cache.slots.add(&known.session);
-        fresh.insert(key, known);
-    }
-    let pids: Vec<i32> = summary.try_get::<_, Option<_>>(19)?.unwrap_or_default();
-    let starts: Vec<Option<PgMicros>> = summary.try_get::<_, Option<_>>(20)?.unwrap_or_default();
-    let owns: Vec<Option<bool>> = summary.try_get::<_, Option<_>>(21)?.unwrap_or_default();
-    let waits: &str = summary.try_get::<_, Option<_>>(22)?.unwrap_or_default();
-    let mut waits = waits.split('\u{1e}');
-    let mut activity = Activity {
-        sessions: Vec::with_capacity(pids.len()),
-        ..Default::default()
+        _ => {
+            cache.since_whole = Some(0);
+            true
+        }
     };
+    // Three lists in pid order: the sessions known, the details read, and the
+    // compact list (which the statement sorts). One pass over the three, in
+    // step, updates what is known: memory is read in order, and nothing is
+    // looked up.
+    let mut details = details
+        .iter()
+        .map(|row| Ok((row.try_get::<_, i32>(0)?, row)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    details.sort_unstable_by_key(|&(pid, _)| pid);
+    let mut details = details.into_iter().peekable();
+    let empty = || PgArray {
+        count: 0,
+        elements: &[],
+    };
+    let (pids, waits, read_at) = match summary {
+        Some(row) => (
+            row.try_get::<_, Option<PgArray>>(19)?.unwrap_or_else(empty),
+            row.try_get::<_, Option<PgArray>>(20)?.unwrap_or_else(empty),
+            row.try_get::<_, Option<SystemTime>>(21)?,
+        ),
+        None => (empty(), empty(), None),
+    };
+    let mut unchanged = pids
+        .iter()
+        .map(|p| p.try_into().map_or(0, i32::from_be_bytes))
+        .peekable();
+    let list = waits.elements;
+    let mut waits = waits.iter();
     let mut complete = true;
-    for (i, &pid) in pids.iter().enumerate() {
-        let start = starts.get(i).and_then(|s| s.as_ref()).map_or(0, |m| m.0);
-        let key = (pid, start);
-        let wait = waits.next().unwrap_or("");
-        let own = owns.get(i).copied().flatten();
-        let known = match fresh.remove(&key) {
-            Some(mut k) => {
-                if *k.raw_wait != *wait {
-                    k.raw_wait = wait.into();
-                }
-                cache.sessions.entry(key).insert_entry(k).into_mut()
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    let mut known = std::mem::take(&mut cache.sessions);
+    let mut next = std::mem::take(&mut cache.spare);
+    next.clear();
+    next.reserve(known.len() + details.len());
+    {
+        let mut known = known.drain(..).peekable();
+        loop {
+            let pid = match (details.peek(), unchanged.peek()) {
+                (Some(&(a, _)), Some(&b)) => a.min(b),
+                (Some(&(a, _)), None) => a,
+                (None, Some(&b)) => b,
+                (None, None) => break,
+            };
+            // Known sessions that the read skipped have ended.
+            while let Some(k) = known.next_if(|k| k.pid < pid) {
+                cache.slots.ended(k, &mut removed);
             }
-            None => match cache.sessions.get_mut(&key) {
-                Some(k) => {
-                    if *k.raw_wait != *wait || !k.session.blocked_by.is_empty() {
-                        let (kind, event) = wait.split_once('\u{1f}').unwrap_or(("", ""));
-                        let s = Arc::make_mut(&mut k.session);
-                        s.wait_event_type = cache.strings.get(kind);
-                        s.wait_event = cache.strings.get(event);
-                        s.blocked_by.clear();
-                        k.raw_wait = wait.into();
+            let before = known.next_if(|k| k.pid == pid);
+            if let Some((_, row)) = details.next_if(|&(p, _)| p == pid) {
+                let start = micros(row, 1)?.unwrap_or(0);
+                let before = match before {
+                    Some(b) if b.session.backend_start_us != start => {
+                        // Another session had this pid, and has ended.
+                        cache.slots.ended(b, &mut removed);
+                        None
                     }
-                    k.own = own.unwrap_or(k.own);
-                    k
+                    Some(mut b) if nothing_new(row, &b)? => {
+                        b.wait = None;
+                        next.push(b);
+                        continue;
+                    }
+                    Some(b) => {
+                        cache.slots.remove(&b.session);
+                        Some(b)
+                    }
+                    None => None,
+                };
+                let (was_reported, prior) = match &before {
+                    Some(b) => (!b.own, Arc::as_ptr(&b.session)),
+                    None => (false, std::ptr::null()),
+                };
+                let k = details_of(row, (pid, start), before, mode, &mut cache.strings)?;
+                cache.slots.add(&k.session);
+                let same = was_reported && std::ptr::eq(prior, Arc::as_ptr(&k.session));
+                if !k.own && !same {
+                    changed.push(k.session.clone());
+                } else if k.own && was_reported {
+                    removed.push(k.session.key());
                 }
-                None => {
+                next.push(k);
+            } else if unchanged.next_if_eq(&pid).is_some() {
+                let wait = waits.next().unwrap_or_default();
+                let Some(mut k) = before else {
                     // Unchanged, yet not known: cannot happen unless the cache
                     // was lost. Read every detail again next time.
                     complete = false;
                     continue;
+                };
+                // Compared with the same session's bytes in the previous list
+                // (or, if it came with details then, with what they said).
+                let same = match k.wait {
+                    Some((at, len)) => {
+                        cache.waits.get(at as usize..(at + len) as usize) == Some(wait)
+                    }
+                    None => wait_is(wait, &k.session),
+                };
+                if !same {
+                    let text = std::str::from_utf8(wait).unwrap_or_default();
+                    let (kind, event) = text.split_once('\u{1f}').unwrap_or(("", ""));
+                    let s = Arc::make_mut(&mut k.session);
+                    s.wait_event_type = cache.strings.get(kind);
+                    s.wait_event = cache.strings.get(event);
+                    // Blockers are read only for Lock waits, which come with
+                    // details.
+                    s.blocked_by.clear();
+                    if !k.own {
+                        changed.push(k.session.clone());
+                    }
                 }
-            },
-        };
-        known.seen = generation;
-        if !known.own {
-            if known.session.state == SessionState::NotVisible {
-                activity.not_visible += 1;
+                let at = wait.as_ptr() as usize - list.as_ptr() as usize;
+                k.wait = Some((at as u32, wait.len() as u32));
+                next.push(k);
             }
-            activity.sessions.push(known.session.clone());
+        }
+        for k in known {
+            cache.slots.ended(k, &mut removed);
         }
     }
-    // Sessions this read did not see have ended.
-    let slots = &mut cache.slots;
-    cache.sessions.retain(|_, k| {
-        let live = k.seen == generation;
-        if !live {
-            slots.remove(&k.session);
-        }
-        live
-    });
-    // Details of sessions the list did not have (none, as both come from one
-    // read) are dropped, and so is their share of the slots.
-    for (_, k) in fresh.drain() {
-        cache.slots.remove(&k.session);
-    }
-    cache.fresh = fresh;
-    if !complete {
-        cache.since = None;
-    }
-    activity.complete = complete;
-    activity.slots = cache.slots.snapshot();
-    Ok(activity)
+    cache.sessions = next;
+    cache.spare = known;
+    cache.waits.clear();
+    cache.waits.extend_from_slice(list);
+    // The next read asks only for what changed since this one (the server's
+    // clock, at the start of the read).
+    cache.since = read_at.filter(|_| complete).map(|at| at - CHANGE_MARGIN);
+    let (sessions, removed) = if whole {
+        let all = cache.sessions.iter().filter(|k| !k.own);
+        (all.map(|k| k.session.clone()).collect(), None)
+    } else {
+        (changed, Some(removed))
+    };
+    Ok(Activity {
+        sessions,
+        removed,
+        slots: cache.slots.snapshot(),
+        not_visible: cache.slots.not_visible,
+    })
 }
 
 /// A timestamptz as microseconds since the Unix epoch, read straight from
@@ -320,6 +460,29 @@ fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
         Some(b) if b.as_ref() == now => b.clone(),
         _ => Arc::from(now),
     }
+}
+
+/// Whether a row of details says nothing new about a known session: most
+/// details are read again only because their change fell within the margin.
+/// Checks what a change moves (timestamps, state, wait, blockers, query),
+/// building nothing.
+fn nothing_new(row: &Row, k: &Known) -> Result<bool, tokio_postgres::Error> {
+    let s = &k.session;
+    let state = match s.state {
+        SessionState::NotVisible => SessionState::NotVisible,
+        _ => SessionState::from_pg(row.try_get(11)?),
+    };
+    Ok(micros(row, 14)? == s.state_change_us
+        && micros(row, 13)? == s.query_start_us
+        && micros(row, 12)? == s.xact_start_us
+        && state == s.state
+        && row.try_get::<_, Option<bool>>(2)?.unwrap_or(false) == k.own
+        && row.try_get::<_, Option<&str>>(3)?.unwrap_or("") == &*s.wait_event_type
+        && row.try_get::<_, Option<&str>>(4)?.unwrap_or("") == &*s.wait_event
+        && row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default() == s.blocked_by
+        && row
+            .try_get::<_, Option<&str>>(15)?
+            .is_none_or(|q| q == &*k.raw_query))
 }
 
 /// One row of details as a session, taking what did not change from `before`.
@@ -392,19 +555,21 @@ fn details_of(
         _ => Arc::new(session),
     };
     Ok(Known {
+        pid,
+        own,
+        wait: None,
         session,
         raw_query: raw,
-        // Set from the compact list, which has every session's wait.
-        raw_wait: Box::from(""),
-        own,
-        seen: 0,
     })
 }
 
-/// Counts client backends four ways; sessions are added and removed as they
-/// change, so the counts are always those of the sessions known.
+/// Counts client backends four ways (and sessions not visible); sessions are
+/// added and removed as they change, so the counts are always those of the
+/// sessions known.
 #[derive(Debug, Default)]
 struct SlotCounter {
+    /// Sessions of any kind that the agent's role may not see.
+    not_visible: u32,
     used: u32,
     by_state: BTreeMap<&'static str, u32>,
     by_application: ByName,
@@ -456,8 +621,12 @@ impl SlotCounter {
         }
     }
 
-    /// Counts `s`, if it is a client backend (the only kind that takes a slot).
+    /// Counts `s`: in the slots if it is a client backend (the only kind that
+    /// takes a slot).
     fn add(&mut self, s: &Session) {
+        if s.state == SessionState::NotVisible {
+            self.not_visible += 1;
+        }
         if s.backend_type.as_ref() != "client backend" {
             return;
         }
@@ -468,8 +637,20 @@ impl SlotCounter {
         self.by_database.add(&s.database);
     }
 
+    /// A known session has ended: it no longer counts, and its key goes to
+    /// `removed` if it was reported.
+    fn ended(&mut self, k: Known, removed: &mut Vec<SessionKey>) {
+        self.remove(&k.session);
+        if !k.own {
+            removed.push(k.session.key());
+        }
+    }
+
     /// Takes back what [`SlotCounter::add`] counted for `s`.
     fn remove(&mut self, s: &Session) {
+        if s.state == SessionState::NotVisible {
+            self.not_visible = self.not_visible.saturating_sub(1);
+        }
         if s.backend_type.as_ref() != "client backend" {
             return;
         }
@@ -532,6 +713,59 @@ mod tests {
         assert_eq!(at(1_000_001), 946_684_801_000_001);
         assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
         assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn arrays_read_in_place() {
+        use tokio_postgres::types::ToSql;
+        let mut raw = prost::bytes::BytesMut::new();
+        vec![7i32, -1, 123_456]
+            .to_sql(&Type::INT4_ARRAY, &mut raw)
+            .unwrap();
+        let a = PgArray::from_sql(&Type::INT4_ARRAY, &raw).unwrap();
+        let pids: Vec<i32> = a
+            .iter()
+            .map(|p| i32::from_be_bytes(p.try_into().unwrap()))
+            .collect();
+        assert_eq!(pids, [7, -1, 123_456]);
+
+        let mut raw = prost::bytes::BytesMut::new();
+        vec![Some("Timeout\u{1f}PgSleep"), None, Some("")]
+            .to_sql(&Type::TEXT_ARRAY, &mut raw)
+            .unwrap();
+        let a = PgArray::from_sql(&Type::TEXT_ARRAY, &raw).unwrap();
+        let waits: Vec<&[u8]> = a.iter().collect();
+        assert_eq!(waits, [&b"Timeout\x1fPgSleep"[..], b"", b""]);
+
+        let mut raw = prost::bytes::BytesMut::new();
+        Vec::<i32>::new()
+            .to_sql(&Type::INT4_ARRAY, &mut raw)
+            .unwrap();
+        assert_eq!(
+            PgArray::from_sql(&Type::INT4_ARRAY, &raw)
+                .unwrap()
+                .iter()
+                .count(),
+            0
+        );
+        // Cut short: an error, or fewer elements, never a panic.
+        assert!(PgArray::from_sql(&Type::INT4_ARRAY, &[0, 0, 0, 1, 0]).is_err());
+        let cut = PgArray::from_sql(&Type::INT4_ARRAY, &raw[..0]);
+        assert!(cut.is_err());
+    }
+
+    #[test]
+    fn waits_compare_with_a_session_without_copying() {
+        let s = Session {
+            wait_event_type: "Lock".into(),
+            wait_event: "tuple".into(),
+            ..Default::default()
+        };
+        assert!(wait_is(b"Lock\x1ftuple", &s));
+        assert!(!wait_is(b"Lock\x1ftupl", &s));
+        assert!(!wait_is(b"LockXtuple", &s));
+        assert!(!wait_is(b"", &s));
+        assert!(wait_is(b"\x1f", &Session::default()));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! Server facts and pg_stat_database counters.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use pgfleet_proto::time::system_time_to_micros;
 use pgfleet_proto::v1;
@@ -17,8 +16,7 @@ SELECT current_setting('server_version'),
        pg_postmaster_start_time(),
        current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
-       coalesce(current_setting('reserved_connections', true), '0')::int,
-       now()";
+       coalesce(current_setting('reserved_connections', true), '0')::int";
 
 /// The cluster's identity. It only changes with the server's start time, so it
 /// is read again only then. pg_control_system() is granted to pg_monitor.
@@ -42,12 +40,12 @@ const COUNTERS: usize = 13;
 /// One database's counters as read.
 pub type CounterRow = (String, [i64; COUNTERS]);
 
-/// Reads the server's facts and its clock. `identity` caches the system
+/// Reads the server's facts. `identity` caches the system
 /// identifier together with the start time it was read at.
 pub async fn sample_facts(
     client: &deadpool_postgres::Client,
     identity: &mut Option<(i64, u64)>,
-) -> Result<(v1::ServerFacts, SystemTime), tokio_postgres::Error> {
+) -> Result<v1::ServerFacts, tokio_postgres::Error> {
     let statement = client.prepare_cached(FACTS_SQL).await?;
     let row = client.query_one(&statement, &[]).await?;
     let count = |i: usize| -> Result<u32, tokio_postgres::Error> {
@@ -74,7 +72,7 @@ pub async fn sample_facts(
         superuser_reserved_connections: count(5)?,
         reserved_connections: count(6)?,
     };
-    Ok((facts, row.try_get(7)?))
+    Ok(facts)
 }
 
 /// Reads the counters of the databases `which` names.

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use pgfleet_proto::model::{Snapshot, TargetStatus};
+use pgfleet_proto::model::{Delta, Snapshot, TargetStatus};
 use pgfleet_proto::time::now_micros;
 use pgfleet_proto::v1;
 use tokio::sync::{mpsc, watch};
@@ -53,6 +53,9 @@ pub struct TargetSampler {
     identity: Option<(i64, u64)>,
     version_num: Option<u32>,
     activity: ActivityCache,
+    /// When the last snapshot that was up was sampled: the base of the next
+    /// snapshot's delta.
+    last_up_at: Option<i64>,
     counters: CounterTracker,
     warned_not_visible: bool,
     last_duration_us: u32,
@@ -83,6 +86,7 @@ impl TargetSampler {
             identity: None,
             version_num: None,
             activity: ActivityCache::default(),
+            last_up_at: None,
             counters: CounterTracker::default(),
             warned_not_visible: false,
             last_duration_us: 0,
@@ -91,6 +95,9 @@ impl TargetSampler {
     }
 
     /// Takes one sample: an up snapshot, or why the target cannot be sampled.
+    /// Its sessions are every session, or (with `delta` set) what changed since
+    /// the previous up snapshot; each snapshot must reach the encoder, or else
+    /// [`TargetSampler::resend_whole`] be called.
     pub async fn sample(&mut self, sampled_at_us: i64) -> Result<Snapshot, String> {
         let started = Instant::now();
         let deadline = self.statement_timeout + CONNECT_TIMEOUT;
@@ -111,6 +118,11 @@ impl TargetSampler {
             }
         };
         let (facts, mut activity, increments) = postgres;
+        let delta = activity.removed.take().map(|removed| Delta {
+            base_sampled_at_us: self.last_up_at.unwrap_or_default(),
+            removed,
+        });
+        self.last_up_at = Some(sampled_at_us);
         activity.slots.max_connections = facts.max_connections;
         activity.slots.reserved = facts.superuser_reserved_connections + facts.reserved_connections;
         if activity.not_visible > 0 && !self.warned_not_visible {
@@ -135,7 +147,7 @@ impl TargetSampler {
             sampled_at_us,
             status: TargetStatus::Up,
             sessions: activity.sessions,
-            delta: None,
+            delta,
             facts: Some(facts),
             databases: increments,
             slots: Some(activity.slots),
@@ -143,6 +155,12 @@ impl TargetSampler {
             client_pools,
             agent: Some(self.counters_message(activity.not_visible)),
         })
+    }
+
+    /// The last snapshot did not reach the encoder: the next one lists every
+    /// session.
+    pub fn resend_whole(&mut self) {
+        self.activity.resend_whole();
     }
 
     /// A snapshot that says the target is down, and why.
@@ -183,7 +201,7 @@ impl TargetSampler {
         let version_num = match self.version_num {
             Some(v) => v,
             None => {
-                let (facts, _) = sample_facts(&client, &mut self.identity)
+                let facts = sample_facts(&client, &mut self.identity)
                     .await
                     .map_err(|e| chain(&e))?;
                 facts.version_num
@@ -194,18 +212,17 @@ impl TargetSampler {
                 "PostgreSQL {version_num} is older than 10, which pgfleet does not sample"
             ));
         }
-        let ((facts, server_now), activity, rows) = tokio::try_join!(
-            sample_facts(&client, &mut self.identity),
+        // The slow statement first, so that the quick ones' results follow it
+        // at once and the three arrive together.
+        let (activity, facts, rows) = tokio::try_join!(
             sample_activity(&client, version_num, self.query_text, &mut self.activity),
+            sample_facts(&client, &mut self.identity),
             sample_databases(&client, &self.databases),
         )
         .map_err(|e| chain(&e))?;
         // A server upgraded or restored under the same address: write the query
         // for its version from the next sample on.
         self.version_num = Some(facts.version_num);
-        if activity.complete {
-            self.activity.mark_read(server_now);
-        }
         Ok((facts, activity, self.counters.update(&rows)))
     }
 
@@ -329,6 +346,8 @@ pub fn spawn(
             match out.try_send(snapshot) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The next snapshot cannot build on this one.
+                    sampler.resend_whole();
                     let n = stats.dropped_snapshots.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
                         warn!(server.id = %server_id, dropped = n, "Shipper is behind; snapshot dropped.");

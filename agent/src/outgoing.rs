@@ -1,0 +1,147 @@
+//! The agent's side of the stream, as it goes on the wire.
+//!
+//! A batch is encoded once, when it is spooled, and its bytes are sent as they
+//! are on every (re)send: no copy of its snapshots, and no second encoding.
+//! [`Outgoing`] is wire-identical to `pgfleet.v1.AgentMessage`, which the
+//! collector decodes (a test holds the two together).
+
+use pgfleet_proto::v1;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{self, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+/// `AgentMessage.batch`'s field number.
+const BATCH_FIELD: u32 = 2;
+/// `AgentMessage.hello`'s field number.
+const HELLO_FIELD: u32 = 1;
+/// `Batch.seq`'s field number.
+const SEQ_FIELD: u32 = 1;
+
+/// One message of the agent's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outgoing {
+    Hello(v1::Hello),
+    /// A batch: its sequence, and the rest of it (`Batch` without `seq`)
+    /// encoded.
+    Batch {
+        seq: u64,
+        body: Bytes,
+    },
+}
+
+impl Outgoing {
+    /// The body of a batch of `snapshots`: everything but its sequence, which
+    /// may change before the batch is sent (see `Spool::restart`).
+    pub fn batch_body(snapshots: Vec<v1::Snapshot>) -> Bytes {
+        v1::Batch {
+            seq: 0,
+            dictionary_additions: Vec::new(),
+            snapshots,
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    fn batch_len(seq: u64, body: &Bytes) -> usize {
+        let seq_len = if seq == 0 {
+            0
+        } else {
+            encoding::uint64::encoded_len(SEQ_FIELD, &seq)
+        };
+        seq_len + body.len()
+    }
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Outgoing::Batch {
+            seq: 0,
+            body: Bytes::new(),
+        }
+    }
+}
+
+impl Message for Outgoing {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            Outgoing::Hello(hello) => encoding::message::encode(HELLO_FIELD, hello, buf),
+            Outgoing::Batch { seq, body } => {
+                encoding::encode_key(BATCH_FIELD, WireType::LengthDelimited, buf);
+                encoding::encode_varint(Self::batch_len(*seq, body) as u64, buf);
+                if *seq != 0 {
+                    encoding::uint64::encode(SEQ_FIELD, seq, buf);
+                }
+                buf.put_slice(body);
+            }
+        }
+    }
+
+    /// The agent never reads its own messages: every field is skipped.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            Outgoing::Hello(hello) => encoding::message::encoded_len(HELLO_FIELD, hello),
+            Outgoing::Batch { seq, body } => {
+                let len = Self::batch_len(*seq, body);
+                encoding::key_len(BATCH_FIELD) + encoding::encoded_len_varint(len as u64) + len
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Outgoing::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfleet_proto::v1::agent_message::Msg;
+
+    #[test]
+    fn batches_and_hellos_decode_as_agent_messages() {
+        let snapshots = vec![
+            v1::Snapshot {
+                server_id: "db1".into(),
+                sampled_at_us: 42,
+                ..Default::default()
+            },
+            v1::Snapshot {
+                server_id: "db2".into(),
+                ..Default::default()
+            },
+        ];
+        for seq in [0, 1, 300, u64::MAX] {
+            let out = Outgoing::Batch {
+                seq,
+                body: Outgoing::batch_body(snapshots.clone()),
+            };
+            let wire = out.encode_to_vec();
+            assert_eq!(wire.len(), out.encoded_len());
+            let decoded = v1::AgentMessage::decode(wire.as_slice()).unwrap();
+            let want = v1::Batch {
+                seq,
+                dictionary_additions: Vec::new(),
+                snapshots: snapshots.clone(),
+            };
+            assert_eq!(decoded.msg, Some(Msg::Batch(want)));
+        }
+        let hello = v1::Hello {
+            agent_id: "vm".into(),
+            sample_interval_ms: 1000,
+            ..Default::default()
+        };
+        let wire = Outgoing::Hello(hello.clone()).encode_to_vec();
+        let decoded = v1::AgentMessage::decode(wire.as_slice()).unwrap();
+        assert_eq!(decoded.msg, Some(Msg::Hello(hello)));
+    }
+}
