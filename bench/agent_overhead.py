@@ -22,6 +22,7 @@ CPU is read from /proc/<pid>/task/*/schedstat (nanoseconds on CPU, every thread)
 at the start and end of the window, so start-up is not counted; RSS is VmHWM.
 
 Usage: python3 bench/agent_overhead.py [--samples 60] [--tps-runs 10] [--tps-seconds 12] [--sleep-ms 10000,60000]
+       [--transport unix|tcp]
 Needs: PostgreSQL 15 server binaries, pgbench, prometheus-postgres-exporter,
 python3 with sqlalchemy and psycopg2 (pip install -r bench/requirements.txt).
 """
@@ -47,6 +48,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = os.geteuid() == 0
+# How the watchers connect to PostgreSQL: "unix" or "tcp" (--transport).
+TRANSPORT = "unix"
 
 
 def log(msg: str) -> None:
@@ -124,6 +127,14 @@ class Cluster:
                        cwd=self.dir)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def dsn(self, scheme: str, query: str = "") -> str:
+        """A URL for the watchers: over the Unix socket (as a watcher on the
+        database's host connects), or over TCP with --transport tcp."""
+        if TRANSPORT == "unix":
+            params = f"host={self.dir}&port={self.port}" + (f"&{query}" if query else "")
+            return f"{scheme}://postgres@/postgres?{params}"
+        return f"{scheme}://postgres@127.0.0.1:{self.port}/postgres" + (f"?{query}" if query else "")
+
     def psql(self, sql: str) -> str:
         out = subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
                               "postgres", "-XAtqc", sql], capture_output=True, text=True, check=True)
@@ -153,7 +164,7 @@ def measure_agent(cluster: Cluster, samples: int) -> dict:
                                   f"127.0.0.1:{collector_port}", "--data-dir", data_dir], env=env)
     agent = subprocess.Popen([str(ROOT / "target/release/pgfleet-agent"),
                               "--collector", f"http://127.0.0.1:{collector_port}",
-                              "--target", f"postgres://postgres@127.0.0.1:{cluster.port}/postgres",
+                              "--target", cluster.dsn("postgres"),
                               "--server-id", "bench", "--pool-reporter-listen", "off"], env=env)
 
     def agent_counters() -> dict:
@@ -206,7 +217,7 @@ while True:
 def measure_sqlalchemy(cluster: Cluster, samples: int) -> dict:
     count_file = tempfile.mktemp(prefix="pgfleet-bench-polls-")
     poller = subprocess.Popen([sys.executable, "-c", SQLALCHEMY_POLLER,
-                               f"postgresql+psycopg2://postgres@127.0.0.1:{cluster.port}/postgres", count_file])
+                               cluster.dsn("postgresql+psycopg2"), count_file])
 
     def polls() -> int:
         try:
@@ -238,7 +249,7 @@ def measure_exporter(cluster: Cluster, samples: int) -> dict | None:
         return None
     port = free_port()
     env = {**os.environ, "DATA_SOURCE_NAME":
-           f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?sslmode=disable&application_name=bench-exporter"}
+           cluster.dsn("postgresql", "sslmode=disable&application_name=bench-exporter")}
     exporter = subprocess.Popen([exe, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -293,7 +304,7 @@ def measure_tps(cluster: Cluster, runs: int, seconds: int) -> dict:
     def run_with_agent() -> float:
         agent = subprocess.Popen([str(ROOT / "target/release/pgfleet-agent"),
                                   "--collector", f"http://127.0.0.1:{collector_port}",
-                                  "--target", f"postgres://postgres@127.0.0.1:{cluster.port}/postgres",
+                                  "--target", cluster.dsn("postgres"),
                                   "--server-id", "bench", "--pool-reporter-listen", "off"], env=env)
         try:
             time.sleep(2)
@@ -334,7 +345,11 @@ def main() -> None:
     p.add_argument("--tps-runs", type=int, default=10, help="pairs of TPS runs, without and with the agent")
     p.add_argument("--tps-seconds", type=int, default=12)
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--transport", choices=["unix", "tcp"], default="unix",
+                   help="how the three watchers connect to PostgreSQL (the workload always uses TCP)")
     args = p.parse_args()
+    global TRANSPORT
+    TRANSPORT = args.transport
     command = "python3 bench/agent_overhead.py " + " ".join(sys.argv[1:])
 
     log("building the release binaries")
@@ -418,7 +433,8 @@ Command: `{command}` (from the repository root; it builds the release binaries).
 Run on {datetime.date.today()} on {machine}; {pg_version}.
 {args.sessions} pgbench clients each run `SELECT pg_sleep(…)` for {lo:g}–{hi:g} s at a time (so that
 many sessions start a new query every second), and 3 clients run indexed reads at 300 TPS, all on
-the one server ({agent['sessions']} rows in pg_stat_activity). Each row is one
+the one server ({agent['sessions']} rows in pg_stat_activity). The three watchers connect
+{"through the server's Unix socket, as a watcher on the database's host does" if TRANSPORT == "unix" else "over TCP to 127.0.0.1"}. Each row is one
 {args.samples}-second window, sampling or scraping once a second; CPU counts every
 thread of the process, from /proc/<pid>/task/*/schedstat, and excludes start-up.
 

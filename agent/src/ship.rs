@@ -118,7 +118,7 @@ impl Shipper {
                     };
                     match event {
                         None => {
-                            self.drain(&tx, &mut inbound).await;
+                            self.drain(tx, &mut inbound).await;
                             return;
                         }
                         Some(Event::Continue) => Some(Connection::Connected { tx, inbound }),
@@ -328,20 +328,29 @@ impl Shipper {
         }
     }
 
-    /// On a graceful stop: send what is queued and wait briefly for the acks.
+    /// On a graceful stop: send what is queued, close this side of the stream
+    /// (which asks the collector for its last ack), and wait briefly for the
+    /// acks.
     async fn drain(
         &mut self,
-        tx: &mpsc::Sender<Outgoing>,
+        tx: mpsc::Sender<Outgoing>,
         inbound: &mut tonic::Streaming<v1::CollectorMessage>,
     ) {
         while let Ok(s) = self.snapshots.try_recv() {
             self.enqueue(s);
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while let Some(batch) = self.spool.next_unsent() {
+            match tokio::time::timeout_at(deadline, tx.send(batch)).await {
+                Ok(Ok(())) => self.spool.mark_sent(),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        drop(tx);
         while !self.spool.is_empty() {
-            match tokio::time::timeout_at(deadline, self.step(tx, inbound)).await {
-                Ok(Event::Continue) => {}
-                Ok(Event::Lost(_)) | Err(_) => break,
+            match tokio::time::timeout_at(deadline, inbound.message()).await {
+                Ok(Ok(Some(msg))) => self.handle(msg),
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
             }
         }
         self.warn_unacknowledged();

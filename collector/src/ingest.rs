@@ -1,5 +1,6 @@
 //! The Ingest service: one stream per agent. It checks the Hello, decodes batches
-//! off the aggregator's task, and acknowledges each batch once it is applied.
+//! off the aggregator's task, and acknowledges batches once they are applied
+//! (several at a time).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -18,6 +19,12 @@ use crate::aggregator::{AggregatorHandle, Command, TargetInfo};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest an applied batch waits for its ack.
+pub const ACK_EVERY: Duration = Duration::from_secs(5);
+
+/// The most batches one ack waits for.
+pub const ACK_AFTER: u32 = 16;
 
 /// The most targets one agent may name.
 pub const MAX_TARGETS: usize = 1024;
@@ -135,6 +142,12 @@ impl Ingest for IngestService {
 }
 
 /// Applies batches until the stream ends; returns why it ended.
+///
+/// Acks are coalesced: one ack covers every batch applied before it, and goes
+/// out [`ACK_EVERY`] after the first batch it covers, after [`ACK_AFTER`]
+/// batches, or when the agent closes its side (as it does when it stops). An
+/// agent that samples every second then wakes for an ack every few seconds
+/// rather than every second, and the collector sends a fraction of the acks.
 async fn receive(
     aggregator: &AggregatorHandle,
     agent_id: &str,
@@ -142,8 +155,24 @@ async fn receive(
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &Outbound,
 ) -> String {
+    // The last applied sequence not yet acknowledged, how many batches it
+    // covers, and when it is due.
+    let mut unacked: Option<(u64, u32, tokio::time::Instant)> = None;
     loop {
-        let batch = match inbound.message().await {
+        let due = unacked.map(|(_, _, due)| due);
+        let received = tokio::select! {
+            biased;
+            m = inbound.message() => m,
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                if let Some((seq, _, _)) = unacked.take()
+                    && !send_ack(tx, seq).await
+                {
+                    return "the agent went away".to_owned();
+                }
+                continue;
+            }
+        };
+        let batch = match received {
             Ok(Some(v1::AgentMessage {
                 msg: Some(agent_message::Msg::Batch(batch)),
             })) => batch,
@@ -161,7 +190,13 @@ async fn receive(
                 let _ = tx.send(Err(status)).await;
                 return "an unknown message type".to_owned();
             }
-            Ok(None) => return "the agent closed the stream".to_owned(),
+            Ok(None) => {
+                // The agent is stopping: it waits for this last ack.
+                if let Some((seq, _, _)) = unacked.take() {
+                    send_ack(tx, seq).await;
+                }
+                return "the agent closed the stream".to_owned();
+            }
             Err(status) => return format!("{} ({:?})", status.message(), status.code()),
         };
         let seq = batch.seq;
@@ -182,7 +217,7 @@ async fn receive(
                 .unwrap_or_else(|_| Err(Status::unavailable("the collector is shutting down"))),
             Err(status) => Err(status),
         };
-        let message = match applied {
+        match applied {
             Ok(keyframes_needed) => {
                 if !keyframes_needed.is_empty() {
                     let request = v1::CollectorMessage {
@@ -196,20 +231,32 @@ async fn receive(
                         return "the agent went away".to_owned();
                     }
                 }
-                Ok(v1::CollectorMessage {
-                    msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
-                })
             }
             Err(status) => {
                 let reason = status.message().to_owned();
                 let _ = tx.send(Err(status)).await;
                 return reason;
             }
-        };
-        if tx.send(message).await.is_err() {
-            return "the agent went away".to_owned();
         }
+        unacked = match unacked {
+            Some((_, n, _)) if n + 1 >= ACK_AFTER => {
+                if !send_ack(tx, seq).await {
+                    return "the agent went away".to_owned();
+                }
+                None
+            }
+            Some((_, n, due)) => Some((seq, n + 1, due)),
+            None => Some((seq, 1, tokio::time::Instant::now() + ACK_EVERY)),
+        };
     }
+}
+
+/// Acknowledges every batch up to `seq`; false if the agent is gone.
+async fn send_ack(tx: &Outbound, seq: u64) -> bool {
+    let ack = v1::CollectorMessage {
+        msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+    };
+    tx.send(Ok(ack)).await.is_ok()
 }
 
 /// Decodes a batch's snapshots. Malformed snapshots are logged and skipped, so one

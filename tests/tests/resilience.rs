@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use pgfleet_collector::ingest;
 use pgfleet_proto::time::timestamp_micros;
+use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
 use pgfleet_tests::{by_app, fleet, sessions, wait_for, wait_for_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,5 +86,161 @@ async fn the_agent_reconnects_by_itself_when_the_collector_restarts() {
         .stats[0]
         .1;
     assert!(stats.samples.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    fleet.stop().await;
+}
+
+/// Speaks the stream as an agent would: Hello, then `batches` down snapshots of
+/// `server_id`; returns the sender and the collector's side.
+async fn raw_stream(
+    url: &str,
+    server_id: &str,
+) -> (
+    tokio::sync::mpsc::Sender<v1::AgentMessage>,
+    tonic::Streaming<v1::CollectorMessage>,
+) {
+    let mut client = IngestClient::connect(url.to_owned()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let hello = v1::Hello {
+        agent_id: format!("raw-{server_id}"),
+        targets: vec![v1::Target {
+            server_id: server_id.to_owned(),
+            ..Default::default()
+        }],
+        sample_interval_ms: 1000,
+        ..Default::default()
+    };
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = inbound.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.msg,
+        Some(collector_message::Msg::Welcome(_))
+    ));
+    (tx, inbound)
+}
+
+fn batch(seq: u64, server_id: &str) -> v1::AgentMessage {
+    let snapshot = v1::Snapshot {
+        server_id: server_id.to_owned(),
+        sampled_at_us: pgfleet_proto::time::now_micros(),
+        status: Some(v1::TargetStatus {
+            up: false,
+            reason: "a test".into(),
+        }),
+        ..Default::default()
+    };
+    v1::AgentMessage {
+        msg: Some(agent_message::Msg::Batch(v1::Batch {
+            seq,
+            dictionary_additions: vec![],
+            snapshots: vec![snapshot],
+        })),
+    }
+}
+
+fn ack(m: Option<v1::CollectorMessage>) -> Option<u64> {
+    match m?.msg? {
+        collector_message::Msg::Ack(a) => Some(a.seq),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_ack_covers_many_batches_and_a_closing_agent_gets_the_last() {
+    let fleet = fleet("db-acks", &[]).await;
+
+    // A few batches: they are applied, and their ack waits (for more batches,
+    // or a few seconds) rather than waking the agent once per batch.
+    let (tx, mut inbound) = raw_stream(&fleet.url, "raw-acks").await;
+    for seq in 1..=3 {
+        tx.send(batch(seq, "raw-acks")).await.unwrap();
+    }
+    let early = tokio::time::timeout(Duration::from_millis(500), inbound.message()).await;
+    assert!(early.is_err(), "no ack for each batch: {early:?}");
+    // Closing its side (as a stopping agent does) brings the ack of all three,
+    // then the end of the stream.
+    drop(tx);
+    let last = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+        .await
+        .expect("the last ack comes when the agent closes its side")
+        .unwrap();
+    assert_eq!(ack(last), Some(3));
+    assert!(inbound.message().await.unwrap().is_none());
+
+    // Sixteen batches bring an ack without waiting.
+    let (tx, mut inbound) = raw_stream(&fleet.url, "raw-acks").await;
+    for seq in 4..=(3 + u64::from(ingest::ACK_AFTER)) {
+        tx.send(batch(seq, "raw-acks")).await.unwrap();
+    }
+    let got = tokio::time::timeout(Duration::from_secs(3), inbound.message())
+        .await
+        .expect("an ack after ACK_AFTER batches")
+        .unwrap();
+    assert_eq!(ack(got), Some(3 + u64::from(ingest::ACK_AFTER)));
+    // Alone, a batch is acknowledged within ACK_EVERY.
+    tx.send(batch(100, "raw-acks")).await.unwrap();
+    let got = tokio::time::timeout(
+        ingest::ACK_EVERY + Duration::from_secs(3),
+        inbound.message(),
+    )
+    .await
+    .expect("an ack within ACK_EVERY")
+    .unwrap();
+    assert_eq!(ack(got), Some(100));
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_agent_leaves_nothing_unacknowledged() {
+    let fleet = fleet("db-drain", &[]).await;
+    let port = fleet.cluster.port().to_string();
+    let agent = tokio::process::Command::new(pgfleet_tests::agent_binary())
+        .args([
+            "--collector",
+            &fleet.url,
+            "--target",
+            &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            "--server-id",
+            "db-drain-bin",
+            "--agent-id",
+            "drain-bin",
+            "--pool-reporter-listen",
+            "off",
+        ])
+        .env_remove("PGFLEET_CONFIG")
+        .env("PGFLEET_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = fleet.client().await.unwrap();
+    wait_for_status(&client, "db-drain-bin", "up", Duration::from_secs(20)).await;
+    // A few samples more, fewer than one ack covers: the collector holds them
+    // unacknowledged until the agent stops.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = agent.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(Duration::from_secs(15), agent.wait_with_output())
+        .await
+        .expect("the agent stops")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("not acknowledged"),
+        "every batch was acknowledged before the agent stopped: {stderr}"
+    );
     fleet.stop().await;
 }

@@ -11,7 +11,10 @@ use pgfleet_proto::v1;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Type};
 
+use super::array::{self, PgArray};
+use super::database::{self, CounterRow};
 use super::query_text::{self, QueryText};
+use crate::config::Databases;
 use crate::target::APPLICATION_NAME;
 
 /// What pg_stat_activity shows in place of the query to a role without
@@ -21,17 +24,21 @@ pub const INSUFFICIENT_PRIVILEGE: &str = "<insufficient privilege>";
 /// The oldest PostgreSQL the agent samples (pg_stat_activity.backend_type).
 pub const MIN_VERSION_NUM: u32 = 100000;
 
-/// One cheap read of pg_stat_activity, written for the server's version:
-/// `leader_pid` exists from 13 and `query_id` from 14, and older servers get NULL
-/// in their place. It runs in autocommit, so each sample sees a fresh statistics
-/// snapshot (both parts of the statement read the same one).
+/// The one statement of a sample: pg_stat_activity, the server's facts and
+/// pg_stat_database, written for the server's version: `leader_pid` exists from
+/// 13 and `query_id` from 14, and older servers get NULL in their place. It runs
+/// in autocommit, so each sample sees a fresh statistics snapshot (every part
+/// of the statement reads the same one). One statement rather than three means
+/// one result, which arrives at once: on a small machine each wake of the agent
+/// costs about as much as reading a hundred sessions.
 ///
 /// Most sessions look the same from one second to the next, and every change but
 /// a wait moves one of their timestamps. So the statement returns:
 /// - a first row that lists the sessions that did not change compactly, by pid
-///   and wait, for the agent to update what it holds. A pid is enough: a
+///   and wait, for the agent to update what it holds (a pid is enough: a
 ///   session that took the pid of one that ended started after the previous
-///   read, so it comes with its details;
+///   read, so it comes with its details), then the server's clock, its facts
+///   and the databases' counters (`SUMMARY_*` say where);
 /// - then a row of details for each session whose timestamps are newer than
 ///   `$2` (the previous read, less a margin), or that waits on a Lock (then
 ///   pg_blocking_pids names its blockers); the query text, the longest column,
@@ -54,6 +61,9 @@ pub fn activity_sql(version_num: u32) -> String {
     } else {
         "NULL::bigint"
     };
+    let facts = database::facts_columns!();
+    let databases_cte = database::DATABASES_CTE;
+    let databases = database::DATABASES_COLUMNS;
     format!(
         "WITH s AS (
   SELECT *, coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
@@ -78,7 +88,8 @@ a AS MATERIALIZED (
          CASE WHEN detailed THEN backend_type END AS backend_type,
          CASE WHEN detailed THEN {leader_pid} END AS leader_pid,
          CASE WHEN detailed THEN {query_id} END AS query_id
-    FROM s)
+    FROM s),
+{databases_cte}
 SELECT NULL::int, NULL::timestamptz, NULL::bool, NULL::text, NULL::text, NULL::int[],
        NULL::name, NULL::name, NULL::text, NULL::text, NULL::int, NULL::text,
        NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::text, NULL::text,
@@ -86,16 +97,23 @@ SELECT NULL::int, NULL::timestamptz, NULL::bool, NULL::text, NULL::text, NULL::i
        array_agg(pid ORDER BY pid),
        array_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, '')
                  ORDER BY pid),
-       now()
+       now(),
+       {facts},
+       {databases}
   FROM a WHERE NOT detailed
 UNION ALL
 SELECT pid, backend_start, own, wait_event_type, wait_event, blocked_by,
        datname, usename, application_name, client_host, client_port, state,
        xact_start, query_start, state_change, query, backend_type, leader_pid, query_id,
-       NULL, NULL, NULL
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
   FROM a WHERE detailed"
     )
 }
+
+/// Where the first row has the server's clock, facts, and database counters.
+const SUMMARY_NOW: usize = 21;
+const SUMMARY_FACTS: usize = 22;
+const SUMMARY_DATABASES: usize = SUMMARY_FACTS + database::FACTS_COLUMNS;
 
 /// How far before the previous read a change must have happened to be taken as
 /// seen: covers a backend that took its timestamp just before the previous read
@@ -194,53 +212,6 @@ fn wait_is(wait: &[u8], s: &Session) -> bool {
         && wait.ends_with(event)
 }
 
-/// A one-dimensional array in PostgreSQL's binary form, read in place: its
-/// elements' bytes, in order (NULL as empty).
-struct PgArray<'a> {
-    count: usize,
-    elements: &'a [u8],
-}
-
-impl<'a> FromSql<'a> for PgArray<'a> {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let word = |at: usize| -> Result<i32, Box<dyn std::error::Error + Sync + Send>> {
-            let bytes = raw.get(at..at + 4).ok_or("the array is cut short")?;
-            Ok(i32::from_be_bytes(bytes.try_into()?))
-        };
-        match word(0)? {
-            0 => Ok(PgArray {
-                count: 0,
-                elements: &[],
-            }),
-            // ndim, has_null, element type, then the dimension's length and
-            // lower bound.
-            1 => Ok(PgArray {
-                count: usize::try_from(word(12)?)?,
-                elements: &raw[20.min(raw.len())..],
-            }),
-            n => Err(format!("expected a one-dimensional array, got {n} dimensions").into()),
-        }
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::INT4_ARRAY || *ty == Type::TEXT_ARRAY
-    }
-}
-
-impl<'a> PgArray<'a> {
-    fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
-        let mut rest = self.elements;
-        (0..self.count).map_while(move |_| {
-            let (len, tail) = rest.split_first_chunk::<4>()?;
-            let len = i32::from_be_bytes(*len);
-            let len = usize::try_from(len).unwrap_or(0).min(tail.len());
-            let (element, tail) = tail.split_at(len);
-            rest = tail;
-            Some(element)
-        })
-    }
-}
-
 impl ActivityCache {
     /// Forgets everything: the next read asks for every detail again.
     pub fn clear(&mut self) {
@@ -256,30 +227,50 @@ impl ActivityCache {
     }
 }
 
-/// Reads every session of the server, with query texts as `mode` says, and
-/// returns what changed since the previous read (or every session, when the
-/// previous read was not handed on, and every [`WHOLE_EVERY`] reads). A
-/// caller that cannot use the result must [`ActivityCache::clear`] the cache.
-pub async fn sample_activity(
+/// Why a read of the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("the sample's statement returned no row")]
+    NoSummary,
+}
+
+/// What one read of the server gives.
+#[derive(Debug)]
+pub struct ServerRead {
+    pub activity: Activity,
+    pub facts: v1::ServerFacts,
+    /// The counters of the databases the configuration names, as read.
+    pub counters: Vec<CounterRow>,
+}
+
+/// Reads the server once (see [`activity_sql`]): every session, with query
+/// texts as `mode` says, of which it returns what changed since the previous
+/// read (or every session, when the previous read was not handed on, and every
+/// [`WHOLE_EVERY`] reads); the facts (`identity` caches the system identifier);
+/// and the counters of `databases`. A caller that cannot use the result must
+/// [`ActivityCache::clear`] the cache.
+pub async fn read_server(
     client: &deadpool_postgres::Client,
     version_num: u32,
     mode: QueryText,
+    databases: &Databases,
+    identity: &mut Option<(i64, u64)>,
     cache: &mut ActivityCache,
-) -> Result<Activity, tokio_postgres::Error> {
+) -> Result<ServerRead, ReadError> {
     let sql = match &cache.sql {
         Some((v, sql)) if *v == version_num => sql,
         _ => &cache.sql.insert((version_num, activity_sql(version_num))).1,
     };
     let statement = client.prepare_cached(sql).await?;
     let since = cache.since.unwrap_or(SystemTime::UNIX_EPOCH);
+    let names = database::databases_param(databases);
     let rows = client
-        .query(&statement, &[&APPLICATION_NAME, &since])
+        .query(&statement, &[&APPLICATION_NAME, &since, &names])
         .await?;
     // The first row is the compact list (an aggregate always returns a row).
-    let (summary, details) = match rows.split_first() {
-        Some((summary, details)) => (Some(summary), details),
-        None => (None, &[][..]),
-    };
+    let (summary, details) = rows.split_first().ok_or(ReadError::NoSummary)?;
     let whole = match cache.since_whole {
         Some(n) if n + 1 < WHOLE_EVERY => {
             cache.since_whole = Some(n + 1);
@@ -300,23 +291,17 @@ pub async fn sample_activity(
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     details.sort_unstable_by_key(|&(pid, _)| pid);
     let mut details = details.into_iter().peekable();
-    let empty = || PgArray {
-        count: 0,
-        elements: &[],
+    let facts = database::read_facts(client, summary, SUMMARY_FACTS, identity).await?;
+    let counters = database::read_counters(summary, SUMMARY_DATABASES)?;
+    let array = |i: usize| -> Result<PgArray, tokio_postgres::Error> {
+        Ok(summary
+            .try_get::<_, Option<PgArray>>(i)?
+            .unwrap_or(PgArray::EMPTY))
     };
-    let (pids, waits, read_at) = match summary {
-        Some(row) => (
-            row.try_get::<_, Option<PgArray>>(19)?.unwrap_or_else(empty),
-            row.try_get::<_, Option<PgArray>>(20)?.unwrap_or_else(empty),
-            row.try_get::<_, Option<SystemTime>>(21)?,
-        ),
-        None => (empty(), empty(), None),
-    };
-    let mut unchanged = pids
-        .iter()
-        .map(|p| p.try_into().map_or(0, i32::from_be_bytes))
-        .peekable();
-    let list = waits.elements;
+    let (pids, waits) = (array(19)?, array(20)?);
+    let read_at: Option<SystemTime> = summary.try_get(SUMMARY_NOW)?;
+    let mut unchanged = pids.iter().map(array::int4).peekable();
+    let list = waits.bytes();
     let mut waits = waits.iter();
     let mut complete = true;
     let mut changed = Vec::new();
@@ -422,11 +407,15 @@ pub async fn sample_activity(
     } else {
         (changed, Some(removed))
     };
-    Ok(Activity {
-        sessions,
-        removed,
-        slots: cache.slots.snapshot(),
-        not_visible: cache.slots.not_visible,
+    Ok(ServerRead {
+        activity: Activity {
+            sessions,
+            removed,
+            slots: cache.slots.snapshot(),
+            not_visible: cache.slots.not_visible,
+        },
+        facts,
+        counters,
     })
 }
 
@@ -713,45 +702,6 @@ mod tests {
         assert_eq!(at(1_000_001), 946_684_801_000_001);
         assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
         assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
-    }
-
-    #[test]
-    fn arrays_read_in_place() {
-        use tokio_postgres::types::ToSql;
-        let mut raw = prost::bytes::BytesMut::new();
-        vec![7i32, -1, 123_456]
-            .to_sql(&Type::INT4_ARRAY, &mut raw)
-            .unwrap();
-        let a = PgArray::from_sql(&Type::INT4_ARRAY, &raw).unwrap();
-        let pids: Vec<i32> = a
-            .iter()
-            .map(|p| i32::from_be_bytes(p.try_into().unwrap()))
-            .collect();
-        assert_eq!(pids, [7, -1, 123_456]);
-
-        let mut raw = prost::bytes::BytesMut::new();
-        vec![Some("Timeout\u{1f}PgSleep"), None, Some("")]
-            .to_sql(&Type::TEXT_ARRAY, &mut raw)
-            .unwrap();
-        let a = PgArray::from_sql(&Type::TEXT_ARRAY, &raw).unwrap();
-        let waits: Vec<&[u8]> = a.iter().collect();
-        assert_eq!(waits, [&b"Timeout\x1fPgSleep"[..], b"", b""]);
-
-        let mut raw = prost::bytes::BytesMut::new();
-        Vec::<i32>::new()
-            .to_sql(&Type::INT4_ARRAY, &mut raw)
-            .unwrap();
-        assert_eq!(
-            PgArray::from_sql(&Type::INT4_ARRAY, &raw)
-                .unwrap()
-                .iter()
-                .count(),
-            0
-        );
-        // Cut short: an error, or fewer elements, never a panic.
-        assert!(PgArray::from_sql(&Type::INT4_ARRAY, &[0, 0, 0, 1, 0]).is_err());
-        let cut = PgArray::from_sql(&Type::INT4_ARRAY, &raw[..0]);
-        assert!(cut.is_err());
     }
 
     #[test]

@@ -5,53 +5,94 @@ use std::collections::HashMap;
 use pgfleet_proto::time::system_time_to_micros;
 use pgfleet_proto::v1;
 
+use tokio_postgres::Row;
+
+use super::array::{PgArray, int8};
 use crate::config::Databases;
 
 /// Settings and state that every role may read; cheap enough for every sample.
-/// `reserved_connections` exists from PostgreSQL 16 (missing_ok gives NULL before).
-const FACTS_SQL: &str = "\
-SELECT current_setting('server_version'),
+/// `reserved_connections` exists from PostgreSQL 16 (missing_ok gives NULL
+/// before). The sample reads them within the activity statement; alone (see
+/// [`FACTS_SQL`]) only to learn the server's version first.
+macro_rules! facts_columns {
+    () => {
+        "current_setting('server_version'),
        current_setting('server_version_num')::int,
        pg_is_in_recovery(),
        pg_postmaster_start_time(),
        current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int,
-       coalesce(current_setting('reserved_connections', true), '0')::int";
+       coalesce(current_setting('reserved_connections', true), '0')::int"
+    };
+}
+pub(super) use facts_columns;
+
+/// How many columns `facts_columns!` reads.
+pub const FACTS_COLUMNS: usize = 7;
+
+/// The facts alone.
+const FACTS_SQL: &str = concat!("SELECT ", facts_columns!());
 
 /// The cluster's identity. It only changes with the server's start time, so it
 /// is read again only then. pg_control_system() is granted to pg_monitor.
 const SYSTEM_IDENTIFIER_SQL: &str = "SELECT system_identifier::text FROM pg_control_system()";
 
-/// Every counter of pg_stat_database that the agent sends, for databases that
-/// allow connections (template0 does not). `$1` is NULL for every database, or
-/// the names to send.
-const DATABASES_SQL: &str = "\
-SELECT d.datname, d.xact_commit, d.xact_rollback, d.blks_read, d.blks_hit,
-       d.tup_returned, d.tup_fetched, d.tup_inserted, d.tup_updated, d.tup_deleted,
-       d.temp_files, d.temp_bytes, d.deadlocks, d.conflicts
-  FROM pg_stat_database d
-  JOIN pg_database db ON db.oid = d.datid
- WHERE db.datallowconn
-   AND ($1::text[] IS NULL OR d.datname = ANY($1))";
+/// A common table expression `d` of every counter of pg_stat_database that the
+/// agent sends, as an array per database, for databases that allow connections
+/// (template0 does not). `$3` is NULL for every database, or the names to send.
+pub const DATABASES_CTE: &str = "d AS (
+  SELECT d.datname,
+         ARRAY[d.xact_commit, d.xact_rollback, d.blks_read, d.blks_hit,
+               d.tup_returned, d.tup_fetched, d.tup_inserted, d.tup_updated, d.tup_deleted,
+               d.temp_files, d.temp_bytes, d.deadlocks, d.conflicts] AS counters
+    FROM pg_stat_database d
+    JOIN pg_database db ON db.oid = d.datid
+   WHERE db.datallowconn
+     AND ($3::text[] IS NULL OR d.datname = ANY($3)))";
 
-/// How many counters `DATABASES_SQL` reads after the name.
+/// The two columns that read `d`: the names, and their counters (a
+/// two-dimensional array), in the same order.
+pub const DATABASES_COLUMNS: &str = "\
+(SELECT array_agg(datname::text ORDER BY datname) FROM d),
+       (SELECT array_agg(counters ORDER BY datname) FROM d)";
+
+/// How many counters `DATABASES_CTE` reads per database.
 const COUNTERS: usize = 13;
 
 /// One database's counters as read.
 pub type CounterRow = (String, [i64; COUNTERS]);
 
-/// Reads the server's facts. `identity` caches the system
-/// identifier together with the start time it was read at.
+/// `$3` of the statement that reads `DATABASES_CTE`.
+pub fn databases_param(which: &Databases) -> Option<&[String]> {
+    match which {
+        Databases::All => None,
+        Databases::Only(names) => Some(names),
+    }
+}
+
+/// Reads the server's facts alone (to learn its version before the first
+/// sample). `identity` caches the system identifier together with the start
+/// time it was read at.
 pub async fn sample_facts(
     client: &deadpool_postgres::Client,
     identity: &mut Option<(i64, u64)>,
 ) -> Result<v1::ServerFacts, tokio_postgres::Error> {
     let statement = client.prepare_cached(FACTS_SQL).await?;
     let row = client.query_one(&statement, &[]).await?;
+    read_facts(client, &row, 0, identity).await
+}
+
+/// The facts in `row`, from column `at` on (as `facts_columns!` reads them).
+pub async fn read_facts(
+    client: &deadpool_postgres::Client,
+    row: &Row,
+    at: usize,
+    identity: &mut Option<(i64, u64)>,
+) -> Result<v1::ServerFacts, tokio_postgres::Error> {
     let count = |i: usize| -> Result<u32, tokio_postgres::Error> {
-        Ok(u32::try_from(row.try_get::<_, i32>(i)?).unwrap_or(0))
+        Ok(u32::try_from(row.try_get::<_, i32>(at + i)?).unwrap_or(0))
     };
-    let start_time_us = system_time_to_micros(row.try_get(3)?);
+    let start_time_us = system_time_to_micros(row.try_get(at + 3)?);
     let system_identifier = match *identity {
         Some((start, id)) if start == start_time_us => id,
         _ => {
@@ -62,39 +103,38 @@ pub async fn sample_facts(
             id
         }
     };
-    let facts = v1::ServerFacts {
-        version: row.try_get(0)?,
+    Ok(v1::ServerFacts {
+        version: row.try_get(at)?,
         version_num: count(1)?,
         system_identifier,
-        in_recovery: row.try_get(2)?,
+        in_recovery: row.try_get(at + 2)?,
         start_time_us,
         max_connections: count(4)?,
         superuser_reserved_connections: count(5)?,
         reserved_connections: count(6)?,
-    };
-    Ok(facts)
+    })
 }
 
-/// Reads the counters of the databases `which` names.
-pub async fn sample_databases(
-    client: &deadpool_postgres::Client,
-    which: &Databases,
-) -> Result<Vec<CounterRow>, tokio_postgres::Error> {
-    let names: Option<&[String]> = match which {
-        Databases::All => None,
-        Databases::Only(names) => Some(names),
-    };
-    let statement = client.prepare_cached(DATABASES_SQL).await?;
-    let rows = client.query(&statement, &[&names]).await?;
-    rows.iter()
-        .map(|row| {
+/// The counters in `row`, from column `at` on (as `DATABASES_COLUMNS` reads
+/// them).
+pub fn read_counters(row: &Row, at: usize) -> Result<Vec<CounterRow>, tokio_postgres::Error> {
+    let names = row
+        .try_get::<_, Option<PgArray>>(at)?
+        .unwrap_or(PgArray::EMPTY);
+    let counters = row
+        .try_get::<_, Option<PgArray>>(at + 1)?
+        .unwrap_or(PgArray::EMPTY);
+    let mut counters = counters.iter().map(int8);
+    Ok(names
+        .iter()
+        .map(|name| {
             let mut values = [0i64; COUNTERS];
-            for (i, v) in values.iter_mut().enumerate() {
-                *v = row.try_get::<_, Option<i64>>(i + 1)?.unwrap_or(0);
+            for v in &mut values {
+                *v = counters.next().unwrap_or(0);
             }
-            Ok((row.try_get(0)?, values))
+            (String::from_utf8_lossy(name).into_owned(), values)
         })
-        .collect()
+        .collect())
 }
 
 /// Turns successive readings into increments.

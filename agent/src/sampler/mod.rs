@@ -1,6 +1,7 @@
 //! Sampling one target: one module per source, and the loop that runs them.
 
 pub mod activity;
+mod array;
 pub mod database;
 pub mod pgbouncer;
 pub mod query_text;

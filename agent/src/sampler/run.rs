@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{info, warn};
 
-use super::activity::{ActivityCache, MIN_VERSION_NUM, sample_activity};
-use super::database::{CounterTracker, sample_databases, sample_facts};
+use super::activity::{ActivityCache, MIN_VERSION_NUM, read_server};
+use super::database::{CounterTracker, sample_facts};
 use super::pgbouncer::PgBouncer;
 use super::query_text::QueryText;
 use crate::backoff::Backoff;
@@ -195,9 +195,8 @@ impl TargetSampler {
                 return Err(chain(&e));
             }
         };
-        // The first time, the facts say which version to write the activity
-        // query for; after that, the three statements go out together, in one
-        // round trip (tokio-postgres pipelines them on the one connection).
+        // The first time, the facts alone say which version to write the
+        // sample's statement for; after that, one statement reads everything.
         let version_num = match self.version_num {
             Some(v) => v,
             None => {
@@ -212,14 +211,17 @@ impl TargetSampler {
                 "PostgreSQL {version_num} is older than 10, which pgfleet does not sample"
             ));
         }
-        // The slow statement first, so that the quick ones' results follow it
-        // at once and the three arrive together.
-        let (activity, facts, rows) = tokio::try_join!(
-            sample_activity(&client, version_num, self.query_text, &mut self.activity),
-            sample_facts(&client, &mut self.identity),
-            sample_databases(&client, &self.databases),
+        let read = read_server(
+            &client,
+            version_num,
+            self.query_text,
+            &self.databases,
+            &mut self.identity,
+            &mut self.activity,
         )
+        .await
         .map_err(|e| chain(&e))?;
+        let (facts, activity, rows) = (read.facts, read.activity, read.counters);
         // A server upgraded or restored under the same address: write the query
         // for its version from the next sample on.
         self.version_num = Some(facts.version_num);
