@@ -13,6 +13,9 @@ On one machine and in one run, this script:
    - the origin article's way, SQLAlchemy 2.x polling pg_stat_activity every
      second and fetching every row: the same figures for the Python process;
    - prometheus-postgres-exporter scraped every second: the same, per scrape;
+   - the floor under all three: what waking once a second costs on this machine
+     under the same load, idle and with one SELECT 1 per tick (the wake_floor
+     example of the agent crate);
 3. measures the observer effect: pgbench TPS of a read-write workload (TPC-B
    like, 8 clients) with the agent sampling every second and without it,
    alternating runs;
@@ -281,6 +284,15 @@ def measure_exporter(cluster: Cluster, samples: int) -> dict | None:
         exporter.wait()
 
 
+def measure_floor(cluster: Cluster) -> dict:
+    out = subprocess.run([str(ROOT / "target/release/examples/wake_floor"), cluster.dsn("postgres")],
+                         capture_output=True, text=True, check=True).stdout
+    figures = [float(line.split(":")[1].split()[0]) for line in out.splitlines() if "µs CPU per tick" in line]
+    if len(figures) != 2:
+        sys.exit(f"bench: wake_floor said {out!r}")
+    return {"idle_us": figures[0], "query_us": figures[1]}
+
+
 def tps_run(cluster: Cluster, seconds: int) -> float:
     out = cluster.pgbench(["-n", "-c", "8", "-j", "2", "-T", str(seconds)], stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True).communicate()[0]
@@ -354,7 +366,7 @@ def main() -> None:
 
     log("building the release binaries")
     subprocess.run(["cargo", "build", "--release", "--bin", "pgfleet-agent", "--bin", "pgfleet-collector",
-                    "--bin", "pgfleet"], cwd=ROOT, check=True)
+                    "--bin", "pgfleet", "--example", "wake_floor"], cwd=ROOT, check=True)
     cluster = Cluster(pg_bindir())
     sleepers = busy = None
     try:
@@ -383,6 +395,9 @@ def main() -> None:
         log(f"{n} client sessions; measuring pgfleet-agent over {args.samples} samples")
         agent = measure_agent(cluster, args.samples)
         log(f"agent: {agent}")
+        log("measuring the floor: waking once a second, and a SELECT 1 per tick")
+        floor = measure_floor(cluster)
+        log(f"floor: {floor}")
         if args.only == "agent":
             return
         log("measuring SQLAlchemy polling pg_stat_activity")
@@ -400,10 +415,10 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
         cluster.stop()
-    write_report(args, command, agent, sqlalchemy, exporter, tps)
+    write_report(args, command, agent, floor, sqlalchemy, exporter, tps)
 
 
-def write_report(args, command, agent, sqlalchemy, exporter, tps) -> None:
+def write_report(args, command, agent, floor, sqlalchemy, exporter, tps) -> None:
     w, a = tps["without"], tps["with"]
     mean_w, mean_a = statistics.mean(w), statistics.mean(a)
     drop = (mean_w - mean_a) / mean_w * 100
@@ -442,6 +457,10 @@ thread of the process, from /proc/<pid>/task/*/schedstat, and excludes start-up.
 |---|---|---|---|---|
 {row("pgfleet-agent: sample, mask, encode, send to a collector", agent)}{row("SQLAlchemy 2.x: SELECT * FROM pg_stat_activity, fetch all", sqlalchemy)}{row("prometheus-postgres-exporter 0.11 (default collectors), per scrape", exporter)}
 pgfleet-agent: the last sample took {agent['last_sample_ms']:.1f} ms of wall time, and {agent['skipped']} ticks were skipped.
+
+The floor under any watcher that wakes once a second, on this machine under the same load
+(`cargo run --release -p pgfleet-agent --example wake_floor`, 30 ticks each): an idle tokio
+interval costs {floor['idle_us']:.0f} µs of CPU per tick, and one `SELECT 1` per tick {floor['query_us']:.0f} µs.
 
 Targets: CPU ≤ 0.5 ms per sample: **{verdict(cpu_ok)}** ({agent['cpu_ms_per_sample']:.3f} ms).
 Peak RSS ≤ 20 MB: **{verdict(rss_ok)}** ({agent['peak_rss_mib']:.1f} MiB).

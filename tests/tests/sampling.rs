@@ -390,3 +390,67 @@ async fn sessions_stay_complete_when_only_changes_are_read_and_sent() {
     assert_eq!(load(&stats.failed), 0, "every sample succeeded");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_holds_exactly_the_servers_sessions_through_churn() {
+    let fleet = fleet_with("db-churn", &[]).await;
+    let client = fleet.client().await.unwrap();
+    let probe = fleet.cluster.connect("t-probe").await.unwrap();
+    // Rounds of sessions opening, running, and half of them closing, across
+    // samples: the agent sends only what changed, so any slip would leave a
+    // session too many or too few at the collector.
+    let mut open = Vec::new();
+    for round in 0..4 {
+        for i in 0..10 {
+            let c = fleet
+                .cluster
+                .connect(&format!("t-churn-{round}-{i}"))
+                .await
+                .unwrap();
+            c.simple_query("SELECT 1").await.unwrap();
+            open.push(c);
+        }
+        open = open
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, c)| (i % 2 == 0).then_some(c))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+    }
+    let server: Vec<i32> = probe
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 't-churn-%' ORDER BY pid",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(server.len(), open.len());
+    wait_for(
+        "the collector to hold the server's sessions",
+        Duration::from_secs(5),
+        || {
+            let mut c = client.clone();
+            let server = server.clone();
+            async move {
+                let mut held: Vec<i32> = sessions(&mut c, "db-churn")
+                    .await?
+                    .iter()
+                    .filter(|s| s.application_name.starts_with("t-churn-"))
+                    .map(|s| s.pid)
+                    .collect();
+                held.sort();
+                if held == server {
+                    Ok(())
+                } else {
+                    Err(format!("held {held:?}, the server has {server:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    drop(open);
+    fleet.stop().await;
+}
