@@ -10,25 +10,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::cpu;
+
 use pgfleet_agent::encode::Encoder;
 use pgfleet_agent::sampler::QueryText;
 use pgfleet_agent::sampler::query_text;
 use pgfleet_proto::model::{Session, SessionState, Snapshot, TargetStatus};
 use prost::Message;
-
-/// CPU time of this thread (user + system), from /proc/thread-self/schedstat.
-/// The kernel adds a running thread's time there only when it is switched out
-/// or ticks, so yield first: the figure is then up to this instant.
-fn cpu() -> Duration {
-    std::thread::yield_now();
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = text
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Duration::from_nanos(ns)
-}
 
 fn report(name: &str, iterations: u32, f: &mut dyn FnMut()) {
     f(); // warm up

@@ -11,19 +11,11 @@
 
 use std::time::Duration;
 
-const TICKS: u32 = 30;
+#[path = "../benches/support/cpu.rs"]
+mod cpu;
+use cpu::cpu;
 
-/// CPU time of this thread, after a yield (so the kernel has counted it).
-fn cpu() -> Duration {
-    std::thread::yield_now();
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
-    let ns = text
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Duration::from_nanos(ns)
-}
+const TICKS: u32 = 30;
 
 async fn per_tick(mut work: impl AsyncFnMut()) -> Duration {
     let mut interval = tokio::time::interval(Duration::from_secs(1));
