@@ -3,9 +3,9 @@
 //!
 //! - Always: masking and fingerprinting query texts, and encoding a snapshot of
 //!   1,000 synthetic sessions as a keyframe and as a delta.
-//! - With `PGFLEET_BENCH_TARGET=postgres://…` (bench/agent_overhead.py sets it
-//!   against a server with 1,000 sessions): reading pg_stat_activity and
-//!   building the sessions, as the sampler does.
+//! - With `PGFLEET_BENCH_TARGET=postgres://…` (a server with many sessions,
+//!   such as the one bench/agent_overhead.py fills): reading the server as the
+//!   sampler does, and the whole sample.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
