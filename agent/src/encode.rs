@@ -119,7 +119,9 @@ impl Encoder {
         }
         let base = sent.at.filter(|_| sent.collector_has);
         let (changed, removed) = sent.apply(&mut snapshot);
-        let keyframe = base.is_none() || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
+        // (`apply` clears `collector_has` when a delta does not follow.)
+        let keyframe =
+            base.is_none() || !sent.collector_has || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
         let sessions = if keyframe {
             sent.sessions.values().map(|(s, _)| s.clone()).collect()
         } else {
@@ -259,6 +261,71 @@ mod tests {
         assert!(delta(&e.encode(snapshot(503, s()))).is_none());
         e.keyframe_all();
         assert!(delta(&e.encode(snapshot(504, s()))).is_none());
+    }
+
+    fn delta_from(
+        at: Micros,
+        base: Micros,
+        changed: Vec<Arc<Session>>,
+        removed: &[i32],
+    ) -> Snapshot {
+        Snapshot {
+            delta: Some(Delta {
+                base_sampled_at_us: base,
+                removed: removed
+                    .iter()
+                    .map(|&pid| (pid, 1000 + i64::from(pid)))
+                    .collect(),
+            }),
+            ..snapshot(at, changed)
+        }
+    }
+
+    fn keyframe_pids(wire: &v1::Snapshot) -> Option<Vec<i32>> {
+        match &wire.activity {
+            Some(v1::snapshot::Activity::Keyframe(k)) => {
+                let mut pids: Vec<_> = k.sessions.iter().map(|s| s.pid).collect();
+                pids.sort();
+                Some(pids)
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_samplers_deltas_pass_through_and_keyframes_come_from_what_they_built() {
+        let mut e = Encoder::default();
+        let (a, b) = (
+            session(1, SessionState::Idle),
+            session(2, SessionState::Idle),
+        );
+        let first = e.encode(snapshot(10, vec![a.clone(), b.clone()]));
+        assert_eq!(keyframe_pids(&first), Some(vec![1, 2]));
+
+        // The sampler's delta: b changed, c is new.
+        let mut b2 = b.clone();
+        Arc::make_mut(&mut b2).state = SessionState::Active;
+        let c = session(3, SessionState::Active);
+        let second = e.encode(delta_from(20, 10, vec![b2, c], &[]));
+        let d = delta(&second).expect("a delta stays a delta");
+        assert_eq!((d.base_sampled_at_us, d.upserted.len()), (10, 2));
+
+        let third = e.encode(delta_from(30, 20, vec![], &[2]));
+        let d = delta(&third).unwrap();
+        assert_eq!(d.removed.iter().map(|k| k.pid).collect::<Vec<_>>(), [2]);
+
+        // A new stream: the keyframe holds what the deltas built, without the
+        // sampler listing anything.
+        e.keyframe_all();
+        let fourth = e.encode(delta_from(40, 30, vec![], &[]));
+        assert_eq!(keyframe_pids(&fourth), Some(vec![1, 3]));
+        assert!(delta(&e.encode(delta_from(50, 40, vec![], &[]))).is_some());
+
+        // A delta that does not follow (a lost snapshot the sampler did not
+        // notice): never sent as a delta against the wrong base.
+        let lost = e.encode(delta_from(70, 60, vec![], &[]));
+        assert_eq!(keyframe_pids(&lost), Some(vec![1, 3]));
+        assert!(delta(&e.encode(delta_from(80, 70, vec![], &[]))).is_some());
     }
 
     #[test]
