@@ -202,6 +202,14 @@ struct Known {
     raw_query: Arc<str>,
 }
 
+/// Where `part`, a slice of `whole`, lies in it (None if it is not one, as the
+/// empty slice a short list gives is not).
+fn position(part: &[u8], whole: &[u8]) -> Option<(u32, u32)> {
+    let at = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = at.checked_add(part.len())?;
+    (end <= whole.len()).then_some((u32::try_from(at).ok()?, u32::try_from(part.len()).ok()?))
+}
+
 /// Whether `wait`, as the compact list spells it ("type\u{1f}event"), is the
 /// wait of `s`.
 fn wait_is(wait: &[u8], s: &Session) -> bool {
@@ -385,8 +393,7 @@ pub async fn read_server(
                         changed.push(k.session.clone());
                     }
                 }
-                let at = wait.as_ptr() as usize - list.as_ptr() as usize;
-                k.wait = Some((at as u32, wait.len() as u32));
+                k.wait = position(wait, list);
                 next.push(k);
             }
         }
@@ -702,6 +709,16 @@ mod tests {
         assert_eq!(at(1_000_001), 946_684_801_000_001);
         assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
         assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
+    }
+
+    #[test]
+    fn positions_are_only_of_slices_of_the_list() {
+        let list = b"Timeout\x1fPgSleep";
+        assert_eq!(position(&list[8..], list), Some((8, 7)));
+        assert_eq!(position(&list[..0], list), Some((0, 0)));
+        let elsewhere = b"PgSleep".to_vec();
+        assert_eq!(position(&elsewhere, list), None);
+        assert_eq!(position(&[], list), None);
     }
 
     #[test]
