@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sampler::QueryText;
-use crate::settings::{self, SettingsError};
+use crate::settings::{self, SettingsError, Token};
 use crate::target;
 
 const EXAMPLES: &str = "\
@@ -75,6 +75,9 @@ pub struct AgentArgs {
     /// The most memory that batches awaiting the collector's ack may hold [default: 64 MiB]
     #[arg(long, env = "PGFLEET_SPOOL_MAX_BYTES", value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// A file holding the bearer token to present to the collector (PGFLEET_TOKEN gives the token itself) [default: none]
+    #[arg(long, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// A TOML file with any of the settings above, and [[targets]] to watch several servers
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -176,6 +179,8 @@ pub struct AgentFile {
     pub agent_id: Option<String>,
     /// See `--spool-max-bytes`.
     pub spool_max_bytes: Option<u64>,
+    /// See `--token-file`.
+    pub token_file: Option<PathBuf>,
     /// Several servers to watch, each with its own server_id and labels.
     #[serde(default)]
     pub targets: Vec<TargetFile>,
@@ -230,6 +235,8 @@ pub struct AgentConfig {
     pub pool_reporter: Option<SocketAddr>,
     /// The most bytes of batches held while awaiting acks.
     pub spool_max_bytes: usize,
+    /// The bearer token presented to the collector, if any.
+    pub token: Option<Token>,
 }
 
 /// The shortest and longest sampling interval.
@@ -256,6 +263,7 @@ impl AgentConfig {
             query_text: QueryText::Masked,
             pool_reporter: Some(DEFAULT_POOL_REPORTER),
             spool_max_bytes: 64 << 20,
+            token: None,
         }
     }
 
@@ -380,6 +388,22 @@ impl AgentConfig {
             }
             config.spool_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        // The file wins over PGFLEET_TOKEN; a file may hold exactly one token.
+        config.token = match args.token_file.or(file.token_file) {
+            Some(path) => {
+                let mut tokens = settings::read_tokens("token_file", &path)?;
+                if tokens.len() > 1 {
+                    return Err(SettingsError::Invalid {
+                        key: "token_file",
+                        message: format!("{} holds more than one token", path.display()),
+                    });
+                }
+                tokens.pop()
+            }
+            None => env("PGFLEET_TOKEN")
+                .map(|t| Token::new("token", &t))
+                .transpose()?,
+        };
         Ok(config)
     }
 }
@@ -467,6 +491,51 @@ mod tests {
         assert_eq!(c.labels["dc"], "us2");
         assert_eq!(c.labels["role"], "primary");
         assert_eq!(c.statement_timeout, Duration::from_secs(2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_token_comes_from_its_file_or_pgfleet_token_and_is_checked() {
+        let env = |k: &str| (k == "PGFLEET_TOKEN").then(|| "env-token-0123456789abcdef".to_owned());
+        let c = AgentConfig::resolve(AgentArgs::default(), env).unwrap();
+        assert!(c.token.unwrap().matches(b"env-token-0123456789abcdef"));
+        assert!(
+            AgentConfig::resolve(AgentArgs::default(), no_env)
+                .unwrap()
+                .token
+                .is_none()
+        );
+
+        let dir = std::env::temp_dir().join(format!("pgfleet-agent-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "file-token-0123456789abcdef\n").unwrap();
+        let args = AgentArgs {
+            token_file: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args, env).unwrap();
+        assert!(
+            c.token.unwrap().matches(b"file-token-0123456789abcdef"),
+            "the file wins"
+        );
+        std::fs::write(
+            &path,
+            "file-token-0123456789abcdef\nsecond-token-0123456789ab\n",
+        )
+        .unwrap();
+        let args = AgentArgs {
+            token_file: Some(path),
+            ..Default::default()
+        };
+        let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+        assert!(err.contains("more than one token"), "{err}");
+        let short = |k: &str| (k == "PGFLEET_TOKEN").then(|| "short".to_owned());
+        let err = AgentConfig::resolve(AgentArgs::default(), short)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid `token`"), "{err}");
+        assert!(!err.contains("short"), "the token never shows: {err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -110,6 +110,7 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         hello,
         spool::Spool::new(config.spool_max_bytes),
         snapshots_rx,
+        config.token.clone(),
     );
     tasks.push(tokio::spawn(shipper.run(stop_rx)));
     for t in &config.targets {

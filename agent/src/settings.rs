@@ -188,3 +188,114 @@ mod tests {
         assert!(err.to_string().contains("`collector`"), "{err}");
     }
 }
+
+/// A bearer token: what an agent presents to its collector. It never shows in
+/// logs or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// The shortest token accepted: guessing one must be hopeless.
+pub const MIN_TOKEN_BYTES: usize = 16;
+
+impl Token {
+    /// A token from its text (surrounding whitespace dropped); `key` names the
+    /// setting it came from, for the error.
+    pub fn new(key: &'static str, text: &str) -> Result<Self, SettingsError> {
+        let text = text.trim();
+        if text.len() < MIN_TOKEN_BYTES || text.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(SettingsError::Invalid {
+                key,
+                message: format!(
+                    "a token must be at least {MIN_TOKEN_BYTES} characters, without spaces or control characters (for example from `openssl rand -hex 32`)"
+                ),
+            });
+        }
+        Ok(Token(text.to_owned()))
+    }
+
+    /// The token's text, to put on the wire; never log it.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token, in time that does not depend on
+    /// where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        let mut diff = mine.len() ^ presented.len();
+        for i in 0..mine.len().max(presented.len()) {
+            let a = mine.get(i).copied().unwrap_or(0);
+            let b = presented.get(i).copied().unwrap_or(0);
+            diff |= usize::from(a ^ b);
+        }
+        std::hint::black_box(diff) == 0
+    }
+}
+
+/// Reads tokens from `path`, one per line (blank lines and lines starting with
+/// `#` are skipped); at least one. `key` names the setting.
+pub fn read_tokens(key: &'static str, path: &Path) -> Result<Vec<Token>, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::Invalid {
+        key,
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let tokens = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| Token::new(key, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tokens.is_empty() {
+        return Err(SettingsError::Invalid {
+            key,
+            message: format!("{} holds no token", path.display()),
+        });
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_themselves_and_never_show() {
+        let t = Token::new("token", "  0123456789abcdef0123  ").unwrap();
+        assert!(t.matches(b"0123456789abcdef0123"));
+        assert!(!t.matches(b"0123456789abcdef012"));
+        assert!(!t.matches(b"0123456789abcdef01234"));
+        assert!(!t.matches(b"1123456789abcdef0123"));
+        assert!(!t.matches(b""));
+        assert_eq!(format!("{t:?}"), "Token(…)");
+        assert!(Token::new("token", "short").is_err());
+        assert!(Token::new("token", "0123456789 abcdef0123").is_err());
+    }
+
+    #[test]
+    fn a_tokens_file_skips_comments_and_must_hold_one() {
+        let dir = std::env::temp_dir().join(format!("pgfleet-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens");
+        std::fs::write(
+            &path,
+            "# agents of eu1\n0123456789abcdef0123\n\nfedcba9876543210fedc\n",
+        )
+        .unwrap();
+        assert_eq!(read_tokens("tokens_file", &path).unwrap().len(), 2);
+        std::fs::write(&path, "# none yet\n").unwrap();
+        let e = read_tokens("tokens_file", &path).unwrap_err().to_string();
+        assert!(e.contains("holds no token"), "{e}");
+        let e = read_tokens("tokens_file", &dir.join("absent"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -16,6 +16,7 @@ use crate::backoff::Backoff;
 use crate::encode::Encoder;
 use crate::error::chain;
 use crate::outgoing::Outgoing;
+use crate::settings::Token;
 use crate::spool::Spool;
 
 /// The largest gRPC message either side of the stream accepts.
@@ -59,6 +60,8 @@ pub struct Shipper {
     spool: Spool,
     encoder: Encoder,
     snapshots: mpsc::Receiver<Snapshot>,
+    /// The bearer token presented on every stream, if any.
+    token: Option<Token>,
     backoff: Backoff,
     /// When and why the collector became unreachable, for logging once.
     outage: Option<(Instant, String)>,
@@ -73,6 +76,7 @@ impl Shipper {
         hello: v1::Hello,
         spool: Spool,
         snapshots: mpsc::Receiver<Snapshot>,
+        token: Option<Token>,
     ) -> Self {
         Shipper {
             collector,
@@ -80,6 +84,7 @@ impl Shipper {
             spool,
             encoder: Encoder::default(),
             snapshots,
+            token,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
             inputs_closed: false,
@@ -284,8 +289,15 @@ impl Shipper {
                 .map_err(|e| unreachable(format!("the channel is not ready: {e}")))?;
             let codec = tonic_prost::ProstCodec::<Outgoing, v1::CollectorMessage>::default();
             let path = PathAndQuery::from_static(INGEST_STREAM);
+            let mut request = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(token) = &self.token {
+                let value = format!("Bearer {}", token.secret())
+                    .parse()
+                    .map_err(|_| ("the token cannot go in a header".to_owned(), true))?;
+                request.metadata_mut().insert("authorization", value);
+            }
             let mut inbound = client
-                .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
+                .streaming(request, path, codec)
                 .await
                 .map_err(|s| (status_line(&s), refused(&s)))?
                 .into_inner();

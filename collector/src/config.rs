@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use pgfleet_agent::settings::{self, SettingsError};
+use pgfleet_agent::settings::{self, SettingsError, Token};
 use serde::Deserialize;
 
 const EXAMPLES: &str = "\
@@ -31,6 +31,9 @@ pub struct CollectorArgs {
     /// Where the collector keeps its state [default: ./pgfleet-data]
     #[arg(long, env = "PGFLEET_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A file of bearer tokens, one per line; agents must present one of them [default: none, any agent may stream]
+    #[arg(long, env = "PGFLEET_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
     /// A TOML file with any of the settings above
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -44,6 +47,8 @@ pub struct CollectorFile {
     pub listen: Option<String>,
     /// See `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// See `--tokens-file`.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The collector's settings, checked and complete.
@@ -53,12 +58,18 @@ pub struct CollectorConfig {
     pub listen: SocketAddr,
     /// Where the collector keeps its state.
     pub data_dir: PathBuf,
+    /// The bearer tokens agents may present; empty when any agent may stream.
+    pub tokens: Vec<Token>,
 }
 
 impl CollectorConfig {
     /// Settings with a data directory and everything else at its default.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        CollectorConfig { listen, data_dir }
+        CollectorConfig {
+            listen,
+            data_dir,
+            tokens: Vec::new(),
+        }
     }
 
     /// Resolves flags (and the variables clap read into them), the file and defaults.
@@ -79,7 +90,15 @@ impl CollectorConfig {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("pgfleet-data"));
-        Ok(CollectorConfig { listen, data_dir })
+        let tokens = match args.tokens_file.or(file.tokens_file) {
+            Some(path) => settings::read_tokens("tokens_file", &path)?,
+            None => Vec::new(),
+        };
+        Ok(CollectorConfig {
+            listen,
+            data_dir,
+            tokens,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgfleet_agent::settings::{MAX_LABEL_BYTES, check_label};
+use pgfleet_agent::settings::{MAX_LABEL_BYTES, Token, check_label};
 use pgfleet_proto::model::Snapshot;
 use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,6 +38,8 @@ pub const MAX_MESSAGE_BYTES: usize = pgfleet_agent::ship::MAX_MESSAGE_BYTES;
 /// The Ingest service.
 pub struct IngestService {
     aggregator: AggregatorHandle,
+    /// The bearer tokens agents may present; empty when any agent may stream.
+    tokens: Arc<Vec<Token>>,
     next_conn: Arc<AtomicU64>,
     shutdown: watch::Receiver<()>,
 }
@@ -45,9 +47,14 @@ pub struct IngestService {
 impl IngestService {
     /// A service that feeds `aggregator` and ends every stream, telling its agent
     /// to reconnect, when `shutdown` fires or its sender is dropped.
-    pub fn new(aggregator: AggregatorHandle, shutdown: watch::Receiver<()>) -> Self {
+    pub fn new(
+        aggregator: AggregatorHandle,
+        tokens: Vec<Token>,
+        shutdown: watch::Receiver<()>,
+    ) -> Self {
         IngestService {
             aggregator,
+            tokens: Arc::new(tokens),
             next_conn: Arc::new(AtomicU64::new(1)),
             shutdown,
         }
@@ -67,6 +74,10 @@ impl Ingest for IngestService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        if let Err(status) = authenticate(&self.tokens, request.metadata()) {
+            warn!(peer = %peer, reason = %status.message(), "Refused a stream.");
+            return Err(status);
+        }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(v1::AgentMessage {
@@ -138,6 +149,31 @@ impl Ingest for IngestService {
                 .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Checks the stream's bearer token when the collector has tokens. Every token
+/// is compared, each in constant time, so the time taken says nothing of which
+/// one nearly matched.
+fn authenticate(tokens: &[Token], metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let Some(value) = metadata.get("authorization") else {
+        return Err(Status::unauthenticated(
+            "this collector requires a bearer token: give the agent --token-file or PGFLEET_TOKEN",
+        ));
+    };
+    let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(&[]);
+    let known = tokens
+        .iter()
+        .fold(false, |found, t| t.matches(presented) | found);
+    if known {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated(
+            "the bearer token is not one this collector accepts",
+        ))
     }
 }
 

@@ -79,9 +79,13 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
-    let ingest = IngestServer::new(IngestService::new(handle.clone(), streams_rx))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let ingest = IngestServer::new(IngestService::new(
+        handle.clone(),
+        config.tokens.clone(),
+        streams_rx,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let query = QueryServer::new(QueryService::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -104,7 +108,17 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             error!(error = %pgfleet_agent::error::chain(&e), "gRPC server stopped.");
         }
     });
-    info!(listen = %addr, data_dir = %config.data_dir.display(), "Collector started.");
+    info!(
+        listen = %addr,
+        data_dir = %config.data_dir.display(),
+        tokens = config.tokens.len(),
+        "Collector started{}.",
+        if config.tokens.is_empty() {
+            "; any agent may stream (no --tokens-file)"
+        } else {
+            "; agents must present a bearer token"
+        }
+    );
     Ok(Collector {
         addr,
         aggregator: handle,

@@ -183,3 +183,53 @@ pub fn by_app<'a>(sessions: &'a [v1::Session], app: &str) -> Result<&'a v1::Sess
             format!("no session of {app:?} among {apps:?}")
         })
 }
+
+/// An Ingest stream opened as an agent would open it: the sender of the
+/// agent's messages, and the collector's side.
+pub type AgentStream = (
+    tokio::sync::mpsc::Sender<v1::AgentMessage>,
+    tonic::Streaming<v1::CollectorMessage>,
+);
+
+/// Opens an Ingest stream to `url` (with `authorization` metadata when given)
+/// and says Hello for `server_id`; returns the stream once the collector's
+/// Welcome came, or the collector's refusal.
+pub async fn agent_stream(
+    url: &str,
+    server_id: &str,
+    authorization: Option<&str>,
+) -> Result<AgentStream, tonic::Status> {
+    use v1::{agent_message, collector_message};
+    let mut client = v1::ingest_client::IngestClient::connect(url.to_owned())
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let hello = v1::Hello {
+        agent_id: format!("raw-{server_id}"),
+        targets: vec![v1::Target {
+            server_id: server_id.to_owned(),
+            ..Default::default()
+        }],
+        sample_interval_ms: 1000,
+        ..Default::default()
+    };
+    tx.send(v1::AgentMessage {
+        msg: Some(agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .map_err(|_| tonic::Status::internal("the stream's channel closed"))?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(a) = authorization {
+        let value = a
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("not a header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut inbound = client.stream(request).await?.into_inner();
+    match inbound.message().await?.and_then(|m| m.msg) {
+        Some(collector_message::Msg::Welcome(_)) => Ok((tx, inbound)),
+        other => Err(tonic::Status::internal(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use pgfleet_collector::ingest;
 use pgfleet_proto::time::timestamp_micros;
-use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_client::IngestClient};
-use pgfleet_tests::{by_app, fleet, sessions, wait_for, wait_for_status};
+use pgfleet_proto::v1::{self, agent_message, collector_message};
+use pgfleet_tests::{agent_stream, by_app, fleet, sessions, wait_for, wait_for_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_is_reported_down_with_a_reason_and_comes_back() {
@@ -89,44 +89,6 @@ async fn the_agent_reconnects_by_itself_when_the_collector_restarts() {
     fleet.stop().await;
 }
 
-/// Speaks the stream as an agent would: Hello, then `batches` down snapshots of
-/// `server_id`; returns the sender and the collector's side.
-async fn raw_stream(
-    url: &str,
-    server_id: &str,
-) -> (
-    tokio::sync::mpsc::Sender<v1::AgentMessage>,
-    tonic::Streaming<v1::CollectorMessage>,
-) {
-    let mut client = IngestClient::connect(url.to_owned()).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let hello = v1::Hello {
-        agent_id: format!("raw-{server_id}"),
-        targets: vec![v1::Target {
-            server_id: server_id.to_owned(),
-            ..Default::default()
-        }],
-        sample_interval_ms: 1000,
-        ..Default::default()
-    };
-    tx.send(v1::AgentMessage {
-        msg: Some(agent_message::Msg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let first = inbound.message().await.unwrap().unwrap();
-    assert!(matches!(
-        first.msg,
-        Some(collector_message::Msg::Welcome(_))
-    ));
-    (tx, inbound)
-}
-
 fn batch(seq: u64, server_id: &str) -> v1::AgentMessage {
     let snapshot = v1::Snapshot {
         server_id: server_id.to_owned(),
@@ -159,7 +121,7 @@ async fn one_ack_covers_many_batches_and_a_closing_agent_gets_the_last() {
 
     // A few batches: they are applied, and their ack waits (for more batches,
     // or a few seconds) rather than waking the agent once per batch.
-    let (tx, mut inbound) = raw_stream(&fleet.url, "raw-acks").await;
+    let (tx, mut inbound) = agent_stream(&fleet.url, "raw-acks", None).await.unwrap();
     for seq in 1..=3 {
         tx.send(batch(seq, "raw-acks")).await.unwrap();
     }
@@ -176,7 +138,7 @@ async fn one_ack_covers_many_batches_and_a_closing_agent_gets_the_last() {
     assert!(inbound.message().await.unwrap().is_none());
 
     // Sixteen batches bring an ack without waiting.
-    let (tx, mut inbound) = raw_stream(&fleet.url, "raw-acks").await;
+    let (tx, mut inbound) = agent_stream(&fleet.url, "raw-acks", None).await.unwrap();
     for seq in 4..=(3 + u64::from(ingest::ACK_AFTER)) {
         tx.send(batch(seq, "raw-acks")).await.unwrap();
     }
