@@ -208,12 +208,11 @@ impl Token {
     /// setting it came from, for the error.
     pub fn new(key: &'static str, text: &str) -> Result<Self, SettingsError> {
         let text = text.trim();
-        if text.len() < MIN_TOKEN_BYTES || text.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if text.len() < MIN_TOKEN_BYTES || !text.chars().all(|c| c.is_ascii_graphic()) {
             return Err(SettingsError::Invalid {
                 key,
                 message: format!(
-                    "a token must be at least {MIN_TOKEN_BYTES} characters, without spaces or control characters (for example from `openssl rand -hex 32`)"
+                    "a token must be at least {MIN_TOKEN_BYTES} printable ASCII characters, without spaces (for example from `openssl rand -hex 32`)"
                 ),
             });
         }
@@ -276,6 +275,10 @@ mod token_tests {
         assert_eq!(format!("{t:?}"), "Token(…)");
         assert!(Token::new("token", "short").is_err());
         assert!(Token::new("token", "0123456789 abcdef0123").is_err());
+        assert!(
+            Token::new("token", "0123456789abcdef0123é").is_err(),
+            "it must fit a header"
+        );
     }
 
     #[test]
