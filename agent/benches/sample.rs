@@ -120,11 +120,18 @@ fn main() {
         let sql = pgfleet_agent::sampler::activity::activity_sql(150000);
         let statement = client.prepare_cached(&sql).await.unwrap();
         let since = std::time::SystemTime::now() - Duration::from_secs(2);
+        let every_database = pgfleet_agent::sampler::database::databases_param(
+            &pgfleet_agent::config::Databases::All,
+        );
         let read = || async {
             client
                 .query(
                     &statement,
-                    &[&pgfleet_agent::target::APPLICATION_NAME, &since],
+                    &[
+                        &pgfleet_agent::target::APPLICATION_NAME,
+                        &since,
+                        &every_database,
+                    ],
                 )
                 .await
                 .unwrap()
