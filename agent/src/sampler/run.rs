@@ -101,20 +101,20 @@ impl TargetSampler {
     pub async fn sample(&mut self, sampled_at_us: i64) -> Result<Snapshot, String> {
         let started = Instant::now();
         let deadline = self.statement_timeout + CONNECT_TIMEOUT;
-        let postgres = match tokio::time::timeout(deadline, self.sample_postgres()).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(e)) => {
+        let result = match tokio::time::timeout(deadline, self.sample_postgres()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "the sample did not finish within {}",
+                humantime::format_duration(deadline)
+            )),
+        };
+        let postgres = match result {
+            Ok(postgres) => postgres,
+            Err(e) => {
+                // What the failed read held cannot be built on.
                 self.activity.clear();
                 self.version_num = None;
                 return Err(e);
-            }
-            Err(_) => {
-                self.activity.clear();
-                self.version_num = None;
-                return Err(format!(
-                    "the sample did not finish within {}",
-                    humantime::format_duration(deadline)
-                ));
             }
         };
         let (facts, mut activity, increments) = postgres;
