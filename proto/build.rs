@@ -7,6 +7,7 @@ const JSON_MESSAGES: &[&str] = &[
     "Server",
     "ServerInfo",
     "AgentCounters",
+    "StreamStats",
     "Session",
     "GetActivityResponse",
     "GetPoolsResponse",

@@ -72,9 +72,12 @@ pub struct AgentArgs {
     /// This agent's stable identity [default: the host name]
     #[arg(long, env = "PGFLEET_AGENT_ID", value_name = "ID")]
     pub agent_id: Option<String>,
-    /// The most memory that batches awaiting the collector's ack may hold [default: 64 MiB]
+    /// The most bytes that batches awaiting the collector's ack may hold, in memory or in --spool-dir; past it the oldest are dropped [default: 64 MiB]
     #[arg(long, env = "PGFLEET_SPOOL_MAX_BYTES", value_name = "BYTES")]
     pub spool_max_bytes: Option<u64>,
+    /// Keep batches awaiting the collector's ack in this directory, fsync'd, so that they survive a restart of the agent [default: in memory]
+    #[arg(long, env = "PGFLEET_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
     /// A file holding the bearer token to present to the collector (PGFLEET_TOKEN gives the token itself) [default: none]
     #[arg(long, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -179,6 +182,8 @@ pub struct AgentFile {
     pub agent_id: Option<String>,
     /// See `--spool-max-bytes`.
     pub spool_max_bytes: Option<u64>,
+    /// See `--spool-dir`.
+    pub spool_dir: Option<PathBuf>,
     /// See `--token-file`.
     pub token_file: Option<PathBuf>,
     /// Several servers to watch, each with its own server_id and labels.
@@ -235,6 +240,8 @@ pub struct AgentConfig {
     pub pool_reporter: Option<SocketAddr>,
     /// The most bytes of batches held while awaiting acks.
     pub spool_max_bytes: usize,
+    /// Where the spool is kept on disk; None: in memory.
+    pub spool_dir: Option<PathBuf>,
     /// The bearer token presented to the collector, if any.
     pub token: Option<Token>,
 }
@@ -242,6 +249,9 @@ pub struct AgentConfig {
 /// The shortest and longest sampling interval.
 pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// The smallest spool bound: room for a few dozen batches.
+pub const MIN_SPOOL_BYTES: u64 = 64 << 10;
 
 /// The most targets one agent watches.
 pub const MAX_TARGETS: usize = 64;
@@ -263,6 +273,7 @@ impl AgentConfig {
             query_text: QueryText::Masked,
             pool_reporter: Some(DEFAULT_POOL_REPORTER),
             spool_max_bytes: 64 << 20,
+            spool_dir: None,
             token: None,
         }
     }
@@ -380,14 +391,17 @@ impl AgentConfig {
             };
         }
         if let Some(bytes) = args.spool_max_bytes.or(file.spool_max_bytes) {
-            if bytes < 1 << 20 {
+            if bytes < MIN_SPOOL_BYTES {
                 return Err(SettingsError::Invalid {
                     key: "spool_max_bytes",
-                    message: format!("{bytes} is too small; give at least 1048576 (1 MiB)"),
+                    message: format!(
+                        "{bytes} is too small; give at least {MIN_SPOOL_BYTES} (64 KiB)"
+                    ),
                 });
             }
             config.spool_max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
+        config.spool_dir = args.spool_dir.or(file.spool_dir);
         // The file wins over PGFLEET_TOKEN; a file may hold exactly one token.
         config.token = match args.token_file.or(file.token_file) {
             Some(path) => {

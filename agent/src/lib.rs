@@ -69,6 +69,15 @@ pub fn samplers(
 /// on settings that cannot work; an absent database or collector is retried.
 pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
     let (samplers, app_pools) = samplers(&config)?;
+    let spool = match &config.spool_dir {
+        Some(dir) => {
+            spool::Spool::open(dir, config.spool_max_bytes).map_err(|e| SettingsError::Invalid {
+                key: "spool_dir",
+                message: e.to_string(),
+            })?
+        }
+        None => spool::Spool::new(config.spool_max_bytes),
+    };
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let pool_reporter = match config.pool_reporter {
@@ -108,7 +117,7 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
     let shipper = ship::Shipper::new(
         config.collector.clone(),
         hello,
-        spool::Spool::new(config.spool_max_bytes),
+        spool,
         snapshots_rx,
         config.token.clone(),
     );

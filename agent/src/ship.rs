@@ -67,6 +67,8 @@ pub struct Shipper {
     outage: Option<(Instant, String)>,
     /// The samplers are gone; nothing more will be queued.
     inputs_closed: bool,
+    /// The spool's drop count when the encoder was last told of drops.
+    dropped_seen: u64,
 }
 
 impl Shipper {
@@ -88,6 +90,7 @@ impl Shipper {
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
             inputs_closed: false,
+            dropped_seen: 0,
         }
     }
 
@@ -162,6 +165,7 @@ impl Shipper {
                         permit.send(batch);
                         self.spool.mark_sent();
                     }
+                    self.after_drops();
                     Event::Continue
                 }
                 Err(_) => Event::Lost("the stream closed".to_owned()),
@@ -193,10 +197,10 @@ impl Shipper {
 
     /// Takes the snapshot and whatever else is waiting, as one batch.
     fn enqueue(&mut self, first: Snapshot) {
-        let mut snapshots = vec![self.encoder.encode(first)];
+        let mut snapshots = vec![self.encode(first)];
         while snapshots.len() < MAX_SNAPSHOTS_PER_BATCH {
             match self.snapshots.try_recv() {
-                Ok(s) => snapshots.push(self.encoder.encode(s)),
+                Ok(s) => snapshots.push(self.encode(s)),
                 Err(_) => break,
             }
         }
@@ -208,6 +212,26 @@ impl Shipper {
                 spool_bytes = self.spool.bytes(),
                 "Spool is full; dropped the oldest batches."
             );
+        }
+        self.after_drops();
+    }
+
+    /// Encodes a snapshot, with the spool's drop count in its agent counters.
+    fn encode(&mut self, snapshot: Snapshot) -> v1::Snapshot {
+        let mut wire = self.encoder.encode(snapshot);
+        if let Some(agent) = &mut wire.agent {
+            agent.spool_dropped_batches_total = self.spool.dropped_batches();
+        }
+        wire
+    }
+
+    /// After batches were dropped, the deltas that followed them lack their
+    /// base: the next snapshot of every target is a keyframe.
+    fn after_drops(&mut self) {
+        let dropped = self.spool.dropped_batches();
+        if dropped > self.dropped_seen {
+            self.dropped_seen = dropped;
+            self.encoder.keyframe_all();
         }
     }
 
@@ -330,12 +354,21 @@ impl Shipper {
         }
     }
 
-    /// The in-memory spool dies with the process: say what is lost.
+    /// Says what the collector has not acknowledged: lost with an in-memory
+    /// spool, sent after the restart with one on disk.
     fn warn_unacknowledged(&self) {
-        if !self.spool.is_empty() {
+        if self.spool.is_empty() {
+            return;
+        }
+        if self.spool.is_durable() {
+            info!(
+                batches = self.spool.len(),
+                "Stopped with batches the collector has not acknowledged; they stay in the spool directory and are sent after the restart."
+            );
+        } else {
             warn!(
                 batches = self.spool.len(),
-                "Stopped with batches the collector has not acknowledged; they are lost."
+                "Stopped with batches the collector has not acknowledged; they are lost (--spool-dir keeps them across restarts)."
             );
         }
     }

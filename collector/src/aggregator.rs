@@ -51,6 +51,8 @@ pub struct ServerView {
     pub facts: Option<Arc<v1::ServerFacts>>,
     /// The agent's counters for this server, from its last snapshot.
     pub agent: Option<v1::AgentCounters>,
+    /// The agent's stream as this collector received it.
+    pub stream: v1::StreamStats,
     /// The pools of the last snapshot.
     pub pools: Arc<Pools>,
     /// pg_stat_database counters summed since the collector first saw each
@@ -198,8 +200,8 @@ impl AggregatorHandle {
 struct AgentState {
     /// The live stream, if any.
     conn_id: Option<u64>,
-    /// The last sequence applied.
-    last_seq: u64,
+    /// The last sequence applied, and the rest of the stream's counts.
+    stream: v1::StreamStats,
     /// The server_ids of its last Hello.
     servers: Vec<String>,
 }
@@ -296,7 +298,7 @@ impl Aggregator {
         }
         let agent = self.agents.entry(agent_id.clone()).or_insert(AgentState {
             conn_id: None,
-            last_seq: 0,
+            stream: v1::StreamStats::default(),
             servers: Vec::new(),
         });
         if agent.conn_id.is_some() {
@@ -304,7 +306,7 @@ impl Aggregator {
         }
         agent.conn_id = Some(conn_id);
         agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
-        let resume_after = agent.last_seq;
+        let resume_after = agent.stream.last_seq;
         for t in targets {
             let base = match self.servers.get(&t.server_id) {
                 Some(previous) => (**previous).clone(),
@@ -321,6 +323,7 @@ impl Aggregator {
                     client_sessions: 0,
                     facts: None,
                     agent: None,
+                    stream: v1::StreamStats::default(),
                     pools: Arc::default(),
                     databases: Arc::default(),
                 },
@@ -352,8 +355,10 @@ impl Aggregator {
                 "a newer stream of this agent replaced this one",
             ));
         }
-        if seq <= agent.last_seq {
+        if seq <= agent.stream.last_seq {
             debug!(agent.id = %agent_id, seq, "Replayed batch acknowledged, not applied.");
+            agent.stream.replayed_batches += 1;
+            self.publish_stream(agent_id);
             return Ok(Vec::new());
         }
         if let Some(s) = snapshots
@@ -365,7 +370,14 @@ impl Aggregator {
                 s.server_id
             )));
         }
-        agent.last_seq = seq;
+        let stream = &mut agent.stream;
+        if stream.first_seq == 0 {
+            stream.first_seq = seq;
+        } else {
+            stream.missing_batches += seq - stream.last_seq - 1;
+        }
+        stream.last_seq = seq;
+        stream.applied_batches += 1;
         let now = now_micros();
         let mut keyframes_needed = Vec::new();
         for mut snapshot in snapshots {
@@ -394,6 +406,9 @@ impl Aggregator {
                 {
                     debug!(server.id = %snapshot.server_id, "Delta without its base; asking for a keyframe.");
                     keyframes_needed.push(snapshot.server_id);
+                    if let Some(agent) = self.agents.get_mut(agent_id) {
+                        agent.stream.refused_deltas += 1;
+                    }
                     continue;
                 }
                 snapshot.sessions = merge(&current.sessions, snapshot.sessions, &delta.removed);
@@ -416,7 +431,22 @@ impl Aggregator {
                 client_pools: snapshot.client_pools,
             });
         }
+        self.publish_stream(agent_id);
         Ok(keyframes_needed)
+    }
+
+    /// Copies the agent's stream counts into each of its servers' views.
+    fn publish_stream(&mut self, agent_id: &str) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        for server_id in &agent.servers {
+            if let Some(view) = self.servers.get_mut(server_id)
+                && view.stream != agent.stream
+            {
+                Arc::make_mut(view).stream = agent.stream;
+            }
+        }
     }
 
     fn disconnect(&mut self, agent_id: &str, conn_id: u64) {
@@ -555,11 +585,20 @@ mod tests {
         a.apply("a1", 1, 1, vec![snapshot("db", 30, &[9])]).unwrap();
         assert_eq!(a.servers["db"].sessions.len(), 2);
         assert_eq!(a.servers["db"].client_sessions, 2);
-        // A new stream of the same agent resumes after 2.
+        let stream = a.servers["db"].stream;
+        assert_eq!(
+            (stream.first_seq, stream.last_seq, stream.applied_batches),
+            (1, 2, 2)
+        );
+        assert_eq!((stream.replayed_batches, stream.missing_batches), (1, 0));
+        // Batches 3 to 5 never came (the agent dropped them).
+        a.apply("a1", 1, 6, vec![snapshot("db", 40, &[1])]).unwrap();
+        assert_eq!(a.servers["db"].stream.missing_batches, 3);
+        // A new stream of the same agent resumes after 6.
         assert_eq!(
             a.register("a1".into(), 2, vec![target("db")], SECOND)
                 .unwrap(),
-            2
+            6
         );
     }
 

@@ -40,6 +40,7 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         sample_interval: Some(time::duration(view.interval.as_micros() as i64)),
         info: view.facts.as_deref().map(server_info),
         agent: view.agent,
+        stream: Some(view.stream),
     }
 }
 

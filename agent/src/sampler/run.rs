@@ -250,6 +250,8 @@ impl TargetSampler {
             skipped_ticks_total: self.stats.skipped_ticks.load(Ordering::Relaxed),
             sample_duration_us: self.last_duration_us,
             not_visible_sessions: not_visible,
+            // The shipper fills it in: it owns the spool.
+            spool_dropped_batches_total: 0,
         }
     }
 }

@@ -114,6 +114,7 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
         "STATUS",
         "SESSIONS",
         "LAST SEEN",
+        "DROPPED",
         "AGENT",
         "LABELS",
         "REASON",
@@ -126,6 +127,7 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
             s.status.clone(),
             s.sessions.to_string(),
             ago(s.last_seen.as_ref(), now),
+            dropped(s),
             s.agent_id.clone(),
             labels.join(","),
             s.reason.clone(),
@@ -135,6 +137,15 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
         return "No servers yet: start an agent with --collector pointing here.\n".to_owned();
     }
     table.render()
+}
+
+/// Batches of the server's agent that never reached the collector: those
+/// its spool dropped, or the gaps the collector saw, whichever is more (an
+/// agent's count starts again when it restarts; the collector's when it does).
+fn dropped(server: &v1::Server) -> String {
+    let by_agent = server.agent.map_or(0, |a| a.spool_dropped_batches_total);
+    let gaps = server.stream.map_or(0, |s| s.missing_batches);
+    by_agent.max(gaps).to_string()
 }
 
 /// "db-1  up  sampled 0.3s ago" (or "db-1  down (reason)"), and a line break.
@@ -232,6 +243,10 @@ mod tests {
             status: "down".into(),
             reason: "connection refused".into(),
             sessions: 0,
+            stream: Some(v1::StreamStats {
+                missing_batches: 17,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let text = render_servers(std::slice::from_ref(&server), Output::Table, now);
@@ -240,6 +255,7 @@ mod tests {
             "db-1",
             "down",
             "2.0s ago",
+            " 17 ",
             "a1",
             "dc=eu1",
             "connection refused",

@@ -1,0 +1,564 @@
+//! The bounded spool of batches that the collector has not yet acknowledged:
+//! in memory by default, or on disk (`--spool-dir`), where it survives a
+//! restart of the agent.
+
+mod disk;
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use pgfleet_proto::v1;
+use prost::bytes::Bytes;
+use tracing::{error, info, warn};
+
+use disk::Disk;
+pub use disk::SpoolError;
+
+use crate::outgoing::Outgoing;
+
+/// Batches awaiting the collector's ack, in sequence order, bounded in bytes. A
+/// batch leaves only when acknowledged, or when the bound forces out the oldest.
+/// Batches are held encoded: they are encoded once, and sent as they are.
+///
+/// On disk, each batch is written and fsync'd before it can be sent, so a
+/// batch the collector may have seen is never lost with the process; the
+/// oldest are dropped a segment (about an eighth of the bound) at a time.
+#[derive(Debug)]
+pub struct Spool {
+    entries: VecDeque<Entry>,
+    /// Encoded bytes of the batches held.
+    bytes: usize,
+    /// Of those, the bytes held in memory (all of them without a disk).
+    memory_bytes: usize,
+    max_bytes: usize,
+    next_seq: u64,
+    /// `entries[unsent..]` have not been sent on the current stream.
+    unsent: usize,
+    dropped_batches: u64,
+    /// The next sequence when the spool was opened: the numbers below it were
+    /// given by an earlier life of this agent (see [`Spool::restart`]).
+    opened_at_seq: u64,
+    welcomed: bool,
+    disk: Option<Disk>,
+    /// An error writing the disk was logged; the next success is logged too.
+    disk_failing: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    body: Held,
+}
+
+/// Where a batch's body (the batch without its sequence, encoded) is.
+#[derive(Debug)]
+enum Held {
+    Memory(Bytes),
+    /// In the segment holding `seq`, at `offset`, `len` bytes long.
+    Disk {
+        offset: u64,
+        len: u32,
+    },
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        match self {
+            Held::Memory(b) => b.len(),
+            Held::Disk { len, .. } => *len as usize,
+        }
+    }
+}
+
+impl Spool {
+    /// An empty in-memory spool holding at most `max_bytes` of encoded batches.
+    pub fn new(max_bytes: usize) -> Self {
+        Spool {
+            entries: VecDeque::new(),
+            bytes: 0,
+            memory_bytes: 0,
+            max_bytes,
+            next_seq: 1,
+            unsent: 0,
+            dropped_batches: 0,
+            opened_at_seq: 1,
+            welcomed: false,
+            disk: None,
+            disk_failing: false,
+        }
+    }
+
+    /// A spool kept in `dir`, holding at most `max_bytes` of segment files,
+    /// with whatever an earlier run of the agent left there unacknowledged.
+    pub fn open(dir: &Path, max_bytes: usize) -> Result<Self, SpoolError> {
+        let segment_bytes = (max_bytes as u64 / 8).clamp(4 << 10, 8 << 20);
+        let opened = Disk::open(dir, segment_bytes)?;
+        let mut spool = Spool::new(max_bytes);
+        spool.next_seq = opened.next_seq;
+        spool.opened_at_seq = opened.next_seq;
+        for r in &opened.records {
+            spool.bytes += r.len as usize;
+            spool.entries.push_back(Entry {
+                seq: r.seq,
+                body: Held::Disk {
+                    offset: r.offset,
+                    len: r.len,
+                },
+            });
+        }
+        spool.disk = Some(opened.disk);
+        if !spool.entries.is_empty() || opened.cut > 0 {
+            info!(
+                dir = %dir.display(),
+                batches = spool.entries.len(),
+                bytes = spool.bytes,
+                torn_records_cut = opened.cut,
+                "Reopened the spool; its unacknowledged batches will be sent."
+            );
+        }
+        Ok(spool)
+    }
+
+    /// Adds a batch of snapshots with the next sequence number. Returns how many of
+    /// the oldest batches were dropped to stay within the bound.
+    pub fn push(&mut self, snapshots: Vec<v1::Snapshot>) -> u64 {
+        let body = Outgoing::batch_body(snapshots);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let held = match &mut self.disk {
+            Some(disk) => match disk.append(seq, &body) {
+                Ok(offset) => {
+                    if std::mem::take(&mut self.disk_failing) {
+                        info!("The spool's disk takes batches again.");
+                    }
+                    Held::Disk {
+                        offset,
+                        len: body.len() as u32,
+                    }
+                }
+                Err(e) => {
+                    // Keep the batch rather than lose it; it counts toward the
+                    // same bound, and dies with the process.
+                    if !std::mem::replace(&mut self.disk_failing, true) {
+                        error!(error = %e, "Cannot write the spool's disk; holding batches in memory until it works again.");
+                    }
+                    Held::Memory(body)
+                }
+            },
+            None => Held::Memory(body),
+        };
+        self.bytes += held.len();
+        if let Held::Memory(b) = &held {
+            self.memory_bytes += b.len();
+        }
+        self.entries.push_back(Entry { seq, body: held });
+        let mut dropped = 0;
+        while self.held_bytes() > self.max_bytes && self.entries.len() > 1 {
+            match self.drop_oldest() {
+                0 => break,
+                n => dropped += n,
+            }
+        }
+        self.dropped_batches += dropped;
+        dropped
+    }
+
+    /// What counts toward the bound: the segment files, and batches in memory.
+    fn held_bytes(&self) -> usize {
+        let on_disk = self.disk.as_ref().map_or(0, |d| d.bytes() as usize);
+        on_disk + self.memory_bytes
+    }
+
+    /// Drops the oldest batch, or on disk the oldest segment; returns how many
+    /// batches went.
+    fn drop_oldest(&mut self) -> u64 {
+        let range = match (&mut self.disk, self.entries.front()) {
+            (_, None) => return 0,
+            (
+                Some(disk),
+                Some(Entry {
+                    body: Held::Disk { .. },
+                    ..
+                }),
+            ) => match disk.drop_oldest() {
+                Ok(Some(range)) => range,
+                Ok(None) => return 0,
+                Err(e) => {
+                    error!(error = %e, "Cannot delete the spool's oldest segment.");
+                    return 0;
+                }
+            },
+            (_, Some(e)) => e.seq..e.seq + 1,
+        };
+        let mut dropped = 0;
+        while self.entries.front().is_some_and(|e| e.seq < range.end) {
+            self.pop_front();
+            self.unsent = self.unsent.saturating_sub(1);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.body.len();
+            if let Held::Memory(b) = &e.body {
+                self.memory_bytes -= b.len();
+            }
+        }
+    }
+
+    /// The oldest batch not yet sent on the current stream, ready to send. A
+    /// batch that cannot be read back from disk is logged, counted as dropped
+    /// and skipped.
+    pub fn next_unsent(&mut self) -> Option<Outgoing> {
+        loop {
+            let entry = self.entries.get(self.unsent)?;
+            let body = match (&entry.body, &self.disk) {
+                (Held::Memory(b), _) => Ok(b.clone()),
+                (Held::Disk { offset, len }, Some(disk)) => disk.read(entry.seq, *offset, *len),
+                (Held::Disk { .. }, None) => Err(std::io::Error::other("no spool directory")),
+            };
+            match body {
+                Ok(body) => {
+                    return Some(Outgoing::Batch {
+                        seq: entry.seq,
+                        body,
+                    });
+                }
+                Err(e) => {
+                    error!(seq = entry.seq, error = %e, "Cannot read a batch back from the spool; dropped it.");
+                    if let Some(e) = self.entries.remove(self.unsent) {
+                        self.bytes -= e.body.len();
+                    }
+                    self.dropped_batches += 1;
+                }
+            }
+        }
+    }
+
+    /// Whether a batch awaits sending on the current stream.
+    pub fn has_unsent(&self) -> bool {
+        self.unsent < self.entries.len()
+    }
+
+    /// Records that [`Spool::next_unsent`] was sent.
+    pub fn mark_sent(&mut self) {
+        self.unsent = (self.unsent + 1).min(self.entries.len());
+    }
+
+    /// Drops every batch up to and including `seq`; returns how many.
+    pub fn ack(&mut self, seq: u64) -> usize {
+        let mut acked = 0;
+        while self.entries.front().is_some_and(|e| e.seq <= seq) {
+            self.pop_front();
+            acked += 1;
+        }
+        self.unsent = self.unsent.saturating_sub(acked);
+        self.sync_state();
+        acked
+    }
+
+    /// On disk: forgets the segments no longer needed, and records that every
+    /// batch before the oldest held is done with (acknowledged or dropped).
+    fn sync_state(&mut self) {
+        let keep_from = self.entries.front().map_or(self.next_seq, |e| e.seq);
+        let next_seq = self.next_seq;
+        if let Some(disk) = &mut self.disk
+            && let Err(e) = disk
+                .release(keep_from)
+                .and_then(|()| disk.write_state(keep_from - 1, next_seq))
+        {
+            warn!(error = %e, "Cannot record acknowledged batches in the spool directory; after a restart they are sent again, and the collector skips them.");
+        }
+    }
+
+    /// Starts a new stream after the collector's Welcome: drops what it already
+    /// holds and marks the rest for resending.
+    ///
+    /// The first Welcome may name a sequence the collector holds from an
+    /// earlier life of this agent that this spool never numbered (an in-memory
+    /// spool starts from 1 each run). Then the spool renumbers its batches to
+    /// follow it, rather than have them taken for replays. Numbers a reopened
+    /// disk spool gave are its own, and the collector's answer acknowledges
+    /// them.
+    pub fn restart(&mut self, resume_after_seq: u64) {
+        if !self.welcomed {
+            self.welcomed = true;
+            let first = self.entries.front().map_or(self.next_seq, |e| e.seq);
+            if resume_after_seq >= self.opened_at_seq && resume_after_seq >= first {
+                let shift = resume_after_seq + 1 - first;
+                if let Some(disk) = &mut self.disk
+                    && let Err(e) = disk.renumber(shift)
+                {
+                    error!(error = %e, "Cannot renumber the spool's segments; their batches are lost.");
+                    self.dropped_batches += self.entries.len() as u64;
+                    self.entries.clear();
+                    self.bytes = 0;
+                    self.memory_bytes = 0;
+                }
+                for e in &mut self.entries {
+                    e.seq += shift;
+                }
+                self.next_seq += shift;
+            }
+        }
+        self.next_seq = self.next_seq.max(resume_after_seq + 1);
+        self.ack(resume_after_seq);
+        self.unsent = 0;
+    }
+
+    /// Batches held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no batch awaits an ack.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Encoded bytes of the batches held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// True when the spool is on disk and outlives the process.
+    pub fn is_durable(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// Batches dropped to stay within the bound, or lost to a disk error,
+    /// since start.
+    pub fn dropped_batches(&self) -> u64 {
+        self.dropped_batches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(id: &str) -> Vec<v1::Snapshot> {
+        vec![v1::Snapshot {
+            server_id: id.into(),
+            ..Default::default()
+        }]
+    }
+
+    fn sent_seqs(spool: &mut Spool) -> Vec<u64> {
+        let mut seqs = vec![];
+        while let Some(b) = spool.next_unsent() {
+            let Outgoing::Batch { seq, .. } = b else {
+                panic!("the spool holds batches")
+            };
+            seqs.push(seq);
+            spool.mark_sent();
+        }
+        seqs
+    }
+
+    #[test]
+    fn batches_leave_only_when_acknowledged() {
+        let mut s = Spool::new(1 << 20);
+        for _ in 0..3 {
+            s.push(snap("a"));
+        }
+        assert_eq!(sent_seqs(&mut s), [1, 2, 3]);
+        assert_eq!(s.ack(2), 2);
+        assert_eq!(s.len(), 1);
+        // A new stream resends what is unacknowledged.
+        s.restart(2);
+        assert_eq!(sent_seqs(&mut s), [3]);
+        assert_eq!(s.ack(3), 1);
+        assert!(s.is_empty() && s.bytes() == 0);
+    }
+
+    #[test]
+    fn the_bound_drops_the_oldest_and_counts_them() {
+        let one = {
+            let mut s = Spool::new(usize::MAX);
+            s.push(snap("abc"));
+            s.bytes()
+        };
+        let mut s = Spool::new(one * 3);
+        for _ in 0..5 {
+            s.push(snap("abc"));
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.dropped_batches(), 2);
+        assert_eq!(sent_seqs(&mut s), [3, 4, 5]);
+    }
+
+    #[test]
+    fn a_fresh_agent_follows_the_sequences_of_its_earlier_life() {
+        let mut s = Spool::new(1 << 20);
+        s.push(snap("a"));
+        s.push(snap("a"));
+        s.restart(500);
+        assert_eq!(sent_seqs(&mut s), [501, 502]);
+        s.push(snap("a"));
+        assert_eq!(sent_seqs(&mut s), [503]);
+    }
+
+    #[test]
+    fn a_collector_that_lost_its_state_gets_everything_unacknowledged() {
+        let mut s = Spool::new(1 << 20);
+        s.push(snap("a"));
+        s.restart(0);
+        assert_eq!(sent_seqs(&mut s), [1]);
+        s.ack(1);
+        s.push(snap("a"));
+        s.push(snap("a"));
+        // The collector restarted without history: it asks from 0.
+        s.restart(0);
+        assert_eq!(sent_seqs(&mut s), [2, 3]);
+    }
+
+    /// A fresh directory under the system's temporary directory.
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pgfleet-spool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn bodies(spool: &mut Spool) -> Vec<(u64, Bytes)> {
+        let mut out = vec![];
+        while let Some(Outgoing::Batch { seq, body }) = spool.next_unsent() {
+            out.push((seq, body));
+            spool.mark_sent();
+        }
+        out
+    }
+
+    #[test]
+    fn a_disk_spool_gives_back_what_was_not_acknowledged_after_a_restart() {
+        let dir = temp_dir("reopen");
+        let sent = {
+            let mut s = Spool::open(&dir, 1 << 20).unwrap();
+            assert!(s.is_durable());
+            for id in ["a", "b", "c", "d"] {
+                s.push(snap(id));
+            }
+            s.restart(0);
+            let sent = bodies(&mut s);
+            assert_eq!(s.ack(2), 2);
+            sent
+        };
+        // A new process: batches 3 and 4 come back with their own numbers and
+        // the very bytes that were written.
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(s.len(), 2);
+        s.restart(2);
+        assert_eq!(bodies(&mut s), sent[2..]);
+        s.push(snap("e"));
+        assert_eq!(sent_seqs(&mut s), [5]);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_reopened_spool_takes_the_collectors_answer_as_an_ack_not_a_renumbering() {
+        let dir = temp_dir("ack-lost");
+        {
+            let mut s = Spool::open(&dir, 1 << 20).unwrap();
+            for _ in 0..3 {
+                s.push(snap("a"));
+            }
+        }
+        // The collector applied batch 2, but its ack never reached the disk.
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        s.restart(2);
+        assert_eq!(sent_seqs(&mut s), [3]);
+        drop(s);
+        // A collector that knows of numbers this spool never gave (its
+        // directory was wiped, say): the batches follow them.
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        s.restart(100);
+        assert_eq!(sent_seqs(&mut s), [101]);
+        drop(s);
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        s.restart(100);
+        assert_eq!(sent_seqs(&mut s), [101], "the renumbering is on disk too");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_the_rest_kept() {
+        let dir = temp_dir("torn");
+        {
+            let mut s = Spool::open(&dir, 1 << 20).unwrap();
+            s.push(snap("a"));
+            s.push(snap("b"));
+        }
+        let segment = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let len = std::fs::metadata(&segment).unwrap().len();
+        // A crash in the middle of writing batch 2.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(s.len(), 1);
+        s.restart(0);
+        s.push(snap("c"));
+        // Batch 2 never became durable, so it was never sent: its number goes
+        // to the next batch.
+        let seqs: Vec<u64> = bodies(&mut s).into_iter().map(|(seq, _)| seq).collect();
+        assert_eq!(seqs, [1, 2]);
+        drop(s);
+        // And what follows the cut is readable after another restart.
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        s.restart(0);
+        assert_eq!(sent_seqs(&mut s), [1, 2]);
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_spool_drops_its_oldest_segments_and_counts_the_batches() {
+        let dir = temp_dir("cap");
+        let cap = 64 << 10;
+        let mut s = Spool::open(&dir, cap).unwrap();
+        let big = || {
+            vec![v1::Snapshot {
+                server_id: "x".repeat(1000),
+                ..Default::default()
+            }]
+        };
+        for _ in 0..200 {
+            s.push(big());
+        }
+        let on_disk: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(on_disk <= cap as u64 + 100, "{on_disk} bytes on disk");
+        assert!(s.dropped_batches() > 100, "{}", s.dropped_batches());
+        assert_eq!(s.dropped_batches() + s.len() as u64, 200);
+        s.restart(0);
+        let seqs = sent_seqs(&mut s);
+        assert_eq!(seqs.last(), Some(&200));
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+        drop(s);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn two_agents_cannot_share_a_spool_directory() {
+        let dir = temp_dir("lock");
+        let first = Spool::open(&dir, 1 << 20).unwrap();
+        let err = Spool::open(&dir, 1 << 20).unwrap_err().to_string();
+        assert!(err.contains("another agent"), "{err}");
+        drop(first);
+        assert!(Spool::open(&dir, 1 << 20).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
