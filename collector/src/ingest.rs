@@ -135,14 +135,15 @@ impl Ingest for IngestService {
         let aggregator = self.aggregator.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let reason = tokio::select! {
-                reason = receive(&aggregator, &agent_id, conn_id, &mut inbound, &tx) => reason,
-                _ = shutdown.changed() => {
-                    let status = Status::unavailable("the collector is shutting down; reconnect");
-                    let _ = tx.send(Err(status)).await;
-                    "the collector is shutting down".to_owned()
-                }
-            };
+            let reason = receive(
+                &aggregator,
+                &agent_id,
+                conn_id,
+                &mut inbound,
+                &tx,
+                &mut shutdown,
+            )
+            .await;
             info!(agent.id = %agent_id, peer = %peer, reason = %reason, "Agent stream ended.");
             let _ = aggregator
                 .send(Command::Disconnect { agent_id, conn_id })
@@ -181,15 +182,17 @@ fn authenticate(tokens: &[Token], metadata: &tonic::metadata::MetadataMap) -> Re
 ///
 /// Acks are coalesced: one ack covers every batch applied before it, and goes
 /// out [`ACK_EVERY`] after the first batch it covers, after [`ACK_AFTER`]
-/// batches, or when the agent closes its side (as it does when it stops). An
-/// agent that samples every second then wakes for an ack every few seconds
-/// rather than every second, and the collector sends a fraction of the acks.
+/// batches, or when either side closes the stream (the agent when it stops,
+/// the collector when `shutdown` fires). An agent that samples every second
+/// then wakes for an ack every few seconds rather than every second, and the
+/// collector sends a fraction of the acks.
 async fn receive(
     aggregator: &AggregatorHandle,
     agent_id: &str,
     conn_id: u64,
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &Outbound,
+    shutdown: &mut watch::Receiver<()>,
 ) -> String {
     // The last applied sequence not yet acknowledged, how many batches it
     // covers, and when it is due.
@@ -198,6 +201,16 @@ async fn receive(
         let due = unacked.map(|(_, _, due)| due);
         let received = tokio::select! {
             biased;
+            _ = shutdown.changed() => {
+                // What was applied is acknowledged, so that it is not sent
+                // again to the next collector.
+                if let Some((seq, _, _)) = unacked.take() {
+                    send_ack(tx, seq).await;
+                }
+                let status = Status::unavailable("the collector is shutting down; reconnect");
+                let _ = tx.send(Err(status)).await;
+                return "the collector is shutting down".to_owned();
+            }
             m = inbound.message() => m,
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 if let Some((seq, _, _)) = unacked.take()

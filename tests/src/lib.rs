@@ -5,6 +5,7 @@
 //! what only tests need: waiting for a condition, and finding sessions.
 #![forbid(unsafe_code)]
 
+pub mod faultproxy;
 mod pgbouncer;
 
 use std::future::Future;
