@@ -11,6 +11,47 @@ use serde::Deserialize;
 use crate::sampler::QueryText;
 use crate::settings::{self, SettingsError, Token};
 use crate::target;
+use crate::tls::{ClientTls, ClientTlsFiles};
+
+/// How the agent compresses its stream (gRPC message compression).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// zstd: the smallest; the agent falls back to gzip for a collector
+    /// without it.
+    #[default]
+    Zstd,
+    /// gzip, which every gRPC implementation has.
+    Gzip,
+    /// None, for a link where CPU is dearer than bytes.
+    None,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "zstd" => Ok(Self::Zstd),
+            "gzip" => Ok(Self::Gzip),
+            "none" => Ok(Self::None),
+            other => Err(format!(
+                "{other:?} is not a compression; expected zstd, gzip or none"
+            )),
+        }
+    }
+}
+
+impl Compression {
+    /// tonic's name for it.
+    pub fn encoding(self) -> Option<tonic::codec::CompressionEncoding> {
+        use tonic::codec::CompressionEncoding;
+        match self {
+            Compression::Zstd => Some(CompressionEncoding::Zstd),
+            Compression::Gzip => Some(CompressionEncoding::Gzip),
+            Compression::None => None,
+        }
+    }
+}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -81,6 +122,21 @@ pub struct AgentArgs {
     /// A file holding the bearer token to present to the collector (PGFLEET_TOKEN gives the token itself) [default: none]
     #[arg(long, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA (PEM) that signed an https:// collector's certificate
+    #[arg(long, env = "PGFLEET_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The agent's certificate (PEM), for a collector that requires mutual TLS
+    #[arg(long, env = "PGFLEET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, env = "PGFLEET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the collector's certificate must carry, when not the URL's host
+    #[arg(long, env = "PGFLEET_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+    /// How to compress the stream: zstd, gzip or none [default: zstd; gzip when the collector lacks zstd]
+    #[arg(long, env = "PGFLEET_COMPRESSION", value_name = "ALGORITHM")]
+    pub compression: Option<String>,
     /// A TOML file with any of the settings above, and [[targets]] to watch several servers
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -186,6 +242,16 @@ pub struct AgentFile {
     pub spool_dir: Option<PathBuf>,
     /// See `--token-file`.
     pub token_file: Option<PathBuf>,
+    /// See `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// See `--tls-server-name`.
+    pub tls_server_name: Option<String>,
+    /// See `--compression`.
+    pub compression: Option<String>,
     /// Several servers to watch, each with its own server_id and labels.
     #[serde(default)]
     pub targets: Vec<TargetFile>,
@@ -244,6 +310,10 @@ pub struct AgentConfig {
     pub spool_dir: Option<PathBuf>,
     /// The bearer token presented to the collector, if any.
     pub token: Option<Token>,
+    /// TLS to the collector, for an https:// collector.
+    pub tls: Option<ClientTls>,
+    /// How the stream is compressed.
+    pub compression: Compression,
 }
 
 /// The shortest and longest sampling interval.
@@ -275,6 +345,8 @@ impl AgentConfig {
             spool_max_bytes: 64 << 20,
             spool_dir: None,
             token: None,
+            tls: None,
+            compression: Compression::default(),
         }
     }
 
@@ -418,6 +490,25 @@ impl AgentConfig {
                 .map(|t| Token::new("token", &t))
                 .transpose()?,
         };
+        let tls_ca = args.tls_ca.or(file.tls_ca);
+        let tls_cert = args.tls_cert.or(file.tls_cert);
+        let tls_key = args.tls_key.or(file.tls_key);
+        let tls_server_name = args.tls_server_name.or(file.tls_server_name);
+        config.tls = ClientTls::load(
+            &config.collector,
+            ClientTlsFiles {
+                ca: tls_ca.as_deref(),
+                cert: tls_cert.as_deref(),
+                key: tls_key.as_deref(),
+                server_name: tls_server_name.as_deref(),
+            },
+        )?;
+        if let Some(text) = args.compression.or(file.compression) {
+            config.compression = text.parse().map_err(|message| SettingsError::Invalid {
+                key: "compression",
+                message,
+            })?;
+        }
         Ok(config)
     }
 }

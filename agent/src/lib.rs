@@ -19,6 +19,7 @@ pub mod settings;
 pub mod ship;
 pub mod spool;
 pub mod target;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,13 +115,13 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
             .collect(),
         sample_interval_ms: u32::try_from(config.interval.as_millis()).unwrap_or(u32::MAX),
     };
-    let shipper = ship::Shipper::new(
-        config.collector.clone(),
-        hello,
-        spool,
-        snapshots_rx,
-        config.token.clone(),
-    );
+    let link = ship::Link {
+        collector: config.collector.clone(),
+        token: config.token.clone(),
+        tls: config.tls.clone(),
+        compression: config.compression,
+    };
+    let shipper = ship::Shipper::new(link, hello, spool, snapshots_rx);
     tasks.push(tokio::spawn(shipper.run(stop_rx)));
     for t in &config.targets {
         info!(
@@ -134,6 +135,9 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         agent.id = %config.agent_id,
         targets = config.targets.len(),
         collector = %config.collector,
+        tls = config.tls.is_some(),
+        compression = ?config.compression,
+        spool_dir = ?config.spool_dir,
         interval = %humantime::format_duration(config.interval),
         pool_reporter = ?pool_reporter,
         "Agent started."

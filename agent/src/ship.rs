@@ -13,11 +13,14 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::config::Compression;
 use crate::encode::Encoder;
 use crate::error::chain;
 use crate::outgoing::Outgoing;
 use crate::settings::Token;
 use crate::spool::Spool;
+use crate::tls::ClientTls;
+use tonic::codec::CompressionEncoding;
 
 /// The largest gRPC message either side of the stream accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -53,15 +56,27 @@ enum Event {
     Lost(String),
 }
 
+/// How the agent reaches its collector.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The collector's URL.
+    pub collector: String,
+    /// The bearer token presented on every stream, if any.
+    pub token: Option<Token>,
+    /// TLS, for an https:// collector.
+    pub tls: Option<ClientTls>,
+    /// How batches are compressed.
+    pub compression: Compression,
+}
+
 /// Owns the spool and the stream; fed snapshots by the samplers.
 pub struct Shipper {
     collector: String,
+    link: Link,
     hello: v1::Hello,
     spool: Spool,
     encoder: Encoder,
     snapshots: mpsc::Receiver<Snapshot>,
-    /// The bearer token presented on every stream, if any.
-    token: Option<Token>,
     backoff: Backoff,
     /// When and why the collector became unreachable, for logging once.
     outage: Option<(Instant, String)>,
@@ -72,21 +87,20 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// A shipper that streams to `collector`, introducing itself with `hello`.
+    /// A shipper that streams over `link`, introducing itself with `hello`.
     pub fn new(
-        collector: String,
+        link: Link,
         hello: v1::Hello,
         spool: Spool,
         snapshots: mpsc::Receiver<Snapshot>,
-        token: Option<Token>,
     ) -> Self {
         Shipper {
-            collector,
+            collector: link.collector.clone(),
+            link,
             hello,
             spool,
             encoder: Encoder::default(),
             snapshots,
-            token,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
             inputs_closed: false,
@@ -254,6 +268,15 @@ impl Shipper {
                 }
                 Connection::Connected { tx, inbound }
             }
+            Err((reason, _))
+                if self.link.compression == Compression::Zstd && lacks_zstd(&reason) =>
+            {
+                warn!(collector = %self.collector, reason = %reason, "The collector does not take zstd; compressing with gzip instead.");
+                self.link.compression = Compression::Gzip;
+                Connection::Disconnected {
+                    retry_at: Instant::now(),
+                }
+            }
             Err((reason, refused)) => {
                 let delay = self.backoff.next_delay();
                 let repeated = self.outage.as_ref().is_some_and(|(_, r)| *r == reason);
@@ -286,8 +309,14 @@ impl Shipper {
         (String, bool),
     > {
         let unreachable = |reason: String| (reason, false);
-        let endpoint = Endpoint::from_shared(self.collector.clone())
-            .map_err(|e| unreachable(chain(&e)))?
+        let mut endpoint =
+            Endpoint::from_shared(self.collector.clone()).map_err(|e| unreachable(chain(&e)))?;
+        if let Some(tls) = &self.link.tls {
+            endpoint = tls
+                .apply(endpoint)
+                .map_err(|e| (format!("cannot set up TLS: {}", chain(&e)), true))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -301,7 +330,12 @@ impl Shipper {
         // encoded already (see `outgoing`).
         let mut client = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .accept_compressed(CompressionEncoding::Gzip);
+        if let Some(encoding) = self.link.compression.encoding() {
+            client = client.send_compressed(encoding);
+        }
         let (tx, rx) = mpsc::channel(32);
         tx.send(Outgoing::Hello(self.hello.clone()))
             .await
@@ -314,7 +348,7 @@ impl Shipper {
             let codec = tonic_prost::ProstCodec::<Outgoing, v1::CollectorMessage>::default();
             let path = PathAndQuery::from_static(INGEST_STREAM);
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
-            if let Some(token) = &self.token {
+            if let Some(token) = &self.link.token {
                 let value = format!("Bearer {}", token.secret())
                     .parse()
                     .map_err(|_| ("the token cannot go in a header".to_owned(), true))?;
@@ -412,6 +446,12 @@ fn status_line(status: &tonic::Status) -> String {
         Some(d) => format!("{message}: {d} ({:?})", status.code()),
         None => format!("{message} ({:?})", status.code()),
     }
+}
+
+/// True when the collector refused the stream for its zstd compression (tonic
+/// answers "Content is compressed with `zstd` which isn't supported").
+fn lacks_zstd(reason: &str) -> bool {
+    reason.contains("zstd") && reason.contains("Unimplemented")
 }
 
 /// True for statuses that mean the collector refused this agent, as opposed to

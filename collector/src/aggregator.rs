@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info};
 
+use crate::config::DuplicateServerId;
+
 /// How many commands may wait for the aggregator.
 const COMMAND_QUEUE: usize = 1024;
 
@@ -208,6 +210,8 @@ struct AgentState {
 
 /// The single owner of fleet state.
 pub struct Aggregator {
+    /// What to do when a second live agent claims a server_id.
+    duplicates: DuplicateServerId,
     commands: mpsc::Receiver<Command>,
     publish: watch::Sender<Arc<FleetView>>,
     agents: HashMap<String, AgentState>,
@@ -215,12 +219,19 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// A new aggregator and the handle to reach it.
+    /// A new aggregator that refuses a second agent of a server, and the
+    /// handle to reach it.
     pub fn new() -> (Aggregator, AggregatorHandle) {
+        Self::with_policy(DuplicateServerId::Refuse)
+    }
+
+    /// A new aggregator with this policy for a server_id claimed twice.
+    pub fn with_policy(duplicates: DuplicateServerId) -> (Aggregator, AggregatorHandle) {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let (publish, view) = watch::channel(Arc::new(FleetView::default()));
         (
             Aggregator {
+                duplicates,
                 commands: rx,
                 publish,
                 agents: HashMap::new(),
@@ -290,8 +301,12 @@ impl Aggregator {
                 && existing.agent_id != agent_id
                 && existing.agent_connected
             {
+                if self.duplicates == DuplicateServerId::Takeover {
+                    info!(server.id = %t.server_id, from = %existing.agent_id, to = %agent_id, "Another agent takes the server over (--duplicate-server-id takeover).");
+                    continue;
+                }
                 return Err(Status::already_exists(format!(
-                    "server_id {:?} is already streamed by agent {:?}; give this target another server_id, or stop the other agent",
+                    "server_id {:?} is already streamed by agent {:?}; give this target another server_id, stop the other agent, or start the collector with --duplicate-server-id takeover for a primary/standby pair",
                     t.server_id, existing.agent_id
                 )));
             }
@@ -384,6 +399,10 @@ impl Aggregator {
             let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
                 continue;
             };
+            // Another agent took the server over; this one's view is set aside.
+            if current.agent_id != agent_id {
+                continue;
+            }
             // Increments add up in any order, so even an older snapshot counts.
             if snapshot.status == TargetStatus::Up {
                 sum_databases(
@@ -442,6 +461,7 @@ impl Aggregator {
         };
         for server_id in &agent.servers {
             if let Some(view) = self.servers.get_mut(server_id)
+                && view.agent_id == agent_id
                 && view.stream != agent.stream
             {
                 Arc::make_mut(view).stream = agent.stream;
@@ -458,7 +478,9 @@ impl Aggregator {
         }
         agent.conn_id = None;
         for server_id in &agent.servers {
-            if let Some(view) = self.servers.get_mut(server_id) {
+            if let Some(view) = self.servers.get_mut(server_id)
+                && view.agent_id == agent_id
+            {
                 Arc::make_mut(view).agent_connected = false;
             }
         }
@@ -637,6 +659,27 @@ mod tests {
             a.register("a2".into(), 2, vec![target("db")], SECOND)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn with_takeover_the_newer_agent_streams_the_server() {
+        let mut a = Aggregator::with_policy(DuplicateServerId::Takeover).0;
+        a.register("primary".into(), 1, vec![target("db")], SECOND)
+            .unwrap();
+        a.apply("primary", 1, 1, vec![snapshot("db", 10, &[1])])
+            .unwrap();
+        a.register("standby".into(), 2, vec![target("db")], SECOND)
+            .unwrap();
+        a.apply("standby", 2, 1, vec![snapshot("db", 20, &[7, 8])])
+            .unwrap();
+        // The old agent's snapshots are acknowledged and set aside.
+        a.apply("primary", 1, 2, vec![snapshot("db", 30, &[1])])
+            .unwrap();
+        assert_eq!(a.servers["db"].agent_id, "standby");
+        assert_eq!(a.servers["db"].sessions.len(), 2);
+        // Its stream's end does not mark the server's agent disconnected.
+        a.disconnect("primary", 1);
+        assert!(a.servers["db"].agent_connected);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use pgfleet_agent::settings::{self, SettingsError, Token};
+use pgfleet_agent::tls::ServerTls;
 use serde::Deserialize;
 
 const EXAMPLES: &str = "\
@@ -34,6 +35,18 @@ pub struct CollectorArgs {
     /// A file of bearer tokens, one per line; agents must present one of them [default: none, any agent may stream]
     #[arg(long, env = "PGFLEET_TOKENS_FILE", value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// The collector's certificate (PEM); with it, the gRPC port speaks TLS only [default: plaintext]
+    #[arg(long, env = "PGFLEET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, env = "PGFLEET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// A CA (PEM): every client (agents and tools) must show a certificate it signed (mutual TLS)
+    #[arg(long, env = "PGFLEET_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// What to do when a second live agent claims a server_id: refuse it, or let it take the server over (for a primary/standby pair whose agents name one server) [default: refuse]
+    #[arg(long, env = "PGFLEET_DUPLICATE_SERVER_ID", value_name = "POLICY")]
+    pub duplicate_server_id: Option<String>,
     /// A TOML file with any of the settings above
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -49,6 +62,14 @@ pub struct CollectorFile {
     pub data_dir: Option<PathBuf>,
     /// See `--tokens-file`.
     pub tokens_file: Option<PathBuf>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// See `--tls-client-ca`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// See `--duplicate-server-id`.
+    pub duplicate_server_id: Option<String>,
 }
 
 /// The collector's settings, checked and complete.
@@ -60,6 +81,35 @@ pub struct CollectorConfig {
     pub data_dir: PathBuf,
     /// The bearer tokens agents may present; empty when any agent may stream.
     pub tokens: Vec<Token>,
+    /// TLS on the gRPC port; None: plaintext.
+    pub tls: Option<ServerTls>,
+    /// What to do when a second live agent claims a server_id.
+    pub duplicate_server_id: DuplicateServerId,
+}
+
+/// What the collector does when a second live agent claims a server_id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DuplicateServerId {
+    /// Refuse the second agent with ALREADY_EXISTS.
+    #[default]
+    Refuse,
+    /// The newer agent takes the server over; the older one's snapshots of it
+    /// are acknowledged and set aside.
+    Takeover,
+}
+
+impl std::str::FromStr for DuplicateServerId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "refuse" => Ok(Self::Refuse),
+            "takeover" => Ok(Self::Takeover),
+            other => Err(format!(
+                "{other:?} is not a policy; expected refuse or takeover"
+            )),
+        }
+    }
 }
 
 impl CollectorConfig {
@@ -69,6 +119,8 @@ impl CollectorConfig {
             listen,
             data_dir,
             tokens: Vec::new(),
+            tls: None,
+            duplicate_server_id: DuplicateServerId::default(),
         }
     }
 
@@ -94,10 +146,24 @@ impl CollectorConfig {
             Some(path) => settings::read_tokens("tokens_file", &path)?,
             None => Vec::new(),
         };
+        let tls = ServerTls::load(
+            args.tls_cert.or(file.tls_cert).as_deref(),
+            args.tls_key.or(file.tls_key).as_deref(),
+            args.tls_client_ca.or(file.tls_client_ca).as_deref(),
+        )?;
+        let duplicate_server_id = match args.duplicate_server_id.or(file.duplicate_server_id) {
+            Some(text) => text.parse().map_err(|message| SettingsError::Invalid {
+                key: "duplicate_server_id",
+                message,
+            })?,
+            None => DuplicateServerId::default(),
+        };
         Ok(CollectorConfig {
             listen,
             data_dir,
             tokens,
+            tls,
+            duplicate_server_id,
         })
     }
 }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
 use tracing::{error, info};
 
 use crate::aggregator::{Aggregator, AggregatorHandle};
@@ -35,6 +36,9 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// The TLS settings were refused.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
@@ -66,7 +70,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         addr: config.listen,
         source,
     })?;
-    let (aggregator, handle) = Aggregator::new();
+    let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
     tokio::spawn(aggregator.run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -85,12 +89,20 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         streams_rx,
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .accept_compressed(CompressionEncoding::Gzip);
     let query = QueryServer::new(QueryService::new(handle.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(tls.config.clone())
+            .map_err(|e| StartError::Tls(pgfleet_agent::error::chain(&e)))?;
+    }
+    let router = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
@@ -112,6 +124,12 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         listen = %addr,
         data_dir = %config.data_dir.display(),
         tokens = config.tokens.len(),
+        tls = match &config.tls {
+            None => "off",
+            Some(t) if t.mutual => "mutual",
+            Some(_) => "on",
+        },
+        duplicate_server_id = ?config.duplicate_server_id,
         "Collector started{}.",
         if config.tokens.is_empty() {
             "; any agent may stream (no --tokens-file)"

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,6 +34,8 @@ pub struct FaultProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     faults: Arc<watch::Sender<Faults>>,
+    /// Bytes delivered from clients to the upstream, and back.
+    counts: Arc<[AtomicU64; 2]>,
     accept: JoinHandle<()>,
 }
 
@@ -42,12 +45,19 @@ impl FaultProxy {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let faults = Arc::new(watch::channel(Faults::default()).0);
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let shared = faults.clone();
+        let shared_counts = counts.clone();
         let accept = tokio::spawn(async move {
             let mut connections = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
                 connections.retain(|c: &JoinHandle<()>| !c.is_finished());
-                connections.push(tokio::spawn(relay(client, upstream, shared.subscribe())));
+                connections.push(tokio::spawn(relay(
+                    client,
+                    upstream,
+                    shared.subscribe(),
+                    shared_counts.clone(),
+                )));
             }
             for c in connections {
                 c.abort();
@@ -56,8 +66,20 @@ impl FaultProxy {
         Ok(FaultProxy {
             addr,
             faults,
+            counts,
             accept,
         })
+    }
+
+    /// Bytes delivered so far from clients to the upstream (TCP payload,
+    /// after TLS and compression): what an agent sends its collector.
+    pub fn bytes_up(&self) -> u64 {
+        self.counts[0].load(Ordering::Relaxed)
+    }
+
+    /// Bytes delivered so far from the upstream back to clients.
+    pub fn bytes_down(&self) -> u64 {
+        self.counts[1].load(Ordering::Relaxed)
     }
 
     /// Sets what the proxy does from now on.
@@ -82,7 +104,12 @@ async fn until_joined(faults: &mut watch::Receiver<Faults>) -> Option<Faults> {
     faults.wait_for(|f| !f.cut).await.ok().map(|f| *f)
 }
 
-async fn relay(client: TcpStream, upstream: SocketAddr, mut faults: watch::Receiver<Faults>) {
+async fn relay(
+    client: TcpStream,
+    upstream: SocketAddr,
+    mut faults: watch::Receiver<Faults>,
+    counts: Arc<[AtomicU64; 2]>,
+) {
     if until_joined(&mut faults).await.is_none() {
         return;
     }
@@ -93,15 +120,20 @@ async fn relay(client: TcpStream, upstream: SocketAddr, mut faults: watch::Recei
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let up = pump(client_read, server_write, faults.clone());
-    let down = pump(server_read, client_write, faults);
+    let up = pump(client_read, server_write, faults.clone(), &counts[0]);
+    let down = pump(server_read, client_write, faults, &counts[1]);
     tokio::join!(up, down);
 }
 
 /// Moves bytes one way: a reader that stamps each chunk with when it may be
 /// delivered, and a writer that waits for that time, for the link to be up,
 /// and for the throttle.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: watch::Receiver<Faults>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    faults: watch::Receiver<Faults>,
+    delivered: &AtomicU64,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(256);
     let mut read_faults = faults.clone();
     let reader = async move {
@@ -136,6 +168,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, faults: watch::Re
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
+            delivered.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         let _ = to.shutdown().await;
     };
@@ -175,6 +208,7 @@ mod tests {
             .unwrap();
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         assert!(round_trip(&mut s, 10).await < Duration::from_millis(100));
+        assert_eq!((proxy.bytes_up(), proxy.bytes_down()), (10, 10));
 
         proxy.set(Faults {
             delay: Duration::from_millis(200),

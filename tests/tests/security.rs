@@ -66,7 +66,10 @@ async fn a_wrong_or_missing_token_is_refused_and_nothing_is_stored() {
     };
     let good = agent("db-token", GOOD);
     let bad = agent("db-bad-token", "wrong-token-0123456789abcdef");
-    let client = pgfleet_collector::cli::connect(&url).await.unwrap();
+    let client =
+        pgfleet_collector::cli::connect(&pgfleet_collector::cli::Remote::plain(url.clone()))
+            .await
+            .unwrap();
     wait_for_status(&client, "db-token", "up", Duration::from_secs(20)).await;
     // By now the other agent has tried (it starts at once and retries).
     tokio::time::sleep(Duration::from_secs(2)).await;

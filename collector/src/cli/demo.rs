@@ -68,7 +68,7 @@ async fn show(
     );
     parts.workload = Some(DemoWorkload::start(&fleet.cluster).await.map_err(failed)?);
 
-    let mut client = fleet::connect(&url).await?;
+    let mut client = fleet::connect(&fleet::Remote::plain(url.clone())).await?;
     wait_for_lock_waiter(&mut client).await;
 
     let tty = std::io::stdout().is_terminal();

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use pgfleet_agent::error::chain;
 use pgfleet_agent::settings;
+use pgfleet_agent::tls::ClientTls;
 use pgfleet_proto::model::SessionState;
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1::{self, query_client::QueryClient};
@@ -15,12 +16,32 @@ use super::output::{Output, Table, human_duration, json, one_line};
 /// The widest query shown in a table; `--output json` has the full text.
 const QUERY_WIDTH: usize = 80;
 
-/// A Query client for the collector at `url`, or one line saying why not.
-pub async fn connect(url: &str) -> Result<QueryClient<Channel>, CliError> {
+/// A collector to ask: its URL, and TLS for an https:// one.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The collector's URL.
+    pub url: String,
+    /// TLS, for an https:// URL.
+    pub tls: Option<ClientTls>,
+}
+
+impl Remote {
+    /// A collector reached without TLS.
+    pub fn plain(url: String) -> Self {
+        Remote { url, tls: None }
+    }
+}
+
+/// A Query client for the collector, or one line saying why not.
+pub async fn connect(remote: &Remote) -> Result<QueryClient<Channel>, CliError> {
+    let url = &remote.url;
     let unreachable =
         |why: String| CliError::Failed(format!("cannot reach the collector at {url}: {why}"));
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| unreachable(chain(&e)))?
+    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| unreachable(chain(&e)))?;
+    if let Some(tls) = &remote.tls {
+        endpoint = tls.apply(endpoint).map_err(|e| unreachable(chain(&e)))?;
+    }
+    let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15));
     let channel = endpoint
@@ -43,15 +64,15 @@ pub(super) fn call_failed(url: &str, status: tonic::Status) -> CliError {
 }
 
 /// `pgfleet servers`.
-pub async fn servers(url: &str, output: Output, labels: &[String]) -> Result<(), CliError> {
+pub async fn servers(remote: &Remote, output: Output, labels: &[String]) -> Result<(), CliError> {
     let labels = settings::parse_labels(labels.iter().map(String::as_str))?;
-    let mut client = connect(url).await?;
+    let mut client = connect(remote).await?;
     let response = client
         .list_servers(v1::ListServersRequest {
             labels: labels.into_iter().collect(),
         })
         .await
-        .map_err(|s| call_failed(url, s))?
+        .map_err(|s| call_failed(&remote.url, s))?
         .into_inner();
     print!(
         "{}",
@@ -62,7 +83,7 @@ pub async fn servers(url: &str, output: Output, labels: &[String]) -> Result<(),
 
 /// `pgfleet activity SERVER`.
 pub async fn activity(
-    url: &str,
+    remote: &Remote,
     output: Output,
     server: &str,
     state: Option<String>,
@@ -82,7 +103,7 @@ pub async fn activity(
             )
         })
         .transpose()?;
-    let mut client = connect(url).await?;
+    let mut client = connect(remote).await?;
     let response = client
         .get_activity(v1::GetActivityRequest {
             server_id: server.to_owned(),
@@ -91,7 +112,7 @@ pub async fn activity(
             include_background: all,
         })
         .await
-        .map_err(|s| call_failed(url, s))?
+        .map_err(|s| call_failed(&remote.url, s))?
         .into_inner();
     print!("{}", render_activity(&response, output, now_micros()));
     Ok(())

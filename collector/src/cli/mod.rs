@@ -10,9 +10,10 @@ use std::process::ExitCode;
 
 use pgfleet_agent::runtime::{self, EXIT_USAGE};
 use pgfleet_agent::settings::{self, SettingsError};
+use pgfleet_agent::tls::{ClientTls, ClientTlsFiles};
 use serde::Deserialize;
 
-pub use fleet::{connect, render_activity, render_servers};
+pub use fleet::{Remote, connect, render_activity, render_servers};
 pub use output::Output;
 
 const EXAMPLES: &str = "\
@@ -39,7 +40,16 @@ pub struct Cli {
     /// How to print results [default: table]
     #[arg(long, short = 'o', global = true, env = "PGFLEET_OUTPUT", value_enum)]
     pub output: Option<Output>,
-    /// A TOML file with `collector` and `output`
+    /// The CA (PEM) that signed an https:// collector's certificate
+    #[arg(long, global = true, env = "PGFLEET_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for a collector that requires mutual TLS
+    #[arg(long, global = true, env = "PGFLEET_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "PGFLEET_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// A TOML file with `collector`, `output` and the tls_* settings
     #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -99,6 +109,12 @@ pub struct CliFile {
     pub collector: Option<String>,
     /// See `--output`.
     pub output: Option<Output>,
+    /// See `--tls-ca`.
+    pub tls_ca: Option<PathBuf>,
+    /// See `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// See `--tls-key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs a parsed command line and returns the process's exit code: 0 on success,
@@ -172,16 +188,28 @@ impl From<SettingsError> for CliError {
     }
 }
 
-fn resolve(cli: &Cli) -> Result<(String, Output), SettingsError> {
+fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
     let file: CliFile = settings::read_toml(cli.config.as_deref())?;
-    let collector = settings::endpoint_url(
+    let url = settings::endpoint_url(
         "collector",
         cli.collector
             .as_deref()
             .or(file.collector.as_deref())
             .unwrap_or("http://127.0.0.1:7600"),
     )?;
-    Ok((collector, cli.output.or(file.output).unwrap_or_default()))
+    let tls = ClientTls::load(
+        &url,
+        ClientTlsFiles {
+            ca: cli.tls_ca.as_deref().or(file.tls_ca.as_deref()),
+            cert: cli.tls_cert.as_deref().or(file.tls_cert.as_deref()),
+            key: cli.tls_key.as_deref().or(file.tls_key.as_deref()),
+            server_name: None,
+        },
+    )?;
+    Ok((
+        Remote { url, tls },
+        cli.output.or(file.output).unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -193,7 +221,7 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/pgfleet.toml");
         let cli = <Cli as clap::Parser>::parse_from(["pgfleet", "--config", path, "servers"]);
         let (collector, output) = resolve(&cli).unwrap();
-        assert_eq!(collector, "http://127.0.0.1:7600");
+        assert_eq!(collector.url, "http://127.0.0.1:7600");
         assert_eq!(output, Output::Table);
     }
 
@@ -210,9 +238,10 @@ mod tests {
             "c2:7600",
             "servers",
         ]);
+        let (remote, output) = resolve(&cli).unwrap();
         assert_eq!(
-            resolve(&cli).unwrap(),
-            ("http://c2:7600".to_owned(), Output::Json)
+            (remote.url.as_str(), output),
+            ("http://c2:7600", Output::Json)
         );
     }
 }

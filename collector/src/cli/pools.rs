@@ -5,32 +5,32 @@ use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1;
 
 use super::CliError;
-use super::fleet::{call_failed, connect, status_line};
+use super::fleet::{Remote, call_failed, connect, status_line};
 use super::output::{Output, Table, human_duration, json};
 
 /// `pgfleet pools SERVER`.
-pub async fn pools(url: &str, output: Output, server: &str) -> Result<(), CliError> {
-    let response = connect(url)
+pub async fn pools(remote: &Remote, output: Output, server: &str) -> Result<(), CliError> {
+    let response = connect(remote)
         .await?
         .get_pools(v1::GetPoolsRequest {
             server_id: server.to_owned(),
         })
         .await
-        .map_err(|s| call_failed(url, s))?
+        .map_err(|s| call_failed(&remote.url, s))?
         .into_inner();
     print!("{}", render_pools(&response, output, now_micros()));
     Ok(())
 }
 
 /// `pgfleet databases SERVER`.
-pub async fn databases(url: &str, output: Output, server: &str) -> Result<(), CliError> {
-    let response = connect(url)
+pub async fn databases(remote: &Remote, output: Output, server: &str) -> Result<(), CliError> {
+    let response = connect(remote)
         .await?
         .get_databases(v1::GetDatabasesRequest {
             server_id: server.to_owned(),
         })
         .await
-        .map_err(|s| call_failed(url, s))?
+        .map_err(|s| call_failed(&remote.url, s))?
         .into_inner();
     print!("{}", render_databases(&response, output, now_micros()));
     Ok(())

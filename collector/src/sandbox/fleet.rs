@@ -95,7 +95,7 @@ impl Fleet {
 
     /// A Query client for the collector.
     pub async fn client(&self) -> Result<QueryClient<Channel>, SandboxError> {
-        crate::cli::connect(&self.url)
+        crate::cli::connect(&crate::cli::Remote::plain(self.url.clone()))
             .await
             .map_err(|e| SandboxError::Fleet(e.to_string()))
     }
