@@ -393,6 +393,7 @@ impl Aggregator {
         }
         stream.last_seq = seq;
         stream.applied_batches += 1;
+        stream.applied_snapshots += snapshots.len() as u64;
         let now = now_micros();
         let mut keyframes_needed = Vec::new();
         for mut snapshot in snapshots {

@@ -104,15 +104,20 @@ pub async fn databases(
         .map_err(|s| format!("GetDatabases failed: {s}"))
 }
 
-/// The `pgfleet-agent` binary that `cargo test --workspace` built beside this
-/// test's executable.
+/// The `pgfleet-agent` binary that `cargo test --workspace` built next to
+/// the tests.
 pub fn agent_binary() -> std::path::PathBuf {
+    workspace_binary("pgfleet-agent")
+}
+
+/// A binary of the workspace, built next to the tests.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
     let dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("tests run from target/<profile>/deps");
-    let bin = dir.join("pgfleet-agent");
+    let bin = dir.join(name);
     assert!(
         bin.is_file(),
         "{} is missing; run the tests with `cargo test --workspace`, which builds it",
