@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use pgfleet_proto::compact::{self, Dictionary};
 use pgfleet_proto::model::{Delta, Session, SessionKey, SessionMap, Snapshot, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
@@ -44,7 +45,9 @@ struct Sent {
 impl Sent {
     /// Takes `snapshot`'s sessions into the target's activity, and returns the
     /// sessions that are new or changed and the keys of those that ended.
-    fn apply(&mut self, snapshot: &mut Snapshot) -> (Vec<Arc<Session>>, Vec<SessionKey>) {
+    /// Each new or changed session comes with its previous version, if the
+    /// target had it.
+    fn apply(&mut self, snapshot: &mut Snapshot) -> (Vec<Changed>, Vec<SessionKey>) {
         let sessions = std::mem::take(&mut snapshot.sessions);
         self.generation += 1;
         let generation = self.generation;
@@ -62,13 +65,17 @@ impl Sent {
                     );
                     self.collector_has = false;
                 }
-                for s in &sessions {
-                    self.sessions.insert(s.key(), (s.clone(), generation));
-                }
+                let changed = sessions
+                    .into_iter()
+                    .map(|s| {
+                        let before = self.sessions.insert(s.key(), (s.clone(), generation));
+                        (s, before.map(|(b, _)| b))
+                    })
+                    .collect();
                 for key in &delta.removed {
                     self.sessions.remove(key);
                 }
-                (sessions, delta.removed)
+                (changed, delta.removed)
             }
             None => {
                 let mut changed = Vec::new();
@@ -76,13 +83,13 @@ impl Sent {
                     match self.sessions.get_mut(&s.key()) {
                         Some((before, seen)) => {
                             if !(Arc::ptr_eq(before, &s) || **before == *s) {
-                                changed.push(s.clone());
-                                *before = s;
+                                let old = std::mem::replace(before, s.clone());
+                                changed.push((s, Some(old)));
                             }
                             *seen = generation;
                         }
                         None => {
-                            changed.push(s.clone());
+                            changed.push((s.clone(), None));
                             self.sessions.insert(s.key(), (s, generation));
                         }
                     }
@@ -101,10 +108,15 @@ impl Sent {
     }
 }
 
+/// A new or changed session, and its version in the previous snapshot.
+type Changed = (Arc<Session>, Option<Arc<Session>>);
+
 /// The encoder of one agent's stream.
 #[derive(Default)]
 pub struct Encoder {
     targets: HashMap<String, Sent>,
+    /// The strings sent as references (see `compact`).
+    dictionary: Dictionary,
 }
 
 impl Encoder {
@@ -122,14 +134,18 @@ impl Encoder {
         // (`apply` clears `collector_has` when a delta does not follow.)
         let keyframe =
             base.is_none() || !sent.collector_has || sent.since_keyframe + 1 >= KEYFRAME_EVERY;
-        let sessions = if keyframe {
-            sent.sessions.values().map(|(s, _)| s.clone()).collect()
+        let (sessions, previous): (Vec<_>, Vec<_>) = if keyframe {
+            (
+                sent.sessions.values().map(|(s, _)| s.clone()).collect(),
+                Vec::new(),
+            )
         } else {
-            changed
+            changed.into_iter().unzip()
         };
         let upserted = sessions.len();
         if !keyframe {
             snapshot.delta = Some(Delta {
+                unchanged: Vec::new(),
                 base_sampled_at_us: base.unwrap_or_default(),
                 removed,
             });
@@ -151,7 +167,52 @@ impl Encoder {
             "Snapshot encoded."
         );
         snapshot.sessions = sessions;
-        v1::Snapshot::from(&snapshot)
+        let mut wire = v1::Snapshot::from(&snapshot);
+        self.compact(&mut wire, &snapshot.sessions, &previous);
+        wire
+    }
+
+    /// Leaves out of a delta's sessions the fields the collector holds from
+    /// the base, and puts repeated strings in the dictionary.
+    fn compact(
+        &mut self,
+        wire: &mut v1::Snapshot,
+        sessions: &[Arc<Session>],
+        previous: &[Option<Arc<Session>>],
+    ) {
+        match &mut wire.activity {
+            Some(v1::snapshot::Activity::Delta(d)) => {
+                for ((w, new), old) in d.upserted.iter_mut().zip(sessions).zip(previous) {
+                    if let Some(old) = old {
+                        compact::strip(w, compact::unchanged(new, old));
+                    }
+                    self.dictionary.compact(w);
+                }
+            }
+            Some(v1::snapshot::Activity::Keyframe(k)) => {
+                for w in &mut k.sessions {
+                    self.dictionary.compact(w);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The dictionary entries made since the last call: they go with the
+    /// batch of the snapshots just encoded.
+    pub fn take_dictionary_additions(&mut self) -> Vec<v1::DictionaryEntry> {
+        self.dictionary.take_added()
+    }
+
+    /// The whole dictionary, which the first batch of each stream carries.
+    pub fn dictionary(&self) -> &Dictionary {
+        &self.dictionary
+    }
+
+    /// Takes back the dictionary a disk spool kept from an earlier run, so
+    /// that the batches it holds can be read.
+    pub fn restore_dictionary(&mut self, entries: Vec<v1::DictionaryEntry>) {
+        self.dictionary.restore(entries);
     }
 
     /// The next snapshot of every target is a keyframe (a new stream).
@@ -271,6 +332,7 @@ mod tests {
     ) -> Snapshot {
         Snapshot {
             delta: Some(Delta {
+                unchanged: Vec::new(),
                 base_sampled_at_us: base,
                 removed: removed
                     .iter()
@@ -337,5 +399,35 @@ mod tests {
         let wire = e.encode(promoted);
         assert!(delta(&wire).is_some());
         assert!(wire.facts.unwrap().in_recovery);
+    }
+
+    #[test]
+    fn deltas_leave_out_unchanged_fields_and_strings_travel_once() {
+        use pgfleet_proto::compact::{Resolver, field};
+        let mut e = Encoder::default();
+        let a = Arc::new(Session {
+            database: "orders".into(),
+            application_name: "web".into(),
+            ..(*session(1, SessionState::Idle)).clone()
+        });
+        let first = e.encode(snapshot(10, vec![a.clone()]));
+        let additions = e.take_dictionary_additions();
+        assert_eq!(additions.len(), 3, "{additions:?}");
+        let mut resolver = Resolver::default();
+        resolver.add(additions).unwrap();
+        let mut first = first;
+        resolver.resolve_snapshot(&mut first).unwrap();
+        assert_eq!(keyframe_pids(&first), Some(vec![1]));
+
+        let mut a2 = a.clone();
+        Arc::make_mut(&mut a2).state = SessionState::Active;
+        let second = e.encode(snapshot(20, vec![a2]));
+        assert!(e.take_dictionary_additions().is_empty(), "no new strings");
+        let d = delta(&second).unwrap();
+        let s = &d.upserted[0];
+        assert_eq!(s.unchanged & field::STATE, 0, "the state changed");
+        assert_ne!(s.unchanged & field::DATABASE, 0);
+        assert!(s.database.is_empty() && s.database_ref == 0 && s.query_ref == 0);
+        assert_eq!(s.state, v1::SessionState::Active as i32);
     }
 }

@@ -16,39 +16,56 @@ const BATCH_FIELD: u32 = 2;
 const HELLO_FIELD: u32 = 1;
 /// `Batch.seq`'s field number.
 const SEQ_FIELD: u32 = 1;
+/// `Batch.dictionary_additions`' field number.
+const DICTIONARY_FIELD: u32 = 2;
 
 /// One message of the agent's stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outgoing {
     Hello(v1::Hello),
-    /// A batch: its sequence, and the rest of it (`Batch` without `seq`)
-    /// encoded.
+    /// A batch: its sequence, the rest of it (`Batch` without `seq`)
+    /// encoded, and more `dictionary_additions` fields, encoded, for the first
+    /// batch of a stream (see [`Outgoing::dictionary_fields`]).
     Batch {
         seq: u64,
         body: Bytes,
+        dictionary: Bytes,
     },
 }
 
 impl Outgoing {
     /// The body of a batch of `snapshots`: everything but its sequence, which
     /// may change before the batch is sent (see `Spool::restart`).
-    pub fn batch_body(snapshots: Vec<v1::Snapshot>) -> Bytes {
+    pub fn batch_body(
+        snapshots: Vec<v1::Snapshot>,
+        dictionary_additions: Vec<v1::DictionaryEntry>,
+    ) -> Bytes {
         v1::Batch {
             seq: 0,
-            dictionary_additions: Vec::new(),
+            dictionary_additions,
             snapshots,
         }
         .encode_to_vec()
         .into()
     }
 
-    fn batch_len(seq: u64, body: &Bytes) -> usize {
+    /// `entries` as `Batch.dictionary_additions` fields, to go after a body
+    /// (a repeated field may come in any number of pieces).
+    pub fn dictionary_fields(entries: impl IntoIterator<Item = v1::DictionaryEntry>) -> Bytes {
+        let mut buf = Vec::new();
+        for e in entries {
+            encoding::message::encode(DICTIONARY_FIELD, &e, &mut buf);
+        }
+        buf.into()
+    }
+
+    fn batch_len(seq: u64, body: &Bytes, dictionary: &Bytes) -> usize {
         let seq_len = if seq == 0 {
             0
         } else {
             encoding::uint64::encoded_len(SEQ_FIELD, &seq)
         };
-        seq_len + body.len()
+        seq_len + body.len() + dictionary.len()
     }
 }
 
@@ -57,6 +74,7 @@ impl Default for Outgoing {
         Outgoing::Batch {
             seq: 0,
             body: Bytes::new(),
+            dictionary: Bytes::new(),
         }
     }
 }
@@ -65,13 +83,18 @@ impl Message for Outgoing {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
             Outgoing::Hello(hello) => encoding::message::encode(HELLO_FIELD, hello, buf),
-            Outgoing::Batch { seq, body } => {
+            Outgoing::Batch {
+                seq,
+                body,
+                dictionary,
+            } => {
                 encoding::encode_key(BATCH_FIELD, WireType::LengthDelimited, buf);
-                encoding::encode_varint(Self::batch_len(*seq, body) as u64, buf);
+                encoding::encode_varint(Self::batch_len(*seq, body, dictionary) as u64, buf);
                 if *seq != 0 {
                     encoding::uint64::encode(SEQ_FIELD, seq, buf);
                 }
                 buf.put_slice(body);
+                buf.put_slice(dictionary);
             }
         }
     }
@@ -90,8 +113,12 @@ impl Message for Outgoing {
     fn encoded_len(&self) -> usize {
         match self {
             Outgoing::Hello(hello) => encoding::message::encoded_len(HELLO_FIELD, hello),
-            Outgoing::Batch { seq, body } => {
-                let len = Self::batch_len(*seq, body);
+            Outgoing::Batch {
+                seq,
+                body,
+                dictionary,
+            } => {
+                let len = Self::batch_len(*seq, body, dictionary);
                 encoding::key_len(BATCH_FIELD) + encoding::encoded_len_varint(len as u64) + len
             }
         }
@@ -120,17 +147,23 @@ mod tests {
                 ..Default::default()
             },
         ];
+        let entry = |id: u32, value: &str| v1::DictionaryEntry {
+            id,
+            value: value.into(),
+        };
         for seq in [0, 1, 300, u64::MAX] {
             let out = Outgoing::Batch {
                 seq,
-                body: Outgoing::batch_body(snapshots.clone()),
+                body: Outgoing::batch_body(snapshots.clone(), vec![entry(3, "orders")]),
+                dictionary: Outgoing::dictionary_fields([entry(1, "app"), entry(2, "web")]),
             };
             let wire = out.encode_to_vec();
             assert_eq!(wire.len(), out.encoded_len());
             let decoded = v1::AgentMessage::decode(wire.as_slice()).unwrap();
             let want = v1::Batch {
                 seq,
-                dictionary_additions: Vec::new(),
+                // The body's additions, then the appended ones.
+                dictionary_additions: vec![entry(3, "orders"), entry(1, "app"), entry(2, "web")],
                 snapshots: snapshots.clone(),
             };
             assert_eq!(decoded.msg, Some(Msg::Batch(want)));

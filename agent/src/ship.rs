@@ -84,6 +84,8 @@ pub struct Shipper {
     inputs_closed: bool,
     /// The spool's drop count when the encoder was last told of drops.
     dropped_seen: u64,
+    /// Whether the current stream was sent the whole dictionary.
+    dictionary_sent: bool,
 }
 
 impl Shipper {
@@ -94,12 +96,16 @@ impl Shipper {
         spool: Spool,
         snapshots: mpsc::Receiver<Snapshot>,
     ) -> Self {
+        let mut spool = spool;
+        let mut encoder = Encoder::default();
+        encoder.restore_dictionary(spool.take_recovered_dictionary());
         Shipper {
             collector: link.collector.clone(),
             link,
             hello,
             spool,
-            encoder: Encoder::default(),
+            encoder,
+            dictionary_sent: false,
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -175,7 +181,7 @@ impl Shipper {
             },
             permit = tx.reserve(), if has_unsent => match permit {
                 Ok(permit) => {
-                    if let Some(batch) = self.spool.next_unsent() {
+                    if let Some(batch) = self.next_batch() {
                         permit.send(batch);
                         self.spool.mark_sent();
                     }
@@ -218,7 +224,8 @@ impl Shipper {
                 Err(_) => break,
             }
         }
-        let dropped = self.spool.push(snapshots);
+        let additions = self.encoder.take_dictionary_additions();
+        let dropped = self.spool.push_batch(snapshots, additions);
         if dropped > 0 {
             warn!(
                 dropped,
@@ -228,6 +235,20 @@ impl Shipper {
             );
         }
         self.after_drops();
+    }
+
+    /// The next batch to send on the current stream; the stream's first
+    /// carries the whole dictionary, since the collector's dictionary is the
+    /// stream's and the batches resent may refer to entries of any age.
+    fn next_batch(&mut self) -> Option<Outgoing> {
+        let mut batch = self.spool.next_unsent()?;
+        if !self.dictionary_sent {
+            if let Outgoing::Batch { dictionary, .. } = &mut batch {
+                *dictionary = Outgoing::dictionary_fields(self.encoder.dictionary().entries());
+            }
+            self.dictionary_sent = true;
+        }
+        Some(batch)
     }
 
     /// Encodes a snapshot, with the spool's drop count in its agent counters.
@@ -256,6 +277,7 @@ impl Shipper {
                 self.spool.restart(welcome.resume_after_seq);
                 // What follows what is resent starts from whole activity.
                 self.encoder.keyframe_all();
+                self.dictionary_sent = false;
                 self.backoff.reset();
                 match self.outage.take() {
                     Some((since, _)) => info!(
@@ -419,7 +441,7 @@ impl Shipper {
             self.enqueue(s);
         }
         let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while let Some(batch) = self.spool.next_unsent() {
+        while let Some(batch) = self.next_batch() {
             match tokio::time::timeout_at(deadline, tx.send(batch)).await {
                 Ok(Ok(())) => self.spool.mark_sent(),
                 Ok(Err(_)) | Err(_) => break,

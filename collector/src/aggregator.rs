@@ -7,7 +7,10 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionKey, Snapshot, TargetStatus, add_counters};
+use pgfleet_proto::compact;
+use pgfleet_proto::model::{
+    Delta, KeyHasher, Session, SessionKey, Snapshot, TargetStatus, add_counters,
+};
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -431,7 +434,17 @@ impl Aggregator {
                     }
                     continue;
                 }
-                snapshot.sessions = merge(&current.sessions, snapshot.sessions, &delta.removed);
+                match merge(&current.sessions, snapshot.sessions, &delta) {
+                    Some(sessions) => snapshot.sessions = sessions,
+                    None => {
+                        debug!(server.id = %snapshot.server_id, "Delta leaves out fields of a session its base lacks; asking for a keyframe.");
+                        keyframes_needed.push(snapshot.server_id);
+                        if let Some(agent) = self.agents.get_mut(agent_id) {
+                            agent.stream.refused_deltas += 1;
+                        }
+                        continue;
+                    }
+                }
             }
             let view = Arc::make_mut(current);
             view.last_seen_us = Some(now);
@@ -488,13 +501,26 @@ impl Aggregator {
     }
 }
 
-/// The sessions of `base` with a delta applied: `removed` and the sessions that
-/// `upserted` replaces taken out, `upserted` added.
+/// The sessions of `base` with a delta applied: the fields upserted sessions
+/// left out taken from their version in `base`, `removed` and the sessions
+/// that `upserted` replaces taken out, `upserted` added. None when a session
+/// left out fields that `base` does not have.
 fn merge(
     base: &[Arc<Session>],
-    upserted: Vec<Arc<Session>>,
-    removed: &[SessionKey],
-) -> Vec<Arc<Session>> {
+    mut upserted: Vec<Arc<Session>>,
+    delta: &Delta,
+) -> Option<Vec<Arc<Session>>> {
+    if !delta.unchanged.is_empty() {
+        let by_key: HashMap<SessionKey, &Arc<Session>, BuildHasherDefault<KeyHasher>> =
+            base.iter().map(|s| (s.key(), s)).collect();
+        for (s, &mask) in upserted.iter_mut().zip(&delta.unchanged) {
+            if mask != 0 {
+                let old = by_key.get(&s.key())?;
+                compact::fill(Arc::make_mut(s), old, mask);
+            }
+        }
+    }
+    let removed = &delta.removed;
     let gone: HashSet<SessionKey, BuildHasherDefault<KeyHasher>> = removed
         .iter()
         .copied()
@@ -506,7 +532,7 @@ fn merge(
         .cloned()
         .collect();
     sessions.extend(upserted);
-    sessions
+    Some(sessions)
 }
 
 /// Adds one up snapshot's increments to the totals. Every up snapshot lists every
@@ -752,6 +778,7 @@ mod tests {
         let mut d = snapshot("db", 20, &[4]);
         Arc::make_mut(&mut d.sessions[0]).state = SessionState::Idle;
         d.delta = Some(Delta {
+            unchanged: Vec::new(),
             base_sampled_at_us: 10,
             removed: vec![(2, 0)],
         });
@@ -763,6 +790,7 @@ mod tests {
         // A delta against a snapshot this collector never applied.
         let mut lost = snapshot("db", 40, &[9]);
         lost.delta = Some(Delta {
+            unchanged: Vec::new(),
             base_sampled_at_us: 30,
             removed: vec![],
         });

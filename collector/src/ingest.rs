@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgfleet_agent::settings::{MAX_LABEL_BYTES, Token, check_label};
+use pgfleet_proto::compact::Resolver;
 use pgfleet_proto::model::Snapshot;
 use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -197,6 +198,8 @@ async fn receive(
     // The last applied sequence not yet acknowledged, how many batches it
     // covers, and when it is due.
     let mut unacked: Option<(u64, u32, tokio::time::Instant)> = None;
+    // The stream's dictionary: the agent sends it whole on a new stream.
+    let mut dictionary = Resolver::default();
     loop {
         let due = unacked.map(|(_, _, due)| due);
         let received = tokio::select! {
@@ -221,7 +224,7 @@ async fn receive(
                 continue;
             }
         };
-        let batch = match received {
+        let mut batch = match received {
             Ok(Some(v1::AgentMessage {
                 msg: Some(agent_message::Msg::Batch(batch)),
             })) => batch,
@@ -249,7 +252,11 @@ async fn receive(
             Err(status) => return format!("{} ({:?})", status.message(), status.code()),
         };
         let seq = batch.seq;
-        let snapshots = decode(agent_id, batch);
+        if let Err(why) = dictionary.add(std::mem::take(&mut batch.dictionary_additions)) {
+            let _ = tx.send(Err(Status::invalid_argument(why.clone()))).await;
+            return why;
+        }
+        let (snapshots, unresolved) = decode(agent_id, batch, &dictionary);
         let (reply, answer) = oneshot::channel();
         let applied = match aggregator
             .send(Command::Apply {
@@ -267,7 +274,8 @@ async fn receive(
             Err(status) => Err(status),
         };
         match applied {
-            Ok(keyframes_needed) => {
+            Ok(mut keyframes_needed) => {
+                keyframes_needed.extend(unresolved);
                 if !keyframes_needed.is_empty() {
                     let request = v1::CollectorMessage {
                         msg: Some(collector_message::Msg::KeyframeRequest(
@@ -308,11 +316,19 @@ async fn send_ack(tx: &Outbound, seq: u64) -> bool {
     tx.send(Ok(ack)).await.is_ok()
 }
 
-/// Decodes a batch's snapshots. Malformed snapshots are logged and skipped, so one
-/// bad snapshot cannot wedge the stream.
-fn decode(agent_id: &str, batch: v1::Batch) -> Vec<Snapshot> {
+/// Decodes a batch's snapshots, their dictionary references resolved.
+/// Malformed snapshots are logged and skipped, so one bad snapshot cannot wedge
+/// the stream; those that refer to entries the stream never sent are named,
+/// so that the agent is asked for keyframes of them.
+fn decode(agent_id: &str, batch: v1::Batch, dictionary: &Resolver) -> (Vec<Snapshot>, Vec<String>) {
     let mut snapshots = Vec::with_capacity(batch.snapshots.len());
-    for wire in batch.snapshots {
+    let mut unresolved = Vec::new();
+    for mut wire in batch.snapshots {
+        if let Err(id) = dictionary.resolve_snapshot(&mut wire) {
+            warn!(agent.id = %agent_id, seq = batch.seq, server.id = %wire.server_id, id, "Skipped a snapshot that refers to a dictionary entry the stream never sent.");
+            unresolved.push(wire.server_id);
+            continue;
+        }
         match Snapshot::try_from(wire) {
             Ok(s) => snapshots.push(s),
             Err(e) => {
@@ -320,7 +336,7 @@ fn decode(agent_id: &str, batch: v1::Batch) -> Vec<Snapshot> {
             }
         }
     }
-    snapshots
+    (snapshots, unresolved)
 }
 
 /// Checks a Hello and turns it into the aggregator's terms.

@@ -201,6 +201,7 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
             "server_id",
             "sessions",
             "status",
+            "stream",
             "up"
         ]
     );

@@ -93,6 +93,7 @@ impl From<&Session> for v1::SessionSample {
             leader_pid: s.leader_pid.unwrap_or(0),
             query_id: s.query_id.unwrap_or(0),
             query_fingerprint: s.fingerprint,
+            ..Default::default()
         }
     }
 }
@@ -182,17 +183,25 @@ impl TryFrom<v1::Snapshot> for Snapshot {
                 k.sessions.into_iter().map(|s| Arc::new(s.into())).collect(),
                 None,
             ),
-            Some(v1::snapshot::Activity::Delta(d)) => (
-                d.upserted.into_iter().map(|s| Arc::new(s.into())).collect(),
-                Some(Delta {
-                    base_sampled_at_us: d.base_sampled_at_us,
-                    removed: d
-                        .removed
-                        .into_iter()
-                        .map(|k| (k.pid, k.backend_start_us))
-                        .collect(),
-                }),
-            ),
+            Some(v1::snapshot::Activity::Delta(d)) => {
+                let unchanged = if d.upserted.iter().any(|s| s.unchanged != 0) {
+                    d.upserted.iter().map(|s| s.unchanged).collect()
+                } else {
+                    Vec::new()
+                };
+                (
+                    d.upserted.into_iter().map(|s| Arc::new(s.into())).collect(),
+                    Some(Delta {
+                        base_sampled_at_us: d.base_sampled_at_us,
+                        removed: d
+                            .removed
+                            .into_iter()
+                            .map(|k| (k.pid, k.backend_start_us))
+                            .collect(),
+                        unchanged,
+                    }),
+                )
+            }
             None => return Err(DecodeError::MissingActivity { server_id }),
         };
         Ok(Snapshot {
@@ -342,6 +351,7 @@ mod tests {
             status: TargetStatus::Up,
             sessions: vec![Arc::new(session())],
             delta: Some(Delta {
+                unchanged: Vec::new(),
                 base_sampled_at_us: 41,
                 removed: vec![(7, 1_700_000_000_000_000)],
             }),

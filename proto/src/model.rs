@@ -247,12 +247,16 @@ pub struct Snapshot {
 
 /// What makes a snapshot a delta: the snapshot it applies to, and the sessions
 /// that ended since.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Delta {
     /// The `sampled_at_us` of the snapshot it applies to.
     pub base_sampled_at_us: Micros,
     /// The keys `(pid, backend_start_us)` of sessions that ended.
     pub removed: Vec<(i32, Micros)>,
+    /// For each session of the snapshot, in order, the fields it left out
+    /// because its version in the base has them (see `compact::field`); empty
+    /// when every session is whole.
+    pub unchanged: Vec<u32>,
 }
 
 impl Snapshot {

@@ -241,3 +241,162 @@ async fn a_small_spool_drops_the_oldest_and_the_collector_shows_it() {
     agent.stop().await;
     fleet.stop().await;
 }
+
+fn raw_batch(
+    seq: u64,
+    server_id: &str,
+    at: i64,
+    activity: v1::snapshot::Activity,
+) -> v1::AgentMessage {
+    raw_batch_with(seq, server_id, at, activity, vec![])
+}
+
+fn raw_batch_with(
+    seq: u64,
+    server_id: &str,
+    at: i64,
+    activity: v1::snapshot::Activity,
+    dictionary_additions: Vec<v1::DictionaryEntry>,
+) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Batch(v1::Batch {
+            seq,
+            dictionary_additions,
+            snapshots: vec![v1::Snapshot {
+                server_id: server_id.to_owned(),
+                sampled_at_us: at,
+                status: Some(v1::TargetStatus {
+                    up: true,
+                    reason: String::new(),
+                }),
+                activity: Some(activity),
+                ..Default::default()
+            }],
+        })),
+    }
+}
+
+fn sample(pid: i32, database_ref: u32) -> v1::SessionSample {
+    v1::SessionSample {
+        pid,
+        backend_start_us: 1000 + i64::from(pid),
+        state: v1::SessionState::Idle as i32,
+        database_ref,
+        ..Default::default()
+    }
+}
+
+/// Waits for the next message that is not an ack; returns the servers a
+/// KeyframeRequest names.
+async fn keyframe_request(inbound: &mut tonic::Streaming<v1::CollectorMessage>) -> Vec<String> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbound.message())
+            .await
+            .expect("an answer within 5 s")
+            .unwrap()
+            .and_then(|m| m.msg);
+        match m {
+            Some(v1::collector_message::Msg::KeyframeRequest(r)) => return r.server_ids,
+            Some(v1::collector_message::Msg::Ack(_)) => continue,
+            other => panic!("expected a KeyframeRequest, got {other:?}"),
+        }
+    }
+}
+
+/// A batch dropped on purpose: the delta that follows it has no base at the
+/// collector, which refuses it and asks for a keyframe, and never applies it
+/// to the wrong base. A reference to a dictionary entry the stream never sent
+/// is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_whose_base_was_dropped_is_refused_with_a_keyframe_request() {
+    use v1::snapshot::Activity;
+    let fleet = fleet("db-drop-host", &[]).await;
+    let id = "raw-drop";
+    let (tx, mut inbound) = pgfleet_tests::agent_stream(&fleet.url, id, None)
+        .await
+        .unwrap();
+    let orders = v1::DictionaryEntry {
+        id: 1,
+        value: "orders".into(),
+    };
+    tx.send(raw_batch_with(
+        1,
+        id,
+        10,
+        Activity::Keyframe(v1::ActivityKeyframe {
+            sessions: vec![sample(1, 1), sample(2, 1)],
+        }),
+        vec![orders],
+    ))
+    .await
+    .unwrap();
+    // Batch 2, a delta at 20, is dropped. Batch 3 is a delta against it.
+    let mut changed = sample(3, 0);
+    changed.unchanged = pgfleet_proto::compact::field::DATABASE;
+    tx.send(raw_batch(
+        3,
+        id,
+        30,
+        Activity::Delta(v1::ActivityDelta {
+            base_sampled_at_us: 20,
+            upserted: vec![changed],
+            removed: vec![],
+        }),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(keyframe_request(&mut inbound).await, [id]);
+    let mut client = fleet.client().await.unwrap();
+    let pids = |all: Vec<v1::Session>| {
+        let mut p: Vec<(i32, String)> = all.into_iter().map(|s| (s.pid, s.database)).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(
+        pids(sessions(&mut client, id).await.unwrap()),
+        [(1, "orders".into()), (2, "orders".into())],
+        "nothing of the refused delta was applied"
+    );
+
+    // A keyframe that refers to a dictionary entry the stream never sent.
+    tx.send(raw_batch(
+        4,
+        id,
+        40,
+        Activity::Keyframe(v1::ActivityKeyframe {
+            sessions: vec![sample(1, 99)],
+        }),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(keyframe_request(&mut inbound).await, [id]);
+
+    // The keyframe the agent sends then is applied.
+    tx.send(raw_batch(
+        5,
+        id,
+        50,
+        Activity::Keyframe(v1::ActivityKeyframe {
+            sessions: vec![sample(1, 1), sample(3, 1)],
+        }),
+    ))
+    .await
+    .unwrap();
+    drop(tx);
+    let s = stream_when(
+        &client,
+        id,
+        "batch 5 applied",
+        Duration::from_secs(10),
+        |s| s.stream.is_some_and(|st| st.last_seq == 5),
+    )
+    .await
+    .stream
+    .unwrap();
+    assert_eq!(
+        pids(sessions(&mut client, id).await.unwrap()),
+        [(1, "orders".into()), (3, "orders".into())]
+    );
+    assert_eq!((s.missing_batches, s.refused_deltas), (1, 1), "{s:?}");
+    fleet.stop().await;
+}

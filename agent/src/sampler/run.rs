@@ -119,6 +119,7 @@ impl TargetSampler {
         };
         let (facts, mut activity, increments) = postgres;
         let delta = activity.removed.take().map(|removed| Delta {
+            unchanged: Vec::new(),
             base_sampled_at_us: self.last_up_at.unwrap_or_default(),
             removed,
         });

@@ -14,6 +14,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use pgfleet_proto::v1;
+use prost::Message;
 use prost::bytes::Bytes;
 use tracing::warn;
 
@@ -22,6 +24,8 @@ const RECORD_HEADER: u64 = 8;
 
 const SEGMENT_SUFFIX: &str = ".seg";
 const STATE_FILE: &str = "state";
+/// The dictionary entries that batches on disk may refer to, as records.
+const DICTIONARY_FILE: &str = "dictionary";
 const LOCK_FILE: &str = "spool.lock";
 
 /// Why a spool directory cannot be used.
@@ -52,6 +56,8 @@ pub struct Opened {
     pub next_seq: u64,
     /// Records cut off as torn or corrupt.
     pub cut: u64,
+    /// The dictionary entries the records may refer to.
+    pub dictionary: Vec<v1::DictionaryEntry>,
 }
 
 #[derive(Debug)]
@@ -80,6 +86,7 @@ pub struct Disk {
     /// The acknowledged sequence the state file holds.
     acked_on_disk: u64,
     next_on_disk: u64,
+    dictionary: File,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -122,7 +129,16 @@ impl Disk {
             firsts.push(first);
         }
         firsts.sort_unstable();
+        let dictionary_path = dir.join(DICTIONARY_FILE);
+        let dictionary_file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&dictionary_path)
+            .map_err(|e| io_fail(&format!("cannot open {}", dictionary_path.display()), e))?;
         let mut disk = Disk {
+            dictionary: dictionary_file,
             dir: dir.to_owned(),
             _lock: lock,
             segments: VecDeque::new(),
@@ -173,12 +189,63 @@ impl Disk {
             records.extend(found.into_iter().filter(|r| r.seq > acked));
             disk.segments.push_back(segment);
         }
+        // The dictionary is kept while batches on disk may refer to it; with
+        // none, the next run starts a new one.
+        let dictionary = if records.is_empty() {
+            disk.dictionary
+                .set_len(0)
+                .and_then(|()| disk.dictionary.sync_all())
+                .map_err(|e| io_fail("cannot reset the dictionary", e))?;
+            Vec::new()
+        } else {
+            let (found, good_len, file_len) =
+                scan(&disk.dictionary, 0).map_err(|e| io_fail("cannot read the dictionary", e))?;
+            if good_len < file_len {
+                disk.dictionary
+                    .set_len(good_len)
+                    .map_err(|e| io_fail("cannot repair the dictionary", e))?;
+            }
+            let mut entries = Vec::with_capacity(found.len());
+            for r in found {
+                let body = read_body(&disk.dictionary, r.offset, r.len)
+                    .map_err(|e| io_fail("cannot read the dictionary", e))?;
+                if let Ok(entry) = v1::DictionaryEntry::decode(body.as_slice()) {
+                    entries.push(entry);
+                }
+            }
+            entries
+        };
         Ok(Opened {
             disk,
             records,
             next_seq,
             cut,
+            dictionary,
         })
+    }
+
+    /// Appends dictionary entries to the dictionary file and fsyncs it.
+    pub fn append_dictionary(&mut self, entries: &[v1::DictionaryEntry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let offset = self.dictionary.metadata()?.len();
+        let mut buf = Vec::new();
+        for e in entries {
+            let body = e.encode_to_vec();
+            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            buf.extend_from_slice(&body);
+        }
+        if let Err(e) = self
+            .dictionary
+            .write_all(&buf)
+            .and_then(|()| self.dictionary.sync_data())
+        {
+            let _ = self.dictionary.set_len(offset);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Appends `body` as record `seq` and fsyncs it; returns its offset. A new
@@ -326,6 +393,12 @@ fn split_header(header: &[u8; RECORD_HEADER as usize]) -> (u32, u32) {
         u32::from_le_bytes([a, b, c, d]),
         u32::from_le_bytes([e, f, g, h]),
     )
+}
+
+fn read_body(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    let mut body = vec![0u8; len as usize];
+    file.read_exact_at(&mut body, offset + RECORD_HEADER)?;
+    Ok(body)
 }
 
 /// Reads a segment's records up to the first that is cut short or fails its

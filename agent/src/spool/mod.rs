@@ -42,6 +42,10 @@ pub struct Spool {
     disk: Option<Disk>,
     /// An error writing the disk was logged; the next success is logged too.
     disk_failing: bool,
+    /// Dictionary entries not yet in the spool's dictionary file.
+    unwritten_entries: Vec<v1::DictionaryEntry>,
+    /// The dictionary entries a reopened spool found, for the encoder.
+    recovered_dictionary: Vec<v1::DictionaryEntry>,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,8 @@ impl Spool {
             welcomed: false,
             disk: None,
             disk_failing: false,
+            unwritten_entries: Vec::new(),
+            recovered_dictionary: Vec::new(),
         }
     }
 
@@ -107,6 +113,7 @@ impl Spool {
             });
         }
         spool.disk = Some(opened.disk);
+        spool.recovered_dictionary = opened.dictionary;
         if !spool.entries.is_empty() || opened.cut > 0 {
             info!(
                 dir = %dir.display(),
@@ -121,12 +128,34 @@ impl Spool {
 
     /// Adds a batch of snapshots with the next sequence number. Returns how many of
     /// the oldest batches were dropped to stay within the bound.
+    #[cfg(test)]
     pub fn push(&mut self, snapshots: Vec<v1::Snapshot>) -> u64 {
-        let body = Outgoing::batch_body(snapshots);
+        self.push_batch(snapshots, Vec::new())
+    }
+
+    /// Adds a batch of snapshots, and the dictionary entries they introduce,
+    /// with the next sequence number. Returns how many of the oldest batches
+    /// were dropped to stay within the bound.
+    ///
+    /// On disk, the entries are written to the spool's dictionary file before
+    /// the batch, so that every batch on disk can be read after a restart.
+    pub fn push_batch(
+        &mut self,
+        snapshots: Vec<v1::Snapshot>,
+        additions: Vec<v1::DictionaryEntry>,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if self.disk.is_some() {
+            self.unwritten_entries.extend(additions.iter().cloned());
+        }
+        let body = Outgoing::batch_body(snapshots, additions);
+        let unwritten = std::mem::take(&mut self.unwritten_entries);
         let held = match &mut self.disk {
-            Some(disk) => match disk.append(seq, &body) {
+            Some(disk) => match disk
+                .append_dictionary(&unwritten)
+                .and_then(|()| disk.append(seq, &body))
+            {
                 Ok(offset) => {
                     if std::mem::take(&mut self.disk_failing) {
                         info!("The spool's disk takes batches again.");
@@ -138,7 +167,9 @@ impl Spool {
                 }
                 Err(e) => {
                     // Keep the batch rather than lose it; it counts toward the
-                    // same bound, and dies with the process.
+                    // same bound, and dies with the process. The entries are
+                    // written before the next batch that goes to disk.
+                    self.unwritten_entries = unwritten;
                     if !std::mem::replace(&mut self.disk_failing, true) {
                         error!(error = %e, "Cannot write the spool's disk; holding batches in memory until it works again.");
                     }
@@ -224,6 +255,7 @@ impl Spool {
                     return Some(Outgoing::Batch {
                         seq: entry.seq,
                         body,
+                        dictionary: Bytes::new(),
                     });
                 }
                 Err(e) => {
@@ -321,6 +353,12 @@ impl Spool {
     /// Encoded bytes of the batches held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The dictionary entries that the batches a reopened spool holds may
+    /// refer to (empty after the first call, and for a spool in memory).
+    pub fn take_recovered_dictionary(&mut self) -> Vec<v1::DictionaryEntry> {
+        std::mem::take(&mut self.recovered_dictionary)
     }
 
     /// True when the spool is on disk and outlives the process.
@@ -424,7 +462,7 @@ mod tests {
 
     fn bodies(spool: &mut Spool) -> Vec<(u64, Bytes)> {
         let mut out = vec![];
-        while let Some(Outgoing::Batch { seq, body }) = spool.next_unsent() {
+        while let Some(Outgoing::Batch { seq, body, .. }) = spool.next_unsent() {
             out.push((seq, body));
             spool.mark_sent();
         }
@@ -559,6 +597,43 @@ mod tests {
         assert!(err.contains("another agent"), "{err}");
         drop(first);
         assert!(Spool::open(&dir, 1 << 20).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_dictionary_is_kept_while_batches_on_disk_need_it() {
+        let dir = temp_dir("dictionary");
+        let entry = |id: u32, value: &str| v1::DictionaryEntry {
+            id,
+            value: value.into(),
+        };
+        {
+            let mut s = Spool::open(&dir, 1 << 20).unwrap();
+            s.push_batch(snap("a"), vec![entry(1, "orders"), entry(2, "app")]);
+            s.push_batch(snap("b"), vec![entry(3, "SELECT ?")]);
+        }
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        let got: Vec<_> = s
+            .take_recovered_dictionary()
+            .into_iter()
+            .map(|e| (e.id, e.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "orders".to_owned()),
+                (2, "app".to_owned()),
+                (3, "SELECT ?".to_owned())
+            ]
+        );
+        s.restart(0);
+        let last = sent_seqs(&mut s).pop().unwrap();
+        s.ack(last);
+        drop(s);
+        // Nothing left that needs it: the next run starts a new dictionary.
+        let mut s = Spool::open(&dir, 1 << 20).unwrap();
+        assert!(s.take_recovered_dictionary().is_empty());
+        drop(s);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

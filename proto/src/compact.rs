@@ -1,0 +1,445 @@
+//! The stream's compact form of a session: in a delta, the fields that did not
+//! change since the base are left out (`SessionSample.unchanged`), and repeated
+//! strings travel once per stream, as dictionary references.
+//!
+//! The agent [`strip`]s and [`Dictionary::compact`]s what it sends; the
+//! collector [`Resolver::resolve`]s what it receives, and [`fill`]s what was
+//! left out from the session in the base.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::model::Session;
+use crate::v1;
+
+/// The bits of `SessionSample.unchanged`, one per field, in the order the
+/// proto documents.
+pub mod field {
+    pub const DATABASE: u32 = 1 << 0;
+    pub const USER: u32 = 1 << 1;
+    pub const APPLICATION_NAME: u32 = 1 << 2;
+    pub const CLIENT: u32 = 1 << 3;
+    pub const STATE: u32 = 1 << 4;
+    pub const XACT_START: u32 = 1 << 5;
+    pub const QUERY_START: u32 = 1 << 6;
+    pub const STATE_CHANGE: u32 = 1 << 7;
+    pub const WAIT_EVENT_TYPE: u32 = 1 << 8;
+    pub const WAIT_EVENT: u32 = 1 << 9;
+    pub const QUERY: u32 = 1 << 10;
+    pub const BLOCKED_BY: u32 = 1 << 11;
+    pub const BACKEND_TYPE: u32 = 1 << 12;
+    pub const LEADER_PID: u32 = 1 << 13;
+    pub const QUERY_ID: u32 = 1 << 14;
+    pub const FINGERPRINT: u32 = 1 << 15;
+    /// Every field a mask may name.
+    pub const ALL: u32 = (1 << 16) - 1;
+}
+
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// The fields that `new` shares with `old`, the same session in the base.
+pub fn unchanged(new: &Session, old: &Session) -> u32 {
+    use field::*;
+    let mut mask = 0;
+    let mut bit = |equal: bool, b: u32| {
+        if equal {
+            mask |= b;
+        }
+    };
+    bit(same(&new.database, &old.database), DATABASE);
+    bit(same(&new.user, &old.user), USER);
+    bit(
+        same(&new.application_name, &old.application_name),
+        APPLICATION_NAME,
+    );
+    bit(same(&new.client, &old.client), CLIENT);
+    bit(new.state == old.state, STATE);
+    bit(new.xact_start_us == old.xact_start_us, XACT_START);
+    bit(new.query_start_us == old.query_start_us, QUERY_START);
+    bit(new.state_change_us == old.state_change_us, STATE_CHANGE);
+    bit(
+        same(&new.wait_event_type, &old.wait_event_type),
+        WAIT_EVENT_TYPE,
+    );
+    bit(same(&new.wait_event, &old.wait_event), WAIT_EVENT);
+    bit(same(&new.query, &old.query), QUERY);
+    bit(new.blocked_by == old.blocked_by, BLOCKED_BY);
+    bit(same(&new.backend_type, &old.backend_type), BACKEND_TYPE);
+    bit(new.leader_pid == old.leader_pid, LEADER_PID);
+    bit(new.query_id == old.query_id, QUERY_ID);
+    bit(new.fingerprint == old.fingerprint, FINGERPRINT);
+    mask
+}
+
+/// Leaves out of `wire` the fields `mask` names, and says so in it.
+pub fn strip(wire: &mut v1::SessionSample, mask: u32) {
+    use field::*;
+    let mask = mask & ALL;
+    wire.unchanged = mask;
+    let has = |b: u32| mask & b != 0;
+    if has(DATABASE) {
+        wire.database.clear();
+    }
+    if has(USER) {
+        wire.user.clear();
+    }
+    if has(APPLICATION_NAME) {
+        wire.application_name.clear();
+    }
+    if has(CLIENT) {
+        wire.client.clear();
+    }
+    if has(STATE) {
+        wire.state = 0;
+    }
+    if has(XACT_START) {
+        wire.xact_start_us = 0;
+    }
+    if has(QUERY_START) {
+        wire.query_start_us = 0;
+    }
+    if has(STATE_CHANGE) {
+        wire.state_change_us = 0;
+    }
+    if has(WAIT_EVENT_TYPE) {
+        wire.wait_event_type.clear();
+    }
+    if has(WAIT_EVENT) {
+        wire.wait_event.clear();
+    }
+    if has(QUERY) {
+        wire.query.clear();
+    }
+    if has(BLOCKED_BY) {
+        wire.blocked_by.clear();
+    }
+    if has(BACKEND_TYPE) {
+        wire.backend_type.clear();
+    }
+    if has(LEADER_PID) {
+        wire.leader_pid = 0;
+    }
+    if has(QUERY_ID) {
+        wire.query_id = 0;
+    }
+    if has(FINGERPRINT) {
+        wire.query_fingerprint = 0;
+    }
+}
+
+/// Takes the fields `mask` names from `base`, the same session in the
+/// delta's base.
+pub fn fill(s: &mut Session, base: &Session, mask: u32) {
+    use field::*;
+    let has = |b: u32| mask & b != 0;
+    if has(DATABASE) {
+        s.database = base.database.clone();
+    }
+    if has(USER) {
+        s.user = base.user.clone();
+    }
+    if has(APPLICATION_NAME) {
+        s.application_name = base.application_name.clone();
+    }
+    if has(CLIENT) {
+        s.client = base.client.clone();
+    }
+    if has(STATE) {
+        s.state = base.state;
+    }
+    if has(XACT_START) {
+        s.xact_start_us = base.xact_start_us;
+    }
+    if has(QUERY_START) {
+        s.query_start_us = base.query_start_us;
+    }
+    if has(STATE_CHANGE) {
+        s.state_change_us = base.state_change_us;
+    }
+    if has(WAIT_EVENT_TYPE) {
+        s.wait_event_type = base.wait_event_type.clone();
+    }
+    if has(WAIT_EVENT) {
+        s.wait_event = base.wait_event.clone();
+    }
+    if has(QUERY) {
+        s.query = base.query.clone();
+    }
+    if has(BLOCKED_BY) {
+        s.blocked_by = base.blocked_by.clone();
+    }
+    if has(BACKEND_TYPE) {
+        s.backend_type = base.backend_type.clone();
+    }
+    if has(LEADER_PID) {
+        s.leader_pid = base.leader_pid;
+    }
+    if has(QUERY_ID) {
+        s.query_id = base.query_id;
+    }
+    if has(FINGERPRINT) {
+        s.fingerprint = base.fingerprint;
+    }
+}
+
+/// The string fields that travel as references, each with its reference.
+fn refs(wire: &mut v1::SessionSample) -> [(&mut String, &mut u32); 7] {
+    [
+        (&mut wire.database, &mut wire.database_ref),
+        (&mut wire.user, &mut wire.user_ref),
+        (&mut wire.application_name, &mut wire.application_name_ref),
+        (&mut wire.wait_event_type, &mut wire.wait_event_type_ref),
+        (&mut wire.wait_event, &mut wire.wait_event_ref),
+        (&mut wire.query, &mut wire.query_ref),
+        (&mut wire.backend_type, &mut wire.backend_type_ref),
+    ]
+}
+
+/// The agent's dictionary: every string it gave an id, bounded. Once full,
+/// new strings travel as they are.
+#[derive(Debug, Default)]
+pub struct Dictionary {
+    ids: HashMap<Arc<str>, u32>,
+    values: Vec<Arc<str>>,
+    bytes: usize,
+    /// Entries made since [`Dictionary::take_added`] was last called.
+    added: Vec<v1::DictionaryEntry>,
+}
+
+impl Dictionary {
+    /// The most entries it holds.
+    pub const MAX_ENTRIES: usize = 16_384;
+    /// The most bytes of strings it holds.
+    pub const MAX_BYTES: usize = 4 << 20;
+
+    /// Replaces the strings of `wire` with references, giving new strings an
+    /// id while there is room.
+    pub fn compact(&mut self, wire: &mut v1::SessionSample) {
+        for (text, reference) in refs(wire) {
+            if text.is_empty() {
+                continue;
+            }
+            if let Some(id) = self.id(text) {
+                *reference = id;
+                text.clear();
+            }
+        }
+    }
+
+    fn id(&mut self, text: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(text) {
+            return Some(*id);
+        }
+        if self.values.len() >= Self::MAX_ENTRIES || self.bytes + text.len() > Self::MAX_BYTES {
+            return None;
+        }
+        let value: Arc<str> = text.into();
+        let id = self.values.len() as u32 + 1;
+        self.values.push(value.clone());
+        self.ids.insert(value, id);
+        self.bytes += text.len();
+        self.added.push(v1::DictionaryEntry {
+            id,
+            value: text.to_owned(),
+        });
+        Some(id)
+    }
+
+    /// The entries made since the last call.
+    pub fn take_added(&mut self) -> Vec<v1::DictionaryEntry> {
+        std::mem::take(&mut self.added)
+    }
+
+    /// Every entry, for the first batch of a new stream.
+    pub fn entries(&self) -> impl Iterator<Item = v1::DictionaryEntry> + '_ {
+        self.values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v1::DictionaryEntry {
+                id: i as u32 + 1,
+                value: v.to_string(),
+            })
+    }
+
+    /// Entries a spool on disk kept from an earlier run, in id order; an entry
+    /// that does not follow the last is ignored.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = v1::DictionaryEntry>) {
+        for e in entries {
+            if e.id as usize == self.values.len() + 1 {
+                let value: Arc<str> = e.value.into();
+                self.bytes += value.len();
+                self.ids.insert(value.clone(), e.id);
+                self.values.push(value);
+            }
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// The collector's side of one stream's dictionary, bounded like the
+/// agent's.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    values: HashMap<u32, Arc<str>>,
+    bytes: usize,
+}
+
+impl Resolver {
+    /// Takes a batch's additions; an agent that sends more than a dictionary
+    /// may hold is refused.
+    pub fn add(&mut self, entries: Vec<v1::DictionaryEntry>) -> Result<(), String> {
+        for e in entries {
+            if e.id == 0 {
+                return Err("dictionary id 0 is not an id".to_owned());
+            }
+            let len = e.value.len();
+            if let Some(old) = self.values.insert(e.id, e.value.into()) {
+                self.bytes -= old.len();
+            }
+            self.bytes += len;
+            if self.values.len() > Dictionary::MAX_ENTRIES || self.bytes > Dictionary::MAX_BYTES {
+                return Err(format!(
+                    "the dictionary grew past {} entries or {} bytes",
+                    Dictionary::MAX_ENTRIES,
+                    Dictionary::MAX_BYTES
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the strings back in place of the references of `wire`; an unknown
+    /// reference is named.
+    pub fn resolve(&self, wire: &mut v1::SessionSample) -> Result<(), u32> {
+        for (text, reference) in refs(wire) {
+            if *reference != 0 {
+                let value = self.values.get(reference).ok_or(*reference)?;
+                *text = value.to_string();
+                *reference = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves every session of a snapshot.
+    pub fn resolve_snapshot(&self, snapshot: &mut v1::Snapshot) -> Result<(), u32> {
+        let sessions = match &mut snapshot.activity {
+            Some(v1::snapshot::Activity::Keyframe(k)) => &mut k.sessions,
+            Some(v1::snapshot::Activity::Delta(d)) => &mut d.upserted,
+            None => return Ok(()),
+        };
+        sessions.iter_mut().try_for_each(|s| self.resolve(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SessionState;
+
+    fn session() -> Session {
+        Session {
+            pid: 7,
+            backend_start_us: 100,
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: "web".into(),
+            client: "10.0.0.1:5000".into(),
+            state: SessionState::Idle,
+            query_start_us: Some(200),
+            state_change_us: Some(210),
+            wait_event_type: "Client".into(),
+            wait_event: "ClientRead".into(),
+            query: "SELECT ?".into(),
+            backend_type: "client backend".into(),
+            fingerprint: 99,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn what_did_not_change_is_left_out_and_taken_back_from_the_base() {
+        let old = session();
+        let mut new = old.clone();
+        new.state = SessionState::Active;
+        new.state_change_us = Some(300);
+        new.query = "UPDATE t SET x = ?".into();
+        new.wait_event_type = "".into();
+        new.wait_event = "".into();
+        let mask = unchanged(&new, &old);
+        let mut wire = v1::SessionSample::from(&new);
+        strip(&mut wire, mask);
+        assert!(wire.database.is_empty() && wire.client.is_empty());
+        assert_eq!(wire.query, "UPDATE t SET x = ?");
+        assert_eq!(wire.unchanged, mask);
+        let mut back = Session::from(wire);
+        fill(&mut back, &old, mask);
+        assert_eq!(back, new);
+    }
+
+    #[test]
+    fn strings_travel_once_and_resolve_back() {
+        let mut dict = Dictionary::default();
+        let s = session();
+        let mut first = v1::SessionSample::from(&s);
+        dict.compact(&mut first);
+        assert!(first.query.is_empty() && first.query_ref != 0);
+        let added = dict.take_added();
+        assert_eq!(added.len(), 7);
+        let mut second = v1::SessionSample::from(&s);
+        dict.compact(&mut second);
+        assert!(
+            dict.take_added().is_empty(),
+            "known strings are not sent again"
+        );
+
+        let mut resolver = Resolver::default();
+        resolver.add(added).unwrap();
+        resolver.resolve(&mut second).unwrap();
+        assert_eq!(Session::from(second), s);
+        // A reference the collector was never given is named.
+        let mut unknown = v1::SessionSample {
+            query_ref: 999,
+            ..Default::default()
+        };
+        assert_eq!(resolver.resolve(&mut unknown), Err(999));
+    }
+
+    #[test]
+    fn a_full_dictionary_lets_new_strings_travel_as_they_are() {
+        let mut dict = Dictionary::default();
+        for i in 0..Dictionary::MAX_ENTRIES {
+            let mut w = v1::SessionSample {
+                query: format!("q{i}"),
+                ..Default::default()
+            };
+            dict.compact(&mut w);
+        }
+        let mut w = v1::SessionSample {
+            query: "one more".into(),
+            ..Default::default()
+        };
+        dict.compact(&mut w);
+        assert_eq!((w.query.as_str(), w.query_ref), ("one more", 0));
+        // Restored in order, a dictionary gives the same ids.
+        let mut again = Dictionary::default();
+        again.restore(dict.entries().take(3));
+        let mut w = v1::SessionSample {
+            query: "q1".into(),
+            ..Default::default()
+        };
+        again.compact(&mut w);
+        assert_eq!(w.query_ref, 2);
+    }
+}
