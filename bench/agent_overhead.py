@@ -49,6 +49,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from report import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = os.geteuid() == 0
 # How the watchers connect to PostgreSQL: "unix" or "tcp" (--transport).
@@ -485,15 +487,7 @@ The agent's backend uses {agent['backend_ms_per_sample']:.3f} ms of server CPU p
 {agent['backend_ms_per_sample'] / 10:.3f}% of one core at one sample per second.
 """
     path = Path(args.output)
-    text = path.read_text() if path.exists() else "# pgfleet benchmarks\n\nEvery figure here was written by the command shown with it.\n"
-    marker = title + "\n"
-    if marker in text:
-        start = text.index(marker)
-        nxt = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    write_section(path, title, section)
     log(f"wrote {path}")
 
 

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Stream bytes per session per sample"
 
@@ -70,18 +72,10 @@ the window holds periodic keyframes.
 {e2e_table}
 
 Target: at most 16 bytes per session per sample at steady state, after compression:
-**{verdict(max(steady, wire))}** ({steady:.2} simulated, {wire:.2} on the socket).
+**{verdict(max(steady, wire))}** ({steady:.2f} simulated, {wire:.2f} on the socket).
 """
     path = Path(args.output)
-    text = path.read_text() if path.exists() else "# pgfleet benchmarks\n"
-    marker = TITLE + "\n"
-    if marker in text:
-        start = text.index(marker)
-        nxt = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    write_section(path, TITLE, section)
     print(f"wrote {path}", file=sys.stderr)
 
 

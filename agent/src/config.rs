@@ -30,14 +30,15 @@ impl std::str::FromStr for Compression {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "zstd" => Ok(Self::Zstd),
-            "gzip" => Ok(Self::Gzip),
-            "none" => Ok(Self::None),
-            other => Err(format!(
-                "{other:?} is not a compression; expected zstd, gzip or none"
-            )),
-        }
+        settings::parse_choice(
+            "a compression",
+            s,
+            &[
+                ("zstd", Self::Zstd),
+                ("gzip", Self::Gzip),
+                ("none", Self::None),
+            ],
+        )
     }
 }
 

@@ -131,6 +131,22 @@ pub fn check_label(name: &str, value: &str) -> Result<(), SettingsError> {
     Ok(())
 }
 
+/// One of a setting's named choices, read without regard to case; an error
+/// says what was given and lists the choices.
+pub fn parse_choice<T: Copy>(what: &str, text: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    let given = text.trim().to_ascii_lowercase();
+    if let Some((_, value)) = choices.iter().find(|(name, _)| *name == given) {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("{given:?} is not {what}; expected {expected}"))
+}
+
 /// A URL for a gRPC endpoint; "host:port" is taken as "http://host:port".
 pub fn endpoint_url(key: &'static str, text: &str) -> Result<String, SettingsError> {
     let text = text.trim();

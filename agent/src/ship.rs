@@ -71,7 +71,6 @@ pub struct Link {
 
 /// Owns the spool and the stream; fed snapshots by the samplers.
 pub struct Shipper {
-    collector: String,
     link: Link,
     hello: v1::Hello,
     spool: Spool,
@@ -100,7 +99,6 @@ impl Shipper {
         let mut encoder = Encoder::default();
         encoder.restore_dictionary(spool.take_recovered_dictionary());
         Shipper {
-            collector: link.collector.clone(),
             link,
             hello,
             spool,
@@ -261,12 +259,15 @@ impl Shipper {
     }
 
     /// After batches were dropped, the deltas that followed them lack their
-    /// base: the next snapshot of every target is a keyframe.
+    /// base: the next snapshot of every target is a keyframe. A dropped batch
+    /// that was never sent may have carried dictionary entries, so the next
+    /// batch sent carries the whole dictionary again.
     fn after_drops(&mut self) {
         let dropped = self.spool.dropped_batches();
         if dropped > self.dropped_seen {
             self.dropped_seen = dropped;
             self.encoder.keyframe_all();
+            self.dictionary_sent = false;
         }
     }
 
@@ -281,19 +282,19 @@ impl Shipper {
                 self.backoff.reset();
                 match self.outage.take() {
                     Some((since, _)) => info!(
-                        collector = %self.collector,
+                        collector = %self.link.collector,
                         outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
                         resending = self.spool.len(),
                         "Connected to the collector again."
                     ),
-                    None => info!(collector = %self.collector, "Connected to the collector."),
+                    None => info!(collector = %self.link.collector, "Connected to the collector."),
                 }
                 Connection::Connected { tx, inbound }
             }
             Err((reason, _))
                 if self.link.compression == Compression::Zstd && lacks_zstd(&reason) =>
             {
-                warn!(collector = %self.collector, reason = %reason, "The collector does not take zstd; compressing with gzip instead.");
+                warn!(collector = %self.link.collector, reason = %reason, "The collector does not take zstd; compressing with gzip instead.");
                 self.link.compression = Compression::Gzip;
                 Connection::Disconnected {
                     retry_at: Instant::now(),
@@ -304,9 +305,9 @@ impl Shipper {
                 let repeated = self.outage.as_ref().is_some_and(|(_, r)| *r == reason);
                 if !repeated {
                     if refused {
-                        error!(collector = %self.collector, reason = %reason, retry_in = ?delay, "The collector refused this agent; retrying with backoff.");
+                        error!(collector = %self.link.collector, reason = %reason, retry_in = ?delay, "The collector refused this agent; retrying with backoff.");
                     } else {
-                        warn!(collector = %self.collector, reason = %reason, retry_in = ?delay, "Cannot reach the collector; retrying with backoff.");
+                        warn!(collector = %self.link.collector, reason = %reason, retry_in = ?delay, "Cannot reach the collector; retrying with backoff.");
                     }
                 }
                 let since = self.outage.take().map_or_else(Instant::now, |(t, _)| t);
@@ -331,8 +332,8 @@ impl Shipper {
         (String, bool),
     > {
         let unreachable = |reason: String| (reason, false);
-        let mut endpoint =
-            Endpoint::from_shared(self.collector.clone()).map_err(|e| unreachable(chain(&e)))?;
+        let mut endpoint = Endpoint::from_shared(self.link.collector.clone())
+            .map_err(|e| unreachable(chain(&e)))?;
         if let Some(tls) = &self.link.tls {
             endpoint = tls
                 .apply(endpoint)
@@ -402,7 +403,7 @@ impl Shipper {
     }
 
     fn lost(&mut self, reason: String) -> Connection {
-        warn!(collector = %self.collector, reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
+        warn!(collector = %self.link.collector, reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
         self.outage = Some((Instant::now(), reason));
         let delay = self.backoff.next_delay();
         Connection::Disconnected {

@@ -102,13 +102,11 @@ impl std::str::FromStr for DuplicateServerId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "refuse" => Ok(Self::Refuse),
-            "takeover" => Ok(Self::Takeover),
-            other => Err(format!(
-                "{other:?} is not a policy; expected refuse or takeover"
-            )),
-        }
+        settings::parse_choice(
+            "a policy",
+            s,
+            &[("refuse", Self::Refuse), ("takeover", Self::Takeover)],
+        )
     }
 }
 

@@ -26,14 +26,15 @@ impl FromStr for QueryText {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "masked" => Ok(Self::Masked),
-            "raw" => Ok(Self::Raw),
-            "none" => Ok(Self::None),
-            other => Err(format!(
-                "{other:?} is not a query_text mode; expected masked, raw or none"
-            )),
-        }
+        crate::settings::parse_choice(
+            "a query_text mode",
+            s,
+            &[
+                ("masked", Self::Masked),
+                ("raw", Self::Raw),
+                ("none", Self::None),
+            ],
+        )
     }
 }
 

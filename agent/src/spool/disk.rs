@@ -232,10 +232,7 @@ impl Disk {
         let offset = self.dictionary.metadata()?.len();
         let mut buf = Vec::new();
         for e in entries {
-            let body = e.encode_to_vec();
-            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-            buf.extend_from_slice(&body);
+            push_record(&mut buf, &e.encode_to_vec());
         }
         if let Err(e) = self
             .dictionary
@@ -252,8 +249,12 @@ impl Disk {
     /// segment is started when the last is full or does not end just before
     /// `seq`.
     pub fn append(&mut self, seq: u64, body: &[u8]) -> io::Result<u64> {
-        let len = u32::try_from(body.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "batch over 4 GiB"))?;
+        if u32::try_from(body.len()).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "batch over 4 GiB",
+            ));
+        }
         let fits = self
             .segments
             .back()
@@ -281,9 +282,7 @@ impl Disk {
             return Err(io::Error::other("no segment to append to"));
         };
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + body.len());
-        record.extend_from_slice(&len.to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        record.extend_from_slice(body);
+        push_record(&mut record, body);
         let offset = segment.len;
         if let Err(e) = segment
             .file
@@ -393,6 +392,14 @@ fn split_header(header: &[u8; RECORD_HEADER as usize]) -> (u32, u32) {
         u32::from_le_bytes([a, b, c, d]),
         u32::from_le_bytes([e, f, g, h]),
     )
+}
+
+/// Appends `body` to `buf` as a record: its length, its checksum, itself.
+/// Bodies are checked to fit a u32 length before they get here.
+fn push_record(buf: &mut Vec<u8>, body: &[u8]) {
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    buf.extend_from_slice(body);
 }
 
 fn read_body(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
