@@ -206,6 +206,9 @@ impl Shipper {
             Some(collector_message::Msg::KeyframeRequest(req)) => {
                 debug!(servers = ?req.server_ids, "Collector asked for keyframes.");
                 self.encoder.keyframe(&req.server_ids);
+                // It may lack dictionary entries too (it asks when a snapshot
+                // refers to one it was never sent).
+                self.dictionary_sent = false;
             }
             Some(collector_message::Msg::Welcome(_)) | None => {
                 debug!("Ignored an unexpected message from the collector.");
