@@ -85,6 +85,8 @@ pub struct Shipper {
     dropped_seen: u64,
     /// Whether the current stream was sent the whole dictionary.
     dictionary_sent: bool,
+    /// The batch that holds (or will) the keyframes made after a drop.
+    keyframes_at: Option<u64>,
 }
 
 impl Shipper {
@@ -104,6 +106,7 @@ impl Shipper {
             spool,
             encoder,
             dictionary_sent: false,
+            keyframes_at: None,
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -262,15 +265,25 @@ impl Shipper {
     }
 
     /// After batches were dropped, the deltas that followed them lack their
-    /// base: the next snapshot of every target is a keyframe. A dropped batch
-    /// that was never sent may have carried dictionary entries, so the next
-    /// batch sent carries the whole dictionary again.
+    /// base: the next snapshot of every target is a keyframe, so that the
+    /// collector can pick the stream up from there. While that keyframe is
+    /// still held, further drops (a long outage drops a batch at every push)
+    /// need no other: making every snapshot a keyframe would only fill the
+    /// spool faster. A dropped batch that was never sent may have carried
+    /// dictionary entries, so the next batch sent carries the whole dictionary.
     fn after_drops(&mut self) {
         let dropped = self.spool.dropped_batches();
         if dropped > self.dropped_seen {
             self.dropped_seen = dropped;
-            self.encoder.keyframe_all();
             self.dictionary_sent = false;
+            let keyframe_held = self
+                .keyframes_at
+                .zip(self.spool.oldest_seq())
+                .is_some_and(|(at, oldest)| at >= oldest);
+            if !keyframe_held {
+                self.encoder.keyframe_all();
+                self.keyframes_at = Some(self.spool.next_seq());
+            }
         }
     }
 

@@ -159,9 +159,11 @@ async fn a_small_spool_drops_the_oldest_and_the_collector_shows_it() {
     config.pool_reporter = None;
     let agent = fleet.start_agent_with(config).unwrap();
 
-    // Sessions that change at every sample, so that batches are not tiny.
+    // Sessions that change at every sample, so that batches are not tiny
+    // (about 35 bytes each per sample, as compact as deltas are): 12 of them
+    // fill the 64 KiB spool in about 15 s of the 30 s cut.
     let mut workers = Vec::new();
-    for i in 0..6 {
+    for i in 0..12 {
         let db = fleet.cluster.connect(&format!("churn-{i}")).await.unwrap();
         workers.push(tokio::spawn(async move {
             loop {
@@ -178,7 +180,7 @@ async fn a_small_spool_drops_the_oldest_and_the_collector_shows_it() {
         cut: true,
         ..Faults::default()
     });
-    tokio::time::sleep(Duration::from_secs(25)).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
     proxy.set(Faults::default());
 
     let seen = stream_when(
@@ -194,6 +196,9 @@ async fn a_small_spool_drops_the_oldest_and_the_collector_shows_it() {
     .await;
     let dropped = seen.agent.unwrap().spool_dropped_batches_total;
     let missing = seen.stream.unwrap().missing_batches;
+    println!(
+        "spool cap 64 KiB through a 30 s cut: {dropped} batches dropped, {missing} missing at the collector"
+    );
     // A batch the collector applied but had not acknowledged when the link
     // went may be dropped by the agent too: it is not missing.
     assert!(missing <= dropped, "missing {missing}, dropped {dropped}");
@@ -224,7 +229,7 @@ async fn a_small_spool_drops_the_oldest_and_the_collector_shows_it() {
                     .map(|s| s.pid)
                     .collect();
                 held.sort_unstable();
-                if held == real && real.len() == 6 {
+                if held == real && real.len() == 12 {
                     Ok(())
                 } else {
                     Err(format!("collector {held:?}, server {real:?}"))

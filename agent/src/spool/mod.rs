@@ -340,6 +340,16 @@ impl Spool {
         self.unsent = 0;
     }
 
+    /// The sequence the next batch pushed gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The sequence of the oldest batch held.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.seq)
+    }
+
     /// Batches held.
     pub fn len(&self) -> usize {
         self.entries.len()
