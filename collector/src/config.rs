@@ -29,6 +29,9 @@ pub struct CollectorArgs {
     /// The gRPC address to listen on (Ingest, Query, health, reflection) [default: 127.0.0.1:7600]
     #[arg(long, env = "PGFLEET_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Where Prometheus scrapes /metrics (and /healthz is), or "off" [default: 127.0.0.1:7601]
+    #[arg(long, env = "PGFLEET_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
     /// Where the collector keeps its state [default: ./pgfleet-data]
     #[arg(long, env = "PGFLEET_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -58,6 +61,8 @@ pub struct CollectorArgs {
 pub struct CollectorFile {
     /// See `--listen`.
     pub listen: Option<String>,
+    /// See `--http-listen`.
+    pub http_listen: Option<String>,
     /// See `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// See `--tokens-file`.
@@ -77,6 +82,8 @@ pub struct CollectorFile {
 pub struct CollectorConfig {
     /// The gRPC address to listen on.
     pub listen: SocketAddr,
+    /// Where /metrics and /healthz are served; None: nowhere.
+    pub http_listen: Option<SocketAddr>,
     /// Where the collector keeps its state.
     pub data_dir: PathBuf,
     /// The bearer tokens agents may present; empty when any agent may stream.
@@ -86,6 +93,9 @@ pub struct CollectorConfig {
     /// What to do when a second live agent claims a server_id.
     pub duplicate_server_id: DuplicateServerId,
 }
+
+/// Where /metrics is served unless told otherwise.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7601";
 
 /// What the collector does when a second live agent claims a server_id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,10 +121,12 @@ impl std::str::FromStr for DuplicateServerId {
 }
 
 impl CollectorConfig {
-    /// Settings with a data directory and everything else at its default.
+    /// Settings with a data directory, no HTTP endpoint (so that many can run
+    /// side by side in tests), and everything else at its default.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         CollectorConfig {
             listen,
+            http_listen: None,
             data_dir,
             tokens: Vec::new(),
             tls: None,
@@ -156,8 +168,22 @@ impl CollectorConfig {
             })?,
             None => DuplicateServerId::default(),
         };
+        let http_text = args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
+        let http_listen = match http_text.trim() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| SettingsError::Invalid {
+                key: "http_listen",
+                message: format!(
+                    "{text:?} is not an address like {DEFAULT_HTTP_LISTEN}, or \"off\""
+                ),
+            })?),
+        };
         Ok(CollectorConfig {
             listen,
+            http_listen,
             data_dir,
             tokens,
             tls,
@@ -203,6 +229,17 @@ mod tests {
         };
         let c = CollectorConfig::resolve(args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/pgfleet"));
+    }
+
+    #[test]
+    fn the_metrics_address_defaults_and_can_be_turned_off() {
+        let c = CollectorConfig::resolve(CollectorArgs::default()).unwrap();
+        assert_eq!(c.http_listen, Some(DEFAULT_HTTP_LISTEN.parse().unwrap()));
+        let off = CollectorArgs::parse_from(["pgfleet-collector", "--http-listen", "off"]);
+        assert_eq!(CollectorConfig::resolve(off).unwrap().http_listen, None);
+        let bad = CollectorArgs::parse_from(["pgfleet-collector", "--http-listen", "nowhere"]);
+        let err = CollectorConfig::resolve(bad).unwrap_err().to_string();
+        assert!(err.starts_with("invalid `http_listen`"), "{err}");
     }
 
     #[test]

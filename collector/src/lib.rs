@@ -10,6 +10,7 @@ pub mod aggregator;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod metrics;
 pub mod query;
 pub mod sandbox;
 pub mod server;

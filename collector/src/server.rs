@@ -15,6 +15,7 @@ use tracing::{error, info};
 use crate::aggregator::{Aggregator, AggregatorHandle};
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
+use crate::metrics;
 use crate::query::QueryService;
 
 /// Why the collector could not start.
@@ -48,6 +49,9 @@ pub enum StartError {
 pub struct Collector {
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Where /metrics and /healthz are served, if anywhere.
+    pub http_addr: Option<SocketAddr>,
+    http_server: Option<JoinHandle<()>>,
     /// The aggregator, for in-process readers.
     pub aggregator: AggregatorHandle,
     shutdown: Option<oneshot::Sender<()>>,
@@ -70,6 +74,22 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         addr: config.listen,
         source,
     })?;
+    let http = match config.http_listen {
+        Some(http_addr) => {
+            let l = metrics::bind(http_addr)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: http_addr,
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| StartError::Listen {
+                addr: http_addr,
+                source,
+            })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
     let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
     tokio::spawn(aggregator.run());
 
@@ -83,6 +103,13 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
+    let http_addr = http.as_ref().map(|(_, a)| *a);
+    let http_server = http.map(|(listener, _)| {
+        let mut stop = streams_rx.clone();
+        metrics::serve(listener, handle.clone(), async move {
+            let _ = stop.changed().await;
+        })
+    });
     let ingest = IngestServer::new(IngestService::new(
         handle.clone(),
         config.tokens.clone(),
@@ -122,6 +149,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     });
     info!(
         listen = %addr,
+        http_listen = ?http_addr,
         data_dir = %config.data_dir.display(),
         tokens = config.tokens.len(),
         tls = match &config.tls {
@@ -139,6 +167,8 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     );
     Ok(Collector {
         addr,
+        http_addr,
+        http_server,
         aggregator: handle,
         shutdown: Some(shutdown),
         streams,
@@ -155,6 +185,14 @@ impl Collector {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Scrapers keep their connections open; they get a moment, then go.
+        if let Some(mut http) = self.http_server.take()
+            && tokio::time::timeout(std::time::Duration::from_secs(2), &mut http)
+                .await
+                .is_err()
+        {
+            http.abort();
+        }
         // A stream that still stays open would hold a graceful shutdown forever.
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
             .await
@@ -168,6 +206,9 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(http) = &self.http_server {
+            http.abort();
+        }
     }
 }
 

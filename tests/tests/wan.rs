@@ -244,7 +244,13 @@ async fn the_stream_recovers_by_itself_from_a_slow_lossy_wan_and_stays_fresh() {
         namespaces.as_ref().map(|n| n.collector_ns.as_str()),
         workspace_binary("pgfleet-collector"),
     )
-    .args(["--listen", &collector_listen.to_string(), "--data-dir"])
+    .args([
+        "--listen",
+        &collector_listen.to_string(),
+        "--http-listen",
+        "off",
+        "--data-dir",
+    ])
     .arg(cluster.dir().join("collector"))
     .spawn()
     .unwrap();

@@ -1,0 +1,156 @@
+//! A real Prometheus (the Debian package `prometheus`) scrapes the collector's
+//! `/metrics`; a PromQL query through its HTTP API returns the number of
+//! sessions the server really has.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use pgfleet_agent::AgentConfig;
+use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::sandbox::{TempCluster, free_port};
+use pgfleet_collector::server;
+use pgfleet_tests::wait_for;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A plain HTTP/1.0 GET; the status line and the body.
+async fn get(addr: &str, path: &str) -> Result<(String, String), String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+fn prometheus_binary() -> std::path::PathBuf {
+    ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.is_file())
+        .expect("Prometheus is not installed: `apt-get install prometheus` (.ci/run installs it)")
+}
+
+/// Percent-encodes a PromQL query for a URL.
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_session_count_the_server_really_has() {
+    pgfleet_tests::init_logs();
+    let prometheus = prometheus_binary();
+    let cluster = TempCluster::start().await.unwrap();
+    let mut config =
+        CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    let collector = server::start(config).await.unwrap();
+    let metrics_addr = collector.http_addr.unwrap().to_string();
+
+    let mut agent_config = AgentConfig::new(
+        &format!("http://{}", collector.addr),
+        cluster.config("pgfleet"),
+    );
+    agent_config.targets[0].server_id = "db-prom".into();
+    agent_config.pool_reporter = None;
+    let agent = pgfleet_agent::start(agent_config).unwrap();
+
+    // Sessions to count: a few idle, one busy, and the probe itself.
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        sessions.push(cluster.connect(&format!("prom-app-{i}")).await.unwrap());
+    }
+    let busy = cluster.connect("prom-busy").await.unwrap();
+    let sleeping = tokio::spawn(async move { busy.simple_query("SELECT pg_sleep(120)").await });
+    let probe = cluster.connect("prom-probe").await.unwrap();
+
+    // The endpoints themselves.
+    let (head, body) = get(&metrics_addr, "/healthz").await.unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") && body == "ok\n", "{head}");
+    let (head, text) = get(&metrics_addr, "/metrics").await.unwrap();
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(text.contains("# TYPE pg_stat_activity_count gauge"));
+
+    let dir = cluster.dir().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("prometheus.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgfleet\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+        ),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{}", free_port().unwrap());
+    let _prometheus = tokio::process::Command::new(prometheus)
+        .arg(format!("--config.file={}", config_path.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("Prometheus starts");
+
+    let query = encode(r#"sum(pg_stat_activity_count{server="db-prom"})"#);
+    wait_for(
+        "Prometheus to report the server's real session count",
+        Duration::from_secs(60),
+        || {
+            let probe = &probe;
+            let path = format!("/api/v1/query?query={query}");
+            let web = web.clone();
+            async move {
+                let real: i64 = probe
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name <> $1",
+                        &[&pgfleet_agent::target::APPLICATION_NAME],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                let (_, body) = get(&web, &path).await?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                let seen = json["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .ok_or_else(|| format!("no value yet: {body}"))?;
+                if seen as i64 == real && real >= 8 {
+                    Ok(())
+                } else {
+                    Err(format!("Prometheus says {seen}, the server has {real}"))
+                }
+            }
+        },
+    )
+    .await;
+
+    // Bounded cardinality: nothing per session or per query.
+    let (_, text) = get(&metrics_addr, "/metrics").await.unwrap();
+    if std::env::var_os("PGFLEET_SHOW_METRICS").is_some() {
+        println!("{text}");
+    }
+    for forbidden in ["pid=", "query=", "backend_start"] {
+        assert!(!text.contains(forbidden), "a series carries {forbidden}");
+    }
+    sleeping.abort();
+    agent.stop().await;
+    collector.stop().await;
+    cluster.destroy().await;
+}
