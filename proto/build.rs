@@ -8,6 +8,7 @@ const JSON_MESSAGES: &[&str] = &[
     "ServerInfo",
     "AgentCounters",
     "StreamStats",
+    "FleetSummaryRow",
     "Session",
     "GetActivityResponse",
     "GetPoolsResponse",
@@ -39,6 +40,7 @@ const JSON_FIELDS: &[(&str, &str)] = &[
     ("GetPoolsResponse.sampled_at", "timestamp"),
     ("DatabaseTotals.since", "timestamp"),
     ("ClientPool.kind", "pool_kind"),
+    ("FleetSummaryRow.longest_transaction", "duration"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,5 +12,6 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod rollup;
 pub mod sandbox;
 pub mod server;

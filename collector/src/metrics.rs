@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{Micros, now_micros};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::error;
 
 use crate::aggregator::{AggregatorHandle, FleetView, Health, ServerView};
+use crate::rollup::Rollup;
 
 /// The text format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -108,46 +108,6 @@ fn number(v: f64) -> String {
     }
 }
 
-/// What one server's sessions add up to.
-#[derive(Default)]
-struct Rollup {
-    /// Client sessions by (database, state).
-    by_database_state: BTreeMap<(String, &'static str), u64>,
-    /// The oldest open transaction per database, in seconds.
-    max_xact_age: BTreeMap<String, f64>,
-    waiting_by_type: BTreeMap<String, u64>,
-    blocked: u64,
-}
-
-fn rollup(sessions: &[std::sync::Arc<Session>], at: Micros) -> Rollup {
-    let mut r = Rollup::default();
-    for s in sessions.iter().filter(|s| !s.is_background()) {
-        let state = match s.state {
-            SessionState::Unknown => "unknown",
-            other => other.as_pg(),
-        };
-        *r.by_database_state
-            .entry((s.database.to_string(), state))
-            .or_default() += 1;
-        if let Some(start) = s.xact_start_us {
-            let age = (at - start).max(0) as f64 / 1e6;
-            let max = r.max_xact_age.entry(s.database.to_string()).or_default();
-            *max = max.max(age);
-        }
-        // Idle sessions wait for their client (Client:ClientRead): that is
-        // not waiting on the server.
-        if s.state == SessionState::Active && !s.wait_event_type.is_empty() {
-            *r.waiting_by_type
-                .entry(s.wait_event_type.to_string())
-                .or_default() += 1;
-        }
-        if !s.blocked_by.is_empty() {
-            r.blocked += 1;
-        }
-    }
-    r
-}
-
 /// The whole exposition for `view` at `now`.
 pub fn render(view: &FleetView, now: Micros) -> String {
     let mut out = Out {
@@ -156,7 +116,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
     let servers: Vec<&ServerView> = view.servers.values().map(|s| s.as_ref()).collect();
     let rollups: Vec<Rollup> = servers
         .iter()
-        .map(|s| rollup(&s.sessions, s.sampled_at_us))
+        .map(|s| Rollup::of(&s.sessions, s.sampled_at_us))
         .collect();
 
     out.family(
@@ -276,7 +236,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         out.sample(
             "pgfleet_blocked_sessions",
             &[("server", &s.server_id)],
-            r.blocked as f64,
+            f64::from(r.blocked),
         );
     }
 

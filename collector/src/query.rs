@@ -7,7 +7,12 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use pgfleet_agent::settings::check_label;
+
 use crate::aggregator::{AggregatorHandle, Health, ServerView};
+use crate::rollup::Rollup;
 
 /// The Query service.
 pub struct QueryService {
@@ -135,6 +140,30 @@ impl v1::query_server::Query for QueryService {
         }))
     }
 
+    async fn fleet_summary(
+        &self,
+        request: Request<v1::FleetSummaryRequest>,
+    ) -> Result<Response<v1::FleetSummaryResponse>, Status> {
+        let req = request.into_inner();
+        let group_by = req.group_by.trim();
+        if !group_by.is_empty() {
+            check_label(group_by, "").map_err(|e| {
+                Status::invalid_argument(format!("group_by: {e}; give a label name such as dc"))
+            })?;
+        }
+        let view = self.aggregator.view();
+        Ok(Response::new(v1::FleetSummaryResponse {
+            rows: summarise(
+                view.servers
+                    .values()
+                    .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                    .map(|s| s.as_ref()),
+                group_by,
+                now_micros(),
+            ),
+        }))
+    }
+
     async fn get_databases(
         &self,
         request: Request<v1::GetDatabasesRequest>,
@@ -152,4 +181,79 @@ impl v1::query_server::Query for QueryService {
                 .collect(),
         }))
     }
+}
+
+/// The servers added up per value of `group_by` (one row for all when empty),
+/// in the order of the values.
+pub fn summarise<'a>(
+    servers: impl Iterator<Item = &'a ServerView>,
+    group_by: &str,
+    now: Micros,
+) -> Vec<v1::FleetSummaryRow> {
+    struct Acc {
+        row: v1::FleetSummaryRow,
+        by_state: BTreeMap<&'static str, u32>,
+        longest_us: i64,
+    }
+    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+    for s in servers {
+        let value = if group_by.is_empty() {
+            String::new()
+        } else {
+            s.labels.get(group_by).cloned().unwrap_or_default()
+        };
+        let acc = groups.entry(value.clone()).or_insert_with(|| Acc {
+            row: v1::FleetSummaryRow {
+                value,
+                ..Default::default()
+            },
+            by_state: BTreeMap::new(),
+            longest_us: -1,
+        });
+        let row = &mut acc.row;
+        row.servers += 1;
+        match s.health(now) {
+            Health::Up => row.servers_up += 1,
+            Health::Down(_) => row.servers_down += 1,
+            Health::Stale(_) => row.servers_stale += 1,
+        }
+        let r = Rollup::of(&s.sessions, s.sampled_at_us);
+        row.sessions += r.sessions;
+        row.waiting_sessions += r.waiting;
+        row.blocked_sessions += r.blocked;
+        for (state, n) in r.by_state {
+            *acc.by_state.entry(state).or_default() += n;
+        }
+        if let Some(age) = r.longest_xact_us
+            && age > acc.longest_us
+        {
+            acc.longest_us = age;
+            row.longest_transaction = Some(time::duration(age));
+            row.longest_transaction_server = s.server_id.clone();
+        }
+        if let Some(slots) = &s.pools.slots {
+            let usable = slots.max_connections.saturating_sub(slots.reserved);
+            if usable > 0 {
+                let share = f64::from(slots.used) / f64::from(usable);
+                if share > row.max_slot_utilisation {
+                    row.max_slot_utilisation = share;
+                    row.most_saturated_server = s.server_id.clone();
+                }
+            }
+        }
+    }
+    groups
+        .into_values()
+        .map(|mut acc| {
+            acc.row.sessions_by_state = acc
+                .by_state
+                .into_iter()
+                .map(|(name, count)| v1::SlotCount {
+                    name: name.to_owned(),
+                    count,
+                })
+                .collect();
+            acc.row
+        })
+        .collect()
 }

@@ -379,3 +379,79 @@ fn a_kept_demo_answers_the_commands_it_prints_and_cleans_up_on_ctrl_c() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(!removed_dir(&stderr).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn summary_adds_the_fleet_up_per_label_value() {
+    let fleet = Fleet::start("db-sum-1", &[("dc", "eu1")]).await.unwrap();
+    let mut agents = Vec::new();
+    for (id, dc) in [("db-sum-2", "eu1"), ("db-sum-3", "us1")] {
+        let target = fleet.cluster.config("pgfleet");
+        agents.push(fleet.start_agent(id, &[("dc", dc)], target).unwrap());
+    }
+    // A transaction left open, so that there is a longest one.
+    let open = fleet.cluster.connect("sum-open-tx").await.unwrap();
+    open.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let url = fleet.url.clone();
+    let mut client = fleet.client().await.unwrap();
+    let rows = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = client
+                .fleet_summary(pgfleet_proto::v1::FleetSummaryRequest {
+                    group_by: "dc".into(),
+                    labels: Default::default(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .rows;
+            let ready = rows.iter().map(|r| r.servers_up).sum::<u32>() == 3
+                && rows.iter().all(|r| r.longest_transaction.is_some());
+            if ready || std::time::Instant::now() > deadline {
+                break rows;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let values: Vec<_> = rows
+        .iter()
+        .map(|r| (r.value.as_str(), r.servers, r.servers_up))
+        .collect();
+    assert_eq!(values, [("eu1", 2, 2), ("us1", 1, 1)], "{rows:?}");
+    let eu1 = &rows[0];
+    assert!(eu1.sessions >= 2, "{eu1:?}");
+    assert!(
+        eu1.sessions_by_state
+            .iter()
+            .any(|c| c.name == "idle in transaction" && c.count == 2),
+        "both eu1 servers see the open transaction: {eu1:?}"
+    );
+    assert!(eu1.longest_transaction_server.starts_with("db-sum-"));
+    assert!(eu1.max_slot_utilisation > 0.0 && !eu1.most_saturated_server.is_empty());
+
+    // The CLI prints it, and refuses a label name it cannot be.
+    let out = pgfleet(&["--collector", &url, "summary", "--by", "dc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("DC "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("us1 ")), "{text}");
+    fails_with_one_line(
+        &pgfleet(&["--collector", &url, "summary", "--by", "data-centre"]),
+        2,
+        &["data-centre"],
+    );
+    let json = pgfleet(&["--collector", &url, "--output", "json", "summary"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value[0]["servers"], 3);
+    let status = client
+        .fleet_summary(pgfleet_proto::v1::FleetSummaryRequest {
+            group_by: "no such label!".into(),
+            labels: Default::default(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    for a in agents {
+        a.stop().await;
+    }
+    fleet.stop().await;
+}

@@ -81,6 +81,109 @@ pub async fn servers(remote: &Remote, output: Output, labels: &[String]) -> Resu
     Ok(())
 }
 
+/// `pgfleet summary [--by LABEL]`.
+pub async fn summary(
+    remote: &Remote,
+    output: Output,
+    by: Option<&str>,
+    labels: &[String],
+) -> Result<(), CliError> {
+    let labels = settings::parse_labels(labels.iter().map(String::as_str))?;
+    let group_by = by.unwrap_or_default().trim().to_owned();
+    if !group_by.is_empty() {
+        settings::check_label(&group_by, "")?;
+    }
+    let mut client = connect(remote).await?;
+    let response = client
+        .fleet_summary(v1::FleetSummaryRequest {
+            group_by: group_by.clone(),
+            labels: labels.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| call_failed(&remote.url, s))?
+        .into_inner();
+    print!("{}", render_summary(&response.rows, &group_by, output));
+    Ok(())
+}
+
+/// The summary rows as a table, or as a JSON array of `FleetSummaryRow`.
+pub fn render_summary(rows: &[v1::FleetSummaryRow], group_by: &str, output: Output) -> String {
+    if output == Output::Json {
+        return json(&rows);
+    }
+    if rows.is_empty() {
+        return "No servers yet: start an agent with --collector pointing here.\n".to_owned();
+    }
+    let title = if group_by.is_empty() {
+        "FLEET".to_owned()
+    } else {
+        group_by.to_uppercase()
+    };
+    let mut table = Table::new(&[
+        "",
+        "SERVERS",
+        "UP",
+        "DOWN",
+        "STALE",
+        "SESSIONS",
+        "ACTIVE",
+        "IDLE IN TX",
+        "WAITING",
+        "BLOCKED",
+        "LONGEST TX",
+        "MOST SLOTS USED",
+    ]);
+    table.rename(0, title);
+    for r in rows {
+        let state = |name: &str| {
+            r.sessions_by_state
+                .iter()
+                .filter(|c| c.name.starts_with(name))
+                .map(|c| c.count)
+                .sum::<u32>()
+                .to_string()
+        };
+        let longest = match &r.longest_transaction {
+            Some(d) => format!(
+                "{} ({})",
+                human_duration(time::duration_micros(d)),
+                r.longest_transaction_server
+            ),
+            None => String::new(),
+        };
+        let saturated = if r.most_saturated_server.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "{:.0}% ({})",
+                r.max_slot_utilisation * 100.0,
+                r.most_saturated_server
+            )
+        };
+        table.row(vec![
+            if group_by.is_empty() {
+                "all".to_owned()
+            } else if r.value.is_empty() {
+                "(none)".to_owned()
+            } else {
+                r.value.clone()
+            },
+            r.servers.to_string(),
+            r.servers_up.to_string(),
+            r.servers_down.to_string(),
+            r.servers_stale.to_string(),
+            r.sessions.to_string(),
+            state("active"),
+            state("idle in transaction"),
+            r.waiting_sessions.to_string(),
+            r.blocked_sessions.to_string(),
+            longest,
+            saturated,
+        ]);
+    }
+    table.render()
+}
+
 /// `pgfleet activity SERVER`.
 pub async fn activity(
     remote: &Remote,

@@ -21,6 +21,7 @@ Examples:
   pgfleet demo                                  # a throwaway fleet, end to end
   pgfleet servers
   pgfleet servers --label dc=eu1 --output json
+  pgfleet summary --by dc                       # the fleet per data centre
   pgfleet activity orders-db-1 --state active --min-duration 5s
   pgfleet pools orders-db-1                     # slots, PgBouncer, client pools
   pgfleet databases orders-db-1
@@ -79,6 +80,15 @@ pub enum Command {
         /// Include PostgreSQL's background processes
         #[arg(long)]
         all: bool,
+    },
+    /// Add the fleet up per value of a label: servers up, down and stale, sessions, waits, the longest transaction and the most saturated server
+    Summary {
+        /// The label to group by, such as dc or cluster [default: the whole fleet in one row]
+        #[arg(long, value_name = "LABEL")]
+        by: Option<String>,
+        /// Only servers with this label, repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
     },
     /// Show one server's pools: its connection slots, its PgBouncer, the agent's pool and the pools applications report
     Pools {
@@ -142,6 +152,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                 all,
             )
             .await
+        }
+        Command::Summary { by, labels } => {
+            fleet::summary(&collector, output, by.as_deref(), &labels).await
         }
         Command::Pools { server } => pools::pools(&collector, output, &server).await,
         Command::Databases { server } => pools::databases(&collector, output, &server).await,

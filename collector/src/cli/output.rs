@@ -15,7 +15,7 @@ pub enum Output {
 
 /// A table built row by row and printed with aligned columns.
 pub struct Table {
-    header: Vec<&'static str>,
+    header: Vec<String>,
     rows: Vec<Vec<String>>,
 }
 
@@ -23,8 +23,15 @@ impl Table {
     /// A table with these column titles.
     pub fn new(header: &[&'static str]) -> Self {
         Table {
-            header: header.to_vec(),
+            header: header.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
+        }
+    }
+
+    /// Gives column `i` another title.
+    pub fn rename(&mut self, i: usize, title: String) {
+        if let Some(h) = self.header.get_mut(i) {
+            *h = title;
         }
     }
 
@@ -44,8 +51,7 @@ impl Table {
             }
         }
         let mut out = String::new();
-        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
-        for row in std::iter::once(&header).chain(&self.rows) {
+        for row in std::iter::once(&self.header).chain(&self.rows) {
             let last = row.len().saturating_sub(1);
             for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
                 if i == last {
