@@ -9,6 +9,9 @@ const JSON_MESSAGES: &[&str] = &[
     "AgentCounters",
     "StreamStats",
     "FleetSummaryRow",
+    "ServerSession",
+    "BlockingTree",
+    "BlockingNode",
     "Session",
     "GetActivityResponse",
     "GetPoolsResponse",
@@ -41,6 +44,7 @@ const JSON_FIELDS: &[(&str, &str)] = &[
     ("DatabaseTotals.since", "timestamp"),
     ("ClientPool.kind", "pool_kind"),
     ("FleetSummaryRow.longest_transaction", "duration"),
+    ("BlockingTree.longest_wait", "duration"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,6 +1,6 @@
 //! The Query service: answers from the aggregator's last published view.
 
-use pgfleet_proto::model::SessionState;
+use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::{query_session, server_info, v1};
 use tonic::{Request, Response, Status};
@@ -114,6 +114,10 @@ impl v1::query_server::Query for QueryService {
             .filter(|s| req.include_background || !s.is_background())
             .filter(|s| state.is_none_or(|st| s.state == st))
             .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
+            .filter(|s| matches(&req.wait_event_type, &s.wait_event_type))
+            .filter(|s| matches(&req.database, &s.database))
+            .filter(|s| matches(&req.user, &s.user))
+            .filter(|s| matches(&req.application_name, &s.application_name))
             .collect();
         // Longest-running first, as a DBA reads them.
         sessions.sort_by_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
@@ -162,6 +166,79 @@ impl v1::query_server::Query for QueryService {
                 now_micros(),
             ),
         }))
+    }
+
+    async fn top_sessions(
+        &self,
+        request: Request<v1::TopSessionsRequest>,
+    ) -> Result<Response<v1::TopSessionsResponse>, Status> {
+        let req = request.into_inner();
+        let order = TopOrder::parse(&req.order_by).map_err(Status::invalid_argument)?;
+        let limit = match req.limit {
+            0 => 20,
+            n if n as usize > MAX_TOP_SESSIONS => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is more than {MAX_TOP_SESSIONS}; ask for fewer"
+                )));
+            }
+            n => n as usize,
+        };
+        let view = self.aggregator.view();
+        let mut ranked: Vec<(i64, &ServerView, &Arc<Session>)> = Vec::new();
+        for server in view
+            .servers
+            .values()
+            .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        {
+            let at = server.sampled_at_us;
+            for s in server.sessions.iter().filter(|s| !s.is_background()) {
+                if let Some(age) = order.age(s, at) {
+                    ranked.push((age, server, s));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then_with(|| a.1.server_id.cmp(&b.1.server_id))
+        });
+        ranked.truncate(limit);
+        Ok(Response::new(v1::TopSessionsResponse {
+            sessions: ranked
+                .into_iter()
+                .map(|(_, server, s)| v1::ServerSession {
+                    server_id: server.server_id.clone(),
+                    session: Some(query_session(s, server.sampled_at_us)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn blocking_trees(
+        &self,
+        request: Request<v1::BlockingTreesRequest>,
+    ) -> Result<Response<v1::BlockingTreesResponse>, Status> {
+        let req = request.into_inner();
+        let servers: Vec<Arc<ServerView>> = if req.server_id.is_empty() {
+            self.aggregator
+                .view()
+                .servers
+                .values()
+                .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                .cloned()
+                .collect()
+        } else {
+            vec![self.server(&req.server_id)?]
+        };
+        let mut trees: Vec<v1::BlockingTree> = servers
+            .iter()
+            .flat_map(|s| blocking::trees(&s.server_id, &s.sessions, s.sampled_at_us))
+            .collect();
+        trees.sort_by(|a, b| {
+            b.waiting
+                .cmp(&a.waiting)
+                .then_with(|| a.server_id.cmp(&b.server_id))
+        });
+        Ok(Response::new(v1::BlockingTreesResponse { trees }))
     }
 
     async fn get_databases(
@@ -256,4 +333,203 @@ pub fn summarise<'a>(
             acc.row
         })
         .collect()
+}
+
+/// The most sessions TopSessions returns.
+pub const MAX_TOP_SESSIONS: usize = 1000;
+
+/// An exact-match filter; empty matches everything.
+fn matches(wanted: &str, value: &str) -> bool {
+    wanted.is_empty() || wanted == value
+}
+
+/// How TopSessions ranks sessions.
+#[derive(Debug, Clone, Copy)]
+enum TopOrder {
+    XactAge,
+    QueryAge,
+    IdleInTransaction,
+}
+
+impl TopOrder {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(TopOrder::XactAge);
+        }
+        pgfleet_agent::settings::parse_choice(
+            "an order",
+            text,
+            &[
+                ("xact_age", TopOrder::XactAge),
+                ("query_age", TopOrder::QueryAge),
+                ("idle_in_transaction", TopOrder::IdleInTransaction),
+            ],
+        )
+    }
+
+    /// The age the session is ranked by at `at`; None when it does not take
+    /// part (no transaction, not active, not idle in one).
+    fn age(self, s: &Session, at: Micros) -> Option<i64> {
+        let since = match self {
+            TopOrder::XactAge => s.xact_start_us?,
+            TopOrder::QueryAge if s.state == SessionState::Active => s.query_start_us?,
+            TopOrder::IdleInTransaction
+                if matches!(
+                    s.state,
+                    SessionState::IdleInTransaction | SessionState::IdleInTransactionAborted
+                ) =>
+            {
+                s.state_change_us?
+            }
+            _ => return None,
+        };
+        Some((at - since).max(0))
+    }
+}
+
+/// Who blocks whom, from each session's `blocked_by`.
+mod blocking {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use pgfleet_proto::model::Session;
+    use pgfleet_proto::time::{self, Micros};
+    use pgfleet_proto::{query_session, v1};
+
+    /// The trees of one server: a root blocker each, with its waiters.
+    pub fn trees(server_id: &str, sessions: &[Arc<Session>], at: Micros) -> Vec<v1::BlockingTree> {
+        let by_pid: BTreeMap<i32, &Session> =
+            sessions.iter().map(|s| (s.pid, s.as_ref())).collect();
+        // Waiters of each blocker, by pid.
+        let mut waiters: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for s in sessions {
+            for b in &s.blocked_by {
+                if by_pid.contains_key(b) {
+                    waiters.entry(*b).or_default().push(s.pid);
+                }
+            }
+        }
+        let blocked: BTreeSet<i32> = sessions
+            .iter()
+            .filter(|s| s.blocked_by.iter().any(|b| by_pid.contains_key(b)))
+            .map(|s| s.pid)
+            .collect();
+        // Roots wait on no one; what is left of the blockers after their trees
+        // are built is a cycle (a deadlock about to be broken), rooted at its
+        // lowest pid.
+        let mut seen = BTreeSet::new();
+        let mut roots: Vec<i32> = waiters
+            .keys()
+            .copied()
+            .filter(|p| !blocked.contains(p))
+            .collect();
+        let mut out = Vec::new();
+        let mut i = 0;
+        loop {
+            if i == roots.len() {
+                match waiters.keys().find(|p| !seen.contains(*p)) {
+                    Some(p) => roots.push(*p),
+                    None => break,
+                }
+            }
+            let root = roots[i];
+            i += 1;
+            if seen.contains(&root) {
+                continue;
+            }
+            let mut stats = (0u32, 0i64);
+            let node = build(root, &by_pid, &waiters, &mut seen, at, &mut stats, true);
+            out.push(v1::BlockingTree {
+                server_id: server_id.to_owned(),
+                root: Some(node),
+                waiting: stats.0,
+                longest_wait: (stats.0 > 0).then(|| time::duration(stats.1)),
+            });
+        }
+        out
+    }
+
+    fn build(
+        pid: i32,
+        by_pid: &BTreeMap<i32, &Session>,
+        waiters: &BTreeMap<i32, Vec<i32>>,
+        seen: &mut BTreeSet<i32>,
+        at: Micros,
+        stats: &mut (u32, i64),
+        root: bool,
+    ) -> v1::BlockingNode {
+        seen.insert(pid);
+        let session = by_pid[&pid];
+        if !root {
+            stats.0 += 1;
+            let wait = session.query_start_us.map_or(0, |q| (at - q).max(0));
+            stats.1 = stats.1.max(wait);
+        }
+        let children = waiters
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter(|w| !seen.contains(*w))
+            .copied()
+            .collect::<Vec<_>>();
+        let mut node = v1::BlockingNode {
+            session: Some(query_session(session, at)),
+            waiters: Vec::new(),
+        };
+        for w in children {
+            if !seen.contains(&w) {
+                node.waiters
+                    .push(build(w, by_pid, waiters, seen, at, stats, false));
+            }
+        }
+        node
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn s(pid: i32, blocked_by: &[i32]) -> Arc<Session> {
+            Arc::new(Session {
+                pid,
+                query_start_us: Some(1_000_000),
+                blocked_by: blocked_by.to_vec(),
+                ..Default::default()
+            })
+        }
+
+        fn shape(n: &v1::BlockingNode) -> String {
+            let pid = n.session.as_ref().unwrap().pid;
+            if n.waiters.is_empty() {
+                pid.to_string()
+            } else {
+                let kids: Vec<_> = n.waiters.iter().map(shape).collect();
+                format!("{pid}[{}]", kids.join(","))
+            }
+        }
+
+        #[test]
+        fn chains_fan_out_and_cycles_make_trees() {
+            // 1 blocks 2 and 3; 3 blocks 4. 7 and 8 block each other. 9 waits
+            // on a pid that is gone.
+            let sessions = [
+                s(1, &[]),
+                s(2, &[1]),
+                s(3, &[1]),
+                s(4, &[3]),
+                s(7, &[8]),
+                s(8, &[7]),
+                s(9, &[99]),
+            ];
+            let trees = trees("db", &sessions, 3_000_000);
+            let shapes: Vec<_> = trees
+                .iter()
+                .map(|t| shape(t.root.as_ref().unwrap()))
+                .collect();
+            assert_eq!(shapes, ["1[2,3[4]]", "7[8]"]);
+            assert_eq!(trees[0].waiting, 3);
+            assert_eq!(trees[0].longest_wait, Some(time::duration(2_000_000)));
+            assert_eq!(trees[1].waiting, 1);
+        }
+    }
 }

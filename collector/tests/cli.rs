@@ -455,3 +455,135 @@ async fn summary_adds_the_fleet_up_per_label_value() {
     }
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_sessions_blocking_trees_and_activity_filters_find_the_culprits() {
+    use pgfleet_proto::v1;
+    let fleet = Fleet::start("db-blk", &[("dc", "eu1")]).await.unwrap();
+    // A report, an idle-in-transaction session holding a row lock, and a
+    // session waiting for that lock (among others).
+    let _workload = pgfleet_collector::sandbox::DemoWorkload::start(&fleet.cluster)
+        .await
+        .unwrap();
+    let url = fleet.url.clone();
+    let mut client = fleet.client().await.unwrap();
+    let trees = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let trees = client
+                .blocking_trees(v1::BlockingTreesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .trees;
+            if !trees.is_empty() || std::time::Instant::now() > deadline {
+                break trees;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(trees.len(), 1, "{trees:?}");
+    let root = trees[0].root.as_ref().unwrap();
+    let app = |n: &v1::BlockingNode| n.session.as_ref().unwrap().application_name.clone();
+    assert_eq!(app(root), "demo-batch");
+    assert_eq!(
+        root.waiters.iter().map(app).collect::<Vec<_>>(),
+        ["demo-checkout"]
+    );
+    assert_eq!(
+        (trees[0].server_id.as_str(), trees[0].waiting),
+        ("db-blk", 1)
+    );
+
+    let top = |order: &str, limit: u32| {
+        let mut c = client.clone();
+        let order = order.to_owned();
+        async move {
+            c.top_sessions(v1::TopSessionsRequest {
+                order_by: order,
+                labels: [("dc".to_owned(), "eu1".to_owned())].into(),
+                limit,
+            })
+            .await
+        }
+    };
+    let idle = top("idle_in_transaction", 5)
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    assert_eq!(
+        idle[0].session.as_ref().unwrap().application_name,
+        "demo-batch"
+    );
+    let oldest = top("xact_age", 2).await.unwrap().into_inner().sessions;
+    assert_eq!(oldest.len(), 2);
+    assert_eq!(
+        top("longest", 5).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let too_many = top("xact_age", 5000).await.unwrap_err();
+    assert!(too_many.message().contains("1000"), "{too_many:?}");
+
+    let activity = |req: v1::GetActivityRequest| {
+        let mut c = client.clone();
+        async move {
+            c.get_activity(v1::GetActivityRequest {
+                server_id: "db-blk".into(),
+                ..req
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .into_iter()
+            .map(|s| s.application_name)
+            .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        activity(v1::GetActivityRequest {
+            wait_event_type: "Lock".into(),
+            ..Default::default()
+        })
+        .await,
+        ["demo-checkout"]
+    );
+    assert_eq!(
+        activity(v1::GetActivityRequest {
+            application_name: "demo-report".into(),
+            database: "postgres".into(),
+            user: "postgres".into(),
+            ..Default::default()
+        })
+        .await,
+        ["demo-report"]
+    );
+
+    // The CLI shows the same.
+    let out = pgfleet(&["--collector", &url, "blocking"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let batch = lines.iter().position(|l| l.contains("demo-batch")).unwrap();
+    assert!(
+        lines[batch + 1].starts_with("  ") && lines[batch + 1].contains("demo-checkout"),
+        "{text}"
+    );
+    let out = pgfleet(&[
+        "--collector",
+        &url,
+        "top-sessions",
+        "--by",
+        "idle_in_transaction",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().nth(1).unwrap().starts_with("db-blk"), "{text}");
+    let out = pgfleet(&["--collector", &url, "activity", "db-blk", "--wait", "Lock"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("demo-checkout") && !text.contains("demo-report"),
+        "{text}"
+    );
+    fleet.stop().await;
+}

@@ -10,8 +10,8 @@ use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1::{self, query_client::QueryClient};
 use tonic::transport::{Channel, Endpoint};
 
-use super::CliError;
 use super::output::{Output, Table, human_duration, json, one_line};
+use super::{ActivityFilter, CliError};
 
 /// The widest query shown in a table; `--output json` has the full text.
 const QUERY_WIDTH: usize = 80;
@@ -189,15 +189,15 @@ pub async fn activity(
     remote: &Remote,
     output: Output,
     server: &str,
-    state: Option<String>,
-    min_duration: Option<&str>,
-    all: bool,
+    filter: ActivityFilter,
 ) -> Result<(), CliError> {
     // Check locally first, so a typo is named before any network wait.
-    if let Some(s) = &state {
+    if let Some(s) = &filter.state {
         SessionState::parse_filter(s).map_err(CliError::Usage)?;
     }
-    let min_duration = min_duration
+    let min_duration = filter
+        .min_duration
+        .as_deref()
         .map(|text| {
             settings::parse_duration(
                 "min-duration",
@@ -210,15 +210,169 @@ pub async fn activity(
     let response = client
         .get_activity(v1::GetActivityRequest {
             server_id: server.to_owned(),
-            state: state.unwrap_or_default(),
+            state: filter.state.unwrap_or_default(),
             min_duration: min_duration.map(|d| time::duration(d.as_micros() as i64)),
-            include_background: all,
+            include_background: filter.all,
+            wait_event_type: filter.wait.unwrap_or_default(),
+            database: filter.database.unwrap_or_default(),
+            user: filter.user.unwrap_or_default(),
+            application_name: filter.application.unwrap_or_default(),
         })
         .await
         .map_err(|s| call_failed(&remote.url, s))?
         .into_inner();
     print!("{}", render_activity(&response, output, now_micros()));
     Ok(())
+}
+
+/// `pgfleet top-sessions`.
+pub async fn top_sessions(
+    remote: &Remote,
+    output: Output,
+    by: &str,
+    labels: &[String],
+    limit: u32,
+) -> Result<(), CliError> {
+    let labels = settings::parse_labels(labels.iter().map(String::as_str))?;
+    let mut client = connect(remote).await?;
+    let response = client
+        .top_sessions(v1::TopSessionsRequest {
+            order_by: by.to_owned(),
+            labels: labels.into_iter().collect(),
+            limit,
+        })
+        .await
+        .map_err(|s| call_failed(&remote.url, s))?
+        .into_inner();
+    if output == Output::Json {
+        print!("{}", json(&response.sessions));
+        return Ok(());
+    }
+    let mut table = session_table(true);
+    for s in &response.sessions {
+        if let Some(session) = &s.session {
+            table.row(session_row(Some(&s.server_id), session));
+        }
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// `pgfleet blocking [SERVER]`.
+pub async fn blocking(
+    remote: &Remote,
+    output: Output,
+    server: Option<&str>,
+    labels: &[String],
+) -> Result<(), CliError> {
+    let labels = settings::parse_labels(labels.iter().map(String::as_str))?;
+    let mut client = connect(remote).await?;
+    let response = client
+        .blocking_trees(v1::BlockingTreesRequest {
+            server_id: server.unwrap_or_default().to_owned(),
+            labels: labels.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| call_failed(&remote.url, s))?
+        .into_inner();
+    print!("{}", render_blocking(&response.trees, output));
+    Ok(())
+}
+
+/// Blocking trees as indented tables, one per tree, or as JSON.
+pub fn render_blocking(trees: &[v1::BlockingTree], output: Output) -> String {
+    if output == Output::Json {
+        return json(&trees);
+    }
+    if trees.is_empty() {
+        return "No session is blocked.\n".to_owned();
+    }
+    let mut out = String::new();
+    for t in trees {
+        let longest = t
+            .longest_wait
+            .as_ref()
+            .map(|d| human_duration(time::duration_micros(d)))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{}: {} waiting, the longest for {longest}\n",
+            t.server_id, t.waiting
+        ));
+        let mut table = session_table(false);
+        if let Some(root) = &t.root {
+            add_nodes(&mut table, root, 0);
+        }
+        out.push_str(&table.render());
+        out.push('\n');
+    }
+    out
+}
+
+fn add_nodes(table: &mut Table, node: &v1::BlockingNode, depth: usize) {
+    if let Some(s) = &node.session {
+        let mut row = session_row(None, s);
+        row[0] = format!("{}{}", "  ".repeat(depth), row[0]);
+        table.row(row);
+    }
+    for w in &node.waiters {
+        add_nodes(table, w, depth + 1);
+    }
+}
+
+/// The columns `activity`, `top-sessions` and `blocking` show, with a server
+/// column first when `with_server`.
+fn session_table(with_server: bool) -> Table {
+    let mut columns = vec![
+        "PID",
+        "DATABASE",
+        "USER",
+        "APPLICATION",
+        "CLIENT",
+        "STATE",
+        "WAIT",
+        "BLOCKED BY",
+        "DURATION",
+        "QUERY",
+    ];
+    if with_server {
+        columns.insert(0, "SERVER");
+    }
+    Table::new(&columns)
+}
+
+/// One session as a row of [`session_table`].
+fn session_row(server: Option<&str>, s: &v1::Session) -> Vec<String> {
+    let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
+        ("", _) => String::new(),
+        (t, "") => t.to_owned(),
+        (t, e) => format!("{t}:{e}"),
+    };
+    let blocked_by: Vec<String> = s.blocked_by.iter().map(i32::to_string).collect();
+    let mut row: Vec<String> = server.map(str::to_owned).into_iter().collect();
+    row.extend([
+        s.pid.to_string(),
+        s.database.clone(),
+        s.user.clone(),
+        s.application_name.clone(),
+        if s.client.is_empty() {
+            "local".to_owned()
+        } else {
+            s.client.clone()
+        },
+        if s.state.is_empty() {
+            s.backend_type.clone()
+        } else {
+            s.state.clone()
+        },
+        wait,
+        blocked_by.join(","),
+        s.duration
+            .as_ref()
+            .map(|d| human_duration(time::duration_micros(d)))
+            .unwrap_or_default(),
+        one_line(&s.query, QUERY_WIDTH),
+    ]);
+    row
 }
 
 pub(super) fn ago(ts: Option<&prost_types::Timestamp>, now: Micros) -> String {
@@ -304,48 +458,9 @@ pub fn render_activity(response: &v1::GetActivityResponse, output: Output, now: 
         out.pop();
         out.push_str(&format!("  {} sessions shown\n", response.sessions.len()));
     }
-    let mut table = Table::new(&[
-        "PID",
-        "DATABASE",
-        "USER",
-        "APPLICATION",
-        "CLIENT",
-        "STATE",
-        "WAIT",
-        "BLOCKED BY",
-        "DURATION",
-        "QUERY",
-    ]);
+    let mut table = session_table(false);
     for s in &response.sessions {
-        let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
-            ("", _) => String::new(),
-            (t, "") => t.to_owned(),
-            (t, e) => format!("{t}:{e}"),
-        };
-        let blocked_by: Vec<String> = s.blocked_by.iter().map(i32::to_string).collect();
-        table.row(vec![
-            s.pid.to_string(),
-            s.database.clone(),
-            s.user.clone(),
-            s.application_name.clone(),
-            if s.client.is_empty() {
-                "local".to_owned()
-            } else {
-                s.client.clone()
-            },
-            if s.state.is_empty() {
-                s.backend_type.clone()
-            } else {
-                s.state.clone()
-            },
-            wait,
-            blocked_by.join(","),
-            s.duration
-                .as_ref()
-                .map(|d| human_duration(time::duration_micros(d)))
-                .unwrap_or_default(),
-            one_line(&s.query, QUERY_WIDTH),
-        ]);
+        table.row(session_row(None, s));
     }
     out.push_str(&table.render());
     out

@@ -23,6 +23,9 @@ Examples:
   pgfleet servers --label dc=eu1 --output json
   pgfleet summary --by dc                       # the fleet per data centre
   pgfleet activity orders-db-1 --state active --min-duration 5s
+  pgfleet activity orders-db-1 --wait Lock --database orders
+  pgfleet top-sessions --by xact_age --label dc=eu1
+  pgfleet blocking                              # every blocker in the fleet
   pgfleet pools orders-db-1                     # slots, PgBouncer, client pools
   pgfleet databases orders-db-1
   pgfleet --collector http://collector.internal:7600 activity orders-db-1
@@ -71,15 +74,28 @@ pub enum Command {
     Activity {
         /// The server's server_id, as `pgfleet servers` lists it
         server: String,
-        /// Only sessions in this state: active, idle, idle-in-transaction, …
-        #[arg(long)]
-        state: Option<String>,
-        /// Only sessions running (or idle in a transaction) at least this long, like 5s
-        #[arg(long, value_name = "DURATION")]
-        min_duration: Option<String>,
-        /// Include PostgreSQL's background processes
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        filter: ActivityFilter,
+    },
+    /// The fleet's longest transactions (or queries, or idle-in-transaction sessions), longest first
+    TopSessions {
+        /// Rank by xact_age, query_age or idle_in_transaction
+        #[arg(long, default_value = "xact_age", value_name = "ORDER")]
+        by: String,
+        /// Only servers with this label, repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
+        /// How many sessions
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Who blocks whom: each root blocker and the sessions waiting on it, for one server or the whole fleet
+    Blocking {
+        /// One server's server_id [default: every server]
+        server: Option<String>,
+        /// Only servers with this label, repeatable
+        #[arg(long = "label", value_name = "NAME=VALUE")]
+        labels: Vec<String>,
     },
     /// Add the fleet up per value of a label: servers up, down and stale, sessions, waits, the longest transaction and the most saturated server
     Summary {
@@ -111,6 +127,32 @@ pub enum Command {
     },
 }
 
+/// Which sessions `pgfleet activity` shows.
+#[derive(Debug, Default, clap::Args)]
+pub struct ActivityFilter {
+    /// Only sessions in this state: active, idle, idle-in-transaction, …
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only sessions running (or idle in a transaction) at least this long, like 5s
+    #[arg(long, value_name = "DURATION")]
+    pub min_duration: Option<String>,
+    /// Only sessions waiting on this wait_event_type: Lock, IO, LWLock, …
+    #[arg(long, value_name = "TYPE")]
+    pub wait: Option<String>,
+    /// Only sessions of this database
+    #[arg(long)]
+    pub database: Option<String>,
+    /// Only sessions of this role
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only sessions of this application_name
+    #[arg(long, value_name = "NAME")]
+    pub application: Option<String>,
+    /// Include PostgreSQL's background processes
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// The CLI's config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,21 +179,14 @@ pub async fn run(cli: Cli) -> ExitCode {
     let (collector, output) = settings;
     let result = match cli.command {
         Command::Servers { labels } => fleet::servers(&collector, output, &labels).await,
-        Command::Activity {
-            server,
-            state,
-            min_duration,
-            all,
-        } => {
-            fleet::activity(
-                &collector,
-                output,
-                &server,
-                state,
-                min_duration.as_deref(),
-                all,
-            )
-            .await
+        Command::Activity { server, filter } => {
+            fleet::activity(&collector, output, &server, filter).await
+        }
+        Command::TopSessions { by, labels, limit } => {
+            fleet::top_sessions(&collector, output, &by, &labels, limit).await
+        }
+        Command::Blocking { server, labels } => {
+            fleet::blocking(&collector, output, server.as_deref(), &labels).await
         }
         Command::Summary { by, labels } => {
             fleet::summary(&collector, output, by.as_deref(), &labels).await
