@@ -585,5 +585,44 @@ async fn top_sessions_blocking_trees_and_activity_filters_find_the_culprits() {
         text.contains("demo-checkout") && !text.contains("demo-report"),
         "{text}"
     );
+
+    // CSV, for spreadsheets: the table's columns, whole query texts.
+    let csv = |args: &[&str]| {
+        let mut all = vec!["--collector", url.as_str(), "--output", "csv"];
+        all.extend_from_slice(args);
+        let out = pgfleet(&all);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = csv(&["activity", "db-blk"]);
+    assert!(
+        text.starts_with(
+            "PID,DATABASE,USER,APPLICATION,CLIENT,STATE,WAIT,BLOCKED BY,DURATION,QUERY\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("demo-setup") && l.contains("balance numeric NOT NULL)")),
+        "the whole query text: {text}"
+    );
+    let text = csv(&["blocking"]);
+    assert!(text.starts_with("SERVER,DEPTH,PID,"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("db-blk,1,") && l.contains("demo-checkout")),
+        "{text}"
+    );
+    for (args, header) in [
+        (vec!["servers"], "SERVER,STATUS,"),
+        (vec!["summary", "--by", "dc"], "DC,SERVERS,"),
+        (vec!["top-sessions"], "SERVER,PID,"),
+        (vec!["pools", "db-blk"], "POOL,KIND,"),
+        (vec!["databases", "db-blk"], "DATABASE,COMMITS,"),
+    ] {
+        let text = csv(&args);
+        assert!(text.starts_with(header), "{args:?}: {text}");
+        assert!(text.lines().count() >= 2, "{args:?}: {text}");
+    }
     fleet.stop().await;
 }

@@ -10,7 +10,7 @@ use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1::{self, query_client::QueryClient};
 use tonic::transport::{Channel, Endpoint};
 
-use super::output::{Output, Table, human_duration, json, one_line};
+use super::output::{Output, Table, duration_cell, human_duration, json, one_line};
 use super::{ActivityFilter, CliError};
 
 /// The widest query shown in a table; `--output json` has the full text.
@@ -111,7 +111,7 @@ pub fn render_summary(rows: &[v1::FleetSummaryRow], group_by: &str, output: Outp
     if output == Output::Json {
         return json(&rows);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && output == Output::Table {
         return "No servers yet: start an agent with --collector pointing here.\n".to_owned();
     }
     let title = if group_by.is_empty() {
@@ -144,6 +144,7 @@ pub fn render_summary(rows: &[v1::FleetSummaryRow], group_by: &str, output: Outp
                 .to_string()
         };
         let longest = match &r.longest_transaction {
+            Some(d) if output == Output::Csv => duration_cell(time::duration_micros(d), output),
             Some(d) => format!(
                 "{} ({})",
                 human_duration(time::duration_micros(d)),
@@ -181,7 +182,7 @@ pub fn render_summary(rows: &[v1::FleetSummaryRow], group_by: &str, output: Outp
             saturated,
         ]);
     }
-    table.render()
+    table.show(output)
 }
 
 /// `pgfleet activity SERVER`.
@@ -251,10 +252,10 @@ pub async fn top_sessions(
     let mut table = session_table(true);
     for s in &response.sessions {
         if let Some(session) = &s.session {
-            table.row(session_row(Some(&s.server_id), session));
+            table.row(session_row(Some(&s.server_id), session, output));
         }
     }
-    print!("{}", table.render());
+    print!("{}", table.show(output));
     Ok(())
 }
 
@@ -284,6 +285,23 @@ pub fn render_blocking(trees: &[v1::BlockingTree], output: Output) -> String {
     if output == Output::Json {
         return json(&trees);
     }
+    if output == Output::Csv {
+        // One table: each session with its tree's server and its depth in it.
+        let mut table = session_table(true);
+        table.insert_column(1, "DEPTH");
+        let mut rows = Vec::new();
+        for t in trees {
+            if let Some(root) = &t.root {
+                flatten(root, 0, &mut rows);
+            }
+            for (depth, s) in rows.drain(..) {
+                let mut row = session_row(Some(&t.server_id), s, output);
+                row.insert(1, depth.to_string());
+                table.row(row);
+            }
+        }
+        return table.csv();
+    }
     if trees.is_empty() {
         return "No session is blocked.\n".to_owned();
     }
@@ -308,9 +326,19 @@ pub fn render_blocking(trees: &[v1::BlockingTree], output: Output) -> String {
     out
 }
 
+/// The sessions of a tree, each with its depth, root first.
+fn flatten<'a>(node: &'a v1::BlockingNode, depth: usize, out: &mut Vec<(usize, &'a v1::Session)>) {
+    if let Some(s) = &node.session {
+        out.push((depth, s));
+    }
+    for w in &node.waiters {
+        flatten(w, depth + 1, out);
+    }
+}
+
 fn add_nodes(table: &mut Table, node: &v1::BlockingNode, depth: usize) {
     if let Some(s) = &node.session {
-        let mut row = session_row(None, s);
+        let mut row = session_row(None, s, Output::Table);
         row[0] = format!("{}{}", "  ".repeat(depth), row[0]);
         table.row(row);
     }
@@ -341,7 +369,7 @@ fn session_table(with_server: bool) -> Table {
 }
 
 /// One session as a row of [`session_table`].
-fn session_row(server: Option<&str>, s: &v1::Session) -> Vec<String> {
+fn session_row(server: Option<&str>, s: &v1::Session, output: Output) -> Vec<String> {
     let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
         ("", _) => String::new(),
         (t, "") => t.to_owned(),
@@ -368,9 +396,16 @@ fn session_row(server: Option<&str>, s: &v1::Session) -> Vec<String> {
         blocked_by.join(","),
         s.duration
             .as_ref()
-            .map(|d| human_duration(time::duration_micros(d)))
+            .map(|d| duration_cell(time::duration_micros(d), output))
             .unwrap_or_default(),
-        one_line(&s.query, QUERY_WIDTH),
+        one_line(
+            &s.query,
+            if output == Output::Csv {
+                usize::MAX
+            } else {
+                QUERY_WIDTH
+            },
+        ),
     ]);
     row
 }
@@ -404,17 +439,29 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
             s.server_id.clone(),
             s.status.clone(),
             s.sessions.to_string(),
-            ago(s.last_seen.as_ref(), now),
+            if output == Output::Csv {
+                s.last_seen
+                    .as_ref()
+                    .map(|t| {
+                        humantime::format_rfc3339_millis(time::micros_to_system_time(
+                            time::timestamp_micros(t),
+                        ))
+                        .to_string()
+                    })
+                    .unwrap_or_default()
+            } else {
+                ago(s.last_seen.as_ref(), now)
+            },
             dropped(s),
             s.agent_id.clone(),
             labels.join(","),
             s.reason.clone(),
         ]);
     }
-    if servers.is_empty() {
+    if servers.is_empty() && output == Output::Table {
         return "No servers yet: start an agent with --collector pointing here.\n".to_owned();
     }
-    table.render()
+    table.show(output)
 }
 
 /// Batches of the server's agent that never reached the collector: those
@@ -460,7 +507,10 @@ pub fn render_activity(response: &v1::GetActivityResponse, output: Output, now: 
     }
     let mut table = session_table(false);
     for s in &response.sessions {
-        table.row(session_row(None, s));
+        table.row(session_row(None, s, output));
+    }
+    if output == Output::Csv {
+        return table.csv();
     }
     out.push_str(&table.render());
     out

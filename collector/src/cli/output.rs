@@ -1,4 +1,4 @@
-//! How results are printed: aligned tables for people, JSON for tools.
+//! How results are printed: aligned tables for people, JSON and CSV for tools.
 
 use serde::Deserialize;
 
@@ -11,6 +11,17 @@ pub enum Output {
     Table,
     /// An array of objects whose keys are the proto field names, for tools
     Json,
+    /// The table's columns as RFC 4180 CSV, with whole query texts and
+    /// durations in seconds, for spreadsheets
+    Csv,
+}
+
+/// A duration cell: as a person reads it in a table, in seconds in CSV.
+pub fn duration_cell(us: i64, output: Output) -> String {
+    match output {
+        Output::Csv => format!("{:.3}", us.max(0) as f64 / 1e6),
+        _ => human_duration(us),
+    }
 }
 
 /// A table built row by row and printed with aligned columns.
@@ -28,6 +39,12 @@ impl Table {
         }
     }
 
+    /// Inserts a column title at `i` (its cells come with the rows).
+    pub fn insert_column(&mut self, i: usize, title: &str) {
+        self.header
+            .insert(i.min(self.header.len()), title.to_owned());
+    }
+
     /// Gives column `i` another title.
     pub fn rename(&mut self, i: usize, title: String) {
         if let Some(h) = self.header.get_mut(i) {
@@ -39,6 +56,36 @@ impl Table {
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.header.len());
         self.rows.push(cells);
+    }
+
+    /// The table as `output` prints it: aligned, or CSV.
+    pub fn show(&self, output: Output) -> String {
+        match output {
+            Output::Csv => self.csv(),
+            _ => self.render(),
+        }
+    }
+
+    /// The table as RFC 4180 CSV: a header row, then the rows; a cell with a
+    /// comma, a quote or a line break is quoted, its quotes doubled.
+    pub fn csv(&self) -> String {
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                if cell.contains([',', '"', '\n', '\r']) {
+                    out.push('"');
+                    out.push_str(&cell.replace('"', "\"\""));
+                    out.push('"');
+                } else {
+                    out.push_str(cell);
+                }
+            }
+            out.push_str("\r\n");
+        }
+        out
     }
 
     /// The table as text, each column as wide as its widest cell; the last column
@@ -111,6 +158,19 @@ mod tests {
             t.render(),
             "PID    STATE                QUERY\n7      idle in transaction\n12345  active               select 1\n"
         );
+    }
+
+    #[test]
+    fn csv_quotes_what_must_be_quoted() {
+        let mut t = Table::new(&["PID", "QUERY"]);
+        t.row(vec!["7".into(), "SELECT a, \"b\" FROM t".into()]);
+        t.row(vec!["8".into(), "SELECT 1".into()]);
+        assert_eq!(
+            t.csv(),
+            "PID,QUERY\r\n7,\"SELECT a, \"\"b\"\" FROM t\"\r\n8,SELECT 1\r\n"
+        );
+        assert_eq!(duration_cell(1_500_000, Output::Csv), "1.500");
+        assert_eq!(duration_cell(1_500_000, Output::Table), "1.5s");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use pgfleet_proto::v1;
 
 use super::CliError;
 use super::fleet::{Remote, call_failed, connect, status_line};
-use super::output::{Output, Table, human_duration, json};
+use super::output::{Output, Table, duration_cell, human_duration, json};
 
 /// `pgfleet pools SERVER`.
 pub async fn pools(remote: &Remote, output: Output, server: &str) -> Result<(), CliError> {
@@ -54,6 +54,9 @@ fn counts(counts: &[v1::SlotCount]) -> String {
 pub fn render_pools(r: &v1::GetPoolsResponse, output: Output, now: Micros) -> String {
     if output == Output::Json {
         return json(r);
+    }
+    if output == Output::Csv {
+        return pools_csv(r);
     }
     let mut out = status_line(r.server.as_ref(), r.sampled_at.as_ref(), now);
     if let Some(s) = &r.slots {
@@ -133,12 +136,54 @@ pub fn render_pools(r: &v1::GetPoolsResponse, output: Output, now: Micros) -> St
     out
 }
 
+/// Every pool in one CSV table: the agent's and the applications' pools, then
+/// PgBouncer's (server connections in use and idle, clients waiting).
+fn pools_csv(r: &v1::GetPoolsResponse) -> String {
+    let mut table = Table::new(&[
+        "POOL", "KIND", "REPORTER", "MAX", "USED", "IDLE", "PENDING", "TIMEOUTS",
+    ]);
+    for p in &r.client_pools {
+        let kind = match v1::PoolKind::try_from(p.kind) {
+            Ok(v1::PoolKind::Agent) => "agent",
+            Ok(v1::PoolKind::Application) => "application",
+            _ => "unknown",
+        };
+        table.row(vec![
+            p.pool_name.clone(),
+            kind.to_owned(),
+            p.reporter.clone(),
+            p.max.to_string(),
+            p.used.to_string(),
+            p.idle.to_string(),
+            p.pending_requests.to_string(),
+            p.timeouts.to_string(),
+        ]);
+    }
+    for p in r.pgbouncer.iter().flat_map(|b| &b.pools) {
+        table.row(vec![
+            format!("{}/{}", p.database, p.user),
+            "pgbouncer".to_owned(),
+            String::new(),
+            String::new(),
+            p.server_active_connections.to_string(),
+            p.server_idle_connections.to_string(),
+            p.client_waiting_connections.to_string(),
+            String::new(),
+        ]);
+    }
+    table.csv()
+}
+
 /// The totals as a table, or as a JSON array of `DatabaseTotals` objects.
 pub fn render_databases(r: &v1::GetDatabasesResponse, output: Output, now: Micros) -> String {
     if output == Output::Json {
         return json(&r.databases);
     }
-    let mut out = status_line(r.server.as_ref(), None, now);
+    let mut out = if output == Output::Csv {
+        String::new()
+    } else {
+        status_line(r.server.as_ref(), None, now)
+    };
     let mut table = Table::new(&[
         "DATABASE",
         "COMMITS",
@@ -171,11 +216,14 @@ pub fn render_databases(r: &v1::GetDatabasesResponse, output: Output, now: Micro
             t.deadlocks.to_string(),
             d.since
                 .as_ref()
-                .map(|s| human_duration(now - time::timestamp_micros(s)) + " ago")
+                .map(|s| match output {
+                    Output::Csv => duration_cell(now - time::timestamp_micros(s), output),
+                    _ => human_duration(now - time::timestamp_micros(s)) + " ago",
+                })
                 .unwrap_or_default(),
         ]);
     }
-    out.push_str(&table.render());
+    out.push_str(&table.show(output));
     out
 }
 
