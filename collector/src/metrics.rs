@@ -153,11 +153,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         "1 for the server's status: up, down (the agent cannot sample it) or stale (nothing heard for three intervals).",
     );
     for s in &servers {
-        let status = match s.health(now) {
-            Health::Up => "up",
-            Health::Down(_) => "down",
-            Health::Stale(_) => "stale",
-        };
+        let status = crate::query::status_word(&s.health(now));
         for candidate in ["up", "down", "stale"] {
             out.sample(
                 "pgfleet_server_status",

@@ -7,7 +7,10 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use pgfleet_agent::settings::check_label;
 
@@ -26,12 +29,22 @@ impl QueryService {
     }
 }
 
+/// The word the query API uses for a health.
+pub fn status_word(health: &Health) -> &'static str {
+    match health {
+        Health::Up => "up",
+        Health::Down(_) => "down",
+        Health::Stale(_) => "stale",
+    }
+}
+
 /// A server as the query API shows it at `now`.
 pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
-    let (status, reason) = match view.health(now) {
-        Health::Up => ("up", String::new()),
-        Health::Down(reason) => ("down", reason),
-        Health::Stale(reason) => ("stale", reason),
+    let health = view.health(now);
+    let status = status_word(&health);
+    let reason = match health {
+        Health::Up => String::new(),
+        Health::Down(reason) | Health::Stale(reason) => reason,
     };
     v1::Server {
         server_id: view.server_id.clone(),
@@ -70,8 +83,96 @@ impl QueryService {
     }
 }
 
+/// How many events may wait for a watcher before it is dropped as too slow.
+pub const WATCH_QUEUE: usize = 4096;
+
+/// How often a watcher's servers are checked for going stale (which no new
+/// snapshot announces).
+const WATCH_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[tonic::async_trait]
 impl v1::query_server::Query for QueryService {
+    type WatchStream = ReceiverStream<Result<v1::WatchEvent, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let labels = request.into_inner().labels;
+        let wanted = move |s: &ServerView| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v));
+        let mut views = self.aggregator.subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut last = views.borrow_and_update().clone();
+        let now = now_micros();
+        let servers: Vec<v1::Server> = last
+            .servers
+            .values()
+            .filter(|s| wanted(s))
+            .map(|s| server_message(s, now))
+            .collect();
+        let mut sent: HashMap<String, String> = servers
+            .iter()
+            .map(|s| (s.server_id.clone(), s.status.clone()))
+            .collect();
+        let full = v1::WatchEvent {
+            event: Some(v1::watch_event::Event::Full(v1::WatchFull { servers })),
+        };
+        // The channel is new and empty, so this cannot wait.
+        let _ = tx.try_send(Ok(full));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_HEALTH_EVERY);
+            loop {
+                let fresh = tokio::select! {
+                    changed = views.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        true
+                    }
+                    _ = tick.tick() => false,
+                    _ = tx.closed() => return,
+                };
+                let next = if fresh {
+                    views.borrow_and_update().clone()
+                } else {
+                    last.clone()
+                };
+                let now = now_micros();
+                let mut events = Vec::new();
+                for (id, s) in next.servers.iter().filter(|(_, s)| wanted(s)) {
+                    let same = last.servers.get(id).is_some_and(|old| Arc::ptr_eq(old, s));
+                    let status = status_word(&s.health(now));
+                    if same && sent.get(id).is_some_and(|st| st == status) {
+                        continue;
+                    }
+                    sent.insert(id.clone(), status.to_owned());
+                    events.push(v1::watch_event::Event::Changed(server_message(s, now)));
+                }
+                for id in last.servers.keys() {
+                    if !next.servers.contains_key(id) && sent.remove(id).is_some() {
+                        events.push(v1::watch_event::Event::Removed(id.clone()));
+                    }
+                }
+                for event in events {
+                    let event = v1::WatchEvent { event: Some(event) };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Ok(event)) {
+                        let status = Status::resource_exhausted(format!(
+                            "this watcher fell {WATCH_QUEUE} events behind; watch again"
+                        ));
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            tx.send(Err(status)),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+                last = next;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     async fn list_servers(
         &self,
         request: Request<v1::ListServersRequest>,
