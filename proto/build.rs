@@ -12,6 +12,7 @@ const JSON_MESSAGES: &[&str] = &[
     "ServerSession",
     "BlockingTree",
     "BlockingNode",
+    "PoolUtilisation",
     "Session",
     "GetActivityResponse",
     "GetPoolsResponse",

@@ -242,6 +242,7 @@ impl v1::query_server::Query for QueryService {
             slots: pools.slots.clone(),
             pgbouncer: pools.pgbouncer.clone(),
             client_pools: pools.client_pools.clone(),
+            utilisation: Some(utilisation(pools)),
         }))
     }
 
@@ -409,15 +410,10 @@ pub fn summarise<'a>(
             row.longest_transaction = Some(time::duration(age));
             row.longest_transaction_server = s.server_id.clone();
         }
-        if let Some(slots) = &s.pools.slots {
-            let usable = slots.max_connections.saturating_sub(slots.reserved);
-            if usable > 0 {
-                let share = f64::from(slots.used) / f64::from(usable);
-                if share > row.max_slot_utilisation {
-                    row.max_slot_utilisation = share;
-                    row.most_saturated_server = s.server_id.clone();
-                }
-            }
+        let share = utilisation(&s.pools).slots;
+        if share > row.max_slot_utilisation {
+            row.max_slot_utilisation = share;
+            row.most_saturated_server = s.server_id.clone();
         }
     }
     groups
@@ -632,5 +628,37 @@ mod blocking {
             assert_eq!(trees[0].longest_wait, Some(time::duration(2_000_000)));
             assert_eq!(trees[1].waiting, 1);
         }
+    }
+}
+
+/// How full a server's pools are.
+pub fn utilisation(pools: &crate::aggregator::Pools) -> v1::PoolUtilisation {
+    let share = |used: u32, of: u32| {
+        if of == 0 {
+            0.0
+        } else {
+            f64::from(used) / f64::from(of)
+        }
+    };
+    v1::PoolUtilisation {
+        slots: pools.slots.as_ref().map_or(0.0, |s| {
+            share(s.used, s.max_connections.saturating_sub(s.reserved))
+        }),
+        client_pools: pools
+            .client_pools
+            .iter()
+            .map(|p| share(p.used, p.max))
+            .collect(),
+        pgbouncer_pools: pools
+            .pgbouncer
+            .iter()
+            .flat_map(|b| &b.pools)
+            .map(|p| {
+                let open = p.server_active_connections
+                    + p.server_idle_connections
+                    + p.server_used_connections;
+                share(p.server_active_connections, open)
+            })
+            .collect(),
     }
 }

@@ -586,6 +586,20 @@ async fn top_sessions_blocking_trees_and_activity_filters_find_the_culprits() {
         "{text}"
     );
 
+    // How full the pools are: the slots, and the agent's own pool.
+    let pools = client
+        .get_pools(v1::GetPoolsRequest {
+            server_id: "db-blk".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let u = pools.utilisation.unwrap();
+    let slots = pools.slots.unwrap();
+    let expected = f64::from(slots.used) / f64::from(slots.max_connections - slots.reserved);
+    assert!((u.slots - expected).abs() < 1e-9 && u.slots > 0.0, "{u:?}");
+    assert_eq!(u.client_pools.len(), pools.client_pools.len());
+
     // CSV, for spreadsheets: the table's columns, whole query texts.
     let csv = |args: &[&str]| {
         let mut all = vec!["--collector", url.as_str(), "--output", "csv"];

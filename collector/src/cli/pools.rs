@@ -60,9 +60,13 @@ pub fn render_pools(r: &v1::GetPoolsResponse, output: Output, now: Micros) -> St
     }
     let mut out = status_line(r.server.as_ref(), r.sampled_at.as_ref(), now);
     if let Some(s) = &r.slots {
+        let full = r.utilisation.as_ref().map_or(0.0, |u| u.slots);
         out.push_str(&format!(
-            "\nConnection slots: {} used of {} ({} reserved for superusers)\n",
-            s.used, s.max_connections, s.reserved
+            "\nConnection slots: {} used of {} ({} reserved for superusers), {:.0}% full\n",
+            s.used,
+            s.max_connections,
+            s.reserved,
+            full * 100.0
         ));
         for (what, c) in [
             ("by state", &s.by_state),
