@@ -81,27 +81,14 @@ pub fn render_pools(r: &v1::GetPoolsResponse, output: Output, now: Micros) -> St
         "POOL", "KIND", "REPORTER", "MAX", "USED", "IDLE", "PENDING", "TIMEOUTS", "AVG WAIT",
     ]);
     for p in &r.client_pools {
-        let kind = match v1::PoolKind::try_from(p.kind) {
-            Ok(v1::PoolKind::Agent) => "agent",
-            Ok(v1::PoolKind::Application) => "application",
-            _ => "unknown",
-        };
         let avg_wait = if p.wait_time_count > 0 {
             human_duration((p.wait_time_seconds_sum / p.wait_time_count as f64 * 1e6) as i64)
         } else {
             String::new()
         };
-        table.row(vec![
-            p.pool_name.clone(),
-            kind.to_owned(),
-            p.reporter.clone(),
-            p.max.to_string(),
-            p.used.to_string(),
-            p.idle.to_string(),
-            p.pending_requests.to_string(),
-            p.timeouts.to_string(),
-            avg_wait,
-        ]);
+        let mut row = client_pool_row(p);
+        row.push(avg_wait);
+        table.row(row);
     }
     out.push('\n');
     out.push_str(&table.render());
@@ -140,6 +127,26 @@ pub fn render_pools(r: &v1::GetPoolsResponse, output: Output, now: Micros) -> St
     out
 }
 
+/// A client pool's cells: pool, kind, reporter, max, used, idle, pending,
+/// timeouts.
+fn client_pool_row(p: &v1::ClientPool) -> Vec<String> {
+    let kind = match v1::PoolKind::try_from(p.kind) {
+        Ok(v1::PoolKind::Agent) => "agent",
+        Ok(v1::PoolKind::Application) => "application",
+        _ => "unknown",
+    };
+    vec![
+        p.pool_name.clone(),
+        kind.to_owned(),
+        p.reporter.clone(),
+        p.max.to_string(),
+        p.used.to_string(),
+        p.idle.to_string(),
+        p.pending_requests.to_string(),
+        p.timeouts.to_string(),
+    ]
+}
+
 /// Every pool in one CSV table: the agent's and the applications' pools, then
 /// PgBouncer's (server connections in use and idle, clients waiting).
 fn pools_csv(r: &v1::GetPoolsResponse) -> String {
@@ -147,21 +154,7 @@ fn pools_csv(r: &v1::GetPoolsResponse) -> String {
         "POOL", "KIND", "REPORTER", "MAX", "USED", "IDLE", "PENDING", "TIMEOUTS",
     ]);
     for p in &r.client_pools {
-        let kind = match v1::PoolKind::try_from(p.kind) {
-            Ok(v1::PoolKind::Agent) => "agent",
-            Ok(v1::PoolKind::Application) => "application",
-            _ => "unknown",
-        };
-        table.row(vec![
-            p.pool_name.clone(),
-            kind.to_owned(),
-            p.reporter.clone(),
-            p.max.to_string(),
-            p.used.to_string(),
-            p.idle.to_string(),
-            p.pending_requests.to_string(),
-            p.timeouts.to_string(),
-        ]);
+        table.row(client_pool_row(p));
     }
     for p in r.pgbouncer.iter().flat_map(|b| &b.pools) {
         table.row(vec![
