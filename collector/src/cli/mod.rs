@@ -53,6 +53,14 @@ pub struct Cli {
     /// The private key (PEM) of --tls-cert
     #[arg(long, global = true, env = "PGFLEET_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// The name the collector's certificate must carry, when not the URL's host
+    #[arg(
+        long,
+        global = true,
+        env = "PGFLEET_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
     /// A TOML file with `collector`, `output` and the tls_* settings
     #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -167,6 +175,8 @@ pub struct CliFile {
     pub tls_cert: Option<PathBuf>,
     /// See `--tls-key`.
     pub tls_key: Option<PathBuf>,
+    /// See `--tls-server-name`.
+    pub tls_server_name: Option<String>,
 }
 
 /// Runs a parsed command line and returns the process's exit code: 0 on success,
@@ -251,7 +261,10 @@ fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
             ca: cli.tls_ca.as_deref().or(file.tls_ca.as_deref()),
             cert: cli.tls_cert.as_deref().or(file.tls_cert.as_deref()),
             key: cli.tls_key.as_deref().or(file.tls_key.as_deref()),
-            server_name: None,
+            server_name: cli
+                .tls_server_name
+                .as_deref()
+                .or(file.tls_server_name.as_deref()),
         },
     )?;
     Ok((
