@@ -405,8 +405,17 @@ async fn summary_adds_the_fleet_up_per_label_value() {
                 .unwrap()
                 .into_inner()
                 .rows;
+            // Every server has sampled the open transaction: two in eu1, one
+            // in us1.
+            let in_tx = |r: &pgfleet_proto::v1::FleetSummaryRow| {
+                r.sessions_by_state
+                    .iter()
+                    .filter(|c| c.name == "idle in transaction")
+                    .map(|c| c.count)
+                    .sum::<u32>()
+            };
             let ready = rows.iter().map(|r| r.servers_up).sum::<u32>() == 3
-                && rows.iter().all(|r| r.longest_transaction.is_some());
+                && rows.iter().map(in_tx).collect::<Vec<_>>() == [2, 1];
             if ready || std::time::Instant::now() > deadline {
                 break rows;
             }
