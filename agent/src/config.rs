@@ -13,6 +13,16 @@ use crate::settings::{self, SettingsError, Token};
 use crate::target;
 use crate::tls::{ClientTls, ClientTlsFiles};
 
+/// A setting the config file may give as one value or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `collector = "…"`
+    One(String),
+    /// `collector = ["…", "…"]`
+    Many(Vec<String>),
+}
+
 /// How the agent compresses its stream (gRPC message compression).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compression {
@@ -76,9 +86,14 @@ PGPASSWORD and PGDATABASE. The agent's role needs `GRANT pg_monitor TO <role>`."
     after_help = EXAMPLES
 )]
 pub struct AgentArgs {
-    /// The collector's gRPC address [default: http://127.0.0.1:7600]
-    #[arg(long, env = "PGFLEET_COLLECTOR", value_name = "URL")]
-    pub collector: Option<String>,
+    /// The collector's gRPC address; repeat it (or separate with commas) to fail over to the next when one is down [default: http://127.0.0.1:7600]
+    #[arg(
+        long,
+        env = "PGFLEET_COLLECTOR",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub collector: Vec<String>,
     /// The PostgreSQL server to watch, as a URL or libpq key/value string [default: from PGHOST, PGPORT, …]
     #[arg(long, env = "PGFLEET_TARGET", value_name = "DSN")]
     pub target: Option<String>,
@@ -214,8 +229,8 @@ pub struct TargetFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    /// See `--collector`.
-    pub collector: Option<String>,
+    /// See `--collector`: one address, or a list to fail over along.
+    pub collector: Option<OneOrMany>,
     /// See `--target` (for a single target; use `[[targets]]` for several).
     pub target: Option<String>,
     /// See `--server-id`.
@@ -293,6 +308,8 @@ pub struct AgentConfig {
     pub agent_id: String,
     /// The collector's gRPC URL.
     pub collector: String,
+    /// Collectors to fail over to, in order, when the one in use is down.
+    pub fallback_collectors: Vec<String>,
     /// The servers to watch; never empty, server_ids unique.
     pub targets: Vec<TargetConfig>,
     /// The agent's labels, inherited by every target.
@@ -337,6 +354,7 @@ impl AgentConfig {
         AgentConfig {
             agent_id: default_agent_id(),
             collector: collector.to_owned(),
+            fallback_collectors: Vec::new(),
             targets: vec![TargetConfig::new(target)],
             labels: BTreeMap::new(),
             interval: Duration::from_secs(1),
@@ -358,13 +376,36 @@ impl AgentConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingsError> {
         let file: AgentFile = settings::read_toml(args.config.as_deref())?;
-        let collector = settings::endpoint_url(
-            "collector",
+        let given = if args.collector.is_empty() {
+            match file.collector {
+                Some(OneOrMany::One(c)) => vec![c],
+                Some(OneOrMany::Many(cs)) => cs,
+                None => Vec::new(),
+            }
+        } else {
             args.collector
-                .as_deref()
-                .or(file.collector.as_deref())
-                .unwrap_or("http://127.0.0.1:7600"),
-        )?;
+        };
+        let mut collectors = given
+            .iter()
+            .map(|c| settings::endpoint_url("collector", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        if collectors.is_empty() {
+            collectors.push(settings::endpoint_url(
+                "collector",
+                "http://127.0.0.1:7600",
+            )?);
+        }
+        let https = collectors[0].starts_with("https://");
+        if collectors
+            .iter()
+            .any(|c| c.starts_with("https://") != https)
+        {
+            return Err(SettingsError::Invalid {
+                key: "collector",
+                message: "give every collector as https://, or every one as http://".to_owned(),
+            });
+        }
+        let collector = collectors.remove(0);
         let databases = match args.databases.as_deref() {
             Some(text) => {
                 Some(
@@ -425,6 +466,7 @@ impl AgentConfig {
             targets.push(t);
         }
         let mut config = AgentConfig::new(&collector, targets[0].connection.clone());
+        config.fallback_collectors = collectors;
         config.targets = targets;
         if let Some(id) = args.agent_id.or(file.agent_id) {
             config.agent_id = non_empty("agent_id", id)?;
@@ -565,6 +607,43 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn collectors_to_fail_over_to_come_from_repeated_flags_or_a_list() {
+        let args = AgentArgs::parse_from([
+            "pgfleet-agent",
+            "--collector",
+            "a:7600",
+            "--collector",
+            "http://b:7600,c:7600",
+        ]);
+        let c = AgentConfig::resolve(args, no_env).unwrap();
+        assert_eq!(c.collector, "http://a:7600");
+        assert_eq!(c.fallback_collectors, ["http://b:7600", "http://c:7600"]);
+
+        let dir = std::env::temp_dir().join(format!("pgfleet-failover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, "collector = [\"x:1\", \"y:2\"]\n").unwrap();
+        let args = AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let c = AgentConfig::resolve(args, no_env).unwrap();
+        assert_eq!(
+            (c.collector.as_str(), c.fallback_collectors.len()),
+            ("http://x:1", 1)
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+
+        let mixed = AgentArgs::parse_from([
+            "pgfleet-agent",
+            "--collector",
+            "https://a:7600,http://b:7600",
+        ]);
+        let err = AgentConfig::resolve(mixed, no_env).unwrap_err().to_string();
+        assert!(err.contains("every collector as https://"), "{err}");
     }
 
     #[test]

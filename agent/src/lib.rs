@@ -116,7 +116,10 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         sample_interval_ms: u32::try_from(config.interval.as_millis()).unwrap_or(u32::MAX),
     };
     let link = ship::Link {
-        collector: config.collector.clone(),
+        collectors: std::iter::once(config.collector.clone())
+            .chain(config.fallback_collectors.iter().cloned())
+            .collect(),
+        current: 0,
         token: config.token.clone(),
         tls: config.tls.clone(),
         compression: config.compression,
@@ -135,6 +138,7 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         agent.id = %config.agent_id,
         targets = config.targets.len(),
         collector = %config.collector,
+        fallback_collectors = ?config.fallback_collectors,
         tls = config.tls.is_some(),
         compression = ?config.compression,
         spool_dir = ?config.spool_dir,

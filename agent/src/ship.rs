@@ -59,14 +59,23 @@ enum Event {
 /// How the agent reaches its collector.
 #[derive(Debug, Clone)]
 pub struct Link {
-    /// The collector's URL.
-    pub collector: String,
+    /// The collectors' URLs: the first, then those to fail over to.
+    pub collectors: Vec<String>,
+    /// The one in use.
+    pub current: usize,
     /// The bearer token presented on every stream, if any.
     pub token: Option<Token>,
     /// TLS, for an https:// collector.
     pub tls: Option<ClientTls>,
     /// How batches are compressed.
     pub compression: Compression,
+}
+
+impl Link {
+    /// The URL of the collector in use.
+    pub fn collector(&self) -> &str {
+        self.collectors.get(self.current).map_or("", String::as_str)
+    }
 }
 
 /// Owns the spool and the stream; fed snapshots by the samplers.
@@ -87,6 +96,9 @@ pub struct Shipper {
     dictionary_sent: bool,
     /// The batch that holds (or will) the keyframes made after a drop.
     keyframes_at: Option<u64>,
+    /// Collectors tried since the last success or backoff, the current one
+    /// included.
+    tried: usize,
 }
 
 impl Shipper {
@@ -107,6 +119,7 @@ impl Shipper {
             encoder,
             dictionary_sent: false,
             keyframes_at: None,
+            tried: 1,
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -296,34 +309,50 @@ impl Shipper {
                 self.encoder.keyframe_all();
                 self.dictionary_sent = false;
                 self.backoff.reset();
+                self.tried = 1;
                 match self.outage.take() {
                     Some((since, _)) => info!(
-                        collector = %self.link.collector,
+                        collector = %self.link.collector(),
                         outage = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
                         resending = self.spool.len(),
                         "Connected to the collector again."
                     ),
-                    None => info!(collector = %self.link.collector, "Connected to the collector."),
+                    None => {
+                        info!(collector = %self.link.collector(), "Connected to the collector.")
+                    }
                 }
                 Connection::Connected { tx, inbound }
             }
             Err((reason, _))
                 if self.link.compression == Compression::Zstd && lacks_zstd(&reason) =>
             {
-                warn!(collector = %self.link.collector, reason = %reason, "The collector does not take zstd; compressing with gzip instead.");
+                warn!(collector = %self.link.collector(), reason = %reason, "The collector does not take zstd; compressing with gzip instead.");
                 self.link.compression = Compression::Gzip;
                 Connection::Disconnected {
                     retry_at: Instant::now(),
                 }
             }
+            // Another collector to try: at once, before any backoff.
+            Err((reason, _)) if self.tried < self.link.collectors.len() => {
+                let from = self.link.collector().to_owned();
+                self.link.current = (self.link.current + 1) % self.link.collectors.len();
+                self.tried += 1;
+                warn!(collector = %from, reason = %reason, next = %self.link.collector(), "Cannot stream to the collector; failing over to the next.");
+                let since = self.outage.take().map_or_else(Instant::now, |(t, _)| t);
+                self.outage = Some((since, reason));
+                Connection::Disconnected {
+                    retry_at: Instant::now(),
+                }
+            }
             Err((reason, refused)) => {
+                self.tried = 1;
                 let delay = self.backoff.next_delay();
                 let repeated = self.outage.as_ref().is_some_and(|(_, r)| *r == reason);
                 if !repeated {
                     if refused {
-                        error!(collector = %self.link.collector, reason = %reason, retry_in = ?delay, "The collector refused this agent; retrying with backoff.");
+                        error!(collector = %self.link.collector(), reason = %reason, retry_in = ?delay, "The collector refused this agent; retrying with backoff.");
                     } else {
-                        warn!(collector = %self.link.collector, reason = %reason, retry_in = ?delay, "Cannot reach the collector; retrying with backoff.");
+                        warn!(collector = %self.link.collector(), reason = %reason, retry_in = ?delay, "Cannot reach the collector; retrying with backoff.");
                     }
                 }
                 let since = self.outage.take().map_or_else(Instant::now, |(t, _)| t);
@@ -348,7 +377,7 @@ impl Shipper {
         (String, bool),
     > {
         let unreachable = |reason: String| (reason, false);
-        let mut endpoint = Endpoint::from_shared(self.link.collector.clone())
+        let mut endpoint = Endpoint::from_shared(self.link.collector().to_owned())
             .map_err(|e| unreachable(chain(&e)))?;
         if let Some(tls) = &self.link.tls {
             endpoint = tls
@@ -419,7 +448,7 @@ impl Shipper {
     }
 
     fn lost(&mut self, reason: String) -> Connection {
-        warn!(collector = %self.link.collector, reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
+        warn!(collector = %self.link.collector(), reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
         self.outage = Some((Instant::now(), reason));
         let delay = self.backoff.next_delay();
         Connection::Disconnected {

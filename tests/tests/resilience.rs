@@ -206,3 +206,45 @@ async fn a_stopping_agent_leaves_nothing_unacknowledged() {
     );
     fleet.stop().await;
 }
+
+/// An agent given two collectors moves to the second when the first stops,
+/// and nothing it had not delivered is lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_its_next_collector() {
+    use pgfleet_collector::cli::{Remote, connect};
+    use pgfleet_collector::config::CollectorConfig;
+    use pgfleet_collector::server;
+    let fleet = fleet("db-failover-host", &[]).await;
+    let b = server::start(CollectorConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        fleet.cluster.dir().join("collector-b"),
+    ))
+    .await
+    .unwrap();
+    let a = server::start(CollectorConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        fleet.cluster.dir().join("collector-a"),
+    ))
+    .await
+    .unwrap();
+    let mut config = fleet.agent_config("db-failover", fleet.cluster.config("pgfleet-fo"));
+    config.collector = format!("http://{}", a.addr);
+    config.fallback_collectors = vec![format!("http://{}", b.addr)];
+    config.pool_reporter = None;
+    let agent = fleet.start_agent_with(config).unwrap();
+    let client_a = connect(&Remote::plain(format!("http://{}", a.addr)))
+        .await
+        .unwrap();
+    wait_for_status(&client_a, "db-failover", "up", Duration::from_secs(20)).await;
+
+    a.stop().await;
+    let client_b = connect(&Remote::plain(format!("http://{}", b.addr)))
+        .await
+        .unwrap();
+    let at_b = wait_for_status(&client_b, "db-failover", "up", Duration::from_secs(30)).await;
+    let stream = at_b.stream.unwrap();
+    assert_eq!(stream.missing_batches, 0, "{stream:?}");
+    agent.stop().await;
+    b.stop().await;
+    fleet.stop().await;
+}
