@@ -18,6 +18,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::config::DuplicateServerId;
+use crate::store::{Frame, Loaded, Op as StoreOp, Store};
 
 /// How many commands may wait for the aggregator.
 const COMMAND_QUEUE: usize = 1024;
@@ -215,6 +216,10 @@ struct AgentState {
 pub struct Aggregator {
     /// What to do when a second live agent claims a server_id.
     duplicates: DuplicateServerId,
+    /// The history, when kept.
+    store: Option<Store>,
+    /// Writes for the store from the commands being handled.
+    writes: Vec<StoreOp>,
     commands: mpsc::Receiver<Command>,
     publish: watch::Sender<Arc<FleetView>>,
     agents: HashMap<String, AgentState>,
@@ -235,6 +240,8 @@ impl Aggregator {
         (
             Aggregator {
                 duplicates,
+                store: None,
+                writes: Vec::new(),
                 commands: rx,
                 publish,
                 agents: HashMap::new(),
@@ -242,6 +249,58 @@ impl Aggregator {
             },
             AggregatorHandle { commands: tx, view },
         )
+    }
+
+    /// Keeps history in `store`, starting from what it held: every agent
+    /// resumes after the last sequence stored for it, and every server's view
+    /// is what its stored frames rebuild, so that deltas resent after a
+    /// restart find their base.
+    pub fn with_store(mut self, store: Store, loaded: Loaded) -> Self {
+        for (agent_id, last_seq) in loaded.agents {
+            let servers = loaded
+                .servers
+                .iter()
+                .filter(|s| s.agent_id == agent_id)
+                .map(|s| s.server_id.clone())
+                .collect();
+            self.agents.insert(
+                agent_id,
+                AgentState {
+                    conn_id: None,
+                    stream: v1::StreamStats {
+                        last_seq,
+                        ..Default::default()
+                    },
+                    servers,
+                },
+            );
+        }
+        for s in loaded.servers {
+            let (at, sessions) = s.activity.unwrap_or((0, Vec::new()));
+            let view = ServerView {
+                server_id: s.server_id.clone(),
+                agent_id: s.agent_id,
+                agent_connected: false,
+                labels: s.labels,
+                interval: s.interval,
+                last_seen_us: (at > 0).then_some(at),
+                sampled_at_us: at,
+                status: TargetStatus::Up,
+                client_sessions: client_sessions(&sessions),
+                sessions: Arc::new(sessions),
+                facts: None,
+                agent: None,
+                stream: v1::StreamStats::default(),
+                pools: Arc::default(),
+                databases: Arc::default(),
+            };
+            self.servers.insert(s.server_id, Arc::new(view));
+        }
+        self.publish.send_replace(Arc::new(FleetView {
+            servers: self.servers.clone(),
+        }));
+        self.store = Some(store);
+        self
     }
 
     /// Runs until every handle is dropped.
@@ -254,6 +313,14 @@ impl Aggregator {
                     Ok(command) => self.handle(command, &mut replies),
                     Err(_) => break,
                 }
+            }
+            // The history keeps pace: when the disk falls behind, ingest waits.
+            if let Some(store) = &self.store {
+                for op in self.writes.drain(..) {
+                    store.write(op).await;
+                }
+            } else {
+                self.writes.clear();
             }
             self.publish.send_replace(Arc::new(FleetView {
                 servers: self.servers.clone(),
@@ -346,6 +413,14 @@ impl Aggregator {
                     databases: Arc::default(),
                 },
             };
+            if self.store.is_some() {
+                self.writes.push(StoreOp::Server {
+                    server_id: t.server_id.clone(),
+                    agent_id: agent_id.clone(),
+                    labels: t.labels.clone(),
+                    interval_ms: interval.as_millis() as u64,
+                });
+            }
             let view = ServerView {
                 agent_id: agent_id.clone(),
                 agent_connected: true,
@@ -399,6 +474,8 @@ impl Aggregator {
         stream.applied_snapshots += snapshots.len() as u64;
         let now = now_micros();
         let mut keyframes_needed = Vec::new();
+        let keep = self.store.is_some();
+        let mut frames = Vec::new();
         for mut snapshot in snapshots {
             let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
                 continue;
@@ -423,7 +500,12 @@ impl Aggregator {
             // A delta applies only to the snapshot it was made against; without
             // it, nothing of the snapshot is taken, and the agent is asked for a
             // keyframe instead.
+            let keyframe = snapshot.delta.is_none();
+            let mut removed = Vec::new();
+            let mut upserted = 0;
             if let Some(delta) = snapshot.delta.take() {
+                removed.clone_from(&delta.removed);
+                upserted = snapshot.sessions.len();
                 if current.sampled_at_us != delta.base_sampled_at_us
                     || current.status != TargetStatus::Up
                 {
@@ -446,6 +528,21 @@ impl Aggregator {
                     }
                 }
             }
+            if keep {
+                // A delta's sessions, now whole, are the last of the merge.
+                let from = if keyframe {
+                    0
+                } else {
+                    snapshot.sessions.len() - upserted
+                };
+                frames.push(Frame {
+                    server_id: snapshot.server_id.clone(),
+                    at: snapshot.sampled_at_us,
+                    keyframe,
+                    sessions: snapshot.sessions[from..].to_vec(),
+                    removed,
+                });
+            }
             let view = Arc::make_mut(current);
             view.last_seen_us = Some(now);
             view.sampled_at_us = snapshot.sampled_at_us;
@@ -465,6 +562,13 @@ impl Aggregator {
             });
         }
         self.publish_stream(agent_id);
+        if keep {
+            self.writes.push(StoreOp::Applied {
+                agent_id: agent_id.to_owned(),
+                seq,
+                frames,
+            });
+        }
         Ok(keyframes_needed)
     }
 

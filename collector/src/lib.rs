@@ -15,3 +15,4 @@ pub mod query;
 pub mod rollup;
 pub mod sandbox;
 pub mod server;
+pub mod store;

@@ -16,16 +16,29 @@ use pgfleet_agent::settings::check_label;
 
 use crate::aggregator::{AggregatorHandle, Health, ServerView};
 use crate::rollup::Rollup;
+use crate::store::Store;
 
 /// The Query service.
 pub struct QueryService {
     aggregator: AggregatorHandle,
+    store: Option<Store>,
 }
 
 impl QueryService {
     /// A service that reads `aggregator`'s views.
     pub fn new(aggregator: AggregatorHandle) -> Self {
-        QueryService { aggregator }
+        QueryService {
+            aggregator,
+            store: None,
+        }
+    }
+
+    /// Also answers questions about the past from `store`.
+    pub fn with_store(self, store: Store) -> Self {
+        QueryService {
+            store: Some(store),
+            ..self
+        }
     }
 }
 
@@ -208,9 +221,38 @@ impl v1::query_server::Query for QueryService {
             None => 0,
         };
         let server = self.server(&req.server_id)?;
-        let at = server.sampled_at_us;
-        let mut sessions: Vec<_> = server
-            .sessions
+        let (at, past) = match &req.at {
+            None => (server.sampled_at_us, None),
+            Some(when) => {
+                let when = time::timestamp_micros(when);
+                if when > now_micros() {
+                    return Err(Status::invalid_argument(
+                        "at is in the future; give a past instant, or none for now",
+                    ));
+                }
+                let Some(store) = &self.store else {
+                    return Err(Status::failed_precondition(
+                        "this collector keeps no history",
+                    ));
+                };
+                let found = store
+                    .activity_at(req.server_id.clone(), when)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                match found {
+                    Some((at, sessions)) => (at, Some(sessions)),
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "no history of {:?} at or before that instant (it is kept for {})",
+                            req.server_id,
+                            humantime::format_duration(crate::store::RETENTION)
+                        )));
+                    }
+                }
+            }
+        };
+        let all: &[Arc<Session>] = past.as_deref().unwrap_or(&server.sessions);
+        let mut sessions: Vec<_> = all
             .iter()
             .filter(|s| req.include_background || !s.is_background())
             .filter(|s| state.is_none_or(|st| s.state == st))

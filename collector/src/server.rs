@@ -17,6 +17,7 @@ use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
 use crate::metrics;
 use crate::query::QueryService;
+use crate::store::Store;
 
 /// Why the collector could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,9 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// The history store cannot be opened.
+    #[error("cannot open the history: {0}")]
+    Store(String),
     /// The TLS settings were refused.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
@@ -52,6 +56,7 @@ pub struct Collector {
     /// Where /metrics and /healthz are served, if anywhere.
     pub http_addr: Option<SocketAddr>,
     http_server: Option<JoinHandle<()>>,
+    store: Store,
     /// The aggregator, for in-process readers.
     pub aggregator: AggregatorHandle,
     shutdown: Option<oneshot::Sender<()>>,
@@ -90,8 +95,10 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         }
         None => None,
     };
+    let (store, loaded) =
+        Store::open(&config.data_dir).map_err(|e| StartError::Store(e.to_string()))?;
     let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
-    tokio::spawn(aggregator.run());
+    tokio::spawn(aggregator.with_store(store.clone(), loaded).run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
@@ -119,7 +126,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
     .accept_compressed(CompressionEncoding::Zstd)
     .accept_compressed(CompressionEncoding::Gzip);
-    let query = QueryServer::new(QueryService::new(handle.clone()))
+    let query = QueryServer::new(QueryService::new(handle.clone()).with_store(store.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -166,6 +173,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         }
     );
     Ok(Collector {
+        store,
         addr,
         http_addr,
         http_server,
@@ -200,6 +208,8 @@ impl Collector {
         {
             self.server.abort();
         }
+        // What the streams applied is committed before the collector is gone.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.store.flush()).await;
     }
 }
 

@@ -207,9 +207,23 @@ pub async fn activity(
             )
         })
         .transpose()?;
+    let at = filter
+        .at
+        .as_deref()
+        .map(|text| {
+            humantime::parse_rfc3339_weak(text.trim())
+                .map(|t| time::timestamp(time::system_time_to_micros(t)))
+                .map_err(|_| {
+                    CliError::Usage(format!(
+                        "--at {text:?} is not a time like 2026-11-24T03:12:00Z"
+                    ))
+                })
+        })
+        .transpose()?;
     let mut client = connect(remote).await?;
     let response = client
         .get_activity(v1::GetActivityRequest {
+            at,
             server_id: server.to_owned(),
             state: filter.state.unwrap_or_default(),
             min_duration: min_duration.map(|d| time::duration(d.as_micros() as i64)),

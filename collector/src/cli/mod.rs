@@ -24,6 +24,7 @@ Examples:
   pgfleet summary --by dc                       # the fleet per data centre
   pgfleet activity orders-db-1 --state active --min-duration 5s
   pgfleet activity orders-db-1 --wait Lock --database orders
+  pgfleet activity orders-db-1 --at 2026-11-24T03:12:00Z
   pgfleet top-sessions --by xact_age --label dc=eu1
   pgfleet blocking                              # every blocker in the fleet
   pgfleet pools orders-db-1                     # slots, PgBouncer, client pools
@@ -159,6 +160,9 @@ pub struct ActivityFilter {
     /// Include PostgreSQL's background processes
     #[arg(long)]
     pub all: bool,
+    /// The sessions as they were at this past instant, like 2026-11-24T03:12:00Z (from the collector's history)
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
 }
 
 /// The CLI's config file.

@@ -1,0 +1,378 @@
+//! The embedded history: one SQLite file under `--data-dir` (WAL mode), kept
+//! by one writer thread.
+//!
+//! Each applied snapshot is a frame: a keyframe (every session) or a delta
+//! (sessions new or changed, whole, and the keys of those that ended), zstd-
+//! compressed protobuf. The agents' last applied sequences and the servers'
+//! labels are kept beside them, so that a restarted collector resumes every
+//! agent where it stopped and holds the live view it had. Frames older than
+//! the retention are deleted.
+//!
+//! Writes are batched: the writer commits what has queued, at least every
+//! [`COMMIT_EVERY`]. A collector that is stopped commits everything first; one
+//! that is killed loses at most that much.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfleet_proto::model::{KeyHasher, Session, SessionKey, Snapshot, TargetStatus};
+use pgfleet_proto::time::{Micros, now_micros};
+use pgfleet_proto::v1;
+use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// The longest a frame waits to be committed.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How many writes may queue before ingest waits for the disk.
+const QUEUE: usize = 4096;
+
+/// How long frames are kept.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+const ZSTD_LEVEL: i32 = 3;
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("history store {}: {message}", path.display())]
+pub struct StoreError {
+    path: PathBuf,
+    message: String,
+}
+
+/// One applied snapshot, as stored.
+#[derive(Debug)]
+pub struct Frame {
+    pub server_id: String,
+    pub at: Micros,
+    pub keyframe: bool,
+    /// The sessions (all of them in a keyframe; the new or changed in a delta).
+    pub sessions: Vec<Arc<Session>>,
+    /// The keys of the sessions that ended (deltas).
+    pub removed: Vec<SessionKey>,
+}
+
+/// What the writer is asked to do.
+pub enum Op {
+    /// A batch was applied: its frames and the agent's sequence.
+    Applied {
+        agent_id: String,
+        seq: u64,
+        frames: Vec<Frame>,
+    },
+    /// A server registered (or registered again) with these labels.
+    Server {
+        server_id: String,
+        agent_id: String,
+        labels: BTreeMap<String, String>,
+        interval_ms: u64,
+    },
+    /// Commit everything queued, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A server as the store last knew it.
+#[derive(Debug)]
+pub struct StoredServer {
+    pub server_id: String,
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    /// Its sessions at `at`, rebuilt from the last keyframe and the deltas
+    /// after it; None when no frame is kept.
+    pub activity: Option<(Micros, Vec<Arc<Session>>)>,
+}
+
+/// What a store held when it was opened.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The last applied sequence of each agent.
+    pub agents: HashMap<String, u64>,
+    pub servers: Vec<StoredServer>,
+}
+
+/// The handle to the store: send writes, read history.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    writes: mpsc::Sender<Op>,
+}
+
+fn fail(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let db = Connection::open(path).map_err(|e| fail(path, e))?;
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(|e| fail(path, e))?;
+    Ok(db)
+}
+
+impl Store {
+    /// Opens (creating it if need be) `dir/pgfleet.sqlite`, reads back what
+    /// it holds, and starts the writer.
+    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+        let path = dir.join("pgfleet.sqlite");
+        let db = connect(&path)?;
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS agents (
+                 agent_id TEXT PRIMARY KEY,
+                 last_seq INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS servers (
+                 server_id TEXT PRIMARY KEY,
+                 agent_id TEXT NOT NULL,
+                 labels TEXT NOT NULL,
+                 interval_ms INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS frames (
+                 server_id TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 keyframe INTEGER NOT NULL,
+                 body BLOB NOT NULL,
+                 PRIMARY KEY (server_id, at)) WITHOUT ROWID;",
+        )
+        .map_err(|e| fail(&path, e))?;
+        let loaded = load(&db, &path)?;
+        let (writes, queue) = mpsc::channel(QUEUE);
+        let writer_path = path.clone();
+        std::thread::Builder::new()
+            .name("pgfleet-store".into())
+            .spawn(move || write_loop(db, queue, &writer_path))
+            .map_err(|e| fail(&path, e))?;
+        info!(
+            path = %path.display(),
+            agents = loaded.agents.len(),
+            servers = loaded.servers.len(),
+            "History store opened."
+        );
+        Ok((Store { path, writes }, loaded))
+    }
+
+    /// Queues a write, waiting while the queue is full (the disk sets the pace).
+    pub async fn write(&self, op: Op) {
+        if self.writes.send(op).await.is_err() {
+            error!(path = %self.path.display(), "The history store's writer stopped; history is not being kept.");
+        }
+    }
+
+    /// Commits everything queued.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.write(Op::Flush(tx)).await;
+        let _ = rx.await;
+    }
+
+    /// `server_id`'s sessions as they were at `at`, with the time of the frame
+    /// they come from; None when no frame at or before `at` is kept.
+    pub async fn activity_at(
+        &self,
+        server_id: String,
+        at: Micros,
+    ) -> Result<Option<(Micros, Vec<Arc<Session>>)>, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = connect(&path)?;
+            rebuild(&db, &server_id, at).map_err(|e| fail(&path, e))
+        })
+        .await
+        .map_err(|e| fail(&self.path, e))?
+    }
+}
+
+fn load(db: &Connection, path: &Path) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded::default();
+    let mut agents = db
+        .prepare("SELECT agent_id, last_seq FROM agents")
+        .map_err(|e| fail(path, e))?;
+    let rows = agents
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(|e| fail(path, e))?;
+    for row in rows {
+        let (id, seq) = row.map_err(|e| fail(path, e))?;
+        loaded.agents.insert(id, seq.max(0) as u64);
+    }
+    let mut servers = db
+        .prepare("SELECT server_id, agent_id, labels, interval_ms FROM servers")
+        .map_err(|e| fail(path, e))?;
+    let rows = servers
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(|e| fail(path, e))?;
+    for row in rows {
+        let (server_id, agent_id, labels, interval_ms) = row.map_err(|e| fail(path, e))?;
+        let activity = rebuild(db, &server_id, Micros::MAX).map_err(|e| fail(path, e))?;
+        loaded.servers.push(StoredServer {
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            interval: Duration::from_millis(interval_ms.max(10) as u64),
+            server_id,
+            agent_id,
+            activity,
+        });
+    }
+    Ok(loaded)
+}
+
+/// The sessions at `at`: the last keyframe at or before it, and every delta
+/// after that keyframe up to `at`.
+fn rebuild(
+    db: &Connection,
+    server_id: &str,
+    at: Micros,
+) -> rusqlite::Result<Option<(Micros, Vec<Arc<Session>>)>> {
+    let Some(start): Option<i64> = db
+        .query_row(
+            "SELECT max(at) FROM frames WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
+            params![server_id, at],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let mut frames = db.prepare(
+        "SELECT at, keyframe, body FROM frames WHERE server_id = ?1 AND at >= ?2 AND at <= ?3 ORDER BY at",
+    )?;
+    let rows = frames.query_map(params![server_id, start, at], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut sessions: Vec<Arc<Session>> = Vec::new();
+    let mut last = start;
+    for row in rows {
+        let (frame_at, keyframe, body) = row?;
+        let Some(snapshot) = decode(&body) else {
+            warn!(server.id = %server_id, at = frame_at, "Skipped a history frame that does not decode.");
+            continue;
+        };
+        if keyframe {
+            sessions = snapshot.sessions;
+        } else {
+            let removed = snapshot.delta.map(|d| d.removed).unwrap_or_default();
+            let gone: HashSet<SessionKey, BuildHasherDefault<KeyHasher>> = removed
+                .into_iter()
+                .chain(snapshot.sessions.iter().map(|s| s.key()))
+                .collect();
+            sessions.retain(|s| !gone.contains(&s.key()));
+            sessions.extend(snapshot.sessions);
+        }
+        last = frame_at;
+    }
+    Ok(Some((last, sessions)))
+}
+
+fn encode(frame: &Frame) -> Vec<u8> {
+    let snapshot = Snapshot {
+        status: TargetStatus::Up,
+        sessions: frame.sessions.clone(),
+        delta: (!frame.keyframe).then(|| pgfleet_proto::model::Delta {
+            base_sampled_at_us: 0,
+            removed: frame.removed.clone(),
+            unchanged: Vec::new(),
+        }),
+        ..Snapshot::down(frame.server_id.clone(), frame.at, String::new())
+    };
+    let bytes = v1::Snapshot::from(&snapshot).encode_to_vec();
+    zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+}
+
+fn decode(body: &[u8]) -> Option<Snapshot> {
+    let bytes = zstd::stream::decode_all(body).ok()?;
+    let wire = v1::Snapshot::decode(bytes.as_slice()).ok()?;
+    Snapshot::try_from(wire).ok()
+}
+
+fn write_loop(mut db: Connection, mut queue: mpsc::Receiver<Op>, path: &Path) {
+    let mut last_retention = std::time::Instant::now();
+    while let Some(first) = queue.blocking_recv() {
+        let started = std::time::Instant::now();
+        let mut ops = vec![first];
+        // What else is queued, up to the commit interval.
+        while started.elapsed() < COMMIT_EVERY {
+            match queue.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut flushed = Vec::new();
+        if let Err(e) = commit(&mut db, ops, &mut flushed) {
+            error!(path = %path.display(), error = %e, "Cannot write the history store.");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+        if last_retention.elapsed() > Duration::from_secs(60) {
+            last_retention = std::time::Instant::now();
+            let cutoff = now_micros() - RETENTION.as_micros() as i64;
+            if let Err(e) = db.execute("DELETE FROM frames WHERE at < ?1", params![cutoff]) {
+                warn!(error = %e, "Cannot delete history past its retention.");
+            }
+        }
+    }
+}
+
+fn commit(
+    db: &mut Connection,
+    ops: Vec<Op>,
+    flushed: &mut Vec<oneshot::Sender<()>>,
+) -> rusqlite::Result<()> {
+    let tx = db.transaction()?;
+    {
+        let mut frame = tx.prepare_cached(
+            "INSERT OR REPLACE INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut agent = tx.prepare_cached(
+            "INSERT INTO agents (agent_id, last_seq) VALUES (?1, ?2)
+             ON CONFLICT (agent_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+        )?;
+        let mut server = tx.prepare_cached(
+            "INSERT OR REPLACE INTO servers (server_id, agent_id, labels, interval_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for op in ops {
+            match op {
+                Op::Applied {
+                    agent_id,
+                    seq,
+                    frames,
+                } => {
+                    for f in &frames {
+                        frame.execute(params![f.server_id, f.at, f.keyframe, encode(f)])?;
+                    }
+                    agent.execute(params![agent_id, seq as i64])?;
+                }
+                Op::Server {
+                    server_id,
+                    agent_id,
+                    labels,
+                    interval_ms,
+                } => {
+                    let labels = serde_json::to_string(&labels).unwrap_or_default();
+                    server.execute(params![server_id, agent_id, labels, interval_ms as i64])?;
+                }
+                Op::Flush(done) => flushed.push(done),
+            }
+        }
+    }
+    tx.commit()
+}
