@@ -106,10 +106,9 @@ impl Shipper {
     pub fn new(
         link: Link,
         hello: v1::Hello,
-        spool: Spool,
+        mut spool: Spool,
         snapshots: mpsc::Receiver<Snapshot>,
     ) -> Self {
-        let mut spool = spool;
         let mut encoder = Encoder::default();
         encoder.restore_dictionary(spool.take_recovered_dictionary());
         Shipper {

@@ -98,6 +98,12 @@ pub enum Health {
 }
 
 impl ServerView {
+    /// Whether the server carries every one of `wanted` with its value (the
+    /// label filter of the query API).
+    pub fn has_labels(&self, wanted: &HashMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+
     /// The server's health at `now`.
     pub fn health(&self, now: Micros) -> Health {
         let limit = self.interval.as_micros() as i64 * i64::from(STALE_AFTER_INTERVALS);
@@ -609,7 +615,7 @@ impl Aggregator {
 /// left out taken from their version in `base`, `removed` and the sessions
 /// that `upserted` replaces taken out, `upserted` added. None when a session
 /// left out fields that `base` does not have.
-fn merge(
+pub(crate) fn merge(
     base: &[Arc<Session>],
     mut upserted: Vec<Arc<Session>>,
     delta: &Delta,

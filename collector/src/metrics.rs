@@ -11,14 +11,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use pgfleet_proto::time::{Micros, now_micros};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::error;
 
-use crate::aggregator::{AggregatorHandle, FleetView, Health, ServerView};
+use crate::aggregator::{AggregatorHandle, FleetView, ServerView};
 use crate::rollup::Rollup;
 
 /// The text format's content type.
@@ -51,11 +50,6 @@ pub fn serve(
             error!(error = %e, "The metrics server stopped.");
         }
     })
-}
-
-/// Binds the metrics address, naming it in the error.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// A text-format writer: one family at a time, its samples together.
@@ -139,8 +133,12 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         "gauge",
         "1 when the server was sampled within three intervals and is up, as postgres_exporter's pg_up.",
     );
-    for s in &servers {
-        let up = s.health(now) == Health::Up;
+    let statuses: Vec<&str> = servers
+        .iter()
+        .map(|s| crate::query::status_word(&s.health(now)))
+        .collect();
+    for (s, status) in servers.iter().zip(&statuses) {
+        let up = *status == "up";
         out.sample(
             "pg_up",
             &[("server", &s.server_id)],
@@ -152,13 +150,12 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         "gauge",
         "1 for the server's status: up, down (the agent cannot sample it) or stale (nothing heard for three intervals).",
     );
-    for s in &servers {
-        let status = crate::query::status_word(&s.health(now));
+    for (s, status) in servers.iter().zip(&statuses) {
         for candidate in ["up", "down", "stale"] {
             out.sample(
                 "pgfleet_server_status",
                 &[("server", &s.server_id), ("status", candidate)],
-                f64::from(u8::from(candidate == status)),
+                f64::from(u8::from(candidate == *status)),
             );
         }
     }
@@ -245,7 +242,9 @@ pub fn render(view: &FleetView, now: Micros) -> String {
 }
 
 fn connection_slots(out: &mut Out, servers: &[&ServerView]) {
-    let slots = |s: &&ServerView| s.pools.slots.clone();
+    fn slots<'a>(s: &&'a ServerView) -> Option<&'a pgfleet_proto::v1::ConnectionSlots> {
+        s.pools.slots.as_ref()
+    }
     out.family(
         "pg_settings_max_connections",
         "gauge",

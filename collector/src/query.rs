@@ -112,7 +112,7 @@ impl v1::query_server::Query for QueryService {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let labels = request.into_inner().labels;
-        let wanted = move |s: &ServerView| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v));
+        let wanted = move |s: &ServerView| s.has_labels(&labels);
         let mut views = self.aggregator.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let mut last = views.borrow_and_update().clone();
@@ -196,7 +196,7 @@ impl v1::query_server::Query for QueryService {
         let servers = view
             .servers
             .values()
-            .filter(|s| wanted.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .filter(|s| s.has_labels(&wanted))
             .map(|s| server_message(s, now))
             .collect();
         Ok(Response::new(v1::ListServersResponse { servers }))
@@ -304,7 +304,7 @@ impl v1::query_server::Query for QueryService {
             rows: summarise(
                 view.servers
                     .values()
-                    .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                    .filter(|s| s.has_labels(&req.labels))
                     .map(|s| s.as_ref()),
                 group_by,
                 now_micros(),
@@ -329,11 +329,7 @@ impl v1::query_server::Query for QueryService {
         };
         let view = self.aggregator.view();
         let mut ranked: Vec<(i64, &ServerView, &Arc<Session>)> = Vec::new();
-        for server in view
-            .servers
-            .values()
-            .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        {
+        for server in view.servers.values().filter(|s| s.has_labels(&req.labels)) {
             let at = server.sampled_at_us;
             for s in server.sessions.iter().filter(|s| !s.is_background()) {
                 if let Some(age) = order.age(s, at) {
@@ -367,7 +363,7 @@ impl v1::query_server::Query for QueryService {
                 .view()
                 .servers
                 .values()
-                .filter(|s| req.labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+                .filter(|s| s.has_labels(&req.labels))
                 .cloned()
                 .collect()
         } else {
@@ -452,7 +448,7 @@ pub fn summarise<'a>(
             row.longest_transaction = Some(time::duration(age));
             row.longest_transaction_server = s.server_id.clone();
         }
-        let share = utilisation(&s.pools).slots;
+        let share = slots_utilisation(&s.pools);
         if share > row.max_slot_utilisation {
             row.max_slot_utilisation = share;
             row.most_saturated_server = s.server_id.clone();
@@ -675,17 +671,8 @@ mod blocking {
 
 /// How full a server's pools are.
 pub fn utilisation(pools: &crate::aggregator::Pools) -> v1::PoolUtilisation {
-    let share = |used: u32, of: u32| {
-        if of == 0 {
-            0.0
-        } else {
-            f64::from(used) / f64::from(of)
-        }
-    };
     v1::PoolUtilisation {
-        slots: pools.slots.as_ref().map_or(0.0, |s| {
-            share(s.used, s.max_connections.saturating_sub(s.reserved))
-        }),
+        slots: slots_utilisation(pools),
         client_pools: pools
             .client_pools
             .iter()
@@ -703,4 +690,20 @@ pub fn utilisation(pools: &crate::aggregator::Pools) -> v1::PoolUtilisation {
             })
             .collect(),
     }
+}
+
+/// `used` over `of`; 0 when there is nothing to use.
+fn share(used: u32, of: u32) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        f64::from(used) / f64::from(of)
+    }
+}
+
+/// Client backends over the slots they may take.
+fn slots_utilisation(pools: &crate::aggregator::Pools) -> f64 {
+    pools.slots.as_ref().map_or(0.0, |s| {
+        share(s.used, s.max_connections.saturating_sub(s.reserved))
+    })
 }

@@ -81,7 +81,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     })?;
     let http = match config.http_listen {
         Some(http_addr) => {
-            let l = metrics::bind(http_addr)
+            let l = TcpListener::bind(http_addr)
                 .await
                 .map_err(|source| StartError::Listen {
                     addr: http_addr,

@@ -12,19 +12,20 @@
 //! [`COMMIT_EVERY`]. A collector that is stopped commits everything first; one
 //! that is killed loses at most that much.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionKey, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Session, SessionKey, Snapshot, TargetStatus};
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
+
+use crate::aggregator::merge;
 
 /// The longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -101,6 +102,9 @@ pub struct Loaded {
 pub struct Store {
     path: PathBuf,
     writes: mpsc::Sender<Op>,
+    /// One connection for reads, opened once (WAL lets it read while the
+    /// writer writes).
+    reader: Arc<Mutex<Connection>>,
 }
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -145,6 +149,7 @@ impl Store {
         )
         .map_err(|e| fail(&path, e))?;
         let loaded = load(&db, &path)?;
+        let reader = Arc::new(Mutex::new(connect(&path)?));
         let (writes, queue) = mpsc::channel(QUEUE);
         let writer_path = path.clone();
         std::thread::Builder::new()
@@ -157,7 +162,14 @@ impl Store {
             servers = loaded.servers.len(),
             "History store opened."
         );
-        Ok((Store { path, writes }, loaded))
+        Ok((
+            Store {
+                path,
+                writes,
+                reader,
+            },
+            loaded,
+        ))
     }
 
     /// Queues a write, waiting while the queue is full (the disk sets the pace).
@@ -182,8 +194,9 @@ impl Store {
         at: Micros,
     ) -> Result<Option<(Micros, Vec<Arc<Session>>)>, StoreError> {
         let path = self.path.clone();
+        let reader = self.reader.clone();
         tokio::task::spawn_blocking(move || {
-            let db = connect(&path)?;
+            let db = reader.lock().map_err(|_| fail(&path, "a read panicked"))?;
             rebuild(&db, &server_id, at).map_err(|e| fail(&path, e))
         })
         .await
@@ -266,16 +279,14 @@ fn rebuild(
             warn!(server.id = %server_id, at = frame_at, "Skipped a history frame that does not decode.");
             continue;
         };
-        if keyframe {
-            sessions = snapshot.sessions;
-        } else {
-            let removed = snapshot.delta.map(|d| d.removed).unwrap_or_default();
-            let gone: HashSet<SessionKey, BuildHasherDefault<KeyHasher>> = removed
-                .into_iter()
-                .chain(snapshot.sessions.iter().map(|s| s.key()))
-                .collect();
-            sessions.retain(|s| !gone.contains(&s.key()));
-            sessions.extend(snapshot.sessions);
+        match snapshot.delta {
+            Some(delta) if !keyframe => {
+                // Stored deltas hold whole sessions, so the merge always holds.
+                if let Some(merged) = merge(&sessions, snapshot.sessions, &delta) {
+                    sessions = merged;
+                }
+            }
+            _ => sessions = snapshot.sessions,
         }
         last = frame_at;
     }

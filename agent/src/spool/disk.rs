@@ -305,10 +305,7 @@ impl Disk {
             .ok_or_else(|| io::Error::other(format!("no segment holds batch {seq}")))?;
         let mut header = [0u8; RECORD_HEADER as usize];
         segment.file.read_exact_at(&mut header, offset)?;
-        let mut body = vec![0u8; len as usize];
-        segment
-            .file
-            .read_exact_at(&mut body, offset + RECORD_HEADER)?;
+        let body = read_body(&segment.file, offset, len)?;
         let (stored_len, crc) = split_header(&header);
         if stored_len != len || crc != crc32fast::hash(&body) {
             return Err(io::Error::new(
@@ -402,6 +399,7 @@ fn push_record(buf: &mut Vec<u8>, body: &[u8]) {
     buf.extend_from_slice(body);
 }
 
+/// The body of the record at `offset`, `len` bytes long.
 fn read_body(file: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
     let mut body = vec![0u8; len as usize];
     file.read_exact_at(&mut body, offset + RECORD_HEADER)?;
@@ -422,8 +420,7 @@ fn scan(file: &File, first: u64) -> io::Result<(Vec<Found>, u64, u64)> {
         if end > file_len {
             break;
         }
-        let mut body = vec![0u8; len as usize];
-        file.read_exact_at(&mut body, offset + RECORD_HEADER)?;
+        let body = read_body(file, offset, len)?;
         if crc32fast::hash(&body) != crc {
             break;
         }
