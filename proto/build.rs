@@ -25,6 +25,9 @@ const JSON_MESSAGES: &[&str] = &[
     "GetDatabasesResponse",
     "DatabaseTotals",
     "DatabaseCounters",
+    "QueryMetricsResponse",
+    "MetricSeries",
+    "MetricPoint",
 ];
 
 /// Their google.protobuf.Timestamp and Duration fields, with the serde helper for each.
@@ -46,6 +49,8 @@ const JSON_FIELDS: &[(&str, &str)] = &[
     ("ClientPool.kind", "pool_kind"),
     ("FleetSummaryRow.longest_transaction", "duration"),
     ("BlockingTree.longest_wait", "duration"),
+    ("QueryMetricsResponse.step", "duration"),
+    ("MetricPoint.at", "timestamp"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,6 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Printed in a stable order.
+    config.btree_map([".pgfleet.v1.MetricSeries.labels"]);
 
     let mut builder = tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("pgfleet_descriptor.bin"));

@@ -18,6 +18,7 @@ use tonic::Status;
 use tracing::{debug, info};
 
 use crate::config::DuplicateServerId;
+use crate::rollup::{Minute, Rollup};
 use crate::store::{Frame, Loaded, Op as StoreOp, Store};
 
 /// How many commands may wait for the aggregator.
@@ -53,6 +54,11 @@ pub struct ServerView {
     /// How many of them are client sessions (not background processes), counted
     /// once when the snapshot is applied rather than at every read.
     pub client_sessions: u32,
+    /// The sessions counted (by state, waits, blocks, the oldest
+    /// transaction), once when the snapshot is applied.
+    pub rollup: Arc<Rollup>,
+    /// The minute being rolled up; stored when the next one begins.
+    pub minute: Arc<Minute>,
     /// The server's facts, from the last snapshot that carried them.
     pub facts: Option<Arc<v1::ServerFacts>>,
     /// The agent's counters for this server, from its last snapshot.
@@ -98,6 +104,29 @@ pub enum Health {
 }
 
 impl ServerView {
+    /// A server nothing has been heard of yet.
+    pub fn new(server_id: &str, interval: Duration) -> ServerView {
+        ServerView {
+            server_id: server_id.to_owned(),
+            agent_id: String::new(),
+            agent_connected: false,
+            labels: BTreeMap::new(),
+            interval,
+            last_seen_us: None,
+            sampled_at_us: 0,
+            status: TargetStatus::Up,
+            sessions: Arc::default(),
+            client_sessions: 0,
+            rollup: Arc::default(),
+            minute: Arc::default(),
+            facts: None,
+            agent: None,
+            stream: v1::StreamStats::default(),
+            pools: Arc::default(),
+            databases: Arc::default(),
+        }
+    }
+
     /// Whether the server carries every one of `wanted` with its value (the
     /// label filter of the query API).
     pub fn has_labels(&self, wanted: &HashMap<String, String>) -> bool {
@@ -179,6 +208,12 @@ pub enum Command {
         agent_id: String,
         /// The stream that ended.
         conn_id: u64,
+    },
+    /// Store the minutes being rolled up (the collector is stopping); answers
+    /// once they are queued for the store.
+    StoreMinutes {
+        /// Where the answer goes.
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -283,22 +318,17 @@ impl Aggregator {
         }
         for s in loaded.servers {
             let (at, sessions) = s.activity.unwrap_or((0, Vec::new()));
+            let minute = s.minute.unwrap_or_default();
             let view = ServerView {
-                server_id: s.server_id.clone(),
                 agent_id: s.agent_id,
-                agent_connected: false,
                 labels: s.labels,
-                interval: s.interval,
                 last_seen_us: (at > 0).then_some(at),
                 sampled_at_us: at,
-                status: TargetStatus::Up,
                 client_sessions: client_sessions(&sessions),
+                rollup: Arc::new(Rollup::of(&sessions, at)),
+                minute: Arc::new(minute),
                 sessions: Arc::new(sessions),
-                facts: None,
-                agent: None,
-                stream: v1::StreamStats::default(),
-                pools: Arc::default(),
-                databases: Arc::default(),
+                ..ServerView::new(&s.server_id, s.interval)
             };
             self.servers.insert(s.server_id, Arc::new(view));
         }
@@ -362,6 +392,19 @@ impl Aggregator {
                 self.apply(&agent_id, conn_id, seq, snapshots),
             )),
             Command::Disconnect { agent_id, conn_id } => self.disconnect(&agent_id, conn_id),
+            Command::StoreMinutes { reply } => {
+                if self.store.is_some() {
+                    for view in self.servers.values() {
+                        if view.minute.samples > 0 {
+                            self.writes.push(StoreOp::Minute {
+                                server_id: view.server_id.clone(),
+                                minute: (*view.minute).clone(),
+                            });
+                        }
+                    }
+                }
+                replies.push(Reply::Done(reply));
+            }
         }
     }
 
@@ -401,23 +444,7 @@ impl Aggregator {
         for t in targets {
             let base = match self.servers.get(&t.server_id) {
                 Some(previous) => (**previous).clone(),
-                None => ServerView {
-                    server_id: t.server_id.clone(),
-                    agent_id: String::new(),
-                    agent_connected: true,
-                    labels: BTreeMap::new(),
-                    interval,
-                    last_seen_us: None,
-                    sampled_at_us: 0,
-                    status: TargetStatus::Up,
-                    sessions: Arc::default(),
-                    client_sessions: 0,
-                    facts: None,
-                    agent: None,
-                    stream: v1::StreamStats::default(),
-                    pools: Arc::default(),
-                    databases: Arc::default(),
-                },
+                None => ServerView::new(&t.server_id, interval),
             };
             if self.store.is_some() {
                 self.writes.push(StoreOp::Server {
@@ -490,13 +517,26 @@ impl Aggregator {
             if current.agent_id != agent_id {
                 continue;
             }
+            // A snapshot of a later minute closes the one being rolled up.
+            if !current.minute.holds(snapshot.sampled_at_us)
+                && snapshot.sampled_at_us > current.minute.start
+            {
+                let open = std::mem::replace(
+                    &mut Arc::make_mut(current).minute,
+                    Arc::new(Minute::holding(snapshot.sampled_at_us)),
+                );
+                if keep && open.samples > 0 {
+                    self.writes.push(StoreOp::Minute {
+                        server_id: snapshot.server_id.clone(),
+                        minute: Arc::unwrap_or_clone(open),
+                    });
+                }
+            }
             // Increments add up in any order, so even an older snapshot counts.
             if snapshot.status == TargetStatus::Up {
-                sum_databases(
-                    Arc::make_mut(&mut Arc::make_mut(current).databases),
-                    &snapshot.databases,
-                    now,
-                );
+                let view = Arc::make_mut(current);
+                sum_databases(Arc::make_mut(&mut view.databases), &snapshot.databases, now);
+                Arc::make_mut(&mut view.minute).add_counters(&snapshot.databases);
             }
             // Snapshots from a replay after a reconnect may be older than what is
             // held; the live view keeps the newest.
@@ -566,6 +606,12 @@ impl Aggregator {
                 pgbouncer: snapshot.pgbouncer,
                 client_pools: snapshot.client_pools,
             });
+            let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
+            if view.status == TargetStatus::Up {
+                let interval_us = view.interval.as_micros() as i64;
+                Arc::make_mut(&mut view.minute).add_sample(&rollup, &view.pools, interval_us);
+            }
+            view.rollup = Arc::new(rollup);
         }
         self.publish_stream(agent_id);
         if keep {
@@ -674,6 +720,7 @@ fn client_sessions(sessions: &[Arc<Session>]) -> u32 {
 
 /// An answer held back until the view that contains its change is published.
 enum Reply {
+    Done(oneshot::Sender<()>),
     Register(oneshot::Sender<Result<u64, Status>>, Result<u64, Status>),
     Apply(
         oneshot::Sender<Result<Vec<String>, Status>>,
@@ -684,6 +731,9 @@ enum Reply {
 impl Reply {
     fn send(self) {
         match self {
+            Reply::Done(tx) => {
+                let _ = tx.send(());
+            }
             Reply::Register(tx, r) => {
                 let _ = tx.send(r);
             }

@@ -3,10 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use pgfleet_agent::settings::{self, SettingsError, Token};
 use pgfleet_agent::tls::ServerTls;
 use serde::Deserialize;
+
+use crate::store::Retention;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -50,6 +53,12 @@ pub struct CollectorArgs {
     /// What to do when a second live agent claims a server_id: refuse it, or let it take the server over (for a primary/standby pair whose agents name one server) [default: refuse]
     #[arg(long, env = "PGFLEET_DUPLICATE_SERVER_ID", value_name = "POLICY")]
     pub duplicate_server_id: Option<String>,
+    /// How long the history of sessions is kept, from which `activity --at` rebuilds a past instant [default: 24h]
+    #[arg(long, env = "PGFLEET_RETENTION_FRAMES", value_name = "DURATION")]
+    pub retention_frames: Option<String>,
+    /// How long the per-minute rollups are kept, from which `pgfleet metrics` answers [default: 30d]
+    #[arg(long, env = "PGFLEET_RETENTION_ROLLUPS", value_name = "DURATION")]
+    pub retention_rollups: Option<String>,
     /// A TOML file with any of the settings above
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -75,6 +84,10 @@ pub struct CollectorFile {
     pub tls_client_ca: Option<PathBuf>,
     /// See `--duplicate-server-id`.
     pub duplicate_server_id: Option<String>,
+    /// See `--retention-frames`.
+    pub retention_frames: Option<String>,
+    /// See `--retention-rollups`.
+    pub retention_rollups: Option<String>,
 }
 
 /// The collector's settings, checked and complete.
@@ -92,6 +105,8 @@ pub struct CollectorConfig {
     pub tls: Option<ServerTls>,
     /// What to do when a second live agent claims a server_id.
     pub duplicate_server_id: DuplicateServerId,
+    /// How long history is kept.
+    pub retention: Retention,
 }
 
 /// Where /metrics is served unless told otherwise.
@@ -131,6 +146,7 @@ impl CollectorConfig {
             tokens: Vec::new(),
             tls: None,
             duplicate_server_id: DuplicateServerId::default(),
+            retention: Retention::default(),
         }
     }
 
@@ -181,6 +197,19 @@ impl CollectorConfig {
                 ),
             })?),
         };
+        let defaults = Retention::default();
+        let retention = Retention {
+            frames: retention_setting(
+                "retention_frames",
+                args.retention_frames.or(file.retention_frames),
+                defaults.frames,
+            )?,
+            rollups: retention_setting(
+                "retention_rollups",
+                args.retention_rollups.or(file.retention_rollups),
+                defaults.rollups,
+            )?,
+        };
         Ok(CollectorConfig {
             listen,
             http_listen,
@@ -188,7 +217,24 @@ impl CollectorConfig {
             tokens,
             tls,
             duplicate_server_id,
+            retention,
         })
+    }
+}
+
+/// A retention: between a minute and ten years.
+fn retention_setting(
+    key: &'static str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, SettingsError> {
+    match text {
+        Some(text) => settings::parse_duration(
+            key,
+            &text,
+            Duration::from_secs(60)..=Duration::from_secs(10 * 365 * 24 * 3600),
+        ),
+        None => Ok(default),
     }
 }
 

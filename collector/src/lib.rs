@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod query;
 pub mod rollup;
 pub mod sandbox;
+pub mod series;
 pub mod server;
 pub mod store;

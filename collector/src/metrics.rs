@@ -108,10 +108,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         text: String::with_capacity(64 << 10),
     };
     let servers: Vec<&ServerView> = view.servers.values().map(|s| s.as_ref()).collect();
-    let rollups: Vec<Rollup> = servers
-        .iter()
-        .map(|s| Rollup::of(&s.sessions, s.sampled_at_us))
-        .collect();
+    let rollups: Vec<&Rollup> = servers.iter().map(|s| s.rollup.as_ref()).collect();
 
     out.family(
         "pgfleet_server_info",

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use pgfleet_agent::settings::check_label;
 
 use crate::aggregator::{AggregatorHandle, Health, ServerView};
-use crate::rollup::Rollup;
+use crate::series::Plan;
 use crate::store::Store;
 
 /// The Query service.
@@ -245,7 +245,7 @@ impl v1::query_server::Query for QueryService {
                         return Err(Status::not_found(format!(
                             "no history of {:?} at or before that instant (it is kept for {})",
                             req.server_id,
-                            humantime::format_duration(crate::store::RETENTION)
+                            humantime::format_duration(store.retention().frames)
                         )));
                     }
                 }
@@ -381,6 +381,29 @@ impl v1::query_server::Query for QueryService {
         Ok(Response::new(v1::BlockingTreesResponse { trees }))
     }
 
+    async fn query_metrics(
+        &self,
+        request: Request<v1::QueryMetricsRequest>,
+    ) -> Result<Response<v1::QueryMetricsResponse>, Status> {
+        let plan =
+            Plan::new(&request.into_inner(), now_micros()).map_err(Status::invalid_argument)?;
+        let Some(store) = &self.store else {
+            return Err(Status::failed_precondition(
+                "this collector keeps no history",
+            ));
+        };
+        let view = self.aggregator.view();
+        let stored = store
+            .minutes(plan.start, plan.end)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(v1::QueryMetricsResponse {
+            metric: plan.metric.name().to_owned(),
+            step: Some(time::duration(plan.step_us)),
+            series: plan.evaluate(&view.servers, &stored),
+        }))
+    }
+
     async fn get_databases(
         &self,
         request: Request<v1::GetDatabasesRequest>,
@@ -434,11 +457,11 @@ pub fn summarise<'a>(
             Health::Down(_) => row.servers_down += 1,
             Health::Stale(_) => row.servers_stale += 1,
         }
-        let r = Rollup::of(&s.sessions, s.sampled_at_us);
+        let r = &s.rollup;
         row.sessions += r.sessions;
         row.waiting_sessions += r.waiting;
         row.blocked_sessions += r.blocked;
-        for (state, n) in r.by_state {
+        for (state, n) in &r.by_state {
             *acc.by_state.entry(state).or_default() += n;
         }
         if let Some(age) = r.longest_xact_us

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tracing::{error, info};
 
-use crate::aggregator::{Aggregator, AggregatorHandle};
+use crate::aggregator::{Aggregator, AggregatorHandle, Command};
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
 use crate::metrics;
@@ -95,8 +95,8 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         }
         None => None,
     };
-    let (store, loaded) =
-        Store::open(&config.data_dir).map_err(|e| StartError::Store(e.to_string()))?;
+    let (store, loaded) = Store::open(&config.data_dir, config.retention)
+        .map_err(|e| StartError::Store(e.to_string()))?;
     let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
     tokio::spawn(aggregator.with_store(store.clone(), loaded).run());
 
@@ -208,7 +208,17 @@ impl Collector {
         {
             self.server.abort();
         }
-        // What the streams applied is committed before the collector is gone.
+        // What the streams applied, and the minutes being rolled up, are
+        // committed before the collector is gone.
+        let (done, stored) = oneshot::channel::<()>();
+        if self
+            .aggregator
+            .send(Command::StoreMinutes { reply: done })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stored).await;
+        }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.store.flush()).await;
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! Each applied snapshot is a frame: a keyframe (every session) or a delta
 //! (sessions new or changed, whole, and the keys of those that ended), zstd-
-//! compressed protobuf. The agents' last applied sequences and the servers'
-//! labels are kept beside them, so that a restarted collector resumes every
-//! agent where it stopped and holds the live view it had. Frames older than
-//! the retention are deleted.
+//! compressed protobuf. Each server's minutes are rolled up (see
+//! [`Minute`]) for `QueryMetrics`. The agents' last applied sequences and the
+//! servers' labels are kept beside them, so that a restarted collector
+//! resumes every agent where it stopped and holds the live view it had.
+//! Frames and rollups older than their retention are deleted.
 //!
 //! Writes are batched: the writer commits what has queued, at least every
 //! [`COMMIT_EVERY`]. A collector that is stopped commits everything first; one
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 use crate::aggregator::merge;
+use crate::rollup::Minute;
 
 /// The longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -33,10 +35,49 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 /// How many writes may queue before ingest waits for the disk.
 const QUEUE: usize = 4096;
 
-/// How long frames are kept.
-pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Frames (keyframes and deltas), from which `GetActivity … at` rebuilds.
+    pub frames: Duration,
+    /// Per-minute rollups, from which `QueryMetrics` answers.
+    pub rollups: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            frames: Duration::from_secs(24 * 3600),
+            rollups: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// How often history past its retention is deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 const ZSTD_LEVEL: i32 = 3;
+
+/// The tables.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
+        agent_id TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS servers (
+        server_id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        interval_ms INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS frames (
+        server_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        keyframe INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (server_id, at)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS rollups (
+        minute INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (minute, server_id)) WITHOUT ROWID;";
 
 /// Why the store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +114,8 @@ pub enum Op {
         labels: BTreeMap<String, String>,
         interval_ms: u64,
     },
+    /// One server's minute, rolled up.
+    Minute { server_id: String, minute: Minute },
     /// Commit everything queued, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -87,6 +130,9 @@ pub struct StoredServer {
     /// Its sessions at `at`, rebuilt from the last keyframe and the deltas
     /// after it; None when no frame is kept.
     pub activity: Option<(Micros, Vec<Arc<Session>>)>,
+    /// Its last stored minute, when that is recent: a collector stopped and
+    /// started within a minute carries on rolling it up.
+    pub minute: Option<Minute>,
 }
 
 /// What a store held when it was opened.
@@ -101,6 +147,7 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    retention: Retention,
     writes: mpsc::Sender<Op>,
     /// One connection for reads, opened once (WAL lets it read while the
     /// writer writes).
@@ -128,33 +175,17 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 impl Store {
     /// Opens (creating it if need be) `dir/pgfleet.sqlite`, reads back what
     /// it holds, and starts the writer.
-    pub fn open(dir: &Path) -> Result<(Store, Loaded), StoreError> {
+    pub fn open(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
         let path = dir.join("pgfleet.sqlite");
         let db = connect(&path)?;
-        db.execute_batch(
-            "CREATE TABLE IF NOT EXISTS agents (
-                 agent_id TEXT PRIMARY KEY,
-                 last_seq INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS servers (
-                 server_id TEXT PRIMARY KEY,
-                 agent_id TEXT NOT NULL,
-                 labels TEXT NOT NULL,
-                 interval_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS frames (
-                 server_id TEXT NOT NULL,
-                 at INTEGER NOT NULL,
-                 keyframe INTEGER NOT NULL,
-                 body BLOB NOT NULL,
-                 PRIMARY KEY (server_id, at)) WITHOUT ROWID;",
-        )
-        .map_err(|e| fail(&path, e))?;
+        db.execute_batch(SCHEMA).map_err(|e| fail(&path, e))?;
         let loaded = load(&db, &path)?;
         let reader = Arc::new(Mutex::new(connect(&path)?));
         let (writes, queue) = mpsc::channel(QUEUE);
         let writer_path = path.clone();
         std::thread::Builder::new()
             .name("pgfleet-store".into())
-            .spawn(move || write_loop(db, queue, &writer_path))
+            .spawn(move || write_loop(db, queue, &writer_path, retention))
             .map_err(|e| fail(&path, e))?;
         info!(
             path = %path.display(),
@@ -165,6 +196,7 @@ impl Store {
         Ok((
             Store {
                 path,
+                retention,
                 writes,
                 reader,
             },
@@ -179,11 +211,32 @@ impl Store {
         }
     }
 
+    /// How long it keeps history.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
     /// Commits everything queued.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         self.write(Op::Flush(tx)).await;
         let _ = rx.await;
+    }
+
+    /// Every stored minute that starts in `[start, end)`, with its server.
+    pub async fn minutes(
+        &self,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Minute)>, StoreError> {
+        let path = self.path.clone();
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = reader.lock().map_err(|_| fail(&path, "a read panicked"))?;
+            minutes(&db, start, end).map_err(|e| fail(&path, e))
+        })
+        .await
+        .map_err(|e| fail(&self.path, e))?
     }
 
     /// `server_id`'s sessions as they were at `at`, with the time of the frame
@@ -229,10 +282,16 @@ fn load(db: &Connection, path: &Path) -> Result<Loaded, StoreError> {
             ))
         })
         .map_err(|e| fail(path, e))?;
+    let mut recent: HashMap<String, Minute> = HashMap::new();
+    let since = now_micros() - 2 * crate::rollup::MINUTE_US;
+    for (server_id, minute) in minutes(db, since, Micros::MAX).map_err(|e| fail(path, e))? {
+        recent.insert(server_id, minute);
+    }
     for row in rows {
         let (server_id, agent_id, labels, interval_ms) = row.map_err(|e| fail(path, e))?;
         let activity = rebuild(db, &server_id, Micros::MAX).map_err(|e| fail(path, e))?;
         loaded.servers.push(StoredServer {
+            minute: recent.remove(&server_id),
             labels: serde_json::from_str(&labels).unwrap_or_default(),
             interval: Duration::from_millis(interval_ms.max(10) as u64),
             server_id,
@@ -241,6 +300,44 @@ fn load(db: &Connection, path: &Path) -> Result<Loaded, StoreError> {
         });
     }
     Ok(loaded)
+}
+
+/// The minutes that start in `[start, end)`, oldest first.
+fn minutes(db: &Connection, start: Micros, end: Micros) -> rusqlite::Result<Vec<(String, Minute)>> {
+    let mut rows = db.prepare_cached(
+        "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2 ORDER BY minute",
+    )?;
+    let rows = rows.query_map(params![start, end], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (start, server_id, body) = row?;
+        match Minute::decode(start, &body) {
+            Some(minute) => out.push((server_id, minute)),
+            None => {
+                warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes frames and rollups older than their retention at `now`.
+fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
+    let frames = db.execute(
+        "DELETE FROM frames WHERE at < ?1",
+        params![now - retention.frames.as_micros() as i64],
+    )?;
+    let rollups = db.execute(
+        "DELETE FROM rollups WHERE minute < ?1",
+        params![now - retention.rollups.as_micros() as i64],
+    )?;
+    Ok((frames, rollups))
 }
 
 /// The sessions at `at`: the last keyframe at or before it, and every delta
@@ -314,8 +411,13 @@ fn decode(body: &[u8]) -> Option<Snapshot> {
     Snapshot::try_from(wire).ok()
 }
 
-fn write_loop(mut db: Connection, mut queue: mpsc::Receiver<Op>, path: &Path) {
-    let mut last_retention = std::time::Instant::now();
+fn write_loop(
+    mut db: Connection,
+    mut queue: mpsc::Receiver<Op>,
+    path: &Path,
+    retention: Retention,
+) {
+    let mut last_prune: Option<std::time::Instant> = None;
     while let Some(first) = queue.blocking_recv() {
         let started = std::time::Instant::now();
         let mut ops = vec![first];
@@ -333,11 +435,14 @@ fn write_loop(mut db: Connection, mut queue: mpsc::Receiver<Op>, path: &Path) {
         for done in flushed {
             let _ = done.send(());
         }
-        if last_retention.elapsed() > Duration::from_secs(60) {
-            last_retention = std::time::Instant::now();
-            let cutoff = now_micros() - RETENTION.as_micros() as i64;
-            if let Err(e) = db.execute("DELETE FROM frames WHERE at < ?1", params![cutoff]) {
-                warn!(error = %e, "Cannot delete history past its retention.");
+        if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            match prune(&db, retention, now_micros()) {
+                Ok((0, 0)) => {}
+                Ok((frames, rollups)) => {
+                    info!(frames, rollups, "Deleted history past its retention.")
+                }
+                Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
             }
         }
     }
@@ -360,6 +465,9 @@ fn commit(
         let mut server = tx.prepare_cached(
             "INSERT OR REPLACE INTO servers (server_id, agent_id, labels, interval_ms) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut rollup = tx.prepare_cached(
+            "INSERT OR REPLACE INTO rollups (minute, server_id, body) VALUES (?1, ?2, ?3)",
+        )?;
         for op in ops {
             match op {
                 Op::Applied {
@@ -381,9 +489,63 @@ fn commit(
                     let labels = serde_json::to_string(&labels).unwrap_or_default();
                     server.execute(params![server_id, agent_id, labels, interval_ms as i64])?;
                 }
+                Op::Minute { server_id, minute } => {
+                    rollup.execute(params![minute.start, server_id, minute.encode()])?;
+                }
                 Op::Flush(done) => flushed.push(done),
             }
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_past_its_retention_is_deleted() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let now = 100 * 86_400_000_000;
+        let hour = 3_600_000_000;
+        for at in [now - 25 * hour, now - 23 * hour] {
+            db.execute("INSERT INTO frames VALUES ('a', ?1, 1, x'')", params![at])
+                .unwrap();
+        }
+        for minute in [now - 31 * 24 * hour, now - 29 * 24 * hour, now - hour] {
+            db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
+                .unwrap();
+        }
+        assert_eq!(prune(&db, Retention::default(), now).unwrap(), (1, 1));
+        let count = |table: &str| -> i64 {
+            db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!((count("frames"), count("rollups")), (1, 2));
+        let short = Retention {
+            frames: Duration::from_secs(3600),
+            rollups: Duration::from_secs(2 * 3600),
+        };
+        assert_eq!(prune(&db, short, now).unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn minutes_come_back_as_stored() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let mut m = Minute::holding(90 * 60_000_000 + 5);
+        m.samples = 3;
+        m.covered_us = 3_000_000;
+        m.values
+            .insert((crate::rollup::Metric::Sessions, "active".into()), 7.0);
+        db.execute(
+            "INSERT INTO rollups VALUES (?1, 'a', ?2)",
+            params![m.start, m.encode()],
+        )
+        .unwrap();
+        let back = minutes(&db, m.start, m.start + 1).unwrap();
+        assert_eq!(back, vec![("a".to_owned(), m.clone())]);
+        assert!(minutes(&db, m.start + 1, Micros::MAX).unwrap().is_empty());
+    }
 }

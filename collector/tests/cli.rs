@@ -649,3 +649,227 @@ async fn top_sessions_blocking_trees_and_activity_filters_find_the_culprits() {
     }
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_add_the_rollups_up_per_label_and_survive_a_restart() {
+    use pgfleet_collector::sandbox::TempCluster;
+    use pgfleet_proto::{time, v1};
+
+    // Three transactions left open before any agent starts: every sample of
+    // both servers (two agents watching one cluster) has exactly three.
+    let cluster = TempCluster::start().await.unwrap();
+    let mut open = Vec::new();
+    for i in 0..3 {
+        let c = cluster.connect(&format!("met-open-{i}")).await.unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+        open.push(c);
+    }
+    let mut fleet = Fleet::start_on(cluster, "db-met-1", &[("dc", "eu1")])
+        .await
+        .unwrap();
+    let target = fleet.cluster.config("pgfleet");
+    let other = fleet
+        .start_agent("db-met-2", &[("dc", "us1")], target)
+        .unwrap();
+    let url = fleet.url.clone();
+    let request = |metric: &str, matchers: &[&str], by: &[&str]| v1::QueryMetricsRequest {
+        metric: metric.into(),
+        matchers: matchers.iter().map(|m| m.to_string()).collect(),
+        start: Some(time::timestamp(time::now_micros() - 10 * 60_000_000)),
+        end: None,
+        step: None,
+        group_by: by.iter().map(|b| b.to_string()).collect(),
+    };
+    let in_tx = || request("sessions", &["state=\"idle in transaction\""], &["dc"]);
+    let shape = |r: &v1::QueryMetricsResponse| -> Vec<(String, Vec<f64>)> {
+        r.series
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (labels.join(","), s.points.iter().map(|p| p.value).collect())
+            })
+            .collect()
+    };
+    let mut client = fleet.client().await.unwrap();
+    let before = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = client.query_metrics(in_tx()).await.unwrap().into_inner();
+            if r.series.len() == 2 || std::time::Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let series = shape(&before);
+    let labels: Vec<&str> = series.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "dc=eu1,state=idle in transaction",
+            "dc=us1,state=idle in transaction"
+        ],
+        "{before:?}"
+    );
+    for (_, points) in &series {
+        assert!(points.iter().all(|v| *v == 3.0), "{series:?}");
+    }
+    // The whole fleet: both servers added up.
+    let fleet_wide = client
+        .query_metrics(request("sessions", &["state=~\"idle in.*\""], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        shape(&fleet_wide)
+            .iter()
+            .all(|(_, p)| p.iter().all(|v| *v == 6.0)),
+        "{fleet_wide:?}"
+    );
+    let slots = client
+        .query_metrics(request("pool_utilisation", &["pool=slots"], &["server_id"]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(slots.series.len(), 2, "{slots:?}");
+    assert!(
+        slots
+            .series
+            .iter()
+            .flat_map(|s| &s.points)
+            .all(|p| p.value > 0.0 && p.value <= 1.0)
+    );
+    let age = client
+        .query_metrics(request("max_xact_age_seconds", &["dc=eu1"], &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        age.series[0].points.iter().any(|p| p.value > 0.0),
+        "{age:?}"
+    );
+
+    // Bad input is named, not answered.
+    for (req, says) in [
+        (
+            v1::QueryMetricsRequest {
+                start: None,
+                ..in_tx()
+            },
+            "no start",
+        ),
+        (request("sesions", &[], &[]), "unknown metric"),
+        (request("sessions", &["dc~eu1"], &[]), "no operator"),
+    ] {
+        let status = client.query_metrics(req).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains(says), "{status:?}");
+    }
+
+    // The CLI: table, CSV and JSON, and its usage errors.
+    let table = pgfleet(&[
+        "--collector",
+        &url,
+        "metrics",
+        "sessions",
+        "--range",
+        "10m",
+        "--by",
+        "dc",
+        "--match",
+        "state=\"idle in transaction\"",
+    ]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("DC   STATE"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("us1  idle in transaction  ") && l.ends_with("  3")),
+        "{text}"
+    );
+    let csv = pgfleet(&[
+        "--collector",
+        &url,
+        "-o",
+        "csv",
+        "metrics",
+        "blocked_sessions",
+        "--range",
+        "10m",
+    ]);
+    let text = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        text.starts_with("TIME,VALUE\r\n")
+            && text.lines().nth(1).is_some_and(|l| l.ends_with(",0")),
+        "{text}"
+    );
+    let json = pgfleet(&[
+        "--collector",
+        &url,
+        "-o",
+        "json",
+        "metrics",
+        "commits_per_second",
+        "--by",
+        "server_id",
+    ]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["metric"], "commits_per_second");
+    assert_eq!(value["series"].as_array().map(Vec::len), Some(2), "{value}");
+    for (args, words) in [
+        (
+            vec!["metrics", "sesions"],
+            vec!["unknown metric", "sessions"],
+        ),
+        (
+            vec!["metrics", "sessions", "--step", "90s"],
+            vec!["whole number of minutes"],
+        ),
+        (
+            vec!["metrics", "sessions", "--range", "30d"],
+            vec!["points per series", "at most 11000"],
+        ),
+        (
+            vec!["metrics", "sessions", "--match", "dc~eu1"],
+            vec!["dc~eu1"],
+        ),
+        (
+            vec!["metrics", "sessions", "--end", "yesterday"],
+            vec!["--end", "yesterday"],
+        ),
+    ] {
+        let mut full = vec!["--collector", url.as_str()];
+        full.extend(args);
+        fails_with_one_line(&pgfleet(&full), 2, &words);
+    }
+
+    // A restarted collector still has every point it served.
+    fleet.restart_collector(Duration::ZERO).await.unwrap();
+    let mut client = fleet.client().await.unwrap();
+    let after = client.query_metrics(in_tx()).await.unwrap().into_inner();
+    let points = |r: &v1::QueryMetricsResponse| -> Vec<(String, i64, f64)> {
+        r.series
+            .iter()
+            .flat_map(|s| {
+                let dc = s.labels["dc"].clone();
+                s.points.iter().map(move |p| {
+                    (
+                        dc.clone(),
+                        time::timestamp_micros(p.at.as_ref().unwrap()),
+                        p.value,
+                    )
+                })
+            })
+            .collect()
+    };
+    let kept = points(&after);
+    for p in points(&before) {
+        assert!(
+            kept.contains(&p),
+            "{p:?} is gone after the restart: {after:?}"
+        );
+    }
+    other.stop().await;
+    drop(open);
+    fleet.stop().await;
+}

@@ -210,15 +210,7 @@ pub async fn activity(
     let at = filter
         .at
         .as_deref()
-        .map(|text| {
-            humantime::parse_rfc3339_weak(text.trim())
-                .map(|t| time::timestamp(time::system_time_to_micros(t)))
-                .map_err(|_| {
-                    CliError::Usage(format!(
-                        "--at {text:?} is not a time like 2026-11-24T03:12:00Z"
-                    ))
-                })
-        })
+        .map(|text| parse_time("--at", text).map(time::timestamp))
         .transpose()?;
     let mut client = connect(remote).await?;
     let response = client
@@ -238,6 +230,17 @@ pub async fn activity(
         .into_inner();
     print!("{}", render_activity(&response, output, now_micros()));
     Ok(())
+}
+
+/// An instant given as RFC 3339 (2026-11-24T03:12:00Z), for `flag`.
+pub(super) fn parse_time(flag: &str, text: &str) -> Result<Micros, CliError> {
+    humantime::parse_rfc3339_weak(text.trim())
+        .map(time::system_time_to_micros)
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "{flag} {text:?} is not a time like 2026-11-24T03:12:00Z"
+            ))
+        })
 }
 
 /// `pgfleet top-sessions`.

@@ -2,6 +2,7 @@
 
 mod demo;
 mod fleet;
+mod metrics;
 mod output;
 mod pools;
 
@@ -29,6 +30,8 @@ Examples:
   pgfleet blocking                              # every blocker in the fleet
   pgfleet pools orders-db-1                     # slots, PgBouncer, client pools
   pgfleet databases orders-db-1
+  pgfleet metrics sessions --range 1h --step 1m --by cluster
+  pgfleet metrics max_xact_age_seconds --range 1d --step 1h --match dc=eu1
   pgfleet --collector http://collector.internal:7600 activity orders-db-1
 
 Every flag can also be set as PGFLEET_<FLAG> (PGFLEET_COLLECTOR, PGFLEET_OUTPUT) or as
@@ -125,6 +128,8 @@ pub enum Command {
         /// The server's server_id, as `pgfleet servers` lists it
         server: String,
     },
+    /// A metric over a past range, one point per step, grouped by labels: sessions by state, waits, blocked sessions, the oldest transaction, pool utilisation, commits, rollbacks and deadlocks per second
+    Metrics(metrics::MetricsArgs),
     /// Start a throwaway PostgreSQL, agent and collector, and show what pgfleet sees
     Demo {
         /// Leave everything running and print the commands to query it, until Ctrl-C
@@ -207,6 +212,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Pools { server } => pools::pools(&collector, output, &server).await,
         Command::Databases { server } => pools::databases(&collector, output, &server).await,
+        Command::Metrics(args) => metrics::metrics(&collector, output, args).await,
         Command::Demo {
             keep_running,
             duration,
