@@ -275,6 +275,28 @@ mod tests {
         };
         let c = CollectorConfig::resolve(args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/pgfleet"));
+        assert_eq!(c.retention, Retention::default());
+    }
+
+    #[test]
+    fn retentions_are_read_and_checked() {
+        let c = CollectorConfig::resolve(CollectorArgs {
+            retention_frames: Some("2h".into()),
+            retention_rollups: Some("90d".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.retention.frames, Duration::from_secs(7200));
+        assert_eq!(c.retention.rollups, Duration::from_secs(90 * 86_400));
+        for bad in ["10s", "forever"] {
+            let e = CollectorConfig::resolve(CollectorArgs {
+                retention_rollups: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("retention_rollups") && e.contains(bad), "{e}");
+        }
     }
 
     #[test]
