@@ -415,9 +415,9 @@ mod tests {
         assert_eq!(additions.len(), 3, "{additions:?}");
         let mut resolver = Resolver::default();
         resolver.add(additions).unwrap();
-        let mut first = first;
-        resolver.resolve_snapshot(&mut first).unwrap();
         assert_eq!(keyframe_pids(&first), Some(vec![1]));
+        let read = resolver.snapshot(first).unwrap();
+        assert_eq!(&*read.sessions[0].database, "orders");
 
         let mut a2 = a.clone();
         Arc::make_mut(&mut a2).state = SessionState::Active;

@@ -24,8 +24,11 @@ use crate::store::{Frame, Loaded, Op as StoreOp, Store};
 /// How many commands may wait for the aggregator.
 const COMMAND_QUEUE: usize = 1024;
 
-/// How many commands the aggregator applies before it publishes a view.
-const MAX_COMMANDS_PER_PUBLISH: usize = 256;
+/// The most commands the aggregator applies before it publishes a view.
+const MAX_COMMANDS_PER_PUBLISH: usize = 1024;
+
+/// How often, at most, the aggregator publishes a view.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
 /// A server is stale after this many sampling intervals without a snapshot.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -39,8 +42,9 @@ pub struct ServerView {
     pub agent_id: String,
     /// Whether that agent has a live stream now.
     pub agent_connected: bool,
-    /// The agent's labels merged with the target's.
-    pub labels: BTreeMap<String, String>,
+    /// The agent's labels merged with the target's (shared, as they seldom
+    /// change while the view is copied at every snapshot).
+    pub labels: Arc<BTreeMap<String, String>>,
     /// The agent's sampling interval.
     pub interval: Duration,
     /// When the collector last received a snapshot (None: never).
@@ -110,7 +114,7 @@ impl ServerView {
             server_id: server_id.to_owned(),
             agent_id: String::new(),
             agent_connected: false,
-            labels: BTreeMap::new(),
+            labels: Arc::default(),
             interval,
             last_seen_us: None,
             sampled_at_us: 0,
@@ -159,8 +163,9 @@ use Health::{Down, Stale, Up};
 /// An immutable view of the whole fleet.
 #[derive(Debug, Clone, Default)]
 pub struct FleetView {
-    /// Every known server, by server_id.
-    pub servers: BTreeMap<String, Arc<ServerView>>,
+    /// Every known server, by server_id. The keys are shared, so that
+    /// publishing a view copies no string.
+    pub servers: BTreeMap<Arc<str>, Arc<ServerView>>,
 }
 
 /// A target as an agent's Hello names it.
@@ -264,7 +269,9 @@ pub struct Aggregator {
     commands: mpsc::Receiver<Command>,
     publish: watch::Sender<Arc<FleetView>>,
     agents: HashMap<String, AgentState>,
-    servers: BTreeMap<String, Arc<ServerView>>,
+    servers: BTreeMap<Arc<str>, Arc<ServerView>>,
+    /// When the last view was published.
+    published: tokio::time::Instant,
 }
 
 impl Aggregator {
@@ -287,6 +294,7 @@ impl Aggregator {
                 publish,
                 agents: HashMap::new(),
                 servers: BTreeMap::new(),
+                published: tokio::time::Instant::now(),
             },
             AggregatorHandle { commands: tx, view },
         )
@@ -321,7 +329,7 @@ impl Aggregator {
             let minute = s.minute.unwrap_or_default();
             let view = ServerView {
                 agent_id: s.agent_id,
-                labels: s.labels,
+                labels: Arc::new(s.labels),
                 last_seen_us: (at > 0).then_some(at),
                 sampled_at_us: at,
                 client_sessions: client_sessions(&sessions),
@@ -330,7 +338,7 @@ impl Aggregator {
                 sessions: Arc::new(sessions),
                 ..ServerView::new(&s.server_id, s.interval)
             };
-            self.servers.insert(s.server_id, Arc::new(view));
+            self.servers.insert(s.server_id.into(), Arc::new(view));
         }
         self.publish.send_replace(Arc::new(FleetView {
             servers: self.servers.clone(),
@@ -340,15 +348,28 @@ impl Aggregator {
     }
 
     /// Runs until every handle is dropped.
+    ///
+    /// Commands are applied as they come, and a view is published at most
+    /// every [`PUBLISH_EVERY`]: publishing copies the map of every server, so
+    /// with thousands of agents one publish per command would cost more than
+    /// the commands. Answers wait for the view that shows their change.
     pub async fn run(mut self) {
         let mut replies = Vec::new();
         while let Some(first) = self.commands.recv().await {
             self.handle(first, &mut replies);
+            let due = self.published + PUBLISH_EVERY;
             while replies.len() < MAX_COMMANDS_PER_PUBLISH {
-                match self.commands.try_recv() {
-                    Ok(command) => self.handle(command, &mut replies),
-                    Err(_) => break,
-                }
+                let command = match self.commands.try_recv() {
+                    Ok(command) => command,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(due, self.commands.recv()).await {
+                            Ok(Some(command)) => command,
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                };
+                self.handle(command, &mut replies);
             }
             // The history keeps pace: when the disk falls behind, ingest waits.
             if let Some(store) = &self.store {
@@ -361,6 +382,7 @@ impl Aggregator {
             self.publish.send_replace(Arc::new(FleetView {
                 servers: self.servers.clone(),
             }));
+            self.published = tokio::time::Instant::now();
             // Answer only once the change is visible to readers.
             for reply in replies.drain(..) {
                 reply.send();
@@ -416,7 +438,7 @@ impl Aggregator {
         interval: Duration,
     ) -> Result<u64, Status> {
         for t in &targets {
-            if let Some(existing) = self.servers.get(&t.server_id)
+            if let Some(existing) = self.servers.get(t.server_id.as_str())
                 && existing.agent_id != agent_id
                 && existing.agent_connected
             {
@@ -442,7 +464,7 @@ impl Aggregator {
         agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
         let resume_after = agent.stream.last_seq;
         for t in targets {
-            let base = match self.servers.get(&t.server_id) {
+            let base = match self.servers.get(t.server_id.as_str()) {
                 Some(previous) => (**previous).clone(),
                 None => ServerView::new(&t.server_id, interval),
             };
@@ -454,14 +476,19 @@ impl Aggregator {
                     interval_ms: interval.as_millis() as u64,
                 });
             }
+            let labels = if *base.labels == t.labels {
+                base.labels.clone()
+            } else {
+                Arc::new(t.labels)
+            };
             let view = ServerView {
                 agent_id: agent_id.clone(),
                 agent_connected: true,
-                labels: t.labels,
+                labels,
                 interval,
                 ..base
             };
-            self.servers.insert(t.server_id, Arc::new(view));
+            self.servers.insert(t.server_id.into(), Arc::new(view));
         }
         Ok(resume_after)
     }
@@ -510,7 +537,7 @@ impl Aggregator {
         let keep = self.store.is_some();
         let mut frames = Vec::new();
         for mut snapshot in snapshots {
-            let Some(current) = self.servers.get_mut(&snapshot.server_id) else {
+            let Some(current) = self.servers.get_mut(snapshot.server_id.as_str()) else {
                 continue;
             };
             // Another agent took the server over; this one's view is set aside.
@@ -548,9 +575,9 @@ impl Aggregator {
             // keyframe instead.
             let keyframe = snapshot.delta.is_none();
             let mut removed = Vec::new();
+            let mut unchanged = Vec::new();
             let mut upserted = 0;
             if let Some(delta) = snapshot.delta.take() {
-                removed.clone_from(&delta.removed);
                 upserted = snapshot.sessions.len();
                 if current.sampled_at_us != delta.base_sampled_at_us
                     || current.status != TargetStatus::Up
@@ -563,7 +590,10 @@ impl Aggregator {
                     continue;
                 }
                 match merge(&current.sessions, snapshot.sessions, &delta) {
-                    Some(sessions) => snapshot.sessions = sessions,
+                    Some(sessions) => {
+                        snapshot.sessions = sessions;
+                        (removed, unchanged) = (delta.removed, delta.unchanged);
+                    }
                     None => {
                         debug!(server.id = %snapshot.server_id, "Delta leaves out fields of a session its base lacks; asking for a keyframe.");
                         keyframes_needed.push(snapshot.server_id);
@@ -587,6 +617,7 @@ impl Aggregator {
                     keyframe,
                     sessions: snapshot.sessions[from..].to_vec(),
                     removed,
+                    unchanged,
                 });
             }
             let view = Arc::make_mut(current);
@@ -630,7 +661,7 @@ impl Aggregator {
             return;
         };
         for server_id in &agent.servers {
-            if let Some(view) = self.servers.get_mut(server_id)
+            if let Some(view) = self.servers.get_mut(server_id.as_str())
                 && view.agent_id == agent_id
                 && view.stream != agent.stream
             {
@@ -648,7 +679,7 @@ impl Aggregator {
         }
         agent.conn_id = None;
         for server_id in &agent.servers {
-            if let Some(view) = self.servers.get_mut(server_id)
+            if let Some(view) = self.servers.get_mut(server_id.as_str())
                 && view.agent_id == agent_id
             {
                 Arc::make_mut(view).agent_connected = false;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgfleet_agent::settings::{MAX_LABEL_BYTES, Token, check_label};
+use pgfleet_proto::DecodeError;
 use pgfleet_proto::compact::Resolver;
 use pgfleet_proto::model::Snapshot;
 use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
@@ -323,14 +324,13 @@ async fn send_ack(tx: &Outbound, seq: u64) -> bool {
 fn decode(agent_id: &str, batch: v1::Batch, dictionary: &Resolver) -> (Vec<Snapshot>, Vec<String>) {
     let mut snapshots = Vec::with_capacity(batch.snapshots.len());
     let mut unresolved = Vec::new();
-    for mut wire in batch.snapshots {
-        if let Err(id) = dictionary.resolve_snapshot(&mut wire) {
-            warn!(agent.id = %agent_id, seq = batch.seq, server.id = %wire.server_id, id, "Skipped a snapshot that refers to a dictionary entry the stream never sent.");
-            unresolved.push(wire.server_id);
-            continue;
-        }
-        match Snapshot::try_from(wire) {
+    for wire in batch.snapshots {
+        match dictionary.snapshot(wire) {
             Ok(s) => snapshots.push(s),
+            Err(DecodeError::UnknownReference { server_id, id }) => {
+                warn!(agent.id = %agent_id, seq = batch.seq, server.id = %server_id, id, "Skipped a snapshot that refers to a dictionary entry the stream never sent.");
+                unresolved.push(server_id);
+            }
             Err(e) => {
                 warn!(agent.id = %agent_id, seq = batch.seq, error = %e, "Skipped a malformed snapshot.")
             }

@@ -117,7 +117,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
     );
     for s in &servers {
         let mut labels: Vec<(&str, &str)> = vec![("server", &s.server_id), ("agent", &s.agent_id)];
-        for (k, v) in &s.labels {
+        for (k, v) in s.labels.iter() {
             if !matches!(k.as_str(), "server" | "agent") && !k.starts_with("__") {
                 labels.push((k, v));
             }

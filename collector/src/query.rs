@@ -62,7 +62,11 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
     v1::Server {
         server_id: view.server_id.clone(),
         agent_id: view.agent_id.clone(),
-        labels: view.labels.clone().into_iter().collect(),
+        labels: view
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         last_seen: view.last_seen_us.map(time::timestamp),
         up: status == "up",
         status: status.to_owned(),
@@ -117,16 +121,13 @@ impl v1::query_server::Query for QueryService {
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         let mut last = views.borrow_and_update().clone();
         let now = now_micros();
-        let servers: Vec<v1::Server> = last
-            .servers
-            .values()
-            .filter(|s| wanted(s))
-            .map(|s| server_message(s, now))
-            .collect();
-        let mut sent: HashMap<String, String> = servers
-            .iter()
-            .map(|s| (s.server_id.clone(), s.status.clone()))
-            .collect();
+        let mut sent: HashMap<Arc<str>, &'static str> = HashMap::new();
+        let mut servers = Vec::new();
+        for (id, s) in last.servers.iter().filter(|(_, s)| wanted(s)) {
+            let message = server_message(s, now);
+            sent.insert(id.clone(), status_word(&s.health(now)));
+            servers.push(message);
+        }
         let full = v1::WatchEvent {
             event: Some(v1::watch_event::Event::Full(v1::WatchFull { servers })),
         };
@@ -155,15 +156,15 @@ impl v1::query_server::Query for QueryService {
                 for (id, s) in next.servers.iter().filter(|(_, s)| wanted(s)) {
                     let same = last.servers.get(id).is_some_and(|old| Arc::ptr_eq(old, s));
                     let status = status_word(&s.health(now));
-                    if same && sent.get(id).is_some_and(|st| st == status) {
+                    if same && sent.get(id).is_some_and(|st| *st == status) {
                         continue;
                     }
-                    sent.insert(id.clone(), status.to_owned());
+                    sent.insert(id.clone(), status);
                     events.push(v1::watch_event::Event::Changed(server_message(s, now)));
                 }
                 for id in last.servers.keys() {
                     if !next.servers.contains_key(id) && sent.remove(id).is_some() {
-                        events.push(v1::watch_event::Event::Removed(id.clone()));
+                        events.push(v1::watch_event::Event::Removed(id.to_string()));
                     }
                 }
                 for event in events {

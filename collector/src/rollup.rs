@@ -19,14 +19,14 @@ pub struct Rollup {
     /// Client sessions by state, in PostgreSQL's words ("unknown" for NULL).
     pub by_state: BTreeMap<&'static str, u32>,
     /// Client sessions by (database, state).
-    pub by_database_state: BTreeMap<(String, &'static str), u64>,
+    pub by_database_state: BTreeMap<(Arc<str>, &'static str), u64>,
     /// The oldest open transaction per database, in seconds.
-    pub max_xact_age: BTreeMap<String, f64>,
+    pub max_xact_age: BTreeMap<Arc<str>, f64>,
     /// The oldest open transaction of the server, in microseconds.
     pub longest_xact_us: Option<i64>,
     /// Active sessions waiting, by wait_event_type. Idle sessions wait for
     /// their client (Client:ClientRead), which is not waiting on the server.
-    pub waiting_by_type: BTreeMap<String, u64>,
+    pub waiting_by_type: BTreeMap<Arc<str>, u64>,
     /// Active sessions waiting on anything.
     pub waiting: u32,
     /// Sessions waiting for a lock another session holds.
@@ -45,18 +45,18 @@ impl Rollup {
             r.sessions += 1;
             *r.by_state.entry(state).or_default() += 1;
             *r.by_database_state
-                .entry((s.database.to_string(), state))
+                .entry((s.database.clone(), state))
                 .or_default() += 1;
             if let Some(start) = s.xact_start_us {
                 let age_us = (at - start).max(0);
-                let max = r.max_xact_age.entry(s.database.to_string()).or_default();
+                let max = r.max_xact_age.entry(s.database.clone()).or_default();
                 *max = max.max(age_us as f64 / 1e6);
                 r.longest_xact_us = Some(r.longest_xact_us.map_or(age_us, |m| m.max(age_us)));
             }
             if s.state == SessionState::Active && !s.wait_event_type.is_empty() {
                 r.waiting += 1;
                 *r.waiting_by_type
-                    .entry(s.wait_event_type.to_string())
+                    .entry(s.wait_event_type.clone())
                     .or_default() += 1;
             }
             if !s.blocked_by.is_empty() {

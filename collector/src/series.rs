@@ -170,7 +170,7 @@ impl Plan {
     /// rolling up, of every server the matchers select, added up per group.
     pub fn evaluate(
         &self,
-        servers: &BTreeMap<String, Arc<ServerView>>,
+        servers: &BTreeMap<Arc<str>, Arc<ServerView>>,
         stored: &[(String, Minute)],
     ) -> Vec<v1::MetricSeries> {
         let own = self.metric.label();
@@ -405,8 +405,8 @@ mod tests {
         let mut servers = BTreeMap::new();
         for (id, dc) in [("a", "eu1"), ("b", "eu1"), ("c", "us1")] {
             let mut v = ServerView::new(id, std::time::Duration::from_secs(1));
-            v.labels.insert("dc".into(), dc.into());
-            servers.insert(id.to_owned(), Arc::new(v));
+            v.labels = Arc::new([("dc".to_owned(), dc.to_owned())].into());
+            servers.insert(id.into(), Arc::new(v));
         }
         // c is still rolling its second minute up.
         Arc::make_mut(servers.get_mut("c").unwrap()).minute = Arc::new(minute(

@@ -58,7 +58,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 const ZSTD_LEVEL: i32 = 3;
 
-/// The tables.
+/// The tables. Frames are appended in the order they are applied (rowid),
+/// which keeps a second's thousands of inserts at the end of the table, and
+/// found by server and time through an index of small keys.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         agent_id TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL);
@@ -68,11 +70,12 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         labels TEXT NOT NULL,
         interval_ms INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS frames (
+        id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
         at INTEGER NOT NULL,
         keyframe INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        PRIMARY KEY (server_id, at)) WITHOUT ROWID;
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS frames_by_server ON frames (server_id, at);
     CREATE TABLE IF NOT EXISTS rollups (
         minute INTEGER NOT NULL,
         server_id TEXT NOT NULL,
@@ -88,7 +91,7 @@ pub struct StoreError {
 }
 
 /// One applied snapshot, as stored.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Frame {
     pub server_id: String,
     pub at: Micros,
@@ -97,6 +100,10 @@ pub struct Frame {
     pub sessions: Vec<Arc<Session>>,
     /// The keys of the sessions that ended (deltas).
     pub removed: Vec<SessionKey>,
+    /// For each session of a delta, the fields its base holds (as the agent
+    /// sent it): they are left out of the stored frame, and the merge takes
+    /// them back from the sessions before it. Empty: every session whole.
+    pub unchanged: Vec<u32>,
 }
 
 /// What the writer is asked to do.
@@ -161,6 +168,31 @@ fn fail(path: &Path, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// Moves frames kept by an earlier version (a table keyed by server and
+/// time) into the present layout.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = db
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'frames'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_some_and(|sql| sql.contains("WITHOUT ROWID")) {
+        info!("Moving the stored frames to the present layout.");
+        db.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE frames RENAME TO frames_old;
+             {SCHEMA}
+             INSERT INTO frames (server_id, at, keyframe, body)
+                 SELECT server_id, at, keyframe, body FROM frames_old ORDER BY at;
+             DROP TABLE frames_old;
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
 fn connect(path: &Path) -> Result<Connection, StoreError> {
     let db = Connection::open(path).map_err(|e| fail(path, e))?;
     db.execute_batch(
@@ -178,6 +210,7 @@ impl Store {
     pub fn open(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
         let path = dir.join("pgfleet.sqlite");
         let db = connect(&path)?;
+        migrate(&db).map_err(|e| fail(&path, e))?;
         db.execute_batch(SCHEMA).map_err(|e| fail(&path, e))?;
         let loaded = load(&db, &path)?;
         let reader = Arc::new(Mutex::new(connect(&path)?));
@@ -329,8 +362,12 @@ fn minutes(db: &Connection, start: Micros, end: Micros) -> rusqlite::Result<Vec<
 
 /// Deletes frames and rollups older than their retention at `now`.
 fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
+    // Frames are in the order they were applied, so those past the cutoff
+    // are the ones before the first that is not: found by reading only them.
     let frames = db.execute(
-        "DELETE FROM frames WHERE at < ?1",
+        "DELETE FROM frames WHERE id < coalesce(
+             (SELECT id FROM frames WHERE at >= ?1 ORDER BY id LIMIT 1),
+             (SELECT max(id) + 1 FROM frames))",
         params![now - retention.frames.as_micros() as i64],
     )?;
     let rollups = db.execute(
@@ -390,7 +427,9 @@ fn rebuild(
     Ok(Some((last, sessions)))
 }
 
-fn encode(frame: &Frame) -> Vec<u8> {
+/// A frame as stored: its snapshot's protobuf, zstd-compressed with the
+/// writer's compressor (one for the writer's life, not one per frame).
+fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'static>>) -> Vec<u8> {
     let snapshot = Snapshot {
         status: TargetStatus::Up,
         sessions: frame.sessions.clone(),
@@ -401,12 +440,26 @@ fn encode(frame: &Frame) -> Vec<u8> {
         }),
         ..Snapshot::down(frame.server_id.clone(), frame.at, String::new())
     };
-    let bytes = v1::Snapshot::from(&snapshot).encode_to_vec();
-    zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+    let mut wire = v1::Snapshot::from(&snapshot);
+    if let Some(v1::snapshot::Activity::Delta(d)) = &mut wire.activity {
+        for (w, mask) in d.upserted.iter_mut().zip(&frame.unchanged) {
+            pgfleet_proto::compact::strip(w, *mask);
+        }
+    }
+    let bytes = wire.encode_to_vec();
+    match zstd {
+        Some(z) => z.compress(&bytes).unwrap_or(bytes),
+        None => bytes,
+    }
 }
 
 fn decode(body: &[u8]) -> Option<Snapshot> {
-    let bytes = zstd::stream::decode_all(body).ok()?;
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let bytes = if body.starts_with(&ZSTD_MAGIC) {
+        zstd::stream::decode_all(body).ok()?
+    } else {
+        body.to_vec()
+    };
     let wire = v1::Snapshot::decode(bytes.as_slice()).ok()?;
     Snapshot::try_from(wire).ok()
 }
@@ -418,6 +471,9 @@ fn write_loop(
     retention: Retention,
 ) {
     let mut last_prune: Option<std::time::Instant> = None;
+    // Without a compressor (it could not allocate), frames are stored as
+    // they are; reading tells the two apart.
+    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
     while let Some(first) = queue.blocking_recv() {
         let started = std::time::Instant::now();
         let mut ops = vec![first];
@@ -429,7 +485,7 @@ fn write_loop(
             }
         }
         let mut flushed = Vec::new();
-        if let Err(e) = commit(&mut db, ops, &mut flushed) {
+        if let Err(e) = commit(&mut db, ops, &mut flushed, &mut zstd) {
             error!(path = %path.display(), error = %e, "Cannot write the history store.");
         }
         for done in flushed {
@@ -452,6 +508,7 @@ fn commit(
     db: &mut Connection,
     ops: Vec<Op>,
     flushed: &mut Vec<oneshot::Sender<()>>,
+    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     {
@@ -476,7 +533,7 @@ fn commit(
                     frames,
                 } => {
                     for f in &frames {
-                        frame.execute(params![f.server_id, f.at, f.keyframe, encode(f)])?;
+                        frame.execute(params![f.server_id, f.at, f.keyframe, encode(f, zstd)])?;
                     }
                     agent.execute(params![agent_id, seq as i64])?;
                 }
@@ -510,8 +567,11 @@ mod tests {
         let now = 100 * 86_400_000_000;
         let hour = 3_600_000_000;
         for at in [now - 25 * hour, now - 23 * hour] {
-            db.execute("INSERT INTO frames VALUES ('a', ?1, 1, x'')", params![at])
-                .unwrap();
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES ('a', ?1, 1, x'')",
+                params![at],
+            )
+            .unwrap();
         }
         for minute in [now - 31 * 24 * hour, now - 29 * 24 * hour, now - hour] {
             db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
@@ -547,5 +607,104 @@ mod tests {
         let back = minutes(&db, m.start, m.start + 1).unwrap();
         assert_eq!(back, vec![("a".to_owned(), m.clone())]);
         assert!(minutes(&db, m.start + 1, Micros::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn frames_of_the_earlier_layout_are_moved() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE frames (server_id TEXT NOT NULL, at INTEGER NOT NULL,
+                 keyframe INTEGER NOT NULL, body BLOB NOT NULL,
+                 PRIMARY KEY (server_id, at)) WITHOUT ROWID;
+             INSERT INTO frames VALUES ('b', 20, 0, x'02'), ('a', 10, 1, x'01');",
+        )
+        .unwrap();
+        migrate(&db).unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let rows: Vec<(i64, String, i64)> = db
+            .prepare("SELECT id, server_id, at FROM frames ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(1, "a".to_owned(), 10), (2, "b".to_owned(), 20)]);
+        // A second open leaves them be.
+        migrate(&db).unwrap();
+        assert_eq!(
+            prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_delta_is_stored_without_what_its_base_holds_and_rebuilt_whole() {
+        use pgfleet_proto::model::SessionState;
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        let first = Arc::new(Session {
+            pid: 7,
+            backend_start_us: 1,
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: "web".into(),
+            query: "SELECT a_rather_long_column_list FROM orders WHERE id = ?".into(),
+            state: SessionState::Idle,
+            ..Default::default()
+        });
+        let second = Arc::new(Session {
+            state: SessionState::Active,
+            query_start_us: Some(5),
+            ..(*first).clone()
+        });
+        let mask = pgfleet_proto::compact::unchanged(&second, &first);
+        assert_ne!(mask, 0);
+        let frames = [
+            Frame {
+                server_id: "a".into(),
+                at: 10,
+                keyframe: true,
+                sessions: vec![first.clone()],
+                removed: Vec::new(),
+                unchanged: Vec::new(),
+            },
+            Frame {
+                server_id: "a".into(),
+                at: 20,
+                keyframe: false,
+                sessions: vec![second.clone()],
+                removed: Vec::new(),
+                unchanged: vec![mask],
+            },
+        ];
+        let whole = encode(
+            &Frame {
+                unchanged: Vec::new(),
+                ..frames[1].clone()
+            },
+            &mut zstd,
+        );
+        for f in &frames {
+            let body = encode(f, &mut zstd);
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+                params![f.server_id, f.at, f.keyframe, body],
+            )
+            .unwrap();
+        }
+        let stored: Vec<u8> = db
+            .query_row("SELECT body FROM frames WHERE at = 20", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            stored.len() < whole.len(),
+            "{} vs {}",
+            stored.len(),
+            whole.len()
+        );
+        let (at, sessions) = rebuild(&db, "a", 25).unwrap().unwrap();
+        assert_eq!(at, 20);
+        assert_eq!(sessions.len(), 1);
+        assert_eq!(*sessions[0], *second);
     }
 }

@@ -319,27 +319,27 @@ impl Resolver {
         Ok(())
     }
 
-    /// Puts the strings back in place of the references of `wire`; an unknown
-    /// reference is named.
-    pub fn resolve(&self, wire: &mut v1::SessionSample) -> Result<(), u32> {
-        for (text, reference) in refs(wire) {
-            if *reference != 0 {
-                let value = self.values.get(reference).ok_or(*reference)?;
-                *text = value.to_string();
-                *reference = 0;
-            }
+    /// A sample's string: the entry its reference names (shared, not
+    /// copied), or the field itself; an unknown reference is named.
+    fn text(&self, text: String, reference: u32) -> Result<Arc<str>, u32> {
+        if reference == 0 {
+            Ok(crate::convert::shared(text))
+        } else {
+            self.values.get(&reference).cloned().ok_or(reference)
         }
-        Ok(())
     }
 
-    /// Resolves every session of a snapshot.
-    pub fn resolve_snapshot(&self, snapshot: &mut v1::Snapshot) -> Result<(), u32> {
-        let sessions = match &mut snapshot.activity {
-            Some(v1::snapshot::Activity::Keyframe(k)) => &mut k.sessions,
-            Some(v1::snapshot::Activity::Delta(d)) => &mut d.upserted,
-            None => return Ok(()),
-        };
-        sessions.iter_mut().try_for_each(|s| self.resolve(s))
+    /// A sample in the model's terms, its references read.
+    pub fn session(&self, wire: v1::SessionSample) -> Result<Session, u32> {
+        crate::convert::session_from(wire, &|text, r| self.text(text, r))
+    }
+
+    /// A snapshot in the model's terms, its sessions' references read.
+    pub fn snapshot(
+        &self,
+        wire: v1::Snapshot,
+    ) -> Result<crate::model::Snapshot, crate::convert::DecodeError> {
+        crate::convert::snapshot_from(wire, &|text, r| self.text(text, r))
     }
 }
 
@@ -406,14 +406,13 @@ mod tests {
 
         let mut resolver = Resolver::default();
         resolver.add(added).unwrap();
-        resolver.resolve(&mut second).unwrap();
-        assert_eq!(Session::from(second), s);
+        assert_eq!(resolver.session(second).unwrap(), s);
         // A reference the collector was never given is named.
-        let mut unknown = v1::SessionSample {
+        let unknown = v1::SessionSample {
             query_ref: 999,
             ..Default::default()
         };
-        assert_eq!(resolver.resolve(&mut unknown), Err(999));
+        assert_eq!(resolver.session(unknown), Err(999));
     }
 
     #[test]

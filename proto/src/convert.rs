@@ -20,6 +20,13 @@ pub enum DecodeError {
         /// The snapshot's target.
         server_id: String,
     },
+    /// A session refers to a dictionary entry the stream never sent.
+    UnknownReference {
+        /// The snapshot's target.
+        server_id: String,
+        /// The entry's id.
+        id: u32,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -27,6 +34,12 @@ impl fmt::Display for DecodeError {
         match self {
             Self::MissingStatus { server_id } => {
                 write!(f, "snapshot of {server_id:?} has no status")
+            }
+            Self::UnknownReference { server_id, id } => {
+                write!(
+                    f,
+                    "snapshot of {server_id:?} refers to dictionary entry {id}, which the stream never sent"
+                )
             }
             Self::MissingActivity { server_id } => {
                 write!(f, "snapshot of {server_id:?} is up but carries no activity")
@@ -98,30 +111,52 @@ impl From<&Session> for v1::SessionSample {
     }
 }
 
+/// Where a sample's strings come from: the field itself, or the stream's
+/// dictionary when its `*_ref` names an entry (an unknown one is an error).
+pub(crate) type Texts<'a> = dyn Fn(String, u32) -> Result<Arc<str>, u32> + 'a;
+
+/// A string as the model holds it; the empty one is shared, not allocated
+/// for every session that has it.
+pub fn shared(text: String) -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    if text.is_empty() {
+        EMPTY.clone()
+    } else {
+        text.into()
+    }
+}
+
+/// A sample in the model's terms, its strings from `text`.
+pub(crate) fn session_from(s: v1::SessionSample, text: &Texts) -> Result<Session, u32> {
+    // An unknown enum value (from a newer agent) reads as Unknown, not an error.
+    let state = v1::SessionState::try_from(s.state).unwrap_or_default();
+    Ok(Session {
+        pid: s.pid,
+        backend_start_us: s.backend_start_us,
+        database: text(s.database, s.database_ref)?,
+        user: text(s.user, s.user_ref)?,
+        application_name: text(s.application_name, s.application_name_ref)?,
+        client: shared(s.client),
+        state: state.into(),
+        xact_start_us: opt_micros(s.xact_start_us),
+        query_start_us: opt_micros(s.query_start_us),
+        state_change_us: opt_micros(s.state_change_us),
+        wait_event_type: text(s.wait_event_type, s.wait_event_type_ref)?,
+        wait_event: text(s.wait_event, s.wait_event_ref)?,
+        query: text(s.query, s.query_ref)?,
+        blocked_by: s.blocked_by,
+        backend_type: text(s.backend_type, s.backend_type_ref)?,
+        leader_pid: (s.leader_pid != 0).then_some(s.leader_pid),
+        query_id: (s.query_id != 0).then_some(s.query_id),
+        fingerprint: s.query_fingerprint,
+    })
+}
+
 impl From<v1::SessionSample> for Session {
+    /// A sample whose strings are all in place (references are read as
+    /// empty; [`crate::compact::Resolver`] reads them).
     fn from(s: v1::SessionSample) -> Self {
-        // An unknown enum value (from a newer agent) reads as Unknown, not an error.
-        let state = v1::SessionState::try_from(s.state).unwrap_or_default();
-        Session {
-            pid: s.pid,
-            backend_start_us: s.backend_start_us,
-            database: s.database.into(),
-            user: s.user.into(),
-            application_name: s.application_name.into(),
-            client: s.client.into(),
-            state: state.into(),
-            xact_start_us: opt_micros(s.xact_start_us),
-            query_start_us: opt_micros(s.query_start_us),
-            state_change_us: opt_micros(s.state_change_us),
-            wait_event_type: s.wait_event_type.into(),
-            wait_event: s.wait_event.into(),
-            query: s.query.into(),
-            blocked_by: s.blocked_by,
-            backend_type: s.backend_type.into(),
-            leader_pid: (s.leader_pid != 0).then_some(s.leader_pid),
-            query_id: (s.query_id != 0).then_some(s.query_id),
-            fingerprint: s.query_fingerprint,
-        }
+        session_from(s, &|text, _| Ok(shared(text))).unwrap_or_default()
     }
 }
 
@@ -168,6 +203,13 @@ impl TryFrom<v1::Snapshot> for Snapshot {
     type Error = DecodeError;
 
     fn try_from(s: v1::Snapshot) -> Result<Self, DecodeError> {
+        snapshot_from(s, &|text, _| Ok(shared(text)))
+    }
+}
+
+/// A snapshot in the model's terms, its sessions' strings from `text`.
+pub(crate) fn snapshot_from(s: v1::Snapshot, text: &Texts) -> Result<Snapshot, DecodeError> {
+    {
         let server_id = s.server_id;
         let Some(status) = s.status else {
             return Err(DecodeError::MissingStatus { server_id });
@@ -179,10 +221,9 @@ impl TryFrom<v1::Snapshot> for Snapshot {
             });
         }
         let (sessions, delta) = match s.activity {
-            Some(v1::snapshot::Activity::Keyframe(k)) => (
-                k.sessions.into_iter().map(|s| Arc::new(s.into())).collect(),
-                None,
-            ),
+            Some(v1::snapshot::Activity::Keyframe(k)) => {
+                (sessions_from(k.sessions, text, &server_id)?, None)
+            }
             Some(v1::snapshot::Activity::Delta(d)) => {
                 let unchanged = if d.upserted.iter().any(|s| s.unchanged != 0) {
                     d.upserted.iter().map(|s| s.unchanged).collect()
@@ -190,7 +231,7 @@ impl TryFrom<v1::Snapshot> for Snapshot {
                     Vec::new()
                 };
                 (
-                    d.upserted.into_iter().map(|s| Arc::new(s.into())).collect(),
+                    sessions_from(d.upserted, text, &server_id)?,
                     Some(Delta {
                         base_sampled_at_us: d.base_sampled_at_us,
                         removed: d
@@ -218,6 +259,23 @@ impl TryFrom<v1::Snapshot> for Snapshot {
             agent: s.agent,
         })
     }
+}
+
+fn sessions_from(
+    wire: Vec<v1::SessionSample>,
+    text: &Texts,
+    server_id: &str,
+) -> Result<Vec<Arc<Session>>, DecodeError> {
+    wire.into_iter()
+        .map(|s| {
+            session_from(s, text)
+                .map(Arc::new)
+                .map_err(|id| DecodeError::UnknownReference {
+                    server_id: server_id.to_owned(),
+                    id,
+                })
+        })
+        .collect()
 }
 
 /// A session as the query API shows it, with its duration at `sampled_at_us`.

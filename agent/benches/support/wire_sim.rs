@@ -1,6 +1,8 @@
 //! The simulation behind `cargo bench --bench wire` and the test that holds
 //! its figure (`tests/wire_bytes.rs`): a server with 1,000 client sessions,
 //! about 10% of them changing each second, through the agent's real encoder.
+//! The collector's load generator (`bench/loadgen`) simulates each of its
+//! agents with it, at 100 sessions.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use pgfleet_agent::encode::Encoder;
 use pgfleet_agent::outgoing::Outgoing;
 use pgfleet_agent::sampler::{QueryText, query_text};
-use pgfleet_proto::model::{Session, SessionState, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Session, SessionKey, SessionState, Snapshot, TargetStatus};
 use pgfleet_proto::v1;
 use prost::Message;
 
@@ -17,7 +19,7 @@ pub const SAMPLES: u64 = 600;
 pub const CHANGED_PER_SAMPLE: usize = 100;
 /// Of those, clients that disconnect and are replaced by a new backend.
 pub const RECONNECTS_PER_SAMPLE: usize = 2;
-const T0: i64 = 1_790_000_000_000_000;
+pub const T0: i64 = 1_790_000_000_000_000;
 const SECOND: i64 = 1_000_000;
 /// tonic compresses each message with zstd's default level.
 pub const ZSTD_LEVEL: i32 = 3;
@@ -65,35 +67,54 @@ const APPS: &[&str] = &[
 ];
 
 /// xorshift64*: the same sequence on every run.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 }
 
-struct Sim {
+/// One simulated server's sessions.
+pub struct Sim {
     rng: Rng,
-    sessions: Vec<Arc<Session>>,
+    pub sessions: Vec<Arc<Session>>,
     next_pid: i32,
+    changed_per_sample: usize,
+    reconnects_per_sample: usize,
 }
 
 impl Sim {
-    fn new() -> Sim {
+    /// The wire benchmark's server: 1,000 sessions, 100 changing a second.
+    pub fn new() -> Sim {
+        Sim::with(
+            SESSIONS,
+            CHANGED_PER_SAMPLE,
+            RECONNECTS_PER_SAMPLE,
+            0x9e37_79b9_7f4a_7c15,
+            T0,
+        )
+    }
+
+    /// `sessions` sessions, of which `changed` change each second
+    /// (`reconnects` of those are new backends), connected in the day
+    /// before `t0`; `seed` picks which.
+    pub fn with(sessions: usize, changed: usize, reconnects: usize, seed: u64, t0: i64) -> Sim {
         let mut sim = Sim {
-            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            rng: Rng(seed | 1),
             sessions: Vec::new(),
             next_pid: 20_000,
+            changed_per_sample: changed,
+            reconnects_per_sample: reconnects.min(changed),
         };
-        for _ in 0..SESSIONS {
-            let started = T0 - (sim.rng.below(86_400) as i64) * SECOND;
+        for _ in 0..sessions {
+            let started = t0 - (sim.rng.below(86_400) as i64) * SECOND;
             let s = sim.connect(started);
             sim.sessions.push(s);
         }
@@ -132,16 +153,23 @@ impl Sim {
         })
     }
 
-    /// One second passes; about 10% of the sessions change.
-    fn step(&mut self, now: i64) {
-        for _ in 0..RECONNECTS_PER_SAMPLE {
+    /// One second passes; about 10% of the sessions change. Returns what a
+    /// sampler hands on: the sessions new or changed, and the keys of those
+    /// that ended.
+    pub fn step(&mut self, now: i64) -> (Vec<Arc<Session>>, Vec<SessionKey>) {
+        let mut touched = Vec::with_capacity(self.changed_per_sample);
+        let mut removed = Vec::new();
+        for _ in 0..self.reconnects_per_sample {
             let at = now - self.rng.below(SECOND as usize) as i64;
             let i = self.rng.below(self.sessions.len());
+            removed.push(self.sessions[i].key());
             self.sessions[i] = self.connect(at);
+            touched.push(i);
         }
-        for _ in 0..CHANGED_PER_SAMPLE - RECONNECTS_PER_SAMPLE {
+        for _ in 0..self.changed_per_sample - self.reconnects_per_sample {
             let at = now - self.rng.below(SECOND as usize) as i64;
             let i = self.rng.below(self.sessions.len());
+            touched.push(i);
             let q = self.rng.below(QUERIES.len());
             let wait = self.rng.below(10);
             let s = Arc::make_mut(&mut self.sessions[i]);
@@ -168,11 +196,16 @@ impl Sim {
                 s.query_id = Some(fingerprint as i64 ^ 0x5bd1_e995);
             }
         }
+        touched.sort_unstable();
+        touched.dedup();
+        let changed: Vec<Arc<Session>> =
+            touched.iter().map(|&i| self.sessions[i].clone()).collect();
+        (changed, removed)
     }
 
     /// The sample as the sampler hands it on: every session, plus what else
     /// a sample carries (slots, database counters, the agent's counters).
-    fn snapshot(&self, at: i64, n: u64) -> Snapshot {
+    pub fn snapshot(&self, at: i64, n: u64) -> Snapshot {
         let count = |key: &dyn Fn(&Session) -> String| {
             let mut by: std::collections::BTreeMap<String, u32> = Default::default();
             for s in &self.sessions {
@@ -188,7 +221,7 @@ impl Sim {
             slots: Some(v1::ConnectionSlots {
                 max_connections: 1200,
                 reserved: 3,
-                used: SESSIONS as u32 + 1,
+                used: self.sessions.len() as u32 + 1,
                 by_state: count(&|s| s.state.as_pg().to_owned()),
                 by_application: count(&|s| s.application_name.to_string()),
                 by_user: count(&|s| s.user.to_string()),

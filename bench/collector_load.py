@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""How many servers one collector sustains (issue 5's figures).
+
+Starts a release `pgfleet-collector` (history store on, in a temporary
+directory) and runs `pgfleet-loadgen` (bench/loadgen) against it on the same
+machine: N simulated agents, each streaming one server of 100 sessions, about
+10% changing each second, at 1 Hz, over the real protocol and one HTTP/2
+connection each. The first 20 agents first send an hour of history, so that
+`GetActivity ... at` an hour back can be timed. While the fleet streams, a
+reader on its own thread calls GetActivity of a random server every 50 ms
+(its latency, and the freshness of what it returns: now minus the sample's
+time) and FleetSummary every 250 ms.
+
+N rises through --fleets until a run misses the p99 freshness of 2 s (or an
+agent fails). The largest N that held is the collector's capacity here.
+Writes the table to BENCHMARKS.md with the command that made it.
+
+    python3 bench/collector_load.py [--fleets 1000,2500,5000] [--measure 60]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from report import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## Collector load"
+TARGETS = {"servers": 10_000, "kib": 64_000 / 1024, "summary_ms": 20.0, "activity_ms": 5.0}
+
+
+def build() -> Path:
+    cmd = ["cargo", "build", "--release", "-q", "-p", "pgfleet-collector", "-p", "pgfleet-loadgen"]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    out = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )
+    return Path(json.loads(out.stdout)["target_directory"]) / "release"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_run(bin_dir: Path, n: int, args) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="pgfleet-load-"))
+    port = free_port()
+    log = open(data / "collector.log", "w")
+    collector = subprocess.Popen(
+        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
+         "--http-listen", "off", "--data-dir", str(data / "store")],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
+    )
+    try:
+        time.sleep(1)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
+               "--collector-pid", str(collector.pid), "--agents", str(n),
+               "--history-agents", str(min(20, n)), "--connect-rate", str(args.connect_rate),
+               "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
+        print("+", " ".join(cmd), file=sys.stderr, flush=True)
+        started = time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode != 0:
+            return {"agents": n, "failed": out.stderr.strip().splitlines()[-1:] or ["exit " + str(out.returncode)]}
+        r = json.loads(out.stdout)
+        # The generator's own CPU over its whole run (ramp and history included).
+        r["loadgen_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
+        r["store_mib"] = sum(f.stat().st_size for f in (data / "store").glob("pgfleet.sqlite*")) / 2**20
+        return r
+    finally:
+        collector.terminate()
+        try:
+            collector.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def held(r: dict) -> bool:
+    return ("failed" not in r and r["errors"] == 0 and r["servers_up"] == r["agents"]
+            and r["freshness_p99_ms"] is not None and r["freshness_p99_ms"] <= 2000)
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--fleets", default="1000,2500,5000,7500,10000,12500,15000",
+                   help="the values of N to try, in rising order")
+    p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
+    p.add_argument("--measure", type=int, default=60, help="seconds measured at each N")
+    p.add_argument("--connect-rate", type=int, default=500, help="agents connected per second")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    fleets = [int(x) for x in args.fleets.split(",")]
+    command = "python3 bench/collector_load.py" + "".join(
+        f" {flag} {value}" for flag, value, default in [
+            ("--fleets", args.fleets, p.get_default("fleets")),
+            ("--warmup", args.warmup, 20), ("--measure", args.measure, 60),
+            ("--connect-rate", args.connect_rate, 500),
+        ] if value != default)
+
+    # One connection per agent on each side.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    bin_dir = build()
+    runs = []
+    for n in fleets:
+        if n + 100 > hard:
+            print(f"N={n} needs more than {hard} open files; stopping", file=sys.stderr)
+            break
+        r = one_run(bin_dir, n, args)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+        runs.append(r)
+        if not held(r):
+            break
+
+    best = max((r for r in runs if held(r)), key=lambda r: r["agents"], default=None)
+    rows = []
+    for r in runs:
+        if "failed" in r:
+            rows.append(f"| {r['agents']:,} | failed: {r['failed'][0][:80]} |" + " |" * 11)
+            continue
+        rows.append(
+            f"| {r['agents']:,} | {'yes' if held(r) else '**no**'} | {fmt(r['batches_per_s'], 0)} "
+            f"| {fmt(r['freshness_p50_ms'], 0)} / {fmt(r['freshness_p99_ms'], 0)} "
+            f"| {fmt(r['get_activity_p50_ms'], 2)} / {fmt(r['get_activity_p99_ms'], 2)} "
+            f"| {fmt(r['fleet_summary_p50_ms'], 2)} / {fmt(r['fleet_summary_p99_ms'], 2)} "
+            f"| {fmt(r['at_1h_p50_ms'], 1)} / {fmt(r['at_1h_max_ms'], 1)} "
+            f"| {fmt(r['collector_kib_per_server'], 0)} | {fmt(r['collector_rss_kib'] / 1024 if r['collector_rss_kib'] else None, 0)} "
+            f"| {fmt(r['collector_cores'], 2)} | {fmt(r['loadgen_cores'], 2)} | {fmt(r['store_mib'], 0)} "
+            f"| {r['errors']} |"
+        )
+    verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
+    if best:
+        headline = f"""The largest fleet that held: **{best['agents']:,} servers** (target ≥ {TARGETS['servers']:,}: {verdict(best['agents'] >= TARGETS['servers'])}). At that N:
+
+- memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.1f} KiB, i.e. 64 KB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
+- FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms: {verdict(best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
+- GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms: {verdict(best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
+- `GetActivity … at` an hour back: {fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions)."""
+    else:
+        headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    section = f"""{TITLE}
+
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector, its SQLite store and the generator share the machine.
+
+{headline}
+
+Each row is one run: N agents (one server of 100 sessions each, about 10% changing each second, 1 Hz, one HTTP/2 connection each, zstd), {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed, every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second.
+
+| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | generator cores | store MiB | agent errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+""" + "\n".join(rows) + "\n"
+    write_section(Path(args.output), TITLE, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,536 @@
+//! pgfleet-loadgen: N simulated agents, each streaming one server of 100
+//! sessions (about 10% changing each second) at 1 Hz to a collector over the
+//! real protocol (Hello, Welcome, zstd-compressed batches of keyframes and
+//! deltas made by the agent's own encoder, one HTTP/2 connection per agent),
+//! and readers that time the collector's answers meanwhile.
+//!
+//! It prints one JSON object of figures; `bench/collector_load.py` runs it
+//! against a `pgfleet-collector` at rising N and writes BENCHMARKS.md.
+#![forbid(unsafe_code)]
+
+#[path = "../../../agent/benches/support/wire_sim.rs"]
+mod wire_sim;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use pgfleet_agent::encode::Encoder;
+use pgfleet_proto::model::{Delta, Snapshot, TargetStatus};
+use pgfleet_proto::time::{self, Micros, now_micros};
+use pgfleet_proto::v1::{
+    self, agent_message, collector_message, ingest_client::IngestClient, query_client::QueryClient,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Channel, Endpoint};
+
+use wire_sim::Sim;
+
+const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
+
+#[derive(Debug, Parser)]
+#[command(about = "Simulated pgfleet agents against one collector, and timed queries.")]
+struct Args {
+    /// The collector's gRPC address
+    #[arg(long, default_value = "http://127.0.0.1:7600")]
+    collector: String,
+    /// The collector's pid, to read its memory and CPU from /proc
+    #[arg(long)]
+    collector_pid: Option<u32>,
+    /// How many agents (one server each)
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Sessions per server
+    #[arg(long, default_value_t = 100)]
+    sessions: usize,
+    /// The share of sessions that change each second
+    #[arg(long, default_value_t = 0.1)]
+    change: f64,
+    /// How many agents connect per second while the fleet ramps up
+    #[arg(long, default_value_t = 1000)]
+    connect_rate: usize,
+    /// Of the agents, how many first send an hour of history (as fast as the
+    /// collector takes it), so that `GetActivity … at` 1 h back can be timed
+    #[arg(long, default_value_t = 0)]
+    history_agents: usize,
+    /// How many agents share one HTTP/2 connection (real agents each have
+    /// their own; more shows what a connection costs the collector)
+    #[arg(long, default_value_t = 1)]
+    streams_per_connection: usize,
+    /// How long after the last agent connected before measuring
+    #[arg(long, default_value = "20s")]
+    warmup: humantime::Duration,
+    /// How long to measure
+    #[arg(long, default_value = "60s")]
+    measure: humantime::Duration,
+}
+
+/// Counters the agents share.
+#[derive(Default)]
+struct Stats {
+    connected: AtomicU64,
+    batches: AtomicU64,
+    bytes_raw: AtomicU64,
+    keyframe_requests: AtomicU64,
+    errors: AtomicU64,
+    /// Agents done sending their hour of history.
+    history_done: AtomicU64,
+    /// The time batch sends waited for the stream, in µs (the collector's
+    /// back-pressure).
+    send_wait_us: AtomicU64,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let figures = runtime.block_on(run(args))?;
+    println!("{}", serde_json::to_string(&figures)?);
+    Ok(())
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let args = Arc::new(args);
+    let stats = Arc::new(Stats::default());
+    let base_rss = args.collector_pid.and_then(rss_kib);
+    let started = Instant::now();
+    let mut agents = Vec::with_capacity(args.agents);
+    let per = args.streams_per_connection.max(1);
+    let mut shared: Option<Channel> = None;
+    for i in 0..args.agents {
+        let channel = if per == 1 {
+            None
+        } else {
+            if i.is_multiple_of(per) || shared.is_none() {
+                shared = Some(endpoint(&args.collector)?.connect_lazy());
+            }
+            shared.clone()
+        };
+        agents.push(tokio::spawn(agent(i, args.clone(), stats.clone(), channel)));
+        if (i + 1).is_multiple_of(args.connect_rate.max(1)) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    // Every agent connected, and the history sent.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (stats.connected.load(Relaxed) + stats.errors.load(Relaxed)) < args.agents as u64
+        || stats.history_done.load(Relaxed) < args.history_agents.min(args.agents) as u64
+    {
+        if Instant::now() > deadline {
+            return Err(
+                "the agents did not connect (or send their history) within 10 minutes".into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ramp = started.elapsed();
+    tokio::time::sleep(*args.warmup).await;
+
+    // The readers run on a thread and runtime of their own, so that the
+    // agents' tasks do not delay (and inflate) the times they take.
+    let reader_args = args.clone();
+    let reader_stats = stats.clone();
+    let readings = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(read(&reader_args, &reader_stats))
+            .map_err(|e| e.to_string())
+    })
+    .await??;
+    let Readings {
+        measured,
+        batches,
+        mut freshness,
+        mut activity,
+        mut summary,
+        mut at_times,
+        at_sessions,
+        up,
+        sessions,
+        cpu_before,
+        cpu_after,
+        rss,
+    } = readings;
+    let connected = stats.connected.load(Relaxed);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok(serde_json::json!({
+        "agents": args.agents,
+        "sessions_per_server": args.sessions,
+        "connected": connected,
+        "errors": stats.errors.load(Relaxed),
+        "ramp_s": ramp.as_secs_f64(),
+        "measured_s": measured.as_secs_f64(),
+        "batches_per_s": batches as f64 / measured.as_secs_f64(),
+        "wire_bytes_per_batch": stats.bytes_raw.load(Relaxed) as f64 / stats.batches.load(Relaxed).max(1) as f64,
+        "keyframe_requests": stats.keyframe_requests.load(Relaxed),
+        "send_wait_ms_per_batch": stats.send_wait_us.load(Relaxed) as f64 / 1e3 / stats.batches.load(Relaxed).max(1) as f64,
+        "servers_up": up,
+        "sessions_seen": sessions,
+        "freshness_p50_ms": percentile(&mut freshness, 50.0).map(ms),
+        "freshness_p99_ms": percentile(&mut freshness, 99.0).map(ms),
+        "freshness_max_ms": percentile(&mut freshness, 100.0).map(ms),
+        "freshness_samples": freshness.len(),
+        "get_activity_p50_ms": percentile(&mut activity, 50.0).map(ms),
+        "get_activity_p99_ms": percentile(&mut activity, 99.0).map(ms),
+        "get_activity_calls": activity.len(),
+        "fleet_summary_p50_ms": percentile(&mut summary, 50.0).map(ms),
+        "fleet_summary_p99_ms": percentile(&mut summary, 99.0).map(ms),
+        "fleet_summary_calls": summary.len(),
+        "at_1h_p50_ms": percentile(&mut at_times, 50.0).map(ms),
+        "at_1h_max_ms": percentile(&mut at_times, 100.0).map(ms),
+        "at_1h_sessions": at_sessions,
+        "collector_rss_base_kib": base_rss,
+        "collector_rss_kib": rss,
+        "collector_kib_per_server": match (rss, base_rss) {
+            (Some(r), Some(b)) if connected > 0 => Some((r.saturating_sub(b)) as f64 / connected as f64),
+            _ => None,
+        },
+        "collector_cores": match (cpu_before, cpu_after) {
+            (Some(b), Some(a)) => Some((a - b) as f64 / 100.0 / measured.as_secs_f64()),
+            _ => None,
+        },
+    }))
+}
+
+/// What the readers measured.
+struct Readings {
+    measured: Duration,
+    batches: u64,
+    freshness: Vec<Duration>,
+    activity: Vec<Duration>,
+    summary: Vec<Duration>,
+    at_times: Vec<Duration>,
+    at_sessions: Vec<usize>,
+    up: u32,
+    sessions: u32,
+    cpu_before: Option<u64>,
+    cpu_after: Option<u64>,
+    rss: Option<u64>,
+}
+
+/// Times GetActivity (and the freshness of what it returns) and
+/// FleetSummary for the measuring window, then `GetActivity … at` an hour
+/// back, and reads the collector's memory and CPU.
+async fn read(args: &Args, stats: &Stats) -> Result<Readings, Box<dyn std::error::Error>> {
+    let channel = endpoint(&args.collector)?.connect().await?;
+    let mut query = QueryClient::new(channel).max_decoding_message_size(64 << 20);
+    let cpu_before = args.collector_pid.and_then(cpu_ticks);
+    let batches_before = stats.batches.load(Relaxed);
+    let measure_start = Instant::now();
+    let mut freshness = Vec::new();
+    let mut activity = Vec::new();
+    let mut summary = Vec::new();
+    let mut rng = wire_sim::Rng(0x5eed);
+    let mut last_summary = Instant::now() - Duration::from_secs(1);
+    while measure_start.elapsed() < *args.measure {
+        if last_summary.elapsed() >= Duration::from_millis(250) {
+            last_summary = Instant::now();
+            let t = Instant::now();
+            query
+                .fleet_summary(v1::FleetSummaryRequest {
+                    group_by: "dc".into(),
+                    labels: Default::default(),
+                })
+                .await?;
+            summary.push(t.elapsed());
+        }
+        let server_id = server_id(rng.below(args.agents));
+        let t = Instant::now();
+        let response = query
+            .get_activity(v1::GetActivityRequest {
+                server_id,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        activity.push(t.elapsed());
+        if let Some(at) = &response.sampled_at {
+            freshness.push(Duration::from_micros(
+                (now_micros() - time::timestamp_micros(at)).max(0) as u64,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let measured = measure_start.elapsed();
+    let cpu_after = args.collector_pid.and_then(cpu_ticks);
+    let rss = args.collector_pid.and_then(rss_kib);
+    let batches = stats.batches.load(Relaxed) - batches_before;
+
+    // The fleet as the collector sees it.
+    let rows = query
+        .fleet_summary(v1::FleetSummaryRequest::default())
+        .await?
+        .into_inner()
+        .rows;
+    let up: u32 = rows.iter().map(|r| r.servers_up).sum();
+    let sessions: u32 = rows.iter().map(|r| r.sessions).sum();
+
+    // A past instant an hour back, rebuilt from the store.
+    let mut at_times = Vec::new();
+    let mut at_sessions = Vec::new();
+    for i in 0..args.history_agents.min(args.agents).min(20) {
+        let t = Instant::now();
+        let response = query
+            .get_activity(v1::GetActivityRequest {
+                server_id: server_id(i),
+                at: Some(time::timestamp(now_micros() - 3_600_000_000)),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        at_times.push(t.elapsed());
+        at_sessions.push(response.sessions.len());
+    }
+
+    Ok(Readings {
+        measured,
+        batches,
+        freshness,
+        activity,
+        summary,
+        at_times,
+        at_sessions,
+        up,
+        sessions,
+        cpu_before,
+        cpu_after,
+        rss,
+    })
+}
+
+fn server_id(i: usize) -> String {
+    format!("load-{i:05}")
+}
+
+/// The `p`th percentile (nearest rank); None when there are no samples.
+fn percentile(samples: &mut [Duration], p: f64) -> Option<Duration> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    Some(samples[rank.clamp(1, samples.len()) - 1])
+}
+
+/// VmRSS of `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// One simulated agent: connect, Hello, then a batch every second.
+async fn agent(i: usize, args: Arc<Args>, stats: Arc<Stats>, channel: Option<Channel>) {
+    if let Err(e) = stream(i, &args, &stats, channel).await {
+        stats.errors.fetch_add(1, Relaxed);
+        eprintln!("agent {i}: {e}");
+    }
+}
+
+async fn stream(
+    i: usize,
+    args: &Args,
+    stats: &Stats,
+    channel: Option<Channel>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let id = server_id(i);
+    let channel: Channel = match channel {
+        Some(c) => c,
+        None => endpoint(&args.collector)?.connect().await?,
+    };
+    let mut client = IngestClient::new(channel)
+        .send_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Zstd);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = v1::Hello {
+        agent_id: format!("agent-{id}"),
+        agent_version: "loadgen".into(),
+        labels: [
+            ("dc".to_owned(), DCS[i % DCS.len()].to_owned()),
+            ("cluster".to_owned(), format!("c{:03}", i / 4)),
+            (
+                "role".to_owned(),
+                if i.is_multiple_of(4) {
+                    "primary"
+                } else {
+                    "replica"
+                }
+                .to_owned(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        targets: vec![v1::Target {
+            server_id: id.clone(),
+            labels: Default::default(),
+        }],
+        sample_interval_ms: 1000,
+    };
+    tx.send(message(agent_message::Msg::Hello(hello))).await?;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    let welcome = match inbound.message().await? {
+        Some(v1::CollectorMessage {
+            msg: Some(collector_message::Msg::Welcome(w)),
+        }) => w,
+        other => return Err(format!("expected Welcome, got {other:?}").into()),
+    };
+    stats.connected.fetch_add(1, Relaxed);
+    let mut seq = welcome.resume_after_seq;
+
+    let history = i < args.history_agents;
+    let now = now_micros();
+    let start = if history {
+        now - 3_600_000_000 - 60_000_000
+    } else {
+        now
+    };
+    let changed = ((args.sessions as f64 * args.change).round() as usize).max(1);
+    let mut sim = Sim::with(
+        args.sessions,
+        changed,
+        changed / 50,
+        i as u64 * 7919 + 1,
+        start,
+    );
+    let mut encoder = Encoder::default();
+    let mut at = start;
+    let mut previous: Option<Micros> = None;
+    let mut n = 0u64;
+    // Seconds spread over the fleet, as real agents' ticks are.
+    let phase = Duration::from_micros((i as u64 * 7_919_000) % 1_000_000);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + phase, Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The history's timestamps run up to now; live sampling follows.
+    let mut live = !history;
+    loop {
+        if live {
+            tokio::select! {
+                _ = tick.tick() => {}
+                message = inbound.message() => {
+                    handle(message?, &mut encoder, stats)?;
+                    continue;
+                }
+            }
+            at = now_micros();
+        } else {
+            at += 1_000_000;
+            if at >= now_micros() {
+                live = true;
+                stats.history_done.fetch_add(1, Relaxed);
+                continue;
+            }
+            // Keyframe requests are read between history batches too.
+            while let Ok(message) = tokio::time::timeout(Duration::ZERO, inbound.message()).await {
+                handle(message?, &mut encoder, stats)?;
+            }
+        }
+        n += 1;
+        let snapshot = match previous {
+            None => {
+                sim.step(at);
+                sim.snapshot(at, n)
+            }
+            Some(base) => {
+                let (sessions, removed) = sim.step(at);
+                Snapshot {
+                    status: TargetStatus::Up,
+                    sessions,
+                    delta: Some(Delta {
+                        base_sampled_at_us: base,
+                        removed,
+                        unchanged: Vec::new(),
+                    }),
+                    slots: Some(v1::ConnectionSlots {
+                        max_connections: 200,
+                        reserved: 3,
+                        used: args.sessions as u32 + 1,
+                        ..Default::default()
+                    }),
+                    databases: ["orders", "billing", "catalog"]
+                        .iter()
+                        .map(|d| v1::DatabaseCounters {
+                            database: (*d).to_owned(),
+                            xact_commit: 300 + n % 17,
+                            xact_rollback: n % 3,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    agent: Some(v1::AgentCounters {
+                        samples_total: n,
+                        ..Default::default()
+                    }),
+                    ..Snapshot::down(id.clone(), at, String::new())
+                }
+            }
+        };
+        let snapshot = Snapshot {
+            server_id: id.clone(),
+            sampled_at_us: at,
+            ..snapshot
+        };
+        previous = Some(at);
+        let wire = encoder.encode(snapshot);
+        seq += 1;
+        let batch = v1::Batch {
+            seq,
+            dictionary_additions: encoder.take_dictionary_additions(),
+            snapshots: vec![wire],
+        };
+        stats
+            .bytes_raw
+            .fetch_add(prost::Message::encoded_len(&batch) as u64, Relaxed);
+        let waited = Instant::now();
+        tx.send(message(agent_message::Msg::Batch(batch))).await?;
+        stats
+            .send_wait_us
+            .fetch_add(waited.elapsed().as_micros() as u64, Relaxed);
+        stats.batches.fetch_add(1, Relaxed);
+    }
+}
+
+fn message(msg: agent_message::Msg) -> v1::AgentMessage {
+    v1::AgentMessage { msg: Some(msg) }
+}
+
+/// An Ack is noted; a KeyframeRequest makes the next snapshot a keyframe.
+fn handle(
+    message: Option<v1::CollectorMessage>,
+    encoder: &mut Encoder,
+    stats: &Stats,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match message {
+        None => Err("the collector ended the stream".into()),
+        Some(v1::CollectorMessage {
+            msg: Some(collector_message::Msg::KeyframeRequest(r)),
+        }) => {
+            stats.keyframe_requests.fetch_add(1, Relaxed);
+            encoder.keyframe(&r.server_ids);
+            Ok(())
+        }
+        Some(_) => Ok(()),
+    }
+}
