@@ -2,15 +2,12 @@
 //! a bounded channel; readers get immutable views that it publishes after each
 //! round of changes, so a slow reader never holds the writer.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgfleet_proto::compact;
-use pgfleet_proto::model::{
-    Delta, KeyHasher, Session, SessionKey, Snapshot, TargetStatus, add_counters,
-};
+use pgfleet_proto::model::{Delta, Session, SessionKey, Snapshot, TargetStatus, add_counters};
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -576,9 +573,8 @@ impl Aggregator {
             let keyframe = snapshot.delta.is_none();
             let mut removed = Vec::new();
             let mut unchanged = Vec::new();
-            let mut upserted = 0;
+            let mut whole = Vec::new();
             if let Some(delta) = snapshot.delta.take() {
-                upserted = snapshot.sessions.len();
                 if current.sampled_at_us != delta.base_sampled_at_us
                     || current.status != TargetStatus::Up
                 {
@@ -590,8 +586,9 @@ impl Aggregator {
                     continue;
                 }
                 match merge(&current.sessions, snapshot.sessions, &delta) {
-                    Some(sessions) => {
+                    Some((sessions, upserted)) => {
                         snapshot.sessions = sessions;
+                        whole = upserted;
                         (removed, unchanged) = (delta.removed, delta.unchanged);
                     }
                     None => {
@@ -604,18 +601,21 @@ impl Aggregator {
                     }
                 }
             }
+            if keyframe {
+                snapshot.sessions = by_key(std::mem::take(&mut snapshot.sessions));
+            }
             if keep {
-                // A delta's sessions, now whole, are the last of the merge.
-                let from = if keyframe {
-                    0
-                } else {
-                    snapshot.sessions.len() - upserted
-                };
                 frames.push(Frame {
                     server_id: snapshot.server_id.clone(),
                     at: snapshot.sampled_at_us,
                     keyframe,
-                    sessions: snapshot.sessions[from..].to_vec(),
+                    // A keyframe's sessions; a delta's, whole, in the order
+                    // of their masks.
+                    sessions: if keyframe {
+                        snapshot.sessions.clone()
+                    } else {
+                        whole
+                    },
                     removed,
                     unchanged,
                 });
@@ -690,36 +690,60 @@ impl Aggregator {
 
 /// The sessions of `base` with a delta applied: the fields upserted sessions
 /// left out taken from their version in `base`, `removed` and the sessions
-/// that `upserted` replaces taken out, `upserted` added. None when a session
-/// left out fields that `base` does not have.
+/// that `upserted` replaces taken out, `upserted` added; and the upserted
+/// sessions, now whole, in the order given. None when a session left out
+/// fields that `base` does not have.
+///
+/// Sessions are kept in key order (see [`by_key`]), so this is one pass over
+/// `base` with binary searches, rather than a hash table of it per snapshot.
 pub(crate) fn merge(
     base: &[Arc<Session>],
     mut upserted: Vec<Arc<Session>>,
     delta: &Delta,
-) -> Option<Vec<Arc<Session>>> {
-    if !delta.unchanged.is_empty() {
-        let by_key: HashMap<SessionKey, &Arc<Session>, BuildHasherDefault<KeyHasher>> =
-            base.iter().map(|s| (s.key(), s)).collect();
-        for (s, &mask) in upserted.iter_mut().zip(&delta.unchanged) {
-            if mask != 0 {
-                let old = by_key.get(&s.key())?;
-                compact::fill(Arc::make_mut(s), old, mask);
-            }
+) -> Option<Merged> {
+    let sorted;
+    let base = if base.is_sorted_by_key(|s| s.key()) {
+        base
+    } else {
+        sorted = by_key(base.to_vec());
+        &sorted
+    };
+    let find = |key: SessionKey| base.binary_search_by_key(&key, |s| s.key()).ok();
+    for (s, &mask) in upserted.iter_mut().zip(&delta.unchanged) {
+        if mask != 0 {
+            let old = &base[find(s.key())?];
+            compact::fill(Arc::make_mut(s), old, mask);
         }
     }
-    let removed = &delta.removed;
-    let gone: HashSet<SessionKey, BuildHasherDefault<KeyHasher>> = removed
-        .iter()
-        .copied()
-        .chain(upserted.iter().map(|s| s.key()))
-        .collect();
-    let mut sessions: Vec<Arc<Session>> = base
-        .iter()
-        .filter(|s| !gone.contains(&s.key()))
-        .cloned()
-        .collect();
-    sessions.extend(upserted);
-    Some(sessions)
+    let whole = upserted.clone();
+    let upserted = by_key(upserted);
+    let mut removed = delta.removed.clone();
+    removed.sort_unstable();
+    let mut sessions = Vec::with_capacity(base.len() + upserted.len());
+    let mut new = upserted.into_iter().peekable();
+    for old in base {
+        let key = old.key();
+        while let Some(n) = new.next_if(|n| n.key() < key) {
+            sessions.push(n);
+        }
+        let replaced = new.peek().is_some_and(|n| n.key() == key);
+        if !replaced && removed.binary_search(&key).is_err() {
+            sessions.push(old.clone());
+        }
+    }
+    sessions.extend(new);
+    Some((sessions, whole))
+}
+
+/// A merge's sessions, and the upserted ones whole in the order given.
+pub(crate) type Merged = (Vec<Arc<Session>>, Vec<Arc<Session>>);
+
+/// Sessions in key order, as the views keep them.
+pub(crate) fn by_key(mut sessions: Vec<Arc<Session>>) -> Vec<Arc<Session>> {
+    if !sessions.is_sorted_by_key(|s| s.key()) {
+        sessions.sort_unstable_by_key(|s| s.key());
+    }
+    sessions
 }
 
 /// Adds one up snapshot's increments to the totals. Every up snapshot lists every
@@ -991,5 +1015,53 @@ mod tests {
             "nothing of it was applied"
         );
         assert_eq!(a.servers["db"].sessions.len(), 3);
+    }
+
+    #[test]
+    fn merge_replaces_removes_adds_and_fills_in_key_order() {
+        let s = |pid: i32, query: &str| {
+            Arc::new(Session {
+                pid,
+                backend_start_us: 1,
+                query: query.into(),
+                database: "orders".into(),
+                ..Default::default()
+            })
+        };
+        // A base out of order (as an older store may hold it).
+        let base = vec![s(5, "e"), s(1, "a"), s(3, "c"), s(7, "g")];
+        let changed = Arc::new(Session {
+            database: "".into(),
+            ..(*s(3, "c2")).clone()
+        });
+        let delta = Delta {
+            base_sampled_at_us: 0,
+            removed: vec![(7, 1), (99, 1)],
+            unchanged: vec![0, compact::field::DATABASE, 0],
+        };
+        let (merged, whole) = merge(&base, vec![s(6, "f"), changed, s(0, "z")], &delta).unwrap();
+        let shape: Vec<(i32, &str, &str)> = merged
+            .iter()
+            .map(|x| (x.pid, &*x.query, &*x.database))
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (0, "z", "orders"),
+                (1, "a", "orders"),
+                (3, "c2", "orders"),
+                (5, "e", "orders"),
+                (6, "f", "orders")
+            ]
+        );
+        let order: Vec<i32> = whole.iter().map(|x| x.pid).collect();
+        assert_eq!(order, [6, 3, 0], "the upserted, whole, as given");
+        assert_eq!(&*whole[1].database, "orders");
+        // A mask for a session the base lacks cannot be filled.
+        let orphan = Delta {
+            unchanged: vec![compact::field::DATABASE],
+            ..delta
+        };
+        assert!(merge(&base, vec![s(42, "x")], &orphan).is_none());
     }
 }

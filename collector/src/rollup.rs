@@ -35,36 +35,73 @@ pub struct Rollup {
 
 impl Rollup {
     /// Counts `sessions`, as sampled at `at`.
+    ///
+    /// A server has few databases, states and wait types, so they are counted
+    /// in short lists (a string shared by many sessions compares by pointer
+    /// first) and sorted into maps once, rather than looked up in maps for
+    /// every session: this runs for every snapshot the collector applies.
     pub fn of(sessions: &[Arc<Session>], at: Micros) -> Rollup {
         let mut r = Rollup::default();
+        let mut by_state: Vec<(&'static str, u32)> = Vec::new();
+        let mut by_database_state: Vec<((&Arc<str>, &'static str), u64)> = Vec::new();
+        let mut max_xact_age: Vec<(&Arc<str>, f64)> = Vec::new();
+        let mut waiting_by_type: Vec<(&Arc<str>, u64)> = Vec::new();
         for s in sessions.iter().filter(|s| !s.is_background()) {
             let state = match s.state {
                 SessionState::Unknown => "unknown",
                 other => other.as_pg(),
             };
             r.sessions += 1;
-            *r.by_state.entry(state).or_default() += 1;
-            *r.by_database_state
-                .entry((s.database.clone(), state))
-                .or_default() += 1;
+            *slot(&mut by_state, state, |a, b| a == b) += 1;
+            *slot(&mut by_database_state, (&s.database, state), |a, b| {
+                a.1 == b.1 && same(a.0, b.0)
+            }) += 1;
             if let Some(start) = s.xact_start_us {
                 let age_us = (at - start).max(0);
-                let max = r.max_xact_age.entry(s.database.clone()).or_default();
+                let max = slot(&mut max_xact_age, &s.database, same);
                 *max = max.max(age_us as f64 / 1e6);
                 r.longest_xact_us = Some(r.longest_xact_us.map_or(age_us, |m| m.max(age_us)));
             }
             if s.state == SessionState::Active && !s.wait_event_type.is_empty() {
                 r.waiting += 1;
-                *r.waiting_by_type
-                    .entry(s.wait_event_type.clone())
-                    .or_default() += 1;
+                *slot(&mut waiting_by_type, &s.wait_event_type, same) += 1;
             }
             if !s.blocked_by.is_empty() {
                 r.blocked += 1;
             }
         }
+        r.by_state = by_state.into_iter().collect();
+        r.by_database_state = by_database_state
+            .into_iter()
+            .map(|((db, state), n)| ((db.clone(), state), n))
+            .collect();
+        r.max_xact_age = max_xact_age
+            .into_iter()
+            .map(|(db, a)| (db.clone(), a))
+            .collect();
+        r.waiting_by_type = waiting_by_type
+            .into_iter()
+            .map(|(t, n)| (t.clone(), n))
+            .collect();
         r
     }
+}
+
+/// The count kept for `key` in a short list, added at zero when new.
+fn slot<K: Copy, V: Default>(list: &mut Vec<(K, V)>, key: K, eq: impl Fn(K, K) -> bool) -> &mut V {
+    let i = match list.iter().position(|(k, _)| eq(*k, key)) {
+        Some(i) => i,
+        None => {
+            list.push((key, V::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
+
+/// Two strings equal, by pointer when they are one.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 /// The metrics `QueryMetrics` serves from the per-minute rollups.
@@ -302,4 +339,76 @@ struct StoredValue {
     label: String,
     #[prost(double, tag = "3")]
     value: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_counted_by_state_database_and_wait() {
+        let orders: Arc<str> = "orders".into();
+        let s = |state, db: &Arc<str>, wait: &str, xact: Option<i64>, blocked: bool| {
+            Arc::new(Session {
+                state,
+                database: db.clone(),
+                wait_event_type: wait.into(),
+                xact_start_us: xact,
+                blocked_by: if blocked { vec![1] } else { Vec::new() },
+                backend_type: "client backend".into(),
+                ..Default::default()
+            })
+        };
+        let sessions = vec![
+            s(SessionState::Active, &orders, "Lock", Some(4_000_000), true),
+            s(
+                SessionState::Active,
+                &"orders".into(),
+                "IO",
+                Some(9_000_000),
+                false,
+            ),
+            s(SessionState::Idle, &"billing".into(), "Client", None, false),
+            s(
+                SessionState::IdleInTransaction,
+                &orders,
+                "Client",
+                Some(1_000_000),
+                false,
+            ),
+            Arc::new(Session {
+                backend_type: "checkpointer".into(),
+                ..Default::default()
+            }),
+        ];
+        let r = Rollup::of(&sessions, 10_000_000);
+        assert_eq!(r.sessions, 4);
+        assert_eq!(
+            r.by_state.into_iter().collect::<Vec<_>>(),
+            [("active", 2), ("idle", 1), ("idle in transaction", 1)]
+        );
+        let by_db: Vec<(String, &str, u64)> = r
+            .by_database_state
+            .into_iter()
+            .map(|((d, s), n)| (d.to_string(), s, n))
+            .collect();
+        assert_eq!(
+            by_db,
+            [
+                ("billing".to_owned(), "idle", 1),
+                ("orders".to_owned(), "active", 2),
+                ("orders".to_owned(), "idle in transaction", 1)
+            ]
+        );
+        assert_eq!(r.max_xact_age.get("orders"), Some(&9.0));
+        assert_eq!(r.longest_xact_us, Some(9_000_000));
+        assert_eq!((r.waiting, r.blocked), (2, 1));
+        assert_eq!(
+            r.waiting_by_type
+                .into_iter()
+                .map(|(t, n)| (t.to_string(), n))
+                .collect::<Vec<_>>(),
+            [("IO".to_owned(), 1), ("Lock".to_owned(), 1)]
+        );
+    }
 }

@@ -8,9 +8,10 @@ use pgfleet_proto::v1::{ingest_server::IngestServer, query_server::QueryServer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::aggregator::{Aggregator, AggregatorHandle, Command};
 use crate::config::CollectorConfig;
@@ -44,6 +45,9 @@ pub enum StartError {
     /// The TLS settings were refused.
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    /// The aggregator's thread could not be started.
+    #[error("cannot start the aggregator: {0}")]
+    Aggregator(std::io::Error),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
@@ -98,7 +102,18 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     let (store, loaded) = Store::open(&config.data_dir, config.retention)
         .map_err(|e| StartError::Store(e.to_string()))?;
     let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
-    tokio::spawn(aggregator.with_store(store.clone(), loaded).run());
+    // The aggregator has a thread of its own: with thousands of agents its
+    // rounds are long, and on the runtime's workers they would hold queries
+    // back behind them.
+    let aggregator = aggregator.with_store(store.clone(), loaded);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(StartError::Aggregator)?;
+    std::thread::Builder::new()
+        .name("pgfleet-aggregator".into())
+        .spawn(move || runtime.block_on(aggregator.run()))
+        .map_err(StartError::Aggregator)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
@@ -144,7 +159,16 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .add_service(ingest)
         .add_service(query);
     let server = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(listener);
+        // Replies go out at once: with Nagle's algorithm a reply written in
+        // parts (headers, data, trailers) waited for the client's delayed ACK,
+        // some 40 ms.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            conn.inspect(|c| {
+                if let Err(e) = c.set_nodelay(true) {
+                    warn!(error = %e, "Cannot set TCP_NODELAY on a connection.");
+                }
+            })
+        });
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;

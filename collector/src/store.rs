@@ -416,11 +416,11 @@ fn rebuild(
         match snapshot.delta {
             Some(delta) if !keyframe => {
                 // Stored deltas hold whole sessions, so the merge always holds.
-                if let Some(merged) = merge(&sessions, snapshot.sessions, &delta) {
+                if let Some((merged, _)) = merge(&sessions, snapshot.sessions, &delta) {
                     sessions = merged;
                 }
             }
-            _ => sessions = snapshot.sessions,
+            _ => sessions = crate::aggregator::by_key(snapshot.sessions),
         }
         last = frame_at;
     }

@@ -60,6 +60,9 @@ struct Args {
     /// their own; more shows what a connection costs the collector)
     #[arg(long, default_value_t = 1)]
     streams_per_connection: usize,
+    /// How agents compress their messages: zstd (the agent's default), gzip or none
+    #[arg(long, default_value = "zstd")]
+    compression: String,
     /// How long after the last agent connected before measuring
     #[arg(long, default_value = "20s")]
     warmup: humantime::Duration,
@@ -361,9 +364,12 @@ async fn stream(
         Some(c) => c,
         None => endpoint(&args.collector)?.connect().await?,
     };
-    let mut client = IngestClient::new(channel)
-        .send_compressed(CompressionEncoding::Zstd)
-        .accept_compressed(CompressionEncoding::Zstd);
+    let mut client = IngestClient::new(channel).accept_compressed(CompressionEncoding::Zstd);
+    match args.compression.as_str() {
+        "zstd" => client = client.send_compressed(CompressionEncoding::Zstd),
+        "gzip" => client = client.send_compressed(CompressionEncoding::Gzip),
+        _ => {}
+    }
     let (tx, rx) = mpsc::channel(4);
     let hello = v1::Hello {
         agent_id: format!("agent-{id}"),
