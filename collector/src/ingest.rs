@@ -2,7 +2,7 @@
 //! off the aggregator's task, and acknowledges batches once they are applied
 //! (several at a time).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -182,6 +182,10 @@ fn authenticate(tokens: &[Token], metadata: &tonic::metadata::MetadataMap) -> Re
 
 /// Applies batches until the stream ends; returns why it ended.
 ///
+/// Batches are handed to the aggregator as they arrive, up to [`IN_FLIGHT`]
+/// ahead of its answers, so that an agent replaying a long outage is not held
+/// to one batch per published view. Answers come back in order.
+///
 /// Acks are coalesced: one ack covers every batch applied before it, and goes
 /// out [`ACK_EVERY`] after the first batch it covers, after [`ACK_AFTER`]
 /// batches, or when either side closes the stream (the agent when it stops,
@@ -196,30 +200,44 @@ async fn receive(
     tx: &Outbound,
     shutdown: &mut watch::Receiver<()>,
 ) -> String {
-    // The last applied sequence not yet acknowledged, how many batches it
-    // covers, and when it is due.
-    let mut unacked: Option<(u64, u32, tokio::time::Instant)> = None;
+    let mut acks = Acks::default();
+    // Batches handed over and not yet answered: their sequence, the servers
+    // whose dictionary references could not be read, and the answer to come.
+    let mut pending: VecDeque<(u64, Vec<String>, Answer)> = VecDeque::new();
+    // Set once the agent closed its side: what is pending is settled, then
+    // the last ack goes.
+    let mut closing = false;
     // The stream's dictionary: the agent sends it whole on a new stream.
     let mut dictionary = Resolver::default();
     loop {
-        let due = unacked.map(|(_, _, due)| due);
+        if closing && pending.is_empty() {
+            // The agent is stopping: it waits for this last ack.
+            acks.flush(tx).await;
+            return "the agent closed the stream".to_owned();
+        }
+        let due = acks.due();
         let received = tokio::select! {
             biased;
             _ = shutdown.changed() => {
                 // What was applied is acknowledged, so that it is not sent
                 // again to the next collector.
-                if let Some((seq, _, _)) = unacked.take() {
-                    send_ack(tx, seq).await;
-                }
+                acks.flush(tx).await;
                 let status = Status::unavailable("the collector is shutting down; reconnect");
                 let _ = tx.send(Err(status)).await;
                 return "the collector is shutting down".to_owned();
             }
-            m = inbound.message() => m,
+            answer = async { (&mut pending.front_mut()?.2).await.ok() }, if !pending.is_empty() => {
+                let Some((seq, unresolved, _)) = pending.pop_front() else { continue };
+                let applied = answer
+                    .unwrap_or_else(|| Err(Status::unavailable("the collector is shutting down")));
+                if let Err(reason) = settle(tx, &mut acks, seq, unresolved, applied).await {
+                    return reason;
+                }
+                continue;
+            }
+            m = inbound.message(), if !closing && pending.len() < IN_FLIGHT => m,
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                if let Some((seq, _, _)) = unacked.take()
-                    && !send_ack(tx, seq).await
-                {
+                if !acks.flush(tx).await {
                     return "the agent went away".to_owned();
                 }
                 continue;
@@ -244,11 +262,8 @@ async fn receive(
                 return "an unknown message type".to_owned();
             }
             Ok(None) => {
-                // The agent is stopping: it waits for this last ack.
-                if let Some((seq, _, _)) = unacked.take() {
-                    send_ack(tx, seq).await;
-                }
-                return "the agent closed the stream".to_owned();
+                closing = true;
+                continue;
             }
             Err(status) => return format!("{} ({:?})", status.message(), status.code()),
         };
@@ -259,54 +274,93 @@ async fn receive(
         }
         let (snapshots, unresolved) = decode(agent_id, batch, &dictionary);
         let (reply, answer) = oneshot::channel();
-        let applied = match aggregator
-            .send(Command::Apply {
-                agent_id: agent_id.to_owned(),
-                conn_id,
-                seq,
-                snapshots,
-                reply,
-            })
-            .await
-        {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(Status::unavailable("the collector is shutting down"))),
-            Err(status) => Err(status),
+        let command = Command::Apply {
+            agent_id: agent_id.to_owned(),
+            conn_id,
+            seq,
+            snapshots,
+            reply,
         };
-        match applied {
-            Ok(mut keyframes_needed) => {
-                keyframes_needed.extend(unresolved);
-                if !keyframes_needed.is_empty() {
-                    let request = v1::CollectorMessage {
-                        msg: Some(collector_message::Msg::KeyframeRequest(
-                            v1::KeyframeRequest {
-                                server_ids: keyframes_needed,
-                            },
-                        )),
-                    };
-                    if tx.send(Ok(request)).await.is_err() {
-                        return "the agent went away".to_owned();
-                    }
-                }
-            }
-            Err(status) => {
-                let reason = status.message().to_owned();
-                let _ = tx.send(Err(status)).await;
-                return reason;
-            }
+        if let Err(status) = aggregator.send(command).await {
+            let reason = status.message().to_owned();
+            let _ = tx.send(Err(status)).await;
+            return reason;
         }
-        unacked = match unacked {
+        pending.push_back((seq, unresolved, answer));
+    }
+}
+
+/// How many batches of one stream may wait for the aggregator's answer.
+const IN_FLIGHT: usize = 64;
+
+/// The aggregator's answer to an Apply.
+type Answer = oneshot::Receiver<Result<Vec<String>, Status>>;
+
+/// The last applied sequence not yet acknowledged, how many batches it
+/// covers, and when its ack is due.
+#[derive(Default)]
+struct Acks(Option<(u64, u32, tokio::time::Instant)>);
+
+impl Acks {
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.0.map(|(_, _, due)| due)
+    }
+
+    /// Notes `seq` applied; true when its ack is to go now.
+    fn applied(&mut self, seq: u64) -> bool {
+        self.0 = match self.0 {
             Some((_, n, _)) if n + 1 >= ACK_AFTER => {
-                if !send_ack(tx, seq).await {
-                    return "the agent went away".to_owned();
-                }
-                None
+                Some((seq, ACK_AFTER, tokio::time::Instant::now()))
             }
             Some((_, n, due)) => Some((seq, n + 1, due)),
             None => Some((seq, 1, tokio::time::Instant::now() + ACK_EVERY)),
         };
+        self.0.is_some_and(|(_, n, _)| n >= ACK_AFTER)
     }
+
+    /// Sends the ack owed, if any; false if the agent is gone.
+    async fn flush(&mut self, tx: &Outbound) -> bool {
+        match self.0.take() {
+            Some((seq, _, _)) => send_ack(tx, seq).await,
+            None => true,
+        }
+    }
+}
+
+/// Acts on the aggregator's answer for batch `seq`: asks for the keyframes
+/// it needs, and acknowledges it in its turn; Err with why the stream ends.
+async fn settle(
+    tx: &Outbound,
+    acks: &mut Acks,
+    seq: u64,
+    unresolved: Vec<String>,
+    applied: Result<Vec<String>, Status>,
+) -> Result<(), String> {
+    let mut keyframes_needed = match applied {
+        Ok(needed) => needed,
+        Err(status) => {
+            let reason = status.message().to_owned();
+            let _ = tx.send(Err(status)).await;
+            return Err(reason);
+        }
+    };
+    keyframes_needed.extend(unresolved);
+    if !keyframes_needed.is_empty() {
+        let request = v1::CollectorMessage {
+            msg: Some(collector_message::Msg::KeyframeRequest(
+                v1::KeyframeRequest {
+                    server_ids: keyframes_needed,
+                },
+            )),
+        };
+        if tx.send(Ok(request)).await.is_err() {
+            return Err("the agent went away".to_owned());
+        }
+    }
+    if acks.applied(seq) && !acks.flush(tx).await {
+        return Err("the agent went away".to_owned());
+    }
+    Ok(())
 }
 
 /// Acknowledges every batch up to `seq`; false if the agent is gone.

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use std::collections::{BTreeMap, HashMap};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, oneshot};
 
 use pgfleet_agent::settings::check_label;
 
@@ -100,6 +99,41 @@ impl QueryService {
     }
 }
 
+/// A watcher's events, or the status that ends its stream when it fell
+/// behind.
+pub struct WatchStream {
+    events: mpsc::Receiver<v1::WatchEvent>,
+    dropped: Option<oneshot::Receiver<Status>>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for WatchStream {
+    type Item = Result<v1::WatchEvent, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(dropped) = &mut self.dropped {
+            match std::pin::Pin::new(dropped).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+                // The watch ended another way: what is queued still goes.
+                Poll::Ready(Err(_)) => self.dropped = None,
+                Poll::Pending => {}
+            }
+        }
+        self.events.poll_recv(cx).map(|e| e.map(Ok))
+    }
+}
+
 /// How many events may wait for a watcher before it is dropped as too slow.
 pub const WATCH_QUEUE: usize = 4096;
 
@@ -109,7 +143,7 @@ const WATCH_HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 
 #[tonic::async_trait]
 impl v1::query_server::Query for QueryService {
-    type WatchStream = ReceiverStream<Result<v1::WatchEvent, Status>>;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,
@@ -119,6 +153,7 @@ impl v1::query_server::Query for QueryService {
         let wanted = move |s: &ServerView| s.has_labels(&labels);
         let mut views = self.aggregator.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let (drop_watcher, dropped) = oneshot::channel();
         let mut last = views.borrow_and_update().clone();
         let now = now_micros();
         let mut sent: HashMap<Arc<str>, &'static str> = HashMap::new();
@@ -132,7 +167,7 @@ impl v1::query_server::Query for QueryService {
             event: Some(v1::watch_event::Event::Full(v1::WatchFull { servers })),
         };
         // The channel is new and empty, so this cannot wait.
-        let _ = tx.try_send(Ok(full));
+        let _ = tx.try_send(full);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WATCH_HEALTH_EVERY);
             loop {
@@ -169,22 +204,23 @@ impl v1::query_server::Query for QueryService {
                 }
                 for event in events {
                     let event = v1::WatchEvent { event: Some(event) };
-                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Ok(event)) {
-                        let status = Status::resource_exhausted(format!(
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
+                        // Its stream ends at once with the status; what it
+                        // had not read is stale and goes unsent.
+                        let _ = drop_watcher.send(Status::resource_exhausted(format!(
                             "this watcher fell {WATCH_QUEUE} events behind; watch again"
-                        ));
-                        let _ = tokio::time::timeout(
-                            std::time::Duration::from_secs(5),
-                            tx.send(Err(status)),
-                        )
-                        .await;
+                        )));
                         return;
                     }
                 }
                 last = next;
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(WatchStream {
+            events: rx,
+            dropped: Some(dropped),
+            ended: false,
+        }))
     }
 
     async fn list_servers(
