@@ -154,20 +154,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
             .map_err(|e| e.to_string())
     })
     .await??;
-    let Readings {
-        measured,
-        batches,
-        mut freshness,
-        mut activity,
-        mut summary,
-        mut at_times,
-        at_sessions,
-        up,
-        sessions,
-        cpu_before,
-        cpu_after,
-        rss,
-    } = readings;
+    let mut r = readings;
     let connected = stats.connected.load(Relaxed);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(serde_json::json!({
@@ -176,34 +163,34 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "connected": connected,
         "errors": stats.errors.load(Relaxed),
         "ramp_s": ramp.as_secs_f64(),
-        "measured_s": measured.as_secs_f64(),
-        "batches_per_s": batches as f64 / measured.as_secs_f64(),
+        "measured_s": r.measured.as_secs_f64(),
+        "batches_per_s": r.batches as f64 / r.measured.as_secs_f64(),
         "wire_bytes_per_batch": stats.bytes_raw.load(Relaxed) as f64 / stats.batches.load(Relaxed).max(1) as f64,
         "keyframe_requests": stats.keyframe_requests.load(Relaxed),
         "send_wait_ms_per_batch": stats.send_wait_us.load(Relaxed) as f64 / 1e3 / stats.batches.load(Relaxed).max(1) as f64,
-        "servers_up": up,
-        "sessions_seen": sessions,
-        "freshness_p50_ms": percentile(&mut freshness, 50.0).map(ms),
-        "freshness_p99_ms": percentile(&mut freshness, 99.0).map(ms),
-        "freshness_max_ms": percentile(&mut freshness, 100.0).map(ms),
-        "freshness_samples": freshness.len(),
-        "get_activity_p50_ms": percentile(&mut activity, 50.0).map(ms),
-        "get_activity_p99_ms": percentile(&mut activity, 99.0).map(ms),
-        "get_activity_calls": activity.len(),
-        "fleet_summary_p50_ms": percentile(&mut summary, 50.0).map(ms),
-        "fleet_summary_p99_ms": percentile(&mut summary, 99.0).map(ms),
-        "fleet_summary_calls": summary.len(),
-        "at_1h_p50_ms": percentile(&mut at_times, 50.0).map(ms),
-        "at_1h_max_ms": percentile(&mut at_times, 100.0).map(ms),
-        "at_1h_sessions": at_sessions,
+        "servers_up": r.up,
+        "sessions_seen": r.sessions,
+        "freshness_p50_ms": percentile(&mut r.freshness, 50.0).map(ms),
+        "freshness_p99_ms": percentile(&mut r.freshness, 99.0).map(ms),
+        "freshness_max_ms": percentile(&mut r.freshness, 100.0).map(ms),
+        "freshness_samples": r.freshness.len(),
+        "get_activity_p50_ms": percentile(&mut r.activity, 50.0).map(ms),
+        "get_activity_p99_ms": percentile(&mut r.activity, 99.0).map(ms),
+        "get_activity_calls": r.activity.len(),
+        "fleet_summary_p50_ms": percentile(&mut r.summary, 50.0).map(ms),
+        "fleet_summary_p99_ms": percentile(&mut r.summary, 99.0).map(ms),
+        "fleet_summary_calls": r.summary.len(),
+        "at_1h_p50_ms": percentile(&mut r.at_times, 50.0).map(ms),
+        "at_1h_max_ms": percentile(&mut r.at_times, 100.0).map(ms),
+        "at_1h_sessions": r.at_sessions,
         "collector_rss_base_kib": base_rss,
-        "collector_rss_kib": rss,
-        "collector_kib_per_server": match (rss, base_rss) {
+        "collector_rss_kib": r.rss,
+        "collector_kib_per_server": match (r.rss, base_rss) {
             (Some(r), Some(b)) if connected > 0 => Some((r.saturating_sub(b)) as f64 / connected as f64),
             _ => None,
         },
-        "collector_cores": match (cpu_before, cpu_after) {
-            (Some(b), Some(a)) => Some((a - b) as f64 / 100.0 / measured.as_secs_f64()),
+        "collector_cores": match (r.cpu_before, r.cpu_after) {
+            (Some(b), Some(a)) => Some((a - b) as f64 / 100.0 / r.measured.as_secs_f64()),
             _ => None,
         },
     }))
