@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::aggregator::{AggregatorHandle, Command, TargetInfo};
+use crate::store::Durable;
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ pub struct IngestService {
     tokens: Arc<Vec<Token>>,
     next_conn: Arc<AtomicU64>,
     shutdown: watch::Receiver<()>,
+    /// What the store has committed; acks wait for it.
+    durable: Durable,
 }
 
 impl IngestService {
@@ -59,7 +62,13 @@ impl IngestService {
             tokens: Arc::new(tokens),
             next_conn: Arc::new(AtomicU64::new(1)),
             shutdown,
+            durable: Durable::always(),
         }
+    }
+
+    /// Acknowledges a batch only once `durable` says the store committed it.
+    pub fn with_durable(self, durable: Durable) -> Self {
+        IngestService { durable, ..self }
     }
 }
 
@@ -136,6 +145,7 @@ impl Ingest for IngestService {
         let _ = tx.try_send(Ok(welcome));
         let aggregator = self.aggregator.clone();
         let mut shutdown = self.shutdown.clone();
+        let mut durable = self.durable.clone();
         tokio::spawn(async move {
             let reason = receive(
                 &aggregator,
@@ -144,6 +154,7 @@ impl Ingest for IngestService {
                 &mut inbound,
                 &tx,
                 &mut shutdown,
+                &mut durable,
             )
             .await;
             info!(agent.id = %agent_id, peer = %peer, reason = %reason, "Agent stream ended.");
@@ -191,7 +202,8 @@ fn authenticate(tokens: &[Token], metadata: &tonic::metadata::MetadataMap) -> Re
 /// batches, or when either side closes the stream (the agent when it stops,
 /// the collector when `shutdown` fires). An agent that samples every second
 /// then wakes for an ack every few seconds rather than every second, and the
-/// collector sends a fraction of the acks.
+/// collector sends a fraction of the acks. No ack goes before the store has
+/// committed what it covers (`durable`).
 async fn receive(
     aggregator: &AggregatorHandle,
     agent_id: &str,
@@ -199,6 +211,7 @@ async fn receive(
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &Outbound,
     shutdown: &mut watch::Receiver<()>,
+    durable: &mut Durable,
 ) -> String {
     let mut acks = Acks::default();
     // Batches handed over and not yet answered: their sequence, the servers
@@ -212,16 +225,17 @@ async fn receive(
     loop {
         if closing && pending.is_empty() {
             // The agent is stopping: it waits for this last ack.
-            acks.flush(tx).await;
+            acks.flush(tx, durable).await;
             return "the agent closed the stream".to_owned();
         }
         let due = acks.due();
+        let ticket = acks.ticket();
         let received = tokio::select! {
             biased;
             _ = shutdown.changed() => {
                 // What was applied is acknowledged, so that it is not sent
                 // again to the next collector.
-                acks.flush(tx).await;
+                acks.flush(tx, durable).await;
                 let status = Status::unavailable("the collector is shutting down; reconnect");
                 let _ = tx.send(Err(status)).await;
                 return "the collector is shutting down".to_owned();
@@ -230,14 +244,20 @@ async fn receive(
                 let Some((seq, unresolved, _)) = pending.pop_front() else { continue };
                 let applied = answer
                     .unwrap_or_else(|| Err(Status::unavailable("the collector is shutting down")));
-                if let Err(reason) = settle(tx, &mut acks, seq, unresolved, applied).await {
+                if let Err(reason) = settle(tx, &mut acks, seq, unresolved, applied, durable.ticket()).await {
                     return reason;
                 }
                 continue;
             }
             m = inbound.message(), if !closing && pending.len() < IN_FLIGHT => m,
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                if !acks.flush(tx).await {
+            committed = async {
+                tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await;
+                durable.reached(ticket).await
+            }, if due.is_some() => {
+                if !committed {
+                    return "the history store's writer stopped".to_owned();
+                }
+                if !acks.send(tx).await {
                     return "the agent went away".to_owned();
                 }
                 continue;
@@ -297,32 +317,79 @@ const IN_FLIGHT: usize = 64;
 type Answer = oneshot::Receiver<Result<Vec<String>, Status>>;
 
 /// The last applied sequence not yet acknowledged, how many batches it
-/// covers, and when its ack is due.
+/// covers, when its ack is due, and the store's ticket that must be
+/// committed first.
 #[derive(Default)]
-struct Acks(Option<(u64, u32, tokio::time::Instant)>);
+struct Acks(Option<Owed>);
+
+#[derive(Clone, Copy)]
+struct Owed {
+    seq: u64,
+    batches: u32,
+    due: tokio::time::Instant,
+    ticket: u64,
+}
+
+/// How long a closing stream waits for the store before it leaves its last
+/// batches unacknowledged (the agent sends them again).
+const CLOSING_WAIT: Duration = Duration::from_secs(5);
 
 impl Acks {
     fn due(&self) -> Option<tokio::time::Instant> {
-        self.0.map(|(_, _, due)| due)
+        self.0.map(|o| o.due)
     }
 
-    /// Notes `seq` applied; true when its ack is to go now.
-    fn applied(&mut self, seq: u64) -> bool {
-        self.0 = match self.0 {
-            Some((_, n, _)) if n + 1 >= ACK_AFTER => {
-                Some((seq, ACK_AFTER, tokio::time::Instant::now()))
-            }
-            Some((_, n, due)) => Some((seq, n + 1, due)),
-            None => Some((seq, 1, tokio::time::Instant::now() + ACK_EVERY)),
-        };
-        self.0.is_some_and(|(_, n, _)| n >= ACK_AFTER)
+    fn ticket(&self) -> u64 {
+        self.0.map_or(0, |o| o.ticket)
     }
 
-    /// Sends the ack owed, if any; false if the agent is gone.
-    async fn flush(&mut self, tx: &Outbound) -> bool {
+    /// Notes `seq` applied, durable once `ticket` is committed; its ack is
+    /// due at once after [`ACK_AFTER`] batches.
+    fn applied(&mut self, seq: u64, ticket: u64) {
+        let now = tokio::time::Instant::now();
+        self.0 = Some(match self.0 {
+            Some(o) => Owed {
+                seq,
+                batches: o.batches + 1,
+                due: if o.batches + 1 >= ACK_AFTER {
+                    now
+                } else {
+                    o.due
+                },
+                ticket,
+            },
+            None => Owed {
+                seq,
+                batches: 1,
+                due: now + ACK_EVERY,
+                ticket,
+            },
+        });
+    }
+
+    /// Sends the ack owed (its ticket committed); false if the agent is gone.
+    async fn send(&mut self, tx: &Outbound) -> bool {
         match self.0.take() {
-            Some((seq, _, _)) => send_ack(tx, seq).await,
+            Some(o) => send_ack(tx, o.seq).await,
             None => true,
+        }
+    }
+
+    /// Sends the ack owed once the store has committed it, waiting at most
+    /// [`CLOSING_WAIT`]; false if the agent is gone.
+    async fn flush(&mut self, tx: &Outbound, durable: &mut Durable) -> bool {
+        let Some(o) = self.0 else {
+            return true;
+        };
+        match tokio::time::timeout(CLOSING_WAIT, durable.reached(o.ticket)).await {
+            Ok(true) => self.send(tx).await,
+            _ => {
+                warn!(
+                    seq = o.seq,
+                    "The history store did not commit in time; the last batches stay unacknowledged and the agent sends them again."
+                );
+                true
+            }
         }
     }
 }
@@ -335,6 +402,7 @@ async fn settle(
     seq: u64,
     unresolved: Vec<String>,
     applied: Result<Vec<String>, Status>,
+    ticket: u64,
 ) -> Result<(), String> {
     let mut keyframes_needed = match applied {
         Ok(needed) => needed,
@@ -357,9 +425,7 @@ async fn settle(
             return Err("the agent went away".to_owned());
         }
     }
-    if acks.applied(seq) && !acks.flush(tx).await {
-        return Err("the agent went away".to_owned());
-    }
+    acks.applied(seq, ticket);
     Ok(())
 }
 

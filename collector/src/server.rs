@@ -132,11 +132,10 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             let _ = stop.changed().await;
         })
     });
-    let ingest = IngestServer::new(IngestService::new(
-        handle.clone(),
-        config.tokens.clone(),
-        streams_rx,
-    ))
+    let ingest = IngestServer::new(
+        IngestService::new(handle.clone(), config.tokens.clone(), streams_rx)
+            .with_durable(store.durable()),
+    )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
     .accept_compressed(CompressionEncoding::Zstd)

@@ -10,11 +10,15 @@
 //! Frames and rollups older than their retention are deleted.
 //!
 //! Writes are batched: the writer commits what has queued, at least every
-//! [`COMMIT_EVERY`]. A collector that is stopped commits everything first; one
-//! that is killed loses at most that much.
+//! [`COMMIT_EVERY`]. Every write gets a ticket, and the writer says which
+//! tickets it has committed ([`Durable`]): ingest acknowledges a batch only
+//! once its ticket is committed, so a collector that is killed loses nothing
+//! it acknowledged, and the agent resends the rest. A commit that fails is
+//! retried, backing off, and nothing after it is acknowledged meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::aggregator::merge;
@@ -127,6 +131,36 @@ pub enum Op {
     Flush(oneshot::Sender<()>),
 }
 
+/// Which of the store's writes are committed: each write gets a ticket in
+/// the order queued, and the writer says the last ticket it committed.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    given: Arc<AtomicU64>,
+    committed: watch::Receiver<u64>,
+}
+
+impl Durable {
+    /// Nothing to wait for: a collector without a store.
+    pub fn always() -> Durable {
+        let (_, committed) = watch::channel(0);
+        Durable {
+            given: Arc::new(AtomicU64::new(0)),
+            committed,
+        }
+    }
+
+    /// The ticket of the last write queued so far: once it is committed, so
+    /// is everything queued before now.
+    pub fn ticket(&self) -> u64 {
+        self.given.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `ticket` is committed; false if the writer is gone first.
+    pub async fn reached(&mut self, ticket: u64) -> bool {
+        self.committed.wait_for(|c| *c >= ticket).await.is_ok()
+    }
+}
+
 /// A server as the store last knew it.
 #[derive(Debug)]
 pub struct StoredServer {
@@ -155,7 +189,9 @@ pub struct Loaded {
 pub struct Store {
     path: PathBuf,
     retention: Retention,
-    writes: mpsc::Sender<Op>,
+    writes: mpsc::Sender<(u64, Op)>,
+    /// The tickets given and committed.
+    durable: Durable,
     /// One connection for reads, opened once (WAL lets it read while the
     /// writer writes).
     reader: Arc<Mutex<Connection>>,
@@ -215,10 +251,15 @@ impl Store {
         let loaded = load(&db, &path)?;
         let reader = Arc::new(Mutex::new(connect(&path)?));
         let (writes, queue) = mpsc::channel(QUEUE);
+        let (committed, durable) = watch::channel(0);
+        let durable = Durable {
+            given: Arc::new(AtomicU64::new(0)),
+            committed: durable,
+        };
         let writer_path = path.clone();
         std::thread::Builder::new()
             .name("pgfleet-store".into())
-            .spawn(move || write_loop(db, queue, &writer_path, retention))
+            .spawn(move || write_loop(db, queue, &writer_path, retention, committed))
             .map_err(|e| fail(&path, e))?;
         info!(
             path = %path.display(),
@@ -231,6 +272,7 @@ impl Store {
                 path,
                 retention,
                 writes,
+                durable,
                 reader,
             },
             loaded,
@@ -238,10 +280,22 @@ impl Store {
     }
 
     /// Queues a write, waiting while the queue is full (the disk sets the pace).
+    ///
+    /// Only the aggregator queues writes with a ticket, one at a time, so
+    /// tickets reach the writer in order; a flush (from anywhere) takes none.
     pub async fn write(&self, op: Op) {
-        if self.writes.send(op).await.is_err() {
+        let ticket = match op {
+            Op::Flush(_) => 0,
+            _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        if self.writes.send((ticket, op)).await.is_err() {
             error!(path = %self.path.display(), "The history store's writer stopped; history is not being kept.");
         }
+    }
+
+    /// Which writes are committed.
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
     }
 
     /// How long it keeps history.
@@ -466,9 +520,10 @@ fn decode(body: &[u8]) -> Option<Snapshot> {
 
 fn write_loop(
     mut db: Connection,
-    mut queue: mpsc::Receiver<Op>,
+    mut queue: mpsc::Receiver<(u64, Op)>,
     path: &Path,
     retention: Retention,
+    committed: watch::Sender<u64>,
 ) {
     let mut last_prune: Option<std::time::Instant> = None;
     // Without a compressor (it could not allocate), frames are stored as
@@ -484,12 +539,24 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        let mut flushed = Vec::new();
-        if let Err(e) = commit(&mut db, ops, &mut flushed, &mut zstd) {
-            error!(path = %path.display(), error = %e, "Cannot write the history store.");
+        // Until it commits: nothing after a failed commit is acknowledged,
+        // so the agents keep what it held and ingest waits for the disk.
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = commit(&mut db, &ops, &mut zstd) {
+            error!(path = %path.display(), error = %e, retry_in = ?backoff, "Cannot write the history store; retrying.");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        for done in flushed {
-            let _ = done.send(());
+        let last = ops.iter().map(|(ticket, _)| *ticket).max().unwrap_or(0);
+        committed.send_if_modified(|c| {
+            let newer = last > *c;
+            *c = (*c).max(last);
+            newer
+        });
+        for (_, op) in ops {
+            if let Op::Flush(done) = op {
+                let _ = done.send(());
+            }
         }
         if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
@@ -506,8 +573,7 @@ fn write_loop(
 
 fn commit(
     db: &mut Connection,
-    ops: Vec<Op>,
-    flushed: &mut Vec<oneshot::Sender<()>>,
+    ops: &[(u64, Op)],
     zstd: &mut Option<zstd::bulk::Compressor<'static>>,
 ) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
@@ -525,17 +591,17 @@ fn commit(
         let mut rollup = tx.prepare_cached(
             "INSERT OR REPLACE INTO rollups (minute, server_id, body) VALUES (?1, ?2, ?3)",
         )?;
-        for op in ops {
+        for (_, op) in ops {
             match op {
                 Op::Applied {
                     agent_id,
                     seq,
                     frames,
                 } => {
-                    for f in &frames {
+                    for f in frames {
                         frame.execute(params![f.server_id, f.at, f.keyframe, encode(f, zstd)])?;
                     }
-                    agent.execute(params![agent_id, seq as i64])?;
+                    agent.execute(params![agent_id, *seq as i64])?;
                 }
                 Op::Server {
                     server_id,
@@ -543,13 +609,13 @@ fn commit(
                     labels,
                     interval_ms,
                 } => {
-                    let labels = serde_json::to_string(&labels).unwrap_or_default();
-                    server.execute(params![server_id, agent_id, labels, interval_ms as i64])?;
+                    let labels = serde_json::to_string(labels).unwrap_or_default();
+                    server.execute(params![server_id, agent_id, labels, *interval_ms as i64])?;
                 }
                 Op::Minute { server_id, minute } => {
                     rollup.execute(params![minute.start, server_id, minute.encode()])?;
                 }
-                Op::Flush(done) => flushed.push(done),
+                Op::Flush(_) => {}
             }
         }
     }

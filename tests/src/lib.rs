@@ -205,6 +205,17 @@ pub async fn agent_stream(
     server_id: &str,
     authorization: Option<&str>,
 ) -> Result<AgentStream, tonic::Status> {
+    agent_hello(url, server_id, authorization)
+        .await
+        .map(|(stream, _)| stream)
+}
+
+/// As [`agent_stream`], with the collector's Welcome.
+pub async fn agent_hello(
+    url: &str,
+    server_id: &str,
+    authorization: Option<&str>,
+) -> Result<(AgentStream, v1::Welcome), tonic::Status> {
     use v1::{agent_message, collector_message};
     let mut client = v1::ingest_client::IngestClient::connect(url.to_owned())
         .await
@@ -233,7 +244,7 @@ pub async fn agent_stream(
     }
     let mut inbound = client.stream(request).await?.into_inner();
     match inbound.message().await?.and_then(|m| m.msg) {
-        Some(collector_message::Msg::Welcome(_)) => Ok((tx, inbound)),
+        Some(collector_message::Msg::Welcome(welcome)) => Ok(((tx, inbound), welcome)),
         other => Err(tonic::Status::internal(format!(
             "expected Welcome, got {other:?}"
         ))),

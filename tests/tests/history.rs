@@ -69,6 +69,27 @@ async fn history_survives_a_restart_and_answers_for_a_past_instant() {
         "{sampled} vs {then}"
     );
 
+    // The same instant through the CLI, as a table and as CSV.
+    let when = humantime::format_rfc3339_micros(pgfleet_proto::time::micros_to_system_time(then))
+        .to_string();
+    for (output, header) in [("table", "PID "), ("csv", "PID,")] {
+        let out = std::process::Command::new(pgfleet_tests::workspace_binary("pgfleet"))
+            .args(["--collector", &fleet.url, "--output", output])
+            .args(["activity", "db-hist", "--at", &when])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(header)) && text.contains("hist-early"),
+            "{output}: {text}"
+        );
+    }
+
     // The agent resumes right after the sequence the store kept.
     let after = wait_for("the agent to resume", Duration::from_secs(40), || {
         let mut c = client.clone();

@@ -5,7 +5,9 @@ use std::time::Duration;
 use pgfleet_collector::ingest;
 use pgfleet_proto::time::timestamp_micros;
 use pgfleet_proto::v1::{self, agent_message, collector_message};
-use pgfleet_tests::{agent_stream, by_app, fleet, sessions, wait_for, wait_for_status};
+use pgfleet_tests::{
+    agent_hello, agent_stream, by_app, fleet, sessions, wait_for, wait_for_status, workspace_binary,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_is_reported_down_with_a_reason_and_comes_back() {
@@ -247,4 +249,84 @@ async fn an_agent_fails_over_to_its_next_collector() {
     agent.stop().await;
     b.stop().await;
     fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_acknowledged_survives_a_killed_collector() {
+    let dir = std::env::temp_dir().join(format!("pgfleet-durable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = pgfleet_collector::sandbox::free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let start = || {
+        Killed(
+            std::process::Command::new(workspace_binary("pgfleet-collector"))
+                .args([
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--http-listen",
+                    "off",
+                ])
+                .arg("--data-dir")
+                .arg(&dir)
+                .env("PGFLEET_LOG", "warn")
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let hello = || {
+        wait_for(
+            "the collector to take a stream",
+            Duration::from_secs(20),
+            || async {
+                agent_hello(&url, "raw-durable", None)
+                    .await
+                    .map_err(|s| s.to_string())
+            },
+        )
+    };
+    let collector = start();
+    let ((tx, mut inbound), welcome) = hello().await;
+    assert_eq!(welcome.resume_after_seq, 0);
+    let last = u64::from(ingest::ACK_AFTER);
+
+    // While the store cannot commit (another process holds its lock, as a
+    // stalled disk would), batches are applied but not acknowledged.
+    let lock = rusqlite::Connection::open(dir.join("pgfleet.sqlite")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for seq in 1..=last {
+        tx.send(batch(seq, "raw-durable")).await.unwrap();
+    }
+    let early = tokio::time::timeout(Duration::from_secs(2), inbound.message()).await;
+    assert!(early.is_err(), "no ack before the store commits: {early:?}");
+    // Once it can, the ack follows.
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let got = tokio::time::timeout(Duration::from_secs(15), inbound.message())
+        .await
+        .expect("an ack after ACK_AFTER batches")
+        .unwrap();
+    assert_eq!(ack(got), Some(last));
+    // Killed the moment the ack arrived: what it acknowledged was committed.
+    drop(collector);
+    drop(tx);
+
+    let collector = start();
+    let (_, welcome) = hello().await;
+    assert!(
+        welcome.resume_after_seq >= last,
+        "acknowledged {last}, but the restarted collector resumes after {}",
+        welcome.resume_after_seq
+    );
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A child process that is killed (SIGKILL) when dropped, test failed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
