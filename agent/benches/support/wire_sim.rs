@@ -227,22 +227,7 @@ impl Sim {
                 by_user: count(&|s| s.user.to_string()),
                 by_database: count(&|s| s.database.to_string()),
             }),
-            databases: DATABASES
-                .iter()
-                .map(|d| v1::DatabaseCounters {
-                    database: (*d).to_owned(),
-                    xact_commit: 300 + n % 17,
-                    xact_rollback: n % 3,
-                    blks_read: 40 + n % 13,
-                    blks_hit: 90_000 + n % 1000,
-                    tup_returned: 150_000 + n % 5000,
-                    tup_fetched: 20_000 + n % 700,
-                    tup_inserted: 120 + n % 9,
-                    tup_updated: 200 + n % 11,
-                    tup_deleted: n % 5,
-                    ..Default::default()
-                })
-                .collect(),
+            databases: databases(n),
             agent: Some(v1::AgentCounters {
                 samples_total: n,
                 sample_duration_us: 700 + (n % 50) as u32,
@@ -251,6 +236,26 @@ impl Sim {
             ..Snapshot::down("orders-db-1".into(), at, String::new())
         }
     }
+}
+
+/// One sample's pg_stat_database increments of the simulated databases.
+pub fn databases(n: u64) -> Vec<v1::DatabaseCounters> {
+    DATABASES
+        .iter()
+        .map(|d| v1::DatabaseCounters {
+            database: (*d).to_owned(),
+            xact_commit: 300 + n % 17,
+            xact_rollback: n % 3,
+            blks_read: 40 + n % 13,
+            blks_hit: 90_000 + n % 1000,
+            tup_returned: 150_000 + n % 5000,
+            tup_fetched: 20_000 + n % 700,
+            tup_inserted: 120 + n % 9,
+            tup_updated: 200 + n % 11,
+            tup_deleted: n % 5,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Totals of one way of sending the samples.

@@ -463,15 +463,7 @@ async fn stream(
                         used: args.sessions as u32 + 1,
                         ..Default::default()
                     }),
-                    databases: ["orders", "billing", "catalog"]
-                        .iter()
-                        .map(|d| v1::DatabaseCounters {
-                            database: (*d).to_owned(),
-                            xact_commit: 300 + n % 17,
-                            xact_rollback: n % 3,
-                            ..Default::default()
-                        })
-                        .collect(),
+                    databases: wire_sim::databases(n),
                     agent: Some(v1::AgentCounters {
                         samples_total: n,
                         ..Default::default()
