@@ -1,6 +1,6 @@
 //! The Ingest service: one stream per agent. It checks the Hello, decodes batches
 //! off the aggregator's task, and acknowledges batches once they are applied
-//! (several at a time).
+//! and committed to the history store (several at a time).
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
