@@ -52,11 +52,9 @@ pub struct ServerView {
     pub status: TargetStatus,
     /// The sessions of the last snapshot.
     pub sessions: Arc<Vec<Arc<Session>>>,
-    /// How many of them are client sessions (not background processes), counted
-    /// once when the snapshot is applied rather than at every read.
-    pub client_sessions: u32,
-    /// The sessions counted (by state, waits, blocks, the oldest
-    /// transaction), once when the snapshot is applied.
+    /// The client sessions (not background processes) counted, by state,
+    /// waits, blocks and the oldest transaction, once when the snapshot is
+    /// applied rather than at every read.
     pub rollup: Arc<Rollup>,
     /// The minute being rolled up; stored when the next one begins.
     pub minute: Arc<Minute>,
@@ -117,7 +115,6 @@ impl ServerView {
             sampled_at_us: 0,
             status: TargetStatus::Up,
             sessions: Arc::default(),
-            client_sessions: 0,
             rollup: Arc::default(),
             minute: Arc::default(),
             facts: None,
@@ -329,7 +326,6 @@ impl Aggregator {
                 labels: Arc::new(s.labels),
                 last_seen_us: (at > 0).then_some(at),
                 sampled_at_us: at,
-                client_sessions: client_sessions(&sessions),
                 rollup: Arc::new(Rollup::of(&sessions, at)),
                 minute: Arc::new(minute),
                 sessions: Arc::new(sessions),
@@ -624,7 +620,6 @@ impl Aggregator {
             view.last_seen_us = Some(now);
             view.sampled_at_us = snapshot.sampled_at_us;
             view.status = snapshot.status;
-            view.client_sessions = client_sessions(&snapshot.sessions);
             view.sessions = Arc::new(snapshot.sessions);
             if let Some(facts) = snapshot.facts {
                 view.facts = Some(Arc::new(facts));
@@ -768,11 +763,6 @@ fn sum_databases(
     }
 }
 
-fn client_sessions(sessions: &[Arc<Session>]) -> u32 {
-    let n = sessions.iter().filter(|s| !s.is_background()).count();
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
 /// An answer held back until the view that contains its change is published.
 enum Reply {
     Done(oneshot::Sender<()>),
@@ -848,7 +838,7 @@ mod tests {
         // Batch 1 again, with other content: acknowledged, ignored.
         a.apply("a1", 1, 1, vec![snapshot("db", 30, &[9])]).unwrap();
         assert_eq!(a.servers["db"].sessions.len(), 2);
-        assert_eq!(a.servers["db"].client_sessions, 2);
+        assert_eq!(a.servers["db"].rollup.sessions, 2);
         let stream = a.servers["db"].stream;
         assert_eq!(
             (stream.first_seq, stream.last_seq, stream.applied_batches),

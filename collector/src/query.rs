@@ -70,7 +70,7 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         up: status == "up",
         status: status.to_owned(),
         reason,
-        sessions: view.client_sessions,
+        sessions: view.rollup.sessions,
         sample_interval: Some(time::duration(view.interval.as_micros() as i64)),
         info: view.facts.as_deref().map(server_info),
         agent: view.agent,

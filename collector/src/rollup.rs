@@ -37,8 +37,8 @@ impl Rollup {
     /// Counts `sessions`, as sampled at `at`.
     ///
     /// A server has few databases, states and wait types, so they are counted
-    /// in short lists (a string shared by many sessions compares by pointer
-    /// first) and sorted into maps once, rather than looked up in maps for
+    /// in short lists (`Arc<str>`'s `==` compares pointers first, so a string
+    /// shared by many sessions compares cheaply) and sorted into maps once, rather than looked up in maps for
     /// every session: this runs for every snapshot the collector applies.
     pub fn of(sessions: &[Arc<Session>], at: Micros) -> Rollup {
         let mut r = Rollup::default();
@@ -52,19 +52,17 @@ impl Rollup {
                 other => other.as_pg(),
             };
             r.sessions += 1;
-            *slot(&mut by_state, state, |a, b| a == b) += 1;
-            *slot(&mut by_database_state, (&s.database, state), |a, b| {
-                a.1 == b.1 && same(a.0, b.0)
-            }) += 1;
+            *slot(&mut by_state, state) += 1;
+            *slot(&mut by_database_state, (&s.database, state)) += 1;
             if let Some(start) = s.xact_start_us {
                 let age_us = (at - start).max(0);
-                let max = slot(&mut max_xact_age, &s.database, same);
+                let max = slot(&mut max_xact_age, &s.database);
                 *max = max.max(age_us as f64 / 1e6);
                 r.longest_xact_us = Some(r.longest_xact_us.map_or(age_us, |m| m.max(age_us)));
             }
             if s.state == SessionState::Active && !s.wait_event_type.is_empty() {
                 r.waiting += 1;
-                *slot(&mut waiting_by_type, &s.wait_event_type, same) += 1;
+                *slot(&mut waiting_by_type, &s.wait_event_type) += 1;
             }
             if !s.blocked_by.is_empty() {
                 r.blocked += 1;
@@ -88,8 +86,8 @@ impl Rollup {
 }
 
 /// The count kept for `key` in a short list, added at zero when new.
-fn slot<K: Copy, V: Default>(list: &mut Vec<(K, V)>, key: K, eq: impl Fn(K, K) -> bool) -> &mut V {
-    let i = match list.iter().position(|(k, _)| eq(*k, key)) {
+fn slot<K: Copy + PartialEq, V: Default>(list: &mut Vec<(K, V)>, key: K) -> &mut V {
+    let i = match list.iter().position(|(k, _)| *k == key) {
         Some(i) => i,
         None => {
             list.push((key, V::default()));
@@ -97,11 +95,6 @@ fn slot<K: Copy, V: Default>(list: &mut Vec<(K, V)>, key: K, eq: impl Fn(K, K) -
         }
     };
     &mut list[i].1
-}
-
-/// Two strings equal, by pointer when they are one.
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 /// The metrics `QueryMetrics` serves from the per-minute rollups.

@@ -304,7 +304,8 @@ impl Plan {
     }
 }
 
-fn rfc3339(at: Micros) -> String {
+/// An instant in RFC 3339, to the second.
+pub fn rfc3339(at: Micros) -> String {
     humantime::format_rfc3339_seconds(time::micros_to_system_time(at)).to_string()
 }
 

@@ -102,10 +102,7 @@ pub fn render_metrics(response: &v1::QueryMetricsResponse, output: Output) -> St
                 .map(|n| series.labels.get(n).cloned().unwrap_or_default())
                 .collect();
             row.push(point.at.as_ref().map_or_else(String::new, |t| {
-                humantime::format_rfc3339_seconds(time::micros_to_system_time(
-                    time::timestamp_micros(t),
-                ))
-                .to_string()
+                crate::series::rfc3339(time::timestamp_micros(t))
             }));
             row.push(value(point.value, output));
             table.row(row);
