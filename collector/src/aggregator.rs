@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use crate::config::DuplicateServerId;
 use crate::rollup::{Minute, Rollup};
-use crate::store::{Frame, Loaded, Op as StoreOp, Store};
+use crate::store::{Frame, Loaded, Op as StoreOp, Rebuilt, Resume, Store, StoredServer};
 
 /// How many commands may wait for the aggregator.
 const COMMAND_QUEUE: usize = 1024;
@@ -39,6 +39,9 @@ pub struct ServerView {
     pub agent_id: String,
     /// Whether that agent has a live stream now.
     pub agent_connected: bool,
+    /// The collector that streams the server, when another one does and
+    /// this one follows it in a shared store; None: streamed here.
+    pub via: Option<Arc<str>>,
     /// The agent's labels merged with the target's (shared, as they seldom
     /// change while the view is copied at every snapshot).
     pub labels: Arc<BTreeMap<String, String>>,
@@ -109,6 +112,7 @@ impl ServerView {
             server_id: server_id.to_owned(),
             agent_id: String::new(),
             agent_connected: false,
+            via: None,
             labels: Arc::default(),
             interval,
             last_seen_us: None,
@@ -184,6 +188,9 @@ pub enum Command {
         targets: Vec<TargetInfo>,
         /// The agent's sampling interval.
         interval: Duration,
+        /// Where a shared store says the agent stopped (it may have streamed
+        /// to another collector since this one last saw it).
+        resume: Option<Resume>,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<u64, Status>>,
     },
@@ -214,6 +221,29 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<()>,
     },
+    /// What other collectors stored of the servers they stream (a shared
+    /// store), for this collector's view.
+    Follow {
+        /// The servers, each with what is new of it.
+        servers: Vec<Followed>,
+    },
+}
+
+/// A server another collector streams, as a shared store holds it.
+#[derive(Debug)]
+pub struct Followed {
+    pub server_id: String,
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    /// The collector that streams it.
+    pub collector: Arc<str>,
+    /// Whether its agent is connected to that collector.
+    pub connected: bool,
+    /// Its state after the frames stored since this collector's view of it,
+    /// if any; with true when rebuilt from a keyframe rather than carried on
+    /// from the view (it replaces the view's whatever its time).
+    pub state: Option<(Rebuilt, bool)>,
 }
 
 /// The handle ingest and query handlers hold.
@@ -235,6 +265,11 @@ impl AggregatorHandle {
     /// The latest published view.
     pub fn view(&self) -> Arc<FleetView> {
         self.view.borrow().clone()
+    }
+
+    /// Whether the aggregator has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.commands.is_closed()
     }
 
     /// A receiver that sees every newly published view.
@@ -319,19 +354,14 @@ impl Aggregator {
             );
         }
         for s in loaded.servers {
-            let (at, sessions) = s.activity.unwrap_or((0, Vec::new()));
-            let minute = s.minute.unwrap_or_default();
-            let view = ServerView {
-                agent_id: s.agent_id,
-                labels: Arc::new(s.labels),
-                last_seen_us: (at > 0).then_some(at),
-                sampled_at_us: at,
-                rollup: Arc::new(Rollup::of(&sessions, at)),
-                minute: Arc::new(minute),
-                sessions: Arc::new(sessions),
+            let mut view = ServerView {
+                agent_id: s.agent_id.clone(),
+                labels: Arc::new(s.labels.clone()),
                 ..ServerView::new(&s.server_id, s.interval)
             };
-            self.servers.insert(s.server_id.into(), Arc::new(view));
+            restore(&mut view, s);
+            self.servers
+                .insert(view.server_id.as_str().into(), Arc::new(view));
         }
         self.publish.send_replace(Arc::new(FleetView {
             servers: self.servers.clone(),
@@ -391,10 +421,11 @@ impl Aggregator {
                 conn_id,
                 targets,
                 interval,
+                resume,
                 reply,
             } => replies.push(Reply::Register(
                 reply,
-                self.register(agent_id, conn_id, targets, interval),
+                self.register(agent_id, conn_id, targets, interval, resume),
             )),
             Command::Apply {
                 agent_id,
@@ -420,6 +451,60 @@ impl Aggregator {
                 }
                 replies.push(Reply::Done(reply));
             }
+            Command::Follow { servers } => self.follow(servers),
+        }
+    }
+
+    /// Takes into the view what other collectors stored of the servers they
+    /// stream; a server streamed here is left as it is.
+    fn follow(&mut self, servers: Vec<Followed>) {
+        let now = now_micros();
+        for f in servers {
+            let current = self.servers.get(f.server_id.as_str());
+            if let Some(v) = current
+                && v.via.is_none()
+                && self
+                    .agents
+                    .get(&v.agent_id)
+                    .is_some_and(|a| a.conn_id.is_some())
+            {
+                continue;
+            }
+            let base = match current {
+                Some(v) => (**v).clone(),
+                None => ServerView::new(&f.server_id, f.interval),
+            };
+            let labels = if *base.labels == f.labels {
+                base.labels.clone()
+            } else {
+                Arc::new(f.labels)
+            };
+            let mut view = ServerView {
+                agent_id: f.agent_id,
+                agent_connected: f.connected,
+                via: Some(f.collector),
+                labels,
+                interval: f.interval,
+                ..base
+            };
+            if let Some((state, whole)) = f.state
+                && (whole || state.at > view.sampled_at_us)
+            {
+                if !state.databases.is_empty() {
+                    sum_databases(Arc::make_mut(&mut view.databases), &state.databases, now);
+                }
+                view.last_seen_us = Some(state.at);
+                view.sampled_at_us = state.at;
+                view.status = state.status;
+                view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
+                view.sessions = Arc::new(state.sessions);
+                view.pools = state.pools;
+                if state.facts.is_some() {
+                    view.facts = state.facts;
+                }
+            }
+            self.servers
+                .insert(view.server_id.as_str().into(), Arc::new(view));
         }
     }
 
@@ -429,6 +514,7 @@ impl Aggregator {
         conn_id: u64,
         targets: Vec<TargetInfo>,
         interval: Duration,
+        resume: Option<Resume>,
     ) -> Result<u64, Status> {
         for t in &targets {
             if let Some(existing) = self.servers.get(t.server_id.as_str())
@@ -455,12 +541,29 @@ impl Aggregator {
         }
         agent.conn_id = Some(conn_id);
         agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
+        // Another collector sharing the store took the agent further than
+        // this one saw: it resumes from there, each server as stored then.
+        let mut stored: HashMap<String, StoredServer> = HashMap::new();
+        if let Some(resume) = resume
+            && resume.last_seq > agent.stream.last_seq
+        {
+            info!(agent.id = %agent_id, from = agent.stream.last_seq, to = resume.last_seq, "The agent streamed to another collector; resuming where the store says it stopped.");
+            agent.stream.last_seq = resume.last_seq;
+            stored = resume
+                .servers
+                .into_iter()
+                .map(|s| (s.server_id.clone(), s))
+                .collect();
+        }
         let resume_after = agent.stream.last_seq;
         for t in targets {
-            let base = match self.servers.get(t.server_id.as_str()) {
+            let mut base = match self.servers.get(t.server_id.as_str()) {
                 Some(previous) => (**previous).clone(),
                 None => ServerView::new(&t.server_id, interval),
             };
+            if let Some(s) = stored.remove(&t.server_id) {
+                restore(&mut base, s);
+            }
             if self.store.is_some() {
                 self.writes.push(StoreOp::Server {
                     server_id: t.server_id.clone(),
@@ -477,6 +580,7 @@ impl Aggregator {
             let view = ServerView {
                 agent_id: agent_id.clone(),
                 agent_connected: true,
+                via: None,
                 labels,
                 interval,
                 ..base
@@ -600,11 +704,18 @@ impl Aggregator {
             if keyframe {
                 snapshot.sessions = by_key(std::mem::take(&mut snapshot.sessions));
             }
+            let pools = Arc::new(Pools {
+                slots: snapshot.slots,
+                pgbouncer: snapshot.pgbouncer,
+                client_pools: snapshot.client_pools,
+            });
+            let facts = snapshot.facts.map(Arc::new);
             if keep {
                 frames.push(Frame {
                     server_id: snapshot.server_id.clone(),
                     at: snapshot.sampled_at_us,
                     keyframe,
+                    status: snapshot.status.clone(),
                     // A keyframe's sessions; a delta's, whole, in the order
                     // of their masks.
                     sessions: if keyframe {
@@ -614,6 +725,9 @@ impl Aggregator {
                     },
                     removed,
                     unchanged,
+                    pools: pools.clone(),
+                    facts: facts.clone(),
+                    databases: snapshot.databases,
                 });
             }
             let view = Arc::make_mut(current);
@@ -621,17 +735,13 @@ impl Aggregator {
             view.sampled_at_us = snapshot.sampled_at_us;
             view.status = snapshot.status;
             view.sessions = Arc::new(snapshot.sessions);
-            if let Some(facts) = snapshot.facts {
-                view.facts = Some(Arc::new(facts));
+            if facts.is_some() {
+                view.facts = facts;
             }
             if snapshot.agent.is_some() {
                 view.agent = snapshot.agent;
             }
-            view.pools = Arc::new(Pools {
-                slots: snapshot.slots,
-                pgbouncer: snapshot.pgbouncer,
-                client_pools: snapshot.client_pools,
-            });
+            view.pools = pools;
             let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
             if view.status == TargetStatus::Up {
                 let interval_us = view.interval.as_micros() as i64;
@@ -680,6 +790,34 @@ impl Aggregator {
                 Arc::make_mut(view).agent_connected = false;
             }
         }
+        if self.store.is_some() {
+            self.writes.push(StoreOp::Disconnected {
+                server_ids: agent.servers.clone(),
+            });
+        }
+    }
+}
+
+/// Takes into `view` what the store held of its server, where that is newer
+/// than what the view holds.
+fn restore(view: &mut ServerView, stored: StoredServer) {
+    if let Some(state) = stored.activity
+        && state.at > view.sampled_at_us
+    {
+        view.last_seen_us = Some(state.at);
+        view.sampled_at_us = state.at;
+        view.status = state.status;
+        view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
+        view.sessions = Arc::new(state.sessions);
+        view.pools = state.pools;
+        if state.facts.is_some() {
+            view.facts = state.facts;
+        }
+    }
+    if let Some(minute) = stored.minute
+        && (view.minute.samples == 0 || minute.start > view.minute.start)
+    {
+        view.minute = Arc::new(minute);
     }
 }
 
@@ -828,7 +966,7 @@ mod tests {
     fn replays_are_acknowledged_but_not_applied() {
         let mut a = aggregator();
         assert_eq!(
-            a.register("a1".into(), 1, vec![target("db")], SECOND)
+            a.register("a1".into(), 1, vec![target("db")], SECOND, None)
                 .unwrap(),
             0
         );
@@ -850,7 +988,7 @@ mod tests {
         assert_eq!(a.servers["db"].stream.missing_batches, 3);
         // A new stream of the same agent resumes after 6.
         assert_eq!(
-            a.register("a1".into(), 2, vec![target("db")], SECOND)
+            a.register("a1".into(), 2, vec![target("db")], SECOND, None)
                 .unwrap(),
             6
         );
@@ -859,9 +997,9 @@ mod tests {
     #[test]
     fn a_newer_stream_of_the_same_agent_replaces_the_old_one() {
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
-        a.register("a1".into(), 2, vec![target("db")], SECOND)
+        a.register("a1".into(), 2, vec![target("db")], SECOND, None)
             .unwrap();
         let old = a
             .apply("a1", 1, 1, vec![snapshot("db", 10, &[1])])
@@ -878,17 +1016,17 @@ mod tests {
     #[test]
     fn a_second_live_agent_cannot_claim_a_server() {
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         let refused = a
-            .register("a2".into(), 2, vec![target("db")], SECOND)
+            .register("a2".into(), 2, vec![target("db")], SECOND, None)
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::AlreadyExists);
         assert!(refused.message().contains("a1"), "{}", refused.message());
         // Once the first agent is gone, another may take the server over.
         a.disconnect("a1", 1);
         assert!(
-            a.register("a2".into(), 2, vec![target("db")], SECOND)
+            a.register("a2".into(), 2, vec![target("db")], SECOND, None)
                 .is_ok()
         );
     }
@@ -896,11 +1034,11 @@ mod tests {
     #[test]
     fn with_takeover_the_newer_agent_streams_the_server() {
         let mut a = Aggregator::with_policy(DuplicateServerId::Takeover).0;
-        a.register("primary".into(), 1, vec![target("db")], SECOND)
+        a.register("primary".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         a.apply("primary", 1, 1, vec![snapshot("db", 10, &[1])])
             .unwrap();
-        a.register("standby".into(), 2, vec![target("db")], SECOND)
+        a.register("standby".into(), 2, vec![target("db")], SECOND, None)
             .unwrap();
         a.apply("standby", 2, 1, vec![snapshot("db", 20, &[7, 8])])
             .unwrap();
@@ -917,7 +1055,7 @@ mod tests {
     #[test]
     fn snapshots_of_servers_the_agent_did_not_name_are_refused() {
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         let err = a
             .apply("a1", 1, 1, vec![snapshot("other", 10, &[])])
@@ -928,7 +1066,7 @@ mod tests {
     #[test]
     fn health_is_up_down_or_stale_with_a_reason() {
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         let now = now_micros();
         assert!(
@@ -952,7 +1090,7 @@ mod tests {
     #[test]
     fn database_increments_are_summed_even_from_older_snapshots() {
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         let with = |at, commits| {
             let mut s = snapshot("db", at, &[]);
@@ -976,7 +1114,7 @@ mod tests {
     fn deltas_apply_to_their_base_and_otherwise_ask_for_a_keyframe() {
         use pgfleet_proto::model::Delta;
         let mut a = aggregator();
-        a.register("a1".into(), 1, vec![target("db")], SECOND)
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
             .unwrap();
         a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1, 2, 3])])
             .unwrap();

@@ -9,7 +9,7 @@ use pgfleet_agent::settings::{self, SettingsError, Token};
 use pgfleet_agent::tls::ServerTls;
 use serde::Deserialize;
 
-use crate::store::Retention;
+use crate::store::{Retention, StoreConfig};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -59,6 +59,12 @@ pub struct CollectorArgs {
     /// How long the per-minute rollups are kept, from which `pgfleet metrics` answers [default: 30d]
     #[arg(long, env = "PGFLEET_RETENTION_ROLLUPS", value_name = "DURATION")]
     pub retention_rollups: Option<String>,
+    /// Where the history is kept: "sqlite" (a file in --data-dir), or a PostgreSQL URL (postgres://user@host/db) that several collectors may share [default: sqlite]
+    #[arg(long, env = "PGFLEET_STORE", value_name = "STORE")]
+    pub store: Option<String>,
+    /// This collector's name in a shared store [default: <hostname>:<gRPC port>]
+    #[arg(long, env = "PGFLEET_COLLECTOR_ID", value_name = "NAME")]
+    pub collector_id: Option<String>,
     /// A TOML file with any of the settings above
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -88,6 +94,10 @@ pub struct CollectorFile {
     pub retention_frames: Option<String>,
     /// See `--retention-rollups`.
     pub retention_rollups: Option<String>,
+    /// See `--store`.
+    pub store: Option<String>,
+    /// See `--collector-id`.
+    pub collector_id: Option<String>,
 }
 
 /// The collector's settings, checked and complete.
@@ -107,6 +117,10 @@ pub struct CollectorConfig {
     pub duplicate_server_id: DuplicateServerId,
     /// How long history is kept.
     pub retention: Retention,
+    /// Where history is kept.
+    pub store: StoreConfig,
+    /// This collector's name in a shared store.
+    pub collector_id: String,
 }
 
 /// Where /metrics is served unless told otherwise.
@@ -147,6 +161,8 @@ impl CollectorConfig {
             tls: None,
             duplicate_server_id: DuplicateServerId::default(),
             retention: Retention::default(),
+            store: StoreConfig::Sqlite,
+            collector_id: crate::store::postgres::default_collector_id(listen),
         }
     }
 
@@ -210,6 +226,23 @@ impl CollectorConfig {
                 defaults.rollups,
             )?,
         };
+        let store = match args.store.or(file.store) {
+            None => StoreConfig::Sqlite,
+            Some(text) => parse_store(&text)?,
+        };
+        let collector_id = match args.collector_id.or(file.collector_id) {
+            None => crate::store::postgres::default_collector_id(listen),
+            Some(id) => {
+                let id = id.trim().to_owned();
+                if id.is_empty() || id.len() > 200 {
+                    return Err(SettingsError::Invalid {
+                        key: "collector_id",
+                        message: "give a name of 1 to 200 bytes, unique among the collectors that share a store".to_owned(),
+                    });
+                }
+                id
+            }
+        };
         Ok(CollectorConfig {
             listen,
             http_listen,
@@ -218,6 +251,26 @@ impl CollectorConfig {
             tls,
             duplicate_server_id,
             retention,
+            store,
+            collector_id,
+        })
+    }
+}
+
+/// `sqlite`, or a PostgreSQL URL.
+fn parse_store(text: &str) -> Result<StoreConfig, SettingsError> {
+    let text = text.trim();
+    if text == "sqlite" {
+        Ok(StoreConfig::Sqlite)
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(StoreConfig::Postgres(text.to_owned()))
+    } else {
+        Err(SettingsError::Invalid {
+            key: "store",
+            message: format!(
+                "{:?} is neither \"sqlite\" nor a URL like postgres://pgfleet@db.internal/pgfleet",
+                text.split('@').next_back().unwrap_or(text)
+            ),
         })
     }
 }
@@ -276,6 +329,38 @@ mod tests {
         let c = CollectorConfig::resolve(args).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/pgfleet"));
         assert_eq!(c.retention, Retention::default());
+        assert_eq!(c.store, StoreConfig::Sqlite);
+    }
+
+    #[test]
+    fn the_store_is_sqlite_or_a_postgres_url() {
+        let c = CollectorConfig::resolve(CollectorArgs {
+            store: Some("postgres://fleet:pw@history/pgfleet".into()),
+            collector_id: Some(" eu1-a ".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Postgres("postgres://fleet:pw@history/pgfleet".into())
+        );
+        assert_eq!(c.collector_id, "eu1-a");
+        let c = CollectorConfig::resolve(CollectorArgs::default()).unwrap();
+        assert!(c.collector_id.ends_with(":7600"), "{}", c.collector_id);
+        let e = CollectorConfig::resolve(CollectorArgs {
+            store: Some("mysql://fleet:secret@history/pgfleet".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("postgres://") && !e.contains("secret"), "{e}");
+        let e = CollectorConfig::resolve(CollectorArgs {
+            collector_id: Some("  ".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("collector_id"), "{e}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::aggregator::{AggregatorHandle, Command, TargetInfo};
-use crate::store::Durable;
+use crate::store::{Durable, Store};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +47,9 @@ pub struct IngestService {
     shutdown: watch::Receiver<()>,
     /// What the store has committed; acks wait for it.
     durable: Durable,
+    /// The store, when it is shared: an agent that connects is resumed
+    /// where it says the agent stopped.
+    shared: Option<Store>,
 }
 
 impl IngestService {
@@ -63,12 +66,18 @@ impl IngestService {
             next_conn: Arc::new(AtomicU64::new(1)),
             shutdown,
             durable: Durable::always(),
+            shared: None,
         }
     }
 
-    /// Acknowledges a batch only once `durable` says the store committed it.
-    pub fn with_durable(self, durable: Durable) -> Self {
-        IngestService { durable, ..self }
+    /// Acknowledges a batch only once `store` has committed it; with a
+    /// shared store, resumes each agent where the store says it stopped.
+    pub fn with_store(self, store: Store) -> Self {
+        IngestService {
+            durable: store.durable(),
+            shared: store.shared().then_some(store),
+            ..self
+        }
     }
 }
 
@@ -111,6 +120,16 @@ impl Ingest for IngestService {
         let (targets, interval) = check_hello(&hello)?;
         let agent_id = hello.agent_id;
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let resume = match &self.shared {
+            Some(store) => {
+                let ids: Vec<String> = targets.iter().map(|t| t.server_id.clone()).collect();
+                store.resume(&agent_id, &ids).await.map_err(|e| {
+                    warn!(agent.id = %agent_id, error = %e, "Cannot read where the shared store says the agent stopped.");
+                    Status::unavailable(format!("{e}; the agent retries"))
+                })?
+            }
+            None => None,
+        };
         let (reply, answer) = oneshot::channel();
         self.aggregator
             .send(Command::Register {
@@ -118,6 +137,7 @@ impl Ingest for IngestService {
                 conn_id,
                 targets,
                 interval,
+                resume,
                 reply,
             })
             .await?;

@@ -102,12 +102,20 @@ fn number(v: f64) -> String {
     }
 }
 
-/// The whole exposition for `view` at `now`.
+/// The whole exposition for `view` at `now`: the servers this collector
+/// streams. Those it follows in a shared store are left to the collector
+/// that streams them, so that a Prometheus scraping every collector counts
+/// each server once.
 pub fn render(view: &FleetView, now: Micros) -> String {
     let mut out = Out {
         text: String::with_capacity(64 << 10),
     };
-    let servers: Vec<&ServerView> = view.servers.values().map(|s| s.as_ref()).collect();
+    let servers: Vec<&ServerView> = view
+        .servers
+        .values()
+        .filter(|s| s.via.is_none())
+        .map(|s| s.as_ref())
+        .collect();
     let rollups: Vec<&Rollup> = servers.iter().map(|s| s.rollup.as_ref()).collect();
 
     out.family(

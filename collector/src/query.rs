@@ -75,6 +75,7 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         info: view.facts.as_deref().map(server_info),
         agent: view.agent,
         stream: Some(view.stream),
+        collector: view.via.as_deref().unwrap_or_default().to_owned(),
     }
 }
 
@@ -277,7 +278,7 @@ impl v1::query_server::Query for QueryService {
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
                 match found {
-                    Some((at, sessions)) => (at, Some(sessions)),
+                    Some(state) => (state.at, Some(state.sessions)),
                     None => {
                         return Err(Status::not_found(format!(
                             "no history of {:?} at or before that instant (it is kept for {})",

@@ -99,8 +99,14 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         }
         None => None,
     };
-    let (store, loaded) = Store::open(&config.data_dir, config.retention)
-        .map_err(|e| StartError::Store(e.to_string()))?;
+    let (store, loaded) = Store::open(
+        &config.store,
+        &config.data_dir,
+        config.retention,
+        &config.collector_id,
+    )
+    .await
+    .map_err(|e| StartError::Store(e.to_string()))?;
     let (aggregator, handle) = Aggregator::with_policy(config.duplicate_server_id);
     // The aggregator has a thread of its own: with thousands of agents its
     // rounds are long, and on the runtime's workers they would hold queries
@@ -114,6 +120,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .name("pgfleet-aggregator".into())
         .spawn(move || runtime.block_on(aggregator.run()))
         .map_err(StartError::Aggregator)?;
+    store.follow(handle.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
@@ -134,7 +141,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     });
     let ingest = IngestServer::new(
         IngestService::new(handle.clone(), config.tokens.clone(), streams_rx)
-            .with_durable(store.durable()),
+            .with_store(store.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
@@ -188,6 +195,11 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             Some(_) => "on",
         },
         duplicate_server_id = ?config.duplicate_server_id,
+        store = match &config.store {
+            crate::store::StoreConfig::Sqlite => "sqlite",
+            crate::store::StoreConfig::Postgres(_) => "postgres",
+        },
+        collector_id = %config.collector_id,
         "Collector started{}.",
         if config.tokens.is_empty() {
             "; any agent may stream (no --tokens-file)"

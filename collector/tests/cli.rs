@@ -193,6 +193,7 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
         [
             "agent",
             "agent_id",
+            "collector",
             "info",
             "labels",
             "last_seen",

@@ -126,6 +126,16 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// A child process that is killed (SIGKILL) when dropped, test failed or not.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every session of `server_id` the collector holds, background processes too.
 pub async fn sessions(client: &mut Client, server_id: &str) -> Result<Vec<v1::Session>, String> {
     client

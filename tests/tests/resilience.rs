@@ -6,7 +6,8 @@ use pgfleet_collector::ingest;
 use pgfleet_proto::time::timestamp_micros;
 use pgfleet_proto::v1::{self, agent_message, collector_message};
 use pgfleet_tests::{
-    agent_hello, agent_stream, by_app, fleet, sessions, wait_for, wait_for_status, workspace_binary,
+    Killed, agent_hello, agent_stream, by_app, fleet, sessions, wait_for, wait_for_status,
+    workspace_binary,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,14 +320,4 @@ async fn what_was_acknowledged_survives_a_killed_collector() {
     );
     drop(collector);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A child process that is killed (SIGKILL) when dropped, test failed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

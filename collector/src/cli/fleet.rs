@@ -470,7 +470,12 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
                 ago(s.last_seen.as_ref(), now)
             },
             dropped(s),
-            s.agent_id.clone(),
+            // A server another collector streams (a shared store) says which.
+            if s.collector.is_empty() {
+                s.agent_id.clone()
+            } else {
+                format!("{} via {}", s.agent_id, s.collector)
+            },
             labels.join(","),
             s.reason.clone(),
         ]);

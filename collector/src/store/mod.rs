@@ -1,0 +1,589 @@
+//! The history: keyframes and deltas of every server's sessions, per-minute
+//! rollups, and where each agent stopped, kept by one writer thread.
+//!
+//! Two places can hold it, with one model:
+//! - **SQLite** (the default): one file under `--data-dir`, WAL mode; see
+//!   [`sqlite`].
+//! - **PostgreSQL** (`--store postgres://…`): tables partitioned by day,
+//!   written with COPY, kept by dropping whole days; several collectors can
+//!   share it, each answering for the agents of the others; see [`postgres`].
+//!
+//! Each applied snapshot is a frame: a keyframe (every session) or a delta
+//! (sessions new or changed, and the keys of those that ended), zstd-
+//! compressed protobuf. Each server's minutes are rolled up (see [`Minute`])
+//! for `QueryMetrics`. The agents' last applied sequences and the servers'
+//! labels are kept beside them, so that a restarted collector resumes every
+//! agent where it stopped and holds the live view it had.
+//!
+//! Writes are batched: the writer commits what has queued, at least every
+//! [`COMMIT_EVERY`]. Every write gets a ticket, and the writer says which
+//! tickets it has committed ([`Durable`]): ingest acknowledges a batch only
+//! once its ticket is committed, so a collector that is killed loses nothing
+//! it acknowledged, and the agent resends the rest. A commit that fails is
+//! retried, backing off, and nothing after it is acknowledged meanwhile.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgfleet_proto::model::{Session, SessionKey, Snapshot, TargetStatus};
+use pgfleet_proto::time::{Micros, now_micros};
+use pgfleet_proto::v1;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::aggregator::{Pools, by_key, merge};
+use crate::rollup::Minute;
+
+/// The longest a frame waits to be committed.
+pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How many writes may queue before ingest waits for the disk.
+const QUEUE: usize = 4096;
+
+/// How often history past its retention is deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+const ZSTD_LEVEL: i32 = 3;
+
+/// How long history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Frames (keyframes and deltas), from which `GetActivity … at` rebuilds.
+    pub frames: Duration,
+    /// Per-minute rollups, from which `QueryMetrics` answers.
+    pub rollups: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            frames: Duration::from_secs(24 * 3600),
+            rollups: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Where the history is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `pgfleet.sqlite` in the data directory.
+    Sqlite,
+    /// A PostgreSQL database, by its URL (`postgres://…`).
+    Postgres(String),
+}
+
+/// Why the store cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("history store {place}: {message}")]
+pub struct StoreError {
+    place: String,
+    message: String,
+}
+
+impl StoreError {
+    fn new(place: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError {
+            place: place.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// One applied snapshot, as stored.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub server_id: String,
+    pub at: Micros,
+    pub keyframe: bool,
+    /// Up, or down and why.
+    pub status: TargetStatus,
+    /// The sessions (all of them in a keyframe; the new or changed in a delta).
+    pub sessions: Vec<Arc<Session>>,
+    /// The keys of the sessions that ended (deltas).
+    pub removed: Vec<SessionKey>,
+    /// For each session of a delta, the fields its base holds (as the agent
+    /// sent it): they are left out of the stored frame, and the merge takes
+    /// them back from the sessions before it. Empty: every session whole.
+    pub unchanged: Vec<u32>,
+    /// The pools as sampled.
+    pub pools: Arc<Pools>,
+    /// The server's facts, when the snapshot carried them.
+    pub facts: Option<Arc<v1::ServerFacts>>,
+    /// pg_stat_database increments since the snapshot before.
+    pub databases: Vec<v1::DatabaseCounters>,
+}
+
+/// What the writer is asked to do.
+pub enum Op {
+    /// A batch was applied: its frames and the agent's sequence.
+    Applied {
+        agent_id: String,
+        seq: u64,
+        frames: Vec<Frame>,
+    },
+    /// A server registered (or registered again) with these labels.
+    Server {
+        server_id: String,
+        agent_id: String,
+        labels: BTreeMap<String, String>,
+        interval_ms: u64,
+    },
+    /// The agent's stream to this collector ended.
+    Disconnected { server_ids: Vec<String> },
+    /// One server's minute, rolled up.
+    Minute { server_id: String, minute: Minute },
+    /// Commit everything queued, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Which of the store's writes are committed: each write gets a ticket in
+/// the order queued, and the writer says the last ticket it committed.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    given: Arc<AtomicU64>,
+    committed: watch::Receiver<u64>,
+}
+
+impl Durable {
+    /// Nothing to wait for: a collector without a store.
+    pub fn always() -> Durable {
+        let (_, committed) = watch::channel(0);
+        Durable {
+            given: Arc::new(AtomicU64::new(0)),
+            committed,
+        }
+    }
+
+    /// The ticket of the last write queued so far: once it is committed, so
+    /// is everything queued before now.
+    pub fn ticket(&self) -> u64 {
+        self.given.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `ticket` is committed; false if the writer is gone first.
+    pub async fn reached(&mut self, ticket: u64) -> bool {
+        self.committed.wait_for(|c| *c >= ticket).await.is_ok()
+    }
+}
+
+/// A server's state rebuilt from its frames.
+#[derive(Debug, Clone)]
+pub struct Rebuilt {
+    /// The time of the last frame applied.
+    pub at: Micros,
+    /// Up, or down, as of that frame.
+    pub status: TargetStatus,
+    /// The sessions, in key order.
+    pub sessions: Vec<Arc<Session>>,
+    /// The pools of that frame.
+    pub pools: Arc<Pools>,
+    /// The facts of the last frame that carried them.
+    pub facts: Option<Arc<v1::ServerFacts>>,
+    /// The database increments of the frames applied, in order.
+    pub databases: Vec<v1::DatabaseCounters>,
+}
+
+/// A server as the store last knew it.
+#[derive(Debug)]
+pub struct StoredServer {
+    pub server_id: String,
+    pub agent_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub interval: Duration,
+    /// Its state, rebuilt from the last keyframe and the deltas after it;
+    /// None when no frame is kept.
+    pub activity: Option<Rebuilt>,
+    /// Its last stored minute, when that is recent: a collector stopped and
+    /// started within a minute carries on rolling it up.
+    pub minute: Option<Minute>,
+}
+
+/// What a store held when it was opened.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The last applied sequence of each agent.
+    pub agents: HashMap<String, u64>,
+    pub servers: Vec<StoredServer>,
+}
+
+/// Where a shared store says an agent stopped: its last sequence stored by
+/// any collector, and each of its servers as stored then.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub last_seq: u64,
+    pub servers: Vec<StoredServer>,
+}
+
+/// What the writer does, for each kind of store.
+trait Sink: Send + 'static {
+    /// Commits `ops` in one transaction.
+    fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String>;
+    /// Deletes history past `retention` at `now`: how many frames and
+    /// rollups (or partitions) went.
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String>;
+}
+
+/// Where reads go.
+#[derive(Clone)]
+enum Reader {
+    /// One connection for reads, opened once (WAL lets it read while the
+    /// writer writes).
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(postgres::Reader),
+}
+
+/// The handle to the store: send writes, read history.
+#[derive(Clone)]
+pub struct Store {
+    /// The file or database, for messages.
+    place: String,
+    retention: Retention,
+    writes: mpsc::Sender<(u64, Op)>,
+    /// The tickets given and committed.
+    durable: Durable,
+    reader: Reader,
+}
+
+impl Store {
+    /// Opens the history `config` names (the SQLite file under `data_dir`,
+    /// or a PostgreSQL database), reads back what it holds, and starts the
+    /// writer. `collector_id` names this collector in a shared store.
+    pub async fn open(
+        config: &StoreConfig,
+        data_dir: &Path,
+        retention: Retention,
+        collector_id: &str,
+    ) -> Result<(Store, Loaded), StoreError> {
+        match config {
+            StoreConfig::Sqlite => Self::open_sqlite(data_dir, retention),
+            StoreConfig::Postgres(url) => {
+                postgres::open(url, retention, collector_id.to_owned()).await
+            }
+        }
+    }
+
+    /// Opens (creating it if need be) `dir/pgfleet.sqlite`.
+    pub fn open_sqlite(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
+        let (sink, reader, loaded, place) = sqlite::open(dir)?;
+        let store = Self::start(
+            sink,
+            Reader::Sqlite(Arc::new(Mutex::new(reader))),
+            place,
+            retention,
+        )?;
+        Ok((store, loaded))
+    }
+
+    fn start(
+        sink: impl Sink,
+        reader: Reader,
+        place: String,
+        retention: Retention,
+    ) -> Result<Store, StoreError> {
+        let (writes, queue) = mpsc::channel(QUEUE);
+        let (committed, durable) = watch::channel(0);
+        let durable = Durable {
+            given: Arc::new(AtomicU64::new(0)),
+            committed: durable,
+        };
+        let writer_place = place.clone();
+        std::thread::Builder::new()
+            .name("pgfleet-store".into())
+            .spawn(move || write_loop(sink, queue, &writer_place, retention, committed))
+            .map_err(|e| StoreError::new(&place, e))?;
+        Ok(Store {
+            place,
+            retention,
+            writes,
+            durable,
+            reader,
+        })
+    }
+
+    /// Queues a write, waiting while the queue is full (the disk sets the pace).
+    ///
+    /// Only the aggregator queues writes with a ticket, one at a time, so
+    /// tickets reach the writer in order; a flush (from anywhere) takes none.
+    pub async fn write(&self, op: Op) {
+        let ticket = match op {
+            Op::Flush(_) => 0,
+            _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        if self.writes.send((ticket, op)).await.is_err() {
+            error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
+        }
+    }
+
+    /// Which writes are committed.
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
+    }
+
+    /// How long it keeps history.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// Whether other collectors may write it too (a PostgreSQL store).
+    pub fn shared(&self) -> bool {
+        matches!(self.reader, Reader::Postgres(_))
+    }
+
+    /// Commits everything queued.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.write(Op::Flush(tx)).await;
+        let _ = rx.await;
+    }
+
+    /// Every stored minute that starts in `[start, end)`, with its server.
+    pub async fn minutes(
+        &self,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Minute)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| sqlite::minutes(db, start, end),
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .minutes(start, end)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// `server_id` as it was at `at`, rebuilt from the frame at or before
+    /// it; None when no frame at or before `at` is kept.
+    pub async fn activity_at(
+        &self,
+        server_id: String,
+        at: Micros,
+    ) -> Result<Option<Rebuilt>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| sqlite::rebuild(db, &server_id, at),
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .rebuild(&server_id, at)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// Where a shared store says `agent_id` stopped, for an agent that
+    /// connects here after streaming to another collector; None for a store
+    /// only this collector writes (what it holds in memory is the truth).
+    pub async fn resume(
+        &self,
+        agent_id: &str,
+        server_ids: &[String],
+    ) -> Result<Option<Resume>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(_) => Ok(None),
+            Reader::Postgres(pg) => pg
+                .resume(agent_id, server_ids)
+                .await
+                .map(Some)
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// Follows what other collectors write to a shared store into
+    /// `aggregator`'s view, until the aggregator stops; nothing for a store
+    /// only this collector writes.
+    pub fn follow(&self, aggregator: crate::aggregator::AggregatorHandle) {
+        if let Reader::Postgres(pg) = &self.reader {
+            tokio::spawn(pg.clone().follow(aggregator));
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+        db: Arc<Mutex<rusqlite::Connection>>,
+    ) -> Result<T, StoreError> {
+        let place = self.place.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = db
+                .lock()
+                .map_err(|_| StoreError::new(&place, "a read panicked"))?;
+            read(&db).map_err(|e| StoreError::new(&place, e))
+        })
+        .await
+        .map_err(|e| StoreError::new(&self.place, e))?
+    }
+}
+
+/// A frame as stored: its snapshot's protobuf, zstd-compressed with the
+/// writer's compressor (one for the writer's life, not one per frame).
+fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'static>>) -> Vec<u8> {
+    let snapshot = Snapshot {
+        server_id: frame.server_id.clone(),
+        sampled_at_us: frame.at,
+        status: frame.status.clone(),
+        sessions: frame.sessions.clone(),
+        delta: (!frame.keyframe).then(|| pgfleet_proto::model::Delta {
+            base_sampled_at_us: 0,
+            removed: frame.removed.clone(),
+            unchanged: Vec::new(),
+        }),
+        facts: frame.facts.as_deref().cloned(),
+        databases: frame.databases.clone(),
+        slots: frame.pools.slots.clone(),
+        pgbouncer: frame.pools.pgbouncer.clone(),
+        client_pools: frame.pools.client_pools.clone(),
+        agent: None,
+    };
+    let mut wire = v1::Snapshot::from(&snapshot);
+    if let Some(v1::snapshot::Activity::Delta(d)) = &mut wire.activity {
+        for (w, mask) in d.upserted.iter_mut().zip(&frame.unchanged) {
+            pgfleet_proto::compact::strip(w, *mask);
+        }
+    }
+    let bytes = wire.encode_to_vec();
+    match zstd {
+        Some(z) => z.compress(&bytes).unwrap_or(bytes),
+        None => bytes,
+    }
+}
+
+fn decode(body: &[u8]) -> Option<Snapshot> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let bytes = if body.starts_with(&ZSTD_MAGIC) {
+        zstd::stream::decode_all(body).ok()?
+    } else {
+        body.to_vec()
+    };
+    let wire = v1::Snapshot::decode(bytes.as_slice()).ok()?;
+    Snapshot::try_from(wire).ok()
+}
+
+/// Applies stored frames, oldest first, to `state` (None: the first must be
+/// a keyframe). A frame that does not decode is skipped; a delta that does
+/// not apply ends the replay, which returns None.
+fn replay(
+    server_id: &str,
+    mut state: Option<Rebuilt>,
+    frames: impl IntoIterator<Item = (Micros, bool, Vec<u8>)>,
+) -> Option<Rebuilt> {
+    for (at, keyframe, body) in frames {
+        let Some(snapshot) = decode(&body) else {
+            warn!(server.id = %server_id, at, "Skipped a history frame that does not decode.");
+            continue;
+        };
+        let pools = Arc::new(Pools {
+            slots: snapshot.slots,
+            pgbouncer: snapshot.pgbouncer,
+            client_pools: snapshot.client_pools,
+        });
+        let (sessions, facts, mut databases) = match (snapshot.delta, state.take()) {
+            (Some(delta), Some(before)) if !keyframe => {
+                let (sessions, _) = merge(&before.sessions, snapshot.sessions, &delta)?;
+                (sessions, before.facts, before.databases)
+            }
+            (_, before) if keyframe => (
+                by_key(snapshot.sessions),
+                before.as_ref().and_then(|b| b.facts.clone()),
+                before.map(|b| b.databases).unwrap_or_default(),
+            ),
+            _ => return None,
+        };
+        databases.extend(snapshot.databases);
+        state = Some(Rebuilt {
+            at,
+            status: snapshot.status,
+            sessions,
+            pools,
+            facts: snapshot.facts.map(Arc::new).or(facts),
+            databases,
+        });
+    }
+    state
+}
+
+fn write_loop(
+    mut sink: impl Sink,
+    mut queue: mpsc::Receiver<(u64, Op)>,
+    place: &str,
+    retention: Retention,
+    committed: watch::Sender<u64>,
+) {
+    let mut last_prune: Option<Instant> = None;
+    while let Some(first) = queue.blocking_recv() {
+        let started = Instant::now();
+        let mut ops = vec![first];
+        // What else is queued, up to the commit interval.
+        while started.elapsed() < COMMIT_EVERY {
+            match queue.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        // Until it commits: nothing after a failed commit is acknowledged,
+        // so the agents keep what it held and ingest waits for the disk.
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = sink.commit(&ops) {
+            error!(store = %place, error = %e, retry_in = ?backoff, "Cannot write the history store; retrying.");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        let last = ops.iter().map(|(ticket, _)| *ticket).max().unwrap_or(0);
+        committed.send_if_modified(|c| {
+            let newer = last > *c;
+            *c = (*c).max(last);
+            newer
+        });
+        for (_, op) in ops {
+            if let Op::Flush(done) = op {
+                let _ = done.send(());
+            }
+        }
+        if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            match sink.prune(retention, now_micros()) {
+                Ok((0, 0)) => {}
+                Ok((frames, rollups)) => {
+                    info!(frames, rollups, "Deleted history past its retention.")
+                }
+                Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
+            }
+        }
+    }
+}
+
+/// The last of each key, in the order first seen: a batch written as one
+/// statement may name a row once only.
+fn last_by_key<K: std::hash::Hash + Eq + Clone, V>(
+    items: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(K, V)> {
+    let mut at: HashMap<K, usize> = HashMap::new();
+    let mut out: Vec<(K, V)> = Vec::new();
+    for (k, v) in items {
+        match at.get(&k) {
+            Some(&i) => out[i].1 = v,
+            None => {
+                at.insert(k.clone(), out.len());
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,458 @@
+//! The embedded history: one SQLite file under `--data-dir` (WAL mode),
+//! written by the store's writer thread and read through a second
+//! connection.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use pgfleet_proto::time::{Micros, now_micros};
+use rusqlite::{Connection, OptionalExtension, params};
+use tracing::{info, warn};
+
+use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
+use crate::rollup::Minute;
+
+/// The tables. Frames are appended in the order they are applied (rowid),
+/// which keeps a second's thousands of inserts at the end of the table, and
+/// found by server and time through an index of small keys.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
+        agent_id TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS servers (
+        server_id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        interval_ms INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS frames (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        keyframe INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS frames_by_server ON frames (server_id, at);
+    CREATE TABLE IF NOT EXISTS rollups (
+        minute INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (minute, server_id)) WITHOUT ROWID;";
+
+/// The writer's connection and its compressor.
+pub(super) struct SqliteSink {
+    db: Connection,
+    /// Without a compressor (it could not allocate), frames are stored as
+    /// they are; reading tells the two apart.
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+/// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
+/// connection for reads, what the file holds, and its name.
+pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String), StoreError> {
+    let path = dir.join("pgfleet.sqlite");
+    let place = path.display().to_string();
+    let fail = |e: rusqlite::Error| StoreError::new(&place, e);
+    let db = connect(&path).map_err(fail)?;
+    migrate(&db).map_err(fail)?;
+    db.execute_batch(SCHEMA).map_err(fail)?;
+    let loaded = load(&db).map_err(fail)?;
+    let reader = connect(&path).map_err(fail)?;
+    info!(
+        path = %place,
+        agents = loaded.agents.len(),
+        servers = loaded.servers.len(),
+        "History store opened."
+    );
+    let sink = SqliteSink {
+        db,
+        zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+    };
+    Ok((sink, reader, loaded, place))
+}
+
+/// Moves frames kept by an earlier version (a table keyed by server and
+/// time) into the present layout.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = db
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'frames'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if old.is_some_and(|sql| sql.contains("WITHOUT ROWID")) {
+        info!("Moving the stored frames to the present layout.");
+        db.execute_batch(&format!(
+            "BEGIN;
+             ALTER TABLE frames RENAME TO frames_old;
+             {SCHEMA}
+             INSERT INTO frames (server_id, at, keyframe, body)
+                 SELECT server_id, at, keyframe, body FROM frames_old ORDER BY at;
+             DROP TABLE frames_old;
+             COMMIT;"
+        ))?;
+    }
+    Ok(())
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let db = Connection::open(path)?;
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(db)
+}
+
+fn load(db: &Connection) -> rusqlite::Result<Loaded> {
+    let mut loaded = Loaded::default();
+    let mut agents = db.prepare("SELECT agent_id, last_seq FROM agents")?;
+    let rows = agents.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (id, seq) = row?;
+        loaded.agents.insert(id, seq.max(0) as u64);
+    }
+    let mut servers = db.prepare("SELECT server_id, agent_id, labels, interval_ms FROM servers")?;
+    let rows = servers.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut recent: HashMap<String, Minute> = HashMap::new();
+    let since = now_micros() - 2 * crate::rollup::MINUTE_US;
+    for (server_id, minute) in minutes(db, since, Micros::MAX)? {
+        recent.insert(server_id, minute);
+    }
+    for row in rows {
+        let (server_id, agent_id, labels, interval_ms) = row?;
+        let activity = rebuild(db, &server_id, Micros::MAX)?;
+        loaded.servers.push(StoredServer {
+            minute: recent.remove(&server_id),
+            labels: serde_json::from_str(&labels).unwrap_or_default(),
+            interval: Duration::from_millis(interval_ms.max(10) as u64),
+            server_id,
+            agent_id,
+            activity,
+        });
+    }
+    Ok(loaded)
+}
+
+/// The minutes that start in `[start, end)`, oldest first.
+pub(super) fn minutes(
+    db: &Connection,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Vec<(String, Minute)>> {
+    let mut rows = db.prepare_cached(
+        "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2 ORDER BY minute",
+    )?;
+    let rows = rows.query_map(params![start, end], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (start, server_id, body) = row?;
+        match Minute::decode(start, &body) {
+            Some(minute) => out.push((server_id, minute)),
+            None => {
+                warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes frames and rollups older than their retention at `now`.
+fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
+    // Frames are in the order they were applied, so those past the cutoff
+    // are the ones before the first that is not: found by reading only them.
+    let frames = db.execute(
+        "DELETE FROM frames WHERE id < coalesce(
+             (SELECT id FROM frames WHERE at >= ?1 ORDER BY id LIMIT 1),
+             (SELECT max(id) + 1 FROM frames))",
+        params![now - retention.frames.as_micros() as i64],
+    )?;
+    let rollups = db.execute(
+        "DELETE FROM rollups WHERE minute < ?1",
+        params![now - retention.rollups.as_micros() as i64],
+    )?;
+    Ok((frames, rollups))
+}
+
+/// The server at `at`: the last keyframe at or before it, and every delta
+/// after that keyframe up to `at`.
+pub(super) fn rebuild(
+    db: &Connection,
+    server_id: &str,
+    at: Micros,
+) -> rusqlite::Result<Option<Rebuilt>> {
+    let Some(start): Option<i64> = db
+        .query_row(
+            "SELECT max(at) FROM frames WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
+            params![server_id, at],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    let mut frames = db.prepare(
+        "SELECT at, keyframe, body FROM frames WHERE server_id = ?1 AND at >= ?2 AND at <= ?3 ORDER BY at",
+    )?;
+    let rows = frames
+        .query_map(params![server_id, start, at], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(super::replay(server_id, None, rows))
+}
+
+impl Sink for SqliteSink {
+    fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
+        commit(&mut self.db, ops, &mut self.zstd).map_err(|e| e.to_string())
+    }
+
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
+        prune(&self.db, retention, now).map_err(|e| e.to_string())
+    }
+}
+
+fn commit(
+    db: &mut Connection,
+    ops: &[(u64, Op)],
+    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
+) -> rusqlite::Result<()> {
+    let tx = db.transaction()?;
+    {
+        let mut frame = tx.prepare_cached(
+            "INSERT OR REPLACE INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut agent = tx.prepare_cached(
+            "INSERT INTO agents (agent_id, last_seq) VALUES (?1, ?2)
+             ON CONFLICT (agent_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+        )?;
+        let mut server = tx.prepare_cached(
+            "INSERT OR REPLACE INTO servers (server_id, agent_id, labels, interval_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut rollup = tx.prepare_cached(
+            "INSERT OR REPLACE INTO rollups (minute, server_id, body) VALUES (?1, ?2, ?3)",
+        )?;
+        for (_, op) in ops {
+            match op {
+                Op::Applied {
+                    agent_id,
+                    seq,
+                    frames,
+                } => {
+                    for f in frames {
+                        let body = super::encode(f, zstd);
+                        frame.execute(params![f.server_id, f.at, f.keyframe, body])?;
+                    }
+                    agent.execute(params![agent_id, *seq as i64])?;
+                }
+                Op::Server {
+                    server_id,
+                    agent_id,
+                    labels,
+                    interval_ms,
+                } => {
+                    let labels = serde_json::to_string(labels).unwrap_or_default();
+                    server.execute(params![server_id, agent_id, labels, *interval_ms as i64])?;
+                }
+                Op::Minute { server_id, minute } => {
+                    rollup.execute(params![minute.start, server_id, minute.encode()])?;
+                }
+                // Only this collector writes the file: whether an agent is
+                // connected is in its memory.
+                Op::Disconnected { .. } | Op::Flush(_) => {}
+            }
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Frame, encode};
+    use super::*;
+    use pgfleet_proto::model::{Session, TargetStatus};
+    use std::sync::Arc;
+
+    fn frame() -> Frame {
+        Frame {
+            server_id: String::new(),
+            at: 0,
+            keyframe: true,
+            status: TargetStatus::Up,
+            sessions: Vec::new(),
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            pools: Arc::default(),
+            facts: None,
+            databases: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_past_its_retention_is_deleted() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let now = 100 * 86_400_000_000;
+        let hour = 3_600_000_000;
+        for at in [now - 25 * hour, now - 23 * hour] {
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES ('a', ?1, 1, x'')",
+                params![at],
+            )
+            .unwrap();
+        }
+        for minute in [now - 31 * 24 * hour, now - 29 * 24 * hour, now - hour] {
+            db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
+                .unwrap();
+        }
+        assert_eq!(prune(&db, Retention::default(), now).unwrap(), (1, 1));
+        let count = |table: &str| -> i64 {
+            db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!((count("frames"), count("rollups")), (1, 2));
+        let short = Retention {
+            frames: Duration::from_secs(3600),
+            rollups: Duration::from_secs(2 * 3600),
+        };
+        assert_eq!(prune(&db, short, now).unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn minutes_come_back_as_stored() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let mut m = Minute::holding(90 * 60_000_000 + 5);
+        m.samples = 3;
+        m.covered_us = 3_000_000;
+        m.values
+            .insert((crate::rollup::Metric::Sessions, "active".into()), 7.0);
+        db.execute(
+            "INSERT INTO rollups VALUES (?1, 'a', ?2)",
+            params![m.start, m.encode()],
+        )
+        .unwrap();
+        let back = minutes(&db, m.start, m.start + 1).unwrap();
+        assert_eq!(back, vec![("a".to_owned(), m.clone())]);
+        assert!(minutes(&db, m.start + 1, Micros::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn frames_of_the_earlier_layout_are_moved() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE frames (server_id TEXT NOT NULL, at INTEGER NOT NULL,
+                 keyframe INTEGER NOT NULL, body BLOB NOT NULL,
+                 PRIMARY KEY (server_id, at)) WITHOUT ROWID;
+             INSERT INTO frames VALUES ('b', 20, 0, x'02'), ('a', 10, 1, x'01');",
+        )
+        .unwrap();
+        migrate(&db).unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let rows: Vec<(i64, String, i64)> = db
+            .prepare("SELECT id, server_id, at FROM frames ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(1, "a".to_owned(), 10), (2, "b".to_owned(), 20)]);
+        // A second open leaves them be.
+        migrate(&db).unwrap();
+        assert_eq!(
+            prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
+            (0, 0)
+        );
+    }
+
+    #[test]
+    fn a_delta_is_stored_without_what_its_base_holds_and_rebuilt_whole() {
+        use pgfleet_proto::model::SessionState;
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        let first = Arc::new(Session {
+            pid: 7,
+            backend_start_us: 1,
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: "web".into(),
+            query: "SELECT a_rather_long_column_list FROM orders WHERE id = ?".into(),
+            state: SessionState::Idle,
+            ..Default::default()
+        });
+        let second = Arc::new(Session {
+            state: SessionState::Active,
+            query_start_us: Some(5),
+            ..(*first).clone()
+        });
+        let mask = pgfleet_proto::compact::unchanged(&second, &first);
+        assert_ne!(mask, 0);
+        let frames = [
+            Frame {
+                server_id: "a".into(),
+                at: 10,
+                keyframe: true,
+                sessions: vec![first.clone()],
+                removed: Vec::new(),
+                unchanged: Vec::new(),
+                ..frame()
+            },
+            Frame {
+                server_id: "a".into(),
+                at: 20,
+                keyframe: false,
+                sessions: vec![second.clone()],
+                removed: Vec::new(),
+                unchanged: vec![mask],
+                ..frame()
+            },
+        ];
+        let whole = encode(
+            &Frame {
+                unchanged: Vec::new(),
+                ..frames[1].clone()
+            },
+            &mut zstd,
+        );
+        for f in &frames {
+            let body = encode(f, &mut zstd);
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+                params![f.server_id, f.at, f.keyframe, body],
+            )
+            .unwrap();
+        }
+        let stored: Vec<u8> = db
+            .query_row("SELECT body FROM frames WHERE at = 20", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            stored.len() < whole.len(),
+            "{} vs {}",
+            stored.len(),
+            whole.len()
+        );
+        let state = rebuild(&db, "a", 25).unwrap().unwrap();
+        assert_eq!(state.at, 20);
+        assert_eq!(state.sessions.len(), 1);
+        assert_eq!(*state.sessions[0], *second);
+    }
+}

@@ -1,0 +1,418 @@
+//! Collectors sharing one PostgreSQL store (`--store postgres://…`): each
+//! answers for the agents of the others, and an agent that fails over from
+//! one to the next resumes where the store says it stopped.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pgfleet_agent::{Agent, AgentConfig};
+use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::server::{self, Collector};
+use pgfleet_collector::store::StoreConfig;
+use pgfleet_proto::v1;
+use pgfleet_tests::{
+    Client, Killed, TempCluster, by_app, init_logs, server, sessions, wait_for, wait_for_status,
+    workspace_binary,
+};
+
+/// A cluster that is both watched and the store, with a database for the
+/// store.
+async fn cluster_with_store() -> (TempCluster, String) {
+    init_logs();
+    let cluster = TempCluster::start().await.expect("a test cluster");
+    let admin = cluster.connect("test-setup").await.unwrap();
+    admin
+        .batch_execute("CREATE DATABASE pgfleet_history")
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/pgfleet_history",
+        cluster.port()
+    );
+    (cluster, url)
+}
+
+async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector {
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let config = CollectorConfig {
+        store: StoreConfig::Postgres(store.to_owned()),
+        collector_id: name.to_owned(),
+        ..CollectorConfig::new(listen, cluster.dir().join(format!("collector-{name}")))
+    };
+    server::start(config)
+        .await
+        .unwrap_or_else(|e| panic!("collector {name}: {e}"))
+}
+
+async fn client(c: &Collector) -> Client {
+    v1::query_client::QueryClient::connect(format!("http://{}", c.addr))
+        .await
+        .unwrap()
+}
+
+fn agent(
+    cluster: &TempCluster,
+    server_id: &str,
+    dc: &str,
+    collectors: &[&Collector],
+    interval: Duration,
+) -> Agent {
+    let urls: Vec<String> = collectors
+        .iter()
+        .map(|c| format!("http://{}", c.addr))
+        .collect();
+    let mut config = AgentConfig::new(&urls[0], cluster.config("pgfleet"));
+    config.fallback_collectors = urls[1..].to_vec();
+    config.agent_id = format!("agent-{server_id}");
+    config.targets[0].server_id = server_id.to_owned();
+    config.labels.insert("dc".into(), dc.into());
+    config.interval = interval;
+    config.pool_reporter = None;
+    pgfleet_agent::start(config).unwrap()
+}
+
+/// Waits until `client` shows `server_id`'s session of `app`.
+async fn wait_for_session(client: &Client, server_id: &str, app: &str) -> v1::Session {
+    wait_for(
+        &format!("{app} on {server_id}"),
+        Duration::from_secs(20),
+        || {
+            let mut c = client.clone();
+            async move {
+                let all = sessions(&mut c, server_id).await?;
+                by_app(&all, app).cloned()
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other() {
+    let (cluster, store) = cluster_with_store().await;
+    let a = collector(&cluster, "a", &store).await;
+    let b = collector(&cluster, "b", &store).await;
+    let east = agent(&cluster, "east-1", "east", &[&a], Duration::from_secs(1));
+    let west = agent(&cluster, "west-1", "west", &[&b], Duration::from_secs(1));
+    let (ca, cb) = (client(&a).await, client(&b).await);
+
+    // A session each collector hears of only through the other's agent.
+    let probe = cluster.connect("shared-store-probe").await.unwrap();
+    probe
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+    let seen_by_b = wait_for_session(&cb, "east-1", "shared-store-probe").await;
+    let seen_by_a = wait_for_session(&ca, "west-1", "shared-store-probe").await;
+    assert_eq!(seen_by_b.state, "idle in transaction");
+    assert_eq!(seen_by_a.pid, seen_by_b.pid);
+
+    // Each lists the whole fleet, up, and says who streams what.
+    for (c, other, own) in [(&ca, "b", "east-1"), (&cb, "a", "west-1")] {
+        let mut c = c.clone();
+        let listed = wait_for("both servers up", Duration::from_secs(10), || {
+            let mut c = c.clone();
+            async move {
+                let mut servers = c
+                    .list_servers(v1::ListServersRequest::default())
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner()
+                    .servers;
+                servers.sort_by(|x, y| x.server_id.cmp(&y.server_id));
+                if servers.len() == 2 && servers.iter().all(|s| s.status == "up") {
+                    Ok(servers)
+                } else {
+                    Err(format!("{servers:?}"))
+                }
+            }
+        })
+        .await;
+        for s in &listed {
+            let expected = if s.server_id == own { "" } else { other };
+            assert_eq!(s.collector, expected, "{s:?}");
+        }
+        let summary = c
+            .fleet_summary(v1::FleetSummaryRequest {
+                group_by: "dc".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let groups: Vec<_> = summary
+            .rows
+            .iter()
+            .map(|g| (g.value.clone(), g.servers_up))
+            .collect();
+        assert_eq!(
+            groups,
+            [("east".to_owned(), 1), ("west".to_owned(), 1)],
+            "{summary:?}"
+        );
+    }
+
+    // The CLI says so too.
+    let out = std::process::Command::new(workspace_binary("pgfleet"))
+        .args(["--collector", &format!("http://{}", b.addr), "servers"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let east_row = table
+        .lines()
+        .find(|l| l.starts_with("east-1"))
+        .unwrap_or("");
+    assert!(east_row.contains("agent-east-1 via a"), "{table}");
+
+    // What the other's agent streamed is history here too.
+    let at = pgfleet_proto::time::now_micros();
+    let mut past = cb
+        .clone()
+        .get_activity(v1::GetActivityRequest {
+            server_id: "east-1".into(),
+            at: Some(pgfleet_proto::time::timestamp(at)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    past.sessions
+        .retain(|s| s.application_name == "shared-store-probe");
+    assert_eq!(past.sessions.len(), 1, "{past:?}");
+
+    // An agent that stops is seen to stop by the other collector too.
+    east.stop().await;
+    let stale = wait_for("east-1 stale on b", Duration::from_secs(15), || {
+        let mut c = cb.clone();
+        async move {
+            let s = server(&mut c, "east-1").await?;
+            if s.status == "stale" {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        }
+    })
+    .await;
+    assert!(stale.reason.contains("disconnected"), "{stale:?}");
+    west.stop().await;
+    a.stop().await;
+    b.stop().await;
+    drop(probe);
+    cluster.destroy().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_the_history() {
+    let (cluster, store) = cluster_with_store().await;
+    // A is a process of its own, to be killed: what it committed but did not
+    // acknowledge yet, the agent sends again, to B.
+    let port = pgfleet_collector::sandbox::free_port().unwrap();
+    let a = Killed(
+        std::process::Command::new(workspace_binary("pgfleet-collector"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--http-listen",
+                "off",
+                "--collector-id",
+                "a",
+                "--store",
+                &store,
+            ])
+            .arg("--data-dir")
+            .arg(cluster.dir().join("collector-a"))
+            .env("PGFLEET_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    let a_url = format!("http://127.0.0.1:{port}");
+    let b = collector(&cluster, "b", &store).await;
+    let interval = Duration::from_millis(250);
+    let mut config = AgentConfig::new(&a_url, cluster.config("pgfleet"));
+    config.fallback_collectors = vec![format!("http://{}", b.addr)];
+    config.agent_id = "agent-failover-1".into();
+    config.targets[0].server_id = "failover-1".into();
+    config.interval = interval;
+    config.pool_reporter = None;
+    let agent = pgfleet_agent::start(config).unwrap();
+    let ca = wait_for("collector a", Duration::from_secs(20), || {
+        let url = a_url.clone();
+        async move {
+            v1::query_client::QueryClient::connect(url)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let cb = client(&b).await;
+    wait_for_status(&ca, "failover-1", "up", Duration::from_secs(20)).await;
+    // Sessions come and go throughout, so that deltas carry changes.
+    let churn = cluster.connect("failover-churn").await.unwrap();
+    let busy = tokio::spawn(async move {
+        loop {
+            if churn.batch_execute("SELECT pg_sleep(0.1)").await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A is killed while the agent streams to it.
+    let on_a = server(&mut ca.clone(), "failover-1").await.unwrap();
+    assert_eq!(on_a.collector, "", "{on_a:?}");
+    drop(a);
+    let (db, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let history = |db: tokio_postgres::Client| async move {
+        let stored: i64 = db
+            .query_one(
+                "SELECT last_seq FROM pgfleet.agents WHERE agent_id = 'agent-failover-1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (db, stored)
+    };
+    let (db, stored_by_a) = history(db).await;
+    assert!(stored_by_a > 0, "A stored nothing");
+
+    // The agent moves to B, which resumes it where the store says.
+    let on_b = wait_for("failover-1 streamed to b", Duration::from_secs(20), || {
+        let mut c = cb.clone();
+        async move {
+            let s = server(&mut c, "failover-1").await?;
+            let stream = s.stream.unwrap_or_default();
+            if s.collector.is_empty() && s.status == "up" && stream.applied_batches >= 8 {
+                Ok(s)
+            } else {
+                Err(format!("{s:?}"))
+            }
+        }
+    })
+    .await;
+    let stream = on_b.stream.unwrap();
+    // Not one batch A stored was applied again (the agent sent again those
+    // A had not acknowledged), and none is missing.
+    assert_eq!(stream.first_seq, stored_by_a as u64 + 1, "{stream:?}");
+    assert_eq!(stream.missing_batches, 0, "{stream:?}");
+    // Every delta found its base: the store gave B the server as A left it.
+    assert_eq!(stream.refused_deltas, 0, "{stream:?}");
+
+    // Every sample the agent took is in the history exactly once: a
+    // snapshot counts the samples taken before it, so once the agent has
+    // stopped, B's last one says how many frames there must be.
+    agent.stop().await;
+    busy.abort();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = server(&mut cb.clone(), "failover-1").await.unwrap();
+    let samples = last.agent.unwrap_or_default().samples_total;
+    b.stop().await;
+    let rows = db
+        .query(
+            "SELECT at FROM pgfleet.frames WHERE server_id = 'failover-1' ORDER BY at",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ats: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let widest = ats.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    assert_eq!(
+        ats.len() as u64,
+        samples + 1,
+        "frames stored against samples taken; the widest step between frames is {widest} µs"
+    );
+    assert!(
+        widest < 2 * interval.as_micros() as i64,
+        "a gap of {widest} µs in the history: {ats:?}"
+    );
+    let (_, stored_last) = history(db).await;
+    assert!(stored_last > stored_by_a, "B stored nothing after A");
+    cluster.destroy().await;
+}
+
+/// The names of every partition in the database.
+async fn partitions(db: &tokio_postgres::Client) -> Vec<String> {
+    let rows = db
+        .query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_past_their_retention_are_dropped_whole() {
+    let (cluster, store) = cluster_with_store().await;
+    // The first start makes the tables.
+    collector(&cluster, "a", &store).await.stop().await;
+    let (db, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    const DAY: i64 = 86_400_000_000;
+    let today = pgfleet_proto::time::now_micros().div_euclid(DAY);
+    let partition = |table: &str, day: i64| {
+        let date = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(day as u64 * 86_400),
+        )
+        .to_string();
+        format!("{table}_{}", date[..10].replace('-', ""))
+    };
+    // Frames of three days ago, and rollups of forty.
+    for (table, day) in [("frames", today - 3), ("rollups", today - 40)] {
+        db.batch_execute(&format!(
+            "CREATE TABLE pgfleet.{} PARTITION OF pgfleet.{table} FOR VALUES FROM ({}) TO ({})",
+            partition(table, day),
+            day * DAY,
+            (day + 1) * DAY
+        ))
+        .await
+        .unwrap();
+    }
+    db.execute(
+        "INSERT INTO pgfleet.frames VALUES ('old', $1, true, '')",
+        &[&((today - 3) * DAY + 5)],
+    )
+    .await
+    .unwrap();
+    let before = partitions(&db).await;
+    assert!(
+        before.contains(&partition("frames", today - 3)),
+        "{before:?}"
+    );
+
+    // The collector's first commit prunes: the old days go whole, the
+    // present and the next day stay.
+    let c = collector(&cluster, "a", &store).await;
+    let url = format!("http://{}", c.addr);
+    let _stream = pgfleet_tests::agent_stream(&url, "retention-probe", None)
+        .await
+        .unwrap();
+    let after = wait_for("the old partitions to go", Duration::from_secs(15), || {
+        let db = &db;
+        async move {
+            let now = partitions(db).await;
+            if now.iter().any(|p| {
+                p.ends_with(&partition("", today - 3)) || p.ends_with(&partition("", today - 40))
+            }) {
+                Err(format!("{now:?}"))
+            } else {
+                Ok(now)
+            }
+        }
+    })
+    .await;
+    for table in ["frames", "rollups"] {
+        for day in [today, today + 1] {
+            assert!(after.contains(&partition(table, day)), "{after:?}");
+        }
+    }
+    c.stop().await;
+    cluster.destroy().await;
+}
