@@ -493,15 +493,7 @@ impl Aggregator {
                 if !state.databases.is_empty() {
                     sum_databases(Arc::make_mut(&mut view.databases), &state.databases, now);
                 }
-                view.last_seen_us = Some(state.at);
-                view.sampled_at_us = state.at;
-                view.status = state.status;
-                view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
-                view.sessions = Arc::new(state.sessions);
-                view.pools = state.pools;
-                if state.facts.is_some() {
-                    view.facts = state.facts;
-                }
+                take_state(&mut view, state);
             }
             self.servers
                 .insert(view.server_id.as_str().into(), Arc::new(view));
@@ -798,21 +790,26 @@ impl Aggregator {
     }
 }
 
+/// Makes `state`, rebuilt from stored frames, the view's last snapshot.
+fn take_state(view: &mut ServerView, state: Rebuilt) {
+    view.last_seen_us = Some(state.at);
+    view.sampled_at_us = state.at;
+    view.status = state.status;
+    view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
+    view.sessions = Arc::new(state.sessions);
+    view.pools = state.pools;
+    if state.facts.is_some() {
+        view.facts = state.facts;
+    }
+}
+
 /// Takes into `view` what the store held of its server, where that is newer
 /// than what the view holds.
 fn restore(view: &mut ServerView, stored: StoredServer) {
     if let Some(state) = stored.activity
         && state.at > view.sampled_at_us
     {
-        view.last_seen_us = Some(state.at);
-        view.sampled_at_us = state.at;
-        view.status = state.status;
-        view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
-        view.sessions = Arc::new(state.sessions);
-        view.pools = state.pools;
-        if state.facts.is_some() {
-            view.facts = state.facts;
-        }
+        take_state(view, state);
     }
     if let Some(minute) = stored.minute
         && (view.minute.samples == 0 || minute.start > view.minute.start)
