@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use std::collections::{BTreeMap, HashMap};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use pgfleet_agent::settings::check_label;
 
@@ -21,6 +21,8 @@ use crate::store::Store;
 pub struct QueryService {
     aggregator: AggregatorHandle,
     store: Option<Store>,
+    /// Fires (or is dropped) when the collector stops: every Watch ends.
+    shutdown: Option<watch::Receiver<()>>,
 }
 
 impl QueryService {
@@ -29,6 +31,17 @@ impl QueryService {
         QueryService {
             aggregator,
             store: None,
+            shutdown: None,
+        }
+    }
+
+    /// Ends every Watch stream, telling its client, when `shutdown` fires or
+    /// its sender is dropped (a stopping collector would otherwise wait for
+    /// watchers, which never end by themselves).
+    pub fn with_shutdown(self, shutdown: watch::Receiver<()>) -> Self {
+        QueryService {
+            shutdown: Some(shutdown),
+            ..self
         }
     }
 
@@ -169,8 +182,18 @@ impl v1::query_server::Query for QueryService {
         };
         // The channel is new and empty, so this cannot wait.
         let _ = tx.try_send(full);
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(WATCH_HEALTH_EVERY);
+            let stopping = async move {
+                match &mut shutdown {
+                    Some(s) => {
+                        let _ = s.changed().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(stopping);
             loop {
                 let fresh = tokio::select! {
                     changed = views.changed() => {
@@ -181,6 +204,12 @@ impl v1::query_server::Query for QueryService {
                     }
                     _ = tick.tick() => false,
                     _ = tx.closed() => return,
+                    _ = &mut stopping => {
+                        let _ = drop_watcher.send(Status::unavailable(
+                            "the collector is shutting down; watch again (here or at another collector)",
+                        ));
+                        return;
+                    }
                 };
                 let next = if fresh {
                     views.borrow_and_update().clone()

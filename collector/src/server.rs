@@ -140,16 +140,20 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         })
     });
     let ingest = IngestServer::new(
-        IngestService::new(handle.clone(), config.tokens.clone(), streams_rx)
+        IngestService::new(handle.clone(), config.tokens.clone(), streams_rx.clone())
             .with_store(store.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
     .accept_compressed(CompressionEncoding::Zstd)
     .accept_compressed(CompressionEncoding::Gzip);
-    let query = QueryServer::new(QueryService::new(handle.clone()).with_store(store.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let query = QueryServer::new(
+        QueryService::new(handle.clone())
+            .with_store(store.clone())
+            .with_shutdown(streams_rx.clone()),
+    )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {

@@ -1,5 +1,6 @@
-//! `pgfleet demo`: a throwaway PostgreSQL with varied activity, a collector and an
-//! agent, all started here, and what the collector reports about them.
+//! `pgfleet demo`: two throwaway PostgreSQL servers in two "data centres", with
+//! varied activity, a collector and an agent for each, all started here; what
+//! the collector reports about them; and, at a terminal, `pgfleet top` on it.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -10,10 +11,11 @@ use pgfleet_proto::v1;
 
 use super::output::Output;
 use super::{CliError, fleet};
-use crate::sandbox::{DemoWorkload, Fleet, SandboxError};
+use crate::sandbox::{DemoWorkload, Fleet, SandboxError, TempCluster};
 
-/// The demo server's name in the fleet.
+/// The demo servers' names in the fleet.
 const SERVER_ID: &str = "demo-db-1";
+const SECOND_ID: &str = "demo-db-2";
 
 /// How often the demo refreshes what it shows.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -23,6 +25,9 @@ const REFRESH: Duration = Duration::from_secs(2);
 struct Parts {
     fleet: Option<Fleet>,
     workload: Option<DemoWorkload>,
+    /// The second server, and its agent.
+    second: Option<(TempCluster, pgfleet_agent::Agent)>,
+    second_workload: Option<DemoWorkload>,
 }
 
 /// Runs the demo; Ctrl-C at any point stops everything and cleans up.
@@ -41,6 +46,11 @@ pub async fn run(keep_running: bool, duration: &str, output: Output) -> Result<(
         }
     };
     drop(parts.workload.take());
+    drop(parts.second_workload.take());
+    if let Some((cluster, agent)) = parts.second.take() {
+        agent.stop().await;
+        cluster.destroy().await;
+    }
     if let Some(fleet) = parts.fleet.take() {
         let dir = fleet.cluster.dir().display().to_string();
         fleet.stop().await;
@@ -56,7 +66,7 @@ async fn show(
     output: Output,
 ) -> Result<(), CliError> {
     let failed = |e: SandboxError| CliError::Failed(format!("demo: {e}"));
-    eprintln!("Starting a throwaway PostgreSQL cluster, a collector and an agent…");
+    eprintln!("Starting two throwaway PostgreSQL servers, a collector and their agents…");
     let labels = [("dc", "demo-dc1"), ("cluster", "demo")];
     let fleet = parts
         .fleet
@@ -67,6 +77,20 @@ async fn show(
         fleet.cluster.dir().display()
     );
     parts.workload = Some(DemoWorkload::start(&fleet.cluster).await.map_err(failed)?);
+    let second = TempCluster::start().await.map_err(failed)?;
+    let agent = fleet
+        .start_agent(
+            SECOND_ID,
+            &[("dc", "demo-dc2"), ("cluster", "demo")],
+            second.config("pgfleet"),
+        )
+        .map_err(failed)?;
+    eprintln!(
+        "A second PostgreSQL on 127.0.0.1:{} is {SECOND_ID}, in demo-dc2.",
+        second.port()
+    );
+    parts.second_workload = Some(DemoWorkload::start(&second).await.map_err(failed)?);
+    parts.second = Some((second, agent));
 
     let mut client = fleet::connect(&fleet::Remote::plain(url.clone())).await?;
     wait_for_lock_waiter(&mut client).await;
@@ -83,6 +107,7 @@ async fn show(
     if keep_running {
         println!(
             "\nThe demo keeps running until Ctrl-C. In another terminal:\n  \
+             pgfleet --collector {url} top\n  \
              pgfleet --collector {url} servers\n  \
              pgfleet --collector {url} activity {SERVER_ID}\n  \
              pgfleet --collector {url} activity {SERVER_ID} --state idle-in-transaction --output json\n  \
@@ -91,12 +116,36 @@ async fn show(
              psql -h 127.0.0.1 -p {port} -U postgres"
         );
         std::future::pending::<()>().await;
+    } else if tty
+        && std::io::stdin().is_terminal()
+        && ask("\nOpen `pgfleet top` on this fleet now? [Y/n] ").await
+    {
+        super::top::top(
+            &fleet::Remote::plain(url.clone()),
+            super::top::TopArgs::default(),
+        )
+        .await?;
     } else {
         println!(
             "\nThat was pgfleet. `pgfleet demo --keep-running` leaves the demo up to query it yourself."
         );
     }
     Ok(())
+}
+
+/// Asks a yes-or-no question at the terminal; yes unless the answer says no.
+async fn ask(question: &str) -> bool {
+    print!("{question}");
+    let _ = std::io::stdout().flush();
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    match answer {
+        Ok(Ok(line)) => !line.trim().to_lowercase().starts_with('n'),
+        _ => false,
+    }
 }
 
 /// Waits (up to 15 s) until the collector shows the session waiting on a lock, so

@@ -5,6 +5,7 @@ mod fleet;
 mod metrics;
 mod output;
 mod pools;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ pub use output::Output;
 const EXAMPLES: &str = "\
 Examples:
   pgfleet demo                                  # a throwaway fleet, end to end
+  pgfleet top                                   # live, full screen, like pg_activity
+  pgfleet top --by cluster --label dc=eu1
   pgfleet servers
   pgfleet servers --label dc=eu1 --output json
   pgfleet summary --by dc                       # the fleet per data centre
@@ -128,6 +131,8 @@ pub enum Command {
         /// The server's server_id, as `pgfleet servers` lists it
         server: String,
     },
+    /// A live, full-screen view of the fleet, with pg_activity's keys: F1-F4 running, waiting, blocking, pools; / filter; s sort; +/- refresh; Enter a session's whole query; q quit
+    Top(top::TopArgs),
     /// A metric over a past range, one point per step, grouped by labels: sessions by state, waits, blocked sessions, the oldest transaction, pool utilisation, commits, rollbacks and deadlocks per second
     Metrics(metrics::MetricsArgs),
     /// Start a throwaway PostgreSQL, agent and collector, and show what pgfleet sees
@@ -213,6 +218,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pools { server } => pools::pools(&collector, output, &server).await,
         Command::Databases { server } => pools::databases(&collector, output, &server).await,
         Command::Metrics(args) => metrics::metrics(&collector, output, args).await,
+        Command::Top(args) => top::top(&collector, args).await,
         Command::Demo {
             keep_running,
             duration,
