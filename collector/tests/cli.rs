@@ -107,6 +107,32 @@ fn help_shows_examples() {
     }
 }
 
+#[test]
+fn completions_are_printed_for_each_shell() {
+    let bash = pgfleet(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let text = String::from_utf8_lossy(&bash.stdout);
+    for command in ["top", "top-sessions", "metrics", "completions"] {
+        assert!(text.contains(command), "{command} missing");
+    }
+    // bash reads it without a syntax error.
+    let mut check = Command::new("bash")
+        .args(["-n", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(&bash.stdout).unwrap();
+    assert!(check.wait().unwrap().success());
+    for shell in ["zsh", "fish"] {
+        let out = pgfleet(&["completions", shell]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("top-sessions")
+        );
+    }
+    fails_with_one_line(&pgfleet(&["completions", "tcsh"]), 2, &["tcsh"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_collector_on_the_same_data_dir_is_refused() {
     let fleet = Fleet::start("db-lock-dir", &[]).await.unwrap();
@@ -302,6 +328,8 @@ fn the_demo_shows_live_sessions_and_cleans_up() {
         "$ pgfleet servers",
         "demo-db-1",
         "cluster=demo,dc=demo-dc1",
+        "demo-db-2",
+        "cluster=demo,dc=demo-dc2",
         "$ pgfleet activity demo-db-1",
         "demo-report",
         "idle in transaction",

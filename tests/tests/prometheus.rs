@@ -64,6 +64,7 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
         cluster.config("pgfleet"),
     );
     agent_config.targets[0].server_id = "db-prom".into();
+    agent_config.labels.insert("dc".into(), "eu1".into());
     agent_config.pool_reporter = None;
     let agent = pgfleet_agent::start(agent_config).unwrap();
 
@@ -140,6 +141,60 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
         },
     )
     .await;
+
+    // The Grafana dashboard's every query runs, and each panel shows data
+    // (PgBouncer's, which this server lacks, excepted).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/grafana/pgfleet-fleet.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    // Rates need two scrapes of the counters.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        let mut shown = 0;
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$dc", ".*")
+                .replace("$__rate_interval", "1m");
+            let (_, body) = get(&web, &format!("/api/v1/query?query={}", encode(&expr)))
+                .await
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["status"], "success", "{title}: {expr}: {body}");
+            let result = json["data"]["result"].as_array().unwrap();
+            if title == "Servers per data centre" && target["legendFormat"] == "up" {
+                assert_eq!(result.len(), 1, "{body}");
+                assert_eq!(result[0]["metric"]["dc"], "eu1", "{body}");
+                assert_eq!(result[0]["value"][1], "1", "{body}");
+            }
+            if !result.is_empty() && !expr.contains("pgbouncer") {
+                shown += 1;
+            }
+        }
+        assert!(shown > 0, "the panel {title:?} shows nothing");
+    }
+    let (_, body) = get(
+        &web,
+        &format!(
+            "/api/v1/query?query={}",
+            encode("group by (dc) (pgfleet_server_info)")
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(
+        body.contains(r#""dc":"eu1""#),
+        "the dc variable's values: {body}"
+    );
 
     // Bounded cardinality: nothing per session or per query.
     let (_, text) = get(&metrics_addr, "/metrics").await.unwrap();

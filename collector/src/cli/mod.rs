@@ -36,6 +36,7 @@ Examples:
   pgfleet metrics sessions --range 1h --step 1m --by cluster
   pgfleet metrics max_xact_age_seconds --range 1d --step 1h --match dc=eu1
   pgfleet --collector http://collector.internal:7600 activity orders-db-1
+  pgfleet completions bash > /etc/bash_completion.d/pgfleet
 
 Every flag can also be set as PGFLEET_<FLAG> (PGFLEET_COLLECTOR, PGFLEET_OUTPUT) or as
 a key in the file named by --config; a flag wins over the variable, the variable
@@ -135,7 +136,12 @@ pub enum Command {
     Top(top::TopArgs),
     /// A metric over a past range, one point per step, grouped by labels: sessions by state, waits, blocked sessions, the oldest transaction, pool utilisation, commits, rollbacks and deadlocks per second
     Metrics(metrics::MetricsArgs),
-    /// Start a throwaway PostgreSQL, agent and collector, and show what pgfleet sees
+    /// Print shell completions: `pgfleet completions bash > /etc/bash_completion.d/pgfleet`
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Start two throwaway PostgreSQL servers, their agents and a collector, and show what pgfleet sees
     Demo {
         /// Leave everything running and print the commands to query it, until Ctrl-C
         #[arg(long)]
@@ -219,6 +225,11 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Databases { server } => pools::databases(&collector, output, &server).await,
         Command::Metrics(args) => metrics::metrics(&collector, output, args).await,
         Command::Top(args) => top::top(&collector, args).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "pgfleet", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Demo {
             keep_running,
             duration,
