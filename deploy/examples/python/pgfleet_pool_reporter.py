@@ -32,7 +32,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,29 +40,12 @@ import grpc
 
 log = logging.getLogger("pgfleet.pool_reporter")
 
-PROTO_DIR = Path(__file__).resolve().parents[3] / "proto"
+def load_stubs():
+    """The pgfleet.v1 stubs this reporter uses: (messages, reporter messages, grpc stubs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import pgfleet_stubs
 
-
-def load_stubs(proto_dir: Path = PROTO_DIR):
-    """Generates the pgfleet.v1 Python stubs from the .proto files, once per
-    process, into a temporary directory; returns (messages, grpc stubs)."""
-    from grpc_tools import protoc
-    import grpc_tools
-
-    out = tempfile.mkdtemp(prefix="pgfleet-stubs-")
-    include = Path(grpc_tools.__file__).parent / "_proto"
-    status = protoc.main([
-        "grpc_tools.protoc",
-        f"-I{proto_dir}",
-        f"-I{include}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        "pgfleet/v1/ingest.proto",
-        "pgfleet/v1/reporter.proto",
-    ])
-    if status != 0:
-        raise RuntimeError(f"protoc could not compile the pgfleet protos in {proto_dir}")
-    sys.path.insert(0, out)
+    pgfleet_stubs.generate()
     from pgfleet.v1 import reporter_pb2, reporter_pb2_grpc  # noqa: E402
     from pgfleet.v1 import ingest_pb2  # noqa: E402
 
