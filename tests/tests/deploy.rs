@@ -81,6 +81,7 @@ fn the_systemd_units_pass_systemd_analyze_and_their_commands_parse() {
         units += 1;
     }
     assert_eq!(units, 2);
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 #[test]
@@ -102,6 +103,7 @@ fn systemd_analyze_finds_a_broken_unit() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("strictest"));
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 fn check_kubernetes(folder: &Path) -> std::process::Output {

@@ -39,8 +39,15 @@ fn table(out: &mut String, command: &clap::Command, file_keys: bool) {
             .unwrap_or_default();
         let name = match a.get_long() {
             Some(long) => {
-                let short = a.get_short().map(|s| format!("`-{s}`, ")).unwrap_or_default();
-                let takes = if a.get_action().takes_values() { value } else { String::new() };
+                let short = a
+                    .get_short()
+                    .map(|s| format!("`-{s}`, "))
+                    .unwrap_or_default();
+                let takes = if a.get_action().takes_values() {
+                    value
+                } else {
+                    String::new()
+                };
                 format!("{short}`--{long}{takes}`")
             }
             None => format!("`{}`", value.trim().to_uppercase()),
@@ -93,7 +100,11 @@ fn render() -> String {
          every key with a comment.\n\n",
     );
     let agent = AgentArgs::command();
-    let _ = writeln!(out, "## pgfleet-agent\n\n{}\n", agent.get_about().map(|a| a.to_string()).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "## pgfleet-agent\n\n{}\n",
+        agent.get_about().map(|a| a.to_string()).unwrap_or_default()
+    );
     table(&mut out, &agent, true);
     out.push_str(
         "In the file only, `[[targets]]` gives several servers, each with its own `target`,\n\
@@ -102,17 +113,33 @@ fn render() -> String {
          most 64 targets. See `deploy/agent-multi.toml`.\n\n",
     );
     let collector = CollectorArgs::command();
-    let _ = writeln!(out, "## pgfleet-collector\n\n{}\n", collector.get_about().map(|a| a.to_string()).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "## pgfleet-collector\n\n{}\n",
+        collector
+            .get_about()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
     table(&mut out, &collector, true);
     let cli = Cli::command();
-    let _ = writeln!(out, "## pgfleet\n\n{}\n", cli.get_about().map(|a| a.to_string()).unwrap_or_default());
+    let _ = writeln!(
+        out,
+        "## pgfleet\n\n{}\n",
+        cli.get_about().map(|a| a.to_string()).unwrap_or_default()
+    );
     out.push_str("These flags apply to every command:\n\n");
     table(&mut out, &cli, true);
     for sub in cli.get_subcommands() {
         if sub.get_name() == "help" {
             continue;
         }
-        let _ = writeln!(out, "### pgfleet {}\n\n{}\n", sub.get_name(), cell(&sub.get_about().map(|a| a.to_string()).unwrap_or_default()));
+        let _ = writeln!(
+            out,
+            "### pgfleet {}\n\n{}\n",
+            sub.get_name(),
+            cell(&sub.get_about().map(|a| a.to_string()).unwrap_or_default())
+        );
         table(&mut out, sub, false);
     }
     out
@@ -139,7 +166,11 @@ fn the_configuration_reference_matches_the_code() {
         );
     }
     // Each binary's every flag is in it.
-    for command in [AgentArgs::command(), CollectorArgs::command(), Cli::command()] {
+    for command in [
+        AgentArgs::command(),
+        CollectorArgs::command(),
+        Cli::command(),
+    ] {
         for arg in command.get_arguments() {
             if let Some(long) = arg.get_long() {
                 assert!(kept.contains(&format!("`--{long}")), "--{long}");

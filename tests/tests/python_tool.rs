@@ -12,7 +12,9 @@ async fn the_python_tool_lists_the_servers_and_the_longest_transactions() {
     let client = fleet.client().await.unwrap();
     wait_for_status(&client, "py-db-1", "up", Duration::from_secs(20)).await;
     let long = fleet.cluster.connect("py-long-xact").await.unwrap();
-    long.batch_execute("BEGIN; SELECT txid_current();").await.unwrap();
+    long.batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
     let pid: i32 = long
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -41,7 +43,14 @@ async fn the_python_tool_lists_the_servers_and_the_longest_transactions() {
     );
     let collector = fleet.url.trim_start_matches("http://").to_owned();
     let out = tokio::process::Command::new("python3")
-        .args([script, "--collector", &collector, "--label", "dc=eu1", "--json"])
+        .args([
+            script,
+            "--collector",
+            &collector,
+            "--label",
+            "dc=eu1",
+            "--json",
+        ])
         .output()
         .await
         .expect("python3 runs");
@@ -69,7 +78,10 @@ async fn the_python_tool_lists_the_servers_and_the_longest_transactions() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.starts_with("0 servers"), "{text}");
+    assert!(
+        out.status.success() && text.starts_with("0 servers"),
+        "{text}"
+    );
     drop(long);
     fleet.stop().await;
 }

@@ -40,7 +40,7 @@ pub async fn run(keep_running: bool, duration: &str, output: Output) -> Result<(
     let mut parts = Parts::default();
     let result = tokio::select! {
         r = show(&mut parts, keep_running, duration, output) => r,
-        _ = tokio::signal::ctrl_c() => {
+        _ = stop_signal() => {
             eprintln!("\nInterrupted.");
             Ok(())
         }
@@ -131,6 +131,24 @@ async fn show(
         );
     }
     Ok(())
+}
+
+/// Ctrl-C, or the terminal closing (SIGHUP), or a polite kill (SIGTERM):
+/// each ends the demo the same way, cleaning up.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = hup.recv() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Asks a yes-or-no question at the terminal; yes unless the answer says no.

@@ -505,9 +505,19 @@ pub async fn top(remote: &Remote, args: TopArgs) -> Result<(), CliError> {
     };
     let mut terminal = ratatui::try_init()
         .map_err(|e| CliError::Failed(format!("cannot take over the terminal: {e}")))?;
-    let result = run(&mut terminal, &mut app, remote).await;
-    ratatui::restore();
-    result
+    // The terminal is given back however top ends, even when the demo
+    // around it is stopped by a signal.
+    let _restore = Restore;
+    run(&mut terminal, &mut app, remote).await
+}
+
+/// Gives the terminal back (raw mode off, the main screen) when dropped.
+struct Restore;
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        ratatui::restore();
+    }
 }
 
 /// Keys, read on a thread of their own (crossterm's read blocks).

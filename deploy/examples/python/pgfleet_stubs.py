@@ -3,6 +3,8 @@ grpcio-tools), so that the examples cannot drift from the binaries they talk to.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,7 @@ def generate(proto_dir: Path = PROTO_DIR) -> None:
     import grpc_tools
 
     out = tempfile.mkdtemp(prefix="pgfleet-stubs-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(proto_dir)) for p in (proto_dir / "pgfleet" / "v1").glob("*.proto"))
     status = protoc.main([
