@@ -349,8 +349,24 @@ async fn partitions(db: &tokio_postgres::Client) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn days_past_their_retention_are_dropped_whole() {
     let (cluster, store) = cluster_with_store().await;
-    // The first start makes the tables.
-    collector(&cluster, "a", &store).await.stop().await;
+    // The first start makes the tables; its retention (ten years) drops
+    // nothing, whenever its writer prunes.
+    let keep_all = pgfleet_collector::store::Retention {
+        frames: Duration::from_secs(10 * 365 * 86_400),
+        rollups: Duration::from_secs(10 * 365 * 86_400),
+    };
+    let first = server::start(CollectorConfig {
+        store: StoreConfig::Postgres(store.clone()),
+        collector_id: "a".into(),
+        retention: keep_all,
+        ..CollectorConfig::new(
+            ([127, 0, 0, 1], 0).into(),
+            cluster.dir().join("collector-a"),
+        )
+    })
+    .await
+    .unwrap();
+    first.stop().await;
     let (db, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
         .await
         .unwrap();
