@@ -169,6 +169,7 @@ fn the_dockerfiles_build_the_workspace_binaries_and_run_them_unprivileged() {
     let defaults = [
         ("agent.Dockerfile", vec!["7602"]),
         ("collector.Dockerfile", vec!["7600", "7601"]),
+        ("pgfleet.Dockerfile", vec![]),
     ];
     for (file, ports) in defaults {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
@@ -219,7 +220,10 @@ fn the_dockerfiles_build_the_workspace_binaries_and_run_them_unprivileged() {
             .lines()
             .find_map(|l| l.strip_prefix("ENTRYPOINT "))
             .expect("an ENTRYPOINT");
-        let argv: Vec<String> = serde_json::from_str(entry).unwrap();
+        let mut argv: Vec<String> = serde_json::from_str(entry).unwrap();
+        if let Some(cmd) = text.lines().find_map(|l| l.strip_prefix("CMD ")) {
+            argv.extend(serde_json::from_str::<Vec<String>>(cmd).unwrap());
+        }
         parses(&argv).unwrap();
         assert!(copied.contains(&argv[0].rsplit('/').next().unwrap()));
     }
@@ -252,6 +256,21 @@ fn every_flag_has_a_key(command: clap::Command, file: &str, skip: &[&str]) {
         assert!(
             keys.contains(&key) || keys.contains(&format!("{key}s")),
             "{file} does not document {key} (--{long})"
+        );
+    }
+}
+
+#[test]
+fn every_binary_has_examples_in_its_help() {
+    for binary in ["pgfleet-agent", "pgfleet-collector", "pgfleet"] {
+        let out = Command::new(workspace_binary(binary))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Examples:"),
+            "{binary}: {text}"
         );
     }
 }

@@ -228,6 +228,22 @@ async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_t
     let a_url = format!("http://127.0.0.1:{port}");
     let b = collector(&cluster, "b", &store).await;
     let interval = Duration::from_millis(250);
+    let ca = wait_for("collector a to answer", Duration::from_secs(20), || {
+        let url = a_url.clone();
+        async move {
+            let mut c = v1::query_client::QueryClient::connect(url)
+                .await
+                .map_err(|e| e.to_string())?;
+            c.list_servers(v1::ListServersRequest::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(c)
+        }
+    })
+    .await;
+    let cb = client(&b).await;
+    // A answers before the agent starts: otherwise the agent, finding it
+    // not yet there, would begin with B.
     let mut config = AgentConfig::new(&a_url, cluster.config("pgfleet"));
     config.fallback_collectors = vec![format!("http://{}", b.addr)];
     config.agent_id = "agent-failover-1".into();
@@ -235,16 +251,6 @@ async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_t
     config.interval = interval;
     config.pool_reporter = None;
     let agent = pgfleet_agent::start(config).unwrap();
-    let ca = wait_for("collector a", Duration::from_secs(20), || {
-        let url = a_url.clone();
-        async move {
-            v1::query_client::QueryClient::connect(url)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await;
-    let cb = client(&b).await;
     wait_for_status(&ca, "failover-1", "up", Duration::from_secs(20)).await;
     // Sessions come and go throughout, so that deltas carry changes.
     let churn = cluster.connect("failover-churn").await.unwrap();

@@ -270,6 +270,26 @@ struct App {
 }
 
 impl App {
+    /// The running screen, sorted by time, with nothing read yet.
+    fn new(url: String, by: String, filter: Filter, interval: usize) -> App {
+        App {
+            url,
+            mode: Mode::Running,
+            sort: Sort::Duration,
+            by,
+            filter,
+            interval,
+            servers: BTreeMap::new(),
+            data: Fetched::default(),
+            fetched_at: None,
+            trouble: None,
+            table: TableState::default().with_selected(Some(0)),
+            typing: None,
+            notice: None,
+            detail: None,
+        }
+    }
+
     fn interval(&self) -> Duration {
         INTERVALS[self.interval]
     }
@@ -480,29 +500,16 @@ pub async fn top(remote: &Remote, args: TopArgs) -> Result<(), CliError> {
             "pgfleet top needs a terminal; for a script, use `pgfleet top-sessions` or `pgfleet activity`".into(),
         ));
     }
-    let mut app = App {
-        url: remote.url.clone(),
-        mode: Mode::Running,
-        sort: Sort::Duration,
-        by: args.by,
-        filter: Filter {
-            labels: labels.into_iter().collect(),
-            server: args.server,
-            ..Filter::default()
-        },
-        interval: INTERVALS
-            .iter()
-            .position(|i| *i >= interval)
-            .unwrap_or(INTERVALS.len() - 1),
-        servers: BTreeMap::new(),
-        data: Fetched::default(),
-        fetched_at: None,
-        trouble: None,
-        table: TableState::default().with_selected(Some(0)),
-        typing: None,
-        notice: None,
-        detail: None,
+    let filter = Filter {
+        labels: labels.into_iter().collect(),
+        server: args.server,
+        ..Filter::default()
     };
+    let step = INTERVALS
+        .iter()
+        .position(|i| *i >= interval)
+        .unwrap_or(INTERVALS.len() - 1);
+    let mut app = App::new(remote.url.clone(), args.by, filter, step);
     let mut terminal = ratatui::try_init()
         .map_err(|e| CliError::Failed(format!("cannot take over the terminal: {e}")))?;
     // The terminal is given back however top ends, even when the demo
@@ -1269,22 +1276,7 @@ mod tests {
     }
 
     fn app() -> App {
-        App {
-            url: "http://c:7600".into(),
-            mode: Mode::Running,
-            sort: Sort::Duration,
-            by: "dc".into(),
-            filter: Filter::default(),
-            interval: 2,
-            servers: BTreeMap::new(),
-            data: Fetched::default(),
-            fetched_at: None,
-            trouble: None,
-            table: TableState::default().with_selected(Some(0)),
-            typing: None,
-            notice: None,
-            detail: None,
-        }
+        App::new("http://c:7600".into(), "dc".into(), Filter::default(), 2)
     }
 
     fn press(app: &mut App, code: KeyCode) -> Answer {
