@@ -120,7 +120,6 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .name("pgfleet-aggregator".into())
         .spawn(move || runtime.block_on(aggregator.run()))
         .map_err(StartError::Aggregator)?;
-    store.follow(handle.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
@@ -132,6 +131,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
+    store.follow(handle.clone(), streams_rx.clone());
     let http_addr = http.as_ref().map(|(_, a)| *a);
     let http_server = http.map(|(listener, _)| {
         let mut stop = streams_rx.clone();

@@ -407,11 +407,21 @@ impl Store {
     }
 
     /// Follows what other collectors write to a shared store into
-    /// `aggregator`'s view, until the aggregator stops; nothing for a store
-    /// only this collector writes.
-    pub fn follow(&self, aggregator: crate::aggregator::AggregatorHandle) {
+    /// `aggregator`'s view, until `stop` fires (or its sender is dropped);
+    /// nothing for a store only this collector writes.
+    pub fn follow(
+        &self,
+        aggregator: crate::aggregator::AggregatorHandle,
+        mut stop: watch::Receiver<()>,
+    ) {
         if let Reader::Postgres(pg) = &self.reader {
-            tokio::spawn(pg.clone().follow(aggregator));
+            let follow = pg.clone().follow(aggregator);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = follow => {}
+                    _ = stop.changed() => {}
+                }
+            });
         }
     }
 
