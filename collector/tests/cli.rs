@@ -308,14 +308,67 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
 }
 
 /// The path the demo said it removed, from its last line on stderr.
-fn removed_dir(stderr: &str) -> std::path::PathBuf {
+fn removed_dirs(stderr: &str) -> Vec<std::path::PathBuf> {
     let line = stderr
         .lines()
         .find(|l| l.starts_with("Stopped the demo and removed "))
         .unwrap_or_else(|| panic!("the demo did not say it cleaned up: {stderr}"));
-    line.trim_start_matches("Stopped the demo and removed ")
+    let dirs: Vec<std::path::PathBuf> = line
+        .trim_start_matches("Stopped the demo and removed ")
         .trim_end_matches('.')
-        .into()
+        .split(" and ")
+        .map(Into::into)
+        .collect();
+    assert_eq!(dirs.len(), 2, "both servers' directories: {line}");
+    dirs
+}
+
+/// Starts `pgfleet demo --keep-running`, reads what it prints up to the
+/// commands it offers, and returns it with that text.
+fn kept_demo() -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .args(["demo", "--keep-running"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        printed.push_str(&line);
+        if line.contains("psql -h") {
+            break;
+        }
+        line.clear();
+    }
+    (child, printed)
+}
+
+/// Sends `signal` to the demo, and checks it ends well, having removed both
+/// servers' directories.
+fn stops_cleanly(mut child: std::process::Child, signal: &str) {
+    use std::io::Read;
+    assert!(
+        Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{signal}: {status:?}: {stderr}");
+    for dir in removed_dirs(&stderr) {
+        assert!(!dir.exists(), "{signal}: {} is left", dir.display());
+    }
 }
 
 #[test]
@@ -355,28 +408,14 @@ fn the_demo_shows_live_sessions_and_cleans_up() {
         waiter.contains(&format!("Lock:transactionid  {holder_pid} ")),
         "{waiter}"
     );
-    assert!(!removed_dir(&stderr).exists());
+    for dir in removed_dirs(&stderr) {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 }
 
 #[test]
 fn a_kept_demo_answers_the_commands_it_prints_and_cleans_up_on_ctrl_c() {
-    use std::io::{BufRead, BufReader, Read};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgfleet"))
-        .args(["demo", "--keep-running"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 {
-        printed.push_str(&line);
-        if line.contains("psql -h") {
-            break;
-        }
-        line.clear();
-    }
+    let (child, printed) = kept_demo();
     let servers_cmd = printed
         .lines()
         .map(str::trim)
@@ -384,29 +423,22 @@ fn a_kept_demo_answers_the_commands_it_prints_and_cleans_up_on_ctrl_c() {
         .unwrap_or_else(|| panic!("no servers command in:\n{printed}"));
     let args: Vec<&str> = servers_cmd.split_whitespace().skip(1).collect();
     let listed = pgfleet(&args);
+    let text = String::from_utf8_lossy(&listed.stdout);
     assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("demo-db-1"),
-        "{}",
+        text.contains("demo-db-1") && text.contains("demo-db-2"),
+        "{text}{}",
         String::from_utf8_lossy(&listed.stderr)
     );
+    assert!(printed.contains(" top"), "the demo offers top: {printed}");
+    stops_cleanly(child, "-INT");
+}
 
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(status.success(), "{status:?}: {stderr}");
-    assert!(!removed_dir(&stderr).exists());
+#[test]
+fn a_kept_demo_cleans_up_when_its_terminal_closes_or_it_is_killed_politely() {
+    for signal in ["-HUP", "-TERM"] {
+        let (child, _) = kept_demo();
+        stops_cleanly(child, signal);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

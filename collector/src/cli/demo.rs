@@ -47,14 +47,16 @@ pub async fn run(keep_running: bool, duration: &str, output: Output) -> Result<(
     };
     drop(parts.workload.take());
     drop(parts.second_workload.take());
+    let mut removed = Vec::new();
     if let Some((cluster, agent)) = parts.second.take() {
         agent.stop().await;
+        removed.push(cluster.dir().display().to_string());
         cluster.destroy().await;
     }
     if let Some(fleet) = parts.fleet.take() {
-        let dir = fleet.cluster.dir().display().to_string();
+        removed.insert(0, fleet.cluster.dir().display().to_string());
         fleet.stop().await;
-        eprintln!("Stopped the demo and removed {dir}.");
+        eprintln!("Stopped the demo and removed {}.", removed.join(" and "));
     }
     result
 }
