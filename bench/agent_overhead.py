@@ -114,13 +114,15 @@ class Cluster:
         self.data = self.dir / "data"
         self.port = free_port()
 
-    def start(self) -> None:
+    # The watched server: nothing of its own durability is measured here.
+    SETTINGS = ("-c max_connections=1100 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off -c max_wal_size=4GB -c checkpoint_timeout=1h -c autovacuum=off")
+
+    def start(self, settings: str = SETTINGS) -> None:
         subprocess.run(as_postgres([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres",
                                     "-A", "trust", "--no-sync", "--no-instructions"]),
                        check=True, stdout=subprocess.DEVNULL, cwd=self.dir)
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c max_connections=1100 "
-                "-c shared_buffers=256MB -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_wal_size=4GB -c checkpoint_timeout=1h -c autovacuum=off "
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} {settings} "
                 "-c log_min_messages=warning")
         subprocess.run(as_postgres([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts,
                                     "-l", str(self.dir / "log"), "-w", "start"]),

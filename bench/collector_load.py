@@ -15,10 +15,16 @@ N rises through --fleets until a run misses the p99 freshness of 2 s (or an
 agent fails). The largest N that held is the collector's capacity here.
 Writes the table to BENCHMARKS.md with the command that made it.
 
-    python3 bench/collector_load.py [--fleets 1000,2500,5000] [--measure 60]
+With --store postgres, the history goes to a throwaway PostgreSQL on the same
+machine (default settings: fsync and synchronous commit on), a new database
+per run; the table then also gives that server's CPU and the database's size,
+in a section of its own.
+
+    python3 bench/collector_load.py [--fleets 1000,2500,5000] [--measure 60] [--store postgres]
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -30,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent_overhead import cpu_ns
 from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,17 +62,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_run(bin_dir: Path, n: int, args) -> dict:
+def postgres_pids(cluster) -> list[int]:
+    """The store server's processes: its postmaster and every child."""
+    master = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    pids = [master]
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = open(stat).read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == master:
+                pids.append(int(stat.split("/")[2]))
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+def one_run(bin_dir: Path, n: int, args, cluster=None) -> dict:
     data = Path(tempfile.mkdtemp(prefix="pgfleet-load-"))
     port = free_port()
     log = open(data / "collector.log", "w")
+    store = []
+    if cluster is not None:
+        cluster.psql(f"CREATE DATABASE load_{n}")
+        store = ["--store", f"postgres://postgres@127.0.0.1:{cluster.port}/load_{n}"]
     collector = subprocess.Popen(
         [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
-         "--http-listen", "off", "--data-dir", str(data / "store")],
+         "--http-listen", "off", "--data-dir", str(data / "store"), *store],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
     )
     try:
-        time.sleep(1)
+        time.sleep(2)
+        pg_pids = postgres_pids(cluster) if cluster is not None else []
+        pg_before = sum(map(cpu_ns, pg_pids))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                "--collector-pid", str(collector.pid), "--agents", str(n),
@@ -81,7 +108,12 @@ def one_run(bin_dir: Path, n: int, args) -> dict:
         r = json.loads(out.stdout)
         # The generator's own CPU over its whole run (ramp and history included).
         r["loadgen_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
-        r["store_mib"] = sum(f.stat().st_size for f in (data / "store").glob("pgfleet.sqlite*")) / 2**20
+        if cluster is None:
+            r["store_mib"] = sum(f.stat().st_size for f in (data / "store").glob("pgfleet.sqlite*")) / 2**20
+        else:
+            # Over the whole run, like the generator's.
+            r["store_cores"] = (sum(map(cpu_ns, pg_pids)) - pg_before) / 1e9 / wall
+            r["store_mib"] = int(cluster.psql(f"SELECT pg_database_size('load_{n}')")) / 2**20
         return r
     finally:
         collector.terminate()
@@ -112,30 +144,44 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
     p.add_argument("--measure", type=int, default=60, help="seconds measured at each N")
     p.add_argument("--connect-rate", type=int, default=500, help="agents connected per second")
+    p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
+                   help="where the collector keeps its history")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
+    title = TITLE if args.store == "sqlite" else TITLE + ", PostgreSQL store"
     fleets = [int(x) for x in args.fleets.split(",")]
     command = "python3 bench/collector_load.py" + "".join(
         f" {flag} {value}" for flag, value, default in [
             ("--fleets", args.fleets, p.get_default("fleets")),
             ("--warmup", args.warmup, 20), ("--measure", args.measure, 60),
-            ("--connect-rate", args.connect_rate, 500),
+            ("--connect-rate", args.connect_rate, 500), ("--store", args.store, "sqlite"),
         ] if value != default)
 
     # One connection per agent on each side.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     bin_dir = build()
+    cluster = None
+    if args.store == "postgres":
+        from agent_overhead import Cluster, pg_bindir
+        cluster = Cluster(pg_bindir())
+        # A store's own settings: PostgreSQL's defaults, durable, with room
+        # for the WAL a busy collector writes.
+        cluster.start("-c shared_buffers=256MB -c max_wal_size=4GB")
     runs = []
-    for n in fleets:
-        if n + 100 > hard:
-            print(f"N={n} needs more than {hard} open files; stopping", file=sys.stderr)
-            break
-        r = one_run(bin_dir, n, args)
-        print(json.dumps(r), file=sys.stderr, flush=True)
-        runs.append(r)
-        if not held(r):
-            break
+    try:
+        for n in fleets:
+            if n + 100 > hard:
+                print(f"N={n} needs more than {hard} open files; stopping", file=sys.stderr)
+                break
+            r = one_run(bin_dir, n, args, cluster)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            runs.append(r)
+            if not held(r):
+                break
+    finally:
+        if cluster is not None:
+            cluster.stop()
 
     best = max((r for r in runs if held(r)), key=lambda r: r["agents"], default=None)
     rows = []
@@ -151,7 +197,8 @@ def main() -> None:
             f"| {fmt(r['at_1h_p50_ms'], 1)} / {fmt(r['at_1h_max_ms'], 1)} "
             f"| {fmt(r['collector_kib_per_server'], 0)} | {fmt(r['collector_rss_kib'] / 1024 if r['collector_rss_kib'] else None, 0)} "
             f"| {fmt(r['collector_cores'], 2)} | {fmt(r['loadgen_cores'], 2)} | {fmt(r['store_mib'], 0)} "
-            f"| {r['errors']} |"
+            + (f"| {fmt(r['store_cores'], 2)} " if cluster is not None else "")
+            + f"| {r['errors']} |"
         )
     verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
     if best:
@@ -164,18 +211,21 @@ def main() -> None:
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
-    section = f"""{TITLE}
+    store = ("its SQLite store" if cluster is None else
+             "its PostgreSQL store (a throwaway server, default settings: fsync and synchronous commit on)")
+    extra_head = "" if cluster is None else " store cores |"
+    section = f"""{title}
 
-Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector, its SQLite store and the generator share the machine.
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector, {store} and the generator share the machine.
 
 {headline}
 
 Each row is one run: N agents (one server of 100 sessions each, about 10% changing each second, 1 Hz, one HTTP/2 connection each, zstd), {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz (batches/s at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second.
 
-| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | generator cores | store MiB | agent errors |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | generator cores | store MiB |{extra_head} agent errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}
 """ + "\n".join(rows) + "\n"
-    write_section(Path(args.output), TITLE, section)
+    write_section(Path(args.output), title, section)
     print(section)
 
 

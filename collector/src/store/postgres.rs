@@ -149,6 +149,7 @@ pub(super) async fn open(
         pool,
         collector_id: collector_id.into(),
         place: place.as_str().into(),
+        written: Arc::default(),
     };
     let loaded = async {
         let mut client = reader.client().await?;
@@ -173,6 +174,10 @@ pub(super) async fn open(
     }
     .await
     .map_err(|e| StoreError::new(&place, e))?;
+    // What the store holds now is what this collector's memory starts from.
+    if let Ok(mut written) = reader.written.lock() {
+        written.clone_from(&loaded.agents);
+    }
     info!(
         store = %place,
         collector = %reader.collector_id,
@@ -188,6 +193,7 @@ pub(super) async fn open(
         zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
         days: HashSet::new(),
         duplicates: Arc::new(AtomicU64::new(0)),
+        written: reader.written.clone(),
     };
     let store = Store::start(sink, super::Reader::Postgres(reader), place, retention)?;
     Ok((store, loaded))
@@ -285,7 +291,16 @@ struct PgSink {
     days: HashSet<(&'static str, i64)>,
     /// Frames already stored when written again.
     duplicates: Arc<AtomicU64>,
+    /// Each agent's last sequence as this collector committed it (shared
+    /// with the reader).
+    written: Written,
 }
+
+/// Each agent's last sequence as this collector knows the store holds it:
+/// loaded at start, then what it commits. When the store says the same at
+/// an agent's Hello, no other collector has streamed the agent since, and
+/// the aggregator's memory needs nothing from the store.
+type Written = Arc<std::sync::Mutex<HashMap<String, u64>>>;
 
 /// The writer's connection and its statements.
 struct Writer {
@@ -518,6 +533,16 @@ impl Sink for PgSink {
                 .map_err(|e| pgfleet_agent::error::chain(&e))
         });
         self.days = days;
+        if result.is_ok()
+            && let Ok(mut written) = self.written.lock()
+        {
+            for (_, op) in ops {
+                if let Op::Applied { agent_id, seq, .. } = op {
+                    let last = written.entry(agent_id.clone()).or_insert(0);
+                    *last = (*last).max(*seq);
+                }
+            }
+        }
         result
     }
 
@@ -548,6 +573,8 @@ impl Sink for PgSink {
 #[derive(Clone)]
 pub(super) struct Reader {
     pool: Pool,
+    /// What this collector wrote of each agent.
+    written: Written,
     /// This collector, as the servers it streams name it.
     collector_id: Arc<str>,
     place: Arc<str>,
@@ -596,10 +623,23 @@ impl Reader {
             )
             .await
             .map_err(read_error)?;
+        // Each server's recent minutes (the last wins).
         let since = now_micros() - 2 * MINUTE_US;
         let mut recent: HashMap<String, Minute> = HashMap::new();
-        for (server_id, minute) in self.minutes(since, Micros::MAX).await? {
-            recent.insert(server_id, minute);
+        for row in client
+            .query(
+                "SELECT minute, server_id, body FROM pgfleet.rollups
+                 WHERE minute >= $1 AND ($2::text[] IS NULL OR server_id = ANY($2))
+                 ORDER BY minute",
+                &[&since, &ids],
+            )
+            .await
+            .map_err(read_error)?
+        {
+            let server_id: String = row.get(1);
+            if let Some(minute) = Minute::decode(row.get(0), row.get(2)) {
+                recent.insert(server_id, minute);
+            }
         }
         drop(client);
         let mut out = Vec::new();
@@ -696,6 +736,19 @@ impl Reader {
             .map_err(read_error)?
             .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
         drop(client);
+        // Nothing new since this collector's own writes (the common case: a
+        // new agent, or one that reconnects here): one query is enough.
+        let ours = self
+            .written
+            .lock()
+            .map(|w| w.get(agent_id).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if last_seq <= ours {
+            return Ok(Resume {
+                last_seq,
+                servers: Vec::new(),
+            });
+        }
         Ok(Resume {
             last_seq,
             servers: self.servers(Some(server_ids)).await?,
