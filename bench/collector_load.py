@@ -111,8 +111,10 @@ def one_run(bin_dir: Path, n: int, args, cluster=None) -> dict:
         if cluster is None:
             r["store_mib"] = sum(f.stat().st_size for f in (data / "store").glob("pgfleet.sqlite*")) / 2**20
         else:
-            # Over the whole run, like the generator's.
-            r["store_cores"] = (sum(map(cpu_ns, pg_pids)) - pg_before) / 1e9 / wall
+            # Over the whole run, like the generator's; the backends that
+            # started during it (the writer's connection among them) count whole.
+            pids = set(pg_pids) | set(postgres_pids(cluster))
+            r["store_cores"] = (sum(map(cpu_ns, pids)) - pg_before) / 1e9 / wall
             r["store_mib"] = int(cluster.psql(f"SELECT pg_database_size('load_{n}')")) / 2**20
         return r
     finally:
