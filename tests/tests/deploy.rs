@@ -160,7 +160,8 @@ fn the_kubernetes_manifests_are_consistent_and_their_commands_parse() {
     assert!(
         said.contains("tlz") && said.contains("pg-password"),
         "{said}"
-    );    let _ = std::fs::remove_dir_all(broken);
+    );
+    let _ = std::fs::remove_dir_all(broken);
 }
 
 #[test]
