@@ -798,8 +798,10 @@ impl Reader {
         let view = aggregator.view();
         let now = now_micros();
         let mut out = Vec::new();
-        // The servers whose frames are read from where the view is.
+        // The servers whose frames are read from where the view is, and
+        // those (by index in `out`) rebuilt from their last keyframe.
         let mut after: BTreeMap<String, (usize, Rebuilt)> = BTreeMap::new();
+        let mut whole: Vec<usize> = Vec::new();
         for row in rows {
             let server_id: String = row.get(0);
             let current = view.servers.get(server_id.as_str());
@@ -829,7 +831,7 @@ impl Reader {
                     };
                     after.insert(server_id, (out.len() - 1, base));
                 }
-                _ => {}
+                _ => whole.push(out.len() - 1),
             }
         }
         if !after.is_empty() {
@@ -857,27 +859,23 @@ impl Reader {
                 let Some(new) = frames.remove(&server_id) else {
                     continue;
                 };
-                // A delta that does not apply: the server is rebuilt below.
-                out[i].state = super::replay(&server_id, Some(base), new).map(|s| (s, false));
+                match super::replay(&server_id, Some(base), new) {
+                    Some(state) => out[i].state = Some((state, false)),
+                    // A delta that does not apply: the server is rebuilt.
+                    None => whole.push(i),
+                }
             }
         }
-        for f in &mut out {
-            let fresh = view
-                .servers
-                .get(f.server_id.as_str())
-                .is_some_and(|v| v.via.is_some() && v.sampled_at_us > now - FOLLOW_WINDOW_US);
-            if f.state.is_none() && !fresh {
-                // Read whole: its increments were counted, or never will be.
-                f.state = self.rebuild(&f.server_id, Micros::MAX).await?.map(|s| {
-                    (
-                        Rebuilt {
-                            databases: Vec::new(),
-                            ..s
-                        },
-                        true,
-                    )
-                });
-            }
+        for i in whole {
+            // Read whole: its increments were counted, or never will be.
+            let rebuilt = self.rebuild(&out[i].server_id, Micros::MAX).await?;
+            out[i].state = rebuilt.map(|s| {
+                let s = Rebuilt {
+                    databases: Vec::new(),
+                    ..s
+                };
+                (s, true)
+            });
         }
         Ok(out)
     }
