@@ -344,7 +344,11 @@ pub fn render_blocking(trees: &[v1::BlockingTree], output: Output) -> String {
 }
 
 /// The sessions of a tree, each with its depth, root first.
-fn flatten<'a>(node: &'a v1::BlockingNode, depth: usize, out: &mut Vec<(usize, &'a v1::Session)>) {
+pub(super) fn flatten<'a>(
+    node: &'a v1::BlockingNode,
+    depth: usize,
+    out: &mut Vec<(usize, &'a v1::Session)>,
+) {
     if let Some(s) = &node.session {
         out.push((depth, s));
     }
@@ -385,13 +389,27 @@ fn session_table(with_server: bool) -> Table {
     Table::new(&columns)
 }
 
-/// One session as a row of [`session_table`].
-fn session_row(server: Option<&str>, s: &v1::Session, output: Output) -> Vec<String> {
-    let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
+/// What a session waits on, as `Type:Event` (empty when it does not wait).
+pub(super) fn wait_text(s: &v1::Session) -> String {
+    match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
         ("", _) => String::new(),
         (t, "") => t.to_owned(),
         (t, e) => format!("{t}:{e}"),
-    };
+    }
+}
+
+/// Where a session's client is: its address, or "local" for a Unix socket.
+pub(super) fn client_text(s: &v1::Session) -> &str {
+    if s.client.is_empty() {
+        "local"
+    } else {
+        &s.client
+    }
+}
+
+/// One session as a row of [`session_table`].
+fn session_row(server: Option<&str>, s: &v1::Session, output: Output) -> Vec<String> {
+    let wait = wait_text(s);
     let blocked_by: Vec<String> = s.blocked_by.iter().map(i32::to_string).collect();
     let mut row: Vec<String> = server.map(str::to_owned).into_iter().collect();
     row.extend([
@@ -399,11 +417,7 @@ fn session_row(server: Option<&str>, s: &v1::Session, output: Output) -> Vec<Str
         s.database.clone(),
         s.user.clone(),
         s.application_name.clone(),
-        if s.client.is_empty() {
-            "local".to_owned()
-        } else {
-            s.client.clone()
-        },
+        client_text(s).to_owned(),
         if s.state.is_empty() {
             s.backend_type.clone()
         } else {

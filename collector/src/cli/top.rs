@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::CliError;
-use super::fleet::{Remote, connect};
+use super::fleet::{Remote, client_text, connect, flatten, wait_text};
 use super::output::{human_duration, one_line};
 
 type Client = v1::query_client::QueryClient<Channel>;
@@ -778,9 +778,20 @@ async fn read(client: &mut Client, ask: &Ask) -> Result<Fetched, String> {
                 .map_err(failed)?
                 .into_inner()
                 .trees;
+            // Every session of a tree, root first, for the blocking
+            // screen; the waiters only for the waiting screen.
             for t in &trees {
-                if let Some(root) = &t.root {
-                    flatten(&t.server_id, root, 0, ask.mode, &mut out.sessions);
+                let Some(root) = &t.root else { continue };
+                let mut nodes = Vec::new();
+                flatten(root, 0, &mut nodes);
+                for (depth, s) in nodes {
+                    if ask.mode == Mode::Blocking || depth > 0 {
+                        out.sessions.push(SessionLine {
+                            server_id: t.server_id.clone(),
+                            depth: if ask.mode == Mode::Blocking { depth } else { 0 },
+                            session: s.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -812,29 +823,6 @@ async fn read(client: &mut Client, ask: &Ask) -> Result<Fetched, String> {
         }
     }
     Ok(out)
-}
-
-/// A tree's sessions, root first: every one for the blocking screen, the
-/// waiters only for the waiting screen.
-fn flatten(
-    server: &str,
-    node: &v1::BlockingNode,
-    depth: usize,
-    mode: Mode,
-    out: &mut Vec<SessionLine>,
-) {
-    if let Some(s) = &node.session
-        && (mode == Mode::Blocking || depth > 0)
-    {
-        out.push(SessionLine {
-            server_id: server.to_owned(),
-            depth: if mode == Mode::Blocking { depth } else { 0 },
-            session: s.clone(),
-        });
-    }
-    for w in &node.waiters {
-        flatten(server, w, depth + 1, mode, out);
-    }
 }
 
 /// One server's pools as lines: its slots, each PgBouncer pool, each client pool.
@@ -1062,11 +1050,6 @@ fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
         .map(|l| {
             let s = &l.session;
             let d = duration_us(s);
-            let wait = match (s.wait_event_type.as_str(), s.wait_event.as_str()) {
-                ("", _) => String::new(),
-                (t, "") => t.to_owned(),
-                (t, e) => format!("{t}:{e}"),
-            };
             let mut cells = vec![
                 Cell::from(format!("{}{}", "  ".repeat(l.depth), l.server_id)),
                 Cell::from(s.pid.to_string()),
@@ -1075,15 +1058,11 @@ fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
             ];
             if wide {
                 cells.push(Cell::from(s.application_name.clone()));
-                cells.push(Cell::from(if s.client.is_empty() {
-                    "local".to_owned()
-                } else {
-                    s.client.clone()
-                }));
+                cells.push(Cell::from(client_text(s).to_owned()));
             }
             cells.extend([
                 Cell::from(short_state(&s.state)),
-                Cell::from(wait),
+                Cell::from(wait_text(s)),
                 Cell::from(human_duration(d)),
                 Cell::from(one_line(&s.query, 400)),
             ]);
@@ -1223,11 +1202,7 @@ fn draw_detail(frame: &mut Frame, line: &SessionLine, area: Rect) {
         )),
         Line::from(format!(
             "client {}  state {}  wait {} {}",
-            if s.client.is_empty() {
-                "local"
-            } else {
-                &s.client
-            },
+            client_text(s),
             s.state,
             s.wait_event_type,
             s.wait_event
