@@ -579,6 +579,21 @@ fn write_loop(
     }
 }
 
+/// A server's labels as both stores keep them: a JSON object.
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_default()
+}
+
+/// Labels as stored; none when the text is not what [`labels_text`] wrote.
+fn stored_labels(text: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// A sampling interval as stored, in milliseconds (at least 10).
+fn stored_interval(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(10) as u64)
+}
+
 /// The last of each key, in the order first seen: a batch written as one
 /// statement may name a row once only.
 fn last_by_key<K: std::hash::Hash + Eq + Clone, V>(

@@ -434,7 +434,7 @@ impl PgSink {
                     labels,
                     interval_ms,
                 } => {
-                    let labels = serde_json::to_string(labels).unwrap_or_default();
+                    let labels = super::labels_text(labels);
                     tx.execute(
                         &writer.server,
                         &[
@@ -650,8 +650,8 @@ impl Reader {
                 activity: self.rebuild(&server_id, Micros::MAX).await?,
                 minute: recent.remove(&server_id),
                 agent_id: row.get(1),
-                labels: serde_json::from_str(&labels).unwrap_or_default(),
-                interval: Duration::from_millis(row.get::<_, i64>(3).max(10) as u64),
+                labels: super::stored_labels(&labels),
+                interval: super::stored_interval(row.get(3)),
                 server_id,
             });
         }
@@ -812,8 +812,8 @@ impl Reader {
             let labels: String = row.get(2);
             out.push(Followed {
                 agent_id: row.get(1),
-                labels: serde_json::from_str(&labels).unwrap_or_default(),
-                interval: Duration::from_millis(row.get::<_, i64>(3).max(10) as u64),
+                labels: super::stored_labels(&labels),
+                interval: super::stored_interval(row.get(3)),
                 collector: row.get::<_, String>(4).into(),
                 connected: row.get(5),
                 state: None,

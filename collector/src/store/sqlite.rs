@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -131,8 +130,8 @@ fn load(db: &Connection) -> rusqlite::Result<Loaded> {
         let activity = rebuild(db, &server_id, Micros::MAX)?;
         loaded.servers.push(StoredServer {
             minute: recent.remove(&server_id),
-            labels: serde_json::from_str(&labels).unwrap_or_default(),
-            interval: Duration::from_millis(interval_ms.max(10) as u64),
+            labels: super::stored_labels(&labels),
+            interval: super::stored_interval(interval_ms),
             server_id,
             agent_id,
             activity,
@@ -269,7 +268,7 @@ fn commit(
                     labels,
                     interval_ms,
                 } => {
-                    let labels = serde_json::to_string(labels).unwrap_or_default();
+                    let labels = super::labels_text(labels);
                     server.execute(params![server_id, agent_id, labels, *interval_ms as i64])?;
                 }
                 Op::Minute { server_id, minute } => {
@@ -330,8 +329,8 @@ mod tests {
         };
         assert_eq!((count("frames"), count("rollups")), (1, 2));
         let short = Retention {
-            frames: Duration::from_secs(3600),
-            rollups: Duration::from_secs(2 * 3600),
+            frames: std::time::Duration::from_secs(3600),
+            rollups: std::time::Duration::from_secs(2 * 3600),
         };
         assert_eq!(prune(&db, short, now).unwrap(), (1, 1));
     }
