@@ -44,8 +44,12 @@ async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector 
         .unwrap_or_else(|e| panic!("collector {name}: {e}"))
 }
 
+fn url(c: &Collector) -> String {
+    format!("http://{}", c.addr)
+}
+
 async fn client(c: &Collector) -> Client {
-    v1::query_client::QueryClient::connect(format!("http://{}", c.addr))
+    v1::query_client::QueryClient::connect(url(c))
         .await
         .unwrap()
 }
@@ -54,13 +58,9 @@ fn agent(
     cluster: &TempCluster,
     server_id: &str,
     dc: &str,
-    collectors: &[&Collector],
+    urls: &[String],
     interval: Duration,
 ) -> Agent {
-    let urls: Vec<String> = collectors
-        .iter()
-        .map(|c| format!("http://{}", c.addr))
-        .collect();
     let mut config = AgentConfig::new(&urls[0], cluster.config("pgfleet"));
     config.fallback_collectors = urls[1..].to_vec();
     config.agent_id = format!("agent-{server_id}");
@@ -92,8 +92,20 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
     let (cluster, store) = cluster_with_store().await;
     let a = collector(&cluster, "a", &store).await;
     let b = collector(&cluster, "b", &store).await;
-    let east = agent(&cluster, "east-1", "east", &[&a], Duration::from_secs(1));
-    let west = agent(&cluster, "west-1", "west", &[&b], Duration::from_secs(1));
+    let east = agent(
+        &cluster,
+        "east-1",
+        "east",
+        &[url(&a)],
+        Duration::from_secs(1),
+    );
+    let west = agent(
+        &cluster,
+        "west-1",
+        "west",
+        &[url(&b)],
+        Duration::from_secs(1),
+    );
     let (ca, cb) = (client(&a).await, client(&b).await);
 
     // A session each collector hears of only through the other's agent.
@@ -244,13 +256,7 @@ async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_t
     let cb = client(&b).await;
     // A answers before the agent starts: otherwise the agent, finding it
     // not yet there, would begin with B.
-    let mut config = AgentConfig::new(&a_url, cluster.config("pgfleet"));
-    config.fallback_collectors = vec![format!("http://{}", b.addr)];
-    config.agent_id = "agent-failover-1".into();
-    config.targets[0].server_id = "failover-1".into();
-    config.interval = interval;
-    config.pool_reporter = None;
-    let agent = pgfleet_agent::start(config).unwrap();
+    let agent = agent(&cluster, "failover-1", "east", &[a_url, url(&b)], interval);
     wait_for_status(&ca, "failover-1", "up", Duration::from_secs(20)).await;
     // Sessions come and go throughout, so that deltas carry changes.
     let churn = cluster.connect("failover-churn").await.unwrap();
