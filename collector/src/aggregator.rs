@@ -355,11 +355,11 @@ impl Aggregator {
         }
         for s in loaded.servers {
             let mut view = ServerView {
-                agent_id: s.agent_id.clone(),
-                labels: Arc::new(s.labels.clone()),
+                agent_id: s.agent_id,
+                labels: Arc::new(s.labels),
                 ..ServerView::new(&s.server_id, s.interval)
             };
-            restore(&mut view, s);
+            restore(&mut view, s.activity, s.minute);
             self.servers
                 .insert(view.server_id.as_str().into(), Arc::new(view));
         }
@@ -474,11 +474,7 @@ impl Aggregator {
                 Some(v) => (**v).clone(),
                 None => ServerView::new(&f.server_id, f.interval),
             };
-            let labels = if *base.labels == f.labels {
-                base.labels.clone()
-            } else {
-                Arc::new(f.labels)
-            };
+            let labels = keep_or_replace(&base.labels, f.labels);
             let mut view = ServerView {
                 agent_id: f.agent_id,
                 agent_connected: f.connected,
@@ -554,7 +550,7 @@ impl Aggregator {
                 None => ServerView::new(&t.server_id, interval),
             };
             if let Some(s) = stored.remove(&t.server_id) {
-                restore(&mut base, s);
+                restore(&mut base, s.activity, s.minute);
             }
             if self.store.is_some() {
                 self.writes.push(StoreOp::Server {
@@ -564,11 +560,7 @@ impl Aggregator {
                     interval_ms: interval.as_millis() as u64,
                 });
             }
-            let labels = if *base.labels == t.labels {
-                base.labels.clone()
-            } else {
-                Arc::new(t.labels)
-            };
+            let labels = keep_or_replace(&base.labels, t.labels);
             let view = ServerView {
                 agent_id: agent_id.clone(),
                 agent_connected: true,
@@ -803,15 +795,28 @@ fn take_state(view: &mut ServerView, state: Rebuilt) {
     }
 }
 
+/// The labels a view already shares when they are the same (they seldom
+/// change, and views are copied at every snapshot), or the new ones.
+fn keep_or_replace(
+    held: &Arc<BTreeMap<String, String>>,
+    new: BTreeMap<String, String>,
+) -> Arc<BTreeMap<String, String>> {
+    if **held == new {
+        held.clone()
+    } else {
+        Arc::new(new)
+    }
+}
+
 /// Takes into `view` what the store held of its server, where that is newer
 /// than what the view holds.
-fn restore(view: &mut ServerView, stored: StoredServer) {
-    if let Some(state) = stored.activity
+fn restore(view: &mut ServerView, activity: Option<Rebuilt>, minute: Option<Minute>) {
+    if let Some(state) = activity
         && state.at > view.sampled_at_us
     {
         take_state(view, state);
     }
-    if let Some(minute) = stored.minute
+    if let Some(minute) = minute
         && (view.minute.samples == 0 || minute.start > view.minute.start)
     {
         view.minute = Arc::new(minute);
