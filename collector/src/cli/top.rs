@@ -323,21 +323,19 @@ impl App {
             .filter(|l| self.mode == Mode::Blocking || self.filter.keeps(&l.session))
             .collect();
         if self.mode != Mode::Blocking {
-            let key = |l: &&SessionLine| (l.server_id.clone(), l.session.pid);
+            // Ties go by server, then pid; nothing is copied to compare.
+            fn key(l: &SessionLine) -> (&str, i32) {
+                (&l.server_id, l.session.pid)
+            }
             match self.sort {
                 Sort::Duration => lines.sort_by_key(|l| std::cmp::Reverse(duration_us(&l.session))),
-                Sort::Server => lines.sort_by_key(key),
+                Sort::Server => lines.sort_by(|a, b| key(a).cmp(&key(b))),
                 Sort::Database => lines.sort_by(|a, b| {
-                    a.session
-                        .database
-                        .cmp(&b.session.database)
-                        .then(key(a).cmp(&key(b)))
+                    (a.session.database.as_str(), key(a))
+                        .cmp(&(b.session.database.as_str(), key(b)))
                 }),
                 Sort::User => lines.sort_by(|a, b| {
-                    a.session
-                        .user
-                        .cmp(&b.session.user)
-                        .then(key(a).cmp(&key(b)))
+                    (a.session.user.as_str(), key(a)).cmp(&(b.session.user.as_str(), key(b)))
                 }),
                 Sort::Pid => lines.sort_by_key(|l| l.session.pid),
             }
