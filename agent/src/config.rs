@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::sampler::QueryText;
-use crate::settings::{self, SettingsError, Token};
 use crate::target;
-use crate::tls::{ClientTls, ClientTlsFiles};
+use pgfleet_common::settings::{self, SettingsError, Token};
+use pgfleet_common::tls::{ClientTls, ClientTlsFiles};
 
 /// A setting the config file may give as one value or a list.
 #[derive(Debug, Clone, Deserialize)]

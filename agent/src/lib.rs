@@ -6,20 +6,15 @@
 //! is the local PoolReporter service that applications push their pools to.
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod config;
 pub mod encode;
-pub mod error;
 pub mod once;
 pub mod outgoing;
 pub mod reporter;
-pub mod runtime;
 pub mod sampler;
-pub mod settings;
 pub mod ship;
 pub mod spool;
 pub mod target;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,8 +25,8 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 pub use config::{AgentArgs, AgentConfig, TargetConfig};
+pub use pgfleet_common::SettingsError;
 pub use sampler::{SamplerStats, TargetSampler};
-pub use settings::SettingsError;
 
 /// How many snapshots may wait between the samplers and the shipper.
 const SNAPSHOT_QUEUE: usize = 64;

@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use pgfleet_agent::{AgentArgs, AgentConfig, runtime};
+use pgfleet_agent::{AgentArgs, AgentConfig};
+use pgfleet_common::runtime;
 
 fn main() -> ExitCode {
     let args: AgentArgs = runtime::parse_args();

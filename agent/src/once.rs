@@ -7,7 +7,7 @@ use pgfleet_proto::{query_session, server_info};
 use serde_json::{Value, json};
 
 use crate::config::AgentConfig;
-use crate::settings::SettingsError;
+use pgfleet_common::settings::SettingsError;
 
 /// Samples every target once. Returns the JSON document and whether every
 /// target could be sampled.

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use tracing::error;
 
-use crate::settings::{MAX_LABEL_BYTES, SettingsError};
+use pgfleet_common::settings::{MAX_LABEL_BYTES, SettingsError};
 
 /// A pool not reported for this long is dropped.
 pub const REPORT_TTL: Duration = Duration::from_secs(60);
@@ -176,7 +176,7 @@ pub fn serve(
             })
             .await;
         if let Err(e) = result {
-            error!(error = %crate::error::chain(&e), "PoolReporter service stopped.");
+            error!(error = %pgfleet_common::error::chain(&e), "PoolReporter service stopped.");
         }
     });
     Ok((bound, task))

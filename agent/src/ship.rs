@@ -12,18 +12,17 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::Compression;
 use crate::encode::Encoder;
-use crate::error::chain;
 use crate::outgoing::Outgoing;
-use crate::settings::Token;
 use crate::spool::Spool;
-use crate::tls::ClientTls;
+use pgfleet_common::backoff::Backoff;
+use pgfleet_common::error::chain;
+use pgfleet_common::settings::Token;
+use pgfleet_common::tls::ClientTls;
 use tonic::codec::CompressionEncoding;
 
-/// The largest gRPC message either side of the stream accepts.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+pub use pgfleet_proto::MAX_MESSAGE_BYTES;
 
 /// The Ingest service's Stream method.
 const INGEST_STREAM: &str = "/pgfleet.v1.Ingest/Stream";

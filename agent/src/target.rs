@@ -8,7 +8,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 
-use crate::settings::SettingsError;
+use pgfleet_common::settings::SettingsError;
 
 /// The `application_name` of every agent connection; samples exclude these sessions.
 pub const APPLICATION_NAME: &str = "pgfleet-agent";

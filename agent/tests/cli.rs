@@ -99,7 +99,7 @@ fn the_example_config_parses() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/agent.toml");
     let text = std::fs::read_to_string(path).unwrap();
     let file: pgfleet_agent::config::AgentFile =
-        pgfleet_agent::settings::parse_toml(std::path::Path::new(path), &text).unwrap();
+        pgfleet_common::settings::parse_toml(std::path::Path::new(path), &text).unwrap();
     assert!(file.collector.is_some() && file.target.is_some() && !file.labels.is_empty());
     let args = pgfleet_agent::AgentArgs {
         config: Some(path.into()),

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgfleet_agent::settings::{self, SettingsError, Token};
-use pgfleet_agent::tls::ServerTls;
+use pgfleet_common::settings::{self, SettingsError, Token};
+use pgfleet_common::tls::ServerTls;
 use serde::Deserialize;
 
 use crate::store::{Retention, StoreConfig};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgfleet_agent::settings::{MAX_LABEL_BYTES, Token, check_label};
+use pgfleet_common::settings::{MAX_LABEL_BYTES, Token, check_label};
 use pgfleet_proto::DecodeError;
 use pgfleet_proto::compact::Resolver;
 use pgfleet_proto::model::Snapshot;
@@ -36,7 +36,7 @@ pub const MAX_TARGETS: usize = 1024;
 pub const MAX_LABELS: usize = 32;
 
 /// The largest message the collector accepts on any stream.
-pub const MAX_MESSAGE_BYTES: usize = pgfleet_agent::ship::MAX_MESSAGE_BYTES;
+pub const MAX_MESSAGE_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
 /// The Ingest service.
 pub struct IngestService {

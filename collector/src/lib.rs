@@ -7,13 +7,11 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregator;
-pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod rollup;
-pub mod sandbox;
 pub mod series;
 pub mod server;
 pub mod store;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use pgfleet_agent::settings::check_label;
+use pgfleet_common::settings::check_label;
 
 use crate::aggregator::{AggregatorHandle, Health, ServerView};
 use crate::series::Plan;
@@ -581,7 +581,7 @@ impl TopOrder {
         if text.trim().is_empty() {
             return Ok(TopOrder::XactAge);
         }
-        pgfleet_agent::settings::parse_choice(
+        pgfleet_common::settings::parse_choice(
             "an order",
             text,
             &[

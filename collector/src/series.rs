@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use pgfleet_agent::settings::check_label;
+use pgfleet_common::settings::check_label;
 use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
@@ -122,8 +122,8 @@ impl Plan {
         if end <= start {
             return Err(format!(
                 "the range is inverted: its end ({}) is not after its start ({})",
-                rfc3339(end),
-                rfc3339(start)
+                time::rfc3339(end),
+                time::rfc3339(start)
             ));
         }
         let step_us = req.step.as_ref().map_or(MINUTE_US, time::duration_micros);
@@ -302,11 +302,6 @@ impl Plan {
             })
             .collect()
     }
-}
-
-/// An instant in RFC 3339, to the second.
-pub fn rfc3339(at: Micros) -> String {
-    humantime::format_rfc3339_seconds(time::micros_to_system_time(at)).to_string()
 }
 
 #[cfg(test)]

@@ -159,7 +159,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls.config.clone())
-            .map_err(|e| StartError::Tls(pgfleet_agent::error::chain(&e)))?;
+            .map_err(|e| StartError::Tls(pgfleet_common::error::chain(&e)))?;
     }
     let router = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
@@ -185,7 +185,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             })
             .await
         {
-            error!(error = %pgfleet_agent::error::chain(&e), "gRPC server stopped.");
+            error!(error = %pgfleet_common::error::chain(&e), "gRPC server stopped.");
         }
     });
     info!(

@@ -13,6 +13,9 @@ pub mod time;
 
 pub use convert::{DecodeError, query_session, server_info};
 
+/// The largest gRPC message either side of the ingest stream accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
 /// Generated types and services of the `pgfleet.v1` package.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {

@@ -29,6 +29,12 @@ pub fn micros_to_system_time(us: Micros) -> SystemTime {
     }
 }
 
+/// Microseconds since the epoch in RFC 3339, to the second
+/// (`2026-11-24T03:12:00Z`), as errors and the CLI print instants.
+pub fn rfc3339(at: Micros) -> String {
+    humantime::format_rfc3339_seconds(micros_to_system_time(at)).to_string()
+}
+
 /// Microseconds since the epoch as a protobuf `Timestamp`.
 pub fn timestamp(us: Micros) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -1,7 +1,7 @@
 //! The harness of pgfleet's end-to-end suites.
 //!
 //! The throwaway cluster and the in-process fleet come from
-//! `pgfleet_collector::sandbox`, which `pgfleet demo` uses too; this crate adds
+//! `pgfleet_cli::sandbox`, which `pgfleet demo` uses too; this crate adds
 //! what only tests need: waiting for a condition, and finding sessions.
 #![forbid(unsafe_code)]
 
@@ -12,7 +12,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use pgbouncer::TempPgBouncer;
-pub use pgfleet_collector::sandbox::{Fleet, PASSWORD_GROUP, TempCluster, free_port};
+pub use pgfleet_cli::sandbox::{Fleet, PASSWORD_GROUP, TempCluster, free_port};
 use pgfleet_proto::v1;
 use tokio::time::Instant;
 use tonic::transport::Channel;

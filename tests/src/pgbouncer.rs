@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use pgfleet_collector::sandbox::{TempCluster, free_port, running_as_root};
+use pgfleet_cli::sandbox::{TempCluster, free_port, running_as_root};
 
 /// A PgBouncer on a free port of 127.0.0.1, with `trust` auth for `postgres`
 /// (who is also its admin). Dropping it kills it and deletes its directory.

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use clap::{CommandFactory, Parser};
 use pgfleet_agent::AgentArgs;
-use pgfleet_collector::cli::Cli;
+use pgfleet_cli::Cli;
 use pgfleet_collector::config::CollectorArgs;
 use pgfleet_tests::workspace_binary;
 

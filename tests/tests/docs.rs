@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use clap::CommandFactory;
 use pgfleet_agent::AgentArgs;
-use pgfleet_collector::cli::Cli;
+use pgfleet_cli::Cli;
 use pgfleet_collector::config::CollectorArgs;
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");

@@ -6,8 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use pgfleet_agent::AgentConfig;
+use pgfleet_cli::sandbox::{TempCluster, free_port};
 use pgfleet_collector::config::CollectorConfig;
-use pgfleet_collector::sandbox::{TempCluster, free_port};
 use pgfleet_collector::server;
 use pgfleet_tests::wait_for;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -214,7 +214,7 @@ async fn a_stopping_agent_leaves_nothing_unacknowledged() {
 /// and nothing it had not delivered is lost on the way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_fails_over_to_its_next_collector() {
-    use pgfleet_collector::cli::{Remote, connect};
+    use pgfleet_cli::{Remote, connect};
     use pgfleet_collector::config::CollectorConfig;
     use pgfleet_collector::server;
     let fleet = fleet("db-failover-host", &[]).await;
@@ -256,7 +256,7 @@ async fn an_agent_fails_over_to_its_next_collector() {
 async fn what_was_acknowledged_survives_a_killed_collector() {
     let dir = std::env::temp_dir().join(format!("pgfleet-durable-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let port = pgfleet_collector::sandbox::free_port().unwrap();
+    let port = pgfleet_cli::sandbox::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let start = || {
         Killed(

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use pgfleet_agent::AgentConfig;
-use pgfleet_agent::settings::Token;
+use pgfleet_cli::sandbox::TempCluster;
 use pgfleet_collector::config::CollectorConfig;
-use pgfleet_collector::sandbox::TempCluster;
 use pgfleet_collector::server;
+use pgfleet_common::settings::Token;
 use pgfleet_tests::{agent_stream, server as fleet_server, wait_for_status};
 
 const GOOD: &str = "good-token-0123456789abcdef";
@@ -66,10 +66,9 @@ async fn a_wrong_or_missing_token_is_refused_and_nothing_is_stored() {
     };
     let good = agent("db-token", GOOD);
     let bad = agent("db-bad-token", "wrong-token-0123456789abcdef");
-    let client =
-        pgfleet_collector::cli::connect(&pgfleet_collector::cli::Remote::plain(url.clone()))
-            .await
-            .unwrap();
+    let client = pgfleet_cli::connect(&pgfleet_cli::Remote::plain(url.clone()))
+        .await
+        .unwrap();
     wait_for_status(&client, "db-token", "up", Duration::from_secs(20)).await;
     // By now the other agent has tried (it starts at once and retries).
     tokio::time::sleep(Duration::from_secs(2)).await;

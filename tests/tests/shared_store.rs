@@ -219,7 +219,7 @@ async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_t
     let (cluster, store) = cluster_with_store().await;
     // A is a process of its own, to be killed: what it committed but did not
     // acknowledge yet, the agent sends again, to B.
-    let port = pgfleet_collector::sandbox::free_port().unwrap();
+    let port = pgfleet_cli::sandbox::free_port().unwrap();
     let a = Killed(
         std::process::Command::new(workspace_binary("pgfleet-collector"))
             .args(["--listen", &format!("127.0.0.1:{port}")])

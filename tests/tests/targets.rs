@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use pgfleet_agent::config::{Databases, TargetConfig};
-use pgfleet_agent::error::chain;
 use pgfleet_agent::{AgentConfig, target};
+use pgfleet_common::error::chain;
 use pgfleet_tests::{databases, fleet, server, wait_for, wait_for_status};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pgfleet_agent::AgentConfig;
-use pgfleet_agent::tls::{ClientTls, ClientTlsFiles, ServerTls};
-use pgfleet_collector::cli::Remote;
+use pgfleet_cli::Remote;
+use pgfleet_cli::sandbox::TempCluster;
 use pgfleet_collector::config::CollectorConfig;
-use pgfleet_collector::sandbox::TempCluster;
 use pgfleet_collector::server;
+use pgfleet_common::tls::{ClientTls, ClientTlsFiles, ServerTls};
 use pgfleet_proto::v1;
 use pgfleet_tests::{agent_stream, wait_for_status};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
@@ -101,7 +101,7 @@ async fn collector(pki: &Pki, cluster: &TempCluster, mutual: bool) -> server::Co
 
 /// Whether a Query call through `remote` is answered.
 async fn answered(remote: &Remote) -> Result<(), String> {
-    let mut client = pgfleet_collector::cli::connect(remote)
+    let mut client = pgfleet_cli::connect(remote)
         .await
         .map_err(|e| e.to_string())?;
     tokio::time::timeout(
@@ -130,7 +130,7 @@ async fn mutual_tls_lets_in_only_clients_with_the_right_ca_and_certificate() {
     config.tls = pki.client(&url, "ca.pem", true).tls;
     let agent = pgfleet_agent::start(config).unwrap();
     let good = pki.client(&url, "ca.pem", true);
-    let client = pgfleet_collector::cli::connect(&good).await.unwrap();
+    let client = pgfleet_cli::connect(&good).await.unwrap();
     wait_for_status(&client, "db-mtls", "up", Duration::from_secs(20)).await;
     answered(&good).await.expect("the right CA and certificate");
 

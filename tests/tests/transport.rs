@@ -137,10 +137,9 @@ async fn a_second_agent_of_a_server_is_refused_unless_takeover_is_allowed() {
         pgfleet_agent::start(c).unwrap()
     };
     let primary = start("agent-primary");
-    let client =
-        pgfleet_collector::cli::connect(&pgfleet_collector::cli::Remote::plain(url.clone()))
-            .await
-            .unwrap();
+    let client = pgfleet_cli::connect(&pgfleet_cli::Remote::plain(url.clone()))
+        .await
+        .unwrap();
     let first = wait_for_status(&client, "db-ha", "up", Duration::from_secs(20)).await;
     assert_eq!(first.agent_id, "agent-primary");
     let standby = start("agent-standby");

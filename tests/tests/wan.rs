@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgfleet_collector::cli::Remote;
-use pgfleet_collector::sandbox::{TempCluster, free_port, running_as_root};
+use pgfleet_cli::Remote;
+use pgfleet_cli::sandbox::{TempCluster, free_port, running_as_root};
 use pgfleet_proto::time::{Micros, now_micros, timestamp_micros};
 use pgfleet_proto::v1;
 use pgfleet_tests::faultproxy::{FaultProxy, Faults};
@@ -176,7 +176,7 @@ fn watch_freshness(remote: Remote, server_id: &'static str) -> (Seen, tokio::tas
     let out = seen.clone();
     let task = tokio::spawn(async move {
         let mut client = loop {
-            match pgfleet_collector::cli::connect(&remote).await {
+            match pgfleet_cli::connect(&remote).await {
                 Ok(c) => break c,
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -291,7 +291,7 @@ async fn the_stream_recovers_by_itself_from_a_slow_lossy_wan_and_stays_fresh() {
 
     let remote = Remote::plain(format!("http://{collector_listen}"));
     let client = loop {
-        if let Ok(c) = pgfleet_collector::cli::connect(&remote).await {
+        if let Ok(c) = pgfleet_cli::connect(&remote).await {
             break c;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

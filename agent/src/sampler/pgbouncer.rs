@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tokio_postgres::{NoTls, SimpleQueryMessage};
 use tracing::{info, warn};
 
-use crate::backoff::Backoff;
-use crate::error::chain;
+use pgfleet_common::backoff::Backoff;
+use pgfleet_common::error::chain;
 
 /// The most pools (database, user pairs) one sample keeps.
 const MAX_POOLS: usize = 1000;

@@ -26,7 +26,7 @@ impl FromStr for QueryText {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        crate::settings::parse_choice(
+        pgfleet_common::settings::parse_choice(
             "a query_text mode",
             s,
             &[

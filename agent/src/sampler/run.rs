@@ -17,12 +17,12 @@ use super::activity::{ActivityCache, MIN_VERSION_NUM, read_server};
 use super::database::{CounterTracker, sample_facts};
 use super::pgbouncer::PgBouncer;
 use super::query_text::QueryText;
-use crate::backoff::Backoff;
 use crate::config::{Databases, TargetConfig};
-use crate::error::chain;
 use crate::reporter::AppPools;
-use crate::settings::SettingsError;
 use crate::target::{self, CONNECT_TIMEOUT};
+use pgfleet_common::backoff::Backoff;
+use pgfleet_common::error::chain;
+use pgfleet_common::settings::SettingsError;
 
 /// Counters of one target's sampler.
 #[derive(Debug, Default)]

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use pgfleet_agent::runtime;
 use pgfleet_collector::config::{CollectorArgs, CollectorConfig};
+use pgfleet_common::runtime;
 
 /// mimalloc rather than glibc's malloc: ingest allocates and frees a zstd
 /// context per message (inside tonic) and many small session strings, which

@@ -168,7 +168,7 @@ pub(super) async fn open(
             Ok::<_, tokio_postgres::Error>(())
         }
         .await
-        .map_err(|e| pgfleet_agent::error::chain(&e))?;
+        .map_err(|e| pgfleet_common::error::chain(&e))?;
         drop(client);
         reader.load().await
     }
@@ -494,7 +494,7 @@ impl PgSink {
             self.writer = Some(
                 runtime
                     .block_on(Writer::connect(&self.config))
-                    .map_err(|e| pgfleet_agent::error::chain(&e))?,
+                    .map_err(|e| pgfleet_common::error::chain(&e))?,
             );
         }
         let writer = self.writer.as_mut().ok_or("no connection")?;
@@ -530,7 +530,7 @@ impl Sink for PgSink {
                     &mut days,
                     &duplicates,
                 ))
-                .map_err(|e| pgfleet_agent::error::chain(&e))
+                .map_err(|e| pgfleet_common::error::chain(&e))
         });
         self.days = days;
         if result.is_ok()
@@ -565,7 +565,7 @@ impl Sink for PgSink {
                 .await?;
                 Ok((frames, rollups))
             })
-            .map_err(|e: tokio_postgres::Error| pgfleet_agent::error::chain(&e))
+            .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }
 }
 
@@ -584,13 +584,13 @@ pub(super) struct Reader {
 type ReadError = String;
 
 fn read_error(e: tokio_postgres::Error) -> ReadError {
-    pgfleet_agent::error::chain(&e)
+    pgfleet_common::error::chain(&e)
 }
 
 impl Reader {
     async fn client(&self) -> Result<deadpool_postgres::Object, ReadError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => pgfleet_agent::error::chain(&e),
+            deadpool_postgres::PoolError::Backend(e) => pgfleet_common::error::chain(&e),
             e => e.to_string(),
         })
     }

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use pgfleet_agent::runtime;
-use pgfleet_collector::cli::{self, Cli};
+use pgfleet_cli::{self as cli, Cli};
+use pgfleet_common::runtime;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,4 +1,4 @@
-//! Capped exponential backoff with jitter, for every retry the agent makes.
+//! Capped exponential backoff with jitter, for every retry a pgfleet binary makes.
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;

@@ -5,7 +5,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use pgfleet_agent::settings;
+use pgfleet_common::settings;
 use pgfleet_proto::time::now_micros;
 use pgfleet_proto::v1;
 

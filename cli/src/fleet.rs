@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::error::chain;
-use pgfleet_agent::settings;
-use pgfleet_agent::tls::ClientTls;
+use pgfleet_common::error::chain;
+use pgfleet_common::settings;
+use pgfleet_common::tls::ClientTls;
 use pgfleet_proto::model::SessionState;
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1::{self, query_client::QueryClient};

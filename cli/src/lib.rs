@@ -1,4 +1,8 @@
-//! The `pgfleet` command line: one module per group of commands.
+//! The `pgfleet` command line: one module per group of commands (`fleet`:
+//! servers, activity, sessions and blocking; `pools`; `metrics`), `top` (the
+//! full-screen view), `demo`, the `output` formats, and the `sandbox` of
+//! throwaway PostgreSQL clusters that the demo and the end-to-end tests share.
+#![forbid(unsafe_code)]
 
 mod demo;
 mod fleet;
@@ -7,12 +11,14 @@ mod output;
 mod pools;
 mod top;
 
+pub mod sandbox;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pgfleet_agent::runtime::{self, EXIT_USAGE};
-use pgfleet_agent::settings::{self, SettingsError};
-use pgfleet_agent::tls::{ClientTls, ClientTlsFiles};
+use pgfleet_common::runtime::{self, EXIT_USAGE};
+use pgfleet_common::settings::{self, SettingsError};
+use pgfleet_common::tls::{ClientTls, ClientTlsFiles};
 use serde::Deserialize;
 
 pub use fleet::{Remote, connect, render_activity, render_servers};

@@ -10,8 +10,8 @@ use pgfleet_proto::v1::query_client::QueryClient;
 use tonic::transport::Channel;
 
 use super::{SandboxError, TempCluster};
-use crate::config::CollectorConfig;
-use crate::server::{self, Collector};
+use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::server::{self, Collector};
 
 /// A cluster, a collector on a free port and an agent watching the cluster.
 pub struct Fleet {
@@ -95,7 +95,7 @@ impl Fleet {
 
     /// A Query client for the collector.
     pub async fn client(&self) -> Result<QueryClient<Channel>, SandboxError> {
-        crate::cli::connect(&crate::cli::Remote::plain(self.url.clone()))
+        crate::connect(&crate::Remote::plain(self.url.clone()))
             .await
             .map_err(|e| SandboxError::Fleet(e.to_string()))
     }

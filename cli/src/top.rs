@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use pgfleet_agent::settings;
+use pgfleet_common::settings;
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1;
 use ratatui::Frame;

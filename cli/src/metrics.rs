@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::settings;
+use pgfleet_common::settings;
 use pgfleet_proto::time::{self, now_micros};
 use pgfleet_proto::v1;
 
@@ -101,9 +101,12 @@ pub fn render_metrics(response: &v1::QueryMetricsResponse, output: Output) -> St
                 .iter()
                 .map(|n| series.labels.get(n).cloned().unwrap_or_default())
                 .collect();
-            row.push(point.at.as_ref().map_or_else(String::new, |t| {
-                crate::series::rfc3339(time::timestamp_micros(t))
-            }));
+            row.push(
+                point
+                    .at
+                    .as_ref()
+                    .map_or_else(String::new, |t| time::rfc3339(time::timestamp_micros(t))),
+            );
             row.push(value(point.value, output));
             table.row(row);
         }

@@ -23,7 +23,7 @@ impl DemoWorkload {
     /// Opens the sessions and sets each one going.
     pub async fn start(cluster: &TempCluster) -> Result<DemoWorkload, SandboxError> {
         let fail =
-            |e: tokio_postgres::Error| SandboxError::Workload(pgfleet_agent::error::chain(&e));
+            |e: tokio_postgres::Error| SandboxError::Workload(pgfleet_common::error::chain(&e));
         let setup = cluster.connect("demo-setup").await.map_err(fail)?;
         setup
             .batch_execute(
