@@ -8,10 +8,12 @@
 
 pub mod aggregator;
 pub mod config;
+pub mod follow;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod rollup;
 pub mod series;
 pub mod server;
+pub mod state;
 pub mod store;

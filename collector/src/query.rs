@@ -351,7 +351,7 @@ impl v1::query_server::Query for QueryService {
             slots: pools.slots.clone(),
             pgbouncer: pools.pgbouncer.clone(),
             client_pools: pools.client_pools.clone(),
-            utilisation: Some(utilisation(pools)),
+            utilisation: Some(pools.utilisation()),
         }))
     }
 
@@ -538,7 +538,7 @@ pub fn summarise<'a>(
             row.longest_transaction = Some(time::duration(age));
             row.longest_transaction_server = s.server_id.clone();
         }
-        let share = slots_utilisation(&s.pools);
+        let share = s.pools.slots_utilisation();
         if share > row.max_slot_utilisation {
             row.max_slot_utilisation = share;
             row.most_saturated_server = s.server_id.clone();
@@ -757,43 +757,4 @@ mod blocking {
             assert_eq!(trees[1].waiting, 1);
         }
     }
-}
-
-/// How full a server's pools are.
-pub fn utilisation(pools: &crate::aggregator::Pools) -> v1::PoolUtilisation {
-    v1::PoolUtilisation {
-        slots: slots_utilisation(pools),
-        client_pools: pools
-            .client_pools
-            .iter()
-            .map(|p| share(p.used, p.max))
-            .collect(),
-        pgbouncer_pools: pools
-            .pgbouncer
-            .iter()
-            .flat_map(|b| &b.pools)
-            .map(|p| {
-                let open = p.server_active_connections
-                    + p.server_idle_connections
-                    + p.server_used_connections;
-                share(p.server_active_connections, open)
-            })
-            .collect(),
-    }
-}
-
-/// `used` over `of`; 0 when there is nothing to use.
-fn share(used: u32, of: u32) -> f64 {
-    if of == 0 {
-        0.0
-    } else {
-        f64::from(used) / f64::from(of)
-    }
-}
-
-/// Client backends over the slots they may take.
-fn slots_utilisation(pools: &crate::aggregator::Pools) -> f64 {
-    pools.slots.as_ref().map_or(0.0, |s| {
-        share(s.used, s.max_connections.saturating_sub(s.reserved))
-    })
 }

@@ -9,7 +9,7 @@ use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 use prost::Message;
 
-use crate::aggregator::Pools;
+use crate::state::Pools;
 
 /// One server's client sessions, counted.
 #[derive(Debug, Default)]
@@ -245,7 +245,7 @@ impl Minute {
 
     /// Adds one sampled snapshot: its sessions counted, and its pools.
     pub fn add_sample(&mut self, r: &Rollup, pools: &Pools, interval_us: i64) {
-        let used = crate::query::utilisation(pools);
+        let used = pools.utilisation();
         self.samples += 1;
         self.covered_us += interval_us;
         for (state, n) in &r.by_state {

@@ -131,7 +131,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
-    store.follow(handle.clone(), streams_rx.clone());
+    crate::follow::spawn(store.clone(), handle.clone(), streams_rx.clone());
     let http_addr = http.as_ref().map(|(_, a)| *a);
     let http_server = http.map(|(listener, _)| {
         let mut stop = streams_rx.clone();

@@ -38,8 +38,8 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::aggregator::{Pools, by_key, merge};
 use crate::rollup::Minute;
+use crate::state::{Pools, by_key, merge};
 
 /// The longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -188,6 +188,23 @@ pub struct Rebuilt {
     pub facts: Option<Arc<v1::ServerFacts>>,
     /// The database increments of the frames applied, in order.
     pub databases: Vec<v1::DatabaseCounters>,
+}
+
+/// A server that another collector streams, as a shared store lists it.
+#[derive(Debug)]
+pub struct Elsewhere {
+    /// Its identity.
+    pub server_id: String,
+    /// The agent that streams it.
+    pub agent_id: String,
+    /// Its labels, as registered.
+    pub labels: BTreeMap<String, String>,
+    /// Its agent's sampling interval.
+    pub interval: Duration,
+    /// The collector that streams it.
+    pub collector: Arc<str>,
+    /// Whether its agent is connected to that collector.
+    pub connected: bool,
 }
 
 /// A server as the store last knew it.
@@ -406,22 +423,31 @@ impl Store {
         }
     }
 
-    /// Follows what other collectors write to a shared store into
-    /// `aggregator`'s view, until `stop` fires (or its sender is dropped);
-    /// nothing for a store only this collector writes.
-    pub fn follow(
+    /// The servers other collectors stream in a shared store; none in a
+    /// store only this collector writes.
+    pub async fn elsewhere(&self) -> Result<Vec<Elsewhere>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(_) => Ok(Vec::new()),
+            Reader::Postgres(pg) => pg
+                .elsewhere()
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// Each server's frames stored since its base, applied to that base:
+    /// only the servers with newer frames, and None for a server whose
+    /// delta does not apply to its base (it is to be rebuilt whole).
+    pub async fn advance(
         &self,
-        aggregator: crate::aggregator::AggregatorHandle,
-        mut stop: watch::Receiver<()>,
-    ) {
-        if let Reader::Postgres(pg) = &self.reader {
-            let follow = pg.clone().follow(aggregator);
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = follow => {}
-                    _ = stop.changed() => {}
-                }
-            });
+        bases: Vec<(String, Rebuilt)>,
+    ) -> Result<Vec<(String, Option<Rebuilt>)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(_) => Ok(Vec::new()),
+            Reader::Postgres(pg) => pg
+                .advance(bases)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
         }
     }
 

@@ -5,13 +5,14 @@
 //!
 //! Several collectors may share one such store. Each names itself in the
 //! servers it streams (`servers.collector`), and each follows what the
-//! others write into its own view ([`Reader::follow`]), so that any of them
+//! others write into its own view (`crate::follow`, through [`Reader::elsewhere`]
+//! and [`Reader::advance`]), so that any of them
 //! answers for the whole fleet. An agent that moves from one collector to
 //! another resumes where the store says it stopped ([`Reader::resume`]): its
 //! last stored sequence, and its servers as stored then, so that the deltas
 //! it sends next find their base.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,9 +25,9 @@ use tokio_postgres::{Client, NoTls, Statement};
 use tracing::{info, warn};
 
 use super::{
-    Loaded, Op, Rebuilt, Resume, Retention, Sink, Store, StoreError, StoredServer, ZSTD_LEVEL,
+    Elsewhere, Loaded, Op, Rebuilt, Resume, Retention, Sink, Store, StoreError, StoredServer,
+    ZSTD_LEVEL,
 };
-use crate::aggregator::{AggregatorHandle, Command, Followed};
 use crate::rollup::{MINUTE_US, Minute};
 
 const DAY_US: Micros = 86_400_000_000;
@@ -39,13 +40,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many connections serve reads.
 const READERS: usize = 4;
-
-/// How often a collector reads what the others wrote.
-pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
-
-/// A server followed from this far behind is rebuilt from its last keyframe
-/// rather than read frame by frame.
-const FOLLOW_WINDOW_US: Micros = 60_000_000;
 
 /// Taken while the schema or a partition is created, so that collectors
 /// starting together do not trip on each other.
@@ -148,7 +142,6 @@ pub(super) async fn open(
     let reader = Reader {
         pool,
         collector_id: collector_id.into(),
-        place: place.as_str().into(),
         written: Arc::default(),
     };
     let loaded = async {
@@ -577,7 +570,6 @@ pub(super) struct Reader {
     written: Written,
     /// This collector, as the servers it streams name it.
     collector_id: Arc<str>,
-    place: Arc<str>,
 }
 
 /// Why a read failed.
@@ -755,36 +747,8 @@ impl Reader {
         })
     }
 
-    /// Reads, every [`FOLLOW_EVERY`], what other collectors wrote of the
-    /// servers they stream, and hands it to `aggregator`; ends when the
-    /// aggregator does.
-    pub(super) async fn follow(self, aggregator: AggregatorHandle) {
-        let mut wait = FOLLOW_EVERY;
-        loop {
-            tokio::time::sleep(wait).await;
-            if aggregator.is_closed() {
-                return;
-            }
-            match self.followed(&aggregator).await {
-                Ok(servers) => {
-                    wait = FOLLOW_EVERY;
-                    if !servers.is_empty()
-                        && aggregator.send(Command::Follow { servers }).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                    warn!(store = %self.place, error = %e, retry_in = ?wait, "Cannot read what the other collectors stored; retrying.");
-                }
-            }
-        }
-    }
-
-    /// The servers other collectors stream, each with what they stored since
-    /// this collector's view of it.
-    async fn followed(&self, aggregator: &AggregatorHandle) -> Result<Vec<Followed>, ReadError> {
+    /// The servers that other collectors stream, as the store lists them.
+    pub(super) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, ReadError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -794,90 +758,59 @@ impl Reader {
             )
             .await
             .map_err(read_error)?;
-        drop(client);
-        let view = aggregator.view();
-        let now = now_micros();
-        let mut out = Vec::new();
-        // The servers whose frames are read from where the view is, and
-        // those (by index in `out`) rebuilt from their last keyframe.
-        let mut after: BTreeMap<String, (usize, Rebuilt)> = BTreeMap::new();
-        let mut whole: Vec<usize> = Vec::new();
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let labels: String = row.get(2);
+                Elsewhere {
+                    server_id: row.get(0),
+                    agent_id: row.get(1),
+                    labels: super::stored_labels(&labels),
+                    interval: super::stored_interval(row.get(3)),
+                    collector: row.get::<_, String>(4).into(),
+                    connected: row.get(5),
+                }
+            })
+            .collect())
+    }
+
+    /// Each server's frames stored after its base, applied to the base;
+    /// only the servers with such frames, None where a delta does not apply.
+    pub(super) async fn advance(
+        &self,
+        bases: Vec<(String, Rebuilt)>,
+    ) -> Result<Vec<(String, Option<Rebuilt>)>, ReadError> {
+        if bases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, ats): (Vec<&str>, Vec<i64>) =
+            bases.iter().map(|(id, b)| (id.as_str(), b.at)).unzip();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT f.server_id, f.at, f.keyframe, f.body
+                 FROM unnest($1::text[], $2::bigint[]) AS w(server_id, after)
+                 JOIN pgfleet.frames f ON f.server_id = w.server_id AND f.at > w.after
+                 ORDER BY f.server_id, f.at",
+                &[&ids, &ats],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut frames: HashMap<String, Vec<(Micros, bool, Vec<u8>)>> = HashMap::new();
         for row in rows {
-            let server_id: String = row.get(0);
-            let current = view.servers.get(server_id.as_str());
-            // Streamed here: the view is this collector's own.
-            if current.is_some_and(|v| v.via.is_none() && v.agent_connected) {
-                continue;
-            }
-            let labels: String = row.get(2);
-            out.push(Followed {
-                agent_id: row.get(1),
-                labels: super::stored_labels(&labels),
-                interval: super::stored_interval(row.get(3)),
-                collector: row.get::<_, String>(4).into(),
-                connected: row.get(5),
-                state: None,
-                server_id: server_id.clone(),
-            });
-            match current {
-                Some(v) if v.via.is_some() && v.sampled_at_us > now - FOLLOW_WINDOW_US => {
-                    let base = Rebuilt {
-                        at: v.sampled_at_us,
-                        status: v.status.clone(),
-                        sessions: v.sessions.to_vec(),
-                        pools: v.pools.clone(),
-                        facts: v.facts.clone(),
-                        databases: Vec::new(),
-                    };
-                    after.insert(server_id, (out.len() - 1, base));
-                }
-                _ => whole.push(out.len() - 1),
-            }
+            frames
+                .entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
         }
-        if !after.is_empty() {
-            let (ids, ats): (Vec<&str>, Vec<i64>) =
-                after.iter().map(|(id, (_, b))| (id.as_str(), b.at)).unzip();
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT f.server_id, f.at, f.keyframe, f.body
-                     FROM unnest($1::text[], $2::bigint[]) AS w(server_id, after)
-                     JOIN pgfleet.frames f ON f.server_id = w.server_id AND f.at > w.after
-                     ORDER BY f.server_id, f.at",
-                    &[&ids, &ats],
-                )
-                .await
-                .map_err(read_error)?;
-            let mut frames: HashMap<String, Vec<(Micros, bool, Vec<u8>)>> = HashMap::new();
-            for row in rows {
-                frames
-                    .entry(row.get(0))
-                    .or_default()
-                    .push((row.get(1), row.get(2), row.get(3)));
-            }
-            for (server_id, (i, base)) in after {
-                let Some(new) = frames.remove(&server_id) else {
-                    continue;
-                };
-                match super::replay(&server_id, Some(base), new) {
-                    Some(state) => out[i].state = Some((state, false)),
-                    // A delta that does not apply: the server is rebuilt.
-                    None => whole.push(i),
-                }
-            }
-        }
-        for i in whole {
-            // Read whole: its increments were counted, or never will be.
-            let rebuilt = self.rebuild(&out[i].server_id, Micros::MAX).await?;
-            out[i].state = rebuilt.map(|s| {
-                let s = Rebuilt {
-                    databases: Vec::new(),
-                    ..s
-                };
-                (s, true)
-            });
-        }
-        Ok(out)
+        Ok(bases
+            .into_iter()
+            .filter_map(|(server_id, base)| {
+                let new = frames.remove(&server_id)?;
+                let state = super::replay(&server_id, Some(base), new);
+                Some((server_id, state))
+            })
+            .collect())
     }
 }
 

@@ -1,0 +1,211 @@
+//! Applying a batch of snapshots to the servers' views: keyframes and deltas
+//! merged onto their base, database increments summed, minutes rolled up,
+//! and the frames to store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pgfleet_proto::model::{Snapshot, TargetStatus, add_counters};
+use pgfleet_proto::time::{Micros, now_micros};
+use pgfleet_proto::v1;
+use tonic::Status;
+use tracing::debug;
+
+use super::{Aggregator, DatabaseTotal};
+use crate::rollup::{Minute, Rollup};
+use crate::state::{Pools, by_key, merge};
+use crate::store::{Frame, Op as StoreOp};
+
+impl Aggregator {
+    pub(super) fn apply(
+        &mut self,
+        agent_id: &str,
+        conn_id: u64,
+        seq: u64,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<Vec<String>, Status> {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return Err(Status::failed_precondition("the stream is not registered"));
+        };
+        if agent.conn_id != Some(conn_id) {
+            return Err(Status::failed_precondition(
+                "a newer stream of this agent replaced this one",
+            ));
+        }
+        if seq <= agent.stream.last_seq {
+            debug!(agent.id = %agent_id, seq, "Replayed batch acknowledged, not applied.");
+            agent.stream.replayed_batches += 1;
+            self.publish_stream(agent_id);
+            return Ok(Vec::new());
+        }
+        if let Some(s) = snapshots
+            .iter()
+            .find(|s| !agent.servers.contains(&s.server_id))
+        {
+            return Err(Status::invalid_argument(format!(
+                "batch {seq} has a snapshot of {:?}, which this agent's Hello did not name",
+                s.server_id
+            )));
+        }
+        let stream = &mut agent.stream;
+        if stream.first_seq == 0 {
+            stream.first_seq = seq;
+        } else {
+            stream.missing_batches += seq - stream.last_seq - 1;
+        }
+        stream.last_seq = seq;
+        stream.applied_batches += 1;
+        stream.applied_snapshots += snapshots.len() as u64;
+        let now = now_micros();
+        let mut keyframes_needed = Vec::new();
+        let keep = self.store.is_some();
+        let mut frames = Vec::new();
+        for mut snapshot in snapshots {
+            let Some(current) = self.servers.get_mut(snapshot.server_id.as_str()) else {
+                continue;
+            };
+            // Another agent took the server over; this one's view is set aside.
+            if current.agent_id != agent_id {
+                continue;
+            }
+            // A snapshot of a later minute closes the one being rolled up.
+            if !current.minute.holds(snapshot.sampled_at_us)
+                && snapshot.sampled_at_us > current.minute.start
+            {
+                let open = std::mem::replace(
+                    &mut Arc::make_mut(current).minute,
+                    Arc::new(Minute::holding(snapshot.sampled_at_us)),
+                );
+                if keep && open.samples > 0 {
+                    self.writes.push(StoreOp::Minute {
+                        server_id: snapshot.server_id.clone(),
+                        minute: Arc::unwrap_or_clone(open),
+                    });
+                }
+            }
+            // Increments add up in any order, so even an older snapshot counts.
+            if snapshot.status == TargetStatus::Up {
+                let view = Arc::make_mut(current);
+                sum_databases(Arc::make_mut(&mut view.databases), &snapshot.databases, now);
+                Arc::make_mut(&mut view.minute).add_counters(&snapshot.databases);
+            }
+            // Snapshots from a replay after a reconnect may be older than what is
+            // held; the live view keeps the newest.
+            if snapshot.sampled_at_us < current.sampled_at_us {
+                continue;
+            }
+            // A delta applies only to the snapshot it was made against; without
+            // it, nothing of the snapshot is taken, and the agent is asked for a
+            // keyframe instead.
+            let keyframe = snapshot.delta.is_none();
+            let mut removed = Vec::new();
+            let mut unchanged = Vec::new();
+            let mut whole = Vec::new();
+            if let Some(delta) = snapshot.delta.take() {
+                if current.sampled_at_us != delta.base_sampled_at_us
+                    || current.status != TargetStatus::Up
+                {
+                    debug!(server.id = %snapshot.server_id, "Delta without its base; asking for a keyframe.");
+                    keyframes_needed.push(snapshot.server_id);
+                    if let Some(agent) = self.agents.get_mut(agent_id) {
+                        agent.stream.refused_deltas += 1;
+                    }
+                    continue;
+                }
+                match merge(&current.sessions, snapshot.sessions, &delta) {
+                    Some((sessions, upserted)) => {
+                        snapshot.sessions = sessions;
+                        whole = upserted;
+                        (removed, unchanged) = (delta.removed, delta.unchanged);
+                    }
+                    None => {
+                        debug!(server.id = %snapshot.server_id, "Delta leaves out fields of a session its base lacks; asking for a keyframe.");
+                        keyframes_needed.push(snapshot.server_id);
+                        if let Some(agent) = self.agents.get_mut(agent_id) {
+                            agent.stream.refused_deltas += 1;
+                        }
+                        continue;
+                    }
+                }
+            }
+            if keyframe {
+                snapshot.sessions = by_key(std::mem::take(&mut snapshot.sessions));
+            }
+            let pools = Arc::new(Pools {
+                slots: snapshot.slots,
+                pgbouncer: snapshot.pgbouncer,
+                client_pools: snapshot.client_pools,
+            });
+            let facts = snapshot.facts.map(Arc::new);
+            if keep {
+                frames.push(Frame {
+                    server_id: snapshot.server_id.clone(),
+                    at: snapshot.sampled_at_us,
+                    keyframe,
+                    status: snapshot.status.clone(),
+                    // A keyframe's sessions; a delta's, whole, in the order
+                    // of their masks.
+                    sessions: if keyframe {
+                        snapshot.sessions.clone()
+                    } else {
+                        whole
+                    },
+                    removed,
+                    unchanged,
+                    pools: pools.clone(),
+                    facts: facts.clone(),
+                    databases: snapshot.databases,
+                });
+            }
+            let view = Arc::make_mut(current);
+            view.last_seen_us = Some(now);
+            view.sampled_at_us = snapshot.sampled_at_us;
+            view.status = snapshot.status;
+            view.sessions = Arc::new(snapshot.sessions);
+            if facts.is_some() {
+                view.facts = facts;
+            }
+            if snapshot.agent.is_some() {
+                view.agent = snapshot.agent;
+            }
+            view.pools = pools;
+            let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
+            if view.status == TargetStatus::Up {
+                let interval_us = view.interval.as_micros() as i64;
+                Arc::make_mut(&mut view.minute).add_sample(&rollup, &view.pools, interval_us);
+            }
+            view.rollup = Arc::new(rollup);
+        }
+        self.publish_stream(agent_id);
+        if keep {
+            self.writes.push(StoreOp::Applied {
+                agent_id: agent_id.to_owned(),
+                seq,
+                frames,
+            });
+        }
+        Ok(keyframes_needed)
+    }
+}
+
+/// Adds one up snapshot's increments to the totals. Every up snapshot lists every
+/// watched database, so one it leaves out was dropped (or is no longer watched).
+pub(super) fn sum_databases(
+    totals: &mut BTreeMap<String, DatabaseTotal>,
+    increments: &[v1::DatabaseCounters],
+    now: Micros,
+) {
+    totals.retain(|name, _| increments.iter().any(|i| &i.database == name));
+    for inc in increments {
+        let total = totals
+            .entry(inc.database.clone())
+            .or_insert_with(|| DatabaseTotal {
+                since_us: now,
+                totals: v1::DatabaseCounters {
+                    database: inc.database.clone(),
+                    ..Default::default()
+                },
+            });
+        add_counters(&mut total.totals, inc);
+    }
+}

@@ -1,0 +1,440 @@
+//! The aggregator: one task that owns the live fleet state. Ingest and the
+//! follower of a shared store talk to it over a bounded channel ([`command`]);
+//! readers get immutable views ([`view`]) that it publishes after each round
+//! of changes, so a slow reader never holds the writer. [`apply`] takes each
+//! batch of snapshots into the views.
+
+mod apply;
+mod command;
+mod view;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfleet_proto::time::now_micros;
+use pgfleet_proto::v1;
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::Status;
+use tracing::{debug, info};
+
+pub use command::{AggregatorHandle, Command, Followed, TargetInfo};
+pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView};
+
+use crate::config::DuplicateServerId;
+use crate::rollup::{Minute, Rollup};
+use crate::store::{Loaded, Op as StoreOp, Rebuilt, Resume, Store, StoredServer};
+use apply::sum_databases;
+
+/// How many commands may wait for the aggregator.
+const COMMAND_QUEUE: usize = 1024;
+
+/// The most commands the aggregator applies before it publishes a view.
+const MAX_COMMANDS_PER_PUBLISH: usize = 1024;
+
+/// How often, at most, the aggregator publishes a view.
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
+struct AgentState {
+    /// The live stream, if any.
+    conn_id: Option<u64>,
+    /// The last sequence applied, and the rest of the stream's counts.
+    stream: v1::StreamStats,
+    /// The server_ids of its last Hello.
+    servers: Vec<String>,
+}
+
+/// The single owner of fleet state.
+pub struct Aggregator {
+    /// What to do when a second live agent claims a server_id.
+    duplicates: DuplicateServerId,
+    /// The history, when kept.
+    store: Option<Store>,
+    /// Writes for the store from the commands being handled.
+    writes: Vec<StoreOp>,
+    commands: mpsc::Receiver<Command>,
+    publish: watch::Sender<Arc<FleetView>>,
+    agents: HashMap<String, AgentState>,
+    servers: BTreeMap<Arc<str>, Arc<ServerView>>,
+    /// When the last view was published.
+    published: tokio::time::Instant,
+}
+
+impl Aggregator {
+    /// A new aggregator that refuses a second agent of a server, and the
+    /// handle to reach it.
+    pub fn new() -> (Aggregator, AggregatorHandle) {
+        Self::with_policy(DuplicateServerId::Refuse)
+    }
+
+    /// A new aggregator with this policy for a server_id claimed twice.
+    pub fn with_policy(duplicates: DuplicateServerId) -> (Aggregator, AggregatorHandle) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (publish, view) = watch::channel(Arc::new(FleetView::default()));
+        (
+            Aggregator {
+                duplicates,
+                store: None,
+                writes: Vec::new(),
+                commands: rx,
+                publish,
+                agents: HashMap::new(),
+                servers: BTreeMap::new(),
+                published: tokio::time::Instant::now(),
+            },
+            AggregatorHandle { commands: tx, view },
+        )
+    }
+
+    /// Keeps history in `store`, starting from what it held: every agent
+    /// resumes after the last sequence stored for it, and every server's view
+    /// is what its stored frames rebuild, so that deltas resent after a
+    /// restart find their base.
+    pub fn with_store(mut self, store: Store, loaded: Loaded) -> Self {
+        for (agent_id, last_seq) in loaded.agents {
+            let servers = loaded
+                .servers
+                .iter()
+                .filter(|s| s.agent_id == agent_id)
+                .map(|s| s.server_id.clone())
+                .collect();
+            self.agents.insert(
+                agent_id,
+                AgentState {
+                    conn_id: None,
+                    stream: v1::StreamStats {
+                        last_seq,
+                        ..Default::default()
+                    },
+                    servers,
+                },
+            );
+        }
+        for s in loaded.servers {
+            let mut view = ServerView {
+                agent_id: s.agent_id,
+                labels: Arc::new(s.labels),
+                ..ServerView::new(&s.server_id, s.interval)
+            };
+            restore(&mut view, s.activity, s.minute);
+            self.servers
+                .insert(view.server_id.as_str().into(), Arc::new(view));
+        }
+        self.publish.send_replace(Arc::new(FleetView {
+            servers: self.servers.clone(),
+        }));
+        self.store = Some(store);
+        self
+    }
+
+    /// Runs until every handle is dropped.
+    ///
+    /// Commands are applied as they come, and a view is published at most
+    /// every [`PUBLISH_EVERY`]: publishing copies the map of every server, so
+    /// with thousands of agents one publish per command would cost more than
+    /// the commands. Answers wait for the view that shows their change.
+    pub async fn run(mut self) {
+        let mut replies = Vec::new();
+        while let Some(first) = self.commands.recv().await {
+            self.handle(first, &mut replies);
+            let due = self.published + PUBLISH_EVERY;
+            while replies.len() < MAX_COMMANDS_PER_PUBLISH {
+                let command = match self.commands.try_recv() {
+                    Ok(command) => command,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(due, self.commands.recv()).await {
+                            Ok(Some(command)) => command,
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                };
+                self.handle(command, &mut replies);
+            }
+            // The history keeps pace: when the disk falls behind, ingest waits.
+            if let Some(store) = &self.store {
+                for op in self.writes.drain(..) {
+                    store.write(op).await;
+                }
+            } else {
+                self.writes.clear();
+            }
+            self.publish.send_replace(Arc::new(FleetView {
+                servers: self.servers.clone(),
+            }));
+            self.published = tokio::time::Instant::now();
+            // Answer only once the change is visible to readers.
+            for reply in replies.drain(..) {
+                reply.send();
+            }
+        }
+        debug!("Aggregator stopped.");
+    }
+
+    fn handle(&mut self, command: Command, replies: &mut Vec<Reply>) {
+        match command {
+            Command::Register {
+                agent_id,
+                conn_id,
+                targets,
+                interval,
+                resume,
+                reply,
+            } => replies.push(Reply::Register(
+                reply,
+                self.register(agent_id, conn_id, targets, interval, resume),
+            )),
+            Command::Apply {
+                agent_id,
+                conn_id,
+                seq,
+                snapshots,
+                reply,
+            } => replies.push(Reply::Apply(
+                reply,
+                self.apply(&agent_id, conn_id, seq, snapshots),
+            )),
+            Command::Disconnect { agent_id, conn_id } => self.disconnect(&agent_id, conn_id),
+            Command::StoreMinutes { reply } => {
+                if self.store.is_some() {
+                    for view in self.servers.values() {
+                        if view.minute.samples > 0 {
+                            self.writes.push(StoreOp::Minute {
+                                server_id: view.server_id.clone(),
+                                minute: (*view.minute).clone(),
+                            });
+                        }
+                    }
+                }
+                replies.push(Reply::Done(reply));
+            }
+            Command::Follow { servers } => self.follow(servers),
+        }
+    }
+
+    /// Takes into the view what other collectors stored of the servers they
+    /// stream; a server streamed here is left as it is.
+    fn follow(&mut self, servers: Vec<Followed>) {
+        let now = now_micros();
+        for f in servers {
+            let current = self.servers.get(f.server_id.as_str());
+            if let Some(v) = current
+                && v.via.is_none()
+                && self
+                    .agents
+                    .get(&v.agent_id)
+                    .is_some_and(|a| a.conn_id.is_some())
+            {
+                continue;
+            }
+            let base = match current {
+                Some(v) => (**v).clone(),
+                None => ServerView::new(&f.server_id, f.interval),
+            };
+            let labels = keep_or_replace(&base.labels, f.labels);
+            let mut view = ServerView {
+                agent_id: f.agent_id,
+                agent_connected: f.connected,
+                via: Some(f.collector),
+                labels,
+                interval: f.interval,
+                ..base
+            };
+            if let Some((state, whole)) = f.state
+                && (whole || state.at > view.sampled_at_us)
+            {
+                if !state.databases.is_empty() {
+                    sum_databases(Arc::make_mut(&mut view.databases), &state.databases, now);
+                }
+                take_state(&mut view, state);
+            }
+            self.servers
+                .insert(view.server_id.as_str().into(), Arc::new(view));
+        }
+    }
+
+    fn register(
+        &mut self,
+        agent_id: String,
+        conn_id: u64,
+        targets: Vec<TargetInfo>,
+        interval: Duration,
+        resume: Option<Resume>,
+    ) -> Result<u64, Status> {
+        for t in &targets {
+            if let Some(existing) = self.servers.get(t.server_id.as_str())
+                && existing.agent_id != agent_id
+                && existing.agent_connected
+            {
+                if self.duplicates == DuplicateServerId::Takeover {
+                    info!(server.id = %t.server_id, from = %existing.agent_id, to = %agent_id, "Another agent takes the server over (--duplicate-server-id takeover).");
+                    continue;
+                }
+                return Err(Status::already_exists(format!(
+                    "server_id {:?} is already streamed by agent {:?}; give this target another server_id, stop the other agent, or start the collector with --duplicate-server-id takeover for a primary/standby pair",
+                    t.server_id, existing.agent_id
+                )));
+            }
+        }
+        let agent = self.agents.entry(agent_id.clone()).or_insert(AgentState {
+            conn_id: None,
+            stream: v1::StreamStats::default(),
+            servers: Vec::new(),
+        });
+        if agent.conn_id.is_some() {
+            info!(agent.id = %agent_id, "Agent reconnected; its new stream replaces the old one.");
+        }
+        agent.conn_id = Some(conn_id);
+        agent.servers = targets.iter().map(|t| t.server_id.clone()).collect();
+        // Another collector sharing the store took the agent further than
+        // this one saw: it resumes from there, each server as stored then.
+        let mut stored: HashMap<String, StoredServer> = HashMap::new();
+        if let Some(resume) = resume
+            && resume.last_seq > agent.stream.last_seq
+        {
+            info!(agent.id = %agent_id, from = agent.stream.last_seq, to = resume.last_seq, "The agent streamed to another collector; resuming where the store says it stopped.");
+            agent.stream.last_seq = resume.last_seq;
+            stored = resume
+                .servers
+                .into_iter()
+                .map(|s| (s.server_id.clone(), s))
+                .collect();
+        }
+        let resume_after = agent.stream.last_seq;
+        for t in targets {
+            let mut base = match self.servers.get(t.server_id.as_str()) {
+                Some(previous) => (**previous).clone(),
+                None => ServerView::new(&t.server_id, interval),
+            };
+            if let Some(s) = stored.remove(&t.server_id) {
+                restore(&mut base, s.activity, s.minute);
+            }
+            if self.store.is_some() {
+                self.writes.push(StoreOp::Server {
+                    server_id: t.server_id.clone(),
+                    agent_id: agent_id.clone(),
+                    labels: t.labels.clone(),
+                    interval_ms: interval.as_millis() as u64,
+                });
+            }
+            let labels = keep_or_replace(&base.labels, t.labels);
+            let view = ServerView {
+                agent_id: agent_id.clone(),
+                agent_connected: true,
+                via: None,
+                labels,
+                interval,
+                ..base
+            };
+            self.servers.insert(t.server_id.into(), Arc::new(view));
+        }
+        Ok(resume_after)
+    }
+
+    /// Copies the agent's stream counts into each of its servers' views.
+    fn publish_stream(&mut self, agent_id: &str) {
+        let Some(agent) = self.agents.get(agent_id) else {
+            return;
+        };
+        for server_id in &agent.servers {
+            if let Some(view) = self.servers.get_mut(server_id.as_str())
+                && view.agent_id == agent_id
+                && view.stream != agent.stream
+            {
+                Arc::make_mut(view).stream = agent.stream;
+            }
+        }
+    }
+
+    fn disconnect(&mut self, agent_id: &str, conn_id: u64) {
+        let Some(agent) = self.agents.get_mut(agent_id) else {
+            return;
+        };
+        if agent.conn_id != Some(conn_id) {
+            return;
+        }
+        agent.conn_id = None;
+        for server_id in &agent.servers {
+            if let Some(view) = self.servers.get_mut(server_id.as_str())
+                && view.agent_id == agent_id
+            {
+                Arc::make_mut(view).agent_connected = false;
+            }
+        }
+        if self.store.is_some() {
+            self.writes.push(StoreOp::Disconnected {
+                server_ids: agent.servers.clone(),
+            });
+        }
+    }
+}
+
+/// Makes `state`, rebuilt from stored frames, the view's last snapshot.
+fn take_state(view: &mut ServerView, state: Rebuilt) {
+    view.last_seen_us = Some(state.at);
+    view.sampled_at_us = state.at;
+    view.status = state.status;
+    view.rollup = Arc::new(Rollup::of(&state.sessions, state.at));
+    view.sessions = Arc::new(state.sessions);
+    view.pools = state.pools;
+    if state.facts.is_some() {
+        view.facts = state.facts;
+    }
+}
+
+/// The labels a view already shares when they are the same (they seldom
+/// change, and views are copied at every snapshot), or the new ones.
+fn keep_or_replace(
+    held: &Arc<BTreeMap<String, String>>,
+    new: BTreeMap<String, String>,
+) -> Arc<BTreeMap<String, String>> {
+    if **held == new {
+        held.clone()
+    } else {
+        Arc::new(new)
+    }
+}
+
+/// Takes into `view` what the store held of its server, where that is newer
+/// than what the view holds.
+fn restore(view: &mut ServerView, activity: Option<Rebuilt>, minute: Option<Minute>) {
+    if let Some(state) = activity
+        && state.at > view.sampled_at_us
+    {
+        take_state(view, state);
+    }
+    if let Some(minute) = minute
+        && (view.minute.samples == 0 || minute.start > view.minute.start)
+    {
+        view.minute = Arc::new(minute);
+    }
+}
+
+/// An answer held back until the view that contains its change is published.
+enum Reply {
+    Done(oneshot::Sender<()>),
+    Register(oneshot::Sender<Result<u64, Status>>, Result<u64, Status>),
+    Apply(
+        oneshot::Sender<Result<Vec<String>, Status>>,
+        Result<Vec<String>, Status>,
+    ),
+}
+
+impl Reply {
+    fn send(self) {
+        match self {
+            Reply::Done(tx) => {
+                let _ = tx.send(());
+            }
+            Reply::Register(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Reply::Apply(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

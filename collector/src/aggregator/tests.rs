@@ -1,0 +1,225 @@
+//! The aggregator's rules, on its commands alone (no sockets, no store).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfleet_proto::model::{Session, Snapshot, TargetStatus};
+use pgfleet_proto::time::Micros;
+
+use super::*;
+use Health::{Down, Stale, Up};
+use pgfleet_proto::model::SessionState;
+
+fn target(id: &str) -> TargetInfo {
+    TargetInfo {
+        server_id: id.to_owned(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn snapshot(id: &str, at: Micros, pids: &[i32]) -> Snapshot {
+    Snapshot {
+        status: TargetStatus::Up,
+        sessions: pids
+            .iter()
+            .map(|&pid| {
+                Arc::new(Session {
+                    pid,
+                    state: SessionState::Active,
+                    ..Default::default()
+                })
+            })
+            .collect(),
+        ..Snapshot::down(id.to_owned(), at, String::new())
+    }
+}
+
+fn aggregator() -> Aggregator {
+    Aggregator::new().0
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn replays_are_acknowledged_but_not_applied() {
+    let mut a = aggregator();
+    assert_eq!(
+        a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+            .unwrap(),
+        0
+    );
+    a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+    a.apply("a1", 1, 2, vec![snapshot("db", 20, &[1, 2])])
+        .unwrap();
+    // Batch 1 again, with other content: acknowledged, ignored.
+    a.apply("a1", 1, 1, vec![snapshot("db", 30, &[9])]).unwrap();
+    assert_eq!(a.servers["db"].sessions.len(), 2);
+    assert_eq!(a.servers["db"].rollup.sessions, 2);
+    let stream = a.servers["db"].stream;
+    assert_eq!(
+        (stream.first_seq, stream.last_seq, stream.applied_batches),
+        (1, 2, 2)
+    );
+    assert_eq!((stream.replayed_batches, stream.missing_batches), (1, 0));
+    // Batches 3 to 5 never came (the agent dropped them).
+    a.apply("a1", 1, 6, vec![snapshot("db", 40, &[1])]).unwrap();
+    assert_eq!(a.servers["db"].stream.missing_batches, 3);
+    // A new stream of the same agent resumes after 6.
+    assert_eq!(
+        a.register("a1".into(), 2, vec![target("db")], SECOND, None)
+            .unwrap(),
+        6
+    );
+}
+
+#[test]
+fn a_newer_stream_of_the_same_agent_replaces_the_old_one() {
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    a.register("a1".into(), 2, vec![target("db")], SECOND, None)
+        .unwrap();
+    let old = a
+        .apply("a1", 1, 1, vec![snapshot("db", 10, &[1])])
+        .unwrap_err();
+    assert_eq!(old.code(), tonic::Code::FailedPrecondition);
+    a.apply("a1", 2, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+    // The old stream's end does not mark the agent disconnected.
+    a.disconnect("a1", 1);
+    assert!(a.servers["db"].agent_connected);
+    a.disconnect("a1", 2);
+    assert!(!a.servers["db"].agent_connected);
+}
+
+#[test]
+fn a_second_live_agent_cannot_claim_a_server() {
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let refused = a
+        .register("a2".into(), 2, vec![target("db")], SECOND, None)
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+    assert!(refused.message().contains("a1"), "{}", refused.message());
+    // Once the first agent is gone, another may take the server over.
+    a.disconnect("a1", 1);
+    assert!(
+        a.register("a2".into(), 2, vec![target("db")], SECOND, None)
+            .is_ok()
+    );
+}
+
+#[test]
+fn with_takeover_the_newer_agent_streams_the_server() {
+    let mut a = Aggregator::with_policy(DuplicateServerId::Takeover).0;
+    a.register("primary".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    a.apply("primary", 1, 1, vec![snapshot("db", 10, &[1])])
+        .unwrap();
+    a.register("standby".into(), 2, vec![target("db")], SECOND, None)
+        .unwrap();
+    a.apply("standby", 2, 1, vec![snapshot("db", 20, &[7, 8])])
+        .unwrap();
+    // The old agent's snapshots are acknowledged and set aside.
+    a.apply("primary", 1, 2, vec![snapshot("db", 30, &[1])])
+        .unwrap();
+    assert_eq!(a.servers["db"].agent_id, "standby");
+    assert_eq!(a.servers["db"].sessions.len(), 2);
+    // Its stream's end does not mark the server's agent disconnected.
+    a.disconnect("primary", 1);
+    assert!(a.servers["db"].agent_connected);
+}
+
+#[test]
+fn snapshots_of_servers_the_agent_did_not_name_are_refused() {
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let err = a
+        .apply("a1", 1, 1, vec![snapshot("other", 10, &[])])
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[test]
+fn health_is_up_down_or_stale_with_a_reason() {
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let now = now_micros();
+    assert!(
+        matches!(a.servers["db"].health(now), Stale(r) if r.contains("no snapshot has arrived"))
+    );
+    a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1])]).unwrap();
+    assert_eq!(a.servers["db"].health(now_micros()), Up);
+    let later = now_micros() + 4_000_000;
+    assert!(matches!(a.servers["db"].health(later), Stale(r) if r.contains("no snapshot for")));
+    let mut down = snapshot("db", 20, &[]);
+    down.status = TargetStatus::Down("connection refused".into());
+    a.apply("a1", 1, 2, vec![down]).unwrap();
+    assert_eq!(
+        a.servers["db"].health(now_micros()),
+        Down("connection refused".into())
+    );
+    a.disconnect("a1", 1);
+    assert!(matches!(a.servers["db"].health(later), Stale(r) if r.contains("disconnected")));
+}
+
+#[test]
+fn database_increments_are_summed_even_from_older_snapshots() {
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let with = |at, commits| {
+        let mut s = snapshot("db", at, &[]);
+        s.databases = vec![v1::DatabaseCounters {
+            database: "orders".into(),
+            xact_commit: commits,
+            ..Default::default()
+        }];
+        s
+    };
+    a.apply("a1", 1, 1, vec![with(20, 5)]).unwrap();
+    a.apply("a1", 1, 2, vec![with(10, 3)]).unwrap();
+    a.apply("a1", 1, 3, vec![with(30, 2)]).unwrap();
+    assert_eq!(a.servers["db"].databases["orders"].totals.xact_commit, 10);
+    // A database an up snapshot no longer lists is dropped.
+    a.apply("a1", 1, 4, vec![snapshot("db", 40, &[])]).unwrap();
+    assert!(a.servers["db"].databases.is_empty());
+}
+
+#[test]
+fn deltas_apply_to_their_base_and_otherwise_ask_for_a_keyframe() {
+    use pgfleet_proto::model::Delta;
+    let mut a = aggregator();
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    a.apply("a1", 1, 1, vec![snapshot("db", 10, &[1, 2, 3])])
+        .unwrap();
+    let mut d = snapshot("db", 20, &[4]);
+    Arc::make_mut(&mut d.sessions[0]).state = SessionState::Idle;
+    d.delta = Some(Delta {
+        unchanged: Vec::new(),
+        base_sampled_at_us: 10,
+        removed: vec![(2, 0)],
+    });
+    assert!(a.apply("a1", 1, 2, vec![d]).unwrap().is_empty());
+    let mut pids: Vec<_> = a.servers["db"].sessions.iter().map(|s| s.pid).collect();
+    pids.sort();
+    assert_eq!(pids, [1, 3, 4]);
+
+    // A delta against a snapshot this collector never applied.
+    let mut lost = snapshot("db", 40, &[9]);
+    lost.delta = Some(Delta {
+        unchanged: Vec::new(),
+        base_sampled_at_us: 30,
+        removed: vec![],
+    });
+    assert_eq!(a.apply("a1", 1, 3, vec![lost]).unwrap(), ["db"]);
+    assert_eq!(
+        a.servers["db"].sampled_at_us, 20,
+        "nothing of it was applied"
+    );
+    assert_eq!(a.servers["db"].sessions.len(), 3);
+}
