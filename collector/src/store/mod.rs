@@ -22,8 +22,12 @@
 //! it acknowledged, and the agent resends the rest. A commit that fails is
 //! retried, backing off, and nothing after it is acknowledged meanwhile.
 
+mod frame;
 pub mod postgres;
 pub mod sqlite;
+
+pub use frame::{Frame, Rebuilt};
+use frame::{encode, replay};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,15 +35,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgfleet_proto::model::{Session, SessionKey, Snapshot, TargetStatus};
 use pgfleet_proto::time::{Micros, now_micros};
-use pgfleet_proto::v1;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::rollup::Minute;
-use crate::state::{Pools, by_key, merge};
 
 /// The longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
@@ -96,30 +96,6 @@ impl StoreError {
     }
 }
 
-/// One applied snapshot, as stored.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    pub server_id: String,
-    pub at: Micros,
-    pub keyframe: bool,
-    /// Up, or down and why.
-    pub status: TargetStatus,
-    /// The sessions (all of them in a keyframe; the new or changed in a delta).
-    pub sessions: Vec<Arc<Session>>,
-    /// The keys of the sessions that ended (deltas).
-    pub removed: Vec<SessionKey>,
-    /// For each session of a delta, the fields its base holds (as the agent
-    /// sent it): they are left out of the stored frame, and the merge takes
-    /// them back from the sessions before it. Empty: every session whole.
-    pub unchanged: Vec<u32>,
-    /// The pools as sampled.
-    pub pools: Arc<Pools>,
-    /// The server's facts, when the snapshot carried them.
-    pub facts: Option<Arc<v1::ServerFacts>>,
-    /// pg_stat_database increments since the snapshot before.
-    pub databases: Vec<v1::DatabaseCounters>,
-}
-
 /// What the writer is asked to do.
 pub enum Op {
     /// A batch was applied: its frames and the agent's sequence.
@@ -171,23 +147,6 @@ impl Durable {
     pub async fn reached(&mut self, ticket: u64) -> bool {
         self.committed.wait_for(|c| *c >= ticket).await.is_ok()
     }
-}
-
-/// A server's state rebuilt from its frames.
-#[derive(Debug, Clone)]
-pub struct Rebuilt {
-    /// The time of the last frame applied.
-    pub at: Micros,
-    /// Up, or down, as of that frame.
-    pub status: TargetStatus,
-    /// The sessions, in key order.
-    pub sessions: Vec<Arc<Session>>,
-    /// The pools of that frame.
-    pub pools: Arc<Pools>,
-    /// The facts of the last frame that carried them.
-    pub facts: Option<Arc<v1::ServerFacts>>,
-    /// The database increments of the frames applied, in order.
-    pub databases: Vec<v1::DatabaseCounters>,
 }
 
 /// A server that another collector streams, as a shared store lists it.
@@ -466,93 +425,6 @@ impl Store {
         .await
         .map_err(|e| StoreError::new(&self.place, e))?
     }
-}
-
-/// A frame as stored: its snapshot's protobuf, zstd-compressed with the
-/// writer's compressor (one for the writer's life, not one per frame).
-fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'static>>) -> Vec<u8> {
-    let snapshot = Snapshot {
-        server_id: frame.server_id.clone(),
-        sampled_at_us: frame.at,
-        status: frame.status.clone(),
-        sessions: frame.sessions.clone(),
-        delta: (!frame.keyframe).then(|| pgfleet_proto::model::Delta {
-            base_sampled_at_us: 0,
-            removed: frame.removed.clone(),
-            unchanged: Vec::new(),
-        }),
-        facts: frame.facts.as_deref().cloned(),
-        databases: frame.databases.clone(),
-        slots: frame.pools.slots.clone(),
-        pgbouncer: frame.pools.pgbouncer.clone(),
-        client_pools: frame.pools.client_pools.clone(),
-        agent: None,
-    };
-    let mut wire = v1::Snapshot::from(&snapshot);
-    if let Some(v1::snapshot::Activity::Delta(d)) = &mut wire.activity {
-        for (w, mask) in d.upserted.iter_mut().zip(&frame.unchanged) {
-            pgfleet_proto::compact::strip(w, *mask);
-        }
-    }
-    let bytes = wire.encode_to_vec();
-    match zstd {
-        Some(z) => z.compress(&bytes).unwrap_or(bytes),
-        None => bytes,
-    }
-}
-
-fn decode(body: &[u8]) -> Option<Snapshot> {
-    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    let bytes = if body.starts_with(&ZSTD_MAGIC) {
-        zstd::stream::decode_all(body).ok()?
-    } else {
-        body.to_vec()
-    };
-    let wire = v1::Snapshot::decode(bytes.as_slice()).ok()?;
-    Snapshot::try_from(wire).ok()
-}
-
-/// Applies stored frames, oldest first, to `state` (None: the first must be
-/// a keyframe). A frame that does not decode is skipped; a delta that does
-/// not apply ends the replay, which returns None.
-fn replay(
-    server_id: &str,
-    mut state: Option<Rebuilt>,
-    frames: impl IntoIterator<Item = (Micros, bool, Vec<u8>)>,
-) -> Option<Rebuilt> {
-    for (at, keyframe, body) in frames {
-        let Some(snapshot) = decode(&body) else {
-            warn!(server.id = %server_id, at, "Skipped a history frame that does not decode.");
-            continue;
-        };
-        let pools = Arc::new(Pools {
-            slots: snapshot.slots,
-            pgbouncer: snapshot.pgbouncer,
-            client_pools: snapshot.client_pools,
-        });
-        let (sessions, facts, mut databases) = match (snapshot.delta, state.take()) {
-            (Some(delta), Some(before)) if !keyframe => {
-                let (sessions, _) = merge(&before.sessions, snapshot.sessions, &delta)?;
-                (sessions, before.facts, before.databases)
-            }
-            (_, before) if keyframe => (
-                by_key(snapshot.sessions),
-                before.as_ref().and_then(|b| b.facts.clone()),
-                before.map(|b| b.databases).unwrap_or_default(),
-            ),
-            _ => return None,
-        };
-        databases.extend(snapshot.databases);
-        state = Some(Rebuilt {
-            at,
-            status: snapshot.status,
-            sessions,
-            pools,
-            facts: snapshot.facts.map(Arc::new).or(facts),
-            databases,
-        });
-    }
-    state
 }
 
 fn write_loop(

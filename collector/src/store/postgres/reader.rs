@@ -1,0 +1,266 @@
+//! The reads of a PostgreSQL store, through a small pool of connections:
+//! what it holds at start, minutes, a server at an instant, where an agent
+//! stopped, and what other collectors stream.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use pgfleet_proto::time::{Micros, now_micros};
+use tracing::warn;
+
+use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
+use super::Written;
+use crate::rollup::{MINUTE_US, Minute};
+
+/// Reads, through a small pool of connections.
+#[derive(Clone)]
+pub struct Reader {
+    pub(super) pool: Pool,
+    /// What this collector wrote of each agent.
+    pub(super) written: Written,
+    /// This collector, as the servers it streams name it.
+    pub(super) collector_id: Arc<str>,
+}
+
+/// Why a read failed.
+type ReadError = String;
+
+fn read_error(e: tokio_postgres::Error) -> ReadError {
+    pgfleet_common::error::chain(&e)
+}
+
+impl Reader {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ReadError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => pgfleet_common::error::chain(&e),
+            e => e.to_string(),
+        })
+    }
+
+    pub(super) async fn load(&self) -> Result<Loaded, ReadError> {
+        let client = self.client().await?;
+        let mut loaded = Loaded::default();
+        for row in client
+            .query("SELECT agent_id, last_seq FROM pgfleet.agents", &[])
+            .await
+            .map_err(read_error)?
+        {
+            loaded
+                .agents
+                .insert(row.get(0), row.get::<_, i64>(1).max(0) as u64);
+        }
+        drop(client);
+        loaded.servers = self.servers(None).await?;
+        Ok(loaded)
+    }
+
+    /// The stored servers (those of `ids`, or every one), each rebuilt.
+    async fn servers(&self, ids: Option<&[String]>) -> Result<Vec<StoredServer>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT server_id, agent_id, labels, interval_ms FROM pgfleet.servers
+                 WHERE $1::text[] IS NULL OR server_id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(read_error)?;
+        // Each server's recent minutes (the last wins).
+        let since = now_micros() - 2 * MINUTE_US;
+        let mut recent: HashMap<String, Minute> = HashMap::new();
+        for row in client
+            .query(
+                "SELECT minute, server_id, body FROM pgfleet.rollups
+                 WHERE minute >= $1 AND ($2::text[] IS NULL OR server_id = ANY($2))
+                 ORDER BY minute",
+                &[&since, &ids],
+            )
+            .await
+            .map_err(read_error)?
+        {
+            let server_id: String = row.get(1);
+            if let Some(minute) = Minute::decode(row.get(0), row.get(2)) {
+                recent.insert(server_id, minute);
+            }
+        }
+        drop(client);
+        let mut out = Vec::new();
+        for row in rows {
+            let server_id: String = row.get(0);
+            let labels: String = row.get(2);
+            out.push(StoredServer {
+                activity: self.rebuild(&server_id, Micros::MAX).await?,
+                minute: recent.remove(&server_id),
+                agent_id: row.get(1),
+                labels: super::super::stored_labels(&labels),
+                interval: super::super::stored_interval(row.get(3)),
+                server_id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The minutes that start in `[start, end)`, oldest first.
+    pub(crate) async fn minutes(
+        &self,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Minute)>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT minute, server_id, body FROM pgfleet.rollups
+                 WHERE minute >= $1 AND minute < $2 ORDER BY minute",
+                &[&start, &end],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (start, server_id): (i64, String) = (row.get(0), row.get(1));
+            match Minute::decode(start, row.get(2)) {
+                Some(minute) => out.push((server_id, minute)),
+                None => {
+                    warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The server at `at`: its last keyframe at or before it, and every delta
+    /// after that keyframe up to `at`.
+    pub(crate) async fn rebuild(
+        &self,
+        server_id: &str,
+        at: Micros,
+    ) -> Result<Option<Rebuilt>, ReadError> {
+        let client = self.client().await?;
+        let start: Option<i64> = client
+            .query_one(
+                "SELECT max(at) FROM pgfleet.frames WHERE server_id = $1 AND keyframe AND at <= $2",
+                &[&server_id, &at],
+            )
+            .await
+            .map_err(read_error)?
+            .get(0);
+        let Some(start) = start else {
+            return Ok(None);
+        };
+        let rows = client
+            .query(
+                "SELECT at, keyframe, body FROM pgfleet.frames
+                 WHERE server_id = $1 AND at >= $2 AND at <= $3 ORDER BY at",
+                &[&server_id, &start, &at],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(super::super::replay(
+            server_id,
+            None,
+            rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))),
+        ))
+    }
+
+    /// Where the store says `agent_id` stopped.
+    pub(crate) async fn resume(
+        &self,
+        agent_id: &str,
+        server_ids: &[String],
+    ) -> Result<Resume, ReadError> {
+        let client = self.client().await?;
+        let last_seq = client
+            .query_opt(
+                "SELECT last_seq FROM pgfleet.agents WHERE agent_id = $1",
+                &[&agent_id],
+            )
+            .await
+            .map_err(read_error)?
+            .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
+        drop(client);
+        // Nothing new since this collector's own writes (the common case: a
+        // new agent, or one that reconnects here): one query is enough.
+        let ours = self
+            .written
+            .lock()
+            .map(|w| w.get(agent_id).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if last_seq <= ours {
+            return Ok(Resume {
+                last_seq,
+                servers: Vec::new(),
+            });
+        }
+        Ok(Resume {
+            last_seq,
+            servers: self.servers(Some(server_ids)).await?,
+        })
+    }
+
+    /// The servers that other collectors stream, as the store lists them.
+    pub(crate) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT server_id, agent_id, labels, interval_ms, collector, connected
+                 FROM pgfleet.servers WHERE collector <> $1",
+                &[&&*self.collector_id],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let labels: String = row.get(2);
+                Elsewhere {
+                    server_id: row.get(0),
+                    agent_id: row.get(1),
+                    labels: super::super::stored_labels(&labels),
+                    interval: super::super::stored_interval(row.get(3)),
+                    collector: row.get::<_, String>(4).into(),
+                    connected: row.get(5),
+                }
+            })
+            .collect())
+    }
+
+    /// Each server's frames stored after its base, applied to the base;
+    /// only the servers with such frames, None where a delta does not apply.
+    pub(crate) async fn advance(
+        &self,
+        bases: Vec<(String, Rebuilt)>,
+    ) -> Result<Vec<(String, Option<Rebuilt>)>, ReadError> {
+        if bases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, ats): (Vec<&str>, Vec<i64>) =
+            bases.iter().map(|(id, b)| (id.as_str(), b.at)).unzip();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT f.server_id, f.at, f.keyframe, f.body
+                 FROM unnest($1::text[], $2::bigint[]) AS w(server_id, after)
+                 JOIN pgfleet.frames f ON f.server_id = w.server_id AND f.at > w.after
+                 ORDER BY f.server_id, f.at",
+                &[&ids, &ats],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut frames: HashMap<String, Vec<(Micros, bool, Vec<u8>)>> = HashMap::new();
+        for row in rows {
+            frames
+                .entry(row.get(0))
+                .or_default()
+                .push((row.get(1), row.get(2), row.get(3)));
+        }
+        Ok(bases
+            .into_iter()
+            .filter_map(|(server_id, base)| {
+                let new = frames.remove(&server_id)?;
+                let state = super::super::replay(&server_id, Some(base), new);
+                Some((server_id, state))
+            })
+            .collect())
+    }
+}

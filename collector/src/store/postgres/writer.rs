@@ -1,0 +1,323 @@
+//! The writer of a PostgreSQL store: one connection on the store's thread,
+//! frames written with binary COPY, partitions made ahead and dropped whole.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pgfleet_proto::time::Micros;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::warn;
+
+use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
+use super::{PARTITIONED, create_partition, day_of, drop_partitions};
+
+/// The writer: its own connection, on its own thread's runtime.
+pub(super) struct PgSink {
+    config: tokio_postgres::Config,
+    collector_id: String,
+    runtime: Option<tokio::runtime::Runtime>,
+    writer: Option<Writer>,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// The days whose partitions are known to exist.
+    days: HashSet<(&'static str, i64)>,
+    /// Frames already stored when written again.
+    duplicates: Arc<AtomicU64>,
+    /// Each agent's last sequence as this collector committed it (shared
+    /// with the reader).
+    written: Written,
+}
+
+/// Each agent's last sequence as this collector knows the store holds it:
+/// loaded at start, then what it commits. When the store says the same at
+/// an agent's Hello, no other collector has streamed the agent since, and
+/// the aggregator's memory needs nothing from the store.
+pub(super) type Written = Arc<std::sync::Mutex<HashMap<String, u64>>>;
+
+/// The writer's connection and its statements.
+struct Writer {
+    client: Client,
+    agents: Statement,
+    server: Statement,
+    disconnected: Statement,
+}
+
+impl Writer {
+    async fn connect(config: &tokio_postgres::Config) -> Result<Writer, tokio_postgres::Error> {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                warn!(error = %e, "The history store's connection ended.");
+            }
+        });
+        client
+            .batch_execute(
+                "CREATE TEMP TABLE frames_in (server_id text, at bigint, keyframe boolean, body bytea)
+                     ON COMMIT DELETE ROWS;
+                 CREATE TEMP TABLE rollups_in (minute bigint, server_id text, body bytea)
+                     ON COMMIT DELETE ROWS;",
+            )
+            .await?;
+        Ok(Writer {
+            agents: client
+                .prepare(
+                    "INSERT INTO pgfleet.agents (agent_id, last_seq)
+                     SELECT * FROM unnest($1::text[], $2::bigint[])
+                     ON CONFLICT (agent_id) DO UPDATE
+                         SET last_seq = greatest(agents.last_seq, excluded.last_seq)",
+                )
+                .await?,
+            server: client
+                .prepare(
+                    "INSERT INTO pgfleet.servers
+                         (server_id, agent_id, labels, interval_ms, collector, connected)
+                     VALUES ($1, $2, $3, $4, $5, true)
+                     ON CONFLICT (server_id) DO UPDATE SET agent_id = excluded.agent_id,
+                         labels = excluded.labels, interval_ms = excluded.interval_ms,
+                         collector = excluded.collector, connected = true",
+                )
+                .await?,
+            disconnected: client
+                .prepare(
+                    "UPDATE pgfleet.servers SET connected = false
+                     WHERE server_id = ANY($1) AND collector = $2",
+                )
+                .await?,
+            client,
+        })
+    }
+}
+
+impl PgSink {
+    /// The writer for the store `config` reaches, as `collector_id`; it
+    /// connects on its first commit, on the store's thread.
+    pub(super) fn new(
+        config: tokio_postgres::Config,
+        collector_id: String,
+        written: Written,
+    ) -> PgSink {
+        PgSink {
+            config,
+            collector_id,
+            runtime: None,
+            writer: None,
+            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+            days: HashSet::new(),
+            duplicates: Arc::new(AtomicU64::new(0)),
+            written,
+        }
+    }
+
+    async fn commit(
+        writer: &mut Writer,
+        collector_id: &str,
+        ops: &[(u64, Op)],
+        bodies: Vec<(&str, Micros, bool, Vec<u8>)>,
+        days: &mut HashSet<(&'static str, i64)>,
+        duplicates: &AtomicU64,
+    ) -> Result<(), tokio_postgres::Error> {
+        let rollups = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
+            Op::Minute { server_id, minute } => {
+                Some(((minute.start, server_id.as_str()), minute.encode()))
+            }
+            _ => None,
+        }));
+        let needed: Vec<_> = bodies
+            .iter()
+            .map(|(_, at, _, _)| ("frames", day_of(*at)))
+            .chain(
+                rollups
+                    .iter()
+                    .map(|((start, _), _)| ("rollups", day_of(*start))),
+            )
+            .collect();
+        for (table, day) in needed {
+            if !days.contains(&(table, day)) {
+                create_partition(&mut writer.client, table, day).await?;
+                days.insert((table, day));
+            }
+        }
+        let agents = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
+            Op::Applied { agent_id, seq, .. } => Some((agent_id.as_str(), *seq as i64)),
+            _ => None,
+        }));
+        let tx = writer.client.transaction().await?;
+        if !bodies.is_empty() {
+            let sink = tx
+                .copy_in(
+                    "COPY frames_in (server_id, at, keyframe, body) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            let mut copy = std::pin::pin!(BinaryCopyInWriter::new(
+                sink,
+                &[Type::TEXT, Type::INT8, Type::BOOL, Type::BYTEA],
+            ));
+            for (server_id, at, keyframe, body) in &bodies {
+                copy.as_mut()
+                    .write(&[server_id as &(dyn ToSql + Sync), at, keyframe, body])
+                    .await?;
+            }
+            copy.finish().await?;
+            let stored = tx
+                .execute(
+                    "INSERT INTO pgfleet.frames SELECT * FROM frames_in ON CONFLICT DO NOTHING",
+                    &[],
+                )
+                .await?;
+            let again = bodies.len() as u64 - stored;
+            if again > 0 {
+                duplicates.fetch_add(again, Ordering::Relaxed);
+                warn!(
+                    frames = again,
+                    "Frames already in the store were written again, and not stored twice."
+                );
+            }
+        }
+        if !agents.is_empty() {
+            let (ids, seqs): (Vec<&str>, Vec<i64>) = agents.into_iter().unzip();
+            tx.execute(&writer.agents, &[&ids, &seqs]).await?;
+        }
+        for (_, op) in ops {
+            match op {
+                Op::Server {
+                    server_id,
+                    agent_id,
+                    labels,
+                    interval_ms,
+                } => {
+                    let labels = super::super::labels_text(labels);
+                    tx.execute(
+                        &writer.server,
+                        &[
+                            server_id,
+                            agent_id,
+                            &labels,
+                            &(*interval_ms as i64),
+                            &collector_id,
+                        ],
+                    )
+                    .await?;
+                }
+                Op::Disconnected { server_ids } => {
+                    tx.execute(&writer.disconnected, &[server_ids, &collector_id])
+                        .await?;
+                }
+                Op::Applied { .. } | Op::Minute { .. } | Op::Flush(_) => {}
+            }
+        }
+        if !rollups.is_empty() {
+            let sink = tx
+                .copy_in("COPY rollups_in (minute, server_id, body) FROM STDIN (FORMAT binary)")
+                .await?;
+            let mut copy = std::pin::pin!(BinaryCopyInWriter::new(
+                sink,
+                &[Type::INT8, Type::TEXT, Type::BYTEA],
+            ));
+            for ((start, server_id), body) in &rollups {
+                copy.as_mut()
+                    .write(&[start as &(dyn ToSql + Sync), server_id, body])
+                    .await?;
+            }
+            copy.finish().await?;
+            tx.execute(
+                "INSERT INTO pgfleet.rollups SELECT * FROM rollups_in
+                 ON CONFLICT (minute, server_id) DO UPDATE SET body = excluded.body",
+                &[],
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The thread's runtime and a live connection, made if need be.
+    fn ready(&mut self) -> Result<(&tokio::runtime::Runtime, &mut Writer), String> {
+        if self.runtime.is_none() {
+            self.runtime = Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let runtime = self.runtime.as_ref().ok_or("no runtime")?;
+        if self.writer.as_ref().is_none_or(|w| w.client.is_closed()) {
+            self.writer = None;
+            self.writer = Some(
+                runtime
+                    .block_on(Writer::connect(&self.config))
+                    .map_err(|e| pgfleet_common::error::chain(&e))?,
+            );
+        }
+        let writer = self.writer.as_mut().ok_or("no connection")?;
+        Ok((runtime, writer))
+    }
+}
+
+impl Sink for PgSink {
+    fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
+        let mut bodies = Vec::new();
+        for (_, op) in ops {
+            if let Op::Applied { frames, .. } = op {
+                for f in frames {
+                    bodies.push((
+                        f.server_id.as_str(),
+                        f.at,
+                        f.keyframe,
+                        super::super::encode(f, &mut self.zstd),
+                    ));
+                }
+            }
+        }
+        let collector_id = self.collector_id.clone();
+        let duplicates = self.duplicates.clone();
+        let mut days = std::mem::take(&mut self.days);
+        let result = self.ready().and_then(|(runtime, writer)| {
+            runtime
+                .block_on(Self::commit(
+                    writer,
+                    &collector_id,
+                    ops,
+                    bodies,
+                    &mut days,
+                    &duplicates,
+                ))
+                .map_err(|e| pgfleet_common::error::chain(&e))
+        });
+        self.days = days;
+        if result.is_ok()
+            && let Ok(mut written) = self.written.lock()
+        {
+            for (_, op) in ops {
+                if let Op::Applied { agent_id, seq, .. } = op {
+                    let last = written.entry(agent_id.clone()).or_insert(0);
+                    *last = (*last).max(*seq);
+                }
+            }
+        }
+        result
+    }
+
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
+        let (runtime, writer) = self.ready()?;
+        let client = &mut writer.client;
+        runtime
+            .block_on(async {
+                for table in PARTITIONED {
+                    create_partition(client, table, day_of(now) + 1).await?;
+                }
+                let frames =
+                    drop_partitions(client, "frames", now - retention.frames.as_micros() as i64)
+                        .await?;
+                let rollups = drop_partitions(
+                    client,
+                    "rollups",
+                    now - retention.rollups.as_micros() as i64,
+                )
+                .await?;
+                Ok((frames, rollups))
+            })
+            .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
+    }
+}
