@@ -1,4 +1,4 @@
-//! `pgfleet top`, as a person sees it: run under tmux in an 80×24 terminal,
+//! `pgfleet top`, as a person sees it: run under tmux (80×24, and wider),
 //! driven with send-keys and read with capture-pane.
 
 use std::process::Command;
@@ -7,13 +7,19 @@ use std::time::Duration;
 
 use pgfleet_tests::{fleet, wait_for, wait_for_status, workspace_binary};
 
-/// A tmux session running one command in an 80×24 pane, killed when dropped.
+/// A tmux session running one command in a pane, killed when dropped.
 struct Tmux {
     name: String,
 }
 
 impl Tmux {
+    /// `command` in an 80×24 pane.
     fn start(command: &str) -> Tmux {
+        Self::sized(command, 80, 24)
+    }
+
+    /// `command` in a `width`×`height` pane.
+    fn sized(command: &str, width: u16, height: u16) -> Tmux {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "pgfleet-top-{}-{}",
@@ -29,9 +35,9 @@ impl Tmux {
             "-s",
             &tmux.name,
             "-x",
-            "80",
+            &width.to_string(),
             "-y",
-            "24",
+            &height.to_string(),
         ]);
         tmux.run(&["set-option", "-t", &tmux.name, "remain-on-exit", "on"]);
         tmux.run(&["respawn-pane", "-k", "-t", &tmux.name, command]);
@@ -254,5 +260,100 @@ async fn top_says_when_the_collector_is_gone_and_comes_back_by_itself() {
     .await;
     tmux.keys(&["q"]);
     drop(tmux);
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_gets_the_room_and_no_address_or_wait_is_cut_at_80_120_and_200_columns() {
+    let fleet = fleet("wide-db-1", &[("dc", "eu1")]).await;
+    let client = fleet.client().await.unwrap();
+    wait_for_status(&client, "wide-db-1", "up", Duration::from_secs(20)).await;
+    // A client over TCP (its address has a five-digit port), waiting in
+    // pg_sleep, with a query longer than any terminal.
+    let sleeper = fleet.cluster.connect("layout-sleeper").await.unwrap();
+    let query = format!(
+        "SELECT pg_sleep(60) AS layout_check /* {} */",
+        "the rest of a long query ".repeat(8)
+    );
+    let sleeping = tokio::spawn({
+        let query = query.clone();
+        async move { sleeper.simple_query(&query).await }
+    });
+    let me = fleet.cluster.connect("layout-probe").await.unwrap();
+    let port: i32 = wait_for("the sleeper's client port", Duration::from_secs(10), || {
+        let me = &me;
+        async move {
+            me.query_opt(
+                "SELECT client_port FROM pg_stat_activity WHERE application_name = 'layout-sleeper' AND wait_event = 'PgSleep'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map(|r| r.get::<_, i32>(0))
+            .ok_or_else(|| "not sleeping yet".to_owned())
+        }
+    })
+    .await;
+    let address = format!("127.0.0.1:{port}");
+    for width in [80u16, 120, 200] {
+        let tmux = Tmux::sized(
+            &format!(
+                "{} --collector {} top --interval 1s",
+                workspace_binary("pgfleet").display(),
+                fleet.url
+            ),
+            width,
+            24,
+        );
+        let screen = tmux
+            .wait(
+                &format!("the sleeper at {width} columns"),
+                Duration::from_secs(20),
+                |s| shows(s, &["Timeout:PgSleep", "SELECT pg_sleep("]),
+            )
+            .await;
+        let row = screen
+            .lines()
+            .find(|l| l.contains("SELECT pg_sleep("))
+            .unwrap_or_default();
+        assert!(
+            screen
+                .lines()
+                .all(|l| l.chars().count() <= usize::from(width)),
+            "{screen}"
+        );
+        // The query has the rest of the width: at least a third of the line
+        // (columns go first), and most of a 200-column line.
+        let shown = row.trim_end().len() - row.find("SELECT pg_sleep(").unwrap();
+        let least = if width == 200 {
+            100
+        } else {
+            usize::from(width / 3)
+        };
+        assert!(
+            shown >= least,
+            "{shown} characters of the query at {width}: {row:?}"
+        );
+        // The client's address is whole or not there; never cut.
+        assert!(
+            row.contains(&address) || !row.contains("127.0.0.1"),
+            "the address {address} is cut at {width}: {row:?}"
+        );
+        if width == 200 {
+            assert!(
+                row.contains(&address),
+                "room for the client at 200: {row:?}"
+            );
+            assert!(
+                row.contains("layout-sleeper"),
+                "room for the application at 200: {row:?}"
+            );
+        }
+        if width < 200 {
+            assert!(!screen.contains("APPLICATION"), "the first to go: {screen}");
+        }
+        tmux.keys(&["q"]);
+    }
+    sleeping.abort();
     fleet.stop().await;
 }

@@ -8,6 +8,7 @@
 //! goes through ratatui, which writes only the cells that changed: no flicker,
 //! even over SSH.
 
+mod columns;
 mod fetch;
 mod keys;
 mod screens;

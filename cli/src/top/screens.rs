@@ -8,9 +8,10 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
-use super::state::{App, Mode, SessionLine, duration_us, short_state};
+use super::columns::layout;
+use super::state::{App, Mode, SessionLine, duration_us};
 use super::{RED_AFTER_US, YELLOW_AFTER_US};
-use crate::fleet::{client_text, wait_text};
+use crate::fleet::client_text;
 use crate::output::{human_duration, one_line};
 
 pub(super) fn draw(frame: &mut Frame, app: &mut App, now: Micros) {
@@ -170,38 +171,19 @@ pub(super) fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
 }
 
 pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
-    // Narrow terminals (80 columns over SSH) leave out the application and
-    // the client; Enter shows them.
-    let wide = area.width >= 120;
-    let mut titles = vec!["SERVER", "PID", "DATABASE", "USER"];
-    if wide {
-        titles.extend(["APPLICATION", "CLIENT"]);
-    }
-    titles.extend(["STATE", "WAIT", "TIME", "QUERY"]);
-    let header = Row::new(titles).style(Style::new().add_modifier(Modifier::REVERSED));
     let lines = app.lines();
     let empty = lines.is_empty();
+    // As wide as their values, the query given the rest; on a narrow
+    // terminal whole columns go (Enter shows them).
+    let columns = layout(&lines, area.width);
+    let header = Row::new(columns.iter().map(|(c, _)| c.title()))
+        .style(Style::new().add_modifier(Modifier::REVERSED));
     let rows: Vec<Row> = lines
         .iter()
         .map(|l| {
             let s = &l.session;
             let d = duration_us(s);
-            let mut cells = vec![
-                Cell::from(format!("{}{}", "  ".repeat(l.depth), l.server_id)),
-                Cell::from(s.pid.to_string()),
-                Cell::from(s.database.clone()),
-                Cell::from(s.user.clone()),
-            ];
-            if wide {
-                cells.push(Cell::from(s.application_name.clone()));
-                cells.push(Cell::from(client_text(s).to_owned()));
-            }
-            cells.extend([
-                Cell::from(short_state(&s.state)),
-                Cell::from(wait_text(s)),
-                Cell::from(human_duration(d)),
-                Cell::from(one_line(&s.query, 400)),
-            ]);
+            let cells = columns.iter().map(|(c, _)| Cell::from(c.text(l)));
             let style = if !s.blocked_by.is_empty() {
                 Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD)
             } else if d >= RED_AFTER_US {
@@ -214,30 +196,7 @@ pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
             Row::new(cells).style(style)
         })
         .collect();
-    // 80 columns: 12+6+8+8+9+11+7 and 7 spaces leave 12 for the query.
-    let mut widths = if wide {
-        vec![
-            Constraint::Length(16),
-            Constraint::Length(7),
-            Constraint::Length(12),
-            Constraint::Length(10),
-            Constraint::Length(14),
-            Constraint::Length(15),
-        ]
-    } else {
-        vec![
-            Constraint::Length(12),
-            Constraint::Length(6),
-            Constraint::Length(8),
-            Constraint::Length(8),
-        ]
-    };
-    widths.extend([
-        Constraint::Length(9),
-        Constraint::Length(if wide { 18 } else { 11 }),
-        Constraint::Length(7),
-        Constraint::Min(10),
-    ]);
+    let widths = columns.iter().map(|(_, w)| Constraint::Length(*w));
     let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
