@@ -168,8 +168,23 @@ pub fn serve(
     let bound = listener.local_addr().map_err(invalid)?;
     let service =
         PoolReporterServer::new(Service { pools }).max_decoding_message_size(MAX_REPORT_BYTES);
+    // Health checking and reflection, as on the collector, so that grpcurl,
+    // Postman or a load balancer's probe can find the service.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let services = ["pgfleet.v1.PoolReporter", pgfleet_proto::reflection::HEALTH];
+    let reflection_failed = |e: pgfleet_proto::reflection::Error| SettingsError::Invalid {
+        key: "pool_reporter_listen",
+        message: format!("cannot serve gRPC reflection: {e}"),
+    };
+    let reflection = pgfleet_proto::reflection::v1(&services).map_err(reflection_failed)?;
+    let reflection_v1alpha =
+        pgfleet_proto::reflection::v1alpha(&services).map_err(reflection_failed)?;
     let task = tokio::spawn(async move {
+        health.set_serving::<PoolReporterServer<Service>>().await;
         let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop.changed().await;

@@ -124,10 +124,14 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
     health.set_serving::<QueryServer<QueryService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pgfleet_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let services = [
+        "pgfleet.v1.Ingest",
+        "pgfleet.v1.Query",
+        pgfleet_proto::reflection::HEALTH,
+    ];
+    let reflection = pgfleet_proto::reflection::v1(&services)
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = pgfleet_proto::reflection::v1alpha(&services)
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
@@ -166,6 +170,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ingest)
         .add_service(query);
     let server = tokio::spawn(async move {
