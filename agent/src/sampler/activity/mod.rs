@@ -1,19 +1,22 @@
 //! pg_stat_activity: every session but the agent's own, and the connection slots
 //! that every client backend (the agent's own included) holds.
 
-use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionKey, SessionState};
+use pgfleet_proto::model::{KeyHasher, Session, SessionKey};
 use pgfleet_proto::v1;
-use tokio_postgres::Row;
-use tokio_postgres::types::{FromSql, Type};
+
+mod rows;
+mod slots;
+
+use rows::{details_of, micros, nothing_new};
+use slots::SlotCounter;
 
 use super::array::{self, PgArray};
 use super::database::{self, CounterRow};
-use super::query_text::{self, QueryText};
+use super::query_text::QueryText;
 use crate::config::Databases;
 use crate::target::APPLICATION_NAME;
 
@@ -426,261 +429,6 @@ pub async fn read_server(
     })
 }
 
-/// A timestamptz as microseconds since the Unix epoch, read straight from
-/// PostgreSQL's binary form (microseconds since 2000-01-01), with no detour
-/// through `SystemTime`.
-struct PgMicros(i64);
-
-/// 2000-01-01 in microseconds since the Unix epoch.
-const PG_EPOCH_US: i64 = 946_684_800_000_000;
-
-impl<'a> FromSql<'a> for PgMicros {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let pg = i64::from_be_bytes(raw.try_into()?);
-        Ok(PgMicros(pg.saturating_add(PG_EPOCH_US)))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TIMESTAMPTZ
-    }
-}
-
-/// Column `i`, a timestamptz, in microseconds since the Unix epoch.
-fn micros(row: &Row, i: usize) -> Result<Option<i64>, tokio_postgres::Error> {
-    Ok(row.try_get::<_, Option<PgMicros>>(i)?.map(|m| m.0))
-}
-
-/// `now`, shared with `before` when it has the same text.
-fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
-    match before {
-        Some(b) if b.as_ref() == now => b.clone(),
-        _ => Arc::from(now),
-    }
-}
-
-/// Whether a row of details says nothing new about a known session: most
-/// details are read again only because their change fell within the margin.
-/// Checks what a change moves (timestamps, state, wait, blockers, query),
-/// building nothing.
-fn nothing_new(row: &Row, k: &Known) -> Result<bool, tokio_postgres::Error> {
-    let s = &k.session;
-    let state = match s.state {
-        SessionState::NotVisible => SessionState::NotVisible,
-        _ => SessionState::from_pg(row.try_get(11)?),
-    };
-    Ok(micros(row, 14)? == s.state_change_us
-        && micros(row, 13)? == s.query_start_us
-        && micros(row, 12)? == s.xact_start_us
-        && state == s.state
-        && row.try_get::<_, Option<bool>>(2)?.unwrap_or(false) == k.own
-        && row.try_get::<_, Option<&str>>(3)?.unwrap_or("") == &*s.wait_event_type
-        && row.try_get::<_, Option<&str>>(4)?.unwrap_or("") == &*s.wait_event
-        && row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default() == s.blocked_by
-        && row
-            .try_get::<_, Option<&str>>(15)?
-            .is_none_or(|q| q == &*k.raw_query))
-}
-
-/// One row of details as a session, taking what did not change from `before`.
-fn details_of(
-    row: &Row,
-    (pid, backend_start_us): (i32, i64),
-    before: Option<Known>,
-    mode: QueryText,
-    strings: &mut Interner,
-) -> Result<Known, tokio_postgres::Error> {
-    let own = row.try_get::<_, Option<bool>>(2)?.unwrap_or(false);
-    let b = before.as_ref().map(|k| k.session.as_ref());
-    let mut text = |i: usize| -> Result<Arc<str>, tokio_postgres::Error> {
-        Ok(strings.get(row.try_get::<_, Option<&str>>(i)?.unwrap_or("")))
-    };
-    let client_host: Option<&str> = row.try_get(9)?;
-    let client_port: Option<i32> = row.try_get(10)?;
-    let client = match (client_host, client_port) {
-        (Some(host), Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_owned(),
-        (None, _) => String::new(),
-    };
-    let state: Option<&str> = row.try_get(11)?;
-    let (raw, query, fingerprint) = match (row.try_get::<_, Option<&str>>(15)?, &before) {
-        (None, Some(k)) => (
-            k.raw_query.clone(),
-            k.session.query.clone(),
-            k.session.fingerprint,
-        ),
-        (None, None) => (Arc::from(""), Arc::from(""), 0),
-        (Some(now), Some(k)) if k.raw_query.as_ref() == now => (
-            k.raw_query.clone(),
-            k.session.query.clone(),
-            k.session.fingerprint,
-        ),
-        (Some(now), _) => {
-            let (text, fp) = query_text::prepare(now, mode);
-            (Arc::from(now), Arc::from(text), fp)
-        }
-    };
-    let (state, query, fingerprint) = if raw.as_ref() == INSUFFICIENT_PRIVILEGE {
-        (SessionState::NotVisible, Arc::from(""), 0)
-    } else {
-        (SessionState::from_pg(state), query, fingerprint)
-    };
-    let session = Session {
-        pid,
-        backend_start_us,
-        database: text(6)?,
-        user: text(7)?,
-        application_name: text(8)?,
-        client: shared(b.map(|s| &s.client), &client),
-        state,
-        xact_start_us: micros(row, 12)?,
-        query_start_us: micros(row, 13)?,
-        state_change_us: micros(row, 14)?,
-        wait_event_type: text(3)?,
-        wait_event: text(4)?,
-        query,
-        backend_type: text(16)?,
-        blocked_by: row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default(),
-        leader_pid: row.try_get(17)?,
-        query_id: row.try_get::<_, Option<i64>>(18)?.filter(|&id| id != 0),
-        fingerprint,
-    };
-    // Unchanged after all (a timestamp moved within the margin): keep sharing.
-    let session = match before {
-        Some(k) if *k.session == session => k.session,
-        _ => Arc::new(session),
-    };
-    Ok(Known {
-        pid,
-        own,
-        wait: None,
-        session,
-        raw_query: raw,
-    })
-}
-
-/// Counts client backends four ways (and sessions not visible); sessions are
-/// added and removed as they change, so the counts are always those of the
-/// sessions known.
-#[derive(Debug, Default)]
-struct SlotCounter {
-    /// Sessions of any kind that the agent's role may not see.
-    not_visible: u32,
-    used: u32,
-    by_state: BTreeMap<&'static str, u32>,
-    by_application: ByName,
-    by_user: ByName,
-    by_database: ByName,
-}
-
-/// Counts by name. Names are interned, so they are counted by address (cheap),
-/// and merged by text only when a snapshot of the counts is taken.
-#[derive(Debug, Default)]
-struct ByName(HashMap<usize, (Arc<str>, u32), BuildHasherDefault<KeyHasher>>);
-
-impl ByName {
-    fn add(&mut self, name: &Arc<str>) {
-        let address = Arc::as_ptr(name) as *const u8 as usize;
-        self.0.entry(address).or_insert_with(|| (name.clone(), 0)).1 += 1;
-    }
-
-    fn remove(&mut self, name: &Arc<str>) {
-        let address = Arc::as_ptr(name) as *const u8 as usize;
-        if let Some(entry) = self.0.get_mut(&address) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                self.0.remove(&address);
-            }
-        }
-    }
-
-    fn snapshot(&self) -> Vec<v1::SlotCount> {
-        let mut merged: BTreeMap<&str, u32> = BTreeMap::new();
-        for (name, count) in self.0.values() {
-            *merged.entry(name).or_default() += count;
-        }
-        merged
-            .into_iter()
-            .map(|(name, count)| v1::SlotCount {
-                name: name.to_owned(),
-                count,
-            })
-            .collect()
-    }
-}
-
-impl SlotCounter {
-    fn state(s: &Session) -> &'static str {
-        match s.state.as_pg() {
-            "" => "unknown",
-            word => word,
-        }
-    }
-
-    /// Counts `s`: in the slots if it is a client backend (the only kind that
-    /// takes a slot).
-    fn add(&mut self, s: &Session) {
-        if s.state == SessionState::NotVisible {
-            self.not_visible += 1;
-        }
-        if s.backend_type.as_ref() != "client backend" {
-            return;
-        }
-        self.used += 1;
-        *self.by_state.entry(Self::state(s)).or_default() += 1;
-        self.by_application.add(&s.application_name);
-        self.by_user.add(&s.user);
-        self.by_database.add(&s.database);
-    }
-
-    /// A known session has ended: it no longer counts, and its key goes to
-    /// `removed` if it was reported.
-    fn ended(&mut self, k: Known, removed: &mut Vec<SessionKey>) {
-        self.remove(&k.session);
-        if !k.own {
-            removed.push(k.session.key());
-        }
-    }
-
-    /// Takes back what [`SlotCounter::add`] counted for `s`.
-    fn remove(&mut self, s: &Session) {
-        if s.state == SessionState::NotVisible {
-            self.not_visible = self.not_visible.saturating_sub(1);
-        }
-        if s.backend_type.as_ref() != "client backend" {
-            return;
-        }
-        self.used = self.used.saturating_sub(1);
-        if let Some(n) = self.by_state.get_mut(Self::state(s)) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_state.remove(Self::state(s));
-            }
-        }
-        self.by_application.remove(&s.application_name);
-        self.by_user.remove(&s.user);
-        self.by_database.remove(&s.database);
-    }
-
-    fn snapshot(&self) -> v1::ConnectionSlots {
-        v1::ConnectionSlots {
-            used: self.used,
-            by_state: self
-                .by_state
-                .iter()
-                .map(|(name, count)| v1::SlotCount {
-                    name: (*name).to_owned(),
-                    count: *count,
-                })
-                .collect(),
-            by_application: self.by_application.snapshot(),
-            by_user: self.by_user.snapshot(),
-            by_database: self.by_database.snapshot(),
-            ..Default::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,19 +444,6 @@ mod tests {
         let v15 = activity_sql(150018);
         assert!(v15.contains("THEN leader_pid END AS leader_pid"), "{v15}");
         assert!(v15.contains("THEN query_id END AS query_id"), "{v15}");
-    }
-
-    #[test]
-    fn timestamps_read_as_unix_microseconds() {
-        let at = |pg: i64| {
-            PgMicros::from_sql(&Type::TIMESTAMPTZ, &pg.to_be_bytes())
-                .unwrap()
-                .0
-        };
-        assert_eq!(at(0), 946_684_800_000_000, "2000-01-01");
-        assert_eq!(at(1_000_001), 946_684_801_000_001);
-        assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
-        assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
     }
 
     #[test]
@@ -733,55 +468,5 @@ mod tests {
         assert!(!wait_is(b"LockXtuple", &s));
         assert!(!wait_is(b"", &s));
         assert!(wait_is(b"\x1f", &Session::default()));
-    }
-
-    #[test]
-    fn slots_count_client_backends_and_follow_changes() {
-        let session = |state, app: &str| Session {
-            state,
-            application_name: app.into(),
-            user: "app".into(),
-            database: "orders".into(),
-            backend_type: "client backend".into(),
-            ..Default::default()
-        };
-        let mut c = SlotCounter::default();
-        let sessions = [
-            session(SessionState::Active, "web"),
-            session(SessionState::Idle, "web"),
-            session(SessionState::NotVisible, ""),
-        ];
-        for s in &sessions {
-            c.add(s);
-        }
-        c.add(&Session {
-            backend_type: "checkpointer".into(),
-            ..Default::default()
-        });
-        let slots = c.snapshot();
-        assert_eq!(slots.used, 3, "background processes take no slot");
-        let names: Vec<_> = slots
-            .by_state
-            .iter()
-            .map(|s| (s.name.as_str(), s.count))
-            .collect();
-        assert_eq!(names, [("active", 1), ("idle", 1), ("not visible", 1)]);
-        assert_eq!(slots.by_application[1].name, "web");
-        assert_eq!(slots.by_application[1].count, 2, "merged by text");
-        assert_eq!(slots.by_database[0].count, 3);
-
-        // A session changes state, another ends.
-        c.remove(&sessions[1]);
-        c.add(&session(SessionState::Active, "web"));
-        c.remove(&sessions[2]);
-        let slots = c.snapshot();
-        assert_eq!(slots.used, 2);
-        let names: Vec<_> = slots
-            .by_state
-            .iter()
-            .map(|s| (s.name.as_str(), s.count))
-            .collect();
-        assert_eq!(names, [("active", 2)]);
-        assert_eq!(slots.by_application.len(), 1);
     }
 }
