@@ -10,7 +10,7 @@ use pgfleet_proto::time::now_micros;
 use pgfleet_proto::v1;
 
 use super::output::Output;
-use super::{CliError, fleet};
+use super::{CliError, fleet, remote};
 use crate::sandbox::{DemoWorkload, Fleet, SandboxError, TempCluster};
 
 /// The demo servers' names in the fleet.
@@ -94,7 +94,7 @@ async fn show(
     parts.second_workload = Some(DemoWorkload::start(&second).await.map_err(failed)?);
     parts.second = Some((second, agent));
 
-    let mut client = fleet::connect(&fleet::Remote::plain(url.clone())).await?;
+    let mut client = remote::connect(&remote::Remote::plain(url.clone())).await?;
     wait_for_lock_waiter(&mut client).await;
 
     let tty = std::io::stdout().is_terminal();
@@ -123,7 +123,7 @@ async fn show(
         && ask("\nOpen `pgfleet top` on this fleet now? [Y/n] ").await
     {
         super::top::top(
-            &fleet::Remote::plain(url.clone()),
+            &remote::Remote::plain(url.clone()),
             super::top::TopArgs::default(),
         )
         .await?;
@@ -204,19 +204,19 @@ async fn frame(
     let servers = client
         .list_servers(v1::ListServersRequest::default())
         .await
-        .map_err(|s| fleet::call_failed(url, s))?
+        .map_err(|s| remote::call_failed(url, s))?
         .into_inner();
     let activity = client
         .get_activity(activity_request())
         .await
-        .map_err(|s| fleet::call_failed(url, s))?
+        .map_err(|s| remote::call_failed(url, s))?
         .into_inner();
     let pools = client
         .get_pools(v1::GetPoolsRequest {
             server_id: SERVER_ID.to_owned(),
         })
         .await
-        .map_err(|s| fleet::call_failed(url, s))?
+        .map_err(|s| remote::call_failed(url, s))?
         .into_inner();
     let now = now_micros();
     let mut screen = String::new();

@@ -1,67 +1,18 @@
 //! `pgfleet servers` and `pgfleet activity`: ask the Query API and print.
 
+use pgfleet_common::settings;
 use std::time::Duration;
 
-use pgfleet_common::error::chain;
-use pgfleet_common::settings;
-use pgfleet_common::tls::ClientTls;
 use pgfleet_proto::model::SessionState;
 use pgfleet_proto::time::{self, Micros, now_micros};
-use pgfleet_proto::v1::{self, query_client::QueryClient};
-use tonic::transport::{Channel, Endpoint};
+use pgfleet_proto::v1;
 
 use super::output::{Output, Table, duration_cell, human_duration, json, one_line};
+use super::remote::{Remote, call_failed, connect};
 use super::{ActivityFilter, CliError};
 
 /// The widest query shown in a table; `--output json` has the full text.
 const QUERY_WIDTH: usize = 80;
-
-/// A collector to ask: its URL, and TLS for an https:// one.
-#[derive(Debug, Clone)]
-pub struct Remote {
-    /// The collector's URL.
-    pub url: String,
-    /// TLS, for an https:// URL.
-    pub tls: Option<ClientTls>,
-}
-
-impl Remote {
-    /// A collector reached without TLS.
-    pub fn plain(url: String) -> Self {
-        Remote { url, tls: None }
-    }
-}
-
-/// A Query client for the collector, or one line saying why not.
-pub async fn connect(remote: &Remote) -> Result<QueryClient<Channel>, CliError> {
-    let url = &remote.url;
-    let unreachable =
-        |why: String| CliError::Failed(format!("cannot reach the collector at {url}: {why}"));
-    let mut endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| unreachable(chain(&e)))?;
-    if let Some(tls) = &remote.tls {
-        endpoint = tls.apply(endpoint).map_err(|e| unreachable(chain(&e)))?;
-    }
-    let endpoint = endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| unreachable(chain(&e)))?;
-    Ok(QueryClient::new(channel))
-}
-
-/// One line for a failed call to the collector at `url`.
-pub(super) fn call_failed(url: &str, status: tonic::Status) -> CliError {
-    match status.code() {
-        tonic::Code::Unavailable => CliError::Failed(format!(
-            "cannot reach the collector at {url}: {}",
-            status.message()
-        )),
-        tonic::Code::InvalidArgument => CliError::Usage(status.message().to_owned()),
-        _ => CliError::Failed(status.message().to_owned()),
-    }
-}
 
 /// `pgfleet servers`.
 pub async fn servers(remote: &Remote, output: Output, labels: &[String]) -> Result<(), CliError> {

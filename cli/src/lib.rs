@@ -9,6 +9,7 @@ mod fleet;
 mod metrics;
 mod output;
 mod pools;
+mod remote;
 mod top;
 
 pub mod sandbox;
@@ -21,8 +22,9 @@ use pgfleet_common::settings::{self, SettingsError};
 use pgfleet_common::tls::{ClientTls, ClientTlsFiles};
 use serde::Deserialize;
 
-pub use fleet::{Remote, connect, render_activity, render_servers};
+pub use fleet::{render_activity, render_servers};
 pub use output::Output;
+pub use remote::{Remote, connect};
 
 const EXAMPLES: &str = "\
 Examples:

@@ -8,8 +8,9 @@ use pgfleet_proto::time::{self, now_micros};
 use pgfleet_proto::v1;
 
 use super::CliError;
-use super::fleet::{Remote, call_failed, connect, parse_time};
+use super::fleet::parse_time;
 use super::output::{Output, Table, json};
+use super::remote::{Remote, call_failed, connect};
 
 /// What `pgfleet metrics` asks.
 #[derive(Debug, clap::Args)]

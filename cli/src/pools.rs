@@ -5,8 +5,9 @@ use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1;
 
 use super::CliError;
-use super::fleet::{Remote, call_failed, connect, status_line};
+use super::fleet::status_line;
 use super::output::{Output, Table, duration_cell, human_duration, json};
+use super::remote::{Remote, call_failed, connect};
 
 /// `pgfleet pools SERVER`.
 pub async fn pools(remote: &Remote, output: Output, server: &str) -> Result<(), CliError> {

@@ -9,7 +9,8 @@ use tokio::sync::mpsc;
 
 use super::state::{Ask, Fetched, Mode, PoolLine, SessionLine};
 use super::{Client, MAX_POOL_SERVERS, MAX_ROWS};
-use crate::fleet::{Remote, connect, flatten};
+use crate::fleet::flatten;
+use crate::remote::{Remote, connect};
 
 /// A refresh's client (kept for the next one, when it connected) and what
 /// it read, or why it could not.

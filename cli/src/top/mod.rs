@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::CliError;
-use crate::fleet::{Remote, connect};
+use crate::remote::{Remote, connect};
 use fetch::{Refreshed, WatchNews, read, watch};
 use keys::Answer;
 use screens::draw;
