@@ -4,7 +4,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p pgfleet-collector --bin pgfleet-collector --bin pgfleet
+RUN cargo build --release --locked -p pgfleet-collector -p pgfleet-cli --bin pgfleet-collector --bin pgfleet
 
 # Run stage: the binaries alone, as an unprivileged user, with a volume for the history.
 FROM debian:bookworm-slim

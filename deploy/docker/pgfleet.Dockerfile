@@ -5,7 +5,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p pgfleet-collector --bin pgfleet
+RUN cargo build --release --locked -p pgfleet-cli --bin pgfleet
 
 # Run stage: the binary alone, as an unprivileged user.
 FROM debian:bookworm-slim

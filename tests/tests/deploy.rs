@@ -200,6 +200,12 @@ fn the_dockerfiles_build_the_workspace_binaries_and_run_them_unprivileged() {
                 build.contains(&format!("--bin {binary}")),
                 "{file}: {binary}"
             );
+            // Built from the package that has it (cargo refuses otherwise).
+            let package = package_of(binary);
+            assert!(
+                build.contains(&format!("-p {package}")),
+                "{file}: {binary} is built by {package}: {build}"
+            );
             // A binary of the workspace, by that name.
             assert!(workspace_binary(binary).is_file());
         }
@@ -292,4 +298,30 @@ fn tempfile_dir(what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The workspace package whose Cargo.toml declares the binary `name`.
+fn package_of(name: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = workspace
+        .lines()
+        .find_map(|l| l.strip_prefix("members = "))
+        .expect("the workspace lists its members");
+    for member in members.split('"').skip(1).step_by(2) {
+        let manifest = std::fs::read_to_string(root.join(member).join("Cargo.toml")).unwrap();
+        let package = manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .map(|n| n.trim_end_matches('"').to_owned())
+            .unwrap();
+        let bins = manifest.split("[[bin]]").skip(1);
+        if bins
+            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("name = \"")))
+            .any(|n| n.trim_end_matches('"') == name)
+        {
+            return package;
+        }
+    }
+    panic!("no workspace package declares the binary {name}");
 }
