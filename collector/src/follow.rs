@@ -16,7 +16,7 @@ use crate::aggregator::{AggregatorHandle, Command, Followed};
 use crate::store::{Rebuilt, Store, StoreError};
 
 /// How often a collector reads what the others wrote.
-pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest wait between reads while the store cannot be read.
 const RETRY_AT_MOST: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ const FOLLOW_WINDOW_US: Micros = 60_000_000;
 /// Follows the other collectors of a shared `store` into `aggregator`'s view
 /// until `stop` fires (or its sender is dropped) or the aggregator stops;
 /// nothing for a store only this collector writes.
-pub fn spawn(store: Store, aggregator: AggregatorHandle, mut stop: watch::Receiver<()>) {
+pub(crate) fn spawn(store: Store, aggregator: AggregatorHandle, mut stop: watch::Receiver<()>) {
     if !store.shared() {
         return;
     }
@@ -41,7 +41,9 @@ pub fn spawn(store: Store, aggregator: AggregatorHandle, mut stop: watch::Receiv
 }
 
 async fn follow(store: Store, aggregator: AggregatorHandle) {
-    let mut backoff = Backoff::new(FOLLOW_EVERY, RETRY_AT_MOST);
+    // After a failed read: about 2 s, then doubling to 30 s (with jitter, so
+    // that collectors sharing the store do not retry together).
+    let mut backoff = Backoff::new(2 * FOLLOW_EVERY, RETRY_AT_MOST);
     let mut wait = FOLLOW_EVERY;
     loop {
         tokio::time::sleep(wait).await;
@@ -105,12 +107,7 @@ async fn followed(
             _ => whole.push(i),
         }
         out.push(Followed {
-            server_id: e.server_id,
-            agent_id: e.agent_id,
-            labels: e.labels,
-            interval: e.interval,
-            collector: e.collector,
-            connected: e.connected,
+            server: e,
             state: None,
         });
     }
@@ -127,7 +124,7 @@ async fn followed(
     for i in whole {
         // Read whole: its increments were counted, or never will be.
         let rebuilt = store
-            .activity_at(out[i].server_id.clone(), Micros::MAX)
+            .activity_at(out[i].server.server_id.clone(), Micros::MAX)
             .await?;
         out[i].state = rebuilt.map(|s| {
             let s = Rebuilt {

@@ -1,9 +1,12 @@
-//! The pgfleet collector and the `pgfleet` command line.
+//! The pgfleet collector: the server alone (the `pgfleet` command is the
+//! pgfleet-cli crate).
 //!
-//! `ingest` (the Ingest service) → `aggregator` (one task owning the live fleet
-//! state) → `query` (the Query service); `server` assembles them; `cli` is the
-//! `pgfleet` command; `sandbox` starts throwaway PostgreSQL clusters for the demo
-//! and the tests.
+//! `ingest` (the Ingest service) and `follow` (other collectors' servers, from
+//! a shared store) send commands to `aggregator` (one task owning the live
+//! fleet state, built on `state` and `rollup`), which writes the history to
+//! `store`; `query` (the Query service), `series` and `metrics` read its
+//! published views and the store. `config` reads the settings and `server`
+//! assembles it all.
 #![forbid(unsafe_code)]
 
 pub mod aggregator;

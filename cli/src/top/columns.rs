@@ -4,6 +4,8 @@
 //! dropped in [`DROP_ORDER`] rather than all of them squeezed. An address,
 //! a wait or a time is never cut in the middle of its value.
 
+use ratatui::text::Span;
+
 use super::state::{SessionLine, duration_us, short_state};
 use crate::fleet::{client_text, wait_text};
 use crate::output::{human_duration, one_line};
@@ -56,7 +58,7 @@ pub(super) fn min_query(width: u16) -> u16 {
 }
 
 /// The space between two columns (ratatui's default).
-const SPACING: u16 = 1;
+const SPACING: u32 = 1;
 
 impl Column {
     /// Its header.
@@ -75,9 +77,10 @@ impl Column {
         }
     }
 
-    /// The widest it grows; None for a value that is never cut (a number,
-    /// an address, a wait, a time, a state).
-    fn cap(self) -> Option<u16> {
+    /// The widest its value grows; None for a value that is never cut (a
+    /// number, an address, a wait, a time, a state). A server's indent in a
+    /// blocking tree comes on top of its cap.
+    fn cap(self) -> Option<u32> {
         match self {
             Column::Server => Some(28),
             Column::Database | Column::User => Some(16),
@@ -86,8 +89,17 @@ impl Column {
         }
     }
 
+    /// The least width: a time grows from `0.8s` to `1m00s`, and the table
+    /// should not shift as it does.
+    fn least(self) -> u32 {
+        match self {
+            Column::Time => 5,
+            _ => 0,
+        }
+    }
+
     /// The line's value in this column.
-    pub(super) fn text(self, line: &SessionLine) -> String {
+    fn text(self, line: &SessionLine) -> String {
         let s = &line.session;
         match self {
             Column::Server => format!("{}{}", "  ".repeat(line.depth), line.server_id),
@@ -102,39 +114,83 @@ impl Column {
             Column::Query => one_line(&s.query, 400),
         }
     }
+
+    /// How many cells `text`, this column's value for `line`, needs.
+    fn width_of(self, line: &SessionLine, text: &str) -> u32 {
+        let cells = u32::try_from(Span::raw(text).width()).unwrap_or(u32::MAX);
+        match (self, self.cap()) {
+            (Column::Server, Some(cap)) => {
+                let indent = 2 * u32::try_from(line.depth).unwrap_or(u32::MAX);
+                indent.saturating_add(cells.saturating_sub(indent).min(cap))
+            }
+            (_, Some(cap)) => cells.min(cap),
+            (_, None) => cells,
+        }
+    }
 }
 
-/// The columns shown in `width` cells for `lines`, each with its width; the
-/// query last, with what is left.
-pub(super) fn layout(lines: &[&SessionLine], width: u16) -> Vec<(Column, u16)> {
-    let mut shown: Vec<(Column, u16)> = ALL
+/// The sessions table laid out for a width: the columns shown, each with its
+/// width (the query last, with what is left), and each line's cells.
+#[derive(Debug)]
+pub(super) struct Laid {
+    /// The columns shown, left to right, with their widths.
+    pub(super) columns: Vec<(Column, u16)>,
+    /// For each line, its cells in those columns.
+    pub(super) cells: Vec<Vec<String>>,
+}
+
+/// Lays `lines` out in `width` cells: every value is made once, every column
+/// is as wide as its widest value, and columns go in [`DROP_ORDER`] until the
+/// query has [`min_query`].
+pub(super) fn lay_out(lines: &[&SessionLine], width: u16) -> Laid {
+    let texts: Vec<Vec<String>> = lines
         .iter()
-        .filter(|c| **c != Column::Query)
-        .map(|&c| (c, natural(c, lines)))
+        .map(|l| ALL.iter().map(|c| c.text(l)).collect())
         .collect();
-    let used =
-        |shown: &[(Column, u16)]| -> u16 { shown.iter().map(|(_, w)| w + SPACING).sum::<u16>() };
+    let mut shown: Vec<(usize, u32)> = ALL
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != Column::Query)
+        .map(|(i, &c)| {
+            let widest = lines
+                .iter()
+                .zip(&texts)
+                .map(|(l, t)| c.width_of(l, &t[i]))
+                .max()
+                .unwrap_or(0);
+            (i, widest.max(c.title().len() as u32).max(c.least()))
+        })
+        .collect();
+    let least = u32::from(min_query(width));
+    let width = u32::from(width);
+    let used = |shown: &[(usize, u32)]| -> u32 {
+        shown.iter().fold(0u32, |sum, (_, w)| {
+            sum.saturating_add(w.saturating_add(SPACING))
+        })
+    };
     for drop in DROP_ORDER {
-        if width.saturating_sub(used(&shown)) >= min_query(width) {
+        if width.saturating_sub(used(&shown)) >= least {
             break;
         }
-        shown.retain(|(c, _)| *c != drop);
+        shown.retain(|(i, _)| ALL[*i] != drop);
     }
     let rest = width.saturating_sub(used(&shown));
-    shown.push((Column::Query, rest));
-    shown
-}
-
-/// A column's width for `lines`: its widest value or its title, within its cap.
-fn natural(column: Column, lines: &[&SessionLine]) -> u16 {
-    let widest = lines
+    let query = ALL.len() - 1;
+    shown.push((query, rest));
+    let cells = texts
+        .into_iter()
+        .map(|mut t| {
+            shown
+                .iter()
+                .map(|(i, _)| std::mem::take(&mut t[*i]))
+                .collect()
+        })
+        .collect();
+    let columns = shown
         .iter()
-        .map(|l| column.text(l).chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(column.title().len());
-    let widest = u16::try_from(widest).unwrap_or(u16::MAX);
-    column.cap().map_or(widest, |cap| widest.min(cap))
+        .map(|(i, w)| (ALL[*i], u16::try_from(*w).unwrap_or(u16::MAX)))
+        .collect();
+    Laid { columns, cells }
 }
 
 #[cfg(test)]
@@ -178,15 +234,19 @@ mod tests {
     fn the_query_gets_the_rest_and_columns_go_in_the_stated_order() {
         let s = sleeper();
         let lines = [&s];
-        let wide = layout(&lines, 200);
+        let wide = lay_out(&lines, 200).columns;
         assert_eq!(names(&wide).len(), ALL.len(), "all fit at 200");
         let query = wide.last().unwrap();
         assert_eq!(query.0, Column::Query);
-        let total: u16 = wide.iter().map(|(_, w)| w + SPACING).sum::<u16>() - SPACING;
+        let total: u32 = wide
+            .iter()
+            .map(|(_, w)| u32::from(*w) + SPACING)
+            .sum::<u32>()
+            - SPACING;
         assert_eq!(total, 200, "the query takes the rest: {wide:?}");
         let mut previous = ALL.len();
         for width in (40..200).rev() {
-            let l = layout(&lines, width);
+            let l = lay_out(&lines, width).columns;
             assert!(l.len() <= previous, "a narrower terminal shows no more");
             previous = l.len();
             let dropped: Vec<Column> = ALL
@@ -212,7 +272,7 @@ mod tests {
     fn addresses_and_waits_are_never_cut() {
         let s = sleeper();
         for width in [80, 120, 200] {
-            let l = layout(&[&s], width);
+            let l = lay_out(&[&s], width).columns;
             for (c, w) in &l {
                 if matches!(
                     c,
@@ -226,5 +286,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_trees_indent_comes_on_top_of_the_name_and_wide_characters_count_twice() {
+        let long = "orders-db-17.eu-west-1.prod1";
+        assert_eq!(long.len(), 28);
+        let root = line(long, 0, v1::Session::default());
+        let waiter = line(long, 2, v1::Session::default());
+        let l = lay_out(&[&root, &waiter], 200);
+        assert_eq!(l.columns[0], (Column::Server, 32), "28 and an indent of 4");
+        assert_eq!(l.cells[1][0], format!("    {long}"));
+        let app = line(
+            "db",
+            0,
+            v1::Session {
+                application_name: "受注バッチ処理".into(),
+                ..Default::default()
+            },
+        );
+        let l = lay_out(&[&app], 200);
+        let (_, w) = l
+            .columns
+            .iter()
+            .find(|(c, _)| *c == Column::Application)
+            .unwrap();
+        assert_eq!(*w, 14, "seven wide characters: {l:?}");
+    }
+
+    #[test]
+    fn no_lines_give_the_titles_and_a_tiny_terminal_the_query_what_is_left() {
+        let l = lay_out(&[], 80);
+        assert!(l.cells.is_empty());
+        assert_eq!(l.columns.last().unwrap().0, Column::Query);
+        let l = lay_out(&[&sleeper()], 10);
+        assert_eq!(l.columns.last().unwrap(), &(Column::Query, 0));
     }
 }

@@ -8,7 +8,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
-use super::columns::layout;
+use super::columns::lay_out;
 use super::state::{App, Mode, SessionLine, duration_us};
 use super::{RED_AFTER_US, YELLOW_AFTER_US};
 use crate::fleet::client_text;
@@ -175,15 +175,16 @@ pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
     let empty = lines.is_empty();
     // As wide as their values, the query given the rest; on a narrow
     // terminal whole columns go (Enter shows them).
-    let columns = layout(&lines, area.width);
-    let header = Row::new(columns.iter().map(|(c, _)| c.title()))
+    let laid = lay_out(&lines, area.width);
+    let header = Row::new(laid.columns.iter().map(|(c, _)| c.title()))
         .style(Style::new().add_modifier(Modifier::REVERSED));
     let rows: Vec<Row> = lines
         .iter()
-        .map(|l| {
+        .zip(laid.cells)
+        .map(|(l, cells)| {
             let s = &l.session;
             let d = duration_us(s);
-            let cells = columns.iter().map(|(c, _)| Cell::from(c.text(l)));
+            let cells = cells.into_iter().map(Cell::from);
             let style = if !s.blocked_by.is_empty() {
                 Style::new().fg(Color::Magenta).add_modifier(Modifier::BOLD)
             } else if d >= RED_AFTER_US {
@@ -196,7 +197,7 @@ pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
             Row::new(cells).style(style)
         })
         .collect();
-    let widths = columns.iter().map(|(_, w)| Constraint::Length(*w));
+    let widths = laid.columns.iter().map(|(_, w)| Constraint::Length(*w));
     let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));

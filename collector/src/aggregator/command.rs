@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
 use super::FleetView;
-use crate::store::{Rebuilt, Resume};
+use crate::store::{Elsewhere, Rebuilt, Resume};
 
 /// A target as an agent's Hello names it.
 #[derive(Debug, Clone)]
@@ -77,14 +77,8 @@ pub enum Command {
 /// A server another collector streams, as a shared store holds it.
 #[derive(Debug)]
 pub struct Followed {
-    pub server_id: String,
-    pub agent_id: String,
-    pub labels: BTreeMap<String, String>,
-    pub interval: Duration,
-    /// The collector that streams it.
-    pub collector: Arc<str>,
-    /// Whether its agent is connected to that collector.
-    pub connected: bool,
+    /// The server, its agent and the collector that streams it.
+    pub server: Elsewhere,
     /// Its state after the frames stored since this collector's view of it,
     /// if any; with true when rebuilt from a keyframe rather than carried on
     /// from the view (it replaces the view's whatever its time).

@@ -1,7 +1,7 @@
 //! The aggregator: one task that owns the live fleet state. Ingest and the
-//! follower of a shared store talk to it over a bounded channel ([`command`]);
-//! readers get immutable views ([`view`]) that it publishes after each round
-//! of changes, so a slow reader never holds the writer. [`apply`] takes each
+//! follower of a shared store talk to it over a bounded channel (`command`);
+//! readers get immutable views (`view`) that it publishes after each round
+//! of changes, so a slow reader never holds the writer. `apply` takes each
 //! batch of snapshots into the views.
 
 mod apply;
@@ -216,7 +216,7 @@ impl Aggregator {
     /// stream; a server streamed here is left as it is.
     fn follow(&mut self, servers: Vec<Followed>) {
         let now = now_micros();
-        for f in servers {
+        for Followed { server: f, state } in servers {
             let current = self.servers.get(f.server_id.as_str());
             if let Some(v) = current
                 && v.via.is_none()
@@ -240,7 +240,7 @@ impl Aggregator {
                 interval: f.interval,
                 ..base
             };
-            if let Some((state, whole)) = f.state
+            if let Some((state, whole)) = state
                 && (whole || state.at > view.sampled_at_us)
             {
                 if !state.databases.is_empty() {

@@ -384,7 +384,7 @@ impl Store {
 
     /// The servers other collectors stream in a shared store; none in a
     /// store only this collector writes.
-    pub async fn elsewhere(&self) -> Result<Vec<Elsewhere>, StoreError> {
+    pub(crate) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, StoreError> {
         match &self.reader {
             Reader::Sqlite(_) => Ok(Vec::new()),
             Reader::Postgres(pg) => pg
@@ -397,7 +397,7 @@ impl Store {
     /// Each server's frames stored since its base, applied to that base:
     /// only the servers with newer frames, and None for a server whose
     /// delta does not apply to its base (it is to be rebuilt whole).
-    pub async fn advance(
+    pub(crate) async fn advance(
         &self,
         bases: Vec<(String, Rebuilt)>,
     ) -> Result<Vec<(String, Option<Rebuilt>)>, StoreError> {

@@ -5,10 +5,10 @@
 //!
 //! Several collectors may share one such store. Each names itself in the
 //! servers it streams (`servers.collector`), and each follows what the
-//! others write into its own view (`crate::follow`, through [`Reader::elsewhere`]
-//! and [`Reader::advance`]), so that any of them
+//! others write into its own view (`crate::follow`, through `Reader::elsewhere`
+//! and `Reader::advance`), so that any of them
 //! answers for the whole fleet. An agent that moves from one collector to
-//! another resumes where the store says it stopped ([`Reader::resume`]): its
+//! another resumes where the store says it stopped (`Reader::resume`): its
 //! last stored sequence, and its servers as stored then, so that the deltas
 //! it sends next find their base.
 
@@ -23,7 +23,7 @@ use tracing::info;
 mod reader;
 mod writer;
 
-pub use reader::Reader;
+pub(super) use reader::Reader;
 use writer::{PgSink, Written};
 
 use super::{Loaded, Retention, Store, StoreError};

@@ -15,7 +15,7 @@ use crate::rollup::{MINUTE_US, Minute};
 
 /// Reads, through a small pool of connections.
 #[derive(Clone)]
-pub struct Reader {
+pub(in crate::store) struct Reader {
     pub(super) pool: Pool,
     /// What this collector wrote of each agent.
     pub(super) written: Written,
@@ -102,7 +102,7 @@ impl Reader {
     }
 
     /// The minutes that start in `[start, end)`, oldest first.
-    pub(crate) async fn minutes(
+    pub(in crate::store) async fn minutes(
         &self,
         start: Micros,
         end: Micros,
@@ -131,7 +131,7 @@ impl Reader {
 
     /// The server at `at`: its last keyframe at or before it, and every delta
     /// after that keyframe up to `at`.
-    pub(crate) async fn rebuild(
+    pub(in crate::store) async fn rebuild(
         &self,
         server_id: &str,
         at: Micros,
@@ -164,7 +164,7 @@ impl Reader {
     }
 
     /// Where the store says `agent_id` stopped.
-    pub(crate) async fn resume(
+    pub(in crate::store) async fn resume(
         &self,
         agent_id: &str,
         server_ids: &[String],
@@ -199,7 +199,7 @@ impl Reader {
     }
 
     /// The servers that other collectors stream, as the store lists them.
-    pub(crate) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, ReadError> {
+    pub(in crate::store) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, ReadError> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -227,7 +227,7 @@ impl Reader {
 
     /// Each server's frames stored after its base, applied to the base;
     /// only the servers with such frames, None where a delta does not apply.
-    pub(crate) async fn advance(
+    pub(in crate::store) async fn advance(
         &self,
         bases: Vec<(String, Rebuilt)>,
     ) -> Result<Vec<(String, Option<Rebuilt>)>, ReadError> {
