@@ -170,9 +170,7 @@ async fn ask(question: &str) -> bool {
 
 /// Waits (up to 15 s) until the collector shows the session waiting on a lock, so
 /// the first screen already has everything.
-async fn wait_for_lock_waiter(
-    client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
-) {
+async fn wait_for_lock_waiter(client: &mut crate::Client) {
     for _ in 0..60 {
         if let Ok(r) = client.get_activity(activity_request()).await
             && r.get_ref()
@@ -196,7 +194,7 @@ fn activity_request() -> v1::GetActivityRequest {
 
 /// One screen: the servers, then the demo server's activity.
 async fn frame(
-    client: &mut v1::query_client::QueryClient<tonic::transport::Channel>,
+    client: &mut crate::Client,
     url: &str,
     output: Output,
     tty: bool,

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 pub use fleet::{render_activity, render_servers};
 pub use output::Output;
-pub use remote::{Remote, connect};
+pub use remote::{Client, Remote, connect};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -77,6 +77,9 @@ pub struct Cli {
         value_name = "NAME"
     )]
     pub tls_server_name: Option<String>,
+    /// A file holding the read token to present, for a collector started with --read-tokens-file (PGFLEET_TOKEN gives the token itself) [default: none]
+    #[arg(long, global = true, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// A TOML file with `collector`, `output` and the tls_* settings
     #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -205,6 +208,8 @@ pub struct CliFile {
     pub tls_key: Option<PathBuf>,
     /// See `--tls-server-name`.
     pub tls_server_name: Option<String>,
+    /// See `--token-file`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Runs a parsed command line and returns the process's exit code: 0 on success,
@@ -302,8 +307,13 @@ fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
                 .or(file.tls_server_name.as_deref()),
         },
     )?;
+    // The file wins over PGFLEET_TOKEN; a file may hold exactly one token.
+    let token = settings::client_token(
+        cli.token_file.as_deref().or(file.token_file.as_deref()),
+        std::env::var("PGFLEET_TOKEN").ok(),
+    )?;
     Ok((
-        Remote { url, tls },
+        Remote { url, tls, token },
         cli.output.or(file.output).unwrap_or_default(),
     ))
 }

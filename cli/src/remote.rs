@@ -1,33 +1,77 @@
-//! The collector a command asks: its address and TLS, the connection, and
-//! one line for a call that failed.
+//! The collector a command asks: its address, TLS and read token, the
+//! connection, and one line for a call that failed.
 
 use std::time::Duration;
 
 use pgfleet_common::error::chain;
+use pgfleet_common::settings::Token;
 use pgfleet_common::tls::ClientTls;
 use pgfleet_proto::v1::query_client::QueryClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::CliError;
 
-/// A collector to ask: its URL, and TLS for an https:// one.
+/// A collector to ask: its URL, TLS for an https:// one, and the read token
+/// to present.
 #[derive(Debug, Clone)]
 pub struct Remote {
     /// The collector's URL.
     pub url: String,
     /// TLS, for an https:// URL.
     pub tls: Option<ClientTls>,
+    /// The read token (`--token-file`, `PGFLEET_TOKEN`), for a collector
+    /// started with `--read-tokens-file`.
+    pub token: Option<Token>,
 }
 
 impl Remote {
-    /// A collector reached without TLS.
+    /// A collector reached without TLS or token.
     pub fn plain(url: String) -> Self {
-        Remote { url, tls: None }
+        Remote {
+            url,
+            tls: None,
+            token: None,
+        }
+    }
+}
+
+/// The Query client of every command: each call presents the read token,
+/// when there is one.
+pub type Client = QueryClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts `authorization: Bearer <token>` on every call.
+#[derive(Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Bearer(…)"
+        } else {
+            "Bearer(none)"
+        })
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
     }
 }
 
 /// A Query client for the collector, or one line saying why not.
-pub async fn connect(remote: &Remote) -> Result<QueryClient<Channel>, CliError> {
+pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
     let url = &remote.url;
     let unreachable =
         |why: String| CliError::Failed(format!("cannot reach the collector at {url}: {why}"));
@@ -42,7 +86,16 @@ pub async fn connect(remote: &Remote) -> Result<QueryClient<Channel>, CliError> 
         .connect()
         .await
         .map_err(|e| unreachable(chain(&e)))?;
-    Ok(QueryClient::new(channel))
+    let bearer = match &remote.token {
+        None => Bearer(None),
+        // A token is printable ASCII (Token::new checks it), so it fits.
+        Some(token) => {
+            Bearer(Some(format!("Bearer {}", token.secret()).parse().map_err(
+                |_| CliError::Usage("the token does not fit a header".into()),
+            )?))
+        }
+    };
+    Ok(QueryClient::with_interceptor(channel, bearer))
 }
 
 /// One line for a failed call to the collector at `url`.

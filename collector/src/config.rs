@@ -41,6 +41,12 @@ pub struct CollectorArgs {
     /// A file of bearer tokens, one per line; agents must present one of them [default: none, any agent may stream]
     #[arg(long, env = "PGFLEET_TOKENS_FILE", value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// A file of read tokens, one per line; every Query call and Watch must present one of them (an agent's token does not do) [default: none, anyone who reaches the collector may read]
+    #[arg(long, env = "PGFLEET_READ_TOKENS_FILE", value_name = "FILE")]
+    pub read_tokens_file: Option<PathBuf>,
+    /// A file of tokens, one per line, one of which a scrape of /metrics must present (/healthz stays open) [default: none, anyone may scrape]
+    #[arg(long, env = "PGFLEET_METRICS_TOKEN_FILE", value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// The collector's certificate (PEM); with it, the gRPC port speaks TLS only [default: plaintext]
     #[arg(long, env = "PGFLEET_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
@@ -82,6 +88,10 @@ pub struct CollectorFile {
     pub data_dir: Option<PathBuf>,
     /// See `--tokens-file`.
     pub tokens_file: Option<PathBuf>,
+    /// See `--read-tokens-file`.
+    pub read_tokens_file: Option<PathBuf>,
+    /// See `--metrics-token-file`.
+    pub metrics_token_file: Option<PathBuf>,
     /// See `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// See `--tls-key`.
@@ -111,6 +121,11 @@ pub struct CollectorConfig {
     pub data_dir: PathBuf,
     /// The bearer tokens agents may present; empty when any agent may stream.
     pub tokens: Vec<Token>,
+    /// The tokens readers (the Query API, Watch) may present; empty when
+    /// anyone may read.
+    pub read_tokens: Vec<Token>,
+    /// The tokens a scrape of /metrics may present; empty when anyone may.
+    pub metrics_tokens: Vec<Token>,
     /// TLS on the gRPC port; None: plaintext.
     pub tls: Option<ServerTls>,
     /// What to do when a second live agent claims a server_id.
@@ -158,6 +173,8 @@ impl CollectorConfig {
             http_listen: None,
             data_dir,
             tokens: Vec::new(),
+            read_tokens: Vec::new(),
+            metrics_tokens: Vec::new(),
             tls: None,
             duplicate_server_id: DuplicateServerId::default(),
             retention: Retention::default(),
@@ -184,10 +201,19 @@ impl CollectorConfig {
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from("pgfleet-data"));
-        let tokens = match args.tokens_file.or(file.tokens_file) {
-            Some(path) => settings::read_tokens("tokens_file", &path)?,
-            None => Vec::new(),
+        let tokens_of = |key, path: Option<PathBuf>| match path {
+            Some(path) => settings::read_tokens(key, &path),
+            None => Ok(Vec::new()),
         };
+        let tokens = tokens_of("tokens_file", args.tokens_file.or(file.tokens_file))?;
+        let read_tokens = tokens_of(
+            "read_tokens_file",
+            args.read_tokens_file.or(file.read_tokens_file),
+        )?;
+        let metrics_tokens = tokens_of(
+            "metrics_token_file",
+            args.metrics_token_file.or(file.metrics_token_file),
+        )?;
         let tls = ServerTls::load(
             args.tls_cert.or(file.tls_cert).as_deref(),
             args.tls_key.or(file.tls_key).as_deref(),
@@ -248,6 +274,8 @@ impl CollectorConfig {
             http_listen,
             data_dir,
             tokens,
+            read_tokens,
+            metrics_tokens,
             tls,
             duplicate_server_id,
             retention,

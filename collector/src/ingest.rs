@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgfleet_common::settings::{MAX_LABEL_BYTES, Token, check_label};
+use pgfleet_common::settings::{MAX_LABEL_BYTES, check_label};
 use pgfleet_proto::DecodeError;
 use pgfleet_proto::compact::Resolver;
 use pgfleet_proto::model::Snapshot;
@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::aggregator::{AggregatorHandle, Command, TargetInfo};
+use crate::auth::{Access, Tokens};
 use crate::store::{Durable, Store};
 
 /// How long a new stream may take to say Hello.
@@ -41,8 +42,9 @@ pub const MAX_MESSAGE_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 /// The Ingest service.
 pub struct IngestService {
     aggregator: AggregatorHandle,
-    /// The bearer tokens agents may present; empty when any agent may stream.
-    tokens: Arc<Vec<Token>>,
+    /// The collector's tokens: a stream needs an ingest token, when there
+    /// are any.
+    tokens: Tokens,
     next_conn: Arc<AtomicU64>,
     shutdown: watch::Receiver<()>,
     /// What the store has committed; acks wait for it.
@@ -57,12 +59,12 @@ impl IngestService {
     /// to reconnect, when `shutdown` fires or its sender is dropped.
     pub fn new(
         aggregator: AggregatorHandle,
-        tokens: Vec<Token>,
+        tokens: Tokens,
         shutdown: watch::Receiver<()>,
     ) -> Self {
         IngestService {
             aggregator,
-            tokens: Arc::new(tokens),
+            tokens,
             next_conn: Arc::new(AtomicU64::new(1)),
             shutdown,
             durable: Durable::always(),
@@ -94,9 +96,13 @@ impl Ingest for IngestService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-        if let Err(status) = authenticate(&self.tokens, request.metadata()) {
-            warn!(peer = %peer, reason = %status.message(), "Refused a stream.");
-            return Err(status);
+        let authorization = request.metadata().get("authorization");
+        if let Err(refused) = self
+            .tokens
+            .check(Access::Ingest, authorization.map(|v| v.as_bytes()))
+        {
+            warn!(peer = %peer, reason = %refused, "Refused a stream.");
+            return Err(refused.into());
         }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -183,31 +189,6 @@ impl Ingest for IngestService {
                 .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// Checks the stream's bearer token when the collector has tokens. Every token
-/// is compared, each in constant time, so the time taken says nothing of which
-/// one nearly matched.
-fn authenticate(tokens: &[Token], metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let Some(value) = metadata.get("authorization") else {
-        return Err(Status::unauthenticated(
-            "this collector requires a bearer token: give the agent --token-file or PGFLEET_TOKEN",
-        ));
-    };
-    let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(&[]);
-    let known = tokens
-        .iter()
-        .fold(false, |found, t| t.matches(presented) | found);
-    if known {
-        Ok(())
-    } else {
-        Err(Status::unauthenticated(
-            "the bearer token is not one this collector accepts",
-        ))
     }
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregator;
+pub mod auth;
 pub mod config;
 pub mod follow;
 pub mod ingest;

@@ -18,25 +18,43 @@ use tokio::task::JoinHandle;
 use tracing::error;
 
 use crate::aggregator::{AggregatorHandle, FleetView, ServerView};
+use crate::auth::{Access, Tokens};
 use crate::rollup::Rollup;
 
 /// The text format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves.
+/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves;
+/// `/metrics` takes a token of `tokens.metrics`, when there are any.
 pub fn serve(
     listener: TcpListener,
     aggregator: AggregatorHandle,
+    tokens: Tokens,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
     use axum::routing::get;
-    let metrics = move || {
+    let metrics = move |headers: axum::http::HeaderMap| {
+        let allowed = tokens.check(
+            Access::Metrics,
+            headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        );
         let view = aggregator.view();
         async move {
-            (
-                [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
-                render(&view, now_micros()),
-            )
+            match allowed {
+                Ok(()) => (
+                    [(header::CONTENT_TYPE, CONTENT_TYPE)],
+                    render(&view, now_micros()),
+                )
+                    .into_response(),
+                Err(refused) => (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    format!("{refused}\n"),
+                )
+                    .into_response(),
+            }
         }
     };
     let app = axum::Router::new()

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use pgfleet_proto::v1::{ingest_server::IngestServer, query_server::QueryServer};
 use tokio::net::TcpListener;
@@ -11,9 +12,11 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info, warn};
 
 use crate::aggregator::{Aggregator, AggregatorHandle, Command};
+use crate::auth::{Access, Tokens};
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
 use crate::metrics;
@@ -137,14 +140,19 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     let (streams, streams_rx) = watch::channel(());
     crate::follow::spawn(store.clone(), handle.clone(), streams_rx.clone());
     let http_addr = http.as_ref().map(|(_, a)| *a);
+    let tokens = Tokens {
+        ingest: Arc::new(config.tokens.clone()),
+        read: Arc::new(config.read_tokens.clone()),
+        metrics: Arc::new(config.metrics_tokens.clone()),
+    };
     let http_server = http.map(|(listener, _)| {
         let mut stop = streams_rx.clone();
-        metrics::serve(listener, handle.clone(), async move {
+        metrics::serve(listener, handle.clone(), tokens.clone(), async move {
             let _ = stop.changed().await;
         })
     });
     let ingest = IngestServer::new(
-        IngestService::new(handle.clone(), config.tokens.clone(), streams_rx.clone())
+        IngestService::new(handle.clone(), tokens.clone(), streams_rx.clone())
             .with_store(store.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -158,6 +166,8 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // Reading the fleet takes a read token, when there are any.
+    let query = InterceptedService::new(query, tokens.interceptor(Access::Read));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
@@ -198,6 +208,8 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         http_listen = ?http_addr,
         data_dir = %config.data_dir.display(),
         tokens = config.tokens.len(),
+        read_tokens = config.read_tokens.len(),
+        metrics_tokens = config.metrics_tokens.len(),
         tls = match &config.tls {
             None => "off",
             Some(t) if t.mutual => "mutual",
@@ -216,6 +228,12 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             "; agents must present a bearer token"
         }
     );
+    if !config.tokens.is_empty() && config.read_tokens.is_empty() {
+        warn!(
+            listen = %addr,
+            "Agents need a token, but reading does not: anyone who reaches this port reads every session of the fleet (users, client addresses, query texts). Give --read-tokens-file to require read tokens."
+        );
+    }
     Ok(Collector {
         store,
         addr,

@@ -276,6 +276,28 @@ pub fn read_tokens(key: &'static str, path: &Path) -> Result<Vec<Token>, Setting
     Ok(tokens)
 }
 
+/// The token a client (the agent, the `pgfleet` command) presents: the one in
+/// `file` (`--token-file`), which must hold exactly one, or else `variable`
+/// (the token itself, from `PGFLEET_TOKEN`); None when neither is given.
+pub fn client_token(
+    file: Option<&Path>,
+    variable: Option<String>,
+) -> Result<Option<Token>, SettingsError> {
+    match file {
+        Some(path) => {
+            let mut tokens = read_tokens("token_file", path)?;
+            if tokens.len() > 1 {
+                return Err(SettingsError::Invalid {
+                    key: "token_file",
+                    message: format!("{} holds more than one token", path.display()),
+                });
+            }
+            Ok(tokens.pop())
+        }
+        None => variable.map(|t| Token::new("token", &t)).transpose(),
+    }
+}
+
 #[cfg(test)]
 mod token_tests {
     use super::*;

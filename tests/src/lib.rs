@@ -15,10 +15,9 @@ pub use pgbouncer::TempPgBouncer;
 pub use pgfleet_cli::sandbox::{Fleet, PASSWORD_GROUP, TempCluster, free_port};
 use pgfleet_proto::v1;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// A Query client.
-pub type Client = v1::query_client::QueryClient<Channel>;
+pub use pgfleet_cli::Client;
 
 /// Logs of the code under test go to the test's output (shown when it fails).
 pub fn init_logs() {
@@ -259,4 +258,28 @@ pub async fn agent_hello(
             "expected Welcome, got {other:?}"
         ))),
     }
+}
+
+/// A plain HTTP/1.0 GET of `path` from `addr`, with `authorization` if given;
+/// the response's head and body.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(String, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
+    Ok((head.to_owned(), body.to_owned()))
 }

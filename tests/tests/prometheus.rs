@@ -9,23 +9,16 @@ use pgfleet_agent::AgentConfig;
 use pgfleet_cli::sandbox::{TempCluster, free_port};
 use pgfleet_collector::config::CollectorConfig;
 use pgfleet_collector::server;
+use pgfleet_common::settings::Token;
 use pgfleet_tests::wait_for;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A plain HTTP/1.0 GET; the status line and the body.
 async fn get(addr: &str, path: &str) -> Result<(String, String), String> {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
-    Ok((head.to_owned(), body.to_owned()))
+    pgfleet_tests::http_get(addr, path, None).await
 }
+
+/// The token Prometheus presents for /metrics.
+const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
 
 fn prometheus_binary() -> std::path::PathBuf {
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
@@ -56,6 +49,8 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     let mut config =
         CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    // /metrics takes a token, which Prometheus sends (its `authorization`).
+    config.metrics_tokens = vec![Token::new("metrics_token_file", METRICS_TOKEN).unwrap()];
     let collector = server::start(config).await.unwrap();
     let metrics_addr = collector.http_addr.unwrap().to_string();
 
@@ -80,17 +75,27 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     // The endpoints themselves.
     let (head, body) = get(&metrics_addr, "/healthz").await.unwrap();
     assert!(head.starts_with("HTTP/1.0 200") && body == "ok\n", "{head}");
-    let (head, text) = get(&metrics_addr, "/metrics").await.unwrap();
+    let (head, body) = get(&metrics_addr, "/metrics").await.unwrap();
+    assert!(head.starts_with("HTTP/1.0 401"), "{head}");
+    assert!(head.contains("www-authenticate: Bearer"), "{head}");
+    assert!(body.contains("--metrics-token-file"), "{body}");
+    let bearer = format!("Bearer {METRICS_TOKEN}");
+    let (head, text) = pgfleet_tests::http_get(&metrics_addr, "/metrics", Some(&bearer))
+        .await
+        .unwrap();
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert!(text.contains("# TYPE pg_stat_activity_count gauge"));
 
     let dir = cluster.dir().join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("prometheus.yml");
+    let token_path = dir.join("metrics-token");
+    std::fs::write(&token_path, METRICS_TOKEN).unwrap();
     std::fs::write(
         &config_path,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgfleet\n    static_configs:\n      - targets: ['{metrics_addr}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgfleet\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{metrics_addr}']\n",
+            token_path.display()
         ),
     )
     .unwrap();
@@ -197,7 +202,9 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     );
 
     // Bounded cardinality: nothing per session or per query.
-    let (_, text) = get(&metrics_addr, "/metrics").await.unwrap();
+    let (_, text) = pgfleet_tests::http_get(&metrics_addr, "/metrics", Some(&bearer))
+        .await
+        .unwrap();
     if std::env::var_os("PGFLEET_SHOW_METRICS").is_some() {
         println!("{text}");
     }

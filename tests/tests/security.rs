@@ -84,3 +84,152 @@ async fn a_wrong_or_missing_token_is_refused_and_nothing_is_stored() {
     collector.stop().await;
     cluster.destroy().await;
 }
+
+const INGEST: &str = "ingest-token-0123456789abcdef";
+const READ: &str = "read-token-0123456789abcdef0";
+
+/// Runs the `pgfleet` binary with `envs`, without the caller's PGFLEET_*.
+fn pgfleet(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(pgfleet_tests::workspace_binary("pgfleet"))
+        .args(args)
+        .env_remove("PGFLEET_TOKEN")
+        .env_remove("PGFLEET_TOKEN_FILE")
+        .env_remove("PGFLEET_CONFIG")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("pgfleet runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_reverse() {
+    let cluster = TempCluster::start().await.unwrap();
+    let mut config =
+        CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
+    config.tokens = vec![Token::new("tokens_file", INGEST).unwrap()];
+    config.read_tokens = vec![
+        Token::new("read_tokens_file", "another-read-token-0123456").unwrap(),
+        Token::new("read_tokens_file", READ).unwrap(),
+    ];
+    let collector = server::start(config).await.unwrap();
+    let url = format!("http://{}", collector.addr);
+    let remote = |token: Option<&str>| pgfleet_cli::Remote {
+        token: token.map(|t| Token::new("token", t).unwrap()),
+        ..pgfleet_cli::Remote::plain(url.clone())
+    };
+
+    // No token, a wrong one, and an agent's: every Query call and Watch is
+    // refused, saying what to set.
+    for (token, why) in [
+        (None, "--token-file"),
+        (
+            Some("wrong-read-token-0123456789"),
+            "not one this collector accepts",
+        ),
+        (Some(INGEST), "it is an agent's ingest token"),
+    ] {
+        let mut client = pgfleet_cli::connect(&remote(token)).await.unwrap();
+        let status = client
+            .list_servers(pgfleet_proto::v1::ListServersRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+        let status = client
+            .watch(pgfleet_proto::v1::WatchRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
+
+    // A read token does not let a stream in, and nothing of it is kept.
+    let status = stream_with(&url, Some(&format!("Bearer {READ}")), "db-read-intruder")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("it is a read token"),
+        "{status:?}"
+    );
+
+    // An agent with the ingest token streams; the read token reads it.
+    let mut agent_config = AgentConfig::new(&url, cluster.config("pgfleet"));
+    agent_config.agent_id = "agent-db-read".into();
+    agent_config.targets[0].server_id = "db-read".into();
+    agent_config.pool_reporter = None;
+    agent_config.token = Some(Token::new("token", INGEST).unwrap());
+    let agent = pgfleet_agent::start(agent_config).unwrap();
+    let reader = pgfleet_cli::connect(&remote(Some(READ))).await.unwrap();
+    wait_for_status(&reader, "db-read", "up", Duration::from_secs(20)).await;
+    assert!(
+        fleet_server(&mut reader.clone(), "db-read-intruder")
+            .await
+            .is_err(),
+        "nothing of the read token's stream is kept"
+    );
+    let mut watch = reader
+        .clone()
+        .watch(pgfleet_proto::v1::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some(), "the first event");
+
+    // Health checking and reflection stay open.
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pgfleet.v1.Query".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // The CLI: one line naming the flag without a token; the token from
+    // PGFLEET_TOKEN or from --token-file.
+    let out = pgfleet(&["--collector", &url, "servers"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--token-file"), "{stderr}");
+    let out = pgfleet(
+        &["--collector", &url, "servers"],
+        &[("PGFLEET_TOKEN", READ)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("db-read"));
+    let file = cluster.dir().join("read-token");
+    std::fs::write(&file, format!("{READ}\n")).unwrap();
+    let out = pgfleet(
+        &[
+            "--collector",
+            &url,
+            "--token-file",
+            file.to_str().unwrap(),
+            "servers",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("db-read"));
+
+    drop(watch);
+    agent.stop().await;
+    collector.stop().await;
+    cluster.destroy().await;
+}

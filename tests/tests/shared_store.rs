@@ -49,7 +49,7 @@ fn url(c: &Collector) -> String {
 }
 
 async fn client(c: &Collector) -> Client {
-    v1::query_client::QueryClient::connect(url(c))
+    pgfleet_cli::connect(&pgfleet_cli::Remote::plain(url(c)))
         .await
         .unwrap()
 }
@@ -243,7 +243,7 @@ async fn an_agent_fails_over_to_the_next_collector_with_no_gap_or_duplicate_in_t
     let ca = wait_for("collector a to answer", Duration::from_secs(20), || {
         let url = a_url.clone();
         async move {
-            let mut c = v1::query_client::QueryClient::connect(url)
+            let mut c = pgfleet_cli::connect(&pgfleet_cli::Remote::plain(url))
                 .await
                 .map_err(|e| e.to_string())?;
             c.list_servers(v1::ListServersRequest::default())

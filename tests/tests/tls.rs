@@ -77,6 +77,7 @@ impl Pki {
         Remote {
             url: url.to_owned(),
             tls,
+            token: None,
         }
     }
 }

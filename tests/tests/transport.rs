@@ -70,8 +70,12 @@ async fn an_agent_falls_back_to_gzip_for_a_collector_without_zstd() {
     let (aggregator, handle) = Aggregator::new();
     tokio::spawn(aggregator.run());
     let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(());
-    let ingest = IngestServer::new(IngestService::new(handle.clone(), vec![], shutdown_rx))
-        .accept_compressed(CompressionEncoding::Gzip);
+    let ingest = IngestServer::new(IngestService::new(
+        handle.clone(),
+        Default::default(),
+        shutdown_rx,
+    ))
+    .accept_compressed(CompressionEncoding::Gzip);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();

@@ -262,21 +262,10 @@ impl AgentConfig {
         }
         config.spool_dir = args.spool_dir.or(file.spool_dir);
         // The file wins over PGFLEET_TOKEN; a file may hold exactly one token.
-        config.token = match args.token_file.or(file.token_file) {
-            Some(path) => {
-                let mut tokens = settings::read_tokens("token_file", &path)?;
-                if tokens.len() > 1 {
-                    return Err(SettingsError::Invalid {
-                        key: "token_file",
-                        message: format!("{} holds more than one token", path.display()),
-                    });
-                }
-                tokens.pop()
-            }
-            None => env("PGFLEET_TOKEN")
-                .map(|t| Token::new("token", &t))
-                .transpose()?,
-        };
+        config.token = settings::client_token(
+            args.token_file.or(file.token_file).as_deref(),
+            env("PGFLEET_TOKEN"),
+        )?;
         let tls_ca = args.tls_ca.or(file.tls_ca);
         let tls_cert = args.tls_cert.or(file.tls_cert);
         let tls_key = args.tls_key.or(file.tls_key);

@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use pgfleet_agent::{Agent, AgentConfig};
-use pgfleet_proto::v1::query_client::QueryClient;
-use tonic::transport::Channel;
 
 use super::{SandboxError, TempCluster};
 use pgfleet_collector::config::CollectorConfig;
@@ -94,7 +92,7 @@ impl Fleet {
     }
 
     /// A Query client for the collector.
-    pub async fn client(&self) -> Result<QueryClient<Channel>, SandboxError> {
+    pub async fn client(&self) -> Result<crate::Client, SandboxError> {
         crate::connect(&crate::Remote::plain(self.url.clone()))
             .await
             .map_err(|e| SandboxError::Fleet(e.to_string()))

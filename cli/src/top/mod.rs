@@ -18,11 +18,9 @@ use std::time::Duration;
 
 use pgfleet_common::settings;
 use pgfleet_proto::time::now_micros;
-use pgfleet_proto::v1;
 use ratatui::crossterm::event::{self, Event};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::CliError;
 use crate::remote::{Remote, connect};
@@ -31,7 +29,7 @@ use keys::Answer;
 use screens::draw;
 use state::{App, Filter};
 
-type Client = v1::query_client::QueryClient<Channel>;
+use crate::remote::Client;
 
 /// The refresh intervals `+` and `-` step through.
 const INTERVALS: [Duration; 8] = [
