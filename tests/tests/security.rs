@@ -228,6 +228,36 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("db-read"));
 
+    // The example internal tool (Python, grpcio) presents it too.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/python/pgfleet_fleet_report.py"
+    );
+    let collector_addr = collector.addr.to_string();
+    let tool = |token: Option<&str>| {
+        let mut c = std::process::Command::new("python3");
+        c.args([script, "--collector", &collector_addr, "--json"])
+            .env_remove("PGFLEET_TOKEN");
+        if let Some(t) = token {
+            c.env("PGFLEET_TOKEN", t);
+        }
+        c.output().expect("python3 runs")
+    };
+    let out = tool(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("UNAUTHENTICATED"),
+        "{stderr}"
+    );
+    let out = tool(Some(READ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["servers"][0]["server_id"], "db-read", "{report}");
+
     drop(watch);
     agent.stop().await;
     collector.stop().await;

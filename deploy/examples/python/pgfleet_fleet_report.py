@@ -4,7 +4,11 @@ longest transactions, fleet-wide.
 
     python3 pgfleet_fleet_report.py --collector 127.0.0.1:7600
     python3 pgfleet_fleet_report.py --collector collector.internal:7600 \\
-        --tls-ca /etc/pgfleet/ca.pem --label dc=eu1 --limit 20 --json
+        --tls-ca /etc/pgfleet/ca.pem --token-file /etc/pgfleet/read-token \\
+        --label dc=eu1 --limit 20 --json
+
+A collector started with --read-tokens-file wants a read token on every call:
+--token-file names a file holding it, or PGFLEET_TOKEN gives it.
 
 It generates its gRPC stubs from proto/ at start (pgfleet_stubs.py), calls
 ListServers and TopSessions, and prints a report (or JSON, for other tools).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,10 +44,26 @@ def channel(collector: str, tls_ca: str | None) -> grpc.Channel:
     return grpc.insecure_channel(target)
 
 
-def report(stub, labels: dict[str, str], limit: int, order_by: str, timeout: float) -> dict:
-    servers = stub.ListServers(query_pb2.ListServersRequest(labels=labels), timeout=timeout).servers
+def read_token(token_file: str | None) -> str | None:
+    """The read token: the file's one line (the file wins), or PGFLEET_TOKEN."""
+    if token_file:
+        lines = [l.strip() for l in Path(token_file).read_text().splitlines()]
+        tokens = [l for l in lines if l and not l.startswith("#")]
+        if len(tokens) != 1:
+            raise SystemExit(f"pgfleet_fleet_report: {token_file} must hold one token")
+        return tokens[0]
+    return os.environ.get("PGFLEET_TOKEN") or None
+
+
+def report(stub, labels: dict[str, str], limit: int, order_by: str, timeout: float,
+           token: str | None = None) -> dict:
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    servers = stub.ListServers(
+        query_pb2.ListServersRequest(labels=labels), timeout=timeout, metadata=metadata
+    ).servers
     top = stub.TopSessions(
-        query_pb2.TopSessionsRequest(order_by=order_by, labels=labels, limit=limit), timeout=timeout
+        query_pb2.TopSessionsRequest(order_by=order_by, labels=labels, limit=limit),
+        timeout=timeout, metadata=metadata,
     ).sessions
     return {
         "servers": [
@@ -76,6 +97,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--collector", default="127.0.0.1:7600", help="the collector's gRPC address")
     ap.add_argument("--tls-ca", help="the CA (PEM) that signed an https:// collector's certificate")
+    ap.add_argument("--token-file", help="a file holding the read token (PGFLEET_TOKEN gives the token)")
     ap.add_argument("--label", action="append", default=[], metavar="NAME=VALUE",
                     help="only servers with this label (repeatable)")
     ap.add_argument("--limit", type=int, default=10, help="how many sessions")
@@ -91,7 +113,7 @@ def main() -> int:
         labels[name] = value
     stub = query_pb2_grpc.QueryStub(channel(args.collector, args.tls_ca))
     try:
-        data = report(stub, labels, args.limit, args.by, args.timeout)
+        data = report(stub, labels, args.limit, args.by, args.timeout, read_token(args.token_file))
     except grpc.RpcError as e:
         print(f"pgfleet_fleet_report: {args.collector}: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
