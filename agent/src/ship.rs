@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pgfleet_proto::model::Snapshot;
 use pgfleet_proto::v1::{self, collector_message};
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -29,6 +30,12 @@ const INGEST_STREAM: &str = "/pgfleet.v1.Ingest/Stream";
 
 /// How many snapshots one batch holds at most.
 const MAX_SNAPSHOTS_PER_BATCH: usize = 256;
+
+/// The most bytes of snapshots one batch holds: the message limit, less room
+/// for the whole dictionary (the first batch of a stream carries it) and for
+/// its entries' framing and the envelope. A batch never exceeds the limit.
+pub const MAX_BATCH_SNAPSHOT_BYTES: usize =
+    MAX_MESSAGE_BYTES - pgfleet_proto::compact::Dictionary::MAX_BYTES - (1 << 20);
 
 /// How long to wait for the collector's Welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,6 +105,8 @@ pub struct Shipper {
     /// Collectors tried since the last success or backoff, the current one
     /// included.
     tried: usize,
+    /// Snapshots left out because one alone would not fit in a message.
+    oversized: u64,
 }
 
 impl Shipper {
@@ -118,6 +127,7 @@ impl Shipper {
             dictionary_sent: false,
             keyframes_at: None,
             tried: 1,
+            oversized: 0,
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -230,7 +240,8 @@ impl Shipper {
         }
     }
 
-    /// Takes the snapshot and whatever else is waiting, as one batch.
+    /// Takes the snapshot and whatever else is waiting, as batches that each
+    /// fit in a message.
     fn enqueue(&mut self, first: Snapshot) {
         let mut snapshots = vec![self.encode(first)];
         while snapshots.len() < MAX_SNAPSHOTS_PER_BATCH {
@@ -239,15 +250,37 @@ impl Shipper {
                 Err(_) => break,
             }
         }
-        let additions = self.encoder.take_dictionary_additions();
-        let dropped = self.spool.push_batch(snapshots, additions);
-        if dropped > 0 {
+        let (batches, left_out) = pack(snapshots, MAX_BATCH_SNAPSHOT_BYTES);
+        if !left_out.is_empty() {
+            self.oversized += left_out.len() as u64;
             warn!(
-                dropped,
-                dropped_total = self.spool.dropped_batches(),
-                spool_bytes = self.spool.bytes(),
-                "Spool is full; dropped the oldest batches."
+                servers = ?left_out,
+                left_out_total = self.oversized,
+                limit_bytes = MAX_BATCH_SNAPSHOT_BYTES,
+                "Left out snapshots too large for one message; their servers' next snapshots are keyframes."
             );
+            // The collector never gets what their next deltas would build on.
+            self.encoder.keyframe(&left_out);
+        }
+        // The entries the snapshots introduced go with the first batch, so
+        // that each comes before its first use.
+        let mut additions = Some(self.encoder.take_dictionary_additions());
+        for snapshots in batches {
+            let dropped = self
+                .spool
+                .push_batch(snapshots, additions.take().unwrap_or_default());
+            if dropped > 0 {
+                warn!(
+                    dropped,
+                    dropped_total = self.spool.dropped_batches(),
+                    spool_bytes = self.spool.bytes(),
+                    "Spool is full; dropped the oldest batches."
+                );
+            }
+        }
+        if let Some(additions) = additions.filter(|a| !a.is_empty()) {
+            // Every snapshot was left out: the entries still go, alone.
+            self.spool.push_batch(Vec::new(), additions);
         }
         self.after_drops();
     }
@@ -271,6 +304,7 @@ impl Shipper {
         let mut wire = self.encoder.encode(snapshot);
         if let Some(agent) = &mut wire.agent {
             agent.spool_dropped_batches_total = self.spool.dropped_batches();
+            agent.oversized_snapshots_dropped_total = self.oversized;
         }
         wire
     }
@@ -528,4 +562,82 @@ fn refused(status: &tonic::Status) -> bool {
         status.code(),
         InvalidArgument | AlreadyExists | PermissionDenied | Unauthenticated | FailedPrecondition
     )
+}
+
+/// Splits `snapshots`, in order, into batches of at most `budget` encoded
+/// bytes each; a snapshot larger than `budget` alone is left out. Returns
+/// the batches and the servers whose snapshots were left out.
+fn pack(snapshots: Vec<v1::Snapshot>, budget: usize) -> (Vec<Vec<v1::Snapshot>>, Vec<String>) {
+    let mut batches: Vec<Vec<v1::Snapshot>> = Vec::new();
+    let mut left_out = Vec::new();
+    let mut bytes = 0;
+    for s in snapshots {
+        // As `Batch.snapshots` frames it: a tag, a length, the message.
+        let len = s.encoded_len();
+        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        if framed > budget {
+            left_out.push(s.server_id);
+            continue;
+        }
+        match batches.last_mut() {
+            Some(batch) if bytes + framed <= budget => batch.push(s),
+            _ => {
+                batches.push(vec![s]);
+                bytes = 0;
+            }
+        }
+        bytes += framed;
+    }
+    (batches, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_split_by_bytes_and_a_snapshot_too_large_alone_is_left_out() {
+        let snapshot = |id: &str, padding: usize| v1::Snapshot {
+            server_id: id.to_owned(),
+            status: Some(v1::TargetStatus {
+                up: false,
+                reason: "x".repeat(padding),
+            }),
+            ..Default::default()
+        };
+        let framed = |s: &v1::Snapshot| {
+            let len = s.encoded_len();
+            1 + prost::encoding::encoded_len_varint(len as u64) + len
+        };
+        let small = framed(&snapshot("a", 100));
+        let budget = 3 * small;
+        let input = vec![
+            snapshot("a", 100),
+            snapshot("b", 100),
+            snapshot("huge", 10 * small),
+            snapshot("c", 100),
+            snapshot("d", 100),
+        ];
+        let (batches, left_out) = pack(input, budget);
+        assert_eq!(left_out, ["huge"]);
+        let ids: Vec<Vec<&str>> = batches
+            .iter()
+            .map(|b| b.iter().map(|s| s.server_id.as_str()).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [vec!["a", "b", "c"], vec!["d"]],
+            "in order, none over the budget"
+        );
+        for b in &batches {
+            assert!(b.iter().map(framed).sum::<usize>() <= budget);
+        }
+        // The real budget leaves room for the whole dictionary under the limit.
+        const {
+            assert!(
+                MAX_BATCH_SNAPSHOT_BYTES + pgfleet_proto::compact::Dictionary::MAX_BYTES
+                    < MAX_MESSAGE_BYTES
+            )
+        };
+    }
 }

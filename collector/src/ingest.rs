@@ -11,6 +11,7 @@ use pgfleet_common::settings::{MAX_LABEL_BYTES, check_label};
 use pgfleet_proto::DecodeError;
 use pgfleet_proto::compact::Resolver;
 use pgfleet_proto::model::Snapshot;
+use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -286,7 +287,18 @@ async fn receive(
                 closing = true;
                 continue;
             }
-            Err(status) => return format!("{} ({:?})", status.message(), status.code()),
+            Err(status) => {
+                // The agent hears why its stream ends (it may be gone, and
+                // then nobody does): a message over the limit would
+                // otherwise be resent for ever.
+                let status = inbound_error(status);
+                let reason = format!("{} ({:?})", status.message(), status.code());
+                if status.code() == tonic::Code::ResourceExhausted {
+                    warn!(agent.id = %agent_id, reason = %status.message(), "Refused a message over the limit.");
+                }
+                let _ = tx.send(Err(status)).await;
+                return reason;
+            }
         };
         let seq = batch.seq;
         if let Err(why) = dictionary.add(std::mem::take(&mut batch.dictionary_additions)) {
@@ -294,6 +306,12 @@ async fn receive(
             return why;
         }
         let (snapshots, unresolved) = decode(agent_id, batch, &dictionary);
+        if let Err(status) = check_times(&snapshots, now_micros()) {
+            warn!(agent.id = %agent_id, seq, reason = %status.message(), "Refused a batch dated in the future.");
+            let reason = status.message().to_owned();
+            let _ = tx.send(Err(status)).await;
+            return reason;
+        }
         let (reply, answer) = oneshot::channel();
         let command = Command::Apply {
             agent_id: agent_id.to_owned(),
@@ -458,6 +476,43 @@ fn decode(agent_id: &str, batch: v1::Batch, dictionary: &Resolver) -> (Vec<Snaps
         }
     }
     (snapshots, unresolved)
+}
+
+/// How far ahead of the collector's clock a snapshot may be dated.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// Refuses a batch with a snapshot dated more than [`MAX_CLOCK_SKEW`] ahead
+/// of `now`: kept, it would sort after everything real, and stay the
+/// server's "latest" until the clocks caught up.
+fn check_times(snapshots: &[Snapshot], now: Micros) -> Result<(), Status> {
+    let limit = now.saturating_add(MAX_CLOCK_SKEW.as_micros() as i64);
+    match snapshots.iter().find(|s| s.sampled_at_us > limit) {
+        None => Ok(()),
+        Some(s) => {
+            let ahead = Duration::from_secs(((s.sampled_at_us - now) / 1_000_000) as u64);
+            Err(Status::invalid_argument(format!(
+                "the snapshot of {:?} is dated {} ahead of the collector's clock, past the {} of clock skew allowed; fix the clock of the agent's host or the collector's (NTP)",
+                s.server_id,
+                humantime::format_duration(ahead),
+                humantime::format_duration(MAX_CLOCK_SKEW),
+            )))
+        }
+    }
+}
+
+/// What the agent is told when its side of the stream fails: a message
+/// over the limit is RESOURCE_EXHAUSTED, with the limit (tonic says
+/// OUT_OF_RANGE, which an agent would take for a bug of its own).
+fn inbound_error(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        return Status::resource_exhausted(format!(
+            "a message is over this collector's limit of {MAX_MESSAGE_BYTES} bytes (Welcome.config.max_message_bytes): send smaller batches ({})",
+            status.message()
+        ));
+    }
+    status
 }
 
 /// Checks a Hello and turns it into the aggregator's terms.

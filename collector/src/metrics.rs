@@ -544,7 +544,7 @@ fn client_pools(out: &mut Out, servers: &[&ServerView]) {
 
 fn stream(out: &mut Out, servers: &[&ServerView]) {
     type Field = fn(&ServerView) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 6] = [
+    let families: [(&str, &str, &str, Field); 7] = [
         (
             "pgfleet_agent_sample_duration_seconds",
             "gauge",
@@ -562,6 +562,12 @@ fn stream(out: &mut Out, servers: &[&ServerView]) {
             "counter",
             "Batches the agent's spool dropped to stay within its bound, since the agent started.",
             |s| s.agent.map(|a| a.spool_dropped_batches_total as f64),
+        ),
+        (
+            "pgfleet_agent_oversized_snapshots_dropped_total",
+            "counter",
+            "Snapshots the agent left out because one alone would not fit in a message under the collector's limit, since the agent started.",
+            |s| s.agent.map(|a| a.oversized_snapshots_dropped_total as f64),
         ),
         (
             "pgfleet_stream_applied_batches_total",

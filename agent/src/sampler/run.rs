@@ -253,6 +253,7 @@ impl TargetSampler {
             not_visible_sessions: not_visible,
             // The shipper fills it in: it owns the spool.
             spool_dropped_batches_total: 0,
+            oversized_snapshots_dropped_total: 0,
         }
     }
 }
