@@ -115,7 +115,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let config: tokio_postgres::Config = target.parse().expect("PGFLEET_BENCH_TARGET is a URL");
-        let pool = pgfleet_agent::target::pool(config.clone(), Duration::from_secs(2)).unwrap();
+        let pool = pgfleet_agent::target::pool(
+            config.clone(),
+            &pgfleet_common::pgtls::PgTls::default(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
         let client = pool.get().await.unwrap();
         let sql = pgfleet_agent::sampler::activity::activity_sql(150000);
         let statement = client.prepare_cached(&sql).await.unwrap();

@@ -22,7 +22,15 @@ pub async fn sample_all(config: &AgentConfig) -> Result<(Value, bool), SettingsE
             Err(reason) => sampler.down(at, reason),
         };
         all_up &= snapshot.status == TargetStatus::Up;
-        out.push(render(&snapshot, sampler.database_totals()));
+        let mut json = render(&snapshot, sampler.database_totals());
+        // Whether the connection is encrypted, and how.
+        if snapshot.status == TargetStatus::Up {
+            json["tls"] = match sampler.tls_in_use().await {
+                Ok(version) => Value::String(version),
+                Err(e) => Value::String(format!("unknown ({e})")),
+            };
+        }
+        out.push(json);
     }
     Ok((Value::Array(out), all_up))
 }

@@ -1,13 +1,13 @@
 //! A monitored PostgreSQL server: how to reach it, and the settings that keep the
 //! agent harmless to it.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, Runtime};
+use deadpool_postgres::{RecyclingMethod, TimeoutType};
 use tokio_postgres::config::Host;
 
+use pgfleet_common::pgtls::{self, PgTls};
 use pgfleet_common::settings::SettingsError;
 
 /// The `application_name` of every agent connection; samples exclude these sessions.
@@ -22,22 +22,13 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds the connection settings from a libpq URL or key/value string, filling what
 /// it leaves out from the libpq variables (`PGHOST`, `PGPORT`, `PGUSER`,
-/// `PGPASSWORD`, `PGDATABASE`) that `env` returns, then from libpq's defaults.
+/// `PGPASSWORD`, `PGDATABASE`, and `PGSSLMODE`, `PGSSLROOTCERT`, `PGSSLCERT`,
+/// `PGSSLKEY`) that `env` returns, then from libpq's defaults; and its TLS.
 pub fn connection_config(
     target: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<tokio_postgres::Config, SettingsError> {
-    let text = target.unwrap_or("").trim();
-    let mut config = if text.is_empty() {
-        tokio_postgres::Config::new()
-    } else {
-        tokio_postgres::Config::from_str(text).map_err(|e| SettingsError::Invalid {
-            key: "target",
-            message: format!(
-                "cannot parse it as a PostgreSQL URL or key/value string ({e}); write it like postgres://user@host:5432/db or \"host=db1 user=pgfleet\""
-            ),
-        })?
-    };
+) -> Result<(tokio_postgres::Config, PgTls), SettingsError> {
+    let (mut config, tls) = pgtls::parse("target", target.unwrap_or(""), &env)?;
     if config.get_hosts().is_empty() {
         match env("PGHOST").filter(|h| !h.is_empty()) {
             Some(hosts) => {
@@ -79,20 +70,29 @@ pub fn connection_config(
     {
         config.dbname(db);
     }
-    Ok(config)
+    Ok((config, tls))
+}
+
+/// A PgBouncer admin console: how to reach it, and its TLS.
+#[derive(Debug, Clone)]
+pub struct Console {
+    /// Its connection settings.
+    pub config: tokio_postgres::Config,
+    /// Its TLS (`sslmode` and the files, as for a target).
+    pub tls: PgTls,
 }
 
 /// The connection settings of a PgBouncer admin console, from a URL or key/value
-/// string such as `postgres://pgbouncer@127.0.0.1:6432/pgbouncer`. The console
-/// knows nothing of `options`, so none are sent.
-pub fn pgbouncer_config(dsn: &str) -> Result<tokio_postgres::Config, SettingsError> {
-    let mut config =
-        tokio_postgres::Config::from_str(dsn.trim()).map_err(|e| SettingsError::Invalid {
+/// string such as `postgres://pgbouncer@127.0.0.1:6432/pgbouncer?sslmode=require`.
+/// The console knows nothing of `options`, so none are sent.
+pub fn pgbouncer_config(dsn: &str) -> Result<Console, SettingsError> {
+    if dsn.trim().is_empty() {
+        return Err(SettingsError::Invalid {
             key: "pgbouncer",
-            message: format!(
-                "cannot parse it as a URL or key/value string ({e}); write it like postgres://pgbouncer@127.0.0.1:6432/pgbouncer"
-            ),
-        })?;
+            message: "write it like postgres://pgbouncer@127.0.0.1:6432/pgbouncer".to_owned(),
+        });
+    }
+    let (mut config, tls) = pgtls::parse("pgbouncer", dsn, |k| std::env::var(k).ok())?;
     if config.get_hosts().is_empty() {
         config.host("localhost");
     }
@@ -108,7 +108,7 @@ pub fn pgbouncer_config(dsn: &str) -> Result<tokio_postgres::Config, SettingsErr
     config
         .application_name(APPLICATION_NAME)
         .connect_timeout(CONNECT_TIMEOUT);
-    Ok(config)
+    Ok(Console { config, tls })
 }
 
 /// The default `server_id` of a target: its first host and port ("db1:5432").
@@ -140,6 +140,7 @@ pub fn display(config: &tokio_postgres::Config) -> String {
 /// statement, read-only transactions, and at most [`MAX_CONNECTIONS`] connections.
 pub fn pool(
     mut config: tokio_postgres::Config,
+    tls: &PgTls,
     statement_timeout: Duration,
 ) -> Result<Pool, SettingsError> {
     let ms = statement_timeout.as_millis().max(1);
@@ -157,7 +158,7 @@ pub fn pool(
         .connect_timeout(CONNECT_TIMEOUT);
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -175,6 +176,26 @@ pub fn pool(
         })
 }
 
+/// Why the pool could not give a connection to `place`, in one sentence:
+/// the server's or the network's words, a TLS handshake explained, never
+/// the pool library's.
+pub fn pool_error(e: &PoolError, place: &str, tls: &PgTls) -> String {
+    match e {
+        PoolError::Backend(e) => tls.explain(place, e),
+        PoolError::Timeout(TimeoutType::Create) => format!(
+            "cannot connect to {place} within {}",
+            humantime::format_duration(CONNECT_TIMEOUT + Duration::from_secs(1))
+        ),
+        PoolError::Timeout(_) => {
+            format!("the agent's connection to {place} stayed busy past its timeout")
+        }
+        other => format!(
+            "cannot connect to {place}: {}",
+            pgfleet_common::error::chain(other)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +210,7 @@ mod tests {
 
     #[test]
     fn a_url_wins_over_the_libpq_variables() {
-        let c = connection_config(
+        let (c, _) = connection_config(
             Some("postgres://alice:pw@db1:6432/orders"),
             env(&[("PGHOST", "other"), ("PGUSER", "bob"), ("PGPORT", "1")]),
         )
@@ -201,7 +222,7 @@ mod tests {
 
     #[test]
     fn the_libpq_variables_fill_what_the_target_leaves_out() {
-        let c = connection_config(
+        let (c, _) = connection_config(
             Some("dbname=orders"),
             env(&[
                 ("PGHOST", "db2"),
@@ -221,7 +242,7 @@ mod tests {
 
     #[test]
     fn no_target_at_all_means_libpq_defaults() {
-        let c = connection_config(None, env(&[("USER", "carol")])).unwrap();
+        let (c, _) = connection_config(None, env(&[("USER", "carol")])).unwrap();
         assert_eq!(default_server_id(&c), "localhost:5432");
         assert_eq!(c.get_user(), Some("carol"));
     }

@@ -65,7 +65,7 @@ pub struct CollectorArgs {
     /// How long the per-minute rollups are kept, from which `pgfleet metrics` answers [default: 30d]
     #[arg(long, env = "PGFLEET_RETENTION_ROLLUPS", value_name = "DURATION")]
     pub retention_rollups: Option<String>,
-    /// Where the history is kept: "sqlite" (a file in --data-dir), or a PostgreSQL URL (postgres://user@host/db) that several collectors may share [default: sqlite]
+    /// Where the history is kept: "sqlite" (a file in --data-dir), or a PostgreSQL URL (postgres://user@host/db?sslmode=verify-full&sslrootcert=…) that several collectors may share [default: sqlite]
     #[arg(long, env = "PGFLEET_STORE", value_name = "STORE")]
     pub store: Option<String>,
     /// This collector's name in a shared store [default: <hostname>:<gRPC port>]

@@ -1,12 +1,14 @@
 //! What every pgfleet binary shares, so that none of them depends on another:
 //! `settings` (TOML files, durations, labels, tokens, choices, endpoints; flags
-//! and the environment are clap's), `tls` (PEM files for gRPC links),
+//! and the environment are clap's), `tls` (PEM files for gRPC links), `pgtls`
+//! (TLS to PostgreSQL and PgBouncer, as libpq does it),
 //! `runtime` (argument errors, tracing, stop signals), `error` (one-line error
 //! chains) and `backoff` (every retry's delays).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod error;
+pub mod pgtls;
 pub mod runtime;
 pub mod settings;
 pub mod tls;

@@ -18,6 +18,16 @@ impl TempPgBouncer {
     /// Starts PgBouncer in front of `cluster` with `pool_size` server
     /// connections per pool, or says why it cannot.
     pub async fn start(cluster: &TempCluster, pool_size: u32) -> Result<Self, String> {
+        Self::start_with(cluster, pool_size, &[]).await
+    }
+
+    /// As [`TempPgBouncer::start`], with extra `[pgbouncer]` settings
+    /// (`client_tls_sslmode`, `client_tls_cert_file`, …).
+    pub async fn start_with(
+        cluster: &TempCluster,
+        pool_size: u32,
+        settings: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let binary = find_pgbouncer().ok_or(
             "PgBouncer is not installed (apt-get install pgbouncer; .ci/run does it)".to_owned(),
         )?;
@@ -32,6 +42,10 @@ impl TempPgBouncer {
             pg = cluster.port(),
             dir = dir.display(),
         );
+        let mut ini = ini;
+        for (name, value) in settings {
+            ini.push_str(&format!("{name} = {value}\n"));
+        }
         std::fs::write(dir.join("pgbouncer.ini"), ini).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("userlist.txt"), "\"postgres\" \"\"\n")
             .map_err(|e| e.to_string())?;

@@ -91,7 +91,12 @@ async fn one_agent_watches_several_targets_and_a_dead_one_does_not_stop_the_othe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_agent_connection_has_timeouts_its_name_and_no_write_access() {
     let fleet = fleet("db-safety", &[]).await;
-    let pool = target::pool(fleet.cluster.config("unused"), Duration::from_millis(1500)).unwrap();
+    let pool = target::pool(
+        fleet.cluster.config("unused"),
+        &pgfleet_common::pgtls::PgTls::default(),
+        Duration::from_millis(1500),
+    )
+    .unwrap();
     let client = pool.get().await.unwrap();
     let show = |name: &'static str| {
         let client = &client;

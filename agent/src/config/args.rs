@@ -87,7 +87,7 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     pub collector: Vec<String>,
-    /// The PostgreSQL server to watch, as a URL or libpq key/value string [default: from PGHOST, PGPORT, …]
+    /// The PostgreSQL server to watch, as a URL or libpq key/value string, with libpq's TLS settings (sslmode, sslrootcert, sslcert, sslkey) [default: from PGHOST, PGPORT, PGSSLMODE, …]
     #[arg(long, env = "PGFLEET_TARGET", value_name = "DSN")]
     pub target: Option<String>,
     /// The server's name in the fleet [default: host:port of the target]
@@ -96,7 +96,7 @@ pub struct AgentArgs {
     /// Which databases' pg_stat_database counters to send: "*" for every database that allows connections, or a comma-separated list [default: *]
     #[arg(long, env = "PGFLEET_DATABASES", value_name = "LIST")]
     pub databases: Option<String>,
-    /// The admin console of the PgBouncer in front of the target, as a URL [default: none]
+    /// The admin console of the PgBouncer in front of the target, as a URL (sslmode and the other TLS settings as for --target) [default: none]
     #[arg(long, env = "PGFLEET_PGBOUNCER", value_name = "DSN")]
     pub pgbouncer: Option<String>,
     /// A label of the agent, inherited by every target; repeatable (PGFLEET_LABELS takes a comma-separated list)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::sampler::QueryText;
 use crate::target;
+use pgfleet_common::pgtls::PgTls;
 use pgfleet_common::settings::{self, SettingsError, Token};
 use pgfleet_common::tls::{ClientTls, ClientTlsFiles};
 
@@ -24,12 +25,14 @@ pub struct TargetConfig {
     pub server_id: String,
     /// How to connect to it.
     pub connection: tokio_postgres::Config,
+    /// Its TLS: `sslmode` and the files, as libpq reads them.
+    pub tls: PgTls,
     /// Its own labels (the agent's labels fill in the rest).
     pub labels: BTreeMap<String, String>,
     /// Which databases' counters to send.
     pub databases: Databases,
     /// The admin console of its PgBouncer, if any.
-    pub pgbouncer: Option<tokio_postgres::Config>,
+    pub pgbouncer: Option<target::Console>,
 }
 
 impl TargetConfig {
@@ -38,6 +41,7 @@ impl TargetConfig {
         TargetConfig {
             server_id: target::default_server_id(&connection),
             connection,
+            tls: PgTls::default(),
             labels: BTreeMap::new(),
             databases: Databases::All,
             pgbouncer: None,
@@ -293,8 +297,9 @@ fn resolve_target(
     t: TargetFile,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<TargetConfig, SettingsError> {
-    let connection = target::connection_config(t.target.as_deref(), env)?;
+    let (connection, tls) = target::connection_config(t.target.as_deref(), env)?;
     let mut config = TargetConfig::new(connection);
+    config.tls = tls;
     if let Some(id) = t.server_id {
         config.server_id = non_empty("server_id", id)?;
     }

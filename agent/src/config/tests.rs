@@ -184,7 +184,7 @@ databases = "*"
     );
     assert_eq!(c.targets[0].labels["role"], "primary");
     let bouncer = c.targets[0].pgbouncer.as_ref().unwrap();
-    assert_eq!(bouncer.get_dbname(), Some("pgbouncer"));
+    assert_eq!(bouncer.config.get_dbname(), Some("pgbouncer"));
     assert_eq!(c.targets[1].server_id, "db2:5433");
     assert_eq!(c.targets[1].databases, Databases::All);
     assert!(c.targets[1].pgbouncer.is_none());

@@ -9,18 +9,20 @@ use std::time::Duration;
 
 use pgfleet_proto::v1;
 use tokio::time::Instant;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 use tracing::{info, warn};
 
 use pgfleet_common::backoff::Backoff;
 use pgfleet_common::error::chain;
+
+use crate::target::Console;
 
 /// The most pools (database, user pairs) one sample keeps.
 const MAX_POOLS: usize = 1000;
 
 /// One PgBouncer and the agent's connection to it.
 pub struct PgBouncer {
-    config: tokio_postgres::Config,
+    console: Console,
     timeout: Duration,
     client: Option<tokio_postgres::Client>,
     backoff: Backoff,
@@ -30,9 +32,9 @@ pub struct PgBouncer {
 
 impl PgBouncer {
     /// A reader of the console at `config`; every command gets `timeout`.
-    pub fn new(config: tokio_postgres::Config, timeout: Duration) -> Self {
+    pub fn new(console: Console, timeout: Duration) -> Self {
         PgBouncer {
-            config,
+            console,
             timeout,
             client: None,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
@@ -90,9 +92,18 @@ impl PgBouncer {
 
     async fn read(&mut self) -> Result<(Vec<v1::PgBouncerPool>, Vec<v1::PgBouncerStats>), String> {
         if self.client.is_none() {
-            let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-                format!("cannot connect to PgBouncer's admin console: {}", chain(&e))
-            })?;
+            let console = &self.console;
+            let (client, connection) = console
+                .config
+                .connect(console.tls.connector())
+                .await
+                .map_err(|e| {
+                    let place = crate::target::default_server_id(&console.config);
+                    format!(
+                        "cannot connect to PgBouncer's admin console: {}",
+                        console.tls.explain(&place, &e)
+                    )
+                })?;
             tokio::spawn(connection);
             self.client = Some(client);
         }

@@ -22,6 +22,7 @@ use crate::reporter::AppPools;
 use crate::target::{self, CONNECT_TIMEOUT};
 use pgfleet_common::backoff::Backoff;
 use pgfleet_common::error::chain;
+use pgfleet_common::pgtls::PgTls;
 use pgfleet_common::settings::SettingsError;
 
 /// Counters of one target's sampler.
@@ -44,6 +45,9 @@ pub struct TargetSampler {
     /// The target's server_id.
     pub server_id: String,
     pool: Pool,
+    /// Its TLS, and where it is ("db1:5432"), to explain a failed connection.
+    tls: PgTls,
+    place: String,
     role: String,
     statement_timeout: Duration,
     query_text: QueryText,
@@ -73,7 +77,9 @@ impl TargetSampler {
     ) -> Result<Self, SettingsError> {
         Ok(TargetSampler {
             server_id: target.server_id.clone(),
-            pool: target::pool(target.connection.clone(), statement_timeout)?,
+            pool: target::pool(target.connection.clone(), &target.tls, statement_timeout)?,
+            tls: target.tls.clone(),
+            place: target::default_server_id(&target.connection),
             role: target.connection.get_user().unwrap_or("").to_owned(),
             statement_timeout,
             query_text,
@@ -173,6 +179,24 @@ impl TargetSampler {
     }
 
     /// The last readings of every database's counters, as totals.
+    /// The TLS protocol of the agent's connection to the target ("TLSv1.3"),
+    /// or "off"; for `--once`.
+    pub async fn tls_in_use(&self) -> Result<String, String> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| target::pool_error(&e, &self.place, &self.tls))?;
+        let row = client
+            .query_opt(
+                "SELECT version FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl",
+                &[],
+            )
+            .await
+            .map_err(|e| chain(&e))?;
+        Ok(row.map_or_else(|| "off".to_owned(), |r| r.get(0)))
+    }
+
     pub fn database_totals(&self) -> Vec<v1::DatabaseCounters> {
         self.counters.totals()
     }
@@ -193,7 +217,7 @@ impl TargetSampler {
                 if matches!(e, deadpool_postgres::PoolError::Timeout(_)) {
                     self.stats.pool_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(chain(&e));
+                return Err(target::pool_error(&e, &self.place, &self.tls));
             }
         };
         // The first time, the facts alone say which version to write the

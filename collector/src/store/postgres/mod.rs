@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use pgfleet_common::pgtls::{self, PgTls};
 use pgfleet_proto::time::{Micros, now_micros};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::info;
 
 mod reader;
@@ -70,11 +71,12 @@ const SCHEMA: &str = "
 /// The partitioned tables, each with its partition key.
 const PARTITIONED: [&str; 2] = ["frames", "rollups"];
 
-/// The settings for the store's connections: the URL's, with this
-/// collector's application_name (unless the URL gives one) and a statement
-/// timeout; and the URL without its password, for messages.
-fn settings(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+/// The settings for the store's connections: the URL's (TLS included, as
+/// libpq reads `sslmode` and the `PGSSL*` variables), with this collector's
+/// application_name (unless the URL gives one) and a statement timeout; and
+/// the URL without its password, for messages.
+fn settings(url: &str) -> Result<(tokio_postgres::Config, PgTls, String), StoreError> {
+    let (mut config, tls) = pgtls::parse("store", url, |k| std::env::var(k).ok()).map_err(|e| {
         StoreError::new(
             "--store",
             format!("{e}; give a URL like postgres://pgfleet@db.internal/pgfleet"),
@@ -95,12 +97,6 @@ fn settings(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> {
             .join(","),
         config.get_dbname().unwrap_or("")
     );
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(StoreError::new(
-            &place,
-            "sslmode=require: this collector does not speak TLS to its store yet; reach it over a trusted network (sslmode=disable or prefer), or keep the history in SQLite",
-        ));
-    }
     if config.get_application_name().is_none() {
         config.application_name("pgfleet-collector");
     }
@@ -111,7 +107,7 @@ fn settings(url: &str) -> Result<(tokio_postgres::Config, String), StoreError> {
     );
     config.options(options.trim());
     config.connect_timeout(CONNECT_TIMEOUT);
-    Ok((config, place))
+    Ok((config, tls, place))
 }
 
 /// Opens the store: creates its schema if need be, reads back what it holds,
@@ -121,10 +117,10 @@ pub(super) async fn open(
     retention: Retention,
     collector_id: String,
 ) -> Result<(Store, Loaded), StoreError> {
-    let (config, place) = settings(url)?;
+    let (config, tls, place) = settings(url)?;
     let manager = Manager::from_config(
         config.clone(),
-        NoTls,
+        tls.connector(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -141,6 +137,8 @@ pub(super) async fn open(
         pool,
         collector_id: collector_id.into(),
         written: Arc::default(),
+        tls: tls.clone(),
+        place: place.as_str().into(),
     };
     let loaded = async {
         let mut client = reader.client().await?;
@@ -178,6 +176,7 @@ pub(super) async fn open(
     );
     let sink = PgSink::new(
         config,
+        tls,
         reader.collector_id.to_string(),
         reader.written.clone(),
     );
@@ -296,7 +295,8 @@ mod tests {
 
     #[test]
     fn store_urls_are_checked_and_their_password_kept_out_of_messages() {
-        let (config, place) = settings("postgres://fleet:secret@db.internal:6432/history").unwrap();
+        let (config, _, place) =
+            settings("postgres://fleet:secret@db.internal:6432/history").unwrap();
         assert_eq!(place, "postgres://fleet@db.internal:6432/history");
         assert_eq!(config.get_application_name(), Some("pgfleet-collector"));
         assert!(
@@ -304,8 +304,16 @@ mod tests {
                 .get_options()
                 .is_some_and(|o| o.contains("statement_timeout=30000"))
         );
-        let e = settings("postgres://db/x?sslmode=require").unwrap_err();
-        assert!(e.to_string().contains("TLS"), "{e}");
+        // TLS as libpq reads it; a bad sslmode or a missing file is named.
+        let (config, tls, _) = settings("postgres://db/x?sslmode=require").unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(tls.mode, pgtls::SslMode::Require);
+        let e = settings("postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent.pem")
+            .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent.pem"), "{e}");
         let e = settings("postgres://db:notaport/x").unwrap_err();
         assert!(e.to_string().contains("postgres://pgfleet@"), "{e}");
     }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
+use pgfleet_common::pgtls::PgTls;
 use pgfleet_proto::time::{Micros, now_micros};
 use tracing::warn;
 
@@ -21,6 +22,9 @@ pub(in crate::store) struct Reader {
     pub(super) written: Written,
     /// This collector, as the servers it streams name it.
     pub(super) collector_id: Arc<str>,
+    /// The store's TLS, and the store as messages name it.
+    pub(super) tls: PgTls,
+    pub(super) place: Arc<str>,
 }
 
 /// Why a read failed.
@@ -33,7 +37,7 @@ fn read_error(e: tokio_postgres::Error) -> ReadError {
 impl Reader {
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, ReadError> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => pgfleet_common::error::chain(&e),
+            deadpool_postgres::PoolError::Backend(e) => self.tls.explain(&self.place, &e),
             e => e.to_string(),
         })
     }

@@ -5,10 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pgfleet_common::pgtls::PgTls;
 use pgfleet_proto::time::Micros;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
 use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
@@ -17,6 +18,7 @@ use super::{PARTITIONED, create_partition, day_of, drop_partitions};
 /// The writer: its own connection, on its own thread's runtime.
 pub(super) struct PgSink {
     config: tokio_postgres::Config,
+    tls: PgTls,
     collector_id: String,
     runtime: Option<tokio::runtime::Runtime>,
     writer: Option<Writer>,
@@ -45,8 +47,11 @@ struct Writer {
 }
 
 impl Writer {
-    async fn connect(config: &tokio_postgres::Config) -> Result<Writer, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+    async fn connect(
+        config: &tokio_postgres::Config,
+        tls: &PgTls,
+    ) -> Result<Writer, tokio_postgres::Error> {
+        let (client, connection) = config.connect(tls.connector()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 warn!(error = %e, "The history store's connection ended.");
@@ -95,11 +100,13 @@ impl PgSink {
     /// connects on its first commit, on the store's thread.
     pub(super) fn new(
         config: tokio_postgres::Config,
+        tls: PgTls,
         collector_id: String,
         written: Written,
     ) -> PgSink {
         PgSink {
             config,
+            tls,
             collector_id,
             runtime: None,
             writer: None,
@@ -246,7 +253,7 @@ impl PgSink {
             self.writer = None;
             self.writer = Some(
                 runtime
-                    .block_on(Writer::connect(&self.config))
+                    .block_on(Writer::connect(&self.config, &self.tls))
                     .map_err(|e| pgfleet_common::error::chain(&e))?,
             );
         }

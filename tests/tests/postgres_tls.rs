@@ -1,0 +1,309 @@
+//! TLS to the monitored PostgreSQL, its PgBouncer and the collector's store,
+//! as libpq does it: a real PostgreSQL 15 with `ssl = on` and a pg_hba.conf
+//! that allows `hostssl` only, with certificates the test makes (rcgen).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pgfleet_cli::sandbox::TempCluster;
+use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::store::StoreConfig;
+use pgfleet_tests::TempPgBouncer;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use serde_json::Value;
+
+/// The name on the server's certificate; connections give it as `host`, and
+/// `hostaddr=127.0.0.1` to reach it.
+const NAME: &str = "db.pgfleet.test";
+
+/// A CA, the server's certificate and a client certificate (for the role
+/// `certuser`) that it signed, and a CA that signed neither.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn make(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let fleet_ca = ca("pgfleet test CA");
+        let other_ca = ca("some other CA");
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        write("ca.pem", &fleet_ca.pem());
+        write("other-ca.pem", &other_ca.pem());
+        for (name, sans, cn) in [
+            ("server", vec![NAME.to_owned()], NAME),
+            ("client", vec![], "certuser"),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &fleet_ca).unwrap();
+            write(&format!("{name}.pem"), &cert.pem());
+            write(&format!("{name}.key"), &key.serialize_pem());
+        }
+        Pki {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+/// Turns `cluster` into a server that speaks TLS only: its certificate, the
+/// CA for client certificates, and `hostssl` rules (certuser must show a
+/// certificate).
+async fn tls_only(cluster: &TempCluster, pki: &Pki) {
+    let data = cluster.dir().join("data");
+    for (from, to) in [
+        ("server.pem", "server.crt"),
+        ("server.key", "server.key"),
+        ("ca.pem", "root.crt"),
+    ] {
+        let path = data.join(to);
+        std::fs::copy(pki.dir.join(from), &path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if pgfleet_cli::sandbox::running_as_root() {
+            assert!(
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(&path)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+    }
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all certuser 127.0.0.1/32 trust clientcert=verify-full\n\
+         hostssl all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    let admin = cluster.connect("tls-setup").await.unwrap();
+    // One statement at a time: ALTER SYSTEM refuses a transaction block.
+    for statement in [
+        "ALTER SYSTEM SET ssl = on",
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+        "ALTER SYSTEM SET ssl_ca_file = 'root.crt'",
+        "CREATE ROLE certuser LOGIN",
+        "GRANT pg_monitor TO certuser",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.simple_query(statement).await.unwrap();
+    }
+    // The reload is asynchronous: wait until a plain connection is refused.
+    for _ in 0..50 {
+        if cluster.connect("tls-probe").await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server still accepts plain connections");
+}
+
+/// `pgfleet-agent --once` on `target`: its exit status and the target's JSON.
+fn once(target: &str) -> (bool, Value) {
+    let out = Command::new(pgfleet_tests::agent_binary())
+        .args([
+            "--once",
+            "--collector",
+            "http://127.0.0.1:1",
+            "--target",
+            target,
+        ])
+        .env("PGFLEET_POOL_REPORTER_LISTEN", "off")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let json: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stderr} {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), json[0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_the_store_and_pgbouncer_speak_tls_as_libpq_does() {
+    let cluster = TempCluster::start().await.unwrap();
+    let pki = Pki::make(&cluster.dir().join("pki"));
+    tls_only(&cluster, &pki).await;
+    let port = cluster.port();
+    let at = |user: &str, rest: &str| {
+        format!("host={NAME} hostaddr=127.0.0.1 port={port} user={user} dbname=postgres {rest}")
+    };
+
+    // require: encrypted, nothing checked; --once says the version.
+    let (ok, t) = once(&at("postgres", "sslmode=require"));
+    assert!(ok, "{t}");
+    assert!(t["tls"].as_str().unwrap().starts_with("TLSv1."), "{t}");
+    // prefer (the default) takes TLS when offered.
+    let (ok, t) = once(&at("postgres", ""));
+    assert!(
+        ok && t["tls"].as_str().unwrap().starts_with("TLSv1."),
+        "{t}"
+    );
+    // verify-full with the right CA.
+    let (ok, t) = once(&at(
+        "postgres",
+        &format!("sslmode=verify-full sslrootcert={}", pki.path("ca.pem")),
+    ));
+    assert!(ok, "{t}");
+    // A certificate signed by another CA is refused, saying so.
+    let other = pki.path("other-ca.pem");
+    let (ok, t) = once(&at(
+        "postgres",
+        &format!("sslmode=verify-full sslrootcert={other}"),
+    ));
+    let reason = t["reason"].as_str().unwrap();
+    assert!(!ok, "{t}");
+    assert!(
+        reason.contains(&format!("TLS handshake with {NAME}:{port} failed"))
+            && reason.contains("unknown CA")
+            && reason.contains(&format!("sslrootcert={other}")),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("Error occurred while creating"),
+        "{reason}"
+    );
+    // A host name the certificate does not carry: refused by verify-full,
+    // accepted by verify-ca (which checks the chain only).
+    let by_ip = format!(
+        "host=127.0.0.1 port={port} user=postgres dbname=postgres sslrootcert={}",
+        pki.path("ca.pem")
+    );
+    let (ok, t) = once(&format!("{by_ip} sslmode=verify-full"));
+    assert!(!ok, "{t}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not name the host"),
+        "{t}"
+    );
+    let (ok, t) = once(&format!("{by_ip} sslmode=verify-ca"));
+    assert!(ok, "{t}");
+    // A client certificate, for a clientcert=verify-full rule; without it,
+    // PostgreSQL refuses.
+    let (ok, t) = once(&at(
+        "certuser",
+        &format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            pki.path("ca.pem"),
+            pki.path("client.pem"),
+            pki.path("client.key")
+        ),
+    ));
+    assert!(ok, "{t}");
+    let (ok, t) = once(&at("certuser", "sslmode=require"));
+    assert!(!ok, "{t}");
+    assert!(
+        t["reason"]
+            .as_str()
+            .unwrap()
+            .contains("valid client certificate"),
+        "{t}"
+    );
+    // disable, against hostssl only: PostgreSQL's own reason.
+    let (ok, t) = once(&at("postgres", "sslmode=disable"));
+    assert!(!ok, "{t}");
+    let reason = t["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "{NAME}:{port} refused: FATAL: no pg_hba.conf entry"
+        )),
+        "{reason}"
+    );
+    // The variables, as libpq's.
+    let out = Command::new(pgfleet_tests::agent_binary())
+        .args(["--once", "--collector", "http://127.0.0.1:1", "--target"])
+        .arg(at("postgres", ""))
+        .env("PGFLEET_POOL_REPORTER_LISTEN", "off")
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown CA"));
+
+    // The collector's store: verify-full with the right CA opens it; another
+    // CA is refused at start, saying why.
+    let store = |root: &str| {
+        format!(
+            "postgres://postgres@{NAME}:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={root}"
+        )
+    };
+    let mut config = CollectorConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        cluster.dir().join("collector-tls"),
+    );
+    config.http_listen = None;
+    config.store = StoreConfig::Postgres(store(&pki.path("ca.pem")));
+    let collector = pgfleet_collector::server::start(config.clone())
+        .await
+        .expect("the store opens over verified TLS");
+    collector.stop().await;
+    config.store = StoreConfig::Postgres(store(&other));
+    config.data_dir = cluster.dir().join("collector-tls-other");
+    let e = match pgfleet_collector::server::start(config).await {
+        Ok(_) => panic!("a store behind another CA's certificate was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("TLS handshake") && e.contains("unknown CA"),
+        "{e}"
+    );
+
+    // PgBouncer's admin console with client_tls_sslmode = require.
+    let bouncer = TempPgBouncer::start_with(
+        &cluster,
+        1,
+        &[
+            ("client_tls_sslmode", "require"),
+            ("client_tls_cert_file", &pki.path("server.pem")),
+            ("client_tls_key_file", &pki.path("server.key")),
+            ("server_tls_sslmode", "require"),
+        ],
+    )
+    .await
+    .unwrap();
+    let admin = format!(
+        "postgres://postgres@127.0.0.1:{}/pgbouncer?sslmode=require",
+        bouncer.port()
+    );
+    let out = Command::new(pgfleet_tests::agent_binary())
+        .args(["--once", "--collector", "http://127.0.0.1:1", "--target"])
+        .arg(at("postgres", "sslmode=require"))
+        .args(["--pgbouncer", &admin])
+        .env("PGFLEET_POOL_REPORTER_LISTEN", "off")
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bouncer_sample = &json[0]["pgbouncer"];
+    assert_eq!(bouncer_sample["up"], true, "{bouncer_sample}");
+    // And without TLS, PgBouncer refuses it.
+    let plain = admin.replace("sslmode=require", "sslmode=disable");
+    let out = Command::new(pgfleet_tests::agent_binary())
+        .args(["--once", "--collector", "http://127.0.0.1:1", "--target"])
+        .arg(at("postgres", "sslmode=require"))
+        .args(["--pgbouncer", &plain])
+        .env("PGFLEET_POOL_REPORTER_LISTEN", "off")
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(json[0]["pgbouncer"]["up"], true, "{json}");
+    drop(bouncer);
+    cluster.destroy().await;
+}
