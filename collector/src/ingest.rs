@@ -37,6 +37,18 @@ pub const MAX_TARGETS: usize = 1024;
 /// The most labels one server may carry.
 pub const MAX_LABELS: usize = 32;
 
+/// The most snapshots one batch may hold (an agent sends at most 256).
+pub const MAX_SNAPSHOTS_PER_BATCH: usize = 4096;
+
+/// The most sessions one snapshot may hold (keyframe sessions, or a delta's
+/// upserted and removed): more than any PostgreSQL's max_connections.
+pub const MAX_SESSIONS_PER_SNAPSHOT: usize = 65_536;
+
+/// The longest string a batch may carry: a dictionary entry (a query text,
+/// a name) or a down target's reason. PostgreSQL's own longest query text
+/// (track_activity_query_size) is 1 MiB.
+pub const MAX_STRING_BYTES: usize = 1 << 20;
+
 /// The largest message the collector accepts on any stream.
 pub const MAX_MESSAGE_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
@@ -53,6 +65,8 @@ pub struct IngestService {
     /// The store, when it is shared: an agent that connects is resumed
     /// where it says the agent stopped.
     shared: Option<Store>,
+    /// Who was refused past a bound, to log each once.
+    refusals: Refusals,
 }
 
 impl IngestService {
@@ -70,6 +84,7 @@ impl IngestService {
             shutdown,
             durable: Durable::always(),
             shared: None,
+            refusals: Refusals::default(),
         }
     }
 
@@ -171,13 +186,18 @@ impl Ingest for IngestService {
         // The channel is new and empty, so this cannot wait.
         let _ = tx.try_send(Ok(welcome));
         let aggregator = self.aggregator.clone();
+        let refusals = self.refusals.clone();
         let mut shutdown = self.shutdown.clone();
         let mut durable = self.durable.clone();
         tokio::spawn(async move {
+            let who = Who {
+                agent_id: &agent_id,
+                conn_id,
+                refusals: &refusals,
+            };
             let reason = receive(
                 &aggregator,
-                &agent_id,
-                conn_id,
+                who,
                 &mut inbound,
                 &tx,
                 &mut shutdown,
@@ -208,13 +228,17 @@ impl Ingest for IngestService {
 /// committed what it covers (`durable`).
 async fn receive(
     aggregator: &AggregatorHandle,
-    agent_id: &str,
-    conn_id: u64,
+    who: Who<'_>,
     inbound: &mut Streaming<v1::AgentMessage>,
     tx: &Outbound,
     shutdown: &mut watch::Receiver<()>,
     durable: &mut Durable,
 ) -> String {
+    let Who {
+        agent_id,
+        conn_id,
+        refusals,
+    } = who;
     let mut acks = Acks::default();
     // Batches handed over and not yet answered: their sequence, the servers
     // whose dictionary references could not be read, and the answer to come.
@@ -294,20 +318,26 @@ async fn receive(
                 let status = inbound_error(status);
                 let reason = format!("{} ({:?})", status.message(), status.code());
                 if status.code() == tonic::Code::ResourceExhausted {
-                    warn!(agent.id = %agent_id, reason = %status.message(), "Refused a message over the limit.");
+                    refusals.warn(agent_id, "the message size", status.message());
                 }
                 let _ = tx.send(Err(status)).await;
                 return reason;
             }
         };
         let seq = batch.seq;
+        if let Err(status) = check_batch(&batch) {
+            refusals.warn(agent_id, "the batch bounds", status.message());
+            let reason = status.message().to_owned();
+            let _ = tx.send(Err(status)).await;
+            return reason;
+        }
         if let Err(why) = dictionary.add(std::mem::take(&mut batch.dictionary_additions)) {
             let _ = tx.send(Err(Status::invalid_argument(why.clone()))).await;
             return why;
         }
         let (snapshots, unresolved) = decode(agent_id, batch, &dictionary);
         if let Err(status) = check_times(&snapshots, now_micros()) {
-            warn!(agent.id = %agent_id, seq, reason = %status.message(), "Refused a batch dated in the future.");
+            refusals.warn(agent_id, "the clock skew", status.message());
             let reason = status.message().to_owned();
             let _ = tx.send(Err(status)).await;
             return reason;
@@ -326,6 +356,37 @@ async fn receive(
             return reason;
         }
         pending.push_back((seq, unresolved, answer));
+    }
+}
+
+/// A stream's agent, as [`receive`] names it.
+struct Who<'a> {
+    agent_id: &'a str,
+    conn_id: u64,
+    refusals: &'a Refusals,
+}
+
+/// The agents refused for going past a bound, so that each is logged once
+/// (an agent resends what was refused, again and again) rather than at
+/// every reconnect. Bounded: past [`MAX_REMEMBERED`] the set starts afresh.
+#[derive(Debug, Default, Clone)]
+pub struct Refusals(Arc<std::sync::Mutex<HashSet<(String, &'static str)>>>);
+
+/// The most (agent, bound) pairs remembered.
+const MAX_REMEMBERED: usize = 10_000;
+
+impl Refusals {
+    /// Logs a refusal of `agent_id` past `bound`, the first time only.
+    fn warn(&self, agent_id: &str, bound: &'static str, why: &str) {
+        let Ok(mut seen) = self.0.lock() else {
+            return;
+        };
+        if seen.len() >= MAX_REMEMBERED {
+            seen.clear();
+        }
+        if seen.insert((agent_id.to_owned(), bound)) {
+            warn!(agent.id = %agent_id, bound, reason = %why, "Refused an agent's batch past a bound; its stream ends with the reason (logged once per agent and bound).");
+        }
     }
 }
 
@@ -476,6 +537,57 @@ fn decode(agent_id: &str, batch: v1::Batch, dictionary: &Resolver) -> (Vec<Snaps
         }
     }
     (snapshots, unresolved)
+}
+
+/// Refuses a batch past one of the bounds above, naming it.
+fn check_batch(batch: &v1::Batch) -> Result<(), Status> {
+    let over = |what: &str, n: usize, bound: usize| {
+        Status::resource_exhausted(format!(
+            "batch {}: {what} is {n}, over this collector's bound of {bound}",
+            batch.seq
+        ))
+    };
+    if batch.snapshots.len() > MAX_SNAPSHOTS_PER_BATCH {
+        return Err(over(
+            "the number of snapshots",
+            batch.snapshots.len(),
+            MAX_SNAPSHOTS_PER_BATCH,
+        ));
+    }
+    if let Some(e) = batch
+        .dictionary_additions
+        .iter()
+        .find(|e| e.value.len() > MAX_STRING_BYTES)
+    {
+        return Err(over(
+            &format!("dictionary entry {}'s length in bytes", e.id),
+            e.value.len(),
+            MAX_STRING_BYTES,
+        ));
+    }
+    for s in &batch.snapshots {
+        let sessions = match &s.activity {
+            Some(v1::snapshot::Activity::Keyframe(k)) => k.sessions.len(),
+            Some(v1::snapshot::Activity::Delta(d)) => d.upserted.len() + d.removed.len(),
+            None => 0,
+        };
+        if sessions > MAX_SESSIONS_PER_SNAPSHOT {
+            return Err(over(
+                &format!("the number of sessions of {:?}", s.server_id),
+                sessions,
+                MAX_SESSIONS_PER_SNAPSHOT,
+            ));
+        }
+        let reason = s.status.as_ref().map_or(0, |st| st.reason.len());
+        if reason > MAX_STRING_BYTES {
+            return Err(over(
+                &format!("the length of {:?}'s down reason", s.server_id),
+                reason,
+                MAX_STRING_BYTES,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// How far ahead of the collector's clock a snapshot may be dated.

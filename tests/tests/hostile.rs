@@ -1,9 +1,11 @@
 //! A buggy or hostile agent gets a status that names the bound it broke, and
 //! the collector keeps nothing of what it refused: a message over the limit,
-//! and a snapshot dated in the future.
+//! a snapshot dated in the future, too many sessions or snapshots, too long
+//! a string.
 
 use std::time::Duration;
 
+use pgfleet_collector::ingest;
 use pgfleet_proto::v1::{self, agent_message, collector_message};
 use pgfleet_tests::{agent_stream, fleet, server, wait_for_status};
 
@@ -43,8 +45,7 @@ async fn refusal(inbound: &mut tonic::Streaming<v1::CollectorMessage>) -> tonic:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_message_and_a_future_snapshot_are_refused_with_a_status_that_names_the_bound()
-{
+async fn every_bound_broken_by_an_agent_is_refused_with_a_status_that_names_it() {
     let fleet = fleet("db-hostile", &[]).await;
     let client = fleet.client().await.unwrap();
     wait_for_status(&client, "db-hostile", "up", Duration::from_secs(20)).await;
@@ -87,10 +88,87 @@ async fn an_oversized_message_and_a_future_snapshot_are_refused_with_a_status_th
         "a minute ahead is acknowledged"
     );
 
+    // Every other bound, named in the status.
+    let keyframe = |id: &str, sessions: usize| v1::Snapshot {
+        server_id: id.to_owned(),
+        sampled_at_us: now,
+        status: Some(v1::TargetStatus {
+            up: true,
+            reason: String::new(),
+        }),
+        activity: Some(v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe {
+            sessions: (0..sessions)
+                .map(|i| v1::SessionSample {
+                    pid: i as i32 + 1,
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+        ..Default::default()
+    };
+    let batches = [
+        (
+            "raw-sessions",
+            v1::Batch {
+                seq: 1,
+                dictionary_additions: vec![],
+                snapshots: vec![keyframe(
+                    "raw-sessions",
+                    ingest::MAX_SESSIONS_PER_SNAPSHOT + 1,
+                )],
+            },
+            "the number of sessions",
+        ),
+        (
+            "raw-string",
+            v1::Batch {
+                seq: 1,
+                dictionary_additions: vec![v1::DictionaryEntry {
+                    id: 1,
+                    value: "x".repeat(ingest::MAX_STRING_BYTES + 1),
+                }],
+                snapshots: vec![keyframe("raw-string", 1)],
+            },
+            "dictionary entry 1",
+        ),
+        (
+            "raw-many",
+            v1::Batch {
+                seq: 1,
+                dictionary_additions: vec![],
+                snapshots: (0..=ingest::MAX_SNAPSHOTS_PER_BATCH)
+                    .map(|_| keyframe("raw-many", 0))
+                    .collect(),
+            },
+            "the number of snapshots",
+        ),
+    ];
+    for (id, batch, bound) in batches {
+        let (tx, mut inbound) = agent_stream(&fleet.url, id, None).await.unwrap();
+        tx.send(v1::AgentMessage {
+            msg: Some(agent_message::Msg::Batch(batch)),
+        })
+        .await
+        .unwrap();
+        let status = refusal(&mut inbound).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "{id}: {status:?}"
+        );
+        assert!(
+            status.message().contains(bound) && status.message().contains("bound of"),
+            "{id}: {status:?}"
+        );
+    }
+
     // Nothing of the refused batches was kept; everyone else is served.
     for (id, kept) in [
         ("raw-big", false),
         ("raw-future", false),
+        ("raw-sessions", false),
+        ("raw-string", false),
+        ("raw-many", false),
         ("raw-ahead", true),
     ] {
         let s = server(&mut client.clone(), id).await.unwrap();
