@@ -424,11 +424,12 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
             if output == Output::Csv {
                 s.last_seen
                     .as_ref()
-                    .map(|t| {
-                        humantime::format_rfc3339_millis(time::micros_to_system_time(
-                            time::timestamp_micros(t),
-                        ))
-                        .to_string()
+                    .map(|t| match time::timestamp_micros(t) {
+                        at if (0..time::MAX_RFC3339_US).contains(&at) => {
+                            humantime::format_rfc3339_millis(time::micros_to_system_time(at))
+                                .to_string()
+                        }
+                        at => time::rfc3339(at),
                     })
                     .unwrap_or_default()
             } else {

@@ -119,6 +119,13 @@ impl Plan {
             );
         };
         let end = req.end.as_ref().map_or(now, time::timestamp_micros);
+        for (what, at) in [("start", start), ("end", end)] {
+            if !(0..time::MAX_RFC3339_US).contains(&at) {
+                return Err(format!(
+                    "the range's {what} is out of range: give an instant between 1970 and 9999"
+                ));
+            }
+        }
         if end <= start {
             return Err(format!(
                 "the range is inverted: its end ({}) is not after its start ({})",
@@ -136,7 +143,9 @@ impl Plan {
             ));
         }
         let start = start - start.rem_euclid(MINUTE_US);
-        let points = (end - start + step_us - 1) / step_us;
+        // Both lie between 1970 and 9999, so the span cannot overflow.
+        let span = end - start;
+        let points = span / step_us + i64::from(span % step_us != 0);
         if points > MAX_POINTS {
             return Err(format!(
                 "the range and step make {points} points per series; at most {MAX_POINTS} are served, so widen the step or narrow the range"

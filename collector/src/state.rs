@@ -110,10 +110,16 @@ pub fn merge(
 /// A merge's sessions, and the upserted ones whole in the order given.
 pub type Merged = (Vec<Arc<Session>>, Vec<Arc<Session>>);
 
-/// Sessions in key order, as the views keep them.
+/// Sessions in key order, each key once, as the views keep them. A real
+/// agent never sends a key twice (pg_stat_activity has one row per
+/// backend); of a broken or hostile agent's duplicates the last is kept.
 pub fn by_key(mut sessions: Vec<Arc<Session>>) -> Vec<Arc<Session>> {
-    if !sessions.is_sorted_by_key(|s| s.key()) {
-        sessions.sort_unstable_by_key(|s| s.key());
+    if !sessions.is_sorted_by(|a, b| a.key() < b.key()) {
+        // Stable, so that duplicates stay in the order sent.
+        sessions.sort_by_key(|s| s.key());
+        sessions.reverse();
+        sessions.dedup_by_key(|s| s.key());
+        sessions.reverse();
     }
     sessions
 }

@@ -29,9 +29,18 @@ pub fn micros_to_system_time(us: Micros) -> SystemTime {
     }
 }
 
+/// The first instant past what RFC 3339 writes (year 10000), in
+/// microseconds since the epoch.
+pub const MAX_RFC3339_US: Micros = 253_402_300_800_000_000;
+
 /// Microseconds since the epoch in RFC 3339, to the second
-/// (`2026-11-24T03:12:00Z`), as errors and the CLI print instants.
+/// (`2026-11-24T03:12:00Z`), as errors and the CLI print instants; an
+/// instant before 1970 or past 9999 (which RFC 3339 cannot write) as its
+/// microseconds.
 pub fn rfc3339(at: Micros) -> String {
+    if !(0..MAX_RFC3339_US).contains(&at) {
+        return format!("{at} µs since 1970");
+    }
     humantime::format_rfc3339_seconds(micros_to_system_time(at)).to_string()
 }
 
@@ -68,6 +77,14 @@ pub fn duration_micros(d: &prost_types::Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants_rfc3339_cannot_write_are_written_as_microseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-1), "-1 µs since 1970");
+        assert_eq!(rfc3339(1 << 62), format!("{} µs since 1970", 1i64 << 62));
+        assert_eq!(rfc3339(MAX_RFC3339_US - 1), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn timestamps_round_trip_on_both_sides_of_the_epoch() {

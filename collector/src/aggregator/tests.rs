@@ -223,3 +223,123 @@ fn deltas_apply_to_their_base_and_otherwise_ask_for_a_keyframe() {
     );
     assert_eq!(a.servers["db"].sessions.len(), 3);
 }
+
+/// One step of an agent's stream, as a property test draws it.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A keyframe of `server` at `at` with these pids.
+    Keyframe {
+        server: usize,
+        at: Micros,
+        pids: Vec<i32>,
+    },
+    /// A delta: upserted pids with field masks, removed pids, against a
+    /// base that is the server's last time, or `other_base`.
+    Delta {
+        server: usize,
+        at: Micros,
+        upserted: Vec<(i32, u32)>,
+        removed: Vec<i32>,
+        right_base: bool,
+        other_base: Micros,
+    },
+    /// The server down.
+    Down { server: usize, at: Micros },
+    /// A batch number already applied, again.
+    Replay { seq: u64 },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    let pids = || proptest::collection::vec(0i32..40, 0..12);
+    prop_oneof![
+        (0usize..2, 0i64..1_000_000, pids()).prop_map(|(server, at, pids)| Step::Keyframe {
+            server,
+            at,
+            pids
+        }),
+        (
+            0usize..2,
+            0i64..1_000_000,
+            proptest::collection::vec((0i32..40, any::<u32>()), 0..8),
+            pids(),
+            any::<bool>(),
+            any::<i64>(),
+        )
+            .prop_map(|(server, at, upserted, removed, right_base, other_base)| {
+                Step::Delta {
+                    server,
+                    at,
+                    upserted,
+                    removed,
+                    right_base,
+                    other_base,
+                }
+            }),
+        (0usize..2, 0i64..1_000_000).prop_map(|(server, at)| Step::Down { server, at }),
+        (0u64..20).prop_map(|seq| Step::Replay { seq }),
+    ]
+}
+
+proptest::proptest! {
+    /// Any sequence of well-formed snapshots (keyframes, deltas against the
+    /// right or a wrong base with any field masks, downs, replays) is applied
+    /// or asked again as a keyframe, never a panic; and each view keeps its
+    /// sessions whole, in key order, each once, counted by its rollup.
+    #[test]
+    fn any_stream_of_snapshots_applies_without_panic_and_keeps_views_whole(
+        steps in proptest::collection::vec(step(), 1..40),
+    ) {
+        let servers = ["db-a", "db-b"];
+        let mut a = aggregator();
+        a.register(
+            "a1".into(),
+            1,
+            servers.iter().map(|s| target(s)).collect(),
+            SECOND,
+            None,
+        )
+        .unwrap();
+        let mut seq = 0;
+        for step in steps {
+            let (batch_seq, snapshot) = match step {
+                Step::Keyframe { server, at, pids } => {
+                    seq += 1;
+                    (seq, snapshot(servers[server], at, &pids))
+                }
+                Step::Delta { server, at, upserted, removed, right_base, other_base } => {
+                    seq += 1;
+                    let base = if right_base {
+                        a.servers[servers[server]].sampled_at_us
+                    } else {
+                        other_base
+                    };
+                    let (pids, masks): (Vec<i32>, Vec<u32>) = upserted.into_iter().unzip();
+                    let mut s = snapshot(servers[server], at, &pids);
+                    s.delta = Some(pgfleet_proto::model::Delta {
+                        base_sampled_at_us: base,
+                        removed: removed.into_iter().map(|pid| (pid, 0)).collect(),
+                        unchanged: masks,
+                    });
+                    (seq, s)
+                }
+                Step::Down { server, at } => {
+                    seq += 1;
+                    (seq, Snapshot::down(servers[server].to_owned(), at, "gone".into()))
+                }
+                Step::Replay { seq: old } => (old.min(seq), snapshot(servers[0], 0, &[1])),
+            };
+            let answer = a.apply("a1", 1, batch_seq, vec![snapshot]);
+            proptest::prop_assert!(answer.is_ok(), "{answer:?}");
+            for id in servers {
+                let view = &a.servers[id];
+                let keys: Vec<_> = view.sessions.iter().map(|s| s.key()).collect();
+                proptest::prop_assert!(
+                    keys.windows(2).all(|w| w[0] < w[1]),
+                    "{id}: sessions out of order or twice: {keys:?}"
+                );
+                proptest::prop_assert_eq!(view.rollup.sessions as usize, keys.len());
+            }
+        }
+    }
+}
