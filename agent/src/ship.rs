@@ -305,6 +305,7 @@ impl Shipper {
         if let Some(agent) = &mut wire.agent {
             agent.spool_dropped_batches_total = self.spool.dropped_batches();
             agent.oversized_snapshots_dropped_total = self.oversized;
+            agent.spool_disk_failed_batches_total = self.spool.disk_failed_batches();
         }
         wire
     }

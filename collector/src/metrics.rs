@@ -544,7 +544,7 @@ fn client_pools(out: &mut Out, servers: &[&ServerView]) {
 
 fn stream(out: &mut Out, servers: &[&ServerView]) {
     type Field = fn(&ServerView) -> Option<f64>;
-    let families: [(&str, &str, &str, Field); 7] = [
+    let families: [(&str, &str, &str, Field); 8] = [
         (
             "pgfleet_agent_sample_duration_seconds",
             "gauge",
@@ -568,6 +568,12 @@ fn stream(out: &mut Out, servers: &[&ServerView]) {
             "counter",
             "Snapshots the agent left out because one alone would not fit in a message under the collector's limit, since the agent started.",
             |s| s.agent.map(|a| a.oversized_snapshots_dropped_total as f64),
+        ),
+        (
+            "pgfleet_agent_spool_disk_failed_batches_total",
+            "counter",
+            "Batches the agent held in memory because the disk under its spool could not take them (full, or failing), since the agent started.",
+            |s| s.agent.map(|a| a.spool_disk_failed_batches_total as f64),
         ),
         (
             "pgfleet_stream_applied_batches_total",

@@ -278,6 +278,7 @@ impl TargetSampler {
             // The shipper fills it in: it owns the spool.
             spool_dropped_batches_total: 0,
             oversized_snapshots_dropped_total: 0,
+            spool_disk_failed_batches_total: 0,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Spool {
     disk: Option<Disk>,
     /// An error writing the disk was logged; the next success is logged too.
     disk_failing: bool,
+    /// Batches held in memory because the disk could not take them (full,
+    /// or failing), since the agent started.
+    disk_failed_batches: u64,
     /// Dictionary entries not yet in the spool's dictionary file.
     unwritten_entries: Vec<v1::DictionaryEntry>,
     /// The dictionary entries a reopened spool found, for the encoder.
@@ -89,6 +92,7 @@ impl Spool {
             welcomed: false,
             disk: None,
             disk_failing: false,
+            disk_failed_batches: 0,
             unwritten_entries: Vec::new(),
             recovered_dictionary: Vec::new(),
         }
@@ -170,6 +174,7 @@ impl Spool {
                     // same bound, and dies with the process. The entries are
                     // written before the next batch that goes to disk.
                     self.unwritten_entries = unwritten;
+                    self.disk_failed_batches += 1;
                     if !std::mem::replace(&mut self.disk_failing, true) {
                         error!(error = %e, "Cannot write the spool's disk; holding batches in memory until it works again.");
                     }
@@ -380,6 +385,12 @@ impl Spool {
     /// since start.
     pub fn dropped_batches(&self) -> u64 {
         self.dropped_batches
+    }
+
+    /// Batches held in memory because the spool's disk could not take them
+    /// (full, or failing), since start.
+    pub fn disk_failed_batches(&self) -> u64 {
+        self.disk_failed_batches
     }
 }
 

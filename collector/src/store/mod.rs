@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use pgfleet_proto::time::{Micros, now_micros};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::rollup::Minute;
 
@@ -446,12 +446,22 @@ fn write_loop(
             }
         }
         // Until it commits: nothing after a failed commit is acknowledged,
-        // so the agents keep what it held and ingest waits for the disk.
+        // so the agents keep what it held and ingest waits for the disk (a
+        // full one, say); reads go on. Said once, and once when it is over.
         let mut backoff = Duration::from_millis(100);
+        let mut failing_since: Option<Instant> = None;
         while let Err(e) = sink.commit(&ops) {
-            error!(store = %place, error = %e, retry_in = ?backoff, "Cannot write the history store; retrying.");
+            if failing_since.is_none() {
+                failing_since = Some(Instant::now());
+                error!(store = %place, error = %e, "Cannot write the history store: acknowledgements stop (agents keep their batches) and reads go on until it can; retrying with backoff.");
+            } else {
+                debug!(store = %place, error = %e, retry_in = ?backoff, "The history store still cannot be written.");
+            }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+        if let Some(since) = failing_since {
+            info!(store = %place, after = ?since.elapsed(), "The history store takes writes again; acknowledgements resume.");
         }
         let last = ops.iter().map(|(ticket, _)| *ticket).max().unwrap_or(0);
         committed.send_if_modified(|c| {
