@@ -69,6 +69,11 @@ struct Args {
     /// How long to measure
     #[arg(long, default_value = "60s")]
     measure: humantime::Duration,
+    /// When a stream ends (the collector restarted), connect again at once
+    /// and go on, as real agents do (bench/soak.py); otherwise it counts as
+    /// an error and the agent stops
+    #[arg(long)]
+    reconnect: bool,
 }
 
 /// Counters the agents share.
@@ -79,6 +84,10 @@ struct Stats {
     bytes_raw: AtomicU64,
     keyframe_requests: AtomicU64,
     errors: AtomicU64,
+    /// Streams opened again after one ended (--reconnect).
+    reconnects: AtomicU64,
+    /// Reads that failed while the collector was away (--reconnect).
+    read_errors: AtomicU64,
     /// Agents done sending their hour of history.
     history_done: AtomicU64,
     /// The time batch sends waited for the stream, in µs (the collector's
@@ -162,6 +171,8 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "sessions_per_server": args.sessions,
         "connected": connected,
         "errors": stats.errors.load(Relaxed),
+        "reconnects": stats.reconnects.load(Relaxed),
+        "read_errors": stats.read_errors.load(Relaxed),
         "ramp_s": ramp.as_secs_f64(),
         "measured_s": r.measured.as_secs_f64(),
         "batches_per_s": r.batches as f64 / r.measured.as_secs_f64(),
@@ -230,23 +241,40 @@ async fn read(args: &Args, stats: &Stats) -> Result<Readings, Box<dyn std::error
         if last_summary.elapsed() >= Duration::from_millis(250) {
             last_summary = Instant::now();
             let t = Instant::now();
-            query
+            let answer = query
                 .fleet_summary(v1::FleetSummaryRequest {
                     group_by: "dc".into(),
                     labels: Default::default(),
                 })
-                .await?;
-            summary.push(t.elapsed());
+                .await;
+            match answer {
+                Ok(_) => summary.push(t.elapsed()),
+                // The collector restarting (--reconnect): read again later.
+                Err(_) if args.reconnect => {
+                    stats.read_errors.fetch_add(1, Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         let server_id = server_id(rng.below(args.agents));
         let t = Instant::now();
-        let response = query
+        let response = match query
             .get_activity(v1::GetActivityRequest {
                 server_id,
                 ..Default::default()
             })
-            .await?
-            .into_inner();
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(_) if args.reconnect => {
+                stats.read_errors.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         activity.push(t.elapsed());
         if let Some(at) = &response.sampled_at {
             freshness.push(Duration::from_micros(
@@ -334,9 +362,30 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// One simulated agent: connect, Hello, then a batch every second.
 async fn agent(i: usize, args: Arc<Args>, stats: Arc<Stats>, channel: Option<Channel>) {
-    if let Err(e) = stream(i, &args, &stats, channel).await {
-        stats.errors.fetch_add(1, Relaxed);
-        eprintln!("agent {i}: {e}");
+    let mut wait = Duration::from_millis(100);
+    let mut channel = channel;
+    loop {
+        let started = Instant::now();
+        let ended = stream(i, &args, &stats, channel.take())
+            .await
+            .map_err(|e| e.to_string());
+        match ended {
+            Err(_) if args.reconnect => {
+                // Again at once, then backing off while the collector is away.
+                stats.reconnects.fetch_add(1, Relaxed);
+                if started.elapsed() > Duration::from_secs(5) {
+                    wait = Duration::from_millis(100);
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                stats.errors.fetch_add(1, Relaxed);
+                eprintln!("agent {i}: {e}");
+                return;
+            }
+            Ok(()) => return,
+        }
     }
 }
 
