@@ -7,6 +7,7 @@
 
 pub mod faultproxy;
 mod pgbouncer;
+pub mod pki;
 
 use std::future::Future;
 use std::time::Duration;
@@ -282,4 +283,16 @@ pub async fn http_get(
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
     Ok((head.to_owned(), body.to_owned()))
+}
+
+/// A batch of `snapshots` as the agent's stream carries it, with no
+/// dictionary entries.
+pub fn batch_message(seq: u64, snapshots: Vec<v1::Snapshot>) -> v1::AgentMessage {
+    v1::AgentMessage {
+        msg: Some(v1::agent_message::Msg::Batch(v1::Batch {
+            seq,
+            dictionary_additions: vec![],
+            snapshots,
+        })),
+    }
 }

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use pgfleet_collector::config::CollectorConfig;
-use pgfleet_proto::v1::{self, agent_message, collector_message};
-use pgfleet_tests::{agent_stream, fleet, server, wait_for, wait_for_status};
+use pgfleet_proto::v1::{self, collector_message};
+use pgfleet_tests::{agent_stream, batch_message, fleet, server, wait_for, wait_for_status};
 
 /// A tmpfs of `size` mounted at `dir`, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -74,28 +74,25 @@ impl Drop for Tmpfs {
 
 /// A batch whose keyframe holds one session, pid `seq`, sampled at `at`.
 fn batch(seq: u64, server_id: &str, at: i64) -> v1::AgentMessage {
-    v1::AgentMessage {
-        msg: Some(agent_message::Msg::Batch(v1::Batch {
-            seq,
-            dictionary_additions: vec![],
-            snapshots: vec![v1::Snapshot {
-                server_id: server_id.to_owned(),
-                sampled_at_us: at,
-                status: Some(v1::TargetStatus {
-                    up: true,
-                    reason: String::new(),
-                }),
-                activity: Some(v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe {
-                    sessions: vec![v1::SessionSample {
-                        pid: seq as i32,
-                        backend_start_us: 1,
-                        ..Default::default()
-                    }],
-                })),
-                ..Default::default()
-            }],
-        })),
-    }
+    batch_message(
+        seq,
+        vec![v1::Snapshot {
+            server_id: server_id.to_owned(),
+            sampled_at_us: at,
+            status: Some(v1::TargetStatus {
+                up: true,
+                reason: String::new(),
+            }),
+            activity: Some(v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe {
+                sessions: vec![v1::SessionSample {
+                    pid: seq as i32,
+                    backend_start_us: 1,
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        }],
+    )
 }
 
 /// The next ack within `limit`, if any.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pgfleet_collector::ingest;
 use pgfleet_proto::v1::{self, agent_message, collector_message};
-use pgfleet_tests::{agent_stream, fleet, server, wait_for_status};
+use pgfleet_tests::{agent_stream, batch_message, fleet, server, wait_for_status};
 
 fn batch(seq: u64, server_id: &str, sampled_at_us: i64, padding: usize) -> v1::AgentMessage {
     let snapshot = v1::Snapshot {
@@ -19,13 +19,7 @@ fn batch(seq: u64, server_id: &str, sampled_at_us: i64, padding: usize) -> v1::A
         }),
         ..Default::default()
     };
-    v1::AgentMessage {
-        msg: Some(agent_message::Msg::Batch(v1::Batch {
-            seq,
-            dictionary_additions: vec![],
-            snapshots: vec![snapshot],
-        })),
-    }
+    batch_message(seq, vec![snapshot])
 }
 
 /// The stream's next message, which must be its end with a status.

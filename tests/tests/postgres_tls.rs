@@ -10,7 +10,7 @@ use pgfleet_cli::sandbox::TempCluster;
 use pgfleet_collector::config::CollectorConfig;
 use pgfleet_collector::store::StoreConfig;
 use pgfleet_tests::TempPgBouncer;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use pgfleet_tests::pki;
 use serde_json::Value;
 
 /// The name on the server's certificate; connections give it as `host`, and
@@ -26,14 +26,8 @@ struct Pki {
 impl Pki {
     fn make(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let fleet_ca = ca("pgfleet test CA");
-        let other_ca = ca("some other CA");
+        let fleet_ca = pki::ca("pgfleet test CA");
+        let other_ca = pki::ca("some other CA");
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
         write("ca.pem", &fleet_ca.pem());
         write("other-ca.pem", &other_ca.pem());
@@ -41,12 +35,9 @@ impl Pki {
             ("server", vec![NAME.to_owned()], NAME),
             ("client", vec![], "certuser"),
         ] {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, cn);
-            let cert = params.signed_by(&key, &fleet_ca).unwrap();
-            write(&format!("{name}.pem"), &cert.pem());
-            write(&format!("{name}.key"), &key.serialize_pem());
+            let (cert, key) = pki::issue(&fleet_ca, sans, Some(cn));
+            write(&format!("{name}.pem"), &cert);
+            write(&format!("{name}.key"), &key);
         }
         Pki {
             dir: dir.to_owned(),
@@ -238,33 +229,83 @@ async fn the_agent_the_store_and_pgbouncer_speak_tls_as_libpq_does() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("unknown CA"));
 
-    // The collector's store: verify-full with the right CA opens it; another
-    // CA is refused at start, saying why.
-    let store = |root: &str| {
-        format!(
-            "postgres://postgres@{NAME}:{port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={root}"
-        )
+    // The collector's store, the same cases: it opens over TLS as asked, and
+    // a refusal says why at start.
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let named = |user: &str, query: &str| {
+        format!("postgres://{user}@{NAME}:{port}/postgres?hostaddr=127.0.0.1&{query}")
     };
-    let mut config = CollectorConfig::new(
-        ([127, 0, 0, 1], 0).into(),
-        cluster.dir().join("collector-tls"),
-    );
-    config.http_listen = None;
-    config.store = StoreConfig::Postgres(store(&pki.path("ca.pem")));
-    let collector = pgfleet_collector::server::start(config.clone())
-        .await
-        .expect("the store opens over verified TLS");
-    collector.stop().await;
-    config.store = StoreConfig::Postgres(store(&other));
-    config.data_dir = cluster.dir().join("collector-tls-other");
-    let e = match pgfleet_collector::server::start(config).await {
-        Ok(_) => panic!("a store behind another CA's certificate was opened"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        e.contains("TLS handshake") && e.contains("unknown CA"),
-        "{e}"
-    );
+    // certuser's first: it makes the tables, in its own schema.
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (
+            named(
+                "certuser",
+                &format!("sslmode=verify-full&sslrootcert={ca}&sslcert={cert}&sslkey={key}"),
+            ),
+            None,
+        ),
+        (named("postgres", "sslmode=require"), None),
+        (
+            named("postgres", &format!("sslmode=verify-full&sslrootcert={ca}")),
+            None,
+        ),
+        (
+            named(
+                "postgres",
+                &format!("sslmode=verify-full&sslrootcert={other}"),
+            ),
+            Some("unknown CA"),
+        ),
+        (
+            format!(
+                "postgres://postgres@127.0.0.1:{port}/postgres?sslmode=verify-full&sslrootcert={ca}"
+            ),
+            Some("does not name the host"),
+        ),
+        (
+            named("postgres", "sslmode=disable"),
+            Some("no pg_hba.conf entry"),
+        ),
+    ];
+    // The store creates its tables (over the socket, which the rules above
+    // leave open, the schema is made for certuser).
+    let local = tokio_postgres::Config::new()
+        .host_path(cluster.dir())
+        .port(port)
+        .user("postgres")
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await;
+    let (client, connection) = local.expect("the socket takes local connections");
+    tokio::spawn(connection);
+    // Its schema belongs to certuser, so that every case below may use it.
+    for statement in [
+        "GRANT CREATE ON DATABASE postgres TO certuser",
+        "CREATE SCHEMA pgfleet AUTHORIZATION certuser",
+    ] {
+        client.simple_query(statement).await.unwrap();
+    }
+    for (i, (url, refused)) in cases.into_iter().enumerate() {
+        let mut config = CollectorConfig::new(
+            ([127, 0, 0, 1], 0).into(),
+            cluster.dir().join(format!("collector-tls-{i}")),
+        );
+        config.http_listen = None;
+        config.store = StoreConfig::Postgres(url.clone());
+        match (pgfleet_collector::server::start(config).await, refused) {
+            (Ok(collector), None) => collector.stop().await,
+            (Err(e), Some(why)) => {
+                let e = e.to_string();
+                assert!(e.contains(why), "{url}: {e}");
+                if why != "no pg_hba.conf entry" {
+                    assert!(e.contains("TLS handshake"), "{url}: {e}");
+                }
+            }
+            (Ok(_), Some(why)) => panic!("{url}: opened, though it should be refused ({why})"),
+            (Err(e), None) => panic!("{url}: {e}"),
+        }
+    }
 
     // PgBouncer's admin console with client_tls_sslmode = require.
     let bouncer = TempPgBouncer::start_with(

@@ -13,8 +13,8 @@ use pgfleet_collector::config::CollectorConfig;
 use pgfleet_collector::server;
 use pgfleet_common::tls::{ClientTls, ClientTlsFiles, ServerTls};
 use pgfleet_proto::v1;
+use pgfleet_tests::pki;
 use pgfleet_tests::{agent_stream, wait_for_status};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// PEM files: a CA, a server and a client certificate it signed, and a CA
 /// that signed neither.
@@ -25,14 +25,8 @@ struct Pki {
 impl Pki {
     fn make(dir: &Path) -> Pki {
         std::fs::create_dir_all(dir).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let fleet_ca = ca("pgfleet test CA");
-        let other_ca = ca("some other CA");
+        let fleet_ca = pki::ca("pgfleet test CA");
+        let other_ca = pki::ca("some other CA");
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
         write("ca.pem", &fleet_ca.pem());
         write("other-ca.pem", &other_ca.pem());
@@ -43,13 +37,9 @@ impl Pki {
             ),
             ("client", vec!["agent-1.example".to_owned()]),
         ] {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(sans)
-                .unwrap()
-                .signed_by(&key, &fleet_ca)
-                .unwrap();
-            write(&format!("{name}.pem"), &cert.pem());
-            write(&format!("{name}.key"), &key.serialize_pem());
+            let (cert, key) = pki::issue(&fleet_ca, sans, None);
+            write(&format!("{name}.pem"), &cert);
+            write(&format!("{name}.key"), &key);
         }
         Pki {
             dir: dir.to_owned(),
