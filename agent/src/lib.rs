@@ -10,6 +10,7 @@ pub mod config;
 pub mod encode;
 pub mod once;
 pub mod outgoing;
+pub mod pack;
 pub mod reporter;
 pub mod sampler;
 pub mod ship;
