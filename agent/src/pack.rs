@@ -6,10 +6,11 @@ use pgfleet_proto::v1;
 use prost::Message;
 
 /// The most bytes of snapshots one batch holds: the message limit, less room
-/// for the whole dictionary (the first batch of a stream carries it) and for
-/// its entries' framing and the envelope. A batch never exceeds the limit.
+/// for the dictionary twice (a batch's own additions, and the whole
+/// dictionary the first batch of a stream carries on top) and for the
+/// entries' framing and the envelope. A batch never exceeds the limit.
 pub const MAX_BATCH_SNAPSHOT_BYTES: usize =
-    MAX_MESSAGE_BYTES - pgfleet_proto::compact::Dictionary::MAX_BYTES - (1 << 20);
+    MAX_MESSAGE_BYTES - 2 * pgfleet_proto::compact::Dictionary::MAX_BYTES - (1 << 20);
 
 /// Splits `snapshots`, in order, into batches of at most `budget` encoded
 /// bytes each; a snapshot larger than `budget` alone is left out. Returns
@@ -79,10 +80,10 @@ mod tests {
         for b in &batches {
             assert!(b.iter().map(framed).sum::<usize>() <= budget);
         }
-        // The real budget leaves room for the whole dictionary under the limit.
+        // The real budget leaves room for the dictionary twice under the limit.
         const {
             assert!(
-                MAX_BATCH_SNAPSHOT_BYTES + pgfleet_proto::compact::Dictionary::MAX_BYTES
+                MAX_BATCH_SNAPSHOT_BYTES + 2 * pgfleet_proto::compact::Dictionary::MAX_BYTES
                     < MAX_MESSAGE_BYTES
             )
         };

@@ -444,8 +444,8 @@ impl Shipper {
             let path = PathAndQuery::from_static(INGEST_STREAM);
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
             if let Some(token) = &self.link.token {
-                let value = format!("Bearer {}", token.secret())
-                    .parse()
+                let value = token
+                    .bearer()
                     .map_err(|_| ("the token cannot go in a header".to_owned(), true))?;
                 request.metadata_mut().insert("authorization", value);
             }

@@ -88,7 +88,6 @@ pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
         .map_err(|e| unreachable(chain(&e)))?;
     let bearer = match &remote.token {
         None => Bearer(None),
-        // A token is printable ASCII (Token::new checks it), so it fits.
         Some(token) => {
             Bearer(Some(format!("Bearer {}", token.secret()).parse().map_err(
                 |_| CliError::Usage("the token does not fit a header".into()),

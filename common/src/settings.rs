@@ -205,8 +205,8 @@ mod tests {
     }
 }
 
-/// A bearer token: what an agent presents to its collector. It never shows in
-/// logs or debug output.
+/// A bearer token: what an agent or a reader presents to its collector. It
+/// never shows in logs or debug output.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
 
@@ -238,6 +238,23 @@ impl Token {
     /// The token's text, to put on the wire; never log it.
     pub fn secret(&self) -> &str {
         &self.0
+    }
+
+    /// `Bearer <token>` as a gRPC header value, marked sensitive so that
+    /// HTTP/2 never keeps it in its header-compression table. A token is
+    /// printable ASCII ([`Token::new`] checks it), so it always fits.
+    pub fn bearer(
+        &self,
+    ) -> Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>, SettingsError> {
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {}", self.0)
+                .parse()
+                .map_err(|_| SettingsError::Invalid {
+                    key: "token",
+                    message: "the token does not fit a header".to_owned(),
+                })?;
+        value.set_sensitive(true);
+        Ok(value)
     }
 
     /// Whether `presented` is this token, in time that does not depend on

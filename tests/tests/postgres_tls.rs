@@ -169,6 +169,19 @@ async fn the_agent_the_store_and_pgbouncer_speak_tls_as_libpq_does() {
         !reason.contains("Error occurred while creating"),
         "{reason}"
     );
+    // verify-ca, and require with a root (which then checks the chain, as
+    // libpq does), refuse it too.
+    for mode in ["verify-ca", "require"] {
+        let (ok, t) = once(&at(
+            "postgres",
+            &format!("sslmode={mode} sslrootcert={other}"),
+        ));
+        assert!(!ok, "{mode}: {t}");
+        assert!(
+            t["reason"].as_str().unwrap().contains("unknown CA"),
+            "{mode}: {t}"
+        );
+    }
     // A host name the certificate does not carry: refused by verify-full,
     // accepted by verify-ca (which checks the chain only).
     let by_ip = format!(
@@ -344,7 +357,7 @@ async fn the_agent_the_store_and_pgbouncer_speak_tls_as_libpq_does() {
         .output()
         .unwrap();
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_ne!(json[0]["pgbouncer"]["up"], true, "{json}");
+    assert_eq!(json[0]["pgbouncer"]["up"], false, "{json}");
     drop(bouncer);
     cluster.destroy().await;
 }

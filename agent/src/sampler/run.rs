@@ -178,7 +178,6 @@ impl TargetSampler {
         }
     }
 
-    /// The last readings of every database's counters, as totals.
     /// The TLS protocol of the agent's connection to the target ("TLSv1.3"),
     /// or "off"; for `--once`.
     pub async fn tls_in_use(&self) -> Result<String, String> {
@@ -197,6 +196,7 @@ impl TargetSampler {
         Ok(row.map_or_else(|| "off".to_owned(), |r| r.get(0)))
     }
 
+    /// The last readings of every database's counters, as totals.
     pub fn database_totals(&self) -> Vec<v1::DatabaseCounters> {
         self.counters.totals()
     }

@@ -24,9 +24,10 @@ pub const MAX_LABELS: usize = 32;
 /// The most snapshots one batch may hold (an agent sends at most 256).
 pub const MAX_SNAPSHOTS_PER_BATCH: usize = 4096;
 
-/// The most sessions one snapshot may hold (keyframe sessions, or a delta's
-/// upserted and removed): more than any PostgreSQL's max_connections.
-pub const MAX_SESSIONS_PER_SNAPSHOT: usize = 65_536;
+/// The most sessions one list of a snapshot may hold (a keyframe's
+/// sessions, a delta's upserted, a delta's removed): PostgreSQL's own
+/// ceiling on max_connections is 262,143.
+pub const MAX_SESSIONS_PER_SNAPSHOT: usize = 262_144;
 
 /// The longest string a batch may carry: a dictionary entry (a query text,
 /// a name) or a down target's reason. PostgreSQL's own longest query text
@@ -86,7 +87,7 @@ pub(super) fn check_batch(batch: &v1::Batch) -> Result<(), Status> {
     for s in &batch.snapshots {
         let sessions = match &s.activity {
             Some(v1::snapshot::Activity::Keyframe(k)) => k.sessions.len(),
-            Some(v1::snapshot::Activity::Delta(d)) => d.upserted.len() + d.removed.len(),
+            Some(v1::snapshot::Activity::Delta(d)) => d.upserted.len().max(d.removed.len()),
             None => 0,
         };
         if sessions > MAX_SESSIONS_PER_SNAPSHOT {

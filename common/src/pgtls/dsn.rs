@@ -38,7 +38,16 @@ pub(super) fn take_tls(text: &str) -> Result<(String, Settings), String> {
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            if !settings.set(&percent_decode(k)?, percent_decode(v)?) {
+            // Only the TLS settings' values are decoded here: the others
+            // (a password, say) go on as they are, and never into a message.
+            let key = percent_decode(k).unwrap_or_default();
+            if matches!(
+                key.as_str(),
+                "sslmode" | "sslrootcert" | "sslcert" | "sslkey"
+            ) {
+                let value = percent_decode(v).map_err(|_| format!("{key} has a bad %-escape"))?;
+                settings.set(&key, value);
+            } else {
                 kept.push(pair);
             }
         }

@@ -162,6 +162,8 @@ impl PgTls {
     fn from_settings(s: &Settings) -> Result<PgTls, SettingsError> {
         let mode = match &s.mode {
             Some(m) => SslMode::parse(m)?,
+            // As libpq 16: the system's roots mean checking the name too.
+            None if s.root.as_deref() == Some("system") => SslMode::VerifyFull,
             None => SslMode::Prefer,
         };
         PgTls::build(
@@ -202,8 +204,22 @@ impl PgTls {
                     });
                 }
             },
-            (None, _) => None,
+            // As libpq: where ~/.postgresql/root.crt exists, prefer and
+            // require check the chain against it too.
+            (None, SslMode::Disable) => None,
+            (None, _) => default_root.map(|p| p.display().to_string()),
         };
+        // Any public CA signs for anyone: with the system's roots, only a
+        // check of the name means something (libpq 16 refuses the rest too).
+        if root.as_deref() == Some("system") && mode != SslMode::VerifyFull {
+            return Err(SettingsError::Invalid {
+                key: "sslmode",
+                message: format!(
+                    "sslmode={} may not be used with sslrootcert=system, which any public CA satisfies; use sslmode=verify-full",
+                    mode.name()
+                ),
+            });
+        }
         // What to check: with a root, the chain (and the name, for
         // verify-full); without, nothing (prefer, require), as libpq.
         let verifier: Arc<dyn ServerCertVerifier> = match &root {

@@ -64,3 +64,19 @@ fn modes_and_files_are_checked_at_start_with_the_setting_named() {
     .unwrap_err();
     assert!(e.to_string().contains("sslmode=disable"), "{e}");
 }
+
+#[test]
+fn the_system_roots_go_with_verify_full_only() {
+    let e = parse(
+        "target",
+        "host=db1 sslmode=require sslrootcert=system",
+        no_env,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("use sslmode=verify-full"), "{e}");
+    // Without an sslmode, the system's roots mean verify-full (where the
+    // system has roots at all).
+    if let Ok((_, tls)) = parse("target", "host=db1 sslrootcert=system", no_env) {
+        assert_eq!(tls.mode, SslMode::VerifyFull);
+    }
+}
