@@ -425,7 +425,7 @@ pub fn render_servers(servers: &[v1::Server], output: Output, now: Micros) -> St
                 s.last_seen
                     .as_ref()
                     .map(|t| match time::timestamp_micros(t) {
-                        at if (0..time::MAX_RFC3339_US).contains(&at) => {
+                        at if time::writable(at) => {
                             humantime::format_rfc3339_millis(time::micros_to_system_time(at))
                                 .to_string()
                         }

@@ -120,7 +120,7 @@ impl Plan {
         };
         let end = req.end.as_ref().map_or(now, time::timestamp_micros);
         for (what, at) in [("start", start), ("end", end)] {
-            if !(0..time::MAX_RFC3339_US).contains(&at) {
+            if !time::writable(at) {
                 return Err(format!(
                     "the range's {what} is out of range: give an instant between 1970 and 9999"
                 ));

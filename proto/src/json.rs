@@ -4,7 +4,7 @@
 
 use serde::Serializer;
 
-use crate::time::{MAX_RFC3339_US, duration_micros, micros_to_system_time, timestamp_micros};
+use crate::time::{duration_micros, micros_to_system_time, timestamp_micros};
 
 /// A `Timestamp` as an RFC 3339 string in UTC, or null.
 pub fn timestamp<S: Serializer>(
@@ -14,7 +14,7 @@ pub fn timestamp<S: Serializer>(
     match ts.as_ref().map(timestamp_micros) {
         // RFC 3339 writes years 1970 (here) to 9999; anything else as its
         // microseconds, rather than a panic.
-        Some(at) if !(0..MAX_RFC3339_US).contains(&at) => {
+        Some(at) if !crate::time::writable(at) => {
             s.collect_str(&format_args!("{at} µs since 1970"))
         }
         Some(at) => s.collect_str(&humantime::format_rfc3339_micros(micros_to_system_time(at))),

@@ -33,12 +33,17 @@ pub fn micros_to_system_time(us: Micros) -> SystemTime {
 /// microseconds since the epoch.
 pub const MAX_RFC3339_US: Micros = 253_402_300_800_000_000;
 
+/// Whether RFC 3339 can write `at` (1970 to 9999).
+pub fn writable(at: Micros) -> bool {
+    (0..MAX_RFC3339_US).contains(&at)
+}
+
 /// Microseconds since the epoch in RFC 3339, to the second
 /// (`2026-11-24T03:12:00Z`), as errors and the CLI print instants; an
 /// instant before 1970 or past 9999 (which RFC 3339 cannot write) as its
 /// microseconds.
 pub fn rfc3339(at: Micros) -> String {
-    if !(0..MAX_RFC3339_US).contains(&at) {
+    if !writable(at) {
         return format!("{at} µs since 1970");
     }
     humantime::format_rfc3339_seconds(micros_to_system_time(at)).to_string()

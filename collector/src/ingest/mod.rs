@@ -315,10 +315,7 @@ async fn receive(
         };
         let seq = batch.seq;
         if let Err(status) = check_batch(&batch) {
-            refusals.warn(agent_id, "the batch bounds", status.message());
-            let reason = status.message().to_owned();
-            let _ = tx.send(Err(status)).await;
-            return reason;
+            return refuse(refusals, agent_id, "the batch bounds", status, tx).await;
         }
         if let Err(why) = dictionary.add(std::mem::take(&mut batch.dictionary_additions)) {
             let _ = tx.send(Err(Status::invalid_argument(why.clone()))).await;
@@ -326,10 +323,7 @@ async fn receive(
         }
         let (snapshots, unresolved) = decode(agent_id, batch, &dictionary);
         if let Err(status) = check_times(&snapshots, now_micros()) {
-            refusals.warn(agent_id, "the clock skew", status.message());
-            let reason = status.message().to_owned();
-            let _ = tx.send(Err(status)).await;
-            return reason;
+            return refuse(refusals, agent_id, "the clock skew", status, tx).await;
         }
         let (reply, answer) = oneshot::channel();
         let command = Command::Apply {
@@ -346,6 +340,21 @@ async fn receive(
         }
         pending.push_back((seq, unresolved, answer));
     }
+}
+
+/// Ends a stream past `bound`: logged once per agent and bound, the agent
+/// told why; returns the reason, for the stream's end.
+async fn refuse(
+    refusals: &Refusals,
+    agent_id: &str,
+    bound: &'static str,
+    status: Status,
+    tx: &Outbound,
+) -> String {
+    refusals.warn(agent_id, bound, status.message());
+    let reason = status.message().to_owned();
+    let _ = tx.send(Err(status)).await;
+    reason
 }
 
 /// A stream's agent, as [`receive`] names it.
