@@ -28,6 +28,15 @@ const JSON_MESSAGES: &[&str] = &[
     "QueryMetricsResponse",
     "MetricSeries",
     "MetricPoint",
+    "LoadNow",
+    "KeyValue",
+    "QueryLoadResponse",
+    "LoadSeries",
+    "TopQueriesResponse",
+    "TopQuery",
+    "StatementTotals",
+    "GetChurnResponse",
+    "ChurnRow",
 ];
 
 /// Their google.protobuf.Timestamp and Duration fields, with the serde helper for each.
@@ -51,6 +60,7 @@ const JSON_FIELDS: &[(&str, &str)] = &[
     ("BlockingTree.longest_wait", "duration"),
     ("QueryMetricsResponse.step", "duration"),
     ("MetricPoint.at", "timestamp"),
+    ("QueryLoadResponse.step", "duration"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod follow;
 pub mod ingest;
+pub mod load;
 pub mod metrics;
 pub mod query;
 pub mod rollup;

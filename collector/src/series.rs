@@ -80,6 +80,21 @@ impl Matcher {
         })
     }
 
+    /// `name="value"`.
+    pub fn equal(name: &str, value: &str) -> Matcher {
+        Matcher {
+            name: name.to_owned(),
+            op: Op::Eq,
+            value: value.to_owned(),
+            regex: None,
+        }
+    }
+
+    /// The label (or dimension) it matches.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Whether `value` (None: the label is absent) matches.
     pub fn matches(&self, value: Option<&str>) -> bool {
         let value = value.unwrap_or("");
@@ -91,6 +106,37 @@ impl Matcher {
             (Op::Re | Op::NotRe, None) => false,
         }
     }
+}
+
+/// A request's range, checked: start is required, end defaults to `now`,
+/// and both lie between 1970 and 9999, the end after the start.
+pub fn range(
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+    now: Micros,
+) -> Result<(Micros, Micros), String> {
+    let Some(start) = start.map(time::timestamp_micros) else {
+        return Err(
+            "the range has no start; give one (the CLI's --range 1h means the last hour)"
+                .to_owned(),
+        );
+    };
+    let end = end.map_or(now, time::timestamp_micros);
+    for (what, at) in [("start", start), ("end", end)] {
+        if !time::writable(at) {
+            return Err(format!(
+                "the range's {what} is out of range: give an instant between 1970 and 9999"
+            ));
+        }
+    }
+    if end <= start {
+        return Err(format!(
+            "the range is inverted: its end ({}) is not after its start ({})",
+            time::rfc3339(end),
+            time::rfc3339(start)
+        ));
+    }
+    Ok((start, end))
 }
 
 /// A checked `QueryMetrics` request.
@@ -112,27 +158,7 @@ impl Plan {
     /// Checks `req` at `now`; the error says what to change.
     pub fn new(req: &v1::QueryMetricsRequest, now: Micros) -> Result<Plan, String> {
         let metric = Metric::parse(&req.metric)?;
-        let Some(start) = req.start.as_ref().map(time::timestamp_micros) else {
-            return Err(
-                "the range has no start; give one (the CLI's --range 1h means the last hour)"
-                    .to_owned(),
-            );
-        };
-        let end = req.end.as_ref().map_or(now, time::timestamp_micros);
-        for (what, at) in [("start", start), ("end", end)] {
-            if !time::writable(at) {
-                return Err(format!(
-                    "the range's {what} is out of range: give an instant between 1970 and 9999"
-                ));
-            }
-        }
-        if end <= start {
-            return Err(format!(
-                "the range is inverted: its end ({}) is not after its start ({})",
-                time::rfc3339(end),
-                time::rfc3339(start)
-            ));
-        }
+        let (start, end) = range(req.start.as_ref(), req.end.as_ref(), now)?;
         let step_us = req.step.as_ref().map_or(MINUTE_US, time::duration_micros);
         if step_us <= 0 || step_us % MINUTE_US != 0 {
             return Err(format!(

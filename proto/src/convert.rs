@@ -195,6 +195,7 @@ impl From<&Snapshot> for v1::Snapshot {
             pgbouncer: s.pgbouncer.clone(),
             client_pools: s.client_pools.clone(),
             agent: s.agent,
+            statements: s.statements.clone(),
         }
     }
 }
@@ -257,6 +258,7 @@ pub(crate) fn snapshot_from(s: v1::Snapshot, text: &Texts) -> Result<Snapshot, D
             pgbouncer: s.pgbouncer,
             client_pools: s.client_pools,
             agent: s.agent,
+            statements: s.statements,
         })
     }
 }

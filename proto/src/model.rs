@@ -243,6 +243,9 @@ pub struct Snapshot {
     pub client_pools: Vec<v1::ClientPool>,
     /// The agent's counters for this target.
     pub agent: Option<v1::AgentCounters>,
+    /// pg_stat_statements increments, on the snapshots taken when the agent
+    /// read them.
+    pub statements: Option<v1::StatementsSample>,
 }
 
 /// What makes a snapshot a delta: the snapshot it applies to, and the sessions
@@ -274,6 +277,7 @@ impl Snapshot {
             pgbouncer: None,
             client_pools: Vec::new(),
             agent: None,
+            statements: None,
         }
     }
 }

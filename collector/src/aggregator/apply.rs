@@ -12,6 +12,8 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{Aggregator, DatabaseTotal};
+use crate::load::FINE_US;
+use crate::load::statements::Read;
 use crate::rollup::{Minute, Rollup};
 use crate::state::{Pools, by_key, merge};
 use crate::store::{Frame, Op as StoreOp};
@@ -80,6 +82,20 @@ impl Aggregator {
                     self.writes.push(StoreOp::Minute {
                         server_id: snapshot.server_id.clone(),
                         minute: Arc::unwrap_or_clone(open),
+                    });
+                }
+            }
+            // Statement statistics are increments too.
+            if let Some(read) = snapshot.statements.as_ref().and_then(Read::of) {
+                let (read, texts) = read;
+                for (f, text) in texts {
+                    self.texts.note(f, &text);
+                }
+                if keep {
+                    self.writes.push(StoreOp::Statements {
+                        server_id: snapshot.server_id.clone(),
+                        at: snapshot.sampled_at_us,
+                        read,
                     });
                 }
             }
@@ -161,7 +177,7 @@ impl Aggregator {
             view.last_seen_us = Some(now);
             view.sampled_at_us = snapshot.sampled_at_us;
             view.status = snapshot.status;
-            view.sessions = Arc::new(snapshot.sessions);
+            let before = std::mem::replace(&mut view.sessions, Arc::new(snapshot.sessions));
             if facts.is_some() {
                 view.facts = facts;
             }
@@ -170,11 +186,42 @@ impl Aggregator {
             }
             view.pools = pools;
             let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
+            let counter = self
+                .load
+                .entry(snapshot.server_id.as_str().into())
+                .or_default();
+            let mut closed = Vec::new();
             if view.status == TargetStatus::Up {
                 let interval_us = view.interval.as_micros() as i64;
                 Arc::make_mut(&mut view.minute).add_sample(&rollup, &view.pools, interval_us);
+                let texts = &mut self.texts;
+                counter.sample(
+                    view.sampled_at_us,
+                    interval_us,
+                    &before,
+                    &view.sessions,
+                    &mut closed,
+                    &mut |f, text| texts.note(f, text),
+                );
+            } else {
+                counter.advance(view.sampled_at_us, &mut closed);
+            }
+            if closed.iter().any(|b| b.len_us == FINE_US) {
+                view.load = Arc::new(counter.now().clone());
+            }
+            if keep {
+                for bucket in closed {
+                    self.writes.push(StoreOp::Load {
+                        server_id: snapshot.server_id.clone(),
+                        bucket,
+                    });
+                }
             }
             view.rollup = Arc::new(rollup);
+        }
+        if keep && !self.texts.new.is_empty() {
+            self.writes
+                .push(StoreOp::Texts(std::mem::take(&mut self.texts.new)));
         }
         self.publish_stream(agent_id);
         if keep {

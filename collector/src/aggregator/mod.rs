@@ -22,6 +22,7 @@ pub use command::{AggregatorHandle, Command, Followed, TargetInfo};
 pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView};
 
 use crate::config::DuplicateServerId;
+use crate::load::Counter;
 use crate::rollup::{Minute, Rollup};
 use crate::store::{Loaded, Op as StoreOp, Rebuilt, Resume, Store, StoredServer};
 use apply::sum_databases;
@@ -56,8 +57,38 @@ pub struct Aggregator {
     publish: watch::Sender<Arc<FleetView>>,
     agents: HashMap<String, AgentState>,
     servers: BTreeMap<Arc<str>, Arc<ServerView>>,
+    /// Each server's open load buckets (not published: readers read closed
+    /// buckets from the store, and the view's `load`).
+    load: HashMap<Arc<str>, Counter>,
+    /// Query texts known to be stored, and those to store.
+    texts: Texts,
     /// When the last view was published.
     published: tokio::time::Instant,
+}
+
+/// The fingerprints whose texts the store holds (as far as this collector
+/// knows), so that each text is written once; bounded, forgetting all when
+/// full (a text written again is ignored by the store).
+#[derive(Default)]
+struct Texts {
+    known: std::collections::HashSet<u64>,
+    new: Vec<(u64, String)>,
+}
+
+/// The most fingerprints [`Texts`] remembers.
+const KNOWN_TEXTS: usize = 100_000;
+
+impl Texts {
+    fn note(&mut self, fingerprint: u64, text: &str) {
+        if fingerprint == 0 || text.is_empty() || self.known.contains(&fingerprint) {
+            return;
+        }
+        if self.known.len() >= KNOWN_TEXTS {
+            self.known.clear();
+        }
+        self.known.insert(fingerprint);
+        self.new.push((fingerprint, text.to_owned()));
+    }
 }
 
 impl Aggregator {
@@ -80,6 +111,8 @@ impl Aggregator {
                 publish,
                 agents: HashMap::new(),
                 servers: BTreeMap::new(),
+                load: HashMap::new(),
+                texts: Texts::default(),
                 published: tokio::time::Instant::now(),
             },
             AggregatorHandle { commands: tx, view },
@@ -117,6 +150,10 @@ impl Aggregator {
                 ..ServerView::new(&s.server_id, s.interval)
             };
             restore(&mut view, s.activity, s.minute);
+            self.load
+                .entry(s.server_id.as_str().into())
+                .or_default()
+                .restore(s.load, now_micros());
             self.servers
                 .insert(view.server_id.as_str().into(), Arc::new(view));
         }
@@ -202,6 +239,14 @@ impl Aggregator {
                             self.writes.push(StoreOp::Minute {
                                 server_id: view.server_id.clone(),
                                 minute: (*view.minute).clone(),
+                            });
+                        }
+                    }
+                    for (server_id, counter) in &self.load {
+                        for bucket in counter.open() {
+                            self.writes.push(StoreOp::Load {
+                                server_id: server_id.to_string(),
+                                bucket,
                             });
                         }
                     }
@@ -308,6 +353,9 @@ impl Aggregator {
             };
             if let Some(s) = stored.remove(&t.server_id) {
                 restore(&mut base, s.activity, s.minute);
+                let mut counter = Counter::default();
+                counter.restore(s.load, now_micros());
+                self.load.insert(t.server_id.as_str().into(), counter);
             }
             if self.store.is_some() {
                 self.writes.push(StoreOp::Server {

@@ -9,6 +9,7 @@ use pgfleet_proto::model::{Session, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
+use crate::load::count::LoadNow;
 use crate::rollup::{Minute, Rollup};
 use crate::state::Pools;
 
@@ -57,6 +58,8 @@ pub struct ServerView {
     /// pg_stat_database counters summed since the collector first saw each
     /// database, by name.
     pub databases: Arc<BTreeMap<String, DatabaseTotal>>,
+    /// DB load now and over the last minutes, as of the last closed 10 s.
+    pub load: Arc<LoadNow>,
 }
 
 /// One database's counters, summed.
@@ -100,6 +103,7 @@ impl ServerView {
             stream: v1::StreamStats::default(),
             pools: Arc::default(),
             databases: Arc::default(),
+            load: Arc::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod blocking;
 mod fleet;
+mod load;
 mod watcher;
 
 pub use fleet::{MAX_TOP_SESSIONS, summarise};
@@ -96,6 +97,7 @@ pub fn server_message(view: &ServerView, now: Micros) -> v1::Server {
         agent: view.agent,
         stream: Some(view.stream),
         collector: view.via.as_deref().unwrap_or_default().to_owned(),
+        load: Some(load::load_now(view)),
     }
 }
 
@@ -352,6 +354,33 @@ impl v1::query_server::Query for QueryService {
             step: Some(time::duration(plan.step_us)),
             series: plan.evaluate(&view.servers, &stored),
         }))
+    }
+
+    async fn query_load(
+        &self,
+        request: Request<v1::QueryLoadRequest>,
+    ) -> Result<Response<v1::QueryLoadResponse>, Status> {
+        self.load_answer(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn top_queries(
+        &self,
+        request: Request<v1::TopQueriesRequest>,
+    ) -> Result<Response<v1::TopQueriesResponse>, Status> {
+        self.top_queries_answer(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_churn(
+        &self,
+        request: Request<v1::GetChurnRequest>,
+    ) -> Result<Response<v1::GetChurnResponse>, Status> {
+        self.churn_answer(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_databases(

@@ -72,6 +72,7 @@ pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'st
         pgbouncer: frame.pools.pgbouncer.clone(),
         client_pools: frame.pools.client_pools.clone(),
         agent: None,
+        statements: None,
     };
     let mut wire = v1::Snapshot::from(&snapshot);
     if let Some(v1::snapshot::Activity::Delta(d)) = &mut wire.activity {

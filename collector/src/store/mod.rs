@@ -39,6 +39,8 @@ use pgfleet_proto::time::{Micros, now_micros};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::load::Bucket;
+use crate::load::statements::Read;
 use crate::rollup::Minute;
 
 /// The longest a frame waits to be committed.
@@ -115,6 +117,16 @@ pub enum Op {
     Disconnected { server_ids: Vec<String> },
     /// One server's minute, rolled up.
     Minute { server_id: String, minute: Minute },
+    /// One server's load over a bucket.
+    Load { server_id: String, bucket: Bucket },
+    /// One read of a server's pg_stat_statements, taken at `at`.
+    Statements {
+        server_id: String,
+        at: Micros,
+        read: Read,
+    },
+    /// Query texts by fingerprint, kept once each.
+    Texts(Vec<(u64, String)>),
     /// Commit everything queued, then answer.
     Flush(oneshot::Sender<()>),
 }
@@ -179,6 +191,8 @@ pub struct StoredServer {
     /// Its last stored minute, when that is recent: a collector stopped and
     /// started within a minute carries on rolling it up.
     pub minute: Option<Minute>,
+    /// Its load buckets of the last two minutes, for the same.
+    pub load: Vec<Bucket>,
 }
 
 /// What a store held when it was opened.
@@ -336,6 +350,77 @@ impl Store {
             }
             Reader::Postgres(pg) => pg
                 .minutes(start, end)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// The load buckets of `len` (fine or coarse) that start in `[start,
+    /// end)`, of `servers` (None: every server).
+    pub async fn load(
+        &self,
+        servers: Option<Vec<String>>,
+        len: Micros,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Bucket)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| {
+                        sqlite::load(db, servers.as_deref(), len, start, end)
+                    },
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .load(servers, len, start, end)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// The statement reads taken in `[start, end)`, of `servers` (None:
+    /// every server).
+    pub async fn statements(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Micros, Read)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| {
+                        sqlite::statements(db, servers.as_deref(), start, end)
+                    },
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .statements(servers, start, end)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// The texts of these fingerprints, where known.
+    pub async fn texts(&self, fingerprints: Vec<u64>) -> Result<HashMap<u64, String>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| sqlite::texts(db, &fingerprints),
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .texts(fingerprints)
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }

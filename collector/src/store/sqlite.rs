@@ -10,6 +10,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
 use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
+use crate::load::statements::Read;
+use crate::load::{Bucket, COARSE_US, FINE_US};
 use crate::rollup::Minute;
 
 /// The tables. Frames are appended in the order they are applied (rowid),
@@ -34,7 +36,25 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         minute INTEGER NOT NULL,
         server_id TEXT NOT NULL,
         body BLOB NOT NULL,
-        PRIMARY KEY (minute, server_id)) WITHOUT ROWID;";
+        PRIMARY KEY (minute, server_id)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS load (
+        id INTEGER PRIMARY KEY,
+        len INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        start INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS load_by_server ON load (server_id, len, start);
+    CREATE INDEX IF NOT EXISTS load_by_start ON load (len, start);
+    CREATE TABLE IF NOT EXISTS statements (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS statements_by_server ON statements (server_id, at);
+    CREATE INDEX IF NOT EXISTS statements_by_at ON statements (at);
+    CREATE TABLE IF NOT EXISTS queries (
+        fingerprint INTEGER PRIMARY KEY,
+        text TEXT NOT NULL);";
 
 /// The writer's connection and its compressor.
 pub(super) struct SqliteSink {
@@ -53,7 +73,7 @@ pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String
     let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
-    let loaded = load(&db).map_err(fail)?;
+    let loaded = loaded(&db).map_err(fail)?;
     let reader = connect(&path).map_err(fail)?;
     info!(
         path = %place,
@@ -103,7 +123,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(db)
 }
 
-fn load(db: &Connection) -> rusqlite::Result<Loaded> {
+fn loaded(db: &Connection) -> rusqlite::Result<Loaded> {
     let mut loaded = Loaded::default();
     let mut agents = db.prepare("SELECT agent_id, last_seq FROM agents")?;
     let rows = agents.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -125,11 +145,18 @@ fn load(db: &Connection) -> rusqlite::Result<Loaded> {
     for (server_id, minute) in minutes(db, since, Micros::MAX)? {
         recent.insert(server_id, minute);
     }
+    let mut open: HashMap<String, Vec<Bucket>> = HashMap::new();
+    for len in [FINE_US, COARSE_US] {
+        for (server_id, b) in load(db, None, len, since, Micros::MAX)? {
+            open.entry(server_id).or_default().push(b);
+        }
+    }
     for row in rows {
         let (server_id, agent_id, labels, interval_ms) = row?;
         let activity = rebuild(db, &server_id, Micros::MAX)?;
         loaded.servers.push(StoredServer {
             minute: recent.remove(&server_id),
+            load: open.remove(&server_id).unwrap_or_default(),
             labels: super::stored_labels(&labels),
             interval: super::stored_interval(interval_ms),
             server_id,
@@ -169,6 +196,118 @@ pub(super) fn minutes(
     Ok(out)
 }
 
+/// The load buckets of `len` that start in `[start, end)`, of `servers`
+/// (None: every server), oldest first.
+pub(super) fn load(
+    db: &Connection,
+    servers: Option<&[String]>,
+    len: Micros,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Vec<(String, Bucket)>> {
+    let mut out = Vec::new();
+    let mut push = |server_id: String, at: i64, body: Vec<u8>| match Bucket::decode(at, len, &body)
+    {
+        Some(b) => out.push((server_id, b)),
+        None => {
+            warn!(server.id = %server_id, start = at, "Skipped a load bucket that does not decode.")
+        }
+    };
+    let row = |r: &rusqlite::Row| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    };
+    match servers {
+        None => {
+            let mut q = db.prepare_cached(
+                "SELECT server_id, start, body FROM load WHERE len = ?1 AND start >= ?2 AND start < ?3 ORDER BY start",
+            )?;
+            for r in q.query_map(params![len, start, end], row)? {
+                let (s, at, body) = r?;
+                push(s, at, body);
+            }
+        }
+        Some(servers) => {
+            let mut q = db.prepare_cached(
+                "SELECT server_id, start, body FROM load WHERE server_id = ?1 AND len = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
+            )?;
+            for server_id in servers {
+                for r in q.query_map(params![server_id, len, start, end], row)? {
+                    let (s, at, body) = r?;
+                    push(s, at, body);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The statement reads taken in `[start, end)`, of `servers` (None: every
+/// server).
+pub(super) fn statements(
+    db: &Connection,
+    servers: Option<&[String]>,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Vec<(String, Micros, Read)>> {
+    let mut out = Vec::new();
+    let row = |r: &rusqlite::Row| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Vec<u8>>(2)?,
+        ))
+    };
+    let mut take = |(server_id, at, body): (String, i64, Vec<u8>)| match Read::decode(&body) {
+        Some(read) => out.push((server_id, at, read)),
+        None => {
+            warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
+        }
+    };
+    match servers {
+        None => {
+            let mut q = db.prepare_cached(
+                "SELECT server_id, at, body FROM statements WHERE at >= ?1 AND at < ?2",
+            )?;
+            for r in q.query_map(params![start, end], row)? {
+                take(r?);
+            }
+        }
+        Some(servers) => {
+            let mut q = db.prepare_cached(
+                "SELECT server_id, at, body FROM statements WHERE server_id = ?1 AND at >= ?2 AND at < ?3",
+            )?;
+            for server_id in servers {
+                for r in q.query_map(params![server_id, start, end], row)? {
+                    take(r?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The texts of these fingerprints, where known.
+pub(super) fn texts(
+    db: &Connection,
+    fingerprints: &[u64],
+) -> rusqlite::Result<HashMap<u64, String>> {
+    let mut q = db.prepare_cached("SELECT text FROM queries WHERE fingerprint = ?1")?;
+    let mut out = HashMap::new();
+    for f in fingerprints {
+        if let Some(text) = q
+            .query_row(params![*f as i64], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            out.insert(*f, text);
+        }
+    }
+    Ok(out)
+}
+
 /// Deletes frames and rollups older than their retention at `now`.
 fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
     // Frames are in the order they were applied, so those past the cutoff
@@ -179,11 +318,25 @@ fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result
              (SELECT max(id) + 1 FROM frames))",
         params![now - retention.frames.as_micros() as i64],
     )?;
+    let frames_before = now - retention.frames.as_micros() as i64;
+    let rollups_before = now - retention.rollups.as_micros() as i64;
     let rollups = db.execute(
         "DELETE FROM rollups WHERE minute < ?1",
-        params![now - retention.rollups.as_micros() as i64],
+        params![rollups_before],
     )?;
-    Ok((frames, rollups))
+    let fine = db.execute(
+        "DELETE FROM load WHERE len = ?1 AND start < ?2",
+        params![FINE_US, frames_before],
+    )?;
+    let coarse = db.execute(
+        "DELETE FROM load WHERE len = ?1 AND start < ?2",
+        params![COARSE_US, rollups_before],
+    )?;
+    let statements = db.execute(
+        "DELETE FROM statements WHERE at < ?1",
+        params![rollups_before],
+    )?;
+    Ok((frames + fine, rollups + coarse + statements))
 }
 
 /// The server at `at`: the last keyframe at or before it, and every delta
@@ -249,6 +402,15 @@ fn commit(
         let mut rollup = tx.prepare_cached(
             "INSERT OR REPLACE INTO rollups (minute, server_id, body) VALUES (?1, ?2, ?3)",
         )?;
+        let mut load = tx.prepare_cached(
+            "INSERT OR REPLACE INTO load (len, server_id, start, body) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut statements = tx.prepare_cached(
+            "INSERT OR REPLACE INTO statements (server_id, at, body) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut text = tx.prepare_cached(
+            "INSERT INTO queries (fingerprint, text) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )?;
         for (_, op) in ops {
             match op {
                 Op::Applied {
@@ -273,6 +435,26 @@ fn commit(
                 }
                 Op::Minute { server_id, minute } => {
                     rollup.execute(params![minute.start, server_id, minute.encode()])?;
+                }
+                Op::Load { server_id, bucket } => {
+                    load.execute(params![
+                        bucket.len_us,
+                        server_id,
+                        bucket.start,
+                        bucket.encode()
+                    ])?;
+                }
+                Op::Statements {
+                    server_id,
+                    at,
+                    read,
+                } => {
+                    statements.execute(params![server_id, at, read.encode()])?;
+                }
+                Op::Texts(texts) => {
+                    for (f, t) in texts {
+                        text.execute(params![*f as i64, t])?;
+                    }
                 }
                 // Only this collector writes the file: whether an agent is
                 // connected is in its memory.

@@ -66,10 +66,43 @@ const SCHEMA: &str = "
         minute bigint NOT NULL,
         server_id text NOT NULL,
         body bytea NOT NULL,
-        PRIMARY KEY (minute, server_id)) PARTITION BY RANGE (minute);";
+        PRIMARY KEY (minute, server_id)) PARTITION BY RANGE (minute);
+    CREATE TABLE IF NOT EXISTS pgfleet.load_fine (
+        server_id text NOT NULL,
+        start bigint NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (server_id, start)) PARTITION BY RANGE (start);
+    CREATE TABLE IF NOT EXISTS pgfleet.load_coarse (
+        server_id text NOT NULL,
+        start bigint NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (server_id, start)) PARTITION BY RANGE (start);
+    CREATE TABLE IF NOT EXISTS pgfleet.statements (
+        server_id text NOT NULL,
+        at bigint NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (server_id, at)) PARTITION BY RANGE (at);
+    CREATE TABLE IF NOT EXISTS pgfleet.queries (
+        fingerprint bigint PRIMARY KEY,
+        text text NOT NULL);";
 
-/// The partitioned tables, each with its partition key.
-const PARTITIONED: [&str; 2] = ["frames", "rollups"];
+/// The partitioned tables.
+const PARTITIONED: [&str; 5] = [
+    "frames",
+    "rollups",
+    "load_fine",
+    "load_coarse",
+    "statements",
+];
+
+/// The table that holds load buckets of `len`.
+fn load_table(len: Micros) -> &'static str {
+    if len == crate::load::FINE_US {
+        "load_fine"
+    } else {
+        "load_coarse"
+    }
+}
 
 /// The settings for the store's connections: the URL's (TLS included, as
 /// libpq reads `sslmode` and the `PGSSL*` variables), with this collector's
@@ -159,7 +192,7 @@ pub(super) async fn open(
         .await
         .map_err(|e| pgfleet_common::error::chain(&e))?;
         drop(client);
-        reader.load().await
+        reader.loaded().await
     }
     .await
     .map_err(|e| StoreError::new(&place, e))?;

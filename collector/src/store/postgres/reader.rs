@@ -12,6 +12,8 @@ use tracing::warn;
 
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
+use crate::load::statements::Read;
+use crate::load::{Bucket, COARSE_US, FINE_US};
 use crate::rollup::{MINUTE_US, Minute};
 
 /// Reads, through a small pool of connections.
@@ -42,7 +44,7 @@ impl Reader {
         })
     }
 
-    pub(super) async fn load(&self) -> Result<Loaded, ReadError> {
+    pub(super) async fn loaded(&self) -> Result<Loaded, ReadError> {
         let client = self.client().await?;
         let mut loaded = Loaded::default();
         for row in client
@@ -89,6 +91,17 @@ impl Reader {
             }
         }
         drop(client);
+        // And their open load buckets.
+        let ids_owned = ids.map(<[String]>::to_vec);
+        let mut open: HashMap<String, Vec<Bucket>> = HashMap::new();
+        for len in [FINE_US, COARSE_US] {
+            for (server_id, b) in self
+                .load(ids_owned.clone(), len, since, Micros::MAX)
+                .await?
+            {
+                open.entry(server_id).or_default().push(b);
+            }
+        }
         let mut out = Vec::new();
         for row in rows {
             let server_id: String = row.get(0);
@@ -96,6 +109,7 @@ impl Reader {
             out.push(StoredServer {
                 activity: self.rebuild(&server_id, Micros::MAX).await?,
                 minute: recent.remove(&server_id),
+                load: open.remove(&server_id).unwrap_or_default(),
                 agent_id: row.get(1),
                 labels: super::super::stored_labels(&labels),
                 interval: super::super::stored_interval(row.get(3)),
@@ -131,6 +145,92 @@ impl Reader {
             }
         }
         Ok(out)
+    }
+
+    /// The load buckets of `len` that start in `[start, end)`, of `servers`
+    /// (None: every server), oldest first.
+    pub(in crate::store) async fn load(
+        &self,
+        servers: Option<Vec<String>>,
+        len: Micros,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Bucket)>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT server_id, start, body FROM pgfleet.{}
+                     WHERE start >= $1 AND start < $2
+                       AND ($3::text[] IS NULL OR server_id = ANY($3))
+                     ORDER BY start",
+                    super::load_table(len)
+                ),
+                &[&start, &end, &servers],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (server_id, at): (String, i64) = (row.get(0), row.get(1));
+            match Bucket::decode(at, len, row.get(2)) {
+                Some(b) => out.push((server_id, b)),
+                None => {
+                    warn!(server.id = %server_id, start = at, "Skipped a load bucket that does not decode.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The statement reads taken in `[start, end)`, of `servers` (None:
+    /// every server).
+    pub(in crate::store) async fn statements(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, Micros, Read)>, ReadError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT server_id, at, body FROM pgfleet.statements
+                 WHERE at >= $1 AND at < $2 AND ($3::text[] IS NULL OR server_id = ANY($3))",
+                &[&start, &end, &servers],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (server_id, at): (String, i64) = (row.get(0), row.get(1));
+            match Read::decode(row.get(2)) {
+                Some(read) => out.push((server_id, at, read)),
+                None => {
+                    warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The texts of these fingerprints, where known.
+    pub(in crate::store) async fn texts(
+        &self,
+        fingerprints: Vec<u64>,
+    ) -> Result<HashMap<u64, String>, ReadError> {
+        let client = self.client().await?;
+        let keys: Vec<i64> = fingerprints.iter().map(|f| *f as i64).collect();
+        let rows = client
+            .query(
+                "SELECT fingerprint, text FROM pgfleet.queries WHERE fingerprint = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect())
     }
 
     /// The server at `at`: its last keyframe at or before it, and every delta

@@ -13,7 +13,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
 use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
-use super::{PARTITIONED, create_partition, day_of, drop_partitions};
+use super::{PARTITIONED, create_partition, day_of, drop_partitions, load_table};
 
 /// The writer: its own connection, on its own thread's runtime.
 pub(super) struct PgSink {
@@ -131,6 +131,25 @@ impl PgSink {
             }
             _ => None,
         }));
+        let load = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
+            Op::Load { server_id, bucket } => Some((
+                (load_table(bucket.len_us), server_id.as_str(), bucket.start),
+                bucket.encode(),
+            )),
+            _ => None,
+        }));
+        let statements = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
+            Op::Statements {
+                server_id,
+                at,
+                read,
+            } => Some(((server_id.as_str(), *at), read.encode())),
+            _ => None,
+        }));
+        let texts = super::super::last_by_key(ops.iter().flat_map(|(_, op)| match op {
+            Op::Texts(texts) => texts.iter().map(|(f, t)| (*f as i64, t.as_str())).collect(),
+            _ => Vec::new(),
+        }));
         let needed: Vec<_> = bodies
             .iter()
             .map(|(_, at, _, _)| ("frames", day_of(*at)))
@@ -138,6 +157,15 @@ impl PgSink {
                 rollups
                     .iter()
                     .map(|((start, _), _)| ("rollups", day_of(*start))),
+            )
+            .chain(
+                load.iter()
+                    .map(|((table, _, start), _)| (*table, day_of(*start))),
+            )
+            .chain(
+                statements
+                    .iter()
+                    .map(|((_, at), _)| ("statements", day_of(*at))),
             )
             .collect();
         for (table, day) in needed {
@@ -211,7 +239,12 @@ impl PgSink {
                     tx.execute(&writer.disconnected, &[server_ids, &collector_id])
                         .await?;
                 }
-                Op::Applied { .. } | Op::Minute { .. } | Op::Flush(_) => {}
+                Op::Applied { .. }
+                | Op::Minute { .. }
+                | Op::Load { .. }
+                | Op::Statements { .. }
+                | Op::Texts(_)
+                | Op::Flush(_) => {}
             }
         }
         if !rollups.is_empty() {
@@ -232,6 +265,46 @@ impl PgSink {
                 "INSERT INTO pgfleet.rollups SELECT * FROM rollups_in
                  ON CONFLICT (minute, server_id) DO UPDATE SET body = excluded.body",
                 &[],
+            )
+            .await?;
+        }
+        for table in ["load_fine", "load_coarse"] {
+            let (ids, (starts, bodies)): (Vec<&str>, (Vec<i64>, Vec<&[u8]>)) = load
+                .iter()
+                .filter(|((t, _, _), _)| *t == table)
+                .map(|((_, id, start), body)| (*id, (*start, body.as_slice())))
+                .unzip();
+            if !ids.is_empty() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO pgfleet.{table} (server_id, start, body)
+                         SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+                         ON CONFLICT (server_id, start) DO UPDATE SET body = excluded.body"
+                    ),
+                    &[&ids, &starts, &bodies],
+                )
+                .await?;
+            }
+        }
+        if !statements.is_empty() {
+            let (ids, (ats, bodies)): (Vec<&str>, (Vec<i64>, Vec<&[u8]>)) = statements
+                .iter()
+                .map(|((id, at), body)| (*id, (*at, body.as_slice())))
+                .unzip();
+            tx.execute(
+                "INSERT INTO pgfleet.statements (server_id, at, body)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (server_id, at) DO UPDATE SET body = excluded.body",
+                &[&ids, &ats, &bodies],
+            )
+            .await?;
+        }
+        if !texts.is_empty() {
+            let (fingerprints, texts): (Vec<i64>, Vec<&str>) = texts.into_iter().unzip();
+            tx.execute(
+                "INSERT INTO pgfleet.queries (fingerprint, text)
+                 SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING",
+                &[&fingerprints, &texts],
             )
             .await?;
         }
@@ -317,13 +390,19 @@ impl Sink for PgSink {
                 let frames =
                     drop_partitions(client, "frames", now - retention.frames.as_micros() as i64)
                         .await?;
-                let rollups = drop_partitions(
+                let fine = drop_partitions(
                     client,
-                    "rollups",
-                    now - retention.rollups.as_micros() as i64,
+                    "load_fine",
+                    now - retention.frames.as_micros() as i64,
                 )
                 .await?;
-                Ok((frames, rollups))
+                let mut rollups = 0;
+                for table in ["rollups", "load_coarse", "statements"] {
+                    rollups +=
+                        drop_partitions(client, table, now - retention.rollups.as_micros() as i64)
+                            .await?;
+                }
+                Ok((frames + fine, rollups))
             })
             .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }

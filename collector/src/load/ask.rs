@@ -1,0 +1,616 @@
+//! Answers from the buckets: `QueryLoad` (stacked series), `TopQueries`
+//! (load joined with statement statistics) and `GetChurn`. Each request is
+//! checked into a plan first, and a plan says which buckets it needs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use pgfleet_common::settings::check_label;
+use pgfleet_proto::time::{self, Micros};
+use pgfleet_proto::v1;
+
+use super::statements::{Read, Totals};
+use super::{Bucket, COARSE_US, Class, Dim, FINE_US, OTHER_QUERY, query_key, shown, wait_name};
+use crate::aggregator::ServerView;
+use crate::series::{MAX_POINTS, Matcher, range};
+
+/// How many series a `QueryLoad` answer holds by default, and at most.
+const DEFAULT_SERIES: u32 = 20;
+const MAX_SERIES: u32 = 200;
+
+/// How many queries `TopQueries` gives by default, and at most.
+const DEFAULT_QUERIES: u32 = 20;
+const MAX_QUERIES: u32 = 500;
+
+/// The steps a default step is chosen from: the first that gives at most
+/// [`DEFAULT_POINTS`] points.
+const STEPS_S: [i64; 12] = [
+    10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
+];
+const DEFAULT_POINTS: i64 = 120;
+
+/// What to stack by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    /// One series: the total.
+    Total,
+    Dim(Dim),
+    /// The server_id.
+    Server,
+    /// A label's value.
+    Label(String),
+}
+
+/// The servers and tuples a request selects, and the buckets it reads.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// The range, its start down to the step (or the resolution).
+    pub start: Micros,
+    pub end: Micros,
+    /// Whether it reads the fine buckets (10 s) rather than the coarse ones.
+    pub fine: bool,
+    /// Whether it groups by query (and so needs the queries' texts).
+    pub by_query: bool,
+    /// The servers (labels and server_id).
+    servers: Vec<Matcher>,
+    /// The tuples (dimension values).
+    tuples: Vec<(Dim, Matcher)>,
+}
+
+impl Scope {
+    fn new(
+        server_id: &str,
+        matchers: &[String],
+        start: Micros,
+        end: Micros,
+    ) -> Result<Scope, String> {
+        let mut servers = Vec::new();
+        let mut tuples = Vec::new();
+        for text in matchers {
+            let m = Matcher::parse(text)?;
+            match Dim::parse(m.name()) {
+                Some(d) => tuples.push((d, m)),
+                None => servers.push(m),
+            }
+        }
+        if !server_id.is_empty() {
+            servers.push(Matcher::equal("server_id", server_id));
+        }
+        Ok(Scope {
+            start,
+            end,
+            fine: false,
+            by_query: false,
+            servers,
+            tuples,
+        })
+    }
+
+    /// The selected servers, by id.
+    pub fn servers<'a>(
+        &self,
+        all: &'a BTreeMap<Arc<str>, Arc<ServerView>>,
+    ) -> Vec<&'a Arc<ServerView>> {
+        all.values()
+            .filter(|s| {
+                self.servers.iter().all(|m| {
+                    let value = if m.name() == "server_id" {
+                        Some(s.server_id.as_str())
+                    } else {
+                        s.labels.get(m.name()).map(String::as_str)
+                    };
+                    m.matches(value)
+                })
+            })
+            .collect()
+    }
+
+    fn selects(&self, t: &super::Tuple) -> bool {
+        self.tuples.iter().all(|(d, m)| m.matches(Some(&d.of(t))))
+    }
+
+    /// The buckets to use from those read: for coarse reads, the fine
+    /// buckets of minutes that have no coarse bucket yet (the open minute),
+    /// and for each server and start the last one read.
+    pub fn usable(&self, read: Vec<(String, Bucket)>) -> Vec<(String, Bucket)> {
+        let coarse: HashSet<(String, Micros)> = read
+            .iter()
+            .filter(|(_, b)| b.len_us == COARSE_US)
+            .map(|(s, b)| (s.clone(), b.start))
+            .collect();
+        read.into_iter()
+            .filter(|(s, b)| {
+                b.start >= self.start
+                    && b.start < self.end
+                    && (b.len_us == COARSE_US
+                        || self.fine
+                        || !coarse.contains(&(s.clone(), b.start - b.start.rem_euclid(COARSE_US))))
+            })
+            .collect()
+    }
+
+    /// The fine buckets a coarse read adds: those of the last minutes.
+    pub fn fine_tail(&self) -> Option<(Micros, Micros)> {
+        (!self.fine).then(|| ((self.end - 3 * COARSE_US).max(self.start), self.end))
+    }
+}
+
+/// Chooses fine or coarse buckets: fine for steps that are not whole
+/// minutes, which the fine retention must cover.
+fn resolution(
+    scope: &mut Scope,
+    step_us: i64,
+    now: Micros,
+    fine_kept_us: i64,
+) -> Result<(), String> {
+    if step_us < FINE_US || step_us % FINE_US != 0 {
+        return Err(format!(
+            "step {} is not a whole number of 10 s; load is kept per 10 s and per minute, so give 10s, 30s, 1m, 5m, …",
+            humantime::format_duration(std::time::Duration::from_micros(step_us.unsigned_abs()))
+        ));
+    }
+    scope.fine = step_us % COARSE_US != 0;
+    if scope.fine && scope.start < now - fine_kept_us {
+        return Err(format!(
+            "load per 10 s is kept for {}; for a range that starts earlier give a step of whole minutes (1m, 5m, …)",
+            humantime::format_duration(std::time::Duration::from_micros(
+                fine_kept_us.unsigned_abs()
+            ))
+        ));
+    }
+    let unit = if scope.fine { FINE_US } else { COARSE_US };
+    scope.start -= scope.start.rem_euclid(unit);
+    Ok(())
+}
+
+/// A checked `QueryLoad` request.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub scope: Scope,
+    pub step_us: i64,
+    group_by: GroupBy,
+    class: Class,
+    limit: usize,
+}
+
+impl LoadPlan {
+    /// Checks `req` at `now`, with fine buckets kept for `fine_kept_us`.
+    pub fn new(
+        req: &v1::QueryLoadRequest,
+        now: Micros,
+        fine_kept_us: i64,
+    ) -> Result<LoadPlan, String> {
+        let (start, end) = range(req.start.as_ref(), req.end.as_ref(), now)?;
+        let mut scope = Scope::new("", &req.matchers, start, end)?;
+        let span = end - start;
+        let step_us = match req.step.as_ref().map(time::duration_micros) {
+            Some(step) => step,
+            None => {
+                let fine_ok = start >= now - fine_kept_us;
+                STEPS_S
+                    .iter()
+                    .map(|s| s * 1_000_000)
+                    .filter(|s| fine_ok || s % COARSE_US == 0)
+                    .find(|s| span / s <= DEFAULT_POINTS)
+                    .unwrap_or(86_400_000_000)
+            }
+        };
+        resolution(&mut scope, step_us, now, fine_kept_us)?;
+        let span = end - scope.start;
+        let points = span / step_us + i64::from(span % step_us != 0);
+        if points > MAX_POINTS {
+            return Err(format!(
+                "the range and step make {points} points per series; at most {MAX_POINTS} are served, so widen the step or narrow the range"
+            ));
+        }
+        let name = req.group_by.trim();
+        let group_by = if name.is_empty() {
+            GroupBy::Total
+        } else if let Some(d) = Dim::parse(name) {
+            GroupBy::Dim(d)
+        } else if name == "server" || name == "server_id" {
+            GroupBy::Server
+        } else {
+            check_label(name, "").map_err(|e| {
+                let dims: Vec<&str> = Dim::ALL.iter().map(|d| d.name()).collect();
+                format!(
+                    "group_by {name:?} is not a dimension ({}), \"server\" or a label name: {e}",
+                    dims.join(", ")
+                )
+            })?;
+            GroupBy::Label(name.to_owned())
+        };
+        scope.by_query = group_by == GroupBy::Dim(Dim::Query);
+        let class = match v1::LoadSessions::try_from(req.sessions) {
+            Ok(v1::LoadSessions::Active) => Class::Active,
+            Ok(v1::LoadSessions::IdleInTransaction) => Class::IdleInTransaction,
+            Ok(v1::LoadSessions::Background) => Class::Background,
+            Err(_) => {
+                return Err(format!(
+                    "sessions {} is unknown; give active, idle_in_transaction or background",
+                    req.sessions
+                ));
+            }
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_SERIES,
+            n if n <= MAX_SERIES => n,
+            n => {
+                return Err(format!(
+                    "limit {n} is over {MAX_SERIES}; the rest of the keys are summed into \"other\""
+                ));
+            }
+        } as usize;
+        Ok(LoadPlan {
+            scope,
+            step_us,
+            group_by,
+            class,
+            limit,
+        })
+    }
+
+    /// The series, from `buckets` (of the selected servers, as
+    /// [`Scope::usable`] left them); queries' texts are left to fill.
+    pub fn evaluate(
+        &self,
+        servers: &[&Arc<ServerView>],
+        buckets: &[(String, Bucket)],
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
+        let by_id: HashMap<&str, &ServerView> = servers
+            .iter()
+            .map(|s| (s.server_id.as_str(), &***s))
+            .collect();
+        // Per server and step: the samples and the counts per key.
+        #[derive(Default)]
+        struct Cell {
+            samples: u64,
+            counts: HashMap<String, u64>,
+        }
+        let mut cells: HashMap<(&str, usize), Cell> = HashMap::new();
+        let mut covered = vec![0i64; steps];
+        for (server_id, b) in buckets {
+            let Some(server) = by_id.get(server_id.as_str()) else {
+                continue;
+            };
+            let step = ((b.start - scope.start) / self.step_us) as usize;
+            if step >= steps {
+                continue;
+            }
+            covered[step] += b.covered_us;
+            let cell = cells.entry((server_id, step)).or_default();
+            cell.samples += u64::from(b.samples);
+            for (t, n) in &b.tuples {
+                if t.class != self.class || !scope.selects(t) {
+                    continue;
+                }
+                let key = match &self.group_by {
+                    GroupBy::Total => String::new(),
+                    GroupBy::Dim(d) => d.of(t),
+                    GroupBy::Server => server_id.clone(),
+                    GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
+                };
+                *cell.counts.entry(key).or_default() += u64::from(*n);
+            }
+        }
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for ((_, step), cell) in &cells {
+            for (key, n) in &cell.counts {
+                series
+                    .entry(key.clone())
+                    .or_insert_with(|| vec![0.0; steps])[*step] +=
+                    *n as f64 / cell.samples.max(1) as f64;
+            }
+        }
+        let mut ranked: Vec<(String, Vec<f64>)> = series.into_iter().collect();
+        let total = |v: &Vec<f64>| v.iter().sum::<f64>();
+        ranked.sort_by(|a, b| total(&b.1).total_cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
+        if ranked.len() > self.limit {
+            let rest = ranked.split_off(self.limit.saturating_sub(1));
+            let mut other = vec![0.0; steps];
+            for (_, v) in rest {
+                for (o, x) in other.iter_mut().zip(v) {
+                    *o += x;
+                }
+            }
+            ranked.push(("other".to_owned(), other));
+        }
+        let at = |step: usize| Some(time::timestamp(scope.start + step as i64 * self.step_us));
+        let expected = self.step_us as f64 * servers.len().max(1) as f64;
+        v1::QueryLoadResponse {
+            step: Some(time::duration(self.step_us)),
+            series: ranked
+                .into_iter()
+                .map(|(key, values)| v1::LoadSeries {
+                    text: String::new(),
+                    key,
+                    average: values.iter().sum::<f64>() / steps.max(1) as f64,
+                    points: values
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, value)| v1::MetricPoint { at: at(i), value })
+                        .collect(),
+                })
+                .collect(),
+            coverage: covered
+                .iter()
+                .enumerate()
+                .map(|(i, c)| v1::MetricPoint {
+                    at: at(i),
+                    value: (*c as f64 / expected).min(1.0),
+                })
+                .collect(),
+            servers: servers.len() as u32,
+        }
+    }
+}
+
+/// How `TopQueries` ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Load,
+    Calls,
+    TotalTime,
+    MeanTime,
+}
+
+/// A checked `TopQueries` request.
+#[derive(Debug, Clone)]
+pub struct TopPlan {
+    pub scope: Scope,
+    order: Order,
+    limit: usize,
+}
+
+/// The longest range `TopQueries` and `GetChurn` read fine buckets for.
+const FINE_SPAN_US: i64 = 2 * 3_600_000_000;
+
+impl TopPlan {
+    pub fn new(
+        req: &v1::TopQueriesRequest,
+        now: Micros,
+        fine_kept_us: i64,
+    ) -> Result<TopPlan, String> {
+        let scope = whole_range(
+            &req.server_id,
+            &req.matchers,
+            req.start.as_ref(),
+            req.end.as_ref(),
+            now,
+            fine_kept_us,
+        )?;
+        let order = match req.order_by.trim() {
+            "" | "load" => Order::Load,
+            "calls" => Order::Calls,
+            "total_time" | "time" => Order::TotalTime,
+            "mean_time" => Order::MeanTime,
+            other => {
+                return Err(format!(
+                    "order_by {other:?} is unknown; give load, calls, total_time or mean_time"
+                ));
+            }
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_QUERIES,
+            n if n <= MAX_QUERIES => n,
+            n => return Err(format!("limit {n} is over {MAX_QUERIES}")),
+        } as usize;
+        Ok(TopPlan {
+            scope,
+            order,
+            limit,
+        })
+    }
+
+    /// The top queries from the buckets and statement reads of the selected
+    /// servers; their texts are left to fill.
+    pub fn evaluate(
+        &self,
+        buckets: &[(String, Bucket)],
+        reads: &[(String, Micros, Read)],
+    ) -> v1::TopQueriesResponse {
+        #[derive(Default)]
+        struct Row {
+            load: f64,
+            waits: HashMap<String, f64>,
+            stats: Option<Totals>,
+            servers: std::collections::BTreeSet<String>,
+        }
+        let mut samples: HashMap<&str, u64> = HashMap::new();
+        for (server_id, b) in buckets {
+            *samples.entry(server_id).or_default() += u64::from(b.samples);
+        }
+        let mut rows: HashMap<u64, Row> = HashMap::new();
+        for (server_id, b) in buckets {
+            let of_server = samples[server_id.as_str()].max(1) as f64;
+            for (t, n) in &b.tuples {
+                if t.class != Class::Active || t.query == 0 || !self.scope.selects(t) {
+                    continue;
+                }
+                let row = rows.entry(t.query).or_default();
+                let share = f64::from(*n) / of_server;
+                row.load += share;
+                *row.waits
+                    .entry(wait_name(&t.wait_type, &t.wait_event))
+                    .or_default() += share;
+                row.servers.insert(server_id.clone());
+            }
+        }
+        // Statistics join by fingerprint; a dimension filter other than the
+        // query's cannot apply to them, as they are summed over users and
+        // databases.
+        let query_filter: Vec<&Matcher> = self
+            .scope
+            .tuples
+            .iter()
+            .filter(|(d, _)| *d == Dim::Query)
+            .map(|(_, m)| m)
+            .collect();
+        for (server_id, at, read) in reads {
+            if *at < self.scope.start || *at >= self.scope.end {
+                continue;
+            }
+            for (f, totals) in &read.by_query {
+                if *f == 0 || !query_filter.iter().all(|m| m.matches(Some(&query_key(*f)))) {
+                    continue;
+                }
+                let row = rows.entry(*f).or_default();
+                row.stats.get_or_insert_with(Totals::default).add(totals);
+                row.servers.insert(server_id.clone());
+            }
+        }
+        let key = |r: &Row| -> f64 {
+            let s = r.stats.unwrap_or_default();
+            match self.order {
+                Order::Load => r.load,
+                Order::Calls => s.calls as f64,
+                Order::TotalTime => s.time_ms,
+                Order::MeanTime if s.calls > 0 => s.time_ms / s.calls as f64,
+                Order::MeanTime => 0.0,
+            }
+        };
+        let mut ranked: Vec<(u64, Row)> = rows.into_iter().collect();
+        ranked.sort_by(|a, b| key(&b.1).total_cmp(&key(&a.1)).then(a.0.cmp(&b.0)));
+        ranked.truncate(self.limit);
+        v1::TopQueriesResponse {
+            statements: !reads.is_empty(),
+            queries: ranked
+                .into_iter()
+                .map(|(f, row)| {
+                    let mut waits: Vec<v1::KeyValue> = row
+                        .waits
+                        .into_iter()
+                        .map(|(key, value)| v1::KeyValue { key, value })
+                        .collect();
+                    waits.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.key.cmp(&b.key)));
+                    v1::TopQuery {
+                        fingerprint: query_key(f),
+                        text: if f == OTHER_QUERY {
+                            "(the other statements)".to_owned()
+                        } else {
+                            String::new()
+                        },
+                        load: row.load,
+                        waits,
+                        statistics: row.stats.map(|s| s.message()),
+                        servers: row.servers.into_iter().collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A range read whole (`TopQueries`, `GetChurn`): fine buckets for spans up
+/// to two hours within the fine retention, coarse ones beyond.
+fn whole_range(
+    server_id: &str,
+    matchers: &[String],
+    start: Option<&prost_types::Timestamp>,
+    end: Option<&prost_types::Timestamp>,
+    now: Micros,
+    fine_kept_us: i64,
+) -> Result<Scope, String> {
+    let (start, end) = range(start, end, now)?;
+    let mut scope = Scope::new(server_id, matchers, start, end)?;
+    let fine = end - start <= FINE_SPAN_US && start >= now - fine_kept_us;
+    let step = if fine { FINE_US } else { COARSE_US };
+    resolution(&mut scope, step, now, fine_kept_us)?;
+    Ok(scope)
+}
+
+/// A checked `GetChurn` request.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    pub scope: Scope,
+}
+
+impl ChurnPlan {
+    pub fn new(
+        req: &v1::GetChurnRequest,
+        now: Micros,
+        fine_kept_us: i64,
+    ) -> Result<ChurnPlan, String> {
+        let scope = whole_range(
+            &req.server_id,
+            &req.matchers,
+            req.start.as_ref(),
+            req.end.as_ref(),
+            now,
+            fine_kept_us,
+        )?;
+        if let Some((d, _)) = scope
+            .tuples
+            .iter()
+            .find(|(d, _)| !matches!(d, Dim::User | Dim::Application | Dim::Client))
+        {
+            return Err(format!(
+                "churn is kept by application, user and client; {} cannot select it",
+                d.name()
+            ));
+        }
+        Ok(ChurnPlan { scope })
+    }
+
+    pub fn evaluate(&self, buckets: &[(String, Bucket)]) -> v1::GetChurnResponse {
+        let mut churn = super::Churn::default();
+        let mut covered: HashMap<&str, i64> = HashMap::new();
+        for (server_id, b) in buckets {
+            *covered.entry(server_id).or_default() += b.covered_us;
+            churn.absorb(&b.churn);
+        }
+        let keep = |k: &super::churn::ChurnKey| {
+            self.scope.tuples.iter().all(|(d, m)| {
+                let value = match d {
+                    Dim::User => &k.user,
+                    Dim::Application => &k.application,
+                    _ => &k.client,
+                };
+                m.matches(Some(shown(value)))
+            })
+        };
+        churn.rows.retain(|(k, _)| keep(k));
+        churn.bound();
+        // A server's rate is over the seconds it was sampled; the fleet's
+        // over their mean.
+        let seconds = if covered.is_empty() {
+            0.0
+        } else {
+            covered.values().sum::<i64>() as f64 / 1e6 / covered.len() as f64
+        };
+        let rate = |n: u32| {
+            if seconds > 0.0 {
+                f64::from(n) / seconds
+            } else {
+                0.0
+            }
+        };
+        v1::GetChurnResponse {
+            rows: churn
+                .rows
+                .iter()
+                .map(|(k, c)| v1::ChurnRow {
+                    application: shown(&k.application).to_owned(),
+                    user: shown(&k.user).to_owned(),
+                    client: shown(&k.client).to_owned(),
+                    started: u64::from(c.started),
+                    ended: u64::from(c.ended),
+                    started_per_second: rate(c.started),
+                    ended_per_second: rate(c.ended),
+                    lifetime_mean: if c.ended > 0 {
+                        c.lifetime_us as f64 / 1e6 / f64::from(c.ended)
+                    } else {
+                        0.0
+                    },
+                })
+                .collect(),
+            seconds,
+            lifetime_p50: churn.lifetime_quantile(0.5),
+            lifetime_p90: churn.lifetime_quantile(0.9),
+            lifetime_p99: churn.lifetime_quantile(0.99),
+            lifetime_max: churn.lifetime_max_us as f64 / 1e6,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Connection churn: client sessions started and ended, by application, user
+//! and client host, and how long the ended ones lived. It comes from the
+//! sessions one sample adds to and removes from the one before: no query on
+//! the monitored server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgfleet_proto::model::Session;
+use pgfleet_proto::time::Micros;
+
+use super::{OTHER, TOP_KEYS};
+
+/// Who opened the sessions.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChurnKey {
+    pub application: Arc<str>,
+    pub user: Arc<str>,
+    /// The client's address without its port; empty for a Unix socket.
+    pub client: Arc<str>,
+}
+
+/// Their sessions started and ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChurnCount {
+    pub started: u32,
+    pub ended: u32,
+    /// The lifetimes of the ended ones, summed.
+    pub lifetime_us: i64,
+}
+
+/// Sessions started and ended over an interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Churn {
+    /// By who opened them; at most [`TOP_KEYS`] and `other` once bounded.
+    pub rows: Vec<(ChurnKey, ChurnCount)>,
+    /// The lifetimes of the sessions that ended, as a histogram: bucket
+    /// index ([`lifetime_bucket`]) and count, by index.
+    pub lifetimes: Vec<(u16, u32)>,
+    /// The longest of them.
+    pub lifetime_max_us: i64,
+}
+
+/// A lifetime's histogram bucket: a quarter of an octave of milliseconds,
+/// so each bucket is about 19% wide.
+pub fn lifetime_bucket(us: i64) -> u16 {
+    let ms = (us.max(0) as f64) / 1000.0;
+    ((ms + 1.0).log2() * 4.0) as u16
+}
+
+/// A bucket's middle, in seconds.
+fn bucket_seconds(index: u16) -> f64 {
+    ((f64::from(index) + 0.5) / 4.0).exp2().max(1.0) / 1000.0 - 0.001
+}
+
+/// The client's host: its address without the port.
+pub fn host(client: &str) -> &str {
+    match client.rfind(':') {
+        Some(at) if client[at + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            client[..at].trim_start_matches('[').trim_end_matches(']')
+        }
+        _ => client,
+    }
+}
+
+/// Whether a session counts toward churn: a client backend.
+fn counts(s: &Session) -> bool {
+    &*s.backend_type == "client backend"
+}
+
+impl Churn {
+    /// Adds the client sessions in `new` but not `old` as started, and those
+    /// in `old` but not `new` as ended at `at`; both in key order. Says how
+    /// many started and ended.
+    pub fn diff(&mut self, old: &[Arc<Session>], new: &[Arc<Session>], at: Micros) -> (u32, u32) {
+        let (mut i, mut j) = (0, 0);
+        let (mut started, mut ended) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let order = match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) => o.key().cmp(&n.key()),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match order {
+                std::cmp::Ordering::Equal => {
+                    i += 1;
+                    j += 1;
+                }
+                std::cmp::Ordering::Less => {
+                    let s = &old[i];
+                    if counts(s) {
+                        self.ended(s, at);
+                        ended += 1;
+                    }
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    let s = &new[j];
+                    if counts(s) {
+                        self.row(s).started += 1;
+                        started += 1;
+                    }
+                    j += 1;
+                }
+            }
+        }
+        (started, ended)
+    }
+
+    fn ended(&mut self, s: &Session, at: Micros) {
+        let lifetime = (at - s.backend_start_us).max(0);
+        let row = self.row(s);
+        row.ended += 1;
+        row.lifetime_us += lifetime;
+        self.lifetime_max_us = self.lifetime_max_us.max(lifetime);
+        add_to(&mut self.lifetimes, lifetime_bucket(lifetime), 1);
+    }
+
+    fn row(&mut self, s: &Session) -> &mut ChurnCount {
+        let host = host(&s.client);
+        let i = match self.rows.iter().position(|(k, _)| {
+            k.application == s.application_name && k.user == s.user && &*k.client == host
+        }) {
+            Some(i) => i,
+            None => {
+                self.rows.push((
+                    ChurnKey {
+                        application: s.application_name.clone(),
+                        user: s.user.clone(),
+                        client: host.into(),
+                    },
+                    ChurnCount::default(),
+                ));
+                self.rows.len() - 1
+            }
+        };
+        &mut self.rows[i].1
+    }
+
+    /// Adds `other`'s counts.
+    pub fn absorb(&mut self, other: &Churn) {
+        self.rows.extend(other.rows.iter().cloned());
+        for &(index, n) in &other.lifetimes {
+            add_to(&mut self.lifetimes, index, n);
+        }
+        self.lifetime_max_us = self.lifetime_max_us.max(other.lifetime_max_us);
+    }
+
+    /// Sums equal keys, and keeps the [`TOP_KEYS`] with the most sessions
+    /// started and ended; the rest are summed into one `other` row.
+    pub fn bound(&mut self) {
+        let mut summed: HashMap<ChurnKey, ChurnCount> = HashMap::new();
+        for (k, c) in self.rows.drain(..) {
+            let s = summed.entry(k).or_default();
+            s.started += c.started;
+            s.ended += c.ended;
+            s.lifetime_us += c.lifetime_us;
+        }
+        let mut rows: Vec<(ChurnKey, ChurnCount)> = summed.into_iter().collect();
+        rows.sort_unstable_by(|a, b| {
+            (b.1.started + b.1.ended)
+                .cmp(&(a.1.started + a.1.ended))
+                .then_with(|| a.0.cmp(&b.0))
+        });
+        if rows.len() > TOP_KEYS {
+            let rest = rows.split_off(TOP_KEYS - 1);
+            let other: Arc<str> = OTHER.into();
+            let mut sum = ChurnCount::default();
+            for (_, c) in rest {
+                sum.started += c.started;
+                sum.ended += c.ended;
+                sum.lifetime_us += c.lifetime_us;
+            }
+            rows.push((
+                ChurnKey {
+                    application: other.clone(),
+                    user: other.clone(),
+                    client: other,
+                },
+                sum,
+            ));
+        }
+        self.rows = rows;
+    }
+
+    /// The lifetime under which a share `q` (0 to 1) of the ended sessions
+    /// lived, in seconds; 0 without any.
+    pub fn lifetime_quantile(&self, q: f64) -> f64 {
+        let total: u64 = self.lifetimes.iter().map(|(_, n)| u64::from(*n)).sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for &(index, n) in &self.lifetimes {
+            seen += u64::from(n);
+            if seen >= rank {
+                return bucket_seconds(index).min(self.lifetime_max_us as f64 / 1e6);
+            }
+        }
+        self.lifetime_max_us as f64 / 1e6
+    }
+}
+
+/// Adds `n` to `index` in a histogram kept in index order.
+fn add_to(histogram: &mut Vec<(u16, u32)>, index: u16, n: u32) {
+    match histogram.binary_search_by_key(&index, |(i, _)| *i) {
+        Ok(at) => histogram[at].1 += n,
+        Err(at) => histogram.insert(at, (index, n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(pid: i32, start: Micros, app: &str) -> Arc<Session> {
+        Arc::new(Session {
+            pid,
+            backend_start_us: start,
+            application_name: app.into(),
+            user: "app".into(),
+            client: "10.0.0.7:51234".into(),
+            backend_type: "client backend".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn sessions_new_and_gone_are_started_and_ended_with_their_lifetimes() {
+        let walsender = Arc::new(Session {
+            pid: 9,
+            backend_type: "walsender".into(),
+            ..Default::default()
+        });
+        let old = vec![client(1, 0, "web"), client(2, 1_000_000, "web"), walsender];
+        let new = vec![client(2, 1_000_000, "web"), client(3, 2_000_000, "batch")];
+        let mut c = Churn::default();
+        c.diff(&old, &new, 3_000_000);
+        c.bound();
+        let rows: Vec<(&str, &str, u32, u32)> = c
+            .rows
+            .iter()
+            .map(|(k, n)| (&*k.application, &*k.client, n.started, n.ended))
+            .collect();
+        assert_eq!(
+            rows,
+            [("batch", "10.0.0.7", 1, 0), ("web", "10.0.0.7", 0, 1)],
+            "the walsender is not a client"
+        );
+        assert_eq!(c.lifetime_max_us, 3_000_000);
+        let p50 = c.lifetime_quantile(0.5);
+        assert!((2.5..=3.0).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn hosts_lose_their_ports() {
+        assert_eq!(host("10.1.2.3:5432"), "10.1.2.3");
+        assert_eq!(host("[::1]:61000"), "::1");
+        assert_eq!(host(""), "");
+        assert_eq!(host("db.example"), "db.example");
+    }
+
+    #[test]
+    fn quantiles_come_from_the_histogram_within_its_width() {
+        let mut c = Churn::default();
+        for ms in 1..=100 {
+            c.ended(&client(ms, 0, "x"), i64::from(ms) * 1000);
+        }
+        let p90 = c.lifetime_quantile(0.9);
+        assert!((0.075..=0.11).contains(&p90), "{p90}");
+        assert_eq!(
+            c.lifetime_quantile(1.0),
+            0.1_f64.min(c.lifetime_quantile(1.0))
+        );
+    }
+}

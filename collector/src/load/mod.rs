@@ -1,0 +1,348 @@
+//! DB load: what each server spends its time on.
+//!
+//! At each sample every active client session counts 1, attributed to its
+//! wait (`Type:Event`, or `CPU` when not waiting), its query fingerprint,
+//! user, database, application, client host and backend type: a [`Tuple`].
+//! A server's counts are summed over 10-second and 1-minute [`Bucket`]s (see
+//! [`count`]) together with the samples taken, so that load over any range
+//! is the sum over its samples divided by the samples taken, and a gap says
+//! itself (fewer samples) rather than counting as zero.
+//!
+//! Sessions idle in a transaction and active background processes are
+//! counted in the same buckets, each as its own [`Class`]: they are not load.
+//!
+//! A bucket keeps tuples, not one list per dimension, so that any dimension
+//! can be filtered by another (the load of one application, by wait). Its
+//! size is bounded when it closes ([`Bucket::bound`]): at most
+//! [`TOP_KEYS`] keys per dimension (the rest become `other`) and at most
+//! [`MAX_TUPLES`] tuples (the smallest are summed into one `other` tuple).
+//!
+//! Connection churn (sessions started and ended, and their lifetimes) is
+//! kept in the same buckets; see [`churn`].
+
+pub mod ask;
+pub mod churn;
+pub mod count;
+pub mod statements;
+mod stored;
+
+use std::collections::HashMap;
+#[cfg(test)]
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pgfleet_proto::time::Micros;
+
+pub use churn::Churn;
+pub use count::Counter;
+
+/// The fine resolution, kept for the frame retention (24 h by default).
+pub const FINE_US: Micros = 10_000_000;
+
+/// The coarse resolution, kept for the rollup retention (30 days).
+pub const COARSE_US: Micros = 60_000_000;
+
+/// The most keys of one dimension a bucket keeps; the rest are `other`.
+pub const TOP_KEYS: usize = 50;
+
+/// The most tuples a bucket keeps; the smallest are summed into one tuple
+/// whose every dimension is `other`.
+pub const MAX_TUPLES: usize = 1000;
+
+/// The value that stands for every key beyond the top ones. PostgreSQL's
+/// names and texts cannot hold a NUL, so no real value is this.
+pub const OTHER: &str = "\0other";
+
+/// The fingerprint that stands for every query beyond the top ones.
+pub const OTHER_QUERY: u64 = u64::MAX;
+
+/// A key as people read it: `other` for [`OTHER`].
+pub fn shown(key: &str) -> &str {
+    if key == OTHER { "other" } else { key }
+}
+
+/// Which sessions a count is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Class {
+    /// Active client sessions (and their parallel workers): DB load.
+    #[default]
+    Active = 0,
+    /// Client sessions idle in a transaction.
+    IdleInTransaction = 1,
+    /// Background processes at work (not idle in their main loop).
+    Background = 2,
+}
+
+impl Class {
+    fn from_code(code: u32) -> Option<Class> {
+        [Class::Active, Class::IdleInTransaction, Class::Background]
+            .get(code as usize)
+            .copied()
+    }
+}
+
+/// What one session at one sample is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tuple {
+    pub class: Class,
+    /// wait_event_type, or "CPU" when the session does not wait.
+    pub wait_type: Arc<str>,
+    /// wait_event; empty with "CPU".
+    pub wait_event: Arc<str>,
+    /// The query's fingerprint (0: no text).
+    pub query: u64,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub application: Arc<str>,
+    /// The client's address without its port; empty for a Unix socket.
+    pub client: Arc<str>,
+    pub backend_type: Arc<str>,
+}
+
+/// The dimensions load can be grouped and filtered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dim {
+    /// `Type:Event`, or `CPU`.
+    Wait,
+    /// wait_event_type, or `CPU`.
+    WaitType,
+    /// The query fingerprint, as 16 hex digits.
+    Query,
+    User,
+    Database,
+    Application,
+    /// The client host.
+    Client,
+    BackendType,
+}
+
+impl Dim {
+    /// Every dimension, in the order requests name them.
+    pub const ALL: [Dim; 8] = [
+        Dim::Wait,
+        Dim::WaitType,
+        Dim::Query,
+        Dim::User,
+        Dim::Database,
+        Dim::Application,
+        Dim::Client,
+        Dim::BackendType,
+    ];
+
+    /// Its name in requests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dim::Wait => "wait",
+            Dim::WaitType => "wait_type",
+            Dim::Query => "query",
+            Dim::User => "user",
+            Dim::Database => "database",
+            Dim::Application => "application",
+            Dim::Client => "client",
+            Dim::BackendType => "backend_type",
+        }
+    }
+
+    /// The dimension named `name`, if one is.
+    pub fn parse(name: &str) -> Option<Dim> {
+        Dim::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// The tuple's value in this dimension.
+    pub fn of(self, t: &Tuple) -> String {
+        match self {
+            Dim::Wait => wait_name(&t.wait_type, &t.wait_event),
+            Dim::WaitType => shown(&t.wait_type).to_owned(),
+            Dim::Query => query_key(t.query),
+            Dim::User => shown(&t.user).to_owned(),
+            Dim::Database => shown(&t.database).to_owned(),
+            Dim::Application => shown(&t.application).to_owned(),
+            Dim::Client => shown(&t.client).to_owned(),
+            Dim::BackendType => shown(&t.backend_type).to_owned(),
+        }
+    }
+}
+
+/// A wait as `Type:Event`, `CPU` or `other`.
+pub fn wait_name(wait_type: &str, wait_event: &str) -> String {
+    if wait_type == OTHER {
+        "other".to_owned()
+    } else if wait_event.is_empty() {
+        wait_type.to_owned()
+    } else {
+        format!("{wait_type}:{wait_event}")
+    }
+}
+
+/// A fingerprint as 16 hex digits, as `Session.fingerprint` gives it; `other`
+/// for the queries beyond the top ones, and empty for no text.
+pub fn query_key(fingerprint: u64) -> String {
+    match fingerprint {
+        0 => String::new(),
+        OTHER_QUERY => "other".to_owned(),
+        f => format!("{f:016x}"),
+    }
+}
+
+/// One server's counts over one interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Bucket {
+    /// The interval's first microsecond.
+    pub start: Micros,
+    /// Its length: [`FINE_US`] or [`COARSE_US`].
+    pub len_us: Micros,
+    /// The samples taken in it (the server up).
+    pub samples: u32,
+    /// The time those samples cover (samples × the sampling interval).
+    pub covered_us: Micros,
+    /// Each tuple with the samples it was seen in, summed.
+    pub tuples: Vec<(Tuple, u32)>,
+    /// Sessions started and ended in it.
+    pub churn: Churn,
+}
+
+impl Bucket {
+    /// An empty bucket of `len_us` that holds `at`.
+    pub fn holding(at: Micros, len_us: Micros) -> Bucket {
+        Bucket {
+            start: at - at.rem_euclid(len_us),
+            len_us,
+            ..Bucket::default()
+        }
+    }
+
+    /// Whether `at` falls in it.
+    pub fn holds(&self, at: Micros) -> bool {
+        self.start <= at && at < self.start + self.len_us
+    }
+
+    /// Adds `other`'s counts (a bucket within this one, or the same
+    /// interval counted elsewhere).
+    pub fn absorb(&mut self, other: &Bucket) {
+        self.samples += other.samples;
+        self.covered_us += other.covered_us;
+        self.tuples.extend(other.tuples.iter().cloned());
+        self.churn.absorb(&other.churn);
+    }
+
+    /// Sums equal tuples and keeps the size within [`TOP_KEYS`] keys per
+    /// dimension and [`MAX_TUPLES`] tuples, in a stable order (largest
+    /// first).
+    pub fn bound(&mut self) {
+        let mut tuples = std::mem::take(&mut self.tuples);
+        let other: Arc<str> = OTHER.into();
+        // Each dimension's keys beyond its top ones become `other`.
+        type Field = fn(&mut Tuple) -> &mut Arc<str>;
+        let fields: [Field; 5] = [
+            |t| &mut t.user,
+            |t| &mut t.database,
+            |t| &mut t.application,
+            |t| &mut t.client,
+            |t| &mut t.backend_type,
+        ];
+        for field in fields {
+            let mut totals: HashMap<Arc<str>, u64> = HashMap::new();
+            for (t, n) in tuples.iter_mut() {
+                *totals.entry(field(t).clone()).or_default() += u64::from(*n);
+            }
+            if totals.len() > TOP_KEYS {
+                let keep = top(totals);
+                for (t, _) in tuples.iter_mut() {
+                    if keep.binary_search(&*field(t)).is_err() {
+                        *field(t) = other.clone();
+                    }
+                }
+            }
+        }
+        // The wait, as a pair, and the query.
+        let mut waits: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+        let mut queries: HashMap<u64, u64> = HashMap::new();
+        for (t, n) in &tuples {
+            *waits
+                .entry((t.wait_type.clone(), t.wait_event.clone()))
+                .or_default() += u64::from(*n);
+            *queries.entry(t.query).or_default() += u64::from(*n);
+        }
+        if waits.len() > TOP_KEYS {
+            let keep = top(waits);
+            for (t, _) in tuples.iter_mut() {
+                if keep
+                    .binary_search(&(t.wait_type.clone(), t.wait_event.clone()))
+                    .is_err()
+                {
+                    t.wait_type = other.clone();
+                    t.wait_event = other.clone();
+                }
+            }
+        }
+        if queries.len() > TOP_KEYS {
+            let keep = top(queries);
+            for (t, _) in tuples.iter_mut() {
+                if keep.binary_search(&t.query).is_err() {
+                    t.query = OTHER_QUERY;
+                }
+            }
+        }
+        // Equal tuples summed, largest first.
+        let mut summed: HashMap<Tuple, u32> = HashMap::with_capacity(tuples.len());
+        for (t, n) in tuples {
+            *summed.entry(t).or_default() += n;
+        }
+        let mut tuples: Vec<(Tuple, u32)> = summed.into_iter().collect();
+        tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        if tuples.len() > MAX_TUPLES {
+            // One `other` tuple per class, so that classes never mix: room
+            // is left for one of each.
+            let rest: Vec<(Tuple, u32)> = tuples.split_off(MAX_TUPLES - 3);
+            let mut by_class: Vec<(Class, u32)> = Vec::new();
+            for (t, n) in rest {
+                match by_class.iter_mut().find(|(c, _)| *c == t.class) {
+                    Some((_, sum)) => *sum += n,
+                    None => by_class.push((t.class, n)),
+                }
+            }
+            for (class, n) in by_class {
+                tuples.push((
+                    Tuple {
+                        class,
+                        wait_type: other.clone(),
+                        wait_event: other.clone(),
+                        query: OTHER_QUERY,
+                        user: other.clone(),
+                        database: other.clone(),
+                        application: other.clone(),
+                        client: other.clone(),
+                        backend_type: other.clone(),
+                    },
+                    n,
+                ));
+            }
+        }
+        self.tuples = tuples;
+        self.churn.bound();
+    }
+
+    /// The sum of the counts of `class`, over the samples: the average.
+    pub fn average(&self, class: Class) -> f64 {
+        let sum: u64 = self
+            .tuples
+            .iter()
+            .filter(|(t, _)| t.class == class)
+            .map(|(_, n)| u64::from(*n))
+            .sum();
+        sum as f64 / f64::from(self.samples.max(1))
+    }
+}
+
+/// The [`TOP_KEYS`] keys with the largest totals (ties: the smaller key).
+fn top<K: Ord + Clone + std::hash::Hash + Eq>(totals: HashMap<K, u64>) -> Vec<K> {
+    let mut all: Vec<(K, u64)> = totals.into_iter().collect();
+    all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(TOP_KEYS);
+    let mut keys: Vec<K> = all.into_iter().map(|(k, _)| k).collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[cfg(test)]
+mod tests;

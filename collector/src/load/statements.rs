@@ -1,0 +1,224 @@
+//! Statement statistics as the collector keeps them: each read of a server's
+//! pg_stat_statements summed by fingerprint (over queryids, databases and
+//! users), so that they join load, which knows queries by fingerprint.
+
+use std::collections::HashMap;
+
+use pgfleet_proto::v1;
+use prost::Message;
+
+use super::OTHER_QUERY;
+
+/// One statement's increments, or their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub calls: u64,
+    pub time_ms: f64,
+    pub rows: u64,
+    pub shared_blks_hit: u64,
+    pub shared_blks_read: u64,
+    pub shared_blks_dirtied: u64,
+    pub shared_blks_written: u64,
+    pub temp_blks_read: u64,
+    pub temp_blks_written: u64,
+    pub wal_bytes: u64,
+}
+
+impl Totals {
+    fn of(d: &v1::StatementDelta) -> Totals {
+        Totals {
+            calls: d.calls,
+            time_ms: d.exec_time_ms.max(0.0),
+            rows: d.rows,
+            shared_blks_hit: d.shared_blks_hit,
+            shared_blks_read: d.shared_blks_read,
+            shared_blks_dirtied: d.shared_blks_dirtied,
+            shared_blks_written: d.shared_blks_written,
+            temp_blks_read: d.temp_blks_read,
+            temp_blks_written: d.temp_blks_written,
+            wal_bytes: d.wal_bytes,
+        }
+    }
+
+    /// Adds `o`.
+    pub fn add(&mut self, o: &Totals) {
+        self.calls += o.calls;
+        self.time_ms += o.time_ms;
+        self.rows += o.rows;
+        self.shared_blks_hit += o.shared_blks_hit;
+        self.shared_blks_read += o.shared_blks_read;
+        self.shared_blks_dirtied += o.shared_blks_dirtied;
+        self.shared_blks_written += o.shared_blks_written;
+        self.temp_blks_read += o.temp_blks_read;
+        self.temp_blks_written += o.temp_blks_written;
+        self.wal_bytes += o.wal_bytes;
+    }
+
+    /// As the Query API gives them.
+    pub fn message(&self) -> v1::StatementTotals {
+        v1::StatementTotals {
+            calls: self.calls,
+            total_time_ms: self.time_ms,
+            mean_time_ms: if self.calls == 0 {
+                0.0
+            } else {
+                self.time_ms / self.calls as f64
+            },
+            rows: self.rows,
+            shared_blks_hit: self.shared_blks_hit,
+            shared_blks_read: self.shared_blks_read,
+            shared_blks_dirtied: self.shared_blks_dirtied,
+            shared_blks_written: self.shared_blks_written,
+            temp_blks_read: self.temp_blks_read,
+            temp_blks_written: self.temp_blks_written,
+            wal_bytes: self.wal_bytes,
+        }
+    }
+}
+
+/// One read of one server, by fingerprint ([`OTHER_QUERY`] for the sum of
+/// the statements the agent left out).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Read {
+    /// When the read's increments begin.
+    pub since_us: i64,
+    pub by_query: Vec<(u64, Totals)>,
+}
+
+impl Read {
+    /// A sample's increments summed by fingerprint, and the texts it
+    /// carries; None for a first read (a baseline, without increments).
+    pub fn of(sample: &v1::StatementsSample) -> Option<(Read, Vec<(u64, String)>)> {
+        if sample.since_us == 0 {
+            return None;
+        }
+        let mut sums: HashMap<u64, Totals> = HashMap::new();
+        let mut texts = Vec::new();
+        for d in &sample.statements {
+            sums.entry(d.query_fingerprint)
+                .or_default()
+                .add(&Totals::of(d));
+            if !d.query.is_empty() && d.query_fingerprint != 0 {
+                texts.push((d.query_fingerprint, d.query.clone()));
+            }
+        }
+        if let Some(other) = &sample.other
+            && other.calls > 0
+        {
+            sums.entry(OTHER_QUERY).or_default().add(&Totals::of(other));
+        }
+        let mut by_query: Vec<(u64, Totals)> = sums.into_iter().collect();
+        by_query.sort_unstable_by_key(|(f, _)| *f);
+        Some((
+            Read {
+                since_us: sample.since_us,
+                by_query,
+            },
+            texts,
+        ))
+    }
+
+    /// The read as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut s = StoredRead {
+            since_us: self.since_us,
+            ..Default::default()
+        };
+        for (f, t) in &self.by_query {
+            s.queries.push(*f);
+            s.times_ms.push(t.time_ms);
+            s.counters.extend([
+                t.calls,
+                t.rows,
+                t.shared_blks_hit,
+                t.shared_blks_read,
+                t.shared_blks_dirtied,
+                t.shared_blks_written,
+                t.temp_blks_read,
+                t.temp_blks_written,
+                t.wal_bytes,
+            ]);
+        }
+        s.encode_to_vec()
+    }
+
+    /// A stored read back; None when the bytes are not one.
+    pub fn decode(bytes: &[u8]) -> Option<Read> {
+        let s = StoredRead::decode(bytes).ok()?;
+        if s.queries.len() != s.times_ms.len() || s.counters.len() != s.queries.len() * 9 {
+            return None;
+        }
+        let by_query = s
+            .queries
+            .iter()
+            .zip(&s.times_ms)
+            .zip(s.counters.chunks_exact(9))
+            .map(|((f, time_ms), c)| {
+                (
+                    *f,
+                    Totals {
+                        calls: c[0],
+                        time_ms: *time_ms,
+                        rows: c[1],
+                        shared_blks_hit: c[2],
+                        shared_blks_read: c[3],
+                        shared_blks_dirtied: c[4],
+                        shared_blks_written: c[5],
+                        temp_blks_read: c[6],
+                        temp_blks_written: c[7],
+                        wal_bytes: c[8],
+                    },
+                )
+            })
+            .collect();
+        Some(Read {
+            since_us: s.since_us,
+            by_query,
+        })
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredRead {
+    #[prost(int64, tag = "1")]
+    since_us: i64,
+    #[prost(fixed64, repeated, tag = "2")]
+    queries: Vec<u64>,
+    #[prost(double, repeated, tag = "3")]
+    times_ms: Vec<f64>,
+    /// Per query: calls, rows, the shared blocks hit, read, dirtied and
+    /// written, the temp blocks read and written, and WAL bytes.
+    #[prost(uint64, repeated, tag = "4")]
+    counters: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_sum_by_fingerprint_keep_texts_and_come_back_as_stored() {
+        let d = |q: i64, f: u64, text: &str, calls: u64| v1::StatementDelta {
+            query_id: q,
+            query_fingerprint: f,
+            query: text.into(),
+            calls,
+            exec_time_ms: calls as f64 * 2.0,
+            rows: calls,
+            ..Default::default()
+        };
+        let sample = v1::StatementsSample {
+            since_us: 5,
+            statements: vec![d(1, 7, "SELECT $1", 3), d(2, 7, "", 4), d(3, 9, "", 1)],
+            other: Some(d(0, 0, "", 10)),
+            ..Default::default()
+        };
+        let (read, texts) = Read::of(&sample).unwrap();
+        assert_eq!(texts, [(7, "SELECT $1".to_owned())]);
+        let calls: Vec<(u64, u64)> = read.by_query.iter().map(|(f, t)| (*f, t.calls)).collect();
+        assert_eq!(calls, [(7, 7), (9, 1), (OTHER_QUERY, 10)]);
+        assert_eq!(Read::decode(&read.encode()), Some(read));
+        let baseline = v1::StatementsSample::default();
+        assert!(Read::of(&baseline).is_none());
+    }
+}

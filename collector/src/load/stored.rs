@@ -1,0 +1,177 @@
+//! A bucket as both stores keep it: protobuf with its own table of strings
+//! and fingerprints, each tuple a row of indexes into them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+
+use super::churn::{Churn, ChurnCount, ChurnKey};
+use super::{Bucket, Class, Tuple};
+
+/// The columns of a tuple's row in [`StoredLoad::cells`].
+const TUPLE_CELLS: usize = 9;
+
+/// The columns of a churn row in [`StoredLoad::churn_cells`].
+const CHURN_CELLS: usize = 5;
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredLoad {
+    #[prost(uint32, tag = "1")]
+    samples: u32,
+    #[prost(int64, tag = "2")]
+    covered_us: i64,
+    #[prost(string, repeated, tag = "3")]
+    strings: Vec<String>,
+    #[prost(fixed64, repeated, tag = "4")]
+    queries: Vec<u64>,
+    /// Per tuple: class, wait type, wait event, query (into `queries`),
+    /// user, database, application, client, backend type.
+    #[prost(uint32, repeated, tag = "5")]
+    cells: Vec<u32>,
+    #[prost(uint32, repeated, tag = "6")]
+    counts: Vec<u32>,
+    /// Per churn row: application, user, client, started, ended.
+    #[prost(uint32, repeated, tag = "7")]
+    churn_cells: Vec<u32>,
+    #[prost(int64, repeated, tag = "8")]
+    churn_lifetimes_us: Vec<i64>,
+    /// The lifetime histogram: index, count, index, count, …
+    #[prost(uint32, repeated, tag = "9")]
+    lifetimes: Vec<u32>,
+    #[prost(int64, tag = "10")]
+    lifetime_max_us: i64,
+}
+
+/// Gives each string an index, once.
+#[derive(Default)]
+struct Table<K> {
+    index: HashMap<K, u32>,
+    values: Vec<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Table<K> {
+    fn of(&mut self, key: &K) -> u32 {
+        if let Some(i) = self.index.get(key) {
+            return *i;
+        }
+        let i = self.values.len() as u32;
+        self.index.insert(key.clone(), i);
+        self.values.push(key.clone());
+        i
+    }
+}
+
+impl Bucket {
+    /// The bucket as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut strings: Table<Arc<str>> = Table::default();
+        let mut queries: Table<u64> = Table::default();
+        let mut cells = Vec::with_capacity(self.tuples.len() * TUPLE_CELLS);
+        for (t, _) in &self.tuples {
+            cells.extend([
+                t.class as u32,
+                strings.of(&t.wait_type),
+                strings.of(&t.wait_event),
+                queries.of(&t.query),
+                strings.of(&t.user),
+                strings.of(&t.database),
+                strings.of(&t.application),
+                strings.of(&t.client),
+                strings.of(&t.backend_type),
+            ]);
+        }
+        let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
+        for (k, c) in &self.churn.rows {
+            churn_cells.extend([
+                strings.of(&k.application),
+                strings.of(&k.user),
+                strings.of(&k.client),
+                c.started,
+                c.ended,
+            ]);
+        }
+        StoredLoad {
+            samples: self.samples,
+            covered_us: self.covered_us,
+            strings: strings.values.iter().map(|s| s.to_string()).collect(),
+            queries: queries.values,
+            cells,
+            counts: self.tuples.iter().map(|(_, n)| *n).collect(),
+            churn_cells,
+            churn_lifetimes_us: self.churn.rows.iter().map(|(_, c)| c.lifetime_us).collect(),
+            lifetimes: self
+                .churn
+                .lifetimes
+                .iter()
+                .flat_map(|(i, n)| [u32::from(*i), *n])
+                .collect(),
+            lifetime_max_us: self.churn.lifetime_max_us,
+        }
+        .encode_to_vec()
+    }
+
+    /// A stored bucket back; None when the bytes are not one.
+    pub fn decode(start: i64, len_us: i64, bytes: &[u8]) -> Option<Bucket> {
+        let s = StoredLoad::decode(bytes).ok()?;
+        let strings: Vec<Arc<str>> = s.strings.into_iter().map(Arc::from).collect();
+        let text = |i: u32| strings.get(i as usize).cloned();
+        if s.cells.len() != s.counts.len() * TUPLE_CELLS
+            || s.churn_cells.len() != s.churn_lifetimes_us.len() * CHURN_CELLS
+        {
+            return None;
+        }
+        let mut tuples = Vec::with_capacity(s.counts.len());
+        for (row, n) in s.cells.chunks_exact(TUPLE_CELLS).zip(s.counts) {
+            tuples.push((
+                Tuple {
+                    class: Class::from_code(row[0])?,
+                    wait_type: text(row[1])?,
+                    wait_event: text(row[2])?,
+                    query: *s.queries.get(row[3] as usize)?,
+                    user: text(row[4])?,
+                    database: text(row[5])?,
+                    application: text(row[6])?,
+                    client: text(row[7])?,
+                    backend_type: text(row[8])?,
+                },
+                n,
+            ));
+        }
+        let mut rows = Vec::with_capacity(s.churn_lifetimes_us.len());
+        for (row, lifetime_us) in s
+            .churn_cells
+            .chunks_exact(CHURN_CELLS)
+            .zip(s.churn_lifetimes_us)
+        {
+            rows.push((
+                ChurnKey {
+                    application: text(row[0])?,
+                    user: text(row[1])?,
+                    client: text(row[2])?,
+                },
+                ChurnCount {
+                    started: row[3],
+                    ended: row[4],
+                    lifetime_us,
+                },
+            ));
+        }
+        Some(Bucket {
+            start,
+            len_us,
+            samples: s.samples,
+            covered_us: s.covered_us,
+            tuples,
+            churn: Churn {
+                rows,
+                lifetimes: s
+                    .lifetimes
+                    .chunks_exact(2)
+                    .map(|p| (u16::try_from(p[0]).unwrap_or(u16::MAX), p[1]))
+                    .collect(),
+                lifetime_max_us: s.lifetime_max_us,
+            },
+        })
+    }
+}
