@@ -297,6 +297,7 @@ pub fn add_counters(total: &mut v1::DatabaseCounters, inc: &v1::DatabaseCounters
     total.temp_bytes += inc.temp_bytes;
     total.deadlocks += inc.deadlocks;
     total.conflicts += inc.conflicts;
+    total.sessions += inc.sessions;
 }
 
 #[cfg(test)]

@@ -147,6 +147,33 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     )
     .await;
 
+    // DB load: the sleeping session is one active session waiting on
+    // Timeout (pg_sleep), once a 10 s bucket has closed and been scraped.
+    let load = encode(r#"pgfleet_db_load{server="db-prom",wait_event_type="Timeout"}"#);
+    wait_for(
+        "Prometheus to report the sleeping session's DB load",
+        Duration::from_secs(60),
+        || {
+            let path = format!("/api/v1/query?query={load}");
+            let web = web.clone();
+            async move {
+                let (_, body) = get(&web, &path).await?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+                let seen = json["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .ok_or_else(|| format!("no value yet: {body}"))?;
+                if (seen - 1.0).abs() < 1e-9 {
+                    Ok(())
+                } else {
+                    Err(format!("load on Timeout is {seen}, not 1"))
+                }
+            }
+        },
+    )
+    .await;
+
     // The Grafana dashboard's every query runs, and each panel shows data
     // (PgBouncer's, which this server lacks, excepted).
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -159,6 +186,14 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     .unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 6);
+    let stacked = panels
+        .iter()
+        .find(|p| p["title"] == "DB load by wait type")
+        .expect("a DB load panel");
+    assert_eq!(
+        stacked["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"], "normal",
+        "DB load is stacked"
+    );
     // Rates need two scrapes of the counters.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for panel in panels {

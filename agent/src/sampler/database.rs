@@ -40,11 +40,14 @@ const SYSTEM_IDENTIFIER_SQL: &str = "SELECT system_identifier::text FROM pg_cont
 /// A common table expression `d` of every counter of pg_stat_database that the
 /// agent sends, as an array per database, for databases that allow connections
 /// (template0 does not). `$3` is NULL for every database, or the names to send.
+/// `sessions` (sessions established) exists from PostgreSQL 14; read through
+/// the row as JSON, it is 0 before.
 pub const DATABASES_CTE: &str = "d AS (
   SELECT d.datname,
          ARRAY[d.xact_commit, d.xact_rollback, d.blks_read, d.blks_hit,
                d.tup_returned, d.tup_fetched, d.tup_inserted, d.tup_updated, d.tup_deleted,
-               d.temp_files, d.temp_bytes, d.deadlocks, d.conflicts] AS counters
+               d.temp_files, d.temp_bytes, d.deadlocks, d.conflicts,
+               coalesce((to_jsonb(d) ->> 'sessions')::int8, 0)] AS counters
     FROM pg_stat_database d
     JOIN pg_database db ON db.oid = d.datid
    WHERE db.datallowconn
@@ -57,7 +60,7 @@ pub const DATABASES_COLUMNS: &str = "\
        (SELECT array_agg(counters ORDER BY datname) FROM d)";
 
 /// How many counters `DATABASES_CTE` reads per database.
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
 
 /// One database's counters as read.
 pub type CounterRow = (String, [i64; COUNTERS]);
@@ -197,6 +200,7 @@ fn counters(name: &str, v: [u64; COUNTERS]) -> v1::DatabaseCounters {
         temp_bytes: v[10],
         deadlocks: v[11],
         conflicts: v[12],
+        sessions: v[13],
     }
 }
 

@@ -147,6 +147,12 @@ impl Aggregator {
             if keyframe {
                 snapshot.sessions = by_key(std::mem::take(&mut snapshot.sessions));
             }
+            let established: Vec<(String, u64)> = snapshot
+                .databases
+                .iter()
+                .filter(|d| d.sessions > 0)
+                .map(|d| (d.database.clone(), d.sessions))
+                .collect();
             let pools = Arc::new(Pools {
                 slots: snapshot.slots,
                 pgbouncer: snapshot.pgbouncer,
@@ -203,6 +209,7 @@ impl Aggregator {
                     &mut closed,
                     &mut |f, text| texts.note(f, text),
                 );
+                counter.established(view.sampled_at_us, &established);
             } else {
                 counter.advance(view.sampled_at_us, &mut closed);
             }

@@ -250,6 +250,33 @@ impl LoadPlan {
         })
     }
 
+    /// Refuses a label to group by that none of `servers` carries (most
+    /// likely a misspelt dimension or label).
+    pub fn check_group(&self, servers: &[&Arc<ServerView>]) -> Result<(), String> {
+        let GroupBy::Label(name) = &self.group_by else {
+            return Ok(());
+        };
+        if servers.is_empty() || servers.iter().any(|s| s.labels.contains_key(name)) {
+            return Ok(());
+        }
+        let mut labels: Vec<&str> = servers
+            .iter()
+            .flat_map(|s| s.labels.keys().map(String::as_str))
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let dims: Vec<&str> = Dim::ALL.iter().map(|d| d.name()).collect();
+        Err(format!(
+            "group_by {name:?} is not a dimension ({}), \"server\", or a label of the selected servers ({})",
+            dims.join(", "),
+            if labels.is_empty() {
+                "they have none".to_owned()
+            } else {
+                labels.join(", ")
+            }
+        ))
+    }
+
     /// The series, from `buckets` (of the selected servers, as
     /// [`Scope::usable`] left them); queries' texts are left to fill.
     pub fn evaluate(
@@ -571,8 +598,26 @@ impl ChurnPlan {
                 m.matches(Some(shown(value)))
             })
         };
-        churn.rows.retain(|(k, _)| keep(k));
         churn.bound();
+        // Each database's established sessions shared out over its rows in
+        // proportion to the starts the samples saw; what no sample saw, when
+        // no filter narrows the rows, is a row of its own.
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for (k, c) in &churn.rows {
+            *seen.entry(&k.database).or_default() += u64::from(c.started);
+        }
+        let mut factor: HashMap<String, f64> = HashMap::new();
+        let mut unseen: Vec<(String, u64)> = Vec::new();
+        for (database, n) in &churn.established {
+            let saw = seen.get(&**database).copied().unwrap_or(0);
+            let n = u64::from(*n);
+            if saw > 0 && n > saw {
+                factor.insert(database.to_string(), n as f64 / saw as f64);
+            } else if saw == 0 && n > 0 && self.scope.tuples.is_empty() {
+                unseen.push((database.to_string(), n));
+            }
+        }
+        churn.rows.retain(|(k, _)| keep(k));
         // A server's rate is over the seconds it was sampled; the fleet's
         // over their mean.
         let seconds = if covered.is_empty() {
@@ -580,32 +625,59 @@ impl ChurnPlan {
         } else {
             covered.values().sum::<i64>() as f64 / 1e6 / covered.len() as f64
         };
-        let rate = |n: u32| {
+        let rate = |n: u64| {
             if seconds > 0.0 {
-                f64::from(n) / seconds
+                n as f64 / seconds
             } else {
                 0.0
             }
         };
-        v1::GetChurnResponse {
-            rows: churn
-                .rows
-                .iter()
-                .map(|(k, c)| v1::ChurnRow {
+        let scaled = |n: u32, database: &str| -> u64 {
+            (f64::from(n) * factor.get(database).copied().unwrap_or(1.0)).round() as u64
+        };
+        let mut rows: Vec<v1::ChurnRow> = churn
+            .rows
+            .iter()
+            .map(|(k, c)| {
+                let (started, ended) =
+                    (scaled(c.started, &k.database), scaled(c.ended, &k.database));
+                v1::ChurnRow {
+                    database: shown(&k.database).to_owned(),
                     application: shown(&k.application).to_owned(),
                     user: shown(&k.user).to_owned(),
                     client: shown(&k.client).to_owned(),
-                    started: u64::from(c.started),
-                    ended: u64::from(c.ended),
-                    started_per_second: rate(c.started),
-                    ended_per_second: rate(c.ended),
+                    started,
+                    ended,
+                    started_per_second: rate(started),
+                    ended_per_second: rate(ended),
                     lifetime_mean: if c.ended > 0 {
                         c.lifetime_us as f64 / 1e6 / f64::from(c.ended)
                     } else {
                         0.0
                     },
-                })
-                .collect(),
+                    seen_started: u64::from(c.started),
+                    seen_ended: u64::from(c.ended),
+                }
+            })
+            .collect();
+        for (database, n) in unseen {
+            rows.push(v1::ChurnRow {
+                database,
+                application: "(between samples)".to_owned(),
+                started: n,
+                ended: n,
+                started_per_second: rate(n),
+                ended_per_second: rate(n),
+                ..Default::default()
+            });
+        }
+        rows.sort_by(|a, b| {
+            (b.started + b.ended)
+                .cmp(&(a.started + a.ended))
+                .then(a.application.cmp(&b.application))
+        });
+        v1::GetChurnResponse {
+            rows,
             seconds,
             lifetime_p50: churn.lifetime_quantile(0.5),
             lifetime_p90: churn.lifetime_quantile(0.9),

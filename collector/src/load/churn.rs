@@ -14,6 +14,7 @@ use super::{OTHER, TOP_KEYS};
 /// Who opened the sessions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChurnKey {
+    pub database: Arc<str>,
     pub application: Arc<str>,
     pub user: Arc<str>,
     /// The client's address without its port; empty for a Unix socket.
@@ -39,6 +40,10 @@ pub struct Churn {
     pub lifetimes: Vec<(u16, u32)>,
     /// The longest of them.
     pub lifetime_max_us: i64,
+    /// Sessions established, by database, as PostgreSQL counts them
+    /// (pg_stat_database.sessions, 14 and later): those that began and ended
+    /// between two samples too, which `rows` cannot see.
+    pub established: Vec<(Arc<str>, u32)>,
 }
 
 /// A lifetime's histogram bucket: a quarter of an octave of milliseconds,
@@ -119,12 +124,16 @@ impl Churn {
     fn row(&mut self, s: &Session) -> &mut ChurnCount {
         let host = host(&s.client);
         let i = match self.rows.iter().position(|(k, _)| {
-            k.application == s.application_name && k.user == s.user && &*k.client == host
+            k.application == s.application_name
+                && k.user == s.user
+                && &*k.client == host
+                && k.database == s.database
         }) {
             Some(i) => i,
             None => {
                 self.rows.push((
                     ChurnKey {
+                        database: s.database.clone(),
                         application: s.application_name.clone(),
                         user: s.user.clone(),
                         client: host.into(),
@@ -137,9 +146,20 @@ impl Churn {
         &mut self.rows[i].1
     }
 
+    /// Adds sessions established in `database`.
+    pub fn establish(&mut self, database: &str, n: u32) {
+        match self.established.iter_mut().find(|(d, _)| &**d == database) {
+            Some((_, sum)) => *sum += n,
+            None => self.established.push((database.into(), n)),
+        }
+    }
+
     /// Adds `other`'s counts.
     pub fn absorb(&mut self, other: &Churn) {
         self.rows.extend(other.rows.iter().cloned());
+        for (d, n) in &other.established {
+            self.establish(d, *n);
+        }
         for &(index, n) in &other.lifetimes {
             add_to(&mut self.lifetimes, index, n);
         }
@@ -173,6 +193,7 @@ impl Churn {
             }
             rows.push((
                 ChurnKey {
+                    database: other.clone(),
                     application: other.clone(),
                     user: other.clone(),
                     client: other,

@@ -127,6 +127,18 @@ impl Counter {
         }
     }
 
+    /// Adds the sessions PostgreSQL established by database (`increments`
+    /// of an up sample at `at`, counted after [`Counter::sample`]).
+    pub fn established(&mut self, at: Micros, increments: &[(String, u64)]) {
+        let fine = self
+            .fine
+            .get_or_insert_with(|| Bucket::holding(at, FINE_US));
+        for (database, n) in increments {
+            fine.churn
+                .establish(database, u32::try_from(*n).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Closes the open buckets that end at or before `at` (a sample, up or
     /// down, at `at`), adding them to `closed`.
     pub fn advance(&mut self, at: Micros, closed: &mut Vec<Bucket>) {

@@ -13,7 +13,7 @@ use super::{Bucket, Class, Tuple};
 const TUPLE_CELLS: usize = 9;
 
 /// The columns of a churn row in [`StoredLoad::churn_cells`].
-const CHURN_CELLS: usize = 5;
+const CHURN_CELLS: usize = 6;
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredLoad {
@@ -31,7 +31,7 @@ struct StoredLoad {
     cells: Vec<u32>,
     #[prost(uint32, repeated, tag = "6")]
     counts: Vec<u32>,
-    /// Per churn row: application, user, client, started, ended.
+    /// Per churn row: database, application, user, client, started, ended.
     #[prost(uint32, repeated, tag = "7")]
     churn_cells: Vec<u32>,
     #[prost(int64, repeated, tag = "8")]
@@ -41,6 +41,16 @@ struct StoredLoad {
     lifetimes: Vec<u32>,
     #[prost(int64, tag = "10")]
     lifetime_max_us: i64,
+    /// Sessions established: database (a string), count, …
+    #[prost(uint32, repeated, tag = "11")]
+    established: Vec<u32>,
+}
+
+impl StoredLoad {
+    fn with_strings(mut self, strings: Vec<Arc<str>>) -> StoredLoad {
+        self.strings = strings.iter().map(|s| s.to_string()).collect();
+        self
+    }
 }
 
 /// Gives each string an index, once.
@@ -84,6 +94,7 @@ impl Bucket {
         let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
         for (k, c) in &self.churn.rows {
             churn_cells.extend([
+                strings.of(&k.database),
                 strings.of(&k.application),
                 strings.of(&k.user),
                 strings.of(&k.client),
@@ -94,7 +105,6 @@ impl Bucket {
         StoredLoad {
             samples: self.samples,
             covered_us: self.covered_us,
-            strings: strings.values.iter().map(|s| s.to_string()).collect(),
             queries: queries.values,
             cells,
             counts: self.tuples.iter().map(|(_, n)| *n).collect(),
@@ -107,7 +117,15 @@ impl Bucket {
                 .flat_map(|(i, n)| [u32::from(*i), *n])
                 .collect(),
             lifetime_max_us: self.churn.lifetime_max_us,
+            established: self
+                .churn
+                .established
+                .iter()
+                .flat_map(|(d, n)| [strings.of(d), *n])
+                .collect(),
+            strings: Vec::new(),
         }
+        .with_strings(strings.values)
         .encode_to_vec()
     }
 
@@ -146,13 +164,14 @@ impl Bucket {
         {
             rows.push((
                 ChurnKey {
-                    application: text(row[0])?,
-                    user: text(row[1])?,
-                    client: text(row[2])?,
+                    database: text(row[0])?,
+                    application: text(row[1])?,
+                    user: text(row[2])?,
+                    client: text(row[3])?,
                 },
                 ChurnCount {
-                    started: row[3],
-                    ended: row[4],
+                    started: row[4],
+                    ended: row[5],
                     lifetime_us,
                 },
             ));
@@ -171,6 +190,11 @@ impl Bucket {
                     .map(|p| (u16::try_from(p[0]).unwrap_or(u16::MAX), p[1]))
                     .collect(),
                 lifetime_max_us: s.lifetime_max_us,
+                established: s
+                    .established
+                    .chunks_exact(2)
+                    .map(|p| Some((text(p[0])?, p[1])))
+                    .collect::<Option<Vec<_>>>()?,
             },
         })
     }

@@ -69,6 +69,7 @@ fn buckets_come_back_as_stored() {
     ];
     b.churn.rows.push((
         churn::ChurnKey {
+            database: "orders".into(),
             application: "web".into(),
             user: "app".into(),
             client: "10.0.0.7".into(),
@@ -81,6 +82,7 @@ fn buckets_come_back_as_stored() {
     ));
     b.churn.lifetimes = vec![(20, 4)];
     b.churn.lifetime_max_us = 300_000;
+    b.churn.established = vec![("orders".into(), 40)];
     let bytes = b.encode();
     assert_eq!(Bucket::decode(b.start, b.len_us, &bytes), Some(b));
     assert_eq!(Bucket::decode(0, FINE_US, b"\xff\xff"), None);

@@ -90,6 +90,8 @@ impl QueryService {
             .map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
+        plan.check_group(&servers)
+            .map_err(Status::invalid_argument)?;
         let buckets = self
             .buckets(store, &plan.scope, &servers, view.servers.len())
             .await?;

@@ -9,6 +9,8 @@
 //! A server's own labels (dc, cluster, …) are on `pgfleet_server_info` alone,
 //! to be joined with `group_left` rather than repeated on every series.
 
+mod load;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -256,6 +258,7 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         );
     }
 
+    load::load(&mut out, &servers);
     connection_slots(&mut out, &servers);
     databases(&mut out, &servers);
     pgbouncer(&mut out, &servers);

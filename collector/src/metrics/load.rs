@@ -1,0 +1,47 @@
+//! The DB load families: load by wait type as of the last 10 s of samples,
+//! and client sessions started and ended.
+
+use crate::aggregator::ServerView;
+
+use super::Out;
+
+pub(super) fn load(out: &mut Out, servers: &[&ServerView]) {
+    out.family(
+        "pgfleet_db_load",
+        "gauge",
+        "DB load: average active client sessions over the last 10 s of samples, by wait_event_type (CPU when not waiting).",
+    );
+    for s in servers {
+        for (kind, v) in &s.load.by_wait_type {
+            out.sample(
+                "pgfleet_db_load",
+                &[("server", &s.server_id), ("wait_event_type", kind)],
+                *v,
+            );
+        }
+    }
+    out.family(
+        "pgfleet_sessions_started_total",
+        "counter",
+        "Client sessions that started, as the collector saw them since it started (connection churn).",
+    );
+    for s in servers {
+        out.sample(
+            "pgfleet_sessions_started_total",
+            &[("server", &s.server_id)],
+            s.load.sessions_started_total as f64,
+        );
+    }
+    out.family(
+        "pgfleet_sessions_ended_total",
+        "counter",
+        "Client sessions that ended, as the collector saw them since it started (connection churn).",
+    );
+    for s in servers {
+        out.sample(
+            "pgfleet_sessions_ended_total",
+            &[("server", &s.server_id)],
+            s.load.sessions_ended_total as f64,
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! DB load, statement statistics and connection churn, end to end: real
+//! PostgreSQL, a real agent streaming to a collector, asked over gRPC.
+
+use std::time::Duration;
+
+use pgfleet_proto::time::{Micros, now_micros, timestamp};
+use pgfleet_proto::v1;
+use pgfleet_tests::{Client, fleet, server, wait_for};
+
+const TEN_S: Micros = 10_000_000;
+
+/// The first 10 s boundary at or after `at`.
+fn ceil10(at: Micros) -> Micros {
+    at + (TEN_S - at.rem_euclid(TEN_S)) % TEN_S
+}
+
+/// The last 10 s boundary at or before `at`.
+fn floor10(at: Micros) -> Micros {
+    at - at.rem_euclid(TEN_S)
+}
+
+/// Load over `[start, end)` per 10 s, grouped by `group_by`, once every
+/// step of the range has its bucket stored.
+async fn load(
+    client: &Client,
+    matchers: &[&str],
+    group_by: &str,
+    start: Micros,
+    end: Micros,
+) -> v1::QueryLoadResponse {
+    let req = v1::QueryLoadRequest {
+        start: Some(timestamp(start)),
+        end: Some(timestamp(end)),
+        step: Some(pgfleet_proto::time::duration(TEN_S)),
+        group_by: group_by.into(),
+        matchers: matchers.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
+    };
+    wait_for(
+        "every step of the range to have its samples",
+        Duration::from_secs(30),
+        || {
+            let mut c = client.clone();
+            let req = req.clone();
+            async move {
+                let r = c
+                    .query_load(req)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                let thin: Vec<f64> = r
+                    .coverage
+                    .iter()
+                    .map(|p| p.value)
+                    .filter(|v| *v < 0.8)
+                    .collect();
+                if r.coverage.is_empty() || !thin.is_empty() {
+                    return Err(format!("coverage {:?}", r.coverage));
+                }
+                Ok(r)
+            }
+        },
+    )
+    .await
+}
+
+/// The average of the series keyed `key`, or 0 without one.
+fn average(r: &v1::QueryLoadResponse, key: &str) -> f64 {
+    r.series
+        .iter()
+        .find(|s| s.key == key)
+        .map_or(0.0, |s| s.average)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_sessions_a_lock_chain_and_a_connecting_client_show_as_load_and_churn() {
+    let mut fleet = fleet("db-load", &[("dc", "eu1")]).await;
+    let client = fleet.client().await.unwrap();
+    let setup = fleet.cluster.connect("load-setup").await.unwrap();
+    setup
+        .batch_execute(
+            "CREATE TABLE chain (id int PRIMARY KEY, v int); INSERT INTO chain VALUES (1, 0);",
+        )
+        .await
+        .unwrap();
+    wait_for("the server up", Duration::from_secs(20), || {
+        let mut c = client.clone();
+        async move {
+            let s = server(&mut c, "db-load").await?;
+            if s.up { Ok(()) } else { Err(s.status) }
+        }
+    })
+    .await;
+
+    let t0 = now_micros();
+    // Three sessions sleep for a minute.
+    let mut sleepers = Vec::new();
+    for i in 0..3 {
+        let c = fleet
+            .cluster
+            .connect(&format!("sleeper-{i}"))
+            .await
+            .unwrap();
+        sleepers.push(tokio::spawn(async move {
+            c.simple_query("SELECT pg_sleep(60)").await.map(|_| ())
+        }));
+    }
+    // A lock chain: one holds the row, two wait for it.
+    let holder = fleet.cluster.connect("lock-holder").await.unwrap();
+    holder
+        .batch_execute("BEGIN; UPDATE chain SET v = v + 1 WHERE id = 1;")
+        .await
+        .unwrap();
+    let mut waiters = Vec::new();
+    for i in 0..2 {
+        let c = fleet
+            .cluster
+            .connect(&format!("lock-waiter-{i}"))
+            .await
+            .unwrap();
+        waiters.push(tokio::spawn(async move {
+            c.batch_execute("UPDATE chain SET v = v + 1 WHERE id = 1")
+                .await
+        }));
+    }
+    // A client that connects five times a second, runs a statement and
+    // stays a moment (idle) before it goes.
+    let config = fleet.cluster.config("churner");
+    let churner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut opened = 0u32;
+        let until = tokio::time::Instant::now() + Duration::from_secs(58);
+        while tokio::time::Instant::now() < until {
+            tick.tick().await;
+            let config = config.clone();
+            tokio::spawn(async move {
+                if let Ok((c, conn)) = config.connect(tokio_postgres::NoTls).await {
+                    let conn = tokio::spawn(conn);
+                    let _ = c.simple_query("SELECT 1").await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    drop(c);
+                    let _ = conn.await;
+                }
+            });
+            opened += 1;
+        }
+        opened
+    });
+
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let opened = churner.await.unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    for s in sleepers {
+        s.await.unwrap().unwrap();
+    }
+    let (start, end) = (ceil10(t0 + 3_000_000), floor10(t0 + 57_000_000));
+    assert!(end - start >= 40_000_000);
+
+    // 1. Three sleeping sessions are a load of 3 on Timeout:PgSleep.
+    let by_wait = load(&client, &["server_id=\"db-load\""], "wait", start, end).await;
+    let sleeping = average(&by_wait, "Timeout:PgSleep");
+    assert!(
+        (sleeping - 3.0).abs() <= 0.3,
+        "load on Timeout:PgSleep {sleeping}: {by_wait:?}"
+    );
+    for s in by_wait.series.iter().filter(|s| s.key == "Timeout:PgSleep") {
+        assert_eq!(s.points.len() as i64, (end - start) / TEN_S, "{s:?}");
+    }
+    // 2. The lock chain's waiters: the first waits for the holder's
+    // transaction, and PostgreSQL queues the second behind it on the row's
+    // tuple lock.
+    let locked = average(&by_wait, "Lock:transactionid");
+    let queued = average(&by_wait, "Lock:tuple");
+    assert!(
+        (locked - 1.0).abs() <= 0.15 && (queued - 1.0).abs() <= 0.15,
+        "load on Lock:transactionid {locked} and Lock:tuple {queued}: {by_wait:?}"
+    );
+    // By application, filtered by wait: only the sleepers.
+    let by_app = load(
+        &client,
+        &["server_id=\"db-load\"", "wait=\"Timeout:PgSleep\""],
+        "application",
+        start,
+        end,
+    )
+    .await;
+    let apps: Vec<&str> = by_app.series.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(apps.len(), 3, "{apps:?}");
+    assert!(apps.iter().all(|a| a.starts_with("sleeper-")), "{apps:?}");
+
+    // And pg_sleep tops the queries by load, with its wait.
+    let mut c = client.clone();
+    let top = c
+        .top_queries(v1::TopQueriesRequest {
+            start: Some(timestamp(start)),
+            end: Some(timestamp(end)),
+            server_id: "db-load".into(),
+            order_by: "load".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = &top.queries[0];
+    assert!(first.text.contains("pg_sleep"), "{top:?}");
+    assert!((first.load - 3.0).abs() <= 0.3, "{first:?}");
+    assert_eq!(first.waits[0].key, "Timeout:PgSleep", "{first:?}");
+    assert_eq!(first.servers, ["db-load"]);
+
+    // 4. Churn: about five sessions a second for the churner.
+    let churn = c
+        .get_churn(v1::GetChurnRequest {
+            start: Some(timestamp(start)),
+            end: Some(timestamp(end)),
+            server_id: "db-load".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let row = churn
+        .rows
+        .iter()
+        .find(|r| r.application == "churner")
+        .unwrap_or_else(|| panic!("no churn row for the churner: {churn:?}"));
+    assert!(
+        (3.5..=6.5).contains(&row.started_per_second),
+        "the churner opened {opened} in 58 s; churn says {row:?}"
+    );
+    assert!(
+        row.seen_started > 0 && row.seen_started < row.started,
+        "{row:?}"
+    );
+    assert!(
+        churn.lifetime_p50 > 0.0 && churn.lifetime_p50 < 1.5,
+        "{churn:?}"
+    );
+    assert!(churn.seconds >= 40.0, "{churn:?}");
+
+    // 5. A restarted collector keeps the load history.
+    fleet
+        .restart_collector(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let client = fleet.client().await.unwrap();
+    let again = load(&client, &["server_id=\"db-load\""], "wait", start, end).await;
+    assert_eq!(
+        average(&again, "Timeout:PgSleep"),
+        sleeping,
+        "the same load after a restart"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_two_dcs_add_up_by_dc_and_bad_requests_say_what_to_change() {
+    let fleet = fleet("db-eu", &[("dc", "eu1")]).await;
+    let other = pgfleet_cli::sandbox::TempCluster::start().await.unwrap();
+    let agent = fleet
+        .start_agent("db-us", &[("dc", "us1")], other.config("pgfleet"))
+        .unwrap();
+    let client = fleet.client().await.unwrap();
+    for id in ["db-eu", "db-us"] {
+        wait_for("both servers up", Duration::from_secs(20), || {
+            let mut c = client.clone();
+            async move {
+                let s = server(&mut c, id).await?;
+                if s.up { Ok(()) } else { Err(s.status) }
+            }
+        })
+        .await;
+    }
+    let t0 = now_micros();
+    let mut sleepers = Vec::new();
+    for (cluster, n) in [(&fleet.cluster, 1), (&other, 2)] {
+        for i in 0..n {
+            let c = cluster.connect(&format!("dc-sleeper-{i}")).await.unwrap();
+            sleepers.push(tokio::spawn(async move {
+                c.simple_query("SELECT pg_sleep(32)").await.map(|_| ())
+            }));
+        }
+    }
+    for s in sleepers {
+        s.await.unwrap().unwrap();
+    }
+    let (start, end) = (ceil10(t0 + 2_000_000), floor10(t0 + 31_000_000));
+    let by_dc = load(&client, &["wait=\"Timeout:PgSleep\""], "dc", start, end).await;
+    assert_eq!(by_dc.servers, 2);
+    let (eu, us) = (average(&by_dc, "eu1"), average(&by_dc, "us1"));
+    assert!(
+        (eu - 1.0).abs() <= 0.15 && (us - 2.0).abs() <= 0.3,
+        "{by_dc:?}"
+    );
+    let by_server = load(&client, &["dc=\"us1\""], "server", start, end).await;
+    assert_eq!(by_server.servers, 1);
+    assert_eq!(by_server.series[0].key, "db-us", "{by_server:?}");
+
+    // Bad input: what to change.
+    let mut c = client.clone();
+    let ask = |f: fn(&mut v1::QueryLoadRequest)| {
+        let mut req = v1::QueryLoadRequest {
+            start: Some(timestamp(start)),
+            end: Some(timestamp(end)),
+            ..Default::default()
+        };
+        f(&mut req);
+        req
+    };
+    for (req, says) in [
+        (ask(|r| r.group_by = "colour".into()), "not a dimension"),
+        (
+            ask(|r| r.step = Some(pgfleet_proto::time::duration(5_000_000))),
+            "whole number of 10 s",
+        ),
+        (ask(|r| r.start = None), "no start"),
+        (
+            ask(|r| std::mem::swap(&mut r.start, &mut r.end)),
+            "inverted",
+        ),
+        (
+            ask(|r| {
+                r.start = Some(timestamp(0));
+                r.step = Some(pgfleet_proto::time::duration(60_000_000));
+            }),
+            "at most 11000",
+        ),
+        (ask(|r| r.matchers = vec!["wait".into()]), "no operator"),
+    ] {
+        let e = c.query_load(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(says), "{says}: {e:?}");
+    }
+    agent.stop().await;
+    other.destroy().await;
+    fleet.stop().await;
+}
