@@ -59,6 +59,9 @@ pub struct CollectorArgs {
     /// What to do when a second live agent claims a server_id: refuse it, or let it take the server over (for a primary/standby pair whose agents name one server) [default: refuse]
     #[arg(long, env = "PGFLEET_DUPLICATE_SERVER_ID", value_name = "POLICY")]
     pub duplicate_server_id: Option<String>,
+    /// Whether to keep DB load, connection churn and statement statistics (on or off); off saves their CPU and storage, and `pgfleet load`, `top-queries` and `churn` then say so [default: on]
+    #[arg(long, env = "PGFLEET_LOAD", value_name = "ON|OFF")]
+    pub load: Option<String>,
     /// How long the history of sessions is kept, from which `activity --at` rebuilds a past instant [default: 24h]
     #[arg(long, env = "PGFLEET_RETENTION_FRAMES", value_name = "DURATION")]
     pub retention_frames: Option<String>,
@@ -100,6 +103,8 @@ pub struct CollectorFile {
     pub tls_client_ca: Option<PathBuf>,
     /// See `--duplicate-server-id`.
     pub duplicate_server_id: Option<String>,
+    /// See `--load`.
+    pub load: Option<String>,
     /// See `--retention-frames`.
     pub retention_frames: Option<String>,
     /// See `--retention-rollups`.
@@ -130,6 +135,8 @@ pub struct CollectorConfig {
     pub tls: Option<ServerTls>,
     /// What to do when a second live agent claims a server_id.
     pub duplicate_server_id: DuplicateServerId,
+    /// Whether DB load, churn and statement statistics are kept.
+    pub load: bool,
     /// How long history is kept.
     pub retention: Retention,
     /// Where history is kept.
@@ -177,6 +184,7 @@ impl CollectorConfig {
             metrics_tokens: Vec::new(),
             tls: None,
             duplicate_server_id: DuplicateServerId::default(),
+            load: true,
             retention: Retention::default(),
             store: StoreConfig::Sqlite,
             collector_id: crate::store::postgres::default_collector_id(listen),
@@ -225,6 +233,16 @@ impl CollectorConfig {
                 message,
             })?,
             None => DuplicateServerId::default(),
+        };
+        let load = match args.load.or(file.load) {
+            None => true,
+            Some(text) => {
+                settings::parse_choice("on or off", &text, &[("on", true), ("off", false)])
+                    .map_err(|message| SettingsError::Invalid {
+                        key: "load",
+                        message,
+                    })?
+            }
         };
         let http_text = args
             .http_listen
@@ -278,6 +296,7 @@ impl CollectorConfig {
             metrics_tokens,
             tls,
             duplicate_server_id,
+            load,
             retention,
             store,
             collector_id,

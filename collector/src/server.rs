@@ -114,7 +114,9 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     // The aggregator has a thread of its own: with thousands of agents its
     // rounds are long, and on the runtime's workers they would hold queries
     // back behind them.
-    let aggregator = aggregator.with_store(store.clone(), loaded);
+    let aggregator = aggregator
+        .with_store(store.clone(), loaded)
+        .keeping_load(config.load);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -162,6 +164,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     let query = QueryServer::new(
         QueryService::new(handle.clone())
             .with_store(store.clone())
+            .keeping_load(config.load)
             .with_shutdown(streams_rx.clone()),
     )
     .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -192,6 +192,42 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
         .retain(|s| s.application_name == "shared-store-probe");
     assert_eq!(past.sessions.len(), 1, "{past:?}");
 
+    // And its load: the probe idles in its transaction, and b reads what
+    // a stored of it (10 s buckets, from the shared store).
+    let since = pgfleet_proto::time::now_micros() - 120_000_000;
+    wait_for(
+        "east-1's idle-in-transaction series at b",
+        Duration::from_secs(30),
+        || {
+            let mut c = cb.clone();
+            async move {
+                let r = c
+                    .query_load(v1::QueryLoadRequest {
+                        start: Some(pgfleet_proto::time::timestamp(since)),
+                        step: Some(pgfleet_proto::time::duration(10_000_000)),
+                        group_by: "application".into(),
+                        matchers: vec!["server_id=\"east-1\"".into()],
+                        sessions: v1::LoadSessions::IdleInTransaction as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                let probe = r
+                    .series
+                    .iter()
+                    .find(|s| s.key == "shared-store-probe")
+                    .ok_or_else(|| format!("{r:?}"))?;
+                if probe.points.iter().any(|p| (p.value - 1.0).abs() < 1e-9) {
+                    Ok(())
+                } else {
+                    Err(format!("{probe:?}"))
+                }
+            }
+        },
+    )
+    .await;
+
     // An agent that stops is seen to stop by the other collector too.
     east.stop().await;
     let stale = wait_for("east-1 stale on b", Duration::from_secs(15), || {

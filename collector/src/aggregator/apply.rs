@@ -86,7 +86,12 @@ impl Aggregator {
                 }
             }
             // Statement statistics are increments too.
-            if let Some(read) = snapshot.statements.as_ref().and_then(Read::of) {
+            if let Some(read) = snapshot
+                .statements
+                .as_ref()
+                .filter(|_| self.keep_load)
+                .and_then(Read::of)
+            {
                 let (read, texts) = read;
                 for (f, text) in texts {
                     self.texts.note(f, &text);
@@ -197,9 +202,13 @@ impl Aggregator {
                 .entry(snapshot.server_id.as_str().into())
                 .or_default();
             let mut closed = Vec::new();
+            let interval_us = view.interval.as_micros() as i64;
             if view.status == TargetStatus::Up {
-                let interval_us = view.interval.as_micros() as i64;
                 Arc::make_mut(&mut view.minute).add_sample(&rollup, &view.pools, interval_us);
+            }
+            if !self.keep_load {
+                // Nothing is counted (--load off).
+            } else if view.status == TargetStatus::Up {
                 let texts = &mut self.texts;
                 counter.sample(
                     view.sampled_at_us,

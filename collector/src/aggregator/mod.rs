@@ -62,6 +62,8 @@ pub struct Aggregator {
     load: HashMap<Arc<str>, Counter>,
     /// Query texts known to be stored, and those to store.
     texts: Texts,
+    /// Whether load, churn and statement statistics are kept (`--load`).
+    keep_load: bool,
     /// When the last view was published.
     published: tokio::time::Instant,
 }
@@ -113,10 +115,17 @@ impl Aggregator {
                 servers: BTreeMap::new(),
                 load: HashMap::new(),
                 texts: Texts::default(),
+                keep_load: true,
                 published: tokio::time::Instant::now(),
             },
             AggregatorHandle { commands: tx, view },
         )
+    }
+
+    /// Keeps DB load, churn and statement statistics, or not.
+    pub fn keeping_load(mut self, keep: bool) -> Self {
+        self.keep_load = keep;
+        self
     }
 
     /// Keeps history in `store`, starting from what it held: every agent

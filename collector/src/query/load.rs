@@ -16,6 +16,11 @@ use crate::store::Store;
 
 impl QueryService {
     fn history(&self) -> Result<&Store, Status> {
+        if !self.load {
+            return Err(Status::failed_precondition(
+                "this collector keeps no DB load (it runs with --load off)",
+            ));
+        }
         self.store
             .as_ref()
             .ok_or_else(|| Status::failed_precondition("this collector keeps no history"))

@@ -29,6 +29,8 @@ use fleet::{TopOrder, matches};
 pub struct QueryService {
     aggregator: AggregatorHandle,
     store: Option<Store>,
+    /// Whether the collector keeps DB load (`--load`).
+    load: bool,
     /// Fires (or is dropped) when the collector stops: every Watch ends.
     shutdown: Option<watch::Receiver<()>>,
 }
@@ -39,8 +41,15 @@ impl QueryService {
         QueryService {
             aggregator,
             store: None,
+            load: true,
             shutdown: None,
         }
+    }
+
+    /// Whether the collector keeps DB load (`--load`); without it the load
+    /// questions are refused, saying so.
+    pub fn keeping_load(self, load: bool) -> Self {
+        QueryService { load, ..self }
     }
 
     /// Ends every Watch stream, telling its client, when `shutdown` fires or
