@@ -1,11 +1,13 @@
 //! The `pgfleet` command line: one module per group of commands (`fleet`:
-//! servers, activity, sessions and blocking; `pools`; `metrics`), `top` (the
+//! servers, activity, sessions and blocking; `pools`; `metrics`; `load`: DB
+//! load, top queries and churn over a range), `top` (the
 //! full-screen view), `demo`, the `output` formats, and the `sandbox` of
 //! throwaway PostgreSQL clusters that the demo and the end-to-end tests share.
 #![forbid(unsafe_code)]
 
 mod demo;
 mod fleet;
+mod load;
 mod metrics;
 mod output;
 mod pools;
@@ -43,6 +45,11 @@ Examples:
   pgfleet databases orders-db-1
   pgfleet metrics sessions --range 1h --step 1m --by cluster
   pgfleet metrics max_xact_age_seconds --range 1d --step 1h --match dc=eu1
+  pgfleet load --range 1h --by wait             # DB load, stacked by wait
+  pgfleet load orders-db-1 --range 15m --step 10s --by query
+  pgfleet load --range 1d --by dc --match wait_type=Lock
+  pgfleet top-queries --range 1h --by mean-time --label dc=eu1
+  pgfleet churn orders-db-1 --range 1h          # sessions started and ended
   pgfleet --collector http://collector.internal:7600 activity orders-db-1
   pgfleet completions bash > /etc/bash_completion.d/pgfleet
 
@@ -143,10 +150,16 @@ pub enum Command {
         /// The server's server_id, as `pgfleet servers` lists it
         server: String,
     },
-    /// A live, full-screen view of the fleet, with pg_activity's keys: F1-F4 running, waiting, blocking, pools; / filter; s sort; +/- refresh; Enter a session's whole query; q quit
+    /// A live, full-screen view of the fleet, with pg_activity's keys: F1-F5 running, waiting, blocking, pools, load by wait; / filter; s sort; +/- refresh; Enter a session's whole query; q quit
     Top(top::TopArgs),
     /// A metric over a past range, one point per step, grouped by labels: sessions by state, waits, blocked sessions, the oldest transaction, pool utilisation, commits, rollbacks and deadlocks per second
     Metrics(metrics::MetricsArgs),
+    /// DB load (average active sessions) over a past range, one row per step, stacked by wait, wait_type, query, user, database, application, client, backend_type, server or a label
+    Load(load::LoadArgs),
+    /// The statements that loaded the servers most over a past range, with their waits and pg_stat_statements' calls, times and rows
+    TopQueries(load::TopQueriesArgs),
+    /// Sessions started and ended over a past range, by application, user and client host, and how long they lived
+    Churn(load::ChurnArgs),
     /// Print shell completions: `pgfleet completions bash > /etc/bash_completion.d/pgfleet`
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -237,6 +250,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Pools { server } => pools::pools(&collector, output, &server).await,
         Command::Databases { server } => pools::databases(&collector, output, &server).await,
         Command::Metrics(args) => metrics::metrics(&collector, output, args).await,
+        Command::Load(args) => load::load(&collector, output, args).await,
+        Command::TopQueries(args) => load::top_queries(&collector, output, args).await,
+        Command::Churn(args) => load::churn(&collector, output, args).await,
         Command::Top(args) => top::top(&collector, args).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use pgfleet_common::settings;
-use pgfleet_proto::time::{self, now_micros};
+use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1;
 
 use super::CliError;
@@ -36,27 +36,14 @@ pub struct MetricsArgs {
 
 /// `pgfleet metrics METRIC`.
 pub async fn metrics(remote: &Remote, output: Output, args: MetricsArgs) -> Result<(), CliError> {
-    let range = settings::parse_duration(
-        "range",
-        &args.range,
-        Duration::from_secs(60)..=Duration::from_secs(400 * 86_400),
-    )?;
-    let step = humantime::parse_duration(args.step.trim()).map_err(|e| {
-        CliError::Usage(format!(
-            "--step {:?} is not a duration like 1m ({e})",
-            args.step
-        ))
-    })?;
-    let end = match &args.end {
-        Some(text) => parse_time("--end", text)?,
-        None => now_micros(),
-    };
+    let (start, end) = parse_range(&args.range, args.end.as_deref())?;
+    let step = parse_step(&args.step)?;
     let request = v1::QueryMetricsRequest {
         metric: args.metric.trim().to_owned(),
         matchers: args.matchers,
-        start: Some(time::timestamp(end - range.as_micros() as i64)),
+        start: Some(time::timestamp(start)),
         end: Some(time::timestamp(end)),
-        step: Some(time::duration(step.as_micros() as i64)),
+        step: Some(step),
         group_by: args
             .by
             .iter()
@@ -72,6 +59,30 @@ pub async fn metrics(remote: &Remote, output: Output, args: MetricsArgs) -> Resu
         .into_inner();
     print!("{}", render_metrics(&response, output));
     Ok(())
+}
+
+/// `--range` (how far back from the end, like 1h) and `--end` (RFC 3339;
+/// default now) as the range's start and end: the parsing of every command
+/// over a past range (`metrics`, `load`, `top-queries`, `churn`).
+pub(crate) fn parse_range(range: &str, end: Option<&str>) -> Result<(Micros, Micros), CliError> {
+    let range = settings::parse_duration(
+        "range",
+        range,
+        Duration::from_secs(60)..=Duration::from_secs(400 * 86_400),
+    )?;
+    let end = match end {
+        Some(text) => parse_time("--end", text)?,
+        None => now_micros(),
+    };
+    Ok((end - range.as_micros() as i64, end))
+}
+
+/// `--step` as a duration; whether the collector serves it is for the
+/// collector to say.
+pub(crate) fn parse_step(text: &str) -> Result<prost_types::Duration, CliError> {
+    let step = humantime::parse_duration(text.trim())
+        .map_err(|e| CliError::Usage(format!("--step {text:?} is not a duration like 1m ({e})")))?;
+    Ok(time::duration(step.as_micros().min(i64::MAX as u128) as i64))
 }
 
 /// The series as one row per point (their labels, the time, the value), or as

@@ -88,15 +88,42 @@ impl Table {
         out
     }
 
-    /// The table as text, each column as wide as its widest cell; the last column
-    /// is not padded.
-    pub fn render(&self) -> String {
+    /// Each column's width: its widest cell.
+    fn widths(&self) -> Vec<usize> {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
             }
         }
+        widths
+    }
+
+    /// The table as text within `width` characters: the last column (a
+    /// query's text) cut with "…" to what the other columns leave, and to no
+    /// fewer than `least`.
+    pub fn render_within(&self, width: usize, least: usize) -> String {
+        let widths = self.widths();
+        let before: usize = widths.iter().rev().skip(1).map(|w| w + 2).sum();
+        let room = width.saturating_sub(before).max(least);
+        let cut = |row: &Vec<String>| {
+            let mut row = row.clone();
+            if let Some(last) = row.last_mut() {
+                *last = one_line(last, room);
+            }
+            row
+        };
+        Table {
+            header: self.header.clone(),
+            rows: self.rows.iter().map(cut).collect(),
+        }
+        .render()
+    }
+
+    /// The table as text, each column as wide as its widest cell; the last column
+    /// is not padded.
+    pub fn render(&self) -> String {
+        let widths = self.widths();
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
             let last = row.len().saturating_sub(1);
@@ -137,6 +164,20 @@ pub fn one_line(text: &str, max: usize) -> String {
         line = line.chars().take(max.saturating_sub(1)).collect::<String>() + "…";
     }
     line
+}
+
+/// The terminal's width when stdout is one, else `$COLUMNS` when set.
+pub fn terminal_width() -> Option<usize> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && let Ok((width, _)) = ratatui::crossterm::terminal::size()
+        && width > 0
+    {
+        return Some(usize::from(width));
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .filter(|w| *w > 0)
 }
 
 /// Pretty JSON of any serialisable value.
@@ -180,6 +221,23 @@ mod tests {
         assert_eq!(human_duration(184_000_000), "3m04s");
         assert_eq!(human_duration(7_380_000_000), "2h03m");
         assert_eq!(human_duration(367_200_000_000), "4d06h");
+    }
+
+    #[test]
+    fn the_last_column_is_cut_to_the_width_the_others_leave() {
+        let mut t = Table::new(&["LOAD", "TEXT"]);
+        t.row(vec![
+            "1.50".into(),
+            "SELECT * FROM accounts WHERE id = $1".into(),
+        ]);
+        let text = t.render_within(20, 5);
+        assert_eq!(text, "LOAD  TEXT\n1.50  SELECT * FROM\u{2026}\n");
+        assert!(text.lines().all(|l| l.chars().count() <= 20), "{text}");
+        // Never under `least`, however narrow.
+        assert_eq!(
+            t.render_within(3, 5).lines().nth(1),
+            Some("1.50  SELE\u{2026}")
+        );
     }
 
     #[test]

@@ -189,6 +189,7 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
             "info",
             "labels",
             "last_seen",
+            "load",
             "reason",
             "sample_interval",
             "server_id",
@@ -200,6 +201,15 @@ async fn servers_and_activity_print_tables_and_json_with_proto_field_names() {
     );
     assert_eq!(server["labels"]["dc"], "eu1");
     assert_eq!(server["up"], true);
+    // Load now, by wait type, and the last 5 minutes (one per 10 s).
+    assert!(
+        server["load"]["load"].is_number()
+            && server["load"]["by_wait_type"].is_array()
+            && server["load"]["recent"]
+                .as_array()
+                .is_some_and(|r| r.len() <= 30),
+        "{server}"
+    );
     assert!(
         server["info"]["version_num"].as_u64() >= Some(100000),
         "{server}"
@@ -898,5 +908,164 @@ async fn metrics_add_the_rollups_up_per_label_and_survive_a_restart() {
     }
     other.stop().await;
     drop(open);
+    fleet.stop().await;
+}
+
+/// `pgfleet` against `url`, run off the async workers (it blocks).
+async fn ask(url: &str, args: &[&str]) -> Output {
+    let mut full = vec!["--collector".to_owned(), url.to_owned()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || {
+        pgfleet(&full.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_top_queries_and_churn_print_what_the_collector_counted() {
+    let fleet = Fleet::start("db-load", &[("dc", "eu1")]).await.unwrap();
+    let url = fleet.url.clone();
+
+    // At once, before any bucket is stored: an answer, not an error.
+    let json = stdout(&ask(&url, &["-o", "json", "load", "--range", "5m"]).await);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        value["series"].is_array()
+            && value["coverage"].is_array()
+            && value["step"].as_str().is_some_and(|s| s.ends_with('s')),
+        "{value}"
+    );
+
+    // A session asleep in pg_sleep is load, waiting on Timeout:PgSleep, once
+    // a 10 s bucket holding it is stored.
+    let sleeper = fleet.cluster.connect("cli-load-sleeper").await.unwrap();
+    let query = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(120)").await });
+    let by_wait = [
+        "load", "db-load", "--range", "5m", "--step", "10s", "--by", "wait",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    let table = loop {
+        let text = stdout(&ask(&url, &by_wait).await);
+        if text.starts_with("TIME") && text.contains("Timeout:PgSleep") {
+            break text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Timeout:PgSleep load: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("TIME  "), "{table}");
+    let average = lines
+        .iter()
+        .find(|l| l.starts_with("average "))
+        .unwrap_or_else(|| panic!("no average row: {table}"));
+    assert!(
+        average
+            .split_whitespace()
+            .skip(1)
+            .all(|v| v.parse::<f64>().is_ok()),
+        "{table}"
+    );
+
+    // By query: a column per fingerprint and a legend of their texts; CSV
+    // has the whole fingerprint.
+    let by_query = stdout(&ask(&url, &["load", "db-load", "--range", "5m", "--by", "query"]).await);
+    let legend = by_query
+        .lines()
+        .find(|l| l.contains("SELECT pg_sleep(?)"))
+        .unwrap_or_else(|| panic!("no legend: {by_query}"));
+    let fingerprint = legend.split_whitespace().next().unwrap_or_default();
+    assert_eq!(fingerprint.len(), 16, "{by_query}");
+    assert!(
+        by_query
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains(&fingerprint[..8])
+    );
+    let csv = stdout(
+        &ask(
+            &url,
+            &[
+                "-o", "csv", "load", "db-load", "--range", "5m", "--by", "query",
+            ],
+        )
+        .await,
+    );
+    assert!(
+        csv.starts_with("TIME,KEY,VALUE\r\n") && csv.contains(&format!(",{fingerprint},")),
+        "{csv}"
+    );
+
+    // The top statements: the sleep among them; without pg_stat_statements
+    // on the sandbox's server, a note says how to have it.
+    let top = stdout(&ask(&url, &["top-queries", "db-load", "--range", "5m"]).await);
+    assert!(top.starts_with("LOAD  CALLS  TOTAL MS"), "{top}");
+    let row = top
+        .lines()
+        .find(|l| l.contains("SELECT pg_sleep(?)"))
+        .unwrap_or_else(|| panic!("no pg_sleep: {top}"));
+    assert!(
+        row.contains(fingerprint) && row.contains("Timeout:PgSleep"),
+        "{row}"
+    );
+    let json = stdout(&ask(&url, &["-o", "json", "top-queries", "--range", "5m"]).await);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        value["statements"] == false,
+        top.contains("No pg_stat_statements statistics arrived for db-load"),
+        "{value} {top}"
+    );
+
+    // Churn: the sleeper's session started in the range.
+    let churn = stdout(&ask(&url, &["churn", "db-load", "--range", "5m"]).await);
+    assert!(churn.starts_with("DATABASE  APPLICATION"), "{churn}");
+    assert!(
+        churn.lines().any(|l| l.contains("cli-load-sleeper")),
+        "{churn}"
+    );
+
+    // What the collector refuses comes back as its one line, exit code 2;
+    // an unknown server is exit code 1.
+    for (args, words) in [
+        (
+            vec!["load", "--range", "5m", "--step", "5s"],
+            vec!["whole number of 10 s", "10s, 30s, 1m"],
+        ),
+        (
+            vec!["load", "--range", "5m", "--by", "nonsense"],
+            vec!["\"nonsense\" is not a dimension", "wait_type", "dc"],
+        ),
+        (
+            vec!["churn", "--range", "5m", "--match", "wait=CPU"],
+            vec!["churn is kept by application, user and client"],
+        ),
+        (
+            vec!["load", "--range", "5m", "--match", "dc~eu1"],
+            vec!["dc~eu1", "no operator"],
+        ),
+        (vec!["load", "--range", "soon"], vec!["range", "soon"]),
+        (vec!["top-queries", "--by", "often"], vec!["often", "--by"]),
+    ] {
+        fails_with_one_line(&ask(&url, &args).await, 2, &words);
+    }
+    fails_with_one_line(
+        &ask(&url, &["top-queries", "nope", "--range", "5m"]).await,
+        1,
+        &["no server \"nope\"", "pgfleet servers"],
+    );
+    query.abort();
     fleet.stop().await;
 }

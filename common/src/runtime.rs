@@ -37,7 +37,14 @@ pub fn parse_args<T: clap::Parser>() -> T {
                 .next()
                 .unwrap_or("invalid arguments")
                 .trim_start_matches("error: ");
-            eprintln!("{}: {first} (see --help)", T::command().get_name());
+            // The choices, where clap lists them, say what to give instead.
+            let choices = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values:"))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
+            eprintln!("{}: {first}{choices} (see --help)", T::command().get_name());
             std::process::exit(EXIT_USAGE.into());
         }
     }

@@ -2,10 +2,14 @@
 //! as wide as its widest value (within a cap for the names), the query
 //! given the rest of the width, and, as the terminal narrows, whole columns
 //! dropped in [`DROP_ORDER`] rather than all of them squeezed. An address,
-//! a wait or a time is never cut in the middle of its value.
+//! a wait, a time or a load is never cut in the middle of its value.
 
+use std::collections::BTreeMap;
+
+use pgfleet_proto::v1;
 use ratatui::text::Span;
 
+use super::load::load_text;
 use super::state::{SessionLine, duration_us, short_state};
 use crate::fleet::{client_text, wait_text};
 use crate::output::{human_duration, one_line};
@@ -14,6 +18,8 @@ use crate::output::{human_duration, one_line};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Column {
     Server,
+    /// The server's DB load now, and a sparkline of its last 100 s.
+    Load,
     Pid,
     Database,
     User,
@@ -26,8 +32,9 @@ pub(super) enum Column {
 }
 
 /// The columns, left to right.
-const ALL: [Column; 10] = [
+const ALL: [Column; 11] = [
     Column::Server,
+    Column::Load,
     Column::Pid,
     Column::Database,
     Column::User,
@@ -40,14 +47,15 @@ const ALL: [Column; 10] = [
 ];
 
 /// Which columns go first when the query would get less than
-/// [`min_query`]: the application, the client, the user, the database, then
-/// the state. The server, pid, wait, time and query always stay (Enter
-/// shows a session whole).
-pub(super) const DROP_ORDER: [Column; 5] = [
+/// [`min_query`]: the application, the client, the user, the database, the
+/// server's load (F5 shows it too), then the state. The server, pid, wait,
+/// time and query always stay (Enter shows a session whole).
+pub(super) const DROP_ORDER: [Column; 6] = [
     Column::Application,
     Column::Client,
     Column::User,
     Column::Database,
+    Column::Load,
     Column::State,
 ];
 
@@ -65,6 +73,7 @@ impl Column {
     pub(super) fn title(self) -> &'static str {
         match self {
             Column::Server => "SERVER",
+            Column::Load => "LOAD",
             Column::Pid => "PID",
             Column::Database => "DATABASE",
             Column::User => "USER",
@@ -98,11 +107,17 @@ impl Column {
         }
     }
 
-    /// The line's value in this column.
-    fn text(self, line: &SessionLine) -> String {
+    /// The line's value in this column; `servers` (from the Watch stream)
+    /// give the load.
+    fn text(self, line: &SessionLine, servers: &BTreeMap<String, v1::Server>) -> String {
         let s = &line.session;
         match self {
             Column::Server => format!("{}{}", "  ".repeat(line.depth), line.server_id),
+            Column::Load => servers
+                .get(&line.server_id)
+                .and_then(|s| s.load.as_ref())
+                .map(load_text)
+                .unwrap_or_default(),
             Column::Pid => s.pid.to_string(),
             Column::Database => s.database.clone(),
             Column::User => s.user.clone(),
@@ -141,16 +156,24 @@ pub(super) struct Laid {
 
 /// Lays `lines` out in `width` cells: every value is made once, every column
 /// is as wide as its widest value, and columns go in [`DROP_ORDER`] until the
-/// query has [`min_query`].
-pub(super) fn lay_out(lines: &[&SessionLine], width: u16) -> Laid {
+/// query has [`min_query`]. `servers` give each line's server's load.
+pub(super) fn lay_out(
+    lines: &[&SessionLine],
+    servers: &BTreeMap<String, v1::Server>,
+    width: u16,
+) -> Laid {
     let texts: Vec<Vec<String>> = lines
         .iter()
-        .map(|l| ALL.iter().map(|c| c.text(l)).collect())
+        .map(|l| ALL.iter().map(|c| c.text(l, servers)).collect())
         .collect();
+    // The load column only when a line has a load (a collector before
+    // load, or servers the Watch stream has not told of yet, have none).
+    let load = ALL.iter().position(|c| *c == Column::Load);
+    let no_load = texts.iter().all(|t| load.is_none_or(|i| t[i].is_empty()));
     let mut shown: Vec<(usize, u32)> = ALL
         .iter()
         .enumerate()
-        .filter(|(_, c)| **c != Column::Query)
+        .filter(|(_, c)| **c != Column::Query && !(**c == Column::Load && no_load))
         .map(|(i, &c)| {
             let widest = lines
                 .iter()
@@ -226,6 +249,20 @@ mod tests {
         )
     }
 
+    /// The servers the Watch stream told of: demo-db-1 with its load.
+    fn fleet() -> BTreeMap<String, v1::Server> {
+        let server = v1::Server {
+            server_id: "demo-db-1".into(),
+            load: Some(v1::LoadNow {
+                load: 2.34,
+                by_wait_type: Vec::new(),
+                recent: (0..30).map(|i| f64::from(i % 4)).collect(),
+            }),
+            ..Default::default()
+        };
+        [(server.server_id.clone(), server)].into()
+    }
+
     fn names(l: &[(Column, u16)]) -> Vec<&'static str> {
         l.iter().map(|(c, _)| c.title()).collect()
     }
@@ -234,7 +271,8 @@ mod tests {
     fn the_query_gets_the_rest_and_columns_go_in_the_stated_order() {
         let s = sleeper();
         let lines = [&s];
-        let wide = lay_out(&lines, 200).columns;
+        let fleet = fleet();
+        let wide = lay_out(&lines, &fleet, 200).columns;
         assert_eq!(names(&wide).len(), ALL.len(), "all fit at 200");
         let query = wide.last().unwrap();
         assert_eq!(query.0, Column::Query);
@@ -246,7 +284,7 @@ mod tests {
         assert_eq!(total, 200, "the query takes the rest: {wide:?}");
         let mut previous = ALL.len();
         for width in (40..200).rev() {
-            let l = lay_out(&lines, width).columns;
+            let l = lay_out(&lines, &fleet, width).columns;
             assert!(l.len() <= previous, "a narrower terminal shows no more");
             previous = l.len();
             let dropped: Vec<Column> = ALL
@@ -271,15 +309,16 @@ mod tests {
     #[test]
     fn addresses_and_waits_are_never_cut() {
         let s = sleeper();
+        let fleet = fleet();
         for width in [80, 120, 200] {
-            let l = lay_out(&[&s], width).columns;
+            let l = lay_out(&[&s], &fleet, width).columns;
             for (c, w) in &l {
                 if matches!(
                     c,
-                    Column::Client | Column::Wait | Column::Pid | Column::Time
+                    Column::Client | Column::Wait | Column::Pid | Column::Time | Column::Load
                 ) {
                     assert!(
-                        usize::from(*w) >= c.text(&s).chars().count(),
+                        usize::from(*w) >= c.text(&s, &fleet).chars().count(),
                         "{} cut at {width}: {l:?}",
                         c.title()
                     );
@@ -294,7 +333,7 @@ mod tests {
         assert_eq!(long.len(), 28);
         let root = line(long, 0, v1::Session::default());
         let waiter = line(long, 2, v1::Session::default());
-        let l = lay_out(&[&root, &waiter], 200);
+        let l = lay_out(&[&root, &waiter], &BTreeMap::new(), 200);
         assert_eq!(l.columns[0], (Column::Server, 32), "28 and an indent of 4");
         assert_eq!(l.cells[1][0], format!("    {long}"));
         let app = line(
@@ -305,7 +344,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let l = lay_out(&[&app], 200);
+        let l = lay_out(&[&app], &BTreeMap::new(), 200);
         let (_, w) = l
             .columns
             .iter()
@@ -316,10 +355,40 @@ mod tests {
 
     #[test]
     fn no_lines_give_the_titles_and_a_tiny_terminal_the_query_what_is_left() {
-        let l = lay_out(&[], 80);
+        let l = lay_out(&[], &fleet(), 80);
         assert!(l.cells.is_empty());
         assert_eq!(l.columns.last().unwrap().0, Column::Query);
-        let l = lay_out(&[&sleeper()], 10);
+        let l = lay_out(&[&sleeper()], &fleet(), 10);
         assert_eq!(l.columns.last().unwrap(), &(Column::Query, 0));
+    }
+
+    #[test]
+    fn the_load_column_is_the_number_and_the_last_100_s_and_goes_after_the_database() {
+        let s = sleeper();
+        let fleet = fleet();
+        let l = lay_out(&[&s], &fleet, 200);
+        assert_eq!(l.columns[1], (Column::Load, 15), "{l:?}");
+        assert_eq!(l.cells[0][1], " 2.3 ▁▃▆█▁▃▆█▁▃");
+        // A server the Watch stream has not told of yet: an empty cell, and
+        // no column when no line has a load.
+        let other = line("db-9", 0, v1::Session::default());
+        assert_eq!(Column::Load.text(&other, &fleet), "");
+        let l = lay_out(&[&other], &fleet, 200).columns;
+        assert!(!l.iter().any(|(c, _)| *c == Column::Load), "{l:?}");
+        let l = lay_out(&[&other, &s], &fleet, 200).columns;
+        assert!(l.iter().any(|(c, _)| *c == Column::Load), "{l:?}");
+        // On 80 columns the load goes before the state.
+        let narrow = lay_out(&[&s], &fleet, 80).columns;
+        assert!(
+            !narrow.iter().any(|(c, _)| *c == Column::Load)
+                && narrow.iter().any(|(c, _)| *c == Column::State),
+            "{narrow:?}"
+        );
+        let medium = lay_out(&[&s], &fleet, 100).columns;
+        assert!(
+            medium.iter().any(|(c, _)| *c == Column::Load)
+                && !medium.iter().any(|(c, _)| *c == Column::Database),
+            "at 100 the load stays, the database goes: {medium:?}"
+        );
     }
 }

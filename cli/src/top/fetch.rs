@@ -1,5 +1,6 @@
-//! What top reads from the collector: the Watch stream of servers and their
-//! health, and each refresh (summary, sessions or pools), beside the screen.
+//! What top reads from the collector: the Watch stream of servers, their
+//! health and their load, and each refresh (summary, sessions or pools),
+//! beside the screen.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -207,6 +208,8 @@ pub(super) async fn read(client: &mut Client, ask: &Ask) -> Result<Fetched, Stri
                     .then(a.pool.cmp(&b.pool))
             });
         }
+        // Each server's load comes with it on the Watch stream.
+        Mode::Load => {}
     }
     Ok(out)
 }

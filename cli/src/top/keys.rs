@@ -50,6 +50,7 @@ impl App {
             KeyCode::F(2) | KeyCode::Char('2') => Some(Mode::Waiting),
             KeyCode::F(3) | KeyCode::Char('3') => Some(Mode::Blocking),
             KeyCode::F(4) | KeyCode::Char('4') => Some(Mode::Pools),
+            KeyCode::F(5) | KeyCode::Char('5') => Some(Mode::Load),
             KeyCode::Char('+') => {
                 self.interval = (self.interval + 1).min(INTERVALS.len() - 1);
                 None
@@ -67,7 +68,7 @@ impl App {
                 None
             }
             KeyCode::Enter => {
-                if self.mode != Mode::Pools {
+                if self.mode.of_sessions() {
                     let lines = self.lines();
                     self.detail = self
                         .table

@@ -1,16 +1,18 @@
 //! `pgfleet top`: a live, full-screen view of the whole fleet, with the keys of
 //! pg_activity.
 //!
-//! A `Watch` stream keeps the list of servers and their health current (and
-//! tells at once when the collector goes away); the summary and the sessions
-//! are read again every refresh interval. Fetching runs beside the screen, so
-//! keys are answered while a slow or absent collector is waited for. Drawing
-//! goes through ratatui, which writes only the cells that changed: no flicker,
-//! even over SSH.
+//! A `Watch` stream keeps the list of servers, their health and their DB
+//! load current (and tells at once when the collector goes away): the load
+//! column of the sessions and the load screen (F5) come from it. The summary
+//! and the sessions are read again every refresh interval. Fetching runs
+//! beside the screen, so keys are answered while a slow or absent collector
+//! is waited for. Drawing goes through ratatui, which writes only the cells
+//! that changed: no flicker, even over SSH.
 
 mod columns;
 mod fetch;
 mod keys;
+mod load;
 mod screens;
 mod state;
 
@@ -56,8 +58,8 @@ const MAX_POOL_SERVERS: usize = 64;
 /// `pgfleet top`'s flags.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Keys: F1/1 running, F2/2 waiting, F3/3 blocking (as trees), F4/4 pools; \
-/ filter (dc=eu1 db=orders user=app app=web min=5s server=db-1); s sort; \
+    after_help = "Keys: F1/1 running, F2/2 waiting, F3/3 blocking (as trees), F4/4 pools, \
+F5/5 load by wait (each server's DB load and its wait types, most loaded first); / filter (dc=eu1 db=orders user=app app=web min=5s server=db-1); s sort; \
 +/- refresh interval; Enter a session's whole query; arrows select; q quit."
 )]
 pub struct TopArgs {

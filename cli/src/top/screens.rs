@@ -1,5 +1,5 @@
-//! Drawing: the title, the summary per label value, the tabs, the sessions
-//! or pools table, the footer, and a session's popup.
+//! Drawing: the title, the summary per label value, the tabs, the sessions,
+//! pools or load table, the footer, and a session's popup.
 
 use pgfleet_proto::time::{self, Micros};
 use ratatui::Frame;
@@ -9,6 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, Wrap};
 
 use super::columns::lay_out;
+use super::load::draw_load;
 use super::state::{App, Mode, SessionLine, duration_us};
 use super::{RED_AFTER_US, YELLOW_AFTER_US};
 use crate::fleet::client_text;
@@ -30,6 +31,7 @@ pub(super) fn draw(frame: &mut Frame, app: &mut App, now: Micros) {
     draw_tabs(frame, app, tabs);
     match app.mode {
         Mode::Pools => draw_pools(frame, app, body),
+        Mode::Load => draw_load(frame, app, body),
         _ => draw_sessions(frame, app, body),
     }
     draw_footer(frame, app, footer);
@@ -148,23 +150,32 @@ pub(super) fn draw_summary(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Table::new(rows, widths).header(header), area);
 }
 
+/// The screens' tabs, then the sort and the filter. When that is wider than
+/// the terminal, the screens not shown keep only their key (F2), so that
+/// the filter stays in view.
 pub(super) fn draw_tabs(frame: &mut Frame, app: &App, area: Rect) {
-    let mut spans = Vec::new();
-    for (i, m) in [Mode::Running, Mode::Waiting, Mode::Blocking, Mode::Pools]
-        .into_iter()
-        .enumerate()
-    {
-        let text = format!(" F{} {} ", i + 1, m.title());
-        spans.push(if m == app.mode {
-            Span::styled(text, Style::new().fg(Color::Black).bg(Color::Cyan))
-        } else {
-            Span::raw(text)
-        });
-    }
     let mut about = format!(" sort:{}", app.sort.name());
     let filter = app.filter.describe();
     if !filter.is_empty() {
         about.push_str(&format!(" filter:{filter}"));
+    }
+    let whole = |i: usize, m: Mode| format!(" F{} {} ", i + 1, m.title());
+    let wide: usize = Mode::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| whole(i, m).chars().count())
+        .sum::<usize>()
+        + about.chars().count();
+    let compact = wide > usize::from(area.width);
+    let mut spans = Vec::new();
+    for (i, m) in Mode::ALL.into_iter().enumerate() {
+        spans.push(if m == app.mode {
+            Span::styled(whole(i, m), Style::new().fg(Color::Black).bg(Color::Cyan))
+        } else if compact {
+            Span::raw(format!(" F{} ", i + 1))
+        } else {
+            Span::raw(whole(i, m))
+        });
     }
     spans.push(Span::styled(about, Style::new().fg(Color::Cyan)));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
@@ -175,7 +186,7 @@ pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
     let empty = lines.is_empty();
     // As wide as their values, the query given the rest; on a narrow
     // terminal whole columns go (Enter shows them).
-    let laid = lay_out(&lines, area.width);
+    let laid = lay_out(&lines, &app.servers, area.width);
     let header = Row::new(laid.columns.iter().map(|(c, _)| c.title()))
         .style(Style::new().add_modifier(Modifier::REVERSED));
     let rows: Vec<Row> = lines
@@ -207,7 +218,7 @@ pub(super) fn draw_sessions(frame: &mut Frame, app: &mut App, area: Rect) {
             Mode::Running => "No session is running a query.",
             Mode::Waiting => "No session waits for a lock.",
             Mode::Blocking => "No session blocks another.",
-            Mode::Pools => "",
+            Mode::Pools | Mode::Load => "",
         };
         let [_, below] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
         frame.render_widget(Paragraph::new(format!(" {what}")), below);
@@ -270,7 +281,7 @@ pub(super) fn draw_footer(frame: &mut Frame, app: &App, area: Rect) {
         Line::from(Span::styled(notice.clone(), Style::new().fg(Color::Red)))
     } else {
         Line::from(Span::styled(
-            "q quit  1-4 screens  / filter  s sort  +/- refresh  Enter query  ↑↓ select",
+            "q quit  1-5 screens  / filter  s sort  +/- refresh  Enter query  ↑↓ select",
             Style::new().fg(Color::DarkGray),
         ))
     };

@@ -12,23 +12,40 @@ use ratatui::widgets::TableState;
 use super::INTERVALS;
 use crate::output::human_duration;
 
-/// Which sessions the table shows (pg_activity's F1 to F4).
+/// Which screen is shown: sessions (pg_activity's F1 to F3), pools (F4),
+/// or each server's DB load by wait (F5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     Running,
     Waiting,
     Blocking,
     Pools,
+    Load,
 }
 
 impl Mode {
+    /// The screens, in the order of their keys (F1, F2, …).
+    pub(super) const ALL: [Mode; 5] = [
+        Mode::Running,
+        Mode::Waiting,
+        Mode::Blocking,
+        Mode::Pools,
+        Mode::Load,
+    ];
+
     pub(super) fn title(self) -> &'static str {
         match self {
             Mode::Running => "running",
             Mode::Waiting => "waiting",
             Mode::Blocking => "blocking",
             Mode::Pools => "pools",
+            Mode::Load => "load by wait",
         }
+    }
+
+    /// Whether it lists sessions (which Enter shows whole).
+    pub(super) fn of_sessions(self) -> bool {
+        matches!(self, Mode::Running | Mode::Waiting | Mode::Blocking)
     }
 }
 
@@ -270,9 +287,37 @@ impl App {
         lines
     }
 
+    /// The servers of the load screen: those the filter keeps (its labels
+    /// and server), the most loaded first.
+    pub(super) fn loads(&self) -> Vec<&v1::Server> {
+        let load = |s: &v1::Server| s.load.as_ref().map_or(0.0, |l| l.load);
+        let mut servers: Vec<&v1::Server> = self
+            .servers
+            .values()
+            .filter(|s| {
+                self.filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k) == Some(v))
+                    && self
+                        .filter
+                        .server
+                        .as_ref()
+                        .is_none_or(|id| *id == s.server_id)
+            })
+            .collect();
+        servers.sort_by(|a, b| {
+            load(b)
+                .total_cmp(&load(a))
+                .then(a.server_id.cmp(&b.server_id))
+        });
+        servers
+    }
+
     pub(super) fn row_count(&self) -> usize {
         match self.mode {
             Mode::Pools => self.data.pools.len(),
+            Mode::Load => self.loads().len(),
             _ => self.lines().len(),
         }
     }
