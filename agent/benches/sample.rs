@@ -165,6 +165,7 @@ fn main() {
             &target,
             Duration::from_secs(2),
             QueryText::Masked,
+            None,
             pools,
         )
         .unwrap();

@@ -55,6 +55,7 @@ pub fn samplers(
                 t,
                 config.statement_timeout,
                 config.query_text,
+                config.statements_interval,
                 app_pools.clone(),
             )
         })
@@ -139,6 +140,9 @@ pub fn start(config: AgentConfig) -> Result<Agent, SettingsError> {
         compression = ?config.compression,
         spool_dir = ?config.spool_dir,
         interval = %humantime::format_duration(config.interval),
+        statements_interval = %config
+            .statements_interval
+            .map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
         pool_reporter = ?pool_reporter,
         "Agent started."
     );

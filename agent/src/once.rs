@@ -23,8 +23,10 @@ pub async fn sample_all(config: &AgentConfig) -> Result<(Value, bool), SettingsE
         };
         all_up &= snapshot.status == TargetStatus::Up;
         let mut json = render(&snapshot, sampler.database_totals());
-        // Whether the connection is encrypted, and how.
         if snapshot.status == TargetStatus::Up {
+            // Whether pg_stat_statements can be read, or what it needs.
+            json["statements"] = Value::String(sampler.statements_status());
+            // Whether the connection is encrypted, and how.
             json["tls"] = match sampler.tls_in_use().await {
                 Ok(version) => Value::String(version),
                 Err(e) => Value::String(format!("unknown ({e})")),

@@ -8,7 +8,10 @@ use prost::Message;
 /// The most bytes of snapshots one batch holds: the message limit, less room
 /// for the dictionary twice (a batch's own additions, and the whole
 /// dictionary the first batch of a stream carries on top) and for the
-/// entries' framing and the envelope. A batch never exceeds the limit.
+/// entries' framing and the envelope. A batch never exceeds the limit. A
+/// snapshot is measured whole, pg_stat_statements' increments and texts
+/// included; those are bounded (500 statements, 1 MiB of texts) to leave
+/// most of this room to the sessions.
 pub const MAX_BATCH_SNAPSHOT_BYTES: usize =
     MAX_MESSAGE_BYTES - 2 * pgfleet_proto::compact::Dictionary::MAX_BYTES - (1 << 20);
 
@@ -87,5 +90,63 @@ mod tests {
                     < MAX_MESSAGE_BYTES
             )
         };
+    }
+
+    #[test]
+    fn statements_count_in_a_snapshot_s_size_and_the_largest_leaves_room_for_sessions() {
+        use crate::sampler::statements::{MAX_STATEMENTS, MAX_TEXT_BYTES};
+        // The largest sample: every statement with its text (together the
+        // most bytes of texts a sample carries), names of PostgreSQL's
+        // longest, every counter at its widest.
+        let widest = v1::StatementDelta {
+            query_id: i64::MIN,
+            database: "d".repeat(63),
+            user: "u".repeat(63),
+            query_fingerprint: u64::MAX,
+            calls: u64::MAX,
+            exec_time_ms: f64::MAX,
+            rows: u64::MAX,
+            shared_blks_hit: u64::MAX,
+            shared_blks_read: u64::MAX,
+            shared_blks_dirtied: u64::MAX,
+            shared_blks_written: u64::MAX,
+            temp_blks_read: u64::MAX,
+            temp_blks_written: u64::MAX,
+            wal_bytes: u64::MAX,
+            ..Default::default()
+        };
+        let statements = (0..MAX_STATEMENTS)
+            .map(|_| v1::StatementDelta {
+                query: "q".repeat(MAX_TEXT_BYTES / MAX_STATEMENTS),
+                ..widest.clone()
+            })
+            .collect();
+        let sample = v1::StatementsSample {
+            since_us: i64::MAX,
+            statements,
+            other: Some(widest),
+            reset: true,
+            deallocated: u64::MAX,
+        };
+        let bare = v1::Snapshot {
+            server_id: "a".to_owned(),
+            ..Default::default()
+        };
+        let with = v1::Snapshot {
+            statements: Some(sample),
+            ..bare.clone()
+        };
+        let (bare_len, with_len) = (bare.encoded_len(), with.encoded_len());
+        assert!(
+            with_len - bare_len < MAX_BATCH_SNAPSHOT_BYTES / 4,
+            "{with_len} bytes of statements leave most of {MAX_BATCH_SNAPSHOT_BYTES} to sessions"
+        );
+        // Packing measures them: room for the snapshot without its
+        // statements is not room for it with them.
+        let (batches, left_out) = pack(vec![with.clone()], bare_len + 16);
+        assert!(batches.is_empty() && left_out == ["a"]);
+        let framed = 1 + prost::encoding::encoded_len_varint(with_len as u64) + with_len;
+        let (batches, left_out) = pack(vec![with, bare], framed);
+        assert_eq!((batches.len(), left_out.len()), (2, 0));
     }
 }

@@ -132,6 +132,7 @@ const AGENT_KEYS: &[&str] = &[
     "spool_max_bytes",
     "token_file",
     "compression",
+    "statements_interval",
     "[[targets]]",
     "bogus",
 ];
@@ -144,6 +145,7 @@ const COLLECTOR_KEYS: &[&str] = &[
     "retention_frames",
     "store",
     "duplicate_server_id",
+    "load",
     "bogus",
 ];
 const CLI_KEYS: &[&str] = &["collector", "output", "tls_ca", "token_file", "bogus"];

@@ -113,6 +113,9 @@ pub struct AgentArgs {
     /// The timeout of every statement the agent runs on the target [default: 2s]
     #[arg(long, env = "PGFLEET_STATEMENT_TIMEOUT", value_name = "DURATION")]
     pub statement_timeout: Option<String>,
+    /// How often to read pg_stat_statements (at least --interval), or "off"; the server needs shared_preload_libraries = 'pg_stat_statements' and CREATE EXTENSION pg_stat_statements [default: 60s]
+    #[arg(long, env = "PGFLEET_STATEMENTS_INTERVAL", value_name = "DURATION")]
+    pub statements_interval: Option<String>,
     /// What to send of query texts: masked (literals replaced by ?), raw or none [default: masked]
     #[arg(long, env = "PGFLEET_QUERY_TEXT", value_name = "MODE")]
     pub query_text: Option<String>,

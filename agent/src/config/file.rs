@@ -93,6 +93,8 @@ pub struct AgentFile {
     pub interval: Option<String>,
     /// See `--statement-timeout`.
     pub statement_timeout: Option<String>,
+    /// See `--statements-interval`.
+    pub statements_interval: Option<String>,
     /// See `--query-text`.
     pub query_text: Option<String>,
     /// See `--pool-reporter-listen`.

@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// The timeout of every statement the agent runs.
     pub statement_timeout: Duration,
+    /// How often to read pg_stat_statements; None when off.
+    pub statements_interval: Option<Duration>,
     /// What to send of query texts.
     pub query_text: QueryText,
     /// Where the PoolReporter service listens; None when off.
@@ -85,6 +87,13 @@ pub struct AgentConfig {
 /// The shortest and longest sampling interval.
 pub const INTERVAL_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_millis(100)..=Duration::from_secs(3600);
+
+/// How often pg_stat_statements is read unless told otherwise (or less
+/// often, when the sampling interval is longer).
+pub const DEFAULT_STATEMENTS_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The longest interval between two reads of pg_stat_statements.
+pub const MAX_STATEMENTS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The smallest spool bound: room for a few dozen batches.
 pub const MIN_SPOOL_BYTES: u64 = 64 << 10;
@@ -107,6 +116,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             interval: Duration::from_secs(1),
             statement_timeout: Duration::from_secs(2),
+            statements_interval: Some(DEFAULT_STATEMENTS_INTERVAL),
             query_text: QueryText::Masked,
             pool_reporter: Some(DEFAULT_POOL_REPORTER),
             spool_max_bytes: 64 << 20,
@@ -236,6 +246,10 @@ impl AgentConfig {
                 Duration::from_millis(10)..=Duration::from_secs(60),
             )?;
         }
+        config.statements_interval = match args.statements_interval.or(file.statements_interval) {
+            Some(text) => statements_interval(&text, config.interval)?,
+            None => Some(DEFAULT_STATEMENTS_INTERVAL.max(config.interval)),
+        };
         if let Some(text) = args.query_text.or(file.query_text) {
             config.query_text = text.parse().map_err(|message| SettingsError::Invalid {
                 key: "query_text",
@@ -312,6 +326,37 @@ fn resolve_target(
         config.pgbouncer = Some(target::pgbouncer_config(&dsn)?);
     }
     Ok(config)
+}
+
+/// `statements_interval`: "off", or a duration no shorter than the sampling
+/// `interval` (each read is taken with a sample).
+fn statements_interval(text: &str, interval: Duration) -> Result<Option<Duration>, SettingsError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let every = settings::parse_duration(
+        "statements_interval",
+        text,
+        *INTERVAL_RANGE.start()..=MAX_STATEMENTS_INTERVAL,
+    )
+    .map_err(|e| match e {
+        SettingsError::Invalid { key, message } => SettingsError::Invalid {
+            key,
+            message: format!("{message}, or \"off\""),
+        },
+        other => other,
+    })?;
+    if every < interval {
+        return Err(SettingsError::Invalid {
+            key: "statements_interval",
+            message: format!(
+                "{text:?} is shorter than the sampling interval ({}); pg_stat_statements is read with a sample, so give at least {}, or \"off\"",
+                humantime::format_duration(interval),
+                humantime::format_duration(interval)
+            ),
+        });
+    }
+    Ok(Some(every))
 }
 
 fn non_empty(key: &'static str, value: String) -> Result<String, SettingsError> {

@@ -242,3 +242,69 @@ fn databases_query_text_and_reporter_values_are_checked() {
         .to_string();
     assert!(err.contains("databases"), "{err}");
 }
+
+#[test]
+fn the_statements_interval_is_a_duration_no_shorter_than_sampling_or_off() {
+    let c = AgentConfig::resolve(AgentArgs::default(), no_env).unwrap();
+    assert_eq!(c.statements_interval, Some(Duration::from_secs(60)));
+    let args = AgentArgs::parse_from(["pgfleet-agent", "--statements-interval", "5m"]);
+    let c = AgentConfig::resolve(args, no_env).unwrap();
+    assert_eq!(c.statements_interval, Some(Duration::from_secs(300)));
+    let args = AgentArgs::parse_from(["pgfleet-agent", "--statements-interval", "OFF"]);
+    assert_eq!(
+        AgentConfig::resolve(args, no_env)
+            .unwrap()
+            .statements_interval,
+        None
+    );
+    // Equal to the sampling interval: every sample reads it.
+    let args = AgentArgs::parse_from(["pgfleet-agent", "--statements-interval", "1s"]);
+    let c = AgentConfig::resolve(args, no_env).unwrap();
+    assert_eq!(c.statements_interval, Some(c.interval));
+
+    let args = AgentArgs::parse_from([
+        "pgfleet-agent",
+        "--interval",
+        "2s",
+        "--statements-interval",
+        "1500ms",
+    ]);
+    let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+    assert!(
+        err.starts_with("invalid `statements_interval`")
+            && err.contains("shorter than the sampling interval (2s)")
+            && err.contains("\"off\""),
+        "{err}"
+    );
+    let args = AgentArgs::parse_from(["pgfleet-agent", "--statements-interval", "soon"]);
+    let err = AgentConfig::resolve(args, no_env).unwrap_err().to_string();
+    assert!(
+        err.starts_with("invalid `statements_interval`") && err.contains("or \"off\""),
+        "{err}"
+    );
+
+    // The default follows a sampling interval longer than it; the file's key
+    // is read too.
+    let path = write_config(
+        "statements",
+        "interval = \"2m\"\n[[targets]]\ntarget = \"host=a\"\n",
+    );
+    let args = AgentArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let c = AgentConfig::resolve(args, no_env).unwrap();
+    assert_eq!(c.statements_interval, Some(Duration::from_secs(120)));
+    std::fs::write(&path, "statements_interval = \"off\"\n").unwrap();
+    let args = AgentArgs {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        AgentConfig::resolve(args, no_env)
+            .unwrap()
+            .statements_interval,
+        None
+    );
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}

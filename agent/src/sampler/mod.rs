@@ -6,6 +6,7 @@ pub mod database;
 pub mod pgbouncer;
 pub mod query_text;
 mod run;
+pub mod statements;
 
 pub use query_text::QueryText;
 pub use run::{SamplerStats, TargetSampler, spawn};

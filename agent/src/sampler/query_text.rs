@@ -3,10 +3,14 @@
 //!
 //! The masker is a small lexer of PostgreSQL's SQL. It knows every kind of
 //! literal (`'…'`, `E'…'`, `N'…'`, `U&'…'`, `B'…'`, `X'…'`, `$tag$…$tag$`, numbers,
-//! `TRUE`/`FALSE`), and leaves identifiers (also `"…"`), comments, operators and
-//! `$n` parameters exactly where they were. It never fails: PostgreSQL cuts query
-//! text at `track_activity_query_size`, so a literal may never end, and then the
-//! rest of the text is that literal's placeholder.
+//! `TRUE`/`FALSE`, NULL as a value, a negative number's sign), masks `$n`
+//! parameters too, and leaves identifiers (also `"…"`), comments and operators
+//! exactly where they were. So pg_stat_statements' normalized text
+//! (`SELECT pg_sleep($1)`) and pg_stat_activity's (`SELECT pg_sleep(0.5);`) mask
+//! alike, and their fingerprints are equal: load and statistics join on them.
+//! It never fails: PostgreSQL cuts query text at `track_activity_query_size`, so
+//! a literal may never end, and then the rest of the text is that literal's
+//! placeholder.
 
 use std::str::FromStr;
 
@@ -57,12 +61,15 @@ pub fn prepare(query: &str, mode: QueryText) -> (String, u64) {
 }
 
 /// A 64-bit FNV-1a hash of the masked text with its whitespace runs folded to one
-/// space, so the same statement with other values (or other line breaks) gets the
-/// same fingerprint on every agent and every version. Never 0 for a non-empty
-/// text, so 0 can mean "none".
+/// space and the semicolons that end it left out (pg_stat_activity shows the
+/// text as the client sent it, pg_stat_statements without them), so the same
+/// statement with other values (or other line breaks) gets the same
+/// fingerprint on every agent and every version, from either view. Never 0
+/// for a non-empty text, so 0 can mean "none".
 pub fn fingerprint_of_masked(masked: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let masked = masked.trim_end_matches(|c: char| c == ';' || c.is_ascii_whitespace());
     let mut hash = OFFSET;
     let mut in_space = true; // leading whitespace is dropped
     for &b in masked.as_bytes() {
@@ -79,7 +86,60 @@ pub fn fingerprint_of_masked(masked: &str) -> u64 {
     hash.max(1)
 }
 
-/// Replaces every literal of `sql` with [`PLACEHOLDER`].
+/// What came before the current token, as far as the masker needs it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prev {
+    /// The start, an operator or punctuation, or a keyword after which an
+    /// expression begins: a `-` here is a sign.
+    ExpressionStart,
+    /// The end of an operand (a name, a literal, a parameter, `)`, `]`): a
+    /// `-` here is the binary operator.
+    Operand,
+    /// IS, NOT or SET: a NULL after them is syntax (`IS NOT NULL`, `NOT NULL`,
+    /// `SET NULL`), not a value.
+    NullSyntax,
+}
+
+/// Keywords after which an expression begins, so that a `-` after them is a
+/// sign (PostgreSQL's reserved words that cannot end an operand, and BY).
+const EXPRESSION_KEYWORDS: &[&str] = &[
+    "all",
+    "and",
+    "any",
+    "array",
+    "asymmetric",
+    "between",
+    "by",
+    "case",
+    "distinct",
+    "else",
+    "escape",
+    "from",
+    "having",
+    "ilike",
+    "in",
+    "like",
+    "limit",
+    "offset",
+    "on",
+    "or",
+    "return",
+    "returning",
+    "select",
+    "similar",
+    "some",
+    "symmetric",
+    "then",
+    "values",
+    "when",
+    "where",
+];
+
+/// Replaces every literal of `sql` with [`PLACEHOLDER`], and every `$n`
+/// parameter too. What it replaces is what pg_stat_statements replaces with
+/// `$n` (a negative number's sign included, and NULL as a value), so a
+/// statement masked as pg_stat_activity shows it and as pg_stat_statements
+/// shows it reads the same.
 pub fn mask(sql: &str) -> String {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len());
@@ -91,6 +151,7 @@ pub fn mask(sql: &str) -> String {
         out.push_str(PLACEHOLDER);
         *copied = end;
     };
+    let mut prev = Prev::ExpressionStart;
     while i < b.len() {
         let c = b[i];
         let prev_is_word = i > 0 && is_word(b[i - 1]);
@@ -99,11 +160,23 @@ pub fn mask(sql: &str) -> String {
                 i = find_byte(b, i, b'\n').unwrap_or(b.len());
             }
             b'/' if b.get(i + 1) == Some(&b'*') => i = skip_block_comment(b, i),
-            b'"' => i = skip_quoted(b, i + 1, b'"', false),
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if prev != Prev::Operand && number_at(b, skip_spaces(b, i + 1)) => {
+                // A negative number is one constant.
+                let end = skip_number(b, skip_spaces(b, i + 1));
+                replace(&mut out, &mut copied, i, end);
+                i = end;
+                prev = Prev::Operand;
+            }
+            b'"' => {
+                i = skip_quoted(b, i + 1, b'"', false);
+                prev = Prev::Operand;
+            }
             b'\'' => {
                 let end = skip_quoted(b, i + 1, b'\'', false);
                 replace(&mut out, &mut copied, i, end);
                 i = end;
+                prev = Prev::Operand;
             }
             b'$' => {
                 if let Some(tag_end) = dollar_tag_end(b, i) {
@@ -113,18 +186,27 @@ pub fn mask(sql: &str) -> String {
                         .map_or(b.len(), |p| tag_end + 1 + p + tag.len());
                     replace(&mut out, &mut copied, i, end);
                     i = end;
-                } else {
-                    // `$1` and other parameters stay: skip the digits.
-                    i += 1;
-                    while i < b.len() && b[i].is_ascii_digit() {
-                        i += 1;
+                    prev = Prev::Operand;
+                } else if b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    // A parameter: pg_stat_statements writes every constant
+                    // as one.
+                    let mut end = i + 1;
+                    while end < b.len() && b[end].is_ascii_digit() {
+                        end += 1;
                     }
+                    replace(&mut out, &mut copied, i, end);
+                    i = end;
+                    prev = Prev::Operand;
+                } else {
+                    i += 1;
+                    prev = Prev::ExpressionStart;
                 }
             }
             b'0'..=b'9' if !prev_is_word => {
                 let end = skip_number(b, i);
                 replace(&mut out, &mut copied, i, end);
                 i = end;
+                prev = Prev::Operand;
             }
             b'.' if !prev_is_word
                 && (i == 0 || b[i - 1] != b'.')
@@ -133,11 +215,13 @@ pub fn mask(sql: &str) -> String {
                 let end = skip_number(b, i);
                 replace(&mut out, &mut copied, i, end);
                 i = end;
+                prev = Prev::Operand;
             }
             c if is_word_start(c) && !prev_is_word => {
                 let word_end = skip_word(b, i);
                 let word = &sql[i..word_end];
                 let next = b.get(word_end).copied();
+                let mut next_prev = Prev::Operand;
                 if next == Some(b'\'') && matches!(word, "E" | "e") {
                     let end = skip_quoted(b, word_end + 1, b'\'', true);
                     replace(&mut out, &mut copied, i, end);
@@ -159,18 +243,58 @@ pub fn mask(sql: &str) -> String {
                 {
                     // U&"identifier" stays.
                     i = skip_quoted(b, word_end + 2, b'"', false);
-                } else if word.eq_ignore_ascii_case("true") || word.eq_ignore_ascii_case("false") {
+                } else if word.eq_ignore_ascii_case("true")
+                    || word.eq_ignore_ascii_case("false")
+                    || (word.eq_ignore_ascii_case("null") && prev != Prev::NullSyntax)
+                {
                     replace(&mut out, &mut copied, i, word_end);
                     i = word_end;
                 } else {
+                    if ["is", "not", "set"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k))
+                    {
+                        next_prev = Prev::NullSyntax;
+                    } else if word.len() <= 10
+                        && EXPRESSION_KEYWORDS
+                            .iter()
+                            .any(|k| word.eq_ignore_ascii_case(k))
+                    {
+                        next_prev = Prev::ExpressionStart;
+                    }
                     i = word_end;
                 }
+                prev = next_prev;
             }
-            _ => i += 1,
+            b')' | b']' => {
+                i += 1;
+                prev = Prev::Operand;
+            }
+            _ => {
+                i += 1;
+                prev = Prev::ExpressionStart;
+            }
         }
     }
     out.push_str(&sql[copied.min(sql.len())..]);
     out
+}
+
+/// The index of the first byte at or after `i` that is not white space.
+fn skip_spaces(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// Whether a number starts at `i` (`5`, `.5`).
+fn number_at(b: &[u8], i: usize) -> bool {
+    match b.get(i) {
+        Some(c) if c.is_ascii_digit() => true,
+        Some(b'.') => b.get(i + 1).is_some_and(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// Letters, digits, `_`, `$` and every non-ASCII byte continue an identifier.
@@ -304,16 +428,17 @@ mod tests {
             "select 1e-5, .5, 4.25, 1.5E+10, 7e3, 0x1F, 1_000, 3.",
             "select ?, ?, ?, ?, ?, ?, ?, ?",
         );
-        masks("select -12", "select -?");
+        masks("select -12", "select ?");
         masks("select a[1:2], b[1..2]", "select a[?:?], b[?..?]");
     }
 
     #[test]
-    fn identifiers_parameters_and_casts_stay() {
+    fn identifiers_and_casts_stay_and_parameters_are_masked() {
         masks(
             "SELECT t1.col2, \"Weird \"\"5\"\" col\" FROM t1 WHERE id = $1 AND x = $12",
-            "SELECT t1.col2, \"Weird \"\"5\"\" col\" FROM t1 WHERE id = $1 AND x = $12",
+            "SELECT t1.col2, \"Weird \"\"5\"\" col\" FROM t1 WHERE id = ? AND x = ?",
         );
+        masks("select a$1, $ from t", "select a$1, $ from t");
         masks(
             "select '5'::int, x::numeric(10,2)",
             "select ?::int, x::numeric(?,?)",
@@ -353,7 +478,7 @@ mod tests {
     fn dollar_quotes_nest_by_tag() {
         masks(
             "DO $outer$ BEGIN EXECUTE $inner$ select 'x' $inner$; END $outer$; select $$a$b$$, $1",
-            "DO ?; select ?, $1",
+            "DO ?; select ?, ?",
         );
         masks("select $fn$it's$fn$ as s", "select ? as s");
         masks("select a$b$c from t", "select a$b$c from t");
@@ -383,6 +508,88 @@ mod tests {
         );
         masks("select x'", "select ?");
         masks("select U&'", "select ?");
+    }
+
+    #[test]
+    fn a_negative_number_is_one_literal_and_a_minus_between_operands_stays() {
+        masks("SELECT -12, - 5, -.5, -1e3", "SELECT ?, ?, ?, ?");
+        masks(
+            "select * from t where a = -5 and b=-1 and c in (-1, -2) and d[-1] > 0",
+            "select * from t where a = ? and b=? and c in (?, ?) and d[?] > ?",
+        );
+        masks(
+            "select 1 - 5, a -1, a.b - 2, f(x) -3, x - -1, 'a' - 1, $1 -2",
+            "select ? - ?, a -?, a.b - ?, f(x) -?, x - ?, ? - ?, ? -?",
+        );
+        masks(
+            "select case when a then -1 else -2 end - 1 limit -1 + 3",
+            "select case when a then ? else ? end - ? limit ? + ?",
+        );
+        masks("select x::int -1, -x, -$1", "select x::int -?, -x, -?");
+        masks("select 1 --5\n", "select ? --5\n");
+    }
+
+    #[test]
+    fn null_is_masked_as_a_value_not_as_syntax() {
+        masks(
+            "INSERT INTO t VALUES (NULL, null) ON CONFLICT DO NOTHING",
+            "INSERT INTO t VALUES (?, ?) ON CONFLICT DO NOTHING",
+        );
+        masks(
+            "select * from t where a is null and b IS NOT NULL and c = NULL and d is distinct from null",
+            "select * from t where a is null and b IS NOT NULL and c = ? and d is distinct from ?",
+        );
+        masks(
+            "create table t (a int not null default null references u on delete set null, b nullable_t)",
+            "create table t (a int not null default ? references u on delete set null, b nullable_t)",
+        );
+    }
+
+    /// Texts as pg_stat_statements normalizes them (PostgreSQL 15, checked
+    /// against a real server) and as pg_stat_activity shows them.
+    #[test]
+    fn statistics_and_activity_texts_get_the_same_fingerprint() {
+        for (normalized, activity) in [
+            ("SELECT pg_sleep($1)", "SELECT pg_sleep(0.5)"),
+            ("SELECT pg_sleep($1)", "SELECT pg_sleep(0.5);"),
+            ("SELECT $1", "SELECT -12;"),
+            ("SELECT $1 - $2", "SELECT 1 - 5"),
+            (
+                "SELECT * FROM t WHERE a = $1 AND b = $2",
+                "SELECT * FROM t WHERE a = - 5 AND b = 'x'",
+            ),
+            (
+                "INSERT INTO t VALUES ($1, $2, $3, date $4)",
+                "INSERT INTO t VALUES (NULL, 'y', true, date '2020-01-01');",
+            ),
+            (
+                "SELECT * FROM t WHERE a IS NULL AND c = $1",
+                "SELECT * FROM t WHERE a IS NULL AND c = false",
+            ),
+            (
+                "SELECT * FROM t WHERE a IN ($1,$2,$3) LIMIT $4",
+                "SELECT * FROM t WHERE a IN (1,2,3) LIMIT 10",
+            ),
+            (
+                "SELECT $1::int, $2, interval $3",
+                "SELECT '5'::int, 4.5e3, interval '1 day'",
+            ),
+            (
+                "SELECT a FROM t ORDER BY a DESC LIMIT $1 + $2",
+                "SELECT a FROM t ORDER BY a DESC LIMIT -1 + 3",
+            ),
+            ("SELECT array[$1,$2]", "SELECT array[1,-2]"),
+            ("SELECT $1, $2", "SELECT $$dollar$$, E'esc'"),
+            (
+                "SELECT * FROM t WHERE id = $1 AND x > $2",
+                "SELECT * FROM t WHERE id = $1 AND x > 7",
+            ),
+        ] {
+            let (_, a) = prepare(normalized, QueryText::Masked);
+            let (_, b) = prepare(activity, QueryText::Masked);
+            assert_eq!(a, b, "{normalized:?} and {activity:?}");
+        }
+        assert_eq!(mask("SELECT pg_sleep($1)"), "SELECT pg_sleep(?)");
     }
 
     #[test]

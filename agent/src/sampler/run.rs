@@ -17,6 +17,7 @@ use super::activity::{ActivityCache, MIN_VERSION_NUM, read_server};
 use super::database::{CounterTracker, sample_facts};
 use super::pgbouncer::PgBouncer;
 use super::query_text::QueryText;
+use super::statements::Statements;
 use crate::config::{Databases, TargetConfig};
 use crate::reporter::AppPools;
 use crate::target::{self, CONNECT_TIMEOUT};
@@ -61,6 +62,7 @@ pub struct TargetSampler {
     /// snapshot's delta.
     last_up_at: Option<i64>,
     counters: CounterTracker,
+    statements: Statements,
     warned_not_visible: bool,
     last_duration_us: u32,
     /// The sampler's counters.
@@ -68,11 +70,14 @@ pub struct TargetSampler {
 }
 
 impl TargetSampler {
-    /// A sampler of `target`; opens nothing until the first sample.
+    /// A sampler of `target`; opens nothing until the first sample. It
+    /// reads pg_stat_statements with the samples due every
+    /// `statements_interval` (None: never).
     pub fn new(
         target: &TargetConfig,
         statement_timeout: Duration,
         query_text: QueryText,
+        statements_interval: Option<Duration>,
         app_pools: Arc<AppPools>,
     ) -> Result<Self, SettingsError> {
         Ok(TargetSampler {
@@ -94,6 +99,12 @@ impl TargetSampler {
             activity: ActivityCache::default(),
             last_up_at: None,
             counters: CounterTracker::default(),
+            statements: Statements::new(
+                &target.server_id,
+                statements_interval,
+                query_text,
+                statement_timeout,
+            ),
             warned_not_visible: false,
             last_duration_us: 0,
             stats: Arc::default(),
@@ -120,10 +131,16 @@ impl TargetSampler {
                 // What the failed read held cannot be built on.
                 self.activity.clear();
                 self.version_num = None;
+                self.statements.connection_lost();
                 return Err(e);
             }
         };
-        let (facts, mut activity, increments) = postgres;
+        let (facts, mut activity, increments, client) = postgres;
+        // pg_stat_statements, when due, on the same connection; a read that
+        // fails leaves it out of this sample, and only says so.
+        self.statements.server_started(facts.start_time_us);
+        let statements = self.statements.read(&client, sampled_at_us).await;
+        drop(client);
         let delta = activity.removed.take().map(|removed| Delta {
             unchanged: Vec::new(),
             base_sampled_at_us: self.last_up_at.unwrap_or_default(),
@@ -161,6 +178,7 @@ impl TargetSampler {
             pgbouncer,
             client_pools,
             agent: Some(self.counters_message(activity.not_visible)),
+            statements,
         })
     }
 
@@ -168,6 +186,21 @@ impl TargetSampler {
     /// session.
     pub fn resend_whole(&mut self) {
         self.activity.resend_whole();
+    }
+
+    /// `snapshot`, the last this sampler took, did not reach the encoder:
+    /// the next lists every session, and carries its pg_stat_statements
+    /// increments and texts.
+    pub fn not_delivered(&mut self, snapshot: &Snapshot) {
+        self.resend_whole();
+        if let Some(statements) = &snapshot.statements {
+            self.statements.not_delivered(statements);
+        }
+    }
+
+    /// What `--once` says of pg_stat_statements.
+    pub fn statements_status(&self) -> String {
+        self.statements.status()
     }
 
     /// A snapshot that says the target is down, and why.
@@ -208,6 +241,7 @@ impl TargetSampler {
             v1::ServerFacts,
             super::activity::Activity,
             Vec<v1::DatabaseCounters>,
+            deadpool_postgres::Client,
         ),
         String,
     > {
@@ -250,7 +284,7 @@ impl TargetSampler {
         // A server upgraded or restored under the same address: write the query
         // for its version from the next sample on.
         self.version_num = Some(facts.version_num);
-        Ok((facts, activity, self.counters.update(&rows)))
+        Ok((facts, activity, self.counters.update(&rows), client))
     }
 
     /// The agent's own pool to the target, as a client pool.
@@ -376,9 +410,9 @@ pub fn spawn(
             }
             match out.try_send(snapshot) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(snapshot)) => {
                     // The next snapshot cannot build on this one.
-                    sampler.resend_whole();
+                    sampler.not_delivered(&snapshot);
                     let n = stats.dropped_snapshots.fetch_add(1, Ordering::Relaxed) + 1;
                     if n.is_power_of_two() {
                         warn!(server.id = %server_id, dropped = n, "Shipper is behind; snapshot dropped.");
