@@ -17,15 +17,18 @@
 //! Prints one JSON object.
 
 #[path = "../../agent/benches/support/wire_sim.rs"]
-#[allow(dead_code)]
 mod wire_sim;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgfleet_collector::aggregator::load_writes;
 use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::load::count::Closed;
 use pgfleet_collector::load::statements::{Read, Totals};
-use pgfleet_collector::load::{Bucket, COARSE_US, Counter, FINE_US};
+use pgfleet_collector::load::{COARSE_US, Class, Counter, MinuteLoad};
 use pgfleet_collector::store::{Op, Retention, Store};
+use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{duration, now_micros, timestamp};
 use pgfleet_proto::v1;
 
@@ -40,26 +43,152 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A day of one server's buckets, ending at `end` (a minute boundary), and
-/// the CPU time counting took per sample.
-fn one_day(end: i64) -> (Vec<Bucket>, f64) {
+/// A busy OLTP server as this bench models it: 100 sessions of 6
+/// applications on 12 client hosts, 3 users, 2 databases; each second an
+/// idle session starts one of 40 statements (some far more often than
+/// others) with a chance of 1 in 40, and an active one ends it with a
+/// chance of 1 in 2: a DB load of about 5. Waits: CPU 60%, IO 20%, Lock 8%,
+/// LWLock 7%, WAL sync 5%. Two sessions idle in a transaction; one session
+/// reconnects every 5 s.
+struct Realistic {
+    rng: wire_sim::Rng,
+    sessions: Vec<Arc<Session>>,
+    next_pid: i32,
+}
+
+const STATEMENT_TEXTS: usize = 40;
+
+impl Realistic {
+    fn new(t0: i64) -> Realistic {
+        let mut r = Realistic {
+            rng: wire_sim::Rng(0x5eed_10ad),
+            sessions: Vec::new(),
+            next_pid: 1000,
+        };
+        for i in 0..100 {
+            let mut s = r.connect(t0 - 3_600_000_000);
+            if i < 2 {
+                let s = Arc::make_mut(&mut s);
+                s.state = SessionState::IdleInTransaction;
+                s.xact_start_us = Some(t0 - 1_000_000);
+            }
+            r.sessions.push(s);
+        }
+        r
+    }
+
+    fn connect(&mut self, at: i64) -> Arc<Session> {
+        let i = self.rng.below(1 << 20);
+        self.next_pid += 1;
+        Arc::new(Session {
+            pid: self.next_pid,
+            backend_start_us: at,
+            database: ["orders", "billing"][i % 2].into(),
+            user: ["app", "reporting", "batch"][i % 3].into(),
+            application_name: ["web", "api", "checkout", "worker", "cron", "admin"][i % 6].into(),
+            client: format!("10.1.0.{}:{}", 10 + i % 12, 40_000 + i % 20_000).into(),
+            state: SessionState::Idle,
+            wait_event_type: "Client".into(),
+            wait_event: "ClientRead".into(),
+            backend_type: "client backend".into(),
+            ..Default::default()
+        })
+    }
+
+    fn step(&mut self, at: i64, second: i64) {
+        if second % 5 == 0 {
+            let i = 2 + self.rng.below(98);
+            self.sessions[i] = self.connect(at);
+        }
+        for i in 0..self.sessions.len() {
+            let s = &self.sessions[i];
+            match s.state {
+                SessionState::Idle if self.rng.below(40) == 0 => {
+                    // Zipf-like: statement k with weight 1/(k+1).
+                    let k = (0..STATEMENT_TEXTS)
+                        .find(|k| self.rng.below(k + 2) == 0)
+                        .unwrap_or(STATEMENT_TEXTS - 1);
+                    let (wait_type, wait_event) = match self.rng.below(100) {
+                        0..60 => ("", ""),
+                        60..80 => ("IO", "DataFileRead"),
+                        80..88 => ("Lock", "transactionid"),
+                        88..95 => ("LWLock", "BufferContent"),
+                        _ => ("IO", "WALSync"),
+                    };
+                    let s = Arc::make_mut(&mut self.sessions[i]);
+                    s.state = SessionState::Active;
+                    s.query_start_us = Some(at);
+                    s.wait_event_type = wait_type.into();
+                    s.wait_event = wait_event.into();
+                    s.fingerprint = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k as u64 + 1);
+                    s.query = format!("SELECT statement_{k} FROM t WHERE id = $1").into();
+                }
+                SessionState::Active if self.rng.below(2) == 0 => {
+                    let s = Arc::make_mut(&mut self.sessions[i]);
+                    s.state = SessionState::Idle;
+                    s.wait_event_type = "Client".into();
+                    s.wait_event = "ClientRead".into();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Which server a day is of.
+#[derive(Clone, Copy)]
+enum Mix {
+    /// See [`Realistic`].
+    Realistic,
+    /// The load generator's (`wire_sim`): 100 sessions, 10 changing a
+    /// second, half of them active (a load of about 50), thousands of client
+    /// hosts: a worst case for the size of a bucket.
+    Heavy,
+}
+
+/// A day of one server, ending at `end` (a minute boundary): what its
+/// counter closed (minutes with their hours, statement intervals from a read
+/// each minute), and the CPU time counting took per sample.
+fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64) {
     let start = end - DAY_S * 1_000_000;
-    let mut sim = wire_sim::Sim::with(100, 10, 0, 0x10ad, start);
+    let mut heavy = wire_sim::Sim::with(100, 10, 0, 0x10ad, start);
+    let mut realistic = Realistic::new(start);
     let mut counter = Counter::default();
-    let mut buckets = Vec::new();
-    let mut before = sim.sessions.clone();
+    let mut closed = Vec::new();
+    let mut before: Vec<Arc<Session>> = Vec::new();
     let mut spent = Duration::ZERO;
     for s in 0..=DAY_S {
         let at = start + s * 1_000_000;
-        sim.step(at);
-        let mut now = sim.sessions.clone();
+        let mut now = match mix {
+            Mix::Heavy => {
+                heavy.step(at);
+                heavy.sessions.clone()
+            }
+            Mix::Realistic => {
+                realistic.step(at, s);
+                realistic.sessions.clone()
+            }
+        };
         now.sort_by_key(|x| x.key());
         let t = Instant::now();
-        counter.sample(at, 1_000_000, &before, &now, &mut buckets, &mut |_, _| {});
+        counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
         spent += t.elapsed();
+        if s % 60 == 30 {
+            counter.statements(at, &statements(s as u64 / 60), &mut closed);
+        }
         before = now;
     }
-    (buckets, spent.as_secs_f64() * 1e6 / DAY_S as f64)
+    (closed, spent.as_secs_f64() * 1e6 / DAY_S as f64)
+}
+
+fn minutes(closed: &[Closed]) -> Vec<&MinuteLoad> {
+    closed
+        .iter()
+        .filter_map(|c| match c {
+            Closed::Minute(m, _) => Some(m),
+            Closed::Statements(..) => None,
+        })
+        .collect()
 }
 
 /// A read of `STATEMENTS` statements' increments.
@@ -117,57 +246,90 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> f64 {
     v[i].as_secs_f64() * 1e3
 }
 
+/// What one server-day takes in an empty store: load alone, and load with
+/// statement statistics, as the collector writes them.
+async fn storage(day: &[Closed]) -> (u64, u64) {
+    let dir = tempdir("pgfleet-bench-load-day");
+    let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    store.flush().await;
+    checkpoint(&dir);
+    let empty = file_bytes(&dir);
+    let (load, statements): (Vec<Closed>, Vec<Closed>) = day
+        .iter()
+        .cloned()
+        .partition(|c| matches!(c, Closed::Minute(..)));
+    for op in load_writes("orders-db-1", load) {
+        store.write(op).await;
+    }
+    store.flush().await;
+    checkpoint(&dir);
+    let load = file_bytes(&dir) - empty;
+    for op in load_writes("orders-db-1", statements) {
+        store.write(op).await;
+    }
+    store.flush().await;
+    checkpoint(&dir);
+    let both = file_bytes(&dir) - empty;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    (load, both)
+}
+
+/// A day's figures, as JSON.
+async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
+    let ms = minutes(day);
+    let mean = |f: &dyn Fn(&MinuteLoad) -> f64| {
+        ms.iter().map(|m| f(m)).sum::<f64>() / ms.len().max(1) as f64
+    };
+    let fine_tuples = |m: &MinuteLoad| {
+        m.fine.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / m.fine.len().max(1) as f64
+    };
+    let (load, both) = storage(day).await;
+    serde_json::json!({
+        "count_us_per_sample": count_us,
+        "db_load": mean(&|m| m.coarse.average(Class::Active)),
+        "tuples_per_fine_bucket": mean(&fine_tuples),
+        "tuples_per_minute": mean(&|m| m.coarse.tuples.len() as f64),
+        "stored_minute_bytes": mean(&|m| m.encode().len() as f64),
+        "load_bytes_per_server_day": load,
+        "load_and_statements_bytes_per_server_day": both,
+    })
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let servers = env_usize("PGFLEET_BENCH_SERVERS", 1000);
     let calls = env_usize("PGFLEET_BENCH_CALLS", 200);
     let now = now_micros();
     let end = now - now.rem_euclid(COARSE_US);
-    let (day, count_us) = one_day(end);
-    let fine: Vec<&Bucket> = day.iter().filter(|b| b.len_us == FINE_US).collect();
-    let coarse: Vec<&Bucket> = day.iter().filter(|b| b.len_us == COARSE_US).collect();
-    let tuples =
-        |bs: &[&Bucket]| bs.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / bs.len() as f64;
 
-    // 1. One server-day in an empty store.
-    let dir = tempdir("pgfleet-bench-load-day");
-    let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
-    store.flush().await;
-    checkpoint(&dir);
-    let empty = file_bytes(&dir);
-    for b in &day {
-        store
-            .write(Op::Load {
-                server_id: "orders-db-1".into(),
-                bucket: (*b).clone(),
-            })
-            .await;
-    }
-    let loaded_only = {
-        store.flush().await;
-        checkpoint(&dir);
-        file_bytes(&dir) - empty
-    };
-    for i in 0..(DAY_S / 60) {
-        store
-            .write(Op::Statements {
-                server_id: "orders-db-1".into(),
-                at: end - i * COARSE_US,
-                read: statements(i as u64),
-            })
-            .await;
-    }
-    store.flush().await;
-    checkpoint(&dir);
-    let with_statements = file_bytes(&dir) - empty;
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
+    // 1. One server-day of each mix in an empty store.
+    let (heavy, heavy_us) = one_day(end, Mix::Heavy);
+    let heavy = day_figures(&heavy, heavy_us).await;
+    let (day, count_us) = one_day(end, Mix::Realistic);
+    let realistic = day_figures(&day, count_us).await;
 
-    // 2. A fleet's day, and a collector on it.
+    // 2. A fleet's day, and a collector on it: every server's hours of the
+    // day, and its minutes of the last hour (what the questions read; a
+    // whole day of minutes for a thousand servers would not fit this
+    // machine's disk twice over).
     let dir = tempdir("pgfleet-bench-load-fleet");
     std::fs::create_dir_all(dir.join("collector")).unwrap();
     let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
     let last_hour = end - 3_600 * 1_000_000;
+    let kept: Vec<Closed> = day
+        .iter()
+        .filter_map(|c| match c {
+            Closed::Minute(m, h) if m.coarse.start >= last_hour => Some(c.clone()),
+            Closed::Minute(_, h)
+                if h.minutes.len() == 60
+                    || h.minutes.last().is_some_and(|x| x.start + COARSE_US >= end) =>
+            {
+                Some(Closed::Minute(MinuteLoad::default(), h.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     let written = Instant::now();
     for i in 0..servers {
         let id = format!("db-{i:05}");
@@ -179,17 +341,8 @@ async fn main() {
                 interval_ms: 1000,
             })
             .await;
-        for b in coarse
-            .iter()
-            .copied()
-            .chain(fine.iter().copied().filter(|b| b.start >= last_hour))
-        {
-            store
-                .write(Op::Load {
-                    server_id: id.clone(),
-                    bucket: b.clone(),
-                })
-                .await;
+        for op in load_writes(&id, kept.clone()) {
+            store.write(op).await;
         }
     }
     store.flush().await;
@@ -245,16 +398,9 @@ async fn main() {
 
     let out = serde_json::json!({
         "servers": servers,
-        "count_us_per_sample": count_us,
-        "fine_buckets_per_day": fine.len(),
-        "coarse_buckets_per_day": coarse.len(),
-        "tuples_per_fine_bucket": tuples(&fine),
-        "tuples_per_coarse_bucket": tuples(&coarse),
-        "encoded_fine_bytes": fine.iter().map(|b| b.encode().len()).sum::<usize>() as f64 / fine.len() as f64,
-        "encoded_coarse_bytes": coarse.iter().map(|b| b.encode().len()).sum::<usize>() as f64 / coarse.len() as f64,
-        "load_bytes_per_server_day": loaded_only,
-        "load_and_statements_bytes_per_server_day": with_statements,
         "statements_per_read": STATEMENTS,
+        "realistic": realistic,
+        "heavy": heavy,
         "fleet_store_mib": fleet_mib,
         "fleet_write_s": write_s,
         "one_server_1h_10s": {"p50_ms": one_fine.0, "p99_ms": one_fine.1, "series": one_fine.2, "calls": calls},

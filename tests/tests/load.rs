@@ -337,3 +337,170 @@ async fn two_servers_in_two_dcs_add_up_by_dc_and_bad_requests_say_what_to_change
     other.destroy().await;
     fleet.stop().await;
 }
+
+/// Runs pgbench against `cluster`; the transactions it says it processed.
+async fn pgbench(cluster: &pgfleet_cli::sandbox::TempCluster, args: &[&str]) -> u64 {
+    let out = tokio::process::Command::new(cluster.bindir().join("pgbench"))
+        .args(args)
+        .arg(cluster.url())
+        .output()
+        .await
+        .expect("pgbench runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pgbench {args:?}: {text}");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("number of transactions actually processed: ")?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The top queries by calls over `[start, now + 1 min)` once `ready` holds.
+async fn top_by_calls(
+    client: &Client,
+    server_id: &str,
+    start: Micros,
+    ready: impl Fn(&v1::TopQueriesResponse) -> Result<(), String>,
+) -> v1::TopQueriesResponse {
+    wait_for(
+        "the statements' increments",
+        Duration::from_secs(30),
+        || {
+            let mut c = client.clone();
+            let ready = &ready;
+            async move {
+                let r = c
+                    .top_queries(v1::TopQueriesRequest {
+                        start: Some(timestamp(start)),
+                        end: Some(timestamp(now_micros() + 60_000_000)),
+                        server_id: server_id.into(),
+                        order_by: "calls".into(),
+                        limit: 50,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                ready(&r).map(|_| r)
+            }
+        },
+    )
+    .await
+}
+
+/// The calls of pgbench's update of pgbench_accounts.
+fn account_updates(r: &v1::TopQueriesResponse) -> u64 {
+    r.queries
+        .iter()
+        .find(|q| q.text.starts_with("UPDATE pgbench_accounts"))
+        .and_then(|q| q.statistics.as_ref())
+        .map_or(0, |s| s.calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_statements_join_their_load_and_a_reset_gives_no_negative_numbers() {
+    pgfleet_tests::init_logs();
+    let cluster = pgfleet_cli::sandbox::TempCluster::start_with(&[(
+        "shared_preload_libraries",
+        "pg_stat_statements",
+    )])
+    .await
+    .unwrap();
+    cluster
+        .connect("setup")
+        .await
+        .unwrap()
+        .batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    let mut fleet = pgfleet_cli::sandbox::Fleet::start_on(cluster, "db-bench", &[])
+        .await
+        .unwrap();
+    // An agent that reads the statements every 2 s.
+    fleet.agent.take().unwrap().stop().await;
+    let mut config = fleet.agent_config("db-bench", fleet.cluster.config("pgfleet"));
+    config.statements_interval = Some(Duration::from_secs(2));
+    fleet.agent = Some(fleet.start_agent_with(config).unwrap());
+    let client = fleet.client().await.unwrap();
+    assert!(pgbench(&fleet.cluster, &["-i", "-s", "1", "-q"]).await == 0);
+    // The first read is the baseline; pgbench's own setup is before it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let start = now_micros();
+
+    // 3. pgbench's statements, with the calls pgbench reports.
+    // Five seconds of it, so that samples catch its sessions at work.
+    let done = pgbench(&fleet.cluster, &["-c", "4", "-j", "2", "-T", "5", "-n"]).await;
+    assert!(done > 100, "pgbench ran {done} transactions");
+    let top = top_by_calls(&client, "db-bench", start, |r| {
+        let calls = account_updates(r);
+        if calls >= done * 99 / 100 {
+            Ok(())
+        } else {
+            Err(format!("{calls} calls so far: {r:?}"))
+        }
+    })
+    .await;
+    assert!(top.statements, "{top:?}");
+    let calls = account_updates(&top);
+    assert!(
+        calls.abs_diff(done) * 100 <= done,
+        "pgbench ran {done} updates; the statistics say {calls}"
+    );
+    // Statistics and load join on the fingerprint: pgbench's sessions were
+    // sampled running its statements.
+    assert!(
+        top.queries
+            .iter()
+            .any(|q| q.text.contains("pgbench_") && q.load > 0.0 && q.statistics.is_some()),
+        "no pgbench statement has both load and statistics: {top:?}"
+    );
+
+    // 7. A reset during a run: nothing negative, no spike. What ran between
+    // the last read before the reset and the reset is lost (the server
+    // forgot it); what ran after it is counted.
+    let reset = fleet.cluster.connect("resetter").await.unwrap();
+    let more = {
+        let cluster = &fleet.cluster;
+        let run = pgbench(cluster, &["-c", "2", "-j", "2", "-T", "4", "-n"]);
+        let reset = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            reset
+                .batch_execute("SELECT pg_stat_statements_reset()")
+                .await
+                .unwrap();
+        };
+        let (n, ()) = tokio::join!(run, reset);
+        n
+    };
+    assert!(more > 100, "pgbench ran {more} transactions");
+    top_by_calls(&client, "db-bench", start, |r| {
+        if account_updates(r) > calls {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = top_by_calls(&client, "db-bench", start, |_| Ok(())).await;
+    let total = account_updates(&after);
+    assert!(
+        total > calls && total <= calls + more,
+        "{calls} before the reset, {more} run across it: {total} in all"
+    );
+    for q in &after.queries {
+        if let Some(s) = &q.statistics {
+            assert!(
+                s.total_time_ms >= 0.0 && s.mean_time_ms >= 0.0 && s.calls < 1_000_000,
+                "{q:?}"
+            );
+        }
+    }
+    drop(reset);
+    fleet.stop().await;
+}

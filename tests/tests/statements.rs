@@ -58,7 +58,7 @@ async fn read(sampler: &mut TargetSampler) -> (Snapshot, v1::StatementsSample) {
 
 /// The statement whose masked text (sent the first time) or fingerprint is
 /// the one given.
-fn find<'a>(sample: &'a v1::StatementsSample, fingerprint: u64) -> Option<&'a v1::StatementDelta> {
+fn find(sample: &v1::StatementsSample, fingerprint: u64) -> Option<&v1::StatementDelta> {
     sample
         .statements
         .iter()

@@ -208,6 +208,11 @@ impl TempCluster {
         })
     }
 
+    /// Where the server's programs are (pgbench, psql, …).
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
     /// One of the server's programs, as `postgres` when we are root, in the
     /// cluster's directory, with no input.
     fn command(&self, program: &str) -> std::process::Command {

@@ -12,7 +12,6 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{Aggregator, DatabaseTotal};
-use crate::load::FINE_US;
 use crate::load::statements::Read;
 use crate::rollup::{Minute, Rollup};
 use crate::state::{Pools, by_key, merge};
@@ -86,22 +85,23 @@ impl Aggregator {
                 }
             }
             // Statement statistics are increments too.
-            if let Some(read) = snapshot
+            if let Some((read, texts)) = snapshot
                 .statements
                 .as_ref()
                 .filter(|_| self.keep_load)
                 .and_then(Read::of)
             {
-                let (read, texts) = read;
                 for (f, text) in texts {
                     self.texts.note(f, &text);
                 }
+                let mut closed = Vec::new();
+                self.load
+                    .entry(snapshot.server_id.as_str().into())
+                    .or_default()
+                    .statements(snapshot.sampled_at_us, &read, &mut closed);
                 if keep {
-                    self.writes.push(StoreOp::Statements {
-                        server_id: snapshot.server_id.clone(),
-                        at: snapshot.sampled_at_us,
-                        read,
-                    });
+                    self.writes
+                        .extend(super::load_writes(&snapshot.server_id, closed));
                 }
             }
             // Increments add up in any order, so even an older snapshot counts.
@@ -222,16 +222,12 @@ impl Aggregator {
             } else {
                 counter.advance(view.sampled_at_us, &mut closed);
             }
-            if closed.iter().any(|b| b.len_us == FINE_US) {
+            if counter.shown() {
                 view.load = Arc::new(counter.now().clone());
             }
             if keep {
-                for bucket in closed {
-                    self.writes.push(StoreOp::Load {
-                        server_id: snapshot.server_id.clone(),
-                        bucket,
-                    });
-                }
+                self.writes
+                    .extend(super::load_writes(&snapshot.server_id, closed));
             }
             view.rollup = Arc::new(rollup);
         }

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 
 use super::FleetView;
+use crate::load::count::Closed;
 use crate::store::{Elsewhere, Rebuilt, Resume};
 
 /// A target as an agent's Hello names it.
@@ -66,6 +67,14 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<()>,
     },
+    /// The load these servers' counters hold open (the last minute, its
+    /// hour, the statements interval): what the store has not yet.
+    OpenLoad {
+        /// The servers.
+        server_ids: Vec<String>,
+        /// Where the answer goes: each server's open load.
+        reply: oneshot::Sender<Vec<(String, Vec<Closed>)>>,
+    },
     /// What other collectors stored of the servers they stream (a shared
     /// store), for this collector's view.
     Follow {
@@ -97,6 +106,18 @@ impl AggregatorHandle {
     pub async fn send(&self, command: Command) -> Result<(), Status> {
         self.commands
             .send(command)
+            .await
+            .map_err(|_| Status::unavailable("the collector is shutting down"))
+    }
+
+    /// What the counters of `server_ids` hold open.
+    pub async fn open_load(
+        &self,
+        server_ids: Vec<String>,
+    ) -> Result<Vec<(String, Vec<Closed>)>, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::OpenLoad { server_ids, reply }).await?;
+        answer
             .await
             .map_err(|_| Status::unavailable("the collector is shutting down"))
     }

@@ -23,6 +23,7 @@ pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerVi
 
 use crate::config::DuplicateServerId;
 use crate::load::Counter;
+use crate::load::count::Closed;
 use crate::rollup::{Minute, Rollup};
 use crate::store::{Loaded, Op as StoreOp, Rebuilt, Resume, Store, StoredServer};
 use apply::sum_databases;
@@ -252,15 +253,20 @@ impl Aggregator {
                         }
                     }
                     for (server_id, counter) in &self.load {
-                        for bucket in counter.open() {
-                            self.writes.push(StoreOp::Load {
-                                server_id: server_id.to_string(),
-                                bucket,
-                            });
-                        }
+                        self.writes.extend(load_writes(server_id, counter.open()));
                     }
                 }
                 replies.push(Reply::Done(reply));
+            }
+            Command::OpenLoad { server_ids, reply } => {
+                let open = server_ids
+                    .into_iter()
+                    .filter_map(|id| {
+                        let counter = self.load.get(id.as_str())?;
+                        Some((id, counter.open()))
+                    })
+                    .collect();
+                let _ = reply.send(open);
             }
             Command::Follow { servers } => self.follow(servers),
         }
@@ -424,6 +430,22 @@ impl Aggregator {
             });
         }
     }
+}
+
+/// What the store keeps of what a server's counter closed.
+pub fn load_writes(server_id: &str, closed: Vec<Closed>) -> impl Iterator<Item = StoreOp> + '_ {
+    closed.into_iter().map(move |c| match c {
+        Closed::Minute(minute, hour) => StoreOp::Load {
+            server_id: server_id.to_owned(),
+            minute,
+            hour,
+        },
+        Closed::Statements(at, read) => StoreOp::Statements {
+            server_id: server_id.to_owned(),
+            at,
+            read,
+        },
+    })
 }
 
 /// Makes `state`, rebuilt from stored frames, the view's last snapshot.

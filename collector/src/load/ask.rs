@@ -2,15 +2,19 @@
 //! (load joined with statement statistics) and `GetChurn`. Each request is
 //! checked into a plan first, and a plan says which buckets it needs.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pgfleet_common::settings::check_label;
 use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
+use super::hours::HourTotals;
+use super::statements::STATEMENTS_US;
 use super::statements::{Read, Totals};
-use super::{Bucket, COARSE_US, Class, Dim, FINE_US, OTHER_QUERY, query_key, shown, wait_name};
+use super::{
+    Bucket, COARSE_US, Class, Dim, FINE_US, MinuteLoad, OTHER_QUERY, query_key, shown, wait_name,
+};
 use crate::aggregator::ServerView;
 use crate::series::{MAX_POINTS, Matcher, range};
 
@@ -109,40 +113,28 @@ impl Scope {
         self.tuples.iter().all(|(d, m)| m.matches(Some(&d.of(t))))
     }
 
-    /// The buckets to use from those read: for coarse reads, the fine
-    /// buckets of minutes that have no coarse bucket yet (the open minute),
-    /// and for each server and start the last one read.
-    pub fn usable(&self, read: Vec<(String, Bucket)>) -> Vec<(String, Bucket)> {
-        let coarse: HashSet<(String, Micros)> = read
-            .iter()
-            .filter(|(_, b)| b.len_us == COARSE_US)
-            .map(|(s, b)| (s.clone(), b.start))
-            .collect();
-        read.into_iter()
-            .filter(|(s, b)| {
-                b.start >= self.start
-                    && b.start < self.end
-                    && (b.len_us == COARSE_US
-                        || self.fine
-                        || !coarse.contains(&(s.clone(), b.start - b.start.rem_euclid(COARSE_US))))
-            })
-            .collect()
-    }
-
-    /// The fine buckets a coarse read adds: those of the last minutes.
-    pub fn fine_tail(&self) -> Option<(Micros, Micros)> {
-        (!self.fine).then(|| ((self.end - 3 * COARSE_US).max(self.start), self.end))
+    /// The buckets it reads from these minutes: their 10 s buckets or the
+    /// minutes' own, those that start in its range.
+    pub fn buckets(&self, minutes: Vec<(String, MinuteLoad)>) -> Vec<(String, Bucket)> {
+        let mut out = Vec::new();
+        for (server_id, m) in minutes {
+            if self.fine {
+                for b in m.fine {
+                    if b.start >= self.start && b.start < self.end {
+                        out.push((server_id.clone(), b));
+                    }
+                }
+            } else if m.coarse.start >= self.start && m.coarse.start < self.end {
+                out.push((server_id, m.coarse));
+            }
+        }
+        out
     }
 }
 
 /// Chooses fine or coarse buckets: fine for steps that are not whole
-/// minutes, which the fine retention must cover.
-fn resolution(
-    scope: &mut Scope,
-    step_us: i64,
-    now: Micros,
-    fine_kept_us: i64,
-) -> Result<(), String> {
+/// minutes.
+fn resolution(scope: &mut Scope, step_us: i64) -> Result<(), String> {
     if step_us < FINE_US || step_us % FINE_US != 0 {
         return Err(format!(
             "step {} is not a whole number of 10 s; load is kept per 10 s and per minute, so give 10s, 30s, 1m, 5m, …",
@@ -150,14 +142,6 @@ fn resolution(
         ));
     }
     scope.fine = step_us % COARSE_US != 0;
-    if scope.fine && scope.start < now - fine_kept_us {
-        return Err(format!(
-            "load per 10 s is kept for {}; for a range that starts earlier give a step of whole minutes (1m, 5m, …)",
-            humantime::format_duration(std::time::Duration::from_micros(
-                fine_kept_us.unsigned_abs()
-            ))
-        ));
-    }
     let unit = if scope.fine { FINE_US } else { COARSE_US };
     scope.start -= scope.start.rem_euclid(unit);
     Ok(())
@@ -174,28 +158,20 @@ pub struct LoadPlan {
 }
 
 impl LoadPlan {
-    /// Checks `req` at `now`, with fine buckets kept for `fine_kept_us`.
-    pub fn new(
-        req: &v1::QueryLoadRequest,
-        now: Micros,
-        fine_kept_us: i64,
-    ) -> Result<LoadPlan, String> {
+    /// Checks `req` at `now`.
+    pub fn new(req: &v1::QueryLoadRequest, now: Micros) -> Result<LoadPlan, String> {
         let (start, end) = range(req.start.as_ref(), req.end.as_ref(), now)?;
         let mut scope = Scope::new("", &req.matchers, start, end)?;
         let span = end - start;
         let step_us = match req.step.as_ref().map(time::duration_micros) {
             Some(step) => step,
-            None => {
-                let fine_ok = start >= now - fine_kept_us;
-                STEPS_S
-                    .iter()
-                    .map(|s| s * 1_000_000)
-                    .filter(|s| fine_ok || s % COARSE_US == 0)
-                    .find(|s| span / s <= DEFAULT_POINTS)
-                    .unwrap_or(86_400_000_000)
-            }
+            None => STEPS_S
+                .iter()
+                .map(|s| s * 1_000_000)
+                .find(|s| span / s <= DEFAULT_POINTS)
+                .unwrap_or(86_400_000_000),
         };
-        resolution(&mut scope, step_us, now, fine_kept_us)?;
+        resolution(&mut scope, step_us)?;
         let span = end - scope.start;
         let points = span / step_us + i64::from(span % step_us != 0);
         if points > MAX_POINTS {
@@ -278,7 +254,7 @@ impl LoadPlan {
     }
 
     /// The series, from `buckets` (of the selected servers, as
-    /// [`Scope::usable`] left them); queries' texts are left to fill.
+    /// [`Scope::buckets`] gave them); queries' texts are left to fill.
     pub fn evaluate(
         &self,
         servers: &[&Arc<ServerView>],
@@ -331,6 +307,73 @@ impl LoadPlan {
                     *n as f64 / cell.samples.max(1) as f64;
             }
         }
+        self.assemble(series, covered, servers.len())
+    }
+
+    /// Whether the hours' totals answer it: a total, by server or by label,
+    /// of whole minutes, selecting no dimension.
+    pub fn totals_only(&self) -> bool {
+        !self.scope.fine
+            && self.scope.tuples.is_empty()
+            && matches!(
+                self.group_by,
+                GroupBy::Total | GroupBy::Server | GroupBy::Label(_)
+            )
+    }
+
+    /// The series from hours of totals (when [`LoadPlan::totals_only`]).
+    pub fn evaluate_totals(
+        &self,
+        servers: &[&Arc<ServerView>],
+        hours: &[(String, HourTotals)],
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
+        let by_id: HashMap<&str, &ServerView> = servers
+            .iter()
+            .map(|s| (s.server_id.as_str(), &***s))
+            .collect();
+        // Per server and step: the samples and the count.
+        let mut cells: HashMap<(&str, usize), (u64, u64)> = HashMap::new();
+        let mut covered = vec![0i64; steps];
+        for (server_id, h) in hours {
+            if !by_id.contains_key(server_id.as_str()) {
+                continue;
+            }
+            for m in &h.minutes {
+                if m.start < scope.start || m.start >= scope.end {
+                    continue;
+                }
+                let step = ((m.start - scope.start) / self.step_us) as usize;
+                covered[step] += m.covered_us;
+                let cell = cells.entry((server_id, step)).or_default();
+                cell.0 += u64::from(m.samples);
+                cell.1 += m.count(self.class);
+            }
+        }
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for ((server_id, step), (samples, n)) in cells {
+            let key = match &self.group_by {
+                GroupBy::Server => server_id.to_owned(),
+                GroupBy::Label(l) => by_id[server_id].labels.get(l).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            series.entry(key).or_insert_with(|| vec![0.0; steps])[step] +=
+                n as f64 / samples.max(1) as f64;
+        }
+        self.assemble(series, covered, servers.len())
+    }
+
+    /// The answer: the series ranked (the rest as "other"), with the
+    /// coverage of each step.
+    fn assemble(
+        &self,
+        series: HashMap<String, Vec<f64>>,
+        covered: Vec<i64>,
+        servers: usize,
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = covered.len();
         let mut ranked: Vec<(String, Vec<f64>)> = series.into_iter().collect();
         let total = |v: &Vec<f64>| v.iter().sum::<f64>();
         ranked.sort_by(|a, b| total(&b.1).total_cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
@@ -345,7 +388,7 @@ impl LoadPlan {
             ranked.push(("other".to_owned(), other));
         }
         let at = |step: usize| Some(time::timestamp(scope.start + step as i64 * self.step_us));
-        let expected = self.step_us as f64 * servers.len().max(1) as f64;
+        let expected = self.step_us as f64 * servers.max(1) as f64;
         v1::QueryLoadResponse {
             step: Some(time::duration(self.step_us)),
             series: ranked
@@ -369,7 +412,7 @@ impl LoadPlan {
                     value: (*c as f64 / expected).min(1.0),
                 })
                 .collect(),
-            servers: servers.len() as u32,
+            servers: servers as u32,
         }
     }
 }
@@ -391,22 +434,14 @@ pub struct TopPlan {
     limit: usize,
 }
 
-/// The longest range `TopQueries` and `GetChurn` read fine buckets for.
-const FINE_SPAN_US: i64 = 2 * 3_600_000_000;
-
 impl TopPlan {
-    pub fn new(
-        req: &v1::TopQueriesRequest,
-        now: Micros,
-        fine_kept_us: i64,
-    ) -> Result<TopPlan, String> {
+    pub fn new(req: &v1::TopQueriesRequest, now: Micros) -> Result<TopPlan, String> {
         let scope = whole_range(
             &req.server_id,
             &req.matchers,
             req.start.as_ref(),
             req.end.as_ref(),
             now,
-            fine_kept_us,
         )?;
         let order = match req.order_by.trim() {
             "" | "load" => Order::Load,
@@ -476,7 +511,8 @@ impl TopPlan {
             .map(|(_, m)| m)
             .collect();
         for (server_id, at, read) in reads {
-            if *at < self.scope.start || *at >= self.scope.end {
+            // Intervals of statements that overlap the range.
+            if *at + STATEMENTS_US <= self.scope.start || *at >= self.scope.end {
                 continue;
             }
             for (f, totals) in &read.by_query {
@@ -530,21 +566,17 @@ impl TopPlan {
     }
 }
 
-/// A range read whole (`TopQueries`, `GetChurn`): fine buckets for spans up
-/// to two hours within the fine retention, coarse ones beyond.
+/// A range read whole (`TopQueries`, `GetChurn`), by minute.
 fn whole_range(
     server_id: &str,
     matchers: &[String],
     start: Option<&prost_types::Timestamp>,
     end: Option<&prost_types::Timestamp>,
     now: Micros,
-    fine_kept_us: i64,
 ) -> Result<Scope, String> {
     let (start, end) = range(start, end, now)?;
     let mut scope = Scope::new(server_id, matchers, start, end)?;
-    let fine = end - start <= FINE_SPAN_US && start >= now - fine_kept_us;
-    let step = if fine { FINE_US } else { COARSE_US };
-    resolution(&mut scope, step, now, fine_kept_us)?;
+    resolution(&mut scope, COARSE_US)?;
     Ok(scope)
 }
 
@@ -555,18 +587,13 @@ pub struct ChurnPlan {
 }
 
 impl ChurnPlan {
-    pub fn new(
-        req: &v1::GetChurnRequest,
-        now: Micros,
-        fine_kept_us: i64,
-    ) -> Result<ChurnPlan, String> {
+    pub fn new(req: &v1::GetChurnRequest, now: Micros) -> Result<ChurnPlan, String> {
         let scope = whole_range(
             &req.server_id,
             &req.matchers,
             req.start.as_ref(),
             req.end.as_ref(),
             now,
-            fine_kept_us,
         )?;
         if let Some((d, _)) = scope
             .tuples

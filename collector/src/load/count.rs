@@ -8,7 +8,9 @@ use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::Micros;
 
 use super::churn::host;
-use super::{Bucket, COARSE_US, Class, FINE_US, Tuple};
+use super::hours::{HourTotals, MinuteTotals};
+use super::statements::{Read, STATEMENTS_US};
+use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
 /// How many fine buckets [`LoadNow::recent`] keeps: five minutes.
 pub const RECENT: usize = 30;
@@ -28,22 +30,35 @@ pub struct LoadNow {
     pub sessions_ended_total: u64,
 }
 
+/// What a counter closed, for the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    /// A minute, and its hour's totals as they stand with it.
+    Minute(MinuteLoad, HourTotals),
+    /// An interval of statement increments, from its start.
+    Statements(Micros, Read),
+}
+
 /// One server's open buckets.
 #[derive(Debug, Default)]
 pub struct Counter {
-    /// The open fine bucket: its samples, churn and interval, without tuples
+    /// The open fine bucket: its samples and interval, without tuples
     /// (they are counted in `counts` until it closes).
     fine: Option<Bucket>,
     /// The open fine bucket's counts, by tuple with the client as sampled
     /// (its host is taken when the bucket closes).
     counts: HashMap<Tuple, u32>,
-    /// What a collector that stopped within the open fine bucket had
-    /// stored of it: added to the bucket's row, not again to the coarse one.
-    fine_base: Option<Bucket>,
-    /// The open coarse bucket, with every closed fine bucket in it.
-    coarse: Option<Bucket>,
+    /// The open minute: its bucket (churn included), with every closed fine
+    /// bucket in it, and those fine buckets.
+    minute: Option<MinuteLoad>,
+    /// The open hour's minutes.
+    hour: Option<HourTotals>,
+    /// The open interval of statement increments.
+    statements: Option<(Micros, Read)>,
     /// What the live view shows.
     now: LoadNow,
+    /// Whether `now` changed since [`Counter::shown`] was last asked.
+    changed: bool,
 }
 
 /// The class a session counts in at a sample, if any.
@@ -82,7 +97,7 @@ impl Counter {
         interval_us: Micros,
         before: &[Arc<Session>],
         sessions: &[Arc<Session>],
-        closed: &mut Vec<Bucket>,
+        closed: &mut Vec<Closed>,
         text: &mut impl FnMut(u64, &str),
     ) {
         self.advance(at, closed);
@@ -127,36 +142,55 @@ impl Counter {
         }
     }
 
+    /// The open minute, begun if need be at the one that holds `at`.
+    fn open_minute(&mut self, at: Micros) -> &mut MinuteLoad {
+        self.minute.get_or_insert_with(|| MinuteLoad {
+            coarse: Bucket::holding(at, COARSE_US),
+            fine: Vec::new(),
+        })
+    }
+
     /// Adds the sessions PostgreSQL established by database (`increments`
     /// of an up sample at `at`, counted after [`Counter::sample`]).
     pub fn established(&mut self, at: Micros, increments: &[(String, u64)]) {
-        let fine = self
-            .fine
-            .get_or_insert_with(|| Bucket::holding(at, FINE_US));
+        let churn = &mut self.open_minute(at).coarse.churn;
         for (database, n) in increments {
-            fine.churn
-                .establish(database, u32::try_from(*n).unwrap_or(u32::MAX));
+            churn.establish(database, u32::try_from(*n).unwrap_or(u32::MAX));
         }
+    }
+
+    /// Adds a read of pg_stat_statements taken at `at`.
+    pub fn statements(&mut self, at: Micros, read: &Read, closed: &mut Vec<Closed>) {
+        if let Some((start, _)) = &self.statements
+            && at >= start + STATEMENTS_US
+            && let Some((start, mut sum)) = self.statements.take()
+        {
+            sum.bound();
+            closed.push(Closed::Statements(start, sum));
+        }
+        let (_, sum) = self
+            .statements
+            .get_or_insert_with(|| (at - at.rem_euclid(STATEMENTS_US), Read::default()));
+        sum.absorb(read);
     }
 
     /// Closes the open buckets that end at or before `at` (a sample, up or
     /// down, at `at`), adding them to `closed`.
-    pub fn advance(&mut self, at: Micros, closed: &mut Vec<Bucket>) {
+    pub fn advance(&mut self, at: Micros, closed: &mut Vec<Closed>) {
         if self.fine.as_ref().is_some_and(|f| at >= f.start + f.len_us) {
-            self.close_fine(closed);
+            self.close_fine();
         }
         if self
-            .coarse
+            .minute
             .as_ref()
-            .is_some_and(|c| at >= c.start + c.len_us)
-            && let Some(mut coarse) = self.coarse.take()
+            .is_some_and(|m| at >= m.coarse.start + COARSE_US)
         {
-            coarse.bound();
-            closed.push(coarse);
+            self.close_minute(closed);
         }
     }
 
-    fn close_fine(&mut self, closed: &mut Vec<Bucket>) {
+    /// Closes the open fine bucket into the open minute.
+    fn close_fine(&mut self) {
         let Some(mut fine) = self.fine.take() else {
             return;
         };
@@ -173,22 +207,39 @@ impl Counter {
             })
             .collect();
         fine.bound();
-        let coarse = self
-            .coarse
-            .get_or_insert_with(|| Bucket::holding(fine.start, COARSE_US));
-        if coarse.holds(fine.start) {
-            coarse.absorb(&fine);
-        }
         self.show(&fine);
-        if let Some(base) = self.fine_base.take() {
-            if base.start == fine.start {
-                fine.absorb(&base);
-                fine.bound();
+        let minute = self.open_minute(fine.start);
+        if !minute.coarse.holds(fine.start) || fine.samples == 0 {
+            return;
+        }
+        minute.coarse.absorb(&fine);
+        // A collector that stopped within this 10 s stored what it had of it.
+        match minute.fine.iter_mut().find(|f| f.start == fine.start) {
+            Some(earlier) => {
+                earlier.absorb(&fine);
+                earlier.bound();
             }
+            None => minute.fine.push(fine),
         }
-        if fine.samples > 0 {
-            closed.push(fine);
+    }
+
+    /// Closes the open minute (its fine bucket first), with its hour.
+    fn close_minute(&mut self, closed: &mut Vec<Closed>) {
+        self.close_fine();
+        let Some(mut minute) = self.minute.take() else {
+            return;
+        };
+        if minute.coarse.samples == 0 {
+            return;
         }
+        minute.coarse.bound();
+        let start = minute.coarse.start;
+        let hour = match &mut self.hour {
+            Some(h) if h.holds(start) => h,
+            slot => slot.insert(HourTotals::holding(start)),
+        };
+        hour.set(MinuteTotals::of(&minute.coarse));
+        closed.push(Closed::Minute(minute, hour.clone()));
     }
 
     fn show(&mut self, fine: &Bucket) {
@@ -210,6 +261,12 @@ impl Counter {
             self.now.recent.pop_front();
         }
         self.now.recent.push_back(self.now.load);
+        self.changed = true;
+    }
+
+    /// Whether what the live view shows changed since last asked.
+    pub fn shown(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     /// What the live view shows.
@@ -217,37 +274,46 @@ impl Counter {
         &self.now
     }
 
-    /// The open buckets as they stand, for a collector that stops: the fine
-    /// one, and the coarse one with it.
-    pub fn open(&self) -> Vec<Bucket> {
+    /// What is open, as it stands (the open fine bucket closed into a copy
+    /// of the minute): for readers of the last minute, and for a collector
+    /// that stops.
+    pub fn open(&self) -> Vec<Closed> {
         let mut copy = Counter {
             fine: self.fine.clone(),
             counts: self.counts.clone(),
-            fine_base: self.fine_base.clone(),
-            coarse: self.coarse.clone(),
+            minute: self.minute.clone(),
+            hour: self.hour.clone(),
+            statements: None,
             now: LoadNow::default(),
+            changed: false,
         };
         let mut out = Vec::new();
-        copy.close_fine(&mut out);
-        if let Some(mut coarse) = copy.coarse.take() {
-            coarse.bound();
-            out.push(coarse);
+        copy.close_minute(&mut out);
+        if let Some((start, mut sum)) = self.statements.clone() {
+            sum.bound();
+            out.push(Closed::Statements(start, sum));
         }
-        out.retain(|b| b.samples > 0);
         out
     }
 
-    /// Carries on from what a collector that stopped stored of the buckets
+    /// Carries on from what a collector that stopped stored of what was
     /// open at `now`.
-    pub fn restore(&mut self, stored: Vec<Bucket>, now: Micros) {
-        for b in stored {
-            if !b.holds(now) {
-                continue;
-            }
-            if b.len_us == FINE_US {
-                self.fine_base = Some(b);
-            } else if b.len_us == COARSE_US {
-                self.coarse = Some(b);
+    pub fn restore(&mut self, stored: Vec<Closed>, now: Micros) {
+        for c in stored {
+            match c {
+                Closed::Minute(minute, hour) => {
+                    if hour.holds(now) {
+                        self.hour = Some(hour);
+                    }
+                    if minute.coarse.holds(now) {
+                        self.minute = Some(minute);
+                    }
+                }
+                Closed::Statements(start, read) => {
+                    if start <= now && now < start + STATEMENTS_US {
+                        self.statements = Some((start, read));
+                    }
+                }
             }
         }
     }
@@ -274,8 +340,18 @@ mod tests {
         })
     }
 
+    fn minutes(closed: &[Closed]) -> Vec<&MinuteLoad> {
+        closed
+            .iter()
+            .filter_map(|c| match c {
+                Closed::Minute(m, _) => Some(m),
+                Closed::Statements(..) => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn active_sessions_count_by_wait_and_close_into_fine_and_coarse_buckets() {
+    fn active_sessions_count_by_wait_and_close_into_minutes_of_10_s_buckets() {
         let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
         let sessions = vec![
             session(1, SessionState::Active, ("", ""), 7),
@@ -307,20 +383,15 @@ mod tests {
                 &mut |_, _| {},
             );
         }
-        // Two fine buckets closed (0–10 s, 10–20 s is still open at 19 s).
-        assert_eq!(closed.len(), 1);
-        let fine = &closed[0];
-        assert_eq!((fine.start, fine.samples), (t0, 10));
-        assert_eq!(fine.average(Class::Active), 2.0);
-        assert_eq!(fine.average(Class::IdleInTransaction), 1.0);
-        assert_eq!(fine.average(Class::Background), 0.0);
-        assert!(fine.tuples.iter().all(|(t, _)| &*t.client == "10.0.0.7"));
+        assert!(closed.is_empty(), "the minute is open");
         let now = c.now();
         assert_eq!(now.load, 2.0);
         let types: Vec<(&str, f64)> = now.by_wait_type.iter().map(|(k, v)| (&**k, *v)).collect();
         assert_eq!(types, [("CPU", 1.0), ("Lock", 1.0)]);
-        // A sample a minute later closes the rest.
-        closed.clear();
+        // What readers of the last minute see.
+        let open = c.open();
+        assert_eq!(minutes(&open)[0].fine.len(), 2);
+        // A sample a minute later closes it.
         c.sample(
             t0 + COARSE_US,
             1_000_000,
@@ -329,9 +400,27 @@ mod tests {
             &mut closed,
             &mut |_, _| {},
         );
-        let lens: Vec<(Micros, u32)> = closed.iter().map(|b| (b.len_us, b.samples)).collect();
-        assert_eq!(lens, [(FINE_US, 10), (COARSE_US, 20)]);
-        assert_eq!(closed[1].average(Class::Active), 2.0);
+        let m = minutes(&closed)[0];
+        assert_eq!((m.coarse.start, m.coarse.samples), (t0, 20));
+        assert_eq!(m.coarse.average(Class::Active), 2.0);
+        assert_eq!(m.coarse.average(Class::IdleInTransaction), 1.0);
+        assert_eq!(m.coarse.average(Class::Background), 0.0);
+        assert!(
+            m.coarse
+                .tuples
+                .iter()
+                .all(|(t, _)| &*t.client == "10.0.0.7")
+        );
+        let fine: Vec<(Micros, u32)> = m.fine.iter().map(|b| (b.start - t0, b.samples)).collect();
+        assert_eq!(fine, [(0, 10), (FINE_US, 10)]);
+        assert_eq!(m.fine[1].average(Class::Active), 2.0);
+        let Closed::Minute(_, hour) = &closed[0] else {
+            panic!("{closed:?}")
+        };
+        assert_eq!(hour.minutes.len(), 1);
+        assert_eq!(hour.minutes[0].count(Class::Active), 40);
+        // Stored and read back, the same.
+        assert_eq!(MinuteLoad::decode(t0, &m.encode()).as_ref(), Some(m));
     }
 
     #[test]
@@ -351,10 +440,7 @@ mod tests {
             );
         }
         let stored = c.open();
-        assert_eq!(
-            stored.iter().map(|b| b.samples).collect::<Vec<_>>(),
-            [5, 15]
-        );
+        assert_eq!(minutes(&stored)[0].coarse.samples, 15);
         let mut after = Counter::default();
         after.restore(stored, t0 + 15_500_000);
         closed.clear();
@@ -368,16 +454,42 @@ mod tests {
                 &mut |_, _| {},
             );
         }
-        let fine: Vec<u32> = closed
-            .iter()
-            .filter(|b| b.len_us == FINE_US)
-            .map(|b| b.samples)
-            .collect();
-        assert_eq!(fine, [9, 10, 10, 10, 10], "the first one adds the stored 5");
-        let coarse = closed.iter().find(|b| b.len_us == COARSE_US).unwrap();
+        let m = minutes(&closed)[0];
         assert_eq!(
-            coarse.samples, 59,
+            m.coarse.samples, 59,
             "one sample (15 s) missed in the restart"
         );
+        let fine: Vec<u32> = m.fine.iter().map(|b| b.samples).collect();
+        assert_eq!(
+            fine,
+            [10, 9, 10, 10, 10, 10],
+            "the second adds the stored 5"
+        );
+    }
+
+    #[test]
+    fn statement_reads_add_up_per_interval() {
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % STATEMENTS_US;
+        let read = |calls| Read {
+            since_us: 1,
+            by_query: vec![(
+                7,
+                crate::load::statements::Totals {
+                    calls,
+                    ..Default::default()
+                },
+            )],
+        };
+        let mut c = Counter::default();
+        let mut closed = Vec::new();
+        for i in 0..10 {
+            c.statements(t0 + i * COARSE_US, &read(2), &mut closed);
+        }
+        assert!(closed.is_empty());
+        c.statements(t0 + STATEMENTS_US, &read(1), &mut closed);
+        let [Closed::Statements(start, sum)] = &closed[..] else {
+            panic!("{closed:?}")
+        };
+        assert_eq!((*start, sum.by_query[0].1.calls), (t0, 20));
     }
 }

@@ -23,6 +23,7 @@
 pub mod ask;
 pub mod churn;
 pub mod count;
+pub mod hours;
 pub mod statements;
 mod stored;
 
@@ -182,6 +183,17 @@ pub fn query_key(fingerprint: u64) -> String {
         OTHER_QUERY => "other".to_owned(),
         f => format!("{f:016x}"),
     }
+}
+
+/// One server's load over one minute: the minute's bucket, and the 10 s
+/// buckets in it. The store keeps it as one row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MinuteLoad {
+    /// The minute's bucket (its churn included).
+    pub coarse: Bucket,
+    /// Its 10 s buckets, oldest first (without churn, which is kept per
+    /// minute).
+    pub fine: Vec<Bucket>,
 }
 
 /// One server's counts over one interval.

@@ -76,8 +76,17 @@ impl Totals {
     }
 }
 
-/// One read of one server, by fingerprint ([`OTHER_QUERY`] for the sum of
-/// the statements the agent left out).
+/// How long the collector sums a server's statement increments for before
+/// it stores them: per-read rows of a hundred statements a minute would
+/// take megabytes per server per day.
+pub const STATEMENTS_US: i64 = 600_000_000;
+
+/// The most statements a stored interval keeps; the rest are summed as
+/// [`OTHER_QUERY`].
+pub const TOP_STATEMENTS: usize = 500;
+
+/// One read of one server, or the reads of an interval, by fingerprint
+/// ([`OTHER_QUERY`] for the sum of the statements left out).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Read {
     /// When the read's increments begin.
@@ -118,6 +127,40 @@ impl Read {
         ))
     }
 
+    /// Adds `other`'s increments.
+    pub fn absorb(&mut self, other: &Read) {
+        self.since_us = if self.since_us == 0 {
+            other.since_us
+        } else {
+            self.since_us.min(other.since_us)
+        };
+        let mut sums: HashMap<u64, Totals> =
+            std::mem::take(&mut self.by_query).into_iter().collect();
+        for (f, t) in &other.by_query {
+            sums.entry(*f).or_default().add(t);
+        }
+        self.by_query = sums.into_iter().collect();
+        self.by_query.sort_unstable_by_key(|(f, _)| *f);
+    }
+
+    /// Keeps the [`TOP_STATEMENTS`] with the most time, the rest summed.
+    pub fn bound(&mut self) {
+        if self.by_query.len() <= TOP_STATEMENTS {
+            return;
+        }
+        self.by_query
+            .sort_by(|a, b| b.1.time_ms.total_cmp(&a.1.time_ms).then(a.0.cmp(&b.0)));
+        let mut other = Totals::default();
+        for (_, t) in self.by_query.split_off(TOP_STATEMENTS - 1) {
+            other.add(&t);
+        }
+        match self.by_query.iter_mut().find(|(f, _)| *f == OTHER_QUERY) {
+            Some((_, t)) => t.add(&other),
+            None => self.by_query.push((OTHER_QUERY, other)),
+        }
+        self.by_query.sort_unstable_by_key(|(f, _)| *f);
+    }
+
     /// The read as stored.
     pub fn encode(&self) -> Vec<u8> {
         let mut s = StoredRead {
@@ -139,12 +182,19 @@ impl Read {
                 t.wal_bytes,
             ]);
         }
-        s.encode_to_vec()
+        let bytes = s.encode_to_vec();
+        zstd::bulk::compress(&bytes, 3).unwrap_or(bytes)
     }
 
     /// A stored read back; None when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Read> {
-        let s = StoredRead::decode(bytes).ok()?;
+        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+        let bytes = if bytes.starts_with(&ZSTD_MAGIC) {
+            std::borrow::Cow::Owned(zstd::bulk::decompress(bytes, 16 << 20).ok()?)
+        } else {
+            std::borrow::Cow::Borrowed(bytes)
+        };
+        let s = StoredRead::decode(bytes.as_ref()).ok()?;
         if s.queries.len() != s.times_ms.len() || s.counters.len() != s.queries.len() * 9 {
             return None;
         }
@@ -220,5 +270,34 @@ mod tests {
         assert_eq!(Read::decode(&read.encode()), Some(read));
         let baseline = v1::StatementsSample::default();
         assert!(Read::of(&baseline).is_none());
+    }
+
+    #[test]
+    fn intervals_sum_reads_and_keep_the_top_statements() {
+        let read = |n: u64| Read {
+            since_us: 10 * n as i64,
+            by_query: (1..=n)
+                .map(|f| {
+                    (
+                        f,
+                        Totals {
+                            calls: 1,
+                            time_ms: f as f64,
+                            ..Default::default()
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let mut sum = read(3);
+        sum.absorb(&read(600));
+        assert_eq!(sum.since_us, 30);
+        assert_eq!(sum.by_query.len(), 600);
+        sum.bound();
+        assert_eq!(sum.by_query.len(), TOP_STATEMENTS);
+        let calls: u64 = sum.by_query.iter().map(|(_, t)| t.calls).sum();
+        assert_eq!(calls, 603, "nothing lost");
+        assert!(sum.by_query.iter().any(|(f, _)| *f == 600));
+        assert!(!sum.by_query.iter().any(|(f, _)| *f == 1));
     }
 }

@@ -1,5 +1,7 @@
-//! A bucket as both stores keep it: protobuf with its own table of strings
-//! and fingerprints, each tuple a row of indexes into them.
+//! A minute of load as both stores keep it: its bucket in protobuf, with its
+//! own table of strings and fingerprints and each tuple a row of indexes
+//! into them; its 10 s buckets as counts of the minute's tuples; the whole
+//! compressed with zstd.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
-use super::{Bucket, Class, Tuple};
+use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
 /// The columns of a tuple's row in [`StoredLoad::cells`].
 const TUPLE_CELLS: usize = 9;
@@ -44,6 +46,101 @@ struct StoredLoad {
     /// Sessions established: database (a string), count, …
     #[prost(uint32, repeated, tag = "11")]
     established: Vec<u32>,
+    /// The minute's 10 s buckets.
+    #[prost(message, repeated, tag = "12")]
+    fine: Vec<StoredFine>,
+}
+
+/// A 10 s bucket of a minute: its counts of the minute's tuples.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredFine {
+    /// Its start, in seconds after the minute's.
+    #[prost(uint32, tag = "1")]
+    offset_s: u32,
+    #[prost(uint32, tag = "2")]
+    samples: u32,
+    #[prost(int64, tag = "3")]
+    covered_us: i64,
+    /// Tuple (an index into the minute's), count, tuple, count, …
+    #[prost(uint32, repeated, tag = "4")]
+    counts: Vec<u32>,
+}
+
+/// The most bytes a stored minute may take once decompressed.
+const MAX_MINUTE_BYTES: usize = 16 << 20;
+
+const ZSTD_LEVEL: i32 = 3;
+
+impl MinuteLoad {
+    /// The minute as stored: its bucket, its 10 s buckets as counts of the
+    /// bucket's tuples (a tuple only a 10 s bucket has joins the minute's
+    /// with no count of its own), compressed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut coarse = self.coarse.clone();
+        let mut index: HashMap<Tuple, u32> = coarse
+            .tuples
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .collect();
+        let mut fine = Vec::with_capacity(self.fine.len());
+        for b in &self.fine {
+            let mut counts = Vec::with_capacity(b.tuples.len() * 2);
+            for (t, n) in &b.tuples {
+                let i = match index.get(t) {
+                    Some(i) => *i,
+                    None => {
+                        let i = coarse.tuples.len() as u32;
+                        coarse.tuples.push((t.clone(), 0));
+                        index.insert(t.clone(), i);
+                        i
+                    }
+                };
+                counts.extend([i, *n]);
+            }
+            fine.push(StoredFine {
+                offset_s: ((b.start - self.coarse.start).max(0) / 1_000_000) as u32,
+                samples: b.samples,
+                covered_us: b.covered_us,
+                counts,
+            });
+        }
+        let mut stored = coarse.stored();
+        stored.fine = fine;
+        let bytes = stored.encode_to_vec();
+        zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+    }
+
+    /// A stored minute back (starting at `start`); None when the bytes are
+    /// not one.
+    pub fn decode(start: i64, bytes: &[u8]) -> Option<MinuteLoad> {
+        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+        let bytes = if bytes.starts_with(&ZSTD_MAGIC) {
+            std::borrow::Cow::Owned(zstd::bulk::decompress(bytes, MAX_MINUTE_BYTES).ok()?)
+        } else {
+            std::borrow::Cow::Borrowed(bytes)
+        };
+        let mut stored = StoredLoad::decode(bytes.as_ref()).ok()?;
+        let fine_stored = std::mem::take(&mut stored.fine);
+        let mut coarse = Bucket::from_stored(start, COARSE_US, stored)?;
+        let mut fine = Vec::with_capacity(fine_stored.len());
+        for f in fine_stored {
+            let mut tuples = Vec::with_capacity(f.counts.len() / 2);
+            for pair in f.counts.chunks_exact(2) {
+                tuples.push((coarse.tuples.get(pair[0] as usize)?.0.clone(), pair[1]));
+            }
+            fine.push(Bucket {
+                start: start + i64::from(f.offset_s) * 1_000_000,
+                len_us: FINE_US,
+                samples: f.samples,
+                covered_us: f.covered_us,
+                tuples,
+                churn: Churn::default(),
+            });
+        }
+        coarse.tuples.retain(|(_, n)| *n > 0);
+        Some(MinuteLoad { coarse, fine })
+    }
 }
 
 impl StoredLoad {
@@ -73,8 +170,12 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
 }
 
 impl Bucket {
-    /// The bucket as stored.
+    /// The bucket as stored, without compression.
     pub fn encode(&self) -> Vec<u8> {
+        self.stored().encode_to_vec()
+    }
+
+    fn stored(&self) -> StoredLoad {
         let mut strings: Table<Arc<str>> = Table::default();
         let mut queries: Table<u64> = Table::default();
         let mut cells = Vec::with_capacity(self.tuples.len() * TUPLE_CELLS);
@@ -124,14 +225,17 @@ impl Bucket {
                 .flat_map(|(d, n)| [strings.of(d), *n])
                 .collect(),
             strings: Vec::new(),
+            fine: Vec::new(),
         }
         .with_strings(strings.values)
-        .encode_to_vec()
     }
 
     /// A stored bucket back; None when the bytes are not one.
     pub fn decode(start: i64, len_us: i64, bytes: &[u8]) -> Option<Bucket> {
-        let s = StoredLoad::decode(bytes).ok()?;
+        Self::from_stored(start, len_us, StoredLoad::decode(bytes).ok()?)
+    }
+
+    fn from_stored(start: i64, len_us: i64, s: StoredLoad) -> Option<Bucket> {
         let strings: Vec<Arc<str>> = s.strings.into_iter().map(Arc::from).collect();
         let text = |i: u32| strings.get(i as usize).cloned();
         if s.cells.len() != s.counts.len() * TUPLE_CELLS

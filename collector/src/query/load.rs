@@ -4,14 +4,19 @@
 
 use std::sync::Arc;
 
-use pgfleet_proto::time::now_micros;
+use std::collections::HashMap;
+
+use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
 use tonic::Status;
 
 use super::QueryService;
 use crate::aggregator::ServerView;
 use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
-use crate::load::{Bucket, COARSE_US, FINE_US};
+use crate::load::count::Closed;
+use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::statements::{Read, STATEMENTS_US};
+use crate::load::{COARSE_US, MinuteLoad};
 use crate::store::Store;
 
 impl QueryService {
@@ -26,40 +31,49 @@ impl QueryService {
             .ok_or_else(|| Status::failed_precondition("this collector keeps no history"))
     }
 
-    /// How long the fine buckets are kept.
-    fn fine_kept_us(store: &Store) -> i64 {
-        store.retention().frames.as_micros() as i64
+    /// What the counters of `servers` hold open, when `end` is recent
+    /// enough to need it.
+    async fn open(
+        &self,
+        servers: &[&Arc<ServerView>],
+        end: Micros,
+    ) -> Result<Vec<(String, Vec<Closed>)>, Status> {
+        if end < now_micros() - 2 * COARSE_US - STATEMENTS_US {
+            return Ok(Vec::new());
+        }
+        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+        self.aggregator.open_load(ids).await
     }
 
-    /// The buckets `scope` needs, of `servers`.
-    async fn buckets(
+    /// The minutes `scope` needs of `servers`: stored, and those still open.
+    async fn minutes(
         &self,
         store: &Store,
         scope: &Scope,
         servers: &[&Arc<ServerView>],
-        all: usize,
-    ) -> Result<Vec<(String, Bucket)>, Status> {
-        let ids = (servers.len() != all).then(|| {
-            servers
-                .iter()
-                .map(|s| s.server_id.clone())
-                .collect::<Vec<_>>()
-        });
-        let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
-        let len = if scope.fine { FINE_US } else { COARSE_US };
-        let mut read = store
-            .load(ids.clone(), len, scope.start, scope.end)
+        open: &[(String, Vec<Closed>)],
+    ) -> Result<Vec<(String, MinuteLoad)>, Status> {
+        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+        let first = scope.start - scope.start.rem_euclid(COARSE_US);
+        let stored = store
+            .load(Some(ids), first, scope.end)
             .await
-            .map_err(internal)?;
-        if let Some((start, end)) = scope.fine_tail() {
-            read.extend(
-                store
-                    .load(ids, FINE_US, start, end)
-                    .await
-                    .map_err(internal)?,
-            );
+            .map_err(|e| Status::internal(e.to_string()))?;
+        // The open minute as the counter holds it is the whole of it.
+        let mut by_key: HashMap<(String, Micros), MinuteLoad> = stored
+            .into_iter()
+            .map(|(id, m)| ((id, m.coarse.start), m))
+            .collect();
+        for (id, closed) in open {
+            for c in closed {
+                if let Closed::Minute(m, _) = c
+                    && m.coarse.samples > 0
+                {
+                    by_key.insert((id.clone(), m.coarse.start), m.clone());
+                }
+            }
         }
-        Ok(scope.usable(read))
+        Ok(by_key.into_iter().map(|((id, _), m)| (id, m)).collect())
     }
 
     /// The texts of `fingerprints` (16 hex digits each), in that order.
@@ -91,15 +105,35 @@ impl QueryService {
         req: v1::QueryLoadRequest,
     ) -> Result<v1::QueryLoadResponse, Status> {
         let store = self.history()?;
-        let plan = LoadPlan::new(&req, now_micros(), Self::fine_kept_us(store))
-            .map_err(Status::invalid_argument)?;
+        let plan = LoadPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
         plan.check_group(&servers)
             .map_err(Status::invalid_argument)?;
-        let buckets = self
-            .buckets(store, &plan.scope, &servers, view.servers.len())
-            .await?;
+        let open = self.open(&servers, plan.scope.end).await?;
+        if plan.totals_only() {
+            let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+            let first = plan.scope.start - plan.scope.start.rem_euclid(HOUR_US);
+            let mut hours: HashMap<(String, Micros), HourTotals> = store
+                .hours(Some(ids), first, plan.scope.end)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .into_iter()
+                .map(|(id, h)| ((id, h.start), h))
+                .collect();
+            for (id, closed) in &open {
+                for c in closed {
+                    if let Closed::Minute(_, h) = c {
+                        hours.insert((id.clone(), h.start), h.clone());
+                    }
+                }
+            }
+            let hours: Vec<(String, HourTotals)> =
+                hours.into_iter().map(|((id, _), h)| (id, h)).collect();
+            return Ok(plan.evaluate_totals(&servers, &hours));
+        }
+        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
+        let buckets = plan.scope.buckets(minutes);
         let mut answer = plan.evaluate(&servers, &buckets);
         if plan.scope.by_query {
             let keys: Vec<&str> = answer.series.iter().map(|s| s.key.as_str()).collect();
@@ -119,19 +153,35 @@ impl QueryService {
         if !req.server_id.is_empty() {
             self.server(&req.server_id)?;
         }
-        let plan = TopPlan::new(&req, now_micros(), Self::fine_kept_us(store))
-            .map_err(Status::invalid_argument)?;
+        let plan = TopPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
-        let buckets = self
-            .buckets(store, &plan.scope, &servers, view.servers.len())
-            .await?;
+        let open = self.open(&servers, plan.scope.end).await?;
+        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
+        let buckets = plan.scope.buckets(minutes);
+        // Statements are kept per interval: those that begin in the range,
+        // and the one it begins in.
         let ids: Vec<String> = servers.iter().map(|s| s.server_id.clone()).collect();
-        let everyone = ids.len() == view.servers.len();
-        let reads = store
-            .statements((!everyone).then_some(ids), plan.scope.start, plan.scope.end)
+        let first = plan.scope.start - plan.scope.start.rem_euclid(STATEMENTS_US);
+        let mut reads: HashMap<(String, Micros), Read> = store
+            .statements(Some(ids), first, plan.scope.end)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|(id, at, r)| ((id, at), r))
+            .collect();
+        for (id, closed) in &open {
+            for c in closed {
+                if let Closed::Statements(at, r) = c
+                    && *at >= first
+                    && *at < plan.scope.end
+                {
+                    reads.insert((id.clone(), *at), r.clone());
+                }
+            }
+        }
+        let reads: Vec<(String, Micros, Read)> =
+            reads.into_iter().map(|((id, at), r)| (id, at, r)).collect();
         let mut answer = plan.evaluate(&buckets, &reads);
         let keys: Vec<&str> = answer
             .queries
@@ -155,14 +205,12 @@ impl QueryService {
         if !req.server_id.is_empty() {
             self.server(&req.server_id)?;
         }
-        let plan = ChurnPlan::new(&req, now_micros(), Self::fine_kept_us(store))
-            .map_err(Status::invalid_argument)?;
+        let plan = ChurnPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
-        let buckets = self
-            .buckets(store, &plan.scope, &servers, view.servers.len())
-            .await?;
-        Ok(plan.evaluate(&buckets))
+        let open = self.open(&servers, plan.scope.end).await?;
+        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
+        Ok(plan.evaluate(&plan.scope.buckets(minutes)))
     }
 }
 

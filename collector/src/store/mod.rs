@@ -39,7 +39,9 @@ use pgfleet_proto::time::{Micros, now_micros};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::load::Bucket;
+use crate::load::MinuteLoad;
+use crate::load::count::Closed;
+use crate::load::hours::HourTotals;
 use crate::load::statements::Read;
 use crate::rollup::Minute;
 
@@ -117,9 +119,14 @@ pub enum Op {
     Disconnected { server_ids: Vec<String> },
     /// One server's minute, rolled up.
     Minute { server_id: String, minute: Minute },
-    /// One server's load over a bucket.
-    Load { server_id: String, bucket: Bucket },
-    /// One read of a server's pg_stat_statements, taken at `at`.
+    /// One server's load over a minute, and its hour's totals with it.
+    Load {
+        server_id: String,
+        minute: MinuteLoad,
+        hour: HourTotals,
+    },
+    /// A server's pg_stat_statements increments over the interval that
+    /// starts at `at`.
     Statements {
         server_id: String,
         at: Micros,
@@ -191,8 +198,9 @@ pub struct StoredServer {
     /// Its last stored minute, when that is recent: a collector stopped and
     /// started within a minute carries on rolling it up.
     pub minute: Option<Minute>,
-    /// Its load buckets of the last two minutes, for the same.
-    pub load: Vec<Bucket>,
+    /// Its load of the minute, hour and statements interval that were open
+    /// when it was stored last, for the same.
+    pub load: Vec<Closed>,
 }
 
 /// What a store held when it was opened.
@@ -355,28 +363,53 @@ impl Store {
         }
     }
 
-    /// The load buckets of `len` (fine or coarse) that start in `[start,
-    /// end)`, of `servers` (None: every server).
+    /// The minutes of load that start in `[start, end)`, of `servers`
+    /// (None: every server).
     pub async fn load(
         &self,
         servers: Option<Vec<String>>,
-        len: Micros,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, Bucket)>, StoreError> {
+    ) -> Result<Vec<(String, MinuteLoad)>, StoreError> {
         match &self.reader {
             Reader::Sqlite(db) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
-                        sqlite::load(db, servers.as_deref(), len, start, end)
+                        sqlite::load(db, servers.as_deref(), start, end)
                     },
                     db,
                 )
                 .await
             }
             Reader::Postgres(pg) => pg
-                .load(servers, len, start, end)
+                .load(servers, start, end)
+                .await
+                .map_err(|e| StoreError::new(&self.place, e)),
+        }
+    }
+
+    /// The hours of load totals that start in `[start, end)`, of `servers`
+    /// (None: every server).
+    pub async fn hours(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, HourTotals)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db) => {
+                let db = db.clone();
+                self.blocking(
+                    move |db: &rusqlite::Connection| {
+                        sqlite::hours(db, servers.as_deref(), start, end)
+                    },
+                    db,
+                )
+                .await
+            }
+            Reader::Postgres(pg) => pg
+                .hours(servers, start, end)
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }

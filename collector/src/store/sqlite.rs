@@ -10,8 +10,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
 use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
-use crate::load::statements::Read;
-use crate::load::{Bucket, COARSE_US, FINE_US};
+use crate::load::count::Closed;
+use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::statements::{Read, STATEMENTS_US};
+use crate::load::{COARSE_US, MinuteLoad};
 use crate::rollup::Minute;
 
 /// The tables. Frames are appended in the order they are applied (rowid),
@@ -39,19 +41,22 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         PRIMARY KEY (minute, server_id)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS load (
         id INTEGER PRIMARY KEY,
-        len INTEGER NOT NULL,
         server_id TEXT NOT NULL,
-        start INTEGER NOT NULL,
+        minute INTEGER NOT NULL,
         body BLOB NOT NULL);
-    CREATE UNIQUE INDEX IF NOT EXISTS load_by_server ON load (server_id, len, start);
-    CREATE INDEX IF NOT EXISTS load_by_start ON load (len, start);
+    CREATE UNIQUE INDEX IF NOT EXISTS load_by_server ON load (server_id, minute);
+    CREATE TABLE IF NOT EXISTS load_hours (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS load_hours_by_server ON load_hours (server_id, hour);
     CREATE TABLE IF NOT EXISTS statements (
         id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
         at INTEGER NOT NULL,
         body BLOB NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS statements_by_server ON statements (server_id, at);
-    CREATE INDEX IF NOT EXISTS statements_by_at ON statements (at);
     CREATE TABLE IF NOT EXISTS queries (
         fingerprint INTEGER PRIMARY KEY,
         text TEXT NOT NULL);";
@@ -145,18 +150,12 @@ fn loaded(db: &Connection) -> rusqlite::Result<Loaded> {
     for (server_id, minute) in minutes(db, since, Micros::MAX)? {
         recent.insert(server_id, minute);
     }
-    let mut open: HashMap<String, Vec<Bucket>> = HashMap::new();
-    for len in [FINE_US, COARSE_US] {
-        for (server_id, b) in load(db, None, len, since, Micros::MAX)? {
-            open.entry(server_id).or_default().push(b);
-        }
-    }
     for row in rows {
         let (server_id, agent_id, labels, interval_ms) = row?;
         let activity = rebuild(db, &server_id, Micros::MAX)?;
         loaded.servers.push(StoredServer {
             minute: recent.remove(&server_id),
-            load: open.remove(&server_id).unwrap_or_default(),
+            load: open_load(db, &server_id, now_micros())?,
             labels: super::stored_labels(&labels),
             interval: super::stored_interval(interval_ms),
             server_id,
@@ -196,23 +195,16 @@ pub(super) fn minutes(
     Ok(out)
 }
 
-/// The load buckets of `len` that start in `[start, end)`, of `servers`
-/// (None: every server), oldest first.
-pub(super) fn load(
+/// Rows `(server_id, start, body)` of `table` keyed by `column`, in
+/// `[start, end)`, of `servers` (None: every server, reading the whole table).
+fn rows(
     db: &Connection,
+    table: &str,
+    column: &str,
     servers: Option<&[String]>,
-    len: Micros,
     start: Micros,
     end: Micros,
-) -> rusqlite::Result<Vec<(String, Bucket)>> {
-    let mut out = Vec::new();
-    let mut push = |server_id: String, at: i64, body: Vec<u8>| match Bucket::decode(at, len, &body)
-    {
-        Some(b) => out.push((server_id, b)),
-        None => {
-            warn!(server.id = %server_id, start = at, "Skipped a load bucket that does not decode.")
-        }
-    };
+) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
     let row = |r: &rusqlite::Row| {
         Ok((
             r.get::<_, String>(0)?,
@@ -220,24 +212,24 @@ pub(super) fn load(
             r.get::<_, Vec<u8>>(2)?,
         ))
     };
+    let mut out = Vec::new();
     match servers {
         None => {
-            let mut q = db.prepare_cached(
-                "SELECT server_id, start, body FROM load WHERE len = ?1 AND start >= ?2 AND start < ?3 ORDER BY start",
-            )?;
-            for r in q.query_map(params![len, start, end], row)? {
-                let (s, at, body) = r?;
-                push(s, at, body);
+            let mut q = db.prepare_cached(&format!(
+                "SELECT server_id, {column}, body FROM {table} WHERE {column} >= ?1 AND {column} < ?2"
+            ))?;
+            for r in q.query_map(params![start, end], row)? {
+                out.push(r?);
             }
         }
         Some(servers) => {
-            let mut q = db.prepare_cached(
-                "SELECT server_id, start, body FROM load WHERE server_id = ?1 AND len = ?2 AND start >= ?3 AND start < ?4 ORDER BY start",
-            )?;
+            let mut q = db.prepare_cached(&format!(
+                "SELECT server_id, {column}, body FROM {table}
+                 WHERE server_id = ?1 AND {column} >= ?2 AND {column} < ?3 ORDER BY {column}"
+            ))?;
             for server_id in servers {
-                for r in q.query_map(params![server_id, len, start, end], row)? {
-                    let (s, at, body) = r?;
-                    push(s, at, body);
+                for r in q.query_map(params![server_id, start, end], row)? {
+                    out.push(r?);
                 }
             }
         }
@@ -245,8 +237,46 @@ pub(super) fn load(
     Ok(out)
 }
 
-/// The statement reads taken in `[start, end)`, of `servers` (None: every
-/// server).
+/// The minutes of load that start in `[start, end)`, of `servers` (None:
+/// every server).
+pub(super) fn load(
+    db: &Connection,
+    servers: Option<&[String]>,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Vec<(String, MinuteLoad)>> {
+    let mut out = Vec::new();
+    for (server_id, at, body) in rows(db, "load", "minute", servers, start, end)? {
+        match MinuteLoad::decode(at, &body) {
+            Some(m) => out.push((server_id, m)),
+            None => {
+                warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The hours of load totals that start in `[start, end)`, of `servers`.
+pub(super) fn hours(
+    db: &Connection,
+    servers: Option<&[String]>,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Vec<(String, HourTotals)>> {
+    let mut out = Vec::new();
+    for (server_id, at, body) in rows(db, "load_hours", "hour", servers, start, end)? {
+        match HourTotals::decode(at, &body) {
+            Some(h) => out.push((server_id, h)),
+            None => {
+                warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The statement intervals that start in `[start, end)`, of `servers`.
 pub(super) fn statements(
     db: &Connection,
     servers: Option<&[String]>,
@@ -254,38 +284,40 @@ pub(super) fn statements(
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Micros, Read)>> {
     let mut out = Vec::new();
-    let row = |r: &rusqlite::Row| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-        ))
-    };
-    let mut take = |(server_id, at, body): (String, i64, Vec<u8>)| match Read::decode(&body) {
-        Some(read) => out.push((server_id, at, read)),
-        None => {
-            warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
-        }
-    };
-    match servers {
-        None => {
-            let mut q = db.prepare_cached(
-                "SELECT server_id, at, body FROM statements WHERE at >= ?1 AND at < ?2",
-            )?;
-            for r in q.query_map(params![start, end], row)? {
-                take(r?);
+    for (server_id, at, body) in rows(db, "statements", "at", servers, start, end)? {
+        match Read::decode(&body) {
+            Some(read) => out.push((server_id, at, read)),
+            None => {
+                warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
             }
         }
-        Some(servers) => {
-            let mut q = db.prepare_cached(
-                "SELECT server_id, at, body FROM statements WHERE server_id = ?1 AND at >= ?2 AND at < ?3",
-            )?;
-            for server_id in servers {
-                for r in q.query_map(params![server_id, start, end], row)? {
-                    take(r?);
-                }
-            }
-        }
+    }
+    Ok(out)
+}
+
+/// What a collector that stopped stored of a server's open minute, hour and
+/// statement interval at `now`.
+fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<Vec<Closed>> {
+    let ids = [server_id.to_owned()];
+    let minute = now - now.rem_euclid(COARSE_US);
+    let hour = now - now.rem_euclid(HOUR_US);
+    let interval = now - now.rem_euclid(STATEMENTS_US);
+    let mut out = Vec::new();
+    let hours = hours(db, Some(&ids), hour, hour + 1)?;
+    for (_, m) in load(db, Some(&ids), minute, minute + 1)? {
+        let h = hours
+            .first()
+            .map(|(_, h)| h.clone())
+            .unwrap_or_else(|| HourTotals::holding(minute));
+        out.push(Closed::Minute(m, h));
+    }
+    if out.is_empty()
+        && let Some((_, h)) = hours.into_iter().next()
+    {
+        out.push(Closed::Minute(MinuteLoad::default(), h));
+    }
+    for (_, at, read) in statements(db, Some(&ids), interval, interval + 1)? {
+        out.push(Closed::Statements(at, read));
     }
     Ok(out)
 }
@@ -318,25 +350,24 @@ fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result
              (SELECT max(id) + 1 FROM frames))",
         params![now - retention.frames.as_micros() as i64],
     )?;
-    let frames_before = now - retention.frames.as_micros() as i64;
     let rollups_before = now - retention.rollups.as_micros() as i64;
     let rollups = db.execute(
         "DELETE FROM rollups WHERE minute < ?1",
         params![rollups_before],
     )?;
-    let fine = db.execute(
-        "DELETE FROM load WHERE len = ?1 AND start < ?2",
-        params![FINE_US, frames_before],
+    let load = db.execute(
+        "DELETE FROM load WHERE minute < ?1",
+        params![rollups_before],
     )?;
-    let coarse = db.execute(
-        "DELETE FROM load WHERE len = ?1 AND start < ?2",
-        params![COARSE_US, rollups_before],
+    let hours = db.execute(
+        "DELETE FROM load_hours WHERE hour < ?1",
+        params![rollups_before - HOUR_US],
     )?;
     let statements = db.execute(
         "DELETE FROM statements WHERE at < ?1",
         params![rollups_before],
     )?;
-    Ok((frames + fine, rollups + coarse + statements))
+    Ok((frames, rollups + load + hours + statements))
 }
 
 /// The server at `at`: the last keyframe at or before it, and every delta
@@ -403,10 +434,16 @@ fn commit(
             "INSERT OR REPLACE INTO rollups (minute, server_id, body) VALUES (?1, ?2, ?3)",
         )?;
         let mut load = tx.prepare_cached(
-            "INSERT OR REPLACE INTO load (len, server_id, start, body) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO load (server_id, minute, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (server_id, minute) DO UPDATE SET body = excluded.body",
+        )?;
+        let mut hour = tx.prepare_cached(
+            "INSERT INTO load_hours (server_id, hour, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (server_id, hour) DO UPDATE SET body = excluded.body",
         )?;
         let mut statements = tx.prepare_cached(
-            "INSERT OR REPLACE INTO statements (server_id, at, body) VALUES (?1, ?2, ?3)",
+            "INSERT INTO statements (server_id, at, body) VALUES (?1, ?2, ?3)
+             ON CONFLICT (server_id, at) DO UPDATE SET body = excluded.body",
         )?;
         let mut text = tx.prepare_cached(
             "INSERT INTO queries (fingerprint, text) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
@@ -436,13 +473,15 @@ fn commit(
                 Op::Minute { server_id, minute } => {
                     rollup.execute(params![minute.start, server_id, minute.encode()])?;
                 }
-                Op::Load { server_id, bucket } => {
-                    load.execute(params![
-                        bucket.len_us,
-                        server_id,
-                        bucket.start,
-                        bucket.encode()
-                    ])?;
+                Op::Load {
+                    server_id,
+                    minute,
+                    hour: totals,
+                } => {
+                    if minute.coarse.samples > 0 {
+                        load.execute(params![server_id, minute.coarse.start, minute.encode()])?;
+                    }
+                    hour.execute(params![server_id, totals.start, totals.encode()])?;
                 }
                 Op::Statements {
                     server_id,

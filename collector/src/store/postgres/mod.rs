@@ -67,16 +67,16 @@ const SCHEMA: &str = "
         server_id text NOT NULL,
         body bytea NOT NULL,
         PRIMARY KEY (minute, server_id)) PARTITION BY RANGE (minute);
-    CREATE TABLE IF NOT EXISTS pgfleet.load_fine (
+    CREATE TABLE IF NOT EXISTS pgfleet.load (
         server_id text NOT NULL,
-        start bigint NOT NULL,
+        minute bigint NOT NULL,
         body bytea NOT NULL,
-        PRIMARY KEY (server_id, start)) PARTITION BY RANGE (start);
-    CREATE TABLE IF NOT EXISTS pgfleet.load_coarse (
+        PRIMARY KEY (server_id, minute)) PARTITION BY RANGE (minute);
+    CREATE TABLE IF NOT EXISTS pgfleet.load_hours (
         server_id text NOT NULL,
-        start bigint NOT NULL,
+        hour bigint NOT NULL,
         body bytea NOT NULL,
-        PRIMARY KEY (server_id, start)) PARTITION BY RANGE (start);
+        PRIMARY KEY (server_id, hour)) PARTITION BY RANGE (hour);
     CREATE TABLE IF NOT EXISTS pgfleet.statements (
         server_id text NOT NULL,
         at bigint NOT NULL,
@@ -87,22 +87,7 @@ const SCHEMA: &str = "
         text text NOT NULL);";
 
 /// The partitioned tables.
-const PARTITIONED: [&str; 5] = [
-    "frames",
-    "rollups",
-    "load_fine",
-    "load_coarse",
-    "statements",
-];
-
-/// The table that holds load buckets of `len`.
-fn load_table(len: Micros) -> &'static str {
-    if len == crate::load::FINE_US {
-        "load_fine"
-    } else {
-        "load_coarse"
-    }
-}
+const PARTITIONED: [&str; 5] = ["frames", "rollups", "load", "load_hours", "statements"];
 
 /// The settings for the store's connections: the URL's (TLS included, as
 /// libpq reads `sslmode` and the `PGSSL*` variables), with this collector's

@@ -12,8 +12,10 @@ use tracing::warn;
 
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
-use crate::load::statements::Read;
-use crate::load::{Bucket, COARSE_US, FINE_US};
+use crate::load::MinuteLoad;
+use crate::load::count::Closed;
+use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::statements::{Read, STATEMENTS_US};
 use crate::rollup::{MINUTE_US, Minute};
 
 /// Reads, through a small pool of connections.
@@ -91,16 +93,37 @@ impl Reader {
             }
         }
         drop(client);
-        // And their open load buckets.
+        // And what was open of their load.
+        let now = now_micros();
         let ids_owned = ids.map(<[String]>::to_vec);
-        let mut open: HashMap<String, Vec<Bucket>> = HashMap::new();
-        for len in [FINE_US, COARSE_US] {
-            for (server_id, b) in self
-                .load(ids_owned.clone(), len, since, Micros::MAX)
-                .await?
-            {
-                open.entry(server_id).or_default().push(b);
-            }
+        let (minute, hour, interval) = (
+            now - now.rem_euclid(crate::load::COARSE_US),
+            now - now.rem_euclid(HOUR_US),
+            now - now.rem_euclid(STATEMENTS_US),
+        );
+        let mut hours: HashMap<String, HourTotals> = self
+            .hours(ids_owned.clone(), hour, hour + 1)
+            .await?
+            .into_iter()
+            .collect();
+        let mut open: HashMap<String, Vec<Closed>> = HashMap::new();
+        for (server_id, m) in self.load(ids_owned.clone(), minute, minute + 1).await? {
+            let h = hours
+                .remove(&server_id)
+                .unwrap_or_else(|| HourTotals::holding(minute));
+            open.entry(server_id)
+                .or_default()
+                .push(Closed::Minute(m, h));
+        }
+        for (server_id, h) in hours {
+            open.entry(server_id)
+                .or_default()
+                .push(Closed::Minute(MinuteLoad::default(), h));
+        }
+        for (server_id, at, read) in self.statements(ids_owned, interval, interval + 1).await? {
+            open.entry(server_id)
+                .or_default()
+                .push(Closed::Statements(at, read));
         }
         let mut out = Vec::new();
         for row in rows {
@@ -147,63 +170,86 @@ impl Reader {
         Ok(out)
     }
 
-    /// The load buckets of `len` that start in `[start, end)`, of `servers`
-    /// (None: every server), oldest first.
-    pub(in crate::store) async fn load(
+    /// Rows `(server_id, key, body)` of `table` with `key` in `[start, end)`,
+    /// of `servers` (None: every server).
+    async fn rows(
         &self,
-        servers: Option<Vec<String>>,
-        len: Micros,
+        table: &str,
+        key: &str,
+        servers: &Option<Vec<String>>,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, Bucket)>, ReadError> {
+    ) -> Result<Vec<(String, i64, Vec<u8>)>, ReadError> {
         let client = self.client().await?;
         let rows = client
             .query(
                 &format!(
-                    "SELECT server_id, start, body FROM pgfleet.{}
-                     WHERE start >= $1 AND start < $2
+                    "SELECT server_id, {key}, body FROM pgfleet.{table}
+                     WHERE {key} >= $1 AND {key} < $2
                        AND ($3::text[] IS NULL OR server_id = ANY($3))
-                     ORDER BY start",
-                    super::load_table(len)
+                     ORDER BY {key}"
                 ),
-                &[&start, &end, &servers],
+                &[&start, &end, servers],
             )
             .await
             .map_err(read_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (server_id, at): (String, i64) = (row.get(0), row.get(1));
-            match Bucket::decode(at, len, row.get(2)) {
-                Some(b) => out.push((server_id, b)),
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// The minutes of load that start in `[start, end)`, of `servers`.
+    pub(in crate::store) async fn load(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, MinuteLoad)>, ReadError> {
+        let mut out = Vec::new();
+        for (server_id, at, body) in self.rows("load", "minute", &servers, start, end).await? {
+            match MinuteLoad::decode(at, &body) {
+                Some(m) => out.push((server_id, m)),
                 None => {
-                    warn!(server.id = %server_id, start = at, "Skipped a load bucket that does not decode.")
+                    warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
                 }
             }
         }
         Ok(out)
     }
 
-    /// The statement reads taken in `[start, end)`, of `servers` (None:
-    /// every server).
+    /// The hours of load totals that start in `[start, end)`, of `servers`.
+    pub(in crate::store) async fn hours(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+    ) -> Result<Vec<(String, HourTotals)>, ReadError> {
+        let mut out = Vec::new();
+        for (server_id, at, body) in self
+            .rows("load_hours", "hour", &servers, start, end)
+            .await?
+        {
+            match HourTotals::decode(at, &body) {
+                Some(h) => out.push((server_id, h)),
+                None => {
+                    warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The statement intervals that start in `[start, end)`, of `servers`.
     pub(in crate::store) async fn statements(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
     ) -> Result<Vec<(String, Micros, Read)>, ReadError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT server_id, at, body FROM pgfleet.statements
-                 WHERE at >= $1 AND at < $2 AND ($3::text[] IS NULL OR server_id = ANY($3))",
-                &[&start, &end, &servers],
-            )
-            .await
-            .map_err(read_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (server_id, at): (String, i64) = (row.get(0), row.get(1));
-            match Read::decode(row.get(2)) {
+        let mut out = Vec::new();
+        for (server_id, at, body) in self.rows("statements", "at", &servers, start, end).await? {
+            match Read::decode(&body) {
                 Some(read) => out.push((server_id, at, read)),
                 None => {
                     warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")

@@ -13,7 +13,10 @@ use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
 use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
-use super::{PARTITIONED, create_partition, day_of, drop_partitions, load_table};
+use super::{PARTITIONED, create_partition, day_of, drop_partitions};
+
+/// Rows sent as arrays: server_ids, times and bodies.
+type Columns<'a> = (Vec<&'a str>, (Vec<i64>, Vec<&'a [u8]>));
 
 /// The writer: its own connection, on its own thread's runtime.
 pub(super) struct PgSink {
@@ -132,12 +135,27 @@ impl PgSink {
             _ => None,
         }));
         let load = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
-            Op::Load { server_id, bucket } => Some((
-                (load_table(bucket.len_us), server_id.as_str(), bucket.start),
-                bucket.encode(),
+            Op::Load {
+                server_id, minute, ..
+            } if minute.coarse.samples > 0 => Some((
+                ("load", server_id.as_str(), minute.coarse.start),
+                minute.encode(),
             )),
             _ => None,
-        }));
+        }))
+        .into_iter()
+        .chain(super::super::last_by_key(ops.iter().filter_map(
+            |(_, op)| match op {
+                Op::Load {
+                    server_id, hour, ..
+                } => Some((
+                    ("load_hours", server_id.as_str(), hour.start),
+                    hour.encode(),
+                )),
+                _ => None,
+            },
+        )))
+        .collect::<Vec<_>>();
         let statements = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
             Op::Statements {
                 server_id,
@@ -268,8 +286,8 @@ impl PgSink {
             )
             .await?;
         }
-        for table in ["load_fine", "load_coarse"] {
-            let (ids, (starts, bodies)): (Vec<&str>, (Vec<i64>, Vec<&[u8]>)) = load
+        for (table, key) in [("load", "minute"), ("load_hours", "hour")] {
+            let (ids, (starts, bodies)): Columns = load
                 .iter()
                 .filter(|((t, _, _), _)| *t == table)
                 .map(|((_, id, start), body)| (*id, (*start, body.as_slice())))
@@ -277,9 +295,9 @@ impl PgSink {
             if !ids.is_empty() {
                 tx.execute(
                     &format!(
-                        "INSERT INTO pgfleet.{table} (server_id, start, body)
+                        "INSERT INTO pgfleet.{table} (server_id, {key}, body)
                          SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[])
-                         ON CONFLICT (server_id, start) DO UPDATE SET body = excluded.body"
+                         ON CONFLICT (server_id, {key}) DO UPDATE SET body = excluded.body"
                     ),
                     &[&ids, &starts, &bodies],
                 )
@@ -287,7 +305,7 @@ impl PgSink {
             }
         }
         if !statements.is_empty() {
-            let (ids, (ats, bodies)): (Vec<&str>, (Vec<i64>, Vec<&[u8]>)) = statements
+            let (ids, (ats, bodies)): Columns = statements
                 .iter()
                 .map(|((id, at), body)| (*id, (*at, body.as_slice())))
                 .unzip();
@@ -390,19 +408,13 @@ impl Sink for PgSink {
                 let frames =
                     drop_partitions(client, "frames", now - retention.frames.as_micros() as i64)
                         .await?;
-                let fine = drop_partitions(
-                    client,
-                    "load_fine",
-                    now - retention.frames.as_micros() as i64,
-                )
-                .await?;
                 let mut rollups = 0;
-                for table in ["rollups", "load_coarse", "statements"] {
+                for table in ["rollups", "load", "load_hours", "statements"] {
                     rollups +=
                         drop_partitions(client, table, now - retention.rollups.as_micros() as i64)
                             .await?;
                 }
-                Ok((frames + fine, rollups))
+                Ok((frames, rollups))
             })
             .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }
