@@ -76,7 +76,7 @@ def postgres_pids(cluster) -> list[int]:
     return pids
 
 
-def one_run(bin_dir: Path, n: int, args, cluster=None) -> dict:
+def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     data = Path(tempfile.mkdtemp(prefix="pgfleet-load-"))
     port = free_port()
     log = open(data / "collector.log", "w")
@@ -86,7 +86,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None) -> dict:
         store = ["--store", f"postgres://postgres@127.0.0.1:{cluster.port}/load_{n}"]
     collector = subprocess.Popen(
         [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
-         "--http-listen", "off", "--data-dir", str(data / "store"), *store],
+         "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
     )
     try:

@@ -193,11 +193,12 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
     assert_eq!(past.sessions.len(), 1, "{past:?}");
 
     // And its load: the probe idles in its transaction, and b reads what
-    // a stored of it (10 s buckets, from the shared store).
+    // a stored of it (10 s buckets, from the shared store), once a stores
+    // the minute they are in.
     let since = pgfleet_proto::time::now_micros() - 120_000_000;
     wait_for(
         "east-1's idle-in-transaction series at b",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             let mut c = cb.clone();
             async move {

@@ -72,6 +72,8 @@ pub enum Command {
     OpenLoad {
         /// The servers.
         server_ids: Vec<String>,
+        /// Only the open hours' totals (a fleet-wide reader of totals).
+        hours_only: bool,
         /// Where the answer goes: each server's open load.
         reply: oneshot::Sender<Vec<(String, Vec<Closed>)>>,
     },
@@ -114,9 +116,15 @@ impl AggregatorHandle {
     pub async fn open_load(
         &self,
         server_ids: Vec<String>,
+        hours_only: bool,
     ) -> Result<Vec<(String, Vec<Closed>)>, Status> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::OpenLoad { server_ids, reply }).await?;
+        self.send(Command::OpenLoad {
+            server_ids,
+            hours_only,
+            reply,
+        })
+        .await?;
         answer
             .await
             .map_err(|_| Status::unavailable("the collector is shutting down"))

@@ -258,12 +258,22 @@ impl Aggregator {
                 }
                 replies.push(Reply::Done(reply));
             }
-            Command::OpenLoad { server_ids, reply } => {
+            Command::OpenLoad {
+                server_ids,
+                hours_only,
+                reply,
+            } => {
                 let open = server_ids
                     .into_iter()
                     .filter_map(|id| {
                         let counter = self.load.get(id.as_str())?;
-                        Some((id, counter.open()))
+                        let open = if hours_only {
+                            let hour = counter.open_hour()?;
+                            vec![Closed::Minute(crate::load::MinuteLoad::default(), hour)]
+                        } else {
+                            counter.open()
+                        };
+                        Some((id, open))
                     })
                     .collect();
                 let _ = reply.send(open);

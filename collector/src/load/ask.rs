@@ -329,37 +329,46 @@ impl LoadPlan {
     ) -> v1::QueryLoadResponse {
         let scope = &self.scope;
         let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
-        let by_id: HashMap<&str, &ServerView> = servers
+        // Per server and step: the samples and the count, in one table.
+        let index: HashMap<&str, usize> = servers
             .iter()
-            .map(|s| (s.server_id.as_str(), &***s))
+            .enumerate()
+            .map(|(i, s)| (s.server_id.as_str(), i))
             .collect();
-        // Per server and step: the samples and the count.
-        let mut cells: HashMap<(&str, usize), (u64, u64)> = HashMap::new();
+        let mut cells = vec![(0u64, 0u64); servers.len() * steps];
         let mut covered = vec![0i64; steps];
         for (server_id, h) in hours {
-            if !by_id.contains_key(server_id.as_str()) {
+            let Some(&i) = index.get(server_id.as_str()) else {
                 continue;
-            }
+            };
             for m in &h.minutes {
                 if m.start < scope.start || m.start >= scope.end {
                     continue;
                 }
                 let step = ((m.start - scope.start) / self.step_us) as usize;
                 covered[step] += m.covered_us;
-                let cell = cells.entry((server_id, step)).or_default();
+                let cell = &mut cells[i * steps + step];
                 cell.0 += u64::from(m.samples);
                 cell.1 += m.count(self.class);
             }
         }
         let mut series: HashMap<String, Vec<f64>> = HashMap::new();
-        for ((server_id, step), (samples, n)) in cells {
+        for (i, server) in servers.iter().enumerate() {
             let key = match &self.group_by {
-                GroupBy::Server => server_id.to_owned(),
-                GroupBy::Label(l) => by_id[server_id].labels.get(l).cloned().unwrap_or_default(),
+                GroupBy::Server => server.server_id.clone(),
+                GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
                 _ => String::new(),
             };
-            series.entry(key).or_insert_with(|| vec![0.0; steps])[step] +=
-                n as f64 / samples.max(1) as f64;
+            let row = &cells[i * steps..(i + 1) * steps];
+            if row.iter().all(|(samples, _)| *samples == 0) {
+                continue;
+            }
+            let values = series.entry(key).or_insert_with(|| vec![0.0; steps]);
+            for (v, (samples, n)) in values.iter_mut().zip(row) {
+                if *samples > 0 {
+                    *v += *n as f64 / *samples as f64;
+                }
+            }
         }
         self.assemble(series, covered, servers.len())
     }

@@ -296,6 +296,32 @@ impl Counter {
         out
     }
 
+    /// The open hour's totals as they stand, the open minute in them: what
+    /// a fleet-wide reader of totals needs, without copying the minute.
+    pub fn open_hour(&self) -> Option<HourTotals> {
+        let Some(m) = &self.minute else {
+            return self.hour.clone();
+        };
+        let mut totals = MinuteTotals::of(&m.coarse);
+        if let Some(f) = &self.fine
+            && m.coarse.holds(f.start)
+        {
+            totals.samples += f.samples;
+            totals.covered_us += f.covered_us;
+            for (t, n) in &self.counts {
+                totals.counts[t.class as usize] += u64::from(*n);
+            }
+        }
+        let mut hour = match &self.hour {
+            Some(h) if h.holds(totals.start) => h.clone(),
+            _ => HourTotals::holding(totals.start),
+        };
+        if totals.samples > 0 {
+            hour.set(totals);
+        }
+        Some(hour)
+    }
+
     /// Carries on from what a collector that stopped stored of what was
     /// open at `now`.
     pub fn restore(&mut self, stored: Vec<Closed>, now: Micros) {
@@ -391,6 +417,14 @@ mod tests {
         // What readers of the last minute see.
         let open = c.open();
         assert_eq!(minutes(&open)[0].fine.len(), 2);
+        let Closed::Minute(_, hour) = &open[0] else {
+            panic!("{open:?}")
+        };
+        assert_eq!(
+            c.open_hour().as_ref(),
+            Some(hour),
+            "the totals alone, the same"
+        );
         // A sample a minute later closes it.
         c.sample(
             t0 + COARSE_US,

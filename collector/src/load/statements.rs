@@ -169,7 +169,8 @@ impl Read {
         };
         for (f, t) in &self.by_query {
             s.queries.push(*f);
-            s.times_ms.push(t.time_ms);
+            s.times_us
+                .push((t.time_ms * 1000.0).round().max(0.0) as u64);
             s.counters.extend([
                 t.calls,
                 t.rows,
@@ -195,20 +196,20 @@ impl Read {
             std::borrow::Cow::Borrowed(bytes)
         };
         let s = StoredRead::decode(bytes.as_ref()).ok()?;
-        if s.queries.len() != s.times_ms.len() || s.counters.len() != s.queries.len() * 9 {
+        if s.queries.len() != s.times_us.len() || s.counters.len() != s.queries.len() * 9 {
             return None;
         }
         let by_query = s
             .queries
             .iter()
-            .zip(&s.times_ms)
+            .zip(&s.times_us)
             .zip(s.counters.chunks_exact(9))
-            .map(|((f, time_ms), c)| {
+            .map(|((f, time_us), c)| {
                 (
                     *f,
                     Totals {
                         calls: c[0],
-                        time_ms: *time_ms,
+                        time_ms: *time_us as f64 / 1000.0,
                         rows: c[1],
                         shared_blks_hit: c[2],
                         shared_blks_read: c[3],
@@ -234,8 +235,10 @@ struct StoredRead {
     since_us: i64,
     #[prost(fixed64, repeated, tag = "2")]
     queries: Vec<u64>,
-    #[prost(double, repeated, tag = "3")]
-    times_ms: Vec<f64>,
+    /// Execution time in whole microseconds (a varint, where a double takes
+    /// eight bytes).
+    #[prost(uint64, repeated, tag = "5")]
+    times_us: Vec<u64>,
     /// Per query: calls, rows, the shared blocks hit, read, dirtied and
     /// written, the temp blocks read and written, and WAL bytes.
     #[prost(uint64, repeated, tag = "4")]

@@ -37,12 +37,13 @@ impl QueryService {
         &self,
         servers: &[&Arc<ServerView>],
         end: Micros,
+        hours_only: bool,
     ) -> Result<Vec<(String, Vec<Closed>)>, Status> {
         if end < now_micros() - 2 * COARSE_US - STATEMENTS_US {
             return Ok(Vec::new());
         }
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
-        self.aggregator.open_load(ids).await
+        self.aggregator.open_load(ids, hours_only).await
     }
 
     /// The minutes `scope` needs of `servers`: stored, and those still open.
@@ -110,7 +111,9 @@ impl QueryService {
         let servers = plan.scope.servers(&view.servers);
         plan.check_group(&servers)
             .map_err(Status::invalid_argument)?;
-        let open = self.open(&servers, plan.scope.end).await?;
+        let open = self
+            .open(&servers, plan.scope.end, plan.totals_only())
+            .await?;
         if plan.totals_only() {
             let ids = servers.iter().map(|s| s.server_id.clone()).collect();
             let first = plan.scope.start - plan.scope.start.rem_euclid(HOUR_US);
@@ -156,7 +159,7 @@ impl QueryService {
         let plan = TopPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
-        let open = self.open(&servers, plan.scope.end).await?;
+        let open = self.open(&servers, plan.scope.end, false).await?;
         let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
         let buckets = plan.scope.buckets(minutes);
         // Statements are kept per interval: those that begin in the range,
@@ -208,7 +211,7 @@ impl QueryService {
         let plan = ChurnPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
-        let open = self.open(&servers, plan.scope.end).await?;
+        let open = self.open(&servers, plan.scope.end, false).await?;
         let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
         Ok(plan.evaluate(&plan.scope.buckets(minutes)))
     }

@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""What keeping DB load costs, and how fast it answers (issue 15's figures).
+
+1. Collector CPU per applied batch with load kept and with `--load off`, side by
+   side in one run (runs alternate: on, off, on, off): a release collector and
+   `pgfleet-loadgen` (bench/loadgen) with N simulated agents, each one server of
+   100 sessions, about 10% changing a second, half of them active with a mix of
+   waits and queries (the generator's server, a worst case for load).
+2. `cargo bench -p pgfleet-tests --bench load` (tests/benches/load.rs): the
+   bytes a server-day of load and statement statistics takes in the SQLite
+   store, for a busy OLTP server (a load of about 5) and for the generator's
+   server (a load of about 50); and `QueryLoad` over gRPC on a store of 1,000
+   servers: one server over an hour, the whole fleet over 24 h by dc.
+
+Writes the "## DB load" section of BENCHMARKS.md with the command that made it.
+
+    python3 bench/load.py [--agents 1000] [--rounds 2] [--measure 30]
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+from collector_load import build, one_run
+from report import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## DB load"
+TARGETS = {"cpu_ratio": 1.15, "bytes": 2_000_000, "one_ms": 20.0, "fleet_ms": 200.0}
+
+
+def per_batch_us(r: dict) -> float:
+    return r["collector_cores"] / r["batches_per_s"] * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=1000)
+    p.add_argument("--rounds", type=int, default=2, help="pairs of runs, load on and off")
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--measure", type=int, default=30)
+    p.add_argument("--connect-rate", type=int, default=500)
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    command = "python3 bench/load.py" + "".join(
+        f" {flag} {value}" for flag, value, default in [
+            ("--agents", args.agents, 1000), ("--rounds", args.rounds, 2),
+            ("--warmup", args.warmup, 15), ("--measure", args.measure, 30),
+        ] if value != default)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    bin_dir = build()
+
+    runs = {"on": [], "off": []}
+    for _ in range(args.rounds):
+        for mode in ("on", "off"):
+            r = one_run(bin_dir, args.agents, args, extra=("--load", mode))
+            print(mode, json.dumps(r), file=sys.stderr, flush=True)
+            if "failed" in r:
+                sys.exit(f"the run with --load {mode} failed: {r['failed']}")
+            runs[mode].append(r)
+    on = [per_batch_us(r) for r in runs["on"]]
+    off = [per_batch_us(r) for r in runs["off"]]
+    ratio = (sum(on) / len(on)) / (sum(off) / len(off))
+
+    print("+ cargo bench -p pgfleet-tests --bench load", file=sys.stderr, flush=True)
+    out = subprocess.run(["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", "load"],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    b = json.loads(out.stdout.strip().splitlines()[-1])
+    real, heavy = b["realistic"], b["heavy"]
+    verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
+    mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    rows = "\n".join(
+        f"| {mode} | " + " | ".join(f"{per_batch_us(r):.0f}" for r in runs[mode]) + f" | {sum(v) / len(v):.0f} |"
+        for mode, v in (("on", on), ("off", off)))
+    section = f"""{TITLE}
+
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector and the generator share the machine.
+
+| what | figure | target |
+|---|---|---|
+| collector CPU per applied batch, load on over off ({args.agents:,} servers) | {ratio:.3f} (+{(ratio - 1) * 100:.1f}%) | at most +15%: {verdict(ratio <= TARGETS['cpu_ratio'])} |
+| storage per server per day, load and statements, busy OLTP server (load {real['db_load']:.1f}) | {mb(real['load_and_statements_bytes_per_server_day'])} (load {mb(real['load_bytes_per_server_day'])}) | at most 2 MB: {verdict(real['load_and_statements_bytes_per_server_day'] <= TARGETS['bytes'])} |
+| the same, the generator's server (load {heavy['db_load']:.0f}) | {mb(heavy['load_and_statements_bytes_per_server_day'])} (load {mb(heavy['load_bytes_per_server_day'])}) | (a worst case) |
+| `QueryLoad`, one server over 1 h by wait, 10 s step, p50 / p99 | {b['one_server_1h_10s']['p50_ms']:.1f} / {b['one_server_1h_10s']['p99_ms']:.1f} ms | p99 at most 20 ms: {verdict(b['one_server_1h_10s']['p99_ms'] <= TARGETS['one_ms'])} |
+| the same, 1 min step | {b['one_server_1h_1m']['p50_ms']:.1f} / {b['one_server_1h_1m']['p99_ms']:.1f} ms | p99 at most 20 ms: {verdict(b['one_server_1h_1m']['p99_ms'] <= TARGETS['one_ms'])} |
+| `QueryLoad`, fleet-wide over 24 h by dc, {b['servers']:,} servers, p50 / p99 | {b['fleet_24h_by_dc']['p50_ms']:.0f} / {b['fleet_24h_by_dc']['p99_ms']:.0f} ms | p99 at most 200 ms: {verdict(b['fleet_24h_by_dc']['p99_ms'] <= TARGETS['fleet_ms'])} |
+
+**CPU.** Each run: {args.agents:,} simulated agents, {args.warmup} s after the last connected, measured for {args.measure} s; µs of collector CPU per applied batch, runs in the order made:
+
+| load | runs | mean |
+|---|---|---|
+{rows}
+
+**Storage** (tests/benches/load.rs): a day of 1 Hz samples of one server counted into its minutes, the minutes and hours written to an empty SQLite store as the collector writes them, with a pg_stat_statements read every minute of {b['statements_per_read']} statements (summed per 10 minutes); the bytes the file grew by. Counting costs {real['count_us_per_sample']:.1f} µs per sample on the busy server and {heavy['count_us_per_sample']:.1f} µs on the generator's. A minute of the busy server holds {real['tuples_per_minute']:.0f} distinct (wait, query, user, database, application, client, backend type) and {real['tuples_per_fine_bucket']:.0f} per 10 s, {real['stored_minute_bytes']:.0f} bytes stored; the generator's, {heavy['tuples_per_minute']:.0f}, {heavy['tuples_per_fine_bucket']:.0f} and {heavy['stored_minute_bytes']:.0f} bytes. The busy server: 100 sessions of 6 applications on 12 client hosts, 3 users, 2 databases, 40 statements of which a few run far more than the rest, waits CPU 60%, IO 25%, Lock 8%, LWLock 7%.
+
+**Queries**: a collector opened on a store of {b['servers']:,} servers in five dcs, each with the busy server's hours of the day and minutes of the last hour ({b['fleet_store_mib']:.0f} MiB), asked over gRPC from the same machine. One server over an hour reads its 60 minute rows; the fleet over a day by dc reads 24 hour rows of totals per server.
+"""
+    write_section(Path(args.output), TITLE, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
