@@ -291,6 +291,18 @@ async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
         "tuples_per_fine_bucket": mean(&fine_tuples),
         "tuples_per_minute": mean(&|m| m.coarse.tuples.len() as f64),
         "stored_minute_bytes": mean(&|m| m.encode().len() as f64),
+        "stored_minute_bytes_without_10s": mean(&|m| MinuteLoad {
+            coarse: m.coarse.clone(),
+            fine: Vec::new(),
+        }
+        .encode()
+        .len() as f64),
+        "fingerprints_per_minute": mean(&|m| {
+            let mut q: Vec<u64> = m.coarse.tuples.iter().map(|(t, _)| t.query).collect();
+            q.sort_unstable();
+            q.dedup();
+            q.len() as f64
+        }),
         "load_bytes_per_server_day": load,
         "load_and_statements_bytes_per_server_day": both,
     })

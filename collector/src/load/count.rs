@@ -47,7 +47,7 @@ pub struct Counter {
     fine: Option<Bucket>,
     /// The open fine bucket's counts, by tuple with the client as sampled
     /// (its host is taken when the bucket closes).
-    counts: HashMap<Tuple, u32>,
+    counts: HashMap<Sampled, u32>,
     /// The open minute: its bucket (churn included), with every closed fine
     /// bucket in it, and those fine buckets.
     minute: Option<MinuteLoad>,
@@ -59,6 +59,52 @@ pub struct Counter {
     now: LoadNow,
     /// Whether `now` changed since [`Counter::shown`] was last asked.
     changed: bool,
+}
+
+/// A tuple as sampled, hashed and compared by its strings' addresses
+/// rather than their bytes: a stream's sessions share their strings from
+/// one sample to the next, so this is cheap, and tuples with equal strings
+/// at other addresses are summed when the bucket closes.
+#[derive(Debug, Clone)]
+struct Sampled(Tuple);
+
+impl Sampled {
+    fn strings(&self) -> [&Arc<str>; 7] {
+        let t = &self.0;
+        [
+            &t.wait_type,
+            &t.wait_event,
+            &t.user,
+            &t.database,
+            &t.application,
+            &t.client,
+            &t.backend_type,
+        ]
+    }
+}
+
+impl PartialEq for Sampled {
+    fn eq(&self, other: &Sampled) -> bool {
+        self.0.class == other.0.class
+            && self.0.query == other.0.query
+            && self
+                .strings()
+                .iter()
+                .zip(other.strings())
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl Eq for Sampled {}
+
+impl std::hash::Hash for Sampled {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u8(self.0.class as u8);
+        state.write_u64(self.0.query);
+        for s in self.strings() {
+            state.write_usize(Arc::as_ptr(s) as *const u8 as usize);
+        }
+    }
 }
 
 /// The class a session counts in at a sample, if any.
@@ -132,7 +178,7 @@ impl Counter {
                 client: s.client.clone(),
                 backend_type: s.backend_type.clone(),
             };
-            match self.counts.entry(tuple) {
+            match self.counts.entry(Sampled(tuple)) {
                 std::collections::hash_map::Entry::Occupied(mut o) => *o.get_mut() += 1,
                 std::collections::hash_map::Entry::Vacant(v) => {
                     text(s.fingerprint, &s.query);
@@ -198,7 +244,7 @@ impl Counter {
         fine.tuples = self
             .counts
             .drain()
-            .map(|(mut t, n)| {
+            .map(|(Sampled(mut t), n)| {
                 t.client = by_host
                     .entry(t.client.clone())
                     .or_insert_with(|| host(&t.client).into())
@@ -309,7 +355,7 @@ impl Counter {
             totals.samples += f.samples;
             totals.covered_us += f.covered_us;
             for (t, n) in &self.counts {
-                totals.counts[t.class as usize] += u64::from(*n);
+                totals.counts[t.0.class as usize] += u64::from(*n);
             }
         }
         let mut hour = match &self.hour {

@@ -27,9 +27,9 @@ struct StoredLoad {
     strings: Vec<String>,
     #[prost(fixed64, repeated, tag = "4")]
     queries: Vec<u64>,
-    /// Column by column (each compresses better alone): every tuple's
-    /// class, then every tuple's wait type, wait event, query (into
-    /// `queries`), user, database, application, client and backend type.
+    /// Per tuple: class, wait type, wait event, query (into `queries`),
+    /// user, database, application, client, backend type. (Row by row:
+    /// stored column by column it compressed 5% worse.)
     #[prost(uint32, repeated, tag = "5")]
     cells: Vec<u32>,
     #[prost(uint32, repeated, tag = "6")]
@@ -144,22 +144,6 @@ impl MinuteLoad {
     }
 }
 
-/// Rows of `width` cells as columns (and columns of `height` cells, given
-/// `height` as the width, back as rows).
-fn transpose(cells: &[u32], width: usize) -> Vec<u32> {
-    if width == 0 {
-        return Vec::new();
-    }
-    let height = cells.len() / width;
-    let mut out = vec![0; cells.len()];
-    for r in 0..height {
-        for c in 0..width {
-            out[c * height + r] = cells[r * width + c];
-        }
-    }
-    out
-}
-
 impl StoredLoad {
     fn with_strings(mut self, strings: Vec<Arc<str>>) -> StoredLoad {
         self.strings = strings.iter().map(|s| s.to_string()).collect();
@@ -209,7 +193,6 @@ impl Bucket {
                 strings.of(&t.backend_type),
             ]);
         }
-        let cells = transpose(&cells, TUPLE_CELLS);
         let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
         for (k, c) in &self.churn.rows {
             churn_cells.extend([
@@ -262,8 +245,7 @@ impl Bucket {
             return None;
         }
         let mut tuples = Vec::with_capacity(s.counts.len());
-        let rows = transpose(&s.cells, s.counts.len());
-        for (row, n) in rows.chunks_exact(TUPLE_CELLS).zip(s.counts) {
+        for (row, n) in s.cells.chunks_exact(TUPLE_CELLS).zip(s.counts) {
             tuples.push((
                 Tuple {
                     class: Class::from_code(row[0])?,

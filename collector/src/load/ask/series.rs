@@ -1,0 +1,316 @@
+//! `QueryLoad`: stacked series of load, from buckets or from hours of totals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgfleet_common::settings::check_label;
+use pgfleet_proto::time::{self, Micros};
+use pgfleet_proto::v1;
+
+use super::{Scope, resolution};
+use crate::aggregator::ServerView;
+use crate::load::hours::HourTotals;
+use crate::load::{Bucket, Class, Dim};
+use crate::series::{MAX_POINTS, range};
+
+/// How many series a `QueryLoad` answer holds by default, and at most.
+const DEFAULT_SERIES: u32 = 20;
+const MAX_SERIES: u32 = 200;
+
+/// The steps a default step is chosen from: the first that gives at most
+/// [`DEFAULT_POINTS`] points.
+const STEPS_S: [i64; 12] = [
+    10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
+];
+const DEFAULT_POINTS: i64 = 120;
+
+/// What to stack by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupBy {
+    /// One series: the total.
+    Total,
+    Dim(Dim),
+    /// The server_id.
+    Server,
+    /// A label's value.
+    Label(String),
+}
+
+/// A checked `QueryLoad` request.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub scope: Scope,
+    pub step_us: i64,
+    group_by: GroupBy,
+    class: Class,
+    limit: usize,
+}
+
+impl LoadPlan {
+    /// Checks `req` at `now`.
+    pub fn new(req: &v1::QueryLoadRequest, now: Micros) -> Result<LoadPlan, String> {
+        let (start, end) = range(req.start.as_ref(), req.end.as_ref(), now)?;
+        let mut scope = Scope::new("", &req.matchers, start, end)?;
+        let span = end - start;
+        let step_us = match req.step.as_ref().map(time::duration_micros) {
+            Some(step) => step,
+            None => STEPS_S
+                .iter()
+                .map(|s| s * 1_000_000)
+                .find(|s| span / s <= DEFAULT_POINTS)
+                .unwrap_or(86_400_000_000),
+        };
+        resolution(&mut scope, step_us)?;
+        let span = end - scope.start;
+        let points = span / step_us + i64::from(span % step_us != 0);
+        if points > MAX_POINTS {
+            return Err(format!(
+                "the range and step make {points} points per series; at most {MAX_POINTS} are served, so widen the step or narrow the range"
+            ));
+        }
+        let name = req.group_by.trim();
+        let group_by = if name.is_empty() {
+            GroupBy::Total
+        } else if let Some(d) = Dim::parse(name) {
+            GroupBy::Dim(d)
+        } else if name == "server" || name == "server_id" {
+            GroupBy::Server
+        } else {
+            check_label(name, "").map_err(|e| {
+                let dims: Vec<&str> = Dim::ALL.iter().map(|d| d.name()).collect();
+                format!(
+                    "group_by {name:?} is not a dimension ({}), \"server\" or a label name: {e}",
+                    dims.join(", ")
+                )
+            })?;
+            GroupBy::Label(name.to_owned())
+        };
+        scope.by_query = group_by == GroupBy::Dim(Dim::Query);
+        let class = match v1::LoadSessions::try_from(req.sessions) {
+            Ok(v1::LoadSessions::Active) => Class::Active,
+            Ok(v1::LoadSessions::IdleInTransaction) => Class::IdleInTransaction,
+            Ok(v1::LoadSessions::Background) => Class::Background,
+            Err(_) => {
+                return Err(format!(
+                    "sessions {} is unknown; give active, idle_in_transaction or background",
+                    req.sessions
+                ));
+            }
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_SERIES,
+            n if n <= MAX_SERIES => n,
+            n => {
+                return Err(format!(
+                    "limit {n} is over {MAX_SERIES}; the rest of the keys are summed into \"other\""
+                ));
+            }
+        } as usize;
+        Ok(LoadPlan {
+            scope,
+            step_us,
+            group_by,
+            class,
+            limit,
+        })
+    }
+
+    /// Refuses a label to group by that none of `servers` carries (most
+    /// likely a misspelt dimension or label).
+    pub fn check_group(&self, servers: &[&Arc<ServerView>]) -> Result<(), String> {
+        let GroupBy::Label(name) = &self.group_by else {
+            return Ok(());
+        };
+        if servers.is_empty() || servers.iter().any(|s| s.labels.contains_key(name)) {
+            return Ok(());
+        }
+        let mut labels: Vec<&str> = servers
+            .iter()
+            .flat_map(|s| s.labels.keys().map(String::as_str))
+            .collect();
+        labels.sort_unstable();
+        labels.dedup();
+        let dims: Vec<&str> = Dim::ALL.iter().map(|d| d.name()).collect();
+        Err(format!(
+            "group_by {name:?} is not a dimension ({}), \"server\", or a label of the selected servers ({})",
+            dims.join(", "),
+            if labels.is_empty() {
+                "they have none".to_owned()
+            } else {
+                labels.join(", ")
+            }
+        ))
+    }
+
+    /// The series, from `buckets` (of the selected servers, as
+    /// [`Scope::buckets`] gave them); queries' texts are left to fill.
+    pub fn evaluate(
+        &self,
+        servers: &[&Arc<ServerView>],
+        buckets: &[(String, Bucket)],
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
+        let by_id: HashMap<&str, &ServerView> = servers
+            .iter()
+            .map(|s| (s.server_id.as_str(), &***s))
+            .collect();
+        // Per server and step: the samples and the counts per key.
+        #[derive(Default)]
+        struct Cell {
+            samples: u64,
+            counts: HashMap<String, u64>,
+        }
+        let mut cells: HashMap<(&str, usize), Cell> = HashMap::new();
+        let mut covered = vec![0i64; steps];
+        for (server_id, b) in buckets {
+            let Some(server) = by_id.get(server_id.as_str()) else {
+                continue;
+            };
+            let step = ((b.start - scope.start) / self.step_us) as usize;
+            if step >= steps {
+                continue;
+            }
+            covered[step] += b.covered_us;
+            let cell = cells.entry((server_id, step)).or_default();
+            cell.samples += u64::from(b.samples);
+            for (t, n) in &b.tuples {
+                if t.class != self.class || !scope.selects(t) {
+                    continue;
+                }
+                let key = match &self.group_by {
+                    GroupBy::Total => String::new(),
+                    GroupBy::Dim(d) => d.of(t),
+                    GroupBy::Server => server_id.clone(),
+                    GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
+                };
+                *cell.counts.entry(key).or_default() += u64::from(*n);
+            }
+        }
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for ((_, step), cell) in &cells {
+            for (key, n) in &cell.counts {
+                series
+                    .entry(key.clone())
+                    .or_insert_with(|| vec![0.0; steps])[*step] +=
+                    *n as f64 / cell.samples.max(1) as f64;
+            }
+        }
+        self.assemble(series, covered, servers.len())
+    }
+
+    /// Whether the hours' totals answer it: a total, by server or by label,
+    /// of whole minutes, selecting no dimension.
+    pub fn totals_only(&self) -> bool {
+        !self.scope.fine
+            && self.scope.tuples.is_empty()
+            && matches!(
+                self.group_by,
+                GroupBy::Total | GroupBy::Server | GroupBy::Label(_)
+            )
+    }
+
+    /// The series from hours of totals (when [`LoadPlan::totals_only`]).
+    pub fn evaluate_totals(
+        &self,
+        servers: &[&Arc<ServerView>],
+        hours: &[(String, HourTotals)],
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
+        // Per server and step: the samples and the count, in one table.
+        let index: HashMap<&str, usize> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.server_id.as_str(), i))
+            .collect();
+        let mut cells = vec![(0u64, 0u64); servers.len() * steps];
+        let mut covered = vec![0i64; steps];
+        for (server_id, h) in hours {
+            let Some(&i) = index.get(server_id.as_str()) else {
+                continue;
+            };
+            for m in &h.minutes {
+                if m.start < scope.start || m.start >= scope.end {
+                    continue;
+                }
+                let step = ((m.start - scope.start) / self.step_us) as usize;
+                covered[step] += m.covered_us;
+                let cell = &mut cells[i * steps + step];
+                cell.0 += u64::from(m.samples);
+                cell.1 += m.count(self.class);
+            }
+        }
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for (i, server) in servers.iter().enumerate() {
+            let key = match &self.group_by {
+                GroupBy::Server => server.server_id.clone(),
+                GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            let row = &cells[i * steps..(i + 1) * steps];
+            if row.iter().all(|(samples, _)| *samples == 0) {
+                continue;
+            }
+            let values = series.entry(key).or_insert_with(|| vec![0.0; steps]);
+            for (v, (samples, n)) in values.iter_mut().zip(row) {
+                if *samples > 0 {
+                    *v += *n as f64 / *samples as f64;
+                }
+            }
+        }
+        self.assemble(series, covered, servers.len())
+    }
+
+    /// The answer: the series ranked (the rest as "other"), with the
+    /// coverage of each step.
+    fn assemble(
+        &self,
+        series: HashMap<String, Vec<f64>>,
+        covered: Vec<i64>,
+        servers: usize,
+    ) -> v1::QueryLoadResponse {
+        let scope = &self.scope;
+        let steps = covered.len();
+        let mut ranked: Vec<(String, Vec<f64>)> = series.into_iter().collect();
+        let total = |v: &Vec<f64>| v.iter().sum::<f64>();
+        ranked.sort_by(|a, b| total(&b.1).total_cmp(&total(&a.1)).then(a.0.cmp(&b.0)));
+        if ranked.len() > self.limit {
+            let rest = ranked.split_off(self.limit.saturating_sub(1));
+            let mut other = vec![0.0; steps];
+            for (_, v) in rest {
+                for (o, x) in other.iter_mut().zip(v) {
+                    *o += x;
+                }
+            }
+            ranked.push(("other".to_owned(), other));
+        }
+        let at = |step: usize| Some(time::timestamp(scope.start + step as i64 * self.step_us));
+        let expected = self.step_us as f64 * servers.max(1) as f64;
+        v1::QueryLoadResponse {
+            step: Some(time::duration(self.step_us)),
+            series: ranked
+                .into_iter()
+                .map(|(key, values)| v1::LoadSeries {
+                    text: String::new(),
+                    key,
+                    average: values.iter().sum::<f64>() / steps.max(1) as f64,
+                    points: values
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, value)| v1::MetricPoint { at: at(i), value })
+                        .collect(),
+                })
+                .collect(),
+            coverage: covered
+                .iter()
+                .enumerate()
+                .map(|(i, c)| v1::MetricPoint {
+                    at: at(i),
+                    value: (*c as f64 / expected).min(1.0),
+                })
+                .collect(),
+            servers: servers as u32,
+        }
+    }
+}
