@@ -243,6 +243,13 @@ impl Bucket {
     pub fn bound(&mut self) {
         let mut tuples = std::mem::take(&mut self.tuples);
         let other: Arc<str> = OTHER.into();
+        // With no more tuples than keys a dimension may keep, none has too
+        // many: only equal tuples are summed.
+        if tuples.len() <= TOP_KEYS {
+            self.tuples = summed(tuples);
+            self.churn.bound();
+            return;
+        }
         // Each dimension's keys beyond its top ones become `other`.
         type Field = fn(&mut Tuple) -> &mut Arc<str>;
         let fields: [Field; 5] = [
@@ -295,13 +302,7 @@ impl Bucket {
                 }
             }
         }
-        // Equal tuples summed, largest first.
-        let mut summed: HashMap<Tuple, u32> = HashMap::with_capacity(tuples.len());
-        for (t, n) in tuples {
-            *summed.entry(t).or_default() += n;
-        }
-        let mut tuples: Vec<(Tuple, u32)> = summed.into_iter().collect();
-        tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut tuples = summed(tuples);
         if tuples.len() > MAX_TUPLES {
             // One `other` tuple per class, so that classes never mix: room
             // is left for one of each.
@@ -344,6 +345,17 @@ impl Bucket {
             .sum();
         sum as f64 / f64::from(self.samples.max(1))
     }
+}
+
+/// Equal tuples summed, largest first.
+fn summed(tuples: Vec<(Tuple, u32)>) -> Vec<(Tuple, u32)> {
+    let mut sums: HashMap<Tuple, u32> = HashMap::with_capacity(tuples.len());
+    for (t, n) in tuples {
+        *sums.entry(t).or_default() += n;
+    }
+    let mut tuples: Vec<(Tuple, u32)> = sums.into_iter().collect();
+    tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tuples
 }
 
 /// The [`TOP_KEYS`] keys with the largest totals (ties: the smaller key).
