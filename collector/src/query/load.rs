@@ -77,7 +77,8 @@ impl QueryService {
         Ok(by_key.into_iter().map(|((id, _), m)| (id, m)).collect())
     }
 
-    /// The texts of `fingerprints` (16 hex digits each), in that order.
+    /// The texts of `fingerprints` (16 hex digits each), in that order, each
+    /// cut to [`MAX_TEXT_BYTES`].
     async fn texts(&self, store: &Store, keys: &[&str]) -> Result<Vec<String>, Status> {
         let fingerprints: Vec<u64> = keys
             .iter()
@@ -93,10 +94,11 @@ impl QueryService {
         Ok(keys
             .iter()
             .map(|k| {
-                u64::from_str_radix(k, 16)
+                let text = u64::from_str_radix(k, 16)
                     .ok()
-                    .and_then(|f| texts.get(&f).cloned())
-                    .unwrap_or_default()
+                    .and_then(|f| texts.get(&f))
+                    .map_or("", String::as_str);
+                cut(text, MAX_TEXT_BYTES)
             })
             .collect())
     }
@@ -217,6 +219,23 @@ impl QueryService {
     }
 }
 
+/// The most bytes of a query's text an answer gives (500 texts of the agent's
+/// longest, 64 KiB, would not fit in a message).
+const MAX_TEXT_BYTES: usize = 8192;
+
+/// `text` cut to at most `max` bytes, on a character's boundary, marked with
+/// an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The live load of a server, as the Query API gives it.
 pub fn load_now(view: &ServerView) -> v1::LoadNow {
     v1::LoadNow {
@@ -231,5 +250,19 @@ pub fn load_now(view: &ServerView) -> v1::LoadNow {
             })
             .collect(),
         recent: view.load.recent.iter().copied().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn texts_are_cut_on_a_character_with_a_mark() {
+        assert_eq!(cut("SELECT 1", 100), "SELECT 1");
+        let long = "é".repeat(10);
+        let short = cut(&long, 8);
+        assert!(short.len() <= 8 && short.ends_with('…'), "{short}");
+        assert_eq!(short, "éé…");
     }
 }

@@ -17,6 +17,10 @@ use crate::series::{MAX_POINTS, range};
 const DEFAULT_SERIES: u32 = 20;
 const MAX_SERIES: u32 = 200;
 
+/// The most points one answer holds, series and coverage together: about
+/// 8 MB, half the largest message.
+const MAX_ANSWER_POINTS: i64 = 330_000;
+
 /// The steps a default step is chosen from: the first that gives at most
 /// [`DEFAULT_POINTS`] points.
 const STEPS_S: [i64; 12] = [
@@ -106,6 +110,13 @@ impl LoadPlan {
                 ));
             }
         } as usize;
+        // Every series has a point per step, and so does the coverage.
+        let answer = points.saturating_mul(limit as i64 + 1);
+        if answer > MAX_ANSWER_POINTS {
+            return Err(format!(
+                "{limit} series and the coverage of {points} steps make {answer} points; at most {MAX_ANSWER_POINTS} are served in one answer, so lower the limit, widen the step or narrow the range"
+            ));
+        }
         Ok(LoadPlan {
             scope,
             step_us,
@@ -311,6 +322,45 @@ impl LoadPlan {
                 })
                 .collect(),
             servers: servers as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(hours: i64, step_s: i64, limit: u32, group_by: &str) -> v1::QueryLoadRequest {
+        let now = 1_800_000_000_000_000;
+        v1::QueryLoadRequest {
+            start: Some(time::timestamp(now - hours * 3_600_000_000)),
+            end: Some(time::timestamp(now)),
+            step: (step_s > 0).then(|| time::duration(step_s * 1_000_000)),
+            group_by: group_by.into(),
+            limit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn plans_pick_a_step_and_refuse_what_they_cannot_serve() {
+        let now = 1_800_000_000_000_000;
+        let plan = LoadPlan::new(&request(1, 0, 0, "wait"), now).unwrap();
+        assert_eq!(plan.step_us, 30_000_000, "an hour in about 120 points");
+        assert!(plan.scope.fine && !plan.totals_only());
+        let plan = LoadPlan::new(&request(24, 0, 0, "dc"), now).unwrap();
+        assert_eq!(plan.step_us, 1_800_000_000);
+        assert!(plan.totals_only(), "by a label over whole minutes");
+        for (req, says) in [
+            (request(1, 5, 0, ""), "whole number of 10 s"),
+            (request(1, 15, 0, ""), "whole number of 10 s"),
+            (request(24 * 30, 60, 0, ""), "at most 11000"),
+            (request(24 * 7, 60, 200, ""), "in one answer"),
+            (request(1, 60, 201, ""), "over 200"),
+            (request(1, 60, 0, "1x"), "not a dimension"),
+        ] {
+            let e = LoadPlan::new(&req, now).unwrap_err();
+            assert!(e.contains(says), "{req:?}: {e}");
         }
     }
 }
