@@ -20,28 +20,23 @@ pub(super) fn load(out: &mut Out, servers: &[&ServerView]) {
             );
         }
     }
-    out.family(
-        "pgfleet_sessions_started_total",
-        "counter",
-        "Client sessions that started, as the collector saw them since it started (connection churn).",
-    );
-    for s in servers {
-        out.sample(
+    type Count = fn(&ServerView) -> u64;
+    let churn: [(&str, &str, Count); 2] = [
+        (
             "pgfleet_sessions_started_total",
-            &[("server", &s.server_id)],
-            s.load.sessions_started_total as f64,
-        );
-    }
-    out.family(
-        "pgfleet_sessions_ended_total",
-        "counter",
-        "Client sessions that ended, as the collector saw them since it started (connection churn).",
-    );
-    for s in servers {
-        out.sample(
+            "Client sessions that started, as the collector saw them since it started (connection churn).",
+            |s| s.load.sessions_started_total,
+        ),
+        (
             "pgfleet_sessions_ended_total",
-            &[("server", &s.server_id)],
-            s.load.sessions_ended_total as f64,
-        );
+            "Client sessions that ended, as the collector saw them since it started (connection churn).",
+            |s| s.load.sessions_ended_total,
+        ),
+    ];
+    for (name, help, count) in churn {
+        out.family(name, "counter", help);
+        for s in servers {
+            out.sample(name, &[("server", &s.server_id)], count(s) as f64);
+        }
     }
 }

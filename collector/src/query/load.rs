@@ -16,7 +16,7 @@ use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
 use crate::load::statements::{Read, STATEMENTS_US};
-use crate::load::{COARSE_US, MinuteLoad};
+use crate::load::{Bucket, COARSE_US, MinuteLoad};
 use crate::store::Store;
 
 impl QueryService {
@@ -75,6 +75,28 @@ impl QueryService {
             }
         }
         Ok(by_key.into_iter().map(|((id, _), m)| (id, m)).collect())
+    }
+
+    /// What a range read whole (`TopQueries`, `GetChurn`) needs: the servers
+    /// `scope` selects, what their counters hold open, and their buckets.
+    async fn whole_range(
+        &self,
+        store: &Store,
+        scope: &Scope,
+    ) -> Result<
+        (
+            Vec<String>,
+            Vec<(String, Vec<Closed>)>,
+            Vec<(String, Bucket)>,
+        ),
+        Status,
+    > {
+        let view = self.aggregator.view();
+        let servers = scope.servers(&view.servers);
+        let open = self.open(&servers, scope.end, false).await?;
+        let minutes = self.minutes(store, scope, &servers, &open).await?;
+        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+        Ok((ids, open, scope.buckets(minutes)))
     }
 
     /// The texts of `fingerprints` (16 hex digits each), in that order, each
@@ -159,14 +181,9 @@ impl QueryService {
             self.server(&req.server_id)?;
         }
         let plan = TopPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
-        let view = self.aggregator.view();
-        let servers = plan.scope.servers(&view.servers);
-        let open = self.open(&servers, plan.scope.end, false).await?;
-        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
-        let buckets = plan.scope.buckets(minutes);
+        let (ids, open, buckets) = self.whole_range(store, &plan.scope).await?;
         // Statements are kept per interval: those that begin in the range,
         // and the one it begins in.
-        let ids: Vec<String> = servers.iter().map(|s| s.server_id.clone()).collect();
         let first = plan.scope.start - plan.scope.start.rem_euclid(STATEMENTS_US);
         let mut reads: HashMap<(String, Micros), Read> = store
             .statements(Some(ids), first, plan.scope.end)
@@ -211,11 +228,8 @@ impl QueryService {
             self.server(&req.server_id)?;
         }
         let plan = ChurnPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
-        let view = self.aggregator.view();
-        let servers = plan.scope.servers(&view.servers);
-        let open = self.open(&servers, plan.scope.end, false).await?;
-        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
-        Ok(plan.evaluate(&plan.scope.buckets(minutes)))
+        let (_, _, buckets) = self.whole_range(store, &plan.scope).await?;
+        Ok(plan.evaluate(&buckets))
     }
 }
 
