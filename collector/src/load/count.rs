@@ -48,7 +48,7 @@ pub struct Counter {
     fine: Option<Bucket>,
     /// The open fine bucket's counts, by tuple with the client as sampled
     /// (its host is taken when the bucket closes).
-    counts: HashMap<Sampled, u32, BuildHasherDefault<WordHasher>>,
+    counts: HashMap<Sampled, (Tuple, u32), BuildHasherDefault<WordHasher>>,
     /// The open minute: its bucket (churn included), with every closed fine
     /// bucket in it, and those fine buckets.
     minute: Option<MinuteLoad>,
@@ -62,44 +62,34 @@ pub struct Counter {
     changed: bool,
 }
 
-/// A tuple as sampled, hashed and compared by its strings' addresses
-/// rather than their bytes: a stream's sessions share their strings from
-/// one sample to the next, so this is cheap, and tuples with equal strings
-/// at other addresses are summed when the bucket closes.
-#[derive(Debug, Clone)]
-struct Sampled(Tuple);
+/// A tuple as sampled, by its strings' addresses rather than their bytes: a
+/// stream's sessions share their strings from one sample to the next, so it
+/// is found without reading or copying them (the tuple it stands for holds
+/// the strings, so no address is reused while it is counted). Tuples with
+/// equal strings at other addresses are summed when the bucket closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sampled {
+    class: Class,
+    query: u64,
+    /// wait type, wait event, user, database, application, client, backend
+    /// type.
+    strings: [usize; 7],
+}
 
-impl Sampled {
-    fn strings(&self) -> [&Arc<str>; 7] {
-        let t = &self.0;
-        [
-            &t.wait_type,
-            &t.wait_event,
-            &t.user,
-            &t.database,
-            &t.application,
-            &t.client,
-            &t.backend_type,
-        ]
+impl std::hash::Hash for Sampled {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.query ^ self.class as u64);
+        for a in self.strings {
+            state.write_usize(a);
+        }
     }
 }
 
-impl PartialEq for Sampled {
-    fn eq(&self, other: &Sampled) -> bool {
-        self.0.class == other.0.class
-            && self.0.query == other.0.query
-            && self
-                .strings()
-                .iter()
-                .zip(other.strings())
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-    }
+fn address(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s) as *const u8 as usize
 }
 
-impl Eq for Sampled {}
-
-/// A hash for keys made of a few machine words (a [`Sampled`]'s
-/// addresses): a multiply and a rotate per word, where SipHash would take
+/// A hash for keys made of a few machine words (a [`Sampled`]): a multiply and a rotate per word, where SipHash would take
 /// ten times as long on every active session of every sample.
 #[derive(Default)]
 struct WordHasher(u64);
@@ -125,16 +115,6 @@ impl std::hash::Hasher for WordHasher {
 
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hash for Sampled {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u8(self.0.class as u8);
-        state.write_u64(self.0.query);
-        for s in self.strings() {
-            state.write_usize(Arc::as_ptr(s) as *const u8 as usize);
-        }
     }
 }
 
@@ -189,31 +169,40 @@ impl Counter {
         let (cpu, empty) = (CPU.with(Arc::clone), EMPTY.with(Arc::clone));
         for s in sessions {
             let Some(class) = class(s) else { continue };
-            let waiting = !s.wait_event_type.is_empty();
-            let tuple = Tuple {
-                class,
-                wait_type: if waiting {
-                    s.wait_event_type.clone()
-                } else {
-                    cpu.clone()
-                },
-                wait_event: if waiting {
-                    s.wait_event.clone()
-                } else {
-                    empty.clone()
-                },
-                query: s.fingerprint,
-                user: s.user.clone(),
-                database: s.database.clone(),
-                application: s.application_name.clone(),
-                client: s.client.clone(),
-                backend_type: s.backend_type.clone(),
+            let (wait_type, wait_event) = if s.wait_event_type.is_empty() {
+                (&cpu, &empty)
+            } else {
+                (&s.wait_event_type, &s.wait_event)
             };
-            match self.counts.entry(Sampled(tuple)) {
-                std::collections::hash_map::Entry::Occupied(mut o) => *o.get_mut() += 1,
+            let key = Sampled {
+                class,
+                query: s.fingerprint,
+                strings: [
+                    address(wait_type),
+                    address(wait_event),
+                    address(&s.user),
+                    address(&s.database),
+                    address(&s.application_name),
+                    address(&s.client),
+                    address(&s.backend_type),
+                ],
+            };
+            match self.counts.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().1 += 1,
                 std::collections::hash_map::Entry::Vacant(v) => {
                     text(s.fingerprint, &s.query);
-                    v.insert(1);
+                    let tuple = Tuple {
+                        class,
+                        wait_type: wait_type.clone(),
+                        wait_event: wait_event.clone(),
+                        query: s.fingerprint,
+                        user: s.user.clone(),
+                        database: s.database.clone(),
+                        application: s.application_name.clone(),
+                        client: s.client.clone(),
+                        backend_type: s.backend_type.clone(),
+                    };
+                    v.insert((tuple, 1));
                 }
             }
         }
@@ -275,7 +264,7 @@ impl Counter {
         fine.tuples = self
             .counts
             .drain()
-            .map(|(Sampled(mut t), n)| {
+            .map(|(_, (mut t, n))| {
                 t.client = by_host
                     .entry(t.client.clone())
                     .or_insert_with(|| host(&t.client).into())
@@ -385,8 +374,8 @@ impl Counter {
         {
             totals.samples += f.samples;
             totals.covered_us += f.covered_us;
-            for (t, n) in &self.counts {
-                totals.counts[t.0.class as usize] += u64::from(*n);
+            for (t, n) in self.counts.values() {
+                totals.counts[t.class as usize] += u64::from(*n);
             }
         }
         let mut hour = match &self.hour {
