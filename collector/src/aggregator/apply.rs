@@ -2,7 +2,7 @@
 //! merged onto their base, database increments summed, minutes rolled up,
 //! and the frames to store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pgfleet_proto::model::{Snapshot, TargetStatus, add_counters};
@@ -12,6 +12,7 @@ use tonic::Status;
 use tracing::debug;
 
 use super::{Aggregator, DatabaseTotal};
+use crate::load::Counter;
 use crate::load::statements::Read;
 use crate::rollup::{Minute, Rollup};
 use crate::state::{Pools, by_key, merge};
@@ -95,10 +96,11 @@ impl Aggregator {
                     self.texts.note(f, &text);
                 }
                 let mut closed = Vec::new();
-                self.load
-                    .entry(snapshot.server_id.as_str().into())
-                    .or_default()
-                    .statements(snapshot.sampled_at_us, &read, &mut closed);
+                counter(&mut self.load, &snapshot.server_id).statements(
+                    snapshot.sampled_at_us,
+                    &read,
+                    &mut closed,
+                );
                 if keep {
                     self.writes
                         .extend(super::load_writes(&snapshot.server_id, closed));
@@ -197,10 +199,7 @@ impl Aggregator {
             }
             view.pools = pools;
             let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
-            let counter = self
-                .load
-                .entry(snapshot.server_id.as_str().into())
-                .or_default();
+            let counter = counter(&mut self.load, &snapshot.server_id);
             let mut closed = Vec::new();
             let interval_us = view.interval.as_micros() as i64;
             if view.status == TargetStatus::Up {
@@ -245,6 +244,16 @@ impl Aggregator {
         }
         Ok(keyframes_needed)
     }
+}
+
+/// The counter of `server_id`, made when new: looked up by the name as it
+/// is, so that every sample does not allocate a key to find it.
+fn counter<'a>(load: &'a mut HashMap<Arc<str>, Counter>, server_id: &str) -> &'a mut Counter {
+    if !load.contains_key(server_id) {
+        load.insert(server_id.into(), Counter::default());
+    }
+    load.get_mut(server_id)
+        .expect("the counter was inserted just above")
 }
 
 /// Adds one up snapshot's increments to the totals. Every up snapshot lists every

@@ -183,18 +183,12 @@ impl Read {
                 t.wal_bytes,
             ]);
         }
-        let bytes = s.encode_to_vec();
-        zstd::bulk::compress(&bytes, 3).unwrap_or(bytes)
+        super::stored::compressed(s.encode_to_vec())
     }
 
     /// A stored read back; None when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Read> {
-        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-        let bytes = if bytes.starts_with(&ZSTD_MAGIC) {
-            std::borrow::Cow::Owned(zstd::bulk::decompress(bytes, 16 << 20).ok()?)
-        } else {
-            std::borrow::Cow::Borrowed(bytes)
-        };
+        let bytes = super::stored::decompressed(bytes)?;
         let s = StoredRead::decode(bytes.as_ref()).ok()?;
         if s.queries.len() != s.times_us.len() || s.counters.len() != s.queries.len() * 9 {
             return None;

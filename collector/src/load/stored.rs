@@ -67,10 +67,29 @@ struct StoredFine {
     counts: Vec<u32>,
 }
 
-/// The most bytes a stored minute may take once decompressed.
-const MAX_MINUTE_BYTES: usize = 16 << 20;
+/// The most bytes a stored row of load may take once decompressed.
+const MAX_ROW_BYTES: usize = 16 << 20;
 
 const ZSTD_LEVEL: i32 = 3;
+
+/// A row as stored: `bytes` compressed with zstd (as they are, should the
+/// compressor fail; reading tells the two apart).
+pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
+    zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+}
+
+/// A stored row's bytes, decompressed if they were; None when they do not
+/// decompress within [`MAX_ROW_BYTES`].
+pub(super) fn decompressed(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        zstd::bulk::decompress(bytes, MAX_ROW_BYTES)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    } else {
+        Some(std::borrow::Cow::Borrowed(bytes))
+    }
+}
 
 impl MinuteLoad {
     /// The minute as stored: its bucket, its 10 s buckets as counts of the
@@ -108,19 +127,13 @@ impl MinuteLoad {
         }
         let mut stored = coarse.stored();
         stored.fine = fine;
-        let bytes = stored.encode_to_vec();
-        zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+        compressed(stored.encode_to_vec())
     }
 
     /// A stored minute back (starting at `start`); None when the bytes are
     /// not one.
     pub fn decode(start: i64, bytes: &[u8]) -> Option<MinuteLoad> {
-        const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-        let bytes = if bytes.starts_with(&ZSTD_MAGIC) {
-            std::borrow::Cow::Owned(zstd::bulk::decompress(bytes, MAX_MINUTE_BYTES).ok()?)
-        } else {
-            std::borrow::Cow::Borrowed(bytes)
-        };
+        let bytes = decompressed(bytes)?;
         let mut stored = StoredLoad::decode(bytes.as_ref()).ok()?;
         let fine_stored = std::mem::take(&mut stored.fine);
         let mut coarse = Bucket::from_stored(start, COARSE_US, stored)?;

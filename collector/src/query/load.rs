@@ -32,14 +32,16 @@ impl QueryService {
     }
 
     /// What the counters of `servers` hold open, when `end` is recent
-    /// enough to need it.
+    /// enough to need it: within `reach` of now (what is open began at most
+    /// that long ago, and may not be stored yet).
     async fn open(
         &self,
         servers: &[&Arc<ServerView>],
         end: Micros,
+        reach: Micros,
         hours_only: bool,
     ) -> Result<Vec<(String, Vec<Closed>)>, Status> {
-        if end < now_micros() - 2 * COARSE_US - STATEMENTS_US {
+        if end < now_micros() - reach {
             return Ok(Vec::new());
         }
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
@@ -83,6 +85,7 @@ impl QueryService {
         &self,
         store: &Store,
         scope: &Scope,
+        reach: Micros,
     ) -> Result<
         (
             Vec<String>,
@@ -93,7 +96,7 @@ impl QueryService {
     > {
         let view = self.aggregator.view();
         let servers = scope.servers(&view.servers);
-        let open = self.open(&servers, scope.end, false).await?;
+        let open = self.open(&servers, scope.end, reach, false).await?;
         let minutes = self.minutes(store, scope, &servers, &open).await?;
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
         Ok((ids, open, scope.buckets(minutes)))
@@ -136,7 +139,7 @@ impl QueryService {
         plan.check_group(&servers)
             .map_err(Status::invalid_argument)?;
         let open = self
-            .open(&servers, plan.scope.end, plan.totals_only())
+            .open(&servers, plan.scope.end, MINUTE_REACH, plan.totals_only())
             .await?;
         if plan.totals_only() {
             let ids = servers.iter().map(|s| s.server_id.clone()).collect();
@@ -181,7 +184,8 @@ impl QueryService {
             self.server(&req.server_id)?;
         }
         let plan = TopPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
-        let (ids, open, buckets) = self.whole_range(store, &plan.scope).await?;
+        let reach = MINUTE_REACH + STATEMENTS_US;
+        let (ids, open, buckets) = self.whole_range(store, &plan.scope, reach).await?;
         // Statements are kept per interval: those that begin in the range,
         // and the one it begins in.
         let first = plan.scope.start - plan.scope.start.rem_euclid(STATEMENTS_US);
@@ -228,10 +232,14 @@ impl QueryService {
             self.server(&req.server_id)?;
         }
         let plan = ChurnPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
-        let (_, _, buckets) = self.whole_range(store, &plan.scope).await?;
+        let (_, _, buckets) = self.whole_range(store, &plan.scope, MINUTE_REACH).await?;
         Ok(plan.evaluate(&buckets))
     }
 }
+
+/// How far back an open minute (or hour totals' last minute) can begin, with
+/// time for the store to commit it once closed.
+const MINUTE_REACH: Micros = 2 * COARSE_US;
 
 /// The most bytes of a query's text an answer gives (500 texts of the agent's
 /// longest, 64 KiB, would not fit in a message).
