@@ -8,26 +8,10 @@ use tracing::{info, warn};
 
 use super::delta::{self, Counters, Increments, Read, Tracker};
 use super::names::Names;
-use super::sql::{self, CounterRow, Extension};
+use super::sql::{self, CounterRow, Extension, Ready};
 use super::texts::Texts;
 use super::{MAX_ONE_TEXT, MAX_STATEMENTS, Missing, RECHECK, ReadError, chain, read_error};
 use crate::sampler::query_text::QueryText;
-
-/// The extension as found, and the statements written for it.
-#[derive(Debug)]
-pub(super) struct Ready {
-    /// Its schema and version.
-    pub(super) extension: Extension,
-    /// The connected database, where it was found.
-    pub(super) database: String,
-    /// See [`Extension::counters_sql`].
-    pub(super) counters_sql: String,
-    /// See [`Extension::texts_sql`].
-    pub(super) texts_sql: String,
-    /// The longest text, in bytes (track_activity_query_size less its
-    /// terminating byte, as pg_stat_activity cuts texts).
-    pub(super) text_bytes: usize,
-}
 
 /// What the agent knows of the extension.
 #[derive(Debug)]

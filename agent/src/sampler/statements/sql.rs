@@ -149,6 +149,22 @@ pub fn counter_row(row: &Row) -> Result<CounterRow, tokio_postgres::Error> {
     }))
 }
 
+/// The extension as found, and the statements written for it.
+#[derive(Debug)]
+pub(super) struct Ready {
+    /// Its schema and version.
+    pub(super) extension: Extension,
+    /// The connected database, where it was found.
+    pub(super) database: String,
+    /// See [`Extension::counters_sql`].
+    pub(super) counters_sql: String,
+    /// See [`Extension::texts_sql`].
+    pub(super) texts_sql: String,
+    /// The longest text, in bytes (track_activity_query_size less its
+    /// terminating byte, as pg_stat_activity cuts texts).
+    pub(super) text_bytes: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

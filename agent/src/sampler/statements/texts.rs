@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::delta::{Counters, Key};
-use super::reader::Ready;
+use super::sql::Ready;
 use super::{MAX_TEXT_BYTES, ReadError, chain, read_error};
 use crate::sampler::query_text::{self, QueryText};
 
