@@ -248,7 +248,7 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> f64 {
 
 /// What one server-day takes in an empty store: load alone, and load with
 /// statement statistics, as the collector writes them.
-async fn storage(day: &[Closed]) -> (u64, u64) {
+async fn storage(day: &[Closed]) -> (u64, u64, serde_json::Value) {
     let dir = tempdir("pgfleet-bench-load-day");
     let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
     store.flush().await;
@@ -271,8 +271,30 @@ async fn storage(day: &[Closed]) -> (u64, u64) {
     checkpoint(&dir);
     let both = file_bytes(&dir) - empty;
     drop(store);
+    let tables = table_bytes(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    (load, both)
+    (load, both, tables)
+}
+
+/// Each load table's rows and the bytes of their bodies, as stored.
+fn table_bytes(dir: &std::path::Path) -> serde_json::Value {
+    let db = rusqlite::Connection::open(dir.join("pgfleet.sqlite")).unwrap();
+    let mut out = serde_json::Map::new();
+    for table in ["load", "load_hours", "statements", "load_keys", "queries"] {
+        let body = if table == "queries" { "text" } else { "body" };
+        let (rows, bytes): (i64, i64) = db
+            .query_row(
+                &format!("SELECT count(*), coalesce(sum(length({body})), 0) FROM {table}"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        out.insert(
+            table.into(),
+            serde_json::json!({"rows": rows, "body_bytes": bytes}),
+        );
+    }
+    out.into()
 }
 
 /// A day's figures, as JSON.
@@ -284,7 +306,7 @@ async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
     let fine_tuples = |m: &MinuteLoad| {
         m.fine.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / m.fine.len().max(1) as f64
     };
-    let (load, both) = storage(day).await;
+    let (load, both, tables) = storage(day).await;
     serde_json::json!({
         "count_us_per_sample": count_us,
         "db_load": mean(&|m| m.coarse.average(Class::Active)),
@@ -305,6 +327,7 @@ async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
         }),
         "load_bytes_per_server_day": load,
         "load_and_statements_bytes_per_server_day": both,
+        "tables": tables,
     })
 }
 
@@ -320,6 +343,13 @@ async fn main() {
     let heavy = day_figures(&heavy, heavy_us).await;
     let (day, count_us) = one_day(end, Mix::Realistic);
     let realistic = day_figures(&day, count_us).await;
+    if std::env::var_os("PGFLEET_BENCH_STORAGE_ONLY").is_some() {
+        println!(
+            "{}",
+            serde_json::json!({"realistic": realistic, "heavy": heavy})
+        );
+        return;
+    }
 
     // 2. A fleet's day, and a collector on it: every server's hours of the
     // day, and its minutes of the last hour (what the questions read; a

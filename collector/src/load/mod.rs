@@ -24,6 +24,7 @@ pub mod ask;
 pub mod churn;
 pub mod count;
 pub mod hours;
+pub mod keys;
 pub mod statements;
 mod stored;
 
@@ -36,6 +37,7 @@ use pgfleet_proto::time::Micros;
 
 pub use churn::Churn;
 pub use count::Counter;
+pub use stored::ParsedMinute;
 
 /// The fine resolution, kept for the frame retention (24 h by default).
 pub const FINE_US: Micros = 10_000_000;

@@ -8,6 +8,7 @@ use pgfleet_proto::v1;
 use prost::Message;
 
 use super::OTHER_QUERY;
+use super::keys::{Keys, Table};
 
 /// One statement's increments, or their sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -161,14 +162,28 @@ impl Read {
         self.by_query.sort_unstable_by_key(|(f, _)| *f);
     }
 
-    /// The read as stored.
+    /// The read as stored, with fingerprints of its own.
     pub fn encode(&self) -> Vec<u8> {
+        let mut s = self.stored();
+        s.queries = self.by_query.iter().map(|(f, _)| *f).collect();
+        super::stored::compressed(s.encode_to_vec())
+    }
+
+    /// The read as stored, naming its fingerprints in the dictionary `keys`
+    /// (whose `queries` it adds to).
+    pub(super) fn encode_with(&self, keys: i64, queries: &mut Table<u64>) -> Vec<u8> {
+        let mut s = self.stored();
+        s.keys = keys;
+        s.query_indexes = self.by_query.iter().map(|(f, _)| queries.of(f)).collect();
+        super::stored::compressed(s.encode_to_vec())
+    }
+
+    fn stored(&self) -> StoredRead {
         let mut s = StoredRead {
             since_us: self.since_us,
             ..Default::default()
         };
-        for (f, t) in &self.by_query {
-            s.queries.push(*f);
+        for (_, t) in &self.by_query {
             s.times_us
                 .push((t.time_ms * 1000.0).round().max(0.0) as u64);
             s.counters.extend([
@@ -183,18 +198,47 @@ impl Read {
                 t.wal_bytes,
             ]);
         }
-        super::stored::compressed(s.encode_to_vec())
+        s
     }
 
-    /// A stored read back; None when the bytes are not one.
+    /// A stored read back, with fingerprints of its own; None when the
+    /// bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Read> {
+        Self::parse(bytes)?.with(&Keys::default())
+    }
+
+    /// A stored read, read as far as the dictionary it needs.
+    pub fn parse(bytes: &[u8]) -> Option<ParsedRead> {
         let bytes = super::stored::decompressed(bytes)?;
-        let s = StoredRead::decode(bytes.as_ref()).ok()?;
-        if s.queries.len() != s.times_us.len() || s.counters.len() != s.queries.len() * 9 {
+        Some(ParsedRead(StoredRead::decode(bytes.as_ref()).ok()?))
+    }
+}
+
+/// A stored read not yet given its dictionary.
+pub struct ParsedRead(StoredRead);
+
+impl ParsedRead {
+    /// The dictionary it names (0: none, its fingerprints are its own).
+    pub fn keys(&self) -> i64 {
+        self.0.keys
+    }
+
+    /// The read, with `keys` the dictionary it names (or any, when it names
+    /// none); None when it does not fit them.
+    pub fn with(self, keys: &Keys) -> Option<Read> {
+        let s = self.0;
+        let queries = if s.keys == 0 {
+            s.queries
+        } else {
+            s.query_indexes
+                .iter()
+                .map(|i| keys.queries.get(*i as usize).copied())
+                .collect::<Option<Vec<u64>>>()?
+        };
+        if queries.len() != s.times_us.len() || s.counters.len() != queries.len() * 9 {
             return None;
         }
-        let by_query = s
-            .queries
+        let by_query = queries
             .iter()
             .zip(&s.times_us)
             .zip(s.counters.chunks_exact(9))
@@ -237,6 +281,12 @@ struct StoredRead {
     /// written, the temp blocks read and written, and WAL bytes.
     #[prost(uint64, repeated, tag = "4")]
     counters: Vec<u64>,
+    /// The server-hour's dictionary (see [`super::keys`]) that
+    /// `query_indexes` are into; 0: the fingerprints are in `queries`.
+    #[prost(int64, tag = "6")]
+    keys: i64,
+    #[prost(uint32, repeated, tag = "7")]
+    query_indexes: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -9,10 +9,17 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
+use super::keys::{Keys, Table, Tables};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
 /// The columns of a tuple's row in [`StoredLoad::cells`].
-const TUPLE_CELLS: usize = 9;
+const TUPLE_CELLS: usize = 5;
+
+/// The columns of a row of [`StoredLoad::who`].
+const WHO_CELLS: usize = 5;
+
+/// The columns of a tuple's row as stored before [`StoredLoad::who`].
+const TUPLE_CELLS_V1: usize = 9;
 
 /// The columns of a churn row in [`StoredLoad::churn_cells`].
 const CHURN_CELLS: usize = 6;
@@ -28,10 +35,17 @@ struct StoredLoad {
     #[prost(fixed64, repeated, tag = "4")]
     queries: Vec<u64>,
     /// Per tuple: class, wait type, wait event, query (into `queries`),
-    /// user, database, application, client, backend type. (Row by row:
-    /// stored column by column it compressed 5% worse.)
+    /// and who ran it (into `who`). (Row by row: stored column by column it
+    /// compressed 5% worse.) Rows of an earlier version have nine cells and
+    /// no `who`: user, database, application, client and backend type in
+    /// place of the row of `who`.
     #[prost(uint32, repeated, tag = "5")]
     cells: Vec<u32>,
+    /// Who ran the tuples: user, database, application, client, backend
+    /// type, a row each; a minute's tuples share a few dozen, where each
+    /// tuple naming its own took most of a row's bytes.
+    #[prost(uint32, repeated, tag = "13")]
+    who: Vec<u32>,
     #[prost(uint32, repeated, tag = "6")]
     counts: Vec<u32>,
     /// Per churn row: database, application, user, client, started, ended.
@@ -50,6 +64,10 @@ struct StoredLoad {
     /// The minute's 10 s buckets.
     #[prost(message, repeated, tag = "12")]
     fine: Vec<StoredFine>,
+    /// The server-hour's dictionary its indexes are into (see
+    /// [`super::keys`]); 0: `strings` and `queries` of its own.
+    #[prost(int64, tag = "14")]
+    keys: i64,
 }
 
 /// A 10 s bucket of a minute: its counts of the minute's tuples.
@@ -65,6 +83,19 @@ struct StoredFine {
     /// Tuple (an index into the minute's), count, tuple, count, …
     #[prost(uint32, repeated, tag = "4")]
     counts: Vec<u32>,
+}
+
+impl StoredLoad {
+    /// Holds the strings and fingerprints it names itself.
+    fn own(&mut self, tables: Tables) {
+        self.strings = tables
+            .strings
+            .values
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        self.queries = tables.queries.values;
+    }
 }
 
 /// The most bytes a stored row of load may take once decompressed.
@@ -92,10 +123,26 @@ pub(super) fn decompressed(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
 }
 
 impl MinuteLoad {
-    /// The minute as stored: its bucket, its 10 s buckets as counts of the
-    /// bucket's tuples (a tuple only a 10 s bucket has joins the minute's
-    /// with no count of its own), compressed.
+    /// The minute as stored, with strings of its own.
     pub fn encode(&self) -> Vec<u8> {
+        let mut tables = Tables::default();
+        let mut stored = self.stored(&mut tables);
+        stored.own(tables);
+        compressed(stored.encode_to_vec())
+    }
+
+    /// The minute as stored, naming its strings in the dictionary `keys`
+    /// (whose `tables` it adds to).
+    pub(super) fn encode_with(&self, keys: i64, tables: &mut Tables) -> Vec<u8> {
+        let mut stored = self.stored(tables);
+        stored.keys = keys;
+        compressed(stored.encode_to_vec())
+    }
+
+    /// The minute as stored, before compression: its bucket, its 10 s
+    /// buckets as counts of the bucket's tuples (a tuple only a 10 s bucket
+    /// has joins the minute's with no count of its own).
+    fn stored(&self, tables: &mut Tables) -> StoredLoad {
         let mut coarse = self.coarse.clone();
         let mut index: HashMap<Tuple, u32> = coarse
             .tuples
@@ -125,18 +172,45 @@ impl MinuteLoad {
                 counts,
             });
         }
-        let mut stored = coarse.stored();
+        let mut stored = coarse.stored(tables);
         stored.fine = fine;
-        compressed(stored.encode_to_vec())
+        stored
     }
 
-    /// A stored minute back (starting at `start`); None when the bytes are
-    /// not one.
+    /// A stored minute back (starting at `start`), with strings of its
+    /// own; None when the bytes are not one.
     pub fn decode(start: i64, bytes: &[u8]) -> Option<MinuteLoad> {
+        Self::parse(start, bytes)?.with(&Keys::default())
+    }
+
+    /// A stored minute, read as far as the dictionary it needs.
+    pub fn parse(start: i64, bytes: &[u8]) -> Option<ParsedMinute> {
         let bytes = decompressed(bytes)?;
-        let mut stored = StoredLoad::decode(bytes.as_ref()).ok()?;
+        Some(ParsedMinute {
+            start,
+            stored: StoredLoad::decode(bytes.as_ref()).ok()?,
+        })
+    }
+}
+
+/// A stored minute of load not yet given its dictionary.
+pub struct ParsedMinute {
+    start: i64,
+    stored: StoredLoad,
+}
+
+impl ParsedMinute {
+    /// The dictionary it names (0: none, its strings are its own).
+    pub fn keys(&self) -> i64 {
+        self.stored.keys
+    }
+
+    /// The minute, with `keys` the dictionary it names (or any, when it
+    /// names none); None when it does not fit them.
+    pub fn with(self, keys: &Keys) -> Option<MinuteLoad> {
+        let (start, mut stored) = (self.start, self.stored);
         let fine_stored = std::mem::take(&mut stored.fine);
-        let mut coarse = Bucket::from_stored(start, COARSE_US, stored)?;
+        let mut coarse = Bucket::from_stored(start, COARSE_US, stored, keys)?;
         let mut fine = Vec::with_capacity(fine_stored.len());
         for f in fine_stored {
             let mut tuples = Vec::with_capacity(f.counts.len() / 2);
@@ -157,53 +231,33 @@ impl MinuteLoad {
     }
 }
 
-impl StoredLoad {
-    fn with_strings(mut self, strings: Vec<Arc<str>>) -> StoredLoad {
-        self.strings = strings.iter().map(|s| s.to_string()).collect();
-        self
-    }
-}
-
-/// Gives each string an index, once.
-#[derive(Default)]
-struct Table<K> {
-    index: HashMap<K, u32>,
-    values: Vec<K>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> Table<K> {
-    fn of(&mut self, key: &K) -> u32 {
-        if let Some(i) = self.index.get(key) {
-            return *i;
-        }
-        let i = self.values.len() as u32;
-        self.index.insert(key.clone(), i);
-        self.values.push(key.clone());
-        i
-    }
-}
-
 impl Bucket {
-    /// The bucket as stored, without compression.
+    /// The bucket as stored, without compression, with strings of its own.
     pub fn encode(&self) -> Vec<u8> {
-        self.stored().encode_to_vec()
+        let mut tables = Tables::default();
+        let mut stored = self.stored(&mut tables);
+        stored.own(tables);
+        stored.encode_to_vec()
     }
 
-    fn stored(&self) -> StoredLoad {
-        let mut strings: Table<Arc<str>> = Table::default();
-        let mut queries: Table<u64> = Table::default();
+    fn stored(&self, tables: &mut Tables) -> StoredLoad {
+        let Tables { strings, queries } = tables;
+        let mut sessions: Table<[u32; WHO_CELLS]> = Table::default();
         let mut cells = Vec::with_capacity(self.tuples.len() * TUPLE_CELLS);
         for (t, _) in &self.tuples {
-            cells.extend([
-                t.class as u32,
-                strings.of(&t.wait_type),
-                strings.of(&t.wait_event),
-                queries.of(&t.query),
+            let who = [
                 strings.of(&t.user),
                 strings.of(&t.database),
                 strings.of(&t.application),
                 strings.of(&t.client),
                 strings.of(&t.backend_type),
+            ];
+            cells.extend([
+                t.class as u32,
+                strings.of(&t.wait_type),
+                strings.of(&t.wait_event),
+                queries.of(&t.query),
+                sessions.of(&who),
             ]);
         }
         let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
@@ -220,7 +274,6 @@ impl Bucket {
         StoredLoad {
             samples: self.samples,
             covered_us: self.covered_us,
-            queries: queries.values,
             cells,
             counts: self.tuples.iter().map(|(_, n)| *n).collect(),
             churn_cells,
@@ -238,38 +291,70 @@ impl Bucket {
                 .iter()
                 .flat_map(|(d, n)| [strings.of(d), *n])
                 .collect(),
+            who: sessions.values.concat(),
             strings: Vec::new(),
+            queries: Vec::new(),
             fine: Vec::new(),
+            keys: 0,
         }
-        .with_strings(strings.values)
     }
 
-    /// A stored bucket back; None when the bytes are not one.
+    /// A stored bucket (with strings of its own) back; None when the bytes
+    /// are not one.
     pub fn decode(start: i64, len_us: i64, bytes: &[u8]) -> Option<Bucket> {
-        Self::from_stored(start, len_us, StoredLoad::decode(bytes).ok()?)
+        Self::from_stored(
+            start,
+            len_us,
+            StoredLoad::decode(bytes).ok()?,
+            &Keys::default(),
+        )
     }
 
-    fn from_stored(start: i64, len_us: i64, s: StoredLoad) -> Option<Bucket> {
-        let strings: Vec<Arc<str>> = s.strings.into_iter().map(Arc::from).collect();
+    /// From a stored bucket, with `keys` the dictionary it names (unless
+    /// its strings are its own).
+    fn from_stored(start: i64, len_us: i64, s: StoredLoad, keys: &Keys) -> Option<Bucket> {
+        let own;
+        let (strings, queries) = if s.keys == 0 {
+            own = Keys {
+                strings: s.strings.into_iter().map(Arc::from).collect(),
+                queries: s.queries,
+            };
+            (&own.strings, &own.queries)
+        } else {
+            (&keys.strings, &keys.queries)
+        };
         let text = |i: u32| strings.get(i as usize).cloned();
-        if s.cells.len() != s.counts.len() * TUPLE_CELLS
+        let width = if s.who.is_empty() && !s.counts.is_empty() {
+            TUPLE_CELLS_V1
+        } else {
+            TUPLE_CELLS
+        };
+        if s.cells.len() != s.counts.len() * width
+            || !s.who.len().is_multiple_of(WHO_CELLS)
             || s.churn_cells.len() != s.churn_lifetimes_us.len() * CHURN_CELLS
         {
             return None;
         }
         let mut tuples = Vec::with_capacity(s.counts.len());
-        for (row, n) in s.cells.chunks_exact(TUPLE_CELLS).zip(s.counts) {
+        for (row, n) in s.cells.chunks_exact(width).zip(s.counts) {
+            let who = match width {
+                TUPLE_CELLS_V1 => &row[4..],
+                _ => {
+                    let i = row[4] as usize * WHO_CELLS;
+                    s.who.get(i..i + WHO_CELLS)?
+                }
+            };
             tuples.push((
                 Tuple {
                     class: Class::from_code(row[0])?,
                     wait_type: text(row[1])?,
                     wait_event: text(row[2])?,
-                    query: *s.queries.get(row[3] as usize)?,
-                    user: text(row[4])?,
-                    database: text(row[5])?,
-                    application: text(row[6])?,
-                    client: text(row[7])?,
-                    backend_type: text(row[8])?,
+                    query: *queries.get(row[3] as usize)?,
+                    user: text(who[0])?,
+                    database: text(who[1])?,
+                    application: text(who[2])?,
+                    client: text(who[3])?,
+                    backend_type: text(who[4])?,
                 },
                 n,
             ));

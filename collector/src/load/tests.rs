@@ -99,3 +99,108 @@ fn keys_read_as_people_name_them() {
     assert_eq!(Dim::User.of(&cpu), "other");
     assert_eq!(Dim::Query.of(&cpu), "other");
 }
+
+/// A minute of one tuple per user given, starting at `start`.
+fn minute_of(start: Micros, users: &[&str]) -> MinuteLoad {
+    let mut coarse = Bucket::holding(start, COARSE_US);
+    coarse.samples = 60;
+    coarse.covered_us = 60_000_000;
+    coarse.tuples = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (tuple(u, 100 + i as u64, ("CPU", "")), 5))
+        .collect();
+    let mut fine = Bucket::holding(start, FINE_US);
+    fine.samples = 10;
+    fine.covered_us = 10_000_000;
+    fine.tuples = coarse.tuples.clone();
+    MinuteLoad {
+        coarse,
+        fine: vec![fine],
+    }
+}
+
+/// Reads `body` back with the dictionaries `rows` hold.
+fn read_back(start: Micros, body: &[u8], rows: &[keys::KeysRow]) -> Option<MinuteLoad> {
+    let parsed = MinuteLoad::parse(start, body)?;
+    let row = rows.iter().rfind(|r| r.id == parsed.keys())?;
+    parsed.with(&keys::Keys::decode(&row.body)?)
+}
+
+#[test]
+fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
+    let hour = 1_800_000_000_000_000 - 1_800_000_000_000_000 % hours::HOUR_US;
+    let mut d = keys::Dictionaries::default();
+    let first = minute_of(hour, &["app", "report"]);
+    let second = minute_of(hour + COARSE_US, &["app", "batch"]);
+    let (a, b) = (d.minute("db-1", &first), d.minute("db-1", &second));
+    let written = d.unwritten();
+    assert_eq!(written.len(), 1, "one dictionary for the hour: {written:?}");
+    assert!(
+        a.len() < first.encode().len(),
+        "smaller than a row with its own strings"
+    );
+    assert_eq!(
+        read_back(first.coarse.start, &a, &written),
+        Some(first.clone())
+    );
+    assert_eq!(read_back(second.coarse.start, &b, &written), Some(second));
+    // Not committed (the transaction failed): the same ops, encoded again,
+    // still say the dictionary is to be written.
+    let again = d.minute("db-1", &first);
+    assert_eq!(again, a);
+    assert_eq!(d.unwritten(), written);
+    d.committed();
+    assert!(d.unwritten().is_empty(), "written once");
+    // Nothing new: nothing to write; a new string: the dictionary again.
+    d.minute("db-1", &first);
+    assert!(d.unwritten().is_empty());
+    d.minute("db-1", &minute_of(hour + 2 * COARSE_US, &["new"]));
+    assert_eq!(d.unwritten().len(), 1);
+    d.committed();
+    // The next hour: a dictionary of its own, under another id.
+    let next = minute_of(hour + hours::HOUR_US, &["app"]);
+    let c = d.minute("db-1", &next);
+    let rows = d.unwritten();
+    assert_eq!(rows.len(), 1);
+    assert_ne!(rows[0].id, written[0].id);
+    assert_eq!(read_back(next.coarse.start, &c, &rows), Some(next.clone()));
+    // Another writer (another collector) names its own dictionary.
+    let mut other = keys::Dictionaries::default();
+    other.minute("db-1", &next);
+    assert_ne!(other.unwritten()[0].id, rows[0].id);
+    // A row whose dictionary is not found does not decode (and is skipped
+    // by its reader), rather than naming the wrong strings.
+    assert_eq!(
+        MinuteLoad::parse(next.coarse.start, &c).and_then(|p| p.with(&keys::Keys::default())),
+        None
+    );
+}
+
+#[test]
+fn a_dictionary_whose_hour_ended_unwritten_is_still_written() {
+    let hour = 1_800_000_000_000_000 - 1_800_000_000_000_000 % hours::HOUR_US;
+    let mut d = keys::Dictionaries::default();
+    let late = minute_of(hour + 59 * COARSE_US, &["app"]);
+    let next = minute_of(hour + hours::HOUR_US, &["app"]);
+    let (a, b) = (d.minute("db-1", &late), d.minute("db-1", &next));
+    let rows = d.unwritten();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(read_back(late.coarse.start, &a, &rows), Some(late));
+    assert_eq!(read_back(next.coarse.start, &b, &rows), Some(next));
+    let read = statements::Read {
+        since_us: 1,
+        by_query: vec![(100, statements::Totals::default())],
+    };
+    let body = d.statements("db-1", hour + hours::HOUR_US, &read);
+    let parsed = statements::Read::parse(&body).unwrap();
+    let row = d
+        .unwritten()
+        .into_iter()
+        .find(|r| r.id == parsed.keys())
+        .unwrap();
+    assert_eq!(
+        parsed.with(&keys::Keys::decode(&row.body).unwrap()),
+        Some(read)
+    );
+}

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::keys::{Dictionaries, Keys};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad};
 use crate::rollup::Minute;
@@ -59,6 +60,13 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         body BLOB NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS statements_by_server ON statements (server_id, at);
     CREATE INDEX IF NOT EXISTS statements_by_at ON statements (at);
+    CREATE TABLE IF NOT EXISTS load_keys (
+        server_id TEXT NOT NULL,
+        id INTEGER NOT NULL,
+        hour INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (server_id, id)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS load_keys_by_hour ON load_keys (hour);
     CREATE TABLE IF NOT EXISTS queries (
         fingerprint INTEGER PRIMARY KEY,
         text TEXT NOT NULL);";
@@ -66,6 +74,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
 /// The writer's connection and its compressor.
 pub(super) struct SqliteSink {
     db: Connection,
+    /// Each server's dictionary of strings for the hour being written.
+    keys: Dictionaries,
     /// Without a compressor (it could not allocate), frames are stored as
     /// they are; reading tells the two apart.
     zstd: Option<zstd::bulk::Compressor<'static>>,
@@ -90,6 +100,7 @@ pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String
     );
     let sink = SqliteSink {
         db,
+        keys: Dictionaries::default(),
         zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
     };
     Ok((sink, reader, loaded, place))
@@ -268,12 +279,57 @@ pub(super) fn load(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, MinuteLoad)>> {
+    let parsed: Vec<_> = rows(db, "load", "minute", servers, start, end)?
+        .into_iter()
+        .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
+        .collect();
+    let keys = dictionaries(
+        db,
+        parsed
+            .iter()
+            .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
+    )?;
     let mut out = Vec::new();
-    for (server_id, at, body) in rows(db, "load", "minute", servers, start, end)? {
-        match MinuteLoad::decode(at, &body) {
+    for (server_id, at, p) in parsed {
+        match p.and_then(|p| {
+            let k = keys.get(&(server_id.clone(), p.keys()));
+            p.with(k.unwrap_or(&Keys::default()))
+        }) {
             Some(m) => out.push((server_id, m)),
             None => {
                 warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The dictionaries (see [`crate::load::keys`]) that rows of these
+/// servers name, by server and id; a row that names none (None, or 0) or
+/// one not found is left to fail its decoding.
+fn dictionaries<'a>(
+    db: &Connection,
+    named: impl Iterator<Item = (&'a String, Option<i64>)>,
+) -> rusqlite::Result<HashMap<(String, i64), Keys>> {
+    let mut out = HashMap::new();
+    let mut q = db.prepare_cached("SELECT body FROM load_keys WHERE server_id = ?1 AND id = ?2")?;
+    for (server_id, id) in named {
+        let Some(id) = id.filter(|id| *id != 0) else {
+            continue;
+        };
+        let key = (server_id.clone(), id);
+        if out.contains_key(&key) {
+            continue;
+        }
+        let body: Option<Vec<u8>> = q
+            .query_row(params![server_id, id], |r| r.get(0))
+            .optional()?;
+        match body.as_deref().and_then(Keys::decode) {
+            Some(k) => {
+                out.insert(key, k);
+            }
+            None => {
+                warn!(server.id = %server_id, keys = id, "A dictionary of load strings is missing or does not decode; the rows that name it are skipped.")
             }
         }
     }
@@ -306,9 +362,22 @@ pub(super) fn statements(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Micros, Read)>> {
+    let parsed: Vec<_> = rows(db, "statements", "at", servers, start, end)?
+        .into_iter()
+        .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
+        .collect();
+    let keys = dictionaries(
+        db,
+        parsed
+            .iter()
+            .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
+    )?;
     let mut out = Vec::new();
-    for (server_id, at, body) in rows(db, "statements", "at", servers, start, end)? {
-        match Read::decode(&body) {
+    for (server_id, at, p) in parsed {
+        match p.and_then(|p| {
+            let k = keys.get(&(server_id.clone(), p.keys()));
+            p.with(k.unwrap_or(&Keys::default()))
+        }) {
             Some(read) => out.push((server_id, at, read)),
             None => {
                 warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
@@ -390,6 +459,11 @@ fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result
         "DELETE FROM statements WHERE at < ?1",
         params![rollups_before],
     )?;
+    // The rows that name a dictionary start before the hour after its own.
+    db.execute(
+        "DELETE FROM load_keys WHERE hour <= ?1",
+        params![rollups_before - HOUR_US],
+    )?;
     Ok((frames, rollups + load + hours + statements))
 }
 
@@ -428,7 +502,9 @@ pub(super) fn rebuild(
 
 impl Sink for SqliteSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
-        commit(&mut self.db, ops, &mut self.zstd).map_err(|e| e.to_string())
+        commit(&mut self.db, ops, &mut self.zstd, &mut self.keys).map_err(|e| e.to_string())?;
+        self.keys.committed();
+        Ok(())
     }
 
     fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
@@ -440,6 +516,7 @@ fn commit(
     db: &mut Connection,
     ops: &[(u64, Op)],
     zstd: &mut Option<zstd::bulk::Compressor<'static>>,
+    keys: &mut Dictionaries,
 ) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     {
@@ -502,7 +579,8 @@ fn commit(
                     hour: totals,
                 } => {
                     if minute.coarse.samples > 0 {
-                        load.execute(params![server_id, minute.coarse.start, minute.encode()])?;
+                        let body = keys.minute(server_id, minute);
+                        load.execute(params![server_id, minute.coarse.start, body])?;
                     }
                     hour.execute(params![server_id, totals.start, totals.encode()])?;
                 }
@@ -511,7 +589,8 @@ fn commit(
                     at,
                     read,
                 } => {
-                    statements.execute(params![server_id, at, read.encode()])?;
+                    let body = keys.statements(server_id, *at, read);
+                    statements.execute(params![server_id, at, body])?;
                 }
                 Op::Texts(texts) => {
                     for (f, t) in texts {
@@ -522,6 +601,13 @@ fn commit(
                 // connected is in its memory.
                 Op::Disconnected { .. } | Op::Flush(_) => {}
             }
+        }
+        let mut dictionary = tx.prepare_cached(
+            "INSERT INTO load_keys (server_id, id, hour, body) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (server_id, id) DO UPDATE SET body = excluded.body",
+        )?;
+        for k in keys.unwritten() {
+            dictionary.execute(params![k.server_id, k.id, k.hour, k.body])?;
         }
     }
     tx.commit()

@@ -82,12 +82,25 @@ const SCHEMA: &str = "
         at bigint NOT NULL,
         body bytea NOT NULL,
         PRIMARY KEY (server_id, at)) PARTITION BY RANGE (at);
+    CREATE TABLE IF NOT EXISTS pgfleet.load_keys (
+        server_id text NOT NULL,
+        id bigint NOT NULL,
+        hour bigint NOT NULL,
+        body bytea NOT NULL,
+        PRIMARY KEY (server_id, id, hour)) PARTITION BY RANGE (hour);
     CREATE TABLE IF NOT EXISTS pgfleet.queries (
         fingerprint bigint PRIMARY KEY,
         text text NOT NULL);";
 
 /// The partitioned tables.
-const PARTITIONED: [&str; 5] = ["frames", "rollups", "load", "load_hours", "statements"];
+const PARTITIONED: [&str; 6] = [
+    "frames",
+    "rollups",
+    "load",
+    "load_hours",
+    "statements",
+    "load_keys",
+];
 
 /// The settings for the store's connections: the URL's (TLS included, as
 /// libpq reads `sslmode` and the `PGSSL*` variables), with this collector's

@@ -15,6 +15,7 @@ use super::Written;
 use crate::load::MinuteLoad;
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::keys::Keys;
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::rollup::{MINUTE_US, Minute};
 
@@ -199,6 +200,44 @@ impl Reader {
             .collect())
     }
 
+    /// The dictionaries (see [`crate::load::keys`]) that rows of these
+    /// servers name, by server and id, in one query.
+    async fn dictionaries<'a>(
+        &self,
+        named: impl Iterator<Item = (&'a String, Option<i64>)>,
+    ) -> Result<HashMap<(String, i64), Keys>, ReadError> {
+        let wanted: std::collections::BTreeSet<(&str, i64)> = named
+            .filter_map(|(s, id)| Some((s.as_str(), id.filter(|id| *id != 0)?)))
+            .collect();
+        let mut out = HashMap::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let (servers, ids): (Vec<&str>, Vec<i64>) = wanted.iter().copied().unzip();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT k.server_id, k.id, k.body FROM pgfleet.load_keys k
+                 JOIN unnest($1::text[], $2::bigint[]) AS w (server_id, id)
+                   ON k.server_id = w.server_id AND k.id = w.id",
+                &[&servers, &ids],
+            )
+            .await
+            .map_err(read_error)?;
+        for r in rows {
+            let (server_id, id, body): (String, i64, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+            match Keys::decode(&body) {
+                Some(k) => {
+                    out.insert((server_id, id), k);
+                }
+                None => {
+                    warn!(server.id = %server_id, keys = id, "A dictionary of load strings does not decode; the rows that name it are skipped.")
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The minutes of load that start in `[start, end)`, of `servers`.
     pub(in crate::store) async fn load(
         &self,
@@ -206,9 +245,25 @@ impl Reader {
         start: Micros,
         end: Micros,
     ) -> Result<Vec<(String, MinuteLoad)>, ReadError> {
+        let parsed: Vec<_> = self
+            .rows("load", "minute", &servers, start, end)
+            .await?
+            .into_iter()
+            .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
+            .collect();
+        let keys = self
+            .dictionaries(
+                parsed
+                    .iter()
+                    .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
+            )
+            .await?;
         let mut out = Vec::new();
-        for (server_id, at, body) in self.rows("load", "minute", &servers, start, end).await? {
-            match MinuteLoad::decode(at, &body) {
+        for (server_id, at, p) in parsed {
+            match p.and_then(|p| {
+                let k = keys.get(&(server_id.clone(), p.keys()));
+                p.with(k.unwrap_or(&Keys::default()))
+            }) {
                 Some(m) => out.push((server_id, m)),
                 None => {
                     warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
@@ -247,9 +302,25 @@ impl Reader {
         start: Micros,
         end: Micros,
     ) -> Result<Vec<(String, Micros, Read)>, ReadError> {
+        let parsed: Vec<_> = self
+            .rows("statements", "at", &servers, start, end)
+            .await?
+            .into_iter()
+            .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
+            .collect();
+        let keys = self
+            .dictionaries(
+                parsed
+                    .iter()
+                    .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
+            )
+            .await?;
         let mut out = Vec::new();
-        for (server_id, at, body) in self.rows("statements", "at", &servers, start, end).await? {
-            match Read::decode(&body) {
+        for (server_id, at, p) in parsed {
+            match p.and_then(|p| {
+                let k = keys.get(&(server_id.clone(), p.keys()));
+                p.with(k.unwrap_or(&Keys::default()))
+            }) {
                 Some(read) => out.push((server_id, at, read)),
                 None => {
                     warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")

@@ -13,6 +13,8 @@ use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
 use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
+use crate::load::keys::Dictionaries;
+
 use super::{PARTITIONED, create_partition, day_of, drop_partitions};
 
 /// Rows sent as arrays: server_ids, times and bodies.
@@ -26,6 +28,8 @@ pub(super) struct PgSink {
     runtime: Option<tokio::runtime::Runtime>,
     writer: Option<Writer>,
     zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Each server's dictionary of strings for the hour being written.
+    keys: Dictionaries,
     /// The days whose partitions are known to exist.
     days: HashSet<(&'static str, i64)>,
     /// Frames already stored when written again.
@@ -114,6 +118,7 @@ impl PgSink {
             runtime: None,
             writer: None,
             zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
+            keys: Dictionaries::default(),
             days: HashSet::new(),
             duplicates: Arc::new(AtomicU64::new(0)),
             written,
@@ -125,6 +130,7 @@ impl PgSink {
         collector_id: &str,
         ops: &[(u64, Op)],
         bodies: Vec<(&str, Micros, bool, Vec<u8>)>,
+        keys: &mut Dictionaries,
         days: &mut HashSet<(&'static str, i64)>,
         duplicates: &AtomicU64,
     ) -> Result<(), tokio_postgres::Error> {
@@ -139,7 +145,7 @@ impl PgSink {
                 server_id, minute, ..
             } if minute.coarse.samples > 0 => Some((
                 ("load", server_id.as_str(), minute.coarse.start),
-                minute.encode(),
+                keys.minute(server_id, minute),
             )),
             _ => None,
         }))
@@ -161,9 +167,13 @@ impl PgSink {
                 server_id,
                 at,
                 read,
-            } => Some(((server_id.as_str(), *at), read.encode())),
+            } => Some((
+                (server_id.as_str(), *at),
+                keys.statements(server_id, *at, read),
+            )),
             _ => None,
         }));
+        let dictionaries = keys.unwritten();
         let texts = super::super::last_by_key(ops.iter().flat_map(|(_, op)| match op {
             Op::Texts(texts) => texts.iter().map(|(f, t)| (*f as i64, t.as_str())).collect(),
             _ => Vec::new(),
@@ -185,6 +195,7 @@ impl PgSink {
                     .iter()
                     .map(|((_, at), _)| ("statements", day_of(*at))),
             )
+            .chain(dictionaries.iter().map(|k| ("load_keys", day_of(k.hour))))
             .collect();
         for (table, day) in needed {
             if !days.contains(&(table, day)) {
@@ -317,6 +328,19 @@ impl PgSink {
             )
             .await?;
         }
+        if !dictionaries.is_empty() {
+            let ids: Vec<&str> = dictionaries.iter().map(|k| k.server_id.as_str()).collect();
+            let numbers: Vec<i64> = dictionaries.iter().map(|k| k.id).collect();
+            let hours: Vec<i64> = dictionaries.iter().map(|k| k.hour).collect();
+            let bodies: Vec<&[u8]> = dictionaries.iter().map(|k| k.body.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO pgfleet.load_keys (server_id, id, hour, body)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bytea[])
+                 ON CONFLICT (server_id, id, hour) DO UPDATE SET body = excluded.body",
+                &[&ids, &numbers, &hours, &bodies],
+            )
+            .await?;
+        }
         if !texts.is_empty() {
             let (fingerprints, texts): (Vec<i64>, Vec<&str>) = texts.into_iter().unzip();
             tx.execute(
@@ -371,6 +395,7 @@ impl Sink for PgSink {
         let collector_id = self.collector_id.clone();
         let duplicates = self.duplicates.clone();
         let mut days = std::mem::take(&mut self.days);
+        let mut keys = std::mem::take(&mut self.keys);
         let result = self.ready().and_then(|(runtime, writer)| {
             runtime
                 .block_on(Self::commit(
@@ -378,12 +403,17 @@ impl Sink for PgSink {
                     &collector_id,
                     ops,
                     bodies,
+                    &mut keys,
                     &mut days,
                     &duplicates,
                 ))
                 .map_err(|e| pgfleet_common::error::chain(&e))
         });
         self.days = days;
+        if result.is_ok() {
+            keys.committed();
+        }
+        self.keys = keys;
         if result.is_ok()
             && let Ok(mut written) = self.written.lock()
         {
@@ -409,7 +439,7 @@ impl Sink for PgSink {
                     drop_partitions(client, "frames", now - retention.frames.as_micros() as i64)
                         .await?;
                 let mut rollups = 0;
-                for table in ["rollups", "load", "load_hours", "statements"] {
+                for table in ["rollups", "load", "load_hours", "statements", "load_keys"] {
                     rollups +=
                         drop_partitions(client, table, now - retention.rollups.as_micros() as i64)
                             .await?;
