@@ -312,13 +312,10 @@ async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
         "db_load": mean(&|m| m.coarse.average(Class::Active)),
         "tuples_per_fine_bucket": mean(&fine_tuples),
         "tuples_per_minute": mean(&|m| m.coarse.tuples.len() as f64),
-        "stored_minute_bytes": mean(&|m| m.encode().len() as f64),
-        "stored_minute_bytes_without_10s": mean(&|m| MinuteLoad {
-            coarse: m.coarse.clone(),
-            fine: Vec::new(),
-        }
-        .encode()
-        .len() as f64),
+        "stored_minute_bytes": tables["load"]["body_bytes"].as_f64().unwrap_or(0.0)
+            / tables["load"]["rows"].as_f64().unwrap_or(1.0).max(1.0),
+        "stored_statements_bytes": tables["statements"]["body_bytes"].as_f64().unwrap_or(0.0)
+            / tables["statements"]["rows"].as_f64().unwrap_or(1.0).max(1.0),
         "fingerprints_per_minute": mean(&|m| {
             let mut q: Vec<u64> = m.coarse.tuples.iter().map(|(t, _)| t.query).collect();
             q.sort_unstable();

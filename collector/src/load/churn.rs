@@ -3,7 +3,7 @@
 //! sessions one sample adds to and removes from the one before: no query on
 //! the monitored server.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use pgfleet_proto::model::Session;

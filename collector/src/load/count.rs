@@ -40,18 +40,19 @@ pub enum Closed {
     Statements(Micros, Read),
 }
 
+/// How many 10 s buckets a minute holds.
+const SLOTS: usize = (COARSE_US / FINE_US) as usize;
+
 /// One server's open buckets.
 #[derive(Debug, Default)]
 pub struct Counter {
-    /// The open fine bucket: its samples and interval, without tuples
-    /// (they are counted in `counts` until it closes).
-    fine: Option<Bucket>,
-    /// The open fine bucket's counts, by tuple with the client as sampled
-    /// (its host is taken when the bucket closes).
-    counts: HashMap<Sampled, (Tuple, u32), BuildHasherDefault<WordHasher>>,
-    /// The open minute: its bucket (churn included), with every closed fine
-    /// bucket in it, and those fine buckets.
-    minute: Option<MinuteLoad>,
+    /// The open minute: its 10 s buckets' samples, and its churn.
+    open: Option<Open>,
+    /// The open minute's counts, by tuple with the client as sampled (its
+    /// host is taken when the minute closes), a count per 10 s bucket.
+    counts: HashMap<Sampled, Entry, BuildHasherDefault<WordHasher>>,
+    /// What a collector that stopped stored of the open minute's counts.
+    restored: Option<MinuteLoad>,
     /// The open hour's minutes.
     hour: Option<HourTotals>,
     /// The open interval of statement increments.
@@ -60,6 +61,40 @@ pub struct Counter {
     now: LoadNow,
     /// Whether `now` changed since [`Counter::shown`] was last asked.
     changed: bool,
+}
+
+/// The open minute, without its counts.
+#[derive(Debug, Clone)]
+struct Open {
+    start: Micros,
+    /// Each 10 s bucket's samples and the time they cover.
+    slots: [(u32, Micros); SLOTS],
+    /// The bucket samples go to: those before it are closed.
+    current: usize,
+    churn: super::Churn,
+}
+
+impl Open {
+    fn holding(at: Micros) -> Open {
+        Open {
+            start: at - at.rem_euclid(COARSE_US),
+            slots: [(0, 0); SLOTS],
+            current: 0,
+            churn: super::Churn::default(),
+        }
+    }
+
+    /// The 10 s bucket of the minute that holds `at`.
+    fn slot(&self, at: Micros) -> usize {
+        (((at - self.start).max(0) / FINE_US) as usize).min(SLOTS - 1)
+    }
+}
+
+/// A tuple's counts in the open minute, one per 10 s bucket.
+#[derive(Debug, Clone)]
+struct Entry {
+    tuple: Tuple,
+    counts: [u32; SLOTS],
 }
 
 /// A tuple as sampled, by its strings' addresses rather than their bytes: a
@@ -147,7 +182,7 @@ impl Counter {
     /// Counts one sample of a server that is up, taken at `at`: `sessions`
     /// as sampled, after `before` (both in key order), each sample covering
     /// `interval_us`. Buckets that close are added to `closed`; `text` is
-    /// given each query the open bucket had not seen, with its text.
+    /// given each query the open minute had not seen, with its text.
     pub fn sample(
         &mut self,
         at: Micros,
@@ -158,12 +193,11 @@ impl Counter {
         text: &mut impl FnMut(u64, &str),
     ) {
         self.advance(at, closed);
-        let fine = self
-            .fine
-            .get_or_insert_with(|| Bucket::holding(at, FINE_US));
-        fine.samples += 1;
-        fine.covered_us += interval_us;
-        let (started, ended) = fine.churn.diff(before, sessions, at);
+        let open = self.open.get_or_insert_with(|| Open::holding(at));
+        let slot = open.slot(at);
+        open.slots[slot].0 += 1;
+        open.slots[slot].1 += interval_us;
+        let (started, ended) = open.churn.diff(before, sessions, at);
         self.now.sessions_started_total += u64::from(started);
         self.now.sessions_ended_total += u64::from(ended);
         let (cpu, empty) = (CPU.with(Arc::clone), EMPTY.with(Arc::clone));
@@ -188,38 +222,34 @@ impl Counter {
                 ],
             };
             match self.counts.entry(key) {
-                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().1 += 1,
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().counts[slot] += 1,
                 std::collections::hash_map::Entry::Vacant(v) => {
                     text(s.fingerprint, &s.query);
-                    let tuple = Tuple {
-                        class,
-                        wait_type: wait_type.clone(),
-                        wait_event: wait_event.clone(),
-                        query: s.fingerprint,
-                        user: s.user.clone(),
-                        database: s.database.clone(),
-                        application: s.application_name.clone(),
-                        client: s.client.clone(),
-                        backend_type: s.backend_type.clone(),
-                    };
-                    v.insert((tuple, 1));
+                    let mut counts = [0; SLOTS];
+                    counts[slot] = 1;
+                    v.insert(Entry {
+                        tuple: Tuple {
+                            class,
+                            wait_type: wait_type.clone(),
+                            wait_event: wait_event.clone(),
+                            query: s.fingerprint,
+                            user: s.user.clone(),
+                            database: s.database.clone(),
+                            application: s.application_name.clone(),
+                            client: s.client.clone(),
+                            backend_type: s.backend_type.clone(),
+                        },
+                        counts,
+                    });
                 }
             }
         }
     }
 
-    /// The open minute, begun if need be at the one that holds `at`.
-    fn open_minute(&mut self, at: Micros) -> &mut MinuteLoad {
-        self.minute.get_or_insert_with(|| MinuteLoad {
-            coarse: Bucket::holding(at, COARSE_US),
-            fine: Vec::new(),
-        })
-    }
-
     /// Adds the sessions PostgreSQL established by database (`increments`
     /// of an up sample at `at`, counted after [`Counter::sample`]).
     pub fn established(&mut self, at: Micros, increments: &[(String, u64)]) {
-        let churn = &mut self.open_minute(at).coarse.churn;
+        let churn = &mut self.open.get_or_insert_with(|| Open::holding(at)).churn;
         for (database, n) in increments {
             churn.establish(database, u32::try_from(*n).unwrap_or(u32::MAX));
         }
@@ -243,62 +273,40 @@ impl Counter {
     /// Closes the open buckets that end at or before `at` (a sample, up or
     /// down, at `at`), adding them to `closed`.
     pub fn advance(&mut self, at: Micros, closed: &mut Vec<Closed>) {
-        if self.fine.as_ref().is_some_and(|f| at >= f.start + f.len_us) {
-            self.close_fine();
-        }
-        if self
-            .minute
-            .as_ref()
-            .is_some_and(|m| at >= m.coarse.start + COARSE_US)
-        {
+        let Some(open) = &self.open else {
+            return;
+        };
+        if at >= open.start + COARSE_US {
             self.close_minute(closed);
-        }
-    }
-
-    /// Closes the open fine bucket into the open minute.
-    fn close_fine(&mut self) {
-        let Some(mut fine) = self.fine.take() else {
-            return;
-        };
-        let mut by_host: HashMap<Arc<str>, Arc<str>> = HashMap::new();
-        fine.tuples = self
-            .counts
-            .drain()
-            .map(|(_, (mut t, n))| {
-                t.client = by_host
-                    .entry(t.client.clone())
-                    .or_insert_with(|| host(&t.client).into())
-                    .clone();
-                (t, n)
-            })
-            .collect();
-        fine.bound();
-        self.show(&fine);
-        let minute = self.open_minute(fine.start);
-        if !minute.coarse.holds(fine.start) || fine.samples == 0 {
             return;
         }
-        minute.coarse.absorb(&fine);
-        // A collector that stopped within this 10 s stored what it had of it.
-        match minute.fine.iter_mut().find(|f| f.start == fine.start) {
-            Some(earlier) => {
-                earlier.absorb(&fine);
-                earlier.bound();
+        let slot = open.slot(at);
+        while let Some(open) = &self.open
+            && open.current < slot
+        {
+            let closing = open.current;
+            self.show(closing);
+            if let Some(open) = &mut self.open {
+                open.current += 1;
             }
-            None => minute.fine.push(fine),
         }
     }
 
-    /// Closes the open minute (its fine bucket first), with its hour.
+    /// Closes the open minute (its last 10 s bucket shown), with its hour.
     fn close_minute(&mut self, closed: &mut Vec<Closed>) {
-        self.close_fine();
-        let Some(mut minute) = self.minute.take() else {
+        let Some(open) = &self.open else {
             return;
         };
+        let current = open.current;
+        self.show(current);
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let minute = built(&open, &self.counts, self.restored.take());
+        self.counts.clear();
         if minute.coarse.samples == 0 {
             return;
         }
-        minute.coarse.bound();
         let start = minute.coarse.start;
         let hour = match &mut self.hour {
             Some(h) if h.holds(start) => h,
@@ -308,13 +316,28 @@ impl Counter {
         closed.push(Closed::Minute(minute, hour.clone()));
     }
 
-    fn show(&mut self, fine: &Bucket) {
-        if fine.samples == 0 {
+    /// Shows the open minute's 10 s bucket `slot`, as it closes.
+    fn show(&mut self, slot: usize) {
+        let Some(open) = &self.open else {
+            return;
+        };
+        let samples = open.slots[slot].0;
+        if samples == 0 {
             return;
         }
         let mut by_type: Vec<(Arc<str>, f64)> = Vec::new();
-        for (t, n) in fine.tuples.iter().filter(|(t, _)| t.class == Class::Active) {
-            let share = f64::from(*n) / f64::from(fine.samples);
+        let restored = self
+            .restored
+            .iter()
+            .flat_map(|m| &m.fine)
+            .filter(|f| f.start == open.start + slot as Micros * FINE_US)
+            .flat_map(|f| f.tuples.iter().map(|(t, n)| (t, *n)));
+        let counted = self.counts.values().map(|e| (&e.tuple, e.counts[slot]));
+        for (t, n) in counted
+            .chain(restored)
+            .filter(|(t, n)| *n > 0 && t.class == Class::Active)
+        {
+            let share = f64::from(n) / f64::from(samples);
             match by_type.iter_mut().find(|(k, _)| *k == t.wait_type) {
                 Some((_, v)) => *v += share,
                 None => by_type.push((t.wait_type.clone(), share)),
@@ -340,21 +363,22 @@ impl Counter {
         &self.now
     }
 
-    /// What is open, as it stands (the open fine bucket closed into a copy
-    /// of the minute): for readers of the last minute, and for a collector
-    /// that stops.
+    /// What is open, as it stands (the minute as it would close now): for
+    /// readers of the last minute, and for a collector that stops.
     pub fn open(&self) -> Vec<Closed> {
-        let mut copy = Counter {
-            fine: self.fine.clone(),
-            counts: self.counts.clone(),
-            minute: self.minute.clone(),
-            hour: self.hour.clone(),
-            statements: None,
-            now: LoadNow::default(),
-            changed: false,
-        };
         let mut out = Vec::new();
-        copy.close_minute(&mut out);
+        if let Some(open) = &self.open {
+            let minute = built(open, &self.counts, self.restored.clone());
+            if minute.coarse.samples > 0 {
+                let start = minute.coarse.start;
+                let mut hour = match &self.hour {
+                    Some(h) if h.holds(start) => h.clone(),
+                    _ => HourTotals::holding(start),
+                };
+                hour.set(MinuteTotals::of(&minute.coarse));
+                out.push(Closed::Minute(minute, hour));
+            }
+        }
         if let Some((start, mut sum)) = self.statements.clone() {
             sum.bound();
             out.push(Closed::Statements(start, sum));
@@ -363,20 +387,23 @@ impl Counter {
     }
 
     /// The open hour's totals as they stand, the open minute in them: what
-    /// a fleet-wide reader of totals needs, without copying the minute.
+    /// a fleet-wide reader of totals needs, without building the minute.
     pub fn open_hour(&self) -> Option<HourTotals> {
-        let Some(m) = &self.minute else {
+        let Some(open) = &self.open else {
             return self.hour.clone();
         };
-        let mut totals = MinuteTotals::of(&m.coarse);
-        if let Some(f) = &self.fine
-            && m.coarse.holds(f.start)
-        {
-            totals.samples += f.samples;
-            totals.covered_us += f.covered_us;
-            for (t, n) in self.counts.values() {
-                totals.counts[t.class as usize] += u64::from(*n);
-            }
+        let mut totals = MinuteTotals {
+            start: open.start,
+            samples: open.slots.iter().map(|s| s.0).sum(),
+            covered_us: open.slots.iter().map(|s| s.1).sum(),
+            counts: [0; 3],
+        };
+        for e in self.counts.values() {
+            totals.counts[e.tuple.class as usize] +=
+                e.counts.iter().map(|n| u64::from(*n)).sum::<u64>();
+        }
+        for (t, n) in self.restored.iter().flat_map(|m| &m.coarse.tuples) {
+            totals.counts[t.class as usize] += u64::from(*n);
         }
         let mut hour = match &self.hour {
             Some(h) if h.holds(totals.start) => h.clone(),
@@ -398,7 +425,17 @@ impl Counter {
                         self.hour = Some(hour);
                     }
                     if minute.coarse.holds(now) {
-                        self.minute = Some(minute);
+                        let mut open = Open::holding(minute.coarse.start);
+                        for f in &minute.fine {
+                            let slot = open.slot(f.start);
+                            open.slots[slot].0 += f.samples;
+                            open.slots[slot].1 += f.covered_us;
+                        }
+                        open.current = open.slot(now);
+                        open.churn = minute.coarse.churn.clone();
+                        self.open = Some(open);
+                        self.counts.clear();
+                        self.restored = Some(minute);
                     }
                 }
                 Closed::Statements(start, read) => {
@@ -409,6 +446,63 @@ impl Counter {
             }
         }
     }
+}
+
+/// The minute `open` counted into `counts` (with what a stopped collector
+/// stored of it), its buckets bounded: clients as hosts, equal tuples
+/// summed.
+fn built(
+    open: &Open,
+    counts: &HashMap<Sampled, Entry, BuildHasherDefault<WordHasher>>,
+    restored: Option<MinuteLoad>,
+) -> MinuteLoad {
+    let mut coarse = Bucket::holding(open.start, COARSE_US);
+    coarse.samples = open.slots.iter().map(|s| s.0).sum();
+    coarse.covered_us = open.slots.iter().map(|s| s.1).sum();
+    coarse.churn = open.churn.clone();
+    coarse.tuples.reserve(counts.len());
+    let mut fine: Vec<Bucket> = Vec::with_capacity(SLOTS);
+    let mut slot_of = [usize::MAX; SLOTS];
+    for (i, (samples, covered_us)) in open.slots.iter().enumerate() {
+        if *samples > 0 {
+            slot_of[i] = fine.len();
+            let mut b = Bucket::holding(open.start + i as Micros * FINE_US, FINE_US);
+            b.samples = *samples;
+            b.covered_us = *covered_us;
+            fine.push(b);
+        }
+    }
+    let mut hosts: HashMap<usize, Arc<str>, BuildHasherDefault<WordHasher>> = HashMap::default();
+    for e in counts.values() {
+        let mut t = e.tuple.clone();
+        t.client = hosts
+            .entry(address(&t.client))
+            .or_insert_with(|| host(&t.client).into())
+            .clone();
+        for (i, n) in e.counts.iter().enumerate() {
+            if let Some(b) = fine.get_mut(slot_of[i])
+                && *n > 0
+            {
+                b.tuples.push((t.clone(), *n));
+            }
+        }
+        coarse.tuples.push((t, e.counts.iter().sum()));
+    }
+    if let Some(r) = restored {
+        coarse.tuples.extend(r.coarse.tuples);
+        for f in r.fine {
+            let i = ((f.start - open.start).max(0) / FINE_US) as usize;
+            if let Some(b) = slot_of.get(i).and_then(|&j| fine.get_mut(j)) {
+                b.tuples.extend(f.tuples);
+            }
+        }
+    }
+    coarse.tuples.retain(|(_, n)| *n > 0);
+    coarse.bound();
+    for b in &mut fine {
+        b.bound();
+    }
+    MinuteLoad { coarse, fine }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use super::statements::Read;
 /// Gives each key an index, once.
 #[derive(Debug, Default)]
 pub(super) struct Table<K> {
-    index: HashMap<K, u32>,
+    index: foldhash::HashMap<K, u32>,
     pub(super) values: Vec<K>,
 }
 

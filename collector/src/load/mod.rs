@@ -28,7 +28,7 @@ pub mod keys;
 pub mod statements;
 mod stored;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 #[cfg(test)]
 use std::collections::HashSet;
 use std::sync::Arc;

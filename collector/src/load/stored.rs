@@ -3,7 +3,7 @@
 //! into them; its 10 s buckets as counts of the minute's tuples; the whole
 //! compressed with zstd.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
