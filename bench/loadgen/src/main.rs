@@ -273,6 +273,12 @@ async fn read(args: &Args, stats: &Stats) -> Result<Readings, Box<dyn std::error
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            // An agent that could not register (counted in `errors`): its
+            // server is not known, which is not the reader's failure.
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                stats.read_errors.fetch_add(1, Relaxed);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         activity.push(t.elapsed());

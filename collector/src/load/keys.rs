@@ -139,6 +139,10 @@ pub struct Dictionaries {
     ended: Vec<KeysRow>,
     /// Where ids come from: random per writer.
     ids: std::collections::hash_map::RandomState,
+    /// How many dictionaries it made.
+    made: u64,
+    /// The latest hour a row was written for.
+    latest: Micros,
 }
 
 impl Dictionaries {
@@ -179,25 +183,37 @@ impl Dictionaries {
                 d.listed = false;
             }
         }
+        // Servers no longer written (gone, or streamed by another
+        // collector) let go of their dictionaries once they are written and
+        // two hours old.
+        let latest = self.latest;
+        if self.servers.values().next().is_some_and(|_| latest > 0) {
+            self.servers
+                .retain(|_, d| d.listed || d.hour + 2 * HOUR_US > latest);
+        }
     }
 
     /// `server_id`'s dictionary for a row that starts at `at`: a new one
     /// (a new id) for a later hour than the one it holds.
     fn of(&mut self, server_id: &str, at: Micros) -> (i64, &mut Tables) {
         let hour = at - at.rem_euclid(HOUR_US);
-        let id = {
-            let mut h = self.ids.build_hasher();
+        self.latest = self.latest.max(hour);
+        let (made, ids) = (&mut self.made, &self.ids);
+        // Random per writer, and new for every dictionary it makes (one made
+        // again for an hour whose first was let go must not overwrite it);
+        // never 0, which names a row's own strings.
+        let mut fresh = || {
+            *made += 1;
+            let mut h = ids.build_hasher();
             h.write(server_id.as_bytes());
-            h.write_i64(hour);
-            // Never 0, which names a row's own strings.
-            (h.finish() >> 1) as i64 + 1
-        };
-        let fresh = || Dictionary {
-            id,
-            hour,
-            tables: Tables::default(),
-            written: 0,
-            listed: false,
+            h.write_u64(*made);
+            Dictionary {
+                id: (h.finish() >> 1) as i64 | 1,
+                hour,
+                tables: Tables::default(),
+                written: 0,
+                listed: false,
+            }
         };
         let d = match self.servers.entry(server_id.to_owned()) {
             Entry::Vacant(v) => v.insert(fresh()),

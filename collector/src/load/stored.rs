@@ -402,3 +402,48 @@ impl Bucket {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minute_stored_before_dictionaries_still_reads() {
+        // As an earlier version wrote it: its own strings and fingerprints,
+        // and nine cells a tuple.
+        let strings = [
+            "CPU",
+            "",
+            "app",
+            "orders",
+            "web",
+            "10.0.0.7",
+            "client backend",
+        ];
+        let old = StoredLoad {
+            samples: 60,
+            covered_us: 60_000_000,
+            strings: strings.iter().map(|s| s.to_string()).collect(),
+            queries: vec![0xabc],
+            cells: vec![0, 0, 1, 0, 2, 3, 4, 5, 6],
+            counts: vec![42],
+            ..Default::default()
+        };
+        let start = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let m = MinuteLoad::decode(start, &compressed(old.encode_to_vec())).unwrap();
+        assert_eq!(m.coarse.samples, 60);
+        let (t, n) = &m.coarse.tuples[0];
+        assert_eq!(*n, 42);
+        assert_eq!(
+            (
+                &*t.wait_type,
+                t.query,
+                &*t.user,
+                &*t.application,
+                &*t.client
+            ),
+            ("CPU", 0xabc, "app", "web", "10.0.0.7")
+        );
+        assert_eq!(t.class, Class::Active);
+    }
+}

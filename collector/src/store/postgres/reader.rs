@@ -201,11 +201,15 @@ impl Reader {
     }
 
     /// The dictionaries (see [`crate::load::keys`]) that rows of these
-    /// servers name, by server and id, in one query.
+    /// servers name, by server and id, in one query. A row names a
+    /// dictionary of its own hour or a later one, so those of rows from
+    /// `start` on are in the partitions from its hour on.
     async fn dictionaries<'a>(
         &self,
+        start: Micros,
         named: impl Iterator<Item = (&'a String, Option<i64>)>,
     ) -> Result<HashMap<(String, i64), Keys>, ReadError> {
+        let since = start - start.rem_euclid(HOUR_US);
         let wanted: std::collections::BTreeSet<(&str, i64)> = named
             .filter_map(|(s, id)| Some((s.as_str(), id.filter(|id| *id != 0)?)))
             .collect();
@@ -219,8 +223,9 @@ impl Reader {
             .query(
                 "SELECT k.server_id, k.id, k.body FROM pgfleet.load_keys k
                  JOIN unnest($1::text[], $2::bigint[]) AS w (server_id, id)
-                   ON k.server_id = w.server_id AND k.id = w.id",
-                &[&servers, &ids],
+                   ON k.server_id = w.server_id AND k.id = w.id
+                 WHERE k.hour >= $3",
+                &[&servers, &ids, &since],
             )
             .await
             .map_err(read_error)?;
@@ -253,6 +258,7 @@ impl Reader {
             .collect();
         let keys = self
             .dictionaries(
+                start,
                 parsed
                     .iter()
                     .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
@@ -310,6 +316,7 @@ impl Reader {
             .collect();
         let keys = self
             .dictionaries(
+                start,
                 parsed
                     .iter()
                     .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
