@@ -1,31 +1,12 @@
 //! A server's strings and fingerprints, stored once an hour rather than in
-//! every row: a minute of load names the same few dozen users,
-//! applications, client hosts, waits and queries as the minute before, and
-//! those names (and fingerprints, which do not compress) were most of a
-//! stored minute's bytes.
-//!
-//! The store's writer keeps a [`Dictionaries`]: per server, the hour's
-//! dictionary, which only grows, under an id of its own. Rows of load and
-//! of statement statistics name their dictionary by id and their strings
-//! by index into it; a dictionary that grew is written in the same
-//! transaction as the rows that use it. Each writer (each collector, each
-//! start) makes its own ids, so two collectors writing one server's hour to
-//! a shared store never overwrite each other's dictionary.
-//!
-//! A row written before dictionaries holds its own strings (id 0), and
-//! still reads.
+//! every row (see [`super::dictionaries`]): the tables rows name them by
+//! index in, and a dictionary as read back.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-use pgfleet_proto::time::Micros;
 use prost::Message;
 
-use super::MinuteLoad;
-use super::hours::HOUR_US;
-use super::statements::Read;
+use super::compress::{compressed, decompressed};
 
 /// Gives each key an index, once.
 #[derive(Debug, Default)]
@@ -54,8 +35,17 @@ pub(super) struct Tables {
 }
 
 impl Tables {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.strings.values.len() + self.queries.values.len()
+    }
+
+    /// The tables as a stored dictionary.
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let stored = StoredKeys {
+            strings: self.strings.values.iter().map(|s| s.to_string()).collect(),
+            queries: self.queries.values.clone(),
+        };
+        compressed(stored.encode_to_vec())
     }
 }
 
@@ -77,169 +67,11 @@ struct StoredKeys {
 impl Keys {
     /// A stored dictionary back; None when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Keys> {
-        let bytes = super::stored::decompressed(bytes)?;
+        let bytes = decompressed(bytes)?;
         let s = StoredKeys::decode(bytes.as_ref()).ok()?;
         Some(Keys {
             strings: s.strings.into_iter().map(Arc::from).collect(),
             queries: s.queries,
         })
-    }
-}
-
-/// A dictionary to write: the server's, its id, the hour it began in (the
-/// rows that name it start before the hour after), and its body.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KeysRow {
-    pub server_id: String,
-    pub id: i64,
-    pub hour: Micros,
-    pub body: Vec<u8>,
-}
-
-/// One server's dictionary for the hour being written.
-#[derive(Debug)]
-struct Dictionary {
-    id: i64,
-    hour: Micros,
-    tables: Tables,
-    /// How many keys the store holds of it.
-    written: usize,
-    /// Whether it is in [`Dictionaries::grown`].
-    listed: bool,
-}
-
-impl Dictionary {
-    fn row(&self, server_id: &str) -> KeysRow {
-        let stored = StoredKeys {
-            strings: self
-                .tables
-                .strings
-                .values
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            queries: self.tables.queries.values.clone(),
-        };
-        KeysRow {
-            server_id: server_id.to_owned(),
-            id: self.id,
-            hour: self.hour,
-            body: super::stored::compressed(stored.encode_to_vec()),
-        }
-    }
-}
-
-/// The writer's dictionaries, a server each.
-#[derive(Debug, Default)]
-pub struct Dictionaries {
-    servers: HashMap<String, Dictionary>,
-    /// Dictionaries that grew since the last commit, and those of an hour
-    /// that ended with keys not yet written.
-    grown: Vec<String>,
-    ended: Vec<KeysRow>,
-    /// Where ids come from: random per writer.
-    ids: std::collections::hash_map::RandomState,
-    /// How many dictionaries it made.
-    made: u64,
-    /// The latest hour a row was written for.
-    latest: Micros,
-}
-
-impl Dictionaries {
-    /// A minute of load as stored, naming `server_id`'s dictionary.
-    pub fn minute(&mut self, server_id: &str, m: &MinuteLoad) -> Vec<u8> {
-        let (id, tables) = self.of(server_id, m.coarse.start);
-        let body = m.encode_with(id, tables);
-        self.note(server_id);
-        body
-    }
-
-    /// A statements interval (starting at `at`) as stored, naming
-    /// `server_id`'s dictionary.
-    pub fn statements(&mut self, server_id: &str, at: Micros, read: &Read) -> Vec<u8> {
-        let (id, tables) = self.of(server_id, at);
-        let body = read.encode_with(id, &mut tables.queries);
-        self.note(server_id);
-        body
-    }
-
-    /// The dictionaries the rows encoded since the last commit need written.
-    pub fn unwritten(&self) -> Vec<KeysRow> {
-        let mut rows = self.ended.clone();
-        for server_id in &self.grown {
-            if let Some(d) = self.servers.get(server_id) {
-                rows.push(d.row(server_id));
-            }
-        }
-        rows
-    }
-
-    /// After a commit of what [`Dictionaries::unwritten`] gave: written.
-    pub fn committed(&mut self) {
-        self.ended.clear();
-        for server_id in self.grown.drain(..) {
-            if let Some(d) = self.servers.get_mut(&server_id) {
-                d.written = d.tables.len();
-                d.listed = false;
-            }
-        }
-        // Servers no longer written (gone, or streamed by another
-        // collector) let go of their dictionaries once they are written and
-        // two hours old.
-        let latest = self.latest;
-        if self.servers.values().next().is_some_and(|_| latest > 0) {
-            self.servers
-                .retain(|_, d| d.listed || d.hour + 2 * HOUR_US > latest);
-        }
-    }
-
-    /// `server_id`'s dictionary for a row that starts at `at`: a new one
-    /// (a new id) for a later hour than the one it holds.
-    fn of(&mut self, server_id: &str, at: Micros) -> (i64, &mut Tables) {
-        let hour = at - at.rem_euclid(HOUR_US);
-        self.latest = self.latest.max(hour);
-        let (made, ids) = (&mut self.made, &self.ids);
-        // Random per writer, and new for every dictionary it makes (one made
-        // again for an hour whose first was let go must not overwrite it);
-        // never 0, which names a row's own strings.
-        let mut fresh = || {
-            *made += 1;
-            let mut h = ids.build_hasher();
-            h.write(server_id.as_bytes());
-            h.write_u64(*made);
-            Dictionary {
-                id: (h.finish() >> 1) as i64 | 1,
-                hour,
-                tables: Tables::default(),
-                written: 0,
-                listed: false,
-            }
-        };
-        let d = match self.servers.entry(server_id.to_owned()) {
-            Entry::Vacant(v) => v.insert(fresh()),
-            Entry::Occupied(o) => {
-                let d = o.into_mut();
-                if d.hour < hour {
-                    let old = std::mem::replace(d, fresh());
-                    // Still in `grown`, should it be there.
-                    d.listed = old.listed;
-                    if old.tables.len() > old.written {
-                        self.ended.push(old.row(server_id));
-                    }
-                }
-                d
-            }
-        };
-        (d.id, &mut d.tables)
-    }
-
-    fn note(&mut self, server_id: &str) {
-        if let Some(d) = self.servers.get_mut(server_id)
-            && d.tables.len() > d.written
-            && !d.listed
-        {
-            d.listed = true;
-            self.grown.push(server_id.to_owned());
-        }
     }
 }

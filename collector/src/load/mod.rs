@@ -22,7 +22,9 @@
 
 pub mod ask;
 pub mod churn;
+mod compress;
 pub mod count;
+pub mod dictionaries;
 pub mod hours;
 pub mod keys;
 pub mod statements;

@@ -8,6 +8,7 @@ use pgfleet_proto::v1;
 use prost::Message;
 
 use super::OTHER_QUERY;
+use super::compress::{compressed, decompressed};
 use super::keys::{Keys, Table};
 
 /// One statement's increments, or their sum.
@@ -166,7 +167,7 @@ impl Read {
     pub fn encode(&self) -> Vec<u8> {
         let mut s = self.stored();
         s.queries = self.by_query.iter().map(|(f, _)| *f).collect();
-        super::stored::compressed(s.encode_to_vec())
+        compressed(s.encode_to_vec())
     }
 
     /// The read as stored, naming its fingerprints in the dictionary `keys`
@@ -175,7 +176,7 @@ impl Read {
         let mut s = self.stored();
         s.keys = keys;
         s.query_indexes = self.by_query.iter().map(|(f, _)| queries.of(f)).collect();
-        super::stored::compressed(s.encode_to_vec())
+        compressed(s.encode_to_vec())
     }
 
     fn stored(&self) -> StoredRead {
@@ -209,7 +210,7 @@ impl Read {
 
     /// A stored read, read as far as the dictionary it needs.
     pub fn parse(bytes: &[u8]) -> Option<ParsedRead> {
-        let bytes = super::stored::decompressed(bytes)?;
+        let bytes = decompressed(bytes)?;
         Some(ParsedRead(StoredRead::decode(bytes.as_ref()).ok()?))
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
+use super::compress::{compressed, decompressed};
 use super::keys::{Keys, Table, Tables};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
@@ -95,30 +96,6 @@ impl StoredLoad {
             .map(|s| s.to_string())
             .collect();
         self.queries = tables.queries.values;
-    }
-}
-
-/// The most bytes a stored row of load may take once decompressed.
-const MAX_ROW_BYTES: usize = 16 << 20;
-
-const ZSTD_LEVEL: i32 = 3;
-
-/// A row as stored: `bytes` compressed with zstd (as they are, should the
-/// compressor fail; reading tells the two apart).
-pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
-    zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
-}
-
-/// A stored row's bytes, decompressed if they were; None when they do not
-/// decompress within [`MAX_ROW_BYTES`].
-pub(super) fn decompressed(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    if bytes.starts_with(&ZSTD_MAGIC) {
-        zstd::bulk::decompress(bytes, MAX_ROW_BYTES)
-            .ok()
-            .map(std::borrow::Cow::Owned)
-    } else {
-        Some(std::borrow::Cow::Borrowed(bytes))
     }
 }
 

@@ -121,7 +121,7 @@ fn minute_of(start: Micros, users: &[&str]) -> MinuteLoad {
 }
 
 /// Reads `body` back with the dictionaries `rows` hold.
-fn read_back(start: Micros, body: &[u8], rows: &[keys::KeysRow]) -> Option<MinuteLoad> {
+fn read_back(start: Micros, body: &[u8], rows: &[dictionaries::KeysRow]) -> Option<MinuteLoad> {
     let parsed = MinuteLoad::parse(start, body)?;
     let row = rows.iter().rfind(|r| r.id == parsed.keys())?;
     parsed.with(&keys::Keys::decode(&row.body)?)
@@ -130,7 +130,7 @@ fn read_back(start: Micros, body: &[u8], rows: &[keys::KeysRow]) -> Option<Minut
 #[test]
 fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
     let hour = 1_800_000_000_000_000 - 1_800_000_000_000_000 % hours::HOUR_US;
-    let mut d = keys::Dictionaries::default();
+    let mut d = dictionaries::Dictionaries::default();
     let first = minute_of(hour, &["app", "report"]);
     let second = minute_of(hour + COARSE_US, &["app", "batch"]);
     let (a, b) = (d.minute("db-1", &first), d.minute("db-1", &second));
@@ -166,7 +166,7 @@ fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
     assert_ne!(rows[0].id, written[0].id);
     assert_eq!(read_back(next.coarse.start, &c, &rows), Some(next.clone()));
     // Another writer (another collector) names its own dictionary.
-    let mut other = keys::Dictionaries::default();
+    let mut other = dictionaries::Dictionaries::default();
     other.minute("db-1", &next);
     assert_ne!(other.unwritten()[0].id, rows[0].id);
     // A row whose dictionary is not found does not decode (and is skipped
@@ -180,7 +180,7 @@ fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
 #[test]
 fn a_dictionary_whose_hour_ended_unwritten_is_still_written() {
     let hour = 1_800_000_000_000_000 - 1_800_000_000_000_000 % hours::HOUR_US;
-    let mut d = keys::Dictionaries::default();
+    let mut d = dictionaries::Dictionaries::default();
     let late = minute_of(hour + 59 * COARSE_US, &["app"]);
     let next = minute_of(hour + hours::HOUR_US, &["app"]);
     let (a, b) = (d.minute("db-1", &late), d.minute("db-1", &next));

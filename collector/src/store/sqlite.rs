@@ -11,8 +11,9 @@ use tracing::{info, warn};
 
 use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
 use crate::load::count::Closed;
+use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::{Dictionaries, Keys};
+use crate::load::keys::Keys;
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad};
 use crate::rollup::Minute;

@@ -13,7 +13,7 @@ use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
 use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
-use crate::load::keys::Dictionaries;
+use crate::load::dictionaries::Dictionaries;
 
 use super::{PARTITIONED, create_partition, day_of, drop_partitions};
 
