@@ -75,3 +75,52 @@ impl Keys {
         })
     }
 }
+
+/// A stored row read as far as the dictionary it names.
+pub trait Parsed: Sized {
+    /// What it decodes to.
+    type Row;
+    /// The dictionary it names (0: none, its strings are its own).
+    fn keys(&self) -> i64;
+    /// The row, with `keys` the dictionary it names (or any, when it names
+    /// none); None when it does not fit them.
+    fn with(self, keys: &Keys) -> Option<Self::Row>;
+}
+
+/// Rows a store read, `(server_id, at, parsed)` (None: not a row at all),
+/// waiting for their dictionaries.
+pub struct Pending<P>(Vec<(String, i64, Option<P>)>);
+
+impl<P: Parsed> Pending<P> {
+    pub fn new(rows: Vec<(String, i64, Option<P>)>) -> Self {
+        Pending(rows)
+    }
+
+    /// The dictionaries they name, by server and id, each once.
+    pub fn named(&self) -> std::collections::BTreeSet<(String, i64)> {
+        self.0
+            .iter()
+            .filter_map(|(s, _, p)| Some((s.clone(), p.as_ref()?.keys())))
+            .filter(|(_, id)| *id != 0)
+            .collect()
+    }
+
+    /// Each row decoded with its dictionary from `keys` (None: it does not
+    /// decode, or its dictionary is not there).
+    pub fn finish(
+        self,
+        keys: &std::collections::HashMap<(String, i64), Keys>,
+    ) -> Vec<(String, i64, Option<P::Row>)> {
+        let none = Keys::default();
+        self.0
+            .into_iter()
+            .map(|(server_id, at, p)| {
+                let row = p.and_then(|p| {
+                    let k = keys.get(&(server_id.clone(), p.keys()));
+                    p.with(k.unwrap_or(&none))
+                });
+                (server_id, at, row)
+            })
+            .collect()
+    }
+}

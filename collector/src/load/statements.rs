@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::OTHER_QUERY;
 use super::compress::{compressed, decompressed};
-use super::keys::{Keys, Table};
+use super::keys::{Keys, Parsed, Table};
 
 /// One statement's increments, or their sum.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -218,15 +218,14 @@ impl Read {
 /// A stored read not yet given its dictionary.
 pub struct ParsedRead(StoredRead);
 
-impl ParsedRead {
-    /// The dictionary it names (0: none, its fingerprints are its own).
-    pub fn keys(&self) -> i64 {
+impl Parsed for ParsedRead {
+    type Row = Read;
+
+    fn keys(&self) -> i64 {
         self.0.keys
     }
 
-    /// The read, with `keys` the dictionary it names (or any, when it names
-    /// none); None when it does not fit them.
-    pub fn with(self, keys: &Keys) -> Option<Read> {
+    fn with(self, keys: &Keys) -> Option<Read> {
         let s = self.0;
         let queries = if s.keys == 0 {
             s.queries

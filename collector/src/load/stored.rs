@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
 use super::compress::{compressed, decompressed};
-use super::keys::{Keys, Table, Tables};
+use super::keys::{Keys, Parsed, Table, Tables};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
 /// The columns of a tuple's row in [`StoredLoad::cells`].
@@ -176,15 +176,14 @@ pub struct ParsedMinute {
     stored: StoredLoad,
 }
 
-impl ParsedMinute {
-    /// The dictionary it names (0: none, its strings are its own).
-    pub fn keys(&self) -> i64 {
+impl Parsed for ParsedMinute {
+    type Row = MinuteLoad;
+
+    fn keys(&self) -> i64 {
         self.stored.keys
     }
 
-    /// The minute, with `keys` the dictionary it names (or any, when it
-    /// names none); None when it does not fit them.
-    pub fn with(self, keys: &Keys) -> Option<MinuteLoad> {
+    fn with(self, keys: &Keys) -> Option<MinuteLoad> {
         let (start, mut stored) = (self.start, self.stored);
         let fine_stored = std::mem::take(&mut stored.fine);
         let mut coarse = Bucket::from_stored(start, COARSE_US, stored, keys)?;

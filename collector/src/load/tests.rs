@@ -1,3 +1,4 @@
+use super::keys::Parsed;
 use super::*;
 
 fn tuple(user: &str, query: u64, wait: (&str, &str)) -> Tuple {

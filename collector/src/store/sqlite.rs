@@ -13,7 +13,7 @@ use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::Keys;
+use crate::load::keys::{Keys, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad};
 use crate::rollup::Minute;
@@ -280,22 +280,16 @@ pub(super) fn load(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, MinuteLoad)>> {
-    let parsed: Vec<_> = rows(db, "load", "minute", servers, start, end)?
-        .into_iter()
-        .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
-        .collect();
-    let keys = dictionaries(
-        db,
-        parsed
-            .iter()
-            .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
-    )?;
+    let pending = Pending::new(
+        rows(db, "load", "minute", servers, start, end)?
+            .into_iter()
+            .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
+            .collect(),
+    );
+    let keys = dictionaries(db, pending.named())?;
     let mut out = Vec::new();
-    for (server_id, at, p) in parsed {
-        match p.and_then(|p| {
-            let k = keys.get(&(server_id.clone(), p.keys()));
-            p.with(k.unwrap_or(&Keys::default()))
-        }) {
+    for (server_id, at, m) in pending.finish(&keys) {
+        match m {
             Some(m) => out.push((server_id, m)),
             None => {
                 warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
@@ -308,26 +302,19 @@ pub(super) fn load(
 /// The dictionaries (see [`crate::load::keys`]) that rows of these
 /// servers name, by server and id; a row that names none (None, or 0) or
 /// one not found is left to fail its decoding.
-fn dictionaries<'a>(
+fn dictionaries(
     db: &Connection,
-    named: impl Iterator<Item = (&'a String, Option<i64>)>,
+    named: std::collections::BTreeSet<(String, i64)>,
 ) -> rusqlite::Result<HashMap<(String, i64), Keys>> {
     let mut out = HashMap::new();
     let mut q = db.prepare_cached("SELECT body FROM load_keys WHERE server_id = ?1 AND id = ?2")?;
     for (server_id, id) in named {
-        let Some(id) = id.filter(|id| *id != 0) else {
-            continue;
-        };
-        let key = (server_id.clone(), id);
-        if out.contains_key(&key) {
-            continue;
-        }
         let body: Option<Vec<u8>> = q
             .query_row(params![server_id, id], |r| r.get(0))
             .optional()?;
         match body.as_deref().and_then(Keys::decode) {
             Some(k) => {
-                out.insert(key, k);
+                out.insert((server_id, id), k);
             }
             None => {
                 warn!(server.id = %server_id, keys = id, "A dictionary of load strings is missing or does not decode; the rows that name it are skipped.")
@@ -363,22 +350,16 @@ pub(super) fn statements(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Micros, Read)>> {
-    let parsed: Vec<_> = rows(db, "statements", "at", servers, start, end)?
-        .into_iter()
-        .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
-        .collect();
-    let keys = dictionaries(
-        db,
-        parsed
-            .iter()
-            .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
-    )?;
+    let pending = Pending::new(
+        rows(db, "statements", "at", servers, start, end)?
+            .into_iter()
+            .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
+            .collect(),
+    );
+    let keys = dictionaries(db, pending.named())?;
     let mut out = Vec::new();
-    for (server_id, at, p) in parsed {
-        match p.and_then(|p| {
-            let k = keys.get(&(server_id.clone(), p.keys()));
-            p.with(k.unwrap_or(&Keys::default()))
-        }) {
+    for (server_id, at, read) in pending.finish(&keys) {
+        match read {
             Some(read) => out.push((server_id, at, read)),
             None => {
                 warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")

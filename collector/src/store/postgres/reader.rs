@@ -15,7 +15,7 @@ use super::Written;
 use crate::load::MinuteLoad;
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::Keys;
+use crate::load::keys::{Keys, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::rollup::{MINUTE_US, Minute};
 
@@ -204,20 +204,18 @@ impl Reader {
     /// servers name, by server and id, in one query. A row names a
     /// dictionary of its own hour or a later one, so those of rows from
     /// `start` on are in the partitions from its hour on.
-    async fn dictionaries<'a>(
+    async fn dictionaries(
         &self,
         start: Micros,
-        named: impl Iterator<Item = (&'a String, Option<i64>)>,
+        named: std::collections::BTreeSet<(String, i64)>,
     ) -> Result<HashMap<(String, i64), Keys>, ReadError> {
         let since = start - start.rem_euclid(HOUR_US);
-        let wanted: std::collections::BTreeSet<(&str, i64)> = named
-            .filter_map(|(s, id)| Some((s.as_str(), id.filter(|id| *id != 0)?)))
-            .collect();
         let mut out = HashMap::new();
-        if wanted.is_empty() {
+        if named.is_empty() {
             return Ok(out);
         }
-        let (servers, ids): (Vec<&str>, Vec<i64>) = wanted.iter().copied().unzip();
+        let (servers, ids): (Vec<&str>, Vec<i64>) =
+            named.iter().map(|(s, id)| (s.as_str(), *id)).unzip();
         let client = self.client().await?;
         let rows = client
             .query(
@@ -250,26 +248,17 @@ impl Reader {
         start: Micros,
         end: Micros,
     ) -> Result<Vec<(String, MinuteLoad)>, ReadError> {
-        let parsed: Vec<_> = self
-            .rows("load", "minute", &servers, start, end)
-            .await?
-            .into_iter()
-            .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
-            .collect();
-        let keys = self
-            .dictionaries(
-                start,
-                parsed
-                    .iter()
-                    .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
-            )
-            .await?;
+        let pending = Pending::new(
+            self.rows("load", "minute", &servers, start, end)
+                .await?
+                .into_iter()
+                .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
+                .collect(),
+        );
+        let keys = self.dictionaries(start, pending.named()).await?;
         let mut out = Vec::new();
-        for (server_id, at, p) in parsed {
-            match p.and_then(|p| {
-                let k = keys.get(&(server_id.clone(), p.keys()));
-                p.with(k.unwrap_or(&Keys::default()))
-            }) {
+        for (server_id, at, m) in pending.finish(&keys) {
+            match m {
                 Some(m) => out.push((server_id, m)),
                 None => {
                     warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
@@ -308,26 +297,17 @@ impl Reader {
         start: Micros,
         end: Micros,
     ) -> Result<Vec<(String, Micros, Read)>, ReadError> {
-        let parsed: Vec<_> = self
-            .rows("statements", "at", &servers, start, end)
-            .await?
-            .into_iter()
-            .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
-            .collect();
-        let keys = self
-            .dictionaries(
-                start,
-                parsed
-                    .iter()
-                    .map(|(s, _, p)| (s, p.as_ref().map(|p| p.keys()))),
-            )
-            .await?;
+        let pending = Pending::new(
+            self.rows("statements", "at", &servers, start, end)
+                .await?
+                .into_iter()
+                .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
+                .collect(),
+        );
+        let keys = self.dictionaries(start, pending.named()).await?;
         let mut out = Vec::new();
-        for (server_id, at, p) in parsed {
-            match p.and_then(|p| {
-                let k = keys.get(&(server_id.clone(), p.keys()));
-                p.with(k.unwrap_or(&Keys::default()))
-            }) {
+        for (server_id, at, read) in pending.finish(&keys) {
+            match read {
                 Some(read) => out.push((server_id, at, read)),
                 None => {
                     warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
