@@ -273,36 +273,25 @@ impl Counter {
     /// Closes the open buckets that end at or before `at` (a sample, up or
     /// down, at `at`), adding them to `closed`.
     pub fn advance(&mut self, at: Micros, closed: &mut Vec<Closed>) {
-        let Some(open) = &self.open else {
+        let Some(mut open) = self.open.take() else {
             return;
         };
         if at >= open.start + COARSE_US {
-            self.close_minute(closed);
+            self.close_minute(open, closed);
             return;
         }
         let slot = open.slot(at);
-        while let Some(open) = &self.open
-            && open.current < slot
-        {
-            let closing = open.current;
-            self.show(closing);
-            if let Some(open) = &mut self.open {
-                open.current += 1;
-            }
+        while open.current < slot {
+            self.show(&open, open.current);
+            open.current += 1;
         }
+        self.open = Some(open);
     }
 
     /// Closes the open minute (its last 10 s bucket shown), with its hour.
-    fn close_minute(&mut self, closed: &mut Vec<Closed>) {
-        let Some(open) = &self.open else {
-            return;
-        };
-        let current = open.current;
-        self.show(current);
-        let Some(open) = self.open.take() else {
-            return;
-        };
-        let minute = built(&open, &self.counts, self.restored.take());
+    fn close_minute(&mut self, open: Open, closed: &mut Vec<Closed>) {
+        self.show(&open, open.current);
+        let minute = built(&open, &self.counts, self.restored.take().as_ref());
         self.counts.clear();
         if minute.coarse.samples == 0 {
             return;
@@ -317,10 +306,7 @@ impl Counter {
     }
 
     /// Shows the open minute's 10 s bucket `slot`, as it closes.
-    fn show(&mut self, slot: usize) {
-        let Some(open) = &self.open else {
-            return;
-        };
+    fn show(&mut self, open: &Open, slot: usize) {
         let samples = open.slots[slot].0;
         if samples == 0 {
             return;
@@ -368,14 +354,9 @@ impl Counter {
     pub fn open(&self) -> Vec<Closed> {
         let mut out = Vec::new();
         if let Some(open) = &self.open {
-            let minute = built(open, &self.counts, self.restored.clone());
+            let minute = built(open, &self.counts, self.restored.as_ref());
             if minute.coarse.samples > 0 {
-                let start = minute.coarse.start;
-                let mut hour = match &self.hour {
-                    Some(h) if h.holds(start) => h.clone(),
-                    _ => HourTotals::holding(start),
-                };
-                hour.set(MinuteTotals::of(&minute.coarse));
+                let hour = self.hour_with(MinuteTotals::of(&minute.coarse));
                 out.push(Closed::Minute(minute, hour));
             }
         }
@@ -405,6 +386,12 @@ impl Counter {
         for (t, n) in self.restored.iter().flat_map(|m| &m.coarse.tuples) {
             totals.counts[t.class as usize] += u64::from(*n);
         }
+        Some(self.hour_with(totals))
+    }
+
+    /// The open hour's totals with the open minute's `totals` in them (when
+    /// it has samples), as a copy.
+    fn hour_with(&self, totals: MinuteTotals) -> HourTotals {
         let mut hour = match &self.hour {
             Some(h) if h.holds(totals.start) => h.clone(),
             _ => HourTotals::holding(totals.start),
@@ -412,7 +399,7 @@ impl Counter {
         if totals.samples > 0 {
             hour.set(totals);
         }
-        Some(hour)
+        hour
     }
 
     /// Carries on from what a collector that stopped stored of what was
@@ -454,7 +441,7 @@ impl Counter {
 fn built(
     open: &Open,
     counts: &HashMap<Sampled, Entry, BuildHasherDefault<WordHasher>>,
-    restored: Option<MinuteLoad>,
+    restored: Option<&MinuteLoad>,
 ) -> MinuteLoad {
     let mut coarse = Bucket::holding(open.start, COARSE_US);
     coarse.samples = open.slots.iter().map(|s| s.0).sum();
@@ -489,11 +476,11 @@ fn built(
         coarse.tuples.push((t, e.counts.iter().sum()));
     }
     if let Some(r) = restored {
-        coarse.tuples.extend(r.coarse.tuples);
-        for f in r.fine {
+        coarse.tuples.extend(r.coarse.tuples.iter().cloned());
+        for f in &r.fine {
             let i = ((f.start - open.start).max(0) / FINE_US) as usize;
             if let Some(b) = slot_of.get(i).and_then(|&j| fine.get_mut(j)) {
-                b.tuples.extend(f.tuples);
+                b.tuples.extend(f.tuples.iter().cloned());
             }
         }
     }
