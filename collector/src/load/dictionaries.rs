@@ -71,8 +71,10 @@ pub struct Dictionaries {
     ids: std::collections::hash_map::RandomState,
     /// How many dictionaries it made.
     made: u64,
-    /// The latest hour a row was written for.
+    /// The latest hour a row was written for, and the latest one when the
+    /// dictionaries were last looked over.
     latest: Micros,
+    swept: Micros,
 }
 
 impl Dictionaries {
@@ -115,9 +117,10 @@ impl Dictionaries {
         }
         // Servers no longer written (gone, or streamed by another
         // collector) let go of their dictionaries once they are written and
-        // two hours old.
-        let latest = self.latest;
-        if self.servers.values().next().is_some_and(|_| latest > 0) {
+        // two hours old: looked at once an hour, as the hours move on.
+        if self.latest > self.swept {
+            self.swept = self.latest;
+            let latest = self.latest;
             self.servers
                 .retain(|_, d| d.listed || d.hour + 2 * HOUR_US > latest);
         }

@@ -299,9 +299,9 @@ pub(super) fn load(
     Ok(out)
 }
 
-/// The dictionaries (see [`crate::load::keys`]) that rows of these
-/// servers name, by server and id; a row that names none (None, or 0) or
-/// one not found is left to fail its decoding.
+/// The dictionaries (see [`crate::load::dictionaries`]) `named`, by server
+/// and id; one not found is left out, and the rows that name it fail their
+/// decoding.
 fn dictionaries(
     db: &Connection,
     named: std::collections::BTreeSet<(String, i64)>,

@@ -200,8 +200,8 @@ impl Reader {
             .collect())
     }
 
-    /// The dictionaries (see [`crate::load::keys`]) that rows of these
-    /// servers name, by server and id, in one query. A row names a
+    /// The dictionaries (see [`crate::load::dictionaries`]) `named`, by
+    /// server and id, in one query. A row names a
     /// dictionary of its own hour or a later one, so those of rows from
     /// `start` on are in the partitions from its hour on.
     async fn dictionaries(
