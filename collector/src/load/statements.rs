@@ -163,7 +163,10 @@ impl Read {
         self.by_query.sort_unstable_by_key(|(f, _)| *f);
     }
 
-    /// The read as stored, with fingerprints of its own.
+    /// The read as stored, with fingerprints of its own, as rows were
+    /// before dictionaries (tests write them; the store writes through
+    /// [`super::dictionaries`]).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut s = self.stored();
         s.queries = self.by_query.iter().map(|(f, _)| *f).collect();
@@ -204,6 +207,7 @@ impl Read {
 
     /// A stored read back, with fingerprints of its own; None when the
     /// bytes are not one.
+    #[cfg(test)]
     pub fn decode(bytes: &[u8]) -> Option<Read> {
         Self::parse(bytes)?.with(&Keys::default())
     }
@@ -281,7 +285,7 @@ struct StoredRead {
     /// written, the temp blocks read and written, and WAL bytes.
     #[prost(uint64, repeated, tag = "4")]
     counters: Vec<u64>,
-    /// The server-hour's dictionary (see [`super::keys`]) that
+    /// The server-hour's dictionary (see [`super::dictionaries`]) that
     /// `query_indexes` are into; 0: the fingerprints are in `queries`.
     #[prost(int64, tag = "6")]
     keys: i64,

@@ -66,7 +66,7 @@ struct StoredLoad {
     #[prost(message, repeated, tag = "12")]
     fine: Vec<StoredFine>,
     /// The server-hour's dictionary its indexes are into (see
-    /// [`super::keys`]); 0: `strings` and `queries` of its own.
+    /// [`super::dictionaries`]); 0: `strings` and `queries` of its own.
     #[prost(int64, tag = "14")]
     keys: i64,
 }
@@ -88,6 +88,7 @@ struct StoredFine {
 
 impl StoredLoad {
     /// Holds the strings and fingerprints it names itself.
+    #[cfg(test)]
     fn own(&mut self, tables: Tables) {
         self.strings = tables
             .strings
@@ -100,7 +101,10 @@ impl StoredLoad {
 }
 
 impl MinuteLoad {
-    /// The minute as stored, with strings of its own.
+    /// The minute as stored, with strings of its own, as rows were before
+    /// dictionaries (tests write them; the store writes through
+    /// [`super::dictionaries`]).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut tables = Tables::default();
         let mut stored = self.stored(&mut tables);
@@ -156,6 +160,7 @@ impl MinuteLoad {
 
     /// A stored minute back (starting at `start`), with strings of its
     /// own; None when the bytes are not one.
+    #[cfg(test)]
     pub fn decode(start: i64, bytes: &[u8]) -> Option<MinuteLoad> {
         Self::parse(start, bytes)?.with(&Keys::default())
     }
@@ -209,6 +214,7 @@ impl Parsed for ParsedMinute {
 
 impl Bucket {
     /// The bucket as stored, without compression, with strings of its own.
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut tables = Tables::default();
         let mut stored = self.stored(&mut tables);
@@ -277,6 +283,7 @@ impl Bucket {
 
     /// A stored bucket (with strings of its own) back; None when the bytes
     /// are not one.
+    #[cfg(test)]
     pub fn decode(start: i64, len_us: i64, bytes: &[u8]) -> Option<Bucket> {
         Self::from_stored(
             start,
