@@ -155,7 +155,7 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64) {
     let mut realistic = Realistic::new(start);
     let mut counter = Counter::default();
     let mut closed = Vec::new();
-    let mut before: Vec<Arc<Session>> = Vec::new();
+    let mut before: Arc<Vec<Arc<Session>>> = Arc::default();
     let mut spent = Duration::ZERO;
     for s in 0..=DAY_S {
         let at = start + s * 1_000_000;
@@ -170,6 +170,7 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64) {
             }
         };
         now.sort_by_key(|x| x.key());
+        let now = Arc::new(now);
         let t = Instant::now();
         counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
         spent += t.elapsed();

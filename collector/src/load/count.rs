@@ -1,15 +1,15 @@
 //! Counting one server's samples into its open buckets: the aggregator keeps
 //! a [`Counter`] per server and gives it every sample it applies.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, LazyLock};
 
 use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::Micros;
 
 use super::churn::host;
 use super::hours::{HourTotals, MinuteTotals};
+use super::intern::{Ids, Interner, Sampled, WordMap, address};
 use super::statements::{Read, STATEMENTS_US};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
@@ -49,8 +49,13 @@ pub struct Counter {
     /// The open minute: its 10 s buckets' samples, and its churn.
     open: Option<Open>,
     /// The open minute's counts, by tuple with the client as sampled (its
-    /// host is taken when the minute closes), a count per 10 s bucket.
-    counts: HashMap<Sampled, Entry, BuildHasherDefault<WordHasher>>,
+    /// host is taken when the minute closes), a count per 10 s bucket; and
+    /// the tuples the sessions last counted are in, even when the minute
+    /// has not counted them yet.
+    counts: WordMap<Sampled, Entry>,
+    /// The sessions last counted: a sample is counted as what changed since
+    /// (see [`Counter::sample`]).
+    counted: Arc<Vec<Arc<Session>>>,
     /// What a collector that stopped stored of the open minute's counts.
     restored: Option<MinuteLoad>,
     /// The open hour's minutes.
@@ -75,13 +80,16 @@ struct Open {
 }
 
 impl Open {
+    /// The minute that holds `at`, its buckets before `at`'s closed.
     fn holding(at: Micros) -> Open {
-        Open {
+        let mut open = Open {
             start: at - at.rem_euclid(COARSE_US),
             slots: [(0, 0); SLOTS],
             current: 0,
             churn: super::Churn::default(),
-        }
+        };
+        open.current = open.slot(at);
+        open
     }
 
     /// The 10 s bucket of the minute that holds `at`.
@@ -90,66 +98,38 @@ impl Open {
     }
 }
 
-/// A tuple's counts in the open minute, one per 10 s bucket.
+/// A tuple's counts in the open minute, one per 10 s bucket, and the
+/// sessions in it now.
+///
+/// A session counts 1 at each sample it is in the tuple, so the counts of
+/// a bucket are its samples' sums of `live`. They are added when `live`
+/// changes and when the bucket closes, rather than at every sample: at `mark`
+/// samples into the open bucket, `live` last changed, and what it counted
+/// since is not yet in `counts`.
 #[derive(Debug, Clone)]
 struct Entry {
     tuple: Tuple,
     counts: [u32; SLOTS],
+    live: u32,
+    mark: u32,
 }
 
-/// A tuple as sampled, by its strings' addresses rather than their bytes: a
-/// stream's sessions share their strings from one sample to the next, so it
-/// is found without reading or copying them (the tuple it stands for holds
-/// the strings, so no address is reused while it is counted). Tuples with
-/// equal strings at other addresses are summed when the bucket closes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sampled {
-    class: Class,
-    query: u64,
-    /// wait type, wait event, user, database, application, client, backend
-    /// type.
-    strings: [usize; 7],
-}
-
-impl std::hash::Hash for Sampled {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.query ^ self.class as u64);
-        for a in self.strings {
-            state.write_usize(a);
-        }
-    }
-}
-
-fn address(s: &Arc<str>) -> usize {
-    Arc::as_ptr(s) as *const u8 as usize
-}
-
-/// A hash for keys made of a few machine words (a [`Sampled`]): a multiply and a rotate per word, where SipHash would take
-/// ten times as long on every active session of every sample.
-#[derive(Default)]
-struct WordHasher(u64);
-
-impl std::hash::Hasher for WordHasher {
-    fn finish(&self) -> u64 {
-        self.0
+impl Entry {
+    /// Its count in the open minute's bucket `slot`, as it stands.
+    fn count(&self, open: &Open, slot: usize) -> u32 {
+        let pending = if slot == open.current {
+            self.live * open.slots[slot].0.saturating_sub(self.mark)
+        } else {
+            0
+        };
+        self.counts[slot] + pending
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    /// Adds what it counted since `mark` to the open bucket, `taken`
+    /// samples into it.
+    fn settle(&mut self, slot: usize, taken: u32) {
+        self.counts[slot] += self.live * taken.saturating_sub(self.mark);
+        self.mark = taken;
     }
 }
 
@@ -173,77 +153,139 @@ fn class(s: &Session) -> Option<Class> {
     }
 }
 
-thread_local! {
-    static CPU: Arc<str> = "CPU".into();
-    static EMPTY: Arc<str> = "".into();
+/// The wait of a session that does not wait, shared by every counter so that
+/// its tuples' keys are the same whichever thread counts them.
+static CPU: LazyLock<Arc<str>> = LazyLock::new(|| "CPU".into());
+static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| "".into());
+
+/// A session's wait: its type and event, or `CPU`.
+fn wait(s: &Session) -> (&Arc<str>, &Arc<str>) {
+    if s.wait_event_type.is_empty() {
+        (&CPU, &EMPTY)
+    } else {
+        (&s.wait_event_type, &s.wait_event)
+    }
+}
+
+/// The tuple a session counts in at a sample, by its strings' addresses;
+/// None when it counts in none.
+fn sampled(s: &Session) -> Option<Sampled> {
+    let class = class(s)?;
+    let (wait_type, wait_event) = wait(s);
+    Some(Sampled::of(
+        class,
+        s.fingerprint,
+        [
+            wait_type,
+            wait_event,
+            &s.user,
+            &s.database,
+            &s.application_name,
+            &s.client,
+            &s.backend_type,
+        ],
+    ))
 }
 
 impl Counter {
     /// Counts one sample of a server that is up, taken at `at`: `sessions`
     /// as sampled, after `before` (both in key order), each sample covering
     /// `interval_us`. Buckets that close are added to `closed`; `text` is
-    /// given each query the open minute had not seen, with its text.
+    /// given each query not counted before, with its text.
+    ///
+    /// Only the sessions that changed since the sample last counted are
+    /// looked at: a session kept from one sample to the next is the same
+    /// `Arc`, and one whose tuple did not change counts on in its entry
+    /// (see [`Entry`]).
     pub fn sample(
         &mut self,
         at: Micros,
         interval_us: Micros,
         before: &[Arc<Session>],
-        sessions: &[Arc<Session>],
+        sessions: &Arc<Vec<Arc<Session>>>,
         closed: &mut Vec<Closed>,
         text: &mut impl FnMut(u64, &str),
     ) {
         self.advance(at, closed);
         let open = self.open.get_or_insert_with(|| Open::holding(at));
-        let slot = open.slot(at);
+        // A sample from before the open bucket (the clock went back) counts
+        // in it: the buckets before it are closed.
+        let slot = open.slot(at).max(open.current);
+        let taken = open.slots[slot].0;
         open.slots[slot].0 += 1;
         open.slots[slot].1 += interval_us;
         let (started, ended) = open.churn.diff(before, sessions, at);
         self.now.sessions_started_total += u64::from(started);
         self.now.sessions_ended_total += u64::from(ended);
-        let (cpu, empty) = (CPU.with(Arc::clone), EMPTY.with(Arc::clone));
-        for s in sessions {
-            let Some(class) = class(s) else { continue };
-            let (wait_type, wait_event) = if s.wait_event_type.is_empty() {
-                (&cpu, &empty)
-            } else {
-                (&s.wait_event_type, &s.wait_event)
+        let counted = std::mem::replace(&mut self.counted, Arc::clone(sessions));
+        let (mut i, mut j) = (0, 0);
+        while i < counted.len() || j < sessions.len() {
+            let (old, new) = match (counted.get(i), sessions.get(j)) {
+                (Some(o), Some(n)) => match o.key().cmp(&n.key()) {
+                    std::cmp::Ordering::Equal if Arc::ptr_eq(o, n) => (None, None),
+                    std::cmp::Ordering::Equal => (Some(o), Some(n)),
+                    std::cmp::Ordering::Less => (Some(o), None),
+                    std::cmp::Ordering::Greater => (None, Some(n)),
+                },
+                (Some(o), None) => (Some(o), None),
+                (None, _) => (None, sessions.get(j)),
             };
-            let key = Sampled {
-                class,
-                query: s.fingerprint,
-                strings: [
-                    address(wait_type),
-                    address(wait_event),
-                    address(&s.user),
-                    address(&s.database),
-                    address(&s.application_name),
-                    address(&s.client),
-                    address(&s.backend_type),
-                ],
-            };
-            match self.counts.entry(key) {
-                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().counts[slot] += 1,
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    text(s.fingerprint, &s.query);
-                    let mut counts = [0; SLOTS];
-                    counts[slot] = 1;
-                    v.insert(Entry {
-                        tuple: Tuple {
-                            class,
-                            wait_type: wait_type.clone(),
-                            wait_event: wait_event.clone(),
-                            query: s.fingerprint,
-                            user: s.user.clone(),
-                            database: s.database.clone(),
-                            application: s.application_name.clone(),
-                            client: s.client.clone(),
-                            backend_type: s.backend_type.clone(),
-                        },
-                        counts,
-                    });
+            match (old, new) {
+                (None, None) => (i, j) = (i + 1, j + 1),
+                (Some(o), None) => {
+                    self.leave(o, slot, taken);
+                    i += 1;
+                }
+                (None, Some(n)) => {
+                    self.join(n, slot, taken, text);
+                    j += 1;
+                }
+                (Some(o), Some(n)) => {
+                    if sampled(o) != sampled(n) {
+                        self.leave(o, slot, taken);
+                        self.join(n, slot, taken, text);
+                    }
+                    (i, j) = (i + 1, j + 1);
                 }
             }
         }
+    }
+
+    /// `s`, counted in the sample before, is no longer in its tuple.
+    fn leave(&mut self, s: &Session, slot: usize, taken: u32) {
+        if let Some(e) = sampled(s).and_then(|key| self.counts.get_mut(&key)) {
+            e.settle(slot, taken);
+            e.live = e.live.saturating_sub(1);
+        }
+    }
+
+    /// `s` is in its tuple from this sample on.
+    fn join(&mut self, s: &Session, slot: usize, taken: u32, text: &mut impl FnMut(u64, &str)) {
+        let Some(key) = sampled(s) else {
+            return;
+        };
+        let e = self.counts.entry(key).or_insert_with(|| {
+            text(s.fingerprint, &s.query);
+            let (wait_type, wait_event) = wait(s);
+            Entry {
+                tuple: Tuple {
+                    class: key.class(),
+                    wait_type: wait_type.clone(),
+                    wait_event: wait_event.clone(),
+                    query: s.fingerprint,
+                    user: s.user.clone(),
+                    database: s.database.clone(),
+                    application: s.application_name.clone(),
+                    client: s.client.clone(),
+                    backend_type: s.backend_type.clone(),
+                },
+                counts: [0; SLOTS],
+                live: 0,
+                mark: taken,
+            }
+        });
+        e.settle(slot, taken);
+        e.live += 1;
     }
 
     /// Adds the sessions PostgreSQL established by database (`increments`
@@ -281,18 +323,31 @@ impl Counter {
             return;
         }
         let slot = open.slot(at);
-        while open.current < slot {
-            self.show(&open, open.current);
-            open.current += 1;
+        if open.current < slot {
+            self.settle(&open);
+            while open.current < slot {
+                self.show(&open, open.current);
+                open.current += 1;
+            }
+            // The bucket open now has taken no sample yet.
+            for e in self.counts.values_mut() {
+                e.mark = 0;
+            }
         }
         self.open = Some(open);
     }
 
     /// Closes the open minute (its last 10 s bucket shown), with its hour.
     fn close_minute(&mut self, open: Open, closed: &mut Vec<Closed>) {
+        self.settle(&open);
         self.show(&open, open.current);
         let minute = built(&open, &self.counts, self.restored.take().as_ref());
-        self.counts.clear();
+        // The tuples sessions are in now stay, to count on in the next
+        // minute.
+        self.counts.retain(|_, e| e.live > 0);
+        for e in self.counts.values_mut() {
+            (e.counts, e.mark) = ([0; SLOTS], 0);
+        }
         if minute.coarse.samples == 0 {
             return;
         }
@@ -303,6 +358,15 @@ impl Counter {
         };
         hour.set(MinuteTotals::of(&minute.coarse));
         closed.push(Closed::Minute(minute, hour.clone()));
+    }
+
+    /// Adds to the open bucket's counts what its tuples counted since they
+    /// last changed.
+    fn settle(&mut self, open: &Open) {
+        let taken = open.slots[open.current].0;
+        for e in self.counts.values_mut() {
+            e.settle(open.current, taken);
+        }
     }
 
     /// Shows the open minute's 10 s bucket `slot`, as it closes.
@@ -318,7 +382,10 @@ impl Counter {
             .flat_map(|m| &m.fine)
             .filter(|f| f.start == open.start + slot as Micros * FINE_US)
             .flat_map(|f| f.tuples.iter().map(|(t, n)| (t, *n)));
-        let counted = self.counts.values().map(|e| (&e.tuple, e.counts[slot]));
+        let counted = self
+            .counts
+            .values()
+            .map(|e| (&e.tuple, e.count(open, slot)));
         for (t, n) in counted
             .chain(restored)
             .filter(|(t, n)| *n > 0 && t.class == Class::Active)
@@ -381,7 +448,7 @@ impl Counter {
         };
         for e in self.counts.values() {
             totals.counts[e.tuple.class as usize] +=
-                e.counts.iter().map(|n| u64::from(*n)).sum::<u64>();
+                (0..SLOTS).map(|i| u64::from(e.count(open, i))).sum::<u64>();
         }
         for (t, n) in self.restored.iter().flat_map(|m| &m.coarse.tuples) {
             totals.counts[t.class as usize] += u64::from(*n);
@@ -422,6 +489,7 @@ impl Counter {
                         open.churn = minute.coarse.churn.clone();
                         self.open = Some(open);
                         self.counts.clear();
+                        self.counted = Arc::default();
                         self.restored = Some(minute);
                     }
                 }
@@ -440,14 +508,13 @@ impl Counter {
 /// summed.
 fn built(
     open: &Open,
-    counts: &HashMap<Sampled, Entry, BuildHasherDefault<WordHasher>>,
+    counts: &WordMap<Sampled, Entry>,
     restored: Option<&MinuteLoad>,
 ) -> MinuteLoad {
     let mut coarse = Bucket::holding(open.start, COARSE_US);
     coarse.samples = open.slots.iter().map(|s| s.0).sum();
     coarse.covered_us = open.slots.iter().map(|s| s.1).sum();
     coarse.churn = open.churn.clone();
-    coarse.tuples.reserve(counts.len());
     let mut fine: Vec<Bucket> = Vec::with_capacity(SLOTS);
     let mut slot_of = [usize::MAX; SLOTS];
     for (i, (samples, covered_us)) in open.slots.iter().enumerate() {
@@ -459,36 +526,62 @@ fn built(
             fine.push(b);
         }
     }
-    let mut hosts: HashMap<usize, Arc<str>, BuildHasherDefault<WordHasher>> = HashMap::default();
+    // Every tuple with its strings interned (clients as hosts), then the
+    // ids ordered as the strings.
+    let mut interner = Interner::default();
+    let mut hosts: WordMap<usize, u32> = WordMap::default();
+    let mut counted: Vec<(Ids, [u32; SLOTS])> = Vec::with_capacity(counts.len());
     for e in counts.values() {
-        let mut t = e.tuple.clone();
-        t.client = hosts
-            .entry(address(&t.client))
-            .or_insert_with(|| host(&t.client).into())
-            .clone();
-        for (i, n) in e.counts.iter().enumerate() {
-            if let Some(b) = fine.get_mut(slot_of[i])
-                && *n > 0
-            {
-                b.tuples.push((t.clone(), *n));
-            }
-        }
-        coarse.tuples.push((t, e.counts.iter().sum()));
+        let client = *hosts
+            .entry(address(&e.tuple.client))
+            .or_insert_with(|| interner.text(host(&e.tuple.client)));
+        let ids = interner.ids(&e.tuple, client);
+        counted.push((ids, std::array::from_fn(|i| e.count(open, i))));
     }
+    // What a stopped collector stored: its coarse tuples, and its 10 s
+    // buckets' by slot.
+    let mut stored: Vec<(Option<usize>, Ids, u32)> = Vec::new();
     if let Some(r) = restored {
-        coarse.tuples.extend(r.coarse.tuples.iter().cloned());
+        let mut intern = |t: &Tuple| {
+            let client = interner.id(&t.client);
+            interner.ids(t, client)
+        };
+        for (t, n) in &r.coarse.tuples {
+            stored.push((None, intern(t), *n));
+        }
         for f in &r.fine {
             let i = ((f.start - open.start).max(0) / FINE_US) as usize;
-            if let Some(b) = slot_of.get(i).and_then(|&j| fine.get_mut(j)) {
-                b.tuples.extend(f.tuples.iter().cloned());
+            if let Some(&j) = slot_of.get(i).filter(|j| **j < fine.len()) {
+                for (t, n) in &f.tuples {
+                    stored.push((Some(j), intern(t), *n));
+                }
             }
         }
     }
-    coarse.tuples.retain(|(_, n)| *n > 0);
-    coarse.bound();
-    for b in &mut fine {
-        b.bound();
+    let ranked = interner.ranked();
+    let mut tuples: Vec<Vec<(Ids, u32)>> = vec![Vec::with_capacity(counted.len()); fine.len() + 1];
+    for (ids, counts) in &counted {
+        let ids = ranked.ranked(*ids);
+        for (i, n) in counts.iter().enumerate() {
+            if let Some(b) = tuples.get_mut(slot_of[i])
+                && *n > 0
+            {
+                b.push((ids, *n));
+            }
+        }
+        tuples[fine.len()].push((ids, counts.iter().sum()));
     }
+    for (j, ids, n) in stored {
+        tuples[j.unwrap_or(fine.len())].push((ranked.ranked(ids), n));
+    }
+    let mut tuples = tuples.into_iter();
+    for b in &mut fine {
+        b.tuples = ranked.bounded(tuples.next().unwrap_or_default());
+    }
+    let mut minute: Vec<(Ids, u32)> = tuples.next().unwrap_or_default();
+    minute.retain(|(_, n)| *n > 0);
+    coarse.tuples = ranked.bounded(minute);
+    coarse.churn.bound();
     MinuteLoad { coarse, fine }
 }
 
@@ -526,7 +619,7 @@ mod tests {
     #[test]
     fn active_sessions_count_by_wait_and_close_into_minutes_of_10_s_buckets() {
         let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
-        let sessions = vec![
+        let sessions = Arc::new(vec![
             session(1, SessionState::Active, ("", ""), 7),
             session(2, SessionState::Active, ("Lock", "transactionid"), 8),
             session(3, SessionState::Idle, ("Client", "ClientRead"), 0),
@@ -542,7 +635,7 @@ mod tests {
                 wait_event_type: "Activity".into(),
                 ..Default::default()
             }),
-        ];
+        ]);
         let mut c = Counter::default();
         let mut closed = Vec::new();
         for s in 0..20 {
@@ -607,7 +700,7 @@ mod tests {
     #[test]
     fn a_stopped_collector_carries_on_without_counting_twice() {
         let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
-        let sessions = vec![session(1, SessionState::Active, ("", ""), 7)];
+        let sessions = Arc::new(vec![session(1, SessionState::Active, ("", ""), 7)]);
         let mut c = Counter::default();
         let mut closed = Vec::new();
         for s in 0..15 {
@@ -646,6 +739,145 @@ mod tests {
             [10, 9, 10, 10, 10, 10],
             "the second adds the stored 5"
         );
+    }
+
+    /// Counting only what changed gives what counting every session at
+    /// every sample gives: sessions that change, come, go and are sent
+    /// again unchanged; strings equal at other addresses; gaps, skipped
+    /// buckets and a server down.
+    #[test]
+    fn counting_changes_counts_as_counting_every_session() {
+        type Key = (Class, String, u64, String, String);
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let waits: [(&str, &str); 4] = [
+            ("", ""),
+            ("IO", "DataFileRead"),
+            ("Lock", "tuple"),
+            ("Client", "ClientRead"),
+        ];
+        let users: Vec<Arc<str>> = vec!["app".into(), "batch".into()];
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut pid = 100;
+        let mut counter = Counter::default();
+        let mut closed = Vec::new();
+        // The naive count: by minute, 10 s bucket and tuple.
+        let mut expected: std::collections::BTreeMap<(Micros, Micros, Key), u32> =
+            Default::default();
+        let mut samples: std::collections::BTreeMap<(Micros, Micros), u32> = Default::default();
+        let mut at = t0 + 3_000_000;
+        let mut before: Arc<Vec<Arc<Session>>> = Arc::default();
+        let mut down = false;
+        while at < t0 + 30 * COARSE_US {
+            // What changes in this second.
+            for _ in 0..next(6) {
+                match next(5) {
+                    0 if sessions.len() < 30 => {
+                        pid += 1;
+                        sessions.push(Arc::new(Session {
+                            pid,
+                            backend_start_us: at,
+                            user: users[next(2) as usize].clone(),
+                            database: "orders".into(),
+                            application_name: "web".into(),
+                            client: format!("10.0.0.{}:{}", next(3), 5000 + pid).into(),
+                            backend_type: "client backend".into(),
+                            ..Default::default()
+                        }));
+                    }
+                    1 if !sessions.is_empty() => {
+                        sessions.remove(next(sessions.len() as u64) as usize);
+                    }
+                    _ if !sessions.is_empty() => {
+                        let i = next(sessions.len() as u64) as usize;
+                        let mut s = (*sessions[i]).clone();
+                        let (wt, we) = waits[next(4) as usize];
+                        s.state = [
+                            SessionState::Active,
+                            SessionState::Idle,
+                            SessionState::IdleInTransaction,
+                        ][next(3) as usize];
+                        // Equal strings, new addresses, as a keyframe sends them.
+                        s.wait_event_type = wt.into();
+                        s.wait_event = we.into();
+                        s.user = (*s.user).into();
+                        s.fingerprint = next(4);
+                        sessions[i] = Arc::new(s);
+                    }
+                    _ => {}
+                }
+            }
+            sessions.sort_by_key(|s| s.key());
+            if next(40) == 0 {
+                down = !down;
+            }
+            if down {
+                counter.advance(at, &mut closed);
+                before = Arc::default();
+            } else {
+                let now = Arc::new(sessions.clone());
+                counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
+                let minute = at - at.rem_euclid(COARSE_US);
+                let fine = at - at.rem_euclid(FINE_US);
+                *samples.entry((minute, fine)).or_default() += 1;
+                for s in now.iter() {
+                    let Some(class) = class(s) else { continue };
+                    let (wt, we) = wait(s);
+                    let key = (
+                        class,
+                        format!("{wt}:{we}"),
+                        s.fingerprint,
+                        s.user.to_string(),
+                        host(&s.client).to_owned(),
+                    );
+                    *expected.entry((minute, fine, key)).or_default() += 1;
+                }
+                before = now;
+            }
+            // Mostly a second on; sometimes a gap, over buckets or minutes.
+            at += match next(30) {
+                0 => 1_000_000 * (2 + next(70) as i64),
+                _ => 1_000_000,
+            };
+        }
+        counter.advance(at + COARSE_US, &mut closed);
+        let mut got: std::collections::BTreeMap<(Micros, Micros, Key), u32> = Default::default();
+        let mut got_samples: std::collections::BTreeMap<(Micros, Micros), u32> = Default::default();
+        for m in minutes(&closed) {
+            for b in &m.fine {
+                *got_samples.entry((m.coarse.start, b.start)).or_default() += b.samples;
+                for (t, n) in &b.tuples {
+                    let key = (
+                        t.class,
+                        format!("{}:{}", t.wait_type, t.wait_event),
+                        t.query,
+                        t.user.to_string(),
+                        t.client.to_string(),
+                    );
+                    *got.entry((m.coarse.start, b.start, key)).or_default() += n;
+                }
+            }
+            let fine: u32 = m
+                .fine
+                .iter()
+                .flat_map(|b| b.tuples.iter().map(|(_, n)| n))
+                .sum();
+            let coarse: u32 = m.coarse.tuples.iter().map(|(_, n)| n).sum();
+            assert_eq!(fine, coarse, "the minute sums its 10 s buckets");
+        }
+        assert!(
+            expected.len() > 100,
+            "the run counted little: {}",
+            expected.len()
+        );
+        assert_eq!(got_samples, samples);
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -26,11 +26,11 @@ mod compress;
 pub mod count;
 pub mod dictionaries;
 pub mod hours;
+mod intern;
 pub mod keys;
 pub mod statements;
 mod stored;
 
-use foldhash::{HashMap, HashMapExt};
 #[cfg(test)]
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -243,99 +243,27 @@ impl Bucket {
 
     /// Sums equal tuples and keeps the size within [`TOP_KEYS`] keys per
     /// dimension and [`MAX_TUPLES`] tuples, in a stable order (largest
-    /// first).
+    /// first; ties: the smaller tuple). Each dimension's keys beyond its top
+    /// ones, then each wait (type and event) and query beyond the top ones,
+    /// become `other`; beyond [`MAX_TUPLES`], the smallest tuples are summed
+    /// into one `other` tuple per class. (The work is done on interned
+    /// strings: see [`intern`].)
     pub fn bound(&mut self) {
-        let mut tuples = std::mem::take(&mut self.tuples);
-        let other: Arc<str> = OTHER.into();
-        // With no more tuples than keys a dimension may keep, none has too
-        // many: only equal tuples are summed.
-        if tuples.len() <= TOP_KEYS {
-            self.tuples = summed(tuples);
-            self.churn.bound();
-            return;
-        }
-        // Each dimension's keys beyond its top ones become `other`.
-        type Field = fn(&mut Tuple) -> &mut Arc<str>;
-        let fields: [Field; 5] = [
-            |t| &mut t.user,
-            |t| &mut t.database,
-            |t| &mut t.application,
-            |t| &mut t.client,
-            |t| &mut t.backend_type,
-        ];
-        for field in fields {
-            let mut totals: HashMap<Arc<str>, u64> = HashMap::new();
-            for (t, n) in tuples.iter_mut() {
-                *totals.entry(field(t).clone()).or_default() += u64::from(*n);
-            }
-            if totals.len() > TOP_KEYS {
-                let keep = top(totals);
-                for (t, _) in tuples.iter_mut() {
-                    if keep.binary_search(&*field(t)).is_err() {
-                        *field(t) = other.clone();
-                    }
-                }
-            }
-        }
-        // The wait, as a pair, and the query.
-        let mut waits: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
-        let mut queries: HashMap<u64, u64> = HashMap::new();
-        for (t, n) in &tuples {
-            *waits
-                .entry((t.wait_type.clone(), t.wait_event.clone()))
-                .or_default() += u64::from(*n);
-            *queries.entry(t.query).or_default() += u64::from(*n);
-        }
-        if waits.len() > TOP_KEYS {
-            let keep = top(waits);
-            for (t, _) in tuples.iter_mut() {
-                if keep
-                    .binary_search(&(t.wait_type.clone(), t.wait_event.clone()))
-                    .is_err()
-                {
-                    t.wait_type = other.clone();
-                    t.wait_event = other.clone();
-                }
-            }
-        }
-        if queries.len() > TOP_KEYS {
-            let keep = top(queries);
-            for (t, _) in tuples.iter_mut() {
-                if keep.binary_search(&t.query).is_err() {
-                    t.query = OTHER_QUERY;
-                }
-            }
-        }
-        let mut tuples = summed(tuples);
-        if tuples.len() > MAX_TUPLES {
-            // One `other` tuple per class, so that classes never mix: room
-            // is left for one of each.
-            let rest: Vec<(Tuple, u32)> = tuples.split_off(MAX_TUPLES - 3);
-            let mut by_class: Vec<(Class, u32)> = Vec::new();
-            for (t, n) in rest {
-                match by_class.iter_mut().find(|(c, _)| *c == t.class) {
-                    Some((_, sum)) => *sum += n,
-                    None => by_class.push((t.class, n)),
-                }
-            }
-            for (class, n) in by_class {
-                tuples.push((
-                    Tuple {
-                        class,
-                        wait_type: other.clone(),
-                        wait_event: other.clone(),
-                        query: OTHER_QUERY,
-                        user: other.clone(),
-                        database: other.clone(),
-                        application: other.clone(),
-                        client: other.clone(),
-                        backend_type: other.clone(),
-                    },
-                    n,
-                ));
-            }
-        }
-        self.tuples = tuples;
+        let mut interner = intern::Interner::default();
+        let ids: Vec<(intern::Ids, u32)> = self
+            .tuples
+            .iter()
+            .map(|(t, n)| {
+                let client = interner.id(&t.client);
+                (interner.ids(t, client), *n)
+            })
+            .collect();
+        let ranked = interner.ranked();
+        let ids = ids
+            .into_iter()
+            .map(|(i, n)| (ranked.ranked(i), n))
+            .collect();
+        self.tuples = ranked.bounded(ids);
         self.churn.bound();
     }
 
@@ -349,27 +277,6 @@ impl Bucket {
             .sum();
         sum as f64 / f64::from(self.samples.max(1))
     }
-}
-
-/// Equal tuples summed, largest first.
-fn summed(tuples: Vec<(Tuple, u32)>) -> Vec<(Tuple, u32)> {
-    let mut sums: HashMap<Tuple, u32> = HashMap::with_capacity(tuples.len());
-    for (t, n) in tuples {
-        *sums.entry(t).or_default() += n;
-    }
-    let mut tuples: Vec<(Tuple, u32)> = sums.into_iter().collect();
-    tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    tuples
-}
-
-/// The [`TOP_KEYS`] keys with the largest totals (ties: the smaller key).
-fn top<K: Ord + Clone + std::hash::Hash + Eq>(totals: HashMap<K, u64>) -> Vec<K> {
-    let mut all: Vec<(K, u64)> = totals.into_iter().collect();
-    all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    all.truncate(TOP_KEYS);
-    let mut keys: Vec<K> = all.into_iter().map(|(k, _)| k).collect();
-    keys.sort_unstable();
-    keys
 }
 
 #[cfg(test)]

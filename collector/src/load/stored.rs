@@ -3,13 +3,13 @@
 //! into them; its 10 s buckets as counts of the minute's tuples; the whole
 //! compressed with zstd.
 
-use foldhash::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
 use super::compress::{compressed, decompressed};
+use super::intern::{Sampled, WordMap, address};
 use super::keys::{Keys, Parsed, Table, Tables};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
@@ -124,26 +124,26 @@ impl MinuteLoad {
     /// buckets as counts of the bucket's tuples (a tuple only a 10 s bucket
     /// has joins the minute's with no count of its own).
     fn stored(&self, tables: &mut Tables) -> StoredLoad {
-        let mut coarse = self.coarse.clone();
-        let mut index: HashMap<Tuple, u32> = coarse
+        // Tuples found by their strings' addresses: a counted minute's
+        // buckets share one set of strings (see [`super::intern`]); an equal
+        // tuple at other addresses is only stored twice.
+        let mut index: WordMap<Sampled, u32> = self
+            .coarse
             .tuples
             .iter()
             .enumerate()
-            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .map(|(i, (t, _))| (Sampled::tuple(t), i as u32))
             .collect();
+        let mut only_fine: Vec<&Tuple> = Vec::new();
         let mut fine = Vec::with_capacity(self.fine.len());
         for b in &self.fine {
             let mut counts = Vec::with_capacity(b.tuples.len() * 2);
             for (t, n) in &b.tuples {
-                let i = match index.get(t) {
-                    Some(i) => *i,
-                    None => {
-                        let i = coarse.tuples.len() as u32;
-                        coarse.tuples.push((t.clone(), 0));
-                        index.insert(t.clone(), i);
-                        i
-                    }
-                };
+                let next = (self.coarse.tuples.len() + only_fine.len()) as u32;
+                let i = *index.entry(Sampled::tuple(t)).or_insert_with(|| {
+                    only_fine.push(t);
+                    next
+                });
                 counts.extend([i, *n]);
             }
             fine.push(StoredFine {
@@ -153,7 +153,13 @@ impl MinuteLoad {
                 counts,
             });
         }
-        let mut stored = coarse.stored(tables);
+        let tuples = self
+            .coarse
+            .tuples
+            .iter()
+            .map(|(t, n)| (t, *n))
+            .chain(only_fine.into_iter().map(|t| (t, 0)));
+        let mut stored = self.coarse.stored(tuples, tables);
         stored.fine = fine;
         stored
     }
@@ -217,30 +223,42 @@ impl Bucket {
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut tables = Tables::default();
-        let mut stored = self.stored(&mut tables);
+        let tuples = self.tuples.iter().map(|(t, n)| (t, *n));
+        let mut stored = self.stored(tuples, &mut tables);
         stored.own(tables);
         stored.encode_to_vec()
     }
 
-    fn stored(&self, tables: &mut Tables) -> StoredLoad {
+    /// The bucket as stored, with `tuples` (its own, and any more its
+    /// finer buckets name), naming strings in `tables`.
+    fn stored<'a>(
+        &self,
+        tuples: impl Iterator<Item = (&'a Tuple, u32)>,
+        tables: &mut Tables,
+    ) -> StoredLoad {
         let Tables { strings, queries } = tables;
+        // Each string's index, found by its address after the first time.
+        let mut seen: WordMap<usize, u32> = WordMap::default();
+        let mut of = |s: &Arc<str>| *seen.entry(address(s)).or_insert_with(|| strings.of(s));
         let mut sessions: Table<[u32; WHO_CELLS]> = Table::default();
         let mut cells = Vec::with_capacity(self.tuples.len() * TUPLE_CELLS);
-        for (t, _) in &self.tuples {
+        let mut counts = Vec::with_capacity(self.tuples.len());
+        for (t, n) in tuples {
             let who = [
-                strings.of(&t.user),
-                strings.of(&t.database),
-                strings.of(&t.application),
-                strings.of(&t.client),
-                strings.of(&t.backend_type),
+                of(&t.user),
+                of(&t.database),
+                of(&t.application),
+                of(&t.client),
+                of(&t.backend_type),
             ];
             cells.extend([
                 t.class as u32,
-                strings.of(&t.wait_type),
-                strings.of(&t.wait_event),
+                of(&t.wait_type),
+                of(&t.wait_event),
                 queries.of(&t.query),
                 sessions.of(&who),
             ]);
+            counts.push(n);
         }
         let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
         for (k, c) in &self.churn.rows {
@@ -257,7 +275,7 @@ impl Bucket {
             samples: self.samples,
             covered_us: self.covered_us,
             cells,
-            counts: self.tuples.iter().map(|(_, n)| *n).collect(),
+            counts,
             churn_cells,
             churn_lifetimes_us: self.churn.rows.iter().map(|(_, c)| c.lifetime_us).collect(),
             lifetimes: self

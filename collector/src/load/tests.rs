@@ -205,3 +205,156 @@ fn a_dictionary_whose_hour_ended_unwritten_is_still_written() {
         Some(read)
     );
 }
+
+/// The bound as it was written on strings before it worked on interned ids
+/// ([`intern`]): the oracle the interned one must agree with.
+fn reference_bound(b: &mut Bucket) {
+    use foldhash::{HashMap, HashMapExt};
+    fn summed(tuples: Vec<(Tuple, u32)>) -> Vec<(Tuple, u32)> {
+        let mut sums: HashMap<Tuple, u32> = HashMap::with_capacity(tuples.len());
+        for (t, n) in tuples {
+            *sums.entry(t).or_default() += n;
+        }
+        let mut tuples: Vec<(Tuple, u32)> = sums.into_iter().collect();
+        tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        tuples
+    }
+    fn top<K: Ord + Clone + std::hash::Hash + Eq>(totals: HashMap<K, u64>) -> Vec<K> {
+        let mut all: Vec<(K, u64)> = totals.into_iter().collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(TOP_KEYS);
+        let mut keys: Vec<K> = all.into_iter().map(|(k, _)| k).collect();
+        keys.sort_unstable();
+        keys
+    }
+    let this = b;
+    let mut tuples = std::mem::take(&mut this.tuples);
+    let other: Arc<str> = OTHER.into();
+    // With no more tuples than keys a dimension may keep, none has too
+    // many: only equal tuples are summed.
+    if tuples.len() <= TOP_KEYS {
+        this.tuples = summed(tuples);
+        this.churn.bound();
+        return;
+    }
+    // Each dimension's keys beyond its top ones become `other`.
+    type Field = fn(&mut Tuple) -> &mut Arc<str>;
+    let fields: [Field; 5] = [
+        |t| &mut t.user,
+        |t| &mut t.database,
+        |t| &mut t.application,
+        |t| &mut t.client,
+        |t| &mut t.backend_type,
+    ];
+    for field in fields {
+        let mut totals: HashMap<Arc<str>, u64> = HashMap::new();
+        for (t, n) in tuples.iter_mut() {
+            *totals.entry(field(t).clone()).or_default() += u64::from(*n);
+        }
+        if totals.len() > TOP_KEYS {
+            let keep = top(totals);
+            for (t, _) in tuples.iter_mut() {
+                if keep.binary_search(&*field(t)).is_err() {
+                    *field(t) = other.clone();
+                }
+            }
+        }
+    }
+    // The wait, as a pair, and the query.
+    let mut waits: HashMap<(Arc<str>, Arc<str>), u64> = HashMap::new();
+    let mut queries: HashMap<u64, u64> = HashMap::new();
+    for (t, n) in &tuples {
+        *waits
+            .entry((t.wait_type.clone(), t.wait_event.clone()))
+            .or_default() += u64::from(*n);
+        *queries.entry(t.query).or_default() += u64::from(*n);
+    }
+    if waits.len() > TOP_KEYS {
+        let keep = top(waits);
+        for (t, _) in tuples.iter_mut() {
+            if keep
+                .binary_search(&(t.wait_type.clone(), t.wait_event.clone()))
+                .is_err()
+            {
+                t.wait_type = other.clone();
+                t.wait_event = other.clone();
+            }
+        }
+    }
+    if queries.len() > TOP_KEYS {
+        let keep = top(queries);
+        for (t, _) in tuples.iter_mut() {
+            if keep.binary_search(&t.query).is_err() {
+                t.query = OTHER_QUERY;
+            }
+        }
+    }
+    let mut tuples = summed(tuples);
+    if tuples.len() > MAX_TUPLES {
+        // One `other` tuple per class, so that classes never mix: room
+        // is left for one of each.
+        let rest: Vec<(Tuple, u32)> = tuples.split_off(MAX_TUPLES - 3);
+        let mut by_class: Vec<(Class, u32)> = Vec::new();
+        for (t, n) in rest {
+            match by_class.iter_mut().find(|(c, _)| *c == t.class) {
+                Some((_, sum)) => *sum += n,
+                None => by_class.push((t.class, n)),
+            }
+        }
+        for (class, n) in by_class {
+            tuples.push((
+                Tuple {
+                    class,
+                    wait_type: other.clone(),
+                    wait_event: other.clone(),
+                    query: OTHER_QUERY,
+                    user: other.clone(),
+                    database: other.clone(),
+                    application: other.clone(),
+                    client: other.clone(),
+                    backend_type: other.clone(),
+                },
+                n,
+            ));
+        }
+    }
+    this.tuples = tuples;
+    this.churn.bound();
+}
+
+#[test]
+fn bound_on_interned_strings_agrees_with_bound_on_strings() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    // Small buckets, buckets over the keys a dimension keeps and over the
+    // tuples a bucket keeps; many ties; `other` and empty strings among the
+    // keys; equal strings at different addresses.
+    for (tuples, keys) in [(30, 5), (200, 80), (1500, 70), (3000, 400), (1200, 3)] {
+        let mut b = Bucket::holding(0, FINE_US);
+        b.samples = 10;
+        for _ in 0..tuples {
+            let key = |n: u64| match n {
+                0 => OTHER.to_owned(),
+                1 => String::new(),
+                n => format!("k{n}"),
+            };
+            let mut t = tuple(&key(next(keys)), next(keys * 2), ("IO", "DataFileRead"));
+            t.class =
+                [Class::Active, Class::IdleInTransaction, Class::Background][next(3) as usize];
+            t.wait_event = key(next(keys)).into();
+            t.application = key(next(keys)).into();
+            t.client = key(next(keys)).into();
+            t.database = key(next(4)).into();
+            b.tuples.push((t, 1 + next(3) as u32));
+        }
+        let mut reference = b.clone();
+        reference_bound(&mut reference);
+        b.bound();
+        assert_eq!(b.tuples, reference.tuples, "{tuples} tuples of {keys} keys");
+    }
+}

@@ -1,0 +1,362 @@
+//! Bounding a bucket's tuples by numbers rather than strings: each string is
+//! interned once, its id ordered as the strings are, so that summing,
+//! ranking and sorting the tuples ([`bounded`]) hash and compare integers.
+//! A minute's seven buckets share one [`Interner`]; what survives becomes
+//! [`Tuple`]s again at the end.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, LazyLock};
+
+use super::{Class, MAX_TUPLES, OTHER, OTHER_QUERY, TOP_KEYS, Tuple};
+
+/// [`OTHER`], shared.
+static OTHER_TEXT: LazyLock<Arc<str>> = LazyLock::new(|| OTHER.into());
+
+/// A string's address: equal for the clones of one `Arc`.
+pub(super) fn address(s: &Arc<str>) -> usize {
+    Arc::as_ptr(s) as *const u8 as usize
+}
+
+/// A hash for keys made of a few machine words: a multiply and a rotate per
+/// word, where SipHash would take ten times as long.
+#[derive(Default)]
+pub(super) struct WordHasher(u64);
+
+/// Maps keyed by a few machine words.
+pub(super) type WordMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A tuple by its strings' addresses rather than their bytes: found without
+/// reading or copying them. A stream's sessions share their strings from
+/// one sample to the next, and a minute's bounded tuples share the strings
+/// of one [`Ranked`]. Whoever keeps one keeps the strings too, so that no
+/// address is reused meanwhile. Tuples with equal strings at other
+/// addresses are other keys: where that matters, they are summed later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Sampled {
+    class: Class,
+    query: u64,
+    /// wait type, wait event, user, database, application, client, backend
+    /// type.
+    strings: [usize; 7],
+}
+
+impl Sampled {
+    pub fn of(class: Class, query: u64, strings: [&Arc<str>; 7]) -> Sampled {
+        Sampled {
+            class,
+            query,
+            strings: strings.map(address),
+        }
+    }
+
+    /// A tuple's.
+    pub fn tuple(t: &Tuple) -> Sampled {
+        Sampled::of(
+            t.class,
+            t.query,
+            [
+                &t.wait_type,
+                &t.wait_event,
+                &t.user,
+                &t.database,
+                &t.application,
+                &t.client,
+                &t.backend_type,
+            ],
+        )
+    }
+
+    pub fn class(&self) -> Class {
+        self.class
+    }
+}
+
+impl std::hash::Hash for Sampled {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.query ^ self.class as u64);
+        for a in self.strings {
+            state.write_usize(a);
+        }
+    }
+}
+
+/// A [`Tuple`] with its strings as ids. Its fields are in the tuple's order,
+/// so that, with ids ordered as their strings ([`Interner::ranked`]), the
+/// two sort alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct Ids {
+    class: Class,
+    wait_type: u32,
+    wait_event: u32,
+    query: u64,
+    /// user, database, application, client, backend type.
+    who: [u32; 5],
+}
+
+/// The strings of one bound's tuples, each once.
+///
+/// Strings are found by address first, then by text: the tuples interned
+/// must outlive the interner, so that no address is reused while it is.
+pub(super) struct Interner {
+    by_address: WordMap<usize, u32>,
+    by_text: foldhash::HashMap<Arc<str>, u32>,
+    strings: Vec<Arc<str>>,
+    /// The id of [`OTHER`].
+    other: u32,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        let mut i = Interner {
+            by_address: WordMap::default(),
+            by_text: foldhash::HashMap::default(),
+            strings: Vec::new(),
+            other: 0,
+        };
+        i.other = i.id(&OTHER_TEXT);
+        i
+    }
+}
+
+impl Interner {
+    /// The id of `s`.
+    pub fn id(&mut self, s: &Arc<str>) -> u32 {
+        if let Some(&i) = self.by_address.get(&address(s)) {
+            return i;
+        }
+        let i = self.text(s);
+        self.by_address.insert(address(s), i);
+        i
+    }
+
+    /// The id of the text `s`.
+    pub fn text(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.by_text.get(s) {
+            return i;
+        }
+        let i = self.strings.len() as u32;
+        let s: Arc<str> = s.into();
+        self.strings.push(s.clone());
+        self.by_text.insert(s, i);
+        i
+    }
+
+    /// A tuple's ids, with `client` the id of its client as it is to be kept.
+    pub fn ids(&mut self, t: &Tuple, client: u32) -> Ids {
+        Ids {
+            class: t.class,
+            wait_type: self.id(&t.wait_type),
+            wait_event: self.id(&t.wait_event),
+            query: t.query,
+            who: [
+                self.id(&t.user),
+                self.id(&t.database),
+                self.id(&t.application),
+                client,
+                self.id(&t.backend_type),
+            ],
+        }
+    }
+
+    /// The strings, in order, with the new id of each id given so far: ids
+    /// then order as their strings do.
+    pub fn ranked(self) -> Ranked {
+        let mut order: Vec<u32> = (0..self.strings.len() as u32).collect();
+        order.sort_unstable_by(|a, b| self.strings[*a as usize].cmp(&self.strings[*b as usize]));
+        let mut rank = vec![0; order.len()];
+        for (r, i) in order.iter().enumerate() {
+            rank[*i as usize] = r as u32;
+        }
+        let mut strings: Vec<Option<Arc<str>>> = self.strings.into_iter().map(Some).collect();
+        Ranked {
+            strings: order
+                .iter()
+                .map(|i| strings[*i as usize].take().unwrap_or_default())
+                .collect(),
+            other: rank[self.other as usize],
+            rank,
+        }
+    }
+}
+
+/// The strings of an [`Interner`] in order.
+pub(super) struct Ranked {
+    strings: Vec<Arc<str>>,
+    /// The new id of each id the interner gave.
+    rank: Vec<u32>,
+    other: u32,
+}
+
+impl Ranked {
+    /// `ids` (as the interner gave them) with their new ids.
+    pub fn ranked(&self, ids: Ids) -> Ids {
+        let r = |i: u32| self.rank[i as usize];
+        Ids {
+            class: ids.class,
+            wait_type: r(ids.wait_type),
+            wait_event: r(ids.wait_event),
+            query: ids.query,
+            who: ids.who.map(r),
+        }
+    }
+
+    /// The tuple `ids` (new ids) stand for.
+    pub fn tuple(&self, ids: &Ids) -> Tuple {
+        let s = |i: u32| self.strings[i as usize].clone();
+        Tuple {
+            class: ids.class,
+            wait_type: s(ids.wait_type),
+            wait_event: s(ids.wait_event),
+            query: ids.query,
+            user: s(ids.who[0]),
+            database: s(ids.who[1]),
+            application: s(ids.who[2]),
+            client: s(ids.who[3]),
+            backend_type: s(ids.who[4]),
+        }
+    }
+
+    /// `tuples` (new ids) summed and bounded, as tuples: see
+    /// [`super::Bucket::bound`].
+    pub fn bounded(&self, tuples: Vec<(Ids, u32)>) -> Vec<(Tuple, u32)> {
+        bounded(tuples, self.other, self.strings.len())
+            .iter()
+            .map(|(ids, n)| (self.tuple(ids), *n))
+            .collect()
+    }
+}
+
+/// Sums equal tuples and keeps at most [`TOP_KEYS`] keys per dimension and
+/// [`MAX_TUPLES`] tuples, largest first (ties: the smaller tuple); `other`
+/// is the id of [`OTHER`], and ids are below `strings`.
+fn bounded(mut tuples: Vec<(Ids, u32)>, other: u32, strings: usize) -> Vec<(Ids, u32)> {
+    // With no more tuples than keys a dimension may keep, none has too many:
+    // only equal tuples are summed.
+    if tuples.len() <= TOP_KEYS {
+        return summed(tuples);
+    }
+    // Each dimension's keys beyond its top ones become `other`.
+    let mut totals: Vec<Option<u64>> = vec![None; strings];
+    for field in 0..5 {
+        totals.fill(None);
+        let mut distinct = Vec::new();
+        for (t, n) in &tuples {
+            let total = &mut totals[t.who[field] as usize];
+            if total.is_none() {
+                distinct.push(t.who[field]);
+            }
+            *total = Some(total.unwrap_or(0) + u64::from(*n));
+        }
+        if distinct.len() > TOP_KEYS {
+            let keep = top(distinct
+                .iter()
+                .map(|i| (*i, totals[*i as usize].unwrap_or(0))));
+            for (t, _) in tuples.iter_mut() {
+                if keep.binary_search(&t.who[field]).is_err() {
+                    t.who[field] = other;
+                }
+            }
+        }
+    }
+    // The wait, as a pair, and the query.
+    let mut waits: WordMap<(u32, u32), u64> = WordMap::default();
+    let mut queries: WordMap<u64, u64> = WordMap::default();
+    for (t, n) in &tuples {
+        *waits.entry((t.wait_type, t.wait_event)).or_default() += u64::from(*n);
+        *queries.entry(t.query).or_default() += u64::from(*n);
+    }
+    if waits.len() > TOP_KEYS {
+        let keep = top(waits.into_iter());
+        for (t, _) in tuples.iter_mut() {
+            if keep.binary_search(&(t.wait_type, t.wait_event)).is_err() {
+                (t.wait_type, t.wait_event) = (other, other);
+            }
+        }
+    }
+    if queries.len() > TOP_KEYS {
+        let keep = top(queries.into_iter());
+        for (t, _) in tuples.iter_mut() {
+            if keep.binary_search(&t.query).is_err() {
+                t.query = OTHER_QUERY;
+            }
+        }
+    }
+    let mut tuples = summed(tuples);
+    if tuples.len() > MAX_TUPLES {
+        // One `other` tuple per class, so that classes never mix: room is
+        // left for one of each.
+        let rest = tuples.split_off(MAX_TUPLES - 3);
+        let mut by_class: Vec<(Class, u32)> = Vec::new();
+        for (t, n) in rest {
+            match by_class.iter_mut().find(|(c, _)| *c == t.class) {
+                Some((_, sum)) => *sum += n,
+                None => by_class.push((t.class, n)),
+            }
+        }
+        for (class, n) in by_class {
+            let ids = Ids {
+                class,
+                wait_type: other,
+                wait_event: other,
+                query: OTHER_QUERY,
+                who: [other; 5],
+            };
+            tuples.push((ids, n));
+        }
+    }
+    tuples
+}
+
+/// Equal tuples summed, largest first (ties: the smaller tuple).
+fn summed(mut tuples: Vec<(Ids, u32)>) -> Vec<(Ids, u32)> {
+    tuples.sort_unstable_by_key(|(t, _)| *t);
+    tuples.dedup_by(|(t, n), (kept, sum)| {
+        let equal = t == kept;
+        if equal {
+            *sum += *n;
+        }
+        equal
+    });
+    tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    tuples
+}
+
+/// The [`TOP_KEYS`] keys with the largest totals (ties: the smaller key), in
+/// key order.
+fn top<K: Ord + Copy>(totals: impl Iterator<Item = (K, u64)>) -> Vec<K> {
+    let mut all: Vec<(K, u64)> = totals.collect();
+    all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.truncate(TOP_KEYS);
+    let mut keys: Vec<K> = all.into_iter().map(|(k, _)| k).collect();
+    keys.sort_unstable();
+    keys
+}
