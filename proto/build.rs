@@ -37,6 +37,11 @@ const JSON_MESSAGES: &[&str] = &[
     "StatementTotals",
     "GetChurnResponse",
     "ChurnRow",
+    "ListServersResponse",
+    "FleetSummaryResponse",
+    "TopSessionsResponse",
+    "BlockingTreesResponse",
+    "WatchFull",
 ];
 
 /// Their google.protobuf.Timestamp and Duration fields, with the serde helper for each.

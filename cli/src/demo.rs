@@ -78,6 +78,8 @@ async fn show(
         "PostgreSQL on 127.0.0.1:{port} ({}); collector on {url}; the agent samples {SERVER_ID} every second.",
         fleet.cluster.dir().display()
     );
+    let web = fleet.web().unwrap_or_default();
+    eprintln!("The web UI is at {web} (open it in a browser).");
     parts.workload = Some(DemoWorkload::start(&fleet.cluster).await.map_err(failed)?);
     let second = TempCluster::start().await.map_err(failed)?;
     let agent = fleet
@@ -108,7 +110,7 @@ async fn show(
     }
     if keep_running {
         println!(
-            "\nThe demo keeps running until Ctrl-C. In another terminal:\n  \
+            "\nThe demo keeps running until Ctrl-C. Open {web} in a browser, or in another terminal:\n  \
              pgfleet --collector {url} top\n  \
              pgfleet --collector {url} servers\n  \
              pgfleet --collector {url} activity {SERVER_ID}\n  \

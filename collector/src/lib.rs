@@ -5,7 +5,8 @@
 //! a shared store) send commands to `aggregator` (one task owning the live
 //! fleet state, built on `state` and `rollup`), which writes the history to
 //! `store`; `query` (the Query service), `series` and `metrics` read its
-//! published views and the store. `config` reads the settings and `server`
+//! published views and the store; `http` serves `metrics` and the Query
+//! API as JSON. `config` reads the settings and `server`
 //! assembles it all.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod aggregator;
 pub mod auth;
 pub mod config;
 pub mod follow;
+pub mod http;
 pub mod ingest;
 pub mod load;
 pub mod metrics;

@@ -19,7 +19,6 @@ use crate::aggregator::{Aggregator, AggregatorHandle, Command};
 use crate::auth::{Access, Tokens};
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
-use crate::metrics;
 use crate::query::QueryService;
 use crate::store::Store;
 
@@ -147,11 +146,21 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         read: Arc::new(config.read_tokens.clone()),
         metrics: Arc::new(config.metrics_tokens.clone()),
     };
+    let query_service = QueryService::new(handle.clone())
+        .with_store(store.clone())
+        .keeping_load(config.load)
+        .with_shutdown(streams_rx.clone());
     let http_server = http.map(|(listener, _)| {
         let mut stop = streams_rx.clone();
-        metrics::serve(listener, handle.clone(), tokens.clone(), async move {
-            let _ = stop.changed().await;
-        })
+        crate::http::serve(
+            listener,
+            handle.clone(),
+            query_service.clone(),
+            tokens.clone(),
+            async move {
+                let _ = stop.changed().await;
+            },
+        )
     });
     let ingest = IngestServer::new(
         IngestService::new(handle.clone(), tokens.clone(), streams_rx.clone())
@@ -161,14 +170,9 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     .max_encoding_message_size(MAX_MESSAGE_BYTES)
     .accept_compressed(CompressionEncoding::Zstd)
     .accept_compressed(CompressionEncoding::Gzip);
-    let query = QueryServer::new(
-        QueryService::new(handle.clone())
-            .with_store(store.clone())
-            .keeping_load(config.load)
-            .with_shutdown(streams_rx.clone()),
-    )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let query = QueryServer::new(query_service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Reading the fleet takes a read token, when there are any.
     let query = InterceptedService::new(query, tokens.interceptor(Access::Read));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();

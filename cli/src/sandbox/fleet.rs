@@ -26,6 +26,14 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// The collector's web UI (and /metrics), while it runs.
+    pub fn web(&self) -> Option<String> {
+        let http = self.collector.as_ref()?.http_addr?;
+        Some(format!("http://{http}/"))
+    }
+}
+
+impl Fleet {
     /// Starts a cluster, a collector, and an agent that names the cluster
     /// `server_id` with `labels`.
     pub async fn start(server_id: &str, labels: &[(&str, &str)]) -> Result<Fleet, SandboxError> {
@@ -134,10 +142,10 @@ async fn start_collector(
     cluster: &TempCluster,
     listen: SocketAddr,
 ) -> Result<Collector, SandboxError> {
-    server::start(CollectorConfig::new(
-        listen,
-        cluster.dir().join("collector"),
-    ))
-    .await
-    .map_err(|e| SandboxError::Fleet(e.to_string()))
+    let mut config = CollectorConfig::new(listen, cluster.dir().join("collector"));
+    // The web UI and /metrics, on a port of their own.
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    server::start(config)
+        .await
+        .map_err(|e| SandboxError::Fleet(e.to_string()))
 }

@@ -79,6 +79,33 @@ impl DemoWorkload {
                 .await;
         }));
 
+        // A tide of short queries, rising and falling over four minutes, so
+        // that the load chart and the time slider have something to show:
+        // worker k runs while the tide is above k.
+        for k in 0..4u32 {
+            let tide = cluster.connect("demo-tide").await.map_err(fail)?;
+            tasks.push(tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                loop {
+                    let t = started.elapsed().as_secs_f64();
+                    let level = 2.0 - 2.0 * (t * std::f64::consts::TAU / 240.0).cos();
+                    if f64::from(k) >= level {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    // Half asleep, half reading: waits of two kinds.
+                    let query = if k % 2 == 0 {
+                        "SELECT pg_sleep(0.8), count(*) FROM accounts"
+                    } else {
+                        "SELECT sum(a.balance) FROM accounts a, accounts b WHERE a.id % 97 = b.id % 89"
+                    };
+                    if tide.simple_query(query).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+
         Ok(DemoWorkload {
             _clients: clients,
             tasks,

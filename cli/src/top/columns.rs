@@ -257,6 +257,7 @@ mod tests {
                 load: 2.34,
                 by_wait_type: Vec::new(),
                 recent: (0..30).map(|i| f64::from(i % 4)).collect(),
+                minutes: Vec::new(),
             }),
             ..Default::default()
         };

@@ -181,6 +181,7 @@ fn server(id: &str, dc: &str, load: f64, waits: &[(&str, f64)]) -> v1::Server {
                 })
                 .collect(),
             recent: (0..30).map(|i| load * f64::from(i) / 29.0).collect(),
+            minutes: Vec::new(),
         }),
         ..Default::default()
     }

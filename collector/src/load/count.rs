@@ -16,6 +16,9 @@ use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 /// How many fine buckets [`LoadNow::recent`] keeps: five minutes.
 pub const RECENT: usize = 30;
 
+/// How many minutes [`LoadNow::minutes`] keeps: an hour.
+pub const HOUR_MINUTES: usize = 60;
+
 /// What the live view shows of a server's load.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadNow {
@@ -26,6 +29,9 @@ pub struct LoadNow {
     /// The load of the last [`RECENT`] fine buckets with samples, oldest
     /// first.
     pub recent: VecDeque<f64>,
+    /// The load of the last [`HOUR_MINUTES`] minutes with samples, oldest
+    /// first.
+    pub minutes: VecDeque<f64>,
     /// Client sessions started and ended since the collector started.
     pub sessions_started_total: u64,
     pub sessions_ended_total: u64,
@@ -351,6 +357,13 @@ impl Counter {
         if minute.coarse.samples == 0 {
             return;
         }
+        if self.now.minutes.len() == HOUR_MINUTES {
+            self.now.minutes.pop_front();
+        }
+        self.now
+            .minutes
+            .push_back(minute.coarse.average(Class::Active));
+        self.changed = true;
         let start = minute.coarse.start;
         let hour = match &mut self.hour {
             Some(h) if h.holds(start) => h,

@@ -1,4 +1,4 @@
-//! `/metrics` in Prometheus' text format, and `/healthz`, on `--http-listen`.
+//! `/metrics` in Prometheus' text format, on `--http-listen` (see [`crate::http`]).
 //!
 //! Every figure comes from the aggregator's last published view, rendered at
 //! scrape time. Names follow Prometheus' conventions, and postgres_exporter's
@@ -15,9 +15,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use pgfleet_proto::time::{Micros, now_micros};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tracing::error;
 
 use crate::aggregator::{AggregatorHandle, FleetView, ServerView};
 use crate::auth::{Access, Tokens};
@@ -26,14 +23,8 @@ use crate::rollup::Rollup;
 /// The text format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown` resolves;
-/// `/metrics` takes a token of `tokens.metrics`, when there are any.
-pub fn serve(
-    listener: TcpListener,
-    aggregator: AggregatorHandle,
-    tokens: Tokens,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> JoinHandle<()> {
+/// `/metrics`, which takes a token of `tokens.metrics` when there are any.
+pub fn routes(aggregator: AggregatorHandle, tokens: Tokens) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
@@ -59,17 +50,7 @@ pub fn serve(
             }
         }
     };
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }));
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            error!(error = %e, "The metrics server stopped.");
-        }
-    })
+    axum::Router::new().route("/metrics", get(metrics))
 }
 
 /// A text-format writer: one family at a time, its samples together.

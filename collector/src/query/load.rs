@@ -272,6 +272,7 @@ pub fn load_now(view: &ServerView) -> v1::LoadNow {
             })
             .collect(),
         recent: view.load.recent.iter().copied().collect(),
+        minutes: view.load.minutes.iter().copied().collect(),
     }
 }
 

@@ -26,6 +26,7 @@ use crate::store::Store;
 use fleet::{TopOrder, matches};
 
 /// The Query service.
+#[derive(Clone)]
 pub struct QueryService {
     aggregator: AggregatorHandle,
     store: Option<Store>,

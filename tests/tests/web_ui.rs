@@ -1,0 +1,349 @@
+//! The web UI in a real browser: headless Chromium, driven over WebDriver
+//! (chromedriver, through fantoccini), against a real collector with read
+//! tokens on and two agents on real PostgreSQL.
+//!
+//! Screenshots of each page at 1280×800 and 390×844 are written under
+//! `target/web-ui/`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::actions::InputSource;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use pgfleet_agent::AgentConfig;
+use pgfleet_cli::sandbox::TempCluster;
+use pgfleet_collector::config::CollectorConfig;
+use pgfleet_collector::server;
+use pgfleet_common::settings::Token;
+use pgfleet_tests::{http_get, wait_for};
+use serde_json::{Value, json};
+
+const READ: &str = "read-token-for-the-web-ui-012345";
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn which(names: &[&str]) -> Option<PathBuf> {
+    names.iter().find_map(|n| {
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+    })
+}
+
+async fn driver() -> Driver {
+    let binary = which(&["chromedriver"]).unwrap_or_else(|| {
+        panic!(
+            "chromedriver is not installed: apt-get install chromium chromium-driver (.ci/run does)"
+        )
+    });
+    let port = free_port();
+    let child = Command::new(binary)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let driver = Driver { child, url };
+    wait_for(
+        "chromedriver to listen",
+        Duration::from_secs(20),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    driver
+}
+
+/// A headless Chromium session of `width`×`height`, keeping the console.
+async fn browser(driver: &Driver, width: u32, height: u32) -> Client {
+    let chromium = which(&["chromium", "chromium-browser", "google-chrome"])
+        .expect("chromium is not installed: apt-get install chromium (.ci/run does)");
+    let mut caps = serde_json::Map::new();
+    let mut options = json!({
+        "binary": chromium,
+        "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            format!("--window-size={width},{height}"),
+        ],
+    });
+    if width < 500 {
+        // Narrower than a Chromium window may be: a phone's screen.
+        options["mobileEmulation"] =
+            json!({ "deviceMetrics": { "width": width, "height": height, "pixelRatio": 1.0 } });
+    }
+    caps.insert("goog:chromeOptions".into(), options);
+    caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// chromedriver's browser log (its console), since it was last read.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// The console's errors since last asked.
+async fn console_errors(c: &Client) -> Vec<String> {
+    let log = c.issue_cmd(BrowserLog).await.expect("the browser log");
+    log.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Writes a screenshot under target/web-ui/ and checks that it is not blank.
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("a screenshot");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/web-ui");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+    let decoder = png::Decoder::new(std::io::Cursor::new(&png));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    let step = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> =
+        pixels[..info.buffer_size()].chunks(step).collect();
+    assert!(
+        colours.len() > 20,
+        "{name}.png is blank: {} colours",
+        colours.len()
+    );
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
+        Ok(e) => e.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the element `css` holds `wanted`.
+async fn wait_text(c: &Client, css: &str, wanted: &str, limit: Duration) {
+    wait_for(&format!("{css} to show {wanted:?}"), limit, || async {
+        let text = text_of(c, css).await;
+        if text.contains(wanted) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+}
+
+fn agent(
+    collector: &str,
+    cluster: &TempCluster,
+    server_id: &str,
+    dc: &str,
+) -> pgfleet_agent::Agent {
+    let mut config = AgentConfig::new(collector, cluster.config("pgfleet"));
+    config.targets[0].server_id = server_id.into();
+    config.agent_id = format!("agent-{server_id}");
+    config.labels.insert("dc".into(), dc.into());
+    config.pool_reporter = None;
+    pgfleet_agent::start(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
+    pgfleet_tests::init_logs();
+    let driver = driver().await;
+    let cluster = TempCluster::start().await.unwrap();
+    let mut config =
+        CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    config.read_tokens = vec![Token::new("read_tokens_file", READ).unwrap()];
+    let collector = server::start(config).await.unwrap();
+    let grpc = format!("http://{}", collector.addr);
+    let http = collector.http_addr.unwrap().to_string();
+    let base = format!("http://{http}");
+    // A two-dc fleet: two servers (the same PostgreSQL, watched twice).
+    let eu = agent(&grpc, &cluster, "db-eu", "eu1");
+    let us = agent(&grpc, &cluster, "db-us", "us1");
+
+    // A session that sleeps throughout, and one that sleeps 25 s and goes.
+    let sleeper = cluster.connect("ui-sleeper").await.unwrap();
+    let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(90)").await });
+    let gone = cluster.connect("ui-gone").await.unwrap();
+    gone.simple_query("SELECT pg_sleep(25)").await.unwrap();
+    drop(gone);
+
+    // The pages take the token once, then show the fleet.
+    let c = browser(&driver, 1280, 800).await;
+    c.goto(&base).await.unwrap();
+    let input = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("dialog[open] #token"))
+        .await
+        .expect("the page asks for a token");
+    input.send_keys(READ).await.unwrap();
+    c.find(Locator::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#fleet", "db-eu", Duration::from_secs(20)).await;
+    wait_text(&c, "#fleet", "db-us", Duration::from_secs(20)).await;
+    let fleet = text_of(&c, "#fleet").await;
+    assert!(
+        fleet.contains("dc=eu1") && fleet.contains("dc=us1"),
+        "{fleet}"
+    );
+    screenshot(&c, "fleet-1280x800").await;
+
+    // A server: load on Timeout:PgSleep, the sleeping statement on top.
+    c.goto(&format!("{base}/servers/db-eu?range=15m"))
+        .await
+        .unwrap();
+    wait_text(
+        &c,
+        "#load-chart",
+        "Timeout:PgSleep",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_text(&c, "#top-queries", "pg_sleep", Duration::from_secs(30)).await;
+    wait_text(&c, "#sessions", "ui-sleeper", Duration::from_secs(30)).await;
+    assert!(!text_of(&c, "#sessions").await.contains("ui-gone"));
+    screenshot(&c, "server-1280x800").await;
+
+    // Clicking the chart where the gone session ran shows it, though it is
+    // gone now: stacked by application, at the middle of its full steps.
+    c.goto(&format!("{base}/servers/db-eu?range=15m&stack=application"))
+        .await
+        .unwrap();
+    wait_text(&c, "#load-chart", "ui-gone", Duration::from_secs(30)).await;
+    let point: Value = c
+        .execute(
+            r#"const u = document.getElementById('load-chart').uplot;
+               const i = u.series.findIndex((s) => s.label === 'ui-gone');
+               const raw = u.rawValues[i];
+               const j = raw.findIndex((v) => v >= 0.99);
+               if (j < 0) return null;
+               const r = u.over.getBoundingClientRect();
+               const mid = u.data[0][j] + (u.data[0][1] - u.data[0][0]) / 2;
+               return { x: r.left + u.valToPos(mid, 'x'), y: r.top + r.height / 2 };"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        point.is_object(),
+        "no step where the gone session ran throughout"
+    );
+    let (x, y) = (point["x"].as_f64().unwrap(), point["y"].as_f64().unwrap());
+    let actions = fantoccini::actions::MouseActions::new("mouse".into())
+        .then(fantoccini::actions::PointerAction::MoveTo {
+            duration: None,
+            x: x.round(),
+            y: y.round(),
+        })
+        .then(fantoccini::actions::PointerAction::Down {
+            button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+        })
+        .then(fantoccini::actions::PointerAction::Up {
+            button: fantoccini::actions::MOUSE_BUTTON_LEFT,
+        });
+    c.perform_actions(actions).await.unwrap();
+    wait_text(&c, "#sessions", "ui-gone", Duration::from_secs(20)).await;
+    let url = c.current_url().await.unwrap();
+    assert!(url.query().unwrap_or_default().contains("at="), "{url}");
+    let errors = console_errors(&c).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    c.close().await.unwrap();
+
+    // At phone width.
+    let phone = browser(&driver, 390, 844).await;
+    phone.goto(&base).await.unwrap();
+    let input = phone
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("dialog[open] #token"))
+        .await
+        .unwrap();
+    input.send_keys(READ).await.unwrap();
+    phone
+        .find(Locator::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&phone, "#fleet", "db-us", Duration::from_secs(20)).await;
+    screenshot(&phone, "fleet-390x844").await;
+    phone
+        .goto(&format!("{base}/servers/db-us?range=15m"))
+        .await
+        .unwrap();
+    wait_text(
+        &phone,
+        "#load-chart",
+        "Timeout:PgSleep",
+        Duration::from_secs(30),
+    )
+    .await;
+    screenshot(&phone, "server-390x844").await;
+    let errors = console_errors(&phone).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    phone.close().await.unwrap();
+
+    // The assets are the collector's own, and small.
+    let (head, body) = http_get(&http, "/ui/app.js", None).await.unwrap();
+    assert!(head.contains("200") && body.contains("pgfleet"), "{head}");
+
+    sleeping.abort();
+    eu.stop().await;
+    us.stop().await;
+    collector.stop().await;
+    cluster.destroy().await;
+}
