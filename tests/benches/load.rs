@@ -391,8 +391,10 @@ async fn main() {
     checkpoint(&dir.join("collector"));
     let fleet_mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
     let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
-    config.http_listen = None;
+    // The JSON API answers the same question, timed beside the RPC.
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
     let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
     let mut client = pgfleet_cli::connect(&pgfleet_cli::Remote::plain(format!(
         "http://{}",
         collector.addr
@@ -425,6 +427,27 @@ async fn main() {
     };
     let one_fine = time(one(10, 7), calls).await;
     let one_coarse = time(one(60, 7), calls).await;
+    // The same as one_fine, over HTTP: /api/v1/load.
+    let rfc3339 = |at: i64| {
+        humantime::format_rfc3339_micros(pgfleet_proto::time::micros_to_system_time(at)).to_string()
+    };
+    let path = format!(
+        "/api/v1/load?start={}&end={}&step=10s&group_by=wait&match=server_id%3D%22db-{:05}%22",
+        rfc3339(end - 3_600_000_000),
+        rfc3339(end),
+        7 % servers
+    );
+    let mut took = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        let (head, body) = pgfleet_tests::http_get(&http, &path, None).await.unwrap();
+        took.push(t.elapsed());
+        assert!(
+            head.contains(" 200 ") && body.contains("\"series\""),
+            "{head}{body}"
+        );
+    }
+    let one_http = (percentile(took.clone(), 50.0), percentile(took, 99.0));
     let fleet_req = v1::QueryLoadRequest {
         start: Some(timestamp(end - DAY_S * 1_000_000)),
         end: Some(timestamp(end)),
@@ -445,6 +468,7 @@ async fn main() {
         "fleet_write_s": write_s,
         "one_server_1h_10s": {"p50_ms": one_fine.0, "p99_ms": one_fine.1, "series": one_fine.2, "calls": calls},
         "one_server_1h_1m": {"p50_ms": one_coarse.0, "p99_ms": one_coarse.1, "series": one_coarse.2, "calls": calls},
+        "one_server_1h_10s_http": {"p50_ms": one_http.0, "p99_ms": one_http.1, "calls": calls},
         "fleet_24h_by_dc": {"p50_ms": fleet.0, "p99_ms": fleet.1, "series": fleet.2, "calls": fleet_calls},
     });
     println!("{out}");

@@ -91,22 +91,13 @@ impl HourTotals {
     }
 
     /// A stored hour back; None when the bytes are not one.
-    ///
-    /// Fleet-wide questions read tens of thousands of these, so the usual
-    /// form (one packed field, as [`HourTotals::encode`] writes it) is read
-    /// straight into minutes; any other goes through prost.
     pub fn decode(start: Micros, bytes: &[u8]) -> Option<HourTotals> {
-        let cells = match packed(bytes) {
-            Some(cells) => cells,
-            None => {
-                let stored: StoredHour = prost::Message::decode(bytes).ok()?;
-                stored.cells
-            }
-        };
-        if !cells.len().is_multiple_of(CELLS) {
+        let stored: StoredHour = prost::Message::decode(bytes).ok()?;
+        if !stored.cells.len().is_multiple_of(CELLS) {
             return None;
         }
-        let minutes = cells
+        let minutes = stored
+            .cells
             .chunks_exact(CELLS)
             .map(|c| {
                 Some(MinuteTotals {
@@ -121,38 +112,6 @@ impl HourTotals {
     }
 }
 
-/// The cells of a stored hour that is one packed field 1 and nothing else;
-/// None for any other form.
-fn packed(bytes: &[u8]) -> Option<Vec<u64>> {
-    let (&tag, rest) = bytes.split_first()?;
-    if tag != 0x0a {
-        return None;
-    }
-    let (len, mut rest) = varint(rest)?;
-    if rest.len() as u64 != len {
-        return None;
-    }
-    let mut cells = Vec::with_capacity(rest.len());
-    while !rest.is_empty() {
-        let (v, after) = varint(rest)?;
-        cells.push(v);
-        rest = after;
-    }
-    Some(cells)
-}
-
-/// A varint and what follows it.
-fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut v = 0u64;
-    for (i, b) in bytes.iter().enumerate().take(10) {
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((v, &bytes[i + 1..]));
-        }
-    }
-    None
-}
-
 #[derive(Clone, PartialEq, prost::Message)]
 struct StoredHour {
     /// Per minute: its index in the hour, samples, covered µs, and the
@@ -164,21 +123,6 @@ struct StoredHour {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hours_read_straight_as_prost_reads_them() {
-        let cells: Vec<u64> = (0..60u64)
-            .flat_map(|i| [i, 60, 60_000_000, i * 1_000_003, 0, u64::MAX - i])
-            .collect();
-        let bytes = prost::Message::encode_to_vec(&StoredHour {
-            cells: cells.clone(),
-        });
-        assert_eq!(packed(&bytes), Some(cells));
-        // Not the packed form: prost reads it.
-        assert_eq!(packed(&[0x08, 0x01]), None);
-        assert_eq!(packed(&bytes[..bytes.len() - 1]), None);
-        assert_eq!(packed(&[]), None);
-    }
 
     #[test]
     fn hours_keep_each_minute_once_and_come_back_as_stored() {
