@@ -130,6 +130,8 @@ def main() -> None:
         webdriver(base, "DELETE", s)
     finally:
         for proc in reversed(procs):
+            # chromedriver leaves its Chromium behind when it is stopped.
+            subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
             proc.terminate()
             try:
                 proc.wait(timeout=30)

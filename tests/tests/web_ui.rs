@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 
 const READ: &str = "read-token-for-the-web-ui-012345";
 
-/// chromedriver on a free port, killed when dropped.
+/// chromedriver on a free port, killed when dropped with the Chromium it
+/// started (a failed test does not close its sessions, and an orphaned
+/// Chromium would go on using the CPU under the tests that follow).
 struct Driver {
     child: Child,
     url: String,
@@ -30,6 +32,12 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Its children, the browsers, first: each takes its own processes
+        // with it.
+        let _ = Command::new("pkill")
+            .arg("-P")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -209,6 +217,18 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     let eu = agent(&grpc, &cluster, "db-eu", "eu1");
     let us = agent(&grpc, &cluster, "db-us", "us1");
 
+    // Both streaming, with some history kept, before the sessions start: an
+    // instant is shown from the history at or before it.
+    wait_for("both servers up", Duration::from_secs(30), || async {
+        let (_, body) = http_get(&http, "/api/v1/fleet", Some(&format!("Bearer {READ}"))).await?;
+        if body.contains("\"servers_up\":2") {
+            Ok(())
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     // A session that sleeps throughout, and one that sleeps 25 s and goes.
     let sleeper = cluster.connect("ui-sleeper").await.unwrap();
     let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(90)").await });
