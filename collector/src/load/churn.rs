@@ -68,6 +68,29 @@ pub fn host(client: &str) -> &str {
     }
 }
 
+/// The sessions of `old` and `new` (both in key order) paired by key: a
+/// session only `old` has, one only `new` has, or the two of one key.
+pub(super) fn paired<'a>(
+    old: &'a [Arc<Session>],
+    new: &'a [Arc<Session>],
+) -> impl Iterator<Item = (Option<&'a Arc<Session>>, Option<&'a Arc<Session>>)> {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let pair = match (old.get(i), new.get(j)) {
+            (None, None) => return None,
+            (Some(o), Some(n)) => match o.key().cmp(&n.key()) {
+                std::cmp::Ordering::Equal => (Some(o), Some(n)),
+                std::cmp::Ordering::Less => (Some(o), None),
+                std::cmp::Ordering::Greater => (None, Some(n)),
+            },
+            (o, n) => (o, n),
+        };
+        i += usize::from(pair.0.is_some());
+        j += usize::from(pair.1.is_some());
+        Some(pair)
+    })
+}
+
 /// Whether a session counts toward churn: a client backend.
 fn counts(s: &Session) -> bool {
     &*s.backend_type == "client backend"
@@ -78,35 +101,18 @@ impl Churn {
     /// in `old` but not `new` as ended at `at`; both in key order. Says how
     /// many started and ended.
     pub fn diff(&mut self, old: &[Arc<Session>], new: &[Arc<Session>], at: Micros) -> (u32, u32) {
-        let (mut i, mut j) = (0, 0);
         let (mut started, mut ended) = (0, 0);
-        while i < old.len() || j < new.len() {
-            let order = match (old.get(i), new.get(j)) {
-                (Some(o), Some(n)) => o.key().cmp(&n.key()),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
-            };
-            match order {
-                std::cmp::Ordering::Equal => {
-                    i += 1;
-                    j += 1;
+        for pair in paired(old, new) {
+            match pair {
+                (Some(s), None) if counts(s) => {
+                    self.ended(s, at);
+                    ended += 1;
                 }
-                std::cmp::Ordering::Less => {
-                    let s = &old[i];
-                    if counts(s) {
-                        self.ended(s, at);
-                        ended += 1;
-                    }
-                    i += 1;
+                (None, Some(s)) if counts(s) => {
+                    self.row(s).started += 1;
+                    started += 1;
                 }
-                std::cmp::Ordering::Greater => {
-                    let s = &new[j];
-                    if counts(s) {
-                        self.row(s).started += 1;
-                        started += 1;
-                    }
-                    j += 1;
-                }
+                _ => {}
             }
         }
         (started, ended)

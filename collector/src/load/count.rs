@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::Micros;
 
-use super::churn::host;
+use super::churn::{host, paired};
 use super::hours::{HourTotals, MinuteTotals};
 use super::intern::{Ids, Interner, Sampled, WordMap, address};
 use super::statements::{Read, STATEMENTS_US};
@@ -224,52 +224,41 @@ impl Counter {
         self.now.sessions_started_total += u64::from(started);
         self.now.sessions_ended_total += u64::from(ended);
         let counted = std::mem::replace(&mut self.counted, Arc::clone(sessions));
-        let (mut i, mut j) = (0, 0);
-        while i < counted.len() || j < sessions.len() {
-            let (old, new) = match (counted.get(i), sessions.get(j)) {
-                (Some(o), Some(n)) => match o.key().cmp(&n.key()) {
-                    std::cmp::Ordering::Equal if Arc::ptr_eq(o, n) => (None, None),
-                    std::cmp::Ordering::Equal => (Some(o), Some(n)),
-                    std::cmp::Ordering::Less => (Some(o), None),
-                    std::cmp::Ordering::Greater => (None, Some(n)),
-                },
-                (Some(o), None) => (Some(o), None),
-                (None, _) => (None, sessions.get(j)),
+        for pair in paired(&counted, sessions) {
+            let (old, new) = match pair {
+                (Some(o), Some(n)) if Arc::ptr_eq(o, n) => continue,
+                (o, n) => (o.and_then(|o| sampled(o)), n.map(|n| (n, sampled(n)))),
             };
-            match (old, new) {
-                (None, None) => (i, j) = (i + 1, j + 1),
-                (Some(o), None) => {
-                    self.leave(o, slot, taken);
-                    i += 1;
-                }
-                (None, Some(n)) => {
-                    self.join(n, slot, taken, text);
-                    j += 1;
-                }
-                (Some(o), Some(n)) => {
-                    if sampled(o) != sampled(n) {
-                        self.leave(o, slot, taken);
-                        self.join(n, slot, taken, text);
-                    }
-                    (i, j) = (i + 1, j + 1);
-                }
+            if old == new.and_then(|(_, key)| key) {
+                continue;
+            }
+            if let Some(key) = old {
+                self.leave(key, slot, taken);
+            }
+            if let Some((s, Some(key))) = new {
+                self.join(s, key, slot, taken, text);
             }
         }
     }
 
-    /// `s`, counted in the sample before, is no longer in its tuple.
-    fn leave(&mut self, s: &Session, slot: usize, taken: u32) {
-        if let Some(e) = sampled(s).and_then(|key| self.counts.get_mut(&key)) {
+    /// A session, counted in the sample before under `key`, is no longer in
+    /// that tuple.
+    fn leave(&mut self, key: Sampled, slot: usize, taken: u32) {
+        if let Some(e) = self.counts.get_mut(&key) {
             e.settle(slot, taken);
             e.live = e.live.saturating_sub(1);
         }
     }
 
-    /// `s` is in its tuple from this sample on.
-    fn join(&mut self, s: &Session, slot: usize, taken: u32, text: &mut impl FnMut(u64, &str)) {
-        let Some(key) = sampled(s) else {
-            return;
-        };
+    /// `s` is in its tuple, `key`, from this sample on.
+    fn join(
+        &mut self,
+        s: &Session,
+        key: Sampled,
+        slot: usize,
+        taken: u32,
+        text: &mut impl FnMut(u64, &str),
+    ) {
         let e = self.counts.entry(key).or_insert_with(|| {
             text(s.fingerprint, &s.query);
             let (wait_type, wait_event) = wait(s);
@@ -762,13 +751,7 @@ mod tests {
     fn counting_changes_counts_as_counting_every_session() {
         type Key = (Class, String, u64, String, String);
         let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = crate::load::tests::below(0x2545_f491_4f6c_dd1d);
         let waits: [(&str, &str); 4] = [
             ("", ""),
             ("IO", "DataFileRead"),

@@ -322,15 +322,20 @@ fn reference_bound(b: &mut Bucket) {
     this.churn.bound();
 }
 
+/// Numbers below `n`, from a xorshift generator seeded with `seed`: the
+/// same run every time.
+pub(super) fn below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    }
+}
+
 #[test]
 fn bound_on_interned_strings_agrees_with_bound_on_strings() {
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = below(0x9e37_79b9_7f4a_7c15);
     // Small buckets, buckets over the keys a dimension keeps and over the
     // tuples a bucket keeps; many ties; `other` and empty strings among the
     // keys; equal strings at different addresses.
