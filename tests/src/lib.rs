@@ -296,3 +296,38 @@ pub fn batch_message(seq: u64, snapshots: Vec<v1::Snapshot>) -> v1::AgentMessage
         })),
     }
 }
+
+/// A collector on free ports with its HTTP port on (the web UI and the JSON
+/// API), whose readers need `read_token`.
+pub async fn collector_with_read_token(
+    cluster: &TempCluster,
+    read_token: &str,
+) -> pgfleet_collector::server::Collector {
+    let mut config = pgfleet_collector::config::CollectorConfig::new(
+        ([127, 0, 0, 1], 0).into(),
+        cluster.dir().join("collector"),
+    );
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    config.read_tokens =
+        vec![pgfleet_common::settings::Token::new("read_tokens_file", read_token).unwrap()];
+    pgfleet_collector::server::start(config).await.unwrap()
+}
+
+/// An agent (`agent-<server_id>`) that streams to `collector` and watches
+/// `cluster` as `server_id`, labelled `dc`.
+pub fn agent_in_dc(
+    collector: &pgfleet_collector::server::Collector,
+    cluster: &TempCluster,
+    server_id: &str,
+    dc: &str,
+) -> pgfleet_agent::Agent {
+    let mut config = pgfleet_agent::AgentConfig::new(
+        &format!("http://{}", collector.addr),
+        cluster.config("pgfleet"),
+    );
+    config.targets[0].server_id = server_id.into();
+    config.agent_id = format!("agent-{server_id}");
+    config.labels.insert("dc".into(), dc.into());
+    config.pool_reporter = None;
+    pgfleet_agent::start(config).unwrap()
+}

@@ -4,15 +4,12 @@
 
 use std::time::Duration;
 
-use pgfleet_agent::AgentConfig;
 use pgfleet_cli::sandbox::TempCluster;
 use pgfleet_cli::{Remote, connect};
-use pgfleet_collector::config::CollectorConfig;
-use pgfleet_collector::server;
 use pgfleet_common::settings::Token;
 use pgfleet_proto::time::{micros_to_system_time, now_micros, system_time_to_micros};
 use pgfleet_proto::v1;
-use pgfleet_tests::{http_get, wait_for};
+use pgfleet_tests::{agent_in_dc, collector_with_read_token, http_get, wait_for};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -85,20 +82,9 @@ async fn first_event(addr: &str, path: &str) -> Result<(String, Value), String> 
 async fn every_query_rpc_answers_as_json_over_http_with_read_tokens() {
     pgfleet_tests::init_logs();
     let cluster = TempCluster::start().await.unwrap();
-    let mut config =
-        CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
-    config.http_listen = Some(([127, 0, 0, 1], 0).into());
-    config.read_tokens = vec![Token::new("read_tokens_file", READ).unwrap()];
-    let collector = server::start(config).await.unwrap();
+    let collector = collector_with_read_token(&cluster, READ).await;
     let http = collector.http_addr.unwrap().to_string();
-    let mut agent_config = AgentConfig::new(
-        &format!("http://{}", collector.addr),
-        cluster.config("pgfleet"),
-    );
-    agent_config.targets[0].server_id = "db-json".into();
-    agent_config.labels.insert("dc".into(), "eu1".into());
-    agent_config.pool_reporter = None;
-    let agent = pgfleet_agent::start(agent_config).unwrap();
+    let agent = agent_in_dc(&collector, &cluster, "db-json", "eu1");
     let sleeper = cluster.connect("json-sleeper").await.unwrap();
     let sleeping = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(40)").await });
 

@@ -12,12 +12,8 @@ use std::time::Duration;
 use fantoccini::actions::InputSource;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
-use pgfleet_agent::AgentConfig;
 use pgfleet_cli::sandbox::TempCluster;
-use pgfleet_collector::config::CollectorConfig;
-use pgfleet_collector::server;
-use pgfleet_common::settings::Token;
-use pgfleet_tests::{http_get, wait_for};
+use pgfleet_tests::{agent_in_dc, collector_with_read_token, free_port, http_get, wait_for};
 use serde_json::{Value, json};
 
 const READ: &str = "read-token-for-the-web-ui-012345";
@@ -43,13 +39,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn which(names: &[&str]) -> Option<PathBuf> {
     names.iter().find_map(|n| {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -64,7 +53,7 @@ async fn driver() -> Driver {
             "chromedriver is not installed: apt-get install chromium chromium-driver (.ci/run does)"
         )
     });
-    let port = free_port();
+    let port = free_port().expect("a free port");
     let child = Command::new(binary)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
@@ -186,36 +175,17 @@ async fn wait_text(c: &Client, css: &str, wanted: &str, limit: Duration) {
     .await;
 }
 
-fn agent(
-    collector: &str,
-    cluster: &TempCluster,
-    server_id: &str,
-    dc: &str,
-) -> pgfleet_agent::Agent {
-    let mut config = AgentConfig::new(collector, cluster.config("pgfleet"));
-    config.targets[0].server_id = server_id.into();
-    config.agent_id = format!("agent-{server_id}");
-    config.labels.insert("dc".into(), dc.into());
-    config.pool_reporter = None;
-    pgfleet_agent::start(config).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     pgfleet_tests::init_logs();
     let driver = driver().await;
     let cluster = TempCluster::start().await.unwrap();
-    let mut config =
-        CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
-    config.http_listen = Some(([127, 0, 0, 1], 0).into());
-    config.read_tokens = vec![Token::new("read_tokens_file", READ).unwrap()];
-    let collector = server::start(config).await.unwrap();
-    let grpc = format!("http://{}", collector.addr);
+    let collector = collector_with_read_token(&cluster, READ).await;
     let http = collector.http_addr.unwrap().to_string();
     let base = format!("http://{http}");
     // A two-dc fleet: two servers (the same PostgreSQL, watched twice).
-    let eu = agent(&grpc, &cluster, "db-eu", "eu1");
-    let us = agent(&grpc, &cluster, "db-us", "us1");
+    let eu = agent_in_dc(&collector, &cluster, "db-eu", "eu1");
+    let us = agent_in_dc(&collector, &cluster, "db-us", "us1");
 
     // Both streaming, with some history kept, before the sessions start: an
     // instant is shown from the history at or before it.
