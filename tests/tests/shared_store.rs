@@ -229,6 +229,40 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
     )
     .await;
 
+    // A whole minute of it, from the hours of totals a keeps in the shared
+    // store (what fleet-wide questions over long ranges read).
+    wait_for(
+        "east-1's idle-in-transaction minute at b, from hours of totals",
+        Duration::from_secs(150),
+        || {
+            let mut c = cb.clone();
+            async move {
+                let r = c
+                    .query_load(v1::QueryLoadRequest {
+                        start: Some(pgfleet_proto::time::timestamp(since)),
+                        step: Some(pgfleet_proto::time::duration(60_000_000)),
+                        group_by: "server".into(),
+                        sessions: v1::LoadSessions::IdleInTransaction as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                let east = r
+                    .series
+                    .iter()
+                    .find(|s| s.key == "east-1")
+                    .ok_or_else(|| format!("{r:?}"))?;
+                if east.points.iter().any(|p| (p.value - 1.0).abs() < 0.02) {
+                    Ok(())
+                } else {
+                    Err(format!("{east:?}"))
+                }
+            }
+        },
+    )
+    .await;
+
     // An agent that stops is seen to stop by the other collector too.
     east.stop().await;
     let stale = wait_for("east-1 stale on b", Duration::from_secs(15), || {

@@ -92,23 +92,74 @@ impl HourTotals {
 
     /// A stored hour back; None when the bytes are not one.
     pub fn decode(start: Micros, bytes: &[u8]) -> Option<HourTotals> {
-        let stored: StoredHour = prost::Message::decode(bytes).ok()?;
-        if !stored.cells.len().is_multiple_of(CELLS) {
-            return None;
+        let mut h = HourTotals::holding(start);
+        h.decode_from(start, bytes).then_some(h)
+    }
+
+    /// Reads a stored hour into this one, keeping its allocation (a fleet's
+    /// day is read an hour at a time); false when the bytes are not one.
+    pub fn decode_from(&mut self, start: Micros, bytes: &[u8]) -> bool {
+        self.start = start;
+        self.minutes.clear();
+        let mut cells = [0u64; CELLS];
+        let mut filled = 0;
+        let mut put = |cell: u64, minutes: &mut Vec<MinuteTotals>| {
+            cells[filled] = cell;
+            filled += 1;
+            if filled < CELLS {
+                return true;
+            }
+            filled = 0;
+            let c = &cells;
+            let (Ok(index), Ok(samples), Ok(covered_us)) = (
+                i64::try_from(c[0]),
+                u32::try_from(c[1]),
+                i64::try_from(c[2]),
+            ) else {
+                return false;
+            };
+            minutes.push(MinuteTotals {
+                start: start + index.min(59) * COARSE_US,
+                samples,
+                covered_us,
+                counts: [c[3], c[4], c[5]],
+            });
+            true
+        };
+        let ok = match packed(bytes) {
+            // The form written: the one packed field, read in place.
+            Some(mut field) => {
+                let mut ok = true;
+                while ok && !field.is_empty() {
+                    ok = prost::encoding::decode_varint(&mut field)
+                        .is_ok_and(|cell| put(cell, &mut self.minutes));
+                }
+                ok
+            }
+            // Any other encoding of the message.
+            None => match <StoredHour as prost::Message>::decode(bytes) {
+                Ok(stored) => stored
+                    .cells
+                    .into_iter()
+                    .all(|cell| put(cell, &mut self.minutes)),
+                Err(_) => false,
+            },
+        };
+        ok && filled == 0
+    }
+}
+
+/// The varints of a message that is exactly one packed field 1 (or
+/// nothing); None for anything else.
+fn packed(mut bytes: &[u8]) -> Option<&[u8]> {
+    match bytes.split_first() {
+        None => Some(bytes),
+        Some((0x0a, rest)) => {
+            bytes = rest;
+            let len = prost::encoding::decode_varint(&mut bytes).ok()?;
+            (usize::try_from(len).ok()? == bytes.len()).then_some(bytes)
         }
-        let minutes = stored
-            .cells
-            .chunks_exact(CELLS)
-            .map(|c| {
-                Some(MinuteTotals {
-                    start: start + i64::try_from(c[0]).ok()?.min(59) * COARSE_US,
-                    samples: u32::try_from(c[1]).ok()?,
-                    covered_us: i64::try_from(c[2]).ok()?,
-                    counts: [c[3], c[4], c[5]],
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(HourTotals { start, minutes })
+        Some(_) => None,
     }
 }
 
@@ -140,5 +191,19 @@ mod tests {
         assert_eq!(h.minutes, [m(0, 50), m(2, 120)]);
         assert_eq!(HourTotals::decode(h.start, &h.encode()), Some(h));
         assert_eq!(HourTotals::decode(start, &[0x0a, 0x01, 0x01]), None);
+        assert_eq!(HourTotals::decode(start, &[0x0a, 0x05, 0x01]), None);
+        assert_eq!(
+            HourTotals::decode(start, &[]),
+            Some(HourTotals::holding(start))
+        );
+        // Written another way (unpacked, as a varint field each), it reads
+        // the same through prost.
+        let mut unpacked = Vec::new();
+        for cell in [2u64, 60, 60_000_000, 120, 3, 0] {
+            prost::encoding::uint64::encode(1, &cell, &mut unpacked);
+        }
+        let mut only = HourTotals::holding(start);
+        only.set(m(2, 120));
+        assert_eq!(HourTotals::decode(start, &unpacked), Some(only));
     }
 }

@@ -14,7 +14,7 @@ use super::QueryService;
 use crate::aggregator::ServerView;
 use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
 use crate::load::count::Closed;
-use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::hours::HOUR_US;
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{Bucket, COARSE_US, MinuteLoad};
 use crate::store::Store;
@@ -142,25 +142,23 @@ impl QueryService {
             .open(&servers, plan.scope.end, MINUTE_REACH, plan.totals_only())
             .await?;
         if plan.totals_only() {
-            let ids = servers.iter().map(|s| s.server_id.clone()).collect();
-            let first = plan.scope.start - plan.scope.start.rem_euclid(HOUR_US);
-            let mut hours: HashMap<(String, Micros), HourTotals> = store
-                .hours(Some(ids), first, plan.scope.end)
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .into_iter()
-                .map(|(id, h)| ((id, h.start), h))
-                .collect();
+            let mut sum = plan.totals_sum(&servers);
             for (id, closed) in &open {
                 for c in closed {
                     if let Closed::Minute(_, h) = c {
-                        hours.insert((id.clone(), h.start), h.clone());
+                        sum.add_open(id, h);
                     }
                 }
             }
-            let hours: Vec<(String, HourTotals)> =
-                hours.into_iter().map(|((id, _), h)| (id, h)).collect();
-            return Ok(plan.evaluate_totals(&servers, &hours));
+            let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+            let first = plan.scope.start - plan.scope.start.rem_euclid(HOUR_US);
+            let sum = store
+                .fold_hours(Some(ids), first, plan.scope.end, sum, |sum, id, h| {
+                    sum.add_stored(id, h)
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            return Ok(plan.totals_answer(&servers, sum));
         }
         let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
         let buckets = plan.scope.buckets(minutes);

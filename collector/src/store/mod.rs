@@ -389,29 +389,37 @@ impl Store {
         }
     }
 
-    /// The hours of load totals that start in `[start, end)`, of `servers`
-    /// (None: every server).
-    pub async fn hours(
+    /// Folds the hours of load totals that start in `[start, end)`, of
+    /// `servers` (None: every server), into `acc` as they are read: a
+    /// fleet's day is 24,000 of them, never held at once.
+    pub async fn fold_hours<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, HourTotals)>, StoreError> {
+        mut acc: A,
+        mut f: impl FnMut(&mut A, &str, &HourTotals) + Send + 'static,
+    ) -> Result<A, StoreError> {
         match &self.reader {
             Reader::Sqlite(db) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
-                        sqlite::hours(db, servers.as_deref(), start, end)
+                        sqlite::each_hour(db, servers.as_deref(), start, end, |id, h| {
+                            f(&mut acc, id, h)
+                        })?;
+                        Ok(acc)
                     },
                     db,
                 )
                 .await
             }
-            Reader::Postgres(pg) => pg
-                .hours(servers, start, end)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
+            Reader::Postgres(pg) => {
+                pg.each_hour(servers, start, end, |id, h| f(&mut acc, id, h))
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e))?;
+                Ok(acc)
+            }
         }
     }
 

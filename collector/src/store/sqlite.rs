@@ -53,7 +53,10 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         hour INTEGER NOT NULL,
         body BLOB NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS load_hours_by_server ON load_hours (server_id, hour);
-    CREATE INDEX IF NOT EXISTS load_hours_by_hour ON load_hours (hour);
+    DROP INDEX IF EXISTS load_hours_by_hour;
+    -- A fleet's day of hours read by time from the index alone (its rows
+    -- are small), not from a row of the table for each.
+    CREATE INDEX IF NOT EXISTS load_hours_in_hour ON load_hours (hour, server_id, body);
     CREATE TABLE IF NOT EXISTS statements (
         id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
@@ -222,14 +225,38 @@ fn rows(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
-    let row = |r: &rusqlite::Row| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-        ))
-    };
     let mut out = Vec::new();
+    each_row(
+        db,
+        table,
+        column,
+        servers,
+        start,
+        end,
+        |server_id, at, body| out.push((server_id.to_owned(), at, body.to_owned())),
+    )?;
+    Ok(out)
+}
+
+/// Hands each row of [`rows`] to `f` as it is read, without copying it.
+fn each_row(
+    db: &Connection,
+    table: &str,
+    column: &str,
+    servers: Option<&[String]>,
+    start: Micros,
+    end: Micros,
+    mut f: impl FnMut(&str, i64, &[u8]),
+) -> rusqlite::Result<()> {
+    let mut each = |rows: &mut rusqlite::Rows, wanted: Option<&std::collections::HashSet<&str>>| {
+        while let Some(r) = rows.next()? {
+            let server_id = r.get_ref(0)?.as_str()?;
+            if wanted.is_none_or(|w| w.contains(server_id)) {
+                f(server_id, r.get(1)?, r.get_ref(2)?.as_blob()?);
+            }
+        }
+        rusqlite::Result::Ok(())
+    };
     // Many servers of a table indexed by time: one scan of the range, kept
     // by server here, rather than a seek per server.
     if let Some(ids) = servers
@@ -240,22 +267,14 @@ fn rows(
         let mut q = db.prepare_cached(&format!(
             "SELECT server_id, {column}, body FROM {table} WHERE {column} >= ?1 AND {column} < ?2"
         ))?;
-        for r in q.query_map(params![start, end], row)? {
-            let r = r?;
-            if wanted.contains(r.0.as_str()) {
-                out.push(r);
-            }
-        }
-        return Ok(out);
+        return each(&mut q.query(params![start, end])?, Some(&wanted));
     }
     match servers {
         None => {
             let mut q = db.prepare_cached(&format!(
                 "SELECT server_id, {column}, body FROM {table} WHERE {column} >= ?1 AND {column} < ?2"
             ))?;
-            for r in q.query_map(params![start, end], row)? {
-                out.push(r?);
-            }
+            each(&mut q.query(params![start, end])?, None)?;
         }
         Some(servers) => {
             let mut q = db.prepare_cached(&format!(
@@ -263,13 +282,11 @@ fn rows(
                  WHERE server_id = ?1 AND {column} >= ?2 AND {column} < ?3 ORDER BY {column}"
             ))?;
             for server_id in servers {
-                for r in q.query_map(params![server_id, start, end], row)? {
-                    out.push(r?);
-                }
+                each(&mut q.query(params![server_id, start, end])?, None)?;
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The minutes of load that start in `[start, end)`, of `servers` (None:
@@ -324,23 +341,31 @@ fn dictionaries(
     Ok(out)
 }
 
-/// The hours of load totals that start in `[start, end)`, of `servers`.
-pub(super) fn hours(
+/// Hands `f` each hour of load totals that starts in `[start, end)`, of
+/// `servers`, as it is read (one hour's allocation serves them all).
+pub(super) fn each_hour(
     db: &Connection,
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
-) -> rusqlite::Result<Vec<(String, HourTotals)>> {
-    let mut out = Vec::new();
-    for (server_id, at, body) in rows(db, "load_hours", "hour", servers, start, end)? {
-        match HourTotals::decode(at, &body) {
-            Some(h) => out.push((server_id, h)),
-            None => {
+    mut f: impl FnMut(&str, &HourTotals),
+) -> rusqlite::Result<()> {
+    let mut h = HourTotals::default();
+    each_row(
+        db,
+        "load_hours",
+        "hour",
+        servers,
+        start,
+        end,
+        |server_id, at, body| {
+            if h.decode_from(at, body) {
+                f(server_id, &h);
+            } else {
                 warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
             }
-        }
-    }
-    Ok(out)
+        },
+    )
 }
 
 /// The statement intervals that start in `[start, end)`, of `servers`.
@@ -377,16 +402,17 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
     let hour = now - now.rem_euclid(HOUR_US);
     let interval = now - now.rem_euclid(STATEMENTS_US);
     let mut out = Vec::new();
-    let hours = hours(db, Some(&ids), hour, hour + 1)?;
+    let mut hours = Vec::new();
+    each_hour(db, Some(&ids), hour, hour + 1, |_, h| hours.push(h.clone()))?;
     for (_, m) in load(db, Some(&ids), minute, minute + 1)? {
         let h = hours
             .first()
-            .map(|(_, h)| h.clone())
+            .cloned()
             .unwrap_or_else(|| HourTotals::holding(minute));
         out.push(Closed::Minute(m, h));
     }
     if out.is_empty()
-        && let Some((_, h)) = hours.into_iter().next()
+        && let Some(h) = hours.into_iter().next()
     {
         out.push(Closed::Minute(MinuteLoad::default(), h));
     }

@@ -9,7 +9,7 @@ use pgfleet_proto::v1;
 
 use super::{Scope, resolution};
 use crate::aggregator::ServerView;
-use crate::load::hours::HourTotals;
+use crate::load::hours::{HourTotals, MinuteTotals};
 use crate::load::{Bucket, Class, Dim};
 use crate::series::{MAX_POINTS, range};
 
@@ -48,6 +48,63 @@ pub struct LoadPlan {
     group_by: GroupBy,
     class: Class,
     limit: usize,
+}
+
+/// Hours of totals added up per server and step as they are read, so that
+/// a fleet's day is never held whole: a thousand servers' day is 24,000
+/// hours of sixty minutes each.
+#[derive(Debug)]
+pub struct TotalsSum {
+    start: Micros,
+    end: Micros,
+    step_us: i64,
+    class: Class,
+    /// Each server's row in `cells`.
+    index: HashMap<String, usize>,
+    /// Per server, the hours its counter gave whole: stored copies of them
+    /// are older, and skipped.
+    open: Vec<Vec<Micros>>,
+    /// Per server and step: the samples and the count.
+    cells: Vec<(u64, u64)>,
+    /// Per step: the microseconds covered, over all servers.
+    covered: Vec<i64>,
+}
+
+impl TotalsSum {
+    /// Adds an hour that a server's counter holds open: it replaces the
+    /// stored copy, so open hours are added before stored ones.
+    pub fn add_open(&mut self, server_id: &str, hour: &HourTotals) {
+        if let Some(&i) = self.index.get(server_id) {
+            if self.open[i].contains(&hour.start) {
+                return;
+            }
+            self.open[i].push(hour.start);
+            self.add_minutes(i, &hour.minutes);
+        }
+    }
+
+    /// Adds a stored hour, unless its server's counter gave it open.
+    pub fn add_stored(&mut self, server_id: &str, hour: &HourTotals) {
+        if let Some(&i) = self.index.get(server_id)
+            && !self.open[i].contains(&hour.start)
+        {
+            self.add_minutes(i, &hour.minutes);
+        }
+    }
+
+    fn add_minutes(&mut self, server: usize, minutes: &[MinuteTotals]) {
+        let steps = self.covered.len();
+        for m in minutes {
+            if m.start < self.start || m.start >= self.end {
+                continue;
+            }
+            let step = ((m.start - self.start) / self.step_us) as usize;
+            self.covered[step] += m.covered_us;
+            let cell = &mut self.cells[server * steps + step];
+            cell.0 += u64::from(m.samples);
+            cell.1 += m.count(self.class);
+        }
+    }
 }
 
 impl LoadPlan {
@@ -221,37 +278,35 @@ impl LoadPlan {
             )
     }
 
-    /// The series from hours of totals (when [`LoadPlan::totals_only`]).
-    pub fn evaluate_totals(
-        &self,
-        servers: &[&Arc<ServerView>],
-        hours: &[(String, HourTotals)],
-    ) -> v1::QueryLoadResponse {
+    /// An empty sum of hours of totals of `servers` (when
+    /// [`LoadPlan::totals_only`]), to add hours to as they are read.
+    pub fn totals_sum(&self, servers: &[&Arc<ServerView>]) -> TotalsSum {
         let scope = &self.scope;
         let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
-        // Per server and step: the samples and the count, in one table.
-        let index: HashMap<&str, usize> = servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.server_id.as_str(), i))
-            .collect();
-        let mut cells = vec![(0u64, 0u64); servers.len() * steps];
-        let mut covered = vec![0i64; steps];
-        for (server_id, h) in hours {
-            let Some(&i) = index.get(server_id.as_str()) else {
-                continue;
-            };
-            for m in &h.minutes {
-                if m.start < scope.start || m.start >= scope.end {
-                    continue;
-                }
-                let step = ((m.start - scope.start) / self.step_us) as usize;
-                covered[step] += m.covered_us;
-                let cell = &mut cells[i * steps + step];
-                cell.0 += u64::from(m.samples);
-                cell.1 += m.count(self.class);
-            }
+        TotalsSum {
+            start: scope.start,
+            end: scope.end,
+            step_us: self.step_us,
+            class: self.class,
+            index: servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.server_id.clone(), i))
+                .collect(),
+            open: vec![Vec::new(); servers.len()],
+            cells: vec![(0, 0); servers.len() * steps],
+            covered: vec![0; steps],
         }
+    }
+
+    /// The series from a sum of hours of totals of `servers` (the same
+    /// servers, in the same order, as [`LoadPlan::totals_sum`] was given).
+    pub fn totals_answer(
+        &self,
+        servers: &[&Arc<ServerView>],
+        sum: TotalsSum,
+    ) -> v1::QueryLoadResponse {
+        let steps = sum.covered.len();
         let mut series: HashMap<String, Vec<f64>> = HashMap::new();
         for (i, server) in servers.iter().enumerate() {
             let key = match &self.group_by {
@@ -259,7 +314,7 @@ impl LoadPlan {
                 GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
                 _ => String::new(),
             };
-            let row = &cells[i * steps..(i + 1) * steps];
+            let row = &sum.cells[i * steps..(i + 1) * steps];
             if row.iter().all(|(samples, _)| *samples == 0) {
                 continue;
             }
@@ -270,7 +325,7 @@ impl LoadPlan {
                 }
             }
         }
-        self.assemble(series, covered, servers.len())
+        self.assemble(series, sum.covered, servers.len())
     }
 
     /// The answer: the series ranked (the rest as "other"), with the
@@ -329,6 +384,7 @@ impl LoadPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::hours::HOUR_US;
 
     fn request(hours: i64, step_s: i64, limit: u32, group_by: &str) -> v1::QueryLoadRequest {
         let now = 1_800_000_000_000_000;
@@ -362,5 +418,61 @@ mod tests {
             let e = LoadPlan::new(&req, now).unwrap_err();
             assert!(e.contains(says), "{req:?}: {e}");
         }
+    }
+
+    #[test]
+    fn sums_of_hours_take_open_hours_over_stored_ones_and_only_the_range() {
+        let now = 1_800_000_000_000_000;
+        let plan = LoadPlan::new(&request(2, 1800, 0, "dc"), now).unwrap();
+        assert!(plan.totals_only());
+        let view = |id: &str, dc: &str| {
+            let mut v = ServerView::new(id, std::time::Duration::from_secs(1));
+            v.labels = Arc::new([("dc".to_owned(), dc.to_owned())].into());
+            Arc::new(v)
+        };
+        let (a, b, c) = (view("a", "x"), view("b", "y"), view("c", "x"));
+        let servers = [&a, &b, &c];
+        // An hour of `minutes` minutes from `first`, each of 60 samples that
+        // count `load` a sample.
+        let hour = |start: Micros, first: i64, minutes: i64, load: u64| {
+            let mut h = HourTotals::holding(start);
+            for i in first..first + minutes {
+                h.set(MinuteTotals {
+                    start: start + i * 60_000_000,
+                    samples: 60,
+                    covered_us: 60_000_000,
+                    counts: [load * 60, 0, 0],
+                });
+            }
+            h
+        };
+        let (h0, h1, before) = (now - 2 * HOUR_US, now - HOUR_US, now - 3 * HOUR_US);
+        let mut sum = plan.totals_sum(&servers);
+        sum.add_open("a", &hour(h1, 0, 60, 3));
+        sum.add_stored("a", &hour(h0, 0, 60, 2));
+        sum.add_stored("a", &hour(h1, 0, 60, 1));
+        sum.add_stored("a", &hour(before, 0, 60, 7));
+        sum.add_stored("b", &hour(h0, 30, 1, 5));
+        sum.add_stored("z", &hour(h0, 0, 60, 9));
+        let answer = plan.totals_answer(&servers, sum);
+        let series: HashMap<&str, Vec<f64>> = answer
+            .series
+            .iter()
+            .map(|s| (s.key.as_str(), s.points.iter().map(|p| p.value).collect()))
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert_eq!(
+            series["x"],
+            [2.0, 2.0, 3.0, 3.0],
+            "the open hour, not the stored"
+        );
+        assert_eq!(series["y"], [0.0, 5.0, 0.0, 0.0]);
+        assert_eq!(answer.servers, 3);
+        let coverage: Vec<f64> = answer.coverage.iter().map(|p| p.value).collect();
+        let step = 1800.0 * 3.0;
+        assert_eq!(
+            coverage,
+            [1800.0 / step, 1860.0 / step, 1800.0 / step, 1800.0 / step]
+        );
     }
 }
