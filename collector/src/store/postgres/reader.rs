@@ -102,11 +102,11 @@ impl Reader {
             now - now.rem_euclid(HOUR_US),
             now - now.rem_euclid(STATEMENTS_US),
         );
-        let mut hours: HashMap<String, HourTotals> = self
-            .hours(ids_owned.clone(), hour, hour + 1)
-            .await?
-            .into_iter()
-            .collect();
+        let mut hours: HashMap<String, HourTotals> = HashMap::new();
+        self.each_hour(ids_owned.clone(), hour, hour + 1, |id, h| {
+            hours.insert(id.to_owned(), h.clone());
+        })
+        .await?;
         let mut open: HashMap<String, Vec<Closed>> = HashMap::new();
         for (server_id, m) in self.load(ids_owned.clone(), minute, minute + 1).await? {
             let h = hours
@@ -268,26 +268,27 @@ impl Reader {
         Ok(out)
     }
 
-    /// The hours of load totals that start in `[start, end)`, of `servers`.
-    pub(in crate::store) async fn hours(
+    /// Hands `f` each hour of load totals that starts in `[start, end)`,
+    /// of `servers`.
+    pub(in crate::store) async fn each_hour(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, HourTotals)>, ReadError> {
-        let mut out = Vec::new();
+        mut f: impl FnMut(&str, &HourTotals),
+    ) -> Result<(), ReadError> {
+        let mut h = HourTotals::default();
         for (server_id, at, body) in self
             .rows("load_hours", "hour", &servers, start, end)
             .await?
         {
-            match HourTotals::decode(at, &body) {
-                Some(h) => out.push((server_id, h)),
-                None => {
-                    warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
-                }
+            if h.decode_from(at, &body) {
+                f(&server_id, &h);
+            } else {
+                warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The statement intervals that start in `[start, end)`, of `servers`.
