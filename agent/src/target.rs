@@ -122,6 +122,63 @@ pub fn default_server_id(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}")
 }
 
+/// Whether the target is on this host: every address it connects to is a
+/// loopback one (`hostaddr`, which wins over `host` as libpq has it), or
+/// else every host it names is a Unix socket, `localhost` or a loopback
+/// address (none named is the default Unix socket).
+pub fn is_local(config: &tokio_postgres::Config) -> bool {
+    let addrs = config.get_hostaddrs();
+    if !addrs.is_empty() {
+        return addrs.iter().all(|ip| ip.is_loopback());
+    }
+    config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
+}
+
+/// This host's CPUs when the target is on it ([`is_local`]); None for a
+/// target elsewhere.
+pub fn local_cpus(config: &tokio_postgres::Config) -> Option<u32> {
+    if is_local(config) { host_cpus() } else { None }
+}
+
+/// The CPUs this host has online (all of them, not the agent's own share
+/// of them under a cgroup quota or an affinity mask: the server beside it
+/// is not held to the agent's limits).
+pub fn host_cpus() -> Option<u32> {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").ok();
+    online.as_deref().and_then(count_cpu_list).or_else(|| {
+        std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| u32::try_from(n.get()).ok())
+    })
+}
+
+/// The CPUs a kernel CPU list names ("0-3,6,8-9" is seven); None when it
+/// is not one.
+pub fn count_cpu_list(list: &str) -> Option<u32> {
+    let mut n = 0u32;
+    for part in list.trim().split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let a = part.parse::<u32>().ok()?;
+                (a, a)
+            }
+        };
+        n = n.checked_add(last.checked_sub(first)?.checked_add(1)?)?;
+    }
+    (n > 0).then_some(n)
+}
+
 /// "user@host:port/db", for logs; never shows the password.
 pub fn display(config: &tokio_postgres::Config) -> String {
     format!(
@@ -253,5 +310,39 @@ mod tests {
         assert!(err.to_string().starts_with("invalid `target`"), "{err}");
         let err = connection_config(None, env(&[("PGPORT", "abc")])).unwrap_err();
         assert!(err.to_string().contains("PGPORT"), "{err}");
+    }
+
+    #[test]
+    fn a_target_on_this_host_has_its_cpus_and_one_elsewhere_has_none() {
+        let here = host_cpus();
+        assert!(here.is_some_and(|n| n > 0), "{here:?}");
+        let cpus = |target: &str| local_cpus(&target.parse::<tokio_postgres::Config>().unwrap());
+        for local in [
+            "host=/run/postgresql",
+            "postgresql://localhost:5433/x",
+            "host=127.0.0.1",
+            "host=::1",
+            "host=db1.example hostaddr=127.0.0.1",
+        ] {
+            assert_eq!(cpus(local), here, "{local}");
+        }
+        for remote in [
+            "host=db1.example",
+            "host=10.0.0.5",
+            "host=localhost,db2.example",
+            "host=localhost hostaddr=10.0.0.5",
+        ] {
+            assert_eq!(cpus(remote), None, "{remote}");
+        }
+        for (list, n) in [
+            ("0-3,6,8-9", Some(7)),
+            ("0", Some(1)),
+            ("0-63\n", Some(64)),
+            ("", None),
+            ("3-1", None),
+            ("x", None),
+        ] {
+            assert_eq!(count_cpu_list(list), n, "{list:?}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::remote::{Remote, call_failed, connect};
 /// What `pgfleet metrics` asks.
 #[derive(Debug, clap::Args)]
 pub struct MetricsArgs {
-    /// sessions, waiting_sessions, blocked_sessions, max_xact_age_seconds, pool_utilisation, commits_per_second, rollbacks_per_second or deadlocks_per_second
+    /// sessions, waiting_sessions, blocked_sessions, max_xact_age_seconds, pool_utilisation, pool_waiting, pool_max_wait_seconds, commits_per_second, rollbacks_per_second or deadlocks_per_second
     pub metric: String,
     /// How far back the range reaches from its end, like 1h or 7d
     #[arg(long, default_value = "1h", value_name = "DURATION")]

@@ -116,6 +116,11 @@ pub enum Metric {
     Rollbacks,
     /// pg_stat_database's deadlocks, per second.
     Deadlocks,
+    /// Requests queued for a connection, by pool: an application pool's
+    /// pending requests, PgBouncer's waiting clients.
+    PoolWaiting,
+    /// How long PgBouncer's oldest waiting client had waited, in seconds.
+    PoolMaxWait,
 }
 
 /// How a metric's values combine over time and across servers.
@@ -131,7 +136,8 @@ pub enum Combine {
 
 impl Metric {
     /// Every metric, in the order `QueryMetrics` lists them.
-    pub const ALL: [Metric; 8] = [
+    /// New ones go last: a stored minute names its metrics by position.
+    pub const ALL: [Metric; 10] = [
         Metric::Sessions,
         Metric::WaitingSessions,
         Metric::BlockedSessions,
@@ -140,6 +146,8 @@ impl Metric {
         Metric::Commits,
         Metric::Rollbacks,
         Metric::Deadlocks,
+        Metric::PoolWaiting,
+        Metric::PoolMaxWait,
     ];
 
     /// Its name in `QueryMetrics`.
@@ -153,6 +161,8 @@ impl Metric {
             Metric::Commits => "commits_per_second",
             Metric::Rollbacks => "rollbacks_per_second",
             Metric::Deadlocks => "deadlocks_per_second",
+            Metric::PoolWaiting => "pool_waiting",
+            Metric::PoolMaxWait => "pool_max_wait_seconds",
         }
     }
 
@@ -161,7 +171,7 @@ impl Metric {
         match self {
             Metric::Sessions => Some("state"),
             Metric::WaitingSessions => Some("wait_event_type"),
-            Metric::PoolUtilisation => Some("pool"),
+            Metric::PoolUtilisation | Metric::PoolWaiting | Metric::PoolMaxWait => Some("pool"),
             _ => None,
         }
     }
@@ -170,7 +180,10 @@ impl Metric {
     pub fn combine(self) -> Combine {
         match self {
             Metric::Sessions | Metric::WaitingSessions | Metric::BlockedSessions => Combine::Mean,
-            Metric::MaxXactAge | Metric::PoolUtilisation => Combine::Max,
+            Metric::MaxXactAge
+            | Metric::PoolUtilisation
+            | Metric::PoolWaiting
+            | Metric::PoolMaxWait => Combine::Max,
             Metric::Commits | Metric::Rollbacks | Metric::Deadlocks => Combine::Rate,
         }
     }
@@ -268,6 +281,27 @@ impl Minute {
         }
         for (u, pool) in used.client_pools.iter().zip(&pools.client_pools) {
             self.add(Metric::PoolUtilisation, &pool.pool_name, *u);
+            self.add(
+                Metric::PoolWaiting,
+                &pool.pool_name,
+                f64::from(pool.pending_requests),
+            );
+        }
+        // The queue in front of PgBouncer: its waiting clients over all its
+        // pools, and the longest wait among them.
+        if let Some(bouncer) = pools.pgbouncer.as_ref().filter(|b| b.up) {
+            let waiting: u32 = bouncer
+                .pools
+                .iter()
+                .map(|p| p.client_waiting_connections)
+                .sum();
+            let longest = bouncer
+                .pools
+                .iter()
+                .map(|p| p.client_maxwait_seconds)
+                .fold(0.0, f64::max);
+            self.add(Metric::PoolWaiting, "pgbouncer", f64::from(waiting));
+            self.add(Metric::PoolMaxWait, "pgbouncer", longest);
         }
     }
 

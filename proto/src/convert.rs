@@ -326,6 +326,7 @@ pub fn server_info(f: &v1::ServerFacts) -> v1::ServerInfo {
         max_connections: f.max_connections,
         superuser_reserved_connections: f.superuser_reserved_connections,
         reserved_connections: f.reserved_connections,
+        cpus: f.cpus,
     }
 }
 

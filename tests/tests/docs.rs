@@ -108,9 +108,9 @@ fn render() -> String {
     table(&mut out, &agent, true);
     out.push_str(
         "In the file only, `[[targets]]` gives several servers, each with its own `target`,\n\
-         `server_id`, `databases`, `pgbouncer` and `[targets.labels]` (which win over the\n\
-         agent's `[labels]`); those four keys may then not appear at the top or as flags. At\n\
-         most 64 targets. See `deploy/agent-multi.toml`.\n\n",
+         `server_id`, `databases`, `pgbouncer`, `server_cpus` and `[targets.labels]` (which\n\
+         win over the agent's `[labels]`); those five keys may then not appear at the top or\n\
+         as flags. At most 64 targets. See `deploy/agent-multi.toml`.\n\n",
     );
     let collector = CollectorArgs::command();
     let _ = writeln!(

@@ -150,6 +150,34 @@ async fn pgbouncer_clients_waiting_behind_a_small_pool_show_at_the_collector() {
         },
     )
     .await;
+    // Both are kept a minute at a time, for the pool queue's timeline.
+    for (metric, least) in [("pool_waiting", 2.0), ("pool_max_wait_seconds", 1.0)] {
+        wait_for(metric, Duration::from_secs(10), || {
+            let mut c = client.clone();
+            async move {
+                let now = pgfleet_proto::time::now_micros();
+                let r = c
+                    .query_metrics(v1::QueryMetricsRequest {
+                        metric: metric.into(),
+                        matchers: vec!["pool=\"pgbouncer\"".into()],
+                        start: Some(pgfleet_proto::time::timestamp(now - 300_000_000)),
+                        step: Some(pgfleet_proto::time::duration(60_000_000)),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_inner();
+                let most = r
+                    .series
+                    .iter()
+                    .flat_map(|s| &s.points)
+                    .map(|p| p.value)
+                    .fold(0.0, f64::max);
+                (most >= least).then_some(()).ok_or(format!("{r:?}"))
+            }
+        })
+        .await;
+    }
     for q in queries {
         q.await.unwrap().unwrap();
     }

@@ -245,7 +245,71 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     wait_text(&c, "#top-queries", "pg_sleep", Duration::from_secs(30)).await;
     wait_text(&c, "#sessions", "ui-sleeper", Duration::from_secs(30)).await;
     assert!(!text_of(&c, "#sessions").await.contains("ui-gone"));
+    // The host's CPUs are a line on the chart: the agent is on the
+    // server's host, so it knows them, and the API says how many.
+    let (_, servers) = http_get(&http, "/api/v1/servers", Some(&format!("Bearer {READ}")))
+        .await
+        .unwrap();
+    let servers: Value = serde_json::from_str(&servers).unwrap();
+    let cpus = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["server_id"] == "db-eu")
+        .and_then(|s| s["info"]["cpus"].as_u64())
+        .unwrap_or(0);
+    assert!(cpus > 0, "{servers}");
+    wait_text(
+        &c,
+        "#load-chart",
+        &format!("CPUs ({cpus})"),
+        Duration::from_secs(10),
+    )
+    .await;
+    // The pool queue over time: the agent's own pool waiting, and the
+    // server's slots, each a lane on the range's time axis.
+    wait_text(
+        &c,
+        "#pool-timeline",
+        "server slots used: slots",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_text(
+        &c,
+        "#pool-timeline",
+        "waiting for a connection: pgfleet-agent",
+        Duration::from_secs(30),
+    )
+    .await;
     screenshot(&c, "server-1280x800").await;
+    c.execute(
+        "document.getElementById('pool-timeline').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    screenshot(&c, "server-pools-1280x800").await;
+    c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+
+    // A query: from top queries to its page, with its text, its load on
+    // each server (both watch the same PostgreSQL) and its statistics.
+    c.find(Locator::XPath(
+        "//table[@id='top-queries']//tr[contains(., 'pg_sleep')]//a[starts-with(@href, '/queries/')]",
+    ))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&c, "#query-text", "pg_sleep", Duration::from_secs(20)).await;
+    wait_text(&c, "#query-chart", "db-eu", Duration::from_secs(20)).await;
+    wait_text(&c, "#query-chart", "db-us", Duration::from_secs(20)).await;
+    let url = c.current_url().await.unwrap();
+    assert!(url.path().starts_with("/queries/"), "{url}");
+    screenshot(&c, "query-1280x800").await;
+    c.back().await.unwrap();
+    wait_text(&c, "#top-queries", "pg_sleep", Duration::from_secs(20)).await;
 
     // Clicking the chart where the gone session ran shows it, though it is
     // gone now: stacked by application, at the middle of its full steps.

@@ -99,6 +99,9 @@ pub struct AgentArgs {
     /// The admin console of the PgBouncer in front of the target, as a URL (sslmode and the other TLS settings as for --target) [default: none]
     #[arg(long, env = "PGFLEET_PGBOUNCER", value_name = "DSN")]
     pub pgbouncer: Option<String>,
+    /// The CPUs of the target's host, which the web UI's load chart draws as a line [default: this host's, when the target is on it (a Unix socket or a loopback address); unknown otherwise]
+    #[arg(long, env = "PGFLEET_SERVER_CPUS", value_name = "N")]
+    pub server_cpus: Option<u32>,
     /// A label of the agent, inherited by every target; repeatable (PGFLEET_LABELS takes a comma-separated list)
     #[arg(
         long = "label",

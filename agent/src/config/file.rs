@@ -70,6 +70,8 @@ pub struct TargetFile {
     pub databases: Option<Databases>,
     /// The admin console of its PgBouncer.
     pub pgbouncer: Option<String>,
+    /// The CPUs of its host (see `--server-cpus`).
+    pub server_cpus: Option<u32>,
 }
 
 /// The agent's config file; every top-level key matches a flag's name.
@@ -86,6 +88,8 @@ pub struct AgentFile {
     pub databases: Option<Databases>,
     /// See `--pgbouncer`.
     pub pgbouncer: Option<String>,
+    /// See `--server-cpus`.
+    pub server_cpus: Option<u32>,
     /// See `--label`; a flag's label wins over the file's label of the same name.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

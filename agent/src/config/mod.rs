@@ -33,6 +33,9 @@ pub struct TargetConfig {
     pub databases: Databases,
     /// The admin console of its PgBouncer, if any.
     pub pgbouncer: Option<target::Console>,
+    /// The CPUs of its host, as configured; without, the sampler takes this
+    /// host's when the target is on it ([`target::local_cpus`]).
+    pub cpus: Option<u32>,
 }
 
 impl TargetConfig {
@@ -45,6 +48,7 @@ impl TargetConfig {
             labels: BTreeMap::new(),
             databases: Databases::All,
             pgbouncer: None,
+            cpus: None,
         }
     }
 }
@@ -181,6 +185,7 @@ impl AgentConfig {
             labels: BTreeMap::new(),
             databases,
             pgbouncer: args.pgbouncer.or(file.pgbouncer),
+            server_cpus: args.server_cpus.or(file.server_cpus),
         };
         let target_files = if file.targets.is_empty() {
             vec![single]
@@ -189,10 +194,11 @@ impl AgentConfig {
                 || single.server_id.is_some()
                 || single.databases.is_some()
                 || single.pgbouncer.is_some()
+                || single.server_cpus.is_some()
             {
                 return Err(SettingsError::Invalid {
                     key: "targets",
-                    message: "the config file lists [[targets]], so target, server_id, databases and pgbouncer belong inside each [[targets]] entry, not at the top or in flags".to_owned(),
+                    message: "the config file lists [[targets]], so target, server_id, databases, pgbouncer and server_cpus belong inside each [[targets]] entry, not at the top or in flags".to_owned(),
                 });
             }
             file.targets
@@ -325,6 +331,16 @@ fn resolve_target(
     if let Some(dsn) = t.pgbouncer {
         config.pgbouncer = Some(target::pgbouncer_config(&dsn)?);
     }
+    config.cpus = match t.server_cpus {
+        Some(0) => {
+            return Err(SettingsError::Invalid {
+                key: "server_cpus",
+                message: "0 CPUs: give the number of CPUs of the server's host, or leave it out"
+                    .to_owned(),
+            });
+        }
+        other => other,
+    };
     Ok(config)
 }
 

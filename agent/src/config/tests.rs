@@ -308,3 +308,40 @@ fn the_statements_interval_is_a_duration_no_shorter_than_sampling_or_off() {
     );
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+#[test]
+fn a_targets_cpus_are_given_by_flag_or_file_and_never_zero() {
+    let cpus = |argv: &[&str]| {
+        let mut all = vec!["pgfleet-agent"];
+        all.extend_from_slice(argv);
+        AgentConfig::resolve(AgentArgs::parse_from(all), no_env).map(|c| c.targets[0].cpus)
+    };
+    assert_eq!(cpus(&["--target", "host=db1.example"]).unwrap(), None);
+    assert_eq!(
+        cpus(&["--target", "host=db1.example", "--server-cpus", "16"]).unwrap(),
+        Some(16)
+    );
+    let err = cpus(&["--target", "host=db1.example", "--server-cpus", "0"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server_cpus") && err.contains("0 CPUs"),
+        "{err}"
+    );
+
+    let path = write_config(
+        "cpus",
+        "[[targets]]\ntarget = \"host=a.example\"\nserver_cpus = 8\n[[targets]]\ntarget = \"host=b.example\"\n",
+    );
+    let c = AgentConfig::resolve(
+        AgentArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        },
+        no_env,
+    )
+    .unwrap();
+    let got: Vec<Option<u32>> = c.targets.iter().map(|t| t.cpus).collect();
+    assert_eq!(got, [Some(8), None]);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}

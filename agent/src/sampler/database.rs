@@ -115,6 +115,8 @@ pub async fn read_facts(
         max_connections: count(4)?,
         superuser_reserved_connections: count(5)?,
         reserved_connections: count(6)?,
+        // The sampler knows the host, not the server: it fills this in.
+        cpus: 0,
     })
 }
 

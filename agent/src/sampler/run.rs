@@ -65,6 +65,8 @@ pub struct TargetSampler {
     statements: Statements,
     warned_not_visible: bool,
     last_duration_us: u32,
+    /// The CPUs of the target's host; 0 when unknown.
+    cpus: u32,
     /// The sampler's counters.
     pub stats: Arc<SamplerStats>,
 }
@@ -107,6 +109,10 @@ impl TargetSampler {
             ),
             warned_not_visible: false,
             last_duration_us: 0,
+            cpus: target
+                .cpus
+                .or_else(|| target::local_cpus(&target.connection))
+                .unwrap_or(0),
             stats: Arc::default(),
         })
     }
@@ -280,7 +286,8 @@ impl TargetSampler {
         )
         .await
         .map_err(|e| chain(&e))?;
-        let (facts, activity, rows) = (read.facts, read.activity, read.counters);
+        let (mut facts, activity, rows) = (read.facts, read.activity, read.counters);
+        facts.cpus = self.cpus;
         // A server upgraded or restored under the same address: write the query
         // for its version from the next sample on.
         self.version_num = Some(facts.version_num);

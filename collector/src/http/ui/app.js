@@ -115,10 +115,12 @@ function watch(path, on) {
           const { value, done } = await reader.read();
           if (done) break;
           buffer += decoder.decode(value, { stream: true });
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
+          // Every whole event in the buffer, then what is left of it cut
+          // once (a second of a big fleet is a thousand events).
+          let from = 0, end;
+          while ((end = buffer.indexOf('\n\n', from)) >= 0) {
+            const block = buffer.slice(from, end);
+            from = end + 2;
             let event = 'message', data = '';
             for (const line of block.split('\n')) {
               if (line.startsWith('event: ')) event = line.slice(7);
@@ -126,6 +128,7 @@ function watch(path, on) {
             }
             if (data) on(event, JSON.parse(data));
           }
+          buffer = buffer.slice(from);
         }
       } catch (e) {
         if (stop.signal.aborted) return;
@@ -212,7 +215,7 @@ const colour = (key, i) => key === 'CPU' ? '#16a34a' : key === 'other' ? '#9ca3a
 
 /** A stacked area chart of QueryLoad's series in `el`. `onPick(seconds)` is
  * given the instant clicked; `onZoom(start, end)` the range dragged over. */
-function loadChart(el, load, { onPick, onZoom, label }) {
+function loadChart(el, load, { onPick, onZoom, label, cpus }) {
   const series = load.series || [];
   const times = (series[0] ? series[0].points : (load.coverage || [])).map((p) => Date.parse(p.at) / 1000);
   const raw = series.map((s) => s.points.map((p) => p.value));
@@ -251,6 +254,12 @@ function loadChart(el, load, { onPick, onZoom, label }) {
   if (!series.length) {
     opts.series.push({ label: 'no load', stroke: '#9ca3af' });
     data.push(times.map(() => 0));
+  }
+  // Load above the host's CPU count is sessions queueing for a CPU.
+  if (cpus) {
+    opts.series.push({ label: `CPUs (${cpus})`, stroke: '#111827', dash: [6, 4], width: 1.5, points: { show: false },
+      value: () => String(cpus) });
+    data.push(times.map(() => cpus));
   }
   el.replaceChildren();
   const chart = new uPlot(opts, data, el);
@@ -292,12 +301,15 @@ function fleetPage() {
     body));
 
   const servers = new Map();
+  const rows = new Map();   // server_id → its row, drawn from which message
   let pending = null;
   const draw = () => {
     pending = null;
-    body.replaceChildren(fleetTable([...servers.values()], { groupBy, sort, filter }));
+    body.replaceChildren(fleetTable([...servers.values()], rows, { groupBy, sort, filter }));
   };
-  const redraw = () => { if (!pending) pending = setTimeout(draw, 300); };
+  // A big fleet changes a thousand times a second: redrawn at most once a
+  // second then, and only the rows of servers that changed are made again.
+  const redraw = () => { if (!pending) pending = setTimeout(draw, servers.size > 200 ? 1000 : 300); };
   leave.push(watch('watch', (event, data) => {
     if (event === 'full') { servers.clear(); for (const s of data.servers || []) servers.set(s.server_id, s); draw(); }
     else if (event === 'changed') { servers.set(data.server_id, data); redraw(); }
@@ -315,7 +327,20 @@ function matchesFilter(s, filter) {
   });
 }
 
-function fleetTable(all, { groupBy, sort, filter }) {
+/** A server's row of the fleet table. */
+function serverRow(s, load) {
+  const max = s.info && s.info.max_connections;
+  return h('tr', { 'data-server': s.server_id },
+    h('td', {}, link('/servers/' + encodeURIComponent(s.server_id), s.server_id)),
+    h('td', {}, h('span', { class: 'status ' + s.status }, s.status),
+      s.reason ? h('span', { class: 'muted' }, ' ' + s.reason) : null),
+    h('td', { class: 'num' }, int(s.sessions)),
+    h('td', { class: 'num load' }, num(load, 2)),
+    h('td', { class: 'wide' }, spark(s.load && s.load.minutes)),
+    h('td', {}, max ? [bar((s.sessions || 0) / max), ` ${int(s.sessions)}/${int(max)}`] : '–'));
+}
+
+function fleetTable(all, cache, { groupBy, sort, filter }) {
   const servers = all.filter((s) => matchesFilter(s, filter));
   const loadOf = (s) => (s.load && s.load.load) || 0;
   servers.sort(sort === 'name' ? (a, b) => a.server_id.localeCompare(b.server_id)
@@ -333,17 +358,15 @@ function fleetTable(all, { groupBy, sort, filter }) {
     rows.push(h('tr', { class: 'group' }, h('td', { colspan: 6 },
       `${groupBy}=${g}: ${list.length} ${list.length === 1 ? 'server' : 'servers'}, ${up} up, load ${num(list.reduce((t, s) => t + loadOf(s), 0))}`)));
     for (const s of list) {
-      const max = s.info && s.info.max_connections;
-      rows.push(h('tr', { 'data-server': s.server_id },
-        h('td', {}, link('/servers/' + encodeURIComponent(s.server_id), s.server_id)),
-        h('td', {}, h('span', { class: 'status ' + s.status }, s.status),
-          s.reason ? h('span', { class: 'muted' }, ' ' + s.reason) : null),
-        h('td', { class: 'num' }, int(s.sessions)),
-        h('td', { class: 'num load' }, num(loadOf(s), 2)),
-        h('td', { class: 'wide' }, spark(s.load && s.load.minutes)),
-        h('td', {}, max ? [bar((s.sessions || 0) / max), ` ${int(s.sessions)}/${int(max)}`] : '–')));
+      const kept = cache.get(s.server_id);
+      if (kept && kept.from === s) { rows.push(kept.tr); continue; }
+      const tr = serverRow(s, loadOf(s));
+      cache.set(s.server_id, { from: s, tr });
+      rows.push(tr);
     }
   }
+  const listed = new Set(all.map((s) => s.server_id));
+  for (const id of cache.keys()) if (!listed.has(id)) cache.delete(id);
   if (!rows.length) rows.push(h('tr', {}, h('td', { colspan: 6, class: 'muted' },
     all.length ? 'No server matches the filter.' : 'No servers yet: start an agent that streams to this collector.')));
   return h('table', { id: 'fleet' },
@@ -383,6 +406,7 @@ function serverPage(id) {
   const topEl = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const sessionsEl = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const poolsEl = h('div', {});
+  const poolLanes = h('div', { id: 'pool-timeline' });
   const dbEl = h('div', {});
   const rangeSelect = h('select', { id: 'range' },
     (range.zoomed ? [h('option', { value: '', selected: true }, 'zoomed')] : []).concat(
@@ -409,28 +433,36 @@ function serverPage(id) {
       h('div', { class: 'controls' }, slider), h('div', { class: 'controls' }, sliderLabel,
         at ? h('button', { onclick: () => setParams({ at: null }) }, 'Show live sessions') : null),
       sessionsEl),
-    h('div', { class: 'grid' },
-      h('section', {}, h('h2', {}, 'Pool queue, now'), poolsEl),
-      h('section', {}, h('h2', {}, 'Databases'), dbEl)));
+    h('section', {}, h('h2', {}, 'Pool queue'),
+      h('p', { class: 'muted' }, 'The path a request waits along: its application\'s pool, PgBouncer, then the server\'s connection slots.'),
+      poolsEl, poolLanes),
+    h('section', {}, h('h2', {}, 'Databases'), dbEl));
   if (at) showAt(Date.parse(at) / 1000); else sliderLabel.textContent = 'Move the slider, or click the chart, for the sessions at an instant.';
 
   const server = 'matchers=' + encodeURIComponent(`server_id="${id}"`);
   const span = `start=${iso(range.start)}&end=${iso(range.end)}`;
-  api(`load?${span}&group_by=${stack}&${server}`).then((load) => {
+  // The host's CPU count, where the agent knows it, is a line on the chart.
+  const info = loadSessions();
+  Promise.all([api(`load?${span}&group_by=${stack}&${server}`), info]).then(([load, s]) => {
     loadChart(chartEl, load, {
+      cpus: s && s.info && s.info.cpus,
       onPick: (sec) => setParams({ at: iso(sec) }),
       onZoom: (a, b) => setParams({ start: iso(a), end: iso(b), range: null, at: null }),
     });
   }).catch((e) => failed(chartEl, e));
   api(`top-queries?${span}&server_id=${encodeURIComponent(id)}&limit=10`)
     .then((r) => topEl.replaceChildren(topQueries(r))).catch((e) => failed(topEl, e));
-  const loadSessions = () => api(`servers/${encodeURIComponent(id)}/activity?include_background=true${at ? '&at=' + encodeURIComponent(at) : ''}`)
-    .then((r) => {
-      head.replaceChildren(serverHead(r.server, id));
-      sessionsEl.replaceChildren(sessionsTable(r));
-    }).catch((e) => failed(sessionsEl, e));
-  loadSessions();
+  // The sessions (live, or at the instant chosen); resolves to the server.
+  function loadSessions() {
+    return api(`servers/${encodeURIComponent(id)}/activity?include_background=true${at ? '&at=' + encodeURIComponent(at) : ''}`)
+      .then((r) => {
+        head.replaceChildren(serverHead(r.server, id));
+        sessionsEl.replaceChildren(sessionsTable(r));
+        return r.server;
+      }).catch((e) => { failed(sessionsEl, e); return null; });
+  }
   api(`servers/${encodeURIComponent(id)}/pools`).then((r) => poolsEl.replaceChildren(poolQueue(r))).catch((e) => failed(poolsEl, e));
+  poolTimeline(poolLanes, server, span, range).catch((e) => failed(poolLanes, e));
   api(`servers/${encodeURIComponent(id)}/databases`).then((r) => dbEl.replaceChildren(databases(r))).catch((e) => failed(dbEl, e));
   if (!at) {
     const timer = setInterval(loadSessions, 5000);
@@ -444,7 +476,7 @@ function serverHead(s, id) {
   return h('div', {},
     h('h1', {}, s.server_id, ' ', h('span', { class: 'status ' + s.status }, s.status)),
     h('p', { class: 'muted' }, [labels, s.info && s.info.version ? 'PostgreSQL ' + s.info.version : '',
-      s.reason || ''].filter(Boolean).join(' · ')));
+      s.info && s.info.cpus ? `${s.info.cpus} CPUs` : '', s.reason || ''].filter(Boolean).join(' · ')));
 }
 
 function topQueries(r) {
@@ -525,6 +557,52 @@ function poolQueue(r) {
   const out = [];
   hops.forEach((hop, i) => { if (i) out.push(h('span', { class: 'arrow' }, '→')); out.push(hop); });
   return h('div', { class: 'path', id: 'pool-queue' }, out);
+}
+
+/** The pool queue over the range, as lanes on one time axis (the cursor
+ * moves through all of them): requests waiting in each pool, PgBouncer's
+ * longest wait, and how full the server's slots were. From the per-minute
+ * rollups, so a step is at least a minute. */
+async function poolTimeline(el, server, span, range) {
+  const ask = (metric, extra) => api(`metrics?metric=${metric}&${span}&${server}&group_by=pool${extra || ''}`);
+  const [waiting, longest, slots] = await Promise.all([
+    ask('pool_waiting'), ask('pool_max_wait_seconds'),
+    ask('pool_utilisation', '&matchers=' + encodeURIComponent('pool="slots"'))]);
+  const lanes = [
+    ['waiting for a connection', 'requests', waiting, 1],
+    ["PgBouncer's longest wait", 'seconds', longest, 1],
+    ['server slots used', '%', slots, 100],
+  ];
+  el.replaceChildren();
+  for (const [title, unit, r, scale] of lanes) {
+    const series = (r.series || []).map((s) => [
+      (s.labels && s.labels.pool) || '',
+      [s.points.map((p) => Date.parse(p.at) / 1000), s.points.map((p) => p.value * scale)]]);
+    const laneEl = h('div', { class: 'lane', 'data-lane': title });
+    el.append(laneEl);
+    if (!series.some(([, d]) => d[0].length)) {
+      laneEl.replaceChildren(h('p', { class: 'muted' }, `${title}: nothing reported in this range.`));
+      continue;
+    }
+    new uPlot({
+      width: Math.max(300, el.clientWidth || 800),
+      height: 120,
+      cursor: { sync: { key: 'pool-queue' } },
+      scales: {
+        x: { time: true, range: () => [range.start, range.end] },
+        // From zero: a share of the slots up to 100%, a count or a wait up
+        // to a little over its largest value.
+        y: { range: (u, min, max) => [0, unit === '%' ? 100 : Math.max(1, max * 1.1)] },
+      },
+      axes: [{}, { label: unit, size: 50 }],
+      series: [{}].concat(series.map(([label], i) => ({
+        label: `${title}: ${label}`,
+        stroke: PALETTE[i % PALETTE.length],
+        points: { show: true, size: 4 },
+        value: (u, v) => (v === null || v === undefined ? '–' : num(v, 1)),
+      }))),
+    }, uPlot.join(series.map(([, d]) => d)), laneEl);
+  }
 }
 
 function databases(r) {
