@@ -115,7 +115,7 @@ def main() -> None:
         s = f"/session/{session}"
         webdriver(base, "POST", s + "/timeouts", {"script": 60000, "pageLoad": 60000})
         shown = """
-            const done = arguments[0], want = arguments[1];
+            const want = arguments[0], done = arguments[arguments.length - 1];
             (function check() {
               const n = document.querySelectorAll('#fleet tr[data-server]').length;
               if (n >= want) done(performance.now()); else setTimeout(check, 5);
