@@ -154,6 +154,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         let mut stop = streams_rx.clone();
         crate::http::serve(
             listener,
+            config.tls.as_ref().map(|t| t.http.clone()),
             handle.clone(),
             query_service.clone(),
             tokens.clone(),

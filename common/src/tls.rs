@@ -1,8 +1,10 @@
-//! TLS on pgfleet's gRPC links (rustls, through tonic), configured by PEM file
-//! paths. The files are read when the settings are, so a missing or wrong file
-//! is named at start, not at the first connection.
+//! TLS on pgfleet's gRPC links (rustls, through tonic) and on the
+//! collector's HTTP port (rustls), configured by PEM file paths. The files
+//! are read when the settings are, so a missing or wrong file is named at
+//! start, not at the first connection.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
@@ -76,6 +78,10 @@ pub struct ServerTls {
     pub config: ServerTlsConfig,
     /// Whether clients must show a certificate.
     pub mutual: bool,
+    /// The same certificate for the HTTP port (HTTP/1.1). It asks no client
+    /// for a certificate: read tokens guard what it serves, and a browser
+    /// has none to show.
+    pub http: Arc<rustls::ServerConfig>,
 }
 
 impl ServerTls {
@@ -86,7 +92,7 @@ impl ServerTls {
         key: Option<&Path>,
         client_ca: Option<&Path>,
     ) -> Result<Option<ServerTls>, SettingsError> {
-        let Some(identity) = identity("tls_cert", "tls_key", cert, key)? else {
+        let Some((cert_pem, key_pem)) = pem_pair("tls_cert", "tls_key", cert, key)? else {
             if client_ca.is_some() {
                 return Err(SettingsError::Missing {
                     key: "tls_cert",
@@ -95,7 +101,8 @@ impl ServerTls {
             }
             return Ok(None);
         };
-        let mut config = ServerTlsConfig::new().identity(identity);
+        let http = http_config(&cert_pem, &key_pem)?;
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
         if let Some(ca) = client_ca {
             config =
                 config.client_ca_root(Certificate::from_pem(read_pem("tls_client_ca", ca, CERT)?));
@@ -103,8 +110,37 @@ impl ServerTls {
         Ok(Some(ServerTls {
             config,
             mutual: client_ca.is_some(),
+            http: Arc::new(http),
         }))
     }
+}
+
+/// rustls's server configuration for a certificate chain and its key
+/// (PEM), speaking HTTP/1.1.
+fn http_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ServerConfig, SettingsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |key: &'static str, what: String| SettingsError::Invalid { key, message: what };
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("tls_cert", format!("its certificates do not parse: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| invalid("tls_key", format!("its private key does not parse: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid("tls_cert", e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| {
+        invalid(
+            "tls_key",
+            format!("it does not go with the certificate of --tls-cert: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 const CERT: &str = "-----BEGIN CERTIFICATE-----";
@@ -117,9 +153,22 @@ fn identity(
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<Option<Identity>, SettingsError> {
+    Ok(pem_pair(cert_key, key_key, cert, key)?.map(|(c, k)| Identity::from_pem(c, k)))
+}
+
+/// The PEM of a certificate, and of its key.
+type PemPair = (Vec<u8>, Vec<u8>);
+
+/// The PEM of a certificate and of its key, both or neither.
+fn pem_pair(
+    cert_key: &'static str,
+    key_key: &'static str,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<PemPair>, SettingsError> {
     match (cert, key) {
         (None, None) => Ok(None),
-        (Some(cert), Some(key)) => Ok(Some(Identity::from_pem(
+        (Some(cert), Some(key)) => Ok(Some((
             read_pem(cert_key, cert, CERT)?,
             read_pem(key_key, key, PRIVATE_KEY)?,
         ))),

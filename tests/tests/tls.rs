@@ -1,9 +1,13 @@
 //! Fault test 5: TLS and mutual TLS on the collector's port, with certificates
 //! the test makes itself (rcgen). A plaintext client, a client that trusts
 //! another CA, and (with mutual TLS) a client without a certificate are all
-//! refused; a client with the right CA and certificate gets through.
+//! refused; a client with the right CA and certificate gets through. The
+//! HTTP port serves HTTPS with the same certificate, asking no client for
+//! one.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgfleet_agent::AgentConfig;
@@ -87,7 +91,68 @@ async fn collector(pki: &Pki, cluster: &TempCluster, mutual: bool) -> server::Co
         mutual.then_some(client_ca.as_path()),
     )
     .unwrap();
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
     server::start(config).await.unwrap()
+}
+
+/// GET `path` from the HTTP port at `addr` over TLS, as `localhost`,
+/// trusting the CA in the PEM file `ca`: the response's head and body.
+async fn https_get(addr: SocketAddr, ca: &Path, path: &str) -> Result<(String, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    // The server may close without TLS's close_notify once it has answered.
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+/// The HTTP port answers over TLS a client that trusts the fleet's CA
+/// (with no certificate of its own), and no one else.
+async fn https_only(pki: &Pki, collector: &server::Collector) {
+    let http = collector.http_addr.expect("an HTTP port");
+    let (head, body) = https_get(http, &pki.path("ca.pem"), "/healthz")
+        .await
+        .expect("HTTPS with the fleet's CA");
+    assert!(head.contains(" 200 ") && body == "ok\n", "{head}{body}");
+    let (head, _) = https_get(http, &pki.path("ca.pem"), "/api/v1/servers")
+        .await
+        .unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    let other = https_get(http, &pki.path("other-ca.pem"), "/healthz").await;
+    assert!(
+        other.as_ref().is_err_and(|e| e.contains("handshake")),
+        "a client that trusts another CA: {other:?}"
+    );
+    let plain = pgfleet_tests::http_get(&http.to_string(), "/healthz", None).await;
+    assert!(
+        plain.as_ref().is_err() || plain.as_ref().is_ok_and(|(h, _)| !h.contains(" 200 ")),
+        "plain HTTP was answered: {plain:?}"
+    );
 }
 
 /// Whether a Query call through `remote` is answered.
@@ -150,6 +215,7 @@ async fn mutual_tls_lets_in_only_clients_with_the_right_ca_and_certificate() {
         .servers;
     let ids: Vec<_> = servers.iter().map(|s| s.server_id.as_str()).collect();
     assert_eq!(ids, ["db-mtls"]);
+    https_only(&pki, &collector).await;
 
     agent.stop().await;
     collector.stop().await;
@@ -171,6 +237,7 @@ async fn tls_without_client_certificates_checks_the_server_only() {
             .is_err(),
         "a client that trusts another CA was let in"
     );
+    https_only(&pki, &collector).await;
     collector.stop().await;
     cluster.destroy().await;
 }
