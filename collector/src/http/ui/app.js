@@ -208,8 +208,9 @@ function bar(share) {
   return h('span', { class: 'bar', title: pct.toFixed(0) + '%' }, h('span', { style: `width:${pct}%` }));
 }
 
-const PALETTE = ['#2563eb', '#16a34a', '#dc2626', '#d97706', '#7c3aed', '#0891b2', '#db2777',
-  '#65a30d', '#ea580c', '#4f46e5', '#0d9488', '#9333ea', '#b45309', '#be123c', '#15803d',
+// CPU's green is its own: no other series is drawn in it.
+const PALETTE = ['#2563eb', '#c026d3', '#dc2626', '#d97706', '#7c3aed', '#0891b2', '#db2777',
+  '#65a30d', '#ea580c', '#4f46e5', '#0d9488', '#9333ea', '#b45309', '#be123c', '#78350f',
   '#1d4ed8', '#a16207', '#6d28d9', '#0e7490', '#9f1239'];
 const colour = (key, i) => key === 'CPU' ? '#16a34a' : key === 'other' ? '#9ca3af' : PALETTE[i % PALETTE.length];
 
