@@ -123,11 +123,15 @@ async fn sleeping_sessions_a_lock_chain_and_a_connecting_client_show_as_load_and
                 .await
         }));
     }
-    // A client that connects five times a second, runs a statement and
-    // stays a moment (idle) before it goes.
+    // A client that connects about five times a second, runs a statement
+    // and stays a moment (idle) before it goes. Not every 200 ms exactly:
+    // five of those make the agent's second, so each sample would fall at
+    // the same point of the churner's cycle, and in some runs that point was
+    // when none of its sessions was open (no sample ever saw one). At 190 ms,
+    // the samples move through the whole cycle every 4 s.
     let config = fleet.cluster.config("churner");
     let churner = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut tick = tokio::time::interval(Duration::from_millis(190));
         let mut opened = 0u32;
         let until = tokio::time::Instant::now() + Duration::from_secs(58);
         while tokio::time::Instant::now() < until {
