@@ -70,9 +70,12 @@ async fn show(
     let failed = |e: SandboxError| CliError::Failed(format!("demo: {e}"));
     eprintln!("Starting two throwaway PostgreSQL servers, a collector and their agents…");
     let labels = [("dc", "demo-dc1"), ("cluster", "demo")];
-    let fleet = parts
-        .fleet
-        .insert(Fleet::start(SERVER_ID, &labels).await.map_err(failed)?);
+    let cluster = with_statements().await.map_err(failed)?;
+    let fleet = parts.fleet.insert(
+        Fleet::start_on(cluster, SERVER_ID, &labels)
+            .await
+            .map_err(failed)?,
+    );
     let (url, port) = (fleet.url.clone(), fleet.cluster.port());
     eprintln!(
         "PostgreSQL on 127.0.0.1:{port} ({}); collector on {url}; the agent samples {SERVER_ID} every second.",
@@ -81,7 +84,7 @@ async fn show(
     let web = fleet.web().unwrap_or_default();
     eprintln!("The web UI is at {web} (open it in a browser).");
     parts.workload = Some(DemoWorkload::start(&fleet.cluster).await.map_err(failed)?);
-    let second = TempCluster::start().await.map_err(failed)?;
+    let second = with_statements().await.map_err(failed)?;
     let agent = fleet
         .start_agent(
             SECOND_ID,
@@ -135,6 +138,24 @@ async fn show(
         );
     }
     Ok(())
+}
+
+/// A demo server that keeps statement statistics, so that the top queries
+/// and the query pages show calls and times beside load. The extension is
+/// made before an agent watches the server (an agent that finds none looks
+/// again only ten minutes later).
+async fn with_statements() -> Result<TempCluster, SandboxError> {
+    let cluster =
+        TempCluster::start_with(&[("shared_preload_libraries", "pg_stat_statements")]).await?;
+    let client = cluster
+        .connect("demo-setup")
+        .await
+        .map_err(|e| SandboxError::Workload(pgfleet_common::error::chain(&e)))?;
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .await
+        .map_err(|e| SandboxError::Workload(pgfleet_common::error::chain(&e)))?;
+    Ok(cluster)
 }
 
 /// Ctrl-C, or the terminal closing (SIGHUP), or a polite kill (SIGTERM):

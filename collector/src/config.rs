@@ -32,7 +32,7 @@ pub struct CollectorArgs {
     /// The gRPC address to listen on (Ingest, Query, health, reflection) [default: 127.0.0.1:7600]
     #[arg(long, env = "PGFLEET_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Where Prometheus scrapes /metrics (and /healthz is), or "off" [default: 127.0.0.1:7601]
+    /// The HTTP address: /metrics for Prometheus, /healthz, the web UI and the JSON API (/api/v1), or "off" [default: 127.0.0.1:7601]
     #[arg(long, env = "PGFLEET_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
     /// Where the collector keeps its state [default: ./pgfleet-data]
@@ -47,7 +47,7 @@ pub struct CollectorArgs {
     /// A file of tokens, one per line, one of which a scrape of /metrics must present (/healthz stays open) [default: none, anyone may scrape]
     #[arg(long, env = "PGFLEET_METRICS_TOKEN_FILE", value_name = "FILE")]
     pub metrics_token_file: Option<PathBuf>,
-    /// The collector's certificate (PEM); with it, the gRPC port speaks TLS only [default: plaintext]
+    /// The collector's certificate (PEM); with it, the gRPC port and the HTTP port speak TLS only [default: plaintext]
     #[arg(long, env = "PGFLEET_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert
