@@ -454,3 +454,147 @@ async fn the_collector_holds_exactly_the_servers_sessions_through_churn() {
     drop(open);
     fleet.stop().await;
 }
+
+/// Every change of state a client session can make, each made between two
+/// samples (so the agent, which reads in full only sessions whose timestamps
+/// moved, must notice each one), and each seen by the collector: idle →
+/// active, active → idle, idle → idle in transaction, idle in transaction →
+/// active, active → idle in transaction (which moves neither query_start nor
+/// xact_start), idle in transaction → idle, idle in transaction → aborted,
+/// aborted → idle, and active → active with another query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_state_transition_between_two_samples_is_seen() {
+    let fleet = fleet_with("db-moves", &[]).await;
+    let client = fleet.client().await.unwrap();
+    let connect = |name: &'static str| {
+        let cluster = &fleet.cluster;
+        async move { cluster.connect(name).await.unwrap() }
+    };
+    let idle_active = connect("m-idle-active").await;
+    idle_active.simple_query("SELECT 1").await.unwrap();
+    let idle_xact = connect("m-idle-xact").await;
+    idle_xact.simple_query("SELECT 1").await.unwrap();
+    let xact_active = connect("m-xact-active").await;
+    xact_active.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let xact_idle = connect("m-xact-idle").await;
+    xact_idle.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let xact_aborted = connect("m-xact-aborted").await;
+    xact_aborted.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let aborted_idle = connect("m-aborted-idle").await;
+    aborted_idle.batch_execute("BEGIN").await.unwrap();
+    assert!(aborted_idle.simple_query("SELECT 1/0").await.is_err());
+    // Three sessions run a query that ends by itself, 6 s from now: time for
+    // the collector to see them active first.
+    let active_idle = connect("m-active-idle").await;
+    let active_idle = tokio::spawn(async move {
+        active_idle
+            .simple_query("SELECT pg_sleep(6)")
+            .await
+            .unwrap();
+        active_idle
+    });
+    let active_xact = connect("m-active-xact").await;
+    let active_xact = tokio::spawn(async move {
+        active_xact
+            .batch_execute("BEGIN; SELECT pg_sleep(6)")
+            .await
+            .unwrap();
+        active_xact
+    });
+    let active_active = connect("m-active-active").await;
+    let _active_active = tokio::spawn(async move {
+        active_active
+            .simple_query("SELECT pg_sleep(6)")
+            .await
+            .unwrap();
+        active_active
+            .simple_query("SELECT pg_sleep(60), 'next'")
+            .await
+    });
+
+    let states = |wanted: &'static [(&'static str, &'static str)]| {
+        let client = client.clone();
+        move || {
+            let mut c = client.clone();
+            async move {
+                let all = sessions(&mut c, "db-moves").await?;
+                let mut wrong = Vec::new();
+                for (app, state) in wanted {
+                    let s = by_app(&all, app)?;
+                    if s.state != *state {
+                        wrong.push(format!("{app} is {:?}, not {state:?}", s.state));
+                    }
+                }
+                if wrong.is_empty() {
+                    Ok(all)
+                } else {
+                    Err(wrong.join("; "))
+                }
+            }
+        }
+    };
+    wait_for(
+        "every session in its first state",
+        Duration::from_secs(4),
+        states(&[
+            ("m-idle-active", "idle"),
+            ("m-idle-xact", "idle"),
+            ("m-xact-active", "idle in transaction"),
+            ("m-xact-idle", "idle in transaction"),
+            ("m-xact-aborted", "idle in transaction"),
+            ("m-aborted-idle", "idle in transaction (aborted)"),
+            ("m-active-idle", "active"),
+            ("m-active-xact", "active"),
+            ("m-active-active", "active"),
+        ]),
+    )
+    .await;
+
+    // The changes, all at once.
+    let _idle_active =
+        tokio::spawn(async move { idle_active.simple_query("SELECT pg_sleep(60)").await });
+    idle_xact.batch_execute("BEGIN; SELECT 2").await.unwrap();
+    let _xact_active =
+        tokio::spawn(async move { xact_active.simple_query("SELECT pg_sleep(60)").await });
+    xact_idle.batch_execute("COMMIT").await.unwrap();
+    assert!(xact_aborted.simple_query("SELECT 1/0").await.is_err());
+    aborted_idle.batch_execute("ROLLBACK").await.unwrap();
+    let active_idle = active_idle.await.unwrap();
+    let active_xact = active_xact.await.unwrap();
+
+    let all = wait_for(
+        "every session in its new state",
+        Duration::from_secs(4),
+        states(&[
+            ("m-idle-active", "active"),
+            ("m-idle-xact", "idle in transaction"),
+            ("m-xact-active", "active"),
+            ("m-xact-idle", "idle"),
+            ("m-xact-aborted", "idle in transaction (aborted)"),
+            ("m-aborted-idle", "idle"),
+            ("m-active-idle", "idle"),
+            ("m-active-xact", "idle in transaction"),
+            ("m-active-active", "active"),
+        ]),
+    )
+    .await;
+    let wait = |app: &str| {
+        let s = by_app(&all, app).unwrap();
+        format!("{}:{}", s.wait_event_type, s.wait_event)
+    };
+    assert_eq!(wait("m-idle-active"), "Timeout:PgSleep");
+    assert_eq!(wait("m-active-xact"), "Client:ClientRead");
+    assert_eq!(wait("m-active-idle"), "Client:ClientRead");
+    let next = by_app(&all, "m-active-active").unwrap();
+    assert_eq!(next.query, "SELECT pg_sleep(?), ?");
+    // The state's age starts at the change, not at the query's start.
+    let changed = by_app(&all, "m-active-xact").unwrap();
+    let state_age = changed.state_age.unwrap_or_default();
+    let query_age = changed.query_age.unwrap_or_default();
+    assert!(
+        state_age.seconds < query_age.seconds - 2,
+        "state age {state_age:?}, query age {query_age:?}"
+    );
+    drop((active_idle, active_xact));
+    fleet.stop().await;
+}

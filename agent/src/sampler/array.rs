@@ -44,21 +44,45 @@ impl<'a> FromSql<'a> for PgArray<'a> {
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::INT4_ARRAY | Type::INT8_ARRAY | Type::TEXT_ARRAY)
+        matches!(
+            *ty,
+            Type::INT4_ARRAY
+                | Type::INT8_ARRAY
+                | Type::TEXT_ARRAY
+                | Type::OID_ARRAY
+                | Type::BOOL_ARRAY
+                | Type::TIMESTAMPTZ_ARRAY
+        )
     }
 }
 
 impl<'a> PgArray<'a> {
-    /// The elements' bytes; fewer than the array claims if it is cut short.
+    /// The elements' bytes (NULL as empty); fewer than the array claims if it
+    /// is cut short.
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        self.nullable().map(Option::unwrap_or_default)
+    }
+
+    /// The elements' bytes, None for NULL; fewer than the array claims if it
+    /// is cut short.
+    pub fn nullable(&self) -> impl Iterator<Item = Option<&'a [u8]>> + use<'a> {
         let mut rest = self.elements;
         (0..self.count).map_while(move |_| {
             let (len, tail) = rest.split_first_chunk::<4>()?;
-            let len = usize::try_from(i32::from_be_bytes(*len)).unwrap_or(0);
+            let len = i32::from_be_bytes(*len);
+            let Ok(len) = usize::try_from(len) else {
+                rest = tail;
+                return Some(None);
+            };
             let (element, tail) = tail.split_at(len.min(tail.len()));
             rest = tail;
-            Some(element)
+            Some(Some(element))
         })
+    }
+
+    /// How many elements it claims to have.
+    pub fn len(&self) -> usize {
+        self.count
     }
 
     /// All the bytes its elements take, as read.
@@ -75,6 +99,22 @@ pub fn int4(element: &[u8]) -> i32 {
 /// An int8 element; 0 if it is not one (NULL counters read as 0).
 pub fn int8(element: &[u8]) -> i64 {
     element.try_into().map_or(0, i64::from_be_bytes)
+}
+
+/// An oid element; 0 if it is not one.
+pub fn oid(element: &[u8]) -> u32 {
+    element.try_into().map_or(0, u32::from_be_bytes)
+}
+
+/// A bool element; false if it is not one.
+pub fn bool(element: &[u8]) -> bool {
+    element == [1]
+}
+
+/// A text element; "" if it is not UTF-8 (the server sends the client's
+/// encoding, which tokio-postgres sets to UTF-8).
+pub fn text(element: &[u8]) -> &str {
+    std::str::from_utf8(element).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -102,6 +142,24 @@ mod tests {
         let a = PgArray::from_sql(&Type::TEXT_ARRAY, &r).unwrap();
         let waits: Vec<&[u8]> = a.iter().collect();
         assert_eq!(waits, [&b"Timeout\x1fPgSleep"[..], b"", b""]);
+
+        let r = raw(&vec![Some("x"), None, Some("")], Type::TEXT_ARRAY);
+        let a = PgArray::from_sql(&Type::TEXT_ARRAY, &r).unwrap();
+        let texts: Vec<Option<&[u8]>> = a.nullable().collect();
+        assert_eq!(
+            texts,
+            [Some(&b"x"[..]), None, Some(b"")],
+            "NULL is not empty"
+        );
+        assert_eq!(a.len(), 3);
+
+        let r = raw(&vec![true, false], Type::BOOL_ARRAY);
+        let a = PgArray::from_sql(&Type::BOOL_ARRAY, &r).unwrap();
+        assert_eq!(a.iter().map(bool).collect::<Vec<_>>(), [true, false]);
+
+        let r = raw(&vec![16_384u32, 10], Type::OID_ARRAY);
+        let a = PgArray::from_sql(&Type::OID_ARRAY, &r).unwrap();
+        assert_eq!(a.iter().map(oid).collect::<Vec<_>>(), [16_384, 10]);
 
         let r = raw(&Vec::<i32>::new(), Type::INT4_ARRAY);
         assert_eq!(

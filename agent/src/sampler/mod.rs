@@ -3,6 +3,7 @@
 pub mod activity;
 mod array;
 pub mod database;
+mod names;
 pub mod pgbouncer;
 pub mod query_text;
 mod run;

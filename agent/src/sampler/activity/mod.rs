@@ -11,11 +11,12 @@ use pgfleet_proto::v1;
 mod rows;
 mod slots;
 
-use rows::{details_of, micros, nothing_new};
+use rows::{details, details_of, nothing_new};
 use slots::SlotCounter;
 
 use super::array::{self, PgArray};
 use super::database::{self, CounterRow};
+use super::names::Names;
 use super::query_text::QueryText;
 use crate::config::Databases;
 use crate::target::APPLICATION_NAME;
@@ -31,25 +32,29 @@ pub const MIN_VERSION_NUM: u32 = 100000;
 /// pg_stat_database, written for the server's version: `leader_pid` exists from
 /// 13 and `query_id` from 14, and older servers get NULL in their place. It runs
 /// in autocommit, so each sample sees a fresh statistics snapshot (every part
-/// of the statement reads the same one). One statement rather than three means
-/// one result, which arrives at once: on a small machine each wake of the agent
-/// costs about as much as reading a hundred sessions.
+/// of the statement reads the same one).
 ///
-/// Most sessions look the same from one second to the next, and every change but
-/// a wait moves one of their timestamps. So the statement returns:
-/// - a first row that lists the sessions that did not change compactly, by pid
-///   and wait, for the agent to update what it holds (a pid is enough: a
-///   session that took the pid of one that ended started after the previous
-///   read, so it comes with its details), then the server's clock, its facts
-///   and the databases' counters (`SUMMARY_*` say where);
-/// - then a row of details for each session whose timestamps are newer than
-///   `$2` (the previous read, less a margin), or that waits on a Lock (then
-///   pg_blocking_pids names its blockers); the query text, the longest column,
-///   only when a new query began.
+/// What it costs the watched server comes first. So it reads
+/// `pg_stat_get_activity(NULL)` once, and returns one row:
+/// - Most sessions look the same from one second to the next, and every change
+///   but a wait moves one of their timestamps. The sessions that did not
+///   change come compactly, by pid and wait, for the agent to update what it
+///   holds (a pid is enough: a session that took the pid of one that ended
+///   started after the previous read, so it comes with its details).
+/// - The details of each session whose timestamps are newer than `$2` (the
+///   previous read, less a margin), or that waits on a Lock (then
+///   pg_blocking_pids names its blockers), come as a column each: an array
+///   with an element per session. The query text, the longest column, comes
+///   only when a new query began. Databases and roles come as oids, which the
+///   agent names from a cache (`sampler::names`).
+/// - Then the server's clock, its facts and the databases' counters.
 ///
-/// The aggregate comes first so that the server reads everything before it
-/// writes anything: the result then arrives in one burst, and the agent wakes
-/// once for it rather than for each buffer the server fills on the way.
+/// One row rather than a row per changed session, and no view: the view
+/// joins every session to pg_database and pg_authid, and a row per session
+/// went through a materialized table and a union. Measured against the
+/// statement before (one row per changed session, from the view) at 1,000
+/// sessions, the server's CPU per read fell by about a third (BENCHMARKS.md).
+/// Nothing is sorted on the server either: the agent sorts by pid.
 ///
 /// `own` marks the agent's own sessions (this one, and those with its
 /// application_name and role), which count for the slots but are not reported.
@@ -67,64 +72,68 @@ pub fn activity_sql(version_num: u32) -> String {
     let facts = database::facts_columns!();
     let databases_cte = database::DATABASES_CTE;
     let databases = database::DATABASES_COLUMNS;
+    let detail = |column: &str| format!("array_agg({column}) FILTER (WHERE detailed)");
+    let details = [
+        "pid",
+        "backend_start",
+        "coalesce(pid = pg_backend_pid()
+                  OR (application_name = $1
+                      AND usesysid = (SELECT oid FROM pg_roles WHERE rolname = current_user)),
+                  false)",
+        "wait_event_type",
+        "wait_event",
+        "CASE WHEN wait_event_type = 'Lock' THEN array_to_string(pg_blocking_pids(pid), ',') END",
+        "datid",
+        "usesysid",
+        "application_name",
+        "host(client_addr)",
+        "client_port",
+        "state",
+        "xact_start",
+        "query_start",
+        "state_change",
+        "CASE WHEN query_start IS NULL OR query_start >= $2 OR backend_start >= $2
+              THEN query END",
+        "backend_type",
+        leader_pid,
+        query_id,
+    ];
+    debug_assert_eq!(details.len(), rows::DETAIL_COLUMNS);
+    let details = details.map(detail).join(",\n       ");
     format!(
-        "WITH s AS (
+        "WITH a AS (
   SELECT *, coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
                      OR query_start >= $2 OR state_change >= $2
                      OR wait_event_type = 'Lock', false) AS detailed
-    FROM pg_stat_activity),
-a AS MATERIALIZED (
-  SELECT pid, backend_start, detailed,
-         coalesce(pid = pg_backend_pid()
-                  OR (application_name = $1 AND usename = current_user), false) AS own,
-         wait_event_type, wait_event,
-         CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) END AS blocked_by,
-         CASE WHEN detailed THEN datname END AS datname,
-         CASE WHEN detailed THEN usename END AS usename,
-         CASE WHEN detailed THEN application_name END AS application_name,
-         CASE WHEN detailed THEN host(client_addr) END AS client_host,
-         CASE WHEN detailed THEN client_port END AS client_port,
-         CASE WHEN detailed THEN state END AS state,
-         xact_start, query_start, state_change,
-         CASE WHEN query_start IS NULL OR query_start >= $2 OR backend_start >= $2
-              THEN query END AS query,
-         CASE WHEN detailed THEN backend_type END AS backend_type,
-         CASE WHEN detailed THEN {leader_pid} END AS leader_pid,
-         CASE WHEN detailed THEN {query_id} END AS query_id
-    FROM s),
+    FROM pg_stat_get_activity(NULL) OFFSET 0),
 {databases_cte}
-SELECT NULL::int, NULL::timestamptz, NULL::bool, NULL::text, NULL::text, NULL::int[],
-       NULL::name, NULL::name, NULL::text, NULL::text, NULL::int, NULL::text,
-       NULL::timestamptz, NULL::timestamptz, NULL::timestamptz, NULL::text, NULL::text,
-       NULL::int, NULL::bigint,
-       array_agg(pid ORDER BY pid),
-       array_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, '')
-                 ORDER BY pid),
+SELECT array_agg(pid) FILTER (WHERE NOT detailed),
+       array_agg(coalesce(wait_event_type, '') || chr(31) || coalesce(wait_event, ''))
+         FILTER (WHERE NOT detailed),
+       {details},
        now(),
        {facts},
        {databases}
-  FROM a WHERE NOT detailed
-UNION ALL
-SELECT pid, backend_start, own, wait_event_type, wait_event, blocked_by,
-       datname, usename, application_name, client_host, client_port, state,
-       xact_start, query_start, state_change, query, backend_type, leader_pid, query_id,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-  FROM a WHERE detailed"
+  FROM a"
     )
 }
 
-/// Where the first row has the server's clock, facts, and database counters.
-const SUMMARY_NOW: usize = 21;
-const SUMMARY_FACTS: usize = 22;
+/// Where the row has the server's clock, facts, and database counters.
+const SUMMARY_NOW: usize = rows::FIRST_DETAIL + rows::DETAIL_COLUMNS;
+const SUMMARY_FACTS: usize = SUMMARY_NOW + 1;
 const SUMMARY_DATABASES: usize = SUMMARY_FACTS + database::FACTS_COLUMNS;
 
 /// How far before the previous read a change must have happened to be taken as
 /// seen: covers a backend that took its timestamp just before the previous read
-/// and published its change just after.
-const CHANGE_MARGIN: Duration = Duration::from_secs(2);
+/// and published its change just after (microseconds, unless the backend is
+/// descheduled in between). Each change is read in full about 1 + margin /
+/// interval times, so the margin is short; the whole reads below mend what a
+/// longer delay would miss.
+const CHANGE_MARGIN: Duration = Duration::from_millis(500);
 
 /// A read lists every session at least this often, even when its consumer has
-/// every earlier one, so that anything lost on the way mends itself.
+/// every earlier one, so that anything lost on the way mends itself; such a
+/// read also reads every session's details from the server again.
 pub const WHOLE_EVERY: u32 = crate::encode::KEYFRAME_EVERY;
 
 /// One read of pg_stat_activity.
@@ -168,6 +177,8 @@ pub struct ActivityCache {
     /// One copy of each short string (names, types, waits) that sessions share,
     /// so equal strings are the same allocation and compare by address.
     strings: Interner,
+    /// The names of the databases and roles that sessions connect to and as.
+    names: Names,
 }
 
 /// The most strings the interner holds before it starts afresh.
@@ -243,8 +254,6 @@ impl ActivityCache {
 pub enum ReadError {
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("the sample's statement returned no row")]
-    NoSummary,
 }
 
 /// What one read of the server gives.
@@ -277,11 +286,9 @@ pub async fn read_server(
     let statement = client.prepare_cached(sql).await?;
     let since = cache.since.unwrap_or(SystemTime::UNIX_EPOCH);
     let names = database::databases_param(databases);
-    let rows = client
-        .query(&statement, &[&APPLICATION_NAME, &since, &names])
+    let summary = client
+        .query_one(&statement, &[&APPLICATION_NAME, &since, &names])
         .await?;
-    // The first row is the compact list (an aggregate always returns a row).
-    let (summary, details) = rows.split_first().ok_or(ReadError::NoSummary)?;
     let whole = match cache.since_whole {
         Some(n) if n + 1 < WHOLE_EVERY => {
             cache.since_whole = Some(n + 1);
@@ -293,27 +300,32 @@ pub async fn read_server(
         }
     };
     // Three lists in pid order: the sessions known, the details read, and the
-    // compact list (which the statement sorts). One pass over the three, in
-    // step, updates what is known: memory is read in order, and nothing is
-    // looked up.
-    let mut details = details
-        .iter()
-        .map(|row| Ok((row.try_get::<_, i32>(0)?, row)))
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    details.sort_unstable_by_key(|&(pid, _)| pid);
+    // compact list (both sorted here, not by the server). One pass over the
+    // three, in step, updates what is known: memory is read in order, and
+    // nothing is looked up.
+    let details = details(&summary)?;
+    if whole {
+        // A database or role renamed since is named anew.
+        cache.names = Names::default();
+    }
+    cache
+        .names
+        .resolve(client, details.iter().map(|d| (d.datid, d.userid)))
+        .await?;
     let mut details = details.into_iter().peekable();
-    let facts = database::read_facts(client, summary, SUMMARY_FACTS, identity).await?;
-    let counters = database::read_counters(summary, SUMMARY_DATABASES)?;
+    let facts = database::read_facts(client, &summary, SUMMARY_FACTS, identity).await?;
+    let counters = database::read_counters(&summary, SUMMARY_DATABASES)?;
     let array = |i: usize| -> Result<PgArray, tokio_postgres::Error> {
         Ok(summary
             .try_get::<_, Option<PgArray>>(i)?
             .unwrap_or(PgArray::EMPTY))
     };
-    let (pids, waits) = (array(19)?, array(20)?);
+    let (pids, waits) = (array(0)?, array(1)?);
     let read_at: Option<SystemTime> = summary.try_get(SUMMARY_NOW)?;
-    let mut unchanged = pids.iter().map(array::int4).peekable();
     let list = waits.bytes();
-    let mut waits = waits.iter();
+    let mut compact: Vec<(i32, &[u8])> = pids.iter().map(array::int4).zip(waits.iter()).collect();
+    compact.sort_unstable_by_key(|&(pid, _)| pid);
+    let mut unchanged = compact.into_iter().peekable();
     let mut complete = true;
     let mut changed = Vec::new();
     let mut removed = Vec::new();
@@ -325,9 +337,9 @@ pub async fn read_server(
         let mut known = known.drain(..).peekable();
         loop {
             let pid = match (details.peek(), unchanged.peek()) {
-                (Some(&(a, _)), Some(&b)) => a.min(b),
-                (Some(&(a, _)), None) => a,
-                (None, Some(&b)) => b,
+                (Some(a), Some(&(b, _))) => a.pid.min(b),
+                (Some(a), None) => a.pid,
+                (None, Some(&(b, _))) => b,
                 (None, None) => break,
             };
             // Known sessions that the read skipped have ended.
@@ -335,15 +347,15 @@ pub async fn read_server(
                 cache.slots.ended(k, &mut removed);
             }
             let before = known.next_if(|k| k.pid == pid);
-            if let Some((_, row)) = details.next_if(|&(p, _)| p == pid) {
-                let start = micros(row, 1)?.unwrap_or(0);
+            if let Some(d) = details.next_if(|d| d.pid == pid) {
+                let start = d.backend_start_us.unwrap_or(0);
                 let before = match before {
                     Some(b) if b.session.backend_start_us != start => {
                         // Another session had this pid, and has ended.
                         cache.slots.ended(b, &mut removed);
                         None
                     }
-                    Some(mut b) if nothing_new(row, &b)? => {
+                    Some(mut b) if nothing_new(&d, &b) => {
                         b.wait = None;
                         next.push(b);
                         continue;
@@ -358,7 +370,7 @@ pub async fn read_server(
                     Some(b) => (!b.own, Arc::as_ptr(&b.session)),
                     None => (false, std::ptr::null()),
                 };
-                let k = details_of(row, (pid, start), before, mode, &mut cache.strings)?;
+                let k = details_of(&d, start, before, mode, &mut cache.strings, &cache.names);
                 cache.slots.add(&k.session);
                 let same = was_reported && std::ptr::eq(prior, Arc::as_ptr(&k.session));
                 if !k.own && !same {
@@ -367,8 +379,7 @@ pub async fn read_server(
                     removed.push(k.session.key());
                 }
                 next.push(k);
-            } else if unchanged.next_if_eq(&pid).is_some() {
-                let wait = waits.next().unwrap_or_default();
+            } else if let Some((_, wait)) = unchanged.next_if(|&(p, _)| p == pid) {
                 let Some(mut k) = before else {
                     // Unchanged, yet not known: cannot happen unless the cache
                     // was lost. Read every detail again next time.
@@ -409,8 +420,11 @@ pub async fn read_server(
     cache.waits.clear();
     cache.waits.extend_from_slice(list);
     // The next read asks only for what changed since this one (the server's
-    // clock, at the start of the read).
-    cache.since = read_at.filter(|_| complete).map(|at| at - CHANGE_MARGIN);
+    // clock, at the start of the read), unless it is a whole one.
+    let next_whole = cache.since_whole.is_none_or(|n| n + 1 >= WHOLE_EVERY);
+    cache.since = read_at
+        .filter(|_| complete && !next_whole)
+        .map(|at| at - CHANGE_MARGIN);
     let (sessions, removed) = if whole {
         let all = cache.sessions.iter().filter(|k| !k.own);
         (all.map(|k| k.session.clone()).collect(), None)
@@ -436,14 +450,19 @@ mod tests {
     #[test]
     fn the_query_asks_only_for_columns_the_version_has() {
         let v12 = activity_sql(120017);
-        assert!(v12.contains("THEN NULL::int END AS leader_pid"), "{v12}");
-        assert!(v12.contains("THEN NULL::bigint END AS query_id"), "{v12}");
+        assert!(v12.contains("array_agg(NULL::int) FILTER"), "{v12}");
+        assert!(v12.contains("array_agg(NULL::bigint) FILTER"), "{v12}");
         let v13 = activity_sql(130013);
-        assert!(v13.contains("THEN leader_pid END AS leader_pid"), "{v13}");
-        assert!(v13.contains("THEN NULL::bigint END AS query_id"), "{v13}");
+        assert!(v13.contains("array_agg(leader_pid) FILTER"), "{v13}");
+        assert!(v13.contains("array_agg(NULL::bigint) FILTER"), "{v13}");
         let v15 = activity_sql(150018);
-        assert!(v15.contains("THEN leader_pid END AS leader_pid"), "{v15}");
-        assert!(v15.contains("THEN query_id END AS query_id"), "{v15}");
+        assert!(v15.contains("array_agg(leader_pid) FILTER"), "{v15}");
+        assert!(v15.contains("array_agg(query_id) FILTER"), "{v15}");
+        assert_eq!(
+            v15.matches("FILTER (WHERE detailed)").count(),
+            rows::DETAIL_COLUMNS,
+            "{v15}"
+        );
     }
 
     #[test]

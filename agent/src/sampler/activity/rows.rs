@@ -1,94 +1,152 @@
-//! Reading one row of the activity statement: timestamps in PostgreSQL's
-//! binary form, strings shared with the session before, and a changed
-//! session's details.
+//! Reading the activity statement's one row: the changed sessions' details,
+//! a column each (an array with an element per session), read in place.
 
 use std::sync::Arc;
 
 use pgfleet_proto::model::{Session, SessionState};
 use tokio_postgres::Row;
-use tokio_postgres::types::{FromSql, Type};
 
+use super::super::array::{self, PgArray};
+use super::super::names::Names;
 use super::super::query_text::{self, QueryText};
 use super::{INSUFFICIENT_PRIVILEGE, Interner, Known};
-
-/// A timestamptz as microseconds since the Unix epoch, read straight from
-/// PostgreSQL's binary form (microseconds since 2000-01-01), with no detour
-/// through `SystemTime`.
-pub(super) struct PgMicros(i64);
 
 /// 2000-01-01 in microseconds since the Unix epoch.
 pub(super) const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
-impl<'a> FromSql<'a> for PgMicros {
-    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        let pg = i64::from_be_bytes(raw.try_into()?);
-        Ok(PgMicros(pg.saturating_add(PG_EPOCH_US)))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TIMESTAMPTZ
-    }
+/// A timestamptz element (PostgreSQL's binary form: microseconds since
+/// 2000-01-01) in microseconds since the Unix epoch; None for NULL.
+pub(super) fn micros(element: Option<&[u8]>) -> Option<i64> {
+    let raw: [u8; 8] = element?.try_into().ok()?;
+    Some(i64::from_be_bytes(raw).saturating_add(PG_EPOCH_US))
 }
 
-/// Column `i`, a timestamptz, in microseconds since the Unix epoch.
-pub(super) fn micros(row: &Row, i: usize) -> Result<Option<i64>, tokio_postgres::Error> {
-    Ok(row.try_get::<_, Option<PgMicros>>(i)?.map(|m| m.0))
+/// The first column of the details, and how many there are.
+pub(super) const FIRST_DETAIL: usize = 2;
+pub(super) const DETAIL_COLUMNS: usize = 19;
+
+/// One changed session's details, borrowed from the row.
+#[derive(Debug)]
+pub(super) struct Detail<'a> {
+    pub pid: i32,
+    pub backend_start_us: Option<i64>,
+    pub own: bool,
+    pub wait_event_type: &'a str,
+    pub wait_event: &'a str,
+    /// The pids that block it, as "1,2" (only for Lock waits).
+    pub blocked_by: &'a str,
+    pub datid: u32,
+    pub userid: u32,
+    pub application_name: &'a str,
+    pub client_host: Option<&'a str>,
+    pub client_port: Option<i32>,
+    pub state: Option<&'a str>,
+    pub xact_start_us: Option<i64>,
+    pub query_start_us: Option<i64>,
+    pub state_change_us: Option<i64>,
+    /// None when the query did not change (then it is not sent).
+    pub query: Option<&'a str>,
+    pub backend_type: &'a str,
+    pub leader_pid: Option<i32>,
+    pub query_id: Option<i64>,
 }
 
-/// `now`, shared with `before` when it has the same text.
-pub(super) fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
-    match before {
-        Some(b) if b.as_ref() == now => b.clone(),
-        _ => Arc::from(now),
+/// The details in `row` (see [`super::activity_sql`]), in pid order.
+pub(super) fn details(row: &Row) -> Result<Vec<Detail<'_>>, tokio_postgres::Error> {
+    let mut columns = Vec::with_capacity(DETAIL_COLUMNS);
+    for i in FIRST_DETAIL..FIRST_DETAIL + DETAIL_COLUMNS {
+        let a = row
+            .try_get::<_, Option<PgArray>>(i)?
+            .unwrap_or(PgArray::EMPTY);
+        columns.push(a);
     }
+    let count = columns[0].len();
+    let mut cells: Vec<_> = columns.iter().map(|c| c.nullable()).collect();
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut next = cells.iter_mut().map(|c| c.next().flatten());
+        let mut cell = move || next.next().flatten();
+        let d = Detail {
+            pid: array::int4(cell().unwrap_or_default()),
+            backend_start_us: micros(cell()),
+            own: cell().is_some_and(array::bool),
+            wait_event_type: text(cell()).unwrap_or(""),
+            wait_event: text(cell()).unwrap_or(""),
+            blocked_by: text(cell()).unwrap_or(""),
+            datid: cell().map_or(0, array::oid),
+            userid: cell().map_or(0, array::oid),
+            application_name: text(cell()).unwrap_or(""),
+            client_host: text(cell()),
+            client_port: int4(cell()),
+            state: text(cell()),
+            xact_start_us: micros(cell()),
+            query_start_us: micros(cell()),
+            state_change_us: micros(cell()),
+            query: text(cell()),
+            backend_type: text(cell()).unwrap_or(""),
+            leader_pid: int4(cell()),
+            query_id: cell().map(array::int8),
+        };
+        out.push(d);
+    }
+    out.sort_unstable_by_key(|d| d.pid);
+    Ok(out)
 }
 
-/// Whether a row of details says nothing new about a known session: most
+fn text(element: Option<&[u8]>) -> Option<&str> {
+    element.map(array::text)
+}
+
+fn int4(element: Option<&[u8]>) -> Option<i32> {
+    element.map(array::int4)
+}
+
+/// The pids in "1,2,3".
+fn pids(list: &str) -> Vec<i32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Whether a session's details say nothing new about a known session: most
 /// details are read again only because their change fell within the margin.
 /// Checks what a change moves (timestamps, state, wait, blockers, query),
 /// building nothing.
-pub(super) fn nothing_new(row: &Row, k: &Known) -> Result<bool, tokio_postgres::Error> {
+pub(super) fn nothing_new(d: &Detail, k: &Known) -> bool {
     let s = &k.session;
     let state = match s.state {
         SessionState::NotVisible => SessionState::NotVisible,
-        _ => SessionState::from_pg(row.try_get(11)?),
+        _ => SessionState::from_pg(d.state),
     };
-    Ok(micros(row, 14)? == s.state_change_us
-        && micros(row, 13)? == s.query_start_us
-        && micros(row, 12)? == s.xact_start_us
+    d.state_change_us == s.state_change_us
+        && d.query_start_us == s.query_start_us
+        && d.xact_start_us == s.xact_start_us
         && state == s.state
-        && row.try_get::<_, Option<bool>>(2)?.unwrap_or(false) == k.own
-        && row.try_get::<_, Option<&str>>(3)?.unwrap_or("") == &*s.wait_event_type
-        && row.try_get::<_, Option<&str>>(4)?.unwrap_or("") == &*s.wait_event
-        && row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default() == s.blocked_by
-        && row
-            .try_get::<_, Option<&str>>(15)?
-            .is_none_or(|q| q == &*k.raw_query))
+        && d.own == k.own
+        && d.wait_event_type == &*s.wait_event_type
+        && d.wait_event == &*s.wait_event
+        && pids(d.blocked_by) == s.blocked_by
+        && d.query.is_none_or(|q| q == &*k.raw_query)
 }
 
-/// One row of details as a session, taking what did not change from `before`.
+/// One session's details as a session, taking what did not change from
+/// `before`; `names` knows its database and role.
 pub(super) fn details_of(
-    row: &Row,
-    (pid, backend_start_us): (i32, i64),
+    d: &Detail,
+    backend_start_us: i64,
     before: Option<Known>,
     mode: QueryText,
     strings: &mut Interner,
-) -> Result<Known, tokio_postgres::Error> {
-    let own = row.try_get::<_, Option<bool>>(2)?.unwrap_or(false);
+    names: &Names,
+) -> Known {
     let b = before.as_ref().map(|k| k.session.as_ref());
-    let mut text = |i: usize| -> Result<Arc<str>, tokio_postgres::Error> {
-        Ok(strings.get(row.try_get::<_, Option<&str>>(i)?.unwrap_or("")))
-    };
-    let client_host: Option<&str> = row.try_get(9)?;
-    let client_port: Option<i32> = row.try_get(10)?;
-    let client = match (client_host, client_port) {
+    let client = match (d.client_host, d.client_port) {
         (Some(host), Some(port)) if host.contains(':') => format!("[{host}]:{port}"),
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
         (None, _) => String::new(),
     };
-    let state: Option<&str> = row.try_get(11)?;
-    let (raw, query, fingerprint) = match (row.try_get::<_, Option<&str>>(15)?, &before) {
+    let (raw, query, fingerprint) = match (d.query, &before) {
         (None, Some(k)) => (
             k.raw_query.clone(),
             k.session.query.clone(),
@@ -108,26 +166,26 @@ pub(super) fn details_of(
     let (state, query, fingerprint) = if raw.as_ref() == INSUFFICIENT_PRIVILEGE {
         (SessionState::NotVisible, Arc::from(""), 0)
     } else {
-        (SessionState::from_pg(state), query, fingerprint)
+        (SessionState::from_pg(d.state), query, fingerprint)
     };
     let session = Session {
-        pid,
+        pid: d.pid,
         backend_start_us,
-        database: text(6)?,
-        user: text(7)?,
-        application_name: text(8)?,
+        database: names.database(d.datid),
+        user: names.role(d.userid),
+        application_name: strings.get(d.application_name),
         client: shared(b.map(|s| &s.client), &client),
         state,
-        xact_start_us: micros(row, 12)?,
-        query_start_us: micros(row, 13)?,
-        state_change_us: micros(row, 14)?,
-        wait_event_type: text(3)?,
-        wait_event: text(4)?,
+        xact_start_us: d.xact_start_us,
+        query_start_us: d.query_start_us,
+        state_change_us: d.state_change_us,
+        wait_event_type: strings.get(d.wait_event_type),
+        wait_event: strings.get(d.wait_event),
         query,
-        backend_type: text(16)?,
-        blocked_by: row.try_get::<_, Option<Vec<i32>>>(5)?.unwrap_or_default(),
-        leader_pid: row.try_get(17)?,
-        query_id: row.try_get::<_, Option<i64>>(18)?.filter(|&id| id != 0),
+        backend_type: strings.get(d.backend_type),
+        blocked_by: pids(d.blocked_by),
+        leader_pid: d.leader_pid,
+        query_id: d.query_id.filter(|&id| id != 0),
         fingerprint,
     };
     // Unchanged after all (a timestamp moved within the margin): keep sharing.
@@ -135,13 +193,21 @@ pub(super) fn details_of(
         Some(k) if *k.session == session => k.session,
         _ => Arc::new(session),
     };
-    Ok(Known {
-        pid,
-        own,
+    Known {
+        pid: d.pid,
+        own: d.own,
         wait: None,
         session,
         raw_query: raw,
-    })
+    }
+}
+
+/// `now`, shared with `before` when it has the same text.
+fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
+    match before {
+        Some(b) if b.as_ref() == now => b.clone(),
+        _ => Arc::from(now),
+    }
 }
 
 #[cfg(test)]
@@ -150,14 +216,18 @@ mod tests {
 
     #[test]
     fn timestamps_read_as_unix_microseconds() {
-        let at = |pg: i64| {
-            PgMicros::from_sql(&Type::TIMESTAMPTZ, &pg.to_be_bytes())
-                .unwrap()
-                .0
-        };
+        let at = |pg: i64| micros(Some(&pg.to_be_bytes())).unwrap();
         assert_eq!(at(0), 946_684_800_000_000, "2000-01-01");
         assert_eq!(at(1_000_001), 946_684_801_000_001);
         assert_eq!(at(i64::MAX), i64::MAX, "infinity stays infinite");
-        assert!(PgMicros::from_sql(&Type::TIMESTAMPTZ, &[1, 2]).is_err());
+        assert_eq!(micros(Some(&[1, 2])), None);
+        assert_eq!(micros(None), None);
+    }
+
+    #[test]
+    fn blockers_read_from_their_list() {
+        assert_eq!(pids("12,7"), [12, 7]);
+        assert_eq!(pids(""), Vec::<i32>::new());
+        assert_eq!(pids("3"), [3]);
     }
 }

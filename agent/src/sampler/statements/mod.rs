@@ -22,7 +22,6 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 pub mod delta;
-mod names;
 mod reader;
 pub mod sql;
 mod texts;

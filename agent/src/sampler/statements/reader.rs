@@ -6,8 +6,8 @@ use std::time::Duration;
 use pgfleet_proto::v1;
 use tracing::{info, warn};
 
+use super::super::names::Names;
 use super::delta::{self, Counters, Increments, Read, Tracker};
-use super::names::Names;
 use super::sql::{self, CounterRow, Extension, Ready};
 use super::texts::Texts;
 use super::{MAX_ONE_TEXT, MAX_STATEMENTS, Missing, RECHECK, ReadError, chain, read_error};
@@ -238,15 +238,15 @@ impl Statements {
         let (top, other) = delta::top(increments.entries.clone(), MAX_STATEMENTS);
         let texts = self.texts.read(client, ready, &top).await?;
         self.names
-            .resolve(client, &top)
+            .resolve(client, top.iter().map(|(k, _)| (k.dbid, k.userid)))
             .await
             .map_err(|e| ReadError::Other(chain(&e)))?;
         let statements = top
             .iter()
             .map(|(key, c)| v1::StatementDelta {
                 query_id: key.query_id,
-                database: self.names.database(key.dbid),
-                user: self.names.role(key.userid),
+                database: self.names.database(key.dbid).to_string(),
+                user: self.names.role(key.userid).to_string(),
                 query: texts.get(&key.query_id).cloned().unwrap_or_default(),
                 query_fingerprint: self.texts.fingerprint(key.query_id),
                 ..wire_counters(c)

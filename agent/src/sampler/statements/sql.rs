@@ -18,12 +18,6 @@ SELECT current_database()::text,
        (SELECT extnamespace::regnamespace::text FROM pg_extension
          WHERE extname = 'pg_stat_statements')";
 
-/// The names of databases and roles, by oid (a statement's dbid and userid).
-pub const NAMES_SQL: &str = "\
-SELECT false, oid, datname::text FROM pg_database
-UNION ALL
-SELECT true, oid, rolname::text FROM pg_roles";
-
 /// The extension as installed in the connected database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Extension {
@@ -60,7 +54,7 @@ impl Extension {
     /// sending each one's counters is most of what a read costs beyond
     /// pg_stat_statements' own scan. Nothing is joined either: dbid and
     /// userid come as oids, which the agent names from a cache (see
-    /// [`NAMES_SQL`]).
+    /// `sampler::names`).
     ///
     /// With pg_stat_statements_info, its one row comes first, told by a NULL
     /// queryid: `calls` holds dealloc, `rows` stats_reset in microseconds

@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""What watching a server costs, against how many sessions it has: pgfleet-agent
+beside the origin article's way (SQLAlchemy polling pg_stat_activity), over the
+Unix socket and over TCP, against the same server in the same run.
+
+For each number of sessions (250, 1,000, 2,000 and 4,000 by default), this script:
+
+1. starts a throwaway PostgreSQL 15 and fills it with that many client sessions,
+   each running `SELECT pg_sleep(…)` for 5–15 s at a time (so about a tenth of
+   them start a query each second: 100 a second at 1,000 sessions);
+2. for each transport, measures one after the other over the same window
+   (30 samples by default):
+   - pgfleet-agent (release build) sampling every second and streaming to a real
+     pgfleet-collector: CPU per sample of the agent and of its PostgreSQL backend;
+   - with --baseline-agent, an older agent binary the same way, for a before and
+     after in one run;
+   - SQLAlchemy 2.x polling `SELECT * FROM pg_stat_activity` every second and
+     fetching every row, with `engine.pool.status()`: the Python process and its
+     backend;
+3. writes the figures, a chart (bench/watch_cost.svg and, when Chromium is
+   there to draw it, bench/watch_cost.png) and the command to BENCHMARKS.md.
+
+CPU is read from /proc/<pid>/task/*/schedstat at the start and end of the
+window (see agent_overhead.py).
+
+Usage: python3 bench/watch_cost.py [--sessions 250,1000,2000,4000] [--samples 30]
+       [--transports unix,tcp] [--baseline-agent PATH]
+Needs: PostgreSQL 15 server binaries, pgbench, python3 with sqlalchemy and psycopg2
+(pip install -r bench/requirements.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import agent_overhead as ao
+from report import write_section
+
+ROOT = ao.ROOT
+log = ao.log
+
+
+def measure_agent(cluster: ao.Cluster, binary: Path, samples: int) -> dict:
+    collector_port = ao.free_port()
+    data_dir = tempfile.mkdtemp(prefix="pgfleet-bench-collector-")
+    # Errors only: the agent may start before the collector listens, and says so.
+    env = {**os.environ, "PGFLEET_LOG": "error"}
+    collector = subprocess.Popen([str(ROOT / "target/release/pgfleet-collector"), "--listen",
+                                  f"127.0.0.1:{collector_port}", "--data-dir", data_dir,
+                                  "--http-listen", "off"], env=env)
+    agent = subprocess.Popen([str(binary), "--collector", f"http://127.0.0.1:{collector_port}",
+                              "--target", cluster.dsn("postgres"), "--server-id", "bench",
+                              "--pool-reporter-listen", "off", "--statements-interval", "off"], env=env)
+
+    def counters() -> dict:
+        out = subprocess.run([str(ROOT / "target/release/pgfleet"), "--collector",
+                              f"http://127.0.0.1:{collector_port}", "-o", "json", "servers"],
+                             capture_output=True, text=True, check=True)
+        servers = json.loads(out.stdout)
+        return servers[0]["agent"] if servers and servers[0].get("agent") else {}
+
+    try:
+        time.sleep(5)  # connect, first samples, caches warm
+        if agent.poll() is not None:
+            sys.exit(f"bench: {binary} exited with {agent.returncode}")
+        backends = cluster.backend_pids("pgfleet-agent")
+        before = counters()
+        cpu, backend_cpu = ao.window([agent.pid], backends, samples)
+        after = counters()
+        n = after["samples_total"] - before["samples_total"]
+        return {"samples": n, "cpu_ms": cpu / n / 1e6, "backend_ms": backend_cpu / n / 1e6}
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=10)
+        collector.send_signal(signal.SIGTERM)
+        collector.wait(timeout=10)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def measure_sqlalchemy(cluster: ao.Cluster, samples: int) -> dict:
+    r = ao.measure_sqlalchemy(cluster, samples)
+    return {"samples": r["samples"], "cpu_ms": r["cpu_ms_per_sample"], "backend_ms": r["backend_ms_per_sample"]}
+
+
+def start_sessions(cluster: ao.Cluster, n: int) -> subprocess.Popen:
+    script = cluster.dir / "sleep.sql"
+    script.write_text("\\set ms random(5000, 15000)\nSELECT pg_sleep(:ms / 1000.0);\n")
+    os.chmod(script, 0o644)
+    proc = cluster.pgbench(["-n", "-c", str(n), "-j", "2", "-T", "100000", "-f", str(script)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    count = 0
+    for _ in range(300):
+        count = int(cluster.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"))
+        if count >= n:
+            break
+        time.sleep(1)
+    if count < n:
+        sys.exit(f"bench: only {count} of {n} sessions connected")
+    time.sleep(5)
+    return proc
+
+
+def exponent(points: list[tuple[int, float]]) -> float:
+    """The slope of log(cost) against log(sessions), least squares."""
+    xs = [math.log(n) for n, _ in points]
+    ys = [math.log(max(v, 1e-9)) for _, v in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+COLOURS = {"agent backend": "#1f77b4", "agent": "#2ca02c", "SQLAlchemy backend": "#d62728",
+           "SQLAlchemy (Python)": "#ff7f0e", "agent before, backend": "#9467bd"}
+
+
+def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path) -> None:
+    """Lines of CPU ms per sample against sessions, both axes logarithmic: a
+    small SVG, no library."""
+    w, h, left, right, top, bottom = 760, 420, 60, 200, 40, 50
+    values = [v for pts in series.values() for _, v in pts if v > 0]
+    ns = [n for pts in series.values() for n, _ in pts]
+    lo_v, hi_v = 10 ** math.floor(math.log10(min(values))), 10 ** math.ceil(math.log10(max(values)))
+    lo_n, hi_n = min(ns), max(ns)
+    x = lambda n: left + (w - left - right) * (math.log(n / lo_n) / math.log(hi_n / lo_n) if hi_n > lo_n else 0.5)
+    y = lambda v: h - bottom - (h - top - bottom) * math.log(max(v, lo_v) / lo_v) / math.log(hi_v / lo_v)
+    parts = [f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{left}" y="{top - 16}" font-size="13">{title}</text>']
+    v = lo_v
+    while v <= hi_v * 1.0001:
+        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{w - right}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        v *= 10
+    for n in sorted(set(ns)):
+        parts.append(f'<line x1="{x(n):.1f}" y1="{top}" x2="{x(n):.1f}" y2="{h - bottom}" stroke="#eee"/>')
+        parts.append(f'<text x="{x(n):.1f}" y="{h - bottom + 16}" text-anchor="middle">{n:,}</text>')
+    parts.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 12}" text-anchor="middle">sessions</text>')
+    parts.append(f'<text x="14" y="{(top + h - bottom) / 2:.0f}" transform="rotate(-90 14 {(top + h - bottom) / 2:.0f})" '
+                 f'text-anchor="middle">CPU ms per sample</text>')
+    for i, (name, pts) in enumerate(series.items()):
+        colour = COLOURS.get(name, "#333")
+        pts = sorted(pts)
+        line = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in pts)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>')
+        parts += [f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>' for n, v in pts]
+        parts.append(f'<text x="{w - right + 12}" y="{top + 20 + 18 * i}" fill="{colour}">{name}</text>')
+    svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+                   f'font-family="sans-serif" font-size="11">\n' + "\n".join(parts) + "\n</svg>\n")
+
+
+def to_png(svg: Path, png: Path) -> bool:
+    """Draws the SVG as a PNG with headless Chromium, when it is installed."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not exe:
+        log("no Chromium: the chart stays an SVG only")
+        return False
+    size = svg.read_text().split('width="', 1)[1].split('"', 1)[0], svg.read_text().split('height="', 1)[1].split('"', 1)[0]
+    subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", svg.resolve().as_uri()],
+                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    return png.exists()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sessions", default="250,1000,2000,4000")
+    p.add_argument("--samples", type=int, default=30, help="samples (seconds) per measurement window")
+    p.add_argument("--transports", default="unix,tcp")
+    p.add_argument("--baseline-agent", help="an older pgfleet-agent binary, measured beside this one")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    command = "python3 bench/watch_cost.py " + " ".join(sys.argv[1:])
+    sizes = [int(s) for s in args.sessions.split(",")]
+    transports = args.transports.split(",")
+    baseline = Path(args.baseline_agent).resolve() if args.baseline_agent else None
+
+    log("building the release binaries")
+    subprocess.run(["cargo", "build", "--release", "--bin", "pgfleet-agent", "--bin", "pgfleet-collector",
+                    "--bin", "pgfleet"], cwd=ROOT, check=True)
+    results = []
+    for n in sizes:
+        cluster = ao.Cluster(ao.pg_bindir())
+        sessions = None
+        try:
+            cluster.start(ao.Cluster.SETTINGS.replace("max_connections=1100", f"max_connections={n + 100}"))
+            log(f"PostgreSQL on port {cluster.port}: starting {n} sleeping sessions")
+            sessions = start_sessions(cluster, n)
+            for transport in transports:
+                ao.TRANSPORT = transport
+                row = {"sessions": n, "transport": transport}
+                log(f"{n} sessions, {transport}: pgfleet-agent")
+                row["agent"] = measure_agent(cluster, ROOT / "target/release/pgfleet-agent", args.samples)
+                if baseline:
+                    log(f"{n} sessions, {transport}: the baseline agent")
+                    row["baseline"] = measure_agent(cluster, baseline, args.samples)
+                log(f"{n} sessions, {transport}: SQLAlchemy")
+                row["sqlalchemy"] = measure_sqlalchemy(cluster, args.samples)
+                log(json.dumps(row))
+                results.append(row)
+        finally:
+            if sessions:
+                sessions.kill()
+                sessions.wait()
+            cluster.stop()
+    write_report(args, command, results, baseline)
+
+
+def write_report(args, command: str, results: list[dict], baseline: Path | None) -> None:
+    pg = subprocess.run([str(ao.pg_bindir() / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    today = datetime.date.today().isoformat()
+    lines = [
+        "## The cost of watching a server",
+        "",
+        f"Command: `{command}` (from the repository root; it builds the release binaries). Run on {today} "
+        f"on {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}; {pg}.",
+        "Each server has N client sessions, each running `SELECT pg_sleep(…)` for 5–15 s at a time "
+        "(about N/10 start a query each second). One after the other over the same "
+        f"{args.samples}-second window, each watcher samples once a second: pgfleet-agent streaming to a "
+        "collector"
+        + (f", the agent before this change (`{baseline.name}`)" if baseline else "")
+        + ", and the origin article's way: SQLAlchemy 2.x running `SELECT * FROM pg_stat_activity`, "
+        "fetching every row and reading `engine.pool.status()`. CPU is ms per sample, of the process (every "
+        "thread) and of the PostgreSQL backend that serves it. *Whole* is process plus backend; the "
+        "ratio is SQLAlchemy's whole over the agent's.",
+        "",
+    ]
+    head = "| sessions | transport | agent | agent backend | agent whole |"
+    if baseline:
+        head += " before: agent | before: backend |"
+    head += " SQLAlchemy (Python) | SQLAlchemy backend | SQLAlchemy whole | ratio |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        a, s = r["agent"], r["sqlalchemy"]
+        whole_a, whole_s = a["cpu_ms"] + a["backend_ms"], s["cpu_ms"] + s["backend_ms"]
+        row = f"| {r['sessions']:,} | {r['transport']} | {a['cpu_ms']:.3f} | {a['backend_ms']:.3f} | {whole_a:.3f} |"
+        if baseline:
+            b = r["baseline"]
+            row += f" {b['cpu_ms']:.3f} | {b['backend_ms']:.3f} |"
+        row += f" {s['cpu_ms']:.3f} | {s['backend_ms']:.3f} | {whole_s:.3f} | {whole_s / whole_a:.1f}× |"
+        lines.append(row)
+    lines.append("")
+
+    verdict = lambda ok: "meets" if ok else "MISSES"
+    at_1000 = [r for r in results if r["sessions"] == 1000]
+    if at_1000:
+        lines.append("Targets at 1,000 sessions:")
+        for r in at_1000:
+            a, s = r["agent"], r["sqlalchemy"]
+            ratio = (s["cpu_ms"] + s["backend_ms"]) / (a["cpu_ms"] + a["backend_ms"])
+            lines.append(f"- {r['transport']}: the agent's backend {a['backend_ms']:.2f} ms (at most 3 ms: "
+                         f"{verdict(a['backend_ms'] <= 3)}); the agent {a['cpu_ms']:.2f} ms (at most 0.5 ms: "
+                         f"{verdict(a['cpu_ms'] <= 0.5)}); the whole {ratio:.1f}× less than SQLAlchemy's "
+                         f"(at least 4×: {verdict(ratio >= 4)}).")
+        lines.append("")
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    first = results[0]["transport"]
+    for r in results:
+        if r["transport"] != first:
+            continue
+        n = r["sessions"]
+        series.setdefault("agent backend", []).append((n, r["agent"]["backend_ms"]))
+        series.setdefault("agent", []).append((n, r["agent"]["cpu_ms"]))
+        if baseline:
+            series.setdefault("agent before, backend", []).append((n, r["baseline"]["backend_ms"]))
+        series.setdefault("SQLAlchemy backend", []).append((n, r["sqlalchemy"]["backend_ms"]))
+        series.setdefault("SQLAlchemy (Python)", []).append((n, r["sqlalchemy"]["cpu_ms"]))
+    if len(series["agent backend"]) >= 2:
+        lines.append(f"Growth ({first}), the slope of log CPU against log sessions over "
+                     f"{', '.join(f'{n:,}' for n, _ in series['agent backend'])} sessions (1 is linear, 2 "
+                     "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
+        lines.append("")
+        svg, png = ROOT / "bench/watch_cost.svg", ROOT / "bench/watch_cost.png"
+        chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg)
+        image = "bench/watch_cost.png" if to_png(svg, png) else "bench/watch_cost.svg"
+        lines += [f"![CPU per sample against sessions]({image})", ""]
+    write_section(Path(args.output), "## The cost of watching a server", "\n".join(lines) + "\n")
+    log(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
