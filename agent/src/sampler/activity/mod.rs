@@ -40,7 +40,9 @@ pub const MIN_VERSION_NUM: u32 = 100000;
 ///   but a wait moves one of their timestamps. The sessions that did not
 ///   change come compactly, by pid and wait, for the agent to update what it
 ///   holds (a pid is enough: a session that took the pid of one that ended
-///   started after the previous read, so it comes with its details).
+///   started after the previous read, so it comes with its details; one that
+///   has not reported a state yet, as a backend still logging in shows with
+///   the start time it forked at, comes with its details too).
 /// - The details of each session whose timestamps are newer than `$2` (the
 ///   previous read, less a margin), or that waits on a Lock (then
 ///   pg_blocking_pids names its blockers), come as a column each: an array
@@ -103,7 +105,7 @@ pub fn activity_sql(version_num: u32) -> String {
     format!(
         "WITH a AS (
   SELECT *, coalesce(backend_start IS NULL OR backend_start >= $2 OR xact_start >= $2
-                     OR query_start >= $2 OR state_change >= $2
+                     OR query_start >= $2 OR state_change >= $2 OR state_change IS NULL
                      OR wait_event_type = 'Lock', false) AS detailed
     FROM pg_stat_get_activity(NULL) OFFSET 0),
 {databases_cte}
@@ -254,6 +256,8 @@ impl ActivityCache {
 pub enum ReadError {
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("the sample's statement returned a row the agent cannot read: {0}")]
+    Malformed(String),
 }
 
 /// What one read of the server gives.
@@ -355,7 +359,7 @@ pub async fn read_server(
                         cache.slots.ended(b, &mut removed);
                         None
                     }
-                    Some(mut b) if nothing_new(&d, &b) => {
+                    Some(mut b) if nothing_new(&d, &b, &cache.names) => {
                         b.wait = None;
                         next.push(b);
                         continue;

@@ -51,8 +51,10 @@ pub(super) struct Detail<'a> {
     pub query_id: Option<i64>,
 }
 
-/// The details in `row` (see [`super::activity_sql`]), in pid order.
-pub(super) fn details(row: &Row) -> Result<Vec<Detail<'_>>, tokio_postgres::Error> {
+/// The details in `row` (see [`super::activity_sql`]), in pid order. The
+/// columns are parallel arrays: one that does not hold as many elements as
+/// the pids is an error, never a session made of two sessions' parts.
+pub(super) fn details(row: &Row) -> Result<Vec<Detail<'_>>, super::ReadError> {
     let mut columns = Vec::with_capacity(DETAIL_COLUMNS);
     for i in FIRST_DETAIL..FIRST_DETAIL + DETAIL_COLUMNS {
         let a = row
@@ -60,7 +62,14 @@ pub(super) fn details(row: &Row) -> Result<Vec<Detail<'_>>, tokio_postgres::Erro
             .unwrap_or(PgArray::EMPTY);
         columns.push(a);
     }
-    let count = columns[0].len();
+    // Counted, not taken from the arrays' headers, which could claim more.
+    let count = columns[0].nullable().count();
+    if let Some(i) = columns.iter().position(|c| c.nullable().count() != count) {
+        return Err(super::ReadError::Malformed(format!(
+            "column {} of the details holds a different number of sessions than the pids ({count})",
+            FIRST_DETAIL + i
+        )));
+    }
     let mut cells: Vec<_> = columns.iter().map(|c| c.nullable()).collect();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
@@ -112,7 +121,7 @@ fn pids(list: &str) -> Vec<i32> {
 /// details are read again only because their change fell within the margin.
 /// Checks what a change moves (timestamps, state, wait, blockers, query),
 /// building nothing.
-pub(super) fn nothing_new(d: &Detail, k: &Known) -> bool {
+pub(super) fn nothing_new(d: &Detail, k: &Known, names: &Names) -> bool {
     let s = &k.session;
     let state = match s.state {
         SessionState::NotVisible => SessionState::NotVisible,
@@ -127,6 +136,13 @@ pub(super) fn nothing_new(d: &Detail, k: &Known) -> bool {
         && d.wait_event == &*s.wait_event
         && pids(d.blocked_by) == s.blocked_by
         && d.query.is_none_or(|q| q == &*k.raw_query)
+        // What changes rarely, or is published after the query's start
+        // (query_id), or a name that changed on a whole read.
+        && d.application_name == &*s.application_name
+        && d.query_id.filter(|&id| id != 0) == s.query_id
+        && d.leader_pid == s.leader_pid
+        && names.database(d.datid) == s.database
+        && names.role(d.userid) == s.user
 }
 
 /// One session's details as a session, taking what did not change from
