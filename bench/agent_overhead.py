@@ -163,16 +163,21 @@ def window(pids: list[int], backends: list[int], seconds: float) -> tuple[int, i
     return sum(map(cpu_ns, pids)) - a0, sum(map(cpu_ns, backends)) - b0
 
 
-def measure_agent(cluster: Cluster, samples: int) -> dict:
+def measure_agent(cluster: Cluster, samples: int, binary: Path | None = None,
+                  extra: tuple[str, ...] = ()) -> dict:
+    """An agent (this tree's release build, or `binary`) sampling `cluster` and
+    streaming to a collector: its CPU and its backend's per sample, over `samples`."""
     collector_port = free_port()
     data_dir = tempfile.mkdtemp(prefix="pgfleet-bench-collector-")
-    env = {**os.environ, "PGFLEET_LOG": "warn"}
+    # Errors only: the agent may start before the collector listens, and says so.
+    env = {**os.environ, "PGFLEET_LOG": "error"}
     collector = subprocess.Popen([str(ROOT / "target/release/pgfleet-collector"), "--listen",
-                                  f"127.0.0.1:{collector_port}", "--data-dir", data_dir], env=env)
-    agent = subprocess.Popen([str(ROOT / "target/release/pgfleet-agent"),
+                                  f"127.0.0.1:{collector_port}", "--data-dir", data_dir,
+                                  "--http-listen", "off"], env=env)
+    agent = subprocess.Popen([str(binary or ROOT / "target/release/pgfleet-agent"),
                               "--collector", f"http://127.0.0.1:{collector_port}",
                               "--target", cluster.dsn("postgres"),
-                              "--server-id", "bench", "--pool-reporter-listen", "off"], env=env)
+                              "--server-id", "bench", "--pool-reporter-listen", "off", *extra], env=env)
 
     def agent_counters() -> dict:
         out = subprocess.run([str(ROOT / "target/release/pgfleet"), "--collector",
@@ -183,6 +188,8 @@ def measure_agent(cluster: Cluster, samples: int) -> dict:
 
     try:
         time.sleep(5)  # connect, first samples, caches warm
+        if agent.poll() is not None:
+            sys.exit(f"bench: the agent exited with {agent.returncode}")
         backends = cluster.backend_pids("pgfleet-agent")
         before = agent_counters()
         cpu, backend_cpu = window([agent.pid], backends, samples)

@@ -38,10 +38,8 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,40 +51,8 @@ log = ao.log
 
 
 def measure_agent(cluster: ao.Cluster, binary: Path, samples: int) -> dict:
-    collector_port = ao.free_port()
-    data_dir = tempfile.mkdtemp(prefix="pgfleet-bench-collector-")
-    # Errors only: the agent may start before the collector listens, and says so.
-    env = {**os.environ, "PGFLEET_LOG": "error"}
-    collector = subprocess.Popen([str(ROOT / "target/release/pgfleet-collector"), "--listen",
-                                  f"127.0.0.1:{collector_port}", "--data-dir", data_dir,
-                                  "--http-listen", "off"], env=env)
-    agent = subprocess.Popen([str(binary), "--collector", f"http://127.0.0.1:{collector_port}",
-                              "--target", cluster.dsn("postgres"), "--server-id", "bench",
-                              "--pool-reporter-listen", "off", "--statements-interval", "off"], env=env)
-
-    def counters() -> dict:
-        out = subprocess.run([str(ROOT / "target/release/pgfleet"), "--collector",
-                              f"http://127.0.0.1:{collector_port}", "-o", "json", "servers"],
-                             capture_output=True, text=True, check=True)
-        servers = json.loads(out.stdout)
-        return servers[0]["agent"] if servers and servers[0].get("agent") else {}
-
-    try:
-        time.sleep(5)  # connect, first samples, caches warm
-        if agent.poll() is not None:
-            sys.exit(f"bench: {binary} exited with {agent.returncode}")
-        backends = cluster.backend_pids("pgfleet-agent")
-        before = counters()
-        cpu, backend_cpu = ao.window([agent.pid], backends, samples)
-        after = counters()
-        n = after["samples_total"] - before["samples_total"]
-        return {"samples": n, "cpu_ms": cpu / n / 1e6, "backend_ms": backend_cpu / n / 1e6}
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(timeout=10)
-        collector.send_signal(signal.SIGTERM)
-        collector.wait(timeout=10)
-        shutil.rmtree(data_dir, ignore_errors=True)
+    r = ao.measure_agent(cluster, samples, binary, ("--statements-interval", "off"))
+    return {"samples": r["samples"], "cpu_ms": r["cpu_ms_per_sample"], "backend_ms": r["backend_ms_per_sample"]}
 
 
 def measure_sqlalchemy(cluster: ao.Cluster, samples: int) -> dict:
