@@ -90,9 +90,9 @@ COLOURS = {"agent backend": "#1f77b4", "agent": "#2ca02c", "SQLAlchemy backend":
            "SQLAlchemy (Python)": "#ff7f0e", "agent before, backend": "#9467bd"}
 
 
-def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path) -> None:
+def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path) -> tuple[int, int]:
     """Lines of CPU ms per sample against sessions, both axes logarithmic: a
-    small SVG, no library."""
+    small SVG, no library. Returns its width and height."""
     w, h, left, right, top, bottom = 760, 420, 60, 200, 40, 50
     values = [v for pts in series.values() for _, v in pts if v > 0]
     ns = [n for pts in series.values() for n, _ in pts]
@@ -122,15 +122,15 @@ def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path) -> 
         parts.append(f'<text x="{w - right + 12}" y="{top + 20 + 18 * i}" fill="{colour}">{name}</text>')
     svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
                    f'font-family="sans-serif" font-size="11">\n' + "\n".join(parts) + "\n</svg>\n")
+    return w, h
 
 
-def to_png(svg: Path, png: Path) -> bool:
-    """Draws the SVG as a PNG with headless Chromium, when it is installed."""
+def to_png(svg: Path, size: tuple[int, int], png: Path) -> bool:
+    """Draws the SVG (`size` pixels) as a PNG with headless Chromium, when it is installed."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not exe:
         log("no Chromium: the chart stays an SVG only")
         return False
-    size = svg.read_text().split('width="', 1)[1].split('"', 1)[0], svg.read_text().split('height="', 1)[1].split('"', 1)[0]
     subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                     f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", svg.resolve().as_uri()],
                    check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
@@ -247,8 +247,8 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
                      "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
         lines.append("")
         svg, png = ROOT / "bench/watch_cost.svg", ROOT / "bench/watch_cost.png"
-        chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg)
-        image = "bench/watch_cost.png" if to_png(svg, png) else "bench/watch_cost.svg"
+        size = chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg)
+        image = "bench/watch_cost.png" if to_png(svg, size, png) else "bench/watch_cost.svg"
         lines += [f"![CPU per sample against sessions]({image})", ""]
     write_section(Path(args.output), "## The cost of watching a server", "\n".join(lines) + "\n")
     log(f"wrote {args.output}")

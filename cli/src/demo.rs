@@ -147,14 +147,12 @@ async fn show(
 async fn with_statements() -> Result<TempCluster, SandboxError> {
     let cluster =
         TempCluster::start_with(&[("shared_preload_libraries", "pg_stat_statements")]).await?;
-    let client = cluster
-        .connect("demo-setup")
-        .await
-        .map_err(|e| SandboxError::Workload(pgfleet_common::error::chain(&e)))?;
+    let fail = |e: tokio_postgres::Error| SandboxError::Workload(pgfleet_common::error::chain(&e));
+    let client = cluster.connect("demo-setup").await.map_err(fail)?;
     client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .await
-        .map_err(|e| SandboxError::Workload(pgfleet_common::error::chain(&e)))?;
+        .map_err(fail)?;
     Ok(cluster)
 }
 

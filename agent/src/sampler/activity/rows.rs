@@ -12,11 +12,11 @@ use super::super::query_text::{self, QueryText};
 use super::{INSUFFICIENT_PRIVILEGE, Interner, Known};
 
 /// 2000-01-01 in microseconds since the Unix epoch.
-pub(super) const PG_EPOCH_US: i64 = 946_684_800_000_000;
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// A timestamptz element (PostgreSQL's binary form: microseconds since
 /// 2000-01-01) in microseconds since the Unix epoch; None for NULL.
-pub(super) fn micros(element: Option<&[u8]>) -> Option<i64> {
+fn micros(element: Option<&[u8]>) -> Option<i64> {
     let raw: [u8; 8] = element?.try_into().ok()?;
     Some(i64::from_be_bytes(raw).saturating_add(PG_EPOCH_US))
 }
