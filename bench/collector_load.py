@@ -11,16 +11,21 @@ reader on its own thread calls GetActivity of a random server every 50 ms
 (its latency, and the freshness of what it returns: now minus the sample's
 time) and FleetSummary every 250 ms.
 
-N rises through --fleets until a run misses the p99 freshness of 2 s (or an
-agent fails). The largest N that held is the collector's capacity here.
-Writes the table to BENCHMARKS.md with the command that made it.
+Every N of --fleets runs (2,500, 5,000 and 10,000 by default); the largest N
+that held is the collector's capacity here. Writes the table to BENCHMARKS.md
+with the command that made it, and a chart of the collector's CPU per batch
+and memory per server against N (bench/collector_load.png).
+
+With --storm N, it then restarts the collector under N streaming agents
+(`pgfleet-loadgen --reconnect`, the agents' own reconnect spread and backoff)
+and times how long until every agent streams again, in a section of its own.
 
 With --store postgres, the history goes to a throwaway PostgreSQL on the same
 machine (default settings: fsync and synchronous commit on), a new database
 per run; the table then also gives that server's CPU and the database's size,
 in a section of its own.
 
-    python3 bench/collector_load.py [--fleets 1000,2500,5000] [--measure 60] [--store postgres]
+    python3 bench/collector_load.py [--fleets 2500,5000,10000] [--measure 60] [--store postgres] [--storm 10000]
 """
 import argparse
 import datetime
@@ -41,7 +46,9 @@ from report import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector load"
-TARGETS = {"servers": 10_000, "kib": 64_000 / 1024, "summary_ms": 20.0, "activity_ms": 5.0}
+STORM_TITLE = "## Connection storm"
+TARGETS = {"servers": 10_000, "kib": 48.0, "summary_ms": 20.0, "activity_ms": 5.0, "us_per_batch": 60.0}
+STORM_TARGET_S = 30.0
 
 
 def build() -> Path:
@@ -139,15 +146,125 @@ def fmt(v, digits=1):
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
+def start_collector(bin_dir: Path, port: int, data: Path, log, store=(), extra=()) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
+         "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
+    )
+
+
+def storm(bin_dir: Path, n: int, args) -> dict:
+    """N agents stream (`--reconnect`); once every one is live for 10 s, the
+    collector is stopped (SIGTERM: it tells every agent to reconnect) and
+    started again on the same port and data directory. Times how long until
+    every agent streams again (past Welcome and a first batch), from the
+    stop and from the new collector's start."""
+    import threading
+    data = Path(tempfile.mkdtemp(prefix="pgfleet-storm-"))
+    port = free_port()
+    log = open(data / "collector.log", "w")
+    collector = start_collector(bin_dir, port, data, log)
+    timeline: list[dict] = []
+    gen = None
+    try:
+        time.sleep(2)
+        cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
+               "--agents", str(n), "--connect-rate", str(args.connect_rate), "--reconnect",
+               "--warmup", "1h", "--measure", "1h"]
+        print("+", " ".join(cmd), file=sys.stderr, flush=True)
+        gen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+        def read():
+            for line in gen.stderr:
+                if line.startswith("{"):
+                    timeline.append(json.loads(line))
+        threading.Thread(target=read, daemon=True).start()
+
+        def wait_live(after: float, timeout: float):
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                hit = next((t for t in timeline if t["unix_s"] > after and t["live"] >= n), None)
+                if hit:
+                    return hit
+                time.sleep(0.2)
+            return None
+
+        ramp = wait_live(0, n / args.connect_rate + 180)
+        if ramp is None:
+            return {"agents": n, "failed": f"the {n} agents were not all live within the ramp"}
+        time.sleep(10)
+        before = timeline[-1]
+        stopped = time.time()
+        collector.terminate()
+        collector.wait(timeout=60)
+        restarted = time.time()
+        collector = start_collector(bin_dir, port, data, log)
+        back = wait_live(restarted, 180)
+        low = min((t["live"] for t in timeline if t["unix_s"] > stopped), default=None)
+        last = timeline[-1]
+        return {
+            "agents": n,
+            "stop_s": restarted - stopped,
+            "all_live_s": None if back is None else back["unix_s"] - restarted,
+            "all_live_from_stop_s": None if back is None else back["unix_s"] - stopped,
+            "lowest_live": low,
+            "live_at_end": last["live"],
+            "reconnects": last["reconnects"] - before["reconnects"],
+            "failed_attempts": last["failed_attempts"] - before["failed_attempts"],
+            "gave_up": last["errors"],
+        }
+    finally:
+        if gen is not None:
+            gen.kill()
+            gen.wait()
+        collector.terminate()
+        try:
+            collector.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            collector.kill()
+        log.close()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def us_per_batch(r: dict):
+    if "failed" in r or not r.get("collector_cores") or not r.get("batches_per_s"):
+        return None
+    return r["collector_cores"] / r["batches_per_s"] * 1e6
+
+
+def draw(runs: list[dict], store: str) -> str | None:
+    """The chart of CPU per batch and memory per server against N; its path,
+    from the repository root."""
+    from report import chart, to_png
+    ok = [r for r in runs if us_per_batch(r) is not None and r.get("collector_kib_per_server")]
+    if not ok:
+        return None
+    ns = [r["agents"] for r in ok]
+    series = {
+        "CPU, µs per batch": [(r["agents"], us_per_batch(r)) for r in ok],
+        "memory, KiB per server": [(r["agents"], r["collector_kib_per_server"]) for r in ok],
+        "collector cores × 100": [(r["agents"], r["collector_cores"] * 100) for r in ok],
+        f"target CPU ({TARGETS['us_per_batch']:.0f} µs)": [(x, TARGETS["us_per_batch"]) for x in ns],
+        f"target memory ({TARGETS['kib']:.0f} KiB)": [(x, TARGETS["kib"]) for x in ns],
+    }
+    name = "collector_load" if store == "sqlite" else "collector_load_postgres"
+    svg, png = ROOT / f"bench/{name}.svg", ROOT / f"bench/{name}.png"
+    size = chart(series, f"The collector against servers ({store} store; both axes logarithmic)", svg,
+                 xlabel="servers (agents at 1 Hz)", ylabel="per batch, per server, cores")
+    return f"bench/{name}.png" if to_png(svg, size, png) else f"bench/{name}.svg"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fleets", default="2000,3000,4000,5000,6000,8000,10000",
-                   help="the values of N to try, in rising order")
+    p.add_argument("--fleets", default="2500,5000,10000", help="the values of N to run")
     p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
     p.add_argument("--measure", type=int, default=60, help="seconds measured at each N")
     p.add_argument("--connect-rate", type=int, default=500, help="agents connected per second")
     p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
                    help="where the collector keeps its history")
+    p.add_argument("--storm", type=int, default=0,
+                   help="then restart the collector under this many agents and time their return")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     title = TITLE if args.store == "sqlite" else TITLE + ", PostgreSQL store"
@@ -157,6 +274,7 @@ def main() -> None:
             ("--fleets", args.fleets, p.get_default("fleets")),
             ("--warmup", args.warmup, 20), ("--measure", args.measure, 60),
             ("--connect-rate", args.connect_rate, 500), ("--store", args.store, "sqlite"),
+            ("--storm", args.storm, 0),
         ] if value != default)
 
     # One connection per agent on each side.
@@ -179,8 +297,10 @@ def main() -> None:
             r = one_run(bin_dir, n, args, cluster)
             print(json.dumps(r), file=sys.stderr, flush=True)
             runs.append(r)
-            if not held(r):
-                break
+        stormed = None
+        if args.storm:
+            stormed = storm(bin_dir, args.storm, args)
+            print(json.dumps(stormed), file=sys.stderr, flush=True)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -189,7 +309,7 @@ def main() -> None:
     rows = []
     for r in runs:
         if "failed" in r:
-            rows.append(f"| {r['agents']:,} | **no**: {r['failed'][0][:120]} |" + " |" * 11)
+            rows.append(f"| {r['agents']:,} | **no**: {r['failed'][0][:120]} |" + " |" * 12)
             continue
         rows.append(
             f"| {r['agents']:,} | {'yes' if held(r) else '**no**'} | {fmt(r['batches_per_s'], 0)} "
@@ -198,7 +318,7 @@ def main() -> None:
             f"| {fmt(r['fleet_summary_p50_ms'], 2)} / {fmt(r['fleet_summary_p99_ms'], 2)} "
             f"| {fmt(r['at_1h_p50_ms'], 1)} / {fmt(r['at_1h_max_ms'], 1)} "
             f"| {fmt(r['collector_kib_per_server'], 0)} | {fmt(r['collector_rss_kib'] / 1024 if r['collector_rss_kib'] else None, 0)} "
-            f"| {fmt(r['collector_cores'], 2)} | {fmt(r['loadgen_cores'], 2)} | {fmt(r['store_mib'], 0)} "
+            f"| {fmt(r['collector_cores'], 2)} | {fmt(us_per_batch(r), 0)} | {fmt(r['loadgen_cores'], 2)} | {fmt(r['store_mib'], 0)} "
             + (f"| {fmt(r['store_cores'], 2)} " if cluster is not None else "")
             + f"| {r['errors']} |"
         )
@@ -206,12 +326,16 @@ def main() -> None:
     if best:
         headline = f"""The largest fleet that held: **{best['agents']:,} servers** (target ≥ {TARGETS['servers']:,}: {verdict(best['agents'] >= TARGETS['servers'])}). At that N:
 
-- memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.1f} KiB, i.e. 64 KB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
+- collector CPU: {fmt(us_per_batch(best), 0)} µs per applied batch (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict(us_per_batch(best) <= TARGETS['us_per_batch'])});
+- memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.0f} KiB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
 - FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms: {verdict(best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
 - GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms: {verdict(best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
 - `GetActivity … at` an hour back: {fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions)."""
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
+    image = draw(runs, args.store)
+    if image:
+        headline += f"\n\n![The collector's CPU per batch and memory per server against servers]({image})"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
     store = ("its SQLite store" if cluster is None else
              "its PostgreSQL store (a throwaway server, default settings: fsync and synchronous commit on)")
@@ -222,13 +346,37 @@ Command: `{command}` (from the repository root). Run on {datetime.date.today()} 
 
 {headline}
 
-Each row is one run: N agents (one server of 100 sessions each, about 10% changing each second, 1 Hz, one HTTP/2 connection each, zstd), {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz (batches/s at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second.
+Each row is one run: N agents (one server of 100 sessions each, about 10% changing each second, 1 Hz, one HTTP/2 connection each, zstd), {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz (batches/s at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/batch is the collector's cores over batches/s.
 
-| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | generator cores | store MiB |{extra_head} agent errors |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}
+| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/batch | generator cores | store MiB |{extra_head} agent errors |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}
 """ + "\n".join(rows) + "\n"
     write_section(Path(args.output), title, section)
     print(section)
+    if stormed is not None:
+        write_section(Path(args.output), STORM_TITLE, storm_section(stormed, command, machine))
+
+
+def storm_section(r: dict, command: str, machine: str) -> str:
+    if "failed" in r:
+        verdict = f"**failed**: {r['failed']}"
+    else:
+        ok = (r["all_live_s"] is not None and r["all_live_s"] <= STORM_TARGET_S and r["gave_up"] == 0)
+        verdict = (f"every agent streamed again {fmt(r['all_live_s'], 1)} s after the new collector started "
+                   f"({fmt(r['all_live_from_stop_s'], 1)} s after the stop; target ≤ {STORM_TARGET_S:.0f} s, no agent giving up: "
+                   f"{'meets' if ok else 'MISSES'})")
+    rows = "" if "failed" in r else (
+        f"| {r['agents']:,} | {fmt(r['stop_s'], 1)} | {fmt(r['all_live_s'], 1)} | {fmt(r['all_live_from_stop_s'], 1)} "
+        f"| {r['lowest_live']:,} | {r['reconnects']:,} | {r['failed_attempts']:,} | {r['gave_up']} |\n")
+    return f"""{STORM_TITLE}
+
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}.
+
+{r['agents']:,} agents stream (`pgfleet-loadgen --reconnect`: one HTTP/2 connection each, and the agent's own reconnect timing, a first attempt at a random time within `RECONNECT_SPREAD` of 5 s and then its backoff). Once every one has been live for 10 s, the collector is stopped with SIGTERM, which ends every stream with "reconnect", and started again on the same port and data directory, so the whole fleet reconnects at once. Result: {verdict}.
+
+| agents | stop, s | all live again after the start, s | after the stop, s | fewest live | streams opened again | attempts that failed | agents that gave up |
+|---|---|---|---|---|---|---|---|
+{rows}"""
 
 
 if __name__ == "__main__":

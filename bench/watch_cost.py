@@ -37,14 +37,13 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import agent_overhead as ao
-from report import write_section
+from report import chart, to_png, write_section
 
 ROOT = ao.ROOT
 log = ao.log
@@ -88,53 +87,6 @@ def exponent(points: list[tuple[int, float]]) -> float:
 
 COLOURS = {"agent backend": "#1f77b4", "agent": "#2ca02c", "SQLAlchemy backend": "#d62728",
            "SQLAlchemy (Python)": "#ff7f0e", "agent before, backend": "#9467bd"}
-
-
-def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path) -> tuple[int, int]:
-    """Lines of CPU ms per sample against sessions, both axes logarithmic: a
-    small SVG, no library. Returns its width and height."""
-    w, h, left, right, top, bottom = 760, 420, 60, 200, 40, 50
-    values = [v for pts in series.values() for _, v in pts if v > 0]
-    ns = [n for pts in series.values() for n, _ in pts]
-    lo_v, hi_v = 10 ** math.floor(math.log10(min(values))), 10 ** math.ceil(math.log10(max(values)))
-    lo_n, hi_n = min(ns), max(ns)
-    x = lambda n: left + (w - left - right) * (math.log(n / lo_n) / math.log(hi_n / lo_n) if hi_n > lo_n else 0.5)
-    y = lambda v: h - bottom - (h - top - bottom) * math.log(max(v, lo_v) / lo_v) / math.log(hi_v / lo_v)
-    parts = [f'<rect width="{w}" height="{h}" fill="white"/>',
-             f'<text x="{left}" y="{top - 16}" font-size="13">{title}</text>']
-    v = lo_v
-    while v <= hi_v * 1.0001:
-        parts.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{w - right}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        parts.append(f'<text x="{left - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
-        v *= 10
-    for n in sorted(set(ns)):
-        parts.append(f'<line x1="{x(n):.1f}" y1="{top}" x2="{x(n):.1f}" y2="{h - bottom}" stroke="#eee"/>')
-        parts.append(f'<text x="{x(n):.1f}" y="{h - bottom + 16}" text-anchor="middle">{n:,}</text>')
-    parts.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 12}" text-anchor="middle">sessions</text>')
-    parts.append(f'<text x="14" y="{(top + h - bottom) / 2:.0f}" transform="rotate(-90 14 {(top + h - bottom) / 2:.0f})" '
-                 f'text-anchor="middle">CPU ms per sample</text>')
-    for i, (name, pts) in enumerate(series.items()):
-        colour = COLOURS.get(name, "#333")
-        pts = sorted(pts)
-        line = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in pts)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>')
-        parts += [f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>' for n, v in pts]
-        parts.append(f'<text x="{w - right + 12}" y="{top + 20 + 18 * i}" fill="{colour}">{name}</text>')
-    svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-                   f'font-family="sans-serif" font-size="11">\n' + "\n".join(parts) + "\n</svg>\n")
-    return w, h
-
-
-def to_png(svg: Path, size: tuple[int, int], png: Path) -> bool:
-    """Draws the SVG (`size` pixels) as a PNG with headless Chromium, when it is installed."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not exe:
-        log("no Chromium: the chart stays an SVG only")
-        return False
-    subprocess.run([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", svg.resolve().as_uri()],
-                   check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    return png.exists()
 
 
 def main() -> None:
@@ -247,7 +199,8 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
                      "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
         lines.append("")
         svg, png = ROOT / "bench/watch_cost.svg", ROOT / "bench/watch_cost.png"
-        size = chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg)
+        size = chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg,
+                     xlabel="sessions", ylabel="CPU ms per sample", colours=COLOURS)
         image = "bench/watch_cost.png" if to_png(svg, size, png) else "bench/watch_cost.svg"
         lines += [f"![CPU per sample against sessions]({image})", ""]
     write_section(Path(args.output), "## The cost of watching a server", "\n".join(lines) + "\n")

@@ -14,6 +14,8 @@ use prost::{DecodeError, Message};
 const BATCH_FIELD: u32 = 2;
 /// `AgentMessage.hello`'s field number.
 const HELLO_FIELD: u32 = 1;
+/// `AgentMessage.zstd_batch`'s field number.
+const ZSTD_BATCH_FIELD: u32 = 3;
 /// `Batch.seq`'s field number.
 const SEQ_FIELD: u32 = 1;
 /// `Batch.dictionary_additions`' field number.
@@ -31,6 +33,9 @@ pub enum Outgoing {
         body: Bytes,
         dictionary: Bytes,
     },
+    /// A batch as one zstd frame (`AgentMessage.zstd_batch`), for a
+    /// collector that takes them.
+    ZstdBatch(Bytes),
 }
 
 impl Outgoing {
@@ -57,6 +62,34 @@ impl Outgoing {
             encoding::message::encode(DICTIONARY_FIELD, &e, &mut buf);
         }
         buf.into()
+    }
+
+    /// This batch compressed as one zstd frame with `context`; a Hello, or
+    /// a batch the context fails on, as it is.
+    pub fn compressed(self, context: &mut zstd::bulk::Compressor<'_>) -> Outgoing {
+        let Outgoing::Batch {
+            seq,
+            body,
+            dictionary,
+        } = &self
+        else {
+            return self;
+        };
+        let mut raw = Vec::with_capacity(Self::batch_len(*seq, body, dictionary));
+        Self::put_batch(*seq, body, dictionary, &mut raw);
+        match context.compress(&raw) {
+            Ok(frame) => Outgoing::ZstdBatch(frame.into()),
+            Err(_) => self,
+        }
+    }
+
+    /// A batch's fields, as `Batch` encodes them.
+    fn put_batch(seq: u64, body: &Bytes, dictionary: &Bytes, buf: &mut impl BufMut) {
+        if seq != 0 {
+            encoding::uint64::encode(SEQ_FIELD, &seq, buf);
+        }
+        buf.put_slice(body);
+        buf.put_slice(dictionary);
     }
 
     fn batch_len(seq: u64, body: &Bytes, dictionary: &Bytes) -> usize {
@@ -90,12 +123,9 @@ impl Message for Outgoing {
             } => {
                 encoding::encode_key(BATCH_FIELD, WireType::LengthDelimited, buf);
                 encoding::encode_varint(Self::batch_len(*seq, body, dictionary) as u64, buf);
-                if *seq != 0 {
-                    encoding::uint64::encode(SEQ_FIELD, seq, buf);
-                }
-                buf.put_slice(body);
-                buf.put_slice(dictionary);
+                Self::put_batch(*seq, body, dictionary, buf);
             }
+            Outgoing::ZstdBatch(frame) => encoding::bytes::encode(ZSTD_BATCH_FIELD, frame, buf),
         }
     }
 
@@ -121,6 +151,7 @@ impl Message for Outgoing {
                 let len = Self::batch_len(*seq, body, dictionary);
                 encoding::key_len(BATCH_FIELD) + encoding::encoded_len_varint(len as u64) + len
             }
+            Outgoing::ZstdBatch(frame) => encoding::bytes::encoded_len(ZSTD_BATCH_FIELD, frame),
         }
     }
 
@@ -151,6 +182,7 @@ mod tests {
             id,
             value: value.into(),
         };
+        let mut context = zstd::bulk::Compressor::new(3).unwrap();
         for seq in [0, 1, 300, u64::MAX] {
             let out = Outgoing::Batch {
                 seq,
@@ -166,7 +198,19 @@ mod tests {
                 dictionary_additions: vec![entry(3, "orders"), entry(1, "app"), entry(2, "web")],
                 snapshots: snapshots.clone(),
             };
-            assert_eq!(decoded.msg, Some(Msg::Batch(want)));
+            assert_eq!(decoded.msg, Some(Msg::Batch(want.clone())));
+            // The same batch as a zstd frame that states its size.
+            let zipped = out.compressed(&mut context).encode_to_vec();
+            let Some(Msg::ZstdBatch(frame)) =
+                v1::AgentMessage::decode(zipped.as_slice()).unwrap().msg
+            else {
+                panic!("not a zstd_batch");
+            };
+            let size = zstd::zstd_safe::get_frame_content_size(&frame)
+                .unwrap()
+                .unwrap();
+            let raw = zstd::bulk::decompress(&frame, size as usize).unwrap();
+            assert_eq!(v1::Batch::decode(raw.as_slice()).unwrap(), want);
         }
         let hello = v1::Hello {
             agent_id: "vm".into(),

@@ -34,6 +34,11 @@ const MAX_SNAPSHOTS_PER_BATCH: usize = 256;
 /// How long to wait for the collector's Welcome.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Over how long the first attempt after a lost stream is spread at random:
+/// a collector that restarts loses every agent's stream at once, and its
+/// whole fleet then comes back over these seconds rather than in one burst.
+pub const RECONNECT_SPREAD: Duration = Duration::from_secs(5);
+
 /// How long a graceful stop waits for the last acks.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -101,7 +106,19 @@ pub struct Shipper {
     tried: usize,
     /// Snapshots left out because one alone would not fit in a message.
     oversized: u64,
+    /// The zstd context batches are compressed with, when the current
+    /// stream's collector takes zstd batches (one context for the agent's
+    /// life, where gRPC's zstd sets one up for every message).
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+    /// Whether the current stream sends zstd batches.
+    zstd_batches: bool,
+    /// The collector does not take zstd batches (it is older than this
+    /// agent): zstd goes through gRPC's message compression instead.
+    grpc_zstd: bool,
 }
+
+/// The zstd level of batches (gRPC's zstd default).
+const ZSTD_LEVEL: i32 = 3;
 
 impl Shipper {
     /// A shipper that streams over `link`, introducing itself with `hello`.
@@ -122,6 +139,9 @@ impl Shipper {
             keyframes_at: None,
             tried: 1,
             oversized: 0,
+            zstd: None,
+            zstd_batches: false,
+            grpc_zstd: false,
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -290,7 +310,10 @@ impl Shipper {
             }
             self.dictionary_sent = true;
         }
-        Some(batch)
+        match &mut self.zstd {
+            Some(context) if self.zstd_batches => Some(batch.compressed(context)),
+            _ => Some(batch),
+        }
     }
 
     /// Encodes a snapshot, with the spool's drop count in its agent counters.
@@ -331,6 +354,12 @@ impl Shipper {
     async fn connect(&mut self) -> Connection {
         match self.handshake().await {
             Ok((tx, inbound, welcome)) => {
+                if !self.take_zstd(&welcome) {
+                    // Again at once, with gRPC's zstd.
+                    return Connection::Disconnected {
+                        retry_at: Instant::now(),
+                    };
+                }
                 self.spool.restart(welcome.resume_after_seq);
                 // What follows what is resent starts from whole activity.
                 self.encoder.keyframe_all();
@@ -391,6 +420,33 @@ impl Shipper {
         }
     }
 
+    /// Whether the stream the collector welcomed will do: with zstd, it
+    /// sends zstd batches when the collector takes them; when it does not
+    /// (an older collector), the agent notes to use gRPC's zstd and answers
+    /// false, to connect again.
+    fn take_zstd(&mut self, welcome: &v1::Welcome) -> bool {
+        self.zstd_batches = false;
+        if self.link.compression != Compression::Zstd || self.grpc_zstd {
+            return true;
+        }
+        if !welcome.config.as_ref().is_some_and(|c| c.zstd_batches) {
+            info!(collector = %self.link.collector(), "The collector does not take zstd batches (it is older than this agent); compressing with gRPC's zstd instead.");
+            self.grpc_zstd = true;
+            return false;
+        }
+        if self.zstd.is_none() {
+            match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
+                Ok(context) => self.zstd = Some(context),
+                Err(e) => {
+                    warn!(error = %e, "Cannot set up zstd; sending batches uncompressed.");
+                    return true;
+                }
+            }
+        }
+        self.zstd_batches = true;
+        true
+    }
+
     /// Connects, sends Hello and waits for Welcome. An error says why, and whether
     /// the collector refused (rather than could not be reached).
     async fn handshake(
@@ -428,7 +484,13 @@ impl Shipper {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
             .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip);
-        if let Some(encoding) = self.link.compression.encoding() {
+        // zstd goes in the batches themselves, unless the collector is too
+        // old for that (see `take_zstd`).
+        let grpc = match self.link.compression {
+            Compression::Zstd if !self.grpc_zstd => None,
+            c => c.encoding(),
+        };
+        if let Some(encoding) = grpc {
             client = client.send_compressed(encoding);
         }
         let (tx, rx) = mpsc::channel(32);
@@ -475,9 +537,9 @@ impl Shipper {
     }
 
     fn lost(&mut self, reason: String) -> Connection {
-        warn!(collector = %self.link.collector(), reason = %reason, unacknowledged = self.spool.len(), "Lost the stream to the collector; reconnecting.");
+        let delay = self.backoff.spread(RECONNECT_SPREAD);
+        warn!(collector = %self.link.collector(), reason = %reason, unacknowledged = self.spool.len(), retry_in = ?delay, "Lost the stream to the collector; reconnecting.");
         self.outage = Some((Instant::now(), reason));
-        let delay = self.backoff.next_delay();
         Connection::Disconnected {
             retry_at: Instant::now() + delay,
         }

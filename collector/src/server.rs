@@ -9,8 +9,6 @@ use pgfleet_proto::v1::{ingest_server::IngestServer, query_server::QueryServer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
 use tracing::{error, info, warn};
@@ -75,12 +73,10 @@ pub struct Collector {
 /// Binds, locks the data directory and starts serving.
 pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     let lock = lock_data_dir(&config.data_dir)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = crate::listen::listen(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -192,16 +188,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .add_service(ingest)
         .add_service(query);
     let server = tokio::spawn(async move {
-        // Replies go out at once: with Nagle's algorithm a reply written in
-        // parts (headers, data, trailers) waited for the client's delayed ACK,
-        // some 40 ms.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            conn.inspect(|c| {
-                if let Err(e) = c.set_nodelay(true) {
-                    warn!(error = %e, "Cannot set TCP_NODELAY on a connection.");
-                }
-            })
-        });
+        let incoming = crate::listen::incoming(listener);
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = shutdown_rx.await;

@@ -10,6 +10,8 @@ pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
+    /// Draws made by [`Backoff::spread`].
+    draws: u64,
     random: RandomState,
 }
 
@@ -20,6 +22,7 @@ impl Backoff {
             base,
             cap: cap.max(base),
             attempt: 0,
+            draws: 0,
             random: RandomState::new(),
         }
     }
@@ -33,6 +36,17 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let fraction = (self.random.hash_one(self.attempt) % 1024) as u32;
         step / 2 + (step / 2) * fraction / 1024
+    }
+
+    /// A delay drawn at random from the whole of `window`, for the first
+    /// attempt after something every client sees at once (a collector that
+    /// restarts drops every agent's stream at the same instant): a fleet then
+    /// comes back spread over the window rather than in one burst. It does
+    /// not move the backoff on.
+    pub fn spread(&mut self, window: Duration) -> Duration {
+        self.draws = self.draws.wrapping_add(1);
+        let fraction = self.random.hash_one((u32::MAX, self.draws)) % 1_000_000;
+        window.mul_f64(fraction as f64 / 1e6)
     }
 
     /// Starts again from `base` after a success.
@@ -58,6 +72,21 @@ mod tests {
             );
         }
         b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_spread_covers_its_window() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let window = Duration::from_secs(5);
+        let draws: Vec<Duration> = (0..400).map(|_| b.spread(window)).collect();
+        assert!(draws.iter().all(|d| *d < window));
+        // Each second of the window gets some of 400 draws.
+        for second in 0..5 {
+            let n = draws.iter().filter(|d| d.as_secs() == second).count();
+            assert!((30..=130).contains(&n), "{n} draws in second {second}");
+        }
+        // And the backoff did not move.
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
 

@@ -1,5 +1,6 @@
-//! The stream's transport: zstd compression (gzip for a collector without
-//! zstd), measured on the wire through a proxy, and a second agent claiming a
+//! The stream's transport: zstd compression (gRPC's zstd for a collector too
+//! old for zstd batches, and gzip for one without zstd), measured on the
+//! wire through a proxy, and a second agent claiming a
 //! server_id.
 
 use std::time::Duration;
@@ -66,15 +67,15 @@ async fn zstd_makes_the_stream_smaller_on_the_wire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_falls_back_to_gzip_for_a_collector_without_zstd() {
     let fleet = fleet("db-gzip-host", &[]).await;
-    // A collector that takes gzip only.
+    // A collector that takes gzip only, and does not offer zstd batches (as
+    // collectors before them did not): the agent tries gRPC's zstd, then gzip.
     let (aggregator, handle) = Aggregator::new();
     tokio::spawn(aggregator.run());
     let (_shutdown, shutdown_rx) = tokio::sync::watch::channel(());
-    let ingest = IngestServer::new(IngestService::new(
-        handle.clone(),
-        Default::default(),
-        shutdown_rx,
-    ))
+    let ingest = IngestServer::new(
+        IngestService::new(handle.clone(), Default::default(), shutdown_rx)
+            .offering_zstd_batches(false),
+    )
     .accept_compressed(CompressionEncoding::Gzip);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await

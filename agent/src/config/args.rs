@@ -16,11 +16,11 @@ pub enum OneOrMany {
     Many(Vec<String>),
 }
 
-/// How the agent compresses its stream (gRPC message compression).
+/// How the agent compresses its stream.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compression {
-    /// zstd: the smallest; the agent falls back to gzip for a collector
-    /// without it.
+    /// zstd: the smallest. Each batch goes as one zstd frame; a collector
+    /// too old for those gets gRPC's zstd, and one without zstd gets gzip.
     #[default]
     Zstd,
     /// gzip, which every gRPC implementation has.
@@ -149,7 +149,7 @@ pub struct AgentArgs {
     /// The name the collector's certificate must carry, when not the URL's host
     #[arg(long, env = "PGFLEET_TLS_SERVER_NAME", value_name = "NAME")]
     pub tls_server_name: Option<String>,
-    /// How to compress the stream: zstd, gzip or none [default: zstd; gzip when the collector lacks zstd]
+    /// How to compress the stream: zstd, gzip or none [default: zstd; gRPC's zstd for a collector too old for zstd batches, gzip for one without zstd]
     #[arg(long, env = "PGFLEET_COMPRESSION", value_name = "ALGORITHM")]
     pub compression: Option<String>,
     /// A TOML file with any of the settings above, and [[targets]] to watch several servers

@@ -12,11 +12,13 @@
 mod wire_sim;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use pgfleet_agent::encode::Encoder;
+use pgfleet_agent::ship::RECONNECT_SPREAD;
+use pgfleet_common::backoff::Backoff;
 use pgfleet_proto::model::{Delta, Snapshot, TargetStatus};
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1::{
@@ -60,7 +62,9 @@ struct Args {
     /// their own; more shows what a connection costs the collector)
     #[arg(long, default_value_t = 1)]
     streams_per_connection: usize,
-    /// How agents compress their messages: zstd (the agent's default), gzip or none
+    /// How agents compress their messages: zstd (batches as zstd frames,
+    /// the agent's default), grpc-zstd (gRPC's message compression, as
+    /// agents before zstd batches did), gzip or none
     #[arg(long, default_value = "zstd")]
     compression: String,
     /// How long after the last agent connected before measuring
@@ -69,9 +73,12 @@ struct Args {
     /// How long to measure
     #[arg(long, default_value = "60s")]
     measure: humantime::Duration,
-    /// When a stream ends (the collector restarted), connect again at once
-    /// and go on, as real agents do (bench/soak.py); otherwise it counts as
-    /// an error and the agent stops
+    /// When a stream ends (the collector restarted), connect again and go
+    /// on, as real agents do (bench/soak.py, bench/collector_load.py's
+    /// storm): the first attempt at a random time within the agent's
+    /// reconnect spread, then with its backoff. Otherwise it counts as an
+    /// error and the agent stops. With it, a line of JSON goes to stderr
+    /// every second: the streams live then (past Welcome and a first batch)
     #[arg(long)]
     reconnect: bool,
 }
@@ -86,6 +93,10 @@ struct Stats {
     errors: AtomicU64,
     /// Streams opened again after one ended (--reconnect).
     reconnects: AtomicU64,
+    /// Streams past Welcome and their first batch, now.
+    live: AtomicI64,
+    /// Attempts to stream that failed before Welcome (--reconnect).
+    failed_attempts: AtomicU64,
     /// Reads that failed while the collector was away (--reconnect).
     read_errors: AtomicU64,
     /// Agents done sending their hour of history.
@@ -118,6 +129,28 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
     let stats = Arc::new(Stats::default());
     let base_rss = args.collector_pid.and_then(rss_kib);
     let started = Instant::now();
+    if args.reconnect {
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                eprintln!(
+                    "{}",
+                    serde_json::json!({
+                                    "unix_s": std::time::SystemTime::now()
+                                        .duration_since(std::time::UNIX_EPOCH)
+                                        .map_or(0.0, |d| d.as_secs_f64()),
+                                    "live": stats.live.load(Relaxed),
+                                    "reconnects": stats.reconnects.load(Relaxed),
+                    "failed_attempts": stats.failed_attempts.load(Relaxed),
+                                    "failed_attempts": stats.failed_attempts.load(Relaxed),
+                                    "errors": stats.errors.load(Relaxed),
+                                })
+                );
+            }
+        });
+    }
     let mut agents = Vec::with_capacity(args.agents);
     let per = args.streams_per_connection.max(1);
     let mut shared: Option<Channel> = None;
@@ -172,6 +205,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "connected": connected,
         "errors": stats.errors.load(Relaxed),
         "reconnects": stats.reconnects.load(Relaxed),
+        "failed_attempts": stats.failed_attempts.load(Relaxed),
         "read_errors": stats.read_errors.load(Relaxed),
         "ramp_s": ramp.as_secs_f64(),
         "measured_s": r.measured.as_secs_f64(),
@@ -368,22 +402,30 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// One simulated agent: connect, Hello, then a batch every second.
 async fn agent(i: usize, args: Arc<Args>, stats: Arc<Stats>, channel: Option<Channel>) {
-    let mut wait = Duration::from_millis(100);
+    // The agent's own timings (pgfleet_agent::ship).
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut channel = channel;
     loop {
-        let started = Instant::now();
-        let ended = stream(i, &args, &stats, channel.take())
+        let mut live = false;
+        let ended = stream(i, &args, &stats, channel.take(), &mut live)
             .await
             .map_err(|e| e.to_string());
+        if live {
+            stats.live.fetch_sub(1, Relaxed);
+        }
         match ended {
             Err(_) if args.reconnect => {
-                // Again at once, then backing off while the collector is away.
-                stats.reconnects.fetch_add(1, Relaxed);
-                if started.elapsed() > Duration::from_secs(5) {
-                    wait = Duration::from_millis(100);
-                }
+                // A stream that was live: again within the spread; an
+                // attempt that failed: with backoff.
+                let wait = if live {
+                    stats.reconnects.fetch_add(1, Relaxed);
+                    backoff.reset();
+                    backoff.spread(RECONNECT_SPREAD)
+                } else {
+                    stats.failed_attempts.fetch_add(1, Relaxed);
+                    backoff.next_delay()
+                };
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
             }
             Err(e) => {
                 stats.errors.fetch_add(1, Relaxed);
@@ -400,6 +442,7 @@ async fn stream(
     args: &Args,
     stats: &Stats,
     channel: Option<Channel>,
+    streaming: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let id = server_id(i);
     let channel: Channel = match channel {
@@ -408,7 +451,7 @@ async fn stream(
     };
     let mut client = IngestClient::new(channel).accept_compressed(CompressionEncoding::Zstd);
     match args.compression.as_str() {
-        "zstd" => client = client.send_compressed(CompressionEncoding::Zstd),
+        "grpc-zstd" => client = client.send_compressed(CompressionEncoding::Zstd),
         "gzip" => client = client.send_compressed(CompressionEncoding::Gzip),
         _ => {}
     }
@@ -447,6 +490,13 @@ async fn stream(
     };
     stats.connected.fetch_add(1, Relaxed);
     let mut seq = welcome.resume_after_seq;
+    let mut zstd = match args.compression.as_str() {
+        "zstd" if welcome.config.is_some_and(|c| c.zstd_batches) => {
+            Some(zstd::bulk::Compressor::new(3)?)
+        }
+        "zstd" => return Err("the collector does not take zstd batches".into()),
+        _ => None,
+    };
 
     let history = i < args.history_agents;
     let now = now_micros();
@@ -543,12 +593,22 @@ async fn stream(
         stats
             .bytes_raw
             .fetch_add(prost::Message::encoded_len(&batch) as u64, Relaxed);
+        let msg = match &mut zstd {
+            Some(z) => {
+                agent_message::Msg::ZstdBatch(z.compress(&prost::Message::encode_to_vec(&batch))?)
+            }
+            None => agent_message::Msg::Batch(batch),
+        };
         let waited = Instant::now();
-        tx.send(message(agent_message::Msg::Batch(batch))).await?;
+        tx.send(message(msg)).await?;
         stats
             .send_wait_us
             .fetch_add(waited.elapsed().as_micros() as u64, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
+        if !*streaming {
+            *streaming = true;
+            stats.live.fetch_add(1, Relaxed);
+        }
     }
 }
 

@@ -21,6 +21,7 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return runtime::usage_error("pgfleet-collector", &e),
     };
+    pgfleet_collector::listen::raise_open_files_limit();
     let collector = match pgfleet_collector::server::start(config).await {
         Ok(c) => c,
         Err(e) => {

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 mod bounds;
+mod unzip;
 
 pub use bounds::{
     MAX_CLOCK_SKEW, MAX_LABELS, MAX_SESSIONS_PER_SNAPSHOT, MAX_SNAPSHOTS_PER_BATCH,
@@ -56,6 +57,8 @@ pub struct IngestService {
     shared: Option<Store>,
     /// Who was refused past a bound, to log each once.
     refusals: Refusals,
+    /// Whether Welcome offers zstd batches.
+    zstd_batches: bool,
 }
 
 impl IngestService {
@@ -74,6 +77,17 @@ impl IngestService {
             durable: Durable::always(),
             shared: None,
             refusals: Refusals::default(),
+            zstd_batches: true,
+        }
+    }
+
+    /// Offers agents zstd batches, or not, as collectors before them did not
+    /// (to test an agent's fallback to gRPC's compression): a zstd batch is
+    /// then refused as an unknown message, as an older collector refuses it.
+    pub fn offering_zstd_batches(self, offer: bool) -> Self {
+        IngestService {
+            zstd_batches: offer,
+            ..self
         }
     }
 
@@ -169,6 +183,7 @@ impl Ingest for IngestService {
                 resume_after_seq,
                 config: Some(v1::StreamConfig {
                     max_message_bytes: MAX_MESSAGE_BYTES as u32,
+                    zstd_batches: self.zstd_batches,
                 }),
             })),
         };
@@ -178,11 +193,13 @@ impl Ingest for IngestService {
         let refusals = self.refusals.clone();
         let mut shutdown = self.shutdown.clone();
         let mut durable = self.durable.clone();
+        let zstd_batches = self.zstd_batches;
         tokio::spawn(async move {
             let who = Who {
                 agent_id: &agent_id,
                 conn_id,
                 refusals: &refusals,
+                zstd_batches,
             };
             let reason = receive(
                 &aggregator,
@@ -227,6 +244,7 @@ async fn receive(
         agent_id,
         conn_id,
         refusals,
+        zstd_batches,
     } = who;
     let mut acks = Acks::default();
     // Batches handed over and not yet answered: their sequence, the servers
@@ -283,13 +301,23 @@ async fn receive(
                 msg: Some(agent_message::Msg::Batch(batch)),
             })) => batch,
             Ok(Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::ZstdBatch(frame)),
+            })) if zstd_batches => match unzip::batch(&frame, MAX_MESSAGE_BYTES) {
+                Ok(batch) => batch,
+                Err(status) => {
+                    return refuse(refusals, agent_id, "the zstd batches", status, tx).await;
+                }
+            },
+            Ok(Some(v1::AgentMessage {
                 msg: Some(agent_message::Msg::Hello(_)),
             })) => {
                 let status = Status::invalid_argument("Hello may be sent only once per stream");
                 let _ = tx.send(Err(status)).await;
                 return "a second Hello".to_owned();
             }
-            Ok(Some(v1::AgentMessage { msg: None })) => {
+            Ok(Some(v1::AgentMessage {
+                msg: None | Some(agent_message::Msg::ZstdBatch(_)),
+            })) => {
                 let status = Status::unimplemented(
                     "unknown message type; this collector is older than the agent",
                 );
@@ -362,6 +390,8 @@ struct Who<'a> {
     agent_id: &'a str,
     conn_id: u64,
     refusals: &'a Refusals,
+    /// Whether its Welcome offered zstd batches.
+    zstd_batches: bool,
 }
 
 /// How many batches of one stream may wait for the aggregator's answer.

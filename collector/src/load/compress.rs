@@ -4,12 +4,10 @@
 /// The most bytes a stored row of load may take once decompressed.
 const MAX_ROW_BYTES: usize = 16 << 20;
 
-const ZSTD_LEVEL: i32 = 3;
-
 /// A row as stored: `bytes` compressed with zstd (as they are, should the
 /// compressor fail; reading tells the two apart).
 pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
-    zstd::bulk::compress(&bytes, ZSTD_LEVEL).unwrap_or(bytes)
+    crate::zstd_local::compress(&bytes).unwrap_or(bytes)
 }
 
 /// A stored row's bytes, decompressed if they were; None when they do not
@@ -17,7 +15,7 @@ pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
 pub(super) fn decompressed(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     if bytes.starts_with(&ZSTD_MAGIC) {
-        zstd::bulk::decompress(bytes, MAX_ROW_BYTES)
+        crate::zstd_local::decompress(bytes, MAX_ROW_BYTES)
             .ok()
             .map(std::borrow::Cow::Owned)
     } else {

@@ -87,10 +87,20 @@ pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'st
     }
 }
 
+/// The most bytes a stored frame may take once decompressed: a snapshot
+/// fits in a message.
+const MAX_FRAME_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
+
 fn decode(body: &[u8]) -> Option<Snapshot> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     let bytes = if body.starts_with(&ZSTD_MAGIC) {
-        zstd::stream::decode_all(body).ok()?
+        // The thread's context; a frame without its size (none is written
+        // so) the slow way.
+        match crate::zstd_local::decompress(body, MAX_FRAME_BYTES) {
+            Ok(bytes) => bytes,
+            Err(crate::zstd_local::Refused::Unsized) => zstd::stream::decode_all(body).ok()?,
+            Err(_) => return None,
+        }
     } else {
         body.to_vec()
     };

@@ -1,0 +1,95 @@
+//! zstd with one context per thread, kept for the thread's life. Setting a
+//! context up costs some 100 KB of zeroed tables, more than compressing or
+//! decompressing a small frame: ingest decompresses every zstd batch, and
+//! the store compresses every row of load, through these.
+
+use std::cell::RefCell;
+
+use zstd::bulk::{Compressor, Decompressor};
+
+/// The level of everything compressed here.
+pub const LEVEL: i32 = 3;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<Compressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `bytes` as one zstd frame that states its size.
+pub fn compress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    COMPRESSOR.with_borrow_mut(|context| {
+        let context = match context {
+            Some(c) => c,
+            None => context.insert(Compressor::new(LEVEL)?),
+        };
+        context.compress(bytes)
+    })
+}
+
+/// Why a frame was not decompressed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("not a zstd frame")]
+    NotZstd,
+    #[error("the frame does not state its content size")]
+    Unsized,
+    #[error("{size} bytes decompressed, over the limit of {limit}")]
+    TooLarge { size: u64, limit: usize },
+    #[error("it does not decompress: {0}")]
+    Corrupt(#[from] std::io::Error),
+}
+
+/// The bytes of one zstd frame that states its size, at most `limit` of them.
+pub fn decompress(frame: &[u8], limit: usize) -> Result<Vec<u8>, Refused> {
+    let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) => size,
+        Ok(None) => return Err(Refused::Unsized),
+        Err(_) => return Err(Refused::NotZstd),
+    };
+    if size > limit as u64 {
+        return Err(Refused::TooLarge { size, limit });
+    }
+    Ok(DECOMPRESSOR.with_borrow_mut(|context| {
+        let context = match context {
+            Some(c) => c,
+            None => context.insert(Decompressor::new()?),
+        };
+        context.decompress(frame, size as usize)
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_come_back_and_bad_ones_are_refused() {
+        let text = b"SELECT * FROM orders WHERE id = $1".repeat(20);
+        for _ in 0..2 {
+            let frame = compress(&text).unwrap();
+            assert!(frame.len() < text.len() / 4);
+            assert_eq!(decompress(&frame, 1 << 20).unwrap(), text);
+        }
+        let frame = compress(&text).unwrap();
+        assert!(matches!(
+            decompress(&frame, 10),
+            Err(Refused::TooLarge { limit: 10, .. })
+        ));
+        assert!(matches!(
+            decompress(b"plain", 1 << 20),
+            Err(Refused::NotZstd)
+        ));
+        assert!(matches!(
+            decompress(&frame[..frame.len() - 3], 1 << 20),
+            Err(Refused::Corrupt(_))
+        ));
+        let mut sizeless = Vec::new();
+        let mut encoder = zstd::stream::write::Encoder::new(&mut sizeless, 3).unwrap();
+        std::io::Write::write_all(&mut encoder, &text).unwrap();
+        encoder.finish().unwrap();
+        assert!(matches!(
+            decompress(&sizeless, 1 << 20),
+            Err(Refused::Unsized)
+        ));
+    }
+}
