@@ -1,7 +1,9 @@
 //! The agent's side of the stream, as it goes on the wire.
 //!
 //! A batch is encoded once, when it is spooled, and its bytes are sent as they
-//! are on every (re)send: no copy of its snapshots, and no second encoding.
+//! are on every (re)send: no copy of its snapshots, and no second encoding of
+//! them. To a collector that takes zstd batches, those bytes are compressed
+//! as they go out, on every (re)send.
 //! [`Outgoing`] is wire-identical to `pgfleet.v1.AgentMessage`, which the
 //! collector decodes (a test holds the two together).
 

@@ -112,9 +112,10 @@ pub struct Shipper {
     zstd: Option<zstd::bulk::Compressor<'static>>,
     /// Whether the current stream sends zstd batches.
     zstd_batches: bool,
-    /// The collector does not take zstd batches (it is older than this
-    /// agent): zstd goes through gRPC's message compression instead.
-    grpc_zstd: bool,
+    /// The collectors (by their place in `link.collectors`) that do not
+    /// take zstd batches (older than this agent): to them zstd goes through
+    /// gRPC's message compression instead, until a stream to them is lost.
+    grpc_zstd: Vec<usize>,
 }
 
 /// The zstd level of batches (gRPC's zstd default).
@@ -141,7 +142,7 @@ impl Shipper {
             oversized: 0,
             zstd: None,
             zstd_batches: false,
-            grpc_zstd: false,
+            grpc_zstd: Vec::new(),
             snapshots,
             backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
             outage: None,
@@ -426,12 +427,12 @@ impl Shipper {
     /// false, to connect again.
     fn take_zstd(&mut self, welcome: &v1::Welcome) -> bool {
         self.zstd_batches = false;
-        if self.link.compression != Compression::Zstd || self.grpc_zstd {
+        if self.link.compression != Compression::Zstd || self.grpc_zstd() {
             return true;
         }
         if !welcome.config.as_ref().is_some_and(|c| c.zstd_batches) {
             info!(collector = %self.link.collector(), "The collector does not take zstd batches (it is older than this agent); compressing with gRPC's zstd instead.");
-            self.grpc_zstd = true;
+            self.grpc_zstd.push(self.link.current);
             return false;
         }
         if self.zstd.is_none() {
@@ -445,6 +446,11 @@ impl Shipper {
         }
         self.zstd_batches = true;
         true
+    }
+
+    /// Whether the collector in use is one that takes no zstd batches.
+    fn grpc_zstd(&self) -> bool {
+        self.grpc_zstd.contains(&self.link.current)
     }
 
     /// Connects, sends Hello and waits for Welcome. An error says why, and whether
@@ -487,7 +493,7 @@ impl Shipper {
         // zstd goes in the batches themselves, unless the collector is too
         // old for that (see `take_zstd`).
         let grpc = match self.link.compression {
-            Compression::Zstd if !self.grpc_zstd => None,
+            Compression::Zstd if !self.grpc_zstd() => None,
             c => c.encoding(),
         };
         if let Some(encoding) = grpc {
@@ -538,6 +544,9 @@ impl Shipper {
 
     fn lost(&mut self, reason: String) -> Connection {
         let delay = self.backoff.spread(RECONNECT_SPREAD);
+        // The collector may come back upgraded: zstd batches are offered
+        // to it again.
+        self.grpc_zstd.clear();
         warn!(collector = %self.link.collector(), reason = %reason, unacknowledged = self.spool.len(), retry_in = ?delay, "Lost the stream to the collector; reconnecting.");
         self.outage = Some((Instant::now(), reason));
         Connection::Disconnected {

@@ -12,14 +12,15 @@ use tokio_stream::{Stream, StreamExt};
 use tracing::{debug, warn};
 
 /// Connections the kernel holds for the accept loop (it caps the figure at
-/// net.core.somaxconn, 4096 by default).
+/// net.core.somaxconn: 4096 by default since Linux 5.4, 128 before).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// How long the accept loop rests when the process has no descriptor left.
-const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(100);
+/// How long the accept loop rests when accepting fails for want of
+/// something (descriptors, memory).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// At most one warning of running out of descriptors in this long.
-const OUT_OF_FILES_WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most one warning of such failures in this long.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -35,8 +36,9 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// The connections `listener` accepts, with TCP_NODELAY set (with Nagle's
 /// algorithm a reply written in parts waited some 40 ms for the client's
-/// delayed ACK). When the process is out of descriptors, the loop pauses
-/// [`OUT_OF_FILES_PAUSE`] before it tries again, and says so now and then.
+/// delayed ACK). When accepting fails for want of something (descriptors,
+/// memory), the loop pauses [`ACCEPT_PAUSE`] before it tries again,
+/// and says so now and then; a connection that failed alone is passed over.
 pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
     let mut warned: Option<Instant> = None;
     TcpListenerStream::new(listener).then(move |conn| {
@@ -47,22 +49,36 @@ pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<Tcp
                 }
                 false
             }
-            Err(e) if out_of_files(e) => {
-                if warned.is_none_or(|w| w.elapsed() >= OUT_OF_FILES_WARN_EVERY) {
+            Err(e) if one_connection(e) => false,
+            Err(e) => {
+                if warned.is_none_or(|w| w.elapsed() >= ACCEPT_WARN_EVERY) {
                     warned = Some(Instant::now());
-                    warn!(error = %e, open_files_limit = ?open_files_limit(), "Out of file descriptors: new agents wait. Raise the collector's limit (LimitNOFILE= in its systemd unit, ulimit -n) to at least twice the agents it serves.");
+                    if out_of_files(e) {
+                        warn!(error = %e, open_files_limit = ?open_files_limit(), "Out of file descriptors: new agents wait. Raise the collector's limit (LimitNOFILE= in its systemd unit, ulimit -n) to at least twice the agents it serves.");
+                    } else {
+                        warn!(error = %e, "Cannot accept connections; new agents wait.");
+                    }
                 }
                 true
             }
-            Err(_) => false,
         };
         async move {
             if pause {
-                tokio::time::sleep(OUT_OF_FILES_PAUSE).await;
+                tokio::time::sleep(ACCEPT_PAUSE).await;
             }
             conn
         }
     })
+}
+
+/// An error of one connection (it went away before it was accepted), not
+/// of the listener.
+fn one_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
+    ) || e.raw_os_error() == Some(71) // EPROTO
 }
 
 /// EMFILE or ENFILE.
@@ -113,5 +129,11 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
         assert!(out_of_files(&std::io::Error::from_raw_os_error(24)));
         assert!(!out_of_files(&std::io::Error::from_raw_os_error(104)));
+        // ECONNABORTED and ECONNRESET are one connection's; EMFILE and
+        // ENOBUFS the listener's.
+        assert!(one_connection(&std::io::Error::from_raw_os_error(103)));
+        assert!(one_connection(&std::io::Error::from_raw_os_error(104)));
+        assert!(!one_connection(&std::io::Error::from_raw_os_error(24)));
+        assert!(!one_connection(&std::io::Error::from_raw_os_error(105)));
     }
 }

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use pgfleet_collector::config::{CollectorArgs, CollectorConfig};
 use pgfleet_common::runtime;
 
-/// mimalloc rather than glibc's malloc: ingest allocates and frees a zstd
-/// context per message (inside tonic) and many small session strings, which
-/// glibc served with heavy consolidation and fragmented arenas. BENCHMARKS.md
-/// has the figures of both.
+/// mimalloc rather than glibc's malloc: ingest allocates and frees many small
+/// session strings, and for an older agent's batches (gRPC's zstd) a zstd
+/// context per message inside tonic, which glibc served with heavy
+/// consolidation and fragmented arenas. BENCHMARKS.md has the figures of both.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

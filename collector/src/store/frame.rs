@@ -87,18 +87,21 @@ pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'st
     }
 }
 
-/// The most bytes a stored frame may take once decompressed: a snapshot
-/// fits in a message.
+/// The most bytes a stored frame is decompressed to with the thread's
+/// context: a frame holds every string whole (on the wire, texts go by
+/// dictionary), so a larger one is not refused but read the slow way.
 const MAX_FRAME_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
 fn decode(body: &[u8]) -> Option<Snapshot> {
     const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
     let bytes = if body.starts_with(&ZSTD_MAGIC) {
         // The thread's context; a frame without its size (none is written
-        // so) the slow way.
+        // so), or past the limit, the slow way: the collector wrote it.
         match crate::zstd_local::decompress(body, MAX_FRAME_BYTES) {
             Ok(bytes) => bytes,
-            Err(crate::zstd_local::Refused::Unsized) => zstd::stream::decode_all(body).ok()?,
+            Err(
+                crate::zstd_local::Refused::Unsized | crate::zstd_local::Refused::TooLarge { .. },
+            ) => zstd::stream::decode_all(body).ok()?,
             Err(_) => return None,
         }
     } else {
