@@ -17,7 +17,9 @@ def write_section(path: Path, title: str, section: str) -> None:
     if marker in text:
         start = text.index(marker)
         nxt = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[nxt + 1:] if nxt != -1 else "")
+        # A blank line before the next section, however the section ends.
+        rest = "\n" + text[nxt + 1:] if nxt != -1 else ""
+        text = text[:start] + section.rstrip("\n") + "\n" + rest
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)
