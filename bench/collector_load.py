@@ -85,6 +85,25 @@ def postgres_pids(cluster) -> list[int]:
     return pids
 
 
+def start_collector(bin_dir: Path, port: int, data: Path, log, store=(), extra=()) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
+         "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
+        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
+    )
+
+
+def stop_collector(collector: subprocess.Popen, log, data: Path) -> None:
+    """Stops the collector (killed after 30 s) and removes its data directory."""
+    collector.terminate()
+    try:
+        collector.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        collector.kill()
+    log.close()
+    shutil.rmtree(data, ignore_errors=True)
+
+
 def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     data = Path(tempfile.mkdtemp(prefix="pgfleet-load-"))
     port = free_port()
@@ -93,11 +112,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     if cluster is not None:
         cluster.psql(f"CREATE DATABASE load_{n}")
         store = ["--store", f"postgres://postgres@127.0.0.1:{cluster.port}/load_{n}"]
-    collector = subprocess.Popen(
-        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
-         "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
-    )
+    collector = start_collector(bin_dir, port, data, log, store, extra)
     try:
         time.sleep(2)
         pg_pids = postgres_pids(cluster) if cluster is not None else []
@@ -127,13 +142,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
             r["store_mib"] = int(cluster.psql(f"SELECT pg_database_size('load_{n}')")) / 2**20
         return r
     finally:
-        collector.terminate()
-        try:
-            collector.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+        stop_collector(collector, log, data)
 
 
 def held(r: dict) -> bool:
@@ -146,14 +155,6 @@ def held(r: dict) -> bool:
 
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:,.{digits}f}"
-
-
-def start_collector(bin_dir: Path, port: int, data: Path, log, store=(), extra=()) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
-         "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
-    )
 
 
 def storm(bin_dir: Path, n: int, args) -> dict:
@@ -225,13 +226,7 @@ def storm(bin_dir: Path, n: int, args) -> dict:
         if gen is not None:
             gen.kill()
             gen.wait()
-        collector.terminate()
-        try:
-            collector.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            collector.kill()
-        log.close()
-        shutil.rmtree(data, ignore_errors=True)
+        stop_collector(collector, log, data)
 
 
 def us_per_batch(r: dict):

@@ -26,6 +26,12 @@ pub fn compress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Whether `bytes` begin as a zstd frame does (its magic number).
+pub fn is_frame(bytes: &[u8]) -> bool {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    bytes.starts_with(&MAGIC)
+}
+
 /// Why a frame was not decompressed.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
@@ -79,6 +85,7 @@ mod tests {
             decompress(b"plain", 1 << 20),
             Err(Refused::NotZstd)
         ));
+        assert!(is_frame(&frame) && !is_frame(b"plain"));
         assert!(matches!(
             decompress(&frame[..frame.len() - 3], 1 << 20),
             Err(Refused::Corrupt(_))

@@ -13,8 +13,7 @@ pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
 /// A stored row's bytes, decompressed if they were; None when they do not
 /// decompress within [`MAX_ROW_BYTES`].
 pub(super) fn decompressed(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
-    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    if bytes.starts_with(&ZSTD_MAGIC) {
+    if crate::zstd_local::is_frame(bytes) {
         crate::zstd_local::decompress(bytes, MAX_ROW_BYTES)
             .ok()
             .map(std::borrow::Cow::Owned)

@@ -93,8 +93,7 @@ pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'st
 const MAX_FRAME_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
 fn decode(body: &[u8]) -> Option<Snapshot> {
-    const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-    let bytes = if body.starts_with(&ZSTD_MAGIC) {
+    let bytes = if crate::zstd_local::is_frame(body) {
         // The thread's context; a frame without its size (none is written
         // so), or past the limit, the slow way: the collector wrote it.
         match crate::zstd_local::decompress(body, MAX_FRAME_BYTES) {
