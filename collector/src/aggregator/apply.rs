@@ -102,7 +102,7 @@ impl Aggregator {
                     &mut closed,
                 );
                 if keep {
-                    self.writes
+                    self.later
                         .extend(super::load_writes(&snapshot.server_id, closed));
                 }
             }
@@ -225,7 +225,7 @@ impl Aggregator {
                 view.load = Arc::new(counter.now().clone());
             }
             if keep {
-                self.writes
+                self.later
                     .extend(super::load_writes(&snapshot.server_id, closed));
             }
             view.rollup = Arc::new(rollup);

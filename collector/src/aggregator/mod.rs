@@ -8,7 +8,7 @@ mod apply;
 mod command;
 mod view;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,11 @@ const MAX_COMMANDS_PER_PUBLISH: usize = 1024;
 /// How often, at most, the aggregator publishes a view.
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 
+/// How many of the load counters' writes may wait for room in the store's
+/// queue, per server (see [`Aggregator::store_later`]): a minute's load and a
+/// statements interval each, with room to spare.
+const LATER_PER_SERVER: usize = 4;
+
 struct AgentState {
     /// The live stream, if any.
     conn_id: Option<u64>,
@@ -54,6 +59,12 @@ pub struct Aggregator {
     store: Option<Store>,
     /// Writes for the store from the commands being handled.
     writes: Vec<StoreOp>,
+    /// What the load counters closed, for the store as its queue has room
+    /// (see [`Aggregator::store_later`]); in the order closed.
+    later: VecDeque<StoreOp>,
+    /// Whether `later` must be queued whole before the next answers (the
+    /// collector is stopping).
+    later_now: bool,
     commands: mpsc::Receiver<Command>,
     publish: watch::Sender<Arc<FleetView>>,
     agents: HashMap<String, AgentState>,
@@ -110,6 +121,8 @@ impl Aggregator {
                 duplicates,
                 store: None,
                 writes: Vec::new(),
+                later: VecDeque::new(),
+                later_now: false,
                 commands: rx,
                 publish,
                 agents: HashMap::new(),
@@ -203,8 +216,10 @@ impl Aggregator {
                 for op in self.writes.drain(..) {
                     store.write(op).await;
                 }
+                self.store_later().await;
             } else {
                 self.writes.clear();
+                self.later.clear();
             }
             self.publish.send_replace(Arc::new(FleetView {
                 servers: self.servers.clone(),
@@ -252,9 +267,11 @@ impl Aggregator {
                             });
                         }
                     }
+                    // After what they closed before.
                     for (server_id, counter) in &self.load {
-                        self.writes.extend(load_writes(server_id, counter.open()));
+                        self.later.extend(load_writes(server_id, counter.open()));
                     }
+                    self.later_now = true;
                 }
                 replies.push(Reply::Done(reply));
             }
@@ -263,15 +280,25 @@ impl Aggregator {
                 hours_only,
                 reply,
             } => {
+                // What was closed but is not yet queued for the store is
+                // open still, as far as readers know.
+                let mut later = self.closed_later(hours_only);
                 let open = server_ids
                     .into_iter()
                     .filter_map(|id| {
                         let counter = self.load.get(id.as_str())?;
                         let open = if hours_only {
                             let hour = counter.open_hour()?;
-                            vec![Closed::Minute(crate::load::MinuteLoad::default(), hour)]
+                            let mut hours =
+                                vec![Closed::Minute(crate::load::MinuteLoad::default(), hour)];
+                            // Readers take the first of an hour: the latest.
+                            let waiting = later.remove(id.as_str()).unwrap_or_default();
+                            hours.extend(waiting.into_iter().rev());
+                            hours
                         } else {
-                            counter.open()
+                            let mut closed = later.remove(id.as_str()).unwrap_or_default();
+                            closed.extend(counter.open());
+                            closed
                         };
                         Some((id, open))
                     })
@@ -280,6 +307,63 @@ impl Aggregator {
             }
             Command::Follow { servers } => self.follow(servers),
         }
+    }
+
+    /// Queues for the store what the load counters closed, as far as its
+    /// queue has room beside the frames.
+    ///
+    /// Every server closes its minute in the same second, each with a
+    /// minute of load, its hour's totals and, every few minutes, statement
+    /// statistics: thousands of writes at once, more than the queue holds.
+    /// Waiting for room would hold up the live view for seconds. They wait
+    /// here instead, at most [`LATER_PER_SERVER`] a server, and go as the
+    /// writer drains the queue; past that bound, or when the collector is
+    /// stopping, they are queued as any write is, waiting for room.
+    async fn store_later(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let bound = LATER_PER_SERVER * self.load.len().max(1);
+        while let Some(op) = self.later.pop_front() {
+            if self.later_now || self.later.len() >= bound {
+                store.write(op).await;
+            } else if let Some(op) = store.try_write(op) {
+                self.later.push_front(op);
+                break;
+            }
+        }
+        self.later_now = false;
+    }
+
+    /// What waits in [`Aggregator::later`], as the counters closed it, by
+    /// server, in the order closed; with `hours_only`, only the hours'
+    /// totals.
+    fn closed_later(&self, hours_only: bool) -> HashMap<&str, Vec<Closed>> {
+        let mut by_server: HashMap<&str, Vec<Closed>> = HashMap::new();
+        for op in &self.later {
+            let (server_id, closed) = match op {
+                StoreOp::Load {
+                    server_id, hour, ..
+                } if hours_only => (
+                    server_id,
+                    Closed::Minute(crate::load::MinuteLoad::default(), hour.clone()),
+                ),
+                StoreOp::Load {
+                    server_id,
+                    minute,
+                    hour,
+                } => (server_id, Closed::Minute(minute.clone(), hour.clone())),
+                StoreOp::Statements { .. } if hours_only => continue,
+                StoreOp::Statements {
+                    server_id,
+                    at,
+                    read,
+                } => (server_id, Closed::Statements(*at, read.clone())),
+                _ => continue,
+            };
+            by_server.entry(server_id).or_default().push(closed);
+        }
+        by_server
     }
 
     /// Takes into the view what other collectors stored of the servers they

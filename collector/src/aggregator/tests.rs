@@ -343,3 +343,92 @@ proptest::proptest! {
         }
     }
 }
+
+/// A server's counter with one minute closed from `t0` (an active session
+/// at each of its 20 samples), and what it closed.
+fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
+    let sessions = Arc::new(vec![Arc::new(Session {
+        pid: 7,
+        state: SessionState::Active,
+        backend_type: "client backend".into(),
+        user: "app".into(),
+        ..Default::default()
+    })]);
+    let mut counter = Counter::default();
+    let mut closed = Vec::new();
+    for s in 0..=20 {
+        let at = if s == 20 {
+            t0 + crate::load::COARSE_US
+        } else {
+            t0 + s * 1_000_000
+        };
+        counter.sample(
+            at,
+            1_000_000,
+            &sessions,
+            &sessions,
+            &mut closed,
+            &mut |_, _| {},
+        );
+    }
+    (counter, closed)
+}
+
+#[tokio::test]
+async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
+    let dir = std::env::temp_dir().join(format!("pgfleet-agg-later-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (store, _) = Store::open_sqlite(&dir, crate::store::Retention::default()).unwrap();
+    let mut agg = aggregator();
+    agg.store = Some(store.clone());
+    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
+    let (counter, closed) = counted_minute(t0);
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    agg.later.extend(load_writes("db", closed));
+    agg.load.insert("db".into(), counter);
+
+    let open_load = |agg: &mut Aggregator, hours_only| {
+        let (reply, mut answer) = oneshot::channel();
+        agg.handle(
+            Command::OpenLoad {
+                server_ids: vec!["db".into()],
+                hours_only,
+                reply,
+            },
+            &mut Vec::new(),
+        );
+        answer.try_recv().unwrap()
+    };
+    // Not yet queued for the store: readers get it with what is open.
+    let open = open_load(&mut agg, false);
+    let starts: Vec<Micros> = open[0]
+        .1
+        .iter()
+        .filter_map(|c| match c {
+            Closed::Minute(m, _) => Some(m.coarse.start),
+            Closed::Statements(..) => None,
+        })
+        .collect();
+    assert_eq!(starts, [t0, t0 + crate::load::COARSE_US]);
+    // The hours: the counter's first, holding both minutes.
+    let hours = open_load(&mut agg, true);
+    let Closed::Minute(_, first) = &hours[0].1[0] else {
+        panic!("{hours:?}")
+    };
+    assert_eq!(first.minutes.len(), 2, "{first:?}");
+    assert_eq!(hours[0].1.len(), 2, "the waiting minute's hour after it");
+
+    // The store's queue has room: it goes, and reads back from the store.
+    agg.store_later().await;
+    assert!(agg.later.is_empty());
+    assert_eq!(open_load(&mut agg, false)[0].1.len(), 1, "only the open");
+    store.flush().await;
+    let stored = store
+        .load(Some(vec!["db".into()]), t0, t0 + crate::load::COARSE_US)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].1.coarse.samples, 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}

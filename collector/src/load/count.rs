@@ -58,7 +58,9 @@ pub struct Counter {
     /// host is taken when the minute closes), a count per 10 s bucket; and
     /// the tuples the sessions last counted are in, even when the minute
     /// has not counted them yet.
-    counts: WordMap<Sampled, Entry>,
+    counts: WordMap<Key, Entry>,
+    /// The strings `counts` names.
+    held: Held,
     /// The sessions last counted: a sample is counted as what changed since
     /// (see [`Counter::sample`]).
     counted: Arc<Vec<Arc<Session>>>,
@@ -104,6 +106,61 @@ impl Open {
     }
 }
 
+/// The strings of a counter's open tuples, each held once under an id, so
+/// that a tuple is 4 bytes a string rather than an `Arc<str>`'s 16. Found by
+/// address: the counter holds every string it gave an id, so no address is
+/// reused meanwhile. Made again, with only the strings still in use, as each
+/// minute closes.
+#[derive(Debug, Default)]
+struct Held {
+    by_address: WordMap<usize, u32>,
+    strings: Vec<Arc<str>>,
+}
+
+impl Held {
+    /// The id of `s`, given it if new.
+    fn id(&mut self, s: &Arc<str>) -> u32 {
+        *self.by_address.entry(address(s)).or_insert_with(|| {
+            self.strings.push(s.clone());
+            (self.strings.len() - 1) as u32
+        })
+    }
+
+    /// The id of the string at `address`, if it has one.
+    fn find(&self, address: usize) -> Option<u32> {
+        self.by_address.get(&address).copied()
+    }
+
+    fn get(&self, id: u32) -> &Arc<str> {
+        &self.strings[id as usize]
+    }
+
+    /// A key's strings, in the order [`Sampled::of`] takes them.
+    fn strings(&self, key: &Key) -> [&Arc<str>; 7] {
+        key.strings.map(|i| self.get(i))
+    }
+}
+
+/// A tuple of the open minute, its strings by id in the counter's [`Held`]
+/// (in the order [`Sampled::of`] takes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    query: u64,
+    strings: [u32; 7],
+    class: Class,
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let s = self.strings.map(u64::from);
+        state.write_u64(self.query ^ self.class as u64);
+        state.write_u64(s[0] | s[1] << 32);
+        state.write_u64(s[2] | s[3] << 32);
+        state.write_u64(s[4] | s[5] << 32);
+        state.write_u64(s[6]);
+    }
+}
+
 /// A tuple's counts in the open minute, one per 10 s bucket, and the
 /// sessions in it now.
 ///
@@ -114,7 +171,6 @@ impl Open {
 /// since is not yet in `counts`.
 #[derive(Debug, Clone)]
 struct Entry {
-    tuple: Tuple,
     counts: [u32; SLOTS],
     live: u32,
     mark: u32,
@@ -173,24 +229,25 @@ fn wait(s: &Session) -> (&Arc<str>, &Arc<str>) {
     }
 }
 
+/// The strings of the tuple a session counts in, in the order
+/// [`Sampled::of`] takes them.
+fn strings(s: &Session) -> [&Arc<str>; 7] {
+    let (wait_type, wait_event) = wait(s);
+    [
+        wait_type,
+        wait_event,
+        &s.user,
+        &s.database,
+        &s.application_name,
+        &s.client,
+        &s.backend_type,
+    ]
+}
+
 /// The tuple a session counts in at a sample, by its strings' addresses;
 /// None when it counts in none.
 fn sampled(s: &Session) -> Option<Sampled> {
-    let class = class(s)?;
-    let (wait_type, wait_event) = wait(s);
-    Some(Sampled::of(
-        class,
-        s.fingerprint,
-        [
-            wait_type,
-            wait_event,
-            &s.user,
-            &s.database,
-            &s.application_name,
-            &s.client,
-            &s.backend_type,
-        ],
-    ))
+    Some(Sampled::of(class(s)?, s.fingerprint, strings(s)))
 }
 
 impl Counter {
@@ -244,6 +301,19 @@ impl Counter {
     /// A session, counted in the sample before under `key`, is no longer in
     /// that tuple.
     fn leave(&mut self, key: Sampled, slot: usize, taken: u32) {
+        let mut strings = [0; 7];
+        for (id, a) in strings.iter_mut().zip(key.addresses()) {
+            // A string without an id is in no tuple counted.
+            let Some(found) = self.held.find(a) else {
+                return;
+            };
+            *id = found;
+        }
+        let key = Key {
+            query: key.query(),
+            strings,
+            class: key.class(),
+        };
         if let Some(e) = self.counts.get_mut(&key) {
             e.settle(slot, taken);
             e.live = e.live.saturating_sub(1);
@@ -259,21 +329,15 @@ impl Counter {
         taken: u32,
         text: &mut impl FnMut(u64, &str),
     ) {
+        let held = &mut self.held;
+        let key = Key {
+            query: key.query(),
+            strings: strings(s).map(|s| held.id(s)),
+            class: key.class(),
+        };
         let e = self.counts.entry(key).or_insert_with(|| {
             text(s.fingerprint, &s.query);
-            let (wait_type, wait_event) = wait(s);
             Entry {
-                tuple: Tuple {
-                    class: key.class(),
-                    wait_type: wait_type.clone(),
-                    wait_event: wait_event.clone(),
-                    query: s.fingerprint,
-                    user: s.user.clone(),
-                    database: s.database.clone(),
-                    application: s.application_name.clone(),
-                    client: s.client.clone(),
-                    backend_type: s.backend_type.clone(),
-                },
                 counts: [0; SLOTS],
                 live: 0,
                 mark: taken,
@@ -336,13 +400,13 @@ impl Counter {
     fn close_minute(&mut self, open: Open, closed: &mut Vec<Closed>) {
         self.settle(&open);
         self.show(&open, open.current);
-        let minute = built(&open, &self.counts, self.restored.take().as_ref());
-        // The tuples sessions are in now stay, to count on in the next
-        // minute.
-        self.counts.retain(|_, e| e.live > 0);
-        for e in self.counts.values_mut() {
-            (e.counts, e.mark) = ([0; SLOTS], 0);
-        }
+        let minute = built(
+            &open,
+            &self.counts,
+            &self.held,
+            self.restored.take().as_ref(),
+        );
+        self.keep_live();
         if minute.coarse.samples == 0 {
             return;
         }
@@ -360,6 +424,29 @@ impl Counter {
         };
         hour.set(MinuteTotals::of(&minute.coarse));
         closed.push(Closed::Minute(minute, hour.clone()));
+    }
+
+    /// Keeps only the tuples sessions are in now, to count on in the next
+    /// minute, and only their strings; in maps no larger than they need.
+    fn keep_live(&mut self) {
+        let counts = std::mem::take(&mut self.counts);
+        let old = std::mem::take(&mut self.held);
+        let live = counts.values().filter(|e| e.live > 0).count();
+        self.counts.reserve(live);
+        for (key, e) in counts {
+            if e.live > 0 {
+                let key = Key {
+                    strings: old.strings(&key).map(|s| self.held.id(s)),
+                    ..key
+                };
+                let e = Entry {
+                    counts: [0; SLOTS],
+                    mark: 0,
+                    ..e
+                };
+                self.counts.insert(key, e);
+            }
+        }
     }
 
     /// Adds to the open bucket's counts what its tuples counted since they
@@ -384,18 +471,20 @@ impl Counter {
             .flat_map(|m| &m.fine)
             .filter(|f| f.start == open.start + slot as Micros * FINE_US)
             .flat_map(|f| f.tuples.iter().map(|(t, n)| (t, *n)));
+        let held = &self.held;
         let counted = self
             .counts
-            .values()
-            .map(|e| (&e.tuple, e.count(open, slot)));
-        for (t, n) in counted
+            .iter()
+            .map(|(k, e)| ((k.class, held.get(k.strings[0])), e.count(open, slot)));
+        let restored = restored.map(|(t, n)| ((t.class, &t.wait_type), n));
+        for ((_, wait_type), n) in counted
             .chain(restored)
-            .filter(|(t, n)| *n > 0 && t.class == Class::Active)
+            .filter(|((class, _), n)| *n > 0 && *class == Class::Active)
         {
             let share = f64::from(n) / f64::from(samples);
-            match by_type.iter_mut().find(|(k, _)| *k == t.wait_type) {
+            match by_type.iter_mut().find(|(k, _)| k == wait_type) {
                 Some((_, v)) => *v += share,
-                None => by_type.push((t.wait_type.clone(), share)),
+                None => by_type.push((wait_type.clone(), share)),
             }
         }
         by_type.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -423,7 +512,7 @@ impl Counter {
     pub fn open(&self) -> Vec<Closed> {
         let mut out = Vec::new();
         if let Some(open) = &self.open {
-            let minute = built(open, &self.counts, self.restored.as_ref());
+            let minute = built(open, &self.counts, &self.held, self.restored.as_ref());
             if minute.coarse.samples > 0 {
                 let hour = self.hour_with(MinuteTotals::of(&minute.coarse));
                 out.push(Closed::Minute(minute, hour));
@@ -448,8 +537,8 @@ impl Counter {
             covered_us: open.slots.iter().map(|s| s.1).sum(),
             counts: [0; 3],
         };
-        for e in self.counts.values() {
-            totals.counts[e.tuple.class as usize] +=
+        for (k, e) in &self.counts {
+            totals.counts[k.class as usize] +=
                 (0..SLOTS).map(|i| u64::from(e.count(open, i))).sum::<u64>();
         }
         for (t, n) in self.restored.iter().flat_map(|m| &m.coarse.tuples) {
@@ -491,6 +580,7 @@ impl Counter {
                         open.churn = minute.coarse.churn.clone();
                         self.open = Some(open);
                         self.counts.clear();
+                        self.held = Held::default();
                         self.counted = Arc::default();
                         self.restored = Some(minute);
                     }
@@ -510,7 +600,8 @@ impl Counter {
 /// summed.
 fn built(
     open: &Open,
-    counts: &WordMap<Sampled, Entry>,
+    counts: &WordMap<Key, Entry>,
+    held: &Held,
     restored: Option<&MinuteLoad>,
 ) -> MinuteLoad {
     let mut coarse = Bucket::holding(open.start, COARSE_US);
@@ -531,13 +622,14 @@ fn built(
     // Every tuple with its strings interned (clients as hosts), then the
     // ids ordered as the strings.
     let mut interner = Interner::default();
-    let mut hosts: WordMap<usize, u32> = WordMap::default();
+    let mut hosts: WordMap<u32, u32> = WordMap::default();
     let mut counted: Vec<(Ids, [u32; SLOTS])> = Vec::with_capacity(counts.len());
-    for e in counts.values() {
+    for (k, e) in counts {
+        let strings = held.strings(k);
         let client = *hosts
-            .entry(address(&e.tuple.client))
-            .or_insert_with(|| interner.text(host(&e.tuple.client)));
-        let ids = interner.ids(&e.tuple, client);
+            .entry(k.strings[5])
+            .or_insert_with(|| interner.text(host(strings[5])));
+        let ids = interner.ids_of(k.class, k.query, strings, client);
         counted.push((ids, std::array::from_fn(|i| e.count(open, i))));
     }
     // What a stopped collector stored: its coarse tuples, and its 10 s

@@ -98,6 +98,15 @@ impl Sampled {
     pub fn class(&self) -> Class {
         self.class
     }
+
+    pub fn query(&self) -> u64 {
+        self.query
+    }
+
+    /// Its strings' addresses, in the order [`Sampled::of`] takes them.
+    pub fn addresses(&self) -> [usize; 7] {
+        self.strings
+    }
 }
 
 impl std::hash::Hash for Sampled {
@@ -172,17 +181,37 @@ impl Interner {
 
     /// A tuple's ids, with `client` the id of its client as it is to be kept.
     pub fn ids(&mut self, t: &Tuple, client: u32) -> Ids {
+        self.ids_of(
+            t.class,
+            t.query,
+            [
+                &t.wait_type,
+                &t.wait_event,
+                &t.user,
+                &t.database,
+                &t.application,
+                &t.client,
+                &t.backend_type,
+            ],
+            client,
+        )
+    }
+
+    /// The ids of a tuple given as its class, query and strings (in the
+    /// order [`Sampled::of`] takes them), with `client` the id of its client
+    /// as it is to be kept.
+    pub fn ids_of(&mut self, class: Class, query: u64, s: [&Arc<str>; 7], client: u32) -> Ids {
         Ids {
-            class: t.class,
-            wait_type: self.id(&t.wait_type),
-            wait_event: self.id(&t.wait_event),
-            query: t.query,
+            class,
+            wait_type: self.id(s[0]),
+            wait_event: self.id(s[1]),
+            query,
             who: [
-                self.id(&t.user),
-                self.id(&t.database),
-                self.id(&t.application),
+                self.id(s[2]),
+                self.id(s[3]),
+                self.id(s[4]),
                 client,
-                self.id(&t.backend_type),
+                self.id(s[6]),
             ],
         }
     }

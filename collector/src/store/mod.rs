@@ -319,6 +319,22 @@ impl Store {
         }
     }
 
+    /// Queues a write only while at least half the queue is free, and gives
+    /// it back otherwise: for writes that may wait (a minute's load, closed
+    /// by every server at once) and should not take the room that the
+    /// frames of the batches after them need.
+    pub fn try_write(&self, op: Op) -> Option<Op> {
+        if self.writes.capacity() <= QUEUE / 2 {
+            return Some(op);
+        }
+        let Ok(permit) = self.writes.try_reserve() else {
+            return Some(op);
+        };
+        let ticket = self.durable.given.fetch_add(1, Ordering::SeqCst) + 1;
+        permit.send((ticket, op));
+        None
+    }
+
     /// Which writes are committed.
     pub fn durable(&self) -> Durable {
         self.durable.clone()
