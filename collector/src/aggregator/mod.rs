@@ -34,8 +34,26 @@ const COMMAND_QUEUE: usize = 1024;
 /// The most commands the aggregator applies before it publishes a view.
 const MAX_COMMANDS_PER_PUBLISH: usize = 1024;
 
-/// How often, at most, the aggregator publishes a view.
+/// How often, at most, the aggregator publishes a view: every 20 ms, and
+/// less often the more servers a view holds (see [`publish_every`]).
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
+
+/// How long a view may wait per server it holds before it is published,
+/// and the longest a view waits.
+const PUBLISH_PER_SERVER: Duration = Duration::from_micros(20);
+const PUBLISH_AT_MOST: Duration = Duration::from_millis(200);
+
+/// How long after the last publish the next view is due, with `servers` in
+/// it. Publishing copies the map of every server, about 0.3 µs a server:
+/// every 20 ms at 5,000 servers that was 7% of a core. Spaced by the
+/// fleet's size, it is about 1.5% whatever the size, and a view is at most
+/// 200 ms older (at 10,000 servers) than one published every 20 ms.
+fn publish_every(servers: usize) -> Duration {
+    let servers = u32::try_from(servers).unwrap_or(u32::MAX);
+    PUBLISH_PER_SERVER
+        .saturating_mul(servers)
+        .clamp(PUBLISH_EVERY, PUBLISH_AT_MOST)
+}
 
 /// How many of the load counters' writes may wait for room in the store's
 /// queue, per server (see [`Aggregator::store_later`]): a minute's load and a
@@ -190,14 +208,15 @@ impl Aggregator {
     /// Runs until every handle is dropped.
     ///
     /// Commands are applied as they come, and a view is published at most
-    /// every [`PUBLISH_EVERY`]: publishing copies the map of every server, so
-    /// with thousands of agents one publish per command would cost more than
-    /// the commands. Answers wait for the view that shows their change.
+    /// every [`PUBLISH_EVERY`], and less often for a larger fleet (see
+    /// [`publish_every`]): publishing copies the map of every server, so with
+    /// thousands of agents one publish per command would cost more than the
+    /// commands. Answers wait for the view that shows their change.
     pub async fn run(mut self) {
         let mut replies = Vec::new();
         while let Some(first) = self.commands.recv().await {
             self.handle(first, &mut replies);
-            let due = self.published + PUBLISH_EVERY;
+            let due = self.published + publish_every(self.servers.len());
             while replies.len() < MAX_COMMANDS_PER_PUBLISH {
                 let command = match self.commands.try_recv() {
                     Ok(command) => command,

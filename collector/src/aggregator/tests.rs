@@ -432,3 +432,12 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
     assert_eq!(stored[0].1.coarse.samples, 20);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn views_are_published_less_often_the_larger_the_fleet() {
+    assert_eq!(publish_every(0), PUBLISH_EVERY);
+    assert_eq!(publish_every(100), PUBLISH_EVERY);
+    assert_eq!(publish_every(2_500), Duration::from_millis(50));
+    assert_eq!(publish_every(10_000), PUBLISH_AT_MOST);
+    assert_eq!(publish_every(usize::MAX), PUBLISH_AT_MOST);
+}
