@@ -266,7 +266,8 @@ impl Collector {
             self.server.abort();
         }
         // What the streams applied, and the minutes being rolled up, are
-        // committed before the collector is gone.
+        // committed before the collector is gone: on a large fleet, one
+        // write a server or more, queued as the store takes them.
         let (done, stored) = oneshot::channel::<()>();
         if self
             .aggregator
@@ -274,7 +275,7 @@ impl Collector {
             .await
             .is_ok()
         {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stored).await;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(15), stored).await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.store.flush()).await;
     }

@@ -102,8 +102,7 @@ impl Aggregator {
                     &mut closed,
                 );
                 if keep {
-                    self.later
-                        .extend(super::load_writes(&snapshot.server_id, closed));
+                    super::close_later(&mut self.later, &snapshot.server_id, closed);
                 }
             }
             // Increments add up in any order, so even an older snapshot counts.
@@ -225,8 +224,7 @@ impl Aggregator {
                 view.load = Arc::new(counter.now().clone());
             }
             if keep {
-                self.later
-                    .extend(super::load_writes(&snapshot.server_id, closed));
+                super::close_later(&mut self.later, &snapshot.server_id, closed);
             }
             view.rollup = Arc::new(rollup);
         }

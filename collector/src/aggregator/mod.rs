@@ -10,7 +10,7 @@ mod view;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgfleet_proto::time::now_micros;
 use pgfleet_proto::v1;
@@ -47,7 +47,7 @@ const PUBLISH_AT_MOST: Duration = Duration::from_millis(200);
 /// it. Publishing copies the map of every server, about 0.3 µs a server:
 /// every 20 ms at 5,000 servers that was 7% of a core. Spaced by the
 /// fleet's size, it is about 1.5% whatever the size, and a view is at most
-/// 200 ms older (at 10,000 servers) than one published every 20 ms.
+/// 180 ms older (at 10,000 servers) than one published every 20 ms.
 fn publish_every(servers: usize) -> Duration {
     let servers = u32::try_from(servers).unwrap_or(u32::MAX);
     PUBLISH_PER_SERVER
@@ -57,8 +57,10 @@ fn publish_every(servers: usize) -> Duration {
 
 /// How many of the load counters' writes may wait for room in the store's
 /// queue, per server (see [`Aggregator::store_later`]): a minute's load and a
-/// statements interval each, with room to spare.
+/// statements interval each, with room to spare; and how long one may wait,
+/// well within the time readers ask the counters for (`MINUTE_REACH`).
 const LATER_PER_SERVER: usize = 4;
+const LATER_AT_MOST: Duration = Duration::from_secs(30);
 
 struct AgentState {
     /// The live stream, if any.
@@ -78,8 +80,9 @@ pub struct Aggregator {
     /// Writes for the store from the commands being handled.
     writes: Vec<StoreOp>,
     /// What the load counters closed, for the store as its queue has room
-    /// (see [`Aggregator::store_later`]); in the order closed.
-    later: VecDeque<StoreOp>,
+    /// (see [`Aggregator::store_later`]); in the order closed, each with
+    /// when.
+    later: VecDeque<(Instant, StoreOp)>,
     /// Whether `later` must be queued whole before the next answers (the
     /// collector is stopping).
     later_now: bool,
@@ -88,7 +91,7 @@ pub struct Aggregator {
     agents: HashMap<String, AgentState>,
     servers: BTreeMap<Arc<str>, Arc<ServerView>>,
     /// Each server's open load buckets (not published: readers read closed
-    /// buckets from the store, and the view's `load`).
+    /// buckets from the store and from `later`, and the view's `load`).
     load: HashMap<Arc<str>, Counter>,
     /// Query texts known to be stored, and those to store.
     texts: Texts,
@@ -230,7 +233,8 @@ impl Aggregator {
                 };
                 self.handle(command, &mut replies);
             }
-            // The history keeps pace: when the disk falls behind, ingest waits.
+            // The history keeps pace: when the disk falls behind, ingest waits
+            // (the load counters' writes, only past their bounds).
             if let Some(store) = &self.store {
                 for op in self.writes.drain(..) {
                     store.write(op).await;
@@ -287,8 +291,10 @@ impl Aggregator {
                         }
                     }
                     // After what they closed before.
+                    let now = Instant::now();
                     for (server_id, counter) in &self.load {
-                        self.later.extend(load_writes(server_id, counter.open()));
+                        let open = load_writes(server_id, counter.open());
+                        self.later.extend(open.map(|op| (now, op)));
                     }
                     self.later_now = true;
                 }
@@ -301,7 +307,7 @@ impl Aggregator {
             } => {
                 // What was closed but is not yet queued for the store is
                 // open still, as far as readers know.
-                let mut later = self.closed_later(hours_only);
+                let mut later = self.closed_later(&server_ids, hours_only);
                 let open = server_ids
                     .into_iter()
                     .filter_map(|id| {
@@ -343,23 +349,47 @@ impl Aggregator {
             return;
         };
         let bound = LATER_PER_SERVER * self.load.len().max(1);
-        while let Some(op) = self.later.pop_front() {
-            if self.later_now || self.later.len() >= bound {
+        while let Some((closed_at, op)) = self.later.pop_front() {
+            if self.later_now || self.later.len() >= bound || closed_at.elapsed() >= LATER_AT_MOST {
                 store.write(op).await;
             } else if let Some(op) = store.try_write(op) {
-                self.later.push_front(op);
+                self.later.push_front((closed_at, op));
                 break;
             }
         }
         self.later_now = false;
     }
 
-    /// What waits in [`Aggregator::later`], as the counters closed it, by
-    /// server, in the order closed; with `hours_only`, only the hours'
-    /// totals.
-    fn closed_later(&self, hours_only: bool) -> HashMap<&str, Vec<Closed>> {
+    /// Moves what waits in [`Aggregator::later`] of `server_ids` to the
+    /// writes queued at once: another collector may stream them next, and
+    /// its hour's totals must not be overwritten by older ones from here.
+    fn store_later_now(&mut self, server_ids: &[String]) {
+        if self.later.is_empty() {
+            return;
+        }
+        let (now, wait): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.later)
+            .into_iter()
+            .partition(|(_, op)| {
+                later_server(op).is_some_and(|id| server_ids.iter().any(|s| s == id))
+            });
+        self.writes.extend(now.into_iter().map(|(_, op)| op));
+        self.later = wait;
+    }
+
+    /// What waits in [`Aggregator::later`] of `server_ids`, as the counters
+    /// closed it, by server, in the order closed; with `hours_only`, only the
+    /// hours' totals.
+    fn closed_later(&self, server_ids: &[String], hours_only: bool) -> HashMap<&str, Vec<Closed>> {
         let mut by_server: HashMap<&str, Vec<Closed>> = HashMap::new();
-        for op in &self.later {
+        if self.later.is_empty() {
+            return by_server;
+        }
+        let asked: std::collections::HashSet<&str> =
+            server_ids.iter().map(String::as_str).collect();
+        for (_, op) in &self.later {
+            if !later_server(op).is_some_and(|id| asked.contains(id)) {
+                continue;
+            }
             let (server_id, closed) = match op {
                 StoreOp::Load {
                     server_id, hour, ..
@@ -538,10 +568,25 @@ impl Aggregator {
             }
         }
         if self.store.is_some() {
-            self.writes.push(StoreOp::Disconnected {
-                server_ids: agent.servers.clone(),
-            });
+            let server_ids = agent.servers.clone();
+            self.store_later_now(&server_ids);
+            self.writes.push(StoreOp::Disconnected { server_ids });
         }
+    }
+}
+
+/// Keeps what a server's counter closed for the store, to go as its queue
+/// has room (see [`Aggregator::store_later`]).
+fn close_later(later: &mut VecDeque<(Instant, StoreOp)>, server_id: &str, closed: Vec<Closed>) {
+    let now = Instant::now();
+    later.extend(load_writes(server_id, closed).map(|op| (now, op)));
+}
+
+/// The server of a load counter's write.
+fn later_server(op: &StoreOp) -> Option<&str> {
+    match op {
+        StoreOp::Load { server_id, .. } | StoreOp::Statements { server_id, .. } => Some(server_id),
+        _ => None,
     }
 }
 

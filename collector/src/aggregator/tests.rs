@@ -1,4 +1,5 @@
-//! The aggregator's rules, on its commands alone (no sockets, no store).
+//! The aggregator's rules, on its commands alone (no sockets; a SQLite store
+//! in a temporary directory where the history is the point).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -374,19 +375,28 @@ fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
     (counter, closed)
 }
 
-#[tokio::test]
-async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
-    let dir = std::env::temp_dir().join(format!("pgfleet-agg-later-{}", std::process::id()));
+/// A SQLite store in a directory of its own, named `name`.
+fn sqlite_store(name: &str) -> (std::path::PathBuf, Store) {
+    let dir = std::env::temp_dir().join(format!("pgfleet-agg-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let (store, _) = Store::open_sqlite(&dir, crate::store::Retention::default()).unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
+    let (dir, store) = sqlite_store("later");
     let mut agg = aggregator();
     agg.store = Some(store.clone());
     let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
     let (counter, closed) = counted_minute(t0);
     assert_eq!(closed.len(), 1, "{closed:?}");
-    agg.later.extend(load_writes("db", closed));
+    close_later(&mut agg.later, "db", closed);
     agg.load.insert("db".into(), counter);
+    // Another server's waiting load is not this one's.
+    let (_, other) = counted_minute(t0);
+    close_later(&mut agg.later, "other", other);
 
     let open_load = |agg: &mut Aggregator, hours_only| {
         let (reply, mut answer) = oneshot::channel();
@@ -419,7 +429,7 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
     assert_eq!(first.minutes.len(), 2, "{first:?}");
     assert_eq!(hours[0].1.len(), 2, "the waiting minute's hour after it");
 
-    // The store's queue has room: it goes, and reads back from the store.
+    // The store's queue has room: they go, and read back from the store.
     agg.store_later().await;
     assert!(agg.later.is_empty());
     assert_eq!(open_load(&mut agg, false)[0].1.len(), 1, "only the open");
@@ -440,4 +450,38 @@ fn views_are_published_less_often_the_larger_the_fleet() {
     assert_eq!(publish_every(2_500), Duration::from_millis(50));
     assert_eq!(publish_every(10_000), PUBLISH_AT_MOST);
     assert_eq!(publish_every(usize::MAX), PUBLISH_AT_MOST);
+}
+
+#[tokio::test]
+async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
+    let (dir, store) = sqlite_store("leaves");
+    let mut a = aggregator();
+    a.store = Some(store);
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
+    a.apply("a1", 1, 1, vec![snapshot("db", t0, &[1])]).unwrap();
+    a.apply(
+        "a1",
+        1,
+        2,
+        vec![snapshot("db", t0 + crate::load::COARSE_US, &[1])],
+    )
+    .unwrap();
+    let is_load = |op: &StoreOp| matches!(op, StoreOp::Load { .. });
+    assert!(
+        a.later.iter().any(|(_, op)| is_load(op)),
+        "the closed minute waits apart"
+    );
+    assert!(!a.writes.iter().any(is_load));
+    // Its agent leaves: another collector may stream the server next.
+    a.disconnect("a1", 1);
+    assert!(a.later.is_empty());
+    let load = a.writes.iter().position(is_load);
+    let gone = a
+        .writes
+        .iter()
+        .position(|op| matches!(op, StoreOp::Disconnected { .. }));
+    assert!(load.is_some() && load < gone, "queued at once, in order");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -236,7 +236,8 @@ impl QueryService {
 }
 
 /// How far back an open minute (or hour totals' last minute) can begin, with
-/// time for the store to commit it once closed.
+/// time for the store to commit it once closed: a closed minute waits at most
+/// 30 s in the aggregator for room in the store's queue (`LATER_AT_MOST`).
 const MINUTE_REACH: Micros = 2 * COARSE_US;
 
 /// The most bytes of a query's text an answer gives (500 texts of the agent's
