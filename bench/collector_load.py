@@ -259,7 +259,7 @@ def draw(runs: list[dict], store: str) -> str | None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fleets", default="2500,5000,10000", help="the values of N to run")
+    p.add_argument("--fleets", default="2500,5000,10000", help="the values of N to run ('' for none: the storm alone)")
     p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
     p.add_argument("--measure", type=int, default=60, help="seconds measured at each N")
     p.add_argument("--connect-rate", type=int, default=500, help="agents connected per second")
@@ -270,9 +270,9 @@ def main() -> None:
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     title = TITLE if args.store == "sqlite" else TITLE + ", PostgreSQL store"
-    fleets = [int(x) for x in args.fleets.split(",")]
+    fleets = [int(x) for x in args.fleets.split(",") if x]
     command = "python3 bench/collector_load.py" + "".join(
-        f" {flag} {value}" for flag, value, default in [
+        f" {flag} {value if value != '' else repr('')}" for flag, value, default in [
             ("--fleets", args.fleets, p.get_default("fleets")),
             ("--warmup", args.warmup, 20), ("--measure", args.measure, 60),
             ("--connect-rate", args.connect_rate, 500), ("--store", args.store, "sqlite"),
@@ -307,6 +307,17 @@ def main() -> None:
         if cluster is not None:
             cluster.stop()
 
+    if runs:
+        load_section(runs, args, title, command, cluster)
+    if stormed:
+        write_section(Path(args.output), STORM_TITLE, storm_section(stormed, command, machine_name()))
+
+
+def machine_name() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+
+
+def load_section(runs: list[dict], args, title: str, command: str, cluster) -> None:
     best = max((r for r in runs if held(r)), key=lambda r: r["agents"], default=None)
     rows = []
     for r in runs:
@@ -338,7 +349,7 @@ def main() -> None:
     image = draw(runs, args.store)
     if image:
         headline += f"\n\n![The collector's CPU per batch and memory per server against servers]({image})"
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    machine = machine_name()
     store = ("its SQLite store" if cluster is None else
              "its PostgreSQL store (a throwaway server, default settings: fsync and synchronous commit on)")
     extra_head = "" if cluster is None else " store cores |"
@@ -355,8 +366,6 @@ Each row is one run: N agents (one server of 100 sessions each, about 10% changi
 """ + "\n".join(rows) + "\n"
     write_section(Path(args.output), title, section)
     print(section)
-    if stormed:
-        write_section(Path(args.output), STORM_TITLE, storm_section(stormed, command, machine))
 
 
 def storm_section(runs: list[dict], command: str, machine: str) -> str:

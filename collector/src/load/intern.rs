@@ -80,19 +80,7 @@ impl Sampled {
 
     /// A tuple's.
     pub fn tuple(t: &Tuple) -> Sampled {
-        Sampled::of(
-            t.class,
-            t.query,
-            [
-                &t.wait_type,
-                &t.wait_event,
-                &t.user,
-                &t.database,
-                &t.application,
-                &t.client,
-                &t.backend_type,
-            ],
-        )
+        Sampled::of(t.class, t.query, strings(t))
     }
 
     pub fn class(&self) -> Class {
@@ -107,6 +95,19 @@ impl Sampled {
     pub fn addresses(&self) -> [usize; 7] {
         self.strings
     }
+}
+
+/// A tuple's strings, in the order [`Sampled::of`] takes them.
+fn strings(t: &Tuple) -> [&Arc<str>; 7] {
+    [
+        &t.wait_type,
+        &t.wait_event,
+        &t.user,
+        &t.database,
+        &t.application,
+        &t.client,
+        &t.backend_type,
+    ]
 }
 
 impl std::hash::Hash for Sampled {
@@ -181,20 +182,7 @@ impl Interner {
 
     /// A tuple's ids, with `client` the id of its client as it is to be kept.
     pub fn ids(&mut self, t: &Tuple, client: u32) -> Ids {
-        self.ids_of(
-            t.class,
-            t.query,
-            [
-                &t.wait_type,
-                &t.wait_event,
-                &t.user,
-                &t.database,
-                &t.application,
-                &t.client,
-                &t.backend_type,
-            ],
-            client,
-        )
+        self.ids_of(t.class, t.query, strings(t), client)
     }
 
     /// The ids of a tuple given as its class, query and strings (in the
