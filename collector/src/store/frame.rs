@@ -54,8 +54,9 @@ pub struct Rebuilt {
 }
 
 /// A frame as stored: its snapshot's protobuf, zstd-compressed with the
-/// writer's compressor (one for the writer's life, not one per frame).
-pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'static>>) -> Vec<u8> {
+/// thread's context (one for the writer's life, not one per frame); as it
+/// is, should the context not allocate (reading tells the two apart).
+pub(super) fn encode(frame: &Frame) -> Vec<u8> {
     let snapshot = Snapshot {
         server_id: frame.server_id.clone(),
         sampled_at_us: frame.at,
@@ -81,10 +82,7 @@ pub(super) fn encode(frame: &Frame, zstd: &mut Option<zstd::bulk::Compressor<'st
         }
     }
     let bytes = wire.encode_to_vec();
-    match zstd {
-        Some(z) => z.compress(&bytes).unwrap_or(bytes),
-        None => bytes,
-    }
+    crate::zstd_local::compress(&bytes).unwrap_or(bytes)
 }
 
 /// The most bytes a stored frame is decompressed to with the thread's

@@ -54,8 +54,6 @@ const QUEUE: usize = 4096;
 /// How often history past its retention is deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-const ZSTD_LEVEL: i32 = 3;
-
 /// How long history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {

@@ -9,7 +9,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer, ZSTD_LEVEL};
+use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer};
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
@@ -80,9 +80,6 @@ pub(super) struct SqliteSink {
     db: Connection,
     /// Each server's dictionary of strings for the hour being written.
     keys: Dictionaries,
-    /// Without a compressor (it could not allocate), frames are stored as
-    /// they are; reading tells the two apart.
-    zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
 /// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
@@ -105,7 +102,6 @@ pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
-        zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
     };
     Ok((sink, reader, loaded, place))
 }
@@ -510,7 +506,7 @@ pub(super) fn rebuild(
 
 impl Sink for SqliteSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
-        commit(&mut self.db, ops, &mut self.zstd, &mut self.keys).map_err(|e| e.to_string())?;
+        commit(&mut self.db, ops, &mut self.keys).map_err(|e| e.to_string())?;
         self.keys.committed();
         Ok(())
     }
@@ -520,12 +516,7 @@ impl Sink for SqliteSink {
     }
 }
 
-fn commit(
-    db: &mut Connection,
-    ops: &[(u64, Op)],
-    zstd: &mut Option<zstd::bulk::Compressor<'static>>,
-    keys: &mut Dictionaries,
-) -> rusqlite::Result<()> {
+fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     {
         let mut frame = tx.prepare_cached(
@@ -564,7 +555,7 @@ fn commit(
                     frames,
                 } => {
                     for f in frames {
-                        let body = super::encode(f, zstd);
+                        let body = super::encode(f);
                         frame.execute(params![f.server_id, f.at, f.keyframe, body])?;
                     }
                     agent.execute(params![agent_id, *seq as i64])?;
@@ -725,7 +716,6 @@ mod tests {
         use pgfleet_proto::model::SessionState;
         let db = Connection::open_in_memory().unwrap();
         db.execute_batch(SCHEMA).unwrap();
-        let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         let first = Arc::new(Session {
             pid: 7,
             backend_start_us: 1,
@@ -763,15 +753,12 @@ mod tests {
                 ..frame()
             },
         ];
-        let whole = encode(
-            &Frame {
-                unchanged: Vec::new(),
-                ..frames[1].clone()
-            },
-            &mut zstd,
-        );
+        let whole = encode(&Frame {
+            unchanged: Vec::new(),
+            ..frames[1].clone()
+        });
         for f in &frames {
-            let body = encode(f, &mut zstd);
+            let body = encode(f);
             db.execute(
                 "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
                 params![f.server_id, f.at, f.keyframe, body],

@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
-use super::super::{Op, Retention, Sink, ZSTD_LEVEL};
+use super::super::{Op, Retention, Sink};
 use crate::load::dictionaries::Dictionaries;
 
 use super::{PARTITIONED, create_partition, day_of, drop_partitions};
@@ -27,7 +27,6 @@ pub(super) struct PgSink {
     collector_id: String,
     runtime: Option<tokio::runtime::Runtime>,
     writer: Option<Writer>,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
     /// Each server's dictionary of strings for the hour being written.
     keys: Dictionaries,
     /// The days whose partitions are known to exist.
@@ -117,7 +116,6 @@ impl PgSink {
             collector_id,
             runtime: None,
             writer: None,
-            zstd: zstd::bulk::Compressor::new(ZSTD_LEVEL).ok(),
             keys: Dictionaries::default(),
             days: HashSet::new(),
             duplicates: Arc::new(AtomicU64::new(0)),
@@ -387,7 +385,7 @@ impl Sink for PgSink {
                         f.server_id.as_str(),
                         f.at,
                         f.keyframe,
-                        super::super::encode(f, &mut self.zstd),
+                        super::super::encode(f),
                     ));
                 }
             }
