@@ -660,3 +660,62 @@ fn last_by_key<K: std::hash::Hash + Eq + Clone, V>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that says when it begins a commit, and ends it only when let.
+    struct Held {
+        entered: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl Sink for Held {
+        fn commit(&mut self, _: &[(u64, Op)]) -> Result<(), String> {
+            let _ = self.entered.send(());
+            // Until the test lets it, or is gone.
+            let _ = self.go.recv();
+            Ok(())
+        }
+
+        fn prune(&mut self, _: Retention, _: Micros) -> Result<(usize, usize), String> {
+            Ok((0, 0))
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_that_may_wait_are_given_back_once_half_the_queue_is_taken() {
+        let (entered, commits) = std::sync::mpsc::channel();
+        let (go, held) = std::sync::mpsc::channel();
+        let reader = rusqlite::Connection::open_in_memory().unwrap();
+        let store = Store::start(
+            Held { entered, go: held },
+            Reader::Sqlite(Arc::new(Mutex::new(reader))),
+            "test".into(),
+            Retention::default(),
+        )
+        .unwrap();
+        let op = || Op::Texts(Vec::new());
+        // The writer takes the first write and holds in its commit.
+        store.write(op()).await;
+        commits
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer commits");
+        let mut taken = 0;
+        while store.try_write(op()).is_none() {
+            taken += 1;
+            assert!(taken <= QUEUE, "never refused");
+        }
+        assert_eq!(taken, QUEUE / 2, "half the queue stays for the frames");
+        // A write that must go still goes.
+        store.write(op()).await;
+        // The writer is let go: the queue drains, and there is room again.
+        drop(go);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.try_write(op()).is_some() {
+            assert!(Instant::now() < deadline, "the queue never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
