@@ -37,7 +37,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -49,7 +48,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from report import write_section
+from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_ROOT = os.geteuid() == 0
@@ -448,7 +447,7 @@ def write_report(args, command, agent, floor, sqlalchemy, exporter, tps) -> None
         return (f"| {name} | {r['cpu_ms_per_sample']:.3f} | {r['backend_ms_per_sample']:.3f} | "
                 f"{r['peak_rss_mib']:.1f} | {r['samples']} |\n")
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    machine = machine_name()
     pg_version = subprocess.run([str(pg_bindir() / "postgres"), "--version"], capture_output=True,
                                 text=True).stdout.strip()
     lo, hi = (int(x) / 1000 for x in args.sleep_ms.split(","))

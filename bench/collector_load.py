@@ -34,7 +34,6 @@ import datetime
 import glob
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 
 from agent_overhead import cpu_ns
-from report import write_section
+from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector load"
@@ -311,10 +310,6 @@ def main() -> None:
         load_section(runs, args, title, command, cluster)
     if stormed:
         write_section(Path(args.output), STORM_TITLE, storm_section(stormed, command, machine_name()))
-
-
-def machine_name() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def load_section(runs: list[dict], args, title: str, command: str, cluster) -> None:

@@ -21,15 +21,13 @@ BENCHMARKS.md's figures: --rounds 3 --warmup 75 --measure 60.
 import argparse
 import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from collector_load import build, one_run
-from report import write_section
+from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## DB load"
@@ -85,7 +83,7 @@ def main() -> None:
     real, heavy = b["realistic"], b["heavy"]
     verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
     mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    machine = machine_name()
     rows = "\n".join(
         f"| {mode} | " + " | ".join(f"{per_batch_us(r):.0f}" for r in runs[mode]) + f" | {sum(v) / len(v):.0f} |"
         for mode, v in (("on", on), ("off", off)))

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import math
+import os
+import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 HEADER = "# pgfleet benchmarks\n\nEvery figure here was written by the command shown with it.\n"
+
+
+def machine_name() -> str:
+    """The machine a benchmark ran on, as its report names it."""
+    return f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
 def write_section(path: Path, title: str, section: str) -> None:

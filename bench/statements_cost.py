@@ -29,7 +29,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.dont_write_bytecode = True  # the helpers below are imported, not run: no __pycache__ in bench/
 from agent_overhead import ROOT, Cluster, log, pg_bindir  # noqa: E402
-from report import write_section  # noqa: E402
+from report import machine_name, write_section  # noqa: E402
 
 # Columns of the tables the statements use, as an application's might be.
 TABLES = {
@@ -184,7 +183,7 @@ def write_report(args, command: str, r: dict, pg_version: str, lengths: list[int
     a = (changes * (w - 1) + whole) / w
     b, c = r["exporter"]["median_us"], r["floor"]["median_us"]
     verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    machine = machine_name()
     title = "## pg_stat_statements read"
 
     def row(name: str, k: str) -> str:

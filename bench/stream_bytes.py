@@ -16,13 +16,12 @@ Writes both tables to BENCHMARKS.md with the command that made them.
 import argparse
 import datetime
 import os
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-from report import write_section
+from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Stream bytes per session per sample"
@@ -51,7 +50,7 @@ def main() -> None:
     wire = float(zstd_row.strip("| \n").split("|")[-1])
     verdict = lambda x: "meets" if x <= 16 else "MISSES"  # noqa: E731
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
+    machine = machine_name()
     sim_table = "\n".join(l for l in sim.splitlines() if l.startswith("|"))
     sim_intro = sim.split("\n\n")[0].strip()
     e2e_table = "\n".join(l for l in e2e.splitlines() if l.startswith("|"))

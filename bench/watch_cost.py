@@ -36,14 +36,13 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import agent_overhead as ao
-from report import chart, to_png, write_section
+from report import chart, machine_name, to_png, write_section
 
 ROOT = ao.ROOT
 log = ao.log
@@ -140,7 +139,7 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
         "## The cost of watching a server",
         "",
         f"Command: `{command}` (from the repository root; it builds the release binaries). Run on {today} "
-        f"on {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}; {pg}.",
+        f"on {machine_name()}; {pg}.",
         "Each server has N client sessions, each running `SELECT pg_sleep(…)` for 5–15 s at a time "
         "(about N/10 start a query each second). One after the other over the same "
         f"{args.samples}-second window, each watcher samples once a second: pgfleet-agent streaming to a "
