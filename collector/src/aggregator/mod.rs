@@ -291,10 +291,8 @@ impl Aggregator {
                         }
                     }
                     // After what they closed before.
-                    let now = Instant::now();
                     for (server_id, counter) in &self.load {
-                        let open = load_writes(server_id, counter.open());
-                        self.later.extend(open.map(|op| (now, op)));
+                        close_later(&mut self.later, server_id, counter.open());
                     }
                     self.later_now = true;
                 }
