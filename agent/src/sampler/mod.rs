@@ -8,6 +8,7 @@ pub mod pgbouncer;
 pub mod query_text;
 mod run;
 pub mod statements;
+mod tick;
 
 pub use query_text::QueryText;
 pub use run::{SamplerStats, TargetSampler, spawn};

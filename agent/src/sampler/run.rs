@@ -10,7 +10,7 @@ use pgfleet_proto::time::now_micros;
 use pgfleet_proto::v1;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::activity::{ActivityCache, MIN_VERSION_NUM, read_server};
@@ -18,6 +18,7 @@ use super::database::{CounterTracker, sample_facts};
 use super::pgbouncer::PgBouncer;
 use super::query_text::QueryText;
 use super::statements::Statements;
+use super::tick::Ticker;
 use crate::config::{Databases, TargetConfig};
 use crate::reporter::AppPools;
 use crate::target::{self, CONNECT_TIMEOUT};
@@ -358,8 +359,7 @@ pub fn spawn(
     tokio::spawn(async move {
         let stats = sampler.stats.clone();
         let server_id = sampler.server_id.clone();
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut ticker = Ticker::new(interval);
         let mut backoff = Backoff::new(interval, Duration::from_secs(30).max(interval));
         let mut down: Option<Down> = None;
         loop {
