@@ -399,7 +399,11 @@ impl Aggregator {
                     server_id,
                     minute,
                     hour,
-                } => (server_id, Closed::Minute(minute.clone(), hour.clone())),
+                } => (
+                    server_id,
+                    // Packed here, so it unpacks.
+                    Closed::Minute(minute.unpack().unwrap_or_default(), hour.clone()),
+                ),
                 StoreOp::Statements { .. } if hours_only => continue,
                 StoreOp::Statements {
                     server_id,
@@ -593,7 +597,7 @@ pub fn load_writes(server_id: &str, closed: Vec<Closed>) -> impl Iterator<Item =
     closed.into_iter().map(move |c| match c {
         Closed::Minute(minute, hour) => StoreOp::Load {
             server_id: server_id.to_owned(),
-            minute,
+            minute: minute.pack(),
             hour,
         },
         Closed::Statements(at, read) => StoreOp::Statements {

@@ -88,7 +88,6 @@ struct StoredFine {
 
 impl StoredLoad {
     /// Holds the strings and fingerprints it names itself.
-    #[cfg(test)]
     fn own(&mut self, tables: Tables) {
         self.strings = tables
             .strings
@@ -101,10 +100,18 @@ impl StoredLoad {
 }
 
 impl MinuteLoad {
+    /// The minute as it waits for the store: see [`PackedMinute`].
+    pub fn pack(&self) -> PackedMinute {
+        PackedMinute {
+            start: self.coarse.start,
+            samples: self.coarse.samples,
+            bytes: self.encode(),
+        }
+    }
+
     /// The minute as stored, with strings of its own, as rows were before
-    /// dictionaries (tests write them; the store writes through
+    /// dictionaries (a [`PackedMinute`]'s form; the store writes through
     /// [`super::dictionaries`]).
-    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         let mut tables = Tables::default();
         let mut stored = self.stored(&mut tables);
@@ -166,7 +173,6 @@ impl MinuteLoad {
 
     /// A stored minute back (starting at `start`), with strings of its
     /// own; None when the bytes are not one.
-    #[cfg(test)]
     pub fn decode(start: i64, bytes: &[u8]) -> Option<MinuteLoad> {
         Self::parse(start, bytes)?.with(&Keys::default())
     }
@@ -178,6 +184,45 @@ impl MinuteLoad {
             start,
             stored: StoredLoad::decode(bytes.as_ref()).ok()?,
         })
+    }
+}
+
+/// A closed minute of load as it waits for the store, and for readers
+/// meanwhile: in its stored form with strings of its own, compressed.
+///
+/// Every server closes its minute in the same second, and the minutes wait
+/// (in the aggregator, then in the store's queue) until the writer takes
+/// them: seconds, on a large fleet. As tuples, a busy server's minute takes
+/// about a hundred KB (its 10 s buckets repeat the minute's tuples), and a
+/// heap profile at 1,000 servers found 40% of the collector's peak heap in
+/// them; packed, a minute takes a few KB. Packing costs about 100 µs a
+/// minute, and the writer and readers unpack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedMinute {
+    start: i64,
+    samples: u32,
+    bytes: Vec<u8>,
+}
+
+impl PackedMinute {
+    /// The minute's first microsecond.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// The samples taken in it (none: no load to store).
+    pub fn samples(&self) -> u32 {
+        self.samples
+    }
+
+    /// The minute as it was packed; None only if its bytes were damaged.
+    pub fn unpack(&self) -> Option<MinuteLoad> {
+        MinuteLoad::decode(self.start, &self.bytes)
+    }
+
+    /// The bytes it holds.
+    pub fn size(&self) -> usize {
+        self.bytes.len()
     }
 }
 

@@ -363,3 +363,50 @@ fn bound_on_interned_strings_agrees_with_bound_on_strings() {
         assert_eq!(b.tuples, reference.tuples, "{tuples} tuples of {keys} keys");
     }
 }
+
+#[test]
+fn a_packed_minute_unpacks_to_itself_in_a_fraction_of_the_room() {
+    // A busy server's minute: 300 tuples (8 users, 40 applications, 60
+    // clients, 4 waits, 37 queries), and 10 s buckets of 110 of them each.
+    let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    let waits = [
+        ("CPU", ""),
+        ("IO", "DataFileRead"),
+        ("Lock", "transactionid"),
+        ("LWLock", "WALWrite"),
+    ];
+    let mut coarse = Bucket::holding(0, COARSE_US);
+    coarse.samples = 60;
+    coarse.covered_us = 60_000_000;
+    coarse.tuples = (0..300usize)
+        .map(|i| {
+            let mut t = tuple(&users[i % 8], 1000 + (i % 37) as u64, waits[i % 4]);
+            t.application = format!("app-{}", i % 40).into();
+            t.client = format!("10.20.{}.{}", i % 60, i % 7).into();
+            (t, 1 + (i % 5) as u32)
+        })
+        .collect();
+    let fine: Vec<Bucket> = (0..6)
+        .map(|k| {
+            let mut f = Bucket::holding(k * FINE_US, FINE_US);
+            f.samples = 10;
+            f.covered_us = 10_000_000;
+            f.tuples = (0..110)
+                .map(|i| (coarse.tuples[(i * 3 + k as usize * 17) % 300].0.clone(), 1))
+                .collect();
+            f
+        })
+        .collect();
+    let m = MinuteLoad { coarse, fine };
+    let packed = m.pack();
+    assert_eq!(packed.start(), 0);
+    assert_eq!(packed.samples(), 60);
+    assert_eq!(packed.unpack().as_ref(), Some(&m));
+    let entries = m.coarse.tuples.len() + m.fine.iter().map(|f| f.tuples.len()).sum::<usize>();
+    let as_tuples = entries * std::mem::size_of::<(Tuple, u32)>();
+    assert!(
+        packed.size() * 10 < as_tuples,
+        "packed {} bytes, as tuples {as_tuples}",
+        packed.size()
+    );
+}

@@ -39,10 +39,10 @@ use pgfleet_proto::time::{Micros, now_micros};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::load::MinuteLoad;
 use crate::load::count::Closed;
 use crate::load::hours::HourTotals;
 use crate::load::statements::Read;
+use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
 
 /// The longest a frame waits to be committed.
@@ -117,10 +117,11 @@ pub enum Op {
     Disconnected { server_ids: Vec<String> },
     /// One server's minute, rolled up.
     Minute { server_id: String, minute: Minute },
-    /// One server's load over a minute, and its hour's totals with it.
+    /// One server's load over a minute (packed while it waits), and its
+    /// hour's totals with it.
     Load {
         server_id: String,
-        minute: MinuteLoad,
+        minute: PackedMinute,
         hour: HourTotals,
     },
     /// A server's pg_stat_statements increments over the interval that
@@ -640,6 +641,19 @@ fn stored_labels(text: &str) -> BTreeMap<String, String> {
 /// A sampling interval as stored, in milliseconds (at least 10).
 fn stored_interval(ms: i64) -> Duration {
     Duration::from_millis(ms.max(10) as u64)
+}
+
+/// A closed minute of load to write: None when it has no samples, or (which
+/// only damaged memory would do) does not unpack, which is logged.
+fn unpacked(server_id: &str, minute: &PackedMinute) -> Option<MinuteLoad> {
+    if minute.samples() == 0 {
+        return None;
+    }
+    let m = minute.unpack();
+    if m.is_none() {
+        error!(server.id = %server_id, minute = minute.start(), "A closed minute of load did not unpack; it is not stored.");
+    }
+    m
 }
 
 /// The last of each key, in the order first seen: a batch written as one

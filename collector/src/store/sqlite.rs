@@ -577,9 +577,9 @@ fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> ru
                     minute,
                     hour: totals,
                 } => {
-                    if minute.coarse.samples > 0 {
-                        let body = keys.minute(server_id, minute);
-                        load.execute(params![server_id, minute.coarse.start, body])?;
+                    if let Some(m) = super::unpacked(server_id, minute) {
+                        let body = keys.minute(server_id, &m);
+                        load.execute(params![server_id, minute.start(), body])?;
                     }
                     hour.execute(params![server_id, totals.start, totals.encode()])?;
                 }

@@ -141,10 +141,12 @@ impl PgSink {
         let load = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
             Op::Load {
                 server_id, minute, ..
-            } if minute.coarse.samples > 0 => Some((
-                ("load", server_id.as_str(), minute.coarse.start),
-                keys.minute(server_id, minute),
-            )),
+            } => super::super::unpacked(server_id, minute).map(|m| {
+                (
+                    ("load", server_id.as_str(), minute.start()),
+                    keys.minute(server_id, &m),
+                )
+            }),
             _ => None,
         }))
         .into_iter()
