@@ -18,55 +18,58 @@ use tracing::warn;
 
 /// A periodic tick.
 pub struct Ticker {
+    /// For the fallback to tokio's timer, should the timerfd fail.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    period: Duration,
+    clock: Clock,
+}
+
+/// What a [`Ticker`] waits on.
+enum Clock {
     #[cfg(target_os = "linux")]
-    timerfd: Option<timerfd::Timer>,
-    interval: Duration,
-    fallback: Option<Interval>,
+    Timerfd(timerfd::Timer),
+    Tokio(Interval),
 }
 
 impl Ticker {
-    pub fn new(interval: Duration) -> Ticker {
+    pub fn new(period: Duration) -> Ticker {
         #[cfg(target_os = "linux")]
-        {
-            match timerfd::Timer::new(interval) {
-                Ok(timer) => {
-                    return Ticker {
-                        timerfd: Some(timer),
-                        interval,
-                        fallback: None,
-                    };
-                }
-                Err(e) => {
-                    warn!(error = %e, "No timerfd for the sampling tick; using tokio's timer, which wakes the agent twice a tick.")
-                }
+        match timerfd::Timer::new(period) {
+            Ok(timer) => {
+                return Ticker {
+                    period,
+                    clock: Clock::Timerfd(timer),
+                };
+            }
+            Err(e) => {
+                warn!(error = %e, "No timerfd for the sampling tick; using tokio's timer, which wakes the agent twice a tick.")
             }
         }
         Ticker {
-            #[cfg(target_os = "linux")]
-            timerfd: None,
-            interval,
-            fallback: Some(tokio_interval(interval)),
+            period,
+            clock: Clock::Tokio(tokio_interval(period)),
         }
     }
 
     /// Waits for the next tick.
     pub async fn tick(&mut self) {
-        #[cfg(target_os = "linux")]
-        if let Some(timer) = &self.timerfd {
-            match timer.wait().await {
-                Ok(()) => return,
-                Err(e) => {
+        loop {
+            match &mut self.clock {
+                #[cfg(target_os = "linux")]
+                Clock::Timerfd(timer) => {
+                    let Err(e) = timer.wait().await else {
+                        return;
+                    };
                     warn!(error = %e, "The sampling tick's timerfd failed; using tokio's timer from now on.");
-                    self.timerfd = None;
                     // Its first tick is at once, as this one would have been.
-                    self.fallback = Some(tokio_interval(self.interval));
+                    self.clock = Clock::Tokio(tokio_interval(self.period));
+                }
+                Clock::Tokio(interval) => {
+                    interval.tick().await;
+                    return;
                 }
             }
         }
-        let interval = self
-            .fallback
-            .get_or_insert_with(|| tokio_interval(self.interval));
-        interval.tick().await;
     }
 }
 
@@ -151,7 +154,10 @@ mod tests {
         let period = Duration::from_millis(100);
         let mut ticker = Ticker::new(period);
         #[cfg(target_os = "linux")]
-        assert!(ticker.timerfd.is_some(), "a timerfd on Linux");
+        assert!(
+            matches!(ticker.clock, Clock::Timerfd(_)),
+            "a timerfd on Linux"
+        );
         let t0 = Instant::now();
         ticker.tick().await;
         assert!(t0.elapsed() < period / 2, "the first tick is at once");

@@ -221,6 +221,7 @@ impl PackedMinute {
     }
 
     /// The bytes it holds.
+    #[cfg(test)]
     pub fn size(&self) -> usize {
         self.bytes.len()
     }
