@@ -144,8 +144,14 @@ impl Encoder {
         };
         let upserted = sessions.len();
         if !keyframe {
+            // What the collector holds of each changed session, left out.
+            let unchanged = sessions
+                .iter()
+                .zip(&previous)
+                .map(|(new, old)| old.as_ref().map_or(0, |old| compact::unchanged(new, old)))
+                .collect();
             snapshot.delta = Some(Delta {
-                unchanged: Vec::new(),
+                unchanged,
                 base_sampled_at_us: base.unwrap_or_default(),
                 removed,
             });
@@ -168,33 +174,19 @@ impl Encoder {
         );
         snapshot.sessions = sessions;
         let mut wire = v1::Snapshot::from(&snapshot);
-        self.compact(&mut wire, &snapshot.sessions, &previous);
+        self.compact(&mut wire);
         wire
     }
 
-    /// Leaves out of a delta's sessions the fields the collector holds from
-    /// the base, and puts repeated strings in the dictionary.
-    fn compact(
-        &mut self,
-        wire: &mut v1::Snapshot,
-        sessions: &[Arc<Session>],
-        previous: &[Option<Arc<Session>>],
-    ) {
-        match &mut wire.activity {
-            Some(v1::snapshot::Activity::Delta(d)) => {
-                for ((w, new), old) in d.upserted.iter_mut().zip(sessions).zip(previous) {
-                    if let Some(old) = old {
-                        compact::strip(w, compact::unchanged(new, old));
-                    }
-                    self.dictionary.compact(w);
-                }
-            }
-            Some(v1::snapshot::Activity::Keyframe(k)) => {
-                for w in &mut k.sessions {
-                    self.dictionary.compact(w);
-                }
-            }
-            None => {}
+    /// Puts repeated strings in the dictionary.
+    fn compact(&mut self, wire: &mut v1::Snapshot) {
+        let sessions = match &mut wire.activity {
+            Some(v1::snapshot::Activity::Delta(d)) => &mut d.upserted,
+            Some(v1::snapshot::Activity::Keyframe(k)) => &mut k.sessions,
+            None => return,
+        };
+        for w in sessions {
+            self.dictionary.compact(w);
         }
     }
 

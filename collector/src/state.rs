@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use pgfleet_proto::compact;
-use pgfleet_proto::model::{Delta, Session, SessionKey};
+use pgfleet_proto::model::{Delta, Session};
 use pgfleet_proto::v1;
 
 /// Every pool of one server, as last sampled.
@@ -67,44 +67,77 @@ fn share(used: u32, of: u32) -> f64 {
 /// fields that `base` does not have.
 ///
 /// Sessions are kept in key order (see [`by_key`]), so this is one pass over
-/// `base` with binary searches, rather than a hash table of it per snapshot.
+/// `base`, which fills in the upserted sessions as it meets their old
+/// versions: no hash table, no search, and each old session read once (they
+/// sit apart on the heap, so reading one costs a cache miss). A base out of
+/// order (no view holds one) is found in that pass and sorted first.
 pub fn merge(
     base: &[Arc<Session>],
     mut upserted: Vec<Arc<Session>>,
     delta: &Delta,
 ) -> Option<Merged> {
-    let sorted;
-    let base = if base.is_sorted_by_key(|s| s.key()) {
-        base
-    } else {
-        sorted = by_key(base.to_vec());
-        &sorted
-    };
-    let find = |key: SessionKey| base.binary_search_by_key(&key, |s| s.key()).ok();
-    for (s, &mask) in upserted.iter_mut().zip(&delta.unchanged) {
-        if mask != 0 {
-            let old = &base[find(s.key())?];
-            compact::fill(Arc::make_mut(s), old, mask);
+    let mask = |i: usize| delta.unchanged.get(i).copied().unwrap_or(0);
+    // The upserted, by place as given, in key order; of a broken or hostile
+    // agent's duplicates the last given is kept, as `by_key` keeps it.
+    let mut order: Vec<usize> = (0..upserted.len()).collect();
+    order.sort_by_key(|&i| upserted[i].key());
+    order.dedup_by(|later, kept| {
+        let same = upserted[*later].key() == upserted[*kept].key();
+        if same {
+            *kept = *later;
         }
-    }
-    let whole = upserted.clone();
-    let upserted = by_key(upserted);
+        same
+    });
     let mut removed = delta.removed.clone();
     removed.sort_unstable();
-    let mut sessions = Vec::with_capacity(base.len() + upserted.len());
-    let mut new = upserted.into_iter().peekable();
+    let mut sessions = Vec::with_capacity(base.len() + order.len());
+    let mut new = order.iter().copied().peekable();
+    let mut before = None;
     for old in base {
         let key = old.key();
-        while let Some(n) = new.next_if(|n| n.key() < key) {
-            sessions.push(n);
+        if before.is_some_and(|b| b >= key) {
+            drop(sessions);
+            return sorted_first(base, upserted, delta);
         }
-        let replaced = new.peek().is_some_and(|n| n.key() == key);
-        if !replaced && removed.binary_search(&key).is_err() {
+        before = Some(key);
+        while let Some(i) = new.next_if(|&i| upserted[i].key() < key) {
+            if mask(i) != 0 {
+                // Not in a base in key order; one out of order may hold it further on.
+                drop(sessions);
+                return sorted_first(base, upserted, delta);
+            }
+            sessions.push(upserted[i].clone());
+        }
+        if let Some(i) = new.next_if(|&i| upserted[i].key() == key) {
+            if mask(i) != 0 {
+                compact::fill(Arc::make_mut(&mut upserted[i]), old, mask(i));
+            }
+            sessions.push(upserted[i].clone());
+        } else if removed.binary_search(&key).is_err() {
             sessions.push(old.clone());
         }
     }
-    sessions.extend(new);
-    Some((sessions, whole))
+    for i in new {
+        if mask(i) != 0 {
+            return None;
+        }
+        sessions.push(upserted[i].clone());
+    }
+    Some((sessions, upserted))
+}
+
+/// [`merge`] over `base` put in key order when it was out of order; None
+/// when it was in order (the delta does not apply to it).
+fn sorted_first(
+    base: &[Arc<Session>],
+    upserted: Vec<Arc<Session>>,
+    delta: &Delta,
+) -> Option<Merged> {
+    if base.is_sorted_by(|a, b| a.key() < b.key()) {
+        None
+    } else {
+        merge(&by_key(base.to_vec()), upserted, delta)
+    }
 }
 
 /// A merge's sessions, and the upserted ones whole in the order given.
@@ -174,5 +207,16 @@ mod tests {
             ..delta
         };
         assert!(merge(&base, vec![s(42, "x")], &orphan).is_none());
+        let in_order = by_key(base.clone());
+        assert!(merge(&in_order, vec![s(2, "x")], &orphan).is_none());
+        // Of a key upserted twice, the last given is kept.
+        let twice = Delta {
+            unchanged: vec![],
+            ..orphan
+        };
+        let (merged, whole) = merge(&in_order, vec![s(3, "first"), s(3, "last")], &twice).unwrap();
+        let queries: Vec<&str> = merged.iter().map(|x| &*x.query).collect();
+        assert_eq!(queries, ["a", "last", "e"], "7 removed, as before");
+        assert_eq!(whole.len(), 2);
     }
 }

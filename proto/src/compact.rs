@@ -2,7 +2,7 @@
 //! change since the base are left out (`SessionSample.unchanged`), and repeated
 //! strings travel once per stream, as dictionary references.
 //!
-//! The agent [`strip`]s and [`Dictionary::compact`]s what it sends; the
+//! The agent sends [`sample`]s and [`Dictionary::compact`]s what it sends; the
 //! collector [`Resolver::resolve`]s what it receives, and [`fill`]s what was
 //! left out from the session in the base.
 
@@ -73,59 +73,54 @@ pub fn unchanged(new: &Session, old: &Session) -> u32 {
     mask
 }
 
-/// Leaves out of `wire` the fields `mask` names, and says so in it.
-pub fn strip(wire: &mut v1::SessionSample, mask: u32) {
+/// `s` as the wire carries it, without the fields `mask` names (the
+/// collector holds them from the base), and saying so: each string is
+/// copied only when it is sent.
+pub fn sample(s: &Session, mask: u32) -> v1::SessionSample {
     use field::*;
     let mask = mask & ALL;
-    wire.unchanged = mask;
-    let has = |b: u32| mask & b != 0;
-    if has(DATABASE) {
-        wire.database.clear();
-    }
-    if has(USER) {
-        wire.user.clear();
-    }
-    if has(APPLICATION_NAME) {
-        wire.application_name.clear();
-    }
-    if has(CLIENT) {
-        wire.client.clear();
-    }
-    if has(STATE) {
-        wire.state = 0;
-    }
-    if has(XACT_START) {
-        wire.xact_start_us = 0;
-    }
-    if has(QUERY_START) {
-        wire.query_start_us = 0;
-    }
-    if has(STATE_CHANGE) {
-        wire.state_change_us = 0;
-    }
-    if has(WAIT_EVENT_TYPE) {
-        wire.wait_event_type.clear();
-    }
-    if has(WAIT_EVENT) {
-        wire.wait_event.clear();
-    }
-    if has(QUERY) {
-        wire.query.clear();
-    }
-    if has(BLOCKED_BY) {
-        wire.blocked_by.clear();
-    }
-    if has(BACKEND_TYPE) {
-        wire.backend_type.clear();
-    }
-    if has(LEADER_PID) {
-        wire.leader_pid = 0;
-    }
-    if has(QUERY_ID) {
-        wire.query_id = 0;
-    }
-    if has(FINGERPRINT) {
-        wire.query_fingerprint = 0;
+    let kept = |b: u32| mask & b == 0;
+    let text = |b: u32, t: &Arc<str>| {
+        if kept(b) {
+            t.to_string()
+        } else {
+            String::new()
+        }
+    };
+    let number = |b: u32, n: Option<i64>| if kept(b) { n.unwrap_or(0) } else { 0 };
+    v1::SessionSample {
+        pid: s.pid,
+        backend_start_us: s.backend_start_us,
+        database: text(DATABASE, &s.database),
+        user: text(USER, &s.user),
+        application_name: text(APPLICATION_NAME, &s.application_name),
+        client: text(CLIENT, &s.client),
+        state: if kept(STATE) {
+            v1::SessionState::from(s.state).into()
+        } else {
+            0
+        },
+        xact_start_us: number(XACT_START, s.xact_start_us),
+        query_start_us: number(QUERY_START, s.query_start_us),
+        state_change_us: number(STATE_CHANGE, s.state_change_us),
+        wait_event_type: text(WAIT_EVENT_TYPE, &s.wait_event_type),
+        wait_event: text(WAIT_EVENT, &s.wait_event),
+        query: text(QUERY, &s.query),
+        blocked_by: if kept(BLOCKED_BY) {
+            s.blocked_by.clone()
+        } else {
+            Vec::new()
+        },
+        backend_type: text(BACKEND_TYPE, &s.backend_type),
+        leader_pid: if kept(LEADER_PID) {
+            s.leader_pid.unwrap_or(0)
+        } else {
+            0
+        },
+        query_id: number(QUERY_ID, s.query_id),
+        query_fingerprint: if kept(FINGERPRINT) { s.fingerprint } else { 0 },
+        unchanged: mask,
+        ..Default::default()
     }
 }
 
@@ -378,8 +373,7 @@ mod tests {
         new.wait_event_type = "".into();
         new.wait_event = "".into();
         let mask = unchanged(&new, &old);
-        let mut wire = v1::SessionSample::from(&new);
-        strip(&mut wire, mask);
+        let wire = sample(&new, mask);
         assert!(wire.database.is_empty() && wire.client.is_empty());
         assert_eq!(wire.query, "UPDATE t SET x = ?");
         assert_eq!(wire.unchanged, mask);

@@ -87,27 +87,7 @@ impl From<v1::SessionState> for SessionState {
 
 impl From<&Session> for v1::SessionSample {
     fn from(s: &Session) -> Self {
-        v1::SessionSample {
-            pid: s.pid,
-            backend_start_us: s.backend_start_us,
-            database: s.database.to_string(),
-            user: s.user.to_string(),
-            application_name: s.application_name.to_string(),
-            client: s.client.to_string(),
-            state: v1::SessionState::from(s.state).into(),
-            xact_start_us: s.xact_start_us.unwrap_or(0),
-            query_start_us: s.query_start_us.unwrap_or(0),
-            state_change_us: s.state_change_us.unwrap_or(0),
-            wait_event_type: s.wait_event_type.to_string(),
-            wait_event: s.wait_event.to_string(),
-            query: s.query.to_string(),
-            blocked_by: s.blocked_by.clone(),
-            backend_type: s.backend_type.to_string(),
-            leader_pid: s.leader_pid.unwrap_or(0),
-            query_id: s.query_id.unwrap_or(0),
-            query_fingerprint: s.fingerprint,
-            ..Default::default()
-        }
+        crate::compact::sample(s, 0)
     }
 }
 
@@ -172,7 +152,19 @@ impl From<&Snapshot> for v1::Snapshot {
             sampled_at_us: s.sampled_at_us,
             status: Some(v1::TargetStatus { up, reason }),
             activity: up.then(|| {
-                let sessions = s.sessions.iter().map(|s| s.as_ref().into()).collect();
+                // A delta's sessions without the fields its masks name.
+                let mask = |i: usize| {
+                    s.delta
+                        .as_ref()
+                        .and_then(|d| d.unchanged.get(i).copied())
+                        .unwrap_or(0)
+                };
+                let sessions = s
+                    .sessions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| crate::compact::sample(s, mask(i)))
+                    .collect();
                 match &s.delta {
                     None => v1::snapshot::Activity::Keyframe(v1::ActivityKeyframe { sessions }),
                     Some(d) => v1::snapshot::Activity::Delta(v1::ActivityDelta {

@@ -65,7 +65,7 @@ pub(super) fn encode(frame: &Frame) -> Vec<u8> {
         delta: (!frame.keyframe).then(|| pgfleet_proto::model::Delta {
             base_sampled_at_us: 0,
             removed: frame.removed.clone(),
-            unchanged: Vec::new(),
+            unchanged: frame.unchanged.clone(),
         }),
         facts: frame.facts.as_deref().cloned(),
         databases: frame.databases.clone(),
@@ -75,13 +75,7 @@ pub(super) fn encode(frame: &Frame) -> Vec<u8> {
         agent: None,
         statements: None,
     };
-    let mut wire = v1::Snapshot::from(&snapshot);
-    if let Some(v1::snapshot::Activity::Delta(d)) = &mut wire.activity {
-        for (w, mask) in d.upserted.iter_mut().zip(&frame.unchanged) {
-            pgfleet_proto::compact::strip(w, *mask);
-        }
-    }
-    let bytes = wire.encode_to_vec();
+    let bytes = v1::Snapshot::from(&snapshot).encode_to_vec();
     crate::zstd_local::compress(&bytes).unwrap_or(bytes)
 }
 
