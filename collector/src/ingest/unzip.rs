@@ -42,7 +42,9 @@ mod tests {
             }],
             ..Default::default()
         };
-        let frame = crate::zstd_local::compress(&batch.encode_to_vec()).unwrap();
+        let frame =
+            crate::zstd_local::compress(&batch.encode_to_vec(), crate::zstd_local::Level::Rows)
+                .unwrap();
         assert_eq!(super::batch(&frame, 1 << 20).unwrap(), batch);
         let over = super::batch(&frame, 4).unwrap_err();
         assert_eq!(over.code(), tonic::Code::ResourceExhausted);
@@ -52,7 +54,8 @@ mod tests {
             garbage.message().contains("not a zstd frame"),
             "{garbage:?}"
         );
-        let other = crate::zstd_local::compress(&[0xff; 16]).unwrap();
+        let other =
+            crate::zstd_local::compress(&[0xff; 16], crate::zstd_local::Level::Rows).unwrap();
         let e = super::batch(&other, 1 << 20).unwrap_err();
         assert!(e.message().contains("not a Batch"), "{e:?}");
     }

@@ -7,7 +7,7 @@ const MAX_ROW_BYTES: usize = 16 << 20;
 /// A row as stored: `bytes` compressed with zstd (as they are, should the
 /// compressor fail; reading tells the two apart).
 pub(super) fn compressed(bytes: Vec<u8>) -> Vec<u8> {
-    crate::zstd_local::compress(&bytes).unwrap_or(bytes)
+    crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Rows).unwrap_or(bytes)
 }
 
 /// A stored row's bytes, decompressed if they were; None when they do not

@@ -76,7 +76,7 @@ pub(super) fn encode(frame: &Frame) -> Vec<u8> {
         statements: None,
     };
     let bytes = v1::Snapshot::from(&snapshot).encode_to_vec();
-    crate::zstd_local::compress(&bytes).unwrap_or(bytes)
+    crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames).unwrap_or(bytes)
 }
 
 /// The most bytes a stored frame is decompressed to with the thread's
