@@ -12,7 +12,7 @@ use prost::Message;
 use crate::state::Pools;
 
 /// One server's client sessions, counted.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Rollup {
     /// Client sessions (background processes are not counted).
     pub sessions: u32,
@@ -31,6 +31,10 @@ pub struct Rollup {
     pub waiting: u32,
     /// Sessions waiting for a lock another session holds.
     pub blocked: u32,
+    /// Per database, when its oldest open transaction began and how many
+    /// sessions began theirs then: what the ages above are counted from, and
+    /// what tells [`Rollup::updated`] that the oldest may have ended.
+    oldest: BTreeMap<Arc<str>, (Micros, u32)>,
 }
 
 impl Rollup {
@@ -38,29 +42,28 @@ impl Rollup {
     ///
     /// A server has few databases, states and wait types, so they are counted
     /// in short lists (`Arc<str>`'s `==` compares pointers first, so a string
-    /// shared by many sessions compares cheaply) and sorted into maps once, rather than looked up in maps for
-    /// every session: this runs for every snapshot the collector applies.
+    /// shared by many sessions compares cheaply) and sorted into maps once,
+    /// rather than looked up in maps for every session.
     pub fn of(sessions: &[Arc<Session>], at: Micros) -> Rollup {
         let mut r = Rollup::default();
         let mut by_state: Vec<(&'static str, u32)> = Vec::new();
         let mut by_database_state: Vec<((&Arc<str>, &'static str), u64)> = Vec::new();
-        let mut max_xact_age: Vec<(&Arc<str>, f64)> = Vec::new();
+        let mut oldest: Vec<(&Arc<str>, (Micros, u32))> = Vec::new();
         let mut waiting_by_type: Vec<(&Arc<str>, u64)> = Vec::new();
         for s in sessions.iter().filter(|s| !s.is_background()) {
-            let state = match s.state {
-                SessionState::Unknown => "unknown",
-                other => other.as_pg(),
-            };
+            let state = state_of(s);
             r.sessions += 1;
             *slot(&mut by_state, state) += 1;
             *slot(&mut by_database_state, (&s.database, state)) += 1;
             if let Some(start) = s.xact_start_us {
-                let age_us = (at - start).max(0);
-                let max = slot(&mut max_xact_age, &s.database);
-                *max = max.max(age_us as f64 / 1e6);
-                r.longest_xact_us = Some(r.longest_xact_us.map_or(age_us, |m| m.max(age_us)));
+                let (first, n) = slot(&mut oldest, &s.database);
+                if *n == 0 || start < *first {
+                    (*first, *n) = (start, 1);
+                } else if start == *first {
+                    *n += 1;
+                }
             }
-            if s.state == SessionState::Active && !s.wait_event_type.is_empty() {
+            if waits(s) {
                 r.waiting += 1;
                 *slot(&mut waiting_by_type, &s.wait_event_type) += 1;
             }
@@ -73,16 +76,118 @@ impl Rollup {
             .into_iter()
             .map(|((db, state), n)| ((db.clone(), state), n))
             .collect();
-        r.max_xact_age = max_xact_age
+        r.oldest = oldest
             .into_iter()
-            .map(|(db, a)| (db.clone(), a))
+            .map(|(db, first)| (db.clone(), first))
             .collect();
         r.waiting_by_type = waiting_by_type
             .into_iter()
             .map(|(t, n)| (t.clone(), n))
             .collect();
+        r.ages(at);
         r
     }
+
+    /// This rollup with the sessions that `left` (ended, or replaced by a
+    /// new version) taken out and those that `joined` (new, or the new
+    /// versions) counted, as sampled at `at`: the work of the sessions that
+    /// changed rather than of every session, which [`Rollup::of`] reads again
+    /// (each one a cache miss at thousands of servers). None when a session
+    /// that left began its database's oldest transaction with no other that
+    /// began it then: only counting them all again finds the next oldest.
+    pub fn updated(
+        &self,
+        left: &[Arc<Session>],
+        joined: &[Arc<Session>],
+        at: Micros,
+    ) -> Option<Rollup> {
+        let mut r = self.clone();
+        for s in left.iter().filter(|s| !s.is_background()) {
+            let state = state_of(s);
+            r.sessions = r.sessions.checked_sub(1)?;
+            take(&mut r.by_state, &state)?;
+            take(&mut r.by_database_state, &(s.database.clone(), state))?;
+            if let Some(start) = s.xact_start_us {
+                let (first, n) = r.oldest.get_mut(&s.database)?;
+                if start == *first {
+                    *n = n.checked_sub(1).filter(|n| *n > 0)?;
+                }
+            }
+            if waits(s) {
+                r.waiting = r.waiting.checked_sub(1)?;
+                take(&mut r.waiting_by_type, &s.wait_event_type)?;
+            }
+            if !s.blocked_by.is_empty() {
+                r.blocked = r.blocked.checked_sub(1)?;
+            }
+        }
+        for s in joined.iter().filter(|s| !s.is_background()) {
+            let state = state_of(s);
+            r.sessions += 1;
+            *r.by_state.entry(state).or_default() += 1;
+            *r.by_database_state
+                .entry((s.database.clone(), state))
+                .or_default() += 1;
+            if let Some(start) = s.xact_start_us {
+                let (first, n) = r.oldest.entry(s.database.clone()).or_insert((start, 0));
+                if *n == 0 || start < *first {
+                    (*first, *n) = (start, 1);
+                } else if start == *first {
+                    *n += 1;
+                }
+            }
+            if waits(s) {
+                r.waiting += 1;
+                *r.waiting_by_type
+                    .entry(s.wait_event_type.clone())
+                    .or_default() += 1;
+            }
+            if !s.blocked_by.is_empty() {
+                r.blocked += 1;
+            }
+        }
+        r.ages(at);
+        Some(r)
+    }
+
+    /// The ages of the oldest transactions at `at`.
+    fn ages(&mut self, at: Micros) {
+        let age = |first: Micros| (at - first).max(0);
+        self.max_xact_age = self
+            .oldest
+            .iter()
+            .map(|(db, (first, _))| (db.clone(), age(*first) as f64 / 1e6))
+            .collect();
+        self.longest_xact_us = self.oldest.values().map(|(first, _)| age(*first)).max();
+    }
+}
+
+/// A client session's state, in PostgreSQL's words.
+fn state_of(s: &Session) -> &'static str {
+    match s.state {
+        SessionState::Unknown => "unknown",
+        other => other.as_pg(),
+    }
+}
+
+/// Whether a client session waits on the server.
+fn waits(s: &Session) -> bool {
+    s.state == SessionState::Active && !s.wait_event_type.is_empty()
+}
+
+/// Takes one from the count of `key`, and the key when none are left; None
+/// when it had none.
+fn take<K: Ord, V: Copy + PartialOrd + From<u8> + std::ops::SubAssign>(
+    map: &mut BTreeMap<K, V>,
+    key: &K,
+) -> Option<()> {
+    let n = map.get_mut(key)?;
+    if *n <= V::from(1) {
+        map.remove(key);
+    } else {
+        *n -= V::from(1);
+    }
+    Some(())
 }
 
 /// The count kept for `key` in a short list, added at zero when new.

@@ -91,6 +91,7 @@ pub fn merge(
     let mut removed = delta.removed.clone();
     removed.sort_unstable();
     let mut sessions = Vec::with_capacity(base.len() + order.len());
+    let mut left = Vec::new();
     let mut new = order.iter().copied().peekable();
     let mut before = None;
     for old in base {
@@ -113,8 +114,11 @@ pub fn merge(
                 compact::fill(Arc::make_mut(&mut upserted[i]), old, mask(i));
             }
             sessions.push(upserted[i].clone());
+            left.push(old.clone());
         } else if removed.binary_search(&key).is_err() {
             sessions.push(old.clone());
+        } else {
+            left.push(old.clone());
         }
     }
     for i in new {
@@ -123,7 +127,12 @@ pub fn merge(
         }
         sessions.push(upserted[i].clone());
     }
-    Some((sessions, upserted))
+    Some(Merged {
+        sessions,
+        joined: order.iter().map(|&i| upserted[i].clone()).collect(),
+        whole: upserted,
+        left,
+    })
 }
 
 /// [`merge`] over `base` put in key order when it was out of order; None
@@ -140,8 +149,19 @@ fn sorted_first(
     }
 }
 
-/// A merge's sessions, and the upserted ones whole in the order given.
-pub type Merged = (Vec<Arc<Session>>, Vec<Arc<Session>>);
+/// What a delta made of its base.
+#[derive(Debug)]
+pub struct Merged {
+    /// The sessions after it, in key order.
+    pub sessions: Vec<Arc<Session>>,
+    /// The upserted sessions, whole, in the order given.
+    pub whole: Vec<Arc<Session>>,
+    /// The base's sessions that ended or that a new version replaced.
+    pub left: Vec<Arc<Session>>,
+    /// The sessions that began, and the new versions: `sessions` is the base
+    /// less `left` with `joined`.
+    pub joined: Vec<Arc<Session>>,
+}
 
 /// Sessions in key order, each key once, as the views keep them. A real
 /// agent never sends a key twice (pg_stat_activity has one row per
@@ -183,7 +203,19 @@ mod tests {
             removed: vec![(7, 1), (99, 1)],
             unchanged: vec![0, compact::field::DATABASE, 0],
         };
-        let (merged, whole) = merge(&base, vec![s(6, "f"), changed, s(0, "z")], &delta).unwrap();
+        let Merged {
+            sessions: merged,
+            whole,
+            left,
+            joined,
+        } = merge(&base, vec![s(6, "f"), changed, s(0, "z")], &delta).unwrap();
+        let pids = |v: &[Arc<Session>]| v.iter().map(|x| x.pid).collect::<Vec<_>>();
+        assert_eq!(
+            pids(&left),
+            [3, 7],
+            "replaced, then removed (99 was not there)"
+        );
+        assert_eq!(pids(&joined), [0, 3, 6]);
         let shape: Vec<(i32, &str, &str)> = merged
             .iter()
             .map(|x| (x.pid, &*x.query, &*x.database))
@@ -214,9 +246,11 @@ mod tests {
             unchanged: vec![],
             ..orphan
         };
-        let (merged, whole) = merge(&in_order, vec![s(3, "first"), s(3, "last")], &twice).unwrap();
-        let queries: Vec<&str> = merged.iter().map(|x| &*x.query).collect();
+        let m = merge(&in_order, vec![s(3, "first"), s(3, "last")], &twice).unwrap();
+        let queries: Vec<&str> = m.sessions.iter().map(|x| &*x.query).collect();
         assert_eq!(queries, ["a", "last", "e"], "7 removed, as before");
-        assert_eq!(whole.len(), 2);
+        assert_eq!(m.whole.len(), 2);
+        assert_eq!(pids(&m.joined), [3], "the duplicate counts once");
+        assert_eq!(&*m.joined[0].query, "last");
     }
 }

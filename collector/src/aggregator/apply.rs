@@ -123,6 +123,8 @@ impl Aggregator {
             let mut removed = Vec::new();
             let mut unchanged = Vec::new();
             let mut whole = Vec::new();
+            // What a delta changed, for the rollup (None: count them all).
+            let mut changed = None;
             if let Some(delta) = snapshot.delta.take() {
                 if current.sampled_at_us != delta.base_sampled_at_us
                     || current.status != TargetStatus::Up
@@ -135,9 +137,10 @@ impl Aggregator {
                     continue;
                 }
                 match merge(&current.sessions, snapshot.sessions, &delta) {
-                    Some((sessions, upserted)) => {
-                        snapshot.sessions = sessions;
-                        whole = upserted;
+                    Some(merged) => {
+                        snapshot.sessions = merged.sessions;
+                        whole = merged.whole;
+                        changed = Some((merged.left, merged.joined));
                         (removed, unchanged) = (delta.removed, delta.unchanged);
                     }
                     None => {
@@ -197,7 +200,9 @@ impl Aggregator {
                 view.agent = snapshot.agent;
             }
             view.pools = pools;
-            let rollup = Rollup::of(&view.sessions, view.sampled_at_us);
+            let rollup = changed
+                .and_then(|(left, joined)| view.rollup.updated(&left, &joined, view.sampled_at_us))
+                .unwrap_or_else(|| Rollup::of(&view.sessions, view.sampled_at_us));
             let counter = counter(&mut self.load, &snapshot.server_id);
             let mut closed = Vec::new();
             let interval_us = view.interval.as_micros() as i64;

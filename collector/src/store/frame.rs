@@ -122,8 +122,8 @@ pub(super) fn replay(
         });
         let (sessions, facts, mut databases) = match (snapshot.delta, state.take()) {
             (Some(delta), Some(before)) if !keyframe => {
-                let (sessions, _) = merge(&before.sessions, snapshot.sessions, &delta)?;
-                (sessions, before.facts, before.databases)
+                let merged = merge(&before.sessions, snapshot.sessions, &delta)?;
+                (merged.sessions, before.facts, before.databases)
             }
             (_, before) if keyframe => (
                 by_key(snapshot.sessions),
