@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Two collector builds side by side: this tree's and a baseline, at once.
+
+This machine is shared and noisy, so a change to the collector is measured
+against the build before it in the same run: both collectors start (SQLite
+store, DB load kept, each in its own temporary directory), and each gets its
+own `pgfleet-loadgen` of N agents (as in bench/collector_load.py: one server
+of 100 sessions each, about 10% changing each second, 1 Hz, 10 of them first
+sending an hour of history). Both generators run at the same time, so both
+collectors see the same machine. Each run is repeated with the two swapped
+(which one starts first, and which port), --runs times.
+
+Writes a table of the collector's CPU per applied batch, its memory per
+server and the p99 freshness of each build in each run to BENCHMARKS.md,
+with the command that made it, and the ratio of the medians.
+
+    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2]
+
+A baseline is any release build of `pgfleet-collector`, for instance of the
+commit before a change: `git worktree add /tmp/base HEAD~1 && cargo build
+--release -p pgfleet-collector --manifest-path /tmp/base/Cargo.toml`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from collector_load import build, free_port, stop_collector
+from report import machine_name, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## Collector side by side"
+
+
+def run_pair(bin_dir: Path, builds: list[tuple[str, Path]], args) -> list[dict]:
+    """Starts every build's collector and generator at once; their results."""
+    started = []
+    try:
+        for name, binary in builds:
+            data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
+            port = free_port()
+            log = open(data / "collector.log", "w")
+            collector = subprocess.Popen(
+                [str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
+                 "--data-dir", str(data / "store")],
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
+            started.append((name, collector, log, data, port))
+        time.sleep(2)
+        gens = []
+        for name, collector, _, _, port in started:
+            cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
+                   "--collector-pid", str(collector.pid), "--agents", str(args.agents),
+                   "--history-agents", "10", "--connect-rate", "250",
+                   "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
+            print("+", " ".join(cmd), file=sys.stderr, flush=True)
+            gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        results = []
+        for name, gen in gens:
+            out, err = gen.communicate()
+            if gen.returncode != 0:
+                raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
+            r = json.loads(out)
+            r["build"] = name
+            results.append(r)
+        return results
+    finally:
+        for _, collector, log, data, _ in started:
+            stop_collector(collector, log, data)
+
+
+def us_per_batch(r: dict) -> float:
+    return 1e6 * r["collector_cores"] / r["batches_per_s"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--baseline", required=True, help="the baseline's pgfleet-collector binary")
+    p.add_argument("--baseline-note", default="a release build given by path",
+                   help="what the baseline is, for the report (e.g. 'the release build of 17c833e')")
+    p.add_argument("--agents", type=int, default=1250, help="agents of each collector")
+    p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
+    p.add_argument("--measure", type=int, default=90, help="seconds measured")
+    p.add_argument("--runs", type=int, default=2, help="runs, each build first in turn")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    baseline = Path(args.baseline).resolve()
+    if not baseline.is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no such file; give a pgfleet-collector binary")
+    bin_dir = build()
+    builds = [("this tree", bin_dir / "pgfleet-collector"), ("baseline", baseline)]
+    rows = []
+    for i in range(args.runs):
+        order = builds if i % 2 == 0 else builds[::-1]
+        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args))
+    command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
+        f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("measure", args.measure, 90),
+                                       ("runs", args.runs, 2)) if v != d)
+    median = {name: statistics.median(us_per_batch(r) for _, r in rows if r["build"] == name)
+              for name, _ in builds}
+    table = "\n".join(
+        f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
+        f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |"
+        for run, r in rows)
+    section = f"""{TITLE}
+
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
+
+Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).
+
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |
+|---|---|---|---|---|---|---|
+{table}
+
+Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
+"""
+    write_section(Path(args.output), TITLE, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
