@@ -82,7 +82,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.btree_map([".pgfleet.v1.MetricSeries.labels"]);
 
     let mut builder = tonic_prost_build::configure()
-        .codec_path("crate::codec::SmallBuffers")
         .file_descriptor_set_path(out_dir.join("pgfleet_descriptor.bin"));
     for message in JSON_MESSAGES {
         builder = builder.message_attribute(

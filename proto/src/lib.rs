@@ -5,7 +5,6 @@
 //! - The conversions between the two live in this crate and nowhere else.
 #![forbid(unsafe_code)]
 
-pub mod codec;
 pub mod compact;
 mod convert;
 pub mod json;
