@@ -56,12 +56,7 @@ impl Rollup {
             *slot(&mut by_state, state) += 1;
             *slot(&mut by_database_state, (&s.database, state)) += 1;
             if let Some(start) = s.xact_start_us {
-                let (first, n) = slot(&mut oldest, &s.database);
-                if *n == 0 || start < *first {
-                    (*first, *n) = (start, 1);
-                } else if start == *first {
-                    *n += 1;
-                }
+                began(slot(&mut oldest, &s.database), start);
             }
             if waits(s) {
                 r.waiting += 1;
@@ -129,12 +124,7 @@ impl Rollup {
                 .entry((s.database.clone(), state))
                 .or_default() += 1;
             if let Some(start) = s.xact_start_us {
-                let (first, n) = r.oldest.entry(s.database.clone()).or_insert((start, 0));
-                if *n == 0 || start < *first {
-                    (*first, *n) = (start, 1);
-                } else if start == *first {
-                    *n += 1;
-                }
+                began(r.oldest.entry(s.database.clone()).or_default(), start);
             }
             if waits(s) {
                 r.waiting += 1;
@@ -159,6 +149,16 @@ impl Rollup {
             .map(|(db, (first, _))| (db.clone(), age(*first) as f64 / 1e6))
             .collect();
         self.longest_xact_us = self.oldest.values().map(|(first, _)| age(*first)).max();
+    }
+}
+
+/// Counts a transaction that began at `start` in a database's oldest (when
+/// it began, and how many began then; none yet when the count is 0).
+fn began((first, n): &mut (Micros, u32), start: Micros) {
+    if *n == 0 || start < *first {
+        (*first, *n) = (start, 1);
+    } else if start == *first {
+        *n += 1;
     }
 }
 
