@@ -15,8 +15,15 @@
 //! labels are kept beside them, so that a restarted collector resumes every
 //! agent where it stopped and holds the live view it had.
 //!
-//! Writes are batched: the writer commits what has queued, at least every
-//! [`COMMIT_EVERY`]. Every write gets a ticket, and the writer says which
+//! Writes are batched: the writer gathers what comes for [`COMMIT_EVERY`]
+//! (a flush at once), then commits it in one transaction. Each commit costs
+//! something of its own (the transaction, and pages that every commit
+//! writes again, such as the ends of tables and the agents' sequences), so
+//! gathering for the whole interval, rather than committing whenever the
+//! queue ran dry, saves the collector CPU on every batch. Query texts wait in
+//! memory too, where reads find them ([`Store::texts`]): DB load is counted in
+//! memory, and a query's load must not show before its text can be read.
+//! Every write gets a ticket, and the writer says which
 //! tickets it has committed ([`Durable`]): ingest acknowledges a batch only
 //! once its ticket is committed, so a collector that is killed loses nothing
 //! it acknowledged, and the agent resends the rest. A commit that fails is
@@ -45,8 +52,12 @@ use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
 
-/// The longest a frame waits to be committed.
+/// How long a commit gathers writes: the longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// How long the writer sleeps while it gathers writes for a commit and none
+/// is queued.
+const GATHER_STEP: Duration = Duration::from_millis(5);
 
 /// How many writes may queue before ingest waits for the disk.
 const QUEUE: usize = 4096;
@@ -245,8 +256,14 @@ pub struct Store {
     writes: mpsc::Sender<(u64, Op)>,
     /// The tickets given and committed.
     durable: Durable,
+    /// Query texts queued and not yet committed, by fingerprint.
+    texts: Pending,
     reader: Reader,
 }
+
+/// Query texts on their way to the store: put in when queued, taken out by
+/// the writer once committed.
+type Pending = Arc<Mutex<HashMap<u64, String>>>;
 
 impl Store {
     /// Opens the history `config` names (the SQLite file under `data_dir`,
@@ -291,15 +308,18 @@ impl Store {
             committed: durable,
         };
         let writer_place = place.clone();
+        let texts = Pending::default();
+        let written = texts.clone();
         std::thread::Builder::new()
             .name("pgfleet-store".into())
-            .spawn(move || write_loop(sink, queue, &writer_place, retention, committed))
+            .spawn(move || write_loop(sink, queue, &writer_place, retention, committed, written))
             .map_err(|e| StoreError::new(&place, e))?;
         Ok(Store {
             place,
             retention,
             writes,
             durable,
+            texts,
             reader,
         })
     }
@@ -313,6 +333,7 @@ impl Store {
             Op::Flush(_) => 0,
             _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
         };
+        self.pending(&op);
         if self.writes.send((ticket, op)).await.is_err() {
             error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
         }
@@ -330,8 +351,21 @@ impl Store {
             return Some(op);
         };
         let ticket = self.durable.given.fetch_add(1, Ordering::SeqCst) + 1;
+        self.pending(&op);
         permit.send((ticket, op));
         None
+    }
+
+    /// Keeps a write's query texts where reads find them until committed.
+    fn pending(&self, op: &Op) {
+        if let Op::Texts(texts) = op
+            && !texts.is_empty()
+        {
+            let mut pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+            for (f, text) in texts {
+                pending.insert(*f, text.clone());
+            }
+        }
     }
 
     /// Which writes are committed.
@@ -464,8 +498,36 @@ impl Store {
         }
     }
 
-    /// The texts of these fingerprints, where known.
+    /// The texts of these fingerprints, where known: those on their way to
+    /// the store first (looked at before the store, so that a text the
+    /// writer commits meanwhile is found in the one or the other).
     pub async fn texts(&self, fingerprints: Vec<u64>) -> Result<HashMap<u64, String>, StoreError> {
+        let mut found = HashMap::new();
+        let fingerprints: Vec<u64> = {
+            let pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+            fingerprints
+                .into_iter()
+                .filter(|f| match pending.get(f) {
+                    Some(text) => {
+                        found.insert(*f, text.clone());
+                        false
+                    }
+                    None => true,
+                })
+                .collect()
+        };
+        if fingerprints.is_empty() {
+            return Ok(found);
+        }
+        let mut stored = self.stored_texts(fingerprints).await?;
+        stored.extend(found);
+        Ok(stored)
+    }
+
+    async fn stored_texts(
+        &self,
+        fingerprints: Vec<u64>,
+    ) -> Result<HashMap<u64, String>, StoreError> {
         match &self.reader {
             Reader::Sqlite(db) => {
                 let db = db.clone();
@@ -574,15 +636,22 @@ fn write_loop(
     place: &str,
     retention: Retention,
     committed: watch::Sender<u64>,
+    texts: Pending,
 ) {
     let mut last_prune: Option<Instant> = None;
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
+        let mut flush = matches!(first.1, Op::Flush(_));
         let mut ops = vec![first];
-        // What else is queued, up to the commit interval.
-        while started.elapsed() < COMMIT_EVERY {
+        // What comes within the commit interval, in one transaction; a
+        // flush commits what has queued at once.
+        while started.elapsed() < COMMIT_EVERY && ops.len() < QUEUE {
             match queue.try_recv() {
-                Ok(op) => ops.push(op),
+                Ok(op) => {
+                    flush |= matches!(op.1, Op::Flush(_));
+                    ops.push(op);
+                }
+                Err(mpsc::error::TryRecvError::Empty) if !flush => std::thread::sleep(GATHER_STEP),
                 Err(_) => break,
             }
         }
@@ -610,11 +679,21 @@ fn write_loop(
             *c = (*c).max(last);
             newer
         });
+        let mut pending = texts.lock().unwrap_or_else(|e| e.into_inner());
         for (_, op) in ops {
-            if let Op::Flush(done) = op {
-                let _ = done.send(());
+            match op {
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Op::Texts(committed) => {
+                    for (f, _) in committed {
+                        pending.remove(&f);
+                    }
+                }
+                _ => {}
             }
         }
+        drop(pending);
         if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
             last_prune = Some(Instant::now());
             match sink.prune(retention, now_micros()) {
@@ -729,6 +808,48 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.try_write(op()).is_some() {
             assert!(Instant::now() < deadline, "the queue never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn texts_on_their_way_to_the_store_are_read_until_committed() {
+        let (entered, commits) = std::sync::mpsc::channel();
+        let (go, held) = std::sync::mpsc::channel();
+        let reader = rusqlite::Connection::open_in_memory().unwrap();
+        reader
+            .execute_batch(
+                "CREATE TABLE queries (fingerprint INTEGER PRIMARY KEY, text TEXT NOT NULL);
+                 INSERT INTO queries VALUES (2, 'SELECT stored');",
+            )
+            .unwrap();
+        let store = Store::start(
+            Held { entered, go: held },
+            Reader::Sqlite(Arc::new(Mutex::new(reader))),
+            "test".into(),
+            Retention::default(),
+        )
+        .unwrap();
+        store
+            .write(Op::Texts(vec![(1, "SELECT queued".into())]))
+            .await;
+        // The writer holds in the commit of that text.
+        commits
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer commits");
+        let texts = store.texts(vec![1, 2, 3]).await.unwrap();
+        assert_eq!(
+            texts,
+            HashMap::from([(1, "SELECT queued".into()), (2, "SELECT stored".into())])
+        );
+        // Committed, it is the store's to answer for.
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.texts.lock().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the committed text stayed pending"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
