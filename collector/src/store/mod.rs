@@ -777,11 +777,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_that_may_wait_are_given_back_once_half_the_queue_is_taken() {
+    /// A store whose writer says when it begins each commit (the first
+    /// receiver), and ends it only when let (the sender), reading `reader`.
+    fn held_store(
+        reader: rusqlite::Connection,
+    ) -> (
+        Store,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (entered, commits) = std::sync::mpsc::channel();
         let (go, held) = std::sync::mpsc::channel();
-        let reader = rusqlite::Connection::open_in_memory().unwrap();
         let store = Store::start(
             Held { entered, go: held },
             Reader::Sqlite(Arc::new(Mutex::new(reader))),
@@ -789,6 +795,12 @@ mod tests {
             Retention::default(),
         )
         .unwrap();
+        (store, commits, go)
+    }
+
+    #[tokio::test]
+    async fn writes_that_may_wait_are_given_back_once_half_the_queue_is_taken() {
+        let (store, commits, go) = held_store(rusqlite::Connection::open_in_memory().unwrap());
         let op = || Op::Texts(Vec::new());
         // The writer takes the first write and holds in its commit.
         store.write(op()).await;
@@ -814,8 +826,6 @@ mod tests {
 
     #[tokio::test]
     async fn texts_on_their_way_to_the_store_are_read_until_committed() {
-        let (entered, commits) = std::sync::mpsc::channel();
-        let (go, held) = std::sync::mpsc::channel();
         let reader = rusqlite::Connection::open_in_memory().unwrap();
         reader
             .execute_batch(
@@ -823,13 +833,7 @@ mod tests {
                  INSERT INTO queries VALUES (2, 'SELECT stored');",
             )
             .unwrap();
-        let store = Store::start(
-            Held { entered, go: held },
-            Reader::Sqlite(Arc::new(Mutex::new(reader))),
-            "test".into(),
-            Retention::default(),
-        )
-        .unwrap();
+        let (store, commits, go) = held_store(reader);
         store
             .write(Op::Texts(vec![(1, "SELECT queued".into())]))
             .await;
