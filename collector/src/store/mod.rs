@@ -334,7 +334,13 @@ impl Store {
             _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
         };
         self.pending(&op);
-        if self.writes.send((ticket, op)).await.is_err() {
+        if let Err(refused) = self.writes.send((ticket, op)).await {
+            if let (_, Op::Texts(texts)) = refused.0 {
+                let mut pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+                for (f, _) in texts {
+                    pending.remove(&f);
+                }
+            }
             error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
         }
     }
