@@ -91,7 +91,7 @@ pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String
     let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
-    let loaded = loaded(&db).map_err(fail)?;
+    let loaded = loaded(&db, &path).map_err(fail)?;
     let reader = connect(&path).map_err(fail)?;
     info!(
         path = %place,
@@ -150,7 +150,12 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(db)
 }
 
-fn loaded(db: &Connection) -> rusqlite::Result<Loaded> {
+/// What the file holds: every agent's last sequence, and every server with
+/// its state rebuilt from its frames. The servers are rebuilt on as many
+/// threads as there are cores (at most [`REBUILDERS`]), each with its own
+/// connection: a collector restarted under a large fleet serves no agent
+/// until they are (about 1 ms each here, 10 s for 10,000 servers on one).
+fn loaded(db: &Connection, path: &Path) -> rusqlite::Result<Loaded> {
     let mut loaded = Loaded::default();
     let mut agents = db.prepare("SELECT agent_id, last_seq FROM agents")?;
     let rows = agents.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -172,12 +177,43 @@ fn loaded(db: &Connection) -> rusqlite::Result<Loaded> {
     for (server_id, minute) in minutes(db, since, Micros::MAX)? {
         recent.insert(server_id, minute);
     }
-    for row in rows {
-        let (server_id, agent_id, labels, interval_ms) = row?;
-        let activity = rebuild(db, &server_id, Micros::MAX)?;
+    let listed = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, REBUILDERS);
+    let chunk = listed.len().div_ceil(threads).max(1);
+    let rebuilt = std::thread::scope(|scope| {
+        let workers: Vec<_> = listed
+            .chunks(chunk)
+            .map(|servers| {
+                scope.spawn(move || {
+                    let db = connect(path)?;
+                    servers
+                        .iter()
+                        .map(|(server_id, ..)| {
+                            Ok((
+                                rebuild(&db, server_id, Micros::MAX)?,
+                                open_load(&db, server_id, now_micros())?,
+                            ))
+                        })
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    for ((server_id, agent_id, labels, interval_ms), (activity, load)) in
+        listed.into_iter().zip(rebuilt.into_iter().flatten())
+    {
         loaded.servers.push(StoredServer {
             minute: recent.remove(&server_id),
-            load: open_load(db, &server_id, now_micros())?,
+            load,
             labels: super::stored_labels(&labels),
             interval: super::stored_interval(interval_ms),
             server_id,
@@ -187,6 +223,9 @@ fn loaded(db: &Connection) -> rusqlite::Result<Loaded> {
     }
     Ok(loaded)
 }
+
+/// The most threads that rebuild servers when the file is opened.
+const REBUILDERS: usize = 4;
 
 /// The minutes that start in `[start, end)`, oldest first.
 pub(super) fn minutes(
