@@ -261,9 +261,40 @@ pub struct Store {
     reader: Reader,
 }
 
-/// Query texts on their way to the store: put in when queued, taken out by
-/// the writer once committed.
-type Pending = Arc<Mutex<HashMap<u64, String>>>;
+/// Query texts on their way to the store, by fingerprint: put in when
+/// queued, taken out once committed (or once the writer refused them).
+#[derive(Clone, Default)]
+struct Pending(Arc<Mutex<HashMap<u64, String>>>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the texts of `op`, when it carries any, until [`Pending::done`].
+    fn put(&self, op: &Op) {
+        if let Op::Texts(texts) = op
+            && !texts.is_empty()
+        {
+            let mut pending = self.lock();
+            for (f, text) in texts {
+                pending.insert(*f, text.clone());
+            }
+        }
+    }
+
+    /// Lets go of the texts of `op`, when it carries any.
+    fn done(&self, op: &Op) {
+        if let Op::Texts(texts) = op
+            && !texts.is_empty()
+        {
+            let mut pending = self.lock();
+            for (f, _) in texts {
+                pending.remove(f);
+            }
+        }
+    }
+}
 
 impl Store {
     /// Opens the history `config` names (the SQLite file under `data_dir`,
@@ -333,14 +364,9 @@ impl Store {
             Op::Flush(_) => 0,
             _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
         };
-        self.pending(&op);
+        self.texts.put(&op);
         if let Err(refused) = self.writes.send((ticket, op)).await {
-            if let (_, Op::Texts(texts)) = refused.0 {
-                let mut pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
-                for (f, _) in texts {
-                    pending.remove(&f);
-                }
-            }
+            self.texts.done(&refused.0.1);
             error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
         }
     }
@@ -357,21 +383,9 @@ impl Store {
             return Some(op);
         };
         let ticket = self.durable.given.fetch_add(1, Ordering::SeqCst) + 1;
-        self.pending(&op);
+        self.texts.put(&op);
         permit.send((ticket, op));
         None
-    }
-
-    /// Keeps a write's query texts where reads find them until committed.
-    fn pending(&self, op: &Op) {
-        if let Op::Texts(texts) = op
-            && !texts.is_empty()
-        {
-            let mut pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
-            for (f, text) in texts {
-                pending.insert(*f, text.clone());
-            }
-        }
     }
 
     /// Which writes are committed.
@@ -510,7 +524,7 @@ impl Store {
     pub async fn texts(&self, fingerprints: Vec<u64>) -> Result<HashMap<u64, String>, StoreError> {
         let mut found = HashMap::new();
         let fingerprints: Vec<u64> = {
-            let pending = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+            let pending = self.texts.lock();
             fingerprints
                 .into_iter()
                 .filter(|f| match pending.get(f) {
@@ -685,21 +699,12 @@ fn write_loop(
             *c = (*c).max(last);
             newer
         });
-        let mut pending = texts.lock().unwrap_or_else(|e| e.into_inner());
         for (_, op) in ops {
-            match op {
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Op::Texts(committed) => {
-                    for (f, _) in committed {
-                        pending.remove(&f);
-                    }
-                }
-                _ => {}
+            texts.done(&op);
+            if let Op::Flush(done) = op {
+                let _ = done.send(());
             }
         }
-        drop(pending);
         if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
             last_prune = Some(Instant::now());
             match sink.prune(retention, now_micros()) {
@@ -855,7 +860,7 @@ mod tests {
         // Committed, it is the store's to answer for.
         go.send(()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !store.texts.lock().unwrap().is_empty() {
+        while !store.texts.lock().is_empty() {
             assert!(
                 Instant::now() < deadline,
                 "the committed text stayed pending"
