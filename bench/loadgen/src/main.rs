@@ -81,6 +81,11 @@ struct Args {
     /// every second: the streams live then (past Welcome and a first batch)
     #[arg(long)]
     reconnect: bool,
+    /// Write a line per GetActivity answer in the measuring window to this
+    /// file: the time (Unix ms), the freshness (ms) and how long the answer
+    /// took (µs), to see when in the minute the live view falls behind
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 /// Counters the agents share.
@@ -284,6 +289,10 @@ async fn read(
     let mut activity = Vec::new();
     let mut summary = Vec::new();
     let mut rng = wire_sim::Rng(0x5eed);
+    let mut trace = match &args.trace {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(path)?)),
+        None => None,
+    };
     let mut last_summary = Instant::now() - Duration::from_secs(1);
     while measure_start.elapsed() < *args.measure {
         if last_summary.elapsed() >= Duration::from_millis(250) {
@@ -334,6 +343,16 @@ async fn read(
             freshness.push(Duration::from_micros(
                 (now_micros() - time::timestamp_micros(at)).max(0) as u64,
             ));
+            if let Some(trace) = &mut trace {
+                use std::io::Write;
+                let line = format!(
+                    "{} {} {}\n",
+                    now_micros() / 1000,
+                    freshness.last().map_or(0, Duration::as_millis),
+                    activity.last().map_or(0, Duration::as_micros),
+                );
+                trace.write_all(line.as_bytes())?;
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -204,6 +204,7 @@ impl Aggregator {
                 .and_then(|(left, joined)| view.rollup.updated(&left, &joined, view.sampled_at_us))
                 .unwrap_or_else(|| Rollup::of(&view.sessions, view.sampled_at_us));
             let counter = counter(&mut self.load, &snapshot.server_id);
+            let unfinished = counter.unfinished();
             let mut closed = Vec::new();
             let interval_us = view.interval.as_micros() as i64;
             if view.status == TargetStatus::Up {
@@ -227,6 +228,9 @@ impl Aggregator {
             }
             if counter.shown() {
                 view.load = Arc::new(counter.now().clone());
+            }
+            if !unfinished && counter.unfinished() {
+                self.ending.push_back(view.server_id.as_str().into());
             }
             if keep {
                 super::close_later(&mut self.later, &snapshot.server_id, closed);

@@ -409,6 +409,7 @@ fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
             &mut |_, _| {},
         );
     }
+    counter.finish(&mut closed);
     (counter, closed)
 }
 
@@ -506,19 +507,39 @@ async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
     )
     .unwrap();
     let is_load = |op: &StoreOp| matches!(op, StoreOp::Load { .. });
+    // The minute ended; it is built between batches.
+    assert_eq!(a.ending, [Arc::<str>::from("db")]);
+    assert!(a.later.is_empty() && !a.writes.iter().any(is_load));
+    a.finish_minutes(Duration::ZERO);
+    assert!(a.ending.is_empty());
     assert!(
         a.later.iter().any(|(_, op)| is_load(op)),
         "the closed minute waits apart"
     );
     assert!(!a.writes.iter().any(is_load));
+    // The next minute ends, and is not built before its agent leaves.
+    a.apply(
+        "a1",
+        1,
+        3,
+        vec![snapshot("db", t0 + 2 * crate::load::COARSE_US, &[1])],
+    )
+    .unwrap();
+    assert_eq!(a.ending.len(), 1);
     // Its agent leaves: another collector may stream the server next.
     a.disconnect("a1", 1);
     assert!(a.later.is_empty());
-    let load = a.writes.iter().position(is_load);
+    let loads: Vec<usize> = (0..a.writes.len())
+        .filter(|&i| is_load(&a.writes[i]))
+        .collect();
     let gone = a
         .writes
         .iter()
         .position(|op| matches!(op, StoreOp::Disconnected { .. }));
-    assert!(load.is_some() && load < gone, "queued at once, in order");
+    assert_eq!(loads.len(), 2, "both minutes");
+    assert!(
+        gone.is_some_and(|g| loads.iter().all(|&l| l < g)),
+        "queued at once, in order"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

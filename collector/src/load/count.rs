@@ -66,6 +66,9 @@ pub struct Counter {
     counted: Arc<Vec<Arc<Session>>>,
     /// What a collector that stopped stored of the open minute's counts.
     restored: Option<MinuteLoad>,
+    /// The minute before the open one, ended but not yet built (see
+    /// [`Counter::finish`]).
+    ended: Option<Box<Ended>>,
     /// The open hour's minutes.
     hour: Option<HourTotals>,
     /// The open interval of statement increments.
@@ -74,6 +77,31 @@ pub struct Counter {
     now: LoadNow,
     /// Whether `now` changed since [`Counter::shown`] was last asked.
     changed: bool,
+}
+
+/// A minute that ended, with its counts as they stood, waiting to be built.
+///
+/// Every server's minute ends in the same second, and building one (its
+/// tuples bounded, ranked and packed for the store) takes a few hundred µs:
+/// at 5,000 servers, seconds in which the aggregator applied no batch. So a
+/// minute that ends is only set aside, and the aggregator builds the ended
+/// minutes a few at a time between batches.
+#[derive(Debug)]
+struct Ended {
+    open: Open,
+    counts: WordMap<Key, Entry>,
+    held: Held,
+    restored: Option<MinuteLoad>,
+}
+
+impl Ended {
+    fn built(&self) -> MinuteLoad {
+        built(&self.open, &self.counts, &self.held, self.restored.as_ref())
+    }
+
+    fn totals(&self) -> MinuteTotals {
+        totals(&self.open, &self.counts, self.restored.as_ref())
+    }
 }
 
 /// The open minute, without its counts.
@@ -396,17 +424,35 @@ impl Counter {
         self.open = Some(open);
     }
 
-    /// Closes the open minute (its last 10 s bucket shown), with its hour.
+    /// Ends the open minute (its last 10 s bucket shown): its counts are set
+    /// aside for [`Counter::finish`] (a minute that ended before and is not
+    /// yet built is built first, into `closed`), and the next minute counts
+    /// on from the tuples sessions are in now.
     fn close_minute(&mut self, open: Open, closed: &mut Vec<Closed>) {
         self.settle(&open);
         self.show(&open, open.current);
-        let minute = built(
-            &open,
-            &self.counts,
-            &self.held,
-            self.restored.take().as_ref(),
-        );
-        self.keep_live();
+        self.finish(closed);
+        let (counts, held) = self.live();
+        self.ended = Some(Box::new(Ended {
+            open,
+            counts: std::mem::replace(&mut self.counts, counts),
+            held: std::mem::replace(&mut self.held, held),
+            restored: self.restored.take(),
+        }));
+    }
+
+    /// Whether a minute has ended that [`Counter::finish`] has not built.
+    pub fn unfinished(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// Builds the minute that ended, if any, into `closed`, with its hour.
+    pub fn finish(&mut self, closed: &mut Vec<Closed>) {
+        let Some(ended) = self.ended.take() else {
+            return;
+        };
+        let minute = ended.built();
+        drop(ended);
         if minute.coarse.samples == 0 {
             return;
         }
@@ -426,27 +472,27 @@ impl Counter {
         closed.push(Closed::Minute(minute, hour.clone()));
     }
 
-    /// Keeps only the tuples sessions are in now, to count on in the next
-    /// minute, and only their strings; in maps no larger than they need.
-    fn keep_live(&mut self) {
-        let counts = std::mem::take(&mut self.counts);
-        let old = std::mem::take(&mut self.held);
-        let live = counts.values().filter(|e| e.live > 0).count();
-        self.counts.reserve(live);
-        for (key, e) in counts {
+    /// The tuples sessions are in now, to count on in the next minute, and
+    /// only their strings; in maps no larger than they need.
+    fn live(&self) -> (WordMap<Key, Entry>, Held) {
+        let mut counts = WordMap::default();
+        let mut held = Held::default();
+        counts.reserve(self.counts.values().filter(|e| e.live > 0).count());
+        for (key, e) in &self.counts {
             if e.live > 0 {
                 let key = Key {
-                    strings: old.strings(&key).map(|s| self.held.id(s)),
-                    ..key
+                    strings: self.held.strings(key).map(|s| held.id(s)),
+                    ..*key
                 };
                 let e = Entry {
                     counts: [0; SLOTS],
                     mark: 0,
-                    ..e
+                    ..*e
                 };
-                self.counts.insert(key, e);
+                counts.insert(key, e);
             }
         }
+        (counts, held)
     }
 
     /// Adds to the open bucket's counts what its tuples counted since they
@@ -507,15 +553,22 @@ impl Counter {
         &self.now
     }
 
-    /// What is open, as it stands (the minute as it would close now): for
-    /// readers of the last minute, and for a collector that stops.
+    /// What is open, as it stands (a minute that ended but is not yet built,
+    /// then the minute as it would close now): for readers of the last
+    /// minutes, and for a collector that stops.
     pub fn open(&self) -> Vec<Closed> {
         let mut out = Vec::new();
-        if let Some(open) = &self.open {
-            let minute = built(open, &self.counts, &self.held, self.restored.as_ref());
+        let mut hour = self.hour.clone();
+        let minutes = self.ended.iter().map(|e| e.built()).chain(
+            self.open
+                .iter()
+                .map(|open| built(open, &self.counts, &self.held, self.restored.as_ref())),
+        );
+        for minute in minutes {
             if minute.coarse.samples > 0 {
-                let hour = self.hour_with(MinuteTotals::of(&minute.coarse));
-                out.push(Closed::Minute(minute, hour));
+                let with = hour_with(hour.as_ref(), MinuteTotals::of(&minute.coarse));
+                hour = Some(with.clone());
+                out.push(Closed::Minute(minute, with));
             }
         }
         if let Some((start, mut sum)) = self.statements.clone() {
@@ -525,39 +578,31 @@ impl Counter {
         out
     }
 
-    /// The open hour's totals as they stand, the open minute in them: what
-    /// a fleet-wide reader of totals needs, without building the minute.
-    pub fn open_hour(&self) -> Option<HourTotals> {
-        let Some(open) = &self.open else {
-            return self.hour.clone();
-        };
-        let mut totals = MinuteTotals {
-            start: open.start,
-            samples: open.slots.iter().map(|s| s.0).sum(),
-            covered_us: open.slots.iter().map(|s| s.1).sum(),
-            counts: [0; 3],
-        };
-        for (k, e) in &self.counts {
-            totals.counts[k.class as usize] +=
-                (0..SLOTS).map(|i| u64::from(e.count(open, i))).sum::<u64>();
+    /// The open hours' totals as they stand, the latest first, with the
+    /// minute that ended (not yet built) and the open minute in them: what
+    /// a fleet-wide reader of totals needs, without building the minutes.
+    pub fn open_hours(&self) -> Vec<HourTotals> {
+        let mut hours: Vec<HourTotals> = Vec::new();
+        let minutes = self.ended.iter().map(|e| e.totals()).chain(
+            self.open
+                .iter()
+                .map(|open| totals(open, &self.counts, self.restored.as_ref())),
+        );
+        for t in minutes {
+            if t.samples == 0 {
+                continue;
+            }
+            let hour = hour_with(hours.last().or(self.hour.as_ref()), t);
+            match hours.last_mut() {
+                Some(last) if last.start == hour.start => *last = hour,
+                _ => hours.push(hour),
+            }
         }
-        for (t, n) in self.restored.iter().flat_map(|m| &m.coarse.tuples) {
-            totals.counts[t.class as usize] += u64::from(*n);
+        if hours.is_empty() {
+            hours.extend(self.hour.clone());
         }
-        Some(self.hour_with(totals))
-    }
-
-    /// The open hour's totals with the open minute's `totals` in them (when
-    /// it has samples), as a copy.
-    fn hour_with(&self, totals: MinuteTotals) -> HourTotals {
-        let mut hour = match &self.hour {
-            Some(h) if h.holds(totals.start) => h.clone(),
-            _ => HourTotals::holding(totals.start),
-        };
-        if totals.samples > 0 {
-            hour.set(totals);
-        }
-        hour
+        hours.reverse();
+        hours
     }
 
     /// Carries on from what a collector that stopped stored of what was
@@ -579,6 +624,7 @@ impl Counter {
                         open.current = open.slot(now);
                         open.churn = minute.coarse.churn.clone();
                         self.open = Some(open);
+                        self.ended = None;
                         self.counts.clear();
                         self.held = Held::default();
                         self.counted = Arc::default();
@@ -593,6 +639,42 @@ impl Counter {
             }
         }
     }
+}
+
+/// `hour` (when it holds `totals`' minute; a new hour otherwise) with
+/// `totals` in it (when it has samples), as a copy.
+fn hour_with(hour: Option<&HourTotals>, totals: MinuteTotals) -> HourTotals {
+    let mut hour = match hour {
+        Some(h) if h.holds(totals.start) => h.clone(),
+        _ => HourTotals::holding(totals.start),
+    };
+    if totals.samples > 0 {
+        hour.set(totals);
+    }
+    hour
+}
+
+/// The totals of the minute `open` counted into `counts` (with what a
+/// stopped collector stored of it), as its built minute's are.
+fn totals(
+    open: &Open,
+    counts: &WordMap<Key, Entry>,
+    restored: Option<&MinuteLoad>,
+) -> MinuteTotals {
+    let mut totals = MinuteTotals {
+        start: open.start,
+        samples: open.slots.iter().map(|s| s.0).sum(),
+        covered_us: open.slots.iter().map(|s| s.1).sum(),
+        counts: [0; 3],
+    };
+    for (k, e) in counts {
+        totals.counts[k.class as usize] +=
+            (0..SLOTS).map(|i| u64::from(e.count(open, i))).sum::<u64>();
+    }
+    for (t, n) in restored.iter().flat_map(|m| &m.coarse.tuples) {
+        totals.counts[t.class as usize] += u64::from(*n);
+    }
+    totals
 }
 
 /// The minute `open` counted into `counts` (with what a stopped collector
@@ -755,11 +837,12 @@ mod tests {
             panic!("{open:?}")
         };
         assert_eq!(
-            c.open_hour().as_ref(),
+            c.open_hours().first(),
             Some(hour),
             "the totals alone, the same"
         );
-        // A sample a minute later closes it.
+        // A sample a minute later ends it; it is built when finished, and
+        // readers meanwhile get it built for them, before the open minute.
         c.sample(
             t0 + COARSE_US,
             1_000_000,
@@ -768,7 +851,20 @@ mod tests {
             &mut closed,
             &mut |_, _| {},
         );
+        assert!(closed.is_empty() && c.unfinished());
+        let open = c.open();
+        let starts: Vec<Micros> = minutes(&open).iter().map(|m| m.coarse.start).collect();
+        assert_eq!(starts, [t0, t0 + COARSE_US]);
+        let Closed::Minute(_, hour) = &open[1] else {
+            panic!("{open:?}")
+        };
+        assert_eq!(hour.minutes.len(), 2, "the hour has both minutes");
+        assert_eq!(c.open_hours().first(), Some(hour));
+        c.finish(&mut closed);
+        assert!(!c.unfinished());
+        assert_eq!(c.now().minutes, [2.0]);
         let m = minutes(&closed)[0];
+        assert_eq!(minutes(&open)[0], m, "what readers got is what was built");
         assert_eq!((m.coarse.start, m.coarse.samples), (t0, 20));
         assert_eq!(m.coarse.average(Class::Active), 2.0);
         assert_eq!(m.coarse.average(Class::IdleInTransaction), 1.0);
@@ -822,6 +918,7 @@ mod tests {
                 &mut |_, _| {},
             );
         }
+        after.finish(&mut closed);
         let m = minutes(&closed)[0];
         assert_eq!(
             m.coarse.samples, 59,
@@ -928,6 +1025,10 @@ mod tests {
                 }
                 before = now;
             }
+            // Ended minutes built at once, later, or only when the next ends.
+            if next(3) == 0 {
+                counter.finish(&mut closed);
+            }
             // Mostly a second on; sometimes a gap, over buckets or minutes.
             at += match next(30) {
                 0 => 1_000_000 * (2 + next(70) as i64),
@@ -935,6 +1036,7 @@ mod tests {
             };
         }
         counter.advance(at + COARSE_US, &mut closed);
+        counter.finish(&mut closed);
         let mut got: std::collections::BTreeMap<(Micros, Micros, Key), u32> = Default::default();
         let mut got_samples: std::collections::BTreeMap<(Micros, Micros), u32> = Default::default();
         for m in minutes(&closed) {
