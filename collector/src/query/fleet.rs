@@ -11,31 +11,31 @@ use crate::aggregator::{Health, ServerView};
 
 /// The servers added up per value of `group_by` (one row for all when empty),
 /// in the order of the values.
+///
+/// It reads every server of the fleet at each call: the groups are found by
+/// the label's value as the view holds it, and the strings of a row are
+/// copied once, at the end, rather than per server.
 pub fn summarise<'a>(
     servers: impl Iterator<Item = &'a ServerView>,
     group_by: &str,
     now: Micros,
 ) -> Vec<v1::FleetSummaryRow> {
-    struct Acc {
+    #[derive(Default)]
+    struct Acc<'a> {
         row: v1::FleetSummaryRow,
-        by_state: BTreeMap<&'static str, u32>,
-        longest_us: i64,
+        /// Sessions by state, in the order first met.
+        by_state: Vec<(&'static str, u32)>,
+        longest: Option<(i64, &'a str)>,
+        most_saturated: Option<(f64, &'a str)>,
     }
-    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut groups: BTreeMap<&'a str, Acc<'a>> = BTreeMap::new();
     for s in servers {
         let value = if group_by.is_empty() {
-            String::new()
+            ""
         } else {
-            s.labels.get(group_by).cloned().unwrap_or_default()
+            s.labels.get(group_by).map_or("", String::as_str)
         };
-        let acc = groups.entry(value.clone()).or_insert_with(|| Acc {
-            row: v1::FleetSummaryRow {
-                value,
-                ..Default::default()
-            },
-            by_state: BTreeMap::new(),
-            longest_us: -1,
-        });
+        let acc = groups.entry(value).or_default();
         let row = &mut acc.row;
         row.servers += 1;
         match s.health(now) {
@@ -47,34 +47,49 @@ pub fn summarise<'a>(
         row.sessions += r.sessions;
         row.waiting_sessions += r.waiting;
         row.blocked_sessions += r.blocked;
-        for (state, n) in &r.by_state {
-            *acc.by_state.entry(state).or_default() += n;
+        for (&state, &n) in &r.by_state {
+            match acc.by_state.iter_mut().find(|(name, _)| *name == state) {
+                Some((_, count)) => *count += n,
+                None => acc.by_state.push((state, n)),
+            }
         }
         if let Some(age) = r.longest_xact_us
-            && age > acc.longest_us
+            && acc.longest.is_none_or(|(longest, _)| age > longest)
         {
-            acc.longest_us = age;
-            row.longest_transaction = Some(time::duration(age));
-            row.longest_transaction_server = s.server_id.clone();
+            acc.longest = Some((age, &s.server_id));
         }
         let share = s.pools.slots_utilisation();
-        if share > row.max_slot_utilisation {
-            row.max_slot_utilisation = share;
-            row.most_saturated_server = s.server_id.clone();
+        if share > acc.most_saturated.map_or(0.0, |(max, _)| max) {
+            acc.most_saturated = Some((share, &s.server_id));
         }
     }
     groups
-        .into_values()
-        .map(|mut acc| {
-            acc.row.sessions_by_state = acc
-                .by_state
-                .into_iter()
-                .map(|(name, count)| v1::SlotCount {
-                    name: name.to_owned(),
-                    count,
-                })
-                .collect();
-            acc.row
+        .into_iter()
+        .map(|(value, mut acc)| {
+            acc.by_state.sort_unstable();
+            let row = acc.row;
+            v1::FleetSummaryRow {
+                value: value.to_owned(),
+                sessions_by_state: acc
+                    .by_state
+                    .into_iter()
+                    .map(|(name, count)| v1::SlotCount {
+                        name: name.to_owned(),
+                        count,
+                    })
+                    .collect(),
+                longest_transaction: acc.longest.map(|(age, _)| time::duration(age)),
+                longest_transaction_server: acc
+                    .longest
+                    .map(|(_, server)| server.to_owned())
+                    .unwrap_or_default(),
+                max_slot_utilisation: acc.most_saturated.map_or(0.0, |(share, _)| share),
+                most_saturated_server: acc
+                    .most_saturated
+                    .map(|(_, server)| server.to_owned())
+                    .unwrap_or_default(),
+                ..row
+            }
         })
         .collect()
 }
