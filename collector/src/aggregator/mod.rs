@@ -299,7 +299,12 @@ impl Aggregator {
                             });
                         }
                     }
-                    // After what they closed before.
+                    // After what they closed before; a minute that ended is
+                    // built first, once, so that its hour's totals do not
+                    // come after (and overwrite) the open minute's.
+                    while let Some(server_id) = self.ending.pop_front() {
+                        self.finish_minute(&server_id);
+                    }
                     for (server_id, counter) in &self.load {
                         close_later(&mut self.later, server_id, counter.open());
                     }
@@ -312,6 +317,11 @@ impl Aggregator {
                 hours_only,
                 reply,
             } => {
+                // A minute that ended is built now, once, rather than for
+                // this reader and again later.
+                for server_id in &server_ids {
+                    self.finish_minute(server_id);
+                }
                 // What was closed but is not yet queued for the store is
                 // open still, as far as readers know.
                 let mut later = self.closed_later(&server_ids, hours_only);
@@ -563,6 +573,8 @@ impl Aggregator {
             };
             if let Some(s) = stored.remove(&t.server_id) {
                 restore(&mut base, s.activity, s.minute);
+                // What the counter it replaces ended goes to the store first.
+                self.finish_minute(&t.server_id);
                 let mut counter = Counter::default();
                 counter.restore(s.load, now_micros());
                 self.load.insert(t.server_id.as_str().into(), counter);

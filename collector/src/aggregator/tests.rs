@@ -543,3 +543,79 @@ async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_stopping_collector_builds_an_ended_minute_once_before_the_open_one() {
+    let (dir, store) = sqlite_store("stopping");
+    let mut a = aggregator();
+    a.store = Some(store);
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
+    for (seq, at) in [(1, t0), (2, t0 + crate::load::COARSE_US)] {
+        a.apply("a1", 1, seq, vec![snapshot("db", at, &[1])])
+            .unwrap();
+    }
+    assert_eq!(a.ending.len(), 1, "the first minute ended, not built");
+    let (reply, _done) = oneshot::channel();
+    a.handle(Command::StoreMinutes { reply }, &mut Vec::new());
+    // The round after it builds nothing more.
+    a.finish_minutes(Duration::ZERO);
+    let loads: Vec<(Micros, usize)> = a
+        .later
+        .iter()
+        .filter_map(|(_, op)| match op {
+            StoreOp::Load { minute, hour, .. } => Some((minute.start(), hour.minutes.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        loads,
+        [(t0, 1), (t0 + crate::load::COARSE_US, 2)],
+        "each minute once, the hour's latest totals last"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_agent_resumed_from_another_collector_keeps_the_minute_that_ended_here() {
+    let (dir, store) = sqlite_store("resumed");
+    let mut a = aggregator();
+    a.store = Some(store);
+    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
+        .unwrap();
+    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
+    for (seq, at) in [(1, t0), (2, t0 + crate::load::COARSE_US)] {
+        a.apply("a1", 1, seq, vec![snapshot("db", at, &[1])])
+            .unwrap();
+    }
+    assert_eq!(a.ending.len(), 1, "the first minute ended, not built");
+    // The agent comes back having streamed to another collector, before this
+    // one saw its stream end: its counter is replaced by the stored one.
+    let resume = crate::store::Resume {
+        last_seq: 10,
+        servers: vec![crate::store::StoredServer {
+            server_id: "db".into(),
+            agent_id: "a1".into(),
+            labels: Default::default(),
+            interval: SECOND,
+            activity: None,
+            minute: None,
+            load: Vec::new(),
+        }],
+    };
+    a.register("a1".into(), 2, vec![target("db")], SECOND, Some(resume))
+        .unwrap();
+    let loads: Vec<Micros> = a
+        .later
+        .iter()
+        .map(|(_, op)| op)
+        .chain(&a.writes)
+        .filter_map(|op| match op {
+            StoreOp::Load { minute, .. } => Some(minute.start()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(loads, [t0], "the minute that ended here is not lost");
+    let _ = std::fs::remove_dir_all(&dir);
+}

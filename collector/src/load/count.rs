@@ -606,8 +606,10 @@ impl Counter {
     }
 
     /// Carries on from what a collector that stopped stored of what was
-    /// open at `now`.
+    /// open at `now`; for a new counter (one with no minute ended and not
+    /// built).
     pub fn restore(&mut self, stored: Vec<Closed>, now: Micros) {
+        debug_assert!(self.ended.is_none(), "restore is for a new counter");
         for c in stored {
             match c {
                 Closed::Minute(minute, hour) => {
