@@ -357,6 +357,10 @@ async fn read(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let measured = measure_start.elapsed();
+    if let Some(mut trace) = trace {
+        use std::io::Write;
+        trace.flush()?;
+    }
     let cpu_after = args.collector_pid.and_then(cpu_ticks);
     let rss = args.collector_pid.and_then(rss_kib);
     let batches = stats.batches.load(Relaxed) - batches_before;
