@@ -11,6 +11,7 @@
 #[path = "../../../agent/benches/support/wire_sim.rs"]
 mod wire_sim;
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -344,7 +345,6 @@ async fn read(
                 (now_micros() - time::timestamp_micros(at)).max(0) as u64,
             ));
             if let Some(trace) = &mut trace {
-                use std::io::Write;
                 let line = format!(
                     "{} {} {}\n",
                     now_micros() / 1000,
@@ -358,7 +358,6 @@ async fn read(
     }
     let measured = measure_start.elapsed();
     if let Some(mut trace) = trace {
-        use std::io::Write;
         trace.flush()?;
     }
     let cpu_after = args.collector_pid.and_then(cpu_ticks);

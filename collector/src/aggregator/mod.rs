@@ -318,9 +318,13 @@ impl Aggregator {
                 reply,
             } => {
                 // A minute that ended is built now, once, rather than for
-                // this reader and again later.
-                for server_id in &server_ids {
-                    self.finish_minute(server_id);
+                // this reader and again later; totals alone need no minute
+                // built (`Counter::open_hours`), so a fleet-wide reader of
+                // them at a minute's end does not build every server's.
+                if !hours_only {
+                    for server_id in &server_ids {
+                        self.finish_minute(server_id);
+                    }
                 }
                 // What was closed but is not yet queued for the store is
                 // open still, as far as readers know.

@@ -490,22 +490,27 @@ fn views_are_published_less_often_the_larger_the_fleet() {
     assert_eq!(publish_every(usize::MAX), PUBLISH_AT_MOST);
 }
 
-#[tokio::test]
-async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
-    let (dir, store) = sqlite_store("leaves");
+/// An aggregator with a SQLite store, to which agent `a1` streamed server
+/// `db` from `t0` over the end of its first minute: that minute ended and
+/// waits to be built. The store's directory is named after `name`.
+fn with_an_ended_minute(name: &str) -> (std::path::PathBuf, Aggregator, Micros) {
+    let (dir, store) = sqlite_store(name);
     let mut a = aggregator();
     a.store = Some(store);
     a.register("a1".into(), 1, vec![target("db")], SECOND, None)
         .unwrap();
     let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
-    a.apply("a1", 1, 1, vec![snapshot("db", t0, &[1])]).unwrap();
-    a.apply(
-        "a1",
-        1,
-        2,
-        vec![snapshot("db", t0 + crate::load::COARSE_US, &[1])],
-    )
-    .unwrap();
+    for (seq, at) in [(1, t0), (2, t0 + crate::load::COARSE_US)] {
+        a.apply("a1", 1, seq, vec![snapshot("db", at, &[1])])
+            .unwrap();
+    }
+    assert_eq!(a.ending.len(), 1, "the first minute ended, not built");
+    (dir, a, t0)
+}
+
+#[tokio::test]
+async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
+    let (dir, mut a, t0) = with_an_ended_minute("leaves");
     let is_load = |op: &StoreOp| matches!(op, StoreOp::Load { .. });
     // The minute ended; it is built between batches.
     assert_eq!(a.ending, [Arc::<str>::from("db")]);
@@ -546,17 +551,7 @@ async fn closed_load_waits_apart_and_goes_at_once_when_its_agent_leaves() {
 
 #[tokio::test]
 async fn a_stopping_collector_builds_an_ended_minute_once_before_the_open_one() {
-    let (dir, store) = sqlite_store("stopping");
-    let mut a = aggregator();
-    a.store = Some(store);
-    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
-        .unwrap();
-    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
-    for (seq, at) in [(1, t0), (2, t0 + crate::load::COARSE_US)] {
-        a.apply("a1", 1, seq, vec![snapshot("db", at, &[1])])
-            .unwrap();
-    }
-    assert_eq!(a.ending.len(), 1, "the first minute ended, not built");
+    let (dir, mut a, t0) = with_an_ended_minute("stopping");
     let (reply, _done) = oneshot::channel();
     a.handle(Command::StoreMinutes { reply }, &mut Vec::new());
     // The round after it builds nothing more.
@@ -579,17 +574,7 @@ async fn a_stopping_collector_builds_an_ended_minute_once_before_the_open_one() 
 
 #[tokio::test]
 async fn an_agent_resumed_from_another_collector_keeps_the_minute_that_ended_here() {
-    let (dir, store) = sqlite_store("resumed");
-    let mut a = aggregator();
-    a.store = Some(store);
-    a.register("a1".into(), 1, vec![target("db")], SECOND, None)
-        .unwrap();
-    let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % crate::load::COARSE_US;
-    for (seq, at) in [(1, t0), (2, t0 + crate::load::COARSE_US)] {
-        a.apply("a1", 1, seq, vec![snapshot("db", at, &[1])])
-            .unwrap();
-    }
-    assert_eq!(a.ending.len(), 1, "the first minute ended, not built");
+    let (dir, mut a, t0) = with_an_ended_minute("resumed");
     // The agent comes back having streamed to another collector, before this
     // one saw its stream end: its counter is replaced by the stored one.
     let resume = crate::store::Resume {

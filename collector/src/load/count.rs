@@ -94,15 +94,13 @@ struct Ended {
     restored: Option<MinuteLoad>,
 }
 
-impl Ended {
-    fn built(&self) -> MinuteLoad {
-        built(&self.open, &self.counts, &self.held, self.restored.as_ref())
-    }
-
-    fn totals(&self) -> MinuteTotals {
-        totals(&self.open, &self.counts, self.restored.as_ref())
-    }
-}
+/// A minute counted and not yet built, as [`built`] and [`totals`] take it.
+type Unbuilt<'a> = (
+    &'a Open,
+    &'a WordMap<Key, Entry>,
+    &'a Held,
+    Option<&'a MinuteLoad>,
+);
 
 /// The open minute, without its counts.
 #[derive(Debug, Clone)]
@@ -451,7 +449,12 @@ impl Counter {
         let Some(ended) = self.ended.take() else {
             return;
         };
-        let minute = ended.built();
+        let minute = built(
+            &ended.open,
+            &ended.counts,
+            &ended.held,
+            ended.restored.as_ref(),
+        );
         drop(ended);
         if minute.coarse.samples == 0 {
             return;
@@ -553,18 +556,29 @@ impl Counter {
         &self.now
     }
 
+    /// The minutes counted and not yet built, oldest first (the one that
+    /// ended, then the open one): each with its counts, their strings and
+    /// what a stopped collector stored of it.
+    fn unbuilt(&self) -> impl Iterator<Item = Unbuilt<'_>> {
+        let ended = self
+            .ended
+            .iter()
+            .map(|e| (&e.open, &e.counts, &e.held, e.restored.as_ref()));
+        let open = self
+            .open
+            .iter()
+            .map(|o| (o, &self.counts, &self.held, self.restored.as_ref()));
+        ended.chain(open)
+    }
+
     /// What is open, as it stands (a minute that ended but is not yet built,
     /// then the minute as it would close now): for readers of the last
     /// minutes, and for a collector that stops.
     pub fn open(&self) -> Vec<Closed> {
         let mut out = Vec::new();
         let mut hour = self.hour.clone();
-        let minutes = self.ended.iter().map(|e| e.built()).chain(
-            self.open
-                .iter()
-                .map(|open| built(open, &self.counts, &self.held, self.restored.as_ref())),
-        );
-        for minute in minutes {
+        for (open, counts, held, restored) in self.unbuilt() {
+            let minute = built(open, counts, held, restored);
             if minute.coarse.samples > 0 {
                 let with = hour_with(hour.as_ref(), MinuteTotals::of(&minute.coarse));
                 hour = Some(with.clone());
@@ -583,12 +597,8 @@ impl Counter {
     /// a fleet-wide reader of totals needs, without building the minutes.
     pub fn open_hours(&self) -> Vec<HourTotals> {
         let mut hours: Vec<HourTotals> = Vec::new();
-        let minutes = self.ended.iter().map(|e| e.totals()).chain(
-            self.open
-                .iter()
-                .map(|open| totals(open, &self.counts, self.restored.as_ref())),
-        );
-        for t in minutes {
+        for (open, counts, _, restored) in self.unbuilt() {
+            let t = totals(open, counts, restored);
             if t.samples == 0 {
                 continue;
             }
@@ -626,7 +636,6 @@ impl Counter {
                         open.current = open.slot(now);
                         open.churn = minute.coarse.churn.clone();
                         self.open = Some(open);
-                        self.ended = None;
                         self.counts.clear();
                         self.held = Held::default();
                         self.counted = Arc::default();
