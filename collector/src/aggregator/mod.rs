@@ -55,6 +55,11 @@ fn publish_every(servers: usize) -> Duration {
         .clamp(PUBLISH_EVERY, PUBLISH_AT_MOST)
 }
 
+/// How long the aggregator sleeps between looks at its queue while it
+/// gathers commands for a view: the longest a command waits to be applied
+/// beyond the round before it.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// The share of the time between two publishes that the aggregator spends,
 /// at most, building minutes that ended (see [`Aggregator::finish_minutes`]).
 const FINISH_SHARE: u32 = 5;
@@ -218,7 +223,8 @@ impl Aggregator {
 
     /// Runs until every handle is dropped.
     ///
-    /// Commands are applied as they come, and a view is published at most
+    /// Commands are applied as they come, in gathers [`GATHER`] apart once a
+    /// round has begun, and a view is published at most
     /// every [`PUBLISH_EVERY`], and less often for a larger fleet (see
     /// [`publish_every`]): publishing copies the map of every server, so with
     /// thousands of agents one publish per command would cost more than the
@@ -233,10 +239,16 @@ impl Aggregator {
                     Ok(command) => command,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(due, self.commands.recv()).await {
-                            Ok(Some(command)) => command,
-                            Ok(None) | Err(_) => break,
+                        let now = tokio::time::Instant::now();
+                        if now >= due {
+                            break;
                         }
+                        // Sleep, then take what came meanwhile: waiting on
+                        // the queue would be woken by every command, a
+                        // thread woken and switched to thousands of times a
+                        // second.
+                        tokio::time::sleep_until(due.min(now + GATHER)).await;
+                        continue;
                     }
                 };
                 self.handle(command, &mut replies);
