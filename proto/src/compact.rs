@@ -283,10 +283,12 @@ impl Dictionary {
 }
 
 /// The collector's side of one stream's dictionary, bounded like the
-/// agent's.
+/// agent's. Ids run from 1 to [`Dictionary::MAX_ENTRIES`], as an agent gives
+/// them, so an entry is found by its place rather than by a hash: every
+/// string of every session a stream sends is looked up here.
 #[derive(Debug, Default)]
 pub struct Resolver {
-    values: HashMap<u32, Arc<str>>,
+    values: Vec<Option<Arc<str>>>,
     bytes: usize,
 }
 
@@ -295,18 +297,26 @@ impl Resolver {
     /// may hold is refused.
     pub fn add(&mut self, entries: Vec<v1::DictionaryEntry>) -> Result<(), String> {
         for e in entries {
-            if e.id == 0 {
-                return Err("dictionary id 0 is not an id".to_owned());
+            let place = match e.id as usize {
+                0 => return Err("dictionary id 0 is not an id".to_owned()),
+                id if id > Dictionary::MAX_ENTRIES => {
+                    return Err(format!(
+                        "dictionary id {id} is past the last a dictionary may give ({})",
+                        Dictionary::MAX_ENTRIES
+                    ));
+                }
+                id => id - 1,
+            };
+            if self.values.len() <= place {
+                self.values.resize(place + 1, None);
             }
-            let len = e.value.len();
-            if let Some(old) = self.values.insert(e.id, e.value.into()) {
+            self.bytes += e.value.len();
+            if let Some(old) = self.values[place].replace(e.value.into()) {
                 self.bytes -= old.len();
             }
-            self.bytes += len;
-            if self.values.len() > Dictionary::MAX_ENTRIES || self.bytes > Dictionary::MAX_BYTES {
+            if self.bytes > Dictionary::MAX_BYTES {
                 return Err(format!(
-                    "the dictionary grew past {} entries or {} bytes",
-                    Dictionary::MAX_ENTRIES,
+                    "the dictionary grew past {} bytes",
                     Dictionary::MAX_BYTES
                 ));
             }
@@ -320,7 +330,10 @@ impl Resolver {
         if reference == 0 {
             Ok(crate::convert::shared(text))
         } else {
-            self.values.get(&reference).cloned().ok_or(reference)
+            self.values
+                .get(reference as usize - 1)
+                .and_then(Option::clone)
+                .ok_or(reference)
         }
     }
 
@@ -407,6 +420,34 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolver.session(unknown), Err(999));
+    }
+
+    #[test]
+    fn a_resolver_takes_the_ids_an_agent_gives_and_refuses_others() {
+        let entry = |id: u32, value: &str| v1::DictionaryEntry {
+            id,
+            value: value.into(),
+        };
+        let mut resolver = Resolver::default();
+        let last = Dictionary::MAX_ENTRIES as u32;
+        resolver
+            .add(vec![entry(last, "last"), entry(3, "old"), entry(3, "new")])
+            .unwrap();
+        let by = |r: u32| {
+            resolver.session(v1::SessionSample {
+                query_ref: r,
+                ..Default::default()
+            })
+        };
+        assert_eq!(&*by(last).unwrap().query, "last");
+        assert_eq!(&*by(3).unwrap().query, "new", "a later entry replaces one");
+        assert_eq!(by(2), Err(2), "a gap is unknown, not empty");
+        assert_eq!(resolver.bytes, "last".len() + "new".len());
+        let past = resolver.add(vec![entry(last + 1, "x")]).unwrap_err();
+        assert!(past.contains("16384"), "{past}");
+        assert!(resolver.add(vec![entry(0, "x")]).is_err());
+        let huge = "x".repeat(Dictionary::MAX_BYTES);
+        assert!(resolver.add(vec![entry(1, &huge)]).is_err());
     }
 
     #[test]
