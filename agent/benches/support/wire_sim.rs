@@ -88,6 +88,53 @@ pub struct Sim {
     next_pid: i32,
     changed_per_sample: usize,
     reconnects_per_sample: usize,
+    texts: Texts,
+}
+
+/// The strings sessions share, each made once, as the sampler's interner
+/// shares them; and each query masked once (the load generator simulates
+/// thousands of servers, and masking every changed session's query again
+/// was a tenth of its CPU).
+struct Texts {
+    /// Each of [`QUERIES`], masked, with its fingerprint.
+    queries: Vec<(Arc<str>, u64)>,
+    databases: Vec<Arc<str>>,
+    users: Vec<Arc<str>>,
+    /// By `i % 24`: `APPS[i % 6]` and `i % 8`.
+    applications: Vec<Arc<str>>,
+    /// Idle in the client, then the waits of an active session.
+    client_read: (Arc<str>, Arc<str>),
+    waits: [(Arc<str>, Arc<str>); 4],
+    client_backend: Arc<str>,
+}
+
+impl Texts {
+    fn new() -> Texts {
+        let all = |names: &[&str]| names.iter().map(|&n| Arc::from(n)).collect();
+        let wait = |kind: &str, event: &str| (Arc::from(kind), Arc::from(event));
+        Texts {
+            queries: QUERIES
+                .iter()
+                .map(|q| {
+                    let (text, fingerprint) = query_text::prepare(q, QueryText::Masked);
+                    (text.into(), fingerprint)
+                })
+                .collect(),
+            databases: all(DATABASES),
+            users: all(USERS),
+            applications: (0..APPS.len() * 4)
+                .map(|i| Arc::from(format!("{}-{}", APPS[i % APPS.len()], i % 8)))
+                .collect(),
+            client_read: wait("Client", "ClientRead"),
+            waits: [
+                wait("", ""),
+                wait("IO", "DataFileRead"),
+                wait("Lock", "transactionid"),
+                wait("LWLock", "WALWrite"),
+            ],
+            client_backend: Arc::from("client backend"),
+        }
+    }
 }
 
 impl Sim {
@@ -112,6 +159,7 @@ impl Sim {
             next_pid: 20_000,
             changed_per_sample: changed,
             reconnects_per_sample: reconnects.min(changed),
+            texts: Texts::new(),
         };
         for _ in 0..sessions {
             let started = t0 - (sim.rng.below(86_400) as i64) * SECOND;
@@ -124,14 +172,14 @@ impl Sim {
     fn connect(&mut self, at: i64) -> Arc<Session> {
         let i = self.rng.below(1 << 20);
         self.next_pid += 1 + self.rng.below(40) as i32;
-        let (text, fingerprint) =
-            query_text::prepare(QUERIES[i % QUERIES.len()], QueryText::Masked);
+        let texts = &self.texts;
+        let (text, fingerprint) = texts.queries[i % QUERIES.len()].clone();
         Arc::new(Session {
             pid: self.next_pid,
             backend_start_us: at,
-            database: DATABASES[i % DATABASES.len()].into(),
-            user: USERS[i % USERS.len()].into(),
-            application_name: format!("{}-{}", APPS[i % APPS.len()], i % 8).into(),
+            database: texts.databases[i % DATABASES.len()].clone(),
+            user: texts.users[i % USERS.len()].clone(),
+            application_name: texts.applications[i % texts.applications.len()].clone(),
             client: format!(
                 "10.20.{}.{}:{}",
                 i % 16,
@@ -143,10 +191,10 @@ impl Sim {
             xact_start_us: None,
             query_start_us: Some(at + 1_000),
             state_change_us: Some(at + 2_000),
-            wait_event_type: "Client".into(),
-            wait_event: "ClientRead".into(),
-            query: text.into(),
-            backend_type: "client backend".into(),
+            wait_event_type: texts.client_read.0.clone(),
+            wait_event: texts.client_read.1.clone(),
+            query: text,
+            backend_type: texts.client_backend.clone(),
             query_id: Some(fingerprint as i64 ^ 0x5bd1_e995),
             fingerprint,
             ..Default::default()
@@ -172,26 +220,27 @@ impl Sim {
             touched.push(i);
             let q = self.rng.below(QUERIES.len());
             let wait = self.rng.below(10);
+            let texts = &self.texts;
             let s = Arc::make_mut(&mut self.sessions[i]);
             if s.state == SessionState::Active {
                 s.state = SessionState::Idle;
                 s.state_change_us = Some(at);
                 s.xact_start_us = None;
-                s.wait_event_type = "Client".into();
-                s.wait_event = "ClientRead".into();
+                (s.wait_event_type, s.wait_event) = texts.client_read.clone();
             } else {
-                let (text, fingerprint) = query_text::prepare(QUERIES[q], QueryText::Masked);
+                let (text, fingerprint) = texts.queries[q].clone();
                 s.state = SessionState::Active;
                 s.query_start_us = Some(at);
                 s.state_change_us = Some(at);
                 s.xact_start_us = Some(at);
-                (s.wait_event_type, s.wait_event) = match wait {
-                    0..=5 => ("".into(), "".into()),
-                    6 | 7 => ("IO".into(), "DataFileRead".into()),
-                    8 => ("Lock".into(), "transactionid".into()),
-                    _ => ("LWLock".into(), "WALWrite".into()),
-                };
-                s.query = text.into();
+                (s.wait_event_type, s.wait_event) = texts.waits[match wait {
+                    0..=5 => 0,
+                    6 | 7 => 1,
+                    8 => 2,
+                    _ => 3,
+                }]
+                .clone();
+                s.query = text;
                 s.fingerprint = fingerprint;
                 s.query_id = Some(fingerprint as i64 ^ 0x5bd1_e995);
             }
