@@ -332,12 +332,15 @@ def load_section(runs: list[dict], args, title: str, command: str, cluster) -> N
         )
     verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
     if best:
+        # The read latencies' targets are at the full fleet: a smaller one
+        # that held does not meet them.
+        full = best['agents'] >= TARGETS['servers']
         headline = f"""The largest fleet that held: **{best['agents']:,} servers** (target ≥ {TARGETS['servers']:,}: {verdict(best['agents'] >= TARGETS['servers'])}). At that N:
 
 - collector CPU: {fmt(us_per_batch(best), 0)} µs per applied batch (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict((us_per_batch(best) or 1e9) <= TARGETS['us_per_batch'])});
 - memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.0f} KiB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
-- FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms: {verdict(best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
-- GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms: {verdict(best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
+- FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms at {TARGETS['servers']:,} servers: {verdict(full and best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
+- GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms at {TARGETS['servers']:,} servers: {verdict(full and best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
 - `GetActivity … at` an hour back: """ + (f"""{fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions).""" if best['at_1h_sessions'] else "not timed (the hour of history was not all sent within 3 minutes).")
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
