@@ -111,6 +111,8 @@ pub struct Aggregator {
     keep_load: bool,
     /// When the last view was published.
     published: tokio::time::Instant,
+    /// How long, in all, it waited for room in the store's queue.
+    store_waited: Duration,
 }
 
 /// The fingerprints whose texts the store holds (as far as this collector
@@ -165,6 +167,7 @@ impl Aggregator {
                 texts: Texts::default(),
                 keep_load: true,
                 published: tokio::time::Instant::now(),
+                store_waited: Duration::ZERO,
             },
             AggregatorHandle { commands: tx, view },
         )
@@ -216,6 +219,7 @@ impl Aggregator {
         }
         self.publish.send_replace(Arc::new(FleetView {
             servers: self.servers.clone(),
+            store_waited: Duration::ZERO,
         }));
         self.store = Some(store);
         self
@@ -258,7 +262,7 @@ impl Aggregator {
             // (the load counters' writes, only past their bounds).
             if let Some(store) = &self.store {
                 for op in self.writes.drain(..) {
-                    store.write(op).await;
+                    self.store_waited += store.write(op).await;
                 }
                 self.store_later().await;
             } else {
@@ -267,6 +271,7 @@ impl Aggregator {
             }
             self.publish.send_replace(Arc::new(FleetView {
                 servers: self.servers.clone(),
+                store_waited: self.store_waited,
             }));
             self.published = tokio::time::Instant::now();
             // Answer only once the change is visible to readers.
@@ -425,7 +430,7 @@ impl Aggregator {
         let bound = LATER_PER_SERVER * self.load.len().max(1);
         while let Some((closed_at, op)) = self.later.pop_front() {
             if self.later_now || self.later.len() >= bound || closed_at.elapsed() >= LATER_AT_MOST {
-                store.write(op).await;
+                self.store_waited += store.write(op).await;
             } else if let Some(op) = store.try_write(op) {
                 self.later.push_front((closed_at, op));
                 break;

@@ -142,4 +142,7 @@ pub struct FleetView {
     /// Every known server, by server_id. The keys are shared, so that
     /// publishing a view copies no string.
     pub servers: BTreeMap<Arc<str>, Arc<ServerView>>,
+    /// How long, in all since the collector started, the aggregator waited
+    /// for room in the history store's queue (and applied nothing meanwhile).
+    pub store_waited: Duration,
 }

@@ -120,6 +120,17 @@ pub fn render(view: &FleetView, now: Micros) -> String {
     let rollups: Vec<&Rollup> = servers.iter().map(|s| s.rollup.as_ref()).collect();
 
     out.family(
+        "pgfleet_collector_store_wait_seconds_total",
+        "counter",
+        "How long the collector waited for room in its history store's queue, applying no batch meanwhile. While it grows, the store (its disk, or the CPU its writer gets) sets the pace of ingest, and the live view falls behind.",
+    );
+    out.sample(
+        "pgfleet_collector_store_wait_seconds_total",
+        &[],
+        view.store_waited.as_secs_f64(),
+    );
+
+    out.family(
         "pgfleet_server_info",
         "gauge",
         "A server the collector knows, with its labels (dc, cluster, …) and agent; always 1.",
@@ -600,6 +611,21 @@ mod tests {
         out.sample("m", &[("a", "x\"y\\z\nw")], 3.0);
         out.sample("m", &[], 0.25);
         assert_eq!(out.text, "m{a=\"x\\\"y\\\\z\\nw\"} 3\nm 0.25\n");
+    }
+
+    #[test]
+    fn the_time_waited_for_the_store_is_a_counter_in_seconds() {
+        let view = FleetView {
+            store_waited: std::time::Duration::from_millis(1500),
+            ..FleetView::default()
+        };
+        let text = render(&view, 0);
+        assert!(text.contains("# TYPE pgfleet_collector_store_wait_seconds_total counter"));
+        assert!(
+            text.lines()
+                .any(|l| l == "pgfleet_collector_store_wait_seconds_total 1.5"),
+            "{text}"
+        );
     }
 
     #[test]

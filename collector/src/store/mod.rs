@@ -355,20 +355,36 @@ impl Store {
         })
     }
 
-    /// Queues a write, waiting while the queue is full (the disk sets the pace).
+    /// Queues a write, waiting while the queue is full (the disk sets the
+    /// pace); returns how long it waited for room (zero when there was).
     ///
     /// Only the aggregator queues writes with a ticket, one at a time, so
     /// tickets reach the writer in order; a flush (from anywhere) takes none.
-    pub async fn write(&self, op: Op) {
+    pub async fn write(&self, op: Op) -> Duration {
         let ticket = match op {
             Op::Flush(_) => 0,
             _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
         };
         self.texts.put(&op);
-        if let Err(refused) = self.writes.send((ticket, op)).await {
+        let (sent, waited) = match self.writes.try_reserve() {
+            Ok(permit) => {
+                permit.send((ticket, op));
+                return Duration::ZERO;
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let started = Instant::now();
+                let sent = self.writes.send((ticket, op)).await;
+                (sent, started.elapsed())
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                (Err(mpsc::error::SendError((ticket, op))), Duration::ZERO)
+            }
+        };
+        if let Err(refused) = sent {
             self.texts.done(&refused.0.1);
             error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
         }
+        waited
     }
 
     /// Queues a write only while at least half the queue is free, and gives
@@ -833,6 +849,30 @@ mod tests {
             assert!(Instant::now() < deadline, "the queue never drained");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_says_how_long_it_waited_for_room() {
+        let (store, commits, go) = held_store(rusqlite::Connection::open_in_memory().unwrap());
+        let op = || Op::Texts(Vec::new());
+        assert_eq!(store.write(op()).await, Duration::ZERO, "room at once");
+        commits
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer commits");
+        // The writer holds in its commit while the queue fills.
+        while store.writes.capacity() > 0 {
+            assert_eq!(store.write(op()).await, Duration::ZERO);
+        }
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(go);
+        });
+        let waited = store.write(op()).await;
+        letting_go.join().unwrap();
+        assert!(
+            waited >= Duration::from_millis(200),
+            "waited {waited:?} for a writer held 300 ms"
+        );
     }
 
     #[tokio::test]
