@@ -100,7 +100,8 @@ struct Texts {
     queries: Vec<(Arc<str>, u64)>,
     databases: Vec<Arc<str>>,
     users: Vec<Arc<str>>,
-    /// By `i % 24`: `APPS[i % 6]` and `i % 8`.
+    /// By `i` modulo their number (a multiple of both `APPS.len()` and
+    /// 8): `APPS[i % APPS.len()]` and `i % 8`.
     applications: Vec<Arc<str>>,
     /// Idle in the client, then the waits of an active session.
     client_read: (Arc<str>, Arc<str>),
@@ -122,7 +123,7 @@ impl Texts {
                 .collect(),
             databases: all(DATABASES),
             users: all(USERS),
-            applications: (0..APPS.len() * 4)
+            applications: (0..APPS.len() * 8)
                 .map(|i| Arc::from(format!("{}-{}", APPS[i % APPS.len()], i % 8)))
                 .collect(),
             client_read: wait("Client", "ClientRead"),

@@ -219,7 +219,7 @@ impl Aggregator {
         }
         self.publish.send_replace(Arc::new(FleetView {
             servers: self.servers.clone(),
-            store_waited: Duration::ZERO,
+            store_waited: self.store_waited,
         }));
         self.store = Some(store);
         self

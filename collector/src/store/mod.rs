@@ -366,25 +366,17 @@ impl Store {
             _ => self.durable.given.fetch_add(1, Ordering::SeqCst) + 1,
         };
         self.texts.put(&op);
-        let (sent, waited) = match self.writes.try_reserve() {
-            Ok(permit) => {
-                permit.send((ticket, op));
-                return Duration::ZERO;
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                let started = Instant::now();
-                let sent = self.writes.send((ticket, op)).await;
-                (sent, started.elapsed())
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                (Err(mpsc::error::SendError((ticket, op))), Duration::ZERO)
-            }
-        };
-        if let Err(refused) = sent {
+        if let Ok(permit) = self.writes.try_reserve() {
+            permit.send((ticket, op));
+            return Duration::ZERO;
+        }
+        // Full (or the writer is gone, which the send says at once).
+        let started = Instant::now();
+        if let Err(refused) = self.writes.send((ticket, op)).await {
             self.texts.done(&refused.0.1);
             error!(store = %self.place, "The history store's writer stopped; history is not being kept.");
         }
-        waited
+        started.elapsed()
     }
 
     /// Queues a write only while at least half the queue is free, and gives
