@@ -7,7 +7,9 @@
 //!    client hosts), counted for a day of 1 Hz samples into its buckets,
 //!    with a pg_stat_statements read every minute of `STATEMENTS` statements.
 //!    Everything is written to an empty SQLite store; the bytes it grew by
-//!    are the storage per server per day.
+//!    are the storage per server per day. Beside it, what each of the day's
+//!    minutes costs at a minute's end: packing it, and the writer's
+//!    re-indexing it into the server's dictionary.
 //! 2. **QueryLoad.** A store of `SERVERS` servers (five dcs) holding a day of
 //!    1-minute buckets and an hour of 10-second buckets each, as the day
 //!    above made them; a collector opened on it answers `QueryLoad` over
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 use pgfleet_collector::aggregator::load_writes;
 use pgfleet_collector::config::CollectorConfig;
 use pgfleet_collector::load::count::Closed;
+use pgfleet_collector::load::dictionaries::Dictionaries;
 use pgfleet_collector::load::statements::{Read, Totals};
 use pgfleet_collector::load::{COARSE_US, Class, Counter, MinuteLoad};
 use pgfleet_collector::store::{Op, Retention, Store};
@@ -308,7 +311,24 @@ async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
         m.fine.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / m.fine.len().max(1) as f64
     };
     let (load, both, tables) = storage(day).await;
+    // A minute's end, per server: the aggregator packs the minute that
+    // ended, and the store's writer re-indexes it into the server's
+    // dictionary and compresses it.
+    let mut keys = Dictionaries::default();
+    let (mut pack, mut encode) = (Duration::ZERO, Duration::ZERO);
+    for m in &ms {
+        let t = Instant::now();
+        let packed = m.pack();
+        pack += t.elapsed();
+        let t = Instant::now();
+        let row = keys.minute("orders-db-1", &packed);
+        encode += t.elapsed();
+        assert!(row.is_some(), "a packed minute re-indexes");
+    }
+    let per_minute = |d: Duration| d.as_secs_f64() * 1e6 / ms.len().max(1) as f64;
     serde_json::json!({
+        "pack_us_per_minute": per_minute(pack),
+        "store_us_per_minute": per_minute(encode),
         "count_us_per_sample": count_us,
         "db_load": mean(&|m| m.coarse.average(Class::Active)),
         "tuples_per_fine_bucket": mean(&fine_tuples),

@@ -21,7 +21,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use pgfleet_proto::time::Micros;
 
-use super::MinuteLoad;
+use super::PackedMinute;
 use super::hours::HOUR_US;
 use super::keys::Tables;
 use super::statements::Read;
@@ -78,9 +78,10 @@ pub struct Dictionaries {
 }
 
 impl Dictionaries {
-    /// A minute of load as stored, naming `server_id`'s dictionary.
-    pub fn minute(&mut self, server_id: &str, m: &MinuteLoad) -> Vec<u8> {
-        let (id, tables) = self.of(server_id, m.coarse.start);
+    /// A packed minute of load as stored, naming `server_id`'s dictionary;
+    /// None only if its bytes were damaged.
+    pub fn minute(&mut self, server_id: &str, m: &PackedMinute) -> Option<Vec<u8>> {
+        let (id, tables) = self.of(server_id, m.start());
         let body = m.encode_with(id, tables);
         self.note(server_id);
         body

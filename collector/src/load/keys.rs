@@ -27,6 +27,16 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
     }
 }
 
+impl Table<Arc<str>> {
+    /// [`Table::of`] for a string not yet shared: made an `Arc` only when new.
+    pub(super) fn of_str(&mut self, key: &str) -> u32 {
+        if let Some(i) = self.index.get(key) {
+            return *i;
+        }
+        self.of(&Arc::from(key))
+    }
+}
+
 /// What rows name by index: their strings and their query fingerprints.
 #[derive(Debug, Default)]
 pub(super) struct Tables {

@@ -119,14 +119,6 @@ impl MinuteLoad {
         compressed(stored.encode_to_vec())
     }
 
-    /// The minute as stored, naming its strings in the dictionary `keys`
-    /// (whose `tables` it adds to).
-    pub(super) fn encode_with(&self, keys: i64, tables: &mut Tables) -> Vec<u8> {
-        let mut stored = self.stored(tables);
-        stored.keys = keys;
-        compressed(stored.encode_to_vec())
-    }
-
     /// The minute as stored, before compression: its bucket, its 10 s
     /// buckets as counts of the bucket's tuples (a tuple only a 10 s bucket
     /// has joins the minute's with no count of its own).
@@ -220,10 +212,65 @@ impl PackedMinute {
         MinuteLoad::decode(self.start, &self.bytes)
     }
 
+    /// A minute whose bytes are not one.
+    #[cfg(test)]
+    pub fn damaged(start: i64) -> PackedMinute {
+        PackedMinute {
+            start,
+            samples: 60,
+            bytes: compressed(vec![0xff; 64]),
+        }
+    }
+
     /// The bytes it holds.
     #[cfg(test)]
     pub fn size(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// The minute as stored, naming its strings in the dictionary `keys`
+    /// (whose `tables` it adds to); None only if its bytes were damaged.
+    ///
+    /// Its rows are re-indexed as they are: unpacked into tuples and
+    /// encoded again, every tuple of the minute and of its 10 s buckets was
+    /// built, hashed and found again, which at a minute's end the store's
+    /// writer did for every server of the fleet at once.
+    pub(super) fn encode_with(&self, keys: i64, tables: &mut Tables) -> Option<Vec<u8>> {
+        let bytes = decompressed(&self.bytes)?;
+        let mut s = StoredLoad::decode(bytes.as_ref()).ok()?;
+        // Packed with strings of its own, a tuple a row of five cells.
+        if s.keys != 0
+            || s.cells.len() != s.counts.len() * TUPLE_CELLS
+            || !s.who.len().is_multiple_of(WHO_CELLS)
+            || !s.churn_cells.len().is_multiple_of(CHURN_CELLS)
+            || !s.established.len().is_multiple_of(2)
+        {
+            return None;
+        }
+        let strings: Vec<u32> = s.strings.iter().map(|x| tables.strings.of_str(x)).collect();
+        let queries: Vec<u32> = s.queries.iter().map(|q| tables.queries.of(q)).collect();
+        let string = |i: &mut u32| -> Option<()> {
+            *i = *strings.get(*i as usize)?;
+            Some(())
+        };
+        for row in s.cells.chunks_exact_mut(TUPLE_CELLS) {
+            string(&mut row[1])?;
+            string(&mut row[2])?;
+            row[3] = *queries.get(row[3] as usize)?;
+        }
+        for i in &mut s.who {
+            string(i)?;
+        }
+        for row in s.churn_cells.chunks_exact_mut(CHURN_CELLS) {
+            row[..4].iter_mut().try_for_each(string)?;
+        }
+        for pair in s.established.chunks_exact_mut(2) {
+            string(&mut pair[0])?;
+        }
+        s.strings = Vec::new();
+        s.queries = Vec::new();
+        s.keys = keys;
+        Some(compressed(s.encode_to_vec()))
     }
 }
 

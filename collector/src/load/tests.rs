@@ -121,6 +121,12 @@ fn minute_of(start: Micros, users: &[&str]) -> MinuteLoad {
     }
 }
 
+/// `m` as the store writes it, naming db-1's dictionary in `d`.
+fn row(d: &mut dictionaries::Dictionaries, m: &MinuteLoad) -> Vec<u8> {
+    d.minute("db-1", &m.pack())
+        .expect("a packed minute re-indexes")
+}
+
 /// Reads `body` back with the dictionaries `rows` hold.
 fn read_back(start: Micros, body: &[u8], rows: &[dictionaries::KeysRow]) -> Option<MinuteLoad> {
     let parsed = MinuteLoad::parse(start, body)?;
@@ -134,7 +140,7 @@ fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
     let mut d = dictionaries::Dictionaries::default();
     let first = minute_of(hour, &["app", "report"]);
     let second = minute_of(hour + COARSE_US, &["app", "batch"]);
-    let (a, b) = (d.minute("db-1", &first), d.minute("db-1", &second));
+    let (a, b) = (row(&mut d, &first), row(&mut d, &second));
     let written = d.unwritten();
     assert_eq!(written.len(), 1, "one dictionary for the hour: {written:?}");
     assert!(
@@ -148,27 +154,27 @@ fn rows_name_their_servers_hourly_dictionary_and_read_back_with_it() {
     assert_eq!(read_back(second.coarse.start, &b, &written), Some(second));
     // Not committed (the transaction failed): the same ops, encoded again,
     // still say the dictionary is to be written.
-    let again = d.minute("db-1", &first);
+    let again = row(&mut d, &first);
     assert_eq!(again, a);
     assert_eq!(d.unwritten(), written);
     d.committed();
     assert!(d.unwritten().is_empty(), "written once");
     // Nothing new: nothing to write; a new string: the dictionary again.
-    d.minute("db-1", &first);
+    row(&mut d, &first);
     assert!(d.unwritten().is_empty());
-    d.minute("db-1", &minute_of(hour + 2 * COARSE_US, &["new"]));
+    row(&mut d, &minute_of(hour + 2 * COARSE_US, &["new"]));
     assert_eq!(d.unwritten().len(), 1);
     d.committed();
     // The next hour: a dictionary of its own, under another id.
     let next = minute_of(hour + hours::HOUR_US, &["app"]);
-    let c = d.minute("db-1", &next);
+    let c = row(&mut d, &next);
     let rows = d.unwritten();
     assert_eq!(rows.len(), 1);
     assert_ne!(rows[0].id, written[0].id);
     assert_eq!(read_back(next.coarse.start, &c, &rows), Some(next.clone()));
     // Another writer (another collector) names its own dictionary.
     let mut other = dictionaries::Dictionaries::default();
-    other.minute("db-1", &next);
+    row(&mut other, &next);
     assert_ne!(other.unwritten()[0].id, rows[0].id);
     // A row whose dictionary is not found does not decode (and is skipped
     // by its reader), rather than naming the wrong strings.
@@ -184,7 +190,7 @@ fn a_dictionary_whose_hour_ended_unwritten_is_still_written() {
     let mut d = dictionaries::Dictionaries::default();
     let late = minute_of(hour + 59 * COARSE_US, &["app"]);
     let next = minute_of(hour + hours::HOUR_US, &["app"]);
-    let (a, b) = (d.minute("db-1", &late), d.minute("db-1", &next));
+    let (a, b) = (row(&mut d, &late), row(&mut d, &next));
     let rows = d.unwritten();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(read_back(late.coarse.start, &a, &rows), Some(late));
@@ -402,6 +408,35 @@ fn a_packed_minute_unpacks_to_itself_in_a_fraction_of_the_room() {
     assert_eq!(packed.start(), 0);
     assert_eq!(packed.samples(), 60);
     assert_eq!(packed.unpack().as_ref(), Some(&m));
+    // The store writes it as it is packed, re-indexed into the server's
+    // dictionary (here one that already holds other strings and queries,
+    // so that no index stays what it was), churn and 10 s buckets with it.
+    let mut m = m;
+    m.coarse.churn.rows.push((
+        churn::ChurnKey {
+            database: "orders".into(),
+            application: "app-3".into(),
+            user: "user7".into(),
+            client: "10.0.0.7".into(),
+        },
+        churn::ChurnCount {
+            started: 5,
+            ended: 4,
+            lifetime_us: 800_000,
+        },
+    ));
+    m.coarse.churn.lifetimes = vec![(20, 4)];
+    m.coarse.churn.established = vec![("orders".into(), 40)];
+    let mut d = dictionaries::Dictionaries::default();
+    let first = minute_of(0, &["someone", "else"]);
+    row(&mut d, &first);
+    let body = row(&mut d, &m);
+    let rows = d.unwritten();
+    assert_eq!(read_back(0, &body, &rows), Some(m.clone()));
+    assert_eq!(read_back(0, &row(&mut d, &first), &rows), Some(first));
+    // Damaged bytes are refused, not stored as something else.
+    let damaged = PackedMinute::damaged(0);
+    assert_eq!(d.minute("db-1", &damaged), None);
     let entries = m.coarse.tuples.len() + m.fine.iter().map(|f| f.tuples.len()).sum::<usize>();
     let as_tuples = entries * std::mem::size_of::<(Tuple, u32)>();
     assert!(

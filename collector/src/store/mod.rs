@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::load::count::Closed;
+use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::HourTotals;
 use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
@@ -741,17 +742,18 @@ fn stored_interval(ms: i64) -> Duration {
     Duration::from_millis(ms.max(10) as u64)
 }
 
-/// A closed minute of load to write: None when it has no samples, or (which
-/// only damaged memory would do) does not unpack, which is logged.
-fn unpacked(server_id: &str, minute: &PackedMinute) -> Option<MinuteLoad> {
+/// A closed minute of load as stored, naming its server's dictionary in
+/// `keys`: None when it has no samples, or (which only damaged memory would
+/// do) its bytes do not read, which is logged.
+fn load_row(keys: &mut Dictionaries, server_id: &str, minute: &PackedMinute) -> Option<Vec<u8>> {
     if minute.samples() == 0 {
         return None;
     }
-    let m = minute.unpack();
-    if m.is_none() {
+    let body = keys.minute(server_id, minute);
+    if body.is_none() {
         error!(server.id = %server_id, minute = minute.start(), "A closed minute of load did not unpack; it is not stored.");
     }
-    m
+    body
 }
 
 /// The last of each key, in the order first seen: a batch written as one

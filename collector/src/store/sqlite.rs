@@ -625,8 +625,7 @@ fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> ru
                     minute,
                     hour: totals,
                 } => {
-                    if let Some(m) = super::unpacked(server_id, minute) {
-                        let body = keys.minute(server_id, &m);
+                    if let Some(body) = super::load_row(keys, server_id, minute) {
                         load.execute(params![server_id, minute.start(), body])?;
                     }
                     hour.execute(params![server_id, totals.start, totals.encode()])?;
