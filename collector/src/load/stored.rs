@@ -188,7 +188,7 @@ impl MinuteLoad {
 /// about a hundred KB (its 10 s buckets repeat the minute's tuples), and a
 /// heap profile at 1,000 servers found 40% of the collector's peak heap in
 /// them; packed, a minute takes a few KB. Packing costs about 100 µs a
-/// minute, and the writer and readers unpack.
+/// minute; the writer re-indexes it, and readers unpack it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedMinute {
     start: i64,
@@ -231,45 +231,80 @@ impl PackedMinute {
     /// The minute as stored, naming its strings in the dictionary `keys`
     /// (whose `tables` it adds to); None only if its bytes were damaged.
     ///
-    /// Its rows are re-indexed as they are: unpacked into tuples and
-    /// encoded again, every tuple of the minute and of its 10 s buckets was
-    /// built, hashed and found again, which at a minute's end the store's
-    /// writer did for every server of the fleet at once.
+    /// Its rows are re-indexed as they are, not unpacked into tuples and
+    /// encoded again: that built, hashed and found again every tuple of the
+    /// minute and of its 10 s buckets, for every server of the fleet at
+    /// once at a minute's end. (Each cell [`Bucket::stored`] makes an index
+    /// into strings or fingerprints is re-indexed here.)
     pub(super) fn encode_with(&self, keys: i64, tables: &mut Tables) -> Option<Vec<u8>> {
         let bytes = decompressed(&self.bytes)?;
         let mut s = StoredLoad::decode(bytes.as_ref()).ok()?;
-        // Packed with strings of its own, a tuple a row of five cells.
-        if s.keys != 0
-            || s.cells.len() != s.counts.len() * TUPLE_CELLS
-            || !s.who.len().is_multiple_of(WHO_CELLS)
-            || !s.churn_cells.len().is_multiple_of(CHURN_CELLS)
-            || !s.established.len().is_multiple_of(2)
-        {
+        // Every field named, so that one added later is not left out.
+        let StoredLoad {
+            samples: _,
+            covered_us: _,
+            strings,
+            queries,
+            cells,
+            who,
+            counts,
+            churn_cells,
+            churn_lifetimes_us,
+            lifetimes: _,
+            lifetime_max_us: _,
+            established,
+            fine,
+            keys: named,
+        } = &mut s;
+        // As `pack` makes it (strings of its own, a tuple a row of five
+        // cells), checked whole before the dictionary takes any of it.
+        let (texts, fingerprints) = (strings.len() as u32, queries.len() as u32);
+        let (whos, tuples) = ((who.len() / WHO_CELLS) as u32, counts.len() as u32);
+        let whole = *named == 0
+            && cells.len() == counts.len() * TUPLE_CELLS
+            && who.len().is_multiple_of(WHO_CELLS)
+            && churn_cells.len() == churn_lifetimes_us.len() * CHURN_CELLS
+            && established.len().is_multiple_of(2)
+            && cells.chunks_exact(TUPLE_CELLS).all(|r| {
+                Class::from_code(r[0]).is_some()
+                    && r[1] < texts
+                    && r[2] < texts
+                    && r[3] < fingerprints
+                    && r[4] < whos
+            })
+            && who.iter().all(|i| *i < texts)
+            && churn_cells
+                .chunks_exact(CHURN_CELLS)
+                .all(|r| r[..4].iter().all(|i| *i < texts))
+            && established.chunks_exact(2).all(|p| p[0] < texts)
+            && fine.iter().all(|f| {
+                f.counts.len().is_multiple_of(2) && f.counts.chunks_exact(2).all(|p| p[0] < tuples)
+            });
+        if !whole {
             return None;
         }
-        let strings: Vec<u32> = s.strings.iter().map(|x| tables.strings.of_str(x)).collect();
-        let queries: Vec<u32> = s.queries.iter().map(|q| tables.queries.of(q)).collect();
-        let string = |i: &mut u32| -> Option<()> {
-            *i = *strings.get(*i as usize)?;
-            Some(())
-        };
-        for row in s.cells.chunks_exact_mut(TUPLE_CELLS) {
-            string(&mut row[1])?;
-            string(&mut row[2])?;
-            row[3] = *queries.get(row[3] as usize)?;
+        let ours: Vec<u32> = std::mem::take(strings)
+            .iter()
+            .map(|x| tables.strings.of_str(x))
+            .collect();
+        let our_queries: Vec<u32> = std::mem::take(queries)
+            .iter()
+            .map(|q| tables.queries.of(q))
+            .collect();
+        let string = |i: &mut u32| *i = ours[*i as usize];
+        for row in cells.chunks_exact_mut(TUPLE_CELLS) {
+            string(&mut row[1]);
+            string(&mut row[2]);
+            row[3] = our_queries[row[3] as usize];
         }
-        for i in &mut s.who {
-            string(i)?;
+        who.iter_mut().for_each(string);
+        for row in churn_cells.chunks_exact_mut(CHURN_CELLS) {
+            row[..4].iter_mut().for_each(string);
         }
-        for row in s.churn_cells.chunks_exact_mut(CHURN_CELLS) {
-            row[..4].iter_mut().try_for_each(string)?;
+        for pair in established.chunks_exact_mut(2) {
+            string(&mut pair[0]);
         }
-        for pair in s.established.chunks_exact_mut(2) {
-            string(&mut pair[0])?;
-        }
-        s.strings = Vec::new();
-        s.queries = Vec::new();
-        s.keys = keys;
+        *named = keys;
         Some(compressed(s.encode_to_vec()))
     }
 }
@@ -500,6 +535,72 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_packed_minute_that_does_not_hold_together_is_refused_whole() {
+        // One tuple, one row of who, one churn row, as `pack` makes them.
+        let whole = StoredLoad {
+            samples: 60,
+            covered_us: 60_000_000,
+            strings: [
+                "CPU",
+                "",
+                "app",
+                "orders",
+                "web",
+                "10.0.0.7",
+                "client backend",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            queries: vec![0xabc],
+            cells: vec![0, 0, 1, 0, 0],
+            who: vec![2, 3, 4, 5, 6],
+            counts: vec![42],
+            churn_cells: vec![3, 4, 2, 5, 1, 1],
+            churn_lifetimes_us: vec![1_000],
+            established: vec![3, 1],
+            fine: vec![StoredFine {
+                offset_s: 0,
+                samples: 10,
+                covered_us: 10_000_000,
+                counts: vec![0, 7],
+            }],
+            ..Default::default()
+        };
+        let packed = |s: &StoredLoad| PackedMinute {
+            start: 0,
+            samples: 60,
+            bytes: compressed(s.encode_to_vec()),
+        };
+        let mut tables = Tables::default();
+        assert!(packed(&whole).encode_with(9, &mut tables).is_some());
+        let damaged: [&dyn Fn(&mut StoredLoad); 9] = [
+            &|s| s.cells[0] = 99,
+            &|s| s.cells[1] = 99,
+            &|s| s.cells[3] = 1,
+            &|s| s.cells[4] = 1,
+            &|s| s.who[4] = 99,
+            &|s| s.churn_cells[3] = 99,
+            &|s| s.established[0] = 99,
+            &|s| s.fine[0].counts[0] = 1,
+            &|s| s.churn_lifetimes_us.push(1),
+        ];
+        for (i, damage) in damaged.iter().enumerate() {
+            let mut s = whole.clone();
+            s.strings.push("not in the dictionary before".into());
+            damage(&mut s);
+            let mut tables = Tables::default();
+            assert_eq!(packed(&s).encode_with(9, &mut tables), None, "damage {i}");
+            assert_eq!(tables.len(), 0, "damage {i}: the dictionary took nothing");
+        }
+        // A row of an earlier layout (nine cells a tuple) is not a packed one.
+        let mut old = whole.clone();
+        old.cells = vec![0, 0, 1, 0, 2, 3, 4, 5, 6];
+        old.who.clear();
+        assert_eq!(packed(&old).encode_with(9, &mut Tables::default()), None);
+    }
 
     #[test]
     fn a_minute_stored_before_dictionaries_still_reads() {

@@ -409,26 +409,34 @@ fn a_packed_minute_unpacks_to_itself_in_a_fraction_of_the_room() {
     assert_eq!(packed.samples(), 60);
     assert_eq!(packed.unpack().as_ref(), Some(&m));
     // The store writes it as it is packed, re-indexed into the server's
-    // dictionary (here one that already holds other strings and queries,
-    // so that no index stays what it was), churn and 10 s buckets with it.
+    // dictionary, churn and 10 s buckets with it: here a dictionary that
+    // already holds other strings and fingerprints (none the minute has), so
+    // that every index moves, and churn counts no index could be.
     let mut m = m;
     m.coarse.churn.rows.push((
         churn::ChurnKey {
-            database: "orders".into(),
+            database: "billing".into(),
             application: "app-3".into(),
             user: "user7".into(),
             client: "10.0.0.7".into(),
         },
         churn::ChurnCount {
-            started: 5,
-            ended: 4,
+            started: 1000,
+            ended: 999,
             lifetime_us: 800_000,
         },
     ));
     m.coarse.churn.lifetimes = vec![(20, 4)];
-    m.coarse.churn.established = vec![("orders".into(), 40)];
+    m.coarse.churn.established = vec![("billing".into(), 40)];
     let mut d = dictionaries::Dictionaries::default();
-    let first = minute_of(0, &["someone", "else"]);
+    let mut first = minute_of(0, &["someone", "else"]);
+    for (t, _) in &mut first.coarse.tuples {
+        (t.wait_type, t.wait_event) = ("Timeout".into(), "PgSleep".into());
+        (t.database, t.application) = ("elsewhere".into(), "cron".into());
+        (t.client, t.backend_type) = ("192.0.2.1".into(), "walsender".into());
+        t.query += 1_000_000;
+    }
+    first.fine[0].tuples = first.coarse.tuples.clone();
     row(&mut d, &first);
     let body = row(&mut d, &m);
     let rows = d.unwritten();

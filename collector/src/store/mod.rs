@@ -751,7 +751,7 @@ fn load_row(keys: &mut Dictionaries, server_id: &str, minute: &PackedMinute) -> 
     }
     let body = keys.minute(server_id, minute);
     if body.is_none() {
-        error!(server.id = %server_id, minute = minute.start(), "A closed minute of load did not unpack; it is not stored.");
+        error!(server.id = %server_id, minute = minute.start(), "A closed minute of load did not read back; it is not stored.");
     }
     body
 }

@@ -138,14 +138,14 @@ impl PgSink {
             }
             _ => None,
         }));
-        let load = super::super::last_by_key(ops.iter().filter_map(|(_, op)| {
-            match op {
-                Op::Load {
-                    server_id, minute, ..
-                } => super::super::load_row(keys, server_id, minute)
-                    .map(|body| (("load", server_id.as_str(), minute.start()), body)),
-                _ => None,
+        let load = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
+            Op::Load {
+                server_id, minute, ..
+            } => {
+                let body = super::super::load_row(keys, server_id, minute)?;
+                Some((("load", server_id.as_str(), minute.start()), body))
             }
+            _ => None,
         }))
         .into_iter()
         .chain(super::super::last_by_key(ops.iter().filter_map(
