@@ -1,5 +1,5 @@
 //! `pgfleet-collector`: parse settings, start, wait for a signal, stop.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -13,8 +13,32 @@ use pgfleet_common::runtime;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's option that sets how long memory freed goes unused before it
+/// is given back to the system, in ms (`mi_option_purge_delay` of its v3).
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory freed is kept for reuse rather than given back to the system,
+/// unless `MIMALLOC_PURGE_DELAY` says otherwise.
+///
+/// The collector's memory cycles every second (batches) and every minute
+/// (every server's minute of load ends at once), so what mimalloc gave back
+/// after its default second unused, the next minute faulted in and zeroed
+/// again. Side by side at 1,250 servers (`bench/collector_ab.py`): 140
+/// against 161 µs of CPU per batch, for 253–277 against 190–193 KiB of RSS
+/// per server, which then stays at its peak.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set stores an option's value, which mimalloc
+        // reads when it next considers purging; any value is valid, and -1
+        // means never.
+        unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    keep_freed_memory();
     let args: CollectorArgs = runtime::parse_args();
     runtime::init_tracing("info");
     let config = match CollectorConfig::resolve(args) {
@@ -32,4 +56,23 @@ async fn main() -> ExitCode {
     runtime::shutdown_signal().await;
     collector.stop().await;
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn freed_memory_is_kept_through_mimallocs_purge_delay() {
+        // SAFETY: reading an option's value.
+        let get = || unsafe { libmimalloc_sys::mi_option_get(PURGE_DELAY) };
+        // The option named is the purge delay: mimalloc v3's default is a
+        // second (unless the environment set it).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(get(), 1000);
+            keep_freed_memory();
+            assert_eq!(get(), -1);
+        }
+    }
 }
