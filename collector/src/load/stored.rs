@@ -536,24 +536,25 @@ impl Bucket {
 mod tests {
     use super::*;
 
+    /// A minute's own strings: a wait, users, databases, applications,
+    /// clients and a backend type.
+    const STRINGS: [&str; 7] = [
+        "CPU",
+        "",
+        "app",
+        "orders",
+        "web",
+        "10.0.0.7",
+        "client backend",
+    ];
+
     #[test]
     fn a_packed_minute_that_does_not_hold_together_is_refused_whole() {
         // One tuple, one row of who, one churn row, as `pack` makes them.
         let whole = StoredLoad {
             samples: 60,
             covered_us: 60_000_000,
-            strings: [
-                "CPU",
-                "",
-                "app",
-                "orders",
-                "web",
-                "10.0.0.7",
-                "client backend",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            strings: STRINGS.iter().map(|s| s.to_string()).collect(),
             queries: vec![0xabc],
             cells: vec![0, 0, 1, 0, 0],
             who: vec![2, 3, 4, 5, 6],
@@ -606,19 +607,10 @@ mod tests {
     fn a_minute_stored_before_dictionaries_still_reads() {
         // As an earlier version wrote it: its own strings and fingerprints,
         // and nine cells a tuple.
-        let strings = [
-            "CPU",
-            "",
-            "app",
-            "orders",
-            "web",
-            "10.0.0.7",
-            "client backend",
-        ];
         let old = StoredLoad {
             samples: 60,
             covered_us: 60_000_000,
-            strings: strings.iter().map(|s| s.to_string()).collect(),
+            strings: STRINGS.iter().map(|s| s.to_string()).collect(),
             queries: vec![0xabc],
             cells: vec![0, 0, 1, 0, 2, 3, 4, 5, 6],
             counts: vec![42],
