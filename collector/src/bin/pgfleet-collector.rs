@@ -23,9 +23,10 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The collector's memory cycles every second (batches) and every minute
 /// (every server's minute of load ends at once), so what mimalloc gave back
 /// after its default second unused, the next minute faulted in and zeroed
-/// again. Side by side at 1,250 servers (`bench/collector_ab.py`): 140
-/// against 161 µs of CPU per batch, for 253–277 against 190–193 KiB of RSS
-/// per server, which then stays at its peak.
+/// again. Side by side at 1,250 servers (`bench/collector_ab.py`,
+/// BENCHMARKS.md "Collector side by side"): 141 against 154 µs of CPU per
+/// batch, for 250–268 against 188–194 KiB of RSS per server, which then
+/// stays at its peak.
 #[allow(unsafe_code)]
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
