@@ -8,8 +8,9 @@
 //!    with a pg_stat_statements read every minute of `STATEMENTS` statements.
 //!    Everything is written to an empty SQLite store; the bytes it grew by
 //!    are the storage per server per day. Beside it, what each of the day's
-//!    minutes costs at a minute's end: packing it, and the writer's
-//!    re-indexing it into the server's dictionary.
+//!    minutes costs at a minute's end: building and packing it in the
+//!    aggregator, and the writer's re-indexing it into the server's
+//!    dictionary.
 //! 2. **QueryLoad.** A store of `SERVERS` servers (five dcs) holding a day of
 //!    1-minute buckets and an hour of 10-second buckets each, as the day
 //!    above made them; a collector opened on it answers `QueryLoad` over
@@ -150,16 +151,18 @@ enum Mix {
 }
 
 /// A day of one server, ending at `end` (a minute boundary): what its
-/// counter closed (minutes with their hours, statement intervals from a read
-/// each minute), and the CPU time counting took per sample.
-fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64) {
+/// counter closed (minutes with their hours, as the aggregator gets them,
+/// and statement intervals from a read each minute), the CPU time counting
+/// took per sample, and the time building and packing took per minute that
+/// ended (the aggregator's part of a minute's end).
+fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
     let start = end - DAY_S * 1_000_000;
     let mut heavy = wire_sim::Sim::with(100, 10, 0, 0x10ad, start);
     let mut realistic = Realistic::new(start);
     let mut counter = Counter::default();
     let mut closed = Vec::new();
     let mut before: Arc<Vec<Arc<Session>>> = Arc::default();
-    let mut spent = Duration::ZERO;
+    let (mut spent, mut finished, mut ended) = (Duration::ZERO, Duration::ZERO, 0);
     for s in 0..=DAY_S {
         let at = start + s * 1_000_000;
         let mut now = match mix {
@@ -177,20 +180,31 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64) {
         let t = Instant::now();
         counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
         spent += t.elapsed();
+        if counter.unfinished() {
+            let t = Instant::now();
+            counter.finish(&mut closed);
+            finished += t.elapsed();
+            ended += 1;
+        }
         if s % 60 == 30 {
             counter.statements(at, &statements(s as u64 / 60), &mut closed);
         }
         before = now;
     }
-    (closed, spent.as_secs_f64() * 1e6 / DAY_S as f64)
+    (
+        closed,
+        spent.as_secs_f64() * 1e6 / DAY_S as f64,
+        finished.as_secs_f64() * 1e6 / f64::from(ended.max(1)),
+    )
 }
 
-fn minutes(closed: &[Closed]) -> Vec<&MinuteLoad> {
+/// The minutes in `closed`, packed ones unpacked.
+fn minutes(closed: &[Closed]) -> Vec<MinuteLoad> {
     closed
         .iter()
-        .filter_map(|c| match c {
+        .filter_map(|c| match c.clone().unpacked() {
             Closed::Minute(m, _) => Some(m),
-            Closed::Statements(..) => None,
+            _ => None,
         })
         .collect()
 }
@@ -261,7 +275,7 @@ async fn storage(day: &[Closed]) -> (u64, u64, serde_json::Value) {
     let (load, statements): (Vec<Closed>, Vec<Closed>) = day
         .iter()
         .cloned()
-        .partition(|c| matches!(c, Closed::Minute(..)));
+        .partition(|c| matches!(c, Closed::Minute(..) | Closed::Packed(..)));
     for op in load_writes("orders-db-1", load) {
         store.write(op).await;
     }
@@ -302,32 +316,33 @@ fn table_bytes(dir: &std::path::Path) -> serde_json::Value {
 }
 
 /// A day's figures, as JSON.
-async fn day_figures(day: &[Closed], count_us: f64) -> serde_json::Value {
+async fn day_figures(day: &[Closed], count_us: f64, finish_us: f64) -> serde_json::Value {
     let ms = minutes(day);
     let mean = |f: &dyn Fn(&MinuteLoad) -> f64| {
-        ms.iter().map(|m| f(m)).sum::<f64>() / ms.len().max(1) as f64
+        ms.iter().map(f).sum::<f64>() / ms.len().max(1) as f64
     };
     let fine_tuples = |m: &MinuteLoad| {
         m.fine.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / m.fine.len().max(1) as f64
     };
     let (load, both, tables) = storage(day).await;
-    // A minute's end, per server: the aggregator packs the minute that
-    // ended, and the store's writer re-indexes it into the server's
-    // dictionary and compresses it.
+    // A minute's end, per server: the aggregator builds and packs the
+    // minute that ended (timed as the day was counted), and the store's
+    // writer re-indexes it into the server's dictionary and compresses it.
     let mut keys = Dictionaries::default();
-    let (mut pack, mut encode) = (Duration::ZERO, Duration::ZERO);
-    for m in &ms {
+    let mut encode = Duration::ZERO;
+    let packed = day.iter().filter_map(|c| match c {
+        Closed::Packed(m, _) => Some(m),
+        _ => None,
+    });
+    for m in packed {
         let t = Instant::now();
-        let packed = m.pack();
-        pack += t.elapsed();
-        let t = Instant::now();
-        let row = keys.minute("orders-db-1", &packed);
+        let row = keys.minute("orders-db-1", m);
         encode += t.elapsed();
         assert!(row.is_some(), "a packed minute re-indexes");
     }
     let per_minute = |d: Duration| d.as_secs_f64() * 1e6 / ms.len().max(1) as f64;
     serde_json::json!({
-        "pack_us_per_minute": per_minute(pack),
+        "finish_us_per_minute": finish_us,
         "store_us_per_minute": per_minute(encode),
         "count_us_per_sample": count_us,
         "db_load": mean(&|m| m.coarse.average(Class::Active)),
@@ -357,10 +372,11 @@ async fn main() {
     let end = now - now.rem_euclid(COARSE_US);
 
     // 1. One server-day of each mix in an empty store.
-    let (heavy, heavy_us) = one_day(end, Mix::Heavy);
-    let heavy = day_figures(&heavy, heavy_us).await;
-    let (day, count_us) = one_day(end, Mix::Realistic);
-    let realistic = day_figures(&day, count_us).await;
+    let (heavy, heavy_us, heavy_finish_us) = one_day(end, Mix::Heavy);
+    let heavy = day_figures(&heavy, heavy_us, heavy_finish_us).await;
+    let (day, count_us, finish_us) = one_day(end, Mix::Realistic);
+    let realistic = day_figures(&day, count_us, finish_us).await;
+    let day: Vec<Closed> = day.into_iter().map(Closed::unpacked).collect();
     if std::env::var_os("PGFLEET_BENCH_STORAGE_ONLY").is_some() {
         println!(
             "{}",

@@ -686,6 +686,11 @@ pub fn load_writes(server_id: &str, closed: Vec<Closed>) -> impl Iterator<Item =
             minute: minute.pack(),
             hour,
         },
+        Closed::Packed(minute, hour) => StoreOp::Load {
+            server_id: server_id.to_owned(),
+            minute,
+            hour,
+        },
         Closed::Statements(at, read) => StoreOp::Statements {
             server_id: server_id.to_owned(),
             at,

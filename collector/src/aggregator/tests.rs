@@ -455,7 +455,7 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
         .iter()
         .filter_map(|c| match c {
             Closed::Minute(m, _) => Some(m.coarse.start),
-            Closed::Statements(..) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(starts, [t0, t0 + crate::load::COARSE_US]);

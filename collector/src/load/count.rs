@@ -9,9 +9,9 @@ use pgfleet_proto::time::Micros;
 
 use super::churn::{host, paired};
 use super::hours::{HourTotals, MinuteTotals};
-use super::intern::{Ids, Interner, Sampled, WordMap, address};
+use super::intern::{IdBucket, IdMinute, Ids, Interner, Sampled, WordMap, address};
 use super::statements::{Read, STATEMENTS_US};
-use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
+use super::{COARSE_US, Class, FINE_US, MinuteLoad, PackedMinute, Tuple};
 
 /// How many fine buckets [`LoadNow::recent`] keeps: five minutes.
 pub const RECENT: usize = 30;
@@ -40,10 +40,28 @@ pub struct LoadNow {
 /// What a counter closed, for the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Closed {
-    /// A minute, and its hour's totals as they stand with it.
+    /// A minute, and its hour's totals as they stand with it: what is open
+    /// (see [`Counter::open`]), or what a store read back.
     Minute(MinuteLoad, HourTotals),
+    /// A minute that ended, built and packed for the store (what
+    /// [`Counter::finish`] closes), and its hour's totals as they stand with
+    /// it.
+    Packed(PackedMinute, HourTotals),
     /// An interval of statement increments, from its start.
     Statements(Micros, Read),
+}
+
+impl Closed {
+    /// A packed minute as tuples (as its packing made it; empty only if its
+    /// bytes were damaged); anything else as it is.
+    pub fn unpacked(self) -> Closed {
+        match self {
+            Closed::Packed(minute, hour) => {
+                Closed::Minute(minute.unpack().unwrap_or_default(), hour)
+            }
+            c => c,
+        }
+    }
 }
 
 /// How many 10 s buckets a minute holds.
@@ -456,23 +474,27 @@ impl Counter {
             ended.restored.as_ref(),
         );
         drop(ended);
-        if minute.coarse.samples == 0 {
+        let coarse = &minute.coarse;
+        if coarse.samples == 0 {
             return;
         }
+        let totals = MinuteTotals {
+            start: coarse.start,
+            samples: coarse.samples,
+            covered_us: coarse.covered_us,
+            counts: coarse.counts(),
+        };
         if self.now.minutes.len() == HOUR_MINUTES {
             self.now.minutes.pop_front();
         }
-        self.now
-            .minutes
-            .push_back(minute.coarse.average(Class::Active));
+        self.now.minutes.push_back(totals.average(Class::Active));
         self.changed = true;
-        let start = minute.coarse.start;
         let hour = match &mut self.hour {
-            Some(h) if h.holds(start) => h,
-            slot => slot.insert(HourTotals::holding(start)),
+            Some(h) if h.holds(totals.start) => h,
+            slot => slot.insert(HourTotals::holding(totals.start)),
         };
-        hour.set(MinuteTotals::of(&minute.coarse));
-        closed.push(Closed::Minute(minute, hour.clone()));
+        hour.set(totals);
+        closed.push(Closed::Packed(minute.pack(), hour.clone()));
     }
 
     /// The tuples sessions are in now, to count on in the next minute, and
@@ -578,7 +600,7 @@ impl Counter {
         let mut out = Vec::new();
         let mut hour = self.hour.clone();
         for (open, counts, held, restored) in self.unbuilt() {
-            let minute = built(open, counts, held, restored);
+            let minute = built(open, counts, held, restored).load();
             if minute.coarse.samples > 0 {
                 let with = hour_with(hour.as_ref(), MinuteTotals::of(&minute.coarse));
                 hour = Some(with.clone());
@@ -621,32 +643,33 @@ impl Counter {
     pub fn restore(&mut self, stored: Vec<Closed>, now: Micros) {
         debug_assert!(self.ended.is_none(), "restore is for a new counter");
         for c in stored {
-            match c {
-                Closed::Minute(minute, hour) => {
-                    if hour.holds(now) {
-                        self.hour = Some(hour);
-                    }
-                    if minute.coarse.holds(now) {
-                        let mut open = Open::holding(minute.coarse.start);
-                        for f in &minute.fine {
-                            let slot = open.slot(f.start);
-                            open.slots[slot].0 += f.samples;
-                            open.slots[slot].1 += f.covered_us;
-                        }
-                        open.current = open.slot(now);
-                        open.churn = minute.coarse.churn.clone();
-                        self.open = Some(open);
-                        self.counts.clear();
-                        self.held = Held::default();
-                        self.counted = Arc::default();
-                        self.restored = Some(minute);
-                    }
-                }
+            let (minute, hour) = match c {
+                Closed::Minute(minute, hour) => (minute, hour),
+                Closed::Packed(minute, hour) => (minute.unpack().unwrap_or_default(), hour),
                 Closed::Statements(start, read) => {
                     if start <= now && now < start + STATEMENTS_US {
                         self.statements = Some((start, read));
                     }
+                    continue;
                 }
+            };
+            if hour.holds(now) {
+                self.hour = Some(hour);
+            }
+            if minute.coarse.holds(now) {
+                let mut open = Open::holding(minute.coarse.start);
+                for f in &minute.fine {
+                    let slot = open.slot(f.start);
+                    open.slots[slot].0 += f.samples;
+                    open.slots[slot].1 += f.covered_us;
+                }
+                open.current = open.slot(now);
+                open.churn = minute.coarse.churn.clone();
+                self.open = Some(open);
+                self.counts.clear();
+                self.held = Held::default();
+                self.counted = Arc::default();
+                self.restored = Some(minute);
             }
         }
     }
@@ -690,26 +713,34 @@ fn totals(
 
 /// The minute `open` counted into `counts` (with what a stopped collector
 /// stored of it), its buckets bounded: clients as hosts, equal tuples
-/// summed.
+/// summed; its tuples as ids, so that the store's form is made from them
+/// and not from tuples of strings.
 fn built(
     open: &Open,
     counts: &WordMap<Key, Entry>,
     held: &Held,
     restored: Option<&MinuteLoad>,
-) -> MinuteLoad {
-    let mut coarse = Bucket::holding(open.start, COARSE_US);
-    coarse.samples = open.slots.iter().map(|s| s.0).sum();
-    coarse.covered_us = open.slots.iter().map(|s| s.1).sum();
-    coarse.churn = open.churn.clone();
-    let mut fine: Vec<Bucket> = Vec::with_capacity(SLOTS);
+) -> IdMinute {
+    let mut coarse = IdBucket {
+        start: open.start,
+        len_us: COARSE_US,
+        samples: open.slots.iter().map(|s| s.0).sum(),
+        covered_us: open.slots.iter().map(|s| s.1).sum(),
+        tuples: Vec::new(),
+        churn: open.churn.clone(),
+    };
+    let mut fine: Vec<IdBucket> = Vec::with_capacity(SLOTS);
     let mut slot_of = [usize::MAX; SLOTS];
     for (i, (samples, covered_us)) in open.slots.iter().enumerate() {
         if *samples > 0 {
             slot_of[i] = fine.len();
-            let mut b = Bucket::holding(open.start + i as Micros * FINE_US, FINE_US);
-            b.samples = *samples;
-            b.covered_us = *covered_us;
-            fine.push(b);
+            fine.push(IdBucket {
+                start: open.start + i as Micros * FINE_US,
+                len_us: FINE_US,
+                samples: *samples,
+                covered_us: *covered_us,
+                ..IdBucket::default()
+            });
         }
     }
     // Every tuple with its strings interned (clients as hosts), then the
@@ -769,7 +800,11 @@ fn built(
     minute.retain(|(_, n)| *n > 0);
     coarse.tuples = ranked.bounded(minute);
     coarse.churn.bound();
-    MinuteLoad { coarse, fine }
+    IdMinute {
+        strings: ranked.strings(),
+        coarse,
+        fine,
+    }
 }
 
 #[cfg(test)]
@@ -793,12 +828,13 @@ mod tests {
         })
     }
 
-    fn minutes(closed: &[Closed]) -> Vec<&MinuteLoad> {
+    /// The minutes in `closed`, packed ones unpacked.
+    fn minutes(closed: &[Closed]) -> Vec<MinuteLoad> {
         closed
             .iter()
-            .filter_map(|c| match c {
+            .filter_map(|c| match c.clone().unpacked() {
                 Closed::Minute(m, _) => Some(m),
-                Closed::Statements(..) => None,
+                _ => None,
             })
             .collect()
     }
@@ -874,8 +910,13 @@ mod tests {
         c.finish(&mut closed);
         assert!(!c.unfinished());
         assert_eq!(c.now().minutes, [2.0]);
-        let m = minutes(&closed)[0];
-        assert_eq!(minutes(&open)[0], m, "what readers got is what was built");
+        let built = minutes(&closed);
+        let m = &built[0];
+        assert_eq!(
+            &minutes(&open)[0],
+            m,
+            "what readers got is what was built and packed"
+        );
         assert_eq!((m.coarse.start, m.coarse.samples), (t0, 20));
         assert_eq!(m.coarse.average(Class::Active), 2.0);
         assert_eq!(m.coarse.average(Class::IdleInTransaction), 1.0);
@@ -889,7 +930,7 @@ mod tests {
         let fine: Vec<(Micros, u32)> = m.fine.iter().map(|b| (b.start - t0, b.samples)).collect();
         assert_eq!(fine, [(0, 10), (FINE_US, 10)]);
         assert_eq!(m.fine[1].average(Class::Active), 2.0);
-        let Closed::Minute(_, hour) = &closed[0] else {
+        let Closed::Packed(_, hour) = &closed[0] else {
             panic!("{closed:?}")
         };
         assert_eq!(hour.minutes.len(), 1);
@@ -930,7 +971,8 @@ mod tests {
             );
         }
         after.finish(&mut closed);
-        let m = minutes(&closed)[0];
+        let built = minutes(&closed);
+        let m = &built[0];
         assert_eq!(
             m.coarse.samples, 59,
             "one sample (15 s) missed in the restart"

@@ -41,6 +41,12 @@ impl MinuteTotals {
     pub fn count(&self, class: Class) -> u64 {
         self.counts[class as usize]
     }
+
+    /// The count of `class` over the samples: the average, as
+    /// [`Bucket::average`] gives it.
+    pub fn average(&self, class: Class) -> f64 {
+        self.count(class) as f64 / f64::from(self.samples.max(1))
+    }
 }
 
 /// One server's minutes in one hour.

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, LazyLock};
 
-use super::{Class, MAX_TUPLES, OTHER, OTHER_QUERY, TOP_KEYS, Tuple};
+use pgfleet_proto::time::Micros;
+
+use super::{Bucket, Churn, Class, MAX_TUPLES, MinuteLoad, OTHER, OTHER_QUERY, TOP_KEYS, Tuple};
 
 /// [`OTHER`], shared.
 static OTHER_TEXT: LazyLock<Arc<str>> = LazyLock::new(|| OTHER.into());
@@ -78,11 +80,6 @@ impl Sampled {
         }
     }
 
-    /// A tuple's.
-    pub fn tuple(t: &Tuple) -> Sampled {
-        Sampled::of(t.class, t.query, strings(t))
-    }
-
     pub fn class(&self) -> Class {
         self.class
     }
@@ -122,14 +119,25 @@ impl std::hash::Hash for Sampled {
 /// A [`Tuple`] with its strings as ids. Its fields are in the tuple's order,
 /// so that, with ids ordered as their strings ([`Interner::ranked`]), the
 /// two sort alike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Ids {
-    class: Class,
-    wait_type: u32,
-    wait_event: u32,
-    query: u64,
+    pub class: Class,
+    pub wait_type: u32,
+    pub wait_event: u32,
+    pub query: u64,
     /// user, database, application, client, backend type.
-    who: [u32; 5],
+    pub who: [u32; 5],
+}
+
+impl std::hash::Hash for Ids {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let w = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
+        state.write_u64(self.query ^ self.class as u64);
+        state.write_u64(w(self.wait_type, self.wait_event));
+        state.write_u64(w(self.who[0], self.who[1]));
+        state.write_u64(w(self.who[2], self.who[3]));
+        state.write_u32(self.who[4]);
+    }
 }
 
 /// The strings of one bound's tuples, each once.
@@ -246,29 +254,115 @@ impl Ranked {
         }
     }
 
-    /// The tuple `ids` (new ids) stand for.
-    pub fn tuple(&self, ids: &Ids) -> Tuple {
-        let s = |i: u32| self.strings[i as usize].clone();
-        Tuple {
-            class: ids.class,
-            wait_type: s(ids.wait_type),
-            wait_event: s(ids.wait_event),
-            query: ids.query,
-            user: s(ids.who[0]),
-            database: s(ids.who[1]),
-            application: s(ids.who[2]),
-            client: s(ids.who[3]),
-            backend_type: s(ids.who[4]),
+    /// `tuples` (new ids) summed and bounded: see [`super::Bucket::bound`].
+    pub fn bounded(&self, tuples: Vec<(Ids, u32)>) -> Vec<(Ids, u32)> {
+        bounded(tuples, self.other, self.strings.len())
+    }
+
+    /// The strings, in order: what new ids index.
+    pub fn strings(self) -> Vec<Arc<str>> {
+        self.strings
+    }
+}
+
+/// The tuple `ids` stand for, with `strings` what its ids index.
+pub(super) fn tuple(strings: &[Arc<str>], ids: &Ids) -> Tuple {
+    let s = |i: u32| strings[i as usize].clone();
+    Tuple {
+        class: ids.class,
+        wait_type: s(ids.wait_type),
+        wait_event: s(ids.wait_event),
+        query: ids.query,
+        user: s(ids.who[0]),
+        database: s(ids.who[1]),
+        application: s(ids.who[2]),
+        client: s(ids.who[3]),
+        backend_type: s(ids.who[4]),
+    }
+}
+
+/// A [`Bucket`] with its tuples as ids into its minute's strings.
+#[derive(Debug, Clone, Default)]
+pub(super) struct IdBucket {
+    pub start: Micros,
+    pub len_us: Micros,
+    pub samples: u32,
+    pub covered_us: Micros,
+    pub tuples: Vec<(Ids, u32)>,
+    pub churn: Churn,
+}
+
+impl IdBucket {
+    /// Its counts of each class.
+    pub fn counts(&self) -> [u64; 3] {
+        let mut counts = [0; 3];
+        for (ids, n) in &self.tuples {
+            counts[ids.class as usize] += u64::from(*n);
+        }
+        counts
+    }
+
+    /// Its tuples' strings, as a bucket.
+    fn load(&self, strings: &[Arc<str>]) -> Bucket {
+        Bucket {
+            start: self.start,
+            len_us: self.len_us,
+            samples: self.samples,
+            covered_us: self.covered_us,
+            tuples: self
+                .tuples
+                .iter()
+                .map(|(ids, n)| (tuple(strings, ids), *n))
+                .collect(),
+            churn: self.churn.clone(),
+        }
+    }
+}
+
+/// A [`MinuteLoad`] with its tuples as ids into one table of strings: as a
+/// counter builds a minute, and as a minute is packed for the store (see
+/// [`super::stored`]), so that neither makes a tuple of strings.
+#[derive(Debug, Default)]
+pub(super) struct IdMinute {
+    pub strings: Vec<Arc<str>>,
+    pub coarse: IdBucket,
+    pub fine: Vec<IdBucket>,
+}
+
+impl IdMinute {
+    /// `m`'s tuples, interned as they are.
+    pub fn of(m: &MinuteLoad) -> IdMinute {
+        let mut interner = Interner::default();
+        let mut bucket = |b: &Bucket| IdBucket {
+            start: b.start,
+            len_us: b.len_us,
+            samples: b.samples,
+            covered_us: b.covered_us,
+            tuples: b
+                .tuples
+                .iter()
+                .map(|(t, n)| {
+                    let client = interner.id(&t.client);
+                    (interner.ids(t, client), *n)
+                })
+                .collect(),
+            churn: b.churn.clone(),
+        };
+        let coarse = bucket(&m.coarse);
+        let fine = m.fine.iter().map(bucket).collect();
+        IdMinute {
+            strings: interner.strings,
+            coarse,
+            fine,
         }
     }
 
-    /// `tuples` (new ids) summed and bounded, as tuples: see
-    /// [`super::Bucket::bound`].
-    pub fn bounded(&self, tuples: Vec<(Ids, u32)>) -> Vec<(Tuple, u32)> {
-        bounded(tuples, self.other, self.strings.len())
-            .iter()
-            .map(|(ids, n)| (self.tuple(ids), *n))
-            .collect()
+    /// The minute as tuples.
+    pub fn load(&self) -> MinuteLoad {
+        MinuteLoad {
+            coarse: self.coarse.load(&self.strings),
+            fine: self.fine.iter().map(|b| b.load(&self.strings)).collect(),
+        }
     }
 }
 

@@ -263,7 +263,12 @@ impl Bucket {
             .into_iter()
             .map(|(i, n)| (ranked.ranked(i), n))
             .collect();
-        self.tuples = ranked.bounded(ids);
+        let bounded = ranked.bounded(ids);
+        let strings = ranked.strings();
+        self.tuples = bounded
+            .iter()
+            .map(|(ids, n)| (intern::tuple(&strings, ids), *n))
+            .collect();
         self.churn.bound();
     }
 

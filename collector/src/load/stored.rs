@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
 use super::compress::{compressed, decompressed};
-use super::intern::{Sampled, WordMap, address};
+use super::intern::{IdBucket, IdMinute, Ids, WordMap};
 use super::keys::{Keys, Parsed, Table, Tables};
 use super::{Bucket, COARSE_US, Class, FINE_US, MinuteLoad, Tuple};
 
@@ -102,65 +102,14 @@ impl StoredLoad {
 impl MinuteLoad {
     /// The minute as it waits for the store: see [`PackedMinute`].
     pub fn pack(&self) -> PackedMinute {
-        PackedMinute {
-            start: self.coarse.start,
-            samples: self.coarse.samples,
-            bytes: self.encode(),
-        }
+        IdMinute::of(self).pack()
     }
 
     /// The minute as stored, with strings of its own, as rows were before
     /// dictionaries (a [`PackedMinute`]'s form; the store writes through
     /// [`super::dictionaries`]).
     pub fn encode(&self) -> Vec<u8> {
-        let mut tables = Tables::default();
-        let mut stored = self.stored(&mut tables);
-        stored.own(tables);
-        compressed(stored.encode_to_vec())
-    }
-
-    /// The minute as stored, before compression: its bucket, its 10 s
-    /// buckets as counts of the bucket's tuples (a tuple only a 10 s bucket
-    /// has joins the minute's with no count of its own).
-    fn stored(&self, tables: &mut Tables) -> StoredLoad {
-        // Tuples found by their strings' addresses: a counted minute's
-        // buckets share one set of strings (see [`super::intern`]); an equal
-        // tuple at other addresses is only stored twice.
-        let mut index: WordMap<Sampled, u32> = self
-            .coarse
-            .tuples
-            .iter()
-            .enumerate()
-            .map(|(i, (t, _))| (Sampled::tuple(t), i as u32))
-            .collect();
-        let mut only_fine: Vec<&Tuple> = Vec::new();
-        let mut fine = Vec::with_capacity(self.fine.len());
-        for b in &self.fine {
-            let mut counts = Vec::with_capacity(b.tuples.len() * 2);
-            for (t, n) in &b.tuples {
-                let next = (self.coarse.tuples.len() + only_fine.len()) as u32;
-                let i = *index.entry(Sampled::tuple(t)).or_insert_with(|| {
-                    only_fine.push(t);
-                    next
-                });
-                counts.extend([i, *n]);
-            }
-            fine.push(StoredFine {
-                offset_s: ((b.start - self.coarse.start).max(0) / 1_000_000) as u32,
-                samples: b.samples,
-                covered_us: b.covered_us,
-                counts,
-            });
-        }
-        let tuples = self
-            .coarse
-            .tuples
-            .iter()
-            .map(|(t, n)| (t, *n))
-            .chain(only_fine.into_iter().map(|t| (t, 0)));
-        let mut stored = self.coarse.stored(tuples, tables);
-        stored.fine = fine;
-        stored
+        IdMinute::of(self).encode()
     }
 
     /// A stored minute back (starting at `start`), with strings of its
@@ -176,6 +125,136 @@ impl MinuteLoad {
             start,
             stored: StoredLoad::decode(bytes.as_ref()).ok()?,
         })
+    }
+}
+
+impl IdMinute {
+    /// The minute as it waits for the store: see [`PackedMinute`].
+    pub fn pack(&self) -> PackedMinute {
+        PackedMinute {
+            start: self.coarse.start,
+            samples: self.coarse.samples,
+            bytes: self.encode(),
+        }
+    }
+
+    /// The minute as stored, with strings of its own.
+    fn encode(&self) -> Vec<u8> {
+        let mut tables = Tables::default();
+        let mut stored = self.stored(&mut tables);
+        stored.own(tables);
+        compressed(stored.encode_to_vec())
+    }
+
+    /// The minute as stored, before compression: its bucket, its 10 s
+    /// buckets as counts of the bucket's tuples (a tuple only a 10 s bucket
+    /// has joins the minute's with no count of its own).
+    fn stored(&self, tables: &mut Tables) -> StoredLoad {
+        let coarse = &self.coarse.tuples;
+        let mut index: WordMap<Ids, u32> = coarse
+            .iter()
+            .enumerate()
+            .map(|(i, (ids, _))| (*ids, i as u32))
+            .collect();
+        let mut only_fine: Vec<Ids> = Vec::new();
+        let mut fine = Vec::with_capacity(self.fine.len());
+        for b in &self.fine {
+            let mut counts = Vec::with_capacity(b.tuples.len() * 2);
+            for (ids, n) in &b.tuples {
+                let next = (coarse.len() + only_fine.len()) as u32;
+                let i = *index.entry(*ids).or_insert_with(|| {
+                    only_fine.push(*ids);
+                    next
+                });
+                counts.extend([i, *n]);
+            }
+            fine.push(StoredFine {
+                offset_s: ((b.start - self.coarse.start).max(0) / 1_000_000) as u32,
+                samples: b.samples,
+                covered_us: b.covered_us,
+                counts,
+            });
+        }
+        let tuples = coarse
+            .iter()
+            .copied()
+            .chain(only_fine.into_iter().map(|ids| (ids, 0)));
+        let mut stored = stored_bucket(&self.strings, &self.coarse, tuples, tables);
+        stored.fine = fine;
+        stored
+    }
+}
+
+/// The bucket `b` as stored, with `tuples` (its own, and any more its finer
+/// buckets name) as ids into `strings`, naming strings in `tables`.
+fn stored_bucket(
+    strings: &[Arc<str>],
+    b: &IdBucket,
+    tuples: impl Iterator<Item = (Ids, u32)>,
+    tables: &mut Tables,
+) -> StoredLoad {
+    let Tables {
+        strings: table,
+        queries,
+    } = tables;
+    // Each string's index in `table`, found the first time it is named.
+    let mut named = vec![u32::MAX; strings.len()];
+    let mut of = |i: u32| {
+        let n = &mut named[i as usize];
+        if *n == u32::MAX {
+            *n = table.of(&strings[i as usize]);
+        }
+        *n
+    };
+    let mut sessions: Table<[u32; WHO_CELLS]> = Table::default();
+    let mut cells = Vec::with_capacity(b.tuples.len() * TUPLE_CELLS);
+    let mut counts = Vec::with_capacity(b.tuples.len());
+    for (ids, n) in tuples {
+        let who = ids.who.map(&mut of);
+        cells.extend([
+            ids.class as u32,
+            of(ids.wait_type),
+            of(ids.wait_event),
+            queries.of(&ids.query),
+            sessions.of(&who),
+        ]);
+        counts.push(n);
+    }
+    let churn = &b.churn;
+    let mut churn_cells = Vec::with_capacity(churn.rows.len() * CHURN_CELLS);
+    for (k, c) in &churn.rows {
+        churn_cells.extend([
+            table.of(&k.database),
+            table.of(&k.application),
+            table.of(&k.user),
+            table.of(&k.client),
+            c.started,
+            c.ended,
+        ]);
+    }
+    StoredLoad {
+        samples: b.samples,
+        covered_us: b.covered_us,
+        cells,
+        counts,
+        churn_cells,
+        churn_lifetimes_us: churn.rows.iter().map(|(_, c)| c.lifetime_us).collect(),
+        lifetimes: churn
+            .lifetimes
+            .iter()
+            .flat_map(|(i, n)| [u32::from(*i), *n])
+            .collect(),
+        lifetime_max_us: churn.lifetime_max_us,
+        established: churn
+            .established
+            .iter()
+            .flat_map(|(d, n)| [table.of(d), *n])
+            .collect(),
+        who: sessions.values.concat(),
+        strings: Vec::new(),
+        queries: Vec::new(),
+        fine: Vec::new(),
+        keys: 0,
     }
 }
 
@@ -350,81 +429,15 @@ impl Bucket {
     /// The bucket as stored, without compression, with strings of its own.
     #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
+        let minute = IdMinute::of(&MinuteLoad {
+            coarse: self.clone(),
+            fine: Vec::new(),
+        });
         let mut tables = Tables::default();
-        let tuples = self.tuples.iter().map(|(t, n)| (t, *n));
-        let mut stored = self.stored(tuples, &mut tables);
+        let tuples = minute.coarse.tuples.iter().copied();
+        let mut stored = stored_bucket(&minute.strings, &minute.coarse, tuples, &mut tables);
         stored.own(tables);
         stored.encode_to_vec()
-    }
-
-    /// The bucket as stored, with `tuples` (its own, and any more its
-    /// finer buckets name), naming strings in `tables`.
-    fn stored<'a>(
-        &self,
-        tuples: impl Iterator<Item = (&'a Tuple, u32)>,
-        tables: &mut Tables,
-    ) -> StoredLoad {
-        let Tables { strings, queries } = tables;
-        // Each string's index, found by its address after the first time.
-        let mut seen: WordMap<usize, u32> = WordMap::default();
-        let mut of = |s: &Arc<str>| *seen.entry(address(s)).or_insert_with(|| strings.of(s));
-        let mut sessions: Table<[u32; WHO_CELLS]> = Table::default();
-        let mut cells = Vec::with_capacity(self.tuples.len() * TUPLE_CELLS);
-        let mut counts = Vec::with_capacity(self.tuples.len());
-        for (t, n) in tuples {
-            let who = [
-                of(&t.user),
-                of(&t.database),
-                of(&t.application),
-                of(&t.client),
-                of(&t.backend_type),
-            ];
-            cells.extend([
-                t.class as u32,
-                of(&t.wait_type),
-                of(&t.wait_event),
-                queries.of(&t.query),
-                sessions.of(&who),
-            ]);
-            counts.push(n);
-        }
-        let mut churn_cells = Vec::with_capacity(self.churn.rows.len() * CHURN_CELLS);
-        for (k, c) in &self.churn.rows {
-            churn_cells.extend([
-                strings.of(&k.database),
-                strings.of(&k.application),
-                strings.of(&k.user),
-                strings.of(&k.client),
-                c.started,
-                c.ended,
-            ]);
-        }
-        StoredLoad {
-            samples: self.samples,
-            covered_us: self.covered_us,
-            cells,
-            counts,
-            churn_cells,
-            churn_lifetimes_us: self.churn.rows.iter().map(|(_, c)| c.lifetime_us).collect(),
-            lifetimes: self
-                .churn
-                .lifetimes
-                .iter()
-                .flat_map(|(i, n)| [u32::from(*i), *n])
-                .collect(),
-            lifetime_max_us: self.churn.lifetime_max_us,
-            established: self
-                .churn
-                .established
-                .iter()
-                .flat_map(|(d, n)| [strings.of(d), *n])
-                .collect(),
-            who: sessions.values.concat(),
-            strings: Vec::new(),
-            queries: Vec::new(),
-            fine: Vec::new(),
-            keys: 0,
-        }
     }
 
     /// A stored bucket (with strings of its own) back; None when the bytes
