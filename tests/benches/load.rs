@@ -318,9 +318,8 @@ fn table_bytes(dir: &std::path::Path) -> serde_json::Value {
 /// A day's figures, as JSON.
 async fn day_figures(day: &[Closed], count_us: f64, finish_us: f64) -> serde_json::Value {
     let ms = minutes(day);
-    let mean = |f: &dyn Fn(&MinuteLoad) -> f64| {
-        ms.iter().map(f).sum::<f64>() / ms.len().max(1) as f64
-    };
+    let mean =
+        |f: &dyn Fn(&MinuteLoad) -> f64| ms.iter().map(f).sum::<f64>() / ms.len().max(1) as f64;
     let fine_tuples = |m: &MinuteLoad| {
         m.fine.iter().map(|b| b.tuples.len()).sum::<usize>() as f64 / m.fine.len().max(1) as f64
     };
