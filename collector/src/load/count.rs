@@ -744,17 +744,31 @@ fn built(
         }
     }
     // Every tuple with its strings interned (clients as hosts), then the
-    // ids ordered as the strings.
+    // ids ordered as the strings; tuples that are then equal (clients of
+    // one host, strings equal at other addresses) summed, so that the
+    // buckets' tuples are distinct.
     let mut interner = Interner::default();
     let mut hosts: WordMap<u32, u32> = WordMap::default();
     let mut counted: Vec<(Ids, [u32; SLOTS])> = Vec::with_capacity(counts.len());
+    let mut found: WordMap<Ids, usize> = WordMap::default();
+    found.reserve(counts.len());
     for (k, e) in counts {
         let strings = held.strings(k);
         let client = *hosts
             .entry(k.strings[5])
             .or_insert_with(|| interner.text(host(strings[5])));
         let ids = interner.ids_of(k.class, k.query, strings, client);
-        counted.push((ids, std::array::from_fn(|i| e.count(open, i))));
+        let n: [u32; SLOTS] = std::array::from_fn(|i| e.count(open, i));
+        match found.entry(ids) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                let sum = &mut counted[*at.get()].1;
+                (0..SLOTS).for_each(|i| sum[i] += n[i]);
+            }
+            std::collections::hash_map::Entry::Vacant(at) => {
+                at.insert(counted.len());
+                counted.push((ids, n));
+            }
+        }
     }
     // What a stopped collector stored: its coarse tuples, and its 10 s
     // buckets' by slot.
@@ -789,16 +803,25 @@ fn built(
         }
         tuples[fine.len()].push((ids, counts.iter().sum()));
     }
+    let distinct = stored.is_empty();
     for (j, ids, n) in stored {
         tuples[j.unwrap_or(fine.len())].push((ranked.ranked(ids), n));
     }
+    // Distinct unless a stopped collector's tuples joined them.
+    let bounded = |t| {
+        if distinct {
+            ranked.bounded_distinct(t)
+        } else {
+            ranked.bounded(t)
+        }
+    };
     let mut tuples = tuples.into_iter();
     for b in &mut fine {
-        b.tuples = ranked.bounded(tuples.next().unwrap_or_default());
+        b.tuples = bounded(tuples.next().unwrap_or_default());
     }
     let mut minute: Vec<(Ids, u32)> = tuples.next().unwrap_or_default();
     minute.retain(|(_, n)| *n > 0);
-    coarse.tuples = ranked.bounded(minute);
+    coarse.tuples = bounded(minute);
     coarse.churn.bound();
     IdMinute {
         strings: ranked.strings(),
@@ -810,6 +833,7 @@ fn built(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::load::{Bucket, OTHER};
 
     fn session(pid: i32, state: SessionState, wait: (&str, &str), query: u64) -> Arc<Session> {
         Arc::new(Session {
@@ -937,6 +961,76 @@ mod tests {
         assert_eq!(hour.minutes[0].count(Class::Active), 40);
         // Stored and read back, the same.
         assert_eq!(MinuteLoad::decode(t0, &m.encode()).as_ref(), Some(m));
+    }
+
+    /// A minute with more applications than a bucket keeps: its buckets,
+    /// built from distinct counts (and only tuples made `other` summed),
+    /// are what bounding the same tuples as strings gives.
+    #[test]
+    fn a_minute_with_more_keys_than_kept_is_bounded_as_any_bucket_is() {
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let of = |i: u32| Session {
+            pid: i as i32,
+            backend_start_us: 1,
+            state: SessionState::Active,
+            fingerprint: u64::from(i % 4) + 1,
+            user: "app".into(),
+            database: "orders".into(),
+            application_name: format!("app-{:02}", i % 70).into(),
+            client: format!("10.0.0.{}:{}", i % 3, 5000 + i).into(),
+            backend_type: "client backend".into(),
+            ..Default::default()
+        };
+        let sessions = Arc::new((0..120).map(|i| Arc::new(of(i))).collect::<Vec<_>>());
+        let mut c = Counter::default();
+        let mut closed = Vec::new();
+        for s in 0..20 {
+            let at = t0 + s * 1_000_000;
+            c.sample(at, 1_000_000, &[], &sessions, &mut closed, &mut |_, _| {});
+        }
+        c.advance(t0 + COARSE_US, &mut closed);
+        c.finish(&mut closed);
+        let built = minutes(&closed);
+        let [m] = &built[..] else {
+            panic!("{closed:?}")
+        };
+        // The same tuples as strings, each session's counted `samples` times.
+        let expected = |start: Micros, len_us: Micros, samples: u32| {
+            let mut b = Bucket::holding(start, len_us);
+            b.samples = samples;
+            b.covered_us = Micros::from(samples) * 1_000_000;
+            b.tuples = (0..120)
+                .map(|i| {
+                    let s = of(i);
+                    let tuple = Tuple {
+                        class: Class::Active,
+                        wait_type: "CPU".into(),
+                        wait_event: "".into(),
+                        query: s.fingerprint,
+                        user: s.user,
+                        database: s.database,
+                        application: s.application_name,
+                        client: format!("10.0.0.{}", i % 3).into(),
+                        backend_type: s.backend_type,
+                    };
+                    (tuple, samples)
+                })
+                .collect();
+            b.bound();
+            b.tuples
+        };
+        assert!(
+            m.coarse
+                .tuples
+                .iter()
+                .any(|(t, _)| &*t.application == OTHER),
+            "applications beyond the top ones are other"
+        );
+        assert_eq!(m.coarse.tuples, expected(t0, COARSE_US, 20));
+        assert_eq!(m.fine.len(), 2);
+        for f in &m.fine {
+            assert_eq!(f.tuples, expected(f.start, FINE_US, 10));
+        }
     }
 
     #[test]
