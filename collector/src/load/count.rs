@@ -41,7 +41,8 @@ pub struct LoadNow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Closed {
     /// A minute, and its hour's totals as they stand with it: what is open
-    /// (see [`Counter::open`]), or what a store read back.
+    /// (see [`Counter::open`]), a packed minute unpacked for readers while it
+    /// waits for the store, or what a store read back.
     Minute(MinuteLoad, HourTotals),
     /// A minute that ended, built and packed for the store (what
     /// [`Counter::finish`] closes), and its hour's totals as they stand with
@@ -100,10 +101,11 @@ pub struct Counter {
 /// A minute that ended, with its counts as they stood, waiting to be built.
 ///
 /// Every server's minute ends in the same second, and building one (its
-/// tuples bounded, ranked and packed for the store) takes a few hundred µs:
-/// at 5,000 servers, seconds in which the aggregator applied no batch. So a
-/// minute that ends is only set aside, and the aggregator builds the ended
-/// minutes a few at a time between batches.
+/// tuples bounded, ranked and packed for the store) takes some 65–225 µs
+/// in the load bench, more on a busy collector (a few hundred µs when this
+/// was written): at 5,000 servers, seconds in which the aggregator applied
+/// no batch. So a minute that ends is only set aside, and the aggregator
+/// builds the ended minutes a few at a time between batches.
 #[derive(Debug)]
 struct Ended {
     open: Open,
@@ -462,7 +464,8 @@ impl Counter {
         self.ended.is_some()
     }
 
-    /// Builds the minute that ended, if any, into `closed`, with its hour.
+    /// Builds the minute that ended, if any, into `closed` (packed for the
+    /// store: [`Closed::Packed`]), with its hour.
     pub fn finish(&mut self, closed: &mut Vec<Closed>) {
         let Some(ended) = self.ended.take() else {
             return;
@@ -963,73 +966,109 @@ mod tests {
         assert_eq!(MinuteLoad::decode(t0, &m.encode()).as_ref(), Some(m));
     }
 
-    /// A minute with more applications than a bucket keeps: its buckets,
+    /// Minutes with more tuples than keys a dimension keeps: their buckets,
     /// built from distinct counts (and only tuples made `other` summed),
-    /// are what bounding the same tuples as strings gives.
+    /// are what bounding the same tuples as strings gives. With more
+    /// applications than kept; more waits and queries; more tuples but no
+    /// dimension over; and a hostile agent's strings and fingerprints equal
+    /// to `other`'s.
     #[test]
-    fn a_minute_with_more_keys_than_kept_is_bounded_as_any_bucket_is() {
-        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
-        let of = |i: u32| Session {
+    fn minutes_with_more_keys_than_kept_are_bounded_as_any_bucket_is() {
+        let session = |i: u32, app: u32, query: u64, wait: u32| Session {
             pid: i as i32,
             backend_start_us: 1,
             state: SessionState::Active,
-            fingerprint: u64::from(i % 4) + 1,
+            fingerprint: query,
+            wait_event_type: if wait == 0 { "" } else { "IO" }.into(),
+            wait_event: if wait == 0 {
+                String::new()
+            } else {
+                format!("Wait{wait:02}")
+            }
+            .into(),
             user: "app".into(),
             database: "orders".into(),
-            application_name: format!("app-{:02}", i % 70).into(),
+            application_name: format!("app-{app:02}").into(),
             client: format!("10.0.0.{}:{}", i % 3, 5000 + i).into(),
             backend_type: "client backend".into(),
             ..Default::default()
         };
-        let sessions = Arc::new((0..120).map(|i| Arc::new(of(i))).collect::<Vec<_>>());
-        let mut c = Counter::default();
-        let mut closed = Vec::new();
-        for s in 0..20 {
-            let at = t0 + s * 1_000_000;
-            c.sample(at, 1_000_000, &[], &sessions, &mut closed, &mut |_, _| {});
-        }
-        c.advance(t0 + COARSE_US, &mut closed);
-        c.finish(&mut closed);
-        let built = minutes(&closed);
-        let [m] = &built[..] else {
-            panic!("{closed:?}")
+        let hostile = |i: u32| {
+            let mut s = session(i, i % 70, u64::from(i % 4) + 1, 0);
+            if i.is_multiple_of(5) {
+                s.application_name = OTHER.into();
+            }
+            if i.is_multiple_of(7) {
+                s.fingerprint = crate::load::OTHER_QUERY;
+            }
+            s
         };
-        // The same tuples as strings, each session's counted `samples` times.
-        let expected = |start: Micros, len_us: Micros, samples: u32| {
-            let mut b = Bucket::holding(start, len_us);
-            b.samples = samples;
-            b.covered_us = Micros::from(samples) * 1_000_000;
-            b.tuples = (0..120)
-                .map(|i| {
-                    let s = of(i);
-                    let tuple = Tuple {
-                        class: Class::Active,
-                        wait_type: "CPU".into(),
-                        wait_event: "".into(),
-                        query: s.fingerprint,
-                        user: s.user,
-                        database: s.database,
-                        application: s.application_name,
-                        client: format!("10.0.0.{}", i % 3).into(),
-                        backend_type: s.backend_type,
-                    };
-                    (tuple, samples)
-                })
-                .collect();
-            b.bound();
-            b.tuples
-        };
-        assert!(
-            m.coarse
-                .tuples
-                .iter()
-                .any(|(t, _)| &*t.application == OTHER),
-            "applications beyond the top ones are other"
-        );
-        assert_eq!(m.coarse.tuples, expected(t0, COARSE_US, 20));
-        assert_eq!(m.fine.len(), 2);
-        for f in &m.fine {
-            assert_eq!(f.tuples, expected(f.start, FINE_US, 10));
+        let cases: [(&str, &dyn Fn(u32) -> Session); 4] = [
+            ("applications", &|i| {
+                session(i, i % 70, u64::from(i % 4) + 1, 0)
+            }),
+            ("waits and queries", &|i| {
+                session(i, i % 3, u64::from(i % 60) + 1, i % 55)
+            }),
+            ("none over", &|i| {
+                session(i, i % 40, u64::from(i % 30) + 1, 0)
+            }),
+            ("hostile", &hostile),
+        ];
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        for (case, of) in cases {
+            let sessions = Arc::new((0..120).map(|i| Arc::new(of(i))).collect::<Vec<_>>());
+            let mut c = Counter::default();
+            let mut closed = Vec::new();
+            for s in 0..20 {
+                let at = t0 + s * 1_000_000;
+                c.sample(at, 1_000_000, &[], &sessions, &mut closed, &mut |_, _| {});
+            }
+            c.advance(t0 + COARSE_US, &mut closed);
+            c.finish(&mut closed);
+            let built = minutes(&closed);
+            let [m] = &built[..] else {
+                panic!("{case}: {closed:?}")
+            };
+            // The same tuples as strings, each session's counted `samples`
+            // times.
+            let expected = |start: Micros, len_us: Micros, samples: u32| {
+                let mut b = Bucket::holding(start, len_us);
+                b.samples = samples;
+                b.covered_us = Micros::from(samples) * 1_000_000;
+                b.tuples = (0..120)
+                    .map(|i| {
+                        let s = of(i);
+                        let (wait_type, wait_event) = wait(&s);
+                        let tuple = Tuple {
+                            class: Class::Active,
+                            wait_type: wait_type.clone(),
+                            wait_event: wait_event.clone(),
+                            query: s.fingerprint,
+                            user: s.user.clone(),
+                            database: s.database.clone(),
+                            application: s.application_name.clone(),
+                            client: host(&s.client).into(),
+                            backend_type: s.backend_type.clone(),
+                        };
+                        (tuple, samples)
+                    })
+                    .collect();
+                b.bound();
+                b.tuples
+            };
+            let named_other = m.coarse.tuples.iter().any(|(t, _)| {
+                t.query == crate::load::OTHER_QUERY
+                    || [&t.wait_type, &t.application]
+                        .iter()
+                        .any(|s| &***s == OTHER)
+            });
+            assert_eq!(named_other, case != "none over", "{case}: {:?}", m.coarse);
+            assert_eq!(m.coarse.tuples, expected(t0, COARSE_US, 20), "{case}");
+            assert_eq!(m.fine.len(), 2, "{case}");
+            for f in &m.fine {
+                assert_eq!(f.tuples, expected(f.start, FINE_US, 10), "{case}");
+            }
         }
     }
 
@@ -1187,6 +1226,14 @@ mod tests {
         let mut got: std::collections::BTreeMap<(Micros, Micros, Key), u32> = Default::default();
         let mut got_samples: std::collections::BTreeMap<(Micros, Micros), u32> = Default::default();
         for m in minutes(&closed) {
+            for b in m.fine.iter().chain([&m.coarse]) {
+                let mut seen = std::collections::HashSet::new();
+                assert!(
+                    b.tuples.iter().all(|(t, _)| seen.insert(t)),
+                    "no two tuples of a bucket are equal: {:?}",
+                    b.tuples
+                );
+            }
             for b in &m.fine {
                 *got_samples.entry((m.coarse.start, b.start)).or_default() += b.samples;
                 for (t, n) in &b.tuples {

@@ -1,8 +1,9 @@
 //! Bounding a bucket's tuples by numbers rather than strings: each string is
 //! interned once, its id ordered as the strings are, so that summing,
 //! ranking and sorting the tuples ([`bounded`]) hash and compare integers.
-//! A minute's seven buckets share one [`Interner`]; what survives becomes
-//! [`Tuple`]s again at the end.
+//! A minute's seven buckets share one [`Interner`], and stay ids
+//! ([`IdMinute`]) until they are packed for the store; they become
+//! [`Tuple`]s again only for readers.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -58,8 +59,7 @@ impl std::hash::Hasher for WordHasher {
 
 /// A tuple by its strings' addresses rather than their bytes: found without
 /// reading or copying them. A stream's sessions share their strings from
-/// one sample to the next, and a minute's bounded tuples share the strings
-/// of one [`Ranked`]. Whoever keeps one keeps the strings too, so that no
+/// one sample to the next. Whoever keeps one keeps the strings too, so that no
 /// address is reused meanwhile. Tuples with equal strings at other
 /// addresses are other keys: where that matters, they are summed later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -408,18 +408,16 @@ fn bounded(
     let mut totals: Vec<Option<u64>> = vec![None; strings];
     for field in 0..5 {
         totals.fill(None);
-        let mut distinct = Vec::new();
+        let mut keys = Vec::new();
         for (t, n) in &tuples {
             let total = &mut totals[t.who[field] as usize];
             if total.is_none() {
-                distinct.push(t.who[field]);
+                keys.push(t.who[field]);
             }
             *total = Some(total.unwrap_or(0) + u64::from(*n));
         }
-        if distinct.len() > TOP_KEYS {
-            let keep = top(distinct
-                .iter()
-                .map(|i| (*i, totals[*i as usize].unwrap_or(0))));
+        if keys.len() > TOP_KEYS {
+            let keep = top(keys.iter().map(|i| (*i, totals[*i as usize].unwrap_or(0))));
             for (t, _) in tuples.iter_mut() {
                 if keep.binary_search(&t.who[field]).is_err() {
                     t.who[field] = other;
@@ -456,8 +454,9 @@ fn bounded(
     let mut tuples = if !equal {
         by_count(tuples)
     } else if distinct {
-        // Two tuples equal now were not before, so bounding made `other`
-        // of a key in both: only tuples naming `other` are summed.
+        // Two tuples equal now were not before, so bounding made `other` of
+        // a key of one at least, and both name `other` now: only tuples
+        // naming `other` are summed.
         let (others, mut tuples): (Vec<_>, Vec<_>) =
             tuples.into_iter().partition(|(t, _)| t.names(other));
         tuples.extend(equal_summed(others));
@@ -484,7 +483,11 @@ fn bounded(
                 query: OTHER_QUERY,
                 who: [other; 5],
             };
-            tuples.push((ids, n));
+            // Into the one kept, if one is: no two tuples are equal.
+            match tuples.iter_mut().find(|(t, _)| *t == ids) {
+                Some((_, sum)) => *sum += n,
+                None => tuples.push((ids, n)),
+            }
         }
     }
     tuples

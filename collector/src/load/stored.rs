@@ -105,9 +105,10 @@ impl MinuteLoad {
         IdMinute::of(self).pack()
     }
 
-    /// The minute as stored, with strings of its own, as rows were before
-    /// dictionaries (a [`PackedMinute`]'s form; the store writes through
+    /// The minute as stored, with strings of its own, compressed, as rows
+    /// were before dictionaries (the store writes through
     /// [`super::dictionaries`]).
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         IdMinute::of(self).encode()
     }
@@ -138,7 +139,8 @@ impl IdMinute {
         }
     }
 
-    /// The minute as stored, with strings of its own.
+    /// The minute as stored, with strings of its own, compressed.
+    #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         compressed(self.encoded())
     }
@@ -323,7 +325,7 @@ impl PackedMinute {
     /// Its rows are re-indexed as they are, not unpacked into tuples and
     /// encoded again: that built, hashed and found again every tuple of the
     /// minute and of its 10 s buckets, for every server of the fleet at
-    /// once at a minute's end. (Each cell [`Bucket::stored`] makes an index
+    /// once at a minute's end. (Each cell [`stored_bucket`] makes an index
     /// into strings or fingerprints is re-indexed here.)
     pub(super) fn encode_with(&self, keys: i64, tables: &mut Tables) -> Option<Vec<u8>> {
         let bytes = decompressed(&self.bytes)?;

@@ -69,10 +69,13 @@ impl QueryService {
             .collect();
         for (id, closed) in open {
             for c in closed {
-                if let Closed::Minute(m, _) = c
-                    && m.coarse.samples > 0
-                {
-                    by_key.insert((id.clone(), m.coarse.start), m.clone());
+                let m = match c {
+                    Closed::Minute(m, _) => Some(m.clone()),
+                    Closed::Packed(m, _) => m.unpack(),
+                    Closed::Statements(..) => None,
+                };
+                if let Some(m) = m.filter(|m| m.coarse.samples > 0) {
+                    by_key.insert((id.clone(), m.coarse.start), m);
                 }
             }
         }
@@ -145,7 +148,7 @@ impl QueryService {
             let mut sum = plan.totals_sum(&servers);
             for (id, closed) in &open {
                 for c in closed {
-                    if let Closed::Minute(_, h) = c {
+                    if let Closed::Minute(_, h) | Closed::Packed(_, h) = c {
                         sum.add_open(id, h);
                     }
                 }
