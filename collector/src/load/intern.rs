@@ -181,7 +181,11 @@ impl Interner {
         if let Some(&i) = self.by_address.get(&address(s)) {
             return i;
         }
-        let i = self.text(s);
+        // The string itself kept, not a copy of it.
+        let i = match self.by_text.get(&**s) {
+            Some(&i) => i,
+            None => self.push(s.clone()),
+        };
         self.by_address.insert(address(s), i);
         i
     }
@@ -191,8 +195,12 @@ impl Interner {
         if let Some(&i) = self.by_text.get(s) {
             return i;
         }
+        self.push(s.into())
+    }
+
+    /// A string not yet interned, and its new id.
+    fn push(&mut self, s: Arc<str>) -> u32 {
         let i = self.strings.len() as u32;
-        let s: Arc<str> = s.into();
         self.strings.push(s.clone());
         self.by_text.insert(s, i);
         i
@@ -408,7 +416,7 @@ fn bounded(
     let mut totals: Vec<Option<u64>> = vec![None; strings];
     for field in 0..5 {
         totals.fill(None);
-        let mut keys = Vec::new();
+        let mut keys = Vec::with_capacity(tuples.len().min(strings));
         for (t, n) in &tuples {
             let total = &mut totals[t.who[field] as usize];
             if total.is_none() {
@@ -457,8 +465,15 @@ fn bounded(
         // Two tuples equal now were not before, so bounding made `other` of
         // a key of one at least, and both name `other` now: only tuples
         // naming `other` are summed.
-        let (others, mut tuples): (Vec<_>, Vec<_>) =
-            tuples.into_iter().partition(|(t, _)| t.names(other));
+        // In place: a new vector for each side grew as it filled.
+        let mut others = Vec::new();
+        tuples.retain(|t| {
+            let keep = !t.0.names(other);
+            if !keep {
+                others.push(*t);
+            }
+            keep
+        });
         tuples.extend(equal_summed(others));
         by_count(tuples)
     } else {
