@@ -794,7 +794,11 @@ fn built(
         }
     }
     let ranked = interner.ranked();
-    let mut tuples: Vec<Vec<(Ids, u32)>> = vec![Vec::with_capacity(counted.len()); fine.len() + 1];
+    // The minute's bucket, the last, takes every tuple; a 10 s bucket's grow
+    // as they fill (room for every tuple in each was slower, in the load
+    // bench).
+    let mut tuples: Vec<Vec<(Ids, u32)>> = vec![Vec::new(); fine.len()];
+    tuples.push(Vec::with_capacity(counted.len()));
     for (ids, counts) in &counted {
         let ids = ranked.ranked(*ids);
         for (i, n) in counts.iter().enumerate() {
