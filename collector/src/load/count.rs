@@ -481,12 +481,7 @@ impl Counter {
         if coarse.samples == 0 {
             return;
         }
-        let totals = MinuteTotals {
-            start: coarse.start,
-            samples: coarse.samples,
-            covered_us: coarse.covered_us,
-            counts: coarse.counts(),
-        };
+        let totals = coarse.totals();
         if self.now.minutes.len() == HOUR_MINUTES {
             self.now.minutes.pop_front();
         }

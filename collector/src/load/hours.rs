@@ -25,14 +25,25 @@ pub struct MinuteTotals {
 impl MinuteTotals {
     /// A minute's bucket, added up by class.
     pub fn of(b: &Bucket) -> MinuteTotals {
+        let classes = b.tuples.iter().map(|(t, n)| (t.class, *n));
+        MinuteTotals::summing(b.start, b.samples, b.covered_us, classes)
+    }
+
+    /// A minute from `start`, its tuples' counts given by class, added up.
+    pub fn summing(
+        start: Micros,
+        samples: u32,
+        covered_us: i64,
+        classes: impl Iterator<Item = (Class, u32)>,
+    ) -> MinuteTotals {
         let mut counts = [0u64; 3];
-        for (t, n) in &b.tuples {
-            counts[t.class as usize] += u64::from(*n);
+        for (class, n) in classes {
+            counts[class as usize] += u64::from(n);
         }
         MinuteTotals {
-            start: b.start,
-            samples: b.samples,
-            covered_us: b.covered_us,
+            start,
+            samples,
+            covered_us,
             counts,
         }
     }
@@ -42,8 +53,7 @@ impl MinuteTotals {
         self.counts[class as usize]
     }
 
-    /// The count of `class` over the samples: the average, as
-    /// [`Bucket::average`] gives it.
+    /// The count of `class` over the samples: the average.
     pub fn average(&self, class: Class) -> f64 {
         self.count(class) as f64 / f64::from(self.samples.max(1))
     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use pgfleet_proto::time::Micros;
 
+use super::hours::MinuteTotals;
 use super::{Bucket, Churn, Class, MAX_TUPLES, MinuteLoad, OTHER, OTHER_QUERY, TOP_KEYS, Tuple};
 
 /// [`OTHER`], shared.
@@ -317,13 +318,10 @@ pub(super) struct IdBucket {
 }
 
 impl IdBucket {
-    /// Its counts of each class.
-    pub fn counts(&self) -> [u64; 3] {
-        let mut counts = [0; 3];
-        for (ids, n) in &self.tuples {
-            counts[ids.class as usize] += u64::from(*n);
-        }
-        counts
+    /// Its tuples added up by class, as a minute's.
+    pub fn totals(&self) -> MinuteTotals {
+        let classes = self.tuples.iter().map(|(ids, n)| (ids.class, *n));
+        MinuteTotals::summing(self.start, self.samples, self.covered_us, classes)
     }
 
     /// Its tuples' strings, as a bucket.

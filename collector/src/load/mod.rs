@@ -274,13 +274,7 @@ impl Bucket {
 
     /// The sum of the counts of `class`, over the samples: the average.
     pub fn average(&self, class: Class) -> f64 {
-        let sum: u64 = self
-            .tuples
-            .iter()
-            .filter(|(t, _)| t.class == class)
-            .map(|(_, n)| u64::from(*n))
-            .sum();
-        sum as f64 / f64::from(self.samples.max(1))
+        hours::MinuteTotals::of(self).average(class)
     }
 }
 
