@@ -200,13 +200,7 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
 
 /// The minutes in `closed`, packed ones unpacked.
 fn minutes(closed: &[Closed]) -> Vec<MinuteLoad> {
-    closed
-        .iter()
-        .filter_map(|c| match c.clone().unpacked() {
-            Closed::Minute(m, _) => Some(m),
-            _ => None,
-        })
-        .collect()
+    closed.iter().filter_map(Closed::minute).collect()
 }
 
 /// A read of `STATEMENTS` statements' increments.

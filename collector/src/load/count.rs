@@ -63,6 +63,16 @@ impl Closed {
             c => c,
         }
     }
+
+    /// The minute it holds, as tuples (a packed one unpacked; None if its
+    /// bytes were damaged), if it holds one.
+    pub fn minute(&self) -> Option<MinuteLoad> {
+        match self {
+            Closed::Minute(minute, _) => Some(minute.clone()),
+            Closed::Packed(minute, _) => minute.unpack(),
+            Closed::Statements(..) => None,
+        }
+    }
 }
 
 /// How many 10 s buckets a minute holds.
@@ -856,13 +866,7 @@ mod tests {
 
     /// The minutes in `closed`, packed ones unpacked.
     fn minutes(closed: &[Closed]) -> Vec<MinuteLoad> {
-        closed
-            .iter()
-            .filter_map(|c| match c.clone().unpacked() {
-                Closed::Minute(m, _) => Some(m),
-                _ => None,
-            })
-            .collect()
+        closed.iter().filter_map(Closed::minute).collect()
     }
 
     #[test]

@@ -69,12 +69,7 @@ impl QueryService {
             .collect();
         for (id, closed) in open {
             for c in closed {
-                let m = match c {
-                    Closed::Minute(m, _) => Some(m.clone()),
-                    Closed::Packed(m, _) => m.unpack(),
-                    Closed::Statements(..) => None,
-                };
-                if let Some(m) = m.filter(|m| m.coarse.samples > 0) {
+                if let Some(m) = c.minute().filter(|m| m.coarse.samples > 0) {
                     by_key.insert((id.clone(), m.coarse.start), m);
                 }
             }
