@@ -482,8 +482,8 @@ impl Aggregator {
                     hour,
                 } => (
                     server_id,
-                    // Packed here, so it unpacks.
-                    Closed::Minute(minute.unpack().unwrap_or_default(), hour.clone()),
+                    // Packed: the reader unpacks it, on its own task.
+                    Closed::Packed(minute.clone(), hour.clone()),
                 ),
                 StoreOp::Statements { .. } if hours_only => continue,
                 StoreOp::Statements {

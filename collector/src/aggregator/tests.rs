@@ -453,10 +453,7 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
     let starts: Vec<Micros> = open[0]
         .1
         .iter()
-        .filter_map(|c| match c {
-            Closed::Minute(m, _) => Some(m.coarse.start),
-            _ => None,
-        })
+        .filter_map(|c| Some(c.minute()?.coarse.start))
         .collect();
     assert_eq!(starts, [t0, t0 + crate::load::COARSE_US]);
     // The hours: the counter's first, holding both minutes.

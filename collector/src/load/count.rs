@@ -41,12 +41,11 @@ pub struct LoadNow {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Closed {
     /// A minute, and its hour's totals as they stand with it: what is open
-    /// (see [`Counter::open`]), a packed minute unpacked for readers while it
-    /// waits for the store, or what a store read back.
+    /// (see [`Counter::open`]), or what a store read back.
     Minute(MinuteLoad, HourTotals),
     /// A minute that ended, built and packed for the store (what
-    /// [`Counter::finish`] closes), and its hour's totals as they stand with
-    /// it.
+    /// [`Counter::finish`] closes, and what readers get while it waits for
+    /// the store), and its hour's totals as they stand with it.
     Packed(PackedMinute, HourTotals),
     /// An interval of statement increments, from its start.
     Statements(Micros, Read),
