@@ -164,7 +164,12 @@ fn began((first, n): &mut (Micros, u32), start: Micros) {
 
 /// A client session's state, in PostgreSQL's words.
 fn state_of(s: &Session) -> &'static str {
-    match s.state {
+    state_name(s.state)
+}
+
+/// A state as a rollup counts it: PostgreSQL's word, "unknown" for NULL.
+pub fn state_name(state: SessionState) -> &'static str {
+    match state {
         SessionState::Unknown => "unknown",
         other => other.as_pg(),
     }

@@ -5,6 +5,7 @@
 //! batch of snapshots into the views.
 
 mod apply;
+mod census;
 mod command;
 mod view;
 
@@ -18,8 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info};
 
+pub use census::{ByState, Census, HealthKind, Line, state_at};
 pub use command::{AggregatorHandle, Command, Followed, TargetInfo};
-pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView};
+pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView, carries};
 
 use crate::config::DuplicateServerId;
 use crate::load::Counter;
@@ -111,6 +113,8 @@ pub struct Aggregator {
     keep_load: bool,
     /// When the last view was published.
     published: tokio::time::Instant,
+    /// The census of the servers, brought up to date at each publish.
+    census: census::Counting,
     /// How long, in all, it waited for room in the store's queue.
     store_waited: Duration,
 }
@@ -167,6 +171,7 @@ impl Aggregator {
                 texts: Texts::default(),
                 keep_load: true,
                 published: tokio::time::Instant::now(),
+                census: census::Counting::default(),
                 store_waited: Duration::ZERO,
             },
             AggregatorHandle { commands: tx, view },
@@ -217,10 +222,7 @@ impl Aggregator {
             self.servers
                 .insert(view.server_id.as_str().into(), Arc::new(view));
         }
-        self.publish.send_replace(Arc::new(FleetView {
-            servers: self.servers.clone(),
-            store_waited: self.store_waited,
-        }));
+        self.publish_view();
         self.store = Some(store);
         self
     }
@@ -269,17 +271,23 @@ impl Aggregator {
                 self.writes.clear();
                 self.later.clear();
             }
-            self.publish.send_replace(Arc::new(FleetView {
-                servers: self.servers.clone(),
-                store_waited: self.store_waited,
-            }));
-            self.published = tokio::time::Instant::now();
+            self.publish_view();
             // Answer only once the change is visible to readers.
             for reply in replies.drain(..) {
                 reply.send();
             }
         }
         debug!("Aggregator stopped.");
+    }
+
+    /// Publishes the fleet as it is now, with its census brought up to date.
+    fn publish_view(&mut self) {
+        self.publish.send_replace(Arc::new(FleetView {
+            servers: self.servers.clone(),
+            census: self.census.refresh(&self.servers),
+            store_waited: self.store_waited,
+        }));
+        self.published = tokio::time::Instant::now();
     }
 
     fn handle(&mut self, command: Command, replies: &mut Vec<Reply>) {

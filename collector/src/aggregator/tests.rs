@@ -9,6 +9,7 @@ use pgfleet_proto::model::{Session, Snapshot, TargetStatus};
 use pgfleet_proto::time::Micros;
 
 use super::*;
+use crate::query::summarise;
 use Health::{Down, Stale, Up};
 use pgfleet_proto::model::SessionState;
 
@@ -378,8 +379,198 @@ proptest::proptest! {
                     &crate::rollup::Rollup::of(&view.sessions, view.sampled_at_us)
                 );
             }
+            // Published, the census sums what the views hold.
+            let view = published(&mut a);
+            let now = now_micros();
+            proptest::prop_assert_eq!(
+                summarise(&view.census, &HashMap::new(), "", now),
+                summed_from_views(&view, &HashMap::new(), "", now)
+            );
         }
     }
+}
+
+fn published(a: &mut Aggregator) -> Arc<FleetView> {
+    a.publish_view();
+    a.publish.borrow().clone()
+}
+
+/// FleetSummary's rows as the views themselves add up: what the census
+/// must give.
+fn summed_from_views(
+    view: &FleetView,
+    wanted: &HashMap<String, String>,
+    group_by: &str,
+    now: Micros,
+) -> Vec<v1::FleetSummaryRow> {
+    type Group = (
+        v1::FleetSummaryRow,
+        BTreeMap<&'static str, u32>,
+        Option<(i64, String)>,
+        Option<(f64, String)>,
+    );
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
+    for s in view.servers.values().filter(|s| s.has_labels(wanted)) {
+        let value = s.labels.get(group_by).cloned().unwrap_or_default();
+        let (row, by_state, longest, fullest) = groups.entry(value).or_default();
+        row.servers += 1;
+        match s.health(now) {
+            Up => row.servers_up += 1,
+            Down(_) => row.servers_down += 1,
+            Stale(_) => row.servers_stale += 1,
+        }
+        row.sessions += s.rollup.sessions;
+        row.waiting_sessions += s.rollup.waiting;
+        row.blocked_sessions += s.rollup.blocked;
+        for (&state, &n) in &s.rollup.by_state {
+            *by_state.entry(state).or_default() += n;
+        }
+        if let Some(age) = s.rollup.longest_xact_us
+            && longest.as_ref().is_none_or(|(max, _)| age > *max)
+        {
+            *longest = Some((age, s.server_id.clone()));
+        }
+        let share = s.pools.slots_utilisation();
+        if share > fullest.as_ref().map_or(0.0, |(max, _)| *max) {
+            *fullest = Some((share, s.server_id.clone()));
+        }
+    }
+    groups
+        .into_iter()
+        .map(
+            |(value, (row, by_state, longest, fullest))| v1::FleetSummaryRow {
+                value,
+                sessions_by_state: by_state
+                    .into_iter()
+                    .map(|(name, count)| v1::SlotCount {
+                        name: name.to_owned(),
+                        count,
+                    })
+                    .collect(),
+                longest_transaction: longest
+                    .as_ref()
+                    .map(|(age, _)| pgfleet_proto::time::duration(*age)),
+                longest_transaction_server: longest.map(|(_, id)| id).unwrap_or_default(),
+                max_slot_utilisation: fullest.as_ref().map_or(0.0, |(share, _)| *share),
+                most_saturated_server: fullest.map(|(_, id)| id).unwrap_or_default(),
+                ..row
+            },
+        )
+        .collect()
+}
+
+#[test]
+fn the_census_follows_every_change_of_the_views() {
+    let mut a = aggregator();
+    let labelled = |id: &str, labels: &[(&str, &str)]| TargetInfo {
+        server_id: id.to_owned(),
+        labels: labels
+            .iter()
+            .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    };
+    a.register(
+        "a1".into(),
+        1,
+        vec![labelled("db1", &[("dc", "eu1"), ("role", "primary")])],
+        SECOND,
+        None,
+    )
+    .unwrap();
+    a.register(
+        "a2".into(),
+        2,
+        vec![
+            labelled("db2", &[("dc", "eu1")]),
+            labelled("db3", &[("dc", "us1")]),
+        ],
+        SECOND,
+        None,
+    )
+    .unwrap();
+    a.register("a3".into(), 3, vec![labelled("db4", &[])], SECOND, None)
+        .unwrap();
+    let check = |a: &mut Aggregator, now: Micros, what: &str| {
+        let view = published(a);
+        let eu1 = HashMap::from([("dc".to_owned(), "eu1".to_owned())]);
+        for wanted in [&HashMap::new(), &eu1] {
+            for group_by in ["", "dc", "role"] {
+                let rows = summarise(&view.census, wanted, group_by, now);
+                assert_eq!(
+                    rows,
+                    summed_from_views(&view, wanted, group_by, now),
+                    "{what}: group_by {group_by:?}, labels {wanted:?}"
+                );
+                let counted: u32 = rows.iter().map(|r| r.servers).sum();
+                assert_eq!(
+                    counted as usize,
+                    view.servers
+                        .values()
+                        .filter(|s| s.has_labels(wanted))
+                        .count()
+                );
+            }
+        }
+        view
+    };
+    check(&mut a, now_micros(), "registered, nothing sampled");
+
+    a.apply("a1", 1, 1, vec![varied("db1", 10, &[1, 2, 3, 4, 5])])
+        .unwrap();
+    let mut full = varied("db2", 10, &[1, 2, 3, 4, 5, 6, 7]);
+    full.slots = Some(v1::ConnectionSlots {
+        max_connections: 20,
+        reserved: 3,
+        used: 9,
+        ..Default::default()
+    });
+    a.apply("a2", 2, 1, vec![full, varied("db3", 10, &[7, 8])])
+        .unwrap();
+    a.apply("a3", 3, 1, vec![varied("db4", 10, &[3])]).unwrap();
+    let view = check(&mut a, now_micros(), "sampled");
+    let rows = summarise(&view.census, &HashMap::new(), "", now_micros());
+    assert_eq!(rows[0].servers_up, 4);
+    assert_eq!(rows[0].most_saturated_server, "db2");
+    assert!(
+        rows[0].sessions > 0 && rows[0].blocked_sessions > 0,
+        "{rows:?}"
+    );
+
+    // One server changes, one goes down, one agent leaves: only their
+    // lines are read again, and they must be.
+    a.apply("a1", 1, 2, vec![varied("db1", 20, &[2, 9, 10, 11, 12, 13])])
+        .unwrap();
+    let mut down = snapshot("db3", 20, &[]);
+    down.status = TargetStatus::Down("connection refused".into());
+    a.apply("a2", 2, 2, vec![down]).unwrap();
+    a.disconnect("a3", 3);
+    check(&mut a, now_micros(), "changed");
+    // Later, every server is stale.
+    check(&mut a, now_micros() + 10_000_000, "stale");
+
+    // A server that sorts first moves every line after it; an agent
+    // relabelled carries its new labels.
+    a.register(
+        "a0".into(),
+        4,
+        vec![labelled("db0", &[("dc", "us1")])],
+        SECOND,
+        None,
+    )
+    .unwrap();
+    a.apply("a0", 4, 1, vec![varied("db0", 30, &[1, 4])])
+        .unwrap();
+    a.register(
+        "a1".into(),
+        5,
+        vec![labelled("db1", &[("dc", "eu2"), ("role", "replica")])],
+        SECOND,
+        None,
+    )
+    .unwrap();
+    let view = check(&mut a, now_micros(), "added and relabelled");
+    assert_eq!(view.census.names.len(), 5);
+    assert_eq!(&*view.census.names[0], "db0");
 }
 
 /// A server's counter with one minute closed from `t0` (an active session

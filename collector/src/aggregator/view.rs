@@ -9,6 +9,7 @@ use pgfleet_proto::model::{Session, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
+use super::census::Census;
 use crate::load::count::LoadNow;
 use crate::rollup::{Minute, Rollup};
 use crate::state::Pools;
@@ -110,21 +111,20 @@ impl ServerView {
     /// Whether the server carries every one of `wanted` with its value (the
     /// label filter of the query API).
     pub fn has_labels(&self, wanted: &HashMap<String, String>) -> bool {
-        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+        carries(&self.labels, wanted)
     }
 
     /// The server's health at `now`.
     pub fn health(&self, now: Micros) -> Health {
-        let limit = self.interval.as_micros() as i64 * i64::from(STALE_AFTER_INTERVALS);
-        let silent = match self.last_seen_us {
+        let why_silent = match self.last_seen_us {
+            _ if !silent(self.last_seen_us, self.interval, now) => None,
             None => Some("no snapshot has arrived yet".to_owned()),
-            Some(seen) if now - seen > limit => Some(format!(
+            Some(seen) => Some(format!(
                 "no snapshot for {}",
                 humantime::format_duration(Duration::from_secs(((now - seen) / 1_000_000) as u64))
             )),
-            Some(_) => None,
         };
-        match (silent, &self.status) {
+        match (why_silent, &self.status) {
             (Some(why), _) if !self.agent_connected => {
                 Stale(format!("{why}; agent {} is disconnected", self.agent_id))
             }
@@ -136,12 +136,27 @@ impl ServerView {
 }
 use Health::{Down, Stale, Up};
 
+/// Whether `labels` carry every one of `wanted` with its value.
+pub fn carries(labels: &BTreeMap<String, String>, wanted: &HashMap<String, String>) -> bool {
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Whether a server last heard of at `last_seen_us` (None: never), sampled
+/// every `interval`, is silent at `now`: nothing for three intervals.
+pub(super) fn silent(last_seen_us: Option<Micros>, interval: Duration, now: Micros) -> bool {
+    let limit = interval.as_micros() as i64 * i64::from(STALE_AFTER_INTERVALS);
+    last_seen_us.is_none_or(|seen| now - seen > limit)
+}
+
 /// An immutable view of the whole fleet.
 #[derive(Debug, Clone, Default)]
 pub struct FleetView {
     /// Every known server, by server_id. The keys are shared, so that
     /// publishing a view copies no string.
     pub servers: BTreeMap<Arc<str>, Arc<ServerView>>,
+    /// What fleet-wide reads need of each server, a line each, in the order
+    /// of `servers` (see [`Census`]).
+    pub census: Arc<Census>,
     /// How long, in all since the collector started, the aggregator waited
     /// for room in the history store's queue (and applied nothing meanwhile).
     pub store_waited: Duration,

@@ -1,96 +1,109 @@
 //! Fleet-wide answers over the live view: the summary per label value, and
 //! how TopSessions filters and ranks sessions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
-use crate::aggregator::{Health, ServerView};
+use crate::aggregator::{ByState, Census, HealthKind, carries, state_at};
 
-/// The servers added up per value of `group_by` (one row for all when empty),
-/// in the order of the values.
+/// The servers carrying `wanted` added up per value of `group_by` (one row
+/// for all when empty), in the order of the values.
 ///
-/// It reads every server of the fleet at each call: the groups are found by
-/// the label's value as the view holds it, and the strings of a row are
-/// copied once, at the end, rather than per server.
-pub fn summarise<'a>(
-    servers: impl Iterator<Item = &'a ServerView>,
+/// It reads the census, a line per server in one array: each distinct set
+/// of labels is matched and grouped once, then every line is added to its
+/// group, and the strings of a row are copied once, at the end.
+pub fn summarise(
+    census: &Census,
+    wanted: &HashMap<String, String>,
     group_by: &str,
     now: Micros,
 ) -> Vec<v1::FleetSummaryRow> {
     #[derive(Default)]
-    struct Acc<'a> {
+    struct Acc {
         row: v1::FleetSummaryRow,
-        /// Sessions by state, in the order first met.
-        by_state: Vec<(&'static str, u32)>,
-        longest: Option<(i64, &'a str)>,
-        most_saturated: Option<(f64, &'a str)>,
+        by_state: ByState,
+        /// The oldest transaction and the line of its server.
+        longest: Option<(i64, usize)>,
+        /// The fullest slots and the line of their server.
+        most_saturated: Option<(f64, usize)>,
     }
-    let mut groups: BTreeMap<&'a str, Acc<'a>> = BTreeMap::new();
-    for s in servers {
-        let value = if group_by.is_empty() {
-            ""
-        } else {
-            s.labels.get(group_by).map_or("", String::as_str)
+    // Each label set's group (None: not wanted), the groups by value.
+    let mut values: BTreeMap<&str, usize> = BTreeMap::new();
+    let group_of: Vec<Option<usize>> = census
+        .labels
+        .iter()
+        .map(|labels| {
+            carries(labels, wanted).then(|| {
+                let value = if group_by.is_empty() {
+                    ""
+                } else {
+                    labels.get(group_by).map_or("", String::as_str)
+                };
+                let next = values.len();
+                *values.entry(value).or_insert(next)
+            })
+        })
+        .collect();
+    let mut accs: Vec<Acc> = (0..values.len()).map(|_| Acc::default()).collect();
+    for (i, line) in census.lines.iter().enumerate() {
+        let Some(&Some(group)) = group_of.get(line.labels as usize) else {
+            continue;
         };
-        let acc = groups.entry(value).or_default();
+        let acc = &mut accs[group];
         let row = &mut acc.row;
         row.servers += 1;
-        match s.health(now) {
-            Health::Up => row.servers_up += 1,
-            Health::Down(_) => row.servers_down += 1,
-            Health::Stale(_) => row.servers_stale += 1,
+        match line.health(now) {
+            HealthKind::Up => row.servers_up += 1,
+            HealthKind::Down => row.servers_down += 1,
+            HealthKind::Stale => row.servers_stale += 1,
         }
-        let r = &s.rollup;
-        row.sessions += r.sessions;
-        row.waiting_sessions += r.waiting;
-        row.blocked_sessions += r.blocked;
-        for (&state, &n) in &r.by_state {
-            match acc.by_state.iter_mut().find(|(name, _)| *name == state) {
-                Some((_, count)) => *count += n,
-                None => acc.by_state.push((state, n)),
-            }
+        row.sessions += line.sessions;
+        row.waiting_sessions += line.waiting;
+        row.blocked_sessions += line.blocked;
+        for (sum, n) in acc.by_state.iter_mut().zip(line.by_state) {
+            *sum += n;
         }
-        if let Some(age) = r.longest_xact_us
+        if let Some(age) = line.longest_xact_us
             && acc.longest.is_none_or(|(longest, _)| age > longest)
         {
-            acc.longest = Some((age, &s.server_id));
+            acc.longest = Some((age, i));
         }
-        let share = s.pools.slots_utilisation();
+        let share = line.slot_utilisation;
         if share > acc.most_saturated.map_or(0.0, |(max, _)| max) {
-            acc.most_saturated = Some((share, &s.server_id));
+            acc.most_saturated = Some((share, i));
         }
     }
-    groups
+    let name = |i: usize| census.names[i].to_string();
+    values
         .into_iter()
-        .map(|(value, mut acc)| {
-            acc.by_state.sort_unstable();
-            let row = acc.row;
+        .map(|(value, group)| {
+            let acc = std::mem::take(&mut accs[group]);
+            let mut by_state: Vec<v1::SlotCount> = acc
+                .by_state
+                .iter()
+                .enumerate()
+                .filter(|&(_, &count)| count > 0)
+                .map(|(i, &count)| v1::SlotCount {
+                    name: state_at(i).to_owned(),
+                    count,
+                })
+                .collect();
+            by_state.sort_unstable_by(|a, b| a.name.cmp(&b.name));
             v1::FleetSummaryRow {
                 value: value.to_owned(),
-                sessions_by_state: acc
-                    .by_state
-                    .into_iter()
-                    .map(|(name, count)| v1::SlotCount {
-                        name: name.to_owned(),
-                        count,
-                    })
-                    .collect(),
+                sessions_by_state: by_state,
                 longest_transaction: acc.longest.map(|(age, _)| time::duration(age)),
-                longest_transaction_server: acc
-                    .longest
-                    .map(|(_, server)| server.to_owned())
-                    .unwrap_or_default(),
+                longest_transaction_server: acc.longest.map(|(_, i)| name(i)).unwrap_or_default(),
                 max_slot_utilisation: acc.most_saturated.map_or(0.0, |(share, _)| share),
-                most_saturated_server: acc
-                    .most_saturated
-                    .map(|(_, server)| server.to_owned())
-                    .unwrap_or_default(),
-                ..row
+                most_saturated_server: acc.most_saturated.map(|(_, i)| name(i)).unwrap_or_default(),
+                ..acc.row
             }
         })
+        // A group whose label sets no server carries now.
+        .filter(|row| row.servers > 0)
         .collect()
 }
 

@@ -263,14 +263,7 @@ impl v1::query_server::Query for QueryService {
         }
         let view = self.aggregator.view();
         Ok(Response::new(v1::FleetSummaryResponse {
-            rows: summarise(
-                view.servers
-                    .values()
-                    .filter(|s| s.has_labels(&req.labels))
-                    .map(|s| s.as_ref()),
-                group_by,
-                now_micros(),
-            ),
+            rows: summarise(&view.census, &req.labels, group_by, now_micros()),
         }))
     }
 

@@ -1,0 +1,179 @@
+//! The census: what a fleet-wide read needs of each server (health, sessions
+//! by state, waits, the oldest transaction, how full its slots are), a line
+//! per server in one array that the aggregator keeps beside the view.
+//!
+//! FleetSummary reads every server. Read from the views, that was a walk over
+//! 10,000 `ServerView`s, their rollups, pools and labels, each apart on the
+//! heap: about five cache misses a server, 4–5 ms at 10,000 servers and three
+//! times that under load. The census is read in order from one array, and a
+//! server's labels are read once per distinct set of labels, not per server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgfleet_proto::model::{SessionState, TargetStatus};
+use pgfleet_proto::time::Micros;
+
+use super::view::{ServerView, silent};
+use crate::rollup::state_name;
+
+/// Every state a rollup counts, in the order of a [`Line`]'s `by_state`.
+const STATES: [SessionState; 8] = [
+    SessionState::Unknown,
+    SessionState::Active,
+    SessionState::Idle,
+    SessionState::IdleInTransaction,
+    SessionState::IdleInTransactionAborted,
+    SessionState::Fastpath,
+    SessionState::Disabled,
+    SessionState::NotVisible,
+];
+
+/// Client sessions counted by state, in the order of [`state_at`].
+pub type ByState = [u32; STATES.len()];
+
+/// The name of the state at `i` of a line's `by_state`.
+pub fn state_at(i: usize) -> &'static str {
+    state_name(STATES[i])
+}
+
+/// A server's health at an instant, without the reasons (see
+/// [`ServerView::health`] for them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    Up,
+    Down,
+    Stale,
+}
+
+/// One server, as a fleet-wide read needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Line {
+    /// The view this line was read from (its address, compared only): a view
+    /// that changed is a new allocation (see [`Census::refresh`]).
+    view: usize,
+    /// The server's labels, by their id in [`Census::labels`].
+    pub labels: u32,
+    last_seen_us: Option<Micros>,
+    interval: Duration,
+    down: bool,
+    /// Client sessions.
+    pub sessions: u32,
+    /// Active sessions waiting on anything.
+    pub waiting: u32,
+    /// Sessions waiting for a lock another session holds.
+    pub blocked: u32,
+    /// Client sessions by state.
+    pub by_state: ByState,
+    /// The oldest open transaction, in microseconds.
+    pub longest_xact_us: Option<i64>,
+    /// Client backends over the slots they may take.
+    pub slot_utilisation: f64,
+}
+
+impl Line {
+    fn of(view: &ServerView, labels: u32) -> Line {
+        let r = &view.rollup;
+        let mut by_state = ByState::default();
+        for (&name, &n) in &r.by_state {
+            if let Some(i) = STATES.iter().position(|&s| state_name(s) == name) {
+                by_state[i] = n;
+            }
+        }
+        Line {
+            view: std::ptr::from_ref(view) as usize,
+            labels,
+            last_seen_us: view.last_seen_us,
+            interval: view.interval,
+            down: matches!(view.status, TargetStatus::Down(_)),
+            sessions: r.sessions,
+            waiting: r.waiting,
+            blocked: r.blocked,
+            by_state,
+            longest_xact_us: r.longest_xact_us,
+            slot_utilisation: view.pools.slots_utilisation(),
+        }
+    }
+
+    /// The server's health at `now`, as [`ServerView::health`] has it.
+    pub fn health(&self, now: Micros) -> HealthKind {
+        if silent(self.last_seen_us, self.interval, now) {
+            HealthKind::Stale
+        } else if self.down {
+            HealthKind::Down
+        } else {
+            HealthKind::Up
+        }
+    }
+}
+
+/// Every server's line, in the order of the view's servers, with their
+/// server_ids and the distinct sets of labels they carry.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    /// A line per server, in server_id order.
+    pub lines: Vec<Line>,
+    /// The server_id of each line.
+    pub names: Arc<Vec<Arc<str>>>,
+    /// Each distinct set of labels, by id.
+    pub labels: Arc<Vec<Arc<BTreeMap<String, String>>>>,
+}
+
+/// The census the aggregator keeps, and the ids of the label sets in it.
+#[derive(Default)]
+pub(super) struct Counting {
+    census: Arc<Census>,
+    ids: HashMap<Arc<BTreeMap<String, String>>, u32>,
+}
+
+impl Counting {
+    /// The census of `servers`, as they are now.
+    ///
+    /// Each line is read again only where the view at its place is another
+    /// allocation than the one it was read from. That finds every change: the
+    /// aggregator changes a view through `Arc::make_mut`, and the view last
+    /// published (which the watch channel holds until the next) shares every
+    /// view it had, so a changed view is always a copy, at an address that
+    /// no view alive had. A server added moves the places after it, and
+    /// their lines are read again.
+    pub(super) fn refresh(&mut self, servers: &BTreeMap<Arc<str>, Arc<ServerView>>) -> Arc<Census> {
+        // Label sets no server carries any more are forgotten when they come
+        // to outnumber the servers (an agent relabelled again and again).
+        if self.ids.len() > 2 * servers.len() + 64 {
+            self.ids.clear();
+            self.census = Arc::default();
+        }
+        let census = Arc::make_mut(&mut self.census);
+        census.lines.truncate(servers.len());
+        if census.names.len() > census.lines.len() {
+            Arc::make_mut(&mut census.names).truncate(census.lines.len());
+        }
+        let kept = census.lines.len();
+        for (i, (name, view)) in servers.iter().enumerate() {
+            if i < kept && census.lines[i].view == Arc::as_ptr(view) as usize {
+                continue;
+            }
+            let labels = match self.ids.get(&view.labels) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(census.labels.len()).unwrap_or(u32::MAX);
+                    Arc::make_mut(&mut census.labels).push(view.labels.clone());
+                    self.ids.insert(view.labels.clone(), id);
+                    id
+                }
+            };
+            let line = Line::of(view, labels);
+            if i < kept {
+                census.lines[i] = line;
+                if !Arc::ptr_eq(&census.names[i], name) {
+                    Arc::make_mut(&mut census.names)[i] = name.clone();
+                }
+            } else {
+                census.lines.push(line);
+                Arc::make_mut(&mut census.names).push(name.clone());
+            }
+        }
+        self.census.clone()
+    }
+}

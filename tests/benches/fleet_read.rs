@@ -1,0 +1,152 @@
+//! `cargo bench -p pgfleet-tests --bench fleet_read`: what a fleet-wide read
+//! of the live view costs at 10,000 servers (`PGFLEET_BENCH_SERVERS`).
+//!
+//! The aggregator is fed as ingest feeds it: every server registered, then a
+//! keyframe of 100 sessions for each (the load generator's server), three
+//! times round the fleet, each second with a tenth of the sessions changed, so
+//! that the views and their sessions lie on the heap as a running collector's
+//! do. Then FleetSummary's work (`summarise`) is timed over the published
+//! view, for the whole fleet and grouped by dc, each call after 64 MiB of
+//! other memory has been read: under load the caches hold what ingest
+//! touched, not the last query's servers.
+//!
+//! Prints one JSON object: each read's p50 and p99 in µs over `ROUNDS` calls,
+//! and the p50 per server in ns.
+
+#[path = "../../agent/benches/support/wire_sim.rs"]
+mod wire_sim;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use pgfleet_collector::aggregator::{Aggregator, Command, TargetInfo};
+use pgfleet_collector::query::summarise;
+use pgfleet_proto::time::now_micros;
+use tokio::sync::oneshot;
+
+const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
+const SESSIONS: usize = 100;
+const SECOND: i64 = 1_000_000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Reads `memory` whole, so that the caches hold none of what was read before.
+fn evict(memory: &[u64]) -> u64 {
+    memory.iter().step_by(8).fold(0, |a, &v| a ^ v)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let servers = env_usize("PGFLEET_BENCH_SERVERS", 10_000);
+    let rounds = env_usize("PGFLEET_BENCH_ROUNDS", 60);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (aggregator, handle) = Aggregator::new();
+    runtime.spawn(aggregator.run());
+
+    let built = Instant::now();
+    let t0 = now_micros() - 10 * SECOND;
+    let mut sims: Vec<wire_sim::Sim> = (0..servers)
+        .map(|i| wire_sim::Sim::with(SESSIONS, SESSIONS / 10, 1, 0x51ed + i as u64, t0))
+        .collect();
+    runtime.block_on(async {
+        let mut replies = Vec::new();
+        for i in 0..servers {
+            let (reply, answer) = oneshot::channel();
+            handle
+                .send(Command::Register {
+                    agent_id: format!("agent-{i}"),
+                    conn_id: i as u64 + 1,
+                    targets: vec![TargetInfo {
+                        server_id: format!("db-{i}"),
+                        labels: BTreeMap::from([("dc".to_owned(), DCS[i % DCS.len()].to_owned())]),
+                    }],
+                    interval: Duration::from_secs(1),
+                    resume: None,
+                    reply,
+                })
+                .await
+                .expect("the aggregator runs");
+            replies.push(answer);
+        }
+        for answer in replies {
+            answer.await.expect("an answer").expect("registered");
+        }
+        for second in 1..=3 {
+            let at = t0 + second * SECOND;
+            let mut replies = Vec::new();
+            for (i, sim) in sims.iter_mut().enumerate() {
+                sim.step(at);
+                let mut snapshot = sim.snapshot(at, second as u64);
+                snapshot.server_id = format!("db-{i}");
+                let (reply, answer) = oneshot::channel();
+                handle
+                    .send(Command::Apply {
+                        agent_id: format!("agent-{i}"),
+                        conn_id: i as u64 + 1,
+                        seq: second as u64,
+                        snapshots: vec![snapshot],
+                        reply,
+                    })
+                    .await
+                    .expect("the aggregator runs");
+                replies.push(answer);
+            }
+            for answer in replies {
+                answer.await.expect("an answer").expect("applied");
+            }
+        }
+    });
+    drop(sims);
+    let view = handle.view();
+    assert_eq!(view.servers.len(), servers, "every server is in the view");
+    eprintln!(
+        "{servers} servers fed in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+
+    let memory: Vec<u64> = (0..64 << 17).map(|i| i as u64).collect();
+    let mut sink = 0u64;
+    let mut read = |group_by: &str| -> (f64, f64) {
+        let mut us = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            sink ^= evict(&memory);
+            let now = now_micros();
+            let start = Instant::now();
+            let rows = summarise(&view.census, &HashMap::new(), group_by, now);
+            us.push(start.elapsed().as_secs_f64() * 1e6);
+            let counted: u32 = rows.iter().map(|r| r.servers).sum();
+            assert_eq!(counted as usize, servers, "every server is summed once");
+            sink ^= u64::from(rows[0].sessions);
+        }
+        us.sort_by(f64::total_cmp);
+        (percentile(&us, 0.5), percentile(&us, 0.99))
+    };
+    let (all_p50, all_p99) = read("");
+    let (dc_p50, dc_p99) = read("dc");
+    let per_server = |us: f64| us * 1_000.0 / servers as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "servers": servers,
+            "rounds": rounds,
+            "fleet_summary_us": {"p50": all_p50, "p99": all_p99},
+            "fleet_summary_by_dc_us": {"p50": dc_p50, "p99": dc_p99},
+            "fleet_summary_ns_per_server": per_server(all_p50),
+            "fleet_summary_by_dc_ns_per_server": per_server(dc_p50),
+            "sink": sink % 2,
+        })
+    );
+}
