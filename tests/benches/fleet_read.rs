@@ -5,7 +5,8 @@
 //! keyframe of 100 sessions for each (the load generator's server), three
 //! times round the fleet, each second with a tenth of the sessions changed, so
 //! that the views and their sessions lie on the heap as a running collector's
-//! do. Then FleetSummary's work (`summarise`) is timed over the published
+//! do; labelled as the load generator labels them (dc, cluster, role). Then
+//! FleetSummary's work (`summarise`) is timed over the published
 //! view, for the whole fleet and grouped by dc, each call after 64 MiB of
 //! other memory has been read: under load the caches hold what ingest
 //! touched, not the last query's servers.
@@ -35,6 +36,17 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Server `i`'s labels, as the load generator gives them: five dcs, and
+/// clusters of four servers, a primary and three replicas.
+fn labels(i: usize) -> BTreeMap<String, String> {
+    let role = if i.is_multiple_of(4) { "primary" } else { "replica" };
+    BTreeMap::from([
+        ("dc".to_owned(), DCS[i % DCS.len()].to_owned()),
+        ("cluster".to_owned(), format!("c{:03}", i / 4)),
+        ("role".to_owned(), role.to_owned()),
+    ])
+}
+
 /// Reads `memory` whole, so that the caches hold none of what was read before.
 fn evict(memory: &[u64]) -> u64 {
     memory.iter().step_by(8).fold(0, |a, &v| a ^ v)
@@ -47,7 +59,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() {
     let servers = env_usize("PGFLEET_BENCH_SERVERS", 10_000);
-    let rounds = env_usize("PGFLEET_BENCH_ROUNDS", 60);
+    let rounds = env_usize("PGFLEET_BENCH_ROUNDS", 200);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -71,7 +83,7 @@ fn main() {
                     conn_id: i as u64 + 1,
                     targets: vec![TargetInfo {
                         server_id: format!("db-{i}"),
-                        labels: BTreeMap::from([("dc".to_owned(), DCS[i % DCS.len()].to_owned())]),
+                        labels: labels(i),
                     }],
                     interval: Duration::from_secs(1),
                     resume: None,

@@ -53,7 +53,7 @@ pub struct Line {
     /// The view this line was read from (its address, compared only): a view
     /// that changed is a new allocation (see [`Census::refresh`]).
     view: usize,
-    /// The server's labels, by their id in [`Census::labels`].
+    /// The server's labels, by their id in [`Census::label_sets`].
     pub labels: u32,
     last_seen_us: Option<Micros>,
     interval: Duration,
@@ -117,14 +117,64 @@ pub struct Census {
     /// The server_id of each line.
     pub names: Arc<Vec<Arc<str>>>,
     /// Each distinct set of labels, by id.
-    pub labels: Arc<Vec<Arc<BTreeMap<String, String>>>>,
+    pub label_sets: LabelSets,
 }
 
-/// The census the aggregator keeps, and the ids of the label sets in it.
+/// The distinct sets of labels servers carry, each as (key, value) pairs of
+/// string ids in one array: a fleet-wide read matches and groups thousands
+/// of them (a cluster label makes a set of every few servers) without
+/// reading a string per set.
+#[derive(Debug, Clone, Default)]
+pub struct LabelSets {
+    /// Every set's pairs, one set after another.
+    pairs: Vec<(u32, u32)>,
+    /// Where each set's pairs end in `pairs`.
+    ends: Vec<u32>,
+    /// Every key and value, by id.
+    strings: Arc<Vec<Box<str>>>,
+}
+
+impl LabelSets {
+    /// How many sets there are.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The (key, value) pairs of set `set`.
+    pub fn pairs(&self, set: usize) -> &[(u32, u32)] {
+        let start = set.checked_sub(1).map_or(0, |i| self.ends[i] as usize);
+        &self.pairs[start..self.ends[set] as usize]
+    }
+
+    /// How many distinct keys and values there are (ids are below it).
+    pub fn strings(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// The key or value of id `id`.
+    pub fn string(&self, id: u32) -> &str {
+        &self.strings[id as usize]
+    }
+
+    /// The id of a key or value; None when no set has it.
+    pub fn id(&self, text: &str) -> Option<u32> {
+        let i = self.strings.iter().position(|s| **s == *text)?;
+        u32::try_from(i).ok()
+    }
+}
+
+/// The census the aggregator keeps, and the ids of the label sets and
+/// strings in it.
 #[derive(Default)]
 pub(super) struct Counting {
     census: Arc<Census>,
-    ids: HashMap<Arc<BTreeMap<String, String>>, u32>,
+    sets: HashMap<Arc<BTreeMap<String, String>>, u32>,
+    strings: HashMap<Box<str>, u32>,
 }
 
 impl Counting {
@@ -140,8 +190,9 @@ impl Counting {
     pub(super) fn refresh(&mut self, servers: &BTreeMap<Arc<str>, Arc<ServerView>>) -> Arc<Census> {
         // Label sets no server carries any more are forgotten when they come
         // to outnumber the servers (an agent relabelled again and again).
-        if self.ids.len() > 2 * servers.len() + 64 {
-            self.ids.clear();
+        if self.sets.len() > 2 * servers.len() + 64 {
+            self.sets.clear();
+            self.strings.clear();
             self.census = Arc::default();
         }
         let census = Arc::make_mut(&mut self.census);
@@ -154,12 +205,11 @@ impl Counting {
             if i < kept && census.lines[i].view == Arc::as_ptr(view) as usize {
                 continue;
             }
-            let labels = match self.ids.get(&view.labels) {
+            let labels = match self.sets.get(&view.labels) {
                 Some(&id) => id,
                 None => {
-                    let id = u32::try_from(census.labels.len()).unwrap_or(u32::MAX);
-                    Arc::make_mut(&mut census.labels).push(view.labels.clone());
-                    self.ids.insert(view.labels.clone(), id);
+                    let id = add_set(&mut self.strings, &mut census.label_sets, &view.labels);
+                    self.sets.insert(view.labels.clone(), id);
                     id
                 }
             };
@@ -176,4 +226,27 @@ impl Counting {
         }
         self.census.clone()
     }
+}
+
+/// Adds `labels` to `sets` as a new set, its strings by their ids in
+/// `strings`; its id.
+fn add_set(
+    strings: &mut HashMap<Box<str>, u32>,
+    sets: &mut LabelSets,
+    labels: &BTreeMap<String, String>,
+) -> u32 {
+    let mut id = |text: &str| {
+        if let Some(&id) = strings.get(text) {
+            return id;
+        }
+        let id = u32::try_from(sets.strings.len()).unwrap_or(u32::MAX);
+        Arc::make_mut(&mut sets.strings).push(text.into());
+        strings.insert(text.into(), id);
+        id
+    };
+    let pairs: Vec<(u32, u32)> = labels.iter().map(|(k, v)| (id(k), id(v))).collect();
+    sets.pairs.extend(pairs);
+    sets.ends
+        .push(u32::try_from(sets.pairs.len()).unwrap_or(u32::MAX));
+    u32::try_from(sets.ends.len() - 1).unwrap_or(u32::MAX)
 }

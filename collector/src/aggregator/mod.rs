@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Status;
 use tracing::{debug, info};
 
-pub use census::{ByState, Census, HealthKind, Line, state_at};
+pub use census::{ByState, Census, HealthKind, LabelSets, Line, state_at};
 pub use command::{AggregatorHandle, Command, Followed, TargetInfo};
-pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView, carries};
+pub use view::{DatabaseTotal, FleetView, Health, STALE_AFTER_INTERVALS, ServerView};
 
 use crate::config::DuplicateServerId;
 use crate::load::Counter;

@@ -488,13 +488,21 @@ fn the_census_follows_every_change_of_the_views() {
         None,
     )
     .unwrap();
-    a.register("a3".into(), 3, vec![labelled("db4", &[])], SECOND, None)
-        .unwrap();
+    // An empty value groups with no value at all.
+    a.register(
+        "a3".into(),
+        3,
+        vec![labelled("db4", &[("role", "")])],
+        SECOND,
+        None,
+    )
+    .unwrap();
     let check = |a: &mut Aggregator, now: Micros, what: &str| {
         let view = published(a);
         let eu1 = HashMap::from([("dc".to_owned(), "eu1".to_owned())]);
-        for wanted in [&HashMap::new(), &eu1] {
-            for group_by in ["", "dc", "role"] {
+        let nowhere = HashMap::from([("dc".to_owned(), "nowhere".to_owned())]);
+        for wanted in [&HashMap::new(), &eu1, &nowhere] {
+            for group_by in ["", "dc", "role", "zone"] {
                 let rows = summarise(&view.census, wanted, group_by, now);
                 assert_eq!(
                     rows,

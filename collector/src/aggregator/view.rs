@@ -111,7 +111,7 @@ impl ServerView {
     /// Whether the server carries every one of `wanted` with its value (the
     /// label filter of the query API).
     pub fn has_labels(&self, wanted: &HashMap<String, String>) -> bool {
-        carries(&self.labels, wanted)
+        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
     /// The server's health at `now`.
@@ -135,11 +135,6 @@ impl ServerView {
     }
 }
 use Health::{Down, Stale, Up};
-
-/// Whether `labels` carry every one of `wanted` with its value.
-pub fn carries(labels: &BTreeMap<String, String>, wanted: &HashMap<String, String>) -> bool {
-    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
 
 /// Whether a server last heard of at `last_seen_us` (None: never), sampled
 /// every `interval`, is silent at `now`: nothing for three intervals.

@@ -7,7 +7,7 @@ use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
-use crate::aggregator::{ByState, Census, HealthKind, carries, state_at};
+use crate::aggregator::{ByState, Census, HealthKind, state_at};
 
 /// The servers carrying `wanted` added up per value of `group_by` (one row
 /// for all when empty), in the order of the values.
@@ -30,21 +30,37 @@ pub fn summarise(
         /// The fullest slots and the line of their server.
         most_saturated: Option<(f64, usize)>,
     }
-    // Each label set's group (None: not wanted), the groups by value.
-    let mut values: BTreeMap<&str, usize> = BTreeMap::new();
-    let group_of: Vec<Option<usize>> = census
-        .labels
+    let sets = &census.label_sets;
+    // What is wanted, as ids: a key or value no server carries matches none.
+    let Some(wanted) = wanted
         .iter()
-        .map(|labels| {
-            carries(labels, wanted).then(|| {
-                let value = if group_by.is_empty() {
-                    ""
-                } else {
-                    labels.get(group_by).map_or("", String::as_str)
-                };
+        .map(|(key, value)| Some((sets.id(key)?, sets.id(value)?)))
+        .collect::<Option<Vec<_>>>()
+    else {
+        return Vec::new();
+    };
+    let key = sets.id(group_by).filter(|_| !group_by.is_empty());
+    // Each label set's group (None: not wanted), found once per value; the
+    // groups by value (a server without the label counts under "").
+    let mut values: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_value: Vec<Option<usize>> = vec![None; sets.strings()];
+    let mut unlabelled: Option<usize> = None;
+    let group_of: Vec<Option<usize>> = (0..sets.len())
+        .map(|set| {
+            let pairs = sets.pairs(set);
+            if !wanted.iter().all(|w| pairs.contains(w)) {
+                return None;
+            }
+            let value = key.and_then(|k| pairs.iter().find(|(key, _)| *key == k));
+            let slot = match value {
+                Some(&(_, v)) => &mut by_value[v as usize],
+                None => &mut unlabelled,
+            };
+            Some(*slot.get_or_insert_with(|| {
+                let text = value.map_or("", |&(_, v)| sets.string(v));
                 let next = values.len();
-                *values.entry(value).or_insert(next)
-            })
+                *values.entry(text).or_insert(next)
+            }))
         })
         .collect();
     let mut accs: Vec<Acc> = (0..values.len()).map(|_| Acc::default()).collect();

@@ -261,9 +261,12 @@ impl v1::query_server::Query for QueryService {
                 Status::invalid_argument(format!("group_by: {e}; give a label name such as dc"))
             })?;
         }
-        let view = self.aggregator.view();
+        // The census alone is held: were the view held, and a newer one
+        // published meanwhile, this call would be the one to drop every
+        // server's view (milliseconds at 10,000 servers).
+        let census = self.aggregator.view().census.clone();
         Ok(Response::new(v1::FleetSummaryResponse {
-            rows: summarise(&view.census, &req.labels, group_by, now_micros()),
+            rows: summarise(&census, &req.labels, group_by, now_micros()),
         }))
     }
 
