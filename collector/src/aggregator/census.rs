@@ -18,24 +18,19 @@ use pgfleet_proto::time::Micros;
 use super::view::{ServerView, silent};
 use crate::rollup::state_name;
 
-/// Every state a rollup counts, in the order of a [`Line`]'s `by_state`.
-const STATES: [SessionState; 8] = [
-    SessionState::Unknown,
-    SessionState::Active,
-    SessionState::Idle,
-    SessionState::IdleInTransaction,
-    SessionState::IdleInTransactionAborted,
-    SessionState::Fastpath,
-    SessionState::Disabled,
-    SessionState::NotVisible,
-];
+/// Client sessions counted by state: NULL's ("unknown") first, then each of
+/// [`SessionState::NAMED`] in turn (see [`state_at`]).
+pub type ByState = [u32; SessionState::NAMED.len() + 1];
 
-/// Client sessions counted by state, in the order of [`state_at`].
-pub type ByState = [u32; STATES.len()];
+/// The state at `i` of a line's `by_state`.
+fn state(i: usize) -> SessionState {
+    i.checked_sub(1)
+        .map_or(SessionState::Unknown, |i| SessionState::NAMED[i])
+}
 
 /// The name of the state at `i` of a line's `by_state`.
 pub fn state_at(i: usize) -> &'static str {
-    state_name(STATES[i])
+    state_name(state(i))
 }
 
 /// A server's health at an instant, without the reasons (see
@@ -77,7 +72,7 @@ impl Line {
         let r = &view.rollup;
         let mut by_state = ByState::default();
         for (&name, &n) in &r.by_state {
-            if let Some(i) = STATES.iter().position(|&s| state_name(s) == name) {
+            if let Some(i) = (0..by_state.len()).position(|i| state_at(i) == name) {
                 by_state[i] = n;
             }
         }
