@@ -125,8 +125,9 @@ pub struct LabelSets {
     pairs: Vec<(u32, u32)>,
     /// Where each set's pairs end in `pairs`.
     ends: Vec<u32>,
-    /// Every key and value, by id.
-    strings: Arc<Vec<Box<str>>>,
+    /// Every key and value, by id (shared, so that a copy made to add one
+    /// copies no string).
+    strings: Arc<Vec<Arc<str>>>,
 }
 
 impl LabelSets {
@@ -169,7 +170,7 @@ impl LabelSets {
 pub(super) struct Counting {
     census: Arc<Census>,
     sets: HashMap<Arc<BTreeMap<String, String>>, u32>,
-    strings: HashMap<Box<str>, u32>,
+    strings: HashMap<Arc<str>, u32>,
 }
 
 impl Counting {
@@ -181,7 +182,9 @@ impl Counting {
     /// published (which the watch channel holds until the next) shares every
     /// view it had, so a changed view is always a copy, at an address that
     /// no view alive had. A server added moves the places after it, and
-    /// their lines are read again.
+    /// their lines are read again. So it must be called only where its
+    /// census is then published with `servers` (`Aggregator::publish_view`),
+    /// before the view it replaces is let go.
     pub(super) fn refresh(&mut self, servers: &BTreeMap<Arc<str>, Arc<ServerView>>) -> Arc<Census> {
         // Label sets no server carries any more are forgotten when they come
         // to outnumber the servers (an agent relabelled again and again).
@@ -226,7 +229,7 @@ impl Counting {
 /// Adds `labels` to `sets` as a new set, its strings by their ids in
 /// `strings`; its id.
 fn add_set(
-    strings: &mut HashMap<Box<str>, u32>,
+    strings: &mut HashMap<Arc<str>, u32>,
     sets: &mut LabelSets,
     labels: &BTreeMap<String, String>,
 ) -> u32 {
@@ -235,8 +238,9 @@ fn add_set(
             return id;
         }
         let id = u32::try_from(sets.strings.len()).unwrap_or(u32::MAX);
-        Arc::make_mut(&mut sets.strings).push(text.into());
-        strings.insert(text.into(), id);
+        let text: Arc<str> = text.into();
+        Arc::make_mut(&mut sets.strings).push(text.clone());
+        strings.insert(text, id);
         id
     };
     let pairs: Vec<(u32, u32)> = labels.iter().map(|(k, v)| (id(k), id(v))).collect();

@@ -579,6 +579,28 @@ fn the_census_follows_every_change_of_the_views() {
     let view = check(&mut a, now_micros(), "added and relabelled");
     assert_eq!(view.census.names.len(), 5);
     assert_eq!(&*view.census.names[0], "db0");
+
+    // An agent relabelled again and again: the label sets no server carries
+    // are forgotten once they outnumber the servers, and the census is read
+    // anew.
+    for n in 0..80 {
+        let dc = format!("dc-{n}");
+        a.register(
+            "a1".into(),
+            6 + n,
+            vec![labelled("db1", &[("dc", &dc)])],
+            SECOND,
+            None,
+        )
+        .unwrap();
+        let view = check(&mut a, now_micros(), &format!("relabelled {n} times"));
+        assert!(
+            view.census.label_sets.len() <= 2 * view.servers.len() + 64 + 1,
+            "{} label sets for {} servers",
+            view.census.label_sets.len(),
+            view.servers.len()
+        );
+    }
 }
 
 /// A server's counter with one minute closed from `t0` (an active session
