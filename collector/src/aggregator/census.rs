@@ -171,9 +171,19 @@ pub(super) struct Counting {
     census: Arc<Census>,
     sets: HashMap<Arc<BTreeMap<String, String>>, u32>,
     strings: HashMap<Arc<str>, u32>,
+    /// How many lines it has read from views, in all (the tests check that
+    /// a view that did not change is not read again).
+    #[cfg(test)]
+    read: u64,
 }
 
 impl Counting {
+    /// How many lines it has read from views, in all.
+    #[cfg(test)]
+    pub(super) fn lines_read(&self) -> u64 {
+        self.read
+    }
+
     /// The census of `servers`, as they are now.
     ///
     /// Each line is read again only where the view at its place is another
@@ -212,6 +222,10 @@ impl Counting {
                 }
             };
             let line = Line::of(view, labels);
+            #[cfg(test)]
+            {
+                self.read += 1;
+            }
             if i < kept {
                 census.lines[i] = line;
                 if !Arc::ptr_eq(&census.names[i], name) {

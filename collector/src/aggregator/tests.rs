@@ -554,7 +554,10 @@ fn the_census_follows_every_change_of_the_views() {
     a.disconnect("a3", 3);
     check(&mut a, now_micros(), "changed");
     // Later, every server is stale.
+    let read = a.census.lines_read();
     check(&mut a, now_micros() + 10_000_000, "stale");
+    // Nothing changed since the last publish: no line was read again.
+    assert_eq!(a.census.lines_read(), read);
 
     // A server that sorts first moves every line after it; an agent
     // relabelled carries its new labels.
