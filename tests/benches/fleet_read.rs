@@ -20,7 +20,7 @@ mod wire_sim;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use pgfleet_collector::aggregator::{Aggregator, Command, TargetInfo};
+use pgfleet_collector::aggregator::{Aggregator, AggregatorHandle, Command, TargetInfo};
 use pgfleet_collector::query::summarise;
 use pgfleet_proto::time::now_micros;
 use tokio::sync::oneshot;
@@ -58,6 +58,21 @@ fn evict(memory: &[u64]) -> u64 {
     memory.iter().step_by(8).fold(0, |a, &v| a ^ v)
 }
 
+/// Sends the command `command` makes with where its answer goes, and gives
+/// back where to wait for the answer (the aggregator answers a round of
+/// commands at once, when it publishes).
+async fn ask<T>(
+    handle: &AggregatorHandle,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> oneshot::Receiver<T> {
+    let (reply, answer) = oneshot::channel();
+    handle
+        .send(command(reply))
+        .await
+        .expect("the aggregator runs");
+    answer
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -82,9 +97,8 @@ fn main() {
     runtime.block_on(async {
         let mut replies = Vec::new();
         for i in 0..servers {
-            let (reply, answer) = oneshot::channel();
-            handle
-                .send(Command::Register {
+            replies.push(
+                ask(&handle, |reply| Command::Register {
                     agent_id: format!("agent-{i}"),
                     conn_id: i as u64 + 1,
                     targets: vec![TargetInfo {
@@ -95,9 +109,8 @@ fn main() {
                     resume: None,
                     reply,
                 })
-                .await
-                .expect("the aggregator runs");
-            replies.push(answer);
+                .await,
+            );
         }
         for answer in replies {
             answer.await.expect("an answer").expect("registered");
@@ -109,18 +122,16 @@ fn main() {
                 sim.step(at);
                 let mut snapshot = sim.snapshot(at, second as u64);
                 snapshot.server_id = format!("db-{i}");
-                let (reply, answer) = oneshot::channel();
-                handle
-                    .send(Command::Apply {
+                replies.push(
+                    ask(&handle, |reply| Command::Apply {
                         agent_id: format!("agent-{i}"),
                         conn_id: i as u64 + 1,
                         seq: second as u64,
                         snapshots: vec![snapshot],
                         reply,
                     })
-                    .await
-                    .expect("the aggregator runs");
-                replies.push(answer);
+                    .await,
+                );
             }
             for answer in replies {
                 answer.await.expect("an answer").expect("applied");

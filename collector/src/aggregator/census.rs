@@ -46,7 +46,7 @@ pub enum HealthKind {
 #[derive(Debug, Clone, Copy)]
 pub struct Line {
     /// The view this line was read from (its address, compared only): a view
-    /// that changed is a new allocation (see [`Census::refresh`]).
+    /// that changed is a new allocation (see [`Counting::refresh`]).
     view: usize,
     /// The server's labels, by their id in [`Census::label_sets`].
     pub labels: u32,

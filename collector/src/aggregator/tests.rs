@@ -544,8 +544,8 @@ fn the_census_follows_every_change_of_the_views() {
         "{rows:?}"
     );
 
-    // One server changes, one goes down, one agent leaves: only their
-    // lines are read again, and they must be.
+    // One server changes, one goes down, one agent leaves: their lines
+    // must be read again.
     a.apply("a1", 1, 2, vec![varied("db1", 20, &[2, 9, 10, 11, 12, 13])])
         .unwrap();
     let mut down = snapshot("db3", 20, &[]);
