@@ -161,7 +161,6 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
     let mut realistic = Realistic::new(start);
     let mut counter = Counter::default();
     let mut closed = Vec::new();
-    let mut before: Arc<Vec<Arc<Session>>> = Arc::default();
     let (mut spent, mut finished, mut ended) = (Duration::ZERO, Duration::ZERO, 0);
     for s in 0..=DAY_S {
         let at = start + s * 1_000_000;
@@ -178,7 +177,7 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
         now.sort_by_key(|x| x.key());
         let now = Arc::new(now);
         let t = Instant::now();
-        counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
+        counter.sample(at, 1_000_000, &now, &mut closed, &mut |_, _| {});
         spent += t.elapsed();
         if counter.unfinished() {
             let t = Instant::now();
@@ -189,7 +188,6 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
         if s % 60 == 30 {
             counter.statements(at, &statements(s as u64 / 60), &mut closed);
         }
-        before = now;
     }
     (
         closed,

@@ -192,7 +192,7 @@ impl Aggregator {
             view.last_seen_us = Some(now);
             view.sampled_at_us = snapshot.sampled_at_us;
             view.status = snapshot.status;
-            let before = std::mem::replace(&mut view.sessions, Arc::new(snapshot.sessions));
+            view.sessions = Arc::new(snapshot.sessions);
             if facts.is_some() {
                 view.facts = facts;
             }
@@ -217,7 +217,6 @@ impl Aggregator {
                 counter.sample(
                     view.sampled_at_us,
                     interval_us,
-                    &before,
                     &view.sessions,
                     &mut closed,
                     &mut |f, text| texts.note(f, text),

@@ -624,14 +624,7 @@ fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
         } else {
             t0 + s * 1_000_000
         };
-        counter.sample(
-            at,
-            1_000_000,
-            &sessions,
-            &sessions,
-            &mut closed,
-            &mut |_, _| {},
-        );
+        counter.sample(at, 1_000_000, &sessions, &mut closed, &mut |_, _| {});
     }
     counter.finish(&mut closed);
     (counter, closed)

@@ -92,6 +92,10 @@ pub struct Counter {
     /// The sessions last counted: a sample is counted as what changed since
     /// (see [`Counter::sample`]).
     counted: Arc<Vec<Arc<Session>>>,
+    /// Whether a sample was counted. The first one only sets churn's
+    /// baseline: its sessions were there before it (the collector started,
+    /// or the server was first seen), not started at it.
+    baseline: bool,
     /// What a collector that stopped stored of the open minute's counts.
     restored: Option<MinuteLoad>,
     /// The minute before the open one, ended but not yet built (see
@@ -307,8 +311,10 @@ fn sampled(s: &Session) -> Option<Sampled> {
 
 impl Counter {
     /// Counts one sample of a server that is up, taken at `at`: `sessions`
-    /// as sampled, after `before` (both in key order), each sample covering
-    /// `interval_us`. Buckets that close are added to `closed`; `text` is
+    /// as sampled (in key order), each sample covering `interval_us`.
+    /// Churn is what changed since the sample last counted, so that a server
+    /// that was down keeps the sessions that outlived it; the first sample
+    /// counts none (see `baseline`). Buckets that close are added to `closed`; `text` is
     /// given each query not counted before, with its text.
     ///
     /// Only the sessions that changed since the sample last counted are
@@ -319,7 +325,6 @@ impl Counter {
         &mut self,
         at: Micros,
         interval_us: Micros,
-        before: &[Arc<Session>],
         sessions: &Arc<Vec<Arc<Session>>>,
         closed: &mut Vec<Closed>,
         text: &mut impl FnMut(u64, &str),
@@ -332,10 +337,13 @@ impl Counter {
         let taken = open.slots[slot].0;
         open.slots[slot].0 += 1;
         open.slots[slot].1 += interval_us;
-        let (started, ended) = open.churn.diff(before, sessions, at);
-        self.now.sessions_started_total += u64::from(started);
-        self.now.sessions_ended_total += u64::from(ended);
         let counted = std::mem::replace(&mut self.counted, Arc::clone(sessions));
+        if self.baseline {
+            let (started, ended) = open.churn.diff(&counted, sessions, at);
+            self.now.sessions_started_total += u64::from(started);
+            self.now.sessions_ended_total += u64::from(ended);
+        }
+        self.baseline = true;
         for pair in paired(&counted, sessions) {
             let (old, new) = match pair {
                 (Some(o), Some(n)) if Arc::ptr_eq(o, n) => continue,
@@ -892,14 +900,7 @@ mod tests {
         let mut closed = Vec::new();
         for s in 0..20 {
             let at = t0 + s * 1_000_000;
-            c.sample(
-                at,
-                1_000_000,
-                &sessions,
-                &sessions,
-                &mut closed,
-                &mut |_, _| {},
-            );
+            c.sample(at, 1_000_000, &sessions, &mut closed, &mut |_, _| {});
         }
         assert!(closed.is_empty(), "the minute is open");
         let now = c.now();
@@ -922,7 +923,6 @@ mod tests {
         c.sample(
             t0 + COARSE_US,
             1_000_000,
-            &sessions,
             &sessions,
             &mut closed,
             &mut |_, _| {},
@@ -1024,7 +1024,7 @@ mod tests {
             let mut closed = Vec::new();
             for s in 0..20 {
                 let at = t0 + s * 1_000_000;
-                c.sample(at, 1_000_000, &[], &sessions, &mut closed, &mut |_, _| {});
+                c.sample(at, 1_000_000, &sessions, &mut closed, &mut |_, _| {});
             }
             c.advance(t0 + COARSE_US, &mut closed);
             c.finish(&mut closed);
@@ -1075,6 +1075,48 @@ mod tests {
     }
 
     #[test]
+    fn churn_counts_from_the_first_sample_on_and_across_a_server_down() {
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let s = |pid| session(pid, SessionState::Idle, ("Client", "ClientRead"), 0);
+        let (a, b, c, d) = (s(1), s(2), s(3), s(4));
+        let mut counter = Counter::default();
+        let sample = |counter: &mut Counter, second: i64, sessions: Vec<Arc<Session>>| {
+            let at = t0 + second * 1_000_000;
+            let mut closed = Vec::new();
+            counter.sample(
+                at,
+                1_000_000,
+                &Arc::new(sessions),
+                &mut closed,
+                &mut |_, _| {},
+            );
+        };
+        let totals = |counter: &Counter| {
+            let now = counter.now();
+            (now.sessions_started_total, now.sessions_ended_total)
+        };
+        // The sessions of the first sample were there before it: the
+        // collector has just started, or first sees the server.
+        sample(&mut counter, 1, vec![a.clone(), b.clone()]);
+        assert_eq!(totals(&counter), (0, 0));
+        sample(&mut counter, 2, vec![a.clone(), c.clone()]);
+        assert_eq!(totals(&counter), (1, 1), "b ended, c started");
+        // The server is down for a while; when it is back, a outlived it.
+        counter.advance(t0 + 5_000_000, &mut Vec::new());
+        sample(&mut counter, 9, vec![a.clone(), d.clone()]);
+        assert_eq!(
+            totals(&counter),
+            (2, 2),
+            "c ended, d started, a did not start again"
+        );
+        let open = minutes(&counter.open());
+        let rows = &open[0].coarse.churn.rows;
+        let started: u32 = rows.iter().map(|(_, n)| n.started).sum();
+        let ended: u32 = rows.iter().map(|(_, n)| n.ended).sum();
+        assert_eq!((started, ended), (2, 2), "{rows:?}");
+    }
+
+    #[test]
     fn a_stopped_collector_carries_on_without_counting_twice() {
         let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
         let sessions = Arc::new(vec![session(1, SessionState::Active, ("", ""), 7)]);
@@ -1084,7 +1126,6 @@ mod tests {
             c.sample(
                 t0 + s * 1_000_000,
                 1_000_000,
-                &[],
                 &sessions,
                 &mut closed,
                 &mut |_, _| {},
@@ -1099,7 +1140,6 @@ mod tests {
             after.sample(
                 t0 + s * 1_000_000,
                 1_000_000,
-                &sessions,
                 &sessions,
                 &mut closed,
                 &mut |_, _| {},
@@ -1145,7 +1185,6 @@ mod tests {
             Default::default();
         let mut samples: std::collections::BTreeMap<(Micros, Micros), u32> = Default::default();
         let mut at = t0 + 3_000_000;
-        let mut before: Arc<Vec<Arc<Session>>> = Arc::default();
         let mut down = false;
         while at < t0 + 30 * COARSE_US {
             // What changes in this second.
@@ -1192,10 +1231,9 @@ mod tests {
             }
             if down {
                 counter.advance(at, &mut closed);
-                before = Arc::default();
             } else {
                 let now = Arc::new(sessions.clone());
-                counter.sample(at, 1_000_000, &before, &now, &mut closed, &mut |_, _| {});
+                counter.sample(at, 1_000_000, &now, &mut closed, &mut |_, _| {});
                 let minute = at - at.rem_euclid(COARSE_US);
                 let fine = at - at.rem_euclid(FINE_US);
                 *samples.entry((minute, fine)).or_default() += 1;
@@ -1211,7 +1249,6 @@ mod tests {
                     );
                     *expected.entry((minute, fine, key)).or_default() += 1;
                 }
-                before = now;
             }
             // Ended minutes built at once, later, or only when the next ends.
             if next(3) == 0 {
