@@ -314,8 +314,8 @@ impl Counter {
     /// as sampled (in key order), each sample covering `interval_us`.
     /// Churn is what changed since the sample last counted, so that a server
     /// that was down keeps the sessions that outlived it; the first sample
-    /// counts none (see `baseline`). Buckets that close are added to `closed`; `text` is
-    /// given each query not counted before, with its text.
+    /// counts none (see `baseline`). Buckets that close are added to
+    /// `closed`; `text` is given each query not counted before, with its text.
     ///
     /// Only the sessions that changed since the sample last counted are
     /// looked at: a session kept from one sample to the next is the same
