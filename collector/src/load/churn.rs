@@ -97,25 +97,26 @@ fn counts(s: &Session) -> bool {
 }
 
 impl Churn {
-    /// Adds the client sessions in `new` but not `old` as started, and those
-    /// in `old` but not `new` as ended at `at`; both in key order. Says how
-    /// many started and ended.
-    pub fn diff(&mut self, old: &[Arc<Session>], new: &[Arc<Session>], at: Micros) -> (u32, u32) {
-        let (mut started, mut ended) = (0, 0);
-        for pair in paired(old, new) {
-            match pair {
-                (Some(s), None) if counts(s) => {
-                    self.ended(s, at);
-                    ended += 1;
-                }
-                (None, Some(s)) if counts(s) => {
-                    self.row(s).started += 1;
-                    started += 1;
-                }
-                _ => {}
+    /// Adds one pair of sessions from [`paired`]: a client session only the
+    /// new sample has as started, one only the old sample has as ended at
+    /// `at`. Says whether one started and whether one ended.
+    pub fn pair(
+        &mut self,
+        old: Option<&Session>,
+        new: Option<&Session>,
+        at: Micros,
+    ) -> (bool, bool) {
+        match (old, new) {
+            (Some(s), None) if counts(s) => {
+                self.ended(s, at);
+                (false, true)
             }
+            (None, Some(s)) if counts(s) => {
+                self.row(s).started += 1;
+                (true, false)
+            }
+            _ => (false, false),
         }
-        (started, ended)
     }
 
     fn ended(&mut self, s: &Session, at: Micros) {
@@ -263,7 +264,13 @@ mod tests {
         let old = vec![client(1, 0, "web"), client(2, 1_000_000, "web"), walsender];
         let new = vec![client(2, 1_000_000, "web"), client(3, 2_000_000, "batch")];
         let mut c = Churn::default();
-        c.diff(&old, &new, 3_000_000);
+        let mut changed = (0, 0);
+        for (o, n) in paired(&old, &new) {
+            let (started, ended) = c.pair(o.map(|o| &**o), n.map(|n| &**n), 3_000_000);
+            changed.0 += u32::from(started);
+            changed.1 += u32::from(ended);
+        }
+        assert_eq!(changed, (1, 1), "started and ended, as said");
         c.bound();
         let rows: Vec<(&str, &str, u32, u32)> = c
             .rows

@@ -338,16 +338,20 @@ impl Counter {
         open.slots[slot].0 += 1;
         open.slots[slot].1 += interval_us;
         let counted = std::mem::replace(&mut self.counted, Arc::clone(sessions));
-        if self.baseline {
-            let (started, ended) = open.churn.diff(&counted, sessions, at);
-            self.now.sessions_started_total += u64::from(started);
-            self.now.sessions_ended_total += u64::from(ended);
-        }
-        self.baseline = true;
+        // Churn and the counts come from the one pass over both samples.
+        let churn = std::mem::replace(&mut self.baseline, true);
         for pair in paired(&counted, sessions) {
             let (old, new) = match pair {
                 (Some(o), Some(n)) if Arc::ptr_eq(o, n) => continue,
-                (o, n) => (o.and_then(|o| sampled(o)), n.map(|n| (n, sampled(n)))),
+                (o, n) => {
+                    if let Some(open) = self.open.as_mut().filter(|_| churn) {
+                        let (started, ended) =
+                            open.churn.pair(o.map(|o| &**o), n.map(|n| &**n), at);
+                        self.now.sessions_started_total += u64::from(started);
+                        self.now.sessions_ended_total += u64::from(ended);
+                    }
+                    (o.and_then(|o| sampled(o)), n.map(|n| (n, sampled(n))))
+                }
             };
             if old == new.and_then(|(_, key)| key) {
                 continue;
