@@ -946,6 +946,25 @@ async fn load_top_queries_and_churn_print_what_the_collector_counted() {
         "{value}"
     );
 
+    // A server's first sample is churn's baseline (its sessions were there
+    // before it): the sleeper below connects once the server is up, so that
+    // the collector sees its session start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let servers = stdout(&ask(&url, &["servers"]).await);
+        if servers
+            .lines()
+            .any(|l| l.starts_with("db-load") && l.contains(" up "))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "db-load never came up: {servers}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // A session asleep in pg_sleep is load, waiting on Timeout:PgSleep, once
     // a 10 s bucket holding it is stored.
     let sleeper = fleet.cluster.connect("cli-load-sleeper").await.unwrap();
