@@ -40,26 +40,34 @@ ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector side by side"
 
 
-def run_pair(bin_dir: Path, builds: list[tuple[str, Path]], args) -> list[dict]:
-    """Starts every build's collector and generator at once; their results."""
+def collector_argv(binary: Path):
+    """A `pgfleet-collector`'s command line, given its port and directory."""
+    return lambda port, data: [str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
+                               "--data-dir", str(data / "store")]
+
+
+def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10")) -> list[dict]:
+    """Starts every build's server and generator at once; their results.
+
+    `builds` are (name, argv), where argv(port, directory) is the server's
+    command line; `generator` is added to each `pgfleet-loadgen`'s."""
     started = []
     try:
-        for name, binary in builds:
+        for name, argv in builds:
             data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
             port = free_port()
             log = open(data / "collector.log", "w")
             collector = subprocess.Popen(
-                [str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
-                 "--data-dir", str(data / "store")],
-                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
+                argv(port, data), stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PGFLEET_LOG="warn", MIMALLOC_PURGE_DELAY="-1"))
             started.append((name, collector, log, data, port))
         time.sleep(2)
         gens = []
         for name, collector, _, _, port in started:
             cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                    "--collector-pid", str(collector.pid), "--agents", str(args.agents),
-                   "--history-agents", "10", "--connect-rate", "250",
-                   "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
+                   "--connect-rate", str(getattr(args, "connect_rate", 250)), "--warmup", f"{args.warmup}s",
+                   "--measure", f"{args.measure}s", *generator]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         results = []
@@ -95,7 +103,8 @@ def main() -> None:
     if not baseline.is_file():
         raise SystemExit(f"--baseline {args.baseline}: no such file; give a pgfleet-collector binary")
     bin_dir = build()
-    builds = [("this tree", bin_dir / "pgfleet-collector"), ("baseline", baseline)]
+    builds = [("this tree", collector_argv(bin_dir / "pgfleet-collector")),
+              ("baseline", collector_argv(baseline))]
     rows = []
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]

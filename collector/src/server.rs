@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pgfleet_proto::v1::{ingest_server::IngestServer, query_server::QueryServer};
+use pgfleet_proto::v1::ingest_server::{Ingest, IngestServer};
+use pgfleet_proto::v1::query_server::QueryServer;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -68,6 +69,24 @@ pub struct Collector {
     streams: watch::Sender<()>,
     server: JoinHandle<()>,
     _lock: File,
+}
+
+/// The gRPC server's settings: HTTP/2 pings find agents that went away
+/// without a word.
+pub fn grpc_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
+/// `service` as the Ingest service is served: messages up to
+/// [`MAX_MESSAGE_BYTES`], and gRPC's compression for older agents.
+pub fn ingest_server<T: Ingest>(service: T) -> IngestServer<T> {
+    IngestServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Gzip)
 }
 
 /// Binds, locks the data directory and starts serving.
@@ -159,29 +178,23 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             },
         )
     });
-    let ingest = IngestServer::new(
+    let ingest = ingest_server(
         IngestService::new(handle.clone(), tokens.clone(), streams_rx.clone())
             .with_store(store.clone()),
-    )
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES)
-    .accept_compressed(CompressionEncoding::Zstd)
-    .accept_compressed(CompressionEncoding::Gzip);
+    );
     let query = QueryServer::new(query_service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // Reading the fleet takes a read token, when there are any.
     let query = InterceptedService::new(query, tokens.interceptor(Access::Read));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = grpc_server();
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(tls.config.clone())
             .map_err(|e| StartError::Tls(pgfleet_common::error::chain(&e)))?;
     }
     let router = builder
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

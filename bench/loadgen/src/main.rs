@@ -87,6 +87,11 @@ struct Args {
     /// every second: the streams live then (past Welcome and a first batch)
     #[arg(long)]
     reconnect: bool,
+    /// Time no reads: only the collector's CPU and memory over the window
+    /// (against a server with no Query service, as the transport's floor of
+    /// bench/transport_floor.py)
+    #[arg(long)]
+    no_reads: bool,
     /// Write a line per GetActivity answer in the measuring window to this
     /// file: the time (Unix ms), the freshness (ms) and how long the answer
     /// took (µs), to see when in the minute the live view falls behind
@@ -286,11 +291,28 @@ async fn read(
     stats: &Stats,
     history_complete: bool,
 ) -> Result<Readings, Box<dyn std::error::Error>> {
-    let channel = endpoint(&args.collector)?.connect().await?;
-    let mut query = QueryClient::new(channel).max_decoding_message_size(64 << 20);
     let cpu_before = args.collector_pid.and_then(cpu_ticks);
     let batches_before = stats.batches.load(Relaxed);
     let measure_start = Instant::now();
+    if args.no_reads {
+        tokio::time::sleep(*args.measure).await;
+        return Ok(Readings {
+            measured: measure_start.elapsed(),
+            batches: stats.batches.load(Relaxed) - batches_before,
+            freshness: Vec::new(),
+            activity: Vec::new(),
+            summary: Vec::new(),
+            at_times: Vec::new(),
+            at_sessions: Vec::new(),
+            up: 0,
+            sessions: 0,
+            cpu_before,
+            cpu_after: args.collector_pid.and_then(cpu_ticks),
+            rss: args.collector_pid.and_then(rss_kib),
+        });
+    }
+    let channel = endpoint(&args.collector)?.connect().await?;
+    let mut query = QueryClient::new(channel).max_decoding_message_size(64 << 20);
     let mut freshness = Vec::new();
     let mut activity = Vec::new();
     let mut summary = Vec::new();

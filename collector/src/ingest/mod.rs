@@ -25,6 +25,7 @@ pub use bounds::{
     MAX_STRING_BYTES, MAX_TARGETS, Refusals,
 };
 use bounds::{check_batch, check_hello, check_times, inbound_error};
+pub use unzip::batch as unzip_batch;
 
 use crate::aggregator::{AggregatorHandle, Command};
 use crate::auth::{Access, Tokens};
@@ -525,7 +526,11 @@ async fn send_ack(tx: &Outbound, seq: u64) -> bool {
 /// Malformed snapshots are logged and skipped, so one bad snapshot cannot wedge
 /// the stream; those that refer to entries the stream never sent are named,
 /// so that the agent is asked for keyframes of them.
-fn decode(agent_id: &str, batch: v1::Batch, dictionary: &Resolver) -> (Vec<Snapshot>, Vec<String>) {
+pub fn decode(
+    agent_id: &str,
+    batch: v1::Batch,
+    dictionary: &Resolver,
+) -> (Vec<Snapshot>, Vec<String>) {
     let mut snapshots = Vec::with_capacity(batch.snapshots.len());
     let mut unresolved = Vec::new();
     for wire in batch.snapshots {

@@ -10,7 +10,7 @@ use tonic::Status;
 use crate::zstd_local::{Refused, decompress};
 
 /// The batch in `frame`, which may decompress to at most `limit` bytes.
-pub(super) fn batch(frame: &[u8], limit: usize) -> Result<v1::Batch, Status> {
+pub fn batch(frame: &[u8], limit: usize) -> Result<v1::Batch, Status> {
     let bytes = decompress(frame, limit).map_err(|e| match e {
         Refused::TooLarge { size, limit } => Status::resource_exhausted(format!(
             "a zstd_batch of {size} bytes decompressed is over this collector's limit of {limit} bytes (Welcome.config.max_message_bytes): send smaller batches"

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The floor under the collector's CPU per batch and memory per server.
+
+`pgfleet-collector` and three servers that do less than it, side by side in
+one run: the example `ingest_floor` (collector/examples/ingest_floor.rs) on
+the collector's listener, gRPC settings and ingest code, with no live state,
+no DB load and no store, doing for each batch:
+
+- receive: HTTP/2, gRPC's framing and the AgentMessage decoded;
+- decode: besides, the zstd frame decompressed and decoded as a Batch;
+- resolve: besides, the stream's dictionary kept and the snapshots resolved
+  into the collector's model (what the collector's ingest hands on).
+
+Each server gets its own `pgfleet-loadgen` of N agents (as in
+bench/collector_load.py: one HTTP/2 connection and one server of 100 sessions
+each, about 10% changing each second, 1 Hz; no history, no reads), all at
+the same time, so that all four see the same machine; the runs rotate which
+starts first. Writes BENCHMARKS.md "The transport's floor" with the command
+that made it.
+
+    python3 bench/transport_floor.py [--agents 1000] [--measure 60] [--runs 2]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from collector_ab import collector_argv, run_pair, us_per_batch
+from collector_load import build
+from report import machine_name, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## The transport's floor"
+LEVELS = ("resolve", "decode", "receive")
+
+
+def floor_argv(binary: Path, work: str):
+    return lambda port, data: [str(binary), "--listen", f"127.0.0.1:{port}", "--work", work]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--agents", type=int, default=1000, help="agents of each server")
+    p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
+    p.add_argument("--measure", type=int, default=60, help="seconds measured")
+    p.add_argument("--runs", type=int, default=2, help="runs, each starting with another server")
+    p.add_argument("--solo", type=int, default=0,
+                   help="then run each server alone under a generator of this many agents (0: not)")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    bin_dir = build()
+    cmd = ["cargo", "build", "--release", "-q", "-p", "pgfleet-collector", "--example", "ingest_floor"]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    floor = bin_dir / "examples" / "ingest_floor"
+    servers = [("pgfleet-collector", collector_argv(bin_dir / "pgfleet-collector"))]
+    servers += [(f"floor: {w}", floor_argv(floor, w)) for w in LEVELS]
+    rows = []
+    for i in range(args.runs):
+        order = servers[i % len(servers):] + servers[:i % len(servers)]
+        for r in run_pair(bin_dir, order, args, generator=("--no-reads",)):
+            if r["errors"]:
+                raise SystemExit(f"{r['errors']} agents of {r['build']} failed: see its generator's stderr")
+            rows.append((i + 1, r))
+    solo = []
+    if args.solo:
+        alone = argparse.Namespace(**{**vars(args), "agents": args.solo, "connect_rate": 500})
+        for server in servers:
+            (r,) = run_pair(bin_dir, [server], alone, generator=("--no-reads",))
+            solo.append(r)
+    names = [name for name, _ in servers]
+    cpu = {n: statistics.median(us_per_batch(r) for _, r in rows if r["build"] == n) for n in names}
+    mem = {n: statistics.median(r["collector_kib_per_server"] for _, r in rows if r["build"] == n)
+           for n in names}
+    command = "python3 bench/transport_floor.py" + "".join(
+        f" --{k} {v}" for k, v, d in (("agents", args.agents, 1000), ("measure", args.measure, 60),
+                                       ("runs", args.runs, 2), ("solo", args.solo, 0)) if v != d)
+    solo_table = "" if not solo else f"""
+Then each alone, one after another, under a generator of {args.solo:,} agents (connecting at 500 a second):
+
+| server | batches/s | cores | µs/batch | KiB/server | agent errors |
+|---|---|---|---|---|---|
+""" + "\n".join(
+        f"| {r['build']} | {r['batches_per_s']:,.0f} | {r['collector_cores']:.3f} | "
+        f"{us_per_batch(r):.0f} | {r['collector_kib_per_server']:.0f} | {r['errors']} |" for r in solo) + "\n"
+    table = "\n".join(
+        f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {r['collector_cores']:.3f} | "
+        f"{us_per_batch(r):.0f} | {r['collector_kib_per_server']:.0f} |"
+        for run, r in sorted(rows, key=lambda x: (x[0], names.index(x[1]["build"]))))
+    medians = "\n".join(
+        f"| {n} | {cpu[n]:.0f} | {cpu[n] / cpu[names[0]]:.2f} | {mem[n]:.0f} | {mem[n] / mem[names[0]]:.2f} |"
+        for n in names)
+    section = f"""{TITLE}
+
+Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}.
+
+Four servers at once, each under its own generator of {args.agents:,} agents (one HTTP/2 connection and one server of 100 sessions each, about 10% changing each second, 1 Hz, zstd batches; no history, no reads), {args.warmup} s after the ramp, measured for {args.measure} s; the runs rotate which starts first. `pgfleet-collector` is the collector (SQLite store, DB load kept); the floors are `collector/examples/ingest_floor.rs` on the collector's listener, gRPC settings and ingest code, with no state and no store: *receive* takes each message off HTTP/2 and gRPC and decodes the AgentMessage, *decode* also decompresses and decodes the Batch, *resolve* also keeps the stream's dictionary and resolves the snapshots into the collector's model. µs/batch is a server's CPU over the batches it took; KiB/server its RSS less its RSS before the agents came, over N. Every server acks as the collector does.
+
+| run | server | batches/s | cores | µs/batch | KiB/server |
+|---|---|---|---|---|---|
+{table}
+
+Medians, and their share of the collector's:
+
+| server | µs/batch | × collector | KiB/server | × collector |
+|---|---|---|---|---|
+{medians}
+{solo_table}"""
+    write_section(Path(args.output), TITLE, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

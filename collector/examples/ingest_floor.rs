@@ -1,0 +1,169 @@
+//! The least a collector on this transport does for an agent's stream, to
+//! measure the floor under the collector's CPU per batch and memory per
+//! server: the collector's listener and gRPC settings, the Hello answered with
+//! a Welcome that offers zstd batches, acks as often as the collector sends
+//! them, and, by `--work`, as much of the collector's ingest as it names. No
+//! live state, no load, no store.
+//!
+//! `bench/transport_floor.py` runs it beside `pgfleet-collector`, each under
+//! its own `pgfleet-loadgen`, and writes BENCHMARKS.md "The transport's floor".
+//!
+//! ```text
+//! cargo run --release -p pgfleet-collector --example ingest_floor -- --listen 127.0.0.1:7700 --work resolve
+//! ```
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+use pgfleet_collector::ingest::{ACK_AFTER, ACK_EVERY, MAX_MESSAGE_BYTES, decode, unzip_batch};
+use pgfleet_collector::listen;
+use pgfleet_collector::server::{grpc_server, ingest_server};
+use pgfleet_proto::compact::Resolver;
+use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// The collector's allocator; run it with `MIMALLOC_PURGE_DELAY=-1` to keep
+/// freed memory as `pgfleet-collector` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "An Ingest server that does the least a collector does, to measure the transport's floor."
+)]
+struct Args {
+    /// Where to listen for agents
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// How much of the collector's work on each batch to do
+    #[arg(long, value_enum, default_value_t = Work::Resolve)]
+    work: Work,
+}
+
+/// How much of the collector's ingest each message gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Work {
+    /// Received: HTTP/2, gRPC's framing and the AgentMessage decoded (the
+    /// zstd frame copied out as bytes).
+    Receive,
+    /// Besides, the zstd frame decompressed and decoded as a Batch.
+    Decode,
+    /// Besides, the stream's dictionary kept and the snapshots resolved
+    /// into the collector's model, as its ingest hands them on.
+    Resolve,
+}
+
+struct Floor {
+    work: Work,
+}
+
+type Outbound = mpsc::Sender<Result<v1::CollectorMessage, Status>>;
+
+#[tonic::async_trait]
+impl Ingest for Floor {
+    type StreamStream = ReceiverStream<Result<v1::CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<v1::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        match inbound.message().await? {
+            Some(v1::AgentMessage {
+                msg: Some(agent_message::Msg::Hello(_)),
+            }) => {}
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = v1::CollectorMessage {
+            msg: Some(collector_message::Msg::Welcome(v1::Welcome {
+                resume_after_seq: 0,
+                config: Some(v1::StreamConfig {
+                    max_message_bytes: MAX_MESSAGE_BYTES as u32,
+                    zstd_batches: true,
+                }),
+            })),
+        };
+        let _ = tx.try_send(Ok(welcome));
+        tokio::spawn(receive(self.work, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Takes a stream's batches until it ends. An ack goes once [`ACK_AFTER`]
+/// batches or [`ACK_EVERY`] have passed since the first it covers, checked
+/// as each batch comes (the collector has a timer as well).
+async fn receive(work: Work, mut inbound: Streaming<v1::AgentMessage>, tx: Outbound) {
+    let mut dictionary = Resolver::default();
+    let mut owed: Option<(u32, Instant)> = None;
+    let mut received = 0u64;
+    while let Ok(Some(message)) = inbound.message().await {
+        received += 1;
+        let seq = match (work, message.msg) {
+            (Work::Receive, _) => received,
+            (_, Some(agent_message::Msg::ZstdBatch(frame))) => {
+                let Ok(mut batch) = unzip_batch(&frame, MAX_MESSAGE_BYTES) else {
+                    return;
+                };
+                let seq = batch.seq;
+                if work == Work::Resolve {
+                    if dictionary
+                        .add(std::mem::take(&mut batch.dictionary_additions))
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (snapshots, _) = decode("floor", batch, &dictionary);
+                    drop(std::hint::black_box(snapshots));
+                } else {
+                    drop(std::hint::black_box(batch));
+                }
+                seq
+            }
+            _ => {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "this floor takes zstd batches only",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        let (batches, since) = match owed {
+            Some((n, since)) => (n + 1, since),
+            None => (1, Instant::now()),
+        };
+        if batches >= ACK_AFTER || since.elapsed() >= ACK_EVERY {
+            let ack = v1::CollectorMessage {
+                msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
+            };
+            if tx.send(Ok(ack)).await.is_err() {
+                return;
+            }
+            owed = None;
+        } else {
+            owed = Some((batches, since));
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    listen::raise_open_files_limit();
+    let listener = listen::listen(args.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    eprintln!(
+        "ingest_floor: listening on {} ({:?})",
+        args.listen, args.work
+    );
+    grpc_server()
+        .add_service(ingest_server(Floor { work: args.work }))
+        .serve_with_incoming(listen::incoming(listener))
+        .await?;
+    Ok(())
+}
