@@ -92,9 +92,10 @@ pub struct Counter {
     /// The sessions last counted: a sample is counted as what changed since
     /// (see [`Counter::sample`]).
     counted: Arc<Vec<Arc<Session>>>,
-    /// Whether a sample was counted. The first one only sets churn's
-    /// baseline: its sessions were there before it (the collector started,
-    /// or the server was first seen), not started at it.
+    /// Whether a sample was counted. The first one sets churn's baseline:
+    /// its sessions were there before it (the collector started, or the
+    /// server was first seen), not started at it, but for those whose
+    /// backend started within its interval.
     baseline: bool,
     /// What a collector that stopped stored of the open minute's counts.
     restored: Option<MinuteLoad>,
@@ -313,8 +314,8 @@ impl Counter {
     /// Counts one sample of a server that is up, taken at `at`: `sessions`
     /// as sampled (in key order), each sample covering `interval_us`.
     /// Churn is what changed since the sample last counted, so that a server
-    /// that was down keeps the sessions that outlived it; the first sample
-    /// counts none (see `baseline`). Buckets that close are added to
+    /// that was down keeps the sessions that outlived it; of the first
+    /// sample's, only those that started within its interval (see `baseline`). Buckets that close are added to
     /// `closed`; `text` is given each query not counted before, with its text.
     ///
     /// Only the sessions that changed since the sample last counted are
@@ -339,11 +340,15 @@ impl Counter {
         open.slots[slot].1 += interval_us;
         let counted = std::mem::replace(&mut self.counted, Arc::clone(sessions));
         // Churn and the counts come from the one pass over both samples.
-        let churn = std::mem::replace(&mut self.baseline, true);
+        // In the baseline, a session whose backend started within the
+        // sample's interval did start then, and counts as started.
+        let baseline = !std::mem::replace(&mut self.baseline, true);
+        let since = at - interval_us;
         for pair in paired(&counted, sessions) {
             let (old, new) = match pair {
                 (Some(o), Some(n)) if Arc::ptr_eq(o, n) => continue,
                 (o, n) => {
+                    let churn = !baseline || n.is_some_and(|n| n.backend_start_us > since);
                     if let Some(open) = self.open.as_mut().filter(|_| churn) {
                         let (started, ended) =
                             open.churn.pair(o.map(|o| &**o), n.map(|n| &**n), at);
@@ -1099,25 +1104,31 @@ mod tests {
             let now = counter.now();
             (now.sessions_started_total, now.sessions_ended_total)
         };
-        // The sessions of the first sample were there before it: the
-        // collector has just started, or first sees the server.
-        sample(&mut counter, 1, vec![a.clone(), b.clone()]);
-        assert_eq!(totals(&counter), (0, 0));
-        sample(&mut counter, 2, vec![a.clone(), c.clone()]);
-        assert_eq!(totals(&counter), (1, 1), "b ended, c started");
-        // The server is down for a while; when it is back, a outlived it.
+        // The sessions of the first sample were there before it (the
+        // collector has just started, or first sees the server), but for
+        // one whose backend started within the sample's second.
+        let e = Arc::new(Session {
+            pid: 5,
+            backend_start_us: t0 + 500_000,
+            ..(*s(5)).clone()
+        });
+        sample(&mut counter, 1, vec![a.clone(), b.clone(), e.clone()]);
+        assert_eq!(totals(&counter), (1, 0), "e started");
+        sample(&mut counter, 2, vec![a.clone(), c.clone(), e.clone()]);
+        assert_eq!(totals(&counter), (2, 1), "b ended, c started");
+        // The server is down for a while; when it is back, a and e outlived it.
         counter.advance(t0 + 5_000_000, &mut Vec::new());
-        sample(&mut counter, 9, vec![a.clone(), d.clone()]);
+        sample(&mut counter, 9, vec![a.clone(), d.clone(), e.clone()]);
         assert_eq!(
             totals(&counter),
-            (2, 2),
-            "c ended, d started, a did not start again"
+            (3, 2),
+            "c ended, d started, a and e did not start again"
         );
         let open = minutes(&counter.open());
         let rows = &open[0].coarse.churn.rows;
         let started: u32 = rows.iter().map(|(_, n)| n.started).sum();
         let ended: u32 = rows.iter().map(|(_, n)| n.ended).sum();
-        assert_eq!((started, ended), (2, 2), "{rows:?}");
+        assert_eq!((started, ended), (3, 2), "{rows:?}");
     }
 
     #[test]
