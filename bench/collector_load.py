@@ -117,9 +117,11 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         pg_pids = postgres_pids(cluster) if cluster is not None else []
         pg_before = sum(map(cpu_ns, pg_pids))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        per = args.servers_per_agent
         cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
-               "--collector-pid", str(collector.pid), "--agents", str(n),
-               "--history-agents", str(min(20, n)), "--connect-rate", str(args.connect_rate),
+               "--collector-pid", str(collector.pid), "--agents", str(n // per),
+               "--servers-per-agent", str(per),
+               "--history-agents", str(min(20, n // per)), "--connect-rate", str(args.connect_rate),
                "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         started = time.monotonic()
@@ -129,6 +131,8 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         if out.returncode != 0:
             return {"agents": n, "failed": out.stderr.strip().splitlines()[-1:] or ["exit " + str(out.returncode)]}
         r = json.loads(out.stdout)
+        # N is servers; the generator counts agents, each carrying `per`.
+        r["streams"], r["agents"] = r["agents"], n
         # The generator's own CPU over its whole run (ramp and history included).
         r["loadgen_cores"] = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / wall
         if cluster is None:
@@ -148,7 +152,7 @@ def held(r: dict) -> bool:
     """Every agent streamed at 1 Hz (2% slack), every server was up, and the
     p99 freshness stayed at most 2 s."""
     return ("failed" not in r and r["errors"] == 0 and r["servers_up"] == r["agents"]
-            and r["batches_per_s"] >= 0.98 * r["agents"]
+            and snapshots_per_s(r) >= 0.98 * r["agents"]
             and r["freshness_p99_ms"] is not None and r["freshness_p99_ms"] <= 2000)
 
 
@@ -228,13 +232,20 @@ def storm(bin_dir: Path, n: int, args) -> dict:
         stop_collector(collector, log, data)
 
 
+def snapshots_per_s(r: dict) -> float:
+    """Server samples applied a second: batches, each of `servers_per_agent`."""
+    return r.get("snapshots_per_s", r.get("batches_per_s") or 0)
+
+
 def us_per_batch(r: dict):
-    if "failed" in r or not r.get("collector_cores") or not r.get("batches_per_s"):
+    """The collector's CPU per server sample (per batch when each agent
+    carries one server)."""
+    if "failed" in r or not r.get("collector_cores") or not snapshots_per_s(r):
         return None
-    return r["collector_cores"] / r["batches_per_s"] * 1e6
+    return r["collector_cores"] / snapshots_per_s(r) * 1e6
 
 
-def draw(runs: list[dict], store: str) -> str | None:
+def draw(runs: list[dict], store: str, per: int = 1) -> str | None:
     """The chart of CPU per batch and memory per server against N; its path,
     from the repository root."""
     from report import chart, to_png
@@ -243,16 +254,18 @@ def draw(runs: list[dict], store: str) -> str | None:
         return None
     ns = [r["agents"] for r in ok]
     series = {
-        "CPU, µs per batch": [(r["agents"], us_per_batch(r)) for r in ok],
+        f"CPU, µs per {'batch' if per == 1 else 'server sample'}": [(r["agents"], us_per_batch(r)) for r in ok],
         "memory, KiB per server": [(r["agents"], r["collector_kib_per_server"]) for r in ok],
         "collector cores × 100": [(r["agents"], r["collector_cores"] * 100) for r in ok],
         f"target CPU ({TARGETS['us_per_batch']:.0f} µs)": [(x, TARGETS["us_per_batch"]) for x in ns],
         f"target memory ({TARGETS['kib']:.0f} KiB)": [(x, TARGETS["kib"]) for x in ns],
     }
-    name = "collector_load" if store == "sqlite" else "collector_load_postgres"
+    name = ("collector_load" if store == "sqlite" else "collector_load_postgres") + (
+        f"_{per}_per_agent" if per > 1 else "")
     svg, png = ROOT / f"bench/{name}.svg", ROOT / f"bench/{name}.png"
-    size = chart(series, f"The collector against servers ({store} store; both axes logarithmic)", svg,
-                 xlabel="servers (agents at 1 Hz)", ylabel="per batch, per server, cores")
+    carried = "" if per == 1 else f"; {per} servers per agent"
+    size = chart(series, f"The collector against servers ({store} store{carried}; both axes logarithmic)", svg,
+                 xlabel="servers (agents at 1 Hz)" if per == 1 else f"servers (on N/{per} agents at 1 Hz)", ylabel="per batch, per server, cores")
     return f"bench/{name}.png" if to_png(svg, size, png) else f"bench/{name}.svg"
 
 
@@ -264,17 +277,22 @@ def main() -> None:
     p.add_argument("--connect-rate", type=int, default=500, help="agents connected per second")
     p.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite",
                    help="where the collector keeps its history")
+    p.add_argument("--servers-per-agent", type=int, default=1,
+                   help="servers each agent carries on its one stream (N stays the servers)")
     p.add_argument("--storm", default="",
                    help="then restart the collector under each of these numbers of agents (e.g. 5000,10000) and time their return")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     title = TITLE if args.store == "sqlite" else TITLE + ", PostgreSQL store"
+    if args.servers_per_agent > 1:
+        title += f", {args.servers_per_agent} servers per agent"
     fleets = [int(x) for x in args.fleets.split(",") if x]
     command = "python3 bench/collector_load.py" + "".join(
         f" {flag} {value if value != '' else repr('')}" for flag, value, default in [
             ("--fleets", args.fleets, p.get_default("fleets")),
             ("--warmup", args.warmup, 20), ("--measure", args.measure, 60),
             ("--connect-rate", args.connect_rate, 500), ("--store", args.store, "sqlite"),
+            ("--servers-per-agent", args.servers_per_agent, 1),
             ("--storm", args.storm, ""),
         ] if value != default)
 
@@ -337,27 +355,38 @@ def load_section(runs: list[dict], args, title: str, command: str, cluster) -> N
         full = best['agents'] >= TARGETS['servers']
         headline = f"""The largest fleet that held: **{best['agents']:,} servers** (target ≥ {TARGETS['servers']:,}: {verdict(full)}). At that N:
 
-- collector CPU: {fmt(us_per_batch(best), 0)} µs per applied batch (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict((us_per_batch(best) or 1e9) <= TARGETS['us_per_batch'])});
+- collector CPU: {fmt(us_per_batch(best), 0)} µs per {"applied batch" if args.servers_per_agent == 1 else "server sample"} (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict((us_per_batch(best) or 1e9) <= TARGETS['us_per_batch'])});
 - memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.0f} KiB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
 - FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms at {TARGETS['servers']:,} servers: {verdict(full and best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
 - GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms at {TARGETS['servers']:,} servers: {verdict(full and best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
 - `GetActivity … at` an hour back: """ + (f"""{fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions).""" if best['at_1h_sessions'] else "not timed (the hour of history was not all sent within 3 minutes).")
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
-    image = draw(runs, args.store)
+    image = draw(runs, args.store, args.servers_per_agent)
     if image:
         headline += f"\n\n![The collector's CPU per batch and memory per server against servers]({image})"
     machine = machine_name()
     store = ("its SQLite store" if cluster is None else
              "its PostgreSQL store (a throwaway server, default settings: fsync and synchronous commit on)")
     extra_head = "" if cluster is None else " store cores |"
+    per = args.servers_per_agent
+    if per == 1:
+        agents_are = ("N agents (one server of 100 sessions each, about 10% changing each second, "
+                      "1 Hz, one HTTP/2 connection each, zstd)")
+        held_rate, per_what = "batches/s", "batches/s"
+    else:
+        agents_are = (f"N servers of 100 sessions each (about 10% changing each second) on N/{per} agents, "
+                      f"each with one HTTP/2 connection and stream and {per} servers, 1 Hz: a batch "
+                      f"carries a snapshot of each of its agent's servers, zstd")
+        held_rate = f"batches/s times {per}"
+        per_what = f"server samples a second (batches/s times {per}): the CPU per server sample"
     section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector, {store} and the generator share the machine.
 
 {headline}
 
-Each row is one run: N agents (one server of 100 sessions each, about 10% changing each second, 1 Hz, one HTTP/2 connection each, zstd), {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz (batches/s at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/batch is the collector's cores over batches/s.
+Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/batch is the collector's cores over {per_what}.
 
 | N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/batch | generator cores | store MiB |{extra_head} agent errors |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}

@@ -48,9 +48,14 @@ struct Args {
     /// The collector's pid, to read its memory and CPU from /proc
     #[arg(long)]
     collector_pid: Option<u32>,
-    /// How many agents (one server each)
+    /// How many agents (one stream and connection each)
     #[arg(long, default_value_t = 1000)]
     agents: usize,
+    /// How many servers each agent watches: its Hello names them all and
+    /// each batch carries a snapshot of each, as an agent with several
+    /// `[[targets]]` sends them
+    #[arg(long, default_value_t = 1)]
+    servers_per_agent: usize,
     /// Sessions per server
     #[arg(long, default_value_t = 100)]
     sessions: usize,
@@ -104,6 +109,8 @@ struct Args {
 struct Stats {
     connected: AtomicU64,
     batches: AtomicU64,
+    /// Snapshots in those batches.
+    snapshots: AtomicU64,
     bytes_raw: AtomicU64,
     keyframe_requests: AtomicU64,
     errors: AtomicU64,
@@ -236,6 +243,8 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "ramp_s": ramp.as_secs_f64(),
         "measured_s": r.measured.as_secs_f64(),
         "batches_per_s": r.batches as f64 / r.measured.as_secs_f64(),
+        "servers_per_agent": args.servers_per_agent.max(1),
+        "snapshots_per_s": r.snapshots as f64 / r.measured.as_secs_f64(),
         "wire_bytes_per_batch": stats.bytes_raw.load(Relaxed) as f64 / stats.batches.load(Relaxed).max(1) as f64,
         "keyframe_requests": stats.keyframe_requests.load(Relaxed),
         "send_wait_ms_per_batch": stats.send_wait_us.load(Relaxed) as f64 / 1e3 / stats.batches.load(Relaxed).max(1) as f64,
@@ -257,7 +266,9 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "collector_rss_base_kib": base_rss,
         "collector_rss_kib": r.rss,
         "collector_kib_per_server": match (r.rss, base_rss) {
-            (Some(r), Some(b)) if connected > 0 => Some((r.saturating_sub(b)) as f64 / connected as f64),
+            (Some(r), Some(b)) if connected > 0 => Some(
+                (r.saturating_sub(b)) as f64 / (connected * args.servers_per_agent.max(1) as u64) as f64,
+            ),
             _ => None,
         },
         "collector_cores": match (r.cpu_before, r.cpu_after) {
@@ -271,6 +282,7 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
 struct Readings {
     measured: Duration,
     batches: u64,
+    snapshots: u64,
     freshness: Vec<Duration>,
     activity: Vec<Duration>,
     summary: Vec<Duration>,
@@ -293,12 +305,14 @@ async fn read(
 ) -> Result<Readings, Box<dyn std::error::Error>> {
     let cpu_before = args.collector_pid.and_then(cpu_ticks);
     let batches_before = stats.batches.load(Relaxed);
+    let snapshots_before = stats.snapshots.load(Relaxed);
     let measure_start = Instant::now();
     if args.no_reads {
         tokio::time::sleep(*args.measure).await;
         return Ok(Readings {
             measured: measure_start.elapsed(),
             batches: stats.batches.load(Relaxed) - batches_before,
+            snapshots: stats.snapshots.load(Relaxed) - snapshots_before,
             freshness: Vec::new(),
             activity: Vec::new(),
             summary: Vec::new(),
@@ -343,7 +357,7 @@ async fn read(
                 Err(e) => return Err(e.into()),
             }
         }
-        let server_id = server_id(rng.below(args.agents));
+        let server_id = server_id(rng.below(args.agents * args.servers_per_agent.max(1)));
         let t = Instant::now();
         let response = match query
             .get_activity(v1::GetActivityRequest {
@@ -390,6 +404,7 @@ async fn read(
     let cpu_after = args.collector_pid.and_then(cpu_ticks);
     let rss = args.collector_pid.and_then(rss_kib);
     let batches = stats.batches.load(Relaxed) - batches_before;
+    let snapshots = stats.snapshots.load(Relaxed) - snapshots_before;
 
     // The fleet as the collector sees it.
     let rows = query
@@ -412,7 +427,7 @@ async fn read(
         let t = Instant::now();
         let response = query
             .get_activity(v1::GetActivityRequest {
-                server_id: server_id(i),
+                server_id: server_id(i * args.servers_per_agent.max(1)),
                 at: Some(time::timestamp(now_micros() - 3_600_000_000)),
                 ..Default::default()
             })
@@ -425,6 +440,7 @@ async fn read(
     Ok(Readings {
         measured,
         batches,
+        snapshots,
         freshness,
         activity,
         summary,
@@ -512,7 +528,9 @@ async fn stream(
     channel: Option<Channel>,
     streaming: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let id = server_id(i);
+    let per = args.servers_per_agent.max(1);
+    let ids: Vec<String> = (i * per..(i + 1) * per).map(server_id).collect();
+    let id = &ids[0];
     let channel: Channel = match channel {
         Some(c) => c,
         None => endpoint(&args.collector)?.connect().await?,
@@ -542,10 +560,13 @@ async fn stream(
         ]
         .into_iter()
         .collect(),
-        targets: vec![v1::Target {
-            server_id: id.clone(),
-            labels: Default::default(),
-        }],
+        targets: ids
+            .iter()
+            .map(|id| v1::Target {
+                server_id: id.clone(),
+                labels: Default::default(),
+            })
+            .collect(),
         sample_interval_ms: 1000,
     };
     tx.send(message(agent_message::Msg::Hello(hello))).await?;
@@ -574,16 +595,21 @@ async fn stream(
         now
     };
     let changed = ((args.sessions as f64 * args.change).round() as usize).max(1);
-    let mut sim = Sim::with(
-        args.sessions,
-        changed,
-        changed / 50,
-        i as u64 * 7919 + 1,
-        start,
-    );
+    let mut sims: Vec<Sim> = (i * per..(i + 1) * per)
+        .map(|k| {
+            Sim::with(
+                args.sessions,
+                changed,
+                changed / 50,
+                k as u64 * 7919 + 1,
+                start,
+            )
+        })
+        .collect();
     let mut encoder = Encoder::default();
     let mut at = start;
     let mut previous: Option<Micros> = None;
+    let mut wires = Vec::with_capacity(per);
     let mut n = 0u64;
     // Seconds spread over the fleet, as real agents' ticks are.
     let phase = Duration::from_micros((i as u64 * 7_919_000) % 1_000_000);
@@ -615,48 +641,50 @@ async fn stream(
             }
         }
         n += 1;
-        let snapshot = match previous {
-            None => {
-                sim.step(at);
-                sim.snapshot(at, n)
-            }
-            Some(base) => {
-                let (sessions, removed) = sim.step(at);
-                Snapshot {
-                    status: TargetStatus::Up,
-                    sessions,
-                    delta: Some(Delta {
-                        base_sampled_at_us: base,
-                        removed,
-                        unchanged: Vec::new(),
-                    }),
-                    slots: Some(v1::ConnectionSlots {
-                        max_connections: 200,
-                        reserved: 3,
-                        used: args.sessions as u32 + 1,
-                        ..Default::default()
-                    }),
-                    databases: wire_sim::databases(n),
-                    agent: Some(v1::AgentCounters {
-                        samples_total: n,
-                        ..Default::default()
-                    }),
-                    ..Snapshot::down(id.clone(), at, String::new())
+        for (sim, id) in sims.iter_mut().zip(&ids) {
+            let snapshot = match previous {
+                None => {
+                    sim.step(at);
+                    sim.snapshot(at, n)
                 }
-            }
-        };
-        let snapshot = Snapshot {
-            server_id: id.clone(),
-            sampled_at_us: at,
-            ..snapshot
-        };
+                Some(base) => {
+                    let (sessions, removed) = sim.step(at);
+                    Snapshot {
+                        status: TargetStatus::Up,
+                        sessions,
+                        delta: Some(Delta {
+                            base_sampled_at_us: base,
+                            removed,
+                            unchanged: Vec::new(),
+                        }),
+                        slots: Some(v1::ConnectionSlots {
+                            max_connections: 200,
+                            reserved: 3,
+                            used: args.sessions as u32 + 1,
+                            ..Default::default()
+                        }),
+                        databases: wire_sim::databases(n),
+                        agent: Some(v1::AgentCounters {
+                            samples_total: n,
+                            ..Default::default()
+                        }),
+                        ..Snapshot::down(id.clone(), at, String::new())
+                    }
+                }
+            };
+            let snapshot = Snapshot {
+                server_id: id.clone(),
+                sampled_at_us: at,
+                ..snapshot
+            };
+            wires.push(encoder.encode(snapshot));
+        }
         previous = Some(at);
-        let wire = encoder.encode(snapshot);
         seq += 1;
         let batch = v1::Batch {
             seq,
             dictionary_additions: encoder.take_dictionary_additions(),
-            snapshots: vec![wire],
+            snapshots: std::mem::replace(&mut wires, Vec::with_capacity(per)),
         };
         // The hour of history is not counted: it is sent as fast as the
         // collector takes it, and may still go on while the fleet is measured.
@@ -678,6 +706,7 @@ async fn stream(
             .fetch_add(waited.elapsed().as_micros() as u64, Relaxed);
         if live {
             stats.batches.fetch_add(1, Relaxed);
+            stats.snapshots.fetch_add(per as u64, Relaxed);
         }
         if !*streaming {
             *streaming = true;
