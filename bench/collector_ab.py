@@ -59,7 +59,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             log = open(data / "collector.log", "w")
             collector = subprocess.Popen(
                 argv(port, data), stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PGFLEET_LOG="warn", MIMALLOC_PURGE_DELAY="-1"))
+                env=dict(os.environ, PGFLEET_LOG="warn"))
             started.append((name, collector, log, data, port))
         time.sleep(2)
         gens = []

@@ -121,7 +121,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                "--collector-pid", str(collector.pid), "--agents", str(n // per),
                "--servers-per-agent", str(per),
-               "--history-agents", str(min(20, n // per)), "--connect-rate", str(args.connect_rate),
+               "--history-agents", str(max(1, min(20, n) // per)), "--connect-rate", str(args.connect_rate),
                "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         started = time.monotonic()
@@ -287,6 +287,11 @@ def main() -> None:
     if args.servers_per_agent > 1:
         title += f", {args.servers_per_agent} servers per agent"
     fleets = [int(x) for x in args.fleets.split(",") if x]
+    per = args.servers_per_agent
+    if per < 1 or any(n % per or n < per for n in fleets):
+        raise SystemExit(f"--servers-per-agent {per}: every N of --fleets must be a multiple of it")
+    if per > 1 and args.storm:
+        raise SystemExit("--storm restarts under agents of one server each: run it without --servers-per-agent")
     command = "python3 bench/collector_load.py" + "".join(
         f" {flag} {value if value != '' else repr('')}" for flag, value, default in [
             ("--fleets", args.fleets, p.get_default("fleets")),
@@ -386,9 +391,9 @@ Command: `{command}` (from the repository root). Run on {datetime.date.today()} 
 
 {headline}
 
-Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/batch is the collector's cores over {per_what}.
+Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/{'batch' if per == 1 else 'sample'} is the collector's cores over {per_what}.
 
-| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/batch | generator cores | store MiB |{extra_head} agent errors |
+| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/{"batch" if per == 1 else "sample"} | generator cores | store MiB |{extra_head} agent errors |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}
 """ + "\n".join(rows) + "\n"
     write_section(Path(args.output), title, section)

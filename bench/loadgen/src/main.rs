@@ -418,8 +418,9 @@ async fn read(
     // A past instant an hour back, rebuilt from the store.
     let mut at_times = Vec::new();
     let mut at_sessions = Vec::new();
+    // The servers of the agents that sent history come first.
     let timed = if history_complete {
-        args.history_agents.min(args.agents).min(20)
+        (args.history_agents.min(args.agents) * args.servers_per_agent.max(1)).min(20)
     } else {
         0
     };
@@ -427,7 +428,7 @@ async fn read(
         let t = Instant::now();
         let response = query
             .get_activity(v1::GetActivityRequest {
-                server_id: server_id(i * args.servers_per_agent.max(1)),
+                server_id: server_id(i),
                 at: Some(time::timestamp(now_micros() - 3_600_000_000)),
                 ..Default::default()
             })
