@@ -336,6 +336,8 @@ def main() -> None:
 
 
 def load_section(runs: list[dict], args, title: str, command: str, cluster) -> None:
+    per = args.servers_per_agent
+    unit = "batch" if per == 1 else "sample"
     best = max((r for r in runs if held(r)), key=lambda r: r["agents"], default=None)
     rows = []
     for r in runs:
@@ -360,21 +362,20 @@ def load_section(runs: list[dict], args, title: str, command: str, cluster) -> N
         full = best['agents'] >= TARGETS['servers']
         headline = f"""The largest fleet that held: **{best['agents']:,} servers** (target ≥ {TARGETS['servers']:,}: {verdict(full)}). At that N:
 
-- collector CPU: {fmt(us_per_batch(best), 0)} µs per {"applied batch" if args.servers_per_agent == 1 else "server sample"} (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict((us_per_batch(best) or 1e9) <= TARGETS['us_per_batch'])});
+- collector CPU: {fmt(us_per_batch(best), 0)} µs per {"applied batch" if per == 1 else "server sample"} (target ≤ {TARGETS['us_per_batch']:.0f} µs: {verdict((us_per_batch(best) or 1e9) <= TARGETS['us_per_batch'])});
 - memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.0f} KiB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
 - FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms at {TARGETS['servers']:,} servers: {verdict(full and best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
 - GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms (target ≤ 5 ms at {TARGETS['servers']:,} servers: {verdict(full and best['get_activity_p99_ms'] <= TARGETS['activity_ms'])});
 - `GetActivity … at` an hour back: """ + (f"""{fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions).""" if best['at_1h_sessions'] else "not timed (the hour of history was not all sent within 3 minutes).")
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
-    image = draw(runs, args.store, args.servers_per_agent)
+    image = draw(runs, args.store, per)
     if image:
         headline += f"\n\n![The collector's CPU per batch and memory per server against servers]({image})"
     machine = machine_name()
     store = ("its SQLite store" if cluster is None else
              "its PostgreSQL store (a throwaway server, default settings: fsync and synchronous commit on)")
     extra_head = "" if cluster is None else " store cores |"
-    per = args.servers_per_agent
     if per == 1:
         agents_are = ("N agents (one server of 100 sessions each, about 10% changing each second, "
                       "1 Hz, one HTTP/2 connection each, zstd)")
@@ -391,9 +392,9 @@ Command: `{command}` (from the repository root). Run on {datetime.date.today()} 
 
 {headline}
 
-Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/{'batch' if per == 1 else 'sample'} is the collector's cores over {per_what}.
+Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/{unit} is the collector's cores over {per_what}.
 
-| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/{"batch" if per == 1 else "sample"} | generator cores | store MiB |{extra_head} agent errors |
+| N | held | batches/s | freshness ms | GetActivity ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/{unit} | generator cores | store MiB |{extra_head} agent errors |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}
 """ + "\n".join(rows) + "\n"
     write_section(Path(args.output), title, section)

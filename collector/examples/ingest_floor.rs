@@ -16,11 +16,13 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
-use pgfleet_collector::ingest::{ACK_AFTER, ACK_EVERY, MAX_MESSAGE_BYTES, decode, unzip_batch};
+use pgfleet_collector::ingest::{
+    ACK_AFTER, ACK_EVERY, MAX_MESSAGE_BYTES, ack, decode, unzip_batch, welcome,
+};
 use pgfleet_collector::listen;
 use pgfleet_collector::server::{grpc_server, ingest_server};
 use pgfleet_proto::compact::Resolver;
-use pgfleet_proto::v1::{self, agent_message, collector_message, ingest_server::Ingest};
+use pgfleet_proto::v1::{self, agent_message, ingest_server::Ingest};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -79,16 +81,7 @@ impl Ingest for Floor {
             _ => return Err(Status::invalid_argument("the first message must be Hello")),
         }
         let (tx, rx) = mpsc::channel(64);
-        let welcome = v1::CollectorMessage {
-            msg: Some(collector_message::Msg::Welcome(v1::Welcome {
-                resume_after_seq: 0,
-                config: Some(v1::StreamConfig {
-                    max_message_bytes: MAX_MESSAGE_BYTES as u32,
-                    zstd_batches: true,
-                }),
-            })),
-        };
-        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(welcome(0, true)));
         tokio::spawn(receive(self.work, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -138,10 +131,7 @@ async fn receive(work: Work, mut inbound: Streaming<v1::AgentMessage>, tx: Outbo
             None => (1, Instant::now()),
         };
         if batches >= ACK_AFTER || since.elapsed() >= ACK_EVERY {
-            let ack = v1::CollectorMessage {
-                msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
-            };
-            if tx.send(Ok(ack)).await.is_err() {
+            if tx.send(Ok(ack(seq))).await.is_err() {
                 return;
             }
             owed = None;

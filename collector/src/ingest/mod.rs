@@ -179,17 +179,8 @@ impl Ingest for IngestService {
             "Agent connected."
         );
         let (tx, rx) = mpsc::channel(64);
-        let welcome = v1::CollectorMessage {
-            msg: Some(collector_message::Msg::Welcome(v1::Welcome {
-                resume_after_seq,
-                config: Some(v1::StreamConfig {
-                    max_message_bytes: MAX_MESSAGE_BYTES as u32,
-                    zstd_batches: self.zstd_batches,
-                }),
-            })),
-        };
         // The channel is new and empty, so this cannot wait.
-        let _ = tx.try_send(Ok(welcome));
+        let _ = tx.try_send(Ok(welcome(resume_after_seq, self.zstd_batches)));
         let aggregator = self.aggregator.clone();
         let refusals = self.refusals.clone();
         let mut shutdown = self.shutdown.clone();
@@ -516,10 +507,28 @@ async fn settle(
 
 /// Acknowledges every batch up to `seq`; false if the agent is gone.
 async fn send_ack(tx: &Outbound, seq: u64) -> bool {
-    let ack = v1::CollectorMessage {
+    tx.send(Ok(ack(seq))).await.is_ok()
+}
+
+/// The answer to a Hello: resume after `resume_after_seq`, messages up to
+/// [`MAX_MESSAGE_BYTES`], and zstd batches if `zstd_batches`.
+pub fn welcome(resume_after_seq: u64, zstd_batches: bool) -> v1::CollectorMessage {
+    v1::CollectorMessage {
+        msg: Some(collector_message::Msg::Welcome(v1::Welcome {
+            resume_after_seq,
+            config: Some(v1::StreamConfig {
+                max_message_bytes: MAX_MESSAGE_BYTES as u32,
+                zstd_batches,
+            }),
+        })),
+    }
+}
+
+/// The ack of every batch up to `seq`.
+pub fn ack(seq: u64) -> v1::CollectorMessage {
+    v1::CollectorMessage {
         msg: Some(collector_message::Msg::Ack(v1::Ack { seq })),
-    };
-    tx.send(Ok(ack)).await.is_ok()
+    }
 }
 
 /// Decodes a batch's snapshots, their dictionary references resolved.

@@ -96,7 +96,7 @@ pub struct Counter {
     /// its sessions were there before it (the collector started, or the
     /// server was first seen), not started at it, but for those whose
     /// backend started within its interval.
-    baseline: bool,
+    has_baseline: bool,
     /// What a collector that stopped stored of the open minute's counts.
     restored: Option<MinuteLoad>,
     /// The minute before the open one, ended but not yet built (see
@@ -315,8 +315,9 @@ impl Counter {
     /// as sampled (in key order), each sample covering `interval_us`.
     /// Churn is what changed since the sample last counted, so that a server
     /// that was down keeps the sessions that outlived it; of the first
-    /// sample's, only those that started within its interval (see `baseline`). Buckets that close are added to
-    /// `closed`; `text` is given each query not counted before, with its text.
+    /// sample's, only those that started within its interval (see
+    /// `has_baseline`). Buckets that close are added to `closed`; `text` is
+    /// given each query not counted before, with its text.
     ///
     /// Only the sessions that changed since the sample last counted are
     /// looked at: a session kept from one sample to the next is the same
@@ -342,7 +343,7 @@ impl Counter {
         // Churn and the counts come from the one pass over both samples.
         // In the baseline, a session whose backend started within the
         // sample's interval did start then, and counts as started.
-        let baseline = !std::mem::replace(&mut self.baseline, true);
+        let baseline = !std::mem::replace(&mut self.has_baseline, true);
         let since = at - interval_us;
         for pair in paired(&counted, sessions) {
             let (old, new) = match pair {
