@@ -124,6 +124,89 @@ pub fn sample(s: &Session, mask: u32) -> v1::SessionSample {
     }
 }
 
+/// [`sample`]`(s, mask)` written as field `tag` of the message being built in
+/// `buf`: the same bytes prost writes for it, but no string is copied into a
+/// `String` of its own first. The history store writes every frame so.
+pub fn encode_sample(tag: u32, s: &Session, mask: u32, buf: &mut Vec<u8>) {
+    use field::*;
+    use prost::encoding::{fixed64, int32, int64, uint32};
+    let mask = mask & ALL;
+    let kept = |b: u32| mask & b == 0;
+    nested(tag, buf, |buf| {
+        let text = |buf: &mut Vec<u8>, tag: u32, b: u32, t: &str| {
+            if kept(b) {
+                encode_str(tag, t, buf);
+            }
+        };
+        let number = |buf: &mut Vec<u8>, tag: u32, b: u32, n: Option<i64>| match n {
+            Some(n) if kept(b) && n != 0 => int64::encode(tag, &n, buf),
+            _ => {}
+        };
+        if s.pid != 0 {
+            int32::encode(1, &s.pid, buf);
+        }
+        if s.backend_start_us != 0 {
+            int64::encode(2, &s.backend_start_us, buf);
+        }
+        text(buf, 3, DATABASE, &s.database);
+        text(buf, 4, USER, &s.user);
+        text(buf, 5, APPLICATION_NAME, &s.application_name);
+        text(buf, 6, CLIENT, &s.client);
+        let state = i32::from(v1::SessionState::from(s.state));
+        if kept(STATE) && state != 0 {
+            int32::encode(7, &state, buf);
+        }
+        number(buf, 8, XACT_START, s.xact_start_us);
+        number(buf, 9, QUERY_START, s.query_start_us);
+        number(buf, 10, STATE_CHANGE, s.state_change_us);
+        text(buf, 11, WAIT_EVENT_TYPE, &s.wait_event_type);
+        text(buf, 12, WAIT_EVENT, &s.wait_event);
+        text(buf, 13, QUERY, &s.query);
+        if kept(BLOCKED_BY) && !s.blocked_by.is_empty() {
+            int32::encode_packed(14, &s.blocked_by, buf);
+        }
+        text(buf, 15, BACKEND_TYPE, &s.backend_type);
+        match s.leader_pid {
+            Some(pid) if kept(LEADER_PID) && pid != 0 => int32::encode(16, &pid, buf),
+            _ => {}
+        }
+        number(buf, 17, QUERY_ID, s.query_id);
+        if kept(FINGERPRINT) && s.fingerprint != 0 {
+            fixed64::encode(18, &s.fingerprint, buf);
+        }
+        if mask != 0 {
+            uint32::encode(30, &mask, buf);
+        }
+    });
+}
+
+/// A string field as prost writes it (nothing when empty), from a `&str`.
+pub fn encode_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    if !text.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(text.len() as u64, buf);
+        buf.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// A message field `tag` whose fields `body` writes to the end of `buf`: its
+/// length is put in front of them once they are written (a move of the few
+/// bytes written), so that it need not be counted first.
+pub fn nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    let start = buf.len();
+    body(buf);
+    let mut length = [0u8; 10];
+    let room = {
+        let mut w = &mut length[..];
+        encode_varint((buf.len() - start) as u64, &mut w);
+        w.len()
+    };
+    buf.splice(start..start, length[..length.len() - room].iter().copied());
+}
+
 /// Takes the fields `mask` names from `base`, the same session in the
 /// delta's base.
 pub fn fill(s: &mut Session, base: &Session, mask: u32) {
@@ -373,6 +456,87 @@ mod tests {
             backend_type: "client backend".into(),
             fingerprint: 99,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_sample_written_directly_decodes_as_the_sample_built_by_prost() {
+        use prost::Message;
+        // Sessions and masks of every shape: empty and long strings, absent,
+        // zero and negative numbers, blocked_by empty and not, every state.
+        let seed = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
+        let next = |n: u64| {
+            let mut x = seed.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seed.set(x);
+            x % n
+        };
+        let states = [
+            SessionState::Active,
+            SessionState::Idle,
+            SessionState::IdleInTransaction,
+            SessionState::IdleInTransactionAborted,
+            SessionState::Fastpath,
+            SessionState::Disabled,
+            SessionState::Unknown,
+            SessionState::NotVisible,
+        ];
+        for _ in 0..2000 {
+            let text = |what: &str| -> Arc<str> {
+                match next(3) {
+                    0 => "".into(),
+                    1 => what.into(),
+                    _ => what.repeat(1 + next(60) as usize).into(),
+                }
+            };
+            let (database, user, application_name, client) =
+                (text("db"), text("u"), text("app"), text("10.0.0.1:5"));
+            let (wait_event_type, wait_event, query, backend_type) = (
+                text("Lock"),
+                text("tuple"),
+                text("SELECT ? "),
+                text("client backend"),
+            );
+            let number = |zero: bool| match next(4) {
+                0 => None,
+                1 if zero => Some(0),
+                2 => Some(-(next(1 << 40) as i64)),
+                _ => Some(next(1 << 62) as i64),
+            };
+            let s = Session {
+                pid: next(1 << 31) as i32 - (1 << 30),
+                backend_start_us: number(true).unwrap_or(0),
+                database,
+                user,
+                application_name,
+                client,
+                state: states[next(states.len() as u64) as usize],
+                xact_start_us: number(true),
+                query_start_us: number(true),
+                state_change_us: number(true),
+                wait_event_type,
+                wait_event,
+                query,
+                blocked_by: (0..next(4)).map(|_| next(1 << 20) as i32 - 9).collect(),
+                backend_type,
+                leader_pid: number(true).map(|n| n as i32),
+                query_id: number(true),
+                fingerprint: next(3).saturating_mul(next(u64::MAX)),
+            };
+            let mask = match next(3) {
+                0 => 0,
+                1 => next(1 << 17) as u32,
+                _ => u32::MAX,
+            };
+            let mut written = Vec::new();
+            encode_sample(5, &s, mask, &mut written);
+            let mut by_prost = Vec::new();
+            prost::encoding::message::encode(5, &sample(&s, mask), &mut by_prost);
+            assert_eq!(written, by_prost, "{s:?} with mask {mask:#x}");
+            let body = v1::SessionSample::decode_length_delimited(&written[1..]).unwrap();
+            assert_eq!(body, sample(&s, mask));
         }
     }
 

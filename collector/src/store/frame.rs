@@ -57,26 +57,75 @@ pub struct Rebuilt {
 /// thread's context (one for the writer's life, not one per frame); as it
 /// is, should the context not allocate (reading tells the two apart).
 pub(super) fn encode(frame: &Frame) -> Vec<u8> {
-    let snapshot = Snapshot {
-        server_id: frame.server_id.clone(),
-        sampled_at_us: frame.at,
-        status: frame.status.clone(),
-        sessions: frame.sessions.clone(),
-        delta: (!frame.keyframe).then(|| pgfleet_proto::model::Delta {
-            base_sampled_at_us: 0,
-            removed: frame.removed.clone(),
-            unchanged: frame.unchanged.clone(),
-        }),
-        facts: frame.facts.as_deref().cloned(),
-        databases: frame.databases.clone(),
-        slots: frame.pools.slots.clone(),
-        pgbouncer: frame.pools.pgbouncer.clone(),
-        client_pools: frame.pools.client_pools.clone(),
-        agent: None,
-        statements: None,
-    };
-    let bytes = v1::Snapshot::from(&snapshot).encode_to_vec();
+    let bytes = snapshot_bytes(frame);
     crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames).unwrap_or(bytes)
+}
+
+/// The frame as the protobuf of a `v1::Snapshot` (a delta's sessions
+/// without what their masks name), written field by field from the frame:
+/// the bytes prost writes for `v1::Snapshot::from` the frame's snapshot,
+/// without first copying every string and pool of it into that message.
+fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
+    use pgfleet_proto::compact::{encode_sample, encode_str, nested};
+    use prost::encoding::{int32, int64, message};
+    let mut buf = Vec::with_capacity(128 + 192 * frame.sessions.len());
+    encode_str(1, &frame.server_id, &mut buf);
+    if frame.at != 0 {
+        int64::encode(2, &frame.at, &mut buf);
+    }
+    let reason = match &frame.status {
+        TargetStatus::Up => None,
+        TargetStatus::Down(reason) => Some(reason.as_str()),
+    };
+    nested(3, &mut buf, |buf| {
+        if reason.is_none() {
+            prost::encoding::bool::encode(1, &true, buf);
+        }
+        encode_str(2, reason.unwrap_or_default(), buf);
+    });
+    if reason.is_none() {
+        let mask = |i: usize| frame.unchanged.get(i).copied().unwrap_or(0);
+        if frame.keyframe {
+            nested(4, &mut buf, |buf| {
+                for s in &frame.sessions {
+                    encode_sample(1, s, 0, buf);
+                }
+            });
+        } else {
+            // The base's time is not stored: a frame's base is the frame before.
+            nested(5, &mut buf, |buf| {
+                for (i, s) in frame.sessions.iter().enumerate() {
+                    encode_sample(2, s, mask(i), buf);
+                }
+                for &(pid, backend_start_us) in &frame.removed {
+                    nested(3, buf, |buf| {
+                        if pid != 0 {
+                            int32::encode(1, &pid, buf);
+                        }
+                        if backend_start_us != 0 {
+                            int64::encode(2, &backend_start_us, buf);
+                        }
+                    });
+                }
+            });
+        }
+    }
+    if let Some(facts) = &frame.facts {
+        message::encode(6, &**facts, &mut buf);
+    }
+    for d in &frame.databases {
+        message::encode(7, d, &mut buf);
+    }
+    if let Some(slots) = &frame.pools.slots {
+        message::encode(8, slots, &mut buf);
+    }
+    if let Some(pgbouncer) = &frame.pools.pgbouncer {
+        message::encode(9, pgbouncer, &mut buf);
+    }
+    for pool in &frame.pools.client_pools {
+        message::encode(10, pool, &mut buf);
+    }
+    buf
 }
 
 /// The most bytes a stored frame is decompressed to with the thread's
@@ -143,4 +192,157 @@ pub(super) fn replay(
         });
     }
     state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgfleet_proto::compact::field;
+    use pgfleet_proto::model::{Delta, SessionState};
+
+    /// The frame's snapshot as prost writes it: what [`snapshot_bytes`]
+    /// must write without building that message.
+    fn by_prost(frame: &Frame) -> Vec<u8> {
+        let snapshot = Snapshot {
+            server_id: frame.server_id.clone(),
+            sampled_at_us: frame.at,
+            status: frame.status.clone(),
+            sessions: frame.sessions.clone(),
+            delta: (!frame.keyframe).then(|| Delta {
+                base_sampled_at_us: 0,
+                removed: frame.removed.clone(),
+                unchanged: frame.unchanged.clone(),
+            }),
+            facts: frame.facts.as_deref().cloned(),
+            databases: frame.databases.clone(),
+            slots: frame.pools.slots.clone(),
+            pgbouncer: frame.pools.pgbouncer.clone(),
+            client_pools: frame.pools.client_pools.clone(),
+            agent: None,
+            statements: None,
+        };
+        v1::Snapshot::from(&snapshot).encode_to_vec()
+    }
+
+    fn session(pid: i32, state: SessionState) -> Arc<Session> {
+        Arc::new(Session {
+            pid,
+            backend_start_us: 1_000 + i64::from(pid),
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: "web".into(),
+            client: "10.0.0.1:5000".into(),
+            state,
+            xact_start_us: Some(2_000),
+            query_start_us: Some(2_500),
+            state_change_us: Some(2_600),
+            wait_event_type: "Lock".into(),
+            wait_event: "transactionid".into(),
+            query: "UPDATE t SET a = $1".into(),
+            blocked_by: vec![pid + 1, pid + 2],
+            backend_type: "client backend".into(),
+            leader_pid: Some(3),
+            query_id: Some(-5),
+            fingerprint: 77,
+        })
+    }
+
+    #[test]
+    fn a_frame_is_written_as_prost_writes_its_snapshot() {
+        let pools = Arc::new(Pools {
+            slots: Some(v1::ConnectionSlots {
+                max_connections: 100,
+                used: 7,
+                ..Default::default()
+            }),
+            pgbouncer: Some(v1::PgBouncerSample {
+                up: false,
+                reason: "refused".into(),
+                ..Default::default()
+            }),
+            client_pools: vec![v1::ClientPool {
+                pool_name: "web".into(),
+                max: 10,
+                ..Default::default()
+            }],
+        });
+        let keyframe = Frame {
+            server_id: "db-1".into(),
+            at: 1_700_000_000_000_000,
+            keyframe: true,
+            status: TargetStatus::Up,
+            sessions: vec![
+                session(1, SessionState::Active),
+                session(2, SessionState::Idle),
+                Arc::new(Session::default()),
+            ],
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            pools: pools.clone(),
+            facts: Some(Arc::new(v1::ServerFacts {
+                version: "15.4".into(),
+                version_num: 150004,
+                ..Default::default()
+            })),
+            databases: vec![v1::DatabaseCounters {
+                database: "orders".into(),
+                sessions: 3,
+                ..Default::default()
+            }],
+        };
+        let delta = Frame {
+            keyframe: false,
+            sessions: vec![
+                session(2, SessionState::Active),
+                session(9, SessionState::Idle),
+            ],
+            removed: vec![(1, 1_001), (0, 0)],
+            // The first session changed its state alone: the rest is its
+            // base's. The second is new.
+            unchanged: vec![field::ALL & !field::STATE, 0],
+            facts: None,
+            ..keyframe.clone()
+        };
+        let frames = [
+            keyframe.clone(),
+            delta.clone(),
+            Frame {
+                unchanged: Vec::new(),
+                ..delta.clone()
+            },
+            Frame {
+                sessions: Vec::new(),
+                removed: Vec::new(),
+                unchanged: Vec::new(),
+                ..delta.clone()
+            },
+            Frame {
+                sessions: Vec::new(),
+                pools: Arc::default(),
+                databases: Vec::new(),
+                ..keyframe.clone()
+            },
+            Frame {
+                status: TargetStatus::Down("connection refused".into()),
+                sessions: Vec::new(),
+                ..keyframe.clone()
+            },
+            Frame {
+                server_id: String::new(),
+                at: 0,
+                status: TargetStatus::Down(String::new()),
+                ..delta.clone()
+            },
+        ];
+        for frame in &frames {
+            assert_eq!(snapshot_bytes(frame), by_prost(frame), "{frame:?}");
+        }
+        // And it reads back: the delta, replayed onto the keyframe.
+        let bodies = [&keyframe, &delta].map(|f| (f.at, f.keyframe, encode(f)));
+        let rebuilt = replay("db-1", None, bodies).expect("the delta applies to the keyframe");
+        let pids: Vec<i32> = rebuilt.sessions.iter().map(|s| s.pid).collect();
+        // Sessions 1 and 0 ended; 2 changed, taking back its base's strings.
+        assert_eq!(pids, [2, 9]);
+        assert_eq!(*rebuilt.sessions[0], *session(2, SessionState::Active));
+    }
 }
