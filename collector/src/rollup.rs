@@ -31,10 +31,10 @@ pub struct Rollup {
     pub waiting: u32,
     /// Sessions waiting for a lock another session holds.
     pub blocked: u32,
-    /// Per database, when its oldest open transaction began and how many
-    /// sessions began theirs then: what the ages above are counted from, and
-    /// what tells [`Rollup::updated`] that the oldest may have ended.
-    oldest: BTreeMap<Arc<str>, (Micros, u32)>,
+    /// Per database, its open transactions and the earliest of their starts:
+    /// what the ages above are counted from, and what gives
+    /// [`Rollup::updated`] the next oldest when the oldest ends.
+    oldest: BTreeMap<Arc<str>, Oldest>,
 }
 
 impl Rollup {
@@ -48,7 +48,7 @@ impl Rollup {
         let mut r = Rollup::default();
         let mut by_state: Vec<(&'static str, u32)> = Vec::new();
         let mut by_database_state: Vec<((&Arc<str>, &'static str), u64)> = Vec::new();
-        let mut oldest: Vec<(&Arc<str>, (Micros, u32))> = Vec::new();
+        let mut oldest: Vec<(&Arc<str>, Oldest)> = Vec::new();
         let mut waiting_by_type: Vec<(&Arc<str>, u64)> = Vec::new();
         for s in sessions.iter().filter(|s| !s.is_background()) {
             let state = state_of(s);
@@ -56,7 +56,7 @@ impl Rollup {
             *slot(&mut by_state, state) += 1;
             *slot(&mut by_database_state, (&s.database, state)) += 1;
             if let Some(start) = s.xact_start_us {
-                began(slot(&mut oldest, &s.database), start);
+                slot(&mut oldest, &s.database).began(start);
             }
             if waits(s) {
                 r.waiting += 1;
@@ -87,9 +87,9 @@ impl Rollup {
     /// new version) taken out and those that `joined` (new, or the new
     /// versions) counted, as sampled at `at`: the work of the sessions that
     /// changed rather than of every session, which [`Rollup::of`] reads again
-    /// (each one a cache miss at thousands of servers). None when a session
-    /// that left began its database's oldest transaction with no other that
-    /// began it then: only counting them all again finds the next oldest.
+    /// (each one a cache miss at thousands of servers). None when the
+    /// earliest transactions a database's count keeps have all ended while
+    /// others are open: only counting them all again finds the next oldest.
     pub fn updated(
         &self,
         left: &[Arc<Session>],
@@ -103,9 +103,10 @@ impl Rollup {
             take(&mut r.by_state, &state)?;
             take(&mut r.by_database_state, &(s.database.clone(), state))?;
             if let Some(start) = s.xact_start_us {
-                let (first, n) = r.oldest.get_mut(&s.database)?;
-                if start == *first {
-                    *n = n.checked_sub(1).filter(|n| *n > 0)?;
+                let oldest = r.oldest.get_mut(&s.database)?;
+                oldest.ended(start)?;
+                if oldest.open == 0 {
+                    r.oldest.remove(&s.database);
                 }
             }
             if waits(s) {
@@ -124,7 +125,7 @@ impl Rollup {
                 .entry((s.database.clone(), state))
                 .or_default() += 1;
             if let Some(start) = s.xact_start_us {
-                began(r.oldest.entry(s.database.clone()).or_default(), start);
+                r.oldest.entry(s.database.clone()).or_default().began(start);
             }
             if waits(s) {
                 r.waiting += 1;
@@ -146,19 +147,89 @@ impl Rollup {
         self.max_xact_age = self
             .oldest
             .iter()
-            .map(|(db, (first, _))| (db.clone(), age(*first) as f64 / 1e6))
+            .filter_map(|(db, o)| Some((db.clone(), age(o.first()?) as f64 / 1e6)))
             .collect();
-        self.longest_xact_us = self.oldest.values().map(|(first, _)| age(*first)).max();
+        self.longest_xact_us = self
+            .oldest
+            .values()
+            .filter_map(|o| o.first())
+            .map(age)
+            .max();
     }
 }
 
-/// Counts a transaction that began at `start` in a database's oldest (when
-/// it began, and how many began then; none yet when the count is 0).
-fn began((first, n): &mut (Micros, u32), start: Micros) {
-    if *n == 0 || start < *first {
-        (*first, *n) = (start, 1);
-    } else if start == *first {
-        *n += 1;
+/// How many of its earliest transaction starts a database's [`Oldest`] keeps.
+const OLDEST_KEPT: usize = 8;
+
+/// A database's open transactions: how many there are, and the earliest of
+/// their starts (at most [`OLDEST_KEPT`], each with how many sessions began
+/// theirs then), in order. Every start not kept is later than those kept,
+/// so the first kept is the oldest, and when it ends the next takes its
+/// place: only when every one kept has ended while others are open must
+/// the sessions be counted again. A plain array, so that the rollup copied
+/// at every sample copies no allocation.
+#[derive(Debug, Default, Clone)]
+struct Oldest {
+    /// Sessions in a transaction.
+    open: u32,
+    /// The earliest starts, `len` of them, in order.
+    kept: [(Micros, u32); OLDEST_KEPT],
+    len: usize,
+}
+
+impl Oldest {
+    /// When the oldest open transaction began.
+    fn first(&self) -> Option<Micros> {
+        self.kept[..self.len].first().map(|&(start, _)| start)
+    }
+
+    /// Counts a transaction that began at `start`.
+    fn began(&mut self, start: Micros) {
+        let kept = &mut self.kept[..self.len];
+        let complete = self.open == kept.iter().map(|&(_, n)| n).sum::<u32>();
+        self.open += 1;
+        match kept.binary_search_by_key(&start, |&(s, _)| s) {
+            Ok(i) => kept[i].1 += 1,
+            // Later than every start kept: kept only while nothing is left
+            // out (what is left out must stay later than what is kept).
+            Err(i) if i == self.len && !(complete && i < OLDEST_KEPT) => {}
+            Err(i) => {
+                // Earlier than one kept: the latest kept makes room if need be.
+                self.len = (self.len + 1).min(OLDEST_KEPT);
+                self.kept[i..self.len].rotate_right(1);
+                self.kept[i] = (start, 1);
+            }
+        }
+    }
+
+    /// Takes out a transaction that began at `start`; None when the next
+    /// oldest is not known (every start kept has ended, and others are
+    /// open) or the counts disagree.
+    fn ended(&mut self, start: Micros) -> Option<()> {
+        let kept = &self.kept[..self.len];
+        let left_out = self.open.checked_sub(kept.iter().map(|&(_, n)| n).sum())?;
+        self.open = self.open.checked_sub(1)?;
+        match kept.binary_search_by_key(&start, |&(s, _)| s) {
+            Ok(i) => {
+                self.kept[i].1 -= 1;
+                if self.kept[i].1 == 0 {
+                    self.kept[i..self.len].rotate_left(1);
+                    self.len -= 1;
+                }
+            }
+            // One of those left out.
+            Err(i) if i == self.len && left_out > 0 => {}
+            Err(_) => return None,
+        }
+        (self.len > 0 || self.open == 0).then_some(())
+    }
+}
+
+/// Two counts agree on the oldest transaction and on how many are open;
+/// which later starts each keeps depends on the order sessions came in.
+impl PartialEq for Oldest {
+    fn eq(&self, other: &Oldest) -> bool {
+        self.open == other.open && self.kept[..self.len.min(1)] == other.kept[..other.len.min(1)]
     }
 }
 
@@ -481,6 +552,95 @@ struct StoredValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn in_transaction(pid: i32, db: &str, start: Micros) -> Arc<Session> {
+        Arc::new(Session {
+            pid,
+            state: SessionState::IdleInTransaction,
+            database: db.into(),
+            xact_start_us: Some(start),
+            backend_type: "client backend".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_next_oldest_transaction_is_known_without_counting_again() {
+        // Twenty transactions of distinct starts end, oldest first: the
+        // first seven leave an oldest the count kept; the eighth leaves
+        // none kept, and the rest are counted again.
+        let mut sessions: Vec<_> = (0..20)
+            .map(|i| in_transaction(i, "orders", 1_000 + i64::from(i)))
+            .collect();
+        let mut r = Rollup::of(&sessions, 5_000);
+        for ended in 0..20 {
+            let left = sessions.remove(0);
+            let updated = r.updated(&[left], &[], 5_000);
+            assert_eq!(
+                updated.is_some(),
+                ended % 8 != 7,
+                "after {} ended",
+                ended + 1
+            );
+            r = updated.unwrap_or_else(|| Rollup::of(&sessions, 5_000));
+            assert_eq!(r, Rollup::of(&sessions, 5_000));
+            assert_eq!(
+                r.longest_xact_us,
+                sessions.first().map(|s| 5_000 - s.xact_start_us.unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollup_kept_up_to_date_counts_as_counting_every_session_again() {
+        // Transactions begin, end and change in every order, in two
+        // databases, many of them at one start: after each change the
+        // rollup kept up to date is the one counted from every session.
+        let seed = std::cell::Cell::new(0x2545_f491_4f6c_dd1d_u64);
+        let next = |n: u64| {
+            let mut x = seed.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seed.set(x);
+            x % n
+        };
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        let mut r = Rollup::default();
+        let (mut recounts, mut pid) = (0, 0);
+        for _ in 0..5_000 {
+            let db = ["orders", "billing"][next(2) as usize];
+            let start = 1_000 + next(40) as i64;
+            let (left, joined) = match next(3) {
+                0 if sessions.len() < 60 => {
+                    pid += 1;
+                    (Vec::new(), vec![in_transaction(pid, db, start)])
+                }
+                1 if !sessions.is_empty() => (
+                    vec![sessions.remove(next(sessions.len() as u64) as usize)],
+                    Vec::new(),
+                ),
+                _ if !sessions.is_empty() => {
+                    let i = next(sessions.len() as u64) as usize;
+                    let old = sessions.remove(i);
+                    let mut new = (*old).clone();
+                    new.xact_start_us = (next(4) > 0).then_some(start);
+                    (vec![old], vec![Arc::new(new)])
+                }
+                _ => continue,
+            };
+            sessions.extend(joined.iter().cloned());
+            r = r.updated(&left, &joined, 9_000).unwrap_or_else(|| {
+                recounts += 1;
+                Rollup::of(&sessions, 9_000)
+            });
+            assert_eq!(r, Rollup::of(&sessions, 9_000));
+        }
+        assert!(
+            recounts < 50,
+            "counted again {recounts} times in 5,000 changes"
+        );
+    }
 
     #[test]
     fn sessions_are_counted_by_state_database_and_wait() {
