@@ -596,15 +596,7 @@ mod tests {
         // Transactions begin, end and change in every order, in two
         // databases, many of them at one start: after each change the
         // rollup kept up to date is the one counted from every session.
-        let seed = std::cell::Cell::new(0x2545_f491_4f6c_dd1d_u64);
-        let next = |n: u64| {
-            let mut x = seed.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            seed.set(x);
-            x % n
-        };
+        let mut next = crate::load::tests::below(0x2545_f491_4f6c_dd1d);
         let mut sessions: Vec<Arc<Session>> = Vec::new();
         let mut r = Rollup::default();
         let (mut recounts, mut pid) = (0, 0);

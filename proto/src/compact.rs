@@ -473,16 +473,10 @@ mod tests {
             seed.set(x);
             x % n
         };
-        let states = [
-            SessionState::Active,
-            SessionState::Idle,
-            SessionState::IdleInTransaction,
-            SessionState::IdleInTransactionAborted,
-            SessionState::Fastpath,
-            SessionState::Disabled,
-            SessionState::Unknown,
-            SessionState::NotVisible,
-        ];
+        let states: Vec<SessionState> = SessionState::NAMED
+            .into_iter()
+            .chain([SessionState::Unknown])
+            .collect();
         for _ in 0..2000 {
             let text = |what: &str| -> Arc<str> {
                 match next(3) {

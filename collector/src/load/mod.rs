@@ -279,4 +279,4 @@ impl Bucket {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -330,7 +330,7 @@ fn reference_bound(b: &mut Bucket) {
 
 /// Numbers below `n`, from a xorshift generator seeded with `seed`: the
 /// same run every time.
-pub(super) fn below(mut seed: u64) -> impl FnMut(u64) -> u64 {
+pub(crate) fn below(mut seed: u64) -> impl FnMut(u64) -> u64 {
     move |n: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
