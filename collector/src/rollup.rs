@@ -97,26 +97,10 @@ impl Rollup {
         at: Micros,
     ) -> Option<Rollup> {
         let mut r = self.clone();
-        for s in left.iter().filter(|s| !s.is_background()) {
-            let state = state_of(s);
-            r.sessions = r.sessions.checked_sub(1)?;
-            take(&mut r.by_state, &state)?;
-            take(&mut r.by_database_state, &(s.database.clone(), state))?;
-            if let Some(start) = s.xact_start_us {
-                let oldest = r.oldest.get_mut(&s.database)?;
-                oldest.ended(start)?;
-                if oldest.open == 0 {
-                    r.oldest.remove(&s.database);
-                }
-            }
-            if waits(s) {
-                r.waiting = r.waiting.checked_sub(1)?;
-                take(&mut r.waiting_by_type, &s.wait_event_type)?;
-            }
-            if !s.blocked_by.is_empty() {
-                r.blocked = r.blocked.checked_sub(1)?;
-            }
-        }
+        // The new versions first: a session that changed is in both lists,
+        // and counted in before its old version is taken out, its start
+        // stays among those kept rather than leaving and coming back as one
+        // left out.
         for s in joined.iter().filter(|s| !s.is_background()) {
             let state = state_of(s);
             r.sessions += 1;
@@ -135,6 +119,26 @@ impl Rollup {
             }
             if !s.blocked_by.is_empty() {
                 r.blocked += 1;
+            }
+        }
+        for s in left.iter().filter(|s| !s.is_background()) {
+            let state = state_of(s);
+            r.sessions = r.sessions.checked_sub(1)?;
+            take(&mut r.by_state, &state)?;
+            take(&mut r.by_database_state, &(s.database.clone(), state))?;
+            if let Some(start) = s.xact_start_us {
+                let oldest = r.oldest.get_mut(&s.database)?;
+                oldest.ended(start)?;
+                if oldest.open == 0 {
+                    r.oldest.remove(&s.database);
+                }
+            }
+            if waits(s) {
+                r.waiting = r.waiting.checked_sub(1)?;
+                take(&mut r.waiting_by_type, &s.wait_event_type)?;
+            }
+            if !s.blocked_by.is_empty() {
+                r.blocked = r.blocked.checked_sub(1)?;
             }
         }
         r.ages(at);
@@ -168,7 +172,7 @@ const OLDEST_KEPT: usize = 8;
 /// place: only when every one kept has ended while others are open must
 /// the sessions be counted again. A plain array, so that the rollup copied
 /// at every sample copies no allocation.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 struct Oldest {
     /// Sessions in a transaction.
     open: u32,
@@ -222,6 +226,16 @@ impl Oldest {
             Err(_) => return None,
         }
         (self.len > 0 || self.open == 0).then_some(())
+    }
+}
+
+/// The starts kept, not the room after them.
+impl std::fmt::Debug for Oldest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oldest")
+            .field("open", &self.open)
+            .field("kept", &&self.kept[..self.len])
+            .finish()
     }
 }
 
@@ -593,45 +607,90 @@ mod tests {
 
     #[test]
     fn a_rollup_kept_up_to_date_counts_as_counting_every_session_again() {
-        // Transactions begin, end and change in every order, in two
-        // databases, many of them at one start: after each change the
-        // rollup kept up to date is the one counted from every session.
+        // Transactions begin, end and change, up to four sessions at once,
+        // in two databases, many of them at one start; a changed session
+        // mostly keeps its transaction. After each change the rollup kept up
+        // to date is the one counted from every session, and each database
+        // keeps its earliest starts with their exact counts.
         let mut next = crate::load::tests::below(0x2545_f491_4f6c_dd1d);
         let mut sessions: Vec<Arc<Session>> = Vec::new();
         let mut r = Rollup::default();
         let (mut recounts, mut pid) = (0, 0);
         for _ in 0..5_000 {
-            let db = ["orders", "billing"][next(2) as usize];
-            let start = 1_000 + next(40) as i64;
-            let (left, joined) = match next(3) {
-                0 if sessions.len() < 60 => {
-                    pid += 1;
-                    (Vec::new(), vec![in_transaction(pid, db, start)])
+            let (mut left, mut joined) = (Vec::new(), Vec::new());
+            for _ in 0..1 + next(4) {
+                let db = ["orders", "billing"][next(2) as usize];
+                let start = 1_000 + next(40) as i64;
+                match next(3) {
+                    0 if sessions.len() < 60 => {
+                        pid += 1;
+                        joined.push(in_transaction(pid, db, start));
+                    }
+                    1 if !sessions.is_empty() => {
+                        left.push(sessions.remove(next(sessions.len() as u64) as usize));
+                    }
+                    _ if !sessions.is_empty() => {
+                        let old = sessions.remove(next(sessions.len() as u64) as usize);
+                        let mut new = (*old).clone();
+                        new.state = SessionState::Active;
+                        new.xact_start_us = match next(8) {
+                            0 => None,
+                            1 => Some(start),
+                            _ => old.xact_start_us,
+                        };
+                        left.push(old);
+                        joined.push(Arc::new(new));
+                    }
+                    _ => {}
                 }
-                1 if !sessions.is_empty() => (
-                    vec![sessions.remove(next(sessions.len() as u64) as usize)],
-                    Vec::new(),
-                ),
-                _ if !sessions.is_empty() => {
-                    let i = next(sessions.len() as u64) as usize;
-                    let old = sessions.remove(i);
-                    let mut new = (*old).clone();
-                    new.xact_start_us = (next(4) > 0).then_some(start);
-                    (vec![old], vec![Arc::new(new)])
-                }
-                _ => continue,
-            };
+            }
             sessions.extend(joined.iter().cloned());
             r = r.updated(&left, &joined, 9_000).unwrap_or_else(|| {
                 recounts += 1;
                 Rollup::of(&sessions, 9_000)
             });
             assert_eq!(r, Rollup::of(&sessions, 9_000));
+            for (db, oldest) in &r.oldest {
+                let mut starts: BTreeMap<Micros, u32> = BTreeMap::new();
+                for s in sessions.iter().filter(|s| &s.database == db) {
+                    *starts
+                        .entry(s.xact_start_us.unwrap_or(Micros::MAX))
+                        .or_default() += 1;
+                }
+                starts.remove(&Micros::MAX);
+                let earliest: Vec<_> = starts.into_iter().take(oldest.len).collect();
+                assert_eq!(oldest.kept[..oldest.len], earliest[..], "{db}");
+            }
         }
         assert!(
             recounts < 50,
             "counted again {recounts} times in 5,000 changes"
         );
+    }
+
+    #[test]
+    fn a_busy_database_keeps_its_oldest_when_all_its_sessions_change_at_once() {
+        // The eight oldest transactions' sessions all run a query in one
+        // sample (a changed session is in both lists): their starts stay.
+        let sessions: Vec<_> = (0..20)
+            .map(|i| in_transaction(i, "orders", 1_000 + i64::from(i)))
+            .collect();
+        let r = Rollup::of(&sessions, 5_000);
+        let changed: Vec<_> = sessions[..8]
+            .iter()
+            .map(|s| {
+                Arc::new(Session {
+                    state: SessionState::Active,
+                    ..(**s).clone()
+                })
+            })
+            .collect();
+        let updated = r
+            .updated(&sessions[..8], &changed, 5_000)
+            .expect("the oldest is still known");
+        let now: Vec<_> = changed.iter().chain(&sessions[8..]).cloned().collect();
+        assert_eq!(updated, Rollup::of(&now, 5_000));
+        assert_eq!(updated.oldest["orders"].len, OLDEST_KEPT);
     }
 
     #[test]

@@ -191,8 +191,9 @@ pub fn encode_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
 }
 
 /// A message field `tag` whose fields `body` writes to the end of `buf`: its
-/// length is put in front of them once they are written (a move of the few
-/// bytes written), so that it need not be counted first.
+/// length is put in front of them once they are written (a move of those
+/// bytes, once for each message they are nested in), so that it need not be
+/// counted first.
 pub fn nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     use prost::encoding::{WireType, encode_key, encode_varint};
     encode_key(tag, WireType::LengthDelimited, buf);
@@ -513,7 +514,9 @@ mod tests {
                 wait_event_type,
                 wait_event,
                 query,
-                blocked_by: (0..next(4)).map(|_| next(1 << 20) as i32 - 9).collect(),
+                blocked_by: (0..next(4))
+                    .map(|_| next(1 << 20) as i32 - (1 << 19))
+                    .collect(),
                 backend_type,
                 leader_pid: number(true).map(|n| n as i32),
                 query_id: number(true),

@@ -296,7 +296,7 @@ mod tests {
                 session(2, SessionState::Active),
                 session(9, SessionState::Idle),
             ],
-            removed: vec![(1, 1_001), (0, 0)],
+            removed: vec![(1, 1_001), (0, 0), (-3, -7)],
             // The first session changed its state alone: the rest is its
             // base's. The second is new.
             unchanged: vec![field::ALL & !field::STATE, 0],
@@ -320,6 +320,12 @@ mod tests {
                 sessions: Vec::new(),
                 pools: Arc::default(),
                 databases: Vec::new(),
+                ..keyframe.clone()
+            },
+            // A keyframe's sessions are whole, whatever `unchanged` says.
+            Frame {
+                unchanged: vec![field::ALL, 1],
+                facts: Some(Arc::default()),
                 ..keyframe.clone()
             },
             Frame {
