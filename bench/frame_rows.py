@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""What SQLite alone costs the store's writer per frame (issue 17).
+
+Runs `cargo bench -p pgfleet-tests --bench frame_rows`
+(tests/benches/frame_rows.rs) at each number of servers: a frame a second
+from every server, written to SQLite as the store writes them (a row per
+frame, indexed by server and time, WAL, a transaction every 200 ms) and as a
+row per server per 10 s would be, after a minute of history, the two ways
+taking turns second by second. Nothing is encoded or compressed.
+
+Writes the "## Stored frames: SQLite's part" section of BENCHMARKS.md with
+the command.
+
+    python3 bench/frame_rows.py [--servers 2500,10000] [--seconds 20]
+"""
+import argparse
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from report import machine_name, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## Stored frames: SQLite's part"
+
+
+def run(servers: int, seconds: int) -> dict:
+    command = ["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", "frame_rows"]
+    print("+", " ".join(command), f"({servers} servers)", file=sys.stderr, flush=True)
+    env = dict(os.environ, PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_SECONDS=str(seconds))
+    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--servers", default="2500,10000", help="the numbers of servers, comma-separated")
+    p.add_argument("--seconds", type=int, default=20, help="seconds written at each number, after 60 of history")
+    p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = p.parse_args()
+    results = [run(int(n), args.seconds) for n in args.servers.split(",")]
+
+    command = shlex.join(["python3", "bench/frame_rows.py", *sys.argv[1:]])
+    lines = [
+        TITLE,
+        "",
+        f"Command: `{command.strip()}` (from the repository root). "
+        f"Run on {datetime.date.today()} on {machine_name()}.",
+        "",
+        "A frame a second from every server, written to SQLite two ways, each in a database of its "
+        "own: **per second**, a row per frame, as the store keeps them (`frames` with its index on "
+        "server and time, WAL, `synchronous = NORMAL`, the checkpoint every 16,384 pages, a "
+        "transaction every 200 ms); **per 10 s**, a row per server per 10 s holding its ten frames, "
+        "written with its tenth, in the same transactions. Each database first holds 60 s of every "
+        f"server's frames; then {args.seconds} s are written, the two ways taking turns second by "
+        "second. Bodies are 700 bytes, a compressed frame's size here; nothing is encoded or "
+        "compressed. µs per frame: the writing thread's CPU time (`/proc/thread-self/schedstat`), "
+        "and the wall time.",
+        "",
+        "| servers | per second: CPU µs/frame | per second: wall µs/frame | per 10 s: CPU µs/frame | per 10 s: wall µs/frame |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['servers']:,} | {r['per_second_cpu_us']:.1f} | {r['per_second_wall_us']:.1f} "
+            f"| {r['per_ten_cpu_us']:.1f} | {r['per_ten_wall_us']:.1f} |"
+        )
+    section = "\n".join(lines) + "\n"
+    write_section(Path(args.output), TITLE, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
