@@ -35,6 +35,10 @@ use pgfleet_proto::model::{Delta, Session, SessionKey};
 const SESSIONS: usize = 100;
 const SECOND: i64 = 1_000_000;
 
+/// One server's second: the sessions changed, as each way holds them, and
+/// the delta.
+type Step = (Vec<Arc<Session>>, Vec<Plain>, Delta);
+
 /// A session as plain data: its strings as ids into one table.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Plain {
@@ -141,10 +145,8 @@ fn main() {
     let mut sims: Vec<wire_sim::Sim> = (0..servers)
         .map(|i| wire_sim::Sim::with(SESSIONS, SESSIONS / 10, 1, 0x51ed + i as u64, t0))
         .collect();
-    let mut arcs: Vec<Vec<Arc<Session>>> = sims
-        .iter()
-        .map(|s| by_key(decoded(&s.sessions)))
-        .collect();
+    let mut arcs: Vec<Vec<Arc<Session>>> =
+        sims.iter().map(|s| by_key(decoded(&s.sessions))).collect();
     let mut plains: Vec<Vec<Plain>> = arcs
         .iter()
         .map(|v| v.iter().map(|s| interner.plain(s)).collect())
@@ -152,7 +154,7 @@ fn main() {
     let (mut arc_ns, mut plain_ns) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let at = t0 + round as i64 * SECOND;
-        let deltas: Vec<(Vec<Arc<Session>>, Vec<Plain>, Delta)> = sims
+        let deltas: Vec<Step> = sims
             .iter_mut()
             .map(|sim| {
                 let (changed, mut removed) = sim.step(at);
@@ -167,16 +169,15 @@ fn main() {
                 (changed, plain, delta)
             })
             .collect();
-        let mut arc_way = |deltas: &[(Vec<Arc<Session>>, Vec<Plain>, Delta)]| {
+        let mut arc_way = |deltas: &[Step]| {
             let started = Instant::now();
             for (view, (changed, _, delta)) in arcs.iter_mut().zip(deltas) {
-                let merged =
-                    merge(view, changed.clone(), delta).expect("a delta on its own base");
+                let merged = merge(view, changed.clone(), delta).expect("a delta on its own base");
                 *view = merged.sessions;
             }
             started.elapsed().as_nanos() as f64 / servers as f64
         };
-        let mut plain_way = |deltas: &[(Vec<Arc<Session>>, Vec<Plain>, Delta)]| {
+        let mut plain_way = |deltas: &[Step]| {
             let started = Instant::now();
             for (view, (_, changed, delta)) in plains.iter_mut().zip(deltas) {
                 *view = plain_merge(view, changed, &delta.removed);
