@@ -8,8 +8,8 @@ and each server's sessions brought up to date with each second's delta in
 turn, two ways in one run:
 - as the aggregator keeps them, a vector of `Arc<Session>` merged by
   `state::merge`, the old vector dropped;
-- as plain data, fixed-size sessions whose strings are interned ids, copied
-  and patched in one pass.
+- as plain data, fixed-size sessions whose strings are interned ids, copied,
+  the changed ones filled in from their base.
 
 The bound this puts on a change of the live state to plain sessions: what it
 could take off the collector's CPU per batch.
@@ -58,13 +58,18 @@ def main() -> None:
         f"Run on {datetime.date.today()} on {machine_name()}.",
         "",
         "Every server is the load generator's (100 sessions, 10 changing a second, one of them a "
-        "new backend). Each simulated second, every server's delta is made first (not timed), then "
+        "new backend). Each simulated second, every server's delta is made first, as the agent sends "
+        "it and ingest decodes it (a changed session without the fields its base holds; not timed), then "
         "every server's sessions are brought up to date in turn and the old version dropped, two "
         "ways, which alternate in going first: **arcs** as the aggregator keeps them (a vector of "
         "`Arc<Session>`, each session an allocation of its own as ingest decodes it, merged by "
-        "`state::merge`), and **plain** (fixed-size sessions whose strings are interned ids, copied "
-        "and patched in one pass). With thousands of servers no server's sessions are in the "
-        f"caches when its turn comes. Each figure is the median over {args.rounds} seconds of ns per "
+        "`state::merge`, which fills in what the delta left out), and **plain** (fixed-size "
+        "sessions whose strings are interned ids, copied, the changed ones filled in from their "
+        "base). The sessions are first allocated round the fleet, a server's session at a time, so "
+        "that no server's lie together, and 10 seconds pass before any is timed. With thousands of "
+        "servers no server's sessions are in the caches when its turn comes. The plain way does not "
+        "list the sessions that left and joined, which the rollup and the load count take. Each "
+        f"figure is the median over {args.rounds} seconds of ns per "
         "server sample; the bench checks that both ways end with the same sessions.",
         "",
         "| servers | arcs ns/sample | plain ns/sample | arcs / plain | bytes per session: model / plain |",

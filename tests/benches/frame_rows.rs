@@ -8,12 +8,19 @@
 //!   when its tenth frame comes, in the same transactions.
 //!
 //! Each way has its own database in a temporary directory, first filled with
-//! `PGFLEET_BENCH_HISTORY` seconds (60) of every server's frames, so that the
-//! index has the size of a running store's minute. Then `PGFLEET_BENCH_SECONDS`
-//! seconds (20) are written, the two ways taking turns second by second. The
-//! bodies are 700 bytes of noise, a compressed frame's size here. Nothing is
-//! encoded or compressed: this is the part of the writer's work that is
-//! SQLite's, the floor under per-second rows.
+//! `PGFLEET_BENCH_HISTORY` seconds (60) of every server's frames and
+//! checkpointed. Then `PGFLEET_BENCH_SECONDS` seconds (60) are written, the
+//! two ways taking turns at going first, ten seconds at a time. Both must be
+//! multiples of 10. The bodies are 700 bytes of noise, a compressed frame's
+//! size here. Nothing is encoded or compressed: this is the part of the
+//! writer's work that is SQLite's, the floor under per-second rows.
+//!
+//! A running store keeps a day of frames, so its index is far larger than a
+//! minute's: here a leaf of the index holds the rows of one or two servers,
+//! and a transaction writes the servers in name order, so several of its rows
+//! share a leaf; in a day's index each row dirties a leaf of its own, and more
+//! of them must be read first. So these figures are below a running store's,
+//! more so for a row per frame.
 //!
 //! Prints one JSON object: each way's µs per frame (the writing thread's CPU
 //! time and the wall time).
@@ -101,7 +108,12 @@ fn write_second(
 fn main() {
     let servers = env_usize("PGFLEET_BENCH_SERVERS", 2_500);
     let history = env_usize("PGFLEET_BENCH_HISTORY", 60) as i64;
-    let seconds = env_usize("PGFLEET_BENCH_SECONDS", 20) as i64;
+    let seconds = env_usize("PGFLEET_BENCH_SECONDS", 60) as i64;
+    assert!(
+        history % 10 == 0 && seconds % 10 == 0,
+        "PGFLEET_BENCH_HISTORY and PGFLEET_BENCH_SECONDS must be multiples of 10 \
+         (a row per 10 s is written every tenth second)"
+    );
     let dir = std::env::temp_dir().join(format!("pgfleet-frame-rows-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
@@ -122,10 +134,12 @@ fn main() {
         for second in 0..history {
             write_second(db, &names, second, *per_ten, &noise);
         }
+        db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .expect("a checkpoint");
     }
     for second in history..history + seconds {
-        // Which way writes first alternates.
-        let first = (second % 2) as usize;
+        // Which way writes first alternates, ten seconds at a time.
+        let first = ((second / 10) % 2) as usize;
         for w in [first, 1 - first] {
             let (db, per_ten, cpu, wall) = &mut ways[w];
             let (c, t) = write_second(db, &names, second, *per_ten, &noise);
