@@ -15,15 +15,13 @@ Writes the "## Fleet-wide reads" section of BENCHMARKS.md with the command.
     python3 bench/fleet_read.py [--rounds 3] [--baseline BIN]
 """
 import argparse
-import datetime
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from report import machine_name, write_section
+from report import heading, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Fleet-wide reads"
@@ -52,13 +50,8 @@ def main() -> None:
             runs.append((args.baseline_name, run([args.baseline, "--bench"], args.servers)))
         runs.append(("this tree", run(this, args.servers)))
 
-    command = shlex.join(["python3", "bench/fleet_read.py", *sys.argv[1:]])
     lines = [
-        TITLE,
-        "",
-        f"Command: `{command.strip()}` (from the repository root). "
-        f"Run on {datetime.date.today()} on {machine_name()}.",
-        "",
+        *heading(TITLE, "bench/fleet_read.py", sys.argv[1:]),
         f"An aggregator fed {args.servers:,} servers of 100 sessions (the load generator's server, "
         "labelled by dc, by clusters of four and by role), three samples each; then FleetSummary's "
         "work over the published view, whole and grouped by dc, each call after 64 MiB of other "

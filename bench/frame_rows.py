@@ -14,26 +14,17 @@ the command.
     python3 bench/frame_rows.py [--servers 2500,10000] [--seconds 60]
 """
 import argparse
-import datetime
-import json
-import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from report import machine_name, write_section
+from report import cargo_bench, heading, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Stored frames: SQLite's part"
 
 
 def run(servers: int, seconds: int) -> dict:
-    command = ["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", "frame_rows"]
-    print("+", " ".join(command), f"({servers} servers)", file=sys.stderr, flush=True)
-    env = dict(os.environ, PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_SECONDS=str(seconds))
-    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return cargo_bench("frame_rows", dict(PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_SECONDS=str(seconds)))
 
 
 def main() -> None:
@@ -44,13 +35,8 @@ def main() -> None:
     args = p.parse_args()
     results = [run(int(n), args.seconds) for n in args.servers.split(",")]
 
-    command = shlex.join(["python3", "bench/frame_rows.py", *sys.argv[1:]])
     lines = [
-        TITLE,
-        "",
-        f"Command: `{command.strip()}` (from the repository root). "
-        f"Run on {datetime.date.today()} on {machine_name()}.",
-        "",
+        *heading(TITLE, "bench/frame_rows.py", sys.argv[1:]),
         "A frame a second from every server, written to SQLite two ways, each in a database of its "
         "own: **per second**, a row per frame, as the store keeps them (`frames` with its index on "
         "server and time, WAL, `synchronous = NORMAL`, the checkpoint every 16,384 pages, a "

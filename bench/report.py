@@ -17,6 +17,28 @@ def machine_name() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
+def cargo_bench(bench: str, env: dict[str, str]) -> dict:
+    """Runs `cargo bench -p pgfleet-tests --bench BENCH` from the repository's
+    root with `env` added to the environment; the JSON object it printed last."""
+    import json
+    command = ["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", bench]
+    print("+", " ".join(command), env, file=sys.stderr, flush=True)
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(command, cwd=root, env=dict(os.environ, **env), check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def heading(title: str, script: str, argv: list[str]) -> list[str]:
+    """A section's first lines: its title, and the command that made it
+    (`python3 SCRIPT ARGV...`), when and where."""
+    import datetime
+    import shlex
+    command = shlex.join(["python3", script, *argv])
+    return [title, "", f"Command: `{command.strip()}` (from the repository root). "
+            f"Run on {datetime.date.today()} on {machine_name()}.", ""]
+
+
 def write_section(path: Path, title: str, section: str) -> None:
     """Replaces the section headed `title` (up to the next `## `), or appends it."""
     text = path.read_text() if path.exists() else HEADER

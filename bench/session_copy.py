@@ -20,26 +20,17 @@ with the command.
     python3 bench/session_copy.py [--servers 2500,10000] [--rounds 20]
 """
 import argparse
-import datetime
-import json
-import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from report import machine_name, write_section
+from report import cargo_bench, heading, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Sessions as Arcs and as plain data"
 
 
 def run(servers: int, rounds: int) -> dict:
-    command = ["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", "session_copy"]
-    print("+", " ".join(command), f"({servers} servers)", file=sys.stderr, flush=True)
-    env = dict(os.environ, PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_ROUNDS=str(rounds))
-    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return cargo_bench("session_copy", dict(PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_ROUNDS=str(rounds)))
 
 
 def main() -> None:
@@ -50,13 +41,8 @@ def main() -> None:
     args = p.parse_args()
     results = [run(int(n), args.rounds) for n in args.servers.split(",")]
 
-    command = shlex.join(["python3", "bench/session_copy.py", *sys.argv[1:]])
     lines = [
-        TITLE,
-        "",
-        f"Command: `{command.strip()}` (from the repository root). "
-        f"Run on {datetime.date.today()} on {machine_name()}.",
-        "",
+        *heading(TITLE, "bench/session_copy.py", sys.argv[1:]),
         "Every server is the load generator's (100 sessions, 10 changing a second, one of them a "
         "new backend). Each simulated second, every server's delta is made first, as the agent sends "
         "it and ingest decodes it (a changed session without the fields its base holds; not timed), then "

@@ -31,13 +31,6 @@ const SECOND: i64 = 1_000_000;
 /// Calls made before those timed.
 const WARMUP: usize = 10;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Server `i`'s labels, as the load generator gives them: five dcs, and
 /// clusters of four servers, a primary and three replicas.
 fn labels(i: usize) -> BTreeMap<String, String> {
@@ -79,8 +72,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let servers = env_usize("PGFLEET_BENCH_SERVERS", 10_000);
-    let rounds = env_usize("PGFLEET_BENCH_ROUNDS", 200);
+    let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 10_000);
+    let rounds = pgfleet_tests::env_usize("PGFLEET_BENCH_ROUNDS", 200);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -32,13 +32,6 @@ use rusqlite::{Connection, params};
 const BODY: usize = 700;
 const COMMITS_PER_SECOND: usize = 5;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The calling thread's CPU time, in µs (Linux's schedstat).
 fn thread_cpu_us() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -106,9 +99,9 @@ fn write_second(
 }
 
 fn main() {
-    let servers = env_usize("PGFLEET_BENCH_SERVERS", 2_500);
-    let history = env_usize("PGFLEET_BENCH_HISTORY", 60) as i64;
-    let seconds = env_usize("PGFLEET_BENCH_SECONDS", 60) as i64;
+    let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 2_500);
+    let history = pgfleet_tests::env_usize("PGFLEET_BENCH_HISTORY", 60) as i64;
+    let seconds = pgfleet_tests::env_usize("PGFLEET_BENCH_SECONDS", 60) as i64;
     assert!(
         history % 10 == 0 && seconds % 10 == 0,
         "PGFLEET_BENCH_HISTORY and PGFLEET_BENCH_SECONDS must be multiples of 10 \

@@ -40,13 +40,6 @@ const DAY_S: i64 = 86_400;
 const STATEMENTS: usize = 100;
 const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// A busy OLTP server as this bench models it: 100 sessions of 6
 /// applications on 12 client hosts, 3 users, 2 databases; each second an
 /// idle session starts one of 40 statements (some far more often than
@@ -357,8 +350,8 @@ async fn day_figures(day: &[Closed], count_us: f64, finish_us: f64) -> serde_jso
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let servers = env_usize("PGFLEET_BENCH_SERVERS", 1000);
-    let calls = env_usize("PGFLEET_BENCH_CALLS", 200);
+    let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 1000);
+    let calls = pgfleet_tests::env_usize("PGFLEET_BENCH_CALLS", 200);
     let now = now_micros();
     let end = now - now.rem_euclid(COARSE_US);
 

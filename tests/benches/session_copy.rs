@@ -197,14 +197,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let servers: usize = std::env::var("PGFLEET_BENCH_SERVERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2_500);
-    let rounds: usize = std::env::var("PGFLEET_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 2_500);
+    let rounds = pgfleet_tests::env_usize("PGFLEET_BENCH_ROUNDS", 20);
     let t0 = 1_700_000_000 * SECOND;
     let mut interner = Interner::default();
     let mut sims: Vec<wire_sim::Sim> = (0..servers)

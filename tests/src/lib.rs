@@ -20,6 +20,15 @@ use tokio::time::Instant;
 /// A Query client.
 pub use pgfleet_cli::Client;
 
+/// A bench's setting from the environment (`PGFLEET_BENCH_…`), or `default`
+/// when unset or not a number.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Logs of the code under test go to the test's output (shown when it fails).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
