@@ -46,11 +46,13 @@ def collector_argv(binary: Path):
                                "--data-dir", str(data / "store")]
 
 
-def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10")) -> list[dict]:
+def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
+             connect_rate: int = 250) -> list[dict]:
     """Starts every build's server and generator at once; their results.
 
     `builds` are (name, argv), where argv(port, directory) is the server's
-    command line; `generator` is added to each `pgfleet-loadgen`'s."""
+    command line; `generator` is added to each `pgfleet-loadgen`'s, which
+    connects `connect_rate` agents a second."""
     started = []
     try:
         for name, argv in builds:
@@ -66,7 +68,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
         for name, collector, _, _, port in started:
             cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                    "--collector-pid", str(collector.pid), "--agents", str(args.agents),
-                   "--connect-rate", str(getattr(args, "connect_rate", 250)), "--warmup", f"{args.warmup}s",
+                   "--connect-rate", str(connect_rate), "--warmup", f"{args.warmup}s",
                    "--measure", f"{args.measure}s", *generator]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))

@@ -80,10 +80,10 @@ def main() -> None:
             rows.append((i + 1, r))
     solo = []
     if args.solo:
-        alone = argparse.Namespace(**{**vars(args), "agents": args.solo, "connect_rate": 500})
+        alone = argparse.Namespace(**{**vars(args), "agents": args.solo})
         for server in servers:
             try:
-                (r,) = run_pair(bin_dir, [server], alone, generator=("--no-reads",))
+                (r,) = run_pair(bin_dir, [server], alone, generator=("--no-reads",), connect_rate=500)
             except SystemExit as e:
                 r = {"build": server[0], "failed": str(e)}
             solo.append(r)

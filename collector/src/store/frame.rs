@@ -67,23 +67,25 @@ pub(super) fn encode(frame: &Frame) -> Vec<u8> {
 /// without first copying every string and pool of it into that message.
 fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
     use pgfleet_proto::compact::{encode_sample, encode_str, nested};
-    use prost::encoding::{int32, int64, message};
+    use prost::encoding::{int64, message};
     let mut buf = Vec::with_capacity(128 + 192 * frame.sessions.len());
     encode_str(1, &frame.server_id, &mut buf);
     if frame.at != 0 {
         int64::encode(2, &frame.at, &mut buf);
     }
-    let reason = match &frame.status {
-        TargetStatus::Up => None,
-        TargetStatus::Down(reason) => Some(reason.as_str()),
+    // The reason is copied only for a frame of a server down.
+    let status = match &frame.status {
+        TargetStatus::Up => v1::TargetStatus {
+            up: true,
+            reason: String::new(),
+        },
+        TargetStatus::Down(reason) => v1::TargetStatus {
+            up: false,
+            reason: reason.clone(),
+        },
     };
-    nested(3, &mut buf, |buf| {
-        if reason.is_none() {
-            prost::encoding::bool::encode(1, &true, buf);
-        }
-        encode_str(2, reason.unwrap_or_default(), buf);
-    });
-    if reason.is_none() {
+    message::encode(3, &status, &mut buf);
+    if status.up {
         let mask = |i: usize| frame.unchanged.get(i).copied().unwrap_or(0);
         if frame.keyframe {
             nested(4, &mut buf, |buf| {
@@ -98,14 +100,11 @@ fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
                     encode_sample(2, s, mask(i), buf);
                 }
                 for &(pid, backend_start_us) in &frame.removed {
-                    nested(3, buf, |buf| {
-                        if pid != 0 {
-                            int32::encode(1, &pid, buf);
-                        }
-                        if backend_start_us != 0 {
-                            int64::encode(2, &backend_start_us, buf);
-                        }
-                    });
+                    let key = v1::SessionKey {
+                        pid,
+                        backend_start_us,
+                    };
+                    message::encode(3, &key, buf);
                 }
             });
         }
