@@ -4,9 +4,11 @@
 Runs `cargo bench -p pgfleet-tests --bench frame_rows`
 (tests/benches/frame_rows.rs) at each number of servers: a frame a second
 from every server, written to SQLite as the store writes them (a row per
-frame, indexed by server and time, WAL, a transaction every 200 ms) and as a
-row per server per 10 s would be, after a minute of history, the two ways
-taking turns second by second. Nothing is encoded or compressed.
+frame, indexed by server and time as each is written, WAL, a transaction
+every 200 ms; the layout before stop 38), as a row per server per 10 s would
+be, and as the store writes them now (a row per frame with no index of its
+own, indexed every 10 s in server order), after a minute of history, the
+ways taking turns ten seconds at a time. Nothing is encoded or compressed.
 
 Writes the "## Stored frames: SQLite's part" section of BENCHMARKS.md with
 the command.
@@ -37,25 +39,29 @@ def main() -> None:
 
     lines = [
         *heading(TITLE, "bench/frame_rows.py", sys.argv[1:]),
-        "A frame a second from every server, written to SQLite two ways, each in a database of its "
-        "own: **per second**, a row per frame, as the store keeps them (`frames` with its index on "
-        "server and time, WAL, `synchronous = NORMAL`, the checkpoint every 16,384 pages, a "
-        "transaction every 200 ms); **per 10 s**, a row per server per 10 s holding its ten frames, "
-        "written with its tenth, in the same transactions. Each database first holds 60 s of every "
-        f"server's frames, checkpointed; then {args.seconds} s are written, the two ways taking turns "
-        "at going first, ten seconds at a time. A running store keeps a day of frames, a larger index "
-        "in which each row dirties a leaf of its own: these figures are below its, more so for a row "
-        "per frame. Bodies are 700 bytes, a compressed frame's size here; nothing is encoded or "
-        "compressed. µs per frame: the writing thread's CPU time (`/proc/thread-self/schedstat`), "
-        "and the wall time.",
+        "A frame a second from every server, written to SQLite three ways, each in a database of its "
+        "own (WAL, `synchronous = NORMAL`, the checkpoint every 16,384 pages, a transaction every "
+        "200 ms): **per second**, a row per frame indexed by server and time as it is written (the "
+        "store's layout before stop 38); **per 10 s**, a row per server per 10 s holding its ten "
+        "frames, written with its tenth, in the same transactions; **indexed every 10 s**, a row per "
+        "frame in a table with no index of its own, and every tenth second, with the last "
+        "transaction, the 10 s of frames entered in `frame_index` (server, time, row) in server "
+        "order, as the store now writes them. Each database first holds 60 s of every server's "
+        f"frames, checkpointed; then {args.seconds} s are written, the ways taking turns at going "
+        "first, ten seconds at a time. A running store keeps a day of frames, a larger index in which "
+        "each row dirties a leaf of its own: these figures are below its, more so for a row per frame "
+        "indexed as it is written. Bodies are 700 bytes, a compressed frame's size here; nothing is "
+        "encoded or compressed. µs per frame: the writing thread's CPU time "
+        "(`/proc/thread-self/schedstat`), and the wall time.",
         "",
-        "| servers | per second: CPU µs/frame | per second: wall µs/frame | per 10 s: CPU µs/frame | per 10 s: wall µs/frame |",
-        "|---|---|---|---|---|",
+        "| servers | per second: CPU µs/frame | per second: wall µs/frame | per 10 s: CPU µs/frame | per 10 s: wall µs/frame | indexed every 10 s: CPU µs/frame | indexed every 10 s: wall µs/frame |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['servers']:,} | {r['per_second_cpu_us']:.1f} | {r['per_second_wall_us']:.1f} "
-            f"| {r['per_ten_cpu_us']:.1f} | {r['per_ten_wall_us']:.1f} |"
+            f"| {r['per_ten_cpu_us']:.1f} | {r['per_ten_wall_us']:.1f} "
+            f"| {r['indexed_cpu_us']:.1f} | {r['indexed_wall_us']:.1f} |"
         )
     section = "\n".join(lines) + "\n"
     write_section(Path(args.output), TITLE, section)

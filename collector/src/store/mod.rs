@@ -244,7 +244,7 @@ trait Sink: Send + 'static {
 enum Reader {
     /// One connection for reads, opened once (WAL lets it read while the
     /// writer writes).
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Sqlite(Arc<Mutex<rusqlite::Connection>>, sqlite::Unindexed),
     Postgres(postgres::Reader),
 }
 
@@ -317,10 +317,10 @@ impl Store {
 
     /// Opens (creating it if need be) `dir/pgfleet.sqlite`.
     pub fn open_sqlite(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
-        let (sink, reader, loaded, place) = sqlite::open(dir)?;
+        let (sink, reader, unindexed, loaded, place) = sqlite::open(dir)?;
         let store = Self::start(
             sink,
-            Reader::Sqlite(Arc::new(Mutex::new(reader))),
+            Reader::Sqlite(Arc::new(Mutex::new(reader)), unindexed),
             place,
             retention,
         )?;
@@ -426,7 +426,7 @@ impl Store {
         end: Micros,
     ) -> Result<Vec<(String, Minute)>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
+            Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| sqlite::minutes(db, start, end),
@@ -450,7 +450,7 @@ impl Store {
         end: Micros,
     ) -> Result<Vec<(String, MinuteLoad)>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
+            Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
@@ -479,7 +479,7 @@ impl Store {
         mut f: impl FnMut(&mut A, &str, &HourTotals) + Send + 'static,
     ) -> Result<A, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
+            Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
@@ -510,7 +510,7 @@ impl Store {
         end: Micros,
     ) -> Result<Vec<(String, Micros, Read)>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
+            Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
@@ -558,7 +558,7 @@ impl Store {
         fingerprints: Vec<u64>,
     ) -> Result<HashMap<u64, String>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
+            Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| sqlite::texts(db, &fingerprints),
@@ -581,10 +581,12 @@ impl Store {
         at: Micros,
     ) -> Result<Option<Rebuilt>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(db) => {
-                let db = db.clone();
+            Reader::Sqlite(db, unindexed) => {
+                let (db, unindexed) = (db.clone(), unindexed.clone());
                 self.blocking(
-                    move |db: &rusqlite::Connection| sqlite::rebuild(db, &server_id, at),
+                    move |db: &rusqlite::Connection| {
+                        sqlite::rebuild(db, &unindexed, &server_id, at)
+                    },
                     db,
                 )
                 .await
@@ -605,7 +607,7 @@ impl Store {
         server_ids: &[String],
     ) -> Result<Option<Resume>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(_) => Ok(None),
+            Reader::Sqlite(..) => Ok(None),
             Reader::Postgres(pg) => pg
                 .resume(agent_id, server_ids)
                 .await
@@ -618,7 +620,7 @@ impl Store {
     /// store only this collector writes.
     pub(crate) async fn elsewhere(&self) -> Result<Vec<Elsewhere>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(_) => Ok(Vec::new()),
+            Reader::Sqlite(..) => Ok(Vec::new()),
             Reader::Postgres(pg) => pg
                 .elsewhere()
                 .await
@@ -634,7 +636,7 @@ impl Store {
         bases: Vec<(String, Rebuilt)>,
     ) -> Result<Vec<(String, Option<Rebuilt>)>, StoreError> {
         match &self.reader {
-            Reader::Sqlite(_) => Ok(Vec::new()),
+            Reader::Sqlite(..) => Ok(Vec::new()),
             Reader::Postgres(pg) => pg
                 .advance(bases)
                 .await
@@ -811,7 +813,7 @@ mod tests {
         let (go, held) = std::sync::mpsc::channel();
         let store = Store::start(
             Held { entered, go: held },
-            Reader::Sqlite(Arc::new(Mutex::new(reader))),
+            Reader::Sqlite(Arc::new(Mutex::new(reader)), Default::default()),
             "test".into(),
             Retention::default(),
         )

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -20,7 +21,9 @@ use crate::rollup::Minute;
 
 /// The tables. Frames are appended in the order they are applied (rowid),
 /// which keeps a second's thousands of inserts at the end of the table, and
-/// found by server and time through an index of small keys.
+/// found by server and time through `frame_index`, which the writer fills
+/// [`INDEX_EVERY`], in server order (see [`Unindexed`]). `kept` holds the last
+/// frame indexed (`frames_indexed_to`).
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         agent_id TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL);
@@ -35,7 +38,16 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         at INTEGER NOT NULL,
         keyframe INTEGER NOT NULL,
         body BLOB NOT NULL);
-    CREATE UNIQUE INDEX IF NOT EXISTS frames_by_server ON frames (server_id, at);
+    DROP INDEX IF EXISTS frames_by_server;
+    CREATE TABLE IF NOT EXISTS frame_index (
+        server_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        id INTEGER NOT NULL,
+        keyframe INTEGER NOT NULL,
+        PRIMARY KEY (server_id, at)) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS kept (
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS rollups (
         minute INTEGER NOT NULL,
         server_id TEXT NOT NULL,
@@ -75,22 +87,70 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         fingerprint INTEGER PRIMARY KEY,
         text TEXT NOT NULL);";
 
+/// How often the writer indexes the frames it has committed since it last
+/// did.
+///
+/// An index of each frame by server and time, kept up as each frame is
+/// written, dirtied a leaf of the index per frame: at thousands of servers a
+/// commit wrote as many pages of it as it held frames, some 15 µs of the
+/// writer's CPU a frame ("Stored frames: SQLite's part" in BENCHMARKS.md).
+/// Indexed ten seconds at a time, in server order, each server's ten
+/// entries go to one leaf together: about 5 µs a frame with the rows.
+pub(super) const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A frame's place, as `frame_index` holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    at: Micros,
+    id: i64,
+    keyframe: bool,
+}
+
+/// The frames committed and not yet in `frame_index`, by server, oldest
+/// first: the writer adds each commit's frames once it is committed, and
+/// takes them out once their index is; reads look here first, then in the
+/// file, so a frame is always found in the one or the other (or both).
+#[derive(Clone, Default)]
+pub(super) struct Unindexed(Arc<Mutex<HashMap<String, Vec<Place>>>>);
+
+impl Unindexed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Place>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `server_id`'s frames at or before `at`.
+    fn of(&self, server_id: &str, at: Micros) -> Vec<Place> {
+        self.lock().get(server_id).map_or_else(Vec::new, |places| {
+            places.iter().filter(|p| p.at <= at).copied().collect()
+        })
+    }
+}
+
 /// The writer's connection and its compressor.
 pub(super) struct SqliteSink {
     db: Connection,
     /// Each server's dictionary of strings for the hour being written.
     keys: Dictionaries,
+    /// The frames committed and not yet indexed: the writer's own, and the
+    /// copy reads see.
+    own: HashMap<String, Vec<Place>>,
+    unindexed: Unindexed,
+    indexed: std::time::Instant,
 }
 
 /// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
-/// connection for reads, what the file holds, and its name.
-pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String), StoreError> {
+/// connection for reads with the frames it has yet to index, what the file
+/// holds, and its name.
+pub(super) fn open(
+    dir: &Path,
+) -> Result<(SqliteSink, Connection, Unindexed, Loaded, String), StoreError> {
     let path = dir.join("pgfleet.sqlite");
     let place = path.display().to_string();
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
     let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
+    index_the_rest(&db).map_err(fail)?;
     let loaded = loaded(&db, &path).map_err(fail)?;
     let reader = connect(&path).map_err(fail)?;
     info!(
@@ -99,11 +159,48 @@ pub(super) fn open(dir: &Path) -> Result<(SqliteSink, Connection, Loaded, String
         servers = loaded.servers.len(),
         "History store opened."
     );
+    let unindexed = Unindexed::default();
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
+        own: HashMap::new(),
+        unindexed: unindexed.clone(),
+        indexed: std::time::Instant::now(),
     };
-    Ok((sink, reader, loaded, place))
+    Ok((sink, reader, unindexed, loaded, place))
+}
+
+/// Indexes the frames that a collector stopped before it indexed them (and,
+/// the first time, every frame of a file from before `frame_index`).
+fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
+    let from: i64 = db
+        .query_row(
+            "SELECT value FROM kept WHERE name = 'frames_indexed_to'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let tx = db.unchecked_transaction()?;
+    let indexed = tx.execute(
+        "INSERT OR REPLACE INTO frame_index (server_id, at, id, keyframe)
+             SELECT server_id, at, id, keyframe FROM frames WHERE id > ?1
+             ORDER BY server_id, at, id",
+        params![from],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO kept (name, value)
+             SELECT 'frames_indexed_to', max(id) FROM frames HAVING max(id) IS NOT NULL",
+        [],
+    )?;
+    tx.commit()?;
+    if indexed > 0 {
+        info!(
+            frames = indexed,
+            "Indexed the stored frames that were not yet."
+        );
+    }
+    Ok(())
 }
 
 /// Moves frames kept by an earlier version (a table keyed by server and
@@ -192,7 +289,7 @@ fn loaded(db: &Connection, path: &Path) -> rusqlite::Result<Loaded> {
                         .iter()
                         .map(|(server_id, ..)| {
                             Ok((
-                                rebuild(&db, server_id, Micros::MAX)?,
+                                rebuild(&db, &Unindexed::default(), server_id, Micros::MAX)?,
                                 open_load(&db, server_id, now_micros())?,
                             ))
                         })
@@ -486,14 +583,39 @@ pub(super) fn texts(
 
 /// Deletes frames and rollups older than their retention at `now`.
 fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
+    let tx = db.unchecked_transaction()?;
+    let pruned = prune_in(&tx, retention, now)?;
+    tx.commit()?;
+    Ok(pruned)
+}
+
+fn prune_in(
+    db: &Connection,
+    retention: Retention,
+    now: Micros,
+) -> rusqlite::Result<(usize, usize)> {
     // Frames are in the order they were applied, so those past the cutoff
     // are the ones before the first that is not: found by reading only them.
+    // The last frame stays whatever its age: SQLite numbers a row one past
+    // the largest, so an empty table would number its frames again from 1,
+    // below `frames_indexed_to`.
+    let cutoff = now - retention.frames.as_micros() as i64;
     let frames = db.execute(
         "DELETE FROM frames WHERE id < coalesce(
              (SELECT id FROM frames WHERE at >= ?1 ORDER BY id LIMIT 1),
-             (SELECT max(id) + 1 FROM frames))",
-        params![now - retention.frames.as_micros() as i64],
+             (SELECT max(id) FROM frames))",
+        params![cutoff],
     )?;
+    // The index, a server at a time (it is in server order).
+    let mut servers = db.prepare("SELECT server_id FROM servers")?;
+    let servers = servers
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut unindex =
+        db.prepare_cached("DELETE FROM frame_index WHERE server_id = ?1 AND at < ?2")?;
+    for server_id in servers {
+        unindex.execute(params![server_id, cutoff])?;
+    }
     let rollups_before = now - retention.rollups.as_micros() as i64;
     let rollups = db.execute(
         "DELETE FROM rollups WHERE minute < ?1",
@@ -520,42 +642,100 @@ fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result
 }
 
 /// The server at `at`: the last keyframe at or before it, and every delta
-/// after that keyframe up to `at`.
+/// after that keyframe up to `at`, found in `frame_index` and among the
+/// frames not yet in it (looked at first: the writer takes frames out of
+/// `unindexed` only once their index is committed).
 pub(super) fn rebuild(
     db: &Connection,
+    unindexed: &Unindexed,
     server_id: &str,
     at: Micros,
 ) -> rusqlite::Result<Option<Rebuilt>> {
-    let Some(start): Option<i64> = db
+    let recent = unindexed.of(server_id, at);
+    let stored: Option<i64> = db
         .query_row(
-            "SELECT max(at) FROM frames WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
+            "SELECT max(at) FROM frame_index WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
             params![server_id, at],
             |r| r.get(0),
         )
         .optional()?
-        .flatten()
+        .flatten();
+    let Some(start) = recent
+        .iter()
+        .filter(|p| p.keyframe)
+        .map(|p| p.at)
+        .chain(stored)
+        .max()
     else {
         return Ok(None);
     };
-    let mut frames = db.prepare(
-        "SELECT at, keyframe, body FROM frames WHERE server_id = ?1 AND at >= ?2 AND at <= ?3 ORDER BY at",
+    // By time; of a time stored twice (a frame written again), the later.
+    let mut places: std::collections::BTreeMap<Micros, Place> = std::collections::BTreeMap::new();
+    let mut put = |p: Place| {
+        let kept = places.entry(p.at).or_insert(p);
+        if p.id > kept.id {
+            *kept = p;
+        }
+    };
+    let mut index = db.prepare_cached(
+        "SELECT at, id, keyframe FROM frame_index WHERE server_id = ?1 AND at >= ?2 AND at <= ?3",
     )?;
-    let rows = frames
-        .query_map(params![server_id, start, at], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, bool>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(super::replay(server_id, None, rows))
+    let rows = index.query_map(params![server_id, start, at], |r| {
+        Ok(Place {
+            at: r.get(0)?,
+            id: r.get(1)?,
+            keyframe: r.get(2)?,
+        })
+    })?;
+    for p in rows {
+        put(p?);
+    }
+    for p in recent.into_iter().filter(|p| p.at >= start) {
+        put(p);
+    }
+    let mut body = db.prepare_cached("SELECT body FROM frames WHERE id = ?1")?;
+    let mut frames = Vec::with_capacity(places.len());
+    for p in places.into_values() {
+        // Gone only where retention has just deleted it.
+        if let Some(b) = body
+            .query_row([p.id], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+        {
+            frames.push((p.at, p.keyframe, b));
+        }
+    }
+    Ok(super::replay(server_id, None, frames))
 }
 
 impl Sink for SqliteSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
-        commit(&mut self.db, ops, &mut self.keys).map_err(|e| e.to_string())?;
+        let index = self.indexed.elapsed() >= INDEX_EVERY;
+        let mut fresh = Vec::new();
+        commit(
+            &mut self.db,
+            ops,
+            &mut self.keys,
+            &mut fresh,
+            index.then_some(&self.own),
+        )
+        .map_err(|e| e.to_string())?;
         self.keys.committed();
+        let mut unindexed = self.unindexed.lock();
+        if index {
+            self.indexed = std::time::Instant::now();
+            self.own.clear();
+            unindexed.clear();
+        }
+        for (server_id, place) in fresh {
+            for map in [&mut self.own, &mut *unindexed] {
+                match map.get_mut(server_id) {
+                    Some(places) => places.push(place),
+                    None => {
+                        map.insert(server_id.to_owned(), vec![place]);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -564,11 +744,23 @@ impl Sink for SqliteSink {
     }
 }
 
-fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> rusqlite::Result<()> {
+/// Writes `ops` in one transaction, and with them the index of the frames in
+/// `index` (those committed since the last), in server order; says where
+/// each frame of `ops` went in `fresh`.
+fn commit<'a>(
+    db: &mut Connection,
+    ops: &'a [(u64, Op)],
+    keys: &mut Dictionaries,
+    fresh: &mut Vec<(&'a str, Place)>,
+    index: Option<&HashMap<String, Vec<Place>>>,
+) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
+    if let Some(unindexed) = index {
+        write_index(&tx, unindexed)?;
+    }
     {
         let mut frame = tx.prepare_cached(
-            "INSERT OR REPLACE INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut agent = tx.prepare_cached(
             "INSERT INTO agents (agent_id, last_seq) VALUES (?1, ?2)
@@ -605,6 +797,16 @@ fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> ru
                     for f in frames {
                         let body = super::encode(f);
                         frame.execute(params![f.server_id, f.at, f.keyframe, body])?;
+                        let id = tx.last_insert_rowid();
+                        let keyframe = f.keyframe;
+                        fresh.push((
+                            &f.server_id,
+                            Place {
+                                at: f.at,
+                                id,
+                                keyframe,
+                            },
+                        ));
                     }
                     agent.execute(params![agent_id, *seq as i64])?;
                 }
@@ -659,6 +861,37 @@ fn commit(db: &mut Connection, ops: &[(u64, Op)], keys: &mut Dictionaries) -> ru
     tx.commit()
 }
 
+/// Indexes `unindexed`, a server at a time in name order (each server's
+/// entries then go to one leaf of the index together), and notes the last
+/// frame indexed.
+fn write_index(
+    tx: &rusqlite::Transaction<'_>,
+    unindexed: &HashMap<String, Vec<Place>>,
+) -> rusqlite::Result<()> {
+    let mut servers: Vec<&String> = unindexed.keys().collect();
+    servers.sort_unstable();
+    let mut put = tx.prepare_cached(
+        "INSERT OR REPLACE INTO frame_index (server_id, at, id, keyframe) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut last = None;
+    for server_id in servers {
+        let mut places = unindexed[server_id].clone();
+        // A time written twice: the later frame stands.
+        places.sort_unstable_by_key(|p| (p.at, p.id));
+        for p in places {
+            put.execute(params![server_id, p.at, p.id, p.keyframe])?;
+            last = last.max(Some(p.id));
+        }
+    }
+    if let Some(last) = last {
+        tx.execute(
+            "INSERT OR REPLACE INTO kept (name, value) VALUES ('frames_indexed_to', ?1)",
+            [last],
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Frame, encode};
@@ -698,17 +931,132 @@ mod tests {
             db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
                 .unwrap();
         }
+        db.execute("INSERT INTO servers VALUES ('a', 'x', '{}', 1000)", [])
+            .unwrap();
+        index_the_rest(&db).unwrap();
         assert_eq!(prune(&db, Retention::default(), now).unwrap(), (1, 1));
         let count = |table: &str| -> i64 {
             db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap()
         };
-        assert_eq!((count("frames"), count("rollups")), (1, 2));
+        assert_eq!(
+            (count("frames"), count("frame_index"), count("rollups")),
+            (1, 1, 2)
+        );
         let short = Retention {
             frames: std::time::Duration::from_secs(3600),
             rollups: std::time::Duration::from_secs(2 * 3600),
         };
-        assert_eq!(prune(&db, short, now).unwrap(), (1, 1));
+        // The last frame stays, so that the next is not numbered 1 again,
+        // but not in the index.
+        assert_eq!(prune(&db, short, now).unwrap(), (0, 1));
+        assert_eq!((count("frames"), count("frame_index")), (1, 0));
+        db.execute(
+            "INSERT INTO frames (server_id, at, keyframe, body) VALUES ('a', ?1, 1, x'')",
+            params![now],
+        )
+        .unwrap();
+        assert_eq!(db.last_insert_rowid(), 3);
+    }
+
+    /// A new directory under the system's temporary one.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A keyframe (at 0, 60 and 120 s) or delta of server `a` at `second`,
+    /// whose one session has `second` as its pid.
+    fn second(second: i64) -> Frame {
+        let keyframe = second % 60 == 0;
+        Frame {
+            server_id: "a".into(),
+            at: second * 1_000_000,
+            keyframe,
+            sessions: vec![Arc::new(Session {
+                pid: second as i32 + 1,
+                ..Default::default()
+            })],
+            unchanged: vec![0],
+            removed: match keyframe {
+                true => Vec::new(),
+                false => vec![(second as i32, 0)],
+            },
+            ..frame()
+        }
+    }
+
+    fn applied(frames: Vec<Frame>) -> Vec<(u64, Op)> {
+        vec![(
+            1,
+            Op::Applied {
+                agent_id: "x".into(),
+                seq: 1,
+                frames,
+            },
+        )]
+    }
+
+    /// The pid of the one session `a` had at `second`, as rebuilt.
+    fn pid_at(db: &Connection, unindexed: &Unindexed, second: i64) -> Option<i32> {
+        let state = rebuild(db, unindexed, "a", second * 1_000_000).unwrap()?;
+        assert_eq!(state.sessions.len(), 1, "at {second} s");
+        Some(state.sessions[0].pid)
+    }
+
+    #[test]
+    fn frames_are_found_before_and_after_they_are_indexed_and_after_a_stop() {
+        let dir = scratch("unindexed");
+        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        for s in 0..90 {
+            sink.commit(&applied(vec![second(s)])).unwrap();
+            if s == 70 {
+                // Indexed with the next commit.
+                sink.indexed -= INDEX_EVERY;
+            }
+        }
+        let in_index: i64 = reader
+            .query_row("SELECT count(*) FROM frame_index", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(in_index, 71, "the frames before the 72nd are indexed");
+        assert_eq!(unindexed.lock()["a"].len(), 19);
+        for s in [0, 5, 59, 60, 70, 71, 72, 89, 1000] {
+            assert_eq!(pid_at(&reader, &unindexed, s), Some(s.min(89) as i32 + 1));
+        }
+        // Only what is indexed is found without the writer's list.
+        assert_eq!(pid_at(&reader, &Unindexed::default(), 89), Some(71));
+        // The same time again: the later frame stands, before and after
+        // it is indexed.
+        let mut again = second(80);
+        again.sessions[0] = Arc::new(Session {
+            pid: 81,
+            query: "again".into(),
+            ..Default::default()
+        });
+        sink.commit(&applied(vec![again])).unwrap();
+        let query_at = |db: &Connection, unindexed: &Unindexed, second: i64| {
+            let state = rebuild(db, unindexed, "a", second * 1_000_000).unwrap();
+            state.unwrap().sessions[0].query.to_string()
+        };
+        assert_eq!(query_at(&reader, &unindexed, 80), "again");
+        // A collector stopped here: the file is opened again, and the
+        // frames it had yet to index are indexed.
+        drop((sink, reader));
+        let (mut sink, reader, unindexed, loaded, _) = open(&dir).unwrap();
+        assert!(loaded.servers.is_empty(), "no server was registered");
+        assert!(unindexed.lock().is_empty());
+        assert_eq!(pid_at(&reader, &unindexed, 89), Some(90));
+        assert_eq!(query_at(&reader, &unindexed, 80), "again");
+        assert_eq!(query_at(&reader, &unindexed, 79), "");
+        assert_eq!(pid_at(&reader, &unindexed, 65), Some(66));
+        sink.indexed -= INDEX_EVERY;
+        sink.commit(&applied(vec![second(90)])).unwrap();
+        assert_eq!(pid_at(&reader, &unindexed, 95), Some(91));
+        assert_eq!(pid_at(&reader, &Unindexed::default(), 95), Some(90));
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -752,10 +1100,52 @@ mod tests {
         assert_eq!(rows, [(1, "a".to_owned(), 10), (2, "b".to_owned(), 20)]);
         // A second open leaves them be.
         migrate(&db).unwrap();
+        index_the_rest(&db).unwrap();
+        let indexed: Vec<(String, i64, i64)> = db
+            .prepare("SELECT server_id, at, id FROM frame_index")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexed, [("a".to_owned(), 10, 1), ("b".to_owned(), 20, 2)]);
         assert_eq!(
             prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn frames_indexed_as_they_were_written_are_indexed_again_once() {
+        let db = Connection::open_in_memory().unwrap();
+        // The layout before `frame_index`.
+        db.execute_batch(
+            "CREATE TABLE frames (id INTEGER PRIMARY KEY, server_id TEXT NOT NULL,
+                 at INTEGER NOT NULL, keyframe INTEGER NOT NULL, body BLOB NOT NULL);
+             CREATE UNIQUE INDEX frames_by_server ON frames (server_id, at);
+             INSERT INTO frames (server_id, at, keyframe, body)
+                 VALUES ('b', 20, 0, x'02'), ('a', 10, 1, x'01'), ('a', 30, 0, x'03');",
+        )
+        .unwrap();
+        migrate(&db).unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        index_the_rest(&db).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM frame_index"), 3);
+        assert_eq!(
+            count("SELECT count(*) FROM sqlite_master WHERE name = 'frames_by_server'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT value FROM kept WHERE name = 'frames_indexed_to'"),
+            3
+        );
+        // Opened again, nothing is indexed again: a frame only the index
+        // lacks (which no writer leaves) stays out of it.
+        db.execute("DELETE FROM frame_index WHERE id = 2", [])
+            .unwrap();
+        index_the_rest(&db).unwrap();
+        assert_eq!(count("SELECT count(*) FROM frame_index"), 2);
     }
 
     #[test]
@@ -812,6 +1202,7 @@ mod tests {
             )
             .unwrap();
         }
+        index_the_rest(&db).unwrap();
         let stored: Vec<u8> = db
             .query_row("SELECT body FROM frames WHERE at = 20", [], |r| r.get(0))
             .unwrap();
@@ -821,7 +1212,9 @@ mod tests {
             stored.len(),
             whole.len()
         );
-        let state = rebuild(&db, "a", 25).unwrap().unwrap();
+        let state = rebuild(&db, &Unindexed::default(), "a", 25)
+            .unwrap()
+            .unwrap();
         assert_eq!(state.at, 20);
         assert_eq!(state.sessions.len(), 1);
         assert_eq!(*state.sessions[0], *second);
