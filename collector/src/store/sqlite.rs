@@ -149,7 +149,15 @@ pub(super) fn open(
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
     let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
+    let older_wrote = written_by_an_older_version(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
+    if older_wrote {
+        warn!(path = %place, "A version of pgfleet older than this file's index has written it since: its frames are indexed again.");
+        db.execute_batch(
+            "DELETE FROM frame_index; DELETE FROM kept WHERE name = 'frames_indexed_to';",
+        )
+        .map_err(fail)?;
+    }
     index_the_rest(&db).map_err(fail)?;
     let loaded = loaded(&db, &path).map_err(fail)?;
     let reader = connect(&path).map_err(fail)?;
@@ -168,6 +176,19 @@ pub(super) fn open(
         indexed: std::time::Instant::now(),
     };
     Ok((sink, reader, unindexed, loaded, place))
+}
+
+/// Whether a version from before `frame_index` has written the file since
+/// this one did: it made its own index of the frames again, and may have
+/// numbered frames again from 1 (it emptied `frames` when none were recent),
+/// so `frame_index` can name rows that are now other frames.
+fn written_by_an_older_version(db: &Connection) -> rusqlite::Result<bool> {
+    let count: i64 = db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('frames_by_server', 'frame_index')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(count == 2)
 }
 
 /// Indexes the frames that a collector stopped before it indexed them (and,
@@ -606,8 +627,16 @@ fn prune_in(
              (SELECT max(id) FROM frames))",
         params![cutoff],
     )?;
-    // The index, a server at a time (it is in server order).
-    let mut servers = db.prepare("SELECT server_id FROM servers")?;
+    // The index, a server at a time (it is in server order), each server
+    // found by a step through the index to the next (not by reading it all).
+    let mut servers = db.prepare(
+        "WITH RECURSIVE s(id) AS (
+             SELECT min(server_id) FROM frame_index
+             UNION ALL
+             SELECT (SELECT min(server_id) FROM frame_index WHERE server_id > s.id)
+                 FROM s WHERE s.id IS NOT NULL)
+         SELECT id FROM s WHERE id IS NOT NULL",
+    )?;
     let servers = servers
         .query_map([], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -641,6 +670,41 @@ fn prune_in(
     Ok((frames, rollups + load + hours + statements))
 }
 
+/// `server_id`'s frames in `[start, end]`, in `frame_index` and in `recent`,
+/// by time; of a time stored twice (a frame written again), the later.
+fn places(
+    db: &Connection,
+    recent: &[Place],
+    server_id: &str,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<std::collections::BTreeMap<Micros, Place>> {
+    let mut places = std::collections::BTreeMap::new();
+    let mut put = |p: Place| {
+        let kept = places.entry(p.at).or_insert(p);
+        if p.id > kept.id {
+            *kept = p;
+        }
+    };
+    let mut index = db.prepare_cached(
+        "SELECT at, id, keyframe FROM frame_index WHERE server_id = ?1 AND at >= ?2 AND at <= ?3",
+    )?;
+    let rows = index.query_map(params![server_id, start, end], |r| {
+        Ok(Place {
+            at: r.get(0)?,
+            id: r.get(1)?,
+            keyframe: r.get(2)?,
+        })
+    })?;
+    for p in rows {
+        put(p?);
+    }
+    for p in recent.iter().filter(|p| (start..=end).contains(&p.at)) {
+        put(*p);
+    }
+    Ok(places)
+}
+
 /// The server at `at`: the last keyframe at or before it, and every delta
 /// after that keyframe up to `at`, found in `frame_index` and among the
 /// frames not yet in it (looked at first: the writer takes frames out of
@@ -652,47 +716,35 @@ pub(super) fn rebuild(
     at: Micros,
 ) -> rusqlite::Result<Option<Rebuilt>> {
     let recent = unindexed.of(server_id, at);
-    let stored: Option<i64> = db
-        .query_row(
-            "SELECT max(at) FROM frame_index WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
-            params![server_id, at],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    let Some(start) = recent
-        .iter()
-        .filter(|p| p.keyframe)
-        .map(|p| p.at)
-        .chain(stored)
-        .max()
-    else {
-        return Ok(None);
-    };
-    // By time; of a time stored twice (a frame written again), the later.
-    let mut places: std::collections::BTreeMap<Micros, Place> = std::collections::BTreeMap::new();
-    let mut put = |p: Place| {
-        let kept = places.entry(p.at).or_insert(p);
-        if p.id > kept.id {
-            *kept = p;
+    // One look at the file for what follows, after the look at memory.
+    let db = db.unchecked_transaction()?;
+    let mut before = at;
+    let places = loop {
+        let stored: Option<i64> = db
+            .query_row(
+                "SELECT max(at) FROM frame_index WHERE server_id = ?1 AND keyframe = 1 AND at <= ?2",
+                params![server_id, before],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
+        let Some(start) = recent
+            .iter()
+            .filter(|p| p.keyframe && p.at <= before)
+            .map(|p| p.at)
+            .chain(stored)
+            .max()
+        else {
+            return Ok(None);
+        };
+        let places = places(&db, &recent, server_id, start, at)?;
+        // A keyframe written again as a delta starts nothing: the one
+        // before it does.
+        if places.get(&start).is_some_and(|p| p.keyframe) {
+            break places;
         }
+        before = start - 1;
     };
-    let mut index = db.prepare_cached(
-        "SELECT at, id, keyframe FROM frame_index WHERE server_id = ?1 AND at >= ?2 AND at <= ?3",
-    )?;
-    let rows = index.query_map(params![server_id, start, at], |r| {
-        Ok(Place {
-            at: r.get(0)?,
-            id: r.get(1)?,
-            keyframe: r.get(2)?,
-        })
-    })?;
-    for p in rows {
-        put(p?);
-    }
-    for p in recent.into_iter().filter(|p| p.at >= start) {
-        put(p);
-    }
     let mut body = db.prepare_cached("SELECT body FROM frames WHERE id = ?1")?;
     let mut frames = Vec::with_capacity(places.len());
     for p in places.into_values() {
@@ -931,8 +983,6 @@ mod tests {
             db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
                 .unwrap();
         }
-        db.execute("INSERT INTO servers VALUES ('a', 'x', '{}', 1000)", [])
-            .unwrap();
         index_the_rest(&db).unwrap();
         assert_eq!(prune(&db, Retention::default(), now).unwrap(), (1, 1));
         let count = |table: &str| -> i64 {
@@ -1113,6 +1163,93 @@ mod tests {
             prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
             (0, 0)
         );
+    }
+
+    #[test]
+    fn a_frame_written_again_replaces_it_in_the_index_and_a_keyframe_so_replaced_starts_nothing() {
+        let dir = scratch("again");
+        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        for s in 0..70 {
+            sink.commit(&applied(vec![second(s)])).unwrap();
+        }
+        // Indexed: 0 to 69. Then 65 again, with another query, in memory.
+        sink.indexed -= INDEX_EVERY;
+        let mut again = second(65);
+        Arc::make_mut(&mut again.sessions[0]).query = "again".into();
+        sink.commit(&applied(vec![again])).unwrap();
+        let query_at = |second: i64| {
+            let state = rebuild(&reader, &unindexed, "a", second * 1_000_000).unwrap();
+            state.unwrap().sessions[0].query.to_string()
+        };
+        assert_eq!(query_at(65), "again");
+        // And once that is indexed, over the entry it replaces.
+        sink.indexed -= INDEX_EVERY;
+        sink.commit(&applied(vec![second(70)])).unwrap();
+        assert!(
+            unindexed
+                .of("a", i64::MAX)
+                .iter()
+                .all(|p| p.at == 70_000_000)
+        );
+        assert_eq!(query_at(65), "again");
+        assert_eq!(query_at(66), "");
+        // The keyframe at 60 written again as a delta (its session leaves,
+        // another comes): the state at 62 starts from the keyframe at 0.
+        let mut delta = second(60);
+        delta.keyframe = false;
+        delta.removed = vec![(60, 0)];
+        sink.commit(&applied(vec![delta])).unwrap();
+        let state = rebuild(&reader, &unindexed, "a", 62_000_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.sessions.len(), 1);
+        assert_eq!(state.sessions[0].pid, 63);
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_file_an_older_version_wrote_since_is_indexed_again() {
+        let dir = scratch("older");
+        let (mut sink, reader, _, _, _) = open(&dir).unwrap();
+        for s in 0..5 {
+            sink.commit(&applied(vec![second(s)])).unwrap();
+        }
+        sink.indexed -= INDEX_EVERY;
+        sink.commit(&applied(vec![second(5)])).unwrap();
+        drop((sink, reader));
+        // An older version: its index again, every frame pruned, and new
+        // frames of another server numbered from 1.
+        let db = connect(&dir.join("pgfleet.sqlite")).unwrap();
+        db.execute_batch(
+            "CREATE UNIQUE INDEX frames_by_server ON frames (server_id, at);
+             DELETE FROM frames;",
+        )
+        .unwrap();
+        for s in 0..3 {
+            let f = Frame {
+                server_id: "b".into(),
+                ..second(s)
+            };
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
+                params![f.server_id, f.at, f.keyframe, encode(&f)],
+            )
+            .unwrap();
+        }
+        drop(db);
+        let (_sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        assert!(
+            rebuild(&reader, &unindexed, "a", i64::MAX)
+                .unwrap()
+                .is_none()
+        );
+        let b = rebuild(&reader, &unindexed, "b", i64::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.sessions[0].pid, 3);
+        drop(reader);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
