@@ -426,7 +426,78 @@ pub struct Minute {
     /// By metric and its label's value ("" without one): the sum of the
     /// samples' counts (Mean), their maximum (Max) or the sum of the
     /// increments (Rate).
-    pub values: BTreeMap<(Metric, String), f64>,
+    pub values: Values,
+}
+
+/// A minute's values by metric and label, in that order.
+///
+/// The live view copies its server's open minute at every sample (readers
+/// hold the one before), so this is a short sorted list whose labels are
+/// shared: a copy is one allocation, where a map keyed by `String` was an
+/// allocation per value, and a value found adds none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Values(Vec<(Metric, Arc<str>, f64)>);
+
+impl Values {
+    /// Where (metric, label) is, or would go.
+    fn find(&self, metric: Metric, label: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|(m, l, _)| (*m, &**l).cmp(&(metric, label)))
+    }
+
+    /// The value of (metric, label), 0 when it has none, to change.
+    pub fn slot(&mut self, metric: Metric, label: &str) -> &mut f64 {
+        let i = match self.find(metric, label) {
+            Ok(i) => i,
+            Err(i) => {
+                self.0.insert(i, (metric, label.into(), 0.0));
+                i
+            }
+        };
+        &mut self.0[i].2
+    }
+
+    /// The value of (metric, label), if it has one.
+    pub fn get(&self, metric: Metric, label: &str) -> Option<f64> {
+        self.find(metric, label).ok().map(|i| self.0[i].2)
+    }
+
+    /// Sets (metric, label) to `value`.
+    pub fn insert(&mut self, metric: Metric, label: &str, value: f64) {
+        *self.slot(metric, label) = value;
+    }
+
+    /// Every value, by metric and label.
+    pub fn iter(&self) -> impl Iterator<Item = (Metric, &Arc<str>, f64)> {
+        self.0.iter().map(|(m, l, v)| (*m, l, *v))
+    }
+
+    /// `metric`'s values, by label.
+    pub fn of(&self, metric: Metric) -> impl Iterator<Item = (&Arc<str>, f64)> {
+        let start = self.0.partition_point(|(m, ..)| *m < metric);
+        self.0[start..]
+            .iter()
+            .take_while(move |(m, ..)| *m == metric)
+            .map(|(_, l, v)| (l, *v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> FromIterator<(Metric, &'a str, f64)> for Values {
+    fn from_iter<I: IntoIterator<Item = (Metric, &'a str, f64)>>(values: I) -> Values {
+        let mut out = Values::default();
+        for (metric, label, value) in values {
+            out.insert(metric, label, value);
+        }
+        out
+    }
 }
 
 impl Minute {
@@ -444,7 +515,7 @@ impl Minute {
     }
 
     fn add(&mut self, metric: Metric, label: &str, value: f64) {
-        let slot = self.values.entry((metric, label.to_owned())).or_default();
+        let slot = self.values.slot(metric, label);
         match metric.combine() {
             Combine::Mean | Combine::Rate => *slot += value,
             Combine::Max => *slot = slot.max(value),
@@ -517,10 +588,10 @@ impl Minute {
             values: self
                 .values
                 .iter()
-                .map(|((metric, label), value)| StoredValue {
+                .map(|(metric, label, value)| StoredValue {
                     metric: metric.code(),
-                    label: label.clone(),
-                    value: *value,
+                    label: label.to_string(),
+                    value,
                 })
                 .collect(),
         }
@@ -536,8 +607,8 @@ impl Minute {
             covered_us: stored.covered_us,
             values: stored
                 .values
-                .into_iter()
-                .filter_map(|v| Some(((Metric::from_code(v.metric)?, v.label), v.value)))
+                .iter()
+                .filter_map(|v| Some((Metric::from_code(v.metric)?, v.label.as_str(), v.value)))
                 .collect(),
         })
     }
@@ -566,6 +637,38 @@ struct StoredValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_minutes_values_are_found_by_metric_and_label_in_order() {
+        let mut v = Values::default();
+        for (metric, label, value) in [
+            (Metric::Sessions, "idle", 2.0),
+            (Metric::BlockedSessions, "", 1.0),
+            (Metric::Sessions, "active", 3.0),
+            (Metric::Sessions, "idle", 5.0),
+        ] {
+            *v.slot(metric, label) += value;
+        }
+        assert_eq!(v.len(), 3);
+        assert_eq!(v.get(Metric::Sessions, "idle"), Some(7.0));
+        assert_eq!(v.get(Metric::Sessions, "unknown"), None);
+        let sessions: Vec<(String, f64)> = v
+            .of(Metric::Sessions)
+            .map(|(l, x)| (l.to_string(), x))
+            .collect();
+        assert_eq!(sessions, [("active".into(), 3.0), ("idle".into(), 7.0)]);
+        assert_eq!(v.of(Metric::MaxXactAge).count(), 0);
+        let all: Vec<Metric> = v.iter().map(|(m, ..)| m).collect();
+        assert!(all.is_sorted(), "{all:?}");
+        // Stored and read back whole.
+        let m = Minute {
+            start: 60_000_000,
+            samples: 1,
+            covered_us: 1_000_000,
+            values: v,
+        };
+        assert_eq!(Minute::decode(m.start, &m.encode()), Some(m));
+    }
 
     fn in_transaction(pid: i32, db: &str, start: Micros) -> Arc<Session> {
         Arc::new(Session {

@@ -265,14 +265,11 @@ impl Plan {
                 .or_default();
             cell.samples += m.samples;
             cell.covered_us += m.covered_us;
-            for ((metric, value_label), v) in m.values.range((self.metric, String::new())..) {
-                if *metric != self.metric {
-                    break;
-                }
-                let slot = cell.values.entry(value_label.clone()).or_default();
+            for (value_label, v) in m.values.of(self.metric) {
+                let slot = cell.values.entry(value_label.to_string()).or_default();
                 match combine {
                     Combine::Mean | Combine::Rate => *slot += v,
-                    Combine::Max => *slot = slot.max(*v),
+                    Combine::Max => *slot = slot.max(v),
                 }
             }
         }
@@ -423,10 +420,7 @@ mod tests {
             start,
             samples,
             covered_us: i64::from(samples) * 1_000_000,
-            values: values
-                .iter()
-                .map(|(m, l, v)| ((*m, (*l).to_owned()), *v))
-                .collect(),
+            values: values.iter().copied().collect(),
         }
     }
 

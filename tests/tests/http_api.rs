@@ -204,6 +204,19 @@ async fn every_query_rpc_answers_as_json_over_http_with_read_tokens() {
         assert_eq!(status, 200, "{path}: {body}");
         assert!(body.get(field).is_some(), "{path} has no {field}: {body}");
     }
+    // Each database's totals name it.
+    let (_, body) = get(&http, "/api/v1/servers/db-json/databases", Some(BEARER))
+        .await
+        .unwrap();
+    let named: Vec<&str> = body["databases"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .filter_map(|d| d["totals"]["database"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(named.contains(&"postgres"), "{body}");
 
     // Load: the sleeper on Timeout:PgSleep in a step that has closed, and
     // the same over HTTP as over gRPC.

@@ -265,21 +265,23 @@ fn counter<'a>(load: &'a mut HashMap<Arc<str>, Counter>, server_id: &str) -> &'a
 /// Adds one up snapshot's increments to the totals. Every up snapshot lists every
 /// watched database, so one it leaves out was dropped (or is no longer watched).
 pub(super) fn sum_databases(
-    totals: &mut BTreeMap<String, DatabaseTotal>,
+    totals: &mut BTreeMap<Arc<str>, DatabaseTotal>,
     increments: &[v1::DatabaseCounters],
     now: Micros,
 ) {
-    totals.retain(|name, _| increments.iter().any(|i| &i.database == name));
+    totals.retain(|name, _| increments.iter().any(|i| *i.database == **name));
     for inc in increments {
-        let total = totals
-            .entry(inc.database.clone())
-            .or_insert_with(|| DatabaseTotal {
-                since_us: now,
-                totals: v1::DatabaseCounters {
-                    database: inc.database.clone(),
-                    ..Default::default()
-                },
-            });
+        // Found without a copy of its name: the view's copy of the map at
+        // every sample shares its names.
+        let total = match totals.get_mut(inc.database.as_str()) {
+            Some(total) => total,
+            None => totals
+                .entry(inc.database.as_str().into())
+                .or_insert_with(|| DatabaseTotal {
+                    since_us: now,
+                    totals: v1::DatabaseCounters::default(),
+                }),
+        };
         add_counters(&mut total.totals, inc);
     }
 }

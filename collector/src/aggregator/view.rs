@@ -58,7 +58,7 @@ pub struct ServerView {
     pub pools: Arc<Pools>,
     /// pg_stat_database counters summed since the collector first saw each
     /// database, by name.
-    pub databases: Arc<BTreeMap<String, DatabaseTotal>>,
+    pub databases: Arc<BTreeMap<Arc<str>, DatabaseTotal>>,
     /// DB load now and over the last minutes, as of the last closed 10 s.
     pub load: Arc<LoadNow>,
 }
@@ -68,7 +68,8 @@ pub struct ServerView {
 pub struct DatabaseTotal {
     /// When the collector first saw the database.
     pub since_us: Micros,
-    /// The sums of every increment received.
+    /// The sums of every increment received (without the database's name,
+    /// which is the map's key).
     pub totals: v1::DatabaseCounters,
 }
 

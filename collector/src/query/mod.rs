@@ -398,9 +398,12 @@ impl v1::query_server::Query for QueryService {
             server: Some(server_message(&server, now_micros())),
             databases: server
                 .databases
-                .values()
-                .map(|d| v1::DatabaseTotals {
-                    totals: Some(d.totals.clone()),
+                .iter()
+                .map(|(name, d)| v1::DatabaseTotals {
+                    totals: Some(v1::DatabaseCounters {
+                        database: name.to_string(),
+                        ..d.totals.clone()
+                    }),
                     since: Some(time::timestamp(d.since_us)),
                 })
                 .collect(),

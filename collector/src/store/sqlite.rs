@@ -1117,7 +1117,7 @@ mod tests {
         m.samples = 3;
         m.covered_us = 3_000_000;
         m.values
-            .insert((crate::rollup::Metric::Sessions, "active".into()), 7.0);
+            .insert(crate::rollup::Metric::Sessions, "active", 7.0);
         db.execute(
             "INSERT INTO rollups VALUES (?1, 'a', ?2)",
             params![m.start, m.encode()],
