@@ -21,9 +21,10 @@ use crate::rollup::Minute;
 
 /// The tables. Frames are appended in the order they are applied (rowid),
 /// which keeps a second's thousands of inserts at the end of the table, and
-/// found by server and time through `frame_index`, which the writer fills
-/// [`INDEX_EVERY`], in server order (see [`Unindexed`]). `kept` holds the last
-/// frame indexed (`frames_indexed_to`).
+/// found by server and time through `frame_index`, into which the writer
+/// puts each server's frames every [`INDEX_EVERY`] (see [`Unindexed`]).
+/// `kept` holds the frame up to which every frame is indexed
+/// (`frames_indexed_to`).
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         agent_id TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL);
@@ -87,8 +88,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         fingerprint INTEGER PRIMARY KEY,
         text TEXT NOT NULL);";
 
-/// How often the writer indexes the frames it has committed since it last
-/// did.
+/// How often the writer indexes a server's frames: those it has committed
+/// since it last did.
 ///
 /// An index of each frame by server and time, kept up as each frame is
 /// written, dirtied a leaf of the index per frame: at thousands of servers a
@@ -97,6 +98,22 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
 /// Indexed ten seconds at a time, in server order, each server's ten
 /// entries go to one leaf together: about 5 µs a frame with the rows.
 pub(super) const INDEX_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The servers fall into this many groups (by a hash of their id), and each
+/// commit indexes one group, in turn: with a commit every
+/// [`super::COMMIT_EVERY`], each server every [`INDEX_EVERY`]. Indexing every
+/// server in one commit took long enough, at 10,000 servers, for the
+/// writer's queue to fill behind it and the aggregator to wait.
+const GROUPS: usize = (INDEX_EVERY.as_millis() / super::COMMIT_EVERY.as_millis()) as usize;
+
+/// The group `server_id` is indexed with (FNV-1a: the same in every
+/// process, so that a restart keeps each server's turn).
+fn group_of(server_id: &str) -> usize {
+    let hash = server_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % GROUPS as u64) as usize
+}
 
 /// A frame's place, as `frame_index` holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +148,16 @@ pub(super) struct SqliteSink {
     db: Connection,
     /// Each server's dictionary of strings for the hour being written.
     keys: Dictionaries,
-    /// The frames committed and not yet indexed: the writer's own, and the
-    /// copy reads see.
-    own: HashMap<String, Vec<Place>>,
+    /// The frames committed and not yet indexed: the writer's own, by
+    /// group, and the copy reads see.
+    own: Vec<HashMap<String, Vec<Place>>>,
     unindexed: Unindexed,
-    indexed: std::time::Instant,
+    /// How many commits there were: the group whose turn it is.
+    turn: usize,
+    /// The last frame committed.
+    last_frame: i64,
+    /// Whether the next commit indexes every group (tests).
+    all: bool,
 }
 
 /// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
@@ -168,12 +190,15 @@ pub(super) fn open(
         "History store opened."
     );
     let unindexed = Unindexed::default();
+    let last_frame = last_frame(&db).map_err(fail)?;
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
-        own: HashMap::new(),
+        own: vec![HashMap::new(); GROUPS],
         unindexed: unindexed.clone(),
-        indexed: std::time::Instant::now(),
+        turn: 0,
+        last_frame,
+        all: false,
     };
     Ok((sink, reader, unindexed, loaded, place))
 }
@@ -189,6 +214,11 @@ fn written_by_an_older_version(db: &Connection) -> rusqlite::Result<bool> {
         |r| r.get(0),
     )?;
     Ok(count == 2)
+}
+
+/// The last frame's row (0: none).
+fn last_frame(db: &Connection) -> rusqlite::Result<i64> {
+    db.query_row("SELECT coalesce(max(id), 0) FROM frames", [], |r| r.get(0))
 }
 
 /// Indexes the frames that a collector stopped before it indexed them (and,
@@ -761,25 +791,46 @@ pub(super) fn rebuild(
 
 impl Sink for SqliteSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
-        let index = self.indexed.elapsed() >= INDEX_EVERY;
+        let turn = self.turn % GROUPS;
+        let now = |g: usize| self.all || g == turn;
+        // Every frame before the first that stays unindexed will be indexed;
+        // with none left, every frame committed so far (this commit's own
+        // come after them).
+        let indexed_to = (0..GROUPS)
+            .filter(|&g| !now(g))
+            .flat_map(|g| self.own[g].values())
+            .filter_map(|places| places.first())
+            .map(|p| p.id - 1)
+            .min()
+            .unwrap_or(self.last_frame);
+        let indexed: Vec<&HashMap<String, Vec<Place>>> = (0..GROUPS)
+            .filter(|&g| now(g))
+            .map(|g| &self.own[g])
+            .collect();
         let mut fresh = Vec::new();
         commit(
             &mut self.db,
             ops,
             &mut self.keys,
             &mut fresh,
-            index.then_some(&self.own),
+            Index {
+                groups: &indexed,
+                indexed_to,
+            },
         )
         .map_err(|e| e.to_string())?;
         self.keys.committed();
         let mut unindexed = self.unindexed.lock();
-        if index {
-            self.indexed = std::time::Instant::now();
-            self.own.clear();
-            unindexed.clear();
+        for g in (0..GROUPS).filter(|&g| self.all || g == turn) {
+            for (server_id, _) in self.own[g].drain() {
+                unindexed.remove(&server_id);
+            }
         }
+        self.turn += 1;
+        self.all = false;
         for (server_id, place) in fresh {
-            for map in [&mut self.own, &mut *unindexed] {
+            self.last_frame = self.last_frame.max(place.id);
+            for map in [&mut self.own[group_of(server_id)], &mut *unindexed] {
                 match map.get_mut(server_id) {
                     Some(places) => places.push(place),
                     None => {
@@ -796,20 +847,24 @@ impl Sink for SqliteSink {
     }
 }
 
-/// Writes `ops` in one transaction, and with them the index of the frames in
-/// `index` (those committed since the last), in server order; says where
-/// each frame of `ops` went in `fresh`.
+/// What a commit indexes: the frames of these groups' servers, committed
+/// before it; and the frame up to which every frame is then indexed.
+struct Index<'a> {
+    groups: &'a [&'a HashMap<String, Vec<Place>>],
+    indexed_to: i64,
+}
+
+/// Writes `ops` in one transaction, and with them `index`; says where each
+/// frame of `ops` went in `fresh`.
 fn commit<'a>(
     db: &mut Connection,
     ops: &'a [(u64, Op)],
     keys: &mut Dictionaries,
     fresh: &mut Vec<(&'a str, Place)>,
-    index: Option<&HashMap<String, Vec<Place>>>,
+    index: Index<'_>,
 ) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
-    if let Some(unindexed) = index {
-        write_index(&tx, unindexed)?;
-    }
+    write_index(&tx, index)?;
     {
         let mut frame = tx.prepare_cached(
             "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
@@ -913,32 +968,28 @@ fn commit<'a>(
     tx.commit()
 }
 
-/// Indexes `unindexed`, a server at a time in name order (each server's
-/// entries then go to one leaf of the index together), and notes the last
-/// frame indexed.
-fn write_index(
-    tx: &rusqlite::Transaction<'_>,
-    unindexed: &HashMap<String, Vec<Place>>,
-) -> rusqlite::Result<()> {
-    let mut servers: Vec<&String> = unindexed.keys().collect();
-    servers.sort_unstable();
+/// Indexes the frames of `index`'s groups, a server at a time in name order
+/// (each server's entries then go to one leaf of the index together), and
+/// notes the frame up to which every frame is indexed.
+fn write_index(tx: &rusqlite::Transaction<'_>, index: Index<'_>) -> rusqlite::Result<()> {
+    let mut servers: Vec<(&String, &Vec<Place>)> =
+        index.groups.iter().flat_map(|g| g.iter()).collect();
+    servers.sort_unstable_by_key(|(server_id, _)| *server_id);
     let mut put = tx.prepare_cached(
         "INSERT OR REPLACE INTO frame_index (server_id, at, id, keyframe) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    let mut last = None;
-    for server_id in servers {
-        let mut places = unindexed[server_id].clone();
+    for (server_id, places) in servers {
+        let mut places = places.clone();
         // A time written twice: the later frame stands.
         places.sort_unstable_by_key(|p| (p.at, p.id));
         for p in places {
             put.execute(params![server_id, p.at, p.id, p.keyframe])?;
-            last = last.max(Some(p.id));
         }
     }
-    if let Some(last) = last {
+    if index.indexed_to > 0 {
         tx.execute(
             "INSERT OR REPLACE INTO kept (name, value) VALUES ('frames_indexed_to', ?1)",
-            [last],
+            [index.indexed_to],
         )?;
     }
     Ok(())
@@ -1064,7 +1115,7 @@ mod tests {
             sink.commit(&applied(vec![second(s)])).unwrap();
             if s == 70 {
                 // Indexed with the next commit.
-                sink.indexed -= INDEX_EVERY;
+                sink.all = true;
             }
         }
         let in_index: i64 = reader
@@ -1101,7 +1152,7 @@ mod tests {
         assert_eq!(query_at(&reader, &unindexed, 80), "again");
         assert_eq!(query_at(&reader, &unindexed, 79), "");
         assert_eq!(pid_at(&reader, &unindexed, 65), Some(66));
-        sink.indexed -= INDEX_EVERY;
+        sink.all = true;
         sink.commit(&applied(vec![second(90)])).unwrap();
         assert_eq!(pid_at(&reader, &unindexed, 95), Some(91));
         assert_eq!(pid_at(&reader, &Unindexed::default(), 95), Some(90));
@@ -1173,7 +1224,7 @@ mod tests {
             sink.commit(&applied(vec![second(s)])).unwrap();
         }
         // Indexed: 0 to 69. Then 65 again, with another query, in memory.
-        sink.indexed -= INDEX_EVERY;
+        sink.all = true;
         let mut again = second(65);
         Arc::make_mut(&mut again.sessions[0]).query = "again".into();
         sink.commit(&applied(vec![again])).unwrap();
@@ -1183,7 +1234,7 @@ mod tests {
         };
         assert_eq!(query_at(65), "again");
         // And once that is indexed, over the entry it replaces.
-        sink.indexed -= INDEX_EVERY;
+        sink.all = true;
         sink.commit(&applied(vec![second(70)])).unwrap();
         assert!(
             unindexed
@@ -1209,13 +1260,80 @@ mod tests {
     }
 
     #[test]
+    fn each_commit_indexes_one_group_of_servers_in_turn() {
+        let dir = scratch("turns");
+        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let names: Vec<String> = (0..200).map(|i| format!("db-{i}")).collect();
+        let groups: Vec<usize> = names.iter().map(|n| group_of(n)).collect();
+        // Every group has servers, and none has most of them.
+        let mut sizes = [0; GROUPS];
+        groups.iter().for_each(|&g| sizes[g] += 1);
+        assert!(sizes.iter().all(|&n| (1..=12).contains(&n)), "{sizes:?}");
+        let frames = names
+            .iter()
+            .map(|n| Frame {
+                server_id: n.clone(),
+                ..second(0)
+            })
+            .collect();
+        // The first commit (the turn of group 0) writes the frames, which
+        // are indexed from the next on, a group a commit.
+        sink.commit(&applied(frames)).unwrap();
+        let indexed = || -> i64 {
+            reader
+                .query_row("SELECT count(*) FROM frame_index", [], |r| r.get(0))
+                .unwrap()
+        };
+        let kept = || -> i64 {
+            reader
+                .query_row(
+                    "SELECT coalesce(max(value), 0) FROM kept WHERE name = 'frames_indexed_to'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        for turn in 1..GROUPS {
+            sink.commit(&[]).unwrap();
+            let expected = groups.iter().filter(|&&g| (1..=turn).contains(&g)).count();
+            assert_eq!(indexed() as usize, expected, "after turn {turn}");
+            assert_eq!(unindexed.lock().len(), names.len() - expected);
+            // Everything before the first frame left is indexed, and
+            // nothing after it is said to be.
+            let first_left = names
+                .iter()
+                .zip(1..)
+                .filter(|(n, _)| !(1..=turn).contains(&group_of(n)))
+                .map(|(_, id)| id)
+                .min()
+                .unwrap();
+            assert_eq!(kept(), first_left - 1, "after turn {turn}");
+        }
+        // Group 0's turn again: every frame indexed, and found without the
+        // writer's list.
+        sink.commit(&[]).unwrap();
+        assert_eq!(indexed() as usize, names.len());
+        assert!(unindexed.lock().is_empty());
+        assert_eq!(kept(), names.len() as i64);
+        for n in &names {
+            assert!(
+                rebuild(&reader, &Unindexed::default(), n, i64::MAX)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_file_an_older_version_wrote_since_is_indexed_again() {
         let dir = scratch("older");
         let (mut sink, reader, _, _, _) = open(&dir).unwrap();
         for s in 0..5 {
             sink.commit(&applied(vec![second(s)])).unwrap();
         }
-        sink.indexed -= INDEX_EVERY;
+        sink.all = true;
         sink.commit(&applied(vec![second(5)])).unwrap();
         drop((sink, reader));
         // An older version: its index again, every frame pruned, and new
