@@ -9,7 +9,8 @@
 //!   when its tenth frame comes, in the same transactions;
 //! - **indexed every 10 s**: a row per frame with no index of its own, and
 //!   every tenth second the 10 s of frames put in `frame_index` at once, in
-//!   server order, as the store writes them now.
+//!   server order. The store writes the same entries, each server's ten
+//!   together, but spreads the servers over the commits of the 10 s.
 //!
 //! Each way has its own database in a temporary directory, first filled with
 //! `PGFLEET_BENCH_HISTORY` seconds (60) of every server's frames and
