@@ -1060,6 +1060,21 @@ mod tests {
         assert_eq!(db.last_insert_rowid(), 3);
     }
 
+    /// The rows of `sql`, three columns each.
+    fn triples<A, B, C>(db: &Connection, sql: &str) -> Vec<(A, B, C)>
+    where
+        A: rusqlite::types::FromSql,
+        B: rusqlite::types::FromSql,
+        C: rusqlite::types::FromSql,
+    {
+        db.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A new directory under the system's temporary one.
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
@@ -1087,6 +1102,20 @@ mod tests {
             },
             ..frame()
         }
+    }
+
+    /// A store in a new directory named for `name`, which has committed
+    /// server `a`'s frames of `seconds`, one a commit.
+    fn written(
+        name: &str,
+        seconds: std::ops::Range<i64>,
+    ) -> (std::path::PathBuf, SqliteSink, Connection, Unindexed) {
+        let dir = scratch(name);
+        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        for s in seconds {
+            sink.commit(&applied(vec![second(s)])).unwrap();
+        }
+        (dir, sink, reader, unindexed)
     }
 
     fn applied(frames: Vec<Frame>) -> Vec<(u64, Op)> {
@@ -1191,24 +1220,14 @@ mod tests {
         .unwrap();
         migrate(&db).unwrap();
         db.execute_batch(SCHEMA).unwrap();
-        let rows: Vec<(i64, String, i64)> = db
-            .prepare("SELECT id, server_id, at FROM frames ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let rows: Vec<(i64, String, i64)> =
+            triples(&db, "SELECT id, server_id, at FROM frames ORDER BY id");
         assert_eq!(rows, [(1, "a".to_owned(), 10), (2, "b".to_owned(), 20)]);
         // A second open leaves them be.
         migrate(&db).unwrap();
         index_the_rest(&db).unwrap();
-        let indexed: Vec<(String, i64, i64)> = db
-            .prepare("SELECT server_id, at, id FROM frame_index")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let indexed: Vec<(String, i64, i64)> =
+            triples(&db, "SELECT server_id, at, id FROM frame_index");
         assert_eq!(indexed, [("a".to_owned(), 10, 1), ("b".to_owned(), 20, 2)]);
         assert_eq!(
             prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
@@ -1218,11 +1237,7 @@ mod tests {
 
     #[test]
     fn a_frame_written_again_replaces_it_in_the_index_and_a_keyframe_so_replaced_starts_nothing() {
-        let dir = scratch("again");
-        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
-        for s in 0..70 {
-            sink.commit(&applied(vec![second(s)])).unwrap();
-        }
+        let (dir, mut sink, reader, unindexed) = written("again", 0..70);
         // Indexed: 0 to 69. Then 65 again, with another query, in memory.
         sink.all = true;
         let mut again = second(65);
@@ -1328,11 +1343,7 @@ mod tests {
 
     #[test]
     fn a_file_an_older_version_wrote_since_is_indexed_again() {
-        let dir = scratch("older");
-        let (mut sink, reader, _, _, _) = open(&dir).unwrap();
-        for s in 0..5 {
-            sink.commit(&applied(vec![second(s)])).unwrap();
-        }
+        let (dir, mut sink, reader, _) = written("older", 0..5);
         sink.all = true;
         sink.commit(&applied(vec![second(5)])).unwrap();
         drop((sink, reader));
