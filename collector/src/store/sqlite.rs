@@ -101,13 +101,17 @@ pub(super) const INDEX_EVERY: std::time::Duration = std::time::Duration::from_se
 
 /// The servers fall into this many groups (by a hash of their id), and each
 /// commit indexes one group, in turn: with a commit every
-/// [`super::COMMIT_EVERY`], each server every [`INDEX_EVERY`]. Indexing every
-/// server in one commit took long enough, at 10,000 servers, for the
-/// writer's queue to fill behind it and the aggregator to wait.
+/// [`super::COMMIT_EVERY`] (as under load), each server every
+/// [`INDEX_EVERY`]; with fewer commits, less often, but never more than this
+/// many commits' frames wait. Every server in one commit would be 100,000
+/// entries at 10,000 servers, and every agent's acknowledgement would wait
+/// for that commit.
 const GROUPS: usize = (INDEX_EVERY.as_millis() / super::COMMIT_EVERY.as_millis()) as usize;
+const _: () = assert!(GROUPS > 0, "COMMIT_EVERY must not exceed INDEX_EVERY");
 
-/// The group `server_id` is indexed with (FNV-1a: the same in every
-/// process, so that a restart keeps each server's turn).
+/// The group `server_id` is indexed with (FNV-1a, so that a server keeps its
+/// group from run to run; nothing depends on that but the evenness of
+/// the groups, which a test checks).
 fn group_of(server_id: &str) -> usize {
     let hash = server_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -1308,6 +1312,7 @@ mod tests {
                 )
                 .unwrap()
         };
+        assert_eq!((indexed(), kept()), (0, 0), "a commit's frames wait");
         for turn in 1..GROUPS {
             sink.commit(&[]).unwrap();
             let expected = groups.iter().filter(|&&g| (1..=turn).contains(&g)).count();
@@ -1338,6 +1343,58 @@ mod tests {
             );
         }
         drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_commit_that_fails_is_done_again_whole_and_a_stop_mid_turn_loses_nothing() {
+        let dir = scratch("retried");
+        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let names: Vec<String> = (0..40).map(|i| format!("db-{i}")).collect();
+        let frames = |s: i64| {
+            names
+                .iter()
+                .map(|n| Frame {
+                    server_id: n.clone(),
+                    ..second(s)
+                })
+                .collect::<Vec<_>>()
+        };
+        for s in 0..5 {
+            sink.commit(&applied(frames(s))).unwrap();
+        }
+        // A commit that fails (a full disk, say) changes nothing; the same
+        // writes done again go in once.
+        sink.db
+            .execute_batch(
+                "CREATE TEMP TRIGGER full BEFORE INSERT ON frames
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        let ops = applied(frames(5));
+        let before = (sink.turn, unindexed.lock().clone());
+        assert!(sink.commit(&ops).is_err());
+        assert_eq!((sink.turn, unindexed.lock().clone()), before);
+        sink.db.execute_batch("DROP TRIGGER full;").unwrap();
+        sink.commit(&ops).unwrap();
+        let count = |sql: &str| -> i64 { reader.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM frames"), 6 * 40);
+        // Stopped mid-turn: opened again, every frame is found in the file.
+        drop((sink, reader));
+        let (_sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        assert!(unindexed.lock().is_empty());
+        assert_eq!(
+            reader
+                .query_row("SELECT count(*) FROM frame_index", [], |r| r
+                    .get::<_, i64>(0))
+                .unwrap(),
+            6 * 40
+        );
+        for n in &names {
+            let state = rebuild(&reader, &unindexed, n, i64::MAX).unwrap().unwrap();
+            assert_eq!(state.sessions[0].pid, 6, "{n}");
+        }
+        drop(reader);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
