@@ -236,6 +236,19 @@ fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
         )
         .optional()?
         .unwrap_or(0);
+    // At most this many (ids of pruned frames are not reused).
+    let pending: i64 = db.query_row(
+        "SELECT coalesce(max(id), 0) - ?1 FROM frames",
+        [from],
+        |r| r.get(0),
+    )?;
+    let started = std::time::Instant::now();
+    if pending > LARGE_INDEX {
+        info!(
+            frames_at_most = pending,
+            "Indexing the stored frames by server and time before the collector starts: a file written by a version before the index is indexed once, which can take minutes for a large one."
+        );
+    }
     let tx = db.unchecked_transaction()?;
     let indexed = tx.execute(
         "INSERT OR REPLACE INTO frame_index (server_id, at, id, keyframe)
@@ -252,11 +265,15 @@ fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
     if indexed > 0 {
         info!(
             frames = indexed,
+            took = ?started.elapsed(),
             "Indexed the stored frames that were not yet."
         );
     }
     Ok(())
 }
+
+/// How many frames to index at open make it worth saying so first.
+const LARGE_INDEX: i64 = 100_000;
 
 /// Moves frames kept by an earlier version (a table keyed by server and
 /// time) into the present layout.
