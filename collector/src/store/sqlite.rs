@@ -1139,6 +1139,22 @@ mod tests {
         (dir, sink, reader, unindexed)
     }
 
+    /// `n` servers' ids.
+    fn servers(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("db-{i}")).collect()
+    }
+
+    /// [`second`] of each of `servers`.
+    fn each(servers: &[String], s: i64) -> Vec<Frame> {
+        servers
+            .iter()
+            .map(|n| Frame {
+                server_id: n.clone(),
+                ..second(s)
+            })
+            .collect()
+    }
+
     fn applied(frames: Vec<Frame>) -> Vec<(u64, Op)> {
         vec![(
             1,
@@ -1297,21 +1313,14 @@ mod tests {
 
     #[test]
     fn each_commit_indexes_one_group_of_servers_in_turn() {
-        let dir = scratch("turns");
-        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
-        let names: Vec<String> = (0..200).map(|i| format!("db-{i}")).collect();
+        let (dir, mut sink, reader, unindexed) = written("turns", 0..0);
+        let names = servers(200);
         let groups: Vec<usize> = names.iter().map(|n| group_of(n)).collect();
         // Every group has servers, and none has most of them.
         let mut sizes = [0; GROUPS];
         groups.iter().for_each(|&g| sizes[g] += 1);
         assert!(sizes.iter().all(|&n| (1..=12).contains(&n)), "{sizes:?}");
-        let frames = names
-            .iter()
-            .map(|n| Frame {
-                server_id: n.clone(),
-                ..second(0)
-            })
-            .collect();
+        let frames = each(&names, 0);
         // The first commit (the turn of group 0) writes the frames, which
         // are indexed from the next on, a group a commit.
         sink.commit(&applied(frames)).unwrap();
@@ -1365,18 +1374,9 @@ mod tests {
 
     #[test]
     fn a_commit_that_fails_is_done_again_whole_and_a_stop_mid_turn_loses_nothing() {
-        let dir = scratch("retried");
-        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
-        let names: Vec<String> = (0..40).map(|i| format!("db-{i}")).collect();
-        let frames = |s: i64| {
-            names
-                .iter()
-                .map(|n| Frame {
-                    server_id: n.clone(),
-                    ..second(s)
-                })
-                .collect::<Vec<_>>()
-        };
+        let (dir, mut sink, reader, unindexed) = written("retried", 0..0);
+        let names = servers(40);
+        let frames = |s: i64| each(&names, s);
         for s in 0..5 {
             sink.commit(&applied(frames(s))).unwrap();
         }
