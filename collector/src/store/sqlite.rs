@@ -184,7 +184,7 @@ pub(super) fn open(
         )
         .map_err(fail)?;
     }
-    index_the_rest(&db).map_err(fail)?;
+    let last_frame = index_the_rest(&db).map_err(fail)?;
     let loaded = loaded(&db, &path).map_err(fail)?;
     let reader = connect(&path).map_err(fail)?;
     info!(
@@ -194,7 +194,6 @@ pub(super) fn open(
         "History store opened."
     );
     let unindexed = Unindexed::default();
-    let last_frame = last_frame(&db).map_err(fail)?;
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
@@ -220,14 +219,10 @@ fn written_by_an_older_version(db: &Connection) -> rusqlite::Result<bool> {
     Ok(count == 2)
 }
 
-/// The last frame's row (0: none).
-fn last_frame(db: &Connection) -> rusqlite::Result<i64> {
-    db.query_row("SELECT coalesce(max(id), 0) FROM frames", [], |r| r.get(0))
-}
-
 /// Indexes the frames that a collector stopped before it indexed them (and,
-/// the first time, every frame of a file from before `frame_index`).
-fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
+/// the first time, every frame of a file from before `frame_index`); the
+/// last frame's row (0: none), up to which every frame is then indexed.
+fn index_the_rest(db: &Connection) -> rusqlite::Result<i64> {
     let from: i64 = db
         .query_row(
             "SELECT value FROM kept WHERE name = 'frames_indexed_to'",
@@ -236,12 +231,9 @@ fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
         )
         .optional()?
         .unwrap_or(0);
+    let last: i64 = db.query_row("SELECT coalesce(max(id), 0) FROM frames", [], |r| r.get(0))?;
     // At most this many (ids of pruned frames are not reused).
-    let pending: i64 = db.query_row(
-        "SELECT coalesce(max(id), 0) - ?1 FROM frames",
-        [from],
-        |r| r.get(0),
-    )?;
+    let pending = last - from;
     let started = std::time::Instant::now();
     if pending > LARGE_INDEX {
         info!(
@@ -256,11 +248,12 @@ fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
              ORDER BY server_id, at, id",
         params![from],
     )?;
-    tx.execute(
-        "INSERT OR REPLACE INTO kept (name, value)
-             SELECT 'frames_indexed_to', max(id) FROM frames HAVING max(id) IS NOT NULL",
-        [],
-    )?;
+    if last > 0 {
+        tx.execute(
+            "INSERT OR REPLACE INTO kept (name, value) VALUES ('frames_indexed_to', ?1)",
+            [last],
+        )?;
+    }
     tx.commit()?;
     if indexed > 0 {
         info!(
@@ -269,7 +262,7 @@ fn index_the_rest(db: &Connection) -> rusqlite::Result<()> {
             "Indexed the stored frames that were not yet."
         );
     }
-    Ok(())
+    Ok(last)
 }
 
 /// How many frames to index at open make it worth saying so first.
@@ -813,21 +806,20 @@ pub(super) fn rebuild(
 impl Sink for SqliteSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
         let turn = self.turn % GROUPS;
-        let now = |g: usize| self.all || g == turn;
+        let (now, left): (Vec<usize>, Vec<usize>) =
+            (0..GROUPS).partition(|&g| self.all || g == turn);
         // Every frame before the first that stays unindexed will be indexed;
         // with none left, every frame committed so far (this commit's own
         // come after them).
-        let indexed_to = (0..GROUPS)
-            .filter(|&g| !now(g))
-            .flat_map(|g| self.own[g].values())
+        let indexed_to = left
+            .iter()
+            .flat_map(|&g| self.own[g].values())
             .filter_map(|places| places.first())
             .map(|p| p.id - 1)
             .min()
             .unwrap_or(self.last_frame);
-        let indexed: Vec<&HashMap<String, Vec<Place>>> = (0..GROUPS)
-            .filter(|&g| now(g))
-            .map(|g| &self.own[g])
-            .collect();
+        let indexed: Vec<&HashMap<String, Vec<Place>>> =
+            now.iter().map(|&g| &self.own[g]).collect();
         let mut fresh = Vec::new();
         commit(
             &mut self.db,
@@ -842,7 +834,7 @@ impl Sink for SqliteSink {
         .map_err(|e| e.to_string())?;
         self.keys.committed();
         let mut unindexed = self.unindexed.lock();
-        for g in (0..GROUPS).filter(|&g| self.all || g == turn) {
+        for g in now {
             for (server_id, _) in self.own[g].drain() {
                 unindexed.remove(&server_id);
             }
