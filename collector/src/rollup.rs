@@ -457,11 +457,6 @@ impl Values {
         &mut self.0[i].2
     }
 
-    /// The value of (metric, label), if it has one.
-    pub fn get(&self, metric: Metric, label: &str) -> Option<f64> {
-        self.find(metric, label).ok().map(|i| self.0[i].2)
-    }
-
     /// Sets (metric, label) to `value`.
     pub fn insert(&mut self, metric: Metric, label: &str, value: f64) {
         *self.slot(metric, label) = value;
@@ -479,14 +474,6 @@ impl Values {
             .iter()
             .take_while(move |(m, ..)| *m == metric)
             .map(|(_, l, v)| (l, *v))
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -649,9 +636,8 @@ mod tests {
         ] {
             *v.slot(metric, label) += value;
         }
-        assert_eq!(v.len(), 3);
-        assert_eq!(v.get(Metric::Sessions, "idle"), Some(7.0));
-        assert_eq!(v.get(Metric::Sessions, "unknown"), None);
+        assert_eq!(v.iter().count(), 3);
+        // (Sessions, "idle") found and added to; no value made up.
         let sessions: Vec<(String, f64)> = v
             .of(Metric::Sessions)
             .map(|(l, x)| (l.to_string(), x))
