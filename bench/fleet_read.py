@@ -15,23 +15,17 @@ Writes the "## Fleet-wide reads" section of BENCHMARKS.md with the command.
     python3 bench/fleet_read.py [--rounds 3] [--baseline BIN]
 """
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-from report import heading, write_section
+from report import bench_json, heading, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Fleet-wide reads"
 
 
 def run(command: list[str], servers: int) -> dict:
-    print("+", " ".join(command), file=sys.stderr, flush=True)
-    env = dict(os.environ, PGFLEET_BENCH_SERVERS=str(servers))
-    out = subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return bench_json(command, {"PGFLEET_BENCH_SERVERS": str(servers)})
 
 
 def main() -> None:

@@ -17,16 +17,20 @@ def machine_name() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
-def cargo_bench(bench: str, env: dict[str, str]) -> dict:
-    """Runs `cargo bench -p pgfleet-tests --bench BENCH` from the repository's
-    root with `env` added to the environment; the JSON object it printed last."""
+def bench_json(command: list[str], env: dict[str, str]) -> dict:
+    """Runs `command` from the repository's root with `env` added to the
+    environment; the JSON object it printed last."""
     import json
-    command = ["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", bench]
     print("+", " ".join(command), env, file=sys.stderr, flush=True)
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run(command, cwd=root, env=dict(os.environ, **env), check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cargo_bench(bench: str, env: dict[str, str]) -> dict:
+    """`cargo bench -p pgfleet-tests --bench BENCH` by [`bench_json`]."""
+    return bench_json(["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", bench], env)
 
 
 def heading(title: str, script: str, argv: list[str]) -> list[str]:

@@ -37,13 +37,14 @@ use rusqlite::{Connection, params};
 const BODY: usize = 700;
 const COMMITS_PER_SECOND: usize = 5;
 
-/// The calling thread's CPU time, in µs (Linux's schedstat).
+#[path = "../../agent/benches/support/cpu.rs"]
+mod cpu;
+
+/// The calling thread's CPU time, in µs.
 fn thread_cpu_us() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .expect("/proc/thread-self/schedstat")
-        / 1e3
+    let us = cpu::cpu().as_secs_f64() * 1e6;
+    assert!(us > 0.0, "cannot read /proc/thread-self/schedstat");
+    us
 }
 
 /// How a way keeps its frames.

@@ -1,4 +1,6 @@
-//! This thread's CPU time, for the agent's benchmark and its wake_floor example.
+//! This thread's CPU time, for the agent's benchmark and its wake_floor and
+//! statements_cost examples, and the store's frame_rows bench
+//! (tests/benches/frame_rows.rs).
 
 use std::time::Duration;
 
