@@ -118,9 +118,6 @@ pub struct Shipper {
     grpc_zstd: Vec<usize>,
 }
 
-/// The zstd level of batches (gRPC's zstd default).
-const ZSTD_LEVEL: i32 = 3;
-
 impl Shipper {
     /// A shipper that streams over `link`, introducing itself with `hello`.
     pub fn new(
@@ -436,7 +433,7 @@ impl Shipper {
             return false;
         }
         if self.zstd.is_none() {
-            match zstd::bulk::Compressor::new(ZSTD_LEVEL) {
+            match zstd::bulk::Compressor::new(crate::outgoing::ZSTD_LEVEL) {
                 Ok(context) => self.zstd = Some(context),
                 Err(e) => {
                     warn!(error = %e, "Cannot set up zstd; sending batches uncompressed.");

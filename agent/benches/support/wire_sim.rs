@@ -21,11 +21,11 @@ pub const CHANGED_PER_SAMPLE: usize = 100;
 pub const RECONNECTS_PER_SAMPLE: usize = 2;
 pub const T0: i64 = 1_790_000_000_000_000;
 const SECOND: i64 = 1_000_000;
-/// tonic compresses each message with zstd's default level.
-pub const ZSTD_LEVEL: i32 = 3;
+/// The agent compresses each batch as one zstd frame, at this level.
+pub use pgfleet_agent::outgoing::ZSTD_LEVEL;
 /// Per message on the stream: gRPC's 5-byte prefix and HTTP/2's 9-byte
 /// DATA frame header.
-const FRAMING: usize = 5 + 9;
+pub const FRAMING: usize = 5 + 9;
 
 const QUERIES: &[&str] = &[
     "SELECT o.id, o.status, o.total FROM orders o WHERE o.customer_id = 4711 ORDER BY o.created_at DESC LIMIT 20",
@@ -352,6 +352,8 @@ fn batch_bytes(
 pub struct Results {
     /// The stream after its first keyframe cycle: deltas and periodic keyframes.
     pub steady: Tally,
+    /// Its messages, uncompressed.
+    pub steady_messages: Vec<Vec<u8>>,
     pub deltas: Tally,
     pub keyframes: Tally,
     /// A full protobuf snapshot every sample.
@@ -383,6 +385,7 @@ pub fn run(samples: u64, compare: bool) -> Results {
         // Steady state: after the first keyframe cycle.
         if n > 60 {
             r.steady.add(&bytes);
+            r.steady_messages.push(bytes);
         }
 
         if !compare {

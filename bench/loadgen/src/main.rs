@@ -581,9 +581,9 @@ async fn stream(
     stats.connected.fetch_add(1, Relaxed);
     let mut seq = welcome.resume_after_seq;
     let mut zstd = match args.compression.as_str() {
-        "zstd" if welcome.config.is_some_and(|c| c.zstd_batches) => {
-            Some(zstd::bulk::Compressor::new(3)?)
-        }
+        "zstd" if welcome.config.is_some_and(|c| c.zstd_batches) => Some(
+            zstd::bulk::Compressor::new(pgfleet_agent::outgoing::ZSTD_LEVEL)?,
+        ),
         "zstd" => return Err("the collector does not take zstd batches".into()),
         _ => None,
     };
