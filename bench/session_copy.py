@@ -5,9 +5,11 @@ Runs `cargo bench -p pgfleet-tests --bench session_copy`
 (tests/benches/session_copy.rs) at each number of servers: the load
 generator's server (100 sessions, 10 changing a second) for every server,
 and each server's sessions brought up to date with each second's delta in
-turn, two ways in one run:
-- as the aggregator keeps them, a vector of `Arc<Session>` merged by
-  `state::merge`, the old vector dropped;
+turn, three ways in one run:
+- a vector of `Arc<Session>` merged by `state::merge`, the old vectors
+  dropped as a publish drops them;
+- the same with the vector read by `state::warm` first, as the aggregator
+  does since stop 39;
 - as plain data, fixed-size sessions whose strings are interned ids, copied,
   the changed ones filled in from their base.
 
@@ -46,25 +48,29 @@ def main() -> None:
         "Every server is the load generator's (100 sessions, 10 changing a second, one of them a "
         "new backend). Each simulated second, every server's delta is made first, as the agent sends "
         "it and ingest decodes it (a changed session without the fields its base holds; not timed), then "
-        "every server's sessions are brought up to date in turn and the old version dropped, two "
-        "ways, which alternate in going first: **arcs** as the aggregator keeps them (a vector of "
+        "every server's sessions are brought up to date in turn, three "
+        "ways, each round starting with the next: **arcs** (a vector of "
         "`Arc<Session>`, each session an allocation of its own as ingest decodes it, merged by "
-        "`state::merge`, which fills in what the delta left out), and **plain** (fixed-size "
+        "`state::merge`, which fills in what the delta left out; the vectors replaced dropped "
+        "together every so many servers' samples, as the collector's publish drops them), "
+        "**warmed** (the same, each vector read by `state::warm` before it is merged, as the "
+        "aggregator does since stop 39), and **plain** (fixed-size "
         "sessions whose strings are interned ids, copied, the changed ones filled in from their "
         "base). The sessions are first allocated round the fleet, a server's session at a time, so "
         "that no server's lie together, and 10 seconds pass before any is timed. With thousands of "
         "servers no server's sessions are in the caches when its turn comes. The plain way does not "
         "list the sessions that left and joined, which the rollup and the load count take. Each "
         f"figure is the median over {args.rounds} seconds of ns per "
-        "server sample; the bench checks that both ways end with the same sessions.",
+        "server sample; the bench checks that every way ends with the same sessions.",
         "",
-        "| servers | arcs ns/sample | plain ns/sample | arcs / plain | bytes per session: model / plain |",
-        "|---|---|---|---|---|",
+        "| servers | samples per publish | arcs ns/sample | warmed ns/sample | warmed / arcs | plain ns/sample | warmed / plain | bytes per session: model / plain |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['servers']:,} | {r['arc_ns_per_sample']:,} | {r['plain_ns_per_sample']:,} "
-            f"| {r['arc_ns_per_sample'] / r['plain_ns_per_sample']:.1f}× "
+            f"| {r['servers']:,} | {r['per_publish']:,} | {r['arc_ns_per_sample']:,} "
+            f"| {r['warmed_ns_per_sample']:,} | {r['warmed_ns_per_sample'] / r['arc_ns_per_sample']:.2f}× "
+            f"| {r['plain_ns_per_sample']:,} | {r['warmed_ns_per_sample'] / r['plain_ns_per_sample']:.1f}× "
             f"| {r['session_bytes']} / {r['plain_bytes']} |"
         )
     section = "\n".join(lines) + "\n"

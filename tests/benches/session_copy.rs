@@ -6,18 +6,24 @@
 //! them a new backend) is simulated for each server. Each round, every server's
 //! delta is made first (not timed), as the agent sends it and ingest decodes
 //! it: a changed session without the fields its base holds (its mask). Then,
-//! timed, every server's sessions are brought up to date in turn, the old
-//! version dropped, two ways:
-//! - **arcs**, as the aggregator does: a vector of `Arc<Session>` merged with
-//!   the delta by `pgfleet_collector::state::merge` (which fills in what the
-//!   masks left out), each session a heap allocation of its own;
+//! timed, every server's sessions are brought up to date in turn, three
+//! ways:
+//! - **arcs**: a vector of `Arc<Session>` merged with the delta by
+//!   `pgfleet_collector::state::merge` (which fills in what the masks left
+//!   out), each session a heap allocation of its own, as the aggregator did
+//!   until stop 39;
+//! - **arcs, warmed**: the same, with the vector read by
+//!   `pgfleet_collector::state::warm` before it is merged, as the aggregator
+//!   does now;
 //! - **plain**: a vector of fixed-size sessions whose strings are interned
 //!   ids (`u32`), copied, the changed ones filled in from their base.
 //!
+//! The arcs ways drop the vectors they replaced as the collector's publish
+//! drops them: together, every so many servers' samples (`per_publish`).
+//!
 //! The sessions are first allocated a server's session at a time round the
 //! fleet, so that no server's sessions lie together, and `WARMUP` seconds
-//! pass before any is timed. The two ways alternate, round by round, which
-//! goes first. With thousands of servers no server's sessions are in the
+//! pass before any is timed. Each round starts with the next way. With thousands of servers no server's sessions are in the
 //! caches when its turn comes, as in a collector. What the plain way leaves
 //! out, a design that used it would pay elsewhere: its decode would give ids
 //! rather than `Arc<str>`s (a lookup per string reference, as the stream's
@@ -35,7 +41,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pgfleet_collector::state::{by_key, merge};
+use pgfleet_collector::state::{self, by_key, merge};
 use pgfleet_proto::compact::{self, field};
 use pgfleet_proto::model::{Delta, Session, SessionKey};
 
@@ -52,7 +58,14 @@ const WARMUP: usize = 10;
 
 /// One server's second: the sessions changed, as each way holds them, and
 /// the delta (with each changed session's mask).
-type Step = (Vec<Arc<Session>>, Vec<Plain>, Delta);
+type Step = ([Vec<Arc<Session>>; ARC_WAYS], Vec<Plain>, Delta);
+
+/// The ways that keep `Arc<Session>`s: merged as they are, and read first
+/// ([`WARMED`]).
+const ARC_WAYS: usize = 2;
+/// The arcs way whose vectors `state::warm` reads before each merge, as the
+/// aggregator does.
+const WARMED: usize = 1;
 
 /// A session as plain data: its strings as ids into one table.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -196,33 +209,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// How many servers' samples the collector applies between two publishes,
+/// which drop the sessions those samples replaced: it publishes every 20 µs
+/// per server it holds, within 20–200 ms (`publish_every`), and every
+/// server samples once a second.
+fn per_publish(servers: usize) -> usize {
+    let every_us = (20 * servers).clamp(20_000, 200_000);
+    (servers * every_us / 1_000_000).max(1)
+}
+
+/// Every server's sessions brought up to date with its delta, the arcs way,
+/// the replaced vectors dropped every `per` servers as a publish drops them;
+/// with `warm`, each vector is read by `state::warm` before it is merged, as
+/// the aggregator does. ns per server sample.
+fn arc_way(
+    views: &mut [Vec<Arc<Session>>],
+    deltas: &mut [Step],
+    way: usize,
+    per: usize,
+    warm: bool,
+) -> f64 {
+    let started = Instant::now();
+    let mut replaced = Vec::with_capacity(per);
+    for (view, step) in views.iter_mut().zip(deltas.iter_mut()) {
+        if warm {
+            state::warm(view);
+        }
+        let sent = std::mem::take(&mut step.0[way]);
+        let merged = merge(view, sent, &step.2).expect("a delta on its own base");
+        replaced.push(std::mem::replace(view, merged.sessions));
+        if replaced.len() == per {
+            replaced.clear();
+        }
+    }
+    drop(replaced);
+    started.elapsed().as_nanos() as f64 / views.len() as f64
+}
+
 fn main() {
     let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 2_500);
     let rounds = pgfleet_tests::env_usize("PGFLEET_BENCH_ROUNDS", 20);
+    let per = per_publish(servers);
     let t0 = 1_700_000_000 * SECOND;
     let mut interner = Interner::default();
     let mut sims: Vec<wire_sim::Sim> = (0..servers)
         .map(|i| wire_sim::Sim::with(SESSIONS, SESSIONS / 10, 1, 0x51ed + i as u64, t0))
         .collect();
-    // A server's sessions apart on the heap: the first of every server's,
-    // then the second, and so on.
-    let mut arcs: Vec<Vec<Arc<Session>>> = vec![Vec::new(); servers];
+    // A server's sessions apart on the heap: the first of every server's
+    // (for each arcs way), then the second, and so on.
+    let mut arcs: [Vec<Vec<Arc<Session>>>; ARC_WAYS] =
+        std::array::from_fn(|_| vec![Vec::new(); servers]);
     for i in 0..SESSIONS {
-        for (view, sim) in arcs.iter_mut().zip(&sims) {
-            view.push(decoded(&sim.sessions[i], 0));
+        for (k, sim) in sims.iter().enumerate() {
+            for way in arcs.iter_mut() {
+                way[k].push(decoded(&sim.sessions[i], 0));
+            }
         }
     }
-    let mut arcs: Vec<Vec<Arc<Session>>> = arcs.into_iter().map(by_key).collect();
-    let mut plains: Vec<Vec<Plain>> = arcs
+    let mut arcs = arcs.map(|way| way.into_iter().map(by_key).collect::<Vec<_>>());
+    let mut plains: Vec<Vec<Plain>> = arcs[0]
         .iter()
         .map(|v| v.iter().map(|s| interner.plain(s)).collect())
         .collect();
-    let (mut arc_ns, mut plain_ns) = (Vec::new(), Vec::new());
+    let mut ns: [Vec<f64>; ARC_WAYS + 1] = Default::default();
     for round in 1..=WARMUP + rounds {
         let at = t0 + round as i64 * SECOND;
         let mut deltas: Vec<Step> = sims
             .iter_mut()
-            .zip(&arcs)
+            .zip(&arcs[0])
             .map(|(sim, base)| {
                 let (mut changed, mut removed) = sim.step(at);
                 removed.sort_unstable();
@@ -235,12 +289,15 @@ fn main() {
                         Err(_) => 0,
                     })
                     .collect();
-                let sent: Vec<Arc<Session>> = changed
-                    .iter()
-                    .zip(&unchanged)
-                    .map(|(s, &mask)| decoded(s, mask))
-                    .collect();
-                let plain = sent.iter().map(|s| interner.plain(s)).collect();
+                // Decoded once for each arcs way, as each is merged.
+                let sent: [Vec<Arc<Session>>; ARC_WAYS] = std::array::from_fn(|_| {
+                    changed
+                        .iter()
+                        .zip(&unchanged)
+                        .map(|(s, &mask)| decoded(s, mask))
+                        .collect()
+                });
+                let plain = sent[0].iter().map(|s| interner.plain(s)).collect();
                 let delta = Delta {
                     base_sampled_at_us: at - SECOND,
                     removed,
@@ -249,15 +306,6 @@ fn main() {
                 (sent, plain, delta)
             })
             .collect();
-        let mut arc_way = |deltas: &mut [Step]| {
-            let started = Instant::now();
-            for (view, (sent, _, delta)) in arcs.iter_mut().zip(deltas) {
-                let merged =
-                    merge(view, std::mem::take(sent), delta).expect("a delta on its own base");
-                *view = merged.sessions;
-            }
-            started.elapsed().as_nanos() as f64 / servers as f64
-        };
         let mut plain_way = |deltas: &[Step]| {
             let started = Instant::now();
             for (view, (_, sent, delta)) in plains.iter_mut().zip(deltas) {
@@ -265,30 +313,36 @@ fn main() {
             }
             started.elapsed().as_nanos() as f64 / servers as f64
         };
-        let (arc, plain) = if round % 2 == 0 {
-            let arc = arc_way(&mut deltas);
-            (arc, plain_way(&deltas))
-        } else {
-            let plain = plain_way(&deltas);
-            (arc_way(&mut deltas), plain)
-        };
+        // Each round starts with the next way.
+        let mut took = [0.0; ARC_WAYS + 1];
+        for k in 0..=ARC_WAYS {
+            let way = (round + k) % (ARC_WAYS + 1);
+            took[way] = match way {
+                ARC_WAYS => plain_way(&deltas),
+                _ => arc_way(&mut arcs[way], &mut deltas, way, per, way == WARMED),
+            };
+        }
         if round > WARMUP {
-            arc_ns.push(arc);
-            plain_ns.push(plain);
+            for (n, t) in ns.iter_mut().zip(took) {
+                n.push(t);
+            }
         }
         drop(deltas);
     }
-    // Both ways hold the same sessions.
-    for (arc, plain) in arcs.iter().zip(&plains) {
-        assert_eq!(arc.len(), plain.len());
-        for (a, p) in arc.iter().zip(plain) {
-            assert_eq!(interner.plain(a), *p);
+    // Every way holds the same sessions.
+    for (k, plain) in plains.iter().enumerate() {
+        for way in &arcs {
+            assert_eq!(way[k].len(), plain.len());
+            for (a, p) in way[k].iter().zip(plain) {
+                assert_eq!(interner.plain(a), *p);
+            }
         }
     }
-    let (arc, plain) = (median(arc_ns), median(plain_ns));
+    let [arc, warmed, plain] = ns.map(median);
     println!(
         "{{\"servers\": {servers}, \"rounds\": {rounds}, \"sessions\": {SESSIONS}, \
-         \"arc_ns_per_sample\": {arc:.0}, \"plain_ns_per_sample\": {plain:.0}, \
+         \"per_publish\": {per}, \"arc_ns_per_sample\": {arc:.0}, \
+         \"warmed_ns_per_sample\": {warmed:.0}, \"plain_ns_per_sample\": {plain:.0}, \
          \"plain_bytes\": {}, \"session_bytes\": {}}}",
         std::mem::size_of::<Plain>(),
         std::mem::size_of::<Session>()

@@ -15,7 +15,7 @@ use super::{Aggregator, DatabaseTotal};
 use crate::load::Counter;
 use crate::load::statements::Read;
 use crate::rollup::{Minute, Rollup};
-use crate::state::{Pools, by_key, merge};
+use crate::state::{self, Pools, by_key, merge};
 use crate::store::{Frame, Op as StoreOp};
 
 impl Aggregator {
@@ -136,6 +136,7 @@ impl Aggregator {
                     }
                     continue;
                 }
+                state::warm(&current.sessions);
                 match merge(&current.sessions, snapshot.sessions, &delta) {
                     Some(merged) => {
                         snapshot.sessions = merged.sessions;
