@@ -632,9 +632,7 @@ fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
 
 /// A SQLite store in a directory of its own, named `name`.
 fn sqlite_store(name: &str) -> (std::path::PathBuf, Store) {
-    let dir = std::env::temp_dir().join(format!("pgfleet-agg-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::store::scratch(&format!("agg-{name}"));
     let (store, _) = Store::open_sqlite(&dir, crate::store::Retention::default()).unwrap();
     (dir, store)
 }

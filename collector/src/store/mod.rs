@@ -777,6 +777,16 @@ fn last_by_key<K: std::hash::Hash + Eq + Clone, V>(
     out
 }
 
+/// A new, empty directory under the system's temporary one, for a test's
+/// store, named for `name` and the process.
+#[cfg(test)]
+pub(crate) fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1010,7 +1010,7 @@ fn write_index(tx: &rusqlite::Transaction<'_>, index: Index<'_>) -> rusqlite::Re
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Frame, encode};
+    use super::super::{Frame, encode, scratch};
     use super::*;
     use pgfleet_proto::model::{Session, TargetStatus};
     use std::sync::Arc;
@@ -1086,14 +1086,6 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
-    }
-
-    /// A new directory under the system's temporary one.
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// A keyframe (at 0, 60 and 120 s) or delta of server `a` at `second`,
