@@ -81,13 +81,15 @@ fn levels(messages: &[Vec<u8>]) {
     }
     println!("\nzstd levels:\n");
     println!(
-        "The steady stream's {} batches compressed at three zstd levels, one context each, as the agent keeps one; \
+        "The steady stream's {} batches compressed at {} zstd levels, one context each, as the agent keeps one; \
          µs per batch is the median of {ROUNDS} rounds that alternate which level goes first \
          (time on a shared machine, so the ratios are the figures to read):\n",
-        messages.len()
+        messages.len(),
+        LEVELS.len()
     );
+    let first = LEVELS[0];
     println!(
-        "| zstd level | µs per batch | bytes per session per sample | × level 3's time | × level 3's bytes |"
+        "| zstd level | µs per batch | bytes per session per sample | × level {first}'s time | × level {first}'s bytes |"
     );
     println!("|---|---|---|---|---|");
     let median = |t: &mut Vec<f64>| {
@@ -96,8 +98,7 @@ fn levels(messages: &[Vec<u8>]) {
     };
     let medians: Vec<f64> = times.iter_mut().map(median).collect();
     for (i, level) in LEVELS.iter().enumerate() {
-        let per =
-            (bytes[i] + FRAMING * messages.len()) as f64 / messages.len() as f64 / SESSIONS as f64;
+        let per = Tally::per_session(bytes[i] + FRAMING * messages.len(), messages.len());
         let mark = if *level == ZSTD_LEVEL {
             " (the agent's)"
         } else {

@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pgfleet_collector::aggregator::publish_every;
 use pgfleet_collector::state::{self, by_key, merge};
 use pgfleet_proto::compact::{self, field};
 use pgfleet_proto::model::{Delta, Session, SessionKey};
@@ -210,12 +211,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// How many servers' samples the collector applies between two publishes,
-/// which drop the sessions those samples replaced: it publishes every 20 µs
-/// per server it holds, within 20–200 ms (`publish_every`), and every
-/// server samples once a second.
+/// which drop the sessions those samples replaced: every server samples
+/// once a second.
 fn per_publish(servers: usize) -> usize {
-    let every_us = (20 * servers).clamp(20_000, 200_000);
-    (servers * every_us / 1_000_000).max(1)
+    let every = publish_every(servers).as_secs_f64();
+    ((servers as f64 * every) as usize).max(1)
 }
 
 /// Every server's sessions brought up to date with its delta, the arcs way,

@@ -322,7 +322,7 @@ impl Tally {
         self.zstd += zstd::bulk::compress(bytes, ZSTD_LEVEL).unwrap().len() + FRAMING;
         self.messages += 1;
     }
-    fn per_session(bytes: usize, messages: usize) -> f64 {
+    pub fn per_session(bytes: usize, messages: usize) -> f64 {
         bytes as f64 / messages as f64 / SESSIONS as f64
     }
     pub fn raw_per(&self) -> f64 {

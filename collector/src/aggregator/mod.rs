@@ -50,7 +50,7 @@ const PUBLISH_AT_MOST: Duration = Duration::from_millis(200);
 /// every 20 ms at 5,000 servers that was 7% of a core. Spaced by the
 /// fleet's size, it is about 1.5% whatever the size, and a view is at most
 /// 180 ms older (at 10,000 servers) than one published every 20 ms.
-fn publish_every(servers: usize) -> Duration {
+pub fn publish_every(servers: usize) -> Duration {
     let servers = u32::try_from(servers).unwrap_or(u32::MAX);
     PUBLISH_PER_SERVER
         .saturating_mul(servers)
