@@ -2,12 +2,16 @@
 //! sessions (about 10% changing each second) at 1 Hz to a collector over the
 //! real protocol (Hello, Welcome, zstd-compressed batches of keyframes and
 //! deltas made by the agent's own encoder, one HTTP/2 connection per agent),
-//! and readers that time the collector's answers meanwhile.
+//! and readers that time the collector's answers meanwhile. The agents'
+//! snapshots are recorded once, a minute of a few dozen agents, and replayed
+//! by every agent as its own (`script`); each batch is compressed as an agent
+//! compresses it.
 //!
 //! It prints one JSON object of figures; `bench/collector_load.py` runs it
 //! against a `pgfleet-collector` at rising N and writes BENCHMARKS.md.
 #![forbid(unsafe_code)]
 
+mod script;
 #[path = "../../../agent/benches/support/wire_sim.rs"]
 mod wire_sim;
 
@@ -17,11 +21,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pgfleet_agent::encode::Encoder;
 use pgfleet_agent::ship::RECONNECT_SPREAD;
 use pgfleet_common::backoff::Backoff;
-use pgfleet_proto::model::{Delta, Snapshot, TargetStatus};
-use pgfleet_proto::time::{self, Micros, now_micros};
+use pgfleet_proto::time::{self, now_micros};
 use pgfleet_proto::v1::{
     self, agent_message, collector_message, ingest_client::IngestClient, query_client::QueryClient,
 };
@@ -30,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::{Channel, Endpoint};
 
-use wire_sim::Sim;
+use script::{RECORDED, Recording, Replay};
 
 /// mimalloc, as the collector has: glibc's malloc took about an eighth of
 /// the generator's CPU, which it shares the machine with the collector for.
@@ -173,6 +175,19 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
             }
         });
     }
+    // The agents' minutes, recorded before any connects; agents take them
+    // in turn.
+    let changed = ((args.sessions as f64 * args.change).round() as usize).max(1);
+    let recordings: Vec<Arc<Recording>> = (0..RECORDED.min(args.agents) as u64)
+        .map(|seed| {
+            Arc::new(Recording::new(
+                seed,
+                args.servers_per_agent.max(1),
+                args.sessions,
+                changed,
+            ))
+        })
+        .collect();
     let mut agents = Vec::with_capacity(args.agents);
     let per = args.streams_per_connection.max(1);
     let mut shared: Option<Channel> = None;
@@ -185,7 +200,14 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
             }
             shared.clone()
         };
-        agents.push(tokio::spawn(agent(i, args.clone(), stats.clone(), channel)));
+        let recording = recordings[i % recordings.len()].clone();
+        agents.push(tokio::spawn(agent(
+            i,
+            args.clone(),
+            stats.clone(),
+            channel,
+            recording,
+        )));
         if (i + 1).is_multiple_of(args.connect_rate.max(1)) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -486,13 +508,19 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// One simulated agent: connect, Hello, then a batch every second.
-async fn agent(i: usize, args: Arc<Args>, stats: Arc<Stats>, channel: Option<Channel>) {
+async fn agent(
+    i: usize,
+    args: Arc<Args>,
+    stats: Arc<Stats>,
+    channel: Option<Channel>,
+    recording: Arc<Recording>,
+) {
     // The agent's own timings (pgfleet_agent::ship).
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut channel = channel;
     loop {
         let mut live = false;
-        let ended = stream(i, &args, &stats, channel.take(), &mut live)
+        let ended = stream(i, &args, &stats, channel.take(), &recording, &mut live)
             .await
             .map_err(|e| e.to_string());
         if live {
@@ -527,6 +555,7 @@ async fn stream(
     args: &Args,
     stats: &Stats,
     channel: Option<Channel>,
+    recording: &Arc<Recording>,
     streaming: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let per = args.servers_per_agent.max(1);
@@ -595,22 +624,11 @@ async fn stream(
     } else {
         now
     };
-    let changed = ((args.sessions as f64 * args.change).round() as usize).max(1);
-    let mut sims: Vec<Sim> = (i * per..(i + 1) * per)
-        .map(|k| {
-            Sim::with(
-                args.sessions,
-                changed,
-                changed / 50,
-                k as u64 * 7919 + 1,
-                start,
-            )
-        })
-        .collect();
-    let mut encoder = Encoder::default();
+    // Each stream starts the recording again, with a keyframe and the whole
+    // dictionary, as an agent's new stream does.
+    let mut replay = Replay::new(recording.clone(), per);
+    let mut dictionary = recording.dictionary.clone();
     let mut at = start;
-    let mut previous: Option<Micros> = None;
-    let mut wires = Vec::with_capacity(per);
     let mut n = 0u64;
     // Seconds spread over the fleet, as real agents' ticks are.
     let phase = Duration::from_micros((i as u64 * 7_919_000) % 1_000_000);
@@ -624,7 +642,7 @@ async fn stream(
             tokio::select! {
                 _ = tick.tick() => {}
                 message = inbound.message() => {
-                    handle(message?, &mut encoder, stats)?;
+                    handle(message?, &mut replay, &ids, stats)?;
                     continue;
                 }
             }
@@ -638,68 +656,34 @@ async fn stream(
             }
             // Keyframe requests are read between history batches too.
             while let Ok(message) = tokio::time::timeout(Duration::ZERO, inbound.message()).await {
-                handle(message?, &mut encoder, stats)?;
+                handle(message?, &mut replay, &ids, stats)?;
             }
         }
         n += 1;
-        for (sim, id) in sims.iter_mut().zip(&ids) {
-            let snapshot = match previous {
-                None => {
-                    sim.step(at);
-                    sim.snapshot(at, n)
-                }
-                Some(base) => {
-                    let (sessions, removed) = sim.step(at);
-                    Snapshot {
-                        status: TargetStatus::Up,
-                        sessions,
-                        delta: Some(Delta {
-                            base_sampled_at_us: base,
-                            removed,
-                            unchanged: Vec::new(),
-                        }),
-                        slots: Some(v1::ConnectionSlots {
-                            max_connections: 200,
-                            reserved: 3,
-                            used: args.sessions as u32 + 1,
-                            ..Default::default()
-                        }),
-                        databases: wire_sim::databases(n),
-                        agent: Some(v1::AgentCounters {
-                            samples_total: n,
-                            ..Default::default()
-                        }),
-                        ..Snapshot::down(id.clone(), at, String::new())
-                    }
-                }
-            };
-            let snapshot = Snapshot {
-                server_id: id.clone(),
-                sampled_at_us: at,
-                ..snapshot
-            };
-            wires.push(encoder.encode(snapshot));
-        }
-        previous = Some(at);
         seq += 1;
         let batch = v1::Batch {
             seq,
-            dictionary_additions: encoder.take_dictionary_additions(),
-            snapshots: std::mem::replace(&mut wires, Vec::with_capacity(per)),
+            dictionary_additions: std::mem::take(&mut dictionary),
+            snapshots: replay.next(&ids, at, n),
+        };
+        let (msg, raw) = match &mut zstd {
+            Some(z) => {
+                let bytes = prost::Message::encode_to_vec(&batch);
+                (
+                    agent_message::Msg::ZstdBatch(z.compress(&bytes)?),
+                    bytes.len(),
+                )
+            }
+            None => {
+                let raw = prost::Message::encoded_len(&batch);
+                (agent_message::Msg::Batch(batch), raw)
+            }
         };
         // The hour of history is not counted: it is sent as fast as the
         // collector takes it, and may still go on while the fleet is measured.
         if live {
-            stats
-                .bytes_raw
-                .fetch_add(prost::Message::encoded_len(&batch) as u64, Relaxed);
+            stats.bytes_raw.fetch_add(raw as u64, Relaxed);
         }
-        let msg = match &mut zstd {
-            Some(z) => {
-                agent_message::Msg::ZstdBatch(z.compress(&prost::Message::encode_to_vec(&batch))?)
-            }
-            None => agent_message::Msg::Batch(batch),
-        };
         let waited = Instant::now();
         tx.send(message(msg)).await?;
         stats
@@ -720,10 +704,12 @@ fn message(msg: agent_message::Msg) -> v1::AgentMessage {
     v1::AgentMessage { msg: Some(msg) }
 }
 
-/// An Ack is noted; a KeyframeRequest makes the next snapshot a keyframe.
+/// An Ack is noted; a KeyframeRequest makes the next snapshot of each
+/// server it names (of the agent's, `ids`) a keyframe.
 fn handle(
     message: Option<v1::CollectorMessage>,
-    encoder: &mut Encoder,
+    replay: &mut Replay,
+    ids: &[String],
     stats: &Stats,
 ) -> Result<(), Box<dyn std::error::Error>> {
     match message {
@@ -732,7 +718,7 @@ fn handle(
             msg: Some(collector_message::Msg::KeyframeRequest(r)),
         }) => {
             stats.keyframe_requests.fetch_add(1, Relaxed);
-            encoder.keyframe(&r.server_ids);
+            replay.keyframe(ids, &r.server_ids);
             Ok(())
         }
         Some(_) => Ok(()),
