@@ -230,6 +230,9 @@ impl Aggregator {
                 view.load = Arc::new(counter.now().clone());
             }
             if !unfinished && counter.unfinished() {
+                if self.ending.is_empty() {
+                    self.ending_since = Some(std::time::Instant::now());
+                }
                 self.ending.push_back(view.server_id.as_str().into());
             }
             if keep {

@@ -66,6 +66,31 @@ const GATHER: Duration = Duration::from_millis(5);
 /// at most, building minutes that ended (see [`Aggregator::finish_minutes`]).
 const FINISH_SHARE: u32 = 5;
 
+/// How long after the first of them ended the minutes that ended are built
+/// by, at an even pace (see [`minutes_due`]); well before the next minute
+/// ends.
+const FINISH_WITHIN: Duration = Duration::from_secs(40);
+
+/// How many of `waiting` minutes that ended to build in a round that comes
+/// `since` after the round before, the first of them having ended `age`
+/// ago: as many as builds the last of them [`FINISH_WITHIN`] after the
+/// first ended, at an even pace from here; all of them past that; and at
+/// least one.
+///
+/// Every server's minute ends in the same second. Built as fast as the
+/// aggregator's share allowed, 10,000 servers' minutes took some 15–20 s,
+/// in which the collector (building them, and storing what they hold) and
+/// the load generator beside it wanted more than this machine's 2 cores, and
+/// the live view fell 3–4 s behind (BENCHMARKS.md, "Collector load").
+fn minutes_due(waiting: usize, since: Duration, age: Duration) -> usize {
+    let left = FINISH_WITHIN.saturating_sub(age);
+    if waiting == 0 || since >= left {
+        return waiting;
+    }
+    let due = (waiting as u128 * since.as_nanos()).div_ceil(left.as_nanos());
+    usize::try_from(due).unwrap_or(waiting).clamp(1, waiting)
+}
+
 /// How many of the load counters' writes may wait for room in the store's
 /// queue, per server (see [`Aggregator::store_later`]): a minute's load and a
 /// statements interval each, with room to spare; and how long one may wait,
@@ -107,6 +132,10 @@ pub struct Aggregator {
     /// The servers whose counters hold a minute that ended and is not yet
     /// built, in the order they ended (see [`Aggregator::finish_minutes`]).
     ending: VecDeque<Arc<str>>,
+    /// When the first of `ending` was put there (None: it is empty).
+    ending_since: Option<Instant>,
+    /// When [`Aggregator::finish_minutes`] last ran.
+    finished: Instant,
     /// Query texts known to be stored, and those to store.
     texts: Texts,
     /// Whether load, churn and statement statistics are kept (`--load`).
@@ -168,6 +197,8 @@ impl Aggregator {
                 servers: BTreeMap::new(),
                 load: HashMap::new(),
                 ending: VecDeque::new(),
+                ending_since: None,
+                finished: Instant::now(),
                 texts: Texts::default(),
                 keep_load: true,
                 published: tokio::time::Instant::now(),
@@ -386,17 +417,26 @@ impl Aggregator {
     }
 
     /// Builds the minutes that ended (see [`crate::load::Counter::finish`]),
-    /// oldest first, for at most `budget` (and at least one), for the store.
+    /// oldest first, for the store: those due at an even pace over
+    /// [`FINISH_WITHIN`] (see [`minutes_due`]), for at most `budget` (and at
+    /// least one).
     ///
     /// Every server's minute ends in the same second, and building one takes
     /// 65–225 µs or more. Built at once, at 5,000 servers, they held the
     /// batches of every agent for seconds, and the live view fell 4 s
-    /// behind. A fifth of the time between publishes builds them over about
-    /// ten seconds at 5,000 servers, and readers meanwhile get an ended
-    /// minute built for them (`Counter::open`).
+    /// behind. Readers meanwhile get an ended minute built for them
+    /// (`Counter::open`), and a stopping collector builds them all
+    /// (`Command::StoreMinutes`).
     fn finish_minutes(&mut self, budget: Duration) {
         let start = Instant::now();
-        while let Some(server_id) = self.ending.pop_front() {
+        let since = start.saturating_duration_since(std::mem::replace(&mut self.finished, start));
+        let age = self
+            .ending_since
+            .map_or(Duration::ZERO, |t| start.saturating_duration_since(t));
+        for _ in 0..minutes_due(self.ending.len(), since, age) {
+            let Some(server_id) = self.ending.pop_front() else {
+                break;
+            };
             self.finish_minute(&server_id);
             if start.elapsed() >= budget {
                 break;

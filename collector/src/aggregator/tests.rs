@@ -816,3 +816,38 @@ async fn an_agent_resumed_from_another_collector_keeps_the_minute_that_ended_her
     assert_eq!(loads, [t0], "the minute that ended here is not lost");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn minutes_that_ended_are_built_at_an_even_pace_within_finish_within() {
+    let w = FINISH_WITHIN;
+    assert_eq!(minutes_due(0, w, w), 0, "none waits");
+    // A round a hundredth of the window long builds a hundredth of them,
+    // right after the minute's end and halfway through, with half left.
+    assert_eq!(minutes_due(10_000, w / 100, Duration::ZERO), 100);
+    assert_eq!(minutes_due(5_000, w / 100, w / 2), 100);
+    // Rounds that come often build one each, at least.
+    assert_eq!(minutes_due(3, Duration::from_millis(1), Duration::ZERO), 1);
+    // Past the window, or in a round as long as what is left of it: all.
+    assert_eq!(minutes_due(7, Duration::from_millis(1), w), 7);
+    assert_eq!(minutes_due(7, w / 2, w / 2), 7);
+    assert_eq!(minutes_due(7, w, Duration::ZERO), 7);
+    // 10,000 servers' minutes, a round every 180 ms (as at 10,000 servers):
+    // the same few each round, the last built near the window's end.
+    let round = publish_every(10_000);
+    let (mut waiting, mut age, mut most) = (10_000, Duration::ZERO, 0);
+    while waiting > 0 {
+        age += round;
+        let due = minutes_due(waiting, round, age - round);
+        most = most.max(due);
+        waiting -= due;
+    }
+    let even = (10_000 * round.as_millis()).div_ceil(w.as_millis()) as usize;
+    assert!(
+        most <= even + 1,
+        "{most} in one round, against {even} at an even pace"
+    );
+    assert!(
+        age > w * 9 / 10 && age <= w,
+        "the last built {age:?} after the end"
+    );
+}
