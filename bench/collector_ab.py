@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent_overhead import cpu_ns
 from collector_load import build, free_port, stop_collector
 from report import machine_name, write_section
 
@@ -47,15 +48,19 @@ def collector_argv(binary: Path):
 
 
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
-             connect_rate: int = 250) -> list[dict]:
+             connect_rate: int = 250, generator_cpu: bool = False) -> list[dict]:
     """Starts every build's server and generator at once; their results.
 
-    `builds` are (name, argv), where argv(port, directory) is the server's
-    command line; `generator` is added to each `pgfleet-loadgen`'s, which
-    connects `connect_rate` agents a second."""
+    `builds` are (name, argv) or (name, argv, loadgen), where argv(port,
+    directory) is the server's command line and loadgen the
+    `pgfleet-loadgen` that streams to it (this tree's when not given);
+    `generator` is added to each generator's command line, which connects
+    `connect_rate` agents a second. With `generator_cpu`, each result also
+    has its generator's cores ("generator_cores", every thread, read from
+    outside over the measuring window less 5 s at each end)."""
     started = []
     try:
-        for name, argv in builds:
+        for name, argv, *_ in builds:
             data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
             port = free_port()
             log = open(data / "collector.log", "w")
@@ -65,13 +70,22 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             started.append((name, collector, log, data, port))
         time.sleep(2)
         gens = []
-        for name, collector, _, _, port in started:
-            cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
+        for (name, collector, _, _, port), build in zip(started, builds):
+            loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
+            cmd = [str(loadgen), "--collector", f"http://127.0.0.1:{port}",
                    "--collector-pid", str(collector.pid), "--agents", str(args.agents),
                    "--connect-rate", str(connect_rate), "--warmup", f"{args.warmup}s",
                    "--measure", f"{args.measure}s", *generator]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        cpu = {}
+        if generator_cpu:
+            time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
+            before = {name: (cpu_ns(gen.pid), time.monotonic()) for name, gen in gens}
+            time.sleep(args.measure - 10)
+            for name, gen in gens:
+                (c0, t0), c1, t1 = before[name], cpu_ns(gen.pid), time.monotonic()
+                cpu[name] = (c1 - c0) / 1e9 / (t1 - t0)
         results = []
         for name, gen in gens:
             out, err = gen.communicate()
@@ -79,6 +93,8 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
+            if name in cpu:
+                r["generator_cores"] = cpu[name]
             results.append(r)
         return results
     finally:

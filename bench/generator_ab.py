@@ -24,63 +24,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
-from agent_overhead import cpu_ns
-from collector_load import build, free_port, start_collector, stop_collector
+from collector_ab import collector_argv, run_pair
+from collector_load import build
 from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Generator side by side"
 CONNECT_RATE = 500
-
-
-def run_pair(bin_dir: Path, generators: list, args) -> list[dict]:
-    """Starts a collector of this tree for each generator, then every
-    generator at once; their results, with each generator's CPU over the
-    middle of the measuring window."""
-    started = []
-    try:
-        for name, _ in generators:
-            data = Path(tempfile.mkdtemp(prefix="pgfleet-gen-ab-"))
-            port = free_port()
-            log = open(data / "collector.log", "w")
-            started.append((name, start_collector(bin_dir, port, data, log), log, data, port))
-        time.sleep(2)
-        gens = []
-        for (name, generator), (_, collector, _, _, port) in zip(generators, started):
-            cmd = [str(generator), "--collector", f"http://127.0.0.1:{port}",
-                   "--collector-pid", str(collector.pid), "--agents", str(args.agents),
-                   "--connect-rate", str(CONNECT_RATE), "--warmup", f"{args.warmup}s",
-                   "--measure", f"{args.measure}s"]
-            print("+", " ".join(cmd), file=sys.stderr, flush=True)
-            gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        # The generators' CPU is read from outside (a baseline need not
-        # report its own), over the measuring window less 5 s at each end.
-        ramp = args.agents / CONNECT_RATE + 2
-        time.sleep(ramp + args.warmup + 5)
-        before = [(cpu_ns(gen.pid), time.monotonic()) for _, gen in gens]
-        time.sleep(args.measure - 10)
-        after = [(cpu_ns(gen.pid), time.monotonic()) for _, gen in gens]
-        results = []
-        for (name, gen), (c0, t0), (c1, t1) in zip(gens, before, after):
-            out, err = gen.communicate()
-            if gen.returncode != 0:
-                raise SystemExit(f"the generator {name} failed: {err.strip().splitlines()[-1:]}")
-            r = json.loads(out)
-            r["build"] = name
-            r["generator_cores"] = (c1 - c0) / 1e9 / (t1 - t0)
-            results.append(r)
-        return results
-    finally:
-        for _, collector, log, data, _ in started:
-            stop_collector(collector, log, data)
 
 
 def per_batch(r: dict, cores: str) -> float:
@@ -104,17 +57,20 @@ def main() -> None:
     if not baseline.is_file():
         raise SystemExit(f"--baseline {args.baseline}: no such file; give a pgfleet-loadgen binary")
     bin_dir = build()
-    builds = [("this tree", bin_dir / "pgfleet-loadgen"), ("baseline", baseline)]
+    # Both collectors this tree's; each its own generator.
+    collector = collector_argv(bin_dir / "pgfleet-collector")
+    builds = [("this tree", collector, bin_dir / "pgfleet-loadgen"), ("baseline", collector, baseline)]
     rows = []
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]
-        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args))
+        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args, generator=(),
+                                                  connect_rate=CONNECT_RATE, generator_cpu=True))
     command = f"python3 bench/generator_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 2500), ("measure", args.measure, 60),
                                        ("runs", args.runs, 3)) if v != d)
     median = {name: {c: statistics.median(per_batch(r, c) for _, r in rows if r["build"] == name)
                      for c in ("generator_cores", "collector_cores")}
-              for name, _ in builds}
+              for name, *_ in builds}
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {per_batch(r, 'generator_cores'):.0f} | "
         f"{per_batch(r, 'collector_cores'):.0f} | {r['wire_bytes_per_batch']:,.0f} | "
