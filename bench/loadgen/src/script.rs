@@ -51,9 +51,7 @@ impl Recording {
     /// The minute of an agent watching `servers` servers of `sessions`
     /// sessions, of which `changed` change each second; `seed` picks them.
     pub fn new(seed: u64, servers: usize, sessions: usize, changed: usize) -> Recording {
-        let mut sims: Vec<Sim> = (0..servers as u64)
-            .map(|k| Sim::with(sessions, changed, changed / 50, seed * 7919 + k + 1, T0))
-            .collect();
+        let mut sims = simulated(seed, servers, sessions, changed);
         let mut encoder = Encoder::default();
         let mut seconds = Vec::with_capacity(SECONDS);
         for second in 0..SECONDS {
@@ -106,6 +104,15 @@ impl Recording {
     }
 }
 
+/// The servers a recording of `seed` simulates, as at its minute's start:
+/// `servers` servers of `sessions` sessions, of which `changed` change each
+/// second (a fiftieth of those new backends).
+fn simulated(seed: u64, servers: usize, sessions: usize, changed: usize) -> Vec<Sim> {
+    (0..servers as u64)
+        .map(|k| Sim::with(sessions, changed, changed / 50, seed * 7919 + k + 1, T0))
+        .collect()
+}
+
 /// The connections a simulated server's slots count: its sessions and the
 /// agent's own.
 fn sessions_used(sim: &Sim) -> u32 {
@@ -154,17 +161,17 @@ impl Replay {
                 wire.server_id.clone_from(id);
                 wire.sampled_at_us = at;
                 match &mut wire.activity {
-                    Some(v1::snapshot::Activity::Keyframe(k)) => {
-                        for s in &mut k.sessions {
+                    Some(v1::snapshot::Activity::Keyframe(keyframe)) => {
+                        for s in &mut keyframe.sessions {
                             moved(s, backends, times);
                         }
                     }
-                    Some(v1::snapshot::Activity::Delta(d)) => {
-                        d.base_sampled_at_us = previous.unwrap_or_default();
-                        for s in &mut d.upserted {
+                    Some(v1::snapshot::Activity::Delta(delta)) => {
+                        delta.base_sampled_at_us = previous.unwrap_or_default();
+                        for s in &mut delta.upserted {
                             moved(s, backends, times);
                         }
-                        for key in &mut d.removed {
+                        for key in &mut delta.removed {
                             key.backend_start_us += backends;
                         }
                     }
@@ -240,11 +247,6 @@ mod tests {
     fn a_replay_is_the_simulated_servers_moved_to_the_agents_times() {
         const SERVERS: usize = 2;
         let (sessions, changed, seed) = (40, 6, 3);
-        let simulated = || -> Vec<Sim> {
-            (0..SERVERS as u64)
-                .map(|k| Sim::with(sessions, changed, changed / 50, seed * 7919 + k + 1, T0))
-                .collect()
-        };
         let recording = Arc::new(Recording::new(seed, SERVERS, sessions, changed));
         let ids: Vec<String> = vec!["db-a".into(), "db-b".into()];
         let mut replay = Replay::new(recording.clone(), SERVERS);
@@ -271,7 +273,7 @@ mod tests {
             }
             if second == 0 {
                 keyframe_at = at;
-                sims = simulated();
+                sims = simulated(seed, SERVERS, sessions, changed);
             }
             for sim in &mut sims {
                 sim.step(T0 + second as Micros * SECOND);
