@@ -35,6 +35,9 @@ pub struct CollectorArgs {
     /// The HTTP address: /metrics for Prometheus, /healthz, the web UI and the JSON API (/api/v1), or "off" [default: 127.0.0.1:7601]
     #[arg(long, env = "PGFLEET_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// A second gRPC address for readers only (Query, health, reflection), served on threads of its own so that reads do not wait behind agents' batches; point pgfleet, pgfleet top and other tools at it on a large fleet, or "off" [default: off; Query is served on --listen either way]
+    #[arg(long, env = "PGFLEET_QUERY_LISTEN", value_name = "ADDR")]
+    pub query_listen: Option<String>,
     /// Where the collector keeps its state [default: ./pgfleet-data]
     #[arg(long, env = "PGFLEET_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -87,6 +90,8 @@ pub struct CollectorFile {
     pub listen: Option<String>,
     /// See `--http-listen`.
     pub http_listen: Option<String>,
+    /// See `--query-listen`.
+    pub query_listen: Option<String>,
     /// See `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// See `--tokens-file`.
@@ -122,6 +127,9 @@ pub struct CollectorConfig {
     pub listen: SocketAddr,
     /// Where /metrics and /healthz are served; None: nowhere.
     pub http_listen: Option<SocketAddr>,
+    /// A gRPC address for readers only, served on the reads' runtime;
+    /// None: readers use `listen`.
+    pub query_listen: Option<SocketAddr>,
     /// Where the collector keeps its state.
     pub data_dir: PathBuf,
     /// The bearer tokens agents may present; empty when any agent may stream.
@@ -178,6 +186,7 @@ impl CollectorConfig {
         CollectorConfig {
             listen,
             http_listen: None,
+            query_listen: None,
             data_dir,
             tokens: Vec::new(),
             read_tokens: Vec::new(),
@@ -257,6 +266,25 @@ impl CollectorConfig {
                 ),
             })?),
         };
+        let query_listen = match args.query_listen.or(file.query_listen) {
+            None => None,
+            Some(text) => match text.trim() {
+                "off" => None,
+                text => Some(text.parse().map_err(|_| SettingsError::Invalid {
+                    key: "query_listen",
+                    message: format!("{text:?} is not an address like 127.0.0.1:7602, or \"off\""),
+                })?),
+            },
+        };
+        // Port 0 is any free port, which two listeners may both ask for.
+        if query_listen
+            .is_some_and(|q: SocketAddr| q.port() != 0 && (q == listen || Some(q) == http_listen))
+        {
+            return Err(SettingsError::Invalid {
+                key: "query_listen",
+                message: "give an address of its own, not that of listen or http_listen".to_owned(),
+            });
+        }
         let defaults = Retention::default();
         let retention = Retention {
             frames: retention_setting(
@@ -290,6 +318,7 @@ impl CollectorConfig {
         Ok(CollectorConfig {
             listen,
             http_listen,
+            query_listen,
             data_dir,
             tokens,
             read_tokens,
@@ -440,6 +469,24 @@ mod tests {
         let bad = CollectorArgs::parse_from(["pgfleet-collector", "--http-listen", "nowhere"]);
         let err = CollectorConfig::resolve(bad).unwrap_err().to_string();
         assert!(err.starts_with("invalid `http_listen`"), "{err}");
+    }
+
+    #[test]
+    fn the_readers_address_is_off_unless_given_and_must_be_its_own() {
+        let c = CollectorConfig::resolve(CollectorArgs::default()).unwrap();
+        assert_eq!(c.query_listen, None);
+        let on = CollectorArgs::parse_from(["pgfleet-collector", "--query-listen", "0.0.0.0:7602"]);
+        assert_eq!(
+            CollectorConfig::resolve(on).unwrap().query_listen,
+            Some("0.0.0.0:7602".parse().unwrap())
+        );
+        let off = CollectorArgs::parse_from(["pgfleet-collector", "--query-listen", "off"]);
+        assert_eq!(CollectorConfig::resolve(off).unwrap().query_listen, None);
+        for bad in ["nowhere", "127.0.0.1:7600", "127.0.0.1:7601"] {
+            let args = CollectorArgs::parse_from(["pgfleet-collector", "--query-listen", bad]);
+            let err = CollectorConfig::resolve(args).unwrap_err().to_string();
+            assert!(err.starts_with("invalid `query_listen`"), "{err}");
+        }
     }
 
     #[test]

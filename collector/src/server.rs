@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use pgfleet_proto::v1::ingest_server::{Ingest, IngestServer};
 use pgfleet_proto::v1::query_server::QueryServer;
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::aggregator::{Aggregator, AggregatorHandle, Command};
 use crate::auth::{Access, Tokens};
@@ -49,6 +48,9 @@ pub enum StartError {
     /// The aggregator's thread could not be started.
     #[error("cannot start the aggregator: {0}")]
     Aggregator(std::io::Error),
+    /// The readers' threads could not be started.
+    #[error("cannot start the threads that serve readers: {0}")]
+    Reads(std::io::Error),
     /// gRPC reflection could not be built from the descriptors.
     #[error("cannot build gRPC reflection: {0}")]
     Reflection(String),
@@ -61,6 +63,12 @@ pub struct Collector {
     /// Where /metrics and /healthz are served, if anywhere.
     pub http_addr: Option<SocketAddr>,
     http_server: Option<JoinHandle<()>>,
+    /// Where readers alone are served (`--query-listen`), if anywhere.
+    pub query_addr: Option<SocketAddr>,
+    query_server: Option<JoinHandle<()>>,
+    /// The runtime of the HTTP port and the readers' port; taken when the
+    /// collector is dropped.
+    reads: Option<tokio::runtime::Runtime>,
     store: Store,
     /// The aggregator, for in-process readers.
     pub aggregator: AggregatorHandle,
@@ -77,6 +85,53 @@ pub fn grpc_server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
+/// The worker threads of the runtime that serves readers: the HTTP port
+/// (web UI, JSON API, /metrics) and `--query-listen`. Two, so that one long
+/// answer (a day of fleet-wide load) does not hold the others back.
+const READ_WORKERS: usize = 2;
+
+/// How many steps of nice the readers' workers take above the collector's
+/// own (where the system allows it: CAP_SYS_NICE, or systemd's
+/// `LimitNICE=`). A read takes some 0.1 ms of CPU; on a machine that
+/// agents' batches keep busy it waited for the kernel to run its thread.
+const READ_PRIORITY: i32 = 5;
+
+/// The runtime that serves readers, apart from the one that serves agents'
+/// streams. A read on the agents' runtime waited for a worker behind
+/// thousands of streams' batches: at 10,000 servers, GetActivity's p99 was
+/// 12–17 ms there for some 0.1 ms of work, 7–9 ms on threads of its own,
+/// and 4–5 ms with them [`READ_PRIORITY`] steps up (BENCHMARKS.md,
+/// "Collector load"). Its workers alone are raised: history reads run on
+/// its blocking threads, and may be long.
+fn reads_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(READ_WORKERS)
+        .thread_name("pgfleet-reads")
+        // Only workers park: the first time, each raises itself.
+        .on_thread_park(|| {
+            thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            if !RAISED.replace(true) {
+                raise_reader();
+            }
+        })
+        .enable_all()
+        .build()
+}
+
+/// Raises the calling worker by [`READ_PRIORITY`], or says once why not.
+fn raise_reader() {
+    static TOLD: std::sync::Once = std::sync::Once::new();
+    match pgfleet_common::sched::raise_thread_priority(READ_PRIORITY) {
+        Ok(nice) => debug!(nice, "A readers' worker raised."),
+        Err(e) => TOLD.call_once(|| {
+            info!(
+                error = %e,
+                "The readers' threads run at the collector's own priority: on a busy collector, reads may wait behind agents' batches. Allow them {READ_PRIORITY} steps of nice more (LimitNICE=-{READ_PRIORITY} in the systemd unit, or CAP_SYS_NICE) for the quickest answers."
+            )
+        }),
+    }
 }
 
 /// `service` as the Ingest service is served: messages up to
@@ -100,22 +155,21 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         addr: config.listen,
         source,
     })?;
-    let http = match config.http_listen {
-        Some(http_addr) => {
-            let l = TcpListener::bind(http_addr)
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: http_addr,
-                    source,
-                })?;
-            let bound = l.local_addr().map_err(|source| StartError::Listen {
-                addr: http_addr,
-                source,
-            })?;
-            Some((l, bound))
-        }
-        None => None,
+    let reads = reads_runtime().map_err(StartError::Reads)?;
+    // The readers' listeners belong to the readers' runtime from the start.
+    let bind_reads = |addr: Option<SocketAddr>| -> Result<_, StartError> {
+        let Some(addr) = addr else { return Ok(None) };
+        let _reads = reads.enter();
+        let bound = crate::listen::listen(addr).and_then(|l| {
+            let bound = l.local_addr()?;
+            Ok((l, bound))
+        });
+        bound
+            .map(Some)
+            .map_err(|source| StartError::Listen { addr, source })
     };
+    let http = bind_reads(config.http_listen)?;
+    let query_listener = bind_reads(config.query_listen)?;
     let (store, loaded) = Store::open(
         &config.store,
         &config.data_dir,
@@ -167,6 +221,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         .with_shutdown(streams_rx.clone());
     let http_server = http.map(|(listener, _)| {
         let mut stop = streams_rx.clone();
+        let _reads = reads.enter();
         crate::http::serve(
             listener,
             config.tls.as_ref().map(|t| t.http.clone()),
@@ -194,6 +249,35 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
             .tls_config(tls.config.clone())
             .map_err(|e| StartError::Tls(pgfleet_common::error::chain(&e)))?;
     }
+    let query_addr = query_listener.as_ref().map(|(_, a)| *a);
+    let query_server = match query_listener {
+        None => None,
+        Some((listener, _)) => {
+            let services = ["pgfleet.v1.Query", pgfleet_proto::reflection::HEALTH];
+            let reflection = pgfleet_proto::reflection::v1(&services)
+                .map_err(|e| StartError::Reflection(e.to_string()))?;
+            let reflection_v1alpha = pgfleet_proto::reflection::v1alpha(&services)
+                .map_err(|e| StartError::Reflection(e.to_string()))?;
+            let router = builder
+                .clone()
+                .add_service(health_service.clone())
+                .add_service(reflection)
+                .add_service(reflection_v1alpha)
+                .add_service(query.clone());
+            let mut stop = streams_rx.clone();
+            Some(reads.spawn(async move {
+                let incoming = crate::listen::incoming(listener);
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await
+                {
+                    error!(error = %pgfleet_common::error::chain(&e), "The readers' gRPC server stopped.");
+                }
+            }))
+        }
+    };
     let router = builder
         .add_service(health_service)
         .add_service(reflection)
@@ -214,6 +298,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
     info!(
         listen = %addr,
         http_listen = ?http_addr,
+        query_listen = ?query_addr,
         data_dir = %config.data_dir.display(),
         tokens = config.tokens.len(),
         read_tokens = config.read_tokens.len(),
@@ -247,6 +332,9 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         addr,
         http_addr,
         http_server,
+        query_addr,
+        query_server,
+        reads: Some(reads),
         aggregator: handle,
         shutdown: Some(shutdown),
         streams,
@@ -263,13 +351,18 @@ impl Collector {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        // Scrapers keep their connections open; they get a moment, then go.
-        if let Some(mut http) = self.http_server.take()
-            && tokio::time::timeout(std::time::Duration::from_secs(2), &mut http)
+        // Scrapers and readers keep their connections open; they get a
+        // moment, then go.
+        for mut server in [self.http_server.take(), self.query_server.take()]
+            .into_iter()
+            .flatten()
+        {
+            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut server)
                 .await
                 .is_err()
-        {
-            http.abort();
+            {
+                server.abort();
+            }
         }
         // A stream that still stays open would hold a graceful shutdown forever.
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
@@ -297,8 +390,16 @@ impl Collector {
 impl Drop for Collector {
     fn drop(&mut self) {
         self.server.abort();
-        if let Some(http) = &self.http_server {
-            http.abort();
+        for server in [&self.http_server, &self.query_server]
+            .into_iter()
+            .flatten()
+        {
+            server.abort();
+        }
+        // Dropping a runtime waits for its threads, which an async caller
+        // may not do; its tasks end as its threads see it shut down.
+        if let Some(reads) = self.reads.take() {
+            reads.shutdown_background();
         }
     }
 }

@@ -3,13 +3,15 @@
 //! and the environment are clap's), `tls` (PEM files for gRPC links), `pgtls`
 //! (TLS to PostgreSQL and PgBouncer, as libpq does it),
 //! `runtime` (argument errors, tracing, stop signals), `error` (one-line error
-//! chains) and `backoff` (every retry's delays).
+//! chains), `backoff` (every retry's delays) and `sched` (a higher priority
+//! for threads that answer readers).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod error;
 pub mod pgtls;
 pub mod runtime;
+pub mod sched;
 pub mod settings;
 pub mod tls;
 

@@ -139,6 +139,7 @@ const AGENT_KEYS: &[&str] = &[
 const COLLECTOR_KEYS: &[&str] = &[
     "listen",
     "http_listen",
+    "query_listen",
     "data_dir",
     "tokens_file",
     "read_tokens_file",

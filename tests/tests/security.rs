@@ -100,11 +100,28 @@ fn pgfleet(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
         .expect("pgfleet runs")
 }
 
+/// The nice values of this process's threads named `name`.
+fn nice_of_threads(name: &str) -> Vec<i64> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // After the name in parentheses: state is field 3, nice 19.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            (comm.trim() == name).then(|| fields.get(16)?.parse().ok())?
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_reverse() {
     let cluster = TempCluster::start().await.unwrap();
     let mut config =
         CollectorConfig::new(([127, 0, 0, 1], 0).into(), cluster.dir().join("collector"));
+    // Readers have a port of their own as well, which asks the same tokens.
+    config.query_listen = Some(([127, 0, 0, 1], 0).into());
     config.tokens = vec![Token::new("tokens_file", INGEST).unwrap()];
     config.read_tokens = vec![
         Token::new("read_tokens_file", "another-read-token-0123456").unwrap(),
@@ -112,22 +129,27 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
     ];
     let collector = server::start(config).await.unwrap();
     let url = format!("http://{}", collector.addr);
-    let remote = |token: Option<&str>| pgfleet_cli::Remote {
+    let readers_url = format!("http://{}", collector.query_addr.unwrap());
+    let remote_at = |url: &str, token: Option<&str>| pgfleet_cli::Remote {
         token: token.map(|t| Token::new("token", t).unwrap()),
-        ..pgfleet_cli::Remote::plain(url.clone())
+        ..pgfleet_cli::Remote::plain(url.to_owned())
     };
+    let remote = |token: Option<&str>| remote_at(&url, token);
 
     // No token, a wrong one, and an agent's: every Query call and Watch is
-    // refused, saying what to set.
-    for (token, why) in [
-        (None, "--token-file"),
+    // refused, saying what to set, on either port.
+    for (token, why, url) in [
+        (None, "--token-file", &url),
         (
             Some("wrong-read-token-0123456789"),
             "not one this collector accepts",
+            &url,
         ),
-        (Some(INGEST), "it is an agent's ingest token"),
+        (Some(INGEST), "it is an agent's ingest token", &url),
+        (None, "--token-file", &readers_url),
+        (Some(INGEST), "it is an agent's ingest token", &readers_url),
     ] {
-        let mut client = pgfleet_cli::connect(&remote(token)).await.unwrap();
+        let mut client = pgfleet_cli::connect(&remote_at(url, token)).await.unwrap();
         let status = client
             .list_servers(pgfleet_proto::v1::ListServersRequest::default())
             .await
@@ -150,6 +172,12 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
         status.message().contains("it is a read token"),
         "{status:?}"
     );
+    // The readers' port takes no stream at all, whatever the token.
+    let bearer = format!("Bearer {INGEST}");
+    let status = stream_with(&readers_url, Some(&bearer), "db-readers-port")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 
     // An agent with the ingest token streams; the read token reads it.
     let mut agent_config = AgentConfig::new(&url, cluster.config("pgfleet"));
@@ -173,24 +201,52 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
         .unwrap()
         .into_inner();
     assert!(watch.message().await.unwrap().is_some(), "the first event");
-
-    // Health checking and reflection stay open.
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-        .unwrap()
-        .connect()
+    // The readers' port answers the same, from the same live fleet.
+    let readers = pgfleet_cli::connect(&remote_at(&readers_url, Some(READ)))
         .await
         .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "pgfleet.v1.Query".into(),
-        })
+    let there = fleet_server(&mut readers.clone(), "db-read").await.unwrap();
+    assert_eq!(there.server_id, "db-read");
+    let mut watch = readers
+        .clone()
+        .watch(pgfleet_proto::v1::WatchRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        health.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    );
+    assert!(watch.message().await.unwrap().is_some(), "the first event");
+    // Its workers run 5 steps of nice above the test's threads, where the
+    // system allows it (CI runs as root, which may).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().take(3).eq(["Uid:", "0", "0"]));
+    if root {
+        let raised = nice_of_threads("pgfleet-reads")
+            .into_iter()
+            .filter(|&n| n == -5)
+            .count();
+        assert!(raised >= 2, "{:?}", nice_of_threads("pgfleet-reads"));
+    }
+
+    // Health checking and reflection stay open, on either port.
+    for url in [&url, &readers_url] {
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let health = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "pgfleet.v1.Query".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            health.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
 
     // The CLI: one line naming the flag without a token; the token from
     // PGFLEET_TOKEN or from --token-file.
