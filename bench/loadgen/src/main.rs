@@ -39,6 +39,10 @@ use script::{RECORDED, Recording, Replay};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How many steps of nice the reader takes above the generator's agents,
+/// where the system allows it.
+const READER_PRIORITY: i32 = 10;
+
 const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
 
 #[derive(Debug, Parser)]
@@ -47,6 +51,14 @@ struct Args {
     /// The collector's gRPC address
     #[arg(long, default_value = "http://127.0.0.1:7600")]
     collector: String,
+    /// Where the readers ask: the collector's readers' port
+    /// (`--query-listen`) [default: --collector]
+    #[arg(long)]
+    query: Option<String>,
+    /// With --query: every other GetActivity goes to --collector instead,
+    /// timed apart, so that the two ports are compared in one run
+    #[arg(long)]
+    compare_listen: bool,
     /// The collector's pid, to read its memory and CPU from /proc
     #[arg(long)]
     collector_pid: Option<u32>,
@@ -241,16 +253,30 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
     // agents' tasks do not delay (and inflate) the times they take.
     let reader_args = args.clone();
     let reader_stats = stats.clone();
-    let readings = tokio::task::spawn_blocking(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?
-            .block_on(read(&reader_args, &reader_stats, history_complete))
-            .map_err(|e| e.to_string())
-    })
-    .await??;
-    let mut r = readings;
+    // It is named, so that its scheduling can be looked at (and changed)
+    // apart from the agents' threads.
+    let (done, readings) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("pgfleet-reader".into())
+        .spawn(move || {
+            // The reader stands for a tool on another machine, where no
+            // agent competes with it for a core: it is raised, where the
+            // system allows it, so that what it times is the collector's
+            // answer rather than its own turn behind the agents.
+            let nice = pgfleet_common::sched::raise_thread_priority(READER_PRIORITY).ok();
+            let read = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|runtime| {
+                    runtime
+                        .block_on(read(&reader_args, &reader_stats, history_complete))
+                        .map_err(|e| e.to_string())
+                });
+            let _ = done.send((nice, read));
+        })?;
+    let (reader_nice, readings) = readings.await?;
+    let mut r = readings?;
     let connected = stats.connected.load(Relaxed);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     Ok(serde_json::json!({
@@ -261,6 +287,8 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "reconnects": stats.reconnects.load(Relaxed),
         "failed_attempts": stats.failed_attempts.load(Relaxed),
         "read_errors": stats.read_errors.load(Relaxed),
+        // The reader's nice value, if it was raised.
+        "reader_nice": reader_nice,
         "history_complete": history_complete,
         "ramp_s": ramp.as_secs_f64(),
         "measured_s": r.measured.as_secs_f64(),
@@ -279,6 +307,9 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
         "get_activity_p50_ms": percentile(&mut r.activity, 50.0).map(ms),
         "get_activity_p99_ms": percentile(&mut r.activity, 99.0).map(ms),
         "get_activity_calls": r.activity.len(),
+        "get_activity_listen_p50_ms": percentile(&mut r.activity_listen, 50.0).map(ms),
+        "get_activity_listen_p99_ms": percentile(&mut r.activity_listen, 99.0).map(ms),
+        "get_activity_listen_calls": r.activity_listen.len(),
         "fleet_summary_p50_ms": percentile(&mut r.summary, 50.0).map(ms),
         "fleet_summary_p99_ms": percentile(&mut r.summary, 99.0).map(ms),
         "fleet_summary_calls": r.summary.len(),
@@ -307,6 +338,8 @@ struct Readings {
     snapshots: u64,
     freshness: Vec<Duration>,
     activity: Vec<Duration>,
+    /// GetActivity on --collector's port (--compare-listen).
+    activity_listen: Vec<Duration>,
     summary: Vec<Duration>,
     at_times: Vec<Duration>,
     at_sessions: Vec<usize>,
@@ -337,6 +370,7 @@ async fn read(
             snapshots: stats.snapshots.load(Relaxed) - snapshots_before,
             freshness: Vec::new(),
             activity: Vec::new(),
+            activity_listen: Vec::new(),
             summary: Vec::new(),
             at_times: Vec::new(),
             at_sessions: Vec::new(),
@@ -347,10 +381,21 @@ async fn read(
             rss: args.collector_pid.and_then(rss_kib),
         });
     }
-    let channel = endpoint(&args.collector)?.connect().await?;
+    let channel = endpoint(args.query.as_deref().unwrap_or(&args.collector))?
+        .connect()
+        .await?;
     let mut query = QueryClient::new(channel).max_decoding_message_size(64 << 20);
     let mut freshness = Vec::new();
     let mut activity = Vec::new();
+    let mut activity_listen = Vec::new();
+    let mut on_listen = match (&args.query, args.compare_listen) {
+        (Some(_), true) => Some(
+            QueryClient::new(endpoint(&args.collector)?.connect().await?)
+                .max_decoding_message_size(64 << 20),
+        ),
+        _ => None,
+    };
+    let mut turn = 0u64;
     let mut summary = Vec::new();
     let mut rng = wire_sim::Rng(0x5eed);
     let mut trace = match &args.trace {
@@ -380,8 +425,13 @@ async fn read(
             }
         }
         let server_id = server_id(rng.below(args.agents * args.servers_per_agent.max(1)));
+        turn += 1;
+        let (client, times) = match &mut on_listen {
+            Some(listen) if turn.is_multiple_of(2) => (listen, &mut activity_listen),
+            _ => (&mut query, &mut activity),
+        };
         let t = Instant::now();
-        let response = match query
+        let response = match client
             .get_activity(v1::GetActivityRequest {
                 server_id,
                 ..Default::default()
@@ -402,7 +452,7 @@ async fn read(
             }
             Err(e) => return Err(e.into()),
         };
-        activity.push(t.elapsed());
+        times.push(t.elapsed());
         if let Some(at) = &response.sampled_at {
             freshness.push(Duration::from_micros(
                 (now_micros() - time::timestamp_micros(at)).max(0) as u64,
@@ -412,7 +462,7 @@ async fn read(
                     "{} {} {}\n",
                     now_micros() / 1000,
                     freshness.last().map_or(0, Duration::as_millis),
-                    activity.last().map_or(0, Duration::as_micros),
+                    times.last().map_or(0, Duration::as_micros),
                 );
                 trace.write_all(line.as_bytes())?;
             }
@@ -466,6 +516,7 @@ async fn read(
         snapshots,
         freshness,
         activity,
+        activity_listen,
         summary,
         at_times,
         at_sessions,
