@@ -94,44 +94,50 @@ const READ_WORKERS: usize = 2;
 
 /// How many steps of nice the readers' workers take above the collector's
 /// own (where the system allows it: CAP_SYS_NICE, or systemd's
-/// `LimitNICE=`). A read takes some 0.1 ms of CPU; on a machine that
-/// agents' batches keep busy it waited for the kernel to run its thread.
+/// `LimitNICE=`).
 const READ_PRIORITY: i32 = 5;
+
+/// The time slice the readers' workers ask for (Linux 6.12 and later): a
+/// read takes some 0.1 ms of CPU.
+const READ_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The runtime that serves readers, apart from the one that serves agents'
 /// streams. A read on the agents' runtime waited for a worker behind
 /// thousands of streams' batches: at 10,000 servers, GetActivity's p99 was
 /// 12–17 ms there for some 0.1 ms of work, 7–9 ms on threads of its own,
-/// and 4–5 ms with them [`READ_PRIORITY`] steps up (BENCHMARKS.md,
-/// "Collector load"). Its workers alone are raised: history reads run on
-/// its blocking threads, and may be long.
+/// and about 5 ms with them favoured (BENCHMARKS.md, "Collector load").
+/// Its workers alone are favoured: history reads run on its blocking
+/// threads, and may be long.
 fn reads_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(READ_WORKERS)
         .thread_name("pgfleet-reads")
-        // Only workers park: the first time, each raises itself.
+        // Only workers park: the first time, each favours itself.
         .on_thread_park(|| {
-            thread_local!(static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
-            if !RAISED.replace(true) {
-                raise_reader();
+            thread_local!(static FAVOURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+            if !FAVOURED.replace(true) {
+                favour_reader();
             }
         })
         .enable_all()
         .build()
 }
 
-/// Raises the calling worker by [`READ_PRIORITY`], or says once why not.
-fn raise_reader() {
+/// Favours the calling worker ([`READ_PRIORITY`], [`READ_SLICE`]), or says
+/// once why it could not.
+fn favour_reader() {
     static TOLD: std::sync::Once = std::sync::Once::new();
-    match pgfleet_common::sched::raise_thread_priority(READ_PRIORITY) {
-        Ok(nice) => debug!(nice, "A readers' worker raised."),
-        Err(e) => TOLD.call_once(|| {
-            info!(
-                error = %e,
-                "The readers' threads run at the collector's own priority: on a busy collector, reads may wait behind agents' batches. Allow them {READ_PRIORITY} steps of nice more (LimitNICE=-{READ_PRIORITY} in the systemd unit, or CAP_SYS_NICE) for the quickest answers."
-            )
-        }),
-    }
+    let told = match pgfleet_common::sched::favour_thread(READ_PRIORITY, READ_SLICE) {
+        Ok(f) if f.raised => return debug!(nice = f.nice, "A readers' worker favoured."),
+        Ok(_) => "the system refused a lower nice value".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    TOLD.call_once(|| {
+        info!(
+            error = %told,
+            "The readers' threads run at the collector's own priority: on a busy collector, reads may wait behind agents' batches. Allow them {READ_PRIORITY} steps of nice more (LimitNICE=-{READ_PRIORITY} in the systemd unit, or CAP_SYS_NICE) for the quickest answers."
+        )
+    });
 }
 
 /// `service` as the Ingest service is served: messages up to

@@ -4,8 +4,8 @@
 //! (TLS to PostgreSQL and PgBouncer, as libpq does it),
 //! `runtime` (argument errors, tracing, stop signals), `error` (one-line error
 //! chains), `backoff` (every retry's delays) and `sched` (a higher priority
-//! for threads that answer readers).
-#![forbid(unsafe_code)]
+//! and a short time slice for threads that answer readers).
+#![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod error;

@@ -1,28 +1,114 @@
-//! A higher priority for the threads that answer people.
+//! Favouring the threads that answer people.
 //!
 //! On a collector whose cores its agents' streams keep busy, a read waits
 //! for the kernel to run the thread that answers it, behind threads that
-//! apply batches. A lower nice value for that thread alone puts it first;
-//! it uses little CPU, so the others lose little.
+//! apply batches. Two things put that thread first:
+//! - a lower nice value, for that thread alone: it uses little CPU, so the
+//!   others lose little. Going below the process's own needs CAP_SYS_NICE or
+//!   an RLIMIT_NICE that allows it (systemd's `LimitNICE=`).
+//! - a shorter time slice (Linux 6.12 and later, no privilege needed): the
+//!   fair scheduler (EEVDF) then lets the thread run as soon as it wakes,
+//!   in place of one that is in the middle of a longer slice, rather than
+//!   after it. It gets no more CPU for it, only sooner, in shorter turns.
 
-/// Lowers the calling thread's nice value by `by` (to at most -20) and
-/// returns the new one. Only a thread's own: on Linux each thread has its
-/// own nice value. Going below the process's needs CAP_SYS_NICE, or an
-/// RLIMIT_NICE that allows it (systemd's `LimitNICE=`); without, the error
-/// is `PermissionDenied` and nothing changes.
-pub fn raise_thread_priority(by: i32) -> std::io::Result<i32> {
+use std::time::Duration;
+
+/// What [`favour_thread`] obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Favoured {
+    /// The thread's nice value now.
+    pub nice: i32,
+    /// Whether it is lower than before (otherwise the system refused).
+    pub raised: bool,
+}
+
+/// Gives the calling thread, and only it, a nice value `steps` lower (to at
+/// most -20) and a time slice of `slice` (the kernel holds it to 0.1–100 ms,
+/// and kernels before 6.12 keep their own). Where the lower nice value is
+/// refused, the slice is still set, and `raised` is false.
+pub fn favour_thread(steps: i32, slice: Duration) -> std::io::Result<Favoured> {
     #[cfg(target_os = "linux")]
     {
-        let thread = Some(rustix::thread::gettid());
-        let now = rustix::process::getpriority_process(thread)?;
-        let wanted = (now - by).max(-20);
-        rustix::process::setpriority_process(thread, wanted)?;
-        Ok(wanted)
+        linux::favour_thread(steps, slice)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = by;
+        let _ = (steps, slice);
         Err(std::io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+mod linux {
+    use std::io::{Error, ErrorKind};
+    use std::time::Duration;
+
+    use super::Favoured;
+
+    /// The calling thread's nice value (getpriority's "process" is the
+    /// calling thread on Linux).
+    pub(super) fn nice() -> std::io::Result<i32> {
+        // SAFETY: errno is the calling thread's; getpriority reads a value,
+        // and errno tells its -1 from an error.
+        let nice = unsafe {
+            *libc::__errno_location() = 0;
+            libc::getpriority(libc::PRIO_PROCESS, 0)
+        };
+        let error = Error::last_os_error();
+        if nice == -1 && error.raw_os_error() != Some(0) {
+            return Err(error);
+        }
+        Ok(nice)
+    }
+
+    /// sched_setattr for the calling thread: the normal policy, `nice`, and
+    /// `slice` as its runtime.
+    fn set(nice: i32, slice: Duration) -> std::io::Result<()> {
+        let attr = libc::sched_attr {
+            size: std::mem::size_of::<libc::sched_attr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: nice,
+            sched_priority: 0,
+            sched_runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: `attr` is a valid sched_attr of the size it states, which
+        // the kernel reads during the call; pid 0 is the calling thread.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_sched_setattr,
+                0,
+                &attr as *const libc::sched_attr,
+                0,
+            )
+        };
+        if done == 0 {
+            Ok(())
+        } else {
+            Err(Error::last_os_error())
+        }
+    }
+
+    pub(super) fn favour_thread(steps: i32, slice: Duration) -> std::io::Result<Favoured> {
+        let now = nice()?;
+        let wanted = (now - steps).max(-20);
+        match set(wanted, slice) {
+            Ok(()) => Ok(Favoured {
+                nice: wanted,
+                raised: wanted < now,
+            }),
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                set(now, slice)?;
+                Ok(Favoured {
+                    nice: now,
+                    raised: false,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -30,35 +116,56 @@ pub fn raise_thread_priority(by: i32) -> std::io::Result<i32> {
 mod tests {
     use super::*;
 
-    fn nice_of_this_thread() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    /// The calling thread's time slice (`/proc/thread-self/sched`, in ns).
+    fn slice_of_this_thread() -> Option<Duration> {
+        let text = std::fs::read_to_string("/proc/thread-self/sched").ok()?;
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("se.slice"))?;
+        let ns: u64 = line.split(':').nth(1)?.trim().parse().ok()?;
+        Some(Duration::from_nanos(ns))
+    }
+
+    /// Whether this kernel (6.12 or later) takes a slice from sched_setattr.
+    fn kernel_has_slices() -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 12)
+    }
+
+    fn is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split_whitespace().take(3).eq(["Uid:", "0", "0"]))
     }
 
     #[test]
-    fn only_the_calling_thread_is_raised_and_where_it_may_not_it_is_told() {
-        let before = nice_of_this_thread();
-        let (raised, after) = std::thread::spawn(|| {
-            let raised = raise_thread_priority(5);
-            (raised, nice_of_this_thread())
+    fn only_the_calling_thread_is_favoured_and_without_privilege_it_gets_the_slice_alone() {
+        let before = (linux::nice().unwrap(), slice_of_this_thread());
+        let (favoured, nice, slice) = std::thread::spawn(|| {
+            let favoured = favour_thread(5, Duration::from_micros(200)).unwrap();
+            (favoured, linux::nice().unwrap(), slice_of_this_thread())
         })
         .join()
         .unwrap();
-        match raised {
-            Ok(nice) => {
-                assert_eq!(nice, (before - 5).max(-20));
-                assert_eq!(after, nice);
-            }
-            Err(e) => {
-                // Root may always (CI runs as root).
-                assert!(!rustix::process::geteuid().is_root(), "{e}");
-                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
-                assert_eq!(after, before);
-            }
+        assert_eq!(favoured.nice, nice);
+        if is_root() {
+            // CI runs as root, which may.
+            assert!(favoured.raised);
+            assert_eq!(nice, (before.0 - 5).max(-20));
+        } else if !favoured.raised {
+            assert_eq!(nice, before.0);
         }
-        assert_eq!(nice_of_this_thread(), before);
-        assert_eq!(
-            std::thread::spawn(nice_of_this_thread).join().unwrap(),
-            before
-        );
+        if kernel_has_slices() {
+            assert_eq!(slice, Some(Duration::from_micros(200)));
+            assert_ne!(slice, before.1);
+        }
+        // This thread, and another, keep their own.
+        assert_eq!((linux::nice().unwrap(), slice_of_this_thread()), before);
+        let other = std::thread::spawn(|| (linux::nice().unwrap(), slice_of_this_thread()));
+        assert_eq!(other.join().unwrap(), before);
     }
 }

@@ -43,6 +43,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// where the system allows it.
 const READER_PRIORITY: i32 = 10;
 
+/// The reader's time slice, as the collector's readers' threads ask.
+const READER_SLICE: Duration = Duration::from_micros(100);
+
 const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
 
 #[derive(Debug, Parser)]
@@ -263,7 +266,10 @@ async fn run(args: Args) -> Result<serde_json::Value, Box<dyn std::error::Error>
             // agent competes with it for a core: it is raised, where the
             // system allows it, so that what it times is the collector's
             // answer rather than its own turn behind the agents.
-            let nice = pgfleet_common::sched::raise_thread_priority(READER_PRIORITY).ok();
+            let nice = pgfleet_common::sched::favour_thread(READER_PRIORITY, READER_SLICE)
+                .ok()
+                .filter(|f| f.raised)
+                .map(|f| f.nice);
             let read = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
