@@ -66,9 +66,8 @@ pub struct Collector {
     /// Where readers alone are served (`--query-listen`), if anywhere.
     pub query_addr: Option<SocketAddr>,
     query_server: Option<JoinHandle<()>>,
-    /// The runtime of the HTTP port and the readers' port; taken when the
-    /// collector is dropped.
-    reads: Option<tokio::runtime::Runtime>,
+    /// The runtime of the HTTP port and the readers' port.
+    _reads: ReadsRuntime,
     store: Store,
     /// The aggregator, for in-process readers.
     pub aggregator: AggregatorHandle,
@@ -108,7 +107,7 @@ const READ_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 /// and about 5 ms with them favoured (BENCHMARKS.md, "Collector load").
 /// Its workers alone are favoured: history reads run on its blocking
 /// threads, and may be long.
-fn reads_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn reads_runtime() -> std::io::Result<ReadsRuntime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(READ_WORKERS)
         .thread_name("pgfleet-reads")
@@ -121,6 +120,28 @@ fn reads_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         })
         .enable_all()
         .build()
+        .map(|runtime| ReadsRuntime(Some(runtime)))
+}
+
+/// The readers' runtime, which shuts down without waiting for its threads
+/// when dropped: the collector (or a start that failed) may be dropped
+/// where blocking is not allowed, and a runtime dropped there panics.
+struct ReadsRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for ReadsRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for ReadsRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Favours the calling worker ([`READ_PRIORITY`], [`READ_SLICE`]), or says
@@ -340,7 +361,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         http_server,
         query_addr,
         query_server,
-        reads: Some(reads),
+        _reads: reads,
         aggregator: handle,
         shutdown: Some(shutdown),
         streams,
@@ -401,11 +422,6 @@ impl Drop for Collector {
             .flatten()
         {
             server.abort();
-        }
-        // Dropping a runtime waits for its threads, which an async caller
-        // may not do; its tasks end as its threads see it shut down.
-        if let Some(reads) = self.reads.take() {
-            reads.shutdown_background();
         }
     }
 }
