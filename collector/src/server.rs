@@ -285,9 +285,12 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
                 .map_err(|e| StartError::Reflection(e.to_string()))?;
             let reflection_v1alpha = pgfleet_proto::reflection::v1alpha(&services)
                 .map_err(|e| StartError::Reflection(e.to_string()))?;
+            // Its health answers for what it serves: Query, and the whole.
+            let (health, health_service) = tonic_health::server::health_reporter();
+            health.set_serving::<QueryServer<QueryService>>().await;
             let router = builder
                 .clone()
-                .add_service(health_service.clone())
+                .add_service(health_service)
                 .add_service(reflection)
                 .add_service(reflection_v1alpha)
                 .add_service(query.clone());
@@ -379,18 +382,17 @@ impl Collector {
             let _ = tx.send(());
         }
         // Scrapers and readers keep their connections open; they get a
-        // moment, then go.
-        for mut server in [self.http_server.take(), self.query_server.take()]
-            .into_iter()
-            .flatten()
-        {
-            if tokio::time::timeout(std::time::Duration::from_secs(2), &mut server)
-                .await
-                .is_err()
+        // moment, then go (both in the same 2 s).
+        let end = |server: Option<JoinHandle<()>>| async move {
+            if let Some(mut server) = server
+                && tokio::time::timeout(std::time::Duration::from_secs(2), &mut server)
+                    .await
+                    .is_err()
             {
                 server.abort();
             }
-        }
+        };
+        tokio::join!(end(self.http_server.take()), end(self.query_server.take()));
         // A stream that still stays open would hold a graceful shutdown forever.
         if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
             .await

@@ -25,7 +25,10 @@ pub struct Favoured {
 /// Gives the calling thread, and only it, a nice value `steps` lower (to at
 /// most -20) and a time slice of `slice` (the kernel holds it to 0.1–100 ms,
 /// and kernels before 6.12 keep their own). Where the lower nice value is
-/// refused, the slice is still set, and `raised` is false.
+/// refused, the slice is still set, and `raised` is false. Threads it starts
+/// later do not inherit the slice, nor a nice value below 0
+/// (`SCHED_FLAG_RESET_ON_FORK`): they start with the default slice, at nice
+/// 0 where this one went below it.
 pub fn favour_thread(steps: i32, slice: Duration) -> std::io::Result<Favoured> {
     #[cfg(target_os = "linux")]
     {
@@ -68,7 +71,9 @@ mod linux {
         let attr = libc::sched_attr {
             size: std::mem::size_of::<libc::sched_attr>() as u32,
             sched_policy: libc::SCHED_OTHER as u32,
-            sched_flags: 0,
+            // Threads this one starts (tokio's blocking threads, for long
+            // reads) begin again at nice 0 and the default slice.
+            sched_flags: libc::SCHED_FLAG_RESET_ON_FORK as u64,
             sched_nice: nice,
             sched_priority: 0,
             sched_runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
@@ -135,34 +140,47 @@ mod tests {
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 12)
     }
 
-    fn is_root() -> bool {
+    /// Whether this process has CAP_SYS_NICE (bit 23 of its effective
+    /// capabilities): root, unless in a container that dropped it.
+    fn may_lower_nice() -> bool {
         std::fs::read_to_string("/proc/self/status")
             .unwrap_or_default()
             .lines()
-            .any(|l| l.split_whitespace().take(3).eq(["Uid:", "0", "0"]))
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << 23) != 0)
     }
 
     #[test]
     fn only_the_calling_thread_is_favoured_and_without_privilege_it_gets_the_slice_alone() {
         let before = (linux::nice().unwrap(), slice_of_this_thread());
-        let (favoured, nice, slice) = std::thread::spawn(|| {
+        let (favoured, nice, slice, child) = std::thread::spawn(|| {
             let favoured = favour_thread(5, Duration::from_micros(200)).unwrap();
-            (favoured, linux::nice().unwrap(), slice_of_this_thread())
+            // A thread it starts begins again.
+            let child = std::thread::spawn(|| (linux::nice().unwrap(), slice_of_this_thread()));
+            let child = child.join().unwrap();
+            (
+                favoured,
+                linux::nice().unwrap(),
+                slice_of_this_thread(),
+                child,
+            )
         })
         .join()
         .unwrap();
         assert_eq!(favoured.nice, nice);
-        if is_root() {
+        if may_lower_nice() {
             // CI runs as root, which may.
             assert!(favoured.raised);
             assert_eq!(nice, (before.0 - 5).max(-20));
         } else if !favoured.raised {
             assert_eq!(nice, before.0);
         }
-        if kernel_has_slices() {
+        if kernel_has_slices() && before.1.is_some() {
             assert_eq!(slice, Some(Duration::from_micros(200)));
             assert_ne!(slice, before.1);
         }
+        assert_eq!(child, (favoured.nice.max(0), before.1));
         // This thread, and another, keep their own.
         assert_eq!((linux::nice().unwrap(), slice_of_this_thread()), before);
         let other = std::thread::spawn(|| (linux::nice().unwrap(), slice_of_this_thread()));

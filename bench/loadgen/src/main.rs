@@ -60,7 +60,7 @@ struct Args {
     query: Option<String>,
     /// With --query: every other GetActivity goes to --collector instead,
     /// timed apart, so that the two ports are compared in one run
-    #[arg(long)]
+    #[arg(long, requires = "query")]
     compare_listen: bool,
     /// The collector's pid, to read its memory and CPU from /proc
     #[arg(long)]
