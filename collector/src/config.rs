@@ -257,24 +257,10 @@ impl CollectorConfig {
             .http_listen
             .or(file.http_listen)
             .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
-        let http_listen = match http_text.trim() {
-            "off" => None,
-            text => Some(text.parse().map_err(|_| SettingsError::Invalid {
-                key: "http_listen",
-                message: format!(
-                    "{text:?} is not an address like {DEFAULT_HTTP_LISTEN}, or \"off\""
-                ),
-            })?),
-        };
+        let http_listen = address_or_off("http_listen", &http_text, DEFAULT_HTTP_LISTEN)?;
         let query_listen = match args.query_listen.or(file.query_listen) {
             None => None,
-            Some(text) => match text.trim() {
-                "off" => None,
-                text => Some(text.parse().map_err(|_| SettingsError::Invalid {
-                    key: "query_listen",
-                    message: format!("{text:?} is not an address like 127.0.0.1:7602, or \"off\""),
-                })?),
-            },
+            Some(text) => address_or_off("query_listen", &text, "127.0.0.1:7602")?,
         };
         // Port 0 is any free port, which two listeners may both ask for.
         if query_listen
@@ -330,6 +316,21 @@ impl CollectorConfig {
             store,
             collector_id,
         })
+    }
+}
+
+/// An address (`example` shows one), or "off" for none.
+fn address_or_off(
+    key: &'static str,
+    text: &str,
+    example: &str,
+) -> Result<Option<SocketAddr>, SettingsError> {
+    match text.trim() {
+        "off" => Ok(None),
+        text => text.parse().map(Some).map_err(|_| SettingsError::Invalid {
+            key,
+            message: format!("{text:?} is not an address like {example}, or \"off\""),
+        }),
     }
 }
 
