@@ -176,9 +176,8 @@ pub fn serve(
         key: "pool_reporter_listen",
         message: format!("cannot serve gRPC reflection: {e}"),
     };
-    let reflection = pgfleet_proto::reflection::v1(&services).map_err(reflection_failed)?;
-    let reflection_v1alpha =
-        pgfleet_proto::reflection::v1alpha(&services).map_err(reflection_failed)?;
+    let (reflection, reflection_v1alpha) =
+        pgfleet_proto::reflection::servers(&services).map_err(reflection_failed)?;
     let task = tokio::spawn(async move {
         health.set_serving::<PoolReporterServer<Service>>().await;
         let result = tonic::transport::Server::builder()

@@ -229,9 +229,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         "pgfleet.v1.Query",
         pgfleet_proto::reflection::HEALTH,
     ];
-    let reflection = pgfleet_proto::reflection::v1(&services)
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = pgfleet_proto::reflection::v1alpha(&services)
+    let (reflection, reflection_v1alpha) = pgfleet_proto::reflection::servers(&services)
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
     let (streams, streams_rx) = watch::channel(());
@@ -281,9 +279,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         None => None,
         Some((listener, _)) => {
             let services = ["pgfleet.v1.Query", pgfleet_proto::reflection::HEALTH];
-            let reflection = pgfleet_proto::reflection::v1(&services)
-                .map_err(|e| StartError::Reflection(e.to_string()))?;
-            let reflection_v1alpha = pgfleet_proto::reflection::v1alpha(&services)
+            let (reflection, reflection_v1alpha) = pgfleet_proto::reflection::servers(&services)
                 .map_err(|e| StartError::Reflection(e.to_string()))?;
             // Its health answers for what it serves: Query, and the whole.
             let (health, health_service) = tonic_health::server::health_reporter();

@@ -17,17 +17,30 @@ fn builder(services: &[&str]) -> Builder<'static> {
         .fold(builder, |b, name| b.with_service_name(*name))
 }
 
-/// Reflection v1, listing `services` (full names, as `pgfleet.v1.Query`).
-pub fn v1(
+/// Reflection v1 and v1alpha, each listing `services` (full names, as
+/// `pgfleet.v1.Query`): a server adds both.
+#[allow(clippy::type_complexity)]
+pub fn servers(
     services: &[&str],
-) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
+) -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    Error,
+> {
+    Ok((v1(services)?, v1alpha(services)?))
+}
+
+/// Reflection v1, listing `services`.
+fn v1(services: &[&str]) -> Result<v1::ServerReflectionServer<impl v1::ServerReflection>, Error> {
     builder(services)
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
 }
 
 /// Reflection v1alpha, listing `services`.
-pub fn v1alpha(
+fn v1alpha(
     services: &[&str],
 ) -> Result<v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>, Error> {
     builder(services)
