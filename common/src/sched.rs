@@ -41,6 +41,18 @@ pub fn favour_thread(steps: i32, slice: Duration) -> std::io::Result<Favoured> {
     }
 }
 
+/// Whether this process has CAP_SYS_NICE (bit 23 of its effective
+/// capabilities in `/proc/self/status`), with which [`favour_thread`] always
+/// lowers the nice value: root, unless in a container that dropped it.
+pub fn may_lower_nice() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 23) != 0)
+}
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod linux {
@@ -138,17 +150,6 @@ mod tests {
             .split(['.', '-'])
             .map(|p| p.parse::<u32>().unwrap_or(0));
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 12)
-    }
-
-    /// Whether this process has CAP_SYS_NICE (bit 23 of its effective
-    /// capabilities): root, unless in a container that dropped it.
-    fn may_lower_nice() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
-            .is_some_and(|caps| caps & (1 << 23) != 0)
     }
 
     #[test]

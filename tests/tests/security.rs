@@ -216,14 +216,7 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
     assert!(watch.message().await.unwrap().is_some(), "the first event");
     // Its workers run 5 steps of nice above the test's threads, where the
     // system allows it (CI runs as root, with CAP_SYS_NICE).
-    // CAP_SYS_NICE is bit 23 of the effective capabilities.
-    let may_lower_nice = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << 23) != 0);
-    if may_lower_nice {
+    if pgfleet_common::sched::may_lower_nice() {
         let raised = nice_of_threads("pgfleet-reads")
             .into_iter()
             .filter(|&n| n == -5)
