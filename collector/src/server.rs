@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pgfleet_proto::v1::ingest_server::{Ingest, IngestServer};
-use pgfleet_proto::v1::query_server::QueryServer;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::codec::CompressionEncoding;
@@ -17,7 +16,7 @@ use crate::aggregator::{Aggregator, AggregatorHandle, Command};
 use crate::auth::{Access, Tokens};
 use crate::config::CollectorConfig;
 use crate::ingest::{IngestService, MAX_MESSAGE_BYTES};
-use crate::query::QueryService;
+use crate::query::{QueryRoutes, QueryService};
 use crate::store::Store;
 
 /// Why the collector could not start.
@@ -223,7 +222,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
-    health.set_serving::<QueryServer<QueryService>>().await;
+    health.set_serving::<QueryRoutes>().await;
     let services = [
         "pgfleet.v1.Ingest",
         "pgfleet.v1.Query",
@@ -262,9 +261,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         IngestService::new(handle.clone(), tokens.clone(), streams_rx.clone())
             .with_store(store.clone()),
     );
-    let query = QueryServer::new(query_service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let query = QueryRoutes::new(query_service, MAX_MESSAGE_BYTES);
     // Reading the fleet takes a read token, when there are any.
     let query = InterceptedService::new(query, tokens.interceptor(Access::Read));
     let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -283,7 +280,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
                 .map_err(|e| StartError::Reflection(e.to_string()))?;
             // Its health answers for what it serves: Query, and the whole.
             let (health, health_service) = tonic_health::server::health_reporter();
-            health.set_serving::<QueryServer<QueryService>>().await;
+            health.set_serving::<QueryRoutes>().await;
             let router = builder
                 .clone()
                 .add_service(health_service)

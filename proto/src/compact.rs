@@ -191,21 +191,28 @@ pub fn encode_str(tag: u32, text: &str, buf: &mut Vec<u8>) {
 }
 
 /// A message field `tag` whose fields `body` writes to the end of `buf`: its
-/// length is put in front of them once they are written (a move of those
-/// bytes, once for each message they are nested in), so that it need not be
-/// counted first.
+/// length is put in front of them once they are written, so that it need not
+/// be counted first. Two bytes are kept for it, the length of a message of
+/// 128 bytes to 16 KiB (a session's, most often); a length of another size
+/// moves the fields once, for each message they are nested in.
 pub fn nested(tag: u32, buf: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
     use prost::encoding::{WireType, encode_key, encode_varint};
+    const KEPT: usize = 2;
     encode_key(tag, WireType::LengthDelimited, buf);
     let start = buf.len();
+    buf.extend_from_slice(&[0; KEPT]);
     body(buf);
     let mut length = [0u8; 10];
-    let room = {
+    let size = {
         let mut w = &mut length[..];
-        encode_varint((buf.len() - start) as u64, &mut w);
-        w.len()
+        encode_varint((buf.len() - start - KEPT) as u64, &mut w);
+        10 - w.len()
     };
-    buf.splice(start..start, length[..length.len() - room].iter().copied());
+    if size == KEPT {
+        buf[start..start + KEPT].copy_from_slice(&length[..KEPT]);
+    } else {
+        buf.splice(start..start + KEPT, length[..size].iter().copied());
+    }
 }
 
 /// Takes the fields `mask` names from `base`, the same session in the
@@ -534,6 +541,28 @@ mod tests {
             assert_eq!(written, by_prost, "{s:?} with mask {mask:#x}");
             let body = v1::SessionSample::decode_length_delimited(&written[1..]).unwrap();
             assert_eq!(body, sample(&s, mask));
+        }
+    }
+
+    #[test]
+    fn nested_messages_of_every_length_are_written_as_prost_writes_them() {
+        use prost::encoding::bytes;
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_152] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut wanted = vec![9, 9];
+            bytes::encode(7, &body, &mut wanted);
+            let mut buf = vec![9, 9];
+            nested(7, &mut buf, |buf| buf.extend_from_slice(&body));
+            assert_eq!(buf, wanted, "{len} bytes");
+            // Nested in another message, as sessions are in a snapshot.
+            let mut outer = Vec::new();
+            bytes::encode(2, &wanted, &mut outer);
+            let mut buf = Vec::new();
+            nested(2, &mut buf, |buf| {
+                buf.extend_from_slice(&[9, 9]);
+                nested(7, buf, |buf| buf.extend_from_slice(&body));
+            });
+            assert_eq!(buf, outer, "{len} bytes, nested");
         }
     }
 

@@ -299,12 +299,78 @@ pub fn query_session(s: &Session, sampled_at_us: Micros) -> v1::Session {
         query_id: s.query_id.unwrap_or(0),
         fingerprint: match s.fingerprint {
             0 => String::new(),
-            fp => format!("{fp:016x}"),
+            fp => hex16(fp, &mut [0; 16]).to_owned(),
         },
         xact_age: age(s.xact_start_us, sampled_at_us),
         query_age: age(s.query_start_us, sampled_at_us),
         state_age: age(s.state_change_us, sampled_at_us),
     }
+}
+
+/// [`query_session`]`(s, sampled_at_us)` written as field `tag` of the
+/// message being built in `buf`: the same bytes prost writes for it, but no
+/// string is copied into a `String` of its own first. GetActivity answers
+/// over gRPC so (a read of a server's 100 sessions built eleven `String`s a
+/// session and dropped them again).
+pub fn encode_query_session(tag: u32, s: &Session, sampled_at_us: Micros, buf: &mut Vec<u8>) {
+    use crate::compact::{encode_str, nested};
+    use prost::encoding::{int32, int64, message};
+    let instant = |buf: &mut Vec<u8>, tag: u32, us: Option<Micros>| {
+        if let Some(us) = us {
+            message::encode(tag, &time::timestamp(us), buf);
+        }
+    };
+    let span = |buf: &mut Vec<u8>, tag: u32, d: Option<prost_types::Duration>| {
+        if let Some(d) = d {
+            message::encode(tag, &d, buf);
+        }
+    };
+    nested(tag, buf, |buf| {
+        if s.pid != 0 {
+            int32::encode(1, &s.pid, buf);
+        }
+        instant(buf, 2, Some(s.backend_start_us));
+        encode_str(3, &s.database, buf);
+        encode_str(4, &s.user, buf);
+        encode_str(5, &s.application_name, buf);
+        encode_str(6, &s.client, buf);
+        encode_str(7, s.state.as_pg(), buf);
+        instant(buf, 8, s.xact_start_us);
+        instant(buf, 9, s.query_start_us);
+        instant(buf, 10, s.state_change_us);
+        encode_str(11, &s.wait_event_type, buf);
+        encode_str(12, &s.wait_event, buf);
+        encode_str(13, &s.query, buf);
+        if !s.blocked_by.is_empty() {
+            int32::encode_packed(14, &s.blocked_by, buf);
+        }
+        encode_str(15, &s.backend_type, buf);
+        span(buf, 16, s.duration_us(sampled_at_us).map(time::duration));
+        match s.leader_pid {
+            Some(pid) if pid != 0 => int32::encode(17, &pid, buf),
+            _ => {}
+        }
+        match s.query_id {
+            Some(id) if id != 0 => int64::encode(18, &id, buf),
+            _ => {}
+        }
+        if s.fingerprint != 0 {
+            encode_str(19, hex16(s.fingerprint, &mut [0; 16]), buf);
+        }
+        span(buf, 20, age(s.xact_start_us, sampled_at_us));
+        span(buf, 21, age(s.query_start_us, sampled_at_us));
+        span(buf, 22, age(s.state_change_us, sampled_at_us));
+    });
+}
+
+/// `n` as 16 lower-case hex digits, as `format!("{n:016x}")` writes it.
+fn hex16(n: u64, out: &mut [u8; 16]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 fn age(since: Option<Micros>, at: Micros) -> Option<prost_types::Duration> {
@@ -462,5 +528,59 @@ mod tests {
         assert_eq!(q.query_age, Some(time::duration(2_000_000)));
         assert_eq!(q.fingerprint, "00000000deadbeef");
         assert_eq!((q.leader_pid, q.query_id), (4200, -77));
+    }
+
+    #[test]
+    fn query_sessions_encode_as_prost_encodes_them() {
+        use prost::Message;
+        let at = 1_700_000_004_000_000;
+        let full = session();
+        let bare = Session {
+            pid: 0,
+            backend_start_us: 0,
+            database: "".into(),
+            user: "".into(),
+            application_name: "".into(),
+            client: "".into(),
+            state: SessionState::Unknown,
+            xact_start_us: None,
+            query_start_us: None,
+            state_change_us: None,
+            wait_event_type: "".into(),
+            wait_event: "".into(),
+            query: "".into(),
+            blocked_by: vec![],
+            backend_type: "".into(),
+            leader_pid: Some(0),
+            query_id: Some(0),
+            fingerprint: 0,
+        };
+        let waiting = Session {
+            state: SessionState::Active,
+            state_change_us: Some(at + 5),
+            xact_start_us: Some(-1_500_000),
+            wait_event_type: "Lock".into(),
+            wait_event: "transactionid".into(),
+            blocked_by: vec![1, 300, -2, i32::MAX],
+            leader_pid: None,
+            query_id: Some(i64::MIN),
+            fingerprint: u64::MAX,
+            query: "SELECT 'é' || $1".repeat(20).into(),
+            ..session()
+        };
+        for (name, s) in [("full", &full), ("bare", &bare), ("waiting", &waiting)] {
+            for at in [at, 0, -1] {
+                let wanted = v1::GetActivityResponse {
+                    sessions: vec![query_session(s, at), query_session(s, at)],
+                    ..Default::default()
+                };
+                let mut buf = Vec::new();
+                encode_query_session(3, s, at, &mut buf);
+                encode_query_session(3, s, at, &mut buf);
+                assert_eq!(buf, wanted.encode_to_vec(), "{name} at {at}");
+            }
+        }
+        assert_eq!(hex16(0xdead_beef, &mut [0; 16]), "00000000deadbeef");
+        assert_eq!(hex16(u64::MAX, &mut [0; 16]), format!("{:016x}", u64::MAX));
     }
 }

@@ -12,7 +12,7 @@ pub mod model;
 pub mod reflection;
 pub mod time;
 
-pub use convert::{DecodeError, query_session, server_info};
+pub use convert::{DecodeError, encode_query_session, query_session, server_info};
 
 /// The largest gRPC message either side of the ingest stream accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

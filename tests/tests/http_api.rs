@@ -280,6 +280,47 @@ async fn every_query_rpc_answers_as_json_over_http_with_read_tokens() {
     );
     assert_eq!(over_http, serde_json::to_value(&over_grpc).unwrap());
 
+    // GetActivity: gRPC sends the sessions encoded straight from the
+    // collector's state, HTTP prints the message; the same sample (a past
+    // instant, so that both read one frame) gives the same sessions.
+    let live = client
+        .get_activity(v1::GetActivityRequest {
+            server_id: "db-json".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at = live.sampled_at.expect("a sampled server has a sample time");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let over_grpc = client
+        .get_activity(v1::GetActivityRequest {
+            server_id: "db-json".into(),
+            at: Some(at),
+            include_background: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let at = rfc3339(pgfleet_proto::time::timestamp_micros(&at));
+    let path = format!("/api/v1/servers/db-json/activity?at={at}&include_background=true");
+    let (status, over_http) = get(&http, &path, Some(BEARER)).await.unwrap();
+    assert_eq!(status, 200, "{over_http}");
+    assert!(
+        over_grpc
+            .sessions
+            .iter()
+            .any(|s| s.application_name == "json-sleeper" && s.duration.is_some()),
+        "{over_grpc:?}"
+    );
+    let over_grpc = serde_json::to_value(&over_grpc).unwrap();
+    for field in ["sampled_at", "sessions"] {
+        assert_eq!(over_http[field], over_grpc[field], "{field}");
+    }
+    assert_eq!(over_http["server"]["server_id"], "db-json");
+    assert_eq!(over_grpc["server"]["server_id"], "db-json");
+
     // Watch, as Server-Sent Events: the fleet first.
     let (event, data) = first_event(&http, "/api/v1/watch?label=dc=eu1")
         .await

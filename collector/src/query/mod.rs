@@ -1,14 +1,16 @@
 //! The Query service: answers from the aggregator's last published view (and
 //! the store, for history). The handlers are here; `fleet` (summary, top
 //! sessions), `blocking` (blocking trees) and `watcher` (`Watch`) hold what
-//! they compute.
+//! they compute, and `grpc` how gRPC serves them.
 
 mod blocking;
 mod fleet;
+mod grpc;
 mod load;
 mod watcher;
 
 pub use fleet::{MAX_TOP_SESSIONS, summarise};
+pub use grpc::QueryRoutes;
 pub use watcher::{WATCH_QUEUE, WatchStream};
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use pgfleet_common::settings::check_label;
 use pgfleet_proto::model::{Session, SessionState};
 use pgfleet_proto::time::{self, Micros, now_micros};
-use pgfleet_proto::{query_session, server_info, v1};
+use pgfleet_proto::{encode_query_session, query_session, server_info, v1};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -69,6 +71,118 @@ impl QueryService {
             store: Some(store),
             ..self
         }
+    }
+}
+
+impl QueryService {
+    /// The sessions GetActivity answers `req` with: filtered, longest-running
+    /// first, not yet put in a message (see [`Activity`]).
+    pub(crate) async fn activity(&self, req: v1::GetActivityRequest) -> Result<Activity, Status> {
+        let state = match req.state.trim() {
+            "" => None,
+            text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
+        };
+        let min_duration_us = match &req.min_duration {
+            Some(d) if time::duration_micros(d) < 0 => {
+                return Err(Status::invalid_argument(
+                    "min_duration must not be negative",
+                ));
+            }
+            Some(d) => time::duration_micros(d),
+            None => 0,
+        };
+        let server = self.server(&req.server_id)?;
+        let (at, past) = match &req.at {
+            None => (server.sampled_at_us, None),
+            Some(when) => {
+                let when = time::timestamp_micros(when);
+                if when > now_micros() {
+                    return Err(Status::invalid_argument(
+                        "at is in the future; give a past instant, or none for now",
+                    ));
+                }
+                let Some(store) = &self.store else {
+                    return Err(Status::failed_precondition(
+                        "this collector keeps no history",
+                    ));
+                };
+                let found = store
+                    .activity_at(req.server_id.clone(), when)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                match found {
+                    Some(state) => (state.at, Some(state.sessions)),
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "no history of {:?} at or before that instant (it is kept for {})",
+                            req.server_id,
+                            humantime::format_duration(store.retention().frames)
+                        )));
+                    }
+                }
+            }
+        };
+        let all: &[Arc<Session>] = past.as_deref().unwrap_or(&server.sessions);
+        let mut sessions: Vec<Arc<Session>> = all
+            .iter()
+            .filter(|s| req.include_background || !s.is_background())
+            .filter(|s| state.is_none_or(|st| s.state == st))
+            .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
+            .filter(|s| matches(&req.wait_event_type, &s.wait_event_type))
+            .filter(|s| matches(&req.database, &s.database))
+            .filter(|s| matches(&req.user, &s.user))
+            .filter(|s| matches(&req.application_name, &s.application_name))
+            .cloned()
+            .collect();
+        // Longest-running first, as a DBA reads them; each duration is
+        // worked out once, not at every comparison.
+        sessions
+            .sort_by_cached_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
+        Ok(Activity {
+            server,
+            at,
+            sessions,
+        })
+    }
+}
+
+/// GetActivity's answer before it is a message: the server, the sample's
+/// time and its sessions, chosen and in order. The JSON API and in-process
+/// callers take it as a [`v1::GetActivityResponse`]; gRPC sends it encoded
+/// straight from the sessions ([`Activity::encode`]), the same bytes.
+pub(crate) struct Activity {
+    server: Arc<ServerView>,
+    at: Micros,
+    sessions: Vec<Arc<Session>>,
+}
+
+impl Activity {
+    /// As the message the Query API defines.
+    fn message(self) -> v1::GetActivityResponse {
+        v1::GetActivityResponse {
+            server: Some(server_message(&self.server, now_micros())),
+            sampled_at: (self.at != 0).then(|| time::timestamp(self.at)),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|s| query_session(s, self.at))
+                .collect(),
+        }
+    }
+
+    /// The protobuf of [`Activity::message`], written without first copying
+    /// every session's strings into it.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        use prost::encoding::message;
+        let mut buf = Vec::with_capacity(1024 + 256 * self.sessions.len());
+        message::encode(1, &server_message(&self.server, now_micros()), &mut buf);
+        if self.at != 0 {
+            message::encode(2, &time::timestamp(self.at), &mut buf);
+        }
+        for s in &self.sessions {
+            encode_query_session(3, s, self.at, &mut buf);
+        }
+        buf
     }
 }
 
@@ -168,71 +282,8 @@ impl v1::query_server::Query for QueryService {
         &self,
         request: Request<v1::GetActivityRequest>,
     ) -> Result<Response<v1::GetActivityResponse>, Status> {
-        let req = request.into_inner();
-        let state = match req.state.trim() {
-            "" => None,
-            text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
-        };
-        let min_duration_us = match &req.min_duration {
-            Some(d) if time::duration_micros(d) < 0 => {
-                return Err(Status::invalid_argument(
-                    "min_duration must not be negative",
-                ));
-            }
-            Some(d) => time::duration_micros(d),
-            None => 0,
-        };
-        let server = self.server(&req.server_id)?;
-        let (at, past) = match &req.at {
-            None => (server.sampled_at_us, None),
-            Some(when) => {
-                let when = time::timestamp_micros(when);
-                if when > now_micros() {
-                    return Err(Status::invalid_argument(
-                        "at is in the future; give a past instant, or none for now",
-                    ));
-                }
-                let Some(store) = &self.store else {
-                    return Err(Status::failed_precondition(
-                        "this collector keeps no history",
-                    ));
-                };
-                let found = store
-                    .activity_at(req.server_id.clone(), when)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                match found {
-                    Some(state) => (state.at, Some(state.sessions)),
-                    None => {
-                        return Err(Status::not_found(format!(
-                            "no history of {:?} at or before that instant (it is kept for {})",
-                            req.server_id,
-                            humantime::format_duration(store.retention().frames)
-                        )));
-                    }
-                }
-            }
-        };
-        let all: &[Arc<Session>] = past.as_deref().unwrap_or(&server.sessions);
-        let mut sessions: Vec<_> = all
-            .iter()
-            .filter(|s| req.include_background || !s.is_background())
-            .filter(|s| state.is_none_or(|st| s.state == st))
-            .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
-            .filter(|s| matches(&req.wait_event_type, &s.wait_event_type))
-            .filter(|s| matches(&req.database, &s.database))
-            .filter(|s| matches(&req.user, &s.user))
-            .filter(|s| matches(&req.application_name, &s.application_name))
-            .collect();
-        // Longest-running first, as a DBA reads them; each duration is
-        // worked out once, not at every comparison.
-        sessions
-            .sort_by_cached_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
-        Ok(Response::new(v1::GetActivityResponse {
-            server: Some(server_message(&server, now_micros())),
-            sampled_at: (at != 0).then(|| time::timestamp(at)),
-            sessions: sessions.into_iter().map(|s| query_session(s, at)).collect(),
-        }))
+        let activity = self.activity(request.into_inner()).await?;
+        Ok(Response::new(activity.message()))
     }
 
     async fn get_pools(
