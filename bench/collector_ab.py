@@ -14,7 +14,12 @@ Writes a table of the collector's CPU per applied batch, its memory per
 server and the p99 freshness of each build in each run to BENCHMARKS.md,
 with the command that made it, and the ratio of the medians.
 
-    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2]
+With --reads, each collector also serves `--query-listen`, where its
+generator sends its reads (GetActivity of a random server, FleetSummary),
+and the table has their latency and the CPU that the readers' threads
+(`pgfleet-reads`) took per read over the window.
+
+    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads]
 
 A baseline is any release build of `pgfleet-collector`, for instance of the
 commit before a change: `git worktree add /tmp/base HEAD~1 && cargo build
@@ -42,13 +47,28 @@ TITLE = "## Collector side by side"
 
 
 def collector_argv(binary: Path):
-    """A `pgfleet-collector`'s command line, given its port and directory."""
-    return lambda port, data: [str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
-                               "--data-dir", str(data / "store")]
+    """A `pgfleet-collector`'s command line, given its port and directory,
+    and the readers' port if it has one."""
+    return lambda port, data, query=None: [
+        str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
+        "--data-dir", str(data / "store"),
+        *(["--query-listen", f"127.0.0.1:{query}"] if query else [])]
+
+
+def reads_cpu_ns(pid: int) -> int:
+    """Nanoseconds on CPU of the collector's readers' threads (`pgfleet-reads`)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().startswith("pgfleet-reads"):
+                total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
-             connect_rate: int = 250, generator_cpu: bool = False) -> list[dict]:
+             connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False) -> list[dict]:
     """Starts every build's server and generator at once; their results.
 
     `builds` are (name, argv) or (name, argv, loadgen), where argv(port,
@@ -57,35 +77,43 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     `generator` is added to each generator's command line, which connects
     `connect_rate` agents a second. With `generator_cpu`, each result also
     has its generator's cores ("generator_cores", every thread, read from
-    outside over the measuring window less 5 s at each end)."""
+    outside over the measuring window less 5 s at each end). With `reads`,
+    each server is given a readers' port (argv(port, directory, query port))
+    where its generator reads, and each result has the CPU its readers'
+    threads took per read over that window ("reads_us_per_read")."""
     started = []
     try:
         for name, argv, *_ in builds:
             data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
             port = free_port()
+            query = free_port() if reads else None
             log = open(data / "collector.log", "w")
             collector = subprocess.Popen(
-                argv(port, data), stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PGFLEET_LOG="warn"))
-            started.append((name, collector, log, data, port))
+                argv(port, data, query) if reads else argv(port, data),
+                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
+            started.append((name, collector, log, data, port, query))
         time.sleep(2)
         gens = []
-        for (name, collector, _, _, port), build in zip(started, builds):
+        for (name, collector, _, _, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
             cmd = [str(loadgen), "--collector", f"http://127.0.0.1:{port}",
                    "--collector-pid", str(collector.pid), "--agents", str(args.agents),
                    "--connect-rate", str(connect_rate), "--warmup", f"{args.warmup}s",
-                   "--measure", f"{args.measure}s", *generator]
+                   "--measure", f"{args.measure}s", *generator,
+                   *(["--query", f"http://127.0.0.1:{query}"] if query else [])]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        cpu = {}
-        if generator_cpu:
+        cpu, reads_cpu = {}, {}
+        if generator_cpu or reads:
+            pids = {name: collector.pid for name, collector, *_ in started}
             time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
-            before = {name: (cpu_ns(gen.pid), time.monotonic()) for name, gen in gens}
+            before = {name: (cpu_ns(gen.pid), reads_cpu_ns(pids[name]), time.monotonic())
+                      for name, gen in gens}
             time.sleep(args.measure - 10)
             for name, gen in gens:
-                (c0, t0), c1, t1 = before[name], cpu_ns(gen.pid), time.monotonic()
-                cpu[name] = (c1 - c0) / 1e9 / (t1 - t0)
+                (c0, r0, t0), t1 = before[name], time.monotonic()
+                cpu[name] = (cpu_ns(gen.pid) - c0) / 1e9 / (t1 - t0)
+                reads_cpu[name] = (reads_cpu_ns(pids[name]) - r0) / 1e9 / (t1 - t0)
         results = []
         for name, gen in gens:
             out, err = gen.communicate()
@@ -93,12 +121,15 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
-            if name in cpu:
+            if generator_cpu:
                 r["generator_cores"] = cpu[name]
+            if reads:
+                per_s = (r["get_activity_calls"] + r["fleet_summary_calls"]) / args.measure
+                r["reads_us_per_read"] = 1e6 * reads_cpu[name] / per_s if per_s else float("nan")
             results.append(r)
         return results
     finally:
-        for _, collector, log, data, _ in started:
+        for _, collector, log, data, *_ in started:
             stop_collector(collector, log, data)
 
 
@@ -115,6 +146,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="seconds after the ramp before measuring")
     p.add_argument("--measure", type=int, default=90, help="seconds measured")
     p.add_argument("--runs", type=int, default=2, help="runs, each build first in turn")
+    p.add_argument("--reads", action="store_true",
+                   help="read on each collector's readers' port (--query-listen) and report the reads")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -126,28 +159,46 @@ def main() -> None:
     rows = []
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]
-        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args))
+        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args, reads=args.reads))
     command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("measure", args.measure, 90),
-                                       ("runs", args.runs, 2)) if v != d)
+                                       ("runs", args.runs, 2)) if v != d) + (" --reads" if args.reads else "")
     median = {name: statistics.median(us_per_batch(r) for _, r in rows if r["build"] == name)
               for name, _ in builds}
+    reads_head, reads_rule, reads_text, reads_median = "", "", "", ""
+    if args.reads:
+        reads_head = " GetActivity p50 ms | GetActivity p99 ms | readers' µs per read |"
+        reads_rule = "---|---|---|"
+        reads_text = (f" Each generator reads on its collector's readers' port (`--query-listen`): a GetActivity of a"
+                      f" random server about 20 times a second and a FleetSummary 4 times; *readers' µs per read* is"
+                      f" the CPU of the collector's `pgfleet-reads` threads over the window less 5 s at each end,"
+                      f" over the reads of the window.")
+        per_read = {name: statistics.median(r["reads_us_per_read"] for _, r in rows if r["build"] == name)
+                    for name, _ in builds}
+        reads_median = (f"\nMedian readers' CPU per read: this tree {per_read['this tree']:.0f} µs, the baseline "
+                        f"{per_read['baseline']:.0f} µs ({per_read['this tree'] / per_read['baseline']:.2f}×).\n")
+
+    def reads_cells(r):
+        if not args.reads:
+            return ""
+        return (f" {r['get_activity_p50_ms']:.2f} | {r['get_activity_p99_ms']:.2f} |"
+                f" {r['reads_us_per_read']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
-        f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |"
+        f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |{reads_cells(r)}"
         for run, r in rows)
     section = f"""{TITLE}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
 
-Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).
+Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).{reads_text}
 
-| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |
-|---|---|---|---|---|---|---|
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |{reads_head}
+|---|---|---|---|---|---|---|{reads_rule}
 {table}
 
 Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
-"""
+{reads_median}"""
     write_section(Path(args.output), TITLE, section)
     print(section)
 
