@@ -93,7 +93,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
             started.append((name, collector, log, data, port, query))
         time.sleep(2)
-        gens = []
+        gens, launched = [], {}
         for (name, collector, _, _, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
             cmd = [str(loadgen), "--collector", f"http://127.0.0.1:{port}",
@@ -102,8 +102,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                    "--measure", f"{args.measure}s", *generator,
                    *(["--query", f"http://127.0.0.1:{query}"] if query else [])]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
+            launched[name] = time.monotonic()
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        cpu, reads_cpu = {}, {}
+        cpu, reads_cpu, window = {}, {}, {}
         if generator_cpu or reads:
             pids = {name: collector.pid for name, collector, *_ in started}
             time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
@@ -112,6 +113,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             time.sleep(args.measure - 10)
             for name, gen in gens:
                 (c0, r0, t0), t1 = before[name], time.monotonic()
+                window[name] = (t0, t1)
                 cpu[name] = (cpu_ns(gen.pid) - c0) / 1e9 / (t1 - t0)
                 reads_cpu[name] = (reads_cpu_ns(pids[name]) - r0) / 1e9 / (t1 - t0)
         results = []
@@ -121,6 +123,15 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
+            if name in window:
+                # The window is timed from the generator's start; its ramp
+                # (the history agents' hour included) may have run longer.
+                began = launched[name] + r["ramp_s"] + args.warmup
+                t0, t1 = window[name]
+                if t0 < began or t1 > began + r["measured_s"] + 1:
+                    raise SystemExit(
+                        f"the CPU window against {name} fell outside its generator's measuring "
+                        f"(its ramp took {r['ramp_s']:.0f} s, the history included): give a longer --warmup")
             if generator_cpu:
                 r["generator_cores"] = cpu[name]
             if reads:
@@ -181,7 +192,9 @@ def main() -> None:
     def reads_cells(r):
         if not args.reads:
             return ""
-        return (f" {r['get_activity_p50_ms']:.2f} | {r['get_activity_p99_ms']:.2f} |"
+        def ms(v):
+            return "–" if v is None else f"{v:.2f}"
+        return (f" {ms(r['get_activity_p50_ms'])} | {ms(r['get_activity_p99_ms'])} |"
                 f" {r['reads_us_per_read']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "

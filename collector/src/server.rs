@@ -96,13 +96,14 @@ const READ_WORKERS: usize = 2;
 const READ_PRIORITY: i32 = 5;
 
 /// The time slice the readers' workers ask for (Linux 6.12 and later): a
-/// read takes some 0.1 ms of CPU.
+/// short one lets a waking reader run soon, not after a longer slice of
+/// another thread, and gives it no more CPU.
 const READ_SLICE: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// The runtime that serves readers, apart from the one that serves agents'
 /// streams. A read on the agents' runtime waited for a worker behind
 /// thousands of streams' batches: at 10,000 servers, GetActivity's p99 was
-/// 12–17 ms there for some 0.1 ms of work, 7–9 ms on threads of its own,
+/// 12–17 ms there for some 0.35 ms of CPU, 7–9 ms on threads of its own,
 /// and about 5 ms with them favoured (BENCHMARKS.md, "Collector load").
 /// Its workers alone are favoured: history reads run on its blocking
 /// threads, and may be long.

@@ -161,6 +161,17 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        // GetActivity has a route of its own (its answer encoded straight
+        // from the sessions): the same tokens guard it.
+        let status = client
+            .get_activity(pgfleet_proto::v1::GetActivityRequest {
+                server_id: "db-anything".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
     }
 
     // A read token does not let a stream in, and nothing of it is kept.
@@ -207,6 +218,25 @@ async fn reading_takes_a_read_token_and_an_agents_token_neither_reads_nor_the_re
         .unwrap();
     let there = fleet_server(&mut readers.clone(), "db-read").await.unwrap();
     assert_eq!(there.server_id, "db-read");
+    let activity = readers
+        .clone()
+        .get_activity(pgfleet_proto::v1::GetActivityRequest {
+            server_id: "db-read".into(),
+            include_background: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        activity.server.map(|s| s.server_id).as_deref(),
+        Some("db-read")
+    );
+    assert!(
+        activity.sampled_at.is_some() && !activity.sessions.is_empty(),
+        "{:?}",
+        activity.sessions
+    );
     let mut watch = readers
         .clone()
         .watch(pgfleet_proto::v1::WatchRequest::default())
