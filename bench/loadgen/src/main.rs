@@ -156,6 +156,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A Query client of the collector at `url`, taking answers of up to 64 MiB.
+async fn query_client(url: &str) -> Result<QueryClient<Channel>, tonic::transport::Error> {
+    Ok(QueryClient::new(endpoint(url)?.connect().await?).max_decoding_message_size(64 << 20))
+}
+
 fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(10))
@@ -387,18 +392,12 @@ async fn read(
             rss: args.collector_pid.and_then(rss_kib),
         });
     }
-    let channel = endpoint(args.query.as_deref().unwrap_or(&args.collector))?
-        .connect()
-        .await?;
-    let mut query = QueryClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut query = query_client(args.query.as_deref().unwrap_or(&args.collector)).await?;
     let mut freshness = Vec::new();
     let mut activity = Vec::new();
     let mut activity_listen = Vec::new();
     let mut on_listen = match (&args.query, args.compare_listen) {
-        (Some(_), true) => Some(
-            QueryClient::new(endpoint(&args.collector)?.connect().await?)
-                .max_decoding_message_size(64 << 20),
-        ),
+        (Some(_), true) => Some(query_client(&args.collector).await?),
         _ => None,
     };
     let mut turn = 0u64;

@@ -74,78 +74,6 @@ impl QueryService {
     }
 }
 
-impl QueryService {
-    /// The sessions GetActivity answers `req` with: filtered, longest-running
-    /// first, not yet put in a message (see [`Activity`]).
-    pub(crate) async fn activity(&self, req: v1::GetActivityRequest) -> Result<Activity, Status> {
-        let state = match req.state.trim() {
-            "" => None,
-            text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
-        };
-        let min_duration_us = match &req.min_duration {
-            Some(d) if time::duration_micros(d) < 0 => {
-                return Err(Status::invalid_argument(
-                    "min_duration must not be negative",
-                ));
-            }
-            Some(d) => time::duration_micros(d),
-            None => 0,
-        };
-        let server = self.server(&req.server_id)?;
-        let (at, past) = match &req.at {
-            None => (server.sampled_at_us, None),
-            Some(when) => {
-                let when = time::timestamp_micros(when);
-                if when > now_micros() {
-                    return Err(Status::invalid_argument(
-                        "at is in the future; give a past instant, or none for now",
-                    ));
-                }
-                let Some(store) = &self.store else {
-                    return Err(Status::failed_precondition(
-                        "this collector keeps no history",
-                    ));
-                };
-                let found = store
-                    .activity_at(req.server_id.clone(), when)
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                match found {
-                    Some(state) => (state.at, Some(state.sessions)),
-                    None => {
-                        return Err(Status::not_found(format!(
-                            "no history of {:?} at or before that instant (it is kept for {})",
-                            req.server_id,
-                            humantime::format_duration(store.retention().frames)
-                        )));
-                    }
-                }
-            }
-        };
-        let all: &[Arc<Session>] = past.as_deref().unwrap_or(&server.sessions);
-        let mut sessions: Vec<Arc<Session>> = all
-            .iter()
-            .filter(|s| req.include_background || !s.is_background())
-            .filter(|s| state.is_none_or(|st| s.state == st))
-            .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
-            .filter(|s| matches(&req.wait_event_type, &s.wait_event_type))
-            .filter(|s| matches(&req.database, &s.database))
-            .filter(|s| matches(&req.user, &s.user))
-            .filter(|s| matches(&req.application_name, &s.application_name))
-            .cloned()
-            .collect();
-        // Longest-running first, as a DBA reads them; each duration is
-        // worked out once, not at every comparison.
-        sessions
-            .sort_by_cached_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
-        Ok(Activity {
-            server,
-            at,
-            sessions,
-        })
-    }
-}
-
 /// GetActivity's answer before it is a message: the server, the sample's
 /// time and its sessions, chosen and in order. The JSON API and in-process
 /// callers take it as a [`v1::GetActivityResponse`]; gRPC sends it encoded
@@ -243,6 +171,76 @@ impl QueryService {
                     "no server {server_id:?} is known to this collector; `pgfleet servers` lists the known servers"
                 ))
             })
+    }
+
+    /// The sessions GetActivity answers `req` with: filtered, longest-running
+    /// first, not yet put in a message (see [`Activity`]).
+    pub(crate) async fn activity(&self, req: v1::GetActivityRequest) -> Result<Activity, Status> {
+        let state = match req.state.trim() {
+            "" => None,
+            text => Some(SessionState::parse_filter(text).map_err(Status::invalid_argument)?),
+        };
+        let min_duration_us = match &req.min_duration {
+            Some(d) if time::duration_micros(d) < 0 => {
+                return Err(Status::invalid_argument(
+                    "min_duration must not be negative",
+                ));
+            }
+            Some(d) => time::duration_micros(d),
+            None => 0,
+        };
+        let server = self.server(&req.server_id)?;
+        let (at, past) = match &req.at {
+            None => (server.sampled_at_us, None),
+            Some(when) => {
+                let when = time::timestamp_micros(when);
+                if when > now_micros() {
+                    return Err(Status::invalid_argument(
+                        "at is in the future; give a past instant, or none for now",
+                    ));
+                }
+                let Some(store) = &self.store else {
+                    return Err(Status::failed_precondition(
+                        "this collector keeps no history",
+                    ));
+                };
+                let found = store
+                    .activity_at(req.server_id.clone(), when)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                match found {
+                    Some(state) => (state.at, Some(state.sessions)),
+                    None => {
+                        return Err(Status::not_found(format!(
+                            "no history of {:?} at or before that instant (it is kept for {})",
+                            req.server_id,
+                            humantime::format_duration(store.retention().frames)
+                        )));
+                    }
+                }
+            }
+        };
+        let all: &[Arc<Session>] = past.as_deref().unwrap_or(&server.sessions);
+        let mut sessions: Vec<Arc<Session>> = all
+            .iter()
+            .filter(|s| req.include_background || !s.is_background())
+            .filter(|s| state.is_none_or(|st| s.state == st))
+            .filter(|s| min_duration_us == 0 || s.duration_us(at).unwrap_or(0) >= min_duration_us)
+            .filter(|s| matches(&req.wait_event_type, &s.wait_event_type))
+            .filter(|s| matches(&req.database, &s.database))
+            .filter(|s| matches(&req.user, &s.user))
+            .filter(|s| matches(&req.application_name, &s.application_name))
+            .cloned()
+            .collect();
+        // Longest-running first, as a DBA reads them; each duration is
+        // worked out once, not at every comparison.
+        sessions
+            .sort_by_cached_key(|s| (std::cmp::Reverse(s.duration_us(at).unwrap_or(-1)), s.pid));
+        Ok(Activity {
+            server,
+            at,
+            sessions,
+        })
     }
 }
 
