@@ -86,12 +86,15 @@ def as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if AS_ROOT else cmd
 
 
-def cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU of every live thread of pid."""
+def cpu_ns(pid: int, thread: str = "") -> int:
+    """Nanoseconds on CPU of every live thread of pid (whose name starts with
+    `thread`, when given)."""
     total = 0
-    for f in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+    for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
-            total += int(open(f).read().split()[0])
+            if thread and not open(f"{task}/comm").read().startswith(thread):
+                continue
+            total += int(open(f"{task}/schedstat").read().split()[0])
         except (OSError, ValueError, IndexError):
             pass
     return total

@@ -39,11 +39,13 @@ import time
 from pathlib import Path
 
 from agent_overhead import cpu_ns
-from collector_load import build, free_port, stop_collector
+from collector_load import build, fmt, free_port, stop_collector
 from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector side by side"
+# The collector's threads that serve readers.
+READERS = "pgfleet-reads"
 
 
 def collector_argv(binary: Path):
@@ -53,18 +55,6 @@ def collector_argv(binary: Path):
         str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
         "--data-dir", str(data / "store"),
         *(["--query-listen", f"127.0.0.1:{query}"] if query else [])]
-
-
-def reads_cpu_ns(pid: int) -> int:
-    """Nanoseconds on CPU of the collector's readers' threads (`pgfleet-reads`)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            if (task / "comm").read_text().startswith("pgfleet-reads"):
-                total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
 
 
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
@@ -108,14 +98,14 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
         if generator_cpu or reads:
             pids = {name: collector.pid for name, collector, *_ in started}
             time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
-            before = {name: (cpu_ns(gen.pid), reads_cpu_ns(pids[name]), time.monotonic())
+            before = {name: (cpu_ns(gen.pid), cpu_ns(pids[name], READERS), time.monotonic())
                       for name, gen in gens}
             time.sleep(args.measure - 10)
             for name, gen in gens:
                 (c0, r0, t0), t1 = before[name], time.monotonic()
                 window[name] = (t0, t1)
                 cpu[name] = (cpu_ns(gen.pid) - c0) / 1e9 / (t1 - t0)
-                reads_cpu[name] = (reads_cpu_ns(pids[name]) - r0) / 1e9 / (t1 - t0)
+                reads_cpu[name] = (cpu_ns(pids[name], READERS) - r0) / 1e9 / (t1 - t0)
         results = []
         for name, gen in gens:
             out, err = gen.communicate()
@@ -174,8 +164,9 @@ def main() -> None:
     command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("measure", args.measure, 90),
                                        ("runs", args.runs, 2)) if v != d) + (" --reads" if args.reads else "")
-    median = {name: statistics.median(us_per_batch(r) for _, r in rows if r["build"] == name)
-              for name, _ in builds}
+    def medians(of):
+        return {name: statistics.median(of(r) for _, r in rows if r["build"] == name) for name, _ in builds}
+    median = medians(us_per_batch)
     reads_head, reads_rule, reads_text, reads_median = "", "", "", ""
     if args.reads:
         reads_head = " GetActivity p50 ms | GetActivity p99 ms | readers' µs per read |"
@@ -184,17 +175,14 @@ def main() -> None:
                       f" random server about 20 times a second and a FleetSummary 4 times; *readers' µs per read* is"
                       f" the CPU of the collector's `pgfleet-reads` threads over the window less 5 s at each end,"
                       f" over the reads of the window.")
-        per_read = {name: statistics.median(r["reads_us_per_read"] for _, r in rows if r["build"] == name)
-                    for name, _ in builds}
+        per_read = medians(lambda r: r["reads_us_per_read"])
         reads_median = (f"\nMedian readers' CPU per read: this tree {per_read['this tree']:.0f} µs, the baseline "
                         f"{per_read['baseline']:.0f} µs ({per_read['this tree'] / per_read['baseline']:.2f}×).\n")
 
     def reads_cells(r):
         if not args.reads:
             return ""
-        def ms(v):
-            return "–" if v is None else f"{v:.2f}"
-        return (f" {ms(r['get_activity_p50_ms'])} | {ms(r['get_activity_p99_ms'])} |"
+        return (f" {fmt(r['get_activity_p50_ms'], 2)} | {fmt(r['get_activity_p99_ms'], 2)} |"
                 f" {r['reads_us_per_read']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
