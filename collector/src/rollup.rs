@@ -149,9 +149,10 @@ impl Rollup {
 }
 
 /// A few values by key, in key order, held inline (up to `N`; more go to
-/// the heap): a server has few databases, states and wait types. A key is
-/// found by `==`, which for an `Arc<str>` compares the pointers first, and
-/// its place in the order is looked for only when it is new.
+/// the heap): a server has few databases, states and wait types. In a short
+/// list a key is found by `==` (given as an `Arc<str>`, its pointer is
+/// compared first), and its place in the order is looked for only when it
+/// is new; a longer list is searched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts<K, V, const N: usize>(SmallVec<[(K, V); N]>);
 
@@ -162,25 +163,38 @@ impl<K, V, const N: usize> Default for Counts<K, V, N> {
 }
 
 impl<K: Ord, V, const N: usize> Counts<K, V, N> {
-    /// The value of `key`.
-    pub fn get<Q: PartialEq + ?Sized>(&self, key: &Q) -> Option<&V>
+    /// Where `key` is (Ok), or would go in key order (Err): found by a scan
+    /// while the list is short, by a binary search once it is longer (a
+    /// server with hundreds of databases).
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
     where
         K: Borrow<Q>,
     {
-        self.0
-            .iter()
-            .find(|(k, _)| k.borrow() == key)
-            .map(|(_, v)| v)
+        const SCANNED: usize = 8;
+        if self.0.len() > SCANNED {
+            return self.0.binary_search_by(|(k, _)| k.borrow().cmp(key));
+        }
+        match self.0.iter().position(|(k, _)| k.borrow() == key) {
+            Some(i) => Ok(i),
+            None => Err(self.0.partition_point(|(k, _)| k.borrow() < key)),
+        }
     }
 
-    fn get_mut<Q: PartialEq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    /// The value of `key`.
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
     {
-        self.0
-            .iter_mut()
-            .find(|(k, _)| k.borrow() == key)
-            .map(|(_, v)| v)
+        let i = self.find(key).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
+        let i = self.find(key).ok()?;
+        Some(&mut self.0[i].1)
     }
 
     /// The value of `key`, added at its default (in key order) when new.
@@ -188,10 +202,9 @@ impl<K: Ord, V, const N: usize> Counts<K, V, N> {
     where
         V: Default,
     {
-        let i = match self.0.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                let i = self.0.partition_point(|(k, _)| *k < key);
+        let i = match self.find(&key) {
+            Ok(i) => i,
+            Err(i) => {
                 self.0.insert(i, (key, V::default()));
                 i
             }
@@ -199,17 +212,17 @@ impl<K: Ord, V, const N: usize> Counts<K, V, N> {
         &mut self.0[i].1
     }
 
-    fn remove<Q: PartialEq + ?Sized>(&mut self, key: &Q) -> Option<V>
+    fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
     {
-        let i = self.0.iter().position(|(k, _)| k.borrow() == key)?;
+        let i = self.find(key).ok()?;
         Some(self.0.remove(i).1)
     }
 
     /// Takes one from the count of `key`, and the key when none are left;
     /// None when it had none.
-    fn take<Q: PartialEq + ?Sized>(&mut self, key: &Q) -> Option<()>
+    fn take<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<()>
     where
         K: Borrow<Q>,
         V: Copy + PartialOrd + From<u8> + std::ops::SubAssign,
@@ -266,7 +279,7 @@ impl<K: Ord, V: Default, const N: usize> FromIterator<(K, V)> for Counts<K, V, N
     }
 }
 
-impl<K: Ord + Borrow<Q>, Q: PartialEq + ?Sized, V, const N: usize> std::ops::Index<&Q>
+impl<K: Ord + Borrow<Q>, Q: Ord + ?Sized, V, const N: usize> std::ops::Index<&Q>
     for Counts<K, V, N>
 {
     type Output = V;
@@ -771,6 +784,42 @@ mod tests {
             .map(|(k, n)| (k.to_string(), n))
             .collect();
         assert_eq!(got, [("a".to_owned(), 1), ("b".to_owned(), 3)]);
+    }
+
+    proptest::proptest! {
+        /// Any adds and takes, of few keys or many, each key given as a
+        /// string of its own: the same counts, in the same order, as a
+        /// BTreeMap's.
+        #[test]
+        fn counts_count_as_a_btreemap_does(
+            ops in proptest::collection::vec((0u8..40, proptest::bool::weighted(0.6)), 0..300),
+            keys in 1u8..40,
+        ) {
+            let mut counts: Counts<(Arc<str>, &'static str), u64, 3> = Counts::default();
+            let mut model: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+            for (k, add) in ops {
+                let state = if k % 2 == 0 { "active" } else { "idle" };
+                let name = format!("db{}", k % keys);
+                let key: (Arc<str>, &'static str) = (name.as_str().into(), state);
+                if add {
+                    *counts.entry(key) += 1;
+                    *model.entry((name, state)).or_default() += 1;
+                } else {
+                    let had = model.get(&(name.clone(), state)).copied();
+                    proptest::prop_assert_eq!(counts.take(&key).is_some(), had.is_some());
+                    match had {
+                        Some(1) => { model.remove(&(name, state)); }
+                        Some(_) => *model.get_mut(&(name, state)).unwrap() -= 1,
+                        None => {}
+                    }
+                }
+                let got: Vec<(String, &str, u64)> =
+                    counts.iter().map(|((d, s), &n)| (d.to_string(), *s, n)).collect();
+                let want: Vec<(String, &str, u64)> =
+                    model.iter().map(|((d, s), &n)| (d.clone(), *s, n)).collect();
+                proptest::prop_assert_eq!(got, want);
+            }
+        }
     }
 
     fn in_transaction(pid: i32, db: &str, start: Micros) -> Arc<Session> {
