@@ -4,7 +4,7 @@
 use std::borrow::Borrow;
 use std::sync::Arc;
 
-use pgfleet_proto::model::{Session, SessionState};
+use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 use prost::Message;
@@ -25,14 +25,14 @@ pub struct Rollup {
     /// Client sessions by state, in PostgreSQL's words ("unknown" for NULL).
     pub by_state: Counts<&'static str, u32, 6>,
     /// Client sessions by (database, state).
-    pub by_database_state: Counts<(Arc<str>, &'static str), u64, 6>,
+    pub by_database_state: Counts<(ArcStr, &'static str), u64, 6>,
     /// The oldest open transaction per database, in seconds.
-    pub max_xact_age: Counts<Arc<str>, f64, 2>,
+    pub max_xact_age: Counts<ArcStr, f64, 2>,
     /// The oldest open transaction of the server, in microseconds.
     pub longest_xact_us: Option<i64>,
     /// Active sessions waiting, by wait_event_type. Idle sessions wait for
     /// their client (Client:ClientRead), which is not waiting on the server.
-    pub waiting_by_type: Counts<Arc<str>, u64, 4>,
+    pub waiting_by_type: Counts<ArcStr, u64, 4>,
     /// Active sessions waiting on anything.
     pub waiting: u32,
     /// Sessions waiting for a lock another session holds.
@@ -40,7 +40,7 @@ pub struct Rollup {
     /// Per database, its open transactions and the earliest of their starts:
     /// what the ages above are counted from, and what gives
     /// [`Rollup::updated`] the next oldest when the oldest ends.
-    oldest: Counts<Arc<str>, Oldest, 2>,
+    oldest: Counts<ArcStr, Oldest, 2>,
 }
 
 impl Rollup {
@@ -150,7 +150,7 @@ impl Rollup {
 
 /// A few values by key, in key order, held inline (up to `N`; more go to
 /// the heap): a server has few databases, states and wait types. In a short
-/// list a key is found by `==` (given as an `Arc<str>`, its pointer is
+/// list a key is found by `==` (given as an `ArcStr`, its pointer is
 /// compared first), and its place in the order is looked for only when it
 /// is new; a longer list is searched.
 #[derive(Debug, Clone, PartialEq)]
@@ -536,7 +536,7 @@ pub struct Minute {
 /// shared: a copy is one allocation, where a map keyed by `String` was an
 /// allocation per value, and a value found adds none.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Values(Vec<(Metric, Arc<str>, f64)>);
+pub struct Values(Vec<(Metric, ArcStr, f64)>);
 
 impl Values {
     /// Where (metric, label) is, or would go.
@@ -563,12 +563,12 @@ impl Values {
     }
 
     /// Every value, by metric and label.
-    pub fn iter(&self) -> impl Iterator<Item = (Metric, &Arc<str>, f64)> {
+    pub fn iter(&self) -> impl Iterator<Item = (Metric, &ArcStr, f64)> {
         self.0.iter().map(|(m, l, v)| (*m, l, *v))
     }
 
     /// `metric`'s values, by label.
-    pub fn of(&self, metric: Metric) -> impl Iterator<Item = (&Arc<str>, f64)> {
+    pub fn of(&self, metric: Metric) -> impl Iterator<Item = (&ArcStr, f64)> {
         let start = self.0.partition_point(|(m, ..)| *m < metric);
         self.0[start..]
             .iter()
@@ -760,7 +760,7 @@ mod tests {
 
     #[test]
     fn counts_keep_their_keys_in_order_inline_and_beyond() {
-        let mut c: Counts<Arc<str>, u64, 2> = Counts::default();
+        let mut c: Counts<ArcStr, u64, 2> = Counts::default();
         let names = ["orders", "billing", "web", "auth", "billing"];
         for name in names {
             // Each a string of its own: found by its text too.
@@ -775,10 +775,9 @@ mod tests {
         c.take("web").unwrap();
         assert_eq!(c.take("web"), None, "a key with no count left is gone");
         assert_eq!(c.get("billing"), Some(&1));
-        let collected: Counts<Arc<str>, u64, 2> =
-            [("b".into(), 2), ("a".into(), 1), ("b".into(), 3)]
-                .into_iter()
-                .collect();
+        let collected: Counts<ArcStr, u64, 2> = [("b".into(), 2), ("a".into(), 1), ("b".into(), 3)]
+            .into_iter()
+            .collect();
         let got: Vec<(String, u64)> = collected
             .into_iter()
             .map(|(k, n)| (k.to_string(), n))
@@ -795,12 +794,12 @@ mod tests {
             ops in proptest::collection::vec((0u8..40, proptest::bool::weighted(0.6)), 0..300),
             keys in 1u8..40,
         ) {
-            let mut counts: Counts<(Arc<str>, &'static str), u64, 3> = Counts::default();
+            let mut counts: Counts<(ArcStr, &'static str), u64, 3> = Counts::default();
             let mut model: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
             for (k, add) in ops {
                 let state = if k % 2 == 0 { "active" } else { "idle" };
                 let name = format!("db{}", k % keys);
-                let key: (Arc<str>, &'static str) = (name.as_str().into(), state);
+                let key: (ArcStr, &'static str) = (name.as_str().into(), state);
                 if add {
                     *counts.entry(key) += 1;
                     *model.entry((name, state)).or_default() += 1;
@@ -950,8 +949,8 @@ mod tests {
 
     #[test]
     fn sessions_are_counted_by_state_database_and_wait() {
-        let orders: Arc<str> = "orders".into();
-        let s = |state, db: &Arc<str>, wait: &str, xact: Option<i64>, blocked: bool| {
+        let orders: ArcStr = "orders".into();
+        let s = |state, db: &ArcStr, wait: &str, xact: Option<i64>, blocked: bool| {
             Arc::new(Session {
                 state,
                 database: db.clone(),

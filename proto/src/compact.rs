@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::Session;
+use crate::model::{ArcStr, Session};
 use crate::v1;
 
 /// The bits of `SessionSample.unchanged`, one per field, in the order the
@@ -35,8 +35,8 @@ pub mod field {
     pub const ALL: u32 = (1 << 16) - 1;
 }
 
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
+fn same(a: &ArcStr, b: &ArcStr) -> bool {
+    ArcStr::ptr_eq(a, b) || a == b
 }
 
 /// The fields that `new` shares with `old`, the same session in the base.
@@ -80,7 +80,7 @@ pub fn sample(s: &Session, mask: u32) -> v1::SessionSample {
     use field::*;
     let mask = mask & ALL;
     let kept = |b: u32| mask & b == 0;
-    let text = |b: u32, t: &Arc<str>| {
+    let text = |b: u32, t: &ArcStr| {
         if kept(b) {
             t.to_string()
         } else {
@@ -379,8 +379,16 @@ impl Dictionary {
 /// string of every session a stream sends is looked up here.
 #[derive(Debug, Default)]
 pub struct Resolver {
-    values: Vec<Option<Arc<str>>>,
+    values: Vec<Option<Entry>>,
     bytes: usize,
+}
+
+/// A dictionary entry, and the same text as a name kept for the process's
+/// life (see [`crate::names`]), once a session names it so.
+#[derive(Debug)]
+struct Entry {
+    text: ArcStr,
+    name: std::cell::OnceCell<ArcStr>,
 }
 
 impl Resolver {
@@ -399,11 +407,15 @@ impl Resolver {
                 id => id - 1,
             };
             if self.values.len() <= place {
-                self.values.resize(place + 1, None);
+                self.values.resize_with(place + 1, || None);
             }
             self.bytes += e.value.len();
-            if let Some(old) = self.values[place].replace(e.value.into()) {
-                self.bytes -= old.len();
+            let entry = Entry {
+                text: e.value.into(),
+                name: std::cell::OnceCell::new(),
+            };
+            if let Some(old) = self.values[place].replace(entry) {
+                self.bytes -= old.text.len();
             }
             if self.bytes > Dictionary::MAX_BYTES {
                 return Err(format!(
@@ -416,21 +428,30 @@ impl Resolver {
     }
 
     /// A sample's string: the entry its reference names (shared, not
-    /// copied), or the field itself; an unknown reference is named.
-    fn text(&self, text: String, reference: u32) -> Result<Arc<str>, u32> {
+    /// copied; a name as kept for the process's life), or the field itself;
+    /// an unknown reference is named.
+    fn text(&self, text: String, reference: u32, name: bool) -> Result<ArcStr, u32> {
         if reference == 0 {
-            Ok(crate::convert::shared(text))
-        } else {
-            self.values
-                .get(reference as usize - 1)
-                .and_then(Option::clone)
-                .ok_or(reference)
+            return Ok(crate::convert::shared(text));
         }
+        let entry = self
+            .values
+            .get(reference as usize - 1)
+            .and_then(Option::as_ref)
+            .ok_or(reference)?;
+        Ok(if name {
+            entry
+                .name
+                .get_or_init(|| crate::names::kept(&entry.text))
+                .clone()
+        } else {
+            entry.text.clone()
+        })
     }
 
     /// A sample in the model's terms, its references read.
     pub fn session(&self, wire: v1::SessionSample) -> Result<Session, u32> {
-        crate::convert::session_from(wire, &|text, r| self.text(text, r))
+        crate::convert::session_from(wire, &|text, r, name| self.text(text, r, name))
     }
 
     /// A snapshot in the model's terms, its sessions' references read.
@@ -438,7 +459,7 @@ impl Resolver {
         &self,
         wire: v1::Snapshot,
     ) -> Result<crate::model::Snapshot, crate::convert::DecodeError> {
-        crate::convert::snapshot_from(wire, &|text, r| self.text(text, r))
+        crate::convert::snapshot_from(wire, &|text, r, name| self.text(text, r, name))
     }
 }
 
@@ -486,7 +507,7 @@ mod tests {
             .chain([SessionState::Unknown])
             .collect();
         for _ in 0..2000 {
-            let text = |what: &str| -> Arc<str> {
+            let text = |what: &str| -> ArcStr {
                 match next(3) {
                     0 => "".into(),
                     1 => what.into(),
@@ -610,6 +631,35 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolver.session(unknown), Err(999));
+    }
+
+    #[test]
+    fn names_resolve_as_kept_for_good_and_texts_as_counted() {
+        let mut dict = Dictionary::default();
+        let s = session();
+        let mut wire = v1::SessionSample::from(&s);
+        dict.compact(&mut wire);
+        let mut resolver = Resolver::default();
+        resolver.add(dict.take_added()).unwrap();
+        let first = resolver.session(wire.clone()).unwrap();
+        let second = resolver.session(wire).unwrap();
+        assert_eq!(first, s);
+        for name in [
+            &first.database,
+            &first.user,
+            &first.application_name,
+            &first.wait_event_type,
+            &first.wait_event,
+            &first.backend_type,
+        ] {
+            assert!(ArcStr::is_static(name), "{name} is kept");
+        }
+        assert!(ArcStr::ptr_eq(&first.database, &second.database));
+        // The query's text is shared with the dictionary's entry and counted;
+        // the client's address travels in the sample and is a copy of its own.
+        assert!(ArcStr::ptr_eq(&first.query, &second.query));
+        assert_eq!(ArcStr::strong_count(&first.query), Some(3));
+        assert_eq!(ArcStr::strong_count(&first.client), Some(1));
     }
 
     #[test]

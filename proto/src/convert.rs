@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::model::{Delta, Session, SessionState, Snapshot, TargetStatus};
+use crate::model::{ArcStr, Delta, Session, SessionState, Snapshot, TargetStatus};
 use crate::time::{self, Micros};
 use crate::v1;
 
@@ -93,14 +93,15 @@ impl From<&Session> for v1::SessionSample {
 
 /// Where a sample's strings come from: the field itself, or the stream's
 /// dictionary when its `*_ref` names an entry (an unknown one is an error).
-pub(crate) type Texts<'a> = dyn Fn(String, u32) -> Result<Arc<str>, u32> + 'a;
+/// The flag says the string is a name (a database, role, application, wait
+/// event or backend type) rather than a query's text or a client's address.
+pub(crate) type Texts<'a> = dyn Fn(String, u32, bool) -> Result<ArcStr, u32> + 'a;
 
 /// A string as the model holds it; the empty one is shared, not allocated
 /// for every session that has it.
-pub fn shared(text: String) -> Arc<str> {
-    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+pub fn shared(text: String) -> ArcStr {
     if text.is_empty() {
-        EMPTY.clone()
+        ArcStr::new()
     } else {
         text.into()
     }
@@ -113,19 +114,19 @@ pub(crate) fn session_from(s: v1::SessionSample, text: &Texts) -> Result<Session
     Ok(Session {
         pid: s.pid,
         backend_start_us: s.backend_start_us,
-        database: text(s.database, s.database_ref)?,
-        user: text(s.user, s.user_ref)?,
-        application_name: text(s.application_name, s.application_name_ref)?,
+        database: text(s.database, s.database_ref, true)?,
+        user: text(s.user, s.user_ref, true)?,
+        application_name: text(s.application_name, s.application_name_ref, true)?,
         client: shared(s.client),
         state: state.into(),
         xact_start_us: opt_micros(s.xact_start_us),
         query_start_us: opt_micros(s.query_start_us),
         state_change_us: opt_micros(s.state_change_us),
-        wait_event_type: text(s.wait_event_type, s.wait_event_type_ref)?,
-        wait_event: text(s.wait_event, s.wait_event_ref)?,
-        query: text(s.query, s.query_ref)?,
+        wait_event_type: text(s.wait_event_type, s.wait_event_type_ref, true)?,
+        wait_event: text(s.wait_event, s.wait_event_ref, true)?,
+        query: text(s.query, s.query_ref, false)?,
         blocked_by: s.blocked_by,
-        backend_type: text(s.backend_type, s.backend_type_ref)?,
+        backend_type: text(s.backend_type, s.backend_type_ref, true)?,
         leader_pid: (s.leader_pid != 0).then_some(s.leader_pid),
         query_id: (s.query_id != 0).then_some(s.query_id),
         fingerprint: s.query_fingerprint,
@@ -136,7 +137,7 @@ impl From<v1::SessionSample> for Session {
     /// A sample whose strings are all in place (references are read as
     /// empty; [`crate::compact::Resolver`] reads them).
     fn from(s: v1::SessionSample) -> Self {
-        session_from(s, &|text, _| Ok(shared(text))).unwrap_or_default()
+        session_from(s, &|text, _, _| Ok(shared(text))).unwrap_or_default()
     }
 }
 
@@ -196,7 +197,7 @@ impl TryFrom<v1::Snapshot> for Snapshot {
     type Error = DecodeError;
 
     fn try_from(s: v1::Snapshot) -> Result<Self, DecodeError> {
-        snapshot_from(s, &|text, _| Ok(shared(text)))
+        snapshot_from(s, &|text, _, _| Ok(shared(text)))
     }
 }
 

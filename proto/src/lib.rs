@@ -9,6 +9,7 @@ pub mod compact;
 mod convert;
 pub mod json;
 pub mod model;
+pub mod names;
 pub mod reflection;
 pub mod time;
 

@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+pub use arcstr::{ArcStr, literal};
+
 use crate::time::Micros;
 use crate::v1;
 
@@ -90,8 +92,10 @@ impl SessionState {
 }
 
 /// One row of pg_stat_activity, keyed by `(pid, backend_start_us)`. Its strings
-/// are shared (`Arc<str>`): most sessions look the same from one sample to the
+/// are shared (`ArcStr`): most sessions look the same from one sample to the
 /// next, and the agent then reuses what it read before instead of copying it.
+/// The collector keeps the names among them once for its life (see
+/// [`crate::names`]), so that sharing those changes no reference count.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Session {
     /// The backend's process id.
@@ -99,13 +103,13 @@ pub struct Session {
     /// When the backend started; with `pid`, unique over the server's life.
     pub backend_start_us: Micros,
     /// The database it is connected to; empty for background processes.
-    pub database: Arc<str>,
+    pub database: ArcStr,
     /// The role it is logged in as.
-    pub user: Arc<str>,
+    pub user: ArcStr,
     /// The client's `application_name`.
-    pub application_name: Arc<str>,
+    pub application_name: ArcStr,
     /// The client's address and port ("10.0.0.5:51234"); empty for a Unix socket.
-    pub client: Arc<str>,
+    pub client: ArcStr,
     /// What the session is doing.
     pub state: SessionState,
     /// When its transaction began, if it is in one.
@@ -115,15 +119,15 @@ pub struct Session {
     /// When `state` last changed.
     pub state_change_us: Option<Micros>,
     /// The wait event type ("Lock", "IO", …); empty when not waiting.
-    pub wait_event_type: Arc<str>,
+    pub wait_event_type: ArcStr,
     /// The wait event ("transactionid", "DataFileRead", …); empty when not waiting.
-    pub wait_event: Arc<str>,
+    pub wait_event: ArcStr,
     /// The current (or last) query's text.
-    pub query: Arc<str>,
+    pub query: ArcStr,
     /// The pids that block this session, for sessions waiting on a Lock.
     pub blocked_by: Vec<i32>,
     /// "client backend", "autovacuum worker", …
-    pub backend_type: Arc<str>,
+    pub backend_type: ArcStr,
     /// A parallel worker's leader (PostgreSQL 13 and later).
     pub leader_pid: Option<i32>,
     /// pg_stat_activity.query_id (PostgreSQL 14 and later, with compute_query_id).

@@ -44,7 +44,7 @@ use std::time::Instant;
 use pgfleet_collector::aggregator::publish_every;
 use pgfleet_collector::state::{self, by_key, merge};
 use pgfleet_proto::compact::{self, field};
-use pgfleet_proto::model::{Delta, Session, SessionKey};
+use pgfleet_proto::model::{ArcStr, Delta, Session, SessionKey};
 
 /// The collector's allocator: with the system's, a vector of plain sessions
 /// allocated after the arcs way freed its sessions waited for malloc to
@@ -95,10 +95,10 @@ impl Plain {
 
 /// Strings to ids, each string once.
 #[derive(Default)]
-struct Interner(HashMap<Arc<str>, u32>);
+struct Interner(HashMap<ArcStr, u32>);
 
 impl Interner {
-    fn id(&mut self, s: &Arc<str>) -> u32 {
+    fn id(&mut self, s: &ArcStr) -> u32 {
         let next = self.0.len() as u32;
         *self.0.entry(s.clone()).or_insert(next)
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use pgfleet_agent::encode::Encoder;
 use pgfleet_agent::outgoing::Outgoing;
 use pgfleet_agent::sampler::{QueryText, query_text};
-use pgfleet_proto::model::{Session, SessionKey, SessionState, Snapshot, TargetStatus};
+use pgfleet_proto::model::{ArcStr, Session, SessionKey, SessionState, Snapshot, TargetStatus};
 use pgfleet_proto::v1;
 use prost::Message;
 
@@ -97,22 +97,22 @@ pub struct Sim {
 /// was a tenth of its CPU).
 struct Texts {
     /// Each of [`QUERIES`], masked, with its fingerprint.
-    queries: Vec<(Arc<str>, u64)>,
-    databases: Vec<Arc<str>>,
-    users: Vec<Arc<str>>,
+    queries: Vec<(ArcStr, u64)>,
+    databases: Vec<ArcStr>,
+    users: Vec<ArcStr>,
     /// By `i` modulo their number (a multiple of both `APPS.len()` and
     /// 8): `APPS[i % APPS.len()]` and `i % 8`.
-    applications: Vec<Arc<str>>,
+    applications: Vec<ArcStr>,
     /// Idle in the client, then the waits of an active session.
-    client_read: (Arc<str>, Arc<str>),
-    waits: [(Arc<str>, Arc<str>); 4],
-    client_backend: Arc<str>,
+    client_read: (ArcStr, ArcStr),
+    waits: [(ArcStr, ArcStr); 4],
+    client_backend: ArcStr,
 }
 
 impl Texts {
     fn new() -> Texts {
-        let all = |names: &[&str]| names.iter().map(|&n| Arc::from(n)).collect();
-        let wait = |kind: &str, event: &str| (Arc::from(kind), Arc::from(event));
+        let all = |names: &[&str]| names.iter().map(|&n| ArcStr::from(n)).collect();
+        let wait = |kind: &str, event: &str| (ArcStr::from(kind), ArcStr::from(event));
         Texts {
             queries: QUERIES
                 .iter()
@@ -124,7 +124,7 @@ impl Texts {
             databases: all(DATABASES),
             users: all(USERS),
             applications: (0..APPS.len() * 8)
-                .map(|i| Arc::from(format!("{}-{}", APPS[i % APPS.len()], i % 8)))
+                .map(|i| ArcStr::from(format!("{}-{}", APPS[i % APPS.len()], i % 8)))
                 .collect(),
             client_read: wait("Client", "ClientRead"),
             waits: [
@@ -133,7 +133,7 @@ impl Texts {
                 wait("Lock", "transactionid"),
                 wait("LWLock", "WALWrite"),
             ],
-            client_backend: Arc::from("client backend"),
+            client_backend: ArcStr::from("client backend"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! oids; a join would cost the watched server at every sample).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+
+use pgfleet_proto::model::ArcStr;
 
 /// Every database's and role's name, by oid.
 const NAMES_SQL: &str = "\
@@ -15,8 +16,8 @@ SELECT true, oid, rolname::text FROM pg_roles";
 /// process) is named "".
 #[derive(Debug, Default)]
 pub struct Names {
-    databases: HashMap<u32, Arc<str>>,
-    roles: HashMap<u32, Arc<str>>,
+    databases: HashMap<u32, ArcStr>,
+    roles: HashMap<u32, ArcStr>,
 }
 
 impl Names {
@@ -50,38 +51,38 @@ impl Names {
             } else {
                 &mut self.databases
             };
-            map.insert(oid, Arc::from(name));
+            map.insert(oid, ArcStr::from(name));
         }
         for (d, u) in oids {
             if d != 0 {
                 self.databases
                     .entry(d)
-                    .or_insert_with(|| Arc::from(d.to_string()));
+                    .or_insert_with(|| ArcStr::from(d.to_string()));
             }
             if u != 0 {
                 self.roles
                     .entry(u)
-                    .or_insert_with(|| Arc::from(u.to_string()));
+                    .or_insert_with(|| ArcStr::from(u.to_string()));
             }
         }
         Ok(())
     }
 
     /// The name of database `oid`.
-    pub fn database(&self, oid: u32) -> Arc<str> {
+    pub fn database(&self, oid: u32) -> ArcStr {
         name(&self.databases, oid)
     }
 
     /// The name of role `oid`.
-    pub fn role(&self, oid: u32) -> Arc<str> {
+    pub fn role(&self, oid: u32) -> ArcStr {
         name(&self.roles, oid)
     }
 }
 
-fn name(map: &HashMap<u32, Arc<str>>, oid: u32) -> Arc<str> {
+fn name(map: &HashMap<u32, ArcStr>, oid: u32) -> ArcStr {
     match map.get(&oid) {
         Some(name) => name.clone(),
-        None if oid == 0 => Arc::from(""),
-        None => Arc::from(oid.to_string()),
+        None if oid == 0 => ArcStr::new(),
+        None => ArcStr::from(oid.to_string()),
     }
 }

@@ -6,7 +6,7 @@
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
-use pgfleet_proto::model::Session;
+use pgfleet_proto::model::{ArcStr, Session};
 use pgfleet_proto::time::Micros;
 
 use super::{OTHER, TOP_KEYS};
@@ -14,11 +14,11 @@ use super::{OTHER, TOP_KEYS};
 /// Who opened the sessions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChurnKey {
-    pub database: Arc<str>,
-    pub application: Arc<str>,
-    pub user: Arc<str>,
+    pub database: ArcStr,
+    pub application: ArcStr,
+    pub user: ArcStr,
     /// The client's address without its port; empty for a Unix socket.
-    pub client: Arc<str>,
+    pub client: ArcStr,
 }
 
 /// Their sessions started and ended.
@@ -43,7 +43,7 @@ pub struct Churn {
     /// Sessions established, by database, as PostgreSQL counts them
     /// (pg_stat_database.sessions, 14 and later): those that began and ended
     /// between two samples too, which `rows` cannot see.
-    pub established: Vec<(Arc<str>, u32)>,
+    pub established: Vec<(ArcStr, u32)>,
 }
 
 /// A lifetime's histogram bucket: a quarter of an octave of milliseconds,
@@ -191,7 +191,7 @@ impl Churn {
         });
         if rows.len() > TOP_KEYS {
             let rest = rows.split_off(TOP_KEYS - 1);
-            let other: Arc<str> = OTHER.into();
+            let other: ArcStr = OTHER.into();
             let mut sum = ChurnCount::default();
             for (_, c) in rest {
                 sum.started += c.started;

@@ -2,9 +2,9 @@
 //! a [`Counter`] per server and gives it every sample it applies.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use pgfleet_proto::model::{Session, SessionState};
+use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use pgfleet_proto::time::Micros;
 
 use super::churn::{host, paired};
@@ -25,7 +25,7 @@ pub struct LoadNow {
     /// The last closed fine bucket's load.
     pub load: f64,
     /// The same by wait type (`CPU` when not waiting), largest first.
-    pub by_wait_type: Vec<(Arc<str>, f64)>,
+    pub by_wait_type: Vec<(ArcStr, f64)>,
     /// The load of the last [`RECENT`] fine buckets with samples, oldest
     /// first.
     pub recent: VecDeque<f64>,
@@ -167,19 +167,19 @@ impl Open {
 }
 
 /// The strings of a counter's open tuples, each held once under an id, so
-/// that a tuple is 4 bytes a string rather than an `Arc<str>`'s 16. Found by
+/// that a tuple is 4 bytes a string rather than an `ArcStr`'s 8. Found by
 /// address: the counter holds every string it gave an id, so no address is
 /// reused meanwhile. Made again, with only the strings still in use, as each
 /// minute closes.
 #[derive(Debug, Default)]
 struct Held {
     by_address: WordMap<usize, u32>,
-    strings: Vec<Arc<str>>,
+    strings: Vec<ArcStr>,
 }
 
 impl Held {
     /// The id of `s`, given it if new.
-    fn id(&mut self, s: &Arc<str>) -> u32 {
+    fn id(&mut self, s: &ArcStr) -> u32 {
         *self.by_address.entry(address(s)).or_insert_with(|| {
             self.strings.push(s.clone());
             (self.strings.len() - 1) as u32
@@ -191,12 +191,12 @@ impl Held {
         self.by_address.get(&address).copied()
     }
 
-    fn get(&self, id: u32) -> &Arc<str> {
+    fn get(&self, id: u32) -> &ArcStr {
         &self.strings[id as usize]
     }
 
     /// A key's strings, in the order [`Sampled::of`] takes them.
-    fn strings(&self, key: &Key) -> [&Arc<str>; 7] {
+    fn strings(&self, key: &Key) -> [&ArcStr; 7] {
         key.strings.map(|i| self.get(i))
     }
 }
@@ -277,11 +277,11 @@ fn class(s: &Session) -> Option<Class> {
 
 /// The wait of a session that does not wait, shared by every counter so that
 /// its tuples' keys are the same whichever thread counts them.
-static CPU: LazyLock<Arc<str>> = LazyLock::new(|| "CPU".into());
-static EMPTY: LazyLock<Arc<str>> = LazyLock::new(|| "".into());
+static CPU: ArcStr = pgfleet_proto::model::literal!("CPU");
+static EMPTY: ArcStr = ArcStr::new();
 
 /// A session's wait: its type and event, or `CPU`.
-fn wait(s: &Session) -> (&Arc<str>, &Arc<str>) {
+fn wait(s: &Session) -> (&ArcStr, &ArcStr) {
     if s.wait_event_type.is_empty() {
         (&CPU, &EMPTY)
     } else {
@@ -291,7 +291,7 @@ fn wait(s: &Session) -> (&Arc<str>, &Arc<str>) {
 
 /// The strings of the tuple a session counts in, in the order
 /// [`Sampled::of`] takes them.
-fn strings(s: &Session) -> [&Arc<str>; 7] {
+fn strings(s: &Session) -> [&ArcStr; 7] {
     let (wait_type, wait_event) = wait(s);
     [
         wait_type,
@@ -560,7 +560,7 @@ impl Counter {
         if samples == 0 {
             return;
         }
-        let mut by_type: Vec<(Arc<str>, f64)> = Vec::new();
+        let mut by_type: Vec<(ArcStr, f64)> = Vec::new();
         let restored = self
             .restored
             .iter()
@@ -1191,7 +1191,7 @@ mod tests {
             ("Lock", "tuple"),
             ("Client", "ClientRead"),
         ];
-        let users: Vec<Arc<str>> = vec!["app".into(), "batch".into()];
+        let users: Vec<ArcStr> = vec!["app".into(), "batch".into()];
         let mut sessions: Vec<Arc<Session>> = Vec::new();
         let mut pid = 100;
         let mut counter = Counter::default();

@@ -7,19 +7,20 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
+use pgfleet_proto::model::ArcStr;
 use pgfleet_proto::time::Micros;
 
 use super::hours::MinuteTotals;
 use super::{Bucket, Churn, Class, MAX_TUPLES, MinuteLoad, OTHER, OTHER_QUERY, TOP_KEYS, Tuple};
 
 /// [`OTHER`], shared.
-static OTHER_TEXT: LazyLock<Arc<str>> = LazyLock::new(|| OTHER.into());
+static OTHER_TEXT: LazyLock<ArcStr> = LazyLock::new(|| OTHER.into());
 
-/// A string's address: equal for the clones of one `Arc`.
-pub(super) fn address(s: &Arc<str>) -> usize {
-    Arc::as_ptr(s) as *const u8 as usize
+/// A string's address: equal for the clones of one `ArcStr`.
+pub(super) fn address(s: &ArcStr) -> usize {
+    s.as_ptr() as usize
 }
 
 /// A hash for keys made of a few machine words: a multiply and a rotate per
@@ -73,7 +74,7 @@ pub(super) struct Sampled {
 }
 
 impl Sampled {
-    pub fn of(class: Class, query: u64, strings: [&Arc<str>; 7]) -> Sampled {
+    pub fn of(class: Class, query: u64, strings: [&ArcStr; 7]) -> Sampled {
         Sampled {
             class,
             query,
@@ -96,7 +97,7 @@ impl Sampled {
 }
 
 /// A tuple's strings, in the order [`Sampled::of`] takes them.
-fn strings(t: &Tuple) -> [&Arc<str>; 7] {
+fn strings(t: &Tuple) -> [&ArcStr; 7] {
     [
         &t.wait_type,
         &t.wait_event,
@@ -157,8 +158,8 @@ impl std::hash::Hash for Ids {
 /// must outlive the interner, so that no address is reused while it is.
 pub(super) struct Interner {
     by_address: WordMap<usize, u32>,
-    by_text: foldhash::HashMap<Arc<str>, u32>,
-    strings: Vec<Arc<str>>,
+    by_text: foldhash::HashMap<ArcStr, u32>,
+    strings: Vec<ArcStr>,
     /// The id of [`OTHER`].
     other: u32,
 }
@@ -178,7 +179,7 @@ impl Default for Interner {
 
 impl Interner {
     /// The id of `s`.
-    pub fn id(&mut self, s: &Arc<str>) -> u32 {
+    pub fn id(&mut self, s: &ArcStr) -> u32 {
         if let Some(&i) = self.by_address.get(&address(s)) {
             return i;
         }
@@ -200,7 +201,7 @@ impl Interner {
     }
 
     /// A string not yet interned, and its new id.
-    fn push(&mut self, s: Arc<str>) -> u32 {
+    fn push(&mut self, s: ArcStr) -> u32 {
         let i = self.strings.len() as u32;
         self.strings.push(s.clone());
         self.by_text.insert(s, i);
@@ -215,7 +216,7 @@ impl Interner {
     /// The ids of a tuple given as its class, query and strings (in the
     /// order [`Sampled::of`] takes them), with `client` the id of its client
     /// as it is to be kept.
-    pub fn ids_of(&mut self, class: Class, query: u64, s: [&Arc<str>; 7], client: u32) -> Ids {
+    pub fn ids_of(&mut self, class: Class, query: u64, s: [&ArcStr; 7], client: u32) -> Ids {
         Ids {
             class,
             wait_type: self.id(s[0]),
@@ -240,7 +241,7 @@ impl Interner {
         for (r, i) in order.iter().enumerate() {
             rank[*i as usize] = r as u32;
         }
-        let mut strings: Vec<Option<Arc<str>>> = self.strings.into_iter().map(Some).collect();
+        let mut strings: Vec<Option<ArcStr>> = self.strings.into_iter().map(Some).collect();
         Ranked {
             strings: order
                 .iter()
@@ -254,7 +255,7 @@ impl Interner {
 
 /// The strings of an [`Interner`] in order.
 pub(super) struct Ranked {
-    strings: Vec<Arc<str>>,
+    strings: Vec<ArcStr>,
     /// The new id of each id the interner gave.
     rank: Vec<u32>,
     other: u32,
@@ -285,13 +286,13 @@ impl Ranked {
     }
 
     /// The strings, in order: what new ids index.
-    pub fn strings(self) -> Vec<Arc<str>> {
+    pub fn strings(self) -> Vec<ArcStr> {
         self.strings
     }
 }
 
 /// The tuple `ids` stand for, with `strings` what its ids index.
-pub(super) fn tuple(strings: &[Arc<str>], ids: &Ids) -> Tuple {
+pub(super) fn tuple(strings: &[ArcStr], ids: &Ids) -> Tuple {
     let s = |i: u32| strings[i as usize].clone();
     Tuple {
         class: ids.class,
@@ -325,7 +326,7 @@ impl IdBucket {
     }
 
     /// Its tuples' strings, as a bucket.
-    fn load(&self, strings: &[Arc<str>]) -> Bucket {
+    fn load(&self, strings: &[ArcStr]) -> Bucket {
         Bucket {
             start: self.start,
             len_us: self.len_us,
@@ -346,7 +347,7 @@ impl IdBucket {
 /// [`super::stored`]), so that neither makes a tuple of strings.
 #[derive(Debug, Default)]
 pub(super) struct IdMinute {
-    pub strings: Vec<Arc<str>>,
+    pub strings: Vec<ArcStr>,
     pub coarse: IdBucket,
     pub fine: Vec<IdBucket>,
 }

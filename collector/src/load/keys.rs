@@ -2,8 +2,7 @@
 //! every row (see [`super::dictionaries`]): the tables rows name them by
 //! index in, and a dictionary as read back.
 
-use std::sync::Arc;
-
+use pgfleet_proto::model::ArcStr;
 use prost::Message;
 
 use super::compress::{compressed, decompressed};
@@ -27,20 +26,20 @@ impl<K: std::hash::Hash + Eq + Clone> Table<K> {
     }
 }
 
-impl Table<Arc<str>> {
-    /// [`Table::of`] for a string not yet shared: made an `Arc` only when new.
+impl Table<ArcStr> {
+    /// [`Table::of`] for a string not yet shared: made an `ArcStr` only when new.
     pub(super) fn of_str(&mut self, key: &str) -> u32 {
         if let Some(i) = self.index.get(key) {
             return *i;
         }
-        self.of(&Arc::from(key))
+        self.of(&ArcStr::from(key))
     }
 }
 
 /// What rows name by index: their strings and their query fingerprints.
 #[derive(Debug, Default)]
 pub(super) struct Tables {
-    pub(super) strings: Table<Arc<str>>,
+    pub(super) strings: Table<ArcStr>,
     pub(super) queries: Table<u64>,
 }
 
@@ -62,7 +61,7 @@ impl Tables {
 /// A dictionary as read back.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Keys {
-    pub(super) strings: Vec<Arc<str>>,
+    pub(super) strings: Vec<ArcStr>,
     pub(super) queries: Vec<u64>,
 }
 
@@ -80,7 +79,7 @@ impl Keys {
         let bytes = decompressed(bytes)?;
         let s = StoredKeys::decode(bytes.as_ref()).ok()?;
         Some(Keys {
-            strings: s.strings.into_iter().map(Arc::from).collect(),
+            strings: s.strings.into_iter().map(ArcStr::from).collect(),
             queries: s.queries,
         })
     }

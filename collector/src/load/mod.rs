@@ -33,8 +33,8 @@ mod stored;
 
 #[cfg(test)]
 use std::collections::HashSet;
-use std::sync::Arc;
 
+use pgfleet_proto::model::ArcStr;
 use pgfleet_proto::time::Micros;
 
 pub use churn::Churn;
@@ -91,17 +91,17 @@ impl Class {
 pub struct Tuple {
     pub class: Class,
     /// wait_event_type, or "CPU" when the session does not wait.
-    pub wait_type: Arc<str>,
+    pub wait_type: ArcStr,
     /// wait_event; empty with "CPU".
-    pub wait_event: Arc<str>,
+    pub wait_event: ArcStr,
     /// The query's fingerprint (0: no text).
     pub query: u64,
-    pub user: Arc<str>,
-    pub database: Arc<str>,
-    pub application: Arc<str>,
+    pub user: ArcStr,
+    pub database: ArcStr,
+    pub application: ArcStr,
     /// The client's address without its port; empty for a Unix socket.
-    pub client: Arc<str>,
-    pub backend_type: Arc<str>,
+    pub client: ArcStr,
+    pub backend_type: ArcStr,
 }
 
 /// The dimensions load can be grouped and filtered by.

@@ -3,8 +3,7 @@
 //! into them; its 10 s buckets as counts of the minute's tuples; the whole
 //! compressed with zstd.
 
-use std::sync::Arc;
-
+use pgfleet_proto::model::ArcStr;
 use prost::Message;
 
 use super::churn::{Churn, ChurnCount, ChurnKey};
@@ -195,7 +194,7 @@ impl IdMinute {
 /// The bucket `b` as stored, with `tuples` (its own, and any more its finer
 /// buckets name) as ids into `strings`, naming strings in `tables`.
 fn stored_bucket(
-    strings: &[Arc<str>],
+    strings: &[ArcStr],
     b: &IdBucket,
     tuples: impl Iterator<Item = (Ids, u32)>,
     tables: &mut Tables,
@@ -470,7 +469,7 @@ impl Bucket {
         let own;
         let (strings, queries) = if s.keys == 0 {
             own = Keys {
-                strings: s.strings.into_iter().map(Arc::from).collect(),
+                strings: s.strings.into_iter().map(ArcStr::from).collect(),
                 queries: s.queries,
             };
             (&own.strings, &own.queries)

@@ -130,6 +130,20 @@ pub fn render(view: &FleetView, now: Micros) -> String {
         view.store_waited.as_secs_f64(),
     );
 
+    let (names, bytes) = pgfleet_proto::names::held();
+    out.family(
+        "pgfleet_collector_names_kept",
+        "gauge",
+        "Names (databases, roles, applications, wait events, backend types) the collector keeps for its life, so that sessions share them without counting references. Bounded: past pgfleet_collector_names_kept_bytes of 16 MiB, new names are held as other strings are.",
+    );
+    out.sample("pgfleet_collector_names_kept", &[], names as f64);
+    out.family(
+        "pgfleet_collector_names_kept_bytes",
+        "gauge",
+        "The memory the names kept take (at most 16 MiB); it is never given back.",
+    );
+    out.sample("pgfleet_collector_names_kept_bytes", &[], bytes as f64);
+
     out.family(
         "pgfleet_server_info",
         "gauge",
@@ -626,6 +640,21 @@ mod tests {
                 .any(|l| l == "pgfleet_collector_store_wait_seconds_total 1.5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_names_kept_are_counted() {
+        let name = pgfleet_proto::model::ArcStr::from("metrics-test-name");
+        pgfleet_proto::names::kept(&name);
+        let text = render(&FleetView::default(), 0);
+        let value = |metric: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{metric} in {text}"))
+        };
+        assert!(value("pgfleet_collector_names_kept") >= 1.0);
+        assert!(value("pgfleet_collector_names_kept_bytes") >= "metrics-test-name".len() as f64);
     }
 
     #[test]

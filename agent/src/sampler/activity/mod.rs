@@ -5,7 +5,7 @@ use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionKey};
+use pgfleet_proto::model::{ArcStr, KeyHasher, Session, SessionKey};
 use pgfleet_proto::v1;
 
 mod rows;
@@ -188,17 +188,17 @@ const MAX_INTERNED: usize = 10_000;
 
 /// Shared copies of short strings.
 #[derive(Debug, Default)]
-struct Interner(std::collections::HashSet<Arc<str>, BuildHasherDefault<KeyHasher>>);
+struct Interner(std::collections::HashSet<ArcStr, BuildHasherDefault<KeyHasher>>);
 
 impl Interner {
-    fn get(&mut self, text: &str) -> Arc<str> {
+    fn get(&mut self, text: &str) -> ArcStr {
         if let Some(s) = self.0.get(text) {
             return s.clone();
         }
         if self.0.len() >= MAX_INTERNED {
             self.0.clear();
         }
-        let s: Arc<str> = Arc::from(text);
+        let s: ArcStr = ArcStr::from(text);
         self.0.insert(s.clone());
         s
     }
@@ -215,7 +215,7 @@ struct Known {
     /// it was in that list.
     wait: Option<(u32, u32)>,
     session: Arc<Session>,
-    raw_query: Arc<str>,
+    raw_query: ArcStr,
 }
 
 /// Where `part`, a slice of `whole`, lies in it (None if it is not one, as the

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use pgfleet_proto::model::{Session, SessionState};
+use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use tokio_postgres::Row;
 
 use super::super::array::{self, PgArray};
@@ -168,19 +168,19 @@ pub(super) fn details_of(
             k.session.query.clone(),
             k.session.fingerprint,
         ),
-        (None, None) => (Arc::from(""), Arc::from(""), 0),
-        (Some(now), Some(k)) if k.raw_query.as_ref() == now => (
+        (None, None) => (ArcStr::new(), ArcStr::new(), 0),
+        (Some(now), Some(k)) if k.raw_query.as_str() == now => (
             k.raw_query.clone(),
             k.session.query.clone(),
             k.session.fingerprint,
         ),
         (Some(now), _) => {
             let (text, fp) = query_text::prepare(now, mode);
-            (Arc::from(now), Arc::from(text), fp)
+            (ArcStr::from(now), ArcStr::from(text), fp)
         }
     };
-    let (state, query, fingerprint) = if raw.as_ref() == INSUFFICIENT_PRIVILEGE {
-        (SessionState::NotVisible, Arc::from(""), 0)
+    let (state, query, fingerprint) = if raw.as_str() == INSUFFICIENT_PRIVILEGE {
+        (SessionState::NotVisible, ArcStr::new(), 0)
     } else {
         (SessionState::from_pg(d.state), query, fingerprint)
     };
@@ -219,10 +219,10 @@ pub(super) fn details_of(
 }
 
 /// `now`, shared with `before` when it has the same text.
-fn shared(before: Option<&Arc<str>>, now: &str) -> Arc<str> {
+fn shared(before: Option<&ArcStr>, now: &str) -> ArcStr {
     match before {
-        Some(b) if b.as_ref() == now => b.clone(),
-        _ => Arc::from(now),
+        Some(b) if b.as_str() == now => b.clone(),
+        _ => ArcStr::from(now),
     }
 }
 

@@ -3,9 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
-use std::sync::Arc;
 
-use pgfleet_proto::model::{KeyHasher, Session, SessionKey, SessionState};
+use pgfleet_proto::model::{ArcStr, KeyHasher, Session, SessionKey, SessionState};
 use pgfleet_proto::v1;
 
 use super::Known;
@@ -27,16 +26,16 @@ pub(super) struct SlotCounter {
 /// Counts by name. Names are interned, so they are counted by address (cheap),
 /// and merged by text only when a snapshot of the counts is taken.
 #[derive(Debug, Default)]
-pub(super) struct ByName(HashMap<usize, (Arc<str>, u32), BuildHasherDefault<KeyHasher>>);
+pub(super) struct ByName(HashMap<usize, (ArcStr, u32), BuildHasherDefault<KeyHasher>>);
 
 impl ByName {
-    pub(super) fn add(&mut self, name: &Arc<str>) {
-        let address = Arc::as_ptr(name) as *const u8 as usize;
+    pub(super) fn add(&mut self, name: &ArcStr) {
+        let address = name.as_ptr() as usize;
         self.0.entry(address).or_insert_with(|| (name.clone(), 0)).1 += 1;
     }
 
-    pub(super) fn remove(&mut self, name: &Arc<str>) {
-        let address = Arc::as_ptr(name) as *const u8 as usize;
+    pub(super) fn remove(&mut self, name: &ArcStr) {
+        let address = name.as_ptr() as usize;
         if let Some(entry) = self.0.get_mut(&address) {
             entry.1 -= 1;
             if entry.1 == 0 {
@@ -74,7 +73,7 @@ impl SlotCounter {
         if s.state == SessionState::NotVisible {
             self.not_visible += 1;
         }
-        if s.backend_type.as_ref() != "client backend" {
+        if s.backend_type != "client backend" {
             return;
         }
         self.used += 1;
@@ -98,7 +97,7 @@ impl SlotCounter {
         if s.state == SessionState::NotVisible {
             self.not_visible = self.not_visible.saturating_sub(1);
         }
-        if s.backend_type.as_ref() != "client backend" {
+        if s.backend_type != "client backend" {
             return;
         }
         self.used = self.used.saturating_sub(1);
