@@ -37,6 +37,22 @@ struct Kept {
     bytes: usize,
 }
 
+impl Kept {
+    /// [`kept`], with at most `max_bytes` kept.
+    fn keep(&mut self, text: &ArcStr, max_bytes: usize) -> ArcStr {
+        if let Some(name) = self.names.get(text.as_str()) {
+            return name.clone();
+        }
+        if self.bytes + text.len() + OVERHEAD > max_bytes {
+            return text.clone();
+        }
+        text.leak();
+        self.bytes += text.len() + OVERHEAD;
+        self.names.insert(text.clone());
+        text.clone()
+    }
+}
+
 static KEPT: LazyLock<Mutex<Kept>> = LazyLock::new(Mutex::default);
 
 /// `text` as a name kept for the process's life: the one kept with the same
@@ -46,17 +62,9 @@ pub fn kept(text: &ArcStr) -> ArcStr {
     if ArcStr::is_static(text) || text.len() > LONGEST {
         return text.clone();
     }
-    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(name) = kept.names.get(text.as_str()) {
-        return name.clone();
-    }
-    if kept.bytes + text.len() + OVERHEAD > MAX_BYTES {
-        return text.clone();
-    }
-    text.leak();
-    kept.bytes += text.len() + OVERHEAD;
-    kept.names.insert(text.clone());
-    text.clone()
+    KEPT.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .keep(text, MAX_BYTES)
 }
 
 /// How many names are kept, and the bytes they take.
@@ -81,6 +89,22 @@ mod tests {
         assert!(ArcStr::ptr_eq(&second, &first));
         assert!(!ArcStr::is_static(&b));
         assert_eq!(second, "names-test-database");
+    }
+
+    #[test]
+    fn past_its_bytes_a_name_stays_counted() {
+        // A set of its own, so that the process's stays as it is.
+        let mut kept = Kept::default();
+        let max = 2 * (OVERHEAD + 8);
+        let [a, b, c] = ["bound-a1", "bound-b2", "bound-c3"].map(ArcStr::from);
+        assert!(ArcStr::is_static(&kept.keep(&a, max)));
+        assert!(ArcStr::is_static(&kept.keep(&b, max)));
+        let past = kept.keep(&c, max);
+        assert!(!ArcStr::is_static(&past) && ArcStr::ptr_eq(&past, &c));
+        assert_eq!((kept.names.len(), kept.bytes), (2, max));
+        // A name kept before the bound was reached is still given.
+        let again = ArcStr::from(String::from("bound-a1"));
+        assert!(ArcStr::ptr_eq(&kept.keep(&again, max), &a));
     }
 
     #[test]
