@@ -3,7 +3,7 @@
 //! strings travel once per stream, as dictionary references.
 //!
 //! The agent sends [`sample`]s and [`Dictionary::compact`]s what it sends; the
-//! collector [`Resolver::resolve`]s what it receives, and [`fill`]s what was
+//! collector [`Resolver::snapshot`]s what it receives, and [`fill`]s what was
 //! left out from the session in the base.
 
 use std::collections::HashMap;
@@ -655,6 +655,22 @@ mod tests {
             assert!(ArcStr::is_static(name), "{name} is kept");
         }
         assert!(ArcStr::ptr_eq(&first.database, &second.database));
+        // Another stream's dictionary, another entry of the same text: the
+        // one name kept.
+        let mut other = Resolver::default();
+        other
+            .add(vec![v1::DictionaryEntry {
+                id: 1,
+                value: "orders".into(),
+            }])
+            .unwrap();
+        let third = other
+            .session(v1::SessionSample {
+                database_ref: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(ArcStr::ptr_eq(&third.database, &first.database));
         // The query's text is shared with the dictionary's entry and counted;
         // the client's address travels in the sample and is a copy of its own.
         assert!(ArcStr::ptr_eq(&first.query, &second.query));
@@ -682,7 +698,20 @@ mod tests {
         assert_eq!(&*by(last).unwrap().query, "last");
         assert_eq!(&*by(3).unwrap().query, "new", "a later entry replaces one");
         assert_eq!(by(2), Err(2), "a gap is unknown, not empty");
-        assert_eq!(resolver.bytes, "last".len() + "new".len());
+        // As a name too, once one was kept of the entry it replaces.
+        let database = |resolver: &Resolver| {
+            resolver
+                .session(v1::SessionSample {
+                    database_ref: 3,
+                    ..Default::default()
+                })
+                .unwrap()
+                .database
+        };
+        assert_eq!(database(&resolver), "new");
+        resolver.add(vec![entry(3, "newer")]).unwrap();
+        assert_eq!(database(&resolver), "newer");
+        assert_eq!(resolver.bytes, "last".len() + "newer".len());
         let past = resolver.add(vec![entry(last + 1, "x")]).unwrap_err();
         assert!(past.contains("16384"), "{past}");
         assert!(resolver.add(vec![entry(0, "x")]).is_err());

@@ -26,7 +26,7 @@
 //! pass before any is timed. Each round starts with the next way. With thousands of servers no server's sessions are in the
 //! caches when its turn comes, as in a collector. What the plain way leaves
 //! out, a design that used it would pay elsewhere: its decode would give ids
-//! rather than `Arc<str>`s (a lookup per string reference, as the stream's
+//! rather than `ArcStr`s (a lookup per string reference, as the stream's
 //! dictionary is now), each reader would look its strings up by id, and the
 //! sessions that left and joined (which the rollup and the load count take)
 //! are not listed.

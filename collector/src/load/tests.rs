@@ -446,8 +446,8 @@ fn a_packed_minute_unpacks_to_itself_in_a_fraction_of_the_room() {
     let damaged = PackedMinute::damaged(0);
     assert_eq!(d.minute("db-1", &damaged), None);
     let entries = m.coarse.tuples.len() + m.fine.iter().map(|f| f.tuples.len()).sum::<usize>();
-    // A tuple's seven strings are 8-byte `ArcStr`s (16-byte `Arc<str>`s
-    // until stop 44, when this asked for a tenth of the room).
+    // A tuple's seven strings are 8-byte `ArcStr`s (they were 16-byte
+    // `Arc<str>`s when this asked for a tenth of the room).
     let as_tuples = entries * std::mem::size_of::<(Tuple, u32)>();
     assert!(
         packed.size() * 6 < as_tuples,

@@ -134,13 +134,13 @@ pub fn render(view: &FleetView, now: Micros) -> String {
     out.family(
         "pgfleet_collector_names_kept",
         "gauge",
-        "Names (databases, roles, applications, wait events, backend types) the collector keeps for its life, so that sessions share them without counting references. Bounded: past pgfleet_collector_names_kept_bytes of 16 MiB, new names are held as other strings are.",
+        "Names (databases, roles, applications, wait events, backend types) the collector keeps for its life, so that sessions share them without counting references. Bounded: past about 16 MiB (pgfleet_collector_names_kept_bytes), new names are held as query texts are.",
     );
     out.sample("pgfleet_collector_names_kept", &[], names as f64);
     out.family(
         "pgfleet_collector_names_kept_bytes",
         "gauge",
-        "The memory the names kept take (at most 16 MiB); it is never given back.",
+        "The memory the names kept take (about 16 MiB at most, shared by every agent); it is never given back until the collector restarts.",
     );
     out.sample("pgfleet_collector_names_kept_bytes", &[], bytes as f64);
 
