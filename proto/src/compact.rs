@@ -432,7 +432,7 @@ impl Resolver {
     /// an unknown reference is named.
     fn text(&self, text: String, reference: u32, name: bool) -> Result<ArcStr, u32> {
         if reference == 0 {
-            return Ok(crate::convert::shared(text));
+            return Ok(text.into());
         }
         let entry = self
             .values

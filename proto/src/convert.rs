@@ -91,21 +91,13 @@ impl From<&Session> for v1::SessionSample {
     }
 }
 
-/// Where a sample's strings come from: the field itself, or the stream's
-/// dictionary when its `*_ref` names an entry (an unknown one is an error).
+/// Where a sample's strings come from: the field itself (`ArcStr::from`,
+/// which gives every empty one the same static string rather than an
+/// allocation), or the stream's dictionary when its `*_ref` names an entry
+/// (an unknown one is an error).
 /// The flag says the string is a name (a database, role, application, wait
 /// event or backend type) rather than a query's text or a client's address.
 pub(crate) type Texts<'a> = dyn Fn(String, u32, bool) -> Result<ArcStr, u32> + 'a;
-
-/// A string as the model holds it; the empty one is shared, not allocated
-/// for every session that has it.
-pub fn shared(text: String) -> ArcStr {
-    if text.is_empty() {
-        ArcStr::new()
-    } else {
-        text.into()
-    }
-}
 
 /// A sample in the model's terms, its strings from `text`.
 pub(crate) fn session_from(s: v1::SessionSample, text: &Texts) -> Result<Session, u32> {
@@ -117,7 +109,7 @@ pub(crate) fn session_from(s: v1::SessionSample, text: &Texts) -> Result<Session
         database: text(s.database, s.database_ref, true)?,
         user: text(s.user, s.user_ref, true)?,
         application_name: text(s.application_name, s.application_name_ref, true)?,
-        client: shared(s.client),
+        client: s.client.into(),
         state: state.into(),
         xact_start_us: opt_micros(s.xact_start_us),
         query_start_us: opt_micros(s.query_start_us),
@@ -137,7 +129,7 @@ impl From<v1::SessionSample> for Session {
     /// A sample whose strings are all in place (references are read as
     /// empty; [`crate::compact::Resolver`] reads them).
     fn from(s: v1::SessionSample) -> Self {
-        session_from(s, &|text, _, _| Ok(shared(text))).unwrap_or_default()
+        session_from(s, &|text, _, _| Ok(text.into())).unwrap_or_default()
     }
 }
 
@@ -197,7 +189,7 @@ impl TryFrom<v1::Snapshot> for Snapshot {
     type Error = DecodeError;
 
     fn try_from(s: v1::Snapshot) -> Result<Self, DecodeError> {
-        snapshot_from(s, &|text, _, _| Ok(shared(text)))
+        snapshot_from(s, &|text, _, _| Ok(text.into()))
     }
 }
 
@@ -417,6 +409,14 @@ mod tests {
             leader_pid: Some(4200),
             query_id: Some(-77),
             fingerprint: 0xdead_beef,
+        }
+    }
+
+    #[test]
+    fn empty_strings_share_one_static_string() {
+        let s = Session::from(v1::SessionSample::default());
+        for text in [&s.database, &s.client, &s.query, &s.backend_type] {
+            assert!(ArcStr::is_static(text) && ArcStr::ptr_eq(text, &s.user));
         }
     }
 
