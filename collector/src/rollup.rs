@@ -227,11 +227,11 @@ impl<K: Ord, V, const N: usize> Counts<K, V, N> {
         K: Borrow<Q>,
         V: Copy + PartialOrd + From<u8> + std::ops::SubAssign,
     {
-        let n = self.get_mut(key)?;
-        if *n <= V::from(1) {
-            self.remove(key);
+        let i = self.find(key).ok()?;
+        if self.0[i].1 <= V::from(1) {
+            self.0.remove(i);
         } else {
-            *n -= V::from(1);
+            self.0[i].1 -= V::from(1);
         }
         Some(())
     }
