@@ -22,6 +22,7 @@ with the command.
     python3 bench/session_copy.py [--servers 2500,10000] [--rounds 20]
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,12 @@ TITLE = "## Sessions as Arcs and as plain data"
 
 
 def run(servers: int, rounds: int) -> dict:
-    return cargo_bench("session_copy", dict(PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_ROUNDS=str(rounds)))
+    # mimalloc keeps the memory freed, as the collector sets it (unless the
+    # environment says otherwise): by default it gives freed pages back, and
+    # a fifth of the bench's time went to the kernel zeroing them again.
+    purge = os.environ.get("MIMALLOC_PURGE_DELAY", "-1")
+    return cargo_bench("session_copy", dict(PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_ROUNDS=str(rounds),
+                                            MIMALLOC_PURGE_DELAY=purge))
 
 
 def main() -> None:
@@ -59,7 +65,9 @@ def main() -> None:
         "base). The sessions are first allocated round the fleet, a server's session at a time, so "
         "that no server's lie together, and 10 seconds pass before any is timed. With thousands of "
         "servers no server's sessions are in the caches when its turn comes. The plain way does not "
-        "list the sessions that left and joined, which the rollup and the load count take. Each "
+        "list the sessions that left and joined, which the rollup and the load count take. The "
+        "allocator is mimalloc, keeping the memory freed (`MIMALLOC_PURGE_DELAY=-1`), as the "
+        f"collector sets it (this run: {os.environ.get('MIMALLOC_PURGE_DELAY', '-1')}). Each "
         f"figure is the median over {args.rounds} seconds of ns per "
         "server sample; the bench checks that every way ends with the same sessions.",
         "",

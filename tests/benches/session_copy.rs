@@ -49,6 +49,8 @@ use pgfleet_proto::model::{ArcStr, Delta, Session, SessionKey};
 /// The collector's allocator: with the system's, a vector of plain sessions
 /// allocated after the arcs way freed its sessions waited for malloc to
 /// gather the small blocks freed (1.6 µs a sample going first, 8 µs after).
+/// `bench/session_copy.py` runs it with `MIMALLOC_PURGE_DELAY=-1`, as the
+/// collector sets mimalloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
