@@ -30,15 +30,15 @@ from report import cargo_bench, heading, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Sessions as Arcs and as plain data"
+# mimalloc keeps the memory freed, as the collector sets it (unless the
+# environment says otherwise): by default it gives freed pages back, and a
+# fifth of the bench's time went to the kernel zeroing them again.
+PURGE_DELAY = os.environ.get("MIMALLOC_PURGE_DELAY", "-1")
 
 
 def run(servers: int, rounds: int) -> dict:
-    # mimalloc keeps the memory freed, as the collector sets it (unless the
-    # environment says otherwise): by default it gives freed pages back, and
-    # a fifth of the bench's time went to the kernel zeroing them again.
-    purge = os.environ.get("MIMALLOC_PURGE_DELAY", "-1")
     return cargo_bench("session_copy", dict(PGFLEET_BENCH_SERVERS=str(servers), PGFLEET_BENCH_ROUNDS=str(rounds),
-                                            MIMALLOC_PURGE_DELAY=purge))
+                                            MIMALLOC_PURGE_DELAY=PURGE_DELAY))
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
         "servers no server's sessions are in the caches when its turn comes. The plain way does not "
         "list the sessions that left and joined, which the rollup and the load count take. The "
         "allocator is mimalloc, keeping the memory freed (`MIMALLOC_PURGE_DELAY=-1`), as the "
-        f"collector sets it (this run: {os.environ.get('MIMALLOC_PURGE_DELAY', '-1')}). Each "
+        f"collector sets it (this run: {PURGE_DELAY}). Each "
         f"figure is the median over {args.rounds} seconds of ns per "
         "server sample; the bench checks that every way ends with the same sessions.",
         "",
