@@ -148,13 +148,15 @@ enum Mix {
 /// and statement intervals from a read each minute), the CPU time counting
 /// took per sample, and the time building and packing took per minute that
 /// ended (the aggregator's part of a minute's end).
-fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
+fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64, f64) {
     let start = end - DAY_S * 1_000_000;
     let mut heavy = wire_sim::Sim::with(100, 10, 0, 0x10ad, start);
     let mut realistic = Realistic::new(start);
     let mut counter = Counter::default();
     let mut closed = Vec::new();
     let (mut spent, mut finished, mut ended) = (Duration::ZERO, Duration::ZERO, 0);
+    // The tuples each open minute held at its end, when its map is largest.
+    let (mut open_tuples, mut minutes) = (0, 0);
     for s in 0..=DAY_S {
         let at = start + s * 1_000_000;
         let mut now = match mix {
@@ -172,6 +174,10 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
         let t = Instant::now();
         counter.sample(at, 1_000_000, &now, &mut closed, &mut |_, _| {});
         spent += t.elapsed();
+        if s % 60 == 59 {
+            open_tuples += counter.open_tuples();
+            minutes += 1;
+        }
         if counter.unfinished() {
             let t = Instant::now();
             counter.finish(&mut closed);
@@ -186,6 +192,7 @@ fn one_day(end: i64, mix: Mix) -> (Vec<Closed>, f64, f64) {
         closed,
         spent.as_secs_f64() * 1e6 / DAY_S as f64,
         finished.as_secs_f64() * 1e6 / f64::from(ended.max(1)),
+        open_tuples as f64 / f64::from(minutes.max(1)),
     )
 }
 
@@ -301,7 +308,12 @@ fn table_bytes(dir: &std::path::Path) -> serde_json::Value {
 }
 
 /// A day's figures, as JSON.
-async fn day_figures(day: &[Closed], count_us: f64, finish_us: f64) -> serde_json::Value {
+async fn day_figures(
+    day: &[Closed],
+    count_us: f64,
+    finish_us: f64,
+    open_tuples: f64,
+) -> serde_json::Value {
     let ms = minutes(day);
     let mean =
         |f: &dyn Fn(&MinuteLoad) -> f64| ms.iter().map(f).sum::<f64>() / ms.len().max(1) as f64;
@@ -329,6 +341,7 @@ async fn day_figures(day: &[Closed], count_us: f64, finish_us: f64) -> serde_jso
         "finish_us_per_minute": finish_us,
         "store_us_per_minute": per_minute(encode),
         "count_us_per_sample": count_us,
+        "open_tuples_at_minute_end": open_tuples,
         "db_load": mean(&|m| m.coarse.average(Class::Active)),
         "tuples_per_fine_bucket": mean(&fine_tuples),
         "tuples_per_minute": mean(&|m| m.coarse.tuples.len() as f64),
@@ -356,10 +369,10 @@ async fn main() {
     let end = now - now.rem_euclid(COARSE_US);
 
     // 1. One server-day of each mix in an empty store.
-    let (heavy, heavy_us, heavy_finish_us) = one_day(end, Mix::Heavy);
-    let heavy = day_figures(&heavy, heavy_us, heavy_finish_us).await;
-    let (day, count_us, finish_us) = one_day(end, Mix::Realistic);
-    let realistic = day_figures(&day, count_us, finish_us).await;
+    let (heavy, heavy_us, heavy_finish_us, heavy_open) = one_day(end, Mix::Heavy);
+    let heavy = day_figures(&heavy, heavy_us, heavy_finish_us, heavy_open).await;
+    let (day, count_us, finish_us, open_tuples) = one_day(end, Mix::Realistic);
+    let realistic = day_figures(&day, count_us, finish_us, open_tuples).await;
     let day: Vec<Closed> = day.into_iter().map(Closed::unpacked).collect();
     if std::env::var_os("PGFLEET_BENCH_STORAGE_ONLY").is_some() {
         println!(

@@ -533,6 +533,12 @@ impl Counter {
         }));
     }
 
+    /// How many tuples the open minute holds: what its map takes room for
+    /// (for the load bench).
+    pub fn open_tuples(&self) -> usize {
+        self.counts.len()
+    }
+
     /// Whether a minute has ended that [`Counter::finish`] has not built.
     pub fn unfinished(&self) -> bool {
         self.ended.is_some()
