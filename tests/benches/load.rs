@@ -32,7 +32,7 @@ use pgfleet_collector::load::dictionaries::Dictionaries;
 use pgfleet_collector::load::statements::{Read, Totals};
 use pgfleet_collector::load::{COARSE_US, Class, Counter, MinuteLoad};
 use pgfleet_collector::store::{Op, Retention, Store};
-use pgfleet_proto::model::{Session, SessionState};
+use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use pgfleet_proto::time::{duration, now_micros, timestamp};
 use pgfleet_proto::v1;
 
@@ -47,10 +47,48 @@ const DCS: &[&str] = &["eu1", "eu2", "us1", "us2", "ap1"];
 /// chance of 1 in 2: a DB load of about 5. Waits: CPU 60%, IO 20%, Lock 8%,
 /// LWLock 7%, WAL sync 5%. Two sessions idle in a transaction; one session
 /// reconnects every 5 s.
+///
+/// Its sessions share their names, waits and statements' texts, as the
+/// collector's sessions do (names kept once, a stream's strings resolved
+/// once): the load counter finds a tuple's strings by address.
 struct Realistic {
     rng: wire_sim::Rng,
     sessions: Vec<Arc<Session>>,
     next_pid: i32,
+    texts: Texts,
+}
+
+/// The strings [`Realistic`]'s sessions share.
+struct Texts {
+    databases: [ArcStr; 2],
+    users: [ArcStr; 3],
+    applications: [ArcStr; 6],
+    waits: [(ArcStr, ArcStr); 6],
+    client_backend: ArcStr,
+    statements: Vec<ArcStr>,
+}
+
+impl Texts {
+    fn new() -> Texts {
+        let pair = |t: &str, e: &str| (ArcStr::from(t), ArcStr::from(e));
+        Texts {
+            databases: ["orders", "billing"].map(ArcStr::from),
+            users: ["app", "reporting", "batch"].map(ArcStr::from),
+            applications: ["web", "api", "checkout", "worker", "cron", "admin"].map(ArcStr::from),
+            waits: [
+                pair("Client", "ClientRead"),
+                pair("", ""),
+                pair("IO", "DataFileRead"),
+                pair("Lock", "transactionid"),
+                pair("LWLock", "BufferContent"),
+                pair("IO", "WALSync"),
+            ],
+            client_backend: ArcStr::from("client backend"),
+            statements: (0..STATEMENT_TEXTS)
+                .map(|k| format!("SELECT statement_{k} FROM t WHERE id = $1").into())
+                .collect(),
+        }
+    }
 }
 
 const STATEMENT_TEXTS: usize = 40;
@@ -61,6 +99,7 @@ impl Realistic {
             rng: wire_sim::Rng(0x5eed_10ad),
             sessions: Vec::new(),
             next_pid: 1000,
+            texts: Texts::new(),
         };
         for i in 0..100 {
             let mut s = r.connect(t0 - 3_600_000_000);
@@ -77,17 +116,18 @@ impl Realistic {
     fn connect(&mut self, at: i64) -> Arc<Session> {
         let i = self.rng.below(1 << 20);
         self.next_pid += 1;
+        let t = &self.texts;
         Arc::new(Session {
             pid: self.next_pid,
             backend_start_us: at,
-            database: ["orders", "billing"][i % 2].into(),
-            user: ["app", "reporting", "batch"][i % 3].into(),
-            application_name: ["web", "api", "checkout", "worker", "cron", "admin"][i % 6].into(),
+            database: t.databases[i % 2].clone(),
+            user: t.users[i % 3].clone(),
+            application_name: t.applications[i % 6].clone(),
             client: format!("10.1.0.{}:{}", 10 + i % 12, 40_000 + i % 20_000).into(),
             state: SessionState::Idle,
-            wait_event_type: "Client".into(),
-            wait_event: "ClientRead".into(),
-            backend_type: "client backend".into(),
+            wait_event_type: t.waits[0].0.clone(),
+            wait_event: t.waits[0].1.clone(),
+            backend_type: t.client_backend.clone(),
             ..Default::default()
         })
     }
@@ -105,26 +145,26 @@ impl Realistic {
                     let k = (0..STATEMENT_TEXTS)
                         .find(|k| self.rng.below(k + 2) == 0)
                         .unwrap_or(STATEMENT_TEXTS - 1);
-                    let (wait_type, wait_event) = match self.rng.below(100) {
-                        0..60 => ("", ""),
-                        60..80 => ("IO", "DataFileRead"),
-                        80..88 => ("Lock", "transactionid"),
-                        88..95 => ("LWLock", "BufferContent"),
-                        _ => ("IO", "WALSync"),
+                    let w = match self.rng.below(100) {
+                        0..60 => 1,
+                        60..80 => 2,
+                        80..88 => 3,
+                        88..95 => 4,
+                        _ => 5,
                     };
+                    let (wait_type, wait_event) = self.texts.waits[w].clone();
                     let s = Arc::make_mut(&mut self.sessions[i]);
                     s.state = SessionState::Active;
                     s.query_start_us = Some(at);
-                    s.wait_event_type = wait_type.into();
-                    s.wait_event = wait_event.into();
+                    s.wait_event_type = wait_type;
+                    s.wait_event = wait_event;
                     s.fingerprint = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k as u64 + 1);
-                    s.query = format!("SELECT statement_{k} FROM t WHERE id = $1").into();
+                    s.query = self.texts.statements[k].clone();
                 }
                 SessionState::Active if self.rng.below(2) == 0 => {
                     let s = Arc::make_mut(&mut self.sessions[i]);
                     s.state = SessionState::Idle;
-                    s.wait_event_type = "Client".into();
-                    s.wait_event = "ClientRead".into();
+                    (s.wait_event_type, s.wait_event) = self.texts.waits[0].clone();
                 }
                 _ => {}
             }
