@@ -120,7 +120,8 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         pg_pids = postgres_pids(cluster) if cluster is not None else []
         pg_before = sum(map(cpu_ns, pg_pids))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        per = args.servers_per_agent
+        # bench/load.py runs this with arguments of its own, without one.
+        per = getattr(args, "servers_per_agent", 1)
         cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                "--query", f"http://127.0.0.1:{query_port}", "--compare-listen",
                "--collector-pid", str(collector.pid), "--agents", str(n // per),
