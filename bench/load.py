@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """What keeping DB load costs, and how fast it answers (issue 15's figures).
 
-1. Collector CPU per applied batch with load kept and with `--load off`, side by
-   side in one run (runs alternate: on, off, on, off): a release collector and
-   `pgfleet-loadgen` (bench/loadgen) with N simulated agents, each one server of
+1. Collector CPU per applied batch with load kept and with `--load off`: two
+   release collectors at once, one of each, each under its own
+   `pgfleet-loadgen` (bench/loadgen) of N simulated agents, each one server of
    100 sessions, about 10% changing a second, half of them active with a mix of
-   waits and queries (the generator's server, a worst case for load).
+   waits and queries (the generator's server, a worst case for load). Each
+   round is such a pair (as bench/collector_ab.py runs two builds), the two
+   swapped from one round to the next, so that both see the same machine:
+   this machine is shared, and runs one after the other moved the ratio by
+   more than the target's margin. Measured at the steady state (--warmup 200,
+   as bench/collector_load.py): the collector's memory grows at each of the
+   first three minutes' ends.
 2. `cargo bench -p pgfleet-tests --bench load` (tests/benches/load.rs): the
    bytes a server-day of load and statement statistics takes in the SQLite
    store, for a busy OLTP server (a load of about 5) and for the generator's
@@ -14,9 +20,9 @@
 
 Writes the "## DB load" section of BENCHMARKS.md with the command that made it.
 
-    python3 bench/load.py [--agents 1000] [--rounds 2] [--warmup 15] [--measure 30]
+    python3 bench/load.py [--agents 1000] [--rounds 3] [--warmup 200] [--measure 60]
 
-BENCHMARKS.md's figures: --rounds 3 --warmup 75 --measure 60.
+BENCHMARKS.md's figures are of the defaults.
 """
 import argparse
 import datetime
@@ -26,7 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector_load import build, one_run
+from collector_ab import collector_argv, run_pair
+from collector_load import build
 from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +48,9 @@ def per_batch_us(r: dict) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, default=1000)
-    p.add_argument("--rounds", type=int, default=2, help="pairs of runs, load on and off")
-    p.add_argument("--warmup", type=int, default=15)
-    p.add_argument("--measure", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3, help="pairs of collectors at once, load on and off")
+    p.add_argument("--warmup", type=int, default=200, help="seconds after the ramp before measuring")
+    p.add_argument("--measure", type=int, default=60)
     p.add_argument("--connect-rate", type=int, default=500)
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     p.add_argument("--reuse-cpu", action="store_true",
@@ -51,8 +58,8 @@ def main() -> None:
     args = p.parse_args()
     command = "python3 bench/load.py" + "".join(
         f" {flag} {value}" for flag, value, default in [
-            ("--agents", args.agents, 1000), ("--rounds", args.rounds, 2),
-            ("--warmup", args.warmup, 15), ("--measure", args.measure, 30),
+            ("--agents", args.agents, 1000), ("--rounds", args.rounds, 3),
+            ("--warmup", args.warmup, 200), ("--measure", args.measure, 60),
         ] if value != default)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -63,14 +70,15 @@ def main() -> None:
         runs = json.loads(saved.read_text())
     else:
         bin_dir = build()
+        collector = collector_argv(bin_dir / "pgfleet-collector")
+        pair = [(mode, lambda port, data, mode=mode: [*collector(port, data), "--load", mode])
+                for mode in ("on", "off")]
         runs = {"on": [], "off": []}
-        for _ in range(args.rounds):
-            for mode in ("on", "off"):
-                r = one_run(bin_dir, args.agents, args, extra=("--load", mode))
-                print(mode, json.dumps(r), file=sys.stderr, flush=True)
-                if "failed" in r:
-                    sys.exit(f"the run with --load {mode} failed: {r['failed']}")
-                runs[mode].append(r)
+        for i in range(args.rounds):
+            for r in run_pair(bin_dir, pair if i % 2 == 0 else pair[::-1], args,
+                              connect_rate=args.connect_rate):
+                print(r["build"], json.dumps(r), file=sys.stderr, flush=True)
+                runs[r["build"]].append(r)
         saved.write_text(json.dumps(runs))
     on = [per_batch_us(r) for r in runs["on"]]
     off = [per_batch_us(r) for r in runs["off"]]
@@ -84,9 +92,11 @@ def main() -> None:
     verdict = lambda ok: "meets" if ok else "MISSES"  # noqa: E731
     mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
     machine = machine_name()
+    kib = {mode: [r["collector_kib_per_server"] for r in runs[mode]] for mode in runs}
     rows = "\n".join(
-        f"| {mode} | " + " | ".join(f"{per_batch_us(r):.0f}" for r in runs[mode]) + f" | {sum(v) / len(v):.0f} |"
-        for mode, v in (("on", on), ("off", off)))
+        f"| {i + 1} | {a:.0f} | {b:.0f} | {a / b:.3f} | {ka:.0f} | {kb:.0f} |"
+        for i, (a, b, ka, kb) in enumerate(zip(on, off, kib["on"], kib["off"])))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
     section = f"""{TITLE}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector and the generator share the machine.
@@ -101,11 +111,12 @@ Command: `{command}` (from the repository root). Run on {datetime.date.today()} 
 | one server over 1 h by wait, 10 s step, over HTTP: `/api/v1/load` (JSON), same run, p50 / p99 | {b['one_server_1h_10s_http']['p50_ms']:.1f} / {b['one_server_1h_10s_http']['p99_ms']:.1f} ms | as fast as the RPC (issue 16) |
 | `QueryLoad`, fleet-wide over 24 h by dc, {b['servers']:,} servers, p50 / p99 | {b['fleet_24h_by_dc']['p50_ms']:.0f} / {b['fleet_24h_by_dc']['p99_ms']:.0f} ms | p99 at most 200 ms: {verdict(b['fleet_24h_by_dc']['p99_ms'] <= TARGETS['fleet_ms'])} |
 
-**CPU.** Each run: {args.agents:,} simulated agents, {args.warmup} s after the last connected, measured for {args.measure} s; µs of collector CPU per applied batch, runs in the order made. A warmup past a minute measures the steady state: in its first minute, a server's load counter allocates what it then keeps (the kernel zeroing those fresh pages was 5% of the collector's CPU in a 15 s warmup), and a measure of whole minutes takes in each server's minute closing once per minute.
+**CPU.** Each round: two collectors at once, one keeping load and one with `--load off`, each under its own generator of {args.agents:,} simulated agents, {args.warmup} s after the ramp, measured for {args.measure} s; µs of collector CPU per applied batch, and memory per server (RSS less the RSS before the agents came, at the end of the window), the two swapped from one round to the next. The warmup reaches the steady state: a server's load counter allocates what it then keeps at each of the first three minutes' ends, and a measure of whole minutes takes in each server's minute closing once per minute.
 
-| load | {' | '.join(f'run {i + 1}' for i in range(args.rounds))} | mean |
-|---|{'---|' * args.rounds}---|
+| round | load on, µs/batch | off | on over off | load on, KiB/server | off |
+|---|---|---|---|---|---|
 {rows}
+| mean | {mean(on):.0f} | {mean(off):.0f} | {ratio:.3f} | {mean(kib['on']):.0f} | {mean(kib['off']):.0f} |
 
 **Storage** (tests/benches/load.rs): a day of 1 Hz samples of one server counted into its minutes, the minutes and hours written to an empty SQLite store as the collector writes them, with a pg_stat_statements read every minute of {b['statements_per_read']} statements (summed per 10 minutes); the bytes the file grew by. Counting costs {real['count_us_per_sample']:.1f} µs per sample on the busy server and {heavy['count_us_per_sample']:.1f} µs on the generator's. A minute of the busy server holds {real['tuples_per_minute']:.0f} distinct (wait, query, user, database, application, client, backend type) and {real['tuples_per_fine_bucket']:.0f} per 10 s, {real['stored_minute_bytes']:.0f} bytes stored, its six 10 s buckets included ({real['fingerprints_per_minute']:.0f} distinct queries); the generator's, {heavy['tuples_per_minute']:.0f}, {heavy['tuples_per_fine_bucket']:.0f} and {heavy['stored_minute_bytes']:.0f} bytes. While a minute is open, the collector counts its tuples in a map of about 72 bytes a tuple (and room to grow): at its end it holds {real['open_tuples_at_minute_end']:.0f} on the busy server and {heavy['open_tuples_at_minute_end']:.0f} on the generator's, whose sessions each have a client host of their own. Rows name their strings and fingerprints by index into a dictionary kept once per server and hour ({real['tables']['load_keys']['body_bytes'] / max(1, real['tables']['load_keys']['rows']):.0f} bytes each); before that, a busy minute took 1,152 bytes and the day 2.62 MB. At a minute's end, the aggregator builds each server's minute that ended (bounds and ranks its tuples, as ids) and packs it in {real['finish_us_per_minute']:.0f} µs ({heavy['finish_us_per_minute']:.0f} µs for the generator's; counting above leaves this out), and the store's writer re-indexes the packed minute into the server's dictionary and compresses it in {real['store_us_per_minute']:.0f} µs ({heavy['store_us_per_minute']:.0f} µs); every server's minute ends in the same second. A 10-minute interval of statement statistics takes {real['stored_statements_bytes']:,.0f} bytes (and, at over half SQLite's 4 KiB page, a page of its own). The busy server: 100 sessions of 6 applications on 12 client hosts, 3 users, 2 databases, 40 statements of which a few run far more than the rest, waits CPU 60%, IO 25%, Lock 8%, LWLock 7%.
 
