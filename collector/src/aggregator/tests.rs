@@ -546,6 +546,7 @@ fn the_census_follows_every_change_of_the_views() {
 
     // One server changes, one goes down, one agent leaves: their lines
     // must be read again.
+    let hashed = a.census.sets_hashed();
     a.apply("a1", 1, 2, vec![varied("db1", 20, &[2, 9, 10, 11, 12, 13])])
         .unwrap();
     let mut down = snapshot("db3", 20, &[]);
@@ -553,6 +554,8 @@ fn the_census_follows_every_change_of_the_views() {
     a.apply("a2", 2, 2, vec![down]).unwrap();
     a.disconnect("a3", 3);
     check(&mut a, now_micros(), "changed");
+    // Their labels did not change: each line found its set by address.
+    assert_eq!(a.census.sets_hashed(), hashed);
     // Later, every server is stale.
     let read = a.census.lines_read();
     check(&mut a, now_micros() + 10_000_000, "stale");
