@@ -58,7 +58,8 @@ def collector_argv(binary: Path):
 
 
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
-             connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False) -> list[dict]:
+             connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False,
+             threads: tuple = ()) -> list[dict]:
     """Starts every build's server and generator at once; their results.
 
     `builds` are (name, argv) or (name, argv, loadgen), where argv(port,
@@ -70,7 +71,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     outside over the measuring window less 5 s at each end). With `reads`,
     each server is given a readers' port (argv(port, directory, query port))
     where its generator reads, and each result has the CPU its readers'
-    threads took per read over that window ("reads_us_per_read")."""
+    threads took per read over that window ("reads_us_per_read"). With
+    `threads` (prefixes of the collector's thread names), each result has
+    the cores the threads of each took over that window ("thread_cores")."""
     started = []
     try:
         for name, argv, *_ in builds:
@@ -94,18 +97,19 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             launched[name] = time.monotonic()
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        cpu, reads_cpu, window = {}, {}, {}
-        if generator_cpu or reads:
+        cpu, thread_cpu, window = {}, {}, {}
+        prefixes = ((READERS,) if reads else ()) + tuple(threads)
+        if generator_cpu or prefixes:
             pids = {name: collector.pid for name, collector, *_ in started}
             time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
-            before = {name: (cpu_ns(gen.pid), cpu_ns(pids[name], READERS), time.monotonic())
+            before = {name: (cpu_ns(gen.pid), {t: cpu_ns(pids[name], t) for t in prefixes}, time.monotonic())
                       for name, gen in gens}
             time.sleep(args.measure - 10)
             for name, gen in gens:
                 (c0, r0, t0), t1 = before[name], time.monotonic()
                 window[name] = (t0, t1)
                 cpu[name] = (cpu_ns(gen.pid) - c0) / 1e9 / (t1 - t0)
-                reads_cpu[name] = (cpu_ns(pids[name], READERS) - r0) / 1e9 / (t1 - t0)
+                thread_cpu[name] = {t: (cpu_ns(pids[name], t) - r0[t]) / 1e9 / (t1 - t0) for t in prefixes}
         results = []
         for name, gen in gens:
             out, err = gen.communicate()
@@ -126,7 +130,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 r["generator_cores"] = cpu[name]
             if reads:
                 per_s = (r["get_activity_calls"] + r["fleet_summary_calls"]) / args.measure
-                r["reads_us_per_read"] = 1e6 * reads_cpu[name] / per_s if per_s else float("nan")
+                r["reads_us_per_read"] = 1e6 * thread_cpu[name][READERS] / per_s if per_s else float("nan")
+            if threads:
+                r["thread_cores"] = {t: thread_cpu[name][t] for t in threads}
             results.append(r)
         return results
     finally:

@@ -39,6 +39,9 @@ from report import machine_name, write_section
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## DB load"
 TARGETS = {"cpu_ratio": 1.15, "bytes": 2_000_000, "one_ms": 20.0, "fleet_ms": 200.0}
+# The collector's threads, by the prefix of their names, whose CPU each side
+# reports: where keeping load costs.
+THREADS = ("pgfleet-aggrega", "pgfleet-store", "tokio-rt-worker")
 
 
 def per_batch_us(r: dict) -> float:
@@ -76,7 +79,7 @@ def main() -> None:
         runs = {"on": [], "off": []}
         for i in range(args.rounds):
             for r in run_pair(bin_dir, pair if i % 2 == 0 else pair[::-1], args,
-                              connect_rate=args.connect_rate):
+                              connect_rate=args.connect_rate, threads=THREADS):
                 print(r["build"], json.dumps(r), file=sys.stderr, flush=True)
                 runs[r["build"]].append(r)
         saved.write_text(json.dumps(runs))
@@ -97,6 +100,12 @@ def main() -> None:
         f"| {i + 1} | {a:.0f} | {b:.0f} | {a / b:.3f} | {ka:.0f} | {kb:.0f} |"
         for i, (a, b, ka, kb) in enumerate(zip(on, off, kib["on"], kib["off"])))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
+    # Each thread's µs a batch, the mean over the rounds, on and off.
+    threads = {mode: {t: mean([1e6 * r["thread_cores"][t] / r["batches_per_s"] for r in runs[mode]])
+                      for t in THREADS} for mode in runs}
+    thread_rows = "\n".join(
+        f"| {name} | {threads['on'][t]:.1f} | {threads['off'][t]:.1f} | {threads['on'][t] - threads['off'][t]:+.1f} |"
+        for t, name in zip(THREADS, ("the aggregator", "the store's writer", "tokio's workers (ingest)")))
     section = f"""{TITLE}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector and the generator share the machine.
@@ -117,6 +126,12 @@ Command: `{command}` (from the repository root). Run on {datetime.date.today()} 
 |---|---|---|---|---|---|
 {rows}
 | mean | {mean(on):.0f} | {mean(off):.0f} | {ratio:.3f} | {mean(kib['on']):.0f} | {mean(kib['off']):.0f} |
+
+Where it goes: each thread's CPU over the window less 5 s at each end (`/proc/<pid>/task/*/schedstat`, by the prefix of the threads' names), µs a batch, the mean of the rounds.
+
+| thread | load on | off | difference |
+|---|---|---|---|
+{thread_rows}
 
 **Storage** (tests/benches/load.rs): a day of 1 Hz samples of one server counted into its minutes, the minutes and hours written to an empty SQLite store as the collector writes them, with a pg_stat_statements read every minute of {b['statements_per_read']} statements (summed per 10 minutes); the bytes the file grew by. Counting costs {real['count_us_per_sample']:.1f} µs per sample on the busy server and {heavy['count_us_per_sample']:.1f} µs on the generator's. A minute of the busy server holds {real['tuples_per_minute']:.0f} distinct (wait, query, user, database, application, client, backend type) and {real['tuples_per_fine_bucket']:.0f} per 10 s, {real['stored_minute_bytes']:.0f} bytes stored, its six 10 s buckets included ({real['fingerprints_per_minute']:.0f} distinct queries); the generator's, {heavy['tuples_per_minute']:.0f}, {heavy['tuples_per_fine_bucket']:.0f} and {heavy['stored_minute_bytes']:.0f} bytes. While a minute is open, the collector counts its tuples in a map of about 72 bytes a tuple (and room to grow): at its end it holds {real['open_tuples_at_minute_end']:.0f} on the busy server and {heavy['open_tuples_at_minute_end']:.0f} on the generator's, whose sessions each have a client host of their own. Rows name their strings and fingerprints by index into a dictionary kept once per server and hour ({real['tables']['load_keys']['body_bytes'] / max(1, real['tables']['load_keys']['rows']):.0f} bytes each); before that, a busy minute took 1,152 bytes and the day 2.62 MB. At a minute's end, the aggregator builds each server's minute that ended (bounds and ranks its tuples, as ids) and packs it in {real['finish_us_per_minute']:.0f} µs ({heavy['finish_us_per_minute']:.0f} µs for the generator's; counting above leaves this out), and the store's writer re-indexes the packed minute into the server's dictionary and compresses it in {real['store_us_per_minute']:.0f} µs ({heavy['store_us_per_minute']:.0f} µs); every server's minute ends in the same second. A 10-minute interval of statement statistics takes {real['stored_statements_bytes']:,.0f} bytes (and, at over half SQLite's 4 KiB page, a page of its own). The busy server: 100 sessions of 6 applications on 12 client hosts, 3 users, 2 databases, 40 statements of which a few run far more than the rest, waits CPU 60%, IO 25%, Lock 8%, LWLock 7%.
 
