@@ -171,12 +171,13 @@ pub(super) struct Counting {
     census: Arc<Census>,
     sets: HashMap<Arc<BTreeMap<String, String>>, u32>,
     strings: HashMap<Arc<str>, u32>,
-    /// Each line's labels as its view had them, and their set's id. A
-    /// server's views share one `Arc` of labels from one to the next, so a
-    /// line read again finds its set by address, without hashing every
-    /// label (SipHash, for each line read at each publish). The `Arc` is held
-    /// here, so no other labels take its address meanwhile.
-    labels: Vec<(Arc<BTreeMap<String, String>>, u32)>,
+    /// Each line's labels as its view had them, at the line's place: the
+    /// line holds their set's id. A server's views share one `Arc` of labels
+    /// from one to the next, so a line read again finds its set by address,
+    /// without hashing every label (SipHash, for each line read at each
+    /// publish). The `Arc` is held here, so no other labels take its address
+    /// meanwhile.
+    labels: Vec<Arc<BTreeMap<String, String>>>,
     /// How many lines it has read from views, in all (the tests check that
     /// a view that did not change is not read again).
     #[cfg(test)]
@@ -231,8 +232,10 @@ impl Counting {
             if i < kept && census.lines[i].view == Arc::as_ptr(view) as usize {
                 continue;
             }
+            // Never longer than the lines (truncated with them, and pushed
+            // only with them), so a held `Arc` has its line.
             let labels = match self.labels.get(i) {
-                Some((held, id)) if Arc::ptr_eq(held, &view.labels) => *id,
+                Some(held) if Arc::ptr_eq(held, &view.labels) => census.lines[i].labels,
                 _ => {
                     #[cfg(test)]
                     {
@@ -247,10 +250,9 @@ impl Counting {
                             id
                         }
                     };
-                    let held = (view.labels.clone(), id);
                     match self.labels.get_mut(i) {
-                        Some(at) => *at = held,
-                        None => self.labels.push(held),
+                        Some(at) => *at = view.labels.clone(),
+                        None => self.labels.push(view.labels.clone()),
                     }
                     id
                 }
