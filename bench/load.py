@@ -32,8 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collector_ab import collector_argv, run_pair
-from collector_load import build
+from collector_ab import collector_argv, run_pair, us_per_batch
+from collector_load import WARMUP, build
 from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,15 +44,11 @@ TARGETS = {"cpu_ratio": 1.15, "bytes": 2_000_000, "one_ms": 20.0, "fleet_ms": 20
 THREADS = ("pgfleet-aggrega", "pgfleet-store", "tokio-rt-worker")
 
 
-def per_batch_us(r: dict) -> float:
-    return r["collector_cores"] / r["batches_per_s"] * 1e6
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3, help="pairs of collectors at once, load on and off")
-    p.add_argument("--warmup", type=int, default=200, help="seconds after the ramp before measuring")
+    p.add_argument("--warmup", type=int, default=WARMUP, help="seconds after the ramp before measuring")
     p.add_argument("--measure", type=int, default=60)
     p.add_argument("--connect-rate", type=int, default=500)
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
@@ -62,7 +58,7 @@ def main() -> None:
     command = "python3 bench/load.py" + "".join(
         f" {flag} {value}" for flag, value, default in [
             ("--agents", args.agents, 1000), ("--rounds", args.rounds, 3),
-            ("--warmup", args.warmup, 200), ("--measure", args.measure, 60),
+            ("--warmup", args.warmup, WARMUP), ("--measure", args.measure, 60),
         ] if value != default)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -83,9 +79,10 @@ def main() -> None:
                 print(r["build"], json.dumps(r), file=sys.stderr, flush=True)
                 runs[r["build"]].append(r)
         saved.write_text(json.dumps(runs))
-    on = [per_batch_us(r) for r in runs["on"]]
-    off = [per_batch_us(r) for r in runs["off"]]
-    ratio = (sum(on) / len(on)) / (sum(off) / len(off))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    on = [us_per_batch(r) for r in runs["on"]]
+    off = [us_per_batch(r) for r in runs["off"]]
+    ratio = mean(on) / mean(off)
 
     print("+ cargo bench -p pgfleet-tests --bench load", file=sys.stderr, flush=True)
     out = subprocess.run(["cargo", "bench", "-q", "-p", "pgfleet-tests", "--bench", "load"],
@@ -99,7 +96,6 @@ def main() -> None:
     rows = "\n".join(
         f"| {i + 1} | {a:.0f} | {b:.0f} | {a / b:.3f} | {ka:.0f} | {kb:.0f} |"
         for i, (a, b, ka, kb) in enumerate(zip(on, off, kib["on"], kib["off"])))
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
     # Each thread's µs a batch, the mean over the rounds, on and off.
     threads = {mode: {t: mean([1e6 * r["thread_cores"][t] / r["batches_per_s"] for r in runs[mode]])
                       for t in THREADS} for mode in runs}
