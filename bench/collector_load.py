@@ -148,9 +148,22 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
             pids = set(pg_pids) | set(postgres_pids(cluster))
             r["store_cores"] = (sum(map(cpu_ns, pids)) - pg_before) / 1e9 / wall
             r["store_mib"] = int(cluster.psql(f"SELECT pg_database_size('load_{n}')")) / 2**20
+        if not held(r):
+            keep_logs(r, data, cluster)
         return r
     finally:
         stop_collector(collector, log, data)
+
+
+def keep_logs(r: dict, data: Path, cluster) -> None:
+    """A run that did not hold keeps its collector's log (warnings and
+    errors) and the store's server log, so that why can be read."""
+    kept = Path(tempfile.mkdtemp(prefix=f"pgfleet-load-{r['agents']}-not-held-"))
+    shutil.copy(data / "collector.log", kept)
+    if cluster is not None:
+        shutil.copy(cluster.dir / "log", kept / "postgres.log")
+    r["kept_logs"] = str(kept)
+    print(f"N={r['agents']} did not hold; its logs are kept in {kept}", file=sys.stderr, flush=True)
 
 
 def held(r: dict) -> bool:
@@ -326,8 +339,9 @@ def main() -> None:
         from agent_overhead import Cluster, pg_bindir
         cluster = Cluster(pg_bindir())
         # A store's own settings: PostgreSQL's defaults, durable, with room
-        # for the WAL a busy collector writes.
-        cluster.start("-c shared_buffers=256MB -c max_wal_size=4GB")
+        # for the WAL a busy collector writes; a lock waited on is logged
+        # (a run that does not hold keeps the log).
+        cluster.start("-c shared_buffers=256MB -c max_wal_size=4GB -c log_lock_waits=on")
     runs = []
     try:
         for n in fleets:
