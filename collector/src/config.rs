@@ -77,6 +77,9 @@ pub struct CollectorArgs {
     /// This collector's name in a shared store [default: <hostname>:<gRPC port>]
     #[arg(long, env = "PGFLEET_COLLECTOR_ID", value_name = "NAME")]
     pub collector_id: Option<String>,
+    /// How many threads take the agents' streams (and the gRPC port's reads when there is no --query-listen) [default: half the machine's cores, at least 1]
+    #[arg(long, env = "PGFLEET_INGEST_THREADS", value_name = "N")]
+    pub ingest_threads: Option<String>,
     /// A TOML file with any of the settings above
     #[arg(long, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -118,6 +121,8 @@ pub struct CollectorFile {
     pub store: Option<String>,
     /// See `--collector-id`.
     pub collector_id: Option<String>,
+    /// See `--ingest-threads`.
+    pub ingest_threads: Option<String>,
 }
 
 /// The collector's settings, checked and complete.
@@ -151,6 +156,8 @@ pub struct CollectorConfig {
     pub store: StoreConfig,
     /// This collector's name in a shared store.
     pub collector_id: String,
+    /// The worker threads of the runtime that takes the agents' streams.
+    pub ingest_threads: usize,
 }
 
 /// Where /metrics is served unless told otherwise.
@@ -197,6 +204,7 @@ impl CollectorConfig {
             retention: Retention::default(),
             store: StoreConfig::Sqlite,
             collector_id: crate::store::postgres::default_collector_id(listen),
+            ingest_threads: default_ingest_threads(),
         }
     }
 
@@ -301,6 +309,20 @@ impl CollectorConfig {
                 id
             }
         };
+        let ingest_threads = match args.ingest_threads.or(file.ingest_threads) {
+            None => default_ingest_threads(),
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n @ 1..=MAX_INGEST_THREADS) => n,
+                _ => {
+                    return Err(SettingsError::Invalid {
+                        key: "ingest_threads",
+                        message: format!(
+                            "{text:?} is not a number of threads from 1 to {MAX_INGEST_THREADS}"
+                        ),
+                    });
+                }
+            },
+        };
         Ok(CollectorConfig {
             listen,
             http_listen,
@@ -315,8 +337,22 @@ impl CollectorConfig {
             retention,
             store,
             collector_id,
+            ingest_threads,
         })
     }
+}
+
+/// The most threads `--ingest-threads` may ask for.
+const MAX_INGEST_THREADS: usize = 256;
+
+/// Half the machine's cores, at least one: the aggregator, the history's
+/// writer and the readers' threads run beside the ingest threads, and an
+/// ingest thread that finds nothing to do parks and is woken again for the
+/// next batch, which costs more than the batch where cores are few. Side by
+/// side on 2 cores (BENCHMARKS.md, "Collector side by side"), one thread
+/// took 0.97× the CPU per batch of two.
+fn default_ingest_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// An address (`example` shows one), or "off" for none.
@@ -487,6 +523,22 @@ mod tests {
             let args = CollectorArgs::parse_from(["pgfleet-collector", "--query-listen", bad]);
             let err = CollectorConfig::resolve(args).unwrap_err().to_string();
             assert!(err.starts_with("invalid `query_listen`"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_ingest_threads_are_half_the_cores_unless_given() {
+        let c = CollectorConfig::resolve(CollectorArgs::default()).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(c.ingest_threads, (cores / 2).max(1));
+        let three = CollectorArgs::parse_from(["pgfleet-collector", "--ingest-threads", " 3 "]);
+        assert_eq!(CollectorConfig::resolve(three).unwrap().ingest_threads, 3);
+        for bad in ["0", "-1", "two", "257"] {
+            let flag = format!("--ingest-threads={bad}");
+            let args = CollectorArgs::parse_from(["pgfleet-collector", flag.as_str()]);
+            let err = CollectorConfig::resolve(args).unwrap_err().to_string();
+            assert!(err.starts_with("invalid `ingest_threads`"), "{err}");
+            assert!(err.contains("from 1 to 256"), "{err}");
         }
     }
 

@@ -37,8 +37,7 @@ fn keep_freed_memory() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     keep_freed_memory();
     let args: CollectorArgs = runtime::parse_args();
     runtime::init_tracing("info");
@@ -46,6 +45,23 @@ async fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return runtime::usage_error("pgfleet-collector", &e),
     };
+    // The runtime that takes the agents' streams; the aggregator, the
+    // history's writer and the readers have threads of their own.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.ingest_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pgfleet-collector: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(config))
+}
+
+async fn run(config: CollectorConfig) -> ExitCode {
     pgfleet_collector::listen::raise_open_files_limit();
     let collector = match pgfleet_collector::server::start(config).await {
         Ok(c) => c,
