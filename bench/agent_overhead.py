@@ -375,7 +375,7 @@ def main() -> None:
     args = p.parse_args()
     global TRANSPORT
     TRANSPORT = args.transport
-    command = "python3 bench/agent_overhead.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python3 bench/agent_overhead.py", *sys.argv[1:]])
 
     log("building the release binaries")
     subprocess.run(["cargo", "build", "--release", "--bin", "pgfleet-agent", "--bin", "pgfleet-collector",

@@ -115,6 +115,8 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     # fleet; every other GetActivity goes to the agents' port, timed apart.
     extra = ["--query-listen", f"127.0.0.1:{query_port}", *extra]
     collector = start_collector(bin_dir, port, data, log, store, extra)
+    # Where this run's part of the store's log begins.
+    pg_log_from = (cluster.dir / "log").stat().st_size if cluster is not None else 0
     try:
         time.sleep(2)
         pg_pids = postgres_pids(cluster) if cluster is not None else []
@@ -134,7 +136,9 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         wall = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if out.returncode != 0:
-            return {"agents": n, "failed": out.stderr.strip().splitlines()[-1:] or ["exit " + str(out.returncode)]}
+            r = {"agents": n, "failed": out.stderr.strip().splitlines()[-1:] or ["exit " + str(out.returncode)]}
+            keep_logs(r, data, cluster, pg_log_from)
+            return r
         r = json.loads(out.stdout)
         # N is servers; the generator counts agents, each carrying `per`.
         r["streams"], r["agents"] = r["agents"], n
@@ -149,19 +153,22 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
             r["store_cores"] = (sum(map(cpu_ns, pids)) - pg_before) / 1e9 / wall
             r["store_mib"] = int(cluster.psql(f"SELECT pg_database_size('load_{n}')")) / 2**20
         if not held(r):
-            keep_logs(r, data, cluster)
+            keep_logs(r, data, cluster, pg_log_from)
         return r
     finally:
         stop_collector(collector, log, data)
 
 
-def keep_logs(r: dict, data: Path, cluster) -> None:
-    """A run that did not hold keeps its collector's log (warnings and
-    errors) and the store's server log, so that why can be read."""
+def keep_logs(r: dict, data: Path, cluster, pg_log_from: int) -> None:
+    """A run that did not hold (or whose generator failed) keeps its
+    collector's log (warnings and errors) and its part of the store's server
+    log (from `pg_log_from` on), so that why can be read."""
     kept = Path(tempfile.mkdtemp(prefix=f"pgfleet-load-{r['agents']}-not-held-"))
     shutil.copy(data / "collector.log", kept)
     if cluster is not None:
-        shutil.copy(cluster.dir / "log", kept / "postgres.log")
+        with open(cluster.dir / "log", "rb") as f:
+            f.seek(pg_log_from)
+            (kept / "postgres.log").write_bytes(f.read())
     r["kept_logs"] = str(kept)
     print(f"N={r['agents']} did not hold; its logs are kept in {kept}", file=sys.stderr, flush=True)
 

@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--baseline-agent", help="an older pgfleet-agent binary, measured beside this one")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
-    command = "python3 bench/watch_cost.py " + " ".join(sys.argv[1:])
+    command = " ".join(["python3 bench/watch_cost.py", *sys.argv[1:]])
     sizes = [int(s) for s in args.sessions.split(",")]
     transports = args.transports.split(",")
     baseline = Path(args.baseline_agent).resolve() if args.baseline_agent else None

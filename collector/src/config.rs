@@ -121,8 +121,8 @@ pub struct CollectorFile {
     pub store: Option<String>,
     /// See `--collector-id`.
     pub collector_id: Option<String>,
-    /// See `--ingest-threads`.
-    pub ingest_threads: Option<String>,
+    /// See `--ingest-threads` (a number).
+    pub ingest_threads: Option<usize>,
 }
 
 /// The collector's settings, checked and complete.
@@ -156,7 +156,9 @@ pub struct CollectorConfig {
     pub store: StoreConfig,
     /// This collector's name in a shared store.
     pub collector_id: String,
-    /// The worker threads of the runtime that takes the agents' streams.
+    /// The worker threads of the runtime that takes the agents' streams:
+    /// read by `pgfleet-collector`, which builds that runtime; a collector
+    /// started by `server::start` runs on its caller's runtime.
     pub ingest_threads: usize,
 }
 
@@ -309,7 +311,10 @@ impl CollectorConfig {
                 id
             }
         };
-        let ingest_threads = match args.ingest_threads.or(file.ingest_threads) {
+        let ingest_threads = match args
+            .ingest_threads
+            .or(file.ingest_threads.map(|n| n.to_string()))
+        {
             None => default_ingest_threads(),
             Some(text) => match text.trim().parse::<usize>() {
                 Ok(n @ 1..=MAX_INGEST_THREADS) => n,
@@ -540,6 +545,28 @@ mod tests {
             assert!(err.starts_with("invalid `ingest_threads`"), "{err}");
             assert!(err.contains("from 1 to 256"), "{err}");
         }
+        // The file's key is a number; a flag wins over it.
+        let dir = std::env::temp_dir().join(format!("pgfleet-ingest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("collector.toml");
+        std::fs::write(&path, "ingest_threads = 4\n").unwrap();
+        let file =
+            CollectorArgs::parse_from(["pgfleet-collector", "--config", path.to_str().unwrap()]);
+        assert_eq!(CollectorConfig::resolve(file).unwrap().ingest_threads, 4);
+        let both = CollectorArgs::parse_from([
+            "pgfleet-collector",
+            "--config",
+            path.to_str().unwrap(),
+            "--ingest-threads",
+            "2",
+        ]);
+        assert_eq!(CollectorConfig::resolve(both).unwrap().ingest_threads, 2);
+        std::fs::write(&path, "ingest_threads = 0\n").unwrap();
+        let zero =
+            CollectorArgs::parse_from(["pgfleet-collector", "--config", path.to_str().unwrap()]);
+        let err = CollectorConfig::resolve(zero).unwrap_err().to_string();
+        assert!(err.starts_with("invalid `ingest_threads`"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

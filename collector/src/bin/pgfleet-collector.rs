@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("pgfleet-collector: cannot start the runtime: {e}");
+            eprintln!(
+                "pgfleet-collector: cannot start the runtime of {} ingest threads: {e}; give fewer with --ingest-threads",
+                config.ingest_threads
+            );
             return ExitCode::FAILURE;
         }
     };
