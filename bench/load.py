@@ -31,6 +31,7 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from statistics import mean
 
 from collector_ab import collector_argv, run_pair, us_per_batch
 from collector_load import WARMUP, build
@@ -79,7 +80,6 @@ def main() -> None:
                 print(r["build"], json.dumps(r), file=sys.stderr, flush=True)
                 runs[r["build"]].append(r)
         saved.write_text(json.dumps(runs))
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
     on = [us_per_batch(r) for r in runs["on"]]
     off = [us_per_batch(r) for r in runs["off"]]
     ratio = mean(on) / mean(off)
