@@ -5,6 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use pgfleet_proto::v1;
 use pgfleet_tests::{agent_binary, by_app, fleet_with, sessions, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,7 +462,9 @@ async fn the_collector_holds_exactly_the_servers_sessions_through_churn() {
 /// active, active → idle, idle → idle in transaction, idle in transaction →
 /// active, active → idle in transaction (which moves neither query_start nor
 /// xact_start), idle in transaction → idle, idle in transaction → aborted,
-/// aborted → idle, and active → active with another query.
+/// aborted → idle, and active → active with another query. Each new state
+/// must show in the first sample the agent takes after the changes, not
+/// merely at last (the agent reads every session in full now and then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_state_transition_between_two_samples_is_seen() {
     let fleet = fleet_with("db-moves", &[]).await;
@@ -502,11 +505,13 @@ async fn every_state_transition_between_two_samples_is_seen() {
         active_xact
     });
     let active_active = connect("m-active-active").await;
+    let (first_ended, first_done) = tokio::sync::oneshot::channel();
     let _active_active = tokio::spawn(async move {
         active_active
             .simple_query("SELECT pg_sleep(6)")
             .await
             .unwrap();
+        let _ = first_ended.send(());
         active_active
             .simple_query("SELECT pg_sleep(60), 'next'")
             .await
@@ -561,23 +566,64 @@ async fn every_state_transition_between_two_samples_is_seen() {
     aborted_idle.batch_execute("ROLLBACK").await.unwrap();
     let active_idle = active_idle.await.unwrap();
     let active_xact = active_xact.await.unwrap();
+    first_done.await.unwrap();
+    // The queries sent by the tasks above (and m-active-active's next one)
+    // reach the server well within this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let changed_by = std::time::SystemTime::now();
 
+    // The first sample taken after the changes: the agent's clock starts a
+    // sample before its statement goes, so each change is in it.
     let all = wait_for(
-        "every session in its new state",
+        "a sample taken after the changes",
         Duration::from_secs(4),
-        states(&[
-            ("m-idle-active", "active"),
-            ("m-idle-xact", "idle in transaction"),
-            ("m-xact-active", "active"),
-            ("m-xact-idle", "idle"),
-            ("m-xact-aborted", "idle in transaction (aborted)"),
-            ("m-aborted-idle", "idle"),
-            ("m-active-idle", "idle"),
-            ("m-active-xact", "idle in transaction"),
-            ("m-active-active", "active"),
-        ]),
+        || {
+            let mut c = client.clone();
+            async move {
+                let r = c
+                    .get_activity(v1::GetActivityRequest {
+                        server_id: "db-moves".to_owned(),
+                        include_background: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| format!("GetActivity failed: {s}"))?
+                    .into_inner();
+                let at = r.sampled_at.ok_or("no sampled_at")?;
+                let at = std::time::SystemTime::try_from(at).map_err(|e| e.to_string())?;
+                if at > changed_by {
+                    Ok(r.sessions)
+                } else {
+                    Err(format!(
+                        "the last sample is of {at:?}, before the changes ended"
+                    ))
+                }
+            }
+        },
     )
     .await;
+    let mut wrong = Vec::new();
+    for (app, state) in [
+        ("m-idle-active", "active"),
+        ("m-idle-xact", "idle in transaction"),
+        ("m-xact-active", "active"),
+        ("m-xact-idle", "idle"),
+        ("m-xact-aborted", "idle in transaction (aborted)"),
+        ("m-aborted-idle", "idle"),
+        ("m-active-idle", "idle"),
+        ("m-active-xact", "idle in transaction"),
+        ("m-active-active", "active"),
+    ] {
+        let s = by_app(&all, app).unwrap();
+        if s.state != state {
+            wrong.push(format!("{app} is {:?}, not {state:?}", s.state));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the first sample after the changes missed some: {}",
+        wrong.join("; ")
+    );
     let wait = |app: &str| {
         let s = by_app(&all, app).unwrap();
         format!("{}:{}", s.wait_event_type, s.wait_event)
