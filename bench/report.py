@@ -62,10 +62,12 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
 
 def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path, *, xlabel: str,
-          ylabel: str, colours: dict[str, str] | None = None) -> tuple[int, int]:
+          ylabel: str, colours: dict[str, str] | None = None,
+          dashed: set[str] | None = None) -> tuple[int, int]:
     """Lines of `series` (name: points of x and y), both axes logarithmic: a
-    small SVG, no library. Returns its width and height."""
-    w, h, left, right, top, bottom = 760, 420, 60, 200, 40, 50
+    small SVG, no library. A series named in `colours` takes that colour, and
+    one named in `dashed` is drawn dashed. Returns its width and height."""
+    w, h, left, right, top, bottom = 760, max(420, 100 + 18 * len(series)), 60, 200, 40, 50
     values = [v for pts in series.values() for _, v in pts if v > 0]
     ns = [n for pts in series.values() for n, _ in pts]
     lo_v, hi_v = 10 ** math.floor(math.log10(min(values))), 10 ** math.ceil(math.log10(max(values)))
@@ -89,9 +91,13 @@ def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path, *, 
         colour = (colours or {}).get(name, PALETTE[i % len(PALETTE)])
         pts = sorted(pts)
         line = " ".join(f"{x(n):.1f},{y(v):.1f}" for n, v in pts)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{line}"/>')
+        dash = ' stroke-dasharray="6 4"' if name in (dashed or set()) else ""
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2"{dash} points="{line}"/>')
         parts += [f'<circle cx="{x(n):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}"/>' for n, v in pts]
-        parts.append(f'<text x="{w - right + 12}" y="{top + 20 + 18 * i}" fill="{colour}">{name}</text>')
+        ly = top + 20 + 18 * i
+        parts.append(f'<line x1="{w - right + 8}" y1="{ly - 4}" x2="{w - right + 26}" y2="{ly - 4}" '
+                     f'stroke="{colour}" stroke-width="2"{dash}/>')
+        parts.append(f'<text x="{w - right + 30}" y="{ly}" fill="{colour}">{name}</text>')
     svg.write_text(f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
                    f'font-family="sans-serif" font-size="11">\n' + "\n".join(parts) + "\n</svg>\n")
     return w, h

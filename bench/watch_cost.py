@@ -180,11 +180,11 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
                          f"(at least 4×: {verdict(ratio >= 4)}).")
         lines.append("")
 
-    series: dict[str, list[tuple[int, float]]] = {}
-    first = results[0]["transport"]
+    # One line per process and transport: the first transport solid, the
+    # others dashed in the same colour.
+    by_transport: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for r in results:
-        if r["transport"] != first:
-            continue
+        series = by_transport.setdefault(r["transport"], {})
         n = r["sessions"]
         series.setdefault("agent backend", []).append((n, r["agent"]["backend_ms"]))
         series.setdefault("agent", []).append((n, r["agent"]["cpu_ms"]))
@@ -192,14 +192,27 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
             series.setdefault("agent before, backend", []).append((n, r["baseline"]["backend_ms"]))
         series.setdefault("SQLAlchemy backend", []).append((n, r["sqlalchemy"]["backend_ms"]))
         series.setdefault("SQLAlchemy (Python)", []).append((n, r["sqlalchemy"]["cpu_ms"]))
-    if len(series["agent backend"]) >= 2:
-        lines.append(f"Growth ({first}), the slope of log CPU against log sessions over "
-                     f"{', '.join(f'{n:,}' for n, _ in series['agent backend'])} sessions (1 is linear, 2 "
-                     "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
-        lines.append("")
+    first = results[0]["transport"]
+    if len(by_transport[first]["agent backend"]) >= 2:
+        for transport, series in by_transport.items():
+            lines.append(f"Growth ({transport}), the slope of log CPU against log sessions over "
+                         f"{', '.join(f'{n:,}' for n, _ in series['agent backend'])} sessions (1 is linear, 2 "
+                         "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
+            lines.append("")
+        drawn: dict[str, list[tuple[int, float]]] = {}
+        colours: dict[str, str] = {}
+        dashed: set[str] = set()
+        for transport, series in by_transport.items():
+            for name, pts in series.items():
+                label = f"{name} ({transport})"
+                drawn[label] = pts
+                colours[label] = COLOURS[name]
+                if transport != first:
+                    dashed.add(label)
         svg, png = ROOT / "bench/watch_cost.svg", ROOT / "bench/watch_cost.png"
-        size = chart(series, f"CPU per sample against sessions ({first}; both axes logarithmic)", svg,
-                     xlabel="sessions", ylabel="CPU ms per sample", colours=COLOURS)
+        transports = " solid, ".join(by_transport) + (" dashed" if len(by_transport) > 1 else "")
+        size = chart(drawn, f"CPU per sample against sessions ({transports}; both axes logarithmic)", svg,
+                     xlabel="sessions", ylabel="CPU ms per sample", colours=colours, dashed=dashed)
         image = "bench/watch_cost.png" if to_png(svg, size, png) else "bench/watch_cost.svg"
         lines += [f"![CPU per sample against sessions]({image})", ""]
     write_section(Path(args.output), "## The cost of watching a server", "\n".join(lines) + "\n")
