@@ -114,6 +114,10 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     # Readers ask on a port of their own, as the README advises for a large
     # fleet; every other GetActivity goes to the agents' port, timed apart.
     extra = ["--query-listen", f"127.0.0.1:{query_port}", *extra]
+    # bench/load.py runs this with arguments of its own, without these.
+    kept = getattr(args, "retention_frames", None)
+    if kept:
+        extra += ["--retention-frames", kept]
     collector = start_collector(bin_dir, port, data, log, store, extra)
     # Where this run's part of the store's log begins.
     pg_log_from = (cluster.dir / "log").stat().st_size if cluster is not None else 0
@@ -128,7 +132,9 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
                "--query", f"http://127.0.0.1:{query_port}", "--compare-listen",
                "--collector-pid", str(collector.pid), "--agents", str(n // per),
                "--servers-per-agent", str(per),
-               "--history-agents", str(max(1, min(20, n) // per)), "--connect-rate", str(args.connect_rate),
+               # An hour of history is not kept with a shorter retention.
+               "--history-agents", str(0 if kept else max(1, min(20, n) // per)),
+               "--connect-rate", str(args.connect_rate),
                "--warmup", f"{args.warmup}s", "--measure", f"{args.measure}s"]
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         started = time.monotonic()
@@ -270,7 +276,7 @@ def us_per_batch(r: dict):
     return r["collector_cores"] / snapshots_per_s(r) * 1e6
 
 
-def draw(runs: list[dict], store: str, per: int = 1) -> str | None:
+def draw(runs: list[dict], store: str, per: int = 1, kept: str | None = None) -> str | None:
     """The chart of CPU per batch and memory per server against N; its path,
     from the repository root."""
     from report import chart, to_png
@@ -286,9 +292,9 @@ def draw(runs: list[dict], store: str, per: int = 1) -> str | None:
         f"target memory ({TARGETS['kib']:.0f} KiB)": [(x, TARGETS["kib"]) for x in ns],
     }
     name = ("collector_load" if store == "sqlite" else "collector_load_postgres") + (
-        f"_{per}_per_agent" if per > 1 else "")
+        f"_{per}_per_agent" if per > 1 else "") + (f"_kept_{kept}" if kept else "")
     svg, png = ROOT / f"bench/{name}.svg", ROOT / f"bench/{name}.png"
-    carried = "" if per == 1 else f"; {per} servers per agent"
+    carried = ("" if per == 1 else f"; {per} servers per agent") + (f"; frames kept {kept}" if kept else "")
     size = chart(series, f"The collector against servers ({store} store{carried}; both axes logarithmic)", svg,
                  xlabel="servers (agents at 1 Hz)" if per == 1 else f"servers (on N/{per} agents at 1 Hz)", ylabel="per batch, per server, cores")
     return f"bench/{name}.png" if to_png(svg, size, png) else f"bench/{name}.svg"
@@ -317,11 +323,17 @@ def main() -> None:
                    help="servers each agent carries on its one stream (N stays the servers)")
     p.add_argument("--storm", default="",
                    help="then restart the collector under each of these numbers of agents (e.g. 5000,10000) and time their return")
+    p.add_argument("--retention-frames", metavar="DURATION",
+                   help="the collector's --retention-frames (e.g. 1m): with one shorter than the "
+                        "warm-up, the window is at the steady state of a collector past its retention, "
+                        "deleting each minute a minute of frames (`at` an hour back is then not timed)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     title = TITLE if args.store == "sqlite" else TITLE + ", PostgreSQL store"
     if args.servers_per_agent > 1:
         title += f", {args.servers_per_agent} servers per agent"
+    if args.retention_frames:
+        title += f", frames kept {args.retention_frames}"
     fleets = [int(x) for x in args.fleets.split(",") if x]
     per = args.servers_per_agent
     if per < 1 or any(n % per or n < per for n in fleets):
@@ -335,6 +347,7 @@ def main() -> None:
             ("--connect-rate", args.connect_rate, 500), ("--store", args.store, "sqlite"),
             ("--servers-per-agent", args.servers_per_agent, 1),
             ("--storm", args.storm, ""),
+            ("--retention-frames", args.retention_frames, None),
         ] if value != default)
 
     # One connection per agent on each side.
@@ -404,10 +417,10 @@ def load_section(runs: list[dict], args, title: str, command: str, cluster) -> N
 - memory: {fmt(best['collector_kib_per_server'], 0)} KiB per live server (target ≤ {TARGETS['kib']:.0f} KiB: {verdict(best['collector_kib_per_server'] <= TARGETS['kib'])});
 - FleetSummary p99: {fmt(best['fleet_summary_p99_ms'], 2)} ms (target ≤ 20 ms at {TARGETS['servers']:,} servers: {verdict(full and best['fleet_summary_p99_ms'] <= TARGETS['summary_ms'])});
 - GetActivity p99: {fmt(best['get_activity_p99_ms'], 2)} ms on the readers' port (target ≤ 5 ms at {TARGETS['servers']:,} servers: {verdict(full and best['get_activity_p99_ms'] <= TARGETS['activity_ms'])}); {fmt(best.get('get_activity_listen_p99_ms'), 2)} ms on the agents' port in the same run;
-- `GetActivity … at` an hour back: """ + (f"""{fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions).""" if best['at_1h_sessions'] else "not timed (the hour of history was not all sent within 3 minutes).")
+- `GetActivity … at` an hour back: """ + (f"""{fmt(best['at_1h_p50_ms'], 1)} ms median, {fmt(best['at_1h_max_ms'], 1)} ms at most, over {len(best['at_1h_sessions'])} servers (each answered with {sorted(set(best['at_1h_sessions']))} sessions).""" if best['at_1h_sessions'] else (f"not timed: frames are kept {args.retention_frames}." if args.retention_frames else "not timed (the hour of history was not all sent within 3 minutes)."))
     else:
         headline = "No fleet size held: every run missed the p99 freshness of 2 s or lost agents."
-    image = draw(runs, args.store, per)
+    image = draw(runs, args.store, per, args.retention_frames)
     if image:
         headline += f"\n\n![The collector's CPU per batch and memory per server against servers]({image})"
     machine = machine_name()
@@ -424,13 +437,16 @@ def load_section(runs: list[dict], args, title: str, command: str, cluster) -> N
                       f"carries a snapshot of each of its agent's servers, zstd")
         held_rate = f"batches/s times {per}"
         per_what = f"server samples a second (batches/s times {per}): the CPU per server sample"
+    kept_note = (f" The collector keeps frames {args.retention_frames} (`--retention-frames`), so in the window it "
+                 "deletes each minute the minute of frames past it, as a collector past its retention does "
+                 "(with the default of 24 h, a day after it started)." if args.retention_frames else "")
     section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector, {store} and the generator share the machine.
 
 {headline}
 
-Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s. *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Readers ask on the collector's readers' port (`--query-listen`), whose threads take 5 steps of nice (this runs as root) and a 0.1 ms time slice; every other GetActivity goes to the agents' port (`--listen`) instead, timed apart, in the column *on --listen*. The generator's reader stands for a tool on another machine, and takes 10 steps of nice and the same slice, so that it does not wait behind the generator's agents{reader_nice(runs)}. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/{unit} is the collector's cores over {per_what}.
+Each row is one run: {agents_are}, {args.warmup} s after the last connected, measured for {args.measure} s.{kept_note} *Held* means every agent streamed at 1 Hz ({held_rate} at least 98% of N), every server was up, and the p99 freshness stayed at most 2 s. Freshness is now minus the time of the sample a random server's GetActivity returned, so at 1 Hz it is at least 0–1 s by itself. Readers ask on the collector's readers' port (`--query-listen`), whose threads take 5 steps of nice (this runs as root) and a 0.1 ms time slice; every other GetActivity goes to the agents' port (`--listen`) instead, timed apart, in the column *on --listen*. The generator's reader stands for a tool on another machine, and takes 10 steps of nice and the same slice, so that it does not wait behind the generator's agents{reader_nice(runs)}. Times are p50 / p99 (`at`: median / max). Memory is the collector's RSS less its RSS before the agents came, over N. Cores are CPU seconds per second; µs/{unit} is the collector's cores over {per_what}.
 
 | N | held | batches/s | freshness ms | GetActivity ms | GetActivity on --listen ms | FleetSummary ms | `at` −1 h ms | KiB/server | collector RSS MiB | collector cores | µs/{unit} | generator cores | store MiB |{extra_head} agent errors |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{"---|" if cluster is not None else ""}

@@ -234,9 +234,15 @@ pub struct Resume {
 trait Sink: Send + 'static {
     /// Commits `ops` in one transaction.
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String>;
-    /// Deletes history past `retention` at `now`: how many frames and
-    /// rollups (or partitions) went.
+    /// Deletes history past `retention` at `now`, every [`PRUNE_EVERY`]:
+    /// how many frames and rollups (or partitions) went. A store may leave
+    /// some of it to [`Sink::prune_step`].
     fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String>;
+    /// A share of what [`Sink::prune`] left, after each commit, so that no
+    /// commit waits behind all of it: how many frames went.
+    fn prune_step(&mut self) -> Result<usize, String> {
+        Ok(0)
+    }
 }
 
 /// Where reads go.
@@ -670,6 +676,8 @@ fn write_loop(
     texts: Pending,
 ) {
     let mut last_prune: Option<Instant> = None;
+    // What the last round deleted, said when the next starts.
+    let mut pruned = (0, 0);
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
         let mut flush = matches!(first.1, Op::Flush(_));
@@ -718,11 +726,17 @@ fn write_loop(
         }
         if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
             last_prune = Some(Instant::now());
+            if pruned != (0, 0) {
+                let (frames, rollups) = std::mem::take(&mut pruned);
+                info!(frames, rollups, "Deleted history past its retention.");
+            }
             match sink.prune(retention, now_micros()) {
-                Ok((0, 0)) => {}
-                Ok((frames, rollups)) => {
-                    info!(frames, rollups, "Deleted history past its retention.")
-                }
+                Ok((frames, rollups)) => pruned = (frames, rollups),
+                Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
+            }
+        } else {
+            match sink.prune_step() {
+                Ok(frames) => pruned.0 += frames,
                 Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
             }
         }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -162,7 +163,39 @@ pub(super) struct SqliteSink {
     last_frame: i64,
     /// Whether the next commit indexes every group (tests).
     all: bool,
+    /// The round of deleting past retention under way, done a share after
+    /// each commit.
+    pruning: Option<Pruning>,
 }
+
+/// A round of deleting history past its retention (one every
+/// `PRUNE_EVERY`), spread over the commits that follow it. Deleted at once,
+/// a minute of frames at 10,000 servers (600,000 rows, and each server's
+/// entries in the index) held the writer for some 1.6 s, in which the
+/// queue filled and the live view stood still.
+struct Pruning {
+    /// Frames before the first at or after this go.
+    cutoff: Micros,
+    /// Whether every frame before the cutoff is gone.
+    frames_done: bool,
+    /// The servers in the index, and the next whose old entries go.
+    servers: Vec<String>,
+    next: usize,
+    started: Instant,
+    /// Over how long the index's old entries go.
+    index_over: Duration,
+}
+
+/// How long, at most, a share of a round deletes frames after a commit: the
+/// writer gathers for [`super::COMMIT_EVERY`] between commits, and at 10,000
+/// servers deletes some 10,000 frames a second (about 3 µs each here).
+const PRUNE_BUDGET: Duration = Duration::from_millis(25);
+
+/// Frames deleted in one statement, within [`PRUNE_BUDGET`].
+const PRUNE_CHUNK: i64 = 1000;
+
+/// The index's old entries go a server at a time over this much of a round.
+const PRUNE_INDEX_OVER: Duration = Duration::from_secs(45);
 
 /// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
 /// connection for reads with the frames it has yet to index, what the file
@@ -202,6 +235,7 @@ pub(super) fn open(
         turn: 0,
         last_frame,
         all: false,
+        pruning: None,
     };
     Ok((sink, reader, unindexed, loaded, place))
 }
@@ -646,33 +680,29 @@ pub(super) fn texts(
     Ok(out)
 }
 
-/// Deletes frames and rollups older than their retention at `now`.
-fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<(usize, usize)> {
-    let tx = db.unchecked_transaction()?;
-    let pruned = prune_in(&tx, retention, now)?;
-    tx.commit()?;
-    Ok(pruned)
+/// Deletes the oldest frames, at most `limit`, that are before the first at
+/// or after `cutoff`: how many went. Frames are in the order they were
+/// applied, so those past the cutoff are the ones before the first that is
+/// not, found by reading only them. The last frame stays whatever its age:
+/// SQLite numbers a row one past the largest, so an empty table would
+/// number its frames again from 1, below `frames_indexed_to`.
+fn prune_frames(db: &Connection, cutoff: Micros, limit: i64) -> rusqlite::Result<usize> {
+    db.execute(
+        "WITH oldest AS (SELECT id, at FROM frames ORDER BY id LIMIT ?2)
+         DELETE FROM frames WHERE id < min(
+             coalesce((SELECT min(id) FROM oldest WHERE at >= ?1),
+                      (SELECT max(id) + 1 FROM oldest)),
+             (SELECT max(id) FROM frames))",
+        params![cutoff, limit],
+    )
 }
 
-fn prune_in(
-    db: &Connection,
-    retention: Retention,
-    now: Micros,
-) -> rusqlite::Result<(usize, usize)> {
-    // Frames are in the order they were applied, so those past the cutoff
-    // are the ones before the first that is not: found by reading only them.
-    // The last frame stays whatever its age: SQLite numbers a row one past
-    // the largest, so an empty table would number its frames again from 1,
-    // below `frames_indexed_to`.
-    let cutoff = now - retention.frames.as_micros() as i64;
-    let frames = db.execute(
-        "DELETE FROM frames WHERE id < coalesce(
-             (SELECT id FROM frames WHERE at >= ?1 ORDER BY id LIMIT 1),
-             (SELECT max(id) FROM frames))",
-        params![cutoff],
-    )?;
-    // The index, a server at a time (it is in server order), each server
-    // found by a step through the index to the next (not by reading it all).
+/// A server's entries in the index before the cutoff.
+const UNINDEX: &str = "DELETE FROM frame_index WHERE server_id = ?1 AND at < ?2";
+
+/// The servers in the index, each found by a step through the index to the
+/// next (it is in server order), not by reading it all.
+fn indexed_servers(db: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut servers = db.prepare(
         "WITH RECURSIVE s(id) AS (
              SELECT min(server_id) FROM frame_index
@@ -681,14 +711,14 @@ fn prune_in(
                  FROM s WHERE s.id IS NOT NULL)
          SELECT id FROM s WHERE id IS NOT NULL",
     )?;
-    let servers = servers
+    servers
         .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut unindex =
-        db.prepare_cached("DELETE FROM frame_index WHERE server_id = ?1 AND at < ?2")?;
-    for server_id in servers {
-        unindex.execute(params![server_id, cutoff])?;
-    }
+        .collect::<rusqlite::Result<Vec<_>>>()
+}
+
+/// Deletes the minutes, load, hours, statement statistics and dictionaries
+/// past the rollups' retention: how many rows of the first four went.
+fn prune_rollups(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<usize> {
     let rollups_before = now - retention.rollups.as_micros() as i64;
     let rollups = db.execute(
         "DELETE FROM rollups WHERE minute < ?1",
@@ -711,7 +741,62 @@ fn prune_in(
         "DELETE FROM load_keys WHERE hour <= ?1",
         params![rollups_before - HOUR_US],
     )?;
-    Ok((frames, rollups + load + hours + statements))
+    Ok(rollups + load + hours + statements)
+}
+
+impl Pruning {
+    /// Starts a round at `now`: the rollups past their retention go at
+    /// once (a minute's worth of rows a server), the frames and the index
+    /// over the commits that follow ([`Pruning::step`]).
+    fn start(
+        db: &Connection,
+        retention: Retention,
+        now: Micros,
+        index_over: Duration,
+    ) -> rusqlite::Result<(Pruning, usize)> {
+        let tx = db.unchecked_transaction()?;
+        let rollups = prune_rollups(&tx, retention, now)?;
+        let servers = indexed_servers(&tx)?;
+        tx.commit()?;
+        let round = Pruning {
+            cutoff: now - retention.frames.as_micros() as i64,
+            frames_done: false,
+            servers,
+            next: 0,
+            started: Instant::now(),
+            index_over,
+        };
+        Ok((round, rollups))
+    }
+
+    /// A share of the round: frames, oldest first, for at most
+    /// [`PRUNE_BUDGET`], and the index's old entries of the servers due by
+    /// now; how many frames went. Whether the round is over.
+    fn step(&mut self, db: &Connection) -> rusqlite::Result<(usize, bool)> {
+        let started = Instant::now();
+        let tx = db.unchecked_transaction()?;
+        let mut frames = 0;
+        while !self.frames_done && started.elapsed() < PRUNE_BUDGET {
+            let n = prune_frames(&tx, self.cutoff, PRUNE_CHUNK)?;
+            frames += n;
+            self.frames_done = (n as i64) < PRUNE_CHUNK;
+        }
+        let due = if self.index_over.is_zero() {
+            self.servers.len()
+        } else {
+            let share = self.started.elapsed().as_secs_f64() / self.index_over.as_secs_f64();
+            ((self.servers.len() as f64 * share).ceil() as usize).min(self.servers.len())
+        };
+        if self.next < due {
+            let mut unindex = tx.prepare_cached(UNINDEX)?;
+            for server_id in &self.servers[self.next..due] {
+                unindex.execute(params![server_id, self.cutoff])?;
+            }
+            self.next = due;
+        }
+        tx.commit()?;
+        Ok((frames, self.frames_done && self.next == self.servers.len()))
+    }
 }
 
 /// `server_id`'s frames in `[start, end]`, in `frame_index` and in `recent`,
@@ -856,7 +941,24 @@ impl Sink for SqliteSink {
     }
 
     fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
-        prune(&self.db, retention, now).map_err(|e| e.to_string())
+        // What a round before left undone goes in this one, whose cutoff is
+        // later.
+        let (round, rollups) = Pruning::start(&self.db, retention, now, PRUNE_INDEX_OVER)
+            .map_err(|e| e.to_string())?;
+        self.pruning = Some(round);
+        let frames = self.prune_step()?;
+        Ok((frames, rollups))
+    }
+
+    fn prune_step(&mut self) -> Result<usize, String> {
+        let Some(round) = &mut self.pruning else {
+            return Ok(0);
+        };
+        let (frames, over) = round.step(&self.db).map_err(|e| e.to_string())?;
+        if over {
+            self.pruning = None;
+        }
+        Ok(frames)
     }
 }
 
@@ -1028,6 +1130,77 @@ mod tests {
             facts: None,
             databases: Vec::new(),
         }
+    }
+
+    /// A whole round of deleting past `retention` at `now`, as the writer
+    /// does it over its commits, every share at once: how many frames and
+    /// rollups went.
+    fn prune(
+        db: &Connection,
+        retention: Retention,
+        now: Micros,
+    ) -> rusqlite::Result<(usize, usize)> {
+        let (mut round, rollups) = Pruning::start(db, retention, now, Duration::ZERO)?;
+        let mut frames = 0;
+        loop {
+            let (n, over) = round.step(db)?;
+            frames += n;
+            if over {
+                return Ok((frames, rollups));
+            }
+        }
+    }
+
+    #[test]
+    fn a_round_of_deleting_goes_a_chunk_at_a_time_and_spreads_the_index_over_its_time() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        let now = 100 * 86_400_000_000;
+        let hour = 3_600_000_000;
+        let frame = |server: &str, at: i64| {
+            db.execute(
+                "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, 1, x'')",
+                params![server, at],
+            )
+            .unwrap();
+        };
+        // More old frames than a chunk, over three servers; then a recent
+        // one, and after it (applied later) two old ones of a server's
+        // history sent late, which stay: frames go in the order applied.
+        let old = 2 * PRUNE_CHUNK + 500;
+        for i in 0..old {
+            frame(["a", "b", "c"][i as usize % 3], now - 30 * hour + i);
+        }
+        frame("a", now - hour);
+        frame("b", now - 28 * hour);
+        frame("b", now - 27 * hour);
+        index_the_rest(&db).unwrap();
+        let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+
+        let (mut round, _) =
+            Pruning::start(&db, Retention::default(), now, Duration::from_secs(3600)).unwrap();
+        assert_eq!(round.servers, ["a", "b", "c"]);
+        let (frames, over) = round.step(&db).unwrap();
+        assert_eq!(
+            frames, old as usize,
+            "every old frame before the recent one, in chunks"
+        );
+        assert_eq!(count("SELECT count(*) FROM frames"), 3);
+        // The index's old entries go over the round's time: one server due
+        // at its start, not yet the others.
+        assert!(!over);
+        assert_eq!(round.next, 1);
+        assert_eq!(
+            count("SELECT count(*) FROM frame_index WHERE server_id = 'a'"),
+            1,
+            "a's old entries went"
+        );
+        assert!(count("SELECT count(*) FROM frame_index WHERE server_id = 'c'") > 0);
+
+        // The whole round at once: what is left of the index goes.
+        assert_eq!(prune(&db, Retention::default(), now).unwrap(), (0, 0));
+        assert_eq!(count("SELECT count(*) FROM frame_index"), 1);
+        assert_eq!(count("SELECT count(*) FROM frames"), 3);
     }
 
     #[test]
