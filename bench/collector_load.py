@@ -114,8 +114,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
     # Readers ask on a port of their own, as the README advises for a large
     # fleet; every other GetActivity goes to the agents' port, timed apart.
     extra = ["--query-listen", f"127.0.0.1:{query_port}", *extra]
-    # bench/load.py runs this with arguments of its own, without these.
-    kept = getattr(args, "retention_frames", None)
+    kept = args.retention_frames
     if kept:
         extra += ["--retention-frames", kept]
     collector = start_collector(bin_dir, port, data, log, store, extra)
@@ -126,8 +125,7 @@ def one_run(bin_dir: Path, n: int, args, cluster=None, extra=()) -> dict:
         pg_pids = postgres_pids(cluster) if cluster is not None else []
         pg_before = sum(map(cpu_ns, pg_pids))
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # bench/load.py runs this with arguments of its own, without one.
-        per = getattr(args, "servers_per_agent", 1)
+        per = args.servers_per_agent
         cmd = [str(bin_dir / "pgfleet-loadgen"), "--collector", f"http://127.0.0.1:{port}",
                "--query", f"http://127.0.0.1:{query_port}", "--compare-listen",
                "--collector-pid", str(collector.pid), "--agents", str(n // per),

@@ -67,7 +67,7 @@ def chart(series: dict[str, list[tuple[int, float]]], title: str, svg: Path, *, 
     """Lines of `series` (name: points of x and y), both axes logarithmic: a
     small SVG, no library. A series named in `colours` takes that colour, and
     one named in `dashed` is drawn dashed. Returns its width and height."""
-    w, h, left, right, top, bottom = 760, max(420, 100 + 18 * len(series)), 60, 200, 40, 50
+    w, h, left, right, top, bottom = 790, max(420, 100 + 18 * len(series)), 60, 230, 40, 50
     values = [v for pts in series.values() for _, v in pts if v > 0]
     ns = [n for pts in series.values() for n, _ in pts]
     lo_v, hi_v = 10 ** math.floor(math.log10(min(values))), 10 ** math.ceil(math.log10(max(values)))

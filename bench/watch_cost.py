@@ -195,6 +195,8 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
     first = results[0]["transport"]
     if len(by_transport[first]["agent backend"]) >= 2:
         for transport, series in by_transport.items():
+            if len(series["agent backend"]) < 2:
+                continue
             lines.append(f"Growth ({transport}), the slope of log CPU against log sessions over "
                          f"{', '.join(f'{n:,}' for n, _ in series['agent backend'])} sessions (1 is linear, 2 "
                          "quadratic): " + "; ".join(f"{name} {exponent(pts):.2f}" for name, pts in series.items()) + ".")
@@ -210,7 +212,8 @@ def write_report(args, command: str, results: list[dict], baseline: Path | None)
                 if transport != first:
                     dashed.add(label)
         svg, png = ROOT / "bench/watch_cost.svg", ROOT / "bench/watch_cost.png"
-        transports = " solid, ".join(by_transport) + (" dashed" if len(by_transport) > 1 else "")
+        others = [t for t in by_transport if t != first]
+        transports = f"{first} solid" + (f", {', '.join(others)} dashed" if others else "")
         size = chart(drawn, f"CPU per sample against sessions ({transports}; both axes logarithmic)", svg,
                      xlabel="sessions", ylabel="CPU ms per sample", colours=colours, dashed=dashed)
         image = "bench/watch_cost.png" if to_png(svg, size, png) else "bench/watch_cost.svg"

@@ -567,9 +567,51 @@ async fn every_state_transition_between_two_samples_is_seen() {
     let active_idle = active_idle.await.unwrap();
     let active_xact = active_xact.await.unwrap();
     first_done.await.unwrap();
-    // The queries sent by the tasks above (and m-active-active's next one)
-    // reach the server well within this.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new_states = [
+        ("m-idle-active", "active"),
+        ("m-idle-xact", "idle in transaction"),
+        ("m-xact-active", "active"),
+        ("m-xact-idle", "idle"),
+        ("m-xact-aborted", "idle in transaction (aborted)"),
+        ("m-aborted-idle", "idle"),
+        ("m-active-idle", "idle"),
+        ("m-active-xact", "idle in transaction"),
+        ("m-active-active", "active"),
+    ];
+    // Every change in place on the server (the queries the tasks above
+    // sent, and m-active-active's next one), as pg_stat_activity shows it,
+    // before the time is taken.
+    let watcher = connect("t-watcher").await;
+    let watcher = &watcher;
+    wait_for(
+        "the server to show every new state",
+        Duration::from_secs(10),
+        || async move {
+            let rows = watcher
+                .query(
+                    "SELECT application_name, state FROM pg_stat_activity
+                     WHERE application_name LIKE 'm-%'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let now: Vec<(String, Option<String>)> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let wrong: Vec<_> = new_states
+                .iter()
+                .filter(|(app, state)| {
+                    !now.iter()
+                        .any(|(a, s)| a == app && s.as_deref() == Some(*state))
+                })
+                .collect();
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not yet: {wrong:?}"))
+            }
+        },
+    )
+    .await;
     let changed_by = std::time::SystemTime::now();
 
     // The first sample taken after the changes: the agent's clock starts a
@@ -603,17 +645,7 @@ async fn every_state_transition_between_two_samples_is_seen() {
     )
     .await;
     let mut wrong = Vec::new();
-    for (app, state) in [
-        ("m-idle-active", "active"),
-        ("m-idle-xact", "idle in transaction"),
-        ("m-xact-active", "active"),
-        ("m-xact-idle", "idle"),
-        ("m-xact-aborted", "idle in transaction (aborted)"),
-        ("m-aborted-idle", "idle"),
-        ("m-active-idle", "idle"),
-        ("m-active-xact", "idle in transaction"),
-        ("m-active-active", "active"),
-    ] {
+    for (app, state) in new_states {
         let s = by_app(&all, app).unwrap();
         if s.state != state {
             wrong.push(format!("{app} is {:?}, not {state:?}", s.state));

@@ -676,8 +676,10 @@ fn write_loop(
     texts: Pending,
 ) {
     let mut last_prune: Option<Instant> = None;
-    // What the last round deleted, said when the next starts.
+    // What the last round deleted, said when the next starts; and whether
+    // a step of this round failed (said once a round).
     let mut pruned = (0, 0);
+    let mut step_failed = false;
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
         let mut flush = matches!(first.1, Op::Flush(_));
@@ -730,6 +732,7 @@ fn write_loop(
                 let (frames, rollups) = std::mem::take(&mut pruned);
                 info!(frames, rollups, "Deleted history past its retention.");
             }
+            step_failed = false;
             match sink.prune(retention, now_micros()) {
                 Ok((frames, rollups)) => pruned = (frames, rollups),
                 Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
@@ -737,7 +740,11 @@ fn write_loop(
         } else {
             match sink.prune_step() {
                 Ok(frames) => pruned.0 += frames,
-                Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
+                Err(e) if !step_failed => {
+                    step_failed = true;
+                    warn!(error = %e, "Cannot delete history past its retention; trying again after the next commits.");
+                }
+                Err(e) => debug!(error = %e, "Still cannot delete history past its retention."),
             }
         }
     }

@@ -178,25 +178,35 @@ struct Pruning {
     cutoff: Micros,
     /// Whether every frame before the cutoff is gone.
     frames_done: bool,
-    /// The servers in the index, and the next whose old entries go.
+    /// The servers in the index, in the order their old entries go, and
+    /// the next.
     servers: Vec<String>,
     next: usize,
     started: Instant,
-    /// Over how long the index's old entries go.
+    pace: Pace,
+}
+
+/// How a round goes.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// After each commit, no chunk of frames starts, nor a server's entries
+    /// in the index past the first, once this is spent.
+    budget: Duration,
+    /// Frames deleted in one statement.
+    chunk: i64,
+    /// Every server's old entries in the index are due this long into the
+    /// round.
     index_over: Duration,
 }
 
-/// How long, at most, a share of a round deletes frames after a commit: the
-/// writer gathers for [`super::COMMIT_EVERY`] between commits, and at 10,000
-/// servers deletes some 10,000 frames a second (about 3 µs each here).
-const PRUNE_BUDGET: Duration = Duration::from_millis(25);
-
-/// Frames deleted in one statement, within [`PRUNE_BUDGET`].
-const PRUNE_CHUNK: i64 = 1000;
-
-/// The index's old entries go a server at a time over this much of a round.
-const PRUNE_INDEX_OVER: Duration = Duration::from_secs(45);
-
+/// The writer gathers for [`super::COMMIT_EVERY`] between commits; at
+/// 10,000 servers it deletes some 10,000 frames a second, about 3 µs each
+/// here, and a few hundred servers' old entries in the index.
+const PACE: Pace = Pace {
+    budget: Duration::from_millis(25),
+    chunk: 1000,
+    index_over: Duration::from_secs(45),
+};
 /// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
 /// connection for reads with the frames it has yet to index, what the file
 /// holds, and its name.
@@ -747,55 +757,79 @@ fn prune_rollups(db: &Connection, retention: Retention, now: Micros) -> rusqlite
 impl Pruning {
     /// Starts a round at `now`: the rollups past their retention go at
     /// once (a minute's worth of rows a server), the frames and the index
-    /// over the commits that follow ([`Pruning::step`]).
+    /// over the commits that follow ([`Pruning::step`]). The index's
+    /// servers go from the first after `after` on (the last whose entries a
+    /// round left unfinished went), so that none waits for ever behind the
+    /// others.
     fn start(
         db: &Connection,
         retention: Retention,
         now: Micros,
-        index_over: Duration,
+        after: Option<&str>,
+        pace: Pace,
     ) -> rusqlite::Result<(Pruning, usize)> {
         let tx = db.unchecked_transaction()?;
         let rollups = prune_rollups(&tx, retention, now)?;
-        let servers = indexed_servers(&tx)?;
+        let mut servers = indexed_servers(&tx)?;
         tx.commit()?;
+        if let Some(after) = after {
+            let from = servers.partition_point(|s| s.as_str() <= after);
+            servers.rotate_left(from);
+        }
         let round = Pruning {
             cutoff: now - retention.frames.as_micros() as i64,
             frames_done: false,
             servers,
             next: 0,
             started: Instant::now(),
-            index_over,
+            pace,
         };
         Ok((round, rollups))
     }
 
-    /// A share of the round: frames, oldest first, for at most
-    /// [`PRUNE_BUDGET`], and the index's old entries of the servers due by
-    /// now; how many frames went. Whether the round is over.
+    /// A share of the round, in one transaction: frames, oldest first, a
+    /// chunk at a time while the budget lasts; then the index's old
+    /// entries of the servers due by now, at least one, more while the
+    /// budget lasts. How many frames went, and whether the round is over.
     fn step(&mut self, db: &Connection) -> rusqlite::Result<(usize, bool)> {
         let started = Instant::now();
+        let spent = || started.elapsed() >= self.pace.budget;
         let tx = db.unchecked_transaction()?;
         let mut frames = 0;
-        while !self.frames_done && started.elapsed() < PRUNE_BUDGET {
-            let n = prune_frames(&tx, self.cutoff, PRUNE_CHUNK)?;
+        let mut frames_done = self.frames_done;
+        while !frames_done {
+            let n = prune_frames(&tx, self.cutoff, self.pace.chunk)?;
             frames += n;
-            self.frames_done = (n as i64) < PRUNE_CHUNK;
+            frames_done = (n as i64) < self.pace.chunk;
+            if spent() {
+                break;
+            }
         }
-        let due = if self.index_over.is_zero() {
+        let due = if self.pace.index_over.is_zero() {
             self.servers.len()
         } else {
-            let share = self.started.elapsed().as_secs_f64() / self.index_over.as_secs_f64();
+            let share = self.started.elapsed().as_secs_f64() / self.pace.index_over.as_secs_f64();
             ((self.servers.len() as f64 * share).ceil() as usize).min(self.servers.len())
         };
-        if self.next < due {
+        let mut next = self.next;
+        if next < due {
             let mut unindex = tx.prepare_cached(UNINDEX)?;
-            for server_id in &self.servers[self.next..due] {
-                unindex.execute(params![server_id, self.cutoff])?;
+            while next < due && (next == self.next || !spent()) {
+                unindex.execute(params![self.servers[next], self.cutoff])?;
+                next += 1;
             }
-            self.next = due;
         }
         tx.commit()?;
-        Ok((frames, self.frames_done && self.next == self.servers.len()))
+        // Only what is committed counts as done.
+        self.frames_done = frames_done;
+        self.next = next;
+        Ok((frames, frames_done && next == self.servers.len()))
+    }
+
+    /// The last server whose old entries went, if the round left some.
+    fn unfinished_after(&self) -> Option<&str> {
+        (self.next > 0 && self.next < self.servers.len())
+            .then(|| self.servers[self.next - 1].as_str())
     }
 }
 
@@ -942,12 +976,15 @@ impl Sink for SqliteSink {
 
     fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
         // What a round before left undone goes in this one, whose cutoff is
-        // later.
-        let (round, rollups) = Pruning::start(&self.db, retention, now, PRUNE_INDEX_OVER)
+        // later; its frames and index after the commits that follow.
+        let after = self
+            .pruning
+            .as_ref()
+            .and_then(|r| r.unfinished_after().map(str::to_owned));
+        let (round, rollups) = Pruning::start(&self.db, retention, now, after.as_deref(), PACE)
             .map_err(|e| e.to_string())?;
         self.pruning = Some(round);
-        let frames = self.prune_step()?;
-        Ok((frames, rollups))
+        Ok((0, rollups))
     }
 
     fn prune_step(&mut self) -> Result<usize, String> {
@@ -1140,7 +1177,11 @@ mod tests {
         retention: Retention,
         now: Micros,
     ) -> rusqlite::Result<(usize, usize)> {
-        let (mut round, rollups) = Pruning::start(db, retention, now, Duration::ZERO)?;
+        let pace = Pace {
+            index_over: Duration::ZERO,
+            ..PACE
+        };
+        let (mut round, rollups) = Pruning::start(db, retention, now, None, pace)?;
         let mut frames = 0;
         loop {
             let (n, over) = round.step(db)?;
@@ -1167,7 +1208,8 @@ mod tests {
         // More old frames than a chunk, over three servers; then a recent
         // one, and after it (applied later) two old ones of a server's
         // history sent late, which stay: frames go in the order applied.
-        let old = 2 * PRUNE_CHUNK + 500;
+        let chunk = 1000;
+        let old = 2 * chunk + 500;
         for i in 0..old {
             frame(["a", "b", "c"][i as usize % 3], now - 30 * hour + i);
         }
@@ -1177,18 +1219,22 @@ mod tests {
         index_the_rest(&db).unwrap();
         let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
 
-        let (mut round, _) =
-            Pruning::start(&db, Retention::default(), now, Duration::from_secs(3600)).unwrap();
+        // No budget: a chunk of frames and one server's index a step.
+        let pace = Pace {
+            budget: Duration::ZERO,
+            chunk,
+            index_over: Duration::from_secs(3600),
+        };
+        let (mut round, _) = Pruning::start(&db, Retention::default(), now, None, pace).unwrap();
         assert_eq!(round.servers, ["a", "b", "c"]);
-        let (frames, over) = round.step(&db).unwrap();
-        assert_eq!(
-            frames, old as usize,
-            "every old frame before the recent one, in chunks"
-        );
+        let mut steps = Vec::new();
+        while !round.frames_done {
+            steps.push(round.step(&db).unwrap().0);
+        }
+        assert_eq!(steps, [1000, 1000, 500], "the old frames, a chunk a step");
         assert_eq!(count("SELECT count(*) FROM frames"), 3);
         // The index's old entries go over the round's time: one server due
-        // at its start, not yet the others.
-        assert!(!over);
+        // at its start (and at least one a step), not all.
         assert_eq!(round.next, 1);
         assert_eq!(
             count("SELECT count(*) FROM frame_index WHERE server_id = 'a'"),
@@ -1197,7 +1243,15 @@ mod tests {
         );
         assert!(count("SELECT count(*) FROM frame_index WHERE server_id = 'c'") > 0);
 
-        // The whole round at once: what is left of the index goes.
+        // The next round, started before this one is over, goes on from the
+        // server after the last it reached.
+        let after = round.unfinished_after().map(str::to_owned);
+        assert_eq!(after.as_deref(), Some("a"));
+        let (round, _) =
+            Pruning::start(&db, Retention::default(), now, after.as_deref(), pace).unwrap();
+        assert_eq!(round.servers, ["b", "c", "a"]);
+
+        // A whole round at once: what is left of the index goes.
         assert_eq!(prune(&db, Retention::default(), now).unwrap(), (0, 0));
         assert_eq!(count("SELECT count(*) FROM frame_index"), 1);
         assert_eq!(count("SELECT count(*) FROM frames"), 3);
