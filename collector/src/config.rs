@@ -414,16 +414,22 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[test]
-    fn a_flag_wins_over_the_file() {
-        let dir = std::env::temp_dir().join(format!("pgfleet-col-cfg-{}", std::process::id()));
+    /// A directory of this process's own named after `name`, and in it a
+    /// collector.toml of `text`.
+    fn config_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("collector.toml");
-        std::fs::write(
-            &path,
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_flag_wins_over_the_file() {
+        let (dir, path) = config_file(
+            "col-cfg",
             "listen = \"0.0.0.0:9000\"\ndata_dir = \"/srv/pgfleet\"\n",
-        )
-        .unwrap();
+        );
         let args = CollectorArgs::parse_from([
             "pgfleet-collector",
             "--config",
@@ -546,10 +552,7 @@ mod tests {
             assert!(err.contains("from 1 to 256"), "{err}");
         }
         // The file's key is a number; a flag wins over it.
-        let dir = std::env::temp_dir().join(format!("pgfleet-ingest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("collector.toml");
-        std::fs::write(&path, "ingest_threads = 4\n").unwrap();
+        let (dir, path) = config_file("ingest", "ingest_threads = 4\n");
         let file =
             CollectorArgs::parse_from(["pgfleet-collector", "--config", path.to_str().unwrap()]);
         assert_eq!(CollectorConfig::resolve(file).unwrap().ingest_threads, 4);

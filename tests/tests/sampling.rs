@@ -456,6 +456,19 @@ async fn the_collector_holds_exactly_the_servers_sessions_through_churn() {
     fleet.stop().await;
 }
 
+/// Which of `wanted` (application, state) the sessions `all` do not show: a
+/// line each.
+fn states_missed(all: &[v1::Session], wanted: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    let mut wrong = Vec::new();
+    for (app, state) in wanted {
+        let s = by_app(all, app)?;
+        if s.state != *state {
+            wrong.push(format!("{app} is {:?}, not {state:?}", s.state));
+        }
+    }
+    Ok(wrong)
+}
+
 /// Every change of state a client session can make, each made between two
 /// samples (so the agent, which reads in full only sessions whose timestamps
 /// moved, must notice each one), and each seen by the collector: idle →
@@ -517,41 +530,32 @@ async fn every_state_transition_between_two_samples_is_seen() {
             .await
     });
 
-    let states = |wanted: &'static [(&'static str, &'static str)]| {
-        let client = client.clone();
-        move || {
+    let first_states = [
+        ("m-idle-active", "idle"),
+        ("m-idle-xact", "idle"),
+        ("m-xact-active", "idle in transaction"),
+        ("m-xact-idle", "idle in transaction"),
+        ("m-xact-aborted", "idle in transaction"),
+        ("m-aborted-idle", "idle in transaction (aborted)"),
+        ("m-active-idle", "active"),
+        ("m-active-xact", "active"),
+        ("m-active-active", "active"),
+    ];
+    wait_for(
+        "every session in its first state",
+        Duration::from_secs(4),
+        || {
             let mut c = client.clone();
             async move {
                 let all = sessions(&mut c, "db-moves").await?;
-                let mut wrong = Vec::new();
-                for (app, state) in wanted {
-                    let s = by_app(&all, app)?;
-                    if s.state != *state {
-                        wrong.push(format!("{app} is {:?}, not {state:?}", s.state));
-                    }
-                }
+                let wrong = states_missed(&all, &first_states)?;
                 if wrong.is_empty() {
-                    Ok(all)
+                    Ok(())
                 } else {
                     Err(wrong.join("; "))
                 }
             }
-        }
-    };
-    wait_for(
-        "every session in its first state",
-        Duration::from_secs(4),
-        states(&[
-            ("m-idle-active", "idle"),
-            ("m-idle-xact", "idle"),
-            ("m-xact-active", "idle in transaction"),
-            ("m-xact-idle", "idle in transaction"),
-            ("m-xact-aborted", "idle in transaction"),
-            ("m-aborted-idle", "idle in transaction (aborted)"),
-            ("m-active-idle", "active"),
-            ("m-active-xact", "active"),
-            ("m-active-active", "active"),
-        ]),
+        },
     )
     .await;
 
@@ -644,13 +648,7 @@ async fn every_state_transition_between_two_samples_is_seen() {
         },
     )
     .await;
-    let mut wrong = Vec::new();
-    for (app, state) in new_states {
-        let s = by_app(&all, app).unwrap();
-        if s.state != state {
-            wrong.push(format!("{app} is {:?}, not {state:?}", s.state));
-        }
-    }
+    let wrong = states_missed(&all, &new_states).unwrap();
     assert!(
         wrong.is_empty(),
         "the first sample after the changes missed some: {}",

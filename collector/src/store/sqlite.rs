@@ -977,12 +977,9 @@ impl Sink for SqliteSink {
     fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
         // What a round before left undone goes in this one, whose cutoff is
         // later; its frames and index after the commits that follow.
-        let after = self
-            .pruning
-            .as_ref()
-            .and_then(|r| r.unfinished_after().map(str::to_owned));
-        let (round, rollups) = Pruning::start(&self.db, retention, now, after.as_deref(), PACE)
-            .map_err(|e| e.to_string())?;
+        let after = self.pruning.as_ref().and_then(Pruning::unfinished_after);
+        let (round, rollups) =
+            Pruning::start(&self.db, retention, now, after, PACE).map_err(|e| e.to_string())?;
         self.pruning = Some(round);
         Ok((0, rollups))
     }
@@ -1169,6 +1166,15 @@ mod tests {
         }
     }
 
+    /// Stores an empty keyframe of `server` at `at`, unindexed.
+    fn empty_keyframe(db: &Connection, server: &str, at: Micros) {
+        db.execute(
+            "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, 1, x'')",
+            params![server, at],
+        )
+        .unwrap();
+    }
+
     /// A whole round of deleting past `retention` at `now`, as the writer
     /// does it over its commits, every share at once: how many frames and
     /// rollups went.
@@ -1198,24 +1204,17 @@ mod tests {
         db.execute_batch(SCHEMA).unwrap();
         let now = 100 * 86_400_000_000;
         let hour = 3_600_000_000;
-        let frame = |server: &str, at: i64| {
-            db.execute(
-                "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, 1, x'')",
-                params![server, at],
-            )
-            .unwrap();
-        };
         // More old frames than a chunk, over three servers; then a recent
         // one, and after it (applied later) two old ones of a server's
         // history sent late, which stay: frames go in the order applied.
         let chunk = 1000;
         let old = 2 * chunk + 500;
         for i in 0..old {
-            frame(["a", "b", "c"][i as usize % 3], now - 30 * hour + i);
+            empty_keyframe(&db, ["a", "b", "c"][i as usize % 3], now - 30 * hour + i);
         }
-        frame("a", now - hour);
-        frame("b", now - 28 * hour);
-        frame("b", now - 27 * hour);
+        empty_keyframe(&db, "a", now - hour);
+        empty_keyframe(&db, "b", now - 28 * hour);
+        empty_keyframe(&db, "b", now - 27 * hour);
         index_the_rest(&db).unwrap();
         let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
 
@@ -1264,11 +1263,7 @@ mod tests {
         let now = 100 * 86_400_000_000;
         let hour = 3_600_000_000;
         for at in [now - 25 * hour, now - 23 * hour] {
-            db.execute(
-                "INSERT INTO frames (server_id, at, keyframe, body) VALUES ('a', ?1, 1, x'')",
-                params![at],
-            )
-            .unwrap();
+            empty_keyframe(&db, "a", at);
         }
         for minute in [now - 31 * 24 * hour, now - 29 * 24 * hour, now - hour] {
             db.execute("INSERT INTO rollups VALUES (?1, 'a', x'')", params![minute])
@@ -1292,11 +1287,7 @@ mod tests {
         // but not in the index.
         assert_eq!(prune(&db, short, now).unwrap(), (0, 1));
         assert_eq!((count("frames"), count("frame_index")), (1, 0));
-        db.execute(
-            "INSERT INTO frames (server_id, at, keyframe, body) VALUES ('a', ?1, 1, x'')",
-            params![now],
-        )
-        .unwrap();
+        empty_keyframe(&db, "a", now);
         assert_eq!(db.last_insert_rowid(), 3);
     }
 
