@@ -19,7 +19,13 @@ generator sends its reads (GetActivity of a random server, FleetSummary),
 and the table has their latency and the CPU that the readers' threads
 (`pgfleet-reads`) took per read over the window.
 
-    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads]
+With --load-kept HOURS, each collector's store first holds HOURS of minutes
+of DB load of as many other servers as it has agents (7 KB rows of random
+bytes, as stored uncompressed), as a collector running that long would: the
+table then has the collector's time to open its store, and its writer's
+cores (`pgfleet-store`) and freshness max, in a section of its own.
+
+    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6]
 
 A baseline is any release build of `pgfleet-collector`, for instance of the
 commit before a change: `git worktree add /tmp/base HEAD~1 && cargo build
@@ -31,6 +37,8 @@ import argparse
 import datetime
 import json
 import os
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,6 +52,9 @@ from report import machine_name, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector side by side"
+KEPT_TITLE = "## Collector side by side, load kept"
+# A minute of a server's load as stored (uncompressed since stop 33).
+LOAD_ROW_BYTES = 7_200
 # The collector's threads that serve readers.
 READERS = "pgfleet-reads"
 
@@ -57,9 +68,47 @@ def collector_argv(binary: Path):
         *(["--query-listen", f"127.0.0.1:{query}"] if query else [])]
 
 
+def keep_load(store: Path, hours: float, servers: int) -> None:
+    """Fills `store`'s SQLite file with `hours` of minutes of load of
+    `servers` servers (not the generator's), up to now, oldest first: the
+    table and index of every version since load was kept; the collector
+    makes the rest of its file when it opens it."""
+    store.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(store / "pgfleet.sqlite")
+    # Written once, straight into the file (the collector's own connection
+    # puts it in WAL mode).
+    db.execute("PRAGMA journal_mode = OFF")
+    db.executescript("""
+        CREATE TABLE load (id INTEGER PRIMARY KEY, server_id TEXT NOT NULL,
+                           minute INTEGER NOT NULL, body BLOB NOT NULL);
+        CREATE UNIQUE INDEX load_by_server ON load (server_id, minute);""")
+    minutes, now = int(hours * 60), int(time.time()) // 60 * 60
+    db.execute("""
+        WITH RECURSIVE r(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM r WHERE i < ?1 * ?2 - 1)
+        INSERT INTO load (server_id, minute, body)
+            SELECT 'kept-' || (i % ?2), (?3 - (?1 - i / ?2) * 60) * 1000000, randomblob(?4) FROM r""",
+               (minutes, servers, now, LOAD_ROW_BYTES))
+    db.commit()
+    db.close()
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 600) -> float:
+    """Seconds until `port` takes a connection."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"the collector on port {port} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return time.monotonic() - began
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the collector on port {port} did not listen within {timeout:.0f} s")
+
+
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
              connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False,
-             threads: tuple = ()) -> list[dict]:
+             threads: tuple = (), prepare=None) -> list[dict]:
     """Starts every build's server and generator at once; their results.
 
     `builds` are (name, argv) or (name, argv, loadgen), where argv(port,
@@ -73,11 +122,16 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     where its generator reads, and each result has the CPU its readers'
     threads took per read over that window ("reads_us_per_read"). With
     `threads` (prefixes of the collector's thread names), each result has
-    the cores the threads of each took over that window ("thread_cores")."""
+    the cores the threads of each took over that window ("thread_cores").
+    `prepare`, if given, is called with each server's directory before it
+    starts; each result has the seconds its server took to listen
+    ("ready_s")."""
     started = []
     try:
         for name, argv, *_ in builds:
             data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
+            if prepare:
+                prepare(data)
             port = free_port()
             query = free_port() if reads else None
             log = open(data / "collector.log", "w")
@@ -85,7 +139,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 argv(port, data, query) if reads else argv(port, data),
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
             started.append((name, collector, log, data, port, query))
-        time.sleep(2)
+        ready = {name: wait_listening(port, collector) for name, collector, _, _, port, _ in started}
         gens, launched = [], {}
         for (name, collector, _, _, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
@@ -117,6 +171,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
+            r["ready_s"] = ready[name]
             if name in window:
                 # The window is timed from the generator's start; its ramp
                 # (the history agents' hour included) may have run longer.
@@ -155,6 +210,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=2, help="runs, each build first in turn")
     p.add_argument("--reads", action="store_true",
                    help="read on each collector's readers' port (--query-listen) and report the reads")
+    p.add_argument("--load-kept", type=float, default=0, metavar="HOURS",
+                   help="first fill each store with this many hours of load of other servers")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -163,13 +220,18 @@ def main() -> None:
     bin_dir = build()
     builds = [("this tree", collector_argv(bin_dir / "pgfleet-collector")),
               ("baseline", collector_argv(baseline))]
+    kept = {}
+    if args.load_kept:
+        kept = {"threads": ("pgfleet-store",),
+                "prepare": lambda data: keep_load(data / "store", args.load_kept, args.agents)}
     rows = []
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]
-        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args, reads=args.reads))
+        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args, reads=args.reads, **kept))
     command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
-        f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("measure", args.measure, 90),
-                                       ("runs", args.runs, 2)) if v != d) + (" --reads" if args.reads else "")
+        f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
+                                       ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
+        " --reads" if args.reads else "")
     def medians(of):
         return {name: statistics.median(of(r) for _, r in rows if r["build"] == name) for name, _ in builds}
     median = medians(us_per_batch)
@@ -190,23 +252,43 @@ def main() -> None:
             return ""
         return (f" {fmt(r['get_activity_p50_ms'], 2)} | {fmt(r['get_activity_p99_ms'], 2)} |"
                 f" {r['reads_us_per_read']:.0f} |")
+    kept_head, kept_rule, kept_text, title = "", "", "", TITLE
+    if args.load_kept:
+        title = KEPT_TITLE
+        kept_head = " freshness max ms | writer's cores | ready s | ramp s |"
+        kept_rule = "---|---|---|---|"
+        rows_kept = int(args.load_kept * 60) * args.agents
+        kept_text = (f" Each store first holds {args.load_kept:g} h of minutes of load of {args.agents:,} other"
+                     f" servers ({rows_kept:,} rows of {LOAD_ROW_BYTES:,} random bytes, some"
+                     f" {rows_kept * LOAD_ROW_BYTES / 2**30:.1f} GiB), as after that long; none is past the"
+                     f" retention (30 days). *Writer's cores* are those of the store's thread (`pgfleet-store`)"
+                     f" over the window less 5 s at each end; *ready s*, the seconds from the collector's start"
+                     f" until it listens (its store opened); *ramp s*, the seconds until every agent streamed, ten of them"
+                     f" first sending an hour of history.")
+
+    def kept_cells(r):
+        if not args.load_kept:
+            return ""
+        return (f" {r['freshness_max_ms']:,.0f} | {r['thread_cores']['pgfleet-store']:.3f} |"
+                f" {r['ready_s']:.1f} | {r['ramp_s']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
         f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |{reads_cells(r)}"
+        f"{kept_cells(r)}"
         for run, r in rows)
-    section = f"""{TITLE}
+    section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
 
-Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).{reads_text}
+Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).{reads_text}{kept_text}
 
-| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |{reads_head}
-|---|---|---|---|---|---|---|{reads_rule}
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |{reads_head}{kept_head}
+|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
 {table}
 
 Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
 {reads_median}"""
-    write_section(Path(args.output), TITLE, section)
+    write_section(Path(args.output), title, section)
     print(section)
 
 

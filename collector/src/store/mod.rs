@@ -235,13 +235,30 @@ trait Sink: Send + 'static {
     /// Commits `ops` in one transaction.
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String>;
     /// Deletes history past `retention` at `now`, every [`PRUNE_EVERY`]:
-    /// how many frames and rollups (or partitions) went. A store may leave
-    /// some of it to [`Sink::prune_step`].
-    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String>;
+    /// what went. A store may leave some or all of it to
+    /// [`Sink::prune_step`].
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<Pruned, String>;
     /// A share of what [`Sink::prune`] left, after each commit, so that no
-    /// commit waits behind all of it: how many frames went.
-    fn prune_step(&mut self) -> Result<usize, String> {
-        Ok(0)
+    /// commit waits behind all of it: what went, and whether nothing is
+    /// left.
+    fn prune_step(&mut self) -> Result<(Pruned, bool), String> {
+        Ok((Pruned::default(), true))
+    }
+}
+
+/// What deleting history past its retention deleted: frames, and rows of the
+/// tables kept for the rollups' retention (for a store that drops them a
+/// day at a time, partitions).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Pruned {
+    frames: usize,
+    rollups: usize,
+}
+
+impl std::ops::AddAssign for Pruned {
+    fn add_assign(&mut self, other: Pruned) {
+        self.frames += other.frames;
+        self.rollups += other.rollups;
     }
 }
 
@@ -676,9 +693,10 @@ fn write_loop(
     texts: Pending,
 ) {
     let mut last_prune: Option<Instant> = None;
-    // What the last round deleted, said when the next starts; and whether
-    // a step of this round failed (said once a round).
-    let mut pruned = (0, 0);
+    // What the round under way has deleted, said when it is over (or when
+    // the next starts, it left unfinished); and whether a step of it failed
+    // (said once a round).
+    let mut pruned = Pruned::default();
     let mut step_failed = false;
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
@@ -728,18 +746,20 @@ fn write_loop(
         }
         if last_prune.is_none_or(|t| t.elapsed() > PRUNE_EVERY) {
             last_prune = Some(Instant::now());
-            if pruned != (0, 0) {
-                let (frames, rollups) = std::mem::take(&mut pruned);
-                info!(frames, rollups, "Deleted history past its retention.");
-            }
+            say_pruned(std::mem::take(&mut pruned), false);
             step_failed = false;
             match sink.prune(retention, now_micros()) {
-                Ok((frames, rollups)) => pruned = (frames, rollups),
+                Ok(deleted) => pruned = deleted,
                 Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
             }
         } else {
             match sink.prune_step() {
-                Ok(frames) => pruned.0 += frames,
+                Ok((deleted, over)) => {
+                    pruned += deleted;
+                    if over {
+                        say_pruned(std::mem::take(&mut pruned), true);
+                    }
+                }
                 Err(e) if !step_failed => {
                     step_failed = true;
                     warn!(error = %e, "Cannot delete history past its retention; trying again after the next commits.");
@@ -747,6 +767,24 @@ fn write_loop(
                 Err(e) => debug!(error = %e, "Still cannot delete history past its retention."),
             }
         }
+    }
+}
+
+/// Says what a round of deleting history past its retention deleted, if
+/// anything; `over`: whether it got through all of it.
+fn say_pruned(pruned: Pruned, over: bool) {
+    if pruned == Pruned::default() {
+        return;
+    }
+    let Pruned { frames, rollups } = pruned;
+    if over {
+        info!(frames, rollups, "Deleted history past its retention.");
+    } else {
+        info!(
+            frames,
+            rollups,
+            "Deleted history past its retention; the next round goes on with what this one left."
+        );
     }
 }
 
@@ -826,8 +864,8 @@ mod tests {
             Ok(())
         }
 
-        fn prune(&mut self, _: Retention, _: Micros) -> Result<(usize, usize), String> {
-            Ok((0, 0))
+        fn prune(&mut self, _: Retention, _: Micros) -> Result<Pruned, String> {
+            Ok(Pruned::default())
         }
     }
 

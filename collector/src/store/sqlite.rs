@@ -11,7 +11,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::{Loaded, Op, Rebuilt, Retention, Sink, StoreError, StoredServer};
+use super::{Loaded, Op, Pruned, Rebuilt, Retention, Sink, StoreError, StoredServer};
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
@@ -61,6 +61,9 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         minute INTEGER NOT NULL,
         body BLOB NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS load_by_server ON load (server_id, minute);
+    -- The minutes past their retention found without reading the table
+    -- (some 7 KB a row) whole.
+    CREATE INDEX IF NOT EXISTS load_by_minute ON load (minute);
     CREATE TABLE IF NOT EXISTS load_hours (
         id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
@@ -169,11 +172,17 @@ pub(super) struct SqliteSink {
 }
 
 /// A round of deleting history past its retention (one every
-/// `PRUNE_EVERY`), spread over the commits that follow it. Deleted at once,
-/// a minute of frames at 10,000 servers (600,000 rows, and each server's
-/// entries in the index) held the writer for some 1.6 s, in which the
-/// queue filled and the live view stood still.
+/// `PRUNE_EVERY`), spread over the commits that follow it, a statement of at
+/// most [`Pace::chunk`] rows at a time. Deleted at once, a minute of frames at
+/// 10,000 servers (600,000 rows, and each server's entries in the index) held
+/// the writer for some 1.6 s, in which the queue filled and the live view
+/// stood still; and the minutes of load, found by reading the table whole,
+/// held it longer the more the file kept.
 struct Pruning {
+    /// Rows of [`AGED`]'s tables before this (less each one's own shift) go.
+    rollups_before: Micros,
+    /// The first of [`AGED`]'s tables that may still hold such rows.
+    table: usize,
     /// Frames before the first at or after this go.
     cutoff: Micros,
     /// Whether every frame before the cutoff is gone.
@@ -189,10 +198,10 @@ struct Pruning {
 /// How a round goes.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
-    /// After each commit, no chunk of frames starts, nor a server's entries
-    /// in the index past the first, once this is spent.
+    /// After each commit, no statement that deletes starts once this is
+    /// spent, but the first, and the first of the index's when it is due.
     budget: Duration,
-    /// Frames deleted in one statement.
+    /// Rows deleted in one statement, at most.
     chunk: i64,
     /// Every server's old entries in the index are due this long into the
     /// round.
@@ -219,6 +228,17 @@ pub(super) fn open(
     let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
     let older_wrote = written_by_an_older_version(&db).map_err(fail)?;
+    let load_unindexed: bool = db
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'load')
+                AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'load_by_minute')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(fail)?;
+    if load_unindexed {
+        info!(path = %place, "Indexing the stored minutes of load by time, once (a file of an earlier version); a large file takes a while.");
+    }
     db.execute_batch(SCHEMA).map_err(fail)?;
     if older_wrote {
         warn!(path = %place, "A version of pgfleet older than this file's index has written it since: its frames are indexed again.");
@@ -507,8 +527,9 @@ fn each_row(
         }
         rusqlite::Result::Ok(())
     };
-    // Many servers of a table indexed by time: one scan of the range, kept
-    // by server here, rather than a seek per server.
+    // Many servers of a table of small rows: one scan of the range by time,
+    // kept by server here, rather than a seek per server. Not the minutes of
+    // load (some 7 KB a row): such a scan reads every server's.
     if let Some(ids) = servers
         && ids.len() > MANY_SERVERS
         && table != "load"
@@ -707,8 +728,12 @@ fn prune_frames(db: &Connection, cutoff: Micros, limit: i64) -> rusqlite::Result
     )
 }
 
-/// A server's entries in the index before the cutoff.
-const UNINDEX: &str = "DELETE FROM frame_index WHERE server_id = ?1 AND at < ?2";
+/// At most ?3 of a server's entries in the index before the cutoff, the
+/// oldest: a server's day of them (86,400) after a downtime, or a shorter
+/// retention, does not go in one statement.
+const UNINDEX: &str = "DELETE FROM frame_index WHERE server_id = ?1 AND at < coalesce(
+     (SELECT at FROM frame_index WHERE server_id = ?1 AND at < ?2 ORDER BY at LIMIT 1 OFFSET ?3),
+     ?2)";
 
 /// The servers in the index, each found by a step through the index to the
 /// next (it is in server order), not by reading it all.
@@ -726,84 +751,96 @@ fn indexed_servers(db: &Connection) -> rusqlite::Result<Vec<String>> {
         .collect::<rusqlite::Result<Vec<_>>>()
 }
 
-/// Deletes the minutes, load, hours, statement statistics and dictionaries
-/// past the rollups' retention: how many rows of the first four went.
-fn prune_rollups(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<usize> {
-    let rollups_before = now - retention.rollups.as_micros() as i64;
-    let rollups = db.execute(
-        "DELETE FROM rollups WHERE minute < ?1",
-        params![rollups_before],
-    )?;
-    let load = db.execute(
-        "DELETE FROM load WHERE minute < ?1",
-        params![rollups_before],
-    )?;
-    let hours = db.execute(
-        "DELETE FROM load_hours WHERE hour < ?1",
-        params![rollups_before - HOUR_US],
-    )?;
-    let statements = db.execute(
-        "DELETE FROM statements WHERE at < ?1",
-        params![rollups_before],
-    )?;
-    // The rows that name a dictionary start before the hour after its own.
-    db.execute(
-        "DELETE FROM load_keys WHERE hour <= ?1",
-        params![rollups_before - HOUR_US],
-    )?;
-    Ok(rollups + load + hours + statements)
-}
+/// The tables kept for the rollups' retention, in the order their old rows
+/// go (the rows that name a dictionary before it): a statement that deletes
+/// at most ?2 rows before ?1, each found by an index, and how much earlier
+/// than the rollups' cutoff the table's own is. An hour's totals and a
+/// dictionary go once the hour after theirs has: the rows that name a
+/// dictionary start before the hour after its own.
+const AGED: [(&str, Micros); 5] = [
+    (
+        "DELETE FROM rollups WHERE (minute, server_id) IN
+             (SELECT minute, server_id FROM rollups WHERE minute < ?1 LIMIT ?2)",
+        0,
+    ),
+    (
+        "DELETE FROM load WHERE id IN (SELECT id FROM load WHERE minute < ?1 LIMIT ?2)",
+        0,
+    ),
+    (
+        "DELETE FROM statements WHERE id IN (SELECT id FROM statements WHERE at < ?1 LIMIT ?2)",
+        0,
+    ),
+    (
+        "DELETE FROM load_hours WHERE id IN (SELECT id FROM load_hours WHERE hour < ?1 LIMIT ?2)",
+        HOUR_US,
+    ),
+    (
+        "DELETE FROM load_keys WHERE (server_id, id) IN
+             (SELECT server_id, id FROM load_keys WHERE hour < ?1 LIMIT ?2)",
+        HOUR_US - 1,
+    ),
+];
 
 impl Pruning {
-    /// Starts a round at `now`: the rollups past their retention go at
-    /// once (a minute's worth of rows a server), the frames and the index
-    /// over the commits that follow ([`Pruning::step`]). The index's
-    /// servers go from the first after `after` on (the last whose entries a
-    /// round left unfinished went), so that none waits for ever behind the
-    /// others.
+    /// Starts a round at `now`: the rows past the rollups' retention, the
+    /// frames past theirs, and then their entries in the index go over the
+    /// commits that follow ([`Pruning::step`]). The index's servers go from
+    /// the first after `after` on (the last whose entries a round left
+    /// unfinished went), so that none waits for ever behind the others.
     fn start(
         db: &Connection,
         retention: Retention,
         now: Micros,
         after: Option<&str>,
         pace: Pace,
-    ) -> rusqlite::Result<(Pruning, usize)> {
-        let tx = db.unchecked_transaction()?;
-        let rollups = prune_rollups(&tx, retention, now)?;
-        let mut servers = indexed_servers(&tx)?;
-        tx.commit()?;
+    ) -> rusqlite::Result<Pruning> {
+        let mut servers = indexed_servers(db)?;
         if let Some(after) = after {
             let from = servers.partition_point(|s| s.as_str() <= after);
             servers.rotate_left(from);
         }
-        let round = Pruning {
+        Ok(Pruning {
+            rollups_before: now - retention.rollups.as_micros() as i64,
+            table: 0,
             cutoff: now - retention.frames.as_micros() as i64,
             frames_done: false,
             servers,
             next: 0,
             started: Instant::now(),
             pace,
-        };
-        Ok((round, rollups))
+        })
     }
 
-    /// A share of the round, in one transaction: frames, oldest first, a
-    /// chunk at a time while the budget lasts; then the index's old
-    /// entries of the servers due by now, at least one, more while the
-    /// budget lasts. How many frames went, and whether the round is over.
-    fn step(&mut self, db: &Connection) -> rusqlite::Result<(usize, bool)> {
+    /// A share of the round, in one transaction: while the budget lasts, the
+    /// rollups' tables' old rows, then the frames, oldest first, a chunk at
+    /// a time; then the index's old entries of the servers due by now, a
+    /// chunk at least, more while the budget lasts. What went, and whether
+    /// the round is over.
+    fn step(&mut self, db: &Connection) -> rusqlite::Result<(Pruned, bool)> {
         let started = Instant::now();
-        let spent = || started.elapsed() >= self.pace.budget;
+        let (budget, chunk) = (self.pace.budget, self.pace.chunk);
+        // A statement that found nothing to delete costs a look in an index:
+        // only one that deleted spends the step's budget.
+        let go_on = |deleted: &Pruned| *deleted == Pruned::default() || started.elapsed() < budget;
         let tx = db.unchecked_transaction()?;
-        let mut frames = 0;
-        let mut frames_done = self.frames_done;
-        while !frames_done {
-            let n = prune_frames(&tx, self.cutoff, self.pace.chunk)?;
-            frames += n;
-            frames_done = (n as i64) < self.pace.chunk;
-            if spent() {
-                break;
+        let mut deleted = Pruned::default();
+        let mut table = self.table;
+        while table < AGED.len() && go_on(&deleted) {
+            let (sql, shift) = AGED[table];
+            let n = tx
+                .prepare_cached(sql)?
+                .execute(params![self.rollups_before - shift, chunk])?;
+            deleted.rollups += n;
+            if (n as i64) < chunk {
+                table += 1;
             }
+        }
+        let mut frames_done = self.frames_done;
+        while !frames_done && go_on(&deleted) {
+            let n = prune_frames(&tx, self.cutoff, chunk)?;
+            deleted.frames += n;
+            frames_done = (n as i64) < chunk;
         }
         let due = if self.pace.index_over.is_zero() {
             self.servers.len()
@@ -814,16 +851,21 @@ impl Pruning {
         let mut next = self.next;
         if next < due {
             let mut unindex = tx.prepare_cached(UNINDEX)?;
-            while next < due && (next == self.next || !spent()) {
-                unindex.execute(params![self.servers[next], self.cutoff])?;
-                next += 1;
+            let mut first = true;
+            while next < due && (std::mem::take(&mut first) || started.elapsed() < budget) {
+                let n = unindex.execute(params![self.servers[next], self.cutoff, chunk])?;
+                if (n as i64) < chunk {
+                    next += 1;
+                }
             }
         }
         tx.commit()?;
         // Only what is committed counts as done.
+        self.table = table;
         self.frames_done = frames_done;
         self.next = next;
-        Ok((frames, frames_done && next == self.servers.len()))
+        let over = table == AGED.len() && frames_done && next == self.servers.len();
+        Ok((deleted, over))
     }
 
     /// The last server whose old entries went, if the round left some.
@@ -974,25 +1016,25 @@ impl Sink for SqliteSink {
         Ok(())
     }
 
-    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
-        // What a round before left undone goes in this one, whose cutoff is
-        // later; its frames and index after the commits that follow.
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<Pruned, String> {
+        // What a round before left undone goes in this one, whose cutoffs
+        // are later; all of it over the commits that follow.
         let after = self.pruning.as_ref().and_then(Pruning::unfinished_after);
-        let (round, rollups) =
+        let round =
             Pruning::start(&self.db, retention, now, after, PACE).map_err(|e| e.to_string())?;
         self.pruning = Some(round);
-        Ok((0, rollups))
+        Ok(Pruned::default())
     }
 
-    fn prune_step(&mut self) -> Result<usize, String> {
+    fn prune_step(&mut self) -> Result<(Pruned, bool), String> {
         let Some(round) = &mut self.pruning else {
-            return Ok(0);
+            return Ok((Pruned::default(), true));
         };
-        let (frames, over) = round.step(&self.db).map_err(|e| e.to_string())?;
+        let (deleted, over) = round.step(&self.db).map_err(|e| e.to_string())?;
         if over {
             self.pruning = None;
         }
-        Ok(frames)
+        Ok((deleted, over))
     }
 }
 
@@ -1176,24 +1218,19 @@ mod tests {
     }
 
     /// A whole round of deleting past `retention` at `now`, as the writer
-    /// does it over its commits, every share at once: how many frames and
-    /// rollups went.
-    fn prune(
-        db: &Connection,
-        retention: Retention,
-        now: Micros,
-    ) -> rusqlite::Result<(usize, usize)> {
+    /// does it over its commits, every share at once: what went.
+    fn prune(db: &Connection, retention: Retention, now: Micros) -> rusqlite::Result<Pruned> {
         let pace = Pace {
             index_over: Duration::ZERO,
             ..PACE
         };
-        let (mut round, rollups) = Pruning::start(db, retention, now, None, pace)?;
-        let mut frames = 0;
+        let mut round = Pruning::start(db, retention, now, None, pace)?;
+        let mut pruned = Pruned::default();
         loop {
-            let (n, over) = round.step(db)?;
-            frames += n;
+            let (deleted, over) = round.step(db)?;
+            pruned += deleted;
             if over {
-                return Ok((frames, rollups));
+                return Ok(pruned);
             }
         }
     }
@@ -1224,11 +1261,11 @@ mod tests {
             chunk,
             index_over: Duration::from_secs(3600),
         };
-        let (mut round, _) = Pruning::start(&db, Retention::default(), now, None, pace).unwrap();
+        let mut round = Pruning::start(&db, Retention::default(), now, None, pace).unwrap();
         assert_eq!(round.servers, ["a", "b", "c"]);
         let mut steps = Vec::new();
         while !round.frames_done {
-            steps.push(round.step(&db).unwrap().0);
+            steps.push(round.step(&db).unwrap().0.frames);
         }
         assert_eq!(steps, [1000, 1000, 500], "the old frames, a chunk a step");
         assert_eq!(count("SELECT count(*) FROM frames"), 3);
@@ -1246,14 +1283,156 @@ mod tests {
         // server after the last it reached.
         let after = round.unfinished_after().map(str::to_owned);
         assert_eq!(after.as_deref(), Some("a"));
-        let (round, _) =
-            Pruning::start(&db, Retention::default(), now, after.as_deref(), pace).unwrap();
+        let round = Pruning::start(&db, Retention::default(), now, after.as_deref(), pace).unwrap();
         assert_eq!(round.servers, ["b", "c", "a"]);
 
         // A whole round at once: what is left of the index goes.
-        assert_eq!(prune(&db, Retention::default(), now).unwrap(), (0, 0));
+        assert_eq!(
+            prune(&db, Retention::default(), now).unwrap(),
+            Pruned::default()
+        );
         assert_eq!(count("SELECT count(*) FROM frame_index"), 1);
         assert_eq!(count("SELECT count(*) FROM frames"), 3);
+    }
+
+    #[test]
+    fn every_table_s_old_rows_go_a_chunk_at_a_time_found_by_an_index() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        // None reads its table whole: the minutes of load did, every round,
+        // some 7 KB a row.
+        for sql in AGED.iter().map(|(sql, _)| *sql).chain([UNINDEX]) {
+            let mut plan = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let given = [0, 1, 1];
+            let steps: Vec<String> = plan
+                .query_map(
+                    rusqlite::params_from_iter(&given[..plan.parameter_count()]),
+                    |r| r.get(3),
+                )
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            assert!(
+                steps.iter().all(|s| !s.starts_with("SCAN")),
+                "{sql}: {steps:?}"
+            );
+        }
+
+        let now = 100 * 86_400_000_000;
+        let hour = 3_600_000_000;
+        let retention = Retention::default();
+        let before = now - retention.rollups.as_micros() as i64;
+        // Three rows past the retention in each table and one within it; an
+        // hour's totals and a dictionary stay until the hour after theirs
+        // is past it.
+        for (i, at) in [before - 3, before - 2, before - 1, before]
+            .into_iter()
+            .enumerate()
+        {
+            let hour_at = at - hour;
+            let server = ["a", "b", "c", "d"][i];
+            for (sql, at) in [
+                ("INSERT INTO rollups VALUES (?2, ?1, x'')", at),
+                (
+                    "INSERT INTO load (server_id, minute, body) VALUES (?1, ?2, x'')",
+                    at,
+                ),
+                (
+                    "INSERT INTO statements (server_id, at, body) VALUES (?1, ?2, x'')",
+                    at,
+                ),
+                (
+                    "INSERT INTO load_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
+                    hour_at,
+                ),
+                // A dictionary goes once every row that may name it (those
+                // before the hour after its own) has: `d`'s ends after its
+                // minute, so it stays.
+                ("INSERT INTO load_keys VALUES (?1, 1, ?2, x'')", hour_at + 1),
+            ] {
+                db.execute(sql, params![server, at]).unwrap();
+            }
+        }
+        // A server's old entries in the index, more than a chunk.
+        for i in 0..5 {
+            empty_keyframe(&db, "a", now - 30 * hour + i);
+        }
+        empty_keyframe(&db, "a", now);
+        index_the_rest(&db).unwrap();
+        let count = |table: &str| -> i64 {
+            db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        let tables = ["rollups", "load", "statements", "load_hours", "load_keys"];
+
+        // No budget, chunks of two: a statement that deletes a step, and
+        // one of the index's, the tables in turn (the rows that name a
+        // dictionary before it).
+        let pace = Pace {
+            budget: Duration::ZERO,
+            chunk: 2,
+            index_over: Duration::ZERO,
+        };
+        let mut round = Pruning::start(&db, retention, now, None, pace).unwrap();
+        let mut steps = Vec::new();
+        loop {
+            let (deleted, over) = round.step(&db).unwrap();
+            let left: Vec<i64> = tables.iter().map(|t| count(t)).collect();
+            steps.push((deleted, left, count("frame_index")));
+            if over {
+                break;
+            }
+        }
+        let rollups = |n| Pruned {
+            frames: 0,
+            rollups: n,
+        };
+        assert_eq!(
+            steps,
+            [
+                (rollups(2), vec![2, 4, 4, 4, 4], 4),
+                (rollups(1), vec![1, 4, 4, 4, 4], 2),
+                (rollups(2), vec![1, 2, 4, 4, 4], 1),
+                (rollups(1), vec![1, 1, 4, 4, 4], 1),
+                (rollups(2), vec![1, 1, 2, 4, 4], 1),
+                (rollups(1), vec![1, 1, 1, 4, 4], 1),
+                (rollups(2), vec![1, 1, 1, 2, 4], 1),
+                (rollups(1), vec![1, 1, 1, 1, 4], 1),
+                (rollups(2), vec![1, 1, 1, 1, 2], 1),
+                (rollups(1), vec![1, 1, 1, 1, 1], 1),
+                // The first frames: the last stays, whatever its age.
+                (
+                    Pruned {
+                        frames: 2,
+                        rollups: 0
+                    },
+                    vec![1, 1, 1, 1, 1],
+                    1
+                ),
+                (
+                    Pruned {
+                        frames: 2,
+                        rollups: 0
+                    },
+                    vec![1, 1, 1, 1, 1],
+                    1
+                ),
+                (
+                    Pruned {
+                        frames: 1,
+                        rollups: 0
+                    },
+                    vec![1, 1, 1, 1, 1],
+                    1
+                ),
+            ]
+        );
+        for table in tables {
+            let server: String = db
+                .query_row(&format!("SELECT server_id FROM {table}"), [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(server, "d", "{table}: the row within the retention stays");
+        }
     }
 
     #[test]
@@ -1270,7 +1449,13 @@ mod tests {
                 .unwrap();
         }
         index_the_rest(&db).unwrap();
-        assert_eq!(prune(&db, Retention::default(), now).unwrap(), (1, 1));
+        assert_eq!(
+            prune(&db, Retention::default(), now).unwrap(),
+            Pruned {
+                frames: 1,
+                rollups: 1
+            }
+        );
         let count = |table: &str| -> i64 {
             db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap()
@@ -1285,7 +1470,13 @@ mod tests {
         };
         // The last frame stays, so that the next is not numbered 1 again,
         // but not in the index.
-        assert_eq!(prune(&db, short, now).unwrap(), (0, 1));
+        assert_eq!(
+            prune(&db, short, now).unwrap(),
+            Pruned {
+                frames: 0,
+                rollups: 1
+            }
+        );
         assert_eq!((count("frames"), count("frame_index")), (1, 0));
         empty_keyframe(&db, "a", now);
         assert_eq!(db.last_insert_rowid(), 3);
@@ -1470,7 +1661,7 @@ mod tests {
         assert_eq!(indexed, [("a".to_owned(), 10, 1), ("b".to_owned(), 20, 2)]);
         assert_eq!(
             prune(&db, Retention::default(), 20 + 3_600_000_000).unwrap(),
-            (0, 0)
+            Pruned::default()
         );
     }
 

@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
-use super::super::{Op, Retention, Sink};
+use super::super::{Op, Pruned, Retention, Sink};
 use crate::load::dictionaries::Dictionaries;
 
 use super::{PARTITIONED, create_partition, day_of, drop_partitions};
@@ -425,7 +425,7 @@ impl Sink for PgSink {
         result
     }
 
-    fn prune(&mut self, retention: Retention, now: Micros) -> Result<(usize, usize), String> {
+    fn prune(&mut self, retention: Retention, now: Micros) -> Result<Pruned, String> {
         let (runtime, writer) = self.ready()?;
         let client = &mut writer.client;
         runtime
@@ -442,7 +442,7 @@ impl Sink for PgSink {
                         drop_partitions(client, table, now - retention.rollups.as_micros() as i64)
                             .await?;
                 }
-                Ok((frames, rollups))
+                Ok(Pruned { frames, rollups })
             })
             .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }
