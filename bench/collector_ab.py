@@ -151,20 +151,21 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             launched[name] = time.monotonic()
             gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        cpu, thread_cpu, window = {}, {}, {}
+        # Each second, every generator's CPU and the named threads' of its
+        # server, until the generators end: each window is then cut from its
+        # generator's own measuring, less 5 s at each end (its ramp, which
+        # the history and a store that stalls lengthen, is known only then).
         prefixes = ((READERS,) if reads else ()) + tuple(threads)
+        samples = {name: [] for name, _ in gens}
         if generator_cpu or prefixes:
             pids = {name: collector.pid for name, collector, *_ in started}
-            time.sleep(args.agents / connect_rate + 2 + args.warmup + 5)
-            before = {name: (cpu_ns(gen.pid), {t: cpu_ns(pids[name], t) for t in prefixes}, time.monotonic())
-                      for name, gen in gens}
-            time.sleep(args.measure - 10)
-            for name, gen in gens:
-                (c0, r0, t0), t1 = before[name], time.monotonic()
-                window[name] = (t0, t1)
-                cpu[name] = (cpu_ns(gen.pid) - c0) / 1e9 / (t1 - t0)
-                thread_cpu[name] = {t: (cpu_ns(pids[name], t) - r0[t]) / 1e9 / (t1 - t0) for t in prefixes}
-        results = []
+            while any(gen.poll() is None for _, gen in gens):
+                for name, gen in gens:
+                    if gen.poll() is None:
+                        samples[name].append((time.monotonic(), cpu_ns(gen.pid),
+                                              {t: cpu_ns(pids[name], t) for t in prefixes}))
+                time.sleep(1)
+        results, cpu, thread_cpu = [], {}, {}
         for name, gen in gens:
             out, err = gen.communicate()
             if gen.returncode != 0:
@@ -172,15 +173,14 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             r = json.loads(out)
             r["build"] = name
             r["ready_s"] = ready[name]
-            if name in window:
-                # The window is timed from the generator's start; its ramp
-                # (the history agents' hour included) may have run longer.
+            if samples[name]:
                 began = launched[name] + r["ramp_s"] + args.warmup
-                t0, t1 = window[name]
-                if t0 < began or t1 > began + r["measured_s"] + 1:
-                    raise SystemExit(
-                        f"the CPU window against {name} fell outside its generator's measuring "
-                        f"(its ramp took {r['ramp_s']:.0f} s, the history included): give a longer --warmup")
+                inside = [x for x in samples[name] if began + 5 <= x[0] <= began + r["measured_s"] - 5]
+                if len(inside) < 2:
+                    raise SystemExit(f"no CPU window within the measuring against {name}: give a longer --measure")
+                (t0, c0, r0), (t1, c1, r1) = inside[0], inside[-1]
+                cpu[name] = (c1 - c0) / 1e9 / (t1 - t0)
+                thread_cpu[name] = {t: (r1[t] - r0[t]) / 1e9 / (t1 - t0) for t in prefixes}
             if generator_cpu:
                 r["generator_cores"] = cpu[name]
             if reads:

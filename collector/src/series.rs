@@ -201,13 +201,10 @@ impl Plan {
         })
     }
 
-    /// The series: the stored minutes and the minutes the live view is still
-    /// rolling up, of every server the matchers select, added up per group.
-    pub fn evaluate(
-        &self,
-        servers: &BTreeMap<Arc<str>, Arc<ServerView>>,
-        stored: &[(String, Minute)],
-    ) -> Vec<v1::MetricSeries> {
+    /// The answer to add the minutes up into: the servers the matchers
+    /// select (each with its group's label values), and the minutes the
+    /// live view is still rolling up of those.
+    pub fn fold(&self, servers: &BTreeMap<Arc<str>, Arc<ServerView>>) -> Fold {
         let own = self.metric.label();
         let label = |s: &ServerView, name: &str| -> Option<String> {
             if name == SERVER_ID {
@@ -216,87 +213,172 @@ impl Plan {
                 s.labels.get(name).cloned()
             }
         };
-        // The selected servers, each with its group's label values.
-        let mut groups: HashMap<&str, Vec<String>> = HashMap::new();
+        let mut fold = Fold {
+            plan: self.clone(),
+            selected: HashMap::new(),
+            groups: Vec::new(),
+            live: Vec::new(),
+            step: i64::MIN,
+            cells: HashMap::new(),
+            series: HashMap::new(),
+            steps: Vec::new(),
+        };
+        let mut group_of: HashMap<Vec<String>, usize> = HashMap::new();
         for s in servers.values() {
             let selected = self
                 .matchers
                 .iter()
                 .filter(|m| Some(m.name.as_str()) != own)
                 .all(|m| m.matches(label(s, &m.name).as_deref()));
-            if selected {
-                let key = self
-                    .group_by
+            if !selected {
+                continue;
+            }
+            let key: Vec<String> = self
+                .group_by
+                .iter()
+                .map(|g| label(s, g).unwrap_or_default())
+                .collect();
+            let group = *group_of.entry(key.clone()).or_insert_with(|| {
+                fold.groups.push(key);
+                fold.steps.push(BTreeSet::new());
+                fold.groups.len() - 1
+            });
+            let server = fold.selected.len();
+            let live = (s.minute.samples > 0 && self.in_range(&s.minute)).then(|| s.minute.clone());
+            if let Some(m) = &live {
+                fold.live.push((server, group, m.clone()));
+            }
+            fold.selected.insert(
+                s.server_id.clone(),
+                Selected {
+                    server,
+                    group,
+                    live: live.map(|m| m.start),
+                },
+            );
+        }
+        // Taken from the end: the earliest first.
+        fold.live
+            .sort_by_key(|(_, _, m)| std::cmp::Reverse(m.start));
+        fold
+    }
+
+    fn in_range(&self, m: &Minute) -> bool {
+        m.start >= self.start && m.start < self.end
+    }
+}
+
+/// A selected server: its number, its group's, and the start of its minute
+/// the live view is still rolling up, if in range.
+struct Selected {
+    server: usize,
+    group: usize,
+    live: Option<Micros>,
+}
+
+/// One server's minutes in one step.
+#[derive(Default)]
+struct Cell {
+    samples: u32,
+    covered_us: i64,
+    values: BTreeMap<String, f64>,
+}
+
+/// A `QueryMetrics` answer, added up as the minutes come in the order of
+/// their start (as the stores read them): per server and step, and once a
+/// minute of a later step comes, per group and step. It holds a step's
+/// cells, not the range's minutes: a day of a fleet of 10,000 servers is
+/// 14.4 million of them, some kilobytes each once decoded.
+pub struct Fold {
+    plan: Plan,
+    selected: HashMap<String, Selected>,
+    /// Each group's label values, and the steps in which it had samples.
+    groups: Vec<Vec<String>>,
+    steps: Vec<BTreeSet<i64>>,
+    /// The live view's minutes in range of the selected servers, by server
+    /// and group (the latest first): each wins over a stored copy of it.
+    live: Vec<(usize, usize, Arc<Minute>)>,
+    /// The step of `cells`, by server (the group beside).
+    step: i64,
+    cells: HashMap<usize, (usize, Cell)>,
+    /// By group and value label: the points by step.
+    series: HashMap<(usize, String), BTreeMap<i64, f64>>,
+}
+
+impl Fold {
+    /// Adds a stored minute of `server_id`; one not selected, out of range,
+    /// or of which the live view holds a later copy, counts nothing.
+    pub fn add(&mut self, server_id: &str, m: &Minute) {
+        let Some(s) = self.selected.get(server_id) else {
+            return;
+        };
+        if !self.plan.in_range(m) || s.live == Some(m.start) {
+            return;
+        }
+        let (server, group) = (s.server, s.group);
+        self.live_until(m.start);
+        self.put(server, group, m);
+    }
+
+    /// The live view's minutes that start at or before `until`, in order.
+    fn live_until(&mut self, until: Micros) {
+        while self.live.last().is_some_and(|(_, _, m)| m.start <= until) {
+            if let Some((server, group, m)) = self.live.pop() {
+                self.put(server, group, &m);
+            }
+        }
+    }
+
+    fn put(&mut self, server: usize, group: usize, m: &Minute) {
+        let step = (m.start - self.plan.start) / self.plan.step_us;
+        if step != self.step {
+            self.close_step();
+            self.step = step;
+        }
+        let combine = self.plan.metric.combine();
+        let (_, cell) = self.cells.entry(server).or_insert((group, Cell::default()));
+        cell.samples += m.samples;
+        cell.covered_us += m.covered_us;
+        for (value_label, v) in m.values.of(self.plan.metric) {
+            let slot = match cell.values.get_mut(&**value_label) {
+                Some(slot) => slot,
+                None => cell.values.entry(value_label.to_string()).or_default(),
+            };
+            match combine {
+                Combine::Mean | Combine::Rate => *slot += v,
+                Combine::Max => *slot = slot.max(v),
+            }
+        }
+    }
+
+    /// Adds the step's cells into their groups' points.
+    fn close_step(&mut self) {
+        let combine = self.plan.metric.combine();
+        let own = self.plan.metric.label();
+        let step = self.step;
+        for (_, (group, cell)) in self.cells.drain() {
+            self.steps[group].insert(step);
+            for (value_label, v) in cell.values {
+                if !self
+                    .plan
+                    .matchers
                     .iter()
-                    .map(|g| label(s, g).unwrap_or_default())
-                    .collect();
-                groups.insert(&s.server_id, key);
-            }
-        }
-        // Each selected server's minutes in range; the live one wins over a
-        // stored copy of the same minute.
-        let in_range = |m: &Minute| m.start >= self.start && m.start < self.end;
-        let mut minutes: HashMap<(&str, Micros), &Minute> = HashMap::new();
-        for (server_id, m) in stored {
-            if groups.contains_key(server_id.as_str()) && in_range(m) {
-                minutes.insert((server_id, m.start), m);
-            }
-        }
-        for s in servers.values() {
-            if groups.contains_key(s.server_id.as_str())
-                && s.minute.samples > 0
-                && in_range(&s.minute)
-            {
-                minutes.insert((&s.server_id, s.minute.start), &s.minute);
-            }
-        }
-        // Per server and step, then per group and step.
-        #[derive(Default)]
-        struct Cell {
-            samples: u32,
-            covered_us: i64,
-            values: BTreeMap<String, f64>,
-        }
-        let combine = self.metric.combine();
-        let mut cells: HashMap<(&str, i64), Cell> = HashMap::new();
-        for ((server_id, start), m) in minutes {
-            let cell = cells
-                .entry((server_id, (start - self.start) / self.step_us))
-                .or_default();
-            cell.samples += m.samples;
-            cell.covered_us += m.covered_us;
-            for (value_label, v) in m.values.of(self.metric) {
-                let slot = cell.values.entry(value_label.to_string()).or_default();
-                match combine {
-                    Combine::Mean | Combine::Rate => *slot += v,
-                    Combine::Max => *slot = slot.max(v),
-                }
-            }
-        }
-        let own_matchers: Vec<&Matcher> = self
-            .matchers
-            .iter()
-            .filter(|m| Some(m.name.as_str()) == own)
-            .collect();
-        let mut series: BTreeMap<(&Vec<String>, String), BTreeMap<i64, f64>> = BTreeMap::new();
-        let mut steps: HashMap<&Vec<String>, BTreeSet<i64>> = HashMap::new();
-        for ((server_id, step), cell) in &cells {
-            let group = &groups[server_id];
-            steps.entry(group).or_default().insert(*step);
-            for (value_label, v) in &cell.values {
-                if !own_matchers.iter().all(|m| m.matches(Some(value_label))) {
+                    .filter(|m| Some(m.name.as_str()) == own)
+                    .all(|m| m.matches(Some(&value_label)))
+                {
                     continue;
                 }
                 let value = match combine {
                     Combine::Mean => v / f64::from(cell.samples.max(1)),
-                    Combine::Max => *v,
+                    Combine::Max => v,
                     Combine::Rate if cell.covered_us > 0 => v / (cell.covered_us as f64 / 1e6),
                     Combine::Rate => 0.0,
                 };
-                let point = series
-                    .entry((group, value_label.clone()))
+                let point = self
+                    .series
+                    .entry((group, value_label))
                     .or_default()
-                    .entry(*step)
+                    .entry(step)
                     .or_default();
                 match combine {
                     Combine::Mean | Combine::Rate => *point += value,
@@ -304,19 +386,32 @@ impl Plan {
                 }
             }
         }
+    }
+
+    /// The series, by group and value label.
+    pub fn finish(mut self) -> Vec<v1::MetricSeries> {
+        self.live_until(Micros::MAX);
+        self.close_step();
+        let own = self.plan.metric.label();
+        let mut series: Vec<((usize, String), BTreeMap<i64, f64>)> =
+            self.series.into_iter().collect();
+        series.sort_by(|((a, la), _), ((b, lb), _)| {
+            (&self.groups[*a], la).cmp(&(&self.groups[*b], lb))
+        });
         series
             .into_iter()
             .map(|((group, value_label), mut points)| {
                 // A step in which the group had samples but none with this
                 // value counts zero of it.
-                for step in &steps[group] {
+                for step in &self.steps[group] {
                     points.entry(*step).or_insert(0.0);
                 }
                 let mut labels: BTreeMap<String, String> = self
+                    .plan
                     .group_by
                     .iter()
                     .cloned()
-                    .zip(group.iter().cloned())
+                    .zip(self.groups[group].iter().cloned())
                     .collect();
                 if let Some(name) = own {
                     labels.insert(name.to_owned(), value_label);
@@ -326,7 +421,7 @@ impl Plan {
                     points: points
                         .into_iter()
                         .map(|(step, value)| v1::MetricPoint {
-                            at: Some(time::timestamp(self.start + step * self.step_us)),
+                            at: Some(time::timestamp(self.plan.start + step * self.plan.step_us)),
                             value,
                         })
                         .collect(),
@@ -422,6 +517,22 @@ mod tests {
             covered_us: i64::from(samples) * 1_000_000,
             values: values.iter().copied().collect(),
         }
+    }
+
+    /// The answer to `plan`, the stored minutes coming in the order the
+    /// stores read them (by start, then server).
+    fn evaluate(
+        plan: &Plan,
+        servers: &BTreeMap<Arc<str>, Arc<ServerView>>,
+        stored: &[(String, Minute)],
+    ) -> Vec<v1::MetricSeries> {
+        let mut stored: Vec<&(String, Minute)> = stored.iter().collect();
+        stored.sort_by_key(|(server, m)| (m.start, server.clone()));
+        let mut fold = plan.fold(servers);
+        for (server_id, m) in stored {
+            fold.add(server_id, m);
+        }
+        fold.finish()
     }
 
     #[test]
@@ -526,7 +637,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            show(plan("sessions", &["dc"], &[], 1).evaluate(&servers, &stored)),
+            show(evaluate(
+                &plan("sessions", &["dc"], &[], 1),
+                &servers,
+                &stored
+            )),
             [
                 "dc=eu1,state=active 3 0",
                 "dc=eu1,state=idle 1 1",
@@ -534,24 +649,69 @@ mod tests {
             ]
         );
         assert_eq!(
-            show(
-                plan("sessions", &[], &["state=active", "dc=~\"eu.*\""], 2)
-                    .evaluate(&servers, &stored)
-            ),
+            show(evaluate(
+                &plan("sessions", &[], &["state=active", "dc=~\"eu.*\""], 2),
+                &servers,
+                &stored
+            )),
             // a: (120 + 0) / 120 samples = 1, b: 60 / 60 = 1.
             ["state=active 2"]
         );
         assert_eq!(
-            show(
-                plan("max_xact_age_seconds", &["server_id"], &["dc!=us1"], 1)
-                    .evaluate(&servers, &stored)
-            ),
+            show(evaluate(
+                &plan("max_xact_age_seconds", &["server_id"], &["dc!=us1"], 1),
+                &servers,
+                &stored
+            )),
             ["server_id=a 5 1", "server_id=b 9"]
         );
         // a: 600 commits over 60 s; c: 300 over 30 s.
         assert_eq!(
-            show(plan("commits_per_second", &[], &[], 1).evaluate(&servers, &stored)),
+            show(evaluate(
+                &plan("commits_per_second", &[], &[], 1),
+                &servers,
+                &stored
+            )),
             [" 10 10"]
         );
+    }
+
+    #[test]
+    fn a_live_minute_counts_in_its_step_among_the_stored_ones() {
+        let t0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % MINUTE_US;
+        let mut servers = BTreeMap::new();
+        for id in ["a", "b"] {
+            let v = ServerView::new(id, std::time::Duration::from_secs(1));
+            servers.insert(id.into(), Arc::new(v));
+        }
+        // a stopped streaming in minute 1: its view still holds that minute,
+        // older than b's stored ones; the stored copy of it does not count.
+        Arc::make_mut(servers.get_mut("a").unwrap()).minute = Arc::new(minute(
+            t0 + MINUTE_US,
+            60,
+            &[(Metric::Sessions, "active", 60.0)],
+        ));
+        let active = |at, n| minute(at, 60, &[(Metric::Sessions, "active", n)]);
+        let stored = vec![
+            ("a".to_owned(), active(t0, 180.0)),
+            ("a".to_owned(), active(t0 + MINUTE_US, 6000.0)),
+            ("b".to_owned(), active(t0 + 2 * MINUTE_US, 60.0)),
+            ("b".to_owned(), active(t0 + 3 * MINUTE_US, 180.0)),
+        ];
+        let plan = Plan::new(
+            &v1::QueryMetricsRequest {
+                metric: "sessions".into(),
+                start: Some(time::timestamp(t0)),
+                end: Some(time::timestamp(t0 + 4 * MINUTE_US)),
+                step: Some(time::duration(2 * MINUTE_US)),
+                ..Default::default()
+            },
+            t0 + 10 * MINUTE_US,
+        )
+        .unwrap();
+        let series = evaluate(&plan, &servers, &stored);
+        let points: Vec<f64> = series[0].points.iter().map(|p| p.value).collect();
+        // a: (180 + 60) / 120 samples in the first step; b: (60 + 180) / 120.
+        assert_eq!(points, [2.0, 2.0]);
     }
 }

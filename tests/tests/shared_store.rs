@@ -263,6 +263,38 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
     )
     .await;
 
+    // And its rollups: b adds up the minutes a stored of it, streamed from
+    // the shared store as read.
+    wait_for(
+        "east-1's idle-in-transaction minute of rollups at b",
+        Duration::from_secs(90),
+        || {
+            let mut c = cb.clone();
+            async move {
+                let r = c
+                    .query_metrics(v1::QueryMetricsRequest {
+                        metric: "sessions".into(),
+                        matchers: vec![
+                            "server_id=\"east-1\"".into(),
+                            "state=\"idle in transaction\"".into(),
+                        ],
+                        start: Some(pgfleet_proto::time::timestamp(since)),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| s.to_string())?
+                    .into_inner();
+                let whole = r
+                    .series
+                    .iter()
+                    .flat_map(|s| &s.points)
+                    .any(|p| (p.value - 1.0).abs() < 0.02);
+                if whole { Ok(()) } else { Err(format!("{r:?}")) }
+            }
+        },
+    )
+    .await;
+
     // An agent that stops is seen to stop by the other collector too.
     east.stop().await;
     let stale = wait_for("east-1 stale on b", Duration::from_secs(15), || {

@@ -401,15 +401,17 @@ impl v1::query_server::Query for QueryService {
                 "this collector keeps no history",
             ));
         };
-        let view = self.aggregator.view();
-        let stored = store
-            .minutes(plan.start, plan.end)
+        let fold = plan.fold(&self.aggregator.view().servers);
+        let fold = store
+            .fold_minutes(plan.start, plan.end, fold, |fold, server_id, m| {
+                fold.add(server_id, &m)
+            })
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(v1::QueryMetricsResponse {
             metric: plan.metric.name().to_owned(),
             step: Some(time::duration(plan.step_us)),
-            series: plan.evaluate(&view.servers, &stored),
+            series: fold.finish(),
         }))
     }
 

@@ -442,23 +442,33 @@ impl Store {
         let _ = rx.await;
     }
 
-    /// Every stored minute that starts in `[start, end)`, with its server.
-    pub async fn minutes(
+    /// Hands `f` every stored minute that starts in `[start, end)`, with
+    /// its server, by start and then server, as it is read (a fleet's day of
+    /// them is never held at once): what `f` made of `state`.
+    pub async fn fold_minutes<S: Send + 'static>(
         &self,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, Minute)>, StoreError> {
+        state: S,
+        f: fn(&mut S, &str, Minute),
+    ) -> Result<S, StoreError> {
         match &self.reader {
             Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
-                    move |db: &rusqlite::Connection| sqlite::minutes(db, start, end),
+                    move |db: &rusqlite::Connection| {
+                        let mut state = state;
+                        sqlite::each_minute(db, start, end, |server_id, m| {
+                            f(&mut state, server_id, m)
+                        })?;
+                        Ok(state)
+                    },
                     db,
                 )
                 .await
             }
             Reader::Postgres(pg) => pg
-                .minutes(start, end)
+                .fold_minutes(start, end, state, f)
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }

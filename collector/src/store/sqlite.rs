@@ -459,27 +459,37 @@ pub(super) fn minutes(
     start: Micros,
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Minute)>> {
-    let mut rows = db.prepare_cached(
-        "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2 ORDER BY minute",
-    )?;
-    let rows = rows.query_map(params![start, end], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, Vec<u8>>(2)?,
-        ))
-    })?;
     let mut out = Vec::new();
-    for row in rows {
-        let (start, server_id, body) = row?;
-        match Minute::decode(start, &body) {
-            Some(minute) => out.push((server_id, minute)),
+    each_minute(db, start, end, |server_id, minute| {
+        out.push((server_id.to_owned(), minute))
+    })?;
+    Ok(out)
+}
+
+/// Hands `f` each minute that starts in `[start, end)` as it is read, by
+/// start and then server.
+pub(super) fn each_minute(
+    db: &Connection,
+    start: Micros,
+    end: Micros,
+    mut f: impl FnMut(&str, Minute),
+) -> rusqlite::Result<()> {
+    let mut q = db.prepare_cached(
+        "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
+         ORDER BY minute, server_id",
+    )?;
+    let mut rows = q.query(params![start, end])?;
+    while let Some(r) = rows.next()? {
+        let start: i64 = r.get(0)?;
+        let server_id = r.get_ref(1)?.as_str()?;
+        match Minute::decode(start, r.get_ref(2)?.as_blob()?) {
+            Some(minute) => f(server_id, minute),
             None => {
                 warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// How many servers make a read of a time range scan it whole.

@@ -144,31 +144,35 @@ impl Reader {
     }
 
     /// The minutes that start in `[start, end)`, oldest first.
-    pub(in crate::store) async fn minutes(
+    pub(in crate::store) async fn fold_minutes<S>(
         &self,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, Minute)>, ReadError> {
+        mut state: S,
+        f: fn(&mut S, &str, Minute),
+    ) -> Result<S, ReadError> {
         let client = self.client().await?;
         let rows = client
-            .query(
+            .query_raw(
                 "SELECT minute, server_id, body FROM pgfleet.rollups
-                 WHERE minute >= $1 AND minute < $2 ORDER BY minute",
-                &[&start, &end],
+                 WHERE minute >= $1 AND minute < $2 ORDER BY minute, server_id",
+                [start, end],
             )
             .await
             .map_err(read_error)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let (start, server_id): (i64, String) = (row.get(0), row.get(1));
+        // As they come: a fleet's day of minutes is not held at once.
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = tokio_stream::StreamExt::next(&mut rows).await {
+            let row = row.map_err(read_error)?;
+            let (start, server_id): (i64, &str) = (row.get(0), row.get(1));
             match Minute::decode(start, row.get(2)) {
-                Some(minute) => out.push((server_id, minute)),
+                Some(minute) => f(&mut state, server_id, minute),
                 None => {
                     warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
                 }
             }
         }
-        Ok(out)
+        Ok(state)
     }
 
     /// Rows `(server_id, key, body)` of `table` with `key` in `[start, end)`,

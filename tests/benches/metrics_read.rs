@@ -1,0 +1,201 @@
+//! `cargo bench -p pgfleet-tests --bench metrics_read`: what a `QueryMetrics`
+//! read of a fleet's stored minutes holds, and how long it takes.
+//!
+//! A SQLite store in a temporary directory is given `PGFLEET_BENCH_HOURS`
+//! (24) of minutes of `PGFLEET_BENCH_SERVERS` (1,000) servers, through the
+//! store's own writer, each minute with the values a server of 100 sessions
+//! has (sessions by state, waits, pools, commits). Then the whole range is
+//! answered fleet-wide (`sessions` by state, a step of an hour) two ways, in
+//! turn, `PGFLEET_BENCH_ROUNDS` (2) times each:
+//! - **fold**: each minute added up as the store reads it (QueryMetrics now);
+//! - **collect**: every minute of the range held first, then added up (as
+//!   QueryMetrics did before stop 50).
+//!
+//! Prints one JSON object: for each way, each round's wall time and the
+//! process's peak resident memory over the read less its resident memory
+//! before (`VmHWM`, reset through `/proc/self/clear_refs`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgfleet_collector::aggregator::ServerView;
+use pgfleet_collector::rollup::{MINUTE_US, Metric, Minute};
+use pgfleet_collector::series::Plan;
+use pgfleet_collector::store::{Op, Retention, Store};
+use pgfleet_proto::time::{self, Micros, now_micros};
+use pgfleet_proto::v1;
+
+/// A minute of a server of 100 sessions, sampled each second.
+fn minute(start: Micros, i: usize) -> Minute {
+    let n = (i % 7) as f64;
+    let values = [
+        (Metric::Sessions, "active", 60.0 * (8.0 + n)),
+        (Metric::Sessions, "idle", 60.0 * (80.0 - n)),
+        (Metric::Sessions, "idle in transaction", 60.0 * 4.0),
+        (Metric::Sessions, "idle in transaction (aborted)", 0.0),
+        (Metric::WaitingSessions, "Lock", 60.0 * n),
+        (Metric::WaitingSessions, "LWLock", 60.0),
+        (Metric::WaitingSessions, "IO", 120.0),
+        (Metric::WaitingSessions, "Client", 60.0 * 3.0),
+        (Metric::BlockedSessions, "", 60.0 * n),
+        (Metric::MaxXactAge, "", 12.0 + n),
+        (Metric::PoolUtilisation, "slots", 0.35),
+        (Metric::PoolUtilisation, "pgbouncer", 0.6),
+        (Metric::PoolWaiting, "pgbouncer", n),
+        (Metric::PoolMaxWait, "pgbouncer", 0.01 * n),
+        (Metric::Commits, "", 600.0 + n),
+        (Metric::Rollbacks, "", 3.0),
+        (Metric::Deadlocks, "", 0.0),
+    ];
+    Minute {
+        start,
+        samples: 60,
+        covered_us: 60_000_000,
+        values: values.into_iter().collect(),
+    }
+}
+
+/// `/proc/self/status`'s value of `field`, in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// How long `read` took, and the peak resident memory over it less the
+/// resident memory before it, in MiB.
+async fn measured<T>(read: impl std::future::Future<Output = T>) -> (T, Duration, f64) {
+    // Writing 5 resets the peak (Linux 4.0 and later).
+    std::fs::write("/proc/self/clear_refs", "5").expect("/proc/self/clear_refs is writable");
+    let before = status_kib("VmRSS:");
+    let started = Instant::now();
+    let out = read.await;
+    let took = started.elapsed();
+    let peak = status_kib("VmHWM:");
+    (out, took, peak.saturating_sub(before) as f64 / 1024.0)
+}
+
+fn main() {
+    let servers = pgfleet_tests::env_usize("PGFLEET_BENCH_SERVERS", 1_000);
+    let hours = pgfleet_tests::env_usize("PGFLEET_BENCH_HOURS", 24);
+    let rounds = pgfleet_tests::env_usize("PGFLEET_BENCH_ROUNDS", 2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = std::env::temp_dir().join(format!("pgfleet-metrics-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let result = runtime.block_on(run(&dir, servers, hours, rounds));
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", serde_json::to_string(&result).expect("JSON"));
+}
+
+async fn run(
+    dir: &std::path::Path,
+    servers: usize,
+    hours: usize,
+    rounds: usize,
+) -> serde_json::Value {
+    let (store, _) = Store::open_sqlite(dir, Retention::default()).expect("the store opens");
+    let now = now_micros();
+    let first = now - now.rem_euclid(MINUTE_US) - (hours as i64) * 60 * MINUTE_US;
+    let ids: Vec<String> = (0..servers).map(|i| format!("bench-{i:05}")).collect();
+    let written = Instant::now();
+    for m in 0..hours * 60 {
+        let start = first + m as i64 * MINUTE_US;
+        for (i, id) in ids.iter().enumerate() {
+            store
+                .write(Op::Minute {
+                    server_id: id.clone(),
+                    minute: minute(start, i + m),
+                })
+                .await;
+        }
+    }
+    store.flush().await;
+    eprintln!(
+        "{} minutes of {servers} servers written in {:.1} s",
+        hours * 60 * servers,
+        written.elapsed().as_secs_f64()
+    );
+
+    let views: BTreeMap<Arc<str>, Arc<ServerView>> = ids
+        .iter()
+        .map(|id| {
+            let view = ServerView::new(id, Duration::from_secs(1));
+            (Arc::from(id.as_str()), Arc::new(view))
+        })
+        .collect();
+    let plan = Plan::new(
+        &v1::QueryMetricsRequest {
+            metric: "sessions".into(),
+            start: Some(time::timestamp(first)),
+            end: Some(time::timestamp(now)),
+            step: Some(time::duration(60 * MINUTE_US)),
+            ..Default::default()
+        },
+        now,
+    )
+    .expect("a valid request");
+
+    let mut out: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
+    let mut answers = Vec::new();
+    for _ in 0..rounds {
+        let (series, took, mib) = measured(async {
+            let fold = plan.fold(&views);
+            store
+                .fold_minutes(plan.start, plan.end, fold, |f, s, m| f.add(s, &m))
+                .await
+                .expect("a read")
+                .finish()
+        })
+        .await;
+        answers.push(series);
+        out.entry("fold")
+            .or_default()
+            .push(serde_json::json!({"s": took.as_secs_f64(), "peak_mib": mib}));
+
+        let (series, took, mib) = measured(async {
+            let held = store
+                .fold_minutes(plan.start, plan.end, Vec::new(), |v, s, m| {
+                    v.push((s.to_owned(), m))
+                })
+                .await
+                .expect("a read");
+            let mut fold = plan.fold(&views);
+            for (s, m) in &held {
+                fold.add(s, m);
+            }
+            fold.finish()
+        })
+        .await;
+        answers.push(series);
+        out.entry("collect")
+            .or_default()
+            .push(serde_json::json!({"s": took.as_secs_f64(), "peak_mib": mib}));
+    }
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "both ways give the same answer"
+    );
+    serde_json::json!({
+        "servers": servers,
+        "hours": hours,
+        "minutes": servers * hours * 60,
+        "series": answers.first().map_or(0, Vec::len),
+        "fold": out["fold"],
+        "collect": out["collect"],
+    })
+}
