@@ -92,15 +92,16 @@ def keep_load(store: Path, hours: float, servers: int) -> None:
     db.close()
 
 
-def wait_listening(port: int, process: subprocess.Popen, timeout: float = 600) -> float:
-    """Seconds until `port` takes a connection."""
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 600) -> None:
+    """Waits until `port` takes a connection (the collector binds its ports
+    before it opens its store)."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
         if process.poll() is not None:
             raise SystemExit(f"the collector on port {port} exited with {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return time.monotonic() - began
+                return
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"the collector on port {port} did not listen within {timeout:.0f} s")
@@ -124,8 +125,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     `threads` (prefixes of the collector's thread names), each result has
     the cores the threads of each took over that window ("thread_cores").
     `prepare`, if given, is called with each server's directory before it
-    starts; each result has the seconds its server took to listen
-    ("ready_s")."""
+    starts. Generators start once every server listens."""
     started = []
     try:
         for name, argv, *_ in builds:
@@ -139,7 +139,8 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 argv(port, data, query) if reads else argv(port, data),
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
             started.append((name, collector, log, data, port, query))
-        ready = {name: wait_listening(port, collector) for name, collector, _, _, port, _ in started}
+        for _, collector, _, _, port, _ in started:
+            wait_listening(port, collector)
         gens, launched = [], {}
         for (name, collector, _, _, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
@@ -172,7 +173,6 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
-            r["ready_s"] = ready[name]
             if samples[name]:
                 began = launched[name] + r["ramp_s"] + args.warmup
                 inside = [x for x in samples[name] if began + 5 <= x[0] <= began + r["measured_s"] - 5]
@@ -255,22 +255,21 @@ def main() -> None:
     kept_head, kept_rule, kept_text, title = "", "", "", TITLE
     if args.load_kept:
         title = KEPT_TITLE
-        kept_head = " freshness max ms | writer's cores | ready s | ramp s |"
-        kept_rule = "---|---|---|---|"
+        kept_head = " freshness max ms | writer's cores | ramp s |"
+        kept_rule = "---|---|---|"
         rows_kept = int(args.load_kept * 60) * args.agents
         kept_text = (f" Each store first holds {args.load_kept:g} h of minutes of load of {args.agents:,} other"
                      f" servers ({rows_kept:,} rows of {LOAD_ROW_BYTES:,} random bytes, some"
                      f" {rows_kept * LOAD_ROW_BYTES / 2**30:.1f} GiB), as after that long; none is past the"
                      f" retention (30 days). *Writer's cores* are those of the store's thread (`pgfleet-store`)"
-                     f" over the window less 5 s at each end; *ready s*, the seconds from the collector's start"
-                     f" until it listens (its store opened); *ramp s*, the seconds until every agent streamed, ten of them"
-                     f" first sending an hour of history.")
+                     f" over the window less 5 s at each end; *ramp s*, the seconds until every agent streamed, ten of"
+                     f" them first sending an hour of history.")
 
     def kept_cells(r):
         if not args.load_kept:
             return ""
         return (f" {r['freshness_max_ms']:,.0f} | {r['thread_cores']['pgfleet-store']:.3f} |"
-                f" {r['ready_s']:.1f} | {r['ramp_s']:.0f} |")
+                f" {r['ramp_s']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
         f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |{reads_cells(r)}"
