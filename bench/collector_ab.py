@@ -21,9 +21,10 @@ and the table has their latency and the CPU that the readers' threads
 
 With --load-kept HOURS, each collector's store first holds HOURS of minutes
 of DB load of as many other servers as it has agents (7 KB rows of random
-bytes, as stored uncompressed), as a collector running that long would: the
-table then has the collector's time to open its store, and its writer's
-cores (`pgfleet-store`) and freshness max, in a section of its own.
+bytes, as stored uncompressed), as a collector running that long would, all
+of them filled before the first collector starts: the table then has each
+writer's cores (`pgfleet-store`), the freshness max and the ramp, in a
+section of its own.
 
     python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6]
 
@@ -37,6 +38,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -127,11 +129,12 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     `prepare`, if given, is called with each server's directory before it
     starts. Generators start once every server listens."""
     started = []
+    dirs = [Path(tempfile.mkdtemp(prefix="pgfleet-ab-")) for _ in builds]
     try:
-        for name, argv, *_ in builds:
-            data = Path(tempfile.mkdtemp(prefix="pgfleet-ab-"))
-            if prepare:
-                prepare(data)
+        # Every store first, so that no server runs beside another's filling.
+        for data in dirs if prepare else ():
+            prepare(data)
+        for (name, argv, *_), data in zip(builds, dirs):
             port = free_port()
             query = free_port() if reads else None
             log = open(data / "collector.log", "w")
@@ -142,7 +145,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
         for _, collector, _, _, port, _ in started:
             wait_listening(port, collector)
         gens, launched = [], {}
-        for (name, collector, _, _, port, query), build in zip(started, builds):
+        for (name, collector, _, data, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"
             cmd = [str(loadgen), "--collector", f"http://127.0.0.1:{port}",
                    "--collector-pid", str(collector.pid), "--agents", str(args.agents),
@@ -151,26 +154,30 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                    *(["--query", f"http://127.0.0.1:{query}"] if query else [])]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
             launched[name] = time.monotonic()
-            gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+            # Its complaints to a file: a pipe read only at its end would fill
+            # (an agent that fails says so) and stop it.
+            errors = open(data / "generator.err", "w+")
+            gens.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True), errors))
         # Each second, every generator's CPU and the named threads' of its
         # server, until the generators end: each window is then cut from its
         # generator's own measuring, less 5 s at each end (its ramp, which
         # the history and a store that stalls lengthen, is known only then).
         prefixes = ((READERS,) if reads else ()) + tuple(threads)
-        samples = {name: [] for name, _ in gens}
+        samples = {name: [] for name, *_ in gens}
         if generator_cpu or prefixes:
             pids = {name: collector.pid for name, collector, *_ in started}
-            while any(gen.poll() is None for _, gen in gens):
-                for name, gen in gens:
+            while any(gen.poll() is None for _, gen, _ in gens):
+                for name, gen, _ in gens:
                     if gen.poll() is None:
                         samples[name].append((time.monotonic(), cpu_ns(gen.pid),
                                               {t: cpu_ns(pids[name], t) for t in prefixes}))
                 time.sleep(1)
         results, cpu, thread_cpu = [], {}, {}
-        for name, gen in gens:
-            out, err = gen.communicate()
+        for name, gen, errors in gens:
+            out, _ = gen.communicate()
             if gen.returncode != 0:
-                raise SystemExit(f"the generator against {name} failed: {err.strip().splitlines()[-1:]}")
+                errors.seek(0)
+                raise SystemExit(f"the generator against {name} failed: {errors.read().strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
             if samples[name]:
@@ -193,6 +200,8 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
     finally:
         for _, collector, log, data, *_ in started:
             stop_collector(collector, log, data)
+        for data in dirs:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 def us_per_batch(r: dict) -> float:

@@ -6,7 +6,8 @@ Runs `cargo bench -p pgfleet-tests --bench metrics_read`
 1,000 servers through its own writer, then `sessions` by state over the whole
 day, fleet-wide, a step of an hour, two ways in turn in one process: each
 minute added up as the store reads it (QueryMetrics now), and every minute
-held first, then added up (QueryMetrics before). Each read's wall time, and
+held first, then added up (what QueryMetrics held before, less the map of
+them and the range's cells it also built: a floor of its cost). Each read's wall time, and
 the process's peak resident memory over it less its resident memory before.
 
 Writes the "## QueryMetrics over a day" section of BENCHMARKS.md with the

@@ -293,11 +293,12 @@ struct Cell {
 pub struct Fold {
     plan: Plan,
     selected: HashMap<String, Selected>,
-    /// Each group's label values, and the steps in which it had samples.
+    /// Each group's label values, and the steps in which it had a minute.
     groups: Vec<Vec<String>>,
     steps: Vec<BTreeSet<i64>>,
-    /// The live view's minutes in range of the selected servers, by server
-    /// and group (the latest first): each wins over a stored copy of it.
+    /// The live view's minutes in range of the selected servers, still in
+    /// progress, by server and group (the latest first): each wins over a
+    /// stored copy of the same minute.
     live: Vec<(usize, usize, Arc<Minute>)>,
     /// The step of `cells`, by server (the group beside).
     step: i64,
@@ -308,7 +309,7 @@ pub struct Fold {
 
 impl Fold {
     /// Adds a stored minute of `server_id`; one not selected, out of range,
-    /// or of which the live view holds a later copy, counts nothing.
+    /// or that the live view holds still in progress, counts nothing.
     pub fn add(&mut self, server_id: &str, m: &Minute) {
         let Some(s) = self.selected.get(server_id) else {
             return;

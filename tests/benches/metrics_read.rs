@@ -8,8 +8,9 @@
 //! answered fleet-wide (`sessions` by state, a step of an hour) two ways, in
 //! turn, `PGFLEET_BENCH_ROUNDS` (2) times each:
 //! - **fold**: each minute added up as the store reads it (QueryMetrics now);
-//! - **collect**: every minute of the range held first, then added up (as
-//!   QueryMetrics did before stop 50).
+//! - **collect**: every minute of the range held first, then added up: what
+//!   QueryMetrics held before stop 50, less the map of them and the range's
+//!   cells per server and step it also built, so a floor of its cost.
 //!
 //! Prints one JSON object: for each way, each round's wall time and the
 //! process's peak resident memory over the read less its resident memory

@@ -198,8 +198,9 @@ struct Pruning {
 /// How a round goes.
 #[derive(Debug, Clone, Copy)]
 struct Pace {
-    /// After each commit, no statement that deletes starts once this is
-    /// spent, but the first, and the first of the index's when it is due.
+    /// After each commit, each part of a round (the rollups' tables, the
+    /// frames, the index's servers due) gets a statement that deletes; no
+    /// more start once this is spent.
     budget: Duration,
     /// Rows deleted in one statement, at most.
     chunk: i64,
@@ -763,32 +764,40 @@ fn indexed_servers(db: &Connection) -> rusqlite::Result<Vec<String>> {
 
 /// The tables kept for the rollups' retention, in the order their old rows
 /// go (the rows that name a dictionary before it): a statement that deletes
-/// at most ?2 rows before ?1, each found by an index, and how much earlier
-/// than the rollups' cutoff the table's own is. An hour's totals and a
-/// dictionary go once the hour after theirs has: the rows that name a
-/// dictionary start before the hour after its own.
-const AGED: [(&str, Micros); 5] = [
+/// at most ?2 rows before ?1, each found by an index; how much earlier than
+/// the rollups' cutoff the table's own is; and by how much its statements
+/// take fewer rows than [`Pace::chunk`]. An hour's totals and a dictionary
+/// go once the hour after theirs has: the rows that name a dictionary start
+/// before the hour after its own. A minute of load is some 7 KB, an
+/// overflow page to read and free: a thousand took 36 ms from disk here, a
+/// hundred 3–5 ms.
+const AGED: [(&str, Micros, i64); 5] = [
     (
         "DELETE FROM rollups WHERE (minute, server_id) IN
              (SELECT minute, server_id FROM rollups WHERE minute < ?1 LIMIT ?2)",
         0,
+        1,
     ),
     (
         "DELETE FROM load WHERE id IN (SELECT id FROM load WHERE minute < ?1 LIMIT ?2)",
         0,
+        10,
     ),
     (
         "DELETE FROM statements WHERE id IN (SELECT id FROM statements WHERE at < ?1 LIMIT ?2)",
         0,
+        1,
     ),
     (
         "DELETE FROM load_hours WHERE id IN (SELECT id FROM load_hours WHERE hour < ?1 LIMIT ?2)",
         HOUR_US,
+        1,
     ),
     (
         "DELETE FROM load_keys WHERE (server_id, id) IN
              (SELECT server_id, id FROM load_keys WHERE hour < ?1 LIMIT ?2)",
         HOUR_US - 1,
+        1,
     ),
 ];
 
@@ -822,32 +831,36 @@ impl Pruning {
         })
     }
 
-    /// A share of the round, in one transaction: while the budget lasts, the
-    /// rollups' tables' old rows, then the frames, oldest first, a chunk at
-    /// a time; then the index's old entries of the servers due by now, a
-    /// chunk at least, more while the budget lasts. What went, and whether
-    /// the round is over.
+    /// A share of the round, in one transaction: the rollups' tables' old
+    /// rows, then the frames, oldest first, then the index's old entries of
+    /// the servers due by now; each a chunk at a time, a chunk at least
+    /// (so that none waits behind another's backlog), more while the budget
+    /// lasts. What went, and whether the round is over.
     fn step(&mut self, db: &Connection) -> rusqlite::Result<(Pruned, bool)> {
         let started = Instant::now();
         let (budget, chunk) = (self.pace.budget, self.pace.chunk);
-        // A statement that found nothing to delete costs a look in an index:
-        // only one that deleted spends the step's budget.
-        let go_on = |deleted: &Pruned| *deleted == Pruned::default() || started.elapsed() < budget;
+        let spent = || started.elapsed() >= budget;
         let tx = db.unchecked_transaction()?;
         let mut deleted = Pruned::default();
         let mut table = self.table;
-        while table < AGED.len() && go_on(&deleted) {
-            let (sql, shift) = AGED[table];
+        // A statement that finds nothing costs a look in an index: the
+        // first that deletes is the part's own.
+        let mut went = false;
+        while table < AGED.len() && (!went || !spent()) {
+            let (sql, shift, fewer) = AGED[table];
+            let rows = (chunk / fewer).max(1);
             let n = tx
                 .prepare_cached(sql)?
-                .execute(params![self.rollups_before - shift, chunk])?;
+                .execute(params![self.rollups_before - shift, rows])?;
             deleted.rollups += n;
-            if (n as i64) < chunk {
+            went |= n > 0;
+            if (n as i64) < rows {
                 table += 1;
             }
         }
         let mut frames_done = self.frames_done;
-        while !frames_done && go_on(&deleted) {
+        let mut first = true;
+        while !frames_done && (std::mem::take(&mut first) || !spent()) {
             let n = prune_frames(&tx, self.cutoff, chunk)?;
             deleted.frames += n;
             frames_done = (n as i64) < chunk;
@@ -862,7 +875,7 @@ impl Pruning {
         if next < due {
             let mut unindex = tx.prepare_cached(UNINDEX)?;
             let mut first = true;
-            while next < due && (std::mem::take(&mut first) || started.elapsed() < budget) {
+            while next < due && (std::mem::take(&mut first) || !spent()) {
                 let n = unindex.execute(params![self.servers[next], self.cutoff, chunk])?;
                 if (n as i64) < chunk {
                     next += 1;
@@ -1311,7 +1324,7 @@ mod tests {
         db.execute_batch(SCHEMA).unwrap();
         // None reads its table whole: the minutes of load did, every round,
         // some 7 KB a row.
-        for sql in AGED.iter().map(|(sql, _)| *sql).chain([UNINDEX]) {
+        for sql in AGED.iter().map(|(sql, ..)| *sql).chain([UNINDEX]) {
             let mut plan = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let given = [0, 1, 1];
             let steps: Vec<String> = plan
@@ -1375,9 +1388,10 @@ mod tests {
         };
         let tables = ["rollups", "load", "statements", "load_hours", "load_keys"];
 
-        // No budget, chunks of two: a statement that deletes a step, and
-        // one of the index's, the tables in turn (the rows that name a
-        // dictionary before it).
+        // No budget, chunks of two (of load, one): a statement that deletes
+        // a step of each part, the rollups' tables in turn (the rows that
+        // name a dictionary before it), the frames (the last stays, whatever
+        // its age) and the index, none waiting behind the tables' backlog.
         let pace = Pace {
             budget: Duration::ZERO,
             chunk: 2,
@@ -1388,53 +1402,25 @@ mod tests {
         loop {
             let (deleted, over) = round.step(&db).unwrap();
             let left: Vec<i64> = tables.iter().map(|t| count(t)).collect();
-            steps.push((deleted, left, count("frame_index")));
+            steps.push((deleted.rollups, left, deleted.frames, count("frame_index")));
             if over {
                 break;
             }
         }
-        let rollups = |n| Pruned {
-            frames: 0,
-            rollups: n,
-        };
         assert_eq!(
             steps,
             [
-                (rollups(2), vec![2, 4, 4, 4, 4], 4),
-                (rollups(1), vec![1, 4, 4, 4, 4], 2),
-                (rollups(2), vec![1, 2, 4, 4, 4], 1),
-                (rollups(1), vec![1, 1, 4, 4, 4], 1),
-                (rollups(2), vec![1, 1, 2, 4, 4], 1),
-                (rollups(1), vec![1, 1, 1, 4, 4], 1),
-                (rollups(2), vec![1, 1, 1, 2, 4], 1),
-                (rollups(1), vec![1, 1, 1, 1, 4], 1),
-                (rollups(2), vec![1, 1, 1, 1, 2], 1),
-                (rollups(1), vec![1, 1, 1, 1, 1], 1),
-                // The first frames: the last stays, whatever its age.
-                (
-                    Pruned {
-                        frames: 2,
-                        rollups: 0
-                    },
-                    vec![1, 1, 1, 1, 1],
-                    1
-                ),
-                (
-                    Pruned {
-                        frames: 2,
-                        rollups: 0
-                    },
-                    vec![1, 1, 1, 1, 1],
-                    1
-                ),
-                (
-                    Pruned {
-                        frames: 1,
-                        rollups: 0
-                    },
-                    vec![1, 1, 1, 1, 1],
-                    1
-                ),
+                (2, vec![2, 4, 4, 4, 4], 2, 4),
+                (1, vec![1, 4, 4, 4, 4], 2, 2),
+                (1, vec![1, 3, 4, 4, 4], 1, 1),
+                (1, vec![1, 2, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 2, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 2, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 2], 0, 1),
+                (1, vec![1, 1, 1, 1, 1], 0, 1),
             ]
         );
         for table in tables {
