@@ -205,7 +205,8 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
 
 
 def us_per_batch(r: dict) -> float:
-    return 1e6 * r["collector_cores"] / r["batches_per_s"]
+    """The collector's CPU per batch applied; NaN if it applied none."""
+    return 1e6 * r["collector_cores"] / r["batches_per_s"] if r["batches_per_s"] else float("nan")
 
 
 def main() -> None:
@@ -236,7 +237,9 @@ def main() -> None:
     rows = []
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]
-        rows.extend((i + 1, r) for r in run_pair(bin_dir, order, args, reads=args.reads, **kept))
+        for r in run_pair(bin_dir, order, args, reads=args.reads, **kept):
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            rows.append((i + 1, r))
     command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
                                        ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
@@ -277,11 +280,11 @@ def main() -> None:
     def kept_cells(r):
         if not args.load_kept:
             return ""
-        return (f" {r['freshness_max_ms']:,.0f} | {r['thread_cores']['pgfleet-store']:.3f} |"
+        return (f" {fmt(r['freshness_max_ms'], 0)} | {r['thread_cores']['pgfleet-store']:.3f} |"
                 f" {r['ramp_s']:.0f} |")
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
-        f"{r['collector_kib_per_server']:.0f} | {r['freshness_p99_ms']:,.0f} | {r['errors']} |{reads_cells(r)}"
+        f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |{reads_cells(r)}"
         f"{kept_cells(r)}"
         for run, r in rows)
     section = f"""{title}
