@@ -39,7 +39,6 @@ import datetime
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ from pathlib import Path
 
 from agent_overhead import cpu_ns
 from collector_load import build, fmt, free_port, stop_collector
-from report import machine_name, write_section
+from report import machine_name, wait_port, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector side by side"
@@ -94,21 +93,6 @@ def keep_load(store: Path, hours: float, servers: int) -> None:
     db.close()
 
 
-def wait_listening(port: int, process: subprocess.Popen, timeout: float = 600) -> None:
-    """Waits until `port` takes a connection (the collector binds its ports
-    before it opens its store)."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        if process.poll() is not None:
-            raise SystemExit(f"the collector on port {port} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"the collector on port {port} did not listen within {timeout:.0f} s")
-
-
 def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
              connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False,
              threads: tuple = (), prepare=None) -> list[dict]:
@@ -142,8 +126,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 argv(port, data, query) if reads else argv(port, data),
                 stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))
             started.append((name, collector, log, data, port, query))
+        # The collector binds its ports before it opens its store.
         for _, collector, _, _, port, _ in started:
-            wait_listening(port, collector)
+            wait_port(port, 600, collector)
         gens, launched = [], {}
         for (name, collector, _, data, port, query), build in zip(started, builds):
             loadgen = build[2] if len(build) > 2 else bin_dir / "pgfleet-loadgen"

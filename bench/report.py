@@ -7,9 +7,25 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HEADER = "# pgfleet benchmarks\n\nEvery figure here was written by the command shown with it.\n"
+
+
+def wait_port(port: int, seconds: float, process: subprocess.Popen | None = None) -> None:
+    """Waits until something listens on 127.0.0.1:`port`; exits if nothing
+    does within `seconds`, or if `process` (the one meant to) has ended."""
+    import socket
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            sys.exit(f"the process meant to listen on port {port} exited with {process.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    sys.exit(f"nothing listens on port {port} after {seconds} s")
 
 
 def machine_name() -> str:

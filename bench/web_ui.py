@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from collector_load import build, free_port
-from report import write_section
+from report import wait_port, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Web UI"
@@ -45,17 +45,6 @@ def webdriver(base: str, method: str, path: str, body=None):
             return json.loads(r.read() or b"{}").get("value")
     except urllib.error.HTTPError as e:
         sys.exit(f"WebDriver {method} {path}: {e.code} {e.read().decode(errors='replace')[:500]}")
-
-
-def wait_port(port: int, seconds: float) -> None:
-    import socket
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    sys.exit(f"nothing listens on port {port} after {seconds} s")
 
 
 def servers_streaming(http: str) -> int:

@@ -215,6 +215,12 @@ impl Plan {
         };
         let mut fold = Fold {
             plan: self.clone(),
+            own: self
+                .matchers
+                .iter()
+                .filter(|m| Some(m.name.as_str()) == own)
+                .cloned()
+                .collect(),
             selected: HashMap::new(),
             groups: Vec::new(),
             live: Vec::new(),
@@ -292,6 +298,8 @@ struct Cell {
 /// day" in BENCHMARKS.md).
 pub struct Fold {
     plan: Plan,
+    /// The matchers on the metric's own label, which pick its values.
+    own: Vec<Matcher>,
     selected: HashMap<String, Selected>,
     /// Each group's label values, and the steps in which it had a minute.
     groups: Vec<Vec<String>>,
@@ -356,18 +364,11 @@ impl Fold {
     /// Adds the step's cells into their groups' points.
     fn close_step(&mut self) {
         let combine = self.plan.metric.combine();
-        let own = self.plan.metric.label();
         let step = self.step;
         for (_, (group, cell)) in self.cells.drain() {
             self.steps[group].insert(step);
             for (value_label, v) in cell.values {
-                if !self
-                    .plan
-                    .matchers
-                    .iter()
-                    .filter(|m| Some(m.name.as_str()) == own)
-                    .all(|m| m.matches(Some(&value_label)))
-                {
+                if !self.own.iter().all(|m| m.matches(Some(&value_label))) {
                     continue;
                 }
                 let value = match combine {

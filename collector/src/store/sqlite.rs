@@ -1224,6 +1224,13 @@ mod tests {
         }
     }
 
+    /// A database in memory with the store's tables.
+    fn in_memory() -> Connection {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(SCHEMA).unwrap();
+        db
+    }
+
     /// Stores an empty keyframe of `server` at `at`, unindexed.
     fn empty_keyframe(db: &Connection, server: &str, at: Micros) {
         db.execute(
@@ -1253,8 +1260,7 @@ mod tests {
 
     #[test]
     fn a_round_of_deleting_goes_a_chunk_at_a_time_and_spreads_the_index_over_its_time() {
-        let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        let db = in_memory();
         let now = 100 * 86_400_000_000;
         let hour = 3_600_000_000;
         // More old frames than a chunk, over three servers; then a recent
@@ -1313,15 +1319,13 @@ mod tests {
 
     #[test]
     fn every_table_s_old_rows_go_a_chunk_at_a_time_none_read_whole() {
-        let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        let db = in_memory();
         // None reads its table whole: the minutes of load did, every round,
         // some 7 KB a row. Each steps through at most its chunk of rows in a
         // scan (load's walks its oldest rows in the order written), however
         // many are kept.
         {
-            let db = Connection::open_in_memory().unwrap();
-            db.execute_batch(SCHEMA).unwrap();
+            let db = in_memory();
             for i in 0..200 {
                 let server = format!("s{}", i % 7);
                 for sql in [
@@ -1438,8 +1442,7 @@ mod tests {
 
     #[test]
     fn history_past_its_retention_is_deleted() {
-        let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        let db = in_memory();
         let now = 100 * 86_400_000_000;
         let hour = 3_600_000_000;
         for at in [now - 25 * hour, now - 23 * hour] {
@@ -1622,8 +1625,7 @@ mod tests {
 
     #[test]
     fn minutes_come_back_as_stored() {
-        let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        let db = in_memory();
         let mut m = Minute::holding(90 * 60_000_000 + 5);
         m.samples = 3;
         m.covered_us = 3_000_000;
@@ -1885,8 +1887,7 @@ mod tests {
     #[test]
     fn a_delta_is_stored_without_what_its_base_holds_and_rebuilt_whole() {
         use pgfleet_proto::model::SessionState;
-        let db = Connection::open_in_memory().unwrap();
-        db.execute_batch(SCHEMA).unwrap();
+        let db = in_memory();
         let first = Arc::new(Session {
             pid: 7,
             backend_start_us: 1,
