@@ -222,6 +222,7 @@ impl Plan {
                 .cloned()
                 .collect(),
             selected: HashMap::new(),
+            of: servers.len(),
             groups: Vec::new(),
             live: Vec::new(),
             step: i64::MIN,
@@ -301,6 +302,8 @@ pub struct Fold {
     /// The matchers on the metric's own label, which pick its values.
     own: Vec<Matcher>,
     selected: HashMap<String, Selected>,
+    /// How many servers the view held that it was made of.
+    of: usize,
     /// Each group's label values, and the steps in which it had a minute.
     groups: Vec<Vec<String>>,
     steps: Vec<BTreeSet<i64>>,
@@ -316,6 +319,13 @@ pub struct Fold {
 }
 
 impl Fold {
+    /// The servers whose stored minutes it adds up, or None when that is
+    /// every server of the view it was made of: a store then need not find
+    /// them apart.
+    pub fn servers(&self) -> Option<Vec<String>> {
+        (self.selected.len() < self.of).then(|| self.selected.keys().cloned().collect())
+    }
+
     /// Adds a stored minute of `server_id`; one not selected, out of range,
     /// or that the live view holds still in progress, counts nothing.
     pub fn add(&mut self, server_id: &str, m: &Minute) {
@@ -677,6 +687,25 @@ mod tests {
             )),
             [" 10 10"]
         );
+        // The servers a store is to find apart: none named when the
+        // matchers keep every one (those on the metric's own label pick
+        // values, not servers).
+        let servers_of = |matchers: &[&str]| {
+            plan("sessions", &[], matchers, 1)
+                .fold(&servers)
+                .servers()
+                .map(|mut ids| {
+                    ids.sort();
+                    ids
+                })
+        };
+        assert_eq!(servers_of(&[]), None);
+        assert_eq!(servers_of(&["state=active"]), None);
+        assert_eq!(
+            servers_of(&["dc=~\"eu.*\""]),
+            Some(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(servers_of(&["dc=nowhere"]), Some(vec![]));
     }
 
     #[test]

@@ -547,3 +547,118 @@ async fn days_past_their_retention_are_dropped_whole() {
     c.stop().await;
     cluster.destroy().await;
 }
+
+/// Either store hands back a few servers' minutes, each found by its key,
+/// as a read of the whole range keeps of theirs: for one server, several,
+/// more than are looked up apart, none, and one it never stored; over
+/// ranges that start off a minute, reach back before the first stored
+/// minute, or lie after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
+    use pgfleet_collector::rollup::{MINUTE_US, Metric, Minute};
+    use pgfleet_collector::store::{Op, Retention, Store};
+
+    let (cluster, url) = cluster_with_store().await;
+    let (pg, _) = Store::open(
+        &StoreConfig::Postgres(url),
+        &cluster.dir().join("pg-store"),
+        Retention::default(),
+        "minutes-test",
+    )
+    .await
+    .unwrap();
+    let dir = cluster.dir().join("sqlite-store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+
+    // 80 servers, 30 minutes, each server missing some of them.
+    let now = pgfleet_proto::time::now_micros();
+    let first = now - now.rem_euclid(MINUTE_US) - 30 * MINUTE_US;
+    let ids: Vec<String> = (0..80).map(|i| format!("s-{i:02}")).collect();
+    let mut written = 0;
+    for m in 0..30 {
+        for (i, id) in ids.iter().enumerate() {
+            if (i + m) % 7 == 0 {
+                continue;
+            }
+            let minute = Minute {
+                start: first + m as i64 * MINUTE_US,
+                samples: 60,
+                covered_us: 60_000_000,
+                values: [(Metric::Sessions, "active", (i * 100 + m) as f64)]
+                    .into_iter()
+                    .collect(),
+            };
+            for store in [&pg, &sqlite] {
+                store
+                    .write(Op::Minute {
+                        server_id: id.clone(),
+                        minute: minute.clone(),
+                    })
+                    .await;
+            }
+            written += 1;
+        }
+    }
+    pg.flush().await;
+    sqlite.flush().await;
+
+    let read = |store: &Store, servers: Option<Vec<String>>, (start, end): (i64, i64)| {
+        let store = store.clone();
+        async move {
+            store
+                .fold_minutes(start, end, servers, Vec::new(), |v, s, m| {
+                    v.push((s.to_owned(), m))
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let everything = (first - 86_400_000_000, now + MINUTE_US);
+    let all = read(&sqlite, None, everything).await;
+    assert_eq!(all.len(), written);
+    assert!(
+        all.windows(2)
+            .all(|w| (w[0].1.start, &w[0].0) < (w[1].1.start, &w[1].0)),
+        "by start and then server"
+    );
+    assert_eq!(read(&pg, None, everything).await, all, "both stores alike");
+
+    let some = |range: std::ops::Range<usize>| ids[range].to_vec();
+    let selections = [
+        vec!["s-07".to_owned()],
+        some(10..15),
+        some(0..70),
+        Vec::new(),
+        vec!["nobody".to_owned()],
+        vec!["s-03".to_owned(), "nobody".to_owned(), "s-03".to_owned()],
+    ];
+    let ranges = [
+        everything,
+        (first + 17_000_000, first + 10 * MINUTE_US + 5_000_000),
+        (first - 10 * 86_400_000_000, first + 3 * MINUTE_US),
+        (now + 3_600_000_000, now + 7_200_000_000),
+        (first + 5 * MINUTE_US, first + 5 * MINUTE_US),
+    ];
+    for servers in &selections {
+        for range in ranges {
+            let expected: Vec<(String, Minute)> = all
+                .iter()
+                .filter(|(s, m)| servers.contains(s) && m.start >= range.0 && m.start < range.1)
+                .cloned()
+                .collect();
+            for (name, store) in [("sqlite", &sqlite), ("postgres", &pg)] {
+                let got = read(store, Some(servers.clone()), range).await;
+                assert!(
+                    got == expected,
+                    "{name}, {} servers, range {range:?}: {} minutes against {}",
+                    servers.len(),
+                    got.len(),
+                    expected.len()
+                );
+            }
+        }
+    }
+    drop((pg, sqlite));
+    cluster.destroy().await;
+}

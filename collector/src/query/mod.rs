@@ -402,8 +402,9 @@ impl v1::query_server::Query for QueryService {
             ));
         };
         let fold = plan.fold(&self.aggregator.view().servers);
+        let servers = fold.servers();
         let fold = store
-            .fold_minutes(plan.start, plan.end, fold, |fold, server_id, m| {
+            .fold_minutes(plan.start, plan.end, servers, fold, |fold, server_id, m| {
                 fold.add(server_id, &m)
             })
             .await

@@ -53,6 +53,10 @@ use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
 
+/// How many servers make a read of a time range read it whole, keeping
+/// theirs, rather than seek each server's rows.
+const MANY_SERVERS: usize = 64;
+
 /// How long a commit gathers writes: the longest a frame waits to be committed.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(200);
 
@@ -442,13 +446,15 @@ impl Store {
         let _ = rx.await;
     }
 
-    /// Hands `f` every stored minute that starts in `[start, end)`, with
-    /// its server, by start and then server, as it is read (a fleet's day of
-    /// them is never held at once): what `f` made of `state`.
+    /// Hands `f` every stored minute that starts in `[start, end)` of
+    /// `servers` (None: every server), with its server, by start and then
+    /// server, as it is read (a fleet's day of them is never held at once):
+    /// what `f` made of `state`.
     pub async fn fold_minutes<S: Send + 'static>(
         &self,
         start: Micros,
         end: Micros,
+        servers: Option<Vec<String>>,
         state: S,
         f: fn(&mut S, &str, Minute),
     ) -> Result<S, StoreError> {
@@ -458,7 +464,7 @@ impl Store {
                 self.blocking(
                     move |db: &rusqlite::Connection| {
                         let mut state = state;
-                        sqlite::each_minute(db, start, end, |server_id, m| {
+                        sqlite::each_minute(db, start, end, servers.as_deref(), |server_id, m| {
                             f(&mut state, server_id, m)
                         })?;
                         Ok(state)
@@ -468,7 +474,7 @@ impl Store {
                 .await
             }
             Reader::Postgres(pg) => pg
-                .fold_minutes(start, end, state, f)
+                .fold_minutes(start, end, servers, state, f)
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }

@@ -11,14 +11,14 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::{Loaded, Op, Pruned, Rebuilt, Retention, Sink, StoreError, StoredServer};
+use super::{Loaded, MANY_SERVERS, Op, Pruned, Rebuilt, Retention, Sink, StoreError, StoredServer};
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
 use crate::load::keys::{Keys, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad};
-use crate::rollup::Minute;
+use crate::rollup::{MINUTE_US, Minute};
 
 /// The tables. Frames are appended in the order they are applied (rowid),
 /// which keeps a second's thousands of inserts at the end of the table, and
@@ -386,7 +386,7 @@ fn loaded(db: &Connection, path: &Path) -> rusqlite::Result<Loaded> {
         ))
     })?;
     let mut recent: HashMap<String, Minute> = HashMap::new();
-    let since = now_micros() - 2 * crate::rollup::MINUTE_US;
+    let since = now_micros() - 2 * MINUTE_US;
     for (server_id, minute) in minutes(db, since, Micros::MAX)? {
         recent.insert(server_id, minute);
     }
@@ -447,40 +447,88 @@ pub(super) fn minutes(
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Minute)>> {
     let mut out = Vec::new();
-    each_minute(db, start, end, |server_id, minute| {
+    each_minute(db, start, end, None, |server_id, minute| {
         out.push((server_id.to_owned(), minute))
     })?;
     Ok(out)
 }
 
-/// Hands `f` each minute that starts in `[start, end)` as it is read, by
-/// start and then server.
+/// Hands `f` each minute that starts in `[start, end)` of `servers` (None:
+/// every server) as it is read, by start and then server.
+///
+/// `rollups` is keyed by minute and then server. A few servers' minutes are
+/// each found by that key: a day of one server is 1,440 lookups, where a
+/// read of the range reads every server's minutes (1.44 million rows, some
+/// 1.9 GB, for a day of 1,000 servers; "QueryMetrics over a day" in
+/// BENCHMARKS.md). More servers than [`MANY_SERVERS`] are read in one pass
+/// over the range, decoding only theirs.
 pub(super) fn each_minute(
     db: &Connection,
     start: Micros,
     end: Micros,
+    servers: Option<&[String]>,
     mut f: impl FnMut(&str, Minute),
 ) -> rusqlite::Result<()> {
+    let mut decoded = |server_id: &str, start: i64, body: &[u8]| match Minute::decode(start, body) {
+        Some(minute) => f(server_id, minute),
+        None => {
+            warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
+        }
+    };
+    if let Some(ids) = servers
+        && ids.len() <= MANY_SERVERS
+    {
+        let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Only the minutes between the first and the last stored: a range
+        // that reaches back years looks up none before the first. (Each
+        // apart, each is the end of the key; `min(minute), max(minute)` in
+        // one select reads every row.)
+        let (first, last): (Option<i64>, Option<i64>) = db
+            .prepare_cached(
+                "SELECT (SELECT min(minute) FROM rollups), (SELECT max(minute) FROM rollups)",
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(());
+        };
+        let (from, end) = (start.max(first), end.min(last.saturating_add(1)));
+        if from >= end {
+            return Ok(());
+        }
+        // Every stored minute starts on a minute.
+        let mut minute = from + (MINUTE_US - from.rem_euclid(MINUTE_US)) % MINUTE_US;
+        let mut q =
+            db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
+        while minute < end {
+            for id in &ids {
+                if let Some(r) = q.query(params![minute, id])?.next()? {
+                    decoded(id, minute, r.get_ref(0)?.as_blob()?);
+                }
+            }
+            minute += MINUTE_US;
+        }
+        return Ok(());
+    }
+    let wanted: Option<std::collections::HashSet<&str>> =
+        servers.map(|ids| ids.iter().map(String::as_str).collect());
     let mut q = db.prepare_cached(
         "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
          ORDER BY minute, server_id",
     )?;
     let mut rows = q.query(params![start, end])?;
     while let Some(r) = rows.next()? {
-        let start: i64 = r.get(0)?;
         let server_id = r.get_ref(1)?.as_str()?;
-        match Minute::decode(start, r.get_ref(2)?.as_blob()?) {
-            Some(minute) => f(server_id, minute),
-            None => {
-                warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
-            }
+        if wanted.as_ref().is_none_or(|w| w.contains(server_id)) {
+            decoded(server_id, r.get(0)?, r.get_ref(2)?.as_blob()?);
         }
     }
     Ok(())
 }
-
-/// How many servers make a read of a time range scan it whole.
-const MANY_SERVERS: usize = 64;
 
 /// Rows `(server_id, start, body)` of `table` keyed by `column`, in
 /// `[start, end)`, of `servers` (None: every server, reading the whole table).

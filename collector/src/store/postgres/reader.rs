@@ -143,28 +143,63 @@ impl Reader {
         Ok(out)
     }
 
-    /// The minutes that start in `[start, end)`, oldest first.
+    /// The minutes that start in `[start, end)` of `servers` (None: every
+    /// server), by start and then server, as they come: a fleet's day of
+    /// them is not held at once.
+    ///
+    /// `rollups` is keyed by minute and then server, so a few servers'
+    /// minutes are each found by that key, one lookup per minute of the
+    /// stored range for them all (`= ANY` on the key's second column, the
+    /// first equal), rather than every server's minutes read. More servers
+    /// than [`super::super::MANY_SERVERS`] are read in one pass over the
+    /// range, decoding only theirs.
     pub(in crate::store) async fn fold_minutes<S>(
         &self,
         start: Micros,
         end: Micros,
+        servers: Option<Vec<String>>,
         mut state: S,
         f: fn(&mut S, &str, Minute),
     ) -> Result<S, ReadError> {
+        use tokio_postgres::types::ToSql;
+        let few = servers
+            .as_ref()
+            .filter(|ids| ids.len() <= super::super::MANY_SERVERS);
+        if few.is_some_and(Vec::is_empty) {
+            return Ok(state);
+        }
+        // Every stored minute starts on a minute.
+        let from = start.saturating_add((MINUTE_US - start.rem_euclid(MINUTE_US)) % MINUTE_US);
         let client = self.client().await?;
-        let rows = client
-            .query_raw(
+        let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match few {
+            Some(ids) => (
+                "SELECT r.minute, r.server_id, r.body
+                 FROM (SELECT min(minute) AS first, max(minute) AS last FROM pgfleet.rollups) AS kept,
+                      generate_series(greatest($1::bigint, kept.first), least($2::bigint - 1, kept.last),
+                                      $4::bigint) AS m(minute),
+                      pgfleet.rollups AS r
+                 WHERE kept.first IS NOT NULL AND r.minute = m.minute AND r.server_id = ANY($3::text[])
+                 ORDER BY r.minute, r.server_id",
+                vec![&from, &end, ids, &MINUTE_US],
+            ),
+            None => (
                 "SELECT minute, server_id, body FROM pgfleet.rollups
                  WHERE minute >= $1 AND minute < $2 ORDER BY minute, server_id",
-                [start, end],
-            )
-            .await
-            .map_err(read_error)?;
-        // As they come: a fleet's day of minutes is not held at once.
+                vec![&start, &end],
+            ),
+        };
+        let rows = client.query_raw(sql, params).await.map_err(read_error)?;
+        let wanted: Option<std::collections::HashSet<&str>> = servers
+            .as_ref()
+            .filter(|_| few.is_none())
+            .map(|ids| ids.iter().map(String::as_str).collect());
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = tokio_stream::StreamExt::next(&mut rows).await {
             let row = row.map_err(read_error)?;
             let (start, server_id): (i64, &str) = (row.get(0), row.get(1));
+            if wanted.as_ref().is_some_and(|w| !w.contains(server_id)) {
+                continue;
+            }
             match Minute::decode(start, row.get(2)) {
                 Some(minute) => f(&mut state, server_id, minute),
                 None => {
