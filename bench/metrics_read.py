@@ -12,7 +12,8 @@ day, a step of an hour, in one process:
   it also built: a floor of its cost), each read's wall time and the process's
   peak resident memory over it less its resident memory before;
 - for one server and for ten, two ways in turn: each of their minutes found by
-  its key (now), and the whole range read, theirs kept (before stop 51).
+  its key (now), and the whole range read, theirs kept (before stop 51);
+- one server's read while a fleet-wide read runs, on another connection.
 
 Writes the "## QueryMetrics over a day" section of BENCHMARKS.md with the
 command.
@@ -89,6 +90,15 @@ def main() -> None:
         lines.append(f"- {n} server{'s' if n > 1 else ''}: {k * 1000:,.0f} ms found by key against"
                      f" {whole:.2f} s with the whole range read (medians).")
     lines.append("")
+    during = statistics.median(x["s"] for x in w["one_during_whole"])
+    beside = statistics.median(x["s"] for x in w["whole_beside_one"])
+    lines += [
+        "One server's day read again, 0.5 s into a fleet-wide day's read, on another of the"
+        " store's three connections for reads: " + ", ".join(f"{x['s'] * 1000:,.0f}" for x in w["one_during_whole"])
+        + f" ms (median {during * 1000:,.0f} ms), while the fleet-wide read took {beside:.2f} s"
+        " (median). With one connection, as before stop 51, it waited for the fleet-wide read to end.",
+        "",
+    ]
     section = "\n".join(lines)
     write_section(Path(args.output), TITLE, section)
     print(section)

@@ -17,6 +17,10 @@
 //! - **keyed**: each of their minutes found by its key (QueryMetrics now);
 //! - **whole**: the whole range read and theirs kept (before stop 51).
 //!
+//! Then one server's read while a fleet-wide read runs (**one during
+//! whole**), which a store with one connection for reads would make wait
+//! for the rest of the fleet-wide read.
+//!
 //! Checks that each pair of ways gives the same series, and prints one JSON
 //! object: for each way, each round's wall time and the
 //! process's peak resident memory over the read less its resident memory
@@ -223,6 +227,30 @@ async fn run(
         let (series, took, mib) = measured(fold(whole.clone(), None)).await;
         answers.push(series);
         timed("fold", took, mib);
+    }
+    // One server's day read while a fleet-wide day is being read: it takes
+    // another of the store's connections.
+    for _ in 0..rounds {
+        let long = tokio::spawn({
+            let (whole, views, store) = (whole.clone(), views.clone(), store.clone());
+            async move {
+                let started = Instant::now();
+                let fold = whole.fold(&views);
+                store
+                    .fold_minutes(whole.start, whole.end, None, fold, |f, s, m| f.add(s, &m))
+                    .await
+                    .expect("a read");
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let selected = plan(&[r#"server_id="bench-00042""#]);
+        let servers = selected.fold(&views).servers();
+        let (_, took, mib) = measured(fold(selected, servers)).await;
+        assert!(!long.is_finished(), "the fleet-wide read still runs");
+        timed("one_during_whole", took, mib);
+        let long = long.await.expect("the fleet-wide read");
+        timed("whole_beside_one", long, 0.0);
     }
     // Last: the first read that holds the range leaves the allocator some
     // 1.9 GB of blocks to gather again, which the next read would pay for

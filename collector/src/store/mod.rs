@@ -269,10 +269,35 @@ impl std::ops::AddAssign for Pruned {
 /// Where reads go.
 #[derive(Clone)]
 enum Reader {
-    /// One connection for reads, opened once (WAL lets it read while the
-    /// writer writes).
-    Sqlite(Arc<Mutex<rusqlite::Connection>>, sqlite::Unindexed),
+    Sqlite(Arc<Readers>, sqlite::Unindexed),
     Postgres(postgres::Reader),
+}
+
+/// How many connections serve a SQLite store's reads.
+const SQLITE_READERS: usize = 3;
+
+/// A SQLite store's connections for reads, opened once: a long read (a
+/// fleet's day of minutes, seconds at a thousand servers) holds one, and
+/// the others answer meanwhile. WAL lets each read while the writer writes.
+struct Readers {
+    idle: Mutex<Vec<rusqlite::Connection>>,
+    free: tokio::sync::Semaphore,
+}
+
+impl Readers {
+    fn new(connections: Vec<rusqlite::Connection>) -> Arc<Readers> {
+        Arc::new(Readers {
+            free: tokio::sync::Semaphore::new(connections.len()),
+            idle: Mutex::new(connections),
+        })
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<rusqlite::Connection>> {
+        // Nothing panics while it is held.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The handle to the store: send writes, read history.
@@ -344,10 +369,10 @@ impl Store {
 
     /// Opens (creating it if need be) `dir/pgfleet.sqlite`.
     pub fn open_sqlite(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
-        let (sink, reader, unindexed, loaded, place) = sqlite::open(dir)?;
+        let (sink, readers, unindexed, loaded, place) = sqlite::open(dir, SQLITE_READERS)?;
         let store = Self::start(
             sink,
-            Reader::Sqlite(Arc::new(Mutex::new(reader)), unindexed),
+            Reader::Sqlite(Readers::new(readers), unindexed),
             place,
             retention,
         )?;
@@ -683,20 +708,36 @@ impl Store {
         }
     }
 
+    /// Runs `read` on a thread for blocking work, with a connection of
+    /// `readers` once one is free.
     async fn blocking<T: Send + 'static>(
         &self,
         read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-        db: Arc<Mutex<rusqlite::Connection>>,
+        readers: Arc<Readers>,
     ) -> Result<T, StoreError> {
-        let place = self.place.clone();
-        tokio::task::spawn_blocking(move || {
-            let db = db
-                .lock()
-                .map_err(|_| StoreError::new(&place, "a read panicked"))?;
-            read(&db).map_err(|e| StoreError::new(&place, e))
+        let fail = |e: &dyn std::fmt::Display| StoreError::new(&self.place, e);
+        let permit = readers.free.acquire().await.map_err(|e| fail(&e))?;
+        let db = readers
+            .idle()
+            .pop()
+            .ok_or_else(|| fail(&"no connection is left to read with: a read panicked"))?;
+        match tokio::task::spawn_blocking(move || {
+            let out = read(&db);
+            (db, out)
         })
         .await
-        .map_err(|e| StoreError::new(&self.place, e))?
+        {
+            Ok((db, out)) => {
+                readers.idle().push(db);
+                drop(permit);
+                out.map_err(|e| fail(&e))
+            }
+            // The connection went with the read that panicked.
+            Err(e) => {
+                permit.forget();
+                Err(fail(&e))
+            }
+        }
     }
 }
 
@@ -898,7 +939,7 @@ mod tests {
         let (go, held) = std::sync::mpsc::channel();
         let store = Store::start(
             Held { entered, go: held },
-            Reader::Sqlite(Arc::new(Mutex::new(reader)), Default::default()),
+            Reader::Sqlite(Readers::new(vec![reader]), Default::default()),
             "test".into(),
             Retention::default(),
         )
@@ -988,5 +1029,78 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A read stopped at its first minute until told to go on; it says
+    /// when it has reached it.
+    type Stopped = (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>);
+
+    fn stop_at_first(state: &mut Stopped, _: &str, _: Minute) {
+        let _ = state.1.send(());
+        let _ = state.0.recv();
+    }
+
+    fn count(n: &mut usize, _: &str, _: Minute) {
+        *n += 1;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_holds_one_connection_while_the_others_answer() {
+        let dir = scratch("readers");
+        let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+        let start = now_micros() - now_micros().rem_euclid(crate::rollup::MINUTE_US);
+        store
+            .write(Op::Minute {
+                server_id: "a".into(),
+                minute: Minute {
+                    start,
+                    samples: 1,
+                    ..Default::default()
+                },
+            })
+            .await;
+        store.flush().await;
+        let read = |state, f| {
+            let store = store.clone();
+            tokio::spawn(async move { store.fold_minutes(0, Micros::MAX, None, state, f).await })
+        };
+        let mut held = Vec::new();
+        for i in 0..SQLITE_READERS {
+            let (go, wait) = std::sync::mpsc::channel();
+            let (reached, entered) = std::sync::mpsc::channel();
+            held.push((go, read((wait, reached), stop_at_first)));
+            entered
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the long read reaches its minute");
+            // While fewer than all are held, another read answers.
+            let other = tokio::spawn({
+                let store = store.clone();
+                async move { store.fold_minutes(0, Micros::MAX, None, 0, count).await }
+            });
+            if i + 1 < SQLITE_READERS {
+                let n = tokio::time::timeout(Duration::from_secs(10), other)
+                    .await
+                    .unwrap_or_else(|_| panic!("a read waited behind {} long one(s)", i + 1))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(n, 1);
+            } else {
+                // Every connection held: it waits its turn, and then reads.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!other.is_finished(), "a read found a connection none had");
+                for (go, long) in held.drain(..) {
+                    go.send(()).unwrap();
+                    long.await.unwrap().unwrap();
+                }
+                let n = tokio::time::timeout(Duration::from_secs(10), other)
+                    .await
+                    .expect("the waiting read is answered")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -214,12 +214,13 @@ const PACE: Pace = Pace {
     chunk: 1000,
     index_over: Duration::from_secs(45),
 };
-/// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer, a
-/// connection for reads with the frames it has yet to index, what the file
-/// holds, and its name.
+/// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer,
+/// `readers` connections for reads with the frames it has yet to index,
+/// what the file holds, and its name.
 pub(super) fn open(
     dir: &Path,
-) -> Result<(SqliteSink, Connection, Unindexed, Loaded, String), StoreError> {
+    readers: usize,
+) -> Result<(SqliteSink, Vec<Connection>, Unindexed, Loaded, String), StoreError> {
     let path = dir.join("pgfleet.sqlite");
     let place = path.display().to_string();
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
@@ -236,7 +237,10 @@ pub(super) fn open(
     }
     let last_frame = index_the_rest(&db).map_err(fail)?;
     let loaded = loaded(&db, &path).map_err(fail)?;
-    let reader = connect(&path).map_err(fail)?;
+    let readers = (0..readers)
+        .map(|_| connect(&path))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(fail)?;
     info!(
         path = %place,
         agents = loaded.agents.len(),
@@ -254,7 +258,7 @@ pub(super) fn open(
         all: false,
         pruning: None,
     };
-    Ok((sink, reader, unindexed, loaded, place))
+    Ok((sink, readers, unindexed, loaded, place))
 }
 
 /// Whether a version from before `frame_index` has written the file since
@@ -1577,7 +1581,8 @@ mod tests {
         seconds: std::ops::Range<i64>,
     ) -> (std::path::PathBuf, SqliteSink, Connection, Unindexed) {
         let dir = scratch(name);
-        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let (mut sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
         for s in seconds {
             sink.commit(&applied(vec![second(s)])).unwrap();
         }
@@ -1621,7 +1626,8 @@ mod tests {
     #[test]
     fn frames_are_found_before_and_after_they_are_indexed_and_after_a_stop() {
         let dir = scratch("unindexed");
-        let (mut sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let (mut sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
         for s in 0..90 {
             sink.commit(&applied(vec![second(s)])).unwrap();
             if s == 70 {
@@ -1656,7 +1662,8 @@ mod tests {
         // A collector stopped here: the file is opened again, and the
         // frames it had yet to index are indexed.
         drop((sink, reader));
-        let (mut sink, reader, unindexed, loaded, _) = open(&dir).unwrap();
+        let (mut sink, mut readers, unindexed, loaded, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
         assert!(loaded.servers.is_empty(), "no server was registered");
         assert!(unindexed.lock().is_empty());
         assert_eq!(pid_at(&reader, &unindexed, 89), Some(90));
@@ -1842,7 +1849,8 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM frames"), 6 * 40);
         // Stopped mid-turn: opened again, every frame is found in the file.
         drop((sink, reader));
-        let (_sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let (_sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
         assert!(unindexed.lock().is_empty());
         assert_eq!(
             reader
@@ -1885,7 +1893,8 @@ mod tests {
             .unwrap();
         }
         drop(db);
-        let (_sink, reader, unindexed, _, _) = open(&dir).unwrap();
+        let (_sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
         assert!(
             rebuild(&reader, &unindexed, "a", i64::MAX)
                 .unwrap()
