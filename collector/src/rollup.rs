@@ -601,6 +601,17 @@ impl Minute {
         self.start <= at && at < self.start + MINUTE_US
     }
 
+    /// Adds `other` in, as if its samples had been this one's: counts and
+    /// increments summed, maxima kept. A server's minutes of an hour so make
+    /// its hour.
+    pub fn absorb(&mut self, other: &Minute) {
+        self.samples += other.samples;
+        self.covered_us += other.covered_us;
+        for (metric, label, value) in other.values.iter() {
+            self.add(metric, label, value);
+        }
+    }
+
     fn add(&mut self, metric: Metric, label: &str, value: f64) {
         let slot = self.values.slot(metric, label);
         match metric.combine() {

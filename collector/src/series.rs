@@ -9,7 +9,9 @@ use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
 use crate::aggregator::ServerView;
+use crate::load::hours::HOUR_US;
 use crate::rollup::{Combine, MINUTE_US, Metric, Minute};
+use crate::store::MinutesRead;
 
 /// The most points one series may have, as Prometheus allows.
 pub const MAX_POINTS: i64 = 11_000;
@@ -145,7 +147,9 @@ pub struct Plan {
     /// The metric.
     pub metric: Metric,
     matchers: Vec<Matcher>,
-    /// The first step's start (the range's start, down to its minute).
+    /// The first step's start: the range's start, down to its minute, or
+    /// to its hour when the step is whole hours (each step then holds whole
+    /// hours, which a store may read as one row each).
     pub start: Micros,
     /// The range's end (exclusive).
     pub end: Micros,
@@ -168,7 +172,10 @@ impl Plan {
                 ))
             ));
         }
-        let start = start - start.rem_euclid(MINUTE_US);
+        let start = match step_us % HOUR_US {
+            0 => start - start.rem_euclid(HOUR_US),
+            _ => start - start.rem_euclid(MINUTE_US),
+        };
         // Both lie between 1970 and 9999, so the span cannot overflow.
         let span = end - start;
         let points = span / step_us + i64::from(span % step_us != 0);
@@ -270,6 +277,12 @@ impl Plan {
         fold
     }
 
+    /// Whether each step holds whole hours, so that a store may hand a
+    /// server's hour as one minute.
+    pub fn hourly(&self) -> bool {
+        self.step_us % HOUR_US == 0 && self.start.rem_euclid(HOUR_US) == 0
+    }
+
     fn in_range(&self, m: &Minute) -> bool {
         m.start >= self.start && m.start < self.end
     }
@@ -319,11 +332,30 @@ pub struct Fold {
 }
 
 impl Fold {
-    /// The servers whose stored minutes it adds up, or None when that is
-    /// every server of the view it was made of: a store then need not find
-    /// them apart.
-    pub fn servers(&self) -> Option<Vec<String>> {
-        (self.selected.len() < self.of).then(|| self.selected.keys().cloned().collect())
+    /// The stored minutes it adds up: of the servers it selects (None when
+    /// that is every server of the view it was made of, so that a store
+    /// need not find them apart); whole hours as one row each where every
+    /// step holds whole hours, but minute by minute for a server's hour
+    /// that holds the minute the live view still rolls up (which wins over
+    /// a stored copy of it).
+    pub fn read(&self) -> MinutesRead {
+        let mut by_minute: BTreeMap<Micros, Vec<String>> = BTreeMap::new();
+        for (server_id, s) in &self.selected {
+            if let Some(live) = s.live {
+                by_minute
+                    .entry(live - live.rem_euclid(HOUR_US))
+                    .or_default()
+                    .push(server_id.clone());
+            }
+        }
+        MinutesRead {
+            start: self.plan.start,
+            end: self.plan.end,
+            servers: (self.selected.len() < self.of)
+                .then(|| self.selected.keys().cloned().collect()),
+            hourly: self.plan.hourly(),
+            by_minute,
+        }
     }
 
     /// Adds a stored minute of `server_id`; one not selected, out of range,
@@ -693,7 +725,8 @@ mod tests {
         let servers_of = |matchers: &[&str]| {
             plan("sessions", &[], matchers, 1)
                 .fold(&servers)
-                .servers()
+                .read()
+                .servers
                 .map(|mut ids| {
                     ids.sort();
                     ids
@@ -745,5 +778,126 @@ mod tests {
         let points: Vec<f64> = series[0].points.iter().map(|p| p.value).collect();
         // a: (180 + 60) / 120 samples in the first step; b: (60 + 180) / 120.
         assert_eq!(points, [2.0, 2.0]);
+    }
+    #[test]
+    fn whole_hours_read_as_one_row_each_give_the_answer_their_minutes_give() {
+        let h0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let mut servers = BTreeMap::new();
+        for id in ["a", "b", "c"] {
+            let v = ServerView::new(id, std::time::Duration::from_secs(1));
+            servers.insert(id.into(), Arc::new(v));
+        }
+        // a stopped streaming 65 minutes in: its view still holds that
+        // minute, and a copy of it, less far along, was stored.
+        let held = h0 + 65 * MINUTE_US;
+        Arc::make_mut(servers.get_mut("a").unwrap()).minute = Arc::new(minute(
+            held,
+            40,
+            &[
+                (Metric::Sessions, "active", 400.0),
+                (Metric::MaxXactAge, "", 99.0),
+            ],
+        ));
+        let mut stored = Vec::new();
+        for m in 0..150 {
+            let start = h0 + m * MINUTE_US;
+            for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+                if (id == "a" && start > held) || (m as usize + i).is_multiple_of(7) {
+                    continue;
+                }
+                let samples = if start == held { 20 } else { 60 };
+                let n = (m as f64) + 10.0 * i as f64;
+                stored.push((
+                    id.to_owned(),
+                    minute(
+                        start,
+                        samples,
+                        &[
+                            (Metric::Sessions, "active", n * f64::from(samples)),
+                            (Metric::MaxXactAge, "", n),
+                            (Metric::Commits, "", 3.0 * n),
+                        ],
+                    ),
+                ));
+            }
+        }
+        for (metric, by) in [
+            ("sessions", "server_id"),
+            ("max_xact_age_seconds", ""),
+            ("commits_per_second", "server_id"),
+        ] {
+            let plan = Plan::new(
+                &v1::QueryMetricsRequest {
+                    metric: metric.into(),
+                    // From within the first hour: the plan starts at it.
+                    start: Some(time::timestamp(h0 + 17 * MINUTE_US)),
+                    end: Some(time::timestamp(h0 + 150 * MINUTE_US)),
+                    step: Some(time::duration(HOUR_US)),
+                    group_by: by.split_terminator(',').map(String::from).collect(),
+                    ..Default::default()
+                },
+                h0 + 10 * HOUR_US,
+            )
+            .unwrap();
+            assert_eq!(plan.start, h0);
+            assert!(plan.hourly());
+            let by_minutes = evaluate(&plan, &servers, &stored);
+            // The first two hours built, as a SQLite store reads them: each
+            // server's hour as one row, but a's second hour (which holds the
+            // minute its view still holds) minute by minute, after the
+            // hour's rows; the rest minute by minute.
+            let fold = plan.fold(&servers);
+            let read = fold.read();
+            assert_eq!(
+                read.by_minute,
+                [(h0 + HOUR_US, vec!["a".to_owned()])].into()
+            );
+            let mut hours: BTreeMap<(Micros, String), Minute> = BTreeMap::new();
+            for (id, m) in &stored {
+                let hour = m.start - m.start.rem_euclid(HOUR_US);
+                if hour < h0 + 2 * HOUR_US {
+                    hours
+                        .entry((hour, id.clone()))
+                        .or_insert_with(|| Minute {
+                            start: hour,
+                            ..Minute::default()
+                        })
+                        .absorb(m);
+                }
+            }
+            let mut fold = fold;
+            for hour in [h0, h0 + HOUR_US] {
+                let by_minute = read.by_minute.get(&hour).cloned().unwrap_or_default();
+                for ((_, id), h) in hours.range((hour, String::new())..(hour + 1, String::new())) {
+                    if !by_minute.contains(id) {
+                        fold.add(id, h);
+                    }
+                }
+                for (id, m) in &stored {
+                    if by_minute.contains(id) && m.start >= hour && m.start < hour + HOUR_US {
+                        fold.add(id, m);
+                    }
+                }
+            }
+            for (id, m) in &stored {
+                if m.start >= h0 + 2 * HOUR_US {
+                    fold.add(id, m);
+                }
+            }
+            let by_hours = fold.finish();
+            let close = by_minutes.len() == by_hours.len()
+                && by_minutes.iter().zip(&by_hours).all(|(x, y)| {
+                    x.labels == y.labels
+                        && x.points.len() == y.points.len()
+                        && x.points.iter().zip(&y.points).all(|(p, q)| {
+                            p.at == q.at
+                                && (p.value - q.value).abs() <= 1e-9 * p.value.abs().max(1.0)
+                        })
+                });
+            assert!(
+                close,
+                "{metric}: {by_minutes:?} by the minute, {by_hours:?} by the hour"
+            );
+        }
     }
 }

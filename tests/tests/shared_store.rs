@@ -556,7 +556,7 @@ async fn days_past_their_retention_are_dropped_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
     use pgfleet_collector::rollup::{MINUTE_US, Metric, Minute};
-    use pgfleet_collector::store::{Op, Retention, Store};
+    use pgfleet_collector::store::{MinutesRead, Op, Retention, Store};
 
     let (cluster, url) = cluster_with_store().await;
     let (pg, _) = Store::open(
@@ -607,9 +607,14 @@ async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
         let store = store.clone();
         async move {
             store
-                .fold_minutes(start, end, servers, Vec::new(), |v, s, m| {
-                    v.push((s.to_owned(), m))
-                })
+                .fold_minutes(
+                    MinutesRead {
+                        servers,
+                        ..MinutesRead::range(start, end)
+                    },
+                    Vec::new(),
+                    |v, s, m| v.push((s.to_owned(), m)),
+                )
                 .await
                 .unwrap()
         }

@@ -402,9 +402,8 @@ impl v1::query_server::Query for QueryService {
             ));
         };
         let fold = plan.fold(&self.aggregator.view().servers);
-        let servers = fold.servers();
         let fold = store
-            .fold_minutes(plan.start, plan.end, servers, fold, |fold, server_id, m| {
+            .fold_minutes(fold.read(), fold, |fold, server_id, m| {
                 fold.add(server_id, &m)
             })
             .await

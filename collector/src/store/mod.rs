@@ -30,6 +30,7 @@
 //! retried, backing off, and nothing after it is acknowledged meanwhile.
 
 mod frame;
+mod hours;
 pub mod postgres;
 pub mod sqlite;
 
@@ -248,6 +249,41 @@ trait Sink: Send + 'static {
     fn prune_step(&mut self) -> Result<(Pruned, bool), String> {
         Ok((Pruned::default(), true))
     }
+    /// Builds a share of the hours of rollups due at `now`, after each
+    /// commit, for a store that keeps them: whether it built any.
+    fn roll_hours(&mut self, _now: Micros) -> Result<bool, String> {
+        Ok(false)
+    }
+}
+
+/// Which stored minutes a read wants (QueryMetrics' is made by
+/// [`crate::series::Fold::read`]).
+#[derive(Debug, Clone, Default)]
+pub struct MinutesRead {
+    /// The minutes that start in `[start, end)`.
+    pub start: Micros,
+    pub end: Micros,
+    /// Of these servers (None: every server).
+    pub servers: Option<Vec<String>>,
+    /// Whether a server's whole hour may come as one minute at its start,
+    /// its minutes added up: for a reader whose steps each hold whole
+    /// hours. A SQLite store reads such hours where it has built them.
+    pub hourly: bool,
+    /// By hour, servers whose hour comes minute by minute all the same:
+    /// those whose minute the live view still holds lies in it, and wins
+    /// over a stored copy of it.
+    pub by_minute: BTreeMap<Micros, Vec<String>>,
+}
+
+impl MinutesRead {
+    /// Every server's minutes of `[start, end)`, one by one.
+    pub fn range(start: Micros, end: Micros) -> MinutesRead {
+        MinutesRead {
+            start,
+            end,
+            ..MinutesRead::default()
+        }
+    }
 }
 
 /// What deleting history past its retention deleted: frames, and rows of the
@@ -459,6 +495,15 @@ impl Store {
         self.retention
     }
 
+    /// The hours of rollups built, `[from, to)`: None before any, and for
+    /// a PostgreSQL store, which reads minutes only.
+    pub async fn hours_built(&self) -> Result<Option<(Micros, Micros)>, StoreError> {
+        match &self.reader {
+            Reader::Sqlite(db, _) => self.blocking(hours::built, db.clone()).await,
+            Reader::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Whether other collectors may write it too (a PostgreSQL store).
     pub fn shared(&self) -> bool {
         matches!(self.reader, Reader::Postgres(_))
@@ -471,15 +516,12 @@ impl Store {
         let _ = rx.await;
     }
 
-    /// Hands `f` every stored minute that starts in `[start, end)` of
-    /// `servers` (None: every server), with its server, by start and then
-    /// server, as it is read (a fleet's day of them is never held at once):
-    /// what `f` made of `state`.
+    /// Hands `f` every stored minute that `read` wants, with its server,
+    /// by start and then server, as it is read (a fleet's day of them is
+    /// never held at once): what `f` made of `state`.
     pub async fn fold_minutes<S: Send + 'static>(
         &self,
-        start: Micros,
-        end: Micros,
-        servers: Option<Vec<String>>,
+        read: MinutesRead,
         state: S,
         f: fn(&mut S, &str, Minute),
     ) -> Result<S, StoreError> {
@@ -489,9 +531,7 @@ impl Store {
                 self.blocking(
                     move |db: &rusqlite::Connection| {
                         let mut state = state;
-                        sqlite::each_minute(db, start, end, servers.as_deref(), |server_id, m| {
-                            f(&mut state, server_id, m)
-                        })?;
+                        sqlite::each_minute(db, &read, |server_id, m| f(&mut state, server_id, m))?;
                         Ok(state)
                     },
                     db,
@@ -499,7 +539,7 @@ impl Store {
                 .await
             }
             Reader::Postgres(pg) => pg
-                .fold_minutes(start, end, servers, state, f)
+                .fold_minutes(read.start, read.end, read.servers, state, f)
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }
@@ -755,6 +795,7 @@ fn write_loop(
     // (said once a round).
     let mut pruned = Pruned::default();
     let mut step_failed = false;
+    let mut hours_failed = false;
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
         let mut flush = matches!(first.1, Op::Flush(_));
@@ -823,6 +864,14 @@ fn write_loop(
                 }
                 Err(e) => debug!(error = %e, "Still cannot delete history past its retention."),
             }
+        }
+        match sink.roll_hours(now_micros()) {
+            Ok(_) => hours_failed = false,
+            Err(e) if !hours_failed => {
+                hours_failed = true;
+                warn!(error = %e, "Cannot add the rollups of an hour up; metrics by the hour read its minutes meanwhile, and it is tried again after the next commits.");
+            }
+            Err(e) => debug!(error = %e, "Still cannot add the rollups of an hour up."),
         }
     }
 }
@@ -1062,7 +1111,11 @@ mod tests {
         store.flush().await;
         let read = |state, f| {
             let store = store.clone();
-            tokio::spawn(async move { store.fold_minutes(0, Micros::MAX, None, state, f).await })
+            tokio::spawn(async move {
+                store
+                    .fold_minutes(MinutesRead::range(0, Micros::MAX), state, f)
+                    .await
+            })
         };
         let mut held = Vec::new();
         for i in 0..SQLITE_READERS {
@@ -1075,7 +1128,11 @@ mod tests {
             // While fewer than all are held, another read answers.
             let other = tokio::spawn({
                 let store = store.clone();
-                async move { store.fold_minutes(0, Micros::MAX, None, 0, count).await }
+                async move {
+                    store
+                        .fold_minutes(MinutesRead::range(0, Micros::MAX), 0, count)
+                        .await
+                }
             });
             if i + 1 < SQLITE_READERS {
                 let n = tokio::time::timeout(Duration::from_secs(10), other)

@@ -11,7 +11,11 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::{Loaded, MANY_SERVERS, Op, Pruned, Rebuilt, Retention, Sink, StoreError, StoredServer};
+use super::hours::{self, Hours};
+use super::{
+    Loaded, MANY_SERVERS, MinutesRead, Op, Pruned, Rebuilt, Retention, Sink, StoreError,
+    StoredServer,
+};
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
@@ -55,6 +59,19 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         server_id TEXT NOT NULL,
         body BLOB NOT NULL,
         PRIMARY KEY (minute, server_id)) WITHOUT ROWID;
+    -- Each server's minutes of an hour added up (see `hours`).
+    CREATE TABLE IF NOT EXISTS rollup_hours (
+        hour INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (hour, server_id)) WITHOUT ROWID;
+    -- Servers' hours built before a minute of theirs was written (see
+    -- `hours`), and when the last was.
+    CREATE TABLE IF NOT EXISTS rollup_hours_late (
+        hour INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        written INTEGER NOT NULL,
+        PRIMARY KEY (hour, server_id)) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS load (
         id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
@@ -166,6 +183,8 @@ pub(super) struct SqliteSink {
     /// The round of deleting past retention under way, done a share after
     /// each commit.
     pruning: Option<Pruning>,
+    /// The hours of rollups, built a share after each commit.
+    hours: Hours,
 }
 
 /// A round of deleting history past its retention (one every
@@ -257,6 +276,7 @@ pub(super) fn open(
         last_frame,
         all: false,
         pruning: None,
+        hours: Hours::default(),
     };
     Ok((sink, readers, unindexed, loaded, place))
 }
@@ -451,35 +471,40 @@ pub(super) fn minutes(
     end: Micros,
 ) -> rusqlite::Result<Vec<(String, Minute)>> {
     let mut out = Vec::new();
-    each_minute(db, start, end, None, |server_id, minute| {
+    each_minute(db, &MinutesRead::range(start, end), |server_id, minute| {
         out.push((server_id.to_owned(), minute))
     })?;
     Ok(out)
 }
 
-/// Hands `f` each minute that starts in `[start, end)` of `servers` (None:
-/// every server) as it is read, by start and then server.
+/// Hands `f` each minute that `read` wants as it is read, by start and then
+/// server.
 ///
 /// `rollups` is keyed by minute and then server. A few servers' minutes are
 /// each found by that key: a day of one server is 1,440 lookups, where a
 /// read of the range reads every server's minutes (1.44 million rows, some
 /// 1.9 GB, for a day of 1,000 servers; "QueryMetrics over a day" in
 /// BENCHMARKS.md). More servers than [`MANY_SERVERS`] are read in one pass
-/// over the range, decoding only theirs.
+/// over the range, decoding only theirs; and where `read` is hourly, the
+/// whole hours built (see [`hours`]) from `rollup_hours`, a row for each
+/// server's hour, handed as one minute at the hour's start, except the
+/// hours `read` wants by the minute and those with a minute written since
+/// they were built, whose minutes are found by their key.
 pub(super) fn each_minute(
     db: &Connection,
-    start: Micros,
-    end: Micros,
-    servers: Option<&[String]>,
+    read: &MinutesRead,
     mut f: impl FnMut(&str, Minute),
 ) -> rusqlite::Result<()> {
+    let (start, end) = (read.start, read.end);
     let mut decoded = |server_id: &str, start: i64, body: &[u8]| match Minute::decode(start, body) {
         Some(minute) => f(server_id, minute),
         None => {
             warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
         }
     };
-    if let Some(ids) = servers
+    let mut by_key =
+        db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
+    if let Some(ids) = &read.servers
         && ids.len() <= MANY_SERVERS
     {
         let mut ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -506,11 +531,9 @@ pub(super) fn each_minute(
         }
         // Every stored minute starts on a minute.
         let mut minute = from + (MINUTE_US - from.rem_euclid(MINUTE_US)) % MINUTE_US;
-        let mut q =
-            db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
         while minute < end {
             for id in &ids {
-                if let Some(r) = q.query(params![minute, id])?.next()? {
+                if let Some(r) = by_key.query(params![minute, id])?.next()? {
                     decoded(id, minute, r.get_ref(0)?.as_blob()?);
                 }
             }
@@ -518,20 +541,82 @@ pub(super) fn each_minute(
         }
         return Ok(());
     }
-    let wanted: Option<std::collections::HashSet<&str>> =
-        servers.map(|ids| ids.iter().map(String::as_str).collect());
-    let mut q = db.prepare_cached(
-        "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
-         ORDER BY minute, server_id",
-    )?;
-    let mut rows = q.query(params![start, end])?;
-    while let Some(r) = rows.next()? {
-        let server_id = r.get_ref(1)?.as_str()?;
-        if wanted.as_ref().is_none_or(|w| w.contains(server_id)) {
-            decoded(server_id, r.get(0)?, r.get_ref(2)?.as_blob()?);
+    let wanted: Option<std::collections::HashSet<&str>> = read
+        .servers
+        .as_ref()
+        .map(|ids| ids.iter().map(String::as_str).collect());
+    // The rows `(start, server_id, body)` of `sql` over `[a, b)`, of the
+    // servers wanted but those `except`.
+    let scan = |sql: &str,
+                a: Micros,
+                b: Micros,
+                except: &[String],
+                decoded: &mut dyn FnMut(&str, i64, &[u8])|
+     -> rusqlite::Result<()> {
+        let mut q = db.prepare_cached(sql)?;
+        let mut rows = q.query(params![a, b])?;
+        while let Some(r) = rows.next()? {
+            let server_id = r.get_ref(1)?.as_str()?;
+            if wanted.as_ref().is_none_or(|w| w.contains(server_id))
+                && !except.iter().any(|e| e == server_id)
+            {
+                decoded(server_id, r.get(0)?, r.get_ref(2)?.as_blob()?);
+            }
+        }
+        Ok(())
+    };
+    let minutes = "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
+         ORDER BY minute, server_id";
+    // The whole hours built within the range.
+    let built = match read.hourly {
+        true => hours::built(db)?,
+        false => None,
+    };
+    let Some((first, last)) = built.map(|(from, to)| {
+        let first = start.max(from);
+        let last = end.min(to);
+        (
+            first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US,
+            last - last.rem_euclid(HOUR_US),
+        )
+    }) else {
+        return scan(minutes, start, end, &[], &mut decoded);
+    };
+    if first >= last {
+        return scan(minutes, start, end, &[], &mut decoded);
+    }
+    scan(minutes, start, first, &[], &mut decoded)?;
+    let mut late = hours::late_in(db, first, last)?;
+    for hour in (first..last).step_by(HOUR_US as usize) {
+        let mut except = late.remove(&hour).unwrap_or_default();
+        except.extend(read.by_minute.get(&hour).into_iter().flatten().cloned());
+        except.sort_unstable();
+        except.dedup();
+        let except = &except[..];
+        scan(
+            "SELECT hour, server_id, body FROM rollup_hours WHERE hour >= ?1 AND hour < ?2
+             ORDER BY server_id",
+            hour,
+            hour + 1,
+            except,
+            &mut decoded,
+        )?;
+        // Minute by minute: in the same step as the hour, so in any order.
+        for server_id in except {
+            if wanted
+                .as_ref()
+                .is_some_and(|w| !w.contains(server_id.as_str()))
+            {
+                continue;
+            }
+            for minute in (hour..hour + HOUR_US).step_by(MINUTE_US as usize) {
+                if let Some(r) = by_key.query(params![minute, server_id])?.next()? {
+                    decoded(server_id, minute, r.get_ref(0)?.as_blob()?);
+                }
+            }
         }
     }
-    Ok(())
+    scan(minutes, last, end, &[], &mut decoded)
 }
 
 /// Rows `(server_id, start, body)` of `table` keyed by `column`, in
@@ -820,7 +905,7 @@ const OLDEST_LOAD: &str = "DELETE FROM load WHERE id IN
 /// before the hour after its own. A minute of load is some 7 KB, an
 /// overflow page to read and free: a thousand took 36 ms from disk here, a
 /// hundred 3–5 ms.
-const AGED: [(&str, Micros, i64); 5] = [
+const AGED: [(&str, Micros, i64); 6] = [
     (
         "DELETE FROM rollups WHERE (minute, server_id) IN
              (SELECT minute, server_id FROM rollups WHERE minute < ?1 LIMIT ?2)",
@@ -828,6 +913,12 @@ const AGED: [(&str, Micros, i64); 5] = [
         1,
     ),
     (OLDEST_LOAD, 0, 10),
+    (
+        "DELETE FROM rollup_hours WHERE (hour, server_id) IN
+             (SELECT hour, server_id FROM rollup_hours WHERE hour < ?1 LIMIT ?2)",
+        HOUR_US,
+        1,
+    ),
     (
         "DELETE FROM statements WHERE id IN (SELECT id FROM statements WHERE at < ?1 LIMIT ?2)",
         0,
@@ -1059,9 +1150,16 @@ impl Sink for SqliteSink {
                 groups: &indexed,
                 indexed_to,
             },
+            self.hours.sealed(),
         )
         .map_err(|e| e.to_string())?;
         self.keys.committed();
+        let at = now_micros();
+        for (_, op) in ops {
+            if let Op::Minute { minute, .. } = op {
+                self.hours.wrote(minute.start, at);
+            }
+        }
         let mut unindexed = self.unindexed.lock();
         for g in now {
             for (server_id, _) in self.own[g].drain() {
@@ -1094,6 +1192,12 @@ impl Sink for SqliteSink {
         Ok(Pruned::default())
     }
 
+    fn roll_hours(&mut self, now: Micros) -> Result<bool, String> {
+        self.hours
+            .step(&mut self.db, now)
+            .map_err(|e| e.to_string())
+    }
+
     fn prune_step(&mut self) -> Result<(Pruned, bool), String> {
         let Some(round) = &mut self.pruning else {
             return Ok((Pruned::default(), true));
@@ -1114,14 +1218,17 @@ struct Index<'a> {
 }
 
 /// Writes `ops` in one transaction, and with them `index`; says where each
-/// frame of `ops` went in `fresh`.
+/// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an
+/// hour built) marks its server's hour to be built again.
 fn commit<'a>(
     db: &mut Connection,
     ops: &'a [(u64, Op)],
     keys: &mut Dictionaries,
     fresh: &mut Vec<(&'a str, Place)>,
     index: Index<'_>,
+    sealed: Option<std::ops::Range<Micros>>,
 ) -> rusqlite::Result<()> {
+    let mut late = std::collections::BTreeSet::new();
     let tx = db.transaction()?;
     write_index(&tx, index)?;
     {
@@ -1187,6 +1294,12 @@ fn commit<'a>(
                 }
                 Op::Minute { server_id, minute } => {
                     rollup.execute(params![minute.start, server_id, minute.encode()])?;
+                    if sealed.as_ref().is_some_and(|s| s.contains(&minute.start)) {
+                        late.insert((
+                            minute.start - minute.start.rem_euclid(HOUR_US),
+                            server_id.clone(),
+                        ));
+                    }
                 }
                 Op::Load {
                     server_id,
@@ -1224,6 +1337,7 @@ fn commit<'a>(
             dictionary.execute(params![k.server_id, k.id, k.hour, k.body])?;
         }
     }
+    hours::late(&tx, late, now_micros())?;
     tx.commit()
 }
 
@@ -1369,6 +1483,286 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM frames"), 3);
     }
 
+    /// Server `i`'s minute at `start`: its active sessions (a mean), the
+    /// oldest transaction (a maximum) and commits (a rate).
+    fn minute_of(i: usize, start: Micros) -> Minute {
+        let m = (start / MINUTE_US) as usize;
+        Minute {
+            start,
+            samples: 60,
+            covered_us: 60_000_000,
+            values: [
+                (
+                    crate::rollup::Metric::Sessions,
+                    "active",
+                    (i * 100 + m % 60) as f64,
+                ),
+                (crate::rollup::Metric::MaxXactAge, "", (m % 13) as f64),
+                (crate::rollup::Metric::Commits, "", 7.0 + i as f64),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    /// Each server's minutes of each hour before `before`, added up in
+    /// order of start.
+    fn hours_of(
+        stored: &[(String, Minute)],
+        before: Micros,
+    ) -> std::collections::BTreeMap<(Micros, String), Minute> {
+        let mut sorted = stored.to_vec();
+        sorted.sort_by_key(|(s, m)| (m.start, s.clone()));
+        let mut hours = std::collections::BTreeMap::new();
+        for (server, m) in sorted.iter().filter(|(_, m)| m.start < before) {
+            let hour = m.start - m.start.rem_euclid(HOUR_US);
+            hours
+                .entry((hour, server.clone()))
+                .or_insert_with(|| Minute {
+                    start: hour,
+                    ..Minute::default()
+                })
+                .absorb(m);
+        }
+        hours
+    }
+
+    fn stored_hours(db: &Connection) -> std::collections::BTreeMap<(Micros, String), Minute> {
+        let mut q = db
+            .prepare("SELECT hour, server_id, body FROM rollup_hours")
+            .unwrap();
+        q.query_map([], |r| {
+            let (hour, server): (i64, String) = (r.get(0)?, r.get(1)?);
+            let body: Vec<u8> = r.get(2)?;
+            Ok(((hour, server), Minute::decode(hour, &body).unwrap()))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+
+    #[test]
+    fn hours_add_their_minutes_up_and_stand_for_them_in_hourly_reads() {
+        let dir = scratch("hours");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        sink.hours = Hours::with_chunk(2);
+        let h0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let now = h0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        // Five servers, three whole hours and ten minutes of a fourth, each
+        // server missing some minutes. s4 is not listed among the servers
+        // (one since forgotten): its hours are built all the same.
+        let ids: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
+        let mut ops: Vec<(u64, Op)> = ids[..4]
+            .iter()
+            .map(|id| {
+                let op = Op::Server {
+                    server_id: id.clone(),
+                    agent_id: "a".into(),
+                    labels: Default::default(),
+                    interval_ms: 1_000,
+                };
+                (0, op)
+            })
+            .collect();
+        let mut stored = Vec::new();
+        for minute in 0..190 {
+            for (i, id) in ids.iter().enumerate() {
+                if (i + minute) % 11 != 0 {
+                    let m = minute_of(i, h0 + minute as i64 * MINUTE_US);
+                    stored.push((id.clone(), m.clone()));
+                    ops.push((
+                        0,
+                        Op::Minute {
+                            server_id: id.clone(),
+                            minute: m,
+                        },
+                    ));
+                }
+            }
+        }
+        sink.commit(&ops).unwrap();
+
+        // Not yet due: the first hour is built two minutes after its end.
+        assert!(!sink.roll_hours(h0 + HOUR_US + hours::AFTER - 1).unwrap());
+        assert_eq!(hours::built(&reader).unwrap(), None);
+        let mut steps = 0;
+        while sink.roll_hours(now).unwrap() {
+            steps += 1;
+            assert!(steps < 100, "the hours are built");
+        }
+        // Four listed servers, two a step: two steps an hour.
+        assert_eq!(steps, 6);
+        assert_eq!(hours::built(&reader).unwrap(), Some((h0, h0 + 3 * HOUR_US)));
+        let whole = h0 + 3 * HOUR_US;
+        assert_eq!(stored_hours(&reader), hours_of(&stored, whole));
+
+        let read = |r: &MinutesRead| {
+            let mut out = Vec::new();
+            each_minute(&reader, r, |s, m| out.push((s.to_owned(), m))).unwrap();
+            out
+        };
+        let minutes_from =
+            |st: &[(String, Minute)], a: Micros, b: Micros, of: &dyn Fn(&str) -> bool| {
+                let mut v: Vec<(String, Minute)> = st
+                    .iter()
+                    .filter(|(s, m)| m.start >= a && m.start < b && of(s))
+                    .cloned()
+                    .collect();
+                v.sort_by_key(|(s, m)| (m.start, s.clone()));
+                v
+            };
+        let hours_from =
+            |st: &[(String, Minute)], a: Micros, b: Micros, of: &dyn Fn(&str) -> bool| {
+                hours_of(st, whole)
+                    .into_iter()
+                    .filter(|((h, s), _)| *h >= a && *h < b && of(s))
+                    .map(|((_, s), m)| (s, m))
+                    .collect::<Vec<_>>()
+            };
+        let all = |_: &str| true;
+        let hourly = MinutesRead {
+            hourly: true,
+            ..MinutesRead::range(h0, now)
+        };
+        // The whole hours as rows, the rest minute by minute.
+        let mut expected = hours_from(&stored, h0, whole, &all);
+        expected.extend(minutes_from(&stored, whole, now, &all));
+        assert_eq!(read(&hourly), expected);
+        // Not hourly: every minute.
+        assert_eq!(
+            read(&MinutesRead::range(h0, now)),
+            minutes_from(&stored, h0, now, &all)
+        );
+        // From within an hour: its minutes, then the hours after.
+        let mid = MinutesRead {
+            start: h0 + 30 * MINUTE_US,
+            ..hourly.clone()
+        };
+        let mut expected = minutes_from(&stored, h0 + 30 * MINUTE_US, h0 + HOUR_US, &all);
+        expected.extend(hours_from(&stored, h0 + HOUR_US, whole, &all));
+        expected.extend(minutes_from(&stored, whole, now, &all));
+        assert_eq!(read(&mid), expected);
+        // s2's second hour wanted by the minute: after the hour's other rows.
+        let by = MinutesRead {
+            by_minute: [(h0 + HOUR_US, vec!["s2".to_owned()])].into(),
+            ..hourly.clone()
+        };
+        let mut expected = hours_from(&stored, h0, h0 + HOUR_US, &all);
+        expected.extend(hours_from(&stored, h0 + HOUR_US, h0 + 2 * HOUR_US, &|s| {
+            s != "s2"
+        }));
+        expected.extend(minutes_from(
+            &stored,
+            h0 + HOUR_US,
+            h0 + 2 * HOUR_US,
+            &|s| s == "s2",
+        ));
+        expected.extend(hours_from(&stored, h0 + 2 * HOUR_US, whole, &all));
+        expected.extend(minutes_from(&stored, whole, now, &all));
+        assert_eq!(read(&by), expected);
+        // More servers than are looked up by key: only theirs.
+        let mut many: Vec<String> = (0..70).map(|i| format!("gone-{i}")).collect();
+        many.extend(["s1".to_owned(), "s3".to_owned()]);
+        let theirs = |s: &str| s == "s1" || s == "s3";
+        let mut expected = hours_from(&stored, h0, whole, &theirs);
+        expected.extend(minutes_from(&stored, whole, now, &theirs));
+        assert_eq!(
+            read(&MinutesRead {
+                servers: Some(many),
+                ..hourly.clone()
+            }),
+            expected
+        );
+
+        // A minute written again into an hour built, and one written late:
+        // their hours are read minute by minute until built again, once no
+        // minute has come into them for two minutes.
+        let mut again = minute_of(1, h0 + HOUR_US + 7 * MINUTE_US);
+        again
+            .values
+            .insert(crate::rollup::Metric::Sessions, "active", 1e6);
+        let late = minute_of(3, h0 + 8 * MINUTE_US);
+        assert!(
+            stored
+                .iter()
+                .any(|(s, m)| s == "s1" && m.start == again.start)
+        );
+        assert!(
+            !stored
+                .iter()
+                .any(|(s, m)| s == "s3" && m.start == late.start)
+        );
+        for (s, m) in &mut stored {
+            if s == "s1" && m.start == again.start {
+                *m = again.clone();
+            }
+        }
+        stored.push(("s3".to_owned(), late.clone()));
+        let before = stored_hours(&reader);
+        sink.commit(&[
+            (
+                0,
+                Op::Minute {
+                    server_id: "s1".into(),
+                    minute: again,
+                },
+            ),
+            (
+                0,
+                Op::Minute {
+                    server_id: "s3".into(),
+                    minute: late,
+                },
+            ),
+        ])
+        .unwrap();
+        assert_eq!(stored_hours(&reader), before);
+        let late_hours = [(h0, "s3"), (h0 + HOUR_US, "s1")];
+        let is_late = |h: Micros, s: &str| late_hours.contains(&(h, s));
+        let mut expected = Vec::new();
+        for h in [h0, h0 + HOUR_US, h0 + 2 * HOUR_US] {
+            expected.extend(hours_from(&stored, h, h + HOUR_US, &|s| !is_late(h, s)));
+            expected.extend(minutes_from(&stored, h, h + HOUR_US, &|s| is_late(h, s)));
+        }
+        expected.extend(minutes_from(&stored, whole, now, &all));
+        assert_eq!(read(&hourly), expected);
+        // Wanted by the minute as well: still once.
+        let both = MinutesRead {
+            by_minute: [(h0, vec!["s3".to_owned()])].into(),
+            ..hourly.clone()
+        };
+        assert_eq!(read(&both), expected);
+        // Not two minutes after: not yet built again.
+        assert!(!sink.roll_hours(now_micros()).unwrap());
+        assert_eq!(stored_hours(&reader), before);
+        assert!(sink.roll_hours(now).unwrap());
+        let left: i64 = reader
+            .query_row("SELECT count(*) FROM rollup_hours_late", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        let after = stored_hours(&reader);
+        assert_eq!(after, hours_of(&stored, whole));
+        assert_eq!(
+            read(&hourly)[..],
+            {
+                let mut e = hours_from(&stored, h0, whole, &all);
+                e.extend(minutes_from(&stored, whole, now, &all));
+                e
+            }[..]
+        );
+        let changed: Vec<&(Micros, String)> = after
+            .keys()
+            .filter(|k| before.get(k) != after.get(k))
+            .collect();
+        assert_eq!(
+            changed,
+            [&(h0, "s3".to_owned()), &(h0 + HOUR_US, "s1".to_owned())]
+        );
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn every_table_s_old_rows_go_a_chunk_at_a_time_none_read_whole() {
         let db = in_memory();
@@ -1387,6 +1781,7 @@ mod tests {
                     "INSERT INTO load_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
                     "INSERT INTO load_keys VALUES (?1, ?2, ?2, x'')",
                     "INSERT INTO frame_index VALUES (?1, ?2, ?2, 0)",
+                    "INSERT INTO rollup_hours VALUES (?2, ?1, x'')",
                 ] {
                     db.execute(sql, params![server, 1_000 + i]).unwrap();
                 }
@@ -1429,6 +1824,7 @@ mod tests {
                     "INSERT INTO load_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
                     hour_at,
                 ),
+                ("INSERT INTO rollup_hours VALUES (?2, ?1, x'')", hour_at),
                 // A dictionary goes once every row that may name it (those
                 // before the hour after its own) has: `d`'s ends after its
                 // minute, so it stays.
@@ -1447,7 +1843,14 @@ mod tests {
             db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
                 .unwrap()
         };
-        let tables = ["rollups", "load", "statements", "load_hours", "load_keys"];
+        let tables = [
+            "rollups",
+            "load",
+            "rollup_hours",
+            "statements",
+            "load_hours",
+            "load_keys",
+        ];
 
         // No budget, chunks of two (of load, one): a statement that deletes
         // a step of each part, the rollups' tables in turn (the rows that
@@ -1471,17 +1874,19 @@ mod tests {
         assert_eq!(
             steps,
             [
-                (2, vec![2, 4, 4, 4, 4], 2, 4),
-                (1, vec![1, 4, 4, 4, 4], 2, 2),
-                (1, vec![1, 3, 4, 4, 4], 1, 1),
-                (1, vec![1, 2, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 4, 4, 4], 0, 1),
-                (2, vec![1, 1, 2, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 4, 4], 0, 1),
-                (2, vec![1, 1, 1, 2, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 2], 0, 1),
-                (1, vec![1, 1, 1, 1, 1], 0, 1),
+                (2, vec![2, 4, 4, 4, 4, 4], 2, 4),
+                (1, vec![1, 4, 4, 4, 4, 4], 2, 2),
+                (1, vec![1, 3, 4, 4, 4, 4], 1, 1),
+                (1, vec![1, 2, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 4, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 2, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 2, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 2, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 2], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1], 0, 1),
             ]
         );
         for table in tables {
