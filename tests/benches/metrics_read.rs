@@ -5,9 +5,13 @@
 //! (24) of minutes of `PGFLEET_BENCH_SERVERS` (1,000) servers, through the
 //! store's own writer, each minute with the values a server of 100 sessions
 //! has (sessions by state, waits, pools, commits). Then the whole range is
-//! answered fleet-wide (`sessions` by state, a step of an hour) two ways, in
-//! turn, `PGFLEET_BENCH_ROUNDS` (2) times each:
-//! - **fold**: each minute added up as the store reads it (QueryMetrics now);
+//! answered fleet-wide (`sessions` by state, a step of an hour) three ways,
+//! `PGFLEET_BENCH_ROUNDS` (2) times each:
+//! - **fold**: whole hours read as one row each, the hours the store's
+//!   writer added up, each row added up as the store reads it (QueryMetrics
+//!   now; the bench first waits until the writer has added every whole hour
+//!   up);
+//! - **by_minute**: each minute added up as the store reads it (stop 50);
 //! - **collect**: every minute of the range held first, then added up: what
 //!   QueryMetrics held before stop 50, less the map of them and the range's
 //!   cells per server and step it also built, so a floor of its cost.
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant};
 use pgfleet_collector::aggregator::ServerView;
 use pgfleet_collector::rollup::{MINUTE_US, Metric, Minute};
 use pgfleet_collector::series::Plan;
-use pgfleet_collector::store::{Op, Retention, Store};
+use pgfleet_collector::store::{MinutesRead, Op, Retention, Store};
 use pgfleet_proto::time::{self, Micros, now_micros};
 use pgfleet_proto::v1;
 
@@ -124,6 +128,16 @@ async fn run(
     let first = now - now.rem_euclid(MINUTE_US) - (hours as i64) * 60 * MINUTE_US;
     let ids: Vec<String> = (0..servers).map(|i| format!("bench-{i:05}")).collect();
     let written = Instant::now();
+    for id in &ids {
+        store
+            .write(Op::Server {
+                server_id: id.clone(),
+                agent_id: id.clone(),
+                labels: Default::default(),
+                interval_ms: 1_000,
+            })
+            .await;
+    }
     for m in 0..hours * 60 {
         let start = first + m as i64 * MINUTE_US;
         for (i, id) in ids.iter().enumerate() {
@@ -136,6 +150,32 @@ async fn run(
         }
     }
     store.flush().await;
+    let written_s = written.elapsed().as_secs_f64();
+    // The writer adds each whole hour up once it has ended two minutes ago,
+    // a share after each commit: commits until it has.
+    let building = Instant::now();
+    let hour = 60 * MINUTE_US;
+    let due = now
+        - now.rem_euclid(hour)
+        - if now.rem_euclid(hour) < 2 * MINUTE_US {
+            hour
+        } else {
+            0
+        };
+    loop {
+        store.flush().await;
+        let built = store.hours_built().await.expect("a read");
+        if built.is_some_and(|(_, to)| to >= due) {
+            break;
+        }
+        assert!(
+            building.elapsed() < Duration::from_secs(600),
+            "the hours are built: {built:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hours_s = building.elapsed().as_secs_f64();
+    eprintln!("the hours added up in {hours_s:.1} s");
     eprintln!(
         "{} minutes of {servers} servers written in {:.1} s",
         hours * 60 * servers,
@@ -163,19 +203,29 @@ async fn run(
         )
         .expect("a valid request")
     };
-    // Each read as QueryMetrics makes it: the servers the plan selects, each
-    // minute added up as the store reads it.
-    let fold = |plan: Plan, servers: Option<Vec<String>>| {
+    // Each read as QueryMetrics makes it (the servers the plan selects, whole
+    // hours as one row each, each row added up as the store reads it), then
+    // as `how` changes it.
+    let fold = |plan: Plan, how: fn(&mut MinutesRead)| {
         let (views, store) = (&views, &store);
         async move {
             let fold = plan.fold(views);
+            let mut read = fold.read();
+            how(&mut read);
             store
-                .fold_minutes(plan.start, plan.end, servers, fold, |f, s, m| f.add(s, &m))
+                .fold_minutes(read, fold, |f, s, m| f.add(s, &m))
                 .await
                 .expect("a read")
                 .finish()
         }
     };
+    let now_way: fn(&mut MinutesRead) = |_| {};
+    // Every server's minutes of the range, minute by minute (before stop 51).
+    let whole_way: fn(&mut MinutesRead) = |r| {
+        r.servers = None;
+        r.hourly = false;
+    };
+    let minute_way: fn(&mut MinutesRead) = |r| r.hourly = false;
     let whole = plan(&[]);
     let mut out: BTreeMap<&str, Vec<serde_json::Value>> = BTreeMap::new();
     let mut answers = Vec::new();
@@ -194,13 +244,13 @@ async fn run(
             ("ten", r#"server_id=~"bench-0001.""#),
         ] {
             let selected = plan(&[matcher]);
-            let servers = selected.fold(&views).servers();
+            let servers = selected.fold(&views).read().servers;
             assert_eq!(
                 servers.as_ref().map(Vec::len),
                 Some(if name == "one" { 1 } else { 10 }),
                 "{matcher} selects its servers"
             );
-            let (keyed, took, mib) = measured(fold(selected.clone(), servers)).await;
+            let (keyed, took, mib) = measured(fold(selected.clone(), now_way)).await;
             timed(
                 if name == "one" {
                     "one_keyed"
@@ -210,7 +260,7 @@ async fn run(
                 took,
                 mib,
             );
-            let (read, took, mib) = measured(fold(selected, None)).await;
+            let (read, took, mib) = measured(fold(selected, whole_way)).await;
             timed(
                 if name == "one" {
                     "one_whole"
@@ -224,9 +274,12 @@ async fn run(
             few.entry(name).or_default().extend([keyed, read]);
         }
 
-        let (series, took, mib) = measured(fold(whole.clone(), None)).await;
+        let (series, took, mib) = measured(fold(whole.clone(), now_way)).await;
         answers.push(series);
         timed("fold", took, mib);
+        let (series, took, mib) = measured(fold(whole.clone(), minute_way)).await;
+        answers.push(series);
+        timed("by_minute", took, mib);
     }
     // One server's day read while a fleet-wide day is being read: it takes
     // another of the store's connections.
@@ -236,8 +289,9 @@ async fn run(
             async move {
                 let started = Instant::now();
                 let fold = whole.fold(&views);
+                let read = MinutesRead::range(whole.start, whole.end);
                 store
-                    .fold_minutes(whole.start, whole.end, None, fold, |f, s, m| f.add(s, &m))
+                    .fold_minutes(read, fold, |f, s, m| f.add(s, &m))
                     .await
                     .expect("a read");
                 started.elapsed()
@@ -245,8 +299,7 @@ async fn run(
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         let selected = plan(&[r#"server_id="bench-00042""#]);
-        let servers = selected.fold(&views).servers();
-        let (_, took, mib) = measured(fold(selected, servers)).await;
+        let (_, took, mib) = measured(fold(selected, now_way)).await;
         assert!(!long.is_finished(), "the fleet-wide read still runs");
         timed("one_during_whole", took, mib);
         let long = long.await.expect("the fleet-wide read");
@@ -258,9 +311,11 @@ async fn run(
     for _ in 0..rounds {
         let (series, took, mib) = measured(async {
             let held = store
-                .fold_minutes(whole.start, whole.end, None, Vec::new(), |v, s, m| {
-                    v.push((s.to_owned(), m))
-                })
+                .fold_minutes(
+                    MinutesRead::range(whole.start, whole.end),
+                    Vec::new(),
+                    |v, s, m| v.push((s.to_owned(), m)),
+                )
                 .await
                 .expect("a read");
             let mut fold = whole.fold(&views);
@@ -299,6 +354,8 @@ async fn run(
         "hours": hours,
         "minutes": servers * hours * 60,
         "series": answers.first().map_or(0, Vec::len),
+        "written_s": written_s,
+        "hours_s": hours_s,
         "ways": out,
     })
 }
