@@ -587,6 +587,31 @@ impl<'a> FromIterator<(Metric, &'a str, f64)> for Values {
     }
 }
 
+/// Each server's minutes of each hour before `before`, added up in order of
+/// start: what the stores' hours are checked against.
+#[cfg(test)]
+pub(crate) fn hours_of(
+    minutes: &[(String, Minute)],
+    before: Micros,
+) -> std::collections::BTreeMap<(Micros, String), Minute> {
+    use crate::load::hours::HOUR_US;
+    let mut sorted: Vec<&(String, Minute)> =
+        minutes.iter().filter(|(_, m)| m.start < before).collect();
+    sorted.sort_by_key(|(s, m)| (m.start, s.clone()));
+    let mut hours = std::collections::BTreeMap::new();
+    for (server, m) in sorted {
+        let hour = m.start - m.start.rem_euclid(HOUR_US);
+        hours
+            .entry((hour, server.clone()))
+            .or_insert_with(|| Minute {
+                start: hour,
+                ..Minute::default()
+            })
+            .absorb(m);
+    }
+    hours
+}
+
 impl Minute {
     /// An empty minute that holds `at`.
     pub fn holding(at: Micros) -> Minute {

@@ -852,19 +852,7 @@ mod tests {
                 read.by_minute,
                 [(h0 + HOUR_US, vec!["a".to_owned()])].into()
             );
-            let mut hours: BTreeMap<(Micros, String), Minute> = BTreeMap::new();
-            for (id, m) in &stored {
-                let hour = m.start - m.start.rem_euclid(HOUR_US);
-                if hour < h0 + 2 * HOUR_US {
-                    hours
-                        .entry((hour, id.clone()))
-                        .or_insert_with(|| Minute {
-                            start: hour,
-                            ..Minute::default()
-                        })
-                        .absorb(m);
-                }
-            }
+            let hours = crate::rollup::hours_of(&stored, h0 + 2 * HOUR_US);
             let mut fold = fold;
             for hour in [h0, h0 + HOUR_US] {
                 let by_minute = read.by_minute.get(&hour).cloned().unwrap_or_default();

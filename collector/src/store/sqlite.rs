@@ -1505,28 +1505,6 @@ mod tests {
         }
     }
 
-    /// Each server's minutes of each hour before `before`, added up in
-    /// order of start.
-    fn hours_of(
-        stored: &[(String, Minute)],
-        before: Micros,
-    ) -> std::collections::BTreeMap<(Micros, String), Minute> {
-        let mut sorted = stored.to_vec();
-        sorted.sort_by_key(|(s, m)| (m.start, s.clone()));
-        let mut hours = std::collections::BTreeMap::new();
-        for (server, m) in sorted.iter().filter(|(_, m)| m.start < before) {
-            let hour = m.start - m.start.rem_euclid(HOUR_US);
-            hours
-                .entry((hour, server.clone()))
-                .or_insert_with(|| Minute {
-                    start: hour,
-                    ..Minute::default()
-                })
-                .absorb(m);
-        }
-        hours
-    }
-
     fn stored_hours(db: &Connection) -> std::collections::BTreeMap<(Micros, String), Minute> {
         let mut q = db
             .prepare("SELECT hour, server_id, body FROM rollup_hours")
@@ -1595,7 +1573,10 @@ mod tests {
         assert_eq!(steps, 6);
         assert_eq!(hours::built(&reader).unwrap(), Some((h0, h0 + 3 * HOUR_US)));
         let whole = h0 + 3 * HOUR_US;
-        assert_eq!(stored_hours(&reader), hours_of(&stored, whole));
+        assert_eq!(
+            stored_hours(&reader),
+            crate::rollup::hours_of(&stored, whole)
+        );
 
         let read = |r: &MinutesRead| {
             let mut out = Vec::new();
@@ -1614,7 +1595,7 @@ mod tests {
             };
         let hours_from =
             |st: &[(String, Minute)], a: Micros, b: Micros, of: &dyn Fn(&str) -> bool| {
-                hours_of(st, whole)
+                crate::rollup::hours_of(st, whole)
                     .into_iter()
                     .filter(|((h, s), _)| *h >= a && *h < b && of(s))
                     .map(|((_, s), m)| (s, m))
@@ -1742,7 +1723,7 @@ mod tests {
             .unwrap();
         assert_eq!(left, 0);
         let after = stored_hours(&reader);
-        assert_eq!(after, hours_of(&stored, whole));
+        assert_eq!(after, crate::rollup::hours_of(&stored, whole));
         assert_eq!(
             read(&hourly)[..],
             {
