@@ -351,7 +351,8 @@ impl Fold {
         MinutesRead {
             start: self.plan.start,
             end: self.plan.end,
-            servers: (self.selected.len() < self.of)
+            // None selected reads none, however few the view held.
+            servers: (self.selected.len() < self.of || self.selected.is_empty())
                 .then(|| self.selected.keys().cloned().collect()),
             hourly: self.plan.hourly(),
             by_minute,
@@ -739,6 +740,9 @@ mod tests {
             Some(vec!["a".into(), "b".into()])
         );
         assert_eq!(servers_of(&["dc=nowhere"]), Some(vec![]));
+        // An empty view: nothing to read.
+        let empty = plan("sessions", &[], &[], 1).fold(&BTreeMap::new()).read();
+        assert_eq!(empty.servers, Some(vec![]));
     }
 
     #[test]

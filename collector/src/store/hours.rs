@@ -4,8 +4,8 @@
 //! 1.44 million minutes, 24,000 hours).
 //!
 //! The writer builds an hour once it has ended [`AFTER`] ago and a minute
-//! that late has been written (or none for [`QUIET`]), a chunk of servers
-//! after each commit ([`Hours::step`]), and notes the hours built,
+//! that late has been written (or none for [`QUIET`], as seen at the next
+//! commit), a chunk of servers after each commit ([`Hours::step`]), and notes the hours built,
 //! `[rollup_hours_from, rollup_hours_to)` in `kept`, in the transaction
 //! of the last chunk. A minute written later into an hour built (or being
 //! built), say from an agent's spool after an outage, marks its server's
@@ -71,12 +71,22 @@ pub(super) fn built(db: &Connection) -> rusqlite::Result<Option<(Micros, Micros)
 }
 
 impl Hours {
-    #[cfg(test)]
-    pub(super) fn with_chunk(chunk: usize) -> Hours {
-        Hours {
-            chunk: Some(chunk),
+    /// The hours built as the file `db` says, opened at `now`: a minute
+    /// written into them from the first commit on is late. The minutes of
+    /// the agents that come back are yet to come, so none is taken to have
+    /// been quiet since before `now`.
+    pub(super) fn opened(db: &Connection, now: Micros) -> rusqlite::Result<Hours> {
+        Ok(Hours {
+            built: built(db)?,
+            written_at: Some(now),
             ..Hours::default()
-        }
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn with_chunk(mut self, chunk: usize) -> Hours {
+        self.chunk = Some(chunk);
+        self
     }
 
     /// Notes that a minute starting at `start` was written at `now`.
@@ -133,6 +143,24 @@ impl Hours {
             let due = now >= end + AFTER && (self.newest >= end + AFTER || quiet);
             if !due {
                 return Ok(false);
+            }
+            // Hours without a minute (the collector stopped, say) are built
+            // at once, up to the next minute stored or the last hour due.
+            let next: Option<i64> = db
+                .prepare_cached("SELECT min(minute) FROM rollups WHERE minute >= ?1")?
+                .query_row([to], |r| r.get(0))?;
+            let last_due = if quiet { now } else { now.min(self.newest) } - AFTER;
+            let empty_to = next
+                .map_or(Micros::MAX, |n| n - n.rem_euclid(HOUR_US))
+                .min(last_due - last_due.rem_euclid(HOUR_US));
+            if empty_to > to {
+                db.execute(
+                    "INSERT OR REPLACE INTO kept (name, value) VALUES
+                     ('rollup_hours_from', ?1), ('rollup_hours_to', ?2)",
+                    params![from, empty_to],
+                )?;
+                self.built = Some((from, empty_to));
+                return Ok(true);
             }
             let servers = db
                 .prepare_cached("SELECT server_id FROM servers ORDER BY server_id")?

@@ -317,13 +317,31 @@ const SQLITE_READERS: usize = 3;
 /// the others answer meanwhile. WAL lets each read while the writer writes.
 struct Readers {
     idle: Mutex<Vec<rusqlite::Connection>>,
-    free: tokio::sync::Semaphore,
+    free: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection lent to one read: back to the idle ones, and its permit
+/// with it, when the read ends on its thread, whether it returns, panics,
+/// or its caller has stopped waiting for it.
+struct Lent {
+    db: Option<rusqlite::Connection>,
+    readers: Arc<Readers>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        // Its statements are reset as they drop, even when a read panics.
+        if let Some(db) = self.db.take() {
+            self.readers.idle().push(db);
+        }
+    }
 }
 
 impl Readers {
     fn new(connections: Vec<rusqlite::Connection>) -> Arc<Readers> {
         Arc::new(Readers {
-            free: tokio::sync::Semaphore::new(connections.len()),
+            free: Arc::new(tokio::sync::Semaphore::new(connections.len())),
             idle: Mutex::new(connections),
         })
     }
@@ -756,28 +774,30 @@ impl Store {
         readers: Arc<Readers>,
     ) -> Result<T, StoreError> {
         let fail = |e: &dyn std::fmt::Display| StoreError::new(&self.place, e);
-        let permit = readers.free.acquire().await.map_err(|e| fail(&e))?;
-        let db = readers
-            .idle()
-            .pop()
-            .ok_or_else(|| fail(&"no connection is left to read with: a read panicked"))?;
-        match tokio::task::spawn_blocking(move || {
-            let out = read(&db);
-            (db, out)
+        let permit = readers
+            .free
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| fail(&e))?;
+        // A permit is a connection idle.
+        let Some(db) = readers.idle().pop() else {
+            return Err(fail(
+                &"no connection to read with was idle, though a permit was free",
+            ));
+        };
+        let lent = Lent {
+            db: Some(db),
+            readers,
+            _permit: permit,
+        };
+        let out = tokio::task::spawn_blocking(move || match &lent.db {
+            Some(db) => read(db),
+            None => Err(rusqlite::Error::InvalidQuery),
         })
         .await
-        {
-            Ok((db, out)) => {
-                readers.idle().push(db);
-                drop(permit);
-                out.map_err(|e| fail(&e))
-            }
-            // The connection went with the read that panicked.
-            Err(e) => {
-                permit.forget();
-                Err(fail(&e))
-            }
-        }
+        .map_err(|e| fail(&e))?;
+        out.map_err(|e| fail(&e))
     }
 }
 
@@ -1157,6 +1177,28 @@ mod tests {
                 assert_eq!(n, 1);
             }
         }
+        // Reads whose callers stop waiting (a client gone, a deadline
+        // passed) give their connection back when they end, more of them
+        // than there are connections.
+        for _ in 0..=SQLITE_READERS {
+            let (go, wait) = std::sync::mpsc::channel();
+            let (reached, entered) = std::sync::mpsc::channel();
+            let long = read((wait, reached), stop_at_first);
+            entered
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the read reaches its minute");
+            long.abort();
+            assert!(long.await.unwrap_err().is_cancelled());
+            go.send(()).unwrap();
+        }
+        let n = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.fold_minutes(MinutesRead::range(0, Micros::MAX), 0, count),
+        )
+        .await
+        .expect("a read after the abandoned ones")
+        .expect("a connection to read with");
+        assert_eq!(n, 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -185,6 +185,8 @@ pub(super) struct SqliteSink {
     pruning: Option<Pruning>,
     /// The hours of rollups, built a share after each commit.
     hours: Hours,
+    /// The time, as commits note when they wrote a minute (tests set it).
+    clock: fn() -> Micros,
 }
 
 /// A round of deleting history past its retention (one every
@@ -267,6 +269,7 @@ pub(super) fn open(
         "History store opened."
     );
     let unindexed = Unindexed::default();
+    let hours = Hours::opened(&db, now_micros()).map_err(fail)?;
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
@@ -276,7 +279,8 @@ pub(super) fn open(
         last_frame,
         all: false,
         pruning: None,
-        hours: Hours::default(),
+        hours,
+        clock: now_micros,
     };
     Ok((sink, readers, unindexed, loaded, place))
 }
@@ -546,7 +550,7 @@ pub(super) fn each_minute(
         .as_ref()
         .map(|ids| ids.iter().map(String::as_str).collect());
     // The rows `(start, server_id, body)` of `sql` over `[a, b)`, of the
-    // servers wanted but those `except`.
+    // servers wanted but those `except` (in order).
     let scan = |sql: &str,
                 a: Micros,
                 b: Micros,
@@ -558,7 +562,9 @@ pub(super) fn each_minute(
         while let Some(r) = rows.next()? {
             let server_id = r.get_ref(1)?.as_str()?;
             if wanted.as_ref().is_none_or(|w| w.contains(server_id))
-                && !except.iter().any(|e| e == server_id)
+                && except
+                    .binary_search_by(|e| e.as_str().cmp(server_id))
+                    .is_err()
             {
                 decoded(server_id, r.get(0)?, r.get_ref(2)?.as_blob()?);
             }
@@ -567,13 +573,18 @@ pub(super) fn each_minute(
     };
     let minutes = "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
          ORDER BY minute, server_id";
-    // The whole hours built within the range.
+    // The whole hours built within the range, from the first whose minutes
+    // are all still kept: an hour goes with the rollups' retention once
+    // the last of its minutes has gone.
     let built = match read.hourly {
-        true => hours::built(db)?,
+        true => hours::built(db)?.zip(
+            db.prepare_cached("SELECT min(minute) FROM rollups")?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))?,
+        ),
         false => None,
     };
-    let Some((first, last)) = built.map(|(from, to)| {
-        let first = start.max(from);
+    let Some((first, last)) = built.map(|((from, to), oldest)| {
+        let first = start.max(from).max(oldest);
         let last = end.min(to);
         (
             first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US,
@@ -1151,10 +1162,11 @@ impl Sink for SqliteSink {
                 indexed_to,
             },
             self.hours.sealed(),
+            (self.clock)(),
         )
         .map_err(|e| e.to_string())?;
         self.keys.committed();
-        let at = now_micros();
+        let at = (self.clock)();
         for (_, op) in ops {
             if let Op::Minute { minute, .. } = op {
                 self.hours.wrote(minute.start, at);
@@ -1219,7 +1231,8 @@ struct Index<'a> {
 
 /// Writes `ops` in one transaction, and with them `index`; says where each
 /// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an
-/// hour built) marks its server's hour to be built again.
+/// hour built) marks its server's hour to be built again, as written at
+/// `now`.
 fn commit<'a>(
     db: &mut Connection,
     ops: &'a [(u64, Op)],
@@ -1227,6 +1240,7 @@ fn commit<'a>(
     fresh: &mut Vec<(&'a str, Place)>,
     index: Index<'_>,
     sealed: Option<std::ops::Range<Micros>>,
+    now: Micros,
 ) -> rusqlite::Result<()> {
     let mut late = std::collections::BTreeSet::new();
     let tx = db.transaction()?;
@@ -1337,7 +1351,7 @@ fn commit<'a>(
             dictionary.execute(params![k.server_id, k.id, k.hour, k.body])?;
         }
     }
-    hours::late(&tx, late, now_micros())?;
+    hours::late(&tx, late, now)?;
     tx.commit()
 }
 
@@ -1524,9 +1538,11 @@ mod tests {
         let dir = scratch("hours");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
         let reader = readers.remove(0);
-        sink.hours = Hours::with_chunk(2);
-        let h0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
-        let now = h0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let (h0, now) = (H0, H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000);
+        // The commits write at `now`.
+        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
         // Five servers, three whole hours and ten minutes of a fourth, each
         // server missing some minutes. s4 is not listed among the servers
         // (one since forgotten): its hours are built all the same.
@@ -1715,9 +1731,9 @@ mod tests {
         };
         assert_eq!(read(&both), expected);
         // Not two minutes after: not yet built again.
-        assert!(!sink.roll_hours(now_micros()).unwrap());
+        assert!(!sink.roll_hours(now + hours::AFTER - 1).unwrap());
         assert_eq!(stored_hours(&reader), before);
-        assert!(sink.roll_hours(now).unwrap());
+        assert!(sink.roll_hours(now + hours::AFTER).unwrap());
         let left: i64 = reader
             .query_row("SELECT count(*) FROM rollup_hours_late", [], |r| r.get(0))
             .unwrap();
@@ -1740,6 +1756,89 @@ mod tests {
             changed,
             [&(h0, "s3".to_owned()), &(h0 + HOUR_US, "s1".to_owned())]
         );
+
+        // The rollups' retention has taken the first ten minutes, not yet
+        // their hour: that hour is read by the minutes left.
+        reader
+            .execute(
+                "DELETE FROM rollups WHERE minute < ?1",
+                [h0 + 10 * MINUTE_US],
+            )
+            .unwrap();
+        stored.retain(|(_, m)| m.start >= h0 + 10 * MINUTE_US);
+        let mut expected = minutes_from(&stored, h0, h0 + HOUR_US, &all);
+        expected.extend(hours_from(&stored, h0 + HOUR_US, whole, &all));
+        expected.extend(minutes_from(&stored, whole, now, &all));
+        assert_eq!(read(&hourly), expected);
+
+        // Opened again, a minute written late at the first commit is marked:
+        // the store knows the hours built before the writer's first step.
+        drop(sink);
+        let (mut sink, _, _, _, _) = open(&dir, 1).unwrap();
+        let again = minute_of(0, h0 + 2 * MINUTE_US);
+        sink.commit(&[(
+            0,
+            Op::Minute {
+                server_id: "s0".into(),
+                minute: again,
+            },
+        )])
+        .unwrap();
+        let marked: Vec<(i64, String)> = reader
+            .prepare("SELECT hour, server_id FROM rollup_hours_late")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(marked, [(h0, "s0".to_owned())]);
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hours_without_a_minute_are_passed_in_one_step() {
+        let dir = scratch("hours-gap");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        sink.clock = || H0 + 6 * HOUR_US + 10 * MINUTE_US;
+        // The collector stopped for four hours between them.
+        let minutes = [
+            H0,
+            H0 + MINUTE_US,
+            H0 + 5 * HOUR_US,
+            H0 + 6 * HOUR_US + 9 * MINUTE_US,
+        ];
+        let ops: Vec<(u64, Op)> = minutes
+            .iter()
+            .map(|&at| {
+                let minute = minute_of(0, at);
+                (
+                    0,
+                    Op::Minute {
+                        server_id: "s0".into(),
+                        minute,
+                    },
+                )
+            })
+            .collect();
+        sink.commit(&ops).unwrap();
+        let mut built = Vec::new();
+        while sink.roll_hours(H0 + 6 * HOUR_US + 10 * MINUTE_US).unwrap() {
+            built.push(hours::built(&reader).unwrap());
+            assert!(built.len() < 10);
+        }
+        // The first hour, the four without a minute at once, the sixth.
+        assert_eq!(
+            built,
+            [
+                Some((H0, H0 + HOUR_US)),
+                Some((H0, H0 + 5 * HOUR_US)),
+                Some((H0, H0 + 6 * HOUR_US)),
+            ]
+        );
+        assert_eq!(stored_hours(&reader).len(), 2);
         drop((sink, reader));
         let _ = std::fs::remove_dir_all(&dir);
     }
