@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use pgfleet_proto::time::Micros;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::load::hours::HOUR_US;
 use crate::rollup::{MINUTE_US, Minute};
@@ -68,6 +68,46 @@ pub(super) fn built(db: &Connection) -> rusqlite::Result<Option<(Micros, Micros)
             .optional()
     };
     Ok(value("rollup_hours_from")?.zip(value("rollup_hours_to")?))
+}
+
+/// Notes in `kept` that the hours `[from, to)` are built.
+fn note_built(db: &Connection, from: Micros, to: Micros) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT OR REPLACE INTO kept (name, value) VALUES
+         ('rollup_hours_from', ?1), ('rollup_hours_to', ?2)",
+        params![from, to],
+    )?;
+    Ok(())
+}
+
+/// The first and the last stored minute, None while there is none. (Each
+/// apart, each is an end of the key; `min(minute), max(minute)` in one
+/// select reads every row.)
+pub(super) fn minutes_kept(db: &Connection) -> rusqlite::Result<Option<(Micros, Micros)>> {
+    let (first, last): (Option<i64>, Option<i64>) = db
+        .prepare_cached(
+            "SELECT (SELECT min(minute) FROM rollups), (SELECT max(minute) FROM rollups)",
+        )?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(first.zip(last))
+}
+
+/// Hands `f` each stored minute of `server_id` in the hour at `hour`, in
+/// order, each found by its key.
+pub(super) fn minutes_of_hour(
+    db: &Connection,
+    server_id: &str,
+    hour: Micros,
+    mut f: impl FnMut(Micros, &[u8]),
+) -> rusqlite::Result<()> {
+    let mut q =
+        db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
+    for minute in (hour..hour + HOUR_US).step_by(MINUTE_US as usize) {
+        if let Some(r) = q.query(params![minute, server_id])?.next()? {
+            f(minute, r.get_ref(0)?.as_blob()?);
+        }
+    }
+    Ok(())
 }
 
 impl Hours {
@@ -154,11 +194,7 @@ impl Hours {
                 .map_or(Micros::MAX, |n| n - n.rem_euclid(HOUR_US))
                 .min(last_due - last_due.rem_euclid(HOUR_US));
             if empty_to > to {
-                db.execute(
-                    "INSERT OR REPLACE INTO kept (name, value) VALUES
-                     ('rollup_hours_from', ?1), ('rollup_hours_to', ?2)",
-                    params![from, empty_to],
-                )?;
+                note_built(db, from, empty_to)?;
                 self.built = Some((from, empty_to));
                 return Ok(true);
             }
@@ -207,11 +243,7 @@ impl Hours {
         write(&tx, &hours)?;
         let done = hi.is_none();
         if done {
-            tx.execute(
-                "INSERT OR REPLACE INTO kept (name, value) VALUES
-                 ('rollup_hours_from', ?1), ('rollup_hours_to', ?2)",
-                params![from, hour + HOUR_US],
-            )?;
+            note_built(&tx, from, hour + HOUR_US)?;
         }
         tx.commit()?;
         if done {
@@ -228,17 +260,12 @@ impl Hours {
         Ok(true)
     }
 
-    /// The hours built as `kept` says; or, before any, from the first
-    /// stored minute's hour (no more than [`BACKFILL`] before `now`'s),
-    /// none built yet. None while no minute is stored.
+    /// Where a store with no hours built yet (`kept` says none, as read at
+    /// open) starts: from the first stored minute's hour (no more than
+    /// [`BACKFILL`] before `now`'s), none built yet. None while no minute
+    /// is stored.
     fn start(&self, db: &Connection, now: Micros) -> rusqlite::Result<Option<(Micros, Micros)>> {
-        if let Some(b) = built(db)? {
-            return Ok(Some(b));
-        }
-        let first: Option<i64> = db
-            .prepare_cached("SELECT min(minute) FROM rollups")?
-            .query_row([], |r| r.get(0))?;
-        Ok(first.map(|first| {
+        Ok(minutes_kept(db)?.map(|(first, _)| {
             let earliest = now - now.rem_euclid(HOUR_US) - BACKFILL;
             let from = (first - first.rem_euclid(HOUR_US)).max(earliest);
             (from, from)
@@ -254,8 +281,7 @@ fn add(
     minute: Micros,
     body: &[u8],
 ) {
-    let Some(m) = Minute::decode(minute, body) else {
-        warn!(server.id = %server_id, minute, "Skipped a rollup that does not decode.");
+    let Some(m) = super::rollup(server_id, minute, body) else {
         return;
     };
     match hours.get_mut(server_id) {
@@ -323,22 +349,12 @@ fn rebuild(
 ) -> rusqlite::Result<()> {
     let mut done =
         tx.prepare_cached("DELETE FROM rollup_hours_late WHERE hour = ?1 AND server_id = ?2")?;
-    let mut q =
-        tx.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
     let mut hours = BTreeMap::new();
     for (hour, server_id) in late {
         hours.clear();
-        for minute in (hour..hour + HOUR_US).step_by(MINUTE_US as usize) {
-            if let Some(r) = q.query(params![minute, server_id])?.next()? {
-                add(
-                    &mut hours,
-                    &server_id,
-                    hour,
-                    minute,
-                    r.get_ref(0)?.as_blob()?,
-                );
-            }
-        }
+        minutes_of_hour(tx, &server_id, hour, |minute, body| {
+            add(&mut hours, &server_id, hour, minute, body)
+        })?;
         write(tx, &hours)?;
         done.execute(params![hour, server_id])?;
     }

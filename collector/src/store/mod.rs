@@ -54,6 +54,16 @@ use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
 
+/// The stored rollup `body` of `server_id`'s minute (or hour) at `start`;
+/// one that does not decode is skipped, and said.
+fn rollup(server_id: &str, start: Micros, body: &[u8]) -> Option<Minute> {
+    let minute = Minute::decode(start, body);
+    if minute.is_none() {
+        warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.");
+    }
+    minute
+}
+
 /// How many servers make a read of a time range read it whole, keeping
 /// theirs, rather than seek each server's rows.
 const MANY_SERVERS: usize = 64;

@@ -504,14 +504,11 @@ pub(super) fn each_minute(
     let tx = db.unchecked_transaction()?;
     let db: &Connection = &tx;
     let (start, end) = (read.start, read.end);
-    let mut decoded = |server_id: &str, start: i64, body: &[u8]| match Minute::decode(start, body) {
-        Some(minute) => f(server_id, minute),
-        None => {
-            warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
+    let mut decoded = |server_id: &str, start: i64, body: &[u8]| {
+        if let Some(minute) = super::rollup(server_id, start, body) {
+            f(server_id, minute);
         }
     };
-    let mut by_key =
-        db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
     if let Some(ids) = &read.servers
         && ids.len() <= MANY_SERVERS
     {
@@ -522,15 +519,8 @@ pub(super) fn each_minute(
             return Ok(());
         }
         // Only the minutes between the first and the last stored: a range
-        // that reaches back years looks up none before the first. (Each
-        // apart, each is the end of the key; `min(minute), max(minute)` in
-        // one select reads every row.)
-        let (first, last): (Option<i64>, Option<i64>) = db
-            .prepare_cached(
-                "SELECT (SELECT min(minute) FROM rollups), (SELECT max(minute) FROM rollups)",
-            )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let (Some(first), Some(last)) = (first, last) else {
+        // that reaches back years looks up none before the first.
+        let Some((first, last)) = hours::minutes_kept(db)? else {
             return Ok(());
         };
         let (from, end) = (start.max(first), end.min(last.saturating_add(1)));
@@ -539,6 +529,8 @@ pub(super) fn each_minute(
         }
         // Every stored minute starts on a minute.
         let mut minute = from + (MINUTE_US - from.rem_euclid(MINUTE_US)) % MINUTE_US;
+        let mut by_key =
+            db.prepare_cached("SELECT body FROM rollups WHERE minute = ?1 AND server_id = ?2")?;
         while minute < end {
             for id in &ids {
                 if let Some(r) = by_key.query(params![minute, id])?.next()? {
@@ -581,10 +573,7 @@ pub(super) fn each_minute(
     // are all still kept: an hour goes with the rollups' retention once
     // the last of its minutes has gone.
     let built = match read.hourly {
-        true => hours::built(db)?.zip(
-            db.prepare_cached("SELECT min(minute) FROM rollups")?
-                .query_row([], |r| r.get::<_, Option<i64>>(0))?,
-        ),
+        true => hours::built(db)?.zip(hours::minutes_kept(db)?.map(|(oldest, _)| oldest)),
         false => None,
     };
     let Some((first, last)) = built.map(|((from, to), oldest)| {
@@ -626,11 +615,9 @@ pub(super) fn each_minute(
             {
                 continue;
             }
-            for minute in (hour..hour + HOUR_US).step_by(MINUTE_US as usize) {
-                if let Some(r) = by_key.query(params![minute, server_id])?.next()? {
-                    decoded(server_id, minute, r.get_ref(0)?.as_blob()?);
-                }
-            }
+            hours::minutes_of_hour(db, server_id, hour, |minute, body| {
+                decoded(server_id, minute, body)
+            })?;
         }
     }
     scan(minutes, last, end, &[], &mut decoded)

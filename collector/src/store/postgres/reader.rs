@@ -200,11 +200,8 @@ impl Reader {
             if wanted.as_ref().is_some_and(|w| !w.contains(server_id)) {
                 continue;
             }
-            match Minute::decode(start, row.get(2)) {
-                Some(minute) => f(&mut state, server_id, minute),
-                None => {
-                    warn!(server.id = %server_id, minute = start, "Skipped a rollup that does not decode.")
-                }
+            if let Some(minute) = super::super::rollup(server_id, start, row.get(2)) {
+                f(&mut state, server_id, minute);
             }
         }
         Ok(state)
