@@ -667,3 +667,97 @@ async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
     drop((pg, sqlite));
     cluster.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_s_minutes_of_load_are_read_a_chunk_at_a_time_in_either_store() {
+    use pgfleet_collector::load::hours::{HOUR_US, HourTotals};
+    use pgfleet_collector::load::{Bucket, COARSE_US, Class, MinuteLoad, Tuple};
+    use pgfleet_collector::store::{Op, Retention, Store};
+
+    let (cluster, url) = cluster_with_store().await;
+    let (pg, _) = Store::open(
+        &StoreConfig::Postgres(url),
+        &cluster.dir().join("pg-store"),
+        Retention::default(),
+        "load-chunks-test",
+    )
+    .await
+    .unwrap();
+    let dir = cluster.dir().join("sqlite-store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+
+    // Four servers over 1,100 minutes (19 hours, each a dictionary of its
+    // own per server): 4,400 rows, more than a chunk of either store.
+    let now = pgfleet_proto::time::now_micros();
+    let first = now - now.rem_euclid(HOUR_US) - 19 * HOUR_US;
+    let mut written = Vec::new();
+    for m in 0..1_100 {
+        for s in 0..4 {
+            let server_id = format!("s-{s}");
+            let start = first + m * COARSE_US;
+            let mut coarse = Bucket::holding(start, COARSE_US);
+            coarse.samples = 60;
+            coarse.covered_us = 60_000_000;
+            coarse.tuples = vec![(
+                Tuple {
+                    class: Class::Active,
+                    wait_type: "CPU".into(),
+                    wait_event: "".into(),
+                    query: 1 + (m % 13) as u64,
+                    user: format!("user-{s}-{}", m % 5).as_str().into(),
+                    database: "orders".into(),
+                    application: format!("app-{}", m / 60).as_str().into(),
+                    client: "10.0.0.7".into(),
+                    backend_type: "client backend".into(),
+                },
+                1 + (m % 60) as u32,
+            )];
+            let minute = MinuteLoad {
+                coarse,
+                fine: Vec::new(),
+            };
+            for store in [&pg, &sqlite] {
+                store
+                    .write(Op::Load {
+                        server_id: server_id.clone(),
+                        minute: minute.pack(),
+                        hour: HourTotals::holding(start),
+                    })
+                    .await;
+            }
+            written.push((server_id, minute));
+        }
+    }
+    pg.flush().await;
+    sqlite.flush().await;
+    let by_key = |v: &mut Vec<(String, MinuteLoad)>| {
+        v.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)))
+    };
+    by_key(&mut written);
+    for (name, store) in [("sqlite", &sqlite), ("postgres", &pg)] {
+        for servers in [None, Some(vec!["s-1".to_owned(), "s-3".to_owned()])] {
+            let mut read = store
+                .fold_load(
+                    servers.clone(),
+                    (first, now + COARSE_US),
+                    true,
+                    Vec::new(),
+                    |v, id, m| v.push((id.to_owned(), m)),
+                )
+                .await
+                .unwrap();
+            by_key(&mut read);
+            let want: Vec<_> = written
+                .iter()
+                .filter(|(id, _)| servers.as_ref().is_none_or(|s| s.contains(id)))
+                .cloned()
+                .collect();
+            assert_eq!(read.len(), want.len(), "{name}, {servers:?}");
+            assert!(
+                read == want,
+                "{name}, {servers:?}: the minutes read back differ"
+            );
+        }
+    }
+}

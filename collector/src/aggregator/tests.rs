@@ -688,7 +688,13 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
     assert_eq!(open_load(&mut agg, false)[0].1.len(), 1, "only the open");
     store.flush().await;
     let stored = store
-        .load(Some(vec!["db".into()]), t0, t0 + crate::load::COARSE_US)
+        .fold_load(
+            Some(vec!["db".into()]),
+            (t0, t0 + crate::load::COARSE_US),
+            true,
+            Vec::new(),
+            |all, id, m| all.push((id.to_owned(), m)),
+        )
         .await
         .unwrap();
     assert_eq!(stored.len(), 1, "{stored:?}");

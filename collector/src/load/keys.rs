@@ -2,8 +2,11 @@
 //! every row (see [`super::dictionaries`]): the tables rows name them by
 //! index in, and a dictionary as read back.
 
+use std::collections::BTreeSet;
+
 use pgfleet_proto::model::ArcStr;
 use prost::Message;
+use tracing::warn;
 
 use super::compress::{compressed, decompressed};
 
@@ -89,6 +92,8 @@ impl Keys {
 pub trait Parsed: Sized {
     /// What it decodes to.
     type Row;
+    /// What a row is, for the warning when one does not decode.
+    const WHAT: &'static str;
     /// The dictionary it names (0: none, its strings are its own).
     fn keys(&self) -> i64;
     /// The row, with `keys` the dictionary it names (or any, when it names
@@ -105,31 +110,154 @@ impl<P: Parsed> Pending<P> {
         Pending(rows)
     }
 
-    /// The dictionaries they name, by server and id, each once.
-    pub fn named(&self) -> std::collections::BTreeSet<(String, i64)> {
-        self.0
-            .iter()
-            .filter_map(|(s, _, p)| Some((s.clone(), p.as_ref()?.keys())))
-            .filter(|(_, id)| *id != 0)
-            .collect()
+    /// Hands `f` each row decoded with its dictionary from `cache`, which
+    /// must hold those [`KeysCache::missing`] named; a row that does not
+    /// decode, or whose dictionary is not there, is skipped with a warning.
+    pub fn finish(self, cache: &mut KeysCache, mut f: impl FnMut(&str, i64, P::Row)) {
+        let none = Keys::default();
+        let last = self.0.last().map(|(_, at, _)| *at);
+        for (server_id, at, p) in self.0 {
+            let row = p.and_then(|p| {
+                let keys = match p.keys() {
+                    0 => None,
+                    id => cache.keys.get_mut(&(server_id.clone(), id)),
+                };
+                let keys = keys.and_then(|(k, used)| {
+                    *used = at;
+                    k.as_ref()
+                });
+                p.with(keys.unwrap_or(&none))
+            });
+            match row {
+                Some(row) => f(&server_id, at, row),
+                None => {
+                    warn!(server.id = %server_id, at, "Skipped {} that does not decode.", P::WHAT)
+                }
+            }
+        }
+        if let Some(last) = last {
+            cache.forget_far_from(last);
+        }
+    }
+}
+
+/// The dictionaries rows read in chunks name, each read once while the rows
+/// near it are read: rows read by time name each server's dictionary of
+/// their hour, so a fleet's day read in order holds about two hours'
+/// dictionaries at a time, not the day's.
+#[derive(Default)]
+pub struct KeysCache {
+    /// By server and id: the dictionary (None: not found, or does not
+    /// decode) and the time of the last row that named it.
+    keys: std::collections::HashMap<(String, i64), (Option<Keys>, i64)>,
+}
+
+impl KeysCache {
+    /// The dictionaries `rows` name that it does not hold, by server and id.
+    pub fn missing<P: Parsed>(&self, rows: &Pending<P>) -> BTreeSet<(String, i64)> {
+        let mut out = BTreeSet::new();
+        for (server_id, _, p) in &rows.0 {
+            if let Some(id) = p.as_ref().map(P::keys).filter(|id| *id != 0)
+                && !self.keys.contains_key(&(server_id.clone(), id))
+            {
+                out.insert((server_id.clone(), id));
+            }
+        }
+        out
     }
 
-    /// Each row decoded with its dictionary from `keys` (None: it does not
-    /// decode, or its dictionary is not there).
-    pub fn finish(
-        self,
-        keys: &std::collections::HashMap<(String, i64), Keys>,
-    ) -> Vec<(String, i64, Option<P::Row>)> {
-        let none = Keys::default();
-        self.0
-            .into_iter()
-            .map(|(server_id, at, p)| {
-                let row = p.and_then(|p| {
-                    let k = keys.get(&(server_id.clone(), p.keys()));
-                    p.with(k.unwrap_or(&none))
-                });
-                (server_id, at, row)
-            })
-            .collect()
+    /// Takes what a store found of the dictionaries `asked` for: those not
+    /// found are held as missing, so that rows naming them are skipped
+    /// without asking again.
+    pub fn found(
+        &mut self,
+        asked: BTreeSet<(String, i64)>,
+        mut found: std::collections::HashMap<(String, i64), Keys>,
+    ) {
+        for key in asked {
+            let keys = found.remove(&key);
+            self.keys.insert(key, (keys, i64::MIN));
+        }
+    }
+
+    /// Lets go of the dictionaries no row within an hour of `at` named.
+    fn forget_far_from(&mut self, at: i64) {
+        self.keys
+            .retain(|_, (_, used)| used.abs_diff(at) <= super::hours::HOUR_US as u64);
+    }
+
+    /// How many dictionaries it holds.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::hours::HOUR_US;
+
+    /// A row that names dictionary `0` and decodes to its first query.
+    struct Row(i64);
+
+    impl Parsed for Row {
+        type Row = u64;
+        const WHAT: &'static str = "a test row";
+        fn keys(&self) -> i64 {
+            self.0
+        }
+        fn with(self, keys: &Keys) -> Option<u64> {
+            keys.queries.first().copied()
+        }
+    }
+
+    #[test]
+    fn a_cache_reads_each_dictionary_once_and_holds_those_near_the_rows_read() {
+        let mut cache = KeysCache::default();
+        let mut read = 0;
+        // Ten servers' rows by time, a chunk every 10 minutes, five hours;
+        // each server names its dictionary of the hour (id: the hour + 1).
+        for hour in 0..5i64 {
+            for tenth in 0..6 {
+                let at = hour * HOUR_US + tenth * HOUR_US / 6;
+                let rows = (0..10)
+                    .map(|s| (format!("s{s}"), at, Some(Row(hour + 1))))
+                    .collect();
+                let pending = Pending::new(rows);
+                let missing = cache.missing(&pending);
+                let want = if tenth == 0 { 10 } else { 0 };
+                assert_eq!(
+                    missing.len(),
+                    want,
+                    "hour {hour}, {tenth}0 min: {missing:?}"
+                );
+                let found = missing
+                    .iter()
+                    .filter(|(s, _)| s != "s3" || hour != 2)
+                    .map(|(s, id)| {
+                        let keys = Keys {
+                            strings: Vec::new(),
+                            queries: vec![hour as u64],
+                        };
+                        ((s.clone(), *id), keys)
+                    })
+                    .collect();
+                cache.found(missing, found);
+                let mut got = Vec::new();
+                pending.finish(&mut cache, |s, _, q| got.push((s.to_owned(), q)));
+                // s3's dictionary of hour 2 is missing: its rows are
+                // skipped, and it is not asked for again.
+                assert_eq!(got.len(), if hour == 2 { 9 } else { 10 });
+                assert!(got.iter().all(|(_, q)| *q == hour as u64));
+                read += got.len();
+                assert!(
+                    cache.held() <= 20,
+                    "two hours' dictionaries: {}",
+                    cache.held()
+                );
+            }
+        }
+        assert_eq!(read, 5 * 6 * 10 - 6);
     }
 }

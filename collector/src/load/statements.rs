@@ -224,6 +224,7 @@ pub struct ParsedRead(StoredRead);
 
 impl Parsed for ParsedRead {
     type Row = Read;
+    const WHAT: &'static str = "an interval of statement statistics";
 
     fn keys(&self) -> i64 {
         self.0.keys

@@ -102,7 +102,7 @@ fn keys_read_as_people_name_them() {
 }
 
 /// A minute of one tuple per user given, starting at `start`.
-fn minute_of(start: Micros, users: &[&str]) -> MinuteLoad {
+pub(crate) fn minute_of(start: Micros, users: &[&str]) -> MinuteLoad {
     let mut coarse = Bucket::holding(start, COARSE_US);
     coarse.samples = 60;
     coarse.covered_us = 60_000_000;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
@@ -48,56 +48,69 @@ impl QueryService {
         self.aggregator.open_load(ids, hours_only).await
     }
 
-    /// The minutes `scope` needs of `servers`: stored, and those still open.
-    async fn minutes(
+    /// Folds the buckets `scope` reads of `servers` into `acc` with `add`:
+    /// each stored minute as it is read, so that a fleet's day is never held
+    /// at once, but those the counters hold open (`open`), which replace
+    /// their stored copies.
+    async fn fold_buckets<A: Send + 'static>(
         &self,
         store: &Store,
         scope: &Scope,
-        servers: &[&Arc<ServerView>],
+        servers: Vec<String>,
         open: &[(String, Vec<Closed>)],
-    ) -> Result<Vec<(String, MinuteLoad)>, Status> {
-        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
-        let first = scope.start - scope.start.rem_euclid(COARSE_US);
-        let stored = store
-            .load(Some(ids), first, scope.end)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        acc: A,
+        add: fn(&mut A, &str, &Bucket),
+    ) -> Result<A, Status> {
         // The open minute as the counter holds it is the whole of it.
-        let mut by_key: HashMap<(String, Micros), MinuteLoad> = stored
-            .into_iter()
-            .map(|(id, m)| ((id, m.coarse.start), m))
-            .collect();
+        let mut opened: HashMap<(String, Micros), MinuteLoad> = HashMap::new();
         for (id, closed) in open {
             for c in closed {
                 if let Some(m) = c.minute().filter(|m| m.coarse.samples > 0) {
-                    by_key.insert((id.clone(), m.coarse.start), m);
+                    opened.insert((id.clone(), m.coarse.start), m);
                 }
             }
         }
-        Ok(by_key.into_iter().map(|((id, _), m)| (id, m)).collect())
+        let mut replaced: HashMap<String, Vec<Micros>> = HashMap::new();
+        for (id, at) in opened.keys() {
+            replaced.entry(id.clone()).or_default().push(*at);
+        }
+        let first = scope.start - scope.start.rem_euclid(COARSE_US);
+        let stored = scope.clone();
+        let mut acc = store
+            .fold_load(
+                Some(servers),
+                (first, scope.end),
+                scope.fine,
+                acc,
+                move |acc, id, m| {
+                    if !replaced
+                        .get(id)
+                        .is_some_and(|at| at.contains(&m.coarse.start))
+                    {
+                        stored.each_bucket(&m, |b| add(acc, id, b));
+                    }
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        for ((id, _), m) in &opened {
+            scope.each_bucket(m, |b| add(&mut acc, id, b));
+        }
+        Ok(acc)
     }
 
     /// What a range read whole (`TopQueries`, `GetChurn`) needs: the servers
-    /// `scope` selects, what their counters hold open, and their buckets.
+    /// `scope` selects, and what their counters hold open.
     async fn whole_range(
         &self,
-        store: &Store,
         scope: &Scope,
         reach: Micros,
-    ) -> Result<
-        (
-            Vec<String>,
-            Vec<(String, Vec<Closed>)>,
-            Vec<(String, Bucket)>,
-        ),
-        Status,
-    > {
+    ) -> Result<(Vec<String>, Vec<(String, Vec<Closed>)>), Status> {
         let view = self.aggregator.view();
         let servers = scope.servers(&view.servers);
         let open = self.open(&servers, scope.end, reach, false).await?;
-        let minutes = self.minutes(store, scope, &servers, &open).await?;
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
-        Ok((ids, open, scope.buckets(minutes)))
+        Ok((ids, open))
     }
 
     /// The texts of `fingerprints` (16 hex digits each), in that order, each
@@ -158,9 +171,12 @@ impl QueryService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             return Ok(plan.totals_answer(&servers, sum));
         }
-        let minutes = self.minutes(store, &plan.scope, &servers, &open).await?;
-        let buckets = plan.scope.buckets(minutes);
-        let mut answer = plan.evaluate(&servers, &buckets);
+        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+        let sum = plan.sum(&servers);
+        let mut answer = self
+            .fold_buckets(store, &plan.scope, ids, &open, sum, |s, id, b| s.add(id, b))
+            .await?
+            .answer();
         if plan.scope.by_query {
             let keys: Vec<&str> = answer.series.iter().map(|s| s.key.as_str()).collect();
             let texts = self.texts(store, &keys).await?;
@@ -181,30 +197,47 @@ impl QueryService {
         }
         let plan = TopPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
         let reach = MINUTE_REACH + STATEMENTS_US;
-        let (ids, open, buckets) = self.whole_range(store, &plan.scope, reach).await?;
+        let (ids, open) = self.whole_range(&plan.scope, reach).await?;
+        let sum = plan.sum();
+        let sum = self
+            .fold_buckets(store, &plan.scope, ids.clone(), &open, sum, |s, id, b| {
+                s.add(id, b)
+            })
+            .await?;
         // Statements are kept per interval: those that begin in the range,
-        // and the one it begins in.
+        // and the one it begins in. An interval the counters hold replaces
+        // its stored copy.
         let first = plan.scope.start - plan.scope.start.rem_euclid(STATEMENTS_US);
-        let mut reads: HashMap<(String, Micros), Read> = store
-            .statements(Some(ids), first, plan.scope.end)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .map(|(id, at, r)| ((id, at), r))
-            .collect();
+        let mut held: HashMap<(String, Micros), Read> = HashMap::new();
         for (id, closed) in &open {
             for c in closed {
                 if let Closed::Statements(at, r) = c
                     && *at >= first
                     && *at < plan.scope.end
                 {
-                    reads.insert((id.clone(), *at), r.clone());
+                    held.insert((id.clone(), *at), r.clone());
                 }
             }
         }
-        let reads: Vec<(String, Micros, Read)> =
-            reads.into_iter().map(|((id, at), r)| (id, at, r)).collect();
-        let mut answer = plan.evaluate(&buckets, &reads);
+        let replaced: HashSet<(String, Micros)> = held.keys().cloned().collect();
+        let mut sum = store
+            .fold_statements(
+                Some(ids),
+                first,
+                plan.scope.end,
+                sum,
+                move |sum, id, at, r| {
+                    if !replaced.contains(&(id.to_owned(), at)) {
+                        sum.add_read(id, at, &r);
+                    }
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        for ((id, at), r) in &held {
+            sum.add_read(id, *at, r);
+        }
+        let mut answer = sum.answer();
         let keys: Vec<&str> = answer
             .queries
             .iter()
@@ -228,8 +261,12 @@ impl QueryService {
             self.server(&req.server_id)?;
         }
         let plan = ChurnPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
-        let (_, _, buckets) = self.whole_range(store, &plan.scope, MINUTE_REACH).await?;
-        Ok(plan.evaluate(&buckets))
+        let (ids, open) = self.whole_range(&plan.scope, MINUTE_REACH).await?;
+        let sum = plan.sum();
+        Ok(self
+            .fold_buckets(store, &plan.scope, ids, &open, sum, |s, id, b| s.add(id, b))
+            .await?
+            .answer())
     }
 }
 

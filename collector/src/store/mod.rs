@@ -573,29 +573,39 @@ impl Store {
         }
     }
 
-    /// The minutes of load that start in `[start, end)`, of `servers`
-    /// (None: every server).
-    pub async fn load(
+    /// Folds the minutes of load that start in `[start, end)`, of `servers`
+    /// (None: every server), into `acc` as they are read: a fleet's day is
+    /// 1.44 million minutes of a thousand servers, never held at once.
+    /// `fine`: with their 10 s buckets (without, a minute decodes in less
+    /// than half the time).
+    pub async fn fold_load<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
-        start: Micros,
-        end: Micros,
-    ) -> Result<Vec<(String, MinuteLoad)>, StoreError> {
+        (start, end): (Micros, Micros),
+        fine: bool,
+        mut acc: A,
+        mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,
+    ) -> Result<A, StoreError> {
         match &self.reader {
             Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
-                        sqlite::load(db, servers.as_deref(), start, end)
+                        sqlite::each_load(db, servers.as_deref(), start, end, fine, |id, m| {
+                            f(&mut acc, id, m)
+                        })?;
+                        Ok(acc)
                     },
                     db,
                 )
                 .await
             }
-            Reader::Postgres(pg) => pg
-                .load(servers, start, end)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
+            Reader::Postgres(pg) => {
+                pg.each_load(servers, start, end, fine, |id, m| f(&mut acc, id, m))
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e))?;
+                Ok(acc)
+            }
         }
     }
 
@@ -633,29 +643,40 @@ impl Store {
         }
     }
 
-    /// The statement reads taken in `[start, end)`, of `servers` (None:
-    /// every server).
-    pub async fn statements(
+    /// Folds the statement reads taken in `[start, end)`, of `servers`
+    /// (None: every server), into `acc` as they are read.
+    pub async fn fold_statements<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, Micros, Read)>, StoreError> {
+        mut acc: A,
+        mut f: impl FnMut(&mut A, &str, Micros, Read) + Send + 'static,
+    ) -> Result<A, StoreError> {
         match &self.reader {
             Reader::Sqlite(db, _) => {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
-                        sqlite::statements(db, servers.as_deref(), start, end)
+                        sqlite::each_statements(
+                            db,
+                            servers.as_deref(),
+                            start,
+                            end,
+                            |id, at, r| f(&mut acc, id, at, r),
+                        )?;
+                        Ok(acc)
                     },
                     db,
                 )
                 .await
             }
-            Reader::Postgres(pg) => pg
-                .statements(servers, start, end)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
+            Reader::Postgres(pg) => {
+                pg.each_statements(servers, start, end, |id, at, r| f(&mut acc, id, at, r))
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e))?;
+                Ok(acc)
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use super::{
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::{Keys, Pending};
+use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad};
 use crate::rollup::{MINUTE_US, Minute};
@@ -623,30 +623,9 @@ pub(super) fn each_minute(
     scan(minutes, last, end, &[], &mut decoded)
 }
 
-/// Rows `(server_id, start, body)` of `table` keyed by `column`, in
-/// `[start, end)`, of `servers` (None: every server, reading the whole table).
-fn rows(
-    db: &Connection,
-    table: &str,
-    column: &str,
-    servers: Option<&[String]>,
-    start: Micros,
-    end: Micros,
-) -> rusqlite::Result<Vec<(String, i64, Vec<u8>)>> {
-    let mut out = Vec::new();
-    each_row(
-        db,
-        table,
-        column,
-        servers,
-        start,
-        end,
-        |server_id, at, body| out.push((server_id.to_owned(), at, body.to_owned())),
-    )?;
-    Ok(out)
-}
-
-/// Hands each row of [`rows`] to `f` as it is read, without copying it.
+/// Hands `f` each row `(server_id, column, body)` of `table` with `column`
+/// in `[start, end)`, of `servers` (None: every server), as it is read,
+/// without copying it.
 fn each_row(
     db: &Connection,
     table: &str,
@@ -698,31 +677,119 @@ fn each_row(
     Ok(())
 }
 
-/// The minutes of load that start in `[start, end)`, of `servers` (None:
-/// every server).
-pub(super) fn load(
+/// Hands `f` each minute of load that starts in `[start, end)`, of
+/// `servers` (None: every server), as it is read (see [`each_parsed`]): a
+/// fleet's day (1.44 million minutes of a thousand servers) is never held at
+/// once. `fine`: with their 10 s buckets.
+pub(super) fn each_load(
     db: &Connection,
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
-) -> rusqlite::Result<Vec<(String, MinuteLoad)>> {
-    let pending = Pending::new(
-        rows(db, "load", "minute", servers, start, end)?
-            .into_iter()
-            .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
-            .collect(),
-    );
-    let keys = dictionaries(db, pending.named())?;
-    let mut out = Vec::new();
-    for (server_id, at, m) in pending.finish(&keys) {
-        match m {
-            Some(m) => out.push((server_id, m)),
-            None => {
-                warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
-            }
+    fine: bool,
+    mut f: impl FnMut(&str, MinuteLoad),
+) -> rusqlite::Result<()> {
+    let rows = Rows::of("load", "minute", servers, start, end);
+    let parse = |at, body: &[u8]| {
+        let m = MinuteLoad::parse(at, body)?;
+        Some(if fine { m } else { m.without_fine() })
+    };
+    each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))
+}
+
+/// Hands `f` each statement interval that starts in `[start, end)`, of
+/// `servers`, as it is read (see [`each_parsed`]).
+pub(super) fn each_statements(
+    db: &Connection,
+    servers: Option<&[String]>,
+    start: Micros,
+    end: Micros,
+    f: impl FnMut(&str, Micros, Read),
+) -> rusqlite::Result<()> {
+    let rows = Rows::of("statements", "at", servers, start, end);
+    each_parsed(db, rows, |_, body| Read::parse(body), CHUNK_ROWS, f)
+}
+
+/// The rows that name dictionaries decoded at once by [`each_parsed`]: some
+/// 4 MB of minutes of load.
+const CHUNK_ROWS: usize = 4096;
+
+/// Which rows a read takes: of `table`, with `column` in `[start, end)`, of
+/// `servers` (None: every server).
+struct Rows<'a> {
+    table: &'a str,
+    column: &'a str,
+    servers: Option<&'a [String]>,
+    start: Micros,
+    end: Micros,
+}
+
+impl<'a> Rows<'a> {
+    fn of(
+        table: &'a str,
+        column: &'a str,
+        servers: Option<&'a [String]>,
+        start: Micros,
+        end: Micros,
+    ) -> Self {
+        Rows {
+            table,
+            column,
+            servers,
+            start,
+            end,
         }
     }
-    Ok(out)
+}
+
+/// Hands `f` each of `rows` decoded, as they are read: `chunk_rows` are
+/// parsed at a time, and the dictionaries they name that the last chunks did
+/// not are read once (see [`KeysCache`]).
+fn each_parsed<P: Parsed>(
+    db: &Connection,
+    rows: Rows,
+    parse: impl Fn(i64, &[u8]) -> Option<P>,
+    chunk_rows: usize,
+    mut f: impl FnMut(&str, i64, P::Row),
+) -> rusqlite::Result<()> {
+    let mut cache = KeysCache::default();
+    let mut chunk = Vec::with_capacity(chunk_rows);
+    let mut flush = |chunk: &mut Vec<_>| -> rusqlite::Result<()> {
+        let pending = Pending::new(std::mem::take(chunk));
+        let missing = cache.missing(&pending);
+        let found = dictionaries(db, &missing)?;
+        cache.found(missing, found);
+        pending.finish(&mut cache, &mut f);
+        Ok(())
+    };
+    let mut failed = None;
+    let Rows {
+        table,
+        column,
+        servers,
+        start,
+        end,
+    } = rows;
+    each_row(
+        db,
+        table,
+        column,
+        servers,
+        start,
+        end,
+        |server_id, at, body| {
+            if failed.is_none() {
+                chunk.push((server_id.to_owned(), at, parse(at, body)));
+                if chunk.len() >= chunk_rows {
+                    failed = flush(&mut chunk).err();
+                }
+            }
+        },
+    )?;
+    match failed {
+        Some(e) => Err(e),
+        None => flush(&mut chunk),
+    }
 }
 
 /// The dictionaries (see [`crate::load::dictionaries`]) `named`, by server
@@ -730,7 +797,7 @@ pub(super) fn load(
 /// decoding.
 fn dictionaries(
     db: &Connection,
-    named: std::collections::BTreeSet<(String, i64)>,
+    named: &std::collections::BTreeSet<(String, i64)>,
 ) -> rusqlite::Result<HashMap<(String, i64), Keys>> {
     let mut out = HashMap::new();
     let mut q = db.prepare_cached("SELECT body FROM load_keys WHERE server_id = ?1 AND id = ?2")?;
@@ -740,7 +807,7 @@ fn dictionaries(
             .optional()?;
         match body.as_deref().and_then(Keys::decode) {
             Some(k) => {
-                out.insert((server_id, id), k);
+                out.insert((server_id.clone(), *id), k);
             }
             None => {
                 warn!(server.id = %server_id, keys = id, "A dictionary of load strings is missing or does not decode; the rows that name it are skipped.")
@@ -777,32 +844,6 @@ pub(super) fn each_hour(
     )
 }
 
-/// The statement intervals that start in `[start, end)`, of `servers`.
-pub(super) fn statements(
-    db: &Connection,
-    servers: Option<&[String]>,
-    start: Micros,
-    end: Micros,
-) -> rusqlite::Result<Vec<(String, Micros, Read)>> {
-    let pending = Pending::new(
-        rows(db, "statements", "at", servers, start, end)?
-            .into_iter()
-            .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
-            .collect(),
-    );
-    let keys = dictionaries(db, pending.named())?;
-    let mut out = Vec::new();
-    for (server_id, at, read) in pending.finish(&keys) {
-        match read {
-            Some(read) => out.push((server_id, at, read)),
-            None => {
-                warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// What a collector that stopped stored of a server's open minute, hour and
 /// statement interval at `now`.
 fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<Vec<Closed>> {
@@ -813,21 +854,21 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
     let mut out = Vec::new();
     let mut hours = Vec::new();
     each_hour(db, Some(&ids), hour, hour + 1, |_, h| hours.push(h.clone()))?;
-    for (_, m) in load(db, Some(&ids), minute, minute + 1)? {
+    each_load(db, Some(&ids), minute, minute + 1, true, |_, m| {
         let h = hours
             .first()
             .cloned()
             .unwrap_or_else(|| HourTotals::holding(minute));
         out.push(Closed::Minute(m, h));
-    }
+    })?;
     if out.is_empty()
         && let Some(h) = hours.into_iter().next()
     {
         out.push(Closed::Minute(MinuteLoad::default(), h));
     }
-    for (_, at, read) in statements(db, Some(&ids), interval, interval + 1)? {
-        out.push(Closed::Statements(at, read));
-    }
+    each_statements(db, Some(&ids), interval, interval + 1, |_, at, read| {
+        out.push(Closed::Statements(at, read))
+    })?;
     Ok(out)
 }
 
@@ -2167,6 +2208,99 @@ mod tests {
         assert_eq!(pid_at(&reader, &unindexed, 95), Some(91));
         assert_eq!(pid_at(&reader, &Unindexed::default(), 95), Some(90));
         drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn minutes_of_load_are_read_a_chunk_at_a_time_with_each_hour_s_dictionary() {
+        let dir = scratch("load-chunks");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        // Three servers over three hours, each hour a dictionary of its own
+        // per server, a user of each server's own in every minute.
+        let ids: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
+        let mut written = Vec::new();
+        let mut ops = Vec::new();
+        for minute in 0..180 {
+            for (i, id) in ids.iter().enumerate() {
+                let start = H0 + minute * MINUTE_US;
+                let user = format!("u{i}-{}", minute % 7);
+                let m = crate::load::tests::minute_of(start, &["app", &user]);
+                written.push((id.clone(), m.clone()));
+                let hour = crate::load::hours::HourTotals::holding(start);
+                ops.push((
+                    0,
+                    Op::Load {
+                        server_id: id.clone(),
+                        minute: m.pack(),
+                        hour,
+                    },
+                ));
+            }
+        }
+        sink.commit(&ops).unwrap();
+        let keys: i64 = reader
+            .query_row("SELECT count(*) FROM load_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(keys, 9, "a dictionary per server and hour");
+        let read = |servers: Option<&[String]>, chunk: usize| {
+            let rows = Rows::of("load", "minute", servers, H0, H0 + 3 * HOUR_US);
+            let mut out = Vec::new();
+            each_parsed(&reader, rows, MinuteLoad::parse, chunk, |id, _, m| {
+                out.push((id.to_owned(), m))
+            })
+            .unwrap();
+            out.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+            out
+        };
+        let mut expected = written.clone();
+        expected.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        // By time (every server) and by server (a few), chunks that end on
+        // and off an hour, and one chunk for all.
+        for chunk in [1, 2, 7, 180, 4096] {
+            assert_eq!(read(None, chunk), expected, "every server, {chunk} a chunk");
+            assert_eq!(
+                read(Some(&ids), chunk),
+                expected,
+                "by server, {chunk} a chunk"
+            );
+        }
+        // Without their 10 s buckets: the same minutes.
+        let mut coarse = Vec::new();
+        each_load(&reader, None, H0, H0 + 3 * HOUR_US, false, |id, m| {
+            coarse.push((id.to_owned(), m))
+        })
+        .unwrap();
+        coarse.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        assert!(expected.iter().all(|(_, m)| !m.fine.is_empty()));
+        let without: Vec<_> = expected
+            .iter()
+            .map(|(id, m)| {
+                let coarse = m.coarse.clone();
+                let fine = Vec::new();
+                (id.clone(), MinuteLoad { coarse, fine })
+            })
+            .collect();
+        assert_eq!(coarse, without);
+        // A dictionary that is gone: its rows are skipped, the rest read.
+        reader
+            .execute(
+                "DELETE FROM load_keys WHERE server_id = 's1' AND hour = ?1",
+                params![H0 + HOUR_US],
+            )
+            .unwrap();
+        let mut expected: Vec<_> = expected
+            .into_iter()
+            .filter(|(id, m)| {
+                id != "s1" || m.coarse.start < H0 + HOUR_US || m.coarse.start >= H0 + 2 * HOUR_US
+            })
+            .collect();
+        expected.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        assert_eq!(expected.len(), 3 * 180 - 60);
+        for chunk in [1, 7, 4096] {
+            assert_eq!(read(None, chunk), expected, "{chunk} a chunk");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -36,15 +36,46 @@ impl ChurnPlan {
         Ok(ChurnPlan { scope })
     }
 
-    pub fn evaluate(&self, buckets: &[(String, Bucket)]) -> v1::GetChurnResponse {
-        let mut churn = crate::load::Churn::default();
-        let mut covered: HashMap<&str, i64> = HashMap::new();
-        for (server_id, b) in buckets {
-            *covered.entry(server_id).or_default() += b.covered_us;
-            churn.absorb(&b.churn);
+    /// An empty sum, to add the selected servers' buckets to as they are
+    /// read.
+    pub fn sum(&self) -> ChurnSum {
+        ChurnSum {
+            plan: self.clone(),
+            churn: crate::load::Churn::default(),
+            covered: HashMap::new(),
         }
+    }
+}
+
+/// Churn added up as its buckets are read (see [`ChurnPlan::sum`]).
+#[derive(Debug)]
+pub struct ChurnSum {
+    plan: ChurnPlan,
+    churn: crate::load::Churn,
+    /// Per server, the microseconds its buckets cover.
+    covered: HashMap<String, i64>,
+}
+
+impl ChurnSum {
+    pub fn add(&mut self, server_id: &str, b: &Bucket) {
+        match self.covered.get_mut(server_id) {
+            Some(c) => *c += b.covered_us,
+            None => {
+                self.covered.insert(server_id.to_owned(), b.covered_us);
+            }
+        }
+        self.churn.absorb(&b.churn);
+    }
+
+    /// The answer.
+    pub fn answer(self) -> v1::GetChurnResponse {
+        let ChurnSum {
+            plan,
+            mut churn,
+            covered,
+        } = self;
         let keep = |k: &crate::load::churn::ChurnKey| {
-            self.scope.tuples.iter().all(|(d, m)| {
+            plan.scope.tuples.iter().all(|(d, m)| {
                 let value = match d {
                     Dim::User => &k.user,
                     Dim::Application => &k.application,
@@ -68,7 +99,7 @@ impl ChurnPlan {
             let n = u64::from(*n);
             if saw > 0 && n > saw {
                 factor.insert(database.to_string(), n as f64 / saw as f64);
-            } else if saw == 0 && n > 0 && self.scope.tuples.is_empty() {
+            } else if saw == 0 && n > 0 && plan.scope.tuples.is_empty() {
                 unseen.push((database.to_string(), n));
             }
         }

@@ -87,22 +87,15 @@ impl Scope {
         self.tuples.iter().all(|(d, m)| m.matches(Some(&d.of(t))))
     }
 
-    /// The buckets it reads from these minutes: their 10 s buckets or the
-    /// minutes' own, those that start in its range.
-    pub fn buckets(&self, minutes: Vec<(String, MinuteLoad)>) -> Vec<(String, Bucket)> {
-        let mut out = Vec::new();
-        for (server_id, m) in minutes {
-            if self.fine {
-                for b in m.fine {
-                    if b.start >= self.start && b.start < self.end {
-                        out.push((server_id.clone(), b));
-                    }
-                }
-            } else if m.coarse.start >= self.start && m.coarse.start < self.end {
-                out.push((server_id, m.coarse));
-            }
+    /// Hands `f` the buckets it reads of a minute: its 10 s buckets or the
+    /// minute's own, those that start in its range.
+    pub fn each_bucket(&self, m: &MinuteLoad, mut f: impl FnMut(&Bucket)) {
+        let in_range = |b: &&Bucket| b.start >= self.start && b.start < self.end;
+        if self.fine {
+            m.fine.iter().filter(in_range).for_each(f);
+        } else if in_range(&&m.coarse) {
+            f(&m.coarse);
         }
-        out
     }
 }
 

@@ -107,6 +107,70 @@ impl TotalsSum {
     }
 }
 
+/// Buckets added up per server and step as they are read (see
+/// [`LoadPlan::sum`]): what a fleet's day by a dimension keeps is a count
+/// per key, server and step, never its minutes.
+#[derive(Debug)]
+pub struct LoadSum {
+    plan: LoadPlan,
+    /// Each server's place in `keys`.
+    index: HashMap<String, usize>,
+    /// Per server, its key when grouped by server or label.
+    keys: Vec<String>,
+    servers: usize,
+    /// Per server and step: the samples and the counts per key.
+    cells: HashMap<(usize, usize), Cell>,
+    /// Per step: the microseconds covered, over all servers.
+    covered: Vec<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Cell {
+    samples: u64,
+    counts: HashMap<String, u64>,
+}
+
+impl LoadSum {
+    /// Adds a bucket of `server_id` (one of the plan's servers; others are
+    /// left out).
+    pub fn add(&mut self, server_id: &str, b: &Bucket) {
+        let Some(&server) = self.index.get(server_id) else {
+            return;
+        };
+        let plan = &self.plan;
+        let step = ((b.start - plan.scope.start) / plan.step_us) as usize;
+        if b.start < plan.scope.start || step >= self.covered.len() {
+            return;
+        }
+        self.covered[step] += b.covered_us;
+        let cell = self.cells.entry((server, step)).or_default();
+        cell.samples += u64::from(b.samples);
+        for (t, n) in &b.tuples {
+            if t.class != plan.class || !plan.scope.selects(t) {
+                continue;
+            }
+            let key = match &plan.group_by {
+                GroupBy::Dim(d) => d.of(t),
+                _ => self.keys[server].clone(),
+            };
+            *cell.counts.entry(key).or_default() += u64::from(*n);
+        }
+    }
+
+    /// The series; queries' texts are left to fill.
+    pub fn answer(self) -> v1::QueryLoadResponse {
+        let steps = self.covered.len();
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for ((_, step), cell) in self.cells {
+            for (key, n) in cell.counts {
+                series.entry(key).or_insert_with(|| vec![0.0; steps])[step] +=
+                    n as f64 / cell.samples.max(1) as f64;
+            }
+        }
+        self.plan.assemble(series, self.covered, self.servers)
+    }
+}
+
 impl LoadPlan {
     /// Checks `req` at `now`.
     pub fn new(req: &v1::QueryLoadRequest, now: Micros) -> Result<LoadPlan, String> {
@@ -210,61 +274,30 @@ impl LoadPlan {
         ))
     }
 
-    /// The series, from `buckets` (of the selected servers, as
-    /// [`Scope::buckets`] gave them); queries' texts are left to fill.
-    pub fn evaluate(
-        &self,
-        servers: &[&Arc<ServerView>],
-        buckets: &[(String, Bucket)],
-    ) -> v1::QueryLoadResponse {
+    /// An empty sum of the buckets of `servers`, to add buckets to as they
+    /// are read.
+    pub fn sum(&self, servers: &[&Arc<ServerView>]) -> LoadSum {
         let scope = &self.scope;
         let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
-        let by_id: HashMap<&str, &ServerView> = servers
-            .iter()
-            .map(|s| (s.server_id.as_str(), &***s))
-            .collect();
-        // Per server and step: the samples and the counts per key.
-        #[derive(Default)]
-        struct Cell {
-            samples: u64,
-            counts: HashMap<String, u64>,
+        LoadSum {
+            plan: self.clone(),
+            index: servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.server_id.clone(), i))
+                .collect(),
+            keys: servers
+                .iter()
+                .map(|s| match &self.group_by {
+                    GroupBy::Server => s.server_id.clone(),
+                    GroupBy::Label(l) => s.labels.get(l).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                })
+                .collect(),
+            servers: servers.len(),
+            cells: HashMap::new(),
+            covered: vec![0; steps],
         }
-        let mut cells: HashMap<(&str, usize), Cell> = HashMap::new();
-        let mut covered = vec![0i64; steps];
-        for (server_id, b) in buckets {
-            let Some(server) = by_id.get(server_id.as_str()) else {
-                continue;
-            };
-            let step = ((b.start - scope.start) / self.step_us) as usize;
-            if step >= steps {
-                continue;
-            }
-            covered[step] += b.covered_us;
-            let cell = cells.entry((server_id, step)).or_default();
-            cell.samples += u64::from(b.samples);
-            for (t, n) in &b.tuples {
-                if t.class != self.class || !scope.selects(t) {
-                    continue;
-                }
-                let key = match &self.group_by {
-                    GroupBy::Total => String::new(),
-                    GroupBy::Dim(d) => d.of(t),
-                    GroupBy::Server => server_id.clone(),
-                    GroupBy::Label(l) => server.labels.get(l).cloned().unwrap_or_default(),
-                };
-                *cell.counts.entry(key).or_default() += u64::from(*n);
-            }
-        }
-        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
-        for ((_, step), cell) in &cells {
-            for (key, n) in &cell.counts {
-                series
-                    .entry(key.clone())
-                    .or_insert_with(|| vec![0.0; steps])[*step] +=
-                    *n as f64 / cell.samples.max(1) as f64;
-            }
-        }
-        self.assemble(series, covered, servers.len())
     }
 
     /// Whether the hours' totals answer it: a total, by server or by label,

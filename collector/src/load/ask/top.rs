@@ -1,7 +1,8 @@
 //! `TopQueries`: load by query joined with statement statistics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use pgfleet_proto::model::ArcStr;
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
@@ -63,13 +64,110 @@ impl TopPlan {
         })
     }
 
-    /// The top queries from the buckets and statement reads of the selected
-    /// servers; their texts are left to fill.
-    pub fn evaluate(
-        &self,
-        buckets: &[(String, Bucket)],
-        reads: &[(String, Micros, Read)],
-    ) -> v1::TopQueriesResponse {
+    /// An empty sum, to add the selected servers' buckets and statement
+    /// reads to as they are read.
+    pub fn sum(&self) -> TopSum {
+        let query_filter = self
+            .scope
+            .tuples
+            .iter()
+            .filter(|(d, _)| *d == Dim::Query)
+            .map(|(_, m)| m.clone())
+            .collect();
+        TopSum {
+            plan: self.clone(),
+            query_filter,
+            servers: HashMap::new(),
+            samples: Vec::new(),
+            rows: HashMap::new(),
+            statements: false,
+        }
+    }
+}
+
+/// Load by query and statement statistics added up as they are read (see
+/// [`TopPlan::sum`]): per query, the counts of each server (each server's
+/// share is its count over its samples, known once all are read).
+#[derive(Debug)]
+pub struct TopSum {
+    plan: TopPlan,
+    /// The query's own filters: those statement statistics can take.
+    query_filter: Vec<Matcher>,
+    /// Each server's place in `samples`.
+    servers: HashMap<String, usize>,
+    /// Per server, the samples of its buckets.
+    samples: Vec<u64>,
+    rows: HashMap<u64, Sums>,
+    /// Whether any statement read was added.
+    statements: bool,
+}
+
+#[derive(Debug, Default)]
+struct Sums {
+    /// Per server, the count of the query's tuples.
+    counts: HashMap<usize, u64>,
+    /// Per server and wait (type, event), the count.
+    waits: HashMap<(usize, ArcStr, ArcStr), u64>,
+    stats: Option<Totals>,
+    /// The servers its statistics came from.
+    read_on: HashSet<usize>,
+}
+
+impl TopSum {
+    fn server(&mut self, server_id: &str) -> usize {
+        if let Some(&i) = self.servers.get(server_id) {
+            return i;
+        }
+        self.samples.push(0);
+        self.servers
+            .insert(server_id.to_owned(), self.samples.len() - 1);
+        self.samples.len() - 1
+    }
+
+    /// Adds a bucket of a selected server.
+    pub fn add(&mut self, server_id: &str, b: &Bucket) {
+        let server = self.server(server_id);
+        self.samples[server] += u64::from(b.samples);
+        for (t, n) in &b.tuples {
+            if t.class != Class::Active || t.query == 0 || !self.plan.scope.selects(t) {
+                continue;
+            }
+            let row = self.rows.entry(t.query).or_default();
+            *row.counts.entry(server).or_default() += u64::from(*n);
+            *row.waits
+                .entry((server, t.wait_type.clone(), t.wait_event.clone()))
+                .or_default() += u64::from(*n);
+        }
+    }
+
+    /// Adds a statement read of a selected server, taken at `at`; one whose
+    /// interval does not overlap the range is left out. Statistics join by
+    /// fingerprint; a dimension filter other than the query's cannot apply
+    /// to them, as they are summed over users and databases.
+    pub fn add_read(&mut self, server_id: &str, at: Micros, read: &Read) {
+        let scope = &self.plan.scope;
+        if at + STATEMENTS_US <= scope.start || at >= scope.end {
+            return;
+        }
+        self.statements = true;
+        let server = self.server(server_id);
+        for (f, totals) in &read.by_query {
+            if *f == 0
+                || !self
+                    .query_filter
+                    .iter()
+                    .all(|m| m.matches(Some(&query_key(*f))))
+            {
+                continue;
+            }
+            let row = self.rows.entry(*f).or_default();
+            row.stats.get_or_insert_with(Totals::default).add(totals);
+            row.read_on.insert(server);
+        }
+    }
+
+    /// The top queries; their texts are left to fill.
+    pub fn answer(self) -> v1::TopQueriesResponse {
         #[derive(Default)]
         struct Row {
             load: f64,
@@ -77,53 +175,35 @@ impl TopPlan {
             stats: Option<Totals>,
             servers: std::collections::BTreeSet<String>,
         }
-        let mut samples: HashMap<&str, u64> = HashMap::new();
-        for (server_id, b) in buckets {
-            *samples.entry(server_id).or_default() += u64::from(b.samples);
+        let mut names = vec![""; self.samples.len()];
+        for (name, i) in &self.servers {
+            names[*i] = name;
         }
-        let mut rows: HashMap<u64, Row> = HashMap::new();
-        for (server_id, b) in buckets {
-            let of_server = samples[server_id.as_str()].max(1) as f64;
-            for (t, n) in &b.tuples {
-                if t.class != Class::Active || t.query == 0 || !self.scope.selects(t) {
-                    continue;
-                }
-                let row = rows.entry(t.query).or_default();
-                let share = f64::from(*n) / of_server;
-                row.load += share;
+        let of_server = |i: usize| self.samples[i].max(1) as f64;
+        let mut rows: HashMap<u64, Row> = HashMap::with_capacity(self.rows.len());
+        for (f, sums) in &self.rows {
+            let mut row = Row {
+                stats: sums.stats,
+                ..Default::default()
+            };
+            for (&server, &n) in &sums.counts {
+                row.load += n as f64 / of_server(server);
+                row.servers.insert(names[server].to_owned());
+            }
+            for ((server, wait_type, wait_event), n) in &sums.waits {
                 *row.waits
-                    .entry(wait_name(&t.wait_type, &t.wait_event))
-                    .or_default() += share;
-                row.servers.insert(server_id.clone());
+                    .entry(wait_name(wait_type, wait_event))
+                    .or_default() += *n as f64 / of_server(*server);
             }
+            for &server in &sums.read_on {
+                row.servers.insert(names[server].to_owned());
+            }
+            rows.insert(*f, row);
         }
-        // Statistics join by fingerprint; a dimension filter other than the
-        // query's cannot apply to them, as they are summed over users and
-        // databases.
-        let query_filter: Vec<&Matcher> = self
-            .scope
-            .tuples
-            .iter()
-            .filter(|(d, _)| *d == Dim::Query)
-            .map(|(_, m)| m)
-            .collect();
-        for (server_id, at, read) in reads {
-            // Intervals of statements that overlap the range.
-            if *at + STATEMENTS_US <= self.scope.start || *at >= self.scope.end {
-                continue;
-            }
-            for (f, totals) in &read.by_query {
-                if *f == 0 || !query_filter.iter().all(|m| m.matches(Some(&query_key(*f)))) {
-                    continue;
-                }
-                let row = rows.entry(*f).or_default();
-                row.stats.get_or_insert_with(Totals::default).add(totals);
-                row.servers.insert(server_id.clone());
-            }
-        }
+        let plan = &self.plan;
         let key = |r: &Row| -> f64 {
             let s = r.stats.unwrap_or_default();
-            match self.order {
+            match plan.order {
                 Order::Load => r.load,
                 Order::Calls => s.calls as f64,
                 Order::TotalTime => s.time_ms,
@@ -133,9 +213,9 @@ impl TopPlan {
         };
         let mut ranked: Vec<(u64, Row)> = rows.into_iter().collect();
         ranked.sort_by(|a, b| key(&b.1).total_cmp(&key(&a.1)).then(a.0.cmp(&b.0)));
-        ranked.truncate(self.limit);
+        ranked.truncate(plan.limit);
         v1::TopQueriesResponse {
-            statements: !reads.is_empty(),
+            statements: self.statements,
             queries: ranked
                 .into_iter()
                 .map(|(f, row)| {

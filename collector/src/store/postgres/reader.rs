@@ -8,6 +8,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use pgfleet_common::pgtls::PgTls;
 use pgfleet_proto::time::{Micros, now_micros};
+use tokio_postgres::GenericClient;
 use tracing::warn;
 
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
@@ -15,7 +16,7 @@ use super::Written;
 use crate::load::MinuteLoad;
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::{Keys, Pending};
+use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::rollup::{MINUTE_US, Minute};
 
@@ -108,24 +109,32 @@ impl Reader {
         })
         .await?;
         let mut open: HashMap<String, Vec<Closed>> = HashMap::new();
-        for (server_id, m) in self.load(ids_owned.clone(), minute, minute + 1).await? {
-            let h = hours
-                .remove(&server_id)
-                .unwrap_or_else(|| HourTotals::holding(minute));
-            open.entry(server_id)
-                .or_default()
-                .push(Closed::Minute(m, h));
-        }
+        self.each_load(
+            ids_owned.clone(),
+            minute,
+            minute + 1,
+            true,
+            |server_id, m| {
+                let h = hours
+                    .remove(server_id)
+                    .unwrap_or_else(|| HourTotals::holding(minute));
+                open.entry(server_id.to_owned())
+                    .or_default()
+                    .push(Closed::Minute(m, h));
+            },
+        )
+        .await?;
         for (server_id, h) in hours {
             open.entry(server_id)
                 .or_default()
                 .push(Closed::Minute(MinuteLoad::default(), h));
         }
-        for (server_id, at, read) in self.statements(ids_owned, interval, interval + 1).await? {
-            open.entry(server_id)
+        self.each_statements(ids_owned, interval, interval + 1, |server_id, at, read| {
+            open.entry(server_id.to_owned())
                 .or_default()
                 .push(Closed::Statements(at, read));
-        }
+        })
+        .await?;
         let mut out = Vec::new();
         for row in rows {
             let server_id: String = row.get(0);
@@ -236,72 +245,93 @@ impl Reader {
             .collect())
     }
 
-    /// The dictionaries (see [`crate::load::dictionaries`]) `named`, by
-    /// server and id, in one query. A row names a
-    /// dictionary of its own hour or a later one, so those of rows from
-    /// `start` on are in the partitions from its hour on.
-    async fn dictionaries(
-        &self,
-        start: Micros,
-        named: std::collections::BTreeSet<(String, i64)>,
-    ) -> Result<HashMap<(String, i64), Keys>, ReadError> {
-        let since = start - start.rem_euclid(HOUR_US);
-        let mut out = HashMap::new();
-        if named.is_empty() {
-            return Ok(out);
-        }
-        let (servers, ids): (Vec<&str>, Vec<i64>) =
-            named.iter().map(|(s, id)| (s.as_str(), *id)).unzip();
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT k.server_id, k.id, k.body FROM pgfleet.load_keys k
-                 JOIN unnest($1::text[], $2::bigint[]) AS w (server_id, id)
-                   ON k.server_id = w.server_id AND k.id = w.id
-                 WHERE k.hour >= $3",
-                &[&servers, &ids, &since],
-            )
-            .await
-            .map_err(read_error)?;
-        for r in rows {
-            let (server_id, id, body): (String, i64, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
-            match Keys::decode(&body) {
-                Some(k) => {
-                    out.insert((server_id, id), k);
-                }
-                None => {
-                    warn!(server.id = %server_id, keys = id, "A dictionary of load strings does not decode; the rows that name it are skipped.")
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The minutes of load that start in `[start, end)`, of `servers`.
-    pub(in crate::store) async fn load(
+    /// Hands `f` each minute of load that starts in `[start, end)`, of
+    /// `servers` (None: every server), as it is read (see
+    /// [`Reader::each_parsed`]): a fleet's day is never held at once.
+    /// `fine`: with their 10 s buckets.
+    pub(in crate::store) async fn each_load(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
-    ) -> Result<Vec<(String, MinuteLoad)>, ReadError> {
-        let pending = Pending::new(
-            self.rows("load", "minute", &servers, start, end)
-                .await?
-                .into_iter()
-                .map(|(server_id, at, body)| (server_id, at, MinuteLoad::parse(at, &body)))
-                .collect(),
-        );
-        let keys = self.dictionaries(start, pending.named()).await?;
-        let mut out = Vec::new();
-        for (server_id, at, m) in pending.finish(&keys) {
-            match m {
-                Some(m) => out.push((server_id, m)),
-                None => {
-                    warn!(server.id = %server_id, minute = at, "Skipped a minute of load that does not decode.")
-                }
+        fine: bool,
+        mut f: impl FnMut(&str, MinuteLoad),
+    ) -> Result<(), ReadError> {
+        let rows = ("load", "minute", servers, start, end);
+        let parse = |at, body: &[u8]| {
+            let m = MinuteLoad::parse(at, body)?;
+            Some(if fine { m } else { m.without_fine() })
+        };
+        self.each_parsed(rows, parse, |id, _, m| f(id, m)).await
+    }
+
+    /// Hands `f` each statement interval that starts in `[start, end)`, of
+    /// `servers`, as it is read (see [`Reader::each_parsed`]).
+    pub(in crate::store) async fn each_statements(
+        &self,
+        servers: Option<Vec<String>>,
+        start: Micros,
+        end: Micros,
+        f: impl FnMut(&str, Micros, Read),
+    ) -> Result<(), ReadError> {
+        let rows = ("statements", "at", servers, start, end);
+        self.each_parsed(rows, |_, body| Read::parse(body), f).await
+    }
+
+    /// Hands `f` each row of `table` with `key` in `[start, end)`, of
+    /// `servers`, decoded, as they are read: a portal gives them
+    /// [`CHUNK_ROWS`] at a time, and the dictionaries each chunk names that
+    /// the last did not are read in the same transaction (see
+    /// [`KeysCache`]).
+    async fn each_parsed<P: Parsed>(
+        &self,
+        (table, key, servers, start, end): (&str, &str, Option<Vec<String>>, Micros, Micros),
+        parse: impl Fn(i64, &[u8]) -> Option<P>,
+        mut f: impl FnMut(&str, i64, P::Row),
+    ) -> Result<(), ReadError> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(read_error)?;
+        let portal = tx
+            .bind(
+                &format!(
+                    "SELECT server_id, {key}, body FROM pgfleet.{table}
+                     WHERE {key} >= $1 AND {key} < $2
+                       AND ($3::text[] IS NULL OR server_id = ANY($3))
+                     ORDER BY {key}"
+                ),
+                &[&start, &end, &servers],
+            )
+            .await
+            .map_err(read_error)?;
+        let mut cache = KeysCache::default();
+        loop {
+            let rows = tx
+                .query_portal(&portal, CHUNK_ROWS as i32)
+                .await
+                .map_err(read_error)?;
+            let last = rows.len() < CHUNK_ROWS;
+            let pending = Pending::new(
+                rows.iter()
+                    .map(|r| {
+                        let at: i64 = r.get(1);
+                        (r.get(0), at, parse(at, r.get(2)))
+                    })
+                    .collect(),
+            );
+            drop(rows);
+            let missing = cache.missing(&pending);
+            let found = dictionaries(&*tx, start, &missing).await?;
+            cache.found(missing, found);
+            pending.finish(&mut cache, &mut f);
+            if last {
+                return Ok(());
             }
         }
-        Ok(out)
     }
 
     /// Hands `f` each hour of load totals that starts in `[start, end)`,
@@ -325,33 +355,6 @@ impl Reader {
             }
         }
         Ok(())
-    }
-
-    /// The statement intervals that start in `[start, end)`, of `servers`.
-    pub(in crate::store) async fn statements(
-        &self,
-        servers: Option<Vec<String>>,
-        start: Micros,
-        end: Micros,
-    ) -> Result<Vec<(String, Micros, Read)>, ReadError> {
-        let pending = Pending::new(
-            self.rows("statements", "at", &servers, start, end)
-                .await?
-                .into_iter()
-                .map(|(server_id, at, body)| (server_id, at, Read::parse(&body)))
-                .collect(),
-        );
-        let keys = self.dictionaries(start, pending.named()).await?;
-        let mut out = Vec::new();
-        for (server_id, at, read) in pending.finish(&keys) {
-            match read {
-                Some(read) => out.push((server_id, at, read)),
-                None => {
-                    warn!(server.id = %server_id, at, "Skipped statement statistics that do not decode.")
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// The texts of these fingerprints, where known.
@@ -508,4 +511,48 @@ impl Reader {
             })
             .collect())
     }
+}
+
+/// The rows that name dictionaries decoded at once by
+/// [`Reader::each_parsed`]: some 4 MB of minutes of load.
+const CHUNK_ROWS: usize = 4096;
+
+/// The dictionaries (see [`crate::load::dictionaries`]) `named`, by server
+/// and id, in one query. A row names a dictionary of its own hour or a later
+/// one, so those of rows from `start` on are in the partitions from its hour
+/// on.
+async fn dictionaries(
+    client: &impl GenericClient,
+    start: Micros,
+    named: &std::collections::BTreeSet<(String, i64)>,
+) -> Result<HashMap<(String, i64), Keys>, ReadError> {
+    let since = start - start.rem_euclid(HOUR_US);
+    let mut out = HashMap::new();
+    if named.is_empty() {
+        return Ok(out);
+    }
+    let (servers, ids): (Vec<&str>, Vec<i64>) =
+        named.iter().map(|(s, id)| (s.as_str(), *id)).unzip();
+    let rows = client
+        .query(
+            "SELECT k.server_id, k.id, k.body FROM pgfleet.load_keys k
+             JOIN unnest($1::text[], $2::bigint[]) AS w (server_id, id)
+               ON k.server_id = w.server_id AND k.id = w.id
+             WHERE k.hour >= $3",
+            &[&servers, &ids, &since],
+        )
+        .await
+        .map_err(read_error)?;
+    for r in rows {
+        let (server_id, id, body): (String, i64, Vec<u8>) = (r.get(0), r.get(1), r.get(2));
+        match Keys::decode(&body) {
+            Some(k) => {
+                out.insert((server_id, id), k);
+            }
+            None => {
+                warn!(server.id = %server_id, keys = id, "A dictionary of load strings does not decode; the rows that name it are skipped.")
+            }
+        }
+    }
+    Ok(out)
 }
