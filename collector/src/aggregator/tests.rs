@@ -691,7 +691,7 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
         .fold_load(
             Some(vec!["db".into()]),
             (t0, t0 + crate::load::COARSE_US),
-            true,
+            crate::load::Wanted::All,
             Vec::new(),
             |all, id, m| all.push((id.to_owned(), m)),
         )

@@ -39,7 +39,7 @@ use pgfleet_proto::time::Micros;
 
 pub use churn::Churn;
 pub use count::Counter;
-pub use stored::{PackedMinute, ParsedMinute};
+pub use stored::{PackedMinute, ParsedMinute, Wanted};
 
 /// The fine resolution, kept for the frame retention (24 h by default).
 pub const FINE_US: Micros = 10_000_000;

@@ -405,11 +405,30 @@ pub struct ParsedMinute {
     stored: StoredLoad,
 }
 
+/// What a read of stored minutes of load decodes of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// The whole minute.
+    All,
+    /// The minute without its 10 s buckets, for steps of whole minutes:
+    /// they hold more tuples than the minute, and would go unread.
+    Minutes,
+    /// The minute's samples, coverage and churn, without its tuples or 10 s
+    /// buckets: what connection churn reads.
+    Churn,
+}
+
 impl ParsedMinute {
-    /// The minute without its 10 s buckets, for a read whose steps are
-    /// whole minutes: they hold more tuples than the minute, and go unread.
-    pub fn without_fine(mut self) -> ParsedMinute {
-        self.stored.fine = Vec::new();
+    /// The minute with only what `wanted` reads.
+    pub fn only(mut self, wanted: Wanted) -> ParsedMinute {
+        if wanted != Wanted::All {
+            self.stored.fine = Vec::new();
+        }
+        if wanted == Wanted::Churn {
+            self.stored.cells = Vec::new();
+            self.stored.who = Vec::new();
+            self.stored.counts = Vec::new();
+        }
         self
     }
 }

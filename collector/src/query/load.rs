@@ -16,7 +16,7 @@ use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
 use crate::load::count::Closed;
 use crate::load::hours::HOUR_US;
 use crate::load::statements::{Read, STATEMENTS_US};
-use crate::load::{Bucket, COARSE_US, MinuteLoad};
+use crate::load::{Bucket, COARSE_US, MinuteLoad, Wanted};
 use crate::store::Store;
 
 impl QueryService {
@@ -49,13 +49,15 @@ impl QueryService {
     }
 
     /// Folds the buckets `scope` reads of `servers` into `acc` with `add`:
-    /// each stored minute as it is read, so that a fleet's day is never held
-    /// at once, but those the counters hold open (`open`), which replace
-    /// their stored copies.
+    /// each stored minute as it is read (with what `wanted` reads of it), so
+    /// that a fleet's day is never held at once, but those the counters hold
+    /// open (`open`), which replace their stored copies.
+    #[allow(clippy::too_many_arguments)]
     async fn fold_buckets<A: Send + 'static>(
         &self,
         store: &Store,
         scope: &Scope,
+        wanted: Wanted,
         servers: Vec<String>,
         open: &[(String, Vec<Closed>)],
         acc: A,
@@ -80,7 +82,7 @@ impl QueryService {
             .fold_load(
                 Some(servers),
                 (first, scope.end),
-                scope.fine,
+                wanted,
                 acc,
                 move |acc, id, m| {
                     if !replaced
@@ -173,8 +175,15 @@ impl QueryService {
         }
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
         let sum = plan.sum(&servers);
+        let wanted = if plan.scope.fine {
+            Wanted::All
+        } else {
+            Wanted::Minutes
+        };
         let mut answer = self
-            .fold_buckets(store, &plan.scope, ids, &open, sum, |s, id, b| s.add(id, b))
+            .fold_buckets(store, &plan.scope, wanted, ids, &open, sum, |s, id, b| {
+                s.add(id, b)
+            })
             .await?
             .answer();
         if plan.scope.by_query {
@@ -200,9 +209,15 @@ impl QueryService {
         let (ids, open) = self.whole_range(&plan.scope, reach).await?;
         let sum = plan.sum();
         let sum = self
-            .fold_buckets(store, &plan.scope, ids.clone(), &open, sum, |s, id, b| {
-                s.add(id, b)
-            })
+            .fold_buckets(
+                store,
+                &plan.scope,
+                Wanted::Minutes,
+                ids.clone(),
+                &open,
+                sum,
+                |s, id, b| s.add(id, b),
+            )
             .await?;
         // Statements are kept per interval: those that begin in the range,
         // and the one it begins in. An interval the counters hold replaces
@@ -264,7 +279,15 @@ impl QueryService {
         let (ids, open) = self.whole_range(&plan.scope, MINUTE_REACH).await?;
         let sum = plan.sum();
         Ok(self
-            .fold_buckets(store, &plan.scope, ids, &open, sum, |s, id, b| s.add(id, b))
+            .fold_buckets(
+                store,
+                &plan.scope,
+                Wanted::Churn,
+                ids,
+                &open,
+                sum,
+                |s, id, b| s.add(id, b),
+            )
             .await?
             .answer())
     }

@@ -576,13 +576,13 @@ impl Store {
     /// Folds the minutes of load that start in `[start, end)`, of `servers`
     /// (None: every server), into `acc` as they are read: a fleet's day is
     /// 1.44 million minutes of a thousand servers, never held at once.
-    /// `fine`: with their 10 s buckets (without, a minute decodes in less
-    /// than half the time).
+    /// Each minute has what `wanted` reads of it (a minute without its 10 s
+    /// buckets decodes in some two thirds of the time).
     pub async fn fold_load<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         (start, end): (Micros, Micros),
-        fine: bool,
+        wanted: crate::load::Wanted,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,
     ) -> Result<A, StoreError> {
@@ -591,7 +591,7 @@ impl Store {
                 let db = db.clone();
                 self.blocking(
                     move |db: &rusqlite::Connection| {
-                        sqlite::each_load(db, servers.as_deref(), start, end, fine, |id, m| {
+                        sqlite::each_load(db, servers.as_deref(), start, end, wanted, |id, m| {
                             f(&mut acc, id, m)
                         })?;
                         Ok(acc)
@@ -601,7 +601,7 @@ impl Store {
                 .await
             }
             Reader::Postgres(pg) => {
-                pg.each_load(servers, start, end, fine, |id, m| f(&mut acc, id, m))
+                pg.each_load(servers, start, end, wanted, |id, m| f(&mut acc, id, m))
                     .await
                     .map_err(|e| StoreError::new(&self.place, e))?;
                 Ok(acc)

@@ -21,7 +21,7 @@ use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
 use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
-use crate::load::{COARSE_US, MinuteLoad};
+use crate::load::{COARSE_US, MinuteLoad, Wanted};
 use crate::rollup::{MINUTE_US, Minute};
 
 /// The tables. Frames are appended in the order they are applied (rowid),
@@ -680,20 +680,17 @@ fn each_row(
 /// Hands `f` each minute of load that starts in `[start, end)`, of
 /// `servers` (None: every server), as it is read (see [`each_parsed`]): a
 /// fleet's day (1.44 million minutes of a thousand servers) is never held at
-/// once. `fine`: with their 10 s buckets.
+/// once, each with what `wanted` reads of it.
 pub(super) fn each_load(
     db: &Connection,
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
-    fine: bool,
+    wanted: Wanted,
     mut f: impl FnMut(&str, MinuteLoad),
 ) -> rusqlite::Result<()> {
     let rows = Rows::of("load", "minute", servers, start, end);
-    let parse = |at, body: &[u8]| {
-        let m = MinuteLoad::parse(at, body)?;
-        Some(if fine { m } else { m.without_fine() })
-    };
+    let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
     each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))
 }
 
@@ -854,7 +851,7 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
     let mut out = Vec::new();
     let mut hours = Vec::new();
     each_hour(db, Some(&ids), hour, hour + 1, |_, h| hours.push(h.clone()))?;
-    each_load(db, Some(&ids), minute, minute + 1, true, |_, m| {
+    each_load(db, Some(&ids), minute, minute + 1, Wanted::All, |_, m| {
         let h = hours
             .first()
             .cloned()
@@ -2268,9 +2265,14 @@ mod tests {
         }
         // Without their 10 s buckets: the same minutes.
         let mut coarse = Vec::new();
-        each_load(&reader, None, H0, H0 + 3 * HOUR_US, false, |id, m| {
-            coarse.push((id.to_owned(), m))
-        })
+        each_load(
+            &reader,
+            None,
+            H0,
+            H0 + 3 * HOUR_US,
+            Wanted::Minutes,
+            |id, m| coarse.push((id.to_owned(), m)),
+        )
         .unwrap();
         coarse.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
         assert!(expected.iter().all(|(_, m)| !m.fine.is_empty()));
@@ -2283,6 +2285,26 @@ mod tests {
             })
             .collect();
         assert_eq!(coarse, without);
+        // Churn's read: no tuples, the rest of the minute.
+        let mut churn = Vec::new();
+        each_load(
+            &reader,
+            None,
+            H0,
+            H0 + 3 * HOUR_US,
+            Wanted::Churn,
+            |id, m| churn.push((id.to_owned(), m)),
+        )
+        .unwrap();
+        churn.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        let without: Vec<_> = without
+            .into_iter()
+            .map(|(id, mut m)| {
+                m.coarse.tuples.clear();
+                (id, m)
+            })
+            .collect();
+        assert_eq!(churn, without);
         // A dictionary that is gone: its rows are skipped, the rest read.
         reader
             .execute(

@@ -13,11 +13,11 @@ use tracing::warn;
 
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
-use crate::load::MinuteLoad;
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
 use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
+use crate::load::{MinuteLoad, Wanted};
 use crate::rollup::{MINUTE_US, Minute};
 
 /// Reads, through a small pool of connections.
@@ -113,7 +113,7 @@ impl Reader {
             ids_owned.clone(),
             minute,
             minute + 1,
-            true,
+            Wanted::All,
             |server_id, m| {
                 let h = hours
                     .remove(server_id)
@@ -248,20 +248,17 @@ impl Reader {
     /// Hands `f` each minute of load that starts in `[start, end)`, of
     /// `servers` (None: every server), as it is read (see
     /// [`Reader::each_parsed`]): a fleet's day is never held at once.
-    /// `fine`: with their 10 s buckets.
+    /// Each minute has what `wanted` reads of it.
     pub(in crate::store) async fn each_load(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
-        fine: bool,
+        wanted: Wanted,
         mut f: impl FnMut(&str, MinuteLoad),
     ) -> Result<(), ReadError> {
         let rows = ("load", "minute", servers, start, end);
-        let parse = |at, body: &[u8]| {
-            let m = MinuteLoad::parse(at, body)?;
-            Some(if fine { m } else { m.without_fine() })
-        };
+        let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
         self.each_parsed(rows, parse, |id, _, m| f(id, m)).await
     }
 
