@@ -16,6 +16,13 @@
 //!    above made them; a collector opened on it answers `QueryLoad` over
 //!    gRPC: one server over an hour (10 s and 1 min steps), and the whole
 //!    fleet over 24 h grouped by dc.
+//! 3. **A fleet's day of minutes** (only with `PGFLEET_BENCH_FLEET_DAY=N`,
+//!    `bench/load_day.py`, in place of 2): N servers, each with the busy
+//!    server's whole day of minutes, and the fleet-wide questions that read
+//!    every one of them (load by wait and by query, the top queries,
+//!    connection churn), each timed over gRPC, with the process's peak
+//!    resident memory while it answers (its high-water mark, reset before
+//!    each question) over its resident memory before it.
 //!
 //! Prints one JSON object.
 
@@ -422,6 +429,12 @@ async fn main() {
         return;
     }
 
+    if let Some(n) = std::env::var_os("PGFLEET_BENCH_FLEET_DAY") {
+        let n = n.to_string_lossy().parse().unwrap_or(servers);
+        fleet_day(n, end, day).await;
+        return;
+    }
+
     // 2. A fleet's day, and a collector on it: every server's hours of the
     // day, and its minutes of the last hour (what the questions read; a
     // whole day of minutes for a thousand servers would not fit this
@@ -545,6 +558,121 @@ async fn main() {
         "fleet_24h_by_dc": {"p50_ms": fleet.0, "p99_ms": fleet.1, "series": fleet.2, "calls": fleet_calls},
     });
     println!("{out}");
+}
+
+/// The third part, alone (`PGFLEET_BENCH_FLEET_DAY=N`): a whole day of
+/// minutes of `servers` servers, each the busy server's day, and the
+/// fleet-wide questions that read every minute of it.
+async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
+    let dir = tempdir("pgfleet-bench-load-day");
+    std::fs::create_dir_all(dir.join("collector")).unwrap();
+    let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
+    let written = Instant::now();
+    for i in 0..servers {
+        let id = format!("db-{i:05}");
+        store
+            .write(Op::Server {
+                server_id: id.clone(),
+                agent_id: format!("agent-{id}"),
+                labels: [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into(),
+                interval_ms: 1000,
+            })
+            .await;
+        for op in load_writes(&id, day.clone()) {
+            store.write(op).await;
+        }
+    }
+    store.flush().await;
+    drop(store);
+    let write_s = written.elapsed().as_secs_f64();
+    checkpoint(&dir.join("collector"));
+    let store_mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
+    let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
+    let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let mut client = pgfleet_cli::connect(&pgfleet_cli::Remote::plain(format!(
+        "http://{}",
+        collector.addr
+    )))
+    .await
+    .unwrap();
+    let (start, end) = (
+        Some(timestamp(end - DAY_S * 1_000_000)),
+        Some(timestamp(end)),
+    );
+    let calls = pgfleet_tests::env_usize("PGFLEET_BENCH_DAY_CALLS", 3);
+    let mut figures = serde_json::Map::new();
+    for name in ["load_by_wait", "load_by_query", "top_queries", "churn"] {
+        let (mut took, mut peak, mut answer) = (Vec::new(), 0f64, 0usize);
+        for _ in 0..calls {
+            let before = memory_kib("VmRSS");
+            // The high-water mark starts again from the resident memory.
+            std::fs::write("/proc/self/clear_refs", "5").unwrap();
+            let t = Instant::now();
+            answer = match name {
+                "load_by_wait" | "load_by_query" => {
+                    let req = v1::QueryLoadRequest {
+                        start,
+                        end,
+                        group_by: name.trim_start_matches("load_by_").into(),
+                        ..Default::default()
+                    };
+                    let r = client.query_load(req).await.unwrap().into_inner();
+                    r.series.len()
+                }
+                "top_queries" => {
+                    let req = v1::TopQueriesRequest {
+                        start,
+                        end,
+                        ..Default::default()
+                    };
+                    let r = client.top_queries(req).await.unwrap().into_inner();
+                    r.queries.len()
+                }
+                _ => {
+                    let req = v1::GetChurnRequest {
+                        start,
+                        end,
+                        ..Default::default()
+                    };
+                    let r = client.get_churn(req).await.unwrap().into_inner();
+                    r.rows.len()
+                }
+            };
+            took.push(t.elapsed());
+            peak = peak.max((memory_kib("VmHWM") - before) / 1024.0);
+            assert!(answer > 0, "{name}: an empty answer");
+        }
+        eprintln!("{name}: {took:?}, peak {peak:.0} MiB over the resident");
+        figures.insert(
+            name.into(),
+            serde_json::json!({
+                "p50_s": percentile(took.clone(), 50.0) / 1e3,
+                "max_s": percentile(took, 100.0) / 1e3,
+                "peak_mib": peak,
+                "answer": answer,
+                "calls": calls,
+            }),
+        );
+    }
+    collector.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = serde_json::json!({
+        "servers": servers,
+        "store_mib": store_mib,
+        "write_s": write_s,
+        "queries": figures,
+    });
+    println!("{out}");
+}
+
+/// A figure of this process's from /proc/self/status, in KiB.
+fn memory_kib(name: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /proc/self/status"))
 }
 
 fn tempdir(prefix: &str) -> std::path::PathBuf {

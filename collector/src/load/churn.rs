@@ -24,10 +24,18 @@ pub struct ChurnKey {
 /// Their sessions started and ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChurnCount {
-    pub started: u32,
-    pub ended: u32,
+    pub started: u64,
+    pub ended: u64,
     /// The lifetimes of the ended ones, summed.
     pub lifetime_us: i64,
+}
+
+impl ChurnCount {
+    pub fn add(&mut self, other: &ChurnCount) {
+        self.started += other.started;
+        self.ended += other.ended;
+        self.lifetime_us += other.lifetime_us;
+    }
 }
 
 /// Sessions started and ended over an interval.
@@ -37,13 +45,13 @@ pub struct Churn {
     pub rows: Vec<(ChurnKey, ChurnCount)>,
     /// The lifetimes of the sessions that ended, as a histogram: bucket
     /// index ([`lifetime_bucket`]) and count, by index.
-    pub lifetimes: Vec<(u16, u32)>,
+    pub lifetimes: Vec<(u16, u64)>,
     /// The longest of them.
     pub lifetime_max_us: i64,
     /// Sessions established, by database, as PostgreSQL counts them
     /// (pg_stat_database.sessions, 14 and later): those that began and ended
     /// between two samples too, which `rows` cannot see.
-    pub established: Vec<(ArcStr, u32)>,
+    pub established: Vec<(ArcStr, u64)>,
 }
 
 /// A lifetime's histogram bucket: a quarter of an octave of milliseconds,
@@ -154,7 +162,7 @@ impl Churn {
     }
 
     /// Adds sessions established in `database`.
-    pub fn establish(&mut self, database: &str, n: u32) {
+    pub fn establish(&mut self, database: &str, n: u64) {
         match self.established.iter_mut().find(|(d, _)| &**d == database) {
             Some((_, sum)) => *sum += n,
             None => self.established.push((database.into(), n)),
@@ -164,6 +172,11 @@ impl Churn {
     /// Adds `other`'s counts.
     pub fn absorb(&mut self, other: &Churn) {
         self.rows.extend(other.rows.iter().cloned());
+        self.absorb_all_but_rows(other);
+    }
+
+    /// Adds `other`'s sessions established and lifetimes, not its rows.
+    pub fn absorb_all_but_rows(&mut self, other: &Churn) {
         for (d, n) in &other.established {
             self.establish(d, *n);
         }
@@ -178,10 +191,7 @@ impl Churn {
     pub fn bound(&mut self) {
         let mut summed: HashMap<ChurnKey, ChurnCount> = HashMap::new();
         for (k, c) in self.rows.drain(..) {
-            let s = summed.entry(k).or_default();
-            s.started += c.started;
-            s.ended += c.ended;
-            s.lifetime_us += c.lifetime_us;
+            summed.entry(k).or_default().add(&c);
         }
         let mut rows: Vec<(ChurnKey, ChurnCount)> = summed.into_iter().collect();
         rows.sort_unstable_by(|a, b| {
@@ -194,9 +204,7 @@ impl Churn {
             let other: ArcStr = OTHER.into();
             let mut sum = ChurnCount::default();
             for (_, c) in rest {
-                sum.started += c.started;
-                sum.ended += c.ended;
-                sum.lifetime_us += c.lifetime_us;
+                sum.add(&c);
             }
             rows.push((
                 ChurnKey {
@@ -214,14 +222,14 @@ impl Churn {
     /// The lifetime under which a share `q` (0 to 1) of the ended sessions
     /// lived, in seconds; 0 without any.
     pub fn lifetime_quantile(&self, q: f64) -> f64 {
-        let total: u64 = self.lifetimes.iter().map(|(_, n)| u64::from(*n)).sum();
+        let total: u64 = self.lifetimes.iter().map(|(_, n)| *n).sum();
         if total == 0 {
             return 0.0;
         }
         let rank = (q * total as f64).ceil().max(1.0) as u64;
         let mut seen = 0;
         for &(index, n) in &self.lifetimes {
-            seen += u64::from(n);
+            seen += n;
             if seen >= rank {
                 return bucket_seconds(index).min(self.lifetime_max_us as f64 / 1e6);
             }
@@ -231,7 +239,7 @@ impl Churn {
 }
 
 /// Adds `n` to `index` in a histogram kept in index order.
-fn add_to(histogram: &mut Vec<(u16, u32)>, index: u16, n: u32) {
+fn add_to(histogram: &mut Vec<(u16, u64)>, index: u16, n: u64) {
     match histogram.binary_search_by_key(&index, |(i, _)| *i) {
         Ok(at) => histogram[at].1 += n,
         Err(at) => histogram.insert(at, (index, n)),
@@ -272,7 +280,7 @@ mod tests {
         }
         assert_eq!(changed, (1, 1), "started and ended, as said");
         c.bound();
-        let rows: Vec<(&str, &str, u32, u32)> = c
+        let rows: Vec<(&str, &str, u64, u64)> = c
             .rows
             .iter()
             .map(|(k, n)| (&*k.application, &*k.client, n.started, n.ended))

@@ -468,7 +468,7 @@ impl Counter {
     pub fn established(&mut self, at: Micros, increments: &[(String, u64)]) {
         let churn = &mut self.open.get_or_insert_with(|| Open::holding(at)).churn;
         for (database, n) in increments {
-            churn.establish(database, u32::try_from(*n).unwrap_or(u32::MAX));
+            churn.establish(database, *n);
         }
     }
 
@@ -1174,8 +1174,8 @@ mod tests {
         );
         let open = minutes(&counter.open());
         let rows = &open[0].coarse.churn.rows;
-        let started: u32 = rows.iter().map(|(_, n)| n.started).sum();
-        let ended: u32 = rows.iter().map(|(_, n)| n.ended).sum();
+        let started: u64 = rows.iter().map(|(_, n)| n.started).sum();
+        let ended: u64 = rows.iter().map(|(_, n)| n.ended).sum();
         assert_eq!((started, ended), (3, 2), "{rows:?}");
     }
 

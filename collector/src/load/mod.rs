@@ -155,15 +155,41 @@ impl Dim {
 
     /// The tuple's value in this dimension.
     pub fn of(self, t: &Tuple) -> String {
+        self.value(t).name()
+    }
+
+    /// The tuple's value in this dimension, not yet named: cheap to hash,
+    /// so that reads over many minutes name each value once.
+    pub fn value(self, t: &Tuple) -> DimValue {
         match self {
-            Dim::Wait => wait_name(&t.wait_type, &t.wait_event),
-            Dim::WaitType => shown(&t.wait_type).to_owned(),
-            Dim::Query => query_key(t.query),
-            Dim::User => shown(&t.user).to_owned(),
-            Dim::Database => shown(&t.database).to_owned(),
-            Dim::Application => shown(&t.application).to_owned(),
-            Dim::Client => shown(&t.client).to_owned(),
-            Dim::BackendType => shown(&t.backend_type).to_owned(),
+            Dim::Wait => DimValue::Wait(t.wait_type.clone(), t.wait_event.clone()),
+            Dim::WaitType => DimValue::Text(t.wait_type.clone()),
+            Dim::Query => DimValue::Query(t.query),
+            Dim::User => DimValue::Text(t.user.clone()),
+            Dim::Database => DimValue::Text(t.database.clone()),
+            Dim::Application => DimValue::Text(t.application.clone()),
+            Dim::Client => DimValue::Text(t.client.clone()),
+            Dim::BackendType => DimValue::Text(t.backend_type.clone()),
+        }
+    }
+}
+
+/// A tuple's value in one dimension (see [`Dim::value`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DimValue {
+    Text(ArcStr),
+    /// Its type and event.
+    Wait(ArcStr, ArcStr),
+    Query(u64),
+}
+
+impl DimValue {
+    /// The value as answers give it.
+    pub fn name(&self) -> String {
+        match self {
+            DimValue::Text(s) => shown(s).to_owned(),
+            DimValue::Wait(kind, event) => wait_name(kind, event),
+            DimValue::Query(q) => query_key(*q),
         }
     }
 }

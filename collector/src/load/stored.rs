@@ -191,6 +191,12 @@ impl IdMinute {
     }
 }
 
+/// A count of one minute, as stored: it fits (sums over ranges are kept in
+/// 64 bits, in memory only).
+fn cell(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// The bucket `b` as stored, with `tuples` (its own, and any more its finer
 /// buckets name) as ids into `strings`, naming strings in `tables`.
 fn stored_bucket(
@@ -234,8 +240,8 @@ fn stored_bucket(
             table.of(&k.application),
             table.of(&k.user),
             table.of(&k.client),
-            c.started,
-            c.ended,
+            cell(c.started),
+            cell(c.ended),
         ]);
     }
     StoredLoad {
@@ -248,13 +254,13 @@ fn stored_bucket(
         lifetimes: churn
             .lifetimes
             .iter()
-            .flat_map(|(i, n)| [u32::from(*i), *n])
+            .flat_map(|(i, n)| [u32::from(*i), cell(*n)])
             .collect(),
         lifetime_max_us: churn.lifetime_max_us,
         established: churn
             .established
             .iter()
-            .flat_map(|(d, n)| [table.of(d), *n])
+            .flat_map(|(d, n)| [table.of(d), cell(*n)])
             .collect(),
         who: sessions.values.concat(),
         strings: Vec::new(),
@@ -555,8 +561,8 @@ impl Bucket {
                     client: text(row[3])?,
                 },
                 ChurnCount {
-                    started: row[4],
-                    ended: row[5],
+                    started: u64::from(row[4]),
+                    ended: u64::from(row[5]),
                     lifetime_us,
                 },
             ));
@@ -572,13 +578,13 @@ impl Bucket {
                 lifetimes: s
                     .lifetimes
                     .chunks_exact(2)
-                    .map(|p| (u16::try_from(p[0]).unwrap_or(u16::MAX), p[1]))
+                    .map(|p| (u16::try_from(p[0]).unwrap_or(u16::MAX), u64::from(p[1])))
                     .collect(),
                 lifetime_max_us: s.lifetime_max_us,
                 established: s
                     .established
                     .chunks_exact(2)
-                    .map(|p| Some((text(p[0])?, p[1])))
+                    .map(|p| Some((text(p[0])?, u64::from(p[1]))))
                     .collect::<Option<Vec<_>>>()?,
             },
         })

@@ -1,7 +1,7 @@
 use super::keys::Parsed;
 use super::*;
 
-fn tuple(user: &str, query: u64, wait: (&str, &str)) -> Tuple {
+pub(crate) fn tuple(user: &str, query: u64, wait: (&str, &str)) -> Tuple {
     Tuple {
         class: Class::Active,
         wait_type: wait.0.into(),

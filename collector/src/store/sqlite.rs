@@ -19,7 +19,7 @@ use super::{
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
+use crate::load::keys::{CHUNK_ROWS, Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad, Wanted};
 use crate::rollup::{MINUTE_US, Minute};
@@ -706,10 +706,6 @@ pub(super) fn each_statements(
     let rows = Rows::of("statements", "at", servers, start, end);
     each_parsed(db, rows, |_, body| Read::parse(body), CHUNK_ROWS, f)
 }
-
-/// The rows that name dictionaries decoded at once by [`each_parsed`]: some
-/// 4 MB of minutes of load.
-const CHUNK_ROWS: usize = 4096;
 
 /// Which rows a read takes: of `table`, with `column` in `[start, end)`, of
 /// `servers` (None: every server).

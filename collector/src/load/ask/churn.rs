@@ -6,7 +6,8 @@ use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
 use super::{Scope, whole_range};
-use crate::load::{Bucket, Dim, shown};
+use crate::load::churn::{ChurnCount, ChurnKey};
+use crate::load::{Bucket, Churn, Dim, shown};
 
 /// A checked `GetChurn` request.
 #[derive(Debug, Clone)]
@@ -41,17 +42,21 @@ impl ChurnPlan {
     pub fn sum(&self) -> ChurnSum {
         ChurnSum {
             plan: self.clone(),
-            churn: crate::load::Churn::default(),
+            rows: HashMap::new(),
+            churn: Churn::default(),
             covered: HashMap::new(),
         }
     }
 }
 
-/// Churn added up as its buckets are read (see [`ChurnPlan::sum`]).
+/// Churn added up as its buckets are read (see [`ChurnPlan::sum`]): a row
+/// per key, however many buckets name it.
 #[derive(Debug)]
 pub struct ChurnSum {
     plan: ChurnPlan,
-    churn: crate::load::Churn,
+    rows: HashMap<ChurnKey, ChurnCount>,
+    /// Sessions established and lifetimes (its rows are in `rows`).
+    churn: Churn,
     /// Per server, the microseconds its buckets cover.
     covered: HashMap<String, i64>,
 }
@@ -64,17 +69,26 @@ impl ChurnSum {
                 self.covered.insert(server_id.to_owned(), b.covered_us);
             }
         }
-        self.churn.absorb(&b.churn);
+        for (k, c) in &b.churn.rows {
+            match self.rows.get_mut(k) {
+                Some(sum) => sum.add(c),
+                None => {
+                    self.rows.insert(k.clone(), *c);
+                }
+            }
+        }
+        self.churn.absorb_all_but_rows(&b.churn);
     }
 
     /// The answer.
     pub fn answer(self) -> v1::GetChurnResponse {
         let ChurnSum {
             plan,
+            rows,
             mut churn,
             covered,
         } = self;
-        let keep = |k: &crate::load::churn::ChurnKey| {
+        let keep = |k: &ChurnKey| {
             plan.scope.tuples.iter().all(|(d, m)| {
                 let value = match d {
                     Dim::User => &k.user,
@@ -84,19 +98,20 @@ impl ChurnSum {
                 m.matches(Some(shown(value)))
             })
         };
+        churn.rows = rows.into_iter().collect();
         churn.bound();
         // Each database's established sessions shared out over its rows in
         // proportion to the starts the samples saw; what no sample saw, when
         // no filter narrows the rows, is a row of its own.
         let mut seen: HashMap<&str, u64> = HashMap::new();
         for (k, c) in &churn.rows {
-            *seen.entry(&k.database).or_default() += u64::from(c.started);
+            *seen.entry(&k.database).or_default() += c.started;
         }
         let mut factor: HashMap<String, f64> = HashMap::new();
         let mut unseen: Vec<(String, u64)> = Vec::new();
         for (database, n) in &churn.established {
             let saw = seen.get(&**database).copied().unwrap_or(0);
-            let n = u64::from(*n);
+            let n = *n;
             if saw > 0 && n > saw {
                 factor.insert(database.to_string(), n as f64 / saw as f64);
             } else if saw == 0 && n > 0 && plan.scope.tuples.is_empty() {
@@ -118,8 +133,8 @@ impl ChurnSum {
                 0.0
             }
         };
-        let scaled = |n: u32, database: &str| -> u64 {
-            (f64::from(n) * factor.get(database).copied().unwrap_or(1.0)).round() as u64
+        let scaled = |n: u64, database: &str| -> u64 {
+            (n as f64 * factor.get(database).copied().unwrap_or(1.0)).round() as u64
         };
         let mut rows: Vec<v1::ChurnRow> = churn
             .rows
@@ -137,12 +152,12 @@ impl ChurnSum {
                     started_per_second: rate(started),
                     ended_per_second: rate(ended),
                     lifetime_mean: if c.ended > 0 {
-                        c.lifetime_us as f64 / 1e6 / f64::from(c.ended)
+                        c.lifetime_us as f64 / 1e6 / c.ended as f64
                     } else {
                         0.0
                     },
-                    seen_started: u64::from(c.started),
-                    seen_ended: u64::from(c.ended),
+                    seen_started: c.started,
+                    seen_ended: c.ended,
                 }
             })
             .collect();
@@ -170,5 +185,67 @@ impl ChurnSum {
             lifetime_p99: churn.lifetime_quantile(0.99),
             lifetime_max: churn.lifetime_max_us as f64 / 1e6,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::COARSE_US;
+    use pgfleet_proto::time;
+
+    #[test]
+    fn churn_is_summed_per_key_as_its_buckets_come_past_what_a_minute_holds() {
+        let now = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let req = v1::GetChurnRequest {
+            start: Some(time::timestamp(now - 10 * COARSE_US)),
+            end: Some(time::timestamp(now)),
+            ..Default::default()
+        };
+        let plan = ChurnPlan::new(&req, now).unwrap();
+        let key = |app: &str| ChurnKey {
+            database: "orders".into(),
+            application: app.into(),
+            user: "app".into(),
+            client: "10.0.0.7".into(),
+        };
+        let mut sum = plan.sum();
+        // Ten minutes of two servers, each minute the most a stored
+        // minute's count holds for "web", and one for "batch".
+        for minute in 0..10 {
+            for server in ["a", "b"] {
+                let mut b = Bucket::holding(now - (10 - minute) * COARSE_US, COARSE_US);
+                b.samples = 60;
+                b.covered_us = 60_000_000;
+                b.churn.rows = vec![
+                    (
+                        key("web"),
+                        ChurnCount {
+                            started: u64::from(u32::MAX),
+                            ended: 1,
+                            lifetime_us: 1_000_000,
+                        },
+                    ),
+                    (
+                        key("batch"),
+                        ChurnCount {
+                            started: 1,
+                            ended: 1,
+                            lifetime_us: 2_000_000,
+                        },
+                    ),
+                ];
+                b.churn.established = vec![("orders".into(), 5)];
+                sum.add(server, &b);
+            }
+        }
+        assert_eq!(sum.rows.len(), 2, "a row per key, not per bucket");
+        let r = sum.answer();
+        let web = r.rows.iter().find(|r| r.application == "web").unwrap();
+        assert_eq!(web.seen_started, 20 * u64::from(u32::MAX));
+        assert_eq!((web.seen_ended, web.lifetime_mean), (20, 1.0));
+        let batch = r.rows.iter().find(|r| r.application == "batch").unwrap();
+        assert_eq!((batch.seen_started, batch.lifetime_mean), (20, 2.0));
+        assert_eq!(r.seconds, 600.0, "each server's ten minutes");
     }
 }

@@ -10,12 +10,12 @@ pub use churn::ChurnPlan;
 pub use series::LoadPlan;
 pub use top::TopPlan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pgfleet_proto::time::Micros;
 
-use super::{Bucket, COARSE_US, Dim, FINE_US, MinuteLoad};
+use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad};
 use crate::aggregator::ServerView;
 use crate::series::{Matcher, range};
 
@@ -83,8 +83,15 @@ impl Scope {
             .collect()
     }
 
-    fn selects(&self, t: &super::Tuple) -> bool {
-        self.tuples.iter().all(|(d, m)| m.matches(Some(&d.of(t))))
+    /// Whether its dimension filters take `t`, each value matched once
+    /// (`seen` keeps the answers, per filter and value).
+    fn selects(&self, t: &super::Tuple, seen: &mut Selected) -> bool {
+        self.tuples.iter().enumerate().all(|(i, (d, m))| {
+            *seen
+                .0
+                .entry((i, d.value(t)))
+                .or_insert_with_key(|(_, v)| m.matches(Some(&v.name())))
+        })
     }
 
     /// Hands `f` the buckets it reads of a minute: its 10 s buckets or the
@@ -98,6 +105,10 @@ impl Scope {
         }
     }
 }
+
+/// What [`Scope::selects`] answered, per filter and value.
+#[derive(Debug, Default)]
+pub struct Selected(HashMap<(usize, DimValue), bool>);
 
 /// Chooses fine or coarse buckets: fine for steps that are not whole
 /// minutes.

@@ -7,10 +7,10 @@ use pgfleet_common::settings::check_label;
 use pgfleet_proto::time::{self, Micros};
 use pgfleet_proto::v1;
 
-use super::{Scope, resolution};
+use super::{Scope, Selected, resolution};
 use crate::aggregator::ServerView;
 use crate::load::hours::{HourTotals, MinuteTotals};
-use crate::load::{Bucket, Class, Dim};
+use crate::load::{Bucket, Class, Dim, DimValue};
 use crate::series::{MAX_POINTS, range};
 
 /// How many series a `QueryLoad` answer holds by default, and at most.
@@ -109,15 +109,19 @@ impl TotalsSum {
 
 /// Buckets added up per server and step as they are read (see
 /// [`LoadPlan::sum`]): what a fleet's day by a dimension keeps is a count
-/// per key, server and step, never its minutes.
+/// per key, server and step, never its minutes. Keys are named once each.
 #[derive(Debug)]
 pub struct LoadSum {
     plan: LoadPlan,
-    /// Each server's place in `keys`.
+    /// Each server's place in `by_server`.
     index: HashMap<String, usize>,
     /// Per server, its key when grouped by server or label.
-    keys: Vec<String>,
+    by_server: Vec<u32>,
     servers: usize,
+    /// The keys seen, by value of the dimension grouped by, and by name.
+    ids: HashMap<DimValue, u32>,
+    names: Vec<String>,
+    selected: Selected,
     /// Per server and step: the samples and the counts per key.
     cells: HashMap<(usize, usize), Cell>,
     /// Per step: the microseconds covered, over all servers.
@@ -127,7 +131,7 @@ pub struct LoadSum {
 #[derive(Debug, Default)]
 struct Cell {
     samples: u64,
-    counts: HashMap<String, u64>,
+    counts: HashMap<u32, u64>,
 }
 
 impl LoadSum {
@@ -146,12 +150,18 @@ impl LoadSum {
         let cell = self.cells.entry((server, step)).or_default();
         cell.samples += u64::from(b.samples);
         for (t, n) in &b.tuples {
-            if t.class != plan.class || !plan.scope.selects(t) {
+            if t.class != plan.class || !plan.scope.selects(t, &mut self.selected) {
                 continue;
             }
             let key = match &plan.group_by {
-                GroupBy::Dim(d) => d.of(t),
-                _ => self.keys[server].clone(),
+                GroupBy::Dim(d) => {
+                    let names = &mut self.names;
+                    *self.ids.entry(d.value(t)).or_insert_with_key(|v| {
+                        names.push(v.name());
+                        names.len() as u32 - 1
+                    })
+                }
+                _ => self.by_server[server],
             };
             *cell.counts.entry(key).or_default() += u64::from(*n);
         }
@@ -160,11 +170,23 @@ impl LoadSum {
     /// The series; queries' texts are left to fill.
     pub fn answer(self) -> v1::QueryLoadResponse {
         let steps = self.covered.len();
-        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        let mut by_id: Vec<Option<Vec<f64>>> = vec![None; self.names.len()];
         for ((_, step), cell) in self.cells {
             for (key, n) in cell.counts {
-                series.entry(key).or_insert_with(|| vec![0.0; steps])[step] +=
+                by_id[key as usize].get_or_insert_with(|| vec![0.0; steps])[step] +=
                     n as f64 / cell.samples.max(1) as f64;
+            }
+        }
+        // Two values can have one name (a wait type alone and with no
+        // event): their series are one.
+        let mut series: HashMap<String, Vec<f64>> = HashMap::new();
+        for (name, values) in self.names.into_iter().zip(by_id) {
+            let Some(values) = values else { continue };
+            match series.get_mut(&name) {
+                Some(sum) => sum.iter_mut().zip(values).for_each(|(s, v)| *s += v),
+                None => {
+                    series.insert(name, values);
+                }
             }
         }
         self.plan.assemble(series, self.covered, self.servers)
@@ -279,25 +301,37 @@ impl LoadPlan {
     pub fn sum(&self, servers: &[&Arc<ServerView>]) -> LoadSum {
         let scope = &self.scope;
         let steps = ((scope.end - scope.start + self.step_us - 1) / self.step_us) as usize;
-        LoadSum {
+        let mut sum = LoadSum {
             plan: self.clone(),
             index: servers
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (s.server_id.clone(), i))
                 .collect(),
-            keys: servers
-                .iter()
-                .map(|s| match &self.group_by {
-                    GroupBy::Server => s.server_id.clone(),
-                    GroupBy::Label(l) => s.labels.get(l).cloned().unwrap_or_default(),
-                    _ => String::new(),
-                })
-                .collect(),
+            by_server: Vec::with_capacity(servers.len()),
             servers: servers.len(),
+            ids: HashMap::new(),
+            names: Vec::new(),
+            selected: Selected::default(),
             cells: HashMap::new(),
             covered: vec![0; steps],
+        };
+        // Grouped by server or label, each server's key, named once.
+        let mut named: HashMap<String, u32> = HashMap::new();
+        for s in servers {
+            let name = match &self.group_by {
+                GroupBy::Server => s.server_id.clone(),
+                GroupBy::Label(l) => s.labels.get(l).cloned().unwrap_or_default(),
+                _ => String::new(),
+            };
+            let names = &mut sum.names;
+            let id = *named.entry(name).or_insert_with_key(|name| {
+                names.push(name.clone());
+                names.len() as u32 - 1
+            });
+            sum.by_server.push(id);
         }
+        sum
     }
 
     /// Whether the hours' totals answer it: a total, by server or by label,
@@ -451,6 +485,76 @@ mod tests {
             let e = LoadPlan::new(&req, now).unwrap_err();
             assert!(e.contains(says), "{req:?}: {e}");
         }
+    }
+
+    #[test]
+    fn buckets_add_up_per_server_and_step_each_key_named_once() {
+        use crate::load::tests::tuple;
+        use crate::load::{COARSE_US, OTHER, Tuple};
+        let now = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
+        let mut req = request(0, 60, 0, "wait");
+        req.start = Some(time::timestamp(now - 2 * COARSE_US));
+        req.matchers = vec!["user=\"app\"".into()];
+        let plan = LoadPlan::new(&req, now).unwrap();
+        let view = |id: &str| Arc::new(ServerView::new(id, std::time::Duration::from_secs(1)));
+        let (a, b) = (view("a"), view("b"));
+        let mut sum = plan.sum(&[&a, &b]);
+        let bucket = |start: Micros, samples: u32, tuples: Vec<(Tuple, u32)>| {
+            let mut b = Bucket::holding(start, COARSE_US);
+            b.samples = samples;
+            b.covered_us = i64::from(samples) * 1_000_000;
+            b.tuples = tuples;
+            b
+        };
+        let first = now - 2 * COARSE_US;
+        // a: 60 samples of its first minute; two waits beyond the top ones
+        // (one name, "other"), and a user the filter leaves out.
+        sum.add(
+            "a",
+            &bucket(
+                first,
+                60,
+                vec![
+                    (tuple("app", 1, ("Lock", "transactionid")), 30),
+                    (tuple("app", 1, ("CPU", "")), 60),
+                    (tuple("batch", 2, ("CPU", "")), 600),
+                    (tuple("app", 3, (OTHER, "x")), 6),
+                    (tuple("app", 3, (OTHER, "y")), 6),
+                ],
+            ),
+        );
+        // b: half the samples, in two buckets of the same step; and a
+        // server not asked for.
+        for _ in 0..2 {
+            sum.add(
+                "b",
+                &bucket(first, 15, vec![(tuple("app", 1, ("CPU", "")), 15)]),
+            );
+        }
+        sum.add(
+            "c",
+            &bucket(first, 60, vec![(tuple("app", 1, ("CPU", "")), 600)]),
+        );
+        sum.add(
+            "a",
+            &bucket(
+                first + COARSE_US,
+                60,
+                vec![(tuple("app", 1, ("CPU", "")), 30)],
+            ),
+        );
+        let r = sum.answer();
+        let series: HashMap<&str, Vec<f64>> = r
+            .series
+            .iter()
+            .map(|s| (s.key.as_str(), s.points.iter().map(|p| p.value).collect()))
+            .collect();
+        assert_eq!(series.len(), 3, "{series:?}");
+        assert_eq!(series["CPU"], [2.0, 0.5], "a's 1 and b's 1, then a's 0.5");
+        assert_eq!(series["Lock:transactionid"], [0.5, 0.0]);
+        assert_eq!(series["other"], [0.2, 0.0], "two waits, one name");
+        assert_eq!(r.servers, 2);
+        assert_eq!(r.coverage[0].value, 0.75, "a whole minute and half of one");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use pgfleet_proto::model::ArcStr;
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
-use super::{Scope, whole_range};
+use super::{Scope, Selected, whole_range};
 use crate::load::statements::{Read, STATEMENTS_US, Totals};
 use crate::load::{Bucket, Class, Dim, OTHER_QUERY, query_key, wait_name};
 use crate::series::Matcher;
@@ -80,6 +80,7 @@ impl TopPlan {
             servers: HashMap::new(),
             samples: Vec::new(),
             rows: HashMap::new(),
+            selected: Selected::default(),
             statements: false,
         }
     }
@@ -98,6 +99,7 @@ pub struct TopSum {
     /// Per server, the samples of its buckets.
     samples: Vec<u64>,
     rows: HashMap<u64, Sums>,
+    selected: Selected,
     /// Whether any statement read was added.
     statements: bool,
 }
@@ -129,7 +131,10 @@ impl TopSum {
         let server = self.server(server_id);
         self.samples[server] += u64::from(b.samples);
         for (t, n) in &b.tuples {
-            if t.class != Class::Active || t.query == 0 || !self.plan.scope.selects(t) {
+            if t.class != Class::Active
+                || t.query == 0
+                || !self.plan.scope.selects(t, &mut self.selected)
+            {
                 continue;
             }
             let row = self.rows.entry(t.query).or_default();

@@ -15,7 +15,7 @@ use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
 use crate::load::count::Closed;
 use crate::load::hours::{HOUR_US, HourTotals};
-use crate::load::keys::{Keys, KeysCache, Parsed, Pending};
+use crate::load::keys::{CHUNK_ROWS, Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{MinuteLoad, Wanted};
 use crate::rollup::{MINUTE_US, Minute};
@@ -278,8 +278,10 @@ impl Reader {
     /// Hands `f` each row of `table` with `key` in `[start, end)`, of
     /// `servers`, decoded, as they are read: a portal gives them
     /// [`CHUNK_ROWS`] at a time, and the dictionaries each chunk names that
-    /// the last did not are read in the same transaction (see
-    /// [`KeysCache`]).
+    /// the cache does not hold are read in the same transaction (see
+    /// [`KeysCache`]). In no order: sorting them would make the server sort
+    /// the whole range before the first chunk (the tables are keyed by
+    /// server first), and the cache serves any order.
     async fn each_parsed<P: Parsed>(
         &self,
         (table, key, servers, start, end): (&str, &str, Option<Vec<String>>, Micros, Micros),
@@ -298,8 +300,7 @@ impl Reader {
                 &format!(
                     "SELECT server_id, {key}, body FROM pgfleet.{table}
                      WHERE {key} >= $1 AND {key} < $2
-                       AND ($3::text[] IS NULL OR server_id = ANY($3))
-                     ORDER BY {key}"
+                       AND ($3::text[] IS NULL OR server_id = ANY($3))"
                 ),
                 &[&start, &end, &servers],
             )
@@ -509,10 +510,6 @@ impl Reader {
             .collect())
     }
 }
-
-/// The rows that name dictionaries decoded at once by
-/// [`Reader::each_parsed`]: some 4 MB of minutes of load.
-const CHUNK_ROWS: usize = 4096;
 
 /// The dictionaries (see [`crate::load::dictionaries`]) `named`, by server
 /// and id, in one query. A row names a dictionary of its own hour or a later
