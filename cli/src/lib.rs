@@ -18,6 +18,7 @@ pub mod sandbox;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use pgfleet_common::runtime::{self, EXIT_USAGE};
 use pgfleet_common::settings::{self, SettingsError};
@@ -87,6 +88,9 @@ pub struct Cli {
     /// A file holding the read token to present, for a collector started with --read-tokens-file (PGFLEET_TOKEN gives the token itself) [default: none]
     #[arg(long, global = true, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// How long to wait for the collector's answer to each call, like 5m [default: 60s]
+    #[arg(long, global = true, env = "PGFLEET_TIMEOUT", value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// A TOML file with `collector`, `output` and the tls_* settings
     #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -328,8 +332,21 @@ fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
         cli.token_file.as_deref().or(file.token_file.as_deref()),
         std::env::var("PGFLEET_TOKEN").ok(),
     )?;
+    let timeout = match &cli.timeout {
+        Some(text) => settings::parse_duration(
+            "timeout",
+            text,
+            Duration::from_secs(1)..=Duration::from_secs(86_400),
+        )?,
+        None => remote::DEFAULT_TIMEOUT,
+    };
     Ok((
-        Remote { url, tls, token },
+        Remote {
+            url,
+            tls,
+            token,
+            timeout,
+        },
         cli.output.or(file.output).unwrap_or_default(),
     ))
 }

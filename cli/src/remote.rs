@@ -25,7 +25,14 @@ pub struct Remote {
     /// The read token (`--token-file`, `PGFLEET_TOKEN`), for a collector
     /// started with `--read-tokens-file`.
     pub token: Option<Token>,
+    /// How long a call waits for its answer (`--timeout`).
+    pub timeout: Duration,
 }
+
+/// How long a call waits for its answer unless `--timeout` says: a question
+/// over a long range and many servers (load by wait over a fleet's day) can
+/// take tens of seconds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Remote {
     /// A collector reached without TLS or token.
@@ -34,6 +41,7 @@ impl Remote {
             url,
             tls: None,
             token: None,
+            timeout: DEFAULT_TIMEOUT,
         }
     }
 }
@@ -81,7 +89,7 @@ pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
     }
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15));
+        .timeout(remote.timeout);
     let channel = endpoint
         .connect()
         .await
@@ -105,6 +113,13 @@ pub(crate) fn call_failed(url: &str, status: tonic::Status) -> CliError {
             status.message()
         )),
         tonic::Code::InvalidArgument => CliError::Usage(status.message().to_owned()),
+        // What the channel's deadline (`--timeout`) gives.
+        tonic::Code::Cancelled if status.message() == "Timeout expired" => {
+            CliError::Failed(format!(
+                "the collector at {url} did not answer within --timeout ({} unless given): a question over a long range or many servers can take longer, so give a longer --timeout (like 5m), or narrow --range or --match",
+                humantime::format_duration(DEFAULT_TIMEOUT)
+            ))
+        }
         _ => CliError::Failed(status.message().to_owned()),
     }
 }

@@ -12,6 +12,7 @@ fn run(bin: &str, args: &[&str]) -> Output {
         .env_remove("PGFLEET_COLLECTOR")
         .env_remove("PGFLEET_CONFIG")
         .env_remove("PGFLEET_OUTPUT")
+        .env_remove("PGFLEET_TIMEOUT")
         .output()
         .expect("the binary runs")
 }
@@ -50,7 +51,37 @@ fn an_unreachable_collector_is_one_line_and_a_failure() {
 }
 
 #[test]
+fn a_collector_that_does_not_answer_in_time_is_one_line_saying_what_to_give() {
+    // It takes the connection and says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = pgfleet(&["--collector", &url, "--timeout", "2s", "servers"]);
+    fails_with_one_line(
+        &out,
+        1,
+        &["did not answer within --timeout", "narrow --range"],
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "waited {took:?}, less than --timeout"
+    );
+}
+
+#[test]
 fn usage_errors_are_one_line_with_exit_code_2() {
+    fails_with_one_line(
+        &pgfleet(&["--timeout", "soon", "servers"]),
+        2,
+        &["timeout", "soon"],
+    );
     fails_with_one_line(&pgfleet(&["servers", "--bogus"]), 2, &["--bogus"]);
     fails_with_one_line(
         &pgfleet(&["activity", "db-1", "--state", "sleeping"]),

@@ -69,9 +69,8 @@ impl Pki {
         )
         .unwrap();
         Remote {
-            url: url.to_owned(),
             tls,
-            token: None,
+            ..Remote::plain(url.to_owned())
         }
     }
 }

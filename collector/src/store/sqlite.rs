@@ -625,7 +625,7 @@ pub(super) fn each_minute(
 
 /// Hands `f` each row `(server_id, column, body)` of `table` with `column`
 /// in `[start, end)`, of `servers` (None: every server), as it is read,
-/// without copying it.
+/// without copying it; the first error `f` gives ends the read.
 fn each_row(
     db: &Connection,
     table: &str,
@@ -633,13 +633,13 @@ fn each_row(
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
-    mut f: impl FnMut(&str, i64, &[u8]),
+    mut f: impl FnMut(&str, i64, &[u8]) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
     let mut each = |rows: &mut rusqlite::Rows, wanted: Option<&std::collections::HashSet<&str>>| {
         while let Some(r) = rows.next()? {
             let server_id = r.get_ref(0)?.as_str()?;
             if wanted.is_none_or(|w| w.contains(server_id)) {
-                f(server_id, r.get(1)?, r.get_ref(2)?.as_blob()?);
+                f(server_id, r.get(1)?, r.get_ref(2)?.as_blob()?)?;
             }
         }
         rusqlite::Result::Ok(())
@@ -755,7 +755,6 @@ fn each_parsed<P: Parsed>(
         pending.finish(&mut cache, &mut f);
         Ok(())
     };
-    let mut failed = None;
     let Rows {
         table,
         column,
@@ -771,18 +770,14 @@ fn each_parsed<P: Parsed>(
         start,
         end,
         |server_id, at, body| {
-            if failed.is_none() {
-                chunk.push((server_id.to_owned(), at, parse(at, body)));
-                if chunk.len() >= chunk_rows {
-                    failed = flush(&mut chunk).err();
-                }
+            chunk.push((server_id.to_owned(), at, parse(at, body)));
+            match chunk.len() >= chunk_rows {
+                true => flush(&mut chunk),
+                false => Ok(()),
             }
         },
     )?;
-    match failed {
-        Some(e) => Err(e),
-        None => flush(&mut chunk),
-    }
+    flush(&mut chunk)
 }
 
 /// The dictionaries (see [`crate::load::dictionaries`]) `named`, by server
@@ -833,6 +828,7 @@ pub(super) fn each_hour(
             } else {
                 warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
             }
+            Ok(())
         },
     )
 }
