@@ -589,12 +589,14 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
     let store_mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
     let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     let collector = pgfleet_collector::server::start(config).await.unwrap();
-    // Timed here, not cut short by the command's default deadline.
-    let remote = pgfleet_cli::Remote {
-        timeout: Duration::from_secs(1800),
-        ..pgfleet_cli::Remote::plain(format!("http://{}", collector.addr))
-    };
-    let mut client = pgfleet_cli::connect(&remote).await.unwrap();
+    // Timed here, not cut short by the command's deadline.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addr))
+        .unwrap()
+        .timeout(Duration::from_secs(1800))
+        .connect()
+        .await
+        .unwrap();
+    let mut client = v1::query_client::QueryClient::new(channel);
     let (start, end) = (
         Some(timestamp(end - DAY_S * 1_000_000)),
         Some(timestamp(end)),
