@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use pgfleet_proto::time::{Micros, now_micros};
 use pgfleet_proto::v1;
@@ -72,10 +72,7 @@ impl QueryService {
                 }
             }
         }
-        let mut replaced: HashMap<String, Vec<Micros>> = HashMap::new();
-        for (id, at) in opened.keys() {
-            replaced.entry(id.clone()).or_default().push(*at);
-        }
+        let replaced = Held::of(opened.keys());
         let first = scope.start - scope.start.rem_euclid(COARSE_US);
         let stored = scope.clone();
         let mut acc = store
@@ -85,10 +82,7 @@ impl QueryService {
                 wanted,
                 acc,
                 move |acc, id, m| {
-                    if !replaced
-                        .get(id)
-                        .is_some_and(|at| at.contains(&m.coarse.start))
-                    {
+                    if !replaced.holds(id, m.coarse.start) {
                         stored.each_bucket(&m, |b| add(acc, id, b));
                     }
                 },
@@ -234,7 +228,7 @@ impl QueryService {
                 }
             }
         }
-        let replaced: HashSet<(String, Micros)> = held.keys().cloned().collect();
+        let replaced = Held::of(held.keys());
         let mut sum = store
             .fold_statements(
                 Some(ids),
@@ -242,7 +236,7 @@ impl QueryService {
                 plan.scope.end,
                 sum,
                 move |sum, id, at, r| {
-                    if !replaced.contains(&(id.to_owned(), at)) {
+                    if !replaced.holds(id, at) {
                         sum.add_read(id, at, &r);
                     }
                 },
@@ -290,6 +284,24 @@ impl QueryService {
             )
             .await?
             .answer())
+    }
+}
+
+/// What the counters hold open, by server and start: the stored copies of
+/// those are older, and skipped.
+struct Held(HashMap<String, Vec<Micros>>);
+
+impl Held {
+    fn of<'a>(keys: impl Iterator<Item = &'a (String, Micros)>) -> Held {
+        let mut held: HashMap<String, Vec<Micros>> = HashMap::new();
+        for (id, at) in keys {
+            held.entry(id.clone()).or_default().push(*at);
+        }
+        Held(held)
+    }
+
+    fn holds(&self, server_id: &str, at: Micros) -> bool {
+        self.0.get(server_id).is_some_and(|s| s.contains(&at))
     }
 }
 

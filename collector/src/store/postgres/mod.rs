@@ -287,6 +287,10 @@ async fn drop_partitions(
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
                 .await?;
+            // A long read of the table holds a lock the drop waits for, and
+            // the writer's inserts would queue behind the drop: it gives up
+            // soon, and is tried again at the next round.
+            tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
             tx.batch_execute(&format!("DROP TABLE IF EXISTS pgfleet.{name}"))
                 .await?;
             tx.commit().await?;

@@ -216,35 +216,6 @@ impl Reader {
         Ok(state)
     }
 
-    /// Rows `(server_id, key, body)` of `table` with `key` in `[start, end)`,
-    /// of `servers` (None: every server).
-    async fn rows(
-        &self,
-        table: &str,
-        key: &str,
-        servers: &Option<Vec<String>>,
-        start: Micros,
-        end: Micros,
-    ) -> Result<Vec<(String, i64, Vec<u8>)>, ReadError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                &format!(
-                    "SELECT server_id, {key}, body FROM pgfleet.{table}
-                     WHERE {key} >= $1 AND {key} < $2
-                       AND ($3::text[] IS NULL OR server_id = ANY($3))
-                     ORDER BY {key}"
-                ),
-                &[&start, &end, servers],
-            )
-            .await
-            .map_err(read_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect())
-    }
-
     /// Hands `f` each minute of load that starts in `[start, end)`, of
     /// `servers` (None: every server), as it is read (see
     /// [`Reader::each_parsed`]): a fleet's day is never held at once.
@@ -257,7 +228,7 @@ impl Reader {
         wanted: Wanted,
         mut f: impl FnMut(&str, MinuteLoad),
     ) -> Result<(), ReadError> {
-        let rows = ("load", "minute", servers, start, end);
+        let rows: Rows = ("load", "minute", servers, start, end);
         let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
         self.each_parsed(rows, parse, |id, _, m| f(id, m)).await
     }
@@ -275,44 +246,21 @@ impl Reader {
         self.each_parsed(rows, |_, body| Read::parse(body), f).await
     }
 
-    /// Hands `f` each row of `table` with `key` in `[start, end)`, of
-    /// `servers`, decoded, as they are read: a portal gives them
-    /// [`CHUNK_ROWS`] at a time, and the dictionaries each chunk names that
-    /// the cache does not hold are read in the same transaction (see
-    /// [`KeysCache`]). In no order: sorting them would make the server sort
-    /// the whole range before the first chunk (the tables are keyed by
-    /// server first), and the cache serves any order.
+    /// Hands `f` each of `rows` decoded, as they are read (see [`Chunks`]):
+    /// the dictionaries each chunk names that the cache does not hold are
+    /// read in the same transaction (see [`KeysCache`], which serves rows in
+    /// any order).
     async fn each_parsed<P: Parsed>(
         &self,
-        (table, key, servers, start, end): (&str, &str, Option<Vec<String>>, Micros, Micros),
+        rows: Rows<'_>,
         parse: impl Fn(i64, &[u8]) -> Option<P>,
         mut f: impl FnMut(&str, i64, P::Row),
     ) -> Result<(), ReadError> {
+        let start = rows.3;
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
-        let portal = tx
-            .bind(
-                &format!(
-                    "SELECT server_id, {key}, body FROM pgfleet.{table}
-                     WHERE {key} >= $1 AND {key} < $2
-                       AND ($3::text[] IS NULL OR server_id = ANY($3))"
-                ),
-                &[&start, &end, &servers],
-            )
-            .await
-            .map_err(read_error)?;
+        let mut chunks = Chunks::open(&mut client, rows).await?;
         let mut cache = KeysCache::default();
-        loop {
-            let rows = tx
-                .query_portal(&portal, CHUNK_ROWS as i32)
-                .await
-                .map_err(read_error)?;
-            let last = rows.len() < CHUNK_ROWS;
+        while let Some(rows) = chunks.next().await? {
             let pending = Pending::new(
                 rows.iter()
                     .map(|r| {
@@ -323,17 +271,15 @@ impl Reader {
             );
             drop(rows);
             let missing = cache.missing(&pending);
-            let found = dictionaries(&*tx, start, &missing).await?;
+            let found = dictionaries(&*chunks.tx, start, &missing).await?;
             cache.found(missing, found);
             pending.finish(&mut cache, &mut f);
-            if last {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     /// Hands `f` each hour of load totals that starts in `[start, end)`,
-    /// of `servers`.
+    /// of `servers`, as it is read (see [`Chunks`]).
     pub(in crate::store) async fn each_hour(
         &self,
         servers: Option<Vec<String>>,
@@ -341,15 +287,18 @@ impl Reader {
         end: Micros,
         mut f: impl FnMut(&str, &HourTotals),
     ) -> Result<(), ReadError> {
+        let mut client = self.client().await?;
+        let rows = ("load_hours", "hour", servers, start, end);
+        let mut chunks = Chunks::open(&mut client, rows).await?;
         let mut h = HourTotals::default();
-        for (server_id, at, body) in self
-            .rows("load_hours", "hour", &servers, start, end)
-            .await?
-        {
-            if h.decode_from(at, &body) {
-                f(&server_id, &h);
-            } else {
-                warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
+        while let Some(rows) = chunks.next().await? {
+            for r in rows {
+                let (server_id, at, body): (&str, i64, &[u8]) = (r.get(0), r.get(1), r.get(2));
+                if h.decode_from(at, body) {
+                    f(server_id, &h);
+                } else {
+                    warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
+                }
             }
         }
         Ok(())
@@ -549,4 +498,62 @@ async fn dictionaries(
         }
     }
     Ok(out)
+}
+
+/// Which rows a read takes: of `.0` with the column `.1` in `[.3, .4)`, of
+/// the servers `.2` (None: every server).
+type Rows<'a> = (&'a str, &'a str, Option<Vec<String>>, Micros, Micros);
+
+/// A range's rows, `(server_id, key, body)`, [`CHUNK_ROWS`] at a time through
+/// a portal in a read-only transaction, so that a fleet's range is never held
+/// at once. In no order: sorting them would make the server sort the whole
+/// range before the first chunk (the tables are keyed by server first).
+struct Chunks<'a> {
+    tx: deadpool_postgres::Transaction<'a>,
+    portal: tokio_postgres::Portal,
+    done: bool,
+}
+
+impl<'a> Chunks<'a> {
+    async fn open(
+        client: &'a mut deadpool_postgres::Object,
+        (table, key, servers, start, end): Rows<'_>,
+    ) -> Result<Chunks<'a>, ReadError> {
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .map_err(read_error)?;
+        let portal = tx
+            .bind(
+                &format!(
+                    "SELECT server_id, {key}, body FROM pgfleet.{table}
+                     WHERE {key} >= $1 AND {key} < $2
+                       AND ($3::text[] IS NULL OR server_id = ANY($3))"
+                ),
+                &[&start, &end, &servers],
+            )
+            .await
+            .map_err(read_error)?;
+        Ok(Chunks {
+            tx,
+            portal,
+            done: false,
+        })
+    }
+
+    /// The next chunk of rows; None once every row is read.
+    async fn next(&mut self) -> Result<Option<Vec<tokio_postgres::Row>>, ReadError> {
+        if self.done {
+            return Ok(None);
+        }
+        let rows = self
+            .tx
+            .query_portal(&self.portal, CHUNK_ROWS as i32)
+            .await
+            .map_err(read_error)?;
+        self.done = rows.len() < CHUNK_ROWS;
+        Ok((!rows.is_empty()).then_some(rows))
+    }
 }
