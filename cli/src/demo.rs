@@ -223,19 +223,19 @@ async fn frame(
     let servers = client
         .list_servers(v1::ListServersRequest::default())
         .await
-        .map_err(|s| remote::call_failed(url, s))?
+        .map_err(|s| remote::call_failed_at(url, remote::DEFAULT_TIMEOUT, s))?
         .into_inner();
     let activity = client
         .get_activity(activity_request())
         .await
-        .map_err(|s| remote::call_failed(url, s))?
+        .map_err(|s| remote::call_failed_at(url, remote::DEFAULT_TIMEOUT, s))?
         .into_inner();
     let pools = client
         .get_pools(v1::GetPoolsRequest {
             server_id: SERVER_ID.to_owned(),
         })
         .await
-        .map_err(|s| remote::call_failed(url, s))?
+        .map_err(|s| remote::call_failed_at(url, remote::DEFAULT_TIMEOUT, s))?
         .into_inner();
     let now = now_micros();
     let mut screen = String::new();

@@ -23,7 +23,7 @@ pub async fn servers(remote: &Remote, output: Output, labels: &[String]) -> Resu
             labels: labels.into_iter().collect(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!(
         "{}",
@@ -51,7 +51,7 @@ pub async fn summary(
             labels: labels.into_iter().collect(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_summary(&response.rows, &group_by, output));
     Ok(())
@@ -177,7 +177,7 @@ pub async fn activity(
             application_name: filter.application.unwrap_or_default(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_activity(&response, output, now_micros()));
     Ok(())
@@ -211,7 +211,7 @@ pub async fn top_sessions(
             limit,
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     if output == Output::Json {
         print!("{}", json(&response.sessions));
@@ -242,7 +242,7 @@ pub async fn blocking(
             labels: labels.into_iter().collect(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_blocking(&response.trees, output));
     Ok(())

@@ -55,7 +55,7 @@ pub async fn metrics(remote: &Remote, output: Output, args: MetricsArgs) -> Resu
     let response = client
         .query_metrics(request)
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_metrics(&response, output));
     Ok(())

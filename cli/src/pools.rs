@@ -17,7 +17,7 @@ pub async fn pools(remote: &Remote, output: Output, server: &str) -> Result<(), 
             server_id: server.to_owned(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_pools(&response, output, now_micros()));
     Ok(())
@@ -31,7 +31,7 @@ pub async fn databases(remote: &Remote, output: Output, server: &str) -> Result<
             server_id: server.to_owned(),
         })
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_databases(&response, output, now_micros()));
     Ok(())

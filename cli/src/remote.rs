@@ -105,8 +105,13 @@ pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
     Ok(QueryClient::with_interceptor(channel, bearer))
 }
 
-/// One line for a failed call to the collector at `url`.
-pub(crate) fn call_failed(url: &str, status: tonic::Status) -> CliError {
+/// One line for a failed call to `remote`.
+pub(crate) fn call_failed(remote: &Remote, status: tonic::Status) -> CliError {
+    call_failed_at(&remote.url, remote.timeout, status)
+}
+
+/// One line for a failed call to the collector at `url`, given `timeout`.
+pub(crate) fn call_failed_at(url: &str, timeout: Duration, status: tonic::Status) -> CliError {
     match status.code() {
         tonic::Code::Unavailable => CliError::Failed(format!(
             "cannot reach the collector at {url}: {}",
@@ -116,8 +121,8 @@ pub(crate) fn call_failed(url: &str, status: tonic::Status) -> CliError {
         // What the channel's deadline (`--timeout`) gives.
         tonic::Code::Cancelled if status.message() == "Timeout expired" => {
             CliError::Failed(format!(
-                "the collector at {url} did not answer within --timeout ({} unless given): a question over a long range or many servers can take longer, so give a longer --timeout (like 5m), or narrow --range or --match",
-                humantime::format_duration(DEFAULT_TIMEOUT)
+                "the collector at {url} did not answer within {} (--timeout): a question over a long range or many servers can take longer, so give a longer --timeout (like 5m), or ask about less",
+                humantime::format_duration(timeout)
             ))
         }
         _ => CliError::Failed(status.message().to_owned()),

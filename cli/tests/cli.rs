@@ -66,7 +66,7 @@ fn a_collector_that_does_not_answer_in_time_is_one_line_saying_what_to_give() {
     fails_with_one_line(
         &out,
         1,
-        &["did not answer within --timeout", "narrow --range"],
+        &["did not answer within 2s (--timeout)", "like 5m"],
     );
     let took = started.elapsed();
     assert!(

@@ -49,7 +49,7 @@ pub async fn churn(remote: &Remote, output: Output, args: ChurnArgs) -> Result<(
     let response = client
         .get_churn(request)
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!("{}", render_churn(&response, output));
     Ok(())

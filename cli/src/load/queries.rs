@@ -89,7 +89,7 @@ pub async fn top_queries(
     let response = client
         .top_queries(request.clone())
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!(
         "{}",

@@ -100,7 +100,7 @@ pub async fn load(remote: &Remote, output: Output, args: LoadArgs) -> Result<(),
     let response = client
         .query_load(request.clone())
         .await
-        .map_err(|s| call_failed(&remote.url, s))?
+        .map_err(|s| call_failed(remote, s))?
         .into_inner();
     print!(
         "{}",

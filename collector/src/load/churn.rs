@@ -172,14 +172,14 @@ impl Churn {
     /// Adds `other`'s counts.
     pub fn absorb(&mut self, other: &Churn) {
         self.rows.extend(other.rows.iter().cloned());
-        self.absorb_all_but_rows(other);
-    }
-
-    /// Adds `other`'s sessions established and lifetimes, not its rows.
-    pub fn absorb_all_but_rows(&mut self, other: &Churn) {
         for (d, n) in &other.established {
             self.establish(d, *n);
         }
+        self.absorb_lifetimes(other);
+    }
+
+    /// Adds `other`'s lifetimes only.
+    pub fn absorb_lifetimes(&mut self, other: &Churn) {
         for &(index, n) in &other.lifetimes {
             add_to(&mut self.lifetimes, index, n);
         }

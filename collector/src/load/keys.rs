@@ -147,9 +147,10 @@ impl<P: Parsed> Pending<P> {
 }
 
 /// The dictionaries rows read in chunks name, each read once while the rows
-/// near it are read: rows read by time name each server's dictionary of
-/// their hour, so a fleet's day read in order holds about two hours'
-/// dictionaries at a time, not the day's.
+/// near it are read: rows name their server's dictionary of their hour, so a
+/// fleet's day read by time (as rows are written) holds about two hours'
+/// dictionaries at a time, not the day's, and one read by server, the
+/// server's. Rows in any other order read right, with more lookups.
 #[derive(Default)]
 pub struct KeysCache {
     /// By server and id: the dictionary (None: not found, or does not

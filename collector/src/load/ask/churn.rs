@@ -8,6 +8,7 @@ use pgfleet_proto::v1;
 use super::{Scope, whole_range};
 use crate::load::churn::{ChurnCount, ChurnKey};
 use crate::load::{Bucket, Churn, Dim, shown};
+use pgfleet_proto::model::ArcStr;
 
 /// A checked `GetChurn` request.
 #[derive(Debug, Clone)]
@@ -43,6 +44,7 @@ impl ChurnPlan {
         ChurnSum {
             plan: self.clone(),
             rows: HashMap::new(),
+            established: HashMap::new(),
             churn: Churn::default(),
             covered: HashMap::new(),
         }
@@ -55,7 +57,9 @@ impl ChurnPlan {
 pub struct ChurnSum {
     plan: ChurnPlan,
     rows: HashMap<ChurnKey, ChurnCount>,
-    /// Sessions established and lifetimes (its rows are in `rows`).
+    /// Sessions established, by database.
+    established: HashMap<ArcStr, u64>,
+    /// The lifetimes (its rows and sessions established are above).
     churn: Churn,
     /// Per server, the microseconds its buckets cover.
     covered: HashMap<String, i64>,
@@ -77,7 +81,15 @@ impl ChurnSum {
                 }
             }
         }
-        self.churn.absorb_all_but_rows(&b.churn);
+        for (database, n) in &b.churn.established {
+            match self.established.get_mut(database) {
+                Some(sum) => *sum += n,
+                None => {
+                    self.established.insert(database.clone(), *n);
+                }
+            }
+        }
+        self.churn.absorb_lifetimes(&b.churn);
     }
 
     /// The answer.
@@ -85,6 +97,7 @@ impl ChurnSum {
         let ChurnSum {
             plan,
             rows,
+            established,
             mut churn,
             covered,
         } = self;
@@ -98,27 +111,28 @@ impl ChurnSum {
                 m.matches(Some(shown(value)))
             })
         };
-        churn.rows = rows.into_iter().collect();
-        churn.bound();
         // Each database's established sessions shared out over its rows in
-        // proportion to the starts the samples saw; what no sample saw, when
+        // proportion to the starts the samples saw (all of them, before a
+        // filter or the bound sums some into other); what no sample saw, when
         // no filter narrows the rows, is a row of its own.
         let mut seen: HashMap<&str, u64> = HashMap::new();
-        for (k, c) in &churn.rows {
+        for (k, c) in &rows {
             *seen.entry(&k.database).or_default() += c.started;
         }
         let mut factor: HashMap<String, f64> = HashMap::new();
         let mut unseen: Vec<(String, u64)> = Vec::new();
-        for (database, n) in &churn.established {
+        for (database, &n) in &established {
             let saw = seen.get(&**database).copied().unwrap_or(0);
-            let n = *n;
             if saw > 0 && n > saw {
                 factor.insert(database.to_string(), n as f64 / saw as f64);
             } else if saw == 0 && n > 0 && plan.scope.tuples.is_empty() {
                 unseen.push((database.to_string(), n));
             }
         }
-        churn.rows.retain(|(k, _)| keep(k));
+        unseen.sort();
+        // The rows the filters take, the top of them kept.
+        churn.rows = rows.into_iter().filter(|(k, _)| keep(k)).collect();
+        churn.bound();
         // A server's rate is over the seconds it was sampled; the fleet's
         // over their mean.
         let seconds = if covered.is_empty() {

@@ -177,8 +177,8 @@ impl LoadSum {
                     n as f64 / cell.samples.max(1) as f64;
             }
         }
-        // Two values can have one name (a wait type alone and with no
-        // event): their series are one.
+        // Two values can have one name (the waits beyond the top ones, of
+        // any event; a value "other" and the sentinel): their series are one.
         let mut series: HashMap<String, Vec<f64>> = HashMap::new();
         for (name, values) in self.names.into_iter().zip(by_id) {
             let Some(values) = values else { continue };
@@ -494,7 +494,9 @@ mod tests {
         let now = 1_800_000_000_000_000 - 1_800_000_000_000_000 % COARSE_US;
         let mut req = request(0, 60, 0, "wait");
         req.start = Some(time::timestamp(now - 2 * COARSE_US));
-        req.matchers = vec!["user=\"app\"".into()];
+        // Two filters, the one's value (database "orders") the other's
+        // too (a user "orders", left out): each remembers its own answers.
+        req.matchers = vec!["user=\"app\"".into(), "database=\"orders\"".into()];
         let plan = LoadPlan::new(&req, now).unwrap();
         let view = |id: &str| Arc::new(ServerView::new(id, std::time::Duration::from_secs(1)));
         let (a, b) = (view("a"), view("b"));
@@ -517,7 +519,7 @@ mod tests {
                 vec![
                     (tuple("app", 1, ("Lock", "transactionid")), 30),
                     (tuple("app", 1, ("CPU", "")), 60),
-                    (tuple("batch", 2, ("CPU", "")), 600),
+                    (tuple("orders", 2, ("CPU", "")), 600),
                     (tuple("app", 3, (OTHER, "x")), 6),
                     (tuple("app", 3, (OTHER, "y")), 6),
                 ],

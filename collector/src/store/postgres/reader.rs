@@ -228,7 +228,13 @@ impl Reader {
         wanted: Wanted,
         mut f: impl FnMut(&str, MinuteLoad),
     ) -> Result<(), ReadError> {
-        let rows: Rows = ("load", "minute", servers, start, end);
+        let rows = Rows {
+            table: "load",
+            key: "minute",
+            servers,
+            start,
+            end,
+        };
         let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
         self.each_parsed(rows, parse, |id, _, m| f(id, m)).await
     }
@@ -242,7 +248,13 @@ impl Reader {
         end: Micros,
         f: impl FnMut(&str, Micros, Read),
     ) -> Result<(), ReadError> {
-        let rows = ("statements", "at", servers, start, end);
+        let rows = Rows {
+            table: "statements",
+            key: "at",
+            servers,
+            start,
+            end,
+        };
         self.each_parsed(rows, |_, body| Read::parse(body), f).await
     }
 
@@ -252,11 +264,11 @@ impl Reader {
     /// any order).
     async fn each_parsed<P: Parsed>(
         &self,
-        rows: Rows<'_>,
+        rows: Rows,
         parse: impl Fn(i64, &[u8]) -> Option<P>,
         mut f: impl FnMut(&str, i64, P::Row),
     ) -> Result<(), ReadError> {
-        let start = rows.3;
+        let start = rows.start;
         let mut client = self.client().await?;
         let mut chunks = Chunks::open(&mut client, rows).await?;
         let mut cache = KeysCache::default();
@@ -288,7 +300,13 @@ impl Reader {
         mut f: impl FnMut(&str, &HourTotals),
     ) -> Result<(), ReadError> {
         let mut client = self.client().await?;
-        let rows = ("load_hours", "hour", servers, start, end);
+        let rows = Rows {
+            table: "load_hours",
+            key: "hour",
+            servers,
+            start,
+            end,
+        };
         let mut chunks = Chunks::open(&mut client, rows).await?;
         let mut h = HourTotals::default();
         while let Some(rows) = chunks.next().await? {
@@ -500,24 +518,37 @@ async fn dictionaries(
     Ok(out)
 }
 
-/// Which rows a read takes: of `.0` with the column `.1` in `[.3, .4)`, of
-/// the servers `.2` (None: every server).
-type Rows<'a> = (&'a str, &'a str, Option<Vec<String>>, Micros, Micros);
+/// Which rows a read takes: of `table` with `key` in `[start, end)`, of
+/// `servers` (None: every server).
+struct Rows {
+    table: &'static str,
+    key: &'static str,
+    servers: Option<Vec<String>>,
+    start: Micros,
+    end: Micros,
+}
 
 /// A range's rows, `(server_id, key, body)`, [`CHUNK_ROWS`] at a time through
 /// a portal in a read-only transaction, so that a fleet's range is never held
 /// at once. In no order: sorting them would make the server sort the whole
 /// range before the first chunk (the tables are keyed by server first).
 struct Chunks<'a> {
-    tx: deadpool_postgres::Transaction<'a>,
+    // Closed before its transaction ends.
     portal: tokio_postgres::Portal,
+    tx: deadpool_postgres::Transaction<'a>,
     done: bool,
 }
 
 impl<'a> Chunks<'a> {
     async fn open(
         client: &'a mut deadpool_postgres::Object,
-        (table, key, servers, start, end): Rows<'_>,
+        Rows {
+            table,
+            key,
+            servers,
+            start,
+            end,
+        }: Rows,
     ) -> Result<Chunks<'a>, ReadError> {
         let tx = client
             .build_transaction()
@@ -537,8 +568,8 @@ impl<'a> Chunks<'a> {
             .await
             .map_err(read_error)?;
         Ok(Chunks {
-            tx,
             portal,
+            tx,
             done: false,
         })
     }
