@@ -88,10 +88,10 @@ pub struct Cli {
     /// A file holding the read token to present, for a collector started with --read-tokens-file (PGFLEET_TOKEN gives the token itself) [default: none]
     #[arg(long, global = true, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// How long to wait for the collector's answer to each call, like 5m [default: 60s]
+    /// How long to wait for the collector's answer to each call, like 5m [default: 2m]
     #[arg(long, global = true, env = "PGFLEET_TIMEOUT", value_name = "DURATION")]
     pub timeout: Option<String>,
-    /// A TOML file with `collector`, `output` and the tls_* settings
+    /// A TOML file with `collector`, `output`, `timeout` and the tls_* settings
     #[arg(long, global = true, env = "PGFLEET_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -227,6 +227,8 @@ pub struct CliFile {
     pub tls_server_name: Option<String>,
     /// See `--token-file`.
     pub token_file: Option<PathBuf>,
+    /// See `--timeout`.
+    pub timeout: Option<String>,
 }
 
 /// Runs a parsed command line and returns the process's exit code: 0 on success,
@@ -332,7 +334,7 @@ fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
         cli.token_file.as_deref().or(file.token_file.as_deref()),
         std::env::var("PGFLEET_TOKEN").ok(),
     )?;
-    let timeout = match &cli.timeout {
+    let timeout = match cli.timeout.as_ref().or(file.timeout.as_ref()) {
         Some(text) => settings::parse_duration(
             "timeout",
             text,

@@ -30,9 +30,9 @@ pub struct Remote {
 }
 
 /// How long a call waits for its answer unless `--timeout` says: a question
-/// over a long range and many servers (load by wait over a fleet's day) can
-/// take tens of seconds.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// by a dimension over a long range and many servers reads every stored
+/// minute (the top queries of a day of 1,000 servers took 58 s here).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Remote {
     /// A collector reached without TLS or token.

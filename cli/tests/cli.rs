@@ -108,6 +108,12 @@ fn usage_errors_are_one_line_with_exit_code_2() {
         2,
         &["bad.toml"],
     );
+    std::fs::write(&bad, "timeout = \"soon\"\n").unwrap();
+    fails_with_one_line(
+        &pgfleet(&["--config", bad.to_str().unwrap(), "servers"]),
+        2,
+        &["timeout", "soon"],
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
