@@ -436,12 +436,9 @@ async fn main() {
     }
 
     // 2. A fleet's day, and a collector on it: every server's hours of the
-    // day, and its minutes of the last hour (what the questions read; a
-    // whole day of minutes for a thousand servers would not fit this
-    // machine's disk twice over).
+    // day, and its minutes of the last hour (what these questions read; the
+    // third part keeps the whole day).
     let dir = tempdir("pgfleet-bench-load-fleet");
-    std::fs::create_dir_all(dir.join("collector")).unwrap();
-    let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
     let last_hour = end - 3_600 * 1_000_000;
     let kept: Vec<Closed> = day
         .iter()
@@ -456,26 +453,7 @@ async fn main() {
             _ => None,
         })
         .collect();
-    let written = Instant::now();
-    for i in 0..servers {
-        let id = format!("db-{i:05}");
-        store
-            .write(Op::Server {
-                server_id: id.clone(),
-                agent_id: format!("agent-{id}"),
-                labels: [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into(),
-                interval_ms: 1000,
-            })
-            .await;
-        for op in load_writes(&id, kept.clone()) {
-            store.write(op).await;
-        }
-    }
-    store.flush().await;
-    drop(store);
-    let write_s = written.elapsed().as_secs_f64();
-    checkpoint(&dir.join("collector"));
-    let fleet_mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
+    let (write_s, fleet_mib) = fleet_store(&dir, servers, &kept).await;
     let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     // The JSON API answers the same question, timed beside the RPC.
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
@@ -565,28 +543,7 @@ async fn main() {
 /// fleet-wide questions that read every minute of it.
 async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
     let dir = tempdir("pgfleet-bench-load-day");
-    std::fs::create_dir_all(dir.join("collector")).unwrap();
-    let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
-    let written = Instant::now();
-    for i in 0..servers {
-        let id = format!("db-{i:05}");
-        store
-            .write(Op::Server {
-                server_id: id.clone(),
-                agent_id: format!("agent-{id}"),
-                labels: [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into(),
-                interval_ms: 1000,
-            })
-            .await;
-        for op in load_writes(&id, day.clone()) {
-            store.write(op).await;
-        }
-    }
-    store.flush().await;
-    drop(store);
-    let write_s = written.elapsed().as_secs_f64();
-    checkpoint(&dir.join("collector"));
-    let store_mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
+    let (write_s, store_mib) = fleet_store(&dir, servers, &day).await;
     let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     let collector = pgfleet_collector::server::start(config).await.unwrap();
     // Timed here, not cut short by the command's deadline.
@@ -665,6 +622,35 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
         "queries": figures,
     });
     println!("{out}");
+}
+
+/// A store under `dir/collector` given `servers` servers (five dcs), each
+/// with the load `closed` holds, through its writer; the seconds that took,
+/// and the MiB the file holds once checkpointed.
+async fn fleet_store(dir: &std::path::Path, servers: usize, closed: &[Closed]) -> (f64, f64) {
+    std::fs::create_dir_all(dir.join("collector")).unwrap();
+    let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
+    let written = Instant::now();
+    for i in 0..servers {
+        let id = format!("db-{i:05}");
+        store
+            .write(Op::Server {
+                server_id: id.clone(),
+                agent_id: format!("agent-{id}"),
+                labels: [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into(),
+                interval_ms: 1000,
+            })
+            .await;
+        for op in load_writes(&id, closed.to_vec()) {
+            store.write(op).await;
+        }
+    }
+    store.flush().await;
+    drop(store);
+    let write_s = written.elapsed().as_secs_f64();
+    checkpoint(&dir.join("collector"));
+    let mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
+    (write_s, mib)
 }
 
 /// A figure of this process's from /proc/self/status, in KiB.

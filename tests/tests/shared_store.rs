@@ -556,20 +556,9 @@ async fn days_past_their_retention_are_dropped_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
     use pgfleet_collector::rollup::{MINUTE_US, Metric, Minute};
-    use pgfleet_collector::store::{MinutesRead, Op, Retention, Store};
+    use pgfleet_collector::store::{MinutesRead, Op, Store};
 
-    let (cluster, url) = cluster_with_store().await;
-    let (pg, _) = Store::open(
-        &StoreConfig::Postgres(url),
-        &cluster.dir().join("pg-store"),
-        Retention::default(),
-        "minutes-test",
-    )
-    .await
-    .unwrap();
-    let dir = cluster.dir().join("sqlite-store");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    let (cluster, pg, sqlite) = both_stores("minutes-test").await;
 
     // 80 servers, 30 minutes, each server missing some of them.
     let now = pgfleet_proto::time::now_micros();
@@ -672,20 +661,9 @@ async fn a_few_servers_minutes_are_found_by_their_key_in_either_store() {
 async fn a_fleet_s_minutes_of_load_are_read_a_chunk_at_a_time_in_either_store() {
     use pgfleet_collector::load::hours::{HOUR_US, HourTotals};
     use pgfleet_collector::load::{Bucket, COARSE_US, Class, MinuteLoad, Tuple};
-    use pgfleet_collector::store::{Op, Retention, Store};
+    use pgfleet_collector::store::Op;
 
-    let (cluster, url) = cluster_with_store().await;
-    let (pg, _) = Store::open(
-        &StoreConfig::Postgres(url),
-        &cluster.dir().join("pg-store"),
-        Retention::default(),
-        "load-chunks-test",
-    )
-    .await
-    .unwrap();
-    let dir = cluster.dir().join("sqlite-store");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    let (_cluster, pg, sqlite) = both_stores("load-chunks-test").await;
 
     // Four servers over 1,100 minutes (19 hours, each a dictionary of its
     // own per server): 4,400 rows, more than a chunk of either store.
@@ -760,4 +738,29 @@ async fn a_fleet_s_minutes_of_load_are_read_a_chunk_at_a_time_in_either_store() 
             );
         }
     }
+}
+
+/// A PostgreSQL store (`collector_id` its writer's name) on a cluster of its
+/// own, and a SQLite store in the cluster's directory, to compare.
+async fn both_stores(
+    collector_id: &str,
+) -> (
+    TempCluster,
+    pgfleet_collector::store::Store,
+    pgfleet_collector::store::Store,
+) {
+    use pgfleet_collector::store::{Retention, Store};
+    let (cluster, url) = cluster_with_store().await;
+    let (pg, _) = Store::open(
+        &StoreConfig::Postgres(url),
+        &cluster.dir().join("pg-store"),
+        Retention::default(),
+        collector_id,
+    )
+    .await
+    .unwrap();
+    let dir = cluster.dir().join("sqlite-store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    (cluster, pg, sqlite)
 }
