@@ -260,8 +260,7 @@ impl Reader {
 
     /// Hands `f` each of `rows` decoded, as they are read (see [`Chunks`]):
     /// the dictionaries each chunk names that the cache does not hold are
-    /// read in the same transaction (see [`KeysCache`], which serves rows in
-    /// any order).
+    /// read between chunks, on the same connection (see [`KeysCache`]).
     async fn each_parsed<P: Parsed>(
         &self,
         rows: Rows,
@@ -269,8 +268,8 @@ impl Reader {
         mut f: impl FnMut(&str, i64, P::Row),
     ) -> Result<(), ReadError> {
         let start = rows.start;
-        let mut client = self.client().await?;
-        let mut chunks = Chunks::open(&mut client, rows).await?;
+        let client = self.client().await?;
+        let mut chunks = Chunks::open(&client, rows);
         let mut cache = KeysCache::default();
         while let Some(rows) = chunks.next().await? {
             let pending = Pending::new(
@@ -283,7 +282,7 @@ impl Reader {
             );
             drop(rows);
             let missing = cache.missing(&pending);
-            let found = dictionaries(&*chunks.tx, start, &missing).await?;
+            let found = dictionaries(&**client, start, &missing).await?;
             cache.found(missing, found);
             pending.finish(&mut cache, &mut f);
         }
@@ -299,7 +298,7 @@ impl Reader {
         end: Micros,
         mut f: impl FnMut(&str, &HourTotals),
     ) -> Result<(), ReadError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let rows = Rows {
             table: "load_hours",
             key: "hour",
@@ -307,7 +306,7 @@ impl Reader {
             start,
             end,
         };
-        let mut chunks = Chunks::open(&mut client, rows).await?;
+        let mut chunks = Chunks::open(&client, rows);
         let mut h = HourTotals::default();
         while let Some(rows) = chunks.next().await? {
             for r in rows {
@@ -528,50 +527,28 @@ struct Rows {
     end: Micros,
 }
 
-/// A range's rows, `(server_id, key, body)`, [`CHUNK_ROWS`] at a time through
-/// a portal in a read-only transaction, so that a fleet's range is never held
-/// at once. In no order: sorting them would make the server sort the whole
-/// range before the first chunk (the tables are keyed by server first).
+/// A range's rows, `(server_id, key, body)`, [`CHUNK_ROWS`] at a time, each
+/// chunk a statement of its own that starts after the last row of the one
+/// before, in the tables' key order (server, then time), so that a fleet's
+/// range is never held at once, the server sorts nothing (it walks each
+/// partition's key), and no session of the store's sits idle in a
+/// transaction between chunks, as it would with a portal.
 struct Chunks<'a> {
-    // Closed before its transaction ends.
-    portal: tokio_postgres::Portal,
-    tx: deadpool_postgres::Transaction<'a>,
+    client: &'a tokio_postgres::Client,
+    rows: Rows,
+    /// The last row read, `(server_id, key)`.
+    after: Option<(String, i64)>,
     done: bool,
 }
 
 impl<'a> Chunks<'a> {
-    async fn open(
-        client: &'a mut deadpool_postgres::Object,
-        Rows {
-            table,
-            key,
-            servers,
-            start,
-            end,
-        }: Rows,
-    ) -> Result<Chunks<'a>, ReadError> {
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .start()
-            .await
-            .map_err(read_error)?;
-        let portal = tx
-            .bind(
-                &format!(
-                    "SELECT server_id, {key}, body FROM pgfleet.{table}
-                     WHERE {key} >= $1 AND {key} < $2
-                       AND ($3::text[] IS NULL OR server_id = ANY($3))"
-                ),
-                &[&start, &end, &servers],
-            )
-            .await
-            .map_err(read_error)?;
-        Ok(Chunks {
-            portal,
-            tx,
+    fn open(client: &'a tokio_postgres::Client, rows: Rows) -> Chunks<'a> {
+        Chunks {
+            client,
+            rows,
+            after: None,
             done: false,
-        })
+        }
     }
 
     /// The next chunk of rows; None once every row is read.
@@ -579,12 +556,44 @@ impl<'a> Chunks<'a> {
         if self.done {
             return Ok(None);
         }
-        let rows = self
-            .tx
-            .query_portal(&self.portal, CHUNK_ROWS as i32)
-            .await
-            .map_err(read_error)?;
+        let Rows {
+            table,
+            key,
+            servers,
+            start,
+            end,
+        } = &self.rows;
+        let select = format!(
+            "SELECT server_id, {key}, body FROM pgfleet.{table}
+             WHERE {key} >= $1 AND {key} < $2
+               AND ($3::text[] IS NULL OR server_id = ANY($3))"
+        );
+        let rows = match &self.after {
+            None => {
+                self.client
+                    .query(
+                        &format!("{select} ORDER BY server_id, {key} LIMIT {CHUNK_ROWS}"),
+                        &[start, end, servers],
+                    )
+                    .await
+            }
+            Some((server_id, at)) => {
+                self.client
+                    .query(
+                        &format!(
+                            "{select} AND (server_id, {key}) > ($4, $5)
+                             ORDER BY server_id, {key} LIMIT {CHUNK_ROWS}"
+                        ),
+                        &[start, end, servers, server_id, at],
+                    )
+                    .await
+            }
+        }
+        .map_err(read_error)?;
         self.done = rows.len() < CHUNK_ROWS;
+        if let Some(last) = rows.last() {
+            self.after = Some((last.get(0), last.get(1)));
+        }
         Ok((!rows.is_empty()).then_some(rows))
     }
 }
