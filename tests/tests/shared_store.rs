@@ -718,7 +718,8 @@ async fn a_fleet_s_minutes_of_load_are_read_a_chunk_at_a_time_in_either_store() 
             let mut read = store
                 .fold_load(
                     servers.clone(),
-                    (first, now + COARSE_US),
+                    first,
+                    now + COARSE_US,
                     pgfleet_collector::load::Wanted::All,
                     Vec::new(),
                     |v, id, m| v.push((id.to_owned(), m)),

@@ -690,7 +690,8 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
     let stored = store
         .fold_load(
             Some(vec!["db".into()]),
-            (t0, t0 + crate::load::COARSE_US),
+            t0,
+            t0 + crate::load::COARSE_US,
             crate::load::Wanted::All,
             Vec::new(),
             |all, id, m| all.push((id.to_owned(), m)),

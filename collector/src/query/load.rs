@@ -78,7 +78,8 @@ impl QueryService {
         let mut acc = store
             .fold_load(
                 Some(servers),
-                (first, scope.end),
+                first,
+                scope.end,
                 wanted,
                 acc,
                 move |acc, id, m| {
@@ -169,11 +170,7 @@ impl QueryService {
         }
         let ids = servers.iter().map(|s| s.server_id.clone()).collect();
         let sum = plan.sum(&servers);
-        let wanted = if plan.scope.fine {
-            Wanted::All
-        } else {
-            Wanted::Minutes
-        };
+        let wanted = plan.scope.wanted();
         let mut answer = self
             .fold_buckets(store, &plan.scope, wanted, ids, &open, sum, |s, id, b| {
                 s.add(id, b)
@@ -206,7 +203,7 @@ impl QueryService {
             .fold_buckets(
                 store,
                 &plan.scope,
-                Wanted::Minutes,
+                plan.scope.wanted(),
                 ids.clone(),
                 &open,
                 sum,

@@ -610,7 +610,8 @@ impl Store {
     pub async fn fold_load<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
-        (start, end): (Micros, Micros),
+        start: Micros,
+        end: Micros,
         wanted: crate::load::Wanted,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,

@@ -623,18 +623,20 @@ pub(super) fn each_minute(
     scan(minutes, last, end, &[], &mut decoded)
 }
 
-/// Hands `f` each row `(server_id, column, body)` of `table` with `column`
-/// in `[start, end)`, of `servers` (None: every server), as it is read,
+/// Hands `f` each of `rows`, `(server_id, column, body)`, as it is read,
 /// without copying it; the first error `f` gives ends the read.
 fn each_row(
     db: &Connection,
-    table: &str,
-    column: &str,
-    servers: Option<&[String]>,
-    start: Micros,
-    end: Micros,
+    rows: Rows,
     mut f: impl FnMut(&str, i64, &[u8]) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<()> {
+    let Rows {
+        table,
+        column,
+        servers,
+        start,
+        end,
+    } = rows;
     let mut each = |rows: &mut rusqlite::Rows, wanted: Option<&std::collections::HashSet<&str>>| {
         while let Some(r) = rows.next()? {
             let server_id = r.get_ref(0)?.as_str()?;
@@ -755,28 +757,13 @@ fn each_parsed<P: Parsed>(
         pending.finish(&mut cache, &mut f);
         Ok(())
     };
-    let Rows {
-        table,
-        column,
-        servers,
-        start,
-        end,
-    } = rows;
-    each_row(
-        db,
-        table,
-        column,
-        servers,
-        start,
-        end,
-        |server_id, at, body| {
-            chunk.push((server_id.to_owned(), at, parse(at, body)));
-            match chunk.len() >= chunk_rows {
-                true => flush(&mut chunk),
-                false => Ok(()),
-            }
-        },
-    )?;
+    each_row(db, rows, |server_id, at, body| {
+        chunk.push((server_id.to_owned(), at, parse(at, body)));
+        match chunk.len() >= chunk_rows {
+            true => flush(&mut chunk),
+            false => Ok(()),
+        }
+    })?;
     flush(&mut chunk)
 }
 
@@ -815,22 +802,15 @@ pub(super) fn each_hour(
     mut f: impl FnMut(&str, &HourTotals),
 ) -> rusqlite::Result<()> {
     let mut h = HourTotals::default();
-    each_row(
-        db,
-        "load_hours",
-        "hour",
-        servers,
-        start,
-        end,
-        |server_id, at, body| {
-            if h.decode_from(at, body) {
-                f(server_id, &h);
-            } else {
-                warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
-            }
-            Ok(())
-        },
-    )
+    let rows = Rows::of("load_hours", "hour", servers, start, end);
+    each_row(db, rows, |server_id, at, body| {
+        if h.decode_from(at, body) {
+            f(server_id, &h);
+        } else {
+            warn!(server.id = %server_id, hour = at, "Skipped an hour of load totals that does not decode.")
+        }
+        Ok(())
+    })
 }
 
 /// What a collector that stopped stored of a server's open minute, hour and
@@ -2200,6 +2180,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Minutes of load by server, then start.
+    fn by_key(v: &mut [(String, MinuteLoad)]) {
+        v.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+    }
+
     #[test]
     fn minutes_of_load_are_read_a_chunk_at_a_time_with_each_hour_s_dictionary() {
         let dir = scratch("load-chunks");
@@ -2240,11 +2225,11 @@ mod tests {
                 out.push((id.to_owned(), m))
             })
             .unwrap();
-            out.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+            by_key(&mut out);
             out
         };
         let mut expected = written.clone();
-        expected.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        by_key(&mut expected);
         // By time (every server) and by server (a few), chunks that end on
         // and off an hour, and one chunk for all.
         for chunk in [1, 2, 7, 180, 4096] {
@@ -2266,7 +2251,7 @@ mod tests {
             |id, m| coarse.push((id.to_owned(), m)),
         )
         .unwrap();
-        coarse.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        by_key(&mut coarse);
         assert!(expected.iter().all(|(_, m)| !m.fine.is_empty()));
         let without: Vec<_> = expected
             .iter()
@@ -2288,7 +2273,7 @@ mod tests {
             |id, m| churn.push((id.to_owned(), m)),
         )
         .unwrap();
-        churn.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        by_key(&mut churn);
         let without: Vec<_> = without
             .into_iter()
             .map(|(id, mut m)| {
@@ -2310,7 +2295,7 @@ mod tests {
                 id != "s1" || m.coarse.start < H0 + HOUR_US || m.coarse.start >= H0 + 2 * HOUR_US
             })
             .collect();
-        expected.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
+        by_key(&mut expected);
         assert_eq!(expected.len(), 3 * 180 - 60);
         for chunk in [1, 7, 4096] {
             assert_eq!(read(None, chunk), expected, "{chunk} a chunk");

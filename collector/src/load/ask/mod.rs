@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use pgfleet_proto::time::Micros;
 
-use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad};
+use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad, Wanted};
 use crate::aggregator::ServerView;
 use crate::series::{Matcher, range};
 
@@ -92,6 +92,16 @@ impl Scope {
                 .entry((i, d.value(t)))
                 .or_insert_with_key(|(_, v)| m.matches(Some(&v.name())))
         })
+    }
+
+    /// What its reads decode of each stored minute: the 10 s buckets only
+    /// for steps that are not whole minutes.
+    pub fn wanted(&self) -> Wanted {
+        if self.fine {
+            Wanted::All
+        } else {
+            Wanted::Minutes
+        }
     }
 
     /// Hands `f` the buckets it reads of a minute: its 10 s buckets or the

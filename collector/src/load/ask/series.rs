@@ -117,7 +117,6 @@ pub struct LoadSum {
     index: HashMap<String, usize>,
     /// Per server, its key when grouped by server or label.
     by_server: Vec<u32>,
-    servers: usize,
     /// The keys seen, by value of the dimension grouped by, and by name.
     ids: HashMap<DimValue, u32>,
     names: Vec<String>,
@@ -189,7 +188,8 @@ impl LoadSum {
                 }
             }
         }
-        self.plan.assemble(series, self.covered, self.servers)
+        self.plan
+            .assemble(series, self.covered, self.by_server.len())
     }
 }
 
@@ -309,7 +309,6 @@ impl LoadPlan {
                 .map(|(i, s)| (s.server_id.clone(), i))
                 .collect(),
             by_server: Vec::with_capacity(servers.len()),
-            servers: servers.len(),
             ids: HashMap::new(),
             names: Vec::new(),
             selected: Selected::default(),
