@@ -175,6 +175,24 @@ async fn wait_text(c: &Client, css: &str, wanted: &str, limit: Duration) {
     .await;
 }
 
+/// Opens `base`, which asks for the read token, and gives it.
+async fn sign_in(c: &Client, base: &str) {
+    c.goto(base).await.unwrap();
+    let input = c
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("dialog[open] #token"))
+        .await
+        .expect("the page asks for a token");
+    input.send_keys(READ).await.unwrap();
+    c.find(Locator::Css("#signin-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     pgfleet_tests::init_logs();
@@ -208,20 +226,7 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
 
     // The pages take the token once, then show the fleet.
     let c = browser(&driver, 1280, 800).await;
-    c.goto(&base).await.unwrap();
-    let input = c
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("dialog[open] #token"))
-        .await
-        .expect("the page asks for a token");
-    input.send_keys(READ).await.unwrap();
-    c.find(Locator::Css("#signin-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&c, &base).await;
     wait_text(&c, "#fleet", "db-eu", Duration::from_secs(20)).await;
     wait_text(&c, "#fleet", "db-us", Duration::from_secs(20)).await;
     let fleet = text_of(&c, "#fleet").await;
@@ -358,21 +363,7 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
 
     // At phone width.
     let phone = browser(&driver, 390, 844).await;
-    phone.goto(&base).await.unwrap();
-    let input = phone
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css("dialog[open] #token"))
-        .await
-        .unwrap();
-    input.send_keys(READ).await.unwrap();
-    phone
-        .find(Locator::Css("#signin-form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&phone, &base).await;
     wait_text(&phone, "#fleet", "db-us", Duration::from_secs(20)).await;
     screenshot(&phone, "fleet-390x844").await;
     phone
@@ -400,4 +391,178 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     us.stop().await;
     collector.stop().await;
     cluster.destroy().await;
+}
+
+/// The query every session of [`store_of_load`] runs.
+const FINGERPRINT: u64 = 0x0123_4567_89ab_cdef;
+
+/// A store under `dir` of `servers` servers (`db-000`, …), each with
+/// `hours` hours of DB load up to now: ten sessions always active on
+/// [`FINGERPRINT`], each its own user and client host.
+async fn store_of_load(dir: &std::path::Path, servers: usize, hours: i64) {
+    use pgfleet_collector::load::Counter;
+    use pgfleet_collector::store::{Op, Retention, Store};
+    use pgfleet_proto::model::{ArcStr, Session, SessionState};
+    use std::sync::Arc;
+
+    let now = pgfleet_proto::time::now_micros();
+    let end = now - now.rem_euclid(60_000_000);
+    let start = end - hours * 3_600_000_000;
+    let (query, database, web) = (
+        ArcStr::from("SELECT * FROM orders WHERE id = $1"),
+        ArcStr::from("orders"),
+        ArcStr::from("web"),
+    );
+    let sessions: Vec<Arc<Session>> = (0..10)
+        .map(|i| {
+            Arc::new(Session {
+                pid: 100 + i,
+                backend_start_us: start - 1_000_000,
+                database: database.clone(),
+                user: format!("user-{i}").into(),
+                application_name: web.clone(),
+                client: format!("10.0.0.{i}:5000").into(),
+                state: SessionState::Active,
+                query_start_us: Some(start),
+                wait_event_type: ArcStr::from(if i % 2 == 0 { "IO" } else { "" }),
+                wait_event: ArcStr::from(if i % 2 == 0 { "DataFileRead" } else { "" }),
+                query: query.clone(),
+                backend_type: ArcStr::from("client backend"),
+                fingerprint: FINGERPRINT,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let sessions = Arc::new(sessions);
+    let (mut counter, mut closed) = (Counter::default(), Vec::new());
+    for s in 0..=hours * 3600 {
+        let at = start + s * 1_000_000;
+        counter.sample(at, 1_000_000, &sessions, &mut closed, &mut |_, _| {});
+        if counter.unfinished() {
+            counter.finish(&mut closed);
+        }
+    }
+    let (store, _) = Store::open_sqlite(dir, Retention::default()).unwrap();
+    for i in 0..servers {
+        let id = format!("db-{i:03}");
+        store
+            .write(Op::Server {
+                server_id: id.clone(),
+                agent_id: format!("agent-{id}"),
+                labels: Default::default(),
+                interval_ms: 1000,
+            })
+            .await;
+        for op in pgfleet_collector::aggregator::load_writes(&id, closed.clone()) {
+            store.write(op).await;
+        }
+    }
+    store.flush().await;
+}
+
+/// A figure of the collector's `/metrics`.
+async fn metric(http: &str, name: &str) -> Result<f64, String> {
+    let (_, body) = http_get(http, "/metrics", None).await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {name} in /metrics"))
+}
+
+/// A page left stops its reads, and the collector stops reading for it: a
+/// fleet's week of one query takes minutes, and the store reads with three
+/// connections, so reads for pages nobody looks at would hold every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_left_stops_its_reads_on_the_collector() {
+    pgfleet_tests::init_logs();
+    let driver = driver().await;
+    let dir = std::env::temp_dir().join(format!("pgfleet-ui-reads-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let servers = pgfleet_tests::env_usize("PGFLEET_TEST_UI_READ_SERVERS", 60);
+    let written = std::time::Instant::now();
+    store_of_load(&dir, servers, 24).await;
+    let mut config =
+        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    config.read_tokens =
+        vec![pgfleet_common::settings::Token::new("read_tokens_file", READ).unwrap()];
+    let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
+    let base = format!("http://{http}");
+    let page = format!("{base}/queries/{FINGERPRINT:016x}?range=24h");
+
+    // The question the query's page asks, asked whole: how long it takes.
+    let asked = std::time::Instant::now();
+    let (head, body) = http_get(
+        &http,
+        &format!(
+            "/api/v1/load?range=24h&group_by=server&matchers=query%3D%22{FINGERPRINT:016x}%22"
+        ),
+        Some(&format!("Bearer {READ}")),
+    )
+    .await
+    .unwrap();
+    let whole = asked.elapsed();
+    eprintln!(
+        "{servers} servers' day written in {:?}, read whole in {whole:?}: {head}",
+        written.elapsed() - whole
+    );
+    assert!(head.contains("200"), "{head}\n{body}");
+    assert!(body.contains("db-000"), "{body}");
+    assert_eq!(
+        metric(&http, "pgfleet_collector_store_reads_abandoned_total").await,
+        Ok(0.0)
+    );
+
+    let c = browser(&driver, 1280, 800).await;
+    sign_in(&c, &base).await;
+    wait_text(&c, "#fleet", "db-000", Duration::from_secs(20)).await;
+    c.goto(&page).await.unwrap();
+    wait_text(&c, "#query-chart", "Reading", Duration::from_secs(10)).await;
+    wait_for(
+        "the page's reads under way",
+        Duration::from_secs(10),
+        || async {
+            match metric(&http, "pgfleet_collector_store_reads").await? {
+                n if n >= 1.0 => Ok(()),
+                n => Err(format!("{n} reads under way")),
+            }
+        },
+    )
+    .await;
+    // Left for the fleet, within the page (no reload).
+    let left = std::time::Instant::now();
+    c.find(Locator::Css("#crumbs a[href='/']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // However long its reads would have gone on: only a read stopped early
+    // is counted abandoned.
+    wait_for(
+        "the page's reads stopped",
+        Duration::from_secs(30),
+        || async {
+            let abandoned = metric(&http, "pgfleet_collector_store_reads_abandoned_total").await?;
+            let running = metric(&http, "pgfleet_collector_store_reads").await?;
+            if abandoned >= 1.0 && running == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{running} reads under way, {abandoned} abandoned"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "the reads stopped {:?} after the page was left",
+        left.elapsed()
+    );
+    wait_text(&c, "#fleet", "db-000", Duration::from_secs(20)).await;
+    let errors = console_errors(&c).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    c.close().await.unwrap();
+    collector.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,7 +31,11 @@ pub fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
     let app = axum::Router::new()
-        .merge(crate::metrics::routes(aggregator, tokens.clone()))
+        .merge(crate::metrics::routes(
+            aggregator,
+            query.store_reads(),
+            tokens.clone(),
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(api::routes(api::Api {
             query: Arc::new(query),

@@ -19,12 +19,18 @@ use pgfleet_proto::time::{Micros, now_micros};
 use crate::aggregator::{AggregatorHandle, FleetView, ServerView};
 use crate::auth::{Access, Tokens};
 use crate::rollup::Rollup;
+use crate::store::{ReadCounts, ReadFigures};
 
 /// The text format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// `/metrics`, which takes a token of `tokens.metrics` when there are any.
-pub fn routes(aggregator: AggregatorHandle, tokens: Tokens) -> axum::Router {
+/// `/metrics`, which takes a token of `tokens.metrics` when there are any;
+/// with the history store's `reads`, when the collector keeps one.
+pub fn routes(
+    aggregator: AggregatorHandle,
+    reads: Option<std::sync::Arc<ReadCounts>>,
+    tokens: Tokens,
+) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
@@ -34,13 +40,16 @@ pub fn routes(aggregator: AggregatorHandle, tokens: Tokens) -> axum::Router {
             headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
         );
         let view = aggregator.view();
+        let reads = reads.as_ref().map(|r| r.figures());
         async move {
             match allowed {
-                Ok(()) => (
-                    [(header::CONTENT_TYPE, CONTENT_TYPE)],
-                    render(&view, now_micros()),
-                )
-                    .into_response(),
+                Ok(()) => {
+                    let mut text = render(&view, now_micros());
+                    if let Some(reads) = reads {
+                        text.push_str(&store_reads(reads));
+                    }
+                    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+                }
                 Err(refused) => (
                     StatusCode::UNAUTHORIZED,
                     [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -51,6 +60,40 @@ pub fn routes(aggregator: AggregatorHandle, tokens: Tokens) -> axum::Router {
         }
     };
     axum::Router::new().route("/metrics", get(metrics))
+}
+
+/// The history store's reads: under way, started and given up.
+fn store_reads(reads: ReadFigures) -> String {
+    let mut out = Out {
+        text: String::new(),
+    };
+    out.family(
+        "pgfleet_collector_store_reads",
+        "gauge",
+        "Reads of the history store under way: waiting for a connection, or reading. A SQLite store reads with three connections, and a fleet-wide question over days takes tens of seconds, so while this stays at three or more, pages and commands that read history wait.",
+    );
+    out.sample("pgfleet_collector_store_reads", &[], reads.running as f64);
+    out.family(
+        "pgfleet_collector_store_reads_total",
+        "counter",
+        "Reads of the history store started: the web UI's charts, the JSON API's and the Query API's questions about the past.",
+    );
+    out.sample(
+        "pgfleet_collector_store_reads_total",
+        &[],
+        reads.started as f64,
+    );
+    out.family(
+        "pgfleet_collector_store_reads_abandoned_total",
+        "counter",
+        "Reads of the history store whose caller stopped waiting before they ended: a page left or reloaded, a command's --timeout passed. Each stopped there and gave its connection back. Many of them mean questions take longer than people wait: ask about fewer servers or a shorter range, or give the collector more CPU.",
+    );
+    out.sample(
+        "pgfleet_collector_store_reads_abandoned_total",
+        &[],
+        reads.abandoned as f64,
+    );
+    out.text
 }
 
 /// A text-format writer: one family at a time, its samples together.
@@ -640,6 +683,25 @@ mod tests {
                 .any(|l| l == "pgfleet_collector_store_wait_seconds_total 1.5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_store_s_reads_are_a_gauge_and_two_counters() {
+        let text = store_reads(ReadFigures {
+            started: 7,
+            running: 2,
+            abandoned: 3,
+        });
+        for line in [
+            "# TYPE pgfleet_collector_store_reads gauge",
+            "pgfleet_collector_store_reads 2",
+            "# TYPE pgfleet_collector_store_reads_total counter",
+            "pgfleet_collector_store_reads_total 7",
+            "# TYPE pgfleet_collector_store_reads_abandoned_total counter",
+            "pgfleet_collector_store_reads_abandoned_total 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 
     #[test]

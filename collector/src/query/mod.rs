@@ -72,6 +72,11 @@ impl QueryService {
             ..self
         }
     }
+
+    /// How its store's reads go, when it has a store.
+    pub fn store_reads(&self) -> Option<std::sync::Arc<crate::store::ReadCounts>> {
+        self.store.as_ref().map(Store::reads)
+    }
 }
 
 /// GetActivity's answer before it is a message: the server, the sample's

@@ -32,10 +32,13 @@
 mod frame;
 mod hours;
 pub mod postgres;
+mod reads;
 pub mod sqlite;
 
 pub use frame::{Frame, Rebuilt};
 use frame::{encode, replay};
+use reads::Reading;
+pub use reads::{ReadCounts, ReadFigures};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -405,6 +408,8 @@ pub struct Store {
     /// Query texts queued and not yet committed, by fingerprint.
     texts: Pending,
     reader: Reader,
+    /// Its reads under way and given up (see [`ReadCounts`]).
+    reads: Arc<ReadCounts>,
 }
 
 /// Query texts on their way to the store, by fingerprint: put in when
@@ -498,6 +503,7 @@ impl Store {
             durable,
             texts,
             reader,
+            reads: Arc::default(),
         })
     }
 
@@ -555,10 +561,13 @@ impl Store {
     /// The hours of rollups built, `[from, to)`: None before any, and for
     /// a PostgreSQL store, which reads minutes only.
     pub async fn hours_built(&self) -> Result<Option<(Micros, Micros)>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => self.blocking(hours::built, db.clone()).await,
-            Reader::Postgres(_) => Ok(None),
-        }
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => self.blocking(hours::built, db.clone()).await,
+                Reader::Postgres(_) => Ok(None),
+            }
+        })
+        .await
     }
 
     /// Whether other collectors may write it too (a PostgreSQL store).
@@ -582,24 +591,29 @@ impl Store {
         state: S,
         f: fn(&mut S, &str, Minute),
     ) -> Result<S, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => {
-                let db = db.clone();
-                self.blocking(
-                    move |db: &rusqlite::Connection| {
-                        let mut state = state;
-                        sqlite::each_minute(db, &read, |server_id, m| f(&mut state, server_id, m))?;
-                        Ok(state)
-                    },
-                    db,
-                )
-                .await
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    let db = db.clone();
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            let mut state = state;
+                            sqlite::each_minute(db, &read, |server_id, m| {
+                                f(&mut state, server_id, m)
+                            })?;
+                            Ok(state)
+                        },
+                        db,
+                    )
+                    .await
+                }
+                Reader::Postgres(pg) => pg
+                    .fold_minutes(read.start, read.end, read.servers, state, f)
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e)),
             }
-            Reader::Postgres(pg) => pg
-                .fold_minutes(read.start, read.end, read.servers, state, f)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
-        }
+        })
+        .await
     }
 
     /// Folds the minutes of load that start in `[start, end)`, of `servers`
@@ -616,27 +630,35 @@ impl Store {
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,
     ) -> Result<A, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => {
-                let db = db.clone();
-                self.blocking(
-                    move |db: &rusqlite::Connection| {
-                        sqlite::each_load(db, servers.as_deref(), start, end, wanted, |id, m| {
-                            f(&mut acc, id, m)
-                        })?;
-                        Ok(acc)
-                    },
-                    db,
-                )
-                .await
-            }
-            Reader::Postgres(pg) => {
-                pg.each_load(servers, start, end, wanted, |id, m| f(&mut acc, id, m))
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    let db = db.clone();
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            sqlite::each_load(
+                                db,
+                                servers.as_deref(),
+                                start,
+                                end,
+                                wanted,
+                                |id, m| f(&mut acc, id, m),
+                            )?;
+                            Ok(acc)
+                        },
+                        db,
+                    )
                     .await
-                    .map_err(|e| StoreError::new(&self.place, e))?;
-                Ok(acc)
+                }
+                Reader::Postgres(pg) => {
+                    pg.each_load(servers, start, end, wanted, |id, m| f(&mut acc, id, m))
+                        .await
+                        .map_err(|e| StoreError::new(&self.place, e))?;
+                    Ok(acc)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Folds the hours of load totals that start in `[start, end)`, of
@@ -650,27 +672,30 @@ impl Store {
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, &HourTotals) + Send + 'static,
     ) -> Result<A, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => {
-                let db = db.clone();
-                self.blocking(
-                    move |db: &rusqlite::Connection| {
-                        sqlite::each_hour(db, servers.as_deref(), start, end, |id, h| {
-                            f(&mut acc, id, h)
-                        })?;
-                        Ok(acc)
-                    },
-                    db,
-                )
-                .await
-            }
-            Reader::Postgres(pg) => {
-                pg.each_hour(servers, start, end, |id, h| f(&mut acc, id, h))
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    let db = db.clone();
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            sqlite::each_hour(db, servers.as_deref(), start, end, |id, h| {
+                                f(&mut acc, id, h)
+                            })?;
+                            Ok(acc)
+                        },
+                        db,
+                    )
                     .await
-                    .map_err(|e| StoreError::new(&self.place, e))?;
-                Ok(acc)
+                }
+                Reader::Postgres(pg) => {
+                    pg.each_hour(servers, start, end, |id, h| f(&mut acc, id, h))
+                        .await
+                        .map_err(|e| StoreError::new(&self.place, e))?;
+                    Ok(acc)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Folds the statement reads taken in `[start, end)`, of `servers`
@@ -683,31 +708,34 @@ impl Store {
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, Micros, Read) + Send + 'static,
     ) -> Result<A, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => {
-                let db = db.clone();
-                self.blocking(
-                    move |db: &rusqlite::Connection| {
-                        sqlite::each_statements(
-                            db,
-                            servers.as_deref(),
-                            start,
-                            end,
-                            |id, at, r| f(&mut acc, id, at, r),
-                        )?;
-                        Ok(acc)
-                    },
-                    db,
-                )
-                .await
-            }
-            Reader::Postgres(pg) => {
-                pg.each_statements(servers, start, end, |id, at, r| f(&mut acc, id, at, r))
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    let db = db.clone();
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            sqlite::each_statements(
+                                db,
+                                servers.as_deref(),
+                                start,
+                                end,
+                                |id, at, r| f(&mut acc, id, at, r),
+                            )?;
+                            Ok(acc)
+                        },
+                        db,
+                    )
                     .await
-                    .map_err(|e| StoreError::new(&self.place, e))?;
-                Ok(acc)
+                }
+                Reader::Postgres(pg) => {
+                    pg.each_statements(servers, start, end, |id, at, r| f(&mut acc, id, at, r))
+                        .await
+                        .map_err(|e| StoreError::new(&self.place, e))?;
+                    Ok(acc)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// The texts of these fingerprints, where known: those on their way to
@@ -740,20 +768,23 @@ impl Store {
         &self,
         fingerprints: Vec<u64>,
     ) -> Result<HashMap<u64, String>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, _) => {
-                let db = db.clone();
-                self.blocking(
-                    move |db: &rusqlite::Connection| sqlite::texts(db, &fingerprints),
-                    db,
-                )
-                .await
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    let db = db.clone();
+                    self.blocking(
+                        move |db: &rusqlite::Connection| sqlite::texts(db, &fingerprints),
+                        db,
+                    )
+                    .await
+                }
+                Reader::Postgres(pg) => pg
+                    .texts(fingerprints)
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e)),
             }
-            Reader::Postgres(pg) => pg
-                .texts(fingerprints)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
-        }
+        })
+        .await
     }
 
     /// `server_id` as it was at `at`, rebuilt from the frame at or before
@@ -763,22 +794,25 @@ impl Store {
         server_id: String,
         at: Micros,
     ) -> Result<Option<Rebuilt>, StoreError> {
-        match &self.reader {
-            Reader::Sqlite(db, unindexed) => {
-                let (db, unindexed) = (db.clone(), unindexed.clone());
-                self.blocking(
-                    move |db: &rusqlite::Connection| {
-                        sqlite::rebuild(db, &unindexed, &server_id, at)
-                    },
-                    db,
-                )
-                .await
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, unindexed) => {
+                    let (db, unindexed) = (db.clone(), unindexed.clone());
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            sqlite::rebuild(db, &unindexed, &server_id, at)
+                        },
+                        db,
+                    )
+                    .await
+                }
+                Reader::Postgres(pg) => pg
+                    .rebuild(&server_id, at)
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e)),
             }
-            Reader::Postgres(pg) => pg
-                .rebuild(&server_id, at)
-                .await
-                .map_err(|e| StoreError::new(&self.place, e)),
-        }
+        })
+        .await
     }
 
     /// Where a shared store says `agent_id` stopped, for an agent that
@@ -825,6 +859,20 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::new(&self.place, e)),
         }
+    }
+
+    /// Awaits `read`, counted among the reads under way until it ends, and
+    /// as abandoned when its caller stops waiting for it first.
+    async fn counted<T>(&self, read: impl Future<Output = T>) -> T {
+        let reading = Reading::begin(&self.reads);
+        let out = read.await;
+        reading.finished();
+        out
+    }
+
+    /// How its reads go: under way, and given up.
+    pub fn reads(&self) -> Arc<ReadCounts> {
+        self.reads.clone()
     }
 
     /// Runs `read` on a thread for blocking work, with a connection of
@@ -1245,6 +1293,15 @@ mod tests {
         for read in reads.collect::<Vec<_>>() {
             assert_eq!(read.await.unwrap().unwrap(), 400);
         }
+        // /metrics counts the one given up, and the three that ended.
+        assert_eq!(
+            store.reads().figures(),
+            ReadFigures {
+                started: 1 + SQLITE_READERS as u64,
+                running: 0,
+                abandoned: 1
+            }
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

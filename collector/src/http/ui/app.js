@@ -87,10 +87,18 @@ function signIn() {
   return signingIn;
 }
 
-/** GET /api/v1/{path} as JSON; a refusal throws its message. */
+// The reads of the page shown: stopped when another is shown, so that the
+// collector stops them too (a fleet's week of one query takes minutes, and
+// its store reads with three connections) rather than reading on for a
+// page nobody looks at.
+let reads = new AbortController();
+
+/** GET /api/v1/{path} as JSON, one of the page's reads; a refusal throws
+ * its message. */
 async function api(path) {
+  const signal = reads.signal;
   for (;;) {
-    const r = await fetch('/api/v1/' + path, { headers: authHeaders() });
+    const r = await fetch('/api/v1/' + path, { headers: authHeaders(), signal });
     if (r.status === 401) { await signIn(); continue; }
     const body = await r.json();
     if (!r.ok) throw new Error(body.error ? body.error.message : r.statusText);
@@ -160,6 +168,8 @@ function setParams(changes, replace) {
 function route() {
   for (const f of leave) f();
   leave = [];
+  reads.abort();
+  reads = new AbortController();
   const path = location.pathname;
   let m;
   crumbs.replaceChildren();
@@ -179,7 +189,24 @@ document.addEventListener('click', (e) => {
 });
 
 function failed(where, e) {
+  // A read stopped because its page was left has nothing to say.
+  if (e && e.name === 'AbortError') return;
   where.replaceChildren(h('p', { class: 'error' }, String(e.message || e)));
+}
+
+/** `el` says it is waiting for a read of the history, and after a few
+ * seconds for how long: a question about many servers over days takes a
+ * while, and a blank chart looks broken. Replaced by the answer. */
+function reading(el) {
+  const said = h('p', { class: 'muted reading' }, 'Reading…');
+  el.replaceChildren(said);
+  const started = Date.now();
+  const timer = setInterval(() => {
+    if (!said.isConnected) { clearInterval(timer); return; }
+    const s = Math.round((Date.now() - started) / 1000);
+    if (s >= 3) said.textContent = `Reading… ${s} s so far: a question about many servers over days can take a minute or more.`;
+  }, 1000);
+  return el;
 }
 
 // ---- Small charts -------------------------------------------------------------
@@ -403,11 +430,11 @@ function serverPage(id) {
   document.title = 'pgfleet: ' + id;
   crumbs.replaceChildren(link('/', 'fleet'), ' / ', id);
   const head = h('div', {}, h('h1', {}, id));
-  const chartEl = h('div', { id: 'load-chart' });
-  const topEl = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const chartEl = reading(h('div', { id: 'load-chart' }));
+  const topEl = reading(h('div', {}));
   const sessionsEl = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const poolsEl = h('div', {});
-  const poolLanes = h('div', { id: 'pool-timeline' });
+  const poolLanes = reading(h('div', { id: 'pool-timeline' }));
   const dbEl = h('div', {});
   const rangeSelect = h('select', { id: 'range' },
     (range.zoomed ? [h('option', { value: '', selected: true }, 'zoomed')] : []).concat(
@@ -623,8 +650,8 @@ function queryPage(fp) {
   const range = rangeOf(p);
   document.title = 'pgfleet: query ' + fp;
   crumbs.replaceChildren(link('/', 'fleet'), ' / query ', fp);
-  const chartEl = h('div', { id: 'query-chart' });
-  const statsEl = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const chartEl = reading(h('div', { id: 'query-chart' }));
+  const statsEl = reading(h('div', {}));
   const rangeSelect = h('select', { id: 'range' }, RANGES.map((r) =>
     h('option', { value: r, selected: (p.get('range') || '1h') === r }, r)));
   rangeSelect.addEventListener('change', () => setParams({ range: rangeSelect.value, start: null, end: null }));

@@ -1,0 +1,104 @@
+//! How the store's reads go, for `/metrics`: how many are under way, and
+//! how many their callers stopped waiting for (a page left, a client's
+//! deadline). A fleet-wide read of days takes tens of seconds, and a SQLite
+//! store reads with three connections: reads that pile up, or that people
+//! give up on, are what an operator looks for when pages wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The store's reads, counted as they start and end.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
+    started: AtomicU64,
+    ended: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// What [`ReadCounts`] holds at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadFigures {
+    /// Reads started.
+    pub started: u64,
+    /// Reads under way: waiting for a connection, or reading.
+    pub running: u64,
+    /// Reads whose caller stopped waiting before they ended. Each stopped
+    /// there and gave its connection back.
+    pub abandoned: u64,
+}
+
+impl ReadCounts {
+    /// The figures now.
+    pub fn figures(&self) -> ReadFigures {
+        // Ended before started, so that a read ending between the two loads
+        // never makes the difference negative.
+        let ended = self.ended.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
+        ReadFigures {
+            started,
+            running: started.saturating_sub(ended),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One read under way: it ends when dropped, abandoned unless
+/// [`Reading::finished`] said it ran to its end first.
+pub(super) struct Reading {
+    counts: Arc<ReadCounts>,
+    finished: bool,
+}
+
+impl Reading {
+    pub(super) fn begin(counts: &Arc<ReadCounts>) -> Reading {
+        counts.started.fetch_add(1, Ordering::Relaxed);
+        Reading {
+            counts: counts.clone(),
+            finished: false,
+        }
+    }
+
+    /// The read ran to its end (with an answer or an error).
+    pub(super) fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
+        self.counts.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_dropped_before_its_end_is_counted_abandoned() {
+        let counts = Arc::new(ReadCounts::default());
+        let done = Reading::begin(&counts);
+        let left = Reading::begin(&counts);
+        assert_eq!(
+            counts.figures(),
+            ReadFigures {
+                started: 2,
+                running: 2,
+                abandoned: 0
+            }
+        );
+        done.finished();
+        drop(left);
+        assert_eq!(
+            counts.figures(),
+            ReadFigures {
+                started: 2,
+                running: 0,
+                abandoned: 1
+            }
+        );
+    }
+}
