@@ -97,6 +97,17 @@ impl Matcher {
         &self.name
     }
 
+    /// Whether it takes only the values that equal or match its own (`=`,
+    /// `=~`), rather than all but those (`!=`, `!~`).
+    pub fn takes_only_its_own(&self) -> bool {
+        matches!(self.op, Op::Eq | Op::Re)
+    }
+
+    /// The one value it takes, for `name="value"`.
+    pub fn equal_to(&self) -> Option<&str> {
+        (self.op == Op::Eq).then_some(self.value.as_str())
+    }
+
     /// Whether `value` (None: the label is absent) matches.
     pub fn matches(&self, value: Option<&str>) -> bool {
         let value = value.unwrap_or("");

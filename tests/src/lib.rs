@@ -8,6 +8,7 @@
 pub mod faultproxy;
 mod pgbouncer;
 pub mod pki;
+pub mod stored;
 
 use std::future::Future;
 use std::time::Duration;
@@ -339,4 +340,13 @@ pub fn agent_in_dc(
     config.labels.insert("dc".into(), dc.into());
     config.pool_reporter = None;
     pgfleet_agent::start(config).unwrap()
+}
+
+/// A figure of the collector's `/metrics`.
+pub async fn metric(http: &str, name: &str) -> Result<f64, String> {
+    let (_, body) = http_get(http, "/metrics", None).await?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {name} in /metrics"))
 }

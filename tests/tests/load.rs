@@ -508,3 +508,136 @@ async fn pgbench_statements_join_their_load_and_a_reset_gives_no_negative_number
     drop(reset);
     fleet.stop().await;
 }
+
+/// A question about one query passes over the hours whose dictionaries do
+/// not name it, adding their samples and coverage from their totals, and
+/// answers as a read of every minute does: `query!="R"` takes the same
+/// tuples as `query="Q"` where only Q and R ran, and is read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
+    use pgfleet_tests::stored::{load_of, write_load};
+    const Q: u64 = 0x0000_0000_0000_0a0a;
+    const R: u64 = 0x0000_0000_0000_0b0b;
+    let dir = std::env::temp_dir().join(format!("pgfleet-pass-over-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let now = now_micros();
+    let end = now - now.rem_euclid(60_000_000);
+    // db-a runs Q throughout, db-b never, db-c for its first three hours.
+    let (a, b, c) = (
+        load_of(end, 6, |_| Q),
+        load_of(end, 6, |_| R),
+        load_of(end, 6, |h| if h < 3 { Q } else { R }),
+    );
+    write_load(
+        &dir,
+        &[
+            ("db-a".to_owned(), &a[..]),
+            ("db-b".to_owned(), &b[..]),
+            ("db-c".to_owned(), &c[..]),
+        ],
+    )
+    .await;
+    let mut config =
+        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
+    let mut client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
+        .await
+        .unwrap();
+    let reads = || pgfleet_tests::metric(&http, "pgfleet_collector_store_reads_total");
+    let mut ask = async |matcher: String, step: Micros| {
+        let before = reads().await.unwrap();
+        let r = client
+            .query_load(v1::QueryLoadRequest {
+                start: Some(timestamp(end - 6 * pgfleet_tests::stored::HOUR_US)),
+                end: Some(timestamp(end)),
+                step: Some(pgfleet_proto::time::duration(step)),
+                group_by: "server".into(),
+                matchers: vec![matcher],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r, reads().await.unwrap() - before)
+    };
+    let series = |r: &v1::QueryLoadResponse| -> Vec<(String, Vec<f64>)> {
+        r.series
+            .iter()
+            .map(|s| (s.key.clone(), s.points.iter().map(|p| p.value).collect()))
+            .collect()
+    };
+    for step in [
+        60_000_000,
+        15 * 60_000_000,
+        3_600_000_000,
+        2 * 3_600_000_000,
+    ] {
+        let (passed, read_passing) = ask(format!("query=\"{Q:016x}\""), step).await;
+        let (whole, read_whole) = ask(format!("query!=\"{R:016x}\""), step).await;
+        // Its dictionaries, its passed hours' totals, then the minutes.
+        assert_eq!((read_passing, read_whole), (3.0, 1.0), "step {step}");
+        assert_eq!(series(&passed), series(&whole), "step {step}");
+        assert_eq!(passed.coverage, whole.coverage, "step {step}");
+        // Every step covered whole: the hours passed over count.
+        let thin: Vec<f64> = passed
+            .coverage
+            .iter()
+            .map(|p| p.value)
+            .filter(|v| (v - 1.0).abs() > 1e-9)
+            .collect();
+        assert!(thin.is_empty(), "step {step}: coverage {thin:?}");
+        let of = |key: &str| {
+            series(&passed)
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+        };
+        assert!(of("db-b").is_none(), "step {step}: {:?}", series(&passed));
+        let a = of("db-a").unwrap();
+        assert!(a.iter().all(|v| (v - 10.0).abs() < 1e-9), "{a:?}");
+        // db-c: ten in its first three hours, nothing after; a step across
+        // the change has its share (its samples of the hours passed over
+        // count too).
+        let c = of("db-c").unwrap();
+        let hours_of = step as f64 / 3_600_000_000.0;
+        for (i, v) in c.iter().enumerate() {
+            let (from, to) = (i as f64 * hours_of, (i + 1) as f64 * hours_of);
+            let share = ((3.0f64.min(to) - from) / (to - from)).clamp(0.0, 1.0);
+            assert!((v - 10.0 * share).abs() < 1e-9, "step {step}, {i}: {c:?}");
+        }
+    }
+    // The top queries of the range: Q's load and its statistics, from the
+    // hours that ran it, whichever way they are asked for.
+    let mut top = async |matcher: String| {
+        let before = reads().await.unwrap();
+        let r = client
+            .top_queries(v1::TopQueriesRequest {
+                start: Some(timestamp(end - 6 * pgfleet_tests::stored::HOUR_US)),
+                end: Some(timestamp(end)),
+                matchers: vec![matcher],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (r, reads().await.unwrap() - before)
+    };
+    let (passed, read_passing) = top(format!("query=\"{Q:016x}\"")).await;
+    let (whole, read_whole) = top(format!("query!=\"{R:016x}\"")).await;
+    assert_eq!(read_passing, read_whole + 2.0, "dictionaries and totals");
+    assert_eq!(passed, whole);
+    let q = &passed.queries[..];
+    assert_eq!(q.len(), 1, "{q:?}");
+    // Ten sessions on db-a throughout and db-c for half the range.
+    assert!((q[0].load - 15.0).abs() < 1e-9, "{q:?}");
+    let stats = q[0].statistics.as_ref().unwrap();
+    assert!(
+        stats.calls >= 10 * (9 * 60 - 20) && stats.calls <= 10 * 9 * 60,
+        "nine hours of reads each minute: {stats:?}"
+    );
+    collector.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

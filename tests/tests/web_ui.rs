@@ -13,7 +13,9 @@ use fantoccini::actions::InputSource;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use pgfleet_cli::sandbox::TempCluster;
-use pgfleet_tests::{agent_in_dc, collector_with_read_token, free_port, http_get, wait_for};
+use pgfleet_tests::{
+    agent_in_dc, collector_with_read_token, free_port, http_get, metric, stored, wait_for,
+};
 use serde_json::{Value, json};
 
 const READ: &str = "read-token-for-the-web-ui-012345";
@@ -393,81 +395,8 @@ async fn the_pages_show_the_fleet_a_server_its_load_and_its_past_sessions() {
     cluster.destroy().await;
 }
 
-/// The query every session of [`store_of_load`] runs.
+/// The query every session of the stored load runs.
 const FINGERPRINT: u64 = 0x0123_4567_89ab_cdef;
-
-/// A store under `dir` of `servers` servers (`db-000`, …), each with
-/// `hours` hours of DB load up to now: ten sessions always active on
-/// [`FINGERPRINT`], each its own user and client host.
-async fn store_of_load(dir: &std::path::Path, servers: usize, hours: i64) {
-    use pgfleet_collector::load::Counter;
-    use pgfleet_collector::store::{Op, Retention, Store};
-    use pgfleet_proto::model::{ArcStr, Session, SessionState};
-    use std::sync::Arc;
-
-    let now = pgfleet_proto::time::now_micros();
-    let end = now - now.rem_euclid(60_000_000);
-    let start = end - hours * 3_600_000_000;
-    let (query, database, web) = (
-        ArcStr::from("SELECT * FROM orders WHERE id = $1"),
-        ArcStr::from("orders"),
-        ArcStr::from("web"),
-    );
-    let sessions: Vec<Arc<Session>> = (0..10)
-        .map(|i| {
-            Arc::new(Session {
-                pid: 100 + i,
-                backend_start_us: start - 1_000_000,
-                database: database.clone(),
-                user: format!("user-{i}").into(),
-                application_name: web.clone(),
-                client: format!("10.0.0.{i}:5000").into(),
-                state: SessionState::Active,
-                query_start_us: Some(start),
-                wait_event_type: ArcStr::from(if i % 2 == 0 { "IO" } else { "" }),
-                wait_event: ArcStr::from(if i % 2 == 0 { "DataFileRead" } else { "" }),
-                query: query.clone(),
-                backend_type: ArcStr::from("client backend"),
-                fingerprint: FINGERPRINT,
-                ..Default::default()
-            })
-        })
-        .collect();
-    let sessions = Arc::new(sessions);
-    let (mut counter, mut closed) = (Counter::default(), Vec::new());
-    for s in 0..=hours * 3600 {
-        let at = start + s * 1_000_000;
-        counter.sample(at, 1_000_000, &sessions, &mut closed, &mut |_, _| {});
-        if counter.unfinished() {
-            counter.finish(&mut closed);
-        }
-    }
-    let (store, _) = Store::open_sqlite(dir, Retention::default()).unwrap();
-    for i in 0..servers {
-        let id = format!("db-{i:03}");
-        store
-            .write(Op::Server {
-                server_id: id.clone(),
-                agent_id: format!("agent-{id}"),
-                labels: Default::default(),
-                interval_ms: 1000,
-            })
-            .await;
-        for op in pgfleet_collector::aggregator::load_writes(&id, closed.clone()) {
-            store.write(op).await;
-        }
-    }
-    store.flush().await;
-}
-
-/// A figure of the collector's `/metrics`.
-async fn metric(http: &str, name: &str) -> Result<f64, String> {
-    let (_, body) = http_get(http, "/metrics", None).await?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no {name} in /metrics"))
-}
 
 /// A page left stops its reads, and the collector stops reading for it: a
 /// fleet's week of one query takes minutes, and the store reads with three
@@ -481,7 +410,12 @@ async fn a_page_left_stops_its_reads_on_the_collector() {
     std::fs::create_dir_all(&dir).unwrap();
     let servers = pgfleet_tests::env_usize("PGFLEET_TEST_UI_READ_SERVERS", 60);
     let written = std::time::Instant::now();
-    store_of_load(&dir, servers, 24).await;
+    let end = pgfleet_proto::time::now_micros();
+    let day = stored::load_of(end - end.rem_euclid(60_000_000), 24, |_| FINGERPRINT);
+    let fleet: Vec<(String, &[_])> = (0..servers)
+        .map(|i| (format!("db-{i:03}"), &day[..]))
+        .collect();
+    stored::write_load(&dir, &fleet).await;
     let mut config =
         pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
     config.http_listen = Some(([127, 0, 0, 1], 0).into());

@@ -12,11 +12,20 @@
 //! start) makes its own ids, so two collectors writing one server's hour to
 //! a shared store never overwrite each other's dictionary.
 //!
+//! A row names a dictionary of its own hour, even one that comes late (an
+//! agent's spool replayed after an outage): the writer makes such a row a
+//! dictionary of that hour, beside the one of the hour it is writing. So a
+//! server-hour's dictionaries name every string and fingerprint its rows
+//! do, and a question about one query can pass over the hours whose
+//! dictionaries do not name it (see [`super::ask::Scope::may_hold`]).
+//! Dictionaries written so say it (`own_hour`); those of earlier versions,
+//! which gave a late row the dictionary of the hour being written, do not.
+//!
 //! A row written before dictionaries holds its own strings (id 0), and
 //! still reads.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::hash::{BuildHasher, Hasher};
 
 use pgfleet_proto::time::Micros;
@@ -57,6 +66,24 @@ impl Dictionary {
             body: self.tables.encode(),
         }
     }
+
+    /// A new dictionary of `hour` for `server_id`, under an id of its own.
+    fn fresh(ids: &RandomState, made: &mut u64, server_id: &str, hour: Micros) -> Dictionary {
+        // Random per writer, and new for every dictionary it makes (one made
+        // again for an hour whose first was let go must not overwrite it);
+        // never 0, which names a row's own strings.
+        *made += 1;
+        let mut h = ids.build_hasher();
+        h.write(server_id.as_bytes());
+        h.write_u64(*made);
+        Dictionary {
+            id: (h.finish() >> 1) as i64 | 1,
+            hour,
+            tables: Tables::default(),
+            written: 0,
+            listed: false,
+        }
+    }
 }
 
 /// The writer's dictionaries, a server each.
@@ -67,8 +94,11 @@ pub struct Dictionaries {
     /// that ended with keys not yet written.
     grown: Vec<String>,
     ended: Vec<KeysRow>,
+    /// Dictionaries of earlier hours than their servers' own, for rows that
+    /// came late, until the commit that writes them.
+    late: HashMap<(String, Micros), Dictionary>,
     /// Where ids come from: random per writer.
-    ids: std::collections::hash_map::RandomState,
+    ids: RandomState,
     /// How many dictionaries it made.
     made: u64,
     /// The latest hour a row was written for, and the latest one when the
@@ -104,12 +134,17 @@ impl Dictionaries {
                 rows.push(d.row(server_id));
             }
         }
+        for ((server_id, _), d) in &self.late {
+            rows.push(d.row(server_id));
+        }
         rows
     }
 
     /// After a commit of what [`Dictionaries::unwritten`] gave: written.
     pub fn committed(&mut self) {
         self.ended.clear();
+        // Late rows that come after get a dictionary anew.
+        self.late.clear();
         for server_id in self.grown.drain(..) {
             if let Some(d) = self.servers.get_mut(&server_id) {
                 d.written = d.tables.len();
@@ -128,27 +163,20 @@ impl Dictionaries {
     }
 
     /// `server_id`'s dictionary for a row that starts at `at`: a new one
-    /// (a new id) for a later hour than the one it holds.
+    /// (a new id) for a later hour than the one it holds, and one of the
+    /// row's own hour, until the next commit, for an earlier one.
     fn of(&mut self, server_id: &str, at: Micros) -> (i64, &mut Tables) {
         let hour = at - at.rem_euclid(HOUR_US);
         self.latest = self.latest.max(hour);
         let (made, ids) = (&mut self.made, &self.ids);
-        // Random per writer, and new for every dictionary it makes (one made
-        // again for an hour whose first was let go must not overwrite it);
-        // never 0, which names a row's own strings.
-        let mut fresh = || {
-            *made += 1;
-            let mut h = ids.build_hasher();
-            h.write(server_id.as_bytes());
-            h.write_u64(*made);
-            Dictionary {
-                id: (h.finish() >> 1) as i64 | 1,
-                hour,
-                tables: Tables::default(),
-                written: 0,
-                listed: false,
-            }
-        };
+        let mut fresh = || Dictionary::fresh(ids, made, server_id, hour);
+        if self.servers.get(server_id).is_some_and(|d| d.hour > hour) {
+            let d = self
+                .late
+                .entry((server_id.to_owned(), hour))
+                .or_insert_with(fresh);
+            return (d.id, &mut d.tables);
+        }
         let d = match self.servers.entry(server_id.to_owned()) {
             Entry::Vacant(v) => v.insert(fresh()),
             Entry::Occupied(o) => {

@@ -2,6 +2,8 @@
 //! fleet-wide questions over long ranges read (a day of a thousand servers
 //! is 24,000 small rows rather than 1.44 million minutes).
 
+use std::collections::{BTreeSet, HashMap};
+
 use pgfleet_proto::time::Micros;
 
 use super::{Bucket, COARSE_US, Class};
@@ -11,6 +13,56 @@ pub const HOUR_US: Micros = 3_600_000_000;
 
 /// How many numbers a minute takes in the stored row.
 const CELLS: usize = 6;
+
+/// Hours of some servers, each by its start: those a read passes over.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ServerHours(HashMap<String, BTreeSet<Micros>>);
+
+impl ServerHours {
+    pub fn insert(&mut self, server_id: &str, hour: Micros) {
+        match self.0.get_mut(server_id) {
+            Some(hours) => {
+                hours.insert(hour);
+            }
+            None => {
+                self.0.insert(server_id.to_owned(), BTreeSet::from([hour]));
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.values().all(BTreeSet::is_empty)
+    }
+
+    /// Whether the hour that holds `at` is one of `server_id`'s.
+    pub fn holds(&self, server_id: &str, at: Micros) -> bool {
+        self.0
+            .get(server_id)
+            .is_some_and(|h| h.contains(&(at - at.rem_euclid(HOUR_US))))
+    }
+
+    /// The parts of `[start, end)` outside `server_id`'s hours, in order.
+    pub fn gaps(&self, server_id: &str, start: Micros, end: Micros) -> Vec<(Micros, Micros)> {
+        let mut out = Vec::new();
+        let mut from = start;
+        let first = start - start.rem_euclid(HOUR_US);
+        for &hour in self
+            .0
+            .get(server_id)
+            .into_iter()
+            .flat_map(|h| h.range(first..end))
+        {
+            if hour > from {
+                out.push((from, hour));
+            }
+            from = from.max(hour + HOUR_US);
+        }
+        if from < end {
+            out.push((from, end));
+        }
+        out
+    }
+}
 
 /// One minute of one server, by class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -190,6 +242,39 @@ struct StoredHour {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gaps_of_a_server_s_hours_are_the_rest_of_a_range() {
+        let h0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let mut hours = ServerHours::default();
+        assert!(hours.is_empty());
+        for h in [
+            h0 + HOUR_US,
+            h0 + 2 * HOUR_US,
+            h0 + 4 * HOUR_US,
+            h0 + 9 * HOUR_US,
+        ] {
+            hours.insert("a", h);
+        }
+        let m = COARSE_US;
+        // From mid-hour to mid-hour: the skipped hours cut out whole.
+        assert_eq!(
+            hours.gaps("a", h0 + 30 * m, h0 + 4 * HOUR_US + 30 * m),
+            [
+                (h0 + 30 * m, h0 + HOUR_US),
+                (h0 + 3 * HOUR_US, h0 + 4 * HOUR_US)
+            ]
+        );
+        // A range that starts inside a skipped hour starts after it.
+        assert_eq!(
+            hours.gaps("a", h0 + HOUR_US + m, h0 + 4 * HOUR_US),
+            [(h0 + 3 * HOUR_US, h0 + 4 * HOUR_US)]
+        );
+        assert_eq!(hours.gaps("a", h0 + HOUR_US, h0 + 3 * HOUR_US), []);
+        assert_eq!(hours.gaps("b", h0, h0 + m), [(h0, h0 + m)]);
+        assert!(hours.holds("a", h0 + 4 * HOUR_US + 59 * m));
+        assert!(!hours.holds("a", h0 + 5 * HOUR_US) && !hours.holds("b", h0 + HOUR_US));
+    }
 
     #[test]
     fn hours_keep_each_minute_once_and_come_back_as_stored() {

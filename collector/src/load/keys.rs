@@ -56,6 +56,7 @@ impl Tables {
         let stored = StoredKeys {
             strings: self.strings.values.iter().map(|s| s.to_string()).collect(),
             queries: self.queries.values.clone(),
+            own_hour: true,
         };
         compressed(stored.encode_to_vec())
     }
@@ -66,6 +67,9 @@ impl Tables {
 pub struct Keys {
     pub(super) strings: Vec<ArcStr>,
     pub(super) queries: Vec<u64>,
+    /// Whether every row that names it starts in its hour (see
+    /// [`super::dictionaries`]): not so for earlier versions' dictionaries.
+    pub(super) own_hour: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,9 +78,27 @@ struct StoredKeys {
     strings: Vec<String>,
     #[prost(fixed64, repeated, tag = "2")]
     queries: Vec<u64>,
+    #[prost(bool, tag = "3")]
+    own_hour: bool,
 }
 
 impl Keys {
+    /// Whether every row that names it starts in its hour.
+    pub fn own_hour(&self) -> bool {
+        self.own_hour
+    }
+
+    /// A dictionary as versions before `own_hour` stored it.
+    #[cfg(test)]
+    pub(crate) fn encode_as_before(strings: &[&str]) -> Vec<u8> {
+        let stored = StoredKeys {
+            strings: strings.iter().map(|s| (*s).to_owned()).collect(),
+            queries: Vec::new(),
+            own_hour: false,
+        };
+        compressed(stored.encode_to_vec())
+    }
+
     /// A stored dictionary back; None when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Keys> {
         let bytes = decompressed(bytes)?;
@@ -84,6 +106,7 @@ impl Keys {
         Some(Keys {
             strings: s.strings.into_iter().map(ArcStr::from).collect(),
             queries: s.queries,
+            own_hour: s.own_hour,
         })
     }
 }
@@ -243,8 +266,8 @@ mod tests {
                     .filter(|(s, _)| s != "s3" || hour != 2)
                     .map(|(s, id)| {
                         let keys = Keys {
-                            strings: Vec::new(),
                             queries: vec![hour as u64],
+                            ..Keys::default()
                         };
                         ((s.clone(), *id), keys)
                     })

@@ -506,6 +506,7 @@ impl Bucket {
             own = Keys {
                 strings: s.strings.into_iter().map(ArcStr::from).collect(),
                 queries: s.queries,
+                own_hour: false,
             };
             (&own.strings, &own.queries)
         } else {

@@ -212,6 +212,40 @@ fn a_dictionary_whose_hour_ended_unwritten_is_still_written() {
     );
 }
 
+#[test]
+fn a_late_row_names_a_dictionary_of_its_own_hour() {
+    let hour = 1_800_000_000_000_000 - 1_800_000_000_000_000 % hours::HOUR_US;
+    let mut d = dictionaries::Dictionaries::default();
+    let now = minute_of(hour + 2 * hours::HOUR_US, &["app"]);
+    row(&mut d, &now);
+    d.committed();
+    // An agent's spool brings a minute of two hours before.
+    let late = minute_of(hour + 5 * COARSE_US, &["late-app"]);
+    let body = row(&mut d, &late);
+    let rows = d.unwritten();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].hour, hour, "the late row's own hour");
+    let keys = keys::Keys::decode(&rows[0].body).unwrap();
+    assert!(keys.own_hour);
+    assert!(keys.strings.iter().any(|s| &**s == "late-app"));
+    assert_eq!(
+        read_back(late.coarse.start, &body, &rows),
+        Some(late.clone())
+    );
+    // The hour being written keeps its own dictionary, which the late
+    // row's strings did not go into.
+    let again = row(&mut d, &now);
+    let current = MinuteLoad::parse(now.coarse.start, &again).unwrap().keys();
+    assert_ne!(current, rows[0].id);
+    d.committed();
+    assert!(d.unwritten().is_empty());
+    // Late again after the commit: a dictionary of that hour anew.
+    row(&mut d, &late);
+    let second = d.unwritten();
+    assert_eq!((second.len(), second[0].hour), (1, hour));
+    assert_ne!(second[0].id, rows[0].id);
+}
+
 /// The bound as it was written on strings before it worked on interned ids
 /// ([`intern`]): the oracle the interned one must agree with.
 fn reference_bound(b: &mut Bucket) {

@@ -14,7 +14,7 @@ use super::QueryService;
 use crate::aggregator::ServerView;
 use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
 use crate::load::count::Closed;
-use crate::load::hours::HOUR_US;
+use crate::load::hours::{HOUR_US, HourTotals, ServerHours};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{Bucket, COARSE_US, MinuteLoad, Wanted};
 use crate::store::Store;
@@ -51,7 +51,8 @@ impl QueryService {
     /// Folds the buckets `scope` reads of `servers` into `acc` with `add`:
     /// each stored minute as it is read (with what `wanted` reads of it), so
     /// that a fleet's day is never held at once, but those the counters hold
-    /// open (`open`), which replace their stored copies.
+    /// open (`open`), which replace their stored copies; not those in the
+    /// hours of `skip` (see [`QueryService::pass_over`]).
     #[allow(clippy::too_many_arguments)]
     async fn fold_buckets<A: Send + 'static>(
         &self,
@@ -60,6 +61,7 @@ impl QueryService {
         wanted: Wanted,
         servers: Vec<String>,
         open: &[(String, Vec<Closed>)],
+        skip: Option<ServerHours>,
         acc: A,
         add: fn(&mut A, &str, &Bucket),
     ) -> Result<A, Status> {
@@ -81,6 +83,7 @@ impl QueryService {
                 first,
                 scope.end,
                 wanted,
+                skip,
                 acc,
                 move |acc, id, m| {
                     if !replaced.holds(id, m.coarse.start) {
@@ -94,6 +97,87 @@ impl QueryService {
             scope.each_bucket(m, |b| add(&mut acc, id, b));
         }
         Ok(acc)
+    }
+
+    /// Passes over the hours of `servers` in `scope` whose dictionaries name
+    /// nothing its filters take (the load of one query, of one
+    /// application): their rows hold no tuple it would count, so each is
+    /// added with `passed` from its totals (its minutes' samples and
+    /// coverage) and not read. Only whole hours that ended with every
+    /// minute stored: one whose totals do not list the same minutes as its
+    /// rows, or that holds a minute the counters hold open (`held`), is
+    /// read as ever.
+    async fn pass_over<A: Send + 'static>(
+        &self,
+        store: &Store,
+        scope: &Scope,
+        servers: &[String],
+        open: &[(String, Vec<Closed>)],
+        acc: A,
+        passed: fn(&mut A, &str, &HourTotals),
+    ) -> Result<(A, Passed), Status> {
+        let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
+        let done = now_micros() - MINUTE_REACH;
+        let first = scope.start - scope.start.rem_euclid(HOUR_US);
+        let end = scope.end.min(done - done.rem_euclid(HOUR_US));
+        if !scope.prunes() || first >= end {
+            return Ok((acc, Passed::default()));
+        }
+        let asked = scope.clone();
+        let passable = store
+            .passable_hours(servers.to_vec(), first, end, move |keys| {
+                asked.may_hold(keys)
+            })
+            .await
+            .map_err(internal)?;
+        let Some(mut passable) = passable else {
+            return Ok((acc, Passed::default()));
+        };
+        // What the counters hold may not be in the stored dictionaries yet.
+        for (id, closed) in open {
+            for c in closed {
+                let at = match c {
+                    Closed::Minute(m, _) => m.coarse.start,
+                    Closed::Packed(m, _) => m.start(),
+                    Closed::Statements(at, _) => *at,
+                };
+                passable.remove(&(id.clone(), at - at.rem_euclid(HOUR_US)));
+            }
+        }
+        let mut unnamed = ServerHours::default();
+        for (id, hour) in passable.keys() {
+            unnamed.insert(id, *hour);
+        }
+        if passable.is_empty() {
+            return Ok((acc, Passed::default()));
+        }
+        let mut ids: Vec<String> = passable.keys().map(|(id, _)| id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (acc, _, skip) = store
+            .fold_hours(
+                Some(ids),
+                first,
+                end,
+                (acc, passable, ServerHours::default()),
+                move |(acc, passable, skip), id, hour| {
+                    let Some(stored) = passable.get(&(id.to_owned(), hour.start)) else {
+                        return;
+                    };
+                    let minutes = hour.minutes.iter().map(|m| m.start);
+                    if minutes.eq(stored.iter().copied()) {
+                        passed(acc, id, hour);
+                        skip.insert(id, hour.start);
+                    }
+                },
+            )
+            .await
+            .map_err(internal)?;
+        let passed = Passed {
+            totals: (!skip.is_empty()).then_some(skip),
+            unnamed: Some(unnamed),
+        };
+        Ok((acc, passed))
     }
 
     /// What a range read whole (`TopQueries`, `GetChurn`) needs: the servers
@@ -168,13 +252,25 @@ impl QueryService {
                 .map_err(|e| Status::internal(e.to_string()))?;
             return Ok(plan.totals_answer(&servers, sum));
         }
-        let ids = servers.iter().map(|s| s.server_id.clone()).collect();
+        let ids: Vec<String> = servers.iter().map(|s| s.server_id.clone()).collect();
         let sum = plan.sum(&servers);
+        let (sum, passed) = self
+            .pass_over(store, &plan.scope, &ids, &open, sum, |s, id, h| {
+                s.add_passed(id, h)
+            })
+            .await?;
         let wanted = plan.scope.wanted();
         let mut answer = self
-            .fold_buckets(store, &plan.scope, wanted, ids, &open, sum, |s, id, b| {
-                s.add(id, b)
-            })
+            .fold_buckets(
+                store,
+                &plan.scope,
+                wanted,
+                ids,
+                &open,
+                passed.totals,
+                sum,
+                |s, id, b| s.add(id, b),
+            )
             .await?
             .answer();
         if plan.scope.by_query {
@@ -199,6 +295,11 @@ impl QueryService {
         let reach = MINUTE_REACH + STATEMENTS_US;
         let (ids, open) = self.whole_range(&plan.scope, reach).await?;
         let sum = plan.sum();
+        let (sum, passed) = self
+            .pass_over(store, &plan.scope, &ids, &open, sum, |s, id, h| {
+                s.add_passed(id, h)
+            })
+            .await?;
         let sum = self
             .fold_buckets(
                 store,
@@ -206,10 +307,16 @@ impl QueryService {
                 plan.scope.wanted(),
                 ids.clone(),
                 &open,
+                passed.totals,
                 sum,
                 |s, id, b| s.add(id, b),
             )
             .await?;
+        // Statement statistics are summed over users and the rest: only a
+        // filter by query passes their hours over.
+        let skip = passed
+            .unnamed
+            .filter(|_| plan.scope.narrows_by_query_only());
         // Statements are kept per interval: those that begin in the range,
         // and the one it begins in. An interval the counters hold replaces
         // its stored copy.
@@ -231,6 +338,7 @@ impl QueryService {
                 Some(ids),
                 first,
                 plan.scope.end,
+                skip,
                 sum,
                 move |sum, id, at, r| {
                     if !replaced.holds(id, at) {
@@ -276,12 +384,22 @@ impl QueryService {
                 Wanted::Churn,
                 ids,
                 &open,
+                None,
                 sum,
                 |s, id, b| s.add(id, b),
             )
             .await?
             .answer())
     }
+}
+
+/// The hours a question passed over (see [`QueryService::pass_over`]).
+#[derive(Debug, Default)]
+struct Passed {
+    /// Those added from their totals: their minutes are not to be read.
+    totals: Option<ServerHours>,
+    /// Those whose dictionaries name nothing it takes, totals or not.
+    unnamed: Option<ServerHours>,
 }
 
 /// What the counters hold open, by server and start: the stored copies of

@@ -52,7 +52,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
-use crate::load::hours::HourTotals;
+use crate::load::hours::{HourTotals, ServerHours};
 use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
@@ -620,13 +620,16 @@ impl Store {
     /// (None: every server), into `acc` as they are read: a fleet's day is
     /// 1.44 million minutes of a thousand servers, never held at once.
     /// Each minute has what `wanted` reads of it (a minute without its 10 s
-    /// buckets decodes in some two thirds of the time).
+    /// buckets decodes in some two thirds of the time). The hours of `skip`
+    /// are passed over.
+    #[allow(clippy::too_many_arguments)]
     pub async fn fold_load<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
         wanted: crate::load::Wanted,
+        skip: Option<ServerHours>,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,
     ) -> Result<A, StoreError> {
@@ -642,6 +645,7 @@ impl Store {
                                 start,
                                 end,
                                 wanted,
+                                skip.as_ref(),
                                 |id, m| f(&mut acc, id, m),
                             )?;
                             Ok(acc)
@@ -651,11 +655,43 @@ impl Store {
                     .await
                 }
                 Reader::Postgres(pg) => {
-                    pg.each_load(servers, start, end, wanted, |id, m| f(&mut acc, id, m))
-                        .await
-                        .map_err(|e| StoreError::new(&self.place, e))?;
+                    pg.each_load(servers, start, end, wanted, |id, m| {
+                        if !skip.as_ref().is_some_and(|s| s.holds(id, m.coarse.start)) {
+                            f(&mut acc, id, m)
+                        }
+                    })
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e))?;
                     Ok(acc)
                 }
+            }
+        })
+        .await
+    }
+
+    /// The hours of `servers` in `[start, end)` that a question whose
+    /// filters `may_hold` a dictionary can pass over (see
+    /// [`crate::load::dictionaries`]), each with the minutes stored in it,
+    /// by start; None for a PostgreSQL store, which reads every minute.
+    pub async fn passable_hours(
+        &self,
+        servers: Vec<String>,
+        start: Micros,
+        end: Micros,
+        may_hold: impl Fn(&crate::load::keys::Keys) -> bool + Send + 'static,
+    ) -> Result<Option<HashMap<(String, Micros), Vec<Micros>>>, StoreError> {
+        self.counted(async {
+            match &self.reader {
+                Reader::Sqlite(db, _) => {
+                    self.blocking(
+                        move |db: &rusqlite::Connection| {
+                            sqlite::passable_hours(db, &servers, start, end, &may_hold).map(Some)
+                        },
+                        db.clone(),
+                    )
+                    .await
+                }
+                Reader::Postgres(_) => Ok(None),
             }
         })
         .await
@@ -699,12 +735,14 @@ impl Store {
     }
 
     /// Folds the statement reads taken in `[start, end)`, of `servers`
-    /// (None: every server), into `acc` as they are read.
+    /// (None: every server), into `acc` as they are read, but those in the
+    /// hours of `skip`.
     pub async fn fold_statements<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
+        skip: Option<ServerHours>,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, Micros, Read) + Send + 'static,
     ) -> Result<A, StoreError> {
@@ -719,6 +757,7 @@ impl Store {
                                 servers.as_deref(),
                                 start,
                                 end,
+                                skip.as_ref(),
                                 |id, at, r| f(&mut acc, id, at, r),
                             )?;
                             Ok(acc)
@@ -728,9 +767,13 @@ impl Store {
                     .await
                 }
                 Reader::Postgres(pg) => {
-                    pg.each_statements(servers, start, end, |id, at, r| f(&mut acc, id, at, r))
-                        .await
-                        .map_err(|e| StoreError::new(&self.place, e))?;
+                    pg.each_statements(servers, start, end, |id, at, r| {
+                        if !skip.as_ref().is_some_and(|s| s.holds(id, at)) {
+                            f(&mut acc, id, at, r)
+                        }
+                    })
+                    .await
+                    .map_err(|e| StoreError::new(&self.place, e))?;
                     Ok(acc)
                 }
             }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
-use crate::load::hours::{HOUR_US, HourTotals};
+use crate::load::hours::{HOUR_US, HourTotals, ServerHours};
 use crate::load::keys::{CHUNK_ROWS, Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad, Wanted};
@@ -636,12 +636,16 @@ fn each_row(
         servers,
         start,
         end,
+        skip,
     } = rows;
     let mut each = |rows: &mut rusqlite::Rows, wanted: Option<&std::collections::HashSet<&str>>| {
         while let Some(r) = rows.next()? {
             let server_id = r.get_ref(0)?.as_str()?;
-            if wanted.is_none_or(|w| w.contains(server_id)) {
-                f(server_id, r.get(1)?, r.get_ref(2)?.as_blob()?)?;
+            let at = r.get(1)?;
+            if wanted.is_none_or(|w| w.contains(server_id))
+                && !skip.is_some_and(|s| s.holds(server_id, at))
+            {
+                f(server_id, at, r.get_ref(2)?.as_blob()?)?;
             }
         }
         rusqlite::Result::Ok(())
@@ -672,7 +676,14 @@ fn each_row(
                  WHERE server_id = ?1 AND {column} >= ?2 AND {column} < ?3 ORDER BY {column}"
             ))?;
             for server_id in servers {
-                each(&mut q.query(params![server_id, start, end])?, None)?;
+                // A server's hours passed over are not even stepped through.
+                let Some(skip) = skip else {
+                    each(&mut q.query(params![server_id, start, end])?, None)?;
+                    continue;
+                };
+                for (from, to) in skip.gaps(server_id, start, end) {
+                    each(&mut q.query(params![server_id, from, to])?, None)?;
+                }
             }
         }
     }
@@ -689,9 +700,10 @@ pub(super) fn each_load(
     start: Micros,
     end: Micros,
     wanted: Wanted,
+    skip: Option<&ServerHours>,
     mut f: impl FnMut(&str, MinuteLoad),
 ) -> rusqlite::Result<()> {
-    let rows = Rows::of("load", "minute", servers, start, end);
+    let rows = Rows::of("load", "minute", servers, start, end).skipping(skip);
     let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
     each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))
 }
@@ -703,9 +715,10 @@ pub(super) fn each_statements(
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
+    skip: Option<&ServerHours>,
     f: impl FnMut(&str, Micros, Read),
 ) -> rusqlite::Result<()> {
-    let rows = Rows::of("statements", "at", servers, start, end);
+    let rows = Rows::of("statements", "at", servers, start, end).skipping(skip);
     each_parsed(db, rows, |_, body| Read::parse(body), CHUNK_ROWS, f)
 }
 
@@ -717,6 +730,8 @@ struct Rows<'a> {
     servers: Option<&'a [String]>,
     start: Micros,
     end: Micros,
+    /// Hours of servers passed over, their rows not read.
+    skip: Option<&'a ServerHours>,
 }
 
 impl<'a> Rows<'a> {
@@ -733,7 +748,13 @@ impl<'a> Rows<'a> {
             servers,
             start,
             end,
+            skip: None,
         }
+    }
+
+    /// The rows but those in the hours of `skip`.
+    fn skipping(self, skip: Option<&'a ServerHours>) -> Self {
+        Rows { skip, ..self }
     }
 }
 
@@ -792,6 +813,64 @@ fn dictionaries(
     Ok(out)
 }
 
+/// The hours of `servers` in `[start, end)` a question can pass over,
+/// each with the minutes of load stored in it, by start: its server's
+/// dictionaries of that hour (one at least) all fail `may_hold`, and none
+/// of the server's dictionaries from then on is of an earlier version
+/// (which gave a row that came late the dictionary of a later hour).
+pub(super) fn passable_hours(
+    db: &Connection,
+    servers: &[String],
+    start: Micros,
+    end: Micros,
+    may_hold: &dyn Fn(&Keys) -> bool,
+) -> rusqlite::Result<HashMap<(String, Micros), Vec<Micros>>> {
+    let wanted: std::collections::HashSet<&str> = servers.iter().map(String::as_str).collect();
+    // Per server-hour, whether a dictionary of it may hold what is asked;
+    // per server, the latest hour of a dictionary of an earlier version.
+    let mut may: HashMap<(String, Micros), bool> = HashMap::new();
+    let mut older: HashMap<String, Micros> = HashMap::new();
+    let mut q =
+        db.prepare_cached("SELECT server_id, hour, body FROM load_keys WHERE hour >= ?1")?;
+    let mut rows = q.query([start])?;
+    while let Some(r) = rows.next()? {
+        let server_id = r.get_ref(0)?.as_str()?;
+        if !wanted.contains(server_id) {
+            continue;
+        }
+        let hour: Micros = r.get(1)?;
+        let keys = Keys::decode(r.get_ref(2)?.as_blob()?);
+        if keys.as_ref().is_none_or(|k| !k.own_hour()) {
+            let latest = older.entry(server_id.to_owned()).or_insert(hour);
+            *latest = (*latest).max(hour);
+        }
+        if hour < end {
+            // One that does not decode may hold anything.
+            let yes = keys.as_ref().is_none_or(may_hold);
+            *may.entry((server_id.to_owned(), hour)).or_default() |= yes;
+        }
+    }
+    let mut out: HashMap<(String, Micros), Vec<Micros>> = may
+        .into_iter()
+        .filter(|((server_id, hour), may)| {
+            !may && older.get(server_id).is_none_or(|latest| hour > latest)
+        })
+        .map(|(key, _)| (key, Vec::new()))
+        .collect();
+    // Their minutes, from the index alone.
+    let mut minutes = db.prepare_cached(
+        "SELECT minute FROM load WHERE server_id = ?1 AND minute >= ?2 AND minute < ?3",
+    )?;
+    for ((server_id, hour), stored) in &mut out {
+        let mut rows = minutes.query(params![server_id, *hour, *hour + HOUR_US])?;
+        while let Some(r) = rows.next()? {
+            stored.push(r.get(0)?);
+        }
+        stored.sort_unstable();
+    }
+    Ok(out)
+}
+
 /// Hands `f` each hour of load totals that starts in `[start, end)`, of
 /// `servers`, as it is read (one hour's allocation serves them all).
 pub(super) fn each_hour(
@@ -823,21 +902,34 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
     let mut out = Vec::new();
     let mut hours = Vec::new();
     each_hour(db, Some(&ids), hour, hour + 1, |_, h| hours.push(h.clone()))?;
-    each_load(db, Some(&ids), minute, minute + 1, Wanted::All, |_, m| {
-        let h = hours
-            .first()
-            .cloned()
-            .unwrap_or_else(|| HourTotals::holding(minute));
-        out.push(Closed::Minute(m, h));
-    })?;
+    each_load(
+        db,
+        Some(&ids),
+        minute,
+        minute + 1,
+        Wanted::All,
+        None,
+        |_, m| {
+            let h = hours
+                .first()
+                .cloned()
+                .unwrap_or_else(|| HourTotals::holding(minute));
+            out.push(Closed::Minute(m, h));
+        },
+    )?;
     if out.is_empty()
         && let Some(h) = hours.into_iter().next()
     {
         out.push(Closed::Minute(MinuteLoad::default(), h));
     }
-    each_statements(db, Some(&ids), interval, interval + 1, |_, at, read| {
-        out.push(Closed::Statements(at, read))
-    })?;
+    each_statements(
+        db,
+        Some(&ids),
+        interval,
+        interval + 1,
+        None,
+        |_, at, read| out.push(Closed::Statements(at, read)),
+    )?;
     Ok(out)
 }
 
@@ -2186,6 +2278,73 @@ mod tests {
     }
 
     #[test]
+    fn hours_a_question_can_pass_over_are_those_whose_dictionaries_name_none_of_it() {
+        let dir = scratch("passable");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let load = |id: &str, minute: i64, users: &[&str]| {
+            let start = H0 + minute * MINUTE_US;
+            Op::Load {
+                server_id: id.to_owned(),
+                minute: crate::load::tests::minute_of(start, users).pack(),
+                hour: crate::load::hours::HourTotals::holding(start),
+            }
+        };
+        // Four hours of three servers: s0 has the user asked for in its
+        // first hour only; s1 and s2 never.
+        let mut ops = Vec::new();
+        for minute in 0..240 {
+            let s0 = if minute < 60 { "wanted" } else { "app" };
+            for (id, user) in [("s0", s0), ("s1", "app"), ("s2", "app")] {
+                ops.push((0, load(id, minute, &[user, "batch"])));
+            }
+        }
+        sink.commit(&ops).unwrap();
+        // Then one of s1's, in its second hour, comes late with it: a
+        // dictionary of that hour of its own names it.
+        sink.commit(&[(0, load("s1", 65, &["wanted"]))]).unwrap();
+        // And s2's third hour has a dictionary of an earlier version, whose
+        // late rows may have named that of a later hour.
+        let old = crate::load::keys::Keys::encode_as_before(&["app", "batch"]);
+        sink.db
+            .execute(
+                "UPDATE load_keys SET body = ?1 WHERE server_id = 's2' AND hour = ?2",
+                params![old, H0 + 2 * HOUR_US],
+            )
+            .unwrap();
+        let matchers = vec![r#"user="wanted""#.to_owned()];
+        let scope = crate::load::ask::tests::scope_of(&matchers);
+        let ids: Vec<String> = ["s0", "s1", "s2"].map(String::from).to_vec();
+        let passable =
+            passable_hours(&reader, &ids, H0, H0 + 4 * HOUR_US, &|k| scope.may_hold(k)).unwrap();
+        let mut got: Vec<(String, i64, usize)> = passable
+            .iter()
+            .map(|((id, hour), minutes)| (id.clone(), (hour - H0) / HOUR_US, minutes.len()))
+            .collect();
+        got.sort();
+        let want: Vec<(String, i64, usize)> = [("s0", 1), ("s0", 2), ("s0", 3), ("s1", 0)]
+            .into_iter()
+            .chain([("s1", 2), ("s1", 3), ("s2", 3)])
+            .map(|(id, h)| (id.to_owned(), h, 60))
+            .collect();
+        assert_eq!(got, want);
+        let minutes = &passable[&("s1".to_owned(), H0 + 3 * HOUR_US)];
+        let expected: Vec<Micros> = (180..240).map(|m| H0 + m * MINUTE_US).collect();
+        assert_eq!(minutes, &expected, "the stored minutes, in order");
+        // Of a range, the hours in it; of a server not asked, none.
+        let part = passable_hours(&reader, &ids[..1], H0 + HOUR_US, H0 + 3 * HOUR_US, &|k| {
+            scope.may_hold(k)
+        })
+        .unwrap();
+        let mut hours: Vec<i64> = part.keys().map(|(_, h)| (h - H0) / HOUR_US).collect();
+        hours.sort();
+        assert_eq!(hours, [1, 2]);
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn minutes_of_load_are_read_a_chunk_at_a_time_with_each_hour_s_dictionary() {
         let dir = scratch("load-chunks");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
@@ -2248,6 +2407,7 @@ mod tests {
             H0,
             H0 + 3 * HOUR_US,
             Wanted::Minutes,
+            None,
             |id, m| coarse.push((id.to_owned(), m)),
         )
         .unwrap();
@@ -2270,6 +2430,7 @@ mod tests {
             H0,
             H0 + 3 * HOUR_US,
             Wanted::Churn,
+            None,
             |id, m| churn.push((id.to_owned(), m)),
         )
         .unwrap();

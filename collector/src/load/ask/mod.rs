@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use pgfleet_proto::time::Micros;
 
-use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad, Wanted};
+use super::keys::Keys;
+use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad, Wanted, query_key, shown};
 use crate::aggregator::ServerView;
 use crate::series::{Matcher, range};
 
@@ -94,6 +95,45 @@ impl Scope {
         })
     }
 
+    /// Whether some server-hours may be passed over unread, their
+    /// dictionaries naming no tuple it takes ([`Scope::may_hold`]): it
+    /// filters a dimension by `=` or `=~`, and reads whole minutes (the
+    /// hours passed over are counted from their totals, which are per
+    /// minute).
+    pub fn prunes(&self) -> bool {
+        !self.fine && self.tuples.iter().any(|(d, m)| narrows(*d, m))
+    }
+
+    /// Whether its only filters that pass hours over are by query: then
+    /// the hours passed over hold no statement statistics of a query it
+    /// takes either (statistics are summed over users and the rest, so
+    /// another filter passes over hours whose statistics it takes).
+    pub fn narrows_by_query_only(&self) -> bool {
+        self.tuples
+            .iter()
+            .all(|(d, m)| *d == Dim::Query || !narrows(*d, m))
+    }
+
+    /// Whether rows that name the dictionary `keys` may hold a tuple it
+    /// takes: for each of its filters by `=` or `=~`, some value the
+    /// dictionary names matches (a filter by `!=` or `!~` takes almost any
+    /// hour, so it is not asked). A wait is two of the dictionary's strings,
+    /// its type and its event: asked for `wait="Type:Event"` only.
+    pub fn may_hold(&self, keys: &Keys) -> bool {
+        let named = |value: &str| keys.strings.iter().any(|s| &**s == value);
+        self.tuples.iter().all(|(d, m)| {
+            !narrows(*d, m)
+                || match d {
+                    Dim::Query => keys.queries.iter().any(|q| m.matches(Some(&query_key(*q)))),
+                    Dim::Wait => m
+                        .equal_to()
+                        .and_then(|w| w.split_once(':'))
+                        .is_none_or(|(kind, event)| named(kind) && named(event)),
+                    _ => keys.strings.iter().any(|s| m.matches(Some(shown(s)))),
+                }
+        })
+    }
+
     /// What its reads decode of each stored minute: the 10 s buckets only
     /// for steps that are not whole minutes.
     pub fn wanted(&self) -> Wanted {
@@ -114,6 +154,12 @@ impl Scope {
             f(&m.coarse);
         }
     }
+}
+
+/// Whether the filter `m` of `dim` can find a dictionary naming none of the
+/// values it takes: one by `=` or `=~` (a wait only as `Type:Event`).
+fn narrows(dim: Dim, m: &Matcher) -> bool {
+    m.takes_only_its_own() && (dim != Dim::Wait || m.equal_to().is_some_and(|w| w.contains(':')))
 }
 
 /// What [`Scope::selects`] answered, per filter and value.
@@ -147,4 +193,63 @@ fn whole_range(
     let mut scope = Scope::new(server_id, matchers, start, end)?;
     resolution(&mut scope, COARSE_US)?;
     Ok(scope)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::load::keys::Keys;
+
+    /// The scope of `matchers` over a minute.
+    pub(crate) fn scope_of(matchers: &[String]) -> Scope {
+        Scope::new("", matchers, 0, 60_000_000).unwrap()
+    }
+
+    fn keys(strings: &[&str], queries: &[u64]) -> Keys {
+        Keys {
+            strings: strings.iter().map(|s| (*s).into()).collect(),
+            queries: queries.to_vec(),
+            own_hour: true,
+        }
+    }
+
+    fn scope(matchers: &[&str]) -> Scope {
+        let matchers: Vec<String> = matchers.iter().map(|m| m.to_string()).collect();
+        scope_of(&matchers)
+    }
+
+    #[test]
+    fn a_dictionary_may_hold_a_tuple_when_each_narrowing_filter_finds_a_value_in_it() {
+        let hour = keys(&["app", "web", "IO", "DataFileRead", ""], &[0xab, 0]);
+        let cases = [
+            (vec![r#"query="00000000000000ab""#], true),
+            (vec![r#"query="00000000000000ac""#], false),
+            (vec![r#"query=~"00000000000000a.""#], true),
+            (vec![r#"query=~"ff.*""#], false),
+            // Taking all but one value: nearly every hour, not asked.
+            (vec![r#"query!="00000000000000ab""#], true),
+            (vec![r#"query!~"00000000000000ab""#], true),
+            (vec![r#"user="app""#], true),
+            (vec![r#"user="report""#], false),
+            (vec![r#"application=~"w.b""#], true),
+            (vec![r#"user="app""#, r#"query="00000000000000ac""#], false),
+            (vec![r#"wait="IO:DataFileRead""#], true),
+            (vec![r#"wait="IO:WALSync""#], false),
+            // A wait without an event is not two strings: not asked.
+            (vec![r#"wait="CPU""#], true),
+            (vec![r#"wait=~"Lock:.*""#], true),
+            // A server's label narrows servers, not hours.
+            (vec![r#"dc="eu1""#], true),
+        ];
+        for (matchers, may) in cases {
+            let s = scope(&matchers);
+            assert_eq!(s.may_hold(&hour), may, "{matchers:?}");
+        }
+        // What can pass hours over: a narrowing filter, whole minutes.
+        assert!(scope(&[r#"user="app""#]).prunes());
+        assert!(!scope(&[r#"user!="app""#, r#"dc="eu1""#, r#"wait="CPU""#]).prunes());
+        let mut fine = scope(&[r#"user="app""#]);
+        fine.fine = true;
+        assert!(!fine.prunes(), "10 s steps: totals are per minute");
+    }
 }

@@ -166,6 +166,25 @@ impl LoadSum {
         }
     }
 
+    /// Adds an hour of `server_id` passed over unread (its dictionaries name
+    /// nothing the filters take): its minutes' samples and coverage, from
+    /// its totals, and no load.
+    pub fn add_passed(&mut self, server_id: &str, hour: &HourTotals) {
+        let Some(&server) = self.index.get(server_id) else {
+            return;
+        };
+        let plan = &self.plan;
+        for m in &hour.minutes {
+            let step = ((m.start - plan.scope.start) / plan.step_us) as usize;
+            if m.start < plan.scope.start || m.start >= plan.scope.end || step >= self.covered.len()
+            {
+                continue;
+            }
+            self.covered[step] += m.covered_us;
+            self.cells.entry((server, step)).or_default().samples += u64::from(m.samples);
+        }
+    }
+
     /// The series; queries' texts are left to fill.
     pub fn answer(self) -> v1::QueryLoadResponse {
         let steps = self.covered.len();

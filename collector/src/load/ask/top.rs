@@ -7,6 +7,7 @@ use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 
 use super::{Scope, Selected, whole_range};
+use crate::load::hours::HourTotals;
 use crate::load::statements::{Read, STATEMENTS_US, Totals};
 use crate::load::{Bucket, Class, Dim, OTHER_QUERY, query_key, wait_name};
 use crate::series::Matcher;
@@ -143,6 +144,21 @@ impl TopSum {
                 .entry((server, t.wait_type.clone(), t.wait_event.clone()))
                 .or_default() += u64::from(*n);
         }
+    }
+
+    /// Adds an hour of a selected server passed over unread (its
+    /// dictionaries name nothing the filters take): its samples, from its
+    /// totals.
+    pub fn add_passed(&mut self, server_id: &str, hour: &HourTotals) {
+        let scope = &self.plan.scope;
+        let samples: u64 = hour
+            .minutes
+            .iter()
+            .filter(|m| m.start >= scope.start && m.start < scope.end)
+            .map(|m| u64::from(m.samples))
+            .sum();
+        let server = self.server(server_id);
+        self.samples[server] += samples;
     }
 
     /// Adds a statement read of a selected server, taken at `at`; one whose
