@@ -88,7 +88,7 @@ pub struct Cli {
     /// A file holding the read token to present, for a collector started with --read-tokens-file (PGFLEET_TOKEN gives the token itself) [default: none]
     #[arg(long, global = true, env = "PGFLEET_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// How long to wait for the collector's answer to each call, like 5m [default: 2m]
+    /// How long to wait for the collector's answer to each call, like 5m [default: 2m; top: 10s]
     #[arg(long, global = true, env = "PGFLEET_TIMEOUT", value_name = "DURATION")]
     pub timeout: Option<String>,
     /// A TOML file with `collector`, `output`, `timeout` and the tls_* settings
@@ -335,12 +335,12 @@ fn resolve(cli: &Cli) -> Result<(Remote, Output), SettingsError> {
         std::env::var("PGFLEET_TOKEN").ok(),
     )?;
     let timeout = match cli.timeout.as_ref().or(file.timeout.as_ref()) {
-        Some(text) => settings::parse_duration(
+        Some(text) => Some(settings::parse_duration(
             "timeout",
             text,
             Duration::from_secs(1)..=Duration::from_secs(86_400),
-        )?,
-        None => remote::DEFAULT_TIMEOUT,
+        )?),
+        None => None,
     };
     Ok((
         Remote {

@@ -25,14 +25,21 @@ pub struct Remote {
     /// The read token (`--token-file`, `PGFLEET_TOKEN`), for a collector
     /// started with `--read-tokens-file`.
     pub token: Option<Token>,
-    /// How long a call waits for its answer (`--timeout`).
-    pub timeout: Duration,
+    /// How long a call waits for its answer (`--timeout`); None: the
+    /// command's own ([`DEFAULT_TIMEOUT`], `top`'s [`TOP_TIMEOUT`]).
+    pub timeout: Option<Duration>,
 }
 
 /// How long a call waits for its answer unless `--timeout` says: a question
 /// by a dimension over a long range and many servers reads every stored
 /// minute (the top queries of a day of 1,000 servers took 58 s here).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long `top` waits for a refresh unless `--timeout` says: it asks about
+/// now, which a collector answers in milliseconds, so a refresh that takes
+/// longer says so on the screen and is tried again, rather than the screen
+/// showing older and older figures for two minutes.
+pub const TOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Remote {
     /// A collector reached without TLS or token.
@@ -41,8 +48,13 @@ impl Remote {
             url,
             tls: None,
             token: None,
-            timeout: DEFAULT_TIMEOUT,
+            timeout: None,
         }
+    }
+
+    /// How long a call waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
 }
 
@@ -89,7 +101,7 @@ pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
     }
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(3))
-        .timeout(remote.timeout);
+        .timeout(remote.timeout());
     let channel = endpoint
         .connect()
         .await
@@ -107,7 +119,7 @@ pub async fn connect(remote: &Remote) -> Result<Client, CliError> {
 
 /// One line for a failed call to `remote`.
 pub(crate) fn call_failed(remote: &Remote, status: tonic::Status) -> CliError {
-    call_failed_at(&remote.url, remote.timeout, status)
+    call_failed_at(&remote.url, remote.timeout(), status)
 }
 
 /// One line for a failed call to the collector at `url`, given `timeout`.

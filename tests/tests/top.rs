@@ -263,6 +263,32 @@ async fn top_says_when_the_collector_is_gone_and_comes_back_by_itself() {
     fleet.stop().await;
 }
 
+/// A collector that takes the connection and never answers: top says so
+/// within its own 10 s, not the other commands' 2 minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_says_when_the_collector_does_not_answer_within_its_ten_seconds() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let tmux = Tmux::start(&format!(
+        "{} --collector {url} top --interval 1s",
+        workspace_binary("pgfleet").display(),
+    ));
+    tmux.wait("top's deadline on screen", Duration::from_secs(40), |s| {
+        shows(s, &["the collector did not answer within 10s (--timeout)", "retrying"])
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(10), "said so after {took:?}");
+    tmux.keys(&["q"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_gets_the_room_and_no_address_or_wait_is_cut_at_80_120_and_200_columns() {
     let fleet = fleet("wide-db-1", &[("dc", "eu1")]).await;

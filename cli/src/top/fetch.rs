@@ -93,8 +93,15 @@ pub(super) async fn watch(
 }
 
 /// One refresh: the summary, and what the screen shows.
-pub(super) async fn read(client: &mut Client, ask: &Ask) -> Result<Fetched, String> {
-    let failed = |s: tonic::Status| s.message().to_owned();
+pub(super) async fn read(client: &mut Client, ask: &Ask, remote: &Remote) -> Result<Fetched, String> {
+    // A deadline passed says which (the top line has room for little).
+    let failed = |s: tonic::Status| match s.code() {
+        tonic::Code::Cancelled if s.message() == "Timeout expired" => format!(
+            "the collector did not answer within {} (--timeout)",
+            humantime::format_duration(remote.timeout())
+        ),
+        _ => s.message().to_owned(),
+    };
     let labels: HashMap<String, String> = ask.filter.labels.clone().into_iter().collect();
     let summary = client
         .fleet_summary(v1::FleetSummaryRequest {

@@ -114,7 +114,11 @@ pub async fn top(remote: &Remote, args: TopArgs) -> Result<(), CliError> {
     // The terminal is given back however top ends, even when the demo
     // around it is stopped by a signal.
     let _restore = Restore;
-    run(&mut terminal, &mut app, remote).await
+    let remote = Remote {
+        timeout: Some(remote.timeout.unwrap_or(crate::remote::TOP_TIMEOUT)),
+        ..remote.clone()
+    };
+    run(&mut terminal, &mut app, &remote).await
 }
 
 /// Gives the terminal back (raw mode off, the main screen) when dropped.
@@ -169,7 +173,7 @@ async fn run(
                         Err(e) => return (None, Err(e.to_string())),
                     },
                 };
-                let read = read(&mut client, &ask).await;
+                let read = read(&mut client, &ask, &remote).await;
                 (Some(client), read)
             }));
             next = tokio::time::Instant::now() + app.interval();
