@@ -165,7 +165,7 @@ impl Realistic {
                     s.query_start_us = Some(at);
                     s.wait_event_type = wait_type;
                     s.wait_event = wait_event;
-                    s.fingerprint = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k as u64 + 1);
+                    s.fingerprint = fingerprint_of(k as u64, 0);
                     s.query = self.texts.statements[k].clone();
                 }
                 SessionState::Active if self.rng.below(2) == 0 => {
@@ -431,7 +431,8 @@ async fn main() {
 
     if let Some(n) = std::env::var_os("PGFLEET_BENCH_FLEET_DAY") {
         let n = n.to_string_lossy().parse().unwrap_or(servers);
-        fleet_day(n, end, day).await;
+        let apps = pgfleet_tests::env_usize("PGFLEET_BENCH_FLEET_APPS", 0);
+        fleet_day(n, apps, end, day).await;
         return;
     }
 
@@ -453,7 +454,7 @@ async fn main() {
             _ => None,
         })
         .collect();
-    let (write_s, fleet_mib) = fleet_store(&dir, servers, &kept).await;
+    let (write_s, fleet_mib) = fleet_store(&dir, servers, &[kept]).await;
     let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     // The JSON API answers the same question, timed beside the RPC.
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
@@ -538,12 +539,60 @@ async fn main() {
     println!("{out}");
 }
 
+/// The fingerprint of statement `k` of [`Realistic`] on the servers of
+/// application `app` (each application its own statements).
+fn fingerprint_of(k: u64, app: u64) -> u64 {
+    of_app(0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(k + 1), app)
+}
+
+/// A fingerprint of application 0's as application `app`'s.
+fn of_app(fingerprint: u64, app: u64) -> u64 {
+    match fingerprint {
+        0 | pgfleet_collector::load::OTHER_QUERY => fingerprint,
+        f => f.wrapping_add(app.wrapping_mul(0x1_0000_0001)),
+    }
+}
+
+/// `day` as the servers of application `app` have it: the same load, on
+/// statements of their own.
+fn day_of_app(day: &[Closed], app: u64) -> Vec<Closed> {
+    let bucket = |b: &mut pgfleet_collector::load::Bucket| {
+        for (t, _) in &mut b.tuples {
+            t.query = of_app(t.query, app);
+        }
+    };
+    day.iter()
+        .map(|c| match c.clone() {
+            Closed::Minute(mut m, h) => {
+                bucket(&mut m.coarse);
+                m.fine.iter_mut().for_each(bucket);
+                Closed::Minute(m, h)
+            }
+            Closed::Statements(at, mut r) => {
+                for (f, _) in &mut r.by_query {
+                    *f = of_app(*f, app);
+                }
+                Closed::Statements(at, r)
+            }
+            packed => packed,
+        })
+        .collect()
+}
+
 /// The third part, alone (`PGFLEET_BENCH_FLEET_DAY=N`): a whole day of
 /// minutes of `servers` servers, each the busy server's day, and the
-/// fleet-wide questions that read every minute of it.
-async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
+/// fleet-wide questions that read every minute of it. With `apps` (over 0),
+/// the servers are of that many applications, each on statements of its
+/// own, and the questions are those of a query's page in the web UI (its
+/// load on each server, its statistics), about application 0's busiest
+/// statement: asked by it, and asked so that every minute is read.
+async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
     let dir = tempdir("pgfleet-bench-load-day");
-    let (write_s, store_mib) = fleet_store(&dir, servers, &day).await;
+    let days: Vec<Vec<Closed>> = match apps {
+        0 => vec![day],
+        n => (0..n as u64).map(|app| day_of_app(&day, app)).collect(),
+    };
+    let (write_s, store_mib) = fleet_store(&dir, servers, &days).await;
     let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     let collector = pgfleet_collector::server::start(config).await.unwrap();
     // Timed here, not cut short by the command's deadline.
@@ -560,7 +609,31 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
     );
     let calls = pgfleet_tests::env_usize("PGFLEET_BENCH_DAY_CALLS", 3);
     let mut figures = serde_json::Map::new();
-    for name in ["load_by_wait", "load_by_query", "top_queries", "churn"] {
+    let questions: &[&str] = match apps {
+        0 => &["load_by_wait", "load_by_query", "top_queries", "churn"],
+        _ => &[
+            "query_load",
+            "query_load_whole",
+            "query_top",
+            "query_top_whole",
+        ],
+    };
+    // The query's page's questions: about the one query by `=` (which
+    // passes over the hours that did not run it), and the same asked by
+    // `!~` every other value (which takes the same tuples but cannot pass
+    // over an hour, so it reads and decodes every minute, as `=` did
+    // before): the regex takes any value that differs from the query's
+    // key at some digit, or is shorter or longer.
+    let key = format!("{:016x}", fingerprint_of(0, 0));
+    let asked = format!("query=\"{key}\"");
+    let others: Vec<String> = (0..key.len())
+        .map(|i| format!("{}[^{}].*", &key[..i], &key[i..=i]))
+        .chain([".{0,15}".to_owned(), ".{17,}".to_owned()])
+        .collect();
+    let every = format!("query!~\"{}\"", others.join("|"));
+    // Each pair's two ways of asking give one answer.
+    let mut same: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    for &name in questions {
         let (mut took, mut peak, mut answer) = (Vec::new(), 0f64, 0usize);
         for _ in 0..calls {
             let before = memory_kib("VmRSS");
@@ -586,6 +659,36 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
                     };
                     let r = client.top_queries(req).await.unwrap().into_inner();
                     r.queries.len()
+                }
+                "query_load" | "query_load_whole" => {
+                    let matcher = if name == "query_load" { &asked } else { &every };
+                    let req = v1::QueryLoadRequest {
+                        start,
+                        end,
+                        group_by: "server".into(),
+                        matchers: vec![matcher.clone()],
+                        ..Default::default()
+                    };
+                    let r = client.query_load(req).await.unwrap().into_inner();
+                    let n = r.series.len();
+                    same.entry("load").or_insert_with(|| format!("{r:?}"));
+                    assert_eq!(same["load"], format!("{r:?}"), "{name}: another answer");
+                    n
+                }
+                "query_top" | "query_top_whole" => {
+                    let matcher = if name == "query_top" { &asked } else { &every };
+                    let req = v1::TopQueriesRequest {
+                        start,
+                        end,
+                        matchers: vec![matcher.clone()],
+                        limit: 1,
+                        ..Default::default()
+                    };
+                    let r = client.top_queries(req).await.unwrap().into_inner();
+                    let n = r.queries.len();
+                    same.entry("top").or_insert_with(|| format!("{r:?}"));
+                    assert_eq!(same["top"], format!("{r:?}"), "{name}: another answer");
+                    n
                 }
                 _ => {
                     let req = v1::GetChurnRequest {
@@ -617,6 +720,7 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
     let _ = std::fs::remove_dir_all(&dir);
     let out = serde_json::json!({
         "servers": servers,
+        "apps": apps,
         "store_mib": store_mib,
         "write_s": write_s,
         "queries": figures,
@@ -624,10 +728,10 @@ async fn fleet_day(servers: usize, end: i64, day: Vec<Closed>) {
     println!("{out}");
 }
 
-/// A store under `dir/collector` given `servers` servers (five dcs), each
-/// with the load `closed` holds, through its writer; the seconds that took,
-/// and the MiB the file holds once checkpointed.
-async fn fleet_store(dir: &std::path::Path, servers: usize, closed: &[Closed]) -> (f64, f64) {
+/// A store under `dir/collector` given `servers` servers (five dcs), server
+/// `i` with the load `days[i % days.len()]` holds, through its writer; the
+/// seconds that took, and the MiB the file holds once checkpointed.
+async fn fleet_store(dir: &std::path::Path, servers: usize, days: &[Vec<Closed>]) -> (f64, f64) {
     std::fs::create_dir_all(dir.join("collector")).unwrap();
     let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
     let written = Instant::now();
@@ -641,7 +745,7 @@ async fn fleet_store(dir: &std::path::Path, servers: usize, closed: &[Closed]) -
                 interval_ms: 1000,
             })
             .await;
-        for op in load_writes(&id, closed.to_vec()) {
+        for op in load_writes(&id, days[i % days.len()].clone()) {
             store.write(op).await;
         }
     }
