@@ -546,9 +546,9 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     let mut client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
         .await
         .unwrap();
-    let reads = || pgfleet_tests::metric(&http, "pgfleet_collector_store_reads_total");
+    let passed = || pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_passed_total");
     let mut ask = async |matcher: String, step: Micros| {
-        let before = reads().await.unwrap();
+        let before = passed().await.unwrap();
         let r = client
             .query_load(v1::QueryLoadRequest {
                 start: Some(timestamp(end - 6 * pgfleet_tests::stored::HOUR_US)),
@@ -561,7 +561,7 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
             .await
             .unwrap()
             .into_inner();
-        (r, reads().await.unwrap() - before)
+        (r, passed().await.unwrap() - before)
     };
     let series = |r: &v1::QueryLoadResponse| -> Vec<(String, Vec<f64>)> {
         r.series
@@ -575,10 +575,16 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
         3_600_000_000,
         2 * 3_600_000_000,
     ] {
-        let (passed, read_passing) = ask(format!("query=\"{Q:016x}\""), step).await;
-        let (whole, read_whole) = ask(format!("query!=\"{R:016x}\""), step).await;
-        // Its dictionaries, its passed hours' totals, then the minutes.
-        assert_eq!((read_passing, read_whole), (3.0, 1.0), "step {step}");
+        let (passed, hours_passed) = ask(format!("query=\"{Q:016x}\""), step).await;
+        let (whole, none_passed) = ask(format!("query!=\"{R:016x}\""), step).await;
+        // db-b's hours that ended with a minute stored after them, and
+        // db-c's once it ran R: four and two at least (the range's first and
+        // last hours are parts of hours).
+        assert!(
+            hours_passed >= 6.0,
+            "step {step}: {hours_passed} hours passed over"
+        );
+        assert_eq!(none_passed, 0.0, "step {step}");
         assert_eq!(series(&passed), series(&whole), "step {step}");
         assert_eq!(passed.coverage, whole.coverage, "step {step}");
         // Every step covered whole: the hours passed over count.
@@ -612,7 +618,7 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     // The top queries of the range: Q's load and its statistics, from the
     // hours that ran it, whichever way they are asked for.
     let mut top = async |matcher: String| {
-        let before = reads().await.unwrap();
+        let before = passed().await.unwrap();
         let r = client
             .top_queries(v1::TopQueriesRequest {
                 start: Some(timestamp(end - 6 * pgfleet_tests::stored::HOUR_US)),
@@ -623,11 +629,14 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
             .await
             .unwrap()
             .into_inner();
-        (r, reads().await.unwrap() - before)
+        (r, passed().await.unwrap() - before)
     };
-    let (passed, read_passing) = top(format!("query=\"{Q:016x}\"")).await;
-    let (whole, read_whole) = top(format!("query!=\"{R:016x}\"")).await;
-    assert_eq!(read_passing, read_whole + 2.0, "dictionaries and totals");
+    let (passed, hours_passed) = top(format!("query=\"{Q:016x}\"")).await;
+    let (whole, none_passed) = top(format!("query!=\"{R:016x}\"")).await;
+    assert!(
+        hours_passed >= 6.0 && none_passed == 0.0,
+        "{hours_passed}, {none_passed}"
+    );
     assert_eq!(passed, whole);
     let q = &passed.queries[..];
     assert_eq!(q.len(), 1, "{q:?}");

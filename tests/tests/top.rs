@@ -281,7 +281,13 @@ async fn top_says_when_the_collector_does_not_answer_within_its_ten_seconds() {
         workspace_binary("pgfleet").display(),
     ));
     tmux.wait("top's deadline on screen", Duration::from_secs(40), |s| {
-        shows(s, &["the collector did not answer within 10s (--timeout)", "retrying"])
+        shows(
+            s,
+            &[
+                "the collector did not answer within 10s (--timeout)",
+                "retrying",
+            ],
+        )
     })
     .await;
     let took = started.elapsed();

@@ -93,7 +93,11 @@ pub(super) async fn watch(
 }
 
 /// One refresh: the summary, and what the screen shows.
-pub(super) async fn read(client: &mut Client, ask: &Ask, remote: &Remote) -> Result<Fetched, String> {
+pub(super) async fn read(
+    client: &mut Client,
+    ask: &Ask,
+    remote: &Remote,
+) -> Result<Fetched, String> {
     // A deadline passed says which (the top line has room for little).
     let failed = |s: tonic::Status| match s.code() {
         tonic::Code::Cancelled if s.message() == "Timeout expired" => format!(

@@ -2,7 +2,7 @@
 //! fleet-wide questions over long ranges read (a day of a thousand servers
 //! is 24,000 small rows rather than 1.44 million minutes).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 
 use pgfleet_proto::time::Micros;
 
@@ -14,31 +14,43 @@ pub const HOUR_US: Micros = 3_600_000_000;
 /// How many numbers a minute takes in the stored row.
 const CELLS: usize = 6;
 
-/// Hours of some servers, each by its start: those a read passes over.
+/// Hours of some servers, each by its start: those a read passes over. A
+/// server's are kept in order, 8 bytes an hour (a week of 10,000 servers
+/// passed over is 1.68 million of them).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ServerHours(HashMap<String, BTreeSet<Micros>>);
+pub struct ServerHours(HashMap<String, Vec<Micros>>);
 
 impl ServerHours {
     pub fn insert(&mut self, server_id: &str, hour: Micros) {
-        match self.0.get_mut(server_id) {
-            Some(hours) => {
-                hours.insert(hour);
+        let hours = match self.0.get_mut(server_id) {
+            Some(hours) => hours,
+            None => self.0.entry(server_id.to_owned()).or_default(),
+        };
+        // In order as a scan by time gives them: at the end.
+        match hours.last() {
+            Some(&last) if last >= hour => {
+                if let Err(i) = hours.binary_search(&hour) {
+                    hours.insert(i, hour);
+                }
             }
-            None => {
-                self.0.insert(server_id.to_owned(), BTreeSet::from([hour]));
-            }
+            _ => hours.push(hour),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.values().all(BTreeSet::is_empty)
+        self.0.values().all(Vec::is_empty)
+    }
+
+    /// How many hours it holds.
+    pub fn len(&self) -> usize {
+        self.0.values().map(Vec::len).sum()
     }
 
     /// Whether the hour that holds `at` is one of `server_id`'s.
     pub fn holds(&self, server_id: &str, at: Micros) -> bool {
         self.0
             .get(server_id)
-            .is_some_and(|h| h.contains(&(at - at.rem_euclid(HOUR_US))))
+            .is_some_and(|h| h.binary_search(&(at - at.rem_euclid(HOUR_US))).is_ok())
     }
 
     /// The parts of `[start, end)` outside `server_id`'s hours, in order.
@@ -46,12 +58,9 @@ impl ServerHours {
         let mut out = Vec::new();
         let mut from = start;
         let first = start - start.rem_euclid(HOUR_US);
-        for &hour in self
-            .0
-            .get(server_id)
-            .into_iter()
-            .flat_map(|h| h.range(first..end))
-        {
+        let hours = self.0.get(server_id).map_or(&[][..], Vec::as_slice);
+        let skip = hours.partition_point(|h| *h < first);
+        for &hour in hours[skip..].iter().take_while(|h| **h < end) {
             if hour > from {
                 out.push((from, hour));
             }
@@ -248,14 +257,11 @@ mod tests {
         let h0 = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
         let mut hours = ServerHours::default();
         assert!(hours.is_empty());
-        for h in [
-            h0 + HOUR_US,
-            h0 + 2 * HOUR_US,
-            h0 + 4 * HOUR_US,
-            h0 + 9 * HOUR_US,
-        ] {
-            hours.insert("a", h);
+        // Out of order, and one twice: kept in order, once.
+        for h in [1, 4, 9, 2, 4] {
+            hours.insert("a", h0 + h * HOUR_US);
         }
+        assert_eq!(hours.len(), 4);
         let m = COARSE_US;
         // From mid-hour to mid-hour: the skipped hours cut out whole.
         assert_eq!(

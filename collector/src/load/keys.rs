@@ -70,6 +70,8 @@ pub struct Keys {
     /// Whether every row that names it starts in its hour (see
     /// [`super::dictionaries`]): not so for earlier versions' dictionaries.
     pub(super) own_hour: bool,
+    /// Whether its strings were left unread ([`Keys::decode_for`]).
+    pub(super) no_strings: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -99,6 +101,31 @@ impl Keys {
         compressed(stored.encode_to_vec())
     }
 
+    /// A stored dictionary back with its strings only if `strings`: what a
+    /// question about a query asks of it needs its fingerprints alone, and
+    /// its strings were most of its decoding; None when the bytes are not
+    /// one.
+    pub fn decode_for(bytes: &[u8], strings: bool) -> Option<Keys> {
+        if strings {
+            return Keys::decode(bytes);
+        }
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Fingerprints {
+            #[prost(fixed64, repeated, tag = "2")]
+            queries: Vec<u64>,
+            #[prost(bool, tag = "3")]
+            own_hour: bool,
+        }
+        let bytes = decompressed(bytes)?;
+        let s = Fingerprints::decode(bytes.as_ref()).ok()?;
+        Some(Keys {
+            strings: Vec::new(),
+            queries: s.queries,
+            own_hour: s.own_hour,
+            no_strings: true,
+        })
+    }
+
     /// A stored dictionary back; None when the bytes are not one.
     pub fn decode(bytes: &[u8]) -> Option<Keys> {
         let bytes = decompressed(bytes)?;
@@ -107,6 +134,7 @@ impl Keys {
             strings: s.strings.into_iter().map(ArcStr::from).collect(),
             queries: s.queries,
             own_hour: s.own_hour,
+            no_strings: false,
         })
     }
 }

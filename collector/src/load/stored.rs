@@ -507,6 +507,7 @@ impl Bucket {
                 strings: s.strings.into_iter().map(ArcStr::from).collect(),
                 queries: s.queries,
                 own_hour: false,
+                no_strings: false,
             };
             (&own.strings, &own.queries)
         } else {

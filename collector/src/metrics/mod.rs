@@ -93,6 +93,16 @@ fn store_reads(reads: ReadFigures) -> String {
         &[],
         reads.abandoned as f64,
     );
+    out.family(
+        "pgfleet_collector_load_hours_passed_total",
+        "counter",
+        "Server-hours of DB load that questions about one query, user, application or the like passed over unread, as their dictionaries name none of it (the SQLite store).",
+    );
+    out.sample(
+        "pgfleet_collector_load_hours_passed_total",
+        &[],
+        reads.hours_passed as f64,
+    );
     out.text
 }
 
@@ -686,11 +696,12 @@ mod tests {
     }
 
     #[test]
-    fn the_store_s_reads_are_a_gauge_and_two_counters() {
+    fn the_store_s_reads_are_a_gauge_and_counters() {
         let text = store_reads(ReadFigures {
             started: 7,
             running: 2,
             abandoned: 3,
+            hours_passed: 40,
         });
         for line in [
             "# TYPE pgfleet_collector_store_reads gauge",
@@ -699,6 +710,8 @@ mod tests {
             "pgfleet_collector_store_reads_total 7",
             "# TYPE pgfleet_collector_store_reads_abandoned_total counter",
             "pgfleet_collector_store_reads_abandoned_total 3",
+            "# TYPE pgfleet_collector_load_hours_passed_total counter",
+            "pgfleet_collector_load_hours_passed_total 40",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

@@ -123,17 +123,9 @@ impl QueryService {
         if !scope.prunes() || first >= end {
             return Ok((acc, Passed::default()));
         }
-        let asked = scope.clone();
-        let passable = store
-            .passable_hours(servers.to_vec(), first, end, move |keys| {
-                asked.may_hold(keys)
-            })
-            .await
-            .map_err(internal)?;
-        let Some(mut passable) = passable else {
-            return Ok((acc, Passed::default()));
-        };
-        // What the counters hold may not be in the stored dictionaries yet.
+        // What the counters hold may not be in the stored dictionaries yet:
+        // the hours they hold are read as ever.
+        let mut held = ServerHours::default();
         for (id, closed) in open {
             for c in closed {
                 let at = match c {
@@ -141,41 +133,29 @@ impl QueryService {
                     Closed::Packed(m, _) => m.start(),
                     Closed::Statements(at, _) => *at,
                 };
-                passable.remove(&(id.clone(), at - at.rem_euclid(HOUR_US)));
+                held.insert(id, at - at.rem_euclid(HOUR_US));
             }
         }
-        let mut unnamed = ServerHours::default();
-        for (id, hour) in passable.keys() {
-            unnamed.insert(id, *hour);
-        }
-        if passable.is_empty() {
-            return Ok((acc, Passed::default()));
-        }
-        let mut ids: Vec<String> = passable.keys().map(|(id, _)| id.clone()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let (acc, _, skip) = store
-            .fold_hours(
-                Some(ids),
+        let asked = scope.clone();
+        let (acc, hours) = store
+            .fold_passed(
+                servers.to_vec(),
                 first,
                 end,
-                (acc, passable, ServerHours::default()),
-                move |(acc, passable, skip), id, hour| {
-                    let Some(stored) = passable.get(&(id.to_owned(), hour.start)) else {
-                        return;
-                    };
-                    let minutes = hour.minutes.iter().map(|m| m.start);
-                    if minutes.eq(stored.iter().copied()) {
-                        passed(acc, id, hour);
-                        skip.insert(id, hour.start);
-                    }
-                },
+                held,
+                scope.asks_strings(),
+                move |keys| asked.may_hold(keys),
+                acc,
+                passed,
             )
             .await
             .map_err(internal)?;
-        let passed = Passed {
-            totals: (!skip.is_empty()).then_some(skip),
-            unnamed: Some(unnamed),
+        let passed = match hours {
+            Some((totals, unnamed)) => Passed {
+                totals: (!totals.is_empty()).then_some(totals),
+                unnamed: (!unnamed.is_empty()).then_some(unnamed),
+            },
+            None => Passed::default(),
         };
         Ok((acc, passed))
     }

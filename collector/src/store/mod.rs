@@ -669,32 +669,55 @@ impl Store {
         .await
     }
 
-    /// The hours of `servers` in `[start, end)` that a question whose
-    /// filters `may_hold` a dictionary can pass over (see
-    /// [`crate::load::dictionaries`]), each with the minutes stored in it,
-    /// by start; None for a PostgreSQL store, which reads every minute.
-    pub async fn passable_hours(
+    /// Folds the hours of `servers` in `[start, end)` (whole hours that
+    /// ended) that a question whose filters `may_hold` a dictionary can pass
+    /// over into `acc` with `f`, given each one's totals (see
+    /// [`crate::load::dictionaries`]); with the hours so given (their
+    /// minutes need not be read), and all those whose dictionaries name
+    /// nothing asked; none of `except`. None for a PostgreSQL store, which
+    /// reads every minute. The dictionaries' strings are decoded only for
+    /// `strings`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn fold_passed<A: Send + 'static>(
         &self,
         servers: Vec<String>,
         start: Micros,
         end: Micros,
+        except: ServerHours,
+        strings: bool,
         may_hold: impl Fn(&crate::load::keys::Keys) -> bool + Send + 'static,
-    ) -> Result<Option<HashMap<(String, Micros), Vec<Micros>>>, StoreError> {
-        self.counted(async {
-            match &self.reader {
-                Reader::Sqlite(db, _) => {
-                    self.blocking(
-                        move |db: &rusqlite::Connection| {
-                            sqlite::passable_hours(db, &servers, start, end, &may_hold).map(Some)
-                        },
-                        db.clone(),
-                    )
-                    .await
+        mut acc: A,
+        mut f: impl FnMut(&mut A, &str, &HourTotals) + Send + 'static,
+    ) -> Result<(A, Option<(ServerHours, ServerHours)>), StoreError> {
+        let (acc, hours) = self
+            .counted(async {
+                match &self.reader {
+                    Reader::Sqlite(db, _) => {
+                        self.blocking(
+                            move |db: &rusqlite::Connection| {
+                                let hours = sqlite::fold_passed(
+                                    db,
+                                    &servers,
+                                    (start, end),
+                                    &except,
+                                    strings,
+                                    &may_hold,
+                                    |id, h| f(&mut acc, id, h),
+                                )?;
+                                Ok((acc, Some(hours)))
+                            },
+                            db.clone(),
+                        )
+                        .await
+                    }
+                    Reader::Postgres(_) => Ok((acc, None)),
                 }
-                Reader::Postgres(_) => Ok(None),
-            }
-        })
-        .await
+            })
+            .await?;
+        if let Some((passed, _)) = &hours {
+            self.reads.passed(passed.len());
+        }
+        Ok((acc, hours))
     }
 
     /// Folds the hours of load totals that start in `[start, end)`, of
@@ -1341,8 +1364,8 @@ mod tests {
             store.reads().figures(),
             ReadFigures {
                 started: 1 + SQLITE_READERS as u64,
-                running: 0,
-                abandoned: 1
+                abandoned: 1,
+                ..ReadFigures::default()
             }
         );
         drop(store);

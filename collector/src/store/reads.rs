@@ -13,6 +13,7 @@ pub struct ReadCounts {
     started: AtomicU64,
     ended: AtomicU64,
     abandoned: AtomicU64,
+    passed: AtomicU64,
 }
 
 /// What [`ReadCounts`] holds at one moment.
@@ -25,6 +26,9 @@ pub struct ReadFigures {
     /// Reads whose caller stopped waiting before they ended. Each stopped
     /// there and gave its connection back.
     pub abandoned: u64,
+    /// Server-hours of DB load that questions passed over unread, their
+    /// dictionaries naming nothing asked (see `Store::fold_passed`).
+    pub hours_passed: u64,
 }
 
 impl ReadCounts {
@@ -38,7 +42,13 @@ impl ReadCounts {
             started,
             running: started.saturating_sub(ended),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            hours_passed: self.passed.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts `hours` passed over unread.
+    pub(super) fn passed(&self, hours: usize) {
+        self.passed.fetch_add(hours as u64, Ordering::Relaxed);
     }
 }
 
@@ -87,7 +97,7 @@ mod tests {
             ReadFigures {
                 started: 2,
                 running: 2,
-                abandoned: 0
+                ..ReadFigures::default()
             }
         );
         done.finished();
@@ -96,8 +106,8 @@ mod tests {
             counts.figures(),
             ReadFigures {
                 started: 2,
-                running: 0,
-                abandoned: 1
+                abandoned: 1,
+                ..ReadFigures::default()
             }
         );
     }

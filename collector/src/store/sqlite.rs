@@ -813,62 +813,139 @@ fn dictionaries(
     Ok(out)
 }
 
-/// The hours of `servers` in `[start, end)` a question can pass over,
-/// each with the minutes of load stored in it, by start: its server's
-/// dictionaries of that hour (one at least) all fail `may_hold`, and none
-/// of the server's dictionaries from then on is of an earlier version
-/// (which gave a row that came late the dictionary of a later hour).
-pub(super) fn passable_hours(
+/// The hours of `servers` in `[start, end)` (whole hours) a question can
+/// pass over, read in one snapshot: those whose dictionaries (one at least)
+/// all fail `may_hold`, with none of the server's dictionaries from then on
+/// of an earlier version (which gave a row that came late the dictionary
+/// of a later hour), and settled: a minute of a later hour is stored, so no
+/// outage's replay is still writing into it. `f` is given the totals of
+/// each whose totals list the very minutes stored of it: `passed`, the
+/// hours its minutes need not be read. `unnamed` holds them all. None of
+/// `except`'s. The dictionaries' strings are decoded only for `strings`.
+pub(super) fn fold_passed(
     db: &Connection,
     servers: &[String],
-    start: Micros,
-    end: Micros,
+    (start, end): (Micros, Micros),
+    except: &ServerHours,
+    strings: bool,
     may_hold: &dyn Fn(&Keys) -> bool,
-) -> rusqlite::Result<HashMap<(String, Micros), Vec<Micros>>> {
-    let wanted: std::collections::HashSet<&str> = servers.iter().map(String::as_str).collect();
-    // Per server-hour, whether a dictionary of it may hold what is asked;
-    // per server, the latest hour of a dictionary of an earlier version.
-    let mut may: HashMap<(String, Micros), bool> = HashMap::new();
-    let mut older: HashMap<String, Micros> = HashMap::new();
-    let mut q =
-        db.prepare_cached("SELECT server_id, hour, body FROM load_keys WHERE hour >= ?1")?;
-    let mut rows = q.query([start])?;
-    while let Some(r) = rows.next()? {
-        let server_id = r.get_ref(0)?.as_str()?;
-        if !wanted.contains(server_id) {
-            continue;
-        }
-        let hour: Micros = r.get(1)?;
-        let keys = Keys::decode(r.get_ref(2)?.as_blob()?);
+    mut f: impl FnMut(&str, &HourTotals),
+) -> rusqlite::Result<(ServerHours, ServerHours)> {
+    // One snapshot for the dictionaries, the minutes and the totals: the
+    // writer commits between statements otherwise.
+    let tx = db.unchecked_transaction()?;
+    // Per server: each hour's answer (whether a dictionary of it may hold
+    // what is asked), and the latest hour of a dictionary of an earlier
+    // version.
+    #[derive(Default)]
+    struct Scan {
+        may: Vec<(Micros, bool)>,
+        older: Option<Micros>,
+    }
+    let mut scans: HashMap<String, Scan> = HashMap::new();
+    let mut add = |server_id: &str, hour: Micros, body: &[u8]| {
+        let scan = match scans.get_mut(server_id) {
+            Some(scan) => scan,
+            None => scans.entry(server_id.to_owned()).or_default(),
+        };
+        let keys = Keys::decode_for(body, strings);
         if keys.as_ref().is_none_or(|k| !k.own_hour()) {
-            let latest = older.entry(server_id.to_owned()).or_insert(hour);
-            *latest = (*latest).max(hour);
+            scan.older = scan.older.max(Some(hour));
         }
         if hour < end {
             // One that does not decode may hold anything.
             let yes = keys.as_ref().is_none_or(may_hold);
-            *may.entry((server_id.to_owned(), hour)).or_default() |= yes;
+            match scan.may.iter_mut().rev().find(|(h, _)| *h == hour) {
+                Some((_, may)) => *may |= yes,
+                None => scan.may.push((hour, yes)),
+            }
+        }
+    };
+    if servers.len() <= MANY_SERVERS {
+        let mut q = tx.prepare_cached(
+            "SELECT hour, body FROM load_keys WHERE server_id = ?1 AND hour >= ?2 ORDER BY hour",
+        )?;
+        for server_id in servers {
+            let mut rows = q.query(params![server_id, start])?;
+            while let Some(r) = rows.next()? {
+                add(server_id, r.get(0)?, r.get_ref(1)?.as_blob()?);
+            }
+        }
+    } else {
+        let wanted: std::collections::HashSet<&str> = servers.iter().map(String::as_str).collect();
+        let mut q = tx.prepare_cached(
+            "SELECT server_id, hour, body FROM load_keys WHERE hour >= ?1 ORDER BY hour",
+        )?;
+        let mut rows = q.query([start])?;
+        while let Some(r) = rows.next()? {
+            let server_id = r.get_ref(0)?.as_str()?;
+            if wanted.contains(server_id) {
+                add(server_id, r.get(1)?, r.get_ref(2)?.as_blob()?);
+            }
         }
     }
-    let mut out: HashMap<(String, Micros), Vec<Micros>> = may
-        .into_iter()
-        .filter(|((server_id, hour), may)| {
-            !may && older.get(server_id).is_none_or(|latest| hour > latest)
-        })
-        .map(|(key, _)| (key, Vec::new()))
-        .collect();
-    // Their minutes, from the index alone.
-    let mut minutes = db.prepare_cached(
+    let (mut passed, mut unnamed) = (ServerHours::default(), ServerHours::default());
+    let mut latest = tx.prepare_cached("SELECT max(minute) FROM load WHERE server_id = ?1")?;
+    let mut minutes = tx.prepare_cached(
         "SELECT minute FROM load WHERE server_id = ?1 AND minute >= ?2 AND minute < ?3",
     )?;
-    for ((server_id, hour), stored) in &mut out {
-        let mut rows = minutes.query(params![server_id, *hour, *hour + HOUR_US])?;
-        while let Some(r) = rows.next()? {
-            stored.push(r.get(0)?);
+    let mut totals = tx.prepare_cached(
+        "SELECT hour, body FROM load_hours WHERE server_id = ?1 AND hour >= ?2 AND hour < ?3",
+    )?;
+    let mut hour_totals = HourTotals::default();
+    for (server_id, scan) in &scans {
+        let settled: Option<Micros> = latest.query_row([server_id], |r| r.get(0))?;
+        let Some(settled) = settled else { continue };
+        let mut hours: Vec<Micros> = scan
+            .may
+            .iter()
+            .filter(|(hour, may)| {
+                !may && scan.older.is_none_or(|o| *hour > o)
+                    && hour + HOUR_US <= settled
+                    && !except.holds(server_id, *hour)
+            })
+            .map(|(hour, _)| *hour)
+            .collect();
+        if hours.is_empty() {
+            continue;
         }
-        stored.sort_unstable();
+        hours.sort_unstable();
+        for hour in &hours {
+            unnamed.insert(server_id, *hour);
+        }
+        let (first, last) = (hours[0], hours[hours.len() - 1] + HOUR_US);
+        // Each hour's stored minutes, a bit a minute, from the index alone.
+        let mut stored: HashMap<Micros, u64> = HashMap::with_capacity(hours.len());
+        let mut rows = minutes.query(params![server_id, first, last])?;
+        while let Some(r) = rows.next()? {
+            let minute: Micros = r.get(0)?;
+            let hour = minute - minute.rem_euclid(HOUR_US);
+            *stored.entry(hour).or_default() |= minute_bit(minute);
+        }
+        let mut rows = totals.query(params![server_id, first, last])?;
+        while let Some(r) = rows.next()? {
+            let hour: Micros = r.get(0)?;
+            if hours.binary_search(&hour).is_err()
+                || !hour_totals.decode_from(hour, r.get_ref(1)?.as_blob()?)
+            {
+                continue;
+            }
+            let listed = hour_totals
+                .minutes
+                .iter()
+                .fold(0, |bits, m| bits | minute_bit(m.start));
+            if stored.get(&hour).is_some_and(|bits| *bits == listed) {
+                f(server_id, &hour_totals);
+                passed.insert(server_id, hour);
+            }
+        }
     }
-    Ok(out)
+    Ok((passed, unnamed))
+}
+
+/// A minute's bit in its hour's mask.
+fn minute_bit(minute: Micros) -> u64 {
+    1 << (minute.rem_euclid(HOUR_US) / MINUTE_US)
 }
 
 /// Hands `f` each hour of load totals that starts in `[start, end)`, of
@@ -2279,33 +2356,45 @@ mod tests {
 
     #[test]
     fn hours_a_question_can_pass_over_are_those_whose_dictionaries_name_none_of_it() {
+        use crate::load::hours::{HourTotals, MinuteTotals};
         let dir = scratch("passable");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
         let reader = readers.remove(0);
         const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
-        let load = |id: &str, minute: i64, users: &[&str]| {
+        // Each minute with its hour's totals as they stand, as a counter
+        // gives them.
+        let mut hours: HashMap<(String, Micros), HourTotals> = HashMap::new();
+        let mut load = |id: &str, minute: i64, users: &[&str]| {
             let start = H0 + minute * MINUTE_US;
+            let m = crate::load::tests::minute_of(start, users);
+            let hour = hours
+                .entry((id.to_owned(), start - start.rem_euclid(HOUR_US)))
+                .or_insert_with(|| HourTotals::holding(start));
+            hour.set(MinuteTotals::of(&m.coarse));
             Op::Load {
                 server_id: id.to_owned(),
-                minute: crate::load::tests::minute_of(start, users).pack(),
-                hour: crate::load::hours::HourTotals::holding(start),
+                minute: m.pack(),
+                hour: hour.clone(),
             }
         };
-        // Four hours of three servers: s0 has the user asked for in its
-        // first hour only; s1 and s2 never.
+        // Four hours of four servers, and a minute of a fifth for s2 and s3:
+        // s0 has the user asked for in its first hour only; s1, s2 and s3
+        // never.
         let mut ops = Vec::new();
-        for minute in 0..240 {
+        for minute in 0..241 {
             let s0 = if minute < 60 { "wanted" } else { "app" };
-            for (id, user) in [("s0", s0), ("s1", "app"), ("s2", "app")] {
-                ops.push((0, load(id, minute, &[user, "batch"])));
+            for (id, user) in [("s0", s0), ("s1", "app"), ("s2", "app"), ("s3", "app")] {
+                if minute < 240 || id == "s2" || id == "s3" {
+                    ops.push((0, load(id, minute, &[user, "batch"])));
+                }
             }
         }
         sink.commit(&ops).unwrap();
         // Then one of s1's, in its second hour, comes late with it: a
         // dictionary of that hour of its own names it.
         sink.commit(&[(0, load("s1", 65, &["wanted"]))]).unwrap();
-        // And s2's third hour has a dictionary of an earlier version, whose
-        // late rows may have named that of a later hour.
+        // s2's third hour has a dictionary of an earlier version, whose late
+        // rows may have named that of a later hour.
         let old = crate::load::keys::Keys::encode_as_before(&["app", "batch"]);
         sink.db
             .execute(
@@ -2313,33 +2402,59 @@ mod tests {
                 params![old, H0 + 2 * HOUR_US],
             )
             .unwrap();
+        // s3's first hour lost a minute's row (its totals list it).
+        sink.db
+            .execute(
+                "DELETE FROM load WHERE server_id = 's3' AND minute = ?1",
+                [H0 + 7 * MINUTE_US],
+            )
+            .unwrap();
         let matchers = vec![r#"user="wanted""#.to_owned()];
         let scope = crate::load::ask::tests::scope_of(&matchers);
-        let ids: Vec<String> = ["s0", "s1", "s2"].map(String::from).to_vec();
-        let passable =
-            passable_hours(&reader, &ids, H0, H0 + 4 * HOUR_US, &|k| scope.may_hold(k)).unwrap();
-        let mut got: Vec<(String, i64, usize)> = passable
-            .iter()
-            .map(|((id, hour), minutes)| (id.clone(), (hour - H0) / HOUR_US, minutes.len()))
-            .collect();
-        got.sort();
-        let want: Vec<(String, i64, usize)> = [("s0", 1), ("s0", 2), ("s0", 3), ("s1", 0)]
-            .into_iter()
-            .chain([("s1", 2), ("s1", 3), ("s2", 3)])
-            .map(|(id, h)| (id.to_owned(), h, 60))
-            .collect();
-        assert_eq!(got, want);
-        let minutes = &passable[&("s1".to_owned(), H0 + 3 * HOUR_US)];
-        let expected: Vec<Micros> = (180..240).map(|m| H0 + m * MINUTE_US).collect();
-        assert_eq!(minutes, &expected, "the stored minutes, in order");
-        // Of a range, the hours in it; of a server not asked, none.
-        let part = passable_hours(&reader, &ids[..1], H0 + HOUR_US, H0 + 3 * HOUR_US, &|k| {
-            scope.may_hold(k)
-        })
-        .unwrap();
-        let mut hours: Vec<i64> = part.keys().map(|(_, h)| (h - H0) / HOUR_US).collect();
-        hours.sort();
-        assert_eq!(hours, [1, 2]);
+        let ids: Vec<String> = ["s0", "s1", "s2", "s3"].map(String::from).to_vec();
+        let by_hour = |h: &ServerHours, id: &str| -> Vec<i64> {
+            (0..6).filter(|i| h.holds(id, H0 + i * HOUR_US)).collect()
+        };
+        let mut except = ServerHours::default();
+        except.insert("s0", H0 + 2 * HOUR_US);
+        for strings in [true, false] {
+            let mut given = Vec::new();
+            let (passed, unnamed) = fold_passed(
+                &reader,
+                &ids,
+                (H0, H0 + 5 * HOUR_US),
+                &except,
+                strings,
+                &|k| scope.may_hold(k),
+                |id, h| given.push((id.to_owned(), (h.start - H0) / HOUR_US, h.minutes.len())),
+            )
+            .unwrap();
+            if !strings {
+                // Without its strings, no dictionary can be asked about a
+                // user: every one may hold it.
+                assert!(unnamed.is_empty() && passed.is_empty() && given.is_empty());
+                continue;
+            }
+            // s0: not its first hour (it has the user), nor its third (held
+            // open, say); s1: not its second (the late row); s2: only its
+            // fourth (after the earlier version's); s3: its first is not
+            // passed whole (a minute of its totals is not stored). Not the
+            // last hour of any (no minute stored after it: not settled).
+            assert_eq!(by_hour(&unnamed, "s0"), [1]);
+            assert_eq!(by_hour(&unnamed, "s1"), [0, 2]);
+            assert_eq!(by_hour(&unnamed, "s2"), [3]);
+            assert_eq!(by_hour(&unnamed, "s3"), [0, 1, 2, 3]);
+            assert_eq!(by_hour(&passed, "s3"), [1, 2, 3]);
+            assert_eq!(by_hour(&passed, "s2"), [3]);
+            assert_eq!(passed.len(), unnamed.len() - 1);
+            given.sort();
+            assert_eq!(given.len(), passed.len());
+            assert!(
+                given
+                    .iter()
+                    .all(|(id, h, n)| passed.holds(id, H0 + h * HOUR_US) && *n == 60)
+            );
+        }
         drop((sink, reader));
         let _ = std::fs::remove_dir_all(&dir);
     }

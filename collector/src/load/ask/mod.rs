@@ -104,6 +104,14 @@ impl Scope {
         !self.fine && self.tuples.iter().any(|(d, m)| narrows(*d, m))
     }
 
+    /// Whether [`Scope::may_hold`] asks a dictionary's strings, not only its
+    /// fingerprints.
+    pub fn asks_strings(&self) -> bool {
+        self.tuples
+            .iter()
+            .any(|(d, m)| *d != Dim::Query && narrows(*d, m))
+    }
+
     /// Whether its only filters that pass hours over are by query: then
     /// the hours passed over hold no statement statistics of a query it
     /// takes either (statistics are summed over users and the rest, so
@@ -120,16 +128,20 @@ impl Scope {
     /// hour, so it is not asked). A wait is two of the dictionary's strings,
     /// its type and its event: asked for `wait="Type:Event"` only.
     pub fn may_hold(&self, keys: &Keys) -> bool {
-        let named = |value: &str| keys.strings.iter().any(|s| &**s == value);
+        // Strings left unread may hold anything.
+        let named = |value: &str| keys.no_strings || keys.strings.iter().any(|s| &**s == value);
         self.tuples.iter().all(|(d, m)| {
             !narrows(*d, m)
                 || match d {
-                    Dim::Query => keys.queries.iter().any(|q| m.matches(Some(&query_key(*q)))),
+                    Dim::Query => match m.equal_to().and_then(fingerprint) {
+                        Some(f) => keys.queries.contains(&f),
+                        None => keys.queries.iter().any(|q| m.matches(Some(&query_key(*q)))),
+                    },
                     Dim::Wait => m
                         .equal_to()
                         .and_then(|w| w.split_once(':'))
                         .is_none_or(|(kind, event)| named(kind) && named(event)),
-                    _ => keys.strings.iter().any(|s| m.matches(Some(shown(s)))),
+                    _ => keys.no_strings || keys.strings.iter().any(|s| m.matches(Some(shown(s)))),
                 }
         })
     }
@@ -154,6 +166,14 @@ impl Scope {
             f(&m.coarse);
         }
     }
+}
+
+/// The fingerprint a query's key names (16 hex digits), if it is one.
+fn fingerprint(key: &str) -> Option<u64> {
+    (key.len() == 16)
+        .then(|| u64::from_str_radix(key, 16).ok())
+        .flatten()
+        .filter(|f| query_key(*f) == key)
 }
 
 /// Whether the filter `m` of `dim` can find a dictionary naming none of the
@@ -210,6 +230,7 @@ pub(crate) mod tests {
             strings: strings.iter().map(|s| (*s).into()).collect(),
             queries: queries.to_vec(),
             own_hour: true,
+            no_strings: false,
         }
     }
 
@@ -245,6 +266,17 @@ pub(crate) mod tests {
             let s = scope(&matchers);
             assert_eq!(s.may_hold(&hour), may, "{matchers:?}");
         }
+        // A dictionary read without its strings may hold any string.
+        let fingerprints = Keys {
+            strings: Vec::new(),
+            no_strings: true,
+            ..hour.clone()
+        };
+        assert!(scope(&[r#"user="report""#]).may_hold(&fingerprints));
+        assert!(scope(&[r#"wait="IO:WALSync""#]).may_hold(&fingerprints));
+        assert!(!scope(&[r#"query="00000000000000ac""#]).may_hold(&fingerprints));
+        assert!(scope(&[r#"user="report""#]).asks_strings());
+        assert!(!scope(&[r#"query="00000000000000ac""#, r#"user!="x""#]).asks_strings());
         // What can pass hours over: a narrowing filter, whole minutes.
         assert!(scope(&[r#"user="app""#]).prunes());
         assert!(!scope(&[r#"user!="app""#, r#"dc="eu1""#, r#"wait="CPU""#]).prunes());
