@@ -523,18 +523,25 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     std::fs::create_dir_all(&dir).unwrap();
     let now = now_micros();
     let end = now - now.rem_euclid(60_000_000);
-    // db-a runs Q throughout, db-b never, db-c for its first three hours.
+    // db-a runs Q throughout, db-b never, db-c for its first three hours;
+    // db-d runs Q throughout, and has no pg_stat_statements.
     let (a, b, c) = (
         load_of(end, 6, |_| Q),
         load_of(end, 6, |_| R),
         load_of(end, 6, |h| if h < 3 { Q } else { R }),
     );
+    let d: Vec<_> = a
+        .iter()
+        .filter(|c| !matches!(c, pgfleet_collector::load::count::Closed::Statements(..)))
+        .cloned()
+        .collect();
     write_load(
         &dir,
         &[
             ("db-a".to_owned(), &a[..]),
             ("db-b".to_owned(), &b[..]),
             ("db-c".to_owned(), &c[..]),
+            ("db-d".to_owned(), &d[..]),
         ],
     )
     .await;
@@ -602,8 +609,10 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
                 .map(|(_, v)| v)
         };
         assert!(of("db-b").is_none(), "step {step}: {:?}", series(&passed));
-        let a = of("db-a").unwrap();
-        assert!(a.iter().all(|v| (v - 10.0).abs() < 1e-9), "{a:?}");
+        for server in ["db-a", "db-d"] {
+            let a = of(server).unwrap();
+            assert!(a.iter().all(|v| (v - 10.0).abs() < 1e-9), "{server}: {a:?}");
+        }
         // db-c: ten in its first three hours, nothing after; a step across
         // the change has its share (its samples of the hours passed over
         // count too).
@@ -617,13 +626,14 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     }
     // The top queries of the range: Q's load and its statistics, from the
     // hours that ran it, whichever way they are asked for.
-    let mut top = async |matcher: String| {
+    let hour = pgfleet_tests::stored::HOUR_US;
+    let mut top = async |matcher: String, servers: &str, to: Micros| {
         let before = passed().await.unwrap();
         let r = client
             .top_queries(v1::TopQueriesRequest {
-                start: Some(timestamp(end - 6 * pgfleet_tests::stored::HOUR_US)),
-                end: Some(timestamp(end)),
-                matchers: vec![matcher],
+                start: Some(timestamp(end - 6 * hour)),
+                end: Some(timestamp(to)),
+                matchers: vec![matcher, format!("server_id=~\"{servers}\"")],
                 ..Default::default()
             })
             .await
@@ -631,8 +641,8 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
             .into_inner();
         (r, passed().await.unwrap() - before)
     };
-    let (passed, hours_passed) = top(format!("query=\"{Q:016x}\"")).await;
-    let (whole, none_passed) = top(format!("query!=\"{R:016x}\"")).await;
+    let (passed, hours_passed) = top(format!("query=\"{Q:016x}\""), ".*", end).await;
+    let (whole, none_passed) = top(format!("query!=\"{R:016x}\""), ".*", end).await;
     assert!(
         hours_passed >= 6.0 && none_passed == 0.0,
         "{hours_passed}, {none_passed}"
@@ -640,13 +650,23 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     assert_eq!(passed, whole);
     let q = &passed.queries[..];
     assert_eq!(q.len(), 1, "{q:?}");
-    // Ten sessions on db-a throughout and db-c for half the range.
-    assert!((q[0].load - 15.0).abs() < 1e-9, "{q:?}");
+    // Ten sessions on db-a and db-d throughout, and on db-c for half the
+    // range.
+    assert!((q[0].load - 25.0).abs() < 1e-9, "{q:?}");
     let stats = q[0].statistics.as_ref().unwrap();
     assert!(
         stats.calls >= 10 * (9 * 60 - 20) && stats.calls <= 10 * 9 * 60,
         "nine hours of reads each minute: {stats:?}"
     );
+    // Asked of db-d and db-b up to two hours ago: the statistics that
+    // arrived came from db-b's hours, all passed over, and the answer says
+    // they arrived all the same.
+    let to = end - 2 * hour;
+    let (passed, hours_passed) = top(format!("query=\"{Q:016x}\""), "db-b|db-d", to).await;
+    let (whole, _) = top(format!("query!=\"{R:016x}\""), "db-b|db-d", to).await;
+    assert!(hours_passed >= 4.0, "{hours_passed}");
+    assert!(whole.statements, "{whole:?}");
+    assert_eq!(passed, whole);
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

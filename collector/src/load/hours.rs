@@ -73,6 +73,19 @@ impl ServerHours {
     }
 }
 
+/// The server-hours a question passed over (see `Store::fold_passed`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassedOver {
+    /// Those added from their totals: their minutes are not to be read.
+    pub totals: ServerHours,
+    /// Those whose dictionaries name nothing it asks, totals or not: with a
+    /// question by query alone, their statement intervals are not read.
+    pub unnamed: ServerHours,
+    /// Whether a statement interval of `unnamed` overlaps the range (the
+    /// answer says statistics arrived, as a read of every one would).
+    pub statements: bool,
+}
+
 /// One minute of one server, by class.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MinuteTotals {

@@ -14,7 +14,7 @@ use super::QueryService;
 use crate::aggregator::ServerView;
 use crate::load::ask::{ChurnPlan, LoadPlan, Scope, TopPlan};
 use crate::load::count::Closed;
-use crate::load::hours::{HOUR_US, HourTotals, ServerHours};
+use crate::load::hours::{HOUR_US, HourTotals, PassedOver, ServerHours};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{Bucket, COARSE_US, MinuteLoad, Wanted};
 use crate::store::Store;
@@ -115,13 +115,13 @@ impl QueryService {
         open: &[(String, Vec<Closed>)],
         acc: A,
         passed: fn(&mut A, &str, &HourTotals),
-    ) -> Result<(A, Passed), Status> {
+    ) -> Result<(A, PassedOver), Status> {
         let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
         let done = now_micros() - MINUTE_REACH;
         let first = scope.start - scope.start.rem_euclid(HOUR_US);
         let end = scope.end.min(done - done.rem_euclid(HOUR_US));
         if !scope.prunes() || first >= end {
-            return Ok((acc, Passed::default()));
+            return Ok((acc, PassedOver::default()));
         }
         // What the counters hold may not be in the stored dictionaries yet:
         // the hours they hold are read as ever.
@@ -140,8 +140,9 @@ impl QueryService {
         let (acc, hours) = store
             .fold_passed(
                 servers.to_vec(),
-                first,
-                end,
+                (first, end),
+                // As `TopSum::add_read` takes them: those that overlap it.
+                scope.start - STATEMENTS_US + 1,
                 held,
                 scope.asks_strings(),
                 move |keys| asked.may_hold(keys),
@@ -150,14 +151,7 @@ impl QueryService {
             )
             .await
             .map_err(internal)?;
-        let passed = match hours {
-            Some((totals, unnamed)) => Passed {
-                totals: (!totals.is_empty()).then_some(totals),
-                unnamed: (!unnamed.is_empty()).then_some(unnamed),
-            },
-            None => Passed::default(),
-        };
-        Ok((acc, passed))
+        Ok((acc, hours.unwrap_or_default()))
     }
 
     /// What a range read whole (`TopQueries`, `GetChurn`) needs: the servers
@@ -247,7 +241,7 @@ impl QueryService {
                 wanted,
                 ids,
                 &open,
-                passed.totals,
+                Some(passed.totals),
                 sum,
                 |s, id, b| s.add(id, b),
             )
@@ -287,16 +281,16 @@ impl QueryService {
                 plan.scope.wanted(),
                 ids.clone(),
                 &open,
-                passed.totals,
+                Some(passed.totals),
                 sum,
                 |s, id, b| s.add(id, b),
             )
             .await?;
         // Statement statistics are summed over users and the rest: only a
         // filter by query passes their hours over.
-        let skip = passed
-            .unnamed
-            .filter(|_| plan.scope.narrows_by_query_only());
+        let by_query = plan.scope.narrows_by_query_only();
+        let skipped_statements = by_query && passed.statements;
+        let skip = Some(passed.unnamed).filter(|_| by_query);
         // Statements are kept per interval: those that begin in the range,
         // and the one it begins in. An interval the counters hold replaces
         // its stored copy.
@@ -332,6 +326,8 @@ impl QueryService {
             sum.add_read(id, *at, r);
         }
         let mut answer = sum.answer();
+        // Statistics arrived in the hours passed over, of no query asked.
+        answer.statements |= skipped_statements;
         let keys: Vec<&str> = answer
             .queries
             .iter()
@@ -371,15 +367,6 @@ impl QueryService {
             .await?
             .answer())
     }
-}
-
-/// The hours a question passed over (see [`QueryService::pass_over`]).
-#[derive(Debug, Default)]
-struct Passed {
-    /// Those added from their totals: their minutes are not to be read.
-    totals: Option<ServerHours>,
-    /// Those whose dictionaries name nothing it takes, totals or not.
-    unnamed: Option<ServerHours>,
 }
 
 /// What the counters hold open, by server and start: the stored copies of

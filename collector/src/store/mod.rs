@@ -52,7 +52,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
-use crate::load::hours::{HourTotals, ServerHours};
+use crate::load::hours::{HourTotals, PassedOver, ServerHours};
 use crate::load::statements::Read;
 use crate::load::{MinuteLoad, PackedMinute};
 use crate::rollup::Minute;
@@ -672,23 +672,23 @@ impl Store {
     /// Folds the hours of `servers` in `[start, end)` (whole hours that
     /// ended) that a question whose filters `may_hold` a dictionary can pass
     /// over into `acc` with `f`, given each one's totals (see
-    /// [`crate::load::dictionaries`]); with the hours so given (their
-    /// minutes need not be read), and all those whose dictionaries name
-    /// nothing asked; none of `except`. None for a PostgreSQL store, which
+    /// [`crate::load::dictionaries`]): the hours passed over (see
+    /// [`PassedOver`]; statement intervals from `statements_from`), none of
+    /// `except`. None for a PostgreSQL store, which
     /// reads every minute. The dictionaries' strings are decoded only for
     /// `strings`.
     #[allow(clippy::too_many_arguments)]
     pub async fn fold_passed<A: Send + 'static>(
         &self,
         servers: Vec<String>,
-        start: Micros,
-        end: Micros,
+        (start, end): (Micros, Micros),
+        statements_from: Micros,
         except: ServerHours,
         strings: bool,
         may_hold: impl Fn(&crate::load::keys::Keys) -> bool + Send + 'static,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, &HourTotals) + Send + 'static,
-    ) -> Result<(A, Option<(ServerHours, ServerHours)>), StoreError> {
+    ) -> Result<(A, Option<PassedOver>), StoreError> {
         let (acc, hours) = self
             .counted(async {
                 match &self.reader {
@@ -699,6 +699,7 @@ impl Store {
                                     db,
                                     &servers,
                                     (start, end),
+                                    statements_from,
                                     &except,
                                     strings,
                                     &may_hold,
@@ -714,8 +715,8 @@ impl Store {
                 }
             })
             .await?;
-        if let Some((passed, _)) = &hours {
-            self.reads.passed(passed.len());
+        if let Some(hours) = &hours {
+            self.reads.passed(hours.totals.len());
         }
         Ok((acc, hours))
     }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
-use crate::load::hours::{HOUR_US, HourTotals, ServerHours};
+use crate::load::hours::{HOUR_US, HourTotals, PassedOver, ServerHours};
 use crate::load::keys::{CHUNK_ROWS, Keys, KeysCache, Parsed, Pending};
 use crate::load::statements::{Read, STATEMENTS_US};
 use crate::load::{COARSE_US, MinuteLoad, Wanted};
@@ -820,17 +820,21 @@ fn dictionaries(
 /// of a later hour), and settled: a minute of a later hour is stored, so no
 /// outage's replay is still writing into it. `f` is given the totals of
 /// each whose totals list the very minutes stored of it: `passed`, the
-/// hours its minutes need not be read. `unnamed` holds them all. None of
-/// `except`'s. The dictionaries' strings are decoded only for `strings`.
+/// hours its minutes need not be read. `unnamed` holds them all, and
+/// `statements` says whether a statement interval in them starts at or
+/// after `statements_from`. None of `except`'s. The dictionaries' strings
+/// are decoded only for `strings`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn fold_passed(
     db: &Connection,
     servers: &[String],
     (start, end): (Micros, Micros),
+    statements_from: Micros,
     except: &ServerHours,
     strings: bool,
     may_hold: &dyn Fn(&Keys) -> bool,
     mut f: impl FnMut(&str, &HourTotals),
-) -> rusqlite::Result<(ServerHours, ServerHours)> {
+) -> rusqlite::Result<PassedOver> {
     // One snapshot for the dictionaries, the minutes and the totals: the
     // writer commits between statements otherwise.
     let tx = db.unchecked_transaction()?;
@@ -884,7 +888,10 @@ pub(super) fn fold_passed(
             }
         }
     }
-    let (mut passed, mut unnamed) = (ServerHours::default(), ServerHours::default());
+    let mut out = PassedOver::default();
+    let mut statements = tx.prepare_cached(
+        "SELECT 1 FROM statements WHERE server_id = ?1 AND at >= ?2 AND at < ?3 LIMIT 1",
+    )?;
     let mut latest = tx.prepare_cached("SELECT max(minute) FROM load WHERE server_id = ?1")?;
     let mut minutes = tx.prepare_cached(
         "SELECT minute FROM load WHERE server_id = ?1 AND minute >= ?2 AND minute < ?3",
@@ -911,7 +918,11 @@ pub(super) fn fold_passed(
         }
         hours.sort_unstable();
         for hour in &hours {
-            unnamed.insert(server_id, *hour);
+            out.unnamed.insert(server_id, *hour);
+            if !out.statements {
+                let from = (*hour).max(statements_from);
+                out.statements = statements.exists(params![server_id, from, hour + HOUR_US])?;
+            }
         }
         let (first, last) = (hours[0], hours[hours.len() - 1] + HOUR_US);
         // Each hour's stored minutes, a bit a minute, from the index alone.
@@ -936,11 +947,11 @@ pub(super) fn fold_passed(
                 .fold(0, |bits, m| bits | minute_bit(m.start));
             if stored.get(&hour).is_some_and(|bits| *bits == listed) {
                 f(server_id, &hour_totals);
-                passed.insert(server_id, hour);
+                out.totals.insert(server_id, hour);
             }
         }
     }
-    Ok((passed, unnamed))
+    Ok(out)
 }
 
 /// A minute's bit in its hour's mask.
@@ -2417,18 +2428,48 @@ mod tests {
         };
         let mut except = ServerHours::default();
         except.insert("s0", H0 + 2 * HOUR_US);
-        for strings in [true, false] {
+        let fold = |strings: bool, statements_from: Micros| {
             let mut given = Vec::new();
-            let (passed, unnamed) = fold_passed(
+            let out = fold_passed(
                 &reader,
                 &ids,
                 (H0, H0 + 5 * HOUR_US),
+                statements_from,
                 &except,
                 strings,
                 &|k| scope.may_hold(k),
-                |id, h| given.push((id.to_owned(), (h.start - H0) / HOUR_US, h.minutes.len())),
+                |id: &str, h: &HourTotals| {
+                    given.push((id.to_owned(), (h.start - H0) / HOUR_US, h.minutes.len()))
+                },
             )
             .unwrap();
+            (out, given)
+        };
+        // No statement interval anywhere yet.
+        assert!(!fold(true, H0).0.statements);
+        // One of s1's, in its third hour (one it passes over).
+        let at = H0 + 2 * HOUR_US + 10 * MINUTE_US;
+        sink.commit(&[(
+            0,
+            Op::Statements {
+                server_id: "s1".into(),
+                at,
+                read: crate::load::statements::Read {
+                    since_us: at,
+                    by_query: vec![(7, Default::default())],
+                },
+            },
+        )])
+        .unwrap();
+        assert!(fold(true, H0).0.statements);
+        assert!(!fold(true, at + 1).0.statements, "before the range");
+        for strings in [true, false] {
+            let (out, mut given) = fold(strings, H0);
+            let PassedOver {
+                totals: passed,
+                unnamed,
+                ..
+            } = out;
             if !strings {
                 // Without its strings, no dictionary can be asked about a
                 // user: every one may hold it.
