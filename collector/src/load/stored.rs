@@ -124,6 +124,7 @@ impl MinuteLoad {
         Some(ParsedMinute {
             start,
             stored: StoredLoad::decode(bytes.as_ref()).ok()?,
+            query: None,
         })
     }
 }
@@ -409,6 +410,8 @@ impl PackedMinute {
 pub struct ParsedMinute {
     start: i64,
     stored: StoredLoad,
+    /// The one query whose tuples are wanted ([`Wanted::Query`]).
+    query: Option<u64>,
 }
 
 /// What a read of stored minutes of load decodes of each.
@@ -416,9 +419,13 @@ pub struct ParsedMinute {
 pub enum Wanted {
     /// The whole minute.
     All,
-    /// The minute without its 10 s buckets, for steps of whole minutes:
-    /// they hold more tuples than the minute, and would go unread.
+    /// The minute's tuples, without its 10 s buckets or its churn, for
+    /// steps of whole minutes: the buckets hold more tuples than the minute
+    /// and would go unread, and load is not churn.
     Minutes,
+    /// As [`Wanted::Minutes`], with only the tuples of one query (a question
+    /// about it): the others' strings are not looked up.
+    Query(u64),
     /// The minute's samples, coverage and churn, without its tuples or 10 s
     /// buckets: what connection churn reads.
     Churn,
@@ -429,6 +436,16 @@ impl ParsedMinute {
     pub fn only(mut self, wanted: Wanted) -> ParsedMinute {
         if wanted != Wanted::All {
             self.stored.fine = Vec::new();
+        }
+        if let Wanted::Minutes | Wanted::Query(_) = wanted {
+            let s = &mut self.stored;
+            s.churn_cells = Vec::new();
+            s.churn_lifetimes_us = Vec::new();
+            s.lifetimes = Vec::new();
+            s.established = Vec::new();
+        }
+        if let Wanted::Query(f) = wanted {
+            self.query = Some(f);
         }
         if wanted == Wanted::Churn {
             self.stored.cells = Vec::new();
@@ -450,7 +467,7 @@ impl Parsed for ParsedMinute {
     fn with(self, keys: &Keys) -> Option<MinuteLoad> {
         let (start, mut stored) = (self.start, self.stored);
         let fine_stored = std::mem::take(&mut stored.fine);
-        let mut coarse = Bucket::from_stored(start, COARSE_US, stored, keys)?;
+        let mut coarse = Bucket::from_stored(start, COARSE_US, stored, keys, self.query)?;
         let mut fine = Vec::with_capacity(fine_stored.len());
         for f in fine_stored {
             let mut tuples = Vec::with_capacity(f.counts.len() / 2);
@@ -495,12 +512,21 @@ impl Bucket {
             len_us,
             StoredLoad::decode(bytes).ok()?,
             &Keys::default(),
+            None,
         )
     }
 
     /// From a stored bucket, with `keys` the dictionary it names (unless
-    /// its strings are its own).
-    fn from_stored(start: i64, len_us: i64, s: StoredLoad, keys: &Keys) -> Option<Bucket> {
+    /// its strings are its own); only the tuples of `query`, if given (the
+    /// 10 s buckets, which name the minute's tuples by place, are then not
+    /// to be read).
+    fn from_stored(
+        start: i64,
+        len_us: i64,
+        s: StoredLoad,
+        keys: &Keys,
+        query: Option<u64>,
+    ) -> Option<Bucket> {
         let own;
         let (strings, queries) = if s.keys == 0 {
             own = Keys {
@@ -527,6 +553,10 @@ impl Bucket {
         }
         let mut tuples = Vec::with_capacity(s.counts.len());
         for (row, n) in s.cells.chunks_exact(width).zip(s.counts) {
+            let fingerprint = *queries.get(row[3] as usize)?;
+            if query.is_some_and(|q| q != fingerprint) {
+                continue;
+            }
             let who = match width {
                 TUPLE_CELLS_V1 => &row[4..],
                 _ => {
@@ -539,7 +569,7 @@ impl Bucket {
                     class: Class::from_code(row[0])?,
                     wait_type: text(row[1])?,
                     wait_event: text(row[2])?,
-                    query: *queries.get(row[3] as usize)?,
+                    query: fingerprint,
                     user: text(who[0])?,
                     database: text(who[1])?,
                     application: text(who[2])?,
@@ -662,6 +692,57 @@ mod tests {
         old.cells = vec![0, 0, 1, 0, 2, 3, 4, 5, 6];
         old.who.clear();
         assert_eq!(packed(&old).encode_with(9, &mut Tables::default()), None);
+    }
+
+    #[test]
+    fn a_read_decodes_what_it_wants_of_a_minute() {
+        // Two tuples of two queries, a churn row, a 10 s bucket.
+        let stored = StoredLoad {
+            samples: 60,
+            covered_us: 60_000_000,
+            strings: STRINGS.iter().map(|s| s.to_string()).collect(),
+            queries: vec![0xabc, 0xdef],
+            cells: vec![0, 0, 1, 0, 0, 0, 0, 1, 1, 0],
+            who: vec![2, 3, 4, 5, 6],
+            counts: vec![42, 18],
+            churn_cells: vec![3, 4, 2, 5, 1, 1],
+            churn_lifetimes_us: vec![1_000],
+            established: vec![3, 1],
+            fine: vec![StoredFine {
+                offset_s: 0,
+                samples: 10,
+                covered_us: 10_000_000,
+                counts: vec![0, 7, 1, 3],
+            }],
+            ..Default::default()
+        };
+        let bytes = compressed(stored.encode_to_vec());
+        let read = |wanted: Wanted| {
+            let parsed = MinuteLoad::parse(0, &bytes).unwrap().only(wanted);
+            parsed.with(&Keys::default()).unwrap()
+        };
+        let all = read(Wanted::All);
+        assert_eq!(all.coarse.tuples.len(), 2);
+        assert_eq!((all.fine.len(), all.coarse.churn.rows.len()), (1, 1));
+        assert_eq!(all.coarse.churn.established.len(), 1);
+        // Whole minutes: the tuples, not the 10 s buckets or the churn.
+        let minutes = read(Wanted::Minutes);
+        assert_eq!(minutes.coarse.tuples, all.coarse.tuples);
+        assert!(minutes.fine.is_empty());
+        assert_eq!(minutes.coarse.churn, Churn::default());
+        // One query's: its tuple alone, the samples and coverage whole.
+        let one = read(Wanted::Query(0xdef));
+        assert_eq!(one.coarse.tuples, all.coarse.tuples[1..]);
+        assert_eq!(one.coarse.tuples[0].0.query, 0xdef);
+        assert_eq!(
+            (one.coarse.samples, one.coarse.covered_us),
+            (60, 60_000_000)
+        );
+        assert!(read(Wanted::Query(0x123)).coarse.tuples.is_empty());
+        // Churn: its rows, no tuples.
+        let churn = read(Wanted::Churn);
+        assert!(churn.coarse.tuples.is_empty());
+        assert_eq!(churn.coarse.churn, all.coarse.churn);
     }
 
     #[test]

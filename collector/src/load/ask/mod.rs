@@ -147,12 +147,18 @@ impl Scope {
     }
 
     /// What its reads decode of each stored minute: the 10 s buckets only
-    /// for steps that are not whole minutes.
+    /// for steps that are not whole minutes, and of a question about one
+    /// query (`query="…"`), that query's tuples alone.
     pub fn wanted(&self) -> Wanted {
-        if self.fine {
-            Wanted::All
-        } else {
-            Wanted::Minutes
+        let query = self
+            .tuples
+            .iter()
+            .find_map(|(d, m)| m.equal_to().filter(|_| *d == Dim::Query))
+            .and_then(fingerprint);
+        match (self.fine, query) {
+            (true, _) => Wanted::All,
+            (false, Some(f)) => Wanted::Query(f),
+            (false, None) => Wanted::Minutes,
         }
     }
 
@@ -283,5 +289,14 @@ pub(crate) mod tests {
         let mut fine = scope(&[r#"user="app""#]);
         fine.fine = true;
         assert!(!fine.prunes(), "10 s steps: totals are per minute");
+        // What a read decodes: one query's tuples for a question about it.
+        let one = scope(&[r#"user="app""#, r#"query="00000000000000ab""#]);
+        assert_eq!(one.wanted(), Wanted::Query(0xab));
+        assert_eq!(
+            scope(&[r#"query!="00000000000000ab""#]).wanted(),
+            Wanted::Minutes
+        );
+        assert_eq!(scope(&[r#"query="other""#]).wanted(), Wanted::Minutes);
+        assert_eq!(fine.wanted(), Wanted::All);
     }
 }
