@@ -122,6 +122,11 @@ pub(crate) fn call_failed(remote: &Remote, status: tonic::Status) -> CliError {
     call_failed_at(&remote.url, remote.timeout(), status)
 }
 
+/// Whether a call failed on the channel's deadline (`--timeout`).
+pub(crate) fn timed_out(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired"
+}
+
 /// One line for a failed call to the collector at `url`, given `timeout`.
 pub(crate) fn call_failed_at(url: &str, timeout: Duration, status: tonic::Status) -> CliError {
     match status.code() {
@@ -130,13 +135,10 @@ pub(crate) fn call_failed_at(url: &str, timeout: Duration, status: tonic::Status
             status.message()
         )),
         tonic::Code::InvalidArgument => CliError::Usage(status.message().to_owned()),
-        // What the channel's deadline (`--timeout`) gives.
-        tonic::Code::Cancelled if status.message() == "Timeout expired" => {
-            CliError::Failed(format!(
-                "the collector at {url} did not answer within {} (--timeout): a question over a long range or many servers can take longer, so give a longer --timeout (like 5m), or ask about less",
-                humantime::format_duration(timeout)
-            ))
-        }
+        _ if timed_out(&status) => CliError::Failed(format!(
+            "the collector at {url} did not answer within {} (--timeout): a question over a long range or many servers can take longer, so give a longer --timeout (like 5m), or ask about less",
+            humantime::format_duration(timeout)
+        )),
         _ => CliError::Failed(status.message().to_owned()),
     }
 }

@@ -99,12 +99,12 @@ pub(super) async fn read(
     remote: &Remote,
 ) -> Result<Fetched, String> {
     // A deadline passed says which (the top line has room for little).
-    let failed = |s: tonic::Status| match s.code() {
-        tonic::Code::Cancelled if s.message() == "Timeout expired" => format!(
+    let failed = |s: tonic::Status| match crate::remote::timed_out(&s) {
+        true => format!(
             "the collector did not answer within {} (--timeout)",
             humantime::format_duration(remote.timeout())
         ),
-        _ => s.message().to_owned(),
+        false => s.message().to_owned(),
     };
     let labels: HashMap<String, String> = ask.filter.labels.clone().into_iter().collect();
     let summary = client

@@ -639,10 +639,10 @@ mod tests {
         "client backend",
     ];
 
-    #[test]
-    fn a_packed_minute_that_does_not_hold_together_is_refused_whole() {
-        // One tuple, one row of who, one churn row, as `pack` makes them.
-        let whole = StoredLoad {
+    /// A minute of one tuple, one row of who, one churn row and a 10 s
+    /// bucket, as `pack` makes them, with its own strings.
+    fn one_tuple() -> StoredLoad {
+        StoredLoad {
             samples: 60,
             covered_us: 60_000_000,
             strings: STRINGS.iter().map(|s| s.to_string()).collect(),
@@ -660,7 +660,12 @@ mod tests {
                 counts: vec![0, 7],
             }],
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_packed_minute_that_does_not_hold_together_is_refused_whole() {
+        let whole = one_tuple();
         let packed = |s: &StoredLoad| PackedMinute {
             start: 0,
             samples: 60,
@@ -697,25 +702,11 @@ mod tests {
     #[test]
     fn a_read_decodes_what_it_wants_of_a_minute() {
         // Two tuples of two queries, a churn row, a 10 s bucket.
-        let stored = StoredLoad {
-            samples: 60,
-            covered_us: 60_000_000,
-            strings: STRINGS.iter().map(|s| s.to_string()).collect(),
-            queries: vec![0xabc, 0xdef],
-            cells: vec![0, 0, 1, 0, 0, 0, 0, 1, 1, 0],
-            who: vec![2, 3, 4, 5, 6],
-            counts: vec![42, 18],
-            churn_cells: vec![3, 4, 2, 5, 1, 1],
-            churn_lifetimes_us: vec![1_000],
-            established: vec![3, 1],
-            fine: vec![StoredFine {
-                offset_s: 0,
-                samples: 10,
-                covered_us: 10_000_000,
-                counts: vec![0, 7, 1, 3],
-            }],
-            ..Default::default()
-        };
+        let mut stored = one_tuple();
+        stored.queries.push(0xdef);
+        stored.cells.extend([0, 0, 1, 1, 0]);
+        stored.counts.push(18);
+        stored.fine[0].counts.extend([1, 3]);
         let bytes = compressed(stored.encode_to_vec());
         let read = |wanted: Wanted| {
             let parsed = MinuteLoad::parse(0, &bytes).unwrap().only(wanted);

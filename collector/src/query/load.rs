@@ -103,9 +103,9 @@ impl QueryService {
     /// nothing its filters take (the load of one query, of one
     /// application): their rows hold no tuple it would count, so each is
     /// added with `passed` from its totals (its minutes' samples and
-    /// coverage) and not read. Only whole hours that ended with every
-    /// minute stored: one whose totals do not list the same minutes as its
-    /// rows, or that holds a minute the counters hold open (`held`), is
+    /// coverage) and not read. Only whole hours that ended and are settled
+    /// (see [`Store::fold_passed`]): one whose totals do not list the same
+    /// minutes as its rows, or that holds what the counters hold `open`, is
     /// read as ever.
     async fn pass_over<A: Send + 'static>(
         &self,
@@ -144,7 +144,8 @@ impl QueryService {
                 // As `TopSum::add_read` takes them: those that overlap it.
                 scope.start - STATEMENTS_US + 1,
                 held,
-                scope.asks_strings(),
+                // The dictionaries' strings only for a filter by another.
+                !scope.narrows_by_query_only(),
                 move |keys| asked.may_hold(keys),
                 acc,
                 passed,

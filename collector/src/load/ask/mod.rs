@@ -104,18 +104,12 @@ impl Scope {
         !self.fine && self.tuples.iter().any(|(d, m)| narrows(*d, m))
     }
 
-    /// Whether [`Scope::may_hold`] asks a dictionary's strings, not only its
-    /// fingerprints.
-    pub fn asks_strings(&self) -> bool {
-        self.tuples
-            .iter()
-            .any(|(d, m)| *d != Dim::Query && narrows(*d, m))
-    }
-
     /// Whether its only filters that pass hours over are by query: then
     /// the hours passed over hold no statement statistics of a query it
     /// takes either (statistics are summed over users and the rest, so
-    /// another filter passes over hours whose statistics it takes).
+    /// another filter passes over hours whose statistics it takes), and
+    /// [`Scope::may_hold`] asks a dictionary's fingerprints, not its
+    /// strings.
     pub fn narrows_by_query_only(&self) -> bool {
         self.tuples
             .iter()
@@ -281,8 +275,8 @@ pub(crate) mod tests {
         assert!(scope(&[r#"user="report""#]).may_hold(&fingerprints));
         assert!(scope(&[r#"wait="IO:WALSync""#]).may_hold(&fingerprints));
         assert!(!scope(&[r#"query="00000000000000ac""#]).may_hold(&fingerprints));
-        assert!(scope(&[r#"user="report""#]).asks_strings());
-        assert!(!scope(&[r#"query="00000000000000ac""#, r#"user!="x""#]).asks_strings());
+        assert!(!scope(&[r#"user="report""#]).narrows_by_query_only());
+        assert!(scope(&[r#"query="00000000000000ac""#, r#"user!="x""#]).narrows_by_query_only());
         // What can pass hours over: a narrowing filter, whole minutes.
         assert!(scope(&[r#"user="app""#]).prunes());
         assert!(!scope(&[r#"user!="app""#, r#"dc="eu1""#, r#"wait="CPU""#]).prunes());
