@@ -38,7 +38,7 @@ use pgfleet_collector::load::count::Closed;
 use pgfleet_collector::load::dictionaries::Dictionaries;
 use pgfleet_collector::load::statements::{Read, Totals};
 use pgfleet_collector::load::{COARSE_US, Class, Counter, MinuteLoad};
-use pgfleet_collector::store::{Op, Retention, Store};
+use pgfleet_collector::store::{Retention, Store};
 use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use pgfleet_proto::time::{duration, now_micros, timestamp};
 use pgfleet_proto::v1;
@@ -454,7 +454,7 @@ async fn main() {
             _ => None,
         })
         .collect();
-    let (write_s, fleet_mib) = fleet_store(&dir, servers, &[kept]).await;
+    let (write_s, _, fleet_mib) = fleet_store(&dir, servers, &[kept]).await;
     let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     // The JSON API answers the same question, timed beside the RPC.
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
@@ -592,7 +592,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
         0 => vec![day],
         n => (0..n as u64).map(|app| day_of_app(&day, app)).collect(),
     };
-    let (write_s, store_mib) = fleet_store(&dir, servers, &days).await;
+    let (write_s, hours_s, store_mib) = fleet_store(&dir, servers, &days).await;
     let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     let collector = pgfleet_collector::server::start(config).await.unwrap();
     // Timed here, not cut short by the command's deadline.
@@ -610,7 +610,14 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
     let calls = pgfleet_tests::env_usize("PGFLEET_BENCH_DAY_CALLS", 3);
     let mut figures = serde_json::Map::new();
     let questions: &[&str] = match apps {
-        0 => &["load_by_wait", "load_by_query", "top_queries", "churn"],
+        0 => &[
+            "load_by_wait",
+            "load_by_wait_1h",
+            "load_by_query",
+            "load_by_query_1h",
+            "top_queries",
+            "churn",
+        ],
         _ => &[
             "query_load",
             "query_load_whole",
@@ -641,11 +648,18 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
             std::fs::write("/proc/self/clear_refs", "5").unwrap();
             let t = Instant::now();
             answer = match name {
-                "load_by_wait" | "load_by_query" => {
+                "load_by_wait" | "load_by_query" | "load_by_wait_1h" | "load_by_query_1h" => {
+                    // The default step (30 min) reads every minute; a step
+                    // of an hour reads each server's whole hours, added up.
+                    let (by, hourly) = match name.strip_suffix("_1h") {
+                        Some(by) => (by, true),
+                        None => (name, false),
+                    };
                     let req = v1::QueryLoadRequest {
                         start,
                         end,
-                        group_by: name.trim_start_matches("load_by_").into(),
+                        group_by: by.trim_start_matches("load_by_").into(),
+                        step: hourly.then(|| duration(3_600_000_000)),
                         ..Default::default()
                     };
                     let r = client.query_load(req).await.unwrap().into_inner();
@@ -723,38 +737,40 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
         "apps": apps,
         "store_mib": store_mib,
         "write_s": write_s,
+        "hours_s": hours_s,
         "queries": figures,
     });
     println!("{out}");
 }
 
 /// A store under `dir/collector` given `servers` servers (five dcs), server
-/// `i` with the load `days[i % days.len()]` holds, through its writer; the
-/// seconds that took, and the MiB the file holds once checkpointed.
-async fn fleet_store(dir: &std::path::Path, servers: usize, days: &[Vec<Closed>]) -> (f64, f64) {
+/// `i` with the load `days[i % days.len()]` holds, through its writer, in
+/// the order of time as a fleet sends it, and its hours added up; the
+/// seconds that took (the writes, then the hours), and the MiB the file
+/// holds once checkpointed.
+async fn fleet_store(
+    dir: &std::path::Path,
+    servers: usize,
+    days: &[Vec<Closed>],
+) -> (f64, f64, f64) {
     std::fs::create_dir_all(dir.join("collector")).unwrap();
     let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
     let written = Instant::now();
-    for i in 0..servers {
-        let id = format!("db-{i:05}");
-        store
-            .write(Op::Server {
-                server_id: id.clone(),
-                agent_id: format!("agent-{id}"),
-                labels: [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into(),
-                interval_ms: 1000,
-            })
-            .await;
-        for op in load_writes(&id, days[i % days.len()].clone()) {
-            store.write(op).await;
-        }
-    }
-    store.flush().await;
-    drop(store);
+    let fleet: Vec<_> = (0..servers)
+        .map(|i| {
+            let labels = [("dc".to_owned(), DCS[i % DCS.len()].to_owned())].into();
+            (format!("db-{i:05}"), labels, &days[i % days.len()][..])
+        })
+        .collect();
+    let last = pgfleet_tests::stored::write_fleet(&store, &fleet).await;
     let write_s = written.elapsed().as_secs_f64();
+    let adding = Instant::now();
+    pgfleet_tests::stored::hours_added_up(&store, last).await;
+    let hours_s = adding.elapsed().as_secs_f64();
+    drop(store);
     checkpoint(&dir.join("collector"));
     let mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
-    (write_s, mib)
+    (write_s, hours_s, mib)
 }
 
 /// A figure of this process's from /proc/self/status, in KiB.

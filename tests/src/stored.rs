@@ -1,12 +1,15 @@
 //! Stores of DB load written directly, for tests of questions over hours
 //! and days that a live fleet would take that long to give.
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::path::Path;
 use std::sync::Arc;
 
 use pgfleet_collector::load::Counter;
 use pgfleet_collector::load::count::Closed;
 use pgfleet_collector::load::statements::{Read, Totals};
+use pgfleet_collector::rollup::Minute;
 use pgfleet_collector::store::{Op, Retention, Store};
 use pgfleet_proto::model::{ArcStr, Session, SessionState};
 use pgfleet_proto::time::Micros;
@@ -89,21 +92,104 @@ pub fn load_of(end: Micros, hours: i64, query: impl Fn(i64) -> u64) -> Vec<Close
 }
 
 /// Writes each of `servers`, `(server_id, its load)`, into the SQLite store
-/// under `dir`, through its writer.
+/// under `dir` (see [`write_fleet`]), and commits until its writer has
+/// added up the hours that ended by then (see [`hours_added_up`]).
 pub async fn write_load(dir: &Path, servers: &[(String, &[Closed])]) {
     let (store, _) = Store::open_sqlite(dir, Retention::default()).unwrap();
-    for (id, closed) in servers {
+    let servers: Vec<_> = servers
+        .iter()
+        .map(|(id, closed)| (id.clone(), BTreeMap::new(), *closed))
+        .collect();
+    let last = write_fleet(&store, &servers).await;
+    hours_added_up(&store, last).await;
+}
+
+/// When a piece of a server's load closed, and whether it is a minute with
+/// samples (one without stands for its hour's totals alone).
+fn closed_at(c: &Closed) -> (Micros, bool) {
+    let last = |h: &pgfleet_collector::load::hours::HourTotals| {
+        h.minutes.last().map_or(h.start, |m| m.start)
+    };
+    match c {
+        Closed::Minute(m, _) if m.coarse.samples > 0 => (m.coarse.start, true),
+        Closed::Packed(m, _) if m.samples() > 0 => (m.start(), true),
+        Closed::Minute(_, h) | Closed::Packed(_, h) => (last(h), false),
+        Closed::Statements(at, _) => (*at, false),
+    }
+}
+
+/// Writes each of `servers`, `(server_id, its labels, its load)`, through
+/// `store`'s writer in the order of time, as a fleet's agents send it (a
+/// server's day written after another's would come late into the hours
+/// the writer has added up), and each minute of load with a rollup of that
+/// minute, as the aggregator writes both. The start of the last minute
+/// written.
+pub async fn write_fleet(
+    store: &Store,
+    servers: &[(String, BTreeMap<String, String>, &[Closed])],
+) -> Micros {
+    for (id, labels, _) in servers {
         store
             .write(Op::Server {
                 server_id: id.clone(),
                 agent_id: format!("agent-{id}"),
-                labels: Default::default(),
+                labels: labels.clone(),
                 interval_ms: 1000,
             })
             .await;
-        for op in pgfleet_collector::aggregator::load_writes(id, closed.to_vec()) {
+    }
+    let mut next: BinaryHeap<Reverse<(Micros, usize, usize)>> = servers
+        .iter()
+        .enumerate()
+        .filter_map(|(s, (_, _, closed))| Some(Reverse((closed_at(closed.first()?).0, s, 0))))
+        .collect();
+    let mut last = Micros::MIN;
+    while let Some(Reverse((at, s, k))) = next.pop() {
+        let (id, _, closed) = &servers[s];
+        let c = closed[k].clone();
+        if closed_at(&c).1 {
+            last = last.max(at);
+            let minute = Minute {
+                start: at,
+                samples: 60,
+                covered_us: 60_000_000,
+                ..Minute::default()
+            };
+            store
+                .write(Op::Minute {
+                    server_id: id.clone(),
+                    minute,
+                })
+                .await;
+        }
+        for op in pgfleet_collector::aggregator::load_writes(id, vec![c]) {
             store.write(op).await;
+        }
+        if let Some(c) = closed.get(k + 1) {
+            next.push(Reverse((closed_at(c).0, s, k + 1)));
         }
     }
     store.flush().await;
+    last
+}
+
+/// Commits until `store`'s writer has added up each whole hour that ended
+/// two minutes before `last` (the start of the last minute written): it
+/// builds a share of an hour after each commit.
+pub async fn hours_added_up(store: &Store, last: Micros) {
+    let due = last - 2 * 60_000_000;
+    let due = due - due.rem_euclid(HOUR_US);
+    let since = std::time::Instant::now();
+    loop {
+        store.flush().await;
+        let built = store.hours_built().await.expect("a read of the store");
+        if built.is_some_and(|(_, to)| to >= due) {
+            return;
+        }
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(900),
+            "the writer adds up the hours to {due}: {built:?} so far"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

@@ -594,14 +594,28 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
         assert_eq!(none_passed, 0.0, "step {step}");
         assert_eq!(series(&passed), series(&whole), "step {step}");
         assert_eq!(passed.coverage, whole.coverage, "step {step}");
-        // Every step covered whole: the hours passed over count.
-        let thin: Vec<f64> = passed
+        // Each step's part of the range, [a, b): steps of whole hours start
+        // on an hour, so the first and the last may hold time before and
+        // after the load written.
+        let (first, hour) = (end - 6 * 3_600_000_000, 3_600_000_000);
+        let parts: Vec<(Micros, Micros)> = passed
             .coverage
             .iter()
-            .map(|p| p.value)
-            .filter(|v| (v - 1.0).abs() > 1e-9)
+            .map(|p| {
+                let at = pgfleet_proto::time::timestamp_micros(p.at.as_ref().unwrap());
+                (at.max(first), (at + step).min(end))
+            })
             .collect();
-        assert!(thin.is_empty(), "step {step}: coverage {thin:?}");
+        // Every step covered as far as the load written reaches: the hours
+        // passed over count.
+        for (p, (a, b)) in passed.coverage.iter().zip(&parts) {
+            let covered = (b - a) as f64 / step as f64;
+            assert!(
+                (p.value - covered).abs() < 1e-9,
+                "step {step}: coverage {:?}",
+                passed.coverage
+            );
+        }
         let of = |key: &str| {
             series(&passed)
                 .into_iter()
@@ -617,10 +631,8 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
         // the change has its share (its samples of the hours passed over
         // count too).
         let c = of("db-c").unwrap();
-        let hours_of = step as f64 / 3_600_000_000.0;
-        for (i, v) in c.iter().enumerate() {
-            let (from, to) = (i as f64 * hours_of, (i + 1) as f64 * hours_of);
-            let share = ((3.0f64.min(to) - from) / (to - from)).clamp(0.0, 1.0);
+        for (i, (v, (a, b))) in c.iter().zip(&parts).enumerate() {
+            let share = ((first + 3 * hour).min(*b) - a).max(0) as f64 / (b - a) as f64;
             assert!((v - 10.0 * share).abs() < 1e-9, "step {step}, {i}: {c:?}");
         }
     }
@@ -667,6 +679,138 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
     assert!(hours_passed >= 4.0, "{hours_passed}");
     assert!(whole.statements, "{whole:?}");
     assert_eq!(passed, whole);
+    collector.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
+    use pgfleet_tests::stored::{HOUR_US, load_of, write_load};
+    const Q: u64 = 0x0000_0000_0000_0c0c;
+    const R: u64 = 0x0000_0000_0000_0d0d;
+    let dir = std::env::temp_dir().join(format!("pgfleet-whole-hours-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Six hours that end on the hour: the writer adds the first five up
+    // (the last ends less than two minutes after the last minute written,
+    // and is read by its minutes). db-a runs Q throughout, db-b R, db-c Q
+    // for three hours and then R; ten sessions each, half of them waiting
+    // on IO:DataFileRead, the rest on the CPU.
+    let now = now_micros();
+    let end = now - now.rem_euclid(HOUR_US);
+    let start = end - 6 * HOUR_US;
+    let (a, b, c) = (
+        load_of(end, 6, |_| Q),
+        load_of(end, 6, |_| R),
+        load_of(end, 6, |h| if h < 3 { Q } else { R }),
+    );
+    write_load(
+        &dir,
+        &[
+            ("db-a".to_owned(), &a[..]),
+            ("db-b".to_owned(), &b[..]),
+            ("db-c".to_owned(), &c[..]),
+        ],
+    )
+    .await;
+    let mut config =
+        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
+    let mut client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
+        .await
+        .unwrap();
+    let whole = || pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_whole_total");
+    let mut ask = async |group_by: &str, step: Micros| {
+        let before = whole().await.unwrap();
+        let r = client
+            .query_load(v1::QueryLoadRequest {
+                start: Some(timestamp(start)),
+                end: Some(timestamp(end)),
+                step: Some(pgfleet_proto::time::duration(step)),
+                group_by: group_by.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let series: Vec<(String, Vec<f64>)> = r
+            .series
+            .iter()
+            .map(|s| (s.key.clone(), s.points.iter().map(|p| p.value).collect()))
+            .collect();
+        let coverage: Vec<f64> = r.coverage.iter().map(|p| p.value).collect();
+        (series, coverage, whole().await.unwrap() - before)
+    };
+    let (q, r) = (format!("{Q:016x}"), format!("{R:016x}"));
+    for step in [HOUR_US / 2, HOUR_US, 2 * HOUR_US] {
+        let steps = (6 * HOUR_US / step) as usize;
+        let (by_query, coverage, read_whole) = ask("query", step).await;
+        // Whole hours for steps of whole hours: of the three servers' five
+        // hours added up, all but the first, which holds the store's oldest
+        // minute (retention deletes a minute's rows a chunk at a time, so
+        // such an hour may have lost some since it was added up).
+        let expected_whole = if step % HOUR_US == 0 { 12.0 } else { 0.0 };
+        assert_eq!(read_whole, expected_whole, "step {step}");
+        assert_eq!(coverage.len(), steps, "step {step}");
+        assert!(
+            coverage.iter().all(|v| (v - 1.0).abs() < 1e-9),
+            "step {step}: {coverage:?}"
+        );
+        // Q: db-a's ten, and db-c's for its first three hours (its share of
+        // a step across the change); R the rest.
+        let of = |key: &str| {
+            by_query
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("step {step}: no {key} in {by_query:?}"))
+        };
+        let hours_of = step as f64 / HOUR_US as f64;
+        for (i, (vq, vr)) in of(&q).into_iter().zip(of(&r)).enumerate() {
+            let (from, to) = (i as f64 * hours_of, (i + 1) as f64 * hours_of);
+            let share = ((3.0f64.min(to) - from) / (to - from)).clamp(0.0, 1.0);
+            assert!(
+                (vq - (10.0 + 10.0 * share)).abs() < 1e-9,
+                "step {step}, {i}: Q {vq}"
+            );
+            assert!(
+                (vr - (20.0 - 10.0 * share)).abs() < 1e-9,
+                "step {step}, {i}: R {vr}"
+            );
+        }
+        let (by_wait, _, _) = ask("wait", step).await;
+        assert_eq!(by_wait.len(), 2, "step {step}: {by_wait:?}");
+        for (key, values) in &by_wait {
+            assert!(
+                values.iter().all(|v| (v - 15.0).abs() < 1e-9),
+                "step {step}: {key} {values:?}"
+            );
+        }
+    }
+    // The top queries of the range: its whole hours added up, the rest by
+    // the minute.
+    let before = whole().await.unwrap();
+    let top = client
+        .top_queries(v1::TopQueriesRequest {
+            start: Some(timestamp(start)),
+            end: Some(timestamp(end)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole().await.unwrap() - before, 12.0);
+    let load: std::collections::BTreeMap<String, f64> = top
+        .queries
+        .iter()
+        .map(|t| (t.fingerprint.clone(), t.load))
+        .collect();
+    assert_eq!(load.len(), 2, "{top:?}");
+    for (key, l) in &load {
+        assert!((l - 15.0).abs() < 1e-9, "{key}: {l} in {top:?}");
+    }
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

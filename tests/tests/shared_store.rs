@@ -735,6 +735,7 @@ async fn a_fleet_s_minutes_of_load_are_read_a_chunk_at_a_time_in_either_store() 
                     now + COARSE_US,
                     pgfleet_collector::load::Wanted::All,
                     skip.clone(),
+                    None,
                     Vec::new(),
                     |v, id, m| v.push((id.to_owned(), m)),
                 )

@@ -694,6 +694,7 @@ async fn a_closed_minute_waiting_for_the_store_reads_as_open_then_is_stored() {
             t0 + crate::load::COARSE_US,
             crate::load::Wanted::All,
             None,
+            None,
             Vec::new(),
             |all, id, m| all.push((id.to_owned(), m)),
         )

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use pgfleet_proto::time::Micros;
 
-use super::{Bucket, COARSE_US, Class};
+use super::{Bucket, COARSE_US, Churn, Class, MinuteLoad, Tuple};
 
 /// An hour.
 pub const HOUR_US: Micros = 3_600_000_000;
@@ -259,6 +259,74 @@ struct StoredHour {
     /// counts of the three classes.
     #[prost(uint64, repeated, tag = "1")]
     cells: Vec<u64>,
+}
+
+/// One server's tuples of an hour: its minutes of load added up into one
+/// bucket, for reads of whole hours (`load_tuple_hours`; a fleet's day of
+/// 1,000 servers is 24,000 of them rather than 1.44 million minutes). No
+/// tuple is bounded away: an hour answers what its minutes, read one by
+/// one, would.
+#[derive(Debug)]
+pub struct TupleHour {
+    start: Micros,
+    samples: u32,
+    covered_us: Micros,
+    counts: HashMap<Tuple, u64>,
+}
+
+impl TupleHour {
+    /// An empty hour that holds `at`.
+    pub fn holding(at: Micros) -> TupleHour {
+        TupleHour {
+            start: at - at.rem_euclid(HOUR_US),
+            samples: 0,
+            covered_us: 0,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Adds a minute of the hour: its own bucket's samples, coverage and
+    /// tuples (not its 10 s buckets, nor its churn).
+    pub fn add(&mut self, m: &MinuteLoad) {
+        let b = &m.coarse;
+        self.samples = self.samples.saturating_add(b.samples);
+        self.covered_us += b.covered_us;
+        for (t, n) in &b.tuples {
+            match self.counts.get_mut(t) {
+                Some(c) => *c += u64::from(*n),
+                None => {
+                    self.counts.insert(t.clone(), u64::from(*n));
+                }
+            }
+        }
+    }
+
+    /// The samples its minutes took.
+    pub fn samples(&self) -> u32 {
+        self.samples
+    }
+
+    /// The hour as a minute of load that starts at the hour, its tuples
+    /// largest first (ties: the smaller tuple).
+    pub fn load(self) -> MinuteLoad {
+        let mut tuples: Vec<(Tuple, u32)> = self
+            .counts
+            .into_iter()
+            .map(|(t, n)| (t, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        MinuteLoad {
+            coarse: Bucket {
+                start: self.start,
+                len_us: HOUR_US,
+                samples: self.samples,
+                covered_us: self.covered_us,
+                tuples,
+                churn: Churn::default(),
+            },
+            fine: Vec::new(),
+        }
+    }
 }
 
 #[cfg(test)]

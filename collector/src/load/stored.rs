@@ -104,10 +104,10 @@ impl MinuteLoad {
         IdMinute::of(self).pack()
     }
 
-    /// The minute as stored, with strings of its own, compressed, as rows
-    /// were before dictionaries (the store writes through
-    /// [`super::dictionaries`]).
-    #[cfg(test)]
+    /// The minute as stored, with strings of its own, compressed: as rows
+    /// were before dictionaries (the store writes minutes through
+    /// [`super::dictionaries`]), and as hours of tuples are
+    /// ([`super::hours::TupleHour`]).
     pub fn encode(&self) -> Vec<u8> {
         IdMinute::of(self).encode()
     }
@@ -140,7 +140,6 @@ impl IdMinute {
     }
 
     /// The minute as stored, with strings of its own, compressed.
-    #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
         compressed(self.encoded())
     }

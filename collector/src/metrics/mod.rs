@@ -103,6 +103,16 @@ fn store_reads(reads: ReadFigures) -> String {
         &[],
         reads.hours_passed as f64,
     );
+    out.family(
+        "pgfleet_collector_load_hours_whole_total",
+        "counter",
+        "Server-hours of DB load that questions by whole hours (a step of 1h or more, the top queries of a range) read as one row each, added up by the writer a few minutes after the hour, rather than as their 60 minutes (the SQLite store). Few of them beside the questions asked mean hours are read by the minute: a PostgreSQL store, steps not of whole hours, or hours still being added up.",
+    );
+    out.sample(
+        "pgfleet_collector_load_hours_whole_total",
+        &[],
+        reads.hours_whole as f64,
+    );
     out.text
 }
 
@@ -702,6 +712,7 @@ mod tests {
             running: 2,
             abandoned: 3,
             hours_passed: 40,
+            hours_whole: 24,
         });
         for line in [
             "# TYPE pgfleet_collector_store_reads gauge",
@@ -712,6 +723,8 @@ mod tests {
             "pgfleet_collector_store_reads_abandoned_total 3",
             "# TYPE pgfleet_collector_load_hours_passed_total counter",
             "pgfleet_collector_load_hours_passed_total 40",
+            "# TYPE pgfleet_collector_load_hours_whole_total counter",
+            "pgfleet_collector_load_hours_whole_total 24",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

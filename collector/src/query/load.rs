@@ -52,7 +52,10 @@ impl QueryService {
     /// each stored minute as it is read (with what `wanted` reads of it), so
     /// that a fleet's day is never held at once, but those the counters hold
     /// open (`open`), which replace their stored copies; not those in the
-    /// hours of `skip` (see [`QueryService::pass_over`]).
+    /// hours of `skip` (see [`QueryService::pass_over`]). With `hourly`
+    /// (each step holds whole hours, or the range is summed whole), a whole
+    /// hour the store has added up comes as one bucket at its start, but
+    /// the hours that hold a minute the counters hold open.
     #[allow(clippy::too_many_arguments)]
     async fn fold_buckets<A: Send + 'static>(
         &self,
@@ -62,6 +65,7 @@ impl QueryService {
         servers: Vec<String>,
         open: &[(String, Vec<Closed>)],
         skip: Option<ServerHours>,
+        hourly: bool,
         acc: A,
         add: fn(&mut A, &str, &Bucket),
     ) -> Result<A, Status> {
@@ -75,6 +79,13 @@ impl QueryService {
             }
         }
         let replaced = Held::of(opened.keys());
+        let by_hour = hourly.then(|| {
+            let mut held = ServerHours::default();
+            for (id, at) in opened.keys() {
+                held.insert(id, at - at.rem_euclid(HOUR_US));
+            }
+            held
+        });
         let first = scope.start - scope.start.rem_euclid(COARSE_US);
         let stored = scope.clone();
         let mut acc = store
@@ -84,6 +95,7 @@ impl QueryService {
                 scope.end,
                 wanted,
                 skip,
+                by_hour,
                 acc,
                 move |acc, id, m| {
                     if !replaced.holds(id, m.coarse.start) {
@@ -243,6 +255,7 @@ impl QueryService {
                 ids,
                 &open,
                 Some(passed.totals),
+                plan.hourly(),
                 sum,
                 |s, id, b| s.add(id, b),
             )
@@ -283,6 +296,8 @@ impl QueryService {
                 ids.clone(),
                 &open,
                 Some(passed.totals),
+                // A sum over the range: its whole hours may be read as such.
+                true,
                 sum,
                 |s, id, b| s.add(id, b),
             )
@@ -362,6 +377,7 @@ impl QueryService {
                 ids,
                 &open,
                 None,
+                false,
                 sum,
                 |s, id, b| s.add(id, b),
             )

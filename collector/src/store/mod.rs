@@ -621,7 +621,10 @@ impl Store {
     /// 1.44 million minutes of a thousand servers, never held at once.
     /// Each minute has what `wanted` reads of it (a minute without its 10 s
     /// buckets decodes in some two thirds of the time). The hours of `skip`
-    /// are passed over.
+    /// are passed over. With `by_hour`, a SQLite store hands each whole hour
+    /// it has added up as one minute at the hour's start, but the hours of
+    /// `by_hour`, whose minutes it hands (see `sqlite::each_load`); a
+    /// PostgreSQL store hands minutes.
     #[allow(clippy::too_many_arguments)]
     pub async fn fold_load<A: Send + 'static>(
         &self,
@@ -630,6 +633,7 @@ impl Store {
         end: Micros,
         wanted: crate::load::Wanted,
         skip: Option<ServerHours>,
+        by_hour: Option<ServerHours>,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, MinuteLoad) + Send + 'static,
     ) -> Result<A, StoreError> {
@@ -637,22 +641,26 @@ impl Store {
             match &self.reader {
                 Reader::Sqlite(db, _) => {
                     let db = db.clone();
-                    self.blocking(
-                        move |db: &rusqlite::Connection| {
-                            sqlite::each_load(
-                                db,
-                                servers.as_deref(),
-                                start,
-                                end,
-                                wanted,
-                                skip.as_ref(),
-                                |id, m| f(&mut acc, id, m),
-                            )?;
-                            Ok(acc)
-                        },
-                        db,
-                    )
-                    .await
+                    let (acc, whole) = self
+                        .blocking(
+                            move |db: &rusqlite::Connection| {
+                                let whole = sqlite::each_load(
+                                    db,
+                                    servers.as_deref(),
+                                    start,
+                                    end,
+                                    wanted,
+                                    skip.as_ref(),
+                                    by_hour.as_ref(),
+                                    |id, m| f(&mut acc, id, m),
+                                )?;
+                                Ok((acc, whole))
+                            },
+                            db,
+                        )
+                        .await?;
+                    self.reads.whole(whole);
+                    Ok(acc)
                 }
                 Reader::Postgres(pg) => {
                     pg.each_load(servers, start, end, wanted, |id, m| {

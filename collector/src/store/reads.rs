@@ -14,6 +14,7 @@ pub struct ReadCounts {
     ended: AtomicU64,
     abandoned: AtomicU64,
     passed: AtomicU64,
+    whole: AtomicU64,
 }
 
 /// What [`ReadCounts`] holds at one moment.
@@ -29,6 +30,9 @@ pub struct ReadFigures {
     /// Server-hours of DB load that questions passed over unread, their
     /// dictionaries naming nothing asked (see `Store::fold_passed`).
     pub hours_passed: u64,
+    /// Server-hours of DB load read as one row each, added up by the
+    /// writer, rather than as their minutes (see `sqlite::each_load`).
+    pub hours_whole: u64,
 }
 
 impl ReadCounts {
@@ -43,12 +47,18 @@ impl ReadCounts {
             running: started.saturating_sub(ended),
             abandoned: self.abandoned.load(Ordering::Relaxed),
             hours_passed: self.passed.load(Ordering::Relaxed),
+            hours_whole: self.whole.load(Ordering::Relaxed),
         }
     }
 
     /// Counts `hours` passed over unread.
     pub(super) fn passed(&self, hours: usize) {
         self.passed.fetch_add(hours as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `hours` read as one row each.
+    pub(super) fn whole(&self, hours: usize) {
+        self.whole.fetch_add(hours as u64, Ordering::Relaxed);
     }
 }
 

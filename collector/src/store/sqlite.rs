@@ -88,6 +88,14 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
     -- A fleet's day of hours read by time from the index alone (its rows
     -- are small), not from a row of the table for each.
     CREATE INDEX IF NOT EXISTS load_hours_in_hour ON load_hours (hour, server_id, body);
+    -- Each server's minutes of load of an hour added up (store/hours.rs).
+    CREATE TABLE IF NOT EXISTS load_tuple_hours (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS load_tuple_hours_by_server
+        ON load_tuple_hours (server_id, hour);
     CREATE TABLE IF NOT EXISTS statements (
         id INTEGER PRIMARY KEY,
         server_id TEXT NOT NULL,
@@ -651,11 +659,11 @@ fn each_row(
         rusqlite::Result::Ok(())
     };
     // Many servers of a table of small rows: one scan of the range by time,
-    // kept by server here, rather than a seek per server. Not the minutes of
-    // load (some 7 KB a row): such a scan reads every server's.
+    // kept by server here, rather than a seek per server. Not the minutes
+    // and hours of load (some 7 KB a row): such a scan reads every server's.
     if let Some(ids) = servers
         && ids.len() > MANY_SERVERS
-        && table != "load"
+        && !BIG_ROWS.contains(&table)
     {
         let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let mut q = db.prepare_cached(&format!(
@@ -690,10 +698,23 @@ fn each_row(
     Ok(())
 }
 
+/// The tables whose rows are read a server at a time, never by one scan of
+/// a range of time (see [`each_row`]).
+const BIG_ROWS: [&str; 2] = ["load", "load_tuple_hours"];
+
 /// Hands `f` each minute of load that starts in `[start, end)`, of
 /// `servers` (None: every server), as it is read (see [`each_parsed`]): a
 /// fleet's day (1.44 million minutes of a thousand servers) is never held at
-/// once, each with what `wanted` reads of it.
+/// once, each with what `wanted` reads of it; none in the hours of `skip`.
+///
+/// With `by_hour`, the whole hours built with their tuples (see [`hours`])
+/// are each handed as one minute at the hour's start with the sum of its
+/// minutes' tuples, samples and coverage, from `load_tuple_hours` (a
+/// fleet's day is 24,000 rows at 1,000 servers): but the hours of
+/// `by_hour` (those the caller reads by the minute) and those marked late,
+/// whose minutes are read. Only for `wanted` that reads no 10 s bucket nor
+/// churn, which hours do not keep.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn each_load(
     db: &Connection,
     servers: Option<&[String]>,
@@ -701,11 +722,63 @@ pub(super) fn each_load(
     end: Micros,
     wanted: Wanted,
     skip: Option<&ServerHours>,
+    by_hour: Option<&ServerHours>,
     mut f: impl FnMut(&str, MinuteLoad),
-) -> rusqlite::Result<()> {
-    let rows = Rows::of("load", "minute", servers, start, end).skipping(skip);
+) -> rusqlite::Result<usize> {
     let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
-    each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))
+    let mut handed: Option<ServerHours> = None;
+    let mut whole = 0;
+    if let (Some(by_minute), Wanted::Minutes | Wanted::Query(_)) = (by_hour, wanted) {
+        // The hours and their late marks in one snapshot. A rebuild of an
+        // hour committed before its minutes are read below is then read as
+        // it was: the minutes that made it come late, as they did.
+        let tx = db.unchecked_transaction()?;
+        if let Some((first, last)) = tuple_hours(&tx, start, end)? {
+            let mut late = ServerHours::default();
+            for (hour, ids) in hours::late_in(&tx, first, last)? {
+                for id in ids {
+                    late.insert(&id, hour);
+                }
+            }
+            let mut passed = skip.cloned().unwrap_or_default();
+            let rows = Rows::of("load_tuple_hours", "hour", servers, first, last).skipping(skip);
+            each_parsed(&tx, rows, parse, CHUNK_ROWS, |id, hour, m| {
+                if !late.holds(id, hour) && !by_minute.holds(id, hour) {
+                    passed.insert(id, hour);
+                    whole += 1;
+                    f(id, m)
+                }
+            })?;
+            handed = Some(passed);
+        }
+    }
+    let rows = Rows::of("load", "minute", servers, start, end).skipping(handed.as_ref().or(skip));
+    each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))?;
+    Ok(whole)
+}
+
+/// The whole hours in `[start, end)` whose tuples of load can be read from
+/// `load_tuple_hours`: built (see [`hours`]), from the first built with its
+/// tuples on, and after the oldest stored minute (retention deletes a
+/// minute's rows a chunk at a time, so the hour that holds it may miss
+/// some). None when there is none.
+fn tuple_hours(
+    db: &Connection,
+    start: Micros,
+    end: Micros,
+) -> rusqlite::Result<Option<(Micros, Micros)>> {
+    let (Some((from, to)), Some(load_from), Some((oldest, _))) = (
+        hours::built(db)?,
+        hours::load_from(db)?,
+        hours::minutes_kept(db)?,
+    ) else {
+        return Ok(None);
+    };
+    let first = start.max(from).max(load_from).max(oldest.saturating_add(1));
+    let first = first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US;
+    let last = end.min(to);
+    let last = last - last.rem_euclid(HOUR_US);
+    Ok((first < last).then_some((first, last)))
 }
 
 /// Hands `f` each statement interval that starts in `[start, end)`, of
@@ -997,6 +1070,7 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
         minute + 1,
         Wanted::All,
         None,
+        None,
         |_, m| {
             let h = hours
                 .first()
@@ -1099,7 +1173,7 @@ const OLDEST_LOAD: &str = "DELETE FROM load WHERE id IN
 /// before the hour after its own. A minute of load is some 7 KB, an
 /// overflow page to read and free: a thousand took 36 ms from disk here, a
 /// hundred 3–5 ms.
-const AGED: [(&str, Micros, i64); 6] = [
+const AGED: [(&str, Micros, i64); 7] = [
     (
         "DELETE FROM rollups WHERE (minute, server_id) IN
              (SELECT minute, server_id FROM rollups WHERE minute < ?1 LIMIT ?2)",
@@ -1112,6 +1186,13 @@ const AGED: [(&str, Micros, i64); 6] = [
              (SELECT hour, server_id FROM rollup_hours WHERE hour < ?1 LIMIT ?2)",
         HOUR_US,
         1,
+    ),
+    (
+        "DELETE FROM load_tuple_hours WHERE id IN
+             (SELECT id FROM load_tuple_hours WHERE id IN
+                 (SELECT id FROM load_tuple_hours ORDER BY id LIMIT ?2) AND hour < ?1)",
+        HOUR_US,
+        10,
     ),
     (
         "DELETE FROM statements WHERE id IN (SELECT id FROM statements WHERE at < ?1 LIMIT ?2)",
@@ -1505,6 +1586,10 @@ fn commit<'a>(
                 } => {
                     if let Some(body) = super::load_row(keys, server_id, minute) {
                         load.execute(params![server_id, minute.start(), body])?;
+                        let start = minute.start();
+                        if sealed.as_ref().is_some_and(|s| s.contains(&start)) {
+                            late.insert((start - start.rem_euclid(HOUR_US), server_id.clone()));
+                        }
                     }
                     hour.execute(params![server_id, totals.start, totals.encode()])?;
                 }
@@ -1993,6 +2078,222 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// What `each_load` hands of `[start, end)`, added up by server and
+    /// hour (samples, coverage and each tuple's count), and how many rows
+    /// it handed.
+    #[allow(clippy::type_complexity)]
+    fn load_by_hour(
+        db: &Connection,
+        (start, end): (Micros, Micros),
+        wanted: Wanted,
+        skip: Option<&ServerHours>,
+        by_hour: Option<&ServerHours>,
+    ) -> (
+        std::collections::BTreeMap<(String, Micros), (u32, i64, Vec<(crate::load::Tuple, u32)>)>,
+        usize,
+    ) {
+        let mut hours: std::collections::BTreeMap<(String, Micros), crate::load::hours::TupleHour> =
+            Default::default();
+        let mut rows = 0;
+        each_load(db, None, start, end, wanted, skip, by_hour, |id, m| {
+            rows += 1;
+            let at = m.coarse.start;
+            hours
+                .entry((id.to_owned(), at - at.rem_euclid(HOUR_US)))
+                .or_insert_with(|| crate::load::hours::TupleHour::holding(at))
+                .add(&m);
+        })
+        .unwrap();
+        let sums = hours
+            .into_iter()
+            .map(|(k, h)| {
+                let b = h.load().coarse;
+                (k, (b.samples, b.covered_us, b.tuples))
+            })
+            .collect();
+        (sums, rows)
+    }
+
+    #[test]
+    fn hours_of_load_add_their_minutes_up_and_stand_for_them_in_reads_by_the_hour() {
+        let dir = scratch("load-hours");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let now = H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        // Five servers over three hours and ten minutes, each missing some
+        // minutes, each minute's users of its own; s4 is not listed among
+        // the servers, and its hours are built all the same. A rollup
+        // before them is the store's oldest minute.
+        let ids: Vec<String> = (0..5).map(|i| format!("s{i}")).collect();
+        let mut ops: Vec<(u64, Op)> = ids[..4]
+            .iter()
+            .map(|id| {
+                let op = Op::Server {
+                    server_id: id.clone(),
+                    agent_id: "a".into(),
+                    labels: Default::default(),
+                    interval_ms: 1_000,
+                };
+                (0, op)
+            })
+            .collect();
+        ops.push((
+            0,
+            Op::Minute {
+                server_id: "s0".into(),
+                minute: minute_of(0, H0 - MINUTE_US),
+            },
+        ));
+        let load = |i: usize, minute: i64| {
+            let start = H0 + minute * MINUTE_US;
+            let user = format!("u{i}-{}", minute % 7);
+            let mut m = crate::load::tests::minute_of(start, &["app", &user]);
+            m.coarse.samples = 50 + (minute % 10) as u32;
+            let hour = crate::load::hours::HourTotals::holding(start);
+            (
+                0,
+                Op::Load {
+                    server_id: ids[i].clone(),
+                    minute: m.pack(),
+                    hour,
+                },
+            )
+        };
+        for minute in 0..190 {
+            for (i, id) in ids.iter().enumerate() {
+                if (i as i64 + minute) % 11 != 0 {
+                    let start = H0 + minute * MINUTE_US;
+                    let m = minute_of(i, start);
+                    ops.push((
+                        0,
+                        Op::Minute {
+                            server_id: id.clone(),
+                            minute: m,
+                        },
+                    ));
+                    ops.push(load(i, minute));
+                }
+            }
+        }
+        sink.commit(&ops).unwrap();
+        let range = (H0 - 30 * MINUTE_US, now);
+        let (every, minutes) = load_by_hour(&reader, range, Wanted::Minutes, None, None);
+        // Nothing built yet: read by the hour, the same minutes.
+        let none = ServerHours::default();
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), minutes)
+        );
+        let mut steps = 0;
+        while sink.roll_hours(now).unwrap() {
+            steps += 1;
+            assert!(steps < 100, "the hours are built");
+        }
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM load_tuple_hours", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 15, "five servers' three hours");
+        assert_eq!(hours::load_from(&reader).unwrap(), Some(H0 - HOUR_US));
+
+        // Read by the hour: the same sums, the three whole hours a row each.
+        let tail = (0..5)
+            .map(|i| (180..190).filter(|m| (i + m) % 11 != 0).count())
+            .sum::<usize>();
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), 15 + tail)
+        );
+        // Not for what hours do not keep: 10 s buckets, churn.
+        for wanted in [Wanted::All, Wanted::Churn] {
+            assert_eq!(
+                load_by_hour(&reader, range, wanted, None, Some(&none)).1,
+                minutes,
+                "{wanted:?}"
+            );
+        }
+        // One query's tuples: the hours hold them as the minutes do.
+        let query = Wanted::Query(101);
+        let (of_query, _) = load_by_hour(&reader, range, query, None, None);
+        assert!(
+            of_query
+                .values()
+                .all(|(_, _, t)| !t.is_empty() && t.iter().all(|(t, _)| t.query == 101))
+        );
+        assert_eq!(
+            load_by_hour(&reader, range, query, None, Some(&none)),
+            (of_query, 15 + tail)
+        );
+        // An hour the caller reads by the minute, and one passed over.
+        let mut held = ServerHours::default();
+        held.insert("s1", H0 + HOUR_US);
+        let s1 = (0..60).filter(|m| (1 + 60 + m) % 11 != 0).count();
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&held)),
+            (every.clone(), 14 + s1 + tail)
+        );
+        let mut passed = ServerHours::default();
+        passed.insert("s2", H0);
+        let mut without = every.clone();
+        without.remove(&("s2".to_owned(), H0));
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, Some(&passed), Some(&none)),
+            (without, 14 + tail)
+        );
+
+        // A minute written late into an hour built (s2's tenth, never
+        // written): its hour is read by the minute until built again, two
+        // minutes after.
+        assert_eq!((2 + 9) % 11, 0);
+        sink.commit(&[load(2, 9)]).unwrap();
+        let (every, _) = load_by_hour(&reader, range, Wanted::Minutes, None, None);
+        let s2 = (0..60).filter(|m| (2 + m) % 11 != 0).count() + 1;
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), 14 + s2 + tail)
+        );
+        let later = now + hours::AFTER;
+        while sink.roll_hours(later).unwrap() {}
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), 15 + tail)
+        );
+
+        // Hours built before a version that adds load up (no
+        // `load_tuple_hours_from`) are read by the minute; so is the hour
+        // that holds the store's oldest minute.
+        reader
+            .execute(
+                "UPDATE kept SET value = ?1 WHERE name = 'load_tuple_hours_from'",
+                [H0 + 2 * HOUR_US],
+            )
+            .unwrap();
+        let first_two = (0..5)
+            .map(|i| (0..120).filter(|m| (i + m) % 11 != 0).count())
+            .sum::<usize>()
+            + 1;
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), first_two + 5 + tail)
+        );
+        reader
+            .execute(
+                "DELETE FROM rollups WHERE minute < ?1",
+                [H0 + 30 * MINUTE_US],
+            )
+            .unwrap();
+        reader
+            .execute("DELETE FROM kept WHERE name = 'load_tuple_hours_from'", [])
+            .unwrap();
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)).1,
+            minutes + 1,
+            "none by the hour"
+        );
+    }
+
     #[test]
     fn hours_without_a_minute_are_passed_in_one_step() {
         let dir = scratch("hours-gap");
@@ -2059,6 +2360,7 @@ mod tests {
                     "INSERT INTO load_keys VALUES (?1, ?2, ?2, x'')",
                     "INSERT INTO frame_index VALUES (?1, ?2, ?2, 0)",
                     "INSERT INTO rollup_hours VALUES (?2, ?1, x'')",
+                    "INSERT INTO load_tuple_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
                 ] {
                     db.execute(sql, params![server, 1_000 + i]).unwrap();
                 }
@@ -2102,6 +2404,10 @@ mod tests {
                     hour_at,
                 ),
                 ("INSERT INTO rollup_hours VALUES (?2, ?1, x'')", hour_at),
+                (
+                    "INSERT INTO load_tuple_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
+                    hour_at,
+                ),
                 // A dictionary goes once every row that may name it (those
                 // before the hour after its own) has: `d`'s ends after its
                 // minute, so it stays.
@@ -2124,6 +2430,7 @@ mod tests {
             "rollups",
             "load",
             "rollup_hours",
+            "load_tuple_hours",
             "statements",
             "load_hours",
             "load_keys",
@@ -2151,19 +2458,22 @@ mod tests {
         assert_eq!(
             steps,
             [
-                (2, vec![2, 4, 4, 4, 4, 4], 2, 4),
-                (1, vec![1, 4, 4, 4, 4, 4], 2, 2),
-                (1, vec![1, 3, 4, 4, 4, 4], 1, 1),
-                (1, vec![1, 2, 4, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 4, 4, 4, 4], 0, 1),
-                (2, vec![1, 1, 2, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 4, 4, 4], 0, 1),
-                (2, vec![1, 1, 1, 2, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 4, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 2, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 1, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 1, 2], 0, 1),
-                (1, vec![1, 1, 1, 1, 1, 1], 0, 1),
+                (2, vec![2, 4, 4, 4, 4, 4, 4], 2, 4),
+                (1, vec![1, 4, 4, 4, 4, 4, 4], 2, 2),
+                (1, vec![1, 3, 4, 4, 4, 4, 4], 1, 1),
+                (1, vec![1, 2, 4, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 4, 4, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 2, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 3, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 2, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 2, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 2, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 1, 2], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1, 1], 0, 1),
             ]
         );
         for table in tables {
@@ -2564,6 +2874,7 @@ mod tests {
             H0 + 3 * HOUR_US,
             Wanted::Minutes,
             None,
+            None,
             |id, m| coarse.push((id.to_owned(), m)),
         )
         .unwrap();
@@ -2586,6 +2897,7 @@ mod tests {
             H0,
             H0 + 3 * HOUR_US,
             Wanted::Churn,
+            None,
             None,
             |id, m| churn.push((id.to_owned(), m)),
         )

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use pgfleet_proto::time::Micros;
 
+use super::hours::HOUR_US;
 use super::keys::Keys;
 use super::{Bucket, COARSE_US, Dim, DimValue, FINE_US, MinuteLoad, Wanted, query_key, shown};
 use crate::aggregator::ServerView;
@@ -187,7 +188,8 @@ fn narrows(dim: Dim, m: &Matcher) -> bool {
 pub struct Selected(HashMap<(usize, DimValue), bool>);
 
 /// Chooses fine or coarse buckets: fine for steps that are not whole
-/// minutes.
+/// minutes. Steps of whole hours start on an hour, as `QueryMetrics`' do,
+/// so that a store can hand each hour it has added up whole.
 fn resolution(scope: &mut Scope, step_us: i64) -> Result<(), String> {
     if step_us < FINE_US || step_us % FINE_US != 0 {
         return Err(format!(
@@ -196,7 +198,11 @@ fn resolution(scope: &mut Scope, step_us: i64) -> Result<(), String> {
         ));
     }
     scope.fine = step_us % COARSE_US != 0;
-    let unit = if scope.fine { FINE_US } else { COARSE_US };
+    let unit = match step_us {
+        _ if scope.fine => FINE_US,
+        s if s % HOUR_US == 0 => HOUR_US,
+        _ => COARSE_US,
+    };
     scope.start -= scope.start.rem_euclid(unit);
     Ok(())
 }

@@ -9,7 +9,7 @@ use pgfleet_proto::v1;
 
 use super::{Scope, Selected, resolution};
 use crate::aggregator::ServerView;
-use crate::load::hours::{HourTotals, MinuteTotals};
+use crate::load::hours::{HOUR_US, HourTotals, MinuteTotals};
 use crate::load::{Bucket, Class, Dim, DimValue};
 use crate::series::{MAX_POINTS, range};
 
@@ -350,6 +350,12 @@ impl LoadPlan {
             sum.by_server.push(id);
         }
         sum
+    }
+
+    /// Whether each step holds whole hours, so that a store may hand a
+    /// server's hour as one bucket.
+    pub fn hourly(&self) -> bool {
+        !self.scope.fine && self.step_us % HOUR_US == 0 && self.scope.start.rem_euclid(HOUR_US) == 0
     }
 
     /// Whether the hours' totals answer it: a total, by server or by label,
