@@ -694,16 +694,28 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
     // Six hours that end on the hour: the writer adds the first five up
     // (the last ends less than two minutes after the last minute written,
     // and is read by its minutes). db-a runs Q throughout, db-b R, db-c Q
-    // for three hours and then R; ten sessions each, half of them waiting
-    // on IO:DataFileRead, the rest on the CPU.
+    // in its hours 0, 1, 2 and 4 and R in 3 and 5; ten sessions each, half
+    // of them waiting on IO:DataFileRead, the rest on the CPU. (An average
+    // is counts over samples: an hour read both whole and by its minutes
+    // would not change db-a's, but it would db-c's share in a step that
+    // holds hours of both kinds, and in the range's top queries.)
     let now = now_micros();
     let end = now - now.rem_euclid(HOUR_US);
     let start = end - 6 * HOUR_US;
     let (a, b, c) = (
         load_of(end, 6, |_| Q),
         load_of(end, 6, |_| R),
-        load_of(end, 6, |h| if h < 3 { Q } else { R }),
+        load_of(end, 6, |h| if h == 3 || h == 5 { R } else { Q }),
     );
+    // db-c's share of Q in the hours [from, to) (each of its hours wholly
+    // one query or the other).
+    let c_runs_q = |from: f64, to: f64| {
+        let q: f64 = [0.0, 1.0, 2.0, 4.0]
+            .iter()
+            .map(|h: &f64| ((h + 1.0).min(to) - h.max(from)).max(0.0))
+            .sum();
+        q / (to - from)
+    };
     write_load(
         &dir,
         &[
@@ -758,8 +770,8 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
             coverage.iter().all(|v| (v - 1.0).abs() < 1e-9),
             "step {step}: {coverage:?}"
         );
-        // Q: db-a's ten, and db-c's for its first three hours (its share of
-        // a step across the change); R the rest.
+        // Q: db-a's ten, and db-c's in its hours of Q (its share of a step
+        // that holds hours of both); R the rest.
         let of = |key: &str| {
             by_query
                 .iter()
@@ -769,8 +781,7 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
         };
         let hours_of = step as f64 / HOUR_US as f64;
         for (i, (vq, vr)) in of(&q).into_iter().zip(of(&r)).enumerate() {
-            let (from, to) = (i as f64 * hours_of, (i + 1) as f64 * hours_of);
-            let share = ((3.0f64.min(to) - from) / (to - from)).clamp(0.0, 1.0);
+            let share = c_runs_q(i as f64 * hours_of, (i + 1) as f64 * hours_of);
             assert!(
                 (vq - (10.0 + 10.0 * share)).abs() < 1e-9,
                 "step {step}, {i}: Q {vq}"
@@ -808,8 +819,12 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
         .map(|t| (t.fingerprint.clone(), t.load))
         .collect();
     assert_eq!(load.len(), 2, "{top:?}");
-    for (key, l) in &load {
-        assert!((l - 15.0).abs() < 1e-9, "{key}: {l} in {top:?}");
+    // db-a's ten and db-c's four sixths for Q; db-b's ten and db-c's two
+    // sixths for R.
+    let c = c_runs_q(0.0, 6.0);
+    for (key, expected) in [(&q, 10.0 + 10.0 * c), (&r, 10.0 + 10.0 * (1.0 - c))] {
+        let l = load[key];
+        assert!((l - expected).abs() < 1e-9, "{key}: {l} in {top:?}");
     }
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -24,6 +24,7 @@
 //! hour on they are built.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use pgfleet_proto::time::Micros;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
@@ -45,12 +46,21 @@ pub(super) const QUIET: Micros = 10 * MINUTE_US;
 /// version's) has its hours built: the hours before read minutes.
 pub(super) const BACKFILL: Micros = 24 * HOUR_US;
 
-/// How many servers' hour one step builds. The rollups of 1,000 servers'
-/// hour took 165-170 ms in one step here (2.8 µs a minute); a minute of
-/// load decodes in some 30-40 µs, so 25 servers' hours of load are about
-/// 50-60 ms a step, and 10,000 servers' hour is built over 400 commits
-/// (some 80 s).
+/// How many servers' hour the first step builds. The rollups of 1,000
+/// servers' hour took 165-170 ms in one step here (2.8 µs a minute); a
+/// minute of load decodes in some 30-40 µs for a busy server's 93 tuples, so
+/// 25 servers' hours of load are about 50-60 ms a step. The steps after it
+/// build as many as [`STEP_BUDGET`] allows at the pace of the last (a
+/// server whose minutes hold a thousand tuples each costs ten times as
+/// much), between 1 and [`MOST_SERVERS`].
 const CHUNK: usize = 25;
+
+/// The most servers one step builds.
+const MOST_SERVERS: usize = 200;
+
+/// About how long one step takes: it holds the writer, and the commits
+/// behind it wait (one every 200 ms).
+const STEP_BUDGET: Duration = Duration::from_millis(50);
 
 /// How many late hours one step builds again: 60 lookups each, and their
 /// minutes of load decoded (some 2-3 ms a server-hour), about 50 ms for the
@@ -68,6 +78,9 @@ pub(super) struct Hours {
     building: Option<(Micros, Vec<String>, usize)>,
     /// Servers a step builds (tests make it small).
     chunk: Option<usize>,
+    /// Servers the next step builds, from the pace of the last ([`CHUNK`]
+    /// to start with).
+    pace: Option<usize>,
     /// The first hour built with its tuples of load (`kept` says), None
     /// until one is.
     load_from: Option<Micros>,
@@ -184,7 +197,7 @@ impl Hours {
             .collect::<rusqlite::Result<_>>()?;
         if !due.is_empty() {
             let tx = db.transaction()?;
-            rebuild(&tx, due)?;
+            rebuild(&tx, due, Instant::now() + STEP_BUDGET)?;
             tx.commit()?;
             return Ok(true);
         }
@@ -233,7 +246,9 @@ impl Hours {
             return Ok(false);
         };
         let (hour, first) = (*hour, *next);
-        let end = (first + self.chunk.unwrap_or(CHUNK)).min(servers.len());
+        let started = Instant::now();
+        let chunk = self.chunk.or(self.pace).unwrap_or(CHUNK);
+        let end = (first + chunk).min(servers.len());
         // Each chunk is a range of names, and together they hold every name:
         // the first from the lowest, the last to the highest, so that a
         // server no longer listed still has its hour.
@@ -299,6 +314,10 @@ impl Hours {
         }
         tx.commit()?;
         self.load_from = Some(load_from);
+        // As many as the budget allows at this step's pace, the next time.
+        let took = started.elapsed().max(Duration::from_micros(100));
+        let fit = (end - first) as f64 * STEP_BUDGET.as_secs_f64() / took.as_secs_f64();
+        self.pace = Some((fit as usize).clamp(1, MOST_SERVERS));
         if done {
             debug!(
                 hour,
@@ -437,10 +456,12 @@ pub(super) fn late_in(
 }
 
 /// Builds again the hours of `late` (hour, server), each from its
-/// server's minutes of it, found by their key, and unmarks them.
+/// server's minutes of it, found by their key, and unmarks them: one at
+/// least, and no more once `by` has passed (the rest stay marked).
 fn rebuild(
     tx: &Transaction<'_>,
     late: impl IntoIterator<Item = (Micros, String)>,
+    by: Instant,
 ) -> rusqlite::Result<()> {
     let mut done =
         tx.prepare_cached("DELETE FROM rollup_hours_late WHERE hour = ?1 AND server_id = ?2")?;
@@ -453,6 +474,9 @@ fn rebuild(
         write(tx, &hours)?;
         build_load(tx, std::slice::from_ref(&server_id), hour)?;
         done.execute(params![hour, server_id])?;
+        if Instant::now() >= by {
+            break;
+        }
     }
     Ok(())
 }

@@ -699,7 +699,9 @@ fn each_row(
 }
 
 /// The tables whose rows are read a server at a time, never by one scan of
-/// a range of time (see [`each_row`]).
+/// a range of time (see [`each_row`]). (`load_tuple_hours` has no index by
+/// time: a read of every server, `servers` None, reads it whole. The Query
+/// API always names the servers it reads.)
 const BIG_ROWS: [&str; 2] = ["load", "load_tuple_hours"];
 
 /// Hands `f` each minute of load that starts in `[start, end)`, of
@@ -742,10 +744,12 @@ pub(super) fn each_load(
             }
             let mut passed = skip.cloned().unwrap_or_default();
             let rows = Rows::of("load_tuple_hours", "hour", servers, first, last).skipping(skip);
-            each_parsed(&tx, rows, parse, CHUNK_ROWS, |id, hour, m| {
+            // An hour holds the tuples of its 60 minutes: fewer at a time.
+            each_parsed(&tx, rows, parse, CHUNK_ROWS / 16, |id, hour, mut m| {
                 if !late.holds(id, hour) && !by_minute.holds(id, hour) {
                     passed.insert(id, hour);
                     whole += 1;
+                    m.coarse.len_us = HOUR_US;
                     f(id, m)
                 }
             })?;
@@ -2092,26 +2096,39 @@ mod tests {
         std::collections::BTreeMap<(String, Micros), (u32, i64, Vec<(crate::load::Tuple, u32)>)>,
         usize,
     ) {
-        let mut hours: std::collections::BTreeMap<(String, Micros), crate::load::hours::TupleHour> =
-            Default::default();
-        let mut rows = 0;
-        each_load(db, None, start, end, wanted, skip, by_hour, |id, m| {
-            rows += 1;
-            let at = m.coarse.start;
-            hours
-                .entry((id.to_owned(), at - at.rem_euclid(HOUR_US)))
-                .or_insert_with(|| crate::load::hours::TupleHour::holding(at))
-                .add(&m);
-        })
-        .unwrap();
-        let sums = hours
-            .into_iter()
-            .map(|(k, h)| {
-                let b = h.load().coarse;
-                (k, (b.samples, b.covered_us, b.tuples))
-            })
+        // Read two ways: every server in one scan, and server by server (as
+        // the Query API reads, its list naming one without rows too).
+        let servers: Vec<String> = (0..5)
+            .map(|i| format!("s{i}"))
+            .chain(["gone".to_owned()])
             .collect();
-        (sums, rows)
+        let read = |servers: Option<&[String]>| {
+            let mut hours: std::collections::BTreeMap<
+                (String, Micros),
+                crate::load::hours::TupleHour,
+            > = Default::default();
+            let mut rows = 0;
+            each_load(db, servers, start, end, wanted, skip, by_hour, |id, m| {
+                rows += 1;
+                let at = m.coarse.start;
+                hours
+                    .entry((id.to_owned(), at - at.rem_euclid(HOUR_US)))
+                    .or_insert_with(|| crate::load::hours::TupleHour::holding(at))
+                    .add(&m);
+            })
+            .unwrap();
+            let sums: std::collections::BTreeMap<_, _> = hours
+                .into_iter()
+                .map(|(k, h)| {
+                    let b = h.load().coarse;
+                    (k, (b.samples, b.covered_us, b.tuples))
+                })
+                .collect();
+            (sums, rows)
+        };
+        let every = read(None);
+        assert_eq!(read(Some(&servers)), every, "server by server");
+        every
     }
 
     #[test]
@@ -2280,10 +2297,29 @@ mod tests {
         );
         reader
             .execute(
+                "UPDATE kept SET value = ?1 WHERE name = 'load_tuple_hours_from'",
+                [H0 - HOUR_US],
+            )
+            .unwrap();
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), 15 + tail)
+        );
+        reader
+            .execute(
                 "DELETE FROM rollups WHERE minute < ?1",
                 [H0 + 30 * MINUTE_US],
             )
             .unwrap();
+        let first = (0..5)
+            .map(|i| (0..60).filter(|m| (i + m) % 11 != 0).count())
+            .sum::<usize>()
+            + 1;
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
+            (every.clone(), first + 10 + tail),
+            "the hour of the oldest minute by its minutes"
+        );
         reader
             .execute("DELETE FROM kept WHERE name = 'load_tuple_hours_from'", [])
             .unwrap();
