@@ -7,8 +7,9 @@ store given N servers' whole day of minutes of load (each the busy OLTP
 server's day of the "DB load" section: a load of about 5, 93 tuples a
 minute, and statement statistics every 10 minutes) through its own writer,
 a collector opened on it, and the questions that read every one of those
-minutes, over gRPC: load by wait and by query (the default step, 30 min),
-the top queries, connection churn. For each: its wall time, and the
+minutes, over gRPC: load by wait and by query (the default step, 30 min,
+which reads every minute; and a step of an hour, which reads the hours the
+writer added up, stop 54), the top queries, connection churn. For each: its wall time, and the
 process's peak resident memory while it answers over its resident memory
 before it.
 
@@ -32,8 +33,10 @@ from report import bench_json, heading, write_section
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## DB load over a fleet's day"
 QUESTIONS = [
-    ("load_by_wait", "`QueryLoad` by wait"),
-    ("load_by_query", "`QueryLoad` by query"),
+    ("load_by_wait", "`QueryLoad` by wait, step 30 min"),
+    ("load_by_wait_1h", "`QueryLoad` by wait, step 1 h"),
+    ("load_by_query", "`QueryLoad` by query, step 30 min"),
+    ("load_by_query_1h", "`QueryLoad` by query, step 1 h"),
     ("top_queries", "`TopQueries`"),
     ("churn", "`GetChurn`"),
 ]
@@ -64,21 +67,42 @@ def main() -> None:
         "A SQLite store given each server's whole day of minutes of load, every server the busy"
         " OLTP server of \"DB load\" (a load of about 5, 93 tuples a minute, statement statistics"
         " every 10 minutes), through its own writer; a collector opened on it answers, over gRPC,"
-        " the fleet-wide questions that read every one of those minutes, over the whole day at"
-        " their default step (30 min). *s* is the median wall time of"
-        f" {args.calls} answers; *peak MiB* the process's largest peak resident memory while it"
-        " answers (`VmHWM`, reset before each) over its resident memory before it.",
+        " fleet-wide questions over the whole day: load by wait and by query at their default"
+        " step (30 min), which reads every minute, and at a step of an hour, which reads the"
+        " hours the writer added up (each server's minutes of load of an hour in one row; a"
+        " build without them reads every minute) but the first hour (it holds the store's"
+        " oldest minute), the last (not whole) and any not added up yet; the top queries of the"
+        " day (its whole hours as such, where added up); connection churn (every minute)."
+        " *hours read whole*: the server-hours each answer read as one row"
+        " (`pgfleet_collector_load_hours_whole_total`), each in place of its 60 minutes."
+        f" *s* is the median wall time of {args.calls} answers; *peak MiB* the process's"
+        " largest peak resident memory while it answers (`VmHWM`, reset before each) over its"
+        " resident memory before it; *µs a minute* the time over the day's minutes, whichever"
+        " rows were read.",
         "",
-        "| build | servers | minutes read | store MiB | question | s | peak MiB | µs a minute |",
-        "|---|---|---|---|---|---|---|---|",
+        "| build | servers | minutes in the day | hours read whole | store MiB | question | s | peak MiB | µs a minute |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs:
         minutes = r["servers"] * 1440
         for key, question in QUESTIONS:
-            q = r["queries"][key]
+            q = r["queries"].get(key)
+            if q is None:
+                continue
+            whole = f"{q['hours_whole']:,.0f}" if "hours_whole" in q else "–"
             lines.append(
-                f"| {name} | {r['servers']:,} | {minutes:,} | {r['store_mib']:,.0f} | {question} |"
+                f"| {name} | {r['servers']:,} | {minutes:,} | {whole} | {r['store_mib']:,.0f} | {question} |"
                 f" {q['p50_s']:.2f} | {q['peak_mib']:,.0f} | {q['p50_s'] * 1e6 / minutes:.1f} |")
+    lines.append("")
+    for name, r in runs:
+        if "hours_s" in r:
+            lines.append(
+                f"{name}, {r['servers']:,} servers: the day written in {r['write_s']:.1f} s in the"
+                " order of time (the writer adding up each hour as it went), the last hours"
+                f" added up {r['hours_s']:.1f} s after the last write"
+                + (f"; the writer spent {r['adding_s']:.1f} s adding the day's hours up"
+                   f" ({r['adding_s'] * 1e3 / (r['servers'] * 24):.2f} ms a server-hour)."
+                   if "adding_s" in r else "."))
     lines.append("")
     write_section(Path(args.output), TITLE, "\n".join(lines) + "\n")
     print("\n".join(lines))

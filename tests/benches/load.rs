@@ -454,7 +454,7 @@ async fn main() {
             _ => None,
         })
         .collect();
-    let (write_s, _, fleet_mib) = fleet_store(&dir, servers, &[kept]).await;
+    let (write_s, _, _, fleet_mib) = fleet_store(&dir, servers, &[kept]).await;
     let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
     // The JSON API answers the same question, timed beside the RPC.
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
@@ -592,9 +592,17 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
         0 => vec![day],
         n => (0..n as u64).map(|app| day_of_app(&day, app)).collect(),
     };
-    let (write_s, hours_s, store_mib) = fleet_store(&dir, servers, &days).await;
-    let config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
+    let (write_s, hours_s, adding_s, store_mib) = fleet_store(&dir, servers, &days).await;
+    let mut config = CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.join("collector"));
+    // Its /metrics say how many hours each answer read whole.
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
     let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
+    let whole = async || {
+        pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_whole_total")
+            .await
+            .unwrap()
+    };
     // Timed here, not cut short by the command's deadline.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addr))
         .unwrap()
@@ -642,6 +650,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
     let mut same: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
     for &name in questions {
         let (mut took, mut peak, mut answer) = (Vec::new(), 0f64, 0usize);
+        let whole_before = whole().await;
         for _ in 0..calls {
             let before = memory_kib("VmRSS");
             // The high-water mark starts again from the resident memory.
@@ -727,6 +736,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
                 "peak_mib": peak,
                 "answer": answer,
                 "calls": calls,
+                "hours_whole": (whole().await - whole_before) / calls as f64,
             }),
         );
     }
@@ -738,6 +748,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
         "store_mib": store_mib,
         "write_s": write_s,
         "hours_s": hours_s,
+        "adding_s": adding_s,
         "queries": figures,
     });
     println!("{out}");
@@ -746,13 +757,13 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
 /// A store under `dir/collector` given `servers` servers (five dcs), server
 /// `i` with the load `days[i % days.len()]` holds, through its writer, in
 /// the order of time as a fleet sends it, and its hours added up; the
-/// seconds that took (the writes, then the hours), and the MiB the file
-/// holds once checkpointed.
+/// seconds that took (the writes, then the hours), the writer's seconds
+/// adding hours up, and the MiB the file holds once checkpointed.
 async fn fleet_store(
     dir: &std::path::Path,
     servers: usize,
     days: &[Vec<Closed>],
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64, f64) {
     std::fs::create_dir_all(dir.join("collector")).unwrap();
     let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
     let written = Instant::now();
@@ -767,10 +778,11 @@ async fn fleet_store(
     let adding = Instant::now();
     pgfleet_tests::stored::hours_added_up(&store, last).await;
     let hours_s = adding.elapsed().as_secs_f64();
+    let adding_s = store.reads().figures().hours_adding_us as f64 / 1e6;
     drop(store);
     checkpoint(&dir.join("collector"));
     let mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
-    (write_s, hours_s, mib)
+    (write_s, hours_s, adding_s, mib)
 }
 
 /// A figure of this process's from /proc/self/status, in KiB.

@@ -154,26 +154,8 @@ async fn run(
     // The writer adds each whole hour up once it has ended two minutes ago,
     // a share after each commit: commits until it has.
     let building = Instant::now();
-    let hour = 60 * MINUTE_US;
-    let due = now
-        - now.rem_euclid(hour)
-        - if now.rem_euclid(hour) < 2 * MINUTE_US {
-            hour
-        } else {
-            0
-        };
-    loop {
-        store.flush().await;
-        let built = store.hours_built().await.expect("a read");
-        if built.is_some_and(|(_, to)| to >= due) {
-            break;
-        }
-        assert!(
-            building.elapsed() < Duration::from_secs(600),
-            "the hours are built: {built:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let last = first + (hours * 60 - 1) as i64 * MINUTE_US;
+    pgfleet_tests::stored::hours_added_up(&store, last).await;
     let hours_s = building.elapsed().as_secs_f64();
     eprintln!("the hours added up in {hours_s:.1} s");
     eprintln!(

@@ -513,14 +513,39 @@ async fn pgbench_statements_join_their_load_and_a_reset_gives_no_negative_number
 /// not name it, adding their samples and coverage from their totals, and
 /// answers as a read of every minute does: `query!="R"` takes the same
 /// tuples as `query="Q"` where only Q and R ran, and is read whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
-    use pgfleet_tests::stored::{load_of, write_load};
-    const Q: u64 = 0x0000_0000_0000_0a0a;
-    const R: u64 = 0x0000_0000_0000_0b0b;
-    let dir = std::env::temp_dir().join(format!("pgfleet-pass-over-{}", std::process::id()));
+/// A collector over a SQLite store in a fresh directory named for `name`,
+/// given `servers`' load (`pgfleet_tests::stored::write_load`, which also
+/// waits for the writer to add its hours up): the directory, the collector,
+/// its HTTP address (for /metrics) and a Query client.
+async fn collector_over(
+    name: &str,
+    servers: &[(String, &[pgfleet_collector::load::count::Closed])],
+) -> (
+    std::path::PathBuf,
+    pgfleet_collector::server::Collector,
+    String,
+    v1::query_client::QueryClient<tonic::transport::Channel>,
+) {
+    let dir = std::env::temp_dir().join(format!("pgfleet-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    pgfleet_tests::stored::write_load(&dir, servers).await;
+    let mut config =
+        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
+    config.http_listen = Some(([127, 0, 0, 1], 0).into());
+    let collector = pgfleet_collector::server::start(config).await.unwrap();
+    let http = collector.http_addr.unwrap().to_string();
+    let client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
+        .await
+        .unwrap();
+    (dir, collector, http, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
+    use pgfleet_tests::stored::load_of;
+    const Q: u64 = 0x0000_0000_0000_0a0a;
+    const R: u64 = 0x0000_0000_0000_0b0b;
     let now = now_micros();
     let end = now - now.rem_euclid(60_000_000);
     // db-a runs Q throughout, db-b never, db-c for its first three hours;
@@ -535,24 +560,13 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
         .filter(|c| !matches!(c, pgfleet_collector::load::count::Closed::Statements(..)))
         .cloned()
         .collect();
-    write_load(
-        &dir,
-        &[
-            ("db-a".to_owned(), &a[..]),
-            ("db-b".to_owned(), &b[..]),
-            ("db-c".to_owned(), &c[..]),
-            ("db-d".to_owned(), &d[..]),
-        ],
-    )
-    .await;
-    let mut config =
-        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
-    config.http_listen = Some(([127, 0, 0, 1], 0).into());
-    let collector = pgfleet_collector::server::start(config).await.unwrap();
-    let http = collector.http_addr.unwrap().to_string();
-    let mut client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
-        .await
-        .unwrap();
+    let servers = [
+        ("db-a".to_owned(), &a[..]),
+        ("db-b".to_owned(), &b[..]),
+        ("db-c".to_owned(), &c[..]),
+        ("db-d".to_owned(), &d[..]),
+    ];
+    let (dir, collector, http, mut client) = collector_over("pass-over", &servers).await;
     let passed = || pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_passed_total");
     let mut ask = async |matcher: String, step: Micros| {
         let before = passed().await.unwrap();
@@ -685,12 +699,9 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
-    use pgfleet_tests::stored::{HOUR_US, load_of, write_load};
+    use pgfleet_tests::stored::{HOUR_US, load_of};
     const Q: u64 = 0x0000_0000_0000_0c0c;
     const R: u64 = 0x0000_0000_0000_0d0d;
-    let dir = std::env::temp_dir().join(format!("pgfleet-whole-hours-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     // Six hours that end on the hour: the writer adds the first five up
     // (the last ends less than two minutes after the last minute written,
     // and is read by its minutes). db-a runs Q throughout, db-b R, db-c Q
@@ -716,23 +727,12 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
             .sum();
         q / (to - from)
     };
-    write_load(
-        &dir,
-        &[
-            ("db-a".to_owned(), &a[..]),
-            ("db-b".to_owned(), &b[..]),
-            ("db-c".to_owned(), &c[..]),
-        ],
-    )
-    .await;
-    let mut config =
-        pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
-    config.http_listen = Some(([127, 0, 0, 1], 0).into());
-    let collector = pgfleet_collector::server::start(config).await.unwrap();
-    let http = collector.http_addr.unwrap().to_string();
-    let mut client = v1::query_client::QueryClient::connect(format!("http://{}", collector.addr))
-        .await
-        .unwrap();
+    let servers = [
+        ("db-a".to_owned(), &a[..]),
+        ("db-b".to_owned(), &b[..]),
+        ("db-c".to_owned(), &c[..]),
+    ];
+    let (dir, collector, http, mut client) = collector_over("whole-hours", &servers).await;
     let whole = || pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_whole_total");
     let mut ask = async |group_by: &str, step: Micros| {
         let before = whole().await.unwrap();

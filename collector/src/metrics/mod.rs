@@ -113,6 +113,16 @@ fn store_reads(reads: ReadFigures) -> String {
         &[],
         reads.hours_whole as f64,
     );
+    out.family(
+        "pgfleet_collector_store_hours_seconds_total",
+        "counter",
+        "Time the history store's writer spent adding each server's minutes up into hours (rollups and DB load; the SQLite store), a few minutes after each hour ends, some 50 ms after each commit until the fleet's hour is done. Its rate is the share of a core it takes; commits wait behind it.",
+    );
+    out.sample(
+        "pgfleet_collector_store_hours_seconds_total",
+        &[],
+        reads.hours_adding_us as f64 / 1e6,
+    );
     out.text
 }
 
@@ -713,6 +723,7 @@ mod tests {
             abandoned: 3,
             hours_passed: 40,
             hours_whole: 24,
+            hours_adding_us: 1_500_000,
         });
         for line in [
             "# TYPE pgfleet_collector_store_reads gauge",
@@ -725,6 +736,8 @@ mod tests {
             "pgfleet_collector_load_hours_passed_total 40",
             "# TYPE pgfleet_collector_load_hours_whole_total counter",
             "pgfleet_collector_load_hours_whole_total 24",
+            "# TYPE pgfleet_collector_store_hours_seconds_total counter",
+            "pgfleet_collector_store_hours_seconds_total 1.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

@@ -492,9 +492,21 @@ impl Store {
         let writer_place = place.clone();
         let texts = Pending::default();
         let written = texts.clone();
+        let reads: Arc<ReadCounts> = Arc::default();
+        let counts = reads.clone();
         std::thread::Builder::new()
             .name("pgfleet-store".into())
-            .spawn(move || write_loop(sink, queue, &writer_place, retention, committed, written))
+            .spawn(move || {
+                write_loop(
+                    sink,
+                    queue,
+                    &writer_place,
+                    retention,
+                    committed,
+                    written,
+                    &counts,
+                )
+            })
             .map_err(|e| StoreError::new(&place, e))?;
         Ok(Store {
             place,
@@ -503,7 +515,7 @@ impl Store {
             durable,
             texts,
             reader,
-            reads: Arc::default(),
+            reads,
         })
     }
 
@@ -995,6 +1007,7 @@ fn write_loop(
     retention: Retention,
     committed: watch::Sender<u64>,
     texts: Pending,
+    counts: &ReadCounts,
 ) {
     let mut last_prune: Option<Instant> = None;
     // What the round under way has deleted, said when it is over (or when
@@ -1072,7 +1085,10 @@ fn write_loop(
                 Err(e) => debug!(error = %e, "Still cannot delete history past its retention."),
             }
         }
-        match sink.roll_hours(now_micros()) {
+        let adding = Instant::now();
+        let added = sink.roll_hours(now_micros());
+        counts.adding(adding.elapsed());
+        match added {
             Ok(_) => hours_failed = false,
             Err(e) if !hours_failed => {
                 hours_failed = true;

@@ -2,7 +2,9 @@
 //! how many their callers stopped waiting for (a page left, a client's
 //! deadline). A fleet-wide read of days takes tens of seconds, and a SQLite
 //! store reads with three connections: reads that pile up, or that people
-//! give up on, are what an operator looks for when pages wait.
+//! give up on, are what an operator looks for when pages wait. Beside
+//! them, the time the writer spends adding minutes up into hours, the work
+//! that makes long reads short.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +17,7 @@ pub struct ReadCounts {
     abandoned: AtomicU64,
     passed: AtomicU64,
     whole: AtomicU64,
+    adding_us: AtomicU64,
 }
 
 /// What [`ReadCounts`] holds at one moment.
@@ -33,6 +36,8 @@ pub struct ReadFigures {
     /// Server-hours of DB load read as one row each, added up by the
     /// writer, rather than as their minutes (see `sqlite::each_load`).
     pub hours_whole: u64,
+    /// The time the writer spent adding minutes up into hours, in µs.
+    pub hours_adding_us: u64,
 }
 
 impl ReadCounts {
@@ -48,12 +53,19 @@ impl ReadCounts {
             abandoned: self.abandoned.load(Ordering::Relaxed),
             hours_passed: self.passed.load(Ordering::Relaxed),
             hours_whole: self.whole.load(Ordering::Relaxed),
+            hours_adding_us: self.adding_us.load(Ordering::Relaxed),
         }
     }
 
     /// Counts `hours` passed over unread.
     pub(super) fn passed(&self, hours: usize) {
         self.passed.fetch_add(hours as u64, Ordering::Relaxed);
+    }
+
+    /// Counts the writer's time adding hours up.
+    pub(super) fn adding(&self, took: std::time::Duration) {
+        self.adding_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts `hours` read as one row each.
