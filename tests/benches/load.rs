@@ -773,15 +773,26 @@ async fn fleet_store(
             (format!("db-{i:05}"), labels, &days[i % days.len()][..])
         })
         .collect();
-    let last = pgfleet_tests::stored::write_fleet(&store, &fleet).await;
+    let minutes = pgfleet_tests::stored::write_fleet(&store, &fleet).await;
     let write_s = written.elapsed().as_secs_f64();
     let adding = Instant::now();
-    pgfleet_tests::stored::hours_added_up(&store, last).await;
+    pgfleet_tests::stored::hours_added_up(&store, minutes).await;
     let hours_s = adding.elapsed().as_secs_f64();
     let adding_s = store.reads().figures().hours_adding_us as f64 / 1e6;
     drop(store);
     checkpoint(&dir.join("collector"));
     let mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
+    let db = rusqlite::Connection::open(dir.join("collector").join("pgfleet.sqlite")).unwrap();
+    for table in ["load", "load_tuple_hours", "rollups"] {
+        let bytes: i64 = db
+            .query_row(
+                &format!("SELECT coalesce(sum(length(body)), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        eprintln!("{table}: {:.1} MiB of bodies", bytes as f64 / 1048576.0);
+    }
     (write_s, hours_s, adding_s, mib)
 }
 

@@ -155,7 +155,7 @@ async fn run(
     // a share after each commit: commits until it has.
     let building = Instant::now();
     let last = first + (hours * 60 - 1) as i64 * MINUTE_US;
-    pgfleet_tests::stored::hours_added_up(&store, last).await;
+    pgfleet_tests::stored::hours_added_up(&store, (first, last)).await;
     let hours_s = building.elapsed().as_secs_f64();
     eprintln!("the hours added up in {hours_s:.1} s");
     eprintln!(

@@ -100,8 +100,8 @@ pub async fn write_load(dir: &Path, servers: &[(String, &[Closed])]) {
         .iter()
         .map(|(id, closed)| (id.clone(), BTreeMap::new(), *closed))
         .collect();
-    let last = write_fleet(&store, &servers).await;
-    hours_added_up(&store, last).await;
+    let minutes = write_fleet(&store, &servers).await;
+    hours_added_up(&store, minutes).await;
 }
 
 /// When a piece of a server's load closed, and whether it is a minute with
@@ -122,12 +122,12 @@ fn closed_at(c: &Closed) -> (Micros, bool) {
 /// `store`'s writer in the order of time, as a fleet's agents send it (a
 /// server's day written after another's would come late into the hours
 /// the writer has added up), and each minute of load with a rollup of that
-/// minute, as the aggregator writes both. The start of the last minute
-/// written.
+/// minute, as the aggregator writes both. The starts of the first and the
+/// last minute written (the first after the last when none was).
 pub async fn write_fleet(
     store: &Store,
     servers: &[(String, BTreeMap<String, String>, &[Closed])],
-) -> Micros {
+) -> (Micros, Micros) {
     for (id, labels, _) in servers {
         store
             .write(Op::Server {
@@ -143,11 +143,12 @@ pub async fn write_fleet(
         .enumerate()
         .filter_map(|(s, (_, _, closed))| Some(Reverse((closed_at(closed.first()?).0, s, 0))))
         .collect();
-    let mut last = Micros::MIN;
+    let (mut first, mut last) = (Micros::MAX, Micros::MIN);
     while let Some(Reverse((at, s, k))) = next.pop() {
         let (id, _, closed) = &servers[s];
         let c = closed[k].clone();
         if closed_at(&c).1 {
+            first = first.min(at);
             last = last.max(at);
             let minute = Minute {
                 start: at,
@@ -170,15 +171,22 @@ pub async fn write_fleet(
         }
     }
     store.flush().await;
-    last
+    (first, last)
 }
 
 /// Commits until `store`'s writer has added up each whole hour that ended
-/// two minutes before `last` (the start of the last minute written): it
-/// builds a share of an hour after each commit.
-pub async fn hours_added_up(store: &Store, last: Micros) {
+/// two minutes before `last`, of the minutes written `(first, last)`
+/// (their starts): it builds a share of an hour after each commit. At once
+/// when none is due.
+pub async fn hours_added_up(store: &Store, (first, last): (Micros, Micros)) {
+    if first > last {
+        return;
+    }
     let due = last - 2 * 60_000_000;
     let due = due - due.rem_euclid(HOUR_US);
+    if due <= first - first.rem_euclid(HOUR_US) {
+        return;
+    }
     let since = std::time::Instant::now();
     loop {
         store.flush().await;

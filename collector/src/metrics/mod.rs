@@ -106,7 +106,7 @@ fn store_reads(reads: ReadFigures) -> String {
     out.family(
         "pgfleet_collector_load_hours_whole_total",
         "counter",
-        "Server-hours of DB load that questions by whole hours (a step of 1h or more, the top queries of a range) read as one row each, added up by the writer a few minutes after the hour, rather than as their 60 minutes (the SQLite store). Few of them beside the questions asked mean hours are read by the minute: a PostgreSQL store, steps not of whole hours, or hours still being added up.",
+        "Server-hours of DB load that questions by whole hours (a step of whole hours, the top queries of a range) read as one row each, added up by the writer a few minutes after the hour, rather than as their 60 minutes (the SQLite store). Few of them beside the questions asked mean hours are read by the minute: a PostgreSQL store, steps not of whole hours, or hours still being added up.",
     );
     out.sample(
         "pgfleet_collector_load_hours_whole_total",

@@ -46,6 +46,10 @@ pub(super) const QUIET: Micros = 10 * MINUTE_US;
 /// version's) has its hours built: the hours before read minutes.
 pub(super) const BACKFILL: Micros = 24 * HOUR_US;
 
+/// The hours of load of how many listed servers' range a step builds
+/// before it looks at the time it has taken.
+const LOAD_BATCH: usize = 5;
+
 /// How many servers' hour the first step builds. The rollups of 1,000
 /// servers' hour took 165-170 ms in one step here (2.8 µs a minute); a
 /// minute of load decodes in some 30-40 µs for a busy server's 93 tuples, so
@@ -81,6 +85,8 @@ pub(super) struct Hours {
     /// Servers the next step builds, from the pace of the last ([`CHUNK`]
     /// to start with).
     pace: Option<usize>,
+    /// The budget of a step, if not [`STEP_BUDGET`] (tests make it none).
+    budget: Option<Duration>,
     /// The first hour built with its tuples of load (`kept` says), None
     /// until one is.
     load_from: Option<Micros>,
@@ -167,6 +173,12 @@ impl Hours {
         self
     }
 
+    #[cfg(test)]
+    pub(super) fn with_budget(mut self, budget: Duration) -> Hours {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Notes that a minute starting at `start` was written at `now`.
     pub(super) fn wrote(&mut self, start: Micros, now: Micros) {
         self.newest = self.newest.max(start);
@@ -248,13 +260,32 @@ impl Hours {
         let (hour, first) = (*hour, *next);
         let started = Instant::now();
         let chunk = self.chunk.or(self.pace).unwrap_or(CHUNK);
-        let end = (first + chunk).min(servers.len());
+        let mut end = (first + chunk).min(servers.len());
         // Each chunk is a range of names, and together they hold every name:
         // the first from the lowest, the last to the highest, so that a
-        // server no longer listed still has its hour.
-        let lo = (first > 0).then(|| servers[first].as_str());
-        let hi = servers.get(end).map(String::as_str);
+        // server no longer listed still has its hour. The names `servers[i]`
+        // bound the ranges, within a chunk too.
+        let lower = |i: usize| if i == 0 { "" } else { servers[i].as_str() };
+        let upper = |i: usize| servers.get(i).map(String::as_str);
         let tx = db.transaction()?;
+        // The hours of load first, a few listed servers' range at a time,
+        // the chunk cut short where the budget is spent (one batch at least,
+        // which with no server listed is every name).
+        let mut at = first;
+        loop {
+            let to = (at + LOAD_BATCH).min(end);
+            build_load(&tx, &with_load(&tx, hour, lower(at), upper(to))?, hour)?;
+            at = to;
+            if at >= end {
+                break;
+            }
+            // (Not with a chunk set: tests count their steps.)
+            if started.elapsed() >= self.budget.unwrap_or(STEP_BUDGET) && self.chunk.is_none() {
+                end = at;
+                break;
+            }
+        }
+        let (lo, hi) = (lower(first), upper(end));
         let mut hours: BTreeMap<String, Minute> = BTreeMap::new();
         {
             let mut q = tx.prepare_cached(if hi.is_some() {
@@ -265,8 +296,8 @@ impl Hours {
             })?;
             for minute in (hour..hour + HOUR_US).step_by(MINUTE_US as usize) {
                 let mut rows = match hi {
-                    Some(hi) => q.query(params![minute, lo.unwrap_or(""), hi])?,
-                    None => q.query(params![minute, lo.unwrap_or("")])?,
+                    Some(hi) => q.query(params![minute, lo, hi])?,
+                    None => q.query(params![minute, lo])?,
                 };
                 while let Some(r) = rows.next()? {
                     let server_id = r.get_ref(0)?.as_str()?;
@@ -281,26 +312,6 @@ impl Hours {
             }
         }
         write(&tx, &hours)?;
-        // The same servers' hours of load: those with minutes of it (each
-        // has the hour's totals, found by the index by hour).
-        let with_load: Vec<String> = {
-            let mut q = tx.prepare_cached(if hi.is_some() {
-                "SELECT server_id FROM load_hours
-                 WHERE hour = ?1 AND server_id >= ?2 AND server_id < ?3"
-            } else {
-                "SELECT server_id FROM load_hours WHERE hour = ?1 AND server_id >= ?2"
-            })?;
-            let lo = lo.unwrap_or("");
-            match hi {
-                Some(hi) => q
-                    .query_map(params![hour, lo, hi], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<String>>>(),
-                None => q
-                    .query_map(params![hour, lo], |r| r.get(0))?
-                    .collect::<rusqlite::Result<Vec<String>>>(),
-            }
-        }?;
-        build_load(&tx, &with_load, hour)?;
         let load_from = self.load_from.unwrap_or(hour);
         if self.load_from.is_none() {
             tx.execute(
@@ -314,10 +325,13 @@ impl Hours {
         }
         tx.commit()?;
         self.load_from = Some(load_from);
-        // As many as the budget allows at this step's pace, the next time.
+        // As many as the budget allows at this step's pace, the next time,
+        // and no more than twice as many (a step cut short by the budget
+        // stops within a batch of it anyway).
         let took = started.elapsed().max(Duration::from_micros(100));
-        let fit = (end - first) as f64 * STEP_BUDGET.as_secs_f64() / took.as_secs_f64();
-        self.pace = Some((fit as usize).clamp(1, MOST_SERVERS));
+        let n = end - first;
+        let fit = n as f64 * STEP_BUDGET.as_secs_f64() / took.as_secs_f64();
+        self.pace = Some((fit as usize).clamp(1, (2 * n).clamp(1, MOST_SERVERS)));
         if done {
             debug!(
                 hour,
@@ -377,6 +391,25 @@ fn write(tx: &Transaction<'_>, hours: &BTreeMap<String, Minute>) -> rusqlite::Re
         put.execute(params![h.start, server_id, h.encode()])?;
     }
     Ok(())
+}
+
+/// The servers with minutes of load in the hour at `hour` whose names lie
+/// in `[lo, hi)` (None: no end), found by their totals' index by hour.
+fn with_load(
+    tx: &Transaction<'_>,
+    hour: Micros,
+    lo: &str,
+    hi: Option<&str>,
+) -> rusqlite::Result<Vec<String>> {
+    let mut q = tx.prepare_cached(if hi.is_some() {
+        "SELECT server_id FROM load_hours WHERE hour = ?1 AND server_id >= ?2 AND server_id < ?3"
+    } else {
+        "SELECT server_id FROM load_hours WHERE hour = ?1 AND server_id >= ?2"
+    })?;
+    match hi {
+        Some(hi) => q.query_map(params![hour, lo, hi], |r| r.get(0))?.collect(),
+        None => q.query_map(params![hour, lo], |r| r.get(0))?.collect(),
+    }
 }
 
 /// Builds the hours of load at `hour` of `servers` again from their

@@ -2331,6 +2331,69 @@ mod tests {
     }
 
     #[test]
+    fn a_step_of_adding_hours_up_stops_where_its_budget_is_spent() {
+        let dir = scratch("hours-budget");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        // No budget: a step builds one batch of listed servers' hours of
+        // load, then the rollups of the same names.
+        sink.hours = std::mem::take(&mut sink.hours).with_budget(Duration::ZERO);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let now = H0 + 2 * HOUR_US + 10 * MINUTE_US;
+        sink.clock = || H0 + 2 * HOUR_US + 10 * MINUTE_US;
+        // Twelve listed servers and one not listed (it sorts last).
+        let ids: Vec<String> = (0..13).map(|i| format!("s{i:02}")).collect();
+        let mut ops: Vec<(u64, Op)> = ids[..12]
+            .iter()
+            .map(|id| {
+                let op = Op::Server {
+                    server_id: id.clone(),
+                    agent_id: "a".into(),
+                    labels: Default::default(),
+                    interval_ms: 1_000,
+                };
+                (0, op)
+            })
+            .collect();
+        for minute in 0..130 {
+            let start = H0 + minute * MINUTE_US;
+            for (i, id) in ids.iter().enumerate() {
+                let minute = minute_of(i, start);
+                ops.push((
+                    0,
+                    Op::Minute {
+                        server_id: id.clone(),
+                        minute,
+                    },
+                ));
+                let load = crate::load::tests::minute_of(start, &["app"]);
+                let hour = crate::load::hours::HourTotals::holding(start);
+                ops.push((
+                    0,
+                    Op::Load {
+                        server_id: id.clone(),
+                        minute: load.pack(),
+                        hour,
+                    },
+                ));
+            }
+        }
+        sink.commit(&ops).unwrap();
+        let mut steps = 0;
+        while sink.roll_hours(now).unwrap() {
+            steps += 1;
+            assert!(steps < 100, "the hours are built");
+        }
+        // Five, five, and the last two with every name after them: three
+        // steps an hour.
+        assert_eq!(steps, 6);
+        let count = |sql: &str| -> i64 { reader.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT count(*) FROM load_tuple_hours"), 2 * 13);
+        assert_eq!(count("SELECT count(*) FROM rollup_hours"), 2 * 13);
+        assert_eq!(hours::built(&reader).unwrap(), Some((H0, H0 + 2 * HOUR_US)));
+    }
+
+    #[test]
     fn hours_without_a_minute_are_passed_in_one_step() {
         let dir = scratch("hours-gap");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
