@@ -826,6 +826,20 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
         let l = load[key];
         assert!((l - expected).abs() < 1e-9, "{key}: {l} in {top:?}");
     }
+    // Connection churn over the range reads the same whole hours (their
+    // churn added up; these sessions never come or go, so none).
+    let before = whole().await.unwrap();
+    let churn = client
+        .get_churn(v1::GetChurnRequest {
+            start: Some(timestamp(start)),
+            end: Some(timestamp(end)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(whole().await.unwrap() - before, 12.0);
+    assert!(churn.rows.is_empty(), "{churn:?}");
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use pgfleet_proto::time::Micros;
 
+use super::churn::{ChurnCount, ChurnKey};
 use super::{Bucket, COARSE_US, Churn, Class, MinuteLoad, Tuple};
 
 /// An hour.
@@ -261,17 +262,20 @@ struct StoredHour {
     cells: Vec<u64>,
 }
 
-/// One server's tuples of an hour: its minutes of load added up into one
-/// bucket, for reads of whole hours (`load_tuple_hours`; a fleet's day of
-/// 1,000 servers is 24,000 of them rather than 1.44 million minutes). No
-/// tuple is bounded away: an hour answers what its minutes, read one by
-/// one, would.
+/// One server's tuples and churn of an hour: its minutes of load added up
+/// into one bucket, for reads of whole hours (`load_tuple_hours`; a fleet's
+/// day of 1,000 servers is 24,000 of them rather than 1.44 million
+/// minutes). No tuple nor churn key is bounded away: an hour answers what
+/// its minutes, read one by one, would.
 #[derive(Debug)]
 pub struct TupleHour {
     start: Micros,
     samples: u32,
     covered_us: Micros,
     counts: HashMap<Tuple, u64>,
+    churn: HashMap<ChurnKey, ChurnCount>,
+    /// Its lifetimes and sessions established (its rows are `churn`).
+    rest: Churn,
 }
 
 impl TupleHour {
@@ -282,11 +286,13 @@ impl TupleHour {
             samples: 0,
             covered_us: 0,
             counts: HashMap::new(),
+            churn: HashMap::new(),
+            rest: Churn::default(),
         }
     }
 
-    /// Adds a minute of the hour: its own bucket's samples, coverage and
-    /// tuples (not its 10 s buckets, nor its churn).
+    /// Adds a minute of the hour: its own bucket's samples, coverage,
+    /// tuples and churn (not its 10 s buckets).
     pub fn add(&mut self, m: &MinuteLoad) {
         let b = &m.coarse;
         self.samples = self.samples.saturating_add(b.samples);
@@ -299,6 +305,18 @@ impl TupleHour {
                 }
             }
         }
+        for (k, c) in &b.churn.rows {
+            match self.churn.get_mut(k) {
+                Some(sum) => sum.add(c),
+                None => {
+                    self.churn.insert(k.clone(), *c);
+                }
+            }
+        }
+        for (database, n) in &b.churn.established {
+            self.rest.establish(database, *n);
+        }
+        self.rest.absorb_lifetimes(&b.churn);
     }
 
     /// The samples its minutes took.
@@ -307,7 +325,7 @@ impl TupleHour {
     }
 
     /// The hour as a minute of load that starts at the hour, its tuples
-    /// largest first (ties: the smaller tuple).
+    /// largest first (ties: the smaller tuple), its churn's keys in order.
     pub fn load(self) -> MinuteLoad {
         let mut tuples: Vec<(Tuple, u32)> = self
             .counts
@@ -315,6 +333,10 @@ impl TupleHour {
             .map(|(t, n)| (t, u32::try_from(n).unwrap_or(u32::MAX)))
             .collect();
         tuples.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut churn = self.rest;
+        churn.rows = self.churn.into_iter().collect();
+        churn.rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        churn.established.sort_unstable();
         MinuteLoad {
             coarse: Bucket {
                 start: self.start,
@@ -322,7 +344,7 @@ impl TupleHour {
                 samples: self.samples,
                 covered_us: self.covered_us,
                 tuples,
-                churn: Churn::default(),
+                churn,
             },
             fine: Vec::new(),
         }

@@ -428,6 +428,9 @@ pub enum Wanted {
     /// The minute's samples, coverage and churn, without its tuples or 10 s
     /// buckets: what connection churn reads.
     Churn,
+    /// The minute's tuples and churn, without its 10 s buckets: what an
+    /// hour of them adds up ([`super::hours::TupleHour`]).
+    Hour,
 }
 
 impl ParsedMinute {

@@ -377,7 +377,8 @@ impl QueryService {
                 ids,
                 &open,
                 None,
-                false,
+                // A sum over the range: its whole hours may be read as such.
+                true,
                 sum,
                 |s, id, b| s.add(id, b),
             )

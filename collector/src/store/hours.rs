@@ -425,7 +425,7 @@ fn build_load(tx: &Transaction<'_>, servers: &[String], hour: Micros) -> rusqlit
         Some(servers),
         hour,
         hour + HOUR_US,
-        Wanted::Minutes,
+        Wanted::Hour,
         None,
         None,
         |server_id, m| match hours.get_mut(server_id) {

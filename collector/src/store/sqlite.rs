@@ -714,8 +714,8 @@ const BIG_ROWS: [&str; 2] = ["load", "load_tuple_hours"];
 /// minutes' tuples, samples and coverage, from `load_tuple_hours` (a
 /// fleet's day is 24,000 rows at 1,000 servers): but the hours of
 /// `by_hour` (those the caller reads by the minute) and those marked late,
-/// whose minutes are read. Only for `wanted` that reads no 10 s bucket nor
-/// churn, which hours do not keep.
+/// whose minutes are read. Only for `wanted` that reads no 10 s bucket,
+/// which hours do not keep.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn each_load(
     db: &Connection,
@@ -730,7 +730,8 @@ pub(super) fn each_load(
     let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
     let mut handed: Option<ServerHours> = None;
     let mut whole = 0;
-    if let (Some(by_minute), Wanted::Minutes | Wanted::Query(_)) = (by_hour, wanted) {
+    if let (Some(by_minute), Wanted::Minutes | Wanted::Query(_) | Wanted::Churn) = (by_hour, wanted)
+    {
         // The hours and their late marks in one snapshot. A rebuild of an
         // hour committed before its minutes are read below is then read as
         // it was: the minutes that made it come late, as they did.
@@ -2082,20 +2083,29 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// One server's hour as a test adds it up, apart from the code under
+    /// test: samples, coverage, each tuple's count, each churn key's
+    /// counts, the lifetimes' histogram and longest, sessions established.
+    #[derive(Debug, Default, Clone, PartialEq)]
+    struct Summed {
+        samples: u64,
+        covered_us: i64,
+        tuples: std::collections::BTreeMap<crate::load::Tuple, u64>,
+        churn: std::collections::BTreeMap<crate::load::churn::ChurnKey, (u64, u64, i64)>,
+        lifetimes: std::collections::BTreeMap<u16, u64>,
+        longest: i64,
+        established: std::collections::BTreeMap<String, u64>,
+    }
+
     /// What `each_load` hands of `[start, end)`, added up by server and
-    /// hour (samples, coverage and each tuple's count), and how many rows
-    /// it handed.
-    #[allow(clippy::type_complexity)]
+    /// hour, and how many rows it handed.
     fn load_by_hour(
         db: &Connection,
         (start, end): (Micros, Micros),
         wanted: Wanted,
         skip: Option<&ServerHours>,
         by_hour: Option<&ServerHours>,
-    ) -> (
-        std::collections::BTreeMap<(String, Micros), (u32, i64, Vec<(crate::load::Tuple, u32)>)>,
-        usize,
-    ) {
+    ) -> (std::collections::BTreeMap<(String, Micros), Summed>, usize) {
         // Read two ways: every server in one scan, and server by server (as
         // the Query API reads, its list naming one without rows too).
         let servers: Vec<String> = (0..5)
@@ -2103,28 +2113,33 @@ mod tests {
             .chain(["gone".to_owned()])
             .collect();
         let read = |servers: Option<&[String]>| {
-            let mut hours: std::collections::BTreeMap<
-                (String, Micros),
-                crate::load::hours::TupleHour,
-            > = Default::default();
+            let mut hours: std::collections::BTreeMap<(String, Micros), Summed> =
+                Default::default();
             let mut rows = 0;
             each_load(db, servers, start, end, wanted, skip, by_hour, |id, m| {
                 rows += 1;
-                let at = m.coarse.start;
-                hours
-                    .entry((id.to_owned(), at - at.rem_euclid(HOUR_US)))
-                    .or_insert_with(|| crate::load::hours::TupleHour::holding(at))
-                    .add(&m);
+                let b = &m.coarse;
+                let hour = b.start - b.start.rem_euclid(HOUR_US);
+                let h = hours.entry((id.to_owned(), hour)).or_default();
+                h.samples += u64::from(b.samples);
+                h.covered_us += b.covered_us;
+                for (t, n) in &b.tuples {
+                    *h.tuples.entry(t.clone()).or_default() += u64::from(*n);
+                }
+                for (k, c) in &b.churn.rows {
+                    let sum = h.churn.entry(k.clone()).or_default();
+                    *sum = (sum.0 + c.started, sum.1 + c.ended, sum.2 + c.lifetime_us);
+                }
+                for (i, n) in &b.churn.lifetimes {
+                    *h.lifetimes.entry(*i).or_default() += n;
+                }
+                h.longest = h.longest.max(b.churn.lifetime_max_us);
+                for (d, n) in &b.churn.established {
+                    *h.established.entry(d.to_string()).or_default() += n;
+                }
             })
             .unwrap();
-            let sums: std::collections::BTreeMap<_, _> = hours
-                .into_iter()
-                .map(|(k, h)| {
-                    let b = h.load().coarse;
-                    (k, (b.samples, b.covered_us, b.tuples))
-                })
-                .collect();
-            (sums, rows)
+            (hours, rows)
         };
         let every = read(None);
         assert_eq!(read(Some(&servers)), every, "server by server");
@@ -2169,6 +2184,24 @@ mod tests {
             let user = format!("u{i}-{}", minute % 7);
             let mut m = crate::load::tests::minute_of(start, &["app", &user]);
             m.coarse.samples = 50 + (minute % 10) as u32;
+            // Sessions started and ended by two users of the server's.
+            let key = |u: &str| crate::load::churn::ChurnKey {
+                database: "db".into(),
+                application: "app".into(),
+                user: u.into(),
+                client: "10.0.0.1".into(),
+            };
+            let count = |n: i64| crate::load::churn::ChurnCount {
+                started: (n % 3) as u64,
+                ended: (n % 2) as u64,
+                lifetime_us: n * 1_000,
+            };
+            m.coarse.churn = crate::load::Churn {
+                rows: vec![(key(&user), count(minute)), (key("all"), count(minute + 1))],
+                lifetimes: vec![((minute % 4) as u16, 1 + (minute % 2) as u64)],
+                lifetime_max_us: minute * 1_000,
+                established: vec![("db".into(), (minute % 5) as u64)],
+            };
             let hour = crate::load::hours::HourTotals::holding(start);
             (
                 0,
@@ -2223,21 +2256,29 @@ mod tests {
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), 15 + tail)
         );
-        // Not for what hours do not keep: 10 s buckets, churn.
-        for wanted in [Wanted::All, Wanted::Churn] {
-            assert_eq!(
-                load_by_hour(&reader, range, wanted, None, Some(&none)).1,
-                minutes,
-                "{wanted:?}"
-            );
-        }
+        // Not for what hours do not keep: 10 s buckets.
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::All, None, Some(&none)).1,
+            minutes
+        );
+        // Churn: the hours hold it as the minutes do.
+        let (churn, _) = load_by_hour(&reader, range, Wanted::Churn, None, None);
+        assert!(
+            churn
+                .values()
+                .all(|h| h.tuples.is_empty() && h.churn.len() > 2 && h.lifetimes.len() > 1)
+        );
+        assert_eq!(
+            load_by_hour(&reader, range, Wanted::Churn, None, Some(&none)),
+            (churn, 15 + tail)
+        );
         // One query's tuples: the hours hold them as the minutes do.
         let query = Wanted::Query(101);
         let (of_query, _) = load_by_hour(&reader, range, query, None, None);
         assert!(
             of_query
                 .values()
-                .all(|(_, _, t)| !t.is_empty() && t.iter().all(|(t, _)| t.query == 101))
+                .all(|h| !h.tuples.is_empty() && h.tuples.keys().all(|t| t.query == 101))
         );
         assert_eq!(
             load_by_hour(&reader, range, query, None, Some(&none)),
