@@ -38,6 +38,22 @@ impl ChurnCount {
     }
 }
 
+/// Adds `rows` to `sums`, by key (a key's first row cloned in, the rest
+/// added to it).
+pub fn add_rows<S: std::hash::BuildHasher>(
+    sums: &mut std::collections::HashMap<ChurnKey, ChurnCount, S>,
+    rows: &[(ChurnKey, ChurnCount)],
+) {
+    for (k, c) in rows {
+        match sums.get_mut(k) {
+            Some(sum) => sum.add(c),
+            None => {
+                sums.insert(k.clone(), *c);
+            }
+        }
+    }
+}
+
 /// Sessions started and ended over an interval.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Churn {

@@ -305,14 +305,7 @@ impl TupleHour {
                 }
             }
         }
-        for (k, c) in &b.churn.rows {
-            match self.churn.get_mut(k) {
-                Some(sum) => sum.add(c),
-                None => {
-                    self.churn.insert(k.clone(), *c);
-                }
-            }
-        }
+        super::churn::add_rows(&mut self.churn, &b.churn.rows);
         for (database, n) in &b.churn.established {
             self.rest.establish(database, *n);
         }

@@ -73,14 +73,7 @@ impl ChurnSum {
                 self.covered.insert(server_id.to_owned(), b.covered_us);
             }
         }
-        for (k, c) in &b.churn.rows {
-            match self.rows.get_mut(k) {
-                Some(sum) => sum.add(c),
-                None => {
-                    self.rows.insert(k.clone(), *c);
-                }
-            }
-        }
+        crate::load::churn::add_rows(&mut self.rows, &b.churn.rows);
         for (database, n) in &b.churn.established {
             match self.established.get_mut(database) {
                 Some(sum) => *sum += n,
