@@ -135,6 +135,27 @@ pub(super) fn minutes_kept(db: &Connection) -> rusqlite::Result<Option<(Micros, 
     Ok(first.zip(last))
 }
 
+/// The whole hours in `[start, end)` a read can take as their added-up
+/// rows: built, none before `since`, and after the oldest stored minute
+/// (retention deletes a minute's servers a chunk at a time, so the hour
+/// that holds it may miss some, and an hour goes once the last of its
+/// minutes has). `[first, last)`, None when there is none.
+pub(super) fn whole(
+    db: &Connection,
+    start: Micros,
+    end: Micros,
+    since: Micros,
+) -> rusqlite::Result<Option<(Micros, Micros)>> {
+    let (Some((from, to)), Some((oldest, _))) = (built(db)?, minutes_kept(db)?) else {
+        return Ok(None);
+    };
+    let first = start.max(from).max(since).max(oldest.saturating_add(1));
+    let first = first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US;
+    let last = end.min(to);
+    let last = last - last.rem_euclid(HOUR_US);
+    Ok((first < last).then_some((first, last)))
+}
+
 /// Hands `f` each stored minute of `server_id` in the hour at `hour`, in
 /// order, each found by its key.
 pub(super) fn minutes_of_hour(

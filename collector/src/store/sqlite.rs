@@ -577,28 +577,14 @@ pub(super) fn each_minute(
     };
     let minutes = "SELECT minute, server_id, body FROM rollups WHERE minute >= ?1 AND minute < ?2
          ORDER BY minute, server_id";
-    // The whole hours built within the range, from the first whose minutes
-    // are all still kept: an hour goes with the rollups' retention once
-    // the last of its minutes has gone.
-    let built = match read.hourly {
-        true => hours::built(db)?.zip(hours::minutes_kept(db)?.map(|(oldest, _)| oldest)),
+    // The whole hours built within the range whose minutes are all kept.
+    let whole = match read.hourly {
+        true => hours::whole(db, start, end, Micros::MIN)?,
         false => None,
     };
-    let Some((first, last)) = built.map(|((from, to), oldest)| {
-        // After the oldest minute's: retention deletes a minute's servers a
-        // chunk at a time, so the hour that holds it may miss some.
-        let first = start.max(from).max(oldest.saturating_add(1));
-        let last = end.min(to);
-        (
-            first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US,
-            last - last.rem_euclid(HOUR_US),
-        )
-    }) else {
+    let Some((first, last)) = whole else {
         return scan(minutes, start, end, &[], &mut decoded);
     };
-    if first >= last {
-        return scan(minutes, start, end, &[], &mut decoded);
-    }
     scan(minutes, start, first, &[], &mut decoded)?;
     let mut late = hours::late_in(db, first, last)?;
     for hour in (first..last).step_by(HOUR_US as usize) {
@@ -736,7 +722,12 @@ pub(super) fn each_load(
         // hour committed before its minutes are read below is then read as
         // it was: the minutes that made it come late, as they did.
         let tx = db.unchecked_transaction()?;
-        if let Some((first, last)) = tuple_hours(&tx, start, end)? {
+        // From the first hour built with its tuples.
+        let hours_read = match hours::load_from(&tx)? {
+            Some(since) => hours::whole(&tx, start, end, since)?,
+            None => None,
+        };
+        if let Some((first, last)) = hours_read {
             let mut late = ServerHours::default();
             for (hour, ids) in hours::late_in(&tx, first, last)? {
                 for id in ids {
@@ -760,30 +751,6 @@ pub(super) fn each_load(
     let rows = Rows::of("load", "minute", servers, start, end).skipping(handed.as_ref().or(skip));
     each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))?;
     Ok(whole)
-}
-
-/// The whole hours in `[start, end)` whose tuples of load can be read from
-/// `load_tuple_hours`: built (see [`hours`]), from the first built with its
-/// tuples on, and after the oldest stored minute (retention deletes a
-/// minute's rows a chunk at a time, so the hour that holds it may miss
-/// some). None when there is none.
-fn tuple_hours(
-    db: &Connection,
-    start: Micros,
-    end: Micros,
-) -> rusqlite::Result<Option<(Micros, Micros)>> {
-    let (Some((from, to)), Some(load_from), Some((oldest, _))) = (
-        hours::built(db)?,
-        hours::load_from(db)?,
-        hours::minutes_kept(db)?,
-    ) else {
-        return Ok(None);
-    };
-    let first = start.max(from).max(load_from).max(oldest.saturating_add(1));
-    let first = first + (HOUR_US - first.rem_euclid(HOUR_US)) % HOUR_US;
-    let last = end.min(to);
-    let last = last - last.rem_euclid(HOUR_US);
-    Ok((first < last).then_some((first, last)))
 }
 
 /// Hands `f` each statement interval that starts in `[start, end)`, of
@@ -2212,6 +2179,14 @@ mod tests {
                 },
             )
         };
+        // Server i has no minute m where (i + m) % 11 == 0: how many minutes
+        // of `minutes` the servers `servers` hold.
+        let stored = |servers: std::ops::Range<i64>, minutes: std::ops::Range<i64>| {
+            servers
+                .flat_map(|i| minutes.clone().map(move |m| i + m))
+                .filter(|n| n % 11 != 0)
+                .count()
+        };
         for minute in 0..190 {
             for (i, id) in ids.iter().enumerate() {
                 if (i as i64 + minute) % 11 != 0 {
@@ -2249,9 +2224,7 @@ mod tests {
         assert_eq!(hours::load_from(&reader).unwrap(), Some(H0 - HOUR_US));
 
         // Read by the hour: the same sums, the three whole hours a row each.
-        let tail = (0..5)
-            .map(|i| (180..190).filter(|m| (i + m) % 11 != 0).count())
-            .sum::<usize>();
+        let tail = stored(0..5, 180..190);
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), 15 + tail)
@@ -2287,7 +2260,7 @@ mod tests {
         // An hour the caller reads by the minute, and one passed over.
         let mut held = ServerHours::default();
         held.insert("s1", H0 + HOUR_US);
-        let s1 = (0..60).filter(|m| (1 + 60 + m) % 11 != 0).count();
+        let s1 = stored(1..2, 60..120);
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&held)),
             (every.clone(), 14 + s1 + tail)
@@ -2307,7 +2280,7 @@ mod tests {
         assert_eq!((2 + 9) % 11, 0);
         sink.commit(&[load(2, 9)]).unwrap();
         let (every, _) = load_by_hour(&reader, range, Wanted::Minutes, None, None);
-        let s2 = (0..60).filter(|m| (2 + m) % 11 != 0).count() + 1;
+        let s2 = stored(2..3, 0..60) + 1;
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), 14 + s2 + tail)
@@ -2322,26 +2295,21 @@ mod tests {
         // Hours built before a version that adds load up (no
         // `load_tuple_hours_from`) are read by the minute; so is the hour
         // that holds the store's oldest minute.
-        reader
-            .execute(
-                "UPDATE kept SET value = ?1 WHERE name = 'load_tuple_hours_from'",
-                [H0 + 2 * HOUR_US],
-            )
-            .unwrap();
-        let first_two = (0..5)
-            .map(|i| (0..120).filter(|m| (i + m) % 11 != 0).count())
-            .sum::<usize>()
-            + 1;
+        let load_from = |hour: Micros| {
+            reader
+                .execute(
+                    "UPDATE kept SET value = ?1 WHERE name = 'load_tuple_hours_from'",
+                    [hour],
+                )
+                .unwrap()
+        };
+        load_from(H0 + 2 * HOUR_US);
+        let first_two = stored(0..5, 0..120) + 1;
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), first_two + 5 + tail)
         );
-        reader
-            .execute(
-                "UPDATE kept SET value = ?1 WHERE name = 'load_tuple_hours_from'",
-                [H0 - HOUR_US],
-            )
-            .unwrap();
+        load_from(H0 - HOUR_US);
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), 15 + tail)
@@ -2352,10 +2320,7 @@ mod tests {
                 [H0 + 30 * MINUTE_US],
             )
             .unwrap();
-        let first = (0..5)
-            .map(|i| (0..60).filter(|m| (i + m) % 11 != 0).count())
-            .sum::<usize>()
-            + 1;
+        let first = stored(0..5, 0..60) + 1;
         assert_eq!(
             load_by_hour(&reader, range, Wanted::Minutes, None, Some(&none)),
             (every.clone(), first + 10 + tail),
