@@ -164,9 +164,8 @@ impl Read {
     }
 
     /// The read as stored, with fingerprints of its own, as rows were
-    /// before dictionaries (tests write them; the store writes through
-    /// [`super::dictionaries`]).
-    #[cfg(test)]
+    /// before dictionaries: an hour's intervals added up (the store writes
+    /// the intervals through [`super::dictionaries`]).
     pub fn encode(&self) -> Vec<u8> {
         let mut s = self.stored();
         s.queries = self.by_query.iter().map(|(f, _)| *f).collect();

@@ -114,6 +114,16 @@ fn store_reads(reads: ReadFigures) -> String {
         reads.hours_whole as f64,
     );
     out.family(
+        "pgfleet_collector_statement_hours_whole_total",
+        "counter",
+        "Server-hours of pg_stat_statements statistics that questions over a range (the top queries) read as one row each, added up by the writer with the hour's DB load, rather than as their six 10-minute intervals (the SQLite store).",
+    );
+    out.sample(
+        "pgfleet_collector_statement_hours_whole_total",
+        &[],
+        reads.statement_hours_whole as f64,
+    );
+    out.family(
         "pgfleet_collector_store_hours_seconds_total",
         "counter",
         "Time the history store's writer spent adding each server's minutes up into hours (rollups and DB load; the SQLite store), a few minutes after each hour ends, some 50 ms after each commit until the fleet's hour is done. Its rate is the share of a core it takes; commits wait behind it.",
@@ -723,6 +733,7 @@ mod tests {
             abandoned: 3,
             hours_passed: 40,
             hours_whole: 24,
+            statement_hours_whole: 12,
             hours_adding_us: 1_500_000,
         });
         for line in [
@@ -736,6 +747,8 @@ mod tests {
             "pgfleet_collector_load_hours_passed_total 40",
             "# TYPE pgfleet_collector_load_hours_whole_total counter",
             "pgfleet_collector_load_hours_whole_total 24",
+            "# TYPE pgfleet_collector_statement_hours_whole_total counter",
+            "pgfleet_collector_statement_hours_whole_total 12",
             "# TYPE pgfleet_collector_store_hours_seconds_total counter",
             "pgfleet_collector_store_hours_seconds_total 1.5",
         ] {

@@ -323,12 +323,19 @@ impl QueryService {
             }
         }
         let replaced = Held::of(held.keys());
+        // A sum over the range: its whole hours may be read as such, but
+        // those that hold an interval the counters hold.
+        let mut by_interval = ServerHours::default();
+        for (id, at) in held.keys() {
+            by_interval.insert(id, at - at.rem_euclid(HOUR_US));
+        }
         let mut sum = store
             .fold_statements(
                 Some(ids),
                 first,
                 plan.scope.end,
                 skip,
+                Some(by_interval),
                 sum,
                 move |sum, id, at, r| {
                     if !replaced.holds(id, at) {

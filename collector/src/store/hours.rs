@@ -32,6 +32,7 @@ use tracing::debug;
 
 use crate::load::Wanted;
 use crate::load::hours::{HOUR_US, TupleHour};
+use crate::load::statements::Read;
 use crate::rollup::{MINUTE_US, Minute};
 
 /// How long after its end an hour is built: its minutes are written as
@@ -87,9 +88,10 @@ pub(super) struct Hours {
     pace: Option<usize>,
     /// The budget of a step, if not [`STEP_BUDGET`] (tests make it none).
     budget: Option<Duration>,
-    /// The first hour built with its tuples of load (`kept` says), None
+    /// The first hour built with its tuples of load and the first with its
+    /// statements ([`LOAD_FROM`] and [`STATEMENTS_FROM`] in `kept`), None
     /// until one is.
-    load_from: Option<Micros>,
+    since: [Option<Micros>; 2],
     /// The latest start of a minute written, and when the last was.
     newest: Micros,
     written_at: Option<Micros>,
@@ -105,11 +107,18 @@ pub(super) fn built(db: &Connection) -> rusqlite::Result<Option<(Micros, Micros)
     Ok(value("rollup_hours_from")?.zip(value("rollup_hours_to")?))
 }
 
-/// The first hour built with its tuples of load, as `kept` says: None
-/// before any (the hours built before are read minute by minute).
-pub(super) fn load_from(db: &Connection) -> rusqlite::Result<Option<Micros>> {
-    db.prepare_cached("SELECT value FROM kept WHERE name = 'load_tuple_hours_from'")?
-        .query_row([], |r| r.get(0))
+/// The names in `kept` of the first hour built with its tuples of load,
+/// and of the first built with its statement intervals: the hours built
+/// before (by an earlier version) are read minute by minute, or interval by
+/// interval.
+pub(super) const LOAD_FROM: &str = "load_tuple_hours_from";
+pub(super) const STATEMENTS_FROM: &str = "statement_hours_from";
+
+/// What `kept` holds under `name` ([`LOAD_FROM`], [`STATEMENTS_FROM`]): None
+/// before any hour was built so.
+pub(super) fn kept_from(db: &Connection, name: &str) -> rusqlite::Result<Option<Micros>> {
+    db.prepare_cached("SELECT value FROM kept WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
         .optional()
 }
 
@@ -182,7 +191,7 @@ impl Hours {
     pub(super) fn opened(db: &Connection, now: Micros) -> rusqlite::Result<Hours> {
         Ok(Hours {
             built: built(db)?,
-            load_from: load_from(db)?,
+            since: [kept_from(db, LOAD_FROM)?, kept_from(db, STATEMENTS_FROM)?],
             written_at: Some(now),
             ..Hours::default()
         })
@@ -295,7 +304,9 @@ impl Hours {
         let mut at = first;
         loop {
             let to = (at + LOAD_BATCH).min(end);
-            build_load(&tx, &with_load(&tx, hour, lower(at), upper(to))?, hour)?;
+            let servers = with_load(&tx, hour, lower(at), upper(to))?;
+            build_load(&tx, &servers, hour)?;
+            build_statements(&tx, &servers, hour)?;
             at = to;
             if at >= end {
                 break;
@@ -333,19 +344,24 @@ impl Hours {
             }
         }
         write(&tx, &hours)?;
-        let load_from = self.load_from.unwrap_or(hour);
-        if self.load_from.is_none() {
-            tx.execute(
-                "INSERT OR REPLACE INTO kept (name, value) VALUES ('load_tuple_hours_from', ?1)",
-                [load_from],
-            )?;
+        let since = self.since.map(|s| s.unwrap_or(hour));
+        for (name, (from, now)) in [LOAD_FROM, STATEMENTS_FROM]
+            .iter()
+            .zip(self.since.iter().zip(since))
+        {
+            if from.is_none() {
+                tx.execute(
+                    "INSERT OR REPLACE INTO kept (name, value) VALUES (?1, ?2)",
+                    params![name, now],
+                )?;
+            }
         }
         let done = hi.is_none();
         if done {
             note_built(&tx, from, hour + HOUR_US)?;
         }
         tx.commit()?;
-        self.load_from = Some(load_from);
+        self.since = since.map(Some);
         // As many as the budget allows at this step's pace, the next time,
         // and no more than twice as many (a step cut short by the budget
         // stops within a batch of it anyway).
@@ -475,6 +491,43 @@ fn build_load(tx: &Transaction<'_>, servers: &[String], hour: Micros) -> rusqlit
     Ok(())
 }
 
+/// Builds again the hours of statements at `hour` of `servers` from their
+/// intervals: a row of `statement_hours` each, the sum of its intervals
+/// (every statement kept, so that it answers as they do), none for a
+/// server without one in it.
+fn build_statements(
+    tx: &Transaction<'_>,
+    servers: &[String],
+    hour: Micros,
+) -> rusqlite::Result<()> {
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let mut hours: std::collections::HashMap<String, Read> = Default::default();
+    super::sqlite::each_statements(
+        tx,
+        Some(servers),
+        hour,
+        hour + HOUR_US,
+        None,
+        None,
+        |server_id, _, read| hours.entry(server_id.to_owned()).or_default().absorb(&read),
+    )?;
+    let mut put = tx.prepare_cached(
+        "INSERT INTO statement_hours (server_id, hour, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (server_id, hour) DO UPDATE SET body = excluded.body",
+    )?;
+    let mut gone =
+        tx.prepare_cached("DELETE FROM statement_hours WHERE server_id = ?1 AND hour = ?2")?;
+    for server_id in servers {
+        match hours.remove(server_id) {
+            Some(read) => put.execute(params![server_id, hour, read.encode()])?,
+            None => gone.execute(params![server_id, hour])?,
+        };
+    }
+    Ok(())
+}
+
 /// Marks the hours of `late` (hour, server), written into at `now`, to be
 /// built again.
 pub(super) fn late(
@@ -527,6 +580,7 @@ fn rebuild(
         })?;
         write(tx, &hours)?;
         build_load(tx, std::slice::from_ref(&server_id), hour)?;
+        build_statements(tx, std::slice::from_ref(&server_id), hour)?;
         done.execute(params![hour, server_id])?;
         if Instant::now() >= by {
             break;

@@ -780,13 +780,17 @@ impl Store {
 
     /// Folds the statement reads taken in `[start, end)`, of `servers`
     /// (None: every server), into `acc` as they are read, but those in the
-    /// hours of `skip`.
+    /// hours of `skip`. With `by_hour`, a SQLite store hands the whole
+    /// hours added up as one read each at the hour's start, but those of
+    /// `by_hour` (see `sqlite::each_statements`).
+    #[allow(clippy::too_many_arguments)]
     pub async fn fold_statements<A: Send + 'static>(
         &self,
         servers: Option<Vec<String>>,
         start: Micros,
         end: Micros,
         skip: Option<ServerHours>,
+        by_hour: Option<ServerHours>,
         mut acc: A,
         mut f: impl FnMut(&mut A, &str, Micros, Read) + Send + 'static,
     ) -> Result<A, StoreError> {
@@ -794,21 +798,25 @@ impl Store {
             match &self.reader {
                 Reader::Sqlite(db, _) => {
                     let db = db.clone();
-                    self.blocking(
-                        move |db: &rusqlite::Connection| {
-                            sqlite::each_statements(
-                                db,
-                                servers.as_deref(),
-                                start,
-                                end,
-                                skip.as_ref(),
-                                |id, at, r| f(&mut acc, id, at, r),
-                            )?;
-                            Ok(acc)
-                        },
-                        db,
-                    )
-                    .await
+                    let (acc, whole) = self
+                        .blocking(
+                            move |db: &rusqlite::Connection| {
+                                let whole = sqlite::each_statements(
+                                    db,
+                                    servers.as_deref(),
+                                    start,
+                                    end,
+                                    skip.as_ref(),
+                                    by_hour.as_ref(),
+                                    |id, at, r| f(&mut acc, id, at, r),
+                                )?;
+                                Ok((acc, whole))
+                            },
+                            db,
+                        )
+                        .await?;
+                    self.reads.statements_whole(whole);
+                    Ok(acc)
                 }
                 Reader::Postgres(pg) => {
                     pg.each_statements(servers, start, end, |id, at, r| {

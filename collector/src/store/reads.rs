@@ -17,6 +17,7 @@ pub struct ReadCounts {
     abandoned: AtomicU64,
     passed: AtomicU64,
     whole: AtomicU64,
+    statements_whole: AtomicU64,
     adding_us: AtomicU64,
 }
 
@@ -36,6 +37,10 @@ pub struct ReadFigures {
     /// Server-hours of DB load read as one row each, added up by the
     /// writer, rather than as their minutes (see `sqlite::each_load`).
     pub hours_whole: u64,
+    /// Server-hours of statement statistics read as one row each, added up
+    /// by the writer, rather than as their intervals (see
+    /// `sqlite::each_statements`).
+    pub statement_hours_whole: u64,
     /// The time the writer spent adding minutes up into hours, in µs.
     pub hours_adding_us: u64,
 }
@@ -53,6 +58,7 @@ impl ReadCounts {
             abandoned: self.abandoned.load(Ordering::Relaxed),
             hours_passed: self.passed.load(Ordering::Relaxed),
             hours_whole: self.whole.load(Ordering::Relaxed),
+            statement_hours_whole: self.statements_whole.load(Ordering::Relaxed),
             hours_adding_us: self.adding_us.load(Ordering::Relaxed),
         }
     }
@@ -68,9 +74,15 @@ impl ReadCounts {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// Counts `hours` read as one row each.
+    /// Counts `hours` of load read as one row each.
     pub(super) fn whole(&self, hours: usize) {
         self.whole.fetch_add(hours as u64, Ordering::Relaxed);
+    }
+
+    /// Counts `hours` of statement statistics read as one row each.
+    pub(super) fn statements_whole(&self, hours: usize) {
+        self.statements_whole
+            .fetch_add(hours as u64, Ordering::Relaxed);
     }
 }
 

@@ -103,6 +103,15 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         body BLOB NOT NULL);
     CREATE UNIQUE INDEX IF NOT EXISTS statements_by_server ON statements (server_id, at);
     CREATE INDEX IF NOT EXISTS statements_by_at ON statements (at);
+    -- Each server's statement intervals of an hour added up (store/hours.rs).
+    CREATE TABLE IF NOT EXISTS statement_hours (
+        id INTEGER PRIMARY KEY,
+        server_id TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        body BLOB NOT NULL);
+    CREATE UNIQUE INDEX IF NOT EXISTS statement_hours_by_server
+        ON statement_hours (server_id, hour);
+    CREATE INDEX IF NOT EXISTS statement_hours_by_hour ON statement_hours (hour);
     CREATE TABLE IF NOT EXISTS load_keys (
         server_id TEXT NOT NULL,
         id INTEGER NOT NULL,
@@ -714,57 +723,130 @@ pub(super) fn each_load(
     mut f: impl FnMut(&str, MinuteLoad),
 ) -> rusqlite::Result<usize> {
     let parse = |at, body: &[u8]| Some(MinuteLoad::parse(at, body)?.only(wanted));
-    let mut handed: Option<ServerHours> = None;
-    let mut whole = 0;
+    let mut handed = None;
     if let (Some(by_minute), Wanted::Minutes | Wanted::Query(_) | Wanted::Churn) = (by_hour, wanted)
     {
-        // The hours and their late marks in one snapshot. A rebuild of an
-        // hour committed before its minutes are read below is then read as
-        // it was: the minutes that made it come late, as they did.
+        // An hour holds the tuples of its 60 minutes: fewer at a time.
+        let rows = HourRows {
+            table: "load_tuple_hours",
+            since: hours::LOAD_FROM,
+            chunk_rows: CHUNK_ROWS / 16,
+        };
+        handed = rows.each(
+            db,
+            servers,
+            start,
+            end,
+            skip,
+            by_minute,
+            parse,
+            |id, _, mut m| {
+                m.coarse.len_us = HOUR_US;
+                f(id, m)
+            },
+        )?;
+    }
+    let rows = Rows::of("load", "minute", servers, start, end)
+        .skipping(handed.as_ref().map(|h| &h.0).or(skip));
+    each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))?;
+    Ok(handed.map_or(0, |h| h.1))
+}
+
+/// A table of each server's rows of an hour added up by the writer (see
+/// [`hours`]), which a read of whole hours takes in place of the hour's
+/// rows.
+struct HourRows {
+    table: &'static str,
+    /// The name in `kept` of the first hour built into it.
+    since: &'static str,
+    /// How many rows are parsed at a time.
+    chunk_rows: usize,
+}
+
+impl HourRows {
+    /// Hands `f` each row of `servers` (None: every server) of the whole
+    /// hours in `[start, end)` a read may take as such (see
+    /// [`hours::whole`], from the first built into the table), as it is
+    /// read: but those of `skip`, those of `by_minute` (which the caller
+    /// reads otherwise) and those marked late. The hours handed, with
+    /// `skip`'s, and how many were handed; None when no hour may be.
+    ///
+    /// The hours and their late marks are read in one snapshot. A rebuild
+    /// of an hour committed before the caller reads the rest is then read
+    /// as it was: what made it come late, as it did.
+    #[allow(clippy::too_many_arguments)]
+    fn each<P: Parsed>(
+        &self,
+        db: &Connection,
+        servers: Option<&[String]>,
+        start: Micros,
+        end: Micros,
+        skip: Option<&ServerHours>,
+        by_minute: &ServerHours,
+        parse: impl Fn(i64, &[u8]) -> Option<P>,
+        mut f: impl FnMut(&str, Micros, P::Row),
+    ) -> rusqlite::Result<Option<(ServerHours, usize)>> {
         let tx = db.unchecked_transaction()?;
-        // From the first hour built with its tuples.
-        let hours_read = match hours::load_from(&tx)? {
+        let whole = match hours::kept_from(&tx, self.since)? {
             Some(since) => hours::whole(&tx, start, end, since)?,
             None => None,
         };
-        if let Some((first, last)) = hours_read {
-            let mut late = ServerHours::default();
-            for (hour, ids) in hours::late_in(&tx, first, last)? {
-                for id in ids {
-                    late.insert(&id, hour);
-                }
+        let Some((first, last)) = whole else {
+            return Ok(None);
+        };
+        let mut late = ServerHours::default();
+        for (hour, ids) in hours::late_in(&tx, first, last)? {
+            for id in ids {
+                late.insert(&id, hour);
             }
-            let mut passed = skip.cloned().unwrap_or_default();
-            let rows = Rows::of("load_tuple_hours", "hour", servers, first, last).skipping(skip);
-            // An hour holds the tuples of its 60 minutes: fewer at a time.
-            each_parsed(&tx, rows, parse, CHUNK_ROWS / 16, |id, hour, mut m| {
-                if !late.holds(id, hour) && !by_minute.holds(id, hour) {
-                    passed.insert(id, hour);
-                    whole += 1;
-                    m.coarse.len_us = HOUR_US;
-                    f(id, m)
-                }
-            })?;
-            handed = Some(passed);
         }
+        let mut passed = skip.cloned().unwrap_or_default();
+        let mut handed = 0;
+        let rows = Rows::of(self.table, "hour", servers, first, last).skipping(skip);
+        each_parsed(&tx, rows, parse, self.chunk_rows, |id, hour, row| {
+            if !late.holds(id, hour) && !by_minute.holds(id, hour) {
+                passed.insert(id, hour);
+                handed += 1;
+                f(id, hour, row)
+            }
+        })?;
+        Ok(Some((passed, handed)))
     }
-    let rows = Rows::of("load", "minute", servers, start, end).skipping(handed.as_ref().or(skip));
-    each_parsed(db, rows, parse, CHUNK_ROWS, |id, _, m| f(id, m))?;
-    Ok(whole)
 }
 
 /// Hands `f` each statement interval that starts in `[start, end)`, of
-/// `servers`, as it is read (see [`each_parsed`]).
+/// `servers`, as it is read (see [`each_parsed`]); none in the hours of
+/// `skip`. How many whole hours it handed as one.
+///
+/// With `by_hour`, the whole hours built with their statements (see
+/// [`hours`]) are each handed as one read at the hour's start with the sum
+/// of its intervals, from `statement_hours` (a fleet's day is 24,000 rows
+/// at 1,000 servers, where its intervals are 144,000): but the hours of
+/// `by_hour` (those the caller reads by the interval) and those marked
+/// late, whose intervals are read.
 pub(super) fn each_statements(
     db: &Connection,
     servers: Option<&[String]>,
     start: Micros,
     end: Micros,
     skip: Option<&ServerHours>,
-    f: impl FnMut(&str, Micros, Read),
-) -> rusqlite::Result<()> {
-    let rows = Rows::of("statements", "at", servers, start, end).skipping(skip);
-    each_parsed(db, rows, |_, body| Read::parse(body), CHUNK_ROWS, f)
+    by_hour: Option<&ServerHours>,
+    mut f: impl FnMut(&str, Micros, Read),
+) -> rusqlite::Result<usize> {
+    let parse = |_, body: &[u8]| Read::parse(body);
+    let mut handed = None;
+    if let Some(by_interval) = by_hour {
+        let rows = HourRows {
+            table: "statement_hours",
+            since: hours::STATEMENTS_FROM,
+            chunk_rows: CHUNK_ROWS / 16,
+        };
+        handed = rows.each(db, servers, start, end, skip, by_interval, parse, &mut f)?;
+    }
+    let rows = Rows::of("statements", "at", servers, start, end)
+        .skipping(handed.as_ref().map(|h| &h.0).or(skip));
+    each_parsed(db, rows, parse, CHUNK_ROWS, f)?;
+    Ok(handed.map_or(0, |h| h.1))
 }
 
 /// Which rows a read takes: of `table`, with `column` in `[start, end)`, of
@@ -1062,6 +1144,7 @@ fn open_load(db: &Connection, server_id: &str, now: Micros) -> rusqlite::Result<
         interval,
         interval + 1,
         None,
+        None,
         |_, at, read| out.push(Closed::Statements(at, read)),
     )?;
     Ok(out)
@@ -1145,7 +1228,7 @@ const OLDEST_LOAD: &str = "DELETE FROM load WHERE id IN
 /// before the hour after its own. A minute of load is some 7 KB, an
 /// overflow page to read and free: a thousand took 36 ms from disk here, a
 /// hundred 3–5 ms.
-const AGED: [(&str, Micros, i64); 7] = [
+const AGED: [(&str, Micros, i64); 8] = [
     (
         "DELETE FROM rollups WHERE (minute, server_id) IN
              (SELECT minute, server_id FROM rollups WHERE minute < ?1 LIMIT ?2)",
@@ -1169,6 +1252,12 @@ const AGED: [(&str, Micros, i64); 7] = [
     (
         "DELETE FROM statements WHERE id IN (SELECT id FROM statements WHERE at < ?1 LIMIT ?2)",
         0,
+        1,
+    ),
+    (
+        "DELETE FROM statement_hours WHERE id IN
+             (SELECT id FROM statement_hours WHERE hour < ?1 LIMIT ?2)",
+        HOUR_US,
         1,
     ),
     (
@@ -1572,6 +1661,9 @@ fn commit<'a>(
                 } => {
                     let body = keys.statements(server_id, *at, read);
                     statements.execute(params![server_id, at, body])?;
+                    if sealed.as_ref().is_some_and(|s| s.contains(at)) {
+                        late.insert((at - at.rem_euclid(HOUR_US), server_id.clone()));
+                    }
                 }
                 Op::Texts(texts) => {
                     for (f, t) in texts {
@@ -2221,7 +2313,10 @@ mod tests {
             .query_row("SELECT count(*) FROM load_tuple_hours", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 15, "five servers' three hours");
-        assert_eq!(hours::load_from(&reader).unwrap(), Some(H0 - HOUR_US));
+        assert_eq!(
+            hours::kept_from(&reader, hours::LOAD_FROM).unwrap(),
+            Some(H0 - HOUR_US)
+        );
 
         // Read by the hour: the same sums, the three whole hours a row each.
         let tail = stored(0..5, 180..190);
@@ -2334,6 +2429,214 @@ mod tests {
             minutes + 1,
             "none by the hour"
         );
+    }
+
+    /// One server's hour of statement statistics as a test adds it up,
+    /// apart from the code under test: per fingerprint, the calls, time in
+    /// µs, rows and WAL bytes.
+    type StatementSums = std::collections::BTreeMap<u64, [u64; 4]>;
+
+    /// What `each_statements` hands of `[start, end)`, added up by server
+    /// and hour, and how many rows it handed; read in one scan and server
+    /// by server, which must agree.
+    fn statements_by_hour(
+        db: &Connection,
+        (start, end): (Micros, Micros),
+        skip: Option<&ServerHours>,
+        by_hour: Option<&ServerHours>,
+    ) -> (
+        std::collections::BTreeMap<(String, Micros), StatementSums>,
+        usize,
+    ) {
+        let servers: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+        let read = |servers: Option<&[String]>| {
+            let mut hours: std::collections::BTreeMap<(String, Micros), StatementSums> =
+                Default::default();
+            let mut rows = 0;
+            each_statements(db, servers, start, end, skip, by_hour, |id, at, r| {
+                rows += 1;
+                let hour = at - at.rem_euclid(HOUR_US);
+                let h = hours.entry((id.to_owned(), hour)).or_default();
+                for (f, t) in &r.by_query {
+                    let sum = h.entry(*f).or_default();
+                    sum[0] += t.calls;
+                    sum[1] += (t.time_ms * 1000.0).round() as u64;
+                    sum[2] += t.rows;
+                    sum[3] += t.wal_bytes;
+                }
+            })
+            .unwrap();
+            (hours, rows)
+        };
+        let every = read(None);
+        assert_eq!(read(Some(&servers)), every, "server by server");
+        every
+    }
+
+    #[test]
+    fn hours_of_statements_add_their_intervals_up_and_stand_for_them_in_reads_by_the_hour() {
+        use crate::load::statements::{Read, Totals};
+        let dir = scratch("statement-hours");
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let reader = readers.remove(0);
+        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
+        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        const TEN: Micros = 10 * MINUTE_US;
+        let now = H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        // Three servers with load over three hours and ten minutes, and
+        // their statement intervals, some missing; s3 has intervals and no
+        // load (its hours are not built, and read by the interval).
+        let ids: Vec<String> = (0..4).map(|i| format!("s{i}")).collect();
+        let mut ops: Vec<(u64, Op)> = vec![(
+            0,
+            Op::Minute {
+                server_id: "s0".into(),
+                minute: minute_of(0, H0 - MINUTE_US),
+            },
+        )];
+        for minute in 0..190 {
+            let start = H0 + minute * MINUTE_US;
+            for (i, id) in ids[..3].iter().enumerate() {
+                let minute = Op::Minute {
+                    server_id: id.clone(),
+                    minute: minute_of(i, start),
+                };
+                let load = Op::Load {
+                    server_id: id.clone(),
+                    minute: crate::load::tests::minute_of(start, &["app", "u"]).pack(),
+                    hour: crate::load::hours::HourTotals::holding(start),
+                };
+                ops.extend([(0, minute), (0, load)]);
+            }
+        }
+        // Server i's interval k, none where (i + k) % 7 == 0: fingerprints
+        // of their own and the others' (the time a quarter of a ms, which
+        // adds up exactly).
+        let interval = |i: usize, k: i64| {
+            let at = H0 + k * TEN;
+            let totals = |n: u64| Totals {
+                calls: n,
+                time_ms: n as f64 * 0.25,
+                rows: 2 * n,
+                wal_bytes: 100 * n,
+                ..Totals::default()
+            };
+            let read = Read {
+                since_us: at,
+                by_query: vec![
+                    (7, totals(1 + k as u64)),
+                    (100 + (k % 3) as u64, totals(i as u64 + 1)),
+                    (1_000 + i as u64, totals(k as u64 % 4)),
+                ],
+            };
+            let server_id = ids[i].clone();
+            (
+                0,
+                Op::Statements {
+                    server_id,
+                    at,
+                    read,
+                },
+            )
+        };
+        for k in 0..20 {
+            for i in 0..4 {
+                if (i as i64 + k) % 7 != 0 {
+                    ops.push(interval(i, k));
+                }
+            }
+        }
+        sink.commit(&ops).unwrap();
+        let range = (H0 - 30 * MINUTE_US, now);
+        let none = ServerHours::default();
+        let (every, intervals) = statements_by_hour(&reader, range, None, None);
+        assert_eq!(intervals, 20 * 4 - 11, "every interval but those missing");
+        assert_eq!(every.len(), 4 * 4);
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&none)),
+            (every.clone(), intervals),
+            "nothing built yet"
+        );
+        while sink.roll_hours(now).unwrap() {}
+        let rows: i64 = reader
+            .query_row("SELECT count(*) FROM statement_hours", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 9, "three servers' three hours");
+        assert_eq!(
+            hours::kept_from(&reader, hours::STATEMENTS_FROM).unwrap(),
+            Some(H0 - HOUR_US)
+        );
+        // Intervals of the last hour (not built), and s3's.
+        let missing = |i: i64, ks: std::ops::Range<i64>| ks.filter(|k| (i + k) % 7 == 0).count();
+        let s3 = 20 - missing(3, 0..20);
+        let tail = (0..3).map(|i| 2 - missing(i, 18..20)).sum::<usize>() + s3;
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&none)),
+            (every.clone(), 9 + tail)
+        );
+        // An hour the caller reads by the interval, and one passed over.
+        let mut held = ServerHours::default();
+        held.insert("s1", H0 + HOUR_US);
+        let s1 = 6 - missing(1, 6..12);
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&held)),
+            (every.clone(), 8 + s1 + tail)
+        );
+        let mut passed = ServerHours::default();
+        passed.insert("s2", H0);
+        let mut without = every.clone();
+        without.remove(&("s2".to_owned(), H0));
+        assert_eq!(
+            statements_by_hour(&reader, range, Some(&passed), Some(&none)),
+            (without, 8 + tail)
+        );
+        // A range that starts within an hour reads that hour by the
+        // interval.
+        let (part, n) = statements_by_hour(&reader, (H0 + TEN, now), None, Some(&none));
+        assert_eq!(
+            part,
+            statements_by_hour(&reader, (H0 + TEN, now), None, None).0
+        );
+        let first_hour: usize = (0..3).map(|i| 5 - missing(i, 1..6)).sum();
+        assert_eq!(
+            n,
+            6 + tail - 1 + first_hour,
+            "s3's first interval out of it"
+        );
+
+        // An interval written late into an hour built (s0's first, never
+        // written): its hour is read by the interval until built again, two
+        // minutes after.
+        assert_eq!((0 + 7) % 7, 0);
+        sink.commit(&[interval(0, 7)]).unwrap();
+        let (every, _) = statements_by_hour(&reader, range, None, None);
+        let s0 = 6 - missing(0, 6..12) + 1;
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&none)),
+            (every.clone(), 8 + s0 + tail)
+        );
+        while sink.roll_hours(now + hours::AFTER).unwrap() {}
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&none)),
+            (every.clone(), 9 + tail)
+        );
+
+        // Hours built before a version that adds statements up are read by
+        // the interval.
+        reader
+            .execute(
+                "UPDATE kept SET value = ?1 WHERE name = ?2",
+                params![H0 + 2 * HOUR_US, hours::STATEMENTS_FROM],
+            )
+            .unwrap();
+        let first_two: usize = (0..3).map(|i| 12 - missing(i, 0..12)).sum::<usize>() + 1;
+        assert_eq!(
+            statements_by_hour(&reader, range, None, Some(&none)),
+            (every.clone(), 3 + first_two + tail)
+        );
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -2466,6 +2769,7 @@ mod tests {
                     "INSERT INTO frame_index VALUES (?1, ?2, ?2, 0)",
                     "INSERT INTO rollup_hours VALUES (?2, ?1, x'')",
                     "INSERT INTO load_tuple_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
+                    "INSERT INTO statement_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
                 ] {
                     db.execute(sql, params![server, 1_000 + i]).unwrap();
                 }
@@ -2513,6 +2817,10 @@ mod tests {
                     "INSERT INTO load_tuple_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
                     hour_at,
                 ),
+                (
+                    "INSERT INTO statement_hours (server_id, hour, body) VALUES (?1, ?2, x'')",
+                    hour_at,
+                ),
                 // A dictionary goes once every row that may name it (those
                 // before the hour after its own) has: `d`'s ends after its
                 // minute, so it stays.
@@ -2537,6 +2845,7 @@ mod tests {
             "rollup_hours",
             "load_tuple_hours",
             "statements",
+            "statement_hours",
             "load_hours",
             "load_keys",
         ];
@@ -2563,22 +2872,24 @@ mod tests {
         assert_eq!(
             steps,
             [
-                (2, vec![2, 4, 4, 4, 4, 4, 4], 2, 4),
-                (1, vec![1, 4, 4, 4, 4, 4, 4], 2, 2),
-                (1, vec![1, 3, 4, 4, 4, 4, 4], 1, 1),
-                (1, vec![1, 2, 4, 4, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 4, 4, 4, 4, 4], 0, 1),
-                (2, vec![1, 1, 2, 4, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 4, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 3, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 2, 4, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 4, 4, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 2, 4, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 1, 4, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 1, 2, 4], 0, 1),
-                (1, vec![1, 1, 1, 1, 1, 1, 4], 0, 1),
-                (2, vec![1, 1, 1, 1, 1, 1, 2], 0, 1),
-                (1, vec![1, 1, 1, 1, 1, 1, 1], 0, 1),
+                (2, vec![2, 4, 4, 4, 4, 4, 4, 4], 2, 4),
+                (1, vec![1, 4, 4, 4, 4, 4, 4, 4], 2, 2),
+                (1, vec![1, 3, 4, 4, 4, 4, 4, 4], 1, 1),
+                (1, vec![1, 2, 4, 4, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 4, 4, 4, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 2, 4, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 4, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 3, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 2, 4, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 4, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 2, 4, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 4, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 2, 4, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1, 4, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 1, 2, 4], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1, 1, 4], 0, 1),
+                (2, vec![1, 1, 1, 1, 1, 1, 1, 2], 0, 1),
+                (1, vec![1, 1, 1, 1, 1, 1, 1, 1], 0, 1),
             ]
         );
         for table in tables {
