@@ -9,7 +9,8 @@ minute, and statement statistics every 10 minutes) through its own writer,
 a collector opened on it, and the questions that read every one of those
 minutes, over gRPC: load by wait and by query (the default step, 30 min,
 which reads every minute; and a step of an hour, which reads the hours the
-writer added up, stop 54), the top queries, connection churn. For each: its wall time, and the
+writer added up, stop 54), the top queries (whole hours of their load and,
+since stop 55, of their statement statistics), connection churn. For each: its wall time, and the
 process's peak resident memory while it answers over its resident memory
 before it.
 
@@ -72,16 +73,19 @@ def main() -> None:
         " hours the writer added up (each server's minutes of load of an hour in one row; a"
         " build without them reads every minute) but the first hour (it holds the store's"
         " oldest minute), the last (not whole) and any not added up yet; the top queries of the"
-        " day (its whole hours as such, where added up); connection churn (every minute)."
+        " day (its whole hours as such, where added up, its load and its statement statistics); connection churn (every minute)."
         " *hours read whole*: the server-hours each answer read as one row"
-        " (`pgfleet_collector_load_hours_whole_total`), each in place of its 60 minutes."
+        " (`pgfleet_collector_load_hours_whole_total`), each in place of its 60 minutes;"
+        " *statement hours whole*: the server-hours of statement statistics it read as one row"
+        " (`pgfleet_collector_statement_hours_whole_total`), each in place of its six 10-minute"
+        " intervals."
         f" *s* is the median wall time of {args.calls} answers; *peak MiB* the process's"
         " largest peak resident memory while it answers (`VmHWM`, reset before each) over its"
         " resident memory before it; *µs a minute* the time over the day's minutes, whichever"
         " rows were read.",
         "",
-        "| build | servers | minutes in the day | hours read whole | store MiB | question | s | peak MiB | µs a minute |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| build | servers | minutes in the day | hours read whole | statement hours whole | store MiB | question | s | peak MiB | µs a minute |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs:
         minutes = r["servers"] * 1440
@@ -90,8 +94,11 @@ def main() -> None:
             if q is None:
                 continue
             whole = f"{q['hours_whole']:,.0f}" if "hours_whole" in q else "–"
+            statements = (f"{q['statement_hours_whole']:,.0f}"
+                          if "statement_hours_whole" in q else "–")
             lines.append(
-                f"| {name} | {r['servers']:,} | {minutes:,} | {whole} | {r['store_mib']:,.0f} | {question} |"
+                f"| {name} | {r['servers']:,} | {minutes:,} | {whole} | {statements} |"
+                f" {r['store_mib']:,.0f} | {question} |"
                 f" {q['p50_s']:.2f} | {q['peak_mib']:,.0f} | {q['p50_s'] * 1e6 / minutes:.1f} |")
     lines.append("")
     for name, r in runs:

@@ -598,11 +598,9 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
     let collector = pgfleet_collector::server::start(config).await.unwrap();
     let http = collector.http_addr.unwrap().to_string();
-    let whole = async || {
-        pgfleet_tests::metric(&http, "pgfleet_collector_load_hours_whole_total")
-            .await
-            .unwrap()
-    };
+    let counter = async |name: &str| pgfleet_tests::metric(&http, name).await.unwrap();
+    let whole = async || counter("pgfleet_collector_load_hours_whole_total").await;
+    let statement_hours = async || counter("pgfleet_collector_statement_hours_whole_total").await;
     // Timed here, not cut short by the command's deadline.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addr))
         .unwrap()
@@ -651,6 +649,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
     for &name in questions {
         let (mut took, mut peak, mut answer) = (Vec::new(), 0f64, 0usize);
         let whole_before = whole().await;
+        let statements_before = statement_hours().await;
         for _ in 0..calls {
             let before = memory_kib("VmRSS");
             // The high-water mark starts again from the resident memory.
@@ -737,6 +736,8 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
                 "answer": answer,
                 "calls": calls,
                 "hours_whole": (whole().await - whole_before) / calls as f64,
+                "statement_hours_whole":
+                    (statement_hours().await - statements_before) / calls as f64,
             }),
         );
     }
@@ -783,7 +784,13 @@ async fn fleet_store(
     checkpoint(&dir.join("collector"));
     let mib = file_bytes(&dir.join("collector")) as f64 / 1048576.0;
     let db = rusqlite::Connection::open(dir.join("collector").join("pgfleet.sqlite")).unwrap();
-    for table in ["load", "load_tuple_hours", "rollups"] {
+    for table in [
+        "load",
+        "load_tuple_hours",
+        "rollups",
+        "statements",
+        "statement_hours",
+    ] {
         let bytes: i64 = db
             .query_row(
                 &format!("SELECT coalesce(sum(length(body)), 0) FROM {table}"),

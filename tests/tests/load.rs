@@ -801,8 +801,11 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
         }
     }
     // The top queries of the range: its whole hours added up, the rest by
-    // the minute.
-    let before = whole().await.unwrap();
+    // the minute, and their statement statistics by the hour too, the
+    // rest by the 10-minute interval.
+    let statement_hours =
+        || pgfleet_tests::metric(&http, "pgfleet_collector_statement_hours_whole_total");
+    let before = (whole().await.unwrap(), statement_hours().await.unwrap());
     let top = client
         .top_queries(v1::TopQueriesRequest {
             start: Some(timestamp(start)),
@@ -812,7 +815,8 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(whole().await.unwrap() - before, 12.0);
+    assert_eq!(whole().await.unwrap() - before.0, 12.0);
+    assert_eq!(statement_hours().await.unwrap() - before.1, 12.0);
     let load: std::collections::BTreeMap<String, f64> = top
         .queries
         .iter()
@@ -825,6 +829,21 @@ async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
     for (key, expected) in [(&q, 10.0 + 10.0 * c), (&r, 10.0 + 10.0 * (1.0 - c))] {
         let l = load[key];
         assert!((l - expected).abs() < 1e-9, "{key}: {l} in {top:?}");
+    }
+    // Each server read pg_stat_statements each minute, ten calls of its
+    // hour's query taking 5 ms in all, and its counter holds the last
+    // 10-minute interval (never written): 35 intervals stored of ten reads
+    // each. Q: db-a's 35 and db-c's 24 (hours 0, 1, 2 and 4); R: db-b's
+    // 35 and db-c's 11. An hour taken both whole and by its intervals
+    // would count its calls twice.
+    for (key, intervals) in [(&q, 35 + 24), (&r, 35 + 11)] {
+        let t = top.queries.iter().find(|t| &t.fingerprint == key).unwrap();
+        let stats = t.statistics.as_ref().unwrap();
+        assert_eq!(stats.calls, intervals * 10 * 10, "{key}: {stats:?}");
+        assert!(
+            (stats.total_time_ms - (intervals * 10) as f64 * 5.0).abs() < 1e-6,
+            "{key}: {stats:?}"
+        );
     }
     // Connection churn over the range reads the same whole hours (their
     // churn added up; these sessions never come or go, so none).
