@@ -19,9 +19,17 @@
 //! ([`TupleHour`]), which a read of load by whole hours takes in place of
 //! the hour's 60 minutes (a fleet-wide day by wait read 1.44 million
 //! minutes at 1,000 servers, some 48 s here). A minute of load written late
-//! marks its hour as a rollup's does. Hours built before this version are
-//! read minute by minute: `load_tuple_hours_from` in `kept` says from which
-//! hour on they are built.
+//! marks its hour as a rollup's does. And their statement intervals of the
+//! hour, added up into one row of `statement_hours` each
+//! ([`build_statements`]), which a read of a range's statements
+//! (`TopQueries`) takes in place of the hour's six 10-minute intervals; an
+//! interval written late marks the hour in `statement_hours_late`
+//! ([`INTERVALS_LATE`]), whose statements alone are built again. Hours
+//! built before a version that adds them up are read minute by minute, or
+//! interval by interval: `load_tuple_hours_from` and
+//! `statement_hours_from` in `kept` say from which hour on they are built.
+//! (Servers are found by their hours of load: one with statement intervals
+//! and no minute of load in an hour has them read one by one.)
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -225,23 +233,26 @@ impl Hours {
         })
     }
 
-    /// Builds again some hours marked late that no minute has come into
-    /// for [`AFTER`] by `now`, or else a chunk of the next hour due, in a
+    /// Builds again some hours marked late that nothing has come into for
+    /// [`AFTER`] by `now` (those a minute came late into first, then those
+    /// an interval did), or else a chunk of the next hour due, in a
     /// transaction of its own; whether it built any.
     pub(super) fn step(&mut self, db: &mut Connection, now: Micros) -> rusqlite::Result<bool> {
-        let due: Vec<(Micros, String)> = db
-            .prepare_cached(
-                "SELECT hour, server_id FROM rollup_hours_late WHERE written <= ?1 LIMIT ?2",
-            )?
-            .query_map(params![now - AFTER, LATE as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        if !due.is_empty() {
-            let tx = db.transaction()?;
-            rebuild(&tx, due, Instant::now() + STEP_BUDGET)?;
-            tx.commit()?;
-            return Ok(true);
+        for marks in [MINUTES_LATE, INTERVALS_LATE] {
+            let due: Vec<(Micros, String)> = db
+                .prepare_cached(&format!(
+                    "SELECT hour, server_id FROM {marks} WHERE written <= ?1 LIMIT ?2"
+                ))?
+                .query_map(params![now - AFTER, LATE as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if !due.is_empty() {
+                let tx = db.transaction()?;
+                rebuild(&tx, marks, due, Instant::now() + STEP_BUDGET)?;
+                tx.commit()?;
+                return Ok(true);
+            }
         }
         let (from, to) = match self.built {
             Some(b) => b,
@@ -528,33 +539,45 @@ fn build_statements(
     Ok(())
 }
 
-/// Marks the hours of `late` (hour, server), written into at `now`, to be
-/// built again.
+/// The tables of late marks: the hours a minute (of rollups or load) was
+/// written into after they were built, whose rollups, load and statements
+/// are built again; and those only a statement interval was, whose
+/// statements alone are (an agent that reads pg_stat_statements every few
+/// minutes closes an hour's last interval after the hour is built, every
+/// hour: that leaves its hours of rollups and load alone).
+pub(super) const MINUTES_LATE: &str = "rollup_hours_late";
+pub(super) const INTERVALS_LATE: &str = "statement_hours_late";
+
+/// Marks the hours of `late` (hour, server) in `marks` ([`MINUTES_LATE`],
+/// [`INTERVALS_LATE`]), written into at `now`, to be built again.
 pub(super) fn late(
     tx: &Transaction<'_>,
+    marks: &str,
     late: impl IntoIterator<Item = (Micros, String)>,
     now: Micros,
 ) -> rusqlite::Result<()> {
-    let mut mark = tx.prepare_cached(
-        "INSERT INTO rollup_hours_late (hour, server_id, written) VALUES (?1, ?2, ?3)
-         ON CONFLICT (hour, server_id) DO UPDATE SET written = excluded.written",
-    )?;
+    let mut mark = tx.prepare_cached(&format!(
+        "INSERT INTO {marks} (hour, server_id, written) VALUES (?1, ?2, ?3)
+         ON CONFLICT (hour, server_id) DO UPDATE SET written = excluded.written"
+    ))?;
     for (hour, server_id) in late {
         mark.execute(params![hour, server_id, now])?;
     }
     Ok(())
 }
 
-/// The servers whose hours in `[first, last)` are marked late, by hour.
+/// The servers whose hours in `[first, last)` are marked late in `marks`
+/// ([`MINUTES_LATE`], [`INTERVALS_LATE`]), by hour.
 pub(super) fn late_in(
     db: &Connection,
+    marks: &str,
     first: Micros,
     last: Micros,
 ) -> rusqlite::Result<BTreeMap<Micros, Vec<String>>> {
     let mut out: BTreeMap<Micros, Vec<String>> = BTreeMap::new();
-    let mut q = db.prepare_cached(
-        "SELECT hour, server_id FROM rollup_hours_late WHERE hour >= ?1 AND hour < ?2",
-    )?;
+    let mut q = db.prepare_cached(&format!(
+        "SELECT hour, server_id FROM {marks} WHERE hour >= ?1 AND hour < ?2"
+    ))?;
     let mut rows = q.query(params![first, last])?;
     while let Some(r) = rows.next()? {
         out.entry(r.get(0)?).or_default().push(r.get(1)?);
@@ -562,25 +585,31 @@ pub(super) fn late_in(
     Ok(out)
 }
 
-/// Builds again the hours of `late` (hour, server), each from its
-/// server's minutes of it, found by their key, and unmarks them: one at
-/// least, and no more once `by` has passed (the rest stay marked).
+/// Builds again the hours of `late` (hour, server) marked in `marks`, each
+/// from its server's minutes of it, found by their key (of
+/// [`INTERVALS_LATE`], its statement intervals alone), and unmarks them:
+/// one at least, and no more once `by` has passed (the rest stay marked).
 fn rebuild(
     tx: &Transaction<'_>,
+    marks: &str,
     late: impl IntoIterator<Item = (Micros, String)>,
     by: Instant,
 ) -> rusqlite::Result<()> {
-    let mut done =
-        tx.prepare_cached("DELETE FROM rollup_hours_late WHERE hour = ?1 AND server_id = ?2")?;
+    let mut done = tx.prepare_cached(&format!(
+        "DELETE FROM {marks} WHERE hour = ?1 AND server_id = ?2"
+    ))?;
     let mut hours = BTreeMap::new();
     for (hour, server_id) in late {
-        hours.clear();
-        minutes_of_hour(tx, &server_id, hour, |minute, body| {
-            add(&mut hours, &server_id, hour, minute, body)
-        })?;
-        write(tx, &hours)?;
-        build_load(tx, std::slice::from_ref(&server_id), hour)?;
-        build_statements(tx, std::slice::from_ref(&server_id), hour)?;
+        let server = std::slice::from_ref(&server_id);
+        if marks == MINUTES_LATE {
+            hours.clear();
+            minutes_of_hour(tx, &server_id, hour, |minute, body| {
+                add(&mut hours, &server_id, hour, minute, body)
+            })?;
+            write(tx, &hours)?;
+            build_load(tx, server, hour)?;
+        }
+        build_statements(tx, server, hour)?;
         done.execute(params![hour, server_id])?;
         if Instant::now() >= by {
             break;

@@ -2,7 +2,7 @@
 //! written by the store's writer thread and read through a second
 //! connection.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +68,13 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
     -- Servers' hours built before a minute of theirs was written (see
     -- `hours`), and when the last was.
     CREATE TABLE IF NOT EXISTS rollup_hours_late (
+        hour INTEGER NOT NULL,
+        server_id TEXT NOT NULL,
+        written INTEGER NOT NULL,
+        PRIMARY KEY (hour, server_id)) WITHOUT ROWID;
+    -- Servers' hours built before a statement interval of theirs was
+    -- written: their statements are built again.
+    CREATE TABLE IF NOT EXISTS statement_hours_late (
         hour INTEGER NOT NULL,
         server_id TEXT NOT NULL,
         written INTEGER NOT NULL,
@@ -595,7 +602,7 @@ pub(super) fn each_minute(
         return scan(minutes, start, end, &[], &mut decoded);
     };
     scan(minutes, start, first, &[], &mut decoded)?;
-    let mut late = hours::late_in(db, first, last)?;
+    let mut late = hours::late_in(db, hours::MINUTES_LATE, first, last)?;
     for hour in (first..last).step_by(HOUR_US as usize) {
         let mut except = late.remove(&hour).unwrap_or_default();
         except.extend(read.by_minute.get(&hour).into_iter().flatten().cloned());
@@ -729,6 +736,7 @@ pub(super) fn each_load(
         // An hour holds the tuples of its 60 minutes: fewer at a time.
         let rows = HourRows {
             table: "load_tuple_hours",
+            late: hours::MINUTES_LATE,
             since: hours::LOAD_FROM,
             chunk_rows: CHUNK_ROWS / 16,
         };
@@ -757,6 +765,8 @@ pub(super) fn each_load(
 /// rows.
 struct HourRows {
     table: &'static str,
+    /// Its late marks (see [`hours::late`]).
+    late: &'static str,
     /// The name in `kept` of the first hour built into it.
     since: &'static str,
     /// How many rows are parsed at a time.
@@ -795,7 +805,7 @@ impl HourRows {
             return Ok(None);
         };
         let mut late = ServerHours::default();
-        for (hour, ids) in hours::late_in(&tx, first, last)? {
+        for (hour, ids) in hours::late_in(&tx, self.late, first, last)? {
             for id in ids {
                 late.insert(&id, hour);
             }
@@ -838,6 +848,7 @@ pub(super) fn each_statements(
     if let Some(by_interval) = by_hour {
         let rows = HourRows {
             table: "statement_hours",
+            late: hours::INTERVALS_LATE,
             since: hours::STATEMENTS_FROM,
             chunk_rows: CHUNK_ROWS / 16,
         };
@@ -1567,7 +1578,7 @@ fn commit<'a>(
     sealed: Option<std::ops::Range<Micros>>,
     now: Micros,
 ) -> rusqlite::Result<()> {
-    let mut late = std::collections::BTreeSet::new();
+    let (mut late, mut late_intervals) = (BTreeSet::new(), BTreeSet::new());
     let tx = db.transaction()?;
     write_index(&tx, index)?;
     {
@@ -1662,7 +1673,7 @@ fn commit<'a>(
                     let body = keys.statements(server_id, *at, read);
                     statements.execute(params![server_id, at, body])?;
                     if sealed.as_ref().is_some_and(|s| s.contains(at)) {
-                        late.insert((at - at.rem_euclid(HOUR_US), server_id.clone()));
+                        late_intervals.insert((at - at.rem_euclid(HOUR_US), server_id.clone()));
                     }
                 }
                 Op::Texts(texts) => {
@@ -1683,7 +1694,8 @@ fn commit<'a>(
             dictionary.execute(params![k.server_id, k.id, k.hour, k.body])?;
         }
     }
-    hours::late(&tx, late, now)?;
+    hours::late(&tx, hours::MINUTES_LATE, late, now)?;
+    hours::late(&tx, hours::INTERVALS_LATE, late_intervals, now)?;
     tx.commit()
 }
 
@@ -2610,6 +2622,21 @@ mod tests {
         // minutes after.
         assert_eq!((0 + 7) % 7, 0);
         sink.commit(&[interval(0, 7)]).unwrap();
+        // Marked for its statements alone: its rollups and load stay whole.
+        let marks = |table: &str| -> Vec<(Micros, String)> {
+            reader
+                .prepare(&format!("SELECT hour, server_id FROM {table}"))
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(
+            marks(hours::INTERVALS_LATE),
+            [(H0 + HOUR_US, "s0".to_owned())]
+        );
+        assert!(marks(hours::MINUTES_LATE).is_empty());
         let (every, _) = statements_by_hour(&reader, range, None, None);
         let s0 = 6 - missing(0, 6..12) + 1;
         assert_eq!(
@@ -2617,6 +2644,7 @@ mod tests {
             (every.clone(), 8 + s0 + tail)
         );
         while sink.roll_hours(now + hours::AFTER).unwrap() {}
+        assert!(marks(hours::INTERVALS_LATE).is_empty());
         assert_eq!(
             statements_by_hour(&reader, range, None, Some(&none)),
             (every.clone(), 9 + tail)
