@@ -485,18 +485,34 @@ fn build_load(tx: &Transaction<'_>, servers: &[String], hour: Micros) -> rusqlit
             }
         },
     )?;
-    let mut put = tx.prepare_cached(
-        "INSERT INTO load_tuple_hours (server_id, hour, body) VALUES (?1, ?2, ?3)
-         ON CONFLICT (server_id, hour) DO UPDATE SET body = excluded.body",
-    )?;
-    let mut gone =
-        tx.prepare_cached("DELETE FROM load_tuple_hours WHERE server_id = ?1 AND hour = ?2")?;
+    let bodies = hours
+        .into_iter()
+        .filter(|(_, h)| h.samples() > 0)
+        .map(|(id, h)| (id, h.load().encode()))
+        .collect();
+    put_rows(tx, "load_tuple_hours", servers, hour, bodies)
+}
+
+/// Writes `bodies` as the rows of `table` at `hour` of their servers, and
+/// deletes the row of each of `servers` without one.
+fn put_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    servers: &[String],
+    hour: Micros,
+    mut bodies: std::collections::HashMap<String, Vec<u8>>,
+) -> rusqlite::Result<()> {
+    let mut put = tx.prepare_cached(&format!(
+        "INSERT INTO {table} (server_id, hour, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (server_id, hour) DO UPDATE SET body = excluded.body"
+    ))?;
+    let mut gone = tx.prepare_cached(&format!(
+        "DELETE FROM {table} WHERE server_id = ?1 AND hour = ?2"
+    ))?;
     for server_id in servers {
-        match hours.remove(server_id) {
-            Some(h) if h.samples() > 0 => {
-                put.execute(params![server_id, hour, h.load().encode()])?
-            }
-            _ => gone.execute(params![server_id, hour])?,
+        match bodies.remove(server_id) {
+            Some(body) => put.execute(params![server_id, hour, body])?,
+            None => gone.execute(params![server_id, hour])?,
         };
     }
     Ok(())
@@ -524,19 +540,11 @@ fn build_statements(
         None,
         |server_id, _, read| hours.entry(server_id.to_owned()).or_default().absorb(&read),
     )?;
-    let mut put = tx.prepare_cached(
-        "INSERT INTO statement_hours (server_id, hour, body) VALUES (?1, ?2, ?3)
-         ON CONFLICT (server_id, hour) DO UPDATE SET body = excluded.body",
-    )?;
-    let mut gone =
-        tx.prepare_cached("DELETE FROM statement_hours WHERE server_id = ?1 AND hour = ?2")?;
-    for server_id in servers {
-        match hours.remove(server_id) {
-            Some(read) => put.execute(params![server_id, hour, read.encode()])?,
-            None => gone.execute(params![server_id, hour])?,
-        };
-    }
-    Ok(())
+    let bodies = hours
+        .into_iter()
+        .map(|(id, read)| (id, read.encode()))
+        .collect();
+    put_rows(tx, "statement_hours", servers, hour, bodies)
 }
 
 /// The tables of late marks: the hours a minute (of rollups or load) was
