@@ -698,6 +698,54 @@ async fn a_question_about_one_query_passes_over_the_hours_that_never_ran_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_s_day_by_a_dimension_is_asked_by_the_hour_unless_a_step_is_given() {
+    use pgfleet_tests::stored::{HOUR_US, load_of};
+    // 140 servers, two of them with an hour of load: a day of 140 servers'
+    // minutes is over what the collector reads one by one for a question
+    // without a step, so such a question is answered by the hour; one of
+    // fewer servers, a step given, or a total keep the step the points
+    // pick (30 minutes for a day).
+    let now = now_micros();
+    let end = now - now.rem_euclid(HOUR_US);
+    let a = load_of(end, 1, |_| 0x0e0e);
+    let mut servers = vec![("db-a".to_owned(), &a[..]), ("db-b".to_owned(), &a[..])];
+    servers.extend((0..138).map(|i| (format!("idle-{i:03}"), &[][..])));
+    let (dir, collector, _, mut client) = collector_over("day-step", &servers).await;
+    let mut step_of = async |group_by: &str, matchers: &[&str], step: Option<Micros>| {
+        let r = client
+            .query_load(v1::QueryLoadRequest {
+                start: Some(timestamp(end - 24 * HOUR_US)),
+                end: Some(timestamp(end)),
+                step: step.map(pgfleet_proto::time::duration),
+                group_by: group_by.into(),
+                matchers: matchers.iter().map(|m| m.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.coverage.len() as i64 * r.step.unwrap().seconds,
+            24 * 3_600
+        );
+        (r.servers, r.step.unwrap().seconds)
+    };
+    assert_eq!(step_of("wait", &[], None).await, (140, 3_600));
+    assert_eq!(
+        step_of("", &[r#"user=~"user-.*""#], None).await,
+        (140, 3_600)
+    );
+    assert_eq!(
+        step_of("wait", &[r#"server_id=~"db-.*""#], None).await,
+        (2, 1_800)
+    );
+    assert_eq!(step_of("wait", &[], Some(HOUR_US / 2)).await, (140, 1_800));
+    assert_eq!(step_of("server", &[], None).await, (140, 1_800));
+    collector.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_s_load_by_the_hour_reads_each_server_s_hours_added_up() {
     use pgfleet_tests::stored::{HOUR_US, load_of};
     const Q: u64 = 0x0000_0000_0000_0c0c;

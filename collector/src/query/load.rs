@@ -212,9 +212,14 @@ impl QueryService {
         req: v1::QueryLoadRequest,
     ) -> Result<v1::QueryLoadResponse, Status> {
         let store = self.history()?;
-        let plan = LoadPlan::new(&req, now_micros()).map_err(Status::invalid_argument)?;
+        let now = now_micros();
+        let mut plan = LoadPlan::new(&req, now).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
+        if req.step.is_none() {
+            // The step that suits the servers selected.
+            plan = LoadPlan::over(&req, now, servers.len()).map_err(Status::invalid_argument)?;
+        }
         plan.check_group(&servers)
             .map_err(Status::invalid_argument)?;
         let open = self

@@ -10,7 +10,7 @@ use pgfleet_proto::v1;
 use super::{Scope, Selected, resolution};
 use crate::aggregator::ServerView;
 use crate::load::hours::{HOUR_US, HourTotals, MinuteTotals};
-use crate::load::{Bucket, Class, Dim, DimValue};
+use crate::load::{Bucket, COARSE_US, Class, Dim, DimValue};
 use crate::series::{MAX_POINTS, range};
 
 /// How many series a `QueryLoad` answer holds by default, and at most.
@@ -27,6 +27,17 @@ const STEPS_S: [i64; 12] = [
     10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400,
 ];
 const DEFAULT_POINTS: i64 = 120;
+
+/// With no step asked, a question that reads tuples (by a dimension, or
+/// filtered by one) over more server-minutes than this takes steps of an
+/// hour where they give at least [`HOURLY_POINTS`] (a range of a day or
+/// more): a minute read one by one costs some 25-30 µs here, so this is
+/// about 5 s, and whole hours are read as one row each (a fleet's day of
+/// 1,000 servers by wait took 42.9 s at the 30 minutes the points alone
+/// would pick, 5.2 s by the hour; BENCHMARKS.md, "DB load over a fleet's
+/// day"). A server's own day still has its 30-minute steps.
+const MINUTES_READ: i64 = 200_000;
+const HOURLY_POINTS: i64 = 24;
 
 /// What to stack by.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,27 +224,21 @@ impl LoadSum {
 }
 
 impl LoadPlan {
-    /// Checks `req` at `now`.
+    /// Checks `req` at `now`, of one server (see [`LoadPlan::over`]).
     pub fn new(req: &v1::QueryLoadRequest, now: Micros) -> Result<LoadPlan, String> {
+        Self::over(req, now, 1)
+    }
+
+    /// Checks `req` at `now`, of `servers` servers selected: with no step
+    /// asked, the one that gives about [`DEFAULT_POINTS`] points, or whole
+    /// hours where reading minutes would take long (see [`MINUTES_READ`]).
+    pub fn over(
+        req: &v1::QueryLoadRequest,
+        now: Micros,
+        servers: usize,
+    ) -> Result<LoadPlan, String> {
         let (start, end) = range(req.start.as_ref(), req.end.as_ref(), now)?;
         let mut scope = Scope::new("", &req.matchers, start, end)?;
-        let span = end - start;
-        let step_us = match req.step.as_ref().map(time::duration_micros) {
-            Some(step) => step,
-            None => STEPS_S
-                .iter()
-                .map(|s| s * 1_000_000)
-                .find(|s| span / s <= DEFAULT_POINTS)
-                .unwrap_or(86_400_000_000),
-        };
-        resolution(&mut scope, step_us)?;
-        let span = end - scope.start;
-        let points = span / step_us + i64::from(span % step_us != 0);
-        if points > MAX_POINTS {
-            return Err(format!(
-                "the range and step make {points} points per series; at most {MAX_POINTS} are served, so widen the step or narrow the range"
-            ));
-        }
         let name = req.group_by.trim();
         let group_by = if name.is_empty() {
             GroupBy::Total
@@ -252,6 +257,35 @@ impl LoadPlan {
             GroupBy::Label(name.to_owned())
         };
         scope.by_query = group_by == GroupBy::Dim(Dim::Query);
+        let span = end - start;
+        let step_us = match req.step.as_ref().map(time::duration_micros) {
+            Some(step) => step,
+            None => {
+                let step = STEPS_S
+                    .iter()
+                    .map(|s| s * 1_000_000)
+                    .find(|s| span / s <= DEFAULT_POINTS)
+                    .unwrap_or(86_400_000_000);
+                let tuples = !scope.tuples.is_empty() || matches!(group_by, GroupBy::Dim(_));
+                let minutes = (servers as i64).saturating_mul(span / COARSE_US);
+                match step % HOUR_US != 0
+                    && tuples
+                    && minutes > MINUTES_READ
+                    && span / HOUR_US >= HOURLY_POINTS
+                {
+                    true => HOUR_US,
+                    false => step,
+                }
+            }
+        };
+        resolution(&mut scope, step_us)?;
+        let span = end - scope.start;
+        let points = span / step_us + i64::from(span % step_us != 0);
+        if points > MAX_POINTS {
+            return Err(format!(
+                "the range and step make {points} points per series; at most {MAX_POINTS} are served, so widen the step or narrow the range"
+            ));
+        }
         let class = match v1::LoadSessions::try_from(req.sessions) {
             Ok(v1::LoadSessions::Active) => Class::Active,
             Ok(v1::LoadSessions::IdleInTransaction) => Class::IdleInTransaction,
@@ -498,6 +532,40 @@ mod tests {
         let plan = LoadPlan::new(&request(24, 0, 0, "dc"), now).unwrap();
         assert_eq!(plan.step_us, 1_800_000_000);
         assert!(plan.totals_only(), "by a label over whole minutes");
+        // A day by a dimension: 30 minutes of one server or a few, whole
+        // hours of a fleet, whose minutes would take long to read one by
+        // one; not for totals (read from hours of totals at any step), not
+        // under a day (too few points), and never for a step asked.
+        let day = request(24, 0, 0, "wait");
+        for (servers, step) in [(1, 1_800), (138, 1_800), (139, 3_600), (1_000, 3_600)] {
+            let plan = LoadPlan::over(&day, now, servers).unwrap();
+            assert_eq!(plan.step_us, step * 1_000_000, "{servers} servers");
+            assert_eq!(plan.hourly(), step == 3_600, "{servers} servers");
+        }
+        let mut filtered = request(24, 0, 0, "dc");
+        filtered.matchers = vec![r#"user="app""#.into()];
+        assert_eq!(
+            LoadPlan::over(&filtered, now, 1_000).unwrap().step_us,
+            HOUR_US
+        );
+        assert_eq!(
+            LoadPlan::over(&request(24, 0, 0, "dc"), now, 1_000)
+                .unwrap()
+                .step_us,
+            1_800_000_000
+        );
+        assert_eq!(
+            LoadPlan::over(&request(23, 0, 0, "wait"), now, 1_000)
+                .unwrap()
+                .step_us,
+            1_800_000_000
+        );
+        assert_eq!(
+            LoadPlan::over(&request(24, 1_800, 0, "wait"), now, 1_000)
+                .unwrap()
+                .step_us,
+            1_800_000_000
+        );
         for (req, says) in [
             (request(1, 5, 0, ""), "whole number of 10 s"),
             (request(1, 15, 0, ""), "whole number of 10 s"),
