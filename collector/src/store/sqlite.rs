@@ -2628,7 +2628,7 @@ mod tests {
         // An interval written late into an hour built (s0's first, never
         // written): its hour is read by the interval until built again, two
         // minutes after.
-        assert_eq!((0 + 7) % 7, 0);
+        assert_eq!(7 % 7, 0, "s0 (0) has no interval 7");
         sink.commit(&[interval(0, 7)]).unwrap();
         // Marked for its statements alone: its rollups and load stay whole.
         let marks = |table: &str| -> Vec<(Micros, String)> {
