@@ -7,8 +7,9 @@ store given N servers' whole day of minutes of load (each the busy OLTP
 server's day of the "DB load" section: a load of about 5, 93 tuples a
 minute, and statement statistics every 10 minutes) through its own writer,
 a collector opened on it, and the questions that read every one of those
-minutes, over gRPC: load by wait and by query (the default step, 30 min,
-which reads every minute; and a step of an hour, which reads the hours the
+minutes, over gRPC: load by wait and by query (a step of 30 min, a day's
+default step before stop 55, which reads every minute; and a step of an hour, the
+default for a fleet's day since stop 55, which reads the hours the
 writer added up, stop 54), the top queries (whole hours of their load and,
 since stop 55, of their statement statistics), connection churn. For each: its wall time, and the
 process's peak resident memory while it answers over its resident memory
@@ -68,8 +69,9 @@ def main() -> None:
         "A SQLite store given each server's whole day of minutes of load, every server the busy"
         " OLTP server of \"DB load\" (a load of about 5, 93 tuples a minute, statement statistics"
         " every 10 minutes), through its own writer; a collector opened on it answers, over gRPC,"
-        " fleet-wide questions over the whole day: load by wait and by query at their default"
-        " step (30 min), which reads every minute, and at a step of an hour, which reads the"
+        " fleet-wide questions over the whole day: load by wait and by query at a step of"
+        " 30 min (asked: a fleet's day's default step is an hour since stop 55), which reads"
+        " every minute, and at a step of an hour, which reads the"
         " hours the writer added up (each server's minutes of load of an hour in one row; a"
         " build without them reads every minute) but the first hour (it holds the store's"
         " oldest minute), the last (not whole) and any not added up yet; the top queries of the"

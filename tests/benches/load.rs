@@ -657,8 +657,10 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
             let t = Instant::now();
             answer = match name {
                 "load_by_wait" | "load_by_query" | "load_by_wait_1h" | "load_by_query_1h" => {
-                    // The default step (30 min) reads every minute; a step
-                    // of an hour reads each server's whole hours, added up.
+                    // A step of 30 min (a day's default for a few servers)
+                    // reads every minute; a step of an hour (the default for
+                    // a fleet's day) reads each server's whole hours, added
+                    // up. Both asked, so that the default does not choose.
                     let (by, hourly) = match name.strip_suffix("_1h") {
                         Some(by) => (by, true),
                         None => (name, false),
@@ -667,7 +669,7 @@ async fn fleet_day(servers: usize, apps: usize, end: i64, day: Vec<Closed>) {
                         start,
                         end,
                         group_by: by.trim_start_matches("load_by_").into(),
-                        step: hourly.then(|| duration(3_600_000_000)),
+                        step: Some(duration(if hourly { 3_600 } else { 1_800 } * 1_000_000)),
                         ..Default::default()
                     };
                     let r = client.query_load(req).await.unwrap().into_inner();
