@@ -711,11 +711,11 @@ async fn a_fleet_s_day_by_a_dimension_is_asked_by_the_hour_unless_a_step_is_give
     let mut servers = vec![("db-a".to_owned(), &a[..]), ("db-b".to_owned(), &a[..])];
     servers.extend((0..138).map(|i| (format!("idle-{i:03}"), &[][..])));
     let (dir, collector, _, mut client) = collector_over("day-step", &servers).await;
-    let mut step_of = async |group_by: &str, matchers: &[&str], step: Option<Micros>| {
-        let r = client
+    let mut ask = async |to: Micros, group_by: &str, matchers: &[&str], step: Option<Micros>| {
+        client
             .query_load(v1::QueryLoadRequest {
-                start: Some(timestamp(end - 24 * HOUR_US)),
-                end: Some(timestamp(end)),
+                start: Some(timestamp(to - 24 * HOUR_US)),
+                end: Some(timestamp(to)),
                 step: step.map(pgfleet_proto::time::duration),
                 group_by: group_by.into(),
                 matchers: matchers.iter().map(|m| m.to_string()).collect(),
@@ -723,7 +723,10 @@ async fn a_fleet_s_day_by_a_dimension_is_asked_by_the_hour_unless_a_step_is_give
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+    };
+    let mut step_of = async |group_by: &str, matchers: &[&str], step: Option<Micros>| {
+        let r = ask(end, group_by, matchers, step).await;
         assert_eq!(
             r.coverage.len() as i64 * r.step.unwrap().seconds,
             24 * 3_600
@@ -741,6 +744,14 @@ async fn a_fleet_s_day_by_a_dimension_is_asked_by_the_hour_unless_a_step_is_give
     );
     assert_eq!(step_of("wait", &[], Some(HOUR_US / 2)).await, (140, 1_800));
     assert_eq!(step_of("server", &[], None).await, (140, 1_800));
+    // A day that does not end on the hour: its steps start on the hour, the
+    // first before the range.
+    let to = end - 10 * 60_000_000;
+    let r = ask(to, "wait", &[], None).await;
+    let at = |p: &v1::MetricPoint| pgfleet_proto::time::timestamp_micros(p.at.as_ref().unwrap());
+    assert_eq!(r.step.unwrap().seconds, 3_600);
+    assert_eq!(r.coverage.len(), 25);
+    assert_eq!(at(&r.coverage[0]), end - 25 * HOUR_US);
     collector.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -66,7 +66,7 @@ pub struct LoadArgs {
     /// What to stack by: wait, wait_type, query, user, database, application, client, backend_type, server, or a label name such as dc [default: one series, the total]
     #[arg(long, value_name = "DIMENSION")]
     pub by: Option<String>,
-    /// One point per step: a whole number of 10 s (10 s detail is kept 24 h) or of minutes, like 10s, 1m or 1h [default: the collector's, about 120 points]
+    /// One point per step: a whole number of 10 s (10 s detail is kept 24 h) or of minutes, like 10s, 1m or 1h [default: the collector's, about 120 points, or 1h for a day or more by a dimension over some 140 servers or more]
     #[arg(long, value_name = "DURATION")]
     pub step: Option<String>,
     /// Which sessions count

@@ -216,8 +216,9 @@ impl QueryService {
         let mut plan = LoadPlan::new(&req, now).map_err(Status::invalid_argument)?;
         let view = self.aggregator.view();
         let servers = plan.scope.servers(&view.servers);
-        if req.step.is_none() {
-            // The step that suits the servers selected.
+        if req.step.is_none() && !store.shared() {
+            // The step that suits the servers selected (a PostgreSQL store
+            // keeps no hours: whole hours would read as many minutes).
             plan = LoadPlan::over(&req, now, servers.len()).map_err(Status::invalid_argument)?;
         }
         plan.check_group(&servers)

@@ -610,6 +610,11 @@ fn rebuild(
     for (hour, server_id) in late {
         let server = std::slice::from_ref(&server_id);
         if marks == MINUTES_LATE {
+            // Its statements too: a mark of its intervals is spent.
+            tx.prepare_cached(&format!(
+                "DELETE FROM {INTERVALS_LATE} WHERE hour = ?1 AND server_id = ?2"
+            ))?
+            .execute(params![hour, server_id])?;
             hours.clear();
             minutes_of_hour(tx, &server_id, hour, |minute, body| {
                 add(&mut hours, &server_id, hour, minute, body)

@@ -2653,6 +2653,18 @@ mod tests {
         );
         while sink.roll_hours(now + hours::AFTER).unwrap() {}
         assert!(marks(hours::INTERVALS_LATE).is_empty());
+        // A minute and an interval late into one hour: its one rebuild
+        // builds its statements too, and spends both marks.
+        let again = Op::Minute {
+            server_id: "s1".into(),
+            minute: minute_of(1, H0 + 70 * MINUTE_US),
+        };
+        sink.commit(&[(0, again), interval(1, 8)]).unwrap();
+        assert_eq!(marks(hours::INTERVALS_LATE).len(), 1);
+        assert_eq!(marks(hours::MINUTES_LATE).len(), 1);
+        assert!(sink.roll_hours(now + 2 * hours::AFTER).unwrap());
+        assert!(marks(hours::INTERVALS_LATE).is_empty());
+        assert!(marks(hours::MINUTES_LATE).is_empty());
         assert_eq!(
             statements_by_hour(&reader, range, None, Some(&none)),
             (every.clone(), 9 + tail)
