@@ -1,6 +1,6 @@
 //! `GetChurn`: sessions started and ended, with what PostgreSQL counted.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;

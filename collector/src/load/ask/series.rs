@@ -1,6 +1,6 @@
 //! `QueryLoad`: stacked series of load, from buckets or from hours of totals.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use pgfleet_common::settings::check_label;

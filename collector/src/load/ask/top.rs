@@ -1,6 +1,6 @@
 //! `TopQueries`: load by query joined with statement statistics.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet};
 
 use pgfleet_proto::model::ArcStr;
 use pgfleet_proto::time::Micros;
