@@ -71,16 +71,22 @@ fn agent(
     pgfleet_agent::start(config).unwrap()
 }
 
-/// Waits until `client` shows `server_id`'s session of `app`.
-async fn wait_for_session(client: &Client, server_id: &str, app: &str) -> v1::Session {
+/// Waits until `client` shows `server_id`'s session of `app` in `state`
+/// (a sample taken before the session's last statement shows it as it
+/// was, and a collector may show that one first).
+async fn wait_for_session(client: &Client, server_id: &str, app: &str, state: &str) -> v1::Session {
     wait_for(
-        &format!("{app} on {server_id}"),
+        &format!("{app} on {server_id}, {state}"),
         Duration::from_secs(20),
         || {
             let mut c = client.clone();
             async move {
                 let all = sessions(&mut c, server_id).await?;
-                by_app(&all, app).cloned()
+                let s = by_app(&all, app)?;
+                match s.state == state {
+                    true => Ok(s.clone()),
+                    false => Err(format!("{app} is {}", s.state)),
+                }
             }
         },
     )
@@ -114,9 +120,9 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
         .batch_execute("BEGIN; SELECT txid_current();")
         .await
         .unwrap();
-    let seen_by_b = wait_for_session(&cb, "east-1", "shared-store-probe").await;
-    let seen_by_a = wait_for_session(&ca, "west-1", "shared-store-probe").await;
-    assert_eq!(seen_by_b.state, "idle in transaction");
+    let in_transaction = "idle in transaction";
+    let seen_by_b = wait_for_session(&cb, "east-1", "shared-store-probe", in_transaction).await;
+    let seen_by_a = wait_for_session(&ca, "west-1", "shared-store-probe", in_transaction).await;
     assert_eq!(seen_by_a.pid, seen_by_b.pid);
 
     // Each lists the whole fleet, up, and says who streams what.
