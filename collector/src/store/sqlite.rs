@@ -1877,16 +1877,28 @@ mod tests {
         .collect()
     }
 
+    /// The hour the hours tests' stores start at, and the time their writers
+    /// commit at: three whole hours and ten and a half minutes of a fourth
+    /// after it.
+    const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+    const H3_10: Micros = H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+
+    /// A store in the scratch folder `name` whose writer commits at
+    /// [`H3_10`] and builds two listed servers' hours a step, and a reader
+    /// of it.
+    fn hours_store(name: &str) -> (std::path::PathBuf, SqliteSink, Connection) {
+        let dir = scratch(name);
+        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
+        sink.clock = || H3_10;
+        (dir, sink, readers.remove(0))
+    }
+
     #[test]
     fn hours_add_their_minutes_up_and_stand_for_them_in_hourly_reads() {
-        let dir = scratch("hours");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
-        let reader = readers.remove(0);
-        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
-        let (h0, now) = (H0, H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000);
         // The commits write at `now`.
-        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        let (dir, mut sink, reader) = hours_store("hours");
+        let (h0, now) = (H0, H3_10);
         // Five servers, three whole hours and ten minutes of a fourth, each
         // server missing some minutes. s4 is not listed among the servers
         // (one since forgotten): its hours are built all the same.
@@ -2229,13 +2241,8 @@ mod tests {
 
     #[test]
     fn hours_of_load_add_their_minutes_up_and_stand_for_them_in_reads_by_the_hour() {
-        let dir = scratch("load-hours");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
-        let reader = readers.remove(0);
-        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
-        let now = H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
-        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        let (dir, mut sink, reader) = hours_store("load-hours");
+        let now = H3_10;
         // Five servers over three hours and ten minutes, each missing some
         // minutes, each minute's users of its own; s4 is not listed among
         // the servers, and its hours are built all the same. A rollup
@@ -2451,6 +2458,8 @@ mod tests {
             minutes + 1,
             "none by the hour"
         );
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// One server's hour of statement statistics as a test adds it up,
@@ -2496,14 +2505,9 @@ mod tests {
     #[test]
     fn hours_of_statements_add_their_intervals_up_and_stand_for_them_in_reads_by_the_hour() {
         use crate::load::statements::{Read, Totals};
-        let dir = scratch("statement-hours");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
-        let reader = readers.remove(0);
-        sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
+        let (dir, mut sink, reader) = hours_store("statement-hours");
         const TEN: Micros = 10 * MINUTE_US;
-        let now = H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
-        sink.clock = || H0 + 3 * HOUR_US + 10 * MINUTE_US + 30_000_000;
+        let now = H3_10;
         // Three servers with load over three hours and ten minutes, and
         // their statement intervals, some missing; s3 has intervals and no
         // load (its hours are not built, and read by the interval).
@@ -2695,7 +2699,6 @@ mod tests {
         // No budget: a step builds one batch of listed servers' hours of
         // load, then the rollups of the same names.
         sink.hours = std::mem::take(&mut sink.hours).with_budget(Duration::ZERO);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
         let now = H0 + 2 * HOUR_US + 10 * MINUTE_US;
         sink.clock = || H0 + 2 * HOUR_US + 10 * MINUTE_US;
         // Twelve listed servers and one not listed (it sorts last).
@@ -2755,7 +2758,6 @@ mod tests {
         let dir = scratch("hours-gap");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
         let reader = readers.remove(0);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
         sink.clock = || H0 + 6 * HOUR_US + 10 * MINUTE_US;
         // The collector stopped for four hours between them.
         let minutes = [
@@ -3145,7 +3147,6 @@ mod tests {
         let dir = scratch("passable");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
         let reader = readers.remove(0);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
         // Each minute with its hour's totals as they stand, as a counter
         // gives them.
         let mut hours: HashMap<(String, Micros), HourTotals> = HashMap::new();
@@ -3279,7 +3280,6 @@ mod tests {
         let dir = scratch("load-chunks");
         let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
         let reader = readers.remove(0);
-        const H0: Micros = 1_800_000_000_000_000 - 1_800_000_000_000_000 % HOUR_US;
         // Three servers over three hours, each hour a dictionary of its own
         // per server, a user of each server's own in every minute.
         let ids: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
