@@ -223,6 +223,12 @@ impl LoadSum {
     }
 }
 
+/// Whether a question selects or groups by a dimension, which only the
+/// tuples of load answer (totals answer the rest).
+fn by_dimension(scope: &Scope, group_by: &GroupBy) -> bool {
+    !scope.tuples.is_empty() || matches!(group_by, GroupBy::Dim(_))
+}
+
 impl LoadPlan {
     /// Checks `req` at `now`, of one server (see [`LoadPlan::over`]).
     pub fn new(req: &v1::QueryLoadRequest, now: Micros) -> Result<LoadPlan, String> {
@@ -266,10 +272,9 @@ impl LoadPlan {
                     .map(|s| s * 1_000_000)
                     .find(|s| span / s <= DEFAULT_POINTS)
                     .unwrap_or(86_400_000_000);
-                let tuples = !scope.tuples.is_empty() || matches!(group_by, GroupBy::Dim(_));
                 let minutes = (servers as i64).saturating_mul(span / COARSE_US);
                 match step % HOUR_US != 0
-                    && tuples
+                    && by_dimension(&scope, &group_by)
                     && minutes > MINUTES_READ
                     && span / HOUR_US >= HOURLY_POINTS
                 {
@@ -395,12 +400,7 @@ impl LoadPlan {
     /// Whether the hours' totals answer it: a total, by server or by label,
     /// of whole minutes, selecting no dimension.
     pub fn totals_only(&self) -> bool {
-        !self.scope.fine
-            && self.scope.tuples.is_empty()
-            && matches!(
-                self.group_by,
-                GroupBy::Total | GroupBy::Server | GroupBy::Label(_)
-            )
+        !self.scope.fine && !by_dimension(&self.scope, &self.group_by)
     }
 
     /// An empty sum of hours of totals of `servers` (when
