@@ -524,9 +524,28 @@ async fn days_past_their_retention_are_dropped_whole() {
         "{before:?}"
     );
 
+    let database_size = || async {
+        let row = db
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) as f64
+    };
+    let size_before = database_size().await;
+
     // The collector's first commit prunes: the old days go whole, the
     // present and the next day stay.
-    let c = collector(&cluster, "a", &store).await;
+    let c = server::start(CollectorConfig {
+        store: StoreConfig::Postgres(store.clone()),
+        collector_id: "a".into(),
+        http_listen: Some(([127, 0, 0, 1], 0).into()),
+        ..CollectorConfig::new(
+            ([127, 0, 0, 1], 0).into(),
+            cluster.dir().join("collector-a"),
+        )
+    })
+    .await
+    .unwrap();
     let url = format!("http://{}", c.addr);
     let _stream = pgfleet_tests::agent_stream(&url, "retention-probe", None)
         .await
@@ -550,6 +569,19 @@ async fn days_past_their_retention_are_dropped_whole() {
             assert!(after.contains(&partition(table, day)), "{after:?}");
         }
     }
+    // /metrics says the database's size as the writer read it after its
+    // first commit: about what it held before, give or take the pages
+    // written and the partitions made and dropped since.
+    let http = c.http_addr.unwrap().to_string();
+    let bytes = wait_for("the store's size", Duration::from_secs(15), || {
+        pgfleet_tests::metric(&http, "pgfleet_collector_store_bytes")
+    })
+    .await;
+    assert!(
+        (size_before * 0.8..=size_before * 1.2).contains(&bytes),
+        "{bytes} bytes said, {size_before} before the start, {} now",
+        database_size().await
+    );
     c.stop().await;
     cluster.destroy().await;
 }

@@ -416,6 +416,15 @@ async fn a_page_left_stops_its_reads_on_the_collector() {
         .map(|i| (format!("db-{i:03}"), &day[..]))
         .collect();
     stored::write_load(&dir, &fleet).await;
+    let on_disk = || {
+        ["pgfleet.sqlite", "pgfleet.sqlite-wal"]
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .iter()
+            .sum::<u64>() as f64
+    };
+    // The file alone: its log may still be there, to be checkpointed into
+    // it and removed once the writer that wrote it closes (after this).
+    let written_bytes = std::fs::metadata(dir.join("pgfleet.sqlite")).unwrap().len() as f64;
     let mut config =
         pgfleet_collector::config::CollectorConfig::new(([127, 0, 0, 1], 0).into(), dir.clone());
     config.http_listen = Some(([127, 0, 0, 1], 0).into());
@@ -447,6 +456,16 @@ async fn a_page_left_stops_its_reads_on_the_collector() {
     assert_eq!(
         metric(&http, "pgfleet_collector_store_reads_abandoned_total").await,
         Ok(0.0)
+    );
+    // The store's size on disk, as its writer read it when it started: the
+    // day just written, no more than the file holds now.
+    let bytes = metric(&http, "pgfleet_collector_store_bytes")
+        .await
+        .unwrap();
+    assert!(
+        written_bytes >= 1e6 && (written_bytes..=on_disk()).contains(&bytes),
+        "{bytes} bytes said; {written_bytes} written, {} now",
+        on_disk()
     );
 
     let c = browser(&driver, 1280, 800).await;

@@ -133,6 +133,14 @@ fn store_reads(reads: ReadFigures) -> String {
         &[],
         reads.hours_adding_us as f64 / 1e6,
     );
+    if let Some(bytes) = reads.bytes {
+        out.family(
+            "pgfleet_collector_store_bytes",
+            "gauge",
+            "The bytes the history store takes on disk, read after a commit at most every 10 s (a SQLite store's also as it opens): the SQLite file and its write-ahead log, or the PostgreSQL store's database (of every collector that shares it). It grows by about 1 KB a second for each server whose sessions change much (the frames, kept --retention-frames; README, \"Sizing a collector\"), and levels off once the oldest history is past --retention-frames and --retention-rollups.",
+        );
+        out.sample("pgfleet_collector_store_bytes", &[], bytes as f64);
+    }
     out.text
 }
 
@@ -735,6 +743,7 @@ mod tests {
             hours_whole: 24,
             statement_hours_whole: 12,
             hours_adding_us: 1_500_000,
+            bytes: Some(123_456_789),
         });
         for line in [
             "# TYPE pgfleet_collector_store_reads gauge",
@@ -751,9 +760,14 @@ mod tests {
             "pgfleet_collector_statement_hours_whole_total 12",
             "# TYPE pgfleet_collector_store_hours_seconds_total counter",
             "pgfleet_collector_store_hours_seconds_total 1.5",
+            "# TYPE pgfleet_collector_store_bytes gauge",
+            "pgfleet_collector_store_bytes 123456789",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
+        // A store that does not say its size has no such line.
+        let text = store_reads(ReadFigures::default());
+        assert!(!text.contains("pgfleet_collector_store_bytes"), "{text}");
     }
 
     #[test]

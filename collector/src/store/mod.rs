@@ -267,6 +267,11 @@ trait Sink: Send + 'static {
     fn roll_hours(&mut self, _now: Micros) -> Result<bool, String> {
         Ok(false)
     }
+    /// The bytes the store takes on disk, for a store that can say (None:
+    /// it cannot, now).
+    fn size(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which stored minutes a read wants (QueryMetrics' is made by
@@ -1008,6 +1013,11 @@ impl Store {
     }
 }
 
+/// How often the writer reads how much the store takes on disk, for
+/// `/metrics`: after a commit, once this long has passed since the last
+/// read (and as it starts, where the store can say without a connection).
+const SIZE_EVERY: Duration = Duration::from_secs(10);
+
 fn write_loop(
     mut sink: impl Sink,
     mut queue: mpsc::Receiver<(u64, Op)>,
@@ -1024,6 +1034,12 @@ fn write_loop(
     let mut pruned = Pruned::default();
     let mut step_failed = false;
     let mut hours_failed = false;
+    // When the store's size was last read (None: not yet).
+    let mut sized = None;
+    if let Some(bytes) = sink.size() {
+        counts.sized(bytes);
+        sized = Some(Instant::now());
+    }
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
         let mut flush = matches!(first.1, Op::Flush(_));
@@ -1096,6 +1112,12 @@ fn write_loop(
         let adding = Instant::now();
         let added = sink.roll_hours(now_micros());
         counts.adding(adding.elapsed());
+        if sized.is_none_or(|t: Instant| t.elapsed() >= SIZE_EVERY) {
+            sized = Some(Instant::now());
+            if let Some(bytes) = sink.size() {
+                counts.sized(bytes);
+            }
+        }
         match added {
             Ok(_) => hours_failed = false,
             Err(e) if !hours_failed => {
@@ -1401,8 +1423,21 @@ mod tests {
                 started: 1 + SQLITE_READERS as u64,
                 abandoned: 1,
                 hours_adding_us: figures.hours_adding_us,
+                bytes: figures.bytes,
                 ..ReadFigures::default()
             }
+        );
+        // And the file's size, as the writer read it when it started: no
+        // more than the file and its log hold now (nothing shrinks them
+        // here), and at least a page.
+        let on_disk = ["pgfleet.sqlite", "pgfleet.sqlite-wal"]
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .iter()
+            .sum::<u64>();
+        let bytes = figures.bytes.expect("the SQLite store says its size");
+        assert!(
+            (4096..=on_disk).contains(&bytes),
+            "{bytes} bytes said, {on_disk} on disk"
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

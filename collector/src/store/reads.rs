@@ -19,6 +19,9 @@ pub struct ReadCounts {
     whole: AtomicU64,
     statements_whole: AtomicU64,
     adding_us: AtomicU64,
+    /// The store's bytes on disk, as the writer last read them (0: not
+    /// known).
+    bytes: AtomicU64,
 }
 
 /// What [`ReadCounts`] holds at one moment.
@@ -43,6 +46,10 @@ pub struct ReadFigures {
     pub statement_hours_whole: u64,
     /// The time the writer spent adding minutes up into hours, in µs.
     pub hours_adding_us: u64,
+    /// The bytes the store takes on disk, as the writer last read them
+    /// (the SQLite store's file and its write-ahead log, the PostgreSQL
+    /// store's database; None until read).
+    pub bytes: Option<u64>,
 }
 
 impl ReadCounts {
@@ -60,7 +67,13 @@ impl ReadCounts {
             hours_whole: self.whole.load(Ordering::Relaxed),
             statement_hours_whole: self.statements_whole.load(Ordering::Relaxed),
             hours_adding_us: self.adding_us.load(Ordering::Relaxed),
+            bytes: Some(self.bytes.load(Ordering::Relaxed)).filter(|&b| b > 0),
         }
+    }
+
+    /// Notes the store's bytes on disk.
+    pub(super) fn sized(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// Counts `hours` passed over unread.

@@ -1471,6 +1471,14 @@ pub(super) fn rebuild(
 }
 
 impl Sink for SqliteSink {
+    /// The file and its write-ahead log (the shared-memory index beside
+    /// them is a few pages, and not the data).
+    fn size(&mut self) -> Option<u64> {
+        let path = self.db.path().filter(|p| !p.is_empty())?;
+        let bytes = |p: &str| std::fs::metadata(p).map_or(0, |m| m.len());
+        Some(bytes(path) + bytes(&format!("{path}-wal")))
+    }
+
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
         let turn = self.turn % GROUPS;
         let (now, left): (Vec<usize>, Vec<usize>) =

@@ -446,4 +446,19 @@ impl Sink for PgSink {
             })
             .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }
+
+    /// The store's database, whichever collectors write it: its files'
+    /// sizes, which the server adds up without reading them. Only on the
+    /// connection the commits keep: none is made for it.
+    fn size(&mut self) -> Option<u64> {
+        let (runtime, writer) = (self.runtime.as_ref()?, self.writer.as_mut()?);
+        let row = runtime
+            .block_on(
+                writer
+                    .client
+                    .query_one("SELECT pg_database_size(current_database())", &[]),
+            )
+            .ok()?;
+        u64::try_from(row.try_get::<_, i64>(0).ok()?).ok()
+    }
 }
