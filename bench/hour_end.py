@@ -10,7 +10,8 @@ over an hour: the generator's N agents (as in bench/collector_load.py) start
 at least an hour before the hour's end they are measured across, so that the
 hour before it is whole.
 
-Every 5 s it reads the collector's CPU by thread and its RSS from /proc; the
+Every second it reads the collector's CPU (by thread, and the whole
+process's) and its RSS from /proc; the
 generator traces every GetActivity (its freshness); the collector's
 /metrics is read before and after the window for the time its writer spent
 building hours and the time the aggregator waited on the store. It writes a
