@@ -38,12 +38,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from agent_overhead import cpu_ns
 from collector_load import build, free_port, stop_collector
 from report import heading, to_png, wait_port, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## An hour's end at 10,000 servers"
-# How often the collector's CPU and RSS are read: /proc counts CPU in 10 ms ticks.
+# How often the collector's CPU and RSS are read (its threads' CPU in ns, the whole
+# process's in /proc's 10 ms ticks).
 SAMPLE_S = 1
 # The collector's threads, by the name /proc gives them (15 characters).
 THREADS = {"pgfleet-store": "writer", "pgfleet-aggrega": "aggregator", "tokio-rt-worker": "ingest"}
@@ -58,15 +60,7 @@ def sample(pid: int) -> dict:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
             rss = int(line.split()[1])
-    cpu: dict[str, float] = {}
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = open(f"/proc/{pid}/task/{task}/stat").read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        cpu[name] = cpu.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    cpu = {name: cpu_ns(pid, name) / 1e9 for name in THREADS}
     # The whole process's, which keeps the CPU of threads that have ended
     # (tokio's blocking threads, where the store's reads run, end when idle).
     stat = open(f"/proc/{pid}/stat").read()

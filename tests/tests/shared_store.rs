@@ -37,6 +37,7 @@ async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector 
     let config = CollectorConfig {
         store: StoreConfig::Postgres(store.to_owned()),
         collector_id: name.to_owned(),
+        http_listen: Some(([127, 0, 0, 1], 0).into()),
         ..CollectorConfig::new(listen, cluster.dir().join(format!("collector-{name}")))
     };
     server::start(config)
@@ -535,17 +536,7 @@ async fn days_past_their_retention_are_dropped_whole() {
 
     // The collector's first commit prunes: the old days go whole, the
     // present and the next day stay.
-    let c = server::start(CollectorConfig {
-        store: StoreConfig::Postgres(store.clone()),
-        collector_id: "a".into(),
-        http_listen: Some(([127, 0, 0, 1], 0).into()),
-        ..CollectorConfig::new(
-            ([127, 0, 0, 1], 0).into(),
-            cluster.dir().join("collector-a"),
-        )
-    })
-    .await
-    .unwrap();
+    let c = collector(&cluster, "a", &store).await;
     let url = format!("http://{}", c.addr);
     let _stream = pgfleet_tests::agent_stream(&url, "retention-probe", None)
         .await

@@ -1034,12 +1034,12 @@ fn write_loop(
     let mut pruned = Pruned::default();
     let mut step_failed = false;
     let mut hours_failed = false;
-    // When the store's size was last read (None: not yet).
-    let mut sized = None;
-    if let Some(bytes) = sink.size() {
+    // When the store's size was last read (None: not yet; a store that
+    // cannot say before its first commit is asked after it).
+    let mut sized = sink.size().map(|bytes| {
         counts.sized(bytes);
-        sized = Some(Instant::now());
-    }
+        Instant::now()
+    });
     while let Some(first) = queue.blocking_recv() {
         let started = Instant::now();
         let mut flush = matches!(first.1, Op::Flush(_));
@@ -1112,12 +1112,6 @@ fn write_loop(
         let adding = Instant::now();
         let added = sink.roll_hours(now_micros());
         counts.adding(adding.elapsed());
-        if sized.is_none_or(|t: Instant| t.elapsed() >= SIZE_EVERY) {
-            sized = Some(Instant::now());
-            if let Some(bytes) = sink.size() {
-                counts.sized(bytes);
-            }
-        }
         match added {
             Ok(_) => hours_failed = false,
             Err(e) if !hours_failed => {
@@ -1125,6 +1119,12 @@ fn write_loop(
                 warn!(error = %e, "Cannot add the rollups of an hour up; metrics by the hour read its minutes meanwhile, and it is tried again after the next commits.");
             }
             Err(e) => debug!(error = %e, "Still cannot add the rollups of an hour up."),
+        }
+        if sized.is_none_or(|t| t.elapsed() >= SIZE_EVERY) {
+            sized = Some(Instant::now());
+            if let Some(bytes) = sink.size() {
+                counts.sized(bytes);
+            }
         }
     }
 }
