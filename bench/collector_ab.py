@@ -38,6 +38,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import statistics
@@ -56,17 +57,36 @@ TITLE = "## Collector side by side"
 KEPT_TITLE = "## Collector side by side, load kept"
 # A minute of a server's load as stored (uncompressed since stop 33).
 LOAD_ROW_BYTES = 7_200
-# The collector's threads that serve readers.
+# The collector's threads that serve readers, and its store's writer.
 READERS = "pgfleet-reads"
+WRITER = "pgfleet-store"
 
 
-def collector_argv(binary: Path):
+def collector_argv(binary: Path, flags: tuple = ()):
     """A `pgfleet-collector`'s command line, given its port and directory,
-    and the readers' port if it has one."""
+    and the readers' port if it has one; `flags` added."""
     return lambda port, data, query=None: [
         str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
         "--data-dir", str(data / "store"),
-        *(["--query-listen", f"127.0.0.1:{query}"] if query else [])]
+        *(["--query-listen", f"127.0.0.1:{query}"] if query else []), *flags]
+
+
+def frames_stored(store: Path, start_us: int, end_us: int) -> dict:
+    """What `store`'s SQLite file holds of the frames of [start_us, end_us]
+    (sample times): how many, their bodies' mean bytes; and the file's
+    bytes with its write-ahead log, read-only beside the collector."""
+    path = store / "pgfleet.sqlite"
+    if not path.exists():  # a server that keeps no store (the floors)
+        return {"frames_in_window": 0, "frame_bytes": float("nan"), "store_bytes": 0}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        count, mean = db.execute(
+            "SELECT count(*), avg(length(body)) FROM frames WHERE at BETWEEN ?1 AND ?2",
+            (start_us, end_us)).fetchone()
+    finally:
+        db.close()
+    files = sum(f.stat().st_size for f in (path, store / "pgfleet.sqlite-wal") if f.exists())
+    return {"frames_in_window": count, "frame_bytes": mean or float("nan"), "store_bytes": files}
 
 
 def keep_load(store: Path, hours: float, servers: int) -> None:
@@ -138,7 +158,7 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                    "--measure", f"{args.measure}s", *generator,
                    *(["--query", f"http://127.0.0.1:{query}"] if query else [])]
             print("+", " ".join(cmd), file=sys.stderr, flush=True)
-            launched[name] = time.monotonic()
+            launched[name] = (time.monotonic(), time.time())
             # Its complaints to a file: a pipe read only at its end would fill
             # (an agent that fails says so) and stop it.
             errors = open(data / "generator.err", "w+")
@@ -147,9 +167,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
         # server, until the generators end: each window is then cut from its
         # generator's own measuring, less 5 s at each end (its ramp, which
         # the history and a store that stalls lengthen, is known only then).
-        prefixes = ((READERS,) if reads else ()) + tuple(threads)
+        prefixes = ((READERS,) if reads else ()) + (WRITER,) + tuple(t for t in threads if t != WRITER)
         samples = {name: [] for name, *_ in gens}
-        if generator_cpu or prefixes:
+        if prefixes:
             pids = {name: collector.pid for name, collector, *_ in started}
             while any(gen.poll() is None for _, gen, _ in gens):
                 for name, gen, _ in gens:
@@ -165,8 +185,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 raise SystemExit(f"the generator against {name} failed: {errors.read().strip().splitlines()[-1:]}")
             r = json.loads(out)
             r["build"] = name
+            data = next(d for n, _, _, d, *_ in started if n == name)
             if samples[name]:
-                began = launched[name] + r["ramp_s"] + args.warmup
+                began = launched[name][0] + r["ramp_s"] + args.warmup
                 inside = [x for x in samples[name] if began + 5 <= x[0] <= began + r["measured_s"] - 5]
                 if len(inside) < 2:
                     raise SystemExit(f"no CPU window within the measuring against {name}: give a longer --measure")
@@ -180,6 +201,12 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 r["reads_us_per_read"] = 1e6 * thread_cpu[name][READERS] / per_s if per_s else float("nan")
             if threads:
                 r["thread_cores"] = {t: thread_cpu[name][t] for t in threads}
+            r["writer_cores"] = thread_cpu[name][WRITER]
+            # The frames sampled in the same window (by the agents' clock,
+            # which is this machine's).
+            began_at = launched[name][1] + r["ramp_s"] + args.warmup
+            r.update(frames_stored(data / "store", int((began_at + 5) * 1e6),
+                                   int((began_at + r["measured_s"] - 5) * 1e6)))
             results.append(r)
         return results
     finally:
@@ -197,6 +224,9 @@ def us_per_batch(r: dict) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--baseline", required=True, help="the baseline's pgfleet-collector binary")
+    p.add_argument("--baseline-flags", default="",
+                   help="flags added to the baseline's command line (e.g. '--frame-dictionaries off' to measure"
+                        " this tree against itself with a setting changed)")
     p.add_argument("--baseline-note", default="a release build given by path",
                    help="what the baseline is, for the report (e.g. 'the release build of 17c833e')")
     p.add_argument("--agents", type=int, default=1250, help="agents of each collector")
@@ -214,7 +244,7 @@ def main() -> None:
         raise SystemExit(f"--baseline {args.baseline}: no such file; give a pgfleet-collector binary")
     bin_dir = build()
     builds = [("this tree", collector_argv(bin_dir / "pgfleet-collector")),
-              ("baseline", collector_argv(baseline))]
+              ("baseline", collector_argv(baseline, tuple(shlex.split(args.baseline_flags))))]
     kept = {}
     if args.load_kept:
         kept = {"threads": ("pgfleet-store",),
@@ -225,13 +255,16 @@ def main() -> None:
         for r in run_pair(bin_dir, order, args, reads=args.reads, **kept):
             print(json.dumps(r), file=sys.stderr, flush=True)
             rows.append((i + 1, r))
-    command = f"python3 bench/collector_ab.py --baseline {args.baseline} --baseline-note '{args.baseline_note}'" + "".join(
+    flags = f" --baseline-flags '{args.baseline_flags}'" if args.baseline_flags else ""
+    command = f"python3 bench/collector_ab.py --baseline {args.baseline}{flags} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
                                        ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
         " --reads" if args.reads else "")
     def medians(of):
         return {name: statistics.median(of(r) for _, r in rows if r["build"] == name) for name, _ in builds}
     median = medians(us_per_batch)
+    writer = medians(lambda r: r["writer_cores"])
+    frame = medians(lambda r: r["frame_bytes"])
     reads_head, reads_rule, reads_text, reads_median = "", "", "", ""
     if args.reads:
         reads_head = " GetActivity p50 ms | GetActivity p99 ms | readers' µs per read |"
@@ -252,37 +285,37 @@ def main() -> None:
     kept_head, kept_rule, kept_text, title = "", "", "", TITLE
     if args.load_kept:
         title = KEPT_TITLE
-        kept_head = " freshness max ms | writer's cores | ramp s |"
-        kept_rule = "---|---|---|"
+        kept_head = " freshness max ms | ramp s |"
+        kept_rule = "---|---|"
         rows_kept = int(args.load_kept * 60) * args.agents
         kept_text = (f" Each store first holds {args.load_kept:g} h of minutes of load of {args.agents:,} other"
                      f" servers ({rows_kept:,} rows of {LOAD_ROW_BYTES:,} random bytes, some"
                      f" {rows_kept * LOAD_ROW_BYTES / 2**30:.1f} GiB), as after that long; none is past the"
-                     f" retention (30 days). *Writer's cores* are those of the store's thread (`pgfleet-store`)"
-                     f" over the window less 5 s at each end; *ramp s*, the seconds until every agent streamed, ten of"
+                     f" retention (30 days). *Ramp s* is the seconds until every agent streamed, ten of"
                      f" them first sending an hour of history.")
 
     def kept_cells(r):
         if not args.load_kept:
             return ""
-        return (f" {fmt(r['freshness_max_ms'], 0)} | {r['thread_cores']['pgfleet-store']:.3f} |"
-                f" {r['ramp_s']:.0f} |")
+        return f" {fmt(r['freshness_max_ms'], 0)} | {r['ramp_s']:.0f} |"
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
-        f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |{reads_cells(r)}"
+        f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |"
+        f" {r['writer_cores']:.3f} | {r['frame_bytes']:.0f} | {r['store_bytes'] / 2**20:,.0f} |{reads_cells(r)}"
         f"{kept_cells(r)}"
         for run, r in rows)
     section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
 
-Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute).{reads_text}{kept_text}
+Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute). *Writer's cores* are those of the store's thread (`pgfleet-store`) over the window less 5 s at each end; *bytes a frame*, the mean stored body of the frames sampled in that window; *store MiB*, the SQLite file and its log once the generator ended.{reads_text}{kept_text}
 
-| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors |{reads_head}{kept_head}
-|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors | writer's cores | bytes a frame | store MiB |{reads_head}{kept_head}
+|---|---|---|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
 {table}
 
 Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
+Median writer's cores: this tree {writer['this tree']:.3f}, the baseline {writer['baseline']:.3f} ({writer['this tree'] / writer['baseline']:.2f}×); bytes a frame: this tree {frame['this tree']:.0f}, the baseline {frame['baseline']:.0f} ({frame['this tree'] / frame['baseline']:.2f}×).
 {reads_median}"""
     write_section(Path(args.output), title, section)
     print(section)

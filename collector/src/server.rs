@@ -202,6 +202,7 @@ pub async fn start(config: CollectorConfig) -> Result<Collector, StartError> {
         &config.data_dir,
         config.retention,
         &config.collector_id,
+        config.frame_dictionaries,
     )
     .await
     .map_err(|e| StartError::Store(e.to_string()))?;

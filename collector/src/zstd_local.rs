@@ -5,7 +5,8 @@
 
 use std::cell::RefCell;
 
-use zstd::bulk::{Compressor, Decompressor};
+use zstd::bulk::Compressor;
+use zstd::zstd_safe::{CDict, DCtx, DDict};
 
 /// How hard to compress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,56 @@ impl Level {
 thread_local! {
     /// The thread's context for each [`Level`], made when first used.
     static COMPRESSORS: RefCell<[Option<Compressor<'static>>; 2]> = const { RefCell::new([None, None]) };
-    static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+}
+
+/// A trained dictionary as compressing takes it (at [`Level::Frames`]).
+pub struct Encoding {
+    id: u32,
+    cdict: CDict<'static>,
+}
+
+/// A trained dictionary as decompressing takes it.
+pub struct Decoding {
+    id: u32,
+    ddict: DDict<'static>,
+}
+
+impl Encoding {
+    /// `bytes` as a dictionary to compress with; None where they are not a
+    /// zstd dictionary with an id (a frame names its dictionary by it).
+    pub fn new(bytes: &[u8]) -> Option<Encoding> {
+        let id = zstd::zstd_safe::get_dict_id(bytes)?.get();
+        let cdict = CDict::try_create(bytes, Level::Frames.zstd())?;
+        Some(Encoding { id, cdict })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Decoding {
+    /// `bytes` as a dictionary to decompress with (see [`Encoding::new`]).
+    pub fn new(bytes: &[u8]) -> Option<Decoding> {
+        let id = zstd::zstd_safe::get_dict_id(bytes)?.get();
+        let ddict = DDict::try_create(bytes)?;
+        Some(Decoding { id, ddict })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl std::fmt::Debug for Decoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoding").field("id", &self.id).finish()
+    }
+}
+
+fn zstd_error(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
 /// `bytes` as one zstd frame that states its size.
@@ -45,6 +95,28 @@ pub fn compress(bytes: &[u8], level: Level) -> std::io::Result<Vec<u8>> {
         };
         context.compress(bytes)
     })
+}
+
+/// `bytes` as one zstd frame that states its size and names `dictionary`,
+/// compressed with it at [`Level::Frames`].
+pub fn compress_with(bytes: &[u8], dictionary: &Encoding) -> std::io::Result<Vec<u8>> {
+    COMPRESSORS.with_borrow_mut(|contexts| {
+        let context = match &mut contexts[Level::Frames as usize] {
+            Some(c) => c,
+            none => none.insert(Compressor::new(Level::Frames.zstd())?),
+        };
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(bytes.len()));
+        context
+            .context_mut()
+            .compress_using_cdict(&mut out, bytes, &dictionary.cdict)
+            .map_err(zstd_error)?;
+        Ok(out)
+    })
+}
+
+/// The id of the dictionary a zstd frame was compressed with (None: none).
+pub fn dictionary_of(frame: &[u8]) -> Option<u32> {
+    zstd::zstd_safe::get_dict_id_from_frame(frame).map(|id| id.get())
 }
 
 /// Whether `bytes` begin as a zstd frame does (its magic number).
@@ -68,6 +140,16 @@ pub enum Refused {
 
 /// The bytes of one zstd frame that states its size, at most `limit` of them.
 pub fn decompress(frame: &[u8], limit: usize) -> Result<Vec<u8>, Refused> {
+    decompress_with(frame, limit, None)
+}
+
+/// The bytes of one zstd frame that states its size, at most `limit` of
+/// them, with the dictionary it was compressed with, if any.
+pub fn decompress_with(
+    frame: &[u8],
+    limit: usize,
+    dictionary: Option<&Decoding>,
+) -> Result<Vec<u8>, Refused> {
     let size = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(size)) => size,
         Ok(None) => return Err(Refused::Unsized),
@@ -76,13 +158,27 @@ pub fn decompress(frame: &[u8], limit: usize) -> Result<Vec<u8>, Refused> {
     if size > limit as u64 {
         return Err(Refused::TooLarge { size, limit });
     }
-    Ok(DECOMPRESSOR.with_borrow_mut(|context| {
+    DECOMPRESSOR.with_borrow_mut(|context| {
         let context = match context {
             Some(c) => c,
-            None => context.insert(Decompressor::new()?),
+            None => context.insert(
+                DCtx::try_create().ok_or_else(|| std::io::Error::other("zstd: out of memory"))?,
+            ),
         };
-        context.decompress(frame, size as usize)
-    })?)
+        let mut out = Vec::with_capacity(size as usize);
+        match dictionary {
+            Some(d) => context.decompress_using_ddict(&mut out, frame, &d.ddict),
+            None => context.decompress(&mut out, frame),
+        }
+        .map_err(zstd_error)?;
+        if out.len() as u64 != size {
+            return Err(Refused::Corrupt(std::io::Error::other(format!(
+                "{} bytes decompressed where the frame states {size}",
+                out.len()
+            ))));
+        }
+        Ok(out)
+    })
 }
 
 #[cfg(test)]
@@ -119,6 +215,51 @@ mod tests {
         assert!(matches!(
             decompress(&sizeless, 1 << 20),
             Err(Refused::Unsized)
+        ));
+    }
+
+    #[test]
+    fn a_dictionary_is_named_by_the_frames_it_compressed_and_needed_to_read_them() {
+        let samples: Vec<Vec<u8>> = (0..500)
+            .map(|i| {
+                format!(
+                    "SELECT * FROM orders_{} WHERE id = {i} AND user = 'app'",
+                    i % 13
+                )
+                .into_bytes()
+            })
+            .collect();
+        let bytes = zstd::dict::from_samples(&samples, 4096).unwrap();
+        let (encoding, decoding) = (
+            Encoding::new(&bytes).unwrap(),
+            Decoding::new(&bytes).unwrap(),
+        );
+        assert_eq!(encoding.id(), decoding.id());
+        assert!(Encoding::new(b"not a dictionary").is_none());
+        assert!(Decoding::new(&bytes[..8]).is_none());
+
+        let text = b"SELECT * FROM orders_5 WHERE id = 77 AND user = 'app'";
+        let frame = compress_with(text, &encoding).unwrap();
+        assert_eq!(dictionary_of(&frame), Some(encoding.id()));
+        assert_eq!(dictionary_of(&compress(text, Level::Frames).unwrap()), None);
+        assert!(frame.len() < compress(text, Level::Frames).unwrap().len());
+        assert_eq!(
+            decompress_with(&frame, 1 << 20, Some(&decoding)).unwrap(),
+            text
+        );
+        // Without it, or with another, the frame does not read.
+        assert!(matches!(
+            decompress(&frame, 1 << 20),
+            Err(Refused::Corrupt(_))
+        ));
+        let other: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("{i} other words entirely {}", i * 7).into_bytes())
+            .collect();
+        let other = Decoding::new(&zstd::dict::from_samples(&other, 4096).unwrap()).unwrap();
+        assert!(decompress_with(&frame, 1 << 20, Some(&other)).is_err());
+        assert!(matches!(
+            decompress_with(&frame, 10, Some(&decoding)),
+            Err(Refused::TooLarge { limit: 10, .. })
         ));
     }
 }

@@ -307,7 +307,12 @@ fn percentile(mut v: Vec<Duration>, p: f64) -> f64 {
 /// statement statistics, as the collector writes them.
 async fn storage(day: &[Closed]) -> (u64, u64, serde_json::Value) {
     let dir = tempdir("pgfleet-bench-load-day");
-    let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    let (store, _) = Store::open_sqlite(
+        &dir,
+        Retention::default(),
+        pgfleet_collector::store::DictTraining::default(),
+    )
+    .unwrap();
     store.flush().await;
     checkpoint(&dir);
     let empty = file_bytes(&dir);
@@ -768,7 +773,12 @@ async fn fleet_store(
     days: &[Vec<Closed>],
 ) -> (f64, f64, f64, f64) {
     std::fs::create_dir_all(dir.join("collector")).unwrap();
-    let (store, _) = Store::open_sqlite(&dir.join("collector"), Retention::default()).unwrap();
+    let (store, _) = Store::open_sqlite(
+        &dir.join("collector"),
+        Retention::default(),
+        pgfleet_collector::store::DictTraining::default(),
+    )
+    .unwrap();
     let written = Instant::now();
     let fleet: Vec<_> = (0..servers)
         .map(|i| {

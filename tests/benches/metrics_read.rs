@@ -123,7 +123,12 @@ async fn run(
     hours: usize,
     rounds: usize,
 ) -> serde_json::Value {
-    let (store, _) = Store::open_sqlite(dir, Retention::default()).expect("the store opens");
+    let (store, _) = Store::open_sqlite(
+        dir,
+        Retention::default(),
+        pgfleet_collector::store::DictTraining::default(),
+    )
+    .expect("the store opens");
     let now = now_micros();
     let first = now - now.rem_euclid(MINUTE_US) - (hours as i64) * 60 * MINUTE_US;
     let ids: Vec<String> = (0..servers).map(|i| format!("bench-{i:05}")).collect();

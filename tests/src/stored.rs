@@ -95,7 +95,12 @@ pub fn load_of(end: Micros, hours: i64, query: impl Fn(i64) -> u64) -> Vec<Close
 /// under `dir` (see [`write_fleet`]), and commits until its writer has
 /// added up the hours that ended by then (see [`hours_added_up`]).
 pub async fn write_load(dir: &Path, servers: &[(String, &[Closed])]) {
-    let (store, _) = Store::open_sqlite(dir, Retention::default()).unwrap();
+    let (store, _) = Store::open_sqlite(
+        dir,
+        Retention::default(),
+        pgfleet_collector::store::DictTraining::default(),
+    )
+    .unwrap();
     let servers: Vec<_> = servers
         .iter()
         .map(|(id, closed)| (id.clone(), BTreeMap::new(), *closed))

@@ -519,6 +519,15 @@ async fn days_past_their_retention_are_dropped_whole() {
     )
     .await
     .unwrap();
+    // Frame dictionaries last used three days ago (past the frames' day
+    // and the day kept after it), and an hour ago.
+    let now = pgfleet_proto::time::now_micros();
+    db.execute(
+        "INSERT INTO pgfleet.frame_dicts VALUES (1, 0, $1, 'a'), (2, 0, $2, 'b')",
+        &[&(now - 3 * DAY), &(now - 3_600_000_000)],
+    )
+    .await
+    .unwrap();
     let before = partitions(&db).await;
     assert!(
         before.contains(&partition("frames", today - 3)),
@@ -560,6 +569,14 @@ async fn days_past_their_retention_are_dropped_whole() {
             assert!(after.contains(&partition(table, day)), "{after:?}");
         }
     }
+    let dictionaries: Vec<i64> = db
+        .query("SELECT id FROM pgfleet.frame_dicts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dictionaries, [2], "the dictionary past its time goes");
     // /metrics says the database's size as the writer read it after its
     // first commit: about what it held before, give or take the pages
     // written and the partitions made and dropped since.
@@ -802,11 +819,159 @@ async fn both_stores(
         &cluster.dir().join("pg-store"),
         Retention::default(),
         collector_id,
+        QUICK_DICTIONARIES,
     )
     .await
     .unwrap();
     let dir = cluster.dir().join("sqlite-store");
     std::fs::create_dir_all(&dir).unwrap();
-    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+    let (sqlite, _) = Store::open_sqlite(&dir, Retention::default(), QUICK_DICTIONARIES).unwrap();
     (cluster, pg, sqlite)
+}
+
+/// Frame dictionaries trained as soon as 300 frames have been written.
+const QUICK_DICTIONARIES: pgfleet_collector::store::DictTraining =
+    pgfleet_collector::store::DictTraining {
+        enabled: true,
+        after: Duration::ZERO,
+        frames: 300,
+        every: Duration::from_secs(3600),
+    };
+
+/// Frames compressed with a dictionary the writer trained read back, in
+/// either store; from a PostgreSQL store, by another collector too, which
+/// loads the dictionary from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store() {
+    use pgfleet_collector::state::Pools;
+    use pgfleet_collector::store::{Frame, Op, Retention, Store};
+    use pgfleet_proto::model::{Session, SessionState, TargetStatus};
+    use std::sync::Arc;
+
+    let (cluster, pg, sqlite) = both_stores("dictionaries").await;
+    let start = pgfleet_proto::time::now_micros() - 3_600_000_000;
+    // A server's seconds: a keyframe a minute, deltas whose one session's
+    // query, client and times move.
+    let frame = |s: i64| Frame {
+        server_id: "dict-1".into(),
+        at: start + s * 1_000_000,
+        keyframe: s % 60 == 0,
+        status: TargetStatus::Up,
+        sessions: vec![Arc::new(Session {
+            pid: 1000 + (s % 50) as i32,
+            backend_start_us: 7,
+            database: "orders".into(),
+            user: "app".into(),
+            application_name: format!("web-{}", s % 4).into(),
+            client: format!("10.2.{}.{}:{}", s % 3, s % 200, 40_000 + s % 999).into(),
+            state: SessionState::Active,
+            query: format!("SELECT * FROM orders_{} WHERE customer_id = $1", s % 23).into(),
+            query_start_us: Some(start + s * 999_983),
+            backend_type: "client backend".into(),
+            ..Session::default()
+        })],
+        // The session before ends: a server of one session at a time.
+        removed: match s % 60 {
+            0 => Vec::new(),
+            _ => vec![(1000 + ((s - 1) % 50) as i32, 7)],
+        },
+        unchanged: Vec::new(),
+        pools: Arc::new(Pools::default()),
+        facts: None,
+        databases: Vec::new(),
+    };
+    // Writes seconds `seconds` to both stores, and has them committed.
+    let write = |seconds: std::ops::Range<i64>| {
+        let (pg, sqlite) = (pg.clone(), sqlite.clone());
+        async move {
+            for store in [&pg, &sqlite] {
+                for s in seconds.clone() {
+                    store
+                        .write(Op::Applied {
+                            agent_id: "dict-agent".into(),
+                            seq: s as u64 + 1,
+                            frames: vec![frame(s)],
+                        })
+                        .await;
+                }
+                store.flush().await;
+            }
+        }
+    };
+    write(0..400).await;
+    let (db, connection) = tokio_postgres::connect(
+        &format!(
+            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
+            cluster.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Trained beside the writer; stored by a commit, used by the next.
+    let mut s = 400;
+    let id = wait_for("a frame dictionary in use", Duration::from_secs(60), || {
+        let (db, write) = (&db, &write);
+        s += 1;
+        let at = s;
+        async move {
+            write(at..at + 1).await;
+            let row = db
+                .query_one(
+                    "SELECT body FROM pgfleet.frames WHERE server_id = 'dict-1' AND at = $1",
+                    &[&(start + at * 1_000_000)],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let body: Vec<u8> = row.get(0);
+            zstd::zstd_safe::get_dict_id_from_frame(&body)
+                .ok_or_else(|| format!("frame {at} names no dictionary"))
+        }
+    })
+    .await;
+    let stored: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pgfleet.frame_dicts WHERE id = $1",
+            &[&i64::from(id.get())],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1);
+    let last = s + 60;
+    write(s + 1..last + 1).await;
+
+    let at = start + last * 1_000_000;
+    let expected = frame(last).sessions;
+    for (name, store) in [("postgres", &pg), ("sqlite", &sqlite)] {
+        let state = store
+            .activity_at("dict-1".into(), at)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}: no state at the last frame"));
+        assert_eq!(state.at, at, "{name}");
+        assert_eq!(state.sessions, expected, "{name}");
+    }
+    // Another collector's reads load it from the store.
+    let (other, _) = Store::open(
+        &StoreConfig::Postgres(format!(
+            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
+            cluster.port()
+        )),
+        &cluster.dir().join("pg-store-2"),
+        Retention::default(),
+        "dictionaries-2",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let state = other
+        .activity_at("dict-1".into(), at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.sessions, expected);
+    drop((pg, sqlite, other));
+    cluster.destroy().await;
 }

@@ -636,7 +636,12 @@ fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
 /// A SQLite store in a directory of its own, named `name`.
 fn sqlite_store(name: &str) -> (std::path::PathBuf, Store) {
     let dir = crate::store::scratch(&format!("agg-{name}"));
-    let (store, _) = Store::open_sqlite(&dir, crate::store::Retention::default()).unwrap();
+    let (store, _) = Store::open_sqlite(
+        &dir,
+        crate::store::Retention::default(),
+        crate::store::DictTraining::default(),
+    )
+    .unwrap();
     (dir, store)
 }
 

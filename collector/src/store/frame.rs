@@ -10,6 +10,7 @@ use pgfleet_proto::v1;
 use prost::Message;
 use tracing::warn;
 
+use super::frame_dict::{FrameCoder, FrameDicts};
 use crate::state::{Pools, by_key, merge};
 
 /// One applied snapshot, as stored.
@@ -54,11 +55,11 @@ pub struct Rebuilt {
 }
 
 /// A frame as stored: its snapshot's protobuf, zstd-compressed with the
-/// thread's context (one for the writer's life, not one per frame); as it
-/// is, should the context not allocate (reading tells the two apart).
-pub(super) fn encode(frame: &Frame) -> Vec<u8> {
-    let bytes = snapshot_bytes(frame);
-    crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames).unwrap_or(bytes)
+/// thread's context (one for the writer's life, not one per frame) and the
+/// coder's dictionary, if it has one; as it is, should the context not
+/// allocate (reading tells the two apart).
+pub(super) fn encode(frame: &Frame, coder: &mut FrameCoder) -> Vec<u8> {
+    coder.compress(snapshot_bytes(frame))
 }
 
 /// The frame as the protobuf of a `v1::Snapshot` (a delta's sessions
@@ -132,36 +133,58 @@ fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
 /// dictionary), so a larger one is not refused but read the slow way.
 const MAX_FRAME_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
-fn decode(body: &[u8]) -> Option<Snapshot> {
+/// Why a stored frame was skipped.
+#[derive(Debug, thiserror::Error)]
+enum Undecoded {
+    #[error("it names frame dictionary {0}, which the store does not hold")]
+    NoDictionary(u32),
+    #[error("it does not decompress: {0}")]
+    Refused(#[from] crate::zstd_local::Refused),
+    #[error("it is not a snapshot: {0}")]
+    NotSnapshot(String),
+}
+
+fn decode(body: &[u8], dicts: &FrameDicts) -> Result<Snapshot, Undecoded> {
     let bytes = if crate::zstd_local::is_frame(body) {
+        let dictionary = match crate::zstd_local::dictionary_of(body) {
+            Some(id) => Some(dicts.get(id).ok_or(Undecoded::NoDictionary(id))?),
+            None => None,
+        };
         // The thread's context; a frame without its size (none is written
         // so), or past the limit, the slow way: the collector wrote it.
-        match crate::zstd_local::decompress(body, MAX_FRAME_BYTES) {
+        match crate::zstd_local::decompress_with(body, MAX_FRAME_BYTES, dictionary.as_deref()) {
             Ok(bytes) => bytes,
             Err(
                 crate::zstd_local::Refused::Unsized | crate::zstd_local::Refused::TooLarge { .. },
-            ) => zstd::stream::decode_all(body).ok()?,
-            Err(_) => return None,
+            ) if dictionary.is_none() => zstd::stream::decode_all(body)
+                .map_err(|e| Undecoded::Refused(crate::zstd_local::Refused::Corrupt(e)))?,
+            Err(e) => return Err(e.into()),
         }
     } else {
         body.to_vec()
     };
-    let wire = v1::Snapshot::decode(bytes.as_slice()).ok()?;
-    Snapshot::try_from(wire).ok()
+    let wire = v1::Snapshot::decode(bytes.as_slice())
+        .map_err(|e| Undecoded::NotSnapshot(e.to_string()))?;
+    Snapshot::try_from(wire).map_err(|e| Undecoded::NotSnapshot(e.to_string()))
 }
 
 /// Applies stored frames, oldest first, to `state` (None: the first must be
-/// a keyframe). A frame that does not decode is skipped; a delta that does
-/// not apply ends the replay, which returns None.
+/// a keyframe), with the dictionaries they name loaded in `dicts`. A frame
+/// that does not decode is skipped; a delta that does not apply ends the
+/// replay, which returns None.
 pub(super) fn replay(
     server_id: &str,
     mut state: Option<Rebuilt>,
     frames: impl IntoIterator<Item = (Micros, bool, Vec<u8>)>,
+    dicts: &FrameDicts,
 ) -> Option<Rebuilt> {
     for (at, keyframe, body) in frames {
-        let Some(snapshot) = decode(&body) else {
-            warn!(server.id = %server_id, at, "Skipped a history frame that does not decode.");
-            continue;
+        let snapshot = match decode(&body, dicts) {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                warn!(server.id = %server_id, at, error = %e, "Skipped a history frame that does not decode.");
+                continue;
+            }
         };
         let pools = Arc::new(Pools {
             slots: snapshot.slots,
@@ -196,6 +219,7 @@ pub(super) fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::frame_dict::{DictTraining, DictsStored};
     use pgfleet_proto::compact::field;
     use pgfleet_proto::model::{Delta, SessionState};
 
@@ -343,11 +367,129 @@ mod tests {
             assert_eq!(snapshot_bytes(frame), by_prost(frame), "{frame:?}");
         }
         // And it reads back: the delta, replayed onto the keyframe.
-        let bodies = [&keyframe, &delta].map(|f| (f.at, f.keyframe, encode(f)));
-        let rebuilt = replay("db-1", None, bodies).expect("the delta applies to the keyframe");
+        let mut coder = FrameCoder::off();
+        let bodies = [&keyframe, &delta].map(|f| (f.at, f.keyframe, encode(f, &mut coder)));
+        let rebuilt = replay("db-1", None, bodies, &FrameDicts::default())
+            .expect("the delta applies to the keyframe");
         let pids: Vec<i32> = rebuilt.sessions.iter().map(|s| s.pid).collect();
         // Sessions 1 and 0 ended; 2 changed, taking back its base's strings.
         assert_eq!(pids, [2, 9]);
         assert_eq!(*rebuilt.sessions[0], *session(2, SessionState::Active));
+    }
+
+    /// A server's frames as the load generator's vary: a keyframe, then
+    /// deltas of a few sessions whose queries, clients and times move.
+    fn varied(n: usize) -> Vec<Frame> {
+        let texts = [
+            "SELECT * FROM orders WHERE customer_id = $1 AND status = $2",
+            "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
+            "INSERT INTO events (kind, payload, at) VALUES ($1, $2, now())",
+            "SELECT count(*) FROM line_items li JOIN orders o ON o.id = li.order_id",
+        ];
+        (0..n)
+            .map(|i| {
+                let sessions = (0..if i == 0 { 40 } else { 4 })
+                    .map(|k| {
+                        let pid = 100 + ((i * 7 + k * 13) % 40) as i32;
+                        Arc::new(Session {
+                            client: format!("10.1.{}.{}:{}", pid % 7, pid, 40_000 + i % 97).into(),
+                            query: texts[(i + k) % texts.len()].into(),
+                            query_start_us: Some(1_700_000_000_000_000 + (i * 1_000_003) as i64),
+                            state_change_us: Some(1_700_000_000_000_000 + (i * 999_983) as i64),
+                            fingerprint: ((i + k) % texts.len()) as u64 * 0x9e37_79b9,
+                            blocked_by: Vec::new(),
+                            ..(*session(pid, SessionState::Active)).clone()
+                        })
+                    })
+                    .collect();
+                Frame {
+                    server_id: "db-7".into(),
+                    at: 1_700_000_000_000_000 + i as i64 * 1_000_000,
+                    keyframe: i == 0,
+                    status: TargetStatus::Up,
+                    sessions,
+                    removed: Vec::new(),
+                    unchanged: Vec::new(),
+                    pools: Arc::default(),
+                    facts: None,
+                    databases: Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_compressed_with_a_trained_dictionary_are_smaller_and_read_back() {
+        let training = DictTraining {
+            enabled: true,
+            after: std::time::Duration::ZERO,
+            frames: 1_000,
+            every: std::time::Duration::from_secs(3600),
+        };
+        let dicts = FrameDicts::default();
+        let mut coder = FrameCoder::new(training, dicts.clone());
+        for f in &varied(1_500) {
+            encode(f, &mut coder);
+        }
+        let started = std::time::Instant::now();
+        let id = loop {
+            if let Some(d) = coder.trained() {
+                break d.id;
+            }
+            assert!(started.elapsed().as_secs() < 60, "no dictionary trained");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        // Not used until a commit stored it.
+        let frames = varied(300);
+        let before = encode(&frames[1], &mut coder);
+        assert_eq!(crate::zstd_local::dictionary_of(&before), None);
+        coder.committed(Some(&DictsStored {
+            dictionary: Some(true),
+            touched: false,
+        }));
+        assert_eq!(coder.current(), Some(id));
+
+        let mut plain = FrameCoder::off();
+        let with: Vec<_> = frames
+            .iter()
+            .map(|f| (f.at, f.keyframe, encode(f, &mut coder)))
+            .collect();
+        let without: Vec<_> = frames
+            .iter()
+            .map(|f| (f.at, f.keyframe, encode(f, &mut plain)))
+            .collect();
+        assert!(
+            with.iter()
+                .all(|(_, _, b)| crate::zstd_local::dictionary_of(b) == Some(id))
+        );
+        let bytes = |v: &[(Micros, bool, Vec<u8>)]| v.iter().map(|f| f.2.len()).sum::<usize>();
+        assert!(
+            bytes(&with) * 10 < bytes(&without) * 7,
+            "{} bytes with the dictionary, {} without",
+            bytes(&with),
+            bytes(&without)
+        );
+        // A reader that loads the dictionary reads what was written; one
+        // that finds none skips the frames that name it.
+        let expected = replay("db-7", None, without, &FrameDicts::default()).unwrap();
+        let readers = FrameDicts::default();
+        assert_eq!(readers.missing(with.iter().map(|f| f.2.as_slice())), [id]);
+        assert!(!readers.insert(id ^ 1, &coder_bytes(&coder)));
+        assert!(readers.insert(id, &coder_bytes(&coder)));
+        assert!(
+            readers
+                .missing(with.iter().map(|f| f.2.as_slice()))
+                .is_empty()
+        );
+        let read = replay("db-7", None, with.clone(), &readers).unwrap();
+        assert_eq!(read.at, expected.at);
+        assert_eq!(read.sessions, expected.sessions);
+        assert!(replay("db-7", None, with, &FrameDicts::default()).is_none());
+        // The writer's own reads have it already.
+        assert!(dicts.get(id).is_some());
+    }
+
+    fn coder_bytes(coder: &FrameCoder) -> Vec<u8> {
+        coder.current_bytes().expect("a dictionary in use").to_vec()
     }
 }

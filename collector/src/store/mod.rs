@@ -30,6 +30,7 @@
 //! retried, backing off, and nothing after it is acknowledged meanwhile.
 
 mod frame;
+mod frame_dict;
 mod hours;
 pub mod postgres;
 mod reads;
@@ -37,6 +38,7 @@ pub mod sqlite;
 
 pub use frame::{Frame, Rebuilt};
 use frame::{encode, replay};
+pub use frame_dict::DictTraining;
 use reads::Reading;
 pub use reads::{ReadCounts, ReadFigures};
 
@@ -323,7 +325,7 @@ impl std::ops::AddAssign for Pruned {
 /// Where reads go.
 #[derive(Clone)]
 enum Reader {
-    Sqlite(Arc<Readers>, sqlite::Unindexed),
+    Sqlite(Arc<Readers>, sqlite::Unindexed, frame_dict::FrameDicts),
     Postgres(postgres::Reader),
 }
 
@@ -461,21 +463,27 @@ impl Store {
         data_dir: &Path,
         retention: Retention,
         collector_id: &str,
+        dictionaries: DictTraining,
     ) -> Result<(Store, Loaded), StoreError> {
         match config {
-            StoreConfig::Sqlite => Self::open_sqlite(data_dir, retention),
+            StoreConfig::Sqlite => Self::open_sqlite(data_dir, retention, dictionaries),
             StoreConfig::Postgres(url) => {
-                postgres::open(url, retention, collector_id.to_owned()).await
+                postgres::open(url, retention, collector_id.to_owned(), dictionaries).await
             }
         }
     }
 
     /// Opens (creating it if need be) `dir/pgfleet.sqlite`.
-    pub fn open_sqlite(dir: &Path, retention: Retention) -> Result<(Store, Loaded), StoreError> {
-        let (sink, readers, unindexed, loaded, place) = sqlite::open(dir, SQLITE_READERS)?;
+    pub fn open_sqlite(
+        dir: &Path,
+        retention: Retention,
+        dictionaries: DictTraining,
+    ) -> Result<(Store, Loaded), StoreError> {
+        let (sink, readers, unindexed, dicts, loaded, place) =
+            sqlite::open(dir, SQLITE_READERS, dictionaries)?;
         let store = Self::start(
             sink,
-            Reader::Sqlite(Readers::new(readers), unindexed),
+            Reader::Sqlite(Readers::new(readers), unindexed, dicts),
             place,
             retention,
         )?;
@@ -580,7 +588,7 @@ impl Store {
     pub async fn hours_built(&self) -> Result<Option<(Micros, Micros)>, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => self.blocking(hours::built, db.clone()).await,
+                Reader::Sqlite(db, ..) => self.blocking(hours::built, db.clone()).await,
                 Reader::Postgres(_) => Ok(None),
             }
         })
@@ -610,7 +618,7 @@ impl Store {
     ) -> Result<S, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => {
+                Reader::Sqlite(db, ..) => {
                     let db = db.clone();
                     self.blocking(
                         move |db: &rusqlite::Connection| {
@@ -656,7 +664,7 @@ impl Store {
     ) -> Result<A, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => {
+                Reader::Sqlite(db, ..) => {
                     let db = db.clone();
                     let (acc, whole) = self
                         .blocking(
@@ -717,7 +725,7 @@ impl Store {
         let (acc, hours) = self
             .counted(async {
                 match &self.reader {
-                    Reader::Sqlite(db, _) => {
+                    Reader::Sqlite(db, ..) => {
                         self.blocking(
                             move |db: &rusqlite::Connection| {
                                 let hours = sqlite::fold_passed(
@@ -759,7 +767,7 @@ impl Store {
     ) -> Result<A, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => {
+                Reader::Sqlite(db, ..) => {
                     let db = db.clone();
                     self.blocking(
                         move |db: &rusqlite::Connection| {
@@ -801,7 +809,7 @@ impl Store {
     ) -> Result<A, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => {
+                Reader::Sqlite(db, ..) => {
                     let db = db.clone();
                     let (acc, whole) = self
                         .blocking(
@@ -870,7 +878,7 @@ impl Store {
     ) -> Result<HashMap<u64, String>, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, _) => {
+                Reader::Sqlite(db, ..) => {
                     let db = db.clone();
                     self.blocking(
                         move |db: &rusqlite::Connection| sqlite::texts(db, &fingerprints),
@@ -896,11 +904,11 @@ impl Store {
     ) -> Result<Option<Rebuilt>, StoreError> {
         self.counted(async {
             match &self.reader {
-                Reader::Sqlite(db, unindexed) => {
-                    let (db, unindexed) = (db.clone(), unindexed.clone());
+                Reader::Sqlite(db, unindexed, dicts) => {
+                    let (db, unindexed, dicts) = (db.clone(), unindexed.clone(), dicts.clone());
                     self.blocking(
                         move |db: &rusqlite::Connection| {
-                            sqlite::rebuild(db, &unindexed, &server_id, at)
+                            sqlite::rebuild(db, &unindexed, &dicts, &server_id, at)
                         },
                         db,
                     )
@@ -1241,7 +1249,11 @@ mod tests {
         let (go, held) = std::sync::mpsc::channel();
         let store = Store::start(
             Held { entered, go: held },
-            Reader::Sqlite(Readers::new(vec![reader]), Default::default()),
+            Reader::Sqlite(
+                Readers::new(vec![reader]),
+                Default::default(),
+                Default::default(),
+            ),
             "test".into(),
             Retention::default(),
         )
@@ -1350,7 +1362,12 @@ mod tests {
     async fn a_read_whose_caller_stopped_waiting_stops_at_its_next_row() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = scratch("abandoned");
-        let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+        let (store, _) = Store::open_sqlite(
+            &dir,
+            Retention::default(),
+            crate::store::DictTraining::default(),
+        )
+        .unwrap();
         let now = now_micros();
         let minute_us = crate::rollup::MINUTE_US;
         let first = now - now.rem_euclid(minute_us) - 400 * minute_us;
@@ -1446,7 +1463,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_read_holds_one_connection_while_the_others_answer() {
         let dir = scratch("readers");
-        let (store, _) = Store::open_sqlite(&dir, Retention::default()).unwrap();
+        let (store, _) = Store::open_sqlite(
+            &dir,
+            Retention::default(),
+            crate::store::DictTraining::default(),
+        )
+        .unwrap();
         let start = now_micros() - now_micros().rem_euclid(crate::rollup::MINUTE_US);
         store
             .write(Op::Minute {

@@ -11,6 +11,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
+use super::frame_dict::{DictTraining, DictsStored, FrameCoder, FrameDicts, KEPT_PAST_RETENTION};
 use super::hours::{self, Hours};
 use super::{
     Loaded, MANY_SERVERS, MinutesRead, Op, Pruned, Rebuilt, Retention, Sink, StoreError,
@@ -45,6 +46,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         keyframe INTEGER NOT NULL,
         body BLOB NOT NULL);
     DROP INDEX IF EXISTS frames_by_server;
+    CREATE TABLE IF NOT EXISTS frame_dicts (
+        id INTEGER PRIMARY KEY,
+        made INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        body BLOB NOT NULL);
     CREATE TABLE IF NOT EXISTS frame_index (
         server_id TEXT NOT NULL,
         at INTEGER NOT NULL,
@@ -194,6 +200,8 @@ pub(super) struct SqliteSink {
     db: Connection,
     /// Each server's dictionary of strings for the hour being written.
     keys: Dictionaries,
+    /// What frames are compressed with.
+    frames: FrameCoder,
     /// The frames committed and not yet indexed: the writer's own, by
     /// group, and the copy reads see.
     own: Vec<HashMap<String, Vec<Place>>>,
@@ -259,13 +267,25 @@ const PACE: Pace = Pace {
     chunk: 1000,
     index_over: Duration::from_secs(45),
 };
-/// Opens (creating it if need be) `dir/pgfleet.sqlite`: the writer,
-/// `readers` connections for reads with the frames it has yet to index,
-/// what the file holds, and its name.
+/// An opened store: the writer, the readers' connections, the frames they
+/// find in the writer's memory, the frame dictionaries they share, what the
+/// file holds, and its name.
+type Opened = (
+    SqliteSink,
+    Vec<Connection>,
+    Unindexed,
+    FrameDicts,
+    Loaded,
+    String,
+);
+
+/// Opens (creating it if need be) `dir/pgfleet.sqlite`, with `readers`
+/// connections for reads, training frame dictionaries as `training` says.
 pub(super) fn open(
     dir: &Path,
     readers: usize,
-) -> Result<(SqliteSink, Vec<Connection>, Unindexed, Loaded, String), StoreError> {
+    training: DictTraining,
+) -> Result<Opened, StoreError> {
     let path = dir.join("pgfleet.sqlite");
     let place = path.display().to_string();
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
@@ -281,7 +301,8 @@ pub(super) fn open(
         .map_err(fail)?;
     }
     let last_frame = index_the_rest(&db).map_err(fail)?;
-    let loaded = loaded(&db, &path).map_err(fail)?;
+    let dicts = FrameDicts::default();
+    let loaded = loaded(&db, &path, &dicts).map_err(fail)?;
     let readers = (0..readers)
         .map(|_| connect(&path))
         .collect::<rusqlite::Result<Vec<_>>>()
@@ -297,6 +318,7 @@ pub(super) fn open(
     let sink = SqliteSink {
         db,
         keys: Dictionaries::default(),
+        frames: FrameCoder::new(training, dicts.clone()),
         own: vec![HashMap::new(); GROUPS],
         unindexed: unindexed.clone(),
         turn: 0,
@@ -306,7 +328,7 @@ pub(super) fn open(
         hours,
         clock: now_micros,
     };
-    Ok((sink, readers, unindexed, loaded, place))
+    Ok((sink, readers, unindexed, dicts, loaded, place))
 }
 
 /// Whether a version from before `frame_index` has written the file since
@@ -420,7 +442,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 /// threads as there are cores (at most [`REBUILDERS`]), each with its own
 /// connection: a collector restarted under a large fleet serves no agent
 /// until they are (about 1 ms each here, 10 s for 10,000 servers on one).
-fn loaded(db: &Connection, path: &Path) -> rusqlite::Result<Loaded> {
+fn loaded(db: &Connection, path: &Path, dicts: &FrameDicts) -> rusqlite::Result<Loaded> {
     let mut loaded = Loaded::default();
     let mut agents = db.prepare("SELECT agent_id, last_seq FROM agents")?;
     let rows = agents.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -457,7 +479,7 @@ fn loaded(db: &Connection, path: &Path) -> rusqlite::Result<Loaded> {
                         .iter()
                         .map(|(server_id, ..)| {
                             Ok((
-                                rebuild(&db, &Unindexed::default(), server_id, Micros::MAX)?,
+                                rebuild(&db, &Unindexed::default(), dicts, server_id, Micros::MAX)?,
                                 open_load(&db, server_id, now_micros())?,
                             ))
                         })
@@ -1297,6 +1319,11 @@ impl Pruning {
         after: Option<&str>,
         pace: Pace,
     ) -> rusqlite::Result<Pruning> {
+        // A dictionary goes a day after the last frames that may name it.
+        db.execute(
+            "DELETE FROM frame_dicts WHERE used < ?1",
+            [now - retention.frames.as_micros() as i64 - KEPT_PAST_RETENTION],
+        )?;
         let mut servers = indexed_servers(db)?;
         if let Some(after) = after {
             let from = servers.partition_point(|s| s.as_str() <= after);
@@ -1423,6 +1450,7 @@ fn places(
 pub(super) fn rebuild(
     db: &Connection,
     unindexed: &Unindexed,
+    dicts: &FrameDicts,
     server_id: &str,
     at: Micros,
 ) -> rusqlite::Result<Option<Rebuilt>> {
@@ -1467,7 +1495,20 @@ pub(super) fn rebuild(
             frames.push((p.at, p.keyframe, b));
         }
     }
-    Ok(super::replay(server_id, None, frames))
+    let mut dict = db.prepare_cached("SELECT body FROM frame_dicts WHERE id = ?1")?;
+    for id in dicts.missing(frames.iter().map(|f| f.2.as_slice())) {
+        if let Some(body) = dict
+            .query_row([id], |r| r.get::<_, Vec<u8>>(0))
+            .optional()?
+            && !dicts.insert(id, &body)
+        {
+            warn!(
+                id,
+                "A stored frame dictionary does not load; the frames that name it are skipped."
+            );
+        }
+    }
+    Ok(super::replay(server_id, None, frames, dicts))
 }
 
 impl Sink for SqliteSink {
@@ -1496,10 +1537,13 @@ impl Sink for SqliteSink {
         let indexed: Vec<&HashMap<String, Vec<Place>>> =
             now.iter().map(|&g| &self.own[g]).collect();
         let mut fresh = Vec::new();
-        commit(
+        let stored = commit(
             &mut self.db,
             ops,
-            &mut self.keys,
+            Coders {
+                keys: &mut self.keys,
+                frames: &mut self.frames,
+            },
             &mut fresh,
             Index {
                 groups: &indexed,
@@ -1507,8 +1551,9 @@ impl Sink for SqliteSink {
             },
             self.hours.sealed(),
             (self.clock)(),
-        )
-        .map_err(|e| e.to_string())?;
+        );
+        self.frames.committed(stored.as_ref().ok());
+        stored.map_err(|e| e.to_string())?;
         self.keys.committed();
         let at = (self.clock)();
         for (_, op) in ops {
@@ -1573,22 +1618,52 @@ struct Index<'a> {
     indexed_to: i64,
 }
 
-/// Writes `ops` in one transaction, and with them `index`; says where each
-/// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an
-/// hour built) marks its server's hour to be built again, as written at
-/// `now`.
+/// What encodes a commit's rows: the servers' dictionaries of strings,
+/// and the frames' coder.
+struct Coders<'a> {
+    keys: &'a mut Dictionaries,
+    frames: &'a mut FrameCoder,
+}
+
+/// Writes `ops` in one transaction, and with them `index`, and a frame
+/// dictionary the coder has trained; says where each frame of `ops` went in
+/// `fresh`. A minute that starts in `sealed` (in an hour built) marks its
+/// server's hour to be built again, as written at `now`.
 fn commit<'a>(
     db: &mut Connection,
     ops: &'a [(u64, Op)],
-    keys: &mut Dictionaries,
+    coders: Coders<'_>,
     fresh: &mut Vec<(&'a str, Place)>,
     index: Index<'_>,
     sealed: Option<std::ops::Range<Micros>>,
     now: Micros,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<DictsStored> {
+    let Coders {
+        keys,
+        frames: coder,
+    } = coders;
     let (mut late, mut late_intervals) = (BTreeSet::new(), BTreeSet::new());
     let tx = db.transaction()?;
     write_index(&tx, index)?;
+    let mut stored = DictsStored::default();
+    if let Some(id) = coder.due_touch() {
+        tx.execute(
+            "UPDATE frame_dicts SET used = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        stored.touched = true;
+    }
+    if let Some(d) = coder.trained() {
+        tx.execute(
+            "INSERT OR IGNORE INTO frame_dicts (id, made, used, body) VALUES (?1, ?2, ?2, ?3)",
+            params![d.id, now, d.bytes],
+        )?;
+        let body: Vec<u8> =
+            tx.query_row("SELECT body FROM frame_dicts WHERE id = ?1", [d.id], |r| {
+                r.get(0)
+            })?;
+        stored.dictionary = Some(body == d.bytes);
+    }
     {
         let mut frame = tx.prepare_cached(
             "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
@@ -1626,7 +1701,7 @@ fn commit<'a>(
                     frames,
                 } => {
                     for f in frames {
-                        let body = super::encode(f);
+                        let body = super::encode(f, coder);
                         frame.execute(params![f.server_id, f.at, f.keyframe, body])?;
                         let id = tx.last_insert_rowid();
                         let keyframe = f.keyframe;
@@ -1704,7 +1779,8 @@ fn commit<'a>(
     }
     hours::late(&tx, hours::MINUTES_LATE, late, now)?;
     hours::late(&tx, hours::INTERVALS_LATE, late_intervals, now)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(stored)
 }
 
 /// Indexes the frames of `index`'s groups, a server at a time in name order
@@ -1896,7 +1972,7 @@ mod tests {
     /// of it.
     fn hours_store(name: &str) -> (std::path::PathBuf, SqliteSink, Connection) {
         let dir = scratch(name);
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         sink.hours = std::mem::take(&mut sink.hours).with_chunk(2);
         sink.clock = || H3_10;
         (dir, sink, readers.remove(0))
@@ -2152,7 +2228,7 @@ mod tests {
         // Opened again, a minute written late at the first commit is marked:
         // the store knows the hours built before the writer's first step.
         drop(sink);
-        let (mut sink, _, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, _, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         let again = minute_of(0, h0 + 2 * MINUTE_US);
         sink.commit(&[(
             0,
@@ -2702,7 +2778,7 @@ mod tests {
     #[test]
     fn a_step_of_adding_hours_up_stops_where_its_budget_is_spent() {
         let dir = scratch("hours-budget");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         // No budget: a step builds one batch of listed servers' hours of
         // load, then the rollups of the same names.
@@ -2764,7 +2840,7 @@ mod tests {
     #[test]
     fn hours_without_a_minute_are_passed_in_one_step() {
         let dir = scratch("hours-gap");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         sink.clock = || H0 + 6 * HOUR_US + 10 * MINUTE_US;
         // The collector stopped for four hours between them.
@@ -3047,7 +3123,8 @@ mod tests {
         seconds: std::ops::Range<i64>,
     ) -> (std::path::PathBuf, SqliteSink, Connection, Unindexed) {
         let dir = scratch(name);
-        let (mut sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, unindexed, _, _, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         for s in seconds {
             sink.commit(&applied(vec![second(s)])).unwrap();
@@ -3084,7 +3161,14 @@ mod tests {
 
     /// The pid of the one session `a` had at `second`, as rebuilt.
     fn pid_at(db: &Connection, unindexed: &Unindexed, second: i64) -> Option<i32> {
-        let state = rebuild(db, unindexed, "a", second * 1_000_000).unwrap()?;
+        let state = rebuild(
+            db,
+            unindexed,
+            &FrameDicts::default(),
+            "a",
+            second * 1_000_000,
+        )
+        .unwrap()?;
         assert_eq!(state.sessions.len(), 1, "at {second} s");
         Some(state.sessions[0].pid)
     }
@@ -3092,7 +3176,8 @@ mod tests {
     #[test]
     fn frames_are_found_before_and_after_they_are_indexed_and_after_a_stop() {
         let dir = scratch("unindexed");
-        let (mut sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, unindexed, _, _, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         for s in 0..90 {
             sink.commit(&applied(vec![second(s)])).unwrap();
@@ -3121,14 +3206,22 @@ mod tests {
         });
         sink.commit(&applied(vec![again])).unwrap();
         let query_at = |db: &Connection, unindexed: &Unindexed, second: i64| {
-            let state = rebuild(db, unindexed, "a", second * 1_000_000).unwrap();
+            let state = rebuild(
+                db,
+                unindexed,
+                &FrameDicts::default(),
+                "a",
+                second * 1_000_000,
+            )
+            .unwrap();
             state.unwrap().sessions[0].query.to_string()
         };
         assert_eq!(query_at(&reader, &unindexed, 80), "again");
         // A collector stopped here: the file is opened again, and the
         // frames it had yet to index are indexed.
         drop((sink, reader));
-        let (mut sink, mut readers, unindexed, loaded, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, unindexed, _, loaded, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         assert!(loaded.servers.is_empty(), "no server was registered");
         assert!(unindexed.lock().is_empty());
@@ -3144,6 +3237,129 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn a_trained_frame_dictionary_is_stored_used_read_after_a_restart_and_pruned() {
+        let dir = scratch("frame-dicts");
+        let quick = DictTraining {
+            enabled: true,
+            after: Duration::ZERO,
+            frames: 300,
+            every: Duration::ZERO,
+        };
+        let (mut sink, mut readers, unindexed, _, _, _) = open(&dir, 1, quick).unwrap();
+        let reader = readers.remove(0);
+        // `second`, with a session whose strings vary as a server's do.
+        let frame = |s: i64| {
+            let mut f = second(s);
+            f.sessions[0] = Arc::new(Session {
+                pid: s as i32 + 1,
+                query: format!("SELECT * FROM orders_{} WHERE id = $1", s % 37).into(),
+                client: format!("10.0.{}.{}:5432", s % 5, s % 251).into(),
+                application_name: format!("web-{}", s % 3).into(),
+                ..Default::default()
+            });
+            f
+        };
+        let dicts_stored = |db: &Connection| -> Vec<(u32, Vec<u8>)> {
+            let mut q = db
+                .prepare("SELECT id, body FROM frame_dicts ORDER BY made")
+                .unwrap();
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let started = Instant::now();
+        let mut s = 0;
+        // The first one trained meets another of its id in the file: it is
+        // not used, and frames go on without one.
+        for s in 0..300 {
+            super::super::encode(&frame(s), &mut sink.frames);
+        }
+        let taken = loop {
+            if let Some(d) = sink.frames.trained() {
+                break d.id;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no dictionary trained"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        reader
+            .execute(
+                "INSERT INTO frame_dicts (id, made, used, body) VALUES (?1, 0, 0, x'0102')",
+                [taken],
+            )
+            .unwrap();
+        sink.commit(&applied(vec![frame(s)])).unwrap();
+        s += 1;
+        assert_eq!(sink.frames.current(), None);
+        assert_eq!(dicts_stored(&reader), [(taken, vec![1, 2])]);
+        reader.execute("DELETE FROM frame_dicts", []).unwrap();
+        // The next one is stored, then used.
+        let id = loop {
+            sink.commit(&applied(vec![frame(s)])).unwrap();
+            s += 1;
+            if let Some(id) = sink.frames.current() {
+                break id;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no dictionary used"
+            );
+        };
+        let used_from = s;
+        for _ in 0..20 {
+            sink.commit(&applied(vec![frame(s)])).unwrap();
+            s += 1;
+        }
+        let stored = dicts_stored(&reader);
+        assert!(stored.iter().any(|(i, _)| *i == id), "{id} stored");
+        let named: u32 = reader
+            .query_row(
+                "SELECT body FROM frames WHERE at = ?1",
+                [used_from * 1_000_000],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .map(|b| crate::zstd_local::dictionary_of(&b).unwrap_or(0))
+            .unwrap();
+        assert_eq!(named, id);
+        // Read with dictionaries loaded from the file, as another reader
+        // would; then by a collector started again.
+        let query_at = |db: &Connection, unindexed: &Unindexed, at: i64| {
+            let state = rebuild(db, unindexed, &FrameDicts::default(), "a", at * 1_000_000)
+                .unwrap()
+                .unwrap();
+            (state.sessions[0].pid, state.sessions[0].query.to_string())
+        };
+        let last = s - 1;
+        let expected = (
+            last as i32 + 1,
+            format!("SELECT * FROM orders_{} WHERE id = $1", last % 37),
+        );
+        assert_eq!(query_at(&reader, &unindexed, last), expected);
+        drop((sink, reader));
+        let (mut sink, mut readers, unindexed, _, _, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
+        let reader = readers.remove(0);
+        assert_eq!(query_at(&reader, &unindexed, last), expected);
+        // Kept a day past the frames' retention from when it was last used.
+        let used: i64 = reader
+            .query_row("SELECT used FROM frame_dicts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let retention = Retention::default();
+        let gone_at = used + retention.frames.as_micros() as i64 + KEPT_PAST_RETENTION;
+        sink.prune(retention, gone_at).unwrap();
+        assert!(dicts_stored(&reader).iter().any(|(i, _)| *i == id));
+        sink.prune(retention, gone_at + 1).unwrap();
+        assert!(!dicts_stored(&reader).iter().any(|(i, _)| *i == id));
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Minutes of load by server, then start.
     fn by_key(v: &mut [(String, MinuteLoad)]) {
         v.sort_by(|a, b| (&a.0, a.1.coarse.start).cmp(&(&b.0, b.1.coarse.start)));
@@ -3153,7 +3369,7 @@ mod tests {
     fn hours_a_question_can_pass_over_are_those_whose_dictionaries_name_none_of_it() {
         use crate::load::hours::{HourTotals, MinuteTotals};
         let dir = scratch("passable");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         // Each minute with its hour's totals as they stand, as a counter
         // gives them.
@@ -3286,7 +3502,7 @@ mod tests {
     #[test]
     fn minutes_of_load_are_read_a_chunk_at_a_time_with_each_hour_s_dictionary() {
         let dir = scratch("load-chunks");
-        let (mut sink, mut readers, _, _, _) = open(&dir, 1).unwrap();
+        let (mut sink, mut readers, _, _, _, _) = open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         // Three servers over three hours, each hour a dictionary of its own
         // per server, a user of each server's own in every minute.
@@ -3458,7 +3674,14 @@ mod tests {
         Arc::make_mut(&mut again.sessions[0]).query = "again".into();
         sink.commit(&applied(vec![again])).unwrap();
         let query_at = |second: i64| {
-            let state = rebuild(&reader, &unindexed, "a", second * 1_000_000).unwrap();
+            let state = rebuild(
+                &reader,
+                &unindexed,
+                &FrameDicts::default(),
+                "a",
+                second * 1_000_000,
+            )
+            .unwrap();
             state.unwrap().sessions[0].query.to_string()
         };
         assert_eq!(query_at(65), "again");
@@ -3479,7 +3702,7 @@ mod tests {
         delta.keyframe = false;
         delta.removed = vec![(60, 0)];
         sink.commit(&applied(vec![delta])).unwrap();
-        let state = rebuild(&reader, &unindexed, "a", 62_000_000)
+        let state = rebuild(&reader, &unindexed, &FrameDicts::default(), "a", 62_000_000)
             .unwrap()
             .unwrap();
         assert_eq!(state.sessions.len(), 1);
@@ -3540,9 +3763,15 @@ mod tests {
         assert_eq!(kept(), names.len() as i64);
         for n in &names {
             assert!(
-                rebuild(&reader, &Unindexed::default(), n, i64::MAX)
-                    .unwrap()
-                    .is_some()
+                rebuild(
+                    &reader,
+                    &Unindexed::default(),
+                    &FrameDicts::default(),
+                    n,
+                    i64::MAX
+                )
+                .unwrap()
+                .is_some()
             );
         }
         drop((sink, reader));
@@ -3575,7 +3804,8 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM frames"), 6 * 40);
         // Stopped mid-turn: opened again, every frame is found in the file.
         drop((sink, reader));
-        let (_sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let (_sink, mut readers, unindexed, _, _, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         assert!(unindexed.lock().is_empty());
         assert_eq!(
@@ -3586,7 +3816,9 @@ mod tests {
             6 * 40
         );
         for n in &names {
-            let state = rebuild(&reader, &unindexed, n, i64::MAX).unwrap().unwrap();
+            let state = rebuild(&reader, &unindexed, &FrameDicts::default(), n, i64::MAX)
+                .unwrap()
+                .unwrap();
             assert_eq!(state.sessions[0].pid, 6, "{n}");
         }
         drop(reader);
@@ -3614,19 +3846,25 @@ mod tests {
             };
             db.execute(
                 "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
-                params![f.server_id, f.at, f.keyframe, encode(&f)],
+                params![
+                    f.server_id,
+                    f.at,
+                    f.keyframe,
+                    encode(&f, &mut FrameCoder::off())
+                ],
             )
             .unwrap();
         }
         drop(db);
-        let (_sink, mut readers, unindexed, _, _) = open(&dir, 1).unwrap();
+        let (_sink, mut readers, unindexed, _, _, _) =
+            open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         assert!(
-            rebuild(&reader, &unindexed, "a", i64::MAX)
+            rebuild(&reader, &unindexed, &FrameDicts::default(), "a", i64::MAX)
                 .unwrap()
                 .is_none()
         );
-        let b = rebuild(&reader, &unindexed, "b", i64::MAX)
+        let b = rebuild(&reader, &unindexed, &FrameDicts::default(), "b", i64::MAX)
             .unwrap()
             .unwrap();
         assert_eq!(b.sessions[0].pid, 3);
@@ -3708,12 +3946,15 @@ mod tests {
                 ..frame()
             },
         ];
-        let whole = encode(&Frame {
-            unchanged: Vec::new(),
-            ..frames[1].clone()
-        });
+        let whole = encode(
+            &Frame {
+                unchanged: Vec::new(),
+                ..frames[1].clone()
+            },
+            &mut FrameCoder::off(),
+        );
         for f in &frames {
-            let body = encode(f);
+            let body = encode(f, &mut FrameCoder::off());
             db.execute(
                 "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
                 params![f.server_id, f.at, f.keyframe, body],
@@ -3730,7 +3971,7 @@ mod tests {
             stored.len(),
             whole.len()
         );
-        let state = rebuild(&db, &Unindexed::default(), "a", 25)
+        let state = rebuild(&db, &Unindexed::default(), &FrameDicts::default(), "a", 25)
             .unwrap()
             .unwrap();
         assert_eq!(state.at, 20);

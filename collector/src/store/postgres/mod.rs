@@ -27,6 +27,7 @@ mod writer;
 pub(super) use reader::Reader;
 use writer::{PgSink, Written};
 
+use super::frame_dict::{DictTraining, FrameCoder, FrameDicts};
 use super::{Loaded, Retention, Store, StoreError};
 
 const DAY_US: Micros = 86_400_000_000;
@@ -90,7 +91,12 @@ const SCHEMA: &str = "
         PRIMARY KEY (server_id, id, hour)) PARTITION BY RANGE (hour);
     CREATE TABLE IF NOT EXISTS pgfleet.queries (
         fingerprint bigint PRIMARY KEY,
-        text text NOT NULL);";
+        text text NOT NULL);
+    CREATE TABLE IF NOT EXISTS pgfleet.frame_dicts (
+        id bigint PRIMARY KEY,
+        made bigint NOT NULL,
+        used bigint NOT NULL,
+        body bytea NOT NULL);";
 
 /// The partitioned tables.
 const PARTITIONED: [&str; 6] = [
@@ -147,6 +153,7 @@ pub(super) async fn open(
     url: &str,
     retention: Retention,
     collector_id: String,
+    dictionaries: DictTraining,
 ) -> Result<(Store, Loaded), StoreError> {
     let (config, tls, place) = settings(url)?;
     let manager = Manager::from_config(
@@ -170,6 +177,7 @@ pub(super) async fn open(
         written: Arc::default(),
         tls: tls.clone(),
         place: place.as_str().into(),
+        dicts: FrameDicts::default(),
     };
     let loaded = async {
         let mut client = reader.client().await?;
@@ -210,6 +218,7 @@ pub(super) async fn open(
         tls,
         reader.collector_id.to_string(),
         reader.written.clone(),
+        FrameCoder::new(dictionaries, reader.dicts.clone()),
     );
     let store = Store::start(sink, super::Reader::Postgres(reader), place, retention)?;
     Ok((store, loaded))

@@ -11,6 +11,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use tokio_postgres::GenericClient;
 use tracing::warn;
 
+use super::super::frame_dict::FrameDicts;
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
 use crate::load::count::Closed;
@@ -31,6 +32,8 @@ pub(in crate::store) struct Reader {
     /// The store's TLS, and the store as messages name it.
     pub(super) tls: PgTls,
     pub(super) place: Arc<str>,
+    /// The frame dictionaries loaded.
+    pub(super) dicts: FrameDicts,
 }
 
 /// Why a read failed.
@@ -368,11 +371,47 @@ impl Reader {
             )
             .await
             .map_err(read_error)?;
-        Ok(super::super::replay(
-            server_id,
-            None,
-            rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))),
-        ))
+        let frames: Vec<(Micros, bool, Vec<u8>)> = rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        self.load_dicts(&client, frames.iter().map(|f| f.2.as_slice()))
+            .await?;
+        Ok(super::super::replay(server_id, None, frames, &self.dicts))
+    }
+
+    /// Loads the frame dictionaries `bodies` name that are not loaded.
+    async fn load_dicts<'a>(
+        &self,
+        client: &tokio_postgres::Client,
+        bodies: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ReadError> {
+        let missing: Vec<i64> = self
+            .dicts
+            .missing(bodies)
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let rows = client
+            .query(
+                "SELECT id, body FROM pgfleet.frame_dicts WHERE id = ANY($1)",
+                &[&missing],
+            )
+            .await
+            .map_err(read_error)?;
+        for row in rows {
+            let (id, body): (i64, &[u8]) = (row.get(0), row.get(1));
+            if !u32::try_from(id).is_ok_and(|id| self.dicts.insert(id, body)) {
+                warn!(
+                    id,
+                    "A stored frame dictionary does not load; the frames that name it are skipped."
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Where the store says `agent_id` stopped.
@@ -466,11 +505,13 @@ impl Reader {
                 .or_default()
                 .push((row.get(1), row.get(2), row.get(3)));
         }
+        self.load_dicts(&client, frames.values().flatten().map(|f| f.2.as_slice()))
+            .await?;
         Ok(bases
             .into_iter()
             .filter_map(|(server_id, base)| {
                 let new = frames.remove(&server_id)?;
-                let state = super::super::replay(&server_id, Some(base), new);
+                let state = super::super::replay(&server_id, Some(base), new, &self.dicts);
                 Some((server_id, state))
             })
             .collect())

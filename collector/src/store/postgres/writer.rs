@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgfleet_common::pgtls::PgTls;
-use pgfleet_proto::time::Micros;
+use pgfleet_proto::time::{Micros, now_micros};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
+use super::super::frame_dict::{DictsStored, FrameCoder, KEPT_PAST_RETENTION};
 use super::super::{Op, Pruned, Retention, Sink};
 use crate::load::dictionaries::Dictionaries;
 
@@ -19,6 +20,15 @@ use super::{PARTITIONED, create_partition, day_of, drop_partitions};
 
 /// Rows sent as arrays: server_ids, times and bodies.
 type Columns<'a> = (Vec<&'a str>, (Vec<i64>, Vec<&'a [u8]>));
+
+/// A commit's frames, encoded, and what it writes of their dictionaries:
+/// a new one to store, the one in use to mark used, at `now`.
+struct Frames<'a> {
+    bodies: Vec<(&'a str, Micros, bool, Vec<u8>)>,
+    dictionary: Option<(u32, Vec<u8>)>,
+    touch: Option<u32>,
+    now: Micros,
+}
 
 /// The writer: its own connection, on its own thread's runtime.
 pub(super) struct PgSink {
@@ -36,6 +46,8 @@ pub(super) struct PgSink {
     /// Each agent's last sequence as this collector committed it (shared
     /// with the reader).
     written: Written,
+    /// What frames are compressed with.
+    frames: FrameCoder,
 }
 
 /// Each agent's last sequence as this collector knows the store holds it:
@@ -109,6 +121,7 @@ impl PgSink {
         tls: PgTls,
         collector_id: String,
         written: Written,
+        frames: FrameCoder,
     ) -> PgSink {
         PgSink {
             config,
@@ -120,6 +133,7 @@ impl PgSink {
             days: HashSet::new(),
             duplicates: Arc::new(AtomicU64::new(0)),
             written,
+            frames,
         }
     }
 
@@ -127,11 +141,17 @@ impl PgSink {
         writer: &mut Writer,
         collector_id: &str,
         ops: &[(u64, Op)],
-        bodies: Vec<(&str, Micros, bool, Vec<u8>)>,
+        frames: Frames<'_>,
         keys: &mut Dictionaries,
         days: &mut HashSet<(&'static str, i64)>,
         duplicates: &AtomicU64,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<DictsStored, tokio_postgres::Error> {
+        let Frames {
+            bodies,
+            dictionary,
+            touch,
+            now,
+        } = frames;
         let rollups = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
             Op::Minute { server_id, minute } => {
                 Some(((minute.start, server_id.as_str()), minute.encode()))
@@ -206,6 +226,32 @@ impl PgSink {
             _ => None,
         }));
         let tx = writer.client.transaction().await?;
+        let mut stored = DictsStored::default();
+        if let Some(id) = touch {
+            tx.execute(
+                "UPDATE pgfleet.frame_dicts SET used = $2 WHERE id = $1",
+                &[&i64::from(id), &now],
+            )
+            .await?;
+            stored.touched = true;
+        }
+        if let Some((id, bytes)) = dictionary {
+            tx.execute(
+                "INSERT INTO pgfleet.frame_dicts (id, made, used, body) VALUES ($1, $2, $2, $3)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&i64::from(id), &now, &bytes],
+            )
+            .await?;
+            // Another collector's of the same id stays, and this one is not used.
+            let same: bool = tx
+                .query_one(
+                    "SELECT body = $2 FROM pgfleet.frame_dicts WHERE id = $1",
+                    &[&i64::from(id), &bytes],
+                )
+                .await?
+                .get(0);
+            stored.dictionary = Some(same);
+        }
         if !bodies.is_empty() {
             let sink = tx
                 .copy_in(
@@ -348,7 +394,8 @@ impl PgSink {
             )
             .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// The thread's runtime and a live connection, made if need be.
@@ -385,11 +432,19 @@ impl Sink for PgSink {
                         f.server_id.as_str(),
                         f.at,
                         f.keyframe,
-                        super::super::encode(f),
+                        super::super::encode(f, &mut self.frames),
                     ));
                 }
             }
         }
+        let touch = self.frames.due_touch();
+        let dictionary = self.frames.trained().map(|d| (d.id, d.bytes.clone()));
+        let frames = Frames {
+            bodies,
+            dictionary,
+            touch,
+            now: now_micros(),
+        };
         let collector_id = self.collector_id.clone();
         let duplicates = self.duplicates.clone();
         let mut days = std::mem::take(&mut self.days);
@@ -400,7 +455,7 @@ impl Sink for PgSink {
                     writer,
                     &collector_id,
                     ops,
-                    bodies,
+                    frames,
                     &mut keys,
                     &mut days,
                     &duplicates,
@@ -408,6 +463,8 @@ impl Sink for PgSink {
                 .map_err(|e| pgfleet_common::error::chain(&e))
         });
         self.days = days;
+        self.frames.committed(result.as_ref().ok());
+        let result = result.map(|_| ());
         if result.is_ok() {
             keys.committed();
         }
@@ -433,9 +490,15 @@ impl Sink for PgSink {
                 for table in PARTITIONED {
                     create_partition(client, table, day_of(now) + 1).await?;
                 }
-                let frames =
-                    drop_partitions(client, "frames", now - retention.frames.as_micros() as i64)
-                        .await?;
+                let cutoff = now - retention.frames.as_micros() as i64;
+                let frames = drop_partitions(client, "frames", cutoff).await?;
+                // A dictionary goes a day after the last frames that may name it.
+                client
+                    .execute(
+                        "DELETE FROM pgfleet.frame_dicts WHERE used < $1",
+                        &[&(cutoff - KEPT_PAST_RETENTION)],
+                    )
+                    .await?;
                 let mut rollups = 0;
                 for table in ["rollups", "load", "load_hours", "statements", "load_keys"] {
                     rollups +=
