@@ -519,12 +519,17 @@ async fn days_past_their_retention_are_dropped_whole() {
     )
     .await
     .unwrap();
-    // Frame dictionaries last used three days ago (past the frames' day
-    // and the day kept after it), and an hour ago.
+    // Frame dictionaries last used four days ago (past the frames' day,
+    // whole days of them, and the day kept after), a day and a half ago
+    // (frames of then may be kept, their day whole), and an hour ago.
     let now = pgfleet_proto::time::now_micros();
     db.execute(
-        "INSERT INTO pgfleet.frame_dicts VALUES (1, 0, $1, 'a'), (2, 0, $2, 'b')",
-        &[&(now - 3 * DAY), &(now - 3_600_000_000)],
+        "INSERT INTO pgfleet.frame_dicts VALUES (1, 0, $1, 'a'), (2, 0, $2, 'b'), (3, 0, $3, 'c')",
+        &[
+            &(now - 4 * DAY),
+            &(now - 3 * DAY / 2),
+            &(now - 3_600_000_000),
+        ],
     )
     .await
     .unwrap();
@@ -576,7 +581,7 @@ async fn days_past_their_retention_are_dropped_whole() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(dictionaries, [2], "the dictionary past its time goes");
+    assert_eq!(dictionaries, [2, 3], "the dictionary past its time goes");
     // /metrics says the database's size as the writer read it after its
     // first commit: about what it held before, give or take the pages
     // written and the partitions made and dropped since.
@@ -910,25 +915,41 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
     .unwrap();
     tokio::spawn(connection);
     // Trained beside the writer; stored by a commit, used by the next.
-    let mut s = 400;
-    let id = wait_for("a frame dictionary in use", Duration::from_secs(60), || {
-        let (db, write) = (&db, &write);
-        s += 1;
-        let at = s;
-        async move {
-            write(at..at + 1).await;
-            let row = db
-                .query_one(
-                    "SELECT body FROM pgfleet.frames WHERE server_id = 'dict-1' AND at = $1",
-                    &[&(start + at * 1_000_000)],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let body: Vec<u8> = row.get(0);
-            zstd::zstd_safe::get_dict_id_from_frame(&body)
-                .ok_or_else(|| format!("frame {at} names no dictionary"))
-        }
-    })
+    let mut s = 399;
+    let file =
+        rusqlite::Connection::open(cluster.dir().join("sqlite-store/pgfleet.sqlite")).unwrap();
+    let (id, sqlite_id) = wait_for(
+        "a frame dictionary in use in both stores",
+        Duration::from_secs(60),
+        || {
+            let (db, write, file) = (&db, &write, &file);
+            s += 1;
+            let at = s;
+            async move {
+                write(at..at + 1).await;
+                let row = db
+                    .query_one(
+                        "SELECT body FROM pgfleet.frames WHERE server_id = 'dict-1' AND at = $1",
+                        &[&(start + at * 1_000_000)],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let body: Vec<u8> = row.get(0);
+                let id = zstd::zstd_safe::get_dict_id_from_frame(&body)
+                    .ok_or_else(|| format!("frame {at} names no dictionary in PostgreSQL"))?;
+                let body: Vec<u8> = file
+                    .query_row(
+                        "SELECT body FROM frames WHERE at = ?1",
+                        [start + at * 1_000_000],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| e.to_string())?;
+                let in_file = zstd::zstd_safe::get_dict_id_from_frame(&body)
+                    .ok_or_else(|| format!("frame {at} names no dictionary in SQLite"))?;
+                Ok((id, in_file))
+            }
+        },
+    )
     .await;
     let stored: i64 = db
         .query_one(
@@ -939,6 +960,15 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
         .unwrap()
         .get(0);
     assert_eq!(stored, 1);
+    // The SQLite store stored its own.
+    let in_file: i64 = file
+        .query_row(
+            "SELECT count(*) FROM frame_dicts WHERE id = ?1",
+            [sqlite_id.get()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(in_file, 1);
     let last = s + 60;
     write(s + 1..last + 1).await;
 

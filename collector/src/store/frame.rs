@@ -10,7 +10,7 @@ use pgfleet_proto::v1;
 use prost::Message;
 use tracing::warn;
 
-use super::frame_dict::{FrameCoder, FrameDicts};
+use super::frame_dict::{FrameCoder, Named};
 use crate::state::{Pools, by_key, merge};
 
 /// One applied snapshot, as stored.
@@ -59,7 +59,9 @@ pub struct Rebuilt {
 /// coder's dictionary, if it has one; as it is, should the context not
 /// allocate (reading tells the two apart).
 pub(super) fn encode(frame: &Frame, coder: &mut FrameCoder) -> Vec<u8> {
-    coder.compress(snapshot_bytes(frame))
+    let bytes = snapshot_bytes(frame);
+    let whole = bytes.len() > MAX_FRAME_BYTES;
+    coder.compress(bytes, whole)
 }
 
 /// The frame as the protobuf of a `v1::Snapshot` (a delta's sessions
@@ -130,7 +132,8 @@ fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
 
 /// The most bytes a stored frame is decompressed to with the thread's
 /// context: a frame holds every string whole (on the wire, texts go by
-/// dictionary), so a larger one is not refused but read the slow way.
+/// dictionary), so a larger one is not refused but read the slow way (and
+/// is written without a trained dictionary, which that way does not take).
 const MAX_FRAME_BYTES: usize = pgfleet_proto::MAX_MESSAGE_BYTES;
 
 /// Why a stored frame was skipped.
@@ -144,7 +147,7 @@ enum Undecoded {
     NotSnapshot(String),
 }
 
-fn decode(body: &[u8], dicts: &FrameDicts) -> Result<Snapshot, Undecoded> {
+fn decode(body: &[u8], dicts: &Named) -> Result<Snapshot, Undecoded> {
     let bytes = if crate::zstd_local::is_frame(body) {
         let dictionary = match crate::zstd_local::dictionary_of(body) {
             Some(id) => Some(dicts.get(id).ok_or(Undecoded::NoDictionary(id))?),
@@ -152,7 +155,7 @@ fn decode(body: &[u8], dicts: &FrameDicts) -> Result<Snapshot, Undecoded> {
         };
         // The thread's context; a frame without its size (none is written
         // so), or past the limit, the slow way: the collector wrote it.
-        match crate::zstd_local::decompress_with(body, MAX_FRAME_BYTES, dictionary.as_deref()) {
+        match crate::zstd_local::decompress_with(body, MAX_FRAME_BYTES, dictionary) {
             Ok(bytes) => bytes,
             Err(
                 crate::zstd_local::Refused::Unsized | crate::zstd_local::Refused::TooLarge { .. },
@@ -169,18 +172,23 @@ fn decode(body: &[u8], dicts: &FrameDicts) -> Result<Snapshot, Undecoded> {
 }
 
 /// Applies stored frames, oldest first, to `state` (None: the first must be
-/// a keyframe), with the dictionaries they name loaded in `dicts`. A frame
-/// that does not decode is skipped; a delta that does not apply ends the
-/// replay, which returns None.
+/// a keyframe), with the dictionaries they name in `dicts`. A frame that
+/// does not decode is skipped; one whose dictionary is not there, or a
+/// delta that does not apply, ends the replay, which returns None (the
+/// frames after it would apply to a wrong base).
 pub(super) fn replay(
     server_id: &str,
     mut state: Option<Rebuilt>,
     frames: impl IntoIterator<Item = (Micros, bool, Vec<u8>)>,
-    dicts: &FrameDicts,
+    dicts: &Named,
 ) -> Option<Rebuilt> {
     for (at, keyframe, body) in frames {
         let snapshot = match decode(&body, dicts) {
             Ok(snapshot) => snapshot,
+            Err(e @ Undecoded::NoDictionary(_)) => {
+                warn!(server.id = %server_id, at, error = %e, "A history frame does not decode; the server's state is not rebuilt past it.");
+                return None;
+            }
             Err(e) => {
                 warn!(server.id = %server_id, at, error = %e, "Skipped a history frame that does not decode.");
                 continue;
@@ -219,7 +227,7 @@ pub(super) fn replay(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::frame_dict::{DictTraining, DictsStored};
+    use crate::store::frame_dict::{DictTraining, DictsStored, FrameDicts};
     use pgfleet_proto::compact::field;
     use pgfleet_proto::model::{Delta, SessionState};
 
@@ -369,7 +377,7 @@ mod tests {
         // And it reads back: the delta, replayed onto the keyframe.
         let mut coder = FrameCoder::off();
         let bodies = [&keyframe, &delta].map(|f| (f.at, f.keyframe, encode(f, &mut coder)));
-        let rebuilt = replay("db-1", None, bodies, &FrameDicts::default())
+        let rebuilt = replay("db-1", None, bodies, &Named::default())
             .expect("the delta applies to the keyframe");
         let pids: Vec<i32> = rebuilt.sessions.iter().map(|s| s.pid).collect();
         // Sessions 1 and 0 ended; 2 changed, taking back its base's strings.
@@ -377,18 +385,20 @@ mod tests {
         assert_eq!(*rebuilt.sessions[0], *session(2, SessionState::Active));
     }
 
-    /// A server's frames as the load generator's vary: a keyframe, then
-    /// deltas of a few sessions whose queries, clients and times move.
-    fn varied(n: usize) -> Vec<Frame> {
+    /// Seconds `seconds` of a server's frames as the load generator's
+    /// vary: a keyframe at the first, then deltas of a few sessions whose
+    /// queries, clients and times move.
+    fn varied(seconds: std::ops::Range<usize>) -> Vec<Frame> {
         let texts = [
             "SELECT * FROM orders WHERE customer_id = $1 AND status = $2",
             "UPDATE accounts SET balance = balance - $1 WHERE id = $2",
             "INSERT INTO events (kind, payload, at) VALUES ($1, $2, now())",
             "SELECT count(*) FROM line_items li JOIN orders o ON o.id = li.order_id",
         ];
-        (0..n)
+        let first = seconds.start;
+        seconds
             .map(|i| {
-                let sessions = (0..if i == 0 { 40 } else { 4 })
+                let sessions = (0..if i == first { 40 } else { 4 })
                     .map(|k| {
                         let pid = 100 + ((i * 7 + k * 13) % 40) as i32;
                         Arc::new(Session {
@@ -405,7 +415,7 @@ mod tests {
                 Frame {
                     server_id: "db-7".into(),
                     at: 1_700_000_000_000_000 + i as i64 * 1_000_000,
-                    keyframe: i == 0,
+                    keyframe: i == first,
                     status: TargetStatus::Up,
                     sessions,
                     removed: Vec::new(),
@@ -428,26 +438,39 @@ mod tests {
         };
         let dicts = FrameDicts::default();
         let mut coder = FrameCoder::new(training, dicts.clone());
-        for f in &varied(1_500) {
+        for f in &varied(0..1_500) {
             encode(f, &mut coder);
         }
         let started = std::time::Instant::now();
         let id = loop {
-            if let Some(d) = coder.trained() {
-                break d.id;
+            if let Some((id, _)) = coder.writes(0).new {
+                break id;
             }
             assert!(started.elapsed().as_secs() < 60, "no dictionary trained");
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        // Not used until a commit stored it.
-        let frames = varied(300);
-        let before = encode(&frames[1], &mut coder);
-        assert_eq!(crate::zstd_local::dictionary_of(&before), None);
-        coder.committed(Some(&DictsStored {
-            dictionary: Some(true),
-            touched: false,
-        }));
+        // Frames not among those it was trained on.
+        let frames = varied(5_000..5_300);
+        // Not used until a commit stored it: a commit that failed writes it
+        // again, one that found another of its id in the store drops it.
+        assert_eq!(
+            crate::zstd_local::dictionary_of(&encode(&frames[1], &mut coder)),
+            None
+        );
+        coder.committed(None, 0);
+        assert_eq!(coder.writes(0).new.map(|d| d.0), Some(id));
+        coder.committed(
+            Some(&DictsStored {
+                new: Some(true),
+                current: None,
+            }),
+            0,
+        );
         assert_eq!(coder.current(), Some(id));
+        assert!(coder.writes(0).new.is_none());
+        // Written again, to be marked used, a minute later.
+        assert!(coder.writes(59_000_000).current.is_none());
+        assert_eq!(coder.writes(60_000_000).current.map(|d| d.0), Some(id));
 
         let mut plain = FrameCoder::off();
         let with: Vec<_> = frames
@@ -470,23 +493,27 @@ mod tests {
             bytes(&without)
         );
         // A reader that loads the dictionary reads what was written; one
-        // that finds none skips the frames that name it.
-        let expected = replay("db-7", None, without, &FrameDicts::default()).unwrap();
+        // that does not have it stops at the first frame that names it.
+        let expected = replay("db-7", None, without, &Named::default()).unwrap();
         let readers = FrameDicts::default();
-        assert_eq!(readers.missing(with.iter().map(|f| f.2.as_slice())), [id]);
-        assert!(!readers.insert(id ^ 1, &coder_bytes(&coder)));
-        assert!(readers.insert(id, &coder_bytes(&coder)));
-        assert!(
-            readers
-                .missing(with.iter().map(|f| f.2.as_slice()))
-                .is_empty()
-        );
-        let read = replay("db-7", None, with.clone(), &readers).unwrap();
+        let (mut named, missing) = readers.named(with.iter().map(|f| f.2.as_slice()));
+        assert_eq!(missing, [id]);
+        let stored = coder_bytes(&coder);
+        assert!(readers.insert(id ^ 1, &stored).is_none());
+        named.load(&readers, id, Some(&stored));
+        let read = replay("db-7", None, with.clone(), &named).unwrap();
         assert_eq!(read.at, expected.at);
         assert_eq!(read.sessions, expected.sessions);
-        assert!(replay("db-7", None, with, &FrameDicts::default()).is_none());
+        let (_, missing) = readers.named(with.iter().map(|f| f.2.as_slice()));
+        assert!(missing.is_empty(), "loaded for the reads after");
+        assert!(replay("db-7", None, with, &Named::default()).is_none());
         // The writer's own reads have it already.
-        assert!(dicts.get(id).is_some());
+        let (_, missing) = dicts.named([encode(&frames[2], &mut coder).as_slice()]);
+        assert!(missing.is_empty());
+        // A frame too large for the thread's context is read the slow way,
+        // which takes no dictionary: it is written without one.
+        let big = coder.compress(vec![7; MAX_FRAME_BYTES + 1], true);
+        assert_eq!(crate::zstd_local::dictionary_of(&big), None);
     }
 
     fn coder_bytes(coder: &FrameCoder) -> Vec<u8> {

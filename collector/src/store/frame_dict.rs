@@ -16,9 +16,10 @@
 //! header, so readers find it ([`FrameDicts`]), and frames written before
 //! any dictionary (or by an older pgfleet) read as before.
 //!
-//! A dictionary is kept while frames may name it: the writer marks the one
-//! it uses (`used`) at least every [`TOUCH_EVERY`], and pruning deletes
-//! those last used a day before the frames' retention.
+//! A dictionary is kept while frames may name it: the writer writes the one
+//! it uses again at least every [`TOUCH_EVERY`], which sets `used` (and
+//! puts the row back, should it have gone), and pruning deletes those last
+//! used a day and more before the oldest frames kept.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -59,11 +60,14 @@ impl Default for DictTraining {
 /// load generator's frames, and each costs the readers that load it.
 const DICT_BYTES: usize = 64 * 1024;
 
-/// The frames a reservoir keeps to train on, and the most of each.
-const SAMPLES: usize = 4_000;
-const SAMPLE_BYTES: usize = 8 * 1024;
+/// The frames a reservoir keeps to train on, and the most of each; frames
+/// are offered to it over the last [`SAMPLE_WINDOW`] before a training.
+const SAMPLES: usize = 2_000;
+const SAMPLE_BYTES: usize = 4 * 1024;
+const SAMPLE_WINDOW: Duration = Duration::from_secs(600);
 
-/// How often the writer marks the dictionary it uses as used.
+/// How often the writer writes the dictionary it uses again, which marks
+/// it used.
 pub(super) const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// How long past the frames' retention a dictionary last used is kept.
@@ -120,19 +124,45 @@ impl Samples {
     }
 }
 
-/// What a commit did with the frames' dictionaries: whether it stored the
-/// coder's new one as itself (None: it had none to store), and whether it
-/// marked the one in use as used.
+/// The dictionaries a commit writes: a new one to store, and the one in
+/// use, written again (which marks it used, and puts it back should its row
+/// have gone). Each is written as `INSERT … ON CONFLICT (id) DO UPDATE SET
+/// used` where the body is the same, then read back.
+#[derive(Debug, Default)]
+pub(super) struct DictWrites {
+    pub new: Option<(u32, Arc<[u8]>)>,
+    pub current: Option<(u32, Arc<[u8]>)>,
+}
+
+impl DictWrites {
+    pub(super) fn all(&self) -> impl Iterator<Item = &(u32, Arc<[u8]>)> {
+        self.new.iter().chain(&self.current)
+    }
+}
+
+/// What a commit found of [`DictWrites`]: for each, whether the store holds
+/// it as itself (false: another dictionary of the same id).
 #[derive(Debug, Default)]
 pub(super) struct DictsStored {
-    pub dictionary: Option<bool>,
-    pub touched: bool,
+    pub new: Option<bool>,
+    pub current: Option<bool>,
+}
+
+impl DictsStored {
+    /// From each write's answer, in [`DictWrites::all`]'s order.
+    pub(super) fn from_answers(writes: &DictWrites, answers: &[bool]) -> DictsStored {
+        let mut answers = answers.iter().copied();
+        DictsStored {
+            new: writes.new.as_ref().and_then(|_| answers.next()),
+            current: writes.current.as_ref().and_then(|_| answers.next()),
+        }
+    }
 }
 
 /// A dictionary trained and not yet stored, or stored and in use.
 pub(super) struct Trained {
     pub id: u32,
-    pub bytes: Vec<u8>,
+    pub bytes: Arc<[u8]>,
     encoding: Encoding,
 }
 
@@ -146,15 +176,17 @@ pub(super) struct FrameCoder {
     samples: Samples,
     /// The training under way.
     trainer: Option<Receiver<std::io::Result<Vec<u8>>>>,
-    /// When the next training may start.
+    /// When the next training may start, and from when frames are offered
+    /// to it ([`SAMPLE_WINDOW`] before; at once for the first).
     next: Instant,
-    /// When the dictionary in use was last marked used (None: not since it
-    /// was adopted).
-    touched: Option<Instant>,
+    sample_from: Instant,
+    /// When the dictionary in use was last written (the store's clock).
+    written: Micros,
 }
 
 impl FrameCoder {
     pub(super) fn new(training: DictTraining, dicts: FrameDicts) -> FrameCoder {
+        let now = Instant::now();
         FrameCoder {
             training,
             dicts,
@@ -162,32 +194,54 @@ impl FrameCoder {
             pending: None,
             samples: Samples::new(),
             trainer: None,
-            next: Instant::now() + training.after,
-            touched: None,
+            next: now + training.after,
+            sample_from: now,
+            written: 0,
         }
     }
 
     /// A frame's protobuf as stored: offered to the samples, and compressed
-    /// with the dictionary in use, or without one.
-    pub(super) fn compress(&mut self, bytes: Vec<u8>) -> Vec<u8> {
-        if !self.training.enabled {
-            return crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames)
-                .unwrap_or(bytes);
-        }
-        self.samples.offer(&bytes);
-        let compressed = match &self.current {
-            Some(d) => crate::zstd_local::compress_with(&bytes, &d.encoding),
-            None => crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames),
+    /// with the dictionary in use (unless `whole`, too large for a
+    /// dictionary: such a frame is read back the slow way, which takes
+    /// none), or without one.
+    pub(super) fn compress(&mut self, bytes: Vec<u8>, whole: bool) -> Vec<u8> {
+        let plain = |bytes: Vec<u8>| {
+            crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames).unwrap_or(bytes)
         };
-        compressed.unwrap_or(bytes)
+        if !self.training.enabled || whole {
+            return plain(bytes);
+        }
+        if self.trainer.is_none() && self.pending.is_none() && Instant::now() >= self.sample_from {
+            self.samples.offer(&bytes);
+        }
+        match &self.current {
+            Some(d) => crate::zstd_local::compress_with(&bytes, &d.encoding).unwrap_or(bytes),
+            None => plain(bytes),
+        }
     }
 
-    /// The dictionary the next commit should store, when one is trained;
-    /// starts a training when one is due.
-    pub(super) fn trained(&mut self) -> Option<&Trained> {
+    /// What the next commit, at `now`, writes of the dictionaries: a new
+    /// one when one is trained (and a training started when one is due),
+    /// and the one in use at most every [`TOUCH_EVERY`].
+    pub(super) fn writes(&mut self, now: Micros) -> DictWrites {
         if !self.training.enabled {
-            return None;
+            return DictWrites::default();
         }
+        self.poll_training();
+        let touch = (now - self.written).unsigned_abs() >= TOUCH_EVERY.as_micros() as u64;
+        DictWrites {
+            new: self.pending.as_ref().map(|d| (d.id, d.bytes.clone())),
+            current: self
+                .current
+                .as_ref()
+                .filter(|_| touch)
+                .map(|d| (d.id, d.bytes.clone())),
+        }
+    }
+
+    /// Takes a finished training's dictionary, and starts a training when
+    /// one is due.
+    fn poll_training(&mut self) {
         if let Some(trainer) = &self.trainer {
             match trainer.try_recv() {
                 Err(TryRecvError::Empty) => {}
@@ -198,16 +252,17 @@ impl FrameCoder {
                         Ok((Some(encoding), bytes)) => {
                             self.pending = Some(Trained {
                                 id: encoding.id(),
-                                bytes,
+                                bytes: bytes.into(),
                                 encoding,
                             })
                         }
                         Ok((None, _)) => warn!(
                             "A trained frame dictionary does not load; frames are compressed without a new one."
                         ),
-                        Err(e) => {
-                            warn!(error = %e, "DictTraining a frame dictionary failed; frames are compressed without a new one, and it is tried again later.")
-                        }
+                        Err(e) => warn!(
+                            error = %e,
+                            "Training a frame dictionary failed; frames are compressed without a new one, and it is tried again later."
+                        ),
                     }
                 }
             }
@@ -219,12 +274,12 @@ impl FrameCoder {
         {
             self.start_training();
         }
-        self.pending.as_ref()
     }
 
     fn start_training(&mut self) {
         let samples = std::mem::replace(&mut self.samples, Samples::new()).kept;
         self.next = Instant::now() + self.training.every;
+        self.sample_from = self.next - SAMPLE_WINDOW.min(self.training.every);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new()
             .name("pgfleet-dict".into())
@@ -242,14 +297,26 @@ impl FrameCoder {
         }
     }
 
-    /// After a commit (None: it failed): a new dictionary stored as itself
-    /// is used from now on; one whose id the store held with other bytes is
-    /// not.
-    pub(super) fn committed(&mut self, commit: Option<&DictsStored>) {
-        if commit.is_some_and(|c| c.touched) {
-            self.touched = Some(Instant::now());
+    /// After a commit at `now` (None: it failed, and what it was to store
+    /// is written by the next): a new dictionary stored as itself is used
+    /// from now on; one whose id the store holds with other bytes is not,
+    /// nor, should that befall it, the one in use.
+    pub(super) fn committed(&mut self, commit: Option<&DictsStored>, now: Micros) {
+        let Some(commit) = commit else {
+            return;
+        };
+        match commit.current {
+            Some(true) => self.written = now,
+            Some(false) => {
+                warn!(
+                    id = self.current.as_ref().map(|d| d.id),
+                    "The store holds another frame dictionary of the id of the one in use; frames are compressed without it until one is trained again."
+                );
+                self.current = None;
+            }
+            None => {}
         }
-        match (commit.and_then(|c| c.dictionary), self.pending.take()) {
+        match (commit.new, self.pending.take()) {
             (Some(true), Some(d)) => {
                 info!(
                     id = d.id,
@@ -258,25 +325,14 @@ impl FrameCoder {
                 );
                 self.dicts.insert(d.id, &d.bytes);
                 self.current = Some(d);
-                self.touched = Some(Instant::now());
+                self.written = now;
             }
-            (Some(false), Some(d)) => {
-                warn!(
-                    id = d.id,
-                    "The store holds another frame dictionary of the same id; the new one is not used, and one is trained again later."
-                );
-            }
-            (None, pending) => self.pending = pending,
-            (Some(_), None) => {}
+            (Some(false), Some(d)) => warn!(
+                id = d.id,
+                "The store holds another frame dictionary of the same id; the new one is not used, and one is trained again later."
+            ),
+            (_, pending) => self.pending = pending,
         }
-    }
-
-    /// The dictionary in use, when it is due to be marked used.
-    pub(super) fn due_touch(&self) -> Option<u32> {
-        let d = self.current.as_ref()?;
-        self.touched
-            .is_none_or(|t| t.elapsed() >= TOUCH_EVERY)
-            .then_some(d.id)
     }
 
     /// A coder that compresses without dictionaries and trains none.
@@ -298,50 +354,79 @@ impl FrameCoder {
     /// The bytes of the dictionary in use (tests).
     #[cfg(test)]
     pub(super) fn current_bytes(&self) -> Option<&[u8]> {
-        self.current.as_ref().map(|d| d.bytes.as_slice())
+        self.current.as_ref().map(|d| &*d.bytes)
     }
 }
 
 /// The dictionaries readers have loaded, by id, shared by a store's reads
-/// (and given the writer's own as it adopts them).
+/// (and given the writer's own as it adopts them); at most [`CACHED`].
 #[derive(Clone, Default)]
 pub(super) struct FrameDicts(Arc<RwLock<HashMap<u32, Arc<Decoding>>>>);
 
 impl FrameDicts {
-    pub(super) fn get(&self, id: u32) -> Option<Arc<Decoding>> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-    }
-
-    /// Loads `bytes` as dictionary `id`; false where they are not one, or
+    /// Loads `bytes` as dictionary `id`: None where they are not one, or
     /// not that one.
-    pub(super) fn insert(&self, id: u32, bytes: &[u8]) -> bool {
-        let Some(decoding) = Decoding::new(bytes).filter(|d| d.id() == id) else {
-            return false;
-        };
+    pub(super) fn insert(&self, id: u32, bytes: &[u8]) -> Option<Arc<Decoding>> {
+        let decoding = Arc::new(Decoding::new(bytes).filter(|d| d.id() == id)?);
         let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= CACHED {
             map.clear();
         }
-        map.insert(id, Arc::new(decoding));
-        true
+        map.insert(id, decoding.clone());
+        Some(decoding)
     }
 
-    /// The dictionaries `bodies` name that are not loaded, each once.
-    pub(super) fn missing<'a>(&self, bodies: impl IntoIterator<Item = &'a [u8]>) -> Vec<u32> {
+    /// The dictionaries `bodies` name, as far as they are loaded, for one
+    /// read (which holds them whatever other reads load meanwhile); and
+    /// those it must load itself, each once ([`Named::load`]).
+    pub(super) fn named<'a>(
+        &self,
+        bodies: impl IntoIterator<Item = &'a [u8]>,
+    ) -> (Named, Vec<u32>) {
         let map = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let mut ids: Vec<u32> = bodies
+        let mut named = Named::default();
+        let mut missing = Vec::new();
+        for id in bodies
             .into_iter()
             .filter(|b| crate::zstd_local::is_frame(b))
             .filter_map(crate::zstd_local::dictionary_of)
-            .filter(|id| !map.contains_key(id))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        {
+            if named.0.contains_key(&id) || missing.contains(&id) {
+                continue;
+            }
+            match map.get(&id) {
+                Some(d) => {
+                    named.0.insert(id, d.clone());
+                }
+                None => missing.push(id),
+            }
+        }
+        (named, missing)
+    }
+}
+
+/// The dictionaries one read's frames name.
+#[derive(Default)]
+pub(super) struct Named(HashMap<u32, Arc<Decoding>>);
+
+impl Named {
+    pub(super) fn get(&self, id: u32) -> Option<&Decoding> {
+        self.0.get(&id).map(|d| &**d)
+    }
+
+    /// Dictionary `id` as the store holds it, for this read and those after
+    /// it; a warning where the bytes are not that dictionary.
+    pub(super) fn load(&mut self, dicts: &FrameDicts, id: u32, bytes: Option<&[u8]>) {
+        match bytes.and_then(|b| dicts.insert(id, b)) {
+            Some(d) => {
+                self.0.insert(id, d);
+            }
+            None => warn!(
+                id,
+                stored = bytes.is_some(),
+                "A frame dictionary that frames name does not load; a read that needs it ends at the first frame that names it."
+            ),
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use pgfleet_proto::time::{Micros, now_micros};
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{info, warn};
 
-use super::frame_dict::{DictTraining, DictsStored, FrameCoder, FrameDicts, KEPT_PAST_RETENTION};
+use super::frame_dict::{
+    DictTraining, DictWrites, DictsStored, FrameCoder, FrameDicts, KEPT_PAST_RETENTION,
+};
 use super::hours::{self, Hours};
 use super::{
     Loaded, MANY_SERVERS, MinutesRead, Op, Pruned, Rebuilt, Retention, Sink, StoreError,
@@ -1495,20 +1497,20 @@ pub(super) fn rebuild(
             frames.push((p.at, p.keyframe, b));
         }
     }
+    let (mut named, missing) = dicts.named(frames.iter().map(|f| f.2.as_slice()));
     let mut dict = db.prepare_cached("SELECT body FROM frame_dicts WHERE id = ?1")?;
-    for id in dicts.missing(frames.iter().map(|f| f.2.as_slice())) {
-        if let Some(body) = dict
-            .query_row([id], |r| r.get::<_, Vec<u8>>(0))
+    for id in missing {
+        // Anything but a blob does not load, as bytes that are not a
+        // dictionary do not.
+        let body = dict
+            .query_row([id], |r| {
+                Ok(r.get_ref(0)?.as_blob().ok().map(<[u8]>::to_vec))
+            })
             .optional()?
-            && !dicts.insert(id, &body)
-        {
-            warn!(
-                id,
-                "A stored frame dictionary does not load; the frames that name it are skipped."
-            );
-        }
+            .flatten();
+        named.load(dicts, id, body.as_deref());
     }
-    Ok(super::replay(server_id, None, frames, dicts))
+    Ok(super::replay(server_id, None, frames, &named))
 }
 
 impl Sink for SqliteSink {
@@ -1536,8 +1538,10 @@ impl Sink for SqliteSink {
             .unwrap_or(self.last_frame);
         let indexed: Vec<&HashMap<String, Vec<Place>>> =
             now.iter().map(|&g| &self.own[g]).collect();
+        let now_at = (self.clock)();
+        write_dicts(&mut self.db, &mut self.frames, now_at).map_err(|e| e.to_string())?;
         let mut fresh = Vec::new();
-        let stored = commit(
+        commit(
             &mut self.db,
             ops,
             Coders {
@@ -1550,10 +1554,9 @@ impl Sink for SqliteSink {
                 indexed_to,
             },
             self.hours.sealed(),
-            (self.clock)(),
-        );
-        self.frames.committed(stored.as_ref().ok());
-        stored.map_err(|e| e.to_string())?;
+            now_at,
+        )
+        .map_err(|e| e.to_string())?;
         self.keys.committed();
         let at = (self.clock)();
         for (_, op) in ops {
@@ -1625,9 +1628,8 @@ struct Coders<'a> {
     frames: &'a mut FrameCoder,
 }
 
-/// Writes `ops` in one transaction, and with them `index`, and a frame
-/// dictionary the coder has trained; says where each frame of `ops` went in
-/// `fresh`. A minute that starts in `sealed` (in an hour built) marks its
+/// Writes `ops` in one transaction, and with them `index`; says where each
+/// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an hour built) marks its
 /// server's hour to be built again, as written at `now`.
 fn commit<'a>(
     db: &mut Connection,
@@ -1637,7 +1639,7 @@ fn commit<'a>(
     index: Index<'_>,
     sealed: Option<std::ops::Range<Micros>>,
     now: Micros,
-) -> rusqlite::Result<DictsStored> {
+) -> rusqlite::Result<()> {
     let Coders {
         keys,
         frames: coder,
@@ -1645,25 +1647,6 @@ fn commit<'a>(
     let (mut late, mut late_intervals) = (BTreeSet::new(), BTreeSet::new());
     let tx = db.transaction()?;
     write_index(&tx, index)?;
-    let mut stored = DictsStored::default();
-    if let Some(id) = coder.due_touch() {
-        tx.execute(
-            "UPDATE frame_dicts SET used = ?2 WHERE id = ?1",
-            params![id, now],
-        )?;
-        stored.touched = true;
-    }
-    if let Some(d) = coder.trained() {
-        tx.execute(
-            "INSERT OR IGNORE INTO frame_dicts (id, made, used, body) VALUES (?1, ?2, ?2, ?3)",
-            params![d.id, now, d.bytes],
-        )?;
-        let body: Vec<u8> =
-            tx.query_row("SELECT body FROM frame_dicts WHERE id = ?1", [d.id], |r| {
-                r.get(0)
-            })?;
-        stored.dictionary = Some(body == d.bytes);
-    }
     {
         let mut frame = tx.prepare_cached(
             "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
@@ -1779,8 +1762,38 @@ fn commit<'a>(
     }
     hours::late(&tx, hours::MINUTES_LATE, late, now)?;
     hours::late(&tx, hours::INTERVALS_LATE, late_intervals, now)?;
-    tx.commit()?;
-    Ok(stored)
+    tx.commit()
+}
+
+/// Writes the frame dictionaries `coder` has for a commit at `now` (see
+/// [`DictWrites`]) in a transaction of their own, before the commit's
+/// frames: a new one is then stored before any frame names it.
+fn write_dicts(db: &mut Connection, coder: &mut FrameCoder, now: Micros) -> rusqlite::Result<()> {
+    let writes: DictWrites = coder.writes(now);
+    if writes.all().next().is_none() {
+        return Ok(());
+    }
+    let written = (|| {
+        let tx = db.transaction()?;
+        let mut answers = Vec::new();
+        for (id, bytes) in writes.all() {
+            tx.execute(
+                "INSERT INTO frame_dicts (id, made, used, body) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET used = excluded.used
+                 WHERE frame_dicts.body = excluded.body",
+                params![id, now, &**bytes],
+            )?;
+            answers.push(tx.query_row(
+                "SELECT body = ?2 FROM frame_dicts WHERE id = ?1",
+                params![id, &**bytes],
+                |r| r.get(0),
+            )?);
+        }
+        tx.commit()?;
+        Ok(DictsStored::from_answers(&writes, &answers))
+    })();
+    coder.committed(written.as_ref().ok(), now);
+    written.map(|_| ())
 }
 
 /// Indexes the frames of `index`'s groups, a server at a time in name order
@@ -3260,25 +3273,24 @@ mod tests {
             });
             f
         };
-        let dicts_stored = |db: &Connection| -> Vec<(u32, Vec<u8>)> {
+        let dicts_stored = |db: &Connection| -> Vec<(u32, i64, Vec<u8>)> {
             let mut q = db
-                .prepare("SELECT id, body FROM frame_dicts ORDER BY made")
+                .prepare("SELECT id, used, body FROM frame_dicts ORDER BY made")
                 .unwrap();
-            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap()
         };
         let started = Instant::now();
-        let mut s = 0;
         // The first one trained meets another of its id in the file: it is
         // not used, and frames go on without one.
         for s in 0..300 {
             super::super::encode(&frame(s), &mut sink.frames);
         }
         let taken = loop {
-            if let Some(d) = sink.frames.trained() {
-                break d.id;
+            if let Some((id, _)) = sink.frames.writes(now_micros()).new {
+                break id;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(60),
@@ -3292,10 +3304,11 @@ mod tests {
                 [taken],
             )
             .unwrap();
+        let mut s = 0;
         sink.commit(&applied(vec![frame(s)])).unwrap();
         s += 1;
         assert_eq!(sink.frames.current(), None);
-        assert_eq!(dicts_stored(&reader), [(taken, vec![1, 2])]);
+        assert_eq!(dicts_stored(&reader), [(taken, 0, vec![1, 2])]);
         reader.execute("DELETE FROM frame_dicts", []).unwrap();
         // The next one is stored, then used.
         let id = loop {
@@ -3314,17 +3327,37 @@ mod tests {
             sink.commit(&applied(vec![frame(s)])).unwrap();
             s += 1;
         }
-        let stored = dicts_stored(&reader);
-        assert!(stored.iter().any(|(i, _)| *i == id), "{id} stored");
-        let named: u32 = reader
-            .query_row(
-                "SELECT body FROM frames WHERE at = ?1",
-                [used_from * 1_000_000],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .map(|b| crate::zstd_local::dictionary_of(&b).unwrap_or(0))
-            .unwrap();
-        assert_eq!(named, id);
+        assert!(
+            dicts_stored(&reader).iter().any(|d| d.0 == id),
+            "{id} stored"
+        );
+        let named = |at: i64| {
+            reader
+                .query_row(
+                    "SELECT body FROM frames WHERE at = ?1",
+                    [at * 1_000_000],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .map(|b| crate::zstd_local::dictionary_of(&b))
+                .unwrap()
+        };
+        // The commit that stored it (in a transaction before its frames')
+        // uses it; none before did.
+        assert_eq!(named(0), None);
+        assert_eq!(named(used_from - 1), Some(id));
+        assert_eq!(named(used_from), Some(id));
+        // Should its row go, the writer puts it back as it marks it used.
+        let in_use = sink.frames.current().unwrap();
+        reader.execute("DELETE FROM frame_dicts", []).unwrap();
+        fn two_minutes_on() -> Micros {
+            now_micros() + 120_000_000
+        }
+        sink.clock = two_minutes_on;
+        sink.commit(&applied(vec![frame(s)])).unwrap();
+        let back = dicts_stored(&reader);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].0, in_use);
+        assert!(back[0].1 > now_micros() + 60_000_000, "marked used then");
         // Read with dictionaries loaded from the file, as another reader
         // would; then by a collector started again.
         let query_at = |db: &Connection, unindexed: &Unindexed, at: i64| {
@@ -3333,7 +3366,7 @@ mod tests {
                 .unwrap();
             (state.sessions[0].pid, state.sessions[0].query.to_string())
         };
-        let last = s - 1;
+        let last = s;
         let expected = (
             last as i32 + 1,
             format!("SELECT * FROM orders_{} WHERE id = $1", last % 37),
@@ -3344,18 +3377,33 @@ mod tests {
             open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
         assert_eq!(query_at(&reader, &unindexed, last), expected);
-        // Kept a day past the frames' retention from when it was last used.
-        let used: i64 = reader
-            .query_row("SELECT used FROM frame_dicts WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+        // A row that is not a dictionary ends a read that needs it, and
+        // nothing else.
+        reader
+            .execute("UPDATE frame_dicts SET body = 'text'", [])
             .unwrap();
+        assert!(
+            rebuild(
+                &reader,
+                &unindexed,
+                &FrameDicts::default(),
+                "a",
+                last * 1_000_000
+            )
+            .unwrap()
+            .is_none()
+        );
+        reader
+            .execute("UPDATE frame_dicts SET body = ?1", [&back[0].2])
+            .unwrap();
+        // Kept a day past the frames' retention from when it was last used.
+        let used = back[0].1;
         let retention = Retention::default();
         let gone_at = used + retention.frames.as_micros() as i64 + KEPT_PAST_RETENTION;
         sink.prune(retention, gone_at).unwrap();
-        assert!(dicts_stored(&reader).iter().any(|(i, _)| *i == id));
+        assert!(dicts_stored(&reader).iter().any(|d| d.0 == in_use));
         sink.prune(retention, gone_at + 1).unwrap();
-        assert!(!dicts_stored(&reader).iter().any(|(i, _)| *i == id));
+        assert!(!dicts_stored(&reader).iter().any(|d| d.0 == in_use));
         drop((sink, reader));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -30,7 +30,7 @@ use writer::{PgSink, Written};
 use super::frame_dict::{DictTraining, FrameCoder, FrameDicts};
 use super::{Loaded, Retention, Store, StoreError};
 
-const DAY_US: Micros = 86_400_000_000;
+pub(super) const DAY_US: Micros = 86_400_000_000;
 
 /// The longest any statement of the store may run.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);

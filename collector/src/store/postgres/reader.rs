@@ -11,7 +11,7 @@ use pgfleet_proto::time::{Micros, now_micros};
 use tokio_postgres::GenericClient;
 use tracing::warn;
 
-use super::super::frame_dict::FrameDicts;
+use super::super::frame_dict::{FrameDicts, Named};
 use super::super::{Elsewhere, Loaded, Rebuilt, Resume, StoredServer};
 use super::Written;
 use crate::load::count::Closed;
@@ -375,43 +375,35 @@ impl Reader {
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        self.load_dicts(&client, frames.iter().map(|f| f.2.as_slice()))
+        let named = self
+            .load_dicts(&client, frames.iter().map(|f| f.2.as_slice()))
             .await?;
-        Ok(super::super::replay(server_id, None, frames, &self.dicts))
+        Ok(super::super::replay(server_id, None, frames, &named))
     }
 
-    /// Loads the frame dictionaries `bodies` name that are not loaded.
+    /// The frame dictionaries `bodies` name, those not loaded loaded.
     async fn load_dicts<'a>(
         &self,
         client: &tokio_postgres::Client,
         bodies: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<(), ReadError> {
-        let missing: Vec<i64> = self
-            .dicts
-            .missing(bodies)
-            .into_iter()
-            .map(i64::from)
-            .collect();
+    ) -> Result<Named, ReadError> {
+        let (mut named, missing) = self.dicts.named(bodies);
         if missing.is_empty() {
-            return Ok(());
+            return Ok(named);
         }
+        let ids: Vec<i64> = missing.iter().map(|&id| i64::from(id)).collect();
         let rows = client
             .query(
                 "SELECT id, body FROM pgfleet.frame_dicts WHERE id = ANY($1)",
-                &[&missing],
+                &[&ids],
             )
             .await
             .map_err(read_error)?;
-        for row in rows {
-            let (id, body): (i64, &[u8]) = (row.get(0), row.get(1));
-            if !u32::try_from(id).is_ok_and(|id| self.dicts.insert(id, body)) {
-                warn!(
-                    id,
-                    "A stored frame dictionary does not load; the frames that name it are skipped."
-                );
-            }
+        let mut found: HashMap<i64, &[u8]> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for id in missing {
+            named.load(&self.dicts, id, found.remove(&i64::from(id)));
         }
-        Ok(())
+        Ok(named)
     }
 
     /// Where the store says `agent_id` stopped.
@@ -505,13 +497,14 @@ impl Reader {
                 .or_default()
                 .push((row.get(1), row.get(2), row.get(3)));
         }
-        self.load_dicts(&client, frames.values().flatten().map(|f| f.2.as_slice()))
+        let named = self
+            .load_dicts(&client, frames.values().flatten().map(|f| f.2.as_slice()))
             .await?;
         Ok(bases
             .into_iter()
             .filter_map(|(server_id, base)| {
                 let new = frames.remove(&server_id)?;
-                let state = super::super::replay(&server_id, Some(base), new, &self.dicts);
+                let state = super::super::replay(&server_id, Some(base), new, &named);
                 Some((server_id, state))
             })
             .collect())

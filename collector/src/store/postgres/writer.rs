@@ -12,23 +12,14 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 use tracing::warn;
 
-use super::super::frame_dict::{DictsStored, FrameCoder, KEPT_PAST_RETENTION};
+use super::super::frame_dict::{DictWrites, DictsStored, FrameCoder, KEPT_PAST_RETENTION};
 use super::super::{Op, Pruned, Retention, Sink};
 use crate::load::dictionaries::Dictionaries;
 
-use super::{PARTITIONED, create_partition, day_of, drop_partitions};
+use super::{DAY_US, PARTITIONED, create_partition, day_of, drop_partitions};
 
 /// Rows sent as arrays: server_ids, times and bodies.
 type Columns<'a> = (Vec<&'a str>, (Vec<i64>, Vec<&'a [u8]>));
-
-/// A commit's frames, encoded, and what it writes of their dictionaries:
-/// a new one to store, the one in use to mark used, at `now`.
-struct Frames<'a> {
-    bodies: Vec<(&'a str, Micros, bool, Vec<u8>)>,
-    dictionary: Option<(u32, Vec<u8>)>,
-    touch: Option<u32>,
-    now: Micros,
-}
 
 /// The writer: its own connection, on its own thread's runtime.
 pub(super) struct PgSink {
@@ -141,17 +132,11 @@ impl PgSink {
         writer: &mut Writer,
         collector_id: &str,
         ops: &[(u64, Op)],
-        frames: Frames<'_>,
+        bodies: Vec<(&str, Micros, bool, Vec<u8>)>,
         keys: &mut Dictionaries,
         days: &mut HashSet<(&'static str, i64)>,
         duplicates: &AtomicU64,
-    ) -> Result<DictsStored, tokio_postgres::Error> {
-        let Frames {
-            bodies,
-            dictionary,
-            touch,
-            now,
-        } = frames;
+    ) -> Result<(), tokio_postgres::Error> {
         let rollups = super::super::last_by_key(ops.iter().filter_map(|(_, op)| match op {
             Op::Minute { server_id, minute } => {
                 Some(((minute.start, server_id.as_str()), minute.encode()))
@@ -226,32 +211,6 @@ impl PgSink {
             _ => None,
         }));
         let tx = writer.client.transaction().await?;
-        let mut stored = DictsStored::default();
-        if let Some(id) = touch {
-            tx.execute(
-                "UPDATE pgfleet.frame_dicts SET used = $2 WHERE id = $1",
-                &[&i64::from(id), &now],
-            )
-            .await?;
-            stored.touched = true;
-        }
-        if let Some((id, bytes)) = dictionary {
-            tx.execute(
-                "INSERT INTO pgfleet.frame_dicts (id, made, used, body) VALUES ($1, $2, $2, $3)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&i64::from(id), &now, &bytes],
-            )
-            .await?;
-            // Another collector's of the same id stays, and this one is not used.
-            let same: bool = tx
-                .query_one(
-                    "SELECT body = $2 FROM pgfleet.frame_dicts WHERE id = $1",
-                    &[&i64::from(id), &bytes],
-                )
-                .await?
-                .get(0);
-            stored.dictionary = Some(same);
-        }
         if !bodies.is_empty() {
             let sink = tx
                 .copy_in(
@@ -394,8 +353,40 @@ impl PgSink {
             )
             .await?;
         }
+        tx.commit().await
+    }
+
+    /// Writes the frame dictionaries of [`DictWrites`] in a transaction of
+    /// their own, before the frames that may name them; whether the store
+    /// holds each as itself.
+    async fn write_dicts(
+        writer: &mut Writer,
+        writes: &DictWrites,
+        now: Micros,
+    ) -> Result<DictsStored, tokio_postgres::Error> {
+        let tx = writer.client.transaction().await?;
+        let mut answers = Vec::new();
+        for (id, bytes) in writes.all() {
+            let (id, bytes): (i64, &[u8]) = (i64::from(*id), bytes);
+            tx.execute(
+                "INSERT INTO pgfleet.frame_dicts (id, made, used, body) VALUES ($1, $2, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET used = excluded.used
+                 WHERE frame_dicts.body = excluded.body",
+                &[&id, &now, &bytes],
+            )
+            .await?;
+            // Another collector's of the same id stays, and this one is not used.
+            let same: bool = tx
+                .query_one(
+                    "SELECT body = $2 FROM pgfleet.frame_dicts WHERE id = $1",
+                    &[&id, &bytes],
+                )
+                .await?
+                .get(0);
+            answers.push(same);
+        }
         tx.commit().await?;
-        Ok(stored)
+        Ok(DictsStored::from_answers(writes, &answers))
     }
 
     /// The thread's runtime and a live connection, made if need be.
@@ -424,6 +415,17 @@ impl PgSink {
 
 impl Sink for PgSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
+        let now = now_micros();
+        let writes = self.frames.writes(now);
+        if writes.all().next().is_some() {
+            let written = self.ready().and_then(|(runtime, writer)| {
+                runtime
+                    .block_on(Self::write_dicts(writer, &writes, now))
+                    .map_err(|e| pgfleet_common::error::chain(&e))
+            });
+            self.frames.committed(written.as_ref().ok(), now);
+            written?;
+        }
         let mut bodies = Vec::new();
         for (_, op) in ops {
             if let Op::Applied { frames, .. } = op {
@@ -437,14 +439,6 @@ impl Sink for PgSink {
                 }
             }
         }
-        let touch = self.frames.due_touch();
-        let dictionary = self.frames.trained().map(|d| (d.id, d.bytes.clone()));
-        let frames = Frames {
-            bodies,
-            dictionary,
-            touch,
-            now: now_micros(),
-        };
         let collector_id = self.collector_id.clone();
         let duplicates = self.duplicates.clone();
         let mut days = std::mem::take(&mut self.days);
@@ -455,7 +449,7 @@ impl Sink for PgSink {
                     writer,
                     &collector_id,
                     ops,
-                    frames,
+                    bodies,
                     &mut keys,
                     &mut days,
                     &duplicates,
@@ -463,8 +457,6 @@ impl Sink for PgSink {
                 .map_err(|e| pgfleet_common::error::chain(&e))
         });
         self.days = days;
-        self.frames.committed(result.as_ref().ok());
-        let result = result.map(|_| ());
         if result.is_ok() {
             keys.committed();
         }
@@ -492,11 +484,12 @@ impl Sink for PgSink {
                 }
                 let cutoff = now - retention.frames.as_micros() as i64;
                 let frames = drop_partitions(client, "frames", cutoff).await?;
-                // A dictionary goes a day after the last frames that may name it.
+                // The frames kept start at the day of the cutoff (whole days
+                // go); a dictionary goes a day after the last use before it.
                 client
                     .execute(
                         "DELETE FROM pgfleet.frame_dicts WHERE used < $1",
-                        &[&(cutoff - KEPT_PAST_RETENTION)],
+                        &[&(day_of(cutoff) * DAY_US - KEPT_PAST_RETENTION)],
                     )
                     .await?;
                 let mut rollups = 0;
