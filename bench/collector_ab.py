@@ -71,10 +71,27 @@ def collector_argv(binary: Path, flags: tuple = ()):
         *(["--query-listen", f"127.0.0.1:{query}"] if query else []), *flags]
 
 
+def used_bytes(store: Path) -> int:
+    """The bytes `store`'s database holds in pages in use, as a reader sees
+    it now (its write-ahead log included, free pages not): a look at the
+    file's header, not a scan. 0 for a server that keeps no store."""
+    path = store / "pgfleet.sqlite"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        return pages * db.execute("PRAGMA page_size").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
+
+
 def frames_stored(store: Path, start_us: int, end_us: int) -> dict:
     """What `store`'s SQLite file holds of the frames of [start_us, end_us]
     (sample times): how many, their bodies' mean bytes; and the file's
-    bytes with its write-ahead log, read-only beside the collector."""
+    bytes with its write-ahead log. Read-only beside the collector."""
     path = store / "pgfleet.sqlite"
     if not path.exists():  # a server that keeps no store (the floors)
         return {"frames_in_window": 0, "frame_bytes": float("nan"), "store_bytes": 0}
@@ -171,11 +188,13 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
         samples = {name: [] for name, *_ in gens}
         if prefixes:
             pids = {name: collector.pid for name, collector, *_ in started}
+            dirs_by_name = {name: data for name, _, _, data, *_ in started}
             while any(gen.poll() is None for _, gen, _ in gens):
                 for name, gen, _ in gens:
                     if gen.poll() is None:
                         samples[name].append((time.monotonic(), cpu_ns(gen.pid),
-                                              {t: cpu_ns(pids[name], t) for t in prefixes}))
+                                              {t: cpu_ns(pids[name], t) for t in prefixes},
+                                              used_bytes(dirs_by_name[name] / "store")))
                 time.sleep(1)
         results, cpu, thread_cpu = [], {}, {}
         for name, gen, errors in gens:
@@ -191,8 +210,9 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
                 inside = [x for x in samples[name] if began + 5 <= x[0] <= began + r["measured_s"] - 5]
                 if len(inside) < 2:
                     raise SystemExit(f"no CPU window within the measuring against {name}: give a longer --measure")
-                (t0, c0, r0), (t1, c1, r1) = inside[0], inside[-1]
+                (t0, c0, r0, u0), (t1, c1, r1, u1) = inside[0], inside[-1]
                 cpu[name] = (c1 - c0) / 1e9 / (t1 - t0)
+                r["disk_bytes_per_server_s"] = (u1 - u0) / (t1 - t0) / args.agents
                 thread_cpu[name] = {t: (r1[t] - r0[t]) / 1e9 / (t1 - t0) for t in prefixes}
             if generator_cpu:
                 r["generator_cores"] = cpu[name]
@@ -237,6 +257,8 @@ def main() -> None:
                    help="read on each collector's readers' port (--query-listen) and report the reads")
     p.add_argument("--load-kept", type=float, default=0, metavar="HOURS",
                    help="first fill each store with this many hours of load of other servers")
+    p.add_argument("--title", default=TITLE[3:],
+                   help=f"the section of BENCHMARKS.md to write (default: {TITLE[3:]!r}, or {KEPT_TITLE[3:]!r} with --load-kept)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
     args = p.parse_args()
     baseline = Path(args.baseline).resolve()
@@ -259,12 +281,13 @@ def main() -> None:
     command = f"python3 bench/collector_ab.py --baseline {args.baseline}{flags} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
                                        ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
-        " --reads" if args.reads else "")
+        " --reads" if args.reads else "") + (f" --title '{args.title}'" if args.title != TITLE[3:] else "")
     def medians(of):
         return {name: statistics.median(of(r) for _, r in rows if r["build"] == name) for name, _ in builds}
     median = medians(us_per_batch)
     writer = medians(lambda r: r["writer_cores"])
     frame = medians(lambda r: r["frame_bytes"])
+    disk = medians(lambda r: r["disk_bytes_per_server_s"])
     reads_head, reads_rule, reads_text, reads_median = "", "", "", ""
     if args.reads:
         reads_head = " GetActivity p50 ms | GetActivity p99 ms | readers' µs per read |"
@@ -282,9 +305,10 @@ def main() -> None:
             return ""
         return (f" {fmt(r['get_activity_p50_ms'], 2)} | {fmt(r['get_activity_p99_ms'], 2)} |"
                 f" {r['reads_us_per_read']:.0f} |")
-    kept_head, kept_rule, kept_text, title = "", "", "", TITLE
+    kept_head, kept_rule, kept_text = "", "", ""
+    title = f"## {args.title}" if args.title != TITLE[3:] else TITLE
     if args.load_kept:
-        title = KEPT_TITLE
+        title = f"## {args.title}" if args.title != TITLE[3:] else KEPT_TITLE
         kept_head = " freshness max ms | ramp s |"
         kept_rule = "---|---|"
         rows_kept = int(args.load_kept * 60) * args.agents
@@ -301,21 +325,22 @@ def main() -> None:
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
         f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |"
-        f" {r['writer_cores']:.3f} | {r['frame_bytes']:.0f} | {r['store_bytes'] / 2**20:,.0f} |{reads_cells(r)}"
+        f" {r['writer_cores']:.3f} | {r['frame_bytes']:.0f} | {r['disk_bytes_per_server_s']:,.0f} |"
+        f" {r['store_bytes'] / 2**20:,.0f} |{reads_cells(r)}"
         f"{kept_cells(r)}"
         for run, r in rows)
     section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
 
-Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute). *Writer's cores* are those of the store's thread (`pgfleet-store`) over the window less 5 s at each end; *bytes a frame*, the mean stored body of the frames sampled in that window; *store MiB*, the SQLite file and its log once the generator ended.{reads_text}{kept_text}
+Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute). *Writer's cores* are those of the store's thread (`pgfleet-store`) over the window less 5 s at each end; *bytes a frame*, the mean stored body of the frames sampled in that window; *disk B/server-s*, how much the database's pages in use grew over that window (`PRAGMA page_count` less `freelist_count`, read each second; every table, the frames' rows and index with their bodies, DB load and the rest), a second of a server; *store MiB*, the SQLite file and its log once the generator ended.{reads_text}{kept_text}
 
-| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors | writer's cores | bytes a frame | store MiB |{reads_head}{kept_head}
-|---|---|---|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors | writer's cores | bytes a frame | disk B/server-s | store MiB |{reads_head}{kept_head}
+|---|---|---|---|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
 {table}
 
 Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
-Median writer's cores: this tree {writer['this tree']:.3f}, the baseline {writer['baseline']:.3f} ({writer['this tree'] / writer['baseline']:.2f}×); bytes a frame: this tree {frame['this tree']:.0f}, the baseline {frame['baseline']:.0f} ({frame['this tree'] / frame['baseline']:.2f}×).
+Median writer's cores: this tree {writer['this tree']:.3f}, the baseline {writer['baseline']:.3f} ({writer['this tree'] / writer['baseline']:.2f}×); bytes a frame: this tree {frame['this tree']:.0f}, the baseline {frame['baseline']:.0f} ({frame['this tree'] / frame['baseline']:.2f}×); disk a server-second: this tree {disk['this tree']:,.0f} bytes, the baseline {disk['baseline']:,.0f} ({disk['this tree'] / disk['baseline']:.2f}×).
 {reads_median}"""
     write_section(Path(args.output), title, section)
     print(section)

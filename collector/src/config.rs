@@ -65,7 +65,7 @@ pub struct CollectorArgs {
     /// Whether to keep DB load, connection churn and statement statistics (on or off); off saves their CPU and storage, and `pgfleet load`, `top-queries` and `churn` then say so [default: on]
     #[arg(long, env = "PGFLEET_LOAD", value_name = "ON|OFF")]
     pub load: Option<String>,
-    /// Whether stored frames are compressed with dictionaries the collector trains on them (on or off); on takes some 40% of the disk the frames take without; turn it off while collectors from before dictionaries share a PostgreSQL store with this one, as they skip the frames they cannot read [default: on]
+    /// Whether stored frames are compressed with dictionaries the collector trains on them (on or off); on, the store grows about half as fast as without; turn it off while collectors from before dictionaries share a PostgreSQL store with this one, as they skip the frames they cannot read [default: on]
     #[arg(long, env = "PGFLEET_FRAME_DICTIONARIES", value_name = "ON|OFF")]
     pub frame_dictionaries: Option<String>,
     /// How long the history of sessions is kept, from which `activity --at` rebuilds a past instant [default: 24h]
