@@ -520,15 +520,20 @@ async fn days_past_their_retention_are_dropped_whole() {
     .await
     .unwrap();
     // Frame dictionaries last used four days ago (past the frames' day,
-    // whole days of them, and the day kept after), a day and a half ago
-    // (frames of then may be kept, their day whole), and an hour ago.
+    // whole days of them, and the day kept after), a day and a half ago,
+    // an hour ago, and either side of the last kept: a day before the
+    // first day of frames kept (which whole days go), 24 h ago.
     let now = pgfleet_proto::time::now_micros();
+    let last_kept = ((now - DAY).div_euclid(DAY) - 1) * DAY;
     db.execute(
-        "INSERT INTO pgfleet.frame_dicts VALUES (1, 0, $1, 'a'), (2, 0, $2, 'b'), (3, 0, $3, 'c')",
+        "INSERT INTO pgfleet.frame_dicts VALUES (1, 0, $1, 'a'), (2, 0, $2, 'b'), (3, 0, $3, 'c'),
+             (4, 0, $4, 'd'), (5, 0, $5, 'e')",
         &[
             &(now - 4 * DAY),
             &(now - 3 * DAY / 2),
             &(now - 3_600_000_000),
+            &last_kept,
+            &(last_kept - 1),
         ],
     )
     .await
@@ -581,7 +586,11 @@ async fn days_past_their_retention_are_dropped_whole() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(dictionaries, [2, 3], "the dictionary past its time goes");
+    assert_eq!(
+        dictionaries,
+        [2, 3, 4],
+        "the dictionaries past their time go"
+    );
     // /metrics says the database's size as the writer read it after its
     // first commit: about what it held before, give or take the pages
     // written and the partitions made and dropped since.
@@ -914,7 +923,7 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
     .await
     .unwrap();
     tokio::spawn(connection);
-    // Trained beside the writer; stored by a commit, used by the next.
+    // Trained beside the writer; stored before a commit's frames, which use it.
     let mut s = 399;
     let file =
         rusqlite::Connection::open(cluster.dir().join("sqlite-store/pgfleet.sqlite")).unwrap();
@@ -1002,6 +1011,43 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
         .unwrap()
         .unwrap();
     assert_eq!(state.sessions, expected);
+
+    // A writer that connects again writes the dictionary in use again, at
+    // once rather than within the minute: a failover may have lost it.
+    db.execute("DELETE FROM pgfleet.frame_dicts", &[])
+        .await
+        .unwrap();
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = 'pgfleet_history' AND pid <> pg_backend_pid()
+           AND application_name = 'pgfleet-collector'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut next = last;
+    wait_for(
+        "the dictionary written again",
+        Duration::from_secs(30),
+        || {
+            let (db, write) = (&db, &write);
+            next += 1;
+            let at = next;
+            async move {
+                write(at..at + 1).await;
+                let n: i64 = db
+                    .query_one(
+                        "SELECT count(*) FROM pgfleet.frame_dicts WHERE id = $1",
+                        &[&i64::from(id.get())],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .get(0);
+                (n == 1).then_some(()).ok_or_else(|| "not yet".to_owned())
+            }
+        },
+    )
+    .await;
     drop((pg, sqlite, other));
     cluster.destroy().await;
 }

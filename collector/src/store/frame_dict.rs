@@ -7,12 +7,12 @@
 //! generator's deltas); a dictionary trained on the frames themselves gives
 //! it the fleet's common bytes to match against (276).
 //!
-//! The writer offers every frame it encodes to a reservoir ([`Samples`]),
+//! The writer offers the frames it encodes to a reservoir ([`Samples`]),
 //! trains a dictionary from it on a thread of its own once enough frames
-//! have passed, stores it (`frame_dicts`, in the same transaction as the
-//! commit's frames), and compresses with it from the commit after; it trains
-//! again every [`DictTraining::every`], so that the dictionary follows the
-//! fleet's workload. Each zstd frame names its dictionary by id in its
+//! have passed, stores it (`frame_dicts`, in a transaction of its own before
+//! a commit's frames), and compresses with it from that commit's frames on;
+//! it trains again every [`DictTraining::every`], so that the dictionary
+//! follows the fleet's workload. Each zstd frame names its dictionary by id in its
 //! header, so readers find it ([`FrameDicts`]), and frames written before
 //! any dictionary (or by an older pgfleet) read as before.
 //!
@@ -171,7 +171,8 @@ pub(super) struct FrameCoder {
     training: DictTraining,
     dicts: FrameDicts,
     current: Option<Trained>,
-    /// Trained, to be stored by the next commit and used after it.
+    /// Trained, to be stored before the next commit's frames, which then
+    /// use it.
     pending: Option<Trained>,
     samples: Samples,
     /// The training under way.
@@ -343,6 +344,13 @@ impl FrameCoder {
             ..DictTraining::default()
         };
         FrameCoder::new(training, FrameDicts::default())
+    }
+
+    /// Has the next commit write the dictionary in use again, whenever it
+    /// was last written: after the store's connection was made again (a
+    /// failover may have lost the last write).
+    pub(super) fn write_again(&mut self) {
+        self.written = Micros::MIN / 2;
     }
 
     /// The dictionary in use (tests).

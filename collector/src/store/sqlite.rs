@@ -3372,6 +3372,27 @@ mod tests {
             format!("SELECT * FROM orders_{} WHERE id = $1", last % 37),
         );
         assert_eq!(query_at(&reader, &unindexed, last), expected);
+        // Should its id hold other bytes when it is written again, it is
+        // used no more.
+        reader
+            .execute(
+                "UPDATE frame_dicts SET body = x'0102' WHERE id = ?1",
+                [in_use],
+            )
+            .unwrap();
+        fn four_minutes_on() -> Micros {
+            now_micros() + 240_000_000
+        }
+        sink.clock = four_minutes_on;
+        sink.commit(&applied(vec![frame(last + 1)])).unwrap();
+        assert_eq!(sink.frames.current(), None);
+        assert_eq!(named(last + 1), None);
+        reader
+            .execute(
+                "UPDATE frame_dicts SET body = ?2 WHERE id = ?1",
+                params![in_use, back[0].2],
+            )
+            .unwrap();
         drop((sink, reader));
         let (mut sink, mut readers, unindexed, _, _, _) =
             open(&dir, 1, DictTraining::default()).unwrap();
@@ -3392,6 +3413,11 @@ mod tests {
             )
             .unwrap()
             .is_none()
+        );
+        assert_eq!(
+            query_at(&reader, &unindexed, 30),
+            (31, "SELECT * FROM orders_30 WHERE id = $1".to_owned()),
+            "frames from before it read"
         );
         reader
             .execute("UPDATE frame_dicts SET body = ?1", [&back[0].2])

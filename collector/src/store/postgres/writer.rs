@@ -402,6 +402,7 @@ impl PgSink {
         let runtime = self.runtime.as_ref().ok_or("no runtime")?;
         if self.writer.as_ref().is_none_or(|w| w.client.is_closed()) {
             self.writer = None;
+            self.frames.write_again();
             self.writer = Some(
                 runtime
                     .block_on(Writer::connect(&self.config, &self.tls))
@@ -415,6 +416,9 @@ impl PgSink {
 
 impl Sink for PgSink {
     fn commit(&mut self, ops: &[(u64, Op)]) -> Result<(), String> {
+        // Connected first: a new connection has the dictionary in use
+        // written again.
+        self.ready()?;
         let now = now_micros();
         let writes = self.frames.writes(now);
         if writes.all().next().is_some() {
