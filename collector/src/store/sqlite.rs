@@ -3172,16 +3172,20 @@ mod tests {
         )]
     }
 
+    /// `server_id` at `at`, as a reader rebuilds it, loading the frame
+    /// dictionaries it needs from the file.
+    fn rebuilt(
+        db: &Connection,
+        unindexed: &Unindexed,
+        server_id: &str,
+        at: Micros,
+    ) -> Option<Rebuilt> {
+        rebuild(db, unindexed, &FrameDicts::default(), server_id, at).unwrap()
+    }
+
     /// The pid of the one session `a` had at `second`, as rebuilt.
     fn pid_at(db: &Connection, unindexed: &Unindexed, second: i64) -> Option<i32> {
-        let state = rebuild(
-            db,
-            unindexed,
-            &FrameDicts::default(),
-            "a",
-            second * 1_000_000,
-        )
-        .unwrap()?;
+        let state = rebuilt(db, unindexed, "a", second * 1_000_000)?;
         assert_eq!(state.sessions.len(), 1, "at {second} s");
         Some(state.sessions[0].pid)
     }
@@ -3219,14 +3223,7 @@ mod tests {
         });
         sink.commit(&applied(vec![again])).unwrap();
         let query_at = |db: &Connection, unindexed: &Unindexed, second: i64| {
-            let state = rebuild(
-                db,
-                unindexed,
-                &FrameDicts::default(),
-                "a",
-                second * 1_000_000,
-            )
-            .unwrap();
+            let state = rebuilt(db, unindexed, "a", second * 1_000_000);
             state.unwrap().sessions[0].query.to_string()
         };
         assert_eq!(query_at(&reader, &unindexed, 80), "again");
@@ -3361,9 +3358,7 @@ mod tests {
         // Read with dictionaries loaded from the file, as another reader
         // would; then by a collector started again.
         let query_at = |db: &Connection, unindexed: &Unindexed, at: i64| {
-            let state = rebuild(db, unindexed, &FrameDicts::default(), "a", at * 1_000_000)
-                .unwrap()
-                .unwrap();
+            let state = rebuilt(db, unindexed, "a", at * 1_000_000).unwrap();
             (state.sessions[0].pid, state.sessions[0].query.to_string())
         };
         let last = s;
@@ -3403,17 +3398,7 @@ mod tests {
         reader
             .execute("UPDATE frame_dicts SET body = 'text'", [])
             .unwrap();
-        assert!(
-            rebuild(
-                &reader,
-                &unindexed,
-                &FrameDicts::default(),
-                "a",
-                last * 1_000_000
-            )
-            .unwrap()
-            .is_none()
-        );
+        assert!(rebuilt(&reader, &unindexed, "a", last * 1_000_000).is_none());
         assert_eq!(
             query_at(&reader, &unindexed, 30),
             (31, "SELECT * FROM orders_30 WHERE id = $1".to_owned()),
@@ -3748,14 +3733,7 @@ mod tests {
         Arc::make_mut(&mut again.sessions[0]).query = "again".into();
         sink.commit(&applied(vec![again])).unwrap();
         let query_at = |second: i64| {
-            let state = rebuild(
-                &reader,
-                &unindexed,
-                &FrameDicts::default(),
-                "a",
-                second * 1_000_000,
-            )
-            .unwrap();
+            let state = rebuilt(&reader, &unindexed, "a", second * 1_000_000);
             state.unwrap().sessions[0].query.to_string()
         };
         assert_eq!(query_at(65), "again");
@@ -3776,9 +3754,7 @@ mod tests {
         delta.keyframe = false;
         delta.removed = vec![(60, 0)];
         sink.commit(&applied(vec![delta])).unwrap();
-        let state = rebuild(&reader, &unindexed, &FrameDicts::default(), "a", 62_000_000)
-            .unwrap()
-            .unwrap();
+        let state = rebuilt(&reader, &unindexed, "a", 62_000_000).unwrap();
         assert_eq!(state.sessions.len(), 1);
         assert_eq!(state.sessions[0].pid, 63);
         drop((sink, reader));
@@ -3836,17 +3812,7 @@ mod tests {
         assert!(unindexed.lock().is_empty());
         assert_eq!(kept(), names.len() as i64);
         for n in &names {
-            assert!(
-                rebuild(
-                    &reader,
-                    &Unindexed::default(),
-                    &FrameDicts::default(),
-                    n,
-                    i64::MAX
-                )
-                .unwrap()
-                .is_some()
-            );
+            assert!(rebuilt(&reader, &Unindexed::default(), n, i64::MAX).is_some());
         }
         drop((sink, reader));
         let _ = std::fs::remove_dir_all(&dir);
@@ -3890,9 +3856,7 @@ mod tests {
             6 * 40
         );
         for n in &names {
-            let state = rebuild(&reader, &unindexed, &FrameDicts::default(), n, i64::MAX)
-                .unwrap()
-                .unwrap();
+            let state = rebuilt(&reader, &unindexed, n, i64::MAX).unwrap();
             assert_eq!(state.sessions[0].pid, 6, "{n}");
         }
         drop(reader);
@@ -3933,14 +3897,8 @@ mod tests {
         let (_sink, mut readers, unindexed, _, _, _) =
             open(&dir, 1, DictTraining::default()).unwrap();
         let reader = readers.remove(0);
-        assert!(
-            rebuild(&reader, &unindexed, &FrameDicts::default(), "a", i64::MAX)
-                .unwrap()
-                .is_none()
-        );
-        let b = rebuild(&reader, &unindexed, &FrameDicts::default(), "b", i64::MAX)
-            .unwrap()
-            .unwrap();
+        assert!(rebuilt(&reader, &unindexed, "a", i64::MAX).is_none());
+        let b = rebuilt(&reader, &unindexed, "b", i64::MAX).unwrap();
         assert_eq!(b.sessions[0].pid, 3);
         drop(reader);
         let _ = std::fs::remove_dir_all(&dir);
@@ -4045,9 +4003,7 @@ mod tests {
             stored.len(),
             whole.len()
         );
-        let state = rebuild(&db, &Unindexed::default(), &FrameDicts::default(), "a", 25)
-            .unwrap()
-            .unwrap();
+        let state = rebuilt(&db, &Unindexed::default(), "a", 25).unwrap();
         assert_eq!(state.at, 20);
         assert_eq!(state.sessions.len(), 1);
         assert_eq!(*state.sessions[0], *second);
