@@ -367,31 +367,65 @@ impl FrameCoder {
 }
 
 /// The dictionaries readers have loaded, by id, shared by a store's reads
-/// (and given the writer's own as it adopts them); at most [`CACHED`].
+/// (and given the writer's own as it adopts them); at most [`CACHED`]. And
+/// those a read found missing or not loading, which reads do not look up
+/// again (nor warn of again) for [`ABSENT_FOR`].
 #[derive(Clone, Default)]
-pub(super) struct FrameDicts(Arc<RwLock<HashMap<u32, Arc<Decoding>>>>);
+pub(super) struct FrameDicts(Arc<RwLock<Cache>>);
+
+#[derive(Default)]
+struct Cache {
+    loaded: HashMap<u32, Arc<Decoding>>,
+    absent: HashMap<u32, Instant>,
+}
+
+/// How long a dictionary found missing is not looked up again.
+const ABSENT_FOR: Duration = Duration::from_secs(60);
 
 impl FrameDicts {
+    fn cache(&self) -> std::sync::RwLockWriteGuard<'_, Cache> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Loads `bytes` as dictionary `id`: None where they are not one, or
     /// not that one.
     pub(super) fn insert(&self, id: u32, bytes: &[u8]) -> Option<Arc<Decoding>> {
         let decoding = Arc::new(Decoding::new(bytes).filter(|d| d.id() == id)?);
-        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= CACHED {
-            map.clear();
+        let mut cache = self.cache();
+        if cache.loaded.len() >= CACHED {
+            cache.loaded.clear();
         }
-        map.insert(id, decoding.clone());
+        cache.loaded.insert(id, decoding.clone());
+        cache.absent.remove(&id);
         Some(decoding)
+    }
+
+    /// Notes `id` as missing or not loading: whether it was not so noted
+    /// already.
+    fn absent(&self, id: u32) -> bool {
+        let mut cache = self.cache();
+        if cache.absent.len() >= CACHED {
+            cache.absent.retain(|_, at| at.elapsed() < ABSENT_FOR);
+        }
+        let fresh = cache
+            .absent
+            .get(&id)
+            .is_none_or(|at| at.elapsed() >= ABSENT_FOR);
+        if fresh {
+            cache.absent.insert(id, Instant::now());
+        }
+        fresh
     }
 
     /// The dictionaries `bodies` name, as far as they are loaded, for one
     /// read (which holds them whatever other reads load meanwhile); and
-    /// those it must load itself, each once ([`Named::load`]).
+    /// those it must load itself, each once ([`Named::load`]), but for those
+    /// found missing within [`ABSENT_FOR`].
     pub(super) fn named<'a>(
         &self,
         bodies: impl IntoIterator<Item = &'a [u8]>,
     ) -> (Named, Vec<u32>) {
-        let map = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let cache = self.0.read().unwrap_or_else(|e| e.into_inner());
         let mut named = Named::default();
         let mut missing = Vec::new();
         for id in bodies
@@ -402,11 +436,14 @@ impl FrameDicts {
             if named.0.contains_key(&id) || missing.contains(&id) {
                 continue;
             }
-            match map.get(&id) {
-                Some(d) => {
-                    named.0.insert(id, d.clone());
-                }
-                None => missing.push(id),
+            if let Some(d) = cache.loaded.get(&id) {
+                named.0.insert(id, d.clone());
+            } else if cache
+                .absent
+                .get(&id)
+                .is_none_or(|at| at.elapsed() >= ABSENT_FOR)
+            {
+                missing.push(id);
             }
         }
         (named, missing)
@@ -422,18 +459,20 @@ impl Named {
         self.0.get(&id).map(|d| &**d)
     }
 
-    /// Dictionary `id` as the store holds it, for this read and those after
-    /// it; a warning where the bytes are not that dictionary.
+    /// Dictionary `id` as the store holds it (None: it holds none), for
+    /// this read and those after it; where it is missing or the bytes are
+    /// not that dictionary, a warning, once in [`ABSENT_FOR`].
     pub(super) fn load(&mut self, dicts: &FrameDicts, id: u32, bytes: Option<&[u8]>) {
         match bytes.and_then(|b| dicts.insert(id, b)) {
             Some(d) => {
                 self.0.insert(id, d);
             }
-            None => warn!(
+            None if dicts.absent(id) => warn!(
                 id,
                 stored = bytes.is_some(),
                 "A frame dictionary that frames name does not load; a read that needs it ends at the first frame that names it."
             ),
+            None => {}
         }
     }
 }
@@ -459,5 +498,35 @@ mod tests {
             f
         });
         assert!(fifths.iter().all(|&n| n > SAMPLES / 10), "{fifths:?}");
+    }
+
+    #[test]
+    fn a_dictionary_found_missing_is_not_looked_up_again_for_a_while() {
+        let samples: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("SELECT {i} FROM orders_{} WHERE user = 'app'", i % 11).into_bytes())
+            .collect();
+        let bytes = zstd::dict::from_samples(&samples, 2048).unwrap();
+        let encoding = Encoding::new(&bytes).unwrap();
+        let frame = crate::zstd_local::compress_with(b"SELECT 7 FROM orders_7", &encoding).unwrap();
+        let id = encoding.id();
+        let dicts = FrameDicts::default();
+        let (mut named, missing) = dicts.named([frame.as_slice()]);
+        assert_eq!(missing, [id]);
+        named.load(&dicts, id, None);
+        assert!(named.get(id).is_none());
+        // Not looked up again meanwhile, nor warned of.
+        let (_, missing) = dicts.named([frame.as_slice()]);
+        assert!(missing.is_empty());
+        assert!(!dicts.absent(id));
+        // Until a while has passed.
+        dicts.cache().absent.insert(id, Instant::now() - ABSENT_FOR);
+        let (mut named, missing) = dicts.named([frame.as_slice()]);
+        assert_eq!(missing, [id]);
+        // Once it loads (the writer's own, or a read's), it is found.
+        named.load(&dicts, id, Some(&bytes));
+        assert!(named.get(id).is_some());
+        let (named, missing) = dicts.named([frame.as_slice()]);
+        assert!(missing.is_empty() && named.get(id).is_some());
+        assert!(dicts.cache().absent.is_empty());
     }
 }
