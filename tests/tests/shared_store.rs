@@ -38,6 +38,11 @@ async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector 
         store: StoreConfig::Postgres(store.to_owned()),
         collector_id: name.to_owned(),
         http_listen: Some(([127, 0, 0, 1], 0).into()),
+        // Frames compressed with dictionaries within the tests' minutes.
+        frame_dictionaries: pgfleet_collector::store::DictTraining {
+            frames: 100,
+            ..QUICK_DICTIONARIES
+        },
         ..CollectorConfig::new(listen, cluster.dir().join(format!("collector-{name}")))
     };
     server::start(config)
@@ -301,6 +306,36 @@ async fn two_collectors_sharing_a_store_each_answer_for_the_agents_of_the_other(
         },
     )
     .await;
+
+    // By now a compresses east-1's frames with a dictionary it trained,
+    // and b follows them all the same: a session that comes now.
+    let (db, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for("east-1's frames named by a dictionary", Duration::from_secs(120), || {
+        let db = &db;
+        async move {
+            let body: Vec<u8> = db
+                .query_one(
+                    "SELECT body FROM pgfleet.frames WHERE server_id = 'east-1' ORDER BY at DESC LIMIT 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            zstd::zstd_safe::get_dict_id_from_frame(&body)
+                .map(|_| ())
+                .ok_or_else(|| "not yet".to_owned())
+        }
+    })
+    .await;
+    let late = cluster.connect("shared-store-late").await.unwrap();
+    late.batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+    wait_for_session(&cb, "east-1", "shared-store-late", in_transaction).await;
+    drop(late);
 
     // An agent that stops is seen to stop by the other collector too.
     east.stop().await;
@@ -1011,6 +1046,37 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
         .unwrap()
         .unwrap();
     assert_eq!(state.sessions, expected);
+    // And it follows the frames after a base, as a collector follows the
+    // others' servers, loading the dictionary in a store of its own.
+    let (follower, _) = Store::open(
+        &StoreConfig::Postgres(format!(
+            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
+            cluster.port()
+        )),
+        &cluster.dir().join("pg-store-3"),
+        Retention::default(),
+        "dictionaries-3",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let base = pg
+        .activity_at("dict-1".into(), at - 30_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let advanced = follower
+        .advance(vec![("dict-1".to_owned(), base)])
+        .await
+        .unwrap();
+    assert_eq!(advanced.len(), 1);
+    let (server, state) = &advanced[0];
+    let state = state
+        .as_ref()
+        .expect("the frames after the base apply to it");
+    assert_eq!((server.as_str(), state.at), ("dict-1", at));
+    assert_eq!(state.sessions, expected);
+    drop(follower);
 
     // A writer that connects again writes the dictionary in use again, at
     // once rather than within the minute: a failover may have lost it.

@@ -955,8 +955,10 @@ impl Store {
 
     /// Each server's frames stored since its base, applied to that base:
     /// only the servers with newer frames, and None for a server whose
-    /// delta does not apply to its base (it is to be rebuilt whole).
-    pub(crate) async fn advance(
+    /// delta does not apply to its base (it is to be rebuilt whole). What
+    /// a collector sharing a store follows the others by; none from a store
+    /// only this collector writes.
+    pub async fn advance(
         &self,
         bases: Vec<(String, Rebuilt)>,
     ) -> Result<Vec<(String, Option<Rebuilt>)>, StoreError> {
