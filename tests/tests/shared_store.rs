@@ -38,9 +38,10 @@ async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector 
         store: StoreConfig::Postgres(store.to_owned()),
         collector_id: name.to_owned(),
         http_listen: Some(([127, 0, 0, 1], 0).into()),
-        // Frames compressed with dictionaries within the tests' minutes.
+        // Frames compressed with dictionaries within the tests' minutes (a
+        // collector of one server of the test's writes a frame a second).
         frame_dictionaries: pgfleet_collector::store::DictTraining {
-            frames: 100,
+            frames: 30,
             ..QUICK_DICTIONARIES
         },
         ..CollectorConfig::new(listen, cluster.dir().join(format!("collector-{name}")))
