@@ -25,11 +25,16 @@ async fn cluster_with_store() -> (TempCluster, String) {
         .batch_execute("CREATE DATABASE pgfleet_history")
         .await
         .unwrap();
-    let url = format!(
+    let url = store_url(&cluster);
+    (cluster, url)
+}
+
+/// The URL of [`cluster_with_store`]'s store.
+fn store_url(cluster: &TempCluster) -> String {
+    format!(
         "postgres://postgres@127.0.0.1:{}/pgfleet_history",
         cluster.port()
-    );
-    (cluster, url)
+    )
 }
 
 async fn collector(cluster: &TempCluster, name: &str, store: &str) -> Collector {
@@ -949,16 +954,27 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
         }
     };
     write(0..400).await;
-    let (db, connection) = tokio_postgres::connect(
-        &format!(
-            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
-            cluster.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
+    let (db, connection) = tokio_postgres::connect(&store_url(&cluster), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
+    // Another collector's store of the same database, with dictionaries as
+    // by default (none trained within the test).
+    let open_other = |name: &'static str| {
+        let (url, dir) = (store_url(&cluster), cluster.dir().join(name));
+        async move {
+            Store::open(
+                &StoreConfig::Postgres(url),
+                &dir,
+                Retention::default(),
+                name,
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .0
+        }
+    };
     // Trained beside the writer; stored before a commit's frames, which use it.
     let mut s = 399;
     let file =
@@ -1029,18 +1045,7 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
         assert_eq!(state.sessions, expected, "{name}");
     }
     // Another collector's reads load it from the store.
-    let (other, _) = Store::open(
-        &StoreConfig::Postgres(format!(
-            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
-            cluster.port()
-        )),
-        &cluster.dir().join("pg-store-2"),
-        Retention::default(),
-        "dictionaries-2",
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let other = open_other("dictionaries-2").await;
     let state = other
         .activity_at("dict-1".into(), at)
         .await
@@ -1049,18 +1054,7 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
     assert_eq!(state.sessions, expected);
     // And it follows the frames after a base, as a collector follows the
     // others' servers, loading the dictionary in a store of its own.
-    let (follower, _) = Store::open(
-        &StoreConfig::Postgres(format!(
-            "postgres://postgres@127.0.0.1:{}/pgfleet_history",
-            cluster.port()
-        )),
-        &cluster.dir().join("pg-store-3"),
-        Retention::default(),
-        "dictionaries-3",
-        Default::default(),
-    )
-    .await
-    .unwrap();
+    let follower = open_other("dictionaries-3").await;
     let base = pg
         .activity_at("dict-1".into(), at - 30_000_000)
         .await

@@ -68,7 +68,7 @@ const SAMPLE_WINDOW: Duration = Duration::from_secs(600);
 
 /// How often the writer writes the dictionary it uses again, which marks
 /// it used.
-pub(super) const TOUCH_EVERY: Duration = Duration::from_secs(60);
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// How long past the frames' retention a dictionary last used is kept.
 pub(super) const KEPT_PAST_RETENTION: Micros = 86_400_000_000;
@@ -379,6 +379,15 @@ struct Cache {
     absent: HashMap<u32, Instant>,
 }
 
+impl Cache {
+    /// Whether `id` was found missing within [`ABSENT_FOR`].
+    fn absent_lately(&self, id: u32) -> bool {
+        self.absent
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < ABSENT_FOR)
+    }
+}
+
 /// How long a dictionary found missing is not looked up again.
 const ABSENT_FOR: Duration = Duration::from_secs(60);
 
@@ -407,10 +416,7 @@ impl FrameDicts {
         if cache.absent.len() >= CACHED {
             cache.absent.retain(|_, at| at.elapsed() < ABSENT_FOR);
         }
-        let fresh = cache
-            .absent
-            .get(&id)
-            .is_none_or(|at| at.elapsed() >= ABSENT_FOR);
+        let fresh = !cache.absent_lately(id);
         if fresh {
             cache.absent.insert(id, Instant::now());
         }
@@ -438,11 +444,7 @@ impl FrameDicts {
             }
             if let Some(d) = cache.loaded.get(&id) {
                 named.0.insert(id, d.clone());
-            } else if cache
-                .absent
-                .get(&id)
-                .is_none_or(|at| at.elapsed() >= ABSENT_FOR)
-            {
+            } else if !cache.absent_lately(id) {
                 missing.push(id);
             }
         }

@@ -1498,8 +1498,8 @@ pub(super) fn rebuild(
         }
     }
     let (mut named, missing) = dicts.named(frames.iter().map(|f| f.2.as_slice()));
-    let mut dict = db.prepare_cached("SELECT body FROM frame_dicts WHERE id = ?1")?;
     for id in missing {
+        let mut dict = db.prepare_cached("SELECT body FROM frame_dicts WHERE id = ?1")?;
         // Anything but a blob does not load, as bytes that are not a
         // dictionary do not.
         let body = dict
@@ -1629,8 +1629,9 @@ struct Coders<'a> {
 }
 
 /// Writes `ops` in one transaction, and with them `index`; says where each
-/// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an hour built) marks its
-/// server's hour to be built again, as written at `now`.
+/// frame of `ops` went in `fresh`. A minute that starts in `sealed` (in an
+/// hour built) marks its server's hour to be built again, as written at
+/// `now`.
 fn commit<'a>(
     db: &mut Connection,
     ops: &'a [(u64, Op)],
