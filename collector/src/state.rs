@@ -81,9 +81,8 @@ pub fn warm(sessions: &[Arc<Session>]) {
 
 /// The sessions of `base` with a delta applied: the fields upserted sessions
 /// left out taken from their version in `base`, `removed` and the sessions
-/// that `upserted` replaces taken out, `upserted` added; and the upserted
-/// sessions, now whole, in the order given. None when a session left out
-/// fields that `base` does not have.
+/// that `upserted` replaces taken out, `upserted` added. None when a session
+/// left out fields that `base` does not have.
 ///
 /// Sessions are kept in key order (see [`by_key`]), so this is one pass over
 /// `base`, which fills in the upserted sessions as it meets their old
@@ -149,7 +148,6 @@ pub fn merge(
     Some(Merged {
         sessions,
         joined: order.iter().map(|&i| upserted[i].clone()).collect(),
-        whole: upserted,
         left,
     })
 }
@@ -173,8 +171,6 @@ fn sorted_first(
 pub struct Merged {
     /// The sessions after it, in key order.
     pub sessions: Vec<Arc<Session>>,
-    /// The upserted sessions, whole, in the order given.
-    pub whole: Vec<Arc<Session>>,
     /// The base's sessions that ended or that a new version replaced.
     pub left: Vec<Arc<Session>>,
     /// The sessions that began, and the new versions: `sessions` is the base
@@ -224,7 +220,6 @@ mod tests {
         };
         let Merged {
             sessions: merged,
-            whole,
             left,
             joined,
         } = merge(&base, vec![s(6, "f"), changed, s(0, "z")], &delta).unwrap();
@@ -249,9 +244,6 @@ mod tests {
                 (6, "f", "orders")
             ]
         );
-        let order: Vec<i32> = whole.iter().map(|x| x.pid).collect();
-        assert_eq!(order, [6, 3, 0], "the upserted, whole, as given");
-        assert_eq!(&*whole[1].database, "orders");
         // A mask for a session the base lacks cannot be filled.
         let orphan = Delta {
             unchanged: vec![compact::field::DATABASE],
@@ -268,7 +260,6 @@ mod tests {
         let m = merge(&in_order, vec![s(3, "first"), s(3, "last")], &twice).unwrap();
         let queries: Vec<&str> = m.sessions.iter().map(|x| &*x.query).collect();
         assert_eq!(queries, ["a", "last", "e"], "7 removed, as before");
-        assert_eq!(m.whole.len(), 2);
         assert_eq!(pids(&m.joined), [3], "the duplicate counts once");
         assert_eq!(&*m.joined[0].query, "last");
     }

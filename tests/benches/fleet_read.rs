@@ -121,6 +121,7 @@ fn main() {
                         conn_id: i as u64 + 1,
                         seq: second as u64,
                         snapshots: vec![snapshot],
+                        frames: Vec::new(),
                         reply,
                     })
                     .await,

@@ -945,7 +945,7 @@ async fn frames_compressed_with_a_trained_dictionary_read_back_in_either_store()
                         .write(Op::Applied {
                             agent_id: "dict-agent".into(),
                             seq: s as u64 + 1,
-                            frames: vec![frame(s)],
+                            frames: vec![frame(s).encoded()],
                         })
                         .await;
                 }

@@ -16,9 +16,10 @@ use crate::load::Counter;
 use crate::load::statements::Read;
 use crate::rollup::{Minute, Rollup};
 use crate::state::{self, Pools, by_key, merge};
-use crate::store::{Frame, Op as StoreOp};
+use crate::store::{Encoded, Op as StoreOp, frame_bytes};
 
 impl Aggregator {
+    #[cfg(test)]
     pub(super) fn apply(
         &mut self,
         agent_id: &str,
@@ -26,6 +27,20 @@ impl Aggregator {
         seq: u64,
         snapshots: Vec<Snapshot>,
     ) -> Result<Vec<String>, Status> {
+        self.apply_with(agent_id, conn_id, seq, snapshots, Vec::new())
+    }
+
+    /// Applies a batch's `snapshots`, their frames for the history already
+    /// written (`written`, by ingest) or not (empty).
+    pub(super) fn apply_with(
+        &mut self,
+        agent_id: &str,
+        conn_id: u64,
+        seq: u64,
+        snapshots: Vec<Snapshot>,
+        written: Vec<Vec<u8>>,
+    ) -> Result<Vec<String>, Status> {
+        debug_assert!(written.is_empty() || written.len() == snapshots.len());
         let Some(agent) = self.agents.get_mut(agent_id) else {
             return Err(Status::failed_precondition("the stream is not registered"));
         };
@@ -61,8 +76,10 @@ impl Aggregator {
         let now = now_micros();
         let mut keyframes_needed = Vec::new();
         let keep = self.store.is_some();
+        let mut written = written.into_iter();
         let mut frames = Vec::new();
         for mut snapshot in snapshots {
+            let bytes = written.next();
             let Some(current) = self.servers.get_mut(snapshot.server_id.as_str()) else {
                 continue;
             };
@@ -116,16 +133,19 @@ impl Aggregator {
             if snapshot.sampled_at_us < current.sampled_at_us {
                 continue;
             }
-            // A delta applies only to the snapshot it was made against; without
-            // it, nothing of the snapshot is taken, and the agent is asked for a
-            // keyframe instead.
             let keyframe = snapshot.delta.is_none();
-            let mut removed = Vec::new();
-            let mut unchanged = Vec::new();
-            let mut whole = Vec::new();
+            // The frame, when ingest did not write it: before the merge,
+            // which fills in the sessions (see `store::frame_bytes`).
+            let bytes = match bytes {
+                None if keep => Some(frame_bytes(&snapshot)),
+                bytes => bytes,
+            };
             // What a delta changed, for the rollup (None: count them all).
             let mut changed = None;
             if let Some(delta) = snapshot.delta.take() {
+                // A delta applies only to the snapshot it was made against;
+                // without it, nothing of the snapshot is taken, and the agent
+                // is asked for a keyframe instead.
                 if current.sampled_at_us != delta.base_sampled_at_us
                     || current.status != TargetStatus::Up
                 {
@@ -140,9 +160,7 @@ impl Aggregator {
                 match merge(&current.sessions, snapshot.sessions, &delta) {
                     Some(merged) => {
                         snapshot.sessions = merged.sessions;
-                        whole = merged.whole;
                         changed = Some((merged.left, merged.joined));
-                        (removed, unchanged) = (delta.removed, delta.unchanged);
                     }
                     None => {
                         debug!(server.id = %snapshot.server_id, "Delta leaves out fields of a session its base lacks; asking for a keyframe.");
@@ -169,24 +187,12 @@ impl Aggregator {
                 client_pools: snapshot.client_pools,
             });
             let facts = snapshot.facts.map(Arc::new);
-            if keep {
-                frames.push(Frame {
+            if let Some(bytes) = bytes.filter(|_| keep) {
+                frames.push(Encoded {
                     server_id: snapshot.server_id.clone(),
                     at: snapshot.sampled_at_us,
                     keyframe,
-                    status: snapshot.status.clone(),
-                    // A keyframe's sessions; a delta's, whole, in the order
-                    // of their masks.
-                    sessions: if keyframe {
-                        snapshot.sessions.clone()
-                    } else {
-                        whole
-                    },
-                    removed,
-                    unchanged,
-                    pools: pools.clone(),
-                    facts: facts.clone(),
-                    databases: snapshot.databases,
+                    bytes,
                 });
             }
             let view = Arc::make_mut(current);

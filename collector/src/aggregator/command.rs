@@ -50,6 +50,10 @@ pub enum Command {
         seq: u64,
         /// Its decoded snapshots.
         snapshots: Vec<Snapshot>,
+        /// Their frames, as ingest wrote them for the history, one for each
+        /// (see [`crate::store::Encoded`]); or none, and the aggregator
+        /// writes them when it keeps history.
+        frames: Vec<Vec<u8>>,
         /// Once applied (or recognised as a replay): the servers whose deltas
         /// had no base here, and whose next snapshot must be a keyframe.
         reply: oneshot::Sender<Result<Vec<String>, Status>>,

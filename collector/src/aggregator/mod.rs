@@ -339,10 +339,11 @@ impl Aggregator {
                 conn_id,
                 seq,
                 snapshots,
+                frames,
                 reply,
             } => replies.push(Reply::Apply(
                 reply,
-                self.apply(&agent_id, conn_id, seq, snapshots),
+                self.apply_with(&agent_id, conn_id, seq, snapshots, frames),
             )),
             Command::Disconnect { agent_id, conn_id } => self.disconnect(&agent_id, conn_id),
             Command::StoreMinutes { reply } => {

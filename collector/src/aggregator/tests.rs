@@ -868,3 +868,71 @@ fn minutes_that_ended_are_built_at_an_even_pace_within_finish_within() {
         "the last built {age:?} after the end"
     );
 }
+
+#[tokio::test]
+async fn the_frames_ingest_wrote_go_to_the_store_with_the_snapshots_applied() {
+    use pgfleet_proto::model::Delta;
+    let (dir, store) = sqlite_store("written");
+    let mut a = aggregator();
+    a.store = Some(store);
+    a.register(
+        "a1".into(),
+        1,
+        vec![target("db1"), target("db2")],
+        SECOND,
+        None,
+    )
+    .unwrap();
+    let stored = |a: &mut Aggregator, seq: u64| -> Vec<(String, Micros, bool, Vec<u8>)> {
+        let at = a
+            .writes
+            .iter()
+            .position(|w| matches!(w, StoreOp::Applied { seq: s, .. } if *s == seq))
+            .expect("the batch's frames were written");
+        match a.writes.remove(at) {
+            StoreOp::Applied { frames, .. } => frames
+                .into_iter()
+                .map(|f| (f.server_id, f.at, f.keyframe, f.bytes))
+                .collect(),
+            _ => unreachable!(),
+        }
+    };
+    let batch = vec![snapshot("db1", 10, &[1]), snapshot("db2", 10, &[2])];
+    a.apply_with("a1", 1, 1, batch, vec![b"k1".to_vec(), b"k2".to_vec()])
+        .unwrap();
+    assert_eq!(
+        stored(&mut a, 1),
+        [
+            ("db1".to_owned(), 10, true, b"k1".to_vec()),
+            ("db2".to_owned(), 10, true, b"k2".to_vec())
+        ]
+    );
+    // An older snapshot and a delta without its base are not applied, and
+    // their frames not stored: each snapshot keeps its own frame.
+    let mut lost = snapshot("db2", 20, &[2]);
+    lost.delta = Some(Delta {
+        base_sampled_at_us: 15,
+        ..Default::default()
+    });
+    let batch = vec![snapshot("db1", 5, &[1]), lost, snapshot("db1", 20, &[1, 3])];
+    let written = ["old", "lost", "new"].map(|b| b.as_bytes().to_vec());
+    assert_eq!(
+        a.apply_with("a1", 1, 2, batch, written.to_vec()).unwrap(),
+        ["db2"]
+    );
+    assert_eq!(
+        stored(&mut a, 2),
+        [("db1".to_owned(), 20, true, b"new".to_vec())]
+    );
+    // Not written by ingest: the aggregator writes them, before the merge.
+    let mut delta = snapshot("db1", 30, &[3]);
+    delta.delta = Some(Delta {
+        base_sampled_at_us: 20,
+        removed: vec![(1, 0)],
+        unchanged: vec![0],
+    });
+    let expected = crate::store::frame_bytes(&delta);
+    a.apply("a1", 1, 3, vec![delta]).unwrap();
+    assert_eq!(stored(&mut a, 3), [("db1".to_owned(), 30, false, expected)]);
+    std::fs::remove_dir_all(dir).ok();
+}

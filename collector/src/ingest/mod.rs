@@ -29,7 +29,7 @@ pub use unzip::batch as unzip_batch;
 
 use crate::aggregator::{AggregatorHandle, Command};
 use crate::auth::{Access, Tokens};
-use crate::store::{Durable, Store};
+use crate::store::{self, Durable, Store};
 
 /// How long a new stream may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +60,10 @@ pub struct IngestService {
     refusals: Refusals,
     /// Whether Welcome offers zstd batches.
     zstd_batches: bool,
+    /// Whether each snapshot's frame is written for the history (see
+    /// [`crate::store::Encoded`]): with a store, which the aggregator has
+    /// too (`server::start` gives both the same).
+    write_frames: bool,
 }
 
 impl IngestService {
@@ -79,6 +83,7 @@ impl IngestService {
             shared: None,
             refusals: Refusals::default(),
             zstd_batches: true,
+            write_frames: false,
         }
     }
 
@@ -94,10 +99,12 @@ impl IngestService {
 
     /// Acknowledges a batch only once `store` has committed it; with a
     /// shared store, resumes each agent where the store says it stopped.
+    /// Writes each snapshot's frame for it, for the aggregator to hand on.
     pub fn with_store(self, store: Store) -> Self {
         IngestService {
             durable: store.durable(),
             shared: store.shared().then_some(store),
+            write_frames: true,
             ..self
         }
     }
@@ -185,13 +192,14 @@ impl Ingest for IngestService {
         let refusals = self.refusals.clone();
         let mut shutdown = self.shutdown.clone();
         let mut durable = self.durable.clone();
-        let zstd_batches = self.zstd_batches;
+        let (zstd_batches, write_frames) = (self.zstd_batches, self.write_frames);
         tokio::spawn(async move {
             let who = Who {
                 agent_id: &agent_id,
                 conn_id,
                 refusals: &refusals,
                 zstd_batches,
+                write_frames,
             };
             let reason = receive(
                 &aggregator,
@@ -237,6 +245,7 @@ async fn receive(
         conn_id,
         refusals,
         zstd_batches,
+        write_frames,
     } = who;
     let mut acks = Acks::default();
     // Batches handed over and not yet answered: their sequence, the servers
@@ -345,12 +354,19 @@ async fn receive(
         if let Err(status) = check_times(&snapshots, now_micros()) {
             return refuse(refusals, agent_id, "the clock skew", status, tx).await;
         }
+        // Written here, off the store's writer (see `Encoded`).
+        let frames = if write_frames {
+            snapshots.iter().map(store::frame_bytes).collect()
+        } else {
+            Vec::new()
+        };
         let (reply, answer) = oneshot::channel();
         let command = Command::Apply {
             agent_id: agent_id.to_owned(),
             conn_id,
             seq,
             snapshots,
+            frames,
             reply,
         };
         if let Err(status) = aggregator.send(command).await {
@@ -384,6 +400,8 @@ struct Who<'a> {
     refusals: &'a Refusals,
     /// Whether its Welcome offered zstd batches.
     zstd_batches: bool,
+    /// Whether to write each snapshot's frame for the history.
+    write_frames: bool,
 }
 
 /// How many batches of one stream may wait for the aggregator's answer.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pgfleet_proto::model::{Session, SessionKey, Snapshot, TargetStatus};
+use pgfleet_proto::model::{Delta, Session, SessionKey, Snapshot, TargetStatus};
 use pgfleet_proto::time::Micros;
 use pgfleet_proto::v1;
 use prost::Message;
@@ -13,7 +13,8 @@ use tracing::warn;
 use super::frame_dict::{FrameCoder, Named};
 use crate::state::{Pools, by_key, merge};
 
-/// One applied snapshot, as stored.
+/// One applied snapshot, built field by field (tests build frames so). The
+/// collector writes each frame from its snapshot as it came ([`bytes`]).
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub server_id: String,
@@ -37,6 +38,58 @@ pub struct Frame {
     pub databases: Vec<v1::DatabaseCounters>,
 }
 
+impl Frame {
+    /// The snapshot the frame stores (its base's time is not stored).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            server_id: self.server_id.clone(),
+            sampled_at_us: self.at,
+            status: self.status.clone(),
+            sessions: self.sessions.clone(),
+            delta: (!self.keyframe).then(|| Delta {
+                base_sampled_at_us: 0,
+                removed: self.removed.clone(),
+                unchanged: self.unchanged.clone(),
+            }),
+            facts: self.facts.as_deref().cloned(),
+            databases: self.databases.clone(),
+            slots: self.pools.slots.clone(),
+            pgbouncer: self.pools.pgbouncer.clone(),
+            client_pools: self.pools.client_pools.clone(),
+            agent: None,
+            statements: None,
+        }
+    }
+
+    /// The frame as the writer takes it.
+    pub fn encoded(&self) -> Encoded {
+        Encoded {
+            server_id: self.server_id.clone(),
+            at: self.at,
+            keyframe: self.keyframe,
+            bytes: bytes(&self.snapshot()),
+        }
+    }
+}
+
+/// One applied snapshot as the writer takes it: the protobuf of its
+/// `v1::Snapshot` ([`bytes`]), which the writer compresses and stores.
+///
+/// Ingest writes it on the thread that has just decoded the snapshot. The
+/// writer, which encoded each frame until stop 58, took 0.75× the CPU
+/// without it, and the collector 0.99×: a profile had put most of the
+/// writer's encoding in the loads of each session and of its strings'
+/// lengths, out of the cache by then, and they cost nearly as much
+/// wherever the frame is written. What the writer keeps of each frame
+/// until its commit is these bytes, rather than the frame's sessions.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub server_id: String,
+    pub at: Micros,
+    pub keyframe: bool,
+    pub bytes: Vec<u8>,
+}
+
 /// A server's state rebuilt from its frames.
 #[derive(Debug, Clone)]
 pub struct Rebuilt {
@@ -58,26 +111,34 @@ pub struct Rebuilt {
 /// thread's context (one for the writer's life, not one per frame) and the
 /// coder's dictionary, if it has one; as it is, should the context not
 /// allocate (reading tells the two apart).
-pub(super) fn encode(frame: &Frame, coder: &mut FrameCoder) -> Vec<u8> {
-    let bytes = snapshot_bytes(frame);
-    let whole = bytes.len() > MAX_FRAME_BYTES;
-    coder.compress(bytes, whole)
+pub(super) fn compress(frame: &Encoded, coder: &mut FrameCoder) -> Vec<u8> {
+    let whole = frame.bytes.len() > MAX_FRAME_BYTES;
+    coder.compress(&frame.bytes, whole)
 }
 
-/// The frame as the protobuf of a `v1::Snapshot` (a delta's sessions
-/// without what their masks name), written field by field from the frame:
-/// the bytes prost writes for `v1::Snapshot::from` the frame's snapshot,
-/// without first copying every string and pool of it into that message.
-fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
+/// The frame of `snapshot`, as it came from its agent, as the protobuf of a
+/// `v1::Snapshot`: a delta's sessions without the fields their masks name,
+/// its base's time left out (a frame's base is the frame before). It is
+/// written field by field: the bytes prost writes for `v1::Snapshot::from`
+/// the snapshot, without first copying every string and pool of it into
+/// that message.
+///
+/// A delta's sessions as they came lack the fields their masks name, which
+/// `state::merge` then fills in from the base (`compact::fill`). The frame
+/// leaves out the same fields (`compact::encode_sample`), so it is the same
+/// whether written before the merge or after, from the sessions made whole;
+/// a test holds the two to the same bytes. A keyframe's sessions are
+/// written in the order they came: a replay puts them in key order.
+pub fn bytes(snapshot: &Snapshot) -> Vec<u8> {
     use pgfleet_proto::compact::{encode_sample, encode_str, nested};
     use prost::encoding::{int64, message};
-    let mut buf = Vec::with_capacity(128 + 192 * frame.sessions.len());
-    encode_str(1, &frame.server_id, &mut buf);
-    if frame.at != 0 {
-        int64::encode(2, &frame.at, &mut buf);
+    let mut buf = Vec::with_capacity(128 + 192 * snapshot.sessions.len());
+    encode_str(1, &snapshot.server_id, &mut buf);
+    if snapshot.sampled_at_us != 0 {
+        int64::encode(2, &snapshot.sampled_at_us, &mut buf);
     }
     // The reason is copied only for a frame of a server down.
-    let status = match &frame.status {
+    let status = match &snapshot.status {
         TargetStatus::Up => v1::TargetStatus {
             up: true,
             reason: String::new(),
@@ -89,42 +150,40 @@ fn snapshot_bytes(frame: &Frame) -> Vec<u8> {
     };
     message::encode(3, &status, &mut buf);
     if status.up {
-        let mask = |i: usize| frame.unchanged.get(i).copied().unwrap_or(0);
-        if frame.keyframe {
-            nested(4, &mut buf, |buf| {
-                for s in &frame.sessions {
+        match &snapshot.delta {
+            None => nested(4, &mut buf, |buf| {
+                for s in &snapshot.sessions {
                     encode_sample(1, s, 0, buf);
                 }
-            });
-        } else {
-            // The base's time is not stored: a frame's base is the frame before.
-            nested(5, &mut buf, |buf| {
-                for (i, s) in frame.sessions.iter().enumerate() {
+            }),
+            Some(delta) => nested(5, &mut buf, |buf| {
+                let mask = |i: usize| delta.unchanged.get(i).copied().unwrap_or(0);
+                for (i, s) in snapshot.sessions.iter().enumerate() {
                     encode_sample(2, s, mask(i), buf);
                 }
-                for &(pid, backend_start_us) in &frame.removed {
+                for &(pid, backend_start_us) in &delta.removed {
                     let key = v1::SessionKey {
                         pid,
                         backend_start_us,
                     };
                     message::encode(3, &key, buf);
                 }
-            });
+            }),
         }
     }
-    if let Some(facts) = &frame.facts {
-        message::encode(6, &**facts, &mut buf);
+    if let Some(facts) = &snapshot.facts {
+        message::encode(6, facts, &mut buf);
     }
-    for d in &frame.databases {
+    for d in &snapshot.databases {
         message::encode(7, d, &mut buf);
     }
-    if let Some(slots) = &frame.pools.slots {
+    if let Some(slots) = &snapshot.slots {
         message::encode(8, slots, &mut buf);
     }
-    if let Some(pgbouncer) = &frame.pools.pgbouncer {
+    if let Some(pgbouncer) = &snapshot.pgbouncer {
         message::encode(9, pgbouncer, &mut buf);
     }
-    for pool in &frame.pools.client_pools {
+    for pool in &snapshot.client_pools {
         message::encode(10, pool, &mut buf);
     }
     buf
@@ -231,28 +290,10 @@ mod tests {
     use pgfleet_proto::compact::field;
     use pgfleet_proto::model::{Delta, SessionState};
 
-    /// The frame's snapshot as prost writes it: what [`snapshot_bytes`]
-    /// must write without building that message.
+    /// The frame's snapshot as prost writes it: what [`bytes`] must write
+    /// without building that message.
     fn by_prost(frame: &Frame) -> Vec<u8> {
-        let snapshot = Snapshot {
-            server_id: frame.server_id.clone(),
-            sampled_at_us: frame.at,
-            status: frame.status.clone(),
-            sessions: frame.sessions.clone(),
-            delta: (!frame.keyframe).then(|| Delta {
-                base_sampled_at_us: 0,
-                removed: frame.removed.clone(),
-                unchanged: frame.unchanged.clone(),
-            }),
-            facts: frame.facts.as_deref().cloned(),
-            databases: frame.databases.clone(),
-            slots: frame.pools.slots.clone(),
-            pgbouncer: frame.pools.pgbouncer.clone(),
-            client_pools: frame.pools.client_pools.clone(),
-            agent: None,
-            statements: None,
-        };
-        v1::Snapshot::from(&snapshot).encode_to_vec()
+        v1::Snapshot::from(&frame.snapshot()).encode_to_vec()
     }
 
     fn session(pid: i32, state: SessionState) -> Arc<Session> {
@@ -372,17 +413,105 @@ mod tests {
             },
         ];
         for frame in &frames {
-            assert_eq!(snapshot_bytes(frame), by_prost(frame), "{frame:?}");
+            assert_eq!(bytes(&frame.snapshot()), by_prost(frame), "{frame:?}");
         }
         // And it reads back: the delta, replayed onto the keyframe.
         let mut coder = FrameCoder::off();
-        let bodies = [&keyframe, &delta].map(|f| (f.at, f.keyframe, encode(f, &mut coder)));
+        let bodies =
+            [&keyframe, &delta].map(|f| (f.at, f.keyframe, compress(&f.encoded(), &mut coder)));
         let rebuilt = replay("db-1", None, bodies, &Named::default())
             .expect("the delta applies to the keyframe");
         let pids: Vec<i32> = rebuilt.sessions.iter().map(|s| s.pid).collect();
         // Sessions 1 and 0 ended; 2 changed, taking back its base's strings.
         assert_eq!(pids, [2, 9]);
         assert_eq!(*rebuilt.sessions[0], *session(2, SessionState::Active));
+    }
+
+    #[test]
+    fn a_delta_as_it_came_is_the_frame_of_its_sessions_made_whole() {
+        let base = by_key(vec![
+            session(1, SessionState::Active),
+            session(2, SessionState::Idle),
+            session(3, SessionState::Idle),
+        ]);
+        // Session 2 changed its state and query, 4 is new, 3 ended.
+        let changed = vec![
+            Arc::new(Session {
+                query: "SELECT 2".into(),
+                ..(*session(2, SessionState::Active)).clone()
+            }),
+            session(4, SessionState::Active),
+        ];
+        let unchanged = vec![pgfleet_proto::compact::unchanged(&changed[0], &base[1]), 0];
+        assert_ne!(unchanged[0], 0);
+        let sent = Snapshot {
+            server_id: "db-1".into(),
+            sampled_at_us: 20,
+            status: TargetStatus::Up,
+            sessions: changed,
+            delta: Some(Delta {
+                base_sampled_at_us: 10,
+                removed: vec![base[2].key()],
+                unchanged: unchanged.clone(),
+            }),
+            facts: None,
+            databases: vec![v1::DatabaseCounters {
+                database: "orders".into(),
+                sessions: 3,
+                ..Default::default()
+            }],
+            slots: Some(v1::ConnectionSlots {
+                max_connections: 100,
+                used: 3,
+                ..Default::default()
+            }),
+            pgbouncer: None,
+            client_pools: Vec::new(),
+            agent: None,
+            statements: None,
+        };
+        // As ingest has it: without the fields the masks name.
+        let came = Snapshot::try_from(v1::Snapshot::from(&sent)).unwrap();
+        assert!(came.sessions[0].user.is_empty(), "{:?}", came.sessions[0]);
+        let delta = came.delta.as_ref().unwrap();
+        let merged = merge(&base, came.sessions.clone(), delta).unwrap();
+        // The merge made session 2 whole again.
+        assert!(merged.sessions.iter().any(|s| **s == *sent.sessions[0]));
+        let made_whole = Frame {
+            server_id: "db-1".into(),
+            at: 20,
+            keyframe: false,
+            status: TargetStatus::Up,
+            sessions: sent.sessions.clone(),
+            removed: delta.removed.clone(),
+            unchanged,
+            pools: Arc::new(Pools {
+                slots: sent.slots.clone(),
+                pgbouncer: None,
+                client_pools: Vec::new(),
+            }),
+            facts: None,
+            databases: sent.databases.clone(),
+        };
+        // Its base's time (10) is not stored.
+        let bytes = bytes(&came);
+        assert_eq!(bytes, made_whole.encoded().bytes);
+        // And it replays onto its base as the merge made it.
+        let keyframe = Frame {
+            at: 10,
+            keyframe: true,
+            sessions: base,
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            ..made_whole.clone()
+        };
+        let mut coder = FrameCoder::off();
+        let bodies = [
+            (10, true, compress(&keyframe.encoded(), &mut coder)),
+            (20, false, coder.compress(&bytes, false)),
+        ];
+        let rebuilt = replay("db-1", None, bodies, &Named::default()).unwrap();
+        assert_eq!(rebuilt.sessions, merged.sessions);
     }
 
     /// Seconds `seconds` of a server's frames as the load generator's
@@ -439,7 +568,7 @@ mod tests {
         let dicts = FrameDicts::default();
         let mut coder = FrameCoder::new(training, dicts.clone());
         for f in &varied(0..1_500) {
-            encode(f, &mut coder);
+            compress(&f.encoded(), &mut coder);
         }
         let started = std::time::Instant::now();
         let id = loop {
@@ -454,7 +583,7 @@ mod tests {
         // Not used until a commit stored it: a commit that failed writes it
         // again, one that found another of its id in the store drops it.
         assert_eq!(
-            crate::zstd_local::dictionary_of(&encode(&frames[1], &mut coder)),
+            crate::zstd_local::dictionary_of(&compress(&frames[1].encoded(), &mut coder)),
             None
         );
         coder.committed(None, 0);
@@ -475,11 +604,11 @@ mod tests {
         let mut plain = FrameCoder::off();
         let with: Vec<_> = frames
             .iter()
-            .map(|f| (f.at, f.keyframe, encode(f, &mut coder)))
+            .map(|f| (f.at, f.keyframe, compress(&f.encoded(), &mut coder)))
             .collect();
         let without: Vec<_> = frames
             .iter()
-            .map(|f| (f.at, f.keyframe, encode(f, &mut plain)))
+            .map(|f| (f.at, f.keyframe, compress(&f.encoded(), &mut plain)))
             .collect();
         assert!(
             with.iter()
@@ -508,11 +637,11 @@ mod tests {
         assert!(missing.is_empty(), "loaded for the reads after");
         assert!(replay("db-7", None, with, &Named::default()).is_none());
         // The writer's own reads have it already.
-        let (_, missing) = dicts.named([encode(&frames[2], &mut coder).as_slice()]);
+        let (_, missing) = dicts.named([compress(&frames[2].encoded(), &mut coder).as_slice()]);
         assert!(missing.is_empty());
         // A frame too large for the thread's context is read the slow way,
         // which takes no dictionary: it is written without one.
-        let big = coder.compress(vec![7; MAX_FRAME_BYTES + 1], true);
+        let big = coder.compress(&vec![7; MAX_FRAME_BYTES + 1], true);
         assert_eq!(crate::zstd_local::dictionary_of(&big), None);
     }
 

@@ -7,7 +7,7 @@
 //! generator's deltas); a dictionary trained on the frames themselves gives
 //! it the fleet's common bytes to match against (276).
 //!
-//! The writer offers the frames it encodes to a reservoir ([`Samples`]),
+//! The writer offers the frames it compresses to a reservoir ([`Samples`]),
 //! trains a dictionary from it on a thread of its own once enough frames
 //! have passed, stores it (`frame_dicts`, in a transaction of its own before
 //! a commit's frames), and compresses with it from that commit's frames on;
@@ -166,7 +166,7 @@ pub(super) struct Trained {
     encoding: Encoding,
 }
 
-/// The writer's side: what it encodes frames with, and its training.
+/// The writer's side: what it compresses frames with, and its training.
 pub(super) struct FrameCoder {
     training: DictTraining,
     dicts: FrameDicts,
@@ -205,18 +205,20 @@ impl FrameCoder {
     /// with the dictionary in use (unless `whole`, too large for a
     /// dictionary: such a frame is read back the slow way, which takes
     /// none), or without one.
-    pub(super) fn compress(&mut self, bytes: Vec<u8>, whole: bool) -> Vec<u8> {
-        let plain = |bytes: Vec<u8>| {
-            crate::zstd_local::compress(&bytes, crate::zstd_local::Level::Frames).unwrap_or(bytes)
+    pub(super) fn compress(&mut self, bytes: &[u8], whole: bool) -> Vec<u8> {
+        let plain = |bytes: &[u8]| {
+            crate::zstd_local::compress(bytes, crate::zstd_local::Level::Frames)
+                .unwrap_or_else(|_| bytes.to_vec())
         };
         if !self.training.enabled || whole {
             return plain(bytes);
         }
         if self.trainer.is_none() && self.pending.is_none() && Instant::now() >= self.sample_from {
-            self.samples.offer(&bytes);
+            self.samples.offer(bytes);
         }
         match &self.current {
-            Some(d) => crate::zstd_local::compress_with(&bytes, &d.encoding).unwrap_or(bytes),
+            Some(d) => crate::zstd_local::compress_with(bytes, &d.encoding)
+                .unwrap_or_else(|_| bytes.to_vec()),
             None => plain(bytes),
         }
     }

@@ -36,8 +36,8 @@ pub mod postgres;
 mod reads;
 pub mod sqlite;
 
-pub use frame::{Frame, Rebuilt};
-use frame::{encode, replay};
+pub use frame::{Encoded, Frame, Rebuilt, bytes as frame_bytes};
+use frame::{compress, replay};
 pub use frame_dict::DictTraining;
 use reads::Reading;
 pub use reads::{ReadCounts, ReadFigures};
@@ -136,7 +136,7 @@ pub enum Op {
     Applied {
         agent_id: String,
         seq: u64,
-        frames: Vec<Frame>,
+        frames: Vec<Encoded>,
     },
     /// A server registered (or registered again) with these labels.
     Server {

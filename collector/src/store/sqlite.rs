@@ -1685,7 +1685,7 @@ fn commit<'a>(
                     frames,
                 } => {
                     for f in frames {
-                        let body = super::encode(f, coder);
+                        let body = super::compress(f, coder);
                         frame.execute(params![f.server_id, f.at, f.keyframe, body])?;
                         let id = tx.last_insert_rowid();
                         let keyframe = f.keyframe;
@@ -1826,7 +1826,7 @@ fn write_index(tx: &rusqlite::Transaction<'_>, index: Index<'_>) -> rusqlite::Re
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Frame, encode, scratch};
+    use super::super::{Frame, compress, scratch};
     use super::*;
     use pgfleet_proto::model::{Session, TargetStatus};
     use std::sync::Arc;
@@ -3168,7 +3168,7 @@ mod tests {
             Op::Applied {
                 agent_id: "x".into(),
                 seq: 1,
-                frames,
+                frames: frames.iter().map(Frame::encoded).collect(),
             },
         )]
     }
@@ -3284,7 +3284,7 @@ mod tests {
         // The first one trained meets another of its id in the file: it is
         // not used, and frames go on without one.
         for s in 0..300 {
-            super::super::encode(&frame(s), &mut sink.frames);
+            super::super::compress(&frame(s).encoded(), &mut sink.frames);
         }
         let taken = loop {
             if let Some((id, _)) = sink.frames.writes(now_micros()).new {
@@ -3889,7 +3889,7 @@ mod tests {
                     f.server_id,
                     f.at,
                     f.keyframe,
-                    encode(&f, &mut FrameCoder::off())
+                    compress(&f.encoded(), &mut FrameCoder::off())
                 ],
             )
             .unwrap();
@@ -3979,15 +3979,16 @@ mod tests {
                 ..frame()
             },
         ];
-        let whole = encode(
+        let whole = compress(
             &Frame {
                 unchanged: Vec::new(),
                 ..frames[1].clone()
-            },
+            }
+            .encoded(),
             &mut FrameCoder::off(),
         );
         for f in &frames {
-            let body = encode(f, &mut FrameCoder::off());
+            let body = compress(&f.encoded(), &mut FrameCoder::off());
             db.execute(
                 "INSERT INTO frames (server_id, at, keyframe, body) VALUES (?1, ?2, ?3, ?4)",
                 params![f.server_id, f.at, f.keyframe, body],

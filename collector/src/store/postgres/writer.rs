@@ -438,7 +438,7 @@ impl Sink for PgSink {
                         f.server_id.as_str(),
                         f.at,
                         f.keyframe,
-                        super::super::encode(f, &mut self.frames),
+                        super::super::compress(f, &mut self.frames),
                     ));
                 }
             }
