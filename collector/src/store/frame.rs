@@ -76,7 +76,7 @@ impl Frame {
 /// `v1::Snapshot` ([`bytes`]), which the writer compresses and stores.
 ///
 /// Ingest writes it on the thread that has just decoded the snapshot. The
-/// writer, which encoded each frame until stop 58, took 0.75× the CPU
+/// writer, which encoded each frame until stop 58, took 0.76× the CPU
 /// without it, and the collector 0.99×: a profile had put most of the
 /// writer's encoding in the loads of each session and of its strings'
 /// lengths, out of the cache by then, and they cost nearly as much
@@ -117,11 +117,12 @@ pub(super) fn compress(frame: &Encoded, coder: &mut FrameCoder) -> Vec<u8> {
 }
 
 /// The frame of `snapshot`, as it came from its agent, as the protobuf of a
-/// `v1::Snapshot`: a delta's sessions without the fields their masks name,
-/// its base's time left out (a frame's base is the frame before). It is
-/// written field by field: the bytes prost writes for `v1::Snapshot::from`
-/// the snapshot, without first copying every string and pool of it into
-/// that message.
+/// `v1::Snapshot`: a delta's sessions without the fields their masks name;
+/// left out, the delta's base time (a frame's base is the frame before),
+/// the agent's own counters and the statement statistics (stored apart).
+/// It is written field by field: the bytes prost writes for
+/// `v1::Snapshot::from` the snapshot less those, without first copying every
+/// string and pool of it into that message.
 ///
 /// A delta's sessions as they came lack the fields their masks name, which
 /// `state::merge` then fills in from the base (`compact::fill`). The frame
