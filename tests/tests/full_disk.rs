@@ -69,6 +69,10 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         let _ = std::fs::remove_dir_all(&self.0);
+        // The directory it was made in, left empty.
+        if let Some(root) = self.0.parent() {
+            let _ = std::fs::remove_dir(root);
+        }
     }
 }
 

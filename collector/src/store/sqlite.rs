@@ -2849,6 +2849,8 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM load_tuple_hours"), 2 * 13);
         assert_eq!(count("SELECT count(*) FROM rollup_hours"), 2 * 13);
         assert_eq!(hours::built(&reader).unwrap(), Some((H0, H0 + 2 * HOUR_US)));
+        drop((sink, reader));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
