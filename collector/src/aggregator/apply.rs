@@ -134,12 +134,10 @@ impl Aggregator {
                 continue;
             }
             let keyframe = snapshot.delta.is_none();
-            // The frame, when ingest did not write it: before the merge,
-            // which fills in the sessions (see `store::frame_bytes`).
-            let bytes = match bytes {
-                None if keep => Some(frame_bytes(&snapshot)),
-                bytes => bytes,
-            };
+            // The frame for the history, written here when ingest did not:
+            // before the merge, which fills in the sessions (see
+            // `store::frame_bytes`).
+            let bytes = keep.then(|| bytes.unwrap_or_else(|| frame_bytes(&snapshot)));
             // What a delta changed, for the rollup (None: count them all).
             let mut changed = None;
             if let Some(delta) = snapshot.delta.take() {
@@ -187,7 +185,7 @@ impl Aggregator {
                 client_pools: snapshot.client_pools,
             });
             let facts = snapshot.facts.map(Arc::new);
-            if let Some(bytes) = bytes.filter(|_| keep) {
+            if let Some(bytes) = bytes {
                 frames.push(Encoded {
                     server_id: snapshot.server_id.clone(),
                     at: snapshot.sampled_at_us,
