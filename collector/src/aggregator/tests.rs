@@ -609,6 +609,57 @@ fn the_census_follows_every_change_of_the_views() {
     }
 }
 
+/// A census is written in the room of the one published before the last
+/// once no view holds that one, and copied anew while a reader still does;
+/// either way it is the census of the servers as they are.
+#[test]
+fn a_census_takes_the_room_of_one_no_view_holds() {
+    let mut counting = census::Counting::default();
+    let mut servers: BTreeMap<Arc<str>, Arc<ServerView>> = (0..50)
+        .map(|i| {
+            let id = format!("db{i:02}");
+            (
+                Arc::from(id.as_str()),
+                Arc::new(ServerView::new(&id, SECOND)),
+            )
+        })
+        .collect();
+    let first = counting.refresh(&servers);
+    let second = counting.refresh(&servers);
+    assert!(!Arc::ptr_eq(&first, &second), "the first is still held");
+    // The view that held the first is let go; a reader holds the second.
+    let first_room = Arc::as_ptr(&first);
+    drop(first);
+    // Had the first been freed, this would take its room.
+    let filler = Arc::new(Census::default());
+    // A changed view is a new allocation (the published view holds the old
+    // one), as the aggregator's are.
+    let old = servers["db07"].clone();
+    let mut changed = (*old).clone();
+    changed.last_seen_us = Some(now_micros());
+    servers.insert("db07".into(), Arc::new(changed));
+    let third = counting.refresh(&servers);
+    assert_eq!(
+        Arc::as_ptr(&third),
+        first_room,
+        "written where the first was"
+    );
+    drop(filler);
+    assert_eq!(third.lines.len(), 50);
+    let now = now_micros();
+    assert_eq!(third.lines[7].health(now), HealthKind::Up);
+    assert_eq!(
+        second.lines[7].health(now),
+        HealthKind::Stale,
+        "a reader's census stays as it was"
+    );
+    // Every census is still held: the next is a copy of its own.
+    let fourth = counting.refresh(&servers);
+    assert!(!Arc::ptr_eq(&fourth, &third) && !Arc::ptr_eq(&fourth, &second));
+    assert_eq!(fourth.lines[7].health(now), HealthKind::Up);
+    assert_eq!(&*fourth.names[49], "db49");
+}
+
 /// A server's counter with one minute closed from `t0` (an active session
 /// at each of its 20 samples), and what it closed.
 fn counted_minute(t0: Micros) -> (Counter, Vec<Closed>) {
