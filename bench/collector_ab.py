@@ -26,7 +26,14 @@ of them filled before the first collector starts: the table then has each
 writer's cores (`pgfleet-store`), the freshness max and the ramp, in a
 section of its own.
 
-    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6]
+With --alone, the builds do not run at once but one after the other, taking
+turns, each alone under its generator: for fleets that two collectors and
+their generators cannot share this machine at (10,000 agents), where what a
+change saves shows only at that size. The machine's speed then moves between
+runs, so the table also has the CPU per batch of the aggregator's thread and
+of the ingest workers, which move less than the whole.
+
+    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6] [--alone]
 
 A baseline is any release build of `pgfleet-collector`, for instance of the
 commit before a change: `git worktree add /tmp/base HEAD~1 && cargo build
@@ -50,7 +57,7 @@ from pathlib import Path
 
 from agent_overhead import cpu_ns
 from collector_load import build, fmt, free_port, stop_collector
-from report import machine_name, wait_port, write_section
+from report import machine_name, staged, wait_port, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector side by side"
@@ -60,11 +67,17 @@ LOAD_ROW_BYTES = 7_200
 # The collector's threads that serve readers, and its store's writer.
 READERS = "pgfleet-reads"
 WRITER = "pgfleet-store"
+# The aggregator's thread and the ingest runtime's workers (names as the
+# kernel keeps them: at most 15 bytes).
+AGGREGATOR = "pgfleet-aggrega"
+INGEST = "tokio-rt-worker"
 
 
 def collector_argv(binary: Path, flags: tuple = ()):
     """A `pgfleet-collector`'s command line, given its port and directory,
-    and the readers' port if it has one; `flags` added."""
+    and the readers' port if it has one; `flags` added. It runs a copy of
+    `binary` (see `report.staged`)."""
+    binary = staged(binary)
     return lambda port, data, query=None: [
         str(binary), "--listen", f"127.0.0.1:{port}", "--http-listen", "off",
         "--data-dir", str(data / "store"),
@@ -257,6 +270,8 @@ def main() -> None:
                    help="read on each collector's readers' port (--query-listen) and report the reads")
     p.add_argument("--load-kept", type=float, default=0, metavar="HOURS",
                    help="first fill each store with this many hours of load of other servers")
+    p.add_argument("--alone", action="store_true",
+                   help="run the builds one after the other, each alone, rather than at once (for 10,000 agents)")
     p.add_argument("--title", default=TITLE[3:],
                    help=f"the section of BENCHMARKS.md to write (default: {TITLE[3:]!r}, or {KEPT_TITLE[3:]!r} with --load-kept)")
     p.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
@@ -272,16 +287,24 @@ def main() -> None:
         kept = {"threads": ("pgfleet-store",),
                 "prepare": lambda data: keep_load(data / "store", args.load_kept, args.agents)}
     rows = []
+    if args.alone:
+        kept["threads"] = kept.get("threads", ()) + (AGGREGATOR, INGEST)
     for i in range(args.runs):
         order = builds if i % 2 == 0 else builds[::-1]
-        for r in run_pair(bin_dir, order, args, reads=args.reads, **kept):
-            print(json.dumps(r), file=sys.stderr, flush=True)
-            rows.append((i + 1, r))
+        # Alone, each build is a run of its own, connecting as fast as
+        # "Collector load" does.
+        groups = [[b] for b in order] if args.alone else [order]
+        for group in groups:
+            for r in run_pair(bin_dir, group, args, reads=args.reads,
+                              connect_rate=500 if args.alone else 250, **kept):
+                print(json.dumps(r), file=sys.stderr, flush=True)
+                rows.append((i + 1, r))
     flags = f" --baseline-flags '{args.baseline_flags}'" if args.baseline_flags else ""
     command = f"python3 bench/collector_ab.py --baseline {args.baseline}{flags} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
                                        ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
-        " --reads" if args.reads else "") + (f" --title '{args.title}'" if args.title != TITLE[3:] else "")
+        " --reads" if args.reads else "") + (" --alone" if args.alone else "") + (
+        f" --title '{args.title}'" if args.title != TITLE[3:] else "")
     def medians(of):
         return {name: statistics.median(of(r) for _, r in rows if r["build"] == name) for name, _ in builds}
     median = medians(us_per_batch)
@@ -322,26 +345,53 @@ def main() -> None:
         if not args.load_kept:
             return ""
         return f" {fmt(r['freshness_max_ms'], 0)} | {r['ramp_s']:.0f} |"
+
+    def thread_us(r, thread):
+        return 1e6 * r["thread_cores"][thread] / r["batches_per_s"] if r["batches_per_s"] else float("nan")
+    alone_head, alone_rule, alone_text, alone_median = "", "", "", ""
+    if args.alone:
+        alone_head = " aggregator µs/batch | ingest µs/batch |"
+        alone_rule = "---|---|"
+        alone_text = (" *Aggregator* and *ingest µs/batch* are the CPU of the collector's aggregator thread"
+                      f" (`pgfleet-aggregator`) and of its ingest runtime's threads (`{INGEST}`) over the window less 5 s"
+                      " at each end, per batch.")
+        for thread, what in ((AGGREGATOR, "aggregator's"), (INGEST, "ingest runtime's")):
+            m = medians(lambda r, t=thread: thread_us(r, t))
+            alone_median += (f"Median {what} CPU per batch: this tree {m['this tree']:.1f} µs, the baseline"
+                             f" {m['baseline']:.1f} µs ({m['this tree'] / m['baseline']:.2f}×).\n")
+
+    def alone_cells(r):
+        if not args.alone:
+            return ""
+        return f" {thread_us(r, AGGREGATOR):.1f} | {thread_us(r, INGEST):.1f} |"
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
         f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |"
         f" {r['writer_cores']:.3f} | {r['frame_bytes']:.0f} | {r['disk_bytes_per_server_s']:,.0f} |"
         f" {r['store_bytes'] / 2**20:,.0f} |{reads_cells(r)}"
-        f"{kept_cells(r)}"
+        f"{kept_cells(r)}{alone_cells(r)}"
         for run, r in rows)
+    if args.alone:
+        together = "Each collector alone, one after the other, under its own"
+        order_text = "the builds take turns, and each run has each build once, the first in turn."
+        same_moment = ""
+    else:
+        together = "Two collectors at once, each under its own"
+        order_text = "the runs swap which one starts first."
+        same_moment = " (both collectors at the same moment of the minute)"
     section = f"""{title}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine_name()}. The baseline: {args.baseline_note}.
 
-Two collectors at once, each under its own generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; the runs swap which one starts first. µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window (both collectors at the same moment of the minute). *Writer's cores* are those of the store's thread (`pgfleet-store`) over the window less 5 s at each end; *bytes a frame*, the mean stored body of the frames sampled in that window; *disk B/server-s*, how much the database's pages in use grew over that window (`PRAGMA page_count` less `freelist_count`, read each second; every table, the frames' rows and index with their bodies, DB load and the rest), a second of a server; *store MiB*, the SQLite file and its log once the generator ended.{reads_text}{kept_text}
+{together} generator of {args.agents:,} agents (as in "Collector load"), {args.warmup} s after the ramp, measured for {args.measure} s; {order_text} µs/batch is the collector's CPU over the batches it applied; KiB/server its RSS less its RSS before the agents came, over N, read at the end of the window{same_moment}. *Writer's cores* are those of the store's thread (`pgfleet-store`) over the window less 5 s at each end; *bytes a frame*, the mean stored body of the frames sampled in that window; *disk B/server-s*, how much the database's pages in use grew over that window (`PRAGMA page_count` less `freelist_count`, read each second; every table, the frames' rows and index with their bodies, DB load and the rest), a second of a server; *store MiB*, the SQLite file and its log once the generator ended.{reads_text}{kept_text}{alone_text}
 
-| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors | writer's cores | bytes a frame | disk B/server-s | store MiB |{reads_head}{kept_head}
-|---|---|---|---|---|---|---|---|---|---|---|{reads_rule}{kept_rule}
+| run | build | batches/s | µs/batch | KiB/server | freshness p99 ms | agent errors | writer's cores | bytes a frame | disk B/server-s | store MiB |{reads_head}{kept_head}{alone_head}
+|---|---|---|---|---|---|---|---|---|---|---|{reads_rule}{kept_rule}{alone_rule}
 {table}
 
 Median CPU per batch: this tree {median['this tree']:.0f} µs, the baseline {median['baseline']:.0f} µs ({median['this tree'] / median['baseline']:.2f}×).
 Median writer's cores: this tree {writer['this tree']:.3f}, the baseline {writer['baseline']:.3f} ({writer['this tree'] / writer['baseline']:.2f}×); bytes a frame: this tree {frame['this tree']:.0f}, the baseline {frame['baseline']:.0f} ({frame['this tree'] / frame['baseline']:.2f}×); disk a server-second: this tree {disk['this tree']:,.0f} bytes, the baseline {disk['baseline']:,.0f} ({disk['this tree'] / disk['baseline']:.2f}×).
-{reads_median}"""
+{reads_median}{alone_median}"""
     write_section(Path(args.output), title, section)
     print(section)
 

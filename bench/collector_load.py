@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 from agent_overhead import cpu_ns
-from report import machine_name, write_section
+from report import machine_name, staged, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Collector load"
@@ -86,7 +86,7 @@ def postgres_pids(cluster) -> list[int]:
 
 def start_collector(bin_dir: Path, port: int, data: Path, log, store=(), extra=()) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
+        [str(staged(bin_dir / "pgfleet-collector")), "--listen", f"127.0.0.1:{port}",
          "--http-listen", "off", "--data-dir", str(data / "store"), *store, *extra],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"),
     )

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from agent_overhead import cpu_ns
 from collector_load import build, free_port, stop_collector
-from report import heading, to_png, wait_port, write_section
+from report import heading, staged, to_png, wait_port, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## An hour's end at 10,000 servers"
@@ -126,7 +126,7 @@ def main() -> None:
     port, query_port, http_port = free_port(), free_port(), free_port()
     log = open(data / "collector.log", "w")
     collector = subprocess.Popen(
-        [str(bin_dir / "pgfleet-collector"), "--listen", f"127.0.0.1:{port}",
+        [str(staged(bin_dir / "pgfleet-collector")), "--listen", f"127.0.0.1:{port}",
          "--http-listen", f"127.0.0.1:{http_port}", "--query-listen", f"127.0.0.1:{query_port}",
          "--data-dir", str(data / "store")],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PGFLEET_LOG="warn"))

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from collector_ab import collector_argv, run_pair, us_per_batch
 from collector_load import build
-from report import machine_name, write_section
+from report import machine_name, staged, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## The transport's floor"
@@ -68,7 +68,7 @@ def main() -> None:
     cmd = ["cargo", "build", "--release", "-q", "-p", "pgfleet-collector", "--example", "ingest_floor"]
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-    floor = bin_dir / "examples" / "ingest_floor"
+    floor = staged(bin_dir / "examples" / "ingest_floor")
     servers = [("pgfleet-collector", collector_argv(bin_dir / "pgfleet-collector"))]
     servers += [(f"floor: {w}", floor_argv(floor, w)) for w in LEVELS]
     rows = []
