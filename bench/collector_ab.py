@@ -31,7 +31,8 @@ turns, each alone under its generator: for fleets that two collectors and
 their generators cannot share this machine at (10,000 agents), where what a
 change saves shows only at that size. The machine's speed then moves between
 runs, so the table also has the CPU per batch of the aggregator's thread and
-of the ingest workers, which move less than the whole.
+of the ingest runtime's threads: what most changes do not touch shows how far
+the machine moved.
 
     python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6] [--alone]
 
@@ -249,9 +250,11 @@ def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "
             shutil.rmtree(data, ignore_errors=True)
 
 
-def us_per_batch(r: dict) -> float:
-    """The collector's CPU per batch applied; NaN if it applied none."""
-    return 1e6 * r["collector_cores"] / r["batches_per_s"] if r["batches_per_s"] else float("nan")
+def us_per_batch(r: dict, thread: str = "") -> float:
+    """The collector's CPU per batch applied (of its threads named `thread`,
+    when given: a prefix in `threads` of its run); NaN if it applied none."""
+    cores = r["thread_cores"][thread] if thread else r["collector_cores"]
+    return 1e6 * cores / r["batches_per_s"] if r["batches_per_s"] else float("nan")
 
 
 def main() -> None:
@@ -345,9 +348,6 @@ def main() -> None:
         if not args.load_kept:
             return ""
         return f" {fmt(r['freshness_max_ms'], 0)} | {r['ramp_s']:.0f} |"
-
-    def thread_us(r, thread):
-        return 1e6 * r["thread_cores"][thread] / r["batches_per_s"] if r["batches_per_s"] else float("nan")
     alone_head, alone_rule, alone_text, alone_median = "", "", "", ""
     if args.alone:
         alone_head = " aggregator µs/batch | ingest µs/batch |"
@@ -356,14 +356,14 @@ def main() -> None:
                       f" (`pgfleet-aggregator`) and of its ingest runtime's threads (`{INGEST}`) over the window less 5 s"
                       " at each end, per batch.")
         for thread, what in ((AGGREGATOR, "aggregator's"), (INGEST, "ingest runtime's")):
-            m = medians(lambda r, t=thread: thread_us(r, t))
+            m = medians(lambda r, t=thread: us_per_batch(r, t))
             alone_median += (f"Median {what} CPU per batch: this tree {m['this tree']:.1f} µs, the baseline"
                              f" {m['baseline']:.1f} µs ({m['this tree'] / m['baseline']:.2f}×).\n")
 
     def alone_cells(r):
         if not args.alone:
             return ""
-        return f" {thread_us(r, AGGREGATOR):.1f} | {thread_us(r, INGEST):.1f} |"
+        return f" {us_per_batch(r, AGGREGATOR):.1f} | {us_per_batch(r, INGEST):.1f} |"
     table = "\n".join(
         f"| {run} | {r['build']} | {r['batches_per_s']:,.0f} | {us_per_batch(r):.0f} | "
         f"{r['collector_kib_per_server']:.0f} | {fmt(r['freshness_p99_ms'], 0)} | {r['errors']} |"
