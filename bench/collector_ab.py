@@ -26,6 +26,10 @@ of them filled before the first collector starts: the table then has each
 writer's cores (`pgfleet-store`), the freshness max and the ramp, in a
 section of its own.
 
+With --frames-kept HOURS, each collector's store first holds an index of
+frames as a collector that has run HOURS under this fleet holds it (see
+`keep_frames`), filled once before the first collector starts and copied.
+
 With --alone, the builds do not run at once but one after the other, taking
 turns, each alone under its generator: for fleets that two collectors and
 their generators cannot share this machine at (10,000 agents), where what a
@@ -34,7 +38,7 @@ runs, so the table also has the CPU per batch of the aggregator's thread and
 of the ingest runtime's threads: what most changes do not touch shows how far
 the machine moved.
 
-    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6] [--alone]
+    python3 bench/collector_ab.py --baseline PATH/TO/pgfleet-collector [--agents 1250] [--measure 90] [--runs 2] [--reads] [--load-kept 6] [--frames-kept 1] [--alone]
 
 A baseline is any release build of `pgfleet-collector`, for instance of the
 commit before a change: `git worktree add /tmp/base HEAD~1 && cargo build
@@ -70,6 +74,9 @@ READERS = "pgfleet-reads"
 WRITER = "pgfleet-store"
 # The aggregator's thread and the ingest runtime's workers (names as the
 # kernel keeps them: at most 15 bytes).
+# The generator's agents that first send an hour of history (the first
+# servers, `load-00000` …), whose past the generator reads back.
+HISTORY_AGENTS = 10
 AGGREGATOR = "pgfleet-aggrega"
 INGEST = "tokio-rt-worker"
 
@@ -144,7 +151,39 @@ def keep_load(store: Path, hours: float, servers: int) -> None:
     db.close()
 
 
-def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", "10"),
+def keep_frames(store: Path, hours: float, servers: int, template: Path) -> None:
+    """Puts in `store`'s SQLite file an index of frames (`frame_index`)
+    that holds `hours` of a frame a second of each of the generator's
+    `servers` (`load-00000` …), up to now, as a collector that has run that
+    long holds it: the cost of indexing a server's frames grows with what
+    the index holds. The frames themselves are not written (the table is
+    only ever appended to, so its older rows are not what the writer
+    touches), so the entries name no frame, and the servers of the
+    [`HISTORY_AGENTS`], whose past the generator reads, have none. Filled
+    once into `template`, in key order, and copied."""
+    if not template.exists():
+        print(f"+ filling {template} with {hours:g} h of {servers:,} servers' index", file=sys.stderr, flush=True)
+        db = sqlite3.connect(template.with_suffix(".part"))
+        db.execute("PRAGMA journal_mode = OFF")
+        db.executescript("""
+            CREATE TABLE frame_index (server_id TEXT NOT NULL, at INTEGER NOT NULL,
+                                      id INTEGER NOT NULL, keyframe INTEGER NOT NULL,
+                                      PRIMARY KEY (server_id, at)) WITHOUT ROWID;""")
+        seconds, now = int(hours * 3600), int(time.time())
+        db.execute("""
+            WITH RECURSIVE r(i) AS (SELECT ?4 * ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?1 * ?2 - 1)
+            INSERT INTO frame_index (server_id, at, id, keyframe)
+                SELECT printf('load-%05d', i / ?1), (?3 - ?1 + i % ?1) * 1000000,
+                       -((i % ?1) * ?2 + i / ?1 + 1), (i % ?1) % 60 = 0 FROM r""",
+                   (seconds, servers, now, HISTORY_AGENTS))
+        db.commit()
+        db.close()
+        template.with_suffix(".part").rename(template)
+    store.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, store / "pgfleet.sqlite")
+
+
+def run_pair(bin_dir: Path, builds: list, args, generator=("--history-agents", str(HISTORY_AGENTS)),
              connect_rate: int = 250, generator_cpu: bool = False, reads: bool = False,
              threads: tuple = (), prepare=None) -> list[dict]:
     """Starts every build's server and generator at once; their results.
@@ -273,6 +312,8 @@ def main() -> None:
                    help="read on each collector's readers' port (--query-listen) and report the reads")
     p.add_argument("--load-kept", type=float, default=0, metavar="HOURS",
                    help="first fill each store with this many hours of load of other servers")
+    p.add_argument("--frames-kept", type=float, default=0, metavar="HOURS",
+                   help="each store's index of frames first holds HOURS of a frame a second of each agent's server")
     p.add_argument("--alone", action="store_true",
                    help="run the builds one after the other, each alone, rather than at once (for 10,000 agents)")
     p.add_argument("--title", default=TITLE[3:],
@@ -286,9 +327,16 @@ def main() -> None:
     builds = [("this tree", collector_argv(bin_dir / "pgfleet-collector")),
               ("baseline", collector_argv(baseline, tuple(shlex.split(args.baseline_flags))))]
     kept = {}
-    if args.load_kept:
-        kept = {"threads": ("pgfleet-store",),
-                "prepare": lambda data: keep_load(data / "store", args.load_kept, args.agents)}
+    template = Path(tempfile.gettempdir()) / f"pgfleet-ab-frames-{os.getpid()}.sqlite"
+
+    def prepare(data: Path) -> None:
+        # The index's copy first: it is the whole file, to which load is added.
+        if args.frames_kept:
+            keep_frames(data / "store", args.frames_kept, args.agents, template)
+        if args.load_kept:
+            keep_load(data / "store", args.load_kept, args.agents)
+    if args.load_kept or args.frames_kept:
+        kept = {"threads": ("pgfleet-store",), "prepare": prepare}
     rows = []
     if args.alone:
         kept["threads"] = kept.get("threads", ()) + (AGGREGATOR, INGEST)
@@ -302,10 +350,12 @@ def main() -> None:
                               connect_rate=500 if args.alone else 250, **kept):
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 rows.append((i + 1, r))
+    template.unlink(missing_ok=True)
     flags = f" --baseline-flags '{args.baseline_flags}'" if args.baseline_flags else ""
     command = f"python3 bench/collector_ab.py --baseline {args.baseline}{flags} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
-                                       ("runs", args.runs, 2), ("load-kept", args.load_kept, 0)) if v != d) + (
+                                       ("runs", args.runs, 2), ("load-kept", args.load_kept, 0),
+                                       ("frames-kept", args.frames_kept, 0)) if v != d) + (
         " --reads" if args.reads else "") + (" --alone" if args.alone else "") + (
         f" --title '{args.title}'" if args.title != TITLE[3:] else "")
     def medians(of):
@@ -343,6 +393,12 @@ def main() -> None:
                      f" {rows_kept * LOAD_ROW_BYTES / 2**30:.1f} GiB), as after that long; none is past the"
                      f" retention (30 days). *Ramp s* is the seconds until every agent streamed, ten of"
                      f" them first sending an hour of history.")
+
+    if args.frames_kept:
+        kept_text += (f" Each store's index of frames (`frame_index`) first holds {args.frames_kept:g} h of a frame a"
+                      f" second of each of the generator's {args.agents:,} servers but the {HISTORY_AGENTS} whose past it"
+                      " reads, up to the run's start, as after that long (the frames it names are not written:"
+                      " the table is only appended to).")
 
     def kept_cells(r):
         if not args.load_kept:
