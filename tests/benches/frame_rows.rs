@@ -71,9 +71,9 @@ enum Way {
     PerSecond,
     /// A row per server per 10 s.
     PerTen,
-    /// A row per frame, appended with no index of its own; every so many
-    /// seconds (10 in the store) the frames of those seconds are indexed at
-    /// once, in server order.
+    /// A row per frame, appended with no index of its own, put in the index
+    /// every so many seconds (60 in the store since stop 60, 10 before), a
+    /// group of servers a commit, in server order.
     Indexed(i64, Groups),
 }
 
@@ -86,13 +86,23 @@ enum Groups {
     Runs,
 }
 
-fn open(path: &std::path::Path, way: Way) -> Connection {
+/// A connection to `path` with the store's settings (which, but for the
+/// log's mode, are the connection's, not the file's).
+fn connect(path: &std::path::Path) -> Connection {
     let db = Connection::open(path).expect("a database");
     db.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
-         PRAGMA wal_autocheckpoint = 16384;
-         CREATE TABLE frames (
+         PRAGMA wal_autocheckpoint = 16384;",
+    )
+    .expect("the store's settings");
+    db
+}
+
+fn open(path: &std::path::Path, way: Way) -> Connection {
+    let db = connect(path);
+    db.execute_batch(
+        "CREATE TABLE frames (
              id INTEGER PRIMARY KEY,
              server_id TEXT NOT NULL,
              at INTEGER NOT NULL,
@@ -300,7 +310,7 @@ fn main() {
             let path = dir.join(format!("{n}.sqlite"));
             let db = if aged > 0 && matches!(way, Way::Indexed(..)) {
                 std::fs::copy(&aged_file, &path).expect("a copy of the aged index");
-                Connection::open(&path).expect("a database")
+                connect(&path)
             } else {
                 open(&path, way)
             };
