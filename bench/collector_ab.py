@@ -74,11 +74,11 @@ READERS = "pgfleet-reads"
 WRITER = "pgfleet-store"
 # The aggregator's thread and the ingest runtime's workers (names as the
 # kernel keeps them: at most 15 bytes).
+AGGREGATOR = "pgfleet-aggrega"
+INGEST = "tokio-rt-worker"
 # The generator's agents that first send an hour of history (the first
 # servers, `load-00000` …), whose past the generator reads back.
 HISTORY_AGENTS = 10
-AGGREGATOR = "pgfleet-aggrega"
-INGEST = "tokio-rt-worker"
 
 
 def collector_argv(binary: Path, flags: tuple = ()):
@@ -155,8 +155,9 @@ def keep_frames(store: Path, hours: float, servers: int, template: Path) -> None
     """Puts in `store`'s SQLite file an index of frames (`frame_index`)
     that holds `hours` of a frame a second of each of the generator's
     `servers` (`load-00000` …), up to now, as a collector that has run that
-    long holds it: the cost of indexing a server's frames grows with what
-    the index holds. The frames themselves are not written (the table is
+    long holds it, up to the first run's start (later runs start some
+    minutes after it ends): the cost of indexing a server's frames grows
+    with what the index holds. The frames themselves are not written (the table is
     only ever appended to, so its older rows are not what the writer
     touches), so the entries name no frame, and the servers of the
     [`HISTORY_AGENTS`], whose past the generator reads, have none. Filled
@@ -170,12 +171,13 @@ def keep_frames(store: Path, hours: float, servers: int, template: Path) -> None
                                       id INTEGER NOT NULL, keyframe INTEGER NOT NULL,
                                       PRIMARY KEY (server_id, at)) WITHOUT ROWID;""")
         seconds, now = int(hours * 3600), int(time.time())
-        db.execute("""
-            WITH RECURSIVE r(i) AS (SELECT ?4 * ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?1 * ?2 - 1)
-            INSERT INTO frame_index (server_id, at, id, keyframe)
-                SELECT printf('load-%05d', i / ?1), (?3 - ?1 + i % ?1) * 1000000,
-                       -((i % ?1) * ?2 + i / ?1 + 1), (i % ?1) % 60 = 0 FROM r""",
-                   (seconds, servers, now, HISTORY_AGENTS))
+        if servers > HISTORY_AGENTS:
+            db.execute("""
+                WITH RECURSIVE r(i) AS (SELECT ?4 * ?1 UNION ALL SELECT i + 1 FROM r WHERE i < ?1 * ?2 - 1)
+                INSERT INTO frame_index (server_id, at, id, keyframe)
+                    SELECT printf('load-%05d', i / ?1), (?3 - ?1 + i % ?1) * 1000000,
+                           -((i % ?1) * ?2 + i / ?1 + 1), (i % ?1) % 60 = 0 FROM r""",
+                       (seconds, servers, now, HISTORY_AGENTS))
         db.commit()
         db.close()
         template.with_suffix(".part").rename(template)
@@ -340,17 +342,21 @@ def main() -> None:
     rows = []
     if args.alone:
         kept["threads"] = kept.get("threads", ()) + (AGGREGATOR, INGEST)
-    for i in range(args.runs):
-        order = builds if i % 2 == 0 else builds[::-1]
-        # Alone, each build is a run of its own, connecting as fast as
-        # "Collector load" does.
-        groups = [[b] for b in order] if args.alone else [order]
-        for group in groups:
-            for r in run_pair(bin_dir, group, args, reads=args.reads,
-                              connect_rate=500 if args.alone else 250, **kept):
-                print(json.dumps(r), file=sys.stderr, flush=True)
-                rows.append((i + 1, r))
-    template.unlink(missing_ok=True)
+    try:
+        for i in range(args.runs):
+            order = builds if i % 2 == 0 else builds[::-1]
+            # Alone, each build is a run of its own, connecting as fast as
+            # "Collector load" does.
+            groups = [[b] for b in order] if args.alone else [order]
+            for group in groups:
+                for r in run_pair(bin_dir, group, args, reads=args.reads,
+                                  connect_rate=500 if args.alone else 250, **kept):
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+                    rows.append((i + 1, r))
+    finally:
+        # Some 1.2 GB for an hour of 10,000 servers.
+        template.unlink(missing_ok=True)
+        template.with_suffix(".part").unlink(missing_ok=True)
     flags = f" --baseline-flags '{args.baseline_flags}'" if args.baseline_flags else ""
     command = f"python3 bench/collector_ab.py --baseline {args.baseline}{flags} --baseline-note '{args.baseline_note}'" + "".join(
         f" --{k} {v}" for k, v, d in (("agents", args.agents, 1250), ("warmup", args.warmup, 20), ("measure", args.measure, 90),
@@ -397,7 +403,7 @@ def main() -> None:
     if args.frames_kept:
         kept_text += (f" Each store's index of frames (`frame_index`) first holds {args.frames_kept:g} h of a frame a"
                       f" second of each of the generator's {args.agents:,} servers but the {HISTORY_AGENTS} whose past it"
-                      " reads, up to the run's start, as after that long (the frames it names are not written:"
+                      " reads, up to the first run's start, as after that long (the frames it names are not written:"
                       " the table is only appended to).")
 
     def kept_cells(r):
