@@ -239,13 +239,16 @@ fn store_ways() -> Option<Vec<(i64, i64, Groups)>> {
         .map(|w| {
             let parts: Vec<&str> = w.trim().split(':').collect();
             let positive = |v: &str| v.parse::<i64>().ok().filter(|&v| v > 0);
+            let how = match parts.get(2) {
+                None | Some(&"spread") => Some(Groups::Spread),
+                Some(&"runs") => Some(Groups::Runs),
+                Some(_) => None,
+            };
             match parts[..] {
-                [every, kib] | [every, kib, "spread"] => positive(every)
+                [every, kib] | [every, kib, _] => positive(every)
                     .zip(positive(kib))
-                    .map(|(e, k)| (e, k, Groups::Spread)),
-                [every, kib, "runs"] => positive(every)
-                    .zip(positive(kib))
-                    .map(|(e, k)| (e, k, Groups::Runs)),
+                    .zip(how)
+                    .map(|((e, k), h)| (e, k, h)),
                 _ => None,
             }
             .unwrap_or_else(|| {
