@@ -86,13 +86,20 @@ def as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if AS_ROOT else cmd
 
 
+# The names threads had in builds before they were given these, so that a
+# baseline of an older build is measured by the same name: the collector's
+# ingest runtime kept tokio's default name until stop 61.
+EARLIER_NAMES = {"pgfleet-ingest": ("pgfleet-ingest", "tokio-rt-worker")}
+
+
 def cpu_ns(pid: int, thread: str = "") -> int:
     """Nanoseconds on CPU of every live thread of pid (whose name starts with
-    `thread`, when given)."""
+    `thread`, or a name it had before (`EARLIER_NAMES`), when given)."""
     total = 0
+    names = EARLIER_NAMES.get(thread, thread)
     for task in glob.glob(f"/proc/{pid}/task/*"):
         try:
-            if thread and not open(f"{task}/comm").read().startswith(thread):
+            if thread and not open(f"{task}/comm").read().startswith(names):
                 continue
             total += int(open(f"{task}/schedstat").read().split()[0])
         except (OSError, ValueError, IndexError):

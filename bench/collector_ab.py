@@ -75,7 +75,7 @@ WRITER = "pgfleet-store"
 # The aggregator's thread and the ingest runtime's workers (names as the
 # kernel keeps them: at most 15 bytes).
 AGGREGATOR = "pgfleet-aggrega"
-INGEST = "tokio-rt-worker"
+INGEST = "pgfleet-ingest"
 # The generator's agents that first send an hour of history (the first
 # servers, `load-00000` …), whose past the generator reads back.
 HISTORY_AGENTS = 10
@@ -415,7 +415,7 @@ def main() -> None:
         alone_head = " aggregator µs/batch | ingest µs/batch |"
         alone_rule = "---|---|"
         alone_text = (" *Aggregator* and *ingest µs/batch* are the CPU of the collector's aggregator thread"
-                      f" (`pgfleet-aggregator`) and of its ingest runtime's threads (`{INGEST}`) over the window less 5 s"
+                      f" (`pgfleet-aggregator`) and of its ingest runtime's threads (`{INGEST}`; `tokio-rt-worker` in builds before stop 61) over the window less 5 s"
                       " at each end, per batch.")
         for thread, what in ((AGGREGATOR, "aggregator's"), (INGEST, "ingest runtime's")):
             m = medians(lambda r, t=thread: us_per_batch(r, t))

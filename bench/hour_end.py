@@ -48,7 +48,7 @@ TITLE = "## An hour's end at 10,000 servers"
 # process's in /proc's 10 ms ticks).
 SAMPLE_S = 1
 # The collector's threads, by the name /proc gives them (15 characters).
-THREADS = {"pgfleet-store": "writer", "pgfleet-aggrega": "aggregator", "tokio-rt-worker": "ingest"}
+THREADS = {"pgfleet-store": "writer", "pgfleet-aggrega": "aggregator", "pgfleet-ingest": "ingest"}
 FRESHNESS_TARGET_MS = 2000.0
 METRICS = ("pgfleet_collector_store_hours_seconds_total", "pgfleet_collector_store_wait_seconds_total")
 

@@ -42,7 +42,7 @@ TITLE = "## DB load"
 TARGETS = {"cpu_ratio": 1.15, "bytes": 2_000_000, "one_ms": 20.0, "fleet_ms": 200.0}
 # The collector's threads, by the prefix of their names, whose CPU each side
 # reports: where keeping load costs.
-THREADS = ("pgfleet-aggrega", "pgfleet-store", "tokio-rt-worker")
+THREADS = ("pgfleet-aggrega", "pgfleet-store", "pgfleet-ingest")
 
 
 def main() -> None:
@@ -101,7 +101,7 @@ def main() -> None:
                       for t in THREADS} for mode in runs}
     thread_rows = "\n".join(
         f"| {name} | {threads['on'][t]:.1f} | {threads['off'][t]:.1f} | {threads['on'][t] - threads['off'][t]:+.1f} |"
-        for t, name in zip(THREADS, ("the aggregator", "the store's writer", "tokio's workers (ingest)")))
+        for t, name in zip(THREADS, ("the aggregator", "the store's writer", "the ingest runtime's workers")))
     section = f"""{TITLE}
 
 Command: `{command}` (from the repository root). Run on {datetime.date.today()} on {machine}; the collector and the generator share the machine.

@@ -85,3 +85,55 @@ async fn a_second_collector_on_the_same_data_dir_is_refused() {
     first.stop().await;
     std::fs::remove_dir_all(data_dir).unwrap();
 }
+
+/// The names of `pid`'s threads, as `top -H` shows them.
+#[cfg(target_os = "linux")]
+fn thread_names(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn every_thread_is_named_for_its_job() {
+    let data_dir = temp_dir("threads");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgfleet-collector"))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--data-dir", data_dir.to_str().unwrap()])
+        .env_remove("PGFLEET_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    // Linux keeps 15 bytes of a thread's name.
+    let wanted = [
+        "pgfleet-ingest",
+        "pgfleet-aggrega",
+        "pgfleet-store",
+        "pgfleet-reads",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut names = thread_names(child.id());
+    while !wanted.iter().all(|w| names.contains(*w)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        names = thread_names(child.id());
+    }
+    let exited = child.try_wait().expect("the child can be waited for");
+    child.kill().ok();
+    child.wait().ok();
+    std::fs::remove_dir_all(data_dir).ok();
+    assert!(exited.is_none(), "the collector exited: {exited:?}");
+    for w in wanted {
+        assert!(names.contains(w), "no thread named {w:?} among {names:?}");
+    }
+    // Only the main thread keeps the binary's name; none keeps tokio's.
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio")),
+        "a thread keeps tokio's name: {names:?}"
+    );
+}

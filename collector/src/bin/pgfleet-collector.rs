@@ -49,6 +49,7 @@ fn main() -> ExitCode {
     // history's writer and the readers have threads of their own.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.ingest_threads)
+        .thread_name("pgfleet-ingest")
         .enable_all()
         .build()
     {
