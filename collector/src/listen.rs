@@ -87,7 +87,7 @@ fn out_of_files(e: &std::io::Error) -> bool {
 }
 
 /// The soft limit of open files, None when unlimited.
-fn open_files_limit() -> Option<u64> {
+pub(crate) fn open_files_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 

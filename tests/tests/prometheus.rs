@@ -246,6 +246,17 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     for forbidden in ["pid=", "query=", "backend_start"] {
         assert!(!text.contains(forbidden), "a series carries {forbidden}");
     }
+    // The collector's own process: its aggregator's thread has worked, and
+    // the file descriptors are counted against their limit.
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    };
+    assert!(value(r#"pgfleet_collector_thread_cpu_seconds_total{thread="aggregator"}"#) > 0.0);
+    assert!(value("process_open_fds") <= value("process_max_fds"));
+    assert!(value("process_resident_memory_bytes") > 0.0);
     sleeping.abort();
     agent.stop().await;
     collector.stop().await;

@@ -1,7 +1,8 @@
 //! `/metrics` in Prometheus' text format, on `--http-listen` (see [`crate::http`]).
 //!
-//! Every figure comes from the aggregator's last published view, rendered at
-//! scrape time. Names follow Prometheus' conventions, and postgres_exporter's
+//! Every figure of the fleet comes from the aggregator's last published view,
+//! rendered at scrape time; the collector's own process is read from `/proc`
+//! then (see [`process`]). Names follow Prometheus' conventions, and postgres_exporter's
 //! (`pg_*`) and pgbouncer_exporter's (`pgbouncer_*`) where they describe the
 //! same thing, so existing dashboards and alerts work. Label cardinality is
 //! bounded: a series is per server, per database, per state or wait type, per
@@ -10,6 +11,7 @@
 //! to be joined with `group_left` rather than repeated on every series.
 
 mod load;
+mod process;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +36,7 @@ pub fn routes(
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
+    let process = std::sync::Arc::new(process::ThreadCpu::default());
     let metrics = move |headers: axum::http::HeaderMap| {
         let allowed = tokens.check(
             Access::Metrics,
@@ -41,6 +44,7 @@ pub fn routes(
         );
         let view = aggregator.view();
         let reads = reads.as_ref().map(|r| r.figures());
+        let process = process.clone();
         async move {
             match allowed {
                 Ok(()) => {
@@ -48,6 +52,9 @@ pub fn routes(
                     if let Some(reads) = reads {
                         text.push_str(&store_reads(reads));
                     }
+                    let mut out = Out { text };
+                    process.render(&mut out);
+                    let text = out.text;
                     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
                 }
                 Err(refused) => (
