@@ -25,4 +25,5 @@ pub mod series;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod threads;
 pub mod zstd_local;

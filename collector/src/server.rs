@@ -111,6 +111,7 @@ fn reads_runtime() -> std::io::Result<ReadsRuntime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(READ_WORKERS)
         .thread_name("pgfleet-reads")
+        .on_thread_stop(crate::threads::thread_ends)
         // Only workers park: the first time, each favours itself.
         .on_thread_park(|| {
             thread_local!(static FAVOURED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.ingest_threads)
         .thread_name("pgfleet-ingest")
+        .on_thread_stop(pgfleet_collector::threads::thread_ends)
         .enable_all()
         .build()
     {

@@ -36,7 +36,6 @@ pub fn routes(
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     use axum::routing::get;
-    let process = std::sync::Arc::new(process::ThreadCpu::default());
     let metrics = move |headers: axum::http::HeaderMap| {
         let allowed = tokens.check(
             Access::Metrics,
@@ -44,7 +43,6 @@ pub fn routes(
         );
         let view = aggregator.view();
         let reads = reads.as_ref().map(|r| r.figures());
-        let process = process.clone();
         async move {
             match allowed {
                 Ok(()) => {
@@ -53,7 +51,7 @@ pub fn routes(
                         text.push_str(&store_reads(reads));
                     }
                     let mut out = Out { text };
-                    process.render(&mut out);
+                    process::render(&mut out);
                     let text = out.text;
                     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
                 }

@@ -291,6 +291,7 @@ impl FrameCoder {
                 // zstd wants some 10 times the dictionary in samples.
                 let size = DICT_BYTES.min(total / 10).max(1024);
                 let _ = tx.send(zstd::dict::from_samples(&samples, size));
+                crate::threads::thread_ends();
             });
         match spawned {
             Ok(_) => self.trainer = Some(rx),
