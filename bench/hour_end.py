@@ -62,7 +62,8 @@ def sample(pid: int) -> dict:
             rss = int(line.split()[1])
     cpu = {name: cpu_ns(pid, name) / 1e9 for name in THREADS}
     # The whole process's, which keeps the CPU of threads that have ended
-    # (tokio's blocking threads, where the store's reads run, end when idle).
+    # (the readers' blocking threads, `pgfleet-reads`, where the store's reads
+    # run, end when idle).
     stat = open(f"/proc/{pid}/stat").read()
     fields = stat[stat.rindex(")") + 2:].split()
     total = (int(fields[11]) + int(fields[12])) / tick
@@ -259,7 +260,7 @@ def report(rows: list[dict], summary: dict, before: dict, after: dict, args, end
         f"{ended} UTC, so the hour before it was whole; measured from {args.before} s before it to {args.after} s "
         f"after. Freshness is now minus the time of the sample a GetActivity of a random server returned "
         f"(on the readers' port), so at 1 Hz it is 0–1 s by itself; *cores* are CPU seconds a second of the "
-        f"store's writer, the aggregator, tokio's workers (ingest) and the whole collector, read from /proc "
+        f"store's writer, the aggregator, the ingest runtime's workers (`pgfleet-ingest`, `tokio-rt-worker` before stop 61) and the whole collector, read from /proc "
         f"every {SAMPLE_S} s; KiB/server is RSS less its RSS before the agents came, over N.",
         "",
         f"- **Held across the hour's end: {'yes' if held else 'NO'}.** {summary['batches_per_s']:,.0f} batches a second, "
