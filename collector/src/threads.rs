@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 /// The jobs of the collector's threads, as their names say, and the label
 /// each is given. Linux keeps 15 bytes of a thread's name, and a thread
@@ -30,34 +30,27 @@ const OTHER: usize = JOBS.len();
 /// only grows: threads come and go (a reader's blocking threads, the
 /// dictionary's training), and one that ends adds what it took since it was
 /// last counted ([`thread_ends`]).
-static SEEN: Mutex<Seen> = Mutex::new(Seen::new());
+static SEEN: LazyLock<Mutex<Seen>> = LazyLock::new(Mutex::default);
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Seen {
     /// Each live thread by id: its job and its CPU as last counted, in ns.
-    threads: Option<HashMap<u32, (usize, u64)>>,
+    threads: HashMap<u32, (usize, u64)>,
     /// Each job's CPU so far, in ns.
     totals: [u64; OTHER + 1],
 }
 
 impl Seen {
-    const fn new() -> Seen {
-        Seen {
-            threads: None,
-            totals: [0; OTHER + 1],
-        }
-    }
-
     /// Takes the threads as read now (id, name, CPU in ns); each job's CPU.
     fn update(&mut self, now: impl IntoIterator<Item = (u32, String, u64)>) -> [u64; OTHER + 1] {
-        let mut before = self.threads.take().unwrap_or_default();
+        let mut before = std::mem::take(&mut self.threads);
         let mut live = HashMap::with_capacity(before.len());
         for (tid, name, ns) in now {
             let job = job(&name);
             self.add(before.remove(&tid), job, ns);
             live.insert(tid, (job, ns));
         }
-        self.threads = Some(live);
+        self.threads = live;
         self.totals
     }
 
@@ -66,7 +59,7 @@ impl Seen {
     /// a scrape that comes before it is gone.
     fn ends(&mut self, tid: u32, name: &str, ns: u64) {
         let job = job(name);
-        let before = self.threads.get_or_insert_default().insert(tid, (job, ns));
+        let before = self.threads.insert(tid, (job, ns));
         self.add(before, job, ns);
     }
 
@@ -98,15 +91,13 @@ fn seen() -> MutexGuard<'static, Seen> {
 /// the last scrape is not lost: given to the runtimes' `on_thread_stop`, and
 /// called at the end of the threads the collector starts for a while.
 pub fn thread_ends() {
+    // `/proc/thread-self` links to `<pid>/task/<tid>`.
     let task = Path::new("/proc/thread-self");
-    let Some(tid) = std::fs::read_link(task)
+    let tid = std::fs::read_link(task)
         .ok()
-        .and_then(|link| link.file_name()?.to_str()?.parse().ok())
-    else {
-        return;
-    };
-    if let (Ok(name), Some(ns)) = (std::fs::read_to_string(task.join("comm")), thread_ns(task)) {
-        seen().ends(tid, name.trim_end(), ns);
+        .and_then(|link| link.file_name()?.to_str()?.parse().ok());
+    if let (Some(tid), Some((name, ns))) = (tid, read_thread(task)) {
+        seen().ends(tid, &name, ns);
     }
 }
 
@@ -117,9 +108,8 @@ pub fn cpu_by_job() -> Option<[(&'static str, u64); OTHER + 1]> {
     // Read under the lock, so that scrapes at once count in turn.
     let mut seen = seen();
     let totals = seen.update(read_threads().ok()?);
-    let labels = JOBS.map(|(_, label)| label);
     Some(std::array::from_fn(|i| {
-        (labels.get(i).copied().unwrap_or("other"), totals[i])
+        (JOBS.get(i).map_or("other", |(_, label)| *label), totals[i])
     }))
 }
 
@@ -137,13 +127,17 @@ fn read_threads() -> std::io::Result<Vec<(u32, String, u64)>> {
         };
         // A thread that ended since the directory was listed is passed over
         // (it counted itself as it ended).
-        let (Ok(name), Some(ns)) = (std::fs::read_to_string(task.join("comm")), thread_ns(&task))
-        else {
-            continue;
-        };
-        threads.push((tid, name.trim_end().to_owned(), ns));
+        if let Some((name, ns)) = read_thread(&task) {
+            threads.push((tid, name, ns));
+        }
     }
     Ok(threads)
+}
+
+/// A thread's name and CPU in ns, from its directory under `/proc`.
+fn read_thread(task: &Path) -> Option<(String, u64)> {
+    let name = std::fs::read_to_string(task.join("comm")).ok()?;
+    Some((name.trim_end().to_owned(), thread_ns(task)?))
 }
 
 /// A thread's CPU in ns, from its directory under `/proc`: to the
@@ -183,7 +177,7 @@ mod tests {
 
     #[test]
     fn each_job_s_cpu_only_grows_as_threads_come_and_go() {
-        let mut seen = Seen::new();
+        let mut seen = Seen::default();
         let first = seen.update([
             thread(1, "pgfleet-collect", 5),
             thread(2, "pgfleet-ingest", 100),

@@ -50,9 +50,7 @@ pub fn routes(
                     if let Some(reads) = reads {
                         text.push_str(&store_reads(reads));
                     }
-                    let mut out = Out { text };
-                    process::render(&mut out);
-                    let text = out.text;
+                    text.push_str(&process::render());
                     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
                 }
                 Err(refused) => (

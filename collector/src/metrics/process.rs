@@ -6,9 +6,12 @@
 use super::Out;
 use crate::threads;
 
-/// Adds the process's families to `out`, each where this system has what
-/// it is read from (Linux's `/proc`).
-pub(super) fn render(out: &mut Out) {
+/// The process's families, each where this system has what it is read from
+/// (Linux's `/proc`).
+pub(super) fn render() -> String {
+    let mut out = Out {
+        text: String::new(),
+    };
     if let Some(jobs) = threads::cpu_by_job() {
         out.family(
             "pgfleet_collector_thread_cpu_seconds_total",
@@ -55,6 +58,7 @@ pub(super) fn render(out: &mut Out) {
         );
         out.sample("process_max_fds", &[], max as f64);
     }
+    out.text
 }
 
 /// The process's user and system CPU, every thread's that ever ran.
@@ -83,16 +87,12 @@ mod tests {
 
     #[test]
     fn this_process_is_read_from_proc() {
-        let mut out = Out {
-            text: String::new(),
-        };
-        render(&mut out);
+        let text = render();
         let value = |series: &str| -> f64 {
-            let line = out
-                .text
+            let line = text
                 .lines()
                 .find(|l| l.starts_with(series))
-                .unwrap_or_else(|| panic!("no {series} in {}", out.text));
+                .unwrap_or_else(|| panic!("no {series} in {text}"));
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
         for job in [
