@@ -50,6 +50,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import sqlite3
@@ -151,6 +152,17 @@ def keep_load(store: Path, hours: float, servers: int) -> None:
     db.close()
 
 
+def store_table(name: str) -> str:
+    """The store's own SQL for its table `name`, read from its source
+    (`SCHEMA` in collector/src/store/sqlite.rs), so that a file filled here
+    has the table as the store makes it."""
+    source = (ROOT / "collector" / "src" / "store" / "sqlite.rs").read_text()
+    found = re.search(rf"CREATE TABLE IF NOT EXISTS {name} \([^;]*;", source)
+    if not found:
+        raise SystemExit(f"collector/src/store/sqlite.rs makes no table {name}: mend bench/collector_ab.py")
+    return found.group(0)
+
+
 def keep_frames(store: Path, hours: float, servers: int, template: Path) -> None:
     """Puts in `store`'s SQLite file an index of frames (`frame_index`)
     that holds `hours` of a frame a second of each of the generator's
@@ -166,10 +178,7 @@ def keep_frames(store: Path, hours: float, servers: int, template: Path) -> None
         print(f"+ filling {template} with {hours:g} h of {servers:,} servers' index", file=sys.stderr, flush=True)
         db = sqlite3.connect(template.with_suffix(".part"))
         db.execute("PRAGMA journal_mode = OFF")
-        db.executescript("""
-            CREATE TABLE frame_index (server_id TEXT NOT NULL, at INTEGER NOT NULL,
-                                      id INTEGER NOT NULL, keyframe INTEGER NOT NULL,
-                                      PRIMARY KEY (server_id, at)) WITHOUT ROWID;""")
+        db.executescript(store_table("frame_index"))
         seconds, now = int(hours * 3600), int(time.time())
         if servers > HISTORY_AGENTS:
             db.execute("""

@@ -101,26 +101,14 @@ fn connect(path: &std::path::Path) -> Connection {
 
 fn open(path: &std::path::Path, way: Way) -> Connection {
     let db = connect(path);
-    db.execute_batch(
-        "CREATE TABLE frames (
-             id INTEGER PRIMARY KEY,
-             server_id TEXT NOT NULL,
-             at INTEGER NOT NULL,
-             keyframe INTEGER NOT NULL,
-             body BLOB NOT NULL);",
-    )
-    .expect("the schema");
-    let index = if matches!(way, Way::Indexed(..)) {
-        "CREATE TABLE frame_index (
-             server_id TEXT NOT NULL,
-             at INTEGER NOT NULL,
-             id INTEGER NOT NULL,
-             keyframe INTEGER NOT NULL,
-             PRIMARY KEY (server_id, at)) WITHOUT ROWID;"
-    } else {
-        "CREATE UNIQUE INDEX frames_by_server ON frames (server_id, at);"
-    };
-    db.execute_batch(index).expect("the index");
+    // The store's own tables; the other ways find frames by an index of
+    // the table's own, as the store did before `frame_index`.
+    db.execute_batch(pgfleet_collector::store::sqlite::SCHEMA)
+        .expect("the store's schema");
+    if !matches!(way, Way::Indexed(..)) {
+        db.execute_batch("CREATE UNIQUE INDEX frames_by_server ON frames (server_id, at);")
+            .expect("the index");
+    }
     db
 }
 

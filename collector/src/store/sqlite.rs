@@ -32,8 +32,9 @@ use crate::rollup::{MINUTE_US, Minute};
 /// found by server and time through `frame_index`, into which the writer
 /// puts each server's frames every [`INDEX_EVERY`] (see [`Unindexed`]).
 /// `kept` holds the frame up to which every frame is indexed
-/// (`frames_indexed_to`).
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
+/// (`frames_indexed_to`). Public for the benches, which lay their files out
+/// as the store does.
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS agents (
         agent_id TEXT PRIMARY KEY,
         last_seq INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS servers (
