@@ -649,6 +649,79 @@ async fn days_past_their_retention_are_dropped_whole() {
     cluster.destroy().await;
 }
 
+/// A store keeps the format of the newest collector that opened it. One
+/// that a newer collector has raised (as a newer version would) refuses a
+/// collector that starts, with what to do; one that runs says so on
+/// `/metrics` at its writer's next check, and its writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_a_newer_collector_raised_is_refused_at_start_and_said_while_running() {
+    use pgfleet_collector::store::FORMAT;
+    let (cluster, store) = cluster_with_store().await;
+    let running = collector(&cluster, "a", &store).await;
+    let (db, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let format = || async {
+        db.query_one("SELECT value FROM pgfleet.meta WHERE name = 'format'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(format().await, FORMAT);
+    let http = running.http_addr.unwrap().to_string();
+    assert_eq!(
+        pgfleet_tests::metric(&http, "pgfleet_collector_store_newer_format").await,
+        Ok(0.0)
+    );
+    // A newer collector opens the store.
+    db.execute(
+        "UPDATE pgfleet.meta SET value = $1 WHERE name = 'format'",
+        &[&(FORMAT + 1)],
+    )
+    .await
+    .unwrap();
+    let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let Err(e) = server::start(CollectorConfig {
+        store: StoreConfig::Postgres(store.clone()),
+        collector_id: "b".into(),
+        ..CollectorConfig::new(listen, cluster.dir().join("collector-b"))
+    })
+    .await
+    else {
+        panic!("a collector started on a store of a newer format");
+    };
+    let message = e.to_string();
+    assert!(
+        message.contains(&format!("store format {}", FORMAT + 1))
+            && message.contains("upgrade this collector")
+            && message.contains("--store"),
+        "{message}"
+    );
+    assert_eq!(format().await, FORMAT + 1, "the refused one lowers nothing");
+    // The running one's writer checks as it prunes: at its first commit
+    // (the probe's registration), then every minute.
+    let _stream = pgfleet_tests::agent_stream(&url(&running), "format-probe", None)
+        .await
+        .unwrap();
+    let newer = wait_for(
+        "the newer format on /metrics",
+        Duration::from_secs(90),
+        || {
+            let http = http.clone();
+            async move {
+                let n =
+                    pgfleet_tests::metric(&http, "pgfleet_collector_store_newer_format").await?;
+                if n > 0.0 { Ok(n) } else { Err("0".to_owned()) }
+            }
+        },
+    )
+    .await;
+    assert_eq!(newer, (FORMAT + 1) as f64);
+    running.stop().await;
+    cluster.destroy().await;
+}
+
 /// Either store hands back a few servers' minutes, each found by its key,
 /// as a read of the whole range keeps of theirs: for one server, several,
 /// more than are looked up apart, none, and one it never stored; over

@@ -144,6 +144,16 @@ fn store_reads(reads: ReadFigures) -> String {
         );
         out.sample("pgfleet_collector_store_bytes", &[], bytes as f64);
     }
+    out.family(
+        "pgfleet_collector_store_newer_format",
+        "gauge",
+        "0, or the store format a newer pgfleet-collector sharing this one's PostgreSQL store has raised it to while this one runs (checked every minute): this collector skips or misreads what that one writes, so upgrade it. A collector refuses at its start a store of a format newer than its own.",
+    );
+    out.sample(
+        "pgfleet_collector_store_newer_format",
+        &[],
+        reads.newer_format as f64,
+    );
     out.text
 }
 
@@ -747,6 +757,7 @@ mod tests {
             statement_hours_whole: 12,
             hours_adding_us: 1_500_000,
             bytes: Some(123_456_789),
+            newer_format: 2,
         });
         for line in [
             "# TYPE pgfleet_collector_store_reads gauge",
@@ -765,12 +776,19 @@ mod tests {
             "pgfleet_collector_store_hours_seconds_total 1.5",
             "# TYPE pgfleet_collector_store_bytes gauge",
             "pgfleet_collector_store_bytes 123456789",
+            "# TYPE pgfleet_collector_store_newer_format gauge",
+            "pgfleet_collector_store_newer_format 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }
         // A store that does not say its size has no such line.
         let text = store_reads(ReadFigures::default());
         assert!(!text.contains("pgfleet_collector_store_bytes"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l == "pgfleet_collector_store_newer_format 0"),
+            "{text}"
+        );
     }
 
     #[test]

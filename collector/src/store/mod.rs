@@ -86,6 +86,26 @@ const QUEUE: usize = 4096;
 /// How often history past its retention is deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// The layout of what this collector writes to its store. Raise it with a
+/// change that writes what a collector of an earlier version cannot read
+/// (rows it would skip, a table it does not know): a store keeps the
+/// highest of the collectors that opened it, a collector refuses a store
+/// whose format is higher than its own, and one sharing a store says so
+/// when a newer collector raises it while it runs ([`newer_format`]).
+pub const FORMAT: i64 = 1;
+
+/// Why a collector of [`FORMAT`] cannot use a store of format `found`.
+fn newer_format(found: i64, shared: bool) -> String {
+    let fix = if shared {
+        "upgrade this collector to the version of the newest one that shares the store, or give --store a database of its own"
+    } else {
+        "run that version or a later one, or give --data-dir a directory of its own"
+    };
+    format!(
+        "a newer pgfleet-collector has written this store (store format {found}; this one reads formats up to {FORMAT}), and what it wrote would be skipped or misread here: {fix}"
+    )
+}
+
 /// How long history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -272,6 +292,12 @@ trait Sink: Send + 'static {
     /// The bytes the store takes on disk, for a store that can say (None:
     /// it cannot, now).
     fn size(&mut self) -> Option<u64> {
+        None
+    }
+    /// The store's format now, for a store that other collectors share
+    /// and may raise while this one runs (None: not shared, or it cannot
+    /// say now).
+    fn format(&mut self) -> Option<i64> {
         None
     }
 }
@@ -1103,6 +1129,10 @@ fn write_loop(
             match sink.prune(retention, now_micros()) {
                 Ok(deleted) => pruned = deleted,
                 Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
+            }
+            if let Some(found) = sink.format().filter(|f| *f > FORMAT) {
+                counts.newer_format(found.unsigned_abs());
+                error!(store = %place, "{}.", newer_format(found, true));
             }
         } else {
             match sink.prune_step() {

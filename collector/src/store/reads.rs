@@ -22,6 +22,9 @@ pub struct ReadCounts {
     /// The store's bytes on disk, as the writer last read them (0: not
     /// known).
     bytes: AtomicU64,
+    /// A store format newer than this collector's that a collector sharing
+    /// the store found it raised to (0: none).
+    newer_format: AtomicU64,
 }
 
 /// What [`ReadCounts`] holds at one moment.
@@ -50,6 +53,10 @@ pub struct ReadFigures {
     /// (the SQLite store's file and its write-ahead log, the PostgreSQL
     /// store's database; None until read).
     pub bytes: Option<u64>,
+    /// The store's format, when a newer collector sharing the store has
+    /// raised it past this one's (`store::FORMAT`) while this one runs;
+    /// 0: it has not.
+    pub newer_format: u64,
 }
 
 impl ReadCounts {
@@ -68,7 +75,14 @@ impl ReadCounts {
             statement_hours_whole: self.statements_whole.load(Ordering::Relaxed),
             hours_adding_us: self.adding_us.load(Ordering::Relaxed),
             bytes: Some(self.bytes.load(Ordering::Relaxed)).filter(|&b| b > 0),
+            newer_format: self.newer_format.load(Ordering::Relaxed),
         }
+    }
+
+    /// Notes that the store's format is now `format`, newer than this
+    /// collector's.
+    pub(super) fn newer_format(&self, format: u64) {
+        self.newer_format.store(format, Ordering::Relaxed);
     }
 
     /// Notes the store's bytes on disk.

@@ -16,8 +16,8 @@ use super::frame_dict::{
 };
 use super::hours::{self, Hours};
 use super::{
-    Loaded, MANY_SERVERS, MinutesRead, Op, Pruned, Rebuilt, Retention, Sink, StoreError,
-    StoredServer,
+    FORMAT, Loaded, MANY_SERVERS, MinutesRead, Op, Pruned, Rebuilt, Retention, Sink, StoreError,
+    StoredServer, newer_format,
 };
 use crate::load::count::Closed;
 use crate::load::dictionaries::Dictionaries;
@@ -304,9 +304,18 @@ pub(super) fn open(
     let place = path.display().to_string();
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
     let db = connect(&path).map_err(fail)?;
+    if let Some(found) = format(&db).map_err(fail)?.filter(|f| *f > FORMAT) {
+        return Err(StoreError::new(&place, newer_format(found, false)));
+    }
     migrate(&db).map_err(fail)?;
     let older_wrote = written_by_an_older_version(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
+    db.execute(
+        "INSERT INTO kept (name, value) VALUES ('format', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+        [FORMAT],
+    )
+    .map_err(fail)?;
     if older_wrote {
         warn!(path = %place, "A version of pgfleet older than this file's index has written it since: its frames are indexed again.");
         db.execute_batch(
@@ -343,6 +352,24 @@ pub(super) fn open(
         clock: now_micros,
     };
     Ok((sink, readers, unindexed, dicts, loaded, place))
+}
+
+/// The store format of the collectors that opened `db` (see [`FORMAT`]),
+/// read before anything of it is changed; None for a new file, or one from
+/// before formats were kept.
+fn format(db: &Connection) -> rusqlite::Result<Option<i64>> {
+    let kept: i64 = db.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'kept'",
+        [],
+        |r| r.get(0),
+    )?;
+    if kept == 0 {
+        return Ok(None);
+    }
+    db.query_row("SELECT value FROM kept WHERE name = 'format'", [], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 /// Whether a version from before `frame_index` has written the file since
@@ -3923,6 +3950,50 @@ mod tests {
         let b = rebuilt(&reader, &unindexed, "b", i64::MAX).unwrap();
         assert_eq!(b.sessions[0].pid, 3);
         drop(reader);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_keeps_its_format_and_refuses_a_collector_older_than_it() {
+        let dir = scratch("format");
+        let path = dir.join("pgfleet.sqlite");
+        let stored = || -> i64 {
+            Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT value FROM kept WHERE name = 'format'", [], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        // A new file takes this collector's format.
+        drop(open(&dir, 1, DictTraining::default()).unwrap());
+        assert_eq!(stored(), FORMAT);
+        // A file from before formats were kept takes it too.
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM kept WHERE name = 'format'", [])
+            .unwrap();
+        drop(open(&dir, 1, DictTraining::default()).unwrap());
+        assert_eq!(stored(), FORMAT);
+        // A newer collector's file is refused, and left as it was.
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE kept SET value = ?1 WHERE name = 'format'",
+                [FORMAT + 1],
+            )
+            .unwrap();
+        let Err(e) = open(&dir, 1, DictTraining::default()) else {
+            panic!("a store of a newer format was opened");
+        };
+        let message = e.to_string();
+        assert!(
+            message.contains(&format!("store format {}", FORMAT + 1))
+                && message.contains("newer pgfleet-collector")
+                && message.contains("--data-dir"),
+            "{message}"
+        );
+        assert_eq!(stored(), FORMAT + 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -28,7 +28,7 @@ pub(super) use reader::Reader;
 use writer::{PgSink, Written};
 
 use super::frame_dict::{DictTraining, FrameCoder, FrameDicts};
-use super::{Loaded, Retention, Store, StoreError};
+use super::{FORMAT, Loaded, Retention, Store, StoreError, newer_format};
 
 pub(super) const DAY_US: Micros = 86_400_000_000;
 
@@ -96,7 +96,15 @@ const SCHEMA: &str = "
         id bigint PRIMARY KEY,
         made bigint NOT NULL,
         used bigint NOT NULL,
-        body bytea NOT NULL);";
+        body bytea NOT NULL);
+    -- The store's format (see `store::FORMAT`): the highest of the
+    -- collectors that opened it.
+    CREATE TABLE IF NOT EXISTS pgfleet.meta (
+        name text PRIMARY KEY,
+        value bigint NOT NULL);";
+
+/// The store's format now (None: no collector with formats has opened it).
+const FORMAT_NOW: &str = "SELECT value FROM pgfleet.meta WHERE name = 'format'";
 
 /// The partitioned tables.
 const PARTITIONED: [&str; 6] = [
@@ -186,6 +194,18 @@ pub(super) async fn open(
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
                 .await?;
             tx.batch_execute(SCHEMA).await?;
+            let found: Option<i64> = tx.query_opt(FORMAT_NOW, &[]).await?.map(|r| r.get(0));
+            if let Some(found) = found.filter(|f| *f > FORMAT) {
+                // Nothing of this collector's is written (the transaction
+                // rolls back as it is dropped).
+                return Ok(Some(found));
+            }
+            tx.execute(
+                "INSERT INTO pgfleet.meta (name, value) VALUES ('format', $1)
+                 ON CONFLICT (name) DO UPDATE SET value = greatest(meta.value, excluded.value)",
+                &[&FORMAT],
+            )
+            .await?;
             tx.commit().await?;
             let now = now_micros();
             for table in PARTITIONED {
@@ -193,10 +213,11 @@ pub(super) async fn open(
                     create_partition(&mut client, table, day).await?;
                 }
             }
-            Ok::<_, tokio_postgres::Error>(())
+            Ok::<_, tokio_postgres::Error>(None)
         }
         .await
-        .map_err(|e| pgfleet_common::error::chain(&e))?;
+        .map_err(|e| pgfleet_common::error::chain(&e))?
+        .map_or(Ok(()), |found| Err(newer_format(found, true)))?;
         drop(client);
         reader.loaded().await
     }

@@ -507,6 +507,16 @@ impl Sink for PgSink {
             .map_err(|e: tokio_postgres::Error| pgfleet_common::error::chain(&e))
     }
 
+    /// The store's format now: a newer collector that shares the store may
+    /// have raised it. Only on the connection the commits keep.
+    fn format(&mut self) -> Option<i64> {
+        let (runtime, writer) = (self.runtime.as_ref()?, self.writer.as_mut()?);
+        let row = runtime
+            .block_on(writer.client.query_opt(super::FORMAT_NOW, &[]))
+            .ok()??;
+        row.try_get(0).ok()
+    }
+
     /// The store's database, whichever collectors write it: its files'
     /// sizes, which the server adds up without reading them. Only on the
     /// connection the commits keep: none is made for it.
