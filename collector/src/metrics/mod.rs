@@ -147,7 +147,7 @@ fn store_reads(reads: ReadFigures) -> String {
     out.family(
         "pgfleet_collector_store_newer_format",
         "gauge",
-        "0, or the store format a newer pgfleet-collector sharing this one's PostgreSQL store has raised it to while this one runs (checked every minute): this collector skips or misreads what that one writes, so upgrade it. A collector refuses at its start a store of a format newer than its own.",
+        "0, or the store format a newer pgfleet-collector sharing this one's PostgreSQL store has raised it to: found as this one opened the store, or later by its writer (at most once a minute, after a commit). This one skips or misreads what that one writes, so upgrade it.",
     );
     out.sample(
         "pgfleet_collector_store_newer_format",

@@ -89,21 +89,25 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// The layout of what this collector writes to its store. Raise it with a
 /// change that writes what a collector of an earlier version cannot read
 /// (rows it would skip, a table it does not know): a store keeps the
-/// highest of the collectors that opened it, a collector refuses a store
-/// whose format is higher than its own, and one sharing a store says so
-/// when a newer collector raises it while it runs ([`newer_format`]).
+/// highest of the collectors that opened it. A collector refuses a SQLite
+/// store of a higher format than its own (no other collector writes it, so
+/// it was opened by a newer version); one sharing a PostgreSQL store with
+/// a newer collector says so as it opens the store and while it runs, and
+/// goes on, as what it writes the newer one reads ([`newer_format`]).
 pub const FORMAT: i64 = 1;
 
-/// Why a collector of [`FORMAT`] cannot use a store of format `found`.
+/// What a collector of [`FORMAT`] says of a store of format `found`:
+/// shared with a newer collector, or written by one.
 fn newer_format(found: i64, shared: bool) -> String {
-    let fix = if shared {
-        "upgrade this collector to the version of the newest one that shares the store, or give --store a database of its own"
+    if shared {
+        format!(
+            "a newer pgfleet-collector shares this store (store format {found}; this one reads formats up to {FORMAT}): this one skips or misreads what that one writes, so its answers have gaps; upgrade this collector to the newest one's version"
+        )
     } else {
-        "run that version or a later one, or give --data-dir a directory of its own"
-    };
-    format!(
-        "a newer pgfleet-collector has written this store (store format {found}; this one reads formats up to {FORMAT}), and what it wrote would be skipped or misread here: {fix}"
-    )
+        format!(
+            "a newer pgfleet-collector has written this store (store format {found}; this one reads formats up to {FORMAT}), and this one would misread it: run that version or a later one, or give --data-dir a new directory (which starts with no history)"
+        )
+    }
 }
 
 /// How long history is kept.

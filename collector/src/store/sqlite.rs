@@ -303,10 +303,10 @@ pub(super) fn open(
     let path = dir.join("pgfleet.sqlite");
     let place = path.display().to_string();
     let fail = |e: rusqlite::Error| StoreError::new(&place, e);
-    let db = connect(&path).map_err(fail)?;
-    if let Some(found) = format(&db).map_err(fail)?.filter(|f| *f > FORMAT) {
+    if let Some(found) = format(&path).map_err(fail)?.filter(|f| *f > FORMAT) {
         return Err(StoreError::new(&place, newer_format(found, false)));
     }
+    let db = connect(&path).map_err(fail)?;
     migrate(&db).map_err(fail)?;
     let older_wrote = written_by_an_older_version(&db).map_err(fail)?;
     db.execute_batch(SCHEMA).map_err(fail)?;
@@ -354,10 +354,15 @@ pub(super) fn open(
     Ok((sink, readers, unindexed, dicts, loaded, place))
 }
 
-/// The store format of the collectors that opened `db` (see [`FORMAT`]),
-/// read before anything of it is changed; None for a new file, or one from
-/// before formats were kept.
-fn format(db: &Connection) -> rusqlite::Result<Option<i64>> {
+/// The store format of the collectors that opened the file at `path` (see
+/// [`FORMAT`]), read on a connection of its own that changes nothing of
+/// it (not even its journal's mode); None for no file, or one from before
+/// formats were kept.
+fn format(path: &Path) -> rusqlite::Result<Option<i64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let kept: i64 = db.query_row(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'kept'",
         [],
@@ -3975,13 +3980,14 @@ mod tests {
             .unwrap();
         drop(open(&dir, 1, DictTraining::default()).unwrap());
         assert_eq!(stored(), FORMAT);
-        // A newer collector's file is refused, and left as it was.
+        // A newer collector's file is refused, and left as it was: the
+        // schema is not made again (a table it lacks stays lacking).
         Connection::open(&path)
             .unwrap()
-            .execute(
-                "UPDATE kept SET value = ?1 WHERE name = 'format'",
-                [FORMAT + 1],
-            )
+            .execute_batch(&format!(
+                "UPDATE kept SET value = {} WHERE name = 'format'; DROP TABLE rollup_hours;",
+                FORMAT + 1
+            ))
             .unwrap();
         let Err(e) = open(&dir, 1, DictTraining::default()) else {
             panic!("a store of a newer format was opened");
@@ -3994,6 +4000,15 @@ mod tests {
             "{message}"
         );
         assert_eq!(stored(), FORMAT + 1);
+        let tables: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'rollup_hours'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0, "the refused collector made its schema");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

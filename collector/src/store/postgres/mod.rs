@@ -19,7 +19,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pgfleet_common::pgtls::{self, PgTls};
 use pgfleet_proto::time::{Micros, now_micros};
 use tokio_postgres::Client;
-use tracing::info;
+use tracing::{error, info};
 
 mod reader;
 mod writer;
@@ -187,19 +187,14 @@ pub(super) async fn open(
         place: place.as_str().into(),
         dicts: FrameDicts::default(),
     };
-    let loaded = async {
+    let (newer, loaded) = async {
         let mut client = reader.client().await?;
-        async {
+        let newer = async {
             let tx = client.transaction().await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&DDL_LOCK])
                 .await?;
             tx.batch_execute(SCHEMA).await?;
             let found: Option<i64> = tx.query_opt(FORMAT_NOW, &[]).await?.map(|r| r.get(0));
-            if let Some(found) = found.filter(|f| *f > FORMAT) {
-                // Nothing of this collector's is written (the transaction
-                // rolls back as it is dropped).
-                return Ok(Some(found));
-            }
             tx.execute(
                 "INSERT INTO pgfleet.meta (name, value) VALUES ('format', $1)
                  ON CONFLICT (name) DO UPDATE SET value = greatest(meta.value, excluded.value)",
@@ -213,13 +208,12 @@ pub(super) async fn open(
                     create_partition(&mut client, table, day).await?;
                 }
             }
-            Ok::<_, tokio_postgres::Error>(None)
+            Ok::<_, tokio_postgres::Error>(found.filter(|f| *f > FORMAT))
         }
         .await
-        .map_err(|e| pgfleet_common::error::chain(&e))?
-        .map_or(Ok(()), |found| Err(newer_format(found, true)))?;
+        .map_err(|e| pgfleet_common::error::chain(&e))?;
         drop(client);
-        reader.loaded().await
+        Ok::<_, String>((newer, reader.loaded().await?))
     }
     .await
     .map_err(|e| StoreError::new(&place, e))?;
@@ -242,6 +236,10 @@ pub(super) async fn open(
         FrameCoder::new(dictionaries, reader.dicts.clone()),
     );
     let store = Store::start(sink, super::Reader::Postgres(reader), place, retention)?;
+    if let Some(found) = newer {
+        store.reads.newer_format(found.unsigned_abs());
+        error!(store = %store.place, "{}.", newer_format(found, true));
+    }
     Ok((store, loaded))
 }
 
