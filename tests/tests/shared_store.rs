@@ -688,6 +688,26 @@ async fn a_store_a_newer_collector_raised_is_said_by_the_older_ones() {
     let _b = pgfleet_tests::agent_stream(&url(&started), "format-probe-b", None)
         .await
         .unwrap();
+    wait_for(
+        "the older one's writes",
+        Duration::from_secs(15),
+        || async {
+            let rows: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM pgfleet.servers WHERE server_id = 'format-probe-b'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if rows == 1 {
+                Ok(())
+            } else {
+                Err(format!("{rows} rows"))
+            }
+        },
+    )
+    .await;
     // The running one's writer looks again as it prunes: at its first
     // commit (the probe's registration), then every minute.
     let _a = pgfleet_tests::agent_stream(&url(&running), "format-probe-a", None)

@@ -88,8 +88,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// The layout of what this collector writes to its store. Raise it with a
 /// change that writes what a collector of an earlier version cannot read
-/// (rows it would skip, a table it does not know): a store keeps the
-/// highest of the collectors that opened it. A collector refuses a SQLite
+/// (rows it would skip, a table it does not know); such a change must still
+/// read what earlier versions write, and only add to the schema, so that
+/// an older collector sharing the store may go on writing. A store keeps
+/// the highest of the collectors that opened it. A collector refuses a SQLite
 /// store of a higher format than its own (no other collector writes it, so
 /// it was opened by a newer version); one sharing a PostgreSQL store with
 /// a newer collector says so as it opens the store and while it runs, and

@@ -355,8 +355,9 @@ pub(super) fn open(
 }
 
 /// The store format of the collectors that opened the file at `path` (see
-/// [`FORMAT`]), read on a connection of its own that changes nothing of
-/// it (not even its journal's mode); None for no file, or one from before
+/// [`FORMAT`]), read on a read-only connection of its own, which changes
+/// none of its tables or settings (not even its journal's mode; SQLite may
+/// leave an empty log beside it); None for no file, or one from before
 /// formats were kept.
 fn format(path: &Path) -> rusqlite::Result<Option<i64>> {
     if !path.exists() {
