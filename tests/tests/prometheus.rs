@@ -20,6 +20,12 @@ async fn get(addr: &str, path: &str) -> Result<(String, String), String> {
 /// The token Prometheus presents for /metrics.
 const METRICS_TOKEN: &str = "metrics-token-0123456789abcdef";
 
+/// The alerting rules that deploy/ gives.
+const ALERTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/prometheus/pgfleet-alerts.yml"
+);
+
 fn prometheus_binary() -> std::path::PathBuf {
     ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
         .iter()
@@ -94,7 +100,8 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
     std::fs::write(
         &config_path,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pgfleet\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{metrics_addr}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: pgfleet\n    authorization:\n      credentials_file: {}\n    static_configs:\n      - targets: ['{metrics_addr}']\n",
+            ALERTS,
             token_path.display()
         ),
     )
@@ -222,6 +229,56 @@ async fn prometheus_scrapes_the_session_count_the_server_really_has() {
         }
         assert!(shown > 0, "the panel {title:?} shows nothing");
     }
+    // The alerting rules: each evaluates, and each one's query (before its
+    // threshold) finds the collector's figures, so that none watches a name
+    // the collector does not have.
+    let rules = std::fs::read_to_string(ALERTS).unwrap();
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr: "))
+        .collect();
+    assert!(exprs.len() >= 6, "{exprs:?}");
+    for expr in &exprs {
+        let (query, _) = expr
+            .rsplit_once(" > ")
+            .unwrap_or_else(|| panic!("{expr}: no threshold last"));
+        let (_, body) = get(&web, &format!("/api/v1/query?query={}", encode(query)))
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "success", "{query}: {body}");
+        assert!(
+            !json["data"]["result"].as_array().unwrap().is_empty(),
+            "the alert on {query} finds nothing: {body}"
+        );
+    }
+    wait_for(
+        "every alerting rule to be evaluated",
+        Duration::from_secs(30),
+        || {
+            let web = web.clone();
+            let count = exprs.len();
+            async move {
+                let (_, body) = get(&web, "/api/v1/rules").await?;
+                let json: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                let rules: Vec<&serde_json::Value> = json["data"]["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|g| g["name"] == "pgfleet")
+                    .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                    .collect();
+                if rules.len() == count && rules.iter().all(|r| r["health"] == "ok") {
+                    Ok(())
+                } else {
+                    Err(body)
+                }
+            }
+        },
+    )
+    .await;
+
     let (_, body) = get(
         &web,
         &format!(
