@@ -112,6 +112,14 @@ fn newer_format(found: i64, shared: bool) -> String {
     }
 }
 
+/// Says that the shared store at `place` is of format `found`, newer than
+/// this collector's: on `/metrics` (through `reads`) and in the log. As the
+/// store opens, and as the writer finds it raised.
+fn say_newer_format(reads: &ReadCounts, place: &str, found: i64) {
+    reads.newer_format(found.unsigned_abs());
+    error!(store = %place, "{}.", newer_format(found, true));
+}
+
 /// How long history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -1137,8 +1145,7 @@ fn write_loop(
                 Err(e) => warn!(error = %e, "Cannot delete history past its retention."),
             }
             if let Some(found) = sink.format().filter(|f| *f > FORMAT) {
-                counts.newer_format(found.unsigned_abs());
-                error!(store = %place, "{}.", newer_format(found, true));
+                say_newer_format(counts, place, found);
             }
         } else {
             match sink.prune_step() {

@@ -19,7 +19,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pgfleet_common::pgtls::{self, PgTls};
 use pgfleet_proto::time::{Micros, now_micros};
 use tokio_postgres::Client;
-use tracing::{error, info};
+use tracing::info;
 
 mod reader;
 mod writer;
@@ -28,7 +28,7 @@ pub(super) use reader::Reader;
 use writer::{PgSink, Written};
 
 use super::frame_dict::{DictTraining, FrameCoder, FrameDicts};
-use super::{FORMAT, Loaded, Retention, Store, StoreError, newer_format};
+use super::{FORMAT, Loaded, Retention, Store, StoreError};
 
 pub(super) const DAY_US: Micros = 86_400_000_000;
 
@@ -237,8 +237,7 @@ pub(super) async fn open(
     );
     let store = Store::start(sink, super::Reader::Postgres(reader), place, retention)?;
     if let Some(found) = newer {
-        store.reads.newer_format(found.unsigned_abs());
-        error!(store = %store.place, "{}.", newer_format(found, true));
+        super::say_newer_format(&store.reads, &store.place, found);
     }
     Ok((store, loaded))
 }
